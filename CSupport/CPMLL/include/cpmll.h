@@ -1,0 +1,252 @@
+// CPMLL: the C helper under the PMLL Swift library.
+//
+// Two jobs only:
+//  1. The binary layout of everything that lives in the shared pool file, with
+//     _Static_asserts, so that C and Swift (and a future C ABI) agree byte for byte.
+//  2. Thin, prefixed wrappers over kernel and library calls that Swift cannot
+//     reach cleanly (futex, OFD locks, libpmem, GNU-only clock ids). Each wrapper
+//     returns 0 or a positive result on success and -errno on failure; Swift turns
+//     that into a typed error in one place (Sources/PMLL/System/SystemCall.swift).
+//
+// GNU-only names (_GNU_SOURCE, F_OFD_*, FUTEX_*) stay in the .c files.
+#ifndef CPMLL_H
+#define CPMLL_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#pragma clang assume_nonnull begin
+
+// MARK: - Pool file layout (format version 1). All integers little-endian (x86-64, aarch64).
+
+#define PMLL_MAGIC "PMLLPOOL"
+#define PMLL_FORMAT_VERSION 1u
+#define PMLL_HEADER_SIZE 4096u
+#define PMLL_HEADER_CHECKED_BYTES 504u   // bytes [0, 504) are covered by header_checksum
+#define PMLL_NAME_MAX 255u
+
+#define PMLL_POOL_FLAG_GROUP_SHARED 0x1u
+
+// Byte offsets, far beyond any pool's end, on which OFD locks are taken. A byte-range
+// lock may lie past EOF; these never touch data and never conflict with mmap.
+static const int64_t PMLL_LOCKBYTE_INIT     = 0x10000000000;        // exclusive while a process attaches
+static const int64_t PMLL_LOCKBYTE_SESSION  = 0x10000000000 + 1;    // shared by every attached process
+static const int64_t PMLL_LOCKBYTE_TABLE    = 0x10000000000 + 2;    // exclusive while a lock entry is created
+static const int64_t PMLL_LOCKBYTE_LIVENESS = 0x10000000000 + 4096; // + slot index: held by the slot's process
+
+typedef struct pmll_section {
+    uint64_t offset;
+    uint64_t size;
+} pmll_section_t;
+
+// Page 0 of the pool. Bytes [0, 504) are written once at creation and checksummed;
+// the rest of the page holds volatile, per-boot bookkeeping.
+typedef struct pmll_header {
+    char magic[8];                 // "PMLLPOOL"
+    uint32_t format_version;       // PMLL_FORMAT_VERSION
+    uint32_t header_size;          // PMLL_HEADER_SIZE
+    uint64_t pool_size;            // total file size; opening checks the file still has it
+    uint64_t created_at_ns;        // CLOCK_REALTIME at creation
+    uint32_t creator_uid;
+    uint32_t flags;                // PMLL_POOL_FLAG_*
+    uint32_t process_capacity;     // slots in the process table
+    uint32_t lock_capacity;        // entries in the lock table
+    pmll_section_t process_table;
+    pmll_section_t lock_table;
+    pmll_section_t heap;           // reserved for queues, records and transaction logs
+    uint8_t reserved[408];
+    uint64_t header_checksum;      // CRC32C of bytes [0, 504)
+
+    // --- volatile part (not checksummed) ---
+    char boot_id[40];              // /proc/sys/kernel/random/boot_id of the last reset
+    uint64_t volatile_resets;      // how many times volatile state was reset
+    uint32_t last_reset_reason;    // PMLL_RESET_*
+    uint32_t reserved_volatile;
+    uint8_t padding[PMLL_HEADER_SIZE - 512 - 40 - 16];
+} pmll_header_t;
+
+#define PMLL_RESET_NONE 0u
+#define PMLL_RESET_CREATED 1u
+#define PMLL_RESET_LAST_PROCESS_GONE 2u
+#define PMLL_RESET_REBOOT 3u
+
+_Static_assert(sizeof(pmll_header_t) == PMLL_HEADER_SIZE, "header is one page");
+_Static_assert(offsetof(pmll_header_t, header_checksum) == PMLL_HEADER_CHECKED_BYTES, "checksum follows checked bytes");
+_Static_assert(offsetof(pmll_header_t, process_table) == 48, "section table offset");
+_Static_assert(offsetof(pmll_header_t, boot_id) == 512, "volatile part starts at 512");
+
+// One slot per attached process. Entirely volatile: reset when no process has the pool open.
+#define PMLL_WAIT_LEDGER 16u
+#define PMLL_SLOT_FREE 0u
+#define PMLL_SLOT_ACTIVE 1u
+
+typedef struct pmll_process_slot {
+    uint32_t state;                // PMLL_SLOT_*
+    uint32_t generation;           // bumped on every registration; part of owner tokens
+    int32_t pid;                   // as seen in the registering process's PID namespace
+    uint32_t uid;
+    uint64_t start_time;           // /proc/self/stat field 22 (clock ticks since boot)
+    uint64_t registered_at_ns;     // CLOCK_REALTIME
+    char comm[16];                 // NUL-padded command name
+    uint32_t waiting_on[PMLL_WAIT_LEDGER]; // lock index + 1 per waiting thread, 0 = unused
+    uint8_t reserved[16];
+} pmll_process_slot_t;
+
+_Static_assert(sizeof(pmll_process_slot_t) == 128, "process slot is two cache lines");
+_Static_assert(offsetof(pmll_process_slot_t, waiting_on) == 48, "wait ledger offset");
+
+// Lock word (the futex word). Owner token = generation << 10 | slot, 0 = free.
+#define PMLL_OWNER_MASK       0x00FFFFFFu
+#define PMLL_SLOT_BITS        10u
+#define PMLL_MAX_PROCESSES    1024u
+#define PMLL_MAX_GENERATION   16383u   // PMLL_OWNER_MASK >> PMLL_SLOT_BITS
+#define PMLL_WORD_HANDED      0x10000000u  // owner was handed the lock on release and has not claimed it yet
+#define PMLL_WORD_DIED        0x40000000u  // a holder's critical section did not complete
+#define PMLL_WORD_WAITERS     0x80000000u  // somebody may be sleeping on the word
+
+#define PMLL_ENTRY_EMPTY 0u
+#define PMLL_ENTRY_READY 2u
+
+// One named lock. The word, handoff target and stats are volatile; state, level,
+// name and name checksum are persistent.
+typedef struct pmll_lock_entry {
+    uint32_t word;                 // futex word, see PMLL_WORD_*
+    uint32_t handoff_target;       // owner token of the starving waiter, 0 = none
+    uint32_t state;                // PMLL_ENTRY_*
+    uint32_t level;                // 1 registry, 2 package, 3 filesystem, 4 network
+    uint32_t name_length;
+    uint32_t entry_checksum;       // CRC32C over level, name_length, name
+    uint64_t held_since_ns;        // CLOCK_REALTIME_COARSE when the current holder took it
+    uint8_t reserved0[32];
+
+    // statistics (cache line 2)
+    uint64_t acquisitions;
+    uint64_t contended;
+    uint64_t timeouts;
+    uint64_t owner_deaths;
+    uint64_t total_wait_ns;
+    uint64_t max_wait_ns;
+    uint64_t reserved1[2];
+
+    // the most recent owner death (cache line 3)
+    int32_t dead_pid;
+    uint32_t dead_token;
+    uint64_t dead_since_ns;        // when the dead owner had taken the lock
+    uint64_t dead_detected_ns;     // when the death was detected
+    char dead_comm[16];
+    uint32_t dead_cause;           // 0 process died, 1 released inconsistent
+    uint8_t reserved2[20];
+
+    char name[256];                // NUL-terminated, name_length bytes of UTF-8
+    uint8_t reserved3[64];         // room for shared/exclusive reader counts
+} pmll_lock_entry_t;
+
+_Static_assert(sizeof(pmll_lock_entry_t) == 512, "lock entry is 512 bytes");
+_Static_assert(offsetof(pmll_lock_entry_t, acquisitions) == 64, "stats on their own cache line");
+_Static_assert(offsetof(pmll_lock_entry_t, dead_pid) == 128, "death record offset");
+_Static_assert(offsetof(pmll_lock_entry_t, name) == 192, "name offset");
+_Static_assert(PMLL_MAX_PROCESSES == 1u << PMLL_SLOT_BITS, "slot bits");
+_Static_assert(PMLL_MAX_GENERATION == PMLL_OWNER_MASK >> PMLL_SLOT_BITS, "generation bits");
+
+// MARK: - Atomics on shared memory (inlined into Swift).
+
+static inline uint32_t pmll_load32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void pmll_store32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline int pmll_cas32(uint32_t *p, uint32_t *expected, uint32_t desired) {
+    return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+static inline uint32_t pmll_or32(uint32_t *p, uint32_t v) { return __atomic_fetch_or(p, v, __ATOMIC_ACQ_REL); }
+static inline uint64_t pmll_load64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void pmll_store64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+static inline uint64_t pmll_add64(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+
+static inline uint32_t pmll_xchg32(uint32_t *p, uint32_t v) { return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL); }
+static inline void pmll_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+// Lock fast paths: one CAS each, no syscall.
+static inline int pmll_lock_try_fast(pmll_lock_entry_t *e, uint32_t token) {
+    uint32_t expected = 0;
+    return __atomic_compare_exchange_n(&e->word, &expected, token, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+}
+static inline int pmll_lock_release_fast(pmll_lock_entry_t *e, uint32_t token) {
+    uint32_t expected = token;
+    return __atomic_compare_exchange_n(&e->word, &expected, 0, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+}
+
+// Field addresses, so Swift never computes offsets itself.
+static inline uint32_t * pmll_entry_word(pmll_lock_entry_t *e) { return &e->word; }
+static inline uint32_t * pmll_entry_handoff(pmll_lock_entry_t *e) { return &e->handoff_target; }
+static inline uint32_t * pmll_entry_state(pmll_lock_entry_t *e) { return &e->state; }
+static inline uint64_t * pmll_entry_timeouts(pmll_lock_entry_t *e) { return &e->timeouts; }
+static inline uint32_t * pmll_slot_state(pmll_process_slot_t *s) { return &s->state; }
+static inline uint32_t * pmll_slot_generation(pmll_process_slot_t *s) { return &s->generation; }
+static inline uint32_t * pmll_slot_wait(pmll_process_slot_t *s, uint32_t i) { return &s->waiting_on[i]; }
+
+// MARK: - Lock hierarchy tracking
+
+// The innermost lock held by the calling thread in a synchronous scope (NULL: none).
+// A plain thread-local pointer, so the runtime hierarchy check costs no syscall.
+const pmll_lock_entry_t *_Nullable pmll_held_top_get(void);
+void pmll_held_top_set(const pmll_lock_entry_t *_Nullable entry);
+
+// MARK: - Clocks
+
+int64_t pmll_clock_monotonic_ns(void);
+int64_t pmll_clock_realtime_ns(void);
+int64_t pmll_clock_realtime_coarse_ns(void);   // vDSO, a few ns; resolution ~4 ms
+
+// MARK: - Futex (shared, not PRIVATE: the word lives in a file mapping)
+
+// Sleeps while *word == expected, until woken or the absolute CLOCK_MONOTONIC deadline
+// (deadline_ns < 0: no deadline). Returns 0 on wake, -ETIMEDOUT, -EAGAIN (value changed),
+// -EINTR, or another -errno.
+int pmll_futex_wait(uint32_t *word, uint32_t expected, int64_t deadline_ns);
+// Wakes up to count sleepers (INT32_MAX: all). Returns how many woke, or -errno.
+int pmll_futex_wake(uint32_t *word, int32_t count);
+
+// MARK: - Open-file-description byte locks (released by the kernel when the process dies)
+
+#define PMLL_RANGE_UNLOCK 0
+#define PMLL_RANGE_SHARED 1
+#define PMLL_RANGE_EXCLUSIVE 2
+// 0 or -errno (-EAGAIN when wait == 0 and the byte is taken; -EINTR if interrupted).
+int pmll_ofd_lock(int fd, int64_t offset, int kind, int wait);
+// 1 if another open file description holds a conflicting lock on the byte, 0 if not, -errno.
+int pmll_ofd_probe(int fd, int64_t offset, int kind);
+
+// MARK: - libpmem
+
+// Creates a new file of exactly `length` bytes (O_EXCL) and maps it. Returns the address
+// or NULL with *err_out = errno.
+void *_Nullable pmll_pmem_create(const char *path, uint64_t length, uint32_t mode, uint64_t *mapped_length, int *is_pmem, int *err_out);
+// Maps an existing file with its current length (never resizes it).
+void *_Nullable pmll_pmem_open(const char *path, uint64_t *mapped_length, int *is_pmem, int *err_out);
+int pmll_pmem_unmap(void *addr, uint64_t length);
+void pmll_pmem_persist(const void *addr, size_t length);   // cache flush only (real pmem)
+int pmll_pmem_msync(const void *addr, size_t length);      // page-rounded msync (other files)
+const char *pmll_pmem_errormsg(void);
+
+// MARK: - Misc
+
+uint32_t pmll_crc32c(uint32_t crc, const void *_Nullable data, size_t length);
+int32_t pmll_gettid(void);
+// renameat2(RENAME_NOREPLACE) of old to new in the same directory; -EEXIST when new exists.
+int pmll_rename_noreplace(const char *oldpath, const char *newpath);
+
+#pragma clang assume_nonnull end
+
+#ifdef __cplusplus
+}
+#endif
+#endif

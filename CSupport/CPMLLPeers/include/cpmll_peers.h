@@ -1,0 +1,3 @@
+#ifndef CPMLL_PEERS_H
+#define CPMLL_PEERS_H
+#endif

@@ -1,0 +1,1 @@
+#include "cpmll_peers.h"

@@ -1,0 +1,80 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// One set of Swift settings for every target: Swift 6 language mode (strict concurrency on).
+let swiftSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "PMLL",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "PMLL", targets: ["PMLL"]),
+        .executable(name: "pmll", targets: ["pmll"]),
+        .executable(name: "pmll-worker", targets: ["PMLLWorker"]),
+        .executable(name: "pmll-bench", targets: ["PMLLBench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
+    ],
+    targets: [
+        // Thin wrappers over futex, OFD locks, libpmem and liburing, plus the shared-file layout.
+        .target(
+            name: "CPMLL",
+            path: "CSupport/CPMLL",
+            linkerSettings: [.linkedLibrary("pmem"), .linkedLibrary("uring")]
+        ),
+        // Peers measured by the benchmarks (glibc robust mutex, flock, OFD locks). Not part of the library.
+        .target(
+            name: "CPMLLPeers",
+            path: "CSupport/CPMLLPeers"
+        ),
+        .target(
+            name: "PMLL",
+            dependencies: [
+                "CPMLL",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "pmll",
+            dependencies: [
+                "PMLL",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "PMLLWorker",
+            dependencies: [
+                "PMLL",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Stress/Worker",
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "PMLLBench",
+            dependencies: [
+                "PMLL", "CPMLLPeers",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            path: "Stress/Bench",
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "PMLLTests",
+            dependencies: ["PMLL", "CPMLL"],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

@@ -1,0 +1,36 @@
+import CPMLL
+
+/// The runtime backstop of the lock hierarchy. Tracks the innermost lock held by the
+/// current thread (synchronous scopes, a C thread-local) or task (asynchronous scopes, a
+/// task-local, since a task may resume on another thread) and rejects any acquisition
+/// that is not strictly after it: level greater, or, inside one multi-lock call, same
+/// level and a greater name.
+enum HeldLocks {
+    /// Innermost lock held across `await` by the current task.
+    @TaskLocal static var asyncTop: HeldLock?
+
+    struct HeldLock: @unchecked Sendable {
+        let entry: UnsafePointer<pmll_lock_entry_t>
+        let pool: Pool   // keeps the mapping alive while the record exists
+    }
+
+    @inline(__always)
+    static var currentTop: UnsafePointer<pmll_lock_entry_t>? {
+        if let top = pmll_held_top_get() { return top }
+        if withUnsafeCurrentTask(body: { $0 == nil }) { return nil }
+        return asyncTop?.entry
+    }
+
+    /// Throws ``PMLLError/hierarchyViolation(held:requested:)`` unless `requested` may be
+    /// taken after what is held now.
+    @inline(__always)
+    static func check(_ requested: LockID, after top: UnsafePointer<pmll_lock_entry_t>?) throws(PMLLError) {
+        guard let top else { return }
+        if top.pointee.level < requested.level.rawValue { return }
+        throw .hierarchyViolation(held: id(of: top), requested: requested)
+    }
+
+    static func id(of entry: UnsafePointer<pmll_lock_entry_t>) -> LockID {
+        LockID(name: String(fixedCString: entry.pointee.name), level: LockLevel(rawValue: entry.pointee.level) ?? .network)
+    }
+}

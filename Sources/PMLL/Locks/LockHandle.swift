@@ -1,0 +1,161 @@
+import CPMLL
+import Dispatch
+
+/// A named lock in a pool, chosen at run time (the untyped API: the CLI, a C interface).
+/// Every acquisition through it passes the runtime hierarchy check. The typed API
+/// (``Lock``, ``LockContext``) is built on it.
+public struct LockHandle: Sendable, Hashable {
+    public let pool: Pool
+    public let id: LockID
+    let index: UInt32
+
+    public static func == (a: LockHandle, b: LockHandle) -> Bool { a.pool === b.pool && a.index == b.index }
+    public func hash(into h: inout Hasher) {
+        h.combine(ObjectIdentifier(pool))
+        h.combine(index)
+    }
+
+    var entry: UnsafeMutablePointer<pmll_lock_entry_t> { pool.memory.lock(index) }
+
+    /// Holds the lock while `body` runs; waits at most `timeout` (nil: no limit) and stops
+    /// waiting when `cancellation` is cancelled. The lock is released on every exit from
+    /// `body`, including a thrown error (released consistent unless the grant was marked).
+    public func withLock<R>(timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockGrant) throws -> R) throws -> R {
+        try pool.withLocks([self], sameLevel: false, timeout: timeout, cancellation: cancellation, body)
+    }
+
+    /// Holds the lock if it is free right now; returns nil without waiting otherwise.
+    public func withLockIfAvailable<R>(_ body: (inout LockGrant) throws -> R) throws -> R? {
+        do {
+            return try pool.withLocks([self], sameLevel: false, timeout: .zero, cancellation: nil, body)
+        } catch PMLLError.timeout {
+            return nil
+        }
+    }
+
+    /// Async form: waits without blocking a cooperative thread, honours Task cancellation,
+    /// and lets `body` hold the lock across `await` (locks belong to the pool participant,
+    /// not to a thread).
+    public func withLock<R>(timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockGrant) async throws -> R) async throws -> R {
+        try await pool.withLocksAsync([self], sameLevel: false, timeout: timeout, body)
+    }
+}
+
+extension Pool {
+    /// Looks up the lock `name`, creating it at `level` if the pool has none of that name.
+    /// Throws ``PMLLError/levelMismatch(name:existing:requested:)`` if it exists at another level.
+    public func lock(named name: String, level: LockLevel) throws(PMLLError) -> LockHandle {
+        if let index = lockCache.withLock({ $0[name] }) {
+            let existing = LockLevel(rawValue: memory.lock(index).pointee.level) ?? level
+            guard existing == level else { throw .levelMismatch(name: name, existing: existing, requested: level) }
+            return LockHandle(pool: self, id: LockID(name: name, level: level), index: index)
+        }
+        let index = try table.index(of: name, level: level, create: true, creation: tableCreation)!
+        lockCache.withLock { $0[name] = index }
+        return LockHandle(pool: self, id: LockID(name: name, level: level), index: index)
+    }
+
+    /// Several locks of one level, taken in canonical order (by name) in one call, so that
+    /// two processes can never take them in opposite orders.
+    public func withLocks<R>(_ locks: [LockHandle], timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockGrant) throws -> R) throws -> R {
+        try withLocks(locks, sameLevel: true, timeout: timeout, cancellation: cancellation, body)
+    }
+
+    func withLocks<R>(_ locks: [LockHandle], sameLevel: Bool, timeout: Duration?, cancellation: Cancellation?, _ body: (inout LockGrant) throws -> R) throws -> R {
+        let ordered = try canonicalOrder(locks)
+        let saved = pmll_held_top_get()
+        try HeldLocks.check(ordered[0].id, after: HeldLocks.currentTop)
+        let deadline = Self.deadline(after: timeout)
+        var acquisitions: [Acquisition] = []
+        acquisitions.reserveCapacity(ordered.count)
+        var grant: LockGrant
+        do {
+            for lock in ordered {
+                acquisitions.append(try acquire(index: lock.index, deadline: deadline, cancellation: cancellation))
+                pmll_held_top_set(lock.entry)
+            }
+            grant = LockGrant(locks: ordered.map(\.id), acquisitions: acquisitions)
+        } catch {
+            for lock in ordered.prefix(acquisitions.count).reversed() { release(index: lock.index) }
+            pmll_held_top_set(saved)
+            throw error
+        }
+        defer {
+            pmll_held_top_set(saved)
+            for lock in ordered.reversed() { release(index: lock.index, inconsistent: grant.releaseInconsistent) }
+        }
+        return try body(&grant)
+    }
+
+    /// Async form of ``withLocks(_:timeout:cancellation:_:)``.
+    public func withLocks<R>(_ locks: [LockHandle], timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockGrant) async throws -> R) async throws -> R {
+        try await withLocksAsync(locks, sameLevel: true, timeout: timeout, body)
+    }
+
+    func withLocksAsync<R>(_ locks: [LockHandle], sameLevel: Bool, timeout: Duration?, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockGrant) async throws -> R) async throws -> R {
+        let ordered = try canonicalOrder(locks)
+        try HeldLocks.check(ordered[0].id, after: HeldLocks.currentTop)
+        let deadline = Self.deadline(after: timeout)
+        var acquisitions: [Acquisition] = []
+        do {
+            for lock in ordered {
+                try Task.checkCancellation()
+                acquisitions.append(try await acquireWithoutBlocking(lock, deadline: deadline))
+            }
+        } catch {
+            for lock in ordered.prefix(acquisitions.count).reversed() { release(index: lock.index) }
+            if error is CancellationError { throw PMLLError.cancelled(lock: ordered[acquisitions.count].id.name) }
+            throw error
+        }
+        var grant = LockGrant(locks: ordered.map(\.id), acquisitions: acquisitions)
+        defer {
+            for lock in ordered.reversed() { release(index: lock.index, inconsistent: grant.releaseInconsistent) }
+        }
+        let top = HeldLocks.HeldLock(entry: UnsafePointer(ordered.last!.entry), pool: self)
+        return try await HeldLocks.$asyncTop.withValue(top) {
+            try await body(&grant)
+        }
+    }
+
+    /// Tries the fast path inline; otherwise waits on a Dispatch thread so no cooperative
+    /// thread blocks, with Task cancellation wired to the wait.
+    private func acquireWithoutBlocking(_ lock: LockHandle, deadline: Int64) async throws -> Acquisition {
+        if pmll_lock_try_fast(lock.entry, token) != 0 {
+            lock.entry.pointee.acquisitions &+= 1
+            lock.entry.pointee.held_since_ns = UInt64(bitPattern: Clock.coarseRealtimeNanoseconds)
+            return Acquisition(previousOwnerDeath: nil, waitedNanoseconds: 0)
+        }
+        let cancellation = Cancellation()
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Acquisition, any Error>) in
+                DispatchQueue.global().async {
+                    continuation.resume(with: Result { () throws(PMLLError) -> Acquisition in
+                        try self.acquire(index: lock.index, deadline: deadline, cancellation: cancellation)
+                    })
+                }
+            }
+        } onCancel: {
+            cancellation.cancel()
+            _ = pmll_futex_wake(pmll_entry_word(lock.entry), Int32.max)
+        }
+    }
+
+    private func canonicalOrder(_ locks: [LockHandle]) throws(PMLLError) -> [LockHandle] {
+        guard let first = locks.first else { throw .invalidLockName(name: "", reason: "no locks given") }
+        let ordered = locks.count == 1 ? locks : locks.sorted { Array($0.id.name.utf8).lexicographicallyPrecedes(Array($1.id.name.utf8)) }
+        for (a, b) in zip(ordered, ordered.dropFirst()) {
+            guard a.pool === b.pool, a.id.level == b.id.level, a.id.name != b.id.name else {
+                throw .hierarchyViolation(held: a.id, requested: b.id)
+            }
+        }
+        _ = first
+        return ordered
+    }
+
+    static func deadline(after timeout: Duration?) -> Int64 {
+        guard let timeout else { return .max }
+        let ns = max(0, timeout.nanoseconds)
+        let now = Clock.monotonicNanoseconds
+        return ns > Int64.max - now ? .max : now + ns
+    }
+}

@@ -1,0 +1,197 @@
+import CPMLL
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What an acquisition found.
+public struct Acquisition: Sendable, Equatable {
+    /// Set when the previous holder did not finish its critical section: repair the
+    /// protected state before relying on it.
+    public let previousOwnerDeath: OwnerDeath?
+    /// How long the caller waited (0 on the uncontended path).
+    public let waitedNanoseconds: Int64
+}
+
+/// The robust lock protocol over one 32-bit futex word (see Docs/LockProtocol.md).
+///
+/// word = owner token (24 bits) | HANDED | DIED | WAITERS
+/// - Uncontended acquire is CAS 0 -> token, release CAS token -> 0: no syscall.
+/// - Waiters set WAITERS and sleep with FUTEX_WAIT_BITSET to an absolute CLOCK_MONOTONIC
+///   deadline never further than the owner-check interval, then re-read the word; a
+///   waiter that finds the owner's process gone takes the word over by CAS and is told.
+/// - A waiter starving past the threshold registers as the handoff target; the next
+///   release stores its token with HANDED instead of freeing, so no newcomer can barge.
+extension Pool {
+    @inline(__always)
+    func acquire(index: UInt32, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Acquisition {
+        let entry = memory.lock(index)
+        if pmll_lock_try_fast(entry, token) != 0 {
+            entry.pointee.acquisitions &+= 1
+            entry.pointee.held_since_ns = UInt64(bitPattern: Clock.coarseRealtimeNanoseconds)
+            return Acquisition(previousOwnerDeath: nil, waitedNanoseconds: 0)
+        }
+        return try acquireSlow(entry: entry, index: index, deadline: deadline, cancellation: cancellation)
+    }
+
+    /// One attempt, never waits. Nil when another participant holds the lock.
+    func tryAcquire(index: UInt32) throws(PMLLError) -> Acquisition? {
+        do {
+            return try acquire(index: index, deadline: 0, cancellation: nil)
+        } catch .timeout {
+            return nil
+        }
+    }
+
+    @inline(__always)
+    func release(index: UInt32, inconsistent: Bool = false) {
+        let entry = memory.lock(index)
+        if !inconsistent && pmll_lock_release_fast(entry, token) != 0 { return }
+        releaseSlow(entry: entry, inconsistent: inconsistent)
+    }
+
+    @inline(never)
+    private func acquireSlow(entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: UInt32, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Acquisition {
+        let word = pmll_entry_word(entry)
+        let start = Clock.monotonicNanoseconds
+        var slept = false, contended = false, requestedHandoff = false, handoffIncoming = false, lastChance = false
+        var spins = 0
+        var checkedOwner: UInt32 = 0, checkedAt: Int64 = 0
+        var ledger: UInt32?
+        var registered = false
+        defer { processes.doneWaiting(slot: slot, ledger: ledger) }
+
+        while true {
+            var w = pmll_load32(word)
+            let owner = w & PMLL_OWNER_MASK
+
+            if owner == 0 {
+                let desired = token | (w & (PMLL_WORD_DIED | PMLL_WORD_WAITERS)) | (slept ? PMLL_WORD_WAITERS : 0)
+                if pmll_cas32(word, &w, desired) != 0 {
+                    if requestedHandoff { withdrawHandoff(entry) }
+                    let death = w & PMLL_WORD_DIED != 0 ? LockDeath.read(entry) : nil
+                    return granted(entry, start: start, contended: contended, death: death, detected: false)
+                }
+                continue
+            }
+            if owner == token && w & PMLL_WORD_HANDED != 0 {
+                // Handed to this participant on release (we asked, or a sibling thread did).
+                if pmll_cas32(word, &w, w & ~PMLL_WORD_HANDED) != 0 {
+                    let death = w & PMLL_WORD_DIED != 0 ? LockDeath.read(entry) : nil
+                    return granted(entry, start: start, contended: true, death: death, detected: false)
+                }
+                continue
+            }
+            contended = true
+
+            let now = Clock.monotonicNanoseconds
+            if owner != token && (owner != checkedOwner || now - checkedAt >= ownerCheckNanoseconds) {
+                checkedOwner = owner
+                checkedAt = now
+                if !processes.isAlive(owner) {
+                    // A handed-but-unclaimed word belongs to a waiter that died before its
+                    // critical section began: take it over without reporting a death.
+                    let handed = w & PMLL_WORD_HANDED != 0
+                    let dead = processes.info(of: owner, heldSince: Int64(bitPattern: entry.pointee.held_since_ns))
+                    let died = handed ? w & PMLL_WORD_DIED : PMLL_WORD_DIED
+                    if pmll_cas32(word, &w, token | (w & PMLL_WORD_WAITERS) | died) != 0 {
+                        if requestedHandoff { withdrawHandoff(entry) }
+                        var death: OwnerDeath?
+                        if !handed {
+                            LockDeath.record(entry, owner: owner, memory: memory, detectedAt: UInt64(Clock.realtimeNanoseconds))
+                            if dead == nil { entry.pointee.dead_pid = 0 }
+                            entry.pointee.owner_deaths &+= 1
+                            death = LockDeath.read(entry)
+                        } else if died != 0 {
+                            death = LockDeath.read(entry)
+                        }
+                        return granted(entry, start: start, contended: true, death: death, detected: !handed)
+                    }
+                    continue
+                }
+            }
+
+            let cancelled = cancellation?.isCancelled ?? false
+            if lastChance || now >= deadline || cancelled {
+                if requestedHandoff {
+                    requestedHandoff = false
+                    handoffIncoming = !withdrawHandoff(entry)
+                }
+                if handoffIncoming {
+                    // A releaser already chose us and is storing our token: giving up now
+                    // would strand the lock. Its death is caught by the owner check above.
+                    pmll_cpu_relax()
+                    continue
+                }
+                let name = String(fixedCString: entry.pointee.name)
+                if cancelled { throw .cancelled(lock: name) }
+                pmll_add64(pmll_entry_timeouts(entry), 1)
+                throw .timeout(lock: name, holder: processes.info(of: owner, heldSince: Int64(bitPattern: entry.pointee.held_since_ns)))
+            }
+
+            if !requestedHandoff && now - start >= starvationNanoseconds {
+                var none: UInt32 = 0
+                requestedHandoff = pmll_cas32(pmll_entry_handoff(entry), &none, token) != 0
+            }
+            if spins < 64 {
+                spins += 1
+                pmll_cpu_relax()
+                continue
+            }
+            if w & PMLL_WORD_WAITERS == 0 {
+                if pmll_cas32(word, &w, w | PMLL_WORD_WAITERS) == 0 { continue }
+                w |= PMLL_WORD_WAITERS
+            }
+            if !registered {
+                registered = true
+                ledger = processes.noteWaiting(slot: slot, lock: index)
+            }
+            let wakeAt = min(deadline, now + ownerCheckNanoseconds)
+            let rc = pmll_futex_wait(word, w, wakeAt)
+            slept = true
+            if rc == -ETIMEDOUT && wakeAt == deadline { lastChance = true }
+        }
+    }
+
+    /// Stamps statistics as the new holder (plain stores: only the holder writes them).
+    private func granted(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>, start: Int64, contended: Bool, death: OwnerDeath?, detected: Bool) -> Acquisition {
+        let waited = contended ? Clock.monotonicNanoseconds - start : 0
+        entry.pointee.acquisitions &+= 1
+        if contended {
+            entry.pointee.contended &+= 1
+            entry.pointee.total_wait_ns &+= UInt64(waited)
+            if UInt64(waited) > entry.pointee.max_wait_ns { entry.pointee.max_wait_ns = UInt64(waited) }
+        }
+        entry.pointee.held_since_ns = UInt64(bitPattern: Clock.coarseRealtimeNanoseconds)
+        return Acquisition(previousOwnerDeath: death, waitedNanoseconds: waited)
+    }
+
+    /// Takes back this participant's handoff request. False when a releaser has already
+    /// taken it, which means the lock is being handed to us.
+    @discardableResult
+    private func withdrawHandoff(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> Bool {
+        var mine = token
+        return pmll_cas32(pmll_entry_handoff(entry), &mine, 0) != 0
+    }
+
+    @inline(never)
+    private func releaseSlow(entry: UnsafeMutablePointer<pmll_lock_entry_t>, inconsistent: Bool) {
+        let word = pmll_entry_word(entry)
+        var w = pmll_load32(word)
+        guard w & PMLL_OWNER_MASK == token else {
+            Self.logger.error("release of a lock this participant does not hold", metadata: ["lock": "\(String(fixedCString: entry.pointee.name))"])
+            return
+        }
+        let died: UInt32 = inconsistent ? PMLL_WORD_DIED : 0
+        if inconsistent {
+            LockDeath.record(entry, owner: token, memory: memory, detectedAt: UInt64(Clock.realtimeNanoseconds), cause: LockDeath.causeInconsistent)
+        }
+        var target = pmll_load32(pmll_entry_handoff(entry))
+        if target != 0 && pmll_cas32(pmll_entry_handoff(entry), &target, 0) != 0 {
+            _ = pmll_xchg32(word, target | PMLL_WORD_HANDED | PMLL_WORD_WAITERS | died)
+            _ = pmll_futex_wake(word, Int32.max)
+            return
+        }
+        while pmll_cas32(word, &w, died) == 0 {}
+        if w & PMLL_WORD_WAITERS != 0 { _ = pmll_futex_wake(word, 1) }
+    }
+}

@@ -1,0 +1,73 @@
+public import SystemPackage
+
+/// Every error a caller of PMLL can cause or meet. Each case carries what a person needs
+/// to act on it; ``exitCode`` maps it to the `pmll` command's documented exit status.
+public enum PMLLError: Error, Equatable, Sendable {
+    /// The pool path is empty, too long, or its directory cannot be used.
+    case invalidPoolPath(path: String, reason: String)
+    /// The pool does not exist and the caller asked not to create it.
+    case poolNotFound(path: String)
+    /// The operating system refused access (file mode, directory permissions).
+    case permissionDenied(path: String, operation: String)
+    /// The pool belongs to another user and was not created for a shared group.
+    case foreignOwner(path: String, ownerUID: UInt32)
+    /// The file exists but is not a PMLL pool (wrong magic).
+    case notAPool(path: String)
+    /// The pool was written by a format this library does not know.
+    case unsupportedFormatVersion(path: String, found: UInt32, supported: UInt32)
+    /// The pool is truncated, its header checksum is wrong, or a table is damaged.
+    case corruptPool(path: String, reason: String)
+    /// A lock name is empty, longer than 255 bytes, or contains NUL.
+    case invalidLockName(name: String, reason: String)
+    /// The lock exists with another hierarchy level than the one requested.
+    case levelMismatch(name: String, existing: LockLevel, requested: LockLevel)
+    /// An acquisition would break the lock hierarchy (registry, package, filesystem, network).
+    case hierarchyViolation(held: LockID, requested: LockID)
+    /// The deadline passed while waiting; `holder` is who held the lock at that moment.
+    case timeout(lock: String, holder: HolderInfo?)
+    /// The wait was cancelled (Task cancellation, SIGINT at the CLI).
+    case cancelled(lock: String)
+    /// A fixed-size table of the pool is full.
+    case poolFull(table: String, capacity: Int)
+    /// Bad value in the pool options (sizes, capacities).
+    case invalidOptions(reason: String)
+    /// A system call failed in a way the caller did not cause directly.
+    case systemCall(name: String, errno: Errno)
+}
+
+extension PMLLError: CustomStringConvertible {
+    public var description: String {
+        switch self {
+        case let .invalidPoolPath(path, reason): "invalid pool path '\(path)': \(reason)"
+        case let .poolNotFound(path): "pool '\(path)' does not exist"
+        case let .permissionDenied(path, operation): "permission denied: cannot \(operation) '\(path)'"
+        case let .foreignOwner(path, uid): "pool '\(path)' belongs to uid \(uid) and is not group-shared"
+        case let .notAPool(path): "'\(path)' is not a PMLL pool"
+        case let .unsupportedFormatVersion(path, found, supported):
+            "pool '\(path)' has format version \(found); this pmll supports version \(supported)"
+        case let .corruptPool(path, reason): "pool '\(path)' is corrupt: \(reason)"
+        case let .invalidLockName(name, reason): "invalid lock name '\(name.debugDescription.dropFirst().dropLast())': \(reason)"
+        case let .levelMismatch(name, existing, requested):
+            "lock '\(name)' exists at level \(existing), not \(requested)"
+        case let .hierarchyViolation(held, requested):
+            "lock hierarchy violation: cannot take \(requested) while holding \(held)"
+        case let .timeout(lock, holder):
+            if let holder { "timed out waiting for lock '\(lock)' held by \(holder)" } else { "timed out waiting for lock '\(lock)'" }
+        case let .cancelled(lock): "wait for lock '\(lock)' cancelled"
+        case let .poolFull(table, capacity): "pool full: the \(table) table has all \(capacity) entries in use"
+        case let .invalidOptions(reason): "invalid pool options: \(reason)"
+        case let .systemCall(name, errno): "\(name) failed: \(errno.description) (errno \(errno.rawValue))"
+        }
+    }
+}
+
+/// A lock as named in errors: its name and level.
+public struct LockID: Hashable, Sendable, CustomStringConvertible {
+    public let name: String
+    public let level: LockLevel
+    public init(name: String, level: LockLevel) {
+        self.name = name
+        self.level = level
+    }
+    public var description: String { "'\(name)' (level \(level.rawValue) \(level))" }
+}

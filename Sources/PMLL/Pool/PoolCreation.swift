@@ -1,0 +1,55 @@
+import CPMLL
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Creating a pool without a window in which another process can see it half-built:
+/// the file is built and made durable under a private temporary name, then moved into
+/// place with renameat2(RENAME_NOREPLACE). Of many concurrent creators exactly one
+/// rename succeeds; the others discard their copy and open the winner's.
+enum PoolCreation {
+    /// Returns true if this call created the pool, false if another process got there first.
+    static func createIfAbsent(path: String, options: PoolOptions) throws(PMLLError) -> Bool {
+        try options.validate()
+        let layout = PoolLayout(processCapacity: options.processCapacity, lockCapacity: options.lockCapacity, size: options.size)
+        let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+        let base = path.split(separator: "/").last.map(String.init) ?? path
+        let temporary = "\(directory.isEmpty ? "/" : directory)/.\(base).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).creating"
+        let mode: UInt32 = options.groupShared ? 0o660 : 0o600
+
+        var length: UInt64 = 0, isPmem: Int32 = 0, err: Int32 = 0
+        guard let address = pmll_pmem_create(temporary, UInt64(options.size), mode, &length, &isPmem, &err) else {
+            throw SystemCall.fileError(Errno(rawValue: err), path: path, operation: "create pool in directory of")
+        }
+        var renamed = false
+        defer {
+            _ = pmll_pmem_unmap(address, length)
+            if !renamed { unlink(temporary) }
+        }
+        // The umask must not decide who may share the pool.
+        guard chmod(temporary, mode_t(mode)) == 0 else {
+            throw SystemCall.fileError(.current, path: temporary, operation: "chmod")
+        }
+        let header = address.assumingMemoryBound(to: pmll_header_t.self)
+        PoolHeader.initialize(header, layout: layout, size: options.size, flags: options.groupShared ? PMLL_POOL_FLAG_GROUP_SHARED : 0)
+        VolatileState.stampBoot(header, reason: PMLL_RESET_CREATED)
+        let persistence = Persistence(isPmem: isPmem != 0)
+        try persistence.persist(address, Int(PMLL_HEADER_SIZE))
+        try syncFile(temporary)
+
+        let rc = pmll_rename_noreplace(temporary, path)
+        if rc == -EEXIST { return false }
+        guard rc == 0 else { throw SystemCall.fileError(Errno(rawValue: -rc), path: path, operation: "create pool") }
+        renamed = true
+        try syncFile(directory.isEmpty ? "/" : directory)
+        return true
+    }
+
+    /// fsync by path: makes the file's size and the directory entry durable, which msync does not.
+    static func syncFile(_ path: String) throws(PMLLError) {
+        let fd = try SystemCall.libc("open") { open(path, O_RDONLY | O_CLOEXEC) }
+        defer { close(fd) }
+        _ = try SystemCall.libc("fsync") { fsync(fd) }
+    }
+}

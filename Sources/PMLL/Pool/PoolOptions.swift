@@ -1,0 +1,42 @@
+/// How a pool is created (when it does not exist yet) and opened.
+public struct PoolOptions: Sendable, Equatable {
+    /// Create the pool if it does not exist (race-free: exactly one creator wins).
+    public var create: Bool = true
+    /// Size of a newly created pool file in bytes. Never changes an existing pool.
+    public var size: Int = 16 << 20
+    /// Process-table slots (how many processes may have the pool open at once), at most 1024.
+    public var processCapacity: Int = 256
+    /// Lock-table entries (distinct lock names over the pool's life).
+    public var lockCapacity: Int = 1024
+    /// Create the file 0660 so that the owning group may share it; otherwise 0600.
+    public var groupShared: Bool = false
+    /// How often a waiter checks whether the holder is still alive.
+    public var ownerCheckInterval: Duration = .milliseconds(1)
+    /// After waiting this long, a waiter asks for the lock to be handed to it on release.
+    public var starvationThreshold: Duration = .milliseconds(5)
+
+    public init() {}
+
+    func validate() throws(PMLLError) {
+        guard (1...1024).contains(processCapacity) else {
+            throw .invalidOptions(reason: "processCapacity must be 1...1024, got \(processCapacity)")
+        }
+        guard (1...1 << 20).contains(lockCapacity) else {
+            throw .invalidOptions(reason: "lockCapacity must be 1...1048576, got \(lockCapacity)")
+        }
+        let needed = PoolLayout(processCapacity: processCapacity, lockCapacity: lockCapacity, size: 0).minimumSize
+        guard size >= needed, size <= 1 << 40 else {
+            throw .invalidOptions(reason: "size must be \(needed)...\(1 << 40) bytes for these capacities, got \(size)")
+        }
+        guard ownerCheckInterval > .zero, starvationThreshold >= .zero else {
+            throw .invalidOptions(reason: "ownerCheckInterval must be positive and starvationThreshold not negative")
+        }
+    }
+}
+
+extension Duration {
+    var nanoseconds: Int64 {
+        let (s, atto) = components
+        return s * 1_000_000_000 + atto / 1_000_000_000
+    }
+}

@@ -1,0 +1,46 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where a pool lives when the caller names none: `$PMLL_POOL`, else the per-user
+/// `$XDG_STATE_HOME/pmll/default.pool` (`~/.local/state/pmll/default.pool`).
+public enum PoolPath {
+    public static func resolve(_ explicit: String?) -> String {
+        if let explicit { return explicit }
+        if let env = environment("PMLL_POOL"), !env.isEmpty { return env }
+        return defaultPath
+    }
+
+    /// The embedded default pool of the calling user.
+    public static var defaultPath: String {
+        let state: String
+        if let xdg = environment("XDG_STATE_HOME"), xdg.hasPrefix("/") {
+            state = xdg
+        } else {
+            state = homeDirectory + "/.local/state"
+        }
+        return state + "/pmll/default.pool"
+    }
+
+    static var homeDirectory: String {
+        if let home = environment("HOME"), home.hasPrefix("/") { return home }
+        if let pw = getpwuid(geteuid()), let dir = pw.pointee.pw_dir { return String(cString: dir) }
+        return "/tmp"
+    }
+
+    static func environment(_ name: String) -> String? {
+        getenv(name).map { String(cString: $0) }
+    }
+
+    /// Creates the directories above `path` (mode 0700), as `mkdir -p` would.
+    static func createParentDirectories(of path: String) throws(PMLLError) {
+        var prefix = ""
+        let parts = path.split(separator: "/", omittingEmptySubsequences: true).dropLast()
+        for part in parts {
+            prefix += "/" + part
+            if mkdir(prefix, 0o700) != 0 && errno != EEXIST {
+                throw SystemCall.fileError(.current, path: prefix, operation: "create directory")
+            }
+        }
+    }
+}
