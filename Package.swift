@@ -49,6 +49,7 @@ let package = Package(
             dependencies: [
                 "PMLL",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -20,6 +20,7 @@ public struct LockHandle: Sendable, Hashable {
     /// Holds the lock while `body` runs; waits at most `timeout` (nil: no limit) and stops
     /// waiting when `cancellation` is cancelled. The lock is released on every exit from
     /// `body`, including a thrown error (released consistent unless the grant was marked).
+    @_disfavoredOverload   // in async code the async form is meant; in sync code it is the only one
     public func withLock<R>(timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockGrant) throws -> R) throws -> R {
         try pool.withLocks([self], sameLevel: false, timeout: timeout, cancellation: cancellation, body)
     }
@@ -57,6 +58,7 @@ extension Pool {
 
     /// Several locks of one level, taken in canonical order (by name) in one call, so that
     /// two processes can never take them in opposite orders.
+    @_disfavoredOverload
     public func withLocks<R>(_ locks: [LockHandle], timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockGrant) throws -> R) throws -> R {
         try withLocks(locks, sameLevel: true, timeout: timeout, cancellation: cancellation, body)
     }
@@ -157,5 +159,20 @@ extension Pool {
         let ns = max(0, timeout.nanoseconds)
         let now = Clock.monotonicNanoseconds
         return ns > Int64.max - now ? .max : now + ns
+    }
+}
+
+extension LockHandle {
+    /// Who holds the lock right now, or nil if it is free.
+    public var currentHolder: HolderInfo? {
+        let owner = pmll_load32(pmll_entry_word(entry)) & PMLL_OWNER_MASK
+        guard owner != 0 else { return nil }
+        return pool.processes.info(of: owner, heldSince: Int64(bitPattern: entry.pointee.held_since_ns))
+    }
+
+    /// Wakes every thread sleeping on this lock, in any process, so that each re-checks
+    /// the word and its cancellation flag now rather than at its next owner check.
+    public func wakeWaiters() {
+        _ = pmll_futex_wake(pmll_entry_word(entry), Int32.max)
     }
 }

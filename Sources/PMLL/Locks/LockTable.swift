@@ -28,20 +28,29 @@ struct LockTable {
 
     /// Finds the entry for `name`, creating it if `create` is set.
     func index(of name: String, level: LockLevel, create: Bool, creation: borrowing Mutex<Void>) throws(PMLLError) -> UInt32? {
-        try Self.validate(name: name)
+        if let found = try lookup(name) { return try checked(found, name: name, level: level) }
         let bytes = Array(name.utf8)
-        if let found = try find(bytes, name: name, level: level) { return found.index }
         guard create else { return nil }
         return try creation.withLock { _ throws(PMLLError) -> UInt32 in
             _ = try SystemCall.retrying("fcntl(F_OFD_SETLKW)") { pmll_ofd_lock(fd, PMLL_LOCKBYTE_TABLE, PMLL_RANGE_EXCLUSIVE, 1) }
             defer { _ = pmll_ofd_lock(fd, PMLL_LOCKBYTE_TABLE, PMLL_RANGE_UNLOCK, 0) }
-            let found = try find(bytes, name: name, level: level)
-            if let found { return found.index }
+            if let found = try find(bytes, name: name) { return try checked(found, name: name, level: level) }
             return try insert(bytes, level: level)
         }
     }
 
-    private func find(_ bytes: [UInt8], name: String, level: LockLevel) throws(PMLLError) -> (index: UInt32, empty: UInt32?)? {
+    /// The entry for `name` and its level, or nil if the pool has no lock of that name.
+    func lookup(_ name: String) throws(PMLLError) -> (index: UInt32, level: LockLevel)? {
+        try Self.validate(name: name)
+        return try find(Array(name.utf8), name: name)
+    }
+
+    private func checked(_ found: (index: UInt32, level: LockLevel), name: String, level: LockLevel) throws(PMLLError) -> UInt32 {
+        guard found.level == level else { throw .levelMismatch(name: name, existing: found.level, requested: level) }
+        return found.index
+    }
+
+    private func find(_ bytes: [UInt8], name: String) throws(PMLLError) -> (index: UInt32, level: LockLevel)? {
         let capacity = memory.lockCapacity
         let start = bytes.withUnsafeBytes { pmll_crc32c(0, $0.baseAddress, $0.count) } % capacity
         for probe in 0..<capacity {
@@ -59,8 +68,7 @@ struct LockTable {
                   let existing = LockLevel(rawValue: entry.pointee.level) else {
                 throw .corruptPool(path: path, reason: "lock entry \(index) ('\(name)') fails its checksum")
             }
-            guard existing == level else { throw .levelMismatch(name: name, existing: existing, requested: level) }
-            return (index, nil)
+            return (index, existing)
         }
         return nil
     }

@@ -123,7 +123,7 @@ public final class Pool: Sendable {
         _ = try SystemCall.retrying("fcntl(F_OFD_SETLK)") { pmll_ofd_lock(fd, PMLL_LOCKBYTE_SESSION, PMLL_RANGE_SHARED, 0) }
 
         var processes = ProcessTable(memory: memory, fd: fd)
-        let (slot, token) = try processes.register()
+        let (slot, token) = try processes.register(label: options.processLabel)
         processes.ownSlot = slot
 
         self.path = path
@@ -138,7 +138,7 @@ public final class Pool: Sendable {
         self.openReport = OpenReport(created: created, volatileReset: reset, isPersistentMemory: isPmem != 0)
         mapped = false
         if let reset, reset != .created {
-            Self.logger.info("pool volatile state reset", metadata: ["path": "\(path)", "reason": "\(reset.rawValue)"])
+            Self.logger.debug("pool volatile state reset", metadata: ["path": "\(path)", "reason": "\(reset.rawValue)"])
         }
     }
 

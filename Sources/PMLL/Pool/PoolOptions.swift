@@ -15,6 +15,10 @@ public struct PoolOptions: Sendable, Equatable {
     /// After waiting this long, a waiter asks for the lock to be handed to it on release.
     public var starvationThreshold: Duration = .milliseconds(5)
 
+    /// Command name recorded for this process in the process table (shown as the holder
+    /// of its locks); at most 15 bytes are kept. Default: /proc/self/comm.
+    public var processLabel: String?
+
     public init() {}
 
     func validate() throws(PMLLError) {

@@ -25,9 +25,9 @@ struct ProcessTable {
     var ownSlot: UInt32 = .max
 
     /// Claims a free or dead slot. Called under the INIT byte lock, so registrations never race.
-    func register() throws(PMLLError) -> (slot: UInt32, token: UInt32) {
+    func register(label: String?) throws(PMLLError) -> (slot: UInt32, token: UInt32) {
         let pid = getpid()
-        let comm = ProcessIdentity.commandName()
+        let comm = label ?? ProcessIdentity.commandName()
         let start = ProcessIdentity.startTime()
         for index in 0..<memory.processCapacity {
             let rc = pmll_ofd_lock(fd, PMLL_LOCKBYTE_LIVENESS + Int64(index), PMLL_RANGE_EXCLUSIVE, 0)

@@ -1,0 +1,36 @@
+import PMLL
+
+/// The `pmll` command's exit statuses (a contract: see Docs/CLI.md and `pmll --help`).
+enum ExitStatus {
+    static let ok: Int32 = 0
+    static let usage: Int32 = 64          // bad arguments, lock name, level, hierarchy violation
+    static let badPool: Int32 = 65        // not a pool, unknown format version, corrupt
+    static let noPool: Int32 = 66         // pool missing (when not creating) or path unusable
+    static let system: Int32 = 71         // unexpected system-call failure
+    static let poolFull: Int32 = 73       // a table of the pool is full
+    static let timeout: Int32 = 75        // lock wait timed out
+    static let permission: Int32 = 77     // permission denied, pool owned by another user
+    static let cannotExecute: Int32 = 126 // COMMAND found but not executable
+    static let commandNotFound: Int32 = 127
+    static let interrupted: Int32 = 130   // SIGINT while waiting
+
+    static let summary = """
+        Exit status: 0 ok; 64 usage error (arguments, lock name, level, hierarchy violation); \
+        65 bad or corrupt pool; 66 pool missing or path unusable; 71 system error; 73 pool full; \
+        75 timeout; 77 permission denied; 126/127 COMMAND not executable/not found; \
+        130 interrupted; otherwise COMMAND's own status (128+N if it died of signal N).
+        """
+
+    static func code(for error: PMLLError) -> Int32 {
+        switch error {
+        case .invalidLockName, .levelMismatch, .hierarchyViolation, .invalidOptions: usage
+        case .notAPool, .unsupportedFormatVersion, .corruptPool: badPool
+        case .poolNotFound, .invalidPoolPath: noPool
+        case .permissionDenied, .foreignOwner: permission
+        case .timeout: timeout
+        case .cancelled: interrupted
+        case .poolFull: poolFull
+        case .systemCall: system
+        }
+    }
+}

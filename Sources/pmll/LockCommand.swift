@@ -1,0 +1,137 @@
+import ArgumentParser
+import Dispatch
+import PMLL
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct LockCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lock",
+        abstract: "Run COMMAND while holding lock NAME (like flock(1)).",
+        discussion: """
+            Waits for the lock (printing who holds it when the wait is noticeable), runs COMMAND \
+            and exits with its status. If a previous holder died holding the lock, prints a \
+            warning and runs COMMAND with PMLL_PREVIOUS_OWNER_DIED=1. If COMMAND is killed by a \
+            signal, the lock is released marked so the next holder is told the same.
+            Nested `pmll lock` calls are checked against the hierarchy through $PMLL_HELD_LOCKS.
+
+            \(ExitStatus.summary)
+            """
+    )
+
+    @OptionGroup var poolArguments: PoolArguments
+
+    @Option(help: ArgumentHelp("Give up after this many seconds (exit 75). Default: wait forever.", valueName: "SECONDS"))
+    var timeout: Double?
+
+    @Option(help: "Hierarchy level if the lock is created: registry, package, filesystem or network. Default: the lock's existing level, else package.")
+    var level: LockLevel?
+
+    @Argument(help: "Lock name: 1-255 bytes of UTF-8, no NUL.")
+    var name: String
+
+    @Argument(parsing: .postTerminator, help: "The command to run while holding the lock, after --.")
+    var command: [String] = []
+
+    func validate() throws {
+        guard !command.isEmpty else { throw ValidationError("missing COMMAND after --") }
+        if let timeout, !(timeout >= 0 && timeout.isFinite) { throw ValidationError("--timeout must be a non-negative number of seconds") }
+    }
+
+    func run() throws {
+        let label = command.first.map { $0.split(separator: "/").last.map(String.init) ?? $0 }
+        let pool = try poolArguments.open(label: label)
+        let lock = try pool.lock(named: name, level: try resolvedLevel(pool))
+        try NestedLocks.check(lock.id)
+
+        let cancellation = Cancellation()
+        let interrupt = SignalWatch(SIGINT) {
+            cancellation.cancel()
+            lock.wakeWaiters()
+        }
+        let notice = WaitNotice(lock: lock)
+        let status: Int32 = try lock.withLock(timeout: timeout.map { .nanoseconds(Int64($0 * 1e9)) }, cancellation: cancellation) { grant in
+            notice.stop()
+            interrupt.stop()
+            var environment = NestedLocks.environment(adding: lock.id)
+            if let death = grant.previousOwnerDeath {
+                printError("pmll: warning: lock '\(name)': \(death); running COMMAND with PMLL_PREVIOUS_OWNER_DIED=1")
+                environment.append("PMLL_PREVIOUS_OWNER_DIED=1")
+            }
+            let result = try ChildProcess.run(command, environment: environment)
+            if case .signaled = result { grant.markInconsistent() }
+            return result.exitStatus
+        }
+        Glibc.exit(status)
+    }
+
+    private func resolvedLevel(_ pool: Pool) throws(PMLLError) -> LockLevel {
+        if let level { return level }
+        return try pool.existingLock(named: name)?.id.level ?? .package
+    }
+}
+
+/// Prints, after a moment of waiting and then every 10 s, who holds the lock.
+final class WaitNotice {
+    private let timer: any DispatchSourceTimer
+    init(lock: LockHandle) {
+        timer = DispatchSource.makeTimerSource(queue: .global())
+        timer.schedule(deadline: .now() + .milliseconds(500), repeating: .seconds(10))
+        timer.setEventHandler {
+            guard let holder = lock.currentHolder else { return }
+            printError("pmll: waiting for lock '\(lock.id.name)' held by \(holder)")
+        }
+        timer.resume()
+    }
+    func stop() { timer.cancel() }
+}
+
+/// Runs a handler on a Dispatch queue when a signal arrives (the signal is ignored otherwise).
+final class SignalWatch {
+    private let source: any DispatchSourceSignal
+    private let number: Int32
+    init(_ number: Int32, handler: @escaping @Sendable () -> Void) {
+        self.number = number
+        signal(number, SIG_IGN)
+        source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+        source.setEventHandler(handler: handler)
+        source.resume()
+    }
+    /// Leaves the signal ignored: while COMMAND runs it gets the terminal's SIGINT itself.
+    func stop() { source.cancel() }
+}
+
+/// Nested `pmll lock` invocations: the outer one tells the inner ones what it holds.
+enum NestedLocks {
+    static let variable = "PMLL_HELD_LOCKS"
+
+    static func held() -> [LockID] {
+        guard let raw = getenv(variable).map({ String(cString: $0) }), !raw.isEmpty else { return [] }
+        return raw.split(separator: "\n").compactMap { line in
+            let parts = line.split(separator: ":", maxSplits: 1)
+            guard parts.count == 2, let n = UInt32(parts[0]), let level = LockLevel(rawValue: n) else { return nil }
+            return LockID(name: String(parts[1]), level: level)
+        }
+    }
+
+    static func check(_ requested: LockID) throws(PMLLError) {
+        if let top = held().max(by: { $0.level < $1.level }), top.level >= requested.level {
+            throw .hierarchyViolation(held: top, requested: requested)
+        }
+    }
+
+    /// The current environment plus the lock now held, for COMMAND.
+    static func environment(adding lock: LockID) -> [String] {
+        var env: [String] = []
+        var p = environ
+        while let entry = p.pointee {
+            let s = String(cString: entry)
+            if !s.hasPrefix(variable + "=") && !s.hasPrefix("PMLL_PREVIOUS_OWNER_DIED=") { env.append(s) }
+            p += 1
+        }
+        let held = (held() + [lock]).map { "\($0.level.rawValue):\($0.name)" }.joined(separator: "\n")
+        env.append("\(variable)=\(held)")
+        return env
+    }
+}

@@ -1,0 +1,80 @@
+public import ArgumentParser
+import Logging
+public import PMLL
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@main
+struct PMLLCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pmll",
+        abstract: "Persistent, crash-safe locks shared by many processes.",
+        discussion: """
+            The pool is --pool PATH, else $PMLL_POOL, else \(PoolPath.defaultPath) \
+            (created on first use, mode 0600).
+
+            \(ExitStatus.summary)
+            """,
+        subcommands: [LockCommand.self, StatusCommand.self, DemoCommand.self, DemoWorkerCommand.self]
+    )
+
+    /// Every failure ends as one line on stderr starting `pmll:` and a documented status.
+    static func main() async {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = Logger.Level(rawValue: getenv("PMLL_LOG_LEVEL").map { String(cString: $0) } ?? "") ?? .warning
+            return handler
+        }
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch let error as PMLLError {
+            fail(error.description, status: ExitStatus.code(for: error))
+        } catch let error as CommandFailure {
+            fail(error.message, status: error.status)
+        } catch {
+            let status = exitCode(for: error)
+            if status == .success || error is CleanExit { exit(withError: error) }
+            let message = fullMessage(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+            let trimmed = message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message
+            fail("\(trimmed) (see 'pmll --help')", status: ExitStatus.usage)
+        }
+    }
+
+    static func fail(_ message: String, status: Int32) -> Never {
+        printError("pmll: \(message)")
+        Glibc.exit(status)
+    }
+}
+
+/// A failure with its own message and exit status (e.g. COMMAND not found).
+struct CommandFailure: Error {
+    let message: String
+    let status: Int32
+}
+
+func printError(_ line: String) {
+    var text = line
+    if !text.hasSuffix("\n") { text += "\n" }
+    _ = text.withCString { write(2, $0, strlen($0)) }
+}
+
+/// `--pool PATH`, shared by every subcommand.
+struct PoolArguments: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("Pool file (default: $PMLL_POOL, else the per-user default pool).", valueName: "PATH"))
+    var pool: String?
+
+    func open(create: Bool = true, label: String? = nil) throws(PMLLError) -> Pool {
+        var options = PoolOptions()
+        options.create = create
+        options.processLabel = label
+        return try Pool.open(path: pool, options: options)
+    }
+}
+
+extension LockLevel: ExpressibleByArgument {}

@@ -1,0 +1,55 @@
+import ArgumentParser
+import Foundation
+import PMLL
+
+struct StatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Show the pool's locks and attached processes.",
+        discussion: "The --json form is a stable contract, documented in Docs/CLI.md.\n\n\(ExitStatus.summary)"
+    )
+
+    @OptionGroup var poolArguments: PoolArguments
+
+    @Flag(help: "Print JSON instead of a table.")
+    var json = false
+
+    func run() throws {
+        let pool = try poolArguments.open(create: false)
+        // Our own attachment is not interesting to the reader.
+        let status = pool.status(includingSelf: false)
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(status), as: UTF8.self))
+        } else {
+            print(StatusTable.render(status))
+        }
+    }
+}
+
+enum StatusTable {
+    static func render(_ s: PoolStatus) -> String {
+        var out = "pool \(s.path): format \(s.formatVersion), \(s.sizeBytes / 1024) KiB, " +
+            "\(s.processes.count)/\(s.processCapacity) processes attached, \(s.locks.count)/\(s.lockCapacity) locks" +
+            (s.persistentMemory ? ", persistent memory" : "") + "\n"
+        let header = ["LOCK", "LEVEL", "STATE", "HOLDER", "HELD FOR", "WAITERS", "ACQUIRED", "CONTENDED", "TIMEOUTS", "OWNER DEATHS"]
+        var rows = [header]
+        for lock in s.locks {
+            rows.append([
+                lock.name, lock.level.description,
+                lock.state.rawValue + (lock.ownerDiedPending ? " (owner died)" : ""),
+                lock.holder.map { "\($0.pid) \($0.commandName)" } ?? "-",
+                lock.heldForSeconds.map { String(format: "%.1fs", $0) } ?? "-",
+                "\(lock.waiters)", "\(lock.acquisitions)", "\(lock.contended)", "\(lock.timeouts)", "\(lock.ownerDeaths)",
+            ])
+        }
+        if s.locks.isEmpty { return out + "no locks" }
+        let widths = header.indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
+        for row in rows {
+            out += zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
+                .trimmingCharacters(in: .whitespaces) + "\n"
+        }
+        return String(out.dropLast())
+    }
+}

@@ -1,0 +1,202 @@
+public import ArgumentParser
+import Foundation
+public import PMLL
+
+/// `pmll-worker`: the real processes that the test suite and benchmarks spawn, kill and
+/// inspect. Each subcommand prints one JSON object per line on stdout for the parent.
+@main
+struct Worker: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pmll-worker",
+        abstract: "Test and benchmark worker processes for PMLL.",
+        subcommands: [Counter.self, Hold.self, Churn.self, Robust8.self, Nested.self]
+    )
+}
+
+struct Common: ParsableArguments {
+    @Option var pool: String
+    @Option var lock: String = "worker"
+    @Option var level: LockLevel = .package
+
+    func open() throws -> (Pool, LockHandle) {
+        let pool = try Pool.open(path: pool)
+        return (pool, try pool.lock(named: lock, level: level))
+    }
+}
+
+extension LockLevel: ExpressibleByArgument {}
+
+/// Read-modify-write of a counter file under the lock, from several threads.
+struct Counter: ParsableCommand {
+    @OptionGroup var common: Common
+    @Option var file: String
+    @Option var iterations = 1000
+    @Option var threads = 1
+
+    func run() throws {
+        let (_, lock) = try common.open()
+        let fd = open(file, O_RDWR | O_CREAT, 0o600)
+        guard fd >= 0 else { throw ExitCode(2) }
+        let errors = LockedCounter()
+        DispatchQueue.concurrentPerform(iterations: threads) { _ in
+            for _ in 0..<iterations {
+                do {
+                    try lock.withLock { _ in
+                        var value: UInt64 = 0
+                        _ = pread(fd, &value, 8, 0)
+                        value += 1
+                        _ = pwrite(fd, &value, 8, 0)
+                    }
+                } catch {
+                    errors.add()
+                }
+            }
+        }
+        emit(["event": "done", "errors": errors.value])
+    }
+}
+
+/// Takes the lock, reports what it found, holds it for `seconds`, releases.
+struct Hold: ParsableCommand {
+    @OptionGroup var common: Common
+    @Option var seconds: Double = 3600
+    @Option var timeout: Double?
+    @Flag var inconsistent = false
+
+    func run() throws {
+        let (pool, lock) = try common.open()
+        do {
+            try lock.withLock(timeout: timeout.map { .milliseconds(Int64($0 * 1000)) }) { grant in
+                emit(["event": "acquired", "pid": Int(getpid()), "ownerDied": grant.previousOwnerDeath != nil,
+                      "created": pool.openReport.created, "reset": pool.openReport.volatileReset?.rawValue ?? "",
+                      "deadPid": Int(grant.previousOwnerDeath?.pid ?? 0),
+                      "cause": grant.previousOwnerDeath?.cause.rawValue ?? ""])
+                if seconds > 0 { usleep(UInt32(min(seconds, 3600) * 1e6)) }
+                if inconsistent { grant.markInconsistent() }
+            }
+            emit(["event": "released"])
+        } catch let error as PMLLError {
+            if case .timeout(_, let holder) = error {
+                emit(["event": "timeout", "holderPid": Int(holder?.pid ?? 0)])
+                throw ExitCode(75)
+            }
+            emit(["event": "error", "error": error.description])
+            throw ExitCode(1)
+        }
+    }
+}
+
+/// Loops forever on one lock. The critical section writes a marker, bumps a counter and
+/// clears the marker; the next holder after an interrupted section must be told the
+/// owner died. File layout (u64 each): counter, marker, deaths seen, violations.
+struct Churn: ParsableCommand {
+    @OptionGroup var common: Common
+    @Option var file: String
+
+    func run() throws {
+        let (_, lock) = try common.open()
+        let fd = open(file, O_RDWR | O_CREAT, 0o600)
+        guard fd >= 0 else { throw ExitCode(2) }
+        emit(["event": "started", "pid": Int(getpid())])
+        func field(_ i: Int) -> UInt64 { var v: UInt64 = 0; _ = pread(fd, &v, 8, off_t(i * 8)); return v }
+        func set(_ i: Int, _ v: UInt64) { var v = v; _ = pwrite(fd, &v, 8, off_t(i * 8)) }
+        while true {
+            try lock.withLock(timeout: .seconds(30)) { grant in
+                let marker = field(1)
+                if grant.previousOwnerDeath != nil {
+                    set(2, field(2) + 1)
+                    set(1, 0)
+                } else if marker != 0 {
+                    set(3, field(3) + 1)   // interrupted section, nobody told: a violation
+                    set(1, 0)
+                }
+                set(1, UInt64(getpid()))
+                set(0, field(0) + 1)
+                set(1, 0)
+            }
+        }
+    }
+}
+
+/// glibc tst-robust8: several threads randomly lock, time out and unlock many locks,
+/// then the process kills itself with everything in whatever state it is in.
+struct Robust8: ParsableCommand {
+    @Option var pool: String
+    @Option var locks = 100
+    @Option var threads = 9
+    @Option var milliseconds = 200
+
+    func run() throws {
+        let pool = try Pool.open(path: pool)
+        let handles = try (0..<locks).map { try pool.lock(named: "robust8/\($0)", level: .filesystem) }
+        emit(["event": "started", "pid": Int(getpid())])
+        for _ in 0..<threads {
+            Thread.detachNewThread {
+                while true {
+                    let lock = handles.randomElement()!
+                    _ = try? lock.withLock(timeout: .microseconds(Int64.random(in: 0...2000))) { _ in
+                        usleep(UInt32.random(in: 0...200))
+                    }
+                }
+            }
+        }
+        usleep(UInt32(milliseconds * 1000))
+        kill(getpid(), SIGKILL)
+    }
+}
+
+/// Typed API, all four levels nested in order, several package locks in one call.
+struct Nested: ParsableCommand {
+    @Option var pool: String
+    @Option var file: String
+    @Option var iterations = 100
+
+    func run() throws {
+        let pool = try Pool.open(path: pool)
+        let registry = try pool.lock("nested/registry", Registry.self)
+        let packages = try ["nested/pkg-b", "nested/pkg-a", "nested/pkg-c"].map { try pool.lock($0, Package.self) }
+        let files = try pool.lock("nested/fs", FileSystem.self)
+        let network = try pool.lock("nested/net", Network.self)
+        let fd = open(file, O_RDWR | O_CREAT, 0o600)
+        for i in 0..<iterations {
+            try pool.withLockContext { root in
+                if i % 2 == 0 {
+                    try root.withLock(registry) { r in
+                        try r.withLocks(packages.shuffled()) { p in
+                            try p.withLock(files) { f in
+                                try f.withLock(network) { _ in bump(fd) }
+                            }
+                        }
+                    }
+                } else {
+                    // Skipping levels is fine: only the order matters.
+                    try root.withLocks(Array(packages.prefix(2))) { p in
+                        try p.withLock(network) { _ in bump(fd) }
+                    }
+                }
+            }
+        }
+        emit(["event": "done"])
+    }
+
+    func bump(_ fd: Int32) {
+        var v: UInt64 = 0
+        _ = pread(fd, &v, 8, 0)
+        v += 1
+        _ = pwrite(fd, &v, 8, 0)
+    }
+}
+
+final class LockedCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var count = 0
+    func add() { lock.lock(); count += 1; lock.unlock() }
+    var value: Int { lock.lock(); defer { lock.unlock() }; return count }
+}
+
+func emit(_ object: [String: Any]) {
+    let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+    var line = data
+    line.append(0x0A)
+    line.withUnsafeBytes { _ = write(1, $0.baseAddress, $0.count) }
+}

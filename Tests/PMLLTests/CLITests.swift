@@ -1,0 +1,137 @@
+import Foundation
+import PMLL
+import Testing
+
+@Suite("pmll command", .serialized)
+struct CLITests {
+    @Test func runsTheCommandAndPassesItsStatusThrough() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("cli.pool")
+        let ok = try run(Binaries.pmll, ["lock", "--pool", pool, "x", "--", "sh", "-c", "echo in; exit 3"])
+        #expect(ok.status == 3)
+        #expect(ok.stdout == "in")
+        let env = try run(Binaries.pmll, ["lock", "--pool", pool, "--level", "filesystem", "y", "--", "sh", "-c", "echo $PMLL_HELD_LOCKS"])
+        #expect(env.stdout == "3:y")
+    }
+
+    @Test func timeoutExits75AndNamesTheHolder() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("t.pool")
+        let holder = try Child(Binaries.pmll, ["lock", "--pool", pool, "t", "--", "sleep", "30"])
+        defer { holder.kill(); holder.wait() }
+        try waitUntilHeld(pool: pool, lock: "t")
+        let result = try run(Binaries.pmll, ["lock", "--pool", pool, "--timeout", "0.8", "t", "--", "true"])
+        #expect(result.status == 75)
+        let lines = result.stderr.split(separator: "\n")
+        #expect(lines.allSatisfy { $0.hasPrefix("pmll: ") })
+        #expect(lines.contains { $0.contains("waiting for lock 't' held by pid \(holder.pid) (sleep)") })
+        #expect(lines.last?.contains("timed out") == true)
+        #expect(lines.last?.contains("pid \(holder.pid) (sleep)") == true)
+    }
+
+    @Test func deathOfTheHolderIsPassedToTheNextCommand() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("d.pool")
+        let holder = try Child(Binaries.pmll, ["lock", "--pool", pool, "d", "--", "sleep", "30"])
+        try waitUntilHeld(pool: pool, lock: "d")
+        holder.kill()
+        holder.wait()
+        let next = try run(Binaries.pmll, ["lock", "--pool", pool, "--timeout", "10", "d", "--", "sh", "-c", "echo died=$PMLL_PREVIOUS_OWNER_DIED"])
+        #expect(next.status == 0)
+        #expect(next.stdout == "died=1")
+        #expect(next.stderr.contains("pmll: warning: lock 'd': previous holder pid \(holder.pid)"))
+        let after = try run(Binaries.pmll, ["lock", "--pool", pool, "d", "--", "sh", "-c", "echo died=$PMLL_PREVIOUS_OWNER_DIED"])
+        #expect(after.stdout == "died=")
+    }
+
+    @Test func commandKilledBySignalMarksTheLock() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("s.pool")
+        let killed = try run(Binaries.pmll, ["lock", "--pool", pool, "s", "--", "sh", "-c", "kill -9 $$"])
+        #expect(killed.status == 128 + 9)
+        let next = try run(Binaries.pmll, ["lock", "--pool", pool, "s", "--", "sh", "-c", "echo died=$PMLL_PREVIOUS_OWNER_DIED"])
+        #expect(next.stdout == "died=1")
+        #expect(next.stderr.contains("released the lock without finishing"))
+    }
+
+    @Test func sigintCancelsTheWait() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("i.pool")
+        let holder = try Child(Binaries.pmll, ["lock", "--pool", pool, "i", "--", "sleep", "30"])
+        defer { holder.kill(); holder.wait() }
+        try waitUntilHeld(pool: pool, lock: "i")
+        let waiter = try Child(Binaries.pmll, ["lock", "--pool", pool, "i", "--", "true"])
+        usleep(300_000)
+        waiter.kill(SIGINT)
+        #expect(waiter.wait(timeout: 5) == 130)
+        #expect(waiter.stderr.contains("pmll: wait for lock 'i' cancelled"))
+    }
+
+    @Test func usageErrorsAndExitCodes() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("u.pool")
+        for (args, status) in [
+            (["lock", "--pool", pool, "x"], 64),                         // no COMMAND
+            (["lock", "--pool", pool, "", "--", "true"], 64),            // empty name
+            (["lock", "--pool", pool, "--level", "bogus", "x", "--", "true"], 64),
+            (["lock", "--pool", pool, "--timeout", "-1", "x", "--", "true"], 64),
+            (["frobnicate"], 64),
+            (["status", "--pool", scratch.file("missing.pool")], 66),
+            (["lock", "--pool", pool, "x", "--", "/nonexistent/cmd"], 127),
+        ] {
+            let result = try run(Binaries.pmll, args)
+            #expect(result.status == Int32(status), "\(args): \(result.stderr)")
+            #expect(result.stderr.hasPrefix("pmll: "), "\(args): \(result.stderr)")
+            #expect(result.stderr.split(separator: "\n").count == 1, "\(args): \(result.stderr)")
+        }
+        let help = try run(Binaries.pmll, ["--help"])
+        #expect(help.status == 0)
+        #expect(help.stdout.contains("75 timeout"))
+    }
+
+    @Test func nestedLockCommandsFollowTheHierarchy() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("n.pool")
+        let pmll = Binaries.pmll
+        let good = try run(pmll, ["lock", "--pool", pool, "--level", "registry", "r", "--", pmll, "lock", "--pool", pool, "--level", "package", "p", "--", "true"])
+        #expect(good.status == 0)
+        let bad = try run(pmll, ["lock", "--pool", pool, "--level", "package", "p", "--", pmll, "lock", "--pool", pool, "--level", "registry", "r", "--", "true"])
+        #expect(bad.status == 64)
+        #expect(bad.stderr.contains("pmll: lock hierarchy violation: cannot take 'r' (level 1 registry) while holding 'p' (level 2 package)"))
+    }
+
+    @Test func statusJSONIsStable() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("j.pool")
+        let holder = try Child(Binaries.pmll, ["lock", "--pool", pool, "--level", "network", "held", "--", "sleep", "30"])
+        defer { holder.kill(); holder.wait() }
+        try waitUntilHeld(pool: pool, lock: "held")
+        _ = try run(Binaries.pmll, ["lock", "--pool", pool, "free", "--", "true"])
+        let result = try run(Binaries.pmll, ["status", "--pool", pool, "--json"])
+        #expect(result.status == 0)
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        let locks = try #require(json["locks"] as? [[String: Any]])
+        #expect(Set(locks[0].keys).isSuperset(of: ["name", "level", "state", "waiters", "acquisitions", "contended", "timeouts", "ownerDeaths", "maxWaitNanoseconds", "totalWaitNanoseconds", "ownerDiedPending"]))
+        let held = try #require(locks.first { $0["name"] as? String == "held" })
+        #expect(held["state"] as? String == "held")
+        #expect(held["level"] as? String == "network")
+        #expect((held["holder"] as? [String: Any])?["pid"] as? Int == Int(holder.pid))
+        #expect((held["holder"] as? [String: Any])?["commandName"] as? String == "sleep")
+        let table = try run(Binaries.pmll, ["status", "--pool", pool])
+        #expect(table.stdout.contains("held"))
+        #expect(table.stdout.contains("\(holder.pid) sleep"))
+    }
+}
+
+func waitUntilHeld(pool: String, lock: String, timeout: Double = 20) throws {
+    let end = Date().addingTimeInterval(timeout)
+    while Date() < end {
+        if FileManager.default.fileExists(atPath: pool),
+           let p = try? Pool.open(path: pool, options: { var o = PoolOptions(); o.create = false; return o }()),
+           let handle = try? p.existingLock(named: lock), handle.currentHolder != nil {
+            return
+        }
+        usleep(10_000)
+    }
+    Issue.record("lock \(lock) never became held")
+}

@@ -1,0 +1,205 @@
+import Foundation
+import PMLL
+import Testing
+
+@Suite("Robust locks across processes", .serialized)
+struct LockTests {
+    @Test func noLostUpdatesAcrossProcessesAndThreads() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("c.pool"), file = scratch.file("counter")
+        let children = try (0..<4).map { _ in
+            try Child.worker("counter", "--pool", pool, "--lock", "c", "--file", file, "--iterations", "2000", "--threads", "2")
+        }
+        for child in children {
+            #expect(child.wait() == 0)
+            #expect(child.waitForEvent("done")?["errors"] as? Int == 0)
+        }
+        #expect(readU64(file, field: 0) == 4 * 2 * 2000)
+        let stats = try #require(try Pool.open(path: pool).status().locks.first { $0.name == "c" })
+        #expect(stats.acquisitions == 16000)
+        #expect(stats.contended > 0)
+        #expect(stats.state == .free)
+        #expect(stats.ownerDeaths == 0)
+    }
+
+    @Test func exactlyOneWaiterLearnsThatTheHolderDied() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("d.pool")
+        let holder = try Child.worker("hold", "--pool", pool, "--lock", "d")
+        _ = try #require(holder.waitForEvent("acquired"))
+        let waiters = try (0..<3).map { _ in try Child.worker("hold", "--pool", pool, "--lock", "d", "--seconds", "0.05") }
+        usleep(200_000)
+        holder.kill()
+        var told = 0
+        for waiter in waiters {
+            let event = try #require(waiter.waitForEvent("acquired", timeout: 10))
+            if event["ownerDied"] as? Bool == true {
+                told += 1
+                #expect(event["deadPid"] as? Int == Int(holder.pid))
+                #expect(event["cause"] as? String == "process-died")
+            }
+            #expect(waiter.wait() == 0)
+        }
+        #expect(told == 1)
+        let stats = try #require(try Pool.open(path: pool).status().locks.first { $0.name == "d" })
+        #expect(stats.ownerDeaths == 1)
+        #expect(stats.lastOwnerDeath?.pid == holder.pid)
+    }
+
+    /// Kills churning holders at random instructions (acquire, critical section, release).
+    /// Every interrupted critical section must be reported to the next holder, no death is
+    /// reported twice, and the survivors keep making progress.
+    @Test func randomKillsDuringAcquireHoldAndRelease() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("k.pool"), file = scratch.file("state")
+        var churners = try (0..<3).map { _ in try Child.worker("churn", "--pool", pool, "--lock", "k", "--file", file) }
+        for child in churners { _ = try #require(child.waitForEvent("started")) }
+        var kills = 0
+        var lastCounter: UInt64 = 0
+        for round in 0..<30 {
+            usleep(UInt32.random(in: 5_000...40_000))
+            let victim = churners.remove(at: Int.random(in: 0..<churners.count))
+            victim.kill()
+            victim.wait()
+            kills += 1
+            churners.append(try Child.worker("churn", "--pool", pool, "--lock", "k", "--file", file))
+            if round % 10 == 9 {
+                usleep(50_000)
+                let counter = readU64(file, field: 0)
+                #expect(counter > lastCounter, "no progress after \(kills) kills")
+                lastCounter = counter
+            }
+        }
+        for child in churners { child.kill(); child.wait() }
+        kills += churners.count
+        // A final holder repairs whatever the last kills left.
+        let lock = try Pool.open(path: pool).lock(named: "k", level: .package)
+        try lock.withLock(timeout: .seconds(10)) { grant in
+            if grant.previousOwnerDeath != nil {
+                var v = readU64(file, field: 2) + 1
+                let fd = open(file, O_RDWR); pwrite(fd, &v, 8, 16); close(fd)
+            }
+        }
+        #expect(readU64(file, field: 3) == 0, "an interrupted critical section was not reported")
+        let deathsSeen = readU64(file, field: 2)
+        #expect(deathsSeen >= 1)
+        #expect(deathsSeen <= UInt64(kills))
+        #expect(readU64(file, field: 0) > 1000)
+    }
+
+    /// glibc tst-robust8: a child with 9 threads randomly locks, times out and unlocks 100
+    /// locks and then kills itself; the parent must be able to take every lock.
+    @Test func robust8() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("r8.pool")
+        for _ in 0..<5 {
+            let child = try Child.worker("robust8", "--pool", pool, "--locks", "100", "--threads", "9", "--milliseconds", "200")
+            #expect(child.wait() == 128 + SIGKILL)
+            let parent = try Pool.open(path: pool)
+            for i in 0..<100 {
+                let lock = try parent.lock(named: "robust8/\(i)", level: .filesystem)
+                try lock.withLock(timeout: .seconds(5)) { _ in }
+            }
+        }
+    }
+
+    @Test func timeoutIsHonouredAndNamesTheHolder() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("t.pool")
+        let holder = try Child.worker("hold", "--pool", pool, "--lock", "t")
+        _ = try #require(holder.waitForEvent("acquired"))
+        let started = Date()
+        let waiter = try Child.worker("hold", "--pool", pool, "--lock", "t", "--timeout", "0.3", "--seconds", "0")
+        #expect(waiter.wait() == 75)
+        let elapsed = Date().timeIntervalSince(started)
+        #expect(elapsed >= 0.3)
+        #expect(waiter.waitForEvent("timeout")?["holderPid"] as? Int == Int(holder.pid))
+
+        let lock = try Pool.open(path: pool).lock(named: "t", level: .package)
+        #expect(throws: PMLLError.self) { try lock.withLock(timeout: .milliseconds(50)) { _ in } }
+        #expect(try lock.withLockIfAvailable { _ in 1 } == nil)
+        do {
+            try lock.withLock(timeout: .milliseconds(20)) { _ in }
+        } catch PMLLError.timeout(let name, let info) {
+            #expect(name == "t")
+            #expect(info?.pid == holder.pid)
+        }
+        holder.kill()
+        holder.wait()
+        #expect(try Pool.open(path: pool).status().locks.first?.timeouts ?? 0 >= 4)
+    }
+
+    @Test func asyncWaitIsCancelledByTaskCancellation() async throws {
+        let scratch = Scratch()
+        let pool = scratch.file("a.pool")
+        let holder = try Child.worker("hold", "--pool", pool, "--lock", "a")
+        defer { holder.kill(); holder.wait() }
+        _ = try #require(holder.waitForEvent("acquired"))
+        let lock = try Pool.open(path: pool).lock(named: "a", level: .package)
+        let task = Task { try await lock.withLock { _ in } }
+        try await Task.sleep(for: .milliseconds(100))
+        let started = ContinuousClock.now
+        task.cancel()
+        await #expect(throws: PMLLError.cancelled(lock: "a")) { try await task.value }
+        #expect(ContinuousClock.now - started < .seconds(2))
+        // The cancelled waiter left nothing behind: the lock is still the holder's.
+        #expect(lock.currentHolder?.pid == holder.pid)
+    }
+
+    @Test func asyncHoldAcrossAwaitExcludesOtherProcesses() async throws {
+        let scratch = Scratch()
+        let pool = scratch.file("aw.pool")
+        let lock = try Pool.open(path: pool).lock(named: "aw", level: .package)
+        try await lock.withLock { _ in
+            try await Task.sleep(for: .milliseconds(20))
+            let other = try Child.worker("hold", "--pool", pool, "--lock", "aw", "--timeout", "0.2", "--seconds", "0")
+            #expect(other.wait() == 75)
+        }
+        let other = try Child.worker("hold", "--pool", pool, "--lock", "aw", "--timeout", "5", "--seconds", "0")
+        #expect(other.wait() == 0)
+    }
+
+    @Test func starvingWaiterIsHandedTheLock() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("h.pool"), file = scratch.file("counter")
+        // Two processes hammer the lock with barging; a third must still get it promptly.
+        let hammers = try (0..<2).map { _ in
+            try Child.worker("counter", "--pool", pool, "--lock", "h", "--file", file, "--iterations", "400000")
+        }
+        usleep(200_000)
+        let lock = try Pool.open(path: pool).lock(named: "h", level: .package)
+        for _ in 0..<20 {
+            let acquisition = try lock.withLock(timeout: .seconds(5)) { $0.acquisitions[0] }
+            #expect(acquisition.waitedNanoseconds < 5_000_000_000)
+        }
+        for h in hammers { h.kill(); h.wait() }
+    }
+
+    @Test func lockNamesAndLevelsAreValidated() throws {
+        let scratch = Scratch()
+        let pool = try Pool.open(path: scratch.file("n.pool"))
+        #expect(throws: PMLLError.self) { try pool.lock(named: "", level: .package) }
+        #expect(throws: PMLLError.self) { try pool.lock(named: String(repeating: "x", count: 256), level: .package) }
+        #expect(throws: PMLLError.self) { try pool.lock(named: "a\u{0}b", level: .package) }
+        let long = try pool.lock(named: String(repeating: "é", count: 127), level: .package)   // 254 bytes
+        #expect(long.id.name.utf8.count == 254)
+        let odd = try pool.lock(named: "pkg/ünïcödé 🚀 \t spaces:colons", level: .network)
+        try odd.withLock { _ in }
+        #expect(throws: PMLLError.levelMismatch(name: "pkg/ünïcödé 🚀 \t spaces:colons", existing: .network, requested: .registry)) {
+            try pool.lock(named: "pkg/ünïcödé 🚀 \t spaces:colons", level: .registry)
+        }
+        // Another process sees the same lock at the same level.
+        let names = try Pool.open(path: scratch.file("n.pool")).status().locks.map(\.name)
+        #expect(names.contains("pkg/ünïcödé 🚀 \t spaces:colons"))
+    }
+
+    @Test func lockTableFull() throws {
+        let scratch = Scratch()
+        var options = PoolOptions()
+        options.lockCapacity = 4
+        let pool = try Pool.open(path: scratch.file("full.pool"), options: options)
+        for i in 0..<4 { _ = try pool.lock(named: "l\(i)", level: .package) }
+        #expect(throws: PMLLError.poolFull(table: "lock", capacity: 4)) { try pool.lock(named: "l4", level: .package) }
+        _ = try pool.lock(named: "l2", level: .package)   // existing names still resolve
+    }
+}

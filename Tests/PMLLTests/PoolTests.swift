@@ -1,0 +1,226 @@
+import CPMLL
+import Foundation
+import PMLL
+import Testing
+
+@Suite("Pool file", .serialized)
+struct PoolTests {
+    @Test func createsWithMode0600AndReopens() throws {
+        let scratch = Scratch()
+        let path = scratch.file("a.pool")
+        do {
+            let pool = try Pool.open(path: path)
+            #expect(pool.openReport.created)
+            #expect(pool.openReport.volatileReset == .created)
+        }
+        var st = stat()
+        #expect(stat(path, &st) == 0)
+        #expect(st.st_mode & 0o777 == 0o600)
+        #expect(st.st_size == 16 << 20)
+        let again = try Pool.open(path: path)
+        #expect(!again.openReport.created)
+        #expect(again.openReport.volatileReset == .noOtherProcess)
+        // Nothing is left behind by creation.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.path) == ["a.pool"])
+    }
+
+    @Test func groupSharedPoolIs0660() throws {
+        let scratch = Scratch()
+        var options = PoolOptions()
+        options.groupShared = true
+        _ = try Pool.open(path: scratch.file("g.pool"), options: options)
+        var st = stat()
+        stat(scratch.file("g.pool"), &st)
+        #expect(st.st_mode & 0o777 == 0o660)
+    }
+
+    @Test func openingNeverResizes() throws {
+        let scratch = Scratch()
+        var small = PoolOptions()
+        small.size = 1 << 20
+        _ = try Pool.open(path: scratch.file("s.pool"), options: small)
+        var big = PoolOptions()
+        big.size = 64 << 20
+        let pool = try Pool.open(path: scratch.file("s.pool"), options: big)
+        #expect(pool.status().sizeBytes == 1 << 20)
+        var st = stat()
+        stat(scratch.file("s.pool"), &st)
+        #expect(st.st_size == 1 << 20)
+    }
+
+    @Test func concurrentCreationHasExactlyOneCreator() throws {
+        let scratch = Scratch()
+        let path = scratch.file("race.pool")
+        let children = try (0..<8).map { _ in try Child.worker("hold", "--pool", path, "--seconds", "0.2") }
+        var created = 0
+        for child in children {
+            let event = try #require(child.waitForEvent("acquired"))
+            if event["created"] as? Bool == true { created += 1 }
+            #expect(child.wait() == 0)
+        }
+        #expect(created == 1)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.path) == ["race.pool"])
+    }
+
+    @Test func defaultPathFollowsEnvironment() throws {
+        let scratch = Scratch()
+        let env = ["XDG_STATE_HOME": scratch.path, "PMLL_POOL": ""]
+        let result = try run(Binaries.pmll, ["lock", "d", "--", "true"], environment: env)
+        #expect(result.status == 0)
+        #expect(FileManager.default.fileExists(atPath: scratch.path + "/pmll/default.pool"))
+        let explicit = try run(Binaries.pmll, ["lock", "d", "--", "true"], environment: ["PMLL_POOL": scratch.file("env.pool")])
+        #expect(explicit.status == 0)
+        #expect(FileManager.default.fileExists(atPath: scratch.file("env.pool")))
+    }
+
+    // MARK: bad files: typed errors, and the file is never written
+
+    private func expectUntouched(_ path: String, _ body: () throws -> Void) rethrows {
+        let before = FileManager.default.contents(atPath: path)
+        try body()
+        #expect(FileManager.default.contents(atPath: path) == before, "file was modified")
+    }
+
+    @Test func rejectsAFileThatIsNotAPool() throws {
+        let scratch = Scratch()
+        let path = scratch.file("text")
+        try Data(repeating: 0x41, count: 10_000).write(to: URL(fileURLWithPath: path))
+        expectUntouched(path) {
+            #expect(throws: PMLLError.notAPool(path: path)) { try Pool.open(path: path) }
+        }
+        let empty = scratch.file("empty")
+        #expect(FileManager.default.createFile(atPath: empty, contents: Data()))
+        #expect(throws: PMLLError.notAPool(path: empty)) { try Pool.open(path: empty) }
+        let cli = try run(Binaries.pmll, ["status", "--pool", path])
+        #expect(cli.status == 65)
+        #expect(cli.stderr.hasPrefix("pmll: "))
+    }
+
+    @Test func rejectsTruncatedAndCorruptPools() throws {
+        let scratch = Scratch()
+        let path = scratch.file("p.pool")
+        _ = try Pool.open(path: path)
+        let original = try #require(FileManager.default.contents(atPath: path))
+
+        for length in [100, 4095, 8 << 20] {
+            try original.prefix(length).write(to: URL(fileURLWithPath: path))
+            expectUntouched(path) {
+                #expect(throws: PMLLError.self) { try Pool.open(path: path) }
+                do { _ = try Pool.open(path: path) } catch let error as PMLLError {
+                    guard case .corruptPool = error else { Issue.record("truncated to \(length): \(error)"); return }
+                } catch { Issue.record("\(error)") }
+            }
+        }
+        var flipped = original
+        flipped[100] ^= 0xFF
+        try flipped.write(to: URL(fileURLWithPath: path))
+        expectUntouched(path) {
+            #expect(throws: PMLLError.corruptPool(path: path, reason: "header checksum mismatch")) { try Pool.open(path: path) }
+        }
+        #expect(try run(Binaries.pmll, ["status", "--pool", path]).status == 65)
+    }
+
+    @Test func rejectsUnknownFormatVersion() throws {
+        let scratch = Scratch()
+        let path = scratch.file("v.pool")
+        _ = try Pool.open(path: path)
+        var bytes = try #require(FileManager.default.contents(atPath: path))
+        bytes.withUnsafeMutableBytes { raw in
+            let header = raw.baseAddress!.assumingMemoryBound(to: pmll_header_t.self)
+            header.pointee.format_version = 99
+            header.pointee.header_checksum = UInt64(pmll_crc32c(0, header, Int(PMLL_HEADER_CHECKED_BYTES)))
+        }
+        try bytes.write(to: URL(fileURLWithPath: path))
+        expectUntouched(path) {
+            #expect(throws: PMLLError.unsupportedFormatVersion(path: path, found: 99, supported: 1)) { try Pool.open(path: path) }
+        }
+    }
+
+    @Test func rejectsAPoolOwnedByAnotherUser() throws {
+        let scratch = Scratch()
+        let path = scratch.file("o.pool")
+        _ = try Pool.open(path: path)
+        #expect(chown(path, 12345, 12345) == 0)
+        expectUntouched(path) {
+            #expect(throws: PMLLError.foreignOwner(path: path, ownerUID: 12345)) { try Pool.open(path: path) }
+        }
+        #expect(try run(Binaries.pmll, ["status", "--pool", path]).status == 77)
+    }
+
+    @Test(.enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")))
+    func permissionDeniedForAnotherUser() throws {
+        let scratch = Scratch()
+        chmod(scratch.path, 0o755)
+        let path = scratch.file("perm.pool")
+        _ = try Pool.open(path: path)
+        let result = try run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", Binaries.pmll, "status", "--pool", path])
+        #expect(result.status == 77, "\(result.stderr)")
+        #expect(result.stderr.hasPrefix("pmll: permission denied"))
+    }
+
+    @Test func rejectsBadPathsAndOptions() throws {
+        #expect(throws: PMLLError.self) { try Pool.open(path: "") }
+        #expect(throws: PMLLError.self) { try Pool.open(path: "/nonexistent-dir/x.pool") }
+        var options = PoolOptions()
+        options.create = false
+        #expect(throws: PMLLError.poolNotFound(path: "/tmp/definitely-missing.pool")) {
+            try Pool.open(path: "/tmp/definitely-missing.pool", options: options)
+        }
+        options = PoolOptions()
+        options.processCapacity = 5000
+        #expect(throws: PMLLError.self) { try Pool.open(path: "/tmp/x.pool", options: options) }
+        let scratch = Scratch()
+        #expect(throws: PMLLError.self) { try Pool.open(path: scratch.path) }   // a directory
+    }
+
+    // MARK: volatile state
+
+    @Test func noResetWhileAnotherProcessIsAttached() throws {
+        let scratch = Scratch()
+        let path = scratch.file("r.pool")
+        let holder = try Child.worker("hold", "--pool", path, "--lock", "r")
+        _ = try #require(holder.waitForEvent("acquired"))
+        // Another process is attached: no reset.
+        let attached = try Pool.open(path: path)
+        #expect(attached.openReport.volatileReset == nil)
+        holder.kill()
+        holder.wait()
+        // Still attached ourselves: the dead holder is taken over by the protocol, not a reset.
+        let lock = try attached.lock(named: "r", level: .package)
+        let death = try lock.withLock(timeout: .seconds(5)) { $0.previousOwnerDeath }
+        #expect(death?.pid == holder.pid)
+    }
+
+    @Test func rebootResetKeepsOwnerDeathForTheNextHolder() throws {
+        let scratch = Scratch()
+        let path = scratch.file("boot.pool")
+        let holder = try Child.worker("hold", "--pool", path, "--lock", "b")
+        _ = try #require(holder.waitForEvent("acquired"))
+        holder.kill()
+        holder.wait()
+        let bootFile = scratch.file("boot_id")
+        try "00000000-1111-2222-3333-444444444444\n".write(toFile: bootFile, atomically: true, encoding: .utf8)
+        let after = try Child.worker("hold", "--pool", path, "--lock", "b", "--seconds", "0", environment: ["PMLL_BOOT_ID_FILE": bootFile])
+        let event = try #require(after.waitForEvent("acquired"))
+        #expect(event["reset"] as? String == "reboot")
+        #expect(event["ownerDied"] as? Bool == true)
+        #expect(event["deadPid"] as? Int == Int(holder.pid))
+        #expect(after.wait() == 0)
+        // Same boot id again, nobody attached: reset for "no other process", lock clean now.
+        let third = try Child.worker("hold", "--pool", path, "--lock", "b", "--seconds", "0", environment: ["PMLL_BOOT_ID_FILE": bootFile])
+        let e3 = try #require(third.waitForEvent("acquired"))
+        #expect(e3["reset"] as? String == "no-other-process")
+        #expect(e3["ownerDied"] as? Bool == false)
+        third.wait()
+    }
+
+    @Test func processTableFull() throws {
+        let scratch = Scratch()
+        var options = PoolOptions()
+        options.processCapacity = 2
+        let a = try Pool.open(path: scratch.file("f.pool"), options: options)
+        let b = try Pool.open(path: scratch.file("f.pool"), options: options)
+        #expect(throws: PMLLError.poolFull(table: "process", capacity: 2)) { try Pool.open(path: scratch.file("f.pool"), options: options) }
+        _ = (a, b)
+    }
+}
