@@ -18,7 +18,7 @@ struct CLITests {
         let scratch = Scratch()
         let pool = scratch.file("t.pool")
         let holder = try Child(Binaries.pmll, ["lock", "--pool", pool, "t", "--", "sleep", "30"])
-        defer { holder.kill(); holder.wait() }
+        defer { holder.killTree(); holder.wait() }
         try waitUntilHeld(pool: pool, lock: "t")
         let result = try run(Binaries.pmll, ["lock", "--pool", pool, "--timeout", "0.8", "t", "--", "true"])
         #expect(result.status == 75)
@@ -34,7 +34,7 @@ struct CLITests {
         let pool = scratch.file("d.pool")
         let holder = try Child(Binaries.pmll, ["lock", "--pool", pool, "d", "--", "sleep", "30"])
         try waitUntilHeld(pool: pool, lock: "d")
-        holder.kill()
+        holder.killTree()
         holder.wait()
         let next = try run(Binaries.pmll, ["lock", "--pool", pool, "--timeout", "10", "d", "--", "sh", "-c", "echo died=$PMLL_PREVIOUS_OWNER_DIED"])
         #expect(next.status == 0)
@@ -58,7 +58,7 @@ struct CLITests {
         let scratch = Scratch()
         let pool = scratch.file("i.pool")
         let holder = try Child(Binaries.pmll, ["lock", "--pool", pool, "i", "--", "sleep", "30"])
-        defer { holder.kill(); holder.wait() }
+        defer { holder.killTree(); holder.wait() }
         try waitUntilHeld(pool: pool, lock: "i")
         let waiter = try Child(Binaries.pmll, ["lock", "--pool", pool, "i", "--", "true"])
         usleep(300_000)
@@ -104,7 +104,7 @@ struct CLITests {
         let scratch = Scratch()
         let pool = scratch.file("j.pool")
         let holder = try Child(Binaries.pmll, ["lock", "--pool", pool, "--level", "network", "held", "--", "sleep", "30"])
-        defer { holder.kill(); holder.wait() }
+        defer { holder.killTree(); holder.wait() }
         try waitUntilHeld(pool: pool, lock: "held")
         _ = try run(Binaries.pmll, ["lock", "--pool", pool, "free", "--", "true"])
         let result = try run(Binaries.pmll, ["status", "--pool", pool, "--json"])

@@ -1,5 +1,5 @@
 /// The lock hierarchy: locks are taken in strictly increasing level order.
-public enum LockLevel: UInt32, Sendable, Codable, CaseIterable, Comparable, CustomStringConvertible {
+public enum LockLevel: UInt32, Sendable, CaseIterable, Comparable, CustomStringConvertible {
     case registry = 1
     case package = 2
     case filesystem = 3
@@ -25,5 +25,21 @@ public enum LockLevel: UInt32, Sendable, Codable, CaseIterable, Comparable, Cust
         } else {
             return nil
         }
+    }
+}
+
+/// Encoded by name (`"package"`), the form `pmll status --json` documents.
+extension LockLevel: Codable {
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let level = LockLevel(argument: text) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "unknown lock level \(text)"))
+        }
+        self = level
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
     }
 }

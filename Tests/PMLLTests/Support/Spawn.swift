@@ -96,6 +96,20 @@ final class Child: @unchecked Sendable {
 
     func kill(_ signal: Int32 = SIGKILL) { _ = Foundation.kill(pid, signal) }
 
+    /// Kills the child's descendants first (e.g. the COMMAND of `pmll lock`), then the child.
+    func killTree() {
+        func descendants(_ pid: Int32) -> [Int32] {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+            let children = tasks.flatMap { task in
+                ((try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/children", encoding: .utf8)) ?? "")
+                    .split(separator: " ").compactMap { Int32($0) }
+            }
+            return children.flatMap { descendants($0) + [$0] }
+        }
+        for pid in descendants(pid) { _ = Foundation.kill(pid, SIGKILL) }
+        kill()
+    }
+
     /// Waits for exit (bounded); returns the exit status, or 128+signal.
     @discardableResult
     func wait(timeout: Double = 60) -> Int32 {
