@@ -161,17 +161,17 @@ struct Nested: ParsableCommand {
         for i in 0..<iterations {
             try pool.withLockContext { root in
                 if i % 2 == 0 {
-                    try root.withLock(registry) { r in
-                        try r.withLocks(packages.shuffled()) { p in
-                            try p.withLock(files) { f in
-                                try f.withLock(network) { _ in bump(fd) }
+                    try root.withLock(registry: registry) { r in
+                        try r.withLocks(package: packages.shuffled()) { p in
+                            try p.withLock(filesystem: files) { f in
+                                try f.withLock(network: network) { _ in bump(fd) }
                             }
                         }
                     }
                 } else {
                     // Skipping levels is fine: only the order matters.
-                    try root.withLocks(Array(packages.prefix(2))) { p in
-                        try p.withLock(network) { _ in bump(fd) }
+                    try root.withLocks(package: Array(packages.prefix(2))) { p in
+                        try p.withLock(network: network) { _ in bump(fd) }
                     }
                 }
             }

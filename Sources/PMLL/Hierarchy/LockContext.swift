@@ -52,66 +52,68 @@ private func nested<Level, R>(_ pool: Pool, _ grant: inout LockGrant, isolation:
     return try await body(&inner)
 }
 
-// One overload per target level, each constrained on what the held level may acquire.
-// Out-of-order code fails with "requires that 'X' conform to 'MayAcquire...'".
+// One method per target level, told apart by its argument label (`withLock(package:)`), so
+// that the level is visible at the call site and out-of-order code fails with a precise
+// diagnostic: "instance method 'withLock(registry:...)' requires that 'Package' conform to
+// 'MayAcquireRegistry'".
 
 extension LockContext {
     @_disfavoredOverload
-    public mutating func withLock<R>(_ lock: Lock<Registry>, timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<Registry>) throws -> R) throws -> R where Held: MayAcquireRegistry {
+    public mutating func withLock<R>(registry lock: Lock<Registry>, timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<Registry>) throws -> R) throws -> R where Held: MayAcquireRegistry {
         try lock.handle.withLock(timeout: timeout, cancellation: cancellation) { grant in try nested(pool, &grant, body) }
     }
 
     @_disfavoredOverload
-    public mutating func withLock<R>(_ lock: Lock<Package>, timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<Package>) throws -> R) throws -> R where Held: MayAcquirePackage {
+    public mutating func withLock<R>(package lock: Lock<Package>, timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<Package>) throws -> R) throws -> R where Held: MayAcquirePackage {
         try lock.handle.withLock(timeout: timeout, cancellation: cancellation) { grant in try nested(pool, &grant, body) }
     }
 
     @_disfavoredOverload
-    public mutating func withLock<R>(_ lock: Lock<FileSystem>, timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<FileSystem>) throws -> R) throws -> R where Held: MayAcquireFileSystem {
+    public mutating func withLock<R>(filesystem lock: Lock<FileSystem>, timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<FileSystem>) throws -> R) throws -> R where Held: MayAcquireFileSystem {
         try lock.handle.withLock(timeout: timeout, cancellation: cancellation) { grant in try nested(pool, &grant, body) }
     }
 
     @_disfavoredOverload
-    public mutating func withLock<R>(_ lock: Lock<Network>, timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<Network>) throws -> R) throws -> R where Held: MayAcquireNetwork {
+    public mutating func withLock<R>(network lock: Lock<Network>, timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<Network>) throws -> R) throws -> R where Held: MayAcquireNetwork {
         try lock.handle.withLock(timeout: timeout, cancellation: cancellation) { grant in try nested(pool, &grant, body) }
     }
 
     /// Several package locks in one call, taken in canonical (name) order.
     @_disfavoredOverload
-    public mutating func withLocks<R>(_ locks: [Lock<Package>], timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<Package>) throws -> R) throws -> R where Held: MayAcquirePackage {
+    public mutating func withLocks<R>(package locks: [Lock<Package>], timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<Package>) throws -> R) throws -> R where Held: MayAcquirePackage {
         try pool.withLocks(locks.map(\.handle), timeout: timeout, cancellation: cancellation) { grant in try nested(pool, &grant, body) }
     }
 
     /// Several file-system locks in one call, taken in canonical (name) order.
     @_disfavoredOverload
-    public mutating func withLocks<R>(_ locks: [Lock<FileSystem>], timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<FileSystem>) throws -> R) throws -> R where Held: MayAcquireFileSystem {
+    public mutating func withLocks<R>(filesystem locks: [Lock<FileSystem>], timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<FileSystem>) throws -> R) throws -> R where Held: MayAcquireFileSystem {
         try pool.withLocks(locks.map(\.handle), timeout: timeout, cancellation: cancellation) { grant in try nested(pool, &grant, body) }
     }
 
     /// Several network locks in one call, taken in canonical (name) order.
     @_disfavoredOverload
-    public mutating func withLocks<R>(_ locks: [Lock<Network>], timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<Network>) throws -> R) throws -> R where Held: MayAcquireNetwork {
+    public mutating func withLocks<R>(network locks: [Lock<Network>], timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<Network>) throws -> R) throws -> R where Held: MayAcquireNetwork {
         try pool.withLocks(locks.map(\.handle), timeout: timeout, cancellation: cancellation) { grant in try nested(pool, &grant, body) }
     }
 
     // Async: the lock may be held across `await`; waiting honours Task cancellation.
 
-    public mutating func withLock<R>(_ lock: Lock<Registry>, timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockContext<Registry>) async throws -> R) async throws -> R where Held: MayAcquireRegistry {
+    public mutating func withLock<R>(registry lock: Lock<Registry>, timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockContext<Registry>) async throws -> R) async throws -> R where Held: MayAcquireRegistry {
         let pool = self.pool
         return try await lock.handle.withLock(timeout: timeout) { grant in try await nested(pool, &grant, body) }
     }
 
-    public mutating func withLock<R>(_ lock: Lock<Package>, timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockContext<Package>) async throws -> R) async throws -> R where Held: MayAcquirePackage {
+    public mutating func withLock<R>(package lock: Lock<Package>, timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockContext<Package>) async throws -> R) async throws -> R where Held: MayAcquirePackage {
         let pool = self.pool
         return try await lock.handle.withLock(timeout: timeout) { grant in try await nested(pool, &grant, body) }
     }
 
-    public mutating func withLock<R>(_ lock: Lock<FileSystem>, timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockContext<FileSystem>) async throws -> R) async throws -> R where Held: MayAcquireFileSystem {
+    public mutating func withLock<R>(filesystem lock: Lock<FileSystem>, timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockContext<FileSystem>) async throws -> R) async throws -> R where Held: MayAcquireFileSystem {
         let pool = self.pool
         return try await lock.handle.withLock(timeout: timeout) { grant in try await nested(pool, &grant, body) }
     }
 
-    public mutating func withLock<R>(_ lock: Lock<Network>, timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockContext<Network>) async throws -> R) async throws -> R where Held: MayAcquireNetwork {
+    public mutating func withLock<R>(network lock: Lock<Network>, timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockContext<Network>) async throws -> R) async throws -> R where Held: MayAcquireNetwork {
         let pool = self.pool
         return try await lock.handle.withLock(timeout: timeout) { grant in try await nested(pool, &grant, body) }
     }
