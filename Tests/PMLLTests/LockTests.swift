@@ -162,17 +162,22 @@ struct LockTests {
     @Test func starvingWaiterIsHandedTheLock() throws {
         let scratch = Scratch()
         let pool = scratch.file("h.pool"), file = scratch.file("counter")
-        // Two processes hammer the lock with barging; a third must still get it promptly.
+        // Two processes hammer the lock with barging; a third must still get it, through
+        // handoffs once it has waited past the starvation threshold.
         let hammers = try (0..<2).map { _ in
-            try Child.worker("counter", "--pool", pool, "--lock", "h", "--file", file, "--iterations", "400000")
+            try Child.worker("counter", "--pool", pool, "--lock", "h", "--file", file, "--iterations", "2000000")
         }
         usleep(200_000)
-        let lock = try Pool.open(path: pool).lock(named: "h", level: .package)
-        for _ in 0..<20 {
-            let acquisition = try lock.withLock(timeout: .seconds(5)) { $0.acquisitions[0] }
-            #expect(acquisition.waitedNanoseconds < 5_000_000_000)
+        var options = PoolOptions()
+        options.starvationThreshold = .microseconds(200)
+        let lock = try Pool.open(path: pool, options: options).lock(named: "h", level: .package)
+        var waits: [Int64] = []
+        for _ in 0..<50 {
+            waits.append(try lock.withLock(timeout: .seconds(10)) { $0.acquisitions.first!.waitedNanoseconds })
         }
+        let stats = try #require(lock.pool.status().locks.first { $0.name == "h" })
         for h in hammers { h.kill(); h.wait() }
+        #expect(stats.handoffs > 0, "no handoff under barging; waits: \(waits)")
     }
 
     @Test func lockNamesAndLevelsAreValidated() throws {

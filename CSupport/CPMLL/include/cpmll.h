@@ -131,7 +131,8 @@ typedef struct pmll_lock_entry {
     uint64_t owner_deaths;
     uint64_t total_wait_ns;
     uint64_t max_wait_ns;
-    uint64_t reserved1[2];
+    uint64_t handoffs;             // times a release handed the lock to a starving waiter
+    uint64_t reserved1;
 
     // the most recent owner death (cache line 3)
     int32_t dead_pid;

@@ -7,7 +7,7 @@ import CPMLL
 /// level and a greater name.
 enum HeldLocks {
     /// Innermost lock held across `await` by the current task.
-    @TaskLocal static var asyncTop: HeldLock?
+    @TaskLocal static var asyncTopRecord: HeldLock?
 
     struct HeldLock: @unchecked Sendable {
         let entry: UnsafePointer<pmll_lock_entry_t>
@@ -17,8 +17,14 @@ enum HeldLocks {
     @inline(__always)
     static var currentTop: UnsafePointer<pmll_lock_entry_t>? {
         if let top = pmll_held_top_get() { return top }
+        return asyncTop()
+    }
+
+    /// The innermost lock held across `await` by the current task (nil outside tasks).
+    @inline(__always)
+    static func asyncTop() -> UnsafePointer<pmll_lock_entry_t>? {
         if withUnsafeCurrentTask(body: { $0 == nil }) { return nil }
-        return asyncTop?.entry
+        return $asyncTopRecord.get()?.entry
     }
 
     /// Throws ``PMLLError/hierarchyViolation(held:requested:)`` unless `requested` may be

@@ -10,17 +10,17 @@
 public struct LockContext<Held>: ~Copyable {
     public let pool: Pool
     /// What taking the innermost locks found (empty for the root context).
-    public let acquisitions: [Acquisition]
+    public let acquisitions: Acquisitions
     /// Release the innermost locks marked inconsistent (see ``LockGrant/markInconsistent()``).
     public var releaseInconsistent = false
 
-    init(pool: Pool, acquisitions: [Acquisition]) {
+    init(pool: Pool, acquisitions: Acquisitions) {
         self.pool = pool
         self.acquisitions = acquisitions
     }
 
     /// The previous holder of an innermost lock that did not finish, if any.
-    public var previousOwnerDeath: OwnerDeath? { acquisitions.lazy.compactMap(\.previousOwnerDeath).first }
+    public var previousOwnerDeath: OwnerDeath? { acquisitions.previousOwnerDeath }
 
     public mutating func markInconsistent() { releaseInconsistent = true }
 }
@@ -29,17 +29,18 @@ extension Pool {
     /// The root of the typed API: a context holding nothing. A second root opened while
     /// locks are held is caught at run time (``PMLLError/hierarchyViolation(held:requested:)``).
     public func withLockContext<R>(_ body: (inout LockContext<Unlocked>) throws -> R) rethrows -> R {
-        var root = LockContext<Unlocked>(pool: self, acquisitions: [])
+        var root = LockContext<Unlocked>(pool: self, acquisitions: Acquisitions())
         return try body(&root)
     }
 
     public func withLockContext<R>(isolation: isolated (any Actor)? = #isolation, _ body: (inout LockContext<Unlocked>) async throws -> R) async rethrows -> R {
-        var root = LockContext<Unlocked>(pool: self, acquisitions: [])
+        var root = LockContext<Unlocked>(pool: self, acquisitions: Acquisitions())
         return try await body(&root)
     }
 }
 
 /// Runs `body` with a nested context for the grant and hands back its inconsistency mark.
+@inline(__always)
 private func nested<Level, R>(_ pool: Pool, _ grant: inout LockGrant, _ body: (inout LockContext<Level>) throws -> R) rethrows -> R {
     var inner = LockContext<Level>(pool: pool, acquisitions: grant.acquisitions)
     defer { grant.releaseInconsistent = inner.releaseInconsistent }

@@ -21,14 +21,24 @@ public struct LockHandle: Sendable, Hashable {
     /// waiting when `cancellation` is cancelled. The lock is released on every exit from
     /// `body`, including a thrown error (released consistent unless the grant was marked).
     @_disfavoredOverload   // in async code the async form is meant; in sync code it is the only one
+    @inline(__always)
     public func withLock<R>(timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockGrant) throws -> R) throws -> R {
-        try pool.withLocks([self], sameLevel: false, timeout: timeout, cancellation: cancellation, body)
+        let saved = pmll_held_top_get()
+        try HeldLocks.check(id, after: saved ?? HeldLocks.asyncTop())
+        let acquisition = try pool.acquire(index: index, deadline: Pool.deadline(after: timeout), cancellation: cancellation)
+        pmll_held_top_set(entry)
+        var grant = LockGrant(acquisitions: Acquisitions(id, acquisition))
+        defer {
+            pmll_held_top_set(saved)
+            pool.release(index: index, inconsistent: grant.releaseInconsistent)
+        }
+        return try body(&grant)
     }
 
     /// Holds the lock if it is free right now; returns nil without waiting otherwise.
     public func withLockIfAvailable<R>(_ body: (inout LockGrant) throws -> R) throws -> R? {
         do {
-            return try pool.withLocks([self], sameLevel: false, timeout: .zero, cancellation: nil, body)
+            return try withLock(timeout: .zero, cancellation: nil, body)
         } catch PMLLError.timeout {
             return nil
         }
@@ -38,7 +48,7 @@ public struct LockHandle: Sendable, Hashable {
     /// and lets `body` hold the lock across `await` (locks belong to the pool participant,
     /// not to a thread).
     public func withLock<R>(timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockGrant) async throws -> R) async throws -> R {
-        try await pool.withLocksAsync([self], sameLevel: false, timeout: timeout, body)
+        try await pool.withLocksAsync([self], timeout: timeout, body)
     }
 }
 
@@ -60,10 +70,6 @@ extension Pool {
     /// two processes can never take them in opposite orders.
     @_disfavoredOverload
     public func withLocks<R>(_ locks: [LockHandle], timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockGrant) throws -> R) throws -> R {
-        try withLocks(locks, sameLevel: true, timeout: timeout, cancellation: cancellation, body)
-    }
-
-    func withLocks<R>(_ locks: [LockHandle], sameLevel: Bool, timeout: Duration?, cancellation: Cancellation?, _ body: (inout LockGrant) throws -> R) throws -> R {
         let ordered = try canonicalOrder(locks)
         let saved = pmll_held_top_get()
         try HeldLocks.check(ordered[0].id, after: HeldLocks.currentTop)
@@ -76,7 +82,7 @@ extension Pool {
                 acquisitions.append(try acquire(index: lock.index, deadline: deadline, cancellation: cancellation))
                 pmll_held_top_set(lock.entry)
             }
-            grant = LockGrant(locks: ordered.map(\.id), acquisitions: acquisitions)
+            grant = LockGrant(acquisitions: Acquisitions(Array(zip(ordered.map(\.id), acquisitions))))
         } catch {
             for lock in ordered.prefix(acquisitions.count).reversed() { release(index: lock.index) }
             pmll_held_top_set(saved)
@@ -91,10 +97,10 @@ extension Pool {
 
     /// Async form of ``withLocks(_:timeout:cancellation:_:)``.
     public func withLocks<R>(_ locks: [LockHandle], timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockGrant) async throws -> R) async throws -> R {
-        try await withLocksAsync(locks, sameLevel: true, timeout: timeout, body)
+        try await withLocksAsync(locks, timeout: timeout, body)
     }
 
-    func withLocksAsync<R>(_ locks: [LockHandle], sameLevel: Bool, timeout: Duration?, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockGrant) async throws -> R) async throws -> R {
+    func withLocksAsync<R>(_ locks: [LockHandle], timeout: Duration?, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockGrant) async throws -> R) async throws -> R {
         let ordered = try canonicalOrder(locks)
         try HeldLocks.check(ordered[0].id, after: HeldLocks.currentTop)
         let deadline = Self.deadline(after: timeout)
@@ -109,12 +115,12 @@ extension Pool {
             if error is CancellationError { throw PMLLError.cancelled(lock: ordered[acquisitions.count].id.name) }
             throw error
         }
-        var grant = LockGrant(locks: ordered.map(\.id), acquisitions: acquisitions)
+        var grant = LockGrant(acquisitions: Acquisitions(Array(zip(ordered.map(\.id), acquisitions))))
         defer {
             for lock in ordered.reversed() { release(index: lock.index, inconsistent: grant.releaseInconsistent) }
         }
         let top = HeldLocks.HeldLock(entry: UnsafePointer(ordered.last!.entry), pool: self)
-        return try await HeldLocks.$asyncTop.withValue(top) {
+        return try await HeldLocks.$asyncTopRecord.withValue(top) {
             try await body(&grant)
         }
     }

@@ -21,6 +21,8 @@ public struct LockStatus: Codable, Sendable, Equatable {
     public let ownerDeaths: UInt64
     public let totalWaitNanoseconds: UInt64
     public let maxWaitNanoseconds: UInt64
+    /// Releases that handed the lock to a waiter starving past the threshold.
+    public let handoffs: UInt64
     /// The next holder will be told that a previous holder did not finish.
     public let ownerDiedPending: Bool
     /// The most recent owner death recorded for this lock.
@@ -75,6 +77,7 @@ extension Pool {
                 acquisitions: entry.pointee.acquisitions, contended: entry.pointee.contended,
                 timeouts: pmll_load64(pmll_entry_timeouts(entry)), ownerDeaths: deaths,
                 totalWaitNanoseconds: entry.pointee.total_wait_ns, maxWaitNanoseconds: entry.pointee.max_wait_ns,
+                handoffs: entry.pointee.handoffs,
                 ownerDiedPending: word & PMLL_WORD_DIED != 0,
                 lastOwnerDeath: entry.pointee.dead_detected_ns != 0 ? LockDeath.read(entry) : nil))
         }

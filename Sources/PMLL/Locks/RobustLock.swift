@@ -55,7 +55,7 @@ extension Pool {
         let start = Clock.monotonicNanoseconds
         var slept = false, contended = false, requestedHandoff = false, handoffIncoming = false, lastChance = false
         var spins = 0
-        var checkedOwner: UInt32 = 0, checkedAt: Int64 = 0
+        var checkedOwner: UInt32 = 0, checkedAt: Int64 = start
         var ledger: UInt32?
         var registered = false
         defer { processes.doneWaiting(slot: slot, ledger: ledger) }
@@ -83,9 +83,16 @@ extension Pool {
             }
             contended = true
 
+            // Probe the owner's liveness (a syscall) only once it has kept the lock for a
+            // whole check interval, or when the deadline leaves no later chance: a dead
+            // owner never changes, a live one usually has by then.
             let now = Clock.monotonicNanoseconds
-            if owner != token && (owner != checkedOwner || now - checkedAt >= ownerCheckNanoseconds) {
+            if owner != checkedOwner {
                 checkedOwner = owner
+                checkedAt = now
+            }
+            let due = now - checkedAt >= ownerCheckNanoseconds || deadline - now <= ownerCheckNanoseconds
+            if owner != token && due {
                 checkedAt = now
                 if !processes.isAlive(owner) {
                     // A handed-but-unclaimed word belongs to a waiter that died before its
@@ -187,6 +194,7 @@ extension Pool {
         }
         var target = pmll_load32(pmll_entry_handoff(entry))
         if target != 0 && pmll_cas32(pmll_entry_handoff(entry), &target, 0) != 0 {
+            entry.pointee.handoffs &+= 1
             _ = pmll_xchg32(word, target | PMLL_WORD_HANDED | PMLL_WORD_WAITERS | died)
             _ = pmll_futex_wake(word, Int32.max)
             return
