@@ -65,7 +65,7 @@ let package = Package(
         .executableTarget(
             name: "PMLLBench",
             dependencies: [
-                "PMLL", "CPMLLPeers",
+                "PMLL", "CPMLL", "CPMLLPeers",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],

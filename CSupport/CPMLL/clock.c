@@ -10,4 +10,3 @@ static int64_t read_clock(clockid_t id) {
 
 int64_t pmll_clock_monotonic_ns(void) { return read_clock(CLOCK_MONOTONIC); }
 int64_t pmll_clock_realtime_ns(void) { return read_clock(CLOCK_REALTIME); }
-int64_t pmll_clock_realtime_coarse_ns(void) { return read_clock(CLOCK_REALTIME_COARSE); }

@@ -1,6 +1,8 @@
 #include "cpmll.h"
 
-static __thread const pmll_lock_entry_t *held_top;
+__thread const pmll_lock_entry_t *pmll_held_top;
 
-const pmll_lock_entry_t *pmll_held_top_get(void) { return held_top; }
-void pmll_held_top_set(const pmll_lock_entry_t *entry) { held_top = entry; }
+static uint32_t async_scopes;
+
+uint32_t pmll_async_scopes(void) { return __atomic_load_n(&async_scopes, __ATOMIC_ACQUIRE); }
+void pmll_async_scopes_add(int32_t delta) { __atomic_add_fetch(&async_scopes, (uint32_t)delta, __ATOMIC_ACQ_REL); }

@@ -1,1 +1,67 @@
+#define _GNU_SOURCE
 #include "cpmll_peers.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/vfs.h>
+#include <time.h>
+
+size_t peers_robust_size(void) { return sizeof(pthread_mutex_t); }
+
+int peers_robust_init(void *mutex) {
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    int rc = pthread_mutex_init((pthread_mutex_t *)mutex, &attr);
+    pthread_mutexattr_destroy(&attr);
+    return -rc;
+}
+
+int peers_robust_lock(void *mutex) {
+    int rc = pthread_mutex_lock((pthread_mutex_t *)mutex);
+    if (rc == EOWNERDEAD) {
+        pthread_mutex_consistent((pthread_mutex_t *)mutex);
+        return 1;
+    }
+    return -rc;
+}
+
+int peers_robust_unlock(void *mutex) { return -pthread_mutex_unlock((pthread_mutex_t *)mutex); }
+
+int peers_flock_pair(int fd) {
+    if (flock(fd, LOCK_EX) != 0) return -errno;
+    if (flock(fd, LOCK_UN) != 0) return -errno;
+    return 0;
+}
+
+int peers_ofd_pair(int fd) {
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_len = 1;
+    if (fcntl(fd, F_OFD_SETLKW, &fl) != 0) return -errno;
+    fl.l_type = F_UNLCK;
+    if (fcntl(fd, F_OFD_SETLK, &fl) != 0) return -errno;
+    return 0;
+}
+
+uint64_t peers_cas_pairs(uint32_t *word, uint64_t n) {
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (uint64_t i = 0; i < n; i++) {
+        uint32_t expected = 0;
+        while (!__atomic_compare_exchange_n(word, &expected, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) expected = 0;
+        __atomic_store_n(word, 0, __ATOMIC_RELEASE);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    return (uint64_t)((b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec));
+}
+
+int64_t peers_filesystem_type(const char *path) {
+    struct statfs st;
+    return statfs(path, &st) == 0 ? (int64_t)st.f_type : 0;
+}

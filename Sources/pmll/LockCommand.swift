@@ -54,6 +54,7 @@ struct LockCommand: ParsableCommand {
         let status: Int32 = try lock.withLock(timeout: timeout.map { .nanoseconds(Int64($0 * 1e9)) }, cancellation: cancellation) { grant in
             notice.stop()
             interrupt.stop()
+            grant.recordHoldStart()
             var environment = NestedLocks.environment(adding: lock.id)
             if let death = grant.previousOwnerDeath {
                 printError("pmll: warning: lock '\(name)': \(death); running COMMAND with PMLL_PREVIOUS_OWNER_DIED=1")

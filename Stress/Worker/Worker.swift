@@ -9,7 +9,7 @@ struct Worker: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmll-worker",
         abstract: "Test and benchmark worker processes for PMLL.",
-        subcommands: [Counter.self, Hold.self, Churn.self, Robust8.self, Nested.self]
+        subcommands: [Counter.self, Hold.self, Churn.self, Robust8.self, Nested.self, Hammer.self]
     )
 }
 
@@ -184,6 +184,23 @@ struct Nested: ParsableCommand {
         _ = pread(fd, &v, 8, 0)
         v += 1
         _ = pwrite(fd, &v, 8, 0)
+    }
+}
+
+/// Holds the lock for `holdMicroseconds` at a time and takes it again at once after each
+/// release: a barging holder that starves waiters unless they are handed the lock.
+struct Hammer: ParsableCommand {
+    @OptionGroup var common: Common
+    @Option var holdMicroseconds = 2000
+    @Option var seconds = 10.0
+
+    func run() throws {
+        let (_, lock) = try common.open()
+        emit(["event": "started"])
+        let end = Date().addingTimeInterval(seconds)
+        while Date() < end {
+            try lock.withLock { _ in _ = usleep(UInt32(holdMicroseconds)) }
+        }
     }
 }
 

@@ -97,7 +97,7 @@ struct HierarchyTests {
         let scratch = Scratch()
         let pool = try Pool.open(path: scratch.file("m.pool"))
         let b = try pool.lock(named: "b", level: .package), a = try pool.lock(named: "a", level: .package)
-        let order = try pool.withLocks([b, a]) { grant in grant.acquisitions.locks.map(\.name) }
+        let order = try pool.withLocks([b, a]) { grant in grant.acquisitions.map(\.lock.name) }
         #expect(order == ["a", "b"])
         let net = try pool.lock(named: "net", level: .network)
         #expect(throws: PMLLError.self) { try pool.withLocks([a, net]) { _ in } }

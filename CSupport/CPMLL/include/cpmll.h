@@ -115,26 +115,29 @@ _Static_assert(offsetof(pmll_process_slot_t, waiting_on) == 48, "wait ledger off
 // One named lock. The word, handoff target and stats are volatile; state, level,
 // name and name checksum are persistent.
 typedef struct pmll_lock_entry {
+    // Cache line 1: everything an acquisition touches, so that handing the lock from one
+    // process to another moves one cache line, as a bare futex word would.
     uint32_t word;                 // futex word, see PMLL_WORD_*
     uint32_t handoff_target;       // owner token of the starving waiter, 0 = none
-    uint32_t state;                // PMLL_ENTRY_*
-    uint32_t level;                // 1 registry, 2 package, 3 filesystem, 4 network
-    uint32_t name_length;
-    uint32_t entry_checksum;       // CRC32C over level, name_length, name
-    uint64_t held_since_ns;        // CLOCK_REALTIME_COARSE when the current holder took it
-    uint8_t reserved0[32];
-
-    // statistics (cache line 2)
-    uint64_t acquisitions;
+    uint32_t state;                // PMLL_ENTRY_* (persistent)
+    uint32_t level;                // 1 registry, 2 package, 3 filesystem, 4 network (persistent)
+    uint64_t acquisitions;         // written by the holder only; also the epoch of the current hold
     uint64_t contended;
-    uint64_t timeouts;
-    uint64_t owner_deaths;
     uint64_t total_wait_ns;
     uint64_t max_wait_ns;
-    uint64_t handoffs;             // times a release handed the lock to a starving waiter
-    uint64_t reserved1;
+    uint32_t name_length;          // persistent
+    uint32_t entry_checksum;       // CRC32C over level, name_length, name (persistent)
+    uint64_t reserved0;
 
-    // the most recent owner death (cache line 3)
+    // Cache line 2: written off the uncontended path.
+    uint64_t held_since_ns;        // CLOCK_REALTIME at which hold number held_epoch began (or was first seen)
+    uint64_t held_epoch;           // value of acquisitions that held_since_ns belongs to
+    uint64_t timeouts;             // atomic: written by waiters
+    uint64_t owner_deaths;
+    uint64_t handoffs;             // times a release handed the lock to a starving waiter
+    uint64_t reserved1[3];
+
+    // Cache line 3: the most recent owner death.
     int32_t dead_pid;
     uint32_t dead_token;
     uint64_t dead_since_ns;        // when the dead owner had taken the lock
@@ -148,7 +151,8 @@ typedef struct pmll_lock_entry {
 } pmll_lock_entry_t;
 
 _Static_assert(sizeof(pmll_lock_entry_t) == 512, "lock entry is 512 bytes");
-_Static_assert(offsetof(pmll_lock_entry_t, acquisitions) == 64, "stats on their own cache line");
+_Static_assert(offsetof(pmll_lock_entry_t, acquisitions) < 64 && offsetof(pmll_lock_entry_t, entry_checksum) < 64, "hot fields share the word's cache line");
+_Static_assert(offsetof(pmll_lock_entry_t, held_since_ns) == 64, "cold fields on line 2");
 _Static_assert(offsetof(pmll_lock_entry_t, dead_pid) == 128, "death record offset");
 _Static_assert(offsetof(pmll_lock_entry_t, name) == 192, "name offset");
 _Static_assert(PMLL_MAX_PROCESSES == 1u << PMLL_SLOT_BITS, "slot bits");
@@ -198,14 +202,18 @@ static inline uint32_t * pmll_slot_wait(pmll_process_slot_t *s, uint32_t i) { re
 
 // The innermost lock held by the calling thread in a synchronous scope (NULL: none).
 // A plain thread-local pointer, so the runtime hierarchy check costs no syscall.
-const pmll_lock_entry_t *_Nullable pmll_held_top_get(void);
-void pmll_held_top_set(const pmll_lock_entry_t *_Nullable entry);
+extern __thread const pmll_lock_entry_t *_Nullable pmll_held_top;
+static inline const pmll_lock_entry_t *_Nullable pmll_held_top_get(void) { return pmll_held_top; }
+static inline void pmll_held_top_set(const pmll_lock_entry_t *_Nullable entry) { pmll_held_top = entry; }
+// How many asynchronous lock scopes are open in this process: while none is, a synchronous
+// acquisition need not look at the task-local record at all.
+uint32_t pmll_async_scopes(void);
+void pmll_async_scopes_add(int32_t delta);
 
 // MARK: - Clocks
 
 int64_t pmll_clock_monotonic_ns(void);
 int64_t pmll_clock_realtime_ns(void);
-int64_t pmll_clock_realtime_coarse_ns(void);   // vDSO, a few ns; resolution ~4 ms
 
 // MARK: - Futex (shared, not PRIVATE: the word lives in a file mapping)
 

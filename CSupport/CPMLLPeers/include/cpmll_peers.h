@@ -1,3 +1,29 @@
+// Peers that the PMLL benchmarks measure against, in the same run, on the same files.
+// Not part of the library.
 #ifndef CPMLL_PEERS_H
 #define CPMLL_PEERS_H
+#include <stdint.h>
+#include <stddef.h>
+
+#pragma clang assume_nonnull begin
+
+// glibc pthread mutex with PTHREAD_PROCESS_SHARED + PTHREAD_MUTEX_ROBUST, placed in a
+// MAP_SHARED file mapping. lock returns 0, or 1 when the previous owner died (EOWNERDEAD,
+// already made consistent), or -errno.
+size_t peers_robust_size(void);
+int peers_robust_init(void *mutex);
+int peers_robust_lock(void *mutex);
+int peers_robust_unlock(void *mutex);
+
+// flock(2) and fcntl OFD write lock + unlock on byte 0 of fd. 0 or -errno.
+int peers_flock_pair(int fd);
+int peers_ofd_pair(int fd);
+
+// The physical floor: n iterations of CAS 0->1 + release store 0 on *word. Returns elapsed ns.
+uint64_t peers_cas_pairs(uint32_t *word, uint64_t n);
+
+// statfs(2) f_type of the filesystem holding path, 0 on error.
+int64_t peers_filesystem_type(const char *path);
+
+#pragma clang assume_nonnull end
 #endif

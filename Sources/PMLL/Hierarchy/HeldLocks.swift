@@ -23,17 +23,17 @@ enum HeldLocks {
     /// The innermost lock held across `await` by the current task (nil outside tasks).
     @inline(__always)
     static func asyncTop() -> UnsafePointer<pmll_lock_entry_t>? {
-        if withUnsafeCurrentTask(body: { $0 == nil }) { return nil }
+        if pmll_async_scopes() == 0 { return nil }
         return $asyncTopRecord.get()?.entry
     }
 
     /// Throws ``PMLLError/hierarchyViolation(held:requested:)`` unless `requested` may be
     /// taken after what is held now.
     @inline(__always)
-    static func check(_ requested: LockID, after top: UnsafePointer<pmll_lock_entry_t>?) throws(PMLLError) {
+    static func check(_ requested: UnsafePointer<pmll_lock_entry_t>, after top: UnsafePointer<pmll_lock_entry_t>?) throws(PMLLError) {
         guard let top else { return }
-        if top.pointee.level < requested.level.rawValue { return }
-        throw .hierarchyViolation(held: id(of: top), requested: requested)
+        if top.pointee.level < requested.pointee.level { return }
+        throw .hierarchyViolation(held: id(of: top), requested: id(of: requested))
     }
 
     static func id(of entry: UnsafePointer<pmll_lock_entry_t>) -> LockID {

@@ -8,19 +8,19 @@
 /// Every lock kind may be held across `await` (locks belong to the pool participant, not
 /// to a thread); the async overloads say so by taking async bodies.
 public struct LockContext<Held>: ~Copyable {
-    public let pool: Pool
-    /// What taking the innermost locks found (empty for the root context).
-    public let acquisitions: Acquisitions
+    @usableFromInline let held: HeldSet
     /// Release the innermost locks marked inconsistent (see ``LockGrant/markInconsistent()``).
     public var releaseInconsistent = false
 
-    init(pool: Pool, acquisitions: Acquisitions) {
-        self.pool = pool
-        self.acquisitions = acquisitions
+    @usableFromInline
+    init(held: HeldSet) {
+        self.held = held
     }
 
     /// The previous holder of an innermost lock that did not finish, if any.
-    public var previousOwnerDeath: OwnerDeath? { acquisitions.previousOwnerDeath }
+    public var previousOwnerDeath: OwnerDeath? { held.previousOwnerDeath }
+    /// What taking the innermost locks found (empty for the root context).
+    public var acquisitions: [Acquisition] { held.all.map(\.acquisition) }
 
     public mutating func markInconsistent() { releaseInconsistent = true }
 }
@@ -28,27 +28,28 @@ public struct LockContext<Held>: ~Copyable {
 extension Pool {
     /// The root of the typed API: a context holding nothing. A second root opened while
     /// locks are held is caught at run time (``PMLLError/hierarchyViolation(held:requested:)``).
+    @inlinable
     public func withLockContext<R>(_ body: (inout LockContext<Unlocked>) throws -> R) rethrows -> R {
-        var root = LockContext<Unlocked>(pool: self, acquisitions: Acquisitions())
+        var root = LockContext<Unlocked>(held: HeldSet(first: nil))
         return try body(&root)
     }
 
     public func withLockContext<R>(isolation: isolated (any Actor)? = #isolation, _ body: (inout LockContext<Unlocked>) async throws -> R) async rethrows -> R {
-        var root = LockContext<Unlocked>(pool: self, acquisitions: Acquisitions())
+        var root = LockContext<Unlocked>(held: HeldSet(first: nil))
         return try await body(&root)
     }
 }
 
 /// Runs `body` with a nested context for the grant and hands back its inconsistency mark.
-@inline(__always)
-private func nested<Level, R>(_ pool: Pool, _ grant: inout LockGrant, _ body: (inout LockContext<Level>) throws -> R) rethrows -> R {
-    var inner = LockContext<Level>(pool: pool, acquisitions: grant.acquisitions)
+@inlinable
+func nested<Level, R>(_ grant: inout LockGrant, _ body: (inout LockContext<Level>) throws -> R) rethrows -> R {
+    var inner = LockContext<Level>(held: grant.held)
     defer { grant.releaseInconsistent = inner.releaseInconsistent }
     return try body(&inner)
 }
 
-private func nested<Level, R>(_ pool: Pool, _ grant: inout LockGrant, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockContext<Level>) async throws -> R) async rethrows -> R {
-    var inner = LockContext<Level>(pool: pool, acquisitions: grant.acquisitions)
+func nested<Level, R>(_ grant: inout LockGrant, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockContext<Level>) async throws -> R) async rethrows -> R {
+    var inner = LockContext<Level>(held: grant.held)
     defer { grant.releaseInconsistent = inner.releaseInconsistent }
     return try await body(&inner)
 }
@@ -60,62 +61,62 @@ private func nested<Level, R>(_ pool: Pool, _ grant: inout LockGrant, isolation:
 
 extension LockContext {
     @_disfavoredOverload
+    @inlinable
     public mutating func withLock<R>(registry lock: Lock<Registry>, timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<Registry>) throws -> R) throws -> R where Held: MayAcquireRegistry {
-        try lock.handle.withLock(timeout: timeout, cancellation: cancellation) { grant in try nested(pool, &grant, body) }
+        try lock.handle.withLock(timeout: timeout, cancellation: cancellation) { grant in try nested(&grant, body) }
     }
 
     @_disfavoredOverload
+    @inlinable
     public mutating func withLock<R>(package lock: Lock<Package>, timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<Package>) throws -> R) throws -> R where Held: MayAcquirePackage {
-        try lock.handle.withLock(timeout: timeout, cancellation: cancellation) { grant in try nested(pool, &grant, body) }
+        try lock.handle.withLock(timeout: timeout, cancellation: cancellation) { grant in try nested(&grant, body) }
     }
 
     @_disfavoredOverload
+    @inlinable
     public mutating func withLock<R>(filesystem lock: Lock<FileSystem>, timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<FileSystem>) throws -> R) throws -> R where Held: MayAcquireFileSystem {
-        try lock.handle.withLock(timeout: timeout, cancellation: cancellation) { grant in try nested(pool, &grant, body) }
+        try lock.handle.withLock(timeout: timeout, cancellation: cancellation) { grant in try nested(&grant, body) }
     }
 
     @_disfavoredOverload
+    @inlinable
     public mutating func withLock<R>(network lock: Lock<Network>, timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<Network>) throws -> R) throws -> R where Held: MayAcquireNetwork {
-        try lock.handle.withLock(timeout: timeout, cancellation: cancellation) { grant in try nested(pool, &grant, body) }
+        try lock.handle.withLock(timeout: timeout, cancellation: cancellation) { grant in try nested(&grant, body) }
     }
 
     /// Several package locks in one call, taken in canonical (name) order.
     @_disfavoredOverload
     public mutating func withLocks<R>(package locks: [Lock<Package>], timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<Package>) throws -> R) throws -> R where Held: MayAcquirePackage {
-        try pool.withLocks(locks.map(\.handle), timeout: timeout, cancellation: cancellation) { grant in try nested(pool, &grant, body) }
+        try Pool.withLocks(locks.map(\.handle), timeout: timeout, cancellation: cancellation) { grant in try nested(&grant, body) }
     }
 
     /// Several file-system locks in one call, taken in canonical (name) order.
     @_disfavoredOverload
     public mutating func withLocks<R>(filesystem locks: [Lock<FileSystem>], timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<FileSystem>) throws -> R) throws -> R where Held: MayAcquireFileSystem {
-        try pool.withLocks(locks.map(\.handle), timeout: timeout, cancellation: cancellation) { grant in try nested(pool, &grant, body) }
+        try Pool.withLocks(locks.map(\.handle), timeout: timeout, cancellation: cancellation) { grant in try nested(&grant, body) }
     }
 
     /// Several network locks in one call, taken in canonical (name) order.
     @_disfavoredOverload
     public mutating func withLocks<R>(network locks: [Lock<Network>], timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<Network>) throws -> R) throws -> R where Held: MayAcquireNetwork {
-        try pool.withLocks(locks.map(\.handle), timeout: timeout, cancellation: cancellation) { grant in try nested(pool, &grant, body) }
+        try Pool.withLocks(locks.map(\.handle), timeout: timeout, cancellation: cancellation) { grant in try nested(&grant, body) }
     }
 
     // Async: the lock may be held across `await`; waiting honours Task cancellation.
 
     public mutating func withLock<R>(registry lock: Lock<Registry>, timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockContext<Registry>) async throws -> R) async throws -> R where Held: MayAcquireRegistry {
-        let pool = self.pool
-        return try await lock.handle.withLock(timeout: timeout) { grant in try await nested(pool, &grant, body) }
+        return try await lock.handle.withLock(timeout: timeout) { grant in try await nested(&grant, body) }
     }
 
     public mutating func withLock<R>(package lock: Lock<Package>, timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockContext<Package>) async throws -> R) async throws -> R where Held: MayAcquirePackage {
-        let pool = self.pool
-        return try await lock.handle.withLock(timeout: timeout) { grant in try await nested(pool, &grant, body) }
+        return try await lock.handle.withLock(timeout: timeout) { grant in try await nested(&grant, body) }
     }
 
     public mutating func withLock<R>(filesystem lock: Lock<FileSystem>, timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockContext<FileSystem>) async throws -> R) async throws -> R where Held: MayAcquireFileSystem {
-        let pool = self.pool
-        return try await lock.handle.withLock(timeout: timeout) { grant in try await nested(pool, &grant, body) }
+        return try await lock.handle.withLock(timeout: timeout) { grant in try await nested(&grant, body) }
     }
 
     public mutating func withLock<R>(network lock: Lock<Network>, timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockContext<Network>) async throws -> R) async throws -> R where Held: MayAcquireNetwork {
-        let pool = self.pool
-        return try await lock.handle.withLock(timeout: timeout) { grant in try await nested(pool, &grant, body) }
+        return try await lock.handle.withLock(timeout: timeout) { grant in try await nested(&grant, body) }
     }
 }

@@ -40,7 +40,7 @@ enum LockDeath {
         entry.pointee.dead_comm = known ? slot.pointee.comm : entry.pointee.dead_comm
         if !known { writeFixedCString("?", into: &entry.pointee.dead_comm) }
         entry.pointee.dead_token = owner
-        entry.pointee.dead_since_ns = entry.pointee.held_since_ns
+        entry.pointee.dead_since_ns = UInt64(bitPattern: HoldStamp.heldSince(entry))
         entry.pointee.dead_detected_ns = detectedAt
         entry.pointee.dead_cause = cause
     }

@@ -1,48 +1,90 @@
-/// What taking one or several locks found. A single lock is stored inline, so the
-/// uncontended path allocates nothing.
-public struct Acquisitions: Sendable, Equatable {
-    let firstLock: LockID?
-    public let first: Acquisition?
-    let rest: [Acquisition]
-    let restLocks: [LockID]
+import CPMLL
 
-    init() {
-        (firstLock, first, rest, restLocks) = (nil, nil, [], [])
+/// What acquiring one lock found, as the public API shows it.
+public struct Acquisition: Sendable, Equatable {
+    public let lock: LockID
+    /// Set when the previous holder did not finish its critical section: repair the
+    /// protected state before relying on it.
+    public let previousOwnerDeath: OwnerDeath?
+    /// How long the caller waited (0 on the uncontended path).
+    public let waitedNanoseconds: Int64
+}
+
+/// What acquiring one lock found, trivially copyable so the uncontended path neither
+/// retains nor releases anything. The death record is read from the entry only when asked:
+/// while the lock is held nobody but the holder writes it.
+@usableFromInline
+struct Taken: @unchecked Sendable {
+    // A raw pointer keeps the C layout types out of the inlinable interface.
+    @usableFromInline let rawEntry: UnsafeMutableRawPointer
+    @usableFromInline let ownerDied: Bool
+    @usableFromInline let waitedNanoseconds: Int64
+
+    init(entry: UnsafeMutablePointer<pmll_lock_entry_t>, ownerDied: Bool, waitedNanoseconds: Int64) {
+        rawEntry = UnsafeMutableRawPointer(entry)
+        self.ownerDied = ownerDied
+        self.waitedNanoseconds = waitedNanoseconds
     }
 
-    init(_ lock: LockID, _ acquisition: Acquisition) {
-        (firstLock, first, rest, restLocks) = (lock, acquisition, [], [])
+    var entry: UnsafeMutablePointer<pmll_lock_entry_t> { rawEntry.assumingMemoryBound(to: pmll_lock_entry_t.self) }
+
+    var acquisition: Acquisition {
+        Acquisition(lock: HeldLocks.id(of: entry), previousOwnerDeath: ownerDied ? LockDeath.read(entry) : nil,
+                    waitedNanoseconds: waitedNanoseconds)
+    }
+}
+
+/// The locks of a multi-lock call after the first. Owned by the call, which outlives every
+/// grant and context that points at it.
+@usableFromInline
+final class TakenList: Sendable {
+    let items: [Taken]
+    init(_ items: [Taken]) { self.items = items }
+}
+
+/// Facts about the locks a scope holds; shared by ``LockGrant`` and ``LockContext``.
+/// Only valid inside the scope, which is why both are noncopyable.
+@usableFromInline
+struct HeldSet: @unchecked Sendable {
+    @usableFromInline let first: Taken?
+    @usableFromInline let more: Unmanaged<TakenList>?
+
+    @usableFromInline init(first: Taken?, more: Unmanaged<TakenList>? = nil) {
+        self.first = first
+        self.more = more
     }
 
-    init(_ taken: [(LockID, Acquisition)]) {
-        (firstLock, first) = (taken.first?.0, taken.first?.1)
-        rest = taken.dropFirst().map(\.1)
-        restLocks = taken.dropFirst().map(\.0)
+    var all: [Taken] {
+        guard let first else { return [] }
+        return [first] + (more?.takeUnretainedValue().items ?? [])
     }
 
-    /// One entry per lock, in the order they were taken.
-    public var all: [Acquisition] { first.map { [$0] + rest } ?? [] }
-    /// The locks, in the order they were taken (canonical order for multi-lock calls).
-    public var locks: [LockID] { firstLock.map { [$0] + restLocks } ?? [] }
-
-    /// The first previous holder, among the locks taken, that did not finish.
-    public var previousOwnerDeath: OwnerDeath? {
-        if let death = first?.previousOwnerDeath { return death }
-        return rest.lazy.compactMap(\.previousOwnerDeath).first
+    var previousOwnerDeath: OwnerDeath? {
+        all.first(where: \.ownerDied).map { LockDeath.read($0.entry) }
     }
 }
 
 /// Proof, inside a `withLock` scope, that the locks are held, and what acquiring them found.
 /// Noncopyable: it cannot outlive the scope that releases the locks.
 public struct LockGrant: ~Copyable {
-    /// What acquiring each lock found, in the order they were taken.
-    public let acquisitions: Acquisitions
+    @usableFromInline let held: HeldSet
     /// Release the locks marked inconsistent: the next holder is told the critical
     /// section did not complete (as if this holder had died).
     public var releaseInconsistent = false
 
+    @usableFromInline init(held: HeldSet) { self.held = held }
+
     /// The first previous holder, among the locks taken, that did not finish.
-    public var previousOwnerDeath: OwnerDeath? { acquisitions.previousOwnerDeath }
+    public var previousOwnerDeath: OwnerDeath? { held.previousOwnerDeath }
+    /// One entry per lock, in the (canonical) order they were taken.
+    public var acquisitions: [Acquisition] { held.all.map(\.acquisition) }
 
     public mutating func markInconsistent() { releaseInconsistent = true }
+
+    /// Records now as the start of this hold, so that `status` shows exactly how long it has
+    /// been held (an uncontended acquisition does not read the clock). Worth one clock read
+    /// for holds meant to last.
+    public func recordHoldStart() {
+        for taken in held.all { HoldStamp.stamp(taken.entry) }
+    }
 }

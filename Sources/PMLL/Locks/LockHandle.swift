@@ -7,7 +7,7 @@ import Dispatch
 public struct LockHandle: Sendable, Hashable {
     public let pool: Pool
     public let id: LockID
-    let index: UInt32
+    @usableFromInline let index: UInt32
 
     public static func == (a: LockHandle, b: LockHandle) -> Bool { a.pool === b.pool && a.index == b.index }
     public func hash(into h: inout Hasher) {
@@ -20,18 +20,15 @@ public struct LockHandle: Sendable, Hashable {
     /// Holds the lock while `body` runs; waits at most `timeout` (nil: no limit) and stops
     /// waiting when `cancellation` is cancelled. The lock is released on every exit from
     /// `body`, including a thrown error (released consistent unless the grant was marked).
+    ///
+    /// Inlinable so that callers specialise it: the closure is called directly and only two
+    /// non-generic calls (enter and exit) remain on the uncontended path.
     @_disfavoredOverload   // in async code the async form is meant; in sync code it is the only one
-    @inline(__always)
+    @inlinable
     public func withLock<R>(timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockGrant) throws -> R) throws -> R {
-        let saved = pmll_held_top_get()
-        try HeldLocks.check(id, after: saved ?? HeldLocks.asyncTop())
-        let acquisition = try pool.acquire(index: index, deadline: Pool.deadline(after: timeout), cancellation: cancellation)
-        pmll_held_top_set(entry)
-        var grant = LockGrant(acquisitions: Acquisitions(id, acquisition))
-        defer {
-            pmll_held_top_set(saved)
-            pool.release(index: index, inconsistent: grant.releaseInconsistent)
-        }
+        let scope = try enterScope(timeout: timeout, cancellation: cancellation)
+        var grant = LockGrant(held: HeldSet(first: scope.taken))
+        defer { exitScope(scope, inconsistent: grant.releaseInconsistent) }
         return try body(&grant)
     }
 
@@ -49,6 +46,45 @@ public struct LockHandle: Sendable, Hashable {
     /// not to a thread).
     public func withLock<R>(timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockGrant) async throws -> R) async throws -> R {
         try await pool.withLocksAsync([self], timeout: timeout, body)
+    }
+
+    /// Who holds the lock right now, or nil if it is free.
+    public var currentHolder: HolderInfo? {
+        let owner = pmll_load32(pmll_entry_word(entry)) & PMLL_OWNER_MASK
+        guard owner != 0 else { return nil }
+        return pool.processes.info(of: owner, heldSince: HoldStamp.heldSince(entry))
+    }
+
+    /// Wakes every thread sleeping on this lock, in any process, so that each re-checks
+    /// the word and its cancellation flag now rather than at its next owner check.
+    public func wakeWaiters() {
+        _ = pmll_futex_wake(pmll_entry_word(entry), Int32.max)
+    }
+
+    // MARK: synchronous scopes
+
+    /// A synchronous scope in progress: what this thread held before it, and what acquiring found.
+    @usableFromInline
+    struct Scope {
+        let saved: UnsafeRawPointer?
+        @usableFromInline let taken: Taken
+    }
+
+    /// Hierarchy check, acquisition, and this thread's held-lock record, in one call.
+    @usableFromInline
+    func enterScope(timeout: Duration?, cancellation: Cancellation?) throws(PMLLError) -> Scope {
+        let entry = self.entry
+        let saved = pmll_held_top_get()
+        try HeldLocks.check(entry, after: saved ?? HeldLocks.asyncTop())
+        let taken = try pool.acquire(index: index, deadline: Pool.deadline(after: timeout), cancellation: cancellation)
+        pmll_held_top_set(entry)
+        return Scope(saved: saved.map(UnsafeRawPointer.init), taken: taken)
+    }
+
+    @usableFromInline
+    func exitScope(_ scope: Scope, inconsistent: Bool) {
+        pmll_held_top_set(scope.saved?.assumingMemoryBound(to: pmll_lock_entry_t.self))
+        pool.release(index: index, inconsistent: inconsistent)
     }
 }
 
@@ -72,25 +108,26 @@ extension Pool {
     public func withLocks<R>(_ locks: [LockHandle], timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockGrant) throws -> R) throws -> R {
         let ordered = try canonicalOrder(locks)
         let saved = pmll_held_top_get()
-        try HeldLocks.check(ordered[0].id, after: HeldLocks.currentTop)
+        try HeldLocks.check(ordered[0].entry, after: saved ?? HeldLocks.asyncTop())
         let deadline = Self.deadline(after: timeout)
-        var acquisitions: [Acquisition] = []
-        acquisitions.reserveCapacity(ordered.count)
-        var grant: LockGrant
+        var taken: [Taken] = []
+        taken.reserveCapacity(ordered.count)
         do {
             for lock in ordered {
-                acquisitions.append(try acquire(index: lock.index, deadline: deadline, cancellation: cancellation))
+                taken.append(try acquire(index: lock.index, deadline: deadline, cancellation: cancellation))
                 pmll_held_top_set(lock.entry)
             }
-            grant = LockGrant(acquisitions: Acquisitions(Array(zip(ordered.map(\.id), acquisitions))))
         } catch {
-            for lock in ordered.prefix(acquisitions.count).reversed() { release(index: lock.index) }
+            for lock in ordered.prefix(taken.count).reversed() { release(index: lock.index) }
             pmll_held_top_set(saved)
             throw error
         }
+        let more = TakenList(Array(taken.dropFirst()))
+        var grant = LockGrant(held: HeldSet(first: taken[0], more: Unmanaged.passUnretained(more)))
         defer {
             pmll_held_top_set(saved)
             for lock in ordered.reversed() { release(index: lock.index, inconsistent: grant.releaseInconsistent) }
+            withExtendedLifetime(more) {}
         }
         return try body(&grant)
     }
@@ -100,24 +137,34 @@ extension Pool {
         try await withLocksAsync(locks, timeout: timeout, body)
     }
 
+    /// Several locks of one pool and one level, in canonical order; the pool is the locks'.
+    static func withLocks<R>(_ locks: [LockHandle], timeout: Duration?, cancellation: Cancellation?, _ body: (inout LockGrant) throws -> R) throws -> R {
+        guard let pool = locks.first?.pool else { throw PMLLError.invalidLockName(name: "", reason: "no locks given") }
+        return try pool.withLocks(locks, timeout: timeout, cancellation: cancellation, body)
+    }
+
     func withLocksAsync<R>(_ locks: [LockHandle], timeout: Duration?, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockGrant) async throws -> R) async throws -> R {
         let ordered = try canonicalOrder(locks)
-        try HeldLocks.check(ordered[0].id, after: HeldLocks.currentTop)
+        try HeldLocks.check(ordered[0].entry, after: HeldLocks.currentTop)
         let deadline = Self.deadline(after: timeout)
-        var acquisitions: [Acquisition] = []
+        var taken: [Taken] = []
         do {
             for lock in ordered {
                 try Task.checkCancellation()
-                acquisitions.append(try await acquireWithoutBlocking(lock, deadline: deadline))
+                taken.append(try await acquireWithoutBlocking(lock, deadline: deadline))
             }
         } catch {
-            for lock in ordered.prefix(acquisitions.count).reversed() { release(index: lock.index) }
-            if error is CancellationError { throw PMLLError.cancelled(lock: ordered[acquisitions.count].id.name) }
+            for lock in ordered.prefix(taken.count).reversed() { release(index: lock.index) }
+            if error is CancellationError { throw PMLLError.cancelled(lock: ordered[taken.count].id.name) }
             throw error
         }
-        var grant = LockGrant(acquisitions: Acquisitions(Array(zip(ordered.map(\.id), acquisitions))))
+        let more = TakenList(Array(taken.dropFirst()))
+        var grant = LockGrant(held: HeldSet(first: taken[0], more: Unmanaged.passUnretained(more)))
+        pmll_async_scopes_add(1)
         defer {
+            pmll_async_scopes_add(-1)
             for lock in ordered.reversed() { release(index: lock.index, inconsistent: grant.releaseInconsistent) }
+            withExtendedLifetime(more) {}
         }
         let top = HeldLocks.HeldLock(entry: UnsafePointer(ordered.last!.entry), pool: self)
         return try await HeldLocks.$asyncTopRecord.withValue(top) {
@@ -127,36 +174,31 @@ extension Pool {
 
     /// Tries the fast path inline; otherwise waits on a Dispatch thread so no cooperative
     /// thread blocks, with Task cancellation wired to the wait.
-    private func acquireWithoutBlocking(_ lock: LockHandle, deadline: Int64) async throws -> Acquisition {
-        if pmll_lock_try_fast(lock.entry, token) != 0 {
-            lock.entry.pointee.acquisitions &+= 1
-            lock.entry.pointee.held_since_ns = UInt64(bitPattern: Clock.coarseRealtimeNanoseconds)
-            return Acquisition(previousOwnerDeath: nil, waitedNanoseconds: 0)
-        }
+    private func acquireWithoutBlocking(_ lock: LockHandle, deadline: Int64) async throws -> Taken {
+        if let fast = acquireFast(lock.entry) { return fast }
         let cancellation = Cancellation()
         return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Acquisition, any Error>) in
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Taken, any Error>) in
                 DispatchQueue.global().async {
-                    continuation.resume(with: Result { () throws(PMLLError) -> Acquisition in
+                    continuation.resume(with: Result { () throws(PMLLError) -> Taken in
                         try self.acquire(index: lock.index, deadline: deadline, cancellation: cancellation)
                     })
                 }
             }
         } onCancel: {
             cancellation.cancel()
-            _ = pmll_futex_wake(pmll_entry_word(lock.entry), Int32.max)
+            lock.wakeWaiters()
         }
     }
 
     private func canonicalOrder(_ locks: [LockHandle]) throws(PMLLError) -> [LockHandle] {
-        guard let first = locks.first else { throw .invalidLockName(name: "", reason: "no locks given") }
+        guard !locks.isEmpty else { throw .invalidLockName(name: "", reason: "no locks given") }
         let ordered = locks.count == 1 ? locks : locks.sorted { Array($0.id.name.utf8).lexicographicallyPrecedes(Array($1.id.name.utf8)) }
         for (a, b) in zip(ordered, ordered.dropFirst()) {
             guard a.pool === b.pool, a.id.level == b.id.level, a.id.name != b.id.name else {
                 throw .hierarchyViolation(held: a.id, requested: b.id)
             }
         }
-        _ = first
         return ordered
     }
 
@@ -165,20 +207,5 @@ extension Pool {
         let ns = max(0, timeout.nanoseconds)
         let now = Clock.monotonicNanoseconds
         return ns > Int64.max - now ? .max : now + ns
-    }
-}
-
-extension LockHandle {
-    /// Who holds the lock right now, or nil if it is free.
-    public var currentHolder: HolderInfo? {
-        let owner = pmll_load32(pmll_entry_word(entry)) & PMLL_OWNER_MASK
-        guard owner != 0 else { return nil }
-        return pool.processes.info(of: owner, heldSince: Int64(bitPattern: entry.pointee.held_since_ns))
-    }
-
-    /// Wakes every thread sleeping on this lock, in any process, so that each re-checks
-    /// the word and its cancellation flag now rather than at its next owner check.
-    public func wakeWaiters() {
-        _ = pmll_futex_wake(pmll_entry_word(entry), Int32.max)
     }
 }

@@ -12,7 +12,8 @@ public struct LockStatus: Codable, Sendable, Equatable {
     public let level: LockLevel
     public let state: State
     public let holder: HolderInfo?
-    /// Seconds since the holder took the lock (coarse clock).
+    /// Seconds since the holder took the lock: exact if it had to wait for it, otherwise
+    /// since the hold was first observed (a lower bound; see Docs/LockProtocol.md).
     public let heldForSeconds: Double?
     public let waiters: Int
     public let acquisitions: UInt64
@@ -54,7 +55,7 @@ extension Pool {
     /// each field is read atomically, the row as a whole is not.
     public func status(includingSelf: Bool = true) -> PoolStatus {
         let waiters = processes.waiterCounts()
-        let now = Clock.coarseRealtimeNanoseconds
+        let now = Clock.realtimeNanoseconds
         var locks: [LockStatus] = []
         for index in 0..<memory.lockCapacity {
             let entry = memory.lock(index)
@@ -62,9 +63,9 @@ extension Pool {
                   let level = LockLevel(rawValue: entry.pointee.level) else { continue }
             let word = pmll_load32(pmll_entry_word(entry))
             let owner = word & PMLL_OWNER_MASK
-            let since = Int64(bitPattern: entry.pointee.held_since_ns)
             var state = LockStatus.State.free
             var holder: HolderInfo?
+            let since = owner != 0 ? HoldStamp.heldSince(entry) : 0
             if owner != 0 {
                 state = processes.isAlive(owner) ? .held : .abandoned
                 holder = processes.info(of: owner, heldSince: since)

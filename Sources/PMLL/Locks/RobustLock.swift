@@ -3,15 +3,6 @@ import CPMLL
 import Glibc
 #endif
 
-/// What an acquisition found.
-public struct Acquisition: Sendable, Equatable {
-    /// Set when the previous holder did not finish its critical section: repair the
-    /// protected state before relying on it.
-    public let previousOwnerDeath: OwnerDeath?
-    /// How long the caller waited (0 on the uncontended path).
-    public let waitedNanoseconds: Int64
-}
-
 /// The robust lock protocol over one 32-bit futex word (see Docs/LockProtocol.md).
 ///
 /// word = owner token (24 bits) | HANDED | DIED | WAITERS
@@ -23,23 +14,19 @@ public struct Acquisition: Sendable, Equatable {
 ///   release stores its token with HANDED instead of freeing, so no newcomer can barge.
 extension Pool {
     @inline(__always)
-    func acquire(index: UInt32, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Acquisition {
+    func acquire(index: UInt32, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Taken {
         let entry = memory.lock(index)
-        if pmll_lock_try_fast(entry, token) != 0 {
-            entry.pointee.acquisitions &+= 1
-            entry.pointee.held_since_ns = UInt64(bitPattern: Clock.coarseRealtimeNanoseconds)
-            return Acquisition(previousOwnerDeath: nil, waitedNanoseconds: 0)
-        }
+        if let fast = acquireFast(entry) { return fast }
         return try acquireSlow(entry: entry, index: index, deadline: deadline, cancellation: cancellation)
     }
 
-    /// One attempt, never waits. Nil when another participant holds the lock.
-    func tryAcquire(index: UInt32) throws(PMLLError) -> Acquisition? {
-        do {
-            return try acquire(index: index, deadline: 0, cancellation: nil)
-        } catch .timeout {
-            return nil
-        }
+    /// The uncontended path: one CAS and one plain store (the holder's own counter), no
+    /// syscall, no clock read (see ``HoldStamp``).
+    @inline(__always)
+    func acquireFast(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> Taken? {
+        guard pmll_lock_try_fast(entry, token) != 0 else { return nil }
+        entry.pointee.acquisitions &+= 1
+        return Taken(entry: entry, ownerDied: false, waitedNanoseconds: 0)
     }
 
     @inline(__always)
@@ -50,7 +37,7 @@ extension Pool {
     }
 
     @inline(never)
-    private func acquireSlow(entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: UInt32, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Acquisition {
+    private func acquireSlow(entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: UInt32, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Taken {
         let word = pmll_entry_word(entry)
         let start = Clock.monotonicNanoseconds
         var slept = false, contended = false, requestedHandoff = false, handoffIncoming = false, lastChance = false
@@ -68,16 +55,14 @@ extension Pool {
                 let desired = token | (w & (PMLL_WORD_DIED | PMLL_WORD_WAITERS)) | (slept ? PMLL_WORD_WAITERS : 0)
                 if pmll_cas32(word, &w, desired) != 0 {
                     if requestedHandoff { withdrawHandoff(entry) }
-                    let death = w & PMLL_WORD_DIED != 0 ? LockDeath.read(entry) : nil
-                    return granted(entry, start: start, contended: contended, death: death, detected: false)
+                    return granted(entry, start: start, contended: contended, died: w & PMLL_WORD_DIED != 0)
                 }
                 continue
             }
             if owner == token && w & PMLL_WORD_HANDED != 0 {
                 // Handed to this participant on release (we asked, or a sibling thread did).
                 if pmll_cas32(word, &w, w & ~PMLL_WORD_HANDED) != 0 {
-                    let death = w & PMLL_WORD_DIED != 0 ? LockDeath.read(entry) : nil
-                    return granted(entry, start: start, contended: true, death: death, detected: false)
+                    return granted(entry, start: start, contended: true, died: w & PMLL_WORD_DIED != 0)
                 }
                 continue
             }
@@ -90,6 +75,7 @@ extension Pool {
             if owner != checkedOwner {
                 checkedOwner = owner
                 checkedAt = now
+                _ = HoldStamp.heldSince(entry)
             }
             let due = now - checkedAt >= ownerCheckNanoseconds || deadline - now <= ownerCheckNanoseconds
             if owner != token && due {
@@ -98,20 +84,16 @@ extension Pool {
                     // A handed-but-unclaimed word belongs to a waiter that died before its
                     // critical section began: take it over without reporting a death.
                     let handed = w & PMLL_WORD_HANDED != 0
-                    let dead = processes.info(of: owner, heldSince: Int64(bitPattern: entry.pointee.held_since_ns))
+                    let dead = processes.info(of: owner, heldSince: HoldStamp.heldSince(entry))
                     let died = handed ? w & PMLL_WORD_DIED : PMLL_WORD_DIED
                     if pmll_cas32(word, &w, token | (w & PMLL_WORD_WAITERS) | died) != 0 {
                         if requestedHandoff { withdrawHandoff(entry) }
-                        var death: OwnerDeath?
                         if !handed {
                             LockDeath.record(entry, owner: owner, memory: memory, detectedAt: UInt64(Clock.realtimeNanoseconds))
                             if dead == nil { entry.pointee.dead_pid = 0 }
                             entry.pointee.owner_deaths &+= 1
-                            death = LockDeath.read(entry)
-                        } else if died != 0 {
-                            death = LockDeath.read(entry)
                         }
-                        return granted(entry, start: start, contended: true, death: death, detected: !handed)
+                        return granted(entry, start: start, contended: true, died: died != 0)
                     }
                     continue
                 }
@@ -132,7 +114,7 @@ extension Pool {
                 let name = String(fixedCString: entry.pointee.name)
                 if cancelled { throw .cancelled(lock: name) }
                 pmll_add64(pmll_entry_timeouts(entry), 1)
-                throw .timeout(lock: name, holder: processes.info(of: owner, heldSince: Int64(bitPattern: entry.pointee.held_since_ns)))
+                throw .timeout(lock: name, holder: processes.info(of: owner, heldSince: HoldStamp.heldSince(entry)))
             }
 
             if !requestedHandoff && now - start >= starvationNanoseconds {
@@ -160,7 +142,7 @@ extension Pool {
     }
 
     /// Stamps statistics as the new holder (plain stores: only the holder writes them).
-    private func granted(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>, start: Int64, contended: Bool, death: OwnerDeath?, detected: Bool) -> Acquisition {
+    private func granted(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>, start: Int64, contended: Bool, died: Bool) -> Taken {
         let waited = contended ? Clock.monotonicNanoseconds - start : 0
         entry.pointee.acquisitions &+= 1
         if contended {
@@ -168,8 +150,8 @@ extension Pool {
             entry.pointee.total_wait_ns &+= UInt64(waited)
             if UInt64(waited) > entry.pointee.max_wait_ns { entry.pointee.max_wait_ns = UInt64(waited) }
         }
-        entry.pointee.held_since_ns = UInt64(bitPattern: Clock.coarseRealtimeNanoseconds)
-        return Acquisition(previousOwnerDeath: death, waitedNanoseconds: waited)
+        HoldStamp.stamp(entry)
+        return Taken(entry: entry, ownerDied: died, waitedNanoseconds: waited)
     }
 
     /// Takes back this participant's handoff request. False when a releaser has already

@@ -1,0 +1,124 @@
+import ArgumentParser
+import CPMLLPeers
+import Foundation
+
+/// `pmll-bench`: lock benchmarks with peers measured in the same run (Docs/Benchmarks.md).
+@main
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pmll-bench",
+        abstract: "PMLL lock benchmarks against glibc robust mutexes, flock and OFD locks.",
+        subcommands: [Locks.self, ContendChild.self, TakeoverChild.self],
+        defaultSubcommand: Locks.self
+    )
+}
+
+struct Locks: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "locks", abstract: "Run the lock benchmarks and print a table (or JSON).")
+
+    @Option(help: "Directories to run in (one per filesystem). Default: /dev/shm and /var/tmp.")
+    var directory: [String] = []
+    @Option var iterations = 2_000_000
+    @Option var seconds = 2.0
+    @Option var rounds = 200
+    @Flag var json = false
+
+    func run() throws {
+        let directories = directory.isEmpty ? ["/dev/shm/pmll-bench", "/var/tmp/pmll-bench"] : directory
+        var report = Report(command: CommandLine.arguments.joined(separator: " "))
+        for dir in directories {
+            try? FileManager.default.removeItem(atPath: dir)
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            var section = Report.Section(directory: dir, filesystem: filesystemType(dir))
+            section.uncontended = try Uncontended.run(directory: dir, iterations: iterations)
+            for processes in [2, 4] {
+                for kind in ["pmll", "pthread"] {
+                    section.contended.append(try Contended.run(kind: kind, processes: processes, seconds: seconds, directory: dir))
+                }
+            }
+            for kind in ["pmll", "pthread"] {
+                section.takeover.append(try Takeover.run(kind: kind, rounds: rounds, directory: dir))
+            }
+            report.sections.append(section)
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+        } else {
+            print(report.table())
+        }
+        if report.sections.contains(where: { $0.contended.contains(where: \.exclusionViolated) }) {
+            throw ExitCode(1)
+        }
+    }
+
+    func filesystemType(_ path: String) -> String {
+        let type = peers_filesystem_type(path)
+        switch UInt32(truncatingIfNeeded: type) {
+        case 0x0102_1994: return "tmpfs"
+        case 0xEF53: return "ext4"
+        case 0x5846_5342: return "xfs"
+        case 0x9123_683E: return "btrfs"
+        case 0x794C_7630: return "overlayfs"
+        default: return String(format: "0x%x", UInt32(truncatingIfNeeded: type))
+        }
+    }
+}
+
+struct ContendChild: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "contend-child", shouldDisplay: false)
+    @Option var kind: String
+    @Option var directory: String
+    @Option var index: Int
+    func run() throws { try Contended.child(kind: kind, directory: directory, index: index) }
+}
+
+struct TakeoverChild: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "takeover-child", shouldDisplay: false)
+    @Option var kind: String
+    @Option var directory: String
+    @Option var role: String
+    func run() throws { try Takeover.child(kind: kind, directory: directory, role: role) }
+}
+
+struct Report: Codable {
+    struct Section: Codable {
+        let directory: String
+        let filesystem: String
+        var uncontended: [Uncontended.Row] = []
+        var contended: [Contended.Row] = []
+        var takeover: [Takeover.Row] = []
+    }
+    let command: String
+    var sections: [Section] = []
+
+    func table() -> String {
+        var out = ""
+        for s in sections {
+            out += "\n== \(s.directory) (\(s.filesystem))\n\nUncontended lock+unlock, ns per pair (median of 5)\n"
+            let pthread = s.uncontended.first { $0.name.hasPrefix("glibc") }?.nanosecondsPerPair ?? .nan
+            for row in s.uncontended {
+                out += pad(row.name, 38) + String(format: "%10.1f ns   ratio to glibc robust %.2f\n", row.nanosecondsPerPair, row.nanosecondsPerPair / pthread)
+            }
+            out += "\nContended (P processes, one lock, empty critical section)\n"
+            out += pad("kind", 10) + pad("P", 4) + pad("ops/s", 14) + pad("ratio", 8) + pad("min share", 11) + pad("max share", 11) + pad("Jain", 7) + "exclusion\n"
+            for row in s.contended {
+                let peer = s.contended.first { $0.kind == "pthread" && $0.processes == row.processes }?.operationsPerSecond ?? .nan
+                out += pad(row.kind, 10) + pad("\(row.processes)", 4) + pad(String(format: "%.0f", row.operationsPerSecond), 14)
+                    + pad(String(format: "%.2f", row.operationsPerSecond / peer), 8)
+                    + pad(String(format: "%.3f", row.minShare), 11) + pad(String(format: "%.3f", row.maxShare), 11)
+                    + pad(String(format: "%.3f", row.jainFairness), 7) + (row.exclusionViolated ? "VIOLATED" : "ok") + "\n"
+            }
+            out += "\nSIGKILL of the holder until a waiter owns the lock\n"
+            for row in s.takeover {
+                out += pad(row.kind, 10) + String(format: "p50 %8.1f us   p99 %8.1f us   max %8.1f us   owner death reported %d/%d\n",
+                                                  row.p50Microseconds, row.p99Microseconds, row.maxMicroseconds, row.ownerDeathReported, row.rounds)
+            }
+        }
+        return out
+    }
+
+    private func pad(_ s: String, _ n: Int) -> String { s.padding(toLength: max(n, s.count + 1), withPad: " ", startingAt: 0) }
+}
