@@ -77,4 +77,7 @@ struct PoolArguments: ParsableArguments {
     }
 }
 
-extension LockLevel: ExpressibleByArgument {}
+extension LockLevel: ExpressibleByArgument {
+    public static var allValueStrings: [String] { allCases.map(\.description) }
+    public var defaultValueDescription: String { description }
+}

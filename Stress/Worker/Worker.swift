@@ -24,7 +24,10 @@ struct Common: ParsableArguments {
     }
 }
 
-extension LockLevel: ExpressibleByArgument {}
+extension LockLevel: ExpressibleByArgument {
+    public static var allValueStrings: [String] { allCases.map(\.description) }
+    public var defaultValueDescription: String { description }
+}
 
 /// Read-modify-write of a counter file under the lock, from several threads.
 struct Counter: ParsableCommand {
