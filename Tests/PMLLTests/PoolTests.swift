@@ -160,7 +160,9 @@ struct PoolTests {
 
     @Test func rejectsBadPathsAndOptions() throws {
         #expect(throws: PMLLError.self) { try Pool.open(path: "") }
-        #expect(throws: PMLLError.self) { try Pool.open(path: "/nonexistent-dir/x.pool") }
+        #expect(throws: PMLLError.invalidPoolPath(path: "/nonexistent-dir/x.pool", reason: "directory '/nonexistent-dir' does not exist")) {
+            try Pool.open(path: "/nonexistent-dir/x.pool")
+        }
         var options = PoolOptions()
         options.create = false
         #expect(throws: PMLLError.poolNotFound(path: "/tmp/definitely-missing.pool")) {

@@ -116,7 +116,7 @@ public final class Pool: Sendable {
             VolatileState.reset(memory, reason: reason)
             if !created { reset = reason }
         } else if alone != -EAGAIN {
-            _ = try SystemCall.retrying("fcntl(F_OFD_SETLK)") { alone }
+            try SystemCall.check("fcntl(F_OFD_SETLK)", alone)
         }
         // Converts our exclusive hold to shared, or joins the others' shared holds. Nobody
         // can hold it exclusively now: that only happens under INIT, which we hold.

@@ -20,6 +20,8 @@ enum PoolCreation {
 
         var length: UInt64 = 0, isPmem: Int32 = 0, err: Int32 = 0
         guard let address = pmll_pmem_create(temporary, UInt64(options.size), mode, &length, &isPmem, &err) else {
+            if err == ENOENT { throw .invalidPoolPath(path: path, reason: "directory '\(directory)' does not exist") }
+            if err == ENOSPC { throw .invalidPoolPath(path: path, reason: "no space left for a \(options.size)-byte pool") }
             throw SystemCall.fileError(Errno(rawValue: err), path: path, operation: "create pool in directory of")
         }
         var renamed = false

@@ -32,7 +32,7 @@ struct ProcessTable {
         for index in 0..<memory.processCapacity {
             let rc = pmll_ofd_lock(fd, PMLL_LOCKBYTE_LIVENESS + Int64(index), PMLL_RANGE_EXCLUSIVE, 0)
             if rc == -EAGAIN { continue }   // a live process owns it
-            if rc < 0 { _ = try SystemCall.retrying("fcntl(F_OFD_SETLK)") { rc } }
+            try SystemCall.check("fcntl(F_OFD_SETLK)", rc)
             let slot = memory.slot(index)
             // Whatever the previous occupant held, it will never release.
             LockDeath.sweep(memory, deadSlot: index)

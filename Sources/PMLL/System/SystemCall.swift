@@ -18,6 +18,13 @@ enum SystemCall {
         }
     }
 
+    /// Throws for a `-errno` result that was already obtained (calls that must not be
+    /// retried blindly, such as a non-blocking lock attempt whose EAGAIN the caller handled).
+    @inline(__always)
+    static func check(_ name: StaticString, _ rc: Int32) throws(PMLLError) {
+        if rc < 0 { throw .systemCall(name: "\(name)", errno: Errno(rawValue: -rc)) }
+    }
+
     /// Runs a libc call that returns -1 and sets `errno`, retrying EINTR.
     @inline(__always)
     static func libc(_ name: StaticString, _ body: () -> Int32) throws(PMLLError) -> Int32 {
