@@ -31,6 +31,17 @@ public enum PMLLError: Error, Equatable, Sendable {
     case poolFull(table: String, capacity: Int)
     /// Bad value in the pool options (sizes, capacities).
     case invalidOptions(reason: String)
+    /// A queue name is empty, too long (244 bytes at most) or contains NUL.
+    case invalidQueueName(name: String, reason: String)
+    /// The queue exists with other creation parameters (persistence).
+    case queueMismatch(name: String, reason: String)
+    /// An operation kind is empty, longer than 63 bytes or contains NUL.
+    case invalidOperationKind(kind: String, reason: String)
+    /// An operation's payload is over the limit (1024 bytes).
+    case payloadTooLarge(bytes: Int, limit: Int)
+    /// The deadline passed while the operation waited for its turn; `blockedBy` is the
+    /// operation whose turn it was.
+    case queueTimeout(queue: String, ticket: UInt64, blockedBy: OperationRecord?)
     /// A system call failed in a way the caller did not cause directly.
     case systemCall(name: String, errno: Errno)
 }
@@ -56,6 +67,14 @@ extension PMLLError: CustomStringConvertible {
         case let .cancelled(lock): "wait for lock '\(lock)' cancelled"
         case let .poolFull(table, capacity): "pool full: the \(table) table has all \(capacity) entries in use"
         case let .invalidOptions(reason): "invalid pool options: \(reason)"
+        case let .invalidQueueName(name, reason): "invalid queue name '\(name)': \(reason)"
+        case let .queueMismatch(name, reason): "queue '\(name)' exists with other parameters: \(reason)"
+        case let .invalidOperationKind(kind, reason): "invalid operation kind '\(kind)': \(reason)"
+        case let .payloadTooLarge(bytes, limit): "operation payload of \(bytes) bytes is over the limit of \(limit)"
+        case let .queueTimeout(queue, ticket, blockedBy):
+            if let blockedBy {
+                "timed out waiting in queue '\(queue)' (ticket \(ticket)) behind ticket \(blockedBy.ticket) '\(blockedBy.kind)' of pid \(blockedBy.ownerPid) (\(blockedBy.ownerCommand))"
+            } else { "timed out waiting in queue '\(queue)' (ticket \(ticket))" }
         case let .systemCall(name, errno): "\(name) failed: \(errno.description) (errno \(errno.rawValue))"
         }
     }

@@ -23,11 +23,12 @@ enum ExitStatus {
 
     static func code(for error: PMLLError) -> Int32 {
         switch error {
-        case .invalidLockName, .levelMismatch, .hierarchyViolation, .invalidOptions: usage
+        case .invalidLockName, .levelMismatch, .hierarchyViolation, .invalidOptions,
+             .invalidQueueName, .queueMismatch, .invalidOperationKind, .payloadTooLarge: usage
         case .notAPool, .unsupportedFormatVersion, .corruptPool: badPool
         case .poolNotFound, .invalidPoolPath: noPool
         case .permissionDenied, .foreignOwner: permission
-        case .timeout: timeout
+        case .timeout, .queueTimeout: timeout
         case .cancelled: interrupted
         case .poolFull: poolFull
         case .systemCall: system

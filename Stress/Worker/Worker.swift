@@ -5,11 +5,11 @@ public import PMLL
 /// `pmll-worker`: the real processes that the test suite and benchmarks spawn, kill and
 /// inspect. Each subcommand prints one JSON object per line on stdout for the parent.
 @main
-struct Worker: ParsableCommand {
+struct Worker: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmll-worker",
         abstract: "Test and benchmark worker processes for PMLL.",
-        subcommands: [Counter.self, Hold.self, Churn.self, Robust8.self, Nested.self, Hammer.self]
+        subcommands: [Counter.self, Hold.self, Churn.self, Robust8.self, Nested.self, Hammer.self, QueueOps.self, QueueHold.self]
     )
 }
 
@@ -205,6 +205,62 @@ struct Hammer: ParsableCommand {
             try lock.withLock { _ in _ = usleep(UInt32(holdMicroseconds)) }
         }
     }
+}
+
+/// Runs `count` operations on a queue, each logging its begin and end (with the ticket and a
+/// monotonic timestamp) to a shared append-only log.
+struct QueueOps: AsyncParsableCommand {
+    @Option var pool: String
+    @Option var queue: String
+    @Option var count = 10
+    @Option var log: String
+    @Option var sleepMilliseconds = 1
+    @Option var kind = "append"
+    @Flag var volatile = false
+
+    func run() async throws {
+        let pool = try Pool.open(path: pool)
+        let q = try pool.queue(named: queue, persistent: !volatile)
+        let fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        emit(["event": "started", "pid": Int(getpid())])
+        for _ in 0..<count {
+            try await q.execute(kind: kind, payload: Array("pid \(getpid())".utf8), timeout: .seconds(60)) { op in
+                appendLine(fd, "B \(queue) \(op.ticket) \(getpid()) \(monotonic())")
+                if sleepMilliseconds > 0 { try await Task.sleep(for: .milliseconds(sleepMilliseconds)) }
+                appendLine(fd, "E \(queue) \(op.ticket) \(getpid()) \(monotonic())")
+            }
+        }
+        emit(["event": "done"])
+    }
+}
+
+/// Runs one "install" operation that marks a state file partial and never finishes, so that
+/// the test can SIGKILL it while running.
+struct QueueHold: AsyncParsableCommand {
+    @Option var pool: String
+    @Option var queue: String
+    @Option var stateFile: String
+
+    func run() async throws {
+        let pool = try Pool.open(path: pool)
+        let q = try pool.queue(named: queue)
+        try await q.execute(kind: "install", payload: Array(stateFile.utf8), timeout: .seconds(60)) { op in
+            try "partial".write(toFile: stateFile, atomically: false, encoding: .utf8)
+            emit(["event": "running", "ticket": Int(op.ticket), "pid": Int(getpid())])
+            try await Task.sleep(for: .seconds(3600))
+        }
+    }
+}
+
+func appendLine(_ fd: Int32, _ line: String) {
+    let text = line + "\n"
+    _ = text.withCString { write(fd, $0, strlen($0)) }
+}
+
+func monotonic() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
 }
 
 final class LockedCounter: @unchecked Sendable {

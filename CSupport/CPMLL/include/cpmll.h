@@ -58,8 +58,11 @@ typedef struct pmll_header {
     uint32_t lock_capacity;        // entries in the lock table
     pmll_section_t process_table;
     pmll_section_t lock_table;
-    pmll_section_t heap;           // reserved for queues, records and transaction logs
-    uint8_t reserved[408];
+    pmll_section_t heap;           // reserved for the state store and transaction logs
+    pmll_section_t queue_table;    // queue heads, then each queue's record ring
+    uint32_t queue_capacity;       // queues
+    uint32_t queue_ring;           // records per queue (the retention)
+    uint8_t reserved[384];
     uint64_t header_checksum;      // CRC32C of bytes [0, 504)
 
     // --- volatile part (not checksummed) ---
@@ -78,6 +81,7 @@ typedef struct pmll_header {
 _Static_assert(sizeof(pmll_header_t) == PMLL_HEADER_SIZE, "header is one page");
 _Static_assert(offsetof(pmll_header_t, header_checksum) == PMLL_HEADER_CHECKED_BYTES, "checksum follows checked bytes");
 _Static_assert(offsetof(pmll_header_t, process_table) == 48, "section table offset");
+_Static_assert(offsetof(pmll_header_t, queue_table) == 96, "queue section offset");
 _Static_assert(offsetof(pmll_header_t, boot_id) == 512, "volatile part starts at 512");
 
 // One slot per attached process. Entirely volatile: reset when no process has the pool open.
@@ -158,6 +162,86 @@ _Static_assert(offsetof(pmll_lock_entry_t, name) == 192, "name offset");
 _Static_assert(PMLL_MAX_PROCESSES == 1u << PMLL_SLOT_BITS, "slot bits");
 _Static_assert(PMLL_MAX_GENERATION == PMLL_OWNER_MASK >> PMLL_SLOT_BITS, "generation bits");
 
+// MARK: - Hardened queues
+
+#define PMLL_KIND_MAX 63u
+#define PMLL_PAYLOAD_MAX 1024u
+#define PMLL_ERROR_MAX 63u
+#define PMLL_QUEUE_FLAG_PERSISTENT 0x1u
+
+#define PMLL_RECORD_FREE 0u
+#define PMLL_RECORD_QUEUED 1u
+#define PMLL_RECORD_RUNNING 2u
+#define PMLL_RECORD_SUCCEEDED 3u
+#define PMLL_RECORD_FAILED 4u
+#define PMLL_RECORD_ABANDONED 5u
+#define PMLL_RECORD_VOID 6u       // a ticket whose submitter died before writing its record
+
+#define PMLL_HISTOGRAM_BUCKETS 24u   // bucket i counts latencies in [2^i, 2^(i+1)) microseconds
+
+// One queue. Tickets are handed out under the queue's submit lock (a robust lock entry in
+// the lock table, so a submitter that dies mid-submit is detected and repaired); the ticket
+// equal to `serving` may run; finishing it advances `serving` and bumps the futex word.
+typedef struct pmll_queue_head {
+    uint32_t state;                // PMLL_ENTRY_* (persistent)
+    uint32_t flags;                // PMLL_QUEUE_FLAG_* (persistent)
+    uint32_t serving_word;         // futex word: changes whenever `serving` advances
+    uint32_t submit_lock;          // lock-table index of the submit lock (persistent)
+    uint64_t next_ticket;          // next ticket to hand out (under the submit lock; persisted with records)
+    uint64_t serving;              // the ticket whose turn it is
+    uint32_t name_length;          // persistent
+    uint32_t checksum;             // CRC32C over flags, submit_lock, name_length, name (persistent)
+    uint8_t reserved0[24];
+
+    uint64_t completed;
+    uint64_t failed;
+    uint64_t retried;
+    uint64_t abandoned;
+    uint64_t recovered;
+    uint64_t total_wait_ns;
+    uint64_t total_run_ns;
+    uint64_t max_wait_ns;
+    uint64_t max_run_ns;
+    uint64_t reserved1[7];
+
+    uint64_t wait_histogram[PMLL_HISTOGRAM_BUCKETS];
+    uint64_t run_histogram[PMLL_HISTOGRAM_BUCKETS];
+    char name[256];
+    uint8_t reserved2[192];
+} pmll_queue_head_t;
+
+_Static_assert(sizeof(pmll_queue_head_t) == 1024, "queue head is 1 KiB");
+_Static_assert(offsetof(pmll_queue_head_t, completed) == 64, "queue stats on line 2");
+_Static_assert(offsetof(pmll_queue_head_t, name) == 576, "queue name offset");
+
+// One operation. Persistent queues make each state transition durable before going on.
+typedef struct pmll_record {
+    uint64_t ticket;
+    uint32_t state;                // PMLL_RECORD_* (one aligned store per transition)
+    uint32_t owner_token;
+    int32_t owner_pid;
+    uint32_t attempts;
+    uint32_t batch_size;           // operations in this record's batch, counted from it
+    uint32_t recovered;            // 1 once recovery has handled an abandoned record
+    uint64_t submitted_ns;
+    uint64_t started_ns;
+    uint64_t finished_ns;
+    uint32_t payload_length;
+    uint32_t checksum;             // CRC32C over ticket, kind, payload_length, payload
+    char kind[64];
+    char error[64];                // last error, truncated
+    char owner_comm[16];
+    uint8_t reserved[48];
+    uint8_t payload[PMLL_PAYLOAD_MAX];
+} pmll_record_t;
+
+_Static_assert(sizeof(pmll_record_t) == 1280, "record is 1280 bytes");
+_Static_assert(offsetof(pmll_record_t, kind) == 64, "record kind offset");
+_Static_assert(offsetof(pmll_record_t, payload) == 256, "record payload offset");
+
+static inline uint32_t *pmll_queue_serving_word(pmll_queue_head_t *q) { return &q->serving_word; }
+static inline uint32_t *pmll_record_state(pmll_record_t *r) { return &r->state; }
+
 // MARK: - Atomics on shared memory (inlined into Swift).
 
 static inline uint32_t pmll_load32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
@@ -169,6 +253,12 @@ static inline uint32_t pmll_or32(uint32_t *p, uint32_t v) { return __atomic_fetc
 static inline uint64_t pmll_load64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void pmll_store64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 static inline uint64_t pmll_add64(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+static inline uint64_t pmll_load64_acquire(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void pmll_store64_release(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline int pmll_cas64(uint64_t *p, uint64_t *expected, uint64_t desired) {
+    return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+static inline uint32_t pmll_add32(uint32_t *p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
 
 static inline uint32_t pmll_xchg32(uint32_t *p, uint32_t v) { return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL); }
 static inline void pmll_cpu_relax(void) {

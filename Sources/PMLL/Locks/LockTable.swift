@@ -11,7 +11,13 @@ struct LockTable {
     let fd: Int32
     let path: String
 
-    static func validate(name: String) throws(PMLLError) {
+    /// Lock names starting with this are the library's own (queue submit locks).
+    static let reservedPrefix = "pmll:"
+
+    static func validate(name: String, allowReserved: Bool = false) throws(PMLLError) {
+        if !allowReserved && name.hasPrefix(reservedPrefix) {
+            throw .invalidLockName(name: name, reason: "names starting with '\(reservedPrefix)' are reserved for the library")
+        }
         let bytes = name.utf8.count
         guard bytes > 0 else { throw .invalidLockName(name: name, reason: "empty") }
         guard bytes <= Int(PMLL_NAME_MAX) else {
@@ -27,21 +33,22 @@ struct LockTable {
     }
 
     /// Finds the entry for `name`, creating it if `create` is set.
-    func index(of name: String, level: LockLevel, create: Bool, creation: borrowing Mutex<Void>) throws(PMLLError) -> UInt32? {
-        if let found = try lookup(name) { return try checked(found, name: name, level: level) }
+    func index(of name: String, level: LockLevel, create: Bool, creation: borrowing Mutex<Void>, allowReserved: Bool = false) throws(PMLLError) -> UInt32? {
+        try Self.validate(name: name, allowReserved: allowReserved)
+        if let found = try find(Array(name.utf8), name: name) { return try checked(found, name: name, level: level) }
         let bytes = Array(name.utf8)
         guard create else { return nil }
         return try creation.withLock { _ throws(PMLLError) -> UInt32 in
-            _ = try SystemCall.retrying("fcntl(F_OFD_SETLKW)") { pmll_ofd_lock(fd, PMLL_LOCKBYTE_TABLE, PMLL_RANGE_EXCLUSIVE, 1) }
-            defer { _ = pmll_ofd_lock(fd, PMLL_LOCKBYTE_TABLE, PMLL_RANGE_UNLOCK, 0) }
+            try TableCreationLock.withHeld(fd: fd) { () throws(PMLLError) -> UInt32 in
             if let found = try find(bytes, name: name) { return try checked(found, name: name, level: level) }
             return try insert(bytes, level: level)
+            }
         }
     }
 
     /// The entry for `name` and its level, or nil if the pool has no lock of that name.
     func lookup(_ name: String) throws(PMLLError) -> (index: UInt32, level: LockLevel)? {
-        try Self.validate(name: name)
+        try Self.validate(name: name, allowReserved: true)
         return try find(Array(name.utf8), name: name)
     }
 
@@ -97,5 +104,16 @@ struct LockTable {
             return index
         }
         throw .poolFull(table: "lock", capacity: Int(capacity))
+    }
+}
+
+/// The TABLE byte lock: serialises creation of lock and queue entries across processes
+/// (the kernel drops it if the holder dies). Callers also hold the pool's in-process mutex,
+/// because OFD locks do not exclude threads that share a descriptor.
+enum TableCreationLock {
+    static func withHeld<R>(fd: Int32, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R {
+        _ = try SystemCall.retrying("fcntl(F_OFD_SETLKW)") { pmll_ofd_lock(fd, PMLL_LOCKBYTE_TABLE, PMLL_RANGE_EXCLUSIVE, 1) }
+        defer { _ = pmll_ofd_lock(fd, PMLL_LOCKBYTE_TABLE, PMLL_RANGE_UNLOCK, 0) }
+        return try body()
     }
 }

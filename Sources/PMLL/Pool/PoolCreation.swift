@@ -12,7 +12,7 @@ enum PoolCreation {
     /// Returns true if this call created the pool, false if another process got there first.
     static func createIfAbsent(path: String, options: PoolOptions) throws(PMLLError) -> Bool {
         try options.validate()
-        let layout = PoolLayout(processCapacity: options.processCapacity, lockCapacity: options.lockCapacity, size: options.size)
+        let layout = options.layout(size: options.size)
         let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
         let base = path.split(separator: "/").last.map(String.init) ?? path
         let temporary = "\(directory.isEmpty ? "/" : directory)/.\(base).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).creating"

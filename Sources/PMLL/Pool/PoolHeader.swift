@@ -21,6 +21,9 @@ enum PoolHeader {
         h.pointee.process_table = pmll_section_t(offset: UInt64(layout.processTable.lowerBound), size: UInt64(layout.processTable.count))
         h.pointee.lock_table = pmll_section_t(offset: UInt64(layout.lockTable.lowerBound), size: UInt64(layout.lockTable.count))
         h.pointee.heap = pmll_section_t(offset: UInt64(layout.heap.lowerBound), size: UInt64(layout.heap.count))
+        h.pointee.queue_table = pmll_section_t(offset: UInt64(layout.queueTable.lowerBound), size: UInt64(layout.queueTable.count))
+        h.pointee.queue_capacity = UInt32(layout.queueCapacity)
+        h.pointee.queue_ring = UInt32(layout.queueRing)
         h.pointee.header_checksum = checksum(h)
     }
 
@@ -43,17 +46,21 @@ enum PoolHeader {
             throw .corruptPool(path: path, reason: "file is \(fileSize) bytes, header says \(size) (truncated or extended)")
         }
         let processCapacity = Int(h.pointee.process_capacity), lockCapacity = Int(h.pointee.lock_capacity)
-        guard (1...Int(PMLL_MAX_PROCESSES)).contains(processCapacity), lockCapacity >= 1 else {
+        let queueCapacity = Int(h.pointee.queue_capacity), queueRing = Int(h.pointee.queue_ring)
+        guard (1...Int(PMLL_MAX_PROCESSES)).contains(processCapacity), lockCapacity >= 1, queueCapacity <= 4096,
+              (2...65536).contains(queueRing) else {
             throw .corruptPool(path: path, reason: "table capacities out of range")
         }
-        let layout = PoolLayout(processCapacity: processCapacity, lockCapacity: lockCapacity, size: size)
+        let layout = PoolLayout(processCapacity: processCapacity, lockCapacity: lockCapacity, queueCapacity: queueCapacity, queueRing: queueRing, size: size)
         guard layout.minimumSize <= size,
               h.pointee.process_table.offset == UInt64(layout.processTable.lowerBound),
               h.pointee.process_table.size == UInt64(layout.processTable.count),
               h.pointee.lock_table.offset == UInt64(layout.lockTable.lowerBound),
               h.pointee.lock_table.size == UInt64(layout.lockTable.count),
               h.pointee.heap.offset == UInt64(layout.heap.lowerBound),
-              h.pointee.heap.size == UInt64(layout.heap.count) else {
+              h.pointee.heap.size == UInt64(layout.heap.count),
+              h.pointee.queue_table.offset == UInt64(layout.queueTable.lowerBound),
+              h.pointee.queue_table.size == UInt64(layout.queueTable.count) else {
             throw .corruptPool(path: path, reason: "section table does not match the capacities")
         }
         return layout

@@ -20,7 +20,19 @@ struct PoolMemory: @unchecked Sendable {
         (base + layout.lockTable.lowerBound).assumingMemoryBound(to: pmll_lock_entry_t.self) + Int(index)
     }
 
+    @inline(__always)
+    func queue(_ index: UInt32) -> UnsafeMutablePointer<pmll_queue_head_t> {
+        (base + layout.queueTable.lowerBound).assumingMemoryBound(to: pmll_queue_head_t.self) + Int(index)
+    }
+
+    /// The record slot of `ticket` in queue `index`'s ring.
+    @inline(__always)
+    func record(queue index: UInt32, ticket: UInt64) -> UnsafeMutablePointer<pmll_record_t> {
+        (base + layout.ringOffset(queue: Int(index))).assumingMemoryBound(to: pmll_record_t.self) + Int(ticket % UInt64(layout.queueRing))
+    }
+
     var processCapacity: UInt32 { UInt32(layout.processCapacity) }
+    var queueCapacity: UInt32 { UInt32(layout.queueCapacity) }
     var lockCapacity: UInt32 { UInt32(layout.lockCapacity) }
 }
 

@@ -8,6 +8,11 @@ public struct PoolOptions: Sendable, Equatable {
     public var processCapacity: Int = 256
     /// Lock-table entries (distinct lock names over the pool's life).
     public var lockCapacity: Int = 1024
+    /// Queues the pool can hold (each also uses one lock-table entry).
+    public var queueCapacity: Int = 16
+    /// Records kept per queue: the retention of the operation history, and the most
+    /// operations that can be waiting in one queue at once.
+    public var queueRing: Int = 64
     /// Create the file 0660 so that the owning group may share it; otherwise 0600.
     public var groupShared: Bool = false
     /// How often a waiter checks whether the holder is still alive.
@@ -28,13 +33,22 @@ public struct PoolOptions: Sendable, Equatable {
         guard (1...1 << 20).contains(lockCapacity) else {
             throw .invalidOptions(reason: "lockCapacity must be 1...1048576, got \(lockCapacity)")
         }
-        let needed = PoolLayout(processCapacity: processCapacity, lockCapacity: lockCapacity, size: 0).minimumSize
+        guard (0...4096).contains(queueCapacity), (2...65536).contains(queueRing), queueCapacity < lockCapacity else {
+            throw .invalidOptions(reason: "queueCapacity must be 0...4096 and below lockCapacity, queueRing 2...65536")
+        }
+        let needed = layout(size: 0).minimumSize
         guard size >= needed, size <= 1 << 40 else {
             throw .invalidOptions(reason: "size must be \(needed)...\(1 << 40) bytes for these capacities, got \(size)")
         }
         guard ownerCheckInterval > .zero, starvationThreshold >= .zero else {
             throw .invalidOptions(reason: "ownerCheckInterval must be positive and starvationThreshold not negative")
         }
+    }
+}
+
+extension PoolOptions {
+    func layout(size: Int) -> PoolLayout {
+        PoolLayout(processCapacity: processCapacity, lockCapacity: lockCapacity, queueCapacity: queueCapacity, queueRing: queueRing, size: size)
     }
 }
 

@@ -45,6 +45,7 @@ enum VolatileState {
             slot.pointee.state = PMLL_SLOT_FREE
             _ = withUnsafeMutableBytes(of: &slot.pointee.waiting_on) { $0.initializeMemory(as: UInt8.self, repeating: 0) }
         }
+        QueueRepair.reset(memory)
         let header = memory.header
         stampBoot(header, reason: reason == .reboot ? PMLL_RESET_REBOOT : PMLL_RESET_LAST_PROCESS_GONE)
         header.pointee.volatile_resets &+= 1

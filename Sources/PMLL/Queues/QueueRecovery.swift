@@ -1,0 +1,109 @@
+import CPMLL
+
+/// Repairs or redoes an abandoned operation. Must be idempotent: recovery itself may be
+/// killed and run again, and a record is marked recovered only after its handler returns.
+public typealias RecoveryHandler = @Sendable (OperationRecord) async throws -> Void
+
+/// What a recovery run found and did.
+public struct RecoveryReport: Codable, Sendable {
+    public enum Outcome: Codable, Sendable, Equatable {
+        case recovered
+        /// No handler for the record's kind here: reported, left for a process that has one.
+        case noHandler
+        case handlerFailed(String)
+    }
+    public struct Item: Codable, Sendable {
+        public let record: OperationRecord
+        public let outcome: Outcome
+    }
+    public var items: [Item] = []
+}
+
+extension Pool {
+    /// Abandoned operations that no recovery has handled yet, in every queue.
+    public func abandonedOperations() throws(PMLLError) -> [OperationRecord] {
+        try QueueTable(memory: memory, path: path).all().flatMap { index, head in
+            let engine = QueueEngine(pool: self, index: index, submitLock: head.pointee.submit_lock,
+                                     name: String(fixedCString: head.pointee.name), persistent: true)
+            return QueueRepair.unrecovered(engine).map { RecordState.snapshot($0, queue: engine.name) }
+        }
+    }
+
+    /// For each queue in turn: waits until nothing runs or waits in it (operations of dead
+    /// processes are marked abandoned on the way), blocks new submissions, and calls the
+    /// handler registered for each abandoned, not yet recovered operation's kind.
+    public func recover(handlers: [String: RecoveryHandler], timeout: Duration = .seconds(30)) async throws -> RecoveryReport {
+        var report = RecoveryReport()
+        for (index, head) in try QueueTable(memory: memory, path: path).all() {
+            let persistent = head.pointee.flags & PMLL_QUEUE_FLAG_PERSISTENT != 0
+            let engine = QueueEngine(pool: self, index: index, submitLock: head.pointee.submit_lock,
+                                     name: String(fixedCString: head.pointee.name), persistent: persistent)
+            let items = try await engine.exclusive(deadline: Self.deadline(after: timeout)) {
+                var items: [RecoveryReport.Item] = []
+                for r in QueueRepair.unrecovered(engine) {
+                    let record = RecordState.snapshot(r, queue: engine.name)
+                    guard let handler = handlers[record.kind] else {
+                        items.append(.init(record: record, outcome: .noHandler))
+                        continue
+                    }
+                    do {
+                        try await handler(record)
+                        r.pointee.recovered = 1
+                        try engine.persist(r)
+                        pmll_add64(&head.pointee.recovered, 1)
+                        items.append(.init(record: record, outcome: .recovered))
+                    } catch {
+                        items.append(.init(record: record, outcome: .handlerFailed("\(error)")))
+                    }
+                }
+                return items
+            }
+            report.items += items
+        }
+        return report
+    }
+
+    /// Opens the pool and runs recovery with `handlers` before returning it.
+    public static func open(path: String? = nil, options: PoolOptions = PoolOptions(), recovering handlers: [String: RecoveryHandler]) async throws -> (Pool, RecoveryReport) {
+        let pool = try Pool.open(path: path, options: options)
+        return (pool, try await pool.recover(handlers: handlers))
+    }
+}
+
+enum QueueRepair {
+    static func unrecovered(_ engine: QueueEngine) -> [UnsafeMutablePointer<pmll_record_t>] {
+        let next = pmll_load64_acquire(&engine.head.pointee.next_ticket)
+        let first = next > engine.ring ? next - engine.ring : 0
+        return (first..<next).map(engine.record).filter {
+            pmll_load32(pmll_record_state($0)) == PMLL_RECORD_ABANDONED && $0.pointee.recovered == 0
+        }
+    }
+
+    /// Part of the volatile reset (no other process has the pool open): rebuilds each
+    /// queue's tickets from its durable records, which after a power failure may be newer
+    /// than the head, and abandons what was queued or running, since its owner is gone.
+    static func reset(_ memory: PoolMemory) {
+        let ring = UInt64(memory.layout.queueRing)
+        for index in 0..<memory.queueCapacity {
+            let head = memory.queue(index)
+            guard head.pointee.state == PMLL_ENTRY_READY else { continue }
+            var maxTicket: UInt64?, firstOpen: UInt64?
+            for slot in 0..<ring {
+                let r = memory.record(queue: index, ticket: slot)
+                let state = r.pointee.state
+                guard state != PMLL_RECORD_FREE, r.pointee.ticket % ring == slot, RecordState.checksum(r) == r.pointee.checksum else { continue }
+                maxTicket = max(maxTicket ?? 0, r.pointee.ticket)
+                if state == PMLL_RECORD_QUEUED || state == PMLL_RECORD_RUNNING {
+                    r.pointee.state = PMLL_RECORD_ABANDONED
+                    writeFixedCString("owner gone (pool reset)", into: &r.pointee.error)
+                    head.pointee.abandoned &+= 1
+                    firstOpen = min(firstOpen ?? .max, r.pointee.ticket)
+                }
+            }
+            let next = max(head.pointee.next_ticket, (maxTicket ?? 0) + (maxTicket == nil ? 0 : 1))
+            head.pointee.next_ticket = next
+            head.pointee.serving = min(firstOpen ?? next, next)
+            head.pointee.serving_word = 0
+        }
+    }
+}
