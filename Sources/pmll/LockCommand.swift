@@ -89,7 +89,8 @@ final class WaitNotice {
 }
 
 /// Runs a handler on a Dispatch queue when a signal arrives (the signal is ignored otherwise).
-final class SignalWatch {
+/// Dispatch sources are thread-safe, hence @unchecked.
+final class SignalWatch: @unchecked Sendable {
     private let source: any DispatchSourceSignal
     private let number: Int32
     init(_ number: Int32, handler: @escaping @Sendable () -> Void) {
@@ -122,8 +123,8 @@ enum NestedLocks {
         }
     }
 
-    /// The current environment plus the lock now held, for COMMAND.
-    static func environment(adding lock: LockID) -> [String] {
+    /// The current environment plus the lock now held (if any), for COMMAND.
+    static func environment(adding lock: LockID?) -> [String] {
         var env: [String] = []
         var p = environ
         while let entry = p.pointee {
@@ -131,8 +132,10 @@ enum NestedLocks {
             if !s.hasPrefix(variable + "=") && !s.hasPrefix("PMLL_PREVIOUS_OWNER_DIED=") { env.append(s) }
             p += 1
         }
-        let held = (held() + [lock]).map { "\($0.level.rawValue):\($0.name)" }.joined(separator: "\n")
-        env.append("\(variable)=\(held)")
+        let all = held() + (lock.map { [$0] } ?? [])
+        if !all.isEmpty {
+            env.append("\(variable)=" + all.map { "\($0.level.rawValue):\($0.name)" }.joined(separator: "\n"))
+        }
         return env
     }
 }

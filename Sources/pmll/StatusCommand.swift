@@ -44,11 +44,22 @@ enum StatusTable {
                 "\(lock.waiters)", "\(lock.acquisitions)", "\(lock.contended)", "\(lock.timeouts)", "\(lock.ownerDeaths)",
             ])
         }
-        if s.locks.isEmpty { return out + "no locks" }
+        if s.locks.isEmpty { out += "no locks\n" }
         let widths = header.indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
-        for row in rows {
-            out += zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
-                .trimmingCharacters(in: .whitespaces) + "\n"
+        if !s.locks.isEmpty {
+            for row in rows {
+                out += zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
+                    .trimmingCharacters(in: .whitespaces) + "\n"
+            }
+        }
+        if !s.queues.isEmpty {
+            var queueRows = [["QUEUE", "PERSISTENT", "PENDING", "COMPLETED", "FAILED", "RETRIED", "ABANDONED", "RECOVERED", "MEAN WAIT", "MEAN RUN"]]
+            for q in s.queues {
+                queueRows.append([q.name, q.persistent ? "yes" : "no", "\(q.pending)", "\(q.completed)", "\(q.failed)", "\(q.retried)",
+                                  "\(q.abandoned)", "\(q.recovered)", String(format: "%.2fms", Double(q.meanWaitNanoseconds) / 1e6),
+                                  String(format: "%.2fms", Double(q.meanRunNanoseconds) / 1e6)])
+            }
+            out += "\n" + TableText.render(queueRows) + "\n"
         }
         return String(out.dropLast())
     }

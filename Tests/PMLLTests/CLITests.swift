@@ -135,3 +135,63 @@ func waitUntilHeld(pool: String, lock: String, timeout: Double = 20) throws {
     }
     Issue.record("lock \(lock) never became held")
 }
+
+@Suite("pmll queue and recover", .serialized)
+struct QueueCLITests {
+    @Test func queueExecRecordsArgvAndPassesStatusThrough() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("q.pool")
+        let first = try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "sh", "-c", "echo one; exit 4"])
+        #expect(first.status == 4 && first.stdout == "one")
+        #expect(try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "true"]).status == 0)
+        let show = try run(Binaries.pmll, ["queue", "show", "--pool", pool, "--json", "jobs"])
+        #expect(show.status == 0)
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(show.stdout.utf8)) as? [String: Any])
+        let records = try #require(json["records"] as? [[String: Any]])
+        #expect(records.map { $0["state"] as? String } == ["failed", "succeeded"])
+        #expect(records[0]["lastError"] as? String == "exited with status 4")
+        let payload = try #require(records[0]["payload"] as? [Int])
+        #expect(String(decoding: payload.map(UInt8.init), as: UTF8.self) == #"["sh","-c","echo one; exit 4"]"#)
+        let stats = try #require(json["stats"] as? [String: Any])
+        #expect(stats["completed"] as? Int == 1 && stats["failed"] as? Int == 1)
+        let status = try run(Binaries.pmll, ["status", "--pool", pool])
+        #expect(status.stdout.contains("jobs"))
+        #expect(try run(Binaries.pmll, ["queue", "show", "--pool", pool, "nope"]).status == 66)
+    }
+
+    @Test func queueExecTimesOutWith75AndIsCancelledBySIGINT() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("t.pool")
+        let busy = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "sleep", "30"])
+        defer { busy.killTree(); busy.wait() }
+        usleep(400_000)
+        let late = try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "--timeout", "0.3", "jobs", "--", "true"])
+        #expect(late.status == 75)
+        #expect(late.stderr.hasPrefix("pmll: timed out waiting in queue 'jobs'"))
+        #expect(late.stderr.contains("pid \(busy.pid) (sleep)"))
+        let waiting = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "true"])
+        usleep(400_000)
+        waiting.kill(SIGINT)
+        #expect(waiting.wait(timeout: 5) == 130)
+    }
+
+    @Test func recoverReportsAndHandsAbandonedCommandsToTheHandler() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("r.pool"), marker = scratch.file("handled")
+        let keeper = try Child.worker("hold", "--pool", pool, "--lock", "keep")   // keeps the pool attached: no reset
+        defer { keeper.kill(); keeper.wait() }
+        _ = try #require(keeper.waitForEvent("acquired"))
+        let victim = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "sleep", "30"])
+        usleep(400_000)
+        victim.killTree()
+        victim.wait()
+        let listed = try run(Binaries.pmll, ["recover", "--pool", pool])
+        #expect(listed.status == 0)
+        #expect(listed.stdout.contains("left (no handler for kind 'exec')"))
+        #expect(listed.stdout.contains(#"["sleep","30"]"#))
+        let handled = try run(Binaries.pmll, ["recover", "--pool", pool, "--exec-handler", "echo \"$PMLL_QUEUE $PMLL_TICKET $PMLL_ABANDONED_ARGV\" > \(marker)"])
+        #expect(handled.stdout.contains("recovered: queue 'jobs' ticket 0"))
+        #expect(try String(contentsOfFile: marker, encoding: .utf8) == "jobs 0 [\"sleep\",\"30\"]\n")
+        #expect(try run(Binaries.pmll, ["recover", "--pool", pool]).stdout.contains("no abandoned operations"))
+    }
+}

@@ -48,6 +48,7 @@ public struct PoolStatus: Codable, Sendable {
     public let volatileResets: UInt64
     public let processes: [Process]
     public let locks: [LockStatus]
+    public let queues: [QueueStats]
 }
 
 extension Pool {
@@ -60,7 +61,8 @@ extension Pool {
         for index in 0..<memory.lockCapacity {
             let entry = memory.lock(index)
             guard pmll_load32(pmll_entry_state(entry)) == PMLL_ENTRY_READY,
-                  let level = LockLevel(rawValue: entry.pointee.level) else { continue }
+                  let level = LockLevel(rawValue: entry.pointee.level),
+                  !String(fixedCString: entry.pointee.name).hasPrefix(LockTable.reservedPrefix) else { continue }
             let word = pmll_load32(pmll_entry_word(entry))
             let owner = word & PMLL_OWNER_MASK
             var state = LockStatus.State.free
@@ -94,7 +96,8 @@ extension Pool {
         return PoolStatus(
             path: path, formatVersion: h.format_version, sizeBytes: h.pool_size, createdAtNanoseconds: h.created_at_ns,
             persistentMemory: memory.persistence.isPmem, processCapacity: h.process_capacity, lockCapacity: h.lock_capacity,
-            volatileResets: h.volatile_resets, processes: attached, locks: locks)
+            volatileResets: h.volatile_resets, processes: attached, locks: locks,
+            queues: ((try? queues()) ?? []).sorted { $0.name < $1.name })
     }
 
     /// The lock named `name` if the pool has one, at whatever level, without creating it.

@@ -1,0 +1,210 @@
+import ArgumentParser
+import Foundation
+import PMLL
+
+struct QueueCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "queue",
+        abstract: "Run commands as operations of a hardened queue, and inspect queues.",
+        subcommands: [QueueExecCommand.self, QueueShowCommand.self]
+    )
+}
+
+struct QueueExecCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "exec",
+        abstract: "Run COMMAND as one operation of queue NAME (FIFO across processes).",
+        discussion: """
+            Waits for every operation submitted to NAME before this one, anywhere, then runs COMMAND \
+            and exits with its status. The operation is recorded in the pool with kind "exec" and \
+            COMMAND's argv (a JSON array, at most 1024 bytes) as its payload; a non-zero status or \
+            a signal marks it failed. If this pmll process dies meanwhile, the operation is \
+            abandoned and listed by `pmll recover`.
+
+            \(ExitStatus.summary)
+            """
+    )
+
+    @OptionGroup var poolArguments: PoolArguments
+    @Option(help: ArgumentHelp("Give up waiting for the turn after this many seconds (exit 75). Default: wait forever.", valueName: "SECONDS"))
+    var timeout: Double?
+    @Argument(help: "Queue name: 1-244 bytes of UTF-8, no NUL.") var name: String
+    @Argument(parsing: .postTerminator, help: "The command to run, after --.") var command: [String] = []
+
+    func validate() throws {
+        guard !command.isEmpty else { throw ValidationError("missing COMMAND after --") }
+        if let timeout, !(timeout >= 0 && timeout.isFinite) { throw ValidationError("--timeout must be a non-negative number of seconds") }
+    }
+
+    func run() async throws {
+        let label = command[0].split(separator: "/").last.map(String.init) ?? command[0]
+        let pool = try poolArguments.open(label: label)
+        let queue = try pool.queue(named: name)
+        let payload = try JSONEncoder().encode(command)
+        let wait: Duration? = timeout.map { .nanoseconds(Int64($0 * 1e9)) }
+        let interrupt = Task {
+            for await _ in SignalStream(SIGINT) { return }
+        }
+        let work = Task {
+            try await queue.execute(kind: "exec", payload: Array(payload), timeout: .some(wait), retry: RetryPolicy(maxRetries: 0)) { _ in
+                interrupt.cancel()
+                let result = try ChildProcess.run(command, environment: NestedLocks.environment(adding: nil))
+                if case .signaled(let signal) = result { throw CommandEnded(status: result.exitStatus, reason: "killed by signal \(signal)") }
+                if result.exitStatus != 0 { throw CommandEnded(status: result.exitStatus, reason: "exited with status \(result.exitStatus)") }
+                return result.exitStatus
+            }
+        }
+        Task { await interrupt.value; work.cancel() }
+        do {
+            Glibc.exit(try await work.value)
+        } catch let ended as CommandEnded {
+            Glibc.exit(ended.status)
+        }
+    }
+}
+
+/// COMMAND's end, recorded as the operation's error when it did not exit 0.
+struct CommandEnded: Error, CustomStringConvertible {
+    let status: Int32
+    let reason: String
+    var description: String { reason }
+}
+
+/// Signals as an async sequence (the signal is ignored while the stream is in use).
+struct SignalStream: AsyncSequence {
+    typealias Element = Int32
+    let number: Int32
+    init(_ number: Int32) { self.number = number }
+
+    func makeAsyncIterator() -> AsyncStream<Int32>.Iterator {
+        let number = self.number
+        return AsyncStream<Int32> { continuation in
+            let watch = SignalWatch(number) { continuation.yield(number) }
+            continuation.onTermination = { _ in watch.stop() }
+        }.makeAsyncIterator()
+    }
+}
+
+struct QueueShowCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "show",
+        abstract: "Show a queue's statistics and its recent operations.",
+        discussion: "\(ExitStatus.summary)"
+    )
+
+    @OptionGroup var poolArguments: PoolArguments
+    @Flag(help: "Print JSON instead of a table.") var json = false
+    @Argument var name: String
+
+    struct Output: Codable {
+        let stats: QueueStats
+        let records: [OperationRecord]
+    }
+
+    func run() throws {
+        let pool = try poolArguments.open(create: false)
+        guard try pool.queues().contains(where: { $0.name == name }) else {
+            throw CommandFailure(message: "no queue named '\(name)' in \(pool.path)", status: ExitStatus.noPool)
+        }
+        let queue = try pool.queue(named: name, persistent: try pool.queues().first { $0.name == name }!.persistent)
+        let output = Output(stats: queue.stats, records: queue.records)
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(output), as: UTF8.self))
+            return
+        }
+        let s = output.stats
+        print("queue \(s.name)\(s.persistent ? "" : " (not persistent)"): \(s.pending) pending, \(s.completed) completed, \(s.failed) failed, \(s.retried) retried, \(s.abandoned) abandoned, \(s.recovered) recovered")
+        print(String(format: "wait mean %.3f ms, max %.3f ms; run mean %.3f ms, max %.3f ms",
+                     Double(s.meanWaitNanoseconds) / 1e6, Double(s.maxWaitNanoseconds) / 1e6,
+                     Double(s.meanRunNanoseconds) / 1e6, Double(s.maxRunNanoseconds) / 1e6))
+        var rows = [["TICKET", "STATE", "KIND", "PID", "COMMAND", "ATTEMPTS", "RUN", "PAYLOAD / ERROR"]]
+        for r in output.records {
+            let run = r.finishedAtNanoseconds > r.startedAtNanoseconds && r.startedAtNanoseconds > 0
+                ? String(format: "%.1fms", Double(r.finishedAtNanoseconds - r.startedAtNanoseconds) / 1e6) : "-"
+            let detail = [OperationText.payload(r), r.lastError].filter { !$0.isEmpty }.joined(separator: "  ")
+            rows.append(["\(r.ticket)", r.state.rawValue + (r.recovered ? " (recovered)" : ""), r.kind, "\(r.ownerPid)", r.ownerCommand, "\(r.attempts)", run, detail])
+        }
+        print(TableText.render(rows))
+    }
+}
+
+struct RecoverCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "recover",
+        abstract: "Find operations abandoned by dead processes and run recovery.",
+        discussion: """
+            Drains each queue (operations of dead processes are marked abandoned), then handles \
+            every abandoned operation not yet recovered. pmll cannot undo an arbitrary command: \
+            abandoned "exec" operations are handed to --exec-handler (run with PMLL_QUEUE, \
+            PMLL_TICKET and PMLL_ABANDONED_ARGV, a JSON array; exit 0 = recovered), and other \
+            kinds are left for the program that registered them, unless --acknowledge marks \
+            everything found as recovered. Everything found is printed.
+
+            \(ExitStatus.summary)
+            """
+    )
+
+    @OptionGroup var poolArguments: PoolArguments
+    @Option(help: ArgumentHelp("Command that repairs after an abandoned `pmll queue exec`.", valueName: "COMMAND"))
+    var execHandler: String?
+    @Flag(help: "Mark every abandoned operation found as recovered after printing it.")
+    var acknowledge = false
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() async throws {
+        let pool = try poolArguments.open(create: false)
+        var handlers: [String: RecoveryHandler] = [:]
+        if acknowledge {
+            for record in try pool.abandonedOperations() { handlers[record.kind] = { _ in } }
+        }
+        if let execHandler {
+            handlers["exec"] = { record in
+                let env = NestedLocks.environment(adding: nil) + [
+                    "PMLL_QUEUE=\(record.queue)", "PMLL_TICKET=\(record.ticket)",
+                    "PMLL_ABANDONED_ARGV=\(String(decoding: record.payload, as: UTF8.self))",
+                ]
+                let result = try ChildProcess.run(["/bin/sh", "-c", execHandler], environment: env)
+                guard result.exitStatus == 0 else { throw CommandEnded(status: result.exitStatus, reason: "exec handler exited with status \(result.exitStatus)") }
+            }
+        }
+        let report = try await pool.recover(handlers: handlers)
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            return
+        }
+        if report.items.isEmpty { print("recover: no abandoned operations in \(pool.path)") }
+        for item in report.items {
+            let r = item.record
+            let what = "queue '\(r.queue)' ticket \(r.ticket) kind '\(r.kind)' of pid \(r.ownerPid) (\(r.ownerCommand)), \(r.lastError)"
+            switch item.outcome {
+            case .recovered: print("recovered: \(what) \(OperationText.payload(r))")
+            case .noHandler: print("left (no handler for kind '\(r.kind)'): \(what) \(OperationText.payload(r))")
+            case .handlerFailed(let error): print("handler failed (\(error)): \(what) \(OperationText.payload(r))")
+            }
+        }
+    }
+}
+
+enum OperationText {
+    /// The payload as text if it is UTF-8 (exec payloads are JSON argv), else its size.
+    static func payload(_ r: OperationRecord) -> String {
+        guard !r.payload.isEmpty else { return "" }
+        if let text = String(validating: r.payload, as: UTF8.self), !text.contains(where: { $0.isNewline }) { return text }
+        return "<\(r.payload.count) bytes>"
+    }
+}
+
+enum TableText {
+    static func render(_ rows: [[String]]) -> String {
+        guard let header = rows.first else { return "" }
+        let widths = header.indices.map { c in rows.map { $0[c].count }.max() ?? 0 }
+        return rows.map { row in
+            zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
+                .trimmingCharacters(in: .whitespaces)
+        }.joined(separator: "\n")
+    }
+}
