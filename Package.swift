@@ -33,7 +33,8 @@ let package = Package(
         // Peers measured by the benchmarks (glibc robust mutex, flock, OFD locks). Not part of the library.
         .target(
             name: "CPMLLPeers",
-            path: "CSupport/CPMLLPeers"
+            path: "CSupport/CPMLLPeers",
+            linkerSettings: [.linkedLibrary("sqlite3")]
         ),
         .target(
             name: "PMLL",

@@ -25,6 +25,16 @@ void *pmll_pmem_open(const char *path, uint64_t *mapped_length, int *is_pmem, in
 }
 
 int pmll_pmem_unmap(void *addr, uint64_t length) { return pmem_unmap(addr, (size_t)length) == 0 ? 0 : -errno; }
-void pmll_pmem_persist(const void *addr, size_t length) { pmem_persist(addr, length); }
-int pmll_pmem_msync(const void *addr, size_t length) { return pmem_msync(addr, length) == 0 ? 0 : -errno; }
+static uint64_t barriers;
+uint64_t pmll_barrier_count(void) { return __atomic_load_n(&barriers, __ATOMIC_RELAXED); }
+
+void pmll_pmem_persist(const void *addr, size_t length) {
+    __atomic_fetch_add(&barriers, 1, __ATOMIC_RELAXED);
+    pmem_persist(addr, length);
+}
+
+int pmll_pmem_msync(const void *addr, size_t length) {
+    __atomic_fetch_add(&barriers, 1, __ATOMIC_RELAXED);
+    return pmem_msync(addr, length) == 0 ? 0 : -errno;
+}
 const char *pmll_pmem_errormsg(void) { return pmem_errormsg(); }

@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sqlite3.h>
+#include <unistd.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/vfs.h>
@@ -64,4 +66,44 @@ uint64_t peers_cas_pairs(uint32_t *word, uint64_t n) {
 int64_t peers_filesystem_type(const char *path) {
     struct statfs st;
     return statfs(path, &st) == 0 ? (int64_t)st.f_type : 0;
+}
+
+void *peers_sqlite_open(const char *path) {
+    sqlite3 *db = NULL;
+    if (sqlite3_open(path, &db) != SQLITE_OK) return NULL;
+    sqlite3_busy_timeout(db, 60000);
+    const char *setup =
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+        "CREATE TABLE IF NOT EXISTS ops(ticket INTEGER PRIMARY KEY AUTOINCREMENT, state INTEGER, owner INTEGER, kind TEXT, at INTEGER);"
+        "CREATE INDEX IF NOT EXISTS ops_open ON ops(state, ticket);";
+    if (sqlite3_exec(db, setup, NULL, NULL, NULL) != SQLITE_OK) { sqlite3_close(db); return NULL; }
+    return db;
+}
+
+void peers_sqlite_close(void *db) { sqlite3_close((sqlite3 *)db); }
+
+static int exec1(sqlite3 *db, const char *sql, sqlite3_int64 value, sqlite3_int64 *out) {
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) return -1;
+    if (value >= 0) sqlite3_bind_int64(st, 1, value);
+    int rc = sqlite3_step(st);
+    if (out && rc == SQLITE_ROW) *out = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return (rc == SQLITE_DONE || rc == SQLITE_ROW) ? 0 : -1;
+}
+
+int peers_sqlite_operation(void *handle, int owner) {
+    sqlite3 *db = handle;
+    sqlite3_int64 ticket = 0, oldest = -1;
+    if (exec1(db, "BEGIN IMMEDIATE", -1, NULL) || exec1(db, "INSERT INTO ops(state, owner, kind, at) VALUES (1, ?, 'bench', 0)", owner, NULL)) return -1;
+    ticket = sqlite3_last_insert_rowid(db);
+    if (exec1(db, "COMMIT", -1, NULL)) return -1;
+    for (;;) {
+        if (exec1(db, "SELECT MIN(ticket) FROM ops WHERE state < 3", -1, &oldest)) return -1;
+        if (oldest == ticket) break;
+        usleep(50);
+    }
+    if (exec1(db, "BEGIN IMMEDIATE", -1, NULL) || exec1(db, "UPDATE ops SET state = 2 WHERE ticket = ?", ticket, NULL) || exec1(db, "COMMIT", -1, NULL)) return -1;
+    if (exec1(db, "BEGIN IMMEDIATE", -1, NULL) || exec1(db, "UPDATE ops SET state = 3 WHERE ticket = ?", ticket, NULL) || exec1(db, "COMMIT", -1, NULL)) return -1;
+    return 0;
 }

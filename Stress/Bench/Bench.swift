@@ -4,11 +4,11 @@ import Foundation
 
 /// `pmll-bench`: lock benchmarks with peers measured in the same run (Docs/Benchmarks.md).
 @main
-struct Bench: ParsableCommand {
+struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmll-bench",
-        abstract: "PMLL lock benchmarks against glibc robust mutexes, flock and OFD locks.",
-        subcommands: [Locks.self, ContendChild.self, TakeoverChild.self],
+        abstract: "PMLL benchmarks with peers measured in the same run (locks: glibc robust mutex, flock, OFD; queue: SQLite WAL).",
+        subcommands: [Locks.self, QueueBench.self, ContendChild.self, TakeoverChild.self, QueueChild.self],
         defaultSubcommand: Locks.self
     )
 }

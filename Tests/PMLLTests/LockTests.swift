@@ -203,6 +203,7 @@ struct LockTests {
         let scratch = Scratch()
         var options = PoolOptions()
         options.lockCapacity = 4
+        options.queueCapacity = 0
         let pool = try Pool.open(path: scratch.file("full.pool"), options: options)
         for i in 0..<4 { _ = try pool.lock(named: "l\(i)", level: .package) }
         #expect(throws: PMLLError.poolFull(table: "lock", capacity: 4)) { try pool.lock(named: "l4", level: .package) }

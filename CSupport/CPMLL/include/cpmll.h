@@ -335,6 +335,8 @@ int pmll_pmem_unmap(void *addr, uint64_t length);
 void pmll_pmem_persist(const void *addr, size_t length);   // cache flush only (real pmem)
 int pmll_pmem_msync(const void *addr, size_t length);      // page-rounded msync (other files)
 const char *pmll_pmem_errormsg(void);
+// Durable barriers (persist or msync calls) made by this process so far.
+uint64_t pmll_barrier_count(void);
 
 // MARK: - Misc
 

@@ -22,6 +22,15 @@ int peers_ofd_pair(int fd);
 // The physical floor: n iterations of CAS 0->1 + release store 0 on *word. Returns elapsed ns.
 uint64_t peers_cas_pairs(uint32_t *word, uint64_t n);
 
+// The practical alternative a CPM author would pick for a durable cross-process queue: a
+// SQLite table in WAL mode with synchronous=FULL, one transaction per state change. Opens
+// (creating the table), returns NULL on error.
+void *_Nullable peers_sqlite_open(const char *path);
+void peers_sqlite_close(void *db);
+// One operation: insert it queued (commit), wait until it is the oldest unfinished one
+// (polling), mark it running (commit), run nothing, mark it done (commit). 0 or -1.
+int peers_sqlite_operation(void *db, int owner);
+
 // statfs(2) f_type of the filesystem holding path, 0 on error.
 int64_t peers_filesystem_type(const char *path);
 

@@ -40,6 +40,10 @@ public final class Pool: Sendable {
         public let isPersistentMemory: Bool
     }
 
+    /// Durable barriers (`pmem_persist` or `pmem_msync` calls) this process has made so far,
+    /// in any pool: what a durability cost is counted in.
+    public static var durableBarrierCount: UInt64 { Persistence.barrierCount }
+
     /// Opens (and, unless `options.create` is false, creates) the pool at `path`, or at
     /// `$PMLL_POOL`, or at the per-user default ``PoolPath/defaultPath``.
     public static func open(path: String? = nil, options: PoolOptions = PoolOptions()) throws(PMLLError) -> Pool {

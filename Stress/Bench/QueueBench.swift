@@ -1,0 +1,133 @@
+import ArgumentParser
+import CPMLL
+import CPMLLPeers
+import Foundation
+import Histogram
+import PMLL
+
+/// Persistent operation round trip (submit, run an empty operation, record completion),
+/// PMLL's hardened queue against a SQLite (WAL, synchronous=FULL) table used as the same
+/// queue, one transaction per state change, with 1 and 4 processes.
+struct QueueBench: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "queue", abstract: "Hardened queue vs a SQLite WAL queue.")
+
+    @Option(help: "Directories to run in. Default: /dev/shm and /var/tmp.") var directory: [String] = []
+    @Option(help: "Operations per run on tmpfs.") var tmpfsOperations = 4000
+    @Option(help: "Operations per run on other filesystems.") var diskOperations = 400
+    @Flag var json = false
+
+    struct Row: Codable {
+        let directory: String
+        let filesystem: String
+        let kind: String
+        let processes: Int
+        let operations: Int
+        let operationsPerSecond: Double
+        let p50Microseconds: Double
+        let p99Microseconds: Double
+        let barriersPerOperation: Double?
+    }
+
+    func run() throws {
+        let directories = directory.isEmpty ? ["/dev/shm/pmll-qbench", "/var/tmp/pmll-qbench"] : directory
+        var rows: [Row] = []
+        for dir in directories {
+            try? FileManager.default.removeItem(atPath: dir)
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            let fs = Locks().filesystemType(dir)
+            let operations = fs == "tmpfs" ? tmpfsOperations : diskOperations
+            for processes in [1, 4] {
+                for kind in ["pmll", "sqlite"] {
+                    rows.append(try measure(kind: kind, processes: processes, operations: operations, directory: dir, filesystem: fs))
+                }
+            }
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(rows), as: UTF8.self))
+            return
+        }
+        print("Persistent queue operation round trip (submit, run empty, record completion), same durability")
+        var table = [["directory", "fs", "kind", "P", "ops", "ops/s", "ratio to SQLite", "p50 us", "p99 us", "barriers/op"]]
+        for row in rows {
+            let peer = rows.first { $0.directory == row.directory && $0.processes == row.processes && $0.kind == "sqlite" }!
+            table.append([row.directory, row.filesystem, row.kind, "\(row.processes)", "\(row.operations)",
+                          String(format: "%.0f", row.operationsPerSecond), String(format: "%.2f", row.operationsPerSecond / peer.operationsPerSecond),
+                          String(format: "%.1f", row.p50Microseconds), String(format: "%.1f", row.p99Microseconds),
+                          row.barriersPerOperation.map { String(format: "%.2f", $0) } ?? "3 commits"])
+        }
+        let widths = table[0].indices.map { c in table.map { $0[c].count }.max()! }
+        for line in table {
+            print(zip(line, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  "))
+        }
+    }
+
+    func measure(kind: String, processes: Int, operations: Int, directory: String, filesystem: String) throws -> Row {
+        let shared = try SharedFile(directory + "/qbench-\(kind)-\(processes).shm", create: true)
+        if kind == "pmll" { _ = try Pool.open(path: directory + "/queue.pool").queue(named: "bench") }
+        if kind == "sqlite" { guard let db = peers_sqlite_open(directory + "/queue.sqlite") else { throw BenchError("sqlite open") }; peers_sqlite_close(db) }
+        let each = operations / processes
+        let children = try (0..<processes).map { i in
+            try BenchChild(["queue-child", "--kind", kind, "--directory", directory, "--count", "\(each)", "--shared", shared.path, "--index", "\(i)"])
+        }
+        for child in children { _ = child.readLine() }   // ready
+        let start = monotonicNanoseconds()
+        pmll_store32(shared.startFlag, 1)
+        var histogram = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
+        var barriers: UInt64 = 0
+        for child in children {
+            guard let line = child.readLine() else { throw BenchError("child failed") }
+            let fields = line.split(separator: " ").compactMap { UInt64($0) }
+            barriers += fields[0]
+            for latency in fields.dropFirst() { _ = histogram.record(latency) }
+            child.process.waitUntilExit()
+        }
+        let elapsed = Double(monotonicNanoseconds() - start) / 1e9
+        return Row(directory: directory, filesystem: filesystem, kind: kind, processes: processes, operations: each * processes,
+                   operationsPerSecond: Double(each * processes) / elapsed,
+                   p50Microseconds: Double(histogram.valueAtPercentile(50)) / 1000,
+                   p99Microseconds: Double(histogram.valueAtPercentile(99)) / 1000,
+                   barriersPerOperation: kind == "pmll" ? Double(barriers) / Double(each * processes) : nil)
+    }
+}
+
+struct QueueChild: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "queue-child", shouldDisplay: false)
+    @Option var kind: String
+    @Option var directory: String
+    @Option var count: Int
+    @Option var shared: String
+    @Option var index: Int
+
+    func run() async throws {
+        let flags = try SharedFile(shared, create: false)
+        var latencies: [Int64] = []
+        latencies.reserveCapacity(count)
+        var barriers: UInt64 = 0
+        if kind == "pmll" {
+            let queue = try Pool.open(path: directory + "/queue.pool").queue(named: "bench")
+            sayLine("ready")
+            while pmll_load32(flags.startFlag) == 0 { usleep(100) }
+            let before = Pool.durableBarrierCount
+            for _ in 0..<count {
+                let t0 = monotonicNanoseconds()
+                try await queue.execute(kind: "bench", timeout: .some(nil)) { _ in }
+                latencies.append(monotonicNanoseconds() - t0)
+            }
+            barriers = Pool.durableBarrierCount - before
+        } else {
+            guard let db = peers_sqlite_open(directory + "/queue.sqlite") else { throw BenchError("sqlite open") }
+            defer { peers_sqlite_close(db) }
+            sayLine("ready")
+            while pmll_load32(flags.startFlag) == 0 { usleep(100) }
+            for _ in 0..<count {
+                let t0 = monotonicNanoseconds()
+                guard peers_sqlite_operation(db, Int32(index)) == 0 else { throw BenchError("sqlite operation") }
+                latencies.append(monotonicNanoseconds() - t0)
+            }
+        }
+        sayLine(([String(barriers)] + latencies.map { String($0) }).joined(separator: " "))
+    }
+}
