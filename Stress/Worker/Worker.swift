@@ -9,7 +9,7 @@ struct Worker: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmll-worker",
         abstract: "Test and benchmark worker processes for PMLL.",
-        subcommands: [Counter.self, Hold.self, Churn.self, Robust8.self, Nested.self, Hammer.self, QueueOps.self, QueueHold.self]
+        subcommands: [Counter.self, Hold.self, Churn.self, Robust8.self, Nested.self, Hammer.self, QueueOps.self, QueueHold.self, Recover.self]
     )
 }
 
@@ -249,6 +249,21 @@ struct QueueHold: AsyncParsableCommand {
             emit(["event": "running", "ticket": Int(op.ticket), "pid": Int(getpid())])
             try await Task.sleep(for: .seconds(3600))
         }
+    }
+}
+
+/// Runs recovery with a handler for `kind` that announces itself and never returns, so the
+/// test can kill recovery in the middle.
+struct Recover: AsyncParsableCommand {
+    @Option var pool: String
+    @Option var kind: String
+
+    func run() async throws {
+        let pool = try Pool.open(path: pool)
+        _ = try await pool.recover(handlers: [kind: { record in
+            emit(["event": "handling", "ticket": Int(record.ticket)])
+            try await Task.sleep(for: .seconds(3600))
+        }])
     }
 }
 

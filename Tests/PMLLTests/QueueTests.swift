@@ -119,6 +119,29 @@ struct QueueTests {
         #expect(try p.abandonedOperations().isEmpty)
     }
 
+    @Test func recoveryKilledMidwayIsRunAgain() async throws {
+        let scratch = Scratch()
+        let pool = scratch.file("k.pool"), state = scratch.file("state")
+        let keeper = try Child.worker("hold", "--pool", pool, "--lock", "keep")   // no volatile reset in between
+        defer { keeper.kill(); keeper.wait() }
+        _ = try #require(keeper.waitForEvent("acquired"))
+        let runner = try Child.worker("queue-hold", "--pool", pool, "--queue", "tree", "--state-file", state)
+        _ = try #require(runner.waitForEvent("running"))
+        runner.kill(); runner.wait()
+        // Recovery is killed inside the handler, holding the queue's submit lock.
+        let recoverer = try Child.worker("recover", "--pool", pool, "--kind", "install")
+        _ = try #require(recoverer.waitForEvent("handling"))
+        recoverer.kill(); recoverer.wait()
+        let p = try Pool.open(path: pool)
+        #expect(try p.abandonedOperations().count == 1)   // not marked: the handler never returned
+        let calls = CallCounter()
+        let report = try await p.recover(handlers: ["install": { _ in calls.add("install") }])
+        #expect(report.items.map(\.outcome) == [.recovered])
+        #expect(calls.counts == ["install": 1])
+        // The queue is usable again: the dead recoverer's submit lock was taken over.
+        #expect(try await p.queue(named: "tree").execute(kind: "after", timeout: .seconds(10)) { _ in 1 } == 1)
+    }
+
     @Test func retriesWithBackoffUpToTheLimitAndCallsTheErrorHandler() async throws {
         let scratch = Scratch()
         let pool = try Pool.open(path: scratch.file("b.pool"))
