@@ -202,7 +202,14 @@ typedef struct pmll_queue_head {
     uint64_t total_run_ns;
     uint64_t max_wait_ns;
     uint64_t max_run_ns;
-    uint64_t reserved1[7];
+    // Group commit (msync-backed pools): writers count themselves in; a flush that starts
+    // after a writer counted itself in makes that writer's record durable.
+    uint64_t flush_requested;      // writers counted in so far
+    uint64_t flush_started;        // highest count a started flush covers
+    uint64_t flush_completed;      // highest count a finished flush covers
+    uint32_t flush_word;           // futex word: bumped when a flush completes
+    uint32_t reserved_flush;
+    uint64_t reserved1[3];
 
     uint64_t wait_histogram[PMLL_HISTOGRAM_BUCKETS];
     uint64_t run_histogram[PMLL_HISTOGRAM_BUCKETS];
@@ -241,6 +248,11 @@ _Static_assert(offsetof(pmll_record_t, payload) == 256, "record payload offset")
 
 static inline uint32_t *pmll_queue_serving_word(pmll_queue_head_t *q) { return &q->serving_word; }
 static inline uint32_t *pmll_record_state(pmll_record_t *r) { return &r->state; }
+static inline uint64_t pmll_fetch_add64(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+static inline void pmll_max64(uint64_t *p, uint64_t v) {
+    uint64_t cur = __atomic_load_n(p, __ATOMIC_ACQUIRE);
+    while (cur < v && !__atomic_compare_exchange_n(p, &cur, v, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {}
+}
 
 // MARK: - Atomics on shared memory (inlined into Swift).
 

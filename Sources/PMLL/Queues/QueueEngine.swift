@@ -30,10 +30,16 @@ struct QueueEngine: @unchecked Sendable {
         guard payload.count <= Int(PMLL_PAYLOAD_MAX) else { throw .payloadTooLarge(bytes: payload.count, limit: Int(PMLL_PAYLOAD_MAX)) }
     }
 
+    /// Makes a record durable: a cache flush of its bytes on real pmem, else a share of a
+    /// group-committed msync of the ring.
     func persist(_ r: UnsafeMutablePointer<pmll_record_t>, payload: Bool = false) throws(PMLLError) {
         guard persistent else { return }
-        let length = payload ? Self.recordHeaderBytes + Int(r.pointee.payload_length) : Self.recordHeaderBytes
-        try pool.memory.persistence.persist(UnsafeRawPointer(r), length)
+        if pool.memory.persistence.isPmem {
+            let length = payload ? Self.recordHeaderBytes + Int(r.pointee.payload_length) : Self.recordHeaderBytes
+            try pool.memory.persistence.persist(UnsafeRawPointer(r), length)
+        } else {
+            try GroupCommit.flush(self)
+        }
     }
 
     // MARK: submit

@@ -104,6 +104,8 @@ enum QueueRepair {
             head.pointee.next_ticket = next
             head.pointee.serving = min(firstOpen ?? next, next)
             head.pointee.serving_word = 0
+            head.pointee.flush_started = head.pointee.flush_requested
+            head.pointee.flush_completed = head.pointee.flush_requested
         }
     }
 }
