@@ -1,8 +1,17 @@
 #include "cpmll.h"
+#include <stdlib.h>
 
 __thread const pmll_lock_entry_t *pmll_held_top;
+__thread uint32_t pmll_tx_depth;
 
 static uint32_t async_scopes;
 
 uint32_t pmll_async_scopes(void) { return __atomic_load_n(&async_scopes, __ATOMIC_ACQUIRE); }
 void pmll_async_scopes_add(int32_t delta) { __atomic_add_fetch(&async_scopes, (uint32_t)delta, __ATOMIC_ACQ_REL); }
+
+int pmll_crash_armed;
+
+__attribute__((constructor)) static void pmll_read_crash_env(void) {
+    const char *at = getenv("PMLL_CRASH_AT");
+    pmll_crash_armed = at != NULL && at[0] != 0;
+}

@@ -42,6 +42,16 @@ public enum PMLLError: Error, Equatable, Sendable {
     /// The deadline passed while the operation waited for its turn; `blockedBy` is the
     /// operation whose turn it was.
     case queueTimeout(queue: String, ticket: UInt64, blockedBy: OperationRecord?)
+    /// A state-store key is empty, longer than 255 bytes or contains NUL.
+    case invalidKey(key: String, reason: String)
+    /// A state-store value is over the limit (65536 bytes).
+    case valueTooLarge(key: String, bytes: Int, limit: Int)
+    /// A record failed its checksum; its contents are not returned.
+    case corruptRecord(key: String, reason: String)
+    /// `transaction` was called inside another transaction on the same thread.
+    case nestedTransaction
+    /// A dead process's transaction could not be rolled back (its log is damaged).
+    case transactionRecoveryFailed(reason: String)
     /// A system call failed in a way the caller did not cause directly.
     case systemCall(name: String, errno: Errno)
 }
@@ -75,6 +85,11 @@ extension PMLLError: CustomStringConvertible {
             if let blockedBy {
                 "timed out waiting in queue '\(queue)' (ticket \(ticket)) behind ticket \(blockedBy.ticket) '\(blockedBy.kind)' of pid \(blockedBy.ownerPid) (\(blockedBy.ownerCommand))"
             } else { "timed out waiting in queue '\(queue)' (ticket \(ticket))" }
+        case let .invalidKey(key, reason): "invalid key '\(key)': \(reason)"
+        case let .valueTooLarge(key, bytes, limit): "value of '\(key)' is \(bytes) bytes, over the limit of \(limit)"
+        case let .corruptRecord(key, reason): "record '\(key)' is corrupt: \(reason)"
+        case .nestedTransaction: "a transaction cannot be started inside another transaction"
+        case let .transactionRecoveryFailed(reason): "rolling back a dead process's transaction failed: \(reason)"
         case let .systemCall(name, errno): "\(name) failed: \(errno.description) (errno \(errno.rawValue))"
         }
     }

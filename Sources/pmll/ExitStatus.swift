@@ -24,8 +24,9 @@ enum ExitStatus {
     static func code(for error: PMLLError) -> Int32 {
         switch error {
         case .invalidLockName, .levelMismatch, .hierarchyViolation, .invalidOptions,
-             .invalidQueueName, .queueMismatch, .invalidOperationKind, .payloadTooLarge: usage
-        case .notAPool, .unsupportedFormatVersion, .corruptPool: badPool
+             .invalidQueueName, .queueMismatch, .invalidOperationKind, .payloadTooLarge,
+             .invalidKey, .valueTooLarge, .nestedTransaction: usage
+        case .notAPool, .unsupportedFormatVersion, .corruptPool, .corruptRecord, .transactionRecoveryFailed: badPool
         case .poolNotFound, .invalidPoolPath: noPool
         case .permissionDenied, .foreignOwner: permission
         case .timeout, .queueTimeout: timeout

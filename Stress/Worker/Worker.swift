@@ -9,7 +9,7 @@ struct Worker: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmll-worker",
         abstract: "Test and benchmark worker processes for PMLL.",
-        subcommands: [Counter.self, Hold.self, Churn.self, Robust8.self, Nested.self, Hammer.self, QueueOps.self, QueueHold.self, Recover.self]
+        subcommands: [Counter.self, Hold.self, Churn.self, Robust8.self, Nested.self, Hammer.self, QueueOps.self, QueueHold.self, Recover.self, Bank.self, TxSet.self]
     )
 }
 
@@ -264,6 +264,68 @@ struct Recover: AsyncParsableCommand {
             emit(["event": "handling", "ticket": Int(record.ticket)])
             try await Task.sleep(for: .seconds(3600))
         }])
+    }
+}
+
+/// Moves money between accounts in transactions under the accounts' locks, and rewrites
+/// package install records (status and file list, which must agree) under the package lock.
+struct Bank: ParsableCommand {
+    @Option var pool: String
+    @Option var accounts = 8
+    @Option var seconds = 10.0
+
+    func run() throws {
+        let pool = try Pool.open(path: pool)
+        let locks = try (0..<accounts).map { try pool.lock(named: "acct/\($0)", level: .package) }
+        let packages = try (0..<3).map { try pool.lock(named: "pkg/\($0)", level: .package) }
+        emit(["event": "started", "pid": Int(getpid())])
+        let end = Date().addingTimeInterval(seconds)
+        var n = 0
+        while Date() < end {
+            n += 1
+            if n % 5 == 0 {
+                let p = Int.random(in: 0..<3)
+                try packages[p].withLock(timeout: .seconds(30)) { _ in
+                    try pool.transaction { tx in
+                        let version = Int(try tx.getString("pkg/\(p)/status")?.split(separator: "-").last ?? "0") ?? 0
+                        try tx.set("pkg/\(p)/status", "installed-\(version + 1)")
+                        try tx.set("pkg/\(p)/files", String(repeating: "f", count: 100 + version % 200) + "-\(version + 1)")
+                    }
+                }
+                continue
+            }
+            let a = Int.random(in: 0..<accounts)
+            var b = Int.random(in: 0..<accounts - 1)
+            if b >= a { b += 1 }
+            try pool.withLocks([locks[a], locks[b]], timeout: .seconds(30)) { _ in
+                try pool.transaction { tx in
+                    let from = Int(try tx.getString("acct/\(a)") ?? "0")!
+                    let to = Int(try tx.getString("acct/\(b)") ?? "0")!
+                    let amount = min(from, Int.random(in: 1...50))
+                    try tx.set("acct/\(a)", String(from - amount))
+                    try tx.set("acct/\(b)", String(to + amount))
+                }
+            }
+        }
+        emit(["event": "done", "transactions": n])
+    }
+}
+
+/// One transaction setting KEY=VALUE pairs (for crash injection with PMLL_CRASH_AT), or
+/// with no pairs just reads KEY (which rolls back a dead committer's transaction first).
+struct TxSet: ParsableCommand {
+    @Option var pool: String
+    @Argument var pairs: [String]
+
+    func run() throws {
+        let pool = try Pool.open(path: pool)
+        try pool.transaction { tx in
+            for pair in pairs {
+                let parts = pair.split(separator: "=", maxSplits: 1).map(String.init)
+                if parts.count == 2 { try tx.set(parts[0], parts[1]) } else { _ = try tx.get(parts[0]) }
+            }
+        }
+        emit(["event": "committed"])
     }
 }
 

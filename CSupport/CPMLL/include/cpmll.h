@@ -254,6 +254,76 @@ static inline void pmll_max64(uint64_t *p, uint64_t v) {
     while (cur < v && !__atomic_compare_exchange_n(p, &cur, v, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {}
 }
 
+// MARK: - State store (in the heap section)
+
+#define PMLL_STORE_MAGIC "PMLLSTOR"
+#define PMLL_STORE_VERSION 1u
+#define PMLL_BLOCK_SIZE 256u
+#define PMLL_KEY_MAX 255u
+#define PMLL_VALUE_MAX 65536u
+#define PMLL_INLINE_MAX 88u           // key + value bytes kept in the index slot itself
+#define PMLL_LOG_SLOT_SIZE 65536u
+
+#define PMLL_KEY_EMPTY 0u
+#define PMLL_KEY_USED 1u
+#define PMLL_KEY_TOMBSTONE 2u
+
+// First page of the heap: where the store's tables are. Written once at creation.
+typedef struct pmll_store_super {
+    char magic[8];
+    uint32_t version;
+    uint32_t key_capacity;         // index slots
+    uint32_t block_count;          // value blocks of PMLL_BLOCK_SIZE
+    uint32_t log_slots;            // undo-log slots of PMLL_LOG_SLOT_SIZE
+    uint64_t index_offset;         // all offsets from the start of the pool file
+    uint64_t logs_offset;
+    uint64_t bitmap_offset;
+    uint64_t blocks_offset;
+    uint32_t store_lock;           // lock-table index of the store lock (persistent)
+    uint32_t checksum;             // CRC32C of the bytes before it
+} pmll_store_super_t;
+
+_Static_assert(sizeof(pmll_store_super_t) == 64, "store superblock");
+
+// One key. Small records live inline; larger ones in an extent of blocks holding key then value.
+typedef struct pmll_key_slot {
+    uint32_t state;                // PMLL_KEY_*
+    uint32_t key_hash;             // CRC32C of the key
+    uint32_t key_length;
+    uint32_t value_length;
+    uint32_t first_block;
+    uint32_t block_count;          // 0: inline
+    uint32_t checksum;             // CRC32C over the fields above and the key and value bytes
+    uint32_t reserved;
+    uint64_t version;              // bumped by every commit that changes the key
+    uint8_t inline_data[PMLL_INLINE_MAX];
+} pmll_key_slot_t;
+
+_Static_assert(sizeof(pmll_key_slot_t) == 128, "key slot is two cache lines");
+_Static_assert(offsetof(pmll_key_slot_t, inline_data) == 40, "inline data offset");
+
+// Undo log slot. Pending iff seq > done_seq and the checksum over header and entries holds;
+// the aligned 8-byte store of done_seq is a transaction's commit point.
+typedef struct pmll_log_header {
+    uint64_t done_seq;             // commit point: the last seq that committed or was rolled back
+    uint64_t seq;                  // this log's transaction
+    uint32_t owner_token;
+    uint32_t entry_count;
+    uint32_t bytes;                // entry bytes after the header
+    uint32_t checksum;             // CRC32C over seq, owner_token, entry_count, bytes and the entries
+    uint8_t reserved[32];
+} pmll_log_header_t;
+
+_Static_assert(sizeof(pmll_log_header_t) == 64, "log header");
+
+// Each entry: the old contents of one range, restored on rollback.
+typedef struct pmll_log_entry {
+    uint64_t offset;               // from the start of the pool file
+    uint32_t length;
+    uint32_t reserved;
+    // followed by `length` bytes, padded to 8
+} pmll_log_entry_t;
+
 // MARK: - Atomics on shared memory (inlined into Swift).
 
 static inline uint32_t pmll_load32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
@@ -307,10 +377,20 @@ static inline uint32_t * pmll_slot_wait(pmll_process_slot_t *s, uint32_t i) { re
 extern __thread const pmll_lock_entry_t *_Nullable pmll_held_top;
 static inline const pmll_lock_entry_t *_Nullable pmll_held_top_get(void) { return pmll_held_top; }
 static inline void pmll_held_top_set(const pmll_lock_entry_t *_Nullable entry) { pmll_held_top = entry; }
+// Transaction nesting on the calling thread.
+extern __thread uint32_t pmll_tx_depth;
+static inline uint32_t pmll_tx_depth_get(void) { return pmll_tx_depth; }
+static inline void pmll_tx_depth_set(uint32_t depth) { pmll_tx_depth = depth; }
 // How many asynchronous lock scopes are open in this process: while none is, a synchronous
 // acquisition need not look at the task-local record at all.
 uint32_t pmll_async_scopes(void);
 void pmll_async_scopes_add(int32_t delta);
+
+// MARK: - Crash injection
+
+// Non-zero when PMLL_CRASH_AT was set at load time (read by a constructor before main).
+extern int pmll_crash_armed;
+static inline int pmll_crash_is_armed(void) { return __builtin_expect(pmll_crash_armed, 0); }
 
 // MARK: - Clocks
 

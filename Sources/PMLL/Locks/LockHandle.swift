@@ -77,12 +77,28 @@ public struct LockHandle: Sendable, Hashable {
         let saved = pmll_held_top_get()
         try HeldLocks.check(entry, after: saved ?? HeldLocks.asyncTop())
         let taken = try pool.acquire(index: index, deadline: Pool.deadline(after: timeout), cancellation: cancellation)
+        if taken.ownerDied { try repairAfterDeath() }
+        CrashPoint.hit("lock.acquired")
         pmll_held_top_set(entry)
         return Scope(saved: saved.map(UnsafeRawPointer.init), taken: taken)
     }
 
+    /// The previous holder died: its transaction, if it was committing one, is rolled back
+    /// before this holder gets the lock. If that fails the lock is released (still marked)
+    /// and the typed error thrown.
+    @inline(never)
+    func repairAfterDeath() throws(PMLLError) {
+        do {
+            try pool.storeReady()
+        } catch {
+            pool.release(index: index, inconsistent: true)
+            throw error
+        }
+    }
+
     @usableFromInline
     func exitScope(_ scope: Scope, inconsistent: Bool) {
+        CrashPoint.hit("lock.releasing")
         pmll_held_top_set(scope.saved?.assumingMemoryBound(to: pmll_lock_entry_t.self))
         pool.release(index: index, inconsistent: inconsistent)
     }

@@ -27,6 +27,8 @@ public final class Pool: Sendable {
     let token: UInt32
     let ownerCheckNanoseconds: Int64
     let starvationNanoseconds: Int64
+    let store: StateStore
+    let storeLockIndex = Mutex<UInt32?>(nil)
     let lockCache = Mutex<[String: UInt32]>([:])
     let tableCreation = Mutex<Void>(())
     static let logger = Logger(label: "pmll.pool")
@@ -70,7 +72,10 @@ public final class Pool: Sendable {
                 throw SystemCall.fileError(e, path: path, operation: "open")
             }
             do throws(PMLLError) {
-                if let pool = try Pool(attaching: fd, path: path, created: created, options: options) { return pool }
+                if let pool = try Pool(attaching: fd, path: path, created: created, options: options) {
+                    try pool.storeReady()   // roll back transactions of dead processes
+                    return pool
+                }
             } catch {
                 Glibc.close(fd)
                 throw error
@@ -135,6 +140,7 @@ public final class Pool: Sendable {
         self.memory = memory
         self.processes = processes
         self.table = LockTable(memory: memory, fd: fd, path: path)
+        self.store = StateStore(memory: memory, layout: try StoreLayout.read(base, heap: layout.heap, path: path), path: path)
         self.slot = slot
         self.token = token
         self.ownerCheckNanoseconds = options.ownerCheckInterval.nanoseconds

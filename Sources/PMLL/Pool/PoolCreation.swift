@@ -36,9 +36,13 @@ enum PoolCreation {
         let header = address.assumingMemoryBound(to: pmll_header_t.self)
         PoolHeader.initialize(header, layout: layout, size: options.size, flags: options.groupShared ? PMLL_POOL_FLAG_GROUP_SHARED : 0)
         VolatileState.stampBoot(header, reason: PMLL_RESET_CREATED)
+        StoreLayout(heap: layout.heap, keyCapacity: options.keyCapacity, logSlots: options.logSlots)
+            .format(address, heapStart: layout.heap.lowerBound)
         let persistence = Persistence(isPmem: isPmem != 0)
         try persistence.persist(address, Int(PMLL_HEADER_SIZE))
+        try persistence.persist(address + layout.heap.lowerBound, StoreLayout.superSize)
         try syncFile(temporary)
+        CrashPoint.hit("pool.created")
 
         let rc = pmll_rename_noreplace(temporary, path)
         if rc == -EEXIST { return false }

@@ -13,6 +13,10 @@ public struct PoolOptions: Sendable, Equatable {
     /// Records kept per queue: the retention of the operation history, and the most
     /// operations that can be waiting in one queue at once.
     public var queueRing: Int = 64
+    /// Keys the state store can hold.
+    public var keyCapacity: Int = 4096
+    /// Undo-log slots of the state store (transactions committing at once).
+    public var logSlots: Int = 8
     /// Create the file 0660 so that the owning group may share it; otherwise 0600.
     public var groupShared: Bool = false
     /// How often a waiter checks whether the holder is still alive.
@@ -36,7 +40,10 @@ public struct PoolOptions: Sendable, Equatable {
         guard (0...4096).contains(queueCapacity), (2...65536).contains(queueRing), queueCapacity < lockCapacity else {
             throw .invalidOptions(reason: "queueCapacity must be 0...4096 and below lockCapacity, queueRing 2...65536")
         }
-        let needed = layout(size: 0).minimumSize
+        guard (16...1 << 22).contains(keyCapacity), (1...256).contains(logSlots) else {
+            throw .invalidOptions(reason: "keyCapacity must be 16...4194304 and logSlots 1...256")
+        }
+        let needed = layout(size: 0).minimumSize + StoreLayout.minimumHeap(keyCapacity: keyCapacity, logSlots: logSlots)
         guard size >= needed, size <= 1 << 40 else {
             throw .invalidOptions(reason: "size must be \(needed)...\(1 << 40) bytes for these capacities, got \(size)")
         }

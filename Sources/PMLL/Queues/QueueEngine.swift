@@ -92,6 +92,7 @@ struct QueueEngine: @unchecked Sendable {
             try persist(r, payload: true)
         }
         pmll_store64_release(&head.pointee.next_ticket, first + n)
+        CrashPoint.hit("queue.submitted")
         return (first, startsNow)
     }
 
@@ -180,6 +181,7 @@ struct QueueEngine: @unchecked Sendable {
         if attempt == 1 { r.pointee.started_ns = UInt64(Clock.realtimeNanoseconds) }
         pmll_store32(pmll_record_state(r), PMLL_RECORD_RUNNING)
         try persist(r)
+        CrashPoint.hit("queue.running")
     }
 
     func noteRetry(_ ticket: UInt64, error: String) {
@@ -200,6 +202,7 @@ struct QueueEngine: @unchecked Sendable {
         let run = now > r.pointee.started_ns ? now - r.pointee.started_ns : 0
         QueueStatistics.record(head, wait: wait, run: run)
         try persist(r)
+        CrashPoint.hit("queue.finished")
     }
 
     // MARK: exclusive access (recovery)
