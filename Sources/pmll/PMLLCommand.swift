@@ -16,7 +16,7 @@ struct PMLLCommand: AsyncParsableCommand {
 
             \(ExitStatus.summary)
             """,
-        subcommands: [LockCommand.self, QueueCommand.self, RecoverCommand.self, StatusCommand.self, DemoCommand.self, DemoWorkerCommand.self]
+        subcommands: [LockCommand.self, QueueCommand.self, RecoverCommand.self, StateCommand.self, CheckCommand.self, StatusCommand.self, DemoCommand.self, DemoWorkerCommand.self]
     )
 
     /// Every failure ends as one line on stderr starting `pmll:` and a documented status.
@@ -37,6 +37,8 @@ struct PMLLCommand: AsyncParsableCommand {
             fail(error.description, status: ExitStatus.code(for: error))
         } catch let error as CommandFailure {
             fail(error.message, status: error.status)
+        } catch let code as ExitCode where code != .validationFailure {
+            Glibc.exit(code.rawValue)   // the command already said what it had to
         } catch {
             let status = exitCode(for: error)
             if status == .success || error is CleanExit { exit(withError: error) }

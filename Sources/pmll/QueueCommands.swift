@@ -110,7 +110,7 @@ struct QueueShowCommand: ParsableCommand {
         let output = Output(stats: queue.stats, records: queue.records)
         if json {
             let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             print(String(decoding: try encoder.encode(output), as: UTF8.self))
             return
         }
@@ -172,7 +172,7 @@ struct RecoverCommand: AsyncParsableCommand {
         let report = try await pool.recover(handlers: handlers)
         if json {
             let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             print(String(decoding: try encoder.encode(report), as: UTF8.self))
             return
         }

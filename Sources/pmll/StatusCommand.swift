@@ -20,7 +20,7 @@ struct StatusCommand: ParsableCommand {
         let status = pool.status(includingSelf: false)
         if json {
             let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             print(String(decoding: try encoder.encode(status), as: UTF8.self))
         } else {
             print(StatusTable.render(status))
@@ -33,6 +33,10 @@ enum StatusTable {
         var out = "pool \(s.path): format \(s.formatVersion), \(s.sizeBytes / 1024) KiB, " +
             "\(s.processes.count)/\(s.processCapacity) processes attached, \(s.locks.count)/\(s.lockCapacity) locks" +
             (s.persistentMemory ? ", persistent memory" : "") + "\n"
+        if let u = s.store {
+            out += "state store: \(u.keysUsed)/\(u.keyCapacity) keys, \(u.blocksUsed * u.blockSize / 1024) KiB used, " +
+                "\((u.blockCount - u.blocksUsed) * u.blockSize / 1024) KiB free of \(u.blockCount * u.blockSize / 1024) KiB\n"
+        }
         let header = ["LOCK", "LEVEL", "STATE", "HOLDER", "HELD FOR", "WAITERS", "ACQUIRED", "CONTENDED", "TIMEOUTS", "OWNER DEATHS"]
         var rows = [header]
         for lock in s.locks {

@@ -195,3 +195,44 @@ struct QueueCLITests {
         #expect(try run(Binaries.pmll, ["recover", "--pool", pool]).stdout.contains("no abandoned operations"))
     }
 }
+
+@Suite("pmll state and check", .serialized)
+struct StateCLITests {
+    @Test func setCommitsPairsTogetherAndGetListDeleteWork() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("s.pool")
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", pool, "pkg/a=installed", "pkg/b=x=y", "other=1"]).status == 0)
+        #expect(try run(Binaries.pmll, ["state", "get", "--pool", pool, "pkg/b"]).stdout == "x=y")
+        let missing = try run(Binaries.pmll, ["state", "get", "--pool", pool, "pkg/zzz"])
+        #expect(missing.status == 1 && missing.stderr == "pmll: no value for key 'pkg/zzz'\n")
+        let list = try run(Binaries.pmll, ["state", "list", "--pool", pool, "--json", "pkg/"])
+        let entries = try #require(try JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [[String: String]])
+        #expect(entries == [["key": "pkg/a", "value": "installed"], ["key": "pkg/b", "value": "x=y"]])
+        // One bad pair: nothing of the command is committed.
+        let bad = try run(Binaries.pmll, ["state", "set", "--pool", pool, "pkg/a=removed", "=empty-key"])
+        #expect(bad.status == 64 && bad.stderr.hasPrefix("pmll: invalid key"))
+        #expect(try run(Binaries.pmll, ["state", "get", "--pool", pool, "pkg/a"]).stdout == "installed")
+        #expect(try run(Binaries.pmll, ["state", "delete", "--pool", pool, "pkg/a", "pkg/b"]).status == 0)
+        #expect(try run(Binaries.pmll, ["state", "list", "--pool", pool]).stdout == "other=1")
+        let status = try run(Binaries.pmll, ["status", "--pool", pool])
+        #expect(status.stdout.contains("state store: 1/4096 keys"))
+    }
+
+    @Test func checkExits0OnASoundPoolAnd65OnCorruption() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("c.pool")
+        let marker = "CHECKME-" + String(repeating: "v", count: 200)
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", pool, "k=\(marker)"]).status == 0)
+        let good = try run(Binaries.pmll, ["check", "--pool", pool])
+        #expect(good.status == 0 && good.stdout.hasSuffix("ok"))
+        var bytes = try #require(FileManager.default.contents(atPath: pool))
+        let at = try #require(bytes.firstRange(of: Array("CHECKME-".utf8))).lowerBound
+        bytes[at + 3] ^= 0x20
+        try bytes.write(to: URL(fileURLWithPath: pool))
+        let bad = try run(Binaries.pmll, ["check", "--pool", pool])
+        #expect(bad.status == 65)
+        #expect(bad.stdout.contains("problem: record 'k' is corrupt: checksum mismatch"))
+        let get = try run(Binaries.pmll, ["state", "get", "--pool", pool, "k"])
+        #expect(get.status == 65 && get.stderr.hasPrefix("pmll: record 'k' is corrupt"))
+    }
+}

@@ -49,6 +49,10 @@ public struct PoolStatus: Codable, Sendable {
     public let processes: [Process]
     public let locks: [LockStatus]
     public let queues: [QueueStats]
+    /// Space in the state store (nil if the pool has none).
+    public let store: StoreUsage?
+    /// Bytes of each section of the file.
+    public let sections: [String: Int]
 }
 
 extension Pool {
@@ -97,7 +101,11 @@ extension Pool {
             path: path, formatVersion: h.format_version, sizeBytes: h.pool_size, createdAtNanoseconds: h.created_at_ns,
             persistentMemory: memory.persistence.isPmem, processCapacity: h.process_capacity, lockCapacity: h.lock_capacity,
             volatileResets: h.volatile_resets, processes: attached, locks: locks,
-            queues: ((try? queues()) ?? []).sorted { $0.name < $1.name })
+            queues: ((try? queues()) ?? []).sorted { $0.name < $1.name },
+            store: store.blockCount > 0 ? try? storeUsage() : nil,
+            sections: ["header": Int(PMLL_HEADER_SIZE), "processTable": memory.layout.processTable.count,
+                       "lockTable": memory.layout.lockTable.count, "queueTable": memory.layout.queueTable.count,
+                       "stateStore": memory.layout.heap.count])
     }
 
     /// The lock named `name` if the pool has one, at whatever level, without creating it.

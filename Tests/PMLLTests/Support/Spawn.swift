@@ -121,6 +121,12 @@ final class Child: @unchecked Sendable {
             Issue.record("child \(pid) (\(process.arguments ?? [])) did not exit within \(timeout) s")
         }
         usleep(20_000)   // let the pipe handlers drain
+        lock.lock()
+        if !buffer.isEmpty {   // a last line without a newline
+            lines.append(String(decoding: buffer, as: UTF8.self))
+            buffer.removeAll()
+        }
+        lock.unlock()
         return process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
     }
 }

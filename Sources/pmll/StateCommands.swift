@@ -1,0 +1,126 @@
+import ArgumentParser
+import Foundation
+import PMLL
+
+struct StateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "state",
+        abstract: "Read and change the pool's persistent state store (one transaction per command).",
+        discussion: """
+            Keys are 1-255 bytes of UTF-8 without NUL; values at most 65536 bytes. `set` takes \
+            KEY=VALUE pairs (split at the first '=') that commit together or not at all. \
+            `get` exits 1 when the key has no value.
+
+            \(ExitStatus.summary)
+            """,
+        subcommands: [StateGet.self, StateSet.self, StateDelete.self, StateList.self]
+    )
+}
+
+/// A value as JSON shows it: text when it is UTF-8, else base64.
+struct StateEntry: Codable {
+    let key: String
+    let value: String?
+    let base64: String?
+
+    init(key: String, value: [UInt8]) {
+        self.key = key
+        if let text = String(validating: value, as: UTF8.self) {
+            (self.value, self.base64) = (text, nil)
+        } else {
+            (self.value, self.base64) = (nil, Data(value).base64EncodedString())
+        }
+    }
+}
+
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}
+
+struct StateGet: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "get", abstract: "Print the value of KEY.")
+    @OptionGroup var poolArguments: PoolArguments
+    @Flag(help: "Print {\"key\", \"value\" or \"base64\"} as JSON.") var json = false
+    @Argument var key: String
+
+    func run() throws {
+        let pool = try poolArguments.open(create: false)
+        guard let value = try pool.value(for: key) else {
+            throw CommandFailure(message: "no value for key '\(key)'", status: 1)
+        }
+        if json { try printJSON(StateEntry(key: key, value: value)) } else { FileHandle.standardOutput.write(Data(value)) }
+    }
+}
+
+struct StateSet: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "set", abstract: "Set KEY=VALUE pairs in one transaction.")
+    @OptionGroup var poolArguments: PoolArguments
+    @Argument(help: "KEY=VALUE pairs.") var pairs: [String]
+
+    func validate() throws {
+        guard !pairs.isEmpty else { throw ValidationError("give at least one KEY=VALUE") }
+        for pair in pairs where !pair.contains("=") { throw ValidationError("'\(pair)' is not KEY=VALUE") }
+    }
+
+    func run() throws {
+        let pool = try poolArguments.open()
+        try pool.transaction { tx in
+            for pair in pairs {
+                let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                try tx.set(String(parts[0]), String(parts[1]))
+            }
+        }
+    }
+}
+
+struct StateDelete: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "delete", abstract: "Delete KEYs in one transaction.")
+    @OptionGroup var poolArguments: PoolArguments
+    @Argument var keys: [String]
+
+    func run() throws {
+        let pool = try poolArguments.open(create: false)
+        try pool.transaction { tx in for key in keys { try tx.delete(key) } }
+    }
+}
+
+struct StateList: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List keys (with PREFIX) and their values.")
+    @OptionGroup var poolArguments: PoolArguments
+    @Flag(help: "Print a JSON array of {\"key\", \"value\" or \"base64\"}.") var json = false
+    @Argument var prefix: String = ""
+
+    func run() throws {
+        let pool = try poolArguments.open(create: false)
+        let entries = try pool.transaction { tx in
+            try tx.keys(prefix: prefix).map { StateEntry(key: $0, value: try tx.get($0) ?? []) }
+        }
+        if json { try printJSON(entries); return }
+        for e in entries { print("\(e.key)=\(e.value ?? "base64:" + (e.base64 ?? ""))") }
+    }
+}
+
+struct CheckCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check",
+        abstract: "Verify the whole pool (headers, tables, records, logs, free space).",
+        discussion: "Exits 0 if the pool is sound, 65 with one line per problem otherwise.\n\n\(ExitStatus.summary)"
+    )
+    @OptionGroup var poolArguments: PoolArguments
+    @Flag var json = false
+
+    func run() throws {
+        let pool = try poolArguments.open(create: false)
+        let report = try pool.check()
+        if json {
+            try printJSON(report)
+        } else {
+            print("check \(pool.path): \(report.locksChecked) locks, \(report.queueRecordsChecked) queue records, \(report.keysChecked) keys, \(report.blocksUsed) blocks in use (\(report.blocksReferenced) referenced)")
+            for problem in report.problems { print("problem: \(problem)") }
+            print(report.ok ? "ok" : "\(report.problems.count) problem(s)")
+        }
+        if !report.ok { throw ExitCode(ExitStatus.badPool) }
+    }
+}
