@@ -34,7 +34,7 @@ let package = Package(
         .target(
             name: "CPMLLPeers",
             path: "CSupport/CPMLLPeers",
-            linkerSettings: [.linkedLibrary("sqlite3")]
+            linkerSettings: [.linkedLibrary("sqlite3"), .linkedLibrary("pmemobj")]
         ),
         .target(
             name: "PMLL",

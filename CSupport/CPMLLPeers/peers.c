@@ -4,6 +4,8 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <sqlite3.h>
+#include <libpmemobj.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include <string.h>
 #include <sys/file.h>
@@ -106,4 +108,39 @@ int peers_sqlite_operation(void *handle, int owner) {
     if (exec1(db, "BEGIN IMMEDIATE", -1, NULL) || exec1(db, "UPDATE ops SET state = 2 WHERE ticket = ?", ticket, NULL) || exec1(db, "COMMIT", -1, NULL)) return -1;
     if (exec1(db, "BEGIN IMMEDIATE", -1, NULL) || exec1(db, "UPDATE ops SET state = 3 WHERE ticket = ?", ticket, NULL) || exec1(db, "COMMIT", -1, NULL)) return -1;
     return 0;
+}
+
+void *peers_pmemobj_create(const char *path) {
+    PMEMobjpool *pop = pmemobj_create(path, "pmll-bench", 16 << 20, 0600);
+    if (!pop) return NULL;
+    PMEMoid root = pmemobj_root(pop, 4096);
+    if (OID_IS_NULL(root)) { pmemobj_close(pop); return NULL; }
+    return pop;
+}
+
+void peers_pmemobj_close(void *pop) { pmemobj_close((PMEMobjpool *)pop); }
+
+int peers_pmemobj_tx(void *handle, uint8_t fill) {
+    PMEMobjpool *pop = handle;
+    PMEMoid root = pmemobj_root(pop, 4096);
+    char *base = pmemobj_direct(root);
+    int failed = 0;
+    TX_BEGIN(pop) {
+        pmemobj_tx_add_range(root, 0, 64);
+        pmemobj_tx_add_range(root, 1024, 64);
+        memset(base, fill, 64);
+        memset(base + 1024, fill, 64);
+    } TX_ONABORT {
+        failed = 1;
+    } TX_END
+    return failed ? -1 : 0;
+}
+
+static uint64_t msyncs;
+uint64_t peers_msync_count(void) { return __atomic_load_n(&msyncs, __ATOMIC_RELAXED); }
+
+// Interposes libc's msync for the whole benchmark binary (libpmem calls it through the PLT).
+int msync(void *addr, size_t length, int flags) {
+    __atomic_fetch_add(&msyncs, 1, __ATOMIC_RELAXED);
+    return (int)syscall(SYS_msync, addr, length, flags);
 }

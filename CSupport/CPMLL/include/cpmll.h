@@ -433,6 +433,7 @@ uint64_t pmll_barrier_count(void);
 // MARK: - Misc
 
 uint32_t pmll_crc32c(uint32_t crc, const void *_Nullable data, size_t length);
+uint32_t pmll_crc32c_software(uint32_t crc, const void *_Nullable data, size_t length);
 int32_t pmll_gettid(void);
 // renameat2(RENAME_NOREPLACE) of old to new in the same directory; -EEXIST when new exists.
 int pmll_rename_noreplace(const char *oldpath, const char *newpath);

@@ -31,6 +31,15 @@ void peers_sqlite_close(void *db);
 // (polling), mark it running (commit), run nothing, mark it done (commit). 0 or -1.
 int peers_sqlite_operation(void *db, int owner);
 
+// libpmemobj (PMDK's transactional layer): a pool with a root object of 4 KiB, and one
+// transaction that snapshots two 64-byte ranges (pmemobj_tx_add_range) and rewrites them.
+void *_Nullable peers_pmemobj_create(const char *path);
+void peers_pmemobj_close(void *pop);
+int peers_pmemobj_tx(void *pop, uint8_t fill);
+
+// msync calls made by this process (the benchmark binary interposes msync to count them).
+uint64_t peers_msync_count(void);
+
 // statfs(2) f_type of the filesystem holding path, 0 on error.
 int64_t peers_filesystem_type(const char *path);
 

@@ -43,7 +43,7 @@ struct StateStore: @unchecked Sendable {
             case PMLL_KEY_EMPTY: return (nil, free ?? i)
             case PMLL_KEY_TOMBSTONE: if free == nil { free = i }
             case PMLL_KEY_USED:
-                if s.pointee.key_hash == hash && s.pointee.key_length == UInt32(key.count), try self.key(of: i) == key { return (i, free) }
+                if s.pointee.key_hash == hash && s.pointee.key_length == UInt32(key.count) && storedKeyEquals(i, key) { return (i, free) }
             default:
                 throw .corruptPool(path: path, reason: "key slot \(i) has unknown state \(s.pointee.state)")
             }
@@ -74,6 +74,17 @@ struct StateStore: @unchecked Sendable {
             throw .corruptRecord(key: name, reason: "checksum mismatch")
         }
         return bytes
+    }
+
+    /// Compares in place; a damaged key simply does not match (reading its value reports it).
+    private func storedKeyEquals(_ i: UInt32, _ key: [UInt8]) -> Bool {
+        let s = slot(i)
+        if s.pointee.block_count == 0 {
+            guard key.count <= Int(PMLL_INLINE_MAX) else { return false }
+            return withUnsafeBytes(of: s.pointee.inline_data) { $0.prefix(key.count).elementsEqual(key) }
+        }
+        guard Int(s.pointee.first_block) + Int(s.pointee.block_count) <= blockCount else { return false }
+        return UnsafeRawBufferPointer(start: block(s.pointee.first_block), count: key.count).elementsEqual(key)
     }
 
     func key(of i: UInt32) throws(PMLLError) -> [UInt8] {
