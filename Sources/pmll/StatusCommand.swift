@@ -31,7 +31,7 @@ struct StatusCommand: ParsableCommand {
 enum StatusTable {
     static func render(_ s: PoolStatus) -> String {
         var out = "pool \(s.path): format \(s.formatVersion), \(s.sizeBytes / 1024) KiB, " +
-            "\(s.processes.count)/\(s.processCapacity) processes attached, \(s.locks.count)/\(s.lockCapacity) locks" +
+            "\(s.processes.count)/\(s.processCapacity) processes attached, \(s.locks.count)/\(s.lockCapacity) locks, \(s.queues.count) queues" +
             (s.persistentMemory ? ", persistent memory" : "") + "\n"
         if let u = s.store {
             out += "state store: \(u.keysUsed)/\(u.keyCapacity) keys, \(u.blocksUsed * u.blockSize / 1024) KiB used, " +
