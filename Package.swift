@@ -16,6 +16,7 @@ let package = Package(
         .executable(name: "pmll", targets: ["pmll"]),
         .executable(name: "pmll-worker", targets: ["PMLLWorker"]),
         .executable(name: "pmll-bench", targets: ["PMLLBench"]),
+        .executable(name: "pmll-crash", targets: ["PMLLCrash"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -71,6 +72,16 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             path: "Stress/Bench",
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "PMLLCrash",
+            dependencies: [
+                "PMLL",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Stress/Crash",
             swiftSettings: swiftSettings
         ),
         .testTarget(

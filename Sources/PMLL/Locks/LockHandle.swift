@@ -138,9 +138,18 @@ extension Pool {
             pmll_held_top_set(saved)
             throw error
         }
+        if taken.contains(where: \.ownerDied) {
+            do { try storeReady() } catch {
+                for lock in ordered.reversed() { release(index: lock.index, inconsistent: true) }
+                pmll_held_top_set(saved)
+                throw error
+            }
+        }
+        CrashPoint.hit("lock.acquired")
         let more = TakenList(Array(taken.dropFirst()))
         var grant = LockGrant(held: HeldSet(first: taken[0], more: Unmanaged.passUnretained(more)))
         defer {
+            CrashPoint.hit("lock.releasing")
             pmll_held_top_set(saved)
             for lock in ordered.reversed() { release(index: lock.index, inconsistent: grant.releaseInconsistent) }
             withExtendedLifetime(more) {}
@@ -175,9 +184,12 @@ extension Pool {
             throw error
         }
         let more = TakenList(Array(taken.dropFirst()))
+        if taken.contains(where: \.ownerDied) { try storeReady() }
+        CrashPoint.hit("lock.acquired")
         var grant = LockGrant(held: HeldSet(first: taken[0], more: Unmanaged.passUnretained(more)))
         pmll_async_scopes_add(1)
         defer {
+            CrashPoint.hit("lock.releasing")
             pmll_async_scopes_add(-1)
             for lock in ordered.reversed() { release(index: lock.index, inconsistent: grant.releaseInconsistent) }
             withExtendedLifetime(more) {}

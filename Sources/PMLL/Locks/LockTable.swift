@@ -98,9 +98,9 @@ struct LockTable {
                 raw.copyBytes(from: bytes)
             }
             entry.pointee.entry_checksum = Self.checksum(level: level.rawValue, name: bytes)
-            try memory.persistence.persist(UnsafeRawPointer(entry), MemoryLayout<pmll_lock_entry_t>.size)
+            try memory.persistence.persist(UnsafeRawPointer(entry), MemoryLayout<pmll_lock_entry_t>.size, site: "lock.entry")
             pmll_store32(state, PMLL_ENTRY_READY)
-            try memory.persistence.persist(UnsafeRawPointer(state), 4)
+            try memory.persistence.persist(UnsafeRawPointer(state), 4, site: "lock.entry")
             return index
         }
         throw .poolFull(table: "lock", capacity: Int(capacity))

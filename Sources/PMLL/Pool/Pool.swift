@@ -115,7 +115,7 @@ public final class Pool: Sendable {
         guard stat(path, &now) == 0, now.st_ino == st.st_ino, now.st_dev == st.st_dev, Int(length) == fileSize else {
             return nil
         }
-        let memory = PoolMemory(base: base, length: Int(length), layout: layout, persistence: Persistence(isPmem: isPmem != 0))
+        let memory = PoolMemory(base: base, length: Int(length), layout: layout, persistence: Persistence(isPmem: isPmem != 0, base: base))
         _ = try PoolHeader.validate(memory.header, fileSize: fileSize, path: path)
 
         var reset: VolatileReset? = created ? .created : nil

@@ -39,8 +39,8 @@ enum PoolCreation {
         StoreLayout(heap: layout.heap, keyCapacity: options.keyCapacity, logSlots: options.logSlots)
             .format(address, heapStart: layout.heap.lowerBound)
         let persistence = Persistence(isPmem: isPmem != 0)
-        try persistence.persist(address, Int(PMLL_HEADER_SIZE))
-        try persistence.persist(address + layout.heap.lowerBound, StoreLayout.superSize)
+        try persistence.persist(address, Int(PMLL_HEADER_SIZE), site: "pool.create")
+        try persistence.persist(address + layout.heap.lowerBound, StoreLayout.superSize, site: "pool.create")
         try syncFile(temporary)
         CrashPoint.hit("pool.created")
 

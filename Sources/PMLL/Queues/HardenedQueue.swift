@@ -101,6 +101,7 @@ public struct HardenedQueue: Sendable {
         var attempt = 1
         while true {
             if !(started && attempt == 1) { try engine.begin(ticket, attempt: UInt32(attempt)) }
+            CrashPoint.hit("queue.running")
             do {
                 let result = try await operation(OperationInfo(queue: name, ticket: ticket, kind: kind, attempt: attempt, payload: payload))
                 try engine.finish(ticket, succeeded: true, error: "")

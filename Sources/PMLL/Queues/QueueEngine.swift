@@ -36,7 +36,7 @@ struct QueueEngine: @unchecked Sendable {
         guard persistent else { return }
         if pool.memory.persistence.isPmem {
             let length = payload ? Self.recordHeaderBytes + Int(r.pointee.payload_length) : Self.recordHeaderBytes
-            try pool.memory.persistence.persist(UnsafeRawPointer(r), length)
+            try pool.memory.persistence.persist(UnsafeRawPointer(r), length, site: "queue.record")
         } else {
             try GroupCommit.flush(self)
         }
@@ -181,7 +181,6 @@ struct QueueEngine: @unchecked Sendable {
         if attempt == 1 { r.pointee.started_ns = UInt64(Clock.realtimeNanoseconds) }
         pmll_store32(pmll_record_state(r), PMLL_RECORD_RUNNING)
         try persist(r)
-        CrashPoint.hit("queue.running")
     }
 
     func noteRetry(_ ticket: UInt64, error: String) {

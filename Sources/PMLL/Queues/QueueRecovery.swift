@@ -50,6 +50,7 @@ extension Pool {
                         try await handler(record)
                         r.pointee.recovered = 1
                         try engine.persist(r)
+                        CrashPoint.hit("queue.recovered")
                         pmll_add64(&head.pointee.recovered, 1)
                         items.append(.init(record: record, outcome: .recovered))
                     } catch {

@@ -57,9 +57,9 @@ struct QueueTable {
             q.pointee.name_length = UInt32(name.utf8.count)
             withUnsafeMutableBytes(of: &q.pointee.name) { $0.copyBytes(from: Array(name.utf8)) }
             q.pointee.checksum = Self.checksum(q)
-            try memory.persistence.persist(UnsafeRawPointer(q), MemoryLayout<pmll_queue_head_t>.size)
+            try memory.persistence.persist(UnsafeRawPointer(q), MemoryLayout<pmll_queue_head_t>.size, site: "queue.head")
             pmll_store32(&q.pointee.state, PMLL_ENTRY_READY)
-            try memory.persistence.persist(UnsafeRawPointer(q), 4)
+            try memory.persistence.persist(UnsafeRawPointer(q), 4, site: "queue.head")
             return index
         }
         throw .poolFull(table: "queue", capacity: Int(memory.queueCapacity))

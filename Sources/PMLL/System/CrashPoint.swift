@@ -4,9 +4,10 @@ import Synchronization
 import Glibc
 #endif
 
-/// Crash injection for the crash suite (issue 7): `PMLL_CRASH_AT=NAME[:N]` makes the process
-/// SIGKILL itself at the N-th hit (default 1st) of the named point. Off, a hit is one load
-/// and one predictable branch.
+/// Crash injection for the crash suite: `PMLL_CRASH_AT=NAME[:N]` makes the process SIGKILL
+/// itself at the N-th hit (default 1st) of the named point; `PMLL_CRASH_TRACE=FILE` appends
+/// the name of every point hit to FILE (to count them). Off, a hit is one load and one
+/// predictable branch.
 enum CrashPoint {
     private static let armed: (name: String, hit: Int)? = {
         guard let raw = getenv("PMLL_CRASH_AT").map({ String(cString: $0) }), !raw.isEmpty else { return nil }
@@ -14,12 +15,14 @@ enum CrashPoint {
         return (String(parts[0]), parts.count == 2 ? Int(parts[1]) ?? 1 : 1)
     }()
     private static let hits = Atomic<Int>(0)
+    private static let trace: Int32? = getenv("PMLL_CRASH_TRACE").map { open($0, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600) }
 
     /// Every point compiled in, for enumeration by the crash suite.
     static let all = [
         "pool.created", "lock.acquired", "lock.releasing",
         "queue.submitted", "queue.running", "queue.finished",
-        "tx.undo-logged", "tx.applied", "tx.committed", "tx.rolled-back",
+        "tx.undo-logged", "tx.applying", "tx.applied", "tx.committed", "tx.rolled-back",
+        "queue.recovered",
     ]
 
     @inline(__always)
@@ -29,7 +32,16 @@ enum CrashPoint {
 
     @inline(never)
     private static func trigger(_ name: StaticString) {
+        if let trace, trace >= 0 { _ = "\(name)\n".withCString { write(trace, $0, strlen($0)) } }
         guard let armed, "\(name)" == armed.name else { return }
         if hits.add(1, ordering: .relaxed).newValue == armed.hit { kill(getpid(), SIGKILL) }
     }
+}
+
+/// The crash-injection points compiled into the library, for tools that enumerate them.
+public enum CrashInjection {
+    public static var points: [String] { CrashPoint.all }
+    /// Named persist sites that `PMLL_TEST_DROP_PERSIST` can remove (crash-suite self-test).
+    public static let persistSites = ["tx.log", "tx.data", "tx.commit", "tx.rollback", "tx.rollback-done",
+                                      "queue.record", "queue.head", "lock.entry", "pool.create"]
 }

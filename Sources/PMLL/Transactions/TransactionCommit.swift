@@ -159,13 +159,14 @@ extension Pool {
                 touched.append((store.offset(of: s), MemoryLayout<pmll_key_slot_t>.size))
             }
             for (byte, value) in bitmap { store.bitmap[byte] = value }
+            CrashPoint.hit("tx.applying")
             touched += Self.runs(bitmap.keys.sorted()).map { (store.layout.bitmap.lowerBound + $0.lowerBound, $0.count) }
-            try persist(touched)
+            try persist(touched, site: "tx.data")
             CrashPoint.hit("tx.applied")
 
             // Commit point.
             pmll_store64_release(&header.pointee.done_seq, header.pointee.seq)
-            try memory.persistence.persist(UnsafeRawPointer(header), 8)
+            try memory.persistence.persist(UnsafeRawPointer(header), 8, site: "tx.commit")
             CrashPoint.hit("tx.committed")
         }
     }
@@ -202,12 +203,12 @@ extension Pool {
     }
 
     /// One barrier for all ranges: a cache flush of each on pmem, else one msync of their span.
-    func persist(_ ranges: [(offset: Int, length: Int)]) throws(PMLLError) {
+    func persist(_ ranges: [(offset: Int, length: Int)], site: StaticString) throws(PMLLError) {
         guard let low = ranges.map(\.offset).min(), let high = ranges.map({ $0.offset + $0.length }).max() else { return }
         if memory.persistence.isPmem {
-            for r in ranges { try memory.persistence.persist(UnsafeRawPointer(memory.base + r.offset), r.length) }
+            for r in ranges { try memory.persistence.persist(UnsafeRawPointer(memory.base + r.offset), r.length, site: site) }
         } else {
-            try memory.persistence.persist(UnsafeRawPointer(memory.base + low), high - low)
+            try memory.persistence.persist(UnsafeRawPointer(memory.base + low), high - low, site: site)
         }
     }
 
@@ -231,7 +232,7 @@ extension Pool {
         header.pointee.entry_count = UInt32(ranges.count)
         header.pointee.bytes = UInt32(cursor)
         header.pointee.checksum = Self.logChecksum(header)
-        try memory.persistence.persist(UnsafeRawPointer(header), MemoryLayout<pmll_log_header_t>.size + cursor)
+        try memory.persistence.persist(UnsafeRawPointer(header), MemoryLayout<pmll_log_header_t>.size + cursor, site: "tx.log")
     }
 
     static func logChecksum(_ header: UnsafeMutablePointer<pmll_log_header_t>) -> UInt32 {
@@ -269,12 +270,12 @@ extension Pool {
                     restored.append((offset, length))
                     cursor += MemoryLayout<pmll_log_entry_t>.size + (length + 7) / 8 * 8
                 }
-                try persist(restored)
+                try persist(restored, site: "tx.rollback")
                 CrashPoint.hit("tx.rolled-back")
                 Self.logger.notice("rolled back an interrupted transaction", metadata: ["log": "\(i)", "entries": "\(restored.count)"])
             }
             pmll_store64_release(&header.pointee.done_seq, header.pointee.seq)
-            try memory.persistence.persist(UnsafeRawPointer(header), 8)
+            try memory.persistence.persist(UnsafeRawPointer(header), 8, site: "tx.rollback-done")
         }
     }
 }
