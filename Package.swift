@@ -17,6 +17,7 @@ let package = Package(
         .executable(name: "pmll-worker", targets: ["PMLLWorker"]),
         .executable(name: "pmll-bench", targets: ["PMLLBench"]),
         .executable(name: "pmll-crash", targets: ["PMLLCrash"]),
+        .executable(name: "pmll-stress", targets: ["PMLLStress"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -74,10 +75,27 @@ let package = Package(
             path: "Stress/Bench",
             swiftSettings: swiftSettings
         ),
+        // Small pieces the stress tools share (seeded RNG).
+        .target(
+            name: "PMLLStressSupport",
+            path: "Stress/Support",
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "PMLLStress",
+            dependencies: [
+                "PMLL", "CPMLL", "PMLLStressSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            path: "Stress/StressHarness",
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "PMLLCrash",
             dependencies: [
-                "PMLL",
+                "PMLL", "PMLLStressSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

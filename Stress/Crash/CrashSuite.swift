@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import PMLL
+import PMLLStressSupport
 
 /// `pmll-crash`: for every crash point compiled into the library (and several hits of each),
 /// runs the scripted workload in a child that dies there, then recovers (sometimes killing

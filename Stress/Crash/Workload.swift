@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import PMLL
+import PMLLStressSupport
 
 /// The scripted workload the crash suite kills: bank transfers in transactions under the
 /// accounts' locks, persistent queue operations, and plain lock scopes. Every completed
@@ -106,15 +107,3 @@ struct Verify: AsyncParsableCommand {
     }
 }
 
-/// A small deterministic generator, so a seed reproduces a run.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

@@ -142,6 +142,33 @@ struct QueueTests {
         #expect(try await p.queue(named: "tree").execute(kind: "after", timeout: .seconds(10)) { _ in 1 } == 1)
     }
 
+    /// Regression (found by pmll-stress): an abandoned operation nobody had recovered yet
+    /// blocked its ring slot, so after one wrap every submission failed. Now it is parked in
+    /// the state store and recovery still finds it, exactly once.
+    @Test func abandonedOperationsDoNotBlockTheRingAndAreStillRecovered() async throws {
+        let scratch = Scratch()
+        let path = scratch.file("ring.pool"), state = scratch.file("state")
+        var options = PoolOptions()
+        options.queueRing = 4
+        let keeper = try Pool.open(path: path, options: options)   // no volatile reset in between
+        let runner = try Child.worker("queue-hold", "--pool", path, "--queue", "small", "--state-file", state)
+        _ = try #require(runner.waitForEvent("running"))
+        runner.kill(); runner.wait()
+        let q = try keeper.queue(named: "small")
+        for i in 0..<10 { #expect(try await q.execute(kind: "after", timeout: .seconds(10)) { _ in i } == i) }
+        let abandoned = try keeper.abandonedOperations()
+        #expect(abandoned.map(\.kind) == ["install"] && abandoned.first?.ownerPid == runner.pid)
+        let calls = CallCounter()
+        let report = try await keeper.recover(handlers: ["install": { record in
+            calls.add(String(decoding: record.payload, as: UTF8.self))
+        }])
+        #expect(report.items.map(\.outcome) == [.recovered])
+        #expect(calls.counts == [state: 1])
+        #expect(try keeper.abandonedOperations().isEmpty)
+        #expect(try await keeper.recover(handlers: ["install": { _ in calls.add("again") }]).items.isEmpty)
+        #expect(throws: PMLLError.self) { try keeper.transaction { tx in try tx.set("pmll:abandoned/x", "no") } }
+    }
+
     @Test func retriesWithBackoffUpToTheLimitAndCallsTheErrorHandler() async throws {
         let scratch = Scratch()
         let pool = try Pool.open(path: scratch.file("b.pool"))

@@ -63,7 +63,7 @@ struct QueueEngine: @unchecked Sendable {
         for i in 0..<n where first + i >= ring {
             let old = record(first + i)
             if pmll_load32(pmll_record_state(old)) == PMLL_RECORD_ABANDONED && old.pointee.recovered == 0 {
-                throw .poolFull(table: "queue '\(name)' ring (ticket \(old.pointee.ticket) was abandoned and awaits recovery: run `pmll recover`)", capacity: Int(ring))
+                try park(old)
             }
         }
         let startsNow = n == 1 && pmll_load64_acquire(&head.pointee.serving) == first
@@ -95,6 +95,19 @@ struct QueueEngine: @unchecked Sendable {
         CrashPoint.hit("queue.submitted")
         return (first, startsNow)
     }
+
+    /// Moves an abandoned record that recovery has not handled yet out of the ring, into the
+    /// state store (`pmll:abandoned/QUEUE/TICKET`), so that its slot can be reused without
+    /// losing it and without blocking the queue. Recovery finds it there.
+    private func park(_ r: UnsafeMutablePointer<pmll_record_t>) throws(PMLLError) {
+        let snapshot = RecordState.snapshot(r, queue: name)
+        try pool.parkAbandoned(snapshot)
+        r.pointee.recovered = QueueEngine.parked
+        try persist(r)
+    }
+
+    /// `recovered` value of a ring record whose abandoned operation was moved to the store.
+    static let parked: UInt32 = 2
 
     // MARK: turns
 

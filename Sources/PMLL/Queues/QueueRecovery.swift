@@ -20,13 +20,37 @@ public struct RecoveryReport: Codable, Sendable {
 }
 
 extension Pool {
-    /// Abandoned operations that no recovery has handled yet, in every queue.
+    /// Abandoned operations that no recovery has handled yet, in every queue (in the rings,
+    /// and those parked in the state store when their ring slot was needed).
     public func abandonedOperations() throws(PMLLError) -> [OperationRecord] {
-        try QueueTable(memory: memory, path: path).all().flatMap { index, head in
+        let inRings = try QueueTable(memory: memory, path: path).all().flatMap { index, head in
             let engine = QueueEngine(pool: self, index: index, submitLock: head.pointee.submit_lock,
                                      name: String(fixedCString: head.pointee.name), persistent: true)
             return QueueRepair.unrecovered(engine).map { RecordState.snapshot($0, queue: engine.name) }
         }
+        return inRings + (try parkedAbandoned().map(\.record))
+    }
+
+    static let parkedPrefix = "pmll:abandoned/"
+
+    func parkAbandoned(_ record: OperationRecord) throws(PMLLError) {
+        let key = Self.parkedPrefix + "\(record.queue)/\(record.ticket)"
+        let data: [UInt8]
+        do { data = Array(try JSONEncoderShim.encode(record)) } catch { throw .corruptRecord(key: key, reason: "cannot encode: \(error)") }
+        try internalTransaction { tx throws(PMLLError) in try tx.setInternal(key, data) }
+    }
+
+    func parkedAbandoned() throws(PMLLError) -> [(key: String, record: OperationRecord)] {
+        guard store.blockCount > 0 else { return [] }
+        var parked: [(key: String, record: OperationRecord)] = []
+        for key in try committedKeys(prefix: Self.parkedPrefix) {
+            guard let bytes = try readCommitted(key) else { continue }
+            guard let record = try? JSONEncoderShim.decode(OperationRecord.self, bytes) else {
+                throw .corruptRecord(key: key, reason: "not an operation record")
+            }
+            parked.append((key, record))
+        }
+        return parked
     }
 
     /// For each queue in turn: waits until nothing runs or waits in it (operations of dead
@@ -61,6 +85,23 @@ extension Pool {
             }
             report.items += items
         }
+        // Operations parked in the store when their ring slot was reused.
+        for (key, record) in try parkedAbandoned() {
+            guard let handler = handlers[record.kind] else {
+                report.items.append(.init(record: record, outcome: .noHandler))
+                continue
+            }
+            do {
+                try await handler(record)
+                try internalTransaction { tx throws(PMLLError) in try tx.deleteInternal(key) }
+                if let index = try QueueTable(memory: memory, path: path).find(record.queue) {
+                    pmll_add64(&memory.queue(index).pointee.recovered, 1)
+                }
+                report.items.append(.init(record: record, outcome: .recovered))
+            } catch {
+                report.items.append(.init(record: record, outcome: .handlerFailed("\(error)")))
+            }
+        }
         return report
     }
 
@@ -76,7 +117,7 @@ enum QueueRepair {
         let next = pmll_load64_acquire(&engine.head.pointee.next_ticket)
         let first = next > engine.ring ? next - engine.ring : 0
         return (first..<next).map(engine.record).filter {
-            pmll_load32(pmll_record_state($0)) == PMLL_RECORD_ABANDONED && $0.pointee.recovered == 0
+            pmll_load32(pmll_record_state($0)) == PMLL_RECORD_ABANDONED && $0.pointee.recovered == 0 && $0.pointee.ticket >= first
         }
     }
 

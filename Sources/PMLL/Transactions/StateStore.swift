@@ -10,7 +10,8 @@ struct StateStore: @unchecked Sendable {
     let layout: StoreLayout
     let path: String
 
-    static func validate(key: String) throws(PMLLError) {
+    static func validate(key: String, user: Bool = false) throws(PMLLError) {
+        if user && key.hasPrefix("pmll:") { throw .invalidKey(key: key, reason: "keys starting with 'pmll:' are reserved for the library") }
         let bytes = key.utf8.count
         guard bytes > 0 else { throw .invalidKey(key: key, reason: "empty") }
         guard bytes <= Int(PMLL_KEY_MAX) else { throw .invalidKey(key: String(key.prefix(40)) + "…", reason: "\(bytes) bytes; the limit is \(PMLL_KEY_MAX)") }

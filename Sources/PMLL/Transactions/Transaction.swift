@@ -24,9 +24,10 @@ public struct Transaction: ~Copyable {
         try get(key).map { String(decoding: $0, as: UTF8.self) }
     }
 
-    /// Sets `key` (1–255 bytes of UTF-8, no NUL) to `value` (at most 65536 bytes).
+    /// Sets `key` (1–255 bytes of UTF-8, no NUL, not starting with `pmll:`) to `value`
+    /// (at most 65536 bytes).
     public mutating func set(_ key: String, _ value: [UInt8]) throws(PMLLError) {
-        try StateStore.validate(key: key)
+        try StateStore.validate(key: key, user: true)
         guard value.count <= Int(PMLL_VALUE_MAX) else { throw .valueTooLarge(key: key, bytes: value.count, limit: Int(PMLL_VALUE_MAX)) }
         record(key, value)
     }
@@ -37,9 +38,17 @@ public struct Transaction: ~Copyable {
 
     /// Removes `key` (no effect if it has no value).
     public mutating func delete(_ key: String) throws(PMLLError) {
-        try StateStore.validate(key: key)
+        try StateStore.validate(key: key, user: true)
         record(key, nil)
     }
+
+    /// The library's own records (`pmll:` keys).
+    mutating func setInternal(_ key: String, _ value: [UInt8]) throws(PMLLError) {
+        guard value.count <= Int(PMLL_VALUE_MAX) else { throw .valueTooLarge(key: key, bytes: value.count, limit: Int(PMLL_VALUE_MAX)) }
+        record(key, value)
+    }
+
+    mutating func deleteInternal(_ key: String) throws(PMLLError) { record(key, nil) }
 
     /// Keys with `prefix`, as this transaction sees them, sorted.
     public func keys(prefix: String = "") throws(PMLLError) -> [String] {
@@ -71,6 +80,15 @@ extension Pool {
         let result = try body(&tx)
         try commit(tx.plannedWrites)
         return result
+    }
+
+    /// A transaction of the library's own (it may run inside a user's synchronous scope on
+    /// another thread, so it does not take part in the nesting check).
+    func internalTransaction(_ body: (inout Transaction) throws(PMLLError) -> Void) throws(PMLLError) {
+        try storeReady()
+        var tx = Transaction(pool: self)
+        try body(&tx)
+        try commit(tx.plannedWrites)
     }
 
     /// The committed value of `key` (a one-read transaction).

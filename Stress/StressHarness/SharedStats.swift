@@ -1,0 +1,84 @@
+import Foundation
+
+/// Counters every worker publishes in a small shared file (one 1 KiB slot per worker id), so
+/// the supervisor can show progress and sum up, including what killed workers had done.
+/// Slot words: 0 pid, 1...3 operations by kind, 4 errors, 5 owner deaths seen, 6 repairs,
+/// then 32 log2-microsecond latency buckets per kind.
+final class SharedStats: @unchecked Sendable {
+    static let kinds = ["lock", "tx", "queue"]
+    static let maxWorkers = 1024
+    static let buckets = 32
+    let base: UnsafeMutablePointer<UInt64>
+    let size = 4096 + 1024 * 1024
+
+    init(path: String, create: Bool) throws {
+        let fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT | O_TRUNC : 0), 0o600)
+        guard fd >= 0 else { throw StressError("cannot open \(path)") }
+        defer { close(fd) }
+        if create { ftruncate(fd, off_t(size)) }
+        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else { throw StressError("mmap \(path)") }
+        base = p.assumingMemoryBound(to: UInt64.self)
+    }
+
+    func slot(_ id: Int) -> UnsafeMutablePointer<UInt64> { base + (4096 + id * 1024) / 8 }
+
+    func add(_ id: Int, _ word: Int, _ n: UInt64 = 1) { slot(id)[word] &+= n }   // only the worker writes its slot
+
+    func latency(_ id: Int, kind: Int, nanoseconds: Int64) {
+        let us = max(1, nanoseconds / 1000)
+        let bucket = min(Self.buckets - 1, 63 - UInt64(us).leadingZeroBitCount)
+        slot(id)[8 + kind * Self.buckets + bucket] &+= 1
+    }
+
+    struct Totals {
+        var operations = [UInt64](repeating: 0, count: 3)
+        var errors: UInt64 = 0
+        var ownerDeaths: UInt64 = 0
+        var repairs: UInt64 = 0
+        var histograms = [[UInt64]](repeating: [UInt64](repeating: 0, count: SharedStats.buckets), count: 3)
+        var total: UInt64 { operations.reduce(0, +) }
+
+        /// Upper bound of the bucket holding the given quantile, in microseconds.
+        func quantile(_ q: Double, kind: Int) -> Double {
+            let h = histograms[kind], count = h.reduce(0, +)
+            guard count > 0 else { return 0 }
+            var seen: UInt64 = 0
+            for (i, n) in h.enumerated() {
+                seen += n
+                if Double(seen) >= q * Double(count) { return Double(1 << (i + 1)) }
+            }
+            return Double(1 << SharedStats.buckets)
+        }
+    }
+
+    func totals(workers: Int) -> Totals {
+        var t = Totals()
+        for id in 0..<workers {
+            let s = slot(id)
+            for k in 0..<3 { t.operations[k] += s[1 + k] }
+            t.errors += s[4]
+            t.ownerDeaths += s[5]
+            t.repairs += s[6]
+            for k in 0..<3 { for b in 0..<Self.buckets { t.histograms[k][b] += s[8 + k * Self.buckets + b] } }
+        }
+        return t
+    }
+}
+
+struct StressError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+func monotonicNanoseconds() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+}
+
+func appendLine(_ path: String, _ line: String) {
+    let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+    guard fd >= 0 else { return }
+    _ = (line + "\n").withCString { write(fd, $0, strlen($0)) }
+    close(fd)
+}

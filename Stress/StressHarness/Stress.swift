@@ -1,0 +1,266 @@
+import ArgumentParser
+import CPMLL
+import Foundation
+import Histogram
+import Logging
+import PMLL
+import PMLLStressSupport
+
+/// `pmll-stress`: N worker processes run a mix of lock, transaction and queue operations
+/// against shared invariants while a supervisor SIGKILLs random workers and starts
+/// replacements. At the end it stops everything, recovers, checks every invariant and prints
+/// a summary; it exits 0 only if no invariant was violated and nothing hung.
+@main
+struct Stress: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pmll-stress",
+        abstract: "Stress PMLL with many processes and random SIGKILLs, then check every invariant.",
+        discussion: "Exit status: 0 all invariants held; 1 an invariant was violated or a worker hung; 64 usage.",
+        subcommands: [StressRun.self, StressWorker.self],
+        defaultSubcommand: StressRun.self
+    )
+
+    static func main() async {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .warning
+            return handler
+        }
+        do {
+            var command = try parseAsRoot()
+            if var command = command as? any AsyncParsableCommand { try await command.run() } else { try command.run() }
+        } catch {
+            exit(withError: error)
+        }
+    }
+}
+
+struct StressRun: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "run", abstract: "Run the stress test (default).")
+
+    @Option(help: "Worker processes.") var processes = 4
+    @Option(help: "Seconds to run.") var duration = 20.0
+    @Option(help: "SIGKILLs of random workers per second (0 = off).") var killRate = 0.5
+    @Option(help: "Seed for the workers' choices and the kill schedule.") var seed: UInt64 = UInt64(Date().timeIntervalSince1970)
+    @Option(help: "Pool file (default: $PMLL_POOL, else the per-user default pool).") var pool: String?
+    @Option(help: "Operation mix, e.g. lock=40,tx=30,queue=30.") var mix = "lock=40,tx=30,queue=30"
+    @Option(help: "Seconds without any progress before the run counts as hung.") var hangTimeout = 15.0
+    @Flag(help: "Print the summary as JSON.") var json = false
+
+    func validate() throws {
+        guard (1...64).contains(processes) else { throw ValidationError("--processes must be 1...64") }
+        guard duration > 0, duration <= 86_400 else { throw ValidationError("--duration must be 0...86400 seconds") }
+        guard killRate >= 0, killRate <= 100 else { throw ValidationError("--kill-rate must be 0...100 per second") }
+        guard Mix.validate(mix) else { throw ValidationError("--mix must look like lock=40,tx=30,queue=30") }
+    }
+
+    func run() async throws {
+        let path = PoolPath.resolve(pool)
+        let pool = try Pool.open(path: path)
+        let files = StressFiles(pool: path)
+        try prepare(pool, files)
+        let stats = try SharedStats(path: files.stats, create: true)
+        let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        let tty = isatty(1) != 0 && !json
+        var rng = SplitMix(seed: seed)
+        var nextID = 0
+        var workers: [Int32: Process] = [:]
+        var killTimes: [Int32: Int64] = [:]
+        func spawn() throws {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: me)
+            p.arguments = ["worker", "--pool", path, "--id", "\(nextID)", "--seed", "\(seed)", "--mix", mix]
+            try p.run()
+            workers[p.processIdentifier] = p
+            nextID += 1
+        }
+        if !json { say("pmll-stress: \(processes) processes, \(duration)s, kill rate \(killRate)/s, seed \(seed), mix \(mix), pool \(path)") }
+        for _ in 0..<processes { try spawn() }
+
+        let start = monotonicNanoseconds()
+        var nextKill = start + exponential(&rng)
+        var lastTotal: UInt64 = 0, lastProgress = start, lastPrint = start
+        var hang: String?
+        while monotonicNanoseconds() - start < Int64(duration * 1e9) {
+            usleep(50_000)
+            let now = monotonicNanoseconds()
+            if killRate > 0 && now >= nextKill, let victim = workers.keys.randomElement(using: &rng) {
+                kill(victim, SIGKILL)
+                killTimes[victim] = monotonicNanoseconds()
+                workers[victim]?.waitUntilExit()
+                workers[victim] = nil
+                try spawn()
+                nextKill = now + exponential(&rng)
+            }
+            let totals = stats.totals(workers: nextID)
+            if totals.total != lastTotal { lastTotal = totals.total; lastProgress = now }
+            if Double(now - lastProgress) / 1e9 > hangTimeout {
+                hang = describeHang(pool)
+                break
+            }
+            if now - lastPrint >= (tty ? 250_000_000 : 1_000_000_000) {
+                lastPrint = now
+                let line = progressLine(totals, elapsed: Double(now - start) / 1e9, kills: killTimes.count)
+                if tty { FileHandle.standardOutput.write(Data("\r\u{1B}[K\(line)".utf8)) } else if !json { say(line) }
+            }
+        }
+        let elapsed = Double(monotonicNanoseconds() - start) / 1e9
+        for (pid, p) in workers { kill(pid, SIGKILL); p.waitUntilExit() }
+        if tty { FileHandle.standardOutput.write(Data("\n".utf8)) }
+
+        let summary = try await finish(pool, files, stats: stats, workers: nextID, elapsed: elapsed, kills: killTimes, hang: hang)
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            print(String(decoding: try encoder.encode(summary), as: UTF8.self))
+        } else {
+            summary.print()
+        }
+        if !summary.violations.isEmpty || summary.hang != nil { throw ExitCode(1) }
+    }
+
+    /// Fresh counter and logs; accounts funded if the pool has none yet.
+    func prepare(_ pool: Pool, _ files: StressFiles) throws {
+        try FileManager.default.createDirectory(atPath: files.directory, withIntermediateDirectories: true)
+        for file in [files.counter, files.counterLog, files.queueLog, files.takeovers] {
+            FileManager.default.createFile(atPath: file, contents: Data())
+        }
+        try pool.transaction { tx in
+            for i in 0..<StressFiles.accounts where try tx.get("stress/acct/\(i)") == nil {
+                try tx.set("stress/acct/\(i)", String(StressFiles.initialBalance))
+            }
+        }
+    }
+
+    func exponential(_ rng: inout SplitMix) -> Int64 {
+        guard killRate > 0 else { return .max }
+        let u = max(Double(rng.next() % 1_000_000) / 1_000_000, 1e-6)
+        return Int64(-log(u) / killRate * 1e9)
+    }
+
+    func progressLine(_ t: SharedStats.Totals, elapsed: Double, kills: Int) -> String {
+        String(format: "%6.1fs  %d procs  %llu ops (%.0f/s)  lock %llu  tx %llu  queue %llu  kills %d  owner deaths %llu  repairs %llu  errors %llu",
+               elapsed, processes, t.total, Double(t.total) / max(elapsed, 0.001), t.operations[0], t.operations[1], t.operations[2],
+               kills, t.ownerDeaths, t.repairs, t.errors)
+    }
+
+    /// Who holds what when nothing moves: locks with holders and queues with waiting work.
+    func describeHang(_ pool: Pool) -> String {
+        let status = pool.status(includingSelf: false)
+        let held = status.locks.filter { $0.state != .free }.map { "lock '\($0.name)' \($0.state.rawValue) by \($0.holder?.description ?? "?") for \($0.heldForSeconds ?? 0)s, \($0.waiters) waiting" }
+        let queues = status.queues.filter { $0.pending > 0 }.map { "queue '\($0.name)': \($0.pending) pending, serving ticket \($0.serving)" }
+        return "no progress for \(hangTimeout)s: " + (held + queues).joined(separator: "; ")
+    }
+
+    func finish(_ pool: Pool, _ files: StressFiles, stats: SharedStats, workers: Int, elapsed: Double, kills: [Int32: Int64], hang: String?) async throws -> Summary {
+        var violations: [String] = []
+        // Recovery: abandoned queue operations, then the counter under its lock.
+        let recovery = try await pool.recover(handlers: ["stress": { _ in }])
+        if !(try pool.abandonedOperations()).isEmpty { violations.append("abandoned queue operations remain after recovery") }
+        let counterLock = try pool.lock(named: "stress/counter", level: .filesystem)
+        let counter = open(files.counter, O_RDWR | O_CLOEXEC)
+        defer { close(counter) }
+        var repairedAtEnd = false
+        try await counterLock.withLock(timeout: .seconds(10)) { grant in
+            if grant.previousOwnerDeath != nil {
+                StressFiles.writeCounter(counter, StressFiles.countLines(files.counterLog))
+                repairedAtEnd = true
+            }
+        }
+        // Invariants.
+        let counted = StressFiles.readCounter(counter), logged = StressFiles.countLines(files.counterLog)
+        if counted != logged { violations.append("counter is \(counted) but \(logged) increments were logged") }
+        var total = 0
+        for i in 0..<StressFiles.accounts {
+            total += Int(String(decoding: try pool.value(for: "stress/acct/\(i)") ?? [], as: UTF8.self)) ?? 0
+        }
+        if total != StressFiles.accounts * StressFiles.initialBalance {
+            violations.append("accounts total \(total), not \(StressFiles.accounts * StressFiles.initialBalance)")
+        }
+        violations += try queueOrderViolations(pool, files)
+        let check = try pool.check()
+        violations += check.problems.map { "check: \($0)" }
+        let totals = stats.totals(workers: workers)
+        if totals.errors > 0 { violations.append("\(totals.errors) operations failed (see stderr)") }
+        // Takeover latency: from a SIGKILL to the next acquirer told of that death.
+        var takeover = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
+        for line in ((try? String(contentsOfFile: files.takeovers, encoding: .utf8)) ?? "").split(separator: "\n") {
+            let f = line.split(separator: " ")
+            if f.count == 2, let pid = Int32(f[0]), let t = Int64(f[1]), let killed = kills[pid], t > killed {
+                _ = takeover.record(UInt64(t - killed))
+            }
+        }
+        let lockStats = pool.status().locks.filter { $0.name.hasPrefix("stress/") }
+        return Summary(
+            seconds: elapsed, processes: processes, killRate: killRate, seed: seed, kills: kills.count,
+            operations: Dictionary(uniqueKeysWithValues: zip(SharedStats.kinds, totals.operations)),
+            operationsPerSecond: Double(totals.total) / elapsed,
+            p50Microseconds: Dictionary(uniqueKeysWithValues: SharedStats.kinds.indices.map { (SharedStats.kinds[$0], totals.quantile(0.5, kind: $0)) }),
+            p99Microseconds: Dictionary(uniqueKeysWithValues: SharedStats.kinds.indices.map { (SharedStats.kinds[$0], totals.quantile(0.99, kind: $0)) }),
+            ownerDeathsDetected: lockStats.map(\.ownerDeaths).reduce(0, +),
+            takeoverP50Milliseconds: takeover.totalCount > 0 ? Double(takeover.valueAtPercentile(50)) / 1e6 : nil,
+            takeoverP99Milliseconds: takeover.totalCount > 0 ? Double(takeover.valueAtPercentile(99)) / 1e6 : nil,
+            recoveries: Int(totals.repairs) + (repairedAtEnd ? 1 : 0) + recovery.items.count,
+            abandonedQueueOperations: try pool.queue(named: "stress-q").stats.abandoned,
+            violations: violations, hang: hang)
+    }
+
+    /// Queue operations ran one at a time in ticket order: B/E pairs with increasing tickets;
+    /// a B without its E only for an operation whose worker was killed (abandoned).
+    func queueOrderViolations(_ pool: Pool, _ files: StressFiles) throws -> [String] {
+        let records = Dictionary(try pool.queue(named: "stress-q").records.map { ($0.ticket, $0.state) }) { a, _ in a }
+        let lines = ((try? String(contentsOfFile: files.queueLog, encoding: .utf8)) ?? "").split(separator: "\n")
+        var violations: [String] = []
+        var previous: UInt64?, open: UInt64?
+        for line in lines {
+            let f = line.split(separator: " ")
+            guard f.count == 2, let ticket = UInt64(f[1]) else { violations.append("queue log line '\(line)'"); continue }
+            if f[0] == "B" {
+                if let o = open, let state = records[o], state != .abandoned {
+                    violations.append("queue operation \(o) was interrupted but is recorded \(state.rawValue)")
+                }
+                if let p = previous, ticket <= p { violations.append("queue ticket \(ticket) ran after \(p)") }
+                previous = ticket
+                open = ticket
+            } else {
+                if open != ticket { violations.append("queue operation \(ticket) ended while \(open.map(String.init) ?? "none") was running") }
+                open = nil
+            }
+        }
+        return Array(violations.prefix(10))
+    }
+}
+
+struct Summary: Codable {
+    let seconds: Double
+    let processes: Int
+    let killRate: Double
+    let seed: UInt64
+    let kills: Int
+    let operations: [String: UInt64]
+    let operationsPerSecond: Double
+    let p50Microseconds: [String: Double]
+    let p99Microseconds: [String: Double]
+    let ownerDeathsDetected: UInt64
+    let takeoverP50Milliseconds: Double?
+    let takeoverP99Milliseconds: Double?
+    let recoveries: Int
+    let abandonedQueueOperations: UInt64
+    let violations: [String]
+    let hang: String?
+
+    func print() {
+        say(String(format: "summary: %.1fs, %d processes, %d kills, %llu operations (%.0f/s): lock %llu, tx %llu, queue %llu",
+                   seconds, processes, kills, operations.values.reduce(0, +), operationsPerSecond,
+                   operations["lock"] ?? 0, operations["tx"] ?? 0, operations["queue"] ?? 0))
+        say("latency p50/p99 (µs, log2 buckets): " + SharedStats.kinds.map { "\($0) \(Int(p50Microseconds[$0] ?? 0))/\(Int(p99Microseconds[$0] ?? 0))" }.joined(separator: ", "))
+        say("owner deaths detected \(ownerDeathsDetected), takeover p50 \(takeoverP50Milliseconds.map { String(format: "%.2f", $0) } ?? "-") ms, p99 \(takeoverP99Milliseconds.map { String(format: "%.2f", $0) } ?? "-") ms, recoveries \(recoveries), abandoned queue operations \(abandonedQueueOperations)")
+        if let hang { say("HANG: \(hang)") }
+        for v in violations { say("VIOLATION: \(v)") }
+        say(violations.isEmpty && hang == nil ? "verdict: OK — every invariant held" : "verdict: FAILED")
+    }
+}
+
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}

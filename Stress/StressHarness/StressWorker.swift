@@ -1,0 +1,139 @@
+import ArgumentParser
+import Foundation
+import PMLL
+import PMLLStressSupport
+
+/// One worker process: loops over a seeded mix of operations against the shared invariants.
+///  - lock: a counter file and an append-only log next to the pool, changed under one lock;
+///    after an owner death the counter is rebuilt from the log (the log is the truth);
+///  - tx: a transfer between two accounts in a transaction under both accounts' locks;
+///  - queue: an operation of the queue `stress-q` that logs its begin and end.
+struct StressWorker: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "worker", shouldDisplay: false)
+    @Option var pool: String
+    @Option var id: Int
+    @Option var seed: UInt64
+    @Option var mix: String
+
+    func run() async throws {
+        let files = StressFiles(pool: pool)
+        let stats = try SharedStats(path: files.stats, create: false)
+        stats.slot(id)[0] = UInt64(getpid())
+        let pool = try Pool.open(path: pool)
+        let counterLock = try pool.lock(named: "stress/counter", level: .filesystem)
+        let accounts = try (0..<StressFiles.accounts).map { try pool.lock(named: "stress/acct/\($0)", level: .package) }
+        let queue = try pool.queue(named: "stress-q")
+        let weights = Mix.parse(mix)
+        var rng = SplitMix(seed: seed ^ UInt64(id) &* 0x9E37_79B9)
+        let counter = open(files.counter, O_RDWR | O_CLOEXEC), log = open(files.counterLog, O_WRONLY | O_APPEND | O_CLOEXEC)
+        let queueLog = open(files.queueLog, O_WRONLY | O_APPEND | O_CLOEXEC)
+
+        while true {
+            let kind = weights.pick(&rng)
+            let start = monotonicNanoseconds()
+            do {
+                switch kind {
+                case 0:
+                    try await counterLock.withLock(timeout: .seconds(30)) { grant in
+                        if let death = grant.previousOwnerDeath {
+                            stats.add(id, 5)
+                            appendLine(files.takeovers, "\(death.pid) \(monotonicNanoseconds())")
+                            StressFiles.writeCounter(counter, StressFiles.countLines(files.counterLog))
+                            stats.add(id, 6)
+                        }
+                        let value = StressFiles.readCounter(counter)
+                        StressFiles.writeCounter(counter, value + 1)
+                        _ = "\(id)\n".withCString { write(log, $0, strlen($0)) }
+                    }
+                case 1:
+                    let a = Int(rng.next() % UInt64(StressFiles.accounts))
+                    let b = (a + 1 + Int(rng.next() % UInt64(StressFiles.accounts - 1))) % StressFiles.accounts
+                    let amount = Int(rng.next() % 50) + 1
+                    try await pool.withLocks([accounts[a], accounts[b]], timeout: .seconds(30)) { grant in
+                        if let death = grant.previousOwnerDeath {
+                            stats.add(id, 5)
+                            appendLine(files.takeovers, "\(death.pid) \(monotonicNanoseconds())")
+                        }
+                        try pool.transaction { tx in
+                            let from = Int(try tx.getString("stress/acct/\(a)") ?? "0")!
+                            let to = Int(try tx.getString("stress/acct/\(b)") ?? "0")!
+                            let moved = min(from, amount)
+                            try tx.set("stress/acct/\(a)", String(from - moved))
+                            try tx.set("stress/acct/\(b)", String(to + moved))
+                        }
+                    }
+                default:
+                    try await queue.execute(kind: "stress", timeout: .seconds(30)) { op in
+                        _ = "B \(op.ticket)\n".withCString { write(queueLog, $0, strlen($0)) }
+                        _ = "E \(op.ticket)\n".withCString { write(queueLog, $0, strlen($0)) }
+                    }
+                }
+                stats.add(id, 1 + kind)
+                stats.latency(id, kind: kind, nanoseconds: monotonicNanoseconds() - start)
+            } catch {
+                stats.add(id, 4)
+                FileHandle.standardError.write(Data("worker \(id): \(error)\n".utf8))
+            }
+        }
+    }
+}
+
+/// Where the shared invariants live, next to the pool.
+struct StressFiles {
+    static let accounts = 8
+    static let initialBalance = 1000
+    let directory: String
+    init(pool: String) { directory = pool + ".stress" }
+    var stats: String { directory + "/stats" }
+    var counter: String { directory + "/counter" }
+    var counterLog: String { directory + "/counter.log" }
+    var queueLog: String { directory + "/queue.log" }
+    var takeovers: String { directory + "/takeovers" }
+
+    static func readCounter(_ fd: Int32) -> Int {
+        var buffer = [UInt8](repeating: 0, count: 20)
+        let n = pread(fd, &buffer, 20, 0)
+        return n > 0 ? Int(String(decoding: buffer[..<n], as: UTF8.self).trimmingCharacters(in: .whitespaces)) ?? 0 : 0
+    }
+
+    /// One pwrite of a fixed-width number: a SIGKILL cannot tear it.
+    static func writeCounter(_ fd: Int32, _ value: Int) {
+        let text = Array(String(value).padding(toLength: 20, withPad: " ", startingAt: 0).utf8)
+        _ = pwrite(fd, text, 20, 0)
+    }
+
+    static func countLines(_ path: String) -> Int {
+        ((try? Data(contentsOf: URL(fileURLWithPath: path))) ?? Data()).filter { $0 == 0x0A }.count
+    }
+}
+
+/// Operation mix, e.g. "lock=40,tx=30,queue=30".
+struct Mix {
+    let weights: [Int]
+
+    static func parse(_ text: String) -> Mix {
+        var weights = [40, 30, 30]
+        for part in text.split(separator: ",") {
+            let kv = part.split(separator: "=")
+            guard kv.count == 2, let i = SharedStats.kinds.firstIndex(of: String(kv[0])), let w = Int(kv[1]), w >= 0 else { continue }
+            weights[i] = w
+        }
+        return Mix(weights: weights)
+    }
+
+    static func validate(_ text: String) -> Bool {
+        text.split(separator: ",").allSatisfy { part in
+            let kv = part.split(separator: "=")
+            return kv.count == 2 && SharedStats.kinds.contains(String(kv[0])) && Int(kv[1]).map { $0 >= 0 } == true
+        } && parse(text).weights.reduce(0, +) > 0
+    }
+
+    func pick(_ rng: inout SplitMix) -> Int {
+        var r = Int(rng.next() % UInt64(weights.reduce(0, +)))
+        for (i, w) in weights.enumerated() {
+            if r < w { return i }
+            r -= w
+        }
+        return 0
+    }
+}
