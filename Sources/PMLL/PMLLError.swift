@@ -52,6 +52,12 @@ public enum PMLLError: Error, Equatable, Sendable {
     case nestedTransaction
     /// A dead process's transaction could not be rolled back (its log is damaged).
     case transactionRecoveryFailed(reason: String)
+    /// A file batch is invalid (entry `index`, or the batch as a whole when nil); nothing
+    /// was touched.
+    case invalidBatch(index: Int?, reason: String)
+    /// A file batch failed while being applied (after validation); in atomic mode the tree
+    /// was restored to what it was before the batch.
+    case batchFailed(index: Int, path: String, errno: Errno)
     /// A system call failed in a way the caller did not cause directly.
     case systemCall(name: String, errno: Errno)
 }
@@ -90,6 +96,8 @@ extension PMLLError: CustomStringConvertible {
         case let .corruptRecord(key, reason): "record '\(key)' is corrupt: \(reason)"
         case .nestedTransaction: "a transaction cannot be started inside another transaction"
         case let .transactionRecoveryFailed(reason): "rolling back a dead process's transaction failed: \(reason)"
+        case let .invalidBatch(index, reason): index.map { "invalid batch entry \($0): \(reason)" } ?? "invalid batch: \(reason)"
+        case let .batchFailed(index, path, errno): "batch entry \(index) ('\(path)') failed: \(errno.description) (errno \(errno.rawValue))"
         case let .systemCall(name, errno): "\(name) failed: \(errno.description) (errno \(errno.rawValue))"
         }
     }

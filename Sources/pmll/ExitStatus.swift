@@ -25,7 +25,7 @@ enum ExitStatus {
         switch error {
         case .invalidLockName, .levelMismatch, .hierarchyViolation, .invalidOptions,
              .invalidQueueName, .queueMismatch, .invalidOperationKind, .payloadTooLarge,
-             .invalidKey, .valueTooLarge, .nestedTransaction: usage
+             .invalidKey, .valueTooLarge, .nestedTransaction, .invalidBatch: usage
         case .notAPool, .unsupportedFormatVersion, .corruptPool, .corruptRecord, .transactionRecoveryFailed: badPool
         case .poolNotFound, .invalidPoolPath: noPool
         case .permissionDenied, .foreignOwner: permission
@@ -33,6 +33,7 @@ enum ExitStatus {
         case .cancelled: interrupted
         case .poolFull: poolFull
         case .systemCall: system
+        case .batchFailed(_, _, let errno): errno == .permissionDenied || errno == .readOnlyFileSystem ? permission : errno == .noSpace ? poolFull : system
         }
     }
 }

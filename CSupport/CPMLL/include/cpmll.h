@@ -430,6 +430,29 @@ const char *pmll_pmem_errormsg(void);
 // Durable barriers (persist or msync calls) made by this process so far.
 uint64_t pmll_barrier_count(void);
 
+// MARK: - io_uring (liburing) for file batches
+
+typedef struct pmll_uring pmll_uring_t;
+
+// Sets up a ring with `files` fixed-file slots (a sparse table we fill ourselves: liburing
+// 2.3's IORING_FILE_INDEX_ALLOC is broken) and raises the io-wq worker limit. 0 or -errno
+// (-EPERM/-ENOSYS when io_uring is disabled or filtered; -EINVAL on old kernels).
+int pmll_uring_create(unsigned entries, unsigned files, pmll_uring_t *_Nullable *_Nonnull out);
+void pmll_uring_destroy(pmll_uring_t *ring);
+// 0 if every opcode the batches need is supported, else -EOPNOTSUPP.
+int pmll_uring_probe_ops(pmll_uring_t *ring);
+
+// Writes n new files, each as one linked chain on its own fixed slot:
+// openat(dirfd, name, O_CREAT|O_EXCL|O_WRONLY, mode) -> write -> [fsync] -> close.
+// results[i] = 0 or -errno of the first failing step (a failed write cancels the rest of its
+// chain; its slot is closed here). Returns 0, or -errno if submitting itself failed (then the
+// caller falls back to plain syscalls).
+int pmll_uring_write_files(pmll_uring_t *ring, int n, const int *dirfds, const char *_Nonnull const *_Nonnull names,
+                           const void *_Nonnull const *_Nonnull datas, const size_t *lengths, const unsigned *modes,
+                           int do_fsync, int *results);
+// fsync of n descriptors in parallel (directories after renames). Same return convention.
+int pmll_uring_fsync_fds(pmll_uring_t *ring, int n, const int *fds, int *results);
+
 // MARK: - Misc
 
 uint32_t pmll_crc32c(uint32_t crc, const void *_Nullable data, size_t length);

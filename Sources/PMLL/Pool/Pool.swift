@@ -74,6 +74,7 @@ public final class Pool: Sendable {
             do throws(PMLLError) {
                 if let pool = try Pool(attaching: fd, path: path, created: created, options: options) {
                     try pool.storeReady()   // roll back transactions of dead processes
+                    _ = try? pool.recoverFileBatches()   // and their half-applied file batches
                     return pool
                 }
             } catch {

@@ -72,6 +72,18 @@ public struct HardenedQueue: Sendable {
         return results
     }
 
+    static let fileBatchKind = "pmll.file-batch"
+
+    /// Applies a file batch as one operation of this queue (the design's
+    /// `pmll_execute_batch_operation`): in order with every other operation on the resource,
+    /// recorded, and, if atomic, rolled back by recovery should this process die.
+    public func apply(_ batch: FileBatch, root: String, atomic: Bool = true, timeout: Duration?? = nil) async throws -> BatchReport {
+        let pool = self.pool
+        return try await execute(kind: Self.fileBatchKind, payload: Array(root.utf8.prefix(1024)), timeout: timeout, retry: RetryPolicy(maxRetries: 0)) { _ in
+            try pool.apply(batch, root: root, atomic: atomic)
+        }
+    }
+
     /// Statistics kept in the pool.
     public var stats: QueueStats { QueueStatistics.snapshot(engine.head) }
 

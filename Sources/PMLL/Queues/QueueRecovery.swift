@@ -17,6 +17,8 @@ public struct RecoveryReport: Codable, Sendable {
         public let outcome: Outcome
     }
     public var items: [Item] = []
+    /// Atomic file batches of dead processes that were rolled back (or cleaned up).
+    public var fileBatchesRolledBack = 0
 }
 
 extension Pool {
@@ -58,6 +60,10 @@ extension Pool {
     /// handler registered for each abandoned, not yet recovered operation's kind.
     public func recover(handlers: [String: RecoveryHandler], timeout: Duration = .seconds(30)) async throws -> RecoveryReport {
         var report = RecoveryReport()
+        report.fileBatchesRolledBack = try recoverFileBatches()
+        var handlers = handlers
+        // A file batch run as a queue operation recovers through its own journal (above).
+        handlers[HardenedQueue.fileBatchKind] = handlers[HardenedQueue.fileBatchKind] ?? { _ in }
         for (index, head) in try QueueTable(memory: memory, path: path).all() {
             let persistent = head.pointee.flags & PMLL_QUEUE_FLAG_PERSISTENT != 0
             let engine = QueueEngine(pool: self, index: index, submitLock: head.pointee.submit_lock,

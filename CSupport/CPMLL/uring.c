@@ -1,0 +1,135 @@
+#define _GNU_SOURCE
+#include "cpmll.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct pmll_uring {
+    struct io_uring ring;
+    unsigned files;
+};
+
+int pmll_uring_create(unsigned entries, unsigned files, pmll_uring_t **out) {
+    pmll_uring_t *r = calloc(1, sizeof *r);
+    if (!r) return -ENOMEM;
+    int rc = io_uring_queue_init(entries, &r->ring, 0);   // liburing returns -errno, never sets errno
+    if (rc < 0) { free(r); return rc; }
+    rc = io_uring_register_files_sparse(&r->ring, files);
+    if (rc < 0) { io_uring_queue_exit(&r->ring); free(r); return rc; }
+    r->files = files;
+    unsigned workers[2] = {16, 16};                       // bounded (regular files), unbounded
+    (void)io_uring_register_iowq_max_workers(&r->ring, workers);
+    *out = r;
+    return 0;
+}
+
+void pmll_uring_destroy(pmll_uring_t *r) {
+    io_uring_queue_exit(&r->ring);
+    free(r);
+}
+
+int pmll_uring_probe_ops(pmll_uring_t *r) {
+    struct io_uring_probe *probe = io_uring_get_probe_ring(&r->ring);
+    if (!probe) return -EOPNOTSUPP;
+    int ops[] = {IORING_OP_OPENAT, IORING_OP_WRITE, IORING_OP_FSYNC, IORING_OP_CLOSE};
+    int ok = 1;
+    for (unsigned i = 0; i < sizeof ops / sizeof ops[0]; i++) ok &= io_uring_opcode_supported(probe, ops[i]);
+    io_uring_free_probe(probe);
+    return ok ? 0 : -EOPNOTSUPP;
+}
+
+// user_data = file index << 3 | step
+static int reap(pmll_uring_t *r, unsigned count, int *results, const size_t *lengths) {
+    for (unsigned done = 0; done < count; done++) {
+        struct io_uring_cqe *cqe;
+        int rc = io_uring_wait_cqe(&r->ring, &cqe);
+        if (rc < 0) return rc;
+        int index = (int)(cqe->user_data >> 3);
+        int step = (int)(cqe->user_data & 7);
+        int res = cqe->res;
+        io_uring_cqe_seen(&r->ring, cqe);
+        // A chain member cancelled because an earlier one failed reports -ECANCELED: keep the
+        // first real error. A short write is an error too.
+        if (res < 0 && res != -ECANCELED && results[index] == 0) results[index] = res;
+        // A short write to a new regular file means the filesystem ran out of space (or the
+        // process hit RLIMIT_FSIZE): report it as the syscall path would.
+        if (step == 1 && lengths && res >= 0 && results[index] == 0 && (size_t)res != lengths[index]) results[index] = -ENOSPC;
+    }
+    return 0;
+}
+
+int pmll_uring_write_files(pmll_uring_t *r, int n, const int *dirfds, const char *const *names,
+                           const void *const *datas, const size_t *lengths, const unsigned *modes,
+                           int do_fsync, int *results) {
+    unsigned per = do_fsync ? 4 : 3;
+    unsigned sq = io_uring_sq_space_left(&r->ring);
+    int group = (int)(r->files < sq / per ? r->files : sq / per);
+    if (group < 1) return -EINVAL;
+    memset(results, 0, sizeof(int) * (size_t)n);
+    for (int base = 0; base < n; base += group) {
+        int count = n - base < group ? n - base : group;
+        unsigned submitted = 0;
+        for (int k = 0; k < count; k++) {
+            int i = base + k;
+            unsigned slot = (unsigned)k;
+            struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+            // No O_CLOEXEC: direct descriptors never reach the fd table, and the kernel rejects it.
+            io_uring_prep_openat_direct(sqe, dirfds[i], names[i], O_CREAT | O_EXCL | O_WRONLY, modes[i], slot);
+            sqe->flags |= IOSQE_IO_LINK;
+            sqe->user_data = (uint64_t)i << 3 | 0;
+            sqe = io_uring_get_sqe(&r->ring);
+            io_uring_prep_write(sqe, (int)slot, datas[i], (unsigned)lengths[i], 0);
+            sqe->flags |= IOSQE_IO_LINK | IOSQE_FIXED_FILE;
+            sqe->user_data = (uint64_t)i << 3 | 1;
+            if (do_fsync) {
+                sqe = io_uring_get_sqe(&r->ring);
+                io_uring_prep_fsync(sqe, (int)slot, 0);
+                sqe->flags |= IOSQE_IO_LINK | IOSQE_FIXED_FILE;
+                sqe->user_data = (uint64_t)i << 3 | 2;
+            }
+            sqe = io_uring_get_sqe(&r->ring);
+            io_uring_prep_close_direct(sqe, slot);
+            sqe->user_data = (uint64_t)i << 3 | 3;
+            submitted += per;
+        }
+        int rc = io_uring_submit(&r->ring);
+        if (rc < 0) return rc;
+        rc = reap(r, submitted, results, lengths);
+        if (rc < 0) return rc;
+        // A cancelled close leaks its slot: close every slot of this group ourselves (harmless
+        // when already closed).
+        for (int k = 0; k < count; k++) {
+            struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+            io_uring_prep_close_direct(sqe, (unsigned)k);
+            sqe->user_data = UINT64_MAX;
+        }
+        rc = io_uring_submit_and_wait(&r->ring, (unsigned)count);
+        if (rc < 0) return rc;
+        for (int k = 0; k < count; k++) {
+            struct io_uring_cqe *cqe;
+            if (io_uring_wait_cqe(&r->ring, &cqe) < 0) break;
+            io_uring_cqe_seen(&r->ring, cqe);
+        }
+    }
+    return 0;
+}
+
+int pmll_uring_fsync_fds(pmll_uring_t *r, int n, const int *fds, int *results) {
+    memset(results, 0, sizeof(int) * (size_t)n);
+    unsigned sq = io_uring_sq_space_left(&r->ring);
+    for (int base = 0; base < n; base += (int)sq) {
+        int count = n - base < (int)sq ? n - base : (int)sq;
+        for (int k = 0; k < count; k++) {
+            struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+            io_uring_prep_fsync(sqe, fds[base + k], 0);
+            sqe->user_data = (uint64_t)(base + k) << 3 | 2;
+        }
+        int rc = io_uring_submit(&r->ring);
+        if (rc < 0) return rc;
+        rc = reap(r, (unsigned)count, results, NULL);
+        if (rc < 0) return rc;
+    }
+    return 0;
+}

@@ -1,0 +1,350 @@
+import CPMLL
+import Foundation
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What applying a batch did.
+public struct BatchReport: Sendable, Codable, Equatable {
+    public let backend: IOBackendKind
+    public let atomic: Bool
+    /// "ok", or the error of that entry (non-atomic mode reports each; atomic mode fails whole).
+    public let results: [String]
+    public let nanoseconds: Int64
+}
+
+/// One planned step of an atomic batch, as recorded in its journal (Docs/FileBatches.md).
+struct BatchStep: Codable {
+    var op: String
+    var path: String
+    var to: String?
+    var temp: String
+    var backup: String
+    var existed: Bool
+    var toExisted: Bool
+    var createdDirs: [String]
+}
+
+struct BatchJournal: Codable {
+    var id: String
+    var root: String
+    var owner: UInt32
+    var phase: String          // staging, applying, committed
+    var steps: [BatchStep]
+}
+
+extension Pool {
+    static let batchPrefix = "pmll:batch/"
+
+    /// Applies `batch` below `root`. Atomic: after success every operation is durable; after
+    /// a failure, or a crash followed by recovery (on open or `pmll recover`), the tree is
+    /// exactly as before. Non-atomic: best effort, one result per entry.
+    public func apply(_ batch: FileBatch, root: String, atomic: Bool = true) throws(PMLLError) -> BatchReport {
+        try batch.validate()
+        let start = Clock.monotonicNanoseconds
+        let rootFD = Glibc.open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard rootFD >= 0 else { throw SystemCall.fileError(.current, path: root, operation: "open batch root") }
+        defer { close(rootFD) }
+        let dirs = DirectoryCache(root: rootFD)
+        defer { dirs.closeAll() }
+        let backend = IOBackend.shared
+        if !atomic {
+            let results = applyBestEffort(batch, dirs: dirs, backend: backend)
+            return BatchReport(backend: backend.kind, atomic: false, results: results, nanoseconds: Clock.monotonicNanoseconds - start)
+        }
+        let id = String(UInt64.random(in: 0...UInt64.max), radix: 36)
+        var journal = BatchJournal(id: id, root: Self.absolute(root), owner: token, phase: "staging",
+                                   steps: try plan(batch, id: id, dirs: dirs))
+        try writeJournal(journal)
+        do {
+            try stage(batch, journal: journal, dirs: dirs, backend: backend)
+            CrashPoint.hit("batch.staged")
+            journal.phase = "applying"
+            try writeJournal(journal)
+            try applySteps(journal, dirs: dirs, backend: backend, fsyncs: batch.operations.compactMap { if case .fsync(let p) = $0 { p } else { nil } })
+        } catch {
+            undo(journal, dirs: dirs)
+            try? deleteJournal(id)
+            throw error
+        }
+        journal.phase = "committed"
+        try writeJournal(journal)
+        CrashPoint.hit("batch.committed")
+        cleanUp(journal, dirs: dirs)
+        try deleteJournal(id)
+        return BatchReport(backend: backend.kind, atomic: true, results: batch.operations.map { _ in "ok" },
+                           nanoseconds: Clock.monotonicNanoseconds - start)
+    }
+
+    // MARK: plan and journal
+
+    /// Plans each step against the tree as the earlier steps of the batch will have left it,
+    /// so that a step may use what an earlier one creates.
+    private func plan(_ batch: FileBatch, id: String, dirs: DirectoryCache) throws(PMLLError) -> [BatchStep] {
+        var steps: [BatchStep] = []
+        var created = Set<String>(), removed = Set<String>()
+        func exists(_ path: String) -> Bool { created.contains(path) || (!removed.contains(path) && dirs.exists(path)) }
+        for (n, op) in batch.operations.enumerated() {
+            var step = BatchStep(op: "", path: op.paths[0], to: nil, temp: ".pmll-tmp-\(id)-\(n)", backup: ".pmll-bak-\(id)-\(n)",
+                                 existed: exists(op.paths[0]), toExisted: false, createdDirs: [])
+            switch op {
+            case .write(let path, _, _):
+                step.op = "write"
+                created.insert(path); removed.remove(path)
+            case .replace:
+                step.op = "replace"
+                guard step.existed else { throw .invalidBatch(index: n, reason: "'\(step.path)' does not exist (replace needs an existing file)") }
+            case .delete(let path):
+                step.op = "delete"
+                guard step.existed else { throw .invalidBatch(index: n, reason: "'\(step.path)' does not exist") }
+                removed.insert(path); created.remove(path)
+            case .mkdir(let path, _):
+                step.op = "mkdir"
+                var prefix = ""
+                for component in path.split(separator: "/") {
+                    prefix = prefix.isEmpty ? String(component) : prefix + "/" + component
+                    if !exists(prefix) { step.createdDirs.append(prefix); created.insert(prefix) }
+                }
+            case .rename(let from, let to):
+                step.op = "rename"
+                step.to = to
+                step.toExisted = exists(to)
+                guard step.existed else { throw .invalidBatch(index: n, reason: "'\(from)' does not exist") }
+                removed.insert(from); created.remove(from)
+                created.insert(to); removed.remove(to)
+            case .fsync: step.op = "fsync"
+            }
+            steps.append(step)
+        }
+        return steps
+    }
+
+    private func writeJournal(_ journal: BatchJournal) throws(PMLLError) {
+        let key = Self.batchPrefix + journal.id
+        let bytes: [UInt8]
+        do { bytes = Array(try JSONEncoderShim.encode(journal)) } catch { throw .invalidBatch(index: nil, reason: "cannot encode journal: \(error)") }
+        guard bytes.count <= Int(PMLL_VALUE_MAX) else {
+            throw .invalidBatch(index: nil, reason: "too many entries for one atomic batch (journal of \(bytes.count) bytes; the limit is \(PMLL_VALUE_MAX))")
+        }
+        try internalTransaction { tx throws(PMLLError) in try tx.setInternal(key, bytes) }
+    }
+
+    private func deleteJournal(_ id: String) throws(PMLLError) {
+        try internalTransaction { tx throws(PMLLError) in try tx.deleteInternal(Self.batchPrefix + id) }
+    }
+
+    // MARK: phases
+
+    /// Creates the planned directories, then writes every new content into a temporary next
+    /// to its target, fsynced, through the backend (io_uring chains or the thread pool).
+    private func stage(_ batch: FileBatch, journal: BatchJournal, dirs: DirectoryCache, backend: IOBackend) throws(PMLLError) {
+        for (n, op) in batch.operations.enumerated() {
+            guard case .mkdir(_, let mode) = op else { continue }
+            for dir in journal.steps[n].createdDirs {
+                let (parent, name) = PathGuard.split(dir)
+                let fd = try dirs.directory(parent, index: n)
+                if mkdirat(fd, name, mode_t(mode)) != 0 && errno != EEXIST { throw .batchFailed(index: n, path: dir, errno: .current) }
+            }
+        }
+        var items: [IOBackend.WriteItem] = [], indexes: [Int] = []
+        for (n, op) in batch.operations.enumerated() {
+            switch op {
+            case .write(let path, let data, let mode), .replace(let path, let data, let mode):
+                items.append(.init(dirfd: try dirs.directory(PathGuard.split(path).parent, index: n), name: journal.steps[n].temp, data: data, mode: mode))
+                indexes.append(n)
+            default: continue
+            }
+        }
+        let results = backend.writeFiles(items, fsync: true)
+        for (k, rc) in results.enumerated() where rc != 0 {
+            throw .batchFailed(index: indexes[k], path: journal.steps[indexes[k]].path, errno: Errno(rawValue: -rc))
+        }
+        // O_CREAT's mode is masked by the umask: set the requested one exactly.
+        for (k, item) in items.enumerated() where fchmodat(item.dirfd, item.name, mode_t(item.mode), 0) != 0 {
+            throw .batchFailed(index: indexes[k], path: journal.steps[indexes[k]].path, errno: .current)
+        }
+    }
+
+    /// Renames in order (keeping what is replaced or deleted as a backup), then fsyncs every
+    /// directory touched and the files asked for.
+    private func applySteps(_ journal: BatchJournal, dirs: DirectoryCache, backend: IOBackend, fsyncs: [String]) throws(PMLLError) {
+        var touched = Set<Int32>()
+        for (n, step) in journal.steps.enumerated() {
+            let (parent, name) = PathGuard.split(step.path)
+            let fd = try dirs.directory(parent, index: n)
+            func rename(_ a: Int32, _ from: String, _ b: Int32, _ to: String) throws(PMLLError) {
+                guard renameat(a, from, b, to) == 0 else { throw .batchFailed(index: n, path: step.path, errno: .current) }
+                touched.insert(a)
+                touched.insert(b)
+                CrashPoint.hit("batch.renamed")
+            }
+            switch step.op {
+            case "write", "replace":
+                if step.existed { try rename(fd, name, fd, step.backup) }
+                try rename(fd, step.temp, fd, name)
+            case "delete":
+                try rename(fd, name, fd, step.backup)
+            case "rename":
+                let (toParent, toName) = PathGuard.split(step.to!)
+                let toFD = try dirs.directory(toParent, index: n)
+                if step.toExisted { try rename(toFD, toName, toFD, step.backup) }
+                try rename(fd, name, toFD, toName)
+            case "mkdir":
+                for dir in step.createdDirs { touched.insert(try dirs.directory(PathGuard.split(dir).parent, index: n)) }
+            default: break
+            }
+        }
+        var fds = Array(touched)
+        var owned: [Int32] = []
+        for path in fsyncs {
+            let (parent, name) = PathGuard.split(path)
+            let fd = openat(try dirs.directory(parent, index: 0), name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+            guard fd >= 0 else { throw .batchFailed(index: 0, path: path, errno: .current) }
+            owned.append(fd)
+        }
+        defer { owned.forEach { close($0) } }
+        fds += owned
+        for (k, rc) in backend.fsync(fds).enumerated() where rc != 0 {
+            throw .batchFailed(index: 0, path: k < touched.count ? "(directory)" : fsyncs[k - touched.count], errno: Errno(rawValue: -rc))
+        }
+    }
+
+    /// Puts the tree back as it was before the batch, whatever phase it reached. Idempotent.
+    func undo(_ journal: BatchJournal, dirs: DirectoryCache) {
+        var touched = Set<Int32>()
+        for step in journal.steps.reversed() {
+            let (parent, name) = PathGuard.split(step.path)
+            guard let fd = try? dirs.directory(parent, index: 0) else { continue }
+            touched.insert(fd)
+            let has = { (n: String) in dirs.existsAt(fd, n) }
+            switch step.op {
+            case "write", "replace":
+                if has(step.backup) {
+                    renameat(fd, step.backup, fd, name)
+                } else if !step.existed && !has(step.temp) && has(name) {
+                    unlinkat(fd, name, 0)
+                }
+                if has(step.temp) { unlinkat(fd, step.temp, 0) }
+            case "delete":
+                if has(step.backup) { renameat(fd, step.backup, fd, name) }
+            case "rename":
+                let (toParent, toName) = PathGuard.split(step.to!)
+                guard let toFD = try? dirs.directory(toParent, index: 0) else { continue }
+                touched.insert(toFD)
+                if !has(name) && dirs.existsAt(toFD, toName) && (!step.toExisted || dirs.existsAt(toFD, step.backup)) {
+                    renameat(toFD, toName, fd, name)
+                }
+                if dirs.existsAt(toFD, step.backup) { renameat(toFD, step.backup, toFD, toName) }
+            case "mkdir":
+                for dir in step.createdDirs.reversed() {
+                    let (p, n) = PathGuard.split(dir)
+                    if let pfd = try? dirs.directory(p, index: 0) { unlinkat(pfd, n, AT_REMOVEDIR); touched.insert(pfd) }
+                }
+            default: break
+            }
+        }
+        _ = IOBackend.shared.fsync(Array(touched))
+    }
+
+    /// After the commit: drop the backups.
+    func cleanUp(_ journal: BatchJournal, dirs: DirectoryCache) {
+        for step in journal.steps where step.op != "mkdir" && step.op != "fsync" {
+            let parent = step.op == "rename" ? PathGuard.split(step.to!).parent : PathGuard.split(step.path).parent
+            if let fd = try? dirs.directory(parent, index: 0), dirs.existsAt(fd, step.backup) { unlinkat(fd, step.backup, 0) }
+        }
+    }
+
+    private func applyBestEffort(_ batch: FileBatch, dirs: DirectoryCache, backend: IOBackend) -> [String] {
+        batch.operations.enumerated().map { n, op in
+            do {
+                let single = FileBatch([op])
+                let journal = BatchJournal(id: "", root: "", owner: token, phase: "",
+                                           steps: try plan(single, id: String(UInt64.random(in: 0...UInt64.max), radix: 36), dirs: dirs))
+                do {
+                    try stage(single, journal: journal, dirs: dirs, backend: backend)
+                    try applySteps(journal, dirs: dirs, backend: backend, fsyncs: { if case .fsync(let p) = op { [p] } else { [] } }())
+                    cleanUp(journal, dirs: dirs)
+                } catch {
+                    undo(journal, dirs: dirs)
+                    throw error
+                }
+                return "ok"
+            } catch {
+                return "\(error)"
+            }
+        }
+    }
+
+    // MARK: recovery
+
+    /// Rolls back (or finishes cleaning up) the atomic batches of processes that are gone.
+    /// Runs on open and in `recover`. Returns how many batches it handled.
+    @discardableResult
+    public func recoverFileBatches() throws(PMLLError) -> Int {
+        guard store.blockCount > 0 else { return 0 }
+        var handled = 0
+        for key in try committedKeys(prefix: Self.batchPrefix) {
+            guard let bytes = try readCommitted(key),
+                  let journal = try? JSONEncoderShim.decode(BatchJournal.self, bytes) else { continue }
+            if journal.owner != 0 && processes.isAlive(journal.owner) { continue }   // still being applied
+            let rootFD = Glibc.open(journal.root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard rootFD >= 0 else { continue }
+            let dirs = DirectoryCache(root: rootFD)
+            if journal.phase == "committed" { cleanUp(journal, dirs: dirs) } else { undo(journal, dirs: dirs) }
+            dirs.closeAll()
+            close(rootFD)
+            try internalTransaction { tx throws(PMLLError) in try tx.deleteInternal(key) }
+            handled += 1
+        }
+        return handled
+    }
+
+    static func absolute(_ path: String) -> String {
+        guard let resolved = realpath(path, nil) else { return path }
+        defer { free(resolved) }
+        return String(cString: resolved)
+    }
+}
+
+/// Directory descriptors below a root, opened one component at a time without following
+/// symlinks, cached for the batch.
+final class DirectoryCache {
+    let root: Int32
+    private var cache: [String: Int32] = [:]
+
+    init(root: Int32) { self.root = root }
+
+    func directory(_ components: [String], index: Int) throws(PMLLError) -> Int32 {
+        if components.isEmpty { return root }
+        let key = components.joined(separator: "/")
+        if let fd = cache[key] { return fd }
+        let parent = try directory(Array(components.dropLast()), index: index)
+        let fd = openat(parent, components.last!, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else {
+            let e = Errno.current
+            if e == .tooManySymbolicLinkLevels || e == .notDirectory {
+                throw .invalidBatch(index: index, reason: "'\(key)' is not a directory below the root (symlinks are not followed)")
+            }
+            throw .batchFailed(index: index, path: key, errno: e)
+        }
+        cache[key] = fd
+        return fd
+    }
+
+    func exists(_ path: String) -> Bool {
+        let (parent, name) = PathGuard.split(path)
+        guard let fd = try? directory(parent, index: 0) else { return false }
+        return existsAt(fd, name)
+    }
+
+    func existsAt(_ fd: Int32, _ name: String) -> Bool {
+        var st = stat()
+        return fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0
+    }
+
+    func closeAll() {
+        cache.values.forEach { close($0) }
+        cache.removeAll()
+    }
+}

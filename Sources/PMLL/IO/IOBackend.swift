@@ -1,0 +1,158 @@
+import CPMLL
+import Dispatch
+import Logging
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Which backend ran a batch's file I/O.
+public enum IOBackendKind: String, Sendable, Codable {
+    case uring
+    case syscalls
+}
+
+/// Batched file writes and fsyncs: io_uring (linked open/write/fsync/close chains on fixed
+/// slots, io-wq raised to 16 workers) or plain syscalls on 16 threads. Probed once per process;
+/// `PMLL_IO_BACKEND=uring|syscalls` forces one. A submit that fails with EPERM, ENOSYS,
+/// EINVAL, ENOMEM or EOPNOTSUPP switches the process to syscalls for good.
+final class IOBackend: @unchecked Sendable {
+    static let shared = IOBackend()
+    private static let logger = Logger(label: "pmll.io")
+    private let ring = Mutex<RingHandle>(RingHandle())   // the ring is used by one batch at a time
+
+    /// liburing's ring is not thread-safe; the mutex serialises its use.
+    struct RingHandle: @unchecked Sendable {
+        var pointer: OpaquePointer?
+    }
+    private let current: Atomic<Int>
+
+    struct WriteItem {
+        let dirfd: Int32
+        let name: String
+        let data: [UInt8]
+        let mode: UInt32
+    }
+
+    private init() {
+        let forced = getenv("PMLL_IO_BACKEND").map { String(cString: $0) }
+        var pointer: OpaquePointer?
+        var kind = IOBackendKind.syscalls
+        if forced != "syscalls" {
+            var r: OpaquePointer?
+            let rc = pmll_uring_create(256, 64, &r)
+            if rc == 0, let r, pmll_uring_probe_ops(r) == 0 {
+                pointer = r
+                kind = .uring
+            } else {
+                if let r { pmll_uring_destroy(r) }
+                Self.logger.info("io_uring unavailable, using syscalls", metadata: ["errno": "\(-rc)"])
+            }
+        }
+        current = Atomic(kind == .uring ? 1 : 0)
+        ring.withLock { $0.pointer = pointer }
+    }
+
+    var kind: IOBackendKind { current.load(ordering: .relaxed) == 1 ? .uring : .syscalls }
+
+    static func fallsBack(_ rc: Int32) -> Bool {
+        [EPERM, ENOSYS, EINVAL, ENOMEM, EOPNOTSUPP].contains(-rc)
+    }
+
+    /// Creates each file (O_EXCL) with its data, optionally fsynced. Returns 0 or -errno per item.
+    func writeFiles(_ items: [WriteItem], fsync: Bool) -> [Int32] {
+        if kind == .uring, let results = viaRing({ r in
+            var results = [Int32](repeating: 0, count: items.count)
+            let names = items.map { strdup($0.name)! }
+            defer { names.forEach { free($0) } }
+            let rc = withExtendedLifetime(items) { () -> Int32 in
+                let datas = items.map { item in item.data.withUnsafeBytes { UnsafeRawPointer($0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!) } }
+                let dirfds = items.map(\.dirfd), lengths = items.map { $0.data.count }, modes = items.map(\.mode)
+                let namePointers = names.map { UnsafePointer($0) }
+                return pmll_uring_write_files(r, Int32(items.count), dirfds, namePointers, datas, lengths, modes, fsync ? 1 : 0, &results)
+            }
+            return (rc, results)
+        }) { return results }
+        var results = [Int32](repeating: 0, count: items.count)
+        results.withUnsafeMutableBufferPointer { out in
+            let out = SendableBuffer(out)
+            Self.parallel(items.count) { i in
+                let item = items[i]
+                let fd = openat(item.dirfd, item.name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, mode_t(item.mode))
+                guard fd >= 0 else { out[i] = -errno; return }
+                defer { close(fd) }
+                var done = 0
+                while done < item.data.count {
+                    let n = item.data.withUnsafeBytes { write(fd, $0.baseAddress! + done, $0.count - done) }
+                    if n < 0 { if errno == EINTR { continue }; out[i] = -errno; return }
+                    done += n
+                }
+                if fsync && Glibc.fsync(fd) != 0 { out[i] = -errno }
+            }
+        }
+        return results
+    }
+
+    /// fsyncs every descriptor. Returns 0 or -errno per descriptor.
+    func fsync(_ fds: [Int32]) -> [Int32] {
+        if kind == .uring, let results = viaRing({ r in
+            var results = [Int32](repeating: 0, count: fds.count)
+            let rc = pmll_uring_fsync_fds(r, Int32(fds.count), fds, &results)
+            return (rc, results)
+        }) { return results }
+        var results = [Int32](repeating: 0, count: fds.count)
+        results.withUnsafeMutableBufferPointer { out in
+            let out = SendableBuffer(out)
+            Self.parallel(fds.count) { i in out[i] = Glibc.fsync(fds[i]) == 0 ? 0 : -errno }
+        }
+        return results
+    }
+
+    /// Runs `body` on the ring; nil (and syscalls from now on) if the ring fails in a way
+    /// that means io_uring is not usable here.
+    private func viaRing(_ body: (OpaquePointer) -> (Int32, [Int32])) -> [Int32]? {
+        ring.withLock { handle -> [Int32]? in
+            guard let ring = handle.pointer else { return nil }
+            let (rc, results) = body(ring)
+            if rc == 0 { return results }
+            if Self.fallsBack(rc) {
+                Self.logger.warning("io_uring submit failed, switching to syscalls", metadata: ["errno": "\(-rc)"])
+                current.store(0, ordering: .relaxed)
+                pmll_uring_destroy(ring)
+                handle.pointer = nil
+                return nil
+            }
+            return results.map { $0 == 0 ? rc : $0 }
+        }
+    }
+
+    /// Up to 16 threads: file-system calls block, so more threads than cores make them overlap.
+    static func parallel(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+        guard count > 0 else { return }
+        let next = Counter()
+        let group = DispatchGroup()
+        let queue = DispatchQueue(label: "pmll.io.syscalls", attributes: .concurrent)
+        for _ in 0..<min(16, count) {
+            queue.async(group: group) {
+                while true {
+                    let i = next.value.add(1, ordering: .relaxed).oldValue
+                    if i >= count { return }
+                    body(i)
+                }
+            }
+        }
+        group.wait()
+    }
+
+    final class Counter: Sendable { let value = Atomic<Int>(0) }
+}
+
+/// A buffer written by disjoint indexes from several threads.
+struct SendableBuffer: @unchecked Sendable {
+    let buffer: UnsafeMutableBufferPointer<Int32>
+    init(_ buffer: UnsafeMutableBufferPointer<Int32>) { self.buffer = buffer }
+    subscript(i: Int) -> Int32 {
+        get { buffer[i] }
+        nonmutating set { buffer[i] = newValue }
+    }
+}

@@ -1,0 +1,54 @@
+import ArgumentParser
+import Foundation
+import PMLL
+
+struct BatchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "batch", abstract: "Apply file batches (io_uring, atomic on request).",
+                                                    subcommands: [BatchApply.self])
+}
+
+struct BatchApply: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "apply",
+        abstract: "Apply the JSON list of file operations in FILE below --root.",
+        discussion: """
+            Each entry is an object with "op" (write, replace, delete, mkdir, rename, fsync), "path" \
+            (relative to the root), and as the op needs "data" (UTF-8 text) or "base64", "mode" \
+            (octal string such as "0644") and "to" (rename target). Unknown ops or fields are errors \
+            naming the entry. With --atomic the batch is applied completely or not at all, even if \
+            this process dies (recovered on the next open or by `pmll recover`); without, each entry \
+            is applied on its own and reported. The backend (uring or syscalls) is printed; \
+            PMLL_IO_BACKEND=uring|syscalls forces one. Exit 1 if an entry failed in best-effort mode.
+
+            \(ExitStatus.summary)
+            """
+    )
+
+    @OptionGroup var poolArguments: PoolArguments
+    @Option(help: "Directory the paths are relative to.") var root = "."
+    @Flag(help: "All or nothing.") var atomic = false
+    @Flag(help: "Print the report as JSON.") var json = false
+    @Argument(help: "JSON file with the operations ('-' for standard input).") var file: String
+
+    func run() throws {
+        let bytes: Data
+        if file == "-" {
+            bytes = FileHandle.standardInput.readDataToEndOfFile()
+        } else {
+            guard let data = FileManager.default.contents(atPath: file) else {
+                throw CommandFailure(message: "cannot read batch file '\(file)'", status: ExitStatus.noPool)
+            }
+            bytes = data
+        }
+        let batch = try FileBatch.decode(json: Array(bytes))
+        let pool = try poolArguments.open()
+        let report = try pool.apply(batch, root: root, atomic: atomic)
+        if json {
+            try printJSON(report)
+        } else {
+            print("batch: \(batch.operations.count) operations, \(report.atomic ? "atomic" : "best effort"), backend \(report.backend.rawValue), \(String(format: "%.2f", Double(report.nanoseconds) / 1e6)) ms")
+            for (i, result) in report.results.enumerated() where result != "ok" { print("entry \(i): \(result)") }
+        }
+        if report.results.contains(where: { $0 != "ok" }) { throw ExitCode(1) }
+    }
+}

@@ -1,0 +1,121 @@
+import Foundation
+import PMLL
+import Testing
+
+/// File batches through the `pmll batch apply` command, on both backends.
+@Suite("File batches", .serialized)
+struct FileBatchTests {
+    static let backends = ["uring", "syscalls"]
+
+    func tree(_ root: String) -> [String: String] {
+        var result: [String: String] = [:]
+        let e = FileManager.default.enumerator(atPath: root)
+        while let path = e?.nextObject() as? String {
+            var isDir: ObjCBool = false
+            FileManager.default.fileExists(atPath: root + "/" + path, isDirectory: &isDir)
+            result[path] = isDir.boolValue ? "<dir>" : (try? String(contentsOfFile: root + "/" + path, encoding: .utf8)) ?? "<binary>"
+        }
+        return result
+    }
+
+    func batchFile(_ scratch: Scratch, _ json: String) throws -> String {
+        let path = scratch.file("batch-\(UUID().uuidString.prefix(6)).json")
+        try json.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    static let sample = """
+        [{"op":"mkdir","path":"lib/x"},{"op":"write","path":"lib/x/f1","data":"hello","mode":"0600"},
+         {"op":"replace","path":"a.txt","data":"new"},{"op":"rename","path":"lib/x/f1","to":"lib/f2"},
+         {"op":"delete","path":"old.txt"},{"op":"fsync","path":"lib"}]
+        """
+
+    @Test(arguments: backends)
+    func atomicBatchAppliesEverythingAndReportsTheBackend(backend: String) throws {
+        let scratch = Scratch()
+        let root = scratch.file("root")
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        try "old".write(toFile: root + "/a.txt", atomically: true, encoding: .utf8)
+        try "bye".write(toFile: root + "/old.txt", atomically: true, encoding: .utf8)
+        let result = try run(Binaries.pmll, ["batch", "apply", "--pool", scratch.file("p.pool"), "--root", root, "--atomic", "--json", try batchFile(scratch, Self.sample)],
+                             environment: ["PMLL_IO_BACKEND": backend])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("\"backend\" : \"\(backend)\""))
+        #expect(tree(root) == ["a.txt": "new", "lib": "<dir>", "lib/x": "<dir>", "lib/f2": "hello"])
+        var st = stat()
+        stat(root + "/lib/f2", &st)
+        #expect(st.st_mode & 0o777 == 0o600)
+    }
+
+    /// A write that fails midway (the filesystem is full): nothing of the batch remains.
+    @Test(.enabled(if: getuid() == 0), arguments: backends)
+    func failureMidwayLeavesTheTreeAsBefore(backend: String) throws {
+        let scratch = Scratch()
+        let root = scratch.file("small")
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        guard try run("/bin/mount", ["-t", "tmpfs", "-o", "size=256k", "tmpfs", root]).status == 0 else { return }
+        defer { _ = try? run("/bin/umount", [root]) }
+        try "keep".write(toFile: root + "/a.txt", atomically: true, encoding: .utf8)
+        let before = tree(root)
+        let big = String(repeating: "x", count: 100_000)
+        let ops = (0..<5).map { #"{"op":"write","path":"f\#($0)","data":"\#(big)"}"# } + [#"{"op":"replace","path":"a.txt","data":"changed"}"#]
+        let result = try run(Binaries.pmll, ["batch", "apply", "--pool", scratch.file("p.pool"), "--root", root, "--atomic", try batchFile(scratch, "[" + ops.joined(separator: ",") + "]")],
+                             environment: ["PMLL_IO_BACKEND": backend])
+        #expect(result.status == 73, "\(result.stderr)")
+        #expect(result.stderr.contains("No space left"))
+        #expect(tree(root) == before)
+    }
+
+    /// SIGKILL of the applying process at each phase, then recovery by the next process that
+    /// opens the pool: the tree is byte for byte the old one or the new one.
+    @Test(arguments: ["batch.staged:1", "batch.renamed:1", "batch.renamed:3", "batch.committed:1"], backends)
+    func killedWhileApplyingIsRecovered(point: String, backend: String) throws {
+        let committed = point.hasPrefix("batch.committed")
+        let scratch = Scratch()
+        let root = scratch.file("root"), pool = scratch.file("p.pool")
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        try "old".write(toFile: root + "/a.txt", atomically: true, encoding: .utf8)
+        try "bye".write(toFile: root + "/old.txt", atomically: true, encoding: .utf8)
+        let before = tree(root)
+        let victim = try run(Binaries.pmll, ["batch", "apply", "--pool", pool, "--root", root, "--atomic", try batchFile(scratch, Self.sample)],
+                             environment: ["PMLL_CRASH_AT": point, "PMLL_IO_BACKEND": backend])
+        #expect(victim.status == 128 + SIGKILL)
+        // Any process that opens the pool recovers the dead process's batch.
+        let recover = try run(Binaries.pmll, ["recover", "--pool", pool, "--json"])
+        #expect(recover.status == 0)
+        let after = tree(root).filter { !$0.key.contains(".pmll-") }
+        #expect(after == (committed ? ["a.txt": "new", "lib": "<dir>", "lib/x": "<dir>", "lib/f2": "hello"] : before))
+        #expect(!tree(root).keys.contains { $0.contains(".pmll-") }, "staging files left: \(tree(root).keys.sorted())")
+    }
+
+    @Test func escapesAndBadEntriesAreRejectedBeforeAnythingIsTouched() throws {
+        let scratch = Scratch()
+        let root = scratch.file("root"), outside = scratch.file("outside")
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: root + "/link", withDestinationPath: outside)
+        for json in [#"[{"op":"write","path":"../escape","data":"x"}]"#, #"[{"op":"write","path":"/etc/x","data":"x"}]"#,
+                     #"[{"op":"write","path":"ok","data":"x"},{"op":"write","path":"link/x","data":"x"}]"#,
+                     #"[{"op":"write","path":"ok","data":"x"},{"op":"chmod","path":"ok"}]"#,
+                     #"[{"op":"write","path":"ok","data":"x","mode":"0999"}]"#,
+                     #"[{"op":"write","path":"ok","data":"x","extra":1}]"#] {
+            let result = try run(Binaries.pmll, ["batch", "apply", "--pool", scratch.file("p.pool"), "--root", root, "--atomic", try batchFile(scratch, json)])
+            #expect(result.status == 64, "\(json): \(result.stderr)")
+            #expect(result.stderr.hasPrefix("pmll: invalid batch"), "\(json): \(result.stderr)")
+        }
+        #expect(tree(outside).isEmpty)
+        #expect(tree(root).keys.sorted() == ["link"])
+    }
+
+    @Test func queueIntegrationRunsABatchAsOneOperation() async throws {
+        let scratch = Scratch()
+        let root = scratch.file("root")
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        let pool = try Pool.open(path: scratch.file("q.pool"))
+        let queue = try pool.queue(named: "install-tree")
+        let report = try await queue.apply(FileBatch([.mkdir(path: "bin", mode: 0o755), .write(path: "bin/tool", data: Array("#!".utf8), mode: 0o755)]), root: root)
+        #expect(report.atomic && report.results == ["ok", "ok"])
+        #expect(tree(root) == ["bin": "<dir>", "bin/tool": "#!"])
+        #expect(queue.records.last?.kind == "pmll.file-batch" && queue.records.last?.state == .succeeded)
+    }
+}
