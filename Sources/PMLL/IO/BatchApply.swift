@@ -39,8 +39,9 @@ extension Pool {
 
     /// Applies `batch` below `root`. Atomic: after success every operation is durable; after
     /// a failure, or a crash followed by recovery (on open or `pmll recover`), the tree is
-    /// exactly as before. Non-atomic: best effort, one result per entry.
-    public func apply(_ batch: FileBatch, root: String, atomic: Bool = true) throws(PMLLError) -> BatchReport {
+    /// exactly as before. Non-atomic: best effort, one result per entry. `durable: false`
+    /// skips the fsyncs (for scratch trees; atomicity against process crashes remains).
+    public func apply(_ batch: FileBatch, root: String, atomic: Bool = true, durable: Bool = true) throws(PMLLError) -> BatchReport {
         try batch.validate()
         let start = Clock.monotonicNanoseconds
         let rootFD = Glibc.open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
@@ -50,7 +51,7 @@ extension Pool {
         defer { dirs.closeAll() }
         let backend = IOBackend.shared
         if !atomic {
-            let results = applyBestEffort(batch, dirs: dirs, backend: backend)
+            let results = applyBestEffort(batch, dirs: dirs, backend: backend, durable: durable)
             return BatchReport(backend: backend.kind, atomic: false, results: results, nanoseconds: Clock.monotonicNanoseconds - start)
         }
         let id = String(UInt64.random(in: 0...UInt64.max), radix: 36)
@@ -58,11 +59,12 @@ extension Pool {
                                    steps: try plan(batch, id: id, dirs: dirs))
         try writeJournal(journal)
         do {
-            try stage(batch, journal: journal, dirs: dirs, backend: backend)
+            try stage(batch, journal: journal, dirs: dirs, backend: backend, durable: durable)
             CrashPoint.hit("batch.staged")
             journal.phase = "applying"
             try writeJournal(journal)
-            try applySteps(journal, dirs: dirs, backend: backend, fsyncs: batch.operations.compactMap { if case .fsync(let p) = $0 { p } else { nil } })
+            try applySteps(journal, dirs: dirs, backend: backend, durable: durable,
+                           fsyncs: batch.operations.compactMap { if case .fsync(let p) = $0 { p } else { nil } })
         } catch {
             undo(journal, dirs: dirs)
             try? deleteJournal(id)
@@ -138,7 +140,7 @@ extension Pool {
 
     /// Creates the planned directories, then writes every new content into a temporary next
     /// to its target, fsynced, through the backend (io_uring chains or the thread pool).
-    private func stage(_ batch: FileBatch, journal: BatchJournal, dirs: DirectoryCache, backend: IOBackend) throws(PMLLError) {
+    private func stage(_ batch: FileBatch, journal: BatchJournal, dirs: DirectoryCache, backend: IOBackend, durable: Bool) throws(PMLLError) {
         for (n, op) in batch.operations.enumerated() {
             guard case .mkdir(_, let mode) = op else { continue }
             for dir in journal.steps[n].createdDirs {
@@ -156,19 +158,19 @@ extension Pool {
             default: continue
             }
         }
-        let results = backend.writeFiles(items, fsync: true)
+        let results = backend.writeFiles(items, fsync: durable)
         for (k, rc) in results.enumerated() where rc != 0 {
             throw .batchFailed(index: indexes[k], path: journal.steps[indexes[k]].path, errno: Errno(rawValue: -rc))
         }
-        // O_CREAT's mode is masked by the umask: set the requested one exactly.
-        for (k, item) in items.enumerated() where fchmodat(item.dirfd, item.name, mode_t(item.mode), 0) != 0 {
+        // O_CREAT's mode is masked by the umask: set the requested one where it was.
+        for (k, item) in items.enumerated() where item.mode & Self.umaskBits != 0 && fchmodat(item.dirfd, item.name, mode_t(item.mode), 0) != 0 {
             throw .batchFailed(index: indexes[k], path: journal.steps[indexes[k]].path, errno: .current)
         }
     }
 
     /// Renames in order (keeping what is replaced or deleted as a backup), then fsyncs every
     /// directory touched and the files asked for.
-    private func applySteps(_ journal: BatchJournal, dirs: DirectoryCache, backend: IOBackend, fsyncs: [String]) throws(PMLLError) {
+    private func applySteps(_ journal: BatchJournal, dirs: DirectoryCache, backend: IOBackend, durable: Bool, fsyncs: [String]) throws(PMLLError) {
         var touched = Set<Int32>()
         for (n, step) in journal.steps.enumerated() {
             let (parent, name) = PathGuard.split(step.path)
@@ -181,7 +183,11 @@ extension Pool {
             }
             switch step.op {
             case "write", "replace":
-                if step.existed { try rename(fd, name, fd, step.backup) }
+                // Keep the old file as a hard link, then rename over it: readers always find
+                // the target, old or new, never nothing.
+                if step.existed {
+                    guard linkat(fd, name, fd, step.backup, 0) == 0 else { throw .batchFailed(index: n, path: step.path, errno: .current) }
+                }
                 try rename(fd, step.temp, fd, name)
             case "delete":
                 try rename(fd, name, fd, step.backup)
@@ -195,7 +201,7 @@ extension Pool {
             default: break
             }
         }
-        var fds = Array(touched)
+        var fds = durable ? Array(touched) : []
         var owned: [Int32] = []
         for path in fsyncs {
             let (parent, name) = PathGuard.split(path)
@@ -206,7 +212,7 @@ extension Pool {
         defer { owned.forEach { close($0) } }
         fds += owned
         for (k, rc) in backend.fsync(fds).enumerated() where rc != 0 {
-            throw .batchFailed(index: 0, path: k < touched.count ? "(directory)" : fsyncs[k - touched.count], errno: Errno(rawValue: -rc))
+            throw .batchFailed(index: 0, path: k < fds.count - owned.count ? "(directory)" : fsyncs[k - (fds.count - owned.count)], errno: Errno(rawValue: -rc))
         }
     }
 
@@ -255,24 +261,48 @@ extension Pool {
         }
     }
 
-    private func applyBestEffort(_ batch: FileBatch, dirs: DirectoryCache, backend: IOBackend) -> [String] {
-        batch.operations.enumerated().map { n, op in
+    /// Each entry on its own. New files are created in one backend call, straight under
+    /// their names; everything else goes through a one-entry atomic step.
+    private func applyBestEffort(_ batch: FileBatch, dirs: DirectoryCache, backend: IOBackend, durable: Bool) -> [String] {
+        var results = [String](repeating: "ok", count: batch.operations.count)
+        var creates: [IOBackend.WriteItem] = [], createIndexes: [Int] = []
+        for (n, op) in batch.operations.enumerated() {
+            if case .write(let path, let data, let mode) = op, !dirs.exists(path),
+               let fd = try? dirs.directory(PathGuard.split(path).parent, index: n) {
+                creates.append(.init(dirfd: fd, name: PathGuard.split(path).name, data: data, mode: mode))
+                createIndexes.append(n)
+                continue
+            }
+            if !creates.isEmpty { flush() }
             do {
                 let single = FileBatch([op])
                 let journal = BatchJournal(id: "", root: "", owner: token, phase: "",
                                            steps: try plan(single, id: String(UInt64.random(in: 0...UInt64.max), radix: 36), dirs: dirs))
                 do {
-                    try stage(single, journal: journal, dirs: dirs, backend: backend)
-                    try applySteps(journal, dirs: dirs, backend: backend, fsyncs: { if case .fsync(let p) = op { [p] } else { [] } }())
+                    try stage(single, journal: journal, dirs: dirs, backend: backend, durable: durable)
+                    try applySteps(journal, dirs: dirs, backend: backend, durable: durable, fsyncs: { if case .fsync(let p) = op { [p] } else { [] } }())
                     cleanUp(journal, dirs: dirs)
                 } catch {
                     undo(journal, dirs: dirs)
                     throw error
                 }
-                return "ok"
             } catch {
-                return "\(error)"
+                results[n] = "\(error)"
             }
+        }
+        flush()
+        return results
+
+        func flush() {
+            for (k, rc) in backend.writeFiles(creates, fsync: durable).enumerated() {
+                if rc == 0 {
+                    if creates[k].mode & Self.umaskBits != 0 { _ = fchmodat(creates[k].dirfd, creates[k].name, mode_t(creates[k].mode), 0) }
+                    continue
+                }
+                results[createIndexes[k]] = "\(PMLLError.batchFailed(index: createIndexes[k], path: batch.operations[createIndexes[k]].paths[0], errno: Errno(rawValue: -rc)))"
+            }
+            creates.removeAll()
+            createIndexes.removeAll()
         }
     }
 
@@ -299,6 +329,13 @@ extension Pool {
         }
         return handled
     }
+
+    /// The process umask, read once (reading it means setting it, so only at first use).
+    static let umaskBits: UInt32 = {
+        let mask = umask(0o022)
+        umask(mask)
+        return UInt32(mask)
+    }()
 
     static func absolute(_ path: String) -> String {
         guard let resolved = realpath(path, nil) else { return path }

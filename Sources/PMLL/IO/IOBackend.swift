@@ -1,5 +1,6 @@
 import CPMLL
 import Dispatch
+import Foundation
 import Logging
 import Synchronization
 #if canImport(Glibc)
@@ -40,7 +41,7 @@ final class IOBackend: @unchecked Sendable {
         var kind = IOBackendKind.syscalls
         if forced != "syscalls" {
             var r: OpaquePointer?
-            let rc = pmll_uring_create(256, 64, &r)
+            let rc = pmll_uring_create(4096, 1024, &r)
             if rc == 0, let r, pmll_uring_probe_ops(r) == 0 {
                 pointer = r
                 kind = .uring
@@ -126,22 +127,26 @@ final class IOBackend: @unchecked Sendable {
         }
     }
 
-    /// Up to 16 threads: file-system calls block, so more threads than cores make them overlap.
+    /// Up to 16 real threads: file-system calls block, so more threads than cores make them
+    /// overlap (Dispatch does not reliably grow past the core count for blocking work).
     static func parallel(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
         guard count > 0 else { return }
         let next = Counter()
-        let group = DispatchGroup()
-        let queue = DispatchQueue(label: "pmll.io.syscalls", attributes: .concurrent)
-        for _ in 0..<min(16, count) {
-            queue.async(group: group) {
+        let done = DispatchSemaphore(value: 0)
+        let width = min(16, count)
+        for _ in 0..<width {
+            let thread = Thread {
                 while true {
                     let i = next.value.add(1, ordering: .relaxed).oldValue
-                    if i >= count { return }
+                    if i >= count { break }
                     body(i)
                 }
+                done.signal()
             }
+            thread.stackSize = 256 << 10
+            thread.start()
         }
-        group.wait()
+        for _ in 0..<width { done.wait() }
     }
 
     final class Counter: Sendable { let value = Atomic<Int>(0) }

@@ -1,0 +1,120 @@
+import ArgumentParser
+import Foundation
+import PMLL
+
+/// File batches: io_uring vs a 16-thread syscall pool (the two PMLL backends) vs plain
+/// sequential syscalls, same files, same run.
+struct BatchBench: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "batch", abstract: "File batches: io_uring vs thread pool vs sequential syscalls.")
+
+    @Option(help: "Directories to run in. Default: /dev/shm and /var/tmp.") var directory: [String] = []
+    @Option var rounds = 3
+    @Flag var json = false
+
+    struct Row: Codable {
+        let directory: String
+        let filesystem: String
+        let workload: String
+        let method: String
+        let milliseconds: Double
+        let speedupOverSequential: Double
+    }
+
+    func run() throws {
+        let directories = directory.isEmpty ? ["/dev/shm/pmll-batchbench", "/var/tmp/pmll-batchbench"] : directory
+        var rows: [Row] = []
+        for dir in directories {
+            try? FileManager.default.removeItem(atPath: dir)
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            let fs = Locks().filesystemType(dir)
+            for workload in ["replace200", "create2000"] {
+                var results: [(String, Double)] = []
+                results.append(("sequential syscalls", try median { try sequential(workload, dir) }))
+                for backend in ["uring", "syscalls"] {
+                    results.append((backend == "uring" ? "pmll batch, io_uring" : "pmll batch, 16 threads", try median {
+                        let child = try BenchChild(["batch-child", "--backend", backend, "--directory", dir, "--workload", workload])
+                        guard let line = child.readLine(), let ns = Double(line) else { throw BenchError("batch child failed") }
+                        child.process.waitUntilExit()
+                        return ns
+                    }))
+                }
+                let base = results[0].1
+                for (method, ns) in results {
+                    rows.append(Row(directory: dir, filesystem: fs, workload: workload == "replace200" ? "200 atomic replaces of 4 KiB, fsync" : "2000 creates of 100 B, no fsync",
+                                    method: method, milliseconds: ns / 1e6, speedupOverSequential: base / ns))
+                }
+            }
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+        if json { try printJSONRows(rows); return }
+        var table = [["fs", "workload", "method", "ms (median of \(rounds))", "speed-up vs sequential"]]
+        for r in rows { table.append([r.filesystem, r.workload, r.method, String(format: "%.2f", r.milliseconds), String(format: "%.2fx", r.speedupOverSequential)]) }
+        let widths = table[0].indices.map { c in table.map { $0[c].count }.max()! }
+        for line in table { print(zip(line, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")) }
+    }
+
+    func median(_ body: () throws -> Double) rethrows -> Double {
+        var samples: [Double] = []
+        for _ in 0..<rounds { samples.append(try body()) }
+        return samples.sorted()[rounds / 2]
+    }
+
+    /// The plain way: one file after another (write a temporary, fsync, rename), then one
+    /// directory fsync; or plain creates.
+    func sequential(_ workload: String, _ dir: String) throws -> Double {
+        let tree = try BatchChild.prepare(workload, dir, tag: "seq")
+        let data = [UInt8](repeating: 0x61, count: workload == "replace200" ? 4096 : 100)
+        let start = monotonicNanoseconds()
+        let dfd = open(tree, O_RDONLY | O_DIRECTORY)
+        defer { close(dfd) }
+        for i in 0..<(workload == "replace200" ? 200 : 2000) {
+            let name = "f\(i)"
+            if workload == "replace200" {
+                let fd = openat(dfd, name + ".tmp", O_CREAT | O_EXCL | O_WRONLY, 0o644)
+                _ = write(fd, data, data.count)
+                fsync(fd)
+                close(fd)
+                renameat(dfd, name + ".tmp", dfd, name)
+            } else {
+                let fd = openat(dfd, name, O_CREAT | O_EXCL | O_WRONLY, 0o644)
+                _ = write(fd, data, data.count)
+                close(fd)
+            }
+        }
+        if workload == "replace200" { fsync(dfd) }
+        return Double(monotonicNanoseconds() - start)
+    }
+}
+
+struct BatchChild: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "batch-child", shouldDisplay: false)
+    @Option var backend: String
+    @Option var directory: String
+    @Option var workload: String
+
+    static func prepare(_ workload: String, _ dir: String, tag: String) throws -> String {
+        let tree = dir + "/tree-\(tag)-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
+        if workload == "replace200" {
+            for i in 0..<200 { FileManager.default.createFile(atPath: tree + "/f\(i)", contents: Data(repeating: 0x62, count: 4096)) }
+        }
+        return tree
+    }
+
+    func run() throws {
+        setenv("PMLL_IO_BACKEND", backend, 1)
+        let tree = try Self.prepare(workload, directory, tag: backend)
+        let pool = try Pool.open(path: directory + "/batch.pool")
+        let batch: FileBatch
+        if workload == "replace200" {
+            batch = FileBatch((0..<200).map { .replace(path: "f\($0)", data: [UInt8](repeating: 0x61, count: 4096), mode: 0o644) })
+        } else {
+            batch = FileBatch((0..<2000).map { .write(path: "f\($0)", data: [UInt8](repeating: 0x61, count: 100), mode: 0o644) })
+        }
+        let start = monotonicNanoseconds()
+        let report = try pool.apply(batch, root: tree, atomic: workload == "replace200", durable: workload == "replace200")
+        let elapsed = monotonicNanoseconds() - start
+        guard report.backend.rawValue == backend, report.results.allSatisfy({ $0 == "ok" }) else { throw BenchError("batch ran on \(report.backend) or failed") }
+        sayLine("\(elapsed)")
+    }
+}
