@@ -205,8 +205,9 @@ struct LockTests {
         options.lockCapacity = 4
         options.queueCapacity = 0
         let pool = try Pool.open(path: scratch.file("full.pool"), options: options)
-        for i in 0..<4 { _ = try pool.lock(named: "l\(i)", level: .package) }
-        #expect(throws: PMLLError.poolFull(table: "lock", capacity: 4)) { try pool.lock(named: "l4", level: .package) }
+        // One entry is the state store's internal lock; the other three are the caller's.
+        for i in 0..<3 { _ = try pool.lock(named: "l\(i)", level: .package) }
+        #expect(throws: PMLLError.poolFull(table: "lock", capacity: 4)) { try pool.lock(named: "l3", level: .package) }
         _ = try pool.lock(named: "l2", level: .package)   // existing names still resolve
     }
 }
