@@ -68,7 +68,7 @@ let package = Package(
         .executableTarget(
             name: "PMLLBench",
             dependencies: [
-                "PMLL", "CPMLL", "CPMLLPeers",
+                "PMLL", "CPMLL", "CPMLLPeers", "PMLLStressSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
@@ -78,6 +78,10 @@ let package = Package(
         // Small pieces the stress tools share (seeded RNG).
         .target(
             name: "PMLLStressSupport",
+            dependencies: [
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Stress/Support",
             swiftSettings: swiftSettings
         ),

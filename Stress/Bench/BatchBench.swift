@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import PMLL
+import PMLLStressSupport
 
 /// File batches: io_uring vs a 16-thread syscall pool (the two PMLL backends) vs plain
 /// sequential syscalls, same files, same run.
@@ -49,8 +50,7 @@ struct BatchBench: ParsableCommand {
         if json { try printJSONRows(rows); return }
         var table = [["fs", "workload", "method", "ms (median of \(rounds))", "speed-up vs sequential"]]
         for r in rows { table.append([r.filesystem, r.workload, r.method, String(format: "%.2f", r.milliseconds), String(format: "%.2fx", r.speedupOverSequential)]) }
-        let widths = table[0].indices.map { c in table.map { $0[c].count }.max()! }
-        for line in table { print(zip(line, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")) }
+        print(TextTable.render(table))
     }
 
     func median(_ body: () throws -> Double) rethrows -> Double {

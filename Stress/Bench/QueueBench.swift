@@ -4,6 +4,7 @@ import CPMLLPeers
 import Foundation
 import Histogram
 import PMLL
+import PMLLStressSupport
 
 /// Persistent operation round trip (submit, run an empty operation, record completion),
 /// PMLL's hardened queue against a SQLite (WAL, synchronous=FULL) table used as the same
@@ -58,10 +59,7 @@ struct QueueBench: ParsableCommand {
                           String(format: "%.1f", row.p50Microseconds), String(format: "%.1f", row.p99Microseconds),
                           row.barriersPerOperation.map { String(format: "%.2f", $0) } ?? "3 commits"])
         }
-        let widths = table[0].indices.map { c in table.map { $0[c].count }.max()! }
-        for line in table {
-            print(zip(line, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  "))
-        }
+        print(TextTable.render(table))
     }
 
     func measure(kind: String, processes: Int, operations: Int, directory: String, filesystem: String) throws -> Row {
@@ -69,22 +67,9 @@ struct QueueBench: ParsableCommand {
         if kind == "pmll" { _ = try Pool.open(path: directory + "/queue.pool").queue(named: "bench") }
         if kind == "sqlite" { guard let db = peers_sqlite_open(directory + "/queue.sqlite") else { throw BenchError("sqlite open") }; peers_sqlite_close(db) }
         let each = operations / processes
-        let children = try (0..<processes).map { i in
-            try BenchChild(["queue-child", "--kind", kind, "--directory", directory, "--count", "\(each)", "--shared", shared.path, "--index", "\(i)"])
-        }
-        for child in children { _ = child.readLine() }   // ready
-        let start = monotonicNanoseconds()
-        pmll_store32(shared.startFlag, 1)
-        var histogram = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
-        var barriers: UInt64 = 0
-        for child in children {
-            guard let line = child.readLine() else { throw BenchError("child failed") }
-            let fields = line.split(separator: " ").compactMap { UInt64($0) }
-            barriers += fields[0]
-            for latency in fields.dropFirst() { _ = histogram.record(latency) }
-            child.process.waitUntilExit()
-        }
-        let elapsed = Double(monotonicNanoseconds() - start) / 1e9
+        let (elapsed, histogram, barriers) = try runChildren((0..<processes).map { i in
+            ["queue-child", "--kind", kind, "--directory", directory, "--count", "\(each)", "--shared", shared.path, "--index", "\(i)"]
+        }, shared: shared)
         return Row(directory: directory, filesystem: filesystem, kind: kind, processes: processes, operations: each * processes,
                    operationsPerSecond: Double(each * processes) / elapsed,
                    p50Microseconds: Double(histogram.valueAtPercentile(50)) / 1000,

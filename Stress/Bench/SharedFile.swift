@@ -1,4 +1,6 @@
+import CPMLL
 import Foundation
+import Histogram
 
 /// A small file mapped MAP_SHARED, for the peer mutex and for counters shared between
 /// benchmark processes.
@@ -78,4 +80,24 @@ final class BenchChild {
 func sayLine(_ text: String) {
     let line = text + "\n"
     _ = line.withCString { write(1, $0, strlen($0)) }
+}
+
+/// Starts benchmark children that print "ready", releases them together through the shared
+/// start flag, and gathers what each prints at the end: a count (e.g. barriers) then
+/// latencies in ns. Returns the elapsed time, all latencies in one histogram, and the sum.
+func runChildren(_ arguments: [[String]], shared: SharedFile) throws -> (seconds: Double, histogram: Histogram<UInt64>, count: UInt64) {
+    let children = try arguments.map { try BenchChild($0) }
+    for child in children { _ = child.readLine() }
+    let start = monotonicNanoseconds()
+    pmll_store32(shared.startFlag, 1)
+    var histogram = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
+    var count: UInt64 = 0
+    for child in children {
+        guard let line = child.readLine() else { throw BenchError("a benchmark child failed") }
+        let fields = line.split(separator: " ").compactMap { UInt64($0) }
+        count += fields.first ?? 0
+        for latency in fields.dropFirst() { _ = histogram.record(latency) }
+        child.process.waitUntilExit()
+    }
+    return (Double(monotonicNanoseconds() - start) / 1e9, histogram, count)
 }

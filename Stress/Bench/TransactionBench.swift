@@ -4,6 +4,7 @@ import CPMLLPeers
 import Foundation
 import Histogram
 import PMLL
+import PMLLStressSupport
 
 /// A small transaction (two 64-byte records) against libpmemobj's (two add_range snapshots
 /// of 64 bytes), same filesystem, same run; and PMLL throughput with 4 processes on
@@ -52,8 +53,7 @@ struct TransactionBench: ParsableCommand {
                           row.processes == 1 ? String(format: "%.2f", row.p50Microseconds / peer.p50Microseconds) : "-",
                           String(format: "%.2f", row.barriersPerCommit)])
         }
-        let widths = table[0].indices.map { c in table.map { $0[c].count }.max()! }
-        for line in table { print(zip(line, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")) }
+        print(TextTable.render(table))
     }
 
     func single(kind: String, n: Int, directory: String, filesystem: String) throws -> Row {
@@ -97,22 +97,9 @@ struct TransactionBench: ParsableCommand {
         let shared = try SharedFile(directory + "/txbench.shm", create: true)
         _ = try Pool.open(path: directory + "/tx.pool")
         let each = n / processes
-        let children = try (0..<processes).map { i in
-            try BenchChild(["tx-child", "--directory", directory, "--count", "\(each)", "--shared", shared.path, "--index", "\(i)"])
-        }
-        for child in children { _ = child.readLine() }
-        let start = monotonicNanoseconds()
-        pmll_store32(shared.startFlag, 1)
-        var histogram = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
-        var barriers: UInt64 = 0
-        for child in children {
-            guard let line = child.readLine() else { throw BenchError("child failed") }
-            let fields = line.split(separator: " ").compactMap { UInt64($0) }
-            barriers += fields[0]
-            for latency in fields.dropFirst() { _ = histogram.record(latency) }
-            child.process.waitUntilExit()
-        }
-        let elapsed = Double(monotonicNanoseconds() - start) / 1e9
+        let (elapsed, histogram, barriers) = try runChildren((0..<processes).map { i in
+            ["tx-child", "--directory", directory, "--count", "\(each)", "--shared", shared.path, "--index", "\(i)"]
+        }, shared: shared)
         return Row(directory: directory, filesystem: filesystem, kind: "pmll", processes: processes, transactions: each * processes,
                    p50Microseconds: Double(histogram.valueAtPercentile(50)) / 1000, p99Microseconds: Double(histogram.valueAtPercentile(99)) / 1000,
                    transactionsPerSecond: Double(each * processes) / elapsed, barriersPerCommit: Double(barriers) / Double(each * processes))

@@ -1,6 +1,5 @@
 import ArgumentParser
 import Foundation
-import Logging
 import PMLL
 import PMLLStressSupport
 
@@ -13,19 +12,7 @@ import PMLLStressSupport
 /// Prints a table point × model × runs × violations; exits 0 only if there is no violation.
 @main
 struct CrashSuite: AsyncParsableCommand {
-    static func main() async {
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = .warning   // rollbacks are expected here
-            return handler
-        }
-        do {
-            var command = try parseAsRoot()
-            if var command = command as? any AsyncParsableCommand { try await command.run() } else { try command.run() }
-        } catch {
-            exit(withError: error)
-        }
-    }
+    static func main() async { await QuietMain.run(Self.self) }
 
     static let configuration = CommandConfiguration(
         commandName: "pmll-crash",

@@ -2,7 +2,6 @@ import ArgumentParser
 import CPMLL
 import Foundation
 import Histogram
-import Logging
 import PMLL
 import PMLLStressSupport
 
@@ -20,19 +19,7 @@ struct Stress: AsyncParsableCommand {
         defaultSubcommand: StressRun.self
     )
 
-    static func main() async {
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = .warning
-            return handler
-        }
-        do {
-            var command = try parseAsRoot()
-            if var command = command as? any AsyncParsableCommand { try await command.run() } else { try command.run() }
-        } catch {
-            exit(withError: error)
-        }
-    }
+    static func main() async { await QuietMain.run(Self.self) }
 }
 
 struct StressRun: AsyncParsableCommand {
