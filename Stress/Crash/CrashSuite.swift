@@ -91,8 +91,8 @@ struct Run: AsyncParsableCommand {
                         }
                         _ = try spawn(me, ["workload", "--pool", pool, "--ack", ack, "--steps", "\(steps)", "--seed", "\(seed)"], env: env)
                         if m == "power" { try powerImage(pool: pool, shadow: shadow, rng: &rng) }
-                        // Every other case also kills recovery once, at its first step.
-                        let crashRecovery = (cases.count + sample) % 2 == 1
+                        // Every other hit (in both models) also kills recovery once, at its first step.
+                        let crashRecovery = (hit + sample) % 2 == 0
                         if crashRecovery {
                             _ = try spawn(me, ["verify", "--pool", pool, "--ack", ack], env: dropEnv.merging(["PMLL_CRASH_AT": "tx.rolled-back:1"]) { $1 })
                             _ = try spawn(me, ["verify", "--pool", pool, "--ack", ack], env: dropEnv.merging(["PMLL_CRASH_AT": "queue.recovered:1"]) { $1 })
@@ -139,6 +139,7 @@ struct Run: AsyncParsableCommand {
     func reset(from base: String, to pool: String, ack: String) throws {
         try? FileManager.default.removeItem(atPath: pool)
         try? FileManager.default.removeItem(atPath: ack)
+        try? FileManager.default.removeItem(atPath: Workload.tree(for: pool))
         try FileManager.default.copyItem(atPath: base, toPath: pool)
     }
 

@@ -15,6 +15,8 @@ struct Workload: AsyncParsableCommand {
     @Option var seed: UInt64 = 1
 
     static let accounts = 4
+
+    static func tree(for pool: String) -> String { pool + ".tree" }
     static let initialBalance = 100
 
     func run() async throws {
@@ -28,8 +30,10 @@ struct Workload: AsyncParsableCommand {
             _ = (line + "\n").withCString { write(fd, $0, strlen($0)) }
             fdatasync(fd)
         }
+        let tree = Self.tree(for: pool.path)
+        try? FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
         for step in 0..<steps {
-            switch step % 3 {
+            switch step % 4 {
             case 0:
                 let a = Int(rng.next() % UInt64(Self.accounts))
                 let b = (a + 1 + Int(rng.next() % UInt64(Self.accounts - 1))) % Self.accounts
@@ -50,6 +54,12 @@ struct Workload: AsyncParsableCommand {
             case 1:
                 let ticket = try await queue.execute(kind: "step", payload: Array("\(step)".utf8), timeout: .seconds(10)) { $0.ticket }
                 acknowledge("q \(ticket)")
+            case 2:
+                // Both files always carry the same version: the batch is all or nothing.
+                let version = Array("\(step)".utf8)
+                _ = try pool.apply(FileBatch([.write(path: "a", data: version, mode: 0o644), .write(path: "b", data: version, mode: 0o644)]),
+                                   root: tree, atomic: true)
+                acknowledge("batch \(step)")
             default:
                 try await misc.withLock(timeout: .seconds(10)) { _ in }
             }
@@ -93,6 +103,15 @@ struct Verify: AsyncParsableCommand {
                 if records.first(where: { $0.ticket == ticket })?.state != .succeeded {
                     violations.append("acknowledged queue operation \(ticket) is not recorded as succeeded")
                 }
+            }
+            let tree = Workload.tree(for: pool.path)
+            let a = try? String(contentsOfFile: tree + "/a", encoding: .utf8), b = try? String(contentsOfFile: tree + "/b", encoding: .utf8)
+            if a != b { violations.append("file batch half applied: a=\(a ?? "-") b=\(b ?? "-")") }
+            if let lastBatch = acks.last(where: { $0.hasPrefix("batch ") }).flatMap({ Int($0.dropFirst(6)) }), Int(a ?? "") ?? -1 < lastBatch {
+                violations.append("acknowledged file batch \(lastBatch) lost (tree has \(a ?? "nothing"))")
+            }
+            if let leftovers = try? FileManager.default.contentsOfDirectory(atPath: tree).filter({ $0.hasPrefix(".pmll-") }), !leftovers.isEmpty {
+                violations.append("staging files left: \(leftovers)")
             }
             for name in (0..<Workload.accounts).map({ "acct/\($0)" }) + ["misc"] {
                 guard let lock = try pool.existingLock(named: name) else { continue }

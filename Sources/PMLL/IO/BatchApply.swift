@@ -310,14 +310,19 @@ extension Pool {
 
     /// Rolls back (or finishes cleaning up) the atomic batches of processes that are gone.
     /// Runs on open and in `recover`. Returns how many batches it handled.
+    ///
+    /// `ownersAreGone`: the caller knows every recorded owner is dead (this open reset the
+    /// volatile state). Owner tokens must not be trusted then: after a power failure the
+    /// process table's generations may have gone back, so a new process can be handed the
+    /// very token a dead batch recorded (found by the crash suite's power-failure model).
     @discardableResult
-    public func recoverFileBatches() throws(PMLLError) -> Int {
+    public func recoverFileBatches(ownersAreGone: Bool = false) throws(PMLLError) -> Int {
         guard store.blockCount > 0 else { return 0 }
         var handled = 0
         for key in try committedKeys(prefix: Self.batchPrefix) {
             guard let bytes = try readCommitted(key),
                   let journal = try? JSONEncoderShim.decode(BatchJournal.self, bytes) else { continue }
-            if journal.owner != 0 && processes.isAlive(journal.owner) { continue }   // still being applied
+            if !ownersAreGone && journal.owner != 0 && processes.isAlive(journal.owner) { continue }   // still being applied
             let rootFD = Glibc.open(journal.root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             guard rootFD >= 0 else { continue }
             let dirs = DirectoryCache(root: rootFD)

@@ -74,7 +74,8 @@ public final class Pool: Sendable {
             do throws(PMLLError) {
                 if let pool = try Pool(attaching: fd, path: path, created: created, options: options) {
                     try pool.storeReady()   // roll back transactions of dead processes
-                    _ = try? pool.recoverFileBatches()   // and their half-applied file batches
+                    // ... and their half-applied file batches (all of them after a reset).
+                    _ = try? pool.recoverFileBatches(ownersAreGone: pool.openReport.volatileReset != nil)
                     return pool
                 }
             } catch {
