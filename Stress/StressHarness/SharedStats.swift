@@ -1,15 +1,18 @@
 import Foundation
 
-/// Counters every worker publishes in a small shared file (one 1 KiB slot per worker id), so
+/// Counters every worker publishes in a small shared file, so
 /// the supervisor can show progress and sum up, including what killed workers had done.
-/// Slot words: 0 pid, 1...3 operations by kind, 4 errors, 5 owner deaths seen, 6 repairs,
-/// then 32 log2-microsecond latency buckets per kind.
+/// One 2 KiB slot per worker id.
+/// Slot words: 0 pid, 1...4 operations by kind, 5 errors, 6 owner deaths seen, 7 repairs,
+/// then 32 log2-microsecond latency buckets per kind (from word 8).
 final class SharedStats: @unchecked Sendable {
-    static let kinds = ["lock", "tx", "queue"]
+    static let kinds = ["lock", "tx", "queue", "batch"]
+    static let errorsWord = 5, deathsWord = 6, repairsWord = 7
     static let maxWorkers = 1024
     static let buckets = 32
     let base: UnsafeMutablePointer<UInt64>
-    let size = 4096 + 1024 * 1024
+    static let slotBytes = 2048
+    let size = 4096 + SharedStats.slotBytes * SharedStats.maxWorkers
 
     init(path: String, create: Bool) throws {
         let fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT | O_TRUNC : 0), 0o600)
@@ -20,7 +23,7 @@ final class SharedStats: @unchecked Sendable {
         base = p.assumingMemoryBound(to: UInt64.self)
     }
 
-    func slot(_ id: Int) -> UnsafeMutablePointer<UInt64> { base + (4096 + id * 1024) / 8 }
+    func slot(_ id: Int) -> UnsafeMutablePointer<UInt64> { base + (4096 + id * Self.slotBytes) / 8 }
 
     func add(_ id: Int, _ word: Int, _ n: UInt64 = 1) { slot(id)[word] &+= n }   // only the worker writes its slot
 
@@ -31,11 +34,11 @@ final class SharedStats: @unchecked Sendable {
     }
 
     struct Totals {
-        var operations = [UInt64](repeating: 0, count: 3)
+        var operations = [UInt64](repeating: 0, count: SharedStats.kinds.count)
         var errors: UInt64 = 0
         var ownerDeaths: UInt64 = 0
         var repairs: UInt64 = 0
-        var histograms = [[UInt64]](repeating: [UInt64](repeating: 0, count: SharedStats.buckets), count: 3)
+        var histograms = [[UInt64]](repeating: [UInt64](repeating: 0, count: SharedStats.buckets), count: SharedStats.kinds.count)
         var total: UInt64 { operations.reduce(0, +) }
 
         /// Upper bound of the bucket holding the given quantile, in microseconds.
@@ -55,11 +58,11 @@ final class SharedStats: @unchecked Sendable {
         var t = Totals()
         for id in 0..<workers {
             let s = slot(id)
-            for k in 0..<3 { t.operations[k] += s[1 + k] }
-            t.errors += s[4]
-            t.ownerDeaths += s[5]
-            t.repairs += s[6]
-            for k in 0..<3 { for b in 0..<Self.buckets { t.histograms[k][b] += s[8 + k * Self.buckets + b] } }
+            for k in Self.kinds.indices { t.operations[k] += s[1 + k] }
+            t.errors += s[Self.errorsWord]
+            t.ownerDeaths += s[Self.deathsWord]
+            t.repairs += s[Self.repairsWord]
+            for k in Self.kinds.indices { for b in 0..<Self.buckets { t.histograms[k][b] += s[8 + k * Self.buckets + b] } }
         }
         return t
     }

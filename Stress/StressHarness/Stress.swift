@@ -30,7 +30,7 @@ struct StressRun: AsyncParsableCommand {
     @Option(help: "SIGKILLs of random workers per second (0 = off).") var killRate = 0.5
     @Option(help: "Seed for the workers' choices and the kill schedule.") var seed: UInt64 = UInt64(Date().timeIntervalSince1970)
     @Option(help: "Pool file (default: $PMLL_POOL, else the per-user default pool).") var pool: String?
-    @Option(help: "Operation mix, e.g. lock=40,tx=30,queue=30.") var mix = "lock=40,tx=30,queue=30"
+    @Option(help: "Operation mix, e.g. lock=35,tx=25,queue=25,batch=15.") var mix = "lock=35,tx=25,queue=25,batch=15"
     @Option(help: "Seconds without any progress before the run counts as hung.") var hangTimeout = 15.0
     @Flag(help: "Print the summary as JSON.") var json = false
 
@@ -38,7 +38,7 @@ struct StressRun: AsyncParsableCommand {
         guard (1...64).contains(processes) else { throw ValidationError("--processes must be 1...64") }
         guard duration > 0, duration <= 86_400 else { throw ValidationError("--duration must be 0...86400 seconds") }
         guard killRate >= 0, killRate <= 100 else { throw ValidationError("--kill-rate must be 0...100 per second") }
-        guard Mix.validate(mix) else { throw ValidationError("--mix must look like lock=40,tx=30,queue=30") }
+        guard Mix.validate(mix) else { throw ValidationError("--mix must look like lock=35,tx=25,queue=25,batch=15") }
     }
 
     func run() async throws {
@@ -112,6 +112,7 @@ struct StressRun: AsyncParsableCommand {
         for file in [files.counter, files.counterLog, files.queueLog, files.takeovers] {
             FileManager.default.createFile(atPath: file, contents: Data())
         }
+        try FileManager.default.createDirectory(atPath: files.tree + "/pkg", withIntermediateDirectories: true)
         try pool.transaction { tx in
             for i in 0..<StressFiles.accounts where try tx.get("stress/acct/\(i)") == nil {
                 try tx.set("stress/acct/\(i)", String(StressFiles.initialBalance))
@@ -126,9 +127,9 @@ struct StressRun: AsyncParsableCommand {
     }
 
     func progressLine(_ t: SharedStats.Totals, elapsed: Double, kills: Int) -> String {
-        String(format: "%6.1fs  %d procs  %llu ops (%.0f/s)  lock %llu  tx %llu  queue %llu  kills %d  owner deaths %llu  repairs %llu  errors %llu",
+        String(format: "%6.1fs  %d procs  %llu ops (%.0f/s)  lock %llu  tx %llu  queue %llu  batch %llu  kills %d  owner deaths %llu  repairs %llu  errors %llu",
                elapsed, processes, t.total, Double(t.total) / max(elapsed, 0.001), t.operations[0], t.operations[1], t.operations[2],
-               kills, t.ownerDeaths, t.repairs, t.errors)
+               t.operations[3], kills, t.ownerDeaths, t.repairs, t.errors)
     }
 
     /// Who holds what when nothing moves: locks with holders and queues with waiting work.
@@ -165,6 +166,11 @@ struct StressRun: AsyncParsableCommand {
             violations.append("accounts total \(total), not \(StressFiles.accounts * StressFiles.initialBalance)")
         }
         violations += try queueOrderViolations(pool, files)
+        // The install tree: every file at one version, no staging files left.
+        let treeFiles = (try? FileManager.default.contentsOfDirectory(atPath: files.tree + "/pkg")) ?? []
+        if let staging = treeFiles.first(where: { $0.hasPrefix(".pmll-") }) { violations.append("install tree has a staging file left: \(staging)") }
+        let versions = Set((0..<StressFiles.treeFiles).map { (try? String(contentsOfFile: files.tree + "/pkg/file\($0)", encoding: .utf8))?.prefix { $0.isNumber } ?? "-" })
+        if versions.count > 1 { violations.append("install tree is half updated: versions \(versions.sorted())") }
         let check = try pool.check()
         violations += check.problems.map { "check: \($0)" }
         let totals = stats.totals(workers: workers)
@@ -237,9 +243,9 @@ struct Summary: Codable {
     let hang: String?
 
     func print() {
-        say(String(format: "summary: %.1fs, %d processes, %d kills, %llu operations (%.0f/s): lock %llu, tx %llu, queue %llu",
+        say(String(format: "summary: %.1fs, %d processes, %d kills, %llu operations (%.0f/s): lock %llu, tx %llu, queue %llu, batch %llu",
                    seconds, processes, kills, operations.values.reduce(0, +), operationsPerSecond,
-                   operations["lock"] ?? 0, operations["tx"] ?? 0, operations["queue"] ?? 0))
+                   operations["lock"] ?? 0, operations["tx"] ?? 0, operations["queue"] ?? 0, operations["batch"] ?? 0))
         say("latency p50/p99 (µs, log2 buckets): " + SharedStats.kinds.map { "\($0) \(Int(p50Microseconds[$0] ?? 0))/\(Int(p99Microseconds[$0] ?? 0))" }.joined(separator: ", "))
         say("owner deaths detected \(ownerDeathsDetected), takeover p50 \(takeoverP50Milliseconds.map { String(format: "%.2f", $0) } ?? "-") ms, p99 \(takeoverP99Milliseconds.map { String(format: "%.2f", $0) } ?? "-") ms, recoveries \(recoveries), abandoned queue operations \(abandonedQueueOperations)")
         if let hang { say("HANG: \(hang)") }

@@ -7,7 +7,9 @@ import PMLLStressSupport
 ///  - lock: a counter file and an append-only log next to the pool, changed under one lock;
 ///    after an owner death the counter is rebuilt from the log (the log is the truth);
 ///  - tx: a transfer between two accounts in a transaction under both accounts' locks;
-///  - queue: an operation of the queue `stress-q` that logs its begin and end.
+///  - queue: an operation of the queue `stress-q` that logs its begin and end;
+///  - batch: under lock `stress/tree`, an atomic file batch rewriting an install tree whose
+///    files must always all carry the same version.
 struct StressWorker: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "worker", shouldDisplay: false)
     @Option var pool: String
@@ -16,6 +18,7 @@ struct StressWorker: AsyncParsableCommand {
     @Option var mix: String
 
     func run() async throws {
+        precondition(8 + SharedStats.kinds.count * SharedStats.buckets <= SharedStats.slotBytes / 8, "stats slot too small")
         let files = StressFiles(pool: pool)
         let stats = try SharedStats(path: files.stats, create: false)
         stats.slot(id)[0] = UInt64(getpid())
@@ -23,6 +26,7 @@ struct StressWorker: AsyncParsableCommand {
         let counterLock = try pool.lock(named: "stress/counter", level: .filesystem)
         let accounts = try (0..<StressFiles.accounts).map { try pool.lock(named: "stress/acct/\($0)", level: .package) }
         let queue = try pool.queue(named: "stress-q")
+        let treeLock = try pool.lock(named: "stress/tree", level: .filesystem)
         let weights = Mix.parse(mix)
         var rng = SplitMix(seed: seed ^ UInt64(id) &* 0x9E37_79B9)
         let counter = open(files.counter, O_RDWR | O_CLOEXEC), log = open(files.counterLog, O_WRONLY | O_APPEND | O_CLOEXEC)
@@ -36,10 +40,10 @@ struct StressWorker: AsyncParsableCommand {
                 case 0:
                     try await counterLock.withLock(timeout: .seconds(30)) { grant in
                         if let death = grant.previousOwnerDeath {
-                            stats.add(id, 5)
+                            stats.add(id, SharedStats.deathsWord)
                             appendLine(files.takeovers, "\(death.pid) \(monotonicNanoseconds())")
                             StressFiles.writeCounter(counter, StressFiles.countLines(files.counterLog))
-                            stats.add(id, 6)
+                            stats.add(id, SharedStats.repairsWord)
                         }
                         let value = StressFiles.readCounter(counter)
                         StressFiles.writeCounter(counter, value + 1)
@@ -51,7 +55,7 @@ struct StressWorker: AsyncParsableCommand {
                     let amount = Int(rng.next() % 50) + 1
                     try await pool.withLocks([accounts[a], accounts[b]], timeout: .seconds(30)) { grant in
                         if let death = grant.previousOwnerDeath {
-                            stats.add(id, 5)
+                            stats.add(id, SharedStats.deathsWord)
                             appendLine(files.takeovers, "\(death.pid) \(monotonicNanoseconds())")
                         }
                         try pool.transaction { tx in
@@ -62,6 +66,15 @@ struct StressWorker: AsyncParsableCommand {
                             try tx.set("stress/acct/\(b)", String(to + moved))
                         }
                     }
+                case 3:
+                    try await treeLock.withLock(timeout: .seconds(30)) { grant in
+                        if grant.previousOwnerDeath != nil { stats.add(id, SharedStats.deathsWord) }
+                        let version = Int(StressFiles.readTreeVersion(files.tree) ?? "0") ?? 0
+                        let data = Array("\(version + 1)".utf8)
+                        _ = try pool.apply(FileBatch((0..<StressFiles.treeFiles).map {
+                            .write(path: "pkg/file\($0)", data: data + [UInt8](repeating: 0x2E, count: 200), mode: 0o644)
+                        }), root: files.tree, atomic: true)
+                    }
                 default:
                     try await queue.execute(kind: "stress", timeout: .seconds(30)) { op in
                         _ = "B \(op.ticket)\n".withCString { write(queueLog, $0, strlen($0)) }
@@ -71,7 +84,7 @@ struct StressWorker: AsyncParsableCommand {
                 stats.add(id, 1 + kind)
                 stats.latency(id, kind: kind, nanoseconds: monotonicNanoseconds() - start)
             } catch {
-                stats.add(id, 4)
+                stats.add(id, SharedStats.errorsWord)
                 FileHandle.standardError.write(Data("worker \(id): \(error)\n".utf8))
             }
         }
@@ -89,6 +102,14 @@ struct StressFiles {
     var counterLog: String { directory + "/counter.log" }
     var queueLog: String { directory + "/queue.log" }
     var takeovers: String { directory + "/takeovers" }
+    var tree: String { directory + "/tree" }
+    static let treeFiles = 6
+
+    /// The version the install tree's first file carries (its leading digits).
+    static func readTreeVersion(_ tree: String) -> String? {
+        guard let text = try? String(contentsOfFile: tree + "/pkg/file0", encoding: .utf8) else { return nil }
+        return String(text.prefix { $0.isNumber })
+    }
 
     static func readCounter(_ fd: Int32) -> Int {
         var buffer = [UInt8](repeating: 0, count: 20)
@@ -112,7 +133,7 @@ struct Mix {
     let weights: [Int]
 
     static func parse(_ text: String) -> Mix {
-        var weights = [40, 30, 30]
+        var weights = [35, 25, 25, 15]
         for part in text.split(separator: ",") {
             let kv = part.split(separator: "=")
             guard kv.count == 2, let i = SharedStats.kinds.firstIndex(of: String(kv[0])), let w = Int(kv[1]), w >= 0 else { continue }
