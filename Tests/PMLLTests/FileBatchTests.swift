@@ -7,6 +7,16 @@ import Testing
 struct FileBatchTests {
     static let backends = ["uring", "syscalls"]
 
+    /// A small tmpfs can be mounted here (root, and mounts allowed): needed to fill a filesystem.
+    static let canMountTmpfs: Bool = {
+        let dir = NSTemporaryDirectory() + "pmll-mount-probe-\(getpid())"
+        guard getuid() == 0, (try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)) != nil else { return false }
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        guard let probe = try? run("/bin/mount", ["-t", "tmpfs", "-o", "size=64k", "tmpfs", dir]), probe.status == 0 else { return false }
+        _ = try? run("/bin/umount", [dir])
+        return true
+    }()
+
     func tree(_ root: String) -> [String: String] {
         var result: [String: String] = [:]
         let e = FileManager.default.enumerator(atPath: root)
@@ -48,12 +58,12 @@ struct FileBatchTests {
     }
 
     /// A write that fails midway (the filesystem is full): nothing of the batch remains.
-    @Test(.enabled(if: getuid() == 0), arguments: backends)
+    @Test(.enabled(if: canMountTmpfs), arguments: backends)
     func failureMidwayLeavesTheTreeAsBefore(backend: String) throws {
         let scratch = Scratch()
         let root = scratch.file("small")
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-        guard try run("/bin/mount", ["-t", "tmpfs", "-o", "size=256k", "tmpfs", root]).status == 0 else { return }
+        try #require(try run("/bin/mount", ["-t", "tmpfs", "-o", "size=256k", "tmpfs", root]).status == 0)
         defer { _ = try? run("/bin/umount", [root]) }
         try "keep".write(toFile: root + "/a.txt", atomically: true, encoding: .utf8)
         let before = tree(root)
