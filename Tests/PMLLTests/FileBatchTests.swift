@@ -76,6 +76,25 @@ struct FileBatchTests {
         #expect(tree(root) == before)
     }
 
+    /// A read-only target: the batch fails with a permission error and changes nothing.
+    @Test(.enabled(if: canMountTmpfs), arguments: backends)
+    func readOnlyTargetFailsCleanly(backend: String) throws {
+        let scratch = Scratch()
+        let root = scratch.file("ro")
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        try #require(try run("/bin/mount", ["-t", "tmpfs", "-o", "size=256k", "tmpfs", root]).status == 0)
+        defer { _ = try? run("/bin/umount", [root]) }
+        try "keep".write(toFile: root + "/a.txt", atomically: true, encoding: .utf8)
+        try #require(try run("/bin/mount", ["-o", "remount,ro", root]).status == 0)
+        let before = tree(root)
+        let result = try run(Binaries.pmll, ["batch", "apply", "--pool", scratch.file("p.pool"), "--root", root, "--atomic",
+                                             try batchFile(scratch, #"[{"op":"write","path":"new","data":"x"},{"op":"replace","path":"a.txt","data":"changed"}]"#)],
+                             environment: ["PMLL_IO_BACKEND": backend])
+        #expect(result.status == 77, "\(result.stderr)")
+        #expect(result.stderr.contains("Read-only file system"))
+        #expect(tree(root) == before)
+    }
+
     /// SIGKILL of the applying process at each phase, then recovery by the next process that
     /// opens the pool: the tree is byte for byte the old one or the new one.
     @Test(arguments: ["batch.staged:1", "batch.renamed:1", "batch.renamed:3", "batch.committed:1"], backends)
