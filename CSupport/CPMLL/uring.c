@@ -98,19 +98,24 @@ int pmll_uring_write_files(pmll_uring_t *r, int n, const int *dirfds, const char
         if (rc < 0) return rc;
         rc = reap(r, submitted, results, lengths);
         if (rc < 0) return rc;
-        // A cancelled close leaks its slot: close every slot of this group ourselves (harmless
-        // when already closed).
+        // A chain that failed had its close cancelled, which leaks the slot: close those slots
+        // ourselves. Successful chains closed theirs already.
+        unsigned closing = 0;
         for (int k = 0; k < count; k++) {
+            if (results[base + k] == 0) continue;
             struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
             io_uring_prep_close_direct(sqe, (unsigned)k);
             sqe->user_data = UINT64_MAX;
+            closing++;
         }
-        rc = io_uring_submit_and_wait(&r->ring, (unsigned)count);
-        if (rc < 0) return rc;
-        for (int k = 0; k < count; k++) {
-            struct io_uring_cqe *cqe;
-            if (io_uring_wait_cqe(&r->ring, &cqe) < 0) break;
-            io_uring_cqe_seen(&r->ring, cqe);
+        if (closing > 0) {
+            rc = io_uring_submit_and_wait(&r->ring, closing);
+            if (rc < 0) return rc;
+            for (unsigned k = 0; k < closing; k++) {
+                struct io_uring_cqe *cqe;
+                if (io_uring_wait_cqe(&r->ring, &cqe) < 0) break;
+                io_uring_cqe_seen(&r->ring, cqe);
+            }
         }
     }
     return 0;
