@@ -117,6 +117,35 @@ struct FileBatchTests {
         #expect(!tree(root).keys.contains { $0.contains(".pmll-") }, "staging files left: \(tree(root).keys.sorted())")
     }
 
+    /// Regression (found by the 30-minute pmll-stress run): an open recovered a dead process's
+    /// half-applied batch behind the back of a live process that had taken over the tree's
+    /// lock and was applying its own batch. Now an open with other processes attached leaves
+    /// the tree alone; the next apply on that root (under the tree's lock) repairs it first.
+    @Test func aDeadBatchIsRepairedByTheNextApplyOnItsTreeNotByAnOpen() throws {
+        let scratch = Scratch()
+        let root = scratch.file("root"), pool = scratch.file("p.pool")
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        try "old".write(toFile: root + "/a.txt", atomically: true, encoding: .utf8)
+        try "bye".write(toFile: root + "/old.txt", atomically: true, encoding: .utf8)
+        let before = tree(root)
+        let keeper = try Child.worker("hold", "--pool", pool, "--lock", "keep")   // other processes stay attached
+        defer { keeper.kill(); keeper.wait() }
+        _ = try #require(keeper.waitForEvent("acquired"))
+        let victim = try run(Binaries.pmll, ["batch", "apply", "--pool", pool, "--root", root, "--atomic", try batchFile(scratch, Self.sample)],
+                             environment: ["PMLL_CRASH_AT": "batch.renamed:1"])
+        #expect(victim.status == 128 + SIGKILL)
+        let halfApplied = tree(root)
+        #expect(halfApplied != before)
+        #expect(try run(Binaries.pmll, ["status", "--pool", pool]).status == 0)
+        #expect(tree(root) == halfApplied, "an open touched a tree it does not hold")
+        let next = try run(Binaries.pmll, ["batch", "apply", "--pool", pool, "--root", root, "--atomic",
+                                           try batchFile(scratch, #"[{"op":"write","path":"z","data":"next"}]"#)])
+        #expect(next.status == 0, "\(next.stderr)")
+        var expected = before
+        expected["z"] = "next"
+        #expect(tree(root) == expected)
+    }
+
     @Test func escapesAndBadEntriesAreRejectedBeforeAnythingIsTouched() throws {
         let scratch = Scratch()
         let root = scratch.file("root"), outside = scratch.file("outside")

@@ -47,6 +47,10 @@ extension Pool {
         let rootFD = Glibc.open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard rootFD >= 0 else { throw SystemCall.fileError(.current, path: root, operation: "open batch root") }
         defer { close(rootFD) }
+        // A dead process's half-applied batch on this tree is undone first. The caller holds
+        // whatever serialises work on the tree (its lock, its queue turn), so nobody else is
+        // changing it now.
+        try recoverFileBatches(root: Self.absolute(root))
         let dirs = DirectoryCache(root: rootFD)
         defer { dirs.closeAll() }
         let backend = IOBackend.shared
@@ -308,20 +312,28 @@ extension Pool {
 
     // MARK: recovery
 
-    /// Rolls back (or finishes cleaning up) the atomic batches of processes that are gone.
-    /// Runs on open and in `recover`. Returns how many batches it handled.
+    /// Rolls back (or finishes cleaning up) the atomic batches of processes that are gone
+    /// (only those below `root` if given). Runs before every `apply` (for its root), in
+    /// `recover`, and on an open that reset the volatile state. Recoverers are serialised by an
+    /// internal lock. Returns how many batches it handled.
     ///
     /// `ownersAreGone`: the caller knows every recorded owner is dead (this open reset the
     /// volatile state). Owner tokens must not be trusted then: after a power failure the
     /// process table's generations may have gone back, so a new process can be handed the
     /// very token a dead batch recorded (found by the crash suite's power-failure model).
     @discardableResult
-    public func recoverFileBatches(ownersAreGone: Bool = false) throws(PMLLError) -> Int {
+    public func recoverFileBatches(ownersAreGone: Bool = false, root: String? = nil) throws(PMLLError) -> Int {
         guard store.blockCount > 0 else { return 0 }
+        let keys = try committedKeys(prefix: Self.batchPrefix)
+        guard !keys.isEmpty else { return 0 }
+        let lock = try batchRecoveryLock()
+        _ = try acquire(index: lock, deadline: .max, cancellation: nil)
+        defer { release(index: lock) }
         var handled = 0
-        for key in try committedKeys(prefix: Self.batchPrefix) {
+        for key in keys {
             guard let bytes = try readCommitted(key),
                   let journal = try? JSONEncoderShim.decode(BatchJournal.self, bytes) else { continue }
+            if let root, journal.root != root { continue }
             if !ownersAreGone && journal.owner != 0 && processes.isAlive(journal.owner) { continue }   // still being applied
             let rootFD = Glibc.open(journal.root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             guard rootFD >= 0 else { continue }
@@ -333,6 +345,11 @@ extension Pool {
             handled += 1
         }
         return handled
+    }
+
+    /// The lock that serialises batch recoverers (created on first use).
+    func batchRecoveryLock() throws(PMLLError) -> UInt32 {
+        try table.index(of: "pmll:batches", level: .network, create: true, creation: tableCreation, allowReserved: true)!
     }
 
     /// The process umask, read once (reading it means setting it, so only at first use).

@@ -74,8 +74,10 @@ public final class Pool: Sendable {
             do throws(PMLLError) {
                 if let pool = try Pool(attaching: fd, path: path, created: created, options: options) {
                     try pool.storeReady()   // roll back transactions of dead processes
-                    // ... and their half-applied file batches (all of them after a reset).
-                    _ = try? pool.recoverFileBatches(ownersAreGone: pool.openReport.volatileReset != nil)
+                    // After a reset nobody is left, so their half-applied file batches can be undone
+                    // now. Otherwise a batch is undone by the next `apply` on its tree (under the
+                    // tree's lock) or by `recover`, never behind the back of a live holder.
+                    if pool.openReport.volatileReset != nil { _ = try? pool.recoverFileBatches(ownersAreGone: true) }
                     return pool
                 }
             } catch {
