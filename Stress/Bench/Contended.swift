@@ -2,6 +2,7 @@ import CPMLL
 import CPMLLPeers
 import Foundation
 import PMLL
+import PMLLStressSupport
 
 /// P processes hammering one lock for a fixed time: throughput, the share of acquisitions
 /// each process got (fairness), and a mutual-exclusion check (a non-atomic shared counter

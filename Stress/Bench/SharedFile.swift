@@ -1,40 +1,7 @@
 import CPMLL
 import Foundation
+import PMLLStressSupport
 import Histogram
-
-/// A small file mapped MAP_SHARED, for the peer mutex and for counters shared between
-/// benchmark processes.
-final class SharedFile: @unchecked Sendable {
-    let path: String
-    let fd: Int32
-    let base: UnsafeMutableRawPointer
-    let size: Int
-
-    init(_ path: String, size: Int = 1 << 16, create: Bool) throws {
-        self.path = path
-        self.size = size
-        fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT | O_TRUNC : 0), 0o600)
-        guard fd >= 0 else { throw BenchError("open \(path): \(String(cString: strerror(errno)))") }
-        if create { ftruncate(fd, off_t(size)) }
-        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
-            throw BenchError("mmap \(path)")
-        }
-        base = p
-    }
-
-    deinit {
-        munmap(base, size)
-        close(fd)
-    }
-
-    /// 64-bit counters after the first cache lines (the mutex and flags live before them).
-    func counter(_ i: Int) -> UnsafeMutablePointer<UInt64> {
-        (base + 512 + i * 64).assumingMemoryBound(to: UInt64.self)
-    }
-
-    var startFlag: UnsafeMutablePointer<UInt32> { (base + 256).assumingMemoryBound(to: UInt32.self) }
-    var stopFlag: UnsafeMutablePointer<UInt32> { (base + 260).assumingMemoryBound(to: UInt32.self) }
-}
 
 struct BenchError: Error, CustomStringConvertible {
     let description: String

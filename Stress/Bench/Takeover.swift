@@ -2,6 +2,7 @@ import CPMLLPeers
 import Foundation
 import Histogram
 import PMLL
+import PMLLStressSupport
 
 /// SIGKILL of a holder until a waiting process owns the lock (and knows the owner died).
 enum Takeover {

@@ -1,6 +1,7 @@
 import CPMLLPeers
 import Foundation
 import PMLL
+import PMLLStressSupport
 
 /// Uncontended lock+unlock pairs in one process: PMLL's typed and untyped Swift API
 /// against the bare CAS floor, glibc's robust process-shared mutex, flock and OFD locks,

@@ -1,4 +1,5 @@
 import Foundation
+import PMLLStressSupport
 
 /// Counters every worker publishes in a small shared file, so
 /// the supervisor can show progress and sum up, including what killed workers had done.
@@ -10,17 +11,13 @@ final class SharedStats: @unchecked Sendable {
     static let errorsWord = 5, deathsWord = 6, repairsWord = 7
     static let maxWorkers = 1024
     static let buckets = 32
-    let base: UnsafeMutablePointer<UInt64>
     static let slotBytes = 2048
-    let size = 4096 + SharedStats.slotBytes * SharedStats.maxWorkers
+    let file: SharedFile
+    let base: UnsafeMutablePointer<UInt64>
 
     init(path: String, create: Bool) throws {
-        let fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT | O_TRUNC : 0), 0o600)
-        guard fd >= 0 else { throw StressError("cannot open \(path)") }
-        defer { close(fd) }
-        if create { ftruncate(fd, off_t(size)) }
-        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else { throw StressError("mmap \(path)") }
-        base = p.assumingMemoryBound(to: UInt64.self)
+        file = try SharedFile(path, size: 4096 + Self.slotBytes * Self.maxWorkers, create: create)
+        base = file.base.assumingMemoryBound(to: UInt64.self)
     }
 
     func slot(_ id: Int) -> UnsafeMutablePointer<UInt64> { base + (4096 + id * Self.slotBytes) / 8 }

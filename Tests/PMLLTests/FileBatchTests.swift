@@ -28,6 +28,15 @@ struct FileBatchTests {
         return result
     }
 
+    /// A 256 KiB tmpfs mounted at a new directory under the scratch area for the duration of `body`.
+    func withSmallTmpfs(_ scratch: Scratch, _ body: (String) throws -> Void) throws {
+        let root = scratch.file("tmpfs")
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        try #require(try run("/bin/mount", ["-t", "tmpfs", "-o", "size=256k", "tmpfs", root]).status == 0)
+        defer { _ = try? run("/bin/umount", [root]) }
+        try body(root)
+    }
+
     func batchFile(_ scratch: Scratch, _ json: String) throws -> String {
         let path = scratch.file("batch-\(UUID().uuidString.prefix(6)).json")
         try json.write(toFile: path, atomically: true, encoding: .utf8)
@@ -61,38 +70,34 @@ struct FileBatchTests {
     @Test(.enabled(if: canMountTmpfs), arguments: backends)
     func failureMidwayLeavesTheTreeAsBefore(backend: String) throws {
         let scratch = Scratch()
-        let root = scratch.file("small")
-        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-        try #require(try run("/bin/mount", ["-t", "tmpfs", "-o", "size=256k", "tmpfs", root]).status == 0)
-        defer { _ = try? run("/bin/umount", [root]) }
-        try "keep".write(toFile: root + "/a.txt", atomically: true, encoding: .utf8)
-        let before = tree(root)
-        let big = String(repeating: "x", count: 100_000)
-        let ops = (0..<5).map { #"{"op":"write","path":"f\#($0)","data":"\#(big)"}"# } + [#"{"op":"replace","path":"a.txt","data":"changed"}"#]
-        let result = try run(Binaries.pmll, ["batch", "apply", "--pool", scratch.file("p.pool"), "--root", root, "--atomic", try batchFile(scratch, "[" + ops.joined(separator: ",") + "]")],
-                             environment: ["PMLL_IO_BACKEND": backend])
-        #expect(result.status == 73, "\(result.stderr)")
-        #expect(result.stderr.contains("No space left"))
-        #expect(tree(root) == before)
+        try withSmallTmpfs(scratch) { root in
+            try "keep".write(toFile: root + "/a.txt", atomically: true, encoding: .utf8)
+            let before = tree(root)
+            let big = String(repeating: "x", count: 100_000)
+            let ops = (0..<5).map { #"{"op":"write","path":"f\#($0)","data":"\#(big)"}"# } + [#"{"op":"replace","path":"a.txt","data":"changed"}"#]
+            let result = try run(Binaries.pmll, ["batch", "apply", "--pool", scratch.file("p.pool"), "--root", root, "--atomic", try batchFile(scratch, "[" + ops.joined(separator: ",") + "]")],
+                                 environment: ["PMLL_IO_BACKEND": backend])
+            #expect(result.status == 73, "\(result.stderr)")
+            #expect(result.stderr.contains("No space left"))
+            #expect(tree(root) == before)
+        }
     }
 
     /// A read-only target: the batch fails with a permission error and changes nothing.
     @Test(.enabled(if: canMountTmpfs), arguments: backends)
     func readOnlyTargetFailsCleanly(backend: String) throws {
         let scratch = Scratch()
-        let root = scratch.file("ro")
-        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-        try #require(try run("/bin/mount", ["-t", "tmpfs", "-o", "size=256k", "tmpfs", root]).status == 0)
-        defer { _ = try? run("/bin/umount", [root]) }
-        try "keep".write(toFile: root + "/a.txt", atomically: true, encoding: .utf8)
-        try #require(try run("/bin/mount", ["-o", "remount,ro", root]).status == 0)
-        let before = tree(root)
-        let result = try run(Binaries.pmll, ["batch", "apply", "--pool", scratch.file("p.pool"), "--root", root, "--atomic",
-                                             try batchFile(scratch, #"[{"op":"write","path":"new","data":"x"},{"op":"replace","path":"a.txt","data":"changed"}]"#)],
-                             environment: ["PMLL_IO_BACKEND": backend])
-        #expect(result.status == 77, "\(result.stderr)")
-        #expect(result.stderr.contains("Read-only file system"))
-        #expect(tree(root) == before)
+        try withSmallTmpfs(scratch) { root in
+            try "keep".write(toFile: root + "/a.txt", atomically: true, encoding: .utf8)
+            try #require(try run("/bin/mount", ["-o", "remount,ro", root]).status == 0)
+            let before = tree(root)
+            let result = try run(Binaries.pmll, ["batch", "apply", "--pool", scratch.file("p.pool"), "--root", root, "--atomic",
+                                                 try batchFile(scratch, #"[{"op":"write","path":"new","data":"x"},{"op":"replace","path":"a.txt","data":"changed"}]"#)],
+                                 environment: ["PMLL_IO_BACKEND": backend])
+            #expect(result.status == 77, "\(result.stderr)")
+            #expect(result.stderr.contains("Read-only file system"))
+            #expect(tree(root) == before)
+        }
     }
 
     /// SIGKILL of the applying process at each phase, then recovery by the next process that
