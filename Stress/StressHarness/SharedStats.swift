@@ -9,7 +9,7 @@ import PMLLStressSupport
 final class SharedStats: @unchecked Sendable {
     static let kinds = ["lock", "tx", "queue", "batch"]
     static let errorsWord = 5, deathsWord = 6, repairsWord = 7
-    static let maxWorkers = 1024
+    static let maxWorkers = 64   // one slot per worker position (--processes is at most 64)
     static let buckets = 32
     static let slotBytes = 2048
     let file: SharedFile
@@ -28,6 +28,17 @@ final class SharedStats: @unchecked Sendable {
         let us = max(1, nanoseconds / 1000)
         let bucket = min(Self.buckets - 1, 63 - UInt64(us).leadingZeroBitCount)
         slot(id)[8 + kind * Self.buckets + bucket] &+= 1
+    }
+
+    /// Adds a dead worker's slot to `retired` and clears the slot for its replacement.
+    func retire(_ id: Int, into retired: inout Totals) {
+        let s = slot(id)
+        for k in Self.kinds.indices { retired.operations[k] += s[1 + k] }
+        retired.errors += s[Self.errorsWord]
+        retired.ownerDeaths += s[Self.deathsWord]
+        retired.repairs += s[Self.repairsWord]
+        for k in Self.kinds.indices { for b in 0..<Self.buckets { retired.histograms[k][b] += s[8 + k * Self.buckets + b] } }
+        UnsafeMutableRawPointer(s).initializeMemory(as: UInt8.self, repeating: 0, count: Self.slotBytes)
     }
 
     struct Totals {
@@ -51,8 +62,9 @@ final class SharedStats: @unchecked Sendable {
         }
     }
 
-    func totals(workers: Int) -> Totals {
-        var t = Totals()
+    /// What the live slots hold plus what retired workers did.
+    func totals(workers: Int, retired: Totals = Totals()) -> Totals {
+        var t = retired
         for id in 0..<workers {
             let s = slot(id)
             for k in Self.kinds.indices { t.operations[k] += s[1 + k] }

@@ -50,19 +50,23 @@ struct StressRun: AsyncParsableCommand {
         let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
         let tty = isatty(1) != 0 && !json
         var rng = SplitMix(seed: seed)
-        var nextID = 0
-        var workers: [Int32: Process] = [:]
+        // One stats slot per position; a replacement takes over its victim's slot after the
+        // victim's counts are folded into `retired`.
+        var workers: [Int32: (process: Process, slot: Int)] = [:]
+        var incarnations = [UInt64](repeating: 0, count: processes)
+        var retired = SharedStats.Totals()
         var killTimes: [Int32: Int64] = [:]
-        func spawn() throws {
+        var kills = 0
+        func spawn(slot: Int) throws {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: me)
-            p.arguments = ["worker", "--pool", path, "--id", "\(nextID)", "--seed", "\(seed)", "--mix", mix]
+            p.arguments = ["worker", "--pool", path, "--id", "\(slot)", "--incarnation", "\(incarnations[slot])", "--seed", "\(seed)", "--mix", mix]
             try p.run()
-            workers[p.processIdentifier] = p
-            nextID += 1
+            workers[p.processIdentifier] = (p, slot)
+            incarnations[slot] += 1
         }
         if !json { say("pmll-stress: \(processes) processes, \(duration)s, kill rate \(killRate)/s, seed \(seed), mix \(mix), pool \(path)") }
-        for _ in 0..<processes { try spawn() }
+        for slot in 0..<processes { try spawn(slot: slot) }
 
         let start = monotonicNanoseconds()
         var nextKill = start + exponential(&rng)
@@ -71,15 +75,17 @@ struct StressRun: AsyncParsableCommand {
         while monotonicNanoseconds() - start < Int64(duration * 1e9) {
             usleep(50_000)
             let now = monotonicNanoseconds()
-            if killRate > 0 && now >= nextKill, let victim = workers.keys.randomElement(using: &rng) {
+            if killRate > 0 && now >= nextKill, let victim = workers.keys.sorted().randomElement(using: &rng), let entry = workers[victim] {
                 kill(victim, SIGKILL)
                 killTimes[victim] = monotonicNanoseconds()
-                workers[victim]?.waitUntilExit()
+                kills += 1
+                entry.process.waitUntilExit()
                 workers[victim] = nil
-                try spawn()
+                stats.retire(entry.slot, into: &retired)
+                try spawn(slot: entry.slot)
                 nextKill = now + exponential(&rng)
             }
-            let totals = stats.totals(workers: nextID)
+            let totals = stats.totals(workers: processes, retired: retired)
             if totals.total != lastTotal { lastTotal = totals.total; lastProgress = now }
             if Double(now - lastProgress) / 1e9 > hangTimeout {
                 hang = describeHang(pool)
@@ -87,15 +93,15 @@ struct StressRun: AsyncParsableCommand {
             }
             if now - lastPrint >= (tty ? 250_000_000 : 1_000_000_000) {
                 lastPrint = now
-                let line = progressLine(totals, elapsed: Double(now - start) / 1e9, kills: killTimes.count)
+                let line = progressLine(totals, elapsed: Double(now - start) / 1e9, kills: kills)
                 if tty { FileHandle.standardOutput.write(Data("\r\u{1B}[K\(line)".utf8)) } else if !json { say(line) }
             }
         }
         let elapsed = Double(monotonicNanoseconds() - start) / 1e9
-        for (pid, p) in workers { kill(pid, SIGKILL); p.waitUntilExit() }
+        for (pid, entry) in workers { kill(pid, SIGKILL); entry.process.waitUntilExit() }
         if tty { FileHandle.standardOutput.write(Data("\n".utf8)) }
 
-        let summary = try await finish(pool, files, stats: stats, workers: nextID, elapsed: elapsed, kills: killTimes, hang: hang)
+        let summary = try await finish(pool, files, stats: stats, retired: retired, elapsed: elapsed, kills: kills, killTimes: killTimes, hang: hang)
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
@@ -140,7 +146,8 @@ struct StressRun: AsyncParsableCommand {
         return "no progress for \(hangTimeout)s: " + (held + queues).joined(separator: "; ")
     }
 
-    func finish(_ pool: Pool, _ files: StressFiles, stats: SharedStats, workers: Int, elapsed: Double, kills: [Int32: Int64], hang: String?) async throws -> Summary {
+    func finish(_ pool: Pool, _ files: StressFiles, stats: SharedStats, retired: SharedStats.Totals, elapsed: Double, kills: Int,
+                killTimes: [Int32: Int64], hang: String?) async throws -> Summary {
         var violations: [String] = []
         // Recovery: abandoned queue operations, then the counter under its lock.
         let recovery = try await pool.recover(handlers: ["stress": { _ in }])
@@ -173,19 +180,19 @@ struct StressRun: AsyncParsableCommand {
         if versions.count > 1 { violations.append("install tree is half updated: versions \(versions.sorted())") }
         let check = try pool.check()
         violations += check.problems.map { "check: \($0)" }
-        let totals = stats.totals(workers: workers)
+        let totals = stats.totals(workers: processes, retired: retired)
         if totals.errors > 0 { violations.append("\(totals.errors) operations failed (see stderr)") }
         // Takeover latency: from a SIGKILL to the next acquirer told of that death.
         var takeover = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
         for line in ((try? String(contentsOfFile: files.takeovers, encoding: .utf8)) ?? "").split(separator: "\n") {
             let f = line.split(separator: " ")
-            if f.count == 2, let pid = Int32(f[0]), let t = Int64(f[1]), let killed = kills[pid], t > killed {
+            if f.count == 2, let pid = Int32(f[0]), let t = Int64(f[1]), let killed = killTimes[pid], t > killed {
                 _ = takeover.record(UInt64(t - killed))
             }
         }
         let lockStats = pool.status().locks.filter { $0.name.hasPrefix("stress/") }
         return Summary(
-            seconds: elapsed, processes: processes, killRate: killRate, seed: seed, kills: kills.count,
+            seconds: elapsed, processes: processes, killRate: killRate, seed: seed, kills: kills,
             operations: Dictionary(uniqueKeysWithValues: zip(SharedStats.kinds, totals.operations)),
             operationsPerSecond: Double(totals.total) / elapsed,
             p50Microseconds: Dictionary(uniqueKeysWithValues: SharedStats.kinds.indices.map { (SharedStats.kinds[$0], totals.quantile(0.5, kind: $0)) }),

@@ -15,6 +15,7 @@ struct StressWorker: AsyncParsableCommand {
     @Option var pool: String
     @Option var id: Int
     @Option var seed: UInt64
+    @Option(help: "How many workers used this slot before (a new random stream each time).") var incarnation: UInt64 = 0
     @Option var mix: String
 
     func run() async throws {
@@ -28,7 +29,7 @@ struct StressWorker: AsyncParsableCommand {
         let queue = try pool.queue(named: "stress-q")
         let treeLock = try pool.lock(named: "stress/tree", level: .filesystem)
         let weights = Mix.parse(mix)
-        var rng = SplitMix(seed: seed ^ UInt64(id) &* 0x9E37_79B9)
+        var rng = SplitMix(seed: seed ^ (UInt64(id) &* 0x9E37_79B9) ^ (incarnation &* 0xBF58_476D_1CE4_E5B9))
         let counter = open(files.counter, O_RDWR | O_CLOEXEC), log = open(files.counterLog, O_WRONLY | O_APPEND | O_CLOEXEC)
         let queueLog = open(files.queueLog, O_WRONLY | O_APPEND | O_CLOEXEC)
 
@@ -68,7 +69,10 @@ struct StressWorker: AsyncParsableCommand {
                     }
                 case 3:
                     try await treeLock.withLock(timeout: .seconds(30)) { grant in
-                        if grant.previousOwnerDeath != nil { stats.add(id, SharedStats.deathsWord) }
+                        if let death = grant.previousOwnerDeath {
+                            stats.add(id, SharedStats.deathsWord)
+                            appendLine(files.takeovers, "\(death.pid) \(monotonicNanoseconds())")
+                        }
                         let version = Int(StressFiles.readTreeVersion(files.tree) ?? "0") ?? 0
                         let data = Array("\(version + 1)".utf8)
                         _ = try pool.apply(FileBatch((0..<StressFiles.treeFiles).map {
