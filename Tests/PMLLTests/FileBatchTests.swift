@@ -102,7 +102,10 @@ struct FileBatchTests {
 
     /// SIGKILL of the applying process at each phase, then recovery by the next process that
     /// opens the pool: the tree is byte for byte the old one or the new one.
-    @Test(arguments: ["batch.staged:1", "batch.renamed:1", "batch.renamed:3", "batch.committed:1"], backends)
+    // batch.linked: regression (found by the 30-minute stress run): killed between the backup
+    // link and the rename, undo's rename between two links of one file did nothing and left
+    // the backup behind.
+    @Test(arguments: ["batch.staged:1", "batch.linked:1", "batch.renamed:1", "batch.renamed:3", "batch.committed:1"], backends)
     func killedWhileApplyingIsRecovered(point: String, backend: String) throws {
         let committed = point.hasPrefix("batch.committed")
         let scratch = Scratch()

@@ -191,6 +191,7 @@ extension Pool {
                 // the target, old or new, never nothing.
                 if step.existed {
                     guard linkat(fd, name, fd, step.backup, 0) == 0 else { throw .batchFailed(index: n, path: step.path, errno: .current) }
+                    CrashPoint.hit("batch.linked")
                 }
                 try rename(fd, step.temp, fd, name)
             case "delete":
@@ -231,7 +232,9 @@ extension Pool {
             switch step.op {
             case "write", "replace":
                 if has(step.backup) {
-                    renameat(fd, step.backup, fd, name)
+                    // Killed between the backup link and the rename: both names are the same
+                    // old file, and rename(2) between two links of one file does nothing.
+                    if dirs.sameFile(fd, step.backup, name) { unlinkat(fd, step.backup, 0) } else { renameat(fd, step.backup, fd, name) }
                 } else if !step.existed && !has(step.temp) && has(name) {
                     unlinkat(fd, name, 0)
                 }
@@ -395,6 +398,13 @@ final class DirectoryCache {
         let (parent, name) = PathGuard.split(path)
         guard let fd = try? directory(parent, index: 0) else { return false }
         return existsAt(fd, name)
+    }
+
+    /// Both names are links to one file.
+    func sameFile(_ fd: Int32, _ a: String, _ b: String) -> Bool {
+        var sa = stat(), sb = stat()
+        return fstatat(fd, a, &sa, AT_SYMLINK_NOFOLLOW) == 0 && fstatat(fd, b, &sb, AT_SYMLINK_NOFOLLOW) == 0
+            && sa.st_ino == sb.st_ino && sa.st_dev == sb.st_dev
     }
 
     func existsAt(_ fd: Int32, _ name: String) -> Bool {
