@@ -32,13 +32,17 @@ final class SharedStats: @unchecked Sendable {
 
     /// Adds a dead worker's slot to `retired` and clears the slot for its replacement.
     func retire(_ id: Int, into retired: inout Totals) {
+        accumulate(id, into: &retired)
+        UnsafeMutableRawPointer(slot(id)).initializeMemory(as: UInt8.self, repeating: 0, count: Self.slotBytes)
+    }
+
+    private func accumulate(_ id: Int, into t: inout Totals) {
         let s = slot(id)
-        for k in Self.kinds.indices { retired.operations[k] += s[1 + k] }
-        retired.errors += s[Self.errorsWord]
-        retired.ownerDeaths += s[Self.deathsWord]
-        retired.repairs += s[Self.repairsWord]
-        for k in Self.kinds.indices { for b in 0..<Self.buckets { retired.histograms[k][b] += s[8 + k * Self.buckets + b] } }
-        UnsafeMutableRawPointer(s).initializeMemory(as: UInt8.self, repeating: 0, count: Self.slotBytes)
+        for k in Self.kinds.indices { t.operations[k] += s[1 + k] }
+        t.errors += s[Self.errorsWord]
+        t.ownerDeaths += s[Self.deathsWord]
+        t.repairs += s[Self.repairsWord]
+        for k in Self.kinds.indices { for b in 0..<Self.buckets { t.histograms[k][b] += s[8 + k * Self.buckets + b] } }
     }
 
     struct Totals {
@@ -65,14 +69,7 @@ final class SharedStats: @unchecked Sendable {
     /// What the live slots hold plus what retired workers did.
     func totals(workers: Int, retired: Totals = Totals()) -> Totals {
         var t = retired
-        for id in 0..<workers {
-            let s = slot(id)
-            for k in Self.kinds.indices { t.operations[k] += s[1 + k] }
-            t.errors += s[Self.errorsWord]
-            t.ownerDeaths += s[Self.deathsWord]
-            t.repairs += s[Self.repairsWord]
-            for k in Self.kinds.indices { for b in 0..<Self.buckets { t.histograms[k][b] += s[8 + k * Self.buckets + b] } }
-        }
+        for id in 0..<workers { accumulate(id, into: &t) }
         return t
     }
 }
