@@ -25,4 +25,3 @@ int pmll_futex_wake(uint32_t *word, int32_t count) {
     return rc >= 0 ? (int)rc : -errno;
 }
 
-int32_t pmll_gettid(void) { return (int32_t)syscall(SYS_gettid); }

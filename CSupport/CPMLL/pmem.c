@@ -37,4 +37,3 @@ int pmll_pmem_msync(const void *addr, size_t length) {
     __atomic_fetch_add(&barriers, 1, __ATOMIC_RELAXED);
     return pmem_msync(addr, length) == 0 ? 0 : -errno;
 }
-const char *pmll_pmem_errormsg(void) { return pmem_errormsg(); }

@@ -34,7 +34,7 @@ struct BatchBench: ParsableCommand {
                 for backend in ["uring", "syscalls"] {
                     results.append((backend == "uring" ? "pmll batch, io_uring" : "pmll batch, 16 threads", try median {
                         let child = try BenchChild(["batch-child", "--backend", backend, "--directory", dir, "--workload", workload])
-                        guard let line = child.readLine(), let ns = Double(line) else { throw BenchError("batch child failed") }
+                        guard let line = child.readLine(), let ns = Double(line) else { throw ToolError("batch child failed") }
                         child.process.waitUntilExit()
                         return ns
                     }))
@@ -114,7 +114,7 @@ struct BatchChild: ParsableCommand {
         let start = monotonicNanoseconds()
         let report = try pool.apply(batch, root: tree, atomic: workload == "replace200", durable: workload == "replace200")
         let elapsed = monotonicNanoseconds() - start
-        guard report.backend.rawValue == backend, report.results.allSatisfy({ $0 == "ok" }) else { throw BenchError("batch ran on \(report.backend) or failed") }
+        guard report.backend.rawValue == backend, report.results.allSatisfy({ $0 == "ok" }) else { throw ToolError("batch ran on \(report.backend) or failed") }
         sayLine("\(elapsed)")
     }
 }

@@ -65,7 +65,7 @@ struct QueueBench: ParsableCommand {
     func measure(kind: String, processes: Int, operations: Int, directory: String, filesystem: String) throws -> Row {
         let shared = try SharedFile(directory + "/qbench-\(kind)-\(processes).shm", create: true)
         if kind == "pmll" { _ = try Pool.open(path: directory + "/queue.pool").queue(named: "bench") }
-        if kind == "sqlite" { guard let db = peers_sqlite_open(directory + "/queue.sqlite") else { throw BenchError("sqlite open") }; peers_sqlite_close(db) }
+        if kind == "sqlite" { guard let db = peers_sqlite_open(directory + "/queue.sqlite") else { throw ToolError("sqlite open") }; peers_sqlite_close(db) }
         let each = operations / processes
         let (elapsed, histogram, barriers) = try runChildren((0..<processes).map { i in
             ["queue-child", "--kind", kind, "--directory", directory, "--count", "\(each)", "--shared", shared.path, "--index", "\(i)"]
@@ -103,13 +103,13 @@ struct QueueChild: AsyncParsableCommand {
             }
             barriers = Pool.durableBarrierCount - before
         } else {
-            guard let db = peers_sqlite_open(directory + "/queue.sqlite") else { throw BenchError("sqlite open") }
+            guard let db = peers_sqlite_open(directory + "/queue.sqlite") else { throw ToolError("sqlite open") }
             defer { peers_sqlite_close(db) }
             sayLine("ready")
             while pmll_load32(flags.startFlag) == 0 { usleep(100) }
             for _ in 0..<count {
                 let t0 = monotonicNanoseconds()
-                guard peers_sqlite_operation(db, Int32(index)) == 0 else { throw BenchError("sqlite operation") }
+                guard peers_sqlite_operation(db, Int32(index)) == 0 else { throw ToolError("sqlite operation") }
                 latencies.append(monotonicNanoseconds() - t0)
             }
         }

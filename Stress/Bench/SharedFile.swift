@@ -3,11 +3,6 @@ import Foundation
 import PMLLStressSupport
 import Histogram
 
-struct BenchError: Error, CustomStringConvertible {
-    let description: String
-    init(_ d: String) { description = d }
-}
-
 func monotonicNanoseconds() -> Int64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -60,7 +55,7 @@ func runChildren(_ arguments: [[String]], shared: SharedFile) throws -> (seconds
     var histogram = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
     var count: UInt64 = 0
     for child in children {
-        guard let line = child.readLine() else { throw BenchError("a benchmark child failed") }
+        guard let line = child.readLine() else { throw ToolError("a benchmark child failed") }
         let fields = line.split(separator: " ").compactMap { UInt64($0) }
         count += fields.first ?? 0
         for latency in fields.dropFirst() { _ = histogram.record(latency) }

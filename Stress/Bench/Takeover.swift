@@ -23,14 +23,14 @@ enum Takeover {
         var reported = 0
         for _ in 0..<rounds {
             let holder = try BenchChild(["takeover-child", "--kind", kind, "--directory", directory, "--role", "holder"])
-            guard holder.readLine() == "held" else { throw BenchError("holder failed") }
+            guard holder.readLine() == "held" else { throw ToolError("holder failed") }
             let waiter = try BenchChild(["takeover-child", "--kind", kind, "--directory", directory, "--role", "waiter"])
-            guard waiter.readLine() == "waiting" else { throw BenchError("waiter failed") }
+            guard waiter.readLine() == "waiting" else { throw ToolError("waiter failed") }
             usleep(20_000)   // let the waiter go to sleep in the kernel
             let killedAt = monotonicNanoseconds()
             kill(holder.pid, SIGKILL)
             guard let line = waiter.readLine(), let parts = Optional(line.split(separator: " ")), parts.count == 2,
-                  let acquiredAt = Int64(parts[0]) else { throw BenchError("waiter gave no time") }
+                  let acquiredAt = Int64(parts[0]) else { throw ToolError("waiter gave no time") }
             if parts[1] == "died" { reported += 1 }
             _ = histogram.record(UInt64(max(0, acquiredAt - killedAt)))
             holder.process.waitUntilExit()

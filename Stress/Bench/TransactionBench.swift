@@ -75,14 +75,14 @@ struct TransactionBench: ParsableCommand {
             }
             barriers = peers_msync_count() - before
         } else {
-            guard let pop = peers_pmemobj_create(directory + "/tx.obj") else { throw BenchError("pmemobj_create failed") }
+            guard let pop = peers_pmemobj_create(directory + "/tx.obj") else { throw ToolError("pmemobj_create failed") }
             defer { peers_pmemobj_close(pop) }
             for _ in 0..<50 { _ = peers_pmemobj_tx(pop, 1) }
             let before = peers_msync_count()
             start = monotonicNanoseconds()
             for i in 0..<n {
                 let t0 = monotonicNanoseconds()
-                guard peers_pmemobj_tx(pop, UInt8(i & 0xff)) == 0 else { throw BenchError("pmemobj tx aborted") }
+                guard peers_pmemobj_tx(pop, UInt8(i & 0xff)) == 0 else { throw ToolError("pmemobj tx aborted") }
                 _ = histogram.record(UInt64(monotonicNanoseconds() - t0))
             }
             barriers = peers_msync_count() - before

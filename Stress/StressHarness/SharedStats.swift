@@ -74,11 +74,6 @@ final class SharedStats: @unchecked Sendable {
     }
 }
 
-struct StressError: Error, CustomStringConvertible {
-    let description: String
-    init(_ d: String) { description = d }
-}
-
 func monotonicNanoseconds() -> Int64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)

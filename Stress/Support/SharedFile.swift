@@ -12,10 +12,10 @@ public final class SharedFile: @unchecked Sendable {
         self.path = path
         self.size = size
         fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT | O_TRUNC : 0), 0o600)
-        guard fd >= 0 else { throw SharedFileError(description: "open \(path): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw ToolError("open \(path): \(String(cString: strerror(errno)))") }
         if create { ftruncate(fd, off_t(size)) }
         guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
-            throw SharedFileError(description: "mmap \(path)")
+            throw ToolError("mmap \(path)")
         }
         base = p
     }
@@ -35,6 +35,8 @@ public final class SharedFile: @unchecked Sendable {
 }
 
 
-public struct SharedFileError: Error, CustomStringConvertible {
+/// A failure of a stress or benchmark tool, with its message.
+public struct ToolError: Error, CustomStringConvertible {
     public let description: String
+    public init(_ description: String) { self.description = description }
 }

@@ -331,7 +331,6 @@ static inline void pmll_store32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v
 static inline int pmll_cas32(uint32_t *p, uint32_t *expected, uint32_t desired) {
     return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
 }
-static inline uint32_t pmll_or32(uint32_t *p, uint32_t v) { return __atomic_fetch_or(p, v, __ATOMIC_ACQ_REL); }
 static inline uint64_t pmll_load64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void pmll_store64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 static inline uint64_t pmll_add64(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
@@ -426,7 +425,6 @@ void *_Nullable pmll_pmem_open(const char *path, uint64_t *mapped_length, int *i
 int pmll_pmem_unmap(void *addr, uint64_t length);
 void pmll_pmem_persist(const void *addr, size_t length);   // cache flush only (real pmem)
 int pmll_pmem_msync(const void *addr, size_t length);      // page-rounded msync (other files)
-const char *pmll_pmem_errormsg(void);
 // Durable barriers (persist or msync calls) made by this process so far.
 uint64_t pmll_barrier_count(void);
 
@@ -457,7 +455,6 @@ int pmll_uring_fsync_fds(pmll_uring_t *ring, int n, const int *fds, int *results
 
 uint32_t pmll_crc32c(uint32_t crc, const void *_Nullable data, size_t length);
 uint32_t pmll_crc32c_software(uint32_t crc, const void *_Nullable data, size_t length);
-int32_t pmll_gettid(void);
 // renameat2(RENAME_NOREPLACE) of old to new in the same directory; -EEXIST when new exists.
 int pmll_rename_noreplace(const char *oldpath, const char *newpath);
 
