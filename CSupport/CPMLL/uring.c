@@ -33,7 +33,7 @@ void pmll_uring_destroy(pmll_uring_t *r) {
 int pmll_uring_probe_ops(pmll_uring_t *r) {
     struct io_uring_probe *probe = io_uring_get_probe_ring(&r->ring);
     if (!probe) return -EOPNOTSUPP;
-    int ops[] = {IORING_OP_OPENAT, IORING_OP_WRITE, IORING_OP_FSYNC, IORING_OP_CLOSE};
+    int ops[] = {IORING_OP_OPENAT, IORING_OP_WRITE, IORING_OP_FSYNC, IORING_OP_CLOSE, IORING_OP_UNLINKAT};
     int ok = 1;
     for (unsigned i = 0; i < sizeof ops / sizeof ops[0]; i++) ok &= io_uring_opcode_supported(probe, ops[i]);
     io_uring_free_probe(probe);
@@ -121,14 +121,16 @@ int pmll_uring_write_files(pmll_uring_t *r, int n, const int *dirfds, const char
     return 0;
 }
 
-int pmll_uring_fsync_fds(pmll_uring_t *r, int n, const int *fds, int *results) {
+// Submits one independent SQE per item, in groups that fit the submission queue, and reaps
+// them. `prep` fills the SQE of item i.
+static int each(pmll_uring_t *r, int n, int *results, void (*prep)(struct io_uring_sqe *, int, const void *), const void *ctx) {
     memset(results, 0, sizeof(int) * (size_t)n);
     unsigned sq = io_uring_sq_space_left(&r->ring);
     for (int base = 0; base < n; base += (int)sq) {
         int count = n - base < (int)sq ? n - base : (int)sq;
         for (int k = 0; k < count; k++) {
             struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
-            io_uring_prep_fsync(sqe, fds[base + k], 0);
+            prep(sqe, base + k, ctx);
             sqe->user_data = (uint64_t)(base + k) << 3 | 2;
         }
         int rc = io_uring_submit(&r->ring);
@@ -137,4 +139,24 @@ int pmll_uring_fsync_fds(pmll_uring_t *r, int n, const int *fds, int *results) {
         if (rc < 0) return rc;
     }
     return 0;
+}
+
+static void prep_fsync(struct io_uring_sqe *sqe, int i, const void *ctx) {
+    io_uring_prep_fsync(sqe, ((const int *)ctx)[i], 0);
+}
+
+int pmll_uring_fsync_fds(pmll_uring_t *r, int n, const int *fds, int *results) {
+    return each(r, n, results, prep_fsync, fds);
+}
+
+struct unlink_ctx { const int *dirfds; const char *const *names; };
+
+static void prep_unlink(struct io_uring_sqe *sqe, int i, const void *ctx) {
+    const struct unlink_ctx *c = ctx;
+    io_uring_prep_unlinkat(sqe, c->dirfds[i], c->names[i], 0);
+}
+
+int pmll_uring_unlink(pmll_uring_t *r, int n, const int *dirfds, const char *const *names, int *results) {
+    struct unlink_ctx c = {dirfds, names};
+    return each(r, n, results, prep_unlink, &c);
 }

@@ -98,6 +98,8 @@ struct BatchChild: ParsableCommand {
         if workload == "replace200" {
             for i in 0..<200 { FileManager.default.createFile(atPath: tree + "/f\(i)", contents: Data(repeating: 0x62, count: 4096)) }
         }
+        // The set-up's dirty data would otherwise ride on the first measured fsync.
+        sync()
         return tree
     }
 

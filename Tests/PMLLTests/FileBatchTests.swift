@@ -22,7 +22,7 @@ struct FileBatchTests {
         let e = FileManager.default.enumerator(atPath: root)
         while let path = e?.nextObject() as? String {
             var isDir: ObjCBool = false
-            FileManager.default.fileExists(atPath: root + "/" + path, isDirectory: &isDir)
+            _ = FileManager.default.fileExists(atPath: root + "/" + path, isDirectory: &isDir)
             result[path] = isDir.boolValue ? "<dir>" : (try? String(contentsOfFile: root + "/" + path, encoding: .utf8)) ?? "<binary>"
         }
         return result
@@ -64,6 +64,31 @@ struct FileBatchTests {
         var st = stat()
         stat(root + "/lib/f2", &st)
         #expect(st.st_mode & 0o777 == 0o600)
+    }
+
+    /// Best effort: every entry is tried in order and reported; a write over an existing file
+    /// (which the fast create path finds with EEXIST) still replaces it; nothing is staged.
+    @Test(arguments: backends)
+    func bestEffortAppliesWhatItCanAndReportsEachEntry(backend: String) throws {
+        let scratch = Scratch()
+        let root = scratch.file("root")
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        try "old".write(toFile: root + "/a.txt", atomically: true, encoding: .utf8)
+        let json = """
+            [{"op":"write","path":"new1","data":"one"},{"op":"write","path":"a.txt","data":"over","mode":"0640"},
+             {"op":"delete","path":"missing"},{"op":"mkdir","path":"lib"},{"op":"write","path":"lib/n2","data":"two","mode":"0600"},
+             {"op":"write","path":"new1","data":"again"}]
+            """
+        let result = try run(Binaries.pmll, ["batch", "apply", "--pool", scratch.file("p.pool"), "--root", root, try batchFile(scratch, json)],
+                             environment: ["PMLL_IO_BACKEND": backend])
+        #expect(result.status == 1, "\(result.stderr)")
+        #expect(result.stdout.contains("entry 2:") && !result.stdout.contains("entry 0:") && !result.stdout.contains("entry 1:"), "\(result.stdout)")
+        #expect(tree(root) == ["a.txt": "over", "new1": "again", "lib": "<dir>", "lib/n2": "two"])
+        var st = stat()
+        stat(root + "/lib/n2", &st)
+        #expect(st.st_mode & 0o777 == 0o600)
+        stat(root + "/a.txt", &st)
+        #expect(st.st_mode & 0o777 == 0o640)
     }
 
     /// A write that fails midway (the filesystem is full): nothing of the batch remains.

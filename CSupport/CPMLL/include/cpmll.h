@@ -450,6 +450,10 @@ int pmll_uring_write_files(pmll_uring_t *ring, int n, const int *dirfds, const c
                            int do_fsync, int *results);
 // fsync of n descriptors in parallel (directories after renames). Same return convention.
 int pmll_uring_fsync_fds(pmll_uring_t *ring, int n, const int *fds, int *results);
+// unlinkat(dirfds[i], names[i], 0) for n names in parallel (io-wq workers): freeing an inode
+// is the slow part on a journaling filesystem and runs outside the directory lock, so the
+// evictions overlap. Same return convention.
+int pmll_uring_unlink(pmll_uring_t *ring, int n, const int *dirfds, const char *_Nonnull const *_Nonnull names, int *results);
 
 // MARK: - Misc
 

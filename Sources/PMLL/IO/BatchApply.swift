@@ -14,26 +14,6 @@ public struct BatchReport: Sendable, Codable, Equatable {
     public let nanoseconds: Int64
 }
 
-/// One planned step of an atomic batch, as recorded in its journal (Docs/FileBatches.md).
-struct BatchStep: Codable {
-    var op: String
-    var path: String
-    var to: String?
-    var temp: String
-    var backup: String
-    var existed: Bool
-    var toExisted: Bool
-    var createdDirs: [String]
-}
-
-struct BatchJournal: Codable {
-    var id: String
-    var root: String
-    var owner: UInt32
-    var phase: String          // staging, applying, committed
-    var steps: [BatchStep]
-}
-
 extension Pool {
     static let batchPrefix = "pmll:batch/"
 
@@ -59,14 +39,12 @@ extension Pool {
             return BatchReport(backend: backend.kind, atomic: false, results: results, nanoseconds: Clock.monotonicNanoseconds - start)
         }
         let id = String(UInt64.random(in: 0...UInt64.max), radix: 36)
-        var journal = BatchJournal(id: id, root: Self.absolute(root), owner: token, phase: "staging",
-                                   steps: try plan(batch, id: id, dirs: dirs))
+        var journal = BatchJournal(id: id, root: Self.absolute(root), owner: token, phase: .staging,
+                                   steps: try plan(batch, dirs: dirs))
         try writeJournal(journal)
         do {
             try stage(batch, journal: journal, dirs: dirs, backend: backend, durable: durable)
             CrashPoint.hit("batch.staged")
-            journal.phase = "applying"
-            try writeJournal(journal)
             try applySteps(journal, dirs: dirs, backend: backend, durable: durable,
                            fsyncs: batch.operations.compactMap { if case .fsync(let p) = $0 { p } else { nil } })
         } catch {
@@ -74,7 +52,7 @@ extension Pool {
             try? deleteJournal(id)
             throw error
         }
-        journal.phase = "committed"
+        journal.phase = .committed
         try writeJournal(journal)
         CrashPoint.hit("batch.committed")
         cleanUp(journal, dirs: dirs)
@@ -87,39 +65,38 @@ extension Pool {
 
     /// Plans each step against the tree as the earlier steps of the batch will have left it,
     /// so that a step may use what an earlier one creates.
-    private func plan(_ batch: FileBatch, id: String, dirs: DirectoryCache) throws(PMLLError) -> [BatchStep] {
+    private func plan(_ batch: FileBatch, dirs: DirectoryCache) throws(PMLLError) -> [BatchStep] {
         var steps: [BatchStep] = []
         var created = Set<String>(), removed = Set<String>()
         func exists(_ path: String) -> Bool { created.contains(path) || (!removed.contains(path) && dirs.exists(path)) }
         for (n, op) in batch.operations.enumerated() {
-            var step = BatchStep(op: "", path: op.paths[0], to: nil, temp: ".pmll-tmp-\(id)-\(n)", backup: ".pmll-bak-\(id)-\(n)",
-                                 existed: exists(op.paths[0]), toExisted: false, createdDirs: [])
+            var step = BatchStep(op: .fsync, path: op.paths[0], to: nil, existed: exists(op.paths[0]), toExisted: false, createdDirs: [])
             switch op {
             case .write(let path, _, _):
-                step.op = "write"
+                step.op = .write
                 created.insert(path); removed.remove(path)
             case .replace:
-                step.op = "replace"
+                step.op = .replace
                 guard step.existed else { throw .invalidBatch(index: n, reason: "'\(step.path)' does not exist (replace needs an existing file)") }
             case .delete(let path):
-                step.op = "delete"
+                step.op = .delete
                 guard step.existed else { throw .invalidBatch(index: n, reason: "'\(step.path)' does not exist") }
                 removed.insert(path); created.remove(path)
             case .mkdir(let path, _):
-                step.op = "mkdir"
+                step.op = .mkdir
                 var prefix = ""
                 for component in path.split(separator: "/") {
                     prefix = prefix.isEmpty ? String(component) : prefix + "/" + component
                     if !exists(prefix) { step.createdDirs.append(prefix); created.insert(prefix) }
                 }
             case .rename(let from, let to):
-                step.op = "rename"
+                step.op = .rename
                 step.to = to
                 step.toExisted = exists(to)
                 guard step.existed else { throw .invalidBatch(index: n, reason: "'\(from)' does not exist") }
                 removed.insert(from); created.remove(from)
                 created.insert(to); removed.remove(to)
-            case .fsync: step.op = "fsync"
+            case .fsync: break
             }
             steps.append(step)
         }
@@ -128,8 +105,7 @@ extension Pool {
 
     private func writeJournal(_ journal: BatchJournal) throws(PMLLError) {
         let key = Self.batchPrefix + journal.id
-        let bytes: [UInt8]
-        do { bytes = Array(try JSONEncoderShim.encode(journal)) } catch { throw .invalidBatch(index: nil, reason: "cannot encode journal: \(error)") }
+        let bytes = journal.encoded()
         guard bytes.count <= Int(PMLL_VALUE_MAX) else {
             throw .invalidBatch(index: nil, reason: "too many entries for one atomic batch (journal of \(bytes.count) bytes; the limit is \(PMLL_VALUE_MAX))")
         }
@@ -157,7 +133,7 @@ extension Pool {
         for (n, op) in batch.operations.enumerated() {
             switch op {
             case .write(let path, let data, let mode), .replace(let path, let data, let mode):
-                items.append(.init(dirfd: try dirs.directory(PathGuard.split(path).parent, index: n), name: journal.steps[n].temp, data: data, mode: mode))
+                items.append(.init(dirfd: try dirs.directory(PathGuard.split(path).parent, index: n), name: journal.temp(n), data: data, mode: mode))
                 indexes.append(n)
             default: continue
             }
@@ -185,25 +161,26 @@ extension Pool {
                 touched.insert(b)
                 CrashPoint.hit("batch.renamed")
             }
+            let backup = journal.backup(n)
             switch step.op {
-            case "write", "replace":
+            case .write, .replace:
                 // Keep the old file as a hard link, then rename over it: readers always find
                 // the target, old or new, never nothing.
                 if step.existed {
-                    guard linkat(fd, name, fd, step.backup, 0) == 0 else { throw .batchFailed(index: n, path: step.path, errno: .current) }
+                    guard linkat(fd, name, fd, backup, 0) == 0 else { throw .batchFailed(index: n, path: step.path, errno: .current) }
                     CrashPoint.hit("batch.linked")
                 }
-                try rename(fd, step.temp, fd, name)
-            case "delete":
-                try rename(fd, name, fd, step.backup)
-            case "rename":
+                try rename(fd, journal.temp(n), fd, name)
+            case .delete:
+                try rename(fd, name, fd, backup)
+            case .rename:
                 let (toParent, toName) = PathGuard.split(step.to!)
                 let toFD = try dirs.directory(toParent, index: n)
-                if step.toExisted { try rename(toFD, toName, toFD, step.backup) }
+                if step.toExisted { try rename(toFD, toName, toFD, backup) }
                 try rename(fd, name, toFD, toName)
-            case "mkdir":
+            case .mkdir:
                 for dir in step.createdDirs { touched.insert(try dirs.directory(PathGuard.split(dir).parent, index: n)) }
-            default: break
+            case .fsync: break
             }
         }
         var fds = durable ? Array(touched) : []
@@ -224,92 +201,121 @@ extension Pool {
     /// Puts the tree back as it was before the batch, whatever phase it reached. Idempotent.
     func undo(_ journal: BatchJournal, dirs: DirectoryCache) {
         var touched = Set<Int32>()
-        for step in journal.steps.reversed() {
+        for (n, step) in journal.steps.enumerated().reversed() {
             let (parent, name) = PathGuard.split(step.path)
             guard let fd = try? dirs.directory(parent, index: 0) else { continue }
             touched.insert(fd)
             let has = { (n: String) in dirs.existsAt(fd, n) }
+            let temp = journal.temp(n), backup = journal.backup(n)
             switch step.op {
-            case "write", "replace":
-                if has(step.backup) {
+            case .write, .replace:
+                if has(backup) {
                     // Killed between the backup link and the rename: both names are the same
                     // old file, and rename(2) between two links of one file does nothing.
-                    if dirs.sameFile(fd, step.backup, name) { unlinkat(fd, step.backup, 0) } else { renameat(fd, step.backup, fd, name) }
-                } else if !step.existed && !has(step.temp) && has(name) {
+                    if dirs.sameFile(fd, backup, name) { unlinkat(fd, backup, 0) } else { renameat(fd, backup, fd, name) }
+                } else if !step.existed && !has(temp) && has(name) {
                     unlinkat(fd, name, 0)
                 }
-                if has(step.temp) { unlinkat(fd, step.temp, 0) }
-            case "delete":
-                if has(step.backup) { renameat(fd, step.backup, fd, name) }
-            case "rename":
+                if has(temp) { unlinkat(fd, temp, 0) }
+            case .delete:
+                if has(backup) { renameat(fd, backup, fd, name) }
+            case .rename:
                 let (toParent, toName) = PathGuard.split(step.to!)
                 guard let toFD = try? dirs.directory(toParent, index: 0) else { continue }
                 touched.insert(toFD)
-                if !has(name) && dirs.existsAt(toFD, toName) && (!step.toExisted || dirs.existsAt(toFD, step.backup)) {
+                if !has(name) && dirs.existsAt(toFD, toName) && (!step.toExisted || dirs.existsAt(toFD, backup)) {
                     renameat(toFD, toName, fd, name)
                 }
-                if dirs.existsAt(toFD, step.backup) { renameat(toFD, step.backup, toFD, toName) }
-            case "mkdir":
+                if dirs.existsAt(toFD, backup) { renameat(toFD, backup, toFD, toName) }
+            case .mkdir:
                 for dir in step.createdDirs.reversed() {
                     let (p, n) = PathGuard.split(dir)
                     if let pfd = try? dirs.directory(p, index: 0) { unlinkat(pfd, n, AT_REMOVEDIR); touched.insert(pfd) }
                 }
-            default: break
+            case .fsync: break
             }
         }
         _ = IOBackend.shared.fsync(Array(touched))
     }
 
-    /// After the commit: drop the backups.
-    func cleanUp(_ journal: BatchJournal, dirs: DirectoryCache) {
-        for step in journal.steps where step.op != "mkdir" && step.op != "fsync" {
-            let parent = step.op == "rename" ? PathGuard.split(step.to!).parent : PathGuard.split(step.path).parent
-            if let fd = try? dirs.directory(parent, index: 0), dirs.existsAt(fd, step.backup) { unlinkat(fd, step.backup, 0) }
+    /// After the commit: drop the backups, all at once through the backend (removing the
+    /// old inodes is the slow part on disk). A backup that is already gone (a repeated
+    /// cleanup after a crash) is not an error.
+    func cleanUp(_ journal: BatchJournal, dirs: DirectoryCache, backend: IOBackend = .shared) {
+        var backups: [IOBackend.Entry] = []
+        for (n, step) in journal.steps.enumerated() {
+            let parent: [String]
+            switch step.op {
+            case .write, .replace, .delete: parent = PathGuard.split(step.path).parent
+            case .rename: parent = PathGuard.split(step.to!).parent
+            case .mkdir, .fsync: continue
+            }
+            if (step.op == .rename ? step.toExisted : step.existed), let fd = try? dirs.directory(parent, index: 0) {
+                backups.append(.init(dirfd: fd, name: journal.backup(n)))
+            }
+        }
+        for (k, rc) in backend.unlink(backups).enumerated() where rc != 0 && rc != -ENOENT {
+            Self.logger.warning("cannot remove a batch backup", metadata: ["name": "\(backups[k].name)", "errno": "\(-rc)"])
         }
     }
 
-    /// Each entry on its own. New files are created in one backend call, straight under
-    /// their names; everything else goes through a one-entry atomic step.
+    /// Each entry on its own. Runs of `write`s are created in one backend call, straight
+    /// under their names (`O_EXCL`); a name that exists already, and every other entry, goes
+    /// through a one-entry atomic step, in the batch's order.
     private func applyBestEffort(_ batch: FileBatch, dirs: DirectoryCache, backend: IOBackend, durable: Bool) -> [String] {
         var results = [String](repeating: "ok", count: batch.operations.count)
         var creates: [IOBackend.WriteItem] = [], createIndexes: [Int] = []
         for (n, op) in batch.operations.enumerated() {
-            if case .write(let path, let data, let mode) = op, !dirs.exists(path),
-               let fd = try? dirs.directory(PathGuard.split(path).parent, index: n) {
+            if case .write(let path, let data, let mode) = op, let fd = try? dirs.directory(PathGuard.split(path).parent, index: n) {
                 creates.append(.init(dirfd: fd, name: PathGuard.split(path).name, data: data, mode: mode))
                 createIndexes.append(n)
                 continue
             }
-            if !creates.isEmpty { flush() }
-            do {
-                let single = FileBatch([op])
-                let journal = BatchJournal(id: "", root: "", owner: token, phase: "",
-                                           steps: try plan(single, id: String(UInt64.random(in: 0...UInt64.max), radix: 36), dirs: dirs))
-                do {
-                    try stage(single, journal: journal, dirs: dirs, backend: backend, durable: durable)
-                    try applySteps(journal, dirs: dirs, backend: backend, durable: durable, fsyncs: { if case .fsync(let p) = op { [p] } else { [] } }())
-                    cleanUp(journal, dirs: dirs)
-                } catch {
-                    undo(journal, dirs: dirs)
-                    throw error
-                }
-            } catch {
-                results[n] = "\(error)"
-            }
+            flush()
+            results[n] = single(op, index: n)
         }
         flush()
         return results
 
         func flush() {
+            guard !creates.isEmpty else { return }
             for (k, rc) in backend.writeFiles(creates, fsync: durable).enumerated() {
-                if rc == 0 {
+                let n = createIndexes[k]
+                switch -rc {
+                case 0:
                     if creates[k].mode & Self.umaskBits != 0 { _ = fchmodat(creates[k].dirfd, creates[k].name, mode_t(creates[k].mode), 0) }
-                    continue
+                case EEXIST:
+                    results[n] = single(batch.operations[n], index: n)
+                default:
+                    results[n] = "\(PMLLError.batchFailed(index: n, path: batch.operations[n].paths[0], errno: Errno(rawValue: -rc)))"
                 }
-                results[createIndexes[k]] = "\(PMLLError.batchFailed(index: createIndexes[k], path: batch.operations[createIndexes[k]].paths[0], errno: Errno(rawValue: -rc)))"
             }
             creates.removeAll()
             createIndexes.removeAll()
+        }
+
+        /// Entry `index` as a one-entry atomic batch; errors name `index`, not 0.
+        func single(_ op: FileBatch.Operation, index: Int) -> String {
+            do throws(PMLLError) {
+                let single = FileBatch([op])
+                let journal = BatchJournal(id: String(UInt64.random(in: 0...UInt64.max), radix: 36), root: "", owner: token,
+                                           phase: .staging, steps: try plan(single, dirs: dirs))
+                do throws(PMLLError) {
+                    try stage(single, journal: journal, dirs: dirs, backend: backend, durable: durable)
+                    try applySteps(journal, dirs: dirs, backend: backend, durable: durable, fsyncs: { if case .fsync(let p) = op { [p] } else { [] } }())
+                    cleanUp(journal, dirs: dirs, backend: backend)
+                } catch {
+                    undo(journal, dirs: dirs)
+                    throw error
+                }
+                return "ok"
+            } catch {
+                switch error {
+                case .invalidBatch(_, let reason): return "\(PMLLError.invalidBatch(index: index, reason: reason))"
+                case .batchFailed(_, let path, let errno): return "\(PMLLError.batchFailed(index: index, path: path, errno: errno))"
+                default: return "\(error)"
+                }
+            }
         }
     }
 
@@ -335,13 +341,16 @@ extension Pool {
         var handled = 0
         for key in keys {
             guard let bytes = try readCommitted(key),
-                  let journal = try? JSONEncoderShim.decode(BatchJournal.self, bytes) else { continue }
+                  let journal = BatchJournal(decoding: bytes) else {
+                Self.logger.error("unreadable file-batch journal left in place", metadata: ["key": "\(key)"])
+                continue
+            }
             if let root, journal.root != root { continue }
             if !ownersAreGone && journal.owner != 0 && processes.isAlive(journal.owner) { continue }   // still being applied
             let rootFD = Glibc.open(journal.root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             guard rootFD >= 0 else { continue }
             let dirs = DirectoryCache(root: rootFD)
-            if journal.phase == "committed" { cleanUp(journal, dirs: dirs) } else { undo(journal, dirs: dirs) }
+            if journal.phase == .committed { cleanUp(journal, dirs: dirs) } else { undo(journal, dirs: dirs) }
             dirs.closeAll()
             close(rootFD)
             try internalTransaction { tx throws(PMLLError) in try tx.deleteInternal(key) }
