@@ -10,6 +10,7 @@ struct BatchBench: ParsableCommand {
 
     @Option(help: "Directories to run in. Default: /dev/shm and /var/tmp.") var directory: [String] = []
     @Option var rounds = 3
+    @Option(help: "replace200, create2000, or both (the default).") var workload: [String] = ["replace200", "create2000"]
     @Flag var json = false
 
     struct Row: Codable {
@@ -21,6 +22,13 @@ struct BatchBench: ParsableCommand {
         let speedupOverSequential: Double
     }
 
+    static let methods = ["sequential syscalls", "pmll batch, io_uring", "pmll batch, 16 threads"]
+
+    func validate() throws {
+        for w in workload where !["replace200", "create2000"].contains(w) { throw ValidationError("unknown workload '\(w)'") }
+        if rounds < 1 { throw ValidationError("--rounds must be at least 1") }
+    }
+
     func run() throws {
         let directories = directory.isEmpty ? ["/dev/shm/pmll-batchbench", "/var/tmp/pmll-batchbench"] : directory
         var rows: [Row] = []
@@ -28,36 +36,46 @@ struct BatchBench: ParsableCommand {
             try? FileManager.default.removeItem(atPath: dir)
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             let fs = Locks().filesystemType(dir)
-            for workload in ["replace200", "create2000"] {
-                var results: [(String, Double)] = []
-                results.append(("sequential syscalls", try median { try sequential(workload, dir) }))
-                for backend in ["uring", "syscalls"] {
-                    results.append((backend == "uring" ? "pmll batch, io_uring" : "pmll batch, 16 threads", try median {
-                        let child = try BenchChild(["batch-child", "--backend", backend, "--directory", dir, "--workload", workload])
-                        guard let line = child.readLine(), let ns = Double(line) else { throw ToolError("batch child failed") }
-                        child.process.waitUntilExit()
-                        return ns
-                    }))
+            for workload in workload {
+                // Rounds interleave the methods, in a rotating order, and each method is
+                // compared with the sequential peer of its own round: a disk whose speed drifts
+                // (this VM's does, by 2-3x over seconds) then skews every method alike.
+                var samples = [[Double]](repeating: [], count: Self.methods.count)
+                var ratios = [[Double]](repeating: [], count: Self.methods.count)
+                for round in 0..<rounds {
+                    var times = [Double](repeating: 0, count: Self.methods.count)
+                    for k in 0..<Self.methods.count {
+                        let m = (k + round) % Self.methods.count
+                        times[m] = try measure(m, workload, dir)
+                    }
+                    for m in times.indices {
+                        samples[m].append(times[m])
+                        ratios[m].append(times[0] / times[m])
+                    }
                 }
-                let base = results[0].1
-                for (method, ns) in results {
+                for (m, method) in Self.methods.enumerated() {
                     rows.append(Row(directory: dir, filesystem: fs, workload: workload == "replace200" ? "200 atomic replaces of 4 KiB, fsync" : "2000 creates of 100 B, no fsync",
-                                    method: method, milliseconds: ns / 1e6, speedupOverSequential: base / ns))
+                                    method: method, milliseconds: Self.median(samples[m]) / 1e6, speedupOverSequential: Self.median(ratios[m])))
                 }
             }
             try? FileManager.default.removeItem(atPath: dir)
         }
         if json { try printJSONRows(rows); return }
-        var table = [["fs", "workload", "method", "ms (median of \(rounds))", "speed-up vs sequential"]]
+        var table = [["fs", "workload", "method", "ms (median of \(rounds))", "speed-up vs sequential (median of rounds)"]]
         for r in rows { table.append([r.filesystem, r.workload, r.method, String(format: "%.2f", r.milliseconds), String(format: "%.2fx", r.speedupOverSequential)]) }
         print(TextTable.render(table))
     }
 
-    func median(_ body: () throws -> Double) rethrows -> Double {
-        var samples: [Double] = []
-        for _ in 0..<rounds { samples.append(try body()) }
-        return samples.sorted()[rounds / 2]
+    func measure(_ method: Int, _ workload: String, _ dir: String) throws -> Double {
+        if method == 0 { return try sequential(workload, dir) }
+        let backend = method == 1 ? "uring" : "syscalls"
+        let child = try BenchChild(["batch-child", "--backend", backend, "--directory", dir, "--workload", workload])
+        guard let line = child.readLine(), let ns = Double(line) else { throw ToolError("batch child failed") }
+        child.process.waitUntilExit()
+        return ns
     }
+
+    static func median(_ samples: [Double]) -> Double { samples.sorted()[samples.count / 2] }
 
     /// The plain way: one file after another (write a temporary, fsync, rename), then one
     /// directory fsync; or plain creates.
@@ -96,7 +114,7 @@ struct BatchChild: ParsableCommand {
         let tree = dir + "/tree-\(tag)-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
         if workload == "replace200" {
-            for i in 0..<200 { FileManager.default.createFile(atPath: tree + "/f\(i)", contents: Data(repeating: 0x62, count: 4096)) }
+            for i in 0..<200 { _ = FileManager.default.createFile(atPath: tree + "/f\(i)", contents: Data(repeating: 0x62, count: 4096)) }
         }
         // The set-up's dirty data would otherwise ride on the first measured fsync.
         sync()

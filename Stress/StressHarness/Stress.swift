@@ -116,7 +116,7 @@ struct StressRun: AsyncParsableCommand {
     func prepare(_ pool: Pool, _ files: StressFiles) throws {
         try FileManager.default.createDirectory(atPath: files.directory, withIntermediateDirectories: true)
         for file in [files.counter, files.counterLog, files.queueLog, files.takeovers] {
-            FileManager.default.createFile(atPath: file, contents: Data())
+            _ = FileManager.default.createFile(atPath: file, contents: Data())
         }
         try FileManager.default.createDirectory(atPath: files.tree + "/pkg", withIntermediateDirectories: true)
         try pool.transaction { tx in

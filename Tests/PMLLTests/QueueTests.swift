@@ -243,7 +243,7 @@ struct QueueTests {
         let pool = try Pool.open(path: path)
         let q = try pool.queue(named: "t")
         do {
-            try await q.execute(kind: "late", timeout: .milliseconds(200)) { _ in Issue.record("ran out of turn") }
+            _ = try await q.execute(kind: "late", timeout: .milliseconds(200)) { _ in Issue.record("ran out of turn") }
             Issue.record("no timeout")
         } catch PMLLError.queueTimeout(_, _, let blockedBy) {
             #expect(blockedBy?.ownerPid == runner.pid && blockedBy?.kind == "install")

@@ -428,6 +428,16 @@ int pmll_pmem_msync(const void *addr, size_t length);      // page-rounded msync
 // Durable barriers (persist or msync calls) made by this process so far.
 uint64_t pmll_barrier_count(void);
 
+// MARK: - Unnamed files (O_TMPFILE) for staging
+
+// An unnamed regular file in dirfd's filesystem, open for writing: fd or -errno.
+int pmll_open_unnamed(int dirfd, unsigned mode);
+// The errno (positive) means this filesystem or kernel has no O_TMPFILE.
+int pmll_unnamed_unsupported(int err);
+// Gives an unnamed file the name dirfd/name, through /proc/self/fd (linkat's AT_EMPTY_PATH
+// needs CAP_DAC_READ_SEARCH). 0 or -errno.
+int pmll_link_unnamed(int fd, int dirfd, const char *name);
+
 // MARK: - io_uring (liburing) for file batches
 
 typedef struct pmll_uring pmll_uring_t;
@@ -448,6 +458,20 @@ int pmll_uring_probe_ops(pmll_uring_t *ring);
 int pmll_uring_write_files(pmll_uring_t *ring, int n, const int *dirfds, const char *_Nonnull const *_Nonnull names,
                            const void *_Nonnull const *_Nonnull datas, const size_t *lengths, const unsigned *modes,
                            int do_fsync, int *results);
+// Staging of new files that are open, unnamed (O_TMPFILE) descriptors: one linked chain per
+// file, write -> [fsync] -> linkat("/proc/self/fd/N" -> dirfd/name) -> close. The caller opens
+// the files on its threads (inode allocation is CPU work that io-wq would run one at a time)
+// and adds them in chunks, submitting each chunk while it opens the next, so the two overlap.
+// `name` and `data` must stay valid until pmll_uring_stage_finish, which reaps everything,
+// closes every descriptor that was added (whatever happened) and frees the stage.
+typedef struct pmll_stage pmll_stage_t;
+pmll_stage_t *_Nullable pmll_uring_stage_begin(pmll_uring_t *ring, int n, int do_fsync);
+// File i (0 <= i < n). 0 or -errno (the ring refused: the stage must still be finished).
+int pmll_uring_stage_add(pmll_stage_t *stage, int i, int fd, int dirfd, const char *name, const void *_Nullable data, size_t length);
+int pmll_uring_stage_submit(pmll_stage_t *stage);
+// results[i] = 0 or -errno for each added file (0 for files never added). Returns 0, or -errno
+// if submitting or reaping failed (then the caller falls back to plain syscalls).
+int pmll_uring_stage_finish(pmll_stage_t *stage, int *results);
 // fsync of n descriptors in parallel (directories after renames). Same return convention.
 int pmll_uring_fsync_fds(pmll_uring_t *ring, int n, const int *fds, int *results);
 // unlinkat(dirfds[i], names[i], 0) for n names in parallel (io-wq workers): freeing an inode
