@@ -171,11 +171,12 @@ static int reap_stage(pmll_stage_t *s, unsigned count) {
     return 0;
 }
 
-int pmll_uring_stage_add(pmll_stage_t *s, int i, int fd, int dirfd, const char *name, const void *data, size_t length) {
+int pmll_uring_stage_add(pmll_stage_t *s, int i, int fd, int dirfd, const char *name, const void *data, size_t length,
+                         const char *target, const char *backup) {
     s->fds[i] = fd;
     s->lengths[i] = length;
     if (s->error) return s->error;
-    unsigned per = s->do_fsync ? 4 : 3;
+    unsigned per = 3 + (s->do_fsync ? 1 : 0) + (target && backup ? 1 : 0);
     if (io_uring_sq_space_left(&s->r->ring) < per) {
         int rc = io_uring_submit(&s->r->ring);
         if (rc < 0) return s->error = rc;
@@ -200,6 +201,12 @@ int pmll_uring_stage_add(pmll_stage_t *s, int i, int fd, int dirfd, const char *
     io_uring_prep_linkat(sqe, AT_FDCWD, s->paths[i], dirfd, name, AT_SYMLINK_FOLLOW);
     sqe->flags |= IOSQE_IO_LINK;
     sqe->user_data = (uint64_t)i << 3 | 4;
+    if (target && backup) {
+        sqe = io_uring_get_sqe(&s->r->ring);
+        io_uring_prep_linkat(sqe, dirfd, target, dirfd, backup, 0);
+        sqe->flags |= IOSQE_IO_LINK;
+        sqe->user_data = (uint64_t)i << 3 | 5;
+    }
     sqe = io_uring_get_sqe(&s->r->ring);
     io_uring_prep_close(sqe, fd);
     sqe->user_data = (uint64_t)i << 3 | 3;

@@ -459,15 +459,17 @@ int pmll_uring_write_files(pmll_uring_t *ring, int n, const int *dirfds, const c
                            const void *_Nonnull const *_Nonnull datas, const size_t *lengths, const unsigned *modes,
                            int do_fsync, int *results);
 // Staging of new files that are open, unnamed (O_TMPFILE) descriptors: one linked chain per
-// file, write -> [fsync] -> linkat("/proc/self/fd/N" -> dirfd/name) -> close. The caller opens
+// file, write -> [fsync] -> linkat("/proc/self/fd/N" -> dirfd/name) -> [linkat(dirfd/target ->
+// dirfd/backup), the old file an atomic replace keeps] -> close. The caller opens
 // the files on its threads (inode allocation is CPU work that io-wq would run one at a time)
 // and adds them in chunks, submitting each chunk while it opens the next, so the two overlap.
-// `name` and `data` must stay valid until pmll_uring_stage_finish, which reaps everything,
+// `name`, `data`, `target` and `backup` must stay valid until pmll_uring_stage_finish, which reaps everything,
 // closes every descriptor that was added (whatever happened) and frees the stage.
 typedef struct pmll_stage pmll_stage_t;
 pmll_stage_t *_Nullable pmll_uring_stage_begin(pmll_uring_t *ring, int n, int do_fsync);
 // File i (0 <= i < n). 0 or -errno (the ring refused: the stage must still be finished).
-int pmll_uring_stage_add(pmll_stage_t *stage, int i, int fd, int dirfd, const char *name, const void *_Nullable data, size_t length);
+int pmll_uring_stage_add(pmll_stage_t *stage, int i, int fd, int dirfd, const char *name, const void *_Nullable data, size_t length,
+                         const char *_Nullable target, const char *_Nullable backup);
 int pmll_uring_stage_submit(pmll_stage_t *stage);
 // results[i] = 0 or -errno for each added file (0 for files never added). Returns 0, or -errno
 // if submitting or reaping failed (then the caller falls back to plain syscalls).

@@ -43,9 +43,9 @@ extension Pool {
                                    steps: try plan(batch, dirs: dirs))
         try writeJournal(journal)
         do {
-            try stage(batch, journal: journal, dirs: dirs, backend: backend, durable: durable)
+            let backedUp = try stage(batch, journal: journal, dirs: dirs, backend: backend, durable: durable)
             CrashPoint.hit("batch.staged")
-            try applySteps(journal, dirs: dirs, backend: backend, durable: durable,
+            try applySteps(journal, backedUp: backedUp, dirs: dirs, backend: backend, durable: durable,
                            fsyncs: batch.operations.compactMap { if case .fsync(let p) = $0 { p } else { nil } })
         } catch {
             undo(journal, dirs: dirs)
@@ -120,7 +120,10 @@ extension Pool {
 
     /// Creates the planned directories, then writes every new content into a temporary next
     /// to its target, fsynced, through the backend (io_uring chains or the thread pool).
-    private func stage(_ batch: FileBatch, journal: BatchJournal, dirs: DirectoryCache, backend: IOBackend, durable: Bool) throws(PMLLError) {
+    /// Where a step replaces a file that no earlier step touches, the backup link is made here
+    /// too, in parallel with the other files' fsyncs rather than one by one in `applySteps`.
+    /// Returns those steps.
+    private func stage(_ batch: FileBatch, journal: BatchJournal, dirs: DirectoryCache, backend: IOBackend, durable: Bool) throws(PMLLError) -> Set<Int> {
         for (n, op) in batch.operations.enumerated() {
             guard case .mkdir(_, let mode) = op else { continue }
             for dir in journal.steps[n].createdDirs {
@@ -130,15 +133,22 @@ extension Pool {
             }
         }
         var items: [IOBackend.WriteItem] = [], indexes: [Int] = []
+        var touched = Set<String>(), backedUp = Set<Int>()
         for (n, op) in batch.operations.enumerated() {
+            defer { touched.formUnion(op.paths + journal.steps[n].createdDirs) }
             switch op {
             case .write(let path, let data, let mode), .replace(let path, let data, let mode):
-                items.append(.init(dirfd: try dirs.directory(PathGuard.split(path).parent, index: n), name: journal.temp(n), data: data, mode: mode))
+                var item = IOBackend.WriteItem(dirfd: try dirs.directory(PathGuard.split(path).parent, index: n), name: journal.temp(n), data: data, mode: mode)
+                if journal.steps[n].existed && !touched.contains(path) {
+                    item.backup = (PathGuard.split(path).name, journal.backup(n))
+                    backedUp.insert(n)
+                }
+                items.append(item)
                 indexes.append(n)
             default: continue
             }
         }
-        let results = backend.writeFiles(items, fsync: durable)
+        let results = backend.stageFiles(items, fsync: durable)
         for (k, rc) in results.enumerated() where rc != 0 {
             throw .batchFailed(index: indexes[k], path: journal.steps[indexes[k]].path, errno: Errno(rawValue: -rc))
         }
@@ -146,11 +156,12 @@ extension Pool {
         for (k, item) in items.enumerated() where item.mode & Self.umaskBits != 0 && fchmodat(item.dirfd, item.name, mode_t(item.mode), 0) != 0 {
             throw .batchFailed(index: indexes[k], path: journal.steps[indexes[k]].path, errno: .current)
         }
+        return backedUp
     }
 
     /// Renames in order (keeping what is replaced or deleted as a backup), then fsyncs every
     /// directory touched and the files asked for.
-    private func applySteps(_ journal: BatchJournal, dirs: DirectoryCache, backend: IOBackend, durable: Bool, fsyncs: [String]) throws(PMLLError) {
+    private func applySteps(_ journal: BatchJournal, backedUp: Set<Int>, dirs: DirectoryCache, backend: IOBackend, durable: Bool, fsyncs: [String]) throws(PMLLError) {
         var touched = Set<Int32>()
         for (n, step) in journal.steps.enumerated() {
             let (parent, name) = PathGuard.split(step.path)
@@ -166,7 +177,7 @@ extension Pool {
             case .write, .replace:
                 // Keep the old file as a hard link, then rename over it: readers always find
                 // the target, old or new, never nothing.
-                if step.existed {
+                if step.existed && !backedUp.contains(n) {
                     guard linkat(fd, name, fd, backup, 0) == 0 else { throw .batchFailed(index: n, path: step.path, errno: .current) }
                     CrashPoint.hit("batch.linked")
                 }
@@ -301,8 +312,8 @@ extension Pool {
                 let journal = BatchJournal(id: String(UInt64.random(in: 0...UInt64.max), radix: 36), root: "", owner: token,
                                            phase: .staging, steps: try plan(single, dirs: dirs))
                 do throws(PMLLError) {
-                    try stage(single, journal: journal, dirs: dirs, backend: backend, durable: durable)
-                    try applySteps(journal, dirs: dirs, backend: backend, durable: durable, fsyncs: { if case .fsync(let p) = op { [p] } else { [] } }())
+                    let backedUp = try stage(single, journal: journal, dirs: dirs, backend: backend, durable: durable)
+                    try applySteps(journal, backedUp: backedUp, dirs: dirs, backend: backend, durable: durable, fsyncs: { if case .fsync(let p) = op { [p] } else { [] } }())
                     cleanUp(journal, dirs: dirs, backend: backend)
                 } catch {
                     undo(journal, dirs: dirs)

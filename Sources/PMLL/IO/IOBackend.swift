@@ -33,6 +33,9 @@ final class IOBackend: @unchecked Sendable {
         let name: String
         let data: [UInt8]
         let mode: UInt32
+        /// Once the file is staged, hard-link the existing `target` (in the same directory)
+        /// as `name` too: the backup an atomic replace keeps until its commit.
+        var backup: (target: String, name: String)? = nil
     }
 
     private init() {
@@ -106,7 +109,7 @@ final class IOBackend: @unchecked Sendable {
     /// does write, fsync, link and close as one chain per file. Filesystems without
     /// `O_TMPFILE`, or a process without `/proc`, get named creates.
     func stageFiles(_ items: [WriteItem], fsync: Bool) -> [Int32] {
-        guard Self.canLinkUnnamedFiles else { return writeFiles(items, fsync: fsync) }
+        guard Self.canLinkUnnamedFiles else { return Self.linkBackups(items, writeFiles(items, fsync: fsync)) }
         var results = [Int32](repeating: 0, count: items.count)
         if kind == .syscalls {
             results.withUnsafeMutableBufferPointer { out in
@@ -119,21 +122,29 @@ final class IOBackend: @unchecked Sendable {
         for start in stride(from: 0, to: items.count, by: 256) {
             let group = Array(items[start..<min(start + 256, items.count)])
             var named: [Int] = []
-            let staged = Self.withCStrings(group.map(\.name)) { names in
+            // Every string a chain reads stays allocated until the group is reaped.
+            let strings = group.map(\.name) + group.map { $0.backup?.target ?? "" } + group.map { $0.backup?.name ?? "" }
+            let staged = Self.withCStrings(strings) { c in
                 viaRing(fatal: true) { r in
                     var out = [Int32](repeating: 0, count: group.count)
-                    let rc = withExtendedLifetime(group) { Self.stageOnRing(r, group, names: names, fsync: fsync, results: &out, named: &named) }
+                    let n = group.count
+                    let rc = withExtendedLifetime(group) {
+                        Self.stageOnRing(r, group, names: Array(c[0..<n]), targets: Array(c[n..<2 * n]), backups: Array(c[2 * n..<3 * n]),
+                                         fsync: fsync, results: &out, named: &named)
+                    }
                     return (rc, out)
                 }
             }
             if let staged {
                 for k in group.indices where !named.contains(k) { results[start + k] = staged[k] }
-                for (j, rc) in writeFiles(named.map { group[$0] }, fsync: fsync).enumerated() { results[start + named[j]] = rc }
+                let fallback = Self.linkBackups(named.map { group[$0] }, writeFiles(named.map { group[$0] }, fsync: fsync))
+                for (j, rc) in fallback.enumerated() { results[start + named[j]] = rc }
             } else {
                 // The ring failed and this process now uses syscalls; every descriptor is
                 // closed. A chain may have linked its name before the failure.
                 for k in group.indices {
                     unlinkat(group[k].dirfd, group[k].name, 0)
+                    if let backup = group[k].backup { unlinkat(group[k].dirfd, backup.name, 0) }
                     results[start + k] = Self.stageOne(group[k], fsync: fsync)
                 }
             }
@@ -144,8 +155,8 @@ final class IOBackend: @unchecked Sendable {
     /// The io_uring half of `stageFiles` for one group: threads open the unnamed files while
     /// this thread adds each one's chain to the ring as soon as it is open, so opens and
     /// I/O overlap. `named` gets the files whose filesystem has no `O_TMPFILE`.
-    private static func stageOnRing(_ r: OpaquePointer, _ group: [WriteItem], names: [UnsafePointer<CChar>], fsync: Bool,
-                                    results: inout [Int32], named: inout [Int]) -> Int32 {
+    private static func stageOnRing(_ r: OpaquePointer, _ group: [WriteItem], names: [UnsafePointer<CChar>], targets: [UnsafePointer<CChar>],
+                                    backups: [UnsafePointer<CChar>], fsync: Bool, results: inout [Int32], named: inout [Int]) -> Int32 {
         guard let stage = pmll_uring_stage_begin(r, Int32(group.count), fsync ? 1 : 0) else { return -ENOMEM }
         let opened = Mutex<[(Int, Int32)]>([])
         let ready = DispatchSemaphore(value: 0)
@@ -161,7 +172,10 @@ final class IOBackend: @unchecked Sendable {
             for _ in 1..<max(batch.count, 1) { ready.wait() }
             for (k, fd) in batch {
                 if fd >= 0 {
-                    let rc = group[k].data.withUnsafeBytes { pmll_uring_stage_add(stage, Int32(k), fd, group[k].dirfd, names[k], $0.baseAddress, $0.count) }
+                    let keep = group[k].backup != nil
+                    let rc = group[k].data.withUnsafeBytes {
+                        pmll_uring_stage_add(stage, Int32(k), fd, group[k].dirfd, names[k], $0.baseAddress, $0.count, keep ? targets[k] : nil, keep ? backups[k] : nil)
+                    }
                     if rc != 0 && failed == 0 { failed = rc }
                 } else if pmll_unnamed_unsupported(-fd) != 0 {
                     named.append(k)
@@ -183,14 +197,23 @@ final class IOBackend: @unchecked Sendable {
     /// needs CAP_DAC_READ_SEARCH).
     private static let canLinkUnnamedFiles = access("/proc/self/fd", X_OK) == 0
 
-    /// One staged file with plain syscalls (unnamed, then linked): 0 or -errno.
+    /// One staged file with plain syscalls (unnamed, then linked), and its backup: 0 or -errno.
     private static func stageOne(_ item: WriteItem, fsync: Bool) -> Int32 {
         let fd = pmll_open_unnamed(item.dirfd, item.mode)
-        guard fd >= 0 else { return pmll_unnamed_unsupported(-fd) != 0 ? create(item, fsync: fsync) : fd }
+        guard fd >= 0 else { return pmll_unnamed_unsupported(-fd) != 0 ? linkBackups([item], [create(item, fsync: fsync)])[0] : fd }
         defer { close(fd) }
         if let failed = writeAll(fd, item.data) { return failed }
         if fsync && Glibc.fsync(fd) != 0 { return -errno }
-        return pmll_link_unnamed(fd, item.dirfd, item.name)
+        let rc = pmll_link_unnamed(fd, item.dirfd, item.name)
+        return rc == 0 ? linkBackups([item], [0])[0] : rc
+    }
+
+    /// The backups of the items that were staged (result 0): the new results.
+    private static func linkBackups(_ items: [WriteItem], _ results: [Int32]) -> [Int32] {
+        zip(items, results).map { item, rc in
+            guard rc == 0, let backup = item.backup else { return rc }
+            return linkat(item.dirfd, backup.target, item.dirfd, backup.name, 0) == 0 ? 0 : -errno
+        }
     }
 
     /// One new file with plain syscalls: 0 or -errno.
