@@ -460,11 +460,11 @@ int pmll_uring_write_files(pmll_uring_t *ring, int n, const int *dirfds, const c
                            int do_fsync, int *results);
 // Staging of new files that are open, unnamed (O_TMPFILE) descriptors: one linked chain per
 // file, write -> [fsync] -> linkat("/proc/self/fd/N" -> dirfd/name) -> [linkat(dirfd/target ->
-// dirfd/backup), the old file an atomic replace keeps] -> close. The caller opens
-// the files on its threads (inode allocation is CPU work that io-wq would run one at a time)
-// and adds them in chunks, submitting each chunk while it opens the next, so the two overlap.
-// `name`, `data`, `target` and `backup` must stay valid until pmll_uring_stage_finish, which reaps everything,
-// closes every descriptor that was added (whatever happened) and frees the stage.
+// dirfd/backup), the old file an atomic replace keeps] -> close. The caller opens the files
+// on its threads (inode allocation is CPU work that io-wq would run one at a time) and adds
+// each one as soon as it is open, submitting as it goes, so opens and I/O overlap. `name`,
+// `data`, `target` and `backup` must stay valid until pmll_uring_stage_finish, which reaps
+// everything, closes every descriptor that was added (whatever happened) and frees the stage.
 typedef struct pmll_stage pmll_stage_t;
 pmll_stage_t *_Nullable pmll_uring_stage_begin(pmll_uring_t *ring, int n, int do_fsync);
 // File i (0 <= i < n). 0 or -errno (the ring refused: the stage must still be finished).

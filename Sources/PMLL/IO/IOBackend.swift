@@ -74,8 +74,8 @@ final class IOBackend: @unchecked Sendable {
     /// Unsynced creates go to the thread pool on both backends. io_uring punts every
     /// `O_CREAT` open (and buffered tmpfs writes) to io-wq workers, and 2000 small creates on
     /// tmpfs took 21–29 ms through the ring against 16.5 ms inline and 11.7 ms on the threads
-    /// (Docs/FileBatches.md). The ring keeps the fsynced chains, where parallel fsyncs share
-    /// journal commits, and the unlinks.
+    /// (Docs/FileBatches.md). Fsynced creates (staging on a filesystem without `O_TMPFILE`)
+    /// stay on the ring, where parallel fsyncs share journal commits.
     func writeFiles(_ items: [WriteItem], fsync: Bool) -> [Int32] {
         if kind == .uring && fsync, let results = viaRing({ r in
             var results = [Int32](repeating: 0, count: items.count)
@@ -103,8 +103,8 @@ final class IOBackend: @unchecked Sendable {
     /// Creating by name allocates the inode under the directory's lock, so every create of a
     /// batch (the temporaries sit next to their targets) runs one at a time, and on this VM's
     /// ext4 an inode allocation takes 0.2–0.6 ms. An unnamed file is allocated without that
-    /// lock: 200 fsynced files took 24–42 ms this way on 16 threads against 55–120 ms by name
-    /// (Docs/FileBatches.md). io_uring punts those opens to io-wq, where they ran no faster
+    /// lock: 200 fsynced files on 16 threads took 37–51 ms this way against 55–120 ms by name,
+    /// back to back while the disk was slow (Docs/FileBatches.md). io_uring punts those opens to io-wq, where they ran no faster
     /// than one at a time (49–60 ms), so the opens always run on the threads; the ring then
     /// does write, fsync, link and close as one chain per file. Filesystems without
     /// `O_TMPFILE`, or a process without `/proc`, get named creates.
