@@ -6,6 +6,11 @@ import Testing
 @Suite("File batches", .serialized)
 struct FileBatchTests {
     static let backends = ["uring", "syscalls"]
+    /// Each backend, staging unnamed files (the default) or by name (filesystems without
+    /// O_TMPFILE): the environment for the pmll process.
+    static let stagings: [[String: String]] = backends.flatMap { b in
+        [["PMLL_IO_BACKEND": b], ["PMLL_IO_BACKEND": b, "PMLL_STAGING": "named"]]
+    }
 
     /// A small tmpfs can be mounted here (root, and mounts allowed): needed to fill a filesystem.
     static let canMountTmpfs: Bool = {
@@ -50,17 +55,19 @@ struct FileBatchTests {
          {"op":"write","path":"twice","data":"1"},{"op":"replace","path":"twice","data":"2"}]
         """
 
-    @Test(arguments: backends)
-    func atomicBatchAppliesEverythingAndReportsTheBackend(backend: String) throws {
+    @Test(arguments: stagings)
+    func atomicBatchAppliesEverythingAndReportsTheBackend(environment: [String: String]) throws {
+        let backend = environment["PMLL_IO_BACKEND"]!
         let scratch = Scratch()
         let root = scratch.file("root")
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         try "old".write(toFile: root + "/a.txt", atomically: true, encoding: .utf8)
         try "bye".write(toFile: root + "/old.txt", atomically: true, encoding: .utf8)
         let result = try run(Binaries.pmll, ["batch", "apply", "--pool", scratch.file("p.pool"), "--root", root, "--atomic", "--json", try batchFile(scratch, Self.sample)],
-                             environment: ["PMLL_IO_BACKEND": backend])
+                             environment: environment)
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout.contains("\"backend\" : \"\(backend)\""))
+        #expect(!tree(root).keys.contains { $0.contains(".pmll-") })
         #expect(tree(root) == ["a.txt": "new", "lib": "<dir>", "lib/x": "<dir>", "lib/f2": "hello", "twice": "2"])
         var st = stat()
         stat(root + "/lib/f2", &st)
@@ -93,8 +100,8 @@ struct FileBatchTests {
     }
 
     /// A write that fails midway (the filesystem is full): nothing of the batch remains.
-    @Test(.enabled(if: canMountTmpfs), arguments: backends)
-    func failureMidwayLeavesTheTreeAsBefore(backend: String) throws {
+    @Test(.enabled(if: canMountTmpfs), arguments: stagings)
+    func failureMidwayLeavesTheTreeAsBefore(environment: [String: String]) throws {
         let scratch = Scratch()
         try withSmallTmpfs(scratch) { root in
             try "keep".write(toFile: root + "/a.txt", atomically: true, encoding: .utf8)
@@ -102,7 +109,7 @@ struct FileBatchTests {
             let big = String(repeating: "x", count: 100_000)
             let ops = (0..<5).map { #"{"op":"write","path":"f\#($0)","data":"\#(big)"}"# } + [#"{"op":"replace","path":"a.txt","data":"changed"}"#]
             let result = try run(Binaries.pmll, ["batch", "apply", "--pool", scratch.file("p.pool"), "--root", root, "--atomic", try batchFile(scratch, "[" + ops.joined(separator: ",") + "]")],
-                                 environment: ["PMLL_IO_BACKEND": backend])
+                                 environment: environment)
             #expect(result.status == 73, "\(result.stderr)")
             #expect(result.stderr.contains("No space left"))
             #expect(tree(root) == before)
@@ -133,8 +140,8 @@ struct FileBatchTests {
     // behind. Backups of files no earlier step touches are linked while staging, so
     // batch.staged is that window for a.txt; batch.linked is the window for "twice", whose
     // backup can only be made once the earlier write has put it in place.
-    @Test(arguments: ["batch.staged:1", "batch.linked:1", "batch.renamed:1", "batch.renamed:3", "batch.committed:1"], backends)
-    func killedWhileApplyingIsRecovered(point: String, backend: String) throws {
+    @Test(arguments: ["batch.staged:1", "batch.linked:1", "batch.renamed:1", "batch.renamed:3", "batch.committed:1"], stagings)
+    func killedWhileApplyingIsRecovered(point: String, environment: [String: String]) throws {
         let committed = point.hasPrefix("batch.committed")
         let scratch = Scratch()
         let root = scratch.file("root"), pool = scratch.file("p.pool")
@@ -143,7 +150,7 @@ struct FileBatchTests {
         try "bye".write(toFile: root + "/old.txt", atomically: true, encoding: .utf8)
         let before = tree(root)
         let victim = try run(Binaries.pmll, ["batch", "apply", "--pool", pool, "--root", root, "--atomic", try batchFile(scratch, Self.sample)],
-                             environment: ["PMLL_CRASH_AT": point, "PMLL_IO_BACKEND": backend])
+                             environment: environment.merging(["PMLL_CRASH_AT": point]) { a, _ in a })
         #expect(victim.status == 128 + SIGKILL)
         // Any process that opens the pool recovers the dead process's batch.
         let recover = try run(Binaries.pmll, ["recover", "--pool", pool, "--json"])

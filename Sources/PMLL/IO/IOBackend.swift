@@ -194,8 +194,10 @@ final class IOBackend: @unchecked Sendable {
     }
 
     /// `O_TMPFILE` files are named through `/proc/self/fd` (linkat with `AT_EMPTY_PATH`
-    /// needs CAP_DAC_READ_SEARCH).
+    /// needs CAP_DAC_READ_SEARCH). `PMLL_STAGING=named` forces creates by name, the path a
+    /// filesystem without `O_TMPFILE` takes (and the way the tests reach it).
     private static let canLinkUnnamedFiles = access("/proc/self/fd", X_OK) == 0
+        && getenv("PMLL_STAGING").map { String(cString: $0) } != "named"
 
     /// One staged file with plain syscalls (unnamed, then linked), and its backup: 0 or -errno.
     private static func stageOne(_ item: WriteItem, fsync: Bool) -> Int32 {
