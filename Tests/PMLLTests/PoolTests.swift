@@ -229,4 +229,28 @@ struct PoolTests {
         #expect(throws: PMLLError.poolFull(table: "process", capacity: 2)) { try Pool.open(path: scratch.file("f.pool"), options: options) }
         _ = (a, b)
     }
+
+    /// A creator killed before its rename leaves `.NAME.PID.RAND.creating` behind. A young one
+    /// may belong to a creator at work and stays; once it is a minute old and its creator is
+    /// gone, the next process that creates or resets the pool removes it. A live PID's stays.
+    @Test func temporariesOfKilledCreatorsAreRemoved() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("p.pool")
+        let leftovers = { (try? FileManager.default.contentsOfDirectory(atPath: scratch.path))?.filter { $0.hasSuffix(".creating") }.sorted() ?? [] }
+        let victim = try run(Binaries.pmll, ["state", "set", "--pool", pool, "k=v"], environment: ["PMLL_CRASH_AT": "pool.created"])
+        #expect(victim.status == 128 + SIGKILL)
+        let left = leftovers()
+        try #require(left.count == 1 && left[0].hasPrefix(".p.pool."))
+        // A creator of our own PID (alive), aged too: must stay.
+        let live = ".p.pool.\(getpid()).7.creating"
+        #expect(FileManager.default.createFile(atPath: scratch.file(live), contents: Data()))
+        let old = [timeval(tv_sec: time(nil) - 120, tv_usec: 0), timeval(tv_sec: time(nil) - 120, tv_usec: 0)]
+        #expect(utimes(scratch.file(live), old) == 0)
+
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", pool, "k=v"]).status == 0)   // creates the pool
+        #expect(leftovers() == [left[0], live].sorted(), "a young temporary was removed")
+        #expect(utimes(scratch.file(left[0]), old) == 0)
+        #expect(try run(Binaries.pmll, ["state", "get", "--pool", pool, "k"]).status == 0)     // resets the volatile state
+        #expect(leftovers() == [live])
+    }
 }

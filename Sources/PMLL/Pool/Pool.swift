@@ -77,7 +77,10 @@ public final class Pool: Sendable {
                     // After a reset nobody is left, so their half-applied file batches can be undone
                     // now. Otherwise a batch is undone by the next `apply` on its tree (under the
                     // tree's lock) or by `recover`, never behind the back of a live holder.
-                    if pool.openReport.volatileReset != nil { _ = try? pool.recoverFileBatches(ownersAreGone: true) }
+                    if pool.openReport.volatileReset != nil {
+                        _ = try? pool.recoverFileBatches(ownersAreGone: true)
+                        PoolCreation.removeAbandonedTemporaries(of: path)
+                    }
                     return pool
                 }
             } catch {

@@ -52,6 +52,34 @@ enum PoolCreation {
         return true
     }
 
+    /// Removes what creators killed before their rename left behind: `.NAME.PID.RAND.creating`
+    /// files next to the pool whose creator process is gone and that are older than a minute (a
+    /// live creator is done within milliseconds; the age also covers a creator in another PID
+    /// namespace, whose PID we cannot see). Best effort: runs when this process created the
+    /// pool or reset its volatile state, and returns how many it removed.
+    @discardableResult
+    static func removeAbandonedTemporaries(of path: String, now: time_t = time(nil)) -> Int {
+        let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+        let base = path.split(separator: "/").last.map(String.init) ?? path
+        let dirPath = directory.isEmpty ? "/" : directory
+        guard let dir = opendir(dirPath) else { return 0 }
+        defer { closedir(dir) }
+        let prefix = "." + base + ".", suffix = ".creating"
+        var removed = 0
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard name.hasPrefix(prefix), name.hasSuffix(suffix), name.count > prefix.count + suffix.count else { continue }
+            let middle = name.dropFirst(prefix.count).dropLast(suffix.count).split(separator: ".")
+            guard middle.count == 2, let pid = pid_t(middle[0]), UInt32(middle[1]) != nil else { continue }
+            if pid == getpid() || kill(pid, 0) == 0 || errno != ESRCH { continue }
+            var st = stat()
+            guard fstatat(dirfd(dir), name, &st, AT_SYMLINK_NOFOLLOW) == 0, st.st_mode & S_IFMT == S_IFREG,
+                  now - st.st_mtim.tv_sec > 60 else { continue }
+            if unlinkat(dirfd(dir), name, 0) == 0 { removed += 1 }
+        }
+        return removed
+    }
+
     /// fsync by path: makes the file's size and the directory entry durable, which msync does not.
     static func syncFile(_ path: String) throws(PMLLError) {
         let fd = try SystemCall.libc("open") { open(path, O_RDONLY | O_CLOEXEC) }
