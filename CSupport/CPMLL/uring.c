@@ -63,9 +63,8 @@ static int reap(pmll_uring_t *r, unsigned count, int *results, const size_t *len
 }
 
 int pmll_uring_write_files(pmll_uring_t *r, int n, const int *dirfds, const char *const *names,
-                           const void *const *datas, const size_t *lengths, const unsigned *modes,
-                           int do_fsync, int *results) {
-    unsigned per = do_fsync ? 4 : 3;
+                           const void *const *datas, const size_t *lengths, const unsigned *modes, int *results) {
+    unsigned per = 4;
     unsigned sq = io_uring_sq_space_left(&r->ring);
     int group = (int)(r->files < sq / per ? r->files : sq / per);
     if (group < 1) return -EINVAL;
@@ -85,12 +84,10 @@ int pmll_uring_write_files(pmll_uring_t *r, int n, const int *dirfds, const char
             io_uring_prep_write(sqe, (int)slot, datas[i], (unsigned)lengths[i], 0);
             sqe->flags |= IOSQE_IO_LINK | IOSQE_FIXED_FILE;
             sqe->user_data = (uint64_t)i << 3 | 1;
-            if (do_fsync) {
-                sqe = io_uring_get_sqe(&r->ring);
-                io_uring_prep_fsync(sqe, (int)slot, 0);
-                sqe->flags |= IOSQE_IO_LINK | IOSQE_FIXED_FILE;
-                sqe->user_data = (uint64_t)i << 3 | 2;
-            }
+            sqe = io_uring_get_sqe(&r->ring);
+            io_uring_prep_fsync(sqe, (int)slot, 0);
+            sqe->flags |= IOSQE_IO_LINK | IOSQE_FIXED_FILE;
+            sqe->user_data = (uint64_t)i << 3 | 2;
             sqe = io_uring_get_sqe(&r->ring);
             io_uring_prep_close_direct(sqe, slot);
             sqe->user_data = (uint64_t)i << 3 | 3;

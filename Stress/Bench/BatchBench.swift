@@ -8,7 +8,7 @@ import PMLLStressSupport
 struct BatchBench: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "batch", abstract: "File batches: io_uring vs thread pool vs sequential syscalls.")
 
-    @Option(help: "Directories to run in. Default: /dev/shm and /var/tmp.") var directory: [String] = []
+    @OptionGroup var directories: BenchDirectories
     @Option var rounds = 3
     @Option(help: "replace200, create2000, or both (the default).") var workload: [String] = ["replace200", "create2000"]
     @Flag var json = false
@@ -30,12 +30,8 @@ struct BatchBench: ParsableCommand {
     }
 
     func run() throws {
-        let directories = directory.isEmpty ? ["/dev/shm/pmll-batchbench", "/var/tmp/pmll-batchbench"] : directory
         var rows: [Row] = []
-        for dir in directories {
-            try? FileManager.default.removeItem(atPath: dir)
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            let fs = Locks().filesystemType(dir)
+        try directories.forEach(tag: "pmll-batchbench") { dir, fs in
             for workload in workload {
                 // Rounds interleave the methods, in a rotating order, and each method is
                 // compared with the sequential peer of its own round: a disk whose speed drifts
@@ -58,7 +54,6 @@ struct BatchBench: ParsableCommand {
                                     method: method, milliseconds: Self.median(samples[m]) / 1e6, speedupOverSequential: Self.median(ratios[m])))
                 }
             }
-            try? FileManager.default.removeItem(atPath: dir)
         }
         if json { try printJSONRows(rows); return }
         var table = [["fs", "workload", "method", "ms (median of \(rounds))", "speed-up vs sequential (median of rounds)"]]

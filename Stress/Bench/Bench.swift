@@ -1,5 +1,4 @@
 import ArgumentParser
-import CPMLLPeers
 import Foundation
 
 /// `pmll-bench`: lock benchmarks with peers measured in the same run (Docs/Benchmarks.md).
@@ -16,20 +15,16 @@ struct Bench: AsyncParsableCommand {
 struct Locks: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "locks", abstract: "Run the lock benchmarks and print a table (or JSON).")
 
-    @Option(help: "Directories to run in (one per filesystem). Default: /dev/shm and /var/tmp.")
-    var directory: [String] = []
+    @OptionGroup var directories: BenchDirectories
     @Option var iterations = 2_000_000
     @Option var seconds = 2.0
     @Option var rounds = 200
     @Flag var json = false
 
     func run() throws {
-        let directories = directory.isEmpty ? ["/dev/shm/pmll-bench", "/var/tmp/pmll-bench"] : directory
         var report = Report(command: CommandLine.arguments.joined(separator: " "))
-        for dir in directories {
-            try? FileManager.default.removeItem(atPath: dir)
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            var section = Report.Section(directory: dir, filesystem: filesystemType(dir))
+        try directories.forEach(tag: "pmll-bench") { dir, fs in
+            var section = Report.Section(directory: dir, filesystem: fs)
             section.uncontended = try Uncontended.run(directory: dir, iterations: iterations)
             for processes in [2, 4] {
                 for kind in ["pmll", "pthread"] {
@@ -40,29 +35,14 @@ struct Locks: ParsableCommand {
                 section.takeover.append(try Takeover.run(kind: kind, rounds: rounds, directory: dir))
             }
             report.sections.append(section)
-            try? FileManager.default.removeItem(atPath: dir)
         }
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            try printJSONRows(report)
         } else {
             print(report.table())
         }
         if report.sections.contains(where: { $0.contended.contains(where: \.exclusionViolated) }) {
             throw ExitCode(1)
-        }
-    }
-
-    func filesystemType(_ path: String) -> String {
-        let type = peers_filesystem_type(path)
-        switch UInt32(truncatingIfNeeded: type) {
-        case 0x0102_1994: return "tmpfs"
-        case 0xEF53: return "ext4"
-        case 0x5846_5342: return "xfs"
-        case 0x9123_683E: return "btrfs"
-        case 0x794C_7630: return "overlayfs"
-        default: return String(format: "0x%x", UInt32(truncatingIfNeeded: type))
         }
     }
 }

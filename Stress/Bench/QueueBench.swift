@@ -12,7 +12,7 @@ import PMLLStressSupport
 struct QueueBench: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "queue", abstract: "Hardened queue vs a SQLite WAL queue.")
 
-    @Option(help: "Directories to run in. Default: /dev/shm and /var/tmp.") var directory: [String] = []
+    @OptionGroup var directories: BenchDirectories
     @Option(help: "Operations per run on tmpfs.") var tmpfsOperations = 4000
     @Option(help: "Operations per run on other filesystems.") var diskOperations = 400
     @Flag var json = false
@@ -30,26 +30,16 @@ struct QueueBench: ParsableCommand {
     }
 
     func run() throws {
-        let directories = directory.isEmpty ? ["/dev/shm/pmll-qbench", "/var/tmp/pmll-qbench"] : directory
         var rows: [Row] = []
-        for dir in directories {
-            try? FileManager.default.removeItem(atPath: dir)
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            let fs = Locks().filesystemType(dir)
+        try directories.forEach(tag: "pmll-qbench") { dir, fs in
             let operations = fs == "tmpfs" ? tmpfsOperations : diskOperations
             for processes in [1, 4] {
                 for kind in ["pmll", "sqlite"] {
                     rows.append(try measure(kind: kind, processes: processes, operations: operations, directory: dir, filesystem: fs))
                 }
             }
-            try? FileManager.default.removeItem(atPath: dir)
         }
-        if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            print(String(decoding: try encoder.encode(rows), as: UTF8.self))
-            return
-        }
+        if json { try printJSONRows(rows); return }
         print("Persistent queue operation round trip (submit, run empty, record completion), same durability")
         var table = [["directory", "fs", "kind", "P", "ops", "ops/s", "ratio to SQLite", "p50 us", "p99 us", "barriers/op"]]
         for row in rows {

@@ -12,7 +12,7 @@ import PMLLStressSupport
 struct TransactionBench: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "tx", abstract: "State-store transactions vs libpmemobj.")
 
-    @Option(help: "Directories to run in. Default: /dev/shm and /var/tmp.") var directory: [String] = []
+    @OptionGroup var directories: BenchDirectories
     @Option var tmpfsTransactions = 20000
     @Option var diskTransactions = 500
     @Flag var json = false
@@ -30,17 +30,12 @@ struct TransactionBench: ParsableCommand {
     }
 
     func run() throws {
-        let directories = directory.isEmpty ? ["/dev/shm/pmll-txbench", "/var/tmp/pmll-txbench"] : directory
         var rows: [Row] = []
-        for dir in directories {
-            try? FileManager.default.removeItem(atPath: dir)
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            let fs = Locks().filesystemType(dir)
+        try directories.forEach(tag: "pmll-txbench") { dir, fs in
             let n = fs == "tmpfs" ? tmpfsTransactions : diskTransactions
             rows.append(try single(kind: "pmll", n: n, directory: dir, filesystem: fs))
             rows.append(try single(kind: "pmemobj", n: n, directory: dir, filesystem: fs))
             rows.append(try parallel(processes: 4, n: n, directory: dir, filesystem: fs))
-            try? FileManager.default.removeItem(atPath: dir)
         }
         if json { try printJSONRows(rows); return }
         print("Small transaction: two 64-byte records, commit latency and durable barriers per commit")
@@ -133,8 +128,3 @@ struct TransactionChild: ParsableCommand {
     }
 }
 
-func printJSONRows<T: Encodable>(_ rows: T) throws {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-    print(String(decoding: try encoder.encode(rows), as: UTF8.self))
-}

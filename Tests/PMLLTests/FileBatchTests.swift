@@ -55,20 +55,27 @@ struct FileBatchTests {
          {"op":"write","path":"twice","data":"1"},{"op":"replace","path":"twice","data":"2"}]
         """
 
+    /// The tree `sample` starts from, and what it leaves.
+    func makeSampleTree(_ root: String) throws {
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        try "old".write(toFile: root + "/a.txt", atomically: true, encoding: .utf8)
+        try "bye".write(toFile: root + "/old.txt", atomically: true, encoding: .utf8)
+    }
+
+    static let sampleResult = ["a.txt": "new", "lib": "<dir>", "lib/x": "<dir>", "lib/f2": "hello", "twice": "2"]
+
     @Test(arguments: stagings)
     func atomicBatchAppliesEverythingAndReportsTheBackend(environment: [String: String]) throws {
         let backend = environment["PMLL_IO_BACKEND"]!
         let scratch = Scratch()
         let root = scratch.file("root")
-        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-        try "old".write(toFile: root + "/a.txt", atomically: true, encoding: .utf8)
-        try "bye".write(toFile: root + "/old.txt", atomically: true, encoding: .utf8)
+        try makeSampleTree(root)
         let result = try run(Binaries.pmll, ["batch", "apply", "--pool", scratch.file("p.pool"), "--root", root, "--atomic", "--json", try batchFile(scratch, Self.sample)],
                              environment: environment)
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout.contains("\"backend\" : \"\(backend)\""))
         #expect(!tree(root).keys.contains { $0.contains(".pmll-") })
-        #expect(tree(root) == ["a.txt": "new", "lib": "<dir>", "lib/x": "<dir>", "lib/f2": "hello", "twice": "2"])
+        #expect(tree(root) == Self.sampleResult)
         var st = stat()
         stat(root + "/lib/f2", &st)
         #expect(st.st_mode & 0o777 == 0o600)
@@ -145,9 +152,7 @@ struct FileBatchTests {
         let committed = point.hasPrefix("batch.committed")
         let scratch = Scratch()
         let root = scratch.file("root"), pool = scratch.file("p.pool")
-        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-        try "old".write(toFile: root + "/a.txt", atomically: true, encoding: .utf8)
-        try "bye".write(toFile: root + "/old.txt", atomically: true, encoding: .utf8)
+        try makeSampleTree(root)
         let before = tree(root)
         let victim = try run(Binaries.pmll, ["batch", "apply", "--pool", pool, "--root", root, "--atomic", try batchFile(scratch, Self.sample)],
                              environment: environment.merging(["PMLL_CRASH_AT": point]) { a, _ in a })
@@ -156,7 +161,7 @@ struct FileBatchTests {
         let recover = try run(Binaries.pmll, ["recover", "--pool", pool, "--json"])
         #expect(recover.status == 0)
         let after = tree(root).filter { !$0.key.contains(".pmll-") }
-        #expect(after == (committed ? ["a.txt": "new", "lib": "<dir>", "lib/x": "<dir>", "lib/f2": "hello", "twice": "2"] : before))
+        #expect(after == (committed ? Self.sampleResult : before))
         #expect(!tree(root).keys.contains { $0.contains(".pmll-") }, "staging files left: \(tree(root).keys.sorted())")
     }
 
@@ -167,9 +172,7 @@ struct FileBatchTests {
     @Test func aDeadBatchIsRepairedByTheNextApplyOnItsTreeNotByAnOpen() throws {
         let scratch = Scratch()
         let root = scratch.file("root"), pool = scratch.file("p.pool")
-        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-        try "old".write(toFile: root + "/a.txt", atomically: true, encoding: .utf8)
-        try "bye".write(toFile: root + "/old.txt", atomically: true, encoding: .utf8)
+        try makeSampleTree(root)
         let before = tree(root)
         let keeper = try Child.worker("hold", "--pool", pool, "--lock", "keep")   // other processes stay attached
         defer { keeper.kill(); keeper.wait() }

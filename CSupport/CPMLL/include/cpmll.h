@@ -451,13 +451,14 @@ void pmll_uring_destroy(pmll_uring_t *ring);
 int pmll_uring_probe_ops(pmll_uring_t *ring);
 
 // Writes n new files, each as one linked chain on its own fixed slot:
-// openat(dirfd, name, O_CREAT|O_EXCL|O_WRONLY, mode) -> write -> [fsync] -> close.
+// openat(dirfd, name, O_CREAT|O_EXCL|O_WRONLY, mode) -> write -> fsync -> close (unsynced
+// creates run inline on threads, where the ring only added hand-offs).
 // results[i] = 0 or -errno of the first failing step (a failed write cancels the rest of its
 // chain; its slot is closed here). Returns 0, or -errno if submitting itself failed (then the
 // caller falls back to plain syscalls).
 int pmll_uring_write_files(pmll_uring_t *ring, int n, const int *dirfds, const char *_Nonnull const *_Nonnull names,
                            const void *_Nonnull const *_Nonnull datas, const size_t *lengths, const unsigned *modes,
-                           int do_fsync, int *results);
+                           int *results);
 // Staging of new files that are open, unnamed (O_TMPFILE) descriptors: one linked chain per
 // file, write -> [fsync] -> linkat("/proc/self/fd/N" -> dirfd/name) -> [linkat(dirfd/target ->
 // dirfd/backup), the old file an atomic replace keeps] -> close. The caller opens the files

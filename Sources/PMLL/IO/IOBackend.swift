@@ -83,7 +83,7 @@ final class IOBackend: @unchecked Sendable {
                 withExtendedLifetime(items) { () -> Int32 in
                     let datas = items.map { item in item.data.withUnsafeBytes { UnsafeRawPointer($0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!) } }
                     let dirfds = items.map(\.dirfd), lengths = items.map { $0.data.count }, modes = items.map(\.mode)
-                    return pmll_uring_write_files(r, Int32(items.count), dirfds, names, datas, lengths, modes, fsync ? 1 : 0, &results)
+                    return pmll_uring_write_files(r, Int32(items.count), dirfds, names, datas, lengths, modes, &results)
                 }
             }
             return (rc, results)

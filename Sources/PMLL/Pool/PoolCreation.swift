@@ -13,9 +13,8 @@ enum PoolCreation {
     static func createIfAbsent(path: String, options: PoolOptions) throws(PMLLError) -> Bool {
         try options.validate()
         let layout = options.layout(size: options.size)
-        let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
-        let base = path.split(separator: "/").last.map(String.init) ?? path
-        let temporary = "\(directory.isEmpty ? "/" : directory)/.\(base).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).creating"
+        let (directory, base) = split(path)
+        let temporary = "\(directory)/.\(base).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).creating"
         let mode: UInt32 = options.groupShared ? 0o660 : 0o600
 
         var length: UInt64 = 0, isPmem: Int32 = 0, err: Int32 = 0
@@ -48,8 +47,14 @@ enum PoolCreation {
         if rc == -EEXIST { return false }
         guard rc == 0 else { throw SystemCall.fileError(Errno(rawValue: -rc), path: path, operation: "create pool") }
         renamed = true
-        try syncFile(directory.isEmpty ? "/" : directory)
+        try syncFile(directory)
         return true
+    }
+
+    /// The pool's directory ("/" for a file at the root, "." for a bare name) and file name.
+    private static func split(_ path: String) -> (directory: String, base: String) {
+        let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+        return (directory.isEmpty ? "/" : directory, path.split(separator: "/").last.map(String.init) ?? path)
     }
 
     /// Removes what creators killed before their rename left behind: `.NAME.PID.RAND.creating`
@@ -59,10 +64,8 @@ enum PoolCreation {
     /// pool or reset its volatile state, and returns how many it removed.
     @discardableResult
     static func removeAbandonedTemporaries(of path: String, now: time_t = time(nil)) -> Int {
-        let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
-        let base = path.split(separator: "/").last.map(String.init) ?? path
-        let dirPath = directory.isEmpty ? "/" : directory
-        guard let dir = opendir(dirPath) else { return 0 }
+        let (directory, base) = split(path)
+        guard let dir = opendir(directory) else { return 0 }
         defer { closedir(dir) }
         let prefix = "." + base + ".", suffix = ".creating"
         var removed = 0
