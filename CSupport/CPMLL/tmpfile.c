@@ -20,3 +20,12 @@ int pmll_link_unnamed(int fd, int dirfd, const char *name) {
     snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
     return linkat(AT_FDCWD, path, dirfd, name, AT_SYMLINK_FOLLOW) == 0 ? 0 : -errno;
 }
+
+int pmll_open_path(int dirfd, const char *name) {
+    int fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    return fd >= 0 ? fd : -errno;
+}
+
+int pmll_syncfs(int fd) {
+    return syncfs(fd) == 0 ? 0 : -errno;
+}

@@ -35,7 +35,7 @@ void pmll_uring_destroy(pmll_uring_t *r) {
 int pmll_uring_probe_ops(pmll_uring_t *r) {
     struct io_uring_probe *probe = io_uring_get_probe_ring(&r->ring);
     if (!probe) return -EOPNOTSUPP;
-    int ops[] = {IORING_OP_OPENAT, IORING_OP_WRITE, IORING_OP_FSYNC, IORING_OP_CLOSE, IORING_OP_UNLINKAT, IORING_OP_LINKAT};
+    int ops[] = {IORING_OP_OPENAT, IORING_OP_WRITE, IORING_OP_FSYNC, IORING_OP_CLOSE, IORING_OP_UNLINKAT};
     int ok = 1;
     for (unsigned i = 0; i < sizeof ops / sizeof ops[0]; i++) ok &= io_uring_opcode_supported(probe, ops[i]);
     io_uring_free_probe(probe);
@@ -122,29 +122,24 @@ int pmll_uring_write_files(pmll_uring_t *r, int n, const int *dirfds, const char
 
 struct pmll_stage {
     pmll_uring_t *r;
-    int n, do_fsync, error;
+    int n, error;
     unsigned pending;            // CQEs still to reap
     int *fds;                    // -1: never added
-    size_t *lengths;
     int *results;
     unsigned char *closed;
-    char (*paths)[32];           // linkat reads these from io-wq until finish
 };
 
-pmll_stage_t *pmll_uring_stage_begin(pmll_uring_t *r, int n, int do_fsync) {
+pmll_stage_t *pmll_uring_stage_begin(pmll_uring_t *r, int n) {
     pmll_stage_t *s = calloc(1, sizeof *s);
     size_t count = (size_t)(n > 0 ? n : 1);
     if (!s) return NULL;
     s->r = r;
     s->n = n;
-    s->do_fsync = do_fsync;
     s->fds = malloc(sizeof *s->fds * count);
-    s->lengths = calloc(count, sizeof *s->lengths);
     s->results = calloc(count, sizeof *s->results);
     s->closed = calloc(count, 1);
-    s->paths = malloc(sizeof *s->paths * count);
-    if (!s->fds || !s->lengths || !s->results || !s->closed || !s->paths) {
-        free(s->fds); free(s->lengths); free(s->results); free(s->closed); free(s->paths); free(s);
+    if (!s->fds || !s->results || !s->closed) {
+        free(s->fds); free(s->results); free(s->closed); free(s);
         return NULL;
     }
     for (int i = 0; i < n; i++) s->fds[i] = -1;
@@ -163,17 +158,14 @@ static int reap_stage(pmll_stage_t *s, unsigned count) {
         // A close that ran released the descriptor even if it reported an error.
         if (step == 3 && res != -ECANCELED) s->closed[i] = 1;
         if (res < 0 && res != -ECANCELED && s->results[i] == 0) s->results[i] = res;
-        if (step == 1 && res >= 0 && s->results[i] == 0 && (size_t)res != s->lengths[i]) s->results[i] = -ENOSPC;
     }
     return 0;
 }
 
-int pmll_uring_stage_add(pmll_stage_t *s, int i, int fd, int dirfd, const char *name, const void *data, size_t length,
-                         const char *target, const char *backup) {
+int pmll_uring_stage_add(pmll_stage_t *s, int i, int fd) {
     s->fds[i] = fd;
-    s->lengths[i] = length;
     if (s->error) return s->error;
-    unsigned per = 3 + (s->do_fsync ? 1 : 0) + (target && backup ? 1 : 0);
+    unsigned per = 2;
     if (io_uring_sq_space_left(&s->r->ring) < per) {
         int rc = io_uring_submit(&s->r->ring);
         if (rc < 0) return s->error = rc;
@@ -183,27 +175,10 @@ int pmll_uring_stage_add(pmll_stage_t *s, int i, int fd, int dirfd, const char *
         int rc = reap_stage(s, per);
         if (rc < 0) return s->error = rc;
     }
-    snprintf(s->paths[i], sizeof s->paths[i], "/proc/self/fd/%d", fd);
     struct io_uring_sqe *sqe = io_uring_get_sqe(&s->r->ring);
-    io_uring_prep_write(sqe, fd, data, (unsigned)length, 0);
+    io_uring_prep_fsync(sqe, fd, 0);
     sqe->flags |= IOSQE_IO_LINK;
-    sqe->user_data = (uint64_t)i << 3 | 1;
-    if (s->do_fsync) {
-        sqe = io_uring_get_sqe(&s->r->ring);
-        io_uring_prep_fsync(sqe, fd, 0);
-        sqe->flags |= IOSQE_IO_LINK;
-        sqe->user_data = (uint64_t)i << 3 | 2;
-    }
-    sqe = io_uring_get_sqe(&s->r->ring);
-    io_uring_prep_linkat(sqe, AT_FDCWD, s->paths[i], dirfd, name, AT_SYMLINK_FOLLOW);
-    sqe->flags |= IOSQE_IO_LINK;
-    sqe->user_data = (uint64_t)i << 3 | 4;
-    if (target && backup) {
-        sqe = io_uring_get_sqe(&s->r->ring);
-        io_uring_prep_linkat(sqe, dirfd, target, dirfd, backup, 0);
-        sqe->flags |= IOSQE_IO_LINK;
-        sqe->user_data = (uint64_t)i << 3 | 5;
-    }
+    sqe->user_data = (uint64_t)i << 3 | 2;
     sqe = io_uring_get_sqe(&s->r->ring);
     io_uring_prep_close(sqe, fd);
     sqe->user_data = (uint64_t)i << 3 | 3;
@@ -223,10 +198,7 @@ int pmll_uring_stage_finish(pmll_stage_t *s, int *results) {
     // Chains that failed (or never ran) had their close cancelled: the descriptor is still ours.
     for (int i = 0; i < s->n; i++) if (s->fds[i] >= 0 && !s->closed[i]) close(s->fds[i]);
     memcpy(results, s->results, sizeof(int) * (size_t)s->n);
-    // Operations still in flight after a failure may yet read their paths: leave those (a
-    // few bytes, once, before the process gives the ring up).
-    if (s->pending == 0) free(s->paths);
-    free(s->fds); free(s->lengths); free(s->results); free(s->closed); free(s);
+    free(s->fds); free(s->results); free(s->closed); free(s);
     return rc;
 }
 

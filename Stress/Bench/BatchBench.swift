@@ -131,5 +131,9 @@ struct BatchChild: ParsableCommand {
         let elapsed = monotonicNanoseconds() - start
         guard report.backend.rawValue == backend, report.results.allSatisfy({ $0 == "ok" }) else { throw ToolError("batch ran on \(report.backend) or failed") }
         sayLine("\(elapsed)")
+        if getenv("PMLL_BENCH_PHASES") != nil {
+            let p = report.phases
+            FileHandle.standardError.write("\(backend) total \(elapsed / 1000) us: journal \(p.journal / 1000) stage \(p.stage / 1000) apply \(p.apply / 1000) commit \(p.commit / 1000) cleanup \(p.cleanUp / 1000)\n".data(using: .utf8)!)
+        }
     }
 }

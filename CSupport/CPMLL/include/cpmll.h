@@ -437,6 +437,11 @@ int pmll_unnamed_unsupported(int err);
 // Gives an unnamed file the name dirfd/name, through /proc/self/fd (linkat's AT_EMPTY_PATH
 // needs CAP_DAC_READ_SEARCH). 0 or -errno.
 int pmll_link_unnamed(int fd, int dirfd, const char *name);
+// An O_PATH descriptor of dirfd/name itself (not followed): it keeps the inode alive, so
+// removing the last name frees nothing until it is closed. fd or -errno.
+int pmll_open_path(int dirfd, const char *name);
+// syncfs(2): writes back and commits everything of fd's filesystem. 0 or -errno.
+int pmll_syncfs(int fd);
 
 // MARK: - io_uring (liburing) for file batches
 
@@ -459,18 +464,15 @@ int pmll_uring_probe_ops(pmll_uring_t *ring);
 int pmll_uring_write_files(pmll_uring_t *ring, int n, const int *dirfds, const char *_Nonnull const *_Nonnull names,
                            const void *_Nonnull const *_Nonnull datas, const size_t *lengths, const unsigned *modes,
                            int *results);
-// Staging of new files that are open, unnamed (O_TMPFILE) descriptors: one linked chain per
-// file, write -> [fsync] -> linkat("/proc/self/fd/N" -> dirfd/name) -> [linkat(dirfd/target ->
-// dirfd/backup), the old file an atomic replace keeps] -> close. The caller opens the files
-// on its threads (inode allocation is CPU work that io-wq would run one at a time) and adds
-// each one as soon as it is open, submitting as it goes, so opens and I/O overlap. `name`,
-// `data`, `target` and `backup` must stay valid until pmll_uring_stage_finish, which reaps
-// everything, closes every descriptor that was added (whatever happened) and frees the stage.
+// Durability of staged files: each added descriptor gets a linked fsync -> close on the
+// ring, run by io-wq workers while the caller's threads go on staging the next files (the
+// opens, writes, links and renames are CPU work in the kernel that io-wq runs no faster than
+// threads, so the caller does them). pmll_uring_stage_finish reaps everything, closes every
+// descriptor that was added (whatever happened) and frees the stage.
 typedef struct pmll_stage pmll_stage_t;
-pmll_stage_t *_Nullable pmll_uring_stage_begin(pmll_uring_t *ring, int n, int do_fsync);
+pmll_stage_t *_Nullable pmll_uring_stage_begin(pmll_uring_t *ring, int n);
 // File i (0 <= i < n). 0 or -errno (the ring refused: the stage must still be finished).
-int pmll_uring_stage_add(pmll_stage_t *stage, int i, int fd, int dirfd, const char *name, const void *_Nullable data, size_t length,
-                         const char *_Nullable target, const char *_Nullable backup);
+int pmll_uring_stage_add(pmll_stage_t *stage, int i, int fd);
 int pmll_uring_stage_submit(pmll_stage_t *stage);
 // results[i] = 0 or -errno for each added file (0 for files never added). Returns 0, or -errno
 // if submitting or reaping failed (then the caller falls back to plain syscalls).

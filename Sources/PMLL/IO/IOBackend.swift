@@ -36,6 +36,23 @@ final class IOBackend: @unchecked Sendable {
         /// Once the file is staged, hard-link the existing `target` (in the same directory)
         /// as `name` too: the backup an atomic replace keeps until its commit.
         var backup: (target: String, name: String)? = nil
+        /// Then rename the staged file to `final` (same directory): a step the batch can apply
+        /// while staging, because no other step touches its path.
+        var final: String? = nil
+        /// Set `mode` exactly (`O_CREAT` masks it with the umask), before the file gets a name.
+        var exactMode = false
+        /// Keep an `O_PATH` descriptor of `backup.target` (the old file): removing its last
+        /// name then frees nothing, and closing the descriptor later frees the inode (see
+        /// `InodeRelease`).
+        var hold = false
+    }
+
+    /// What staging did to each item.
+    struct Staged {
+        /// 0 or -errno per item.
+        var results: [Int32]
+        /// Per item, the `O_PATH` descriptor of the old file (`hold`), or -1.
+        var held: [Int32]
     }
 
     private init() {
@@ -87,7 +104,11 @@ final class IOBackend: @unchecked Sendable {
                 }
             }
             return (rc, results)
-        }) { return results }
+        }) {
+            return zip(items, results).map { item, rc in
+                rc == 0 && item.exactMode && fchmodat(item.dirfd, item.name, mode_t(item.mode), 0) != 0 ? -errno : rc
+            }
+        }
         var results = [Int32](repeating: 0, count: items.count)
         results.withUnsafeMutableBufferPointer { out in
             let out = SendableBuffer(out)
@@ -108,89 +129,79 @@ final class IOBackend: @unchecked Sendable {
     /// than one at a time (49–60 ms), so the opens always run on the threads; the ring then
     /// does write, fsync, link and close as one chain per file. Filesystems without
     /// `O_TMPFILE`, or a process without `/proc`, get named creates.
-    func stageFiles(_ items: [WriteItem], fsync: Bool) -> [Int32] {
-        guard Self.canLinkUnnamedFiles else { return Self.linkBackups(items, writeFiles(items, fsync: fsync)) }
-        var results = [Int32](repeating: 0, count: items.count)
-        if kind == .syscalls {
-            results.withUnsafeMutableBufferPointer { out in
-                let out = SendableBuffer(out)
-                Self.parallel(items.count) { i in out[i] = Self.stageOne(items[i], fsync: fsync) }
+    func stageFiles(_ items: [WriteItem], fsync: Bool) -> Staged {
+        var staged = Staged(results: [Int32](repeating: 0, count: items.count), held: [Int32](repeating: -1, count: items.count))
+        guard Self.canLinkUnnamedFiles else {
+            staged.results = Self.finishNamed(items, writeFiles(items, fsync: fsync), held: &staged.held)
+            return staged
+        }
+        if kind == .syscalls || !fsync {
+            staged.results.withUnsafeMutableBufferPointer { out in
+                staged.held.withUnsafeMutableBufferPointer { held in
+                    let out = SendableBuffer(out), held = SendableBuffer(held)
+                    Self.parallel(items.count) { i in (out[i], held[i]) = Self.stageOne(items[i], fsync: fsync) }
+                }
             }
-            return results
+            return staged
         }
         // Groups bound the descriptors open at once (RLIMIT_NOFILE is often 1024).
         for start in stride(from: 0, to: items.count, by: 256) {
             let group = Array(items[start..<min(start + 256, items.count)])
-            var named: [Int] = []
-            // Every string a chain reads stays allocated until the group is reaped.
-            let strings = group.map(\.name) + group.map { $0.backup?.target ?? "" } + group.map { $0.backup?.name ?? "" }
-            let staged = Self.withCStrings(strings) { c in
-                viaRing(fatal: true) { r in
-                    var out = [Int32](repeating: 0, count: group.count)
-                    let n = group.count
-                    let rc = withExtendedLifetime(group) {
-                        Self.stageOnRing(r, group, names: Array(c[0..<n]), targets: Array(c[n..<2 * n]), backups: Array(c[2 * n..<3 * n]),
-                                         fsync: fsync, results: &out, named: &named)
-                    }
-                    return (rc, out)
-                }
+            var placed = [Int32](repeating: 0, count: group.count), held = [Int32](repeating: -1, count: group.count)
+            let synced = viaRing(fatal: true) { r in
+                var out = [Int32](repeating: 0, count: group.count)
+                let rc = Self.syncOnRing(r, group, placed: &placed, held: &held, results: &out)
+                return (rc, out)
             }
-            if let staged {
-                for k in group.indices where !named.contains(k) { results[start + k] = staged[k] }
-                let fallback = Self.linkBackups(named.map { group[$0] }, writeFiles(named.map { group[$0] }, fsync: fsync))
-                for (j, rc) in fallback.enumerated() { results[start + named[j]] = rc }
-            } else {
-                // The ring failed and this process now uses syscalls; every descriptor is
-                // closed. A chain may have linked its name before the failure.
-                for k in group.indices {
-                    unlinkat(group[k].dirfd, group[k].name, 0)
-                    if let backup = group[k].backup { unlinkat(group[k].dirfd, backup.name, 0) }
-                    results[start + k] = Self.stageOne(group[k], fsync: fsync)
-                }
+            for k in group.indices {
+                staged.held[start + k] = held[k]
+                staged.results[start + k] = placed[k] != 0 ? placed[k] : synced?[k] ?? Self.fsyncPlaced(group[k])
             }
         }
-        return results
+        return staged
     }
 
-    /// The io_uring half of `stageFiles` for one group: threads open the unnamed files while
-    /// this thread adds each one's chain to the ring as soon as it is open, so opens and
-    /// I/O overlap. `named` gets the files whose filesystem has no `O_TMPFILE`.
-    private static func stageOnRing(_ r: OpaquePointer, _ group: [WriteItem], names: [UnsafePointer<CChar>], targets: [UnsafePointer<CChar>],
-                                    backups: [UnsafePointer<CChar>], fsync: Bool, results: inout [Int32], named: inout [Int]) -> Int32 {
-        guard let stage = pmll_uring_stage_begin(r, Int32(group.count), fsync ? 1 : 0) else { return -ENOMEM }
-        let opened = Mutex<[(Int, Int32)]>([])
+    /// The io_uring half of `stageFiles` for one group: threads place each file (open
+    /// unnamed, write, link, back up, rename: CPU work in the kernel) and hand its descriptor
+    /// over; this thread queues its fsync and close on the ring at once, so the fsyncs wait in
+    /// io-wq while the threads go on. `placed` gets each file's placing result, `results` the
+    /// fsyncs'.
+    private static func syncOnRing(_ r: OpaquePointer, _ group: [WriteItem], placed: inout [Int32], held: inout [Int32], results: inout [Int32]) -> Int32 {
+        guard let stage = pmll_uring_stage_begin(r, Int32(group.count)) else { return -ENOMEM }
+        let done = Mutex<[(Int, Int32, Int32, Int32)]>([])
         let ready = DispatchSemaphore(value: 0)
-        let join = spawn(group.count) { k in
-            let fd = pmll_open_unnamed(group[k].dirfd, group[k].mode)
-            opened.withLock { $0.append((k, fd)) }
+        let join = spawn(group.count, width: placeWidth) { k in
+            let (rc, fd, old) = place(group[k], fsync: true)
+            done.withLock { $0.append((k, rc, fd, old)) }
             ready.signal()
         }
         var handled = 0, failed: Int32 = 0
         while handled < group.count {
             ready.wait()
-            let batch = opened.withLock { list in defer { list.removeAll() }; return list }
+            let batch = done.withLock { list in defer { list.removeAll() }; return list }
             for _ in 1..<max(batch.count, 1) { ready.wait() }
-            for (k, fd) in batch {
-                if fd >= 0 {
-                    let keep = group[k].backup != nil
-                    let rc = group[k].data.withUnsafeBytes {
-                        pmll_uring_stage_add(stage, Int32(k), fd, group[k].dirfd, names[k], $0.baseAddress, $0.count, keep ? targets[k] : nil, keep ? backups[k] : nil)
-                    }
-                    if rc != 0 && failed == 0 { failed = rc }
-                } else if pmll_unnamed_unsupported(-fd) != 0 {
-                    named.append(k)
-                } else {
-                    results[k] = fd
-                }
+            for (k, rc, fd, old) in batch {
+                (placed[k], held[k]) = (rc, old)
+                guard fd >= 0 else { continue }
+                let added = pmll_uring_stage_add(stage, Int32(k), fd)
+                if added != 0 && failed == 0 { failed = added }
             }
             handled += batch.count
             if failed == 0 { failed = pmll_uring_stage_submit(stage) }
         }
         join()
-        var staged = [Int32](repeating: 0, count: group.count)
-        let rc = pmll_uring_stage_finish(stage, &staged)
-        for k in group.indices where results[k] == 0 { results[k] = staged[k] }
+        let rc = pmll_uring_stage_finish(stage, &results)
         return failed != 0 ? failed : rc
+    }
+
+    static let placeWidth = getenv("PMLL_PLACE_WIDTH").map { Int(atoi($0)) } ?? 16
+
+    /// fsync of a file placed before the ring failed (its descriptor is closed): 0 or -errno.
+    private static func fsyncPlaced(_ item: WriteItem) -> Int32 {
+        let fd = openat(item.dirfd, item.final ?? item.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { return -errno }
+        defer { close(fd) }
+        return Glibc.fsync(fd) == 0 ? 0 : -errno
     }
 
     /// `O_TMPFILE` files are named through `/proc/self/fd` (linkat with `AT_EMPTY_PATH`
@@ -199,22 +210,67 @@ final class IOBackend: @unchecked Sendable {
     private static let canLinkUnnamedFiles = access("/proc/self/fd", X_OK) == 0
         && getenv("PMLL_STAGING").map { String(cString: $0) } != "named"
 
-    /// One staged file with plain syscalls (unnamed, then linked), and its backup: 0 or -errno.
-    private static func stageOne(_ item: WriteItem, fsync: Bool) -> Int32 {
+    /// Opens `item`'s unnamed file with its exact mode, and the old file if it is to be held:
+    /// (fd or -errno, held descriptor or -1).
+    private static func open(_ item: WriteItem) -> (Int32, Int32) {
         let fd = pmll_open_unnamed(item.dirfd, item.mode)
-        guard fd >= 0 else { return pmll_unnamed_unsupported(-fd) != 0 ? linkBackups([item], [create(item, fsync: fsync)])[0] : fd }
-        defer { close(fd) }
-        if let failed = writeAll(fd, item.data) { return failed }
-        if fsync && Glibc.fsync(fd) != 0 { return -errno }
-        let rc = pmll_link_unnamed(fd, item.dirfd, item.name)
-        return rc == 0 ? linkBackups([item], [0])[0] : rc
+        if fd >= 0 && item.exactMode && fchmod(fd, mode_t(item.mode)) != 0 {
+            let e = -errno
+            close(fd)
+            return (e, -1)
+        }
+        return (fd, fd >= 0 ? hold(item) : -1)
     }
 
-    /// The backups of the items that were staged (result 0): the new results.
-    private static func linkBackups(_ items: [WriteItem], _ results: [Int32]) -> [Int32] {
-        zip(items, results).map { item, rc in
-            guard rc == 0, let backup = item.backup else { return rc }
-            return linkat(item.dirfd, backup.target, item.dirfd, backup.name, 0) == 0 ? 0 : -errno
+    private static func hold(_ item: WriteItem) -> Int32 {
+        guard item.hold, let backup = item.backup else { return -1 }
+        return max(pmll_open_path(item.dirfd, backup.target), -1)
+    }
+
+    /// One staged file with plain syscalls, fsynced inline: (0 or -errno, held descriptor or -1).
+    private static func stageOne(_ item: WriteItem, fsync: Bool) -> (Int32, Int32) {
+        let (rc, fd, old) = place(item, fsync: fsync)
+        guard fd >= 0 else { return (rc, old) }
+        defer { close(fd) }
+        return (fsync && Glibc.fsync(fd) != 0 ? -errno : 0, old)
+    }
+
+    /// Puts one item in place: an unnamed file with its data, linked at its temporary name,
+    /// then its backup and its rename. The data need not be durable before the rename: until
+    /// the batch commits, undo puts the backup back. (0, open descriptor for the fsync, held)
+    /// or (-errno, -1, held). A filesystem without `O_TMPFILE` gets a named create (already
+    /// fsynced and closed: descriptor -1).
+    private static func place(_ item: WriteItem, fsync: Bool) -> (Int32, Int32, Int32) {
+        let (fd, old) = open(item)
+        guard fd >= 0 else {
+            guard pmll_unnamed_unsupported(-fd) != 0 else { return (fd, -1, -1) }
+            var held: [Int32] = [-1]
+            return (finishNamed([item], [create(item, fsync: fsync)], held: &held)[0], -1, held[0])
+        }
+        var rc = writeAll(fd, item.data) ?? pmll_link_unnamed(fd, item.dirfd, item.name)
+        if rc == 0 { rc = finishLinked(item) }
+        if rc != 0 { close(fd); return (rc, -1, old) }
+        return (0, fd, old)
+    }
+
+    /// The backup link and the rename of a staged item: 0 or -errno.
+    private static func finishLinked(_ item: WriteItem) -> Int32 {
+        if let backup = item.backup, linkat(item.dirfd, backup.target, item.dirfd, backup.name, 0) != 0 { return -errno }
+        if let final = item.final {
+            guard renameat(item.dirfd, item.name, item.dirfd, final) == 0 else { return -errno }
+            CrashPoint.hit("batch.renamed")
+        }
+        return 0
+    }
+
+    /// Finishes items created by name (results of `writeFiles`, which set exact modes):
+    /// held old file, backup, rename. The new results.
+    private static func finishNamed(_ items: [WriteItem], _ results: [Int32], held: inout [Int32]) -> [Int32] {
+        zip(items, results).enumerated().map { k, pair in
+            let (item, rc) = pair
+            guard rc == 0 else { return rc }
+            held[k] = hold(item)
+            return finishLinked(item)
         }
     }
 
@@ -223,6 +279,7 @@ final class IOBackend: @unchecked Sendable {
         let fd = openat(item.dirfd, item.name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, mode_t(item.mode))
         guard fd >= 0 else { return -errno }
         defer { close(fd) }
+        if item.exactMode && fchmod(fd, mode_t(item.mode)) != 0 { return -errno }
         if let failed = writeAll(fd, item.data) { return failed }
         return fsync && Glibc.fsync(fd) != 0 ? -errno : 0
     }
@@ -306,11 +363,11 @@ final class IOBackend: @unchecked Sendable {
     }
 
     /// Starts `parallel`'s threads and returns at once; call the result to wait for them.
-    static func spawn(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) -> () -> Void {
+    static func spawn(_ count: Int, width: Int = 16, _ body: @escaping @Sendable (Int) -> Void) -> () -> Void {
         guard count > 0 else { return {} }
         let next = Counter()
         let done = DispatchSemaphore(value: 0)
-        let width = min(16, count)
+        let width = min(width, count)
         for _ in 0..<width {
             let thread = Thread {
                 while true {
