@@ -84,7 +84,7 @@ extension Pool {
         try writeJournal(journal)
         lap(\.commit)
         CrashPoint.hit("batch.committed")
-        cleanUp(journal, dirs: dirs, held: staging.held)
+        cleanUp(journal, dirs: dirs, held: staging.held, durable: durable)
         try deleteJournal(id)
         lap(\.cleanUp)
         return BatchReport(backend: backend.kind, atomic: true, results: batch.operations.map { _ in "ok" },
@@ -307,13 +307,17 @@ extension Pool {
         _ = IOBackend.shared.fsync(Array(touched))
     }
 
-    /// After the commit: drop the backups, all at once through the backend. Freeing the old
-    /// inodes is the slow part on disk: those in `held` (step index to an open descriptor of
-    /// the old file) are freed by `InodeRelease` after their names are gone. A backup that is
-    /// already gone (a repeated cleanup after a crash) is not an error.
-    func cleanUp(_ journal: BatchJournal, dirs: DirectoryCache, backend: IOBackend = .shared, held: [Int: Int32] = [:]) {
+    /// After the commit: drop the backups. Freeing the old inodes is the slow part on disk:
+    /// those in `held` (step index to an open descriptor of the old file) cost only the name
+    /// here, removed in place, and `InodeRelease` frees them later; the others are removed all
+    /// at once through the backend, so their frees overlap. Then the directories are fsynced
+    /// (`durable`): the journal is deleted next, and a removal that a power failure undid
+    /// would leave a backup nobody knows of. A backup that is already gone (a repeated cleanup
+    /// after a crash) is not an error.
+    func cleanUp(_ journal: BatchJournal, dirs: DirectoryCache, backend: IOBackend = .shared, held: [Int: Int32] = [:], durable: Bool = true) {
         defer { InodeRelease.release(Array(held.values)) }
-        var backups: [IOBackend.Entry] = []
+        var backups: [IOBackend.Entry] = [], results: [Int32] = []
+        var touched = Set<Int32>()
         for (n, step) in journal.steps.enumerated() {
             let parent: [String]
             switch step.op {
@@ -321,13 +325,20 @@ extension Pool {
             case .rename: parent = PathGuard.split(step.to!).parent
             case .mkdir, .fsync: continue
             }
-            if (step.op == .rename ? step.toExisted : step.existed), let fd = try? dirs.directory(parent, index: 0) {
+            guard step.op == .rename ? step.toExisted : step.existed, let fd = try? dirs.directory(parent, index: 0) else { continue }
+            touched.insert(fd)
+            if held[n] != nil {
+                results.append(unlinkat(fd, journal.backup(n), 0) == 0 ? 0 : -errno)
+                backups.insert(.init(dirfd: fd, name: journal.backup(n)), at: results.count - 1)
+            } else {
                 backups.append(.init(dirfd: fd, name: journal.backup(n)))
             }
         }
-        for (k, rc) in backend.unlink(backups).enumerated() where rc != 0 && rc != -ENOENT {
+        results += backend.unlink(Array(backups[results.count...]))
+        for (k, rc) in results.enumerated() where rc != 0 && rc != -ENOENT {
             Self.logger.warning("cannot remove a batch backup", metadata: ["name": "\(backups[k].name)", "errno": "\(-rc)"])
         }
+        if durable { _ = backend.fsync(Array(touched)) }
     }
 
     /// Each entry on its own. Runs of `write`s are created in one backend call, straight
@@ -376,7 +387,7 @@ extension Pool {
                     staging = try stage(single, journal: journal, dirs: dirs, backend: backend, durable: durable)
                     try applySteps(journal, applied: staging.applied, dirs: dirs, backend: backend, durable: durable,
                            wholeFilesystem: Self.syncsWholeFilesystem(batch), fsyncs: { if case .fsync(let p) = op { [p] } else { [] } }())
-                    cleanUp(journal, dirs: dirs, backend: backend, held: staging.held)
+                    cleanUp(journal, dirs: dirs, backend: backend, held: staging.held, durable: durable)
                 } catch {
                     staging.release()
                     undo(journal, dirs: dirs)

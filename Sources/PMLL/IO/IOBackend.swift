@@ -13,8 +13,9 @@ public enum IOBackendKind: String, Sendable, Codable {
     case syscalls
 }
 
-/// Batched file writes and fsyncs: io_uring (linked open/write/fsync/close chains on fixed
-/// slots, io-wq raised to 16 workers) or plain syscalls on 16 threads. Probed once per process;
+/// Batched file writes, fsyncs and removals: io_uring (linked fsync/close chains for staged
+/// files, open/write/fsync/close chains on fixed slots for files created by name, parallel
+/// unlinks and fsyncs; io-wq raised to 16 workers) or plain syscalls on 16 threads. Probed once per process;
 /// `PMLL_IO_BACKEND=uring|syscalls` forces one. A submit that fails with EPERM, ENOSYS,
 /// EINVAL, ENOMEM or EOPNOTSUPP switches the process to syscalls for good.
 final class IOBackend: @unchecked Sendable {
@@ -117,18 +118,19 @@ final class IOBackend: @unchecked Sendable {
         return results
     }
 
-    /// Stages new contents at the items' (temporary) names: each file is created unnamed
-    /// (`O_TMPFILE`), written, optionally fsynced, and only then linked at its name. Returns 0
-    /// or -errno per item.
+    /// Stages new contents: each file is created unnamed (`O_TMPFILE`), written, linked at
+    /// its temporary name, then (as the item asks) its backup is linked and it is renamed into
+    /// place; with `fsync`, each file is fsynced too. Returns 0 or -errno per item, and the
+    /// held old files.
     ///
     /// Creating by name allocates the inode under the directory's lock, so every create of a
     /// batch (the temporaries sit next to their targets) runs one at a time, and on this VM's
-    /// ext4 an inode allocation takes 0.2–0.6 ms. An unnamed file is allocated without that
-    /// lock: 200 fsynced files on 16 threads took 37–51 ms this way against 55–120 ms by name,
-    /// back to back while the disk was slow (Docs/FileBatches.md). io_uring punts those opens to io-wq, where they ran no faster
-    /// than one at a time (49–60 ms), so the opens always run on the threads; the ring then
-    /// does write, fsync, link and close as one chain per file. Filesystems without
-    /// `O_TMPFILE`, or a process without `/proc`, get named creates.
+    /// ext4 an inode allocation costs 0.2–0.4 ms of kernel CPU. An unnamed file is allocated
+    /// without that lock (Docs/FileBatches.md). Placing a file is CPU work in the kernel,
+    /// which io-wq ran slower than threads (opens one at a time; write/link/rename chains
+    /// 22–33 ms against 17–19 for 200 files), so threads place the files on both backends; on
+    /// io_uring the fsyncs, the only waits, go to the ring as each file is placed.
+    /// Filesystems without `O_TMPFILE`, or a process without `/proc`, get named creates.
     func stageFiles(_ items: [WriteItem], fsync: Bool) -> Staged {
         var staged = Staged(results: [Int32](repeating: 0, count: items.count), held: [Int32](repeating: -1, count: items.count))
         guard Self.canLinkUnnamedFiles else {
@@ -170,7 +172,7 @@ final class IOBackend: @unchecked Sendable {
         guard let stage = pmll_uring_stage_begin(r, Int32(group.count)) else { return -ENOMEM }
         let done = Mutex<[(Int, Int32, Int32, Int32)]>([])
         let ready = DispatchSemaphore(value: 0)
-        let join = spawn(group.count, width: placeWidth) { k in
+        let join = spawn(group.count) { k in
             let (rc, fd, old) = place(group[k], fsync: true)
             done.withLock { $0.append((k, rc, fd, old)) }
             ready.signal()
@@ -193,8 +195,6 @@ final class IOBackend: @unchecked Sendable {
         let rc = pmll_uring_stage_finish(stage, &results)
         return failed != 0 ? failed : rc
     }
-
-    static let placeWidth = getenv("PMLL_PLACE_WIDTH").map { Int(atoi($0)) } ?? 16
 
     /// fsync of a file placed before the ring failed (its descriptor is closed): 0 or -errno.
     private static func fsyncPlaced(_ item: WriteItem) -> Int32 {
@@ -363,11 +363,11 @@ final class IOBackend: @unchecked Sendable {
     }
 
     /// Starts `parallel`'s threads and returns at once; call the result to wait for them.
-    static func spawn(_ count: Int, width: Int = 16, _ body: @escaping @Sendable (Int) -> Void) -> () -> Void {
+    static func spawn(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) -> () -> Void {
         guard count > 0 else { return {} }
         let next = Counter()
         let done = DispatchSemaphore(value: 0)
-        let width = min(width, count)
+        let width = min(16, count)
         for _ in 0..<width {
             let thread = Thread {
                 while true {
