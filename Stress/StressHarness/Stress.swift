@@ -61,6 +61,11 @@ struct StressRun: AsyncParsableCommand {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: me)
             p.arguments = ["worker", "--pool", path, "--id", "\(slot)", "--incarnation", "\(incarnations[slot])", "--seed", "\(seed)", "--mix", mix]
+            // Half the workers make their batches durable file by file, half with one syncfs
+            // (the tree's batch is large enough for either), unless the caller chose.
+            var environment = ProcessInfo.processInfo.environment
+            if environment["PMLL_BATCH_SYNC"] == nil { environment["PMLL_BATCH_SYNC"] = incarnations[slot] % 2 == 0 ? "files" : "filesystem" }
+            p.environment = environment
             try p.run()
             workers[p.processIdentifier] = (p, slot)
             incarnations[slot] += 1

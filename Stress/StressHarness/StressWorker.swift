@@ -107,7 +107,7 @@ struct StressFiles {
     var queueLog: String { directory + "/queue.log" }
     var takeovers: String { directory + "/takeovers" }
     var tree: String { directory + "/tree" }
-    static let treeFiles = 6
+    static let treeFiles = 20
 
     /// The version the install tree's first file carries (its leading digits).
     static func readTreeVersion(_ tree: String) -> String? {
