@@ -145,10 +145,10 @@ struct FileBatchTests {
     /// opens the pool: the tree is byte for byte the old one or the new one.
     // Regression (found by the 30-minute stress run): killed between a backup link and its
     // rename, undo's rename between two links of one file did nothing and left the backup
-    // behind. Backups of files no earlier step touches are linked while staging, so
-    // batch.staged is that window for a.txt; batch.linked is the window for "twice", whose
-    // backup can only be made once the earlier write has put it in place.
-    @Test(arguments: ["batch.staged:1", "batch.linked:1", "batch.renamed:1", "batch.renamed:3", "batch.committed:1"], stagings)
+    // behind. a.txt is replaced while staging: batch.linked:1 is its window, in a staging
+    // thread; batch.linked:2 is the window for "twice", whose backup can only be made once the
+    // earlier write has put it in place. The first renames run in staging threads too.
+    @Test(arguments: ["batch.staged:1", "batch.linked:1", "batch.linked:2", "batch.renamed:1", "batch.renamed:3", "batch.committed:1"], stagings)
     func killedWhileApplyingIsRecovered(point: String, environment: [String: String]) throws {
         let committed = point.hasPrefix("batch.committed")
         let scratch = Scratch()

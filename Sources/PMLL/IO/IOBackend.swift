@@ -255,7 +255,10 @@ final class IOBackend: @unchecked Sendable {
 
     /// The backup link and the rename of a staged item: 0 or -errno.
     private static func finishLinked(_ item: WriteItem) -> Int32 {
-        if let backup = item.backup, linkat(item.dirfd, backup.target, item.dirfd, backup.name, 0) != 0 { return -errno }
+        if let backup = item.backup {
+            guard linkat(item.dirfd, backup.target, item.dirfd, backup.name, 0) == 0 else { return -errno }
+            CrashPoint.hit("batch.linked")
+        }
         if let final = item.final {
             guard renameat(item.dirfd, item.name, item.dirfd, final) == 0 else { return -errno }
             CrashPoint.hit("batch.renamed")
