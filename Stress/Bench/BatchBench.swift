@@ -11,6 +11,7 @@ struct BatchBench: ParsableCommand {
     @OptionGroup var directories: BenchDirectories
     @Option var rounds = 3
     @Option(help: "replace200, create2000, or both (the default).") var workload: [String] = ["replace200", "create2000"]
+    @Flag(help: "Also print where each PMLL method's time went (median per phase of an atomic batch).") var phases = false
     @Flag var json = false
 
     struct Row: Codable {
@@ -31,6 +32,7 @@ struct BatchBench: ParsableCommand {
 
     func run() throws {
         var rows: [Row] = []
+        var phaseTable = [["fs", "workload", "method", "journal", "stage", "apply", "commit", "clean-up (ms, medians)"]]
         try directories.forEach(tag: "pmll-batchbench") { dir, fs in
             for workload in workload {
                 // Rounds interleave the methods, in a rotating order, and each method is
@@ -38,16 +40,22 @@ struct BatchBench: ParsableCommand {
                 // (this VM's does, by 2-3x over seconds) then skews every method alike.
                 var samples = [[Double]](repeating: [], count: Self.methods.count)
                 var ratios = [[Double]](repeating: [], count: Self.methods.count)
+                var phaseSamples = [[[Double]]](repeating: [[Double]](repeating: [], count: 5), count: Self.methods.count)
                 for round in 0..<rounds {
                     var times = [Double](repeating: 0, count: Self.methods.count)
                     for k in 0..<Self.methods.count {
                         let m = (k + round) % Self.methods.count
-                        times[m] = try measure(m, workload, dir)
+                        let (time, phases) = try measure(m, workload, dir)
+                        times[m] = time
+                        for (i, p) in phases.enumerated() { phaseSamples[m][i].append(p) }
                     }
                     for m in times.indices {
                         samples[m].append(times[m])
                         ratios[m].append(times[0] / times[m])
                     }
+                }
+                for (m, method) in Self.methods.enumerated() where m > 0 && workload == "replace200" {
+                    phaseTable.append([fs, workload, method] + phaseSamples[m].map { String(format: "%.2f", Self.median($0) / 1e6) })
                 }
                 for (m, method) in Self.methods.enumerated() {
                     rows.append(Row(directory: dir, filesystem: fs, workload: workload == "replace200" ? "200 atomic replaces of 4 KiB, fsync" : "2000 creates of 100 B, no fsync",
@@ -59,15 +67,19 @@ struct BatchBench: ParsableCommand {
         var table = [["fs", "workload", "method", "ms (median of \(rounds))", "speed-up vs sequential (median of rounds)"]]
         for r in rows { table.append([r.filesystem, r.workload, r.method, String(format: "%.2f", r.milliseconds), String(format: "%.2fx", r.speedupOverSequential)]) }
         print(TextTable.render(table))
+        if phases { print(""); print(TextTable.render(phaseTable)) }
     }
 
-    func measure(_ method: Int, _ workload: String, _ dir: String) throws -> Double {
-        if method == 0 { return try sequential(workload, dir) }
+    /// Nanoseconds, and for an atomic PMLL batch the nanoseconds of its phases.
+    func measure(_ method: Int, _ workload: String, _ dir: String) throws -> (Double, [Double]) {
+        if method == 0 { return (try sequential(workload, dir), []) }
         let backend = method == 1 ? "uring" : "syscalls"
         let child = try BenchChild(["batch-child", "--backend", backend, "--directory", dir, "--workload", workload])
-        guard let line = child.readLine(), let ns = Double(line) else { throw ToolError("batch child failed") }
+        guard let line = child.readLine() else { throw ToolError("batch child failed") }
+        let numbers = line.split(separator: " ").compactMap { Double($0) }
+        guard numbers.count == 6 else { throw ToolError("batch child printed '\(line)'") }
         child.process.waitUntilExit()
-        return ns
+        return (numbers[0], workload == "replace200" ? Array(numbers[1...]) : [])
     }
 
     static func median(_ samples: [Double]) -> Double { samples.sorted()[samples.count / 2] }
@@ -130,10 +142,7 @@ struct BatchChild: ParsableCommand {
         let report = try pool.apply(batch, root: tree, atomic: workload == "replace200", durable: workload == "replace200")
         let elapsed = monotonicNanoseconds() - start
         guard report.backend.rawValue == backend, report.results.allSatisfy({ $0 == "ok" }) else { throw ToolError("batch ran on \(report.backend) or failed") }
-        sayLine("\(elapsed)")
-        if getenv("PMLL_BENCH_PHASES") != nil {
-            let p = report.phases
-            FileHandle.standardError.write("\(backend) total \(elapsed / 1000) us: journal \(p.journal / 1000) stage \(p.stage / 1000) apply \(p.apply / 1000) commit \(p.commit / 1000) cleanup \(p.cleanUp / 1000)\n".data(using: .utf8)!)
-        }
+        let p = report.phases
+        sayLine("\(elapsed) \(p.journal) \(p.stage) \(p.apply) \(p.commit) \(p.cleanUp)")
     }
 }
