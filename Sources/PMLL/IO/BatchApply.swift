@@ -20,13 +20,14 @@ public struct BatchReport: Sendable, Codable, Equatable {
 public struct BatchPhases: Sendable, Codable, Equatable {
     /// Writing the journal (one store transaction).
     public var journal: Int64 = 0
-    /// Directories, temporaries written and fsynced, backups linked.
+    /// Directories; new files written, linked, backed up, renamed into place where no earlier
+    /// step touches their path, and fsynced one by one (small batches).
     public var stage: Int64 = 0
-    /// Renames in order, then the directory and requested fsyncs.
+    /// The other steps in order, then the directory fsyncs or the syncfs, and requested fsyncs.
     public var apply: Int64 = 0
     /// The commit transaction.
     public var commit: Int64 = 0
-    /// Removing the backups and the journal.
+    /// Removing the backups (their directories fsynced) and the journal.
     public var cleanUp: Int64 = 0
 }
 
@@ -66,12 +67,13 @@ extension Pool {
         try writeJournal(journal)
         lap(\.journal)
         var staging = Staging()
+        let wholeFilesystem = Self.syncsWholeFilesystem(batch)
         do {
-            staging = try stage(batch, journal: journal, dirs: dirs, backend: backend, durable: durable)
+            staging = try stage(batch, journal: journal, dirs: dirs, backend: backend, durable: durable, wholeFilesystem: wholeFilesystem)
             lap(\.stage)
             CrashPoint.hit("batch.staged")
             try applySteps(journal, applied: staging.applied, dirs: dirs, backend: backend, durable: durable,
-                           wholeFilesystem: Self.syncsWholeFilesystem(batch),
+                           wholeFilesystem: wholeFilesystem,
                            fsyncs: batch.operations.compactMap { if case .fsync(let p) = $0 { p } else { nil } })
         } catch {
             staging.release()
@@ -157,11 +159,13 @@ extension Pool {
     }
 
     /// Creates the planned directories, then writes every new content into a temporary next
-    /// to its target, through the backend (io_uring chains or the thread pool), fsynced if
-    /// `durable`. A write or replace whose path no earlier step touches is applied right
-    /// there, in parallel with the other files: its backup is linked and its temporary renamed
-    /// over the target (undo needs only the backup, whichever order the renames ran in).
-    private func stage(_ batch: FileBatch, journal: BatchJournal, dirs: DirectoryCache, backend: IOBackend, durable: Bool) throws(PMLLError) -> Staging {
+    /// to its target, through the backend, fsynced one by one if `durable` and the batch does
+    /// not sync its `wholeFilesystem`. A write or replace whose path no earlier step touches
+    /// is applied right there, in parallel with the other files: its backup is linked and its
+    /// temporary renamed over the target (undo needs only the backup, whichever order the
+    /// renames ran in).
+    private func stage(_ batch: FileBatch, journal: BatchJournal, dirs: DirectoryCache, backend: IOBackend, durable: Bool,
+                       wholeFilesystem: Bool) throws(PMLLError) -> Staging {
         for (n, op) in batch.operations.enumerated() {
             guard case .mkdir(_, let mode) = op else { continue }
             for dir in journal.steps[n].createdDirs {
@@ -193,7 +197,7 @@ extension Pool {
             default: continue
             }
         }
-        let staged = backend.stageFiles(items, fsync: durable && !Self.syncsWholeFilesystem(batch))
+        let staged = backend.stageFiles(items, fsync: durable && !wholeFilesystem)
         for (k, fd) in staged.held.enumerated() where fd >= 0 { staging.held[indexes[k]] = fd }
         for (k, rc) in staged.results.enumerated() where rc != 0 {
             staging.release()
@@ -202,8 +206,9 @@ extension Pool {
         return staging
     }
 
-    /// Renames in order (keeping what is replaced or deleted as a backup), then fsyncs every
-    /// directory touched and the files asked for.
+    /// Applies the steps staging did not, in order (keeping what is replaced or deleted as a
+    /// backup). Then makes everything durable: one syncfs per filesystem touched
+    /// (`wholeFilesystem`) or an fsync of every directory touched; and the files asked for.
     private func applySteps(_ journal: BatchJournal, applied: Set<Int>, dirs: DirectoryCache, backend: IOBackend, durable: Bool,
                             wholeFilesystem: Bool, fsyncs: [String]) throws(PMLLError) {
         var touched = Set<Int32>()
@@ -316,7 +321,7 @@ extension Pool {
     /// after a crash) is not an error.
     func cleanUp(_ journal: BatchJournal, dirs: DirectoryCache, backend: IOBackend = .shared, held: [Int: Int32] = [:], durable: Bool = true) {
         defer { InodeRelease.release(Array(held.values)) }
-        var backups: [IOBackend.Entry] = [], results: [Int32] = []
+        var removed: [IOBackend.Entry] = [], results: [Int32] = [], others: [IOBackend.Entry] = []
         var touched = Set<Int32>()
         for (n, step) in journal.steps.enumerated() {
             let parent: [String]
@@ -327,16 +332,18 @@ extension Pool {
             }
             guard step.op == .rename ? step.toExisted : step.existed, let fd = try? dirs.directory(parent, index: 0) else { continue }
             touched.insert(fd)
+            let entry = IOBackend.Entry(dirfd: fd, name: journal.backup(n))
             if held[n] != nil {
-                results.append(unlinkat(fd, journal.backup(n), 0) == 0 ? 0 : -errno)
-                backups.insert(.init(dirfd: fd, name: journal.backup(n)), at: results.count - 1)
+                removed.append(entry)
+                results.append(unlinkat(fd, entry.name, 0) == 0 ? 0 : -errno)
             } else {
-                backups.append(.init(dirfd: fd, name: journal.backup(n)))
+                others.append(entry)
             }
         }
-        results += backend.unlink(Array(backups[results.count...]))
-        for (k, rc) in results.enumerated() where rc != 0 && rc != -ENOENT {
-            Self.logger.warning("cannot remove a batch backup", metadata: ["name": "\(backups[k].name)", "errno": "\(-rc)"])
+        removed += others
+        results += backend.unlink(others)
+        for (entry, rc) in zip(removed, results) where rc != 0 && rc != -ENOENT {
+            Self.logger.warning("cannot remove a batch backup", metadata: ["name": "\(entry.name)", "errno": "\(-rc)"])
         }
         if durable { _ = backend.fsync(Array(touched)) }
     }
@@ -383,10 +390,11 @@ extension Pool {
                 let journal = BatchJournal(id: String(UInt64.random(in: 0...UInt64.max), radix: 36), root: "", owner: token,
                                            phase: .staging, steps: try plan(single, dirs: dirs))
                 var staging = Staging()
+                let wholeFilesystem = Self.syncsWholeFilesystem(single)
                 do throws(PMLLError) {
-                    staging = try stage(single, journal: journal, dirs: dirs, backend: backend, durable: durable)
+                    staging = try stage(single, journal: journal, dirs: dirs, backend: backend, durable: durable, wholeFilesystem: wholeFilesystem)
                     try applySteps(journal, applied: staging.applied, dirs: dirs, backend: backend, durable: durable,
-                           wholeFilesystem: Self.syncsWholeFilesystem(batch), fsyncs: { if case .fsync(let p) = op { [p] } else { [] } }())
+                                   wholeFilesystem: wholeFilesystem, fsyncs: { if case .fsync(let p) = op { [p] } else { [] } }())
                     cleanUp(journal, dirs: dirs, backend: backend, held: staging.held, durable: durable)
                 } catch {
                     staging.release()
