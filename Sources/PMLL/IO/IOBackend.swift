@@ -150,10 +150,17 @@ final class IOBackend: @unchecked Sendable {
         for start in stride(from: 0, to: items.count, by: 256) {
             let group = Array(items[start..<min(start + 256, items.count)])
             var placed = [Int32](repeating: 0, count: group.count), held = [Int32](repeating: -1, count: group.count)
+            var ran = false
             let synced = viaRing(fatal: true) { r in
+                ran = true
                 var out = [Int32](repeating: 0, count: group.count)
                 let rc = Self.syncOnRing(r, group, placed: &placed, held: &held, results: &out)
                 return (rc, out)
+            }
+            // Another batch of this process gave the ring up in the meantime: nothing was placed.
+            if !ran {
+                for k in group.indices { (staged.results[start + k], staged.held[start + k]) = Self.stageOne(group[k], fsync: fsync) }
+                continue
             }
             for k in group.indices {
                 staged.held[start + k] = held[k]
