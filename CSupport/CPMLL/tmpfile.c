@@ -29,3 +29,12 @@ int pmll_open_path(int dirfd, const char *name) {
 int pmll_syncfs(int fd) {
     return syncfs(fd) == 0 ? 0 : -errno;
 }
+
+int pmll_rename_exchange(int dirfd, const char *a, const char *b) {
+    return renameat2(dirfd, a, dirfd, b, RENAME_EXCHANGE) == 0 ? 0 : -errno;
+}
+
+int pmll_exchange_unsupported(int err) {
+    // EINVAL: the filesystem has no RENAME_EXCHANGE; ENOSYS: a kernel without renameat2.
+    return err == EINVAL || err == ENOSYS || err == EOPNOTSUPP;
+}

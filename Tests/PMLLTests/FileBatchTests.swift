@@ -7,10 +7,12 @@ import Testing
 struct FileBatchTests {
     static let backends = ["uring", "syscalls"]
     /// Each backend, staging unnamed files (the default) or by name (filesystems without
-    /// O_TMPFILE), and with the whole-filesystem sync that batches of 16 files or more use
-    /// (the sample batches here are smaller): the environment for the pmll process.
+    /// O_TMPFILE), without RENAME_EXCHANGE, and with the whole-filesystem sync that batches of
+    /// 16 files or more use (the sample batches here are smaller): the environment for the
+    /// pmll process.
     static let stagings: [[String: String]] = backends.flatMap { b in
-        [["PMLL_IO_BACKEND": b], ["PMLL_IO_BACKEND": b, "PMLL_STAGING": "named"], ["PMLL_IO_BACKEND": b, "PMLL_BATCH_SYNC": "filesystem"]]
+        [["PMLL_IO_BACKEND": b], ["PMLL_IO_BACKEND": b, "PMLL_STAGING": "named"], ["PMLL_IO_BACKEND": b, "PMLL_STAGING": "no-exchange"],
+         ["PMLL_IO_BACKEND": b, "PMLL_BATCH_SYNC": "filesystem"]]
     }
 
     /// A small tmpfs can be mounted here (root, and mounts allowed): needed to fill a filesystem.
@@ -145,9 +147,11 @@ struct FileBatchTests {
     /// opens the pool: the tree is byte for byte the old one or the new one.
     // Regression (found by the 30-minute stress run): killed between a backup link and its
     // rename, undo's rename between two links of one file did nothing and left the backup
-    // behind. a.txt is replaced while staging: batch.linked:1 is its window, in a staging
-    // thread; batch.linked:2 is the window for "twice", whose backup can only be made once the
-    // earlier write has put it in place. The first renames run in staging threads too.
+    // behind. a.txt is replaced while staging, in a staging thread: batch.linked:1 is its new
+    // file linked at the backup name before the exchange (with no-exchange: the old file's
+    // backup link before the rename, the two-links window); batch.linked:2 is the window for
+    // "twice", whose backup can only be made once the earlier write has put it in place. The
+    // first renames run in staging threads too.
     @Test(arguments: ["batch.staged:1", "batch.linked:1", "batch.linked:2", "batch.renamed:1", "batch.renamed:3", "batch.committed:1"], stagings)
     func killedWhileApplyingIsRecovered(point: String, environment: [String: String]) throws {
         let committed = point.hasPrefix("batch.committed")

@@ -442,6 +442,11 @@ int pmll_link_unnamed(int fd, int dirfd, const char *name);
 int pmll_open_path(int dirfd, const char *name);
 // syncfs(2): writes back and commits everything of fd's filesystem. 0 or -errno.
 int pmll_syncfs(int fd);
+// renameat2(RENAME_EXCHANGE) of dirfd/a and dirfd/b: both names stay, their files swap
+// atomically. 0 or -errno.
+int pmll_rename_exchange(int dirfd, const char *a, const char *b);
+// The errno (positive) means this filesystem or kernel cannot exchange names.
+int pmll_exchange_unsupported(int err);
 
 // MARK: - io_uring (liburing) for file batches
 

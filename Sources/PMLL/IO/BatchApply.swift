@@ -99,16 +99,19 @@ extension Pool {
     /// so that a step may use what an earlier one creates.
     private func plan(_ batch: FileBatch, dirs: DirectoryCache) throws(PMLLError) -> [BatchStep] {
         var steps: [BatchStep] = []
-        var created = Set<String>(), removed = Set<String>()
+        var created = Set<String>(), removed = Set<String>(), touched = Set<String>()
         func exists(_ path: String) -> Bool { created.contains(path) || (!removed.contains(path) && dirs.exists(path)) }
         for (n, op) in batch.operations.enumerated() {
             var step = BatchStep(op: .fsync, path: op.paths[0], to: nil, existed: exists(op.paths[0]), toExisted: false, createdDirs: [])
+            defer { touched.formUnion(op.paths + step.createdDirs) }
             switch op {
             case .write(let path, _, _):
                 step.op = .write
+                step.oldInode = exchangeable(step) ? dirs.inode(path) ?? 0 : 0
                 created.insert(path); removed.remove(path)
             case .replace:
                 step.op = .replace
+                step.oldInode = exchangeable(step) ? dirs.inode(step.path) ?? 0 : 0
                 guard step.existed else { throw .invalidBatch(index: n, reason: "'\(step.path)' does not exist (replace needs an existing file)") }
             case .delete(let path):
                 step.op = .delete
@@ -133,6 +136,10 @@ extension Pool {
             steps.append(step)
         }
         return steps
+
+        /// A write or replace of an existing file that no earlier step touches is applied while
+        /// staging, by exchange: the journal keeps the old file's identity for undo.
+        func exchangeable(_ step: BatchStep) -> Bool { step.existed && !touched.contains(step.path) }
     }
 
     private func writeJournal(_ journal: BatchJournal) throws(PMLLError) {
@@ -184,10 +191,19 @@ extension Pool {
                 var item = IOBackend.WriteItem(dirfd: try dirs.directory(PathGuard.split(path).parent, index: n), name: journal.temp(n), data: data, mode: mode)
                 item.exactMode = mode & Self.umaskBits != 0
                 if !touched.contains(path) {
-                    item.final = name
                     staging.applied.insert(n)
-                    if journal.steps[n].existed {
+                    if journal.steps[n].oldInode != 0 {
+                        // Linked at the backup name, then exchanged with the target: one
+                        // directory operation instead of a backup link and a rename.
+                        item.name = journal.backup(n)
+                        item.exchange = (name, journal.temp(n))
+                    } else if journal.steps[n].existed {
                         item.backup = (name, journal.backup(n))
+                        item.final = name
+                    } else {
+                        item.final = name
+                    }
+                    if journal.steps[n].existed {
                         item.hold = holding < InodeRelease.limit
                         holding += item.hold ? 1 : 0
                     }
@@ -282,6 +298,16 @@ extension Pool {
             let has = { (n: String) in dirs.existsAt(fd, n) }
             let temp = journal.temp(n), backup = journal.backup(n)
             switch step.op {
+            case .write where step.oldInode != 0, .replace where step.oldInode != 0:
+                // Applied by exchange: the backup name holds the old file once the exchange
+                // happened, the new one before.
+                if has(backup) {
+                    let old = dirs.inode(fd, backup) == step.oldInode
+                    if old && dirs.inode(fd, name) == step.oldInode { unlinkat(fd, backup, 0) }   // exchange fallback: linked, not renamed
+                    else if old { renameat(fd, backup, fd, name) }
+                    else { unlinkat(fd, backup, 0) }
+                }
+                if has(temp) { unlinkat(fd, temp, 0) }
             case .write, .replace:
                 if has(backup) {
                     // Killed between the backup link and the rename: both names are the same
@@ -525,6 +551,18 @@ final class DirectoryCache {
         var sa = stat(), sb = stat()
         return fstatat(fd, a, &sa, AT_SYMLINK_NOFOLLOW) == 0 && fstatat(fd, b, &sb, AT_SYMLINK_NOFOLLOW) == 0
             && sa.st_ino == sb.st_ino && sa.st_dev == sb.st_dev
+    }
+
+    /// The inode number of `path` itself (not followed), or nil.
+    func inode(_ path: String) -> UInt64? {
+        let (parent, name) = PathGuard.split(path)
+        guard let fd = try? directory(parent, index: 0) else { return nil }
+        return inode(fd, name)
+    }
+
+    func inode(_ fd: Int32, _ name: String) -> UInt64? {
+        var st = stat()
+        return fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 ? UInt64(st.st_ino) : nil
     }
 
     func existsAt(_ fd: Int32, _ name: String) -> Bool {

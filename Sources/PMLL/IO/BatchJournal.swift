@@ -9,6 +9,10 @@ struct BatchStep: Equatable {
     var existed: Bool
     var toExisted: Bool
     var createdDirs: [String]
+    /// For a write or replace that staging applies by exchange (its target existed and no
+    /// earlier step touches it): the target's inode number before the batch, which tells
+    /// undo whether the exchange happened. 0 otherwise.
+    var oldInode: UInt64 = 0
 }
 
 /// The persistent record of an atomic batch, kept in the state store as `pmll:batch/ID`
@@ -32,14 +36,16 @@ struct BatchJournal: Equatable {
 
     /// Where step `n` writes its new content before renaming it into place.
     func temp(_ n: Int) -> String { ".pmll-tmp-\(id)-\(n)" }
-    /// Where step `n` keeps what it replaces or deletes until the commit.
+    /// Where step `n` keeps what it replaces or deletes until the commit. A step applied by
+    /// exchange links its new file here first; the exchange leaves the old one here.
     func backup(_ n: Int) -> String { ".pmll-bak-\(id)-\(n)" }
 
-    // Layout, little-endian: "PMLB" | version u8 = 1 | phase u8 | owner u32 | id | root |
-    // step count u32 | steps. A step: op u8 | flags u8 (1 existed, 2 to existed, 4 has to) |
-    // path | [to] | created-directory count u16 | directories. A string: u16 length | UTF-8.
+    // Layout, little-endian: "PMLB" | version u8 = 2 | phase u8 | owner u32 | id | root |
+    // step count u32 | steps. A step: op u8 | flags u8 (1 existed, 2 to existed, 4 has to,
+    // 8 has old inode) | path | [to] | [old inode u64] | created-directory count u16 |
+    // directories. A string: u16 length | UTF-8. Version 1 (no exchange) is still read.
     private static let magic: [UInt8] = Array("PMLB".utf8)
-    private static let version: UInt8 = 1
+    private static let version: UInt8 = 2
 
     func encoded() -> [UInt8] {
         var out = Self.magic
@@ -52,9 +58,10 @@ struct BatchJournal: Equatable {
         Self.put(UInt32(steps.count), &out)
         for step in steps {
             out.append(step.op.rawValue)
-            out.append((step.existed ? 1 : 0) | (step.toExisted ? 2 : 0) | (step.to != nil ? 4 : 0))
+            out.append((step.existed ? 1 : 0) | (step.toExisted ? 2 : 0) | (step.to != nil ? 4 : 0) | (step.oldInode != 0 ? 8 : 0))
             Self.put(step.path, &out)
             if let to = step.to { Self.put(to, &out) }
+            if step.oldInode != 0 { Self.put(step.oldInode, &out) }
             Self.put(UInt16(step.createdDirs.count), &out)
             for dir in step.createdDirs { Self.put(dir, &out) }
         }
@@ -64,7 +71,7 @@ struct BatchJournal: Equatable {
     /// nil if `bytes` is not a journal this version wrote.
     init?(decoding bytes: [UInt8]) {
         var reader = Reader(bytes: bytes)
-        guard reader.take(4).map(Array.init) == Self.magic, reader.byte() == Self.version,
+        guard reader.take(4).map(Array.init) == Self.magic, let version = reader.byte(), (1...Self.version).contains(version),
               let phase = reader.byte().flatMap(Phase.init(rawValue:)),
               let owner = reader.u32(), let id = reader.string(), let root = reader.string(),
               let count = reader.u32() else { return nil }
@@ -74,10 +81,12 @@ struct BatchJournal: Equatable {
                   let path = reader.string() else { return nil }
             var to: String?
             if flags & 4 != 0 { guard let t = reader.string() else { return nil }; to = t }
+            var oldInode: UInt64 = 0
+            if flags & 8 != 0 { guard let i = reader.integer(UInt64.self), i != 0 else { return nil }; oldInode = i }
             guard let dirCount = reader.u16() else { return nil }
             var dirs: [String] = []
             for _ in 0..<dirCount { guard let d = reader.string() else { return nil }; dirs.append(d) }
-            steps.append(BatchStep(op: op, path: path, to: to, existed: flags & 1 != 0, toExisted: flags & 2 != 0, createdDirs: dirs))
+            steps.append(BatchStep(op: op, path: path, to: to, existed: flags & 1 != 0, toExisted: flags & 2 != 0, createdDirs: dirs, oldInode: oldInode))
         }
         guard reader.atEnd else { return nil }
         self.init(id: id, root: root, owner: owner, phase: phase, steps: steps)

@@ -31,7 +31,7 @@ final class IOBackend: @unchecked Sendable {
 
     struct WriteItem {
         let dirfd: Int32
-        let name: String
+        var name: String
         let data: [UInt8]
         let mode: UInt32
         /// Once the file is staged, hard-link the existing `target` (in the same directory)
@@ -40,9 +40,12 @@ final class IOBackend: @unchecked Sendable {
         /// Then rename the staged file to `final` (same directory): a step the batch can apply
         /// while staging, because no other step touches its path.
         var final: String? = nil
+        /// Or exchange it with the existing `target` (`name` is then the backup name, where
+        /// the exchange leaves the old file); `temp` serves a filesystem that cannot exchange.
+        var exchange: (target: String, temp: String)? = nil
         /// Set `mode` exactly (`O_CREAT` masks it with the umask), before the file gets a name.
         var exactMode = false
-        /// Keep an `O_PATH` descriptor of `backup.target` (the old file): removing its last
+        /// Keep an `O_PATH` descriptor of the old file (`backup` or `exchange` target): removing its last
         /// name then frees nothing, and closing the descriptor later frees the inode (see
         /// `InodeRelease`).
         var hold = false
@@ -205,7 +208,7 @@ final class IOBackend: @unchecked Sendable {
 
     /// fsync of a file placed before the ring failed (its descriptor is closed): 0 or -errno.
     private static func fsyncPlaced(_ item: WriteItem) -> Int32 {
-        let fd = openat(item.dirfd, item.final ?? item.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        let fd = openat(item.dirfd, item.exchange?.target ?? item.final ?? item.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else { return -errno }
         defer { close(fd) }
         return Glibc.fsync(fd) == 0 ? 0 : -errno
@@ -214,8 +217,12 @@ final class IOBackend: @unchecked Sendable {
     /// `O_TMPFILE` files are named through `/proc/self/fd` (linkat with `AT_EMPTY_PATH`
     /// needs CAP_DAC_READ_SEARCH). `PMLL_STAGING=named` forces creates by name, the path a
     /// filesystem without `O_TMPFILE` takes (and the way the tests reach it).
-    private static let canLinkUnnamedFiles = access("/proc/self/fd", X_OK) == 0
-        && getenv("PMLL_STAGING").map { String(cString: $0) } != "named"
+    private static let canLinkUnnamedFiles = access("/proc/self/fd", X_OK) == 0 && !stagingOptions.contains("named")
+
+    /// `PMLL_STAGING`, a comma-separated list: `named` (above), `no-exchange` (staging applies
+    /// replaces as a filesystem without `RENAME_EXCHANGE` gets them: backup link, then rename).
+    private static let stagingOptions = Set((getenv("PMLL_STAGING").map { String(cString: $0) } ?? "").split(separator: ",").map(String.init))
+    private static let canExchange = !stagingOptions.contains("no-exchange")
 
     /// Opens `item`'s unnamed file with its exact mode, and the old file if it is to be held:
     /// (fd or -errno, held descriptor or -1).
@@ -230,8 +237,8 @@ final class IOBackend: @unchecked Sendable {
     }
 
     private static func hold(_ item: WriteItem) -> Int32 {
-        guard item.hold, let backup = item.backup else { return -1 }
-        return max(pmll_open_path(item.dirfd, backup.target), -1)
+        guard item.hold, let target = item.backup?.target ?? item.exchange?.target else { return -1 }
+        return max(pmll_open_path(item.dirfd, target), -1)
     }
 
     /// One staged file with plain syscalls, fsynced inline: (0 or -errno, held descriptor or -1).
@@ -260,8 +267,27 @@ final class IOBackend: @unchecked Sendable {
         return (0, fd, old)
     }
 
-    /// The backup link and the rename of a staged item: 0 or -errno.
+    /// The exchange, or the backup link and the rename, of a staged item: 0 or -errno.
     private static func finishLinked(_ item: WriteItem) -> Int32 {
+        if let exchange = item.exchange {
+            if canExchange {
+                CrashPoint.hit("batch.linked")   // the new file is at the backup name
+                let rc = pmll_rename_exchange(item.dirfd, item.name, exchange.target)
+                if rc == 0 {
+                    CrashPoint.hit("batch.renamed")
+                    return 0
+                }
+                guard pmll_exchange_unsupported(-rc) != 0 else { return rc }
+            }
+            // No exchange here: the new file moves to the temporary name, the old one gets the
+            // backup link, and the rename follows, as for a step applied in order.
+            guard renameat(item.dirfd, item.name, item.dirfd, exchange.temp) == 0,
+                  linkat(item.dirfd, exchange.target, item.dirfd, item.name, 0) == 0 else { return -errno }
+            CrashPoint.hit("batch.linked")
+            guard renameat(item.dirfd, exchange.temp, item.dirfd, exchange.target) == 0 else { return -errno }
+            CrashPoint.hit("batch.renamed")
+            return 0
+        }
         if let backup = item.backup {
             guard linkat(item.dirfd, backup.target, item.dirfd, backup.name, 0) == 0 else { return -errno }
             CrashPoint.hit("batch.linked")
