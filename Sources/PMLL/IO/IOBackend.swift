@@ -121,9 +121,9 @@ final class IOBackend: @unchecked Sendable {
         return results
     }
 
-    /// Stages new contents: each file is created unnamed (`O_TMPFILE`), written, linked at
-    /// its temporary name, then (as the item asks) its backup is linked and it is renamed into
-    /// place; with `fsync`, each file is fsynced too. Returns 0 or -errno per item, and the
+    /// Stages new contents: each file is created unnamed (`O_TMPFILE`), written and linked at
+    /// its first name, then (as the item asks) exchanged with its target, or given a backup
+    /// link and renamed into place; with `fsync`, each file is fsynced too. Returns 0 or -errno per item, and the
     /// held old files.
     ///
     /// Creating by name allocates the inode under the directory's lock, so every create of a
