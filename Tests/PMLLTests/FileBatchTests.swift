@@ -126,6 +126,23 @@ struct FileBatchTests {
         }
     }
 
+    /// A replace of a directory fails as a rename over it would (EISDIR), before or after
+    /// other files were replaced, and changes nothing: staging exchanges only files.
+    @Test(arguments: stagings)
+    func replacingADirectoryFailsCleanly(environment: [String: String]) throws {
+        let scratch = Scratch()
+        let root = scratch.file("root")
+        try makeSampleTree(root)
+        try FileManager.default.createDirectory(atPath: root + "/dir/sub", withIntermediateDirectories: true)
+        let before = tree(root)
+        let result = try run(Binaries.pmll, ["batch", "apply", "--pool", scratch.file("p.pool"), "--root", root, "--atomic",
+                                             try batchFile(scratch, #"[{"op":"replace","path":"a.txt","data":"new"},{"op":"write","path":"dir","data":"x"}]"#)],
+                             environment: environment)
+        #expect(result.status == 71, "\(result.stderr)")
+        #expect(result.stderr.contains("entry 1"), "\(result.stderr)")
+        #expect(tree(root) == before)
+    }
+
     /// A read-only target: the batch fails with a permission error and changes nothing.
     @Test(.enabled(if: canMountTmpfs), arguments: backends)
     func readOnlyTargetFailsCleanly(backend: String) throws {

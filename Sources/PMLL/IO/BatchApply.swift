@@ -107,11 +107,11 @@ extension Pool {
             switch op {
             case .write(let path, _, _):
                 step.op = .write
-                step.oldInode = exchangeable(step) ? dirs.inode(path) ?? 0 : 0
+                step.oldInode = exchangeable(step) ? dirs.fileInode(path) ?? 0 : 0
                 created.insert(path); removed.remove(path)
             case .replace:
                 step.op = .replace
-                step.oldInode = exchangeable(step) ? dirs.inode(step.path) ?? 0 : 0
+                step.oldInode = exchangeable(step) ? dirs.fileInode(step.path) ?? 0 : 0
                 guard step.existed else { throw .invalidBatch(index: n, reason: "'\(step.path)' does not exist (replace needs an existing file)") }
             case .delete(let path):
                 step.op = .delete
@@ -553,11 +553,14 @@ final class DirectoryCache {
             && sa.st_ino == sb.st_ino && sa.st_dev == sb.st_dev
     }
 
-    /// The inode number of `path` itself (not followed), or nil.
-    func inode(_ path: String) -> UInt64? {
+    /// The inode number of `path` itself (not followed), or nil, also for a directory: an
+    /// exchange would happily swap a file with a directory that a rename refuses to replace.
+    func fileInode(_ path: String) -> UInt64? {
         let (parent, name) = PathGuard.split(path)
-        guard let fd = try? directory(parent, index: 0) else { return nil }
-        return inode(fd, name)
+        var st = stat()
+        guard let fd = try? directory(parent, index: 0), fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0,
+              st.st_mode & S_IFMT != S_IFDIR else { return nil }
+        return UInt64(st.st_ino)
     }
 
     func inode(_ fd: Int32, _ name: String) -> UInt64? {
