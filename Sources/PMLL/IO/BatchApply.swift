@@ -99,36 +99,49 @@ extension Pool {
     /// so that a step may use what an earlier one creates.
     private func plan(_ batch: FileBatch, dirs: DirectoryCache) throws(PMLLError) -> [BatchStep] {
         var steps: [BatchStep] = []
-        var created = Set<String>(), removed = Set<String>(), touched = Set<String>()
+        var created = Set<String>(), removed = Set<String>(), touched = Set<String>(), createdDirs = Set<String>()
         func exists(_ path: String) -> Bool { created.contains(path) || (!removed.contains(path) && dirs.exists(path)) }
+        // Writes, replaces and deletes act on files, and a rename does not replace a
+        // directory: their backups are removed with unlink, which a directory would survive.
+        func isDirectory(_ path: String) -> Bool {
+            createdDirs.contains(path) || (!created.contains(path) && !removed.contains(path) && dirs.isDirectory(path))
+        }
+        func refuseDirectory(_ path: String, _ n: Int) throws(PMLLError) {
+            if isDirectory(path) { throw .invalidBatch(index: n, reason: "'\(path)' is a directory (write, replace and delete act on files, and rename does not replace a directory)") }
+        }
         for (n, op) in batch.operations.enumerated() {
             var step = BatchStep(op: .fsync, path: op.paths[0], to: nil, existed: exists(op.paths[0]), toExisted: false, createdDirs: [])
             defer { touched.formUnion(op.paths + step.createdDirs) }
             switch op {
             case .write(let path, _, _):
                 step.op = .write
+                try refuseDirectory(path, n)
                 step.oldInode = exchangeable(step) ? dirs.fileInode(path) ?? 0 : 0
                 created.insert(path); removed.remove(path)
             case .replace:
                 step.op = .replace
+                try refuseDirectory(step.path, n)
                 step.oldInode = exchangeable(step) ? dirs.fileInode(step.path) ?? 0 : 0
                 guard step.existed else { throw .invalidBatch(index: n, reason: "'\(step.path)' does not exist (replace needs an existing file)") }
             case .delete(let path):
                 step.op = .delete
                 guard step.existed else { throw .invalidBatch(index: n, reason: "'\(step.path)' does not exist") }
+                try refuseDirectory(path, n)
                 removed.insert(path); created.remove(path)
             case .mkdir(let path, _):
                 step.op = .mkdir
                 var prefix = ""
                 for component in path.split(separator: "/") {
                     prefix = prefix.isEmpty ? String(component) : prefix + "/" + component
-                    if !exists(prefix) { step.createdDirs.append(prefix); created.insert(prefix) }
+                    if !exists(prefix) { step.createdDirs.append(prefix); created.insert(prefix); createdDirs.insert(prefix) }
                 }
             case .rename(let from, let to):
                 step.op = .rename
                 step.to = to
                 step.toExisted = exists(to)
                 guard step.existed else { throw .invalidBatch(index: n, reason: "'\(from)' does not exist") }
+                if step.toExisted { try refuseDirectory(to, n) }
+                if createdDirs.remove(from) != nil { createdDirs.insert(to) }
                 removed.insert(from); created.remove(from)
                 created.insert(to); removed.remove(to)
             case .fsync: break
@@ -551,6 +564,13 @@ final class DirectoryCache {
         var sa = stat(), sb = stat()
         return fstatat(fd, a, &sa, AT_SYMLINK_NOFOLLOW) == 0 && fstatat(fd, b, &sb, AT_SYMLINK_NOFOLLOW) == 0
             && sa.st_ino == sb.st_ino && sa.st_dev == sb.st_dev
+    }
+
+    func isDirectory(_ path: String) -> Bool {
+        let (parent, name) = PathGuard.split(path)
+        var st = stat()
+        guard let fd = try? directory(parent, index: 0), fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else { return false }
+        return st.st_mode & S_IFMT == S_IFDIR
     }
 
     /// The inode number of `path` itself (not followed), or nil, also for a directory: an
