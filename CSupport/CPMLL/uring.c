@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <liburing.h>
 #include <stdlib.h>
-#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -42,16 +41,20 @@ int pmll_uring_probe_ops(pmll_uring_t *r) {
     return ok ? 0 : -EOPNOTSUPP;
 }
 
-// user_data = file index << 3 | step
-static int reap(pmll_uring_t *r, unsigned count, int *results, const size_t *lengths) {
+// user_data = file index << 3 | step (1 write, 2 fsync or a lone operation, 3 close).
+// `lengths` (optional): a short write is an error. `closed` (optional): set for each close that
+// ran, which released its descriptor even if it reported an error.
+static int reap(pmll_uring_t *r, unsigned count, int *results, const size_t *lengths, unsigned char *closed) {
     for (unsigned done = 0; done < count; done++) {
         struct io_uring_cqe *cqe;
-        int rc = io_uring_wait_cqe(&r->ring, &cqe);
+        int rc;
+        do rc = io_uring_wait_cqe(&r->ring, &cqe); while (rc == -EINTR);
         if (rc < 0) return rc;
         int index = (int)(cqe->user_data >> 3);
         int step = (int)(cqe->user_data & 7);
         int res = cqe->res;
         io_uring_cqe_seen(&r->ring, cqe);
+        if (closed && step == 3 && res != -ECANCELED) closed[index] = 1;
         // A chain member cancelled because an earlier one failed reports -ECANCELED: keep the
         // first real error. A short write is an error too.
         if (res < 0 && res != -ECANCELED && results[index] == 0) results[index] = res;
@@ -95,7 +98,7 @@ int pmll_uring_write_files(pmll_uring_t *r, int n, const int *dirfds, const char
         }
         int rc = io_uring_submit(&r->ring);
         if (rc < 0) return rc;
-        rc = reap(r, submitted, results, lengths);
+        rc = reap(r, submitted, results, lengths, NULL);
         if (rc < 0) return rc;
         // A chain that failed had its close cancelled, which leaks the slot: close those slots
         // ourselves. Successful chains closed theirs already.
@@ -147,19 +150,9 @@ pmll_stage_t *pmll_uring_stage_begin(pmll_uring_t *r, int n) {
 }
 
 static int reap_stage(pmll_stage_t *s, unsigned count) {
-    for (unsigned done = 0; done < count; done++) {
-        struct io_uring_cqe *cqe;
-        int rc;
-        do rc = io_uring_wait_cqe(&s->r->ring, &cqe); while (rc == -EINTR);
-        if (rc < 0) return rc;
-        int i = (int)(cqe->user_data >> 3), step = (int)(cqe->user_data & 7), res = cqe->res;
-        io_uring_cqe_seen(&s->r->ring, cqe);
-        s->pending--;
-        // A close that ran released the descriptor even if it reported an error.
-        if (step == 3 && res != -ECANCELED) s->closed[i] = 1;
-        if (res < 0 && res != -ECANCELED && s->results[i] == 0) s->results[i] = res;
-    }
-    return 0;
+    int rc = reap(s->r, count, s->results, NULL, s->closed);
+    if (rc == 0) s->pending -= count;
+    return rc;
 }
 
 int pmll_uring_stage_add(pmll_stage_t *s, int i, int fd) {
@@ -216,7 +209,7 @@ static int each(pmll_uring_t *r, int n, int *results, void (*prep)(struct io_uri
         }
         int rc = io_uring_submit(&r->ring);
         if (rc < 0) return rc;
-        rc = reap(r, (unsigned)count, results, NULL);
+        rc = reap(r, (unsigned)count, results, NULL, NULL);
         if (rc < 0) return rc;
     }
     return 0;

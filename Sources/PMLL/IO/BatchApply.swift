@@ -56,8 +56,8 @@ extension Pool {
             return BatchReport(backend: backend.kind, atomic: false, results: results, nanoseconds: Clock.monotonicNanoseconds - start)
         }
         let id = String(UInt64.random(in: 0...UInt64.max), radix: 36)
-        var journal = BatchJournal(id: id, root: Self.absolute(root), owner: token, phase: .staging,
-                                   steps: try plan(batch, dirs: dirs))
+        let plan = try plan(batch, dirs: dirs)
+        var journal = BatchJournal(id: id, root: Self.absolute(root), owner: token, phase: .staging, steps: plan.steps)
         var phases = BatchPhases(), mark = Clock.monotonicNanoseconds
         func lap(_ phase: WritableKeyPath<BatchPhases, Int64>) {
             let now = Clock.monotonicNanoseconds
@@ -69,7 +69,7 @@ extension Pool {
         var staging = Staging()
         let wholeFilesystem = Self.syncsWholeFilesystem(batch)
         do {
-            staging = try stage(batch, journal: journal, dirs: dirs, backend: backend, durable: durable, wholeFilesystem: wholeFilesystem)
+            staging = try stage(batch, journal: journal, early: plan.early, dirs: dirs, backend: backend, durable: durable, wholeFilesystem: wholeFilesystem)
             lap(\.stage)
             CrashPoint.hit("batch.staged")
             try applySteps(journal, applied: staging.applied, dirs: dirs, backend: backend, durable: durable,
@@ -96,51 +96,54 @@ extension Pool {
     // MARK: plan and journal
 
     /// Plans each step against the tree as the earlier steps of the batch will have left it,
-    /// so that a step may use what an earlier one creates.
-    private func plan(_ batch: FileBatch, dirs: DirectoryCache) throws(PMLLError) -> [BatchStep] {
-        var steps: [BatchStep] = []
+    /// so that a step may use what an earlier one creates. `early`: the writes and replaces
+    /// that staging applies, because no earlier step touches their path; those that replace an
+    /// existing file are applied by exchange, and their step records the file's inode number.
+    private func plan(_ batch: FileBatch, dirs: DirectoryCache) throws(PMLLError) -> (steps: [BatchStep], early: Set<Int>) {
+        var steps: [BatchStep] = [], early = Set<Int>()
         var created = Set<String>(), removed = Set<String>(), touched = Set<String>(), createdDirs = Set<String>()
-        func exists(_ path: String) -> Bool { created.contains(path) || (!removed.contains(path) && dirs.exists(path)) }
+        /// What is at `path` before the batch, unless an earlier step created or removed it.
+        func original(_ path: String) -> stat? { created.contains(path) || removed.contains(path) ? nil : dirs.status(path) }
         // Writes, replaces and deletes act on files, and a rename does not replace a
         // directory: their backups are removed with unlink, which a directory would survive.
-        func isDirectory(_ path: String) -> Bool {
-            createdDirs.contains(path) || (!created.contains(path) && !removed.contains(path) && dirs.isDirectory(path))
-        }
-        func refuseDirectory(_ path: String, _ n: Int) throws(PMLLError) {
-            if isDirectory(path) { throw .invalidBatch(index: n, reason: "'\(path)' is a directory (write, replace and delete act on files, and rename does not replace a directory)") }
+        func refuseDirectory(_ path: String, _ original: stat?, _ n: Int) throws(PMLLError) {
+            if createdDirs.contains(path) || original.map({ $0.st_mode & S_IFMT == S_IFDIR }) == true {
+                throw .invalidBatch(index: n, reason: "'\(path)' is a directory (write, replace and delete act on files, and rename does not replace a directory)")
+            }
         }
         for (n, op) in batch.operations.enumerated() {
-            var step = BatchStep(op: .fsync, path: op.paths[0], to: nil, existed: exists(op.paths[0]), toExisted: false, createdDirs: [])
+            let path = op.paths[0], before = original(path)
+            var step = BatchStep(op: .fsync, path: path, to: nil, existed: created.contains(path) || before != nil, toExisted: false, createdDirs: [])
             defer { touched.formUnion(op.paths + step.createdDirs) }
             switch op {
-            case .write(let path, _, _):
-                step.op = .write
-                try refuseDirectory(path, n)
-                step.oldInode = exchangeable(step) ? dirs.fileInode(path) ?? 0 : 0
+            case .write, .replace:
+                if case .replace = op { step.op = .replace } else { step.op = .write }
+                try refuseDirectory(path, before, n)
+                guard step.existed || step.op == .write else { throw .invalidBatch(index: n, reason: "'\(path)' does not exist (replace needs an existing file)") }
+                if !touched.contains(path) {
+                    early.insert(n)
+                    step.oldInode = before.map { UInt64($0.st_ino) } ?? 0
+                }
                 created.insert(path); removed.remove(path)
-            case .replace:
-                step.op = .replace
-                try refuseDirectory(step.path, n)
-                step.oldInode = exchangeable(step) ? dirs.fileInode(step.path) ?? 0 : 0
-                guard step.existed else { throw .invalidBatch(index: n, reason: "'\(step.path)' does not exist (replace needs an existing file)") }
-            case .delete(let path):
+            case .delete:
                 step.op = .delete
-                guard step.existed else { throw .invalidBatch(index: n, reason: "'\(step.path)' does not exist") }
-                try refuseDirectory(path, n)
+                guard step.existed else { throw .invalidBatch(index: n, reason: "'\(path)' does not exist") }
+                try refuseDirectory(path, before, n)
                 removed.insert(path); created.remove(path)
-            case .mkdir(let path, _):
+            case .mkdir:
                 step.op = .mkdir
                 var prefix = ""
                 for component in path.split(separator: "/") {
                     prefix = prefix.isEmpty ? String(component) : prefix + "/" + component
-                    if !exists(prefix) { step.createdDirs.append(prefix); created.insert(prefix); createdDirs.insert(prefix) }
+                    if !created.contains(prefix) && original(prefix) == nil { step.createdDirs.append(prefix); created.insert(prefix); createdDirs.insert(prefix) }
                 }
             case .rename(let from, let to):
                 step.op = .rename
                 step.to = to
-                step.toExisted = exists(to)
+                let target = original(to)
+                step.toExisted = created.contains(to) || target != nil
                 guard step.existed else { throw .invalidBatch(index: n, reason: "'\(from)' does not exist") }
-                if step.toExisted { try refuseDirectory(to, n) }
+                if step.toExisted { try refuseDirectory(to, target, n) }
                 if createdDirs.remove(from) != nil { createdDirs.insert(to) }
                 removed.insert(from); created.remove(from)
                 created.insert(to); removed.remove(to)
@@ -148,11 +151,7 @@ extension Pool {
             }
             steps.append(step)
         }
-        return steps
-
-        /// A write or replace of an existing file that no earlier step touches is applied while
-        /// staging, by exchange: the journal keeps the old file's identity for undo.
-        func exchangeable(_ step: BatchStep) -> Bool { step.existed && !touched.contains(step.path) }
+        return (steps, early)
     }
 
     private func writeJournal(_ journal: BatchJournal) throws(PMLLError) {
@@ -178,13 +177,13 @@ extension Pool {
         func release() { InodeRelease.release(Array(held.values)) }
     }
 
-    /// Creates the planned directories, then writes every new content into a temporary next
-    /// to its target, through the backend, fsynced one by one if `durable` and the batch does
-    /// not sync its `wholeFilesystem`. A write or replace whose path no earlier step touches
-    /// is applied right there, in parallel with the other files: its backup is linked and its
-    /// temporary renamed over the target (undo needs only the backup, whichever order the
-    /// renames ran in).
-    private func stage(_ batch: FileBatch, journal: BatchJournal, dirs: DirectoryCache, backend: IOBackend, durable: Bool,
+    /// Creates the planned directories, then writes every new content next to its target,
+    /// through the backend, fsynced one by one if `durable` and the batch does not sync its
+    /// `wholeFilesystem`. The `early` steps (no earlier step touches their path) are applied
+    /// right there, in parallel with the other files: exchanged with their target, or renamed
+    /// into place (undo needs only the journal and the backups, whichever order they ran in).
+    /// The other new contents wait at their temporary names for `applySteps`.
+    private func stage(_ batch: FileBatch, journal: BatchJournal, early: Set<Int>, dirs: DirectoryCache, backend: IOBackend, durable: Bool,
                        wholeFilesystem: Bool) throws(PMLLError) -> Staging {
         for (n, op) in batch.operations.enumerated() {
             guard case .mkdir(_, let mode) = op else { continue }
@@ -195,31 +194,22 @@ extension Pool {
             }
         }
         var items: [IOBackend.WriteItem] = [], indexes: [Int] = []
-        var touched = Set<String>(), staging = Staging(), holding = 0
+        var staging = Staging(applied: early), holding = 0
         for (n, op) in batch.operations.enumerated() {
-            defer { touched.formUnion(op.paths + journal.steps[n].createdDirs) }
             switch op {
             case .write(let path, let data, let mode), .replace(let path, let data, let mode):
-                let name = PathGuard.split(path).name
-                var item = IOBackend.WriteItem(dirfd: try dirs.directory(PathGuard.split(path).parent, index: n), name: journal.temp(n), data: data, mode: mode)
+                let (parent, name) = PathGuard.split(path)
+                var item = IOBackend.WriteItem(dirfd: try dirs.directory(parent, index: n), name: journal.temp(n), data: data, mode: mode)
                 item.exactMode = mode & Self.umaskBits != 0
-                if !touched.contains(path) {
-                    staging.applied.insert(n)
-                    if journal.steps[n].oldInode != 0 {
-                        // Linked at the backup name, then exchanged with the target: one
-                        // directory operation instead of a backup link and a rename.
-                        item.name = journal.backup(n)
-                        item.exchange = (name, journal.temp(n))
-                    } else if journal.steps[n].existed {
-                        item.backup = (name, journal.backup(n))
-                        item.final = name
-                    } else {
-                        item.final = name
-                    }
-                    if journal.steps[n].existed {
-                        item.hold = holding < InodeRelease.limit
-                        holding += item.hold ? 1 : 0
-                    }
+                if early.contains(n) && journal.steps[n].oldInode != 0 {
+                    // Linked at the backup name, then exchanged with the target: one directory
+                    // operation instead of a backup link and a rename.
+                    item.name = journal.backup(n)
+                    item.exchange = (name, journal.temp(n))
+                    item.hold = holding < InodeRelease.limit
+                    holding += item.hold ? 1 : 0
+                } else if early.contains(n) {
+                    item.final = name
                 }
                 items.append(item)
                 indexes.append(n)
@@ -250,11 +240,11 @@ extension Pool {
                 touched.insert(b)
                 CrashPoint.hit("batch.renamed")
             }
-            let backup = journal.backup(n)
             if applied.contains(n) {
                 touched.insert(fd)
                 continue
             }
+            let backup = journal.backup(n)
             switch step.op {
             case .write, .replace:
                 // Keep the old file as a hard link, then rename over it: readers always find
@@ -426,12 +416,13 @@ extension Pool {
         func single(_ op: FileBatch.Operation, index: Int) -> String {
             do throws(PMLLError) {
                 let single = FileBatch([op])
+                let plan = try plan(single, dirs: dirs)
                 let journal = BatchJournal(id: String(UInt64.random(in: 0...UInt64.max), radix: 36), root: "", owner: token,
-                                           phase: .staging, steps: try plan(single, dirs: dirs))
+                                           phase: .staging, steps: plan.steps)
                 var staging = Staging()
                 let wholeFilesystem = Self.syncsWholeFilesystem(single)
                 do throws(PMLLError) {
-                    staging = try stage(single, journal: journal, dirs: dirs, backend: backend, durable: durable, wholeFilesystem: wholeFilesystem)
+                    staging = try stage(single, journal: journal, early: plan.early, dirs: dirs, backend: backend, durable: durable, wholeFilesystem: wholeFilesystem)
                     try applySteps(journal, applied: staging.applied, dirs: dirs, backend: backend, durable: durable,
                                    wholeFilesystem: wholeFilesystem, fsyncs: { if case .fsync(let p) = op { [p] } else { [] } }())
                     cleanUp(journal, dirs: dirs, backend: backend, held: staging.held, durable: durable)
@@ -510,7 +501,7 @@ extension Pool {
         case "files": return false
         case "filesystem": return true
         default:
-            return batch.operations.count(where: { if case .write = $0 { true } else if case .replace = $0 { true } else { false } }) >= syncFilesystemFrom
+            return batch.operations.count(where: \.writesContent) >= syncFilesystemFrom
         }
     }
 
@@ -553,44 +544,26 @@ final class DirectoryCache {
         return fd
     }
 
-    func exists(_ path: String) -> Bool {
+    /// What `path` itself is (not followed), or nil if nothing is there.
+    func status(_ path: String) -> stat? {
         let (parent, name) = PathGuard.split(path)
-        guard let fd = try? directory(parent, index: 0) else { return false }
-        return existsAt(fd, name)
+        guard let fd = try? directory(parent, index: 0) else { return nil }
+        return status(fd, name)
     }
+
+    func status(_ fd: Int32, _ name: String) -> stat? {
+        var st = stat()
+        return fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 ? st : nil
+    }
+
+    func existsAt(_ fd: Int32, _ name: String) -> Bool { status(fd, name) != nil }
+
+    func inode(_ fd: Int32, _ name: String) -> UInt64? { status(fd, name).map { UInt64($0.st_ino) } }
 
     /// Both names are links to one file.
     func sameFile(_ fd: Int32, _ a: String, _ b: String) -> Bool {
-        var sa = stat(), sb = stat()
-        return fstatat(fd, a, &sa, AT_SYMLINK_NOFOLLOW) == 0 && fstatat(fd, b, &sb, AT_SYMLINK_NOFOLLOW) == 0
-            && sa.st_ino == sb.st_ino && sa.st_dev == sb.st_dev
-    }
-
-    func isDirectory(_ path: String) -> Bool {
-        let (parent, name) = PathGuard.split(path)
-        var st = stat()
-        guard let fd = try? directory(parent, index: 0), fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else { return false }
-        return st.st_mode & S_IFMT == S_IFDIR
-    }
-
-    /// The inode number of `path` itself (not followed), or nil, also for a directory: an
-    /// exchange would happily swap a file with a directory that a rename refuses to replace.
-    func fileInode(_ path: String) -> UInt64? {
-        let (parent, name) = PathGuard.split(path)
-        var st = stat()
-        guard let fd = try? directory(parent, index: 0), fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0,
-              st.st_mode & S_IFMT != S_IFDIR else { return nil }
-        return UInt64(st.st_ino)
-    }
-
-    func inode(_ fd: Int32, _ name: String) -> UInt64? {
-        var st = stat()
-        return fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 ? UInt64(st.st_ino) : nil
-    }
-
-    func existsAt(_ fd: Int32, _ name: String) -> Bool {
-        var st = stat()
-        return fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0
+        guard let sa = status(fd, a), let sb = status(fd, b) else { return false }
+        return sa.st_ino == sb.st_ino && sa.st_dev == sb.st_dev
     }
 
     func closeAll() {

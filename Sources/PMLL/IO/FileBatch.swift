@@ -20,6 +20,14 @@ public struct FileBatch: Sendable, Equatable {
             case .rename(let a, let b): [a, b]
             }
         }
+
+        /// A write or a replace: the entry brings new content.
+        var writesContent: Bool {
+            switch self {
+            case .write, .replace: true
+            case .delete, .mkdir, .rename, .fsync: false
+            }
+        }
     }
 
     public var operations: [Operation]

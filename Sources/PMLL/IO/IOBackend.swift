@@ -34,19 +34,16 @@ final class IOBackend: @unchecked Sendable {
         var name: String
         let data: [UInt8]
         let mode: UInt32
-        /// Once the file is staged, hard-link the existing `target` (in the same directory)
-        /// as `name` too: the backup an atomic replace keeps until its commit.
-        var backup: (target: String, name: String)? = nil
-        /// Then rename the staged file to `final` (same directory): a step the batch can apply
-        /// while staging, because no other step touches its path.
+        /// Once the file is staged, rename it to `final` (same directory): a new file the batch
+        /// can place while staging, because no other step touches its path.
         var final: String? = nil
         /// Or exchange it with the existing `target` (`name` is then the backup name, where
         /// the exchange leaves the old file); `temp` serves a filesystem that cannot exchange.
         var exchange: (target: String, temp: String)? = nil
         /// Set `mode` exactly (`O_CREAT` masks it with the umask), before the file gets a name.
         var exactMode = false
-        /// Keep an `O_PATH` descriptor of the old file (`backup` or `exchange` target): removing its last
-        /// name then frees nothing, and closing the descriptor later frees the inode (see
+        /// Keep an `O_PATH` descriptor of the old file (the `exchange` target): removing its
+        /// last name then frees nothing, and closing the descriptor later frees the inode (see
         /// `InodeRelease`).
         var hold = false
     }
@@ -122,8 +119,8 @@ final class IOBackend: @unchecked Sendable {
     }
 
     /// Stages new contents: each file is created unnamed (`O_TMPFILE`), written and linked at
-    /// its first name, then (as the item asks) exchanged with its target, or given a backup
-    /// link and renamed into place; with `fsync`, each file is fsynced too. Returns 0 or -errno per item, and the
+    /// its first name, then (as the item asks) exchanged with its target or renamed into
+    /// place; with `fsync`, each file is fsynced too. Returns 0 or -errno per item, and the
     /// held old files.
     ///
     /// Creating by name allocates the inode under the directory's lock, so every create of a
@@ -174,7 +171,7 @@ final class IOBackend: @unchecked Sendable {
     }
 
     /// The io_uring half of `stageFiles` for one group: threads place each file (open
-    /// unnamed, write, link, back up, rename: CPU work in the kernel) and hand its descriptor
+    /// unnamed, write, link, exchange or rename: CPU work in the kernel) and hand its descriptor
     /// over; this thread queues its fsync and close on the ring at once, so the fsyncs wait in
     /// io-wq while the threads go on. `placed` gets each file's placing result, `results` the
     /// fsyncs'.
@@ -237,7 +234,7 @@ final class IOBackend: @unchecked Sendable {
     }
 
     private static func hold(_ item: WriteItem) -> Int32 {
-        guard item.hold, let target = item.backup?.target ?? item.exchange?.target else { return -1 }
+        guard item.hold, let target = item.exchange?.target else { return -1 }
         return max(pmll_open_path(item.dirfd, target), -1)
     }
 
@@ -249,8 +246,8 @@ final class IOBackend: @unchecked Sendable {
         return (fsync && Glibc.fsync(fd) != 0 ? -errno : 0, old)
     }
 
-    /// Puts one item in place: an unnamed file with its data, linked at its temporary name,
-    /// then its backup and its rename. The data need not be durable before the rename: until
+    /// Puts one item in place: an unnamed file with its data, linked at its first name, then
+    /// its exchange or rename. The data need not be durable before the rename: until
     /// the batch commits, undo puts the backup back. (0, open descriptor for the fsync, held)
     /// or (-errno, -1, held). A filesystem without `O_TMPFILE` gets a named create (already
     /// fsynced and closed: descriptor -1).
@@ -267,7 +264,8 @@ final class IOBackend: @unchecked Sendable {
         return (0, fd, old)
     }
 
-    /// The exchange, or the backup link and the rename, of a staged item: 0 or -errno.
+    /// The exchange (or, where the filesystem cannot exchange, the backup link and the
+    /// rename), or the rename, of a staged item: 0 or -errno.
     private static func finishLinked(_ item: WriteItem) -> Int32 {
         if let exchange = item.exchange {
             if canExchange {
@@ -288,10 +286,6 @@ final class IOBackend: @unchecked Sendable {
             CrashPoint.hit("batch.renamed")
             return 0
         }
-        if let backup = item.backup {
-            guard linkat(item.dirfd, backup.target, item.dirfd, backup.name, 0) == 0 else { return -errno }
-            CrashPoint.hit("batch.linked")
-        }
         if let final = item.final {
             guard renameat(item.dirfd, item.name, item.dirfd, final) == 0 else { return -errno }
             CrashPoint.hit("batch.renamed")
@@ -300,7 +294,7 @@ final class IOBackend: @unchecked Sendable {
     }
 
     /// Finishes items created by name (results of `writeFiles`, which set exact modes):
-    /// held old file, backup, rename. The new results.
+    /// held old file, exchange or rename. The new results.
     private static func finishNamed(_ items: [WriteItem], _ results: [Int32], held: inout [Int32]) -> [Int32] {
         zip(items, results).enumerated().map { k, pair in
             let (item, rc) = pair
