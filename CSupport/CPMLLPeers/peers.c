@@ -10,6 +10,12 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/vfs.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/resource.h>
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 
 size_t peers_robust_size(void) { return sizeof(pthread_mutex_t); }
@@ -68,6 +74,50 @@ uint64_t peers_cas_pairs(uint32_t *word, uint64_t n) {
 int64_t peers_filesystem_type(const char *path) {
     struct statfs st;
     return statfs(path, &st) == 0 ? (int64_t)st.f_type : 0;
+}
+
+int peers_ext4_journal(const char *path) {
+    struct statfs fs;
+    struct stat st;
+    if (statfs(path, &fs) != 0 || fs.f_type != 0xEF53 || stat(path, &st) != 0) return -1;
+    // jbd2 lists each journal it runs as /proc/fs/jbd2/<block device>-<inode of the journal>.
+    char link[64], target[256];
+    snprintf(link, sizeof link, "/sys/dev/block/%u:%u", major(st.st_dev), minor(st.st_dev));
+    ssize_t len = readlink(link, target, sizeof target - 1);
+    if (len <= 0) return -1;
+    target[len] = 0;
+    const char *device = strrchr(target, '/') ? strrchr(target, '/') + 1 : target;
+    DIR *journals = opendir("/proc/fs/jbd2");
+    if (!journals) return errno == ENOENT ? 0 : -1;
+    int found = 0;
+    size_t n = strlen(device);
+    for (struct dirent *e; !found && (e = readdir(journals));)
+        found = strncmp(e->d_name, device, n) == 0 && e->d_name[n] == '-';
+    closedir(journals);
+    return found;
+}
+
+uint64_t peers_inode_alloc_ns(const char *dir, int n) {
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0 || n <= 0) return 0;
+    int *fds = calloc((size_t)n, sizeof(int));
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    int opened = 0;
+    while (opened < n && (fds[opened] = openat(dfd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600)) >= 0) opened++;
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    for (int i = 0; i < opened; i++) close(fds[i]);
+    free(fds);
+    close(dfd);
+    if (opened < n) return 0;
+    return ((uint64_t)(b.tv_sec - a.tv_sec) * 1000000000u + (uint64_t)b.tv_nsec - (uint64_t)a.tv_nsec) / (uint64_t)n;
+}
+
+uint64_t peers_process_cpu_ns(void) {
+    struct rusage r;
+    getrusage(RUSAGE_SELF, &r);
+    return ((uint64_t)r.ru_utime.tv_sec + (uint64_t)r.ru_stime.tv_sec) * 1000000000u
+         + ((uint64_t)r.ru_utime.tv_usec + (uint64_t)r.ru_stime.tv_usec) * 1000u;
 }
 
 void *peers_sqlite_open(const char *path) {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CPMLLPeers
 import Foundation
 import PMLL
 import PMLLStressSupport
@@ -20,6 +21,8 @@ struct BatchBench: ParsableCommand {
         let workload: String
         let method: String
         let milliseconds: Double
+        /// CPU time (user + system, all threads) the method used, median.
+        let cpuMilliseconds: Double
         let speedupOverSequential: Double
         let speedupOverThreadPool: Double
     }
@@ -34,12 +37,19 @@ struct BatchBench: ParsableCommand {
     func run() throws {
         var rows: [Row] = []
         var phaseTable = [["fs", "workload", "method", "journal", "stage", "apply", "commit", "clean-up (ms, medians)"]]
+        var allocation: [AllocationProbe] = []
         try directories.forEach(tag: "pmll-batchbench") { dir, fs in
+            // ext4 compares whole seconds: inodes freed in the current second do not count as
+            // recent yet, so the probe waits for the next one to see what the run will see.
+            if peers_ext4_journal(dir) == 0 { usleep(1_100_000) }
+            let before = peers_inode_alloc_ns(dir, 50)
+            defer { allocation.append(AllocationProbe(directory: dir, filesystem: fs, journal: peers_ext4_journal(dir), before: before, after: peers_inode_alloc_ns(dir, 50))) }
             for workload in workload {
                 // Rounds interleave the methods, in a rotating order, and each method is
                 // compared with the sequential peer of its own round: a disk whose speed drifts
                 // (this VM's does, by 2-3x over seconds) then skews every method alike.
                 var samples = [[Double]](repeating: [], count: Self.methods.count)
+                var cpu = [[Double]](repeating: [], count: Self.methods.count)
                 var ratios = [[Double]](repeating: [], count: Self.methods.count)
                 var overThreads = [[Double]](repeating: [], count: Self.methods.count)
                 var phaseSamples = [[[Double]]](repeating: [[Double]](repeating: [], count: 5), count: Self.methods.count)
@@ -47,8 +57,9 @@ struct BatchBench: ParsableCommand {
                     var times = [Double](repeating: 0, count: Self.methods.count)
                     for k in 0..<Self.methods.count {
                         let m = (k + round) % Self.methods.count
-                        let (time, phases) = try measure(m, workload, dir)
+                        let (time, cpuTime, phases) = try measure(m, workload, dir)
                         times[m] = time
+                        cpu[m].append(cpuTime)
                         for (i, p) in phases.enumerated() { phaseSamples[m][i].append(p) }
                     }
                     for m in times.indices {
@@ -62,40 +73,77 @@ struct BatchBench: ParsableCommand {
                 }
                 for (m, method) in Self.methods.enumerated() {
                     rows.append(Row(directory: dir, filesystem: fs, workload: workload == "replace200" ? "200 atomic replaces of 4 KiB, fsync" : "2000 creates of 100 B, no fsync",
-                                    method: method, milliseconds: Self.median(samples[m]) / 1e6, speedupOverSequential: Self.median(ratios[m]), speedupOverThreadPool: Self.median(overThreads[m])))
+                                    method: method, milliseconds: Self.median(samples[m]) / 1e6, cpuMilliseconds: Self.median(cpu[m]) / 1e6, speedupOverSequential: Self.median(ratios[m]), speedupOverThreadPool: Self.median(overThreads[m])))
                 }
             }
         }
-        if json { try printJSONRows(rows); return }
-        var table = [["fs", "workload", "method", "ms (median of \(rounds))", "vs sequential", "vs 16 threads (medians of per-round ratios)"]]
+        if json { try printJSONRows(Report(rows: rows, inodeAllocation: allocation)); return }
+        var table = [["fs", "workload", "method", "ms (median of \(rounds))", "CPU ms", "vs sequential", "vs 16 threads (medians of per-round ratios)"]]
         for r in rows {
-            table.append([r.filesystem, r.workload, r.method, String(format: "%.2f", r.milliseconds),
+            table.append([r.filesystem, r.workload, r.method, String(format: "%.2f", r.milliseconds), String(format: "%.2f", r.cpuMilliseconds),
                           String(format: "%.2fx", r.speedupOverSequential), String(format: "%.2fx", r.speedupOverThreadPool)])
         }
         print(TextTable.render(table))
         if phases { print(""); print(TextTable.render(phaseTable)) }
+        print("")
+        for probe in allocation { print(probe.line) }
     }
 
-    /// Nanoseconds, and for an atomic PMLL batch the nanoseconds of its phases.
-    func measure(_ method: Int, _ workload: String, _ dir: String) throws -> (Double, [Double]) {
-        if method == 0 { return (try sequential(workload, dir), []) }
+    struct Report: Codable {
+        let rows: [Row]
+        let inodeAllocation: [AllocationProbe]
+    }
+
+    /// What one inode allocation cost in a directory before and after its run. Every method
+    /// allocates one inode per file, so this is the part of the figures that belongs to the
+    /// filesystem's state rather than to the method.
+    struct AllocationProbe: Codable {
+        let directory: String
+        let filesystem: String
+        /// ext4 only: whether it has a journal (nil: not ext4, or unknown).
+        let journal: Bool?
+        let beforeMicroseconds: Double
+        let afterMicroseconds: Double
+
+        init(directory: String, filesystem: String, journal: Int32, before: UInt64, after: UInt64) {
+            self.directory = directory
+            self.filesystem = filesystem
+            self.journal = journal < 0 ? nil : journal == 1
+            beforeMicroseconds = Double(before) / 1e3
+            afterMicroseconds = Double(after) / 1e3
+        }
+
+        var line: String {
+            var text = String(format: "%@ (%@): one inode allocation took %.1f µs before the run, %.1f µs after", directory, filesystem, beforeMicroseconds, afterMicroseconds)
+            if journal == false {
+                text += ". This ext4 has no journal: it passes over every inode freed in the last 60-360 s when it allocates one, so each allocation costs CPU in proportion to recent deletions (the run's own included), for every method alike"
+            }
+            return text
+        }
+    }
+
+    /// Nanoseconds of wall time and of CPU time, and for an atomic PMLL batch the nanoseconds
+    /// of its phases.
+    func measure(_ method: Int, _ workload: String, _ dir: String) throws -> (Double, Double, [Double]) {
+        if method == 0 { return try sequential(workload, dir) }
         let backend = method == 1 ? "uring" : "syscalls"
         let child = try BenchChild(["batch-child", "--backend", backend, "--directory", dir, "--workload", workload])
         guard let line = child.readLine() else { throw ToolError("batch child failed") }
         let numbers = line.split(separator: " ").compactMap { Double($0) }
-        guard numbers.count == 6 else { throw ToolError("batch child printed '\(line)'") }
+        guard numbers.count == 7 else { throw ToolError("batch child printed '\(line)'") }
         child.process.waitUntilExit()
-        return (numbers[0], workload == "replace200" ? Array(numbers[1...]) : [])
+        return (numbers[0], numbers[1], workload == "replace200" ? Array(numbers[2...]) : [])
     }
 
     static func median(_ samples: [Double]) -> Double { samples.sorted()[samples.count / 2] }
 
     /// The plain way: one file after another (write a temporary, fsync, rename), then one
     /// directory fsync; or plain creates.
-    func sequential(_ workload: String, _ dir: String) throws -> Double {
+    func sequential(_ workload: String, _ dir: String) throws -> (Double, Double, [Double]) {
         let tree = try BatchChild.prepare(workload, dir, tag: "seq")
         let data = [UInt8](repeating: 0x61, count: workload == "replace200" ? 4096 : 100)
         let start = monotonicNanoseconds()
+        let cpuStart = peers_process_cpu_ns()
         let dfd = open(tree, O_RDONLY | O_DIRECTORY)
         defer { close(dfd) }
         for i in 0..<(workload == "replace200" ? 200 : 2000) {
@@ -113,7 +161,7 @@ struct BatchBench: ParsableCommand {
             }
         }
         if workload == "replace200" { fsync(dfd) }
-        return Double(monotonicNanoseconds() - start)
+        return (Double(monotonicNanoseconds() - start), Double(peers_process_cpu_ns() - cpuStart), [])
     }
 }
 
@@ -145,10 +193,12 @@ struct BatchChild: ParsableCommand {
             batch = FileBatch((0..<2000).map { .write(path: "f\($0)", data: [UInt8](repeating: 0x61, count: 100), mode: 0o644) })
         }
         let start = monotonicNanoseconds()
+        let cpuStart = peers_process_cpu_ns()
         let report = try pool.apply(batch, root: tree, atomic: workload == "replace200", durable: workload == "replace200")
         let elapsed = monotonicNanoseconds() - start
+        let cpu = peers_process_cpu_ns() - cpuStart
         guard report.backend.rawValue == backend, report.results.allSatisfy({ $0 == "ok" }) else { throw ToolError("batch ran on \(report.backend) or failed") }
         let p = report.phases
-        sayLine("\(elapsed) \(p.journal) \(p.stage) \(p.apply) \(p.commit) \(p.cleanUp)")
+        sayLine("\(elapsed) \(cpu) \(p.journal) \(p.stage) \(p.apply) \(p.commit) \(p.cleanUp)")
     }
 }

@@ -124,8 +124,9 @@ final class IOBackend: @unchecked Sendable {
     /// held old files.
     ///
     /// Creating by name allocates the inode under the directory's lock, so every create of a
-    /// batch (the temporaries sit next to their targets) runs one at a time, and on this VM's
-    /// ext4 an inode allocation costs 0.2–0.4 ms of kernel CPU. An unnamed file is allocated
+    /// batch (the temporaries sit next to their targets) runs one at a time, and on ext4 without
+    /// a journal an inode allocation passes over every inode freed in the last minutes, up to
+    /// 0.8 ms of kernel CPU each. An unnamed file is allocated
     /// without that lock (Docs/FileBatches.md). Placing a file is CPU work in the kernel,
     /// which io-wq ran slower than threads (opens one at a time; write/link/rename chains
     /// 22–33 ms against 17–19 for 200 files), so threads place the files on both backends; on
