@@ -11,7 +11,8 @@ struct BatchBench: ParsableCommand {
 
     @OptionGroup var directories: BenchDirectories
     @Option var rounds = 3
-    @Option(help: "replace200, create2000, or both (the default).") var workload: [String] = ["replace200", "create2000"]
+    @Option(help: "replace200, replace10 (a small batch: per-file durability), create2000; default replace200 and create2000.")
+    var workload: [Workload] = [.replace200, .create2000]
     @Flag(help: "Also print where each PMLL method's time went (median per phase of an atomic batch).") var phases = false
     @Flag var json = false
 
@@ -30,7 +31,6 @@ struct BatchBench: ParsableCommand {
     static let methods = ["sequential syscalls", "pmll batch, io_uring", "pmll batch, 16 threads"]
 
     func validate() throws {
-        for w in workload where !["replace200", "create2000"].contains(w) { throw ValidationError("unknown workload '\(w)'") }
         if rounds < 1 { throw ValidationError("--rounds must be at least 1") }
     }
 
@@ -68,11 +68,11 @@ struct BatchBench: ParsableCommand {
                         overThreads[m].append(times[2] / times[m])
                     }
                 }
-                for (m, method) in Self.methods.enumerated() where m > 0 && workload == "replace200" {
-                    phaseTable.append([fs, workload, method] + phaseSamples[m].map { String(format: "%.2f", Self.median($0) / 1e6) })
+                for (m, method) in Self.methods.enumerated() where m > 0 && workload.replaces {
+                    phaseTable.append([fs, workload.rawValue, method] + phaseSamples[m].map { String(format: "%.2f", Self.median($0) / 1e6) })
                 }
                 for (m, method) in Self.methods.enumerated() {
-                    rows.append(Row(directory: dir, filesystem: fs, workload: workload == "replace200" ? "200 atomic replaces of 4 KiB, fsync" : "2000 creates of 100 B, no fsync",
+                    rows.append(Row(directory: dir, filesystem: fs, workload: workload.title,
                                     method: method, milliseconds: Self.median(samples[m]) / 1e6, cpuMilliseconds: Self.median(cpu[m]) / 1e6, speedupOverSequential: Self.median(ratios[m]), speedupOverThreadPool: Self.median(overThreads[m])))
                 }
             }
@@ -124,31 +124,31 @@ struct BatchBench: ParsableCommand {
 
     /// Nanoseconds of wall time and of CPU time, and for an atomic PMLL batch the nanoseconds
     /// of its phases.
-    func measure(_ method: Int, _ workload: String, _ dir: String) throws -> (Double, Double, [Double]) {
+    func measure(_ method: Int, _ workload: Workload, _ dir: String) throws -> (Double, Double, [Double]) {
         if method == 0 { return try sequential(workload, dir) }
         let backend = method == 1 ? "uring" : "syscalls"
-        let child = try BenchChild(["batch-child", "--backend", backend, "--directory", dir, "--workload", workload])
+        let child = try BenchChild(["batch-child", "--backend", backend, "--directory", dir, "--workload", workload.rawValue])
         guard let line = child.readLine() else { throw ToolError("batch child failed") }
         let numbers = line.split(separator: " ").compactMap { Double($0) }
         guard numbers.count == 7 else { throw ToolError("batch child printed '\(line)'") }
         child.process.waitUntilExit()
-        return (numbers[0], numbers[1], workload == "replace200" ? Array(numbers[2...]) : [])
+        return (numbers[0], numbers[1], workload.replaces ? Array(numbers[2...]) : [])
     }
 
     static func median(_ samples: [Double]) -> Double { samples.sorted()[samples.count / 2] }
 
     /// The plain way: one file after another (write a temporary, fsync, rename), then one
     /// directory fsync; or plain creates.
-    func sequential(_ workload: String, _ dir: String) throws -> (Double, Double, [Double]) {
+    func sequential(_ workload: Workload, _ dir: String) throws -> (Double, Double, [Double]) {
         let tree = try BatchChild.prepare(workload, dir, tag: "seq")
-        let data = [UInt8](repeating: 0x61, count: workload == "replace200" ? 4096 : 100)
+        let data = [UInt8](repeating: 0x61, count: workload.size)
         let start = monotonicNanoseconds()
         let cpuStart = peers_process_cpu_ns()
         let dfd = open(tree, O_RDONLY | O_DIRECTORY)
         defer { close(dfd) }
-        for i in 0..<(workload == "replace200" ? 200 : 2000) {
+        for i in 0..<workload.files {
             let name = "f\(i)"
-            if workload == "replace200" {
+            if workload.replaces {
                 let fd = openat(dfd, name + ".tmp", O_CREAT | O_EXCL | O_WRONLY, 0o644)
                 _ = write(fd, data, data.count)
                 fsync(fd)
@@ -160,22 +160,34 @@ struct BatchBench: ParsableCommand {
                 close(fd)
             }
         }
-        if workload == "replace200" { fsync(dfd) }
+        if workload.replaces { fsync(dfd) }
         return (Double(monotonicNanoseconds() - start), Double(peers_process_cpu_ns() - cpuStart), [])
     }
+}
+
+/// What a round applies: replaces are atomic and durable (batches of 16 files or more make
+/// them durable with one syncfs, smaller ones with an fsync per file); creates are best effort,
+/// not durable.
+enum Workload: String, ExpressibleByArgument, Sendable {
+    case replace200, replace10, create2000
+
+    var replaces: Bool { self != .create2000 }
+    var files: Int { self == .replace200 ? 200 : self == .replace10 ? 10 : 2000 }
+    var size: Int { replaces ? 4096 : 100 }
+    var title: String { replaces ? "\(files) atomic replaces of 4 KiB, fsync" : "\(files) creates of 100 B, no fsync" }
 }
 
 struct BatchChild: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "batch-child", shouldDisplay: false)
     @Option var backend: String
     @Option var directory: String
-    @Option var workload: String
+    @Option var workload: Workload
 
-    static func prepare(_ workload: String, _ dir: String, tag: String) throws -> String {
+    static func prepare(_ workload: Workload, _ dir: String, tag: String) throws -> String {
         let tree = dir + "/tree-\(tag)-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
-        if workload == "replace200" {
-            for i in 0..<200 { _ = FileManager.default.createFile(atPath: tree + "/f\(i)", contents: Data(repeating: 0x62, count: 4096)) }
+        if workload.replaces {
+            for i in 0..<workload.files { _ = FileManager.default.createFile(atPath: tree + "/f\(i)", contents: Data(repeating: 0x62, count: 4096)) }
         }
         // The set-up's dirty data would otherwise ride on the first measured fsync.
         sync()
@@ -187,14 +199,14 @@ struct BatchChild: ParsableCommand {
         let tree = try Self.prepare(workload, directory, tag: backend)
         let pool = try Pool.open(path: directory + "/batch.pool")
         let batch: FileBatch
-        if workload == "replace200" {
-            batch = FileBatch((0..<200).map { .replace(path: "f\($0)", data: [UInt8](repeating: 0x61, count: 4096), mode: 0o644) })
+        if workload.replaces {
+            batch = FileBatch((0..<workload.files).map { .replace(path: "f\($0)", data: [UInt8](repeating: 0x61, count: 4096), mode: 0o644) })
         } else {
             batch = FileBatch((0..<2000).map { .write(path: "f\($0)", data: [UInt8](repeating: 0x61, count: 100), mode: 0o644) })
         }
         let start = monotonicNanoseconds()
         let cpuStart = peers_process_cpu_ns()
-        let report = try pool.apply(batch, root: tree, atomic: workload == "replace200", durable: workload == "replace200")
+        let report = try pool.apply(batch, root: tree, atomic: workload.replaces, durable: workload.replaces)
         let elapsed = monotonicNanoseconds() - start
         let cpu = peers_process_cpu_ns() - cpuStart
         guard report.backend.rawValue == backend, report.results.allSatisfy({ $0 == "ok" }) else { throw ToolError("batch ran on \(report.backend) or failed") }

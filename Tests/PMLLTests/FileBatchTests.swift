@@ -1,3 +1,4 @@
+import CPMLL
 import Foundation
 import PMLL
 import Testing
@@ -6,13 +7,18 @@ import Testing
 @Suite("File batches", .serialized)
 struct FileBatchTests {
     static let backends = ["uring", "syscalls"]
-    /// Each backend, staging unnamed files (the default) or by name (filesystems without
-    /// O_TMPFILE), without RENAME_EXCHANGE, and with the whole-filesystem sync that batches of
-    /// 16 files or more use (the sample batches here are smaller): the environment for the
-    /// pmll process.
+    /// Each backend, creating files unnamed (O_TMPFILE, the default on ext4 without a journal)
+    /// and by name (the default elsewhere), without RENAME_EXCHANGE, and with the
+    /// whole-filesystem sync that batches of 16 files or more use (the sample batches here are
+    /// smaller) and the creation this filesystem gets by default: the environment for the pmll
+    /// process.
     static let stagings: [[String: String]] = backends.flatMap { b in
-        [["PMLL_IO_BACKEND": b], ["PMLL_IO_BACKEND": b, "PMLL_STAGING": "named"], ["PMLL_IO_BACKEND": b, "PMLL_STAGING": "no-exchange"],
-         ["PMLL_IO_BACKEND": b, "PMLL_BATCH_SYNC": "filesystem"]]
+        [["PMLL_IO_BACKEND": b, "PMLL_STAGING": "unnamed"], ["PMLL_IO_BACKEND": b, "PMLL_STAGING": "named"],
+         ["PMLL_IO_BACKEND": b, "PMLL_STAGING": "unnamed,no-exchange"], ["PMLL_IO_BACKEND": b, "PMLL_BATCH_SYNC": "filesystem"]]
+    }
+    /// Each backend, creating files by name and unnamed.
+    static let creations: [[String: String]] = backends.flatMap { b in
+        ["named", "unnamed"].map { ["PMLL_IO_BACKEND": b, "PMLL_STAGING": $0] }
     }
 
     /// A small tmpfs can be mounted here (root, and mounts allowed): needed to fill a filesystem.
@@ -86,8 +92,8 @@ struct FileBatchTests {
 
     /// Best effort: every entry is tried in order and reported; a write over an existing file
     /// (which the fast create path finds with EEXIST) still replaces it; nothing is staged.
-    @Test(arguments: backends)
-    func bestEffortAppliesWhatItCanAndReportsEachEntry(backend: String) throws {
+    @Test(arguments: creations)
+    func bestEffortAppliesWhatItCanAndReportsEachEntry(environment: [String: String]) throws {
         let scratch = Scratch()
         let root = scratch.file("root")
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
@@ -98,7 +104,7 @@ struct FileBatchTests {
              {"op":"write","path":"new1","data":"again"}]
             """
         let result = try run(Binaries.pmll, ["batch", "apply", "--pool", scratch.file("p.pool"), "--root", root, try batchFile(scratch, json)],
-                             environment: ["PMLL_IO_BACKEND": backend])
+                             environment: environment)
         #expect(result.status == 1, "\(result.stderr)")
         #expect(result.stdout.contains("entry 2:") && !result.stdout.contains("entry 0:") && !result.stdout.contains("entry 1:"), "\(result.stdout)")
         #expect(tree(root) == ["a.txt": "over", "new1": "again", "lib": "<dir>", "lib/n2": "two"])
@@ -214,6 +220,28 @@ struct FileBatchTests {
         var expected = before
         expected["z"] = "next"
         #expect(tree(root) == expected)
+    }
+
+    /// Batches create files unnamed only on ext4 without a journal, which the library reads
+    /// from /sys/fs/ext4/<device>/journal_task. /proc/fs/jbd2, one entry per running journal,
+    /// tells it independently.
+    @Test(arguments: ["/dev/shm", NSTemporaryDirectory(), "/", "/var/tmp"])
+    func ext4WithoutAJournalIsRecognised(path: String) throws {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        try #require(fd >= 0)
+        defer { close(fd) }
+        var st = stat()
+        try #require(fstat(fd, &st) == 0)
+        var expected = false
+        let type = try run("/usr/bin/stat", ["-f", "-c", "%t", path])
+        if type.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "ef53" {
+            let dev = UInt64(st.st_dev)
+            let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & ~0xfff), minor = (dev & 0xff) | ((dev >> 12) & ~0xff)
+            let device = try #require(try FileManager.default.destinationOfSymbolicLink(atPath: "/sys/dev/block/\(major):\(minor)").split(separator: "/").last)
+            let journals = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/fs/jbd2")) ?? []
+            expected = !journals.contains { $0.hasPrefix("\(device)-") }
+        }
+        #expect(pmll_ext4_without_journal(fd) == (expected ? 1 : 0), "\(path)")
     }
 
     @Test func escapesAndBadEntriesAreRejectedBeforeAnythingIsTouched() throws {

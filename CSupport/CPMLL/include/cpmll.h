@@ -447,6 +447,10 @@ int pmll_syncfs(int fd);
 int pmll_rename_exchange(int dirfd, const char *a, const char *b);
 // The errno (positive) means this filesystem or kernel cannot exchange names.
 int pmll_exchange_unsupported(int err);
+// 1 if fd's filesystem is ext4 without a journal, 0 if not or if /sys cannot tell. Such an
+// ext4 passes over every inode freed in the last 60-360 s when it allocates one
+// (recently_deleted), under the directory lock for a create by name.
+int pmll_ext4_without_journal(int fd);
 
 // MARK: - io_uring (liburing) for file batches
 

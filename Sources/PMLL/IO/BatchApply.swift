@@ -216,7 +216,8 @@ extension Pool {
             default: continue
             }
         }
-        let staged = backend.stageFiles(items, fsync: durable && !wholeFilesystem)
+        let creation = items.first.map { IOBackend.creation(forDirectory: $0.dirfd) } ?? .named
+        let staged = backend.stageFiles(items, fsync: durable && !wholeFilesystem, creation: creation)
         for (k, fd) in staged.held.enumerated() where fd >= 0 { staging.held[indexes[k]] = fd }
         for (k, rc) in staged.results.enumerated() where rc != 0 {
             staging.release()
@@ -397,7 +398,8 @@ extension Pool {
 
         func flush() {
             guard !creates.isEmpty else { return }
-            for (k, rc) in backend.writeFiles(creates, fsync: durable).enumerated() {
+            let creation = IOBackend.creation(forDirectory: creates[0].dirfd)
+            for (k, rc) in backend.writeFiles(creates, fsync: durable, creation: creation).enumerated() {
                 let n = createIndexes[k]
                 switch -rc {
                 case 0:

@@ -48,6 +48,35 @@ final class IOBackend: @unchecked Sendable {
         var hold = false
     }
 
+    /// How new files come to be: created by name (`O_CREAT|O_EXCL`), or unnamed
+    /// (`O_TMPFILE`) and linked at their name.
+    enum Creation: Sendable {
+        case named, unnamed
+    }
+
+    /// The creation for new files in `dirfd`'s filesystem. By name, except on ext4 without a
+    /// journal: there an inode allocation passes over every inode freed in the last minutes, and
+    /// a create by name does it under the directory's lock, so the creates of a directory run
+    /// one at a time; an unnamed file is allocated outside that lock, so the allocations spread
+    /// over the cores (Docs/FileBatches.md, *Named or unnamed files*). Elsewhere creates by name
+    /// were as fast or faster (XFS handles unnamed files through its unlinked list) and use
+    /// less CPU. `PMLL_STAGING=named|unnamed` forces one. Decided once per filesystem.
+    static func creation(forDirectory dirfd: Int32) -> Creation {
+        if stagingOptions.contains("named") || !canLinkUnnamedFiles { return .named }
+        if stagingOptions.contains("unnamed") { return .unnamed }
+        var st = stat()
+        guard fstat(dirfd, &st) == 0 else { return .named }
+        return creationByDevice.withLock { known in
+            if let creation = known[UInt64(st.st_dev)] { return creation }
+            let creation: Creation = pmll_ext4_without_journal(dirfd) == 1 ? .unnamed : .named
+            known[UInt64(st.st_dev)] = creation
+            logger.debug("new files on this filesystem are created \(creation == .named ? "by name" : "unnamed, then linked")",
+                         metadata: ["device": "\(st.st_dev)"])
+            return creation
+        }
+    }
+    private static let creationByDevice = Mutex<[UInt64: Creation]>([:])
+
     /// What staging did to each item.
     struct Staged {
         /// 0 or -errno per item.
@@ -87,14 +116,15 @@ final class IOBackend: @unchecked Sendable {
         let name: String
     }
 
-    /// Creates each file (O_EXCL) with its data, optionally fsynced. Returns 0 or -errno per item.
+    /// Creates each file (O_EXCL, or unnamed and linked: `creation`) with its data, optionally
+    /// fsynced. Returns 0 or -errno per item.
     ///
     /// Unsynced creates go to the thread pool on both backends. io_uring punts every
     /// `O_CREAT` open (and buffered tmpfs writes) to io-wq workers, and 2000 small creates on
     /// tmpfs took 21–29 ms through the ring against 16.5 ms inline and 11.7 ms on the threads
-    /// (Docs/FileBatches.md). Fsynced creates (staging on a filesystem without `O_TMPFILE`)
-    /// stay on the ring, where parallel fsyncs share journal commits.
-    func writeFiles(_ items: [WriteItem], fsync: Bool) -> [Int32] {
+    /// (Docs/FileBatches.md). Fsynced creates on io_uring are chains on the ring, always by
+    /// name, where parallel fsyncs share journal commits.
+    func writeFiles(_ items: [WriteItem], fsync: Bool, creation: Creation) -> [Int32] {
         if kind == .uring && fsync, let results = viaRing({ r in
             var results = [Int32](repeating: 0, count: items.count)
             let rc = Self.withCStrings(items.map(\.name)) { names in
@@ -113,29 +143,27 @@ final class IOBackend: @unchecked Sendable {
         var results = [Int32](repeating: 0, count: items.count)
         results.withUnsafeMutableBufferPointer { out in
             let out = SendableBuffer(out)
-            Self.parallel(items.count) { i in out[i] = Self.create(items[i], fsync: fsync) }
+            Self.parallel(items.count) { i in
+                out[i] = creation == .unnamed ? Self.stageOne(items[i], fsync: fsync).0 : Self.create(items[i], fsync: fsync)
+            }
         }
         return results
     }
 
-    /// Stages new contents: each file is created unnamed (`O_TMPFILE`), written and linked at
-    /// its first name, then (as the item asks) exchanged with its target or renamed into
-    /// place; with `fsync`, each file is fsynced too. Returns 0 or -errno per item, and the
-    /// held old files.
+    /// Stages new contents: each file is created (`creation`) and written, at its first name,
+    /// then (as the item asks) exchanged with its target or renamed into place; with `fsync`,
+    /// each file is fsynced too. Returns 0 or -errno per item, and the held old files.
     ///
-    /// Creating by name allocates the inode under the directory's lock, so every create of a
-    /// batch (the temporaries sit next to their targets) runs one at a time, and on ext4 without
-    /// a journal an inode allocation passes over every inode freed in the last minutes, up to
-    /// 0.8 ms of kernel CPU each. An unnamed file is allocated
-    /// without that lock (Docs/FileBatches.md). Placing a file is CPU work in the kernel,
+    /// Files created by name go through `writeFiles` (on io_uring with fsync: one linked chain
+    /// per file on a fixed slot), then are exchanged or renamed in order. Unnamed files are
+    /// placed by threads on both backends, because placing one is CPU work in the kernel,
     /// which io-wq ran slower than threads (opens one at a time; write/link/rename chains
-    /// 22–33 ms against 17–19 for 200 files), so threads place the files on both backends; on
-    /// io_uring the fsyncs, the only waits, go to the ring as each file is placed.
-    /// Filesystems without `O_TMPFILE`, or a process without `/proc`, get named creates.
-    func stageFiles(_ items: [WriteItem], fsync: Bool) -> Staged {
+    /// 22–33 ms against 17–19 for 200 files); on io_uring the fsyncs, the only waits, go to the
+    /// ring as each file is placed. A filesystem without `O_TMPFILE` gets creates by name.
+    func stageFiles(_ items: [WriteItem], fsync: Bool, creation: Creation) -> Staged {
         var staged = Staged(results: [Int32](repeating: 0, count: items.count), held: [Int32](repeating: -1, count: items.count))
-        guard Self.canLinkUnnamedFiles else {
-            staged.results = Self.finishNamed(items, writeFiles(items, fsync: fsync), held: &staged.held)
+        guard creation == .unnamed else {
+            staged.results = Self.finishNamed(items, writeFiles(items, fsync: fsync, creation: .named), held: &staged.held)
             return staged
         }
         if kind == .syscalls || !fsync {
@@ -213,12 +241,12 @@ final class IOBackend: @unchecked Sendable {
     }
 
     /// `O_TMPFILE` files are named through `/proc/self/fd` (linkat with `AT_EMPTY_PATH`
-    /// needs CAP_DAC_READ_SEARCH). `PMLL_STAGING=named` forces creates by name, the path a
-    /// filesystem without `O_TMPFILE` takes (and the way the tests reach it).
-    private static let canLinkUnnamedFiles = access("/proc/self/fd", X_OK) == 0 && !stagingOptions.contains("named")
+    /// needs CAP_DAC_READ_SEARCH): without `/proc`, files are created by name.
+    private static let canLinkUnnamedFiles = access("/proc/self/fd", X_OK) == 0
 
-    /// `PMLL_STAGING`, a comma-separated list: `named` (above), `no-exchange` (staging applies
-    /// replaces as a filesystem without `RENAME_EXCHANGE` gets them: backup link, then rename).
+    /// `PMLL_STAGING`, a comma-separated list: `named` or `unnamed` (`creation(forDirectory:)`;
+    /// the tests force each), `no-exchange` (staging applies replaces as a filesystem without
+    /// `RENAME_EXCHANGE` gets them: backup link, then rename).
     private static let stagingOptions = Set((getenv("PMLL_STAGING").map { String(cString: $0) } ?? "").split(separator: ",").map(String.init))
     private static let canExchange = !stagingOptions.contains("no-exchange")
 
