@@ -61,10 +61,13 @@ struct StressRun: AsyncParsableCommand {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: me)
             p.arguments = ["worker", "--pool", path, "--id", "\(slot)", "--incarnation", "\(incarnations[slot])", "--seed", "\(seed)", "--mix", mix]
-            // Half the workers make their batches durable file by file, half with one syncfs
-            // (the tree's batch is large enough for either), unless the caller chose.
+            // Incarnations take turns: batches made durable file by file or with one syncfs
+            // (the tree's batch is large enough for either), and files created by name or
+            // unnamed, all four pairs, unless the caller chose.
             var environment = ProcessInfo.processInfo.environment
-            if environment["PMLL_BATCH_SYNC"] == nil { environment["PMLL_BATCH_SYNC"] = incarnations[slot] % 2 == 0 ? "files" : "filesystem" }
+            let turn = incarnations[slot] &+ UInt64(slot)
+            if environment["PMLL_BATCH_SYNC"] == nil { environment["PMLL_BATCH_SYNC"] = turn % 2 == 0 ? "files" : "filesystem" }
+            if environment["PMLL_STAGING"] == nil { environment["PMLL_STAGING"] = turn / 2 % 2 == 0 ? "named" : "unnamed" }
             p.environment = environment
             try p.run()
             workers[p.processIdentifier] = (p, slot)
