@@ -17,8 +17,9 @@ struct BatchApply: ParsableCommand {
             (octal string such as "0644") and "to" (rename target). Unknown ops or fields are errors \
             naming the entry. With --atomic the batch is applied completely or not at all, even if \
             this process dies (recovered on the next open or by `pmll recover`); without, each entry \
-            is applied on its own and reported. The backend (uring or syscalls) is printed; \
-            PMLL_IO_BACKEND=uring|syscalls forces one. Exit 1 if an entry failed in best-effort mode.
+            is applied on its own and reported. The backend (uring or syscalls) and how files were \
+            created (by name or unnamed) are printed; PMLL_IO_BACKEND=uring|syscalls and \
+            PMLL_STAGING=named|unnamed force them. Exit 1 if an entry failed in best-effort mode.
 
             \(ExitStatus.summary)
             """
@@ -46,7 +47,7 @@ struct BatchApply: ParsableCommand {
         if json {
             try printJSON(report)
         } else {
-            print("batch: \(batch.operations.count) operations, \(report.atomic ? "atomic" : "best effort"), backend \(report.backend.rawValue), \(String(format: "%.2f", Double(report.nanoseconds) / 1e6)) ms")
+            print("batch: \(batch.operations.count) operations, \(report.atomic ? "atomic" : "best effort"), backend \(report.backend.rawValue), files created \(report.creation == .named ? "by name" : "unnamed"), \(String(format: "%.2f", Double(report.nanoseconds) / 1e6)) ms")
             for (i, result) in report.results.enumerated() where result != "ok" { print("entry \(i): \(result)") }
         }
         if report.results.contains(where: { $0 != "ok" }) { throw ExitCode(1) }

@@ -43,7 +43,11 @@ struct BatchBench: ParsableCommand {
             // recent yet, so the probe waits for the next one to see what the run will see.
             if peers_ext4_journal(dir) == 0 { usleep(1_100_000) }
             let before = peers_inode_alloc_ns(dir, 50)
-            defer { allocation.append(AllocationProbe(directory: dir, filesystem: fs, journal: peers_ext4_journal(dir), before: before, after: peers_inode_alloc_ns(dir, 50))) }
+            var creations = Set<String>()
+            defer {
+                allocation.append(AllocationProbe(directory: dir, filesystem: fs, journal: peers_ext4_journal(dir), before: before,
+                                                  after: peers_inode_alloc_ns(dir, 50), creations: creations.sorted()))
+            }
             for workload in workload {
                 // Rounds interleave the methods, in a rotating order, and each method is
                 // compared with the sequential peer of its own round: a disk whose speed drifts
@@ -57,7 +61,8 @@ struct BatchBench: ParsableCommand {
                     var times = [Double](repeating: 0, count: Self.methods.count)
                     for k in 0..<Self.methods.count {
                         let m = (k + round) % Self.methods.count
-                        let (time, cpuTime, phases) = try measure(m, workload, dir)
+                        let (time, cpuTime, phases, creation) = try measure(m, workload, dir)
+                        if let creation { creations.insert(creation) }
                         times[m] = time
                         cpu[m].append(cpuTime)
                         for (i, p) in phases.enumerated() { phaseSamples[m][i].append(p) }
@@ -104,17 +109,21 @@ struct BatchBench: ParsableCommand {
         let journal: Bool?
         let beforeMicroseconds: Double
         let afterMicroseconds: Double
+        /// How the PMLL batches created files (`BatchReport.creation`).
+        let creations: [String]
 
-        init(directory: String, filesystem: String, journal: Int32, before: UInt64, after: UInt64) {
+        init(directory: String, filesystem: String, journal: Int32, before: UInt64, after: UInt64, creations: [String]) {
             self.directory = directory
             self.filesystem = filesystem
             self.journal = journal < 0 ? nil : journal == 1
             beforeMicroseconds = Double(before) / 1e3
             afterMicroseconds = Double(after) / 1e3
+            self.creations = creations
         }
 
         var line: String {
-            var text = String(format: "%@ (%@): one inode allocation took %.1f µs before the run, %.1f µs after", directory, filesystem, beforeMicroseconds, afterMicroseconds)
+            var text = String(format: "%@ (%@): one inode allocation took %.1f µs before the run, %.1f µs after; PMLL created files %@",
+                              directory, filesystem, beforeMicroseconds, afterMicroseconds, creations.joined(separator: " and "))
             if journal == false {
                 text += ". This ext4 has no journal: it passes over every inode freed in the last 60-360 s when it allocates one, so each allocation costs CPU in proportion to recent deletions (the run's own included), for every method alike"
             }
@@ -122,24 +131,28 @@ struct BatchBench: ParsableCommand {
         }
     }
 
-    /// Nanoseconds of wall time and of CPU time, and for an atomic PMLL batch the nanoseconds
-    /// of its phases.
-    func measure(_ method: Int, _ workload: Workload, _ dir: String) throws -> (Double, Double, [Double]) {
-        if method == 0 { return try sequential(workload, dir) }
+    /// Nanoseconds of wall time and of CPU time, for an atomic PMLL batch the nanoseconds of its
+    /// phases, and for a PMLL batch how it created files.
+    func measure(_ method: Int, _ workload: Workload, _ dir: String) throws -> (Double, Double, [Double], String?) {
+        if method == 0 {
+            let (time, cpu) = try sequential(workload, dir)
+            return (time, cpu, [], nil)
+        }
         let backend = method == 1 ? "uring" : "syscalls"
         let child = try BenchChild(["batch-child", "--backend", backend, "--directory", dir, "--workload", workload.rawValue])
         guard let line = child.readLine() else { throw ToolError("batch child failed") }
-        let numbers = line.split(separator: " ").compactMap { Double($0) }
-        guard numbers.count == 7 else { throw ToolError("batch child printed '\(line)'") }
+        let words = line.split(separator: " ")
+        let numbers = words.dropLast().compactMap { Double($0) }
+        guard numbers.count == 7, let creation = words.last.map(String.init) else { throw ToolError("batch child printed '\(line)'") }
         child.process.waitUntilExit()
-        return (numbers[0], numbers[1], workload.replaces ? Array(numbers[2...]) : [])
+        return (numbers[0], numbers[1], workload.replaces ? Array(numbers[2...]) : [], creation == "named" ? "by name" : creation)
     }
 
     static func median(_ samples: [Double]) -> Double { samples.sorted()[samples.count / 2] }
 
     /// The plain way: one file after another (write a temporary, fsync, rename), then one
     /// directory fsync; or plain creates.
-    func sequential(_ workload: Workload, _ dir: String) throws -> (Double, Double, [Double]) {
+    func sequential(_ workload: Workload, _ dir: String) throws -> (Double, Double) {
         let tree = try BatchChild.prepare(workload, dir, tag: "seq")
         let data = [UInt8](repeating: 0x61, count: workload.size)
         let start = monotonicNanoseconds()
@@ -161,7 +174,7 @@ struct BatchBench: ParsableCommand {
             }
         }
         if workload.replaces { fsync(dfd) }
-        return (Double(monotonicNanoseconds() - start), Double(peers_process_cpu_ns() - cpuStart), [])
+        return (Double(monotonicNanoseconds() - start), Double(peers_process_cpu_ns() - cpuStart))
     }
 }
 
@@ -211,6 +224,6 @@ struct BatchChild: ParsableCommand {
         let cpu = peers_process_cpu_ns() - cpuStart
         guard report.backend.rawValue == backend, report.results.allSatisfy({ $0 == "ok" }) else { throw ToolError("batch ran on \(report.backend) or failed") }
         let p = report.phases
-        sayLine("\(elapsed) \(cpu) \(p.journal) \(p.stage) \(p.apply) \(p.commit) \(p.cleanUp)")
+        sayLine("\(elapsed) \(cpu) \(p.journal) \(p.stage) \(p.apply) \(p.commit) \(p.cleanUp) \(report.creation.rawValue)")
     }
 }

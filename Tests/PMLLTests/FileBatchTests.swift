@@ -83,6 +83,9 @@ struct FileBatchTests {
                              environment: environment)
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout.contains("\"backend\" : \"\(backend)\""))
+        if let creation = environment["PMLL_STAGING"]?.split(separator: ",").first {
+            #expect(result.stdout.contains("\"creation\" : \"\(creation)\""), "\(result.stdout)")
+        }
         #expect(!tree(root).keys.contains { $0.contains(".pmll-") })
         #expect(tree(root) == Self.sampleResult)
         var st = stat()

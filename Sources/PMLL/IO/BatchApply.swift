@@ -8,6 +8,8 @@ import Glibc
 /// What applying a batch did.
 public struct BatchReport: Sendable, Codable, Equatable {
     public let backend: IOBackendKind
+    /// How the batch created files on the root's filesystem (Docs/FileBatches.md).
+    public let creation: FileCreation
     public let atomic: Bool
     /// "ok", or the error of that entry (non-atomic mode reports each; atomic mode fails whole).
     public let results: [String]
@@ -51,9 +53,11 @@ extension Pool {
         let dirs = DirectoryCache(root: rootFD)
         defer { dirs.closeAll() }
         let backend = IOBackend.shared
+        let creation = IOBackend.creation(forDirectory: rootFD)
         if !atomic {
-            let results = applyBestEffort(batch, dirs: dirs, backend: backend, durable: durable)
-            return BatchReport(backend: backend.kind, atomic: false, results: results, nanoseconds: Clock.monotonicNanoseconds - start)
+            let results = applyBestEffort(batch, dirs: dirs, backend: backend, creation: creation, durable: durable)
+            return BatchReport(backend: backend.kind, creation: creation, atomic: false, results: results,
+                               nanoseconds: Clock.monotonicNanoseconds - start)
         }
         let id = String(UInt64.random(in: 0...UInt64.max), radix: 36)
         let plan = try plan(batch, dirs: dirs)
@@ -69,7 +73,8 @@ extension Pool {
         var staging = Staging()
         let wholeFilesystem = Self.syncsWholeFilesystem(batch)
         do {
-            staging = try stage(batch, journal: journal, early: plan.early, dirs: dirs, backend: backend, durable: durable, wholeFilesystem: wholeFilesystem)
+            staging = try stage(batch, journal: journal, early: plan.early, dirs: dirs, backend: backend, creation: creation, durable: durable,
+                                wholeFilesystem: wholeFilesystem)
             lap(\.stage)
             CrashPoint.hit("batch.staged")
             try applySteps(journal, applied: staging.applied, dirs: dirs, backend: backend, durable: durable,
@@ -89,7 +94,7 @@ extension Pool {
         cleanUp(journal, dirs: dirs, held: staging.held, durable: durable)
         try deleteJournal(id)
         lap(\.cleanUp)
-        return BatchReport(backend: backend.kind, atomic: true, results: batch.operations.map { _ in "ok" },
+        return BatchReport(backend: backend.kind, creation: creation, atomic: true, results: batch.operations.map { _ in "ok" },
                            nanoseconds: Clock.monotonicNanoseconds - start, phases: phases)
     }
 
@@ -183,8 +188,8 @@ extension Pool {
     /// right there, in parallel with the other files: exchanged with their target, or renamed
     /// into place (undo needs only the journal and the backups, whichever order they ran in).
     /// The other new contents wait at their temporary names for `applySteps`.
-    private func stage(_ batch: FileBatch, journal: BatchJournal, early: Set<Int>, dirs: DirectoryCache, backend: IOBackend, durable: Bool,
-                       wholeFilesystem: Bool) throws(PMLLError) -> Staging {
+    private func stage(_ batch: FileBatch, journal: BatchJournal, early: Set<Int>, dirs: DirectoryCache, backend: IOBackend, creation: FileCreation,
+                       durable: Bool, wholeFilesystem: Bool) throws(PMLLError) -> Staging {
         for (n, op) in batch.operations.enumerated() {
             guard case .mkdir(_, let mode) = op else { continue }
             for dir in journal.steps[n].createdDirs {
@@ -216,7 +221,6 @@ extension Pool {
             default: continue
             }
         }
-        let creation = items.first.map { IOBackend.creation(forDirectory: $0.dirfd) } ?? .named
         let staged = backend.stageFiles(items, fsync: durable && !wholeFilesystem, creation: creation)
         for (k, fd) in staged.held.enumerated() where fd >= 0 { staging.held[indexes[k]] = fd }
         for (k, rc) in staged.results.enumerated() where rc != 0 {
@@ -381,7 +385,7 @@ extension Pool {
     /// Each entry on its own. Runs of `write`s are created in one backend call, straight
     /// under their names (`O_EXCL`); a name that exists already, and every other entry, goes
     /// through a one-entry atomic step, in the batch's order.
-    private func applyBestEffort(_ batch: FileBatch, dirs: DirectoryCache, backend: IOBackend, durable: Bool) -> [String] {
+    private func applyBestEffort(_ batch: FileBatch, dirs: DirectoryCache, backend: IOBackend, creation: FileCreation, durable: Bool) -> [String] {
         var results = [String](repeating: "ok", count: batch.operations.count)
         var creates: [IOBackend.WriteItem] = [], createIndexes: [Int] = []
         for (n, op) in batch.operations.enumerated() {
@@ -398,7 +402,6 @@ extension Pool {
 
         func flush() {
             guard !creates.isEmpty else { return }
-            let creation = IOBackend.creation(forDirectory: creates[0].dirfd)
             for (k, rc) in backend.writeFiles(creates, fsync: durable, creation: creation).enumerated() {
                 let n = createIndexes[k]
                 switch -rc {
@@ -424,7 +427,8 @@ extension Pool {
                 var staging = Staging()
                 let wholeFilesystem = Self.syncsWholeFilesystem(single)
                 do throws(PMLLError) {
-                    staging = try stage(single, journal: journal, early: plan.early, dirs: dirs, backend: backend, durable: durable, wholeFilesystem: wholeFilesystem)
+                    staging = try stage(single, journal: journal, early: plan.early, dirs: dirs, backend: backend, creation: creation, durable: durable,
+                                        wholeFilesystem: wholeFilesystem)
                     try applySteps(journal, applied: staging.applied, dirs: dirs, backend: backend, durable: durable,
                                    wholeFilesystem: wholeFilesystem, fsyncs: { if case .fsync(let p) = op { [p] } else { [] } }())
                     cleanUp(journal, dirs: dirs, backend: backend, held: staging.held, durable: durable)

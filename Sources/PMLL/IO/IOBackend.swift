@@ -13,6 +13,13 @@ public enum IOBackendKind: String, Sendable, Codable {
     case syscalls
 }
 
+/// How a batch creates new files: by name (`O_CREAT|O_EXCL`), or unnamed (`O_TMPFILE`) and
+/// linked at their name once written (`IOBackend.creation(forDirectory:)`).
+public enum FileCreation: String, Sendable, Codable {
+    case named
+    case unnamed
+}
+
 /// Batched file writes, fsyncs and removals: io_uring (linked fsync/close chains for staged
 /// files, open/write/fsync/close chains on fixed slots for files created by name, parallel
 /// unlinks and fsyncs; io-wq raised to 16 workers) or plain syscalls on 16 threads. Probed once per process;
@@ -48,12 +55,6 @@ final class IOBackend: @unchecked Sendable {
         var hold = false
     }
 
-    /// How new files come to be: created by name (`O_CREAT|O_EXCL`), or unnamed
-    /// (`O_TMPFILE`) and linked at their name.
-    enum Creation: Sendable {
-        case named, unnamed
-    }
-
     /// The creation for new files in `dirfd`'s filesystem. By name, except on ext4 without a
     /// journal: there an inode allocation passes over every inode freed in the last minutes, and
     /// a create by name does it under the directory's lock, so the creates of a directory run
@@ -61,21 +62,21 @@ final class IOBackend: @unchecked Sendable {
     /// over the cores (Docs/FileBatches.md, *Named or unnamed files*). Elsewhere creates by name
     /// were as fast or faster (XFS handles unnamed files through its unlinked list) and use
     /// less CPU. `PMLL_STAGING=named|unnamed` forces one. Decided once per filesystem.
-    static func creation(forDirectory dirfd: Int32) -> Creation {
+    static func creation(forDirectory dirfd: Int32) -> FileCreation {
         if stagingOptions.contains("named") || !canLinkUnnamedFiles { return .named }
         if stagingOptions.contains("unnamed") { return .unnamed }
         var st = stat()
         guard fstat(dirfd, &st) == 0 else { return .named }
         return creationByDevice.withLock { known in
             if let creation = known[UInt64(st.st_dev)] { return creation }
-            let creation: Creation = pmll_ext4_without_journal(dirfd) == 1 ? .unnamed : .named
+            let creation: FileCreation = pmll_ext4_without_journal(dirfd) == 1 ? .unnamed : .named
             known[UInt64(st.st_dev)] = creation
             logger.debug("new files on this filesystem are created \(creation == .named ? "by name" : "unnamed, then linked")",
                          metadata: ["device": "\(st.st_dev)"])
             return creation
         }
     }
-    private static let creationByDevice = Mutex<[UInt64: Creation]>([:])
+    private static let creationByDevice = Mutex<[UInt64: FileCreation]>([:])
 
     /// What staging did to each item.
     struct Staged {
@@ -124,7 +125,7 @@ final class IOBackend: @unchecked Sendable {
     /// tmpfs took 21–29 ms through the ring against 16.5 ms inline and 11.7 ms on the threads
     /// (Docs/FileBatches.md). Fsynced creates on io_uring are chains on the ring, always by
     /// name, where parallel fsyncs share journal commits.
-    func writeFiles(_ items: [WriteItem], fsync: Bool, creation: Creation) -> [Int32] {
+    func writeFiles(_ items: [WriteItem], fsync: Bool, creation: FileCreation) -> [Int32] {
         if kind == .uring && fsync, let results = viaRing({ r in
             var results = [Int32](repeating: 0, count: items.count)
             let rc = Self.withCStrings(items.map(\.name)) { names in
@@ -160,7 +161,7 @@ final class IOBackend: @unchecked Sendable {
     /// which io-wq ran slower than threads (opens one at a time; write/link/rename chains
     /// 22–33 ms against 17–19 for 200 files); on io_uring the fsyncs, the only waits, go to the
     /// ring as each file is placed. A filesystem without `O_TMPFILE` gets creates by name.
-    func stageFiles(_ items: [WriteItem], fsync: Bool, creation: Creation) -> Staged {
+    func stageFiles(_ items: [WriteItem], fsync: Bool, creation: FileCreation) -> Staged {
         var staged = Staged(results: [Int32](repeating: 0, count: items.count), held: [Int32](repeating: -1, count: items.count))
         guard creation == .unnamed else {
             staged.results = Self.finishNamed(items, writeFiles(items, fsync: fsync, creation: .named), held: &staged.held)
