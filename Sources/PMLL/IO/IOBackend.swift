@@ -61,7 +61,8 @@ final class IOBackend: @unchecked Sendable {
     /// one at a time; an unnamed file is allocated outside that lock, so the allocations spread
     /// over the cores (Docs/FileBatches.md, *Named or unnamed files*). Elsewhere creates by name
     /// were as fast or faster (XFS handles unnamed files through its unlinked list) and use
-    /// less CPU. `PMLL_STAGING=named|unnamed` forces one. Decided once per filesystem.
+    /// less CPU. `PMLL_STAGING=named|unnamed` forces one. Decided once per device number (a
+    /// device number reused by another mount later costs speed, never correctness).
     static func creation(forDirectory dirfd: Int32) -> FileCreation {
         if stagingOptions.contains("named") || !canLinkUnnamedFiles { return .named }
         if stagingOptions.contains("unnamed") { return .unnamed }
