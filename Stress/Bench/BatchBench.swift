@@ -14,6 +14,7 @@ struct BatchBench: ParsableCommand {
     @Option(help: "replace200, replace10 (a small batch: per-file durability), create2000; default replace200 and create2000.")
     var workload: [Workload] = [.replace200, .create2000]
     @Flag(help: "Also print where each PMLL method's time went (median per phase of an atomic batch).") var phases = false
+    @Flag(help: "PMLL processes apply one untimed batch first, as a long-lived process would have.") var warm = false
     @Flag var json = false
 
     struct Row: Codable {
@@ -139,7 +140,7 @@ struct BatchBench: ParsableCommand {
             return (time, cpu, [], nil)
         }
         let backend = method == 1 ? "uring" : "syscalls"
-        let child = try BenchChild(["batch-child", "--backend", backend, "--directory", dir, "--workload", workload.rawValue])
+        let child = try BenchChild(["batch-child", "--backend", backend, "--directory", dir, "--workload", workload.rawValue] + (warm ? ["--warm"] : []))
         guard let line = child.readLine() else { throw ToolError("batch child failed") }
         let words = line.split(separator: " ")
         let numbers = words.dropLast().compactMap { Double($0) }
@@ -195,6 +196,7 @@ struct BatchChild: ParsableCommand {
     @Option var backend: String
     @Option var directory: String
     @Option var workload: Workload
+    @Flag var warm = false
 
     static func prepare(_ workload: Workload, _ dir: String, tag: String) throws -> String {
         let tree = dir + "/tree-\(tag)-\(UInt32.random(in: 0...UInt32.max))"
@@ -209,14 +211,17 @@ struct BatchChild: ParsableCommand {
 
     func run() throws {
         setenv("PMLL_IO_BACKEND", backend, 1)
-        let tree = try Self.prepare(workload, directory, tag: backend)
         let pool = try Pool.open(path: directory + "/batch.pool")
         let batch: FileBatch
         if workload.replaces {
-            batch = FileBatch((0..<workload.files).map { .replace(path: "f\($0)", data: [UInt8](repeating: 0x61, count: 4096), mode: 0o644) })
+            batch = FileBatch((0..<workload.files).map { .replace(path: "f\($0)", data: [UInt8](repeating: 0x61, count: workload.size), mode: 0o644) })
         } else {
-            batch = FileBatch((0..<2000).map { .write(path: "f\($0)", data: [UInt8](repeating: 0x61, count: 100), mode: 0o644) })
+            batch = FileBatch((0..<workload.files).map { .write(path: "f\($0)", data: [UInt8](repeating: 0x61, count: workload.size), mode: 0o644) })
         }
+        if warm {
+            _ = try pool.apply(batch, root: try Self.prepare(workload, directory, tag: backend + "-warm"), atomic: workload.replaces, durable: workload.replaces)
+        }
+        let tree = try Self.prepare(workload, directory, tag: backend)
         let start = monotonicNanoseconds()
         let cpuStart = peers_process_cpu_ns()
         let report = try pool.apply(batch, root: tree, atomic: workload.replaces, durable: workload.replaces)
