@@ -10,11 +10,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/vfs.h>
-#include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <sys/resource.h>
-#include <dirent.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -74,27 +70,6 @@ uint64_t peers_cas_pairs(uint32_t *word, uint64_t n) {
 int64_t peers_filesystem_type(const char *path) {
     struct statfs st;
     return statfs(path, &st) == 0 ? (int64_t)st.f_type : 0;
-}
-
-int peers_ext4_journal(const char *path) {
-    struct statfs fs;
-    struct stat st;
-    if (statfs(path, &fs) != 0 || fs.f_type != 0xEF53 || stat(path, &st) != 0) return -1;
-    // jbd2 lists each journal it runs as /proc/fs/jbd2/<block device>-<inode of the journal>.
-    char link[64], target[256];
-    snprintf(link, sizeof link, "/sys/dev/block/%u:%u", major(st.st_dev), minor(st.st_dev));
-    ssize_t len = readlink(link, target, sizeof target - 1);
-    if (len <= 0) return -1;
-    target[len] = 0;
-    const char *device = strrchr(target, '/') ? strrchr(target, '/') + 1 : target;
-    DIR *journals = opendir("/proc/fs/jbd2");
-    if (!journals) return errno == ENOENT ? 0 : -1;
-    int found = 0;
-    size_t n = strlen(device);
-    for (struct dirent *e; !found && (e = readdir(journals));)
-        found = strncmp(e->d_name, device, n) == 0 && e->d_name[n] == '-';
-    closedir(journals);
-    return found;
 }
 
 uint64_t peers_inode_alloc_ns(const char *dir, int n) {

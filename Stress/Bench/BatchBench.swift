@@ -1,4 +1,5 @@
 import ArgumentParser
+import CPMLL
 import CPMLLPeers
 import Foundation
 import PMLL
@@ -42,11 +43,12 @@ struct BatchBench: ParsableCommand {
         try directories.forEach(tag: "pmll-batchbench") { dir, fs in
             // ext4 compares whole seconds: inodes freed in the current second do not count as
             // recent yet, so the probe waits for the next one to see what the run will see.
-            if peers_ext4_journal(dir) == 0 { usleep(1_100_000) }
+            let withoutJournal = Self.ext4WithoutJournal(dir)
+            if withoutJournal { usleep(1_100_000) }
             let before = peers_inode_alloc_ns(dir, 50)
             var creations = Set<String>()
             defer {
-                allocation.append(AllocationProbe(directory: dir, filesystem: fs, journal: peers_ext4_journal(dir), before: before,
+                allocation.append(AllocationProbe(directory: dir, filesystem: fs, ext4WithoutJournal: withoutJournal, before: before,
                                                   after: peers_inode_alloc_ns(dir, 50), creations: creations.sorted()))
             }
             for workload in workload {
@@ -106,17 +108,17 @@ struct BatchBench: ParsableCommand {
     struct AllocationProbe: Codable {
         let directory: String
         let filesystem: String
-        /// ext4 only: whether it has a journal (nil: not ext4, or unknown).
-        let journal: Bool?
+        /// The filesystem is ext4 without a journal (what makes PMLL create files unnamed).
+        let ext4WithoutJournal: Bool
         let beforeMicroseconds: Double
         let afterMicroseconds: Double
         /// How the PMLL batches created files (`BatchReport.creation`).
         let creations: [String]
 
-        init(directory: String, filesystem: String, journal: Int32, before: UInt64, after: UInt64, creations: [String]) {
+        init(directory: String, filesystem: String, ext4WithoutJournal: Bool, before: UInt64, after: UInt64, creations: [String]) {
             self.directory = directory
             self.filesystem = filesystem
-            self.journal = journal < 0 ? nil : journal == 1
+            self.ext4WithoutJournal = ext4WithoutJournal
             beforeMicroseconds = Double(before) / 1e3
             afterMicroseconds = Double(after) / 1e3
             self.creations = creations
@@ -125,7 +127,7 @@ struct BatchBench: ParsableCommand {
         var line: String {
             var text = String(format: "%@ (%@): one inode allocation took %.1f µs before the run, %.1f µs after; PMLL created files %@",
                               directory, filesystem, beforeMicroseconds, afterMicroseconds, creations.joined(separator: " and "))
-            if journal == false {
+            if ext4WithoutJournal {
                 text += ". This ext4 has no journal: it passes over every inode freed in the last 60-360 s when it allocates one, so each allocation costs CPU in proportion to recent deletions (the run's own included), for every method alike"
             }
             return text
@@ -150,6 +152,13 @@ struct BatchBench: ParsableCommand {
     }
 
     static func median(_ samples: [Double]) -> Double { samples.sorted()[samples.count / 2] }
+
+    /// The library's own test (`pmll_ext4_without_journal`), on the directory.
+    static func ext4WithoutJournal(_ dir: String) -> Bool {
+        let fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        defer { if fd >= 0 { close(fd) } }
+        return fd >= 0 && pmll_ext4_without_journal(fd) == 1
+    }
 
     /// The plain way: one file after another (write a temporary, fsync, rename), then one
     /// directory fsync; or plain creates.

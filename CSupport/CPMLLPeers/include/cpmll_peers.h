@@ -43,12 +43,6 @@ uint64_t peers_msync_count(void);
 // statfs(2) f_type of the filesystem holding path, 0 on error.
 int64_t peers_filesystem_type(const char *path);
 
-// Whether the ext4 filesystem holding path has a journal: 1 yes, 0 no, -1 unknown (not ext4,
-// or no /sys or /proc to tell). Without one, ext4 passes over every inode freed in the last
-// 60 s (360 s while its inode-table block is dirty) when it allocates an inode
-// (fs/ext4/ialloc.c, recently_deleted), so allocation costs CPU in proportion to recent frees.
-int peers_ext4_journal(const char *path);
-
 // Nanoseconds per inode allocation in dir right now: n O_TMPFILE opens, held, then closed.
 // 0 on error.
 uint64_t peers_inode_alloc_ns(const char *dir, int n);
