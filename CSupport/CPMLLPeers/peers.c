@@ -73,9 +73,13 @@ int64_t peers_filesystem_type(const char *path) {
 }
 
 uint64_t peers_inode_alloc_ns(const char *dir, int n) {
+    if (n <= 0) return 0;
     int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0 || n <= 0) return 0;
-    int *fds = calloc((size_t)n, sizeof(int));
+    int *fds = dfd >= 0 ? calloc((size_t)n, sizeof(int)) : NULL;
+    if (!fds) {
+        if (dfd >= 0) close(dfd);
+        return 0;
+    }
     struct timespec a, b;
     clock_gettime(CLOCK_MONOTONIC, &a);
     int opened = 0;

@@ -94,7 +94,8 @@ struct FileBatchTests {
     }
 
     /// Best effort: every entry is tried in order and reported; a write over an existing file
-    /// (which the fast create path finds with EEXIST) still replaces it; nothing is staged.
+    /// (which the fast create path finds with EEXIST) still replaces it; nothing is staged. A
+    /// mode the umask would mask (0666 under this process's 022) is set exactly.
     @Test(arguments: creations)
     func bestEffortAppliesWhatItCanAndReportsEachEntry(environment: [String: String]) throws {
         let scratch = Scratch()
@@ -104,18 +105,22 @@ struct FileBatchTests {
         let json = """
             [{"op":"write","path":"new1","data":"one"},{"op":"write","path":"a.txt","data":"over","mode":"0640"},
              {"op":"delete","path":"missing"},{"op":"mkdir","path":"lib"},{"op":"write","path":"lib/n2","data":"two","mode":"0600"},
-             {"op":"write","path":"new1","data":"again"}]
+             {"op":"write","path":"new1","data":"again"},{"op":"write","path":"shared","data":"s","mode":"0666"}]
             """
+        let previous = umask(0o022)
+        defer { umask(previous) }
         let result = try run(Binaries.pmll, ["batch", "apply", "--pool", scratch.file("p.pool"), "--root", root, try batchFile(scratch, json)],
                              environment: environment)
         #expect(result.status == 1, "\(result.stderr)")
         #expect(result.stdout.contains("entry 2:") && !result.stdout.contains("entry 0:") && !result.stdout.contains("entry 1:"), "\(result.stdout)")
-        #expect(tree(root) == ["a.txt": "over", "new1": "again", "lib": "<dir>", "lib/n2": "two"])
+        #expect(tree(root) == ["a.txt": "over", "new1": "again", "lib": "<dir>", "lib/n2": "two", "shared": "s"])
         var st = stat()
         stat(root + "/lib/n2", &st)
         #expect(st.st_mode & 0o777 == 0o600)
         stat(root + "/a.txt", &st)
         #expect(st.st_mode & 0o777 == 0o640)
+        stat(root + "/shared", &st)
+        #expect(st.st_mode & 0o777 == 0o666)
     }
 
     /// A write that fails midway (the filesystem is full): nothing of the batch remains.

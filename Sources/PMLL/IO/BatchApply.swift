@@ -390,7 +390,9 @@ extension Pool {
         var creates: [IOBackend.WriteItem] = [], createIndexes: [Int] = []
         for (n, op) in batch.operations.enumerated() {
             if case .write(let path, let data, let mode) = op, let fd = try? dirs.directory(PathGuard.split(path).parent, index: n) {
-                creates.append(.init(dirfd: fd, name: PathGuard.split(path).name, data: data, mode: mode))
+                var item = IOBackend.WriteItem(dirfd: fd, name: PathGuard.split(path).name, data: data, mode: mode)
+                item.exactMode = mode & Self.umaskBits != 0
+                creates.append(item)
                 createIndexes.append(n)
                 continue
             }
@@ -405,8 +407,7 @@ extension Pool {
             for (k, rc) in backend.writeFiles(creates, fsync: durable, creation: creation).enumerated() {
                 let n = createIndexes[k]
                 switch -rc {
-                case 0:
-                    if creates[k].mode & Self.umaskBits != 0 { _ = fchmodat(creates[k].dirfd, creates[k].name, mode_t(creates[k].mode), 0) }
+                case 0: break
                 case EEXIST:
                     results[n] = single(batch.operations[n], index: n)
                 default:
