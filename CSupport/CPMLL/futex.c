@@ -25,3 +25,35 @@ int pmll_futex_wake(uint32_t *word, int32_t count) {
     return rc >= 0 ? (int)rc : -errno;
 }
 
+
+// FUTEX2_SIZE_U32 and FUTEX2_PRIVATE are in linux/futex.h only from 6.7; their values are ABI.
+#ifndef FUTEX2_SIZE_U32
+#define FUTEX2_SIZE_U32 0x02
+#endif
+#ifndef FUTEX2_PRIVATE
+#define FUTEX2_PRIVATE FUTEX_PRIVATE_FLAG
+#endif
+
+int pmll_futex_waitv(const pmll_futex_waiter_t *waiters, uint32_t count, int64_t deadline_ns) {
+    if (count == 0 || count > PMLL_FUTEX_WAITV_MAX) return -EINVAL;
+    struct futex_waitv v[FUTEX_WAITV_MAX];
+    for (uint32_t i = 0; i < count; i++) {
+        v[i].val = waiters[i].expected;
+        v[i].uaddr = (uint64_t)(uintptr_t)waiters[i].word;
+        v[i].flags = FUTEX2_SIZE_U32 | (waiters[i].process_private ? FUTEX2_PRIVATE : 0);
+        v[i].__reserved = 0;
+    }
+    struct timespec ts, *tsp = NULL;
+    if (deadline_ns >= 0) {
+        ts.tv_sec = deadline_ns / 1000000000;
+        ts.tv_nsec = deadline_ns % 1000000000;
+        tsp = &ts;
+    }
+    long rc = syscall(SYS_futex_waitv, v, count, 0, tsp, CLOCK_MONOTONIC);
+    return rc >= 0 ? (int)rc : -errno;
+}
+
+int pmll_futex_wake_private(uint32_t *word, int32_t count) {
+    long rc = syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, count, NULL, NULL, 0);
+    return rc >= 0 ? (int)rc : -errno;
+}

@@ -27,6 +27,10 @@ public enum PMLLError: Error, Equatable, Sendable {
     case timeout(lock: String, holder: HolderInfo?)
     /// The wait was cancelled (Task cancellation, SIGINT at the CLI).
     case cancelled(lock: String)
+    /// An operation's wait for its turn in a queue was cancelled; the ticket is void.
+    case queueCancelled(queue: String, ticket: UInt64)
+    /// A multi-lock call was given no locks.
+    case noLocksGiven
     /// A fixed-size table of the pool is full.
     case poolFull(table: String, capacity: Int)
     /// Bad value in the pool options (sizes, capacities).
@@ -81,6 +85,8 @@ extension PMLLError: CustomStringConvertible {
         case let .timeout(lock, holder):
             if let holder { "timed out waiting for lock '\(lock)' held by \(holder)" } else { "timed out waiting for lock '\(lock)'" }
         case let .cancelled(lock): "wait for lock '\(lock)' cancelled"
+        case let .queueCancelled(queue, ticket): "wait in queue '\(queue)' (ticket \(ticket)) cancelled"
+        case .noLocksGiven: "no locks given"
         case let .poolFull(table, capacity): "pool full: the \(table) table has all \(capacity) entries in use"
         case let .invalidOptions(reason): "invalid pool options: \(reason)"
         case let .invalidQueueName(name, reason): "invalid queue name '\(name)': \(reason)"

@@ -25,12 +25,12 @@ enum ExitStatus {
         switch error {
         case .invalidLockName, .levelMismatch, .hierarchyViolation, .invalidOptions,
              .invalidQueueName, .queueMismatch, .invalidOperationKind, .payloadTooLarge,
-             .invalidKey, .valueTooLarge, .nestedTransaction, .invalidBatch: usage
+             .invalidKey, .valueTooLarge, .nestedTransaction, .invalidBatch, .noLocksGiven: usage
         case .notAPool, .unsupportedFormatVersion, .corruptPool, .corruptRecord, .transactionRecoveryFailed: badPool
         case .poolNotFound, .invalidPoolPath: noPool
         case .permissionDenied, .foreignOwner: permission
         case .timeout, .queueTimeout: timeout
-        case .cancelled: interrupted
+        case .cancelled, .queueCancelled: interrupted
         case .poolFull: poolFull
         case .systemCall: system
         case .batchFailed(_, _, let errno): errno == .permissionDenied || errno == .readOnlyFileSystem ? permission : errno == .noSpace ? poolFull : system

@@ -9,7 +9,7 @@ struct Worker: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmll-worker",
         abstract: "Test and benchmark worker processes for PMLL.",
-        subcommands: [Counter.self, Hold.self, Churn.self, Robust8.self, Nested.self, Hammer.self, QueueOps.self, QueueHold.self, Recover.self, Bank.self, TxSet.self]
+        subcommands: [Counter.self, Hold.self, Churn.self, Robust8.self, Nested.self, Hammer.self, QueueOps.self, QueueHold.self, Recover.self, Bank.self, TxSet.self, AsyncWaiters.self]
     )
 }
 

@@ -405,6 +405,25 @@ int pmll_futex_wait(uint32_t *word, uint32_t expected, int64_t deadline_ns);
 // Wakes up to count sleepers (INT32_MAX: all). Returns how many woke, or -errno.
 int pmll_futex_wake(uint32_t *word, int32_t count);
 
+// One word of a vectored wait. Pool words are shared futexes; a process-private word (the
+// waiter thread's doorbell, in ordinary memory) is marked so.
+typedef struct {
+    uint32_t *word;
+    uint32_t expected;
+    uint32_t process_private;
+} pmll_futex_waiter_t;
+#define PMLL_FUTEX_WAITV_MAX 128
+// futex_waitv(2) (Linux 5.16): sleeps until any word differs from its expected value, one is
+// woken, or the absolute CLOCK_MONOTONIC deadline (< 0: none). Returns the index of the word
+// woken, -EAGAIN (a value already differed), -ETIMEDOUT, -EINTR, -ENOSYS (older kernel), or
+// another -errno.
+int pmll_futex_waitv(const pmll_futex_waiter_t *waiters, uint32_t count, int64_t deadline_ns);
+// FUTEX_WAKE on a process-private word.
+int pmll_futex_wake_private(uint32_t *word, int32_t count);
+
+// Names the calling thread (15 bytes at most), as `top -H` and /proc show it.
+void pmll_thread_set_name(const char *name);
+
 // MARK: - Open-file-description byte locks (released by the kernel when the process dies)
 
 #define PMLL_RANGE_UNLOCK 0

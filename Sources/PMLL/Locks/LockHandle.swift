@@ -1,5 +1,4 @@
 import CPMLL
-import Dispatch
 
 /// A named lock in a pool, chosen at run time (the untyped API: the CLI, a C interface).
 /// Every acquisition through it passes the runtime hierarchy check. The typed API
@@ -77,30 +76,16 @@ public struct LockHandle: Sendable, Hashable {
         let saved = pmll_held_top_get()
         try HeldLocks.check(entry, after: saved ?? HeldLocks.asyncTop())
         let taken = try pool.acquire(index: index, deadline: Pool.deadline(after: timeout), cancellation: cancellation)
-        if taken.ownerDied { try repairAfterDeath() }
-        CrashPoint.hit("lock.acquired")
+        try LockScope.settle(pool, CollectionOfOne(self), ownerDied: taken.ownerDied)
         pmll_held_top_set(entry)
         return Scope(saved: saved.map(UnsafeRawPointer.init), taken: taken)
     }
 
-    /// The previous holder died: its transaction, if it was committing one, is rolled back
-    /// before this holder gets the lock. If that fails the lock is released (still marked)
-    /// and the typed error thrown.
-    @inline(never)
-    func repairAfterDeath() throws(PMLLError) {
-        do {
-            try pool.storeReady()
-        } catch {
-            pool.release(index: index, inconsistent: true)
-            throw error
-        }
-    }
-
     @usableFromInline
     func exitScope(_ scope: Scope, inconsistent: Bool) {
-        CrashPoint.hit("lock.releasing")
-        pmll_held_top_set(scope.saved?.assumingMemoryBound(to: pmll_lock_entry_t.self))
-        pool.release(index: index, inconsistent: inconsistent)
+        LockScope.release(pool, CollectionOfOne(self), inconsistent: inconsistent) {
+            pmll_held_top_set(scope.saved?.assumingMemoryBound(to: pmll_lock_entry_t.self))
+        }
     }
 }
 
@@ -122,36 +107,26 @@ extension Pool {
     /// two processes can never take them in opposite orders.
     @_disfavoredOverload
     public func withLocks<R>(_ locks: [LockHandle], timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockGrant) throws -> R) throws -> R {
-        let ordered = try canonicalOrder(locks)
+        let scope = try LockScope(locks, in: self, timeout: timeout)
         let saved = pmll_held_top_get()
-        try HeldLocks.check(ordered[0].entry, after: saved ?? HeldLocks.asyncTop())
-        let deadline = Self.deadline(after: timeout)
+        try HeldLocks.check(scope.ordered[0].entry, after: saved ?? HeldLocks.asyncTop())
         var taken: [Taken] = []
-        taken.reserveCapacity(ordered.count)
+        taken.reserveCapacity(scope.ordered.count)
         do {
-            for lock in ordered {
-                taken.append(try acquire(index: lock.index, deadline: deadline, cancellation: cancellation))
+            for lock in scope.ordered {
+                taken.append(try acquire(index: lock.index, deadline: scope.deadline, cancellation: cancellation))
                 pmll_held_top_set(lock.entry)
             }
+            try scope.settle(taken)
         } catch {
-            for lock in ordered.prefix(taken.count).reversed() { release(index: lock.index) }
+            scope.abandon(taken.count)
             pmll_held_top_set(saved)
             throw error
         }
-        if taken.contains(where: \.ownerDied) {
-            do { try storeReady() } catch {
-                for lock in ordered.reversed() { release(index: lock.index, inconsistent: true) }
-                pmll_held_top_set(saved)
-                throw error
-            }
-        }
-        CrashPoint.hit("lock.acquired")
         let more = TakenList(Array(taken.dropFirst()))
         var grant = LockGrant(held: HeldSet(first: taken[0], more: Unmanaged.passUnretained(more)))
         defer {
-            CrashPoint.hit("lock.releasing")
-            pmll_held_top_set(saved)
-            for lock in ordered.reversed() { release(index: lock.index, inconsistent: grant.releaseInconsistent) }
+            scope.release(inconsistent: grant.releaseInconsistent) { pmll_held_top_set(saved) }
             withExtendedLifetime(more) {}
         }
         return try body(&grant)
@@ -164,70 +139,37 @@ extension Pool {
 
     /// Several locks of one pool and one level, in canonical order; the pool is the locks'.
     static func withLocks<R>(_ locks: [LockHandle], timeout: Duration?, cancellation: Cancellation?, _ body: (inout LockGrant) throws -> R) throws -> R {
-        guard let pool = locks.first?.pool else { throw PMLLError.invalidLockName(name: "", reason: "no locks given") }
+        guard let pool = locks.first?.pool else { throw PMLLError.noLocksGiven }
         return try pool.withLocks(locks, timeout: timeout, cancellation: cancellation, body)
     }
 
+    /// The async scope: the same steps as the synchronous one, with waits on the
+    /// ``WaiterThread`` and the held-lock record in a task-local instead of a thread-local.
     func withLocksAsync<R>(_ locks: [LockHandle], timeout: Duration?, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockGrant) async throws -> R) async throws -> R {
-        let ordered = try canonicalOrder(locks)
-        try HeldLocks.check(ordered[0].entry, after: HeldLocks.currentTop)
-        let deadline = Self.deadline(after: timeout)
+        let scope = try LockScope(locks, in: self, timeout: timeout)
+        try HeldLocks.check(scope.ordered[0].entry, after: HeldLocks.currentTop)
         var taken: [Taken] = []
         do {
-            for lock in ordered {
-                try Task.checkCancellation()
-                taken.append(try await acquireWithoutBlocking(lock, deadline: deadline))
+            for lock in scope.ordered {
+                if Task.isCancelled { throw PMLLError.cancelled(lock: lock.id.name) }
+                taken.append(try await acquireAsync(index: lock.index, deadline: scope.deadline))
             }
+            try scope.settle(taken)
         } catch {
-            for lock in ordered.prefix(taken.count).reversed() { release(index: lock.index) }
-            if error is CancellationError { throw PMLLError.cancelled(lock: ordered[taken.count].id.name) }
+            scope.abandon(taken.count)
             throw error
         }
         let more = TakenList(Array(taken.dropFirst()))
-        if taken.contains(where: \.ownerDied) { try storeReady() }
-        CrashPoint.hit("lock.acquired")
         var grant = LockGrant(held: HeldSet(first: taken[0], more: Unmanaged.passUnretained(more)))
         pmll_async_scopes_add(1)
         defer {
-            CrashPoint.hit("lock.releasing")
-            pmll_async_scopes_add(-1)
-            for lock in ordered.reversed() { release(index: lock.index, inconsistent: grant.releaseInconsistent) }
+            scope.release(inconsistent: grant.releaseInconsistent) { pmll_async_scopes_add(-1) }
             withExtendedLifetime(more) {}
         }
-        let top = HeldLocks.HeldLock(entry: UnsafePointer(ordered.last!.entry), pool: self)
+        let top = HeldLocks.HeldLock(entry: UnsafePointer(scope.ordered.last!.entry), pool: self)
         return try await HeldLocks.$asyncTopRecord.withValue(top) {
             try await body(&grant)
         }
-    }
-
-    /// Tries the fast path inline; otherwise waits on a Dispatch thread so no cooperative
-    /// thread blocks, with Task cancellation wired to the wait.
-    private func acquireWithoutBlocking(_ lock: LockHandle, deadline: Int64) async throws -> Taken {
-        if let fast = acquireFast(lock.entry) { return fast }
-        let cancellation = Cancellation()
-        return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Taken, any Error>) in
-                DispatchQueue.global().async {
-                    continuation.resume(with: Result { () throws(PMLLError) -> Taken in
-                        try self.acquire(index: lock.index, deadline: deadline, cancellation: cancellation)
-                    })
-                }
-            }
-        } onCancel: {
-            cancellation.cancel()
-            lock.wakeWaiters()
-        }
-    }
-
-    private func canonicalOrder(_ locks: [LockHandle]) throws(PMLLError) -> [LockHandle] {
-        guard !locks.isEmpty else { throw .invalidLockName(name: "", reason: "no locks given") }
-        let ordered = locks.count == 1 ? locks : locks.sorted { Array($0.id.name.utf8).lexicographicallyPrecedes(Array($1.id.name.utf8)) }
-        for (a, b) in zip(ordered, ordered.dropFirst()) {
-            guard a.pool === b.pool, a.id.level == b.id.level, a.id.name != b.id.name else {
-                throw .hierarchyViolation(held: a.id, requested: b.id)
-            }
-        }
-        return ordered
     }
 
     static func deadline(after timeout: Duration?) -> Int64 {

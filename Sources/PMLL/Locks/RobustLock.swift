@@ -38,111 +38,20 @@ extension Pool {
 
     @inline(never)
     private func acquireSlow(entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: UInt32, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Taken {
-        let word = pmll_entry_word(entry)
-        let start = Clock.monotonicNanoseconds
-        var slept = false, contended = false, requestedHandoff = false, handoffIncoming = false, lastChance = false
-        var spins = 0
-        var checkedOwner: UInt32 = 0, checkedAt: Int64 = start
-        var ledger: UInt32?
-        var registered = false
-        defer { processes.doneWaiting(slot: slot, ledger: ledger) }
+        var attempt = AcquireAttempt(pool: self, entry: entry, index: index, deadline: deadline, cancellation: cancellation)
+        return try attempt.run()
+    }
 
-        while true {
-            var w = pmll_load32(word)
-            let owner = w & PMLL_OWNER_MASK
-
-            if owner == 0 {
-                let desired = token | (w & (PMLL_WORD_DIED | PMLL_WORD_WAITERS)) | (slept ? PMLL_WORD_WAITERS : 0)
-                if pmll_cas32(word, &w, desired) != 0 {
-                    if requestedHandoff { withdrawHandoff(entry) }
-                    return granted(entry, start: start, contended: contended, died: w & PMLL_WORD_DIED != 0)
-                }
-                continue
-            }
-            if owner == token && w & PMLL_WORD_HANDED != 0 {
-                // Handed to this participant on release (we asked, or a sibling thread did).
-                if pmll_cas32(word, &w, w & ~PMLL_WORD_HANDED) != 0 {
-                    return granted(entry, start: start, contended: true, died: w & PMLL_WORD_DIED != 0)
-                }
-                continue
-            }
-            contended = true
-
-            // Probe the owner's liveness (a syscall) only once it has kept the lock for a
-            // whole check interval, or when the deadline leaves no later chance: a dead
-            // owner never changes, a live one usually has by then.
-            let now = Clock.monotonicNanoseconds
-            if owner != checkedOwner {
-                checkedOwner = owner
-                checkedAt = now
-                _ = HoldStamp.heldSince(entry)
-            }
-            let due = now - checkedAt >= ownerCheckNanoseconds || deadline - now <= ownerCheckNanoseconds
-            if owner != token && due {
-                checkedAt = now
-                if !processes.isAlive(owner) {
-                    // A handed-but-unclaimed word belongs to a waiter that died before its
-                    // critical section began: take it over without reporting a death.
-                    let handed = w & PMLL_WORD_HANDED != 0
-                    let dead = processes.info(of: owner, heldSince: HoldStamp.heldSince(entry))
-                    let died = handed ? w & PMLL_WORD_DIED : PMLL_WORD_DIED
-                    if pmll_cas32(word, &w, token | (w & PMLL_WORD_WAITERS) | died) != 0 {
-                        if requestedHandoff { withdrawHandoff(entry) }
-                        if !handed {
-                            LockDeath.record(entry, owner: owner, memory: memory, detectedAt: UInt64(Clock.realtimeNanoseconds))
-                            if dead == nil { entry.pointee.dead_pid = 0 }
-                            entry.pointee.owner_deaths &+= 1
-                        }
-                        return granted(entry, start: start, contended: true, died: died != 0)
-                    }
-                    continue
-                }
-            }
-
-            let cancelled = cancellation?.isCancelled ?? false
-            if lastChance || now >= deadline || cancelled {
-                if requestedHandoff {
-                    requestedHandoff = false
-                    handoffIncoming = !withdrawHandoff(entry)
-                }
-                if handoffIncoming {
-                    // A releaser already chose us and is storing our token: giving up now
-                    // would strand the lock. Its death is caught by the owner check above.
-                    pmll_cpu_relax()
-                    continue
-                }
-                let name = String(fixedCString: entry.pointee.name)
-                if cancelled { throw .cancelled(lock: name) }
-                pmll_add64(pmll_entry_timeouts(entry), 1)
-                throw .timeout(lock: name, holder: processes.info(of: owner, heldSince: HoldStamp.heldSince(entry)))
-            }
-
-            if !requestedHandoff && now - start >= starvationNanoseconds {
-                var none: UInt32 = 0
-                requestedHandoff = pmll_cas32(pmll_entry_handoff(entry), &none, token) != 0
-            }
-            if spins < 64 {
-                spins += 1
-                pmll_cpu_relax()
-                continue
-            }
-            if w & PMLL_WORD_WAITERS == 0 {
-                if pmll_cas32(word, &w, w | PMLL_WORD_WAITERS) == 0 { continue }
-                w |= PMLL_WORD_WAITERS
-            }
-            if !registered {
-                registered = true
-                ledger = processes.noteWaiting(slot: slot, lock: index)
-            }
-            let wakeAt = min(deadline, now + ownerCheckNanoseconds)
-            let rc = pmll_futex_wait(word, w, wakeAt)
-            slept = true
-            if rc == -ETIMEDOUT && wakeAt == deadline { lastChance = true }
-        }
+    /// Waits for the lock on the ``WaiterThread``, so that no thread of the caller blocks.
+    func acquireAsync(index: UInt32, deadline: Int64) async throws -> Taken {
+        let entry = memory.lock(index)
+        if let fast = acquireFast(entry) { return fast }
+        let attempt = AcquireAttempt(pool: self, entry: entry, index: index, deadline: deadline, cancellation: Cancellation(), spinLimit: 0)
+        return try await WaiterThread.shared.wait(attempt)
     }
 
     /// Stamps statistics as the new holder (plain stores: only the holder writes them).
-    private func granted(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>, start: Int64, contended: Bool, died: Bool) -> Taken {
+    func granted(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>, start: Int64, contended: Bool, died: Bool) -> Taken {
         let waited = contended ? Clock.monotonicNanoseconds - start : 0
         entry.pointee.acquisitions &+= 1
         if contended {
@@ -157,7 +66,7 @@ extension Pool {
     /// Takes back this participant's handoff request. False when a releaser has already
     /// taken it, which means the lock is being handed to us.
     @discardableResult
-    private func withdrawHandoff(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> Bool {
+    func withdrawHandoff(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> Bool {
         var mine = token
         return pmll_cas32(pmll_entry_handoff(entry), &mine, 0) != 0
     }

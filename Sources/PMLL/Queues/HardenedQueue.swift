@@ -1,5 +1,4 @@
 import CPMLL
-import Dispatch
 
 /// What an operation's body is told about itself.
 public struct OperationInfo: Sendable {
@@ -37,7 +36,7 @@ public struct HardenedQueue: Sendable {
     /// Runs `operation` as the next operation of this queue, after every operation submitted
     /// before it anywhere has finished. Throws what the operation throws (after retries for
     /// ``RetryableError``; `onError` sees the final error first), or
-    /// ``PMLLError/queueTimeout(queue:ticket:blockedBy:)`` / ``PMLLError/cancelled(lock:)`` if
+    /// ``PMLLError/queueTimeout(queue:ticket:blockedBy:)`` / ``PMLLError/queueCancelled(queue:ticket:)`` if
     /// the turn does not come in time; then nothing ran and the ticket is void.
     public func execute<R: Sendable>(
         kind: String, payload: [UInt8] = [], timeout: Duration?? = nil, retry: RetryPolicy? = nil,
@@ -60,9 +59,7 @@ public struct HardenedQueue: Sendable {
         for (i, op) in operations.enumerated() {
             let ticket = first + UInt64(i)
             do {
-                try await blocking { cancellation throws(PMLLError) in
-                    try engine.waitForTurn(ticket, deadline: deadline, cancellation: cancellation)
-                }
+                try await engine.waitForTurn(ticket, deadline: deadline)
                 results.append(.success(try await run(ticket: ticket, kind: op.kind, payload: op.payload, started: false,
                                                       retry: retry ?? configuration.retry, onError: nil, op.body)))
             } catch {
@@ -100,11 +97,9 @@ public struct HardenedQueue: Sendable {
     // MARK: -
 
     private func turn(for ops: [(kind: String, payload: [UInt8])], deadline: Int64, waitForFirst: Bool = true) async throws -> (UInt64, Bool) {
-        try await blocking { cancellation throws(PMLLError) in
-            let (first, started) = try engine.submit(ops, deadline: deadline, cancellation: cancellation)
-            if !started && waitForFirst { try engine.waitForTurn(first, deadline: deadline, cancellation: cancellation) }
-            return (first, started)
-        }
+        let (first, started) = try await engine.submit(ops, deadline: deadline)
+        if !started && waitForFirst { try await engine.waitForTurn(first, deadline: deadline) }
+        return (first, started)
     }
 
     private func run<R>(ticket: UInt64, kind: String, payload: [UInt8], started: Bool, retry: RetryPolicy,
@@ -133,24 +128,6 @@ public struct HardenedQueue: Sendable {
                 onError?(final)
                 throw final
             }
-        }
-    }
-
-    /// Runs a blocking wait on a Dispatch thread, so that no cooperative thread blocks,
-    /// with Task cancellation wired to the wait.
-    private func blocking<T: Sendable>(_ body: @escaping @Sendable (Cancellation) throws(PMLLError) -> T) async throws -> T {
-        let cancellation = Cancellation()
-        let engine = self.engine
-        let wake = { @Sendable in _ = pmll_futex_wake(pmll_queue_serving_word(engine.head), Int32.max) }
-        return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
-                DispatchQueue.global().async {
-                    continuation.resume(with: Result { () throws(PMLLError) -> T in try body(cancellation) })
-                }
-            }
-        } onCancel: {
-            cancellation.cancel()
-            wake()
         }
     }
 }

@@ -46,19 +46,40 @@ struct QueueEngine: @unchecked Sendable {
 
     /// Returns the first ticket, and whether it was already its turn (then its record was
     /// written RUNNING with its first attempt started: one durable barrier saved).
-    func submit(_ operations: [(kind: String, payload: [UInt8])], deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> (first: UInt64, started: Bool) {
+    func submit(_ operations: [(kind: String, payload: [UInt8])], deadline: Int64) async throws -> (first: UInt64, started: Bool) {
         for op in operations { try Self.validate(kind: op.kind, payload: op.payload) }
-        guard !operations.isEmpty else { throw .invalidOperationKind(kind: "", reason: "no operations given") }
+        guard !operations.isEmpty else { throw PMLLError.invalidOperationKind(kind: "", reason: "no operations given") }
         guard UInt64(operations.count) <= ring else {
-            throw .poolFull(table: "queue '\(name)' ring", capacity: Int(ring))
+            throw PMLLError.poolFull(table: "queue '\(name)' ring", capacity: Int(ring))
         }
-        _ = try pool.acquire(index: submitLock, deadline: deadline, cancellation: cancellation)
-        defer { pool.release(index: submitLock) }
+        while true {
+            _ = try await pool.acquireAsync(index: submitLock, deadline: deadline)
+            let room: UInt64
+            do {
+                defer { pool.release(index: submitLock) }
+                switch try publish(operations) {
+                case .published(let first, let started): return (first, started)
+                case .waitForRoom(let serving): room = serving
+                }
+            }
+            // The ring is full: wait for room without holding the submit lock, then try again.
+            try await waitForServing(atLeast: room, deadline: deadline, ticket: pmll_load64_acquire(&head.pointee.next_ticket))
+        }
+    }
+
+    private enum Publication {
+        case published(first: UInt64, started: Bool)
+        /// Not enough room in the ring until `serving` reaches this.
+        case waitForRoom(UInt64)
+    }
+
+    /// Writes and publishes the records; the caller holds the submit lock.
+    private func publish(_ operations: [(kind: String, payload: [UInt8])]) throws(PMLLError) -> Publication {
         // A dead previous submitter published nothing it did not finish: nothing to repair.
         let first = head.pointee.next_ticket
         let n = UInt64(operations.count)
         if first + n > pmll_load64_acquire(&head.pointee.serving) + ring {
-            try waitForServing(atLeast: first + n - ring, deadline: deadline, cancellation: cancellation, ticket: first)
+            return .waitForRoom(first + n - ring)
         }
         for i in 0..<n where first + i >= ring {
             let old = record(first + i)
@@ -93,7 +114,7 @@ struct QueueEngine: @unchecked Sendable {
         }
         pmll_store64_release(&head.pointee.next_ticket, first + n)
         CrashPoint.hit("queue.submitted")
-        return (first, startsNow)
+        return .published(first: first, started: startsNow)
     }
 
     /// Moves an abandoned record that recovery has not handled yet out of the ring, into the
@@ -113,38 +134,72 @@ struct QueueEngine: @unchecked Sendable {
 
     /// Waits until `serving == ticket`. On timeout or cancellation the ticket is voided
     /// (nothing ran) so that it never blocks the queue.
-    func waitForTurn(_ ticket: UInt64, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) {
+    func waitForTurn(_ ticket: UInt64, deadline: Int64) async throws {
         do {
-            try waitForServing(atLeast: ticket, deadline: deadline, cancellation: cancellation, ticket: ticket)
+            try await waitForServing(atLeast: ticket, deadline: deadline, ticket: ticket)
         } catch {
             void(ticket)
             throw error
         }
     }
 
-    private func waitForServing(atLeast target: UInt64, deadline: Int64, cancellation: Cancellation?, ticket: UInt64) throws(PMLLError) {
-        let word = pmll_queue_serving_word(head)
-        var checked: UInt64 = .max, checkedAt: Int64 = 0
-        while true {
-            let w = pmll_load32(word)
-            let s = pmll_load64_acquire(&head.pointee.serving)
-            if s >= target { return }
-            let now = Clock.monotonicNanoseconds
-            if s != checked { checked = s; checkedAt = now }
-            let due = now - checkedAt >= pool.ownerCheckNanoseconds || deadline - now <= pool.ownerCheckNanoseconds
-            if skipIfDone(s, checkOwner: due) { continue }
-            if due { checkedAt = now }
-            if now >= deadline {
-                throw .queueTimeout(queue: name, ticket: ticket, blockedBy: RecordState.snapshot(record(s), queue: name))
+    /// Waits on the ``WaiterThread`` (in ticket order among this process's waits on the queue).
+    private func waitForServing(atLeast target: UInt64, deadline: Int64, ticket: UInt64) async throws {
+        if pmll_load64_acquire(&head.pointee.serving) >= target { return }
+        try await WaiterThread.shared.wait(ServingWait(engine: self, target: target, deadline: deadline, ticket: ticket, cancellation: Cancellation()), order: target)
+    }
+
+    /// Waiting until `serving` reaches a ticket: waiters sleep on `serving_word` (bounded by
+    /// the owner-check interval) and move `serving` past records that are finished, void, or
+    /// owned by a dead process.
+    struct ServingWait: WaitMachine, @unchecked Sendable {
+        let engine: QueueEngine
+        let target: UInt64
+        let deadline: Int64
+        let ticket: UInt64
+        let cancellation: Cancellation?
+        private var checked: UInt64 = .max, checkedAt: Int64 = 0
+
+        init(engine: QueueEngine, target: UInt64, deadline: Int64, ticket: UInt64, cancellation: Cancellation?) {
+            self.engine = engine
+            self.target = target
+            self.deadline = deadline
+            self.ticket = ticket
+            self.cancellation = cancellation
+        }
+
+        var word: UnsafeMutablePointer<UInt32> { pmll_queue_serving_word(engine.head) }
+
+        mutating func advance() -> WaitStep<Void> {
+            let head = engine.head
+            let check = engine.pool.ownerCheckNanoseconds
+            while true {
+                let w = pmll_load32(word)
+                let s = pmll_load64_acquire(&head.pointee.serving)
+                if s >= target { return .done(()) }
+                let now = Clock.monotonicNanoseconds
+                if s != checked { checked = s; checkedAt = now }
+                let due = now - checkedAt >= check || deadline - now <= check
+                if engine.skipIfDone(s, checkOwner: due) { continue }
+                if due { checkedAt = now }
+                if now >= deadline { return .failed(failureWhileQueued(cancelled: false)) }
+                if cancellation?.isCancelled == true { return .failed(failureWhileQueued(cancelled: true)) }
+                return .sleep(expected: w, until: min(deadline, now + check))
             }
-            if cancellation?.isCancelled == true { throw .cancelled(lock: "queue \(name)") }
-            _ = pmll_futex_wait(word, w, min(deadline, now + pool.ownerCheckNanoseconds))
+        }
+
+        mutating func slept(timedOut: Bool, until: Int64) {}
+
+        func failureWhileQueued(cancelled: Bool) -> PMLLError {
+            if cancelled { return .queueCancelled(queue: engine.name, ticket: ticket) }
+            let s = pmll_load64_acquire(&engine.head.pointee.serving)
+            return .queueTimeout(queue: engine.name, ticket: ticket, blockedBy: RecordState.snapshot(engine.record(s), queue: engine.name))
         }
     }
 
     /// Moves `serving` past ticket `s` if its operation is over: finished, void, torn, or
     /// owned by a process that is gone (checked only when `checkOwner`). True if it moved.
-    private func skipIfDone(_ s: UInt64, checkOwner: Bool) -> Bool {
+    fileprivate func skipIfDone(_ s: UInt64, checkOwner: Bool) -> Bool {
         let r = record(s)
         let state = pmll_load32(pmll_record_state(r))
         if r.pointee.ticket != s || state == PMLL_RECORD_FREE {
@@ -222,10 +277,10 @@ struct QueueEngine: @unchecked Sendable {
     /// Runs `body` with the submit lock held and the queue drained: no operation runs or
     /// waits, and none can be submitted until `body` returns.
     func exclusive<R>(deadline: Int64, _ body: () async throws -> R) async throws -> R {
-        _ = try pool.acquire(index: submitLock, deadline: deadline, cancellation: nil)
+        _ = try await pool.acquireAsync(index: submitLock, deadline: deadline)
         defer { pool.release(index: submitLock) }
         let end = pmll_load64_acquire(&head.pointee.next_ticket)
-        if end > 0 { try waitForServing(atLeast: end, deadline: deadline, cancellation: nil, ticket: end) }
+        if end > 0 { try await waitForServing(atLeast: end, deadline: deadline, ticket: end) }
         return try await body()
     }
 }
