@@ -315,15 +315,23 @@ struct Bank: ParsableCommand {
 /// with no pairs just reads KEY (which rolls back a dead committer's transaction first).
 struct TxSet: ParsableCommand {
     @Option var pool: String
+    @Option(help: "Hold this package-level lock around the transaction.") var lock: String?
     @Argument var pairs: [String]
 
     func run() throws {
         let pool = try Pool.open(path: pool)
-        try pool.transaction { tx in
-            for pair in pairs {
-                let parts = pair.split(separator: "=", maxSplits: 1).map(String.init)
-                if parts.count == 2 { try tx.set(parts[0], parts[1]) } else { _ = try tx.get(parts[0]) }
+        let commit = {
+            try pool.transaction { tx in
+                for pair in pairs {
+                    let parts = pair.split(separator: "=", maxSplits: 1).map(String.init)
+                    if parts.count == 2 { try tx.set(parts[0], parts[1]) } else { _ = try tx.get(parts[0]) }
+                }
             }
+        }
+        if let lock {
+            try pool.lock(named: lock, level: .package).withLock { _ in try commit() }
+        } else {
+            try commit()
         }
         emit(["event": "committed"])
     }

@@ -24,7 +24,7 @@ import Testing
         let r = try report("--pool", scratch.file("w.pool"), "--waiters", "\(waiters)", "--hold", "0.5")
         #expect(r["granted"] as? Int == waiters)
         #expect(r["failed"] as? Int == 0)
-        #expect(r["maxThreads"] as! Int <= Self.threadBound)
+        #expect((r["maxThreads"] as! Int) <= Self.threadBound)
         // Every grant came after the holder's release.
         #expect((r["lastGrant"] as! Int) >= (r["released"] as! Int))
     }
@@ -35,7 +35,7 @@ import Testing
         let r = try report("--pool", scratch.file("q.pool"), "--mode", "queue", "--waiters", "\(operations)")
         #expect(r["granted"] as? Int == operations)
         #expect(r["failed"] as? Int == 0)
-        #expect(r["maxThreads"] as! Int <= Self.threadBound)
+        #expect((r["maxThreads"] as! Int) <= Self.threadBound)
     }
 
     /// Half of 10,000 waiters are cancelled half a second into a 3-second hold: every one of

@@ -117,9 +117,12 @@ extension Pool {
                 taken.append(try acquire(index: lock.index, deadline: scope.deadline, cancellation: cancellation))
                 pmll_held_top_set(lock.entry)
             }
-            try scope.settle(taken)
         } catch {
             scope.abandon(taken.count)
+            pmll_held_top_set(saved)
+            throw error
+        }
+        do { try scope.settle(taken) } catch {
             pmll_held_top_set(saved)
             throw error
         }
@@ -154,11 +157,11 @@ extension Pool {
                 if Task.isCancelled { throw PMLLError.cancelled(lock: lock.id.name) }
                 taken.append(try await acquireAsync(index: lock.index, deadline: scope.deadline))
             }
-            try scope.settle(taken)
         } catch {
             scope.abandon(taken.count)
             throw error
         }
+        try scope.settle(taken)
         let more = TakenList(Array(taken.dropFirst()))
         var grant = LockGrant(held: HeldSet(first: taken[0], more: Unmanaged.passUnretained(more)))
         pmll_async_scopes_add(1)
