@@ -52,7 +52,7 @@ let package = Package(
         .executableTarget(
             name: "pmll",
             dependencies: [
-                "PMLL",
+                "PMLL", "CPMLL",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -81,6 +81,7 @@ let package = Package(
         .target(
             name: "PMLLStressSupport",
             dependencies: [
+                "CPMLL",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

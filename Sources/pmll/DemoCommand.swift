@@ -1,4 +1,5 @@
 import ArgumentParser
+import CPMLL
 import Foundation
 import PMLL
 
@@ -32,7 +33,8 @@ struct DemoCommand: ParsableCommand {
         for id in 1...workers {
             let child = Process()
             child.executableURL = URL(fileURLWithPath: me)
-            child.arguments = ["demo-worker", "--pool", pool.path, "--id", "\(id)", "--iterations", "\(iterations)", "--hold-milliseconds", "\(holdMilliseconds)"]
+            child.arguments = ["demo-worker", "--pool", pool.path, "--id", "\(id)", "--iterations", "\(iterations)", "--hold-milliseconds", "\(holdMilliseconds)",
+                               "--parent", "\(getpid())"]
             try child.run()
             children.append(child)
         }
@@ -81,8 +83,10 @@ struct DemoWorkerCommand: ParsableCommand {
     @Option var id: Int
     @Option var iterations: Int
     @Option var holdMilliseconds: Int
+    @Option(help: "Exit when this process (the demo) does.") var parent: Int32?
 
     func run() throws {
+        if let parent { _ = pmll_die_with_parent(parent) }
         let pool = try poolArguments.open()
         let lock = try pool.lock(named: DemoFiles.lockName, level: .package)
         let files = try DemoFiles(poolPath: pool.path, reset: false)

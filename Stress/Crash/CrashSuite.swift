@@ -172,6 +172,8 @@ struct Run: AsyncParsableCommand {
         var environment = ProcessInfo.processInfo.environment
         for key in ["PMLL_CRASH_AT", "PMLL_CRASH_TRACE", "PMLL_POWER_SHADOW", "PMLL_TEST_DROP_PERSIST"] { environment[key] = nil }
         environment.merge(env) { $1 }
+        let (key, value) = ParentWatch.entryForChildren
+        environment[key] = value
         process.environment = environment
         let pipe = Pipe()
         process.standardOutput = pipe

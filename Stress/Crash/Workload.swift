@@ -20,6 +20,7 @@ struct Workload: AsyncParsableCommand {
     static let initialBalance = 100
 
     func run() async throws {
+        ParentWatch.armFromEnvironment()
         var rng = SplitMix(seed: seed)
         let pool = try Pool.open(path: pool)
         let queue = try pool.queue(named: "crash-q")
@@ -75,6 +76,7 @@ struct Verify: AsyncParsableCommand {
     @Option var ack: String
 
     func run() async throws {
+        ParentWatch.armFromEnvironment()
         var violations: [String] = []
         do {
             let pool = try Pool.open(path: pool)

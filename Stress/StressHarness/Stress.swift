@@ -14,7 +14,11 @@ struct Stress: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmll-stress",
         abstract: "Stress PMLL with many processes and random SIGKILLs, then check every invariant.",
-        discussion: "Exit status: 0 all invariants held; 1 an invariant was violated or a worker hung; 64 usage.",
+        discussion: """
+            Exit status: 0 all invariants held; 1 an invariant was violated or a worker hung; 64 usage; \
+            130/143 stopped early by SIGINT/SIGTERM with every invariant held (the summary covers the partial run). \
+            Workers never outlive the supervisor: each SIGKILLs itself when it exits.
+            """,
         subcommands: [StressRun.self, StressWorker.self],
         defaultSubcommand: StressRun.self
     )
@@ -35,10 +39,11 @@ struct StressRun: AsyncParsableCommand {
     @Flag(help: "Print the summary as JSON.") var json = false
 
     func validate() throws {
-        guard (1...64).contains(processes) else { throw ValidationError("--processes must be 1...64") }
-        guard duration > 0, duration <= 86_400 else { throw ValidationError("--duration must be 0...86400 seconds") }
-        guard killRate >= 0, killRate <= 100 else { throw ValidationError("--kill-rate must be 0...100 per second") }
+        guard (1...64).contains(processes) else { throw ValidationError("--processes must be from 1 to 64") }
+        guard duration > 0, duration <= 86_400 else { throw ValidationError("--duration must be more than 0 and at most 86400 seconds") }
+        guard killRate >= 0, killRate <= 100 else { throw ValidationError("--kill-rate must be 0 (no kills) to 100 per second") }
         guard Mix.validate(mix) else { throw ValidationError("--mix must look like lock=35,tx=25,queue=25,batch=15") }
+        guard hangTimeout > 0, hangTimeout <= 3600 else { throw ValidationError("--hang-timeout must be more than 0 and at most 3600 seconds") }
     }
 
     func run() async throws {
@@ -68,6 +73,8 @@ struct StressRun: AsyncParsableCommand {
             let turn = incarnations[slot] &+ UInt64(slot)
             if environment["PMLL_BATCH_SYNC"] == nil { environment["PMLL_BATCH_SYNC"] = turn % 2 == 0 ? "files" : "filesystem" }
             if environment["PMLL_STAGING"] == nil { environment["PMLL_STAGING"] = turn / 2 % 2 == 0 ? "named" : "unnamed" }
+            let (key, value) = ParentWatch.entryForChildren
+            environment[key] = value
             p.environment = environment
             try p.run()
             workers[p.processIdentifier] = (p, slot)
@@ -77,11 +84,18 @@ struct StressRun: AsyncParsableCommand {
         for slot in 0..<processes { try spawn(slot: slot) }
 
         let start = monotonicNanoseconds()
-        var nextKill = start + exponential(&rng)
+        var nextKill = nextKillTime(after: start, &rng)
         var lastTotal: UInt64 = 0, lastProgress = start, lastPrint = start
         var hang: String?
+        let stopSignal = StopSignals.install()
+        var interruptedBy: Int32?
         while monotonicNanoseconds() - start < Int64(duration * 1e9) {
             usleep(50_000)
+            if let signal = stopSignal.received {
+                interruptedBy = signal
+                if !json { say("\npmll-stress: \(signal == SIGINT ? "SIGINT" : "SIGTERM"): stopping the workers, recovering and checking") }
+                break
+            }
             let now = monotonicNanoseconds()
             if killRate > 0 && now >= nextKill, let victim = workers.keys.sorted().randomElement(using: &rng), let entry = workers[victim] {
                 kill(victim, SIGKILL)
@@ -91,7 +105,7 @@ struct StressRun: AsyncParsableCommand {
                 workers[victim] = nil
                 stats.retire(entry.slot, into: &retired)
                 try spawn(slot: entry.slot)
-                nextKill = now + exponential(&rng)
+                nextKill = nextKillTime(after: now, &rng)
             }
             let totals = stats.totals(workers: processes, retired: retired)
             if totals.total != lastTotal { lastTotal = totals.total; lastProgress = now }
@@ -109,7 +123,8 @@ struct StressRun: AsyncParsableCommand {
         for (pid, entry) in workers { kill(pid, SIGKILL); entry.process.waitUntilExit() }
         if tty { FileHandle.standardOutput.write(Data("\n".utf8)) }
 
-        let summary = try await finish(pool, files, stats: stats, retired: retired, elapsed: elapsed, kills: kills, killTimes: killTimes, hang: hang)
+        let summary = try await finish(pool, files, stats: stats, retired: retired, elapsed: elapsed, kills: kills, killTimes: killTimes,
+                                       hang: hang, interruptedBy: interruptedBy)
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
@@ -118,6 +133,7 @@ struct StressRun: AsyncParsableCommand {
             summary.print()
         }
         if !summary.violations.isEmpty || summary.hang != nil { throw ExitCode(1) }
+        if let interruptedBy { throw ExitCode(128 + interruptedBy) }
     }
 
     /// Fresh counter and logs; accounts funded if the pool has none yet.
@@ -134,10 +150,14 @@ struct StressRun: AsyncParsableCommand {
         }
     }
 
-    func exponential(_ rng: inout SplitMix) -> Int64 {
+    /// When the next SIGKILL is due: exponentially distributed gaps (a Poisson process at
+    /// `killRate`); never when the rate is 0.
+    func nextKillTime(after now: Int64, _ rng: inout SplitMix) -> Int64 {
         guard killRate > 0 else { return .max }
         let u = max(Double(rng.next() % 1_000_000) / 1_000_000, 1e-6)
-        return Int64(-log(u) / killRate * 1e9)
+        let gap = min(-log(u) / killRate * 1e9, Double(Int64.max / 2))
+        let (due, overflow) = now.addingReportingOverflow(Int64(gap))
+        return overflow ? .max : due
     }
 
     func progressLine(_ t: SharedStats.Totals, elapsed: Double, kills: Int) -> String {
@@ -155,7 +175,7 @@ struct StressRun: AsyncParsableCommand {
     }
 
     func finish(_ pool: Pool, _ files: StressFiles, stats: SharedStats, retired: SharedStats.Totals, elapsed: Double, kills: Int,
-                killTimes: [Int32: Int64], hang: String?) async throws -> Summary {
+                killTimes: [Int32: Int64], hang: String?, interruptedBy: Int32?) async throws -> Summary {
         var violations: [String] = []
         // Recovery: abandoned queue operations, then the counter under its lock.
         let recovery = try await pool.recover(handlers: ["stress": { _ in }])
@@ -210,7 +230,8 @@ struct StressRun: AsyncParsableCommand {
             takeoverP99Milliseconds: takeover.totalCount > 0 ? Double(takeover.valueAtPercentile(99)) / 1e6 : nil,
             recoveries: Int(totals.repairs) + (repairedAtEnd ? 1 : 0) + recovery.items.count,
             abandonedQueueOperations: try pool.queue(named: "stress-q").stats.abandoned,
-            violations: violations, hang: hang)
+            violations: violations, hang: hang,
+            interrupted: interruptedBy.map { $0 == SIGINT ? "SIGINT" : "SIGTERM" })
     }
 
     /// Queue operations ran one at a time in ticket order: B/E pairs with increasing tickets;
@@ -256,6 +277,8 @@ struct Summary: Codable {
     let abandonedQueueOperations: UInt64
     let violations: [String]
     let hang: String?
+    /// The signal that stopped the run before its duration (the summary is partial).
+    let interrupted: String?
 
     func print() {
         say(String(format: "summary: %.1fs, %d processes, %d kills, %llu operations (%.0f/s): lock %llu, tx %llu, queue %llu, batch %llu",
@@ -263,6 +286,7 @@ struct Summary: Codable {
                    operations["lock"] ?? 0, operations["tx"] ?? 0, operations["queue"] ?? 0, operations["batch"] ?? 0))
         say("latency p50/p99 (µs, log2 buckets): " + SharedStats.kinds.map { "\($0) \(Int(p50Microseconds[$0] ?? 0))/\(Int(p99Microseconds[$0] ?? 0))" }.joined(separator: ", "))
         say("owner deaths detected \(ownerDeathsDetected), takeover p50 \(takeoverP50Milliseconds.map { String(format: "%.2f", $0) } ?? "-") ms, p99 \(takeoverP99Milliseconds.map { String(format: "%.2f", $0) } ?? "-") ms, recoveries \(recoveries), abandoned queue operations \(abandonedQueueOperations)")
+        if let interrupted { say("interrupted by \(interrupted) after \(String(format: "%.1f", seconds))s: partial run, invariants checked") }
         if let hang { say("HANG: \(hang)") }
         for v in violations { say("VIOLATION: \(v)") }
         say(violations.isEmpty && hang == nil ? "verdict: OK — every invariant held" : "verdict: FAILED")

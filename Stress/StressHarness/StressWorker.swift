@@ -19,6 +19,7 @@ struct StressWorker: AsyncParsableCommand {
     @Option var mix: String
 
     func run() async throws {
+        ParentWatch.armFromEnvironment()
         precondition(8 + SharedStats.kinds.count * SharedStats.buckets <= SharedStats.slotBytes / 8, "stats slot too small")
         let files = StressFiles(pool: pool)
         let stats = try SharedStats(path: files.stats, create: false)

@@ -20,10 +20,62 @@ struct StressTests {
         #expect(operations.values.allSatisfy { $0 > 100 }, "\(operations)")
     }
 
-    @Test func badArgumentsAreUsageErrors() throws {
-        let result = try run(Binaries.directory + "/pmll-stress", ["--processes", "0"])
+    @Test(arguments: [["--processes", "0"], ["--mix", "lock=x"], ["--kill-rate=-1"], ["--duration", "0"],
+                      ["--duration", "100000"], ["--hang-timeout", "0"], ["--processes", "many"]])
+    func badArgumentsAreOneLineUsageErrors(arguments: [String]) throws {
+        let scratch = Scratch()
+        let result = try run(Binaries.directory + "/pmll-stress", arguments + ["--pool", scratch.file("never.pool")])
         #expect(result.status == 64)
-        let mix = try run(Binaries.directory + "/pmll-stress", ["--mix", "lock=x"])
-        #expect(mix.status == 64)
+        #expect(result.stderr.hasPrefix("pmll-stress: ") && result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: scratch.file("never.pool")))
+    }
+
+    @Test func aRunWithoutKillsCompletes() throws {
+        let scratch = Scratch()
+        let result = try run(Binaries.directory + "/pmll-stress",
+                             ["--processes", "3", "--duration", "3", "--kill-rate", "0", "--pool", scratch.file("calm.pool"), "--json"], timeout: 120)
+        #expect(result.status == 0, "\(result.stdout)\n\(result.stderr)")
+        let summary = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        #expect(summary["kills"] as? Int == 0)
+        #expect((summary["violations"] as? [String])?.isEmpty == true)
+    }
+
+    /// Processes whose command line names `pool` (the workers carry `--pool PATH`).
+    func processes(naming pool: String) -> [Int32] {
+        let me = getpid()
+        return ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap(Int32.init).filter { pid in
+            guard pid != me, let cmdline = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+            return cmdline.split(separator: 0).contains { String(decoding: $0, as: UTF8.self) == pool }
+        }
+    }
+
+    @Test func workersDieWithAKilledSupervisor() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("orphans.pool")
+        let supervisor = try Child(Binaries.directory + "/pmll-stress", ["--processes", "3", "--duration", "120", "--pool", pool])
+        let end = Date().addingTimeInterval(30)
+        while processes(naming: pool).count < 4 && Date() < end { usleep(20_000) }
+        #expect(processes(naming: pool).count == 4)   // the supervisor and 3 workers
+        supervisor.kill(SIGKILL)
+        supervisor.wait()
+        usleep(1_000_000)
+        #expect(processes(naming: pool).isEmpty, "still running: \(processes(naming: pool))")
+    }
+
+    @Test(arguments: [SIGTERM, SIGINT])
+    func aStopSignalGivesAPartialSummaryWithTheInvariantsChecked(signal: Int32) throws {
+        let scratch = Scratch()
+        let pool = scratch.file("stop.pool")
+        let supervisor = try Child(Binaries.directory + "/pmll-stress", ["--processes", "3", "--duration", "120", "--pool", pool, "--json"])
+        let end = Date().addingTimeInterval(30)
+        while processes(naming: pool).count < 4 && Date() < end { usleep(20_000) }
+        usleep(2_000_000)
+        supervisor.kill(signal)
+        #expect(supervisor.wait(timeout: 60) == 128 + signal, "\(supervisor.stderr)")
+        let summary = try #require(try JSONSerialization.jsonObject(with: Data(supervisor.stdout.utf8)) as? [String: Any])
+        #expect(summary["interrupted"] as? String == (signal == SIGTERM ? "SIGTERM" : "SIGINT"))
+        #expect((summary["violations"] as? [String])?.isEmpty == true)
+        #expect((summary["seconds"] as? Double ?? 999) < 60)
+        #expect(processes(naming: pool).isEmpty)
     }
 }

@@ -424,6 +424,16 @@ int pmll_futex_wake_private(uint32_t *word, int32_t count);
 // Names the calling thread (15 bytes at most), as `top -H` and /proc show it.
 void pmll_thread_set_name(const char *name);
 
+// MARK: - Process lifetime
+
+// pidfd_open(2) (Linux 5.3): a descriptor that becomes readable when `pid` exits. -errno on failure.
+int pmll_pidfd_open(int32_t pid);
+// Makes this process SIGKILL itself when `expected_parent` exits (at once if it already
+// has): a thread waits on the parent's pidfd (polling getppid() where pidfds are missing).
+// Not PR_SET_PDEATHSIG, which fires when the forking *thread* exits, and Swift parents fork
+// from pool threads that come and go. Returns 0 or -errno.
+int pmll_die_with_parent(int32_t expected_parent);
+
 // MARK: - Open-file-description byte locks (released by the kernel when the process dies)
 
 #define PMLL_RANGE_UNLOCK 0
