@@ -39,13 +39,55 @@ let package = Package(
             path: "CSupport/CPMLLPeers",
             linkerSettings: [.linkedLibrary("sqlite3"), .linkedLibrary("pmemobj")]
         ),
+        // The library in layers; each depends only on those below it (Docs/Architecture.md,
+        // checked by Stress/check-layers). PMLL is the facade users import.
+        // Core: the pool file, its header and layout, the process table, persistence, the
+        // attach protocol, errors, and the waiter thread.
         .target(
-            name: "PMLL",
+            name: "PMLLCore",
             dependencies: [
                 "CPMLL",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "HeapModule", package: "swift-collections"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Locks: the lock word protocol, the lock table, scopes, status and the hierarchy.
+        .target(
+            name: "PMLLLocks",
+            dependencies: ["CPMLL", "PMLLCore", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        // Store: the state store and its undo-logged transactions.
+        .target(
+            name: "PMLLStore",
+            dependencies: ["CPMLL", "PMLLCore", "PMLLLocks", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        // Queues: hardened operation queues (tickets, records, retries, recovery).
+        .target(
+            name: "PMLLQueues",
+            dependencies: ["CPMLL", "PMLLCore", "PMLLLocks", "PMLLStore", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        // File batches: plan, journal, atomic protocol, io_uring and syscall backends.
+        .target(
+            name: "PMLLFileBatches",
+            dependencies: [
+                "CPMLL", "PMLLCore", "PMLLLocks", "PMLLStore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The facade: re-exports the public API; opening, recovery, status and check in one
+        // fixed order over the layers.
+        .target(
+            name: "PMLL",
+            dependencies: [
+                "CPMLL", "PMLLCore", "PMLLLocks", "PMLLStore", "PMLLQueues", "PMLLFileBatches",
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -111,7 +153,7 @@ let package = Package(
         ),
         .testTarget(
             name: "PMLLTests",
-            dependencies: ["PMLL", "CPMLL"],
+            dependencies: ["PMLL", "PMLLCore", "PMLLLocks", "PMLLStore", "PMLLQueues", "PMLLFileBatches", "CPMLL"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -67,7 +67,7 @@ import Testing
             try Child(Binaries.worker, ["async-waiters", "--pool", pool, "--waiters", "1000", "--hold", "0",
                                         "--go-file", go, "--log", log])
         }
-        FileManager.default.createFile(atPath: go, contents: nil)
+        _ = FileManager.default.createFile(atPath: go, contents: nil)
         for w in waiters { #expect(w.wait(timeout: 120) == 0, "\(w.stderr)") }
         holder.wait()
         let grants = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n")

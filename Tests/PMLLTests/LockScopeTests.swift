@@ -1,6 +1,9 @@
 import CPMLL
 import Foundation
-@testable import PMLL
+import PMLL
+@testable import PMLLCore
+@testable import PMLLLocks
+@testable import PMLLStore
 import Testing
 
 /// Every lock scope (one lock, several, async) repairs after an owner death the same way,

@@ -1,0 +1,66 @@
+import PMLLCore
+import PMLLFileBatches
+import PMLLLocks
+import PMLLQueues
+import PMLLStore
+
+extension Pool {
+    /// Opens (and, unless `options.create` is false, creates) the pool at `path`, or at
+    /// `$PMLL_POOL`, or at the per-user default ``PoolPath/defaultPath``.
+    ///
+    /// The one place where the layers meet on open, in a fixed order (Docs/Architecture.md):
+    /// 1. core attach; if nobody else has the pool open, under the INIT lock: lock words,
+    ///    then queue heads, then the process table are reset;
+    /// 2. the store: superblock read, repair hook installed, a dead committer's
+    ///    transaction rolled back;
+    /// 3. after a reset only (nobody is left to own them): half-applied file batches undone,
+    ///    and temporaries of interrupted pool creations removed. Otherwise a batch is undone by
+    ///    the next `apply` on its tree (under the tree's lock) or by `recover`, never behind
+    ///    the back of a live holder.
+    public static func open(path: String? = nil, options: PoolOptions = PoolOptions()) throws(PMLLError) -> Pool {
+        let pool = try attach(path: path, options: options, steps: AttachSteps(
+            resetVolatile: { memory in
+                LockWords.resetVolatile(memory)
+                QueueRepair.reset(memory)
+            },
+            reclaimSlot: { memory, slot in LockDeath.sweep(memory, deadSlot: slot) }))
+        try pool.attachStore()
+        try pool.storeReady()
+        if pool.openReport.volatileReset != nil {
+            _ = try? pool.recoverFileBatches(ownersAreGone: true)
+            PoolCreation.removeAbandonedTemporaries(of: pool.path)
+        }
+        return pool
+    }
+
+    /// Opens the pool and runs recovery with `handlers` before returning it.
+    public static func open(path: String? = nil, options: PoolOptions = PoolOptions(), recovering handlers: [String: RecoveryHandler]) async throws -> (Pool, RecoveryReport) {
+        let pool = try Pool.open(path: path, options: options)
+        return (pool, try await pool.recover(handlers: handlers))
+    }
+
+    /// Recovers what dead processes left behind, layer by layer: first their atomic file
+    /// batches (rolled back through their journals), then, queue by queue, their abandoned
+    /// operations (the handler registered for each one's kind).
+    public func recover(handlers: [String: RecoveryHandler], timeout: Duration = .seconds(30)) async throws -> RecoveryReport {
+        var report = RecoveryReport()
+        report.fileBatchesRolledBack = try recoverFileBatches()
+        var handlers = handlers
+        // A file batch run as a queue operation recovers through its own journal (above).
+        handlers[HardenedQueue.fileBatchKind] = handlers[HardenedQueue.fileBatchKind] ?? { _ in }
+        try await recoverQueues(handlers: handlers, timeout: timeout, into: &report)
+        return report
+    }
+}
+
+extension HardenedQueue {
+    /// Applies a file batch as one operation of this queue (the design's
+    /// `pmll_execute_batch_operation`): in order with every other operation on the resource,
+    /// recorded, and, if atomic, rolled back by recovery should this process die.
+    public func apply(_ batch: FileBatch, root: String, atomic: Bool = true, timeout: Duration?? = nil) async throws -> BatchReport {
+        let pool = self.pool
+        return try await execute(kind: Self.fileBatchKind, payload: Array(root.utf8.prefix(1024)), timeout: timeout, retry: RetryPolicy(maxRetries: 0)) { _ in
+            try pool.apply(batch, root: root, atomic: atomic)
+        }
+    }
+}

@@ -1,0 +1,57 @@
+import CPMLL
+import PMLLCore
+import PMLLLocks
+import PMLLQueues
+import PMLLStore
+
+/// A snapshot of the whole pool.
+public struct PoolStatus: Codable, Sendable {
+    public struct Process: Codable, Sendable, Equatable {
+        public let slot: UInt32
+        public let pid: Int32
+        public let commandName: String
+        public let alive: Bool
+    }
+    public let path: String
+    public let formatVersion: UInt32
+    public let sizeBytes: UInt64
+    public let createdAtNanoseconds: UInt64
+    public let persistentMemory: Bool
+    public let processCapacity: UInt32
+    public let lockCapacity: UInt32
+    public let volatileResets: UInt64
+    public let processes: [Process]
+    public let locks: [LockStatus]
+    public let queues: [QueueStats]
+    /// Space in the state store (nil if the pool has none).
+    public let store: StoreUsage?
+    /// Bytes of each section of the file.
+    public let sections: [String: Int]
+}
+
+extension Pool {
+    /// Reads every process slot, lock entry and queue head, and the store's usage.
+    /// Lock-free and approximate under change: each field is read atomically, a row as a
+    /// whole is not.
+    public func status(includingSelf: Bool = true) -> PoolStatus {
+        let locks = lockStatuses()
+        var attached: [PoolStatus.Process] = []
+        for index in 0..<memory.processCapacity {
+            let slot = memory.slot(index)
+            guard pmll_load32(pmll_slot_state(slot)) == PMLL_SLOT_ACTIVE, includingSelf || index != self.slot else { continue }
+            let token = OwnerToken.make(slot: index, generation: pmll_load32(pmll_slot_generation(slot)))
+            attached.append(.init(slot: index, pid: slot.pointee.pid, commandName: String(fixedCString: slot.pointee.comm), alive: processes.isAlive(token)))
+        }
+        let h = memory.header.pointee
+        return PoolStatus(
+            path: path, formatVersion: h.format_version, sizeBytes: h.pool_size, createdAtNanoseconds: h.created_at_ns,
+            persistentMemory: memory.persistence.isPmem, processCapacity: h.process_capacity, lockCapacity: h.lock_capacity,
+            volatileResets: h.volatile_resets, processes: attached, locks: locks,
+            queues: ((try? queues()) ?? []).sorted { $0.name < $1.name },
+            store: store.blockCount > 0 ? try? storeUsage() : nil,
+            sections: ["header": Int(PMLL_HEADER_SIZE), "processTable": memory.layout.processTable.count,
+                       "lockTable": memory.layout.lockTable.count, "queueTable": memory.layout.queueTable.count,
+                       "stateStore": memory.layout.heap.count])
+    }
+
+}

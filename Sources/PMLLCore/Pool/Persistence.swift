@@ -1,0 +1,58 @@
+import CPMLL
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Every durable write of the pool goes through here, so that the barrier used matches
+/// the mapping (cache flush on real pmem, msync elsewhere), can be counted, and can be
+/// observed by the crash suite's power-failure model.
+///
+/// Test modes (environment, read once per process):
+/// - `PMLL_POWER_SHADOW=FILE`: each persisted range, rounded out to 64-byte units, is also
+///   copied into FILE at the same offset. FILE is then the "durable image": what survives a
+///   power failure. The crash suite builds post-failure images from it.
+/// - `PMLL_TEST_DROP_PERSIST=SITE`: skips the persist calls of one named site, to show that
+///   the crash suite catches a missing barrier.
+package struct Persistence: @unchecked Sendable {
+    package let isPmem: Bool
+    package let base: UnsafeMutableRawPointer?
+
+    /// Durable barriers this process has made (for benchmarks and diagnostics).
+    package static var barrierCount: UInt64 { pmll_barrier_count() }
+
+    package static let unit = 64
+    private static let shadow: Int32? = {
+        guard let path = getenv("PMLL_POWER_SHADOW").map({ String(cString: $0) }), !path.isEmpty else { return nil }
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        return fd >= 0 ? fd : nil
+    }()
+    private static let dropped: String? = getenv("PMLL_TEST_DROP_PERSIST").map { String(cString: $0) }
+
+    package init(isPmem: Bool, base: UnsafeMutableRawPointer? = nil) {
+        self.isPmem = isPmem
+        self.base = base
+    }
+
+    package func persist(_ address: UnsafeRawPointer, _ length: Int, site: StaticString = "other") throws(PMLLError) {
+        if pmll_crash_is_armed() != 0 || Self.dropped != nil || Self.shadow != nil {
+            if let dropped = Self.dropped, dropped == "\(site)" { return }
+        }
+        if isPmem {
+            pmll_pmem_persist(address, length)
+        } else {
+            _ = try SystemCall.retrying("pmem_msync") { pmll_pmem_msync(address, length) }
+        }
+        if let shadow = Self.shadow, let base { Self.copyToShadow(shadow, base: base, address: address, length: length) }
+    }
+
+    private static func copyToShadow(_ fd: Int32, base: UnsafeMutableRawPointer, address: UnsafeRawPointer, length: Int) {
+        let start = (address - UnsafeRawPointer(base)) / unit * unit
+        let end = ((address - UnsafeRawPointer(base)) + length + unit - 1) / unit * unit
+        var done = 0
+        while done < end - start {
+            let n = pwrite(fd, base + start + done, end - start - done, off_t(start + done))
+            if n <= 0 { return }
+            done += n
+        }
+    }
+}

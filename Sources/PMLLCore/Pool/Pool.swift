@@ -1,0 +1,183 @@
+import CPMLL
+package import Logging
+package import Synchronization
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A pool file shared by every process that opens it: the process table, the named locks,
+/// the queues and the persistent state store. This core type maps the file and registers
+/// the participant; the layers above keep their per-pool state in ``services`` and add
+/// their API in extensions, and the `PMLL` facade opens pools (``Pool/open(path:options:)``).
+///
+/// Each `Pool` value is one participant: it registers one process-table slot, and locks
+/// are owned by that participant (all its threads and tasks). The pool is closed when the
+/// last reference goes away; locks still held then are released as abandoned, and the
+/// next holder is told the previous owner died.
+public final class Pool: Sendable {
+    /// Absolute or relative path of the pool file as opened.
+    public let path: String
+    /// What happened while opening.
+    public let openReport: OpenReport
+
+    package let memory: PoolMemory
+    package let fd: Int32
+    package let processes: ProcessTable
+    package let slot: UInt32
+    package let token: UInt32
+    package let ownerCheckNanoseconds: Int64
+    package let starvationNanoseconds: Int64
+    /// Serialises table-entry creation among this process's threads (OFD locks do not).
+    package let tableCreation = Mutex<Void>(())
+    /// Per-pool state of the layers above the core.
+    package let services = PoolServices()
+    /// Hooks the layers above register (repair after an owner death).
+    package let hooks = PoolHooks()
+    package static let logger = Logger(label: "pmll.pool")
+
+    public struct OpenReport: Sendable, Equatable {
+        /// This call created the pool file.
+        public let created: Bool
+        /// The volatile state was reset while opening, and why.
+        public let volatileReset: VolatileReset?
+        /// The mapping is real persistent memory (persist = cache flush), else msync is used.
+        public let isPersistentMemory: Bool
+    }
+
+    /// Durable barriers (`pmem_persist` or `pmem_msync` calls) this process has made so far,
+    /// in any pool: what a durability cost is counted in.
+    public static var durableBarrierCount: UInt64 { Persistence.barrierCount }
+
+    /// The attach loop behind ``Pool/open(path:options:)``: resolves the path, creates the
+    /// file if asked, and attaches, opening again if the file is replaced meanwhile.
+    /// `steps` are the layers' parts of the protocol (volatile reset, slot reuse).
+    package static func attach(path: String?, options: PoolOptions, steps: AttachSteps) throws(PMLLError) -> Pool {
+        try options.validate()
+        let path = PoolPath.resolve(path)
+        guard !path.isEmpty else { throw .invalidPoolPath(path: path, reason: "empty path") }
+        guard path.utf8.count < Int(PATH_MAX), !path.utf8.contains(0) else {
+            throw .invalidPoolPath(path: path, reason: "longer than PATH_MAX or contains NUL")
+        }
+        if path == PoolPath.defaultPath && options.create {
+            try PoolPath.createParentDirectories(of: path)
+        }
+        var created = false
+        // A pool replaced between open() and mapping is opened again; a few rounds at most.
+        for _ in 0..<8 {
+            let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
+            if fd < 0 {
+                let e = Errno.current
+                if e == .interrupted { continue }
+                if e == .noSuchFileOrDirectory && options.create {
+                    created = try PoolCreation.createIfAbsent(path: path, options: options) || created
+                    continue
+                }
+                throw SystemCall.fileError(e, path: path, operation: "open")
+            }
+            do throws(PMLLError) {
+                if let pool = try Pool(attaching: fd, path: path, created: created, options: options, steps: steps) {
+                    return pool
+                }
+            } catch {
+                Glibc.close(fd)
+                throw error
+            }
+            Glibc.close(fd)
+        }
+        throw .invalidPoolPath(path: path, reason: "the file kept being replaced while opening")
+    }
+
+    /// The attach protocol: validate the header from the descriptor (never writing), take
+    /// the INIT byte, map, decide whether the volatile state must be reset (nobody else
+    /// holds the SESSION byte), join the session, register a process slot.
+    /// Returns nil when the path no longer names the file behind `fd`.
+    private init?(attaching fd: Int32, path: String, created: Bool, options: PoolOptions, steps: AttachSteps) throws(PMLLError) {
+        var st = stat()
+        _ = try SystemCall.libc("fstat") { fstat(fd, &st) }
+        guard st.st_mode & S_IFMT == S_IFREG else { throw .notAPool(path: path) }
+        let fileSize = Int(st.st_size)
+        let header = UnsafeMutablePointer<pmll_header_t>.allocate(capacity: 1)
+        defer { header.deallocate() }
+        try Self.readHeader(into: header, fd: fd, fileSize: fileSize, path: path)
+        let layout = try PoolHeader.validate(header, fileSize: fileSize, path: path)
+        if st.st_uid != geteuid() && header.pointee.flags & PMLL_POOL_FLAG_GROUP_SHARED == 0 {
+            throw .foreignOwner(path: path, ownerUID: UInt32(st.st_uid))
+        }
+
+        _ = try SystemCall.retrying("fcntl(F_OFD_SETLKW)") { pmll_ofd_lock(fd, PMLL_LOCKBYTE_INIT, PMLL_RANGE_EXCLUSIVE, 1) }
+        defer { _ = pmll_ofd_lock(fd, PMLL_LOCKBYTE_INIT, PMLL_RANGE_UNLOCK, 0) }
+
+        var length: UInt64 = 0, isPmem: Int32 = 0, err: Int32 = 0
+        guard let base = pmll_pmem_open(path, &length, &isPmem, &err) else {
+            throw SystemCall.fileError(Errno(rawValue: err), path: path, operation: "map")
+        }
+        var mapped = true
+        defer { if mapped { _ = pmll_pmem_unmap(base, length) } }
+        var now = stat()
+        guard stat(path, &now) == 0, now.st_ino == st.st_ino, now.st_dev == st.st_dev, Int(length) == fileSize else {
+            return nil
+        }
+        let memory = PoolMemory(base: base, length: Int(length), layout: layout, persistence: Persistence(isPmem: isPmem != 0, base: base))
+        _ = try PoolHeader.validate(memory.header, fileSize: fileSize, path: path)
+
+        var reset: VolatileReset? = created ? .created : nil
+        let alone = pmll_ofd_lock(fd, PMLL_LOCKBYTE_SESSION, PMLL_RANGE_EXCLUSIVE, 0)
+        if alone == 0 {
+            let reason: VolatileReset = VolatileState.bootChanged(memory.header) ? .reboot : .noOtherProcess
+            VolatileState.reset(memory, reason: reason, layers: steps.resetVolatile)
+            if !created { reset = reason }
+        } else if alone != -EAGAIN {
+            try SystemCall.check("fcntl(F_OFD_SETLK)", alone)
+        }
+        // Converts our exclusive hold to shared, or joins the others' shared holds. Nobody
+        // can hold it exclusively now: that only happens under INIT, which we hold.
+        _ = try SystemCall.retrying("fcntl(F_OFD_SETLK)") { pmll_ofd_lock(fd, PMLL_LOCKBYTE_SESSION, PMLL_RANGE_SHARED, 0) }
+
+        var processes = ProcessTable(memory: memory, fd: fd)
+        let (slot, token) = try processes.register(label: options.processLabel, reclaim: steps.reclaimSlot)
+        processes.ownSlot = slot
+
+        self.path = path
+        self.fd = fd
+        self.memory = memory
+        self.processes = processes
+        self.slot = slot
+        self.token = token
+        self.ownerCheckNanoseconds = options.ownerCheckInterval.nanoseconds
+        self.starvationNanoseconds = options.starvationThreshold.nanoseconds
+        self.openReport = OpenReport(created: created, volatileReset: reset, isPersistentMemory: isPmem != 0)
+        mapped = false
+        if let reset, reset != .created {
+            Self.logger.debug("pool volatile state reset", metadata: ["path": "\(path)", "reason": "\(reset.rawValue)"])
+        }
+    }
+
+    /// Reads the header with pread, so that a file that is not a pool is never mapped or written.
+    private static func readHeader(into header: UnsafeMutablePointer<pmll_header_t>, fd: Int32, fileSize: Int, path: String) throws(PMLLError) {
+        let raw = UnsafeMutableRawBufferPointer(start: header, count: Int(PMLL_HEADER_SIZE))
+        raw.initializeMemory(as: UInt8.self, repeating: 0)
+        let wanted = min(fileSize, raw.count)
+        var got = 0
+        while got < wanted {
+            let n = pread(fd, raw.baseAddress! + got, wanted - got, off_t(got))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SystemCall.fileError(.current, path: path, operation: "read")
+            }
+            if n == 0 { break }
+            got += n
+        }
+        let magic = Array(PMLL_MAGIC.utf8)
+        guard got >= magic.count, Array(raw[..<magic.count]) == magic else { throw .notAPool(path: path) }
+        guard got == raw.count else {
+            throw .corruptPool(path: path, reason: "truncated to \(fileSize) bytes, shorter than its header")
+        }
+    }
+
+    deinit {
+        processes.unregister(slot: slot)
+        _ = pmll_pmem_unmap(memory.base, UInt64(memory.length))
+        Glibc.close(fd)   // drops the SESSION and liveness byte locks
+    }
+}

@@ -1,0 +1,92 @@
+package import CPMLL
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Creating a pool without a window in which another process can see it half-built:
+/// the file is built and made durable under a private temporary name, then moved into
+/// place with renameat2(RENAME_NOREPLACE). Of many concurrent creators exactly one
+/// rename succeeds; the others discard their copy and open the winner's.
+package enum PoolCreation {
+    /// Returns true if this call created the pool, false if another process got there first.
+    package static func createIfAbsent(path: String, options: PoolOptions) throws(PMLLError) -> Bool {
+        try options.validate()
+        let layout = options.layout(size: options.size)
+        let (directory, base) = split(path)
+        let temporary = "\(directory)/.\(base).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).creating"
+        let mode: UInt32 = options.groupShared ? 0o660 : 0o600
+
+        var length: UInt64 = 0, isPmem: Int32 = 0, err: Int32 = 0
+        guard let address = pmll_pmem_create(temporary, UInt64(options.size), mode, &length, &isPmem, &err) else {
+            if err == ENOENT { throw .invalidPoolPath(path: path, reason: "directory '\(directory)' does not exist") }
+            if err == ENOSPC { throw .invalidPoolPath(path: path, reason: "no space left for a \(options.size)-byte pool") }
+            throw SystemCall.fileError(Errno(rawValue: err), path: path, operation: "create pool in directory of")
+        }
+        var renamed = false
+        defer {
+            _ = pmll_pmem_unmap(address, length)
+            if !renamed { unlink(temporary) }
+        }
+        // The umask must not decide who may share the pool.
+        guard chmod(temporary, mode_t(mode)) == 0 else {
+            throw SystemCall.fileError(.current, path: temporary, operation: "chmod")
+        }
+        let header = address.assumingMemoryBound(to: pmll_header_t.self)
+        PoolHeader.initialize(header, layout: layout, size: options.size, flags: options.groupShared ? PMLL_POOL_FLAG_GROUP_SHARED : 0)
+        VolatileState.stampBoot(header, reason: PMLL_RESET_CREATED)
+        StoreLayout(heap: layout.heap, keyCapacity: options.keyCapacity, logSlots: options.logSlots)
+            .format(address, heapStart: layout.heap.lowerBound)
+        let persistence = Persistence(isPmem: isPmem != 0)
+        try persistence.persist(address, Int(PMLL_HEADER_SIZE), site: "pool.create")
+        try persistence.persist(address + layout.heap.lowerBound, StoreLayout.superSize, site: "pool.create")
+        try syncFile(temporary)
+        CrashPoint.hit("pool.created")
+
+        let rc = pmll_rename_noreplace(temporary, path)
+        if rc == -EEXIST { return false }
+        guard rc == 0 else { throw SystemCall.fileError(Errno(rawValue: -rc), path: path, operation: "create pool") }
+        renamed = true
+        try syncFile(directory)
+        return true
+    }
+
+    /// The pool's directory ("/" for a file at the root, "." for a bare name) and file name.
+    private static func split(_ path: String) -> (directory: String, base: String) {
+        let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+        return (directory.isEmpty ? "/" : directory, path.split(separator: "/").last.map(String.init) ?? path)
+    }
+
+    /// Removes what creators killed before their rename left behind: `.NAME.PID.RAND.creating`
+    /// files next to the pool whose creator process is gone and that are older than a minute (a
+    /// live creator is done within milliseconds; the age also covers a creator in another PID
+    /// namespace, whose PID we cannot see). Best effort: runs when this process created the
+    /// pool or reset its volatile state, and returns how many it removed.
+    @discardableResult
+    package static func removeAbandonedTemporaries(of path: String, now: time_t = time(nil)) -> Int {
+        let (directory, base) = split(path)
+        guard let dir = opendir(directory) else { return 0 }
+        defer { closedir(dir) }
+        let prefix = "." + base + ".", suffix = ".creating"
+        var removed = 0
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard name.hasPrefix(prefix), name.hasSuffix(suffix), name.count > prefix.count + suffix.count else { continue }
+            let middle = name.dropFirst(prefix.count).dropLast(suffix.count).split(separator: ".")
+            guard middle.count == 2, let pid = pid_t(middle[0]), UInt32(middle[1]) != nil else { continue }
+            if pid == getpid() || kill(pid, 0) == 0 || errno != ESRCH { continue }
+            var st = stat()
+            guard fstatat(dirfd(dir), name, &st, AT_SYMLINK_NOFOLLOW) == 0, st.st_mode & S_IFMT == S_IFREG,
+                  now - st.st_mtim.tv_sec > 60 else { continue }
+            if unlinkat(dirfd(dir), name, 0) == 0 { removed += 1 }
+        }
+        return removed
+    }
+
+    /// fsync by path: makes the file's size and the directory entry durable, which msync does not.
+    package static func syncFile(_ path: String) throws(PMLLError) {
+        let fd = try SystemCall.libc("open") { open(path, O_RDONLY | O_CLOEXEC) }
+        defer { close(fd) }
+        _ = try SystemCall.libc("fsync") { fsync(fd) }
+    }
+}

@@ -1,0 +1,73 @@
+package import CPMLL
+
+/// Writing and checking the checksummed, write-once part of the header.
+package enum PoolHeader {
+    package static func checksum(_ header: UnsafePointer<pmll_header_t>) -> UInt64 {
+        UInt64(pmll_crc32c(0, header, Int(PMLL_HEADER_CHECKED_BYTES)))
+    }
+
+    package static func initialize(_ h: UnsafeMutablePointer<pmll_header_t>, layout: PoolLayout, size: Int, flags: UInt32) {
+        withUnsafeMutableBytes(of: &h.pointee.magic) { raw in
+            for (i, byte) in PMLL_MAGIC.utf8.enumerated() { raw[i] = byte }
+        }
+        h.pointee.format_version = PMLL_FORMAT_VERSION
+        h.pointee.header_size = PMLL_HEADER_SIZE
+        h.pointee.pool_size = UInt64(size)
+        h.pointee.created_at_ns = UInt64(Clock.realtimeNanoseconds)
+        h.pointee.creator_uid = geteuidValue()
+        h.pointee.flags = flags
+        h.pointee.process_capacity = UInt32(layout.processCapacity)
+        h.pointee.lock_capacity = UInt32(layout.lockCapacity)
+        h.pointee.process_table = pmll_section_t(offset: UInt64(layout.processTable.lowerBound), size: UInt64(layout.processTable.count))
+        h.pointee.lock_table = pmll_section_t(offset: UInt64(layout.lockTable.lowerBound), size: UInt64(layout.lockTable.count))
+        h.pointee.heap = pmll_section_t(offset: UInt64(layout.heap.lowerBound), size: UInt64(layout.heap.count))
+        h.pointee.queue_table = pmll_section_t(offset: UInt64(layout.queueTable.lowerBound), size: UInt64(layout.queueTable.count))
+        h.pointee.queue_capacity = UInt32(layout.queueCapacity)
+        h.pointee.queue_ring = UInt32(layout.queueRing)
+        h.pointee.header_checksum = checksum(h)
+    }
+
+    /// Checks a header read from `path` whose file is `fileSize` bytes long. Returns the
+    /// layout it describes. Never writes.
+    package static func validate(_ h: UnsafePointer<pmll_header_t>, fileSize: Int, path: String) throws(PMLLError) -> PoolLayout {
+        let magicMatches = withUnsafeBytes(of: h.pointee.magic) { Array($0) == Array(PMLL_MAGIC.utf8) }
+        guard magicMatches else { throw .notAPool(path: path) }
+        guard h.pointee.format_version == PMLL_FORMAT_VERSION else {
+            throw .unsupportedFormatVersion(path: path, found: h.pointee.format_version, supported: PMLL_FORMAT_VERSION)
+        }
+        guard checksum(h) == h.pointee.header_checksum else {
+            throw .corruptPool(path: path, reason: "header checksum mismatch")
+        }
+        guard h.pointee.header_size == PMLL_HEADER_SIZE else {
+            throw .corruptPool(path: path, reason: "header size \(h.pointee.header_size)")
+        }
+        let size = Int(clamping: h.pointee.pool_size)
+        guard size == fileSize else {
+            throw .corruptPool(path: path, reason: "file is \(fileSize) bytes, header says \(size) (truncated or extended)")
+        }
+        let processCapacity = Int(h.pointee.process_capacity), lockCapacity = Int(h.pointee.lock_capacity)
+        let queueCapacity = Int(h.pointee.queue_capacity), queueRing = Int(h.pointee.queue_ring)
+        guard (1...Int(PMLL_MAX_PROCESSES)).contains(processCapacity), lockCapacity >= 1, queueCapacity <= 4096,
+              (2...65536).contains(queueRing) else {
+            throw .corruptPool(path: path, reason: "table capacities out of range")
+        }
+        let layout = PoolLayout(processCapacity: processCapacity, lockCapacity: lockCapacity, queueCapacity: queueCapacity, queueRing: queueRing, size: size)
+        guard layout.minimumSize <= size,
+              h.pointee.process_table.offset == UInt64(layout.processTable.lowerBound),
+              h.pointee.process_table.size == UInt64(layout.processTable.count),
+              h.pointee.lock_table.offset == UInt64(layout.lockTable.lowerBound),
+              h.pointee.lock_table.size == UInt64(layout.lockTable.count),
+              h.pointee.heap.offset == UInt64(layout.heap.lowerBound),
+              h.pointee.heap.size == UInt64(layout.heap.count),
+              h.pointee.queue_table.offset == UInt64(layout.queueTable.lowerBound),
+              h.pointee.queue_table.size == UInt64(layout.queueTable.count) else {
+            throw .corruptPool(path: path, reason: "section table does not match the capacities")
+        }
+        return layout
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
+package func geteuidValue() -> UInt32 { UInt32(geteuid()) }

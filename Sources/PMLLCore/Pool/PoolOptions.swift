@@ -1,0 +1,67 @@
+/// How a pool is created (when it does not exist yet) and opened.
+public struct PoolOptions: Sendable, Equatable {
+    /// Create the pool if it does not exist (race-free: exactly one creator wins).
+    public var create: Bool = true
+    /// Size of a newly created pool file in bytes. Never changes an existing pool.
+    public var size: Int = 16 << 20
+    /// Process-table slots (how many processes may have the pool open at once), at most 1024.
+    public var processCapacity: Int = 256
+    /// Lock-table entries (distinct lock names over the pool's life).
+    public var lockCapacity: Int = 1024
+    /// Queues the pool can hold (each also uses one lock-table entry).
+    public var queueCapacity: Int = 16
+    /// Records kept per queue: the retention of the operation history, and the most
+    /// operations that can be waiting in one queue at once.
+    public var queueRing: Int = 64
+    /// Keys the state store can hold.
+    public var keyCapacity: Int = 4096
+    /// Undo-log slots of the state store (transactions committing at once).
+    public var logSlots: Int = 8
+    /// Create the file 0660 so that the owning group may share it; otherwise 0600.
+    public var groupShared: Bool = false
+    /// How often a waiter checks whether the holder is still alive.
+    public var ownerCheckInterval: Duration = .milliseconds(1)
+    /// After waiting this long, a waiter asks for the lock to be handed to it on release.
+    public var starvationThreshold: Duration = .milliseconds(5)
+
+    /// Command name recorded for this process in the process table (shown as the holder
+    /// of its locks); at most 15 bytes are kept. Default: /proc/self/comm.
+    public var processLabel: String?
+
+    public init() {}
+
+    func validate() throws(PMLLError) {
+        guard (1...1024).contains(processCapacity) else {
+            throw .invalidOptions(reason: "processCapacity must be 1...1024, got \(processCapacity)")
+        }
+        guard (1...1 << 20).contains(lockCapacity) else {
+            throw .invalidOptions(reason: "lockCapacity must be 1...1048576, got \(lockCapacity)")
+        }
+        guard (0...4096).contains(queueCapacity), (2...65536).contains(queueRing), queueCapacity < lockCapacity else {
+            throw .invalidOptions(reason: "queueCapacity must be 0...4096 and below lockCapacity, queueRing 2...65536")
+        }
+        guard (16...1 << 22).contains(keyCapacity), (1...256).contains(logSlots) else {
+            throw .invalidOptions(reason: "keyCapacity must be 16...4194304 and logSlots 1...256")
+        }
+        let needed = layout(size: 0).minimumSize + StoreLayout.minimumHeap(keyCapacity: keyCapacity, logSlots: logSlots)
+        guard size >= needed, size <= 1 << 40 else {
+            throw .invalidOptions(reason: "size must be \(needed)...\(1 << 40) bytes for these capacities, got \(size)")
+        }
+        guard ownerCheckInterval > .zero, starvationThreshold >= .zero else {
+            throw .invalidOptions(reason: "ownerCheckInterval must be positive and starvationThreshold not negative")
+        }
+    }
+}
+
+extension PoolOptions {
+    package func layout(size: Int) -> PoolLayout {
+        PoolLayout(processCapacity: processCapacity, lockCapacity: lockCapacity, queueCapacity: queueCapacity, queueRing: queueRing, size: size)
+    }
+}
+
+extension Duration {
+    package var nanoseconds: Int64 {
+        let (s, atto) = components
+        return s * 1_000_000_000 + atto / 1_000_000_000
+    }
+}

@@ -1,0 +1,76 @@
+package import CPMLL
+
+/// Where the state store's tables live inside the pool's heap section:
+/// superblock (one page), key index, undo-log slots, block bitmap, value blocks.
+package struct StoreLayout: Equatable {
+    package static let superSize = PoolLayout.page
+    package static let minimumBlocks = 256
+
+    package let keyCapacity: Int
+    package let logSlots: Int
+    package let index: Range<Int>
+    package let logs: Range<Int>
+    package let bitmap: Range<Int>
+    package let blocks: Range<Int>
+    package var blockCount: Int { blocks.count / Int(PMLL_BLOCK_SIZE) }
+
+    package init(heap: Range<Int>, keyCapacity: Int, logSlots: Int) {
+        self.keyCapacity = keyCapacity
+        self.logSlots = logSlots
+        let indexStart = heap.lowerBound + Self.superSize
+        let indexEnd = indexStart + PoolLayout.roundUp(keyCapacity * MemoryLayout<pmll_key_slot_t>.size)
+        let logsEnd = indexEnd + logSlots * Int(PMLL_LOG_SLOT_SIZE)
+        index = indexStart..<indexEnd
+        logs = indexEnd..<logsEnd
+        // n blocks need n/8 bitmap bytes (a page at least) and n * 256 bytes.
+        let room = max(0, heap.upperBound - logsEnd - PoolLayout.page)
+        var count = room * 8 / (8 * Int(PMLL_BLOCK_SIZE) + 1)
+        var bitmapBytes = PoolLayout.roundUp(max(1, (count + 7) / 8))
+        while count > 0 && logsEnd + bitmapBytes + count * Int(PMLL_BLOCK_SIZE) > heap.upperBound {
+            count -= 1
+            bitmapBytes = PoolLayout.roundUp(max(1, (count + 7) / 8))
+        }
+        bitmap = logsEnd..<(logsEnd + bitmapBytes)
+        blocks = bitmap.upperBound..<(bitmap.upperBound + count * Int(PMLL_BLOCK_SIZE))
+    }
+
+    /// Bytes a heap needs for these capacities and a minimal block area.
+    package static func minimumHeap(keyCapacity: Int, logSlots: Int) -> Int {
+        superSize + PoolLayout.roundUp(keyCapacity * MemoryLayout<pmll_key_slot_t>.size) + logSlots * Int(PMLL_LOG_SLOT_SIZE)
+            + PoolLayout.page + minimumBlocks * Int(PMLL_BLOCK_SIZE)
+    }
+
+    /// Writes the superblock of a new pool.
+    package func format(_ base: UnsafeMutableRawPointer, heapStart: Int) {
+        let s = (base + heapStart).assumingMemoryBound(to: pmll_store_super_t.self)
+        withUnsafeMutableBytes(of: &s.pointee.magic) { $0.copyBytes(from: Array(PMLL_STORE_MAGIC.utf8)) }
+        s.pointee.version = PMLL_STORE_VERSION
+        s.pointee.key_capacity = UInt32(keyCapacity)
+        s.pointee.block_count = UInt32(blockCount)
+        s.pointee.log_slots = UInt32(logSlots)
+        s.pointee.index_offset = UInt64(index.lowerBound)
+        s.pointee.logs_offset = UInt64(logs.lowerBound)
+        s.pointee.bitmap_offset = UInt64(bitmap.lowerBound)
+        s.pointee.blocks_offset = UInt64(blocks.lowerBound)
+        s.pointee.checksum = Self.checksum(s)
+    }
+
+    package static func checksum(_ s: UnsafeMutablePointer<pmll_store_super_t>) -> UInt32 {
+        pmll_crc32c(0, s, MemoryLayout<pmll_store_super_t>.offset(of: \pmll_store_super_t.checksum)!)
+    }
+
+    /// Reads and checks the superblock of an existing pool.
+    package static func read(_ base: UnsafeMutableRawPointer, heap: Range<Int>, path: String) throws(PMLLError) -> StoreLayout {
+        let s = (base + heap.lowerBound).assumingMemoryBound(to: pmll_store_super_t.self)
+        let magic = withUnsafeBytes(of: s.pointee.magic) { Array($0) == Array(PMLL_STORE_MAGIC.utf8) }
+        guard magic, s.pointee.version == PMLL_STORE_VERSION, checksum(s) == s.pointee.checksum else {
+            throw .corruptPool(path: path, reason: "state store superblock is damaged")
+        }
+        let layout = StoreLayout(heap: heap, keyCapacity: Int(s.pointee.key_capacity), logSlots: Int(s.pointee.log_slots))
+        guard layout.blockCount == Int(s.pointee.block_count), layout.index.lowerBound == Int(s.pointee.index_offset),
+              layout.blocks.lowerBound == Int(s.pointee.blocks_offset), layout.bitmap.lowerBound == Int(s.pointee.bitmap_offset) else {
+            throw .corruptPool(path: path, reason: "state store superblock does not match the heap")
+        }
+        return layout
+    }
+}

@@ -1,0 +1,39 @@
+package import CPMLL
+
+/// Why the volatile part of a pool (lock words, process table) was reset on open.
+public enum VolatileReset: String, Sendable, Codable {
+    /// The pool was just created.
+    case created
+    /// No other process had the pool open; whatever it holds is left over from processes
+    /// that are gone.
+    case noOtherProcess = "no-other-process"
+    /// The machine rebooted since the pool was last used (boot id changed).
+    case reboot
+}
+
+/// Resetting lock words and process slots when nobody else can be using them. The caller
+/// holds the INIT byte lock and the SESSION byte exclusively: no other process is attached.
+package enum VolatileState {
+    package static func stampBoot(_ header: UnsafeMutablePointer<pmll_header_t>, reason: UInt32) {
+        writeFixedCString(ProcessIdentity.bootID(), into: &header.pointee.boot_id)
+        header.pointee.last_reset_reason = reason
+    }
+
+    package static func bootChanged(_ header: UnsafeMutablePointer<pmll_header_t>) -> Bool {
+        String(fixedCString: header.pointee.boot_id) != ProcessIdentity.bootID()
+    }
+
+    /// Resets the layers' volatile state (lock words, queue waits; `layers`, which must
+    /// still read the process table to name dead holders), then frees every process slot.
+    package static func reset(_ memory: PoolMemory, reason: VolatileReset, layers: (PoolMemory) -> Void) {
+        layers(memory)
+        for index in 0..<memory.processCapacity {
+            let slot = memory.slot(index)
+            slot.pointee.state = PMLL_SLOT_FREE
+            _ = withUnsafeMutableBytes(of: &slot.pointee.waiting_on) { $0.initializeMemory(as: UInt8.self, repeating: 0) }
+        }
+        let header = memory.header
+        stampBoot(header, reason: reason == .reboot ? PMLL_RESET_REBOOT : PMLL_RESET_LAST_PROCESS_GONE)
+        header.pointee.volatile_resets &+= 1
+    }
+}

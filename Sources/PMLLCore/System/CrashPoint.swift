@@ -1,0 +1,47 @@
+import CPMLL
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Crash injection for the crash suite: `PMLL_CRASH_AT=NAME[:N]` makes the process SIGKILL
+/// itself at the N-th hit (default 1st) of the named point; `PMLL_CRASH_TRACE=FILE` appends
+/// the name of every point hit to FILE (to count them). Off, a hit is one load and one
+/// predictable branch.
+package enum CrashPoint {
+    private static let armed: (name: String, hit: Int)? = {
+        guard let raw = getenv("PMLL_CRASH_AT").map({ String(cString: $0) }), !raw.isEmpty else { return nil }
+        let parts = raw.split(separator: ":", maxSplits: 1)
+        return (String(parts[0]), parts.count == 2 ? Int(parts[1]) ?? 1 : 1)
+    }()
+    private static let hits = Atomic<Int>(0)
+    private static let trace: Int32? = getenv("PMLL_CRASH_TRACE").map { open($0, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600) }
+
+    /// Every point compiled in, for enumeration by the crash suite.
+    package static let all = [
+        "pool.created", "lock.acquired", "lock.releasing",
+        "queue.submitted", "queue.running", "queue.finished",
+        "tx.undo-logged", "tx.applying", "tx.applied", "tx.committed", "tx.rolled-back",
+        "queue.recovered", "batch.staged", "batch.linked", "batch.renamed", "batch.committed",
+    ]
+
+    @inline(__always)
+    package static func hit(_ name: StaticString) {
+        if pmll_crash_is_armed() != 0 { trigger(name) }
+    }
+
+    @inline(never)
+    private static func trigger(_ name: StaticString) {
+        if let trace, trace >= 0 { _ = "\(name)\n".withCString { write(trace, $0, strlen($0)) } }
+        guard let armed, "\(name)" == armed.name else { return }
+        if hits.add(1, ordering: .relaxed).newValue == armed.hit { kill(getpid(), SIGKILL) }
+    }
+}
+
+/// The crash-injection points compiled into the library, for tools that enumerate them.
+public enum CrashInjection {
+    public static var points: [String] { CrashPoint.all }
+    /// Named persist sites that `PMLL_TEST_DROP_PERSIST` can remove (crash-suite self-test).
+    public static let persistSites = ["tx.log", "tx.data", "tx.commit", "tx.rollback", "tx.rollback-done",
+                                      "queue.record", "queue.head", "lock.entry", "pool.create"]
+}

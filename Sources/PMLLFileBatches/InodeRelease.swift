@@ -1,0 +1,35 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import PMLLCore
+import PMLLLocks
+import PMLLStore
+
+/// Frees the old files of committed batches off the caller's path.
+///
+/// Freeing an inode (truncating it, returning its blocks and the inode itself) is the slow
+/// part of removing a backup: 200 of them took 12–16 ms of kernel CPU in a row on this VM's
+/// ext4, against 0.8 ms for removing the 200 names while each file is still open. So staging
+/// keeps an `O_PATH` descriptor of each old file it backs up; the cleanup removes the names
+/// (the tree is then exactly the new one) and hands the descriptors here, and closing them on
+/// a background thread frees the inodes. If the process exits first, the kernel closes them;
+/// after a power failure the filesystem's orphan recovery frees them at mount.
+package enum InodeRelease {
+    /// At most this many descriptors held per batch (the rest are freed on removal):
+    /// a quarter of the soft descriptor limit, and never more than 1024.
+    package static let limit: Int = {
+        var rl = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl) == 0 else { return 0 }
+        return Int(min(UInt64(rl.rlim_cur) / 4, 1024))
+    }()
+
+    /// Closes `fds` (negative entries are skipped) on a background thread.
+    package static func release(_ fds: [Int32]) {
+        let fds = fds.filter { $0 >= 0 }
+        guard !fds.isEmpty else { return }
+        let thread = Thread { fds.forEach { close($0) } }
+        thread.stackSize = 64 << 10
+        thread.start()
+    }
+}

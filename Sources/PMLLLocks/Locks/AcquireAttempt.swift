@@ -1,0 +1,162 @@
+package import CPMLL
+#if canImport(Glibc)
+import Glibc
+#endif
+package import PMLLCore
+
+/// One contended acquisition of a lock word, as a state machine that never blocks: the
+/// synchronous path sleeps on the word itself between steps, the waiter thread sleeps on
+/// many attempts' words at once (``WaiterThread``). One protocol, two ways to wait.
+///
+/// - A free word is taken by CAS (keeping DIED and WAITERS).
+/// - A word handed to this participant (HANDED) is claimed.
+/// - The owner's liveness is probed (a syscall) only once it has kept the lock for a whole
+///   check interval, or when the deadline leaves no later chance: a dead owner never
+///   changes, a live one usually has by then. A dead owner's word is taken over by CAS and
+///   the death recorded.
+/// - A waiter starving past the threshold registers as the handoff target, so the next
+///   release stores its token with HANDED instead of freeing and no newcomer can barge.
+package struct AcquireAttempt: WaitMachine {
+
+    package let pool: Pool
+    package let entry: UnsafeMutablePointer<pmll_lock_entry_t>
+    package let index: UInt32
+    package let deadline: Int64
+    package let cancellation: Cancellation?
+    package let start: Int64
+    /// CPU-relax rounds before the first sleep (none on the waiter thread, which serves others).
+    package let spinLimit: Int
+    private var slept = false, contended = false, requestedHandoff = false, handoffIncoming = false, lastChance = false
+    private var spins = 0
+    private var checkedOwner: UInt32 = 0, checkedAt: Int64
+    private var ledger: UInt32?
+    private var registered = false
+
+    package init(pool: Pool, entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: UInt32, deadline: Int64,
+         cancellation: Cancellation?, start: Int64 = Clock.monotonicNanoseconds, spinLimit: Int = 64) {
+        self.pool = pool
+        self.entry = entry
+        self.index = index
+        self.deadline = deadline
+        self.cancellation = cancellation
+        self.start = start
+        self.spinLimit = spinLimit
+        self.checkedAt = start
+    }
+
+    /// The word to sleep on after `.sleep`.
+    package var word: UnsafeMutablePointer<UInt32> { pmll_entry_word(entry) }
+
+    /// Runs the protocol until the lock is taken, the attempt fails, or it must sleep.
+    package mutating func advance() -> WaitStep<Taken> {
+        let word = self.word
+        let token = pool.token
+        while true {
+            var w = pmll_load32(word)
+            let owner = w & PMLL_OWNER_MASK
+
+            if owner == 0 {
+                let desired = token | (w & (PMLL_WORD_DIED | PMLL_WORD_WAITERS)) | (slept ? PMLL_WORD_WAITERS : 0)
+                if pmll_cas32(word, &w, desired) != 0 {
+                    if requestedHandoff { pool.withdrawHandoff(entry) }
+                    return .done(pool.granted(entry, start: start, contended: contended, died: w & PMLL_WORD_DIED != 0))
+                }
+                continue
+            }
+            if owner == token && w & PMLL_WORD_HANDED != 0 {
+                // Handed to this participant on release (we asked, or a sibling thread did).
+                if pmll_cas32(word, &w, w & ~PMLL_WORD_HANDED) != 0 {
+                    return .done(pool.granted(entry, start: start, contended: true, died: w & PMLL_WORD_DIED != 0))
+                }
+                continue
+            }
+            contended = true
+
+            let now = Clock.monotonicNanoseconds
+            if owner != checkedOwner {
+                checkedOwner = owner
+                checkedAt = now
+                _ = HoldStamp.heldSince(entry)
+            }
+            let due = now - checkedAt >= pool.ownerCheckNanoseconds || deadline - now <= pool.ownerCheckNanoseconds
+            if owner != token && due {
+                checkedAt = now
+                if !pool.processes.isAlive(owner) {
+                    if let taken = takeOver(from: owner, word: &w) { return .done(taken) }
+                    continue
+                }
+            }
+
+            let cancelled = cancellation?.isCancelled ?? false
+            if lastChance || now >= deadline || cancelled {
+                if requestedHandoff {
+                    requestedHandoff = false
+                    handoffIncoming = !pool.withdrawHandoff(entry)
+                }
+                if handoffIncoming {
+                    // A releaser already chose us and is storing our token: giving up now
+                    // would strand the lock. Its death is caught by the owner check above.
+                    pmll_cpu_relax()
+                    continue
+                }
+                let name = String(fixedCString: entry.pointee.name)
+                if cancelled { return .failed(.cancelled(lock: name)) }
+                pmll_add64(pmll_entry_timeouts(entry), 1)
+                return .failed(.timeout(lock: name, holder: pool.processes.info(of: owner, heldSince: HoldStamp.heldSince(entry))))
+            }
+
+            if !requestedHandoff && now - start >= pool.starvationNanoseconds {
+                var none: UInt32 = 0
+                requestedHandoff = pmll_cas32(pmll_entry_handoff(entry), &none, token) != 0
+            }
+            if spins < spinLimit {
+                spins += 1
+                pmll_cpu_relax()
+                continue
+            }
+            if w & PMLL_WORD_WAITERS == 0 {
+                if pmll_cas32(word, &w, w | PMLL_WORD_WAITERS) == 0 { continue }
+                w |= PMLL_WORD_WAITERS
+            }
+            if !registered {
+                registered = true
+                ledger = pool.processes.noteWaiting(slot: pool.slot, lock: index)
+            }
+            return .sleep(expected: w, until: min(deadline, now + pool.ownerCheckNanoseconds))
+        }
+    }
+
+    /// The owner is gone: take the word over. A handed-but-unclaimed word belongs to a
+    /// waiter that died before its critical section began: taken over without reporting a death.
+    private mutating func takeOver(from owner: UInt32, word w: inout UInt32) -> Taken? {
+        let handed = w & PMLL_WORD_HANDED != 0
+        let dead = pool.processes.info(of: owner, heldSince: HoldStamp.heldSince(entry))
+        let died = handed ? w & PMLL_WORD_DIED : PMLL_WORD_DIED
+        guard pmll_cas32(word, &w, pool.token | (w & PMLL_WORD_WAITERS) | died) != 0 else { return nil }
+        if requestedHandoff { pool.withdrawHandoff(entry) }
+        if !handed {
+            LockDeath.record(entry, owner: owner, memory: pool.memory, detectedAt: UInt64(Clock.realtimeNanoseconds))
+            if dead == nil { entry.pointee.dead_pid = 0 }
+            entry.pointee.owner_deaths &+= 1
+        }
+        return pool.granted(entry, start: start, contended: true, died: died != 0)
+    }
+
+    package mutating func slept(timedOut: Bool, until: Int64) {
+        slept = true
+        if timedOut && until == deadline { lastChance = true }
+    }
+
+    package func failureWhileQueued(cancelled: Bool) -> PMLLError {
+        let name = String(fixedCString: entry.pointee.name)
+        if cancelled { return .cancelled(lock: name) }
+        pmll_add64(pmll_entry_timeouts(entry), 1)
+        let owner = pmll_load32(word) & PMLL_OWNER_MASK
+        return .timeout(lock: name, holder: owner == 0 ? nil : pool.processes.info(of: owner, heldSince: HoldStamp.heldSince(entry)))
+    }
+
+    /// Takes this attempt off the process table's waiter ledger (what `status` shows).
+    package func end() {
+        pool.processes.doneWaiting(slot: pool.slot, ledger: ledger)
+    }
+}

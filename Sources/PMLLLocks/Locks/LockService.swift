@@ -1,0 +1,40 @@
+import CPMLL
+import Synchronization
+package import PMLLCore
+
+/// The lock layer's per-pool state: the lock table and this process's name → index cache.
+package final class LockService: Sendable {
+    package let table: LockTable
+    let cache = Mutex<[String: UInt32]>([:])
+
+    init(_ pool: Pool) {
+        table = LockTable(memory: pool.memory, fd: pool.fd, path: pool.path)
+    }
+}
+
+extension Pool {
+    package var lockService: LockService { services.get(LockService.self) { LockService(self) } }
+    package var table: LockTable { lockService.table }
+}
+
+/// The lock layer's part of the volatile reset (see ``VolatileReset``).
+package enum LockWords {
+    /// Frees every lock. A lock that was held is left marked DIED, with its holder recorded,
+    /// so that the next acquirer still learns that a critical section did not complete.
+    package static func resetVolatile(_ memory: PoolMemory) {
+        let now = UInt64(Clock.realtimeNanoseconds)
+        for index in 0..<memory.lockCapacity {
+            let entry = memory.lock(index)
+            let word = entry.pointee.word
+            let owner = word & PMLL_OWNER_MASK
+            var next = word & PMLL_WORD_DIED
+            if owner != 0 && word & PMLL_WORD_HANDED == 0 {
+                LockDeath.record(entry, owner: owner, memory: memory, detectedAt: now)
+                entry.pointee.owner_deaths &+= 1
+                next = PMLL_WORD_DIED
+            }
+            entry.pointee.word = entry.pointee.state == PMLL_ENTRY_READY ? next : 0
+            entry.pointee.handoff_target = 0
+        }
+    }
+}

@@ -1,0 +1,76 @@
+import CPMLL
+public import PMLLCore
+
+/// One lock as `pmll status` shows it. The JSON form (Codable) is a documented contract.
+public struct LockStatus: Codable, Sendable, Equatable {
+    public enum State: String, Codable, Sendable {
+        case free
+        case held
+        /// Held by a process that is gone; the next acquirer takes it over.
+        case abandoned
+    }
+    public let name: String
+    public let level: LockLevel
+    public let state: State
+    public let holder: HolderInfo?
+    /// Seconds since the holder took the lock: exact if it had to wait for it, otherwise
+    /// since the hold was first observed (a lower bound; see Docs/LockProtocol.md).
+    public let heldForSeconds: Double?
+    public let waiters: Int
+    public let acquisitions: UInt64
+    public let contended: UInt64
+    public let timeouts: UInt64
+    public let ownerDeaths: UInt64
+    public let totalWaitNanoseconds: UInt64
+    public let maxWaitNanoseconds: UInt64
+    /// Releases that handed the lock to a waiter starving past the threshold.
+    public let handoffs: UInt64
+    /// The next holder will be told that a previous holder did not finish.
+    public let ownerDiedPending: Bool
+    /// The most recent owner death recorded for this lock.
+    public let lastOwnerDeath: OwnerDeath?
+}
+
+extension Pool {
+    /// Every user lock's row of ``PoolStatus``. Lock-free and approximate under change: each
+    /// field is read atomically, the row as a whole is not.
+    package func lockStatuses() -> [LockStatus] {
+        let waiters = processes.waiterCounts()
+        let now = Clock.realtimeNanoseconds
+        var locks: [LockStatus] = []
+        for index in 0..<memory.lockCapacity {
+            let entry = memory.lock(index)
+            guard pmll_load32(pmll_entry_state(entry)) == PMLL_ENTRY_READY,
+                  let level = LockLevel(rawValue: entry.pointee.level),
+                  !String(fixedCString: entry.pointee.name).hasPrefix(LockTable.reservedPrefix) else { continue }
+            let word = pmll_load32(pmll_entry_word(entry))
+            let owner = word & PMLL_OWNER_MASK
+            var state = LockStatus.State.free
+            var holder: HolderInfo?
+            let since = owner != 0 ? HoldStamp.heldSince(entry) : 0
+            if owner != 0 {
+                state = processes.isAlive(owner) ? .held : .abandoned
+                holder = processes.info(of: owner, heldSince: since)
+            }
+            let deaths = entry.pointee.owner_deaths
+            locks.append(LockStatus(
+                name: String(fixedCString: entry.pointee.name), level: level, state: state, holder: holder,
+                heldForSeconds: owner != 0 ? Double(max(0, now - since)) / 1e9 : nil,
+                waiters: waiters[index] ?? 0,
+                acquisitions: entry.pointee.acquisitions, contended: entry.pointee.contended,
+                timeouts: pmll_load64(pmll_entry_timeouts(entry)), ownerDeaths: deaths,
+                totalWaitNanoseconds: entry.pointee.total_wait_ns, maxWaitNanoseconds: entry.pointee.max_wait_ns,
+                handoffs: entry.pointee.handoffs,
+                ownerDiedPending: word & PMLL_WORD_DIED != 0,
+                lastOwnerDeath: entry.pointee.dead_detected_ns != 0 ? LockDeath.read(entry) : nil))
+        }
+        locks.sort { $0.name < $1.name }
+        return locks
+    }
+
+    /// The lock named `name` if the pool has one, at whatever level, without creating it.
+    public func existingLock(named name: String) throws(PMLLError) -> LockHandle? {
+        guard let (index, level) = try table.lookup(name) else { return nil }
+        return LockHandle(pool: self, id: LockID(name: name, level: level), index: index)
+    }
+}

@@ -1,0 +1,97 @@
+package import CPMLL
+#if canImport(Glibc)
+import Glibc
+#endif
+package import PMLLCore
+
+/// The robust lock protocol over one 32-bit futex word (see Docs/LockProtocol.md).
+///
+/// word = owner token (24 bits) | HANDED | DIED | WAITERS
+/// - Uncontended acquire is CAS 0 -> token, release CAS token -> 0: no syscall.
+/// - Waiters set WAITERS and sleep with FUTEX_WAIT_BITSET to an absolute CLOCK_MONOTONIC
+///   deadline never further than the owner-check interval, then re-read the word; a
+///   waiter that finds the owner's process gone takes the word over by CAS and is told.
+/// - A waiter starving past the threshold registers as the handoff target; the next
+///   release stores its token with HANDED instead of freeing, so no newcomer can barge.
+extension Pool {
+    @inline(__always)
+    package func acquire(index: UInt32, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Taken {
+        let entry = memory.lock(index)
+        if let fast = acquireFast(entry) { return fast }
+        return try acquireSlow(entry: entry, index: index, deadline: deadline, cancellation: cancellation)
+    }
+
+    /// The uncontended path: one CAS and one plain store (the holder's own counter), no
+    /// syscall, no clock read (see ``HoldStamp``).
+    @inline(__always)
+    package func acquireFast(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> Taken? {
+        guard pmll_lock_try_fast(entry, token) != 0 else { return nil }
+        entry.pointee.acquisitions &+= 1
+        return Taken(entry: entry, ownerDied: false, waitedNanoseconds: 0)
+    }
+
+    @inline(__always)
+    package func release(index: UInt32, inconsistent: Bool = false) {
+        let entry = memory.lock(index)
+        if !inconsistent && pmll_lock_release_fast(entry, token) != 0 { return }
+        releaseSlow(entry: entry, inconsistent: inconsistent)
+    }
+
+    @inline(never)
+    private func acquireSlow(entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: UInt32, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Taken {
+        var attempt = AcquireAttempt(pool: self, entry: entry, index: index, deadline: deadline, cancellation: cancellation)
+        return try attempt.run()
+    }
+
+    /// Waits for the lock on the ``WaiterThread``, so that no thread of the caller blocks.
+    package func acquireAsync(index: UInt32, deadline: Int64) async throws -> Taken {
+        let entry = memory.lock(index)
+        if let fast = acquireFast(entry) { return fast }
+        let attempt = AcquireAttempt(pool: self, entry: entry, index: index, deadline: deadline, cancellation: Cancellation(), spinLimit: 0)
+        return try await WaiterThread.shared.wait(attempt)
+    }
+
+    /// Stamps statistics as the new holder (plain stores: only the holder writes them).
+    package func granted(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>, start: Int64, contended: Bool, died: Bool) -> Taken {
+        let waited = contended ? Clock.monotonicNanoseconds - start : 0
+        entry.pointee.acquisitions &+= 1
+        if contended {
+            entry.pointee.contended &+= 1
+            entry.pointee.total_wait_ns &+= UInt64(waited)
+            if UInt64(waited) > entry.pointee.max_wait_ns { entry.pointee.max_wait_ns = UInt64(waited) }
+        }
+        HoldStamp.stamp(entry)
+        return Taken(entry: entry, ownerDied: died, waitedNanoseconds: waited)
+    }
+
+    /// Takes back this participant's handoff request. False when a releaser has already
+    /// taken it, which means the lock is being handed to us.
+    @discardableResult
+    package func withdrawHandoff(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> Bool {
+        var mine = token
+        return pmll_cas32(pmll_entry_handoff(entry), &mine, 0) != 0
+    }
+
+    @inline(never)
+    private func releaseSlow(entry: UnsafeMutablePointer<pmll_lock_entry_t>, inconsistent: Bool) {
+        let word = pmll_entry_word(entry)
+        var w = pmll_load32(word)
+        guard w & PMLL_OWNER_MASK == token else {
+            Self.logger.error("release of a lock this participant does not hold", metadata: ["lock": "\(String(fixedCString: entry.pointee.name))"])
+            return
+        }
+        let died: UInt32 = inconsistent ? PMLL_WORD_DIED : 0
+        if inconsistent {
+            LockDeath.record(entry, owner: token, memory: memory, detectedAt: UInt64(Clock.realtimeNanoseconds), cause: LockDeath.causeInconsistent)
+        }
+        var target = pmll_load32(pmll_entry_handoff(entry))
+        if target != 0 && pmll_cas32(pmll_entry_handoff(entry), &target, 0) != 0 {
+            entry.pointee.handoffs &+= 1
+            _ = pmll_xchg32(word, target | PMLL_WORD_HANDED | PMLL_WORD_WAITERS | died)
+            _ = pmll_futex_wake(word, Int32.max)
+            return
+        }
+        while pmll_cas32(word, &w, died) == 0 {}
+        if w & PMLL_WORD_WAITERS != 0 { _ = pmll_futex_wake(word, 1) }
+    }
+}

@@ -1,0 +1,25 @@
+import CPMLL
+package import PMLLCore
+import PMLLLocks
+import PMLLStore
+
+extension Pool {
+    /// The queue layer's part of ``Pool/check()``: every live record's checksum.
+    package func checkQueueRecords(into report: inout CheckReport) {
+        do {
+            for (index, head) in try QueueTable(memory: memory, path: path).all() {
+                let next = pmll_load64_acquire(&head.pointee.next_ticket), ring = UInt64(memory.layout.queueRing)
+                for ticket in (next > ring ? next - ring : 0)..<next {
+                    let r = memory.record(queue: index, ticket: ticket)
+                    guard r.pointee.ticket == ticket, r.pointee.state != PMLL_RECORD_VOID else { continue }
+                    report.queueRecordsChecked += 1
+                    if RecordState.checksum(r) != r.pointee.checksum {
+                        report.problems.append("queue '\(String(fixedCString: head.pointee.name))' record \(ticket) fails its checksum")
+                    }
+                }
+            }
+        } catch {
+            report.problems.append("\(error)")
+        }
+    }
+}

@@ -1,0 +1,294 @@
+package import CPMLL
+package import PMLLCore
+import PMLLLocks
+import PMLLStore
+
+/// The blocking core of a hardened queue (Docs/Queues.md):
+///
+/// - submit: under the queue's robust submit lock, hand out consecutive tickets, write their
+///   records, make them durable, then publish by advancing `next_ticket`. A submitter killed
+///   before publishing leaves nothing visible.
+/// - turn: the ticket equal to `serving` may run. Waiters sleep on the futex word
+///   `serving_word` (bounded by the owner-check interval) and move `serving` past records
+///   that are finished, void, or owned by a dead process (marking those abandoned).
+/// - finish: make the final state durable, then advance `serving` and wake the waiters.
+package struct QueueEngine: @unchecked Sendable {
+    package let pool: Pool
+    package let index: UInt32
+    package let submitLock: UInt32
+    package let name: String
+    package let persistent: Bool
+
+    package var head: UnsafeMutablePointer<pmll_queue_head_t> { pool.memory.queue(index) }
+    package var ring: UInt64 { UInt64(pool.memory.layout.queueRing) }
+    package func record(_ ticket: UInt64) -> UnsafeMutablePointer<pmll_record_t> { pool.memory.record(queue: index, ticket: ticket) }
+
+    package static let recordHeaderBytes = Int(MemoryLayout<pmll_record_t>.offset(of: \pmll_record_t.payload)!)
+
+    package static func validate(kind: String, payload: [UInt8]) throws(PMLLError) {
+        let bytes = kind.utf8.count
+        guard bytes > 0, bytes <= Int(PMLL_KIND_MAX), !kind.utf8.contains(0) else {
+            throw .invalidOperationKind(kind: kind, reason: bytes == 0 ? "empty" : bytes > Int(PMLL_KIND_MAX) ? "\(bytes) bytes; the limit is \(PMLL_KIND_MAX)" : "contains NUL")
+        }
+        guard payload.count <= Int(PMLL_PAYLOAD_MAX) else { throw .payloadTooLarge(bytes: payload.count, limit: Int(PMLL_PAYLOAD_MAX)) }
+    }
+
+    /// Makes a record durable: a cache flush of its bytes on real pmem, else a share of a
+    /// group-committed msync of the ring.
+    package func persist(_ r: UnsafeMutablePointer<pmll_record_t>, payload: Bool = false) throws(PMLLError) {
+        guard persistent else { return }
+        if pool.memory.persistence.isPmem {
+            let length = payload ? Self.recordHeaderBytes + Int(r.pointee.payload_length) : Self.recordHeaderBytes
+            try pool.memory.persistence.persist(UnsafeRawPointer(r), length, site: "queue.record")
+        } else {
+            try GroupCommit.flush(self)
+        }
+    }
+
+    // MARK: submit
+
+    /// Returns the first ticket, and whether it was already its turn (then its record was
+    /// written RUNNING with its first attempt started: one durable barrier saved).
+    package func submit(_ operations: [(kind: String, payload: [UInt8])], deadline: Int64) async throws -> (first: UInt64, started: Bool) {
+        for op in operations { try Self.validate(kind: op.kind, payload: op.payload) }
+        guard !operations.isEmpty else { throw PMLLError.invalidOperationKind(kind: "", reason: "no operations given") }
+        guard UInt64(operations.count) <= ring else {
+            throw PMLLError.poolFull(table: "queue '\(name)' ring", capacity: Int(ring))
+        }
+        while true {
+            _ = try await pool.acquireAsync(index: submitLock, deadline: deadline)
+            let room: UInt64
+            do {
+                defer { pool.release(index: submitLock) }
+                switch try publish(operations) {
+                case .published(let first, let started): return (first, started)
+                case .waitForRoom(let serving): room = serving
+                }
+            }
+            // The ring is full: wait for room without holding the submit lock, then try again.
+            try await waitForServing(atLeast: room, deadline: deadline, ticket: pmll_load64_acquire(&head.pointee.next_ticket))
+        }
+    }
+
+    private enum Publication {
+        case published(first: UInt64, started: Bool)
+        /// Not enough room in the ring until `serving` reaches this.
+        case waitForRoom(UInt64)
+    }
+
+    /// Writes and publishes the records; the caller holds the submit lock.
+    private func publish(_ operations: [(kind: String, payload: [UInt8])]) throws(PMLLError) -> Publication {
+        // A dead previous submitter published nothing it did not finish: nothing to repair.
+        let first = head.pointee.next_ticket
+        let n = UInt64(operations.count)
+        if first + n > pmll_load64_acquire(&head.pointee.serving) + ring {
+            return .waitForRoom(first + n - ring)
+        }
+        for i in 0..<n where first + i >= ring {
+            let old = record(first + i)
+            if pmll_load32(pmll_record_state(old)) == PMLL_RECORD_ABANDONED && old.pointee.recovered == 0 {
+                try park(old)
+            }
+        }
+        let startsNow = n == 1 && pmll_load64_acquire(&head.pointee.serving) == first
+        let now = UInt64(Clock.realtimeNanoseconds)
+        let comm = pool.processes.memory.slot(pool.slot).pointee.comm
+        for (i, op) in operations.enumerated() {
+            let ticket = first + UInt64(i)
+            let r = record(ticket)
+            pmll_store32(pmll_record_state(r), PMLL_RECORD_FREE)
+            r.pointee.ticket = ticket
+            r.pointee.owner_token = pool.token
+            r.pointee.owner_pid = getpidValue()
+            r.pointee.owner_comm = comm
+            r.pointee.attempts = startsNow ? 1 : 0
+            r.pointee.batch_size = UInt32(operations.count - i)
+            r.pointee.recovered = 0
+            r.pointee.submitted_ns = now
+            r.pointee.started_ns = startsNow ? now : 0
+            r.pointee.finished_ns = 0
+            writeFixedCString(op.kind, into: &r.pointee.kind)
+            writeFixedCString("", into: &r.pointee.error)
+            r.pointee.payload_length = UInt32(op.payload.count)
+            withUnsafeMutableBytes(of: &r.pointee.payload) { $0.copyBytes(from: op.payload) }
+            r.pointee.checksum = RecordState.checksum(r)
+            pmll_store32(pmll_record_state(r), startsNow ? PMLL_RECORD_RUNNING : PMLL_RECORD_QUEUED)
+            try persist(r, payload: true)
+        }
+        pmll_store64_release(&head.pointee.next_ticket, first + n)
+        CrashPoint.hit("queue.submitted")
+        return .published(first: first, started: startsNow)
+    }
+
+    /// Moves an abandoned record that recovery has not handled yet out of the ring, into the
+    /// state store (`pmll:abandoned/QUEUE/TICKET`), so that its slot can be reused without
+    /// losing it and without blocking the queue. Recovery finds it there.
+    private func park(_ r: UnsafeMutablePointer<pmll_record_t>) throws(PMLLError) {
+        let snapshot = RecordState.snapshot(r, queue: name)
+        try pool.parkAbandoned(snapshot)
+        r.pointee.recovered = QueueEngine.parked
+        try persist(r)
+    }
+
+    /// `recovered` value of a ring record whose abandoned operation was moved to the store.
+    package static let parked: UInt32 = 2
+
+    // MARK: turns
+
+    /// Waits until `serving == ticket`. On timeout or cancellation the ticket is voided
+    /// (nothing ran) so that it never blocks the queue.
+    package func waitForTurn(_ ticket: UInt64, deadline: Int64) async throws {
+        do {
+            try await waitForServing(atLeast: ticket, deadline: deadline, ticket: ticket)
+        } catch {
+            void(ticket)
+            throw error
+        }
+    }
+
+    /// Waits on the ``WaiterThread`` (in ticket order among this process's waits on the queue).
+    private func waitForServing(atLeast target: UInt64, deadline: Int64, ticket: UInt64) async throws {
+        if pmll_load64_acquire(&head.pointee.serving) >= target { return }
+        try await WaiterThread.shared.wait(ServingWait(engine: self, target: target, deadline: deadline, ticket: ticket, cancellation: Cancellation()), order: target)
+    }
+
+    /// Waiting until `serving` reaches a ticket: waiters sleep on `serving_word` (bounded by
+    /// the owner-check interval) and move `serving` past records that are finished, void, or
+    /// owned by a dead process.
+    package struct ServingWait: WaitMachine, @unchecked Sendable {
+        package let engine: QueueEngine
+        package let target: UInt64
+        package let deadline: Int64
+        package let ticket: UInt64
+        package let cancellation: Cancellation?
+        private var checked: UInt64 = .max, checkedAt: Int64 = 0
+
+        package init(engine: QueueEngine, target: UInt64, deadline: Int64, ticket: UInt64, cancellation: Cancellation?) {
+            self.engine = engine
+            self.target = target
+            self.deadline = deadline
+            self.ticket = ticket
+            self.cancellation = cancellation
+        }
+
+        package var word: UnsafeMutablePointer<UInt32> { pmll_queue_serving_word(engine.head) }
+
+        package mutating func advance() -> WaitStep<Void> {
+            let head = engine.head
+            let check = engine.pool.ownerCheckNanoseconds
+            while true {
+                let w = pmll_load32(word)
+                let s = pmll_load64_acquire(&head.pointee.serving)
+                if s >= target { return .done(()) }
+                let now = Clock.monotonicNanoseconds
+                if s != checked { checked = s; checkedAt = now }
+                let due = now - checkedAt >= check || deadline - now <= check
+                if engine.skipIfDone(s, checkOwner: due) { continue }
+                if due { checkedAt = now }
+                if now >= deadline { return .failed(failureWhileQueued(cancelled: false)) }
+                if cancellation?.isCancelled == true { return .failed(failureWhileQueued(cancelled: true)) }
+                return .sleep(expected: w, until: min(deadline, now + check))
+            }
+        }
+
+        package mutating func slept(timedOut: Bool, until: Int64) {}
+
+        package func failureWhileQueued(cancelled: Bool) -> PMLLError {
+            if cancelled { return .queueCancelled(queue: engine.name, ticket: ticket) }
+            let s = pmll_load64_acquire(&engine.head.pointee.serving)
+            return .queueTimeout(queue: engine.name, ticket: ticket, blockedBy: RecordState.snapshot(engine.record(s), queue: engine.name))
+        }
+    }
+
+    /// Moves `serving` past ticket `s` if its operation is over: finished, void, torn, or
+    /// owned by a process that is gone (checked only when `checkOwner`). True if it moved.
+    fileprivate func skipIfDone(_ s: UInt64, checkOwner: Bool) -> Bool {
+        let r = record(s)
+        let state = pmll_load32(pmll_record_state(r))
+        if r.pointee.ticket != s || state == PMLL_RECORD_FREE {
+            // Published (s < next_ticket) but not there: a torn record after power loss.
+            guard s < pmll_load64_acquire(&head.pointee.next_ticket) else { return false }
+            r.pointee.ticket = s
+            pmll_store32(pmll_record_state(r), PMLL_RECORD_VOID)
+            return advance(from: s)
+        }
+        if RecordState.isFinal(state) { return advance(from: s) }
+        guard checkOwner, !pool.processes.isAlive(r.pointee.owner_token) else { return false }
+        var expected = state
+        if pmll_cas32(pmll_record_state(r), &expected, PMLL_RECORD_ABANDONED) != 0 {
+            r.pointee.finished_ns = UInt64(Clock.realtimeNanoseconds)
+            writeFixedCString("owner pid \(r.pointee.owner_pid) died while \(state == PMLL_RECORD_RUNNING ? "running" : "queued")", into: &r.pointee.error)
+            try? persist(r)
+            pmll_add64(&head.pointee.abandoned, 1)
+        }
+        return advance(from: s)
+    }
+
+    @discardableResult
+    private func advance(from s: UInt64) -> Bool {
+        var expected = s
+        guard pmll_cas64(&head.pointee.serving, &expected, s + 1) != 0 else { return true }   // someone else moved it
+        _ = pmll_add32(pmll_queue_serving_word(head), 1)
+        _ = pmll_futex_wake(pmll_queue_serving_word(head), Int32.max)
+        return true
+    }
+
+    /// Gives up a ticket that has not run.
+    package func void(_ ticket: UInt64) {
+        let r = record(ticket)
+        var expected = PMLL_RECORD_QUEUED
+        if pmll_cas32(pmll_record_state(r), &expected, PMLL_RECORD_VOID) != 0 {
+            r.pointee.finished_ns = UInt64(Clock.realtimeNanoseconds)
+            try? persist(r)
+        }
+        if pmll_load64_acquire(&head.pointee.serving) == ticket { advance(from: ticket) }
+    }
+
+    // MARK: running
+
+    package func begin(_ ticket: UInt64, attempt: UInt32) throws(PMLLError) {
+        let r = record(ticket)
+        r.pointee.attempts = attempt
+        if attempt == 1 { r.pointee.started_ns = UInt64(Clock.realtimeNanoseconds) }
+        pmll_store32(pmll_record_state(r), PMLL_RECORD_RUNNING)
+        try persist(r)
+    }
+
+    package func noteRetry(_ ticket: UInt64, error: String) {
+        writeFixedCString(error, into: &record(ticket).pointee.error)
+        pmll_add64(&head.pointee.retried, 1)
+    }
+
+    /// Makes the final state durable, then hands the turn on.
+    package func finish(_ ticket: UInt64, succeeded: Bool, error: String) throws(PMLLError) {
+        let r = record(ticket)
+        let now = UInt64(Clock.realtimeNanoseconds)
+        r.pointee.finished_ns = now
+        if !succeeded { writeFixedCString(error, into: &r.pointee.error) }
+        pmll_store32(pmll_record_state(r), succeeded ? PMLL_RECORD_SUCCEEDED : PMLL_RECORD_FAILED)
+        defer { advance(from: ticket) }
+        if succeeded { pmll_add64(&head.pointee.completed, 1) } else { pmll_add64(&head.pointee.failed, 1) }
+        let wait = r.pointee.started_ns > r.pointee.submitted_ns ? r.pointee.started_ns - r.pointee.submitted_ns : 0
+        let run = now > r.pointee.started_ns ? now - r.pointee.started_ns : 0
+        QueueStatistics.record(head, wait: wait, run: run)
+        try persist(r)
+        CrashPoint.hit("queue.finished")
+    }
+
+    // MARK: exclusive access (recovery)
+
+    /// Runs `body` with the submit lock held and the queue drained: no operation runs or
+    /// waits, and none can be submitted until `body` returns.
+    package func exclusive<R>(deadline: Int64, _ body: () async throws -> R) async throws -> R {
+        _ = try await pool.acquireAsync(index: submitLock, deadline: deadline)
+        defer { pool.release(index: submitLock) }
+        let end = pmll_load64_acquire(&head.pointee.next_ticket)
+        if end > 0 { try await waitForServing(atLeast: end, deadline: deadline, ticket: end) }
+        return try await body()
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
+package func getpidValue() -> Int32 { getpid() }

@@ -1,0 +1,70 @@
+package import CPMLL
+package import PMLLCore
+import PMLLLocks
+import PMLLStore
+
+/// The pool's queue heads: found by a linear scan (a pool holds few queues), created under
+/// the TABLE byte lock like lock entries. Each queue owns a lock entry named
+/// `pmll:queue/NAME` that serialises submissions.
+package struct QueueTable {
+    package let memory: PoolMemory
+    package let path: String
+
+    package static let maxNameBytes = Int(PMLL_NAME_MAX) - "pmll:queue/".utf8.count
+
+    package static func validate(name: String) throws(PMLLError) {
+        let bytes = name.utf8.count
+        guard bytes > 0 else { throw .invalidQueueName(name: name, reason: "empty") }
+        guard bytes <= maxNameBytes else { throw .invalidQueueName(name: String(name.prefix(40)) + "…", reason: "\(bytes) bytes; the limit is \(maxNameBytes)") }
+        guard !name.utf8.contains(0) else { throw .invalidQueueName(name: name, reason: "contains NUL") }
+    }
+
+    package static func checksum(_ q: UnsafeMutablePointer<pmll_queue_head_t>) -> UInt32 {
+        var fields = [q.pointee.flags, q.pointee.submit_lock, q.pointee.name_length]
+        let head = fields.withUnsafeMutableBytes { pmll_crc32c(0, $0.baseAddress, $0.count) }
+        return withUnsafeBytes(of: q.pointee.name) { pmll_crc32c(head, $0.baseAddress, Int(q.pointee.name_length)) }
+    }
+
+    /// Every READY queue with its index.
+    package func all() throws(PMLLError) -> [(index: UInt32, head: UnsafeMutablePointer<pmll_queue_head_t>)] {
+        var result: [(UInt32, UnsafeMutablePointer<pmll_queue_head_t>)] = []
+        for index in 0..<memory.queueCapacity {
+            let q = memory.queue(index)
+            let state = pmll_load32(&q.pointee.state)
+            if state == PMLL_ENTRY_EMPTY { continue }
+            guard state == PMLL_ENTRY_READY, Self.checksum(q) == q.pointee.checksum else {
+                throw .corruptPool(path: path, reason: "queue head \(index) fails its checksum")
+            }
+            result.append((index, q))
+        }
+        return result
+    }
+
+    package func find(_ name: String) throws(PMLLError) -> UInt32? {
+        let bytes = Array(name.utf8)
+        for (index, q) in try all() where q.pointee.name_length == UInt32(bytes.count) {
+            if withUnsafeBytes(of: q.pointee.name, { $0.prefix(bytes.count).elementsEqual(bytes) }) { return index }
+        }
+        return nil
+    }
+
+    /// Creates the head (the caller holds the TABLE lock and has created the submit lock).
+    package func insert(_ name: String, persistent: Bool, submitLock: UInt32) throws(PMLLError) -> UInt32 {
+        for index in 0..<memory.queueCapacity {
+            let q = memory.queue(index)
+            guard pmll_load32(&q.pointee.state) == PMLL_ENTRY_EMPTY else { continue }
+            // An EMPTY head may hold a torn creation: clear it whole, counters included.
+            UnsafeMutableRawPointer(q).initializeMemory(as: UInt8.self, repeating: 0, count: MemoryLayout<pmll_queue_head_t>.size)
+            q.pointee.flags = persistent ? PMLL_QUEUE_FLAG_PERSISTENT : 0
+            q.pointee.submit_lock = submitLock
+            q.pointee.name_length = UInt32(name.utf8.count)
+            withUnsafeMutableBytes(of: &q.pointee.name) { $0.copyBytes(from: Array(name.utf8)) }
+            q.pointee.checksum = Self.checksum(q)
+            try memory.persistence.persist(UnsafeRawPointer(q), MemoryLayout<pmll_queue_head_t>.size, site: "queue.head")
+            pmll_store32(&q.pointee.state, PMLL_ENTRY_READY)
+            try memory.persistence.persist(UnsafeRawPointer(q), 4, site: "queue.head")
+            return index
+        }
+        throw .poolFull(table: "queue", capacity: Int(memory.queueCapacity))
+    }
+}

@@ -1,0 +1,45 @@
+import CPMLL
+package import PMLLCore
+import PMLLLocks
+
+extension Pool {
+    /// The store layer's part of ``Pool/check()``, under the store lock for a consistent
+    /// view: the superblock, every key's checksum, extents against the allocation bitmap (no
+    /// leaked, overlapping or dangling blocks), and no transaction log left pending.
+    package func checkStore(into report: inout CheckReport) throws(PMLLError) {
+        guard store.blockCount > 0 else { return }
+        try withStoreLock { () throws(PMLLError) in
+            var owner = [Int32](repeating: -1, count: store.blockCount)
+            for i in 0..<store.capacity {
+                let s = store.slot(i)
+                switch s.pointee.state {
+                case PMLL_KEY_EMPTY, PMLL_KEY_TOMBSTONE: continue
+                case PMLL_KEY_USED: break
+                default:
+                    report.problems.append("key slot \(i) has unknown state \(s.pointee.state)")
+                    continue
+                }
+                report.keysChecked += 1
+                do {
+                    _ = try store.record(i)
+                } catch {
+                    report.problems.append("\(error)")
+                }
+                guard Int(s.pointee.first_block) + Int(s.pointee.block_count) <= store.blockCount else { continue }
+                for b in Int(s.pointee.first_block)..<Int(s.pointee.first_block + s.pointee.block_count) {
+                    if owner[b] >= 0 { report.problems.append("block \(b) belongs to key slots \(owner[b]) and \(i)") }
+                    owner[b] = Int32(i)
+                    report.blocksReferenced += 1
+                    if !store.isAllocated(b) { report.problems.append("block \(b) of key slot \(i) is marked free") }
+                }
+            }
+            for b in 0..<store.blockCount where store.isAllocated(b) {
+                report.blocksUsed += 1
+                if owner[b] < 0 { report.problems.append("block \(b) is allocated but belongs to no key (leak)") }
+            }
+            for i in 0..<store.layout.logSlots where isPending(store.logHeader(i)) {
+                report.problems.append("transaction log \(i) is pending")
+            }
+        }
+    }
+}

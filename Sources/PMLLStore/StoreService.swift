@@ -1,0 +1,26 @@
+import CPMLL
+import Synchronization
+package import PMLLCore
+import PMLLLocks
+
+/// The store layer's per-pool state: the store's layout (read and validated once, when the
+/// facade opens the pool) and the index of the store lock, created on first use.
+package final class StoreService: Sendable {
+    package let store: StateStore
+    let lockIndex = Mutex<UInt32?>(nil)
+
+    init(_ store: StateStore) { self.store = store }
+}
+
+extension Pool {
+    /// Reads the store's superblock and installs the store layer on this pool: the state
+    /// store and the repair hook that rolls back a dead holder's transaction. Called by the
+    /// facade while opening.
+    package func attachStore() throws(PMLLError) {
+        let layout = try StoreLayout.read(memory.base, heap: memory.layout.heap, path: path)
+        _ = services.get(StoreService.self) { StoreService(StateStore(memory: memory, layout: layout, path: path)) }
+        hooks.repairAfterOwnerDeath.withLock { $0 = { pool throws(PMLLError) in try pool.storeReady() } }
+    }
+
+    package var store: StateStore { services.required(StoreService.self).store }
+}

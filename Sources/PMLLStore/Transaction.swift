@@ -1,0 +1,109 @@
+import CPMLL
+public import PMLLCore
+import PMLLLocks
+
+/// A transaction over the pool's state store. Writes are buffered and reads see them; the
+/// whole set commits atomically when the `transaction` body returns, or not at all if it
+/// throws or the process dies at any instruction (Docs/Transactions.md).
+///
+/// Noncopyable and lent `inout` to the body: it cannot escape the transaction.
+public struct Transaction: ~Copyable {
+    let pool: Pool
+    private(set) var writes: [String: [UInt8]?] = [:]
+    private(set) var order: [String] = []
+
+    init(pool: Pool) { self.pool = pool }
+
+    /// The value of `key`, or nil if it has none: this transaction's own write if any,
+    /// else the committed value (checked against its checksum).
+    public func get(_ key: String) throws(PMLLError) -> [UInt8]? {
+        try StateStore.validate(key: key)
+        if let pending = writes[key] { return pending }
+        return try pool.readCommitted(key)
+    }
+
+    public func getString(_ key: String) throws(PMLLError) -> String? {
+        try get(key).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// Sets `key` (1–255 bytes of UTF-8, no NUL, not starting with `pmll:`) to `value`
+    /// (at most 65536 bytes).
+    public mutating func set(_ key: String, _ value: [UInt8]) throws(PMLLError) {
+        try StateStore.validate(key: key, user: true)
+        guard value.count <= Int(PMLL_VALUE_MAX) else { throw .valueTooLarge(key: key, bytes: value.count, limit: Int(PMLL_VALUE_MAX)) }
+        record(key, value)
+    }
+
+    public mutating func set(_ key: String, _ value: String) throws(PMLLError) {
+        try set(key, Array(value.utf8))
+    }
+
+    /// Removes `key` (no effect if it has no value).
+    public mutating func delete(_ key: String) throws(PMLLError) {
+        try StateStore.validate(key: key, user: true)
+        record(key, nil)
+    }
+
+    /// The library's own records (`pmll:` keys).
+    package mutating func setInternal(_ key: String, _ value: [UInt8]) throws(PMLLError) {
+        guard value.count <= Int(PMLL_VALUE_MAX) else { throw .valueTooLarge(key: key, bytes: value.count, limit: Int(PMLL_VALUE_MAX)) }
+        record(key, value)
+    }
+
+    package mutating func deleteInternal(_ key: String) throws(PMLLError) { record(key, nil) }
+
+    /// Keys with `prefix`, as this transaction sees them, sorted.
+    public func keys(prefix: String = "") throws(PMLLError) -> [String] {
+        var keys = Set(try pool.committedKeys(prefix: prefix))
+        for (key, value) in writes where key.hasPrefix(prefix) {
+            if value == nil { keys.remove(key) } else { keys.insert(key) }
+        }
+        return keys.sorted()
+    }
+
+    private mutating func record(_ key: String, _ value: [UInt8]?) {
+        if writes.updateValue(value, forKey: key) == nil { order.append(key) }
+    }
+
+    var plannedWrites: [(key: String, value: [UInt8]?)] { order.map { ($0, writes[$0]!) } }
+}
+
+extension Pool {
+    /// Runs `body` as one transaction: its writes commit atomically when it returns, and are
+    /// discarded if it throws (the error is rethrown). Run it under the locks that protect the
+    /// data; commits of different processes then touch different keys. Not reentrant:
+    /// a transaction inside another on the same thread throws ``PMLLError/nestedTransaction``.
+    public func transaction<R>(_ body: (inout Transaction) throws -> R) throws -> R {
+        guard pmll_tx_depth_get() == 0 else { throw PMLLError.nestedTransaction }
+        pmll_tx_depth_set(1)
+        defer { pmll_tx_depth_set(0) }
+        try storeReady()
+        var tx = Transaction(pool: self)
+        let result = try body(&tx)
+        try commit(tx.plannedWrites)
+        return result
+    }
+
+    /// A transaction of the library's own (it may run inside a user's synchronous scope on
+    /// another thread, so it does not take part in the nesting check).
+    package func internalTransaction(_ body: (inout Transaction) throws(PMLLError) -> Void) throws(PMLLError) {
+        try storeReady()
+        var tx = Transaction(pool: self)
+        try body(&tx)
+        try commit(tx.plannedWrites)
+    }
+
+    /// The committed value of `key` (a one-read transaction).
+    public func value(for key: String) throws(PMLLError) -> [UInt8]? {
+        try StateStore.validate(key: key)
+        try storeReady()
+        return try readCommitted(key)
+    }
+
+    /// Space used and free in the state store.
+    public func storeUsage() throws(PMLLError) -> StoreUsage {
+        let store = try stateStore()
+        return try withStoreLock { () throws(PMLLError) -> StoreUsage in store.usage() }
+    }
+}
+

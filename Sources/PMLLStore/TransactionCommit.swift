@@ -1,0 +1,284 @@
+package import CPMLL
+package import PMLLCore
+import PMLLLocks
+
+/// Commit and rollback of state-store transactions (Docs/Transactions.md).
+///
+/// Under the store lock (a robust lock, taken for microseconds plus the barriers):
+/// 1. plan: find or pick slots, allocate new extents (never blocks freed by this commit),
+///    compute the new slot and bitmap bytes;
+/// 2. undo log: old contents of every slot and bitmap byte range that will change, with a
+///    header (seq = done_seq + 1, CRC32C over everything) → barrier 1;
+/// 3. apply: write the new extents, slots and bitmap bytes → barrier 2 (one msync span);
+/// 4. commit point: done_seq = seq, one aligned 8-byte store → barrier 3.
+/// A log is pending while seq > done_seq and its checksum holds; rollback copies the old
+/// bytes back and then sets done_seq, so it is idempotent.
+extension Pool {
+    package func stateStore() throws(PMLLError) -> StateStore {
+        guard store.blockCount > 0 else { throw .poolFull(table: "state store", capacity: 0) }
+        return store
+    }
+
+    /// The store lock, created on first use.
+    package func storeLock() throws(PMLLError) -> UInt32 {
+        let service = services.required(StoreService.self)
+        if let index = service.lockIndex.withLock({ $0 }) { return index }
+        let index = try table.index(of: "pmll:store", level: .network, create: true, creation: tableCreation, allowReserved: true)!
+        service.lockIndex.withLock { $0 = index }
+        return index
+    }
+
+    /// Runs `body` holding the store lock, after rolling back the transaction of a holder
+    /// that died inside its commit.
+    package func withStoreLock<R>(_ body: () throws(PMLLError) -> R) throws(PMLLError) -> R {
+        let index = try storeLock()
+        let taken = try acquire(index: index, deadline: .max, cancellation: nil)
+        var inconsistent = false
+        defer { release(index: index, inconsistent: inconsistent) }
+        if taken.ownerDied {
+            do { try rollBackPending() } catch { inconsistent = true; throw error }
+        }
+        return try body()
+    }
+
+    /// Called before a transaction, on open, and after a user lock is taken over from a dead
+    /// holder: rolls back what a dead committer left (cheap check first).
+    package func storeReady() throws(PMLLError) {
+        guard store.blockCount > 0 else { return }
+        if (0..<store.layout.logSlots).contains(where: { isPending(store.logHeader($0)) }) {
+            try withStoreLock { () throws(PMLLError) in try rollBackPending() }
+        }
+    }
+
+    package func readCommitted(_ key: String) throws(PMLLError) -> [UInt8]? {
+        let store = try stateStore()
+        let bytes = Array(key.utf8)
+        return try withStoreLock { () throws(PMLLError) -> [UInt8]? in
+            guard let i = try store.find(bytes).found else { return nil }
+            return Array(try store.record(i).dropFirst(bytes.count))
+        }
+    }
+
+    package func committedKeys(prefix: String) throws(PMLLError) -> [String] {
+        let store = try stateStore()
+        return try withStoreLock { () throws(PMLLError) -> [String] in
+            var keys: [String] = []
+            for i in 0..<store.capacity where store.slot(i).pointee.state == PMLL_KEY_USED {
+                let key = String(decoding: try store.key(of: i), as: UTF8.self)
+                if key.hasPrefix(prefix) { keys.append(key) }
+            }
+            return keys
+        }
+    }
+
+    // MARK: commit
+
+    private struct SlotPlan {
+        let index: UInt32
+        let key: [UInt8]
+        let value: [UInt8]?
+        let extent: (first: UInt32, count: UInt32)?
+    }
+
+    package func commit(_ writes: [(key: String, value: [UInt8]?)]) throws(PMLLError) {
+        guard !writes.isEmpty else { return }
+        let store = try stateStore()
+        try withStoreLock { () throws(PMLLError) in
+            var bitmap: [Int: UInt8] = [:]            // planned bitmap bytes
+            var frozen = Set<Int>()                   // blocks freed here: old values must survive a rollback
+            var reserved = Set<UInt32>()
+            var plans: [SlotPlan] = []
+            func allocated(_ b: Int) -> Bool { (bitmap[b / 8] ?? store.bitmap[b / 8]) & UInt8(1 << (b % 8)) != 0 }
+            func mark(_ b: Int, _ on: Bool) {
+                let old = bitmap[b / 8] ?? store.bitmap[b / 8]
+                bitmap[b / 8] = on ? old | UInt8(1 << (b % 8)) : old & ~UInt8(1 << (b % 8))
+            }
+
+            for (key, value) in writes {
+                let bytes = Array(key.utf8)
+                let (found, _) = try store.find(bytes)
+                if value == nil && found == nil { continue }
+                let index: UInt32
+                if let found {
+                    index = found
+                    let old = store.slot(found)
+                    if old.pointee.block_count > 0 {
+                        for b in Int(old.pointee.first_block)..<Int(old.pointee.first_block + old.pointee.block_count) {
+                            mark(b, false)
+                            frozen.insert(b)
+                        }
+                    }
+                } else {
+                    index = try freeSlot(store, hash: bytes.withUnsafeBytes { pmll_crc32c(0, $0.baseAddress, $0.count) }, avoiding: reserved)
+                }
+                reserved.insert(index)
+                var extent: (UInt32, UInt32)?
+                if let value, bytes.count + value.count > Int(PMLL_INLINE_MAX) {
+                    let need = (bytes.count + value.count + Int(PMLL_BLOCK_SIZE) - 1) / Int(PMLL_BLOCK_SIZE)
+                    guard let first = findRun(need, blocks: store.blockCount, isFree: { !allocated($0) && !frozen.contains($0) }) else {
+                        throw .poolFull(table: "state store blocks", capacity: store.blockCount)
+                    }
+                    for b in first..<(first + need) { mark(b, true) }
+                    extent = (UInt32(first), UInt32(need))
+                }
+                plans.append(SlotPlan(index: index, key: bytes, value: value, extent: extent))
+            }
+            guard !plans.isEmpty else { return }
+
+            // Undo log: old slots and old bitmap bytes.
+            var ranges: [(offset: Int, length: Int)] = plans.map { (store.offset(of: store.slot($0.index)), MemoryLayout<pmll_key_slot_t>.size) }
+            ranges += Self.runs(bitmap.keys.sorted()).map { (store.layout.bitmap.lowerBound + $0.lowerBound, $0.count) }
+            let header = store.logHeader(Int(slot) % store.layout.logSlots)
+            try writeUndoLog(header, ranges: ranges)
+            CrashPoint.hit("tx.undo-logged")
+
+            // Apply.
+            var touched: [(offset: Int, length: Int)] = []
+            for plan in plans {
+                let s = store.slot(plan.index)
+                let version = s.pointee.state == PMLL_KEY_USED ? s.pointee.version &+ 1 : 1
+                guard let value = plan.value else {
+                    UnsafeMutableRawPointer(s).initializeMemory(as: UInt8.self, repeating: 0, count: MemoryLayout<pmll_key_slot_t>.size)
+                    s.pointee.state = PMLL_KEY_TOMBSTONE
+                    touched.append((store.offset(of: s), MemoryLayout<pmll_key_slot_t>.size))
+                    continue
+                }
+                let record = plan.key + value
+                UnsafeMutableRawPointer(s).initializeMemory(as: UInt8.self, repeating: 0, count: MemoryLayout<pmll_key_slot_t>.size)
+                s.pointee.key_hash = plan.key.withUnsafeBytes { pmll_crc32c(0, $0.baseAddress, $0.count) }
+                s.pointee.key_length = UInt32(plan.key.count)
+                s.pointee.value_length = UInt32(value.count)
+                s.pointee.version = version
+                if let extent = plan.extent {
+                    s.pointee.first_block = extent.first
+                    s.pointee.block_count = extent.count
+                    record.withUnsafeBytes { store.block(extent.first).copyMemory(from: $0.baseAddress!, byteCount: record.count) }
+                    touched.append((store.offset(of: store.block(extent.first)), record.count))
+                } else {
+                    withUnsafeMutableBytes(of: &s.pointee.inline_data) { $0.copyBytes(from: record) }
+                }
+                s.pointee.checksum = StateStore.checksum(s, record: record)
+                s.pointee.state = PMLL_KEY_USED
+                touched.append((store.offset(of: s), MemoryLayout<pmll_key_slot_t>.size))
+            }
+            for (byte, value) in bitmap { store.bitmap[byte] = value }
+            CrashPoint.hit("tx.applying")
+            touched += Self.runs(bitmap.keys.sorted()).map { (store.layout.bitmap.lowerBound + $0.lowerBound, $0.count) }
+            try persist(touched, site: "tx.data")
+            CrashPoint.hit("tx.applied")
+
+            // Commit point.
+            pmll_store64_release(&header.pointee.done_seq, header.pointee.seq)
+            try memory.persistence.persist(UnsafeRawPointer(header), 8, site: "tx.commit")
+            CrashPoint.hit("tx.committed")
+        }
+    }
+
+    private func freeSlot(_ store: StateStore, hash: UInt32, avoiding reserved: Set<UInt32>) throws(PMLLError) -> UInt32 {
+        for probe in 0..<store.capacity {
+            let i = (hash &+ probe) % store.capacity
+            let state = store.slot(i).pointee.state
+            if state != PMLL_KEY_USED && !reserved.contains(i) { return i }
+        }
+        throw .poolFull(table: "state store keys", capacity: Int(store.capacity))
+    }
+
+    private func findRun(_ need: Int, blocks: Int, isFree: (Int) -> Bool) -> Int? {
+        var start = 0, length = 0
+        for b in 0..<blocks {
+            if isFree(b) {
+                if length == 0 { start = b }
+                length += 1
+                if length == need { return start }
+            } else {
+                length = 0
+            }
+        }
+        return nil
+    }
+
+    package static func runs(_ sorted: [Int]) -> [Range<Int>] {
+        var result: [Range<Int>] = []
+        for i in sorted {
+            if let last = result.last, last.upperBound == i { result[result.count - 1] = last.lowerBound..<(i + 1) } else { result.append(i..<(i + 1)) }
+        }
+        return result
+    }
+
+    /// One barrier for all ranges: a cache flush of each on pmem, else one msync of their span.
+    package func persist(_ ranges: [(offset: Int, length: Int)], site: StaticString) throws(PMLLError) {
+        guard let low = ranges.map(\.offset).min(), let high = ranges.map({ $0.offset + $0.length }).max() else { return }
+        if memory.persistence.isPmem {
+            for r in ranges { try memory.persistence.persist(UnsafeRawPointer(memory.base + r.offset), r.length, site: site) }
+        } else {
+            try memory.persistence.persist(UnsafeRawPointer(memory.base + low), high - low, site: site)
+        }
+    }
+
+    // MARK: undo log
+
+    private func writeUndoLog(_ header: UnsafeMutablePointer<pmll_log_header_t>, ranges: [(offset: Int, length: Int)]) throws(PMLLError) {
+        let entriesStart = UnsafeMutableRawPointer(header) + MemoryLayout<pmll_log_header_t>.size
+        var cursor = 0
+        for r in ranges {
+            let size = MemoryLayout<pmll_log_entry_t>.size + (r.length + 7) / 8 * 8
+            guard MemoryLayout<pmll_log_header_t>.size + cursor + size <= Int(PMLL_LOG_SLOT_SIZE) else {
+                throw .poolFull(table: "transaction log (too many changes in one transaction)", capacity: Int(PMLL_LOG_SLOT_SIZE))
+            }
+            let entry = (entriesStart + cursor).assumingMemoryBound(to: pmll_log_entry_t.self)
+            entry.pointee = pmll_log_entry_t(offset: UInt64(r.offset), length: UInt32(r.length), reserved: 0)
+            (entriesStart + cursor + MemoryLayout<pmll_log_entry_t>.size).copyMemory(from: memory.base + r.offset, byteCount: r.length)
+            cursor += size
+        }
+        header.pointee.seq = header.pointee.done_seq &+ 1
+        header.pointee.owner_token = token
+        header.pointee.entry_count = UInt32(ranges.count)
+        header.pointee.bytes = UInt32(cursor)
+        header.pointee.checksum = Self.logChecksum(header)
+        try memory.persistence.persist(UnsafeRawPointer(header), MemoryLayout<pmll_log_header_t>.size + cursor, site: "tx.log")
+    }
+
+    package static func logChecksum(_ header: UnsafeMutablePointer<pmll_log_header_t>) -> UInt32 {
+        var fields = (header.pointee.seq, header.pointee.owner_token, header.pointee.entry_count, header.pointee.bytes)
+        let crc = withUnsafeBytes(of: &fields) { pmll_crc32c(0, $0.baseAddress, $0.count) }
+        let bytes = min(Int(header.pointee.bytes), Int(PMLL_LOG_SLOT_SIZE) - MemoryLayout<pmll_log_header_t>.size)
+        return pmll_crc32c(crc, UnsafeRawPointer(header) + MemoryLayout<pmll_log_header_t>.size, bytes)
+    }
+
+    package func isPending(_ header: UnsafeMutablePointer<pmll_log_header_t>) -> Bool {
+        pmll_load64_acquire(&header.pointee.done_seq) < header.pointee.seq
+    }
+
+    /// Rolls back every pending log (the caller holds the store lock, so no live committer
+    /// is using one). A log whose checksum fails was torn before anything it covers was
+    /// touched, and is discarded.
+    package func rollBackPending() throws(PMLLError) {
+        let store = try stateStore()
+        for i in 0..<store.layout.logSlots {
+            let header = store.logHeader(i)
+            guard isPending(header) else { continue }
+            if Self.logChecksum(header) == header.pointee.checksum {
+                var restored: [(offset: Int, length: Int)] = []
+                var cursor = 0
+                let entries = UnsafeMutableRawPointer(header) + MemoryLayout<pmll_log_header_t>.size
+                for _ in 0..<header.pointee.entry_count {
+                    let entry = (entries + cursor).assumingMemoryBound(to: pmll_log_entry_t.self)
+                    let offset = Int(entry.pointee.offset), length = Int(entry.pointee.length)
+                    let inIndex = store.layout.index.contains(offset) && offset + length <= store.layout.index.upperBound
+                    let inBitmap = store.layout.bitmap.contains(offset) && offset + length <= store.layout.bitmap.upperBound
+                    guard inIndex || inBitmap, cursor + MemoryLayout<pmll_log_entry_t>.size + length <= Int(header.pointee.bytes) else {
+                        throw .transactionRecoveryFailed(reason: "undo log \(i) has an entry outside the store tables")
+                    }
+                    (memory.base + offset).copyMemory(from: entries + cursor + MemoryLayout<pmll_log_entry_t>.size, byteCount: length)
+                    restored.append((offset, length))
+                    cursor += MemoryLayout<pmll_log_entry_t>.size + (length + 7) / 8 * 8
+                }
+                try persist(restored, site: "tx.rollback")
+                CrashPoint.hit("tx.rolled-back")
+                Self.logger.notice("rolled back an interrupted transaction", metadata: ["log": "\(i)", "entries": "\(restored.count)"])
+            }
+            pmll_store64_release(&header.pointee.done_seq, header.pointee.seq)
+            try memory.persistence.persist(UnsafeRawPointer(header), 8, site: "tx.rollback-done")
+        }
+    }
+}
