@@ -1,6 +1,7 @@
 import PMLLCore
 import PMLLLocks
 import PMLLStore
+
 /// One planned step of an atomic batch, as recorded in its journal (Docs/FileBatches.md).
 package struct BatchStep: Equatable {
     package enum Op: UInt8 {

@@ -1,6 +1,7 @@
 import PMLLCore
 import PMLLLocks
 import PMLLStore
+
 /// Defaults for hardened queues, modelled on the design's `CPM_Config`
 /// (`timeout_ms = 30000`, `max_retries = 3`).
 public struct QueueConfiguration: Sendable, Equatable {

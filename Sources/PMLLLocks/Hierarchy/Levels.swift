@@ -1,4 +1,5 @@
 public import PMLLCore
+
 /// Phantom level types of the lock hierarchy and the "may acquire" chain that orders them.
 ///
 /// Swift has no generic protocols, so "level A may be followed by level B" is a chain of

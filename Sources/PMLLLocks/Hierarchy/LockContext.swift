@@ -1,4 +1,5 @@
 public import PMLLCore
+
 /// The capability to take locks, typed by the innermost level held (`Held`).
 ///
 /// It is noncopyable and only ever lent to a closure `inout`: it cannot be copied, stored
