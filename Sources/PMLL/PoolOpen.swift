@@ -27,7 +27,7 @@ extension Pool {
         try pool.attachStore()
         try pool.storeReady()
         if pool.openReport.volatileReset != nil {
-            _ = try? pool.recoverFileBatches(ownersAreGone: true)
+            _ = try? pool.fileBatchRecovery(ownersAreGone: true)
             PoolCreation.removeAbandonedTemporaries(of: pool.path)
         }
         return pool
@@ -44,11 +44,13 @@ extension Pool {
     /// operations (the handler registered for each one's kind).
     public func recover(handlers: [String: RecoveryHandler], timeout: Duration = .seconds(30)) async throws -> RecoveryReport {
         var report = RecoveryReport()
-        report.fileBatchesRolledBack = try recoverFileBatches()
+        let batches = try fileBatchRecovery()
+        report.fileBatchesRolledBack = batches.handled
+        report.fileBatchesNeedingAttention = batches.needsAttention
         var handlers = handlers
         // A file batch run as a queue operation recovers through its own journal (above).
         handlers[HardenedQueue.fileBatchKind] = handlers[HardenedQueue.fileBatchKind] ?? { _ in }
-        try await recoverQueues(handlers: handlers, timeout: timeout, into: &report)
+        report.items = try await recoverQueues(handlers: handlers, timeout: timeout)
         return report
     }
 }
@@ -63,4 +65,20 @@ extension HardenedQueue {
             try pool.apply(batch, root: root, atomic: atomic)
         }
     }
+}
+
+/// What a recovery run found and did.
+public struct RecoveryReport: Codable, Sendable {
+    public typealias Item = QueueRecoveryItem
+    public typealias Outcome = QueueRecoveryItem.Outcome
+    /// Abandoned queue operations, and what their handlers did.
+    public var items: [Item] = []
+    /// Atomic file batches of dead processes that were rolled back (or cleaned up).
+    public var fileBatchesRolledBack = 0
+    /// Atomic file batches whose rollback or clean-up failed again: their journals are kept.
+    public var fileBatchesNeedingAttention: [BatchAttention] = []
+    public init() {}
+
+    /// Something is left for a person: a batch that is not rolled back.
+    public var needsAttention: Bool { !fileBatchesNeedingAttention.isEmpty }
 }

@@ -62,6 +62,9 @@ public enum PMLLError: Error, Equatable, Sendable {
     /// A file batch failed while being applied (after validation); in atomic mode the tree
     /// was restored to what it was before the batch.
     case batchFailed(index: Int, path: String, errno: Errno)
+    /// An atomic file batch failed and could not be fully rolled back (or its backups not
+    /// removed after its commit): its journal is kept and each recovery tries again.
+    case batchNeedsAttention(batch: String, root: String, reason: String)
     /// A system call failed in a way the caller did not cause directly.
     case systemCall(name: String, errno: Errno)
 }
@@ -104,6 +107,7 @@ extension PMLLError: CustomStringConvertible {
         case let .transactionRecoveryFailed(reason): "rolling back a dead process's transaction failed: \(reason)"
         case let .invalidBatch(index, reason): index.map { "invalid batch entry \($0): \(reason)" } ?? "invalid batch: \(reason)"
         case let .batchFailed(index, path, errno): "batch entry \(index) ('\(path)') failed: \(errno.description) (errno \(errno.rawValue))"
+        case let .batchNeedsAttention(batch, root, reason): "file batch \(batch) on '\(root)' needs attention: \(reason); `pmll recover` retries it"
         case let .systemCall(name, errno): "\(name) failed: \(errno.description) (errno \(errno.rawValue))"
         }
     }

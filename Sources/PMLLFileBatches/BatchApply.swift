@@ -8,34 +8,6 @@ public import PMLLCore
 import PMLLLocks
 import PMLLStore
 
-/// What applying a batch did.
-public struct BatchReport: Sendable, Codable, Equatable {
-    public let backend: IOBackendKind
-    /// How the batch created files on the root's filesystem (Docs/FileBatches.md).
-    public let creation: FileCreation
-    public let atomic: Bool
-    /// "ok", or the error of that entry (non-atomic mode reports each; atomic mode fails whole).
-    public let results: [String]
-    public let nanoseconds: Int64
-    /// Where an atomic batch spent its time (zero for best effort), for benchmarks and logs.
-    public var phases = BatchPhases()
-}
-
-/// Nanoseconds per phase of an atomic batch (Docs/FileBatches.md, "Atomic protocol").
-public struct BatchPhases: Sendable, Codable, Equatable {
-    /// Writing the journal (one store transaction).
-    public var journal: Int64 = 0
-    /// Directories; new files written, linked, backed up, renamed into place where no earlier
-    /// step touches their path, and fsynced one by one (small batches).
-    public var stage: Int64 = 0
-    /// The other steps in order, then the directory fsyncs or the syncfs, and requested fsyncs.
-    public var apply: Int64 = 0
-    /// The commit transaction.
-    public var commit: Int64 = 0
-    /// Removing the backups (their directories fsynced) and the journal.
-    public var cleanUp: Int64 = 0
-}
-
 extension Pool {
     package static let batchPrefix = "pmll:batch/"
 
@@ -52,7 +24,10 @@ extension Pool {
         // A dead process's half-applied batch on this tree is undone first. The caller holds
         // whatever serialises work on the tree (its lock, its queue turn), so nobody else is
         // changing it now.
-        try recoverFileBatches(root: Self.absolute(root))
+        let earlier = try fileBatchRecovery(root: Self.absolute(root))
+        if let stuck = earlier.needsAttention.first {
+            throw .batchNeedsAttention(batch: stuck.id, root: stuck.root, reason: "an earlier batch on this tree is not rolled back (\(stuck.reason)); nothing was applied")
+        }
         let dirs = DirectoryCache(root: rootFD)
         defer { dirs.closeAll() }
         let backend = IOBackend.shared
@@ -63,7 +38,7 @@ extension Pool {
                                nanoseconds: Clock.monotonicNanoseconds - start)
         }
         let id = String(UInt64.random(in: 0...UInt64.max), radix: 36)
-        let plan = try plan(batch, dirs: dirs)
+        let plan = try BatchPlan(batch, lookup: dirs.entry)
         var journal = BatchJournal(id: id, root: Self.absolute(root), owner: token, phase: .staging, steps: plan.steps)
         var phases = BatchPhases(), mark = Clock.monotonicNanoseconds
         func lap(_ phase: WritableKeyPath<BatchPhases, Int64>) {
@@ -85,7 +60,16 @@ extension Pool {
                            fsyncs: batch.operations.compactMap { if case .fsync(let p) = $0 { p } else { nil } })
         } catch {
             staging.release()
-            undo(journal, dirs: dirs)
+            let failures = undo(journal, dirs: dirs)
+            guard failures.isEmpty else {
+                // The tree is not back to what it was: keep the journal, with no owner so that
+                // any recovery (ours included) tries the rollback again, and say so.
+                let reason = "applying failed (\(error)); rolling back failed: \(failures.map(\.description).joined(separator: "; "))"
+                journal.owner = 0
+                try? writeJournal(journal)
+                try? recordAttention(BatchAttention(id: id, root: journal.root, reason: reason))
+                throw PMLLError.batchNeedsAttention(batch: id, root: journal.root, reason: reason)
+            }
             try? deleteJournal(id)
             throw error
         }
@@ -94,73 +78,22 @@ extension Pool {
         try writeJournal(journal)
         lap(\.commit)
         CrashPoint.hit("batch.committed")
-        cleanUp(journal, dirs: dirs, held: staging.held, durable: durable)
-        try deleteJournal(id)
+        let leftovers = cleanUp(journal, dirs: dirs, held: staging.held, durable: durable)
+        if leftovers.isEmpty {
+            try deleteJournal(id)
+        } else {
+            // Committed and durable; only backups are left. The journal stays, ownerless, so
+            // that recovery removes them later.
+            journal.owner = 0
+            try? writeJournal(journal)
+            try? recordAttention(BatchAttention(id: id, root: journal.root, reason: "backups left after the commit: \(leftovers.map(\.description).joined(separator: "; "))"))
+        }
         lap(\.cleanUp)
-        return BatchReport(backend: backend.kind, creation: creation, atomic: true, results: batch.operations.map { _ in "ok" },
+        return BatchReport(backend: backend.kind, creation: creation, atomic: true, results: batch.operations.map { _ in .applied },
                            nanoseconds: Clock.monotonicNanoseconds - start, phases: phases)
     }
 
     // MARK: plan and journal
-
-    /// Plans each step against the tree as the earlier steps of the batch will have left it,
-    /// so that a step may use what an earlier one creates. `early`: the writes and replaces
-    /// that staging applies, because no earlier step touches their path; those that replace an
-    /// existing file are applied by exchange, and their step records the file's inode number.
-    private func plan(_ batch: FileBatch, dirs: DirectoryCache) throws(PMLLError) -> (steps: [BatchStep], early: Set<Int>) {
-        var steps: [BatchStep] = [], early = Set<Int>()
-        var created = Set<String>(), removed = Set<String>(), touched = Set<String>(), createdDirs = Set<String>()
-        /// What is at `path` before the batch, unless an earlier step created or removed it.
-        func original(_ path: String) -> stat? { created.contains(path) || removed.contains(path) ? nil : dirs.status(path) }
-        // Writes, replaces and deletes act on files, and a rename does not replace a
-        // directory: their backups are removed with unlink, which a directory would survive.
-        func refuseDirectory(_ path: String, _ original: stat?, _ n: Int) throws(PMLLError) {
-            if createdDirs.contains(path) || original.map({ $0.st_mode & S_IFMT == S_IFDIR }) == true {
-                throw .invalidBatch(index: n, reason: "'\(path)' is a directory (write, replace and delete act on files, and rename does not replace a directory)")
-            }
-        }
-        for (n, op) in batch.operations.enumerated() {
-            let path = op.paths[0], before = original(path)
-            var step = BatchStep(op: .fsync, path: path, to: nil, existed: created.contains(path) || before != nil, toExisted: false, createdDirs: [])
-            defer { touched.formUnion(op.paths + step.createdDirs) }
-            switch op {
-            case .write, .replace:
-                if case .replace = op { step.op = .replace } else { step.op = .write }
-                try refuseDirectory(path, before, n)
-                guard step.existed || step.op == .write else { throw .invalidBatch(index: n, reason: "'\(path)' does not exist (replace needs an existing file)") }
-                if !touched.contains(path) {
-                    early.insert(n)
-                    step.oldInode = before.map { UInt64($0.st_ino) } ?? 0
-                }
-                created.insert(path); removed.remove(path)
-            case .delete:
-                step.op = .delete
-                guard step.existed else { throw .invalidBatch(index: n, reason: "'\(path)' does not exist") }
-                try refuseDirectory(path, before, n)
-                removed.insert(path); created.remove(path)
-            case .mkdir:
-                step.op = .mkdir
-                var prefix = ""
-                for component in path.split(separator: "/") {
-                    prefix = prefix.isEmpty ? String(component) : prefix + "/" + component
-                    if !created.contains(prefix) && original(prefix) == nil { step.createdDirs.append(prefix); created.insert(prefix); createdDirs.insert(prefix) }
-                }
-            case .rename(let from, let to):
-                step.op = .rename
-                step.to = to
-                let target = original(to)
-                step.toExisted = created.contains(to) || target != nil
-                guard step.existed else { throw .invalidBatch(index: n, reason: "'\(from)' does not exist") }
-                if step.toExisted { try refuseDirectory(to, target, n) }
-                if createdDirs.remove(from) != nil { createdDirs.insert(to) }
-                removed.insert(from); created.remove(from)
-                created.insert(to); removed.remove(to)
-            case .fsync: break
-            }
-            steps.append(step)
-        }
-        return (steps, early)
-    }
 
     private func writeJournal(_ journal: BatchJournal) throws(PMLLError) {
         let key = Self.batchPrefix + journal.id
@@ -300,11 +233,22 @@ extension Pool {
     }
 
     /// Puts the tree back as it was before the batch, whatever phase it reached. Idempotent.
-    package func undo(_ journal: BatchJournal, dirs: DirectoryCache) {
+    /// Returns every change it could not undo (empty: the tree is as it was).
+    package func undo(_ journal: BatchJournal, dirs: DirectoryCache) -> [RollbackFailure] {
         var touched = Set<Int32>()
+        var failures: [RollbackFailure] = []
         for (n, step) in journal.steps.enumerated().reversed() {
+            // A call that fails leaves that step's change in place (ENOENT from an unlink:
+            // already gone, which is what undo wants).
+            func attempt(_ call: String, _ path: String, _ rc: Int32) {
+                if rc != 0 && !(call == "unlink" && errno == ENOENT) { failures.append(RollbackFailure(step: n, path: path, call: call, errno: errno)) }
+            }
             let (parent, name) = PathGuard.split(step.path)
-            guard let fd = try? dirs.directory(parent, index: 0) else { continue }
+            let fd: Int32
+            do { fd = try dirs.directory(parent, index: n) } catch {
+                if let failure = RollbackFailure(opening: error, step: n, path: step.path) { failures.append(failure) }
+                continue
+            }
             touched.insert(fd)
             let has = { (n: String) in dirs.existsAt(fd, n) }
             let temp = journal.temp(n), backup = journal.backup(n)
@@ -314,39 +258,49 @@ extension Pool {
                 // happened, the new one before.
                 if has(backup) {
                     let old = dirs.inode(fd, backup) == step.oldInode
-                    if old && dirs.inode(fd, name) == step.oldInode { unlinkat(fd, backup, 0) }   // exchange fallback: linked, not renamed
-                    else if old { renameat(fd, backup, fd, name) }
-                    else { unlinkat(fd, backup, 0) }
+                    if old && dirs.inode(fd, name) == step.oldInode { attempt("unlink", step.path, unlinkat(fd, backup, 0)) }   // exchange fallback: linked, not renamed
+                    else if old { attempt("rename", step.path, renameat(fd, backup, fd, name)) }
+                    else { attempt("unlink", step.path, unlinkat(fd, backup, 0)) }
                 }
-                if has(temp) { unlinkat(fd, temp, 0) }
+                if has(temp) { attempt("unlink", step.path, unlinkat(fd, temp, 0)) }
             case .write, .replace:
                 if has(backup) {
                     // Killed between the backup link and the rename: both names are the same
                     // old file, and rename(2) between two links of one file does nothing.
-                    if dirs.sameFile(fd, backup, name) { unlinkat(fd, backup, 0) } else { renameat(fd, backup, fd, name) }
+                    if dirs.sameFile(fd, backup, name) { attempt("unlink", step.path, unlinkat(fd, backup, 0)) }
+                    else { attempt("rename", step.path, renameat(fd, backup, fd, name)) }
                 } else if !step.existed && !has(temp) && has(name) {
-                    unlinkat(fd, name, 0)
+                    attempt("unlink", step.path, unlinkat(fd, name, 0))
                 }
-                if has(temp) { unlinkat(fd, temp, 0) }
+                if has(temp) { attempt("unlink", step.path, unlinkat(fd, temp, 0)) }
             case .delete:
-                if has(backup) { renameat(fd, backup, fd, name) }
+                if has(backup) { attempt("rename", step.path, renameat(fd, backup, fd, name)) }
             case .rename:
                 let (toParent, toName) = PathGuard.split(step.to!)
-                guard let toFD = try? dirs.directory(toParent, index: 0) else { continue }
+                let toFD: Int32
+                do { toFD = try dirs.directory(toParent, index: n) } catch {
+                    if let failure = RollbackFailure(opening: error, step: n, path: step.to!) { failures.append(failure) }
+                    continue
+                }
                 touched.insert(toFD)
                 if !has(name) && dirs.existsAt(toFD, toName) && (!step.toExisted || dirs.existsAt(toFD, backup)) {
-                    renameat(toFD, toName, fd, name)
+                    attempt("rename", step.path, renameat(toFD, toName, fd, name))
                 }
-                if dirs.existsAt(toFD, backup) { renameat(toFD, backup, toFD, toName) }
+                if dirs.existsAt(toFD, backup) { attempt("rename", step.to!, renameat(toFD, backup, toFD, toName)) }
             case .mkdir:
                 for dir in step.createdDirs.reversed() {
                     let (p, n) = PathGuard.split(dir)
-                    if let pfd = try? dirs.directory(p, index: 0) { unlinkat(pfd, n, AT_REMOVEDIR); touched.insert(pfd) }
+                    guard let pfd = try? dirs.directory(p, index: 0), dirs.existsAt(pfd, n) else { continue }
+                    attempt("rmdir", dir, unlinkat(pfd, n, AT_REMOVEDIR))
+                    touched.insert(pfd)
                 }
             case .fsync: break
             }
         }
-        _ = IOBackend.shared.fsync(Array(touched))
+        for rc in IOBackend.shared.fsync(Array(touched)) where rc != 0 {
+            failures.append(RollbackFailure(step: -1, path: journal.root, call: "fsync of a directory", errno: -rc))
+        }
+        return failures
     }
 
     /// After the commit: drop the backups. Freeing the old inodes is the slow part on disk:
@@ -356,9 +310,11 @@ extension Pool {
     /// (`durable`): the journal is deleted next, and a removal that a power failure undid
     /// would leave a backup nobody knows of. A backup that is already gone (a repeated cleanup
     /// after a crash) is not an error.
-    package func cleanUp(_ journal: BatchJournal, dirs: DirectoryCache, backend: IOBackend = .shared, held: [Int: Int32] = [:], durable: Bool = true) {
+    @discardableResult
+    package func cleanUp(_ journal: BatchJournal, dirs: DirectoryCache, backend: IOBackend = .shared, held: [Int: Int32] = [:], durable: Bool = true) -> [RollbackFailure] {
         defer { InodeRelease.release(Array(held.values)) }
-        var removed: [IOBackend.Entry] = [], results: [Int32] = [], others: [IOBackend.Entry] = []
+        var removed: [IOBackend.Entry] = [], results: [Int32] = [], others: [IOBackend.Entry] = [], steps: [Int] = [], otherSteps: [Int] = []
+        var failures: [RollbackFailure] = []
         var touched = Set<Int32>()
         for (n, step) in journal.steps.enumerated() {
             let parent: [String]
@@ -367,29 +323,42 @@ extension Pool {
             case .rename: parent = PathGuard.split(step.to!).parent
             case .mkdir, .fsync: continue
             }
-            guard step.op == .rename ? step.toExisted : step.existed, let fd = try? dirs.directory(parent, index: 0) else { continue }
+            guard step.op == .rename ? step.toExisted : step.existed else { continue }
+            let fd: Int32
+            do { fd = try dirs.directory(parent, index: n) } catch {
+                if let failure = RollbackFailure(opening: error, step: n, path: step.path) { failures.append(failure) }
+                continue
+            }
             touched.insert(fd)
             let entry = IOBackend.Entry(dirfd: fd, name: journal.backup(n))
             if held[n] != nil {
                 removed.append(entry)
+                steps.append(n)
                 results.append(unlinkat(fd, entry.name, 0) == 0 ? 0 : -errno)
             } else {
                 others.append(entry)
+                otherSteps.append(n)
             }
         }
         removed += others
+        steps += otherSteps
         results += backend.unlink(others)
-        for (entry, rc) in zip(removed, results) where rc != 0 && rc != -ENOENT {
-            Self.logger.warning("cannot remove a batch backup", metadata: ["name": "\(entry.name)", "errno": "\(-rc)"])
+        for (k, rc) in results.enumerated() where rc != 0 && rc != -ENOENT {
+            failures.append(RollbackFailure(step: steps[k], path: removed[k].name, call: "unlink", errno: -rc))
         }
-        if durable { _ = backend.fsync(Array(touched)) }
+        if durable {
+            for rc in backend.fsync(Array(touched)) where rc != 0 {
+                failures.append(RollbackFailure(step: -1, path: journal.root, call: "fsync of a directory", errno: -rc))
+            }
+        }
+        return failures
     }
 
     /// Each entry on its own. Runs of `write`s are created in one backend call, straight
     /// under their names (`O_EXCL`); a name that exists already, and every other entry, goes
     /// through a one-entry atomic step, in the batch's order.
-    private func applyBestEffort(_ batch: FileBatch, dirs: DirectoryCache, backend: IOBackend, creation: FileCreation, durable: Bool) -> [String] {
-        var results = [String](repeating: "ok", count: batch.operations.count)
+    private func applyBestEffort(_ batch: FileBatch, dirs: DirectoryCache, backend: IOBackend, creation: FileCreation, durable: Bool) -> [BatchEntryResult] {
+        var results = [BatchEntryResult](repeating: .applied, count: batch.operations.count)
         var creates: [IOBackend.WriteItem] = [], createIndexes: [Int] = []
         for (n, op) in batch.operations.enumerated() {
             if case .write(let path, let data, let mode) = op, let fd = try? dirs.directory(PathGuard.split(path).parent, index: n) {
@@ -414,7 +383,7 @@ extension Pool {
                 case EEXIST:
                     results[n] = single(batch.operations[n], index: n)
                 default:
-                    results[n] = "\(PMLLError.batchFailed(index: n, path: batch.operations[n].paths[0], errno: Errno(rawValue: -rc)))"
+                    results[n] = .failed(BatchEntryError(.batchFailed(index: n, path: batch.operations[n].paths[0], errno: Errno(rawValue: -rc))))
                 }
             }
             creates.removeAll()
@@ -422,10 +391,10 @@ extension Pool {
         }
 
         /// Entry `index` as a one-entry atomic batch; errors name `index`, not 0.
-        func single(_ op: FileBatch.Operation, index: Int) -> String {
+        func single(_ op: FileBatch.Operation, index: Int) -> BatchEntryResult {
             do throws(PMLLError) {
                 let single = FileBatch([op])
-                let plan = try plan(single, dirs: dirs)
+                let plan = try BatchPlan(single, lookup: dirs.entry)
                 let journal = BatchJournal(id: String(UInt64.random(in: 0...UInt64.max), radix: 36), root: "", owner: token,
                                            phase: .staging, steps: plan.steps)
                 var staging = Staging()
@@ -435,66 +404,27 @@ extension Pool {
                                         wholeFilesystem: wholeFilesystem)
                     try applySteps(journal, applied: staging.applied, dirs: dirs, backend: backend, durable: durable,
                                    wholeFilesystem: wholeFilesystem, fsyncs: { if case .fsync(let p) = op { [p] } else { [] } }())
-                    cleanUp(journal, dirs: dirs, backend: backend, held: staging.held, durable: durable)
+                    let leftovers = cleanUp(journal, dirs: dirs, backend: backend, held: staging.held, durable: durable)
+                    if !leftovers.isEmpty {
+                        Self.logger.warning("cannot remove a batch backup", metadata: ["failures": "\(leftovers)"])
+                    }
                 } catch {
                     staging.release()
-                    undo(journal, dirs: dirs)
+                    let failures = undo(journal, dirs: dirs)
+                    guard failures.isEmpty else {
+                        throw PMLLError.batchNeedsAttention(batch: journal.id, root: ".", reason: "entry \(index) failed (\(error)) and rolling it back failed: \(failures.map(\.description).joined(separator: "; "))")
+                    }
                     throw error
                 }
-                return "ok"
+                return .applied
             } catch {
                 switch error {
-                case .invalidBatch(_, let reason): return "\(PMLLError.invalidBatch(index: index, reason: reason))"
-                case .batchFailed(_, let path, let errno): return "\(PMLLError.batchFailed(index: index, path: path, errno: errno))"
-                default: return "\(error)"
+                case .invalidBatch(_, let reason): return .failed(BatchEntryError(.invalidBatch(index: index, reason: reason)))
+                case .batchFailed(_, let path, let errno): return .failed(BatchEntryError(.batchFailed(index: index, path: path, errno: errno)))
+                default: return .failed(BatchEntryError(error))
                 }
             }
         }
-    }
-
-    // MARK: recovery
-
-    /// Rolls back (or finishes cleaning up) the atomic batches of processes that are gone
-    /// (only those below `root` if given). Runs before every `apply` (for its root), in
-    /// `recover`, and on an open that reset the volatile state. Recoverers are serialised by an
-    /// internal lock. Returns how many batches it handled.
-    ///
-    /// `ownersAreGone`: the caller knows every recorded owner is dead (this open reset the
-    /// volatile state). Owner tokens must not be trusted then: after a power failure the
-    /// process table's generations may have gone back, so a new process can be handed the
-    /// very token a dead batch recorded (found by the crash suite's power-failure model).
-    @discardableResult
-    public func recoverFileBatches(ownersAreGone: Bool = false, root: String? = nil) throws(PMLLError) -> Int {
-        guard store.blockCount > 0 else { return 0 }
-        let keys = try committedKeys(prefix: Self.batchPrefix)
-        guard !keys.isEmpty else { return 0 }
-        let lock = try batchRecoveryLock()
-        _ = try acquire(index: lock, deadline: .max, cancellation: nil)
-        defer { release(index: lock) }
-        var handled = 0
-        for key in keys {
-            guard let bytes = try readCommitted(key),
-                  let journal = BatchJournal(decoding: bytes) else {
-                Self.logger.error("unreadable file-batch journal left in place", metadata: ["key": "\(key)"])
-                continue
-            }
-            if let root, journal.root != root { continue }
-            if !ownersAreGone && journal.owner != 0 && processes.isAlive(journal.owner) { continue }   // still being applied
-            let rootFD = Glibc.open(journal.root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            guard rootFD >= 0 else { continue }
-            let dirs = DirectoryCache(root: rootFD)
-            if journal.phase == .committed { cleanUp(journal, dirs: dirs) } else { undo(journal, dirs: dirs) }
-            dirs.closeAll()
-            close(rootFD)
-            try internalTransaction { tx throws(PMLLError) in try tx.deleteInternal(key) }
-            handled += 1
-        }
-        return handled
-    }
-
-    /// The lock that serialises batch recoverers (created on first use).
-    package func batchRecoveryLock() throws(PMLLError) -> UInt32 {
-        try table.index(of: "pmll:batches", level: .network, create: true, creation: tableCreation, allowReserved: true)!
     }
 
     /// How an atomic batch makes its changes durable before it commits: an fsync of each new
@@ -555,10 +485,10 @@ package final class DirectoryCache {
     }
 
     /// What `path` itself is (not followed), or nil if nothing is there.
-    func status(_ path: String) -> stat? {
+    package func entry(_ path: String) -> ExistingEntry? {
         let (parent, name) = PathGuard.split(path)
-        guard let fd = try? directory(parent, index: 0) else { return nil }
-        return status(fd, name)
+        guard let fd = try? directory(parent, index: 0), let st = status(fd, name) else { return nil }
+        return ExistingEntry(isDirectory: st.st_mode & S_IFMT == S_IFDIR, inode: UInt64(st.st_ino))
     }
 
     func status(_ fd: Int32, _ name: String) -> stat? {

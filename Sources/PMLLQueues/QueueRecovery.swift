@@ -7,22 +7,21 @@ import PMLLStore
 /// killed and run again, and a record is marked recovered only after its handler returns.
 public typealias RecoveryHandler = @Sendable (OperationRecord) async throws -> Void
 
-/// What a recovery run found and did.
-public struct RecoveryReport: Codable, Sendable {
+/// An abandoned operation that a recovery run looked at, and what became of it.
+public struct QueueRecoveryItem: Codable, Sendable {
     public enum Outcome: Codable, Sendable, Equatable {
         case recovered
         /// No handler for the record's kind here: reported, left for a process that has one.
         case noHandler
         case handlerFailed(String)
     }
-    public struct Item: Codable, Sendable {
-        public let record: OperationRecord
-        public let outcome: Outcome
+    public let record: OperationRecord
+    public let outcome: Outcome
+
+    public init(record: OperationRecord, outcome: Outcome) {
+        self.record = record
+        self.outcome = outcome
     }
-    public var items: [Item] = []
-    public init() {}
-    /// Atomic file batches of dead processes that were rolled back (or cleaned up).
-    public var fileBatchesRolledBack = 0
 }
 
 extension Pool {
@@ -64,13 +63,14 @@ extension Pool {
     /// of dead processes are marked abandoned on the way), blocks new submissions, and calls
     /// the handler registered for each abandoned, not yet recovered operation's kind; then the
     /// same for operations parked in the store.
-    package func recoverQueues(handlers: [String: RecoveryHandler], timeout: Duration, into report: inout RecoveryReport) async throws {
+    package func recoverQueues(handlers: [String: RecoveryHandler], timeout: Duration) async throws -> [QueueRecoveryItem] {
+        var items: [QueueRecoveryItem] = []
         for (index, head) in try QueueTable(memory: memory, path: path).all() {
             let persistent = head.pointee.flags & PMLL_QUEUE_FLAG_PERSISTENT != 0
             let engine = QueueEngine(pool: self, index: index, submitLock: head.pointee.submit_lock,
                                      name: String(fixedCString: head.pointee.name), persistent: persistent)
-            let items = try await engine.exclusive(deadline: Self.deadline(after: timeout)) {
-                var items: [RecoveryReport.Item] = []
+            let innerItems = try await engine.exclusive(deadline: Self.deadline(after: timeout)) {
+                var items: [QueueRecoveryItem] = []
                 for r in QueueRepair.unrecovered(engine) {
                     let record = RecordState.snapshot(r, queue: engine.name)
                     guard let handler = handlers[record.kind] else {
@@ -90,12 +90,12 @@ extension Pool {
                 }
                 return items
             }
-            report.items += items
+            items += innerItems
         }
         // Operations parked in the store when their ring slot was reused.
         for (key, record) in try parkedAbandoned() {
             guard let handler = handlers[record.kind] else {
-                report.items.append(.init(record: record, outcome: .noHandler))
+                items.append(.init(record: record, outcome: .noHandler))
                 continue
             }
             do {
@@ -104,11 +104,12 @@ extension Pool {
                 if let index = try QueueTable(memory: memory, path: path).find(record.queue) {
                     pmll_add64(&memory.queue(index).pointee.recovered, 1)
                 }
-                report.items.append(.init(record: record, outcome: .recovered))
+                items.append(.init(record: record, outcome: .recovered))
             } catch {
-                report.items.append(.init(record: record, outcome: .handlerFailed("\(error)")))
+                items.append(.init(record: record, outcome: .handlerFailed("\(error)")))
             }
         }
+        return items
     }
 }
 

@@ -48,8 +48,8 @@ struct BatchApply: ParsableCommand {
             try printJSON(report)
         } else {
             print("batch: \(batch.operations.count) operations, \(report.atomic ? "atomic" : "best effort"), backend \(report.backend.rawValue), files created \(report.creation == .named ? "by name" : "unnamed"), \(String(format: "%.2f", Double(report.nanoseconds) / 1e6)) ms")
-            for (i, result) in report.results.enumerated() where result != "ok" { print("entry \(i): \(result)") }
+            for (i, result) in report.results.enumerated() where !result.isApplied { print("entry \(i): \(result)") }
         }
-        if report.results.contains(where: { $0 != "ok" }) { throw ExitCode(1) }
+        if report.results.contains(where: { !$0.isApplied }) { throw ExitCode(1) }
     }
 }

@@ -140,7 +140,10 @@ struct RecoverCommand: AsyncParsableCommand {
             abandoned "exec" operations are handed to --exec-handler (run with PMLL_QUEUE, \
             PMLL_TICKET and PMLL_ABANDONED_ARGV, a JSON array; exit 0 = recovered), and other \
             kinds are left for the program that registered them, unless --acknowledge marks \
-            everything found as recovered. Everything found is printed.
+            everything found as recovered. Everything found is printed. Atomic file batches of \
+            dead processes are rolled back first; one whose rollback fails keeps its journal, is \
+            printed as needing attention, and makes the exit status 65 until a later recovery \
+            succeeds (`pmll check` lists it too).
 
             \(ExitStatus.summary)
             """
@@ -174,8 +177,11 @@ struct RecoverCommand: AsyncParsableCommand {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            if report.needsAttention { throw ExitCode(ExitStatus.badPool) }
             return
         }
+        if report.fileBatchesRolledBack > 0 { print("recover: rolled back \(report.fileBatchesRolledBack) file batch(es) of dead processes") }
+        for batch in report.fileBatchesNeedingAttention { print("needs attention: \(batch)") }
         if report.items.isEmpty { print("recover: no abandoned operations in \(pool.path)") }
         for item in report.items {
             let r = item.record
@@ -185,6 +191,10 @@ struct RecoverCommand: AsyncParsableCommand {
             case .noHandler: print("left (no handler for kind '\(r.kind)'): \(what) \(OperationText.payload(r))")
             case .handlerFailed(let error): print("handler failed (\(error)): \(what) \(OperationText.payload(r))")
             }
+        }
+        if report.needsAttention {
+            FileHandle.standardError.write(Data("pmll: \(report.fileBatchesNeedingAttention.count) file batch(es) need attention (see above)\n".utf8))
+            throw ExitCode(ExitStatus.badPool)
         }
     }
 }

@@ -236,7 +236,7 @@ struct BatchChild: ParsableCommand {
         let report = try pool.apply(batch, root: tree, atomic: workload.replaces, durable: workload.replaces)
         let elapsed = monotonicNanoseconds() - start
         let cpu = peers_process_cpu_ns() - cpuStart
-        guard report.backend.rawValue == backend, report.results.allSatisfy({ $0 == "ok" }) else { throw ToolError("batch ran on \(report.backend) or failed") }
+        guard report.backend.rawValue == backend, report.results.allSatisfy(\.isApplied) else { throw ToolError("batch ran on \(report.backend) or failed") }
         let p = report.phases
         sayLine("\(elapsed) \(cpu) \(p.journal) \(p.stage) \(p.apply) \(p.commit) \(p.cleanUp) \(report.creation.rawValue)")
     }

@@ -230,6 +230,40 @@ struct FileBatchTests {
         #expect(tree(root) == expected)
     }
 
+    /// A rollback that cannot complete (someone put a file into a directory the dead batch
+    /// created, so it cannot be removed) keeps the journal: `recover` and `check` say the batch
+    /// needs attention (exit 65), an apply on that tree refuses to run, and once the obstacle
+    /// is gone the next recovery finishes the rollback.
+    @Test func aRollbackThatFailsKeepsTheJournalUntilItSucceeds() throws {
+        let scratch = Scratch()
+        let root = scratch.file("root"), pool = scratch.file("p.pool")
+        try makeSampleTree(root)
+        let before = tree(root)
+        let victim = try run(Binaries.pmll, ["batch", "apply", "--pool", pool, "--root", root, "--atomic", try batchFile(scratch, Self.sample)],
+                             environment: ["PMLL_CRASH_AT": "batch.renamed:1"])
+        #expect(victim.status == 128 + SIGKILL)
+        try "mine".write(toFile: root + "/lib/x/stray", atomically: false, encoding: .utf8)
+
+        let recover = try run(Binaries.pmll, ["recover", "--pool", pool])
+        #expect(recover.status == 65, "\(recover.stdout) \(recover.stderr)")
+        #expect(recover.stdout.contains("needs attention") && recover.stdout.contains("rmdir 'lib/x'"), "\(recover.stdout)")
+        #expect(recover.stderr.hasPrefix("pmll: "))
+        let check = try run(Binaries.pmll, ["check", "--pool", pool])
+        #expect(check.status == 65)
+        #expect(check.stdout.contains("needs attention"), "\(check.stdout)")
+        let next = try run(Binaries.pmll, ["batch", "apply", "--pool", pool, "--root", root, "--atomic",
+                                           try batchFile(scratch, #"[{"op":"write","path":"z","data":"next"}]"#)])
+        #expect(next.status == 65)
+        #expect(next.stderr.contains("needs attention"), "\(next.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: root + "/z"))
+
+        try FileManager.default.removeItem(atPath: root + "/lib/x/stray")
+        let again = try run(Binaries.pmll, ["recover", "--pool", pool])
+        #expect(again.status == 0, "\(again.stdout) \(again.stderr)")
+        #expect(tree(root) == before)
+        #expect(try run(Binaries.pmll, ["check", "--pool", pool]).status == 0)
+    }
+
     /// Batches create files unnamed only on ext4 without a journal, which the library reads
     /// from /sys/fs/ext4/<device>/journal_task. /proc/fs/jbd2, one entry per running journal,
     /// tells it independently.
@@ -278,7 +312,7 @@ struct FileBatchTests {
         let pool = try Pool.open(path: scratch.file("q.pool"))
         let queue = try pool.queue(named: "install-tree")
         let report = try await queue.apply(FileBatch([.mkdir(path: "bin", mode: 0o755), .write(path: "bin/tool", data: Array("#!".utf8), mode: 0o755)]), root: root)
-        #expect(report.atomic && report.results == ["ok", "ok"])
+        #expect(report.atomic && report.results == [.applied, .applied])
         #expect(tree(root) == ["bin": "<dir>", "bin/tool": "#!"])
         #expect(queue.records.last?.kind == "pmll.file-batch" && queue.records.last?.state == .succeeded)
     }

@@ -1,0 +1,105 @@
+import CPMLL
+import PMLL
+@testable import PMLLCore
+@testable import PMLLFileBatches
+@testable import PMLLQueues
+import Testing
+
+/// Pure logic, in milliseconds, beside the real-process tests: the batch planner, the
+/// journal's codec, the store's layout, the retry policy, lock-word transitions.
+@Suite struct UnitTests {
+    // MARK: BatchPlan
+
+    /// A tree as `lookup` sees it: path → (is a directory, inode).
+    func plan(_ ops: [FileBatch.Operation], tree: [String: (Bool, UInt64)]) throws(PMLLError) -> BatchPlan {
+        try BatchPlan(FileBatch(ops)) { path in tree[path].map { ExistingEntry(isDirectory: $0.0, inode: $0.1) } }
+    }
+
+    @Test func planRecordsWhatExistedAndWhatStagingApplies() throws {
+        let p = try plan([.write(path: "a", data: [1], mode: 0o644), .replace(path: "b", data: [2], mode: 0o644),
+                          .replace(path: "a", data: [3], mode: 0o644), .delete(path: "c")],
+                         tree: ["b": (false, 42), "c": (false, 7)])
+        #expect(p.steps.map(\.op) == [.write, .replace, .replace, .delete])
+        #expect(p.steps.map(\.existed) == [false, true, true, true])   // the second write of "a" finds the first
+        #expect(p.early == [0, 1])                                    // "a" again is touched by step 0
+        #expect(p.steps[1].oldInode == 42 && p.steps[0].oldInode == 0 && p.steps[2].oldInode == 0)
+    }
+
+    @Test func planCreatesOnlyMissingDirectoriesAndFollowsRenames() throws {
+        let p = try plan([.mkdir(path: "lib/x/y", mode: 0o755), .rename(from: "lib/x", to: "lib/z"), .write(path: "lib/z/y/f", data: [], mode: 0o644)],
+                         tree: ["lib": (true, 1)])
+        #expect(p.steps[0].createdDirs == ["lib/x", "lib/x/y"])
+        #expect(p.steps[1].to == "lib/z" && p.steps[1].existed && !p.steps[1].toExisted)
+        #expect(p.steps[2].existed == false)
+    }
+
+    @Test func planRefusesMissingTargetsAndDirectories() {
+        #expect(throws: PMLLError.invalidBatch(index: 0, reason: "'a' does not exist (replace needs an existing file)")) {
+            try plan([.replace(path: "a", data: [], mode: 0o644)], tree: [:])
+        }
+        #expect(throws: PMLLError.invalidBatch(index: 1, reason: "'d' does not exist")) {
+            try plan([.write(path: "x", data: [], mode: 0o644), .delete(path: "d")], tree: [:])
+        }
+        #expect(throws: PMLLError.self) { try plan([.write(path: "dir", data: [], mode: 0o644)], tree: ["dir": (true, 3)]) }
+        #expect(throws: PMLLError.self) { try plan([.mkdir(path: "m", mode: 0o755), .delete(path: "m")], tree: [:]) }
+        #expect(throws: PMLLError.self) { try plan([.rename(from: "f", to: "dir")], tree: ["f": (false, 1), "dir": (true, 2)]) }
+    }
+
+    // MARK: BatchJournal
+
+    @Test func journalRoundTripsAndRejectsDamage() {
+        var steps = [BatchStep(op: .write, path: "a/b", to: nil, existed: true, toExisted: false, createdDirs: []),
+                     BatchStep(op: .rename, path: "x", to: "y/z", existed: true, toExisted: true, createdDirs: []),
+                     BatchStep(op: .mkdir, path: "d/e", to: nil, existed: false, toExisted: false, createdDirs: ["d", "d/e"])]
+        steps[0].oldInode = 1 << 40
+        let journal = BatchJournal(id: "abc", root: "/opt/cpm", owner: 0x1234, phase: .committed, steps: steps)
+        let bytes = journal.encoded()
+        #expect(BatchJournal(decoding: bytes) == journal)
+        #expect(BatchJournal(decoding: Array(bytes.dropLast())) == nil)           // truncated
+        #expect(BatchJournal(decoding: [0x51] + bytes.dropFirst()) == nil)         // wrong magic
+        #expect(BatchJournal(decoding: bytes + [0]) == nil)                       // trailing garbage
+        #expect(BatchJournal(decoding: []) == nil)
+    }
+
+    // MARK: StoreLayout
+
+    @Test(arguments: [(16, 1, 1 << 20), (4096, 16, 8 << 20), (100_000, 256, 64 << 20)])
+    func storeLayoutSectionsAreOrderedAlignedAndInsideTheHeap(keys: Int, logs: Int, heapSize: Int) {
+        let heap = 4096..<(4096 + heapSize)
+        let l = StoreLayout(heap: heap, keyCapacity: keys, logSlots: logs)
+        #expect(l.index.lowerBound == heap.lowerBound + StoreLayout.superSize)
+        #expect(l.index.upperBound == l.logs.lowerBound && l.logs.upperBound == l.bitmap.lowerBound && l.bitmap.upperBound == l.blocks.lowerBound)
+        #expect(l.blocks.upperBound <= heap.upperBound)
+        #expect(l.index.count >= keys * MemoryLayout<pmll_key_slot_t>.size)
+        #expect(l.bitmap.count * 8 >= l.blockCount)
+        #expect([l.index.lowerBound, l.logs.lowerBound, l.bitmap.lowerBound, l.blocks.lowerBound].allSatisfy { $0 % 4096 == 0 })
+    }
+
+    // MARK: RetryPolicy
+
+    @Test func retryDelaysStayUnderTheirExponentialCap() {
+        let policy = RetryPolicy(maxRetries: 10, baseDelay: .milliseconds(10), maxDelay: .milliseconds(300))
+        for retry in 1...40 {
+            let cap = min(300, 10 << min(retry - 1, 30))
+            for _ in 0..<50 { #expect(policy.delay(beforeRetry: retry) <= .milliseconds(cap)) }
+        }
+        #expect(RetryPolicy(baseDelay: .zero).delay(beforeRetry: 5) == .zero)
+        #expect(RetryPolicy(baseDelay: .seconds(1 << 40), maxDelay: .seconds(2)).delay(beforeRetry: 40) <= .seconds(2))
+    }
+
+    // MARK: lock word
+
+    @Test func uncontendedLockWordTransitions() {
+        var entry = pmll_lock_entry_t()
+        let a: UInt32 = OwnerToken.make(slot: 3, generation: 5), b = OwnerToken.make(slot: 4, generation: 1)
+        #expect(pmll_lock_try_fast(&entry, a) != 0 && entry.word == a)
+        #expect(pmll_lock_try_fast(&entry, b) == 0)                     // held: no barging
+        #expect(pmll_lock_release_fast(&entry, b) == 0 && entry.word == a)   // only the holder releases
+        entry.word |= PMLL_WORD_WAITERS
+        #expect(pmll_lock_release_fast(&entry, a) == 0)                 // waiters: the slow path must wake them
+        entry.word = a
+        #expect(pmll_lock_release_fast(&entry, a) != 0 && entry.word == 0)
+        #expect(OwnerToken.slot(a) == 3 && OwnerToken.generation(a) == 5)
+        #expect(a & ~PMLL_OWNER_MASK == 0)
+    }
+}
