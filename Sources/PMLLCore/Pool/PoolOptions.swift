@@ -60,8 +60,13 @@ extension PoolOptions {
 }
 
 extension Duration {
+    /// Whole nanoseconds, saturating at Int64's range (a timeout of 2^40 seconds is "forever",
+    /// not a trap).
     package var nanoseconds: Int64 {
         let (s, atto) = components
-        return s * 1_000_000_000 + atto / 1_000_000_000
+        let (whole, overflow) = s.multipliedReportingOverflow(by: 1_000_000_000)
+        if overflow { return s < 0 ? .min : .max }
+        let (sum, overflow2) = whole.addingReportingOverflow(atto / 1_000_000_000)
+        return overflow2 ? (s < 0 ? .min : .max) : sum
     }
 }
