@@ -15,6 +15,9 @@ public enum PMLLError: Error, Equatable, Sendable {
     case notAPool(path: String)
     /// The pool was written by a format this library does not know.
     case unsupportedFormatVersion(path: String, found: UInt32, supported: UInt32)
+    /// The pool was written by a build that lays the file out differently (another layout
+    /// signature, or the other byte order): it is refused, never reinterpreted.
+    case incompatibleLayout(path: String, reason: String)
     /// The pool is truncated, its header checksum is wrong, or a table is damaged.
     case corruptPool(path: String, reason: String)
     /// A lock name is empty, longer than 255 bytes, or contains NUL.
@@ -79,6 +82,7 @@ extension PMLLError: CustomStringConvertible {
         case let .notAPool(path): "'\(path)' is not a PMLL pool"
         case let .unsupportedFormatVersion(path, found, supported):
             "pool '\(path)' has format version \(found); this pmll supports version \(supported)"
+        case let .incompatibleLayout(path, reason): "pool '\(path)' is incompatible with this pmll: \(reason)"
         case let .corruptPool(path, reason): "pool '\(path)' is corrupt: \(reason)"
         case let .invalidLockName(name, reason): "invalid lock name '\(name.debugDescription.dropFirst().dropLast())': \(reason)"
         case let .levelMismatch(name, existing, requested):

@@ -26,7 +26,7 @@ enum ExitStatus {
         case .invalidLockName, .levelMismatch, .hierarchyViolation, .invalidOptions,
              .invalidQueueName, .queueMismatch, .invalidOperationKind, .payloadTooLarge,
              .invalidKey, .valueTooLarge, .nestedTransaction, .invalidBatch, .noLocksGiven: usage
-        case .notAPool, .unsupportedFormatVersion, .corruptPool, .corruptRecord, .transactionRecoveryFailed, .batchNeedsAttention: badPool
+        case .notAPool, .unsupportedFormatVersion, .incompatibleLayout, .corruptPool, .corruptRecord, .transactionRecoveryFailed, .batchNeedsAttention: badPool
         case .poolNotFound, .invalidPoolPath: noPool
         case .permissionDenied, .foreignOwner: permission
         case .timeout, .queueTimeout: timeout

@@ -140,6 +140,41 @@ struct PoolTests {
         }
     }
 
+    /// Rewrites the pool's header through `edit`, with a valid checksum.
+    func editHeader(_ path: String, _ edit: (UnsafeMutablePointer<pmll_header_t>) -> Void) throws {
+        var bytes = try #require(FileManager.default.contents(atPath: path))
+        bytes.withUnsafeMutableBytes { raw in
+            let header = raw.baseAddress!.assumingMemoryBound(to: pmll_header_t.self)
+            edit(header)
+            header.pointee.header_checksum = UInt64(pmll_crc32c(0, header, Int(PMLL_HEADER_CHECKED_BYTES)))
+        }
+        try bytes.write(to: URL(fileURLWithPath: path))
+    }
+
+    /// The header records the layout signature of the build that created the pool; a pool of
+    /// another layout, or of the other byte order, is refused (exit 65 at the CLI) and left as
+    /// it is. A pool from before signatures (0) is still opened.
+    @Test func rejectsAPoolOfAnotherLayoutOrByteOrder() throws {
+        let scratch = Scratch()
+        let path = scratch.file("l.pool")
+        do {
+            let pool = try Pool.open(path: path)
+            #expect(pool.openReport.created)
+        }
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path))[120..<128].contains { $0 != 0 })   // recorded at creation
+        try editHeader(path) { $0.pointee.layout_signature ^= 0x10 }
+        expectUntouched(path) {
+            #expect(throws: PMLLError.self) { try Pool.open(path: path) }
+        }
+        let cli = try run(Binaries.pmll, ["status", "--pool", path])
+        #expect(cli.status == 65)
+        #expect(cli.stderr.hasPrefix("pmll: pool '\(path)' is incompatible with this pmll: written by a build whose pool layout differs"), "\(cli.stderr)")
+        try editHeader(path) { $0.pointee.layout_signature = 0x0 }
+        _ = try Pool.open(path: path)
+        try editHeader(path) { $0.pointee.byte_order = 0x0403_0201 }
+        #expect(throws: PMLLError.incompatibleLayout(path: path, reason: "it was written on a machine of the other byte order")) { try Pool.open(path: path) }
+    }
+
     @Test func rejectsAPoolOwnedByAnotherUser() throws {
         let scratch = Scratch()
         let path = scratch.file("o.pool")

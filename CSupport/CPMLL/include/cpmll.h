@@ -62,7 +62,10 @@ typedef struct pmll_header {
     pmll_section_t queue_table;    // queue heads, then each queue's record ring
     uint32_t queue_capacity;       // queues
     uint32_t queue_ring;           // records per queue (the retention)
-    uint8_t reserved[384];
+    uint64_t layout_signature;     // pmll_layout_signature() of the build that created the pool (0: before signatures)
+    uint32_t byte_order;           // PMLL_BYTE_ORDER_MARK as the creator stored it
+    uint32_t reserved_checked;
+    uint8_t reserved[368];
     uint64_t header_checksum;      // CRC32C of bytes [0, 504)
 
     // --- volatile part (not checksummed) ---
@@ -83,6 +86,17 @@ _Static_assert(offsetof(pmll_header_t, header_checksum) == PMLL_HEADER_CHECKED_B
 _Static_assert(offsetof(pmll_header_t, process_table) == 48, "section table offset");
 _Static_assert(offsetof(pmll_header_t, queue_table) == 96, "queue section offset");
 _Static_assert(offsetof(pmll_header_t, boot_id) == 512, "volatile part starts at 512");
+_Static_assert(offsetof(pmll_header_t, layout_signature) == 120, "layout signature offset");
+_Static_assert(offsetof(pmll_header_t, byte_order) == 128, "byte order offset");
+
+// Written natively at creation: read back as 0x04030201, the pool comes from a machine of the
+// other byte order.
+#define PMLL_BYTE_ORDER_MARK 0x01020304u
+// A digest of the format version and of the size and field offsets of every struct that
+// lives in the pool file, as this build lays them out (the idea of LMDB's MDB_LOCK_FORMAT).
+// A pool whose header records another signature was written by an incompatible build and is
+// refused, never reinterpreted.
+uint64_t pmll_layout_signature(void);
 
 // One slot per attached process. Entirely volatile: reset when no process has the pool open.
 #define PMLL_WAIT_LEDGER 16u
@@ -229,7 +243,7 @@ typedef struct pmll_record {
     int32_t owner_pid;
     uint32_t attempts;
     uint32_t batch_size;           // operations in this record's batch, counted from it
-    uint32_t recovered;            // 1 once recovery has handled an abandoned record
+    uint32_t recovered;            // 0; 1 once recovery handled this abandoned record; 2 parked in the store
     uint64_t submitted_ns;
     uint64_t started_ns;
     uint64_t finished_ns;
@@ -279,7 +293,7 @@ typedef struct pmll_store_super {
     uint64_t logs_offset;
     uint64_t bitmap_offset;
     uint64_t blocks_offset;
-    uint32_t store_lock;           // lock-table index of the store lock (persistent)
+    uint32_t store_lock;           // unused, 0 (the store lock is found by its name, "pmll:store")
     uint32_t checksum;             // CRC32C of the bytes before it
 } pmll_store_super_t;
 
@@ -323,6 +337,13 @@ typedef struct pmll_log_entry {
     uint32_t reserved;
     // followed by `length` bytes, padded to 8
 } pmll_log_entry_t;
+
+_Static_assert(sizeof(pmll_log_entry_t) == 16, "log entry header");
+_Static_assert(offsetof(pmll_log_entry_t, length) == 8, "log entry length offset");
+_Static_assert(offsetof(pmll_log_header_t, done_seq) == 0 && offsetof(pmll_log_header_t, seq) == 8, "log commit point first");
+_Static_assert(offsetof(pmll_log_header_t, checksum) == 28, "log checksum offset");
+_Static_assert(offsetof(pmll_store_super_t, index_offset) == 24 && offsetof(pmll_store_super_t, checksum) == 60, "store superblock fields");
+_Static_assert(offsetof(pmll_key_slot_t, version) == 32, "key version offset");
 
 // MARK: - Atomics on shared memory (inlined into Swift).
 

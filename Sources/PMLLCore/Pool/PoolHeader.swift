@@ -24,6 +24,8 @@ package enum PoolHeader {
         h.pointee.queue_table = pmll_section_t(offset: UInt64(layout.queueTable.lowerBound), size: UInt64(layout.queueTable.count))
         h.pointee.queue_capacity = UInt32(layout.queueCapacity)
         h.pointee.queue_ring = UInt32(layout.queueRing)
+        h.pointee.layout_signature = pmll_layout_signature()
+        h.pointee.byte_order = PMLL_BYTE_ORDER_MARK
         h.pointee.header_checksum = checksum(h)
     }
 
@@ -32,11 +34,19 @@ package enum PoolHeader {
     package static func validate(_ h: UnsafePointer<pmll_header_t>, fileSize: Int, path: String) throws(PMLLError) -> PoolLayout {
         let magicMatches = withUnsafeBytes(of: h.pointee.magic) { Array($0) == Array(PMLL_MAGIC.utf8) }
         guard magicMatches else { throw .notAPool(path: path) }
+        guard h.pointee.byte_order == 0 || h.pointee.byte_order == PMLL_BYTE_ORDER_MARK else {
+            throw .incompatibleLayout(path: path, reason: "it was written on a machine of the other byte order")
+        }
         guard h.pointee.format_version == PMLL_FORMAT_VERSION else {
             throw .unsupportedFormatVersion(path: path, found: h.pointee.format_version, supported: PMLL_FORMAT_VERSION)
         }
         guard checksum(h) == h.pointee.header_checksum else {
             throw .corruptPool(path: path, reason: "header checksum mismatch")
+        }
+        // 0: created before signatures were recorded, by a build of this same format version.
+        let signature = h.pointee.layout_signature
+        guard signature == 0 || signature == pmll_layout_signature() else {
+            throw .incompatibleLayout(path: path, reason: "written by a build whose pool layout differs from this one's (layout signature \(String(signature, radix: 16)), this build \(String(pmll_layout_signature(), radix: 16))); open it with the pmll that created it")
         }
         guard h.pointee.header_size == PMLL_HEADER_SIZE else {
             throw .corruptPool(path: path, reason: "header size \(h.pointee.header_size)")
