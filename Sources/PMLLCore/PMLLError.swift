@@ -34,6 +34,11 @@ public enum PMLLError: Error, Equatable, Sendable {
     case queueCancelled(queue: String, ticket: UInt64)
     /// A multi-lock call was given no locks.
     case noLocksGiven
+    /// The pool was created without room for a state store (transactions, parked records and
+    /// file-batch journals need one).
+    case noStateStore(path: String)
+    /// A file batch's root cannot be used (missing, not a directory, no permission).
+    case invalidBatchRoot(path: String, reason: String)
     /// A fixed-size table of the pool is full.
     case poolFull(table: String, capacity: Int)
     /// Bad value in the pool options (sizes, capacities).
@@ -94,6 +99,8 @@ extension PMLLError: CustomStringConvertible {
         case let .cancelled(lock): "wait for lock '\(lock)' cancelled"
         case let .queueCancelled(queue, ticket): "wait in queue '\(queue)' (ticket \(ticket)) cancelled"
         case .noLocksGiven: "no locks given"
+        case let .noStateStore(path): "pool '\(path)' has no state store (it was created with no room for one)"
+        case let .invalidBatchRoot(path, reason): "batch root '\(path)': \(reason)"
         case let .poolFull(table, capacity): "pool full: the \(table) table has all \(capacity) entries in use"
         case let .invalidOptions(reason): "invalid pool options: \(reason)"
         case let .invalidQueueName(name, reason): "invalid queue name '\(name)': \(reason)"

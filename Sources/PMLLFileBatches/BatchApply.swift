@@ -19,7 +19,10 @@ extension Pool {
         try batch.validate()
         let start = Clock.monotonicNanoseconds
         let rootFD = Glibc.open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard rootFD >= 0 else { throw SystemCall.fileError(.current, path: root, operation: "open batch root") }
+        guard rootFD >= 0 else {
+            let e = Errno.current
+            throw .invalidBatchRoot(path: root, reason: e == .permissionDenied ? "permission denied" : e.description)
+        }
         defer { close(rootFD) }
         // A dead process's half-applied batch on this tree is undone first. The caller holds
         // whatever serialises work on the tree (its lock, its queue turn), so nobody else is

@@ -99,7 +99,7 @@ package struct QueueEngine: @unchecked Sendable {
             pmll_store32(pmll_record_state(r), PMLL_RECORD_FREE)
             r.pointee.ticket = ticket
             r.pointee.owner_token = pool.token
-            r.pointee.owner_pid = getpidValue()
+            r.pointee.owner_pid = ProcessIdentity.pid
             r.pointee.owner_comm = comm
             r.pointee.attempts = startsNow ? 1 : 0
             r.pointee.batch_size = UInt32(operations.count - i)
@@ -288,7 +288,3 @@ package struct QueueEngine: @unchecked Sendable {
     }
 }
 
-#if canImport(Glibc)
-import Glibc
-#endif
-package func getpidValue() -> Int32 { getpid() }

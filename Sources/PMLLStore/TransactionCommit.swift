@@ -15,7 +15,7 @@ import PMLLLocks
 /// bytes back and then sets done_seq, so it is idempotent.
 extension Pool {
     package func stateStore() throws(PMLLError) -> StateStore {
-        guard store.blockCount > 0 else { throw .poolFull(table: "state store", capacity: 0) }
+        guard store.blockCount > 0 else { throw .noStateStore(path: path) }
         return store
     }
 

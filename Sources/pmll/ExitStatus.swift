@@ -31,7 +31,8 @@ enum ExitStatus {
         case .permissionDenied, .foreignOwner: permission
         case .timeout, .queueTimeout: timeout
         case .cancelled, .queueCancelled: interrupted
-        case .poolFull: poolFull
+        case .poolFull, .noStateStore: poolFull
+        case .invalidBatchRoot(_, let reason): reason.hasPrefix("permission") ? permission : noPool
         case .systemCall: system
         case .batchFailed(_, _, let errno): errno == .permissionDenied || errno == .readOnlyFileSystem ? permission : errno == .noSpace ? poolFull : system
         }

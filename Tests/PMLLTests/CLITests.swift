@@ -87,6 +87,12 @@ struct CLITests {
         let help = try run(Binaries.pmll, ["--help"])
         #expect(help.status == 0)
         #expect(help.stdout.contains("75 timeout"))
+        // A missing batch root is named as the batch root, not as a pool.
+        let batch = scratch.file("b.json")
+        try #"[{"op":"write","path":"a","data":"x"}]"#.write(toFile: batch, atomically: true, encoding: .utf8)
+        let root = try run(Binaries.pmll, ["batch", "apply", "--pool", pool, "--root", scratch.file("no-such-root"), batch])
+        #expect(root.status == 66)
+        #expect(root.stderr == "pmll: batch root '\(scratch.file("no-such-root"))': No such file or directory\n", "\(root.stderr)")
     }
 
     @Test func nestedLockCommandsFollowTheHierarchy() throws {

@@ -14,7 +14,7 @@ package enum PoolHeader {
         h.pointee.header_size = PMLL_HEADER_SIZE
         h.pointee.pool_size = UInt64(size)
         h.pointee.created_at_ns = UInt64(Clock.realtimeNanoseconds)
-        h.pointee.creator_uid = geteuidValue()
+        h.pointee.creator_uid = ProcessIdentity.effectiveUID
         h.pointee.flags = flags
         h.pointee.process_capacity = UInt32(layout.processCapacity)
         h.pointee.lock_capacity = UInt32(layout.lockCapacity)
@@ -77,7 +77,3 @@ package enum PoolHeader {
     }
 }
 
-#if canImport(Glibc)
-import Glibc
-#endif
-package func geteuidValue() -> UInt32 { UInt32(geteuid()) }

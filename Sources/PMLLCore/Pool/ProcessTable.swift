@@ -38,7 +38,7 @@ package struct ProcessTable {
             reclaim(memory, index)
             let generation = slot.pointee.generation % PMLL_MAX_GENERATION + 1
             slot.pointee.pid = pid
-            slot.pointee.uid = geteuidValue()
+            slot.pointee.uid = ProcessIdentity.effectiveUID
             slot.pointee.start_time = start
             slot.pointee.registered_at_ns = UInt64(Clock.realtimeNanoseconds)
             writeFixedCString(comm, into: &slot.pointee.comm)

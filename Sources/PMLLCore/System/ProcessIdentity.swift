@@ -1,12 +1,16 @@
 #if canImport(Glibc)
 import Glibc
-
 #elseif canImport(Musl)
 import Musl
 #endif
 
 /// Facts about the calling process and the running kernel instance, read from /proc.
 package enum ProcessIdentity {
+    /// getpid(2), under a name that types with their own `pid` members can call.
+    package static var pid: Int32 { getpid() }
+    /// geteuid(2): the user whose pools this process creates and may open.
+    package static var effectiveUID: UInt32 { UInt32(geteuid()) }
+
     /// The command name (/proc/self/comm), at most 15 bytes.
     package static func commandName(pid: String = "self") -> String {
         guard let text = readSmallFile("/proc/\(pid)/comm") else { return "?" }
