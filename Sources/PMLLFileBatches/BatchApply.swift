@@ -437,7 +437,7 @@ extension Pool {
     /// is dirty on that filesystem. So batches that stage at least `syncFilesystemFrom` files
     /// use it, smaller ones fsync each file. `PMLL_BATCH_SYNC=files|filesystem` forces one.
     package static let syncFilesystemFrom = 16
-    package static let forcedSync = getenv("PMLL_BATCH_SYNC").map { String(cString: $0) }
+    package static let forcedSync = Knob.batchSync.value
 
     package static func syncsWholeFilesystem(_ batch: FileBatch) -> Bool {
         switch forcedSync {

@@ -91,7 +91,7 @@ package final class IOBackend: @unchecked Sendable {
     }
 
     private init() {
-        let forced = getenv("PMLL_IO_BACKEND").map { String(cString: $0) }
+        let forced = Knob.ioBackend.value
         var pointer: OpaquePointer?
         var kind = IOBackendKind.syscalls
         if forced != "syscalls" {
@@ -252,7 +252,7 @@ package final class IOBackend: @unchecked Sendable {
     /// `PMLL_STAGING`, a comma-separated list: `named` or `unnamed` (`creation(forDirectory:)`;
     /// the tests force each), `no-exchange` (staging applies replaces as a filesystem without
     /// `RENAME_EXCHANGE` gets them: backup link, then rename).
-    private static let stagingOptions = Set((getenv("PMLL_STAGING").map { String(cString: $0) } ?? "").split(separator: ",").map(String.init))
+    private static let stagingOptions = Set((Knob.staging.value ?? "").split(separator: ",").map(String.init))
     private static let canExchange = !stagingOptions.contains("no-exchange")
 
     /// Opens `item`'s unnamed file with its exact mode, and the old file if it is to be held:

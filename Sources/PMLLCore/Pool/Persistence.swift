@@ -22,11 +22,11 @@ package struct Persistence: @unchecked Sendable {
 
     package static let unit = 64
     private static let shadow: Int32? = {
-        guard let path = getenv("PMLL_POWER_SHADOW").map({ String(cString: $0) }), !path.isEmpty else { return nil }
+        guard let path = Knob.powerShadow.value, !path.isEmpty else { return nil }
         let fd = open(path, O_WRONLY | O_CLOEXEC)
         return fd >= 0 ? fd : nil
     }()
-    private static let dropped: String? = getenv("PMLL_TEST_DROP_PERSIST").map { String(cString: $0) }
+    private static let dropped: String? = Knob.testDropPersist.value
 
     package init(isPmem: Bool, base: UnsafeMutableRawPointer? = nil) {
         self.isPmem = isPmem

@@ -7,7 +7,7 @@ import Glibc
 public enum PoolPath {
     public static func resolve(_ explicit: String?) -> String {
         if let explicit { return explicit }
-        if let env = environment("PMLL_POOL"), !env.isEmpty { return env }
+        if let env = Knob.pool.value, !env.isEmpty { return env }
         return defaultPath
     }
 

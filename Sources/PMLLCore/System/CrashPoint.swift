@@ -10,12 +10,12 @@ import Glibc
 /// predictable branch.
 package enum CrashPoint {
     private static let armed: (name: String, hit: Int)? = {
-        guard let raw = getenv("PMLL_CRASH_AT").map({ String(cString: $0) }), !raw.isEmpty else { return nil }
+        guard let raw = Knob.crashAt.value, !raw.isEmpty else { return nil }
         let parts = raw.split(separator: ":", maxSplits: 1)
         return (String(parts[0]), parts.count == 2 ? Int(parts[1]) ?? 1 : 1)
     }()
     private static let hits = Atomic<Int>(0)
-    private static let trace: Int32? = getenv("PMLL_CRASH_TRACE").map { open($0, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600) }
+    private static let trace: Int32? = Knob.crashTrace.value.map { open($0, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600) }
 
     /// Every point compiled in, for enumeration by the crash suite.
     package static let all = [

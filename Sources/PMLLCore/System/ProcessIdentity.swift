@@ -32,7 +32,7 @@ package enum ProcessIdentity {
     /// /proc/sys/kernel/random/boot_id: changes on every boot. `PMLL_BOOT_ID_FILE` points
     /// elsewhere for tests that simulate a reboot.
     package static func bootID() -> String {
-        let path = getenv("PMLL_BOOT_ID_FILE").map { String(cString: $0) } ?? "/proc/sys/kernel/random/boot_id"
+        let path = Knob.bootIDFile.value ?? "/proc/sys/kernel/random/boot_id"
         let text = readSmallFile(path) ?? "unknown"
         return String(text.prefix { $0 != "\n" }.prefix(39))
     }

@@ -1,0 +1,30 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Every environment variable the library reads, in one place (the table in Docs/CLI.md,
+/// "Environment", is this list). Each is read where it takes effect, once per process for
+/// those that pick a mechanism.
+package enum Knob: String, CaseIterable, Sendable {
+    /// The pool when the caller names none.
+    case pool = "PMLL_POOL"
+    /// `uring` or `syscalls`: the file-batch backend (default: io_uring where it works).
+    case ioBackend = "PMLL_IO_BACKEND"
+    /// `named`, `unnamed`, `no-exchange` (comma-separated): how batches create and place files.
+    case staging = "PMLL_STAGING"
+    /// `files` or `filesystem`: fsync each file, or one syncfs per filesystem, before a batch commits.
+    case batchSync = "PMLL_BATCH_SYNC"
+    /// `NAME[:N]`: SIGKILL this process at the N-th hit of crash point NAME (crash suite).
+    case crashAt = "PMLL_CRASH_AT"
+    /// A file to append the name of every crash point hit to (crash suite, to count them).
+    case crashTrace = "PMLL_CRASH_TRACE"
+    /// A file that receives every persisted range: the crash suite's power-failure model.
+    case powerShadow = "PMLL_POWER_SHADOW"
+    /// A persist site to skip (crash-suite self-test: the suite must then find a violation).
+    case testDropPersist = "PMLL_TEST_DROP_PERSIST"
+    /// A file read instead of /proc/sys/kernel/random/boot_id (tests that simulate a reboot).
+    case bootIDFile = "PMLL_BOOT_ID_FILE"
+
+    /// The variable's value, or nil when unset.
+    package var value: String? { getenv(rawValue).map { String(cString: $0) } }
+}
