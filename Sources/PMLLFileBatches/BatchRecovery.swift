@@ -25,7 +25,7 @@ extension Pool {
     public func fileBatchRecovery(ownersAreGone: Bool = false, root: String? = nil) throws(PMLLError) -> FileBatchRecovery {
         var report = FileBatchRecovery()
         guard store.blockCount > 0 else { return report }
-        let keys = try committedKeys(prefix: Self.batchPrefix)
+        let keys = try committedKeys(prefix: Self.batchPrefix, skippingDamaged: true)
         guard !keys.isEmpty else { return report }
         let lock = try batchRecoveryLock()
         _ = try acquire(index: lock, deadline: .max, cancellation: nil)
@@ -78,7 +78,7 @@ extension Pool {
     public func batchesNeedingAttention() throws(PMLLError) -> [BatchAttention] {
         guard store.blockCount > 0 else { return [] }
         var found: [BatchAttention] = []
-        for key in try committedKeys(prefix: Self.attentionPrefix) {
+        for key in try committedKeys(prefix: Self.attentionPrefix, skippingDamaged: true) {
             guard let bytes = try readCommitted(key) else { continue }
             let parts = String(decoding: bytes, as: UTF8.self).split(separator: "\n", maxSplits: 1).map(String.init)
             found.append(BatchAttention(id: String(key.dropFirst(Self.attentionPrefix.count)), root: parts.first ?? "?", reason: parts.count > 1 ? parts[1] : ""))

@@ -1,5 +1,5 @@
 public import PMLLCore
-public import SystemPackage
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif

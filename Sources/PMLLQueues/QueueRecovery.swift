@@ -48,7 +48,7 @@ extension Pool {
     package func parkedAbandoned() throws(PMLLError) -> [(key: String, record: OperationRecord)] {
         guard store.blockCount > 0 else { return [] }
         var parked: [(key: String, record: OperationRecord)] = []
-        for key in try committedKeys(prefix: Self.parkedPrefix) {
+        for key in try committedKeys(prefix: Self.parkedPrefix, skippingDamaged: true) {
             guard let bytes = try readCommitted(key) else { continue }
             guard let record = try? JSONEncoderShim.decode(OperationRecord.self, bytes) else {
                 throw .corruptRecord(key: key, reason: "not an operation record")

@@ -59,12 +59,20 @@ extension Pool {
         }
     }
 
-    package func committedKeys(prefix: String) throws(PMLLError) -> [String] {
+    /// The keys starting with `prefix`. A record that fails its checksum throws, unless
+    /// `skippingDamaged` (the library's own scans: `check` reports such a record, and one
+    /// damaged record must not stop recovery of everything else).
+    package func committedKeys(prefix: String, skippingDamaged: Bool = false) throws(PMLLError) -> [String] {
         let store = try stateStore()
         return try withStoreLock { () throws(PMLLError) -> [String] in
             var keys: [String] = []
             for i in 0..<store.capacity where store.slot(i).pointee.state == PMLL_KEY_USED {
-                let key = String(decoding: try store.key(of: i), as: UTF8.self)
+                let bytes: [UInt8]
+                do throws(PMLLError) { bytes = try store.key(of: i) } catch {
+                    if skippingDamaged { continue }
+                    throw error
+                }
+                let key = String(decoding: bytes, as: UTF8.self)
                 if key.hasPrefix(prefix) { keys.append(key) }
             }
             return keys

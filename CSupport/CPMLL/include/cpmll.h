@@ -6,9 +6,11 @@
 //  2. Thin, prefixed wrappers over kernel and library calls that Swift cannot
 //     reach cleanly (futex, OFD locks, libpmem, GNU-only clock ids). Each wrapper
 //     returns 0 or a positive result on success and -errno on failure; Swift turns
-//     that into a typed error in one place (Sources/PMLL/System/SystemCall.swift).
+//     that into a typed error in one place (Sources/PMLLCore/System/SystemCall.swift).
 //
-// GNU-only names (_GNU_SOURCE, F_OFD_*, FUTEX_*) stay in the .c files.
+// GNU-only names (_GNU_SOURCE, F_OFD_*, FUTEX_*) stay in the .c files. Every function
+// declared here has hidden visibility: they are the library's internals, linked into it, and
+// a shared library of PMLL exports only its public C API, never these.
 #ifndef CPMLL_H
 #define CPMLL_H
 
@@ -21,6 +23,7 @@ extern "C" {
 #endif
 
 #pragma clang assume_nonnull begin
+#pragma GCC visibility push(hidden)
 
 // MARK: - Pool file layout (format version 1). All integers little-endian (x86-64, aarch64).
 
@@ -550,6 +553,7 @@ uint32_t pmll_crc32c_software(uint32_t crc, const void *_Nullable data, size_t l
 // renameat2(RENAME_NOREPLACE) of old to new in the same directory; -EEXIST when new exists.
 int pmll_rename_noreplace(const char *oldpath, const char *newpath);
 
+#pragma GCC visibility pop
 #pragma clang assume_nonnull end
 
 #ifdef __cplusplus
