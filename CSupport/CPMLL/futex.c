@@ -57,3 +57,14 @@ int pmll_futex_wake_private(uint32_t *word, int32_t count) {
     long rc = syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, count, NULL, NULL, 0);
     return rc >= 0 ? (int)rc : -errno;
 }
+
+int pmll_futex_wait_private(uint32_t *word, uint32_t expected, int64_t deadline_ns) {
+    struct timespec ts, *tsp = NULL;
+    if (deadline_ns >= 0) {
+        ts.tv_sec = deadline_ns / 1000000000;
+        ts.tv_nsec = deadline_ns % 1000000000;
+        tsp = &ts;
+    }
+    long rc = syscall(SYS_futex, word, FUTEX_WAIT_BITSET_PRIVATE, expected, tsp, NULL, FUTEX_BITSET_MATCH_ANY);
+    return rc == 0 ? 0 : -errno;
+}

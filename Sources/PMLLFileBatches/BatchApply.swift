@@ -1,5 +1,4 @@
 import CPMLL
-import Foundation
 import SystemPackage
 #if canImport(Glibc)
 import Glibc

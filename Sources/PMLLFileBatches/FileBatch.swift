@@ -1,5 +1,4 @@
-import Foundation
-public import PMLLCore
+package import PMLLCore
 import PMLLLocks
 import PMLLStore
 
@@ -35,56 +34,6 @@ public struct FileBatch: Sendable, Equatable {
 
     public var operations: [Operation]
     public init(_ operations: [Operation]) { self.operations = operations }
-
-    /// Decodes the JSON list the CLI takes: objects with "op", "path", and as the op needs
-    /// "data" (UTF-8 text) or "base64", "mode" (octal string) and "to". Unknown ops or fields
-    /// are errors naming the entry's index.
-    public static func decode(json: [UInt8]) throws(PMLLError) -> FileBatch {
-        guard let list = try? JSONSerialization.jsonObject(with: Data(json)) as? [Any] else {
-            throw .invalidBatch(index: nil, reason: "not a JSON list of objects")
-        }
-        var operations: [Operation] = []
-        for (index, item) in list.enumerated() {
-            guard let object = item as? [String: Any] else { throw .invalidBatch(index: index, reason: "not an object") }
-            func string(_ key: String) throws(PMLLError) -> String {
-                guard let value = object[key] as? String else { throw .invalidBatch(index: index, reason: "missing or non-string \"\(key)\"") }
-                return value
-            }
-            func mode(_ fallback: UInt32) throws(PMLLError) -> UInt32 {
-                guard let text = object["mode"] else { return fallback }
-                guard let text = text as? String, let value = UInt32(text, radix: 8), value <= 0o7777 else {
-                    throw .invalidBatch(index: index, reason: "\"mode\" must be an octal string such as \"0644\"")
-                }
-                return value
-            }
-            func data() throws(PMLLError) -> [UInt8] {
-                switch (object["data"], object["base64"]) {
-                case (let text as String, nil): return Array(text.utf8)
-                case (nil, let b64 as String):
-                    guard let bytes = Data(base64Encoded: b64) else { throw .invalidBatch(index: index, reason: "\"base64\" is not base64") }
-                    return Array(bytes)
-                default: throw .invalidBatch(index: index, reason: "give exactly one of \"data\" (text) or \"base64\"")
-                }
-            }
-            let op = try string("op")
-            let allowed: Set<String>
-            let operation: Operation
-            switch op {
-            case "write": allowed = ["op", "path", "data", "base64", "mode"]; operation = .write(path: try string("path"), data: try data(), mode: try mode(0o644))
-            case "replace": allowed = ["op", "path", "data", "base64", "mode"]; operation = .replace(path: try string("path"), data: try data(), mode: try mode(0o644))
-            case "delete": allowed = ["op", "path"]; operation = .delete(path: try string("path"))
-            case "mkdir": allowed = ["op", "path", "mode"]; operation = .mkdir(path: try string("path"), mode: try mode(0o755))
-            case "rename": allowed = ["op", "path", "to"]; operation = .rename(from: try string("path"), to: try string("to"))
-            case "fsync": allowed = ["op", "path"]; operation = .fsync(path: try string("path"))
-            default: throw .invalidBatch(index: index, reason: "unknown op \"\(op)\"")
-            }
-            if let unknown = object.keys.first(where: { !allowed.contains($0) }) {
-                throw .invalidBatch(index: index, reason: "unknown field \"\(unknown)\" for op \"\(op)\"")
-            }
-            operations.append(operation)
-        }
-        return FileBatch(operations)
-    }
 
     /// Checks every entry before anything is touched: paths relative, confined (no "..", no
     /// empty or "." components, no NUL, components ≤ 255 bytes), modes ≤ 07777.

@@ -1,6 +1,6 @@
 import CPMLL
 import Dispatch
-import Foundation
+import Dispatch
 import Logging
 import Synchronization
 #if canImport(Glibc)
@@ -420,33 +420,15 @@ package final class IOBackend: @unchecked Sendable {
         }
     }
 
-    /// Up to 16 real threads: file-system calls block, so more threads than cores make them
-    /// overlap (Dispatch does not reliably grow past the core count for blocking work).
+    /// `body(0..<count)` on the library's I/O threads and the caller (``IOThreadPool``); one
+    /// task (a directory fsync, most often) runs inline.
     package static func parallel(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
-        // A thread costs 30 µs to start here: one task (a directory fsync, most often) runs inline.
-        if count == 1 { return body(0) }
-        spawn(count, body)()
+        IOThreadPool.shared.run(count, body)
     }
 
-    /// Starts `parallel`'s threads and returns at once; call the result to wait for them.
+    /// Starts `body(0..<count)` on the I/O threads and returns at once; call the result to wait.
     package static func spawn(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) -> () -> Void {
-        guard count > 0 else { return {} }
-        let next = Counter()
-        let done = DispatchSemaphore(value: 0)
-        let width = min(16, count)
-        for _ in 0..<width {
-            let thread = Thread {
-                while true {
-                    let i = next.value.add(1, ordering: .relaxed).oldValue
-                    if i >= count { break }
-                    body(i)
-                }
-                done.signal()
-            }
-            thread.stackSize = 256 << 10
-            thread.start()
-        }
-        return { for _ in 0..<width { done.wait() } }
+        IOThreadPool.shared.start(count, body)
     }
 
     package final class Counter: Sendable { let value = Atomic<Int>(0) }

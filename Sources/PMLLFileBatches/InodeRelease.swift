@@ -1,4 +1,3 @@
-import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -24,12 +23,11 @@ package enum InodeRelease {
         return Int(min(UInt64(rl.rlim_cur) / 4, 1024))
     }()
 
-    /// Closes `fds` (negative entries are skipped) on a background thread.
+    /// Closes `fds` (negative entries are skipped) on the library's I/O threads, without
+    /// waiting for them.
     package static func release(_ fds: [Int32]) {
         let fds = fds.filter { $0 >= 0 }
         guard !fds.isEmpty else { return }
-        let thread = Thread { fds.forEach { close($0) } }
-        thread.stackSize = 64 << 10
-        thread.start()
+        _ = IOThreadPool.shared.start(1) { _ in fds.forEach { close($0) } }
     }
 }

@@ -3,7 +3,11 @@ import PMLL
 @testable import PMLLCore
 @testable import PMLLFileBatches
 @testable import PMLLQueues
+import Synchronization
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Pure logic, in milliseconds, beside the real-process tests: the batch planner, the
 /// journal's codec, the store's layout, the retry policy, lock-word transitions.
@@ -85,6 +89,33 @@ import Testing
         }
         #expect(RetryPolicy(baseDelay: .zero).delay(beforeRetry: 5) == .zero)
         #expect(RetryPolicy(baseDelay: .seconds(1 << 40), maxDelay: .seconds(2)).delay(beforeRetry: 40) <= .seconds(2))
+    }
+
+    // MARK: IOThreadPool
+
+    final class Tally: @unchecked Sendable {
+        let lock = Mutex<[Int]>([])
+        func add(_ i: Int) { lock.withLock { $0.append(i) } }
+        var sorted: [Int] { lock.withLock { $0.sorted() } }
+    }
+
+    /// Every index runs once, on the pool's threads and the caller; a job started from inside
+    /// another job's body completes (the caller works on its own job); `start` returns before
+    /// the work is done and its join waits for all of it.
+    @Test func ioThreadPoolRunsEveryIndexOnceAndNestsWithoutDeadlock() {
+        let pool = IOThreadPool(width: 4)
+        for count in [0, 1, 2, 17, 1000] {
+            let tally = Tally()
+            pool.run(count) { tally.add($0) }
+            #expect(tally.sorted == Array(0..<count))
+        }
+        let nested = Tally()
+        pool.run(8) { outer in pool.run(8) { inner in nested.add(outer * 8 + inner) } }
+        #expect(nested.sorted == Array(0..<64))
+        let started = Tally()
+        let join = pool.start(50) { i in usleep(1000); started.add(i) }
+        join()
+        #expect(started.sorted == Array(0..<50))
     }
 
     // MARK: lock word

@@ -442,7 +442,9 @@ typedef struct {
 // woken, -EAGAIN (a value already differed), -ETIMEDOUT, -EINTR, -ENOSYS (older kernel), or
 // another -errno.
 int pmll_futex_waitv(const pmll_futex_waiter_t *waiters, uint32_t count, int64_t deadline_ns);
-// FUTEX_WAKE on a process-private word.
+// FUTEX_WAIT and FUTEX_WAKE on a process-private word (ordinary memory; a private wake
+// reaches only private waiters, so both sides of a word must use these).
+int pmll_futex_wait_private(uint32_t *word, uint32_t expected, int64_t deadline_ns);
 int pmll_futex_wake_private(uint32_t *word, int32_t count);
 
 // Names the calling thread (15 bytes at most), as `top -H` and /proc show it.

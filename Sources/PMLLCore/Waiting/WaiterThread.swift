@@ -136,7 +136,7 @@ package final class WaiterThread: @unchecked Sendable {
         }
         // Without futex_waitv: sleep on the doorbell alone; pool words are polled.
         let polled = words.count > 1 ? min(deadline < 0 ? .max : deadline, Clock.monotonicNanoseconds + 1_000_000) : deadline
-        _ = pmll_futex_wait(doorbell, words[0].expected, polled)
+        _ = pmll_futex_wait_private(doorbell, words[0].expected, polled)
     }
 
     private func add(_ wait: ParkedWait) {
