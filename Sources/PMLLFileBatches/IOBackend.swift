@@ -56,6 +56,18 @@ package final class IOBackend: @unchecked Sendable {
         /// last name then frees nothing, and closing the descriptor later frees the inode (see
         /// `InodeRelease`).
         package var hold = false
+        /// Told when the item's old file is at the backup name and when the new one is in
+        /// place: the batch protocol's crash points (the backend knows none).
+        package var milestone: (@Sendable (StagingMilestone) -> Void)? = nil
+    }
+
+    /// Points of placing a staged item that the batch protocol cares about.
+    package enum StagingMilestone: Sendable {
+        /// The backup name holds a file (the new one before an exchange, the old one after a
+        /// backup link).
+        case linked
+        /// The target has its new file.
+        case renamed
     }
 
     /// The creation for new files in `dirfd`'s filesystem. By name, except on ext4 without a
@@ -125,10 +137,10 @@ package final class IOBackend: @unchecked Sendable {
     /// fsynced. Returns 0 or -errno per item.
     ///
     /// Unsynced creates go to the thread pool on both backends. io_uring punts every
-    /// `O_CREAT` open (and buffered tmpfs writes) to io-wq workers, and 2000 small creates on
-    /// tmpfs took 21–29 ms through the ring against 16.5 ms inline and 11.7 ms on the threads
-    /// (Docs/FileBatches.md). Fsynced creates on io_uring are chains on the ring, always by
-    /// name, where parallel fsyncs share journal commits.
+    /// `O_CREAT` open (and buffered tmpfs writes) to io-wq workers, which measured slower than
+    /// both inline calls and the threads (figures in Docs/FileBatches.md). Fsynced creates on
+    /// io_uring are chains on the ring, always by name, where parallel fsyncs share journal
+    /// commits.
     package func writeFiles(_ items: [WriteItem], fsync: Bool, creation: FileCreation) -> [Int32] {
         if kind == .uring && fsync, let results = viaRing({ r in
             var results = [Int32](repeating: 0, count: items.count)
@@ -162,9 +174,9 @@ package final class IOBackend: @unchecked Sendable {
     /// Files created by name go through `writeFiles` (on io_uring with fsync: one linked chain
     /// per file on a fixed slot), then are exchanged or renamed in order. Unnamed files are
     /// placed by threads on both backends, because placing one is CPU work in the kernel,
-    /// which io-wq ran slower than threads (opens one at a time; write/link/rename chains
-    /// 22–33 ms against 17–19 for 200 files); on io_uring the fsyncs, the only waits, go to the
-    /// ring as each file is placed. A filesystem without `O_TMPFILE` gets creates by name.
+    /// which io-wq ran slower than threads (it opens one at a time; Docs/FileBatches.md); on
+    /// io_uring the fsyncs, the only waits, go to the ring as each file is placed. A
+    /// filesystem without `O_TMPFILE` gets creates by name.
     package func stageFiles(_ items: [WriteItem], fsync: Bool, creation: FileCreation) -> Staged {
         var staged = Staged(results: [Int32](repeating: 0, count: items.count), held: [Int32](repeating: -1, count: items.count))
         guard creation == .unnamed else {
@@ -303,10 +315,10 @@ package final class IOBackend: @unchecked Sendable {
     private static func finishLinked(_ item: WriteItem) -> Int32 {
         if let exchange = item.exchange {
             if canExchange {
-                CrashPoint.hit("batch.linked")   // the new file is at the backup name
+                item.milestone?(.linked)   // the new file is at the backup name
                 let rc = pmll_rename_exchange(item.dirfd, item.name, exchange.target)
                 if rc == 0 {
-                    CrashPoint.hit("batch.renamed")
+                    item.milestone?(.renamed)
                     return 0
                 }
                 guard pmll_exchange_unsupported(-rc) != 0 else { return rc }
@@ -315,14 +327,14 @@ package final class IOBackend: @unchecked Sendable {
             // backup link, and the rename follows, as for a step applied in order.
             guard renameat(item.dirfd, item.name, item.dirfd, exchange.temp) == 0,
                   linkat(item.dirfd, exchange.target, item.dirfd, item.name, 0) == 0 else { return -errno }
-            CrashPoint.hit("batch.linked")
+            item.milestone?(.linked)
             guard renameat(item.dirfd, exchange.temp, item.dirfd, exchange.target) == 0 else { return -errno }
-            CrashPoint.hit("batch.renamed")
+            item.milestone?(.renamed)
             return 0
         }
         if let final = item.final {
             guard renameat(item.dirfd, item.name, item.dirfd, final) == 0 else { return -errno }
-            CrashPoint.hit("batch.renamed")
+            item.milestone?(.renamed)
         }
         return 0
     }
@@ -362,7 +374,7 @@ package final class IOBackend: @unchecked Sendable {
 
     /// Removes each name (not directories), in parallel: on a journaling filesystem freeing
     /// the inode is the slow part, and it runs outside the directory lock, so the evictions
-    /// overlap (200 unlinks of 4 KiB files on ext4: 12.6 ms in a row, 3.4–4.4 ms this way).
+    /// overlap (about 3x faster for 200 small files on ext4; Docs/FileBatches.md).
     /// Returns 0 or -errno per entry.
     package func unlink(_ entries: [Entry]) -> [Int32] {
         if kind == .uring, let results = viaRing({ r in

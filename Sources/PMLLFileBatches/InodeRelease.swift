@@ -8,11 +8,11 @@ import PMLLStore
 /// Frees the old files of committed batches off the caller's path.
 ///
 /// Freeing an inode (truncating it, returning its blocks and the inode itself) is the slow
-/// part of removing a backup: 200 of them took 12–16 ms of kernel CPU in a row on this VM's
-/// ext4, against 0.8 ms for removing the 200 names while each file is still open. So staging
+/// part of removing a backup, an order of magnitude more than removing the names while each
+/// file is still open (Docs/FileBatches.md has the figures). So staging
 /// keeps an `O_PATH` descriptor of each old file it backs up; the cleanup removes the names
 /// (the tree is then exactly the new one) and hands the descriptors here, and closing them on
-/// a background thread frees the inodes. If the process exits first, the kernel closes them;
+/// the library's I/O threads frees the inodes. If the process exits first, the kernel closes them;
 /// after a power failure the filesystem's orphan recovery frees them at mount.
 package enum InodeRelease {
     /// At most this many descriptors held per batch (the rest are freed on removal):

@@ -109,9 +109,7 @@ struct QueueShowCommand: ParsableCommand {
         let queue = try pool.queue(named: name, persistent: try pool.queues().first { $0.name == name }!.persistent)
         let output = Output(stats: queue.stats, records: queue.records)
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            print(String(decoding: try encoder.encode(output), as: UTF8.self))
+            try printJSON(output)
             return
         }
         let s = output.stats
@@ -174,9 +172,7 @@ struct RecoverCommand: AsyncParsableCommand {
         }
         let report = try await pool.recover(handlers: handlers)
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            try printJSON(report)
             if report.needsAttention { throw ExitCode(ExitStatus.badPool) }
             return
         }
@@ -205,16 +201,5 @@ enum OperationText {
         guard !r.payload.isEmpty else { return "" }
         if let text = String(validating: r.payload, as: UTF8.self), !text.contains(where: { $0.isNewline }) { return text }
         return "<\(r.payload.count) bytes>"
-    }
-}
-
-enum TableText {
-    static func render(_ rows: [[String]]) -> String {
-        guard let header = rows.first else { return "" }
-        let widths = header.indices.map { c in rows.map { $0[c].count }.max() ?? 0 }
-        return rows.map { row in
-            zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
-                .trimmingCharacters(in: .whitespaces)
-        }.joined(separator: "\n")
     }
 }

@@ -33,12 +33,6 @@ struct StateEntry: Codable {
     }
 }
 
-func printJSON<T: Encodable>(_ value: T) throws {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-    print(String(decoding: try encoder.encode(value), as: UTF8.self))
-}
-
 struct StateGet: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "get", abstract: "Print the value of KEY.")
     @OptionGroup var poolArguments: PoolArguments

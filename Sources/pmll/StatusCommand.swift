@@ -19,9 +19,7 @@ struct StatusCommand: ParsableCommand {
         // Our own attachment is not interesting to the reader.
         let status = pool.status(includingSelf: false)
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            print(String(decoding: try encoder.encode(status), as: UTF8.self))
+            try printJSON(status)
         } else {
             print(StatusTable.render(status))
         }
@@ -48,14 +46,7 @@ enum StatusTable {
                 "\(lock.waiters)", "\(lock.acquisitions)", "\(lock.contended)", "\(lock.timeouts)", "\(lock.ownerDeaths)",
             ])
         }
-        if s.locks.isEmpty { out += "no locks\n" }
-        let widths = header.indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
-        if !s.locks.isEmpty {
-            for row in rows {
-                out += zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
-                    .trimmingCharacters(in: .whitespaces) + "\n"
-            }
-        }
+        out += s.locks.isEmpty ? "no locks\n" : TableText.render(rows) + "\n"
         if !s.queues.isEmpty {
             var queueRows = [["QUEUE", "PERSISTENT", "PENDING", "COMPLETED", "FAILED", "RETRIED", "ABANDONED", "RECOVERED", "MEAN WAIT", "MEAN RUN"]]
             for q in s.queues {

@@ -7,7 +7,7 @@ import Glibc
 /// The library's one pool of threads for blocking file-system calls (file batches' staging,
 /// fsyncs, unlinks, freeing old inodes). File-system calls block, so more threads than cores
 /// make them overlap; Dispatch does not reliably grow past the core count for blocking work,
-/// and starting a thread per call cost about 30 µs here. Threads are started on first need, at
+/// and starting a thread per call costs tens of microseconds. Threads are started on first need, at
 /// most `width`, and then wait for work, never exiting.
 ///
 /// A job is `count` independent calls of `body(i)`. The caller of ``run(_:_:)`` works on its

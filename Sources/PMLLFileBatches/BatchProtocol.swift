@@ -126,7 +126,7 @@ extension Pool {
     /// right there, in parallel with the other files: exchanged with their target, or renamed
     /// into place (undo needs only the journal and the backups, whichever order they ran in).
     /// The other new contents wait at their temporary names for `applySteps`.
-    private func stage(_ batch: FileBatch, journal: BatchJournal, early: Set<Int>, dirs: DirectoryCache, backend: IOBackend, creation: FileCreation,
+    func stage(_ batch: FileBatch, journal: BatchJournal, early: Set<Int>, dirs: DirectoryCache, backend: IOBackend, creation: FileCreation,
                        durable: Bool, wholeFilesystem: Bool) throws(PMLLError) -> Staging {
         for (n, op) in batch.operations.enumerated() {
             guard case .mkdir(_, let mode) = op else { continue }
@@ -144,6 +144,7 @@ extension Pool {
                 let (parent, name) = PathGuard.split(path)
                 var item = IOBackend.WriteItem(dirfd: try dirs.directory(parent, index: n), name: journal.temp(n), data: data, mode: mode)
                 item.exactMode = mode & Self.umaskBits != 0
+                item.milestone = Self.crashPoint
                 if early.contains(n) && journal.steps[n].oldInode != 0 {
                     // Linked at the backup name, then exchanged with the target: one directory
                     // operation instead of a backup link and a rename.
@@ -171,7 +172,7 @@ extension Pool {
     /// Applies the steps staging did not, in order (keeping what is replaced or deleted as a
     /// backup). Then makes everything durable: one syncfs per filesystem touched
     /// (`wholeFilesystem`) or an fsync of every directory touched; and the files asked for.
-    private func applySteps(_ journal: BatchJournal, applied: Set<Int>, dirs: DirectoryCache, backend: IOBackend, durable: Bool,
+    func applySteps(_ journal: BatchJournal, applied: Set<Int>, dirs: DirectoryCache, backend: IOBackend, durable: Bool,
                             wholeFilesystem: Bool, fsyncs: [String]) throws(PMLLError) {
         var touched = Set<Int32>()
         for (n, step) in journal.steps.enumerated() {
@@ -356,83 +357,19 @@ extension Pool {
         return failures
     }
 
-    /// Each entry on its own. Runs of `write`s are created in one backend call, straight
-    /// under their names (`O_EXCL`); a name that exists already, and every other entry, goes
-    /// through a one-entry atomic step, in the batch's order.
-    private func applyBestEffort(_ batch: FileBatch, dirs: DirectoryCache, backend: IOBackend, creation: FileCreation, durable: Bool) -> [BatchEntryResult] {
-        var results = [BatchEntryResult](repeating: .applied, count: batch.operations.count)
-        var creates: [IOBackend.WriteItem] = [], createIndexes: [Int] = []
-        for (n, op) in batch.operations.enumerated() {
-            if case .write(let path, let data, let mode) = op, let fd = try? dirs.directory(PathGuard.split(path).parent, index: n) {
-                var item = IOBackend.WriteItem(dirfd: fd, name: PathGuard.split(path).name, data: data, mode: mode)
-                item.exactMode = mode & Self.umaskBits != 0
-                creates.append(item)
-                createIndexes.append(n)
-                continue
-            }
-            flush()
-            results[n] = single(op, index: n)
-        }
-        flush()
-        return results
-
-        func flush() {
-            guard !creates.isEmpty else { return }
-            for (k, rc) in backend.writeFiles(creates, fsync: durable, creation: creation).enumerated() {
-                let n = createIndexes[k]
-                switch -rc {
-                case 0: break
-                case EEXIST:
-                    results[n] = single(batch.operations[n], index: n)
-                default:
-                    results[n] = .failed(BatchEntryError(.batchFailed(index: n, path: batch.operations[n].paths[0], errno: Errno(rawValue: -rc))))
-                }
-            }
-            creates.removeAll()
-            createIndexes.removeAll()
-        }
-
-        /// Entry `index` as a one-entry atomic batch; errors name `index`, not 0.
-        func single(_ op: FileBatch.Operation, index: Int) -> BatchEntryResult {
-            do throws(PMLLError) {
-                let single = FileBatch([op])
-                let plan = try BatchPlan(single, lookup: dirs.entry)
-                let journal = BatchJournal(id: String(UInt64.random(in: 0...UInt64.max), radix: 36), root: "", owner: token,
-                                           phase: .staging, steps: plan.steps)
-                var staging = Staging()
-                let wholeFilesystem = Self.syncsWholeFilesystem(single)
-                do throws(PMLLError) {
-                    staging = try stage(single, journal: journal, early: plan.early, dirs: dirs, backend: backend, creation: creation, durable: durable,
-                                        wholeFilesystem: wholeFilesystem)
-                    try applySteps(journal, applied: staging.applied, dirs: dirs, backend: backend, durable: durable,
-                                   wholeFilesystem: wholeFilesystem, fsyncs: { if case .fsync(let p) = op { [p] } else { [] } }())
-                    let leftovers = cleanUp(journal, dirs: dirs, backend: backend, held: staging.held, durable: durable)
-                    if !leftovers.isEmpty {
-                        Self.logger.warning("cannot remove a batch backup", metadata: ["failures": "\(leftovers)"])
-                    }
-                } catch {
-                    staging.release()
-                    let failures = undo(journal, dirs: dirs)
-                    guard failures.isEmpty else {
-                        throw PMLLError.batchNeedsAttention(batch: journal.id, root: ".", reason: "entry \(index) failed (\(error)) and rolling it back failed: \(failures.map(\.description).joined(separator: "; "))")
-                    }
-                    throw error
-                }
-                return .applied
-            } catch {
-                switch error {
-                case .invalidBatch(_, let reason): return .failed(BatchEntryError(.invalidBatch(index: index, reason: reason)))
-                case .batchFailed(_, let path, let errno): return .failed(BatchEntryError(.batchFailed(index: index, path: path, errno: errno)))
-                default: return .failed(BatchEntryError(error))
-                }
-            }
+    /// The protocol's crash points for what the backend does while staging (the same points
+    /// as for the steps applied in order).
+    package static let crashPoint: @Sendable (IOBackend.StagingMilestone) -> Void = { milestone in
+        switch milestone {
+        case .linked: CrashPoint.hit("batch.linked")
+        case .renamed: CrashPoint.hit("batch.renamed")
         }
     }
 
     /// How an atomic batch makes its changes durable before it commits: an fsync of each new
     /// file and each directory touched, or one `syncfs(2)` per filesystem. One syncfs costs
-    /// about one journal commit (0.4–1.3 ms on this VM's ext4) however many files there are,
-    /// where 200 fsyncs cost 4–10 ms even in parallel; but it also writes back whatever else
+    /// about one journal commit however many files there are, where hundreds of fsyncs cost
+    /// several even in parallel (Docs/FileBatches.md); but it also writes back whatever else
     /// is dirty on that filesystem. So batches that stage at least `syncFilesystemFrom` files
     /// use it, smaller ones fsync each file. `PMLL_BATCH_SYNC=files|filesystem` forces one.
     package static let syncFilesystemFrom = 16
@@ -458,58 +395,5 @@ extension Pool {
         guard let resolved = realpath(path, nil) else { return path }
         defer { free(resolved) }
         return String(cString: resolved)
-    }
-}
-
-/// Directory descriptors below a root, opened one component at a time without following
-/// symlinks, cached for the batch.
-package final class DirectoryCache {
-    package let root: Int32
-    private var cache: [String: Int32] = [:]
-
-    package init(root: Int32) { self.root = root }
-
-    package func directory(_ components: [String], index: Int) throws(PMLLError) -> Int32 {
-        if components.isEmpty { return root }
-        let key = components.joined(separator: "/")
-        if let fd = cache[key] { return fd }
-        let parent = try directory(Array(components.dropLast()), index: index)
-        let fd = openat(parent, components.last!, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        guard fd >= 0 else {
-            let e = Errno.current
-            if e == .tooManySymbolicLinkLevels || e == .notDirectory {
-                throw .invalidBatch(index: index, reason: "'\(key)' is not a directory below the root (symlinks are not followed)")
-            }
-            throw .batchFailed(index: index, path: key, errno: e)
-        }
-        cache[key] = fd
-        return fd
-    }
-
-    /// What `path` itself is (not followed), or nil if nothing is there.
-    package func entry(_ path: String) -> ExistingEntry? {
-        let (parent, name) = PathGuard.split(path)
-        guard let fd = try? directory(parent, index: 0), let st = status(fd, name) else { return nil }
-        return ExistingEntry(isDirectory: st.st_mode & S_IFMT == S_IFDIR, inode: UInt64(st.st_ino))
-    }
-
-    func status(_ fd: Int32, _ name: String) -> stat? {
-        var st = stat()
-        return fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 ? st : nil
-    }
-
-    package func existsAt(_ fd: Int32, _ name: String) -> Bool { status(fd, name) != nil }
-
-    package func inode(_ fd: Int32, _ name: String) -> UInt64? { status(fd, name).map { UInt64($0.st_ino) } }
-
-    /// Both names are links to one file.
-    package func sameFile(_ fd: Int32, _ a: String, _ b: String) -> Bool {
-        guard let sa = status(fd, a), let sb = status(fd, b) else { return false }
-        return sa.st_ino == sb.st_ino && sa.st_dev == sb.st_dev
-    }
-
-    package func closeAll() {
-        cache.values.forEach { close($0) }
-        cache.removeAll()
     }
 }
