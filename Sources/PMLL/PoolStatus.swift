@@ -36,11 +36,11 @@ extension Pool {
     public func status(includingSelf: Bool = true) -> PoolStatus {
         let locks = lockStatuses()
         var attached: [PoolStatus.Process] = []
-        for index in 0..<memory.processCapacity {
+        for index in memory.slots {
             let slot = memory.slot(index)
             guard pmll_load32(pmll_slot_state(slot)) == PMLL_SLOT_ACTIVE, includingSelf || index != self.slot else { continue }
-            let token = OwnerToken.make(slot: index, generation: pmll_load32(pmll_slot_generation(slot)))
-            attached.append(.init(slot: index, pid: slot.pointee.pid, commandName: String(fixedCString: slot.pointee.comm), alive: processes.isAlive(token)))
+            let token = OwnerToken(slot: index, generation: pmll_load32(pmll_slot_generation(slot)))
+            attached.append(.init(slot: index.rawValue, pid: slot.pointee.pid, commandName: String(fixedCString: slot.pointee.comm), alive: processes.isAlive(token)))
         }
         let h = memory.header.pointee
         return PoolStatus(

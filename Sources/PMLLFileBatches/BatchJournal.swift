@@ -1,4 +1,4 @@
-import PMLLCore
+package import PMLLCore
 import PMLLLocks
 import PMLLStore
 
@@ -34,7 +34,8 @@ package struct BatchJournal: Equatable {
     }
     package var id: String
     package var root: String
-    package var owner: UInt32
+    /// The participant applying the batch; nil once it is left to any recovery.
+    package var owner: OwnerToken?
     package var phase: Phase
     package var steps: [BatchStep]
 
@@ -56,7 +57,7 @@ package struct BatchJournal: Equatable {
         out.reserveCapacity(64 + steps.count * 24)
         out.append(Self.version)
         out.append(phase.rawValue)
-        Self.put(owner, &out)
+        Self.put(owner?.rawValue ?? 0, &out)
         Self.put(id, &out)
         Self.put(root, &out)
         Self.put(UInt32(steps.count), &out)
@@ -93,10 +94,10 @@ package struct BatchJournal: Equatable {
             steps.append(BatchStep(op: op, path: path, to: to, existed: flags & 1 != 0, toExisted: flags & 2 != 0, createdDirs: dirs, oldInode: oldInode))
         }
         guard reader.atEnd else { return nil }
-        self.init(id: id, root: root, owner: owner, phase: phase, steps: steps)
+        self.init(id: id, root: root, owner: owner == 0 ? nil : OwnerToken(rawValue: owner), phase: phase, steps: steps)
     }
 
-    package init(id: String, root: String, owner: UInt32, phase: Phase, steps: [BatchStep]) {
+    package init(id: String, root: String, owner: OwnerToken?, phase: Phase, steps: [BatchStep]) {
         self.id = id
         self.root = root
         self.owner = owner

@@ -67,7 +67,7 @@ extension Pool {
                 // The tree is not back to what it was: keep the journal, with no owner so that
                 // any recovery (ours included) tries the rollback again, and say so.
                 let reason = "applying failed (\(error)); rolling back failed: \(failures.map(\.description).joined(separator: "; "))"
-                journal.owner = 0
+                journal.owner = nil
                 try? writeJournal(journal)
                 try? recordAttention(BatchAttention(id: id, root: journal.root, reason: reason))
                 throw PMLLError.batchNeedsAttention(batch: id, root: journal.root, reason: reason)
@@ -86,7 +86,7 @@ extension Pool {
         } else {
             // Committed and durable; only backups are left. The journal stays, ownerless, so
             // that recovery removes them later.
-            journal.owner = 0
+            journal.owner = nil
             try? writeJournal(journal)
             try? recordAttention(BatchAttention(id: id, root: journal.root, reason: "backups left after the commit: \(leftovers.map(\.description).joined(separator: "; "))"))
         }

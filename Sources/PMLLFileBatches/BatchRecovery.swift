@@ -40,7 +40,7 @@ extension Pool {
                 continue
             }
             if let root, journal.root != root { continue }
-            if !ownersAreGone && journal.owner != 0 && processes.isAlive(journal.owner) { continue }   // still being applied
+            if !ownersAreGone, let owner = journal.owner, processes.isAlive(owner) { continue }   // still being applied
             let rootFD = Glibc.open(journal.root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             guard rootFD >= 0 else {
                 let attention = BatchAttention(id: id, root: journal.root, reason: "its root cannot be opened: \(Errno.current.description)")
@@ -93,7 +93,7 @@ extension Pool {
     }
 
     /// The lock that serialises batch recoverers (created on first use).
-    package func batchRecoveryLock() throws(PMLLError) -> UInt32 {
+    package func batchRecoveryLock() throws(PMLLError) -> LockIndex {
         try table.index(of: "pmll:batches", level: .network, create: true, creation: tableCreation, allowReserved: true)!
     }
 }

@@ -149,7 +149,7 @@ extension Pool {
         guard existing == persistent else {
             throw .queueMismatch(name: name, reason: "it is \(existing ? "persistent" : "not persistent")")
         }
-        let engine = QueueEngine(pool: self, index: index, submitLock: head.pointee.submit_lock, name: name, persistent: persistent)
+        let engine = QueueEngine(pool: self, index: index, submitLock: LockIndex(head.pointee.submit_lock), name: name, persistent: persistent)
         return HardenedQueue(pool: self, name: name, persistent: persistent, configuration: configuration, engine: engine)
     }
 

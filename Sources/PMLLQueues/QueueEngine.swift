@@ -15,7 +15,7 @@ import PMLLStore
 package struct QueueEngine: @unchecked Sendable {
     package let pool: Pool
     package let index: UInt32
-    package let submitLock: UInt32
+    package let submitLock: LockIndex
     package let name: String
     package let persistent: Bool
 
@@ -98,7 +98,7 @@ package struct QueueEngine: @unchecked Sendable {
             let r = record(ticket)
             pmll_store32(pmll_record_state(r), PMLL_RECORD_FREE)
             r.pointee.ticket = ticket
-            r.pointee.owner_token = pool.token
+            r.pointee.owner_token = pool.token.rawValue
             r.pointee.owner_pid = ProcessIdentity.pid
             r.pointee.owner_comm = comm
             r.pointee.attempts = startsNow ? 1 : 0
@@ -213,7 +213,7 @@ package struct QueueEngine: @unchecked Sendable {
             return advance(from: s)
         }
         if RecordState.isFinal(state) { return advance(from: s) }
-        guard checkOwner, !pool.processes.isAlive(r.pointee.owner_token) else { return false }
+        guard checkOwner, !pool.processes.isAlive(OwnerToken(rawValue: r.pointee.owner_token)) else { return false }
         var expected = state
         if pmll_cas32(pmll_record_state(r), &expected, PMLL_RECORD_ABANDONED) != 0 {
             r.pointee.finished_ns = UInt64(Clock.realtimeNanoseconds)

@@ -29,7 +29,7 @@ extension Pool {
     /// and those parked in the state store when their ring slot was needed).
     public func abandonedOperations() throws(PMLLError) -> [OperationRecord] {
         let inRings = try QueueTable(memory: memory, path: path).all().flatMap { index, head in
-            let engine = QueueEngine(pool: self, index: index, submitLock: head.pointee.submit_lock,
+            let engine = QueueEngine(pool: self, index: index, submitLock: LockIndex(head.pointee.submit_lock),
                                      name: String(fixedCString: head.pointee.name), persistent: true)
             return QueueRepair.unrecovered(engine).map { RecordState.snapshot($0, queue: engine.name) }
         }
@@ -67,7 +67,7 @@ extension Pool {
         var items: [QueueRecoveryItem] = []
         for (index, head) in try QueueTable(memory: memory, path: path).all() {
             let persistent = head.pointee.flags & PMLL_QUEUE_FLAG_PERSISTENT != 0
-            let engine = QueueEngine(pool: self, index: index, submitLock: head.pointee.submit_lock,
+            let engine = QueueEngine(pool: self, index: index, submitLock: LockIndex(head.pointee.submit_lock),
                                      name: String(fixedCString: head.pointee.name), persistent: persistent)
             let innerItems = try await engine.exclusive(deadline: Self.deadline(after: timeout)) {
                 var items: [QueueRecoveryItem] = []

@@ -49,14 +49,14 @@ package struct QueueTable {
     }
 
     /// Creates the head (the caller holds the TABLE lock and has created the submit lock).
-    package func insert(_ name: String, persistent: Bool, submitLock: UInt32) throws(PMLLError) -> UInt32 {
+    package func insert(_ name: String, persistent: Bool, submitLock: LockIndex) throws(PMLLError) -> UInt32 {
         for index in 0..<memory.queueCapacity {
             let q = memory.queue(index)
             guard pmll_load32(&q.pointee.state) == PMLL_ENTRY_EMPTY else { continue }
             // An EMPTY head may hold a torn creation: clear it whole, counters included.
             UnsafeMutableRawPointer(q).initializeMemory(as: UInt8.self, repeating: 0, count: MemoryLayout<pmll_queue_head_t>.size)
             q.pointee.flags = persistent ? PMLL_QUEUE_FLAG_PERSISTENT : 0
-            q.pointee.submit_lock = submitLock
+            q.pointee.submit_lock = submitLock.rawValue
             q.pointee.name_length = UInt32(name.utf8.count)
             withUnsafeMutableBytes(of: &q.pointee.name) { $0.copyBytes(from: Array(name.utf8)) }
             q.pointee.checksum = Self.checksum(q)

@@ -7,7 +7,7 @@ import PMLLLocks
 /// facade opens the pool) and the index of the store lock, created on first use.
 package final class StoreService: Sendable {
     package let store: StateStore
-    let lockIndex = Mutex<UInt32?>(nil)
+    let lockIndex = Mutex<LockIndex?>(nil)
 
     init(_ store: StateStore) { self.store = store }
 }

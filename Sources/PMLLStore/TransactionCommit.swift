@@ -20,7 +20,7 @@ extension Pool {
     }
 
     /// The store lock, created on first use.
-    package func storeLock() throws(PMLLError) -> UInt32 {
+    package func storeLock() throws(PMLLError) -> LockIndex {
         let service = services.required(StoreService.self)
         if let index = service.lockIndex.withLock({ $0 }) { return index }
         let index = try table.index(of: "pmll:store", level: .network, create: true, creation: tableCreation, allowReserved: true)!
@@ -136,7 +136,7 @@ extension Pool {
             // Undo log: old slots and old bitmap bytes.
             var ranges: [(offset: Int, length: Int)] = plans.map { (store.offset(of: store.slot($0.index)), MemoryLayout<pmll_key_slot_t>.size) }
             ranges += Self.runs(bitmap.keys.sorted()).map { (store.layout.bitmap.lowerBound + $0.lowerBound, $0.count) }
-            let header = store.logHeader(Int(slot) % store.layout.logSlots)
+            let header = store.logHeader(Int(slot.rawValue) % store.layout.logSlots)
             try writeUndoLog(header, ranges: ranges)
             CrashPoint.hit("tx.undo-logged")
 
@@ -239,7 +239,7 @@ extension Pool {
             cursor += size
         }
         header.pointee.seq = header.pointee.done_seq &+ 1
-        header.pointee.owner_token = token
+        header.pointee.owner_token = token.rawValue
         header.pointee.entry_count = UInt32(ranges.count)
         header.pointee.bytes = UInt32(cursor)
         header.pointee.checksum = Self.logChecksum(header)

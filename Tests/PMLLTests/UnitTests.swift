@@ -56,7 +56,7 @@ import Glibc
                      BatchStep(op: .rename, path: "x", to: "y/z", existed: true, toExisted: true, createdDirs: []),
                      BatchStep(op: .mkdir, path: "d/e", to: nil, existed: false, toExisted: false, createdDirs: ["d", "d/e"])]
         steps[0].oldInode = 1 << 40
-        let journal = BatchJournal(id: "abc", root: "/opt/cpm", owner: 0x1234, phase: .committed, steps: steps)
+        let journal = BatchJournal(id: "abc", root: "/opt/cpm", owner: OwnerToken(rawValue: 0x1234), phase: .committed, steps: steps)
         let bytes = journal.encoded()
         #expect(BatchJournal(decoding: bytes) == journal)
         #expect(BatchJournal(decoding: Array(bytes.dropLast())) == nil)           // truncated
@@ -122,7 +122,7 @@ import Glibc
 
     @Test func uncontendedLockWordTransitions() {
         var entry = pmll_lock_entry_t()
-        let a: UInt32 = OwnerToken.make(slot: 3, generation: 5), b = OwnerToken.make(slot: 4, generation: 1)
+        let a = OwnerToken(slot: SlotIndex(3), generation: 5).rawValue, b = OwnerToken(slot: SlotIndex(4), generation: 1).rawValue
         #expect(pmll_lock_try_fast(&entry, a) != 0 && entry.word == a)
         #expect(pmll_lock_try_fast(&entry, b) == 0)                     // held: no barging
         #expect(pmll_lock_release_fast(&entry, b) == 0 && entry.word == a)   // only the holder releases
@@ -130,7 +130,9 @@ import Glibc
         #expect(pmll_lock_release_fast(&entry, a) == 0)                 // waiters: the slow path must wake them
         entry.word = a
         #expect(pmll_lock_release_fast(&entry, a) != 0 && entry.word == 0)
-        #expect(OwnerToken.slot(a) == 3 && OwnerToken.generation(a) == 5)
+        #expect(OwnerToken(rawValue: a).slot == SlotIndex(3) && OwnerToken(rawValue: a).generation == 5)
+        #expect(OwnerToken.owner(ofWord: a | PMLL_WORD_WAITERS | PMLL_WORD_DIED) == OwnerToken(rawValue: a))
+        #expect(OwnerToken.owner(ofWord: PMLL_WORD_WAITERS) == nil)
         #expect(a & ~PMLL_OWNER_MASK == 0)
     }
 }

@@ -24,8 +24,8 @@ public final class Pool: Sendable {
     package let memory: PoolMemory
     package let fd: Int32
     package let processes: ProcessTable
-    package let slot: UInt32
-    package let token: UInt32
+    package let slot: SlotIndex
+    package let token: OwnerToken
     package let ownerCheckNanoseconds: Int64
     package let starvationNanoseconds: Int64
     /// Serialises table-entry creation among this process's threads (OFD locks do not).

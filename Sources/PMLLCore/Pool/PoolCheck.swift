@@ -15,10 +15,10 @@ public struct CheckReport: Codable, Sendable {
 extension Pool {
     /// The core's part of ``Pool/check()``: the process table (the header was checked on open).
     package func checkProcessTable(into report: inout CheckReport) {
-        for index in 0..<memory.processCapacity {
+        for index in memory.slots {
             let s = memory.slot(index)
             if s.pointee.state > PMLL_SLOT_ACTIVE || s.pointee.generation > PMLL_MAX_GENERATION {
-                report.problems.append("process slot \(index): state \(s.pointee.state), generation \(s.pointee.generation)")
+                report.problems.append("process slot \(index.rawValue): state \(s.pointee.state), generation \(s.pointee.generation)")
             }
         }
     }

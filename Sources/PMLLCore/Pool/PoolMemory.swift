@@ -11,13 +11,13 @@ package struct PoolMemory: @unchecked Sendable {
     package var header: UnsafeMutablePointer<pmll_header_t> { base.assumingMemoryBound(to: pmll_header_t.self) }
 
     @inline(__always)
-    package func slot(_ index: UInt32) -> UnsafeMutablePointer<pmll_process_slot_t> {
-        (base + layout.processTable.lowerBound).assumingMemoryBound(to: pmll_process_slot_t.self) + Int(index)
+    package func slot(_ index: SlotIndex) -> UnsafeMutablePointer<pmll_process_slot_t> {
+        (base + layout.processTable.lowerBound).assumingMemoryBound(to: pmll_process_slot_t.self) + Int(index.rawValue)
     }
 
     @inline(__always)
-    package func lock(_ index: UInt32) -> UnsafeMutablePointer<pmll_lock_entry_t> {
-        (base + layout.lockTable.lowerBound).assumingMemoryBound(to: pmll_lock_entry_t.self) + Int(index)
+    package func lock(_ index: LockIndex) -> UnsafeMutablePointer<pmll_lock_entry_t> {
+        (base + layout.lockTable.lowerBound).assumingMemoryBound(to: pmll_lock_entry_t.self) + Int(index.rawValue)
     }
 
     @inline(__always)
@@ -34,13 +34,47 @@ package struct PoolMemory: @unchecked Sendable {
     package var processCapacity: UInt32 { UInt32(layout.processCapacity) }
     package var queueCapacity: UInt32 { UInt32(layout.queueCapacity) }
     package var lockCapacity: UInt32 { UInt32(layout.lockCapacity) }
+    /// Every slot of the process table, in order.
+    package var slots: [SlotIndex] { (0..<processCapacity).map(SlotIndex.init) }
+    /// Every entry of the lock table, in order.
+    package var locks: [LockIndex] { (0..<lockCapacity).map(LockIndex.init) }
 }
 
-/// Owner tokens: generation << 10 | slot. Never a bare PID.
-package enum OwnerToken {
-    @inline(__always) package static func slot(_ token: UInt32) -> UInt32 { token & (PMLL_MAX_PROCESSES - 1) }
-    @inline(__always) package static func generation(_ token: UInt32) -> UInt32 { (token & PMLL_OWNER_MASK) >> PMLL_SLOT_BITS }
-    @inline(__always) package static func make(slot: UInt32, generation: UInt32) -> UInt32 { generation << PMLL_SLOT_BITS | slot }
+/// A participant's identity in lock words, records and journals: generation << 10 | slot.
+/// Never a bare PID: a slot's generation changes with each registration, so a token names one
+/// attachment of one process.
+package struct OwnerToken: Hashable, Sendable, CustomStringConvertible {
+    package let rawValue: UInt32
+
+    /// A token as stored in the pool (a word's owner bits, a record's or journal's owner field).
+    @inline(__always) package init(rawValue: UInt32) { self.rawValue = rawValue }
+    @inline(__always) package init(slot: SlotIndex, generation: UInt32) { rawValue = generation << PMLL_SLOT_BITS | slot.rawValue }
+
+    /// The owner of a lock word, or nil when the word is free.
+    @inline(__always) package static func owner(ofWord word: UInt32) -> OwnerToken? {
+        let bits = word & PMLL_OWNER_MASK
+        return bits == 0 ? nil : OwnerToken(rawValue: bits)
+    }
+
+    @inline(__always) package var slot: SlotIndex { SlotIndex(rawValue & (PMLL_MAX_PROCESSES - 1)) }
+    @inline(__always) package var generation: UInt32 { (rawValue & PMLL_OWNER_MASK) >> PMLL_SLOT_BITS }
+    package var description: String { "token \(generation):\(slot.rawValue)" }
+}
+
+/// The index of a slot in the process table.
+package struct SlotIndex: Hashable, Comparable, Sendable {
+    package let rawValue: UInt32
+    @inline(__always) package init(_ rawValue: UInt32) { self.rawValue = rawValue }
+    package static func < (a: SlotIndex, b: SlotIndex) -> Bool { a.rawValue < b.rawValue }
+}
+
+/// The index of an entry in the lock table (usable from inlinable code: a ``LockHandle``
+/// carries one into its callers' specialised `withLock`).
+@usableFromInline
+package struct LockIndex: Hashable, Comparable, Sendable {
+    @usableFromInline package let rawValue: UInt32
+    @inlinable @inline(__always) package init(_ rawValue: UInt32) { self.rawValue = rawValue }
+    @usableFromInline package static func < (a: LockIndex, b: LockIndex) -> Bool { a.rawValue < b.rawValue }
 }
 
 extension String {

@@ -52,9 +52,9 @@ package struct AttachSteps {
     /// heads). Runs before the core frees every process slot, so dead holders can be named.
     package var resetVolatile: (PoolMemory) -> Void
     /// A slot whose process is gone is being reused: release what its process held.
-    package var reclaimSlot: (PoolMemory, UInt32) -> Void
+    package var reclaimSlot: (PoolMemory, SlotIndex) -> Void
 
-    package init(resetVolatile: @escaping (PoolMemory) -> Void, reclaimSlot: @escaping (PoolMemory, UInt32) -> Void) {
+    package init(resetVolatile: @escaping (PoolMemory) -> Void, reclaimSlot: @escaping (PoolMemory, SlotIndex) -> Void) {
         self.resetVolatile = resetVolatile
         self.reclaimSlot = reclaimSlot
     }

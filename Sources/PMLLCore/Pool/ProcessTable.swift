@@ -22,15 +22,15 @@ package struct ProcessTable {
     package let memory: PoolMemory
     package let fd: Int32
     /// This process's own slot: our own OFD lock never conflicts with our probe of it.
-    package var ownSlot: UInt32 = .max
+    package var ownSlot = SlotIndex(.max)
 
     /// Claims a free or dead slot. Called under the INIT byte lock, so registrations never race.
-    package func register(label: String?, reclaim: (PoolMemory, UInt32) -> Void) throws(PMLLError) -> (slot: UInt32, token: UInt32) {
+    package func register(label: String?, reclaim: (PoolMemory, SlotIndex) -> Void) throws(PMLLError) -> (slot: SlotIndex, token: OwnerToken) {
         let pid = getpid()
         let comm = label ?? ProcessIdentity.commandName()
         let start = ProcessIdentity.startTime()
-        for index in 0..<memory.processCapacity {
-            let rc = pmll_ofd_lock(fd, PMLL_LOCKBYTE_LIVENESS + Int64(index), PMLL_RANGE_EXCLUSIVE, 0)
+        for index in memory.slots {
+            let rc = pmll_ofd_lock(fd, PMLL_LOCKBYTE_LIVENESS + Int64(index.rawValue), PMLL_RANGE_EXCLUSIVE, 0)
             if rc == -EAGAIN { continue }   // a live process owns it
             try SystemCall.check("fcntl(F_OFD_SETLK)", rc)
             let slot = memory.slot(index)
@@ -45,68 +45,68 @@ package struct ProcessTable {
             _ = withUnsafeMutableBytes(of: &slot.pointee.waiting_on) { $0.initializeMemory(as: UInt8.self, repeating: 0) }
             pmll_store32(pmll_slot_generation(slot), generation)
             pmll_store32(pmll_slot_state(slot), PMLL_SLOT_ACTIVE)
-            return (index, OwnerToken.make(slot: index, generation: generation))
+            return (index, OwnerToken(slot: index, generation: generation))
         }
         throw .poolFull(table: "process", capacity: Int(memory.processCapacity))
     }
 
-    package func unregister(slot index: UInt32) {
+    package func unregister(slot index: SlotIndex) {
         pmll_store32(pmll_slot_state(memory.slot(index)), PMLL_SLOT_FREE)
-        _ = pmll_ofd_lock(fd, PMLL_LOCKBYTE_LIVENESS + Int64(index), PMLL_RANGE_UNLOCK, 0)
+        _ = pmll_ofd_lock(fd, PMLL_LOCKBYTE_LIVENESS + Int64(index.rawValue), PMLL_RANGE_UNLOCK, 0)
     }
 
     /// True unless the token's process is certainly gone: its slot was freed or reused, or
     /// nobody holds the slot's liveness byte.
-    package func isAlive(_ token: UInt32) -> Bool {
-        let index = OwnerToken.slot(token)
-        guard index < memory.processCapacity else { return false }
+    package func isAlive(_ token: OwnerToken) -> Bool {
+        let index = token.slot
+        guard index.rawValue < memory.processCapacity else { return false }
         let slot = memory.slot(index)
         guard pmll_load32(pmll_slot_state(slot)) == PMLL_SLOT_ACTIVE,
-              pmll_load32(pmll_slot_generation(slot)) == OwnerToken.generation(token) else { return false }
+              pmll_load32(pmll_slot_generation(slot)) == token.generation else { return false }
         if index == ownSlot { return true }
-        let probe = pmll_ofd_probe(fd, PMLL_LOCKBYTE_LIVENESS + Int64(index), PMLL_RANGE_EXCLUSIVE)
+        let probe = pmll_ofd_probe(fd, PMLL_LOCKBYTE_LIVENESS + Int64(index.rawValue), PMLL_RANGE_EXCLUSIVE)
         // A failed probe must not be mistaken for a death: assume alive and probe again later.
         return probe != 0
     }
 
     /// Recorded identity of the token's process, or nil if the slot has moved on.
-    package func info(of token: UInt32, heldSince: Int64) -> HolderInfo? {
-        let index = OwnerToken.slot(token)
-        guard index < memory.processCapacity else { return nil }
+    package func info(of token: OwnerToken, heldSince: Int64) -> HolderInfo? {
+        let index = token.slot
+        guard index.rawValue < memory.processCapacity else { return nil }
         let slot = memory.slot(index)
         let pid = slot.pointee.pid
         let comm = String(fixedCString: slot.pointee.comm)
-        guard pmll_load32(pmll_slot_generation(slot)) == OwnerToken.generation(token) else { return nil }
+        guard pmll_load32(pmll_slot_generation(slot)) == token.generation else { return nil }
         return HolderInfo(pid: pid, commandName: comm, heldSinceNanoseconds: heldSince)
     }
 
     /// Registers a waiting thread in this process's ledger (for the waiter counts that
     /// `status` shows); returns the ledger index or nil when all are busy.
-    package func noteWaiting(slot index: UInt32, lock: UInt32) -> UInt32? {
+    package func noteWaiting(slot index: SlotIndex, lock: LockIndex) -> UInt32? {
         let slot = memory.slot(index)
         for i in 0..<PMLL_WAIT_LEDGER {
             var expected: UInt32 = 0
-            if pmll_cas32(pmll_slot_wait(slot, i), &expected, lock + 1) != 0 { return i }
+            if pmll_cas32(pmll_slot_wait(slot, i), &expected, lock.rawValue + 1) != 0 { return i }
         }
         return nil
     }
 
-    package func doneWaiting(slot index: UInt32, ledger: UInt32?) {
+    package func doneWaiting(slot index: SlotIndex, ledger: UInt32?) {
         guard let ledger else { return }
         pmll_store32(pmll_slot_wait(memory.slot(index), ledger), 0)
     }
 
     /// Threads of live processes waiting on each lock, by lock index.
-    package func waiterCounts() -> [UInt32: Int] {
-        var counts: [UInt32: Int] = [:]
-        for index in 0..<memory.processCapacity {
+    package func waiterCounts() -> [LockIndex: Int] {
+        var counts: [LockIndex: Int] = [:]
+        for index in memory.slots {
             let slot = memory.slot(index)
             guard pmll_load32(pmll_slot_state(slot)) == PMLL_SLOT_ACTIVE else { continue }
-            let token = OwnerToken.make(slot: index, generation: pmll_load32(pmll_slot_generation(slot)))
-            var waits: [UInt32] = []
+            let token = OwnerToken(slot: index, generation: pmll_load32(pmll_slot_generation(slot)))
+            var waits: [LockIndex] = []
             for i in 0..<PMLL_WAIT_LEDGER {
                 let v = pmll_load32(pmll_slot_wait(slot, i))
-                if v != 0 { waits.append(v - 1) }
+                if v != 0 { waits.append(LockIndex(v - 1)) }
             }
             guard !waits.isEmpty, isAlive(token) else { continue }
             for lock in waits { counts[lock, default: 0] += 1 }

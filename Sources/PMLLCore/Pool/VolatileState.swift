@@ -27,7 +27,7 @@ package enum VolatileState {
     /// still read the process table to name dead holders), then frees every process slot.
     package static func reset(_ memory: PoolMemory, reason: VolatileReset, layers: (PoolMemory) -> Void) {
         layers(memory)
-        for index in 0..<memory.processCapacity {
+        for index in memory.slots {
             let slot = memory.slot(index)
             slot.pointee.state = PMLL_SLOT_FREE
             _ = withUnsafeMutableBytes(of: &slot.pointee.waiting_on) { $0.initializeMemory(as: UInt8.self, repeating: 0) }

@@ -20,7 +20,7 @@ package struct AcquireAttempt: WaitMachine {
 
     package let pool: Pool
     package let entry: UnsafeMutablePointer<pmll_lock_entry_t>
-    package let index: UInt32
+    package let index: LockIndex
     package let deadline: Int64
     package let cancellation: Cancellation?
     package let start: Int64
@@ -32,7 +32,7 @@ package struct AcquireAttempt: WaitMachine {
     private var ledger: UInt32?
     private var registered = false
 
-    package init(pool: Pool, entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: UInt32, deadline: Int64,
+    package init(pool: Pool, entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: LockIndex, deadline: Int64,
          cancellation: Cancellation?, start: Int64 = Clock.monotonicNanoseconds, spinLimit: Int = 64) {
         self.pool = pool
         self.entry = entry
@@ -50,7 +50,7 @@ package struct AcquireAttempt: WaitMachine {
     /// Runs the protocol until the lock is taken, the attempt fails, or it must sleep.
     package mutating func advance() -> WaitStep<Taken> {
         let word = self.word
-        let token = pool.token
+        let token = pool.token.rawValue
         while true {
             var w = pmll_load32(word)
             let owner = w & PMLL_OWNER_MASK
@@ -81,7 +81,7 @@ package struct AcquireAttempt: WaitMachine {
             let due = now - checkedAt >= pool.ownerCheckNanoseconds || deadline - now <= pool.ownerCheckNanoseconds
             if owner != token && due {
                 checkedAt = now
-                if !pool.processes.isAlive(owner) {
+                if !pool.processes.isAlive(OwnerToken(rawValue: owner)) {
                     if let taken = takeOver(from: owner, word: &w) { return .done(taken) }
                     continue
                 }
@@ -102,7 +102,7 @@ package struct AcquireAttempt: WaitMachine {
                 let name = String(fixedCString: entry.pointee.name)
                 if cancelled { return .failed(.cancelled(lock: name)) }
                 pmll_add64(pmll_entry_timeouts(entry), 1)
-                return .failed(.timeout(lock: name, holder: pool.processes.info(of: owner, heldSince: HoldStamp.heldSince(entry))))
+                return .failed(.timeout(lock: name, holder: pool.processes.info(of: OwnerToken(rawValue: owner), heldSince: HoldStamp.heldSince(entry))))
             }
 
             if !requestedHandoff && now - start >= pool.starvationNanoseconds {
@@ -130,12 +130,12 @@ package struct AcquireAttempt: WaitMachine {
     /// waiter that died before its critical section began: taken over without reporting a death.
     private mutating func takeOver(from owner: UInt32, word w: inout UInt32) -> Taken? {
         let handed = w & PMLL_WORD_HANDED != 0
-        let dead = pool.processes.info(of: owner, heldSince: HoldStamp.heldSince(entry))
+        let dead = pool.processes.info(of: OwnerToken(rawValue: owner), heldSince: HoldStamp.heldSince(entry))
         let died = handed ? w & PMLL_WORD_DIED : PMLL_WORD_DIED
-        guard pmll_cas32(word, &w, pool.token | (w & PMLL_WORD_WAITERS) | died) != 0 else { return nil }
+        guard pmll_cas32(word, &w, pool.token.rawValue | (w & PMLL_WORD_WAITERS) | died) != 0 else { return nil }
         if requestedHandoff { pool.withdrawHandoff(entry) }
         if !handed {
-            LockDeath.record(entry, owner: owner, memory: pool.memory, detectedAt: UInt64(Clock.realtimeNanoseconds))
+            LockDeath.record(entry, owner: OwnerToken(rawValue: owner), memory: pool.memory, detectedAt: UInt64(Clock.realtimeNanoseconds))
             if dead == nil { entry.pointee.dead_pid = 0 }
             entry.pointee.owner_deaths &+= 1
         }
@@ -152,7 +152,7 @@ package struct AcquireAttempt: WaitMachine {
         if cancelled { return .cancelled(lock: name) }
         pmll_add64(pmll_entry_timeouts(entry), 1)
         let owner = pmll_load32(word) & PMLL_OWNER_MASK
-        return .timeout(lock: name, holder: owner == 0 ? nil : pool.processes.info(of: owner, heldSince: HoldStamp.heldSince(entry)))
+        return .timeout(lock: name, holder: owner == 0 ? nil : pool.processes.info(of: OwnerToken(rawValue: owner), heldSince: HoldStamp.heldSince(entry)))
     }
 
     /// Takes this attempt off the process table's waiter ledger (what `status` shows).

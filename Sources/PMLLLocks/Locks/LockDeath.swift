@@ -34,13 +34,13 @@ package enum LockDeath {
 
     /// Writes the death record of `owner` into the entry. Callers either hold the lock, or
     /// are about to free a word whose owner is certainly dead.
-    package static func record(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>, owner: UInt32, memory: PoolMemory, detectedAt: UInt64, cause: UInt32 = causeDied) {
-        let slot = memory.slot(OwnerToken.slot(owner) % memory.processCapacity)
-        let known = slot.pointee.generation == OwnerToken.generation(owner)
+    package static func record(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>, owner: OwnerToken, memory: PoolMemory, detectedAt: UInt64, cause: UInt32 = causeDied) {
+        let slot = memory.slot(SlotIndex(owner.slot.rawValue % memory.processCapacity))
+        let known = slot.pointee.generation == owner.generation
         entry.pointee.dead_pid = known ? slot.pointee.pid : 0
         entry.pointee.dead_comm = known ? slot.pointee.comm : entry.pointee.dead_comm
         if !known { writeFixedCString("?", into: &entry.pointee.dead_comm) }
-        entry.pointee.dead_token = owner
+        entry.pointee.dead_token = owner.rawValue
         entry.pointee.dead_since_ns = UInt64(bitPattern: HoldStamp.heldSince(entry))
         entry.pointee.dead_detected_ns = detectedAt
         entry.pointee.dead_cause = cause
@@ -58,19 +58,18 @@ package enum LockDeath {
     /// Frees every lock word owned by any generation of `deadSlot` (its process is gone and
     /// the slot is being reused), marking it DIED and waking its waiters. Also drops a
     /// handoff request the dead process left behind.
-    package static func sweep(_ memory: PoolMemory, deadSlot: UInt32) {
+    package static func sweep(_ memory: PoolMemory, deadSlot: SlotIndex) {
         let now = UInt64(Clock.realtimeNanoseconds)
-        for index in 0..<memory.lockCapacity {
+        for index in memory.locks {
             let entry = memory.lock(index)
             guard pmll_load32(pmll_entry_state(entry)) == PMLL_ENTRY_READY else { continue }
             var target = pmll_load32(pmll_entry_handoff(entry))
-            if target != 0 && OwnerToken.slot(target) == deadSlot {
+            if target != 0 && OwnerToken(rawValue: target).slot == deadSlot {
                 _ = pmll_cas32(pmll_entry_handoff(entry), &target, 0)
             }
             while true {
                 var word = pmll_load32(pmll_entry_word(entry))
-                let owner = word & PMLL_OWNER_MASK
-                guard owner != 0, OwnerToken.slot(owner) == deadSlot else { break }
+                guard let owner = OwnerToken.owner(ofWord: word), owner.slot == deadSlot else { break }
                 let handed = word & PMLL_WORD_HANDED != 0
                 if !handed { record(entry, owner: owner, memory: memory, detectedAt: now) }
                 let next = (word & PMLL_WORD_WAITERS) | (handed ? word & PMLL_WORD_DIED : PMLL_WORD_DIED)

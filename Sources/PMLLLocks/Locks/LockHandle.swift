@@ -7,7 +7,7 @@ public import PMLLCore
 public struct LockHandle: Sendable, Hashable {
     public let pool: Pool
     public let id: LockID
-    @usableFromInline let index: UInt32
+    @usableFromInline let index: LockIndex
 
     public static func == (a: LockHandle, b: LockHandle) -> Bool { a.pool === b.pool && a.index == b.index }
     public func hash(into h: inout Hasher) {
@@ -52,7 +52,7 @@ public struct LockHandle: Sendable, Hashable {
     public var currentHolder: HolderInfo? {
         let owner = pmll_load32(pmll_entry_word(entry)) & PMLL_OWNER_MASK
         guard owner != 0 else { return nil }
-        return pool.processes.info(of: owner, heldSince: HoldStamp.heldSince(entry))
+        return pool.processes.info(of: OwnerToken(rawValue: owner), heldSince: HoldStamp.heldSince(entry))
     }
 
     /// Wakes every thread sleeping on this lock, in any process, so that each re-checks

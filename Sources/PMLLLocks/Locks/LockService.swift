@@ -5,7 +5,7 @@ package import PMLLCore
 /// The lock layer's per-pool state: the lock table and this process's name → index cache.
 package final class LockService: Sendable {
     package let table: LockTable
-    let cache = Mutex<[String: UInt32]>([:])
+    let cache = Mutex<[String: LockIndex]>([:])
 
     init(_ pool: Pool) {
         table = LockTable(memory: pool.memory, fd: pool.fd, path: pool.path)
@@ -23,13 +23,13 @@ package enum LockWords {
     /// so that the next acquirer still learns that a critical section did not complete.
     package static func resetVolatile(_ memory: PoolMemory) {
         let now = UInt64(Clock.realtimeNanoseconds)
-        for index in 0..<memory.lockCapacity {
+        for index in memory.locks {
             let entry = memory.lock(index)
             let word = entry.pointee.word
             let owner = word & PMLL_OWNER_MASK
             var next = word & PMLL_WORD_DIED
             if owner != 0 && word & PMLL_WORD_HANDED == 0 {
-                LockDeath.record(entry, owner: owner, memory: memory, detectedAt: now)
+                LockDeath.record(entry, owner: OwnerToken(rawValue: owner), memory: memory, detectedAt: now)
                 entry.pointee.owner_deaths &+= 1
                 next = PMLL_WORD_DIED
             }

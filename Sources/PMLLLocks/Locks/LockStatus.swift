@@ -38,24 +38,24 @@ extension Pool {
         let waiters = processes.waiterCounts()
         let now = Clock.realtimeNanoseconds
         var locks: [LockStatus] = []
-        for index in 0..<memory.lockCapacity {
+        for index in memory.locks {
             let entry = memory.lock(index)
             guard pmll_load32(pmll_entry_state(entry)) == PMLL_ENTRY_READY,
                   let level = LockLevel(rawValue: entry.pointee.level),
                   !String(fixedCString: entry.pointee.name).hasPrefix(LockTable.reservedPrefix) else { continue }
             let word = pmll_load32(pmll_entry_word(entry))
-            let owner = word & PMLL_OWNER_MASK
+            let owner = OwnerToken.owner(ofWord: word)
             var state = LockStatus.State.free
             var holder: HolderInfo?
-            let since = owner != 0 ? HoldStamp.heldSince(entry) : 0
-            if owner != 0 {
+            let since = owner != nil ? HoldStamp.heldSince(entry) : 0
+            if let owner {
                 state = processes.isAlive(owner) ? .held : .abandoned
                 holder = processes.info(of: owner, heldSince: since)
             }
             let deaths = entry.pointee.owner_deaths
             locks.append(LockStatus(
                 name: String(fixedCString: entry.pointee.name), level: level, state: state, holder: holder,
-                heldForSeconds: owner != 0 ? Double(max(0, now - since)) / 1e9 : nil,
+                heldForSeconds: owner != nil ? Double(max(0, now - since)) / 1e9 : nil,
                 waiters: waiters[index] ?? 0,
                 acquisitions: entry.pointee.acquisitions, contended: entry.pointee.contended,
                 timeouts: pmll_load64(pmll_entry_timeouts(entry)), ownerDeaths: deaths,

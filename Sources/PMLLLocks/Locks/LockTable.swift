@@ -34,13 +34,13 @@ package struct LockTable {
     }
 
     /// Finds the entry for `name`, creating it if `create` is set.
-    package func index(of name: String, level: LockLevel, create: Bool, creation: borrowing Mutex<Void>, allowReserved: Bool = false) throws(PMLLError) -> UInt32? {
+    package func index(of name: String, level: LockLevel, create: Bool, creation: borrowing Mutex<Void>, allowReserved: Bool = false) throws(PMLLError) -> LockIndex? {
         try Self.validate(name: name, allowReserved: allowReserved)
         if let found = try find(Array(name.utf8), name: name) { return try checked(found, name: name, level: level) }
         let bytes = Array(name.utf8)
         guard create else { return nil }
-        return try creation.withLock { _ throws(PMLLError) -> UInt32 in
-            try TableCreationLock.withHeld(fd: fd) { () throws(PMLLError) -> UInt32 in
+        return try creation.withLock { _ throws(PMLLError) -> LockIndex in
+            try TableCreationLock.withHeld(fd: fd) { () throws(PMLLError) -> LockIndex in
             if let found = try find(bytes, name: name) { return try checked(found, name: name, level: level) }
             return try insert(bytes, level: level)
             }
@@ -48,33 +48,33 @@ package struct LockTable {
     }
 
     /// The entry for `name` and its level, or nil if the pool has no lock of that name.
-    package func lookup(_ name: String) throws(PMLLError) -> (index: UInt32, level: LockLevel)? {
+    package func lookup(_ name: String) throws(PMLLError) -> (index: LockIndex, level: LockLevel)? {
         try Self.validate(name: name, allowReserved: true)
         return try find(Array(name.utf8), name: name)
     }
 
-    private func checked(_ found: (index: UInt32, level: LockLevel), name: String, level: LockLevel) throws(PMLLError) -> UInt32 {
+    private func checked(_ found: (index: LockIndex, level: LockLevel), name: String, level: LockLevel) throws(PMLLError) -> LockIndex {
         guard found.level == level else { throw .levelMismatch(name: name, existing: found.level, requested: level) }
         return found.index
     }
 
-    private func find(_ bytes: [UInt8], name: String) throws(PMLLError) -> (index: UInt32, level: LockLevel)? {
+    private func find(_ bytes: [UInt8], name: String) throws(PMLLError) -> (index: LockIndex, level: LockLevel)? {
         let capacity = memory.lockCapacity
         let start = bytes.withUnsafeBytes { pmll_crc32c(0, $0.baseAddress, $0.count) } % capacity
         for probe in 0..<capacity {
-            let index = (start + probe) % capacity
+            let index = LockIndex((start + probe) % capacity)
             let entry = memory.lock(index)
             let state = pmll_load32(pmll_entry_state(entry))
             if state == PMLL_ENTRY_EMPTY { return nil }
             guard state == PMLL_ENTRY_READY else {
-                throw .corruptPool(path: path, reason: "lock entry \(index) has unknown state \(state)")
+                throw .corruptPool(path: path, reason: "lock entry \(index.rawValue) has unknown state \(state)")
             }
             guard entry.pointee.name_length == UInt32(bytes.count) else { continue }
             let same = withUnsafeBytes(of: entry.pointee.name) { $0.prefix(bytes.count).elementsEqual(bytes) }
             guard same else { continue }
             guard entry.pointee.entry_checksum == Self.checksum(level: entry.pointee.level, name: bytes),
                   let existing = LockLevel(rawValue: entry.pointee.level) else {
-                throw .corruptPool(path: path, reason: "lock entry \(index) ('\(name)') fails its checksum")
+                throw .corruptPool(path: path, reason: "lock entry \(index.rawValue) ('\(name)') fails its checksum")
             }
             return (index, existing)
         }
@@ -83,11 +83,11 @@ package struct LockTable {
 
     /// Writes name, level and checksum, makes them durable, then publishes the entry with
     /// one aligned store of READY (made durable too): a torn creation stays EMPTY.
-    private func insert(_ bytes: [UInt8], level: LockLevel) throws(PMLLError) -> UInt32 {
+    private func insert(_ bytes: [UInt8], level: LockLevel) throws(PMLLError) -> LockIndex {
         let capacity = memory.lockCapacity
         let start = bytes.withUnsafeBytes { pmll_crc32c(0, $0.baseAddress, $0.count) } % capacity
         for probe in 0..<capacity {
-            let index = (start + probe) % capacity
+            let index = LockIndex((start + probe) % capacity)
             let entry = memory.lock(index)
             guard pmll_load32(pmll_entry_state(entry)) == PMLL_ENTRY_EMPTY else { continue }
             let state = pmll_entry_state(entry)

@@ -15,7 +15,7 @@ package import PMLLCore
 ///   release stores its token with HANDED instead of freeing, so no newcomer can barge.
 extension Pool {
     @inline(__always)
-    package func acquire(index: UInt32, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Taken {
+    package func acquire(index: LockIndex, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Taken {
         let entry = memory.lock(index)
         if let fast = acquireFast(entry) { return fast }
         return try acquireSlow(entry: entry, index: index, deadline: deadline, cancellation: cancellation)
@@ -25,26 +25,26 @@ extension Pool {
     /// syscall, no clock read (see ``HoldStamp``).
     @inline(__always)
     package func acquireFast(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> Taken? {
-        guard pmll_lock_try_fast(entry, token) != 0 else { return nil }
+        guard pmll_lock_try_fast(entry, token.rawValue) != 0 else { return nil }
         entry.pointee.acquisitions &+= 1
         return Taken(entry: entry, ownerDied: false, waitedNanoseconds: 0)
     }
 
     @inline(__always)
-    package func release(index: UInt32, inconsistent: Bool = false) {
+    package func release(index: LockIndex, inconsistent: Bool = false) {
         let entry = memory.lock(index)
-        if !inconsistent && pmll_lock_release_fast(entry, token) != 0 { return }
+        if !inconsistent && pmll_lock_release_fast(entry, token.rawValue) != 0 { return }
         releaseSlow(entry: entry, inconsistent: inconsistent)
     }
 
     @inline(never)
-    private func acquireSlow(entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: UInt32, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Taken {
+    private func acquireSlow(entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: LockIndex, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Taken {
         var attempt = AcquireAttempt(pool: self, entry: entry, index: index, deadline: deadline, cancellation: cancellation)
         return try attempt.run()
     }
 
     /// Waits for the lock on the ``WaiterThread``, so that no thread of the caller blocks.
-    package func acquireAsync(index: UInt32, deadline: Int64) async throws -> Taken {
+    package func acquireAsync(index: LockIndex, deadline: Int64) async throws -> Taken {
         let entry = memory.lock(index)
         if let fast = acquireFast(entry) { return fast }
         let attempt = AcquireAttempt(pool: self, entry: entry, index: index, deadline: deadline, cancellation: Cancellation(), spinLimit: 0)
@@ -68,7 +68,7 @@ extension Pool {
     /// taken it, which means the lock is being handed to us.
     @discardableResult
     package func withdrawHandoff(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> Bool {
-        var mine = token
+        var mine = token.rawValue
         return pmll_cas32(pmll_entry_handoff(entry), &mine, 0) != 0
     }
 
@@ -76,7 +76,7 @@ extension Pool {
     private func releaseSlow(entry: UnsafeMutablePointer<pmll_lock_entry_t>, inconsistent: Bool) {
         let word = pmll_entry_word(entry)
         var w = pmll_load32(word)
-        guard w & PMLL_OWNER_MASK == token else {
+        guard w & PMLL_OWNER_MASK == token.rawValue else {
             Self.logger.error("release of a lock this participant does not hold", metadata: ["lock": "\(String(fixedCString: entry.pointee.name))"])
             return
         }
