@@ -56,7 +56,11 @@ let package = Package(
         // Locks: the lock word protocol, the lock table, scopes, status and the hierarchy.
         .target(
             name: "PMLLLocks",
-            dependencies: ["CPMLL", "PMLLCore", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "CPMLL", "PMLLCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
             swiftSettings: swiftSettings
         ),
         // Store: the state store and its undo-logged transactions.

@@ -3,6 +3,7 @@ import PMLLFileBatches
 import PMLLLocks
 import PMLLQueues
 import PMLLStore
+public import SystemPackage
 
 extension Pool {
     /// Opens (and, unless `options.create` is false, creates) the pool at `path`, or at
@@ -32,6 +33,14 @@ extension Pool {
         }
         return pool
     }
+
+    /// ``open(path:options:)`` for a `FilePath`.
+    public static func open(at path: FilePath, options: PoolOptions = PoolOptions()) throws(PMLLError) -> Pool {
+        try open(path: path.string, options: options)
+    }
+
+    /// The pool file's path as a `FilePath`.
+    public var filePath: FilePath { FilePath(path) }
 
     /// Opens the pool and runs recovery with `handlers` before returning it.
     public static func open(path: String? = nil, options: PoolOptions = PoolOptions(), recovering handlers: [String: RecoveryHandler]) async throws -> (Pool, RecoveryReport) {

@@ -13,7 +13,7 @@ extension Pool {
         var creates: [IOBackend.WriteItem] = [], createIndexes: [Int] = []
         for (n, op) in batch.operations.enumerated() {
             if case .write(let path, let data, let mode) = op, let fd = try? dirs.directory(PathGuard.split(path).parent, index: n) {
-                var item = IOBackend.WriteItem(dirfd: fd, name: PathGuard.split(path).name, data: data, mode: mode)
+                var item = IOBackend.WriteItem(directory: fd, name: PathGuard.split(path).name, data: data, mode: mode)
                 item.exactMode = mode & Self.umaskBits != 0
                 creates.append(item)
                 createIndexes.append(n)

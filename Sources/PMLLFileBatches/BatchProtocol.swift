@@ -1,5 +1,5 @@
 import CPMLL
-import SystemPackage
+public import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,15 +14,22 @@ extension Pool {
     /// a failure, or a crash followed by recovery (on open or `pmll recover`), the tree is
     /// exactly as before. Non-atomic: best effort, one result per entry. `durable: false`
     /// skips the fsyncs (for scratch trees; atomicity against process crashes remains).
+    public func apply(_ batch: FileBatch, root: FilePath, atomic: Bool = true, durable: Bool = true) throws(PMLLError) -> BatchReport {
+        try apply(batch, root: root.string, atomic: atomic, durable: durable)
+    }
+
+    /// ``apply(_:root:atomic:durable:)-(_,FilePath,_,_)`` with the root as a string.
     public func apply(_ batch: FileBatch, root: String, atomic: Bool = true, durable: Bool = true) throws(PMLLError) -> BatchReport {
         try batch.validate()
         let start = Clock.monotonicNanoseconds
-        let rootFD = Glibc.open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard rootFD >= 0 else {
-            let e = Errno.current
+        let rootFD: FileDescriptor
+        do {
+            rootFD = try FileDescriptor.open(FilePath(root), .readOnly, options: [.directory, .closeOnExec])
+        } catch {
+            let e = Errno(error)
             throw .invalidBatchRoot(path: root, reason: e == .permissionDenied ? "permission denied" : e.description)
         }
-        defer { close(rootFD) }
+        defer { try? rootFD.close() }
         // A dead process's half-applied batch on this tree is undone first. The caller holds
         // whatever serialises work on the tree (its lock, its queue turn), so nobody else is
         // changing it now.
@@ -133,7 +140,7 @@ extension Pool {
             for dir in journal.steps[n].createdDirs {
                 let (parent, name) = PathGuard.split(dir)
                 let fd = try dirs.directory(parent, index: n)
-                if mkdirat(fd, name, mode_t(mode)) != 0 && errno != EEXIST { throw .batchFailed(index: n, path: dir, errno: .current) }
+                if mkdirat(fd.rawValue, name, mode_t(mode)) != 0 && errno != EEXIST { throw .batchFailed(index: n, path: dir, errno: .current) }
             }
         }
         var items: [IOBackend.WriteItem] = [], indexes: [Int] = []
@@ -142,7 +149,7 @@ extension Pool {
             switch op {
             case .write(let path, let data, let mode), .replace(let path, let data, let mode):
                 let (parent, name) = PathGuard.split(path)
-                var item = IOBackend.WriteItem(dirfd: try dirs.directory(parent, index: n), name: journal.temp(n), data: data, mode: mode)
+                var item = IOBackend.WriteItem(directory: try dirs.directory(parent, index: n), name: journal.temp(n), data: data, mode: mode)
                 item.exactMode = mode & Self.umaskBits != 0
                 item.milestone = Self.crashPoint
                 if early.contains(n) && journal.steps[n].oldInode != 0 {
@@ -174,12 +181,12 @@ extension Pool {
     /// (`wholeFilesystem`) or an fsync of every directory touched; and the files asked for.
     func applySteps(_ journal: BatchJournal, applied: Set<Int>, dirs: DirectoryCache, backend: IOBackend, durable: Bool,
                             wholeFilesystem: Bool, fsyncs: [String]) throws(PMLLError) {
-        var touched = Set<Int32>()
+        var touched = Set<FileDescriptor>()
         for (n, step) in journal.steps.enumerated() {
             let (parent, name) = PathGuard.split(step.path)
             let fd = try dirs.directory(parent, index: n)
-            func rename(_ a: Int32, _ from: String, _ b: Int32, _ to: String) throws(PMLLError) {
-                guard renameat(a, from, b, to) == 0 else { throw .batchFailed(index: n, path: step.path, errno: .current) }
+            func rename(_ a: FileDescriptor, _ from: String, _ b: FileDescriptor, _ to: String) throws(PMLLError) {
+                guard renameat(a.rawValue, from, b.rawValue, to) == 0 else { throw .batchFailed(index: n, path: step.path, errno: .current) }
                 touched.insert(a)
                 touched.insert(b)
                 CrashPoint.hit("batch.renamed")
@@ -194,7 +201,7 @@ extension Pool {
                 // Keep the old file as a hard link, then rename over it: readers always find
                 // the target, old or new, never nothing.
                 if step.existed {
-                    guard linkat(fd, name, fd, backup, 0) == 0 else { throw .batchFailed(index: n, path: step.path, errno: .current) }
+                    guard linkat(fd.rawValue, name, fd.rawValue, backup, 0) == 0 else { throw .batchFailed(index: n, path: step.path, errno: .current) }
                     CrashPoint.hit("batch.linked")
                 }
                 try rename(fd, journal.temp(n), fd, name)
@@ -215,20 +222,20 @@ extension Pool {
             var devices = Set<UInt64>()
             for fd in fds {
                 var st = stat()
-                guard fstat(fd, &st) == 0, devices.insert(UInt64(st.st_dev)).inserted else { continue }
-                let rc = pmll_syncfs(fd)
+                guard fstat(fd.rawValue, &st) == 0, devices.insert(UInt64(st.st_dev)).inserted else { continue }
+                let rc = pmll_syncfs(fd.rawValue)
                 if rc != 0 { throw .batchFailed(index: 0, path: "(file system)", errno: Errno(rawValue: -rc)) }
             }
             fds = []
         }
-        var owned: [Int32] = []
+        var owned: [FileDescriptor] = []
         for path in fsyncs {
             let (parent, name) = PathGuard.split(path)
-            let fd = openat(try dirs.directory(parent, index: 0), name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+            let fd = openat(try dirs.directory(parent, index: 0).rawValue, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
             guard fd >= 0 else { throw .batchFailed(index: 0, path: path, errno: .current) }
-            owned.append(fd)
+            owned.append(FileDescriptor(rawValue: fd))
         }
-        defer { owned.forEach { close($0) } }
+        defer { owned.forEach { try? $0.close() } }
         fds += owned
         for (k, rc) in backend.fsync(fds).enumerated() where rc != 0 {
             throw .batchFailed(index: 0, path: k < fds.count - owned.count ? "(directory)" : fsyncs[k - (fds.count - owned.count)], errno: Errno(rawValue: -rc))
@@ -238,7 +245,7 @@ extension Pool {
     /// Puts the tree back as it was before the batch, whatever phase it reached. Idempotent.
     /// Returns every change it could not undo (empty: the tree is as it was).
     package func undo(_ journal: BatchJournal, dirs: DirectoryCache) -> [RollbackFailure] {
-        var touched = Set<Int32>()
+        var touched = Set<FileDescriptor>()
         var failures: [RollbackFailure] = []
         for (n, step) in journal.steps.enumerated().reversed() {
             // A call that fails leaves that step's change in place (ENOENT from an unlink:
@@ -247,7 +254,7 @@ extension Pool {
                 if rc != 0 && !(call == "unlink" && errno == ENOENT) { failures.append(RollbackFailure(step: n, path: path, call: call, errno: errno)) }
             }
             let (parent, name) = PathGuard.split(step.path)
-            let fd: Int32
+            let fd: FileDescriptor
             do { fd = try dirs.directory(parent, index: n) } catch {
                 if let failure = RollbackFailure(opening: error, step: n, path: step.path) { failures.append(failure) }
                 continue
@@ -261,40 +268,40 @@ extension Pool {
                 // happened, the new one before.
                 if has(backup) {
                     let old = dirs.inode(fd, backup) == step.oldInode
-                    if old && dirs.inode(fd, name) == step.oldInode { attempt("unlink", step.path, unlinkat(fd, backup, 0)) }   // exchange fallback: linked, not renamed
-                    else if old { attempt("rename", step.path, renameat(fd, backup, fd, name)) }
-                    else { attempt("unlink", step.path, unlinkat(fd, backup, 0)) }
+                    if old && dirs.inode(fd, name) == step.oldInode { attempt("unlink", step.path, unlinkat(fd.rawValue, backup, 0)) }   // exchange fallback: linked, not renamed
+                    else if old { attempt("rename", step.path, renameat(fd.rawValue, backup, fd.rawValue, name)) }
+                    else { attempt("unlink", step.path, unlinkat(fd.rawValue, backup, 0)) }
                 }
-                if has(temp) { attempt("unlink", step.path, unlinkat(fd, temp, 0)) }
+                if has(temp) { attempt("unlink", step.path, unlinkat(fd.rawValue, temp, 0)) }
             case .write, .replace:
                 if has(backup) {
                     // Killed between the backup link and the rename: both names are the same
                     // old file, and rename(2) between two links of one file does nothing.
-                    if dirs.sameFile(fd, backup, name) { attempt("unlink", step.path, unlinkat(fd, backup, 0)) }
-                    else { attempt("rename", step.path, renameat(fd, backup, fd, name)) }
+                    if dirs.sameFile(fd, backup, name) { attempt("unlink", step.path, unlinkat(fd.rawValue, backup, 0)) }
+                    else { attempt("rename", step.path, renameat(fd.rawValue, backup, fd.rawValue, name)) }
                 } else if !step.existed && !has(temp) && has(name) {
-                    attempt("unlink", step.path, unlinkat(fd, name, 0))
+                    attempt("unlink", step.path, unlinkat(fd.rawValue, name, 0))
                 }
-                if has(temp) { attempt("unlink", step.path, unlinkat(fd, temp, 0)) }
+                if has(temp) { attempt("unlink", step.path, unlinkat(fd.rawValue, temp, 0)) }
             case .delete:
-                if has(backup) { attempt("rename", step.path, renameat(fd, backup, fd, name)) }
+                if has(backup) { attempt("rename", step.path, renameat(fd.rawValue, backup, fd.rawValue, name)) }
             case .rename:
                 let (toParent, toName) = PathGuard.split(step.to!)
-                let toFD: Int32
+                let toFD: FileDescriptor
                 do { toFD = try dirs.directory(toParent, index: n) } catch {
                     if let failure = RollbackFailure(opening: error, step: n, path: step.to!) { failures.append(failure) }
                     continue
                 }
                 touched.insert(toFD)
                 if !has(name) && dirs.existsAt(toFD, toName) && (!step.toExisted || dirs.existsAt(toFD, backup)) {
-                    attempt("rename", step.path, renameat(toFD, toName, fd, name))
+                    attempt("rename", step.path, renameat(toFD.rawValue, toName, fd.rawValue, name))
                 }
-                if dirs.existsAt(toFD, backup) { attempt("rename", step.to!, renameat(toFD, backup, toFD, toName)) }
+                if dirs.existsAt(toFD, backup) { attempt("rename", step.to!, renameat(toFD.rawValue, backup, toFD.rawValue, toName)) }
             case .mkdir:
                 for dir in step.createdDirs.reversed() {
                     let (p, n) = PathGuard.split(dir)
                     guard let pfd = try? dirs.directory(p, index: 0), dirs.existsAt(pfd, n) else { continue }
-                    attempt("rmdir", dir, unlinkat(pfd, n, AT_REMOVEDIR))
+                    attempt("rmdir", dir, unlinkat(pfd.rawValue, n, AT_REMOVEDIR))
                     touched.insert(pfd)
                 }
             case .fsync: break
@@ -318,7 +325,7 @@ extension Pool {
         defer { InodeRelease.release(Array(held.values)) }
         var removed: [IOBackend.Entry] = [], results: [Int32] = [], others: [IOBackend.Entry] = [], steps: [Int] = [], otherSteps: [Int] = []
         var failures: [RollbackFailure] = []
-        var touched = Set<Int32>()
+        var touched = Set<FileDescriptor>()
         for (n, step) in journal.steps.enumerated() {
             let parent: [String]
             switch step.op {
@@ -327,17 +334,17 @@ extension Pool {
             case .mkdir, .fsync: continue
             }
             guard step.op == .rename ? step.toExisted : step.existed else { continue }
-            let fd: Int32
+            let fd: FileDescriptor
             do { fd = try dirs.directory(parent, index: n) } catch {
                 if let failure = RollbackFailure(opening: error, step: n, path: step.path) { failures.append(failure) }
                 continue
             }
             touched.insert(fd)
-            let entry = IOBackend.Entry(dirfd: fd, name: journal.backup(n))
+            let entry = IOBackend.Entry(directory: fd, name: journal.backup(n))
             if held[n] != nil {
                 removed.append(entry)
                 steps.append(n)
-                results.append(unlinkat(fd, entry.name, 0) == 0 ? 0 : -errno)
+                results.append(unlinkat(fd.rawValue, entry.name, 0) == 0 ? 0 : -errno)
             } else {
                 others.append(entry)
                 otherSteps.append(n)

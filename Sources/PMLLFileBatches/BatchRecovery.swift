@@ -41,9 +41,11 @@ extension Pool {
             }
             if let root, journal.root != root { continue }
             if !ownersAreGone, let owner = journal.owner, processes.isAlive(owner) { continue }   // still being applied
-            let rootFD = Glibc.open(journal.root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            guard rootFD >= 0 else {
-                let attention = BatchAttention(id: id, root: journal.root, reason: "its root cannot be opened: \(Errno.current.description)")
+            let rootFD: FileDescriptor
+            do {
+                rootFD = try FileDescriptor.open(FilePath(journal.root), .readOnly, options: [.directory, .closeOnExec])
+            } catch {
+                let attention = BatchAttention(id: id, root: journal.root, reason: "its root cannot be opened: \(Errno(error).description)")
                 try recordAttention(attention)
                 report.needsAttention.append(attention)
                 continue
@@ -51,7 +53,7 @@ extension Pool {
             let dirs = DirectoryCache(root: rootFD)
             let failures = journal.phase == .committed ? cleanUp(journal, dirs: dirs) : undo(journal, dirs: dirs)
             dirs.closeAll()
-            close(rootFD)
+            try? rootFD.close()
             guard failures.isEmpty else {
                 let what = journal.phase == .committed ? "removing its backups failed" : "rolling it back failed"
                 let attention = BatchAttention(id: id, root: journal.root, reason: "\(what): \(failures.map(\.description).joined(separator: "; "))")

@@ -1,5 +1,5 @@
 package import PMLLCore
-import SystemPackage
+package import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -7,24 +7,25 @@ import Glibc
 /// Directory descriptors below a root, opened one component at a time without following
 /// symlinks, cached for the batch.
 package final class DirectoryCache {
-    package let root: Int32
-    private var cache: [String: Int32] = [:]
+    package let root: FileDescriptor
+    private var cache: [String: FileDescriptor] = [:]
 
-    package init(root: Int32) { self.root = root }
+    package init(root: FileDescriptor) { self.root = root }
 
-    package func directory(_ components: [String], index: Int) throws(PMLLError) -> Int32 {
+    package func directory(_ components: [String], index: Int) throws(PMLLError) -> FileDescriptor {
         if components.isEmpty { return root }
         let key = components.joined(separator: "/")
         if let fd = cache[key] { return fd }
         let parent = try directory(Array(components.dropLast()), index: index)
-        let fd = openat(parent, components.last!, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        guard fd >= 0 else {
+        let raw = openat(parent.rawValue, components.last!, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard raw >= 0 else {
             let e = Errno.current
             if e == .tooManySymbolicLinkLevels || e == .notDirectory {
                 throw .invalidBatch(index: index, reason: "'\(key)' is not a directory below the root (symlinks are not followed)")
             }
             throw .batchFailed(index: index, path: key, errno: e)
         }
+        let fd = FileDescriptor(rawValue: raw)
         cache[key] = fd
         return fd
     }
@@ -36,23 +37,23 @@ package final class DirectoryCache {
         return ExistingEntry(isDirectory: st.st_mode & S_IFMT == S_IFDIR, inode: UInt64(st.st_ino))
     }
 
-    func status(_ fd: Int32, _ name: String) -> stat? {
+    func status(_ fd: FileDescriptor, _ name: String) -> stat? {
         var st = stat()
-        return fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 ? st : nil
+        return fstatat(fd.rawValue, name, &st, AT_SYMLINK_NOFOLLOW) == 0 ? st : nil
     }
 
-    package func existsAt(_ fd: Int32, _ name: String) -> Bool { status(fd, name) != nil }
+    package func existsAt(_ fd: FileDescriptor, _ name: String) -> Bool { status(fd, name) != nil }
 
-    package func inode(_ fd: Int32, _ name: String) -> UInt64? { status(fd, name).map { UInt64($0.st_ino) } }
+    package func inode(_ fd: FileDescriptor, _ name: String) -> UInt64? { status(fd, name).map { UInt64($0.st_ino) } }
 
     /// Both names are links to one file.
-    package func sameFile(_ fd: Int32, _ a: String, _ b: String) -> Bool {
+    package func sameFile(_ fd: FileDescriptor, _ a: String, _ b: String) -> Bool {
         guard let sa = status(fd, a), let sb = status(fd, b) else { return false }
         return sa.st_ino == sb.st_ino && sa.st_dev == sb.st_dev
     }
 
     package func closeAll() {
-        cache.values.forEach { close($0) }
+        cache.values.forEach { try? $0.close() }
         cache.removeAll()
     }
 }

@@ -1,8 +1,8 @@
 import CPMLL
 import Dispatch
-import Dispatch
 import Logging
 import Synchronization
+package import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -40,7 +40,8 @@ package final class IOBackend: @unchecked Sendable {
     private let current: Atomic<Int>
 
     package struct WriteItem {
-        package let dirfd: Int32
+        /// The directory the file goes in (its name is relative to it).
+        package let directory: FileDescriptor
         package var name: String
         package let data: [UInt8]
         package let mode: UInt32
@@ -78,7 +79,8 @@ package final class IOBackend: @unchecked Sendable {
     /// were as fast or faster (XFS handles unnamed files through its unlinked list) and use
     /// less CPU. `PMLL_STAGING=named|unnamed` forces one. Decided once per device number (a
     /// device number reused by another mount later costs speed, never correctness).
-    package static func creation(forDirectory dirfd: Int32) -> FileCreation {
+    package static func creation(forDirectory directory: FileDescriptor) -> FileCreation {
+        let dirfd = directory.rawValue
         if stagingOptions.contains("named") || !canLinkUnnamedFiles { return .named }
         if stagingOptions.contains("unnamed") { return .unnamed }
         var st = stat()
@@ -129,8 +131,13 @@ package final class IOBackend: @unchecked Sendable {
 
     /// A name in a directory.
     package struct Entry {
-        package let dirfd: Int32
+        package let directory: FileDescriptor
         package let name: String
+
+        package init(directory: FileDescriptor, name: String) {
+            self.directory = directory
+            self.name = name
+        }
     }
 
     /// Creates each file (O_EXCL, or unnamed and linked: `creation`) with its data, optionally
@@ -399,7 +406,8 @@ package final class IOBackend: @unchecked Sendable {
     }
 
     /// fsyncs every descriptor. Returns 0 or -errno per descriptor.
-    package func fsync(_ fds: [Int32]) -> [Int32] {
+    package func fsync(_ descriptors: [FileDescriptor]) -> [Int32] {
+        let fds = descriptors.map(\.rawValue)
         if kind == .uring, let results = viaRing({ r in
             var results = [Int32](repeating: 0, count: fds.count)
             let rc = pmll_uring_fsync_fds(r, Int32(fds.count), fds, &results)
@@ -454,4 +462,14 @@ package struct SendableBuffer: @unchecked Sendable {
         get { buffer[i] }
         nonmutating set { buffer[i] = newValue }
     }
+}
+
+// The *at(2) calls swift-system does not wrap take raw descriptors: the backend's C-facing
+// code reads them here, and only here.
+extension IOBackend.WriteItem {
+    var dirfd: Int32 { directory.rawValue }
+}
+
+extension IOBackend.Entry {
+    var dirfd: Int32 { directory.rawValue }
 }

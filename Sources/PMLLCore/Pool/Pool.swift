@@ -1,7 +1,7 @@
 import CPMLL
 package import Logging
 package import Synchronization
-import SystemPackage
+package import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -22,7 +22,9 @@ public final class Pool: Sendable {
     public let openReport: OpenReport
 
     package let memory: PoolMemory
-    package let fd: Int32
+    /// The pool file, open for its whole life: its OFD byte locks (SESSION, this slot's
+    /// liveness byte) last as long as it does.
+    package let fd: FileDescriptor
     package let processes: ProcessTable
     package let slot: SlotIndex
     package let token: OwnerToken
@@ -65,10 +67,11 @@ public final class Pool: Sendable {
         var created = false
         // A pool replaced between open() and mapping is opened again; a few rounds at most.
         for _ in 0..<8 {
-            let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
-            if fd < 0 {
-                let e = Errno.current
-                if e == .interrupted { continue }
+            let fd: FileDescriptor
+            do {
+                fd = try FileDescriptor.open(FilePath(path), .readWrite, options: [.closeOnExec])
+            } catch {
+                let e = Errno(error)
                 if e == .noSuchFileOrDirectory && options.create {
                     created = try PoolCreation.createIfAbsent(path: path, options: options) || created
                     continue
@@ -80,10 +83,10 @@ public final class Pool: Sendable {
                     return pool
                 }
             } catch {
-                Glibc.close(fd)
+                try? fd.close()
                 throw error
             }
-            Glibc.close(fd)
+            try? fd.close()
         }
         throw .invalidPoolPath(path: path, reason: "the file kept being replaced while opening")
     }
@@ -92,9 +95,9 @@ public final class Pool: Sendable {
     /// the INIT byte, map, decide whether the volatile state must be reset (nobody else
     /// holds the SESSION byte), join the session, register a process slot.
     /// Returns nil when the path no longer names the file behind `fd`.
-    private init?(attaching fd: Int32, path: String, created: Bool, options: PoolOptions, steps: AttachSteps) throws(PMLLError) {
+    private init?(attaching fd: FileDescriptor, path: String, created: Bool, options: PoolOptions, steps: AttachSteps) throws(PMLLError) {
         var st = stat()
-        _ = try SystemCall.libc("fstat") { fstat(fd, &st) }
+        _ = try SystemCall.libc("fstat") { fstat(fd.rawValue, &st) }
         guard st.st_mode & S_IFMT == S_IFREG else { throw .notAPool(path: path) }
         let fileSize = Int(st.st_size)
         let header = UnsafeMutablePointer<pmll_header_t>.allocate(capacity: 1)
@@ -105,8 +108,8 @@ public final class Pool: Sendable {
             throw .foreignOwner(path: path, ownerUID: UInt32(st.st_uid))
         }
 
-        _ = try SystemCall.retrying("fcntl(F_OFD_SETLKW)") { pmll_ofd_lock(fd, PMLL_LOCKBYTE_INIT, PMLL_RANGE_EXCLUSIVE, 1) }
-        defer { _ = pmll_ofd_lock(fd, PMLL_LOCKBYTE_INIT, PMLL_RANGE_UNLOCK, 0) }
+        _ = try SystemCall.retrying("fcntl(F_OFD_SETLKW)") { pmll_ofd_lock(fd.rawValue, PMLL_LOCKBYTE_INIT, PMLL_RANGE_EXCLUSIVE, 1) }
+        defer { _ = pmll_ofd_lock(fd.rawValue, PMLL_LOCKBYTE_INIT, PMLL_RANGE_UNLOCK, 0) }
 
         var length: UInt64 = 0, isPmem: Int32 = 0, err: Int32 = 0
         guard let base = pmll_pmem_open(path, &length, &isPmem, &err) else {
@@ -122,7 +125,7 @@ public final class Pool: Sendable {
         _ = try PoolHeader.validate(memory.header, fileSize: fileSize, path: path)
 
         var reset: VolatileReset? = created ? .created : nil
-        let alone = pmll_ofd_lock(fd, PMLL_LOCKBYTE_SESSION, PMLL_RANGE_EXCLUSIVE, 0)
+        let alone = pmll_ofd_lock(fd.rawValue, PMLL_LOCKBYTE_SESSION, PMLL_RANGE_EXCLUSIVE, 0)
         if alone == 0 {
             let reason: VolatileReset = VolatileState.bootChanged(memory.header) ? .reboot : .noOtherProcess
             VolatileState.reset(memory, reason: reason, layers: steps.resetVolatile)
@@ -132,7 +135,7 @@ public final class Pool: Sendable {
         }
         // Converts our exclusive hold to shared, or joins the others' shared holds. Nobody
         // can hold it exclusively now: that only happens under INIT, which we hold.
-        _ = try SystemCall.retrying("fcntl(F_OFD_SETLK)") { pmll_ofd_lock(fd, PMLL_LOCKBYTE_SESSION, PMLL_RANGE_SHARED, 0) }
+        _ = try SystemCall.retrying("fcntl(F_OFD_SETLK)") { pmll_ofd_lock(fd.rawValue, PMLL_LOCKBYTE_SESSION, PMLL_RANGE_SHARED, 0) }
 
         var processes = ProcessTable(memory: memory, fd: fd)
         let (slot, token) = try processes.register(label: options.processLabel, reclaim: steps.reclaimSlot)
@@ -154,16 +157,17 @@ public final class Pool: Sendable {
     }
 
     /// Reads the header with pread, so that a file that is not a pool is never mapped or written.
-    private static func readHeader(into header: UnsafeMutablePointer<pmll_header_t>, fd: Int32, fileSize: Int, path: String) throws(PMLLError) {
+    private static func readHeader(into header: UnsafeMutablePointer<pmll_header_t>, fd: FileDescriptor, fileSize: Int, path: String) throws(PMLLError) {
         let raw = UnsafeMutableRawBufferPointer(start: header, count: Int(PMLL_HEADER_SIZE))
         raw.initializeMemory(as: UInt8.self, repeating: 0)
         let wanted = min(fileSize, raw.count)
         var got = 0
         while got < wanted {
-            let n = pread(fd, raw.baseAddress! + got, wanted - got, off_t(got))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SystemCall.fileError(.current, path: path, operation: "read")
+            let n: Int
+            do {
+                n = try fd.read(fromAbsoluteOffset: Int64(got), into: UnsafeMutableRawBufferPointer(rebasing: raw[got..<wanted]))
+            } catch {
+                throw SystemCall.fileError(Errno(error), path: path, operation: "read")
             }
             if n == 0 { break }
             got += n
@@ -178,6 +182,6 @@ public final class Pool: Sendable {
     deinit {
         processes.unregister(slot: slot)
         _ = pmll_pmem_unmap(memory.base, UInt64(memory.length))
-        Glibc.close(fd)   // drops the SESSION and liveness byte locks
+        try? fd.close()   // drops the SESSION and liveness byte locks
     }
 }

@@ -1,4 +1,5 @@
 import CPMLL
+package import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -20,7 +21,7 @@ public struct HolderInfo: Equatable, Sendable, Codable, CustomStringConvertible 
 /// life from death without trusting a PID. Slot identity is slot + generation.
 package struct ProcessTable {
     package let memory: PoolMemory
-    package let fd: Int32
+    package let fd: FileDescriptor
     /// This process's own slot: our own OFD lock never conflicts with our probe of it.
     package var ownSlot = SlotIndex(.max)
 
@@ -30,7 +31,7 @@ package struct ProcessTable {
         let comm = label ?? ProcessIdentity.commandName()
         let start = ProcessIdentity.startTime()
         for index in memory.slots {
-            let rc = pmll_ofd_lock(fd, PMLL_LOCKBYTE_LIVENESS + Int64(index.rawValue), PMLL_RANGE_EXCLUSIVE, 0)
+            let rc = pmll_ofd_lock(fd.rawValue, PMLL_LOCKBYTE_LIVENESS + Int64(index.rawValue), PMLL_RANGE_EXCLUSIVE, 0)
             if rc == -EAGAIN { continue }   // a live process owns it
             try SystemCall.check("fcntl(F_OFD_SETLK)", rc)
             let slot = memory.slot(index)
@@ -52,7 +53,7 @@ package struct ProcessTable {
 
     package func unregister(slot index: SlotIndex) {
         pmll_store32(pmll_slot_state(memory.slot(index)), PMLL_SLOT_FREE)
-        _ = pmll_ofd_lock(fd, PMLL_LOCKBYTE_LIVENESS + Int64(index.rawValue), PMLL_RANGE_UNLOCK, 0)
+        _ = pmll_ofd_lock(fd.rawValue, PMLL_LOCKBYTE_LIVENESS + Int64(index.rawValue), PMLL_RANGE_UNLOCK, 0)
     }
 
     /// True unless the token's process is certainly gone: its slot was freed or reused, or
@@ -64,7 +65,7 @@ package struct ProcessTable {
         guard pmll_load32(pmll_slot_state(slot)) == PMLL_SLOT_ACTIVE,
               pmll_load32(pmll_slot_generation(slot)) == token.generation else { return false }
         if index == ownSlot { return true }
-        let probe = pmll_ofd_probe(fd, PMLL_LOCKBYTE_LIVENESS + Int64(index.rawValue), PMLL_RANGE_EXCLUSIVE)
+        let probe = pmll_ofd_probe(fd.rawValue, PMLL_LOCKBYTE_LIVENESS + Int64(index.rawValue), PMLL_RANGE_EXCLUSIVE)
         // A failed probe must not be mistaken for a death: assume alive and probe again later.
         return probe != 0
     }

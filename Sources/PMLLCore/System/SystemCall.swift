@@ -54,4 +54,9 @@ package enum SystemCall {
 
 extension Errno {
     package static var current: Errno { Errno(rawValue: errno) }
+
+    /// The errno of a failed swift-system call (which throws untyped, always an Errno).
+    package init(_ error: any Error) {
+        self = (error as? Errno) ?? .ioError
+    }
 }

@@ -1,5 +1,6 @@
 import CPMLL
 package import Synchronization
+package import SystemPackage
 package import PMLLCore
 
 /// The pool's table of named locks: open addressing on CRC32C of the name. Entries are
@@ -9,7 +10,7 @@ package import PMLLCore
 /// process by a mutex (OFD locks do not exclude threads sharing a descriptor).
 package struct LockTable {
     package let memory: PoolMemory
-    package let fd: Int32
+    package let fd: FileDescriptor
     package let path: String
 
     /// Lock names starting with this are the library's own (queue submit locks).
