@@ -2,14 +2,15 @@ import CPMLL
 
 /// Where each table lives in the file: header page, process table, lock table, queue table
 /// (heads, then one record ring per queue), heap. Every section starts on a page boundary.
+@usableFromInline
 package struct PoolLayout: Equatable {
     package static let page = 4096
     package let processCapacity: Int
     package let lockCapacity: Int
     package let queueCapacity: Int
     package let queueRing: Int
-    package let processTable: Range<Int>
-    package let lockTable: Range<Int>
+    @usableFromInline package let processTable: Range<Int>
+    @usableFromInline package let lockTable: Range<Int>
     package let queueTable: Range<Int>
     package let heap: Range<Int>
 

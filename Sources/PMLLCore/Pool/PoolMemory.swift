@@ -1,21 +1,23 @@
-package import CPMLL
+public import CPMLL
 
 /// Typed views of the mapped pool file. The mapping is shared by every process; all
 /// cross-process access to its volatile words goes through the atomics in cpmll.h.
+/// (Inlinable accessors: the lock fast path reaches an entry from another module.)
+@usableFromInline
 package struct PoolMemory: @unchecked Sendable {
-    package let base: UnsafeMutableRawPointer
+    @usableFromInline package let base: UnsafeMutableRawPointer
     package let length: Int
-    package let layout: PoolLayout
+    @usableFromInline package let layout: PoolLayout
     package let persistence: Persistence
 
     package var header: UnsafeMutablePointer<pmll_header_t> { base.assumingMemoryBound(to: pmll_header_t.self) }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     package func slot(_ index: SlotIndex) -> UnsafeMutablePointer<pmll_process_slot_t> {
         (base + layout.processTable.lowerBound).assumingMemoryBound(to: pmll_process_slot_t.self) + Int(index.rawValue)
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     package func lock(_ index: LockIndex) -> UnsafeMutablePointer<pmll_lock_entry_t> {
         (base + layout.lockTable.lowerBound).assumingMemoryBound(to: pmll_lock_entry_t.self) + Int(index.rawValue)
     }
@@ -62,10 +64,11 @@ package struct OwnerToken: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// The index of a slot in the process table.
+@usableFromInline
 package struct SlotIndex: Hashable, Comparable, Sendable {
-    package let rawValue: UInt32
-    @inline(__always) package init(_ rawValue: UInt32) { self.rawValue = rawValue }
-    package static func < (a: SlotIndex, b: SlotIndex) -> Bool { a.rawValue < b.rawValue }
+    @usableFromInline package let rawValue: UInt32
+    @inlinable @inline(__always) package init(_ rawValue: UInt32) { self.rawValue = rawValue }
+    @usableFromInline package static func < (a: SlotIndex, b: SlotIndex) -> Bool { a.rawValue < b.rawValue }
 }
 
 /// The index of an entry in the lock table (usable from inlinable code: a ``LockHandle``

@@ -1,4 +1,4 @@
-import CPMLL
+public import CPMLL
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -8,6 +8,7 @@ import Glibc
 /// itself at the N-th hit (default 1st) of the named point; `PMLL_CRASH_TRACE=FILE` appends
 /// the name of every point hit to FILE (to count them). Off, a hit is one load and one
 /// predictable branch.
+@usableFromInline
 package enum CrashPoint {
     private static let armed: (name: String, hit: Int)? = {
         guard let raw = Knob.crashAt.value, !raw.isEmpty else { return nil }
@@ -25,13 +26,13 @@ package enum CrashPoint {
         "queue.recovered", "batch.staged", "batch.linked", "batch.renamed", "batch.committed",
     ]
 
-    @inline(__always)
+    @inlinable @inline(__always)
     package static func hit(_ name: StaticString) {
         if pmll_crash_is_armed() != 0 { trigger(name) }
     }
 
-    @inline(never)
-    private static func trigger(_ name: StaticString) {
+    @usableFromInline @inline(never)
+    static func trigger(_ name: StaticString) {
         if let trace, trace >= 0 { _ = "\(name)\n".withCString { write(trace, $0, strlen($0)) } }
         guard let armed, "\(name)" == armed.name else { return }
         if hits.add(1, ordering: .relaxed).newValue == armed.hit { kill(getpid(), SIGKILL) }
