@@ -7,6 +7,7 @@ extension Pool {
     /// view: the superblock, every key's checksum, extents against the allocation bitmap (no
     /// leaked, overlapping or dangling blocks), and no transaction log left pending.
     package func checkStore(into report: inout CheckReport) throws(PMLLError) {
+        let store = self.store
         guard store.blockCount > 0 else { return }
         try withStoreLock { () throws(PMLLError) in
             var owner = [Int32](repeating: -1, count: store.blockCount)

@@ -7,7 +7,9 @@ import PMLLLocks
 /// facade opens the pool) and the index of the store lock, created on first use.
 package final class StoreService: Sendable {
     package let store: StateStore
-    let lockIndex = Mutex<LockIndex?>(nil)
+    /// The store lock's index + 1 (0: not looked up yet; any thread may look it up, all
+    /// find the same entry).
+    let lockIndex = Atomic<UInt32>(0)
 
     init(_ store: StateStore) { self.store = store }
 }
@@ -18,9 +20,9 @@ extension Pool {
     /// facade while opening.
     package func attachStore() throws(PMLLError) {
         let layout = try StoreLayout.read(memory.base, heap: memory.layout.heap, path: path)
-        _ = services.get(StoreService.self) { StoreService(StateStore(memory: memory, layout: layout, path: path)) }
+        _ = services.get(.store) { StoreService(StateStore(memory: memory, layout: layout, path: path)) }
         hooks.repairAfterOwnerDeath.withLock { $0 = { pool throws(PMLLError) in try pool.storeReady() } }
     }
 
-    package var store: StateStore { services.required(StoreService.self).store }
+    package var store: StateStore { services.required(.store, as: StoreService.self).store }
 }

@@ -15,16 +15,18 @@ import PMLLLocks
 /// bytes back and then sets done_seq, so it is idempotent.
 extension Pool {
     package func stateStore() throws(PMLLError) -> StateStore {
+        let store = self.store
         guard store.blockCount > 0 else { throw .noStateStore(path: path) }
         return store
     }
 
     /// The store lock, created on first use.
     package func storeLock() throws(PMLLError) -> LockIndex {
-        let service = services.required(StoreService.self)
-        if let index = service.lockIndex.withLock({ $0 }) { return index }
+        let service = services.required(.store, as: StoreService.self)
+        let known = service.lockIndex.load(ordering: .acquiring)
+        if known != 0 { return LockIndex(known - 1) }
         let index = try table.index(of: "pmll:store", level: .network, create: true, creation: tableCreation, allowReserved: true)!
-        service.lockIndex.withLock { $0 = index }
+        service.lockIndex.store(index.rawValue + 1, ordering: .releasing)
         return index
     }
 
@@ -44,6 +46,7 @@ extension Pool {
     /// Called before a transaction, on open, and after a user lock is taken over from a dead
     /// holder: rolls back what a dead committer left (cheap check first).
     package func storeReady() throws(PMLLError) {
+        let store = self.store
         guard store.blockCount > 0 else { return }
         if (0..<store.layout.logSlots).contains(where: { isPending(store.logHeader($0)) }) {
             try withStoreLock { () throws(PMLLError) in try rollBackPending() }

@@ -21,19 +21,19 @@ public final class Pool: Sendable {
     /// What happened while opening.
     public let openReport: OpenReport
 
-    package let memory: PoolMemory
+    @usableFromInline package let memory: PoolMemory
     /// The pool file, open for its whole life: its OFD byte locks (SESSION, this slot's
     /// liveness byte) last as long as it does.
     package let fd: FileDescriptor
     package let processes: ProcessTable
     package let slot: SlotIndex
-    package let token: OwnerToken
+    @usableFromInline package let token: OwnerToken
     package let ownerCheckNanoseconds: Int64
     package let starvationNanoseconds: Int64
     /// Serialises table-entry creation among this process's threads (OFD locks do not).
     package let tableCreation = Mutex<Void>(())
     /// Per-pool state of the layers above the core.
-    package let services = PoolServices()
+    @usableFromInline package let services = PoolServices()
     /// Hooks the layers above register (repair after an owner death).
     package let hooks = PoolHooks()
     package static let logger = Logger(label: "pmll.pool")

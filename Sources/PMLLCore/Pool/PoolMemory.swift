@@ -45,8 +45,9 @@ package struct PoolMemory: @unchecked Sendable {
 /// A participant's identity in lock words, records and journals: generation << 10 | slot.
 /// Never a bare PID: a slot's generation changes with each registration, so a token names one
 /// attachment of one process.
+@usableFromInline
 package struct OwnerToken: Hashable, Sendable, CustomStringConvertible {
-    package let rawValue: UInt32
+    @usableFromInline package let rawValue: UInt32
 
     /// A token as stored in the pool (a word's owner bits, a record's or journal's owner field).
     @inline(__always) package init(rawValue: UInt32) { self.rawValue = rawValue }
@@ -60,7 +61,7 @@ package struct OwnerToken: Hashable, Sendable, CustomStringConvertible {
 
     @inline(__always) package var slot: SlotIndex { SlotIndex(rawValue & (PMLL_MAX_PROCESSES - 1)) }
     @inline(__always) package var generation: UInt32 { (rawValue & PMLL_OWNER_MASK) >> PMLL_SLOT_BITS }
-    package var description: String { "token \(generation):\(slot.rawValue)" }
+    @usableFromInline package var description: String { "token \(generation):\(slot.rawValue)" }
 }
 
 /// The index of a slot in the process table.

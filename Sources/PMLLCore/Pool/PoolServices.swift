@@ -1,38 +1,63 @@
+public import CPMLL
 package import Synchronization
 
-/// Per-pool state of a layer above the core (the lock-name cache, the state store's
-/// layout, ...), created once per pool on first use or by the facade while opening.
-package final class PoolServices: Sendable {
-    private let slots = Mutex<[ObjectIdentifier: any Sendable]>([:])
+/// The slot of each layer's per-pool state in ``PoolServices``. The core names the slots,
+/// not the layers' types.
+@usableFromInline
+package enum ServiceSlot: Int, CaseIterable {
+    case locks, store
+}
 
-    package init() {}
+/// Per-pool state of a layer above the core (the lock table and name cache, the state
+/// store's layout, ...), created once per pool on first use or by the facade while opening.
+///
+/// Read on hot paths (every transaction reaches the store through it), so a read is one
+/// acquiring load: each slot is written once, by compare-and-swap, and holds its object until
+/// the pool goes away (the pattern of swift-atomics' `ManagedAtomicLazyReference`).
+@usableFromInline
+package final class PoolServices: @unchecked Sendable {
+    @usableFromInline let slots: UnsafeMutablePointer<UInt64>
 
-    /// The service of type `S`, made by `make` the first time.
-    package func get<S: Sendable>(_ type: S.Type, orCreate make: () throws(PMLLError) -> S) throws(PMLLError) -> S {
-        try slots.withLock { (slots) throws(PMLLError) -> S in
-            if let existing = slots[ObjectIdentifier(type)] as? S { return existing }
-            let made = try make()
-            slots[ObjectIdentifier(type)] = made
-            return made
-        }
+    package init() {
+        slots = .allocate(capacity: ServiceSlot.allCases.count)
+        slots.initialize(repeating: 0, count: ServiceSlot.allCases.count)
     }
 
-    /// The service of type `S`, made by `make` the first time (which cannot fail).
-    package func get<S: Sendable>(_ type: S.Type, orCreate make: () -> S) -> S {
-        slots.withLock { slots in
-            if let existing = slots[ObjectIdentifier(type)] as? S { return existing }
-            let made = make()
-            slots[ObjectIdentifier(type)] = made
-            return made
+    deinit {
+        for i in 0..<ServiceSlot.allCases.count where slots[i] != 0 {
+            Unmanaged<AnyObject>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(slots[i]))!).release()
         }
+        slots.deallocate()
     }
 
-    /// The service of type `S`, which the facade installs while opening the pool.
-    package func required<S: Sendable>(_ type: S.Type) -> S {
-        guard let service = slots.withLock({ $0[ObjectIdentifier(type)] as? S }) else {
+    /// The object in `slot`, made by `make` the first time (if two threads race, one object
+    /// wins and the other is dropped). A slot always holds the same type.
+    @inlinable
+    package func get<S: AnyObject & Sendable>(_ slot: ServiceSlot, as type: S.Type = S.self, orCreate make: () -> S) -> S {
+        if let existing = existing(slot, as: type) { return existing }
+        let made = Unmanaged.passRetained(make())
+        var expected: UInt64 = 0
+        if pmll_cas64(slots + slot.rawValue, &expected, UInt64(UInt(bitPattern: made.toOpaque()))) != 0 {
+            return made.takeUnretainedValue()
+        }
+        made.release()
+        return Unmanaged<S>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(expected))!).takeUnretainedValue()
+    }
+
+    /// The object in `slot`, which the facade installs while opening the pool.
+    @inlinable
+    package func required<S: AnyObject & Sendable>(_ slot: ServiceSlot, as type: S.Type = S.self) -> S {
+        guard let service = existing(slot, as: type) else {
             preconditionFailure("pmll: \(type) used on a pool that was not opened through Pool.open")
         }
         return service
+    }
+
+    @inlinable @inline(__always)
+    func existing<S: AnyObject>(_ slot: ServiceSlot, as type: S.Type) -> S? {
+        let raw = pmll_load64_acquire(slots + slot.rawValue)
+        guard raw != 0 else { return nil }
+        return Unmanaged<S>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(raw))!).takeUnretainedValue()
     }
 }
 

@@ -35,6 +35,8 @@ package final class WaiterThread: @unchecked Sendable {
 
     // Owned by the thread.
     private var queues: [UnsafeMutablePointer<UInt32>: Heap<Queued>] = [:]
+    /// The wait last driven on each word.
+    private var heads: [UnsafeMutablePointer<UInt32>: ParkedWait] = [:]
     private var deadlines = Heap<Deadline>()
     private var vectoredWait = true
 
@@ -167,12 +169,18 @@ package final class WaiterThread: @unchecked Sendable {
                 _ = queues[key]!.popMin()
                 continue
             }
+            // A queue turn of a lower ticket that arrived later displaces the wait driven so
+            // far (lock waits arrive in order and never are): that one is queued again, so
+            // that its cancellation and deadline are handled at once.
+            if let previous = heads[key], previous !== wait, previous.state == .head { previous.state = .queued }
+            heads[key] = wait
             wait.state = .head
             if let (expected, until) = wait.step() { return (wait, expected, until) }
             wait.state = .done
             _ = queues[key]!.popMin()
         }
         queues[key] = nil
+        heads[key] = nil
         return nil
     }
 
@@ -220,7 +228,9 @@ package class ParkedWait: @unchecked Sendable {
 }
 
 private final class Parked<M: WaitMachine>: ParkedWait, @unchecked Sendable {
-    var machine: M
+    /// Dropped once the wait is over: the deadline heap may keep this object until the
+    /// deadline passes, and the machine holds its pool (which stays attached while held).
+    var machine: M?
     var continuation: CheckedContinuation<M.Value, any Error>?
 
     init(_ machine: M, order: UInt64) {
@@ -229,25 +239,27 @@ private final class Parked<M: WaitMachine>: ParkedWait, @unchecked Sendable {
     }
 
     override func step() -> (expected: UInt32, until: Int64)? {
-        switch machine.advance() {
+        switch machine!.advance() {
         case .done(let value):
-            machine.end()
-            continuation!.resume(returning: value)
+            finish(.success(value))
         case .failed(let error):
-            machine.end()
-            continuation!.resume(throwing: error)
+            finish(.failure(error))
         case .sleep(let expected, let until):
             return (expected, until)
         }
-        continuation = nil
         return nil
     }
 
-    override func slept(timedOut: Bool, until: Int64) { machine.slept(timedOut: timedOut, until: until) }
+    override func slept(timedOut: Bool, until: Int64) { machine?.slept(timedOut: timedOut, until: until) }
 
     override func abandon(cancelled: Bool) {
-        machine.end()
-        continuation!.resume(throwing: machine.failureWhileQueued(cancelled: cancelled))
+        finish(.failure(machine!.failureWhileQueued(cancelled: cancelled)))
+    }
+
+    private func finish(_ result: Result<M.Value, PMLLError>) {
+        machine!.end()
+        machine = nil
+        continuation!.resume(with: result.mapError { $0 as any Error })
         continuation = nil
     }
 }

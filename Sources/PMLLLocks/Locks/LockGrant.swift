@@ -1,4 +1,4 @@
-package import CPMLL
+public import CPMLL
 public import PMLLCore
 
 /// What acquiring one lock found, as the public API shows it.
@@ -21,7 +21,7 @@ package struct Taken: @unchecked Sendable {
     @usableFromInline package let ownerDied: Bool
     @usableFromInline package let waitedNanoseconds: Int64
 
-    package init(entry: UnsafeMutablePointer<pmll_lock_entry_t>, ownerDied: Bool, waitedNanoseconds: Int64) {
+    @usableFromInline package init(entry: UnsafeMutablePointer<pmll_lock_entry_t>, ownerDied: Bool, waitedNanoseconds: Int64) {
         rawEntry = UnsafeMutableRawPointer(entry)
         self.ownerDied = ownerDied
         self.waitedNanoseconds = waitedNanoseconds

@@ -41,7 +41,7 @@ package struct LockScope {
     /// it was committing one) is rolled back before this holder gets the locks. If that
     /// fails, every lock is released, marked inconsistent (the next holder is told, as after
     /// a death), and the typed error thrown: a failed repair never leaves locks held.
-    @usableFromInline
+    @usableFromInline @inline(__always)
     package static func settle(_ pool: Pool, _ locks: some BidirectionalCollection<LockHandle>, ownerDied: Bool) throws(PMLLError) {
         if ownerDied {
             do {
@@ -54,7 +54,7 @@ package struct LockScope {
         CrashPoint.hit("lock.acquired")
     }
 
-    @usableFromInline
+    @usableFromInline @inline(__always)
     package static func release(_ pool: Pool, _ locks: some BidirectionalCollection<LockHandle>, inconsistent: Bool, beforeRelease: () -> Void) {
         CrashPoint.hit("lock.releasing")
         beforeRelease()

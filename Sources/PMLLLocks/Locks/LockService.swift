@@ -13,7 +13,7 @@ package final class LockService: Sendable {
 }
 
 extension Pool {
-    package var lockService: LockService { services.get(LockService.self) { LockService(self) } }
+    package var lockService: LockService { services.get(.locks) { LockService(self) } }
     package var table: LockTable { lockService.table }
 }
 

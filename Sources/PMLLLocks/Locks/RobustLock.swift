@@ -1,8 +1,8 @@
-package import CPMLL
+public import CPMLL
 #if canImport(Glibc)
 import Glibc
 #endif
-package import PMLLCore
+public import PMLLCore
 
 /// The robust lock protocol over one 32-bit futex word (see Docs/LockProtocol.md).
 ///
@@ -14,7 +14,7 @@ package import PMLLCore
 /// - A waiter starving past the threshold registers as the handoff target; the next
 ///   release stores its token with HANDED instead of freeing, so no newcomer can barge.
 extension Pool {
-    @inline(__always)
+    @inlinable @inline(__always)
     package func acquire(index: LockIndex, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Taken {
         let entry = memory.lock(index)
         if let fast = acquireFast(entry) { return fast }
@@ -23,22 +23,22 @@ extension Pool {
 
     /// The uncontended path: one CAS and one plain store (the holder's own counter), no
     /// syscall, no clock read (see ``HoldStamp``).
-    @inline(__always)
+    @inlinable @inline(__always)
     package func acquireFast(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> Taken? {
         guard pmll_lock_try_fast(entry, token.rawValue) != 0 else { return nil }
         entry.pointee.acquisitions &+= 1
         return Taken(entry: entry, ownerDied: false, waitedNanoseconds: 0)
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     package func release(index: LockIndex, inconsistent: Bool = false) {
         let entry = memory.lock(index)
         if !inconsistent && pmll_lock_release_fast(entry, token.rawValue) != 0 { return }
         releaseSlow(entry: entry, inconsistent: inconsistent)
     }
 
-    @inline(never)
-    private func acquireSlow(entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: LockIndex, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Taken {
+    @usableFromInline @inline(never)
+    func acquireSlow(entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: LockIndex, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Taken {
         var attempt = AcquireAttempt(pool: self, entry: entry, index: index, deadline: deadline, cancellation: cancellation)
         return try attempt.run()
     }
@@ -72,8 +72,8 @@ extension Pool {
         return pmll_cas32(pmll_entry_handoff(entry), &mine, 0) != 0
     }
 
-    @inline(never)
-    private func releaseSlow(entry: UnsafeMutablePointer<pmll_lock_entry_t>, inconsistent: Bool) {
+    @usableFromInline @inline(never)
+    func releaseSlow(entry: UnsafeMutablePointer<pmll_lock_entry_t>, inconsistent: Bool) {
         let word = pmll_entry_word(entry)
         var w = pmll_load32(word)
         guard w & PMLL_OWNER_MASK == token.rawValue else {
