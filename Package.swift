@@ -107,7 +107,7 @@ let package = Package(
         .executableTarget(
             name: "PMLLWorker",
             dependencies: [
-                "PMLL",
+                "PMLL", "PMLLStressSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Stress/Worker",

@@ -7,17 +7,24 @@
 #include <time.h>
 #include <unistd.h>
 
-int pmll_futex_wait(uint32_t *word, uint32_t expected, int64_t deadline_ns) {
-    struct timespec ts, *tsp = NULL;
-    if (deadline_ns >= 0) {
-        ts.tv_sec = deadline_ns / 1000000000;
-        ts.tv_nsec = deadline_ns % 1000000000;
-        tsp = &ts;
-    }
-    // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, so a retry after
-    // EINTR does not stretch the wait.
-    long rc = syscall(SYS_futex, word, FUTEX_WAIT_BITSET, expected, tsp, NULL, FUTEX_BITSET_MATCH_ANY);
+// An absolute CLOCK_MONOTONIC deadline in `ts`, or NULL for none (deadline_ns < 0).
+static struct timespec *deadline_timespec(int64_t deadline_ns, struct timespec *ts) {
+    if (deadline_ns < 0) return NULL;
+    ts->tv_sec = deadline_ns / 1000000000;
+    ts->tv_nsec = deadline_ns % 1000000000;
+    return ts;
+}
+
+// FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, so a retry after EINTR does
+// not stretch the wait.
+static int futex_wait_until(uint32_t *word, int op, uint32_t expected, int64_t deadline_ns) {
+    struct timespec ts;
+    long rc = syscall(SYS_futex, word, op, expected, deadline_timespec(deadline_ns, &ts), NULL, FUTEX_BITSET_MATCH_ANY);
     return rc == 0 ? 0 : -errno;
+}
+
+int pmll_futex_wait(uint32_t *word, uint32_t expected, int64_t deadline_ns) {
+    return futex_wait_until(word, FUTEX_WAIT_BITSET, expected, deadline_ns);
 }
 
 int pmll_futex_wake(uint32_t *word, int32_t count) {
@@ -43,13 +50,8 @@ int pmll_futex_waitv(const pmll_futex_waiter_t *waiters, uint32_t count, int64_t
         v[i].flags = FUTEX2_SIZE_U32 | (waiters[i].process_private ? FUTEX2_PRIVATE : 0);
         v[i].__reserved = 0;
     }
-    struct timespec ts, *tsp = NULL;
-    if (deadline_ns >= 0) {
-        ts.tv_sec = deadline_ns / 1000000000;
-        ts.tv_nsec = deadline_ns % 1000000000;
-        tsp = &ts;
-    }
-    long rc = syscall(SYS_futex_waitv, v, count, 0, tsp, CLOCK_MONOTONIC);
+    struct timespec ts;
+    long rc = syscall(SYS_futex_waitv, v, count, 0, deadline_timespec(deadline_ns, &ts), CLOCK_MONOTONIC);
     return rc >= 0 ? (int)rc : -errno;
 }
 
@@ -59,12 +61,5 @@ int pmll_futex_wake_private(uint32_t *word, int32_t count) {
 }
 
 int pmll_futex_wait_private(uint32_t *word, uint32_t expected, int64_t deadline_ns) {
-    struct timespec ts, *tsp = NULL;
-    if (deadline_ns >= 0) {
-        ts.tv_sec = deadline_ns / 1000000000;
-        ts.tv_nsec = deadline_ns % 1000000000;
-        tsp = &ts;
-    }
-    long rc = syscall(SYS_futex, word, FUTEX_WAIT_BITSET_PRIVATE, expected, tsp, NULL, FUTEX_BITSET_MATCH_ANY);
-    return rc == 0 ? 0 : -errno;
+    return futex_wait_until(word, FUTEX_WAIT_BITSET_PRIVATE, expected, deadline_ns);
 }

@@ -104,7 +104,7 @@ struct AsyncBench: AsyncParsableCommand {
             for _ in 0..<tasks {
                 group.addTask {
                     state.count.add(1, ordering: .releasing)
-                    try await lock.withLock { _ async in _ = state.last.max(monotonicNanoseconds()) }
+                    try await lock.withLock { _ async in state.last.max(monotonicNanoseconds()) }
                 }
             }
             try await group.waitForAll()
@@ -136,36 +136,4 @@ final class LoopState: Sendable {
     }
 
     func stop() { stopped.store(true, ordering: .relaxed); usleep(5000) }
-}
-
-func threadCountOfThisProcess() -> Int {
-    guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
-    for line in text.split(separator: "\n") where line.hasPrefix("Threads:") {
-        return Int(line.dropFirst(8).trimmingCharacters(in: .whitespaces)) ?? 0
-    }
-    return 0
-}
-
-extension Atomic where Value == Int {
-    func max(_ v: Int) {
-        var current = load(ordering: .relaxed)
-        while v > current {
-            let (exchanged, original) = compareExchange(expected: current, desired: v, ordering: .relaxed)
-            if exchanged { return }
-            current = original
-        }
-    }
-}
-
-extension Atomic where Value == Int64 {
-    @discardableResult
-    func max(_ v: Int64) -> Int64 {
-        var current = load(ordering: .relaxed)
-        while v > current {
-            let (exchanged, original) = compareExchange(expected: current, desired: v, ordering: .relaxed)
-            if exchanged { return v }
-            current = original
-        }
-        return current
-    }
 }

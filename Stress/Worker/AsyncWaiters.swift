@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import PMLL
+import PMLLStressSupport
 import Synchronization
 
 /// Many tasks of this one process await one lock (or one queue) that a thread holds for
@@ -23,7 +24,7 @@ struct AsyncWaiters: AsyncParsableCommand {
         let c = Counters()
         let sampler = Thread {
             while !c.done.load(ordering: .relaxed) {
-                c.maxThreads.max(threadCount())
+                c.maxThreads.max(threadCountOfThisProcess())
                 usleep(2000)
             }
         }
@@ -97,37 +98,6 @@ struct AsyncWaiters: AsyncParsableCommand {
 final class Counters: Sendable {
     let granted = Atomic<Int>(0), cancelled = Atomic<Int>(0), failed = Atomic<Int>(0)
     let lastGrant = Atomic<Int64>(0), lastCancel = Atomic<Int64>(0)
-    let maxThreads = Atomic<Int>(threadCount())
+    let maxThreads = Atomic<Int>(threadCountOfThisProcess())
     let done = Atomic<Bool>(false)
-}
-
-/// Threads of this process now (the `Threads:` line of /proc/self/status).
-func threadCount() -> Int {
-    guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
-    for line in text.split(separator: "\n") where line.hasPrefix("Threads:") {
-        return Int(line.dropFirst(8).trimmingCharacters(in: .whitespaces)) ?? 0
-    }
-    return 0
-}
-
-extension Atomic where Value == Int {
-    func max(_ v: Int) {
-        var current = load(ordering: .relaxed)
-        while v > current {
-            let (exchanged, original) = compareExchange(expected: current, desired: v, ordering: .relaxed)
-            if exchanged { return }
-            current = original
-        }
-    }
-}
-
-extension Atomic where Value == Int64 {
-    func max(_ v: Int64) {
-        var current = load(ordering: .relaxed)
-        while v > current {
-            let (exchanged, original) = compareExchange(expected: current, desired: v, ordering: .relaxed)
-            if exchanged { return }
-            current = original
-        }
-    }
 }
