@@ -7,10 +7,19 @@ import PMLLLocks
 /// value live inline in their slot; larger ones in an extent of blocks (key, then value).
 /// Values are never overwritten in place: a new value gets new blocks, so only slots and
 /// bitmap bytes change in place, and only they need undo entries (Docs/Transactions.md).
-package struct StateStore: @unchecked Sendable {
+package final class StateStore: @unchecked Sendable {
     package let memory: PoolMemory
     package let layout: StoreLayout
     package let path: String
+
+    // A class, not a struct: every transaction reaches the store several times through the
+    // pool's services, and a reference costs one retain where a copy of the struct cost one
+    // for each of its reference-counted fields.
+    package init(memory: PoolMemory, layout: StoreLayout, path: String) {
+        self.memory = memory
+        self.layout = layout
+        self.path = path
+    }
 
     package static func validate(key: String, user: Bool = false) throws(PMLLError) {
         if user && key.hasPrefix("pmll:") { throw .invalidKey(key: key, reason: "keys starting with 'pmll:' are reserved for the library") }
