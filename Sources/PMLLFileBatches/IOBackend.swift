@@ -451,7 +451,6 @@ package final class IOBackend: @unchecked Sendable {
         IOThreadPool.shared.start(count, body)
     }
 
-    package final class Counter: Sendable { let value = Atomic<Int>(0) }
 }
 
 /// A buffer written by disjoint indexes from several threads.
