@@ -25,6 +25,9 @@ public struct PoolStatus: Codable, Sendable {
     public let queues: [QueueStats]
     /// Space in the state store (nil if the pool has none).
     public let store: StoreUsage?
+    /// Transaction commits, conflicts and retries since the pool was created (nil if it has
+    /// no state store).
+    public let transactions: TransactionStatistics?
     /// Bytes of each section of the file.
     public let sections: [String: Int]
 }
@@ -49,6 +52,7 @@ extension Pool {
             volatileResets: h.volatile_resets, processes: attached, locks: locks,
             queues: ((try? queues()) ?? []).sorted { $0.name < $1.name },
             store: store.blockCount > 0 ? try? storeUsage() : nil,
+            transactions: store.blockCount > 0 ? store.statistics() : nil,
             sections: ["header": Int(PMLL_HEADER_SIZE), "processTable": memory.layout.processTable.count,
                        "lockTable": memory.layout.lockTable.count, "queueTable": memory.layout.queueTable.count,
                        "stateStore": memory.layout.heap.count])

@@ -62,6 +62,11 @@ public enum PMLLError: Error, Equatable, Sendable {
     case corruptRecord(key: String, reason: String)
     /// `transaction` was called inside another transaction on the same thread.
     case nestedTransaction
+    /// A serializable transaction read `key` (or, for a prefix scan, `prefix*`), and another
+    /// transaction committed a change to it before this one could commit: nothing of this
+    /// one was written. `transaction` re-runs the body with backoff; this is thrown when
+    /// `attempts` runs all conflicted.
+    case transactionConflict(key: String, attempts: Int)
     /// A dead process's transaction could not be rolled back (its log is damaged).
     case transactionRecoveryFailed(reason: String)
     /// A file batch is invalid (entry `index`, or the batch as a whole when nil); nothing
@@ -115,6 +120,8 @@ extension PMLLError: CustomStringConvertible {
         case let .valueTooLarge(key, bytes, limit): "value of '\(key)' is \(bytes) bytes, over the limit of \(limit)"
         case let .corruptRecord(key, reason): "record '\(key)' is corrupt: \(reason)"
         case .nestedTransaction: "a transaction cannot be started inside another transaction"
+        case let .transactionConflict(key, attempts):
+            "transaction conflict on '\(key)': another transaction changed it after this one read it (\(attempts) attempt\(attempts == 1 ? "" : "s"), nothing written; try again)"
         case let .transactionRecoveryFailed(reason): "rolling back a dead process's transaction failed: \(reason)"
         case let .invalidBatch(index, reason): index.map { "invalid batch entry \($0): \(reason)" } ?? "invalid batch: \(reason)"
         case let .batchFailed(index, path, errno): "batch entry \(index) ('\(path)') failed: \(errno.description) (errno \(errno.rawValue))"

@@ -6,20 +6,30 @@ import PMLLLocks
 /// whole set commits atomically when the `transaction` body returns, or not at all if it
 /// throws or the process dies at any instruction (Docs/Transactions.md).
 ///
+/// Serializable unless asked otherwise: the commit checks that nothing the body read has
+/// changed since (``TransactionIsolation``).
+///
 /// Noncopyable and lent `inout` to the body: it cannot escape the transaction.
 public struct Transaction: ~Copyable {
     let pool: Pool
+    /// nil: isolation `.none`.
+    let reads: ReadSet?
     private(set) var writes: [String: [UInt8]?] = [:]
     private(set) var order: [String] = []
 
-    init(pool: Pool) { self.pool = pool }
+    init(pool: Pool, reads: ReadSet?) {
+        self.pool = pool
+        self.reads = reads
+    }
 
     /// The value of `key`, or nil if it has none: this transaction's own write if any,
-    /// else the committed value (checked against its checksum).
+    /// else the committed value (checked against its checksum). In a serializable
+    /// transaction, throws ``PMLLError/transactionConflict(key:attempts:)`` if an earlier read
+    /// has changed since (`transaction` then runs the body again).
     public func get(_ key: String) throws(PMLLError) -> [UInt8]? {
         try StateStore.validate(key: key)
         if let pending = writes[key] { return pending }
-        return try pool.readCommitted(key)
+        return try pool.readCommitted(key, tracking: reads)
     }
 
     public func getString(_ key: String) throws(PMLLError) -> String? {
@@ -54,7 +64,7 @@ public struct Transaction: ~Copyable {
 
     /// Keys with `prefix`, as this transaction sees them, sorted.
     public func keys(prefix: String = "") throws(PMLLError) -> [String] {
-        var keys = Set(try pool.committedKeys(prefix: prefix))
+        var keys = Set(try pool.committedKeys(prefix: prefix, tracking: reads))
         for (key, value) in writes where key.hasPrefix(prefix) {
             if value == nil { keys.remove(key) } else { keys.insert(key) }
         }
@@ -70,25 +80,56 @@ public struct Transaction: ~Copyable {
 
 extension Pool {
     /// Runs `body` as one transaction: its writes commit atomically when it returns, and are
-    /// discarded if it throws (the error is rethrown). Run it under the locks that protect the
-    /// data; commits of different processes then touch different keys. Not reentrant:
-    /// a transaction inside another on the same thread throws ``PMLLError/nestedTransaction``.
-    public func transaction<R>(_ body: (inout Transaction) throws -> R) throws -> R {
+    /// discarded if it throws (the error is rethrown). Serializable by default: if another
+    /// transaction changed something the body read before this one commits, nothing is
+    /// written and the body runs again after a backoff (``TransactionOptions/retry``); when
+    /// the retries run out, ``PMLLError/transactionConflict(key:attempts:)`` is thrown. So the
+    /// body must have no effects outside the transaction. If the body throws after reading
+    /// something that has changed since, it also runs again (its error came from a view of
+    /// the store that is gone). Not reentrant: a transaction inside another on the same
+    /// thread throws ``PMLLError/nestedTransaction``.
+    public func transaction<R>(options: TransactionOptions = TransactionOptions(), _ body: (inout Transaction) throws -> R) throws -> R {
         guard pmll_tx_depth_get() == 0 else { throw PMLLError.nestedTransaction }
         pmll_tx_depth_set(1)
         defer { pmll_tx_depth_set(0) }
         try storeReady()
-        var tx = Transaction(pool: self)
-        let result = try body(&tx)
-        try commit(tx.plannedWrites)
-        return result
+        var attempt = 1
+        while true {
+            let reads = options.isolation == .serializable ? ReadSet(attempt: attempt) : nil
+            var tx = Transaction(pool: self, reads: reads)
+            let conflict: String
+            do {
+                let result = try body(&tx)
+                try commit(tx.plannedWrites, reads: reads)
+                return result
+            } catch {
+                guard let reads else { throw error }
+                if case let .transactionConflict(key, _)? = error as? PMLLError {
+                    conflict = key
+                } else if let stale = try staleRead(reads) {
+                    conflict = stale
+                } else {
+                    throw error
+                }
+            }
+            guard attempt <= options.retry.maxRetries else { throw PMLLError.transactionConflict(key: conflict, attempts: attempt) }
+            pmll_add64(&ownLogHeader(store).pointee.retries, 1)
+            options.retry.delay(beforeRetry: attempt).sleepThread()
+            attempt += 1
+        }
+    }
+
+    /// ``transaction(options:_:)`` with the default retries and the given isolation.
+    public func transaction<R>(isolation: TransactionIsolation, _ body: (inout Transaction) throws -> R) throws -> R {
+        try transaction(options: TransactionOptions(isolation: isolation), body)
     }
 
     /// A transaction of the library's own (it may run inside a user's synchronous scope on
-    /// another thread, so it does not take part in the nesting check).
+    /// another thread, so it does not take part in the nesting check). Not tracked: the
+    /// library's records are written under the lock of what they describe.
     package func internalTransaction(_ body: (inout Transaction) throws(PMLLError) -> Void) throws(PMLLError) {
         try storeReady()
-        var tx = Transaction(pool: self)
+        var tx = Transaction(pool: self, reads: nil)
         try body(&tx)
         try commit(tx.plannedWrites)
     }

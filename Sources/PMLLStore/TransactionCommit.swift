@@ -53,32 +53,48 @@ extension Pool {
         }
     }
 
-    package func readCommitted(_ key: String) throws(PMLLError) -> [UInt8]? {
+    /// The committed value of `key`; with `reads`, first checks that the transaction's
+    /// earlier reads still hold, then records this one's version.
+    package func readCommitted(_ key: String, tracking reads: ReadSet? = nil) throws(PMLLError) -> [UInt8]? {
         let store = try stateStore()
         let bytes = Array(key.utf8)
         return try withStoreLock { () throws(PMLLError) -> [UInt8]? in
-            guard let i = try store.find(bytes).found else { return nil }
-            return Array(try store.record(i).dropFirst(bytes.count))
+            try reads?.revalidate(store, pool: self)
+            guard let i = try store.find(bytes).found else {
+                reads?.record(key, version: 0)
+                return nil
+            }
+            let value = Array(try store.record(i).dropFirst(bytes.count))
+            reads?.record(key, version: store.slot(i).pointee.version)
+            return value
         }
     }
 
-    /// The keys starting with `prefix`. A record that fails its checksum throws, unless
-    /// `skippingDamaged` (the library's own scans: `check` reports such a record, and one
-    /// damaged record must not stop recovery of everything else).
-    package func committedKeys(prefix: String, skippingDamaged: Bool = false) throws(PMLLError) -> [String] {
+    /// The keys starting with `prefix`, sorted. A record that fails its checksum throws,
+    /// unless `skippingDamaged` (the library's own scans: `check` reports such a record, and
+    /// one damaged record must not stop recovery of everything else).
+    package func committedKeys(prefix: String, skippingDamaged: Bool = false, tracking reads: ReadSet? = nil) throws(PMLLError) -> [String] {
         let store = try stateStore()
         return try withStoreLock { () throws(PMLLError) -> [String] in
-            var keys: [String] = []
-            for i in 0..<store.capacity where store.slot(i).pointee.state == PMLL_KEY_USED {
-                let bytes: [UInt8]
-                do throws(PMLLError) { bytes = try store.key(of: i) } catch {
-                    if skippingDamaged { continue }
-                    throw error
-                }
-                let key = String(decoding: bytes, as: UTF8.self)
-                if key.hasPrefix(prefix) { keys.append(key) }
-            }
+            try reads?.revalidate(store, pool: self)
+            let keys = try store.keys(prefix: prefix, skippingDamaged: skippingDamaged)
+            reads?.record(scanOf: prefix, keys: keys, keysetAt: store.keysetChanges)
             return keys
+        }
+    }
+
+    /// Whether a transaction that threw could have thrown because of a read that no longer
+    /// holds (then its error came from a view of the store that never was current together
+    /// with its other reads, and the body runs again). The conflicting key, or nil.
+    package func staleRead(_ reads: ReadSet) throws(PMLLError) -> String? {
+        guard !reads.isEmpty else { return nil }
+        let store = try stateStore()
+        return try withStoreLock { () throws(PMLLError) -> String? in
+            do throws(PMLLError) { try reads.revalidate(store, pool: self) } catch {
+                if case let .transactionConflict(key, _) = error { return key }
+                throw error
+            }
+            return nil
         }
     }
 
@@ -91,10 +107,17 @@ extension Pool {
         let extent: (first: UInt32, count: UInt32)?
     }
 
-    package func commit(_ writes: [(key: String, value: [UInt8]?)]) throws(PMLLError) {
+    /// Commits `writes`; with `reads` (a serializable transaction), only if none of its
+    /// reads changed since it made them (else ``PMLLError/transactionConflict(key:attempts:)``
+    /// and nothing is written). A read-only transaction has nothing to commit: its reads
+    /// were all current together when it made its last one.
+    package func commit(_ writes: [(key: String, value: [UInt8]?)], reads: ReadSet? = nil) throws(PMLLError) {
         guard !writes.isEmpty else { return }
         let store = try stateStore()
         try withStoreLock { () throws(PMLLError) in
+            try reads?.revalidate(store, pool: self)
+            let version = store.commitSequence &+ 1
+            var keysetChanged = false
             var bitmap: [Int: UInt8] = [:]            // planned bitmap bytes
             var frozen = Set<Int>()                   // blocks freed here: old values must survive a rollback
             var reserved = Set<UInt32>()
@@ -109,6 +132,7 @@ extension Pool {
                 let bytes = Array(key.utf8)
                 let (found, _) = try store.find(bytes)
                 if value == nil && found == nil { continue }
+                if (value == nil) != (found == nil) { keysetChanged = true }
                 let index: UInt32
                 if let found {
                     index = found
@@ -139,15 +163,17 @@ extension Pool {
             // Undo log: old slots and old bitmap bytes.
             var ranges: [(offset: Int, length: Int)] = plans.map { (store.offset(of: store.slot($0.index)), MemoryLayout<pmll_key_slot_t>.size) }
             ranges += Self.runs(bitmap.keys.sorted()).map { (store.layout.bitmap.lowerBound + $0.lowerBound, $0.count) }
-            let header = store.logHeader(Int(slot.rawValue) % store.layout.logSlots)
+            let header = ownLogHeader(store)
             try writeUndoLog(header, ranges: ranges)
+            // Before any key appears or vanishes; not undone by a rollback, which only costs
+            // a scan's re-check.
+            if keysetChanged { pmll_add64(&header.pointee.keyset_changes, 1) }
             CrashPoint.hit("tx.undo-logged")
 
             // Apply.
             var touched: [(offset: Int, length: Int)] = []
             for plan in plans {
                 let s = store.slot(plan.index)
-                let version = s.pointee.state == PMLL_KEY_USED ? s.pointee.version &+ 1 : 1
                 guard let value = plan.value else {
                     UnsafeMutableRawPointer(s).initializeMemory(as: UInt8.self, repeating: 0, count: MemoryLayout<pmll_key_slot_t>.size)
                     s.pointee.state = PMLL_KEY_TOMBSTONE
@@ -180,6 +206,7 @@ extension Pool {
 
             // Commit point.
             pmll_store64_release(&header.pointee.done_seq, header.pointee.seq)
+            pmll_add64(&header.pointee.commits, 1)
             try memory.persistence.persist(UnsafeRawPointer(header), 8, site: "tx.commit")
             CrashPoint.hit("tx.committed")
         }

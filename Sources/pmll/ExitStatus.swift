@@ -8,7 +8,7 @@ enum ExitStatus {
     static let noPool: Int32 = 66         // pool missing (when not creating) or path unusable
     static let system: Int32 = 71         // unexpected system-call failure
     static let poolFull: Int32 = 73       // a table of the pool is full
-    static let timeout: Int32 = 75        // lock wait timed out
+    static let timeout: Int32 = 75        // lock wait timed out, or a transaction conflicted (try again)
     static let permission: Int32 = 77     // permission denied, pool owned by another user
     static let cannotExecute: Int32 = 126 // COMMAND found but not executable
     static let commandNotFound: Int32 = 127
@@ -17,7 +17,7 @@ enum ExitStatus {
     static let summary = """
         Exit status: 0 ok; 64 usage error (arguments, lock name, level, hierarchy violation); \
         65 bad or corrupt pool; 66 pool missing or path unusable; 71 system error; 73 pool full; \
-        75 timeout; 77 permission denied; 126/127 COMMAND not executable/not found; \
+        75 timeout or transaction conflict (try again); 77 permission denied; 126/127 COMMAND not executable/not found; \
         130 interrupted; otherwise COMMAND's own status (128+N if it died of signal N).
         """
 
@@ -29,7 +29,7 @@ enum ExitStatus {
         case .notAPool, .unsupportedFormatVersion, .incompatibleLayout, .corruptPool, .corruptRecord, .transactionRecoveryFailed, .batchNeedsAttention: badPool
         case .poolNotFound, .invalidPoolPath: noPool
         case .permissionDenied, .foreignOwner: permission
-        case .timeout, .queueTimeout: timeout
+        case .timeout, .queueTimeout, .transactionConflict: timeout
         case .cancelled, .queueCancelled: interrupted
         case .poolFull, .noStateStore: poolFull
         case .invalidBatchRoot(_, let reason): reason.hasPrefix("permission") ? permission : noPool

@@ -35,6 +35,9 @@ enum StatusTable {
             out += "state store: \(u.keysUsed)/\(u.keyCapacity) keys, \(u.blocksUsed * u.blockSize / 1024) KiB used, " +
                 "\((u.blockCount - u.blocksUsed) * u.blockSize / 1024) KiB free of \(u.blockCount * u.blockSize / 1024) KiB\n"
         }
+        if let t = s.transactions {
+            out += "transactions: \(t.commits) committed, \(t.conflicts) conflicts, \(t.retries) retried, \(t.failures) gave up\n"
+        }
         let header = ["LOCK", "LEVEL", "STATE", "HOLDER", "HELD FOR", "WAITERS", "ACQUIRED", "CONTENDED", "TIMEOUTS", "OWNER DEATHS"]
         var rows = [header]
         for lock in s.locks {

@@ -35,6 +35,9 @@ struct Workload: AsyncParsableCommand {
         try? FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
         for step in 0..<steps {
             switch step % 4 {
+            case 0 where step % 8 == 4:
+                try conflictingTransfer(pool, step: step, rng: &rng)
+                acknowledge("tx \(step)")
             case 0:
                 let a = Int(rng.next() % UInt64(Self.accounts))
                 let b = (a + 1 + Int(rng.next() % UInt64(Self.accounts - 1))) % Self.accounts
@@ -65,6 +68,38 @@ struct Workload: AsyncParsableCommand {
                 try await misc.withLock(timeout: .seconds(10)) { _ in }
             }
         }
+    }
+}
+
+/// A transfer under no user lock that meets a conflict on its first attempt: after it has
+/// read both accounts, another thread commits a transfer touching one of them, so the first
+/// commit fails validation (crash point `tx.conflict`) and the body runs again. A conflicting
+/// commit must leave no trace, whatever the instruction it is killed at.
+func conflictingTransfer(_ pool: Pool, step: Int, rng: inout SplitMix) throws {
+    let a = Int(rng.next() % UInt64(Workload.accounts))
+    let b = (a + 1) % Workload.accounts, c = (a + 2) % Workload.accounts
+    let amount = Int(rng.next() % 30) + 1
+    var attempt = 0
+    try pool.transaction { tx in
+        attempt += 1
+        let from = Int(try tx.getString("acct/\(a)") ?? "0")!
+        let to = Int(try tx.getString("acct/\(b)") ?? "0")!
+        if attempt == 1 {
+            let done = DispatchSemaphore(value: 0)
+            Thread {
+                _ = try? pool.transaction { tx in
+                    let x = Int(try tx.getString("acct/\(c)") ?? "0")!, y = Int(try tx.getString("acct/\(a)") ?? "0")!
+                    try tx.set("acct/\(c)", String(x - min(x, 1)))
+                    try tx.set("acct/\(a)", String(y + min(x, 1)))
+                }
+                done.signal()
+            }.start()
+            done.wait()
+        }
+        let moved = min(from, amount)
+        try tx.set("acct/\(a)", String(from - moved))
+        try tx.set("acct/\(b)", String(to + moved))
+        try tx.set("seq", String(step))
     }
 }
 

@@ -1,5 +1,6 @@
 public import ArgumentParser
 import Foundation
+import Synchronization
 public import PMLL
 
 /// `pmll-worker`: the real processes that the test suite and benchmarks spawn, kill and
@@ -9,7 +10,7 @@ struct Worker: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmll-worker",
         abstract: "Test and benchmark worker processes for PMLL.",
-        subcommands: [Counter.self, Hold.self, Churn.self, Robust8.self, Nested.self, Hammer.self, QueueOps.self, QueueHold.self, Recover.self, Bank.self, TxSet.self, AsyncWaiters.self]
+        subcommands: [Counter.self, Hold.self, Churn.self, Robust8.self, Nested.self, Hammer.self, QueueOps.self, QueueHold.self, Recover.self, Bank.self, TxSet.self, TxCounter.self, TxConflict.self, AsyncWaiters.self]
     )
 }
 
@@ -273,6 +274,7 @@ struct Bank: ParsableCommand {
     @Option var pool: String
     @Option var accounts = 8
     @Option var seconds = 10.0
+    @Flag(help: "Transfers take no account locks: serializable transactions alone keep the total.") var lockless = false
 
     func run() throws {
         let pool = try Pool.open(path: pool)
@@ -297,7 +299,7 @@ struct Bank: ParsableCommand {
             let a = Int.random(in: 0..<accounts)
             var b = Int.random(in: 0..<accounts - 1)
             if b >= a { b += 1 }
-            try pool.withLocks([locks[a], locks[b]], timeout: .seconds(30)) { _ in
+            let transfer = {
                 try pool.transaction { tx in
                     let from = Int(try tx.getString("acct/\(a)") ?? "0")!
                     let to = Int(try tx.getString("acct/\(b)") ?? "0")!
@@ -306,8 +308,80 @@ struct Bank: ParsableCommand {
                     try tx.set("acct/\(b)", String(to + amount))
                 }
             }
+            if lockless {
+                do { try transfer() } catch PMLLError.transactionConflict { }   // retries ran out: nothing written
+            } else {
+                try pool.withLocks([locks[a], locks[b]], timeout: .seconds(30)) { _ in try transfer() }
+            }
         }
         emit(["event": "done", "transactions": n])
+    }
+}
+
+/// Threads that each run `count` transactions adding one to a counter under no user lock
+/// (read, add, write back). Prints {"event": "done", "committed": N, "conflicts": M}: with
+/// serializable transactions the counter moves by exactly `committed`.
+struct TxCounter: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "tx-counter")
+    @Option var pool: String
+    @Option var threads = 4
+    @Option var count = 500
+    @Option var key = "counter"
+    @Option(help: "serializable or none") var isolation = "serializable"
+
+    func run() throws {
+        let pool = try Pool.open(path: pool)
+        let options = TransactionOptions(isolation: isolation == "none" ? .none : .serializable)
+        let committed = Atomic<Int>(0), conflicts = Atomic<Int>(0), failures = Atomic<Int>(0)
+        let done = DispatchSemaphore(value: 0)
+        for _ in 0..<threads {
+            Thread { [key, count] in
+                for _ in 0..<count {
+                    do {
+                        try pool.transaction(options: options) { tx in
+                            let n = Int(try tx.getString(key) ?? "0") ?? 0
+                            try tx.set(key, String(n + 1))
+                        }
+                        committed.add(1, ordering: .relaxed)
+                    } catch PMLLError.transactionConflict {
+                        conflicts.add(1, ordering: .relaxed)
+                    } catch {
+                        failures.add(1, ordering: .relaxed)
+                    }
+                }
+                done.signal()
+            }.start()
+        }
+        for _ in 0..<threads { done.wait() }
+        emit(["event": "done", "committed": committed.load(ordering: .relaxed), "conflicts": conflicts.load(ordering: .relaxed),
+              "errors": failures.load(ordering: .relaxed)])
+    }
+}
+
+/// A transaction that reads `a`, lets another thread commit `a` = "theirs" on its first
+/// attempt, then writes `b` = "mine": its first commit conflicts (crash point `tx.conflict`),
+/// its second commits.
+struct TxConflict: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "tx-conflict")
+    @Option var pool: String
+
+    func run() throws {
+        let pool = try Pool.open(path: pool)
+        var attempts = 0
+        try pool.transaction { tx in
+            attempts += 1
+            _ = try tx.get("a")
+            if attempts == 1 {
+                let done = DispatchSemaphore(value: 0)
+                Thread {
+                    do { try pool.transaction { tx in try tx.set("a", "theirs") } } catch { fatalError("\(error)") }
+                    done.signal()
+                }.start()
+                done.wait()
+            }
+            try tx.set("b", "mine")
+        }
+        emit(["event": "committed", "attempts": attempts])
     }
 }
 

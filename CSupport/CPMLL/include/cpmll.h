@@ -328,7 +328,14 @@ typedef struct pmll_log_header {
     uint32_t entry_count;
     uint32_t bytes;                // entry bytes after the header
     uint32_t checksum;             // CRC32C over seq, owner_token, entry_count, bytes and the entries
-    uint8_t reserved[32];
+    // Counters of the transactions that committed through this log (under the store lock;
+    // retries by atomic add). Store-wide figures are sums over all log slots. These were
+    // reserved zero bytes that earlier builds never wrote, so they are not part of the layout
+    // signature: pools created before them open unchanged.
+    uint64_t keyset_changes;       // commits that inserted or removed a key (phantom check of scans)
+    uint64_t commits;              // commits that changed the store
+    uint64_t conflicts;            // serializable validations that failed
+    uint64_t retries;              // transaction bodies re-run after a conflict
 } pmll_log_header_t;
 
 _Static_assert(sizeof(pmll_log_header_t) == 64, "log header");
@@ -345,6 +352,7 @@ _Static_assert(sizeof(pmll_log_entry_t) == 16, "log entry header");
 _Static_assert(offsetof(pmll_log_entry_t, length) == 8, "log entry length offset");
 _Static_assert(offsetof(pmll_log_header_t, done_seq) == 0 && offsetof(pmll_log_header_t, seq) == 8, "log commit point first");
 _Static_assert(offsetof(pmll_log_header_t, checksum) == 28, "log checksum offset");
+_Static_assert(offsetof(pmll_log_header_t, keyset_changes) == 32 && offsetof(pmll_log_header_t, retries) == 56, "log counters in the former reserved bytes");
 _Static_assert(offsetof(pmll_store_super_t, index_offset) == 24 && offsetof(pmll_store_super_t, checksum) == 60, "store superblock fields");
 _Static_assert(offsetof(pmll_key_slot_t, version) == 32, "key version offset");
 

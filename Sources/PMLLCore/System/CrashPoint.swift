@@ -22,7 +22,7 @@ package enum CrashPoint {
     package static let all = [
         "pool.created", "lock.acquired", "lock.releasing",
         "queue.submitted", "queue.running", "queue.finished",
-        "tx.undo-logged", "tx.applying", "tx.applied", "tx.committed", "tx.rolled-back",
+        "tx.conflict", "tx.undo-logged", "tx.applying", "tx.applied", "tx.committed", "tx.rolled-back",
         "queue.recovered", "batch.staged", "batch.linked", "batch.renamed", "batch.committed",
     ]
 
