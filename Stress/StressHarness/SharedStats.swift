@@ -4,11 +4,13 @@ import PMLLStressSupport
 /// Counters every worker publishes in a small shared file, so
 /// the supervisor can show progress and sum up, including what killed workers had done.
 /// One 2 KiB slot per worker id.
-/// Slot words: 0 pid, 1...4 operations by kind, 5 errors, 6 owner deaths seen, 7 repairs,
-/// then 32 log2-microsecond latency buckets per kind (from word 8).
+/// Slot words: 0 pid, 1 errors, 2 owner deaths seen, 3 repairs, from 4 operations by kind,
+/// then 32 log2-microsecond latency buckets per kind (from word 16).
 final class SharedStats: @unchecked Sendable {
-    static let kinds = ["lock", "tx", "queue", "batch"]
-    static let errorsWord = 5, deathsWord = 6, repairsWord = 7
+    static let kinds = ["lock", "tx", "queue", "batch", "txfree"]
+    static let errorsWord = 1, deathsWord = 2, repairsWord = 3
+    static func operationWord(_ kind: Int) -> Int { 4 + kind }
+    static let histogramWord = 16
     static let maxWorkers = 64   // one slot per worker position (--processes is at most 64)
     static let buckets = 32
     static let slotBytes = 2048
@@ -27,7 +29,7 @@ final class SharedStats: @unchecked Sendable {
     func latency(_ id: Int, kind: Int, nanoseconds: Int64) {
         let us = max(1, nanoseconds / 1000)
         let bucket = min(Self.buckets - 1, 63 - UInt64(us).leadingZeroBitCount)
-        slot(id)[8 + kind * Self.buckets + bucket] &+= 1
+        slot(id)[Self.histogramWord + kind * Self.buckets + bucket] &+= 1
     }
 
     /// Adds a dead worker's slot to `retired` and clears the slot for its replacement.
@@ -38,11 +40,11 @@ final class SharedStats: @unchecked Sendable {
 
     private func accumulate(_ id: Int, into t: inout Totals) {
         let s = slot(id)
-        for k in Self.kinds.indices { t.operations[k] += s[1 + k] }
+        for k in Self.kinds.indices { t.operations[k] += s[Self.operationWord(k)] }
         t.errors += s[Self.errorsWord]
         t.ownerDeaths += s[Self.deathsWord]
         t.repairs += s[Self.repairsWord]
-        for k in Self.kinds.indices { for b in 0..<Self.buckets { t.histograms[k][b] += s[8 + k * Self.buckets + b] } }
+        for k in Self.kinds.indices { for b in 0..<Self.buckets { t.histograms[k][b] += s[Self.histogramWord + k * Self.buckets + b] } }
     }
 
     struct Totals {

@@ -34,7 +34,7 @@ struct StressRun: AsyncParsableCommand {
     @Option(help: "SIGKILLs of random workers per second (0 = off).") var killRate = 0.5
     @Option(help: "Seed for the workers' choices and the kill schedule.") var seed: UInt64 = UInt64(Date().timeIntervalSince1970)
     @Option(help: "Pool file (default: $PMLL_POOL, else the per-user default pool).") var pool: String?
-    @Option(help: "Operation mix, e.g. lock=35,tx=25,queue=25,batch=15.") var mix = "lock=35,tx=25,queue=25,batch=15"
+    @Option(help: "Operation mix (kinds not named keep their default weight).") var mix = "lock=30,tx=20,queue=20,batch=15,txfree=15"
     @Option(help: "Seconds without any progress before the run counts as hung.") var hangTimeout = 15.0
     @Flag(help: "Print the summary as JSON.") var json = false
 
@@ -42,7 +42,7 @@ struct StressRun: AsyncParsableCommand {
         guard (1...64).contains(processes) else { throw ValidationError("--processes must be from 1 to 64") }
         guard duration > 0, duration <= 86_400 else { throw ValidationError("--duration must be more than 0 and at most 86400 seconds") }
         guard killRate >= 0, killRate <= 100 else { throw ValidationError("--kill-rate must be 0 (no kills) to 100 per second") }
-        guard Mix.validate(mix) else { throw ValidationError("--mix must look like lock=35,tx=25,queue=25,batch=15") }
+        guard Mix.validate(mix) else { throw ValidationError("--mix must look like lock=30,tx=20,queue=20,batch=15,txfree=15") }
         guard hangTimeout > 0, hangTimeout <= 3600 else { throw ValidationError("--hang-timeout must be more than 0 and at most 3600 seconds") }
     }
 
@@ -161,9 +161,9 @@ struct StressRun: AsyncParsableCommand {
     }
 
     func progressLine(_ t: SharedStats.Totals, elapsed: Double, kills: Int) -> String {
-        String(format: "%6.1fs  %d procs  %llu ops (%.0f/s)  lock %llu  tx %llu  queue %llu  batch %llu  kills %d  owner deaths %llu  repairs %llu  errors %llu",
+        String(format: "%6.1fs  %d procs  %llu ops (%.0f/s)  lock %llu  tx %llu  queue %llu  batch %llu  txfree %llu  kills %d  owner deaths %llu  repairs %llu  errors %llu",
                elapsed, processes, t.total, Double(t.total) / max(elapsed, 0.001), t.operations[0], t.operations[1], t.operations[2],
-               t.operations[3], kills, t.ownerDeaths, t.repairs, t.errors)
+               t.operations[3], t.operations[4], kills, t.ownerDeaths, t.repairs, t.errors)
     }
 
     /// Who holds what when nothing moves: locks with holders and queues with waiting work.
@@ -230,6 +230,7 @@ struct StressRun: AsyncParsableCommand {
             takeoverP99Milliseconds: takeover.totalCount > 0 ? Double(takeover.valueAtPercentile(99)) / 1e6 : nil,
             recoveries: Int(totals.repairs) + (repairedAtEnd ? 1 : 0) + recovery.items.count,
             abandonedQueueOperations: try pool.queue(named: "stress-q").stats.abandoned,
+            transactions: try pool.transactionStatistics(),
             violations: violations, hang: hang,
             interrupted: interruptedBy.map { $0 == SIGINT ? "SIGINT" : "SIGTERM" })
     }
@@ -275,15 +276,18 @@ struct Summary: Codable {
     let takeoverP99Milliseconds: Double?
     let recoveries: Int
     let abandonedQueueOperations: UInt64
+    /// The store's counters: conflicts come from the lock-free transfers (txfree).
+    let transactions: TransactionStatistics
     let violations: [String]
     let hang: String?
     /// The signal that stopped the run before its duration (the summary is partial).
     let interrupted: String?
 
     func print() {
-        say(String(format: "summary: %.1fs, %d processes, %d kills, %llu operations (%.0f/s): lock %llu, tx %llu, queue %llu, batch %llu",
+        say(String(format: "summary: %.1fs, %d processes, %d kills, %llu operations (%.0f/s): lock %llu, tx %llu, queue %llu, batch %llu, txfree %llu",
                    seconds, processes, kills, operations.values.reduce(0, +), operationsPerSecond,
-                   operations["lock"] ?? 0, operations["tx"] ?? 0, operations["queue"] ?? 0, operations["batch"] ?? 0))
+                   operations["lock"] ?? 0, operations["tx"] ?? 0, operations["queue"] ?? 0, operations["batch"] ?? 0, operations["txfree"] ?? 0))
+        say("transactions: \(transactions.commits) committed, \(transactions.conflicts) conflicts, \(transactions.retries) retried, \(transactions.failures) gave up")
         say("latency p50/p99 (µs, log2 buckets): " + SharedStats.kinds.map { "\($0) \(Int(p50Microseconds[$0] ?? 0))/\(Int(p99Microseconds[$0] ?? 0))" }.joined(separator: ", "))
         say("owner deaths detected \(ownerDeathsDetected), takeover p50 \(takeoverP50Milliseconds.map { String(format: "%.2f", $0) } ?? "-") ms, p99 \(takeoverP99Milliseconds.map { String(format: "%.2f", $0) } ?? "-") ms, recoveries \(recoveries), abandoned queue operations \(abandonedQueueOperations)")
         if let interrupted { say("interrupted by \(interrupted) after \(String(format: "%.1f", seconds))s: partial run, invariants checked") }

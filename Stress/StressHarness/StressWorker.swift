@@ -7,6 +7,8 @@ import PMLLStressSupport
 ///  - lock: a counter file and an append-only log next to the pool, changed under one lock;
 ///    after an owner death the counter is rebuilt from the log (the log is the truth);
 ///  - tx: a transfer between two accounts in a transaction under both accounts' locks;
+///  - txfree: the same transfer under no lock at all: serializable transactions alone must
+///    keep the total (a transfer whose retries all conflict writes nothing, and is not an error);
 ///  - queue: an operation of the queue `stress-q` that logs its begin and end;
 ///  - batch: under lock `stress/tree`, an atomic file batch rewriting an install tree whose
 ///    files must always all carry the same version.
@@ -20,7 +22,8 @@ struct StressWorker: AsyncParsableCommand {
 
     func run() async throws {
         ParentWatch.armFromEnvironment()
-        precondition(8 + SharedStats.kinds.count * SharedStats.buckets <= SharedStats.slotBytes / 8, "stats slot too small")
+        precondition(SharedStats.operationWord(SharedStats.kinds.count) <= SharedStats.histogramWord
+            && SharedStats.histogramWord + SharedStats.kinds.count * SharedStats.buckets <= SharedStats.slotBytes / 8, "stats slot too small")
         let files = StressFiles(pool: pool)
         let stats = try SharedStats(path: files.stats, create: false)
         stats.slot(id)[0] = UInt64(getpid())
@@ -80,13 +83,28 @@ struct StressWorker: AsyncParsableCommand {
                             .write(path: "pkg/file\($0)", data: data + [UInt8](repeating: 0x2E, count: 200), mode: 0o644)
                         }), root: files.tree, atomic: true)
                     }
+                case 4:
+                    let a = Int(rng.next() % UInt64(StressFiles.accounts))
+                    let b = (a + 1 + Int(rng.next() % UInt64(StressFiles.accounts - 1))) % StressFiles.accounts
+                    let amount = Int(rng.next() % 50) + 1
+                    do {
+                        try pool.transaction { tx in
+                            let from = Int(try tx.getString("stress/acct/\(a)") ?? "0")!
+                            let to = Int(try tx.getString("stress/acct/\(b)") ?? "0")!
+                            let moved = min(from, amount)
+                            try tx.set("stress/acct/\(a)", String(from - moved))
+                            try tx.set("stress/acct/\(b)", String(to + moved))
+                        }
+                    } catch PMLLError.transactionConflict {
+                        continue   // every retry conflicted: nothing written (counted in the store's statistics)
+                    }
                 default:
                     try await queue.execute(kind: "stress", timeout: .seconds(30)) { op in
                         _ = "B \(op.ticket)\n".withCString { write(queueLog, $0, strlen($0)) }
                         _ = "E \(op.ticket)\n".withCString { write(queueLog, $0, strlen($0)) }
                     }
                 }
-                stats.add(id, 1 + kind)
+                stats.add(id, SharedStats.operationWord(kind))
                 stats.latency(id, kind: kind, nanoseconds: monotonicNanoseconds() - start)
             } catch {
                 stats.add(id, SharedStats.errorsWord)
@@ -138,7 +156,7 @@ struct Mix {
     let weights: [Int]
 
     static func parse(_ text: String) -> Mix {
-        var weights = [35, 25, 25, 15]
+        var weights = [30, 20, 20, 15, 15]
         for part in text.split(separator: ",") {
             let kv = part.split(separator: "=")
             guard kv.count == 2, let i = SharedStats.kinds.firstIndex(of: String(kv[0])), let w = Int(kv[1]), w >= 0 else { continue }

@@ -124,8 +124,10 @@ struct TransactionTests {
     }
 
     /// Bank transfers and package records from several processes, with random SIGKILLs:
-    /// the total is constant and every package's status agrees with its file list.
-    @Test func invariantsHoldAcrossRandomKills() throws {
+    /// the total is constant and every package's status agrees with its file list. Lockless:
+    /// the transfers take no account locks, and serializable transactions alone keep the total.
+    @Test(arguments: [false, true])
+    func invariantsHoldAcrossRandomKills(lockless: Bool) throws {
         let scratch = Scratch()
         let path = scratch.file("bank.pool")
         let accounts = 8
@@ -133,13 +135,14 @@ struct TransactionTests {
             let pool = try Pool.open(path: path)
             try pool.transaction { tx in for i in 0..<accounts { try tx.set("acct/\(i)", "1000") } }
         }
-        var workers = try (0..<3).map { _ in try Child.worker("bank", "--pool", path, "--accounts", "\(accounts)", "--seconds", "30") }
+        let arguments = ["bank", "--pool", path, "--accounts", "\(accounts)", "--seconds", "30"] + (lockless ? ["--lockless"] : [])
+        var workers = try (0..<3).map { _ in try Child(Binaries.worker, arguments) }
         for w in workers { _ = try #require(w.waitForEvent("started")) }
         for _ in 0..<15 {
             usleep(UInt32.random(in: 20_000...120_000))
             let victim = workers.remove(at: Int.random(in: 0..<workers.count))
             victim.kill(); victim.wait()
-            workers.append(try Child.worker("bank", "--pool", path, "--accounts", "\(accounts)", "--seconds", "30"))
+            workers.append(try Child(Binaries.worker, arguments))
         }
         for w in workers { w.kill(); w.wait() }
         let pool = try Pool.open(path: path)
