@@ -139,6 +139,62 @@ int peers_sqlite_operation(void *handle, int owner) {
     return 0;
 }
 
+struct peers_kv {
+    sqlite3 *db;
+    sqlite3_stmt *begin, *get, *put, *commit, *rollback;
+};
+
+void *peers_sqlite_kv_open(const char *path) {
+    struct peers_kv *kv = calloc(1, sizeof *kv);
+    if (!kv) return NULL;
+    if (sqlite3_open(path, &kv->db) != SQLITE_OK) goto fail;
+    sqlite3_busy_timeout(kv->db, 60000);
+    if (sqlite3_exec(kv->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+                     "CREATE TABLE IF NOT EXISTS kv(key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID;", NULL, NULL, NULL) != SQLITE_OK) goto fail;
+    if (sqlite3_prepare_v2(kv->db, "BEGIN IMMEDIATE", -1, &kv->begin, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(kv->db, "SELECT value FROM kv WHERE key = ?", -1, &kv->get, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(kv->db, "INSERT INTO kv(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", -1, &kv->put, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(kv->db, "COMMIT", -1, &kv->commit, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(kv->db, "ROLLBACK", -1, &kv->rollback, NULL) != SQLITE_OK) goto fail;
+    return kv;
+fail:
+    peers_sqlite_kv_close(kv);
+    return NULL;
+}
+
+void peers_sqlite_kv_close(void *handle) {
+    struct peers_kv *kv = handle;
+    sqlite3_finalize(kv->begin); sqlite3_finalize(kv->get); sqlite3_finalize(kv->put);
+    sqlite3_finalize(kv->commit); sqlite3_finalize(kv->rollback);
+    sqlite3_close(kv->db);
+    free(kv);
+}
+
+static int step_reset(sqlite3_stmt *st) {
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : -1;
+}
+
+int peers_sqlite_kv_tx(void *handle, const char *key_a, const char *key_b, uint8_t fill) {
+    struct peers_kv *kv = handle;
+    uint8_t value[64];
+    memset(value, fill, sizeof value);
+    if (step_reset(kv->begin)) return -1;
+    const char *keys[2] = { key_a, key_b };
+    for (int i = 0; i < 2; i++) {
+        sqlite3_bind_text(kv->get, 1, keys[i], -1, SQLITE_STATIC);
+        if (sqlite3_step(kv->get) == SQLITE_ROW) (void)sqlite3_column_blob(kv->get, 0);
+        sqlite3_reset(kv->get);
+    }
+    for (int i = 0; i < 2; i++) {
+        sqlite3_bind_text(kv->put, 1, keys[i], -1, SQLITE_STATIC);
+        sqlite3_bind_blob(kv->put, 2, value, sizeof value, SQLITE_STATIC);
+        if (step_reset(kv->put)) { step_reset(kv->rollback); return -1; }
+    }
+    return step_reset(kv->commit);
+}
+
 void *peers_pmemobj_create(const char *path) {
     PMEMobjpool *pop = pmemobj_create(path, "pmll-bench", 16 << 20, 0600);
     if (!pop) return NULL;

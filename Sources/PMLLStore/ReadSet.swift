@@ -17,21 +17,40 @@ package final class ReadSet {
         let keysetAt: UInt64
     }
 
-    private(set) var versions: [String: UInt64] = [:]
-    private(set) var scans: [Scan] = []
+    /// In read order. Small read sets are searched linearly (short keys compare as two
+    /// words); an index is built once the set grows past `indexedAbove`.
+    // One thread uses a read set (the transaction's), so the dynamic exclusivity checks of
+    // class properties would only cost time on every read.
+    @exclusivity(unchecked) private(set) var versions: [(key: String, version: UInt64)] = []
+    @exclusivity(unchecked) private var index: [String: Int]?
+    private static let indexedAbove = 16
+    @exclusivity(unchecked) private(set) var scans: [Scan] = []
     /// The commit sequence at which every read was last known valid.
-    private(set) var validAt: UInt64 = 0
+    @exclusivity(unchecked) private(set) var validAt: UInt64 = 0
     /// Set once a read found an earlier one changed: the transaction can no longer commit,
     /// even if the body swallowed the conflict thrown at it.
-    private(set) var conflict: String?
+    @exclusivity(unchecked) private(set) var conflict: String?
     let attempt: Int
 
-    init(attempt: Int) { self.attempt = attempt }
+    init(attempt: Int) {
+        self.attempt = attempt
+        versions.reserveCapacity(Self.indexedAbove / 2)   // one allocation for a typical transaction
+    }
 
     var isEmpty: Bool { versions.isEmpty && scans.isEmpty }
 
+    /// Keeps the first version read (a later read of the same key passed revalidation, so
+    /// it saw the same one).
     func record(_ key: String, version: UInt64) {
-        if versions[key] == nil { versions[key] = version }
+        if index != nil {
+            if index![key] == nil { index![key] = versions.count; versions.append((key, version)) }
+            return
+        }
+        if versions.contains(where: { $0.key == key }) { return }
+        versions.append((key, version))
+        if versions.count > Self.indexedAbove {
+            index = Dictionary(versions.indices.map { (versions[$0].key, $0) }, uniquingKeysWith: { a, _ in a })
+        }
     }
 
     func record(scanOf prefix: String, keys: [String], keysetAt: UInt64) {
@@ -39,11 +58,12 @@ package final class ReadSet {
     }
 
     /// Called under the store lock before each read and at commit. Throws the conflict if
-    /// a read no longer holds.
-    func revalidate(_ store: StateStore, pool: Pool) throws(PMLLError) {
+    /// a read no longer holds; returns the store's commit sequence.
+    @discardableResult
+    func revalidate(_ store: StateStore, pool: Pool) throws(PMLLError) -> UInt64 {
         if let conflict { throw .transactionConflict(key: conflict, attempts: attempt) }
         let now = store.commitSequence
-        if isEmpty || now == validAt { validAt = now; return }
+        if isEmpty || now == validAt { validAt = now; return now }
         if let changed = try firstChanged(store) {
             conflict = changed
             pmll_add64(&pool.ownLogHeader(store).pointee.conflicts, 1)
@@ -51,6 +71,7 @@ package final class ReadSet {
             throw .transactionConflict(key: changed, attempts: attempt)
         }
         validAt = now
+        return now
     }
 
     /// The first read (a key, or `prefix*` for a key list) that the store no longer agrees with.

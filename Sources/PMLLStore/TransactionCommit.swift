@@ -115,8 +115,7 @@ extension Pool {
         guard !writes.isEmpty else { return }
         let store = try stateStore()
         try withStoreLock { () throws(PMLLError) in
-            try reads?.revalidate(store, pool: self)
-            let version = store.commitSequence &+ 1
+            let version = (try reads?.revalidate(store, pool: self) ?? store.commitSequence) &+ 1
             var keysetChanged = false
             var bitmap: [Int: UInt8] = [:]            // planned bitmap bytes
             var frozen = Set<Int>()                   // blocks freed here: old values must survive a rollback

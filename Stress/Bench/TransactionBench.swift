@@ -6,15 +6,21 @@ import Histogram
 import PMLL
 import PMLLStressSupport
 
-/// A small transaction (two 64-byte records) against libpmemobj's (two add_range snapshots
-/// of 64 bytes), same filesystem, same run; and PMLL throughput with 4 processes on
-/// disjoint keys.
+/// Small transactions against their peers, same filesystem, same run:
+///  - one process: read two keys and write both with 64-byte values, serializable (read
+///    tracking and validation) against isolation `.none` (today's commit), interleaved in
+///    rounds so that both see the same machine; the write-only form against libpmemobj
+///    (two add_range snapshots of 64 bytes); the read-write form against SQLite (WAL,
+///    synchronous=FULL, BEGIN IMMEDIATE);
+///  - 4 processes: the read-write transaction on disjoint keys (one pair per process) and on
+///    one shared pair (every transaction conflicts with the others' commits), PMLL against SQLite.
 struct TransactionBench: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "tx", abstract: "State-store transactions vs libpmemobj.")
+    static let configuration = CommandConfiguration(commandName: "tx", abstract: "State-store transactions vs libpmemobj and SQLite.")
 
     @OptionGroup var directories: BenchDirectories
     @Option var tmpfsTransactions = 20000
     @Option var diskTransactions = 500
+    @Option(help: "Processes of the parallel rows.") var processes = 4
     @Flag var json = false
 
     struct Row: Codable {
@@ -27,77 +33,138 @@ struct TransactionBench: ParsableCommand {
         let p99Microseconds: Double
         let transactionsPerSecond: Double
         let barriersPerCommit: Double
+        /// PMLL: bodies re-run after a conflict, per committed transaction.
+        let retriesPerTransaction: Double
+        /// PMLL: transactions whose retries all conflicted (nothing written).
+        let gaveUp: Int
     }
 
     func run() throws {
         var rows: [Row] = []
         try directories.forEach(tag: "pmll-txbench") { dir, fs in
             let n = fs == "tmpfs" ? tmpfsTransactions : diskTransactions
-            rows.append(try single(kind: "pmll", n: n, directory: dir, filesystem: fs))
-            rows.append(try single(kind: "pmemobj", n: n, directory: dir, filesystem: fs))
-            rows.append(try parallel(processes: 4, n: n, directory: dir, filesystem: fs))
+            rows += try trackingCost(n: n, directory: dir, filesystem: fs)
+            rows.append(try single(kind: "pmll write-only", n: n, directory: dir, filesystem: fs))
+            rows.append(try single(kind: "pmemobj write-only", n: n, directory: dir, filesystem: fs))
+            rows.append(try single(kind: "sqlite read-write", n: n, directory: dir, filesystem: fs))
+            for keys in ["disjoint", "shared"] {
+                rows.append(try parallel(peer: "pmll", keys: keys, n: n, directory: dir, filesystem: fs))
+                rows.append(try parallel(peer: "sqlite", keys: keys, n: n, directory: dir, filesystem: fs))
+            }
         }
         if json { try printJSONRows(rows); return }
-        print("Small transaction: two 64-byte records, commit latency and durable barriers per commit")
-        var table = [["directory", "fs", "kind", "P", "tx", "p50 us", "p99 us", "tx/s", "latency ratio", "barriers/commit"]]
+        print("Small transactions: read two keys, write both (64-byte values); write-only: write two. Latency per commit, durable barriers per commit")
+        var table = [["directory", "fs", "kind", "P", "tx", "p50 us", "p99 us", "tx/s", "retries/tx", "gave up", "barriers/commit"]]
         for row in rows {
-            let peer = rows.first { $0.directory == row.directory && $0.kind == "pmemobj" }!
             table.append([row.directory, row.filesystem, row.kind, "\(row.processes)", "\(row.transactions)",
                           String(format: "%.2f", row.p50Microseconds), String(format: "%.2f", row.p99Microseconds),
-                          String(format: "%.0f", row.transactionsPerSecond),
-                          row.processes == 1 ? String(format: "%.2f", row.p50Microseconds / peer.p50Microseconds) : "-",
-                          String(format: "%.2f", row.barriersPerCommit)])
+                          String(format: "%.0f", row.transactionsPerSecond), String(format: "%.3f", row.retriesPerTransaction),
+                          "\(row.gaveUp)", String(format: "%.2f", row.barriersPerCommit)])
         }
         print(TextTable.render(table))
+        for dir in Set(rows.map(\.directory)).sorted() {
+            func row(_ kind: String, _ p: Int = 1) -> Row? { rows.first { $0.directory == dir && $0.kind == kind && $0.processes == p } }
+            guard let s = row("pmll serializable"), let n = row("pmll none"), let w = row("pmll write-only"), let o = row("pmemobj write-only"),
+                  let q = row("sqlite read-write") else { continue }
+            print("\(dir): read tracking costs \(String(format: "%.3f", s.p50Microseconds / n.p50Microseconds))x of isolation none (p50; target at most 1.10); " +
+                  "write-only \(String(format: "%.2f", w.p50Microseconds / o.p50Microseconds))x libpmemobj; " +
+                  "read-write \(String(format: "%.2f", s.p50Microseconds / q.p50Microseconds))x SQLite (p50 latency ratios)")
+            if let d = row("pmll serializable disjoint", processes), let sh = row("pmll serializable shared", processes),
+               let qd = row("sqlite disjoint", processes), let qs = row("sqlite shared", processes) {
+                print("\(dir): \(processes) processes: disjoint \(String(format: "%.0f", d.transactionsPerSecond)) tx/s (\(String(format: "%.2f", d.transactionsPerSecond / qd.transactionsPerSecond))x SQLite), " +
+                      "shared pair \(String(format: "%.0f", sh.transactionsPerSecond)) tx/s (\(String(format: "%.2f", sh.transactionsPerSecond / qs.transactionsPerSecond))x SQLite, \(String(format: "%.2f", sh.retriesPerTransaction)) retries/tx)")
+            }
+        }
+    }
+
+    /// Serializable against isolation `.none` on the same read-write transaction, in 20
+    /// alternating rounds.
+    func trackingCost(n: Int, directory: String, filesystem: String) throws -> [Row] {
+        let pool = try Pool.open(path: directory + "/tx.pool")
+        var histograms = [Histogram<UInt64>(numberOfSignificantValueDigits: .three), Histogram<UInt64>(numberOfSignificantValueDigits: .three)]
+        var elapsed = [Int64](repeating: 0, count: 2), barriers = [UInt64](repeating: 0, count: 2)
+        let isolations: [TransactionIsolation] = [.serializable, .none]
+        for isolation in isolations { for i in 0..<50 { try readWrite(pool, isolation, "a", "b", UInt8(i)) } }
+        let rounds = 20, each = max(1, n / rounds)
+        for round in 0..<rounds {
+            for k in (round % 2 == 0 ? [0, 1] : [1, 0]) {
+                let before = peers_msync_count(), start = monotonicNanoseconds()
+                for i in 0..<each {
+                    let t0 = monotonicNanoseconds()
+                    try readWrite(pool, isolations[k], "a", "b", UInt8(i & 0xff))
+                    _ = histograms[k].record(UInt64(monotonicNanoseconds() - t0))
+                }
+                elapsed[k] += monotonicNanoseconds() - start
+                barriers[k] += peers_msync_count() - before
+            }
+        }
+        return (0..<2).map { k in
+            Row(directory: directory, filesystem: filesystem, kind: k == 0 ? "pmll serializable" : "pmll none", processes: 1, transactions: each * rounds,
+                p50Microseconds: Double(histograms[k].valueAtPercentile(50)) / 1000, p99Microseconds: Double(histograms[k].valueAtPercentile(99)) / 1000,
+                transactionsPerSecond: Double(each * rounds) / (Double(elapsed[k]) / 1e9), barriersPerCommit: Double(barriers[k]) / Double(each * rounds),
+                retriesPerTransaction: 0, gaveUp: 0)
+        }
     }
 
     func single(kind: String, n: Int, directory: String, filesystem: String) throws -> Row {
         var histogram = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
         let value = [UInt8](repeating: 7, count: 64)
-        let start: Int64, barriers: UInt64
-        if kind == "pmll" {
+        var measure: (Int) throws -> Void
+        var cleanup: () -> Void = {}
+        switch kind {
+        case "pmll write-only":
             let pool = try Pool.open(path: directory + "/tx.pool")
-            for _ in 0..<50 { try pool.transaction { tx in try tx.set("a", value); try tx.set("b", value) } }
-            let before = peers_msync_count()
-            start = monotonicNanoseconds()
-            for i in 0..<n {
-                let t0 = monotonicNanoseconds()
-                try pool.transaction { tx in
-                    try tx.set("a", [UInt8](repeating: UInt8(i & 0xff), count: 64))
-                    try tx.set("b", value)
-                }
-                _ = histogram.record(UInt64(monotonicNanoseconds() - t0))
-            }
-            barriers = peers_msync_count() - before
-        } else {
+            measure = { i in try pool.transaction { tx in try tx.set("a", [UInt8](repeating: UInt8(i & 0xff), count: 64)); try tx.set("b", value) } }
+        case "pmemobj write-only":
             guard let pop = peers_pmemobj_create(directory + "/tx.obj") else { throw ToolError("pmemobj_create failed") }
-            defer { peers_pmemobj_close(pop) }
-            for _ in 0..<50 { _ = peers_pmemobj_tx(pop, 1) }
-            let before = peers_msync_count()
-            start = monotonicNanoseconds()
-            for i in 0..<n {
-                let t0 = monotonicNanoseconds()
-                guard peers_pmemobj_tx(pop, UInt8(i & 0xff)) == 0 else { throw ToolError("pmemobj tx aborted") }
-                _ = histogram.record(UInt64(monotonicNanoseconds() - t0))
-            }
-            barriers = peers_msync_count() - before
+            cleanup = { peers_pmemobj_close(pop) }
+            measure = { i in guard peers_pmemobj_tx(pop, UInt8(i & 0xff)) == 0 else { throw ToolError("pmemobj tx aborted") } }
+        default:
+            guard let kv = peers_sqlite_kv_open(directory + "/tx.sqlite") else { throw ToolError("sqlite open failed") }
+            cleanup = { peers_sqlite_kv_close(kv) }
+            measure = { i in guard peers_sqlite_kv_tx(kv, "a", "b", UInt8(i & 0xff)) == 0 else { throw ToolError("sqlite transaction failed") } }
+        }
+        defer { cleanup() }
+        for i in 0..<50 { try measure(i) }
+        let before = peers_msync_count()
+        let start = monotonicNanoseconds()
+        for i in 0..<n {
+            let t0 = monotonicNanoseconds()
+            try measure(i)
+            _ = histogram.record(UInt64(monotonicNanoseconds() - t0))
         }
         let elapsed = Double(monotonicNanoseconds() - start) / 1e9
         return Row(directory: directory, filesystem: filesystem, kind: kind, processes: 1, transactions: n,
                    p50Microseconds: Double(histogram.valueAtPercentile(50)) / 1000, p99Microseconds: Double(histogram.valueAtPercentile(99)) / 1000,
-                   transactionsPerSecond: Double(n) / elapsed, barriersPerCommit: Double(barriers) / Double(n))
+                   transactionsPerSecond: Double(n) / elapsed, barriersPerCommit: Double(peers_msync_count() - before) / Double(n),
+                   retriesPerTransaction: 0, gaveUp: 0)
     }
 
-    func parallel(processes: Int, n: Int, directory: String, filesystem: String) throws -> Row {
+    func parallel(peer: String, keys: String, n: Int, directory: String, filesystem: String) throws -> Row {
         let shared = try SharedFile(directory + "/txbench.shm", create: true)
-        _ = try Pool.open(path: directory + "/tx.pool")
+        let pool = try Pool.open(path: directory + "/tx.pool")
+        let before = try pool.transactionStatistics()
         let each = n / processes
         let (elapsed, histogram, barriers) = try runChildren((0..<processes).map { i in
-            ["tx-child", "--directory", directory, "--count", "\(each)", "--shared", shared.path, "--index", "\(i)"]
+            ["tx-child", "--directory", directory, "--count", "\(each)", "--shared", shared.path, "--index", "\(i)", "--peer", peer, "--keys", keys]
         }, shared: shared)
-        return Row(directory: directory, filesystem: filesystem, kind: "pmll", processes: processes, transactions: each * processes,
+        let after = try pool.transactionStatistics()
+        let committed = Int(histogram.totalCount)
+        return Row(directory: directory, filesystem: filesystem, kind: peer == "pmll" ? "pmll serializable \(keys)" : "sqlite \(keys)",
+                   processes: processes, transactions: committed,
                    p50Microseconds: Double(histogram.valueAtPercentile(50)) / 1000, p99Microseconds: Double(histogram.valueAtPercentile(99)) / 1000,
-                   transactionsPerSecond: Double(each * processes) / elapsed, barriersPerCommit: Double(barriers) / Double(each * processes))
+                   transactionsPerSecond: Double(committed) / elapsed, barriersPerCommit: Double(barriers) / Double(max(committed, 1)),
+                   retriesPerTransaction: peer == "pmll" ? Double(after.retries - before.retries) / Double(max(committed, 1)) : 0,
+                   gaveUp: peer == "pmll" ? Int(after.failures - before.failures) : 0)
+    }
+}
+
+/// The read-write transaction of the benchmark.
+func readWrite(_ pool: Pool, _ isolation: TransactionIsolation, _ a: String, _ b: String, _ fill: UInt8) throws {
+    try pool.transaction(isolation: isolation) { tx in
+        let x = try tx.get(a), y = try tx.get(b)
+        try tx.set(a, [UInt8](repeating: fill &+ (x?.first ?? 0), count: 64))
+        try tx.set(b, [UInt8](repeating: fill &+ (y?.first ?? 0), count: 64))
     }
 }
 
@@ -107,24 +174,31 @@ struct TransactionChild: ParsableCommand {
     @Option var count: Int
     @Option var shared: String
     @Option var index: Int
+    @Option var peer = "pmll"
+    @Option(help: "disjoint (a pair per process) or shared (one pair for all)") var keys = "disjoint"
 
     func run() throws {
         let flags = try SharedFile(shared, create: false)
-        let pool = try Pool.open(path: directory + "/tx.pool")
-        let value = [UInt8](repeating: 7, count: 64)
+        let (a, b) = keys == "shared" ? ("a", "b") : ("p\(index)/a", "p\(index)/b")
+        let transact: (Int) throws -> Bool
+        if peer == "sqlite" {
+            guard let kv = peers_sqlite_kv_open(directory + "/tx.sqlite") else { throw ToolError("sqlite open failed") }
+            transact = { i in peers_sqlite_kv_tx(kv, a, b, UInt8(i & 0xff)) == 0 }
+        } else {
+            let pool = try Pool.open(path: directory + "/tx.pool")
+            transact = { i in
+                do { try readWrite(pool, .serializable, a, b, UInt8(i & 0xff)) } catch PMLLError.transactionConflict { return false }
+                return true
+            }
+        }
         sayLine("ready")
         while pmll_load32(flags.startFlag) == 0 { usleep(100) }
         var latencies: [Int64] = []
         let before = peers_msync_count()
-        for _ in 0..<count {
+        for i in 0..<count {
             let t0 = monotonicNanoseconds()
-            try pool.transaction { tx in
-                try tx.set("p\(index)/a", value)
-                try tx.set("p\(index)/b", value)
-            }
-            latencies.append(monotonicNanoseconds() - t0)
+            if try transact(i) { latencies.append(monotonicNanoseconds() - t0) }
         }
         sayLine(([String(peers_msync_count() - before)] + latencies.map { String($0) }).joined(separator: " "))
     }
 }
-

@@ -31,6 +31,13 @@ void peers_sqlite_close(void *db);
 // (polling), mark it running (commit), run nothing, mark it done (commit). 0 or -1.
 int peers_sqlite_operation(void *db, int owner);
 
+// A SQLite key-value table (WAL, synchronous=FULL) for the transaction benchmark: one
+// transaction is BEGIN IMMEDIATE (the writer lock first, so it never conflicts), read two
+// keys, write both with a 64-byte value, COMMIT. Statements are prepared once per handle.
+void *_Nullable peers_sqlite_kv_open(const char *path);
+void peers_sqlite_kv_close(void *kv);
+int peers_sqlite_kv_tx(void *kv, const char *key_a, const char *key_b, uint8_t fill);
+
 // libpmemobj (PMDK's transactional layer): a pool with a root object of 4 KiB, and one
 // transaction that snapshots two 64-byte ranges (pmemobj_tx_add_range) and rewrites them.
 void *_Nullable peers_pmemobj_create(const char *path);
