@@ -9,7 +9,10 @@ struct StateCommand: ParsableCommand {
         discussion: """
             Keys are 1-255 bytes of UTF-8 without NUL; values at most 65536 bytes. `set` takes \
             KEY=VALUE pairs (split at the first '=') that commit together or not at all. \
-            `get` exits 1 when the key has no value.
+            `get` exits 1 when the key has no value. Each command is one serializable \
+            transaction: `set` and `delete` with --if KEY=VALUE or --if-absent KEY write only if \
+            those hold at the moment of the commit (else exit 1, nothing written), and a \
+            command that keeps conflicting with other writers exits 75.
 
             \(ExitStatus.summary)
             """,
@@ -48,9 +51,38 @@ struct StateGet: ParsableCommand {
     }
 }
 
+/// Compare-and-set for scripts: conditions read in the command's own serializable
+/// transaction, so they still hold when its writes commit.
+struct StateConditions: ParsableArguments {
+    @Option(name: .customLong("if"), help: ArgumentHelp("Write only if KEY has VALUE now (repeatable).", valueName: "KEY=VALUE"))
+    var equal: [String] = []
+    @Option(name: .customLong("if-absent"), help: ArgumentHelp("Write only if KEY has no value now (repeatable).", valueName: "KEY"))
+    var absent: [String] = []
+
+    func validate() throws {
+        for pair in equal where !pair.contains("=") { throw ValidationError("--if '\(pair)' is not KEY=VALUE") }
+    }
+
+    func check(_ tx: borrowing Transaction) throws {
+        for pair in equal {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let key = String(parts[0]), expected = Array(parts[1].utf8)
+            let found = try tx.get(key)
+            guard found == expected else {
+                let now = found.map { "'" + String(decoding: $0, as: UTF8.self) + "'" } ?? "absent"
+                throw CommandFailure(message: "condition failed: '\(key)' is \(now), not '\(parts[1])'; nothing written", status: 1)
+            }
+        }
+        for key in absent where try tx.get(key) != nil {
+            throw CommandFailure(message: "condition failed: '\(key)' has a value; nothing written", status: 1)
+        }
+    }
+}
+
 struct StateSet: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "set", abstract: "Set KEY=VALUE pairs in one transaction.")
     @OptionGroup var poolArguments: PoolArguments
+    @OptionGroup var conditions: StateConditions
     @Argument(help: "KEY=VALUE pairs.") var pairs: [String]
 
     func validate() throws {
@@ -61,6 +93,7 @@ struct StateSet: ParsableCommand {
     func run() throws {
         let pool = try poolArguments.open()
         try pool.transaction { tx in
+            try conditions.check(tx)
             for pair in pairs {
                 let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
                 try tx.set(String(parts[0]), String(parts[1]))
@@ -72,11 +105,15 @@ struct StateSet: ParsableCommand {
 struct StateDelete: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "delete", abstract: "Delete KEYs in one transaction.")
     @OptionGroup var poolArguments: PoolArguments
+    @OptionGroup var conditions: StateConditions
     @Argument var keys: [String]
 
     func run() throws {
         let pool = try poolArguments.open(create: false)
-        try pool.transaction { tx in for key in keys { try tx.delete(key) } }
+        try pool.transaction { tx in
+            try conditions.check(tx)
+            for key in keys { try tx.delete(key) }
+        }
     }
 }
 

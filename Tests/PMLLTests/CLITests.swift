@@ -224,6 +224,30 @@ struct StateCLITests {
         #expect(status.stdout.contains("state store: 1/4096 keys"))
     }
 
+    /// `set --if` is a compare-and-swap: 3 shell loops each make 15 increments of one
+    /// counter by read, then conditional set (retrying when the condition fails). Lost
+    /// updates would leave the counter under 45.
+    @Test func conditionalSetIsACompareAndSwapAcrossProcesses() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("cas.pool")
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", pool, "n=0"]).status == 0)
+        let script = """
+            i=0; while [ $i -lt 15 ]; do
+              v=$("$0" state get --pool "$1" n) || exit 9
+              if "$0" state set --pool "$1" --if "n=$v" "n=$((v + 1))" 2>/dev/null; then i=$((i + 1)); fi
+            done
+            """
+        let loops = try (0..<3).map { _ in try Child("/bin/sh", ["-c", script, Binaries.pmll, pool]) }
+        for loop in loops { #expect(loop.wait(timeout: 120) == 0) }
+        #expect(try run(Binaries.pmll, ["state", "get", "--pool", pool, "n"]).stdout == "45")
+        let refused = try run(Binaries.pmll, ["state", "set", "--pool", pool, "--if", "n=44", "--if-absent", "x", "n=0"])
+        #expect(refused.status == 1 && refused.stderr == "pmll: condition failed: 'n' is '45', not '44'; nothing written\n")
+        let absent = try run(Binaries.pmll, ["state", "delete", "--pool", pool, "--if-absent", "n", "n"])
+        #expect(absent.status == 1 && absent.stderr == "pmll: condition failed: 'n' has a value; nothing written\n")
+        #expect(try run(Binaries.pmll, ["state", "delete", "--pool", pool, "--if", "n=45", "n"]).status == 0)
+        #expect(try run(Binaries.pmll, ["status", "--pool", pool]).stdout.contains(" conflicts, "))
+    }
+
     @Test func checkExits0OnASoundPoolAnd65OnCorruption() throws {
         let scratch = Scratch()
         let pool = scratch.file("c.pool")
