@@ -1,5 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ArgumentParser
-import Foundation
 import PMLL
 
 struct BatchCommand: ParsableCommand {
@@ -32,22 +34,16 @@ struct BatchApply: ParsableCommand {
     @Argument(help: "JSON file with the operations ('-' for standard input).") var file: String
 
     func run() throws {
-        let bytes: Data
-        if file == "-" {
-            bytes = FileHandle.standardInput.readDataToEndOfFile()
-        } else {
-            guard let data = FileManager.default.contents(atPath: file) else {
-                throw CommandFailure(message: "cannot read batch file '\(file)'", status: ExitStatus.noPool)
-            }
-            bytes = data
+        guard let bytes = file == "-" ? FileIO.readAll(0) : FileIO.contents(of: file) else {
+            throw CommandFailure(message: "cannot read batch file '\(file)'", status: ExitStatus.noPool)
         }
-        let batch = try FileBatch.decode(json: Array(bytes))
+        let batch = try FileBatch.decode(json: bytes)
         let pool = try poolArguments.open()
         let report = try pool.apply(batch, root: root, atomic: atomic)
         if json {
             try printJSON(report)
         } else {
-            print("batch: \(batch.operations.count) operations, \(report.atomic ? "atomic" : "best effort"), backend \(report.backend.rawValue), files created \(report.creation == .named ? "by name" : "unnamed"), \(String(format: "%.2f", Double(report.nanoseconds) / 1e6)) ms")
+            print("batch: \(batch.operations.count) operations, \(report.atomic ? "atomic" : "best effort"), backend \(report.backend.rawValue), files created \(report.creation == .named ? "by name" : "unnamed"), \((Double(report.nanoseconds) / 1e6).fixed(2)) ms")
             for (i, result) in report.results.enumerated() where !result.isApplied { print("entry \(i): \(result)") }
         }
         if report.results.contains(where: { !$0.isApplied }) { throw ExitCode(1) }

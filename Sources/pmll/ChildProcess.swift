@@ -17,7 +17,13 @@ enum ChildProcess {
         }
     }
 
+    /// Runs COMMAND and waits for it.
     static func run(_ argv: [String], environment: [String]) throws(CommandFailure) -> Result {
+        try wait(try spawn(argv, environment: environment))
+    }
+
+    /// Starts COMMAND (found on PATH) with `environment` (default: this process's).
+    static func spawn(_ argv: [String], environment: [String]? = nil) throws(CommandFailure) -> pid_t {
         var pid: pid_t = 0
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -31,8 +37,10 @@ enum ChildProcess {
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF))
 
         let rc = withCStrings(argv) { args in
-            withCStrings(environment) { env in
-                posix_spawnp(&pid, args[0]!, nil, &attributes, args, env)
+            if let environment {
+                withCStrings(environment) { env in posix_spawnp(&pid, args[0]!, nil, &attributes, args, env) }
+            } else {
+                posix_spawnp(&pid, args[0]!, nil, &attributes, args, environ)
             }
         }
         if rc != 0 {
@@ -40,6 +48,11 @@ enum ChildProcess {
             throw CommandFailure(message: "cannot run '\(argv[0])': \(reason)",
                                  status: rc == ENOENT ? 127 : 126)
         }
+        return pid
+    }
+
+    /// Waits for a child started by ``spawn(_:environment:)``.
+    static func wait(_ pid: pid_t) throws(CommandFailure) -> Result {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 {
             if errno != EINTR { throw CommandFailure(message: "waitpid failed: \(String(cString: strerror(errno)))", status: 71) }

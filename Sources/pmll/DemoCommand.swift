@@ -1,6 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ArgumentParser
 import CPMLL
-import Foundation
 import PMLL
 
 /// The README's main job: several processes contend for one lock on the default pool, one
@@ -28,45 +30,40 @@ struct DemoCommand: ParsableCommand {
         let files = try DemoFiles(poolPath: pool.path, reset: true)
         say("pool \(pool.path)\(pool.openReport.created ? " (created)" : ""); \(workers) worker processes contend for lock '\(lock.id.name)', \(iterations) critical sections each, \(holdMilliseconds) ms per section")
 
-        let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
-        var children: [Process] = []
+        var children: [pid_t] = []
         for id in 1...workers {
-            let child = Process()
-            child.executableURL = URL(fileURLWithPath: me)
-            child.arguments = ["demo-worker", "--pool", pool.path, "--id", "\(id)", "--iterations", "\(iterations)", "--hold-milliseconds", "\(holdMilliseconds)",
-                               "--parent", "\(getpid())"]
-            try child.run()
-            children.append(child)
+            children.append(try ChildProcess.spawn(["/proc/self/exe", "demo-worker", "--pool", pool.path, "--id", "\(id)", "--iterations", "\(iterations)",
+                                                    "--hold-milliseconds", "\(holdMilliseconds)", "--parent", "\(getpid())"]))
         }
-        let pids = Set(children.map(\.processIdentifier))
+        let pids = Set(children)
 
         // Kill whichever worker holds the lock once the demo is under way.
-        Thread.sleep(forTimeInterval: Double(holdMilliseconds * workers) / 1000 * 2)
+        usleep(UInt32(holdMilliseconds * workers * 2000))
         var victim: Int32 = 0
         var killedAt: Int64 = 0
         for _ in 0..<2000 where victim == 0 {
             if let holder = lock.currentHolder, pids.contains(holder.pid) {
                 victim = holder.pid
                 kill(victim, SIGKILL)
-                killedAt = Int64(Date().timeIntervalSince1970 * 1e9)
+                killedAt = pmll_clock_realtime_ns()
                 say("SIGKILL worker pid \(victim) while it holds '\(lock.id.name)'")
             } else {
                 usleep(500)
             }
         }
-        for child in children { child.waitUntilExit() }
+        var statuses: [pid_t: Int32] = [:]
+        for child in children { statuses[child] = (try? ChildProcess.wait(child).exitStatus) ?? 71 }
 
         let counter = files.readCounter(), logged = files.logLines()
         let status = pool.status().locks.first { $0.name == lock.id.name }
         if let death = status?.lastOwnerDeath, victim != 0, death.pid == victim {
             let latency = Double(death.detectedAtNanoseconds - killedAt) / 1e6
-            say(String(format: "takeover: the next holder detected the death of pid %d %.2f ms after the kill", victim, latency))
+            say("takeover: the next holder detected the death of pid \(victim) \(latency.fixed(2)) ms after the kill")
         }
         if let status {
             say("lock statistics: \(status.acquisitions) acquisitions, \(status.contended) contended, \(status.ownerDeaths) owner deaths, max wait \(status.maxWaitNanoseconds / 1_000_000) ms")
         }
-        let survivors = children.filter { $0.processIdentifier != victim }
-        let failed = survivors.filter { $0.terminationStatus != 0 }
+        let failed = children.filter { $0 != victim && statuses[$0] != 0 }
         if counter == logged && failed.isEmpty && victim != 0 {
             say("verdict: OK — counter \(counter) equals the \(logged) logged critical sections; no update lost, the dead holder's unfinished section was repaired")
         } else {
@@ -128,12 +125,12 @@ struct DemoFiles {
     func readCounter() -> Int {
         var buffer = [UInt8](repeating: 0, count: 20)
         let n = pread(counter, &buffer, 20, 0)
-        return n > 0 ? Int(String(decoding: buffer[..<n], as: UTF8.self).trimmingCharacters(in: .whitespaces)) ?? 0 : 0
+        return n > 0 ? Int(String(decoding: buffer[..<n], as: UTF8.self).trimmingBlanks) ?? 0 : 0
     }
 
     /// One pwrite of a fixed-width number: a SIGKILL cannot tear it.
     func writeCounter(_ value: Int) {
-        let text = Array(String(value).padding(toLength: 20, withPad: " ", startingAt: 0).utf8)
+        let text = Array(String(value).padded(to: 20).utf8)
         _ = pwrite(counter, text, 20, 0)
     }
 

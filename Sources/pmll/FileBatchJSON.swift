@@ -1,5 +1,33 @@
-import Foundation
+import FoundationEssentials
 import PMLL
+
+/// A JSON value as far as the batch format needs it: objects, strings, and anything else.
+enum BatchJSON: Decodable {
+    case object([String: BatchJSON])
+    case string(String)
+    case other
+
+    init(from decoder: any Decoder) throws {
+        if let object = try? decoder.container(keyedBy: AnyKey.self) {
+            var fields: [String: BatchJSON] = [:]
+            for key in object.allKeys { fields[key.stringValue] = try object.decode(BatchJSON.self, forKey: key) }
+            self = .object(fields)
+        } else if let text = try? decoder.singleValueContainer().decode(String.self) {
+            self = .string(text)
+        } else {
+            self = .other
+        }
+    }
+
+    struct AnyKey: CodingKey {
+        let stringValue: String
+        init(stringValue: String) { self.stringValue = stringValue }
+        var intValue: Int? { nil }
+        init?(intValue: Int) { nil }
+    }
+
+    var text: String? { if case let .string(s) = self { s } else { nil } }
+}
 
 /// The batch file format of `pmll batch apply` (Docs/CLI.md). JSON is the command's concern:
 /// the library takes ``FileBatch`` values and never parses JSON.
@@ -8,27 +36,27 @@ extension FileBatch {
     /// "data" (UTF-8 text) or "base64", "mode" (octal string) and "to". Unknown ops or fields
     /// are errors naming the entry's index.
     static func decode(json: [UInt8]) throws(PMLLError) -> FileBatch {
-        guard let list = try? JSONSerialization.jsonObject(with: Data(json)) as? [Any] else {
+        guard let list = try? JSONDecoder().decode([BatchJSON].self, from: Data(json)) else {
             throw .invalidBatch(index: nil, reason: "not a JSON list of objects")
         }
         var operations: [FileBatch.Operation] = []
         for (index, item) in list.enumerated() {
-            guard let object = item as? [String: Any] else { throw .invalidBatch(index: index, reason: "not an object") }
+            guard case let .object(object) = item else { throw .invalidBatch(index: index, reason: "not an object") }
             func string(_ key: String) throws(PMLLError) -> String {
-                guard let value = object[key] as? String else { throw .invalidBatch(index: index, reason: "missing or non-string \"\(key)\"") }
+                guard let value = object[key]?.text else { throw .invalidBatch(index: index, reason: "missing or non-string \"\(key)\"") }
                 return value
             }
             func mode(_ fallback: UInt32) throws(PMLLError) -> UInt32 {
                 guard let text = object["mode"] else { return fallback }
-                guard let text = text as? String, let value = UInt32(text, radix: 8), value <= 0o7777 else {
+                guard let text = text.text, let value = UInt32(text, radix: 8), value <= 0o7777 else {
                     throw .invalidBatch(index: index, reason: "\"mode\" must be an octal string such as \"0644\"")
                 }
                 return value
             }
             func data() throws(PMLLError) -> [UInt8] {
                 switch (object["data"], object["base64"]) {
-                case (let text as String, nil): return Array(text.utf8)
-                case (nil, let b64 as String):
+                case (.string(let text)?, nil): return Array(text.utf8)
+                case (nil, .string(let b64)?):
                     guard let bytes = Data(base64Encoded: b64) else { throw .invalidBatch(index: index, reason: "\"base64\" is not base64") }
                     return Array(bytes)
                 default: throw .invalidBatch(index: index, reason: "give exactly one of \"data\" (text) or \"base64\"")

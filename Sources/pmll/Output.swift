@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// The one JSON set-up of every `--json` output (a stable contract: Docs/CLI.md): pretty,
 /// sorted keys, slashes unescaped.
@@ -15,8 +15,7 @@ enum TableText {
         guard let header = rows.first else { return "" }
         let widths = header.indices.map { c in rows.map { $0[c].count }.max() ?? 0 }
         return rows.map { row in
-            zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
-                .trimmingCharacters(in: .whitespaces)
+            String(zip(row, widths).map { $0.padded(to: $1) }.joined(separator: "  ").trimmingBlanks)
         }.joined(separator: "\n")
     }
 }

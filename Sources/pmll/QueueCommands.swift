@@ -1,5 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import PMLL
 
 struct QueueCommand: ParsableCommand {
@@ -114,13 +117,12 @@ struct QueueShowCommand: ParsableCommand {
         }
         let s = output.stats
         print("queue \(s.name)\(s.persistent ? "" : " (not persistent)"): \(s.pending) pending, \(s.completed) completed, \(s.failed) failed, \(s.retried) retried, \(s.abandoned) abandoned, \(s.recovered) recovered")
-        print(String(format: "wait mean %.3f ms, max %.3f ms; run mean %.3f ms, max %.3f ms",
-                     Double(s.meanWaitNanoseconds) / 1e6, Double(s.maxWaitNanoseconds) / 1e6,
-                     Double(s.meanRunNanoseconds) / 1e6, Double(s.maxRunNanoseconds) / 1e6))
+        func ms(_ ns: UInt64) -> String { (Double(ns) / 1e6).fixed(3) }
+        print("wait mean \(ms(s.meanWaitNanoseconds)) ms, max \(ms(s.maxWaitNanoseconds)) ms; run mean \(ms(s.meanRunNanoseconds)) ms, max \(ms(s.maxRunNanoseconds)) ms")
         var rows = [["TICKET", "STATE", "KIND", "PID", "COMMAND", "ATTEMPTS", "RUN", "PAYLOAD / ERROR"]]
         for r in output.records {
             let run = r.finishedAtNanoseconds > r.startedAtNanoseconds && r.startedAtNanoseconds > 0
-                ? String(format: "%.1fms", Double(r.finishedAtNanoseconds - r.startedAtNanoseconds) / 1e6) : "-"
+                ? (Double(r.finishedAtNanoseconds - r.startedAtNanoseconds) / 1e6).fixed(1) + "ms" : "-"
             let detail = [OperationText.payload(r), r.lastError].filter { !$0.isEmpty }.joined(separator: "  ")
             rows.append(["\(r.ticket)", r.state.rawValue + (r.recovered ? " (recovered)" : ""), r.kind, "\(r.ownerPid)", r.ownerCommand, "\(r.attempts)", run, detail])
         }
@@ -189,7 +191,7 @@ struct RecoverCommand: AsyncParsableCommand {
             }
         }
         if report.needsAttention {
-            FileHandle.standardError.write(Data("pmll: \(report.fileBatchesNeedingAttention.count) file batch(es) need attention (see above)\n".utf8))
+            printError("pmll: \(report.fileBatchesNeedingAttention.count) file batch(es) need attention (see above)")
             throw ExitCode(ExitStatus.badPool)
         }
     }

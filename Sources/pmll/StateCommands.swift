@@ -1,5 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import PMLL
 
 struct StateCommand: ParsableCommand {
@@ -47,7 +50,7 @@ struct StateGet: ParsableCommand {
         guard let value = try pool.value(for: key) else {
             throw CommandFailure(message: "no value for key '\(key)'", status: 1)
         }
-        if json { try printJSON(StateEntry(key: key, value: value)) } else { FileHandle.standardOutput.write(Data(value)) }
+        if json { try printJSON(StateEntry(key: key, value: value)) } else { FileIO.writeAll(1, value) }
     }
 }
 

@@ -1,5 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ArgumentParser
-import Foundation
 import PMLL
 
 struct StatusCommand: ParsableCommand {
@@ -45,7 +47,7 @@ enum StatusTable {
                 lock.name, lock.level.description,
                 lock.state.rawValue + (lock.ownerDiedPending ? " (owner died)" : ""),
                 lock.holder.map { "\($0.pid) \($0.commandName)" } ?? "-",
-                lock.heldForSeconds.map { String(format: "%.1fs", $0) } ?? "-",
+                lock.heldForSeconds.map { $0.fixed(1) + "s" } ?? "-",
                 "\(lock.waiters)", "\(lock.acquisitions)", "\(lock.contended)", "\(lock.timeouts)", "\(lock.ownerDeaths)",
             ])
         }
@@ -54,8 +56,8 @@ enum StatusTable {
             var queueRows = [["QUEUE", "PERSISTENT", "PENDING", "COMPLETED", "FAILED", "RETRIED", "ABANDONED", "RECOVERED", "MEAN WAIT", "MEAN RUN"]]
             for q in s.queues {
                 queueRows.append([q.name, q.persistent ? "yes" : "no", "\(q.pending)", "\(q.completed)", "\(q.failed)", "\(q.retried)",
-                                  "\(q.abandoned)", "\(q.recovered)", String(format: "%.2fms", Double(q.meanWaitNanoseconds) / 1e6),
-                                  String(format: "%.2fms", Double(q.meanRunNanoseconds) / 1e6)])
+                                  "\(q.abandoned)", "\(q.recovered)", (Double(q.meanWaitNanoseconds) / 1e6).fixed(2) + "ms",
+                                  (Double(q.meanRunNanoseconds) / 1e6).fixed(2) + "ms"])
             }
             out += "\n" + TableText.render(queueRows) + "\n"
         }
