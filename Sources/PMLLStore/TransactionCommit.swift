@@ -112,6 +112,9 @@ extension Pool {
     /// and nothing is written). A read-only transaction has nothing to commit: its reads
     /// were all current together when it made its last one.
     package func commit(_ writes: [(key: String, value: [UInt8]?)], reads: ReadSet? = nil) throws(PMLLError) {
+        // A body that swallowed a conflict thrown into it must not return what it computed
+        // from that view, even if it writes nothing.
+        if let reads, let conflict = reads.conflict { throw .transactionConflict(key: conflict, attempts: reads.attempt) }
         guard !writes.isEmpty else { return }
         let store = try stateStore()
         try withStoreLock { () throws(PMLLError) in

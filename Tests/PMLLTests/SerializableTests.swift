@@ -163,6 +163,15 @@ struct SerializableTests {
         #expect(seen[0].1 == nil, "the stale view must not be completed with a newer value")
         #expect(seen[1] == ("2", "2"))
         #expect(try pool.value(for: "sum") == Array("4".utf8))
+        // Read-only: the body's result from a view with a swallowed conflict is not returned.
+        var runs = 0
+        let pair = try pool.transaction { tx -> (String?, String?) in
+            runs += 1
+            let a = try tx.getString("a")
+            if runs == 1 { try onOtherThread { try pool.transaction { tx in try tx.set("a", "3"); try tx.set("b", "3") } } }
+            return (a, (try? tx.getString("b")) ?? nil)
+        }
+        #expect(runs == 2 && pair == ("3", "3"))
     }
 
     /// When every attempt conflicts, the last conflict is thrown, naming the key; nothing

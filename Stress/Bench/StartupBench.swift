@@ -1,0 +1,106 @@
+import ArgumentParser
+import Foundation
+import PMLL
+import PMLLStressSupport
+
+/// Whole-process cost of the `pmll` command against util-linux `flock(1)`: each command is
+/// spawned, waited for with wait4 (CPU time and peak RSS from its rusage), and timed wall to
+/// wall; the commands take turns in a rotating order so that all see the same machine.
+struct StartupBench: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "startup", abstract: "Process start-up: pmll lock and status against flock(1).")
+
+    @Option var runs = 60
+    @Option(help: "Scratch directory (pools and the flock file).") var directory = "/tmp/pmll-startup-bench"
+    @Option(help: "The pmll executable (default: next to this one).") var pmll: String?
+    @Flag var json = false
+
+    struct Row: Codable {
+        let command: String
+        let runs: Int
+        let wallMedianMilliseconds: Double
+        let wallP10Milliseconds: Double
+        let wallP90Milliseconds: Double
+        let cpuMedianMilliseconds: Double
+        let peakRSSMedianKiB: Int
+    }
+
+    struct Sample { var wall: [Double] = [], cpu: [Double] = [], rss: [Int] = [] }
+
+    func run() throws {
+        let pmll = self.pmll ?? (URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/pmll")
+        guard access(pmll, X_OK) == 0 else { throw ToolError("no pmll executable at \(pmll) (build it: swift build -c release --product pmll)") }
+        try? FileManager.default.removeItem(atPath: directory)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let lockPool = directory + "/lock.pool", statusPool = directory + "/status.pool", flockFile = directory + "/flock"
+        _ = try Pool.open(path: lockPool)
+        do {
+            let pool = try Pool.open(path: statusPool)
+            for i in 0..<1000 { _ = try pool.lock(named: "pkg/\(i)", level: .package) }
+        }
+        let commands: [(String, [String])] = [
+            ("/bin/true", ["/bin/true"]),
+            ("flock FILE /bin/true", ["/usr/bin/flock", flockFile, "/bin/true"]),
+            ("pmll lock NAME -- /bin/true", [pmll, "lock", "--pool", lockPool, "x", "--", "/bin/true"]),
+            ("pmll --help", [pmll, "--help"]),
+            ("pmll status (1,000 locks)", [pmll, "status", "--pool", statusPool]),
+        ]
+        var samples = [Sample](repeating: Sample(), count: commands.count)
+        for round in -3..<runs {
+            for k in commands.indices {
+                let index = (k + max(round, 0)) % commands.count
+                let (wall, cpu, rss) = try Self.measure(commands[index].1)
+                if round >= 0 {
+                    samples[index].wall.append(wall)
+                    samples[index].cpu.append(cpu)
+                    samples[index].rss.append(rss)
+                }
+            }
+        }
+        let rows = commands.indices.map { i in
+            Row(command: commands[i].0, runs: runs, wallMedianMilliseconds: quantile(samples[i].wall, 0.5), wallP10Milliseconds: quantile(samples[i].wall, 0.1),
+                wallP90Milliseconds: quantile(samples[i].wall, 0.9), cpuMedianMilliseconds: quantile(samples[i].cpu, 0.5),
+                peakRSSMedianKiB: samples[i].rss.sorted()[samples[i].rss.count / 2])
+        }
+        if json { try printJSONRows(rows); return }
+        var table = [["command", "runs", "wall p50 ms", "wall p10-p90 ms", "CPU p50 ms", "peak RSS MiB"]]
+        for r in rows {
+            table.append([r.command, "\(r.runs)", String(format: "%.2f", r.wallMedianMilliseconds),
+                          String(format: "%.2f-%.2f", r.wallP10Milliseconds, r.wallP90Milliseconds),
+                          String(format: "%.2f", r.cpuMedianMilliseconds), String(format: "%.1f", Double(r.peakRSSMedianKiB) / 1024)])
+        }
+        print(TextTable.render(table))
+        let flock = rows[1], lock = rows[2], status = rows[4]
+        print(String(format: "pmll lock / flock: wall %.2fx (target at most 2), CPU %.2fx; pmll status on 1,000 locks: %.1f ms (target under 50)",
+                     lock.wallMedianMilliseconds / flock.wallMedianMilliseconds, lock.cpuMedianMilliseconds / flock.cpuMedianMilliseconds,
+                     status.wallMedianMilliseconds))
+    }
+
+    /// Wall milliseconds, CPU milliseconds (user + system), peak RSS KiB of one run, output
+    /// discarded.
+    static func measure(_ argv: [String]) throws -> (Double, Double, Int) {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        let cArgs = argv.map { strdup($0) } + [nil]
+        defer { cArgs.forEach { free($0) } }
+        var pid: pid_t = 0
+        let start = monotonicNanoseconds()
+        let rc = posix_spawn(&pid, cArgs[0]!, &actions, nil, cArgs, environ)
+        guard rc == 0 else { throw ToolError("cannot run \(argv[0]): \(String(cString: strerror(rc)))") }
+        var status: Int32 = 0
+        var usage = rusage()
+        while wait4(pid, &status, 0, &usage) < 0 && errno == EINTR {}
+        let wall = Double(monotonicNanoseconds() - start) / 1e6
+        guard status == 0 else { throw ToolError("\(argv.joined(separator: " ")) exited with status \(status)") }
+        let cpu = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1e3 + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e3
+        return (wall, cpu, usage.ru_maxrss)
+    }
+}
+
+private func quantile(_ values: [Double], _ q: Double) -> Double {
+    let sorted = values.sorted()
+    return sorted[min(sorted.count - 1, Int(Double(sorted.count - 1) * q + 0.5))]
+}
