@@ -4,8 +4,10 @@ import PMLL
 import PMLLStressSupport
 
 /// Whole-process cost of the `pmll` command against util-linux `flock(1)`: each command is
-/// spawned, waited for with wait4 (CPU time and peak RSS from its rusage), and timed wall to
-/// wall; the commands take turns in a rotating order so that all see the same machine.
+/// spawned, waited for with wait4 (CPU time from its rusage), and timed wall to wall; the
+/// commands take turns in a rotating order so that all see the same machine. Peak RSS comes
+/// from GNU time(1) when it is installed: a child spawned by this (large) process would report
+/// this process's resident size as its own high-water mark.
 struct StartupBench: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "startup", abstract: "Process start-up: pmll lock and status against flock(1).")
 
@@ -21,10 +23,11 @@ struct StartupBench: ParsableCommand {
         let wallP10Milliseconds: Double
         let wallP90Milliseconds: Double
         let cpuMedianMilliseconds: Double
-        let peakRSSMedianKiB: Int
+        /// nil without GNU time(1).
+        let peakRSSMedianKiB: Int?
     }
 
-    struct Sample { var wall: [Double] = [], cpu: [Double] = [], rss: [Int] = [] }
+    struct Sample { var wall: [Double] = [], cpu: [Double] = [] }
 
     func run() throws {
         let pmll = self.pmll ?? (URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/pmll")
@@ -49,25 +52,24 @@ struct StartupBench: ParsableCommand {
         for round in -3..<runs {
             for k in commands.indices {
                 let index = (k + max(round, 0)) % commands.count
-                let (wall, cpu, rss) = try Self.measure(commands[index].1)
+                let (wall, cpu) = try Self.measure(commands[index].1)
                 if round >= 0 {
                     samples[index].wall.append(wall)
                     samples[index].cpu.append(cpu)
-                    samples[index].rss.append(rss)
                 }
             }
         }
-        let rows = commands.indices.map { i in
+        let rows = try commands.indices.map { i in
             Row(command: commands[i].0, runs: runs, wallMedianMilliseconds: quantile(samples[i].wall, 0.5), wallP10Milliseconds: quantile(samples[i].wall, 0.1),
                 wallP90Milliseconds: quantile(samples[i].wall, 0.9), cpuMedianMilliseconds: quantile(samples[i].cpu, 0.5),
-                peakRSSMedianKiB: samples[i].rss.sorted()[samples[i].rss.count / 2])
+                peakRSSMedianKiB: try Self.peakRSS(commands[i].1, scratch: directory + "/rss"))
         }
         if json { try printJSONRows(rows); return }
         var table = [["command", "runs", "wall p50 ms", "wall p10-p90 ms", "CPU p50 ms", "peak RSS MiB"]]
         for r in rows {
             table.append([r.command, "\(r.runs)", String(format: "%.2f", r.wallMedianMilliseconds),
                           String(format: "%.2f-%.2f", r.wallP10Milliseconds, r.wallP90Milliseconds),
-                          String(format: "%.2f", r.cpuMedianMilliseconds), String(format: "%.1f", Double(r.peakRSSMedianKiB) / 1024)])
+                          String(format: "%.2f", r.cpuMedianMilliseconds), r.peakRSSMedianKiB.map { String(format: "%.1f", Double($0) / 1024) } ?? "-"])
         }
         print(TextTable.render(table))
         let flock = rows[1], lock = rows[2], status = rows[4]
@@ -76,9 +78,20 @@ struct StartupBench: ParsableCommand {
                      status.wallMedianMilliseconds))
     }
 
-    /// Wall milliseconds, CPU milliseconds (user + system), peak RSS KiB of one run, output
-    /// discarded.
-    static func measure(_ argv: [String]) throws -> (Double, Double, Int) {
+    /// Median peak RSS (KiB) of 5 runs under GNU time(1), nil if it is not installed.
+    static func peakRSS(_ argv: [String], scratch: String) throws -> Int? {
+        guard access("/usr/bin/time", X_OK) == 0 else { return nil }
+        var values: [Int] = []
+        for _ in 0..<5 {
+            _ = try measure(["/usr/bin/time", "-f", "%M", "-o", scratch] + argv)
+            guard let text = try? String(contentsOfFile: scratch, encoding: .utf8), let kib = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) else { return nil }
+            values.append(kib)
+        }
+        return values.sorted()[values.count / 2]
+    }
+
+    /// Wall and CPU milliseconds (user + system) of one run, output discarded.
+    static func measure(_ argv: [String]) throws -> (Double, Double) {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -96,7 +109,7 @@ struct StartupBench: ParsableCommand {
         let wall = Double(monotonicNanoseconds() - start) / 1e6
         guard status == 0 else { throw ToolError("\(argv.joined(separator: " ")) exited with status \(status)") }
         let cpu = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1e3 + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e3
-        return (wall, cpu, usage.ru_maxrss)
+        return (wall, cpu)
     }
 }
 
