@@ -24,6 +24,8 @@ package struct QueueEngine: @unchecked Sendable {
     package func record(_ ticket: UInt64) -> UnsafeMutablePointer<pmll_record_t> { pool.memory.record(queue: index, ticket: ticket) }
 
     package static let recordHeaderBytes = Int(MemoryLayout<pmll_record_t>.offset(of: \pmll_record_t.payload)!)
+    /// A ticket no queue can reach (see `publish`): past it the head is damaged.
+    package static let impossibleTicket: UInt64 = 1 << 62
 
     package static func validate(kind: String, payload: [UInt8]) throws(PMLLError) {
         let bytes = kind.utf8.count
@@ -38,7 +40,7 @@ package struct QueueEngine: @unchecked Sendable {
     package func persist(_ r: UnsafeMutablePointer<pmll_record_t>, payload: Bool = false) throws(PMLLError) {
         guard persistent else { return }
         if pool.memory.persistence.isPmem {
-            let length = payload ? Self.recordHeaderBytes + Int(r.pointee.payload_length) : Self.recordHeaderBytes
+            let length = payload ? Self.recordHeaderBytes + min(Int(r.pointee.payload_length), Int(PMLL_PAYLOAD_MAX)) : Self.recordHeaderBytes
             try pool.memory.persistence.persist(UnsafeRawPointer(r), length, site: "queue.record")
         } else {
             try GroupCommit.flush(self)
@@ -81,7 +83,14 @@ package struct QueueEngine: @unchecked Sendable {
         // A dead previous submitter published nothing it did not finish: nothing to repair.
         let first = head.pointee.next_ticket
         let n = UInt64(operations.count)
-        if first + n > pmll_load64_acquire(&head.pointee.serving) + ring {
+        let serving = pmll_load64_acquire(&head.pointee.serving)
+        // Tickets count up from 0, one per operation: 2^62 of them would take a million
+        // operations a second for 146,000 years. Beyond that, or behind `serving`, the head
+        // is damaged, and adding to it must not trap.
+        guard first < Self.impossibleTicket, serving <= first else {
+            throw .corruptPool(path: pool.path, reason: "queue '\(name)' has impossible tickets (next \(first), serving \(serving))")
+        }
+        if first + n > serving + ring {
             return .waitForRoom(first + n - ring)
         }
         for i in 0..<n where first + i >= ring {

@@ -143,7 +143,7 @@ package enum QueueRepair {
                     firstOpen = min(firstOpen ?? .max, r.pointee.ticket)
                 }
             }
-            let next = max(head.pointee.next_ticket, (maxTicket ?? 0) + (maxTicket == nil ? 0 : 1))
+            let next = max(head.pointee.next_ticket, maxTicket.map { $0.saturatingAdd(1) } ?? 0)
             head.pointee.next_ticket = next
             head.pointee.serving = min(firstOpen ?? next, next)
             head.pointee.serving_word = 0

@@ -48,7 +48,7 @@ package enum QueueStatistics {
 
     package static func snapshot(_ q: UnsafeMutablePointer<pmll_queue_head_t>) -> QueueStats {
         let completed = pmll_load64(&q.pointee.completed), failed = pmll_load64(&q.pointee.failed)
-        let finished = max(1, completed + failed)
+        let finished = max(1, completed.saturatingAdd(failed))
         let next = pmll_load64_acquire(&q.pointee.next_ticket), serving = pmll_load64_acquire(&q.pointee.serving)
         func histogram<T>(_ tuple: T) -> [UInt64] { withUnsafeBytes(of: tuple) { Array($0.bindMemory(to: UInt64.self)) } }
         return QueueStats(

@@ -22,7 +22,8 @@ package struct QueueTable {
     package static func checksum(_ q: UnsafeMutablePointer<pmll_queue_head_t>) -> UInt32 {
         var fields = [q.pointee.flags, q.pointee.submit_lock, q.pointee.name_length]
         let head = fields.withUnsafeMutableBytes { pmll_crc32c(0, $0.baseAddress, $0.count) }
-        return withUnsafeBytes(of: q.pointee.name) { pmll_crc32c(head, $0.baseAddress, Int(q.pointee.name_length)) }
+        // A corrupted length must not make the checksum read past the name field.
+        return withUnsafeBytes(of: q.pointee.name) { pmll_crc32c(head, $0.baseAddress, min(Int(q.pointee.name_length), $0.count)) }
     }
 
     /// Every READY queue with its index.
@@ -32,7 +33,7 @@ package struct QueueTable {
             let q = memory.queue(index)
             let state = pmll_load32(&q.pointee.state)
             if state == PMLL_ENTRY_EMPTY { continue }
-            guard state == PMLL_ENTRY_READY, Self.checksum(q) == q.pointee.checksum else {
+            guard state == PMLL_ENTRY_READY, q.pointee.name_length <= UInt32(Self.maxNameBytes), Self.checksum(q) == q.pointee.checksum else {
                 throw .corruptPool(path: path, reason: "queue head \(index) fails its checksum")
             }
             result.append((index, q))

@@ -55,7 +55,7 @@ extension Pool {
             let deaths = entry.pointee.owner_deaths
             locks.append(LockStatus(
                 name: String(fixedCString: entry.pointee.name), level: level, state: state, holder: holder,
-                heldForSeconds: owner != nil ? Double(max(0, now - since)) / 1e9 : nil,
+                heldForSeconds: owner != nil ? Double(max(0, now.saturatingSubtract(since))) / 1e9 : nil,
                 waiters: waiters[index] ?? 0,
                 acquisitions: entry.pointee.acquisitions, contended: entry.pointee.contended,
                 timeouts: pmll_load64(pmll_entry_timeouts(entry)), ownerDeaths: deaths,

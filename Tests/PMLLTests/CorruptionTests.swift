@@ -1,0 +1,83 @@
+import CPMLL
+import Foundation
+import PMLL
+@testable import PMLLLocks
+import Testing
+
+/// Values read from the mapping are not trusted: a damaged field gives a typed error or a
+/// clamped figure, never a signal (issue 16, "Fields read from the pool are trusted").
+@Suite("Corrupted fields", .serialized)
+struct CorruptionTests {
+    struct Field {
+        let name: String
+        let offset: Int
+        let value: UInt64
+        let bytes: Int
+    }
+
+    /// A pool with a queue that ran operations and a lock that was held, and the file
+    /// offsets of the fields the cases damage.
+    func populatedPool(_ scratch: Scratch) throws -> (path: String, queue: Int, lock: Int) {
+        let path = scratch.file("c.pool")
+        for _ in 0..<3 { #expect(try run(Binaries.pmll, ["queue", "exec", "--pool", path, "q", "--", "true"]).status == 0) }
+        #expect(try run(Binaries.pmll, ["lock", "--pool", path, "held", "--", "true"]).status == 0)
+        let pool = try Pool.open(path: path)
+        let queue = pool.memory.layout.queueTable.lowerBound
+        let lockIndex = try #require(try pool.existingLock(named: "held")).index
+        return (path, queue, pool.memory.layout.lockTable.lowerBound + Int(lockIndex.rawValue) * MemoryLayout<pmll_lock_entry_t>.size)
+    }
+
+    func write(_ path: String, _ fields: [Field]) throws {
+        let fd = open(path, O_RDWR)
+        defer { close(fd) }
+        for f in fields {
+            var v = f.value
+            #expect(pwrite(fd, &v, f.bytes, off_t(f.offset)) == f.bytes)
+        }
+    }
+
+    static let cases: [String] = ["queue name length", "queue statistics near 2^64", "queue tickets near 2^64", "lock held since bit 63"]
+
+    @Test(arguments: cases)
+    func aDamagedFieldNeverKillsACommand(damage: String) throws {
+        let scratch = Scratch()
+        let (path, queue, lock) = try populatedPool(scratch)
+        func q<T>(_ key: KeyPath<pmll_queue_head_t, T>) -> Int { queue + MemoryLayout<pmll_queue_head_t>.offset(of: key)! }
+        func l<T>(_ key: KeyPath<pmll_lock_entry_t, T>) -> Int { lock + MemoryLayout<pmll_lock_entry_t>.offset(of: key)! }
+        switch damage {
+        case "queue name length":
+            try write(path, [Field(name: "name_length", offset: q(\.name_length), value: 100_000, bytes: 4)])
+        case "queue statistics near 2^64":
+            try write(path, [Field(name: "completed", offset: q(\.completed), value: .max - 1, bytes: 8),
+                             Field(name: "failed", offset: q(\.failed), value: 5, bytes: 8),
+                             Field(name: "total_wait_ns", offset: q(\.total_wait_ns), value: .max, bytes: 8)])
+        case "queue tickets near 2^64":
+            try write(path, [Field(name: "next_ticket", offset: q(\.next_ticket), value: .max - 1, bytes: 8)])
+        default:
+            // Held by a token whose process is gone, hold stamp with bit 63 set, stamped for
+            // the current hold (epoch = acquisitions) so that status reads it as is.
+            let acquisitions = readU64(path, field: l(\.acquisitions) / 8)
+            try write(path, [Field(name: "word", offset: l(\.word), value: UInt64(1 << 10 | 1), bytes: 4),
+                             Field(name: "held_since_ns", offset: l(\.held_since_ns), value: 1 << 63 | 12345, bytes: 8),
+                             Field(name: "held_epoch", offset: l(\.held_epoch), value: acquisitions, bytes: 8)])
+        }
+        let commands: [[String]] = [
+            ["status", "--pool", path], ["status", "--json", "--pool", path], ["check", "--pool", path],
+            ["queue", "show", "--pool", path, "q"], ["recover", "--pool", path],
+            ["queue", "exec", "--pool", path, "--timeout", "5", "q", "--", "true"], ["state", "list", "--pool", path],
+            ["lock", "--pool", path, "--timeout", "5", "held", "--", "true"],
+        ]
+        for command in commands {
+            let result = try run(Binaries.pmll, command, timeout: 30)
+            #expect(result.status < 128, "\(damage): pmll \(command.joined(separator: " ")) died of signal \(result.status - 128): \(result.stderr)")
+            if command[0] == "check" {
+                // check reports on stdout, one line per problem, and exits 65.
+                #expect(result.status == 0 || (result.status == 65 && result.stdout.contains("problem: ")), "\(damage): check: \(result.stdout)")
+                if damage == "queue tickets near 2^64" { #expect(result.stdout.contains("has impossible tickets")) }
+                if damage == "queue name length" { #expect(result.stdout.contains("queue head 0 fails its checksum")) }
+            } else if result.status != 0 {
+                #expect(result.stderr.hasPrefix("pmll: "), "\(damage): \(command): \(result.stderr)")
+            }
+        }
+    }
+}
