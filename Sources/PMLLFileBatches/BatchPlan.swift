@@ -57,7 +57,12 @@ package struct BatchPlan: Equatable {
                 var prefix = ""
                 for component in path.split(separator: "/") {
                     prefix = prefix.isEmpty ? String(component) : prefix + "/" + component
-                    if !created.contains(prefix) && original(prefix) == nil { step.createdDirs.append(prefix); created.insert(prefix); createdDirs.insert(prefix) }
+                    if createdDirs.contains(prefix) { continue }
+                    let existing = original(prefix)
+                    guard !created.contains(prefix), existing?.isDirectory != false else {
+                        throw .invalidBatch(index: n, reason: "'\(prefix)' exists and is not a directory (mkdir '\(path)')")
+                    }
+                    if existing == nil { step.createdDirs.append(prefix); created.insert(prefix); createdDirs.insert(prefix) }
                 }
             case .rename(let from, let to):
                 step.op = .rename

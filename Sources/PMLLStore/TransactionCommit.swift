@@ -166,7 +166,7 @@ extension Pool {
             var ranges: [(offset: Int, length: Int)] = plans.map { (store.offset(of: store.slot($0.index)), MemoryLayout<pmll_key_slot_t>.size) }
             ranges += Self.runs(bitmap.keys.sorted()).map { (store.layout.bitmap.lowerBound + $0.lowerBound, $0.count) }
             let header = ownLogHeader(store)
-            try writeUndoLog(header, ranges: ranges)
+            try writeUndoLog(header, ranges: ranges, keys: plans.count)
             // Before any key appears or vanishes; not undone by a rollback, which only costs
             // a scan's re-check.
             if keysetChanged { pmll_add64(&header.pointee.keyset_changes, 1) }
@@ -257,14 +257,15 @@ extension Pool {
 
     // MARK: undo log
 
-    private func writeUndoLog(_ header: UnsafeMutablePointer<pmll_log_header_t>, ranges: [(offset: Int, length: Int)]) throws(PMLLError) {
+    private func writeUndoLog(_ header: UnsafeMutablePointer<pmll_log_header_t>, ranges: [(offset: Int, length: Int)], keys: Int) throws(PMLLError) {
         let entriesStart = UnsafeMutableRawPointer(header) + MemoryLayout<pmll_log_header_t>.size
+        let needed = MemoryLayout<pmll_log_header_t>.size + ranges.reduce(0) { $0 + MemoryLayout<pmll_log_entry_t>.size + ($1.length + 7) / 8 * 8 }
+        guard needed <= Int(PMLL_LOG_SLOT_SIZE) else {
+            throw .transactionTooLarge(keys: keys, bytes: needed, limit: Int(PMLL_LOG_SLOT_SIZE))
+        }
         var cursor = 0
         for r in ranges {
             let size = MemoryLayout<pmll_log_entry_t>.size + (r.length + 7) / 8 * 8
-            guard MemoryLayout<pmll_log_header_t>.size + cursor + size <= Int(PMLL_LOG_SLOT_SIZE) else {
-                throw .poolFull(table: "transaction log (too many changes in one transaction)", capacity: Int(PMLL_LOG_SLOT_SIZE))
-            }
             let entry = (entriesStart + cursor).assumingMemoryBound(to: pmll_log_entry_t.self)
             entry.pointee = pmll_log_entry_t(offset: UInt64(r.offset), length: UInt32(r.length), reserved: 0)
             (entriesStart + cursor + MemoryLayout<pmll_log_entry_t>.size).copyMemory(from: memory.base + r.offset, byteCount: r.length)

@@ -36,9 +36,9 @@ enum ChildProcess {
         posix_spawnattr_setsigdefault(&attributes, &defaults)
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF))
 
-        let rc = withCStrings(argv) { args in
+        let rc = withCStrings(RawArguments.exact(argv)) { args in
             if let environment {
-                withCStrings(environment) { env in posix_spawnp(&pid, args[0]!, nil, &attributes, args, env) }
+                withCStrings(environment.map { Array($0.utf8CString) }) { env in posix_spawnp(&pid, args[0]!, nil, &attributes, args, env) }
             } else {
                 posix_spawnp(&pid, args[0]!, nil, &attributes, args, environ)
             }
@@ -61,9 +61,42 @@ enum ChildProcess {
         return signal == 0 ? .exited((status >> 8) & 0xff) : .signaled(signal)
     }
 
-    private static func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?]) -> R) -> R {
-        let pointers = strings.map { strdup($0) } + [nil]
+    private static func withCStrings<R>(_ strings: [[CChar]], _ body: ([UnsafeMutablePointer<CChar>?]) -> R) -> R {
+        let pointers = strings.map { $0.withUnsafeBufferPointer { strdup($0.baseAddress!) } } + [nil]
         defer { pointers.forEach { free($0) } }
         return body(pointers)
+    }
+}
+
+/// The process's own argv, byte for byte. Swift's `CommandLine.arguments` replaces bytes that
+/// are not UTF-8 with U+FFFD: fine for PMLL's own arguments (which must be UTF-8, checked at
+/// start), wrong for a COMMAND's (a file name may be any bytes).
+enum RawArguments {
+    static func all() -> [[CChar]] {
+        (0..<Int(CommandLine.argc)).map { i in
+            guard let p = CommandLine.unsafeArgv[i] else { return [0] }
+            return Array(UnsafeBufferPointer(start: p, count: strlen(p) + 1))
+        }
+    }
+
+    /// `argv` as C strings: the original bytes when `argv` is the tail of the process's
+    /// arguments (COMMAND after `--`), else its UTF-8.
+    static func exact(_ argv: [String]) -> [[CChar]] {
+        let raw = all()
+        if raw.count >= argv.count {
+            let tail = Array(raw.suffix(argv.count))
+            let decoded = tail.map { String(decoding: $0.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self) }
+            if decoded == argv { return tail }
+        }
+        return argv.map { Array($0.utf8CString) }
+    }
+
+    /// The index of the first argument before `--` that is not valid UTF-8.
+    static func firstInvalidUTF8() -> Int? {
+        for (i, arg) in all().enumerated().dropFirst() {
+            if String(validating: arg.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self) == nil { return i }
+            if strcmp(arg, "--") == 0 { return nil }
+        }
+        return nil
     }
 }

@@ -22,7 +22,8 @@ struct LockCommand: ParsableCommand {
 
     @OptionGroup var poolArguments: PoolArguments
 
-    @Option(help: ArgumentHelp("Give up after this many seconds (exit 75). Default: wait forever.", valueName: "SECONDS"))
+    // .unconditional: "--timeout -1" reaches validate() and gets a real message.
+    @Option(parsing: .unconditional, help: ArgumentHelp("Give up after this many seconds (exit 75). Default: wait forever.", valueName: "SECONDS"))
     var timeout: Double?
 
     @Option(help: "Hierarchy level if the lock is created: registry, package, filesystem or network. Default: the lock's existing level, else package.")
@@ -36,7 +37,7 @@ struct LockCommand: ParsableCommand {
 
     func validate() throws {
         guard !command.isEmpty else { throw ValidationError("missing COMMAND after --") }
-        if let timeout, !(timeout >= 0 && timeout.isFinite) { throw ValidationError("--timeout must be a non-negative number of seconds") }
+        try Timeout.validate(timeout)
     }
 
     func run() throws {
@@ -51,7 +52,7 @@ struct LockCommand: ParsableCommand {
             lock.wakeWaiters()
         }
         let notice = WaitNotice(lock: lock)
-        let status: Int32 = try lock.withLock(timeout: timeout.map { .nanoseconds(Int64($0 * 1e9)) }, cancellation: cancellation) { grant in
+        let status: Int32 = try lock.withLock(timeout: Timeout.duration(timeout), cancellation: cancellation) { grant in
             notice.stop()
             interrupt.stop()
             grant.recordHoldStart()

@@ -26,6 +26,10 @@ struct PMLLCommand: AsyncParsableCommand {
             handler.logLevel = Logger.Level(rawValue: getenv("PMLL_LOG_LEVEL").map { String(cString: $0) } ?? "") ?? .warning
             return handler
         }
+        if let index = RawArguments.firstInvalidUTF8() {
+            // Two names that differ only in invalid bytes would otherwise become one lock.
+            fail("argument \(index) is not valid UTF-8: lock and queue names, keys and values must be UTF-8 (give a binary value with --value-file)", status: ExitStatus.usage)
+        }
         do {
             var command = try parseAsRoot()
             if var asyncCommand = command as? any AsyncParsableCommand {

@@ -29,14 +29,14 @@ struct QueueExecCommand: AsyncParsableCommand {
     )
 
     @OptionGroup var poolArguments: PoolArguments
-    @Option(help: ArgumentHelp("Give up waiting for the turn after this many seconds (exit 75). Default: wait forever.", valueName: "SECONDS"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Give up waiting for the turn after this many seconds (exit 75). Default: wait forever.", valueName: "SECONDS"))
     var timeout: Double?
     @Argument(help: "Queue name: 1-244 bytes of UTF-8, no NUL.") var name: String
     @Argument(parsing: .postTerminator, help: "The command to run, after --.") var command: [String] = []
 
     func validate() throws {
         guard !command.isEmpty else { throw ValidationError("missing COMMAND after --") }
-        if let timeout, !(timeout >= 0 && timeout.isFinite) { throw ValidationError("--timeout must be a non-negative number of seconds") }
+        try Timeout.validate(timeout)
     }
 
     func run() async throws {
@@ -44,7 +44,7 @@ struct QueueExecCommand: AsyncParsableCommand {
         let pool = try poolArguments.open(label: label)
         let queue = try pool.queue(named: name)
         let payload = try JSONEncoder().encode(command)
-        let wait: Duration? = timeout.map { .nanoseconds(Int64($0 * 1e9)) }
+        let wait = Timeout.duration(timeout)
         let interrupt = Task {
             for await _ in SignalStream(SIGINT) { return }
         }

@@ -86,14 +86,27 @@ struct StateSet: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "set", abstract: "Set KEY=VALUE pairs in one transaction.")
     @OptionGroup var poolArguments: PoolArguments
     @OptionGroup var conditions: StateConditions
-    @Argument(help: "KEY=VALUE pairs.") var pairs: [String]
+    @Option(name: .customLong("value-file"), help: ArgumentHelp("Set KEY to the bytes of FILE ('-': standard input), any bytes (repeatable).", valueName: "KEY=FILE"))
+    var valueFiles: [String] = []
+    @Argument(help: "KEY=VALUE pairs (VALUE as UTF-8 text).") var pairs: [String] = []
 
     func validate() throws {
-        guard !pairs.isEmpty else { throw ValidationError("give at least one KEY=VALUE") }
+        guard !pairs.isEmpty || !valueFiles.isEmpty else { throw ValidationError("give at least one KEY=VALUE or --value-file KEY=FILE") }
         for pair in pairs where !pair.contains("=") { throw ValidationError("'\(pair)' is not KEY=VALUE") }
+        for pair in valueFiles where !pair.contains("=") { throw ValidationError("--value-file '\(pair)' is not KEY=FILE") }
+        guard valueFiles.filter({ $0.hasSuffix("=-") }).count <= 1 else { throw ValidationError("standard input can give only one value") }
     }
 
     func run() throws {
+        // Read every file before the transaction: its body may run more than once.
+        let fileValues: [(String, [UInt8])] = try valueFiles.map { pair in
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let file = String(parts[1])
+            guard let bytes = file == "-" ? FileIO.readAll(0) : FileIO.contents(of: file) else {
+                throw CommandFailure(message: "cannot read value file '\(file)': \(String(cString: strerror(errno)))", status: ExitStatus.noPool)
+            }
+            return (String(parts[0]), bytes)
+        }
         let pool = try poolArguments.open()
         try pool.transaction { tx in
             try conditions.check(tx)
@@ -101,6 +114,7 @@ struct StateSet: ParsableCommand {
                 let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
                 try tx.set(String(parts[0]), String(parts[1]))
             }
+            for (key, bytes) in fileValues { try tx.set(key, bytes) }
         }
     }
 }

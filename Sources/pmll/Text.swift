@@ -1,3 +1,4 @@
+import ArgumentParser
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -66,5 +67,21 @@ enum FileIO {
             }
             offset += n
         }
+    }
+}
+
+/// `--timeout SECONDS` of `lock` and `queue exec`.
+enum Timeout {
+    static func validate(_ seconds: Double?) throws {
+        guard let seconds else { return }
+        guard !seconds.isNaN, seconds >= 0 else { throw ValidationError("--timeout must be 0 or more seconds") }
+    }
+
+    /// nil: no limit. So is anything past what a deadline can express (2^63 ns, 292 years),
+    /// instead of a trap converting it.
+    static func duration(_ seconds: Double?) -> Duration? {
+        guard let seconds else { return nil }
+        let nanoseconds = seconds * 1e9
+        return nanoseconds < 9.2e18 ? .nanoseconds(Int64(nanoseconds)) : nil
     }
 }

@@ -37,7 +37,7 @@ import Glibc
         #expect(p.steps[2].existed == false)
     }
 
-    @Test func planRefusesMissingTargetsAndDirectories() {
+    @Test func planRefusesMissingTargetsAndDirectories() throws {
         #expect(throws: PMLLError.invalidBatch(index: 0, reason: "'a' does not exist (replace needs an existing file)")) {
             try plan([.replace(path: "a", data: [], mode: 0o644)], tree: [:])
         }
@@ -47,6 +47,15 @@ import Glibc
         #expect(throws: PMLLError.self) { try plan([.write(path: "dir", data: [], mode: 0o644)], tree: ["dir": (true, 3)]) }
         #expect(throws: PMLLError.self) { try plan([.mkdir(path: "m", mode: 0o755), .delete(path: "m")], tree: [:]) }
         #expect(throws: PMLLError.self) { try plan([.rename(from: "f", to: "dir")], tree: ["f": (false, 1), "dir": (true, 2)]) }
+        // mkdir over a file (there before, or written earlier in the batch) is refused, not
+        // skipped as if the directory existed (issue 16).
+        #expect(throws: PMLLError.invalidBatch(index: 0, reason: "'f' exists and is not a directory (mkdir 'f/sub')")) {
+            try plan([.mkdir(path: "f/sub", mode: 0o755)], tree: ["f": (false, 1)])
+        }
+        #expect(throws: PMLLError.invalidBatch(index: 1, reason: "'w' exists and is not a directory (mkdir 'w')")) {
+            try plan([.write(path: "w", data: [], mode: 0o644), .mkdir(path: "w", mode: 0o755)], tree: [:])
+        }
+        #expect(try plan([.mkdir(path: "d", mode: 0o755), .mkdir(path: "d/e", mode: 0o755)], tree: ["d": (true, 2)]).steps[1].createdDirs == ["d/e"])
     }
 
     // MARK: BatchJournal

@@ -72,6 +72,10 @@ public final class Pool: Sendable {
                 fd = try FileDescriptor.open(FilePath(path), .readWrite, options: [.closeOnExec])
             } catch {
                 let e = Errno(error)
+                if e == .noSuchFileOrDirectory, let target = PoolPath.danglingSymlinkTarget(path) {
+                    // Creation would fail on the link forever; name the real cause.
+                    throw .invalidPoolPath(path: path, reason: "a symbolic link to '\(target)', which does not exist")
+                }
                 if e == .noSuchFileOrDirectory && options.create {
                     created = try PoolCreation.createIfAbsent(path: path, options: options) || created
                     continue

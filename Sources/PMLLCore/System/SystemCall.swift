@@ -40,8 +40,11 @@ package enum SystemCall {
     /// Maps the errno of a failed file operation to the error a user can act on.
     package static func fileError(_ errno: Errno, path: String, operation: String) -> PMLLError {
         switch errno {
-        case .permissionDenied, .notPermitted, .readOnlyFileSystem:
+        case .permissionDenied, .notPermitted:
             .permissionDenied(path: path, operation: operation)
+        case .readOnlyFileSystem:
+            // Not a permission a user could change: say what it is (issue 16).
+            .invalidPoolPath(path: path, reason: "on a read-only file system")
         case .noSuchFileOrDirectory:
             .poolNotFound(path: path)
         case .notDirectory, .fileNameTooLong, .isDirectory, .tooManySymbolicLinkLevels:

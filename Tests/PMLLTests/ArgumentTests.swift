@@ -1,0 +1,89 @@
+import Foundation
+@testable import PMLLCore
+import PMLL
+import Testing
+
+/// What a user can type at the `pmll` command: every odd argument gets a `pmll:` line and a
+/// documented status, never a trap, never silent mangling (issue 16, "Arguments" and
+/// "Messages that mislead").
+@Suite("Arguments and messages", .serialized)
+struct ArgumentTests {
+    @Test func timeoutsOutOfRangeAreNoTrapAndNegativeOnesAreNamed() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("t.pool")
+        for huge in ["1e10", "1e300", "inf"] {
+            #expect(try run(Binaries.pmll, ["lock", "--pool", pool, "--timeout", huge, "x", "--", "true"]).status == 0, "lock --timeout \(huge)")
+            #expect(try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "--timeout", huge, "q", "--", "true"]).status == 0, "queue exec --timeout \(huge)")
+        }
+        for bad in ["-1", "nan", "-0.5"] {
+            let result = try run(Binaries.pmll, ["lock", "--pool", pool, "--timeout", bad, "x", "--", "true"])
+            #expect(result.status == 64 && result.stderr.hasPrefix("pmll: --timeout must be 0 or more seconds"), "\(bad): \(result.stderr)")
+        }
+    }
+
+    /// Bytes that are not UTF-8 would become U+FFFD: two names would be one lock, and a
+    /// binary value would be stored changed. PMLL's own arguments are refused; COMMAND's
+    /// arguments (file names) reach COMMAND byte for byte.
+    @Test func invalidUTF8IsRefusedForNamesAndKeptForCommands() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("u.pool")
+        // Spawned through sh so that the raw bytes reach pmll's argv.
+        let refused = try run("/bin/sh", ["-c", "\"$0\" lock --pool \"$1\" \"$(printf 'a\\377')\" -- true", Binaries.pmll, pool])
+        #expect(refused.status == 64 && refused.stderr.hasPrefix("pmll: argument 4 is not valid UTF-8"), "\(refused.stderr)")
+        let kept = try run("/bin/sh", ["-c", "\"$0\" lock --pool \"$1\" x -- sh -c 'printf %s \"$1\" | od -An -tx1' sh \"$(printf 'f\\376')\"", Binaries.pmll, pool])
+        #expect(kept.status == 0 && kept.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "66 fe", "\(kept.stdout) \(kept.stderr)")
+    }
+
+    @Test func controlCharactersInNamesAreShownEscaped() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("c.pool")
+        #expect(try run(Binaries.pmll, ["lock", "--pool", pool, "evil\u{1B}[2Jname", "--", "true"]).status == 0)
+        let status = try run(Binaries.pmll, ["status", "--pool", pool])
+        #expect(!status.stdout.contains("\u{1B}"))
+        #expect(status.stdout.contains("evil\\x1b[2Jname"))
+    }
+
+    @Test func binaryValuesComeFromFilesOrStandardInput() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("v.pool"), file = scratch.file("value.bin")
+        let bytes = (0..<3000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 0xF0) }
+        try Data(bytes).write(to: URL(fileURLWithPath: file))
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", pool, "--value-file", "bin=\(file)", "text=t"]).status == 0)
+        #expect(try Pool.open(path: pool).value(for: "bin") == bytes)
+        let piped = try run("/bin/sh", ["-c", "printf 'x\\377y' | \"$0\" state set --pool \"$1\" --value-file b2=-", Binaries.pmll, pool])
+        #expect(piped.status == 0)
+        #expect(try Pool.open(path: pool).value(for: "b2") == [0x78, 0xFF, 0x79])
+        let big = try run("/bin/sh", ["-c", "head -c 70000 /dev/zero | \"$0\" state set --pool \"$1\" --value-file big=-", Binaries.pmll, pool])
+        #expect(big.status == 64 && big.stderr == "pmll: value of 'big' is 70000 bytes, over the limit of 65536\n")
+        let missing = try run(Binaries.pmll, ["state", "set", "--pool", pool, "--value-file", "m=\(scratch.file("nope"))"])
+        #expect(missing.status == 66 && missing.stderr.hasPrefix("pmll: cannot read value file"))
+    }
+
+    @Test func mkdirOverAFileIsRefused() throws {
+        let scratch = Scratch()
+        let root = scratch.file("root")
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        try Data("file".utf8).write(to: URL(fileURLWithPath: root + "/f"))
+        let batch = scratch.file("b.json")
+        try Data(#"[{"op": "mkdir", "path": "f"}]"#.utf8).write(to: URL(fileURLWithPath: batch))
+        let result = try run(Binaries.pmll, ["batch", "apply", "--pool", scratch.file("b.pool"), "--root", root, batch])
+        #expect(result.status == 1 && result.stdout.contains("entry 0: invalid batch entry 0: 'f' exists and is not a directory"), "\(result.stdout)")
+        let atomic = try run(Binaries.pmll, ["batch", "apply", "--atomic", "--pool", scratch.file("b.pool"), "--root", root, batch])
+        #expect(atomic.status == 64 && atomic.stderr.contains("'f' exists and is not a directory"), "\(atomic.stderr)")
+        #expect(try String(contentsOfFile: root + "/f", encoding: .utf8) == "file")
+    }
+
+    @Test func messagesNameTheRealCause() throws {
+        let scratch = Scratch()
+        let link = scratch.file("link.pool")
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: scratch.file("missing-target.pool"))
+        let dangling = try run(Binaries.pmll, ["state", "set", "--pool", link, "a=1"])
+        #expect(dangling.status == 66 && dangling.stderr.contains("a symbolic link to '\(scratch.file("missing-target.pool"))', which does not exist"), "\(dangling.stderr)")
+        #expect(SystemCall.fileError(.readOnlyFileSystem, path: "/ro/p", operation: "open")
+                == .invalidPoolPath(path: "/ro/p", reason: "on a read-only file system"))
+        let pool = scratch.file("big.pool")
+        let tooMany = try run(Binaries.pmll, ["state", "set", "--pool", pool] + (0..<600).map { "k\($0)=v" })
+        #expect(tooMany.status == 73 && tooMany.stderr.hasPrefix("pmll: transaction too large: changing 600 keys"), "\(tooMany.stderr)")
+        #expect(try Pool.open(path: pool).value(for: "k0") == nil)
+    }
+}
