@@ -183,6 +183,28 @@ struct LockTests {
         #expect(waits.sorted()[waits.count / 2] < 100_000_000, "waits (ns): \(waits)")
     }
 
+    /// A waiter that was handed the lock and is stopped before it could claim it (Ctrl-Z on
+    /// a waiting `pmll lock`) must not stall the others: the handoff is taken by the next
+    /// waiter after the claim limit (50 ms); the stopped one gets the lock after it resumes.
+    @Test func aStoppedHandoffTargetDoesNotStallTheOthers() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("s.pool")
+        let holder = try Child(Binaries.pmll, ["lock", "--pool", pool, "l", "--", "sleep", "1"])
+        try waitUntilHeld(pool: pool, lock: "l")
+        let stopped = try Child(Binaries.pmll, ["lock", "--pool", pool, "l", "--", "true"])
+        usleep(300_000)                    // waiting, starving past 5 ms: the handoff target
+        stopped.kill(SIGSTOP)
+        #expect(holder.wait() == 0)        // its release hands the lock to the stopped waiter
+        let start = Date()
+        let next = try run(Binaries.pmll, ["lock", "--pool", pool, "--timeout", "5", "l", "--", "true"])
+        #expect(next.status == 0, "\(next.stderr)")
+        #expect(Date().timeIntervalSince(start) < 2)
+        let stats = try #require(try Pool.open(path: pool).status().locks.first { $0.name == "l" })
+        #expect(stats.handoffs == 1 && stats.handoffsUnclaimed == 1)
+        stopped.kill(SIGCONT)
+        #expect(stopped.wait(timeout: 20) == 0)
+    }
+
     @Test func lockNamesAndLevelsAreValidated() throws {
         let scratch = Scratch()
         let pool = try Pool.open(path: scratch.file("n.pool"))

@@ -156,7 +156,8 @@ typedef struct pmll_lock_entry {
     uint64_t timeouts;             // atomic: written by waiters
     uint64_t owner_deaths;
     uint64_t handoffs;             // times a release handed the lock to a starving waiter
-    uint64_t reserved1[3];
+    uint64_t handoffs_unclaimed;   // handoffs taken by another waiter because their target did not claim them
+    uint64_t reserved1[2];
 
     // Cache line 3: the most recent owner death.
     int32_t dead_pid;

@@ -30,6 +30,10 @@ public final class Pool: Sendable {
     @usableFromInline package let token: OwnerToken
     package let ownerCheckNanoseconds: Int64
     package let starvationNanoseconds: Int64
+    /// How long a handoff may wait for its target to claim it before another waiter takes
+    /// it: 10 starvation thresholds, at least 50 ms (a runnable process claims in
+    /// microseconds; one that does not is stopped or starved of CPU).
+    package var handoffClaimNanoseconds: Int64 { max(50_000_000, starvationNanoseconds.multipliedReportingOverflow(by: 10).overflow ? .max : starvationNanoseconds * 10) }
     /// Serialises table-entry creation among this process's threads (OFD locks do not).
     package let tableCreation = Mutex<Void>(())
     /// Per-pool state of the layers above the core.

@@ -16,6 +16,9 @@ package import PMLLCore
 ///   the death recorded.
 /// - A waiter starving past the threshold registers as the handoff target, so the next
 ///   release stores its token with HANDED instead of freeing and no newcomer can barge.
+/// - A handoff its target does not claim within ``handoffClaimNanoseconds`` (the target was
+///   stopped, or is starved of CPU) is taken by a waiter that sees it, as a free word: a
+///   stopped waiter must not stall everyone else (issue 16).
 package struct AcquireAttempt: WaitMachine {
 
     package let pool: Pool
@@ -29,6 +32,10 @@ package struct AcquireAttempt: WaitMachine {
     private var slept = false, contended = false, requestedHandoff = false, handoffIncoming = false, lastChance = false
     private var spins = 0
     private var checkedOwner: UInt32 = 0, checkedAt: Int64
+    /// The handed word first seen at `handedSeenAt` (its target's claim clock).
+    private var handedWord: UInt32 = 0, handedSeenAt: Int64 = 0
+    /// Since when this attempt waits for a handoff a releaser may be storing.
+    private var incomingSince: Int64 = 0
     private var ledger: UInt32?
     private var registered = false
 
@@ -73,6 +80,21 @@ package struct AcquireAttempt: WaitMachine {
             contended = true
 
             let now = Clock.monotonicNanoseconds
+            if w & PMLL_WORD_HANDED != 0 && owner != token {
+                if w != handedWord {
+                    handedWord = w
+                    handedSeenAt = now
+                } else if now - handedSeenAt >= pool.handoffClaimNanoseconds {
+                    // Its target has not claimed it: take it as if it were free (no death:
+                    // the target never entered its critical section).
+                    if pmll_cas32(word, &w, token | (w & (PMLL_WORD_DIED | PMLL_WORD_WAITERS)) | (slept ? PMLL_WORD_WAITERS : 0)) != 0 {
+                        if requestedHandoff { pool.withdrawHandoff(entry) }
+                        pmll_add64(&entry.pointee.handoffs_unclaimed, 1)
+                        return .done(pool.granted(entry, start: start, contended: true, died: w & PMLL_WORD_DIED != 0))
+                    }
+                    continue
+                }
+            }
             if owner != checkedOwner {
                 checkedOwner = owner
                 checkedAt = now
@@ -96,8 +118,15 @@ package struct AcquireAttempt: WaitMachine {
                 if handoffIncoming {
                     // A releaser already chose us and is storing our token: giving up now
                     // would strand the lock. Its death is caught by the owner check above.
-                    pmll_cpu_relax()
-                    continue
+                    // Wait a bounded time only: if the handoff was taken from us meanwhile
+                    // (we were stopped), none is coming, and one that comes after we left
+                    // is taken by the next waiter as unclaimed.
+                    if incomingSince == 0 { incomingSince = now }
+                    if now - incomingSince < pool.ownerCheckNanoseconds * 4 {
+                        pmll_cpu_relax()
+                        continue
+                    }
+                    handoffIncoming = false
                 }
                 let name = String(fixedCString: entry.pointee.name)
                 if cancelled { return .failed(.cancelled(lock: name)) }

@@ -25,6 +25,9 @@ public struct LockStatus: Codable, Sendable, Equatable {
     public let maxWaitNanoseconds: UInt64
     /// Releases that handed the lock to a waiter starving past the threshold.
     public let handoffs: UInt64
+    /// Handoffs whose target did not claim them in time (stopped, or starved of CPU), taken
+    /// by another waiter instead.
+    public let handoffsUnclaimed: UInt64
     /// The next holder will be told that a previous holder did not finish.
     public let ownerDiedPending: Bool
     /// The most recent owner death recorded for this lock.
@@ -60,7 +63,7 @@ extension Pool {
                 acquisitions: entry.pointee.acquisitions, contended: entry.pointee.contended,
                 timeouts: pmll_load64(pmll_entry_timeouts(entry)), ownerDeaths: deaths,
                 totalWaitNanoseconds: entry.pointee.total_wait_ns, maxWaitNanoseconds: entry.pointee.max_wait_ns,
-                handoffs: entry.pointee.handoffs,
+                handoffs: entry.pointee.handoffs, handoffsUnclaimed: pmll_load64(&entry.pointee.handoffs_unclaimed),
                 ownerDiedPending: word & PMLL_WORD_DIED != 0,
                 lastOwnerDeath: entry.pointee.dead_detected_ns != 0 ? LockDeath.read(entry) : nil))
         }
