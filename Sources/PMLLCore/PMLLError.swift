@@ -39,6 +39,9 @@ public enum PMLLError: Error, Equatable, Sendable {
     case noStateStore(path: String)
     /// A file batch's root cannot be used (missing, not a directory, no permission).
     case invalidBatchRoot(path: String, reason: String)
+    /// The file system holding the pool has no room for it (a sparse pool file whose blocks
+    /// cannot be allocated): refused before a write through the mapping could fault.
+    case noSpace(path: String, reason: String)
     /// A fixed-size table of the pool is full.
     case poolFull(table: String, capacity: Int)
     /// Bad value in the pool options (sizes, capacities).
@@ -96,6 +99,7 @@ extension PMLLError: CustomStringConvertible {
         case let .unsupportedFormatVersion(path, found, supported):
             "pool '\(path)' has format version \(found); this pmll supports version \(supported)"
         case let .incompatibleLayout(path, reason): "pool '\(path)' is incompatible with this pmll: \(reason)"
+        case let .noSpace(path, reason): "no space for pool '\(path)': \(reason)"
         case let .corruptPool(path, reason): "pool '\(path)' is corrupt: \(reason)"
         case let .invalidLockName(name, reason): "invalid lock name '\(name.debugDescription.dropFirst().dropLast())': \(reason)"
         case let .levelMismatch(name, existing, requested):

@@ -31,7 +31,7 @@ enum ExitStatus {
         case .permissionDenied, .foreignOwner: permission
         case .timeout, .queueTimeout, .transactionConflict: timeout
         case .cancelled, .queueCancelled: interrupted
-        case .poolFull, .noStateStore, .transactionTooLarge: poolFull
+        case .poolFull, .noStateStore, .transactionTooLarge, .noSpace: poolFull
         case .invalidBatchRoot(_, let reason): reason.hasPrefix("permission") ? permission : noPool
         case .systemCall: system
         case .batchFailed(_, _, let errno): errno == .permissionDenied || errno == .readOnlyFileSystem ? permission : errno == .noSpace ? poolFull : system

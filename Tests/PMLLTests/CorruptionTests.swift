@@ -80,4 +80,56 @@ struct CorruptionTests {
             }
         }
     }
+
+    func allocatedBytes(_ path: String) -> Int {
+        var st = stat()
+        return stat(path, &st) == 0 ? Int(st.st_blocks) * 512 : -1
+    }
+
+    /// A pool truncated while a holder and a waiter use it: both end with a `pmll:` line and
+    /// status 65, not death by SIGBUS (issue 16, "The mapping can fault").
+    @Test func aPoolTruncatedUnderItsUsersIsReportedNotASignal() throws {
+        let scratch = Scratch()
+        let path = scratch.file("t.pool")
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", path, "a=1"]).status == 0)
+        let holder = try Child(Binaries.pmll, ["lock", "--pool", path, "l", "--", "sleep", "1"])
+        try waitUntilHeld(pool: path, lock: "l")
+        let waiter = try Child(Binaries.pmll, ["lock", "--pool", path, "l", "--", "true"])
+        usleep(200_000)
+        #expect(truncate(path, 4096) == 0)
+        for child in [holder, waiter] {
+            #expect(child.wait() == 65)
+            #expect(child.stderr.hasPrefix("pmll: pool '\(path)' lost its storage while in use"), "\(child.stderr)")
+        }
+        let after = try run(Binaries.pmll, ["status", "--pool", path])
+        #expect(after.status == 65 && after.stderr.contains("truncated"))
+    }
+
+    /// A sparse copy of a pool gets its blocks allocated when it is opened; on a file system
+    /// without room for them it is refused with "no space" (exit 73) instead of faulting later.
+    @Test func sparsePoolsAreAllocatedOrRefused() throws {
+        let scratch = Scratch()
+        let path = scratch.file("p.pool"), sparse = scratch.file("sparse.pool")
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", path, "a=1"]).status == 0)
+        #expect(try run("/bin/cp", ["--sparse=always", path, sparse]).status == 0)
+        let size = 16 << 20
+        guard allocatedBytes(sparse) < size else {
+            Issue.record("cp --sparse=always made no hole here: nothing to test")
+            return
+        }
+        #expect(try run(Binaries.pmll, ["status", "--pool", sparse]).status == 0)
+        #expect(allocatedBytes(sparse) >= size)
+        #expect(try Pool.open(path: sparse).value(for: "a") == Array("1".utf8))
+
+        // A file system that is too small (needs root to mount; skipped without).
+        let small = scratch.file("small")
+        try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: true)
+        guard try run("/bin/mount", ["-t", "tmpfs", "-o", "size=2m", "tmpfs", small]).status == 0 else { return }
+        defer { _ = try? run("/bin/umount", [small]) }
+        #expect(try run("/bin/cp", ["--sparse=always", path, small + "/p.pool"]).status == 0)
+        let full = try run(Binaries.pmll, ["status", "--pool", small + "/p.pool"])
+        #expect(full.status == 73 && full.stderr.hasPrefix("pmll: no space for pool"), "\(full.stderr)")
+        let check = try run(Binaries.pmll, ["check", "--pool", small + "/p.pool"])
+        #expect(check.status == 73)
+    }
 }

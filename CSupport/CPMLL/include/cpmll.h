@@ -479,6 +479,21 @@ int pmll_ofd_lock(int fd, int64_t offset, int kind, int wait);
 // 1 if another open file description holds a conflicting lock on the byte, 0 if not, -errno.
 int pmll_ofd_probe(int fd, int64_t offset, int kind);
 
+// MARK: - Storage faults
+
+// Allocates the blocks of every hole in the first `size` bytes of `fd` (a pool copied as a
+// sparse file), so that a write through the mapping cannot meet a full file system as SIGBUS.
+// 0: no hole; 1: holes allocated; -errno (-ENOSPC: no room for them).
+int pmll_fill_holes(int fd, uint64_t size);
+
+// A SIGBUS inside a registered pool mapping (its file was truncated, or its storage failed)
+// becomes one line on stderr, "pmll: pool 'PATH' lost its storage ...", and _exit(65); any
+// other SIGBUS keeps its default action. Opt-in per process (the pmll command installs it);
+// regions are registered by every Pool that maps a file. Returns 0 or -errno.
+int pmll_fault_guard_install(void);
+void pmll_fault_guard_register(const void *base, uint64_t length, const char *path);
+void pmll_fault_guard_unregister(const void *base);
+
 // MARK: - libpmem
 
 // Creates a new file of exactly `length` bytes (O_EXCL) and maps it. Returns the address

@@ -112,6 +112,14 @@ public final class Pool: Sendable {
         defer { header.deallocate() }
         try Self.readHeader(into: header, fd: fd, fileSize: fileSize, path: path)
         let layout = try PoolHeader.validate(header, fileSize: fileSize, path: path)
+        // A pool copied as a sparse file would meet a full file system as SIGBUS at the first
+        // write into a hole: allocate the holes now, or refuse with the reason.
+        let filled = pmll_fill_holes(fd.rawValue, UInt64(fileSize))
+        if filled == -ENOSPC {
+            throw .noSpace(path: path, reason: "its file is sparse and the file system has no room to allocate its missing blocks (free space, or copy it without --sparse=always)")
+        } else if filled == 1 {
+            Self.logger.notice("allocated the blocks of a sparse pool file", metadata: ["path": "\(path)"])
+        }
         if st.st_uid != geteuid() && header.pointee.flags & PMLL_POOL_FLAG_GROUP_SHARED == 0 {
             throw .foreignOwner(path: path, ownerUID: UInt32(st.st_uid))
         }
@@ -124,7 +132,13 @@ public final class Pool: Sendable {
             throw SystemCall.fileError(Errno(rawValue: err), path: path, operation: "map")
         }
         var mapped = true
-        defer { if mapped { _ = pmll_pmem_unmap(base, length) } }
+        pmll_fault_guard_register(base, length, path)
+        defer {
+            if mapped {
+                pmll_fault_guard_unregister(base)
+                _ = pmll_pmem_unmap(base, length)
+            }
+        }
         var now = stat()
         guard stat(path, &now) == 0, now.st_ino == st.st_ino, now.st_dev == st.st_dev, Int(length) == fileSize else {
             return nil
@@ -189,6 +203,7 @@ public final class Pool: Sendable {
 
     deinit {
         processes.unregister(slot: slot)
+        pmll_fault_guard_unregister(memory.base)
         _ = pmll_pmem_unmap(memory.base, UInt64(memory.length))
         try? fd.close()   // drops the SESSION and liveness byte locks
     }
