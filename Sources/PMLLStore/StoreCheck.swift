@@ -34,6 +34,11 @@ extension Pool {
                     if !store.isAllocated(b) { report.problems.append("block \(b) of key slot \(i) is marked free") }
                 }
             }
+            if let census = store.censusCount, census != UInt64(report.keysChecked) {
+                report.problems.append("the store's census counts \(census) keys but \(report.keysChecked) key slots are in use: a key slot was damaged (a key vanished or appeared)")
+            } else if store.censusIsDamaged {
+                report.problems.append("the store's key census fails its checksum")
+            }
             for b in 0..<store.blockCount where store.isAllocated(b) {
                 report.blocksUsed += 1
                 if owner[b] < 0 { report.problems.append("block \(b) is allocated but belongs to no key (leak)") }

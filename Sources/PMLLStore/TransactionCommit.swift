@@ -120,6 +120,10 @@ extension Pool {
         try withStoreLock { () throws(PMLLError) in
             let version = (try reads?.revalidate(store, pool: self) ?? store.commitSequence) &+ 1
             var keysetChanged = false
+            // The census: kept if intact, counted now if never kept (an older pool), left
+            // alone if damaged (check reports it).
+            let census: UInt64? = store.censusCount ?? (store.census.pointee.magic == 0 ? store.countUsedSlots() : nil)
+            var censusDelta: Int64 = 0
             var bitmap: [Int: UInt8] = [:]            // planned bitmap bytes
             var frozen = Set<Int>()                   // blocks freed here: old values must survive a rollback
             var reserved = Set<UInt32>()
@@ -134,7 +138,10 @@ extension Pool {
                 let bytes = Array(key.utf8)
                 let (found, _) = try store.find(bytes)
                 if value == nil && found == nil { continue }
-                if (value == nil) != (found == nil) { keysetChanged = true }
+                if (value == nil) != (found == nil) {
+                    keysetChanged = true
+                    censusDelta += value == nil ? -1 : 1
+                }
                 let index: UInt32
                 if let found {
                     index = found
@@ -165,6 +172,7 @@ extension Pool {
             // Undo log: old slots and old bitmap bytes.
             var ranges: [(offset: Int, length: Int)] = plans.map { (store.offset(of: store.slot($0.index)), MemoryLayout<pmll_key_slot_t>.size) }
             ranges += Self.runs(bitmap.keys.sorted()).map { (store.layout.bitmap.lowerBound + $0.lowerBound, $0.count) }
+            if census != nil { ranges.append((store.censusRange.lowerBound, store.censusRange.count)) }
             let header = ownLogHeader(store)
             try writeUndoLog(header, ranges: ranges, keys: plans.count)
             // Before any key appears or vanishes; not undone by a rollback, which only costs
@@ -201,6 +209,10 @@ extension Pool {
                 touched.append((store.offset(of: s), MemoryLayout<pmll_key_slot_t>.size))
             }
             for (byte, value) in bitmap { store.bitmap[byte] = value }
+            if let census {
+                store.census.pointee = StateStore.censusBytes(UInt64(clamping: Int64(clamping: census) + censusDelta))
+                touched.append((store.censusRange.lowerBound, store.censusRange.count))
+            }
             CrashPoint.hit("tx.applying")
             touched += Self.runs(bitmap.keys.sorted()).map { (store.layout.bitmap.lowerBound + $0.lowerBound, $0.count) }
             try persist(touched, site: "tx.data")
@@ -307,7 +319,8 @@ extension Pool {
                     let offset = Int(entry.pointee.offset), length = Int(entry.pointee.length)
                     let inIndex = store.layout.index.contains(offset) && offset + length <= store.layout.index.upperBound
                     let inBitmap = store.layout.bitmap.contains(offset) && offset + length <= store.layout.bitmap.upperBound
-                    guard inIndex || inBitmap, cursor + MemoryLayout<pmll_log_entry_t>.size + length <= Int(header.pointee.bytes) else {
+                    let inCensus = offset == store.censusRange.lowerBound && length == store.censusRange.count
+                    guard inIndex || inBitmap || inCensus, cursor + MemoryLayout<pmll_log_entry_t>.size + length <= Int(header.pointee.bytes) else {
                         throw .transactionRecoveryFailed(reason: "undo log \(i) has an entry outside the store tables")
                     }
                     (memory.base + offset).copyMemory(from: entries + cursor + MemoryLayout<pmll_log_entry_t>.size, byteCount: length)

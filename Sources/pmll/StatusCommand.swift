@@ -45,7 +45,7 @@ enum StatusTable {
         for lock in s.locks {
             rows.append([
                 lock.name, lock.level.description,
-                lock.state.rawValue + (lock.ownerDiedPending ? " (owner died)" : ""),
+                lock.state.rawValue + (lock.ownerDiedPending ? " (owner died)" : "") + (lock.damaged ? " (damaged: see pmll check)" : ""),
                 lock.holder.map { "\($0.pid) \($0.commandName)" } ?? "-",
                 lock.heldForSeconds.map { $0.fixed(1) + "s" } ?? "-",
                 "\(lock.waiters)", "\(lock.acquisitions)", "\(lock.contended)", "\(lock.timeouts)", "\(lock.ownerDeaths)",

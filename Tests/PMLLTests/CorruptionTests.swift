@@ -2,6 +2,7 @@ import CPMLL
 import Foundation
 import PMLL
 @testable import PMLLLocks
+@testable import PMLLCore
 import Testing
 
 /// Values read from the mapping are not trusted: a damaged field gives a typed error or a
@@ -131,5 +132,62 @@ struct CorruptionTests {
         #expect(full.status == 73 && full.stderr.hasPrefix("pmll: no space for pool"), "\(full.stderr)")
         let check = try run(Binaries.pmll, ["check", "--pool", small + "/p.pool"])
         #expect(check.status == 73)
+    }
+
+    /// A key whose slot is damaged (state flipped to empty, or its index page zeroed) used to
+    /// vanish with `check` saying ok; the census sees it. A pool without a census (written
+    /// before it) gets one at its next commit.
+    @Test func aVanishedKeyIsSeenByCheck() throws {
+        let scratch = Scratch()
+        let path = scratch.file("k.pool")
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", path, "pkg/a=1", "pkg/b=2", "pkg/c=3"]).status == 0)
+        let (index, census) = try {
+            let pool = try Pool.open(path: path)
+            let heap = pool.memory.layout.heap.lowerBound
+            return (heap + StoreLayout.superSize, heap + Int(PMLL_CENSUS_OFFSET))
+        }()
+        var bytes = try #require(FileManager.default.contents(atPath: path))
+        let key = try #require(bytes.firstRange(of: Array("pkg/b2".utf8))).lowerBound
+        let slot = key - MemoryLayout<pmll_key_slot_t>.offset(of: \pmll_key_slot_t.inline_data)!
+        #expect(slot >= index)
+
+        // An older pool: no census, check cannot tell; the next commit counts and keeps it.
+        var old = bytes
+        old.replaceSubrange(census..<(census + 32), with: [UInt8](repeating: 0, count: 32))
+        try old.write(to: URL(fileURLWithPath: path))
+        #expect(try run(Binaries.pmll, ["check", "--pool", path]).status == 0)
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", path, "pkg/d=4"]).status == 0)
+        #expect(readU64(path, field: census / 8) == PMLL_CENSUS_MAGIC && readU64(path, field: census / 8 + 1) == 4)
+        #expect(try run(Binaries.pmll, ["check", "--pool", path]).status == 0)
+
+        // The slot's state flipped to EMPTY: the key is gone from get and list, not from check.
+        bytes = try #require(FileManager.default.contents(atPath: path))
+        bytes.replaceSubrange(slot..<(slot + 4), with: [0, 0, 0, 0])
+        try bytes.write(to: URL(fileURLWithPath: path))
+        #expect(try run(Binaries.pmll, ["state", "get", "--pool", path, "pkg/b"]).status == 1)
+        let check = try run(Binaries.pmll, ["check", "--pool", path])
+        #expect(check.status == 65 && check.stdout.contains("the store's census counts 4 keys but 3 key slots are in use"), "\(check.stdout)")
+
+        // The whole index page zeroed.
+        let page = (slot - index) / 4096 * 4096 + index
+        bytes.replaceSubrange(page..<(page + 4096), with: [UInt8](repeating: 0, count: 4096))
+        try bytes.write(to: URL(fileURLWithPath: path))
+        #expect(try run(Binaries.pmll, ["check", "--pool", path]).stdout.contains("key slots are in use: a key slot was damaged"))
+    }
+
+    /// A flipped byte in a lock's name no longer renames it silently: status marks the row,
+    /// check names the entry.
+    @Test func aDamagedLockNameIsMarked() throws {
+        let scratch = Scratch()
+        let path = scratch.file("n.pool")
+        #expect(try run(Binaries.pmll, ["lock", "--pool", path, "mylockname", "--", "true"]).status == 0)
+        var bytes = try #require(FileManager.default.contents(atPath: path))
+        let at = try #require(bytes.firstRange(of: Array("mylockname".utf8))).lowerBound
+        bytes[at + 2] ^= 0x01
+        try bytes.write(to: URL(fileURLWithPath: path))
+        let status = try run(Binaries.pmll, ["status", "--pool", path])
+        #expect(status.stdout.contains("mymockname") && status.stdout.contains("(damaged: see pmll check)"))
+        let check = try run(Binaries.pmll, ["check", "--pool", path])
+        #expect(check.status == 65 && check.stdout.contains("('mymockname') fails its checksum"))
     }
 }

@@ -303,6 +303,22 @@ typedef struct pmll_store_super {
 
 _Static_assert(sizeof(pmll_store_super_t) == 64, "store superblock");
 
+// The store's key census, right after the superblock in its page: the number of USED key
+// slots, kept by every commit and undo-logged with the slots, so that `check` sees a key that
+// vanished (a slot's state flipped, an index page zeroed) even when it had no blocks. Pools
+// written before it hold zeros here; the magic tells a maintained census apart.
+#define PMLL_CENSUS_MAGIC 0x5355534E45434C4Cull   // "LLCENSUS"
+#define PMLL_CENSUS_OFFSET 64u                    // from the start of the heap section
+typedef struct pmll_store_census {
+    uint64_t magic;
+    uint64_t live_keys;
+    uint32_t checksum;             // CRC32C of magic and live_keys
+    uint32_t reserved;
+    uint64_t reserved2;
+} pmll_store_census_t;
+
+_Static_assert(sizeof(pmll_store_census_t) == 32, "store census");
+
 // One key. Small records live inline; larger ones in an extent of blocks holding key then value.
 typedef struct pmll_key_slot {
     uint32_t state;                // PMLL_KEY_*

@@ -30,6 +30,9 @@ public struct LockStatus: Codable, Sendable, Equatable {
     public let handoffsUnclaimed: UInt64
     /// The next holder will be told that a previous holder did not finish.
     public let ownerDiedPending: Bool
+    /// The entry's name or level fails its checksum: the name shown may not be the one the
+    /// lock was created with (`pmll check` reports it).
+    public let damaged: Bool
     /// The most recent owner death recorded for this lock.
     public let lastOwnerDeath: OwnerDeath?
 }
@@ -56,6 +59,8 @@ extension Pool {
                 holder = processes.info(of: owner, heldSince: since)
             }
             let deaths = entry.pointee.owner_deaths
+            let nameBytes = withUnsafeBytes(of: entry.pointee.name) { Array($0.prefix(Int(min(entry.pointee.name_length, PMLL_NAME_MAX)))) }
+            let damaged = entry.pointee.entry_checksum != LockTable.checksum(level: entry.pointee.level, name: nameBytes)
             locks.append(LockStatus(
                 name: String(fixedCString: entry.pointee.name), level: level, state: state, holder: holder,
                 heldForSeconds: owner != nil ? Double(max(0, now.saturatingSubtract(since))) / 1e9 : nil,
@@ -64,7 +69,7 @@ extension Pool {
                 timeouts: pmll_load64(pmll_entry_timeouts(entry)), ownerDeaths: deaths,
                 totalWaitNanoseconds: entry.pointee.total_wait_ns, maxWaitNanoseconds: entry.pointee.max_wait_ns,
                 handoffs: entry.pointee.handoffs, handoffsUnclaimed: pmll_load64(&entry.pointee.handoffs_unclaimed),
-                ownerDiedPending: word & PMLL_WORD_DIED != 0,
+                ownerDiedPending: word & PMLL_WORD_DIED != 0, damaged: damaged,
                 lastOwnerDeath: entry.pointee.dead_detected_ns != 0 ? LockDeath.read(entry) : nil))
         }
         locks.sort { $0.name < $1.name }
