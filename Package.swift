@@ -18,6 +18,7 @@ let package = Package(
         .executable(name: "pmll-bench", targets: ["PMLLBench"]),
         .executable(name: "pmll-crash", targets: ["PMLLCrash"]),
         .executable(name: "pmll-stress", targets: ["PMLLStress"]),
+        .executable(name: "pmll-fuzz", targets: ["PMLLFuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -95,6 +96,13 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The batch file format of `pmll batch apply` (JSON is the command's concern, not the
+        // library's); a target of its own so that the fuzzer reaches the same decoder.
+        .target(
+            name: "PMLLBatchJSON",
+            dependencies: ["PMLL"],
+            swiftSettings: swiftSettings
+        ),
         // The command: scripts run it in loops (one `pmll lock` per package), so its start-up
         // is measured (`pmll-bench startup`). The Swift runtime and FoundationEssentials are
         // linked in statically: 7.7 ms instead of 11.4 ms per `pmll lock -- /bin/true`
@@ -103,7 +111,7 @@ let package = Package(
         .executableTarget(
             name: "pmll",
             dependencies: [
-                "PMLL", "CPMLL",
+                "PMLL", "CPMLL", "PMLLBatchJSON",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -159,6 +167,16 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Stress/Crash",
+            swiftSettings: swiftSettings
+        ),
+        // libFuzzer entry points (Stress/fuzz builds them with -sanitize=fuzzer,address and
+        // -DPMLL_FUZZ); the plain build replays a corpus and random mutations (the test suite).
+        .target(name: "CPMLLFuzzDriver", path: "Stress/FuzzSupport"),
+        .executableTarget(
+            name: "PMLLFuzz",
+            dependencies: ["PMLL", "PMLLCore", "PMLLFileBatches", "PMLLBatchJSON", "CPMLL", "CPMLLFuzzDriver"],
+            path: "Stress/Fuzz",
+            exclude: ["corpus"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -17,6 +17,16 @@ package struct BatchStep: Equatable {
     /// earlier step touches it): the target's inode number before the batch, which tells
     /// undo whether the exchange happened. 0 otherwise.
     package var oldInode: UInt64 = 0
+
+    package init(op: Op, path: String, to: String?, existed: Bool, toExisted: Bool, createdDirs: [String], oldInode: UInt64 = 0) {
+        self.op = op
+        self.path = path
+        self.to = to
+        self.existed = existed
+        self.toExisted = toExisted
+        self.createdDirs = createdDirs
+        self.oldInode = oldInode
+    }
 }
 
 /// The persistent record of an atomic batch, kept in the state store as `pmll:batch/ID`

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import ArgumentParser
 import PMLL
+import PMLLBatchJSON
 
 struct BatchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "batch", abstract: "Apply file batches (io_uring, atomic on request).",

@@ -15,6 +15,7 @@ enum Binaries {
     }()
 
     static var worker: String { directory + "/pmll-worker" }
+    static var fuzz: String { directory + "/pmll-fuzz" }
     static var pmll: String { directory + "/pmll" }
 }
 

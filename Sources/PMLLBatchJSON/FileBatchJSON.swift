@@ -1,8 +1,8 @@
 import FoundationEssentials
-import PMLL
+public import PMLL
 
 /// A JSON value as far as the batch format needs it: objects, strings, and anything else.
-enum BatchJSON: Decodable {
+enum BatchJSON: Decodable, Sendable {
     case object([String: BatchJSON])
     case string(String)
     case other
@@ -35,7 +35,7 @@ extension FileBatch {
     /// Decodes the JSON list the CLI takes: objects with "op", "path", and as the op needs
     /// "data" (UTF-8 text) or "base64", "mode" (octal string) and "to". Unknown ops or fields
     /// are errors naming the entry's index.
-    static func decode(json: [UInt8]) throws(PMLLError) -> FileBatch {
+    public static func decode(json: [UInt8]) throws(PMLLError) -> FileBatch {
         guard let list = try? JSONDecoder().decode([BatchJSON].self, from: Data(json)) else {
             throw .invalidBatch(index: nil, reason: "not a JSON list of objects")
         }
