@@ -86,4 +86,37 @@ struct ArgumentTests {
         #expect(tooMany.status == 73 && tooMany.stderr.hasPrefix("pmll: transaction too large: changing 600 keys"), "\(tooMany.stderr)")
         #expect(try Pool.open(path: pool).value(for: "k0") == nil)
     }
+
+    /// Random command lines from the CLI's own vocabulary and odd values (process-level
+    /// fuzzing of argument parsing): every invocation ends by itself, never by a signal, and
+    /// every failure says why on one `pmll:` line (or is a documented COMMAND status).
+    @Test func randomCommandLinesNeverCrashAndAlwaysSayWhy() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("a.pool"), root = scratch.file("root")
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        let batch = scratch.file("b.json")
+        try Data(#"[{"op":"write","path":"f","data":"x"}]"#.utf8).write(to: URL(fileURLWithPath: batch))
+        let subcommands: [[String]] = [["lock"], ["queue", "exec"], ["queue", "show"], ["recover"], ["state", "get"], ["state", "set"],
+                                       ["state", "delete"], ["state", "list"], ["batch", "apply"], ["check"], ["status"], ["bogus"], []]
+        let options = ["--pool", "--timeout", "--level", "--json", "--if", "--if-absent", "--value-file", "--root", "--atomic",
+                       "--exec-handler", "--acknowledge", "--help", "-h", "--", "--bogus"]
+        let values = ["x", "pkg/a", "k=v", "=v", "k=", "", "-1", "1e999", "nan", "0", "0.001", "inf", "package", "network", "bogus-level",
+                      String(repeating: "n", count: 300), "ünï/🚀", "a\u{1}b", "\(batch)", "\(root)", "true", "sh", "-c", "exit 3"]
+        var rng = SystemRandomNumberGenerator()
+        for n in 0..<150 {
+            var argv = subcommands.randomElement(using: &rng)!
+            for _ in 0..<Int.random(in: 0...6, using: &rng) {
+                argv.append(Bool.random(using: &rng) ? options.randomElement(using: &rng)! : values.randomElement(using: &rng)!)
+            }
+            if argv.first == "lock" || argv.first == "queue" { argv += ["--timeout", "2"] }
+            if !argv.contains("--pool") { argv += ["--pool", pool] }
+            if argv.contains("--"), let at = argv.lastIndex(of: "--") { argv = Array(argv[...at]) + ["true"] }
+            let result = try run(Binaries.pmll, argv, environment: ["PMLL_POOL": pool], timeout: 30)
+            let line = "#\(n): pmll \(argv.map { $0.debugDescription }.joined(separator: " "))"
+            #expect(result.status < 126, "\(line) ended with \(result.status): \(result.stderr)")
+            if result.status != 0 && result.status != 1 {
+                #expect(result.stderr.split(separator: "\n").contains { $0.hasPrefix("pmll: ") }, "\(line): \(result.status) without a pmll: line: \(result.stderr)")
+            }
+        }
+    }
 }
