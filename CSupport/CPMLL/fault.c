@@ -4,12 +4,14 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 int pmll_fill_holes(int fd, uint64_t size) {
-    off_t hole = lseek(fd, 0, SEEK_HOLE);
-    if (hole < 0) return errno == ENXIO ? 0 : -errno;
-    if ((uint64_t)hole >= size) return 0;
+    // Allocated blocks, not SEEK_HOLE: ext4 reports preallocated (unwritten) extents as holes.
+    struct stat st;
+    if (fstat(fd, &st) != 0) return -errno;
+    if ((uint64_t)st.st_blocks * 512 >= size) return 0;
     // Mode 0 allocates blocks for the holes and leaves the size and the data as they are.
     while (fallocate(fd, 0, 0, (off_t)size) != 0) {
         if (errno != EINTR) return -errno;
