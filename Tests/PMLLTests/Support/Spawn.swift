@@ -122,6 +122,12 @@ final class Child: @unchecked Sendable {
             Issue.record("child \(pid) (\(process.arguments ?? [])) did not exit within \(timeout) s")
         }
         usleep(20_000)   // let the pipe handlers drain
+        // Stop reading and close our ends: a handler left installed keeps both descriptors
+        // open for the life of the test process (thousands of children exhausted them).
+        for handle in [output.fileHandleForReading, errorOutput.fileHandleForReading] {
+            handle.readabilityHandler = nil
+            try? handle.close()
+        }
         lock.lock()
         if !buffer.isEmpty {   // a last line without a newline
             lines.append(String(decoding: buffer, as: UTF8.self))
