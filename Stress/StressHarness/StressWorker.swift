@@ -55,21 +55,13 @@ struct StressWorker: AsyncParsableCommand {
                         _ = "\(id)\n".withCString { write(log, $0, strlen($0)) }
                     }
                 case 1:
-                    let a = Int(rng.next() % UInt64(StressFiles.accounts))
-                    let b = (a + 1 + Int(rng.next() % UInt64(StressFiles.accounts - 1))) % StressFiles.accounts
-                    let amount = Int(rng.next() % 50) + 1
+                    let (a, b, amount) = StressFiles.transfer(&rng)
                     try await pool.withLocks([accounts[a], accounts[b]], timeout: .seconds(30)) { grant in
                         if let death = grant.previousOwnerDeath {
                             stats.add(id, SharedStats.deathsWord)
                             appendLine(files.takeovers, "\(death.pid) \(monotonicNanoseconds())")
                         }
-                        try pool.transaction { tx in
-                            let from = Int(try tx.getString("stress/acct/\(a)") ?? "0")!
-                            let to = Int(try tx.getString("stress/acct/\(b)") ?? "0")!
-                            let moved = min(from, amount)
-                            try tx.set("stress/acct/\(a)", String(from - moved))
-                            try tx.set("stress/acct/\(b)", String(to + moved))
-                        }
+                        try StressFiles.move(pool, amount, from: a, to: b)
                     }
                 case 3:
                     try await treeLock.withLock(timeout: .seconds(30)) { grant in
@@ -84,17 +76,9 @@ struct StressWorker: AsyncParsableCommand {
                         }), root: files.tree, atomic: true)
                     }
                 case 4:
-                    let a = Int(rng.next() % UInt64(StressFiles.accounts))
-                    let b = (a + 1 + Int(rng.next() % UInt64(StressFiles.accounts - 1))) % StressFiles.accounts
-                    let amount = Int(rng.next() % 50) + 1
+                    let (a, b, amount) = StressFiles.transfer(&rng)
                     do {
-                        try pool.transaction { tx in
-                            let from = Int(try tx.getString("stress/acct/\(a)") ?? "0")!
-                            let to = Int(try tx.getString("stress/acct/\(b)") ?? "0")!
-                            let moved = min(from, amount)
-                            try tx.set("stress/acct/\(a)", String(from - moved))
-                            try tx.set("stress/acct/\(b)", String(to + moved))
-                        }
+                        try StressFiles.move(pool, amount, from: a, to: b)
                     } catch PMLLError.transactionConflict {
                         continue   // every retry conflicted: nothing written (counted in the store's statistics)
                     }
@@ -117,6 +101,24 @@ struct StressWorker: AsyncParsableCommand {
 /// Where the shared invariants live, next to the pool.
 struct StressFiles {
     static let accounts = 8
+
+    /// Two different accounts and an amount.
+    static func transfer(_ rng: inout SplitMix) -> (Int, Int, Int) {
+        let a = Int(rng.next() % UInt64(accounts))
+        let b = (a + 1 + Int(rng.next() % UInt64(accounts - 1))) % accounts
+        return (a, b, Int(rng.next() % 50) + 1)
+    }
+
+    /// One transaction moving up to `amount` from account `a` to account `b`.
+    static func move(_ pool: Pool, _ amount: Int, from a: Int, to b: Int) throws {
+        try pool.transaction { tx in
+            let from = Int(try tx.getString("stress/acct/\(a)") ?? "0")!
+            let to = Int(try tx.getString("stress/acct/\(b)") ?? "0")!
+            let moved = min(from, amount)
+            try tx.set("stress/acct/\(a)", String(from - moved))
+            try tx.set("stress/acct/\(b)", String(to + moved))
+        }
+    }
     static let initialBalance = 1000
     let directory: String
     init(pool: String) { directory = pool + ".stress" }
