@@ -174,7 +174,7 @@ let package = Package(
         .target(name: "CPMLLFuzzDriver", path: "Stress/FuzzSupport"),
         .executableTarget(
             name: "PMLLFuzz",
-            dependencies: ["PMLL", "PMLLCore", "PMLLFileBatches", "PMLLBatchJSON", "CPMLL", "CPMLLFuzzDriver"],
+            dependencies: ["PMLL", "PMLLCore", "PMLLFileBatches", "PMLLBatchJSON", "CPMLL", "CPMLLFuzzDriver", "PMLLStressSupport"],
             path: "Stress/Fuzz",
             exclude: ["corpus"],
             swiftSettings: swiftSettings

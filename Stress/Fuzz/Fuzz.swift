@@ -1,3 +1,4 @@
+import PMLLStressSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -70,8 +71,8 @@ struct Replay {
         }
         if inputs.isEmpty { inputs = target.seeds }
         for input in inputs { target.run(input) }
-        var rng = seed
-        for _ in 0..<random { target.run(mutate(inputs[Int(next(&rng) % UInt64(inputs.count))], &rng)) }
+        var rng = SplitMix(seed: seed)
+        for _ in 0..<random { target.run(mutate(inputs[Int(rng.next() % UInt64(inputs.count))], &rng)) }
         print("pmll-fuzz \(target.rawValue): \(inputs.count) inputs and \(random) random mutations, no finding")
     }
 
@@ -107,27 +108,18 @@ struct Replay {
         close(fd)
     }
 
-    /// SplitMix64.
-    static func next(_ state: inout UInt64) -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
     /// A few byte flips, insertions, deletions or interesting values: not coverage-guided,
     /// a smoke test of the same entry point.
-    static func mutate(_ input: [UInt8], _ rng: inout UInt64) -> [UInt8] {
+    static func mutate(_ input: [UInt8], _ rng: inout SplitMix) -> [UInt8] {
         var bytes = input
-        for _ in 0..<(1 + Int(next(&rng) % 4)) {
-            let at = bytes.isEmpty ? 0 : Int(next(&rng) % UInt64(bytes.count))
-            switch next(&rng) % 5 {
-            case 0 where !bytes.isEmpty: bytes[at] ^= UInt8(1 << (next(&rng) % 8))
-            case 1: bytes.insert(UInt8(truncatingIfNeeded: next(&rng)), at: at)
+        for _ in 0..<(1 + Int(rng.next() % 4)) {
+            let at = bytes.isEmpty ? 0 : Int(rng.next() % UInt64(bytes.count))
+            switch rng.next() % 5 {
+            case 0 where !bytes.isEmpty: bytes[at] ^= UInt8(1 << (rng.next() % 8))
+            case 1: bytes.insert(UInt8(truncatingIfNeeded: rng.next()), at: at)
             case 2 where !bytes.isEmpty: bytes.remove(at: at)
-            case 3 where !bytes.isEmpty: bytes[at] = [0x00, 0xFF, 0x7F, 0x80, 0x22, 0x5C, 0x7B, 0x5B][Int(next(&rng) % 8)]
-            default: bytes += (0..<Int(next(&rng) % 8)).map { _ in UInt8(truncatingIfNeeded: next(&rng)) }
+            case 3 where !bytes.isEmpty: bytes[at] = [0x00, 0xFF, 0x7F, 0x80, 0x22, 0x5C, 0x7B, 0x5B][Int(rng.next() % 8)]
+            default: bytes += (0..<Int(rng.next() % 8)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
             }
         }
         return bytes
