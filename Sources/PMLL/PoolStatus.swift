@@ -23,6 +23,8 @@ public struct PoolStatus: Codable, Sendable {
     public let processes: [Process]
     public let locks: [LockStatus]
     public let queues: [QueueStats]
+    /// Queue heads that fail their checksum (their queues are not shown; `pmll check`).
+    public let damagedQueueHeads: [UInt32]
     /// Space in the state store (nil if the pool has none).
     public let store: StoreUsage?
     /// Transaction commits, conflicts and retries since the pool was created (nil if it has
@@ -46,11 +48,12 @@ extension Pool {
             attached.append(.init(slot: index.rawValue, pid: slot.pointee.pid, commandName: String(fixedCString: slot.pointee.comm), alive: processes.isAlive(token)))
         }
         let h = memory.header.pointee
+        let (queues, damagedHeads) = readableQueues()
         return PoolStatus(
             path: path, formatVersion: h.format_version, sizeBytes: h.pool_size, createdAtNanoseconds: h.created_at_ns,
             persistentMemory: memory.persistence.isPmem, processCapacity: h.process_capacity, lockCapacity: h.lock_capacity,
             volatileResets: h.volatile_resets, processes: attached, locks: locks,
-            queues: ((try? queues()) ?? []).sorted { $0.name < $1.name },
+            queues: queues.sorted { $0.name < $1.name }, damagedQueueHeads: damagedHeads,
             store: store.blockCount > 0 ? try? storeUsage() : nil,
             transactions: store.blockCount > 0 ? store.statistics() : nil,
             sections: ["header": Int(PMLL_HEADER_SIZE), "processTable": memory.layout.processTable.count,

@@ -157,4 +157,11 @@ extension Pool {
     public func queues() throws(PMLLError) -> [QueueStats] {
         try QueueTable(memory: memory, path: path).all().map { QueueStatistics.snapshot($0.head) }
     }
+
+    /// The statistics of every intact queue, and the indexes of queue heads that fail their
+    /// checksum (what `status` shows; `check` reports those heads).
+    package func readableQueues() -> (queues: [QueueStats], damagedHeads: [UInt32]) {
+        let (intact, damaged) = QueueTable(memory: memory, path: path).readable()
+        return (intact.map(QueueStatistics.snapshot), damaged)
+    }
 }

@@ -26,6 +26,23 @@ package struct QueueTable {
         return withUnsafeBytes(of: q.pointee.name) { pmll_crc32c(head, $0.baseAddress, min(Int(q.pointee.name_length), $0.count)) }
     }
 
+    /// The intact queues and the indexes of heads that fail their checksum (for `status`,
+    /// which shows what it can and names the rest instead of hiding every queue).
+    package func readable() -> (intact: [UnsafeMutablePointer<pmll_queue_head_t>], damaged: [UInt32]) {
+        var intact: [UnsafeMutablePointer<pmll_queue_head_t>] = [], damaged: [UInt32] = []
+        for index in 0..<memory.queueCapacity {
+            let q = memory.queue(index)
+            let state = pmll_load32(&q.pointee.state)
+            if state == PMLL_ENTRY_EMPTY { continue }
+            if state == PMLL_ENTRY_READY, q.pointee.name_length <= UInt32(Self.maxNameBytes), Self.checksum(q) == q.pointee.checksum {
+                intact.append(q)
+            } else {
+                damaged.append(index)
+            }
+        }
+        return (intact, damaged)
+    }
+
     /// Every READY queue with its index.
     package func all() throws(PMLLError) -> [(index: UInt32, head: UnsafeMutablePointer<pmll_queue_head_t>)] {
         var result: [(UInt32, UnsafeMutablePointer<pmll_queue_head_t>)] = []

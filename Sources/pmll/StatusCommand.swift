@@ -52,6 +52,9 @@ enum StatusTable {
             ])
         }
         out += s.locks.isEmpty ? "no locks\n" : TableText.render(rows) + "\n"
+        for head in s.damagedQueueHeads {
+            out += "queue head \(head) is damaged: its queue is not shown (see pmll check)\n"
+        }
         if !s.queues.isEmpty {
             var queueRows = [["QUEUE", "PERSISTENT", "PENDING", "COMPLETED", "FAILED", "RETRIED", "ABANDONED", "RECOVERED", "MEAN WAIT", "MEAN RUN"]]
             for q in s.queues {
