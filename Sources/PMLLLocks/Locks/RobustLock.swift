@@ -40,7 +40,7 @@ extension Pool {
     @usableFromInline @inline(never)
     func acquireSlow(entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: LockIndex, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Taken {
         var attempt = AcquireAttempt(pool: self, entry: entry, index: index, deadline: deadline, cancellation: cancellation)
-        return try attempt.run()
+        return try attempt.runHere()
     }
 
     /// Waits for the lock on the ``WaiterThread``, so that no thread of the caller blocks.
