@@ -162,6 +162,6 @@ extension Pool {
     /// checksum (what `status` shows; `check` reports those heads).
     package func readableQueues() -> (queues: [QueueStats], damagedHeads: [UInt32]) {
         let (intact, damaged) = QueueTable(memory: memory, path: path).readable()
-        return (intact.map(QueueStatistics.snapshot), damaged)
+        return (intact.map { QueueStatistics.snapshot($0.head) }, damaged)
     }
 }

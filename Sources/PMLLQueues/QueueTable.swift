@@ -28,14 +28,14 @@ package struct QueueTable {
 
     /// The intact queues and the indexes of heads that fail their checksum (for `status`,
     /// which shows what it can and names the rest instead of hiding every queue).
-    package func readable() -> (intact: [UnsafeMutablePointer<pmll_queue_head_t>], damaged: [UInt32]) {
-        var intact: [UnsafeMutablePointer<pmll_queue_head_t>] = [], damaged: [UInt32] = []
+    package func readable() -> (intact: [(index: UInt32, head: UnsafeMutablePointer<pmll_queue_head_t>)], damaged: [UInt32]) {
+        var intact: [(UInt32, UnsafeMutablePointer<pmll_queue_head_t>)] = [], damaged: [UInt32] = []
         for index in 0..<memory.queueCapacity {
             let q = memory.queue(index)
             let state = pmll_load32(&q.pointee.state)
             if state == PMLL_ENTRY_EMPTY { continue }
             if state == PMLL_ENTRY_READY, q.pointee.name_length <= UInt32(Self.maxNameBytes), Self.checksum(q) == q.pointee.checksum {
-                intact.append(q)
+                intact.append((index, q))
             } else {
                 damaged.append(index)
             }
@@ -43,19 +43,11 @@ package struct QueueTable {
         return (intact, damaged)
     }
 
-    /// Every READY queue with its index.
+    /// Every READY queue with its index; a damaged head is an error.
     package func all() throws(PMLLError) -> [(index: UInt32, head: UnsafeMutablePointer<pmll_queue_head_t>)] {
-        var result: [(UInt32, UnsafeMutablePointer<pmll_queue_head_t>)] = []
-        for index in 0..<memory.queueCapacity {
-            let q = memory.queue(index)
-            let state = pmll_load32(&q.pointee.state)
-            if state == PMLL_ENTRY_EMPTY { continue }
-            guard state == PMLL_ENTRY_READY, q.pointee.name_length <= UInt32(Self.maxNameBytes), Self.checksum(q) == q.pointee.checksum else {
-                throw .corruptPool(path: path, reason: "queue head \(index) fails its checksum")
-            }
-            result.append((index, q))
-        }
-        return result
+        let (intact, damaged) = readable()
+        if let index = damaged.first { throw .corruptPool(path: path, reason: "queue head \(index) fails its checksum") }
+        return intact
     }
 
     package func find(_ name: String) throws(PMLLError) -> UInt32? {

@@ -115,8 +115,7 @@ package final class StateStore: @unchecked Sendable {
     package func isAllocated(_ b: Int) -> Bool { bitmap[b / 8] & (1 << (b % 8)) != 0 }
 
     package func usage() -> StoreUsage {
-        var keys = 0
-        for i in 0..<capacity where slot(i).pointee.state == PMLL_KEY_USED { keys += 1 }
+        let keys = Int(countUsedSlots())
         var blocks = 0
         for byte in 0..<((blockCount + 7) / 8) { blocks += bitmap[byte].nonzeroBitCount }
         return StoreUsage(keysUsed: keys, keyCapacity: Int(capacity), blocksUsed: blocks, blockCount: blockCount,
