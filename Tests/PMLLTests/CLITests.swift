@@ -61,7 +61,7 @@ struct CLITests {
         defer { holder.killTree(); holder.wait() }
         try waitUntilHeld(pool: pool, lock: "i")
         let waiter = try Child(Binaries.pmll, ["lock", "--pool", pool, "i", "--", "true"])
-        usleep(300_000)
+        try waitForWaiters(pool: pool, lock: "i")
         waiter.kill(SIGINT)
         #expect(waiter.wait(timeout: 5) == 130)
         #expect(waiter.stderr.contains("pmll: wait for lock 'i' cancelled"))
@@ -142,6 +142,36 @@ func waitUntilHeld(pool: String, lock: String, timeout: Double = 20) throws {
     Issue.record("lock \(lock) never became held")
 }
 
+/// Waits until at least `count` processes wait for `lock`: a fixed sleep lost that race on a loaded machine.
+func waitForWaiters(pool: String, lock: String, count: Int = 1, timeout: Double = 20) throws {
+    let end = Date().addingTimeInterval(timeout)
+    while Date() < end {
+        if let p = try? Pool.open(path: pool, options: { var o = PoolOptions(); o.create = false; return o }()),
+           let status = Optional(p.status()), let entry = status.locks.first(where: { $0.name == lock }), entry.waiters >= count {
+            return
+        }
+        usleep(10_000)
+    }
+    Issue.record("\(count) waiter(s) for lock \(lock) never arrived")
+}
+
+/// Waits until `queue` has a record in `state`: a fixed sleep before killing its process lost the race on a
+/// loaded CI machine (the process had not yet started the operation, so nothing was abandoned).
+func waitForRecord(pool: String, queue: String, state: String = "running", timeout: Double = 20) throws {
+    let end = Date().addingTimeInterval(timeout)
+    while Date() < end {
+        if FileManager.default.fileExists(atPath: pool),
+           let shown = try? run(Binaries.pmll, ["queue", "show", "--pool", pool, "--json", queue]), shown.status == 0,
+           let json = try? JSONSerialization.jsonObject(with: Data(shown.stdout.utf8)) as? [String: Any],
+           let records = json["records"] as? [[String: Any]],
+           records.contains(where: { $0["state"] as? String == state }) {
+            return
+        }
+        usleep(20_000)
+    }
+    Issue.record("no operation of queue \(queue) became \(state)")
+}
+
 @Suite("pmll queue and recover", .serialized)
 struct QueueCLITests {
     @Test func queueExecRecordsArgvAndPassesStatusThrough() throws {
@@ -170,13 +200,13 @@ struct QueueCLITests {
         let pool = scratch.file("t.pool")
         let busy = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "sleep", "30"])
         defer { busy.killTree(); busy.wait() }
-        usleep(400_000)
+        try waitForRecord(pool: pool, queue: "jobs")
         let late = try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "--timeout", "0.3", "jobs", "--", "true"])
         #expect(late.status == 75)
         #expect(late.stderr.hasPrefix("pmll: timed out waiting in queue 'jobs'"))
         #expect(late.stderr.contains("pid \(busy.pid) (sleep)"))
         let waiting = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "true"])
-        usleep(400_000)
+        try waitForRecord(pool: pool, queue: "jobs", state: "queued")
         waiting.kill(SIGINT)
         #expect(waiting.wait(timeout: 5) == 130)
     }
@@ -188,7 +218,7 @@ struct QueueCLITests {
         defer { keeper.kill(); keeper.wait() }
         _ = try #require(keeper.waitForEvent("acquired"))
         let victim = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "sleep", "30"])
-        usleep(400_000)
+        try waitForRecord(pool: pool, queue: "jobs")
         victim.killTree()
         victim.wait()
         let listed = try run(Binaries.pmll, ["recover", "--pool", pool])

@@ -99,7 +99,7 @@ struct CorruptionTests {
         let holder = try Child(Binaries.pmll, ["lock", "--pool", path, "l", "--", "sleep", "1"])
         try waitUntilHeld(pool: path, lock: "l")
         let waiter = try Child(Binaries.pmll, ["lock", "--pool", path, "l", "--", "true"])
-        usleep(200_000)
+        try waitForWaiters(pool: path, lock: "l")
         #expect(truncate(path, 4096) == 0)
         for child in [holder, waiter] {
             #expect(child.wait() == 65)

@@ -28,7 +28,7 @@ struct LockTests {
         let holder = try Child.worker("hold", "--pool", pool, "--lock", "d")
         _ = try #require(holder.waitForEvent("acquired"))
         let waiters = try (0..<3).map { _ in try Child.worker("hold", "--pool", pool, "--lock", "d", "--seconds", "0.05") }
-        usleep(200_000)
+        try waitForWaiters(pool: pool, lock: "d", count: 3)
         holder.kill()
         var told = 0
         for waiter in waiters {
@@ -192,7 +192,8 @@ struct LockTests {
         let holder = try Child(Binaries.pmll, ["lock", "--pool", pool, "l", "--", "sleep", "1"])
         try waitUntilHeld(pool: pool, lock: "l")
         let stopped = try Child(Binaries.pmll, ["lock", "--pool", pool, "l", "--", "true"])
-        usleep(300_000)                    // waiting, starving past 5 ms: the handoff target
+        try waitForWaiters(pool: pool, lock: "l")
+        usleep(50_000)                     // waiting, starving past 5 ms: the handoff target
         stopped.kill(SIGSTOP)
         #expect(holder.wait() == 0)        // its release hands the lock to the stopped waiter
         let start = Date()
