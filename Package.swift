@@ -121,7 +121,7 @@ let package = Package(
         .executableTarget(
             name: "PMLLWorker",
             dependencies: [
-                "PMLL", "PMLLStressSupport",
+                "PMLL", "CPMLL", "PMLLStressSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Stress/Worker",

@@ -30,7 +30,7 @@ uint64_t pmll_layout_signature(void) {
         FIELD(pmll_lock_entry_t, state), FIELD(pmll_lock_entry_t, level), FIELD(pmll_lock_entry_t, acquisitions),
         FIELD(pmll_lock_entry_t, name_length), FIELD(pmll_lock_entry_t, entry_checksum), FIELD(pmll_lock_entry_t, held_since_ns),
         FIELD(pmll_lock_entry_t, timeouts), FIELD(pmll_lock_entry_t, dead_pid), FIELD(pmll_lock_entry_t, dead_cause),
-        FIELD(pmll_lock_entry_t, name), FIELD(pmll_lock_entry_t, reserved3),
+        FIELD(pmll_lock_entry_t, name), FIELD(pmll_lock_entry_t, shared)   /* same place and size as the reserved3 it replaced */,
         sizeof(pmll_queue_head_t), FIELD(pmll_queue_head_t, serving_word), FIELD(pmll_queue_head_t, submit_lock),
         FIELD(pmll_queue_head_t, next_ticket), FIELD(pmll_queue_head_t, serving), FIELD(pmll_queue_head_t, checksum),
         FIELD(pmll_queue_head_t, completed), FIELD(pmll_queue_head_t, flush_requested), FIELD(pmll_queue_head_t, flush_word),

@@ -1,3 +1,4 @@
+import CPMLL
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -51,6 +52,22 @@ enum ChildProcess {
         return pid
     }
 
+    /// The strerror part of a spawn failure's message.
+    static func reason(_ failure: CommandFailure) -> String {
+        failure.message.split(separator: ":").last.map { String(String($0).trimmingBlanks) } ?? failure.message
+    }
+
+    /// Replaces this process with COMMAND (found on PATH); returns only if exec failed (errno set).
+    static func exec(_ argv: [String], environment: [String]) {
+        signal(SIGINT, SIG_DFL)
+        signal(SIGTERM, SIG_DFL)
+        withCStrings(RawArguments.exact(argv)) { args in
+            withCStrings(environment.map { Array($0.utf8CString) }) { env in
+                _ = pmll_execvpe(args[0]!, args, env)
+            }
+        }
+    }
+
     /// Waits for a child started by ``spawn(_:environment:)``.
     static func wait(_ pid: pid_t) throws(CommandFailure) -> Result {
         var status: Int32 = 0
@@ -93,7 +110,10 @@ enum RawArguments {
 
     /// The index of the first argument before `--` that is not valid UTF-8.
     static func firstInvalidUTF8() -> Int? {
-        for (i, arg) in all().enumerated().dropFirst() {
+        let raw = all()
+        // `pmll flock FILE COMMAND...` has no `--`: its FILE and COMMAND may be any bytes.
+        if raw.count > 1 && strcmp(raw[1], "flock") == 0 { return nil }
+        for (i, arg) in raw.enumerated().dropFirst() {
             if String(validating: arg.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self) == nil { return i }
             if strcmp(arg, "--") == 0 { return nil }
         }

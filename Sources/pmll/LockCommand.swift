@@ -29,6 +29,9 @@ struct LockCommand: ParsableCommand {
     @Option(help: "Hierarchy level if the lock is created: registry, package, filesystem or network. Default: the lock's existing level, else package.")
     var level: LockLevel?
 
+    @Flag(help: ArgumentHelp("Hold the lock shared (with other --shared holders), or exclusive (the default). A waiting exclusive holder keeps new shared holders out."))
+    var mode: LockMode = .exclusive
+
     @Argument(help: "Lock name: 1-255 bytes of UTF-8, no NUL.")
     var name: String
 
@@ -52,7 +55,7 @@ struct LockCommand: ParsableCommand {
             lock.wakeWaiters()
         }
         let notice = WaitNotice(lock: lock)
-        let status: Int32 = try lock.withLock(timeout: Timeout.duration(timeout), cancellation: cancellation) { grant in
+        let body = { (grant: inout LockGrant) throws -> Int32 in
             notice.stop()
             interrupt.stop()
             grant.recordHoldStart()
@@ -65,6 +68,9 @@ struct LockCommand: ParsableCommand {
             if case .signaled = result { grant.markInconsistent() }
             return result.exitStatus
         }
+        let wait = Timeout.duration(timeout)
+        let status = mode == .shared ? try lock.withSharedLock(timeout: wait, cancellation: cancellation, body)
+                                     : try lock.withLock(timeout: wait, cancellation: cancellation, body)
         Glibc.exit(status)
     }
 
@@ -74,6 +80,10 @@ struct LockCommand: ParsableCommand {
     }
 }
 
+enum LockMode: String, EnumerableFlag {
+    case exclusive, shared
+}
+
 /// Prints, after a moment of waiting and then every 10 s, who holds the lock.
 final class WaitNotice {
     private let timer: any DispatchSourceTimer
@@ -81,8 +91,13 @@ final class WaitNotice {
         timer = DispatchSource.makeTimerSource(queue: .global())
         timer.schedule(deadline: .now() + .milliseconds(500), repeating: .seconds(10))
         timer.setEventHandler {
-            guard let holder = lock.currentHolder else { return }
-            printError("pmll: waiting for lock '\(lock.id.name)' held by \(holder)")
+            // While we drain shared holders we own the word ourselves: name the readers then.
+            if let holder = lock.currentHolder, holder.pid != getpid() {
+                printError("pmll: waiting for lock '\(lock.id.name)' held by \(holder)")
+            } else if let readers = Optional(lock.currentReaders), !readers.isEmpty {
+                let names = readers.prefix(3).map(\.description).joined(separator: ", ") + (readers.count > 3 ? ", ..." : "")
+                printError("pmll: waiting for lock '\(lock.id.name)' held shared by \(names)")
+            }
         }
         timer.resume()
     }

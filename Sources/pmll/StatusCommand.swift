@@ -40,18 +40,25 @@ enum StatusTable {
         if let t = s.transactions {
             out += "transactions: \(t.commits) committed, \(t.conflicts) conflicts, \(t.retries) retried, \(t.failures) gave up\n"
         }
-        let header = ["LOCK", "LEVEL", "STATE", "HOLDER", "HELD FOR", "WAITERS", "ACQUIRED", "CONTENDED", "TIMEOUTS", "OWNER DEATHS"]
+        let header = ["LOCK", "LEVEL", "STATE", "HOLDER", "READERS", "HELD FOR", "WAITERS", "ACQUIRED", "SHARED", "CONTENDED", "TIMEOUTS", "OWNER DEATHS"]
         var rows = [header]
         for lock in s.locks {
             rows.append([
                 lock.name, lock.level.description,
                 lock.state.rawValue + (lock.ownerDiedPending ? " (owner died)" : "") + (lock.damaged ? " (damaged: see pmll check)" : ""),
                 lock.holder.map { "\($0.pid) \($0.commandName)" } ?? "-",
+                Self.readers(lock),
                 lock.heldForSeconds.map { $0.fixed(1) + "s" } ?? "-",
-                "\(lock.waiters)", "\(lock.acquisitions)", "\(lock.contended)", "\(lock.timeouts)", "\(lock.ownerDeaths)",
+                "\(lock.waiters)", "\(lock.acquisitions)", "\(lock.shared.acquisitions)",
+                "\(lock.contended + lock.shared.contended)", "\(lock.timeouts)", "\(lock.ownerDeaths)",
             ])
         }
         out += s.locks.isEmpty ? "no locks\n" : TableText.render(rows) + "\n"
+        for lock in s.locks where lock.shared.readerDeaths > 0 || lock.shared.drains > 0 {
+            let st = lock.shared
+            out += "lock \(lock.name): \(st.readerDeaths) shared hold(s) of dead readers discounted; writers waited for readers " +
+                "\(st.drains) time(s), longest \((Double(st.drainMaxNanoseconds) / 1e6).fixed(1)) ms\n"
+        }
         for head in s.damagedQueueHeads {
             out += "queue head \(head) is damaged: its queue is not shown (see pmll check)\n"
         }
@@ -65,5 +72,15 @@ enum StatusTable {
             out += "\n" + TableText.render(queueRows) + "\n"
         }
         return String(out.dropLast())
+    }
+
+    /// Live shared holders: their pids and commands when few, else how many.
+    static func readers(_ lock: LockStatus) -> String {
+        let dead = lock.sharedHolds - lock.readers.reduce(0) { $0 + $1.holds }
+        var text = lock.readers.isEmpty ? "-" : lock.readers.count <= 3
+            ? lock.readers.map { "\($0.pid) \($0.commandName)" + ($0.holds > 1 ? " x\($0.holds)" : "") }.joined(separator: ", ")
+            : "\(lock.readers.count) processes"
+        if dead > 0 { text += " (+\(dead) dead)" }
+        return text
     }
 }

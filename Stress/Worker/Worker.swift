@@ -10,7 +10,7 @@ struct Worker: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmll-worker",
         abstract: "Test and benchmark worker processes for PMLL.",
-        subcommands: [Counter.self, Hold.self, Churn.self, Robust8.self, Nested.self, Hammer.self, QueueOps.self, QueueHold.self, Recover.self, Bank.self, TxSet.self, TxCounter.self, TxConflict.self, AsyncWaiters.self]
+        subcommands: [Counter.self, Hold.self, Churn.self, Robust8.self, Nested.self, Hammer.self, QueueOps.self, QueueHold.self, Recover.self, Bank.self, TxSet.self, TxCounter.self, TxConflict.self, AsyncWaiters.self, ReadWriteMix.self]
     )
 }
 
@@ -66,11 +66,15 @@ struct Hold: ParsableCommand {
     @Option var seconds: Double = 3600
     @Option var timeout: Double?
     @Flag var inconsistent = false
+    @Flag(help: "Hold the lock shared.") var shared = false
 
     func run() throws {
         let (pool, lock) = try common.open()
         do {
-            try lock.withLock(timeout: timeout.map { .milliseconds(Int64($0 * 1000)) }) { grant in
+            let wait: Duration? = timeout.map { .milliseconds(Int64($0 * 1000)) }
+            let hold = shared ? { (body: (inout LockGrant) throws -> Void) in try lock.withSharedLock(timeout: wait, body) }
+                              : { (body: (inout LockGrant) throws -> Void) in try lock.withLock(timeout: wait, body) }
+            try hold { grant in
                 emit(["event": "acquired", "pid": Int(getpid()), "ownerDied": grant.previousOwnerDeath != nil,
                       "created": pool.openReport.created, "reset": pool.openReport.volatileReset?.rawValue ?? "",
                       "deadPid": Int(grant.previousOwnerDeath?.pid ?? 0),

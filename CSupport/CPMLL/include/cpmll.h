@@ -103,6 +103,10 @@ uint64_t pmll_layout_signature(void);
 
 // One slot per attached process. Entirely volatile: reset when no process has the pool open.
 #define PMLL_WAIT_LEDGER 16u
+#define PMLL_READ_LEDGER 4u
+#define PMLL_LEDGER_READ 0x80000000u
+#define PMLL_LEDGER_COUNT_BITS 10u
+#define PMLL_LEDGER_COUNT_MASK 0x3FFu
 #define PMLL_SLOT_FREE 0u
 #define PMLL_SLOT_ACTIVE 1u
 
@@ -115,23 +119,51 @@ typedef struct pmll_process_slot {
     uint64_t registered_at_ns;     // CLOCK_REALTIME
     char comm[16];                 // NUL-padded command name
     uint32_t waiting_on[PMLL_WAIT_LEDGER]; // lock index + 1 per waiting thread, 0 = unused
-    uint8_t reserved[16];
+    // The reader ledger: PMLL_LEDGER_READ | (lock index + 1) << PMLL_LEDGER_COUNT_BITS | holds,
+    // one word per lock this process holds shared (its threads share it). Written only by the
+    // slot's process; writers sum it over live processes to discount the holds of dead readers.
+    // Shared holds spill into free waiting_on words when these are in use.
+    uint32_t reading[PMLL_READ_LEDGER];
 } pmll_process_slot_t;
 
 _Static_assert(sizeof(pmll_process_slot_t) == 128, "process slot is two cache lines");
 _Static_assert(offsetof(pmll_process_slot_t, waiting_on) == 48, "wait ledger offset");
+_Static_assert(offsetof(pmll_process_slot_t, reading) == 112, "read ledger in the former reserved bytes");
 
 // Lock word (the futex word). Owner token = generation << 10 | slot, 0 = free.
 #define PMLL_OWNER_MASK       0x00FFFFFFu
 #define PMLL_SLOT_BITS        10u
 #define PMLL_MAX_PROCESSES    1024u
 #define PMLL_MAX_GENERATION   16383u   // PMLL_OWNER_MASK >> PMLL_SLOT_BITS
+#define PMLL_WORD_EXIT_RELEASES 0x04000000u  // the holder exec'd (`pmll flock -F`): its exit is its release, not a death
+#define PMLL_WORD_READERS_WAITING 0x08000000u  // shared waiters sleep on the word: a release wakes all
 #define PMLL_WORD_HANDED      0x10000000u  // owner was handed the lock on release and has not claimed it yet
+#define PMLL_WORD_DRAINING    0x20000000u  // owner waits for shared holders to leave; its critical section has not begun
+// An owner whose death is not an unfinished critical section.
+static const uint32_t PMLL_WORD_NO_DEATH = PMLL_WORD_HANDED | PMLL_WORD_DRAINING | PMLL_WORD_EXIT_RELEASES;
 #define PMLL_WORD_DIED        0x40000000u  // a holder's critical section did not complete
 #define PMLL_WORD_WAITERS     0x80000000u  // somebody may be sleeping on the word
 
 #define PMLL_ENTRY_EMPTY 0u
 #define PMLL_ENTRY_READY 2u
+
+#define PMLL_READERS_COUNT 0x00FFFFFFull
+#define PMLL_READERS_DRAIN 0x80000000ull
+#define PMLL_READERS_ONE_ACQUISITION 0x100000000ull
+
+// Statistics of shared holds and of writers waiting for them (all written atomically).
+typedef struct pmll_shared_stats {
+    uint64_t acquisition_wraps;    // times the high half of `readers` wrapped
+    uint64_t contended;            // shared acquisitions that waited
+    uint64_t total_wait_ns;
+    uint64_t max_wait_ns;
+    uint64_t reader_deaths;        // shared holds of dead processes discounted by a writer
+    uint64_t drains;               // exclusive acquisitions that waited for shared holders to leave
+    uint64_t drain_total_ns;
+    uint64_t drain_max_ns;
+} pmll_shared_stats_t;
+
+_Static_assert(sizeof(pmll_shared_stats_t) == 64, "shared statistics fill the former reserved bytes");
 
 // One named lock. The word, handoff target and stats are volatile; state, level,
 // name and name checksum are persistent.
@@ -148,7 +180,9 @@ typedef struct pmll_lock_entry {
     uint64_t max_wait_ns;
     uint32_t name_length;          // persistent
     uint32_t entry_checksum;       // CRC32C over level, name_length, name (persistent)
-    uint64_t reserved0;
+    // Shared holds: count (PMLL_READERS_COUNT), DRAIN flag (a writer sleeps on the low half
+    // waiting for the count to reach 0), and shared acquisitions modulo 2^32 in the high half.
+    uint64_t readers;
 
     // Cache line 2: written off the uncontended path.
     uint64_t held_since_ns;        // CLOCK_REALTIME at which hold number held_epoch began (or was first seen)
@@ -169,7 +203,7 @@ typedef struct pmll_lock_entry {
     uint8_t reserved2[20];
 
     char name[256];                // NUL-terminated, name_length bytes of UTF-8
-    uint8_t reserved3[64];         // room for shared/exclusive reader counts
+    pmll_shared_stats_t shared;    // (the former reserved bytes)
 } pmll_lock_entry_t;
 
 _Static_assert(sizeof(pmll_lock_entry_t) == 512, "lock entry is 512 bytes");
@@ -177,6 +211,8 @@ _Static_assert(offsetof(pmll_lock_entry_t, acquisitions) < 64 && offsetof(pmll_l
 _Static_assert(offsetof(pmll_lock_entry_t, held_since_ns) == 64, "cold fields on line 2");
 _Static_assert(offsetof(pmll_lock_entry_t, dead_pid) == 128, "death record offset");
 _Static_assert(offsetof(pmll_lock_entry_t, name) == 192, "name offset");
+_Static_assert(offsetof(pmll_lock_entry_t, readers) == 56, "reader count shares the word's cache line");
+_Static_assert(offsetof(pmll_lock_entry_t, shared) == 448, "shared statistics at the former reserved3");
 _Static_assert(PMLL_MAX_PROCESSES == 1u << PMLL_SLOT_BITS, "slot bits");
 _Static_assert(PMLL_MAX_GENERATION == PMLL_OWNER_MASK >> PMLL_SLOT_BITS, "generation bits");
 
@@ -400,10 +436,42 @@ static inline void pmll_cpu_relax(void) {
 }
 
 // Lock fast paths: one CAS each, no syscall.
+// Sequentially consistent, with the load of `readers` after it: a writer that takes the word
+// and a reader that counts itself in and then loads the word cannot both miss each other.
 static inline int pmll_lock_try_fast(pmll_lock_entry_t *e, uint32_t token) {
     uint32_t expected = 0;
-    return __atomic_compare_exchange_n(&e->word, &expected, token, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+    return __atomic_compare_exchange_n(&e->word, &expected, token, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
 }
+// Shared holds or a stale DRAIN flag after a writer took the word: the writer must drain.
+static inline int pmll_lock_readers_present(pmll_lock_entry_t *e) {
+    return (__atomic_load_n(&e->readers, __ATOMIC_SEQ_CST) & (PMLL_READERS_COUNT | PMLL_READERS_DRAIN)) != 0;
+}
+// A reader counts itself in (`add` is 1, plus PMLL_READERS_ONE_ACQUISITION on its first try)
+// and returns the word as it is after that: free (owner 0) means the shared hold is granted.
+static inline uint32_t pmll_readers_enter(pmll_lock_entry_t *e, uint64_t add, uint64_t *before) {
+    *before = __atomic_fetch_add(&e->readers, add, __ATOMIC_SEQ_CST);
+    return __atomic_load_n(&e->word, __ATOMIC_SEQ_CST);
+}
+// A reader counts itself out; returns the value before.
+static inline uint64_t pmll_readers_leave(pmll_lock_entry_t *e) {
+    return __atomic_fetch_sub(&e->readers, 1, __ATOMIC_SEQ_CST);
+}
+static inline uint64_t *pmll_entry_readers(pmll_lock_entry_t *e) { return &e->readers; }
+// The low half of `readers`, which writers sleep on.
+static inline uint32_t *pmll_entry_readers_word(pmll_lock_entry_t *e) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return (uint32_t *)&e->readers;
+#else
+    return (uint32_t *)&e->readers + 1;
+#endif
+}
+static inline pmll_shared_stats_t *pmll_entry_shared(pmll_lock_entry_t *e) { return &e->shared; }
+static inline uint32_t pmll_or32(uint32_t *p, uint32_t v) { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }
+static inline uint32_t pmll_and32(uint32_t *p, uint32_t v) { return __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST); }
+static inline uint64_t pmll_and64(uint64_t *p, uint64_t v) { return __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST); }
+static inline uint64_t pmll_sub64(uint64_t *p, uint64_t v) { return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST); }
+static inline uint32_t pmll_sub32(uint32_t *p, uint32_t v) { return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST); }
+static inline void pmll_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 static inline int pmll_lock_release_fast(pmll_lock_entry_t *e, uint32_t token) {
     uint32_t expected = token;
     return __atomic_compare_exchange_n(&e->word, &expected, 0, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
@@ -417,6 +485,10 @@ static inline uint64_t * pmll_entry_timeouts(pmll_lock_entry_t *e) { return &e->
 static inline uint32_t * pmll_slot_state(pmll_process_slot_t *s) { return &s->state; }
 static inline uint32_t * pmll_slot_generation(pmll_process_slot_t *s) { return &s->generation; }
 static inline uint32_t * pmll_slot_wait(pmll_process_slot_t *s, uint32_t i) { return &s->waiting_on[i]; }
+// Word i of the reader ledger: the dedicated words first, then the wait ledger's.
+static inline uint32_t * pmll_slot_ledger(pmll_process_slot_t *s, uint32_t i) {
+    return i < PMLL_READ_LEDGER ? &s->reading[i] : &s->waiting_on[i - PMLL_READ_LEDGER];
+}
 
 // MARK: - Lock hierarchy tracking
 
@@ -439,6 +511,11 @@ void pmll_async_scopes_add(int32_t delta);
 // Non-zero when PMLL_CRASH_AT was set at load time (read by a constructor before main).
 extern int pmll_crash_armed;
 static inline int pmll_crash_is_armed(void) { return __builtin_expect(pmll_crash_armed, 0); }
+
+// MARK: - Processes
+
+// execvpe(3) (GNU): replaces the process with `file` found on PATH, environment `envp`.
+int pmll_execvpe(const char *file, char *const _Nullable argv[_Nonnull], char *const _Nullable envp[_Nonnull]);
 
 // MARK: - Clocks
 

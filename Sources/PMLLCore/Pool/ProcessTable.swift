@@ -12,7 +12,18 @@ public struct HolderInfo: Equatable, Sendable, Codable, CustomStringConvertible 
     /// Wall-clock time the holder took the lock (nanoseconds since 1970, coarse).
     public let heldSinceNanoseconds: Int64
 
-    public var description: String { "pid \(pid) (\(commandName))" }
+    /// One of the processes holding the lock shared (then `heldSinceNanoseconds` is 0: shared
+    /// holds are not timed).
+    public var shared = false
+
+    public var description: String { (shared ? "shared holder " : "") + "pid \(pid) (\(commandName))" }
+
+    package init(pid: Int32, commandName: String, heldSinceNanoseconds: Int64, shared: Bool = false) {
+        self.pid = pid
+        self.commandName = commandName
+        self.heldSinceNanoseconds = heldSinceNanoseconds
+        self.shared = shared
+    }
 }
 
 /// The process table: one slot per attached process. Each process holds an OFD write
@@ -43,7 +54,7 @@ package struct ProcessTable {
             slot.pointee.start_time = start
             slot.pointee.registered_at_ns = UInt64(Clock.realtimeNanoseconds)
             writeFixedCString(comm, into: &slot.pointee.comm)
-            _ = withUnsafeMutableBytes(of: &slot.pointee.waiting_on) { $0.initializeMemory(as: UInt8.self, repeating: 0) }
+            ReaderLedger.clear(slot)
             pmll_store32(pmll_slot_generation(slot), generation)
             pmll_store32(pmll_slot_state(slot), PMLL_SLOT_ACTIVE)
             return (index, OwnerToken(slot: index, generation: generation))
@@ -107,7 +118,7 @@ package struct ProcessTable {
             var waits: [LockIndex] = []
             for i in 0..<PMLL_WAIT_LEDGER {
                 let v = pmll_load32(pmll_slot_wait(slot, i))
-                if v != 0 { waits.append(LockIndex(v - 1)) }
+                if v != 0 && !ReaderLedger.isRead(v) { waits.append(LockIndex(v - 1)) }
             }
             guard !waits.isEmpty, isAlive(token) else { continue }
             for lock in waits { counts[lock, default: 0] += 1 }

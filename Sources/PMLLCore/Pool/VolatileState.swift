@@ -30,7 +30,7 @@ package enum VolatileState {
         for index in memory.slots {
             let slot = memory.slot(index)
             slot.pointee.state = PMLL_SLOT_FREE
-            _ = withUnsafeMutableBytes(of: &slot.pointee.waiting_on) { $0.initializeMemory(as: UInt8.self, repeating: 0) }
+            ReaderLedger.clear(slot)
         }
         let header = memory.header
         stampBoot(header, reason: reason == .reboot ? PMLL_RESET_REBOOT : PMLL_RESET_LAST_PROCESS_GONE)

@@ -122,3 +122,47 @@ extension LockContext {
         return try await lock.handle.withLock(timeout: timeout) { grant in try await nested(&grant, body) }
     }
 }
+
+// Shared holds: the same hierarchy rules (a shared hold counts as holding its level).
+
+extension LockContext {
+    @_disfavoredOverload
+    @inlinable
+    public mutating func withSharedLock<R>(registry lock: Lock<Registry>, timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<Registry>) throws -> R) throws -> R where Held: MayAcquireRegistry {
+        try lock.handle.withSharedLock(timeout: timeout, cancellation: cancellation) { grant in try nested(&grant, body) }
+    }
+
+    public mutating func withSharedLock<R>(registry lock: Lock<Registry>, timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockContext<Registry>) async throws -> R) async throws -> R where Held: MayAcquireRegistry {
+        try await lock.handle.withSharedLock(timeout: timeout) { grant in try await nested(&grant, body) }
+    }
+
+    @_disfavoredOverload
+    @inlinable
+    public mutating func withSharedLock<R>(package lock: Lock<Package>, timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<Package>) throws -> R) throws -> R where Held: MayAcquirePackage {
+        try lock.handle.withSharedLock(timeout: timeout, cancellation: cancellation) { grant in try nested(&grant, body) }
+    }
+
+    public mutating func withSharedLock<R>(package lock: Lock<Package>, timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockContext<Package>) async throws -> R) async throws -> R where Held: MayAcquirePackage {
+        try await lock.handle.withSharedLock(timeout: timeout) { grant in try await nested(&grant, body) }
+    }
+
+    @_disfavoredOverload
+    @inlinable
+    public mutating func withSharedLock<R>(filesystem lock: Lock<FileSystem>, timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<FileSystem>) throws -> R) throws -> R where Held: MayAcquireFileSystem {
+        try lock.handle.withSharedLock(timeout: timeout, cancellation: cancellation) { grant in try nested(&grant, body) }
+    }
+
+    public mutating func withSharedLock<R>(filesystem lock: Lock<FileSystem>, timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockContext<FileSystem>) async throws -> R) async throws -> R where Held: MayAcquireFileSystem {
+        try await lock.handle.withSharedLock(timeout: timeout) { grant in try await nested(&grant, body) }
+    }
+
+    @_disfavoredOverload
+    @inlinable
+    public mutating func withSharedLock<R>(network lock: Lock<Network>, timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockContext<Network>) throws -> R) throws -> R where Held: MayAcquireNetwork {
+        try lock.handle.withSharedLock(timeout: timeout, cancellation: cancellation) { grant in try nested(&grant, body) }
+    }
+
+    public mutating func withSharedLock<R>(network lock: Lock<Network>, timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockContext<Network>) async throws -> R) async throws -> R where Held: MayAcquireNetwork {
+        try await lock.handle.withSharedLock(timeout: timeout) { grant in try await nested(&grant, body) }
+    }
+}

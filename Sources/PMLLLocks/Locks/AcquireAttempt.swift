@@ -20,6 +20,8 @@ package import PMLLCore
 ///   stopped, or is starved of CPU) is taken by a waiter that sees it, as a free word: a
 ///   stopped waiter must not stall everyone else (issue 16).
 package struct AcquireAttempt: WaitMachine {
+    /// The bits a new owner keeps: the death mark and who sleeps on the word.
+    static let keptBits = PMLL_WORD_DIED | PMLL_WORD_WAITERS | PMLL_WORD_READERS_WAITING
 
     package let pool: Pool
     package let entry: UnsafeMutablePointer<pmll_lock_entry_t>
@@ -63,7 +65,7 @@ package struct AcquireAttempt: WaitMachine {
             let owner = w & PMLL_OWNER_MASK
 
             if owner == 0 {
-                let desired = token | (w & (PMLL_WORD_DIED | PMLL_WORD_WAITERS)) | (slept ? PMLL_WORD_WAITERS : 0)
+                let desired = token | (w & Self.keptBits) | (slept ? PMLL_WORD_WAITERS : 0)
                 if pmll_cas32(word, &w, desired) != 0 {
                     if requestedHandoff { pool.withdrawHandoff(entry) }
                     return .done(pool.granted(entry, start: start, contended: contended, died: w & PMLL_WORD_DIED != 0))
@@ -87,7 +89,7 @@ package struct AcquireAttempt: WaitMachine {
                 } else if now - handedSeenAt >= pool.handoffClaimNanoseconds {
                     // Its target has not claimed it: take it as if it were free (no death:
                     // the target never entered its critical section).
-                    if pmll_cas32(word, &w, token | (w & (PMLL_WORD_DIED | PMLL_WORD_WAITERS)) | (slept ? PMLL_WORD_WAITERS : 0)) != 0 {
+                    if pmll_cas32(word, &w, token | (w & Self.keptBits) | (slept ? PMLL_WORD_WAITERS : 0)) != 0 {
                         if requestedHandoff { pool.withdrawHandoff(entry) }
                         pmll_add64(&entry.pointee.handoffs_unclaimed, 1)
                         return .done(pool.granted(entry, start: start, contended: true, died: w & PMLL_WORD_DIED != 0))
@@ -158,10 +160,11 @@ package struct AcquireAttempt: WaitMachine {
     /// The owner is gone: take the word over. A handed-but-unclaimed word belongs to a
     /// waiter that died before its critical section began: taken over without reporting a death.
     private mutating func takeOver(from owner: UInt32, word w: inout UInt32) -> Taken? {
-        let handed = w & PMLL_WORD_HANDED != 0
+        // Handed but unclaimed, or still draining readers: its critical section never began.
+        let handed = w & PMLL_WORD_NO_DEATH != 0
         let dead = pool.processes.info(of: OwnerToken(rawValue: owner), heldSince: HoldStamp.heldSince(entry))
         let died = handed ? w & PMLL_WORD_DIED : PMLL_WORD_DIED
-        guard pmll_cas32(word, &w, pool.token.rawValue | (w & PMLL_WORD_WAITERS) | died) != 0 else { return nil }
+        guard pmll_cas32(word, &w, pool.token.rawValue | (w & (PMLL_WORD_WAITERS | PMLL_WORD_READERS_WAITING)) | died) != 0 else { return nil }
         if requestedHandoff { pool.withdrawHandoff(entry) }
         if !handed {
             LockDeath.record(entry, owner: OwnerToken(rawValue: owner), memory: pool.memory, detectedAt: UInt64(Clock.realtimeNanoseconds))

@@ -70,12 +70,13 @@ package enum LockDeath {
             while true {
                 var word = pmll_load32(pmll_entry_word(entry))
                 guard let owner = OwnerToken.owner(ofWord: word), owner.slot == deadSlot else { break }
-                let handed = word & PMLL_WORD_HANDED != 0
+                let handed = word & PMLL_WORD_NO_DEATH != 0   // never began its critical section
                 if !handed { record(entry, owner: owner, memory: memory, detectedAt: now) }
-                let next = (word & PMLL_WORD_WAITERS) | (handed ? word & PMLL_WORD_DIED : PMLL_WORD_DIED)
+                let sleepers = word & (PMLL_WORD_WAITERS | PMLL_WORD_READERS_WAITING)
+                let next = sleepers | (handed ? word & PMLL_WORD_DIED : PMLL_WORD_DIED)
                 if pmll_cas32(pmll_entry_word(entry), &word, next) != 0 {
                     if !handed { entry.pointee.owner_deaths &+= 1 }
-                    if next & PMLL_WORD_WAITERS != 0 { _ = pmll_futex_wake(pmll_entry_word(entry), Int32.max) }
+                    if sleepers != 0 { _ = pmll_futex_wake(pmll_entry_word(entry), Int32.max) }
                     break
                 }
             }

@@ -28,13 +28,19 @@ package enum LockWords {
             let word = entry.pointee.word
             let owner = word & PMLL_OWNER_MASK
             var next = word & PMLL_WORD_DIED
-            if owner != 0 && word & PMLL_WORD_HANDED == 0 {
+            if owner != 0 && word & PMLL_WORD_NO_DEATH == 0 {
                 LockDeath.record(entry, owner: OwnerToken(rawValue: owner), memory: memory, detectedAt: now)
                 entry.pointee.owner_deaths &+= 1
                 next = PMLL_WORD_DIED
             }
             entry.pointee.word = entry.pointee.state == PMLL_ENTRY_READY ? next : 0
             entry.pointee.handoff_target = 0
+            // Shared holds of processes that are all gone; the acquisition total is kept.
+            let readers = entry.pointee.readers
+            if readers & PMLL_READERS_COUNT != 0 {
+                entry.pointee.shared.reader_deaths &+= readers & PMLL_READERS_COUNT
+            }
+            entry.pointee.readers = readers & ~(PMLL_READERS_COUNT | PMLL_READERS_DRAIN)
         }
     }
 }

@@ -8,6 +8,8 @@ public struct LockStatus: Codable, Sendable, Equatable {
         case held
         /// Held by a process that is gone; the next acquirer takes it over.
         case abandoned
+        /// Held shared (see ``LockStatus/readers``), no exclusive holder.
+        case shared
     }
     public let name: String
     public let level: LockLevel
@@ -35,6 +37,28 @@ public struct LockStatus: Codable, Sendable, Equatable {
     public let damaged: Bool
     /// The most recent owner death recorded for this lock.
     public let lastOwnerDeath: OwnerDeath?
+    /// Live processes holding the lock shared (a writer may be holding the word while
+    /// they leave: `state` is then `held`).
+    public let readers: [ReaderInfo]
+    /// Shared holds counted in the lock, including those of readers that died and that no
+    /// writer has discounted yet.
+    public let sharedHolds: Int
+    public let shared: SharedLockStatistics
+}
+
+/// Statistics of shared holds, and of exclusive acquisitions waiting for them to leave.
+public struct SharedLockStatistics: Codable, Sendable, Equatable {
+    public let acquisitions: UInt64
+    public let contended: UInt64
+    public let totalWaitNanoseconds: UInt64
+    public let maxWaitNanoseconds: UInt64
+    /// Shared holds of processes that died holding them (discounted by a writer, or by the
+    /// reset when the last process left).
+    public let readerDeaths: UInt64
+    /// Exclusive acquisitions that had to wait for shared holders to leave, and how long.
+    public let drains: UInt64
+    public let drainTotalNanoseconds: UInt64
+    public let drainMaxNanoseconds: UInt64
 }
 
 extension Pool {
@@ -58,6 +82,15 @@ extension Pool {
                 state = processes.isAlive(owner) ? .held : .abandoned
                 holder = processes.info(of: owner, heldSince: since)
             }
+            let counted = Int(pmll_load64(pmll_entry_readers(entry)) & PMLL_READERS_COUNT)
+            let readers = counted > 0 ? processes.readers(of: index).readers : []
+            if owner == nil && counted > 0 { state = .shared }
+            let stats = pmll_entry_shared(entry)
+            let shared = SharedLockStatistics(
+                acquisitions: SharedHolds.acquisitions(entry), contended: pmll_load64(&stats.pointee.contended),
+                totalWaitNanoseconds: pmll_load64(&stats.pointee.total_wait_ns), maxWaitNanoseconds: pmll_load64(&stats.pointee.max_wait_ns),
+                readerDeaths: pmll_load64(&stats.pointee.reader_deaths), drains: pmll_load64(&stats.pointee.drains),
+                drainTotalNanoseconds: pmll_load64(&stats.pointee.drain_total_ns), drainMaxNanoseconds: pmll_load64(&stats.pointee.drain_max_ns))
             let deaths = entry.pointee.owner_deaths
             let nameBytes = withUnsafeBytes(of: entry.pointee.name) { Array($0.prefix(Int(min(entry.pointee.name_length, PMLL_NAME_MAX)))) }
             let damaged = entry.pointee.entry_checksum != LockTable.checksum(level: entry.pointee.level, name: nameBytes)
@@ -70,7 +103,8 @@ extension Pool {
                 totalWaitNanoseconds: entry.pointee.total_wait_ns, maxWaitNanoseconds: entry.pointee.max_wait_ns,
                 handoffs: entry.pointee.handoffs, handoffsUnclaimed: pmll_load64(&entry.pointee.handoffs_unclaimed),
                 ownerDiedPending: word & PMLL_WORD_DIED != 0, damaged: damaged,
-                lastOwnerDeath: entry.pointee.dead_detected_ns != 0 ? LockDeath.read(entry) : nil))
+                lastOwnerDeath: entry.pointee.dead_detected_ns != 0 ? LockDeath.read(entry) : nil,
+                readers: readers, sharedHolds: counted, shared: shared))
         }
         locks.sort { $0.name < $1.name }
         return locks

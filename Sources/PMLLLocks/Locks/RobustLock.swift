@@ -17,8 +17,15 @@ extension Pool {
     @inlinable @inline(__always)
     package func acquire(index: LockIndex, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Taken {
         let entry = memory.lock(index)
-        if let fast = acquireFast(entry) { return fast }
-        return try acquireSlow(entry: entry, index: index, deadline: deadline, cancellation: cancellation)
+        let taken: Taken
+        if let fast = acquireFast(entry) {
+            taken = fast
+        } else {
+            taken = try acquireSlow(entry: entry, index: index, deadline: deadline, cancellation: cancellation)
+        }
+        // Owning the word keeps new readers out; those already in must leave first.
+        if pmll_lock_readers_present(entry) != 0 { try drainReaders(index: index, deadline: deadline, cancellation: cancellation) }
+        return taken
     }
 
     /// The uncontended path: one CAS and one plain store (the holder's own counter), no
@@ -46,9 +53,15 @@ extension Pool {
     /// Waits for the lock on the ``WaiterThread``, so that no thread of the caller blocks.
     package func acquireAsync(index: LockIndex, deadline: Int64) async throws -> Taken {
         let entry = memory.lock(index)
-        if let fast = acquireFast(entry) { return fast }
-        let attempt = AcquireAttempt(pool: self, entry: entry, index: index, deadline: deadline, cancellation: Cancellation(), spinLimit: 0)
-        return try await WaiterThread.shared.wait(attempt)
+        let taken: Taken
+        if let fast = acquireFast(entry) {
+            taken = fast
+        } else {
+            let attempt = AcquireAttempt(pool: self, entry: entry, index: index, deadline: deadline, cancellation: Cancellation(), spinLimit: 0)
+            taken = try await WaiterThread.shared.wait(attempt)
+        }
+        if pmll_lock_readers_present(entry) != 0 { try await drainReadersAsync(index: index, deadline: deadline) }
+        return taken
     }
 
     /// Stamps statistics as the new holder (plain stores: only the holder writes them).
@@ -92,6 +105,10 @@ extension Pool {
             return
         }
         while pmll_cas32(word, &w, died) == 0 {}
-        if w & PMLL_WORD_WAITERS != 0 { _ = pmll_futex_wake(word, 1) }
+        if w & PMLL_WORD_READERS_WAITING != 0 {
+            _ = pmll_futex_wake(word, Int32.max)   // readers all get in at once
+        } else if w & PMLL_WORD_WAITERS != 0 {
+            _ = pmll_futex_wake(word, 1)
+        }
     }
 }

@@ -1,0 +1,146 @@
+package import CPMLL
+#if canImport(Glibc)
+import Glibc
+#endif
+package import PMLLCore
+
+/// One contended shared acquisition: the word is owned by a writer (holding, or draining
+/// readers before it holds). The reader sleeps on the word with READERS_WAITING set, so that
+/// the writer's release wakes every reader at once, and retries when the word is free.
+///
+/// A writer whose process is gone is found by the same liveness probe exclusive waiters use.
+/// The reader then takes the word over for an instant (so the death record is written by
+/// the word's owner, as always), records the death unless the writer had not begun its
+/// critical section (HANDED or DRAINING), and frees the word with DIED kept: the next
+/// exclusive holder repairs, and shared holders are told until one does.
+package struct SharedAttempt: WaitMachine {
+    package let pool: Pool
+    package let entry: UnsafeMutablePointer<pmll_lock_entry_t>
+    package let index: LockIndex
+    package let deadline: Int64
+    package let cancellation: Cancellation?
+    package let start: Int64
+    package let spinLimit: Int
+    private var spins = 0, lastChance = false
+    private var checkedOwner: UInt32 = 0, checkedAt: Int64
+
+    package init(pool: Pool, entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: LockIndex, deadline: Int64,
+                 cancellation: Cancellation?, start: Int64 = Clock.monotonicNanoseconds, spinLimit: Int = 64) {
+        self.pool = pool
+        self.entry = entry
+        self.index = index
+        self.deadline = deadline
+        self.cancellation = cancellation
+        self.start = start
+        self.spinLimit = spinLimit
+        self.checkedAt = start
+    }
+
+    package var word: UnsafeMutablePointer<UInt32> { pmll_entry_word(entry) }
+
+    package mutating func advance() -> WaitStep<Pool.SharedTaken> {
+        let word = self.word
+        let slot = pool.memory.slot(pool.slot)
+        while true {
+            var w = pmll_load32(word)
+            let owner = w & PMLL_OWNER_MASK
+            if owner == 0 {
+                guard let ledger = ReaderLedger.enter(slot, lock: index) else {
+                    SharedHolds.uncountAcquisition(entry)
+                    return .failed(Pool.ledgerFull)
+                }
+                var before: UInt64 = 0
+                let now = pmll_readers_enter(entry, 1, &before)
+                if now & PMLL_OWNER_MASK == 0 { return .done(granted(ledger: ledger, died: now & PMLL_WORD_DIED != 0)) }
+                SharedHolds.leave(entry, slot: slot, ledger: ledger)
+                continue
+            }
+            let now = Clock.monotonicNanoseconds
+            if owner != checkedOwner {
+                checkedOwner = owner
+                checkedAt = now
+            }
+            let due = now - checkedAt >= pool.ownerCheckNanoseconds || deadline - now <= pool.ownerCheckNanoseconds
+            if due && owner != pool.token.rawValue {
+                checkedAt = now
+                if !pool.processes.isAlive(OwnerToken(rawValue: owner)) {
+                    freeDeadWriter(owner, word: &w)
+                    continue
+                }
+            }
+            let cancelled = cancellation?.isCancelled ?? false
+            if lastChance || now >= deadline || cancelled {
+                SharedHolds.uncountAcquisition(entry)
+                return .failed(failure(cancelled: cancelled, owner: owner))
+            }
+            if spins < spinLimit {
+                spins += 1
+                pmll_cpu_relax()
+                continue
+            }
+            if w & PMLL_WORD_READERS_WAITING == 0 {
+                if pmll_cas32(word, &w, w | PMLL_WORD_READERS_WAITING) == 0 { continue }
+                w |= PMLL_WORD_READERS_WAITING
+            }
+            return .sleep(expected: w, until: min(deadline, now + pool.ownerCheckNanoseconds))
+        }
+    }
+
+    private func granted(ledger: UInt32, died: Bool) -> Pool.SharedTaken {
+        let waited = Clock.monotonicNanoseconds - start
+        let stats = pmll_entry_shared(entry)
+        pmll_add64(&stats.pointee.contended, 1)
+        pmll_add64(&stats.pointee.total_wait_ns, UInt64(max(0, waited)))
+        pmll_max64(&stats.pointee.max_wait_ns, UInt64(max(0, waited)))
+        return Pool.SharedTaken(taken: Taken(entry: entry, ownerDied: died, waitedNanoseconds: waited), ledger: ledger)
+    }
+
+    /// The writer is gone: own the word for an instant, record, and free it with DIED.
+    private func freeDeadWriter(_ owner: UInt32, word w: inout UInt32) {
+        let sleepers = w & (PMLL_WORD_WAITERS | PMLL_WORD_READERS_WAITING)
+        let begun = w & PMLL_WORD_NO_DEATH == 0
+        let died = begun ? PMLL_WORD_DIED : w & PMLL_WORD_DIED
+        guard pmll_cas32(word, &w, pool.token.rawValue | died) != 0 else { return }
+        if begun {
+            LockDeath.record(entry, owner: OwnerToken(rawValue: owner), memory: pool.memory, detectedAt: UInt64(Clock.realtimeNanoseconds))
+            if pool.processes.info(of: OwnerToken(rawValue: owner), heldSince: 0) == nil { entry.pointee.dead_pid = 0 }
+            entry.pointee.owner_deaths &+= 1
+        }
+        // Free, keeping DIED; everyone asleep re-checks (the word's sleepers bits are gone).
+        var mine = pool.token.rawValue | died
+        while pmll_cas32(word, &mine, died | (mine & (PMLL_WORD_WAITERS | PMLL_WORD_READERS_WAITING))) == 0 {}
+        if sleepers != 0 || mine & (PMLL_WORD_WAITERS | PMLL_WORD_READERS_WAITING) != 0 {
+            _ = pmll_futex_wake(word, Int32.max)
+        }
+    }
+
+    private func failure(cancelled: Bool, owner: UInt32) -> PMLLError {
+        let name = String(fixedCString: entry.pointee.name)
+        if cancelled { return .cancelled(lock: name) }
+        pmll_add64(pmll_entry_timeouts(entry), 1)
+        return .timeout(lock: name, holder: owner == 0 ? nil : pool.processes.info(of: OwnerToken(rawValue: owner), heldSince: HoldStamp.heldSince(entry)))
+    }
+
+    package mutating func runHere() throws(PMLLError) -> Pool.SharedTaken {
+        while true {
+            switch advance() {
+            case .done(let taken): return taken
+            case .failed(let error): throw error
+            case .sleep(let expected, let until):
+                let rc = pmll_futex_wait(word, expected, until)
+                slept(timedOut: rc == -ETIMEDOUT, until: until)
+            }
+        }
+    }
+
+    package mutating func slept(timedOut: Bool, until: Int64) {
+        if timedOut && until == deadline { lastChance = true }
+    }
+
+    package func failureWhileQueued(cancelled: Bool) -> PMLLError {
+        SharedHolds.uncountAcquisition(entry)
+        return failure(cancelled: cancelled, owner: pmll_load32(word) & PMLL_OWNER_MASK)
+    }
+
+    package func end() {}
+}

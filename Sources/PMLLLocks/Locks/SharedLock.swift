@@ -1,0 +1,88 @@
+package import CPMLL
+#if canImport(Glibc)
+import Glibc
+#endif
+public import PMLLCore
+
+/// Shared holds of a lock (see Docs/LockProtocol.md, "Shared holds").
+///
+/// Readers never own the word: a reader enters this process's ledger, counts itself into
+/// `readers` and then loads the word; a free word (owner 0) grants the shared hold. A writer
+/// takes the word exactly as an exclusive lock and then waits for `readers` to drain
+/// (``ReaderDrain``). Both sides use sequentially consistent operations, so a reader and a
+/// writer racing for the lock cannot both miss each other. Since the writer owns the word
+/// while it drains, readers that arrive after it queue behind it: a stream of readers
+/// cannot starve a writer, which kernel shared locks (flock, OFD, POSIX) do not guarantee.
+extension Pool {
+    /// A shared hold as acquiring it left it: the grant facts and the ledger word to leave.
+    @usableFromInline
+    package struct SharedTaken: @unchecked Sendable {
+        @usableFromInline package let taken: Taken
+        @usableFromInline package let ledger: UInt32
+    }
+
+    /// Readers of one process are limited by the ledger words in its process slot.
+    static var ledgerFull: PMLLError { .poolFull(table: "reader ledger of this process", capacity: Int(ReaderLedger.words)) }
+
+    @usableFromInline
+    package func acquireShared(index: LockIndex, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> SharedTaken {
+        if let fast = try acquireSharedFast(index) { return fast }
+        var attempt = SharedAttempt(pool: self, entry: memory.lock(index), index: index, deadline: deadline, cancellation: cancellation)
+        return try attempt.runHere()
+    }
+
+    /// The uncontended path: a ledger CAS in our own slot, one add on the lock's first cache
+    /// line and a load of the word; no syscall, no clock read.
+    @usableFromInline
+    package func acquireSharedFast(_ index: LockIndex) throws(PMLLError) -> SharedTaken? {
+        let entry = memory.lock(index)
+        let slot = memory.slot(self.slot)
+        guard let ledger = ReaderLedger.enter(slot, lock: index) else { throw Self.ledgerFull }
+        var before: UInt64 = 0
+        let w = pmll_readers_enter(entry, 1 | PMLL_READERS_ONE_ACQUISITION, &before)
+        if before >> 32 == 0xFFFF_FFFF { pmll_add64(&pmll_entry_shared(entry).pointee.acquisition_wraps, 1) }
+        if w & PMLL_OWNER_MASK == 0 {
+            return SharedTaken(taken: Taken(entry: entry, ownerDied: w & PMLL_WORD_DIED != 0, waitedNanoseconds: 0), ledger: ledger)
+        }
+        SharedHolds.leave(entry, slot: slot, ledger: ledger)
+        return nil
+    }
+
+    /// Async form: waits on the ``WaiterThread``.
+    package func acquireSharedAsync(index: LockIndex, deadline: Int64) async throws -> SharedTaken {
+        if let fast = try acquireSharedFast(index) { return fast }
+        let attempt = SharedAttempt(pool: self, entry: memory.lock(index), index: index, deadline: deadline, cancellation: Cancellation(), spinLimit: 0)
+        return try await WaiterThread.shared.wait(attempt)
+    }
+
+    @usableFromInline
+    package func releaseShared(_ held: SharedTaken) {
+        SharedHolds.leave(held.taken.entry, slot: memory.slot(slot), ledger: held.ledger)
+    }
+}
+
+/// Counting a reader out, shared by release and by a reader backing off from a writer.
+package enum SharedHolds {
+    /// Count first, ledger second (see ``ReaderLedger``); the last reader out wakes a
+    /// writer that flagged itself as draining.
+    @usableFromInline
+    package static func leave(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>, slot: UnsafeMutablePointer<pmll_process_slot_t>, ledger: UInt32) {
+        let before = pmll_readers_leave(entry)
+        if before & PMLL_READERS_COUNT == 1 && before & PMLL_READERS_DRAIN != 0 {
+            _ = pmll_futex_wake(pmll_entry_readers_word(entry), Int32.max)
+        }
+        ReaderLedger.leave(slot, word: ledger)
+    }
+
+    /// Takes back the acquisition counted by a first try that then failed for good.
+    package static func uncountAcquisition(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) {
+        let before = pmll_sub64(pmll_entry_readers(entry), PMLL_READERS_ONE_ACQUISITION)
+        if before >> 32 == 0 { pmll_add64(&pmll_entry_shared(entry).pointee.acquisition_wraps, UInt64.max) }
+    }
+
+    /// Shared acquisitions since the pool was created (the high half of `readers` and its wraps).
+    package static func acquisitions(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> UInt64 {
+        let v = pmll_load64(pmll_entry_readers(entry))
+        return pmll_load64(&pmll_entry_shared(entry).pointee.acquisition_wraps) << 32 | v >> 32
+    }
+}

@@ -1,0 +1,93 @@
+import CPMLL
+public import PMLLCore
+
+/// Shared scopes on one lock: the same steps as an exclusive scope (hierarchy check, repair
+/// after an owner death, held-lock record, crash points), with a shared hold in the middle.
+/// A shared hold counts as holding the lock's level for the hierarchy.
+extension LockHandle {
+    /// Holds the lock shared while `body` runs: other shared holders may hold it at the same
+    /// time, an exclusive holder may not. A writer that is waiting keeps new shared holders
+    /// out until it is done (no writer starvation). Waits at most `timeout` (nil: no limit).
+    ///
+    /// `previousOwnerDeath` is set while the last exclusive holder's death is unrepaired:
+    /// shared holders cannot repair (they must not write), so every one of them is told until
+    /// an exclusive holder takes the lock.
+    @_disfavoredOverload
+    @inlinable
+    public func withSharedLock<R>(timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockGrant) throws -> R) throws -> R {
+        let scope = try enterSharedScope(timeout: timeout, cancellation: cancellation)
+        var grant = LockGrant(held: HeldSet(first: scope.held.taken))
+        defer { exitSharedScope(scope) }
+        return try body(&grant)
+    }
+
+    /// Holds the lock shared if that is possible right now; nil without waiting otherwise.
+    public func withSharedLockIfAvailable<R>(_ body: (inout LockGrant) throws -> R) throws -> R? {
+        do {
+            return try withSharedLock(timeout: .zero, cancellation: nil, body)
+        } catch PMLLError.timeout {
+            return nil
+        }
+    }
+
+    /// Async form: waits without blocking a cooperative thread and honours Task cancellation.
+    public func withSharedLock<R>(timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockGrant) async throws -> R) async throws -> R {
+        try HeldLocks.check(entry, after: HeldLocks.currentTop)
+        if Task.isCancelled { throw PMLLError.cancelled(lock: id.name) }
+        let held = try await pool.acquireSharedAsync(index: index, deadline: Pool.deadline(after: timeout))
+        do {
+            try LockScope.settle(pool, EmptyCollection(), ownerDied: held.taken.ownerDied)
+        } catch {
+            pool.releaseShared(held)
+            throw error
+        }
+        var grant = LockGrant(held: HeldSet(first: held.taken))
+        pmll_async_scopes_add(1)
+        defer {
+            CrashPoint.hit("lock.releasing")
+            pmll_async_scopes_add(-1)
+            pool.releaseShared(held)
+        }
+        let top = HeldLocks.HeldLock(entry: UnsafePointer(entry), pool: pool)
+        return try await HeldLocks.$asyncTopRecord.withValue(top) {
+            try await body(&grant)
+        }
+    }
+
+    /// The live processes holding the lock shared right now.
+    public var currentReaders: [ReaderInfo] {
+        guard pmll_load64(pmll_entry_readers(entry)) & PMLL_READERS_COUNT != 0 else { return [] }
+        return pool.processes.readers(of: index).readers
+    }
+
+    @usableFromInline
+    struct SharedScope {
+        let saved: UnsafeRawPointer?
+        @usableFromInline let held: Pool.SharedTaken
+    }
+
+    @usableFromInline
+    func enterSharedScope(timeout: Duration?, cancellation: Cancellation?) throws(PMLLError) -> SharedScope {
+        let entry = self.entry
+        let saved = pmll_held_top_get()
+        try HeldLocks.check(entry, after: saved ?? HeldLocks.asyncTop())
+        let held = try pool.acquireShared(index: index, deadline: Pool.deadline(after: timeout), cancellation: cancellation)
+        do {
+            // The repair of a dead holder's transaction does not need this lock exclusive: it
+            // runs under the store's own lock.
+            try LockScope.settle(pool, EmptyCollection(), ownerDied: held.taken.ownerDied)
+        } catch {
+            pool.releaseShared(held)
+            throw error
+        }
+        pmll_held_top_set(entry)
+        return SharedScope(saved: saved.map(UnsafeRawPointer.init), held: held)
+    }
+
+    @usableFromInline
+    func exitSharedScope(_ scope: SharedScope) {
+        CrashPoint.hit("lock.releasing")
+        pmll_held_top_set(scope.saved?.assumingMemoryBound(to: pmll_lock_entry_t.self))
+        pool.releaseShared(scope.held)
+    }
+}

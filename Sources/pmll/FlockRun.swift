@@ -1,0 +1,113 @@
+import PMLL
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Running a parsed `pmll flock`: open (create) FILE, take the lock of its canonical path,
+/// run COMMAND as our child (or exec it with -F) and exit as flock(1) would.
+struct FlockRun {
+    let options: FlockOptions
+
+    func run() throws -> Int32 {
+        let path = try openFile()
+        let label = options.command.first.map { options.shellCommand ? "sh" : ($0.split(separator: "/").last.map(String.init) ?? $0) }
+        if options.unlock {
+            // flock -u FILE COMMAND unlocks a descriptor that holds nothing, then runs COMMAND.
+            return try execute(environment: NestedLocks.environment(adding: nil), lock: nil)
+        }
+        var poolOptions = PoolOptions()
+        poolOptions.processLabel = label
+        let pool = try Pool.open(path: nil, options: poolOptions)   // $PMLL_POOL, else the default pool
+        let lock = try pool.lock(named: Self.lockName(path), level: .filesystem)
+
+        let cancellation = Cancellation()
+        let interrupt = SignalWatch(SIGINT) {
+            cancellation.cancel()
+            lock.wakeWaiters()
+        }
+        let notice = WaitNotice(lock: lock)
+        let started = Clock.monotonicNanoseconds
+        let timeout: Duration? = options.nonblock || options.timeout == 0 ? .zero : options.timeout.map { .nanoseconds(Int64($0 * 1e9)) }
+        let body = { (grant: inout LockGrant) throws -> Int32 in
+            notice.stop()
+            interrupt.stop()
+            grant.recordHoldStart()
+            if options.verbose {
+                let took = Clock.monotonicNanoseconds - started
+                let micros = String(took % 1_000_000_000 / 1000)
+                print("pmll: getting lock took \(took / 1_000_000_000).\(String(repeating: "0", count: 6 - micros.count) + micros) seconds")
+            }
+            var environment = NestedLocks.environment(adding: nil)
+            if let death = grant.previousOwnerDeath {
+                printError("pmll: warning: lock '\(lock.id.name)': \(death); running COMMAND with PMLL_PREVIOUS_OWNER_DIED=1")
+                environment.append("PMLL_PREVIOUS_OWNER_DIED=1")
+            }
+            let status = try execute(environment: environment, lock: lock)
+            if status >= 128 && status < 128 + 65 && !options.noFork { grant.markInconsistent() }
+            return status
+        }
+        do {
+            return options.shared ? try lock.withSharedLock(timeout: timeout, cancellation: cancellation, body)
+                                  : try lock.withLock(timeout: timeout, cancellation: cancellation, body)
+        } catch PMLLError.timeout(_, let holder) {
+            notice.stop()
+            let who = holder.map { " (held by \($0))" } ?? ""
+            if options.nonblock || options.timeout == 0 {
+                if options.verbose { printError("pmll: failed to get lock\(who)") }
+            } else {
+                printError("pmll: timeout while waiting to get lock\(who)")
+            }
+            return options.conflictExitCode
+        }
+    }
+
+    /// flock's open: create the file if missing (a directory is opened read-only).
+    private func openFile() throws -> String {
+        var fd = open(options.file, O_RDONLY | O_NOCTTY | O_CREAT | O_CLOEXEC, 0o666)
+        if fd < 0 && errno == EISDIR { fd = open(options.file, O_RDONLY | O_NOCTTY | O_CLOEXEC) }
+        guard fd >= 0 else {
+            let e = errno
+            let status: Int32 = e == ENOMEM || e == EMFILE || e == ENFILE ? 71 : e == EROFS || e == ENOSPC ? 73 : 66
+            throw CommandFailure(message: "cannot open lock file \(visible(options.file)): \(String(cString: strerror(e)))", status: status)
+        }
+        defer { Glibc.close(fd) }
+        guard let real = realpath(options.file, nil) else {
+            throw CommandFailure(message: "cannot resolve \(visible(options.file)): \(String(cString: strerror(errno)))", status: 66)
+        }
+        defer { free(real) }
+        return String(cString: real)
+    }
+
+    /// The lock of a canonical path: the path itself when it is a valid name, else (longer
+    /// than 255 bytes, or not UTF-8) its tail with a digest of the whole path.
+    static func lockName(_ path: String) -> String {
+        let bytes = Array(path.utf8)
+        if bytes.count <= 255, String(validating: bytes, as: UTF8.self) != nil, !bytes.contains(0) { return path }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in bytes { hash = (hash ^ UInt64(b)) &* 0x100_0000_01b3 }
+        let tail = String(decoding: bytes.suffix(200), as: UTF8.self)
+        return "…" + tail + "#" + String(hash, radix: 16)
+    }
+
+    /// Runs COMMAND as our child (or in our place with -F) and returns flock's status for it.
+    private func execute(environment: [String], lock: LockHandle?) throws -> Int32 {
+        if options.verbose { print("pmll: executing \(options.command[0])") }
+        if options.noFork {
+            try lock?.keepAcrossExec()
+            fflush(nil)
+            ChildProcess.exec(options.command, environment: environment)
+            printError("pmll: failed to execute \(visible(options.command[0])): \(String(cString: strerror(errno)))")
+            return 69
+        }
+        fflush(nil)
+        let result: ChildProcess.Result
+        do {
+            result = try ChildProcess.run(options.command, environment: environment)
+        } catch {
+            guard error.status == 126 || error.status == 127 else { throw error }
+            printError("pmll: failed to execute \(visible(options.command[0])): \(ChildProcess.reason(error))")
+            return 69   // flock(1): EX_UNAVAILABLE
+        }
+        return result.exitStatus
+    }
+}
