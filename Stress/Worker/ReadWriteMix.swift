@@ -4,10 +4,11 @@ import Foundation
 import PMLL
 
 /// Loops on one lock, shared `readPercent` % of the time and exclusive otherwise, and checks
-/// the exclusion in a file mapped by every worker (u64 each): readers inside, writers inside,
-/// violations, shared holds done, exclusive holds done, longest exclusive wait (ns).
-/// A reader that sees a writer inside, or a writer that sees anyone else inside, counts a
-/// violation. With `--seconds`, stops after that long and prints its counts.
+/// the exclusion in a file mapped by every worker. Words (u64): 2 violations, 3 shared holds
+/// done, 4 exclusive holds done, 5 longest exclusive wait (ns); from word 16, one (pid, state)
+/// pair per worker, state 1 reading, 2 writing. A reader that finds a live writer inside, or
+/// a writer that finds any other live worker inside, counts a violation. Liveness is checked
+/// because workers are SIGKILLed inside their sections (their state stays behind).
 struct ReadWriteMix: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "rw-mix")
     @OptionGroup var common: Common
@@ -16,42 +17,63 @@ struct ReadWriteMix: ParsableCommand {
     @Option var holdMicroseconds = 0
     @Option var seconds: Double = 3600
 
+    static let slots = 64
+
     func run() throws {
         let (_, lock) = try common.open()
         let fd = open(file, O_RDWR | O_CREAT, 0o600)
         guard fd >= 0, ftruncate(fd, 4096) == 0,
               let base = mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), base != MAP_FAILED else { throw ExitCode(2) }
         let words = base.assumingMemoryBound(to: UInt64.self)
-        func add(_ i: Int, _ v: UInt64) -> UInt64 { pmll_fetch_add64(words + i, v) }
+        let me = UInt64(getpid())
+        guard let slot = (0..<Self.slots).first(where: { i in
+            var seen = words[16 + 2 * i]
+            return (seen == 0 || !Self.alive(seen)) && pmll_cas64(words + 16 + 2 * i, &seen, me) != 0
+        }) else { throw ExitCode(3) }
+        let state = words + 17 + 2 * slot
+        pmll_store64_release(state, 0)   // the slot's previous worker may have died inside
+        func others(_ bad: (UInt64) -> Bool) -> Bool {
+            (0..<Self.slots).contains { i in
+                i != slot && bad(pmll_load64_acquire(words + 17 + 2 * i)) && Self.alive(pmll_load64_acquire(words + 16 + 2 * i))
+            }
+        }
         emit(["event": "started", "pid": Int(getpid())])
         let end = Date().addingTimeInterval(seconds)
         var reads = 0, writes = 0
         while Date() < end {
             if Int.random(in: 0..<100) < readPercent {
                 try lock.withSharedLock(timeout: .seconds(60)) { _ in
-                    _ = add(0, 1)
-                    if add(1, 0) != 0 { _ = add(2, 1) }
+                    pmll_store64_release(state, 1)
+                    if others({ $0 == 2 }) { _ = pmll_fetch_add64(words + 2, 1) }
                     if holdMicroseconds > 0 { usleep(UInt32(holdMicroseconds)) }
-                    _ = add(0, UInt64.max)
+                    pmll_store64_release(state, 0)
                 }
-                _ = add(3, 1)
+                _ = pmll_fetch_add64(words + 3, 1)
                 reads += 1
             } else {
                 let start = DispatchTime.now().uptimeNanoseconds
                 try lock.withLock(timeout: .seconds(60)) { _ in
                     let waited = DispatchTime.now().uptimeNanoseconds - start
-                    if add(1, 1) != 0 || add(0, 0) != 0 { _ = add(2, 1) }
+                    pmll_store64_release(state, 2)
+                    if others({ $0 != 0 }) { _ = pmll_fetch_add64(words + 2, 1) }
                     if holdMicroseconds > 0 { usleep(UInt32(holdMicroseconds)) }
-                    if add(0, 0) != 0 { _ = add(2, 1) }
-                    _ = add(1, UInt64.max)
+                    if others({ $0 != 0 }) { _ = pmll_fetch_add64(words + 2, 1) }
+                    pmll_store64_release(state, 0)
                     var seen = words[5]
                     while seen < waited && pmll_cas64(words + 5, &seen, waited) == 0 {}
                 }
-                _ = add(4, 1)
+                _ = pmll_fetch_add64(words + 4, 1)
                 writes += 1
             }
         }
         emit(["event": "done", "reads": reads, "writes": writes])
     }
-}
 
+    /// A process that exists and is not a zombie (a killed worker not yet reaped is one).
+    static func alive(_ pid: UInt64) -> Bool {
+        guard pid != 0, kill(pid_t(pid), 0) == 0 else { return false }
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return true }
+        return !stat[close...].hasPrefix(") Z") && !stat[close...].hasPrefix(") X")
+    }
+}
