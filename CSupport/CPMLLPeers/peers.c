@@ -37,6 +37,36 @@ int peers_robust_lock(void *mutex) {
 
 int peers_robust_unlock(void *mutex) { return -pthread_mutex_unlock((pthread_mutex_t *)mutex); }
 
+size_t peers_rwlock_size(void) { return sizeof(pthread_rwlock_t); }
+
+int peers_rwlock_init(void *rwlock) {
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    int rc = pthread_rwlock_init((pthread_rwlock_t *)rwlock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    return -rc;
+}
+
+int peers_rwlock_rdlock(void *rwlock) { return -pthread_rwlock_rdlock((pthread_rwlock_t *)rwlock); }
+int peers_rwlock_wrlock(void *rwlock) { return -pthread_rwlock_wrlock((pthread_rwlock_t *)rwlock); }
+int peers_rwlock_unlock(void *rwlock) { return -pthread_rwlock_unlock((pthread_rwlock_t *)rwlock); }
+
+int peers_rwlock_timedwrlock(void *rwlock, int64_t timeout_ns) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t ns = ts.tv_nsec + timeout_ns;
+    ts.tv_sec += ns / 1000000000;
+    ts.tv_nsec = ns % 1000000000;
+    return -pthread_rwlock_timedwrlock((pthread_rwlock_t *)rwlock, &ts);
+}
+
+int peers_flock(int fd, int operation) { return flock(fd, operation) == 0 ? 0 : -errno; }
+int peers_lock_sh(void) { return LOCK_SH; }
+int peers_lock_ex(void) { return LOCK_EX; }
+int peers_lock_un(void) { return LOCK_UN; }
+int peers_lock_nb(void) { return LOCK_NB; }
+
 int peers_flock_pair(int fd) {
     if (flock(fd, LOCK_EX) != 0) return -errno;
     if (flock(fd, LOCK_UN) != 0) return -errno;

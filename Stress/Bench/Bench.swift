@@ -7,7 +7,7 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmll-bench",
         abstract: "PMLL benchmarks with peers measured in the same run (locks: glibc robust mutex, flock, OFD; queue: SQLite WAL; tx: libpmemobj).",
-        subcommands: [Locks.self, AsyncBench.self, QueueBench.self, TransactionBench.self, StartupBench.self, BatchBench.self, BatchChild.self, ContendChild.self, TakeoverChild.self, QueueChild.self, TransactionChild.self],
+        subcommands: [Locks.self, AsyncBench.self, QueueBench.self, TransactionBench.self, StartupBench.self, BatchBench.self, BatchChild.self, ContendChild.self, TakeoverChild.self, ReadWriteChild.self, StarveChild.self, QueueChild.self, TransactionChild.self],
         defaultSubcommand: Locks.self
     )
 }
@@ -34,6 +34,14 @@ struct Locks: ParsableCommand {
             for kind in ["pmll", "pthread"] {
                 section.takeover.append(try Takeover.run(kind: kind, rounds: rounds, directory: dir))
             }
+            for processes in [2, 4] {
+                for kind in ReadWriteBench.kinds {
+                    section.readWriteMix.append(try ReadWriteBench.mix(kind: kind, processes: processes, readPercent: 90, seconds: seconds, directory: dir))
+                }
+            }
+            for kind in ReadWriteBench.kinds {
+                section.writerStarvation.append(try ReadWriteBench.starvation(kind: kind, directory: dir))
+            }
             report.sections.append(section)
         }
         if json {
@@ -41,7 +49,7 @@ struct Locks: ParsableCommand {
         } else {
             print(report.table())
         }
-        if report.sections.contains(where: { $0.contended.contains(where: \.exclusionViolated) }) {
+        if report.sections.contains(where: { $0.contended.contains(where: \.exclusionViolated) || $0.readWriteMix.contains(where: \.exclusionViolated) }) {
             throw ExitCode(1)
         }
     }
@@ -53,6 +61,24 @@ struct ContendChild: ParsableCommand {
     @Option var directory: String
     @Option var index: Int
     func run() throws { try Contended.child(kind: kind, directory: directory, index: index) }
+}
+
+struct ReadWriteChild: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "rw-child", shouldDisplay: false)
+    @Option var kind: String
+    @Option var directory: String
+    @Option var index: Int
+    @Option var readPercent: Int
+    func run() throws { try ReadWriteBench.child(kind: kind, directory: directory, index: index, readPercent: readPercent) }
+}
+
+struct StarveChild: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "starve-child", shouldDisplay: false)
+    @Option var kind: String
+    @Option var directory: String
+    @Option var index: Int
+    @Option var holdMicroseconds: Int
+    func run() throws { try ReadWriteBench.starveChild(kind: kind, directory: directory, index: index, holdMicroseconds: holdMicroseconds) }
 }
 
 struct TakeoverChild: ParsableCommand {
@@ -70,6 +96,8 @@ struct Report: Codable {
         var uncontended: [Uncontended.Row] = []
         var contended: [Contended.Row] = []
         var takeover: [Takeover.Row] = []
+        var readWriteMix: [ReadWriteBench.MixRow] = []
+        var writerStarvation: [ReadWriteBench.StarvationRow] = []
     }
     let command: String
     var sections: [Section] = []
@@ -95,6 +123,19 @@ struct Report: Codable {
             for row in s.takeover {
                 out += pad(row.kind, 10) + String(format: "p50 %8.1f us   p99 %8.1f us   max %8.1f us   owner death reported %d/%d\n",
                                                   row.p50Microseconds, row.p99Microseconds, row.maxMicroseconds, row.ownerDeathReported, row.rounds)
+            }
+            out += "\nReader-heavy mix (90 % shared, empty sections), ops/s and ratio to glibc pshared rwlock\n"
+            for row in s.readWriteMix {
+                let peer = s.readWriteMix.first { $0.kind == "rwlock" && $0.processes == row.processes }?.operationsPerSecond ?? .nan
+                out += pad(row.kind, 10) + pad("P=\(row.processes)", 6) + pad(String(format: "%.0f", row.operationsPerSecond), 14)
+                    + pad(String(format: "%.2f", row.operationsPerSecond / peer), 8) + (row.exclusionViolated ? "VIOLATED" : "ok") + "\n"
+            }
+            if let first = s.writerStarvation.first {
+                out += "\nWriter wait under a stream of \(first.readers) overlapping readers (\(first.readerHoldMicroseconds) us holds), \(first.attempts) attempts, capped at \(first.capSeconds) s\n"
+            }
+            for row in s.writerStarvation {
+                out += pad(row.kind, 10) + String(format: "median %9.1f ms   max %9.1f ms   starved %d/%d\n",
+                                                  row.medianWaitMilliseconds, row.maxWaitMilliseconds, row.starved, row.attempts)
             }
         }
         return out

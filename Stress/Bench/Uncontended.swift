@@ -48,12 +48,23 @@ enum Uncontended {
                 }
             }
         }))
+        rows.append(Row(name: "pmll shared (LockHandle.withSharedLock)", nanosecondsPerPair: try median {
+            try timed { for _ in 0..<iterations { try untyped.withSharedLock { _ in } } }
+        }))
+        let rwlock = shared.base + 1024
+        precondition(peers_rwlock_init(rwlock) == 0)
+        rows.append(Row(name: "glibc pshared rwlock rdlock+unlock", nanosecondsPerPair: median {
+            timed { for _ in 0..<iterations { _ = peers_rwlock_rdlock(rwlock); _ = peers_rwlock_unlock(rwlock) } }
+        }))
         rows.append(Row(name: "glibc robust pshared mutex", nanosecondsPerPair: median {
             timed { for _ in 0..<iterations { _ = peers_robust_lock(mutex); _ = peers_robust_unlock(mutex) } }
         }))
         let slow = max(1, iterations / 50)
         rows.append(Row(name: "flock(2)", nanosecondsPerPair: median {
             timed { for _ in 0..<slow { _ = peers_flock_pair(lockFile) } } * Int64(iterations / slow)
+        }))
+        rows.append(Row(name: "flock(2) LOCK_SH", nanosecondsPerPair: median {
+            timed { for _ in 0..<slow { _ = peers_flock(lockFile, peers_lock_sh()); _ = peers_flock(lockFile, peers_lock_un()) } } * Int64(iterations / slow)
         }))
         rows.append(Row(name: "fcntl OFD lock", nanosecondsPerPair: median {
             timed { for _ in 0..<slow { _ = peers_ofd_pair(lockFile) } } * Int64(iterations / slow)

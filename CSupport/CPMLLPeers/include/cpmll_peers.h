@@ -15,6 +15,22 @@ int peers_robust_init(void *mutex);
 int peers_robust_lock(void *mutex);
 int peers_robust_unlock(void *mutex);
 
+// glibc pthread_rwlock with PTHREAD_PROCESS_SHARED (default kind: readers preferred) in a
+// MAP_SHARED mapping. 0 or -errno.
+size_t peers_rwlock_size(void);
+int peers_rwlock_init(void *rwlock);
+int peers_rwlock_rdlock(void *rwlock);
+int peers_rwlock_wrlock(void *rwlock);
+int peers_rwlock_timedwrlock(void *rwlock, int64_t timeout_ns);
+int peers_rwlock_unlock(void *rwlock);
+
+// flock(2) with the given operation (LOCK_SH, LOCK_EX, LOCK_UN, | LOCK_NB). 0 or -errno.
+int peers_flock(int fd, int operation);
+int peers_lock_sh(void);
+int peers_lock_ex(void);
+int peers_lock_un(void);
+int peers_lock_nb(void);
+
 // flock(2) and fcntl OFD write lock + unlock on byte 0 of fd. 0 or -errno.
 int peers_flock_pair(int fd);
 int peers_ofd_pair(int fd);
