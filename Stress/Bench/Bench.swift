@@ -19,27 +19,29 @@ struct Locks: ParsableCommand {
     @Option var iterations = 2_000_000
     @Option var seconds = 2.0
     @Option var rounds = 200
+    @Option(help: "Run only these parts (uncontended, contended, takeover, mix, starvation); default all.") var only: [String] = []
     @Flag var json = false
 
     func run() throws {
         var report = Report(command: CommandLine.arguments.joined(separator: " "))
         try directories.forEach(tag: "pmll-bench") { dir, fs in
             var section = Report.Section(directory: dir, filesystem: fs)
-            section.uncontended = try Uncontended.run(directory: dir, iterations: iterations)
-            for processes in [2, 4] {
+            func runs(_ part: String) -> Bool { only.isEmpty || only.contains(part) }
+            if runs("uncontended") { section.uncontended = try Uncontended.run(directory: dir, iterations: iterations) }
+            for processes in [2, 4] where runs("contended") {
                 for kind in ["pmll", "pthread"] {
                     section.contended.append(try Contended.run(kind: kind, processes: processes, seconds: seconds, directory: dir))
                 }
             }
-            for kind in ["pmll", "pthread"] {
+            for kind in ["pmll", "pthread", "exit"] where runs("takeover") {
                 section.takeover.append(try Takeover.run(kind: kind, rounds: rounds, directory: dir))
             }
-            for processes in [2, 4] {
+            for processes in [2, 4] where runs("mix") {
                 for kind in ReadWriteBench.kinds {
                     section.readWriteMix.append(try ReadWriteBench.mix(kind: kind, processes: processes, readPercent: 90, seconds: seconds, directory: dir))
                 }
             }
-            for kind in ReadWriteBench.kinds {
+            for kind in ReadWriteBench.kinds where runs("starvation") {
                 section.writerStarvation.append(try ReadWriteBench.starvation(kind: kind, directory: dir))
             }
             report.sections.append(section)
@@ -119,7 +121,7 @@ struct Report: Codable {
                     + pad(String(format: "%.3f", row.minShare), 11) + pad(String(format: "%.3f", row.maxShare), 11)
                     + pad(String(format: "%.3f", row.jainFairness), 7) + (row.exclusionViolated ? "VIOLATED" : "ok") + "\n"
             }
-            out += "\nSIGKILL of the holder until a waiter owns the lock\n"
+            out += "\nSIGKILL of the holder until a waiter owns the lock (exit: until the holder's pidfd fires, no waiter)\n"
             for row in s.takeover {
                 out += pad(row.kind, 10) + String(format: "p50 %8.1f us   p99 %8.1f us   max %8.1f us   owner death reported %d/%d\n",
                                                   row.p50Microseconds, row.p99Microseconds, row.maxMicroseconds, row.ownerDeathReported, row.rounds)

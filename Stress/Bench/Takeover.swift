@@ -1,3 +1,4 @@
+import CPMLL
 import CPMLLPeers
 import Foundation
 import Histogram
@@ -22,6 +23,22 @@ enum Takeover {
         var histogram = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
         var reported = 0
         for _ in 0..<rounds {
+            if kind == "exit" {
+                // The floor of any takeover that waits for the kernel to release the holder's
+                // files (OFD byte, pidfd): the pmll holder's own exit, watched by a pidfd.
+                let holder = try BenchChild(["takeover-child", "--kind", "pmll", "--directory", directory, "--role", "holder"])
+                guard holder.readLine() == "held" else { throw ToolError("holder failed") }
+                let pidfd = pmll_pidfd_open(holder.pid)   // our unreaped child: its PID cannot be reused
+                let killedAt = monotonicNanoseconds()
+                kill(holder.pid, SIGKILL)
+                var poller = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+                _ = poll(&poller, 1, 5000)
+                _ = histogram.record(UInt64(max(0, monotonicNanoseconds() - killedAt)))
+                close(pidfd)
+                holder.process.waitUntilExit()
+                reported += 1
+                continue
+            }
             let holder = try BenchChild(["takeover-child", "--kind", kind, "--directory", directory, "--role", "holder"])
             guard holder.readLine() == "held" else { throw ToolError("holder failed") }
             let waiter = try BenchChild(["takeover-child", "--kind", kind, "--directory", directory, "--role", "waiter"])

@@ -32,10 +32,22 @@ struct ReadWriteMix: ParsableCommand {
         }) else { throw ExitCode(3) }
         let state = words + 17 + 2 * slot
         pmll_store64_release(state, 0)   // the slot's previous worker may have died inside
+        // On a violation: words 8... record the first one (my pid, my mode, its pid, its state,
+        // its /proc state letter) for the test's message.
         func others(_ bad: (UInt64) -> Bool) -> Bool {
-            (0..<Self.slots).contains { i in
+            guard let i = (0..<Self.slots).first(where: { i in
                 i != slot && bad(pmll_load64_acquire(words + 17 + 2 * i)) && Self.alive(pmll_load64_acquire(words + 16 + 2 * i))
+            }) else { return false }
+            var none: UInt64 = 0
+            if pmll_cas64(words + 8, &none, me) != 0 {
+                let other = pmll_load64_acquire(words + 16 + 2 * i)
+                words[9] = pmll_load64_acquire(state)
+                words[10] = other
+                words[11] = pmll_load64_acquire(words + 17 + 2 * i)
+                let stat = (try? String(contentsOfFile: "/proc/\(other)/stat", encoding: .utf8)) ?? ""
+                words[12] = UInt64(stat.lastIndex(of: ")").map { stat.utf8[stat.utf8.index(after: stat.utf8.index(after: $0))] } ?? 0)
             }
+            return true
         }
         emit(["event": "started", "pid": Int(getpid())])
         let end = Date().addingTimeInterval(seconds)
@@ -69,11 +81,18 @@ struct ReadWriteMix: ParsableCommand {
         emit(["event": "done", "reads": reads, "writes": writes])
     }
 
-    /// A process that exists and is not a zombie (a killed worker not yet reaped is one).
+    /// A process that can still run its own code: it exists and has not begun to exit (a
+    /// SIGKILLed worker tears down for milliseconds, as PF_EXITING, before it is a zombie; its
+    /// lock is rightly taken over as soon as the kernel has released its files).
     static func alive(_ pid: UInt64) -> Bool {
         guard pid != 0, kill(pid_t(pid), 0) == 0 else { return false }
+        // Gone between the two looks (reaped): dead.
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return true }
-        return !stat[close...].hasPrefix(") Z") && !stat[close...].hasPrefix(") X")
+              let close = stat.lastIndex(of: ")") else { return false }
+        // After ") ": state, ppid, pgrp, session, tty, tpgid, flags (field 9).
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 6, let flags = UInt64(fields[6]) else { return true }
+        let exiting: UInt64 = 0x4   // PF_EXITING
+        return flags & exiting == 0 && fields[0] != "Z" && fields[0] != "X"
     }
 }

@@ -88,8 +88,8 @@ struct SharedLockTests {
             children[round % children.count] = try Child.worker("rw-mix", "--pool", pool, "--lock", "m", "--file", file, "--seconds", "1.5", "--hold-microseconds", "200")
         }
         for child in children { #expect(child.wait(timeout: 60) == 0) }
-        let counters = try Data(contentsOf: URL(fileURLWithPath: file)).withUnsafeBytes { Array($0.bindMemory(to: UInt64.self).prefix(6)) }
-        #expect(counters[2] == 0, "exclusion violated \(counters[2]) times")
+        let counters = try Data(contentsOf: URL(fileURLWithPath: file)).withUnsafeBytes { Array($0.bindMemory(to: UInt64.self).prefix(16)) }
+        #expect(counters[2] == 0, "exclusion violated \(counters[2]) times; first: pid \(counters[8]) in mode \(counters[9]) saw pid \(counters[10]) in mode \(counters[11]), /proc state \(UnicodeScalar(UInt8(counters[12] & 0xff)))")
         #expect(counters[3] > 100 && counters[4] > 10)
         let status = try #require(try Pool.open(path: pool).status().locks.first { $0.name == "m" })
         #expect(status.state == .free || status.state == .abandoned)

@@ -514,6 +514,16 @@ static inline int pmll_crash_is_armed(void) { return __builtin_expect(pmll_crash
 
 // MARK: - Processes
 
+// A pidfd for `pid`, only if that pid is still the process that started at `start_time`
+// (clock ticks since boot, /proc/PID/stat field 22): -ESRCH otherwise, -errno on failure.
+int pmll_pidfd_open_checked(int32_t pid, uint64_t start_time);
+void pmll_fd_close(int fd);
+// Sleeps until *word != expected or a wake, the process behind `pidfd` exits, or the absolute
+// CLOCK_MONOTONIC deadline (INT64_MAX: none). 0 woken, 1 the process exited, -ETIMEDOUT, or
+// -ENOSYS when this kernel cannot (the caller sleeps on the word alone, as before).
+int pmll_wait_word_or_exit(uint32_t *word, uint32_t expected, int64_t deadline_ns, int pidfd);
+int pmll_owner_watch_supported(void);
+
 // execvpe(3) (GNU): replaces the process with `file` found on PATH, environment `envp`.
 int pmll_execvpe(const char *file, char *const _Nullable argv[_Nonnull], char *const _Nullable envp[_Nonnull]);
 

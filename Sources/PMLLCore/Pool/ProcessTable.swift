@@ -92,6 +92,17 @@ package struct ProcessTable {
         return HolderInfo(pid: pid, commandName: comm, heldSinceNanoseconds: heldSince)
     }
 
+    /// PID and start time the token's process registered with, or nil if the slot has moved on.
+    package func identity(of token: OwnerToken) -> (pid: Int32, startTime: UInt64)? {
+        let index = token.slot
+        guard index.rawValue < memory.processCapacity else { return nil }
+        let slot = memory.slot(index)
+        let pid = slot.pointee.pid, start = slot.pointee.start_time
+        guard pmll_load32(pmll_slot_state(slot)) == PMLL_SLOT_ACTIVE,
+              pmll_load32(pmll_slot_generation(slot)) == token.generation else { return nil }
+        return (pid, start)
+    }
+
     /// Registers a waiting thread in this process's ledger (for the waiter counts that
     /// `status` shows); returns the ledger index or nil when all are busy.
     package func noteWaiting(slot index: SlotIndex, lock: LockIndex) -> UInt32? {

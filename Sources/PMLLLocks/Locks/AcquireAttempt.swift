@@ -40,9 +40,14 @@ package struct AcquireAttempt: WaitMachine {
     private var incomingSince: Int64 = 0
     private var ledger: UInt32?
     private var registered = false
+    /// The sync path sleeps on the owner's exit too (the waiter thread polls instead).
+    private let watchesOwner: Bool
+    private var watch = OwnerWatch()
+    private var ownerExited = false
 
     package init(pool: Pool, entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: LockIndex, deadline: Int64,
-         cancellation: Cancellation?, start: Int64 = Clock.monotonicNanoseconds, spinLimit: Int = 64) {
+         cancellation: Cancellation?, start: Int64 = Clock.monotonicNanoseconds, spinLimit: Int = 64, watchesOwner: Bool = true) {
+        self.watchesOwner = watchesOwner
         self.pool = pool
         self.entry = entry
         self.index = index
@@ -102,13 +107,17 @@ package struct AcquireAttempt: WaitMachine {
                 checkedAt = now
                 _ = HoldStamp.heldSince(entry)
             }
-            let due = now - checkedAt >= pool.ownerCheckNanoseconds || deadline - now <= pool.ownerCheckNanoseconds
+            let interval = watch.covers(owner) ? pool.ownerCheckNanoseconds * Self.watchedProbeFactor : pool.ownerCheckNanoseconds
+            let due = ownerExited || now - checkedAt >= interval || deadline - now <= pool.ownerCheckNanoseconds
             if owner != token && due {
                 checkedAt = now
+                ownerExited = false
                 if !pool.processes.isAlive(OwnerToken(rawValue: owner)) {
                     if let taken = takeOver(from: owner, word: &w) { return .done(taken) }
                     continue
                 }
+                // Alive after a whole interval: from now on its exit wakes us.
+                if watchesOwner { watch.watch(owner, processes: pool.processes) }
             }
 
             let cancelled = cancellation?.isCancelled ?? false
@@ -153,9 +162,13 @@ package struct AcquireAttempt: WaitMachine {
                 registered = true
                 ledger = pool.processes.noteWaiting(slot: pool.slot, lock: index)
             }
-            return .sleep(expected: w, until: min(deadline, now + pool.ownerCheckNanoseconds))
+            let probeEvery = watch.covers(owner) ? pool.ownerCheckNanoseconds * Self.watchedProbeFactor : pool.ownerCheckNanoseconds
+            return .sleep(expected: w, until: min(deadline, now + probeEvery))
         }
     }
+
+    /// With the owner's exit watched, the probe is a fallback: every 32 intervals.
+    static let watchedProbeFactor: Int64 = 32
 
     /// The owner is gone: take the word over. A handed-but-unclaimed word belongs to a
     /// waiter that died before its critical section began: taken over without reporting a death.
@@ -184,8 +197,9 @@ package struct AcquireAttempt: WaitMachine {
             case .done(let taken): return taken
             case .failed(let error): throw error
             case .sleep(let expected, let until):
-                let rc = pmll_futex_wait(word, expected, until)
-                slept(timedOut: rc == -ETIMEDOUT, until: until)
+                let woke = watch.sleep(on: word, expected: expected, until: until, owner: expected & PMLL_OWNER_MASK)
+                if woke.ownerExited { ownerExited = true }
+                slept(timedOut: woke.timedOut, until: until)
             }
         }
     }
@@ -206,5 +220,6 @@ package struct AcquireAttempt: WaitMachine {
     /// Takes this attempt off the process table's waiter ledger (what `status` shows).
     package func end() {
         pool.processes.doneWaiting(slot: pool.slot, ledger: ledger)
+        watch.closeDescriptor()
     }
 }

@@ -23,9 +23,13 @@ package struct SharedAttempt: WaitMachine {
     package let spinLimit: Int
     private var spins = 0, lastChance = false
     private var checkedOwner: UInt32 = 0, checkedAt: Int64
+    private let watchesOwner: Bool
+    private var watch = OwnerWatch()
+    private var ownerExited = false
 
     package init(pool: Pool, entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: LockIndex, deadline: Int64,
-                 cancellation: Cancellation?, start: Int64 = Clock.monotonicNanoseconds, spinLimit: Int = 64) {
+                 cancellation: Cancellation?, start: Int64 = Clock.monotonicNanoseconds, spinLimit: Int = 64, watchesOwner: Bool = true) {
+        self.watchesOwner = watchesOwner
         self.pool = pool
         self.entry = entry
         self.index = index
@@ -60,13 +64,16 @@ package struct SharedAttempt: WaitMachine {
                 checkedOwner = owner
                 checkedAt = now
             }
-            let due = now - checkedAt >= pool.ownerCheckNanoseconds || deadline - now <= pool.ownerCheckNanoseconds
+            let interval = watch.covers(owner) ? pool.ownerCheckNanoseconds * AcquireAttempt.watchedProbeFactor : pool.ownerCheckNanoseconds
+            let due = ownerExited || now - checkedAt >= interval || deadline - now <= pool.ownerCheckNanoseconds
             if due && owner != pool.token.rawValue {
                 checkedAt = now
+                ownerExited = false
                 if !pool.processes.isAlive(OwnerToken(rawValue: owner)) {
                     freeDeadWriter(owner, word: &w)
                     continue
                 }
+                if watchesOwner { watch.watch(owner, processes: pool.processes) }
             }
             let cancelled = cancellation?.isCancelled ?? false
             if lastChance || now >= deadline || cancelled {
@@ -82,7 +89,8 @@ package struct SharedAttempt: WaitMachine {
                 if pmll_cas32(word, &w, w | PMLL_WORD_READERS_WAITING) == 0 { continue }
                 w |= PMLL_WORD_READERS_WAITING
             }
-            return .sleep(expected: w, until: min(deadline, now + pool.ownerCheckNanoseconds))
+            let probeEvery = watch.covers(owner) ? pool.ownerCheckNanoseconds * AcquireAttempt.watchedProbeFactor : pool.ownerCheckNanoseconds
+            return .sleep(expected: w, until: min(deadline, now + probeEvery))
         }
     }
 
@@ -122,13 +130,15 @@ package struct SharedAttempt: WaitMachine {
     }
 
     package mutating func runHere() throws(PMLLError) -> Pool.SharedTaken {
+        defer { end() }
         while true {
             switch advance() {
             case .done(let taken): return taken
             case .failed(let error): throw error
             case .sleep(let expected, let until):
-                let rc = pmll_futex_wait(word, expected, until)
-                slept(timedOut: rc == -ETIMEDOUT, until: until)
+                let woke = watch.sleep(on: word, expected: expected, until: until, owner: expected & PMLL_OWNER_MASK)
+                if woke.ownerExited { ownerExited = true }
+                slept(timedOut: woke.timedOut, until: until)
             }
         }
     }
@@ -142,5 +152,5 @@ package struct SharedAttempt: WaitMachine {
         return failure(cancelled: cancelled, owner: pmll_load32(word) & PMLL_OWNER_MASK)
     }
 
-    package func end() {}
+    package func end() { watch.closeDescriptor() }
 }
