@@ -108,9 +108,13 @@ struct Report: Codable {
         var out = ""
         for s in sections {
             out += "\n== \(s.directory) (\(s.filesystem))\n\nUncontended lock+unlock, ns per pair (median of 5)\n"
-            let pthread = s.uncontended.first { $0.name.hasPrefix("glibc") }?.nanosecondsPerPair ?? .nan
+            let pthread = s.uncontended.first { $0.name.hasPrefix("glibc robust") }?.nanosecondsPerPair ?? .nan
+            let rwlock = s.uncontended.first { $0.name.hasPrefix("glibc pshared rwlock") }?.nanosecondsPerPair ?? .nan
             for row in s.uncontended {
-                out += pad(row.name, 38) + String(format: "%10.1f ns   ratio to glibc robust %.2f\n", row.nanosecondsPerPair, row.nanosecondsPerPair / pthread)
+                // Shared holds are compared with the rwlock's read side, the rest with the mutex.
+                let sharedKind = row.name.contains("shared (") || row.name.contains("LOCK_SH") || row.name.hasPrefix("glibc pshared rwlock")
+                out += pad(row.name, 42) + String(format: "%10.1f ns   ratio to glibc %@ %.2f\n", row.nanosecondsPerPair,
+                                                  sharedKind ? "rwlock read" : "robust mutex", row.nanosecondsPerPair / (sharedKind ? rwlock : pthread))
             }
             out += "\nContended (P processes, one lock, empty critical section)\n"
             out += pad("kind", 10) + pad("P", 4) + pad("ops/s", 14) + pad("ratio", 8) + pad("min share", 11) + pad("max share", 11) + pad("Jain", 7) + "exclusion\n"

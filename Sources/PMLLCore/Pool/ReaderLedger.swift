@@ -10,15 +10,15 @@ package import CPMLL
 /// a live reader is never counted without a ledger entry to show for it.
 package enum ReaderLedger {
     /// Words of the ledger: the dedicated ones, then the wait ledger's (shared with waits).
-    package static let words = PMLL_READ_LEDGER + PMLL_WAIT_LEDGER
+    @usableFromInline package static let words = PMLL_READ_LEDGER + PMLL_WAIT_LEDGER
 
-    @inline(__always) static func tag(_ lock: LockIndex) -> UInt32 {
+    @inlinable @inline(__always) static func tag(_ lock: LockIndex) -> UInt32 {
         PMLL_LEDGER_READ | (lock.rawValue + 1) << PMLL_LEDGER_COUNT_BITS
     }
 
     /// Adds one hold of `lock` to this process's ledger; nil when every word is taken by
     /// other locks (or this lock's hold count is at its maximum).
-    @inline(__always)
+    @inlinable @inline(__always)
     package static func enter(_ slot: UnsafeMutablePointer<pmll_process_slot_t>, lock: LockIndex) -> UInt32? {
         let tag = tag(lock)
         var free: UInt32? = nil
@@ -46,7 +46,7 @@ package enum ReaderLedger {
     }
 
     /// Removes one hold entered at word `i`. Its tag cannot change while we hold.
-    @inline(__always)
+    @inlinable @inline(__always)
     package static func leave(_ slot: UnsafeMutablePointer<pmll_process_slot_t>, word i: UInt32) {
         let p = pmll_slot_ledger(slot, i)
         var left = pmll_sub32(p, 1) - 1

@@ -24,16 +24,21 @@ extension Pool {
     /// Readers of one process are limited by the ledger words in its process slot.
     static var ledgerFull: PMLLError { .poolFull(table: "reader ledger of this process", capacity: Int(ReaderLedger.words)) }
 
-    @usableFromInline
+    @inline(__always)
     package func acquireShared(index: LockIndex, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> SharedTaken {
         if let fast = try acquireSharedFast(index) { return fast }
+        return try acquireSharedSlow(index: index, deadline: deadline, cancellation: cancellation)
+    }
+
+    @inline(never)
+    package func acquireSharedSlow(index: LockIndex, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> SharedTaken {
         var attempt = SharedAttempt(pool: self, entry: memory.lock(index), index: index, deadline: deadline, cancellation: cancellation)
         return try attempt.runHere()
     }
 
     /// The uncontended path: a ledger CAS in our own slot, one add on the lock's first cache
     /// line and a load of the word; no syscall, no clock read.
-    @usableFromInline
+    @usableFromInline @inline(__always)
     package func acquireSharedFast(_ index: LockIndex) throws(PMLLError) -> SharedTaken? {
         let entry = memory.lock(index)
         let slot = memory.slot(self.slot)
@@ -55,7 +60,7 @@ extension Pool {
         return try await WaiterThread.shared.wait(attempt)
     }
 
-    @usableFromInline
+    @inline(__always)
     package func releaseShared(_ held: SharedTaken) {
         SharedHolds.leave(held.taken.entry, slot: memory.slot(slot), ledger: held.ledger)
     }
@@ -65,7 +70,7 @@ extension Pool {
 package enum SharedHolds {
     /// Count first, ledger second (see ``ReaderLedger``); the last reader out wakes a
     /// writer that flagged itself as draining.
-    @usableFromInline
+    @inline(__always)
     package static func leave(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>, slot: UnsafeMutablePointer<pmll_process_slot_t>, ledger: UInt32) {
         let before = pmll_readers_leave(entry)
         if before & PMLL_READERS_COUNT == 1 && before & PMLL_READERS_DRAIN != 0 {

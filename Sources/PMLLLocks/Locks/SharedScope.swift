@@ -16,7 +16,7 @@ extension LockHandle {
     @inlinable
     public func withSharedLock<R>(timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockGrant) throws -> R) throws -> R {
         let scope = try enterSharedScope(timeout: timeout, cancellation: cancellation)
-        var grant = LockGrant(held: HeldSet(first: scope.held.taken))
+        var grant = LockGrant(held: HeldSet(first: scope.taken))
         defer { exitSharedScope(scope) }
         return try body(&grant)
     }
@@ -60,10 +60,25 @@ extension LockHandle {
         return pool.processes.readers(of: index).readers
     }
 
+    /// Three words, so that it comes back in registers: a larger result is returned through
+    /// memory and copied, which cost more than the lock itself (a store-forwarding stall).
     @usableFromInline
     struct SharedScope {
         let saved: UnsafeRawPointer?
-        @usableFromInline let held: Pool.SharedTaken
+        @usableFromInline let entry: UnsafeMutableRawPointer
+        /// waited nanoseconds << 8 | ledger word << 1 | owner died
+        @usableFromInline let bits: UInt64
+
+        init(saved: UnsafeRawPointer?, held: Pool.SharedTaken) {
+            self.saved = saved
+            entry = held.taken.rawEntry
+            bits = UInt64(max(0, held.taken.waitedNanoseconds)) << 8 | UInt64(held.ledger) << 1 | (held.taken.ownerDied ? 1 : 0)
+        }
+
+        @usableFromInline var taken: Taken {
+            Taken(entry: entry.assumingMemoryBound(to: pmll_lock_entry_t.self), ownerDied: bits & 1 != 0, waitedNanoseconds: Int64(bits >> 8))
+        }
+        var held: Pool.SharedTaken { Pool.SharedTaken(taken: taken, ledger: UInt32(bits >> 1 & 0x7F)) }
     }
 
     @usableFromInline
