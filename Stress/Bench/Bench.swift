@@ -134,7 +134,8 @@ struct Report: Codable {
             for row in s.readWriteMix {
                 let peer = s.readWriteMix.first { $0.kind == "rwlock" && $0.processes == row.processes }?.operationsPerSecond ?? .nan
                 out += pad(row.kind, 10) + pad("P=\(row.processes)", 6) + pad(String(format: "%.0f", row.operationsPerSecond), 14)
-                    + pad(String(format: "%.2f", row.operationsPerSecond / peer), 8) + (row.exclusionViolated ? "VIOLATED" : "ok") + "\n"
+                    + pad(String(format: "%.2f", row.operationsPerSecond / peer), 8)
+                    + pad(String(format: "writes/s %.0f", row.writesPerSecond), 22) + (row.exclusionViolated ? "VIOLATED" : "ok") + "\n"
             }
             if let first = s.writerStarvation.first {
                 out += "\nWriter wait under a stream of \(first.readers) overlapping readers (\(first.readerHoldMicroseconds) us holds), \(first.attempts) attempts, capped at \(first.capSeconds) s\n"

@@ -15,6 +15,8 @@ enum ReadWriteBench {
         let processes: Int
         let readPercent: Int
         let operationsPerSecond: Double
+        /// Exclusive holds per second among them: a lock that starves writers shows few.
+        let writesPerSecond: Double
         let exclusionViolated: Bool
     }
 
@@ -46,13 +48,14 @@ enum ReadWriteBench {
         for child in children { child.process.waitUntilExit() }
         let elapsed = Double(monotonicNanoseconds() - start) / 1e9
         let total = (0..<processes).map { Double(shared.counter(2 + $0).pointee) }.reduce(0, +)
+        let writes = Double(shared.counter(100).pointee)
         return MixRow(kind: kind, processes: processes, readPercent: readPercent, operationsPerSecond: total / elapsed,
-                      exclusionViolated: shared.counter(1).pointee != 0)
+                      writesPerSecond: writes / elapsed, exclusionViolated: shared.counter(1).pointee != 0)
     }
 
     static func child(kind: String, directory: String, index: Int, readPercent: Int) throws {
         let shared = try SharedFile(directory + "/rw-\(kind).shm", create: false)
-        let inside = shared.counter(0), violations = shared.counter(1), mine = shared.counter(2 + index)
+        let inside = shared.counter(0), violations = shared.counter(1), mine = shared.counter(2 + index), writes = shared.counter(100)
         let lock = try Pool.open(path: directory + "/bench.pool").lock(named: "bench/rw", level: .package)
         let fd = open(directory + "/rw.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         var random = SplitMix(seed: UInt64(index) &+ 1)
@@ -82,6 +85,7 @@ enum ReadWriteBench {
                 _ = peers_flock(fd, peers_lock_un())
             }
             mine.pointee &+= 1
+            if !reading { _ = pmll_fetch_add64(writes, 1) }
         }
     }
 
