@@ -145,3 +145,206 @@ int pmll_wait_word_or_exit(uint32_t *word, uint32_t expected, int64_t deadline_n
     if (fr == 0 || fr == -EAGAIN) return 0;
     return timed_out ? -ETIMEDOUT : 0;
 }
+
+// MARK: - Exit word: an event at the *start* of the owner's exit
+
+// One thread per process whose robust-futex list (set_robust_list is per thread) links the exit
+// word of every pool slot this process holds. It never runs user code after it starts: it only
+// sleeps. When the process dies the kernel walks that list as the thread begins to exit, before
+// tearing the address space down, marks each word FUTEX_OWNER_DIED and wakes a waiter. The
+// word is only an event: a waiter then checks that *every* thread of the owner has begun to
+// exit (pmll_process_exiting) before it takes over, so no code of the owner can run after.
+
+#include <dirent.h>
+#include <signal.h>
+#include <stddef.h>
+
+static struct robust_list_head exit_head = { .list = { .next = &exit_head.list } };
+static pthread_mutex_t exit_lock = PTHREAD_MUTEX_INITIALIZER;
+static pid_t exit_tid;
+static int exit_started;   // 1 running, -1 failed to start
+
+static void *exit_watch_main(void *arg) {
+    (void)arg;
+    // Our own list, not glibc's: this thread never takes a robust pthread mutex.
+    exit_head.futex_offset = (long)offsetof(pmll_process_slot_t, exit_word) - (long)offsetof(pmll_process_slot_t, robust_next);
+    long rc = syscall(SYS_set_robust_list, &exit_head, sizeof exit_head);
+    pthread_mutex_lock(&exit_lock);
+    exit_tid = rc == 0 ? (pid_t)syscall(SYS_gettid) : 0;
+    exit_started = rc == 0 ? 1 : -1;
+    pthread_mutex_unlock(&exit_lock);
+    uint32_t never = 0;
+    for (;;) syscall(SYS_futex, &never, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
+    return NULL;
+}
+
+static int exit_create_rc;
+
+static void exit_watch_create(void) {
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 64 * 1024);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_t t;
+    // Every signal blocked (the mask is inherited): the thread never runs a handler.
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    exit_create_rc = pthread_create(&t, &attr, exit_watch_main, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+}
+
+static int exit_watch_start(void) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, exit_watch_create);
+    if (exit_create_rc != 0) return -exit_create_rc;
+    for (int i = 0; i < 100000; i++) {
+        pthread_mutex_lock(&exit_lock);
+        int started = exit_started;
+        pthread_mutex_unlock(&exit_lock);
+        if (started) return started > 0 ? 0 : -ENOSYS;
+        usleep(10);
+    }
+    return -ETIMEDOUT;
+}
+
+int pmll_exit_watch_attach(pmll_process_slot_t *slot) {
+    int rc = exit_watch_start();
+    if (rc != 0) return rc;
+    pthread_mutex_lock(&exit_lock);
+    struct robust_list *node = (struct robust_list *)(void *)&slot->robust_next;
+    __atomic_store_n(&slot->exit_word, (uint32_t)exit_tid, __ATOMIC_RELEASE);
+    // Linked at the head; list_op_pending covers a death between the two stores.
+    exit_head.list_op_pending = node;
+    node->next = exit_head.list.next;
+    __atomic_store_n(&exit_head.list.next, node, __ATOMIC_RELEASE);
+    exit_head.list_op_pending = NULL;
+    pthread_mutex_unlock(&exit_lock);
+    return 0;
+}
+
+void pmll_exit_watch_detach(pmll_process_slot_t *slot) {
+    pthread_mutex_lock(&exit_lock);
+    struct robust_list *node = (struct robust_list *)(void *)&slot->robust_next;
+    for (struct robust_list *p = &exit_head.list; p->next != &exit_head.list; p = p->next) {
+        if (p->next == node) {
+            __atomic_store_n(&p->next, node->next, __ATOMIC_RELEASE);
+            break;
+        }
+    }
+    __atomic_store_n(&slot->exit_word, 0, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&exit_lock);
+}
+
+// flags (field 9 of /proc/PID/task/TID/stat) has PF_EXITING once a thread entered do_exit;
+// it never returns to user space after that. A thread that is gone counts as exiting.
+#define PF_EXITING_FLAG 0x00000004u
+
+static int stat_fields(const char *path, char *state, unsigned long long *flags, unsigned long long *start) {
+    char buf[1024];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p || p[1] != ' ') return -1;
+    *state = p[2];
+    int field = 3;
+    for (char *q = p + 2; q && field <= 22; field++) {
+        if (field == 9) *flags = strtoull(q, NULL, 10);
+        if (field == 22) *start = strtoull(q, NULL, 10);
+        q = strchr(q, ' ');
+        if (q) q++;
+    }
+    return field > 22 ? 0 : -1;
+}
+
+// Asleep or stopped in the kernel (not R): such a thread gets back to user space only through
+// the kernel's signal check, which turns a pending SIGKILL into its exit.
+static int blocked_state(char state) { return state == 'S' || state == 'D' || state == 'T' || state == 't' || state == 'I'; }
+
+// SIGKILL queued for the thread or its process (SigPnd / ShdPnd of /proc/PID/task/TID/status).
+// Read *before* the state, so a thread seen blocked after it can no longer escape the signal.
+static int sigkill_pending(int32_t pid, pid_t tid) {
+    char path[128], buf[4096];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/status", pid, tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    const char *keys[2] = {"\nSigPnd:", "\nShdPnd:"};
+    for (int i = 0; i < 2; i++) {
+        const char *p = strstr(buf, keys[i]);
+        if (p && (strtoull(p + 8, NULL, 16) & (1ull << (SIGKILL - 1)))) return 1;
+    }
+    return 0;
+}
+
+static int exiting_or_gone(const char *stat_path, int blocked_counts) {
+    unsigned long long flags = 0, start = 0;
+    char state;
+    if (stat_fields(stat_path, &state, &flags, &start) != 0) return 1;   // gone
+    if ((flags & PF_EXITING_FLAG) || state == 'Z' || state == 'X') return 1;
+    return blocked_counts && blocked_state(state);
+}
+
+// The thread can run no more user code: it has begun to exit or is gone; or SIGKILL was
+// pending and *afterwards* it was seen blocked in the kernel (it leaves only through exit).
+static int thread_cannot_run(int32_t pid, pid_t tid, const char *stat_path) {
+    if (exiting_or_gone(stat_path, 0)) return 1;
+    return sigkill_pending(pid, tid) && exiting_or_gone(stat_path, 1);
+}
+
+int pmll_process_exiting(int32_t pid, uint64_t start_time) {
+    char path[96];
+    char state;
+    unsigned long long flags = 0, start = 0;
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    if (stat_fields(path, &state, &flags, &start) != 0) return -1;
+    if (start != start_time) return -1;
+    // Every thread listed must be exiting; list again until no new thread appears (a thread
+    // that was running when listed may have created one before it began to exit).
+    pid_t seen[512];
+    int count = 0;
+    for (int round = 0; round < 8; round++) {
+        snprintf(path, sizeof path, "/proc/%d/task", pid);
+        DIR *d = opendir(path);
+        if (!d) return -1;
+        int added = 0;
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+            pid_t tid = (pid_t)atoi(e->d_name);
+            int known = 0;
+            for (int i = 0; i < count; i++) if (seen[i] == tid) { known = 1; break; }
+            if (known) continue;
+            if (count == (int)(sizeof seen / sizeof seen[0])) { closedir(d); return -1; }
+            char tpath[128];
+            snprintf(tpath, sizeof tpath, "/proc/%d/task/%d/stat", pid, tid);
+            if (!thread_cannot_run(pid, tid, tpath)) {
+                closedir(d);
+                return 0;
+            }
+            seen[count++] = tid;
+            added++;
+        }
+        closedir(d);
+        if (!added) return 1;
+    }
+    return -1;
+}
+
+int pmll_wait_word_or_exit_word(uint32_t *word, uint32_t expected, uint32_t *exit_word, uint32_t exit_expected, int64_t deadline_ns) {
+    pmll_futex_waiter_t w[2] = {
+        { .word = word, .expected = expected, .process_private = 0 },
+        { .word = exit_word, .expected = exit_expected, .process_private = 0 },
+    };
+    int rc = pmll_futex_waitv(w, 2, deadline_ns);
+    if (rc >= 0 || rc == -EAGAIN || rc == -EINTR) return 0;
+    return rc;
+}

@@ -103,7 +103,7 @@ uint64_t pmll_layout_signature(void);
 
 // One slot per attached process. Entirely volatile: reset when no process has the pool open.
 #define PMLL_WAIT_LEDGER 16u
-#define PMLL_READ_LEDGER 4u
+#define PMLL_READ_LEDGER 1u
 #define PMLL_LEDGER_READ 0x80000000u
 #define PMLL_LEDGER_COUNT_BITS 10u
 #define PMLL_LEDGER_COUNT_MASK 0x3FFu
@@ -122,13 +122,19 @@ typedef struct pmll_process_slot {
     // The reader ledger: PMLL_LEDGER_READ | (lock index + 1) << PMLL_LEDGER_COUNT_BITS | holds,
     // one word per lock this process holds shared (its threads share it). Written only by the
     // slot's process; writers sum it over live processes to discount the holds of dead readers.
-    // Shared holds spill into free waiting_on words when these are in use.
+    // Shared holds spill into free waiting_on words when this one is in use.
     uint32_t reading[PMLL_READ_LEDGER];
+    // Exit word: the TID of this process's exit-watch thread, whose robust-futex list holds
+    // `robust_next`; the kernel marks the word FUTEX_OWNER_DIED and wakes a waiter at the very
+    // start of that thread's exit (see deathwatch.c). 0 = no watch.
+    uint32_t exit_word;
+    uint64_t robust_next;          // the robust list node (a pointer of the slot's own process)
 } pmll_process_slot_t;
 
 _Static_assert(sizeof(pmll_process_slot_t) == 128, "process slot is two cache lines");
 _Static_assert(offsetof(pmll_process_slot_t, waiting_on) == 48, "wait ledger offset");
 _Static_assert(offsetof(pmll_process_slot_t, reading) == 112, "read ledger in the former reserved bytes");
+_Static_assert(offsetof(pmll_process_slot_t, exit_word) == 116 && offsetof(pmll_process_slot_t, robust_next) == 120, "exit watch");
 
 // Lock word (the futex word). Owner token = generation << 10 | slot, 0 = free.
 #define PMLL_OWNER_MASK       0x00FFFFFFu
@@ -523,6 +529,18 @@ void pmll_fd_close(int fd);
 // -ENOSYS when this kernel cannot (the caller sleeps on the word alone, as before).
 int pmll_wait_word_or_exit(uint32_t *word, uint32_t expected, int64_t deadline_ns, int pidfd);
 int pmll_owner_watch_supported(void);
+// Puts the slot's exit word on this process's exit-watch thread's robust list (starting the
+// thread once per process). 0, or -errno (then the slot's exit word stays 0: no early watch).
+int pmll_exit_watch_attach(pmll_process_slot_t *slot);
+void pmll_exit_watch_detach(pmll_process_slot_t *slot);
+// 1 if the process `pid` that started at `start_time` can run no more user code (every thread
+// has begun to exit, or it is gone), 0 if some thread still runs, -1 if it cannot be told
+// (not that process, /proc unreadable).
+int pmll_process_exiting(int32_t pid, uint64_t start_time);
+// Sleeps until *word != expected, a wake on either word, or the deadline: futex_waitv on the
+// lock word and an exit word. 0 woken (or a value differed), -ETIMEDOUT, or -errno.
+int pmll_wait_word_or_exit_word(uint32_t *word, uint32_t expected, uint32_t *exit_word, uint32_t exit_expected, int64_t deadline_ns);
+static inline uint32_t *pmll_slot_exit_word(pmll_process_slot_t *s) { return &s->exit_word; }
 
 // execvpe(3) (GNU): replaces the process with `file` found on PATH, environment `envp`.
 int pmll_execvpe(const char *file, char *const _Nullable argv[_Nonnull], char *const _Nullable envp[_Nonnull]);

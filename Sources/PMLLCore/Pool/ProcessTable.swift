@@ -57,12 +57,16 @@ package struct ProcessTable {
             ReaderLedger.clear(slot)
             pmll_store32(pmll_slot_generation(slot), generation)
             pmll_store32(pmll_slot_state(slot), PMLL_SLOT_ACTIVE)
+            // Best effort: without it, waiters learn of our death from the OFD byte alone.
+            _ = pmll_exit_watch_attach(slot)
             return (index, OwnerToken(slot: index, generation: generation))
         }
         throw .poolFull(table: "process", capacity: Int(memory.processCapacity))
     }
 
     package func unregister(slot index: SlotIndex) {
+        // Off the exit-watch thread's robust list before the mapping can go away.
+        pmll_exit_watch_detach(memory.slot(index))
         pmll_store32(pmll_slot_state(memory.slot(index)), PMLL_SLOT_FREE)
         _ = pmll_ofd_lock(fd.rawValue, PMLL_LOCKBYTE_LIVENESS + Int64(index.rawValue), PMLL_RANGE_UNLOCK, 0)
     }
@@ -90,6 +94,14 @@ package struct ProcessTable {
         let comm = String(fixedCString: slot.pointee.comm)
         guard pmll_load32(pmll_slot_generation(slot)) == token.generation else { return nil }
         return HolderInfo(pid: pid, commandName: comm, heldSinceNanoseconds: heldSince)
+    }
+
+    /// The exit word of the token's slot (see deathwatch.c), or nil if the slot has moved on.
+    package func exitWord(of token: OwnerToken) -> UnsafeMutablePointer<UInt32>? {
+        guard token.slot.rawValue < memory.processCapacity else { return nil }
+        let slot = memory.slot(token.slot)
+        guard pmll_load32(pmll_slot_generation(slot)) == token.generation else { return nil }
+        return pmll_slot_exit_word(slot)
     }
 
     /// PID and start time the token's process registered with, or nil if the slot has moved on.

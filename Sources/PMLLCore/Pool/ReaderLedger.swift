@@ -80,6 +80,8 @@ package enum ReaderLedger {
     package static func clear(_ slot: UnsafeMutablePointer<pmll_process_slot_t>) {
         _ = withUnsafeMutableBytes(of: &slot.pointee.waiting_on) { $0.initializeMemory(as: UInt8.self, repeating: 0) }
         _ = withUnsafeMutableBytes(of: &slot.pointee.reading) { $0.initializeMemory(as: UInt8.self, repeating: 0) }
+        slot.pointee.exit_word = 0   // the previous occupant's: its process is gone
+        slot.pointee.robust_next = 0
     }
 }
 

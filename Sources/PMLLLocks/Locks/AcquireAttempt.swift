@@ -112,7 +112,7 @@ package struct AcquireAttempt: WaitMachine {
             if owner != token && due {
                 checkedAt = now
                 ownerExited = false
-                if !pool.processes.isAlive(OwnerToken(rawValue: owner)) {
+                if !pool.processes.isAlive(OwnerToken(rawValue: owner)) || watch.ownerCannotRun(owner, processes: pool.processes) {
                     if let taken = takeOver(from: owner, word: &w) { return .done(taken) }
                     continue
                 }

@@ -4,19 +4,32 @@ import Glibc
 #endif
 package import PMLLCore
 
-/// Event-driven death detection for a waiter: a pidfd of the lock's owner, slept on together
-/// with the word (``pmll_wait_word_or_exit``), so a SIGKILLed owner wakes its waiters when the
-/// kernel has torn the process down instead of at the next owner check.
+/// Event-driven death detection for a waiter (LockProtocol.md, "Takeover at the kernel's pace").
+/// Two events, both only wake-ups:
 ///
-/// The pidfd is only a wake-up hint; the OFD liveness byte stays the authority. It is opened
-/// only for an owner that has already kept the lock a whole owner-check interval (opening
-/// costs a few syscalls: never on a short contended wait), and only if the PID still names
-/// the process that registered (its start time), so PID reuse can at worst cost a wake that
-/// the probe then dismisses. Owners in another PID namespace, and kernels without
-/// IORING_OP_FUTEX_WAIT, keep the periodic probe.
+/// - The owner's **exit word** (in its process slot): the kernel marks it at the *start* of the
+///   owner's exit, from the robust list of the owner's exit-watch thread (deathwatch.c). The
+///   waiter sleeps on it and the lock word at once (`futex_waitv`). Woken by it, the waiter
+///   takes over only once `/proc` shows that *every* thread of the owner has begun to exit
+///   (none can run user code again), without waiting for the kernel to tear the owner down.
+/// - A **pidfd** of the owner (io_uring `FUTEX_WAIT` + `POLL_ADD`), when the owner has no exit
+///   word: it fires after the teardown, when the OFD byte is released too.
+///
+/// The watch starts only for an owner that has kept the lock a whole owner-check interval, and
+/// only if the PID still names the registered process (its start time); the periodic OFD probe
+/// stays as the fallback (owners in another PID namespace, kernels without the opcodes).
 package struct OwnerWatch {
     private var owner: UInt32 = 0
     private var pidfd: Int32 = -1
+    private var exitWord: UnsafeMutablePointer<UInt32>?
+    private var pid: Int32 = 0
+    private var startTime: UInt64 = 0
+    private var exitChecks = 0
+
+    static let tidMask: UInt32 = 0x3FFF_FFFF
+    static let ownerDied: UInt32 = 0x4000_0000
+    static let waiters: UInt32 = 0x8000_0000
+    static let exitChecksBeforeFallback = 50
 
     package init() {}
 
@@ -25,24 +38,76 @@ package struct OwnerWatch {
         guard owner != self.owner else { return }
         close()
         self.owner = owner
-        guard pmll_owner_watch_supported() != 0,
-              let id = processes.identity(of: OwnerToken(rawValue: owner)) else { return }
+        let token = OwnerToken(rawValue: owner)
+        guard let id = processes.identity(of: token) else { return }
+        pid = id.pid
+        startTime = id.startTime
+        if let word = processes.exitWord(of: token), pmll_load32(word) & Self.tidMask != 0 {
+            exitWord = word
+            return
+        }
+        guard pmll_owner_watch_supported() != 0 else { return }
         let fd = pmll_pidfd_open_checked(id.pid, id.startTime)
         if fd >= 0 { pidfd = fd }
     }
 
     /// True while `owner`'s exit wakes the sleeper: the periodic probe is then only a fallback
     /// (for a watch that cannot fire, e.g. a PID of another namespace) and can be rarer.
-    package func covers(_ owner: UInt32) -> Bool { pidfd >= 0 && owner == self.owner }
+    package func covers(_ owner: UInt32) -> Bool { owner == self.owner && (pidfd >= 0 || exitWord != nil) }
 
-    /// Sleeps on `word` or the watched owner's exit. True if the owner exited (probe now).
+    /// Sleeps on `word` or the watched owner's exit. `ownerExited`: probe (or verify) now.
     package mutating func sleep(on word: UnsafeMutablePointer<UInt32>, expected: UInt32, until: Int64, owner: UInt32) -> (timedOut: Bool, ownerExited: Bool) {
+        if owner == self.owner, let exitWord {
+            var seen = pmll_load32(exitWord)
+            if seen & Self.ownerDied != 0 {
+                // The exit-watch thread began to exit. The owner's other threads follow within
+                // microseconds unless they wait for a CPU: check again every 100 µs, while
+                // also sleeping on its pidfd (which fires after the teardown in any case).
+                // An owner that keeps running (its exit-watch thread went away in an exec) is
+                // left to the pidfd after 5 ms of checks.
+                if exitChecks == 0 {
+                    exitChecks = 1
+                    return (false, true)
+                }
+                if pidfd < 0 && pmll_owner_watch_supported() != 0 {
+                    let fd = pmll_pidfd_open_checked(pid, startTime)
+                    if fd >= 0 { pidfd = fd }
+                }
+                let checking = exitChecks < Self.exitChecksBeforeFallback
+                let wake = checking ? min(until, Clock.monotonicNanoseconds + 100_000) : until
+                if checking { exitChecks += 1 }
+                if pidfd >= 0 {
+                    let rc = pmll_wait_word_or_exit(word, expected, wake, pidfd)
+                    if rc != -ENOSYS { return (rc == -ETIMEDOUT && wake == until, rc == 1 || (checking && rc == -ETIMEDOUT)) }
+                }
+                let rc = pmll_futex_wait(word, expected, wake)
+                return (rc == -ETIMEDOUT && wake == until, checking)
+            }
+            if seen & Self.tidMask != 0 {
+                if seen & Self.waiters == 0 && pmll_cas32(exitWord, &seen, seen | Self.waiters) == 0 {
+                    return (false, seen & Self.ownerDied != 0)
+                }
+                let rc = pmll_wait_word_or_exit_word(word, expected, exitWord, seen | Self.waiters, until)
+                let died = pmll_load32(exitWord) & Self.ownerDied != 0
+                // The kernel woke one of us: wake the others sleeping on this owner's exit.
+                if died { _ = pmll_futex_wake(exitWord, Int32.max) }
+                return (rc == -ETIMEDOUT, died)
+            }
+        }
         if pidfd >= 0 && owner == self.owner {
             let rc = pmll_wait_word_or_exit(word, expected, until, pidfd)
             if rc != -ENOSYS { return (rc == -ETIMEDOUT, rc == 1) }
             close()
         }
         return (pmll_futex_wait(word, expected, until) == -ETIMEDOUT, false)
+    }
+
+    /// After the exit word fired: true if no thread of the watched owner can run user code any
+    /// more, so its lock may be taken over before the kernel has released its files.
+    package func ownerCannotRun(_ owner: UInt32, processes: ProcessTable) -> Bool {
+        guard owner == self.owner, let exitWord, pmll_load32(exitWord) & Self.ownerDied != 0,
+              let id = processes.identity(of: OwnerToken(rawValue: owner)), id.pid == pid, id.startTime == startTime else { return false }
+        return pmll_process_exiting(pid, startTime) == 1
     }
 
     /// Closes the descriptor without forgetting it (for a wait's final, non-mutating `end`).
@@ -53,6 +118,8 @@ package struct OwnerWatch {
     package mutating func close() {
         if pidfd >= 0 { pmll_fd_close(pidfd) }
         pidfd = -1
+        exitWord = nil
+        exitChecks = 0
         owner = 0
     }
 }

@@ -69,7 +69,7 @@ package struct SharedAttempt: WaitMachine {
             if due && owner != pool.token.rawValue {
                 checkedAt = now
                 ownerExited = false
-                if !pool.processes.isAlive(OwnerToken(rawValue: owner)) {
+                if !pool.processes.isAlive(OwnerToken(rawValue: owner)) || watch.ownerCannotRun(owner, processes: pool.processes) {
                     freeDeadWriter(owner, word: &w)
                     continue
                 }
