@@ -164,3 +164,58 @@ func waitForDrain(pool: String, lock: String, timeout: Double = 20) throws {
     }
     Issue.record("no writer started draining lock \(lock)")
 }
+
+@Suite("Shared locks: limits and status")
+struct SharedLockLimitTests {
+    /// One process can hold at most ReaderLedger.words distinct locks shared at once; the next
+    /// one is a typed poolFull error, not a silent unprotected hold.
+    @Test func aFullReaderLedgerIsATypedError() throws {
+        let scratch = Scratch()
+        let pool = try Pool.open(path: scratch.file("l.pool"))
+        let capacity = 17
+        let locks = try (0...capacity).map { try pool.lock(named: "ledger/\($0)", level: .package) }
+        let holding = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+        let threads = (0..<capacity).map { i in
+            Thread {
+                try? locks[i].withSharedLock { _ in
+                    holding.signal()
+                    release.wait()
+                }
+            }
+        }
+        threads.forEach { $0.start() }
+        for _ in 0..<capacity { holding.wait() }
+        #expect {
+            try locks[capacity].withSharedLock { _ in }
+        } throws: { error in
+            guard case PMLLError.poolFull(let table, let cap) = error else { return false }
+            return table.contains("reader ledger") && cap == capacity
+        }
+        for _ in 0..<capacity { release.signal() }
+        // Everything is free again, and nothing stayed counted.
+        var finished = 0
+        for _ in 0..<500 where finished < capacity {
+            finished = pool.status().locks.filter { $0.name.hasPrefix("ledger/") && $0.sharedHolds == 0 }.count
+            usleep(10_000)
+        }
+        #expect(finished == capacity + 1)
+        #expect(try locks[capacity].withSharedLockIfAvailable { _ in true } == true)
+    }
+
+    @Test func statusNamesTheReaders() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("s.pool")
+        let reader = try Child(Binaries.pmll, ["lock", "--pool", pool, "--shared", "idx", "--", "sleep", "30"])
+        defer { reader.killTree(); reader.wait() }
+        try waitForReaders(pool: pool, lock: "idx")
+        let json = try run(Binaries.pmll, ["status", "--pool", pool, "--json"])
+        #expect(json.status == 0)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any])
+        let lock = try #require((object["locks"] as? [[String: Any]])?.first { $0["name"] as? String == "idx" })
+        #expect(lock["state"] as? String == "shared" && lock["sharedHolds"] as? Int == 1)
+        let readers = try #require(lock["readers"] as? [[String: Any]])
+        #expect(readers.first?["pid"] as? Int == Int(reader.pid) && readers.first?["commandName"] as? String == "sleep")
+        let table = try run(Binaries.pmll, ["status", "--pool", pool])
+        #expect(table.stdout.contains("shared") && table.stdout.contains("\(reader.pid) sleep"))
+    }
+}
