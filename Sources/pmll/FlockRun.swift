@@ -13,7 +13,7 @@ struct FlockRun {
         let label = options.command.first.map { options.shellCommand ? "sh" : ($0.split(separator: "/").last.map(String.init) ?? $0) }
         if options.unlock {
             // flock -u FILE COMMAND unlocks a descriptor that holds nothing, then runs COMMAND.
-            return try execute(environment: NestedLocks.environment(adding: nil), lock: nil)
+            return try execute(environment: NestedLocks.environment(adding: nil), lock: nil).status
         }
         var poolOptions = PoolOptions()
         poolOptions.processLabel = label
@@ -42,8 +42,9 @@ struct FlockRun {
                 printError("pmll: warning: lock '\(lock.id.name)': \(death); running COMMAND with PMLL_PREVIOUS_OWNER_DIED=1")
                 environment.append("PMLL_PREVIOUS_OWNER_DIED=1")
             }
-            let status = try execute(environment: environment, lock: lock)
-            if status >= 128 && status < 128 + 65 && !options.noFork { grant.markInconsistent() }
+            let (status, signaled) = try execute(environment: environment, lock: lock)
+            // As `pmll lock`: COMMAND killed by a signal leaves the lock marked for the next holder.
+            if signaled { grant.markInconsistent() }
             return status
         }
         do {
@@ -90,14 +91,14 @@ struct FlockRun {
     }
 
     /// Runs COMMAND as our child (or in our place with -F) and returns flock's status for it.
-    private func execute(environment: [String], lock: LockHandle?) throws -> Int32 {
+    private func execute(environment: [String], lock: LockHandle?) throws -> (status: Int32, signaled: Bool) {
         if options.verbose { print("pmll: executing \(options.command[0])") }
         if options.noFork {
             try lock?.keepAcrossExec()
             fflush(nil)
             ChildProcess.exec(options.command, environment: environment)
             printError("pmll: failed to execute \(visible(options.command[0])): \(String(cString: strerror(errno)))")
-            return 69
+            return (69, false)
         }
         fflush(nil)
         let result: ChildProcess.Result
@@ -106,8 +107,9 @@ struct FlockRun {
         } catch {
             guard error.status == 126 || error.status == 127 else { throw error }
             printError("pmll: failed to execute \(visible(options.command[0])): \(ChildProcess.reason(error))")
-            return 69   // flock(1): EX_UNAVAILABLE
+            return (69, false)   // flock(1): EX_UNAVAILABLE
         }
-        return result.exitStatus
+        if case .signaled = result { return (result.exitStatus, true) }
+        return (result.exitStatus, false)
     }
 }

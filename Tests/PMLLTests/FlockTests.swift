@@ -34,6 +34,11 @@ struct FlockTests {
         #expect(try flock(file, "-c", "exit 3").status == 3)
         #expect(try flock(file, "--command", "echo hi").stdout == "hi")
         #expect(try flock(file, "sh", "-c", "exit 7").status == 7)
+        // A status of 128+N is not a death by signal; a COMMAND killed by one marks the lock.
+        #expect(try flock(file, "sh", "-c", "exit 130").status == 130)
+        #expect(try flock(file, "sh", "-c", "echo died=${PMLL_PREVIOUS_OWNER_DIED:-0}").stdout == "died=0")
+        #expect(try flock(file, "sh", "-c", "kill -9 $$").status == 137)
+        #expect(try flock(file, "sh", "-c", "echo died=${PMLL_PREVIOUS_OWNER_DIED:-0}").stdout == "died=1")
         #expect(try flock(file, "/nonexistent/cmd").status == 69)
         #expect(try flock().status == 64)
         #expect(try flock("-z", file, "true").status == 64)
