@@ -33,7 +33,6 @@ package struct AcquireAttempt: WaitMachine {
     package let spinLimit: Int
     private var slept = false, contended = false, requestedHandoff = false, handoffIncoming = false, lastChance = false
     private var spins = 0
-    private var checkedOwner: UInt32 = 0, checkedAt: Int64
     /// The handed word first seen at `handedSeenAt` (its target's claim clock).
     private var handedWord: UInt32 = 0, handedSeenAt: Int64 = 0
     /// Since when this attempt waits for a handoff a releaser may be storing.
@@ -41,13 +40,11 @@ package struct AcquireAttempt: WaitMachine {
     private var ledger: UInt32?
     private var registered = false
     /// The sync path sleeps on the owner's exit too (the waiter thread polls instead).
-    private let watchesOwner: Bool
-    private var watch = OwnerWatch()
-    private var ownerExited = false
+    private var check: OwnerCheck
 
     package init(pool: Pool, entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: LockIndex, deadline: Int64,
          cancellation: Cancellation?, start: Int64 = Clock.monotonicNanoseconds, spinLimit: Int = 64, watchesOwner: Bool = true) {
-        self.watchesOwner = watchesOwner
+        self.check = OwnerCheck(start: start, watchesOwner: watchesOwner)
         self.pool = pool
         self.entry = entry
         self.index = index
@@ -55,7 +52,6 @@ package struct AcquireAttempt: WaitMachine {
         self.cancellation = cancellation
         self.start = start
         self.spinLimit = spinLimit
-        self.checkedAt = start
     }
 
     /// The word to sleep on after `.sleep`.
@@ -102,22 +98,10 @@ package struct AcquireAttempt: WaitMachine {
                     continue
                 }
             }
-            if owner != checkedOwner {
-                checkedOwner = owner
-                checkedAt = now
-                _ = HoldStamp.heldSince(entry)
-            }
-            let interval = watch.covers(owner) ? pool.ownerCheckNanoseconds * Self.watchedProbeFactor : pool.ownerCheckNanoseconds
-            let due = ownerExited || now - checkedAt >= interval || deadline - now <= pool.ownerCheckNanoseconds
-            if owner != token && due {
-                checkedAt = now
-                ownerExited = false
-                if !pool.processes.isAlive(OwnerToken(rawValue: owner)) || watch.ownerCannotRun(owner, processes: pool.processes) {
-                    if let taken = takeOver(from: owner, word: &w) { return .done(taken) }
-                    continue
-                }
-                // Alive after a whole interval: from now on its exit wakes us.
-                if watchesOwner { watch.watch(owner, processes: pool.processes) }
+            if check.saw(owner, now: now) { _ = HoldStamp.heldSince(entry) }
+            if owner != token && check.due(owner, now: now, deadline: deadline, pool: pool) && check.ownerIsGone(owner, pool: pool) {
+                if let taken = takeOver(from: owner, word: &w) { return .done(taken) }
+                continue
             }
 
             let cancelled = cancellation?.isCancelled ?? false
@@ -162,13 +146,9 @@ package struct AcquireAttempt: WaitMachine {
                 registered = true
                 ledger = pool.processes.noteWaiting(slot: pool.slot, lock: index)
             }
-            let probeEvery = watch.covers(owner) ? pool.ownerCheckNanoseconds * Self.watchedProbeFactor : pool.ownerCheckNanoseconds
-            return .sleep(expected: w, until: min(deadline, now + probeEvery))
+            return .sleep(expected: w, until: min(deadline, now + check.interval(owner, pool: pool)))
         }
     }
-
-    /// With the owner's exit watched, the probe is a fallback: every 32 intervals.
-    static let watchedProbeFactor: Int64 = 32
 
     /// The owner is gone: take the word over. A handed-but-unclaimed word belongs to a
     /// waiter that died before its critical section began: taken over without reporting a death.
@@ -197,9 +177,7 @@ package struct AcquireAttempt: WaitMachine {
             case .done(let taken): return taken
             case .failed(let error): throw error
             case .sleep(let expected, let until):
-                let woke = watch.sleep(on: word, expected: expected, until: until, owner: expected & PMLL_OWNER_MASK)
-                if woke.ownerExited { ownerExited = true }
-                slept(timedOut: woke.timedOut, until: until)
+                slept(timedOut: check.sleep(on: word, expected: expected, until: until), until: until)
             }
         }
     }
@@ -220,6 +198,6 @@ package struct AcquireAttempt: WaitMachine {
     /// Takes this attempt off the process table's waiter ledger (what `status` shows).
     package func end() {
         pool.processes.doneWaiting(slot: pool.slot, ledger: ledger)
-        watch.closeDescriptor()
+        check.end()
     }
 }

@@ -22,14 +22,11 @@ package struct SharedAttempt: WaitMachine {
     package let start: Int64
     package let spinLimit: Int
     private var spins = 0, lastChance = false
-    private var checkedOwner: UInt32 = 0, checkedAt: Int64
-    private let watchesOwner: Bool
-    private var watch = OwnerWatch()
-    private var ownerExited = false
+    private var check: OwnerCheck
 
     package init(pool: Pool, entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: LockIndex, deadline: Int64,
                  cancellation: Cancellation?, start: Int64 = Clock.monotonicNanoseconds, spinLimit: Int = 64, watchesOwner: Bool = true) {
-        self.watchesOwner = watchesOwner
+        self.check = OwnerCheck(start: start, watchesOwner: watchesOwner)
         self.pool = pool
         self.entry = entry
         self.index = index
@@ -37,7 +34,6 @@ package struct SharedAttempt: WaitMachine {
         self.cancellation = cancellation
         self.start = start
         self.spinLimit = spinLimit
-        self.checkedAt = start
     }
 
     package var word: UnsafeMutablePointer<UInt32> { pmll_entry_word(entry) }
@@ -60,20 +56,10 @@ package struct SharedAttempt: WaitMachine {
                 continue
             }
             let now = Clock.monotonicNanoseconds
-            if owner != checkedOwner {
-                checkedOwner = owner
-                checkedAt = now
-            }
-            let interval = watch.covers(owner) ? pool.ownerCheckNanoseconds * AcquireAttempt.watchedProbeFactor : pool.ownerCheckNanoseconds
-            let due = ownerExited || now - checkedAt >= interval || deadline - now <= pool.ownerCheckNanoseconds
-            if due && owner != pool.token.rawValue {
-                checkedAt = now
-                ownerExited = false
-                if !pool.processes.isAlive(OwnerToken(rawValue: owner)) || watch.ownerCannotRun(owner, processes: pool.processes) {
-                    freeDeadWriter(owner, word: &w)
-                    continue
-                }
-                if watchesOwner { watch.watch(owner, processes: pool.processes) }
+            _ = check.saw(owner, now: now)
+            if owner != pool.token.rawValue && check.due(owner, now: now, deadline: deadline, pool: pool) && check.ownerIsGone(owner, pool: pool) {
+                freeDeadWriter(owner, word: &w)
+                continue
             }
             let cancelled = cancellation?.isCancelled ?? false
             if lastChance || now >= deadline || cancelled {
@@ -89,8 +75,7 @@ package struct SharedAttempt: WaitMachine {
                 if pmll_cas32(word, &w, w | PMLL_WORD_READERS_WAITING) == 0 { continue }
                 w |= PMLL_WORD_READERS_WAITING
             }
-            let probeEvery = watch.covers(owner) ? pool.ownerCheckNanoseconds * AcquireAttempt.watchedProbeFactor : pool.ownerCheckNanoseconds
-            return .sleep(expected: w, until: min(deadline, now + probeEvery))
+            return .sleep(expected: w, until: min(deadline, now + check.interval(owner, pool: pool)))
         }
     }
 
@@ -136,9 +121,7 @@ package struct SharedAttempt: WaitMachine {
             case .done(let taken): return taken
             case .failed(let error): throw error
             case .sleep(let expected, let until):
-                let woke = watch.sleep(on: word, expected: expected, until: until, owner: expected & PMLL_OWNER_MASK)
-                if woke.ownerExited { ownerExited = true }
-                slept(timedOut: woke.timedOut, until: until)
+                slept(timedOut: check.sleep(on: word, expected: expected, until: until), until: until)
             }
         }
     }
@@ -152,5 +135,5 @@ package struct SharedAttempt: WaitMachine {
         return failure(cancelled: cancelled, owner: pmll_load32(word) & PMLL_OWNER_MASK)
     }
 
-    package func end() { watch.closeDescriptor() }
+    package func end() { check.end() }
 }
