@@ -51,27 +51,41 @@ static struct io_uring *ring_get(void) {
 
 int pmll_owner_watch_supported(void) { return !__atomic_load_n(&unsupported, __ATOMIC_RELAXED); }
 
+// Fields 3 (state), 9 (flags) and 22 (start time) of a /proc/.../stat file. 0, or -1.
+static int stat_fields(const char *path, char *state, unsigned long long *flags, unsigned long long *start) {
+    char buf[1024];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p || p[1] != ' ') return -1;
+    *state = p[2];
+    int field = 3;
+    for (char *q = p + 2; q && field <= 22; field++) {
+        if (field == 9) *flags = strtoull(q, NULL, 10);
+        if (field == 22) *start = strtoull(q, NULL, 10);
+        q = strchr(q, ' ');
+        if (q) q++;
+    }
+    return field > 22 ? 0 : -1;
+}
+
 int pmll_pidfd_open_checked(int32_t pid, uint64_t start_time) {
     if (pid <= 0) return -ESRCH;
     int fd = pmll_pidfd_open(pid);
     if (fd < 0) return fd;
     // pidfd_open races with PID reuse: the pid must still be the registered process, which
     // its start time (field 22 of /proc/PID/stat) tells.
-    char path[64], buf[512];
+    char path[64], state;
+    unsigned long long flags = 0, start = 0;
     snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    int sfd = open(path, O_RDONLY | O_CLOEXEC);
-    ssize_t n = sfd >= 0 ? read(sfd, buf, sizeof buf - 1) : -1;
-    if (sfd >= 0) close(sfd);
-    if (n <= 0) { close(fd); return -ESRCH; }
-    buf[n] = 0;
-    char *p = strrchr(buf, ')');
-    unsigned long long value = 0;
-    // After ") ": field 3 (state) ... field 22 is the 20th field after the closing paren.
-    for (int field = 3; p && field <= 22; field++) {
-        p = strchr(p + 1, ' ');
-        if (p && field == 22) value = strtoull(p + 1, NULL, 10);
+    if (stat_fields(path, &state, &flags, &start) != 0 || start != start_time) {
+        close(fd);
+        return -ESRCH;
     }
-    if (!p || value != start_time) { close(fd); return -ESRCH; }
     return fd;
 }
 
@@ -241,26 +255,6 @@ void pmll_exit_watch_detach(pmll_process_slot_t *slot) {
 // it never returns to user space after that. A thread that is gone counts as exiting.
 #define PF_EXITING_FLAG 0x00000004u
 
-static int stat_fields(const char *path, char *state, unsigned long long *flags, unsigned long long *start) {
-    char buf[1024];
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) return -1;
-    buf[n] = 0;
-    char *p = strrchr(buf, ')');
-    if (!p || p[1] != ' ') return -1;
-    *state = p[2];
-    int field = 3;
-    for (char *q = p + 2; q && field <= 22; field++) {
-        if (field == 9) *flags = strtoull(q, NULL, 10);
-        if (field == 22) *start = strtoull(q, NULL, 10);
-        q = strchr(q, ' ');
-        if (q) q++;
-    }
-    return field > 22 ? 0 : -1;
-}
 
 // Asleep or stopped in the kernel (not R): such a thread gets back to user space only through
 // the kernel's signal check, which turns a pending SIGKILL into its exit.

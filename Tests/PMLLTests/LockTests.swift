@@ -1,5 +1,6 @@
 import Foundation
 import PMLL
+import Synchronization
 import Testing
 
 @Suite("Robust locks across processes", .serialized)
@@ -135,15 +136,27 @@ struct LockTests {
         let holder = try Child.worker("hold", "--pool", pool, "--lock", "a")
         defer { holder.kill(); holder.wait() }
         _ = try #require(holder.waitForEvent("acquired"))
-        let lock = try Pool.open(path: pool).lock(named: "a", level: .package)
+        let opened = try Pool.open(path: pool)
+        let lock = try opened.lock(named: "a", level: .package)
         let task = Task { try await lock.withLock { _ in } }
-        try await Task.sleep(for: .milliseconds(100))
+        @Sendable func waiters() -> Int { opened.status().locks.first { $0.name == "a" }?.waiters ?? 0 }
+        while waiters() == 0 { try await Task.sleep(for: .milliseconds(10)) }
+        // The library's side is timed by a plain thread: when the wait leaves the waiter ledger.
+        // The test's own resumption needs a thread of the cooperative pool, which the other
+        // tests' blocking waits on child processes held for 24 s on a 2-core machine.
         let started = ContinuousClock.now
+        let ended = Mutex<ContinuousClock.Instant?>(nil)
+        let observer = Thread {
+            while waiters() > 0 && ContinuousClock.now - started < .seconds(60) { usleep(1000) }
+            ended.withLock { $0 = ContinuousClock.now }
+        }
+        observer.start()
         task.cancel()
         await #expect(throws: PMLLError.cancelled(lock: "a")) { try await task.value }
         // Without cancellation the wait never ends (the holder keeps the lock); the bound is
         // loose because a loaded 2-core machine (a stress run alongside) took 2.1 s once.
-        #expect(ContinuousClock.now - started < .seconds(10))
+        while ended.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(ended.withLock { $0! } - started < .seconds(10))
         // The cancelled waiter left nothing behind: the lock is still the holder's.
         #expect(lock.currentHolder?.pid == holder.pid)
     }

@@ -123,10 +123,7 @@ package struct AcquireAttempt: WaitMachine {
                     }
                     handoffIncoming = false
                 }
-                let name = String(fixedCString: entry.pointee.name)
-                if cancelled { return .failed(.cancelled(lock: name)) }
-                pmll_add64(pmll_entry_timeouts(entry), 1)
-                return .failed(.timeout(lock: name, holder: pool.processes.info(of: OwnerToken(rawValue: owner), heldSince: HoldStamp.heldSince(entry))))
+                return .failed(Self.waitFailure(pool: pool, entry: entry, owner: owner, cancelled: cancelled))
             }
 
             if !requestedHandoff && now - start >= pool.starvationNanoseconds {
@@ -188,10 +185,15 @@ package struct AcquireAttempt: WaitMachine {
     }
 
     package func failureWhileQueued(cancelled: Bool) -> PMLLError {
+        Self.waitFailure(pool: pool, entry: entry, owner: pmll_load32(word) & PMLL_OWNER_MASK, cancelled: cancelled)
+    }
+
+    /// A wait on the word that ends unserved: cancelled, or a timeout (counted) naming the owner.
+    /// Shared by exclusive and shared waiters.
+    static func waitFailure(pool: Pool, entry: UnsafeMutablePointer<pmll_lock_entry_t>, owner: UInt32, cancelled: Bool) -> PMLLError {
         let name = String(fixedCString: entry.pointee.name)
         if cancelled { return .cancelled(lock: name) }
         pmll_add64(pmll_entry_timeouts(entry), 1)
-        let owner = pmll_load32(word) & PMLL_OWNER_MASK
         return .timeout(lock: name, holder: owner == 0 ? nil : pool.processes.info(of: OwnerToken(rawValue: owner), heldSince: HoldStamp.heldSince(entry)))
     }
 

@@ -64,7 +64,7 @@ package struct SharedAttempt: WaitMachine {
             let cancelled = cancellation?.isCancelled ?? false
             if lastChance || now >= deadline || cancelled {
                 SharedHolds.uncountAcquisition(entry)
-                return .failed(failure(cancelled: cancelled, owner: owner))
+                return .failed(AcquireAttempt.waitFailure(pool: pool, entry: entry, owner: owner, cancelled: cancelled))
             }
             if spins < spinLimit {
                 spins += 1
@@ -107,13 +107,6 @@ package struct SharedAttempt: WaitMachine {
         }
     }
 
-    private func failure(cancelled: Bool, owner: UInt32) -> PMLLError {
-        let name = String(fixedCString: entry.pointee.name)
-        if cancelled { return .cancelled(lock: name) }
-        pmll_add64(pmll_entry_timeouts(entry), 1)
-        return .timeout(lock: name, holder: owner == 0 ? nil : pool.processes.info(of: OwnerToken(rawValue: owner), heldSince: HoldStamp.heldSince(entry)))
-    }
-
     package mutating func runHere() throws(PMLLError) -> Pool.SharedTaken {
         defer { end() }
         while true {
@@ -132,7 +125,7 @@ package struct SharedAttempt: WaitMachine {
 
     package func failureWhileQueued(cancelled: Bool) -> PMLLError {
         SharedHolds.uncountAcquisition(entry)
-        return failure(cancelled: cancelled, owner: pmll_load32(word) & PMLL_OWNER_MASK)
+        return AcquireAttempt.waitFailure(pool: pool, entry: entry, owner: pmll_load32(word) & PMLL_OWNER_MASK, cancelled: cancelled)
     }
 
     package func end() { check.end() }
