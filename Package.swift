@@ -19,6 +19,9 @@ let package = Package(
         .executable(name: "pmll-crash", targets: ["PMLLCrash"]),
         .executable(name: "pmll-stress", targets: ["PMLLStress"]),
         .executable(name: "pmll-fuzz", targets: ["PMLLFuzz"]),
+        // The C interface (Docs/C-API.md): Stress/install-c-library installs it as libpmll.so
+        // with pmll.h and pmll.pc.
+        .library(name: "pmll-c", type: .dynamic, targets: ["PMLLCABI"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -95,6 +98,19 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
+        ),
+        // The C interface: pmll.h (the contract, installed), the per-thread state C keeps,
+        // and the Swift entry points over the facade. Only the header's names are exported
+        // (pmll.map).
+        .target(name: "CPMLLABI", path: "CSupport/CPMLLABI", exclude: ["pmll.map", "pmll.pc.in"]),
+        .target(
+            name: "PMLLCABI",
+            dependencies: ["PMLL", "PMLLCore", "PMLLLocks", "PMLLStore", "CPMLL", "CPMLLABI"],
+            swiftSettings: swiftSettings,
+            linkerSettings: [.unsafeFlags([
+                "-Xlinker", "--version-script=\(Context.packageDirectory)/CSupport/CPMLLABI/pmll.map",
+                "-Xlinker", "-soname=libpmll.so.0",
+            ])]
         ),
         // The batch file format of `pmll batch apply` (JSON is the command's concern, not the
         // library's); a target of its own so that the fuzzer reaches the same decoder.

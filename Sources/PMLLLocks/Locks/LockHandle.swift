@@ -1,4 +1,4 @@
-import CPMLL
+package import CPMLL
 public import PMLLCore
 
 /// A named lock in a pool, chosen at run time (the untyped API: the CLI, a C interface).
@@ -7,7 +7,13 @@ public import PMLLCore
 public struct LockHandle: Sendable, Hashable {
     public let pool: Pool
     public let id: LockID
-    @usableFromInline let index: LockIndex
+    @usableFromInline package let index: LockIndex
+
+    package init(pool: Pool, id: LockID, index: LockIndex) {
+        self.pool = pool
+        self.id = id
+        self.index = index
+    }
 
     public static func == (a: LockHandle, b: LockHandle) -> Bool { a.pool === b.pool && a.index == b.index }
     public func hash(into h: inout Hasher) {
@@ -15,7 +21,7 @@ public struct LockHandle: Sendable, Hashable {
         h.combine(index)
     }
 
-    var entry: UnsafeMutablePointer<pmll_lock_entry_t> { pool.memory.lock(index) }
+    package var entry: UnsafeMutablePointer<pmll_lock_entry_t> { pool.memory.lock(index) }
 
     /// Holds the lock while `body` runs; waits at most `timeout` (nil: no limit) and stops
     /// waiting when `cancellation` is cancelled. The lock is released on every exit from

@@ -1,0 +1,203 @@
+/*
+ * pmll.h — the C interface of PMLL, the Persistent Memory Lock Library.
+ *
+ * Names follow the PMLL hardening design used by CPM. Every function is safe to call from
+ * any thread. Functions that can fail return a CPM_Result (or NULL / false) and leave the
+ * reason in pmll_last_error() for the calling thread. Docs/C-API.md has the whole contract.
+ *
+ * Build: cc app.c $(pkg-config --cflags --libs pmll)
+ */
+#ifndef PMLL_H
+#define PMLL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PMLL_VERSION_MAJOR 0
+#define PMLL_VERSION_MINOR 8
+#define PMLL_VERSION_PATCH 0
+
+/* ---- Results --------------------------------------------------------------------------
+ * 0–17 are CPM's CPM_Result values (include/cpm_types.h of CPM), 19 is CPM's lock timeout;
+ * PMLL's own codes follow. A program that already includes CPM's cpm_types.h keeps CPM's
+ * enum; the values are the same. */
+#ifndef CPM_TYPES_H
+typedef enum {
+    CPM_RESULT_SUCCESS = 0,
+    CPM_RESULT_ERROR_UNKNOWN = 1,
+    CPM_RESULT_ERROR_INVALID_ARGS = 2,
+    CPM_RESULT_ERROR_NOT_INITIALIZED = 3,
+    CPM_RESULT_ERROR_ALREADY_INITIALIZED = 4,
+    CPM_RESULT_ERROR_INITIALIZATION_FAILED = 5,
+    CPM_RESULT_ERROR_TERMINATION_FAILED = 6,
+    CPM_RESULT_ERROR_UNKNOWN_COMMAND = 7,
+    CPM_RESULT_ERROR_COMMAND_FAILED = 8,
+    CPM_RESULT_ERROR_MEMORY_ALLOCATION = 9,
+    CPM_RESULT_ERROR_FILE_OPERATION = 10,
+    CPM_RESULT_ERROR_NETWORK = 11,
+    CPM_RESULT_ERROR_PACKAGE_PARSE = 12,
+    CPM_RESULT_ERROR_DEPENDENCY_RESOLUTION = 13,
+    CPM_RESULT_ERROR_SCRIPT_EXECUTION = 14,
+    CPM_RESULT_ERROR_PMLL_INIT = 15,
+    CPM_RESULT_ERROR_PROMISE_CREATION = 16,
+    CPM_RESULT_ERROR_PMDK_OPERATION = 17
+} CPM_Result;
+#endif
+
+/* The seed's short spellings. */
+#define CPM_RESULT_INVALID_ARGS CPM_RESULT_ERROR_INVALID_ARGS
+#define CPM_RESULT_PMDK_OPERATION CPM_RESULT_ERROR_PMDK_OPERATION
+
+/* Codes past CPM's enum, typed CPM_Result so that comparisons with results stay warning-free. */
+#define PMLL_RESULT_CODE(n) ((CPM_Result)(n))
+#define CPM_RESULT_LOCK_TIMEOUT PMLL_RESULT_CODE(19)         /* busy (try), or the timeout/deadline passed */
+#ifndef CPM_TYPES_H
+#define CPM_RESULT_ERROR_LOCK_TIMEOUT CPM_RESULT_LOCK_TIMEOUT
+#endif
+#define PMLL_RESULT_NOT_FOUND PMLL_RESULT_CODE(32)           /* no such key or pool */
+#define PMLL_RESULT_OWNER_DIED PMLL_RESULT_CODE(33)          /* reserved: acquires report a death as SUCCESS + pmll_lock_previous_owner_died */
+#define PMLL_RESULT_HIERARCHY_VIOLATION PMLL_RESULT_CODE(34) /* a leveled lock asked out of order */
+#define PMLL_RESULT_CANCELLED PMLL_RESULT_CODE(35)
+#define PMLL_RESULT_POOL_CORRUPT PMLL_RESULT_CODE(36)        /* corrupt, foreign or incompatible pool file, damaged record */
+#define PMLL_RESULT_POOL_FULL PMLL_RESULT_CODE(37)           /* a table or the store is full, or the file system is */
+#define PMLL_RESULT_PERMISSION PMLL_RESULT_CODE(38)
+#define PMLL_RESULT_NOT_SUPPORTED PMLL_RESULT_CODE(39)
+#define PMLL_RESULT_CONFLICT PMLL_RESULT_CODE(40)            /* a serializable transaction read something changed since: run it again */
+#define PMLL_RESULT_NOT_HELD PMLL_RESULT_CODE(41)            /* release of a lock this PMLL_Lock does not hold */
+#define PMLL_RESULT_TOO_LARGE PMLL_RESULT_CODE(42)           /* key or value too long, or a buffer too small */
+#define PMLL_RESULT_SYSTEM PMLL_RESULT_CODE(43)              /* a system call failed (pmll_last_error names it) */
+
+/* The calling thread's last failure, as the one line the pmll command prints
+ * ("pmll: ..."), or "" if none. Valid until this thread's next PMLL call. */
+const char* pmll_last_error(void);
+
+/* "0.8.0" */
+const char* pmll_get_version(void);
+
+/* ---- Pools ----------------------------------------------------------------------------- */
+typedef struct PMEMContextHandle PMEMContextHandle;
+
+/* Opens the pool at `path` (NULL: $PMLL_POOL, else the per-user default the pmll command
+ * uses), creating it with `size` bytes (0: the default, 16 MiB) if it does not exist and
+ * `create_if_missing`. An existing pool is opened as it is. Each call is one participant
+ * of the pool, with its own owner identity: a forked child must open its own. NULL on
+ * failure (pmll_last_error says why). */
+PMEMContextHandle* pmem_context_create(const char* path, size_t size, bool create_if_missing);
+/* Opens an existing pool; NULL if there is none. */
+PMEMContextHandle* pmem_context_open(const char* path);
+/* Leaves the pool. Every lock this participant still holds is released and marked as after
+ * an owner death; locks and transactions of this context must not be used afterwards. */
+void pmem_context_close(PMEMContextHandle* ctx);
+/* The pool file's path (valid until close). */
+const char* pmem_context_path(const PMEMContextHandle* ctx);
+/* Full consistency check of the pool (what `pmll check` does): SUCCESS, or
+ * PMLL_RESULT_POOL_CORRUPT with the first problem in pmll_last_error(). */
+CPM_Result pmem_context_check(PMEMContextHandle* ctx);
+
+/* One process-wide default pool, as CPM's start-up expects: pmll_init opens `pool_path`
+ * (NULL: the pmll command's default) with `pool_size`; calling it again is SUCCESS.
+ * pmll_init_global_system() is pmll_init(NULL, 0) returning true on success. The shutdown
+ * calls close it. */
+CPM_Result pmll_init(const char* pool_path, size_t pool_size);
+void pmll_shutdown(void);
+bool pmll_init_global_system(void);
+void pmll_shutdown_global_system(void);
+/* The default pool (NULL before pmll_init). Functions taking a context accept NULL for it. */
+PMEMContextHandle* pmll_default_context(void);
+
+/* ---- Locks ----------------------------------------------------------------------------- */
+/* Caller-allocated, as in `PMLL_Lock cache_lock;`. Opaque; fixed size for this major
+ * version. */
+typedef struct PMLL_Lock {
+    uint64_t opaque[12];
+} PMLL_Lock;
+
+/* Hierarchy levels (the design's order). PMLL_LEVEL_NONE: not hierarchy-checked. */
+typedef enum {
+    PMLL_LEVEL_NONE = 0,
+    PMLL_LEVEL_REGISTRY = 1,
+    PMLL_LEVEL_PACKAGE = 2,
+    PMLL_LEVEL_FILESYSTEM = 3,
+    PMLL_LEVEL_NETWORK = 4
+} PMLL_LockLevel;
+
+/* Binds `lock` to the pool lock named `resource_id` (1–63 bytes), creating it if the pool
+ * has none (at the package level, as `pmll lock` does). `persistent` is accepted for the
+ * design's signature: every PMLL lock lives in the pool, shared by every process. NULL ctx:
+ * the default pool. Locks from pmll_lock_init are not hierarchy-checked. */
+CPM_Result pmll_lock_init(PMLL_Lock* lock, const char* resource_id, bool persistent, PMEMContextHandle* ctx);
+/* As pmll_lock_init, with a hierarchy level: acquiring it while this thread holds a leveled
+ * lock of the same or a higher level fails with PMLL_RESULT_HIERARCHY_VIOLATION. The lock
+ * must exist at that level or not at all. */
+CPM_Result pmll_lock_init_level(PMLL_Lock* lock, const char* resource_id, PMLL_LockLevel level, PMEMContextHandle* ctx);
+
+/* Waits at most `timeout_ms` (0: no limit). SUCCESS when taken, including after the previous
+ * owner died (then pmll_lock_previous_owner_died() is true: repair what it protects). */
+CPM_Result pmll_lock_acquire(PMLL_Lock* lock, uint32_t timeout_ms);
+/* Waits until the absolute CLOCK_MONOTONIC time `deadline` (a past deadline still takes a
+ * free lock or a dead owner's). */
+CPM_Result pmll_lock_acquire_until(PMLL_Lock* lock, const struct timespec* deadline);
+/* Never waits: CPM_RESULT_LOCK_TIMEOUT when another holder has it. */
+CPM_Result pmll_lock_try_acquire(PMLL_Lock* lock);
+/* After a successful acquire: whether the previous holder died (or released inconsistent). */
+bool pmll_lock_previous_owner_died(const PMLL_Lock* lock);
+
+typedef struct {
+    int32_t pid;                 /* the dead holder's pid, in its own namespace (0 if unknown) */
+    uint32_t released_inconsistent; /* 1: it released with pmll_lock_release_inconsistent, not died */
+    char command[64];            /* its command name */
+    int64_t held_since_ns;       /* when it took the lock (ns since 1970, coarse) */
+    int64_t detected_ns;         /* when its death was found (ns since 1970) */
+} PMLL_OwnerDeath;
+/* While holding after a death: the details. false if the previous owner did not die. */
+bool pmll_lock_owner_death(const PMLL_Lock* lock, PMLL_OwnerDeath* death);
+
+/* Releases. PMLL_RESULT_NOT_HELD if this PMLL_Lock does not hold it. */
+CPM_Result pmll_lock_release(PMLL_Lock* lock);
+/* Releases and tells the next holder the critical section did not complete. */
+CPM_Result pmll_lock_release_inconsistent(PMLL_Lock* lock);
+/* Forgets the binding (the pool's lock stays). A held lock is released first. */
+void pmll_lock_destroy(PMLL_Lock* lock);
+
+typedef struct {
+    uint64_t acquisitions;
+    uint64_t contended;
+    uint64_t owner_deaths;
+    uint64_t timeouts;
+    uint64_t total_wait_ns;
+    uint64_t max_wait_ns;
+    int32_t holder_pid;          /* 0 when free */
+    uint32_t waiters;
+} PMLL_LockStats;
+/* The lock's statistics, counted by every process of the pool. */
+CPM_Result pmll_lock_get_stats(const PMLL_Lock* lock, PMLL_LockStats* stats);
+
+/* ---- Transactions ---------------------------------------------------------------------
+ * Serializable transactions over the pool's key-value state store (keys 1–255 bytes, no NUL,
+ * not starting with "pmll:"; values up to 64 KiB). Writes are buffered and seen by the
+ * transaction's own reads; commit writes them all atomically (crash- and power-safe) or
+ * returns PMLL_RESULT_CONFLICT, after which the caller runs its transaction again. */
+typedef struct PMLL_Transaction PMLL_Transaction;
+
+PMLL_Transaction* pmll_transaction_begin(PMEMContextHandle* ctx);
+CPM_Result pmll_tx_set(PMLL_Transaction* tx, const char* key, const void* value, size_t length);
+/* Copies the value into `buffer` (up to `capacity` bytes) and stores its full length in
+ * `*length`; PMLL_RESULT_TOO_LARGE if it did not fit (then *length says how much is needed),
+ * PMLL_RESULT_NOT_FOUND if the key has no value. */
+CPM_Result pmll_tx_get(PMLL_Transaction* tx, const char* key, void* buffer, size_t capacity, size_t* length);
+CPM_Result pmll_tx_delete(PMLL_Transaction* tx, const char* key);
+/* Both end the transaction and free it, whatever they return. */
+CPM_Result pmll_transaction_commit(PMLL_Transaction* tx);
+CPM_Result pmll_transaction_abort(PMLL_Transaction* tx);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PMLL_H */

@@ -1,0 +1,64 @@
+// Internals of the C interface shared by its C part (abi.c) and its Swift part (PMLLCABI):
+// what a PMLL_Lock holds, and the per-thread state C keeps for Swift. Not installed.
+#ifndef PMLL_ABI_H
+#define PMLL_ABI_H
+
+#include <stdint.h>
+#include "pmll.h"
+
+#pragma GCC visibility push(hidden)
+
+#define PMLL_ABI_LOCK_MAGIC 0x4b434f4c4c4c4d50ull   // "PMLLLOCK"
+
+enum {
+    PMLL_ABI_HELD = 1,          // this PMLL_Lock holds the pool lock
+    PMLL_ABI_DIED = 2,          // the acquisition that took it found the previous owner dead
+};
+
+// The inside of a PMLL_Lock. The pool lock's entry lives in the shared mapping; the context
+// (a retained Swift object) keeps that mapping alive.
+typedef struct pmll_abi_lock {
+    uint64_t magic;
+    void *entry;                        // pmll_lock_entry_t* in the pool mapping
+    PMEMContextHandle *context;
+    struct pmll_abi_lock *below;        // leveled lock this thread held before this one
+    uint32_t token;                     // the context's owner token
+    uint32_t index;                     // lock table index
+    uint32_t level;                     // PMLL_LockLevel; 0 = not checked
+    uint32_t flags;                     // PMLL_ABI_*
+    uint32_t acquired_by_thread;        // gettid of the acquiring thread (leveled locks)
+    uint32_t reserved0;
+    uint64_t reserved[5];
+} pmll_abi_lock_t;
+
+_Static_assert(sizeof(pmll_abi_lock_t) == sizeof(PMLL_Lock), "PMLL_Lock is the ABI lock");
+_Static_assert(_Alignof(pmll_abi_lock_t) <= _Alignof(PMLL_Lock), "PMLL_Lock alignment");
+
+// pmll.h's result macros as constants Swift can import.
+static const CPM_Result pmll_abi_lock_timeout = CPM_RESULT_LOCK_TIMEOUT;
+static const CPM_Result pmll_abi_not_found = PMLL_RESULT_NOT_FOUND;
+static const CPM_Result pmll_abi_hierarchy_violation = PMLL_RESULT_HIERARCHY_VIOLATION;
+static const CPM_Result pmll_abi_cancelled = PMLL_RESULT_CANCELLED;
+static const CPM_Result pmll_abi_pool_corrupt = PMLL_RESULT_POOL_CORRUPT;
+static const CPM_Result pmll_abi_pool_full = PMLL_RESULT_POOL_FULL;
+static const CPM_Result pmll_abi_permission = PMLL_RESULT_PERMISSION;
+static const CPM_Result pmll_abi_conflict = PMLL_RESULT_CONFLICT;
+static const CPM_Result pmll_abi_not_held = PMLL_RESULT_NOT_HELD;
+static const CPM_Result pmll_abi_too_large = PMLL_RESULT_TOO_LARGE;
+static const CPM_Result pmll_abi_system = PMLL_RESULT_SYSTEM;
+
+// The calling thread's last error (copied; truncated to 1 KiB).
+void pmll_abi_set_error(const char *message);
+void pmll_abi_clear_error(void);
+
+// The innermost leveled lock the calling thread holds through the C interface.
+pmll_abi_lock_t *pmll_abi_held_top(void);
+void pmll_abi_set_held_top(pmll_abi_lock_t *lock);
+// Removes `lock` from the calling thread's chain of leveled locks, wherever it is.
+void pmll_abi_unlink_held(pmll_abi_lock_t *lock);
+
+uint32_t pmll_abi_gettid(void);
+
+#pragma GCC visibility pop
+
+#endif

@@ -1,0 +1,362 @@
+/* The C interface's test program: built by the test suite against an installed prefix
+ * (pkg-config), never against the library's internal headers. One executable, one mode per
+ * scenario; prints "ok ..." and exits 0, or names the first failed check and exits 1. */
+#define _GNU_SOURCE
+#include <pmll.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CHECK(cond, ...) do { if (!(cond)) { \
+    fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); fprintf(stderr, __VA_ARGS__); \
+    fprintf(stderr, " (last error: %s)\n", pmll_last_error()); exit(1); } } while (0)
+
+static PMEMContextHandle *open_pool(const char *path) {
+    PMEMContextHandle *ctx = pmem_context_create(path, 0, true);
+    CHECK(ctx != NULL, "pmem_context_create(%s)", path);
+    return ctx;
+}
+
+/* ---- counter: read-modify-write of a file under one lock, from threads ---- */
+
+struct counter_args { PMLL_Lock *lock; int fd; int iterations; };
+
+static void increment(int fd) {
+    uint64_t value = 0;
+    CHECK(pread(fd, &value, 8, 0) >= 0, "pread");
+    value += 1;
+    CHECK(pwrite(fd, &value, 8, 0) == 8, "pwrite");
+}
+
+static void *counter_thread(void *p) {
+    struct counter_args *a = p;
+    for (int i = 0; i < a->iterations; i++) {
+        CPM_Result r = pmll_lock_acquire(a->lock, 0);
+        CHECK(r == CPM_RESULT_SUCCESS, "acquire returned %d", (int)r);
+        increment(a->fd);
+        r = pmll_lock_release(a->lock);
+        CHECK(r == CPM_RESULT_SUCCESS, "release returned %d", (int)r);
+    }
+    return NULL;
+}
+
+/* counter POOL LOCK FILE THREADS ITERATIONS: every thread shares one PMLL_Lock, as the
+ * seed's `PMLL_Lock cache_lock;` is shared. */
+static int counter(char **argv) {
+    PMEMContextHandle *ctx = open_pool(argv[0]);
+    PMLL_Lock lock;
+    CHECK(pmll_lock_init(&lock, argv[1], true, ctx) == CPM_RESULT_SUCCESS, "lock init");
+    int fd = open(argv[2], O_RDWR | O_CREAT, 0600);
+    CHECK(fd >= 0, "open %s", argv[2]);
+    int threads = atoi(argv[3]);
+    struct counter_args args = { &lock, fd, atoi(argv[4]) };
+    pthread_t t[64];
+    for (int i = 0; i < threads; i++) pthread_create(&t[i], NULL, counter_thread, &args);
+    for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);
+    pmll_lock_destroy(&lock);
+    pmem_context_close(ctx);
+    printf("ok counter\n");
+    return 0;
+}
+
+/* increment FILE: one unlocked read-modify-write (run under `pmll lock`). */
+static int increment_mode(char **argv) {
+    int fd = open(argv[0], O_RDWR | O_CREAT, 0600);
+    CHECK(fd >= 0, "open");
+    increment(fd);
+    return 0;
+}
+
+/* ---- robust8: glibc's tst-robust8 scenario over pool locks ---- */
+
+#define R8_LOCKS 100
+#define R8_THREADS 9
+
+struct r8_shared {
+    atomic_int held[R8_LOCKS];   /* 1 while the child holds lock i (exact once parked) */
+    atomic_int parked;
+    atomic_int stop;
+};
+
+static struct r8_shared *r8;
+static PMLL_Lock r8_locks[R8_LOCKS];
+
+static void *r8_thread(void *p) {
+    unsigned seed = (unsigned)(uintptr_t)p * 7919u + (unsigned)getpid();
+    int mine[R8_LOCKS];
+    int count = 0;
+    while (!atomic_load(&r8->stop)) {
+        int op = rand_r(&seed) % 4;
+        if (op == 3 && count > 0) {
+            int k = rand_r(&seed) % count;
+            int i = mine[k];
+            atomic_store(&r8->held[i], 0);
+            CHECK(pmll_lock_release(&r8_locks[i]) == CPM_RESULT_SUCCESS, "child release %d", i);
+            mine[k] = mine[--count];
+            continue;
+        }
+        if (count >= 6) continue;
+        int i = rand_r(&seed) % R8_LOCKS;
+        int already = 0;
+        for (int k = 0; k < count; k++) already |= mine[k] == i;
+        if (already) continue;
+        CPM_Result r;
+        if (op == 0) {
+            r = pmll_lock_acquire(&r8_locks[i], 1 + rand_r(&seed) % 3);
+        } else if (op == 1) {
+            struct timespec past;
+            clock_gettime(CLOCK_MONOTONIC, &past);
+            past.tv_sec -= 1;
+            r = pmll_lock_acquire_until(&r8_locks[i], &past);
+        } else {
+            r = pmll_lock_try_acquire(&r8_locks[i]);
+        }
+        if (r == CPM_RESULT_SUCCESS) {
+            atomic_store(&r8->held[i], 1);
+            mine[count++] = i;
+        } else {
+            CHECK(r == CPM_RESULT_LOCK_TIMEOUT, "child acquire of %d returned %d", i, (int)r);
+        }
+    }
+    atomic_fetch_add(&r8->parked, 1);
+    for (;;) pause();
+}
+
+static void r8_child(const char *pool) {
+    PMEMContextHandle *ctx = open_pool(pool);
+    char name[32];
+    for (int i = 0; i < R8_LOCKS; i++) {
+        snprintf(name, sizeof name, "robust8-%d", i);
+        CHECK(pmll_lock_init(&r8_locks[i], name, true, ctx) == CPM_RESULT_SUCCESS, "child init %d", i);
+    }
+    pthread_t t;
+    for (int i = 0; i < R8_THREADS; i++) pthread_create(&t, NULL, r8_thread, (void *)(uintptr_t)(i + 1));
+    usleep(200000);
+    /* Stop every thread between two operations, so `held` is exact, then die holding. */
+    atomic_store(&r8->stop, 1);
+    while (atomic_load(&r8->parked) < R8_THREADS) usleep(1000);
+    kill(getpid(), SIGKILL);
+}
+
+/* robust8 POOL ROUNDS */
+static int robust8(char **argv) {
+    int rounds = atoi(argv[1]);
+    r8 = mmap(NULL, sizeof *r8, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    CHECK(r8 != MAP_FAILED, "mmap");
+    int total_died = 0;
+    for (int round = 0; round < rounds; round++) {
+        memset(r8, 0, sizeof *r8);
+        pid_t child = fork();
+        if (child == 0) { r8_child(argv[0]); _exit(3); }
+        int status;
+        CHECK(waitpid(child, &status, 0) == child, "waitpid");
+        CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "child did not die of SIGKILL (status %d)", status);
+        PMEMContextHandle *ctx = open_pool(argv[0]);
+        int died = 0, held = 0;
+        for (int i = 0; i < R8_LOCKS; i++) {
+            char name[32];
+            snprintf(name, sizeof name, "robust8-%d", i);
+            PMLL_Lock lock;
+            CHECK(pmll_lock_init(&lock, name, true, ctx) == CPM_RESULT_SUCCESS, "parent init %d", i);
+            CPM_Result r = pmll_lock_acquire(&lock, 5000);
+            CHECK(r == CPM_RESULT_SUCCESS, "round %d: parent could not take lock %d (%d)", round, i, (int)r);
+            bool d = pmll_lock_previous_owner_died(&lock);
+            CHECK(d == (atomic_load(&r8->held[i]) == 1), "round %d: lock %d: owner died %d, child held %d",
+                  round, i, d, atomic_load(&r8->held[i]));
+            if (d) {
+                PMLL_OwnerDeath death;
+                CHECK(pmll_lock_owner_death(&lock, &death), "death details of %d", i);
+                CHECK(death.pid == child, "lock %d: dead pid %d, child %d", i, death.pid, child);
+                died++;
+            }
+            held += atomic_load(&r8->held[i]);
+            CHECK(pmll_lock_release(&lock) == CPM_RESULT_SUCCESS, "parent release %d", i);
+            pmll_lock_destroy(&lock);
+        }
+        total_died += died;
+        pmem_context_close(ctx);
+    }
+    CHECK(total_died > 0, "no round left a lock held: the scenario tested nothing");
+    printf("ok robust8 rounds=%d deaths=%d\n", rounds, total_died);
+    return 0;
+}
+
+/* ---- hold POOL LOCK SECONDS: take the lock, say so, hold, release ---- */
+static int hold(char **argv) {
+    PMEMContextHandle *ctx = open_pool(argv[0]);
+    PMLL_Lock lock;
+    CHECK(pmll_lock_init(&lock, argv[1], true, ctx) == CPM_RESULT_SUCCESS, "init");
+    CPM_Result r = pmll_lock_acquire(&lock, 30000);
+    CHECK(r == CPM_RESULT_SUCCESS, "acquire %d", (int)r);
+    printf("acquired died=%d\n", pmll_lock_previous_owner_died(&lock));
+    fflush(stdout);
+    usleep((useconds_t)(atof(argv[2]) * 1e6));
+    CHECK(pmll_lock_release(&lock) == CPM_RESULT_SUCCESS, "release");
+    pmem_context_close(ctx);
+    return 0;
+}
+
+/* ---- tx POOL: transactions ---- */
+static int tx(char **argv) {
+    PMEMContextHandle *ctx = open_pool(argv[0]);
+    PMLL_Transaction *t = pmll_transaction_begin(ctx);
+    CHECK(t != NULL, "begin");
+    CHECK(pmll_tx_set(t, "pkg/zlib/status", "installed", 9) == CPM_RESULT_SUCCESS, "set");
+    char buf[64];
+    size_t n = 0;
+    CHECK(pmll_tx_get(t, "pkg/zlib/status", buf, sizeof buf, &n) == CPM_RESULT_SUCCESS && n == 9 && memcmp(buf, "installed", 9) == 0,
+          "a transaction reads its own write");
+    CHECK(pmll_tx_get(t, "pkg/zlib/status", buf, 4, &n) == PMLL_RESULT_TOO_LARGE && n == 9, "a small buffer says how much is needed");
+    CHECK(pmll_tx_get(t, "pkg/none", buf, sizeof buf, &n) == PMLL_RESULT_NOT_FOUND, "missing key");
+    CHECK(pmll_transaction_commit(t) == CPM_RESULT_SUCCESS, "commit");
+
+    /* An aborted transaction leaves nothing. */
+    t = pmll_transaction_begin(ctx);
+    CHECK(pmll_tx_set(t, "pkg/zlib/status", "half-installed", 14) == CPM_RESULT_SUCCESS, "set 2");
+    CHECK(pmll_tx_delete(t, "pkg/zlib/status") == CPM_RESULT_SUCCESS, "delete");
+    CHECK(pmll_tx_get(t, "pkg/zlib/status", buf, sizeof buf, &n) == PMLL_RESULT_NOT_FOUND, "deleted in the transaction");
+    CHECK(pmll_transaction_abort(t) == CPM_RESULT_SUCCESS, "abort");
+    t = pmll_transaction_begin(ctx);
+    CHECK(pmll_tx_get(t, "pkg/zlib/status", buf, sizeof buf, &n) == CPM_RESULT_SUCCESS && n == 9, "abort rolled back");
+    CHECK(pmll_transaction_commit(t) == CPM_RESULT_SUCCESS, "read-only commit");
+
+    /* Serializable: a read that changed before commit is a conflict, and nothing is written. */
+    PMLL_Transaction *a = pmll_transaction_begin(ctx), *b = pmll_transaction_begin(ctx);
+    CHECK(pmll_tx_get(a, "pkg/zlib/status", buf, sizeof buf, &n) == CPM_RESULT_SUCCESS, "a reads");
+    CHECK(pmll_tx_set(b, "pkg/zlib/status", "removed", 7) == CPM_RESULT_SUCCESS, "b writes");
+    CHECK(pmll_transaction_commit(b) == CPM_RESULT_SUCCESS, "b commits");
+    CHECK(pmll_tx_set(a, "pkg/zlib/deps", "none", 4) == CPM_RESULT_SUCCESS, "a writes");
+    CHECK(pmll_transaction_commit(a) == PMLL_RESULT_CONFLICT, "a conflicts");
+    t = pmll_transaction_begin(ctx);
+    CHECK(pmll_tx_get(t, "pkg/zlib/deps", buf, sizeof buf, &n) == PMLL_RESULT_NOT_FOUND, "a conflicting commit wrote nothing");
+    CHECK(pmll_tx_get(t, "pkg/zlib/status", buf, sizeof buf, &n) == CPM_RESULT_SUCCESS && n == 7, "b's write stands");
+    CHECK(pmll_tx_set(t, "pmll:internal", "x", 1) == CPM_RESULT_ERROR_INVALID_ARGS, "reserved keys are refused");
+    static char big[70000];
+    CHECK(pmll_tx_set(t, "big", big, sizeof big) == PMLL_RESULT_TOO_LARGE, "a value over 64 KiB is refused");
+    CHECK(pmll_transaction_abort(t) == CPM_RESULT_SUCCESS, "abort 2");
+    pmem_context_close(ctx);
+    printf("ok tx\n");
+    return 0;
+}
+
+/* ---- errors DIR: every misuse gets a code and a "pmll: " line ---- */
+static void expect_error(CPM_Result got, int want, const char *what) {
+    CHECK((int)got == want, "%s: got %d, want %d", what, (int)got, want);
+    CHECK(strncmp(pmll_last_error(), "pmll: ", 6) == 0, "%s: last error '%s' does not start with 'pmll: '", what, pmll_last_error());
+}
+
+static int errors(char **argv) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/no/such/dir/pool", argv[0]);
+    CHECK(pmem_context_open(path) == NULL, "open of a missing pool");
+    CHECK(strstr(pmll_last_error(), "does not exist") != NULL, "missing pool message: %s", pmll_last_error());
+    snprintf(path, sizeof path, "%s/garbage", argv[0]);
+    FILE *f = fopen(path, "w");
+    for (int i = 0; i < 100000; i++) fputc('x', f);
+    fclose(f);
+    CHECK(pmem_context_open(path) == NULL && strstr(pmll_last_error(), "not a PMLL pool"), "foreign file: %s", pmll_last_error());
+
+    snprintf(path, sizeof path, "%s/pool", argv[0]);
+    PMEMContextHandle *ctx = open_pool(path);
+    PMLL_Lock lock;
+    memset(&lock, 0, sizeof lock);
+    expect_error(pmll_lock_acquire(&lock, 0), CPM_RESULT_ERROR_INVALID_ARGS, "uninitialised lock");
+    expect_error(pmll_lock_acquire(NULL, 0), CPM_RESULT_ERROR_INVALID_ARGS, "NULL lock");
+    expect_error(pmll_lock_init(&lock, NULL, true, ctx), CPM_RESULT_ERROR_INVALID_ARGS, "NULL name");
+    char longname[300];
+    memset(longname, 'n', sizeof longname - 1);
+    longname[sizeof longname - 1] = 0;
+    expect_error(pmll_lock_init(&lock, longname, true, ctx), CPM_RESULT_ERROR_INVALID_ARGS, "name too long");
+    CHECK(pmll_lock_init(&lock, "errors", true, ctx) == CPM_RESULT_SUCCESS, "init");
+    expect_error(pmll_lock_release(&lock), PMLL_RESULT_NOT_HELD, "release without acquire");
+
+    /* Leveled locks: the hierarchy is checked per thread. */
+    PMLL_Lock fs, pkg, pkg2;
+    CHECK(pmll_lock_init_level(&fs, "errors-fs", PMLL_LEVEL_FILESYSTEM, ctx) == CPM_RESULT_SUCCESS, "init fs");
+    CHECK(pmll_lock_init_level(&pkg, "errors-pkg", PMLL_LEVEL_PACKAGE, ctx) == CPM_RESULT_SUCCESS, "init pkg");
+    CHECK(pmll_lock_init_level(&pkg2, "errors-pkg2", PMLL_LEVEL_PACKAGE, ctx) == CPM_RESULT_SUCCESS, "init pkg2");
+    expect_error(pmll_lock_init_level(&lock, "errors-pkg", PMLL_LEVEL_NETWORK, ctx), CPM_RESULT_ERROR_INVALID_ARGS, "level mismatch");
+    CHECK(pmll_lock_acquire(&pkg, 1000) == CPM_RESULT_SUCCESS, "pkg");
+    CHECK(pmll_lock_acquire(&fs, 1000) == CPM_RESULT_SUCCESS, "fs after pkg");
+    expect_error(pmll_lock_acquire(&pkg2, 1000), PMLL_RESULT_HIERARCHY_VIOLATION, "pkg2 after fs");
+    CHECK(strstr(pmll_last_error(), "errors-fs") != NULL, "the violation names the held lock: %s", pmll_last_error());
+    CHECK(pmll_lock_release(&pkg) == CPM_RESULT_SUCCESS, "out-of-order release");
+    expect_error(pmll_lock_acquire(&pkg2, 1000), PMLL_RESULT_HIERARCHY_VIOLATION, "pkg2 while fs is still held");
+    CHECK(pmll_lock_release(&fs) == CPM_RESULT_SUCCESS, "release fs");
+    CHECK(pmll_lock_acquire(&pkg2, 1000) == CPM_RESULT_SUCCESS, "pkg2 with nothing held");
+    CHECK(pmll_lock_release(&pkg2) == CPM_RESULT_SUCCESS, "release pkg2");
+    /* Unleveled locks are not checked: any order. */
+    PMLL_Lock a, b;
+    CHECK(pmll_lock_init(&a, "errors-a", true, ctx) == 0 && pmll_lock_init(&b, "errors-b", true, ctx) == 0, "init a b");
+    CHECK(pmll_lock_acquire(&b, 0) == 0 && pmll_lock_acquire(&a, 0) == 0, "unleveled in any order");
+    CHECK(pmll_lock_release(&b) == 0 && pmll_lock_release(&a) == 0, "release a b");
+
+    PMLL_LockStats stats;
+    CHECK(pmll_lock_get_stats(&a, &stats) == CPM_RESULT_SUCCESS && stats.acquisitions >= 1 && stats.holder_pid == 0, "stats");
+    CHECK(pmem_context_check(ctx) == CPM_RESULT_SUCCESS, "check of a sound pool");
+    CHECK(pmll_transaction_begin(NULL) == NULL && (int)0 == 0, "no default pool");
+    CHECK(strstr(pmll_last_error(), "pmll_init") != NULL, "no default pool message: %s", pmll_last_error());
+    pmem_context_close(ctx);
+    printf("ok errors\n");
+    return 0;
+}
+
+/* ---- bench POOL N: uncontended acquire+release against a glibc robust pshared mutex ---- */
+static double now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e9 + t.tv_nsec;
+}
+
+static int bench(char **argv) {
+    PMEMContextHandle *ctx = open_pool(argv[0]);
+    long n = atol(argv[1]);
+    PMLL_Lock lock;
+    CHECK(pmll_lock_init(&lock, "bench-c", true, ctx) == CPM_RESULT_SUCCESS, "init");
+    pthread_mutex_t *m = mmap(NULL, sizeof *m, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    pthread_mutex_init(m, &attr);
+    double best_pmll = 1e18, best_glibc = 1e18;
+    for (int round = 0; round < 5; round++) {
+        double t0 = now_ns();
+        for (long i = 0; i < n; i++) { pmll_lock_acquire(&lock, 0); pmll_lock_release(&lock); }
+        double t1 = now_ns();
+        for (long i = 0; i < n; i++) { pthread_mutex_lock(m); pthread_mutex_unlock(m); }
+        double t2 = now_ns();
+        double p = (t1 - t0) / n, g = (t2 - t1) / n;
+        printf("round %d pmll %.2f ns glibc %.2f ns ratio %.2f\n", round, p, g, p / g);
+        if (p < best_pmll) best_pmll = p;
+        if (g < best_glibc) best_glibc = g;
+    }
+    printf("ok bench pmll_ns=%.2f glibc_ns=%.2f ratio=%.2f\n", best_pmll, best_glibc, best_pmll / best_glibc);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) { fprintf(stderr, "usage: pmll_c_test MODE ARGS...\n"); return 64; }
+    const char *mode = argv[1];
+    char **rest = argv + 2;
+    int n = argc - 2;
+    if (!strcmp(mode, "counter") && n == 5) return counter(rest);
+    if (!strcmp(mode, "increment") && n == 1) return increment_mode(rest);
+    if (!strcmp(mode, "robust8") && n == 2) return robust8(rest);
+    if (!strcmp(mode, "hold") && n == 3) return hold(rest);
+    if (!strcmp(mode, "tx") && n == 1) return tx(rest);
+    if (!strcmp(mode, "errors") && n == 1) return errors(rest);
+    if (!strcmp(mode, "bench") && n == 2) return bench(rest);
+    fprintf(stderr, "pmll_c_test: unknown mode or wrong arguments: %s\n", mode);
+    return 64;
+}
