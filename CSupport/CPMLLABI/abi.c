@@ -1,6 +1,7 @@
 // The C side of the C interface: per-thread error text and the per-thread chain of leveled
 // locks (thread-locals are C's to keep; Swift has none).
 #define _GNU_SOURCE
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/syscall.h>
@@ -41,4 +42,18 @@ uint32_t pmll_abi_gettid(void) { return (uint32_t)syscall(SYS_gettid); }
 #define PMLL_STR(x) PMLL_STR2(x)
 const char *pmll_get_version(void) {
     return PMLL_STR(PMLL_VERSION_MAJOR) "." PMLL_STR(PMLL_VERSION_MINOR) "." PMLL_STR(PMLL_VERSION_PATCH);
+}
+
+// An operation's failure, reported from inside it on the queue's thread (see pmll_operation_fail).
+static _Thread_local char *operation_failure;
+
+void pmll_operation_fail(const char *reason) {
+    free(operation_failure);
+    operation_failure = strdup(reason ? reason : "operation failed");
+}
+
+char *pmll_abi_take_failure(void) {
+    char *reason = operation_failure;
+    operation_failure = NULL;
+    return reason;
 }

@@ -1,5 +1,6 @@
 public import CPMLLABI
 import PMLL
+import PMLLStore
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -12,6 +13,8 @@ final class CContext: @unchecked Sendable {
     let pool: Pool
     /// The path as C reads it back (`pmem_context_path`), owned here.
     let cPath: UnsafeMutablePointer<CChar>
+    /// Objects opened through this context (`pmem_write` finds its destination among them).
+    let objects = Mutex<[StoreObject]>([])
 
     init(pool: Pool) {
         self.pool = pool
@@ -103,6 +106,12 @@ public func cInit(_ path: UnsafePointer<CChar>?, _ size: Int) -> CPM_Result {
 
 @_cdecl("pmll_shutdown")
 public func cShutdown() {
+    if let queue = DefaultFileQueue.current.withLock({ current -> CQueue? in
+        defer { current = nil }
+        return current
+    }) {
+        queue.close()
+    }
     let context = DefaultContext.current.withLock { current -> CContext? in
         defer { current = nil }
         return current

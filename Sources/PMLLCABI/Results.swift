@@ -66,3 +66,10 @@ enum CResult {
 struct CFailure: Error {
     let result: CPM_Result
 }
+
+/// Deadlines of the C interface: CLOCK_MONOTONIC nanoseconds, as the lock protocol's.
+enum CDeadline {
+    static func after(milliseconds: UInt32) -> Int64 {
+        Pool.deadline(after: .milliseconds(milliseconds))
+    }
+}

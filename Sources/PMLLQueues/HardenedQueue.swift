@@ -165,3 +165,25 @@ extension Pool {
         return (intact.map { QueueStatistics.snapshot($0.head) }, damaged)
     }
 }
+
+extension HardenedQueue {
+    // An operation driven step by step from a thread of the caller's own (the C interface
+    // runs C callbacks there, never on a cooperative thread): the same records, retries and
+    // statistics as ``execute(kind:payload:timeout:retry:onError:isolation:_:)``.
+
+    /// Submits one operation and waits for its turn: its ticket, and whether its first
+    /// attempt is already recorded as started.
+    package func enterTurn(kind: String, payload: [UInt8], deadline: Int64) async throws -> (ticket: UInt64, started: Bool) {
+        try await turn(for: [(kind, payload)], deadline: deadline)
+    }
+
+    package func beginAttempt(_ ticket: UInt64, attempt: Int) throws(PMLLError) {
+        try engine.begin(ticket, attempt: UInt32(attempt))
+    }
+
+    package func noteRetry(_ ticket: UInt64, error: String) { engine.noteRetry(ticket, error: error) }
+
+    package func finish(_ ticket: UInt64, succeeded: Bool, error: String) throws(PMLLError) {
+        try engine.finish(ticket, succeeded: succeeded, error: error)
+    }
+}

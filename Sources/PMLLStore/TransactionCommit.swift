@@ -111,11 +111,11 @@ extension Pool {
     /// reads changed since it made them (else ``PMLLError/transactionConflict(key:attempts:)``
     /// and nothing is written). A read-only transaction has nothing to commit: its reads
     /// were all current together when it made its last one.
-    package func commit(_ writes: [(key: String, value: [UInt8]?)], reads: ReadSet? = nil) throws(PMLLError) {
+    package func commit(_ writes: [(key: String, value: [UInt8]?)], reads: ReadSet? = nil, inPlace: [InPlaceWrite] = []) throws(PMLLError) {
         // A body that swallowed a conflict thrown into it must not return what it computed
         // from that view, even if it writes nothing.
         if let reads, let conflict = reads.conflict { throw .transactionConflict(key: conflict, attempts: reads.attempt) }
-        guard !writes.isEmpty else { return }
+        guard !writes.isEmpty || !inPlace.isEmpty else { return }
         let store = try stateStore()
         try withStoreLock { () throws(PMLLError) in
             let version = (try reads?.revalidate(store, pool: self) ?? store.commitSequence) &+ 1
@@ -167,10 +167,13 @@ extension Pool {
                 }
                 plans.append(SlotPlan(index: index, key: bytes, value: value, extent: extent))
             }
-            guard !plans.isEmpty else { return }
+            guard !plans.isEmpty || !inPlace.isEmpty else { return }
+            let objects = try objectSlots(of: inPlace, in: store)
 
-            // Undo log: old slots and old bitmap bytes.
+            // Undo log: old slots and old bitmap bytes; objects' slots and the bytes written.
             var ranges: [(offset: Int, length: Int)] = plans.map { (store.offset(of: store.slot($0.index)), MemoryLayout<pmll_key_slot_t>.size) }
+            ranges += objects.map { (store.offset(of: store.slot($0.slot)), MemoryLayout<pmll_key_slot_t>.size) }
+            ranges += inPlace.map { ($0.object.valueOffset + $0.offset, $0.bytes.count) }
             ranges += Self.runs(bitmap.keys.sorted()).map { (store.layout.bitmap.lowerBound + $0.lowerBound, $0.count) }
             if census != nil { ranges.append((store.censusRange.lowerBound, store.censusRange.count)) }
             let header = ownLogHeader(store)
@@ -208,6 +211,17 @@ extension Pool {
                 s.pointee.state = PMLL_KEY_USED
                 touched.append((store.offset(of: s), MemoryLayout<pmll_key_slot_t>.size))
             }
+            for write in inPlace {
+                write.bytes.withUnsafeBytes { (write.object.bytes + write.offset).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                touched.append((write.object.valueOffset + write.offset, write.bytes.count))
+            }
+            for object in objects {
+                let s = store.slot(object.slot)
+                s.pointee.version = version
+                let record = Array(UnsafeRawBufferPointer(start: memory.base + object.recordOffset, count: object.key.count + object.size))
+                s.pointee.checksum = StateStore.checksum(s, record: record)
+                touched.append((store.offset(of: s), MemoryLayout<pmll_key_slot_t>.size))
+            }
             for (byte, value) in bitmap { store.bitmap[byte] = value }
             if let census {
                 store.census.pointee = StateStore.censusBytes(UInt64(clamping: Int64(clamping: census) + censusDelta))
@@ -224,6 +238,23 @@ extension Pool {
             try memory.persistence.persist(UnsafeRawPointer(header), 8, site: "tx.commit")
             CrashPoint.hit("tx.committed")
         }
+    }
+
+    /// The objects written in place, once each, checked to still be what they were opened as.
+    private func objectSlots(of writes: [InPlaceWrite], in store: StateStore) throws(PMLLError) -> [StoreObject] {
+        var seen = Set<UInt32>(), objects: [StoreObject] = []
+        for write in writes where seen.insert(write.object.slot).inserted {
+            let object = write.object, s = store.slot(object.slot)
+            guard s.pointee.state == PMLL_KEY_USED, Int(s.pointee.value_length) == object.size,
+                  Int(s.pointee.key_length) == object.key.count, try store.key(of: object.slot) == object.key else {
+                throw .corruptRecord(key: Self.objectPrefix + object.name, reason: "the object's index slot changed under it")
+            }
+            guard write.offset >= 0, write.offset + write.bytes.count <= object.size else {
+                throw .valueTooLarge(key: Self.objectPrefix + object.name, bytes: write.offset + write.bytes.count, limit: object.size)
+            }
+            objects.append(object)
+        }
+        return objects
     }
 
     private func freeSlot(_ store: StateStore, hash: UInt32, avoiding reserved: Set<UInt32>) throws(PMLLError) -> UInt32 {
@@ -320,7 +351,8 @@ extension Pool {
                     let inIndex = store.layout.index.contains(offset) && offset + length <= store.layout.index.upperBound
                     let inBitmap = store.layout.bitmap.contains(offset) && offset + length <= store.layout.bitmap.upperBound
                     let inCensus = offset == store.censusRange.lowerBound && length == store.censusRange.count
-                    guard inIndex || inBitmap || inCensus, cursor + MemoryLayout<pmll_log_entry_t>.size + length <= Int(header.pointee.bytes) else {
+                    let inBlocks = store.layout.blocks.contains(offset) && offset + length <= store.layout.blocks.upperBound   // objects
+                    guard inIndex || inBitmap || inCensus || inBlocks, cursor + MemoryLayout<pmll_log_entry_t>.size + length <= Int(header.pointee.bytes) else {
                         throw .transactionRecoveryFailed(reason: "undo log \(i) has an entry outside the store tables")
                     }
                     (memory.base + offset).copyMemory(from: entries + cursor + MemoryLayout<pmll_log_entry_t>.size, byteCount: length)

@@ -196,6 +196,125 @@ CPM_Result pmll_tx_delete(PMLL_Transaction* tx, const char* key);
 CPM_Result pmll_transaction_commit(PMLL_Transaction* tx);
 CPM_Result pmll_transaction_abort(PMLL_Transaction* tx);
 
+/* Named objects of fixed size in the pool, written only through transactions (the design's
+ * `pmem_write(tx, &package_state, new_state)`; libpmemobj's root object). The pointer stays
+ * valid while the context is open; every process that opens the object sees the same bytes.
+ * Created zero-filled if missing; NULL if it exists with another size (or on any failure).
+ * Objects hold up to 64 KiB minus the name; a transaction logs at most about 64 KiB. */
+void* pmll_object(PMEMContextHandle* ctx, const char* name, size_t size);
+/* Writes `size` bytes of `src` to `dst` (inside an object of the transaction's pool) when the
+ * transaction commits: atomically with its other writes, rolled back by a crash or power loss
+ * during the commit, discarded by an abort. Until then `dst` shows the committed bytes.
+ * Writes are atomic but not isolated from lock-free readers: guard an object with a lock as
+ * you would a libpmemobj object. */
+CPM_Result pmem_write(PMLL_Transaction* tx, void* dst, const void* src, size_t size);
+
+/* ---- Queues and promises ---------------------------------------------------------------
+ * A hardened queue serialises the operations of every process on one resource, in FIFO
+ * order, records each one in the pool, retries failures with backoff, and lets recovery find
+ * what a dead process left behind. Operations run on the queue handle's own thread, one after
+ * another in the order they were submitted through it; the returned promise settles when the
+ * operation has run (or failed for good). */
+#if !defined(CPM_PROMISE_H)
+typedef struct Promise Promise;
+typedef struct PMLL_HardenedResourceQueue PMLL_HardenedResourceQueue;
+typedef void* PromiseValue;
+typedef PromiseValue (*on_fulfilled_callback)(PromiseValue value, void* user_data);
+typedef PromiseValue (*on_rejected_callback)(PromiseValue reason, void* user_data);
+#endif
+#if !defined(CPM_PROMISE_H) && !(defined(CPM_TYPES_H) && defined(CPM_VERSION_STRING))
+typedef enum {
+    PROMISE_PENDING,
+    PROMISE_FULFILLED,
+    PROMISE_REJECTED
+} PromiseState;
+#endif
+
+/* The queue `resource_id` (1–244 bytes) of the pool (NULL ctx: the default pool), created if
+ * missing. `persistent` queues keep their records durable across crashes and power loss; it
+ * must match the queue's existing kind. NULL on failure. */
+PMLL_HardenedResourceQueue* pmll_queue_create(const char* resource_id, bool persistent, PMEMContextHandle* ctx);
+/* Retries after a failed attempt (default 3, from 10 ms doubling to at most 1 s) and how long
+ * an operation may wait for its turn (default 30000 ms; 0: no limit). */
+CPM_Result pmll_queue_set_retry(PMLL_HardenedResourceQueue* queue, uint32_t max_retries, uint32_t base_delay_ms);
+CPM_Result pmll_queue_set_timeout(PMLL_HardenedResourceQueue* queue, uint32_t timeout_ms);
+/* Root directory for pmll_execute_batch_operation's relative paths (default: the working
+ * directory when the queue was created). */
+CPM_Result pmll_queue_set_batch_root(PMLL_HardenedResourceQueue* queue, const char* root);
+
+/* Runs `op(previous, user_data)` in this process as the queue's next operation, after every
+ * operation submitted before it in any process; `previous` is the value of this handle's
+ * previous operation (NULL for the first). It fails by calling pmll_operation_fail before it
+ * returns: then it is retried per the queue's policy, and after the last failure
+ * `error_fn(reason, user_data)` runs (if given) and the promise is rejected with its result
+ * (or with the reason). NULL if the operation could not be submitted. */
+Promise* pmll_execute_hardened_operation(PMLL_HardenedResourceQueue* queue, on_fulfilled_callback op,
+                                         on_rejected_callback error_fn, void* user_data);
+/* Inside an operation: mark this attempt failed, with a reason (copied). */
+void pmll_operation_fail(const char* reason);
+
+typedef enum {
+    WRITE_FILE,      /* create or overwrite `path` with `data` */
+    DELETE_FILE,     /* remove `path` (a missing file is an error) */
+    REPLACE_FILE,    /* atomically replace an existing `path` with `data` */
+    CREATE_DIRECTORY /* `path` and any missing parents */
+} BatchOperationType;
+
+typedef struct {
+    BatchOperationType type;
+    const char* path;    /* relative to the queue's batch root; never leaves it */
+    const char* data;    /* WRITE_FILE/REPLACE_FILE: the content */
+    size_t size;         /* bytes of `data`; 0: `data` is a NUL-terminated string */
+} BatchOperation;
+/* Applies the `count` operations as one atomic file batch, as an operation of the queue: all
+ * or nothing, across crashes (recovery rolls a dead process's batch back). The promise is
+ * fulfilled with NULL, or rejected with the reason ("pmll: ..."). */
+Promise* pmll_execute_batch_operation(PMLL_HardenedResourceQueue* queue, const BatchOperation* batch, size_t count);
+
+PromiseState promise_state(const Promise* promise);
+/* The value of a fulfilled promise or the reason of a rejected one (NULL while pending).
+ * Strings the library made stay valid until promise_free. */
+PromiseValue promise_value(const Promise* promise);
+/* Waits until the promise settles, at most `timeout_ms` (0: no limit). true once settled. */
+bool promise_wait(Promise* promise, uint32_t timeout_ms);
+/* A promise for the result of `on_fulfilled(value)` or `on_rejected(reason)` (a NULL callback
+ * passes the value or reason through). The callback runs on the thread that settles
+ * `promise`, or at once in this call if it has settled. */
+Promise* promise_then(Promise* promise, on_fulfilled_callback on_fulfilled, on_rejected_callback on_rejected, void* user_data);
+/* Drops the caller's reference (a pending operation still runs). */
+void promise_free(Promise* promise);
+
+/* Operations of every process on this queue, as the pool counts them (an operation retried
+ * three times counts once). Any pointer may be NULL. */
+void pmll_queue_get_stats(PMLL_HardenedResourceQueue* queue, uint64_t* completed, uint64_t* failed, uint64_t* pending);
+typedef struct {
+    uint64_t completed, failed, retried, abandoned, recovered, pending;
+    uint64_t mean_wait_ns, max_wait_ns, mean_run_ns, max_run_ns;
+} PMLL_QueueStats;
+CPM_Result pmll_queue_get_full_stats(PMLL_HardenedResourceQueue* queue, PMLL_QueueStats* stats);
+
+/* What recovery hands the recovery callback: an operation a dead process left unfinished. */
+typedef struct {
+    const char* queue;
+    uint64_t ticket;
+    int32_t owner_pid;
+    uint32_t attempts;
+    const char* last_error;
+} PMLL_AbandonedOperation;
+/* Returns true when it has repaired or redone the operation (it is then marked recovered);
+ * must be idempotent: recovery may itself be interrupted and run again. */
+typedef bool (*pmll_recovery_callback)(const PMLL_AbandonedOperation* operation, void* user_data);
+CPM_Result pmll_queue_set_recovery_handler(PMLL_HardenedResourceQueue* queue, pmll_recovery_callback handler, void* user_data);
+/* Recovers what dead processes left in the pool: their file batches are rolled back, and
+ * their abandoned C operations handed to this queue's recovery callback (an operation with no
+ * callback stays abandoned, for a process that has one). NULL ctx: the queue's pool. */
+CPM_Result pmll_queue_recover_operations(PMLL_HardenedResourceQueue* queue, PMEMContextHandle* ctx);
+/* Waits for this handle's submitted operations to finish, then frees it. */
+void pmll_queue_free(PMLL_HardenedResourceQueue* queue);
+/* The persistent queue "files" of the default pool (pmll_init first), one handle per process:
+ * do not free it. */
+PMLL_HardenedResourceQueue* pmll_get_default_file_queue(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -59,6 +59,10 @@ void pmll_abi_unlink_held(pmll_abi_lock_t *lock);
 
 uint32_t pmll_abi_gettid(void);
 
+// The reason passed to pmll_operation_fail on this thread since the last call (malloc'd,
+// the caller frees it), or NULL.
+char *pmll_abi_take_failure(void);
+
 #pragma GCC visibility pop
 
 #endif
