@@ -17,7 +17,7 @@ struct CrashSuite: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmll-crash",
         abstract: "Crash-injection suite: kill a workload at every crash point, recover, check invariants.",
-        subcommands: [Run.self, Workload.self, Verify.self],
+        subcommands: [Run.self, Workload.self, Verify.self, CObjects.self],
         defaultSubcommand: Run.self
     )
 }
@@ -63,7 +63,7 @@ struct Run: AsyncParsableCommand {
         // How often each point is hit in a full run.
         try reset(from: base, to: pool, ack: ack)
         try? FileManager.default.removeItem(atPath: trace)
-        guard try spawn(me, ["workload", "--pool", pool, "--ack", ack, "--steps", "\(steps)", "--seed", "\(seed)"], env: ["PMLL_CRASH_TRACE": trace]) == 0 else {
+        guard try Crashing.spawn(me, ["workload", "--pool", pool, "--ack", ack, "--steps", "\(steps)", "--seed", "\(seed)"], env: ["PMLL_CRASH_TRACE": trace]) == 0 else {
             throw ValidationError("the workload fails without crashes")
         }
         var counts: [String: Int] = [:]
@@ -89,15 +89,15 @@ struct Run: AsyncParsableCommand {
                             try FileManager.default.copyItem(atPath: base, toPath: shadow)
                             env["PMLL_POWER_SHADOW"] = shadow
                         }
-                        _ = try spawn(me, ["workload", "--pool", pool, "--ack", ack, "--steps", "\(steps)", "--seed", "\(seed)"], env: env)
-                        if m == "power" { try powerImage(pool: pool, shadow: shadow, rng: &rng) }
+                        _ = try Crashing.spawn(me, ["workload", "--pool", pool, "--ack", ack, "--steps", "\(steps)", "--seed", "\(seed)"], env: env)
+                        if m == "power" { try Crashing.powerImage(pool: pool, shadow: shadow, rng: &rng) }
                         // Every other hit (in both models) also kills recovery once, at its first step.
                         let crashRecovery = (hit + sample) % 2 == 0
                         if crashRecovery {
-                            _ = try spawn(me, ["verify", "--pool", pool, "--ack", ack], env: dropEnv.merging(["PMLL_CRASH_AT": "tx.rolled-back:1"]) { $1 })
-                            _ = try spawn(me, ["verify", "--pool", pool, "--ack", ack], env: dropEnv.merging(["PMLL_CRASH_AT": "queue.recovered:1"]) { $1 })
+                            _ = try Crashing.spawn(me, ["verify", "--pool", pool, "--ack", ack], env: dropEnv.merging(["PMLL_CRASH_AT": "tx.rolled-back:1"]) { $1 })
+                            _ = try Crashing.spawn(me, ["verify", "--pool", pool, "--ack", ack], env: dropEnv.merging(["PMLL_CRASH_AT": "queue.recovered:1"]) { $1 })
                         }
-                        let (_, out) = try spawnCapturing(me, ["verify", "--pool", pool, "--ack", ack], env: dropEnv)
+                        let (_, out) = try Crashing.spawnCapturing(me, ["verify", "--pool", pool, "--ack", ack], env: dropEnv)
                         let violations = (try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: [String]])?["violations"] ?? ["verify printed no report: \(out)"]
                         cases.append(Case(point: point, hit: hit, model: m, crashedRecovery: crashRecovery, violations: violations))
                     }
@@ -141,45 +141,5 @@ struct Run: AsyncParsableCommand {
         try? FileManager.default.removeItem(atPath: ack)
         try? FileManager.default.removeItem(atPath: Workload.tree(for: pool))
         try FileManager.default.copyItem(atPath: base, toPath: pool)
-    }
-
-    /// The pool as it is after a power failure: the shadow (what was persisted) plus a random
-    /// subset of the 64-byte units the child changed since their last persist.
-    func powerImage(pool: String, shadow: String, rng: inout SplitMix) throws {
-        var current = try Data(contentsOf: URL(fileURLWithPath: pool))
-        let durable = try Data(contentsOf: URL(fileURLWithPath: shadow))
-        current.withUnsafeMutableBytes { cur in
-            durable.withUnsafeBytes { dur in
-                for unit in stride(from: 0, to: min(cur.count, dur.count), by: 64) {
-                    let end = min(unit + 64, cur.count)
-                    if memcmp(cur.baseAddress! + unit, dur.baseAddress! + unit, end - unit) != 0 && rng.next() % 2 == 0 {
-                        memcpy(cur.baseAddress! + unit, dur.baseAddress! + unit, end - unit)   // this unit was lost
-                    }
-                }
-            }
-        }
-        try current.write(to: URL(fileURLWithPath: pool))
-    }
-
-    func spawn(_ exe: String, _ args: [String], env: [String: String]) throws -> Int32 {
-        try spawnCapturing(exe, args, env: env).status
-    }
-
-    func spawnCapturing(_ exe: String, _ args: [String], env: [String: String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: exe)
-        process.arguments = args
-        var environment = ProcessInfo.processInfo.environment
-        for key in ["PMLL_CRASH_AT", "PMLL_CRASH_TRACE", "PMLL_POWER_SHADOW", "PMLL_TEST_DROP_PERSIST"] { environment[key] = nil }
-        environment.merge(env) { $1 }
-        let (key, value) = ParentWatch.entryForChildren
-        environment[key] = value
-        process.environment = environment
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 }

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -311,6 +312,229 @@ static int errors(char **argv) {
     return 0;
 }
 
+
+/* ---- seed POOL DIR LOG N: the design's snippets, run by several processes at once ---- */
+
+struct seed_op { const char *log; int index; };
+
+static PromiseValue logged_operation(PromiseValue previous, void *user_data) {
+    (void)previous;
+    struct seed_op *op = user_data;
+    char line[64];
+    int fd = open(op->log, O_WRONLY | O_APPEND | O_CREAT, 0600);
+    CHECK(fd >= 0, "open log");
+    snprintf(line, sizeof line, "start %d %d\n", (int)getpid(), op->index);
+    CHECK(write(fd, line, strlen(line)) > 0, "write");
+    usleep(2000);   /* another process's operation would land here if the queue let it */
+    snprintf(line, sizeof line, "end %d %d\n", (int)getpid(), op->index);
+    CHECK(write(fd, line, strlen(line)) > 0, "write");
+    close(fd);
+    return (PromiseValue)(intptr_t)(op->index + 1);
+}
+
+static int failing_attempts;
+static PromiseValue failing_operation(PromiseValue previous, void *user_data) {
+    (void)previous; (void)user_data;
+    failing_attempts++;
+    pmll_operation_fail("registry unreachable");
+    return NULL;
+}
+
+static PromiseValue error_handler(PromiseValue reason, void *user_data) {
+    (void)user_data;
+    CHECK(reason && strcmp((const char *)reason, "registry unreachable") == 0, "error_fn gets the reason");
+    return (PromiseValue)"handled";
+}
+
+static PromiseValue double_it(PromiseValue value, void *user_data) {
+    (void)user_data;
+    return (PromiseValue)((intptr_t)value * 2);
+}
+
+typedef struct { uint64_t installed; uint64_t version; } package_state_t;
+
+static int seed(char **argv) {
+    PMEMContextHandle *pmem_ctx = open_pool(argv[0]);
+    const char *dir = argv[1], *log = argv[2];
+    int n = atoi(argv[3]);
+    CHECK(n >= 1 && n <= 64, "1 to 64 operations");
+
+    /* Locking Mechanisms */
+    PMLL_Lock cache_lock;
+    CHECK(pmll_lock_init(&cache_lock, "package_cache", true, pmem_ctx) == CPM_RESULT_SUCCESS, "lock init");
+    CHECK(pmll_lock_acquire(&cache_lock, 5000) == CPM_RESULT_SUCCESS, "acquire with 5000 ms");
+    usleep(1000);
+    CHECK(pmll_lock_release(&cache_lock) == CPM_RESULT_SUCCESS, "release");
+
+    /* Hardened Resource Queues: operations of every process never interleave. */
+    PMLL_HardenedResourceQueue *queue = pmll_queue_create("package_cache", true, pmem_ctx);
+    CHECK(queue != NULL, "queue create");
+    struct seed_op ops[64];
+    Promise *promises[64] = {0};
+    for (int i = 0; i < n; i++) {
+        ops[i] = (struct seed_op){ log, i };
+        promises[i] = pmll_execute_hardened_operation(queue, logged_operation, NULL, &ops[i]);
+        CHECK(promises[i] != NULL, "submit %d", i);
+    }
+    Promise *chained = promise_then(promises[0], double_it, NULL, NULL);
+    for (int i = 0; i < n; i++) {
+        CHECK(promise_wait(promises[i], 60000), "operation %d settles", i);
+        CHECK(promise_state(promises[i]) == PROMISE_FULFILLED, "operation %d fulfilled", i);
+        CHECK((intptr_t)promise_value(promises[i]) == i + 1, "operation %d's value", i);
+        promise_free(promises[i]);
+    }
+    CHECK(promise_wait(chained, 10000) && (intptr_t)promise_value(chained) == 2, "promise_then runs on the value");
+    promise_free(chained);
+
+    /* A failing operation: retried, then error_fn, then rejected with error_fn's result. */
+    uint64_t failed_before = 0, failed_after = 0;
+    pmll_queue_get_stats(queue, NULL, &failed_before, NULL);
+    CHECK(pmll_queue_set_retry(queue, 2, 1) == CPM_RESULT_SUCCESS, "set retry");
+    Promise *failing = pmll_execute_hardened_operation(queue, failing_operation, error_handler, NULL);
+    CHECK(promise_wait(failing, 60000) && promise_state(failing) == PROMISE_REJECTED, "the failing operation is rejected");
+    CHECK(strcmp((const char *)promise_value(failing), "handled") == 0, "rejected with error_fn's value");
+    CHECK(failing_attempts == 3, "1 attempt + 2 retries, got %d", failing_attempts);
+    promise_free(failing);
+    pmll_queue_get_stats(queue, NULL, &failed_after, NULL);
+    CHECK(failed_after >= failed_before + 1, "a failed operation counts once or more (other processes too)");
+
+    /* Batching Operations, under this process's own directory. */
+    char root[4096], path[4200];
+    snprintf(root, sizeof root, "%s/%d", dir, (int)getpid());
+    CHECK(mkdir(root, 0755) == 0, "mkdir %s", root);
+    snprintf(path, sizeof path, "%s/old_file.txt", root);
+    FILE *f = fopen(path, "w"); fputs("old", f); fclose(f);
+    CHECK(pmll_queue_set_batch_root(queue, root) == CPM_RESULT_SUCCESS, "batch root");
+    const char *data1 = "one", *data2 = "two";
+    BatchOperation batch[] = {
+        {WRITE_FILE, "file1.txt", data1, 0},
+        {WRITE_FILE, "file2.txt", data2, 0},
+        {DELETE_FILE, "old_file.txt", NULL, 0}
+    };
+    Promise *batch_result = pmll_execute_batch_operation(queue, batch, 3);
+    CHECK(batch_result && promise_wait(batch_result, 60000) && promise_state(batch_result) == PROMISE_FULFILLED,
+          "batch: %s", batch_result ? (const char *)promise_value(batch_result) : pmll_last_error());
+    promise_free(batch_result);
+    CHECK(access(path, F_OK) != 0, "old_file.txt deleted");
+    BatchOperation escaping[] = {{WRITE_FILE, "../escape.txt", "x", 0}};
+    Promise *refused = pmll_execute_batch_operation(queue, escaping, 1);
+    CHECK(refused && promise_wait(refused, 60000) && promise_state(refused) == PROMISE_REJECTED, "a path leaving the root is refused");
+    CHECK(strncmp((const char *)promise_value(refused), "pmll: ", 6) == 0, "reason: %s", (const char *)promise_value(refused));
+    promise_free(refused);
+
+    /* Queue Statistics */
+    uint64_t completed, failed, pending;
+    pmll_queue_get_stats(queue, &completed, &failed, &pending);
+    printf("Queue stats: %lu completed, %lu failed, %lu pending\n", (unsigned long)completed, (unsigned long)failed, (unsigned long)pending);
+    CHECK(completed >= (uint64_t)n + 1, "completed counts this process's operations");
+
+    /* Transaction Support: an aborted transaction changes nothing. */
+    package_state_t *package_state = pmll_object(pmem_ctx, "package_state", sizeof *package_state);
+    CHECK(package_state != NULL, "object");
+    /* The object is guarded by cache_lock (the other process writes it too). */
+    CHECK(pmll_lock_acquire(&cache_lock, 5000) == CPM_RESULT_SUCCESS, "lock for the object");
+    package_state_t before = *package_state, new_state = { 1, before.version + 1 };
+    PMLL_Transaction *tx = pmll_transaction_begin(pmem_ctx);
+    CHECK(pmem_write(tx, package_state, &new_state, sizeof new_state) == CPM_RESULT_SUCCESS, "pmem_write");
+    CHECK(pmll_transaction_abort(tx) == CPM_RESULT_SUCCESS, "abort");
+    CHECK(memcmp(package_state, &before, sizeof before) == 0, "abort left the object as it was");
+    new_state = (package_state_t){ 1, before.version + 1 };
+    tx = pmll_transaction_begin(pmem_ctx);
+    CHECK(pmem_write(tx, package_state, &new_state, sizeof new_state) == CPM_RESULT_SUCCESS, "pmem_write 2");
+    CHECK(package_state->version == before.version, "nothing shows before the commit");
+    CHECK(pmll_transaction_commit(tx) == CPM_RESULT_SUCCESS, "commit");
+    CHECK(package_state->version == before.version + 1 && package_state->installed == 1, "the commit shows");
+    CHECK(pmll_lock_release(&cache_lock) == CPM_RESULT_SUCCESS, "release");
+    int outside = 0;
+    tx = pmll_transaction_begin(pmem_ctx);
+    CHECK(pmem_write(tx, &outside, &outside, sizeof outside) == CPM_RESULT_ERROR_INVALID_ARGS, "pmem_write outside an object is refused");
+    CHECK(pmem_write(tx, (char *)package_state + 8, &new_state, sizeof new_state) == CPM_RESULT_ERROR_INVALID_ARGS, "past an object's end is refused");
+    pmll_transaction_abort(tx);
+    CHECK(pmll_object(pmem_ctx, "package_state", 8) == NULL && strstr(pmll_last_error(), "16 bytes"), "another size is refused: %s", pmll_last_error());
+
+    pmll_queue_free(queue);
+    pmll_lock_destroy(&cache_lock);
+    pmem_context_close(pmem_ctx);
+    printf("ok seed\n");
+    return 0;
+}
+
+/* ---- objects POOL ACK STEPS / objects-check POOL ACK: pmem_write across crashes ---- */
+
+typedef struct { uint64_t a, b, sum, version; } pair_t;
+
+static int objects(char **argv) {
+    PMEMContextHandle *ctx = open_pool(argv[0]);
+    int steps = atoi(argv[2]);
+    pair_t *pair = pmll_object(ctx, "pair", sizeof *pair);
+    CHECK(pair != NULL, "object");
+    PMLL_Lock lock;
+    CHECK(pmll_lock_init(&lock, "pair", true, ctx) == CPM_RESULT_SUCCESS, "lock");
+    int ack = open(argv[1], O_WRONLY | O_APPEND | O_CREAT, 0600);
+    CHECK(ack >= 0, "ack");
+    for (int step = 0; step < steps; step++) {
+        CHECK(pmll_lock_acquire(&lock, 30000) == CPM_RESULT_SUCCESS, "acquire");
+        uint64_t v = pair->version + 1;
+        pair_t next = { v, 2 * v, 3 * v, v };
+        PMLL_Transaction *tx = pmll_transaction_begin(ctx);
+        CHECK(tx != NULL, "begin");
+        /* Field by field, so that a torn commit would show. */
+        CHECK(pmem_write(tx, &pair->a, &next.a, 8) == 0 && pmem_write(tx, &pair->b, &next.b, 8) == 0, "write a b");
+        char text[32];
+        snprintf(text, sizeof text, "%llu", (unsigned long long)v);
+        CHECK(pmll_tx_set(tx, "pair/version", text, strlen(text)) == 0, "set");
+        CHECK(pmem_write(tx, &pair->sum, &next.sum, 16) == 0, "write sum version");
+        if (step % 3 == 2) {
+            CHECK(pmll_transaction_abort(tx) == 0, "abort");
+        } else {
+            CPM_Result r = pmll_transaction_commit(tx);
+            CHECK(r == CPM_RESULT_SUCCESS, "commit %d", (int)r);
+            char line[32];
+            snprintf(line, sizeof line, "%llu\n", (unsigned long long)v);
+            CHECK(write(ack, line, strlen(line)) > 0 && fsync(ack) == 0, "ack");
+        }
+        CHECK(pmll_lock_release(&lock) == CPM_RESULT_SUCCESS, "release");
+    }
+    printf("ok objects version=%llu\n", (unsigned long long)pair->version);
+    return 0;
+}
+
+static int objects_check(char **argv) {
+    PMEMContextHandle *ctx = open_pool(argv[0]);
+    pair_t *pair = pmll_object(ctx, "pair", sizeof *pair);
+    CHECK(pair != NULL, "object");
+    uint64_t acked = 0;
+    FILE *f = fopen(argv[1], "r");
+    if (f) { unsigned long long v; while (fscanf(f, "%llu", &v) == 1) acked = v; fclose(f); }
+    pair_t p = *pair;
+    int bad = 0;
+    if (p.a != p.version || p.b != 2 * p.version || p.sum != 3 * p.version) {
+        printf("violation: torn object a=%llu b=%llu sum=%llu version=%llu\n", (unsigned long long)p.a,
+               (unsigned long long)p.b, (unsigned long long)p.sum, (unsigned long long)p.version);
+        bad = 1;
+    }
+    if (p.version < acked || p.version > acked + 1) {
+        printf("violation: version %llu, last acknowledged %llu\n", (unsigned long long)p.version, (unsigned long long)acked);
+        bad = 1;
+    }
+    PMLL_Transaction *tx = pmll_transaction_begin(ctx);
+    char text[32] = {0};
+    size_t n = 0;
+    CPM_Result r = pmll_tx_get(tx, "pair/version", text, sizeof text - 1, &n);
+    uint64_t stored = r == CPM_RESULT_SUCCESS ? strtoull(text, NULL, 10) : 0;
+    if (stored != p.version) {
+        printf("violation: the key says version %llu, the object %llu\n", (unsigned long long)stored, (unsigned long long)p.version);
+        bad = 1;
+    }
+    pmll_transaction_abort(tx);
+    if (pmem_context_check(ctx) != CPM_RESULT_SUCCESS) {
+        printf("violation: %s\n", pmll_last_error());
+        bad = 1;
+    }
+    if (!bad) printf("ok objects-check version=%llu acked=%llu\n", (unsigned long long)p.version, (unsigned long long)acked);
+    return bad;
+}
+
 /* ---- bench POOL N: uncontended acquire+release against a glibc robust pshared mutex ---- */
 static double now_ns(void) {
     struct timespec t;
@@ -357,6 +581,9 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "tx") && n == 1) return tx(rest);
     if (!strcmp(mode, "errors") && n == 1) return errors(rest);
     if (!strcmp(mode, "bench") && n == 2) return bench(rest);
+    if (!strcmp(mode, "seed") && n == 4) return seed(rest);
+    if (!strcmp(mode, "objects") && n == 3) return objects(rest);
+    if (!strcmp(mode, "objects-check") && n == 2) return objects_check(rest);
     fprintf(stderr, "pmll_c_test: unknown mode or wrong arguments: %s\n", mode);
     return 64;
 }
