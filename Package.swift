@@ -105,7 +105,7 @@ let package = Package(
         .target(name: "CPMLLABI", path: "CSupport/CPMLLABI", exclude: ["pmll.map", "pmll.pc.in"]),
         .target(
             name: "PMLLCABI",
-            dependencies: ["PMLL", "PMLLCore", "PMLLLocks", "PMLLStore", "CPMLL", "CPMLLABI"],
+            dependencies: ["PMLL", "PMLLCore", "PMLLLocks", "PMLLStore", "PMLLQueues", "CPMLL", "CPMLLABI"],
             swiftSettings: swiftSettings,
             linkerSettings: [.unsafeFlags([
                 "-Xlinker", "--version-script=\(Context.packageDirectory)/CSupport/CPMLLABI/pmll.map",

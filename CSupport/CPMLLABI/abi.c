@@ -3,12 +3,26 @@
 #define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <unistd.h>
 #include <sys/syscall.h>
 #include "pmll_abi.h"
 
 static _Thread_local char last_error[1024];
 static _Thread_local pmll_abi_lock_t *held_top;
+
+// Counts forks in this process's line: a context (and every lock bound to it) belongs to the
+// generation that opened it, so a forked child cannot use its parent's participant by mistake.
+unsigned pmll_abi_fork_generation_value;
+
+static void pmll_abi_forked_child(void) {
+    __atomic_add_fetch(&pmll_abi_fork_generation_value, 1, __ATOMIC_RELAXED);
+    held_top = NULL;   // the child's only thread holds nothing through the parent's locks
+}
+
+__attribute__((constructor)) static void pmll_abi_install_fork_handler(void) {
+    pthread_atfork(NULL, NULL, pmll_abi_forked_child);
+}
 
 const char *pmll_last_error(void) { return last_error; }
 

@@ -16,9 +16,21 @@ final class CContext: @unchecked Sendable {
     /// Objects opened through this context (`pmem_write` finds its destination among them).
     let objects = Mutex<[StoreObject]>([])
 
+    /// The fork generation that opened it: a forked child must open its own.
+    let generation = pmll_abi_fork_generation()
+
     init(pool: Pool) {
         self.pool = pool
         cPath = strdup(pool.path)
+    }
+
+    /// Throws unless this process opened the context (not a parent it was forked from).
+    func checkOwner() throws(CFailure) {
+        guard generation == pmll_abi_fork_generation() else { throw CFailure(result: Self.forkedChildFailure()) }
+    }
+
+    static func forkedChildFailure() -> CPM_Result {
+        CResult.invalid("this pool context was opened by a parent process: a forked child must open its own (pmem_context_open)")
     }
 
     deinit { free(cPath) }
@@ -31,8 +43,15 @@ final class CContext: @unchecked Sendable {
 
     /// `handle`, or the default pool for NULL.
     static func resolve(_ handle: OpaquePointer?) throws(CFailure) -> CContext {
-        if let handle { return from(handle) }
-        if let context = DefaultContext.current.withLock({ $0 }) { return context }
+        if let handle {
+            let context = from(handle)
+            try context.checkOwner()
+            return context
+        }
+        if let context = DefaultContext.current.withLock({ $0 }) {
+            try context.checkOwner()
+            return context
+        }
         throw CFailure(result: CResult.fail(CPM_RESULT_ERROR_NOT_INITIALIZED, "no pool given and no default pool: call pmll_init first"))
     }
 
@@ -69,7 +88,8 @@ public func cContextOpen(_ path: UnsafePointer<CChar>?) -> OpaquePointer? {
 
 @_cdecl("pmem_context_close")
 public func cContextClose(_ handle: OpaquePointer?) {
-    guard let handle else { return }
+    // In a forked child the parent's participant must not be unregistered: leave it be.
+    guard let handle, CContext.from(handle).generation == pmll_abi_fork_generation() else { return }
     Unmanaged<CContext>.fromOpaque(UnsafeRawPointer(handle)).release()
 }
 
@@ -129,4 +149,29 @@ public func cShutdownGlobalSystem() { cShutdown() }
 public func cDefaultContext() -> OpaquePointer? {
     guard let context = DefaultContext.current.withLock({ $0 }) else { return nil }
     return OpaquePointer(Unmanaged.passUnretained(context).toOpaque())
+}
+
+@_cdecl("pmem_context_status")
+public func cContextStatus(_ handle: OpaquePointer?, _ out: UnsafeMutablePointer<PMLL_PoolStatus>?) -> CPM_Result {
+    CResult.run { () throws(CFailure) -> CPM_Result in
+        let context = try CContext.resolve(handle)
+        guard let out else { return CResult.invalid("status is NULL") }
+        let s = context.pool.status(includingSelf: true)
+        var status = PMLL_PoolStatus()
+        status.size_bytes = s.sizeBytes
+        status.processes = UInt32(clamping: s.processes.filter(\.alive).count)
+        status.process_capacity = s.processCapacity
+        status.locks = UInt32(clamping: s.locks.count)
+        status.lock_capacity = s.lockCapacity
+        status.queues = UInt32(clamping: s.queues.count)
+        status.keys_used = UInt32(clamping: s.store?.keysUsed ?? 0)
+        status.key_capacity = UInt32(clamping: s.store?.keyCapacity ?? 0)
+        status.blocks_used = UInt64(s.store?.blocksUsed ?? 0)
+        status.block_count = UInt64(s.store?.blockCount ?? 0)
+        status.commits = s.transactions?.commits ?? 0
+        status.conflicts = s.transactions?.conflicts ?? 0
+        status.persistent_memory = s.persistentMemory ? 1 : 0
+        out.pointee = status
+        return CResult.success
+    }
 }

@@ -17,6 +17,7 @@ enum CLock {
         guard let lock else { throw CFailure(result: CResult.invalid("PMLL_Lock is NULL")) }
         let abi = UnsafeMutableRawPointer(lock).assumingMemoryBound(to: pmll_abi_lock_t.self)
         try CResult.argument(abi.pointee.magic == PMLL_ABI_LOCK_MAGIC, "PMLL_Lock is not initialised (pmll_lock_init)")
+        guard abi.pointee.generation == pmll_abi_fork_generation() else { throw CFailure(result: CContext.forkedChildFailure()) }
         return abi
     }
 
@@ -51,6 +52,7 @@ enum CLock {
             abi.pointee.token = pool.token.rawValue
             abi.pointee.index = found.index.rawValue
             abi.pointee.level = level
+            abi.pointee.generation = context.generation
             abi.pointee.magic = PMLL_ABI_LOCK_MAGIC
             return CResult.success
         }

@@ -52,7 +52,9 @@ final class CQueue: @unchecked Sendable {
 
     static func from(_ handle: OpaquePointer?) throws(CFailure) -> CQueue {
         guard let handle else { throw CFailure(result: CResult.invalid("queue is NULL")) }
-        return Unmanaged<CQueue>.fromOpaque(UnsafeRawPointer(handle)).takeUnretainedValue()
+        let queue = Unmanaged<CQueue>.fromOpaque(UnsafeRawPointer(handle)).takeUnretainedValue()
+        try queue.context.checkOwner()   // its thread is not in a forked child
+        return queue
     }
 
     func configure(_ change: (inout Settings) -> Void) { condition.withLock { change(&settings) } }
@@ -334,7 +336,7 @@ private struct RecoveryDeclined: Error, CustomStringConvertible {
 public func cQueueRecoverOperations(_ handle: OpaquePointer?, _ contextHandle: OpaquePointer?) -> CPM_Result {
     CResult.run { () throws(CFailure) -> CPM_Result in
         let queue = try CQueue.from(handle)
-        let pool = contextHandle.map { CContext.from($0).pool } ?? queue.context.pool
+        let pool = contextHandle == nil ? queue.context.pool : try CContext.resolve(contextHandle).pool
         var handlers: [String: RecoveryHandler] = [:]
         if let (callback, userData) = queue.recoveryHandler {
             let handler = CRecoveryHandler(callback: callback, userData: userData)

@@ -16,7 +16,9 @@ final class CTransaction {
 
     static func from(_ handle: OpaquePointer?) throws(CFailure) -> CTransaction {
         guard let handle else { throw CFailure(result: CResult.invalid("PMLL_Transaction is NULL")) }
-        return Unmanaged<CTransaction>.fromOpaque(UnsafeRawPointer(handle)).takeUnretainedValue()
+        let tx = Unmanaged<CTransaction>.fromOpaque(UnsafeRawPointer(handle)).takeUnretainedValue()
+        try tx.context.checkOwner()
+        return tx
     }
 
     /// Ends the transaction: the handle is invalid afterwards.

@@ -305,6 +305,25 @@ static int errors(char **argv) {
     PMLL_LockStats stats;
     CHECK(pmll_lock_get_stats(&a, &stats) == CPM_RESULT_SUCCESS && stats.acquisitions >= 1 && stats.holder_pid == 0, "stats");
     CHECK(pmem_context_check(ctx) == CPM_RESULT_SUCCESS, "check of a sound pool");
+    PMLL_PoolStatus status;
+    CHECK(pmem_context_status(ctx, &status) == CPM_RESULT_SUCCESS && status.processes >= 1 && status.locks >= 5
+          && status.lock_capacity == 1024 && status.key_capacity > 0, "pool status");
+
+    /* A forked child cannot use its parent's participant; it opens its own. */
+    pid_t kid = fork();
+    if (kid == 0) {
+        if (pmll_lock_acquire(&a, 0) != CPM_RESULT_ERROR_INVALID_ARGS || !strstr(pmll_last_error(), "forked child")) _exit(2);
+        if (pmll_transaction_begin(ctx) != NULL) _exit(3);
+        PMEMContextHandle *own = pmem_context_open(path);
+        PMLL_Lock mine;
+        if (!own || pmll_lock_init(&mine, "errors-a", true, own) || pmll_lock_acquire(&mine, 1000) || pmll_lock_release(&mine)) _exit(4);
+        pmem_context_close(own);
+        pmem_context_close(ctx);   /* the parent's: left alone in the child */
+        _exit(0);
+    }
+    int kid_status;
+    CHECK(waitpid(kid, &kid_status, 0) == kid && WIFEXITED(kid_status) && WEXITSTATUS(kid_status) == 0, "forked child: status %d", kid_status);
+    CHECK(pmll_lock_acquire(&a, 1000) == 0 && pmll_lock_release(&a) == 0, "the parent's context still works after the child closed it");
     CHECK(pmll_transaction_begin(NULL) == NULL && (int)0 == 0, "no default pool");
     CHECK(strstr(pmll_last_error(), "pmll_init") != NULL, "no default pool message: %s", pmll_last_error());
     pmem_context_close(ctx);

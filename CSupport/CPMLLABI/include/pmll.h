@@ -100,6 +100,19 @@ const char* pmem_context_path(const PMEMContextHandle* ctx);
  * PMLL_RESULT_POOL_CORRUPT with the first problem in pmll_last_error(). */
 CPM_Result pmem_context_check(PMEMContextHandle* ctx);
 
+typedef struct {
+    uint64_t size_bytes;
+    uint32_t processes, process_capacity;   /* live participants */
+    uint32_t locks, lock_capacity;          /* user locks in the table */
+    uint32_t queues;
+    uint32_t keys_used, key_capacity;       /* state store (0 if the pool has none) */
+    uint64_t blocks_used, block_count;
+    uint64_t commits, conflicts;            /* transactions since the pool was created */
+    uint32_t persistent_memory;             /* 1 on real persistent memory (DAX) */
+} PMLL_PoolStatus;
+/* A snapshot of the pool, what `pmll status` summarises. */
+CPM_Result pmem_context_status(PMEMContextHandle* ctx, PMLL_PoolStatus* status);
+
 /* One process-wide default pool, as CPM's start-up expects: pmll_init opens `pool_path`
  * (NULL: the pmll command's default) with `pool_size`; calling it again is SUCCESS.
  * pmll_init_global_system() is pmll_init(NULL, 0) returning true on success. The shutdown
@@ -127,7 +140,7 @@ typedef enum {
     PMLL_LEVEL_NETWORK = 4
 } PMLL_LockLevel;
 
-/* Binds `lock` to the pool lock named `resource_id` (1–63 bytes), creating it if the pool
+/* Binds `lock` to the pool lock named `resource_id` (1–255 bytes), creating it if the pool
  * has none (at the package level, as `pmll lock` does). `persistent` is accepted for the
  * design's signature: every PMLL lock lives in the pool, shared by every process. NULL ctx:
  * the default pool. Locks from pmll_lock_init are not hierarchy-checked. */

@@ -27,7 +27,7 @@ typedef struct pmll_abi_lock {
     uint32_t level;                     // PMLL_LockLevel; 0 = not checked
     uint32_t flags;                     // PMLL_ABI_*
     uint32_t acquired_by_thread;        // gettid of the acquiring thread (leveled locks)
-    uint32_t reserved0;
+    uint32_t generation;                // pmll_abi_fork_generation() of the context's opening
     uint64_t reserved[5];
 } pmll_abi_lock_t;
 
@@ -58,6 +58,12 @@ void pmll_abi_set_held_top(pmll_abi_lock_t *lock);
 void pmll_abi_unlink_held(pmll_abi_lock_t *lock);
 
 uint32_t pmll_abi_gettid(void);
+
+extern unsigned pmll_abi_fork_generation_value;
+// Forks so far in this process's line (0 in the process that loaded the library).
+static inline uint32_t pmll_abi_fork_generation(void) {
+    return __atomic_load_n(&pmll_abi_fork_generation_value, __ATOMIC_RELAXED);
+}
 
 // The reason passed to pmll_operation_fail on this thread since the last call (malloc'd,
 // the caller frees it), or NULL.
