@@ -5,7 +5,6 @@
 #include <string.h>
 #include <pthread.h>
 #include <unistd.h>
-#include <sys/syscall.h>
 #include "pmll_abi.h"
 
 static _Thread_local char last_error[1024];
@@ -49,8 +48,6 @@ void pmll_abi_unlink_held(pmll_abi_lock_t *lock) {
     }
     lock->below = NULL;
 }
-
-uint32_t pmll_abi_gettid(void) { return (uint32_t)syscall(SYS_gettid); }
 
 #define PMLL_STR2(x) #x
 #define PMLL_STR(x) PMLL_STR2(x)

@@ -68,7 +68,7 @@ enum CLock {
             if pmll_lock_try_fast(entry, abi.pointee.token) != 0 {
                 entry.pointee.acquisitions &+= 1
                 if pmll_lock_readers_present(entry) != 0 { try drain(abi, deadline: deadline()) }
-                abi.pointee.flags = UInt32(PMLL_ABI_HELD)
+                pmll_abi_set_holder(abi, UInt32(PMLL_ABI_HELD), UInt64(pthread_self()))
             } else {
                 try acquireSlow(abi, deadline: deadline())
             }
@@ -87,6 +87,10 @@ enum CLock {
 
     @inline(never)
     static func acquireSlow(_ abi: ABI, deadline: Int64) throws(CFailure) {
+        // Another thread of this process may hold it (then this one waits), but not this one.
+        if pmll_abi_held_by(abi, UInt64(pthread_self())) != 0 {
+            throw CFailure(result: CResult.invalid("lock '\(HeldLocks.id(of: entry(abi)).name)' is already held by this thread: acquiring it again would wait forever"))
+        }
         let pool = context(abi).pool
         let index = LockIndex(abi.pointee.index)
         let taken = try CResult.library { () throws(PMLLError) -> Taken in
@@ -97,7 +101,7 @@ enum CLock {
         try CResult.library { () throws(PMLLError) in
             try LockScope.settle(pool, CollectionOfOne(handle(abi)), ownerDied: taken.ownerDied)
         }
-        abi.pointee.flags = UInt32(PMLL_ABI_HELD) | (taken.ownerDied ? UInt32(PMLL_ABI_DIED) : 0)
+        pmll_abi_set_holder(abi, UInt32(PMLL_ABI_HELD) | (taken.ownerDied ? UInt32(PMLL_ABI_DIED) : 0), UInt64(pthread_self()))
     }
 
     static func release(_ lock: UnsafeMutablePointer<PMLL_Lock>?, inconsistent: Bool) -> CPM_Result {
@@ -109,11 +113,11 @@ enum CLock {
                 return CResult.fail(pmll_abi_not_held, "lock '\(HeldLocks.id(of: entry).name)' is not held through this PMLL_Lock")
             }
             if abi.pointee.level != 0 {
-                try CResult.argument(abi.pointee.acquired_by_thread == pmll_abi_gettid(),
+                try CResult.argument(abi.pointee.holder_thread == UInt64(pthread_self()),
                                      "leveled lock '\(HeldLocks.id(of: entry).name)' must be released by the thread that acquired it")
                 pmll_abi_unlink_held(abi)
             }
-            abi.pointee.flags = 0
+            pmll_abi_set_holder(abi, 0, 0)
             if inconsistent || pmll_lock_release_fast(entry, abi.pointee.token) == 0 {
                 context(abi).pool.release(index: LockIndex(abi.pointee.index), inconsistent: inconsistent)
             }
@@ -131,7 +135,6 @@ enum CLock {
 
     static func push(_ abi: ABI) {
         abi.pointee.below = pmll_abi_held_top()
-        abi.pointee.acquired_by_thread = pmll_abi_gettid()
         pmll_abi_set_held_top(abi)
     }
 }

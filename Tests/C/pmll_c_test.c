@@ -280,6 +280,10 @@ static int errors(char **argv) {
     expect_error(pmll_lock_init(&lock, longname, true, ctx), CPM_RESULT_ERROR_INVALID_ARGS, "name too long");
     CHECK(pmll_lock_init(&lock, "errors", true, ctx) == CPM_RESULT_SUCCESS, "init");
     expect_error(pmll_lock_release(&lock), PMLL_RESULT_NOT_HELD, "release without acquire");
+    CHECK(pmll_lock_acquire(&lock, 0) == CPM_RESULT_SUCCESS, "acquire");
+    expect_error(pmll_lock_acquire(&lock, 0), CPM_RESULT_ERROR_INVALID_ARGS, "the holding thread asks again");
+    CHECK(strstr(pmll_last_error(), "already held by this thread"), "recursion message: %s", pmll_last_error());
+    CHECK(pmll_lock_release(&lock) == CPM_RESULT_SUCCESS, "release after the refused recursion");
 
     /* Leveled locks: the hierarchy is checked per thread. */
     PMLL_Lock fs, pkg, pkg2;

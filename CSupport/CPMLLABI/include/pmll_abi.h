@@ -26,13 +26,26 @@ typedef struct pmll_abi_lock {
     uint32_t index;                     // lock table index
     uint32_t level;                     // PMLL_LockLevel; 0 = not checked
     uint32_t flags;                     // PMLL_ABI_*
-    uint32_t acquired_by_thread;        // gettid of the acquiring thread (leveled locks)
+    uint32_t reserved0;
     uint32_t generation;                // pmll_abi_fork_generation() of the context's opening
-    uint64_t reserved[5];
+    uint64_t holder_thread;             // pthread_self() of the thread that took it
+    uint64_t reserved[4];
 } pmll_abi_lock_t;
 
 _Static_assert(sizeof(pmll_abi_lock_t) == sizeof(PMLL_Lock), "PMLL_Lock is the ABI lock");
 _Static_assert(_Alignof(pmll_abi_lock_t) <= _Alignof(PMLL_Lock), "PMLL_Lock alignment");
+
+// Records which thread holds it: the thread first, then the flags, so that a thread that
+// sees HELD also sees the holder that set it (and never mistakes itself for the holder).
+static inline void pmll_abi_set_holder(pmll_abi_lock_t *lock, uint32_t flags, uint64_t thread) {
+    __atomic_store_n(&lock->holder_thread, thread, __ATOMIC_RELAXED);
+    __atomic_store_n(&lock->flags, flags, __ATOMIC_RELEASE);
+}
+
+static inline int pmll_abi_held_by(pmll_abi_lock_t *lock, uint64_t thread) {
+    return (__atomic_load_n(&lock->flags, __ATOMIC_ACQUIRE) & PMLL_ABI_HELD) != 0
+        && __atomic_load_n(&lock->holder_thread, __ATOMIC_RELAXED) == thread;
+}
 
 // pmll.h's result macros as constants Swift can import.
 static const CPM_Result pmll_abi_lock_timeout = CPM_RESULT_LOCK_TIMEOUT;
@@ -56,8 +69,6 @@ pmll_abi_lock_t *pmll_abi_held_top(void);
 void pmll_abi_set_held_top(pmll_abi_lock_t *lock);
 // Removes `lock` from the calling thread's chain of leveled locks, wherever it is.
 void pmll_abi_unlink_held(pmll_abi_lock_t *lock);
-
-uint32_t pmll_abi_gettid(void);
 
 extern unsigned pmll_abi_fork_generation_value;
 // Forks so far in this process's line (0 in the process that loaded the library).
