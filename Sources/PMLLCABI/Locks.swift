@@ -68,7 +68,7 @@ enum CLock {
             if pmll_lock_try_fast(entry, abi.pointee.token) != 0 {
                 entry.pointee.acquisitions &+= 1
                 if pmll_lock_readers_present(entry) != 0 { try drain(abi, deadline: deadline()) }
-                pmll_abi_set_holder(abi, UInt32(PMLL_ABI_HELD), UInt64(pthread_self()))
+                pmll_abi_set_holder(abi, UInt32(PMLL_ABI_HELD), pmll_abi_thread_self())
             } else {
                 try acquireSlow(abi, deadline: deadline())
             }
@@ -88,7 +88,7 @@ enum CLock {
     @inline(never)
     static func acquireSlow(_ abi: ABI, deadline: Int64) throws(CFailure) {
         // Another thread of this process may hold it (then this one waits), but not this one.
-        if pmll_abi_held_by(abi, UInt64(pthread_self())) != 0 {
+        if pmll_abi_held_by(abi, pmll_abi_thread_self()) != 0 {
             throw CFailure(result: CResult.invalid("lock '\(HeldLocks.id(of: entry(abi)).name)' is already held by this thread: acquiring it again would wait forever"))
         }
         let pool = context(abi).pool
@@ -101,7 +101,7 @@ enum CLock {
         try CResult.library { () throws(PMLLError) in
             try LockScope.settle(pool, CollectionOfOne(handle(abi)), ownerDied: taken.ownerDied)
         }
-        pmll_abi_set_holder(abi, UInt32(PMLL_ABI_HELD) | (taken.ownerDied ? UInt32(PMLL_ABI_DIED) : 0), UInt64(pthread_self()))
+        pmll_abi_set_holder(abi, UInt32(PMLL_ABI_HELD) | (taken.ownerDied ? UInt32(PMLL_ABI_DIED) : 0), pmll_abi_thread_self())
     }
 
     static func release(_ lock: UnsafeMutablePointer<PMLL_Lock>?, inconsistent: Bool) -> CPM_Result {
@@ -113,7 +113,7 @@ enum CLock {
                 return CResult.fail(pmll_abi_not_held, "lock '\(HeldLocks.id(of: entry).name)' is not held through this PMLL_Lock")
             }
             if abi.pointee.level != 0 {
-                try CResult.argument(abi.pointee.holder_thread == UInt64(pthread_self()),
+                try CResult.argument(abi.pointee.holder_thread == pmll_abi_thread_self(),
                                      "leveled lock '\(HeldLocks.id(of: entry).name)' must be released by the thread that acquired it")
                 pmll_abi_unlink_held(abi)
             }

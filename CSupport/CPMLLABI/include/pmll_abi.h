@@ -3,6 +3,7 @@
 #ifndef PMLL_ABI_H
 #define PMLL_ABI_H
 
+#include <pthread.h>
 #include <stdint.h>
 #include "pmll.h"
 
@@ -34,6 +35,22 @@ typedef struct pmll_abi_lock {
 
 _Static_assert(sizeof(pmll_abi_lock_t) == sizeof(PMLL_Lock), "PMLL_Lock is the ABI lock");
 _Static_assert(_Alignof(pmll_abi_lock_t) <= _Alignof(PMLL_Lock), "PMLL_Lock alignment");
+
+// The calling thread's identity, as cheaply as the platform gives it: the thread pointer (one
+// register read, unique per live thread), else pthread_self().
+static inline uint64_t pmll_abi_thread_self(void) {
+#if defined(__x86_64__)
+    uint64_t tp;
+    __asm__("mov %%fs:0, %0" : "=r"(tp));
+    return tp;
+#elif defined(__aarch64__)
+    uint64_t tp;
+    __asm__("mrs %0, tpidr_el0" : "=r"(tp));
+    return tp;
+#else
+    return (uint64_t)pthread_self();
+#endif
+}
 
 // Records which thread holds it: the thread first, then the flags, so that a thread that
 // sees HELD also sees the holder that set it (and never mistakes itself for the holder).
