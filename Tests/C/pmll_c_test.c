@@ -558,6 +558,109 @@ static int objects_check(char **argv) {
     return bad;
 }
 
+
+/* ---- try POOL LOCK: one try-acquire, reporting what it found ---- */
+static int try_mode(char **argv) {
+    PMEMContextHandle *ctx = open_pool(argv[0]);
+    PMLL_Lock lock;
+    CHECK(pmll_lock_init(&lock, argv[1], true, ctx) == CPM_RESULT_SUCCESS, "init");
+    CPM_Result r = pmll_lock_try_acquire(&lock);
+    if (r == CPM_RESULT_LOCK_TIMEOUT) { printf("busy\n"); return 0; }
+    CHECK(r == CPM_RESULT_SUCCESS, "try %d", (int)r);
+    PMLL_OwnerDeath death;
+    if (pmll_lock_owner_death(&lock, &death)) printf("taken died=1 pid=%d command=%s\n", death.pid, death.command);
+    else printf("taken died=0\n");
+    CHECK(pmll_lock_release(&lock) == CPM_RESULT_SUCCESS, "release");
+    return 0;
+}
+
+/* ---- queue-hang POOL: an operation that never finishes (killed by the test) ---- */
+static PromiseValue hang_operation(PromiseValue previous, void *user_data) {
+    (void)previous; (void)user_data;
+    printf("running\n");
+    fflush(stdout);
+    for (;;) pause();
+    return NULL;
+}
+
+static int queue_hang(char **argv) {
+    PMEMContextHandle *ctx = open_pool(argv[0]);
+    PMLL_HardenedResourceQueue *queue = pmll_queue_create("downloads", true, ctx);
+    CHECK(queue != NULL, "queue");
+    Promise *p = pmll_execute_hardened_operation(queue, hang_operation, NULL, NULL);
+    CHECK(p != NULL, "submit");
+    promise_wait(p, 0);
+    return 1;
+}
+
+/* ---- queue-recover POOL: recovery hands the dead process's operation to the callback ---- */
+static int recovered_calls;
+static bool recover_download(const PMLL_AbandonedOperation *op, void *user_data) {
+    (void)user_data;
+    printf("recovering queue=%s ticket=%llu pid=%d attempts=%u\n", op->queue, (unsigned long long)op->ticket, op->owner_pid, op->attempts);
+    recovered_calls++;
+    return true;
+}
+
+static int queue_recover(char **argv) {
+    PMEMContextHandle *ctx = open_pool(argv[0]);
+    PMLL_HardenedResourceQueue *queue = pmll_queue_create("downloads", true, ctx);
+    CHECK(queue != NULL, "queue");
+    CHECK(pmll_queue_recover_operations(queue, ctx) == CPM_RESULT_SUCCESS, "recover without a handler");
+    CHECK(recovered_calls == 0, "no handler, no call");
+    CHECK(pmll_queue_set_recovery_handler(queue, recover_download, NULL) == CPM_RESULT_SUCCESS, "handler");
+    CHECK(pmll_queue_recover_operations(queue, ctx) == CPM_RESULT_SUCCESS, "recover");
+    CHECK(recovered_calls == 1, "one abandoned operation, one call (%d)", recovered_calls);
+    CHECK(pmll_queue_recover_operations(queue, NULL) == CPM_RESULT_SUCCESS, "recover again");
+    CHECK(recovered_calls == 1, "a recovered operation is not handed over twice (%d)", recovered_calls);
+    PMLL_QueueStats stats;
+    CHECK(pmll_queue_get_full_stats(queue, &stats) == CPM_RESULT_SUCCESS && stats.abandoned == 1 && stats.recovered == 1,
+          "abandoned %llu recovered %llu", (unsigned long long)stats.abandoned, (unsigned long long)stats.recovered);
+    /* The queue works again. */
+    Promise *p = pmll_execute_hardened_operation(queue, double_it, NULL, (void *)1);
+    CHECK(promise_wait(p, 30000) && promise_state(p) == PROMISE_FULFILLED, "an operation after recovery");
+    promise_free(p);
+    pmll_queue_free(queue);
+    printf("ok queue-recover\n");
+    return 0;
+}
+
+/* ---- global: pmll_init and the default pool ($PMLL_POOL) ---- */
+static PromiseValue return_seven(PromiseValue previous, void *user_data) {
+    (void)previous; (void)user_data;
+    return (PromiseValue)(intptr_t)7;
+}
+
+static int global_mode(void) {
+    char expected[32];
+    snprintf(expected, sizeof expected, "%d.%d.%d", PMLL_VERSION_MAJOR, PMLL_VERSION_MINOR, PMLL_VERSION_PATCH);
+    CHECK(strcmp(pmll_get_version(), expected) == 0, "version %s", pmll_get_version());
+    PMLL_Lock lock;
+    expect_error(pmll_lock_init(&lock, "global", true, NULL), CPM_RESULT_ERROR_NOT_INITIALIZED, "NULL context before pmll_init");
+    CHECK(pmll_default_context() == NULL && pmll_get_default_file_queue() == NULL, "nothing before pmll_init");
+    CHECK(pmll_init_global_system(), "pmll_init_global_system");
+    CHECK(pmll_init(NULL, 0) == CPM_RESULT_SUCCESS, "a second pmll_init");
+    PMEMContextHandle *ctx = pmll_default_context();
+    CHECK(ctx != NULL && strcmp(pmem_context_path(ctx), getenv("PMLL_POOL")) == 0, "the default pool is $PMLL_POOL");
+    CHECK(pmll_lock_init(&lock, "global", true, NULL) == CPM_RESULT_SUCCESS, "NULL context: the default pool");
+    CHECK(pmll_lock_acquire(&lock, 1000) == CPM_RESULT_SUCCESS && pmll_lock_release(&lock) == CPM_RESULT_SUCCESS, "lock");
+    PMLL_HardenedResourceQueue *files = pmll_get_default_file_queue();
+    CHECK(files != NULL && files == pmll_get_default_file_queue(), "one default file queue");
+    Promise *p = pmll_execute_hardened_operation(files, return_seven, NULL, NULL);
+    CHECK(promise_wait(p, 30000) && (intptr_t)promise_value(p) == 7, "an operation on the default file queue");
+    promise_free(p);
+    PMLL_HardenedResourceQueue *net = pmll_queue_create("network", false, NULL);
+    CHECK(net != NULL, "a non-persistent queue of the default pool");
+    CHECK(pmll_queue_create("network", true, NULL) == NULL && strstr(pmll_last_error(), "not persistent"), "persistence must match: %s", pmll_last_error());
+    pmll_queue_free(net);
+    pmll_lock_destroy(&lock);
+    pmll_shutdown_global_system();
+    CHECK(pmll_default_context() == NULL, "shut down");
+    expect_error(pmll_lock_init(&lock, "global", true, NULL), CPM_RESULT_ERROR_NOT_INITIALIZED, "NULL context after shutdown");
+    printf("ok global\n");
+    return 0;
+}
+
 /* ---- bench POOL N: uncontended acquire+release against a glibc robust pshared mutex ---- */
 static double now_ns(void) {
     struct timespec t;
@@ -605,6 +708,10 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "errors") && n == 1) return errors(rest);
     if (!strcmp(mode, "bench") && n == 2) return bench(rest);
     if (!strcmp(mode, "seed") && n == 4) return seed(rest);
+    if (!strcmp(mode, "try") && n == 2) return try_mode(rest);
+    if (!strcmp(mode, "queue-hang") && n == 1) return queue_hang(rest);
+    if (!strcmp(mode, "queue-recover") && n == 1) return queue_recover(rest);
+    if (!strcmp(mode, "global") && n == 0) return global_mode();
     if (!strcmp(mode, "objects") && n == 3) return objects(rest);
     if (!strcmp(mode, "objects-check") && n == 2) return objects_check(rest);
     fprintf(stderr, "pmll_c_test: unknown mode or wrong arguments: %s\n", mode);

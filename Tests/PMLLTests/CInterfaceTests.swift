@@ -143,6 +143,40 @@ struct CInterfaceTests {
         #expect(taken.status == 0, "\(taken.stderr)")
         #expect(taken.stdout == "died=1")
         #expect(taken.stderr.contains("pid \(holder.pid)"), "\(taken.stderr)")
+
+        // A try-acquire takes over a dead owner too, and is told who it was.
+        let second = try Child(try Self.program.get(), ["hold", pool, "cache", "3600"], environment: try Self.environment)
+        defer { second.kill(); second.wait() }
+        while !second.stdout.contains("acquired") && Date() < deadline.addingTimeInterval(20) { usleep(10_000) }
+        #expect(try c("try", pool, "cache").stdout == "busy")
+        second.kill()
+        second.wait()
+        let tried = try c("try", pool, "cache")
+        #expect(tried.stdout.hasPrefix("taken died=1 pid=\(second.pid) command=pmll_c_test"), "\(tried.stdout) \(tried.stderr)")
+    }
+
+    /// A C process killed inside a queue operation: another C process's recovery callback gets
+    /// it exactly once, and the queue runs again.
+    @Test func recoveryHandsADeadProcesssOperationToTheCallback() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("r.pool")
+        let hung = try Child(try Self.program.get(), ["queue-hang", pool], environment: try Self.environment)
+        let deadline = Date().addingTimeInterval(20)
+        while !hung.stdout.contains("running") && Date() < deadline { usleep(10_000) }
+        #expect(hung.stdout == "running")
+        hung.kill()
+        hung.wait()
+        let r = try c("queue-recover", pool)
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+        #expect(r.stdout.contains("recovering queue=downloads ticket=0 pid=\(hung.pid) attempts=1"), "\(r.stdout)")
+    }
+
+    /// CPM's start-up: pmll_init_global_system on $PMLL_POOL, NULL contexts, the default file
+    /// queue, a non-persistent queue, shutdown.
+    @Test func theGlobalSystemAndTheDefaultPool() throws {
+        let scratch = Scratch()
+        let r = try run(try Self.program.get(), ["global"], environment: try Self.environment.merging(["PMLL_POOL": scratch.file("g.pool")]) { $1 })
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
     }
 
     /// The design's snippets, run by two processes at once: a lock with 5000 ms, queue
