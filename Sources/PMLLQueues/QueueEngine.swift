@@ -266,6 +266,7 @@ package struct QueueEngine: @unchecked Sendable {
     package func noteRetry(_ ticket: UInt64, error: String) {
         writeFixedCString(error, into: &record(ticket).pointee.error)
         pmll_add64(&head.pointee.retried, 1)
+        pool.telemetry.queue(name).retries.increment()
     }
 
     /// Makes the final state durable, then hands the turn on.
@@ -280,6 +281,10 @@ package struct QueueEngine: @unchecked Sendable {
         let wait = r.pointee.started_ns > r.pointee.submitted_ns ? r.pointee.started_ns - r.pointee.submitted_ns : 0
         let run = now > r.pointee.started_ns ? now - r.pointee.started_ns : 0
         QueueStatistics.record(head, wait: wait, run: run)
+        let telemetry = pool.telemetry.queue(name)
+        (succeeded ? telemetry.completed : telemetry.failed).increment()
+        telemetry.waitDuration.recordNanoseconds(Int64(clamping: wait))
+        telemetry.runDuration.recordNanoseconds(Int64(clamping: run))
         try persist(r)
         CrashPoint.hit("queue.finished")
     }

@@ -67,6 +67,7 @@ package final class ReadSet {
         if let changed = try firstChanged(store) {
             conflict = changed
             pmll_add64(&pool.ownLogHeader(store).pointee.conflicts, 1)
+            pool.telemetry.conflicts.increment()
             CrashPoint.hit("tx.conflict")
             throw .transactionConflict(key: changed, attempts: attempt)
         }

@@ -31,7 +31,10 @@ extension StateStore {
             conflicts &+= pmll_load64(&h.pointee.conflicts)
             retries &+= pmll_load64(&h.pointee.retries)
         }
-        return TransactionStatistics(commits: commits, conflicts: conflicts, retries: retries)
+        // Every commit and every rollback completes one log sequence number.
+        let sequence = commitSequence
+        return TransactionStatistics(commits: commits, conflicts: conflicts, retries: retries,
+                                     rollbacks: sequence >= commits ? sequence - commits : 0)
     }
 }
 

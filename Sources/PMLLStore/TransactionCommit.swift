@@ -116,6 +116,7 @@ extension Pool {
         // from that view, even if it writes nothing.
         if let reads, let conflict = reads.conflict { throw .transactionConflict(key: conflict, attempts: reads.attempt) }
         guard !writes.isEmpty || !inPlace.isEmpty else { return }
+        let started = Clock.monotonicNanoseconds
         let store = try stateStore()
         try withStoreLock { () throws(PMLLError) in
             let version = (try reads?.revalidate(store, pool: self) ?? store.commitSequence) &+ 1
@@ -237,6 +238,8 @@ extension Pool {
             pmll_add64(&header.pointee.commits, 1)
             try memory.persistence.persist(UnsafeRawPointer(header), 8, site: "tx.commit")
             CrashPoint.hit("tx.committed")
+            telemetry.commits.increment()
+            telemetry.commitDuration.recordNanoseconds(Clock.monotonicNanoseconds - started)
         }
     }
 
@@ -362,6 +365,7 @@ extension Pool {
                 try persist(restored, site: "tx.rollback")
                 CrashPoint.hit("tx.rolled-back")
                 Self.logger.notice("rolled back an interrupted transaction", metadata: ["log": "\(i)", "entries": "\(restored.count)"])
+                telemetry.rollbacks.increment()
             }
             pmll_store64_release(&header.pointee.done_seq, header.pointee.seq)
             try memory.persistence.persist(UnsafeRawPointer(header), 8, site: "tx.rollback-done")

@@ -35,12 +35,15 @@ public struct TransactionStatistics: Codable, Sendable, Equatable {
     public let conflicts: UInt64
     /// Bodies re-run after a conflict.
     public let retries: UInt64
+    /// Interrupted commits rolled back (by recovery after a crash, or after an error).
+    public let rollbacks: UInt64
     /// Conflicts not retried: the transaction gave up and threw the conflict.
     public var failures: UInt64 { conflicts >= retries ? conflicts - retries : 0 }
 
-    public init(commits: UInt64, conflicts: UInt64, retries: UInt64) {
+    public init(commits: UInt64, conflicts: UInt64, retries: UInt64, rollbacks: UInt64 = 0) {
         self.commits = commits
         self.conflicts = conflicts
         self.retries = retries
+        self.rollbacks = rollbacks
     }
 }

@@ -40,6 +40,8 @@ public final class Pool: Sendable {
     @usableFromInline package let services = PoolServices()
     /// Hooks the layers above register (repair after an owner death).
     package let hooks = PoolHooks()
+    /// This process's events, reported through swift-metrics.
+    package let telemetry = Telemetry()
     package static let logger = Logger(label: "pmll.pool")
 
     public struct OpenReport: Sendable, Equatable {

@@ -194,6 +194,7 @@ package struct AcquireAttempt: WaitMachine {
         let name = String(fixedCString: entry.pointee.name)
         if cancelled { return .cancelled(lock: name) }
         pmll_add64(pmll_entry_timeouts(entry), 1)
+        Telemetry.timeout(lock: String(fixedCString: entry.pointee.name))
         return .timeout(lock: name, holder: owner == 0 ? nil : pool.processes.info(of: OwnerToken(rawValue: owner), heldSince: HoldStamp.heldSince(entry)))
     }
 

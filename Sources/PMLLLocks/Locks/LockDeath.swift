@@ -44,6 +44,7 @@ package enum LockDeath {
         entry.pointee.dead_since_ns = UInt64(bitPattern: HoldStamp.heldSince(entry))
         entry.pointee.dead_detected_ns = detectedAt
         entry.pointee.dead_cause = cause
+        if cause == causeDied { Telemetry.ownerDeath(lock: String(fixedCString: entry.pointee.name)) }
     }
 
     package static func read(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> OwnerDeath {

@@ -99,6 +99,7 @@ package struct ReaderDrain: WaitMachine {
         let name = String(fixedCString: entry.pointee.name)
         if cancelled { return .cancelled(lock: name) }
         pmll_add64(pmll_entry_timeouts(entry), 1)
+        Telemetry.timeout(lock: String(fixedCString: entry.pointee.name))
         let reader = pool.processes.readers(of: index).readers.first
         return .timeout(lock: name, holder: reader.map { HolderInfo(pid: $0.pid, commandName: $0.commandName, heldSinceNanoseconds: 0, shared: true) })
     }

@@ -69,6 +69,7 @@ extension Pool {
         let waited = contended ? Clock.monotonicNanoseconds - start : 0
         entry.pointee.acquisitions &+= 1
         if contended {
+            telemetry.lockWait.recordNanoseconds(waited)
             entry.pointee.contended &+= 1
             entry.pointee.total_wait_ns &+= UInt64(waited)
             if UInt64(waited) > entry.pointee.max_wait_ns { entry.pointee.max_wait_ns = UInt64(waited) }
