@@ -18,6 +18,17 @@ package struct QueueEngine: @unchecked Sendable {
     package let submitLock: LockIndex
     package let name: String
     package let persistent: Bool
+    /// This queue's swift-metrics handles, looked up once per engine.
+    let telemetry: QueueTelemetry
+
+    package init(pool: Pool, index: UInt32, submitLock: LockIndex, name: String, persistent: Bool) {
+        self.pool = pool
+        self.index = index
+        self.submitLock = submitLock
+        self.name = name
+        self.persistent = persistent
+        telemetry = pool.telemetry.queue(name)
+    }
 
     package var head: UnsafeMutablePointer<pmll_queue_head_t> { pool.memory.queue(index) }
     package var ring: UInt64 { UInt64(pool.memory.layout.queueRing) }
@@ -266,7 +277,7 @@ package struct QueueEngine: @unchecked Sendable {
     package func noteRetry(_ ticket: UInt64, error: String) {
         writeFixedCString(error, into: &record(ticket).pointee.error)
         pmll_add64(&head.pointee.retried, 1)
-        pool.telemetry.queue(name).retries.increment()
+        telemetry.retries.increment()
     }
 
     /// Makes the final state durable, then hands the turn on.
@@ -281,7 +292,6 @@ package struct QueueEngine: @unchecked Sendable {
         let wait = r.pointee.started_ns > r.pointee.submitted_ns ? r.pointee.started_ns - r.pointee.submitted_ns : 0
         let run = now > r.pointee.started_ns ? now - r.pointee.started_ns : 0
         QueueStatistics.record(head, wait: wait, run: run)
-        let telemetry = pool.telemetry.queue(name)
         (succeeded ? telemetry.completed : telemetry.failed).increment()
         telemetry.waitDuration.recordNanoseconds(Int64(clamping: wait))
         telemetry.runDuration.recordNanoseconds(Int64(clamping: run))
