@@ -19,12 +19,7 @@ extension Pool {
     ///    the next `apply` on its tree (under the tree's lock) or by `recover`, never behind
     ///    the back of a live holder.
     public static func open(path: String? = nil, options: PoolOptions = PoolOptions()) throws(PMLLError) -> Pool {
-        let pool = try attach(path: path, options: options, steps: AttachSteps(
-            resetVolatile: { memory in
-                LockWords.resetVolatile(memory)
-                QueueRepair.reset(memory)
-            },
-            reclaimSlot: { memory, slot in LockDeath.sweep(memory, deadSlot: slot) }))
+        let pool = try attach(path: path, options: options, steps: attachSteps)
         try pool.attachStore()
         try pool.storeReady()
         if pool.openReport.volatileReset != nil {
@@ -32,6 +27,16 @@ extension Pool {
             PoolCreation.removeAbandonedTemporaries(of: pool.path)
         }
         return pool
+    }
+
+    /// The layers' parts of the attach protocol: lock words, then queue heads.
+    static var attachSteps: AttachSteps {
+        AttachSteps(
+            resetVolatile: { memory in
+                LockWords.resetVolatile(memory)
+                QueueRepair.reset(memory)
+            },
+            reclaimSlot: { memory, slot in LockDeath.sweep(memory, deadSlot: slot) })
     }
 
     /// ``open(path:options:)`` for a `FilePath`.

@@ -44,6 +44,8 @@ public enum PMLLError: Error, Equatable, Sendable {
     case noSpace(path: String, reason: String)
     /// A fixed-size table of the pool is full.
     case poolFull(table: String, capacity: Int)
+    /// Processes have the pool open, and the operation needs it closed (restore).
+    case poolInUse(path: String)
     /// Bad value in the pool options (sizes, capacities).
     case invalidOptions(reason: String)
     /// A queue name is empty, too long (244 bytes at most) or contains NUL.
@@ -114,6 +116,7 @@ extension PMLLError: CustomStringConvertible {
         case let .noStateStore(path): "pool '\(path)' has no state store (it was created with no room for one)"
         case let .invalidBatchRoot(path, reason): "batch root '\(path)': \(reason)"
         case let .poolFull(table, capacity): "pool full: the \(table) table has all \(capacity) entries in use"
+        case let .poolInUse(path): "pool '\(path)' is open in other processes: stop them first (pmll status shows them)"
         case let .invalidOptions(reason): "invalid pool options: \(reason)"
         case let .invalidQueueName(name, reason): "invalid queue name '\(name)': \(reason)"
         case let .queueMismatch(name, reason): "queue '\(name)' exists with other parameters: \(reason)"

@@ -10,6 +10,11 @@ package struct QueueTable {
     package let memory: PoolMemory
     package let path: String
 
+    package init(memory: PoolMemory, path: String) {
+        self.memory = memory
+        self.path = path
+    }
+
     package static let maxNameBytes = Int(PMLL_NAME_MAX) - "pmll:queue/".utf8.count
 
     package static func validate(name: String) throws(PMLLError) {

@@ -29,7 +29,7 @@ enum ExitStatus {
         case .notAPool, .unsupportedFormatVersion, .incompatibleLayout, .corruptPool, .corruptRecord, .transactionRecoveryFailed, .batchNeedsAttention: badPool
         case .poolNotFound, .invalidPoolPath: noPool
         case .permissionDenied, .foreignOwner: permission
-        case .timeout, .queueTimeout, .transactionConflict: timeout
+        case .timeout, .queueTimeout, .transactionConflict, .poolInUse: timeout
         case .cancelled, .queueCancelled: interrupted
         case .poolFull, .noStateStore, .transactionTooLarge, .noSpace: poolFull
         case .invalidBatchRoot(_, let reason): reason.hasPrefix("permission") ? permission : noPool

@@ -19,7 +19,7 @@ struct Stress: AsyncParsableCommand {
             130/143 stopped early by SIGINT/SIGTERM with every invariant held (the summary covers the partial run). \
             Workers never outlive the supervisor: each SIGKILLs itself when it exits.
             """,
-        subcommands: [StressRun.self, StressWorker.self],
+        subcommands: [StressRun.self, StressWorker.self, StressVerifyPool.self],
         defaultSubcommand: StressRun.self
     )
 
@@ -193,13 +193,7 @@ struct StressRun: AsyncParsableCommand {
         // Invariants.
         let counted = StressFiles.readCounter(counter), logged = StressFiles.countLines(files.counterLog)
         if counted != logged { violations.append("counter is \(counted) but \(logged) increments were logged") }
-        var total = 0
-        for i in 0..<StressFiles.accounts {
-            total += Int(String(decoding: try pool.value(for: "stress/acct/\(i)") ?? [], as: UTF8.self)) ?? 0
-        }
-        if total != StressFiles.accounts * StressFiles.initialBalance {
-            violations.append("accounts total \(total), not \(StressFiles.accounts * StressFiles.initialBalance)")
-        }
+        violations += try StressVerifyPool.accountViolations(pool)
         violations += try queueOrderViolations(pool, files)
         // The install tree: every file at one version, no staging files left.
         let treeFiles = (try? FileManager.default.contentsOfDirectory(atPath: files.tree + "/pkg")) ?? []

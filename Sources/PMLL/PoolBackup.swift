@@ -1,0 +1,231 @@
+import CPMLL
+import PMLLCore
+import PMLLFileBatches
+import PMLLLocks
+import PMLLQueues
+import PMLLStore
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What `backup` did.
+public struct BackupReport: Codable, Sendable {
+    public let source: String
+    public let destination: String
+    public let bytes: Int
+    /// How long writers of the source were held off: from the first freezing lock taken to
+    /// the last released (the copy of the mapping into memory).
+    public let writersBlockedNanoseconds: Int64
+    /// How long taking the freezing locks waited for holders to let go.
+    public let freezeWaitNanoseconds: Int64
+    /// File batches that were being applied at the moment of the copy: their journals are
+    /// dropped from the copy (their trees are not in the pool; a restore must not undo them).
+    public let fileBatchesDropped: Int
+}
+
+/// What `restore` did.
+public struct RestoreReport: Codable, Sendable {
+    public let source: String
+    public let pool: String
+    public let bytes: Int
+    public let replacedExisting: Bool
+}
+
+extension Pool {
+    /// Writes a consistent copy of this (live) pool to `destination`, atomically (a temporary
+    /// file beside it, renamed into place), like SQLite's online backup or `mdb_copy`.
+    ///
+    /// Consistency: queue submissions (every queue's submit lock), commits (the store lock)
+    /// and lock-table changes are held off while the mapping is copied into memory, so the
+    /// copy holds one committed state of the store and of each queue's submissions. An
+    /// operation still running (or finishing) during the copy is recorded as running in it,
+    /// and a restore recovers it as abandoned, as after a crash at that moment. The copy is
+    /// then written out, opened as a pool (which resets its volatile state: lock words,
+    /// process table), stripped of the journals of file batches in progress, and checked.
+    /// Writers wait only for the copy into memory (``BackupReport/writersBlockedNanoseconds``).
+    public func backup(to destination: String, timeout: Duration = .seconds(30)) throws(PMLLError) -> BackupReport {
+        let length = memory.length
+        let image = UnsafeMutableRawPointer.allocate(byteCount: length, alignment: 4096)
+        defer { image.deallocate() }
+        // Fault the buffer in first, so that writers wait for a plain memory copy only.
+        image.initializeMemory(as: UInt8.self, repeating: 0, count: length)
+        let asked = Clock.monotonicNanoseconds
+        let (frozenAt, thawedAt) = try withWritersHeldOff(deadline: Pool.deadline(after: timeout)) { () -> (Int64, Int64) in
+            let frozen = Clock.monotonicNanoseconds
+            image.copyMemory(from: memory.base, byteCount: length)
+            return (frozen, Clock.monotonicNanoseconds)
+        }
+        var st = stat()
+        _ = try SystemCall.libc("fstat") { fstat(fd.rawValue, &st) }
+        let temporary = try PoolImage.write(image, length: length, beside: destination, mode: st.st_mode & 0o7777)
+        do {
+            let dropped = try PoolImage.settle(temporary, describedAs: destination)
+            try PoolImage.rename(temporary, to: destination)
+            return BackupReport(source: path, destination: destination, bytes: length,
+                                writersBlockedNanoseconds: thawedAt - frozenAt,
+                                freezeWaitNanoseconds: frozenAt - asked, fileBatchesDropped: dropped)
+        } catch {
+            unlink(temporary)
+            throw error
+        }
+    }
+
+    /// Replaces the pool at `path` (nil: `$PMLL_POOL`, else the default) with a copy of the
+    /// pool file `source`, after checking the copy in full; atomic (rename into place).
+    /// Refuses with ``PMLLError/poolInUse(path:processes:)`` while any process has the pool
+    /// open, and holds new openers off until the new file is in place.
+    public static func restore(from source: String, to path: String? = nil) throws(PMLLError) -> RestoreReport {
+        let target = PoolPath.resolve(path)
+        let input = Glibc.open(source, O_RDONLY | O_CLOEXEC)
+        guard input >= 0 else { throw SystemCall.fileError(Errno(rawValue: errno), path: source, operation: "open") }
+        defer { close(input) }
+        var st = stat()
+        _ = try SystemCall.libc("fstat") { fstat(input, &st) }
+        let length = Int(st.st_size)
+        guard st.st_mode & S_IFMT == S_IFREG, length > 0 else { throw .notAPool(path: source) }
+        let image = UnsafeMutableRawPointer.allocate(byteCount: length, alignment: 4096)
+        defer { image.deallocate() }
+        var done = 0
+        while done < length {
+            let n = pread(input, image + done, length - done, off_t(done))
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw SystemCall.fileError(Errno(rawValue: n < 0 ? errno : EIO), path: source, operation: "read") }
+            done += n
+        }
+        let temporary = try PoolImage.write(image, length: length, beside: target, mode: st.st_mode & 0o7777)
+        do {
+            _ = try PoolImage.settle(temporary, describedAs: source)
+            let replaced = try PoolImage.replace(target, with: temporary)
+            return RestoreReport(source: source, pool: target, bytes: length, replacedExisting: replaced)
+        } catch {
+            unlink(temporary)
+            throw error
+        }
+    }
+
+    /// Runs `body` with queue submissions, commits and lock-table changes held off, taking
+    /// the locks in the order the rest of the library takes them (a submitter may commit
+    /// while holding its queue's submit lock, never the other way round).
+    private func withWritersHeldOff<R>(deadline: Int64, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R {
+        let submitLocks = try QueueTable(memory: memory, path: path).all().map { LockIndex($0.head.pointee.submit_lock) }
+        var taken: [LockIndex] = []
+        defer { for index in taken.reversed() { release(index: index) } }
+        for index in submitLocks {
+            _ = try acquire(index: index, deadline: deadline, cancellation: nil)
+            taken.append(index)
+        }
+        if store.blockCount > 0 {
+            let index = try storeLock()
+            let grant = try acquire(index: index, deadline: deadline, cancellation: nil)
+            taken.append(index)
+            if grant.ownerDied { try rollBackPending() }
+        }
+        var result: R?
+        try tableCreation.withLock { _ throws(PMLLError) in
+            try TableCreationLock.withHeld(fd: fd) { () throws(PMLLError) in result = try body() }
+        }
+        return result!
+    }
+}
+
+/// Pool images on their way to becoming pool files: written beside their destination,
+/// settled (opened as a pool, cleaned and checked), then renamed into place.
+enum PoolImage {
+    static func write(_ image: UnsafeRawPointer, length: Int, beside destination: String, mode: mode_t) throws(PMLLError) -> String {
+        let temporary = destination + ".pmll-tmp-\(getpid())"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw SystemCall.fileError(Errno(rawValue: errno), path: temporary, operation: "create") }
+        var done = 0
+        var failure: Int32 = 0
+        while done < length {
+            let n = Glibc.write(fd, image + done, length - done)
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { failure = n < 0 ? errno : EIO; break }
+            done += n
+        }
+        if failure == 0 && fsync(fd) != 0 { failure = errno }
+        close(fd)
+        guard failure == 0 else {
+            unlink(temporary)
+            throw failure == ENOSPC ? .noSpace(path: temporary, reason: "the file system is full") : SystemCall.fileError(Errno(rawValue: failure), path: temporary, operation: "write")
+        }
+        return temporary
+    }
+
+    /// Opens the image as a pool without touching anything outside it (no file-batch
+    /// recovery: the trees belong to the live pool), which resets its volatile state and
+    /// rolls back an interrupted commit; drops the journals of batches in progress; checks it
+    /// in full. Returns the number of journals dropped.
+    static func settle(_ temporary: String, describedAs name: String) throws(PMLLError) -> Int {
+        do {
+            return try settleCopy(temporary, describedAs: name)
+        } catch {
+            // Name the file the user gave, not our temporary copy of it.
+            switch error {
+            case .notAPool: throw .notAPool(path: name)
+            case .unsupportedFormatVersion(_, let found, let supported): throw .unsupportedFormatVersion(path: name, found: found, supported: supported)
+            case .incompatibleLayout(_, let reason): throw .incompatibleLayout(path: name, reason: reason)
+            case .corruptPool(let path, let reason) where path == temporary: throw .corruptPool(path: name, reason: "its copy fails to open: \(reason)")
+            case .corruptRecord, .transactionRecoveryFailed: throw .corruptPool(path: name, reason: "its copy fails to open: \(error)")
+            default: throw error
+            }
+        }
+    }
+
+    private static func settleCopy(_ temporary: String, describedAs name: String) throws(PMLLError) -> Int {
+        var options = PoolOptions()
+        options.create = false
+        let pool = try Pool.attach(path: temporary, options: options, steps: Pool.attachSteps)
+        try pool.attachStore()
+        try pool.storeReady()
+        var dropped = 0
+        if pool.store.blockCount > 0 {
+            let journals = try pool.committedKeys(prefix: Pool.batchPrefix, skippingDamaged: true)
+            dropped = journals.count
+            if !journals.isEmpty {
+                try pool.internalTransaction { tx throws(PMLLError) in for key in journals { try tx.deleteInternal(key) } }
+            }
+        }
+        let report = try pool.check()
+        if let first = report.problems.first {
+            throw .corruptPool(path: name, reason: "its copy fails the check: \(first)" + (report.problems.count > 1 ? " (and \(report.problems.count - 1) more)" : ""))
+        }
+        return dropped
+    }
+
+    static func rename(_ temporary: String, to destination: String) throws(PMLLError) {
+        guard Glibc.rename(temporary, destination) == 0 else {
+            throw SystemCall.fileError(Errno(rawValue: errno), path: destination, operation: "rename into")
+        }
+        syncDirectory(of: destination)
+    }
+
+    /// Renames `temporary` over `target` while holding the target's INIT byte (openers wait,
+    /// then find the new file) and its SESSION byte exclusively (nobody has it open).
+    static func replace(_ target: String, with temporary: String) throws(PMLLError) -> Bool {
+        let fd = open(target, O_RDWR | O_CLOEXEC)
+        if fd < 0 {
+            guard errno == ENOENT else { throw SystemCall.fileError(Errno(rawValue: errno), path: target, operation: "open") }
+            try rename(temporary, to: target)
+            return false
+        }
+        defer { close(fd) }   // drops both byte locks, after the rename
+        _ = try SystemCall.retrying("fcntl(F_OFD_SETLKW)") { pmll_ofd_lock(fd, PMLL_LOCKBYTE_INIT, PMLL_RANGE_EXCLUSIVE, 1) }
+        let alone = pmll_ofd_lock(fd, PMLL_LOCKBYTE_SESSION, PMLL_RANGE_EXCLUSIVE, 0)
+        if alone == -EAGAIN { throw .poolInUse(path: target) }
+        try SystemCall.check("fcntl(F_OFD_SETLK)", alone)
+        try rename(temporary, to: target)
+        return true
+    }
+
+    static func syncDirectory(of path: String) {
+        let slash = path.lastIndex(of: "/")
+        let directory = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd >= 0 {
+            _ = fsync(fd)
+            close(fd)
+        }
+    }
+}

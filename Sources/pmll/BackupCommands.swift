@@ -1,0 +1,114 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import PMLL
+
+struct BackupCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "backup",
+        abstract: "Write a consistent copy of a live pool.",
+        discussion: """
+            Other processes keep working; submissions and commits wait only while the pool is \
+            copied into memory (the report says how long). The copy is written beside DEST and \
+            renamed into place, opened once (its volatile state reset) and checked. With --rotate, \
+            DEST is a directory: the copy is named POOLNAME.YYYYMMDDTHHMMSSZ.backup and only the \
+            --keep newest such copies are kept. Docs/Operations.md.
+
+            \(ExitStatus.summary)
+            """
+    )
+
+    @OptionGroup var poolArguments: PoolArguments
+    @Argument(help: "Destination file, or directory with --rotate.") var destination: String
+    @Flag(help: "DEST is a directory of dated backups; remove all but the --keep newest.") var rotate = false
+    @Option(help: "Backups to keep with --rotate.") var keep = 7
+    @Option(help: ArgumentHelp("Give up if submissions and commits cannot be held off within this many seconds.", valueName: "SECONDS")) var timeout: Double = 30
+    @Flag(help: "Print the report as JSON.") var json = false
+
+    func validate() throws {
+        guard keep >= 1 else { throw ValidationError("--keep must be at least 1") }
+        guard timeout >= 0, timeout.isFinite else { throw ValidationError("--timeout must be a number of seconds") }
+    }
+
+    func run() throws {
+        let pool = try poolArguments.open(create: false)
+        let name = String(pool.path.split(separator: "/").last ?? "pool")
+        let target = rotate ? destination + "/" + name + "." + Self.timestamp() + ".backup" : destination
+        if rotate {
+            var st = stat()
+            guard stat(destination, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
+                throw CommandFailure(message: "backup directory '\(destination)' does not exist", status: ExitStatus.noPool)
+            }
+        }
+        let report = try pool.backup(to: target, timeout: .milliseconds(Int64(timeout * 1000)))
+        let removed = rotate ? try Self.prune(destination, prefix: name + ".", keep: keep) : []
+        if json {
+            try printJSON(BackupSummary(report: report, removed: removed))
+        } else {
+            print("backup of \(report.source) written to \(report.destination): \(report.bytes / 1024) KiB; submissions and commits held off \((Double(report.writersBlockedNanoseconds) / 1e6).fixed(2)) ms"
+                  + (report.fileBatchesDropped > 0 ? "; \(report.fileBatchesDropped) file batch(es) in progress left out" : "")
+                  + (removed.isEmpty ? "" : "; removed \(removed.count) older backup(s)"))
+        }
+    }
+
+    struct BackupSummary: Encodable {
+        let report: BackupReport
+        let removed: [String]
+    }
+
+    /// UTC, sortable: 20261201T224500Z.
+    static func timestamp() -> String {
+        var now = time(nil)
+        var parts = tm()
+        gmtime_r(&now, &parts)
+        var buffer = [CChar](repeating: 0, count: 32)
+        let n = strftime(&buffer, buffer.count, "%Y%m%dT%H%M%SZ", &parts)
+        return String(decoding: buffer.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// Removes the oldest PREFIX*.backup files of `directory` beyond the `keep` newest.
+    static func prune(_ directory: String, prefix: String, keep: Int) throws -> [String] {
+        guard let dir = opendir(directory) else {
+            throw CommandFailure(message: "cannot read backup directory '\(directory)': \(String(cString: strerror(errno)))", status: ExitStatus.system)
+        }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name.hasPrefix(prefix) && name.hasSuffix(".backup") { names.append(name) }
+        }
+        closedir(dir)
+        let old = names.sorted().dropLast(keep)
+        for name in old where unlink(directory + "/" + name) != 0 {
+            throw CommandFailure(message: "cannot remove old backup '\(directory)/\(name)': \(String(cString: strerror(errno)))", status: ExitStatus.system)
+        }
+        return old.map { directory + "/" + $0 }
+    }
+}
+
+struct RestoreCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "restore",
+        abstract: "Replace a pool with a backup, atomically.",
+        discussion: """
+            Refuses (exit 75) while any process has the pool open. The backup is copied beside the \
+            pool, opened once and checked in full (exit 65 if it fails), then renamed over the pool; \
+            processes opening the pool meanwhile wait and then open the restored one.
+
+            \(ExitStatus.summary)
+            """
+    )
+
+    @OptionGroup var poolArguments: PoolArguments
+    @Argument(help: "The backup (a pool file).") var source: String
+    @Flag(help: "Print the report as JSON.") var json = false
+
+    func run() throws {
+        let report = try Pool.restore(from: source, to: poolArguments.pool)
+        if json {
+            try printJSON(report)
+        } else {
+            print("restored \(report.pool) from \(report.source) (\(report.bytes / 1024) KiB)")
+        }
+    }
+}
