@@ -48,8 +48,10 @@ extension Pool {
         let length = memory.length
         let image = UnsafeMutableRawPointer.allocate(byteCount: length, alignment: 4096)
         defer { image.deallocate() }
-        // Fault the buffer in first, so that writers wait for a plain memory copy only.
+        // Fault the buffer and the mapping in first, so that writers wait for a plain memory
+        // copy only.
         image.initializeMemory(as: UInt8.self, repeating: 0, count: length)
+        _ = pmll_prefault(memory.base, UInt64(length))
         let asked = Clock.monotonicNanoseconds
         let (frozenAt, thawedAt) = try withWritersHeldOff(deadline: Pool.deadline(after: timeout)) { () -> (Int64, Int64) in
             let frozen = Clock.monotonicNanoseconds

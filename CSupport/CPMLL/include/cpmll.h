@@ -700,6 +700,14 @@ uint32_t pmll_crc32c_software(uint32_t crc, const void *_Nullable data, size_t l
 // renameat2(RENAME_NOREPLACE) of old to new in the same directory; -EEXIST when new exists.
 int pmll_rename_noreplace(const char *oldpath, const char *newpath);
 
+// Touches every page of [p, p + n) for reading, so that later copies of it take no page
+// faults (a backup copies the mapping while writers wait).
+static inline uint64_t pmll_prefault(const void *p, uint64_t n) {
+    uint64_t sum = 0;
+    for (uint64_t i = 0; i < n; i += 4096) sum += __atomic_load_n((const unsigned char *)p + i, __ATOMIC_RELAXED);
+    return sum;
+}
+
 #pragma GCC visibility pop
 #pragma clang assume_nonnull end
 
