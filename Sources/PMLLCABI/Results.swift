@@ -20,7 +20,8 @@ enum CResult {
     static func code(for error: PMLLError) -> CPM_Result {
         switch error {
         case .invalidLockName, .levelMismatch, .invalidOptions, .invalidQueueName, .queueMismatch,
-             .invalidOperationKind, .invalidKey, .nestedTransaction, .invalidBatch, .noLocksGiven, .invalidPoolPath:
+             .invalidOperationKind, .invalidKey, .nestedTransaction, .invalidBatch, .noLocksGiven, .invalidPoolPath,
+             .invalidConfiguration:
             CPM_RESULT_ERROR_INVALID_ARGS
         case .valueTooLarge, .payloadTooLarge, .transactionTooLarge: pmll_abi_too_large
         case .hierarchyViolation: pmll_abi_hierarchy_violation

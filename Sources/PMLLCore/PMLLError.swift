@@ -44,6 +44,9 @@ public enum PMLLError: Error, Equatable, Sendable {
     case noSpace(path: String, reason: String)
     /// A fixed-size table of the pool is full.
     case poolFull(table: String, capacity: Int)
+    /// A configuration file (or a variable overriding it) is malformed or has a bad setting.
+    /// `line` is the line of the value in the file (nil for a variable, or an unreadable file).
+    case invalidConfiguration(file: String, line: Int?, key: String?, reason: String)
     /// Processes have the pool open, and the operation needs it closed (restore).
     case poolInUse(path: String)
     /// Bad value in the pool options (sizes, capacities).
@@ -116,6 +119,8 @@ extension PMLLError: CustomStringConvertible {
         case let .noStateStore(path): "pool '\(path)' has no state store (it was created with no room for one)"
         case let .invalidBatchRoot(path, reason): "batch root '\(path)': \(reason)"
         case let .poolFull(table, capacity): "pool full: the \(table) table has all \(capacity) entries in use"
+        case let .invalidConfiguration(file, line, key, reason):
+            "configuration \(file)" + (line.map { ", line \($0)" } ?? "") + (key.map { ", key '\($0)'" } ?? "") + ": \(reason)"
         case let .poolInUse(path): "pool '\(path)' is open in other processes: stop them first (pmll status shows them)"
         case let .invalidOptions(reason): "invalid pool options: \(reason)"
         case let .invalidQueueName(name, reason): "invalid queue name '\(name)': \(reason)"

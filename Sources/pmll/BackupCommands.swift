@@ -20,18 +20,24 @@ struct BackupCommand: ParsableCommand {
     )
 
     @OptionGroup var poolArguments: PoolArguments
-    @Argument(help: "Destination file, or directory with --rotate.") var destination: String
+    @Argument(help: "Destination file, or directory with --rotate. Default: the configuration's backup.directory, rotated.") var destination: String?
     @Flag(help: "DEST is a directory of dated backups; remove all but the --keep newest.") var rotate = false
-    @Option(help: "Backups to keep with --rotate.") var keep = 7
+    @Option(help: "Backups to keep with --rotate (default: the configuration's backup.keep, 7).") var keep: Int?
     @Option(help: ArgumentHelp("Give up if submissions and commits cannot be held off within this many seconds.", valueName: "SECONDS")) var timeout: Double = 30
     @Flag(help: "Print the report as JSON.") var json = false
 
     func validate() throws {
-        guard keep >= 1 else { throw ValidationError("--keep must be at least 1") }
+        if let keep, keep < 1 { throw ValidationError("--keep must be at least 1") }
         guard timeout >= 0, timeout.isFinite else { throw ValidationError("--timeout must be a number of seconds") }
     }
 
     func run() throws {
+        let configuration = try poolArguments.configuration()
+        let rotate = self.rotate || destination == nil
+        guard let destination = destination ?? configuration.backupDirectory else {
+            throw CommandFailure(message: "no DEST given and no backup.directory configured (pmll config show)", status: ExitStatus.usage)
+        }
+        let keep = self.keep ?? configuration.backupKeep
         let pool = try poolArguments.open(create: false)
         let name = String(pool.path.split(separator: "/").last ?? "pool")
         let target = rotate ? destination + "/" + name + "." + Self.timestamp() + ".backup" : destination
@@ -104,7 +110,7 @@ struct RestoreCommand: ParsableCommand {
     @Flag(help: "Print the report as JSON.") var json = false
 
     func run() throws {
-        let report = try Pool.restore(from: source, to: poolArguments.pool)
+        let report = try Pool.restore(from: source, to: poolArguments.path())
         if json {
             try printJSON(report)
         } else {

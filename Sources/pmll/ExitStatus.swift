@@ -10,6 +10,7 @@ enum ExitStatus {
     static let poolFull: Int32 = 73       // a table of the pool is full
     static let timeout: Int32 = 75        // lock wait timed out, or a transaction conflicted (try again)
     static let permission: Int32 = 77     // permission denied, pool owned by another user
+    static let config: Int32 = 78         // a configuration file or variable is bad (EX_CONFIG)
     static let cannotExecute: Int32 = 126 // COMMAND found but not executable
     static let commandNotFound: Int32 = 127
     static let interrupted: Int32 = 130   // SIGINT while waiting
@@ -17,7 +18,7 @@ enum ExitStatus {
     static let summary = """
         Exit status: 0 ok; 64 usage error (arguments, lock name, level, hierarchy violation); \
         65 bad or corrupt pool; 66 pool missing or path unusable; 71 system error; 73 pool full; \
-        75 timeout or transaction conflict (try again); 77 permission denied; 126/127 COMMAND not executable/not found; \
+        75 timeout, transaction conflict or pool in use (try again); 77 permission denied; 78 bad configuration; 126/127 COMMAND not executable/not found; \
         130 interrupted; otherwise COMMAND's own status (128+N if it died of signal N).
         """
 
@@ -34,6 +35,7 @@ enum ExitStatus {
         case .poolFull, .noStateStore, .transactionTooLarge, .noSpace: poolFull
         case .invalidBatchRoot(_, let reason): reason.hasPrefix("permission") ? permission : noPool
         case .systemCall: system
+        case .invalidConfiguration: config
         case .batchFailed(_, _, let errno): errno == .permissionDenied || errno == .readOnlyFileSystem ? permission : errno == .noSpace ? poolFull : system
         }
     }

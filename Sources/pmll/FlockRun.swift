@@ -15,9 +15,11 @@ struct FlockRun {
             // flock -u FILE COMMAND unlocks a descriptor that holds nothing, then runs COMMAND.
             return try execute(environment: NestedLocks.environment(adding: nil), lock: nil).status
         }
-        var poolOptions = PoolOptions()
+        // $PMLL_POOL, else the configuration's pool.path ($PMLL_CONFIG or the usual files), else the default.
+        let configuration = try Configuration.load()
+        var poolOptions = configuration.poolOptions
         poolOptions.processLabel = label
-        let pool = try Pool.open(path: nil, options: poolOptions)   // $PMLL_POOL, else the default pool
+        let pool = try Pool.open(path: configuration.poolPath, options: poolOptions)
         let lock = try pool.lock(named: Self.lockName(path), level: .filesystem)
 
         let cancellation = Cancellation()

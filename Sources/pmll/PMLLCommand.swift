@@ -16,7 +16,7 @@ struct PMLLCommand: AsyncParsableCommand {
 
             \(ExitStatus.summary)
             """,
-        subcommands: [LockCommand.self, FlockCommand.self, QueueCommand.self, RecoverCommand.self, StateCommand.self, BatchCommand.self, CheckCommand.self, StatusCommand.self, MetricsCommand.self, BackupCommand.self, RestoreCommand.self, DemoCommand.self, DemoWorkerCommand.self]
+        subcommands: [LockCommand.self, FlockCommand.self, QueueCommand.self, RecoverCommand.self, StateCommand.self, BatchCommand.self, CheckCommand.self, StatusCommand.self, MetricsCommand.self, BackupCommand.self, RestoreCommand.self, ConfigCommand.self, DemoCommand.self, DemoWorkerCommand.self]
     )
 
     /// Every failure ends as one line on stderr starting `pmll:` and a documented status.
@@ -75,14 +75,28 @@ func printError(_ line: String) {
 
 /// `--pool PATH`, shared by every subcommand.
 struct PoolArguments: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("Pool file (default: $PMLL_POOL, else the per-user default pool).", valueName: "PATH"))
+    @Option(name: .long, help: ArgumentHelp("Pool file (default: $PMLL_POOL, else the configuration's pool.path, else the per-user default pool).", valueName: "PATH"))
     var pool: String?
 
+    @Option(name: .long, help: ArgumentHelp("Configuration file, instead of /etc/pmll/config.json and ~/.config/pmll/config.json (also $PMLL_CONFIG).", valueName: "FILE"))
+    var config: String?
+
+    /// The effective configuration, this command's --pool included.
+    func configuration() throws(PMLLError) -> Configuration {
+        var configuration = try Configuration.load(file: config)
+        if let pool { try configuration.override("pool.path", pool, source: .flag("--pool")) }
+        return configuration
+    }
+
+    /// The pool path the command works on (without opening it).
+    func path() throws(PMLLError) -> String? { try configuration().poolPath }
+
     func open(create: Bool = true, label: String? = nil) throws(PMLLError) -> Pool {
-        var options = PoolOptions()
+        let configuration = try configuration()
+        var options = configuration.poolOptions
         options.create = create
         options.processLabel = label
-        return try Pool.open(path: pool, options: options)
+        return try Pool.open(path: configuration.poolPath, options: options)
     }
 }
 

@@ -29,7 +29,7 @@ struct QueueExecCommand: AsyncParsableCommand {
     )
 
     @OptionGroup var poolArguments: PoolArguments
-    @Option(parsing: .unconditional, help: ArgumentHelp("Give up waiting for the turn after this many seconds (exit 75). Default: wait forever.", valueName: "SECONDS"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Give up waiting for the turn after this many seconds (exit 75). Default: the configuration's queue.timeout_ms if set, else wait forever.", valueName: "SECONDS"))
     var timeout: Double?
     @Argument(help: "Queue name: 1-244 bytes of UTF-8, no NUL.") var name: String
     @Argument(parsing: .postTerminator, help: "The command to run, after --.") var command: [String] = []
@@ -44,7 +44,9 @@ struct QueueExecCommand: AsyncParsableCommand {
         let pool = try poolArguments.open(label: label)
         let queue = try pool.queue(named: name)
         let payload = try JSONEncoder().encode(command)
-        let wait = Timeout.duration(timeout)
+        // --timeout, else the configuration's queue.timeout_ms if one was given, else forever.
+        let configured = try poolArguments.configuration()
+        let wait = timeout != nil || configured.source(of: "queue.timeout_ms") == .defaultValue ? Timeout.duration(timeout) : configured.queue.timeout
         let interrupt = Task {
             for await _ in SignalStream(SIGINT) { return }
         }

@@ -30,7 +30,7 @@ public struct PoolOptions: Sendable, Equatable {
 
     public init() {}
 
-    func validate() throws(PMLLError) {
+    package func validate() throws(PMLLError) {
         guard (1...1024).contains(processCapacity) else {
             throw .invalidOptions(reason: "processCapacity must be 1...1024, got \(processCapacity)")
         }

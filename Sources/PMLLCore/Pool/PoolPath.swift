@@ -22,13 +22,13 @@ public enum PoolPath {
         return state + "/pmll/default.pool"
     }
 
-    static var homeDirectory: String {
+    package static var homeDirectory: String {
         if let home = environment("HOME"), home.hasPrefix("/") { return home }
         if let pw = getpwuid(geteuid()), let dir = pw.pointee.pw_dir { return String(cString: dir) }
         return "/tmp"
     }
 
-    static func environment(_ name: String) -> String? {
+    package static func environment(_ name: String) -> String? {
         getenv(name).map { String(cString: $0) }
     }
 
