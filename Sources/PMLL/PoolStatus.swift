@@ -32,6 +32,8 @@ public struct PoolStatus: Codable, Sendable {
     public let transactions: TransactionStatistics?
     /// Bytes of each section of the file.
     public let sections: [String: Int]
+    /// The last scheduled check (nil if none ever ran).
+    public let lastCheck: CheckRecord?
 }
 
 extension Pool {
@@ -58,7 +60,8 @@ extension Pool {
             transactions: store.blockCount > 0 ? store.statistics() : nil,
             sections: ["header": Int(PMLL_HEADER_SIZE), "processTable": memory.layout.processTable.count,
                        "lockTable": memory.layout.lockTable.count, "queueTable": memory.layout.queueTable.count,
-                       "stateStore": memory.layout.heap.count])
+                       "stateStore": memory.layout.heap.count],
+            lastCheck: store.blockCount > 0 ? (try? lastScheduledCheck()) ?? nil : nil)
     }
 
 }

@@ -37,7 +37,9 @@ struct FlockCommand: ParsableCommand {
             print("pmll flock (PMLL), compatible with flock from util-linux 2.38.1")
             Glibc.exit(0)
         }
-        Glibc.exit(try FlockRun(options: options).run())
+        let status = try FlockRun(options: options).run()
+        BackgroundChecks.finish()
+        Glibc.exit(status)
     }
 }
 

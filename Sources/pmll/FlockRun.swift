@@ -20,6 +20,7 @@ struct FlockRun {
         var poolOptions = configuration.poolOptions
         poolOptions.processLabel = label
         let pool = try Pool.open(path: configuration.poolPath, options: poolOptions)
+        try BackgroundChecks.start(pool, configuration)
         let lock = try pool.lock(named: Self.lockName(path), level: .filesystem)
 
         let cancellation = Cancellation()

@@ -45,7 +45,7 @@ struct LockCommand: ParsableCommand {
 
     func run() throws {
         let label = command.first.map { $0.split(separator: "/").last.map(String.init) ?? $0 }
-        let pool = try poolArguments.open(label: label)
+        let pool = try poolArguments.openLongRunning(label: label)
         let lock = try pool.lock(named: name, level: try resolvedLevel(pool))
         try NestedLocks.check(lock.id)
 
@@ -71,6 +71,7 @@ struct LockCommand: ParsableCommand {
         let wait = Timeout.duration(timeout)
         let status = mode == .shared ? try lock.withSharedLock(timeout: wait, cancellation: cancellation, body)
                                      : try lock.withLock(timeout: wait, cancellation: cancellation, body)
+        BackgroundChecks.finish()
         Glibc.exit(status)
     }
 

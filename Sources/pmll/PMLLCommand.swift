@@ -1,4 +1,5 @@
 public import ArgumentParser
+import Synchronization
 import Logging
 public import PMLL
 #if canImport(Glibc)
@@ -97,6 +98,29 @@ struct PoolArguments: ParsableArguments {
         options.create = create
         options.processLabel = label
         return try Pool.open(path: configuration.poolPath, options: options)
+    }
+
+    /// For commands that run as long as a COMMAND does: the pool, checked in the background
+    /// at the configured `check.interval_s` (the checker thread ends with the process).
+    func openLongRunning(label: String? = nil) throws(PMLLError) -> Pool {
+        let pool = try open(label: label)
+        try BackgroundChecks.start(pool, try configuration())
+        return pool
+    }
+}
+
+enum BackgroundChecks {
+    private static let running = Mutex<[ScheduledChecks]>([])
+
+    static func start(_ pool: Pool, _ configuration: Configuration) throws(PMLLError) {
+        guard let interval = configuration.checkInterval else { return }
+        let checks = try pool.startScheduledChecks(every: interval)
+        running.withLock { $0.append(checks) }
+    }
+
+    /// Before the process exits: lets a check in progress finish and record itself.
+    static func finish() {
+        for checks in running.withLock({ r -> [ScheduledChecks] in defer { r = [] }; return r }) { checks.stop() }
     }
 }
 

@@ -82,6 +82,13 @@ enum PoolMetrics {
             counter("pmll_store_retries_total", "Transaction bodies run again after a conflict.", t.retries)
             counter("pmll_store_rollbacks_total", "Interrupted commits rolled back.", t.rollbacks)
         }
+        if let c = s.lastCheck {
+            counter("pmll_check_runs_total", "Scheduled consistency checks run on the pool.", c.runs)
+            counter("pmll_check_failures_total", "Scheduled checks that found problems.", c.failures)
+            gauge("pmll_check_last_success", "1 if the last scheduled check found no problem.", c.ok ? 1 : 0)
+            gauge("pmll_check_last_timestamp_seconds", "When the last scheduled check finished (seconds since 1970).", Double(c.finishedAtNanoseconds) / 1e9)
+            gauge("pmll_check_last_duration_seconds", "How long the last scheduled check took.", Double(c.durationNanoseconds) / 1e9)
+        }
         return registry.emitToString() + histograms
     }
 

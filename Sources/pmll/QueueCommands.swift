@@ -41,7 +41,7 @@ struct QueueExecCommand: AsyncParsableCommand {
 
     func run() async throws {
         let label = command[0].split(separator: "/").last.map(String.init) ?? command[0]
-        let pool = try poolArguments.open(label: label)
+        let pool = try poolArguments.openLongRunning(label: label)
         let queue = try pool.queue(named: name)
         let payload = try JSONEncoder().encode(command)
         // --timeout, else the configuration's queue.timeout_ms if one was given, else forever.
@@ -61,8 +61,11 @@ struct QueueExecCommand: AsyncParsableCommand {
         }
         Task { await interrupt.value; work.cancel() }
         do {
-            Glibc.exit(try await work.value)
+            let status = try await work.value
+            BackgroundChecks.finish()
+            Glibc.exit(status)
         } catch let ended as CommandEnded {
+            BackgroundChecks.finish()
             Glibc.exit(ended.status)
         }
     }

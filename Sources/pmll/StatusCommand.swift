@@ -37,6 +37,10 @@ enum StatusTable {
             out += "state store: \(u.keysUsed)/\(u.keyCapacity) keys, \(u.blocksUsed * u.blockSize / 1024) KiB used, " +
                 "\((u.blockCount - u.blocksUsed) * u.blockSize / 1024) KiB free of \(u.blockCount * u.blockSize / 1024) KiB\n"
         }
+        if let c = s.lastCheck {
+            out += "scheduled checks: \(c.runs) run, \(c.failures) found problems; last by pid \(c.pid) " +
+                (c.ok ? "ok" : "FOUND PROBLEMS: \(c.problems.first ?? "")") + " (\((Double(c.durationNanoseconds) / 1e6).fixed(1)) ms)\n"
+        }
         if let t = s.transactions {
             out += "transactions: \(t.commits) committed, \(t.conflicts) conflicts, \(t.retries) retried, \(t.failures) gave up\n"
         }

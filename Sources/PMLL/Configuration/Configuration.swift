@@ -44,6 +44,9 @@ public struct Configuration: Sendable {
     /// Where `pmll backup` writes rotated backups when no destination is given, and how many it keeps.
     public var backupDirectory: String?
     public var backupKeep = 7
+    /// How often long-running `pmll` commands (and programs that call
+    /// ``Pool/startScheduledChecks(every:)`` with it) check the pool; nil: never.
+    public var checkInterval: Duration?
     private var sources: [String: Source] = [:]
 
     public init() {}
@@ -120,11 +123,11 @@ public struct Configuration: Sendable {
             throw .invalidConfiguration(file: where_, line: error.line, key: nil, reason: error.message)
         }
         guard case let .object(sections) = document else {
-            throw .invalidConfiguration(file: where_, line: 1, key: nil, reason: "the document must be an object of sections (pool, queue, backup)")
+            throw .invalidConfiguration(file: where_, line: 1, key: nil, reason: "the document must be an object of sections (pool, queue, backup, check)")
         }
         for (section, sectionLine, body) in sections {
             guard Self.schema.contains(where: { $0.key.hasPrefix(section + ".") }) else {
-                throw .invalidConfiguration(file: where_, line: sectionLine, key: section, reason: "unknown section (known: pool, queue, backup)")
+                throw .invalidConfiguration(file: where_, line: sectionLine, key: section, reason: "unknown section (known: pool, queue, backup, check)")
             }
             guard case let .object(members) = body else {
                 throw .invalidConfiguration(file: where_, line: sectionLine, key: section, reason: "must be an object, not \(body.kind)")
@@ -204,5 +207,7 @@ public struct Configuration: Sendable {
         integer("queue.max_delay_ms", 0...3_600_000, unit: "ms", { $0.queue.retry.maxDelay = .milliseconds($1) }, { milliseconds($0.queue.retry.maxDelay) }),
         Entry(key: "backup.directory", kind: .string, setString: { $0.backupDirectory = $1 }, show: { $0.backupDirectory ?? "(none)" }),
         integer("backup.keep", 1...10_000, { $0.backupKeep = Int($1) }, { "\($0.backupKeep)" }),
+        integer("check.interval_s", 0...2_592_000, unit: "seconds (0: never)", { $0.checkInterval = $1 == 0 ? nil : .seconds($1) },
+                { $0.checkInterval.map { "\($0.components.seconds)" } ?? "0 (never)" }),
     ]
 }

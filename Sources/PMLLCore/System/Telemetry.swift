@@ -15,6 +15,9 @@ package final class Telemetry: Sendable {
     package let conflicts = Counter(label: "pmll_store_conflicts_total")
     package let rollbacks = Counter(label: "pmll_store_rollbacks_total")
     package let lockWait = Timer(label: "pmll_lock_contended_wait_seconds")
+    package let checks = Counter(label: "pmll_check_runs_total")
+    package let checkFailures = Counter(label: "pmll_check_failures_total")
+    package let checkDuration = Timer(label: "pmll_check_seconds")
     private let queues = Mutex<[String: QueueTelemetry]>([:])
 
     package init() {}

@@ -1,0 +1,56 @@
+import Foundation
+import Testing
+
+/// Scheduled consistency checks (`check.interval_s`): long-running `pmll` commands share one
+/// schedule per pool, record each run in it, and a damaged pool is logged, counted and recorded.
+@Suite("Scheduled checks", .serialized)
+struct ScheduledCheckTests {
+    static func lastCheck(_ env: [String: String]) throws -> [String: Any]? {
+        let status = try run(Binaries.pmll, ["status", "--json"], environment: env)
+        let json = try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any]
+        return json?["lastCheck"] as? [String: Any]
+    }
+
+    @Test func twoProcessesShareOneScheduleAndADamagedPoolIsRecorded() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("s.pool"), config = scratch.file("c.json")
+        try #"{"pool": {"path": "\#(pool)"}, "check": {"interval_s": 1}}"#.write(toFile: config, atomically: true, encoding: .utf8)
+        let env = ["PMLL_CONFIG": config, "PMLL_POOL": ""]
+        #expect(try run(Binaries.pmll, ["lock", "damage-me", "--", "true"], environment: env).status == 0)
+
+        let start = Date()
+        let a = try Child(Binaries.pmll, ["lock", "a", "--", "sleep", "6"], environment: env)
+        let b = try Child(Binaries.pmll, ["lock", "b", "--", "sleep", "6"], environment: env)
+        defer { a.killTree(); b.killTree(); a.wait(); b.wait() }
+        let deadline = Date().addingTimeInterval(20)
+        while (try Self.lastCheck(env))?["runs"] as? Int ?? 0 < 2 && Date() < deadline { usleep(100_000) }
+        let before = try #require(try Self.lastCheck(env))
+        #expect(before["ok"] as? Bool == true)
+
+        // Damage the name of a lock entry in the file (the mapping sees it at once).
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: pool))
+        let name = Data("damage-me".utf8)
+        let entry = try #require(bytes.range(of: name)).lowerBound
+        let fd = open(pool, O_WRONLY)
+        var flipped: UInt8 = bytes[entry] ^ 0x20
+        #expect(pwrite(fd, &flipped, 1, off_t(entry)) == 1)
+        close(fd)
+
+        var after = before
+        while (after["ok"] as? Bool) != false && Date() < deadline.addingTimeInterval(10) {
+            usleep(100_000)
+            after = try #require(try Self.lastCheck(env))
+        }
+        #expect(after["ok"] as? Bool == false, "\(after)")
+        #expect((after["failures"] as? Int ?? 0) >= 1)
+        #expect(((after["problems"] as? [String])?.first).map { $0.contains("amage") } == true, "\(after)")
+        #expect(a.wait(timeout: 30) == 0 && b.wait(timeout: 30) == 0)
+        let elapsed = Date().timeIntervalSince(start)
+        let runs = try #require(try Self.lastCheck(env))["runs"] as? Int ?? 0
+        // One schedule for both processes: about one run a second, not two.
+        #expect(runs <= Int(elapsed) + 2, "\(runs) runs in \(elapsed) s")
+        #expect((a.stderr + b.stderr).contains("scheduled check found problems"), "logged: \(a.stderr) \(b.stderr)")
+        let metrics = try run(Binaries.pmll, ["metrics"], environment: env)
+        #expect(metrics.stdout.contains("pmll_check_last_success{pool=\"\(pool)\"} 0.0"), "\(metrics.stdout.split(separator: "\n").filter { $0.contains("check") })")
+    }
+}
