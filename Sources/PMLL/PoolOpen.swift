@@ -55,16 +55,22 @@ extension Pool {
 
     /// Recovers what dead processes left behind, layer by layer: first their atomic file
     /// batches (rolled back through their journals), then, queue by queue, their abandoned
-    /// operations (the handler registered for each one's kind).
-    public func recover(handlers: [String: RecoveryHandler], timeout: Duration = .seconds(30)) async throws -> RecoveryReport {
+    /// operations, each as `policies` say (by default: the handler registered for its kind).
+    /// With `dryRun`, nothing is done and each item says what would be.
+    public func recover(handlers: [String: RecoveryHandler], policies: RecoveryPolicies = RecoveryPolicies(), dryRun: Bool = false,
+                        timeout: Duration = .seconds(30)) async throws -> RecoveryReport {
         var report = RecoveryReport()
-        let batches = try fileBatchRecovery()
-        report.fileBatchesRolledBack = batches.handled
-        report.fileBatchesNeedingAttention = batches.needsAttention
+        if !dryRun {
+            let batches = try fileBatchRecovery()
+            report.fileBatchesRolledBack = batches.handled
+            report.fileBatchesNeedingAttention = batches.needsAttention
+        }
         var handlers = handlers
+        var policies = policies
         // A file batch run as a queue operation recovers through its own journal (above).
         handlers[HardenedQueue.fileBatchKind] = handlers[HardenedQueue.fileBatchKind] ?? { _ in }
-        report.items = try await recoverQueues(handlers: handlers, timeout: timeout)
+        policies.byKind[HardenedQueue.fileBatchKind] = .handler
+        report.items = try await recoverQueues(handlers: handlers, policies: policies, dryRun: dryRun, timeout: timeout)
         return report
     }
 }

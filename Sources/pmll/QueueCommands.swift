@@ -145,7 +145,9 @@ struct RecoverCommand: AsyncParsableCommand {
             abandoned "exec" operations are handed to --exec-handler (run with PMLL_QUEUE, \
             PMLL_TICKET and PMLL_ABANDONED_ARGV, a JSON array; exit 0 = recovered), and other \
             kinds are left for the program that registered them, unless --acknowledge marks \
-            everything found as recovered. Everything found is printed. Atomic file batches of \
+            everything found as recovered. The configuration's recovery policies (recovery.default, \
+            .queues, .kinds, .max_attempts: handler, retry, abandon, quarantine) decide per operation; \
+            --dry-run shows what they would do. Everything found is printed. Atomic file batches of \
             dead processes are rolled back first; one whose rollback fails keeps its journal, is \
             printed as needing attention, and makes the exit status 65 until a later recovery \
             succeeds (`pmll check` lists it too).
@@ -159,13 +161,44 @@ struct RecoverCommand: AsyncParsableCommand {
     var execHandler: String?
     @Flag(help: "Mark every abandoned operation found as recovered after printing it.")
     var acknowledge = false
+    @Flag(help: "Show what recovery would do under the configured policies, and do nothing.")
+    var dryRun = false
+    @Flag(help: "List the operations recovery quarantined, and do nothing else.")
+    var quarantined = false
+    @Option(help: ArgumentHelp("Remove a quarantined operation once dealt with.", valueName: "QUEUE/TICKET"))
+    var release: String?
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
         let pool = try poolArguments.open(create: false)
+        if quarantined {
+            let list = try pool.quarantinedOperations()
+            if json { try printJSON(list); return }
+            if list.isEmpty { print("recover: no quarantined operations in \(pool.path)") }
+            for q in list {
+                let r = q.record
+                print("quarantined: queue '\(r.queue)' ticket \(r.ticket) kind '\(r.kind)' of pid \(r.ownerPid) (\(r.ownerCommand)): \(q.reason) \(OperationText.payload(r))")
+            }
+            return
+        }
+        if let release {
+            guard let slash = release.lastIndex(of: "/"), let ticket = UInt64(release[release.index(after: slash)...]) else {
+                throw CommandFailure(message: "--release wants QUEUE/TICKET, got '\(release)'", status: ExitStatus.usage)
+            }
+            let queue = String(release[..<slash])
+            guard try pool.releaseQuarantined(queue: queue, ticket: ticket) else {
+                throw CommandFailure(message: "no quarantined operation \(ticket) of queue '\(queue)'", status: 1)
+            }
+            print("recover: released quarantined operation \(ticket) of queue '\(queue)'")
+            return
+        }
+        var policies = try poolArguments.configuration().recovery
         var handlers: [String: RecoveryHandler] = [:]
         if acknowledge {
-            for record in try pool.abandonedOperations() { handlers[record.kind] = { _ in } }
+            for record in try pool.abandonedOperations() {
+                handlers[record.kind] = { _ in }
+                policies.byKind[record.kind] = .handler
+            }
         }
         if let execHandler {
             handlers["exec"] = { record in
@@ -176,8 +209,16 @@ struct RecoverCommand: AsyncParsableCommand {
                 let result = try ChildProcess.run(["/bin/sh", "-c", execHandler], environment: env)
                 guard result.exitStatus == 0 else { throw CommandEnded(status: result.exitStatus, reason: "exec handler exited with status \(result.exitStatus)") }
             }
+        } else if policies.action(queue: "", kind: "exec") == .retry || policies.byQueue.values.contains(.retry) {
+            // Retrying a `pmll queue exec` runs its recorded command again.
+            handlers["exec"] = { record in
+                let argv = try JSONDecoder().decode([String].self, from: Data(record.payload))
+                guard !argv.isEmpty else { throw CommandEnded(status: 1, reason: "the operation recorded no command") }
+                let result = try ChildProcess.run(argv, environment: NestedLocks.environment(adding: nil))
+                guard result.exitStatus == 0 else { throw CommandEnded(status: result.exitStatus, reason: "exited with status \(result.exitStatus)") }
+            }
         }
-        let report = try await pool.recover(handlers: handlers)
+        let report = try await pool.recover(handlers: handlers, policies: policies, dryRun: dryRun)
         if json {
             try printJSON(report)
             if report.needsAttention { throw ExitCode(ExitStatus.badPool) }
@@ -193,6 +234,11 @@ struct RecoverCommand: AsyncParsableCommand {
             case .recovered: print("recovered: \(what) \(OperationText.payload(r))")
             case .noHandler: print("left (no handler for kind '\(r.kind)'): \(what) \(OperationText.payload(r))")
             case .handlerFailed(let error): print("handler failed (\(error)): \(what) \(OperationText.payload(r))")
+            case .retried(nil): print("retried: \(what) \(OperationText.payload(r))")
+            case .retried(let error?): print("retried, failed again (\(error)): \(what) \(OperationText.payload(r))")
+            case .abandonedByPolicy: print("abandoned (policy): \(what) \(OperationText.payload(r))")
+            case .quarantined(let reason): print("quarantined (\(reason)): \(what) \(OperationText.payload(r))")
+            case .planned(let plan): print("would \(plan): \(what) \(OperationText.payload(r))")
             }
         }
         if report.needsAttention {

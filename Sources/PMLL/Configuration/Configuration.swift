@@ -47,6 +47,9 @@ public struct Configuration: Sendable {
     /// How often long-running `pmll` commands (and programs that call
     /// ``Pool/startScheduledChecks(every:)`` with it) check the pool; nil: never.
     public var checkInterval: Duration?
+    /// What `pmll recover` and programs that pass it to ``Pool/recover(handlers:policies:dryRun:timeout:)``
+    /// do with operations abandoned by dead processes.
+    public var recovery = RecoveryPolicies()
     private var sources: [String: Source] = [:]
 
     public init() {}
@@ -90,7 +93,7 @@ public struct Configuration: Sendable {
         guard let entry = Self.schema.first(where: { $0.key == key }) else {
             throw .invalidConfiguration(file: source.description, line: nil, key: key, reason: "unknown setting")
         }
-        let value: ConfigJSON = entry.kind == .string ? .string(text) : entry.kind == .bool ? (text == "true" ? .bool(true) : text == "false" ? .bool(false) : .string(text)) : (Int64(text).map(ConfigJSON.integer) ?? .string(text))
+        let value: ConfigJSON = entry.kind == .string || entry.kind == .action ? .string(text) : entry.kind == .bool ? (text == "true" ? .bool(true) : text == "false" ? .bool(false) : .string(text)) : (Int64(text).map(ConfigJSON.integer) ?? .string(text))
         try set(entry, value, where: source.description, line: nil)
         sources[key] = source
     }
@@ -123,11 +126,11 @@ public struct Configuration: Sendable {
             throw .invalidConfiguration(file: where_, line: error.line, key: nil, reason: error.message)
         }
         guard case let .object(sections) = document else {
-            throw .invalidConfiguration(file: where_, line: 1, key: nil, reason: "the document must be an object of sections (pool, queue, backup, check)")
+            throw .invalidConfiguration(file: where_, line: 1, key: nil, reason: "the document must be an object of sections (pool, queue, backup, check, recovery)")
         }
         for (section, sectionLine, body) in sections {
             guard Self.schema.contains(where: { $0.key.hasPrefix(section + ".") }) else {
-                throw .invalidConfiguration(file: where_, line: sectionLine, key: section, reason: "unknown section (known: pool, queue, backup, check)")
+                throw .invalidConfiguration(file: where_, line: sectionLine, key: section, reason: "unknown section (known: pool, queue, backup, check, recovery)")
             }
             guard case let .object(members) = body else {
                 throw .invalidConfiguration(file: where_, line: sectionLine, key: section, reason: "must be an object, not \(body.kind)")
@@ -161,7 +164,25 @@ public struct Configuration: Sendable {
             guard case let .integer(i) = value else { throw bad("expected a whole number\(unit.isEmpty ? "" : " of \(unit)"), found \(value.kind)") }
             guard range.contains(i) else { throw bad("\(i) is outside \(range.lowerBound)...\(range.upperBound)\(unit.isEmpty ? "" : " \(unit)")") }
             entry.setInteger?(&self, i)
+        case .action:
+            entry.setAction?(&self, try Self.action(value, bad))
+        case .actions:
+            guard case let .object(members) = value else { throw bad("expected an object of names to actions, found \(value.kind)") }
+            var actions: [String: RecoveryAction] = [:]
+            for (name, memberLine, member) in members {
+                actions[name] = try Self.action(member) { reason in
+                    .invalidConfiguration(file: place, line: memberLine, key: entry.key + "." + name, reason: reason)
+                }
+            }
+            entry.setActions?(&self, actions)
         }
+    }
+
+    private static func action(_ value: ConfigJSON, _ bad: (String) -> PMLLError) throws(PMLLError) -> RecoveryAction {
+        let names = RecoveryAction.allCases.map(\.rawValue).joined(separator: ", ")
+        guard case let .string(name) = value else { throw bad("expected one of \(names), found \(value.kind)") }
+        guard let action = RecoveryAction(rawValue: name) else { throw bad("'\(name)' is not one of \(names)") }
+        return action
     }
 
     // MARK: the settings
@@ -169,6 +190,10 @@ public struct Configuration: Sendable {
     enum Kind: Equatable {
         case string, bool
         case integer(ClosedRange<Int64>, unit: String)
+        /// One of ``RecoveryAction``'s names.
+        case action
+        /// An object of names (queues or kinds) to actions.
+        case actions
     }
 
     struct Entry: Sendable {
@@ -177,6 +202,8 @@ public struct Configuration: Sendable {
         var setString: (@Sendable (inout Configuration, String) -> Void)?
         var setBool: (@Sendable (inout Configuration, Bool) -> Void)?
         var setInteger: (@Sendable (inout Configuration, Int64) -> Void)?
+        var setAction: (@Sendable (inout Configuration, RecoveryAction) -> Void)?
+        var setActions: (@Sendable (inout Configuration, [String: RecoveryAction]) -> Void)?
         let show: @Sendable (Configuration) -> String
     }
 
@@ -207,6 +234,12 @@ public struct Configuration: Sendable {
         integer("queue.max_delay_ms", 0...3_600_000, unit: "ms", { $0.queue.retry.maxDelay = .milliseconds($1) }, { milliseconds($0.queue.retry.maxDelay) }),
         Entry(key: "backup.directory", kind: .string, setString: { $0.backupDirectory = $1 }, show: { $0.backupDirectory ?? "(none)" }),
         integer("backup.keep", 1...10_000, { $0.backupKeep = Int($1) }, { "\($0.backupKeep)" }),
+        Entry(key: "recovery.default", kind: .action, setAction: { $0.recovery.defaultAction = $1 }, show: { $0.recovery.defaultAction.rawValue }),
+        Entry(key: "recovery.queues", kind: .actions, setActions: { $0.recovery.byQueue = $1 },
+              show: { $0.recovery.byQueue.isEmpty ? "(none)" : $0.recovery.byQueue.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value.rawValue)" }.joined(separator: ",") }),
+        Entry(key: "recovery.kinds", kind: .actions, setActions: { $0.recovery.byKind = $1 },
+              show: { $0.recovery.byKind.isEmpty ? "(none)" : $0.recovery.byKind.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value.rawValue)" }.joined(separator: ",") }),
+        integer("recovery.max_attempts", 1...1000, { $0.recovery.maxAttempts = Int($1) }, { "\($0.recovery.maxAttempts)" }),
         integer("check.interval_s", 0...2_592_000, unit: "seconds (0: never)", { $0.checkInterval = $1 == 0 ? nil : .seconds($1) },
                 { $0.checkInterval.map { "\($0.components.seconds)" } ?? "0 (never)" }),
     ]
