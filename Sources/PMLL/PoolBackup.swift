@@ -73,6 +73,53 @@ extension Pool {
         }
     }
 
+    /// A backup into `directory` named `POOLNAME.YYYYMMDDTHHMMSSZ.backup` (UTC), then removes
+    /// all but the `keep` newest such backups of this pool there. Returns the report and the
+    /// backups removed.
+    public func backup(rotatingIn directory: String, keep: Int, timeout: Duration = .seconds(30)) throws(PMLLError) -> (BackupReport, removed: [String]) {
+        guard keep >= 1 else { throw .invalidOptions(reason: "keep must be at least 1") }
+        var st = stat()
+        guard stat(directory, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
+            throw .invalidPoolPath(path: directory, reason: "the backup directory does not exist")
+        }
+        let name = String(path.split(separator: "/").last ?? "pool")
+        var target = directory + "/" + name + "." + Self.backupTimestamp() + ".backup"
+        // Two backups in one second (a manual one beside a scheduled one) keep both.
+        var n = 1
+        while access(target, F_OK) == 0 {
+            n += 1
+            target = directory + "/" + name + "." + Self.backupTimestamp() + "-\(n).backup"
+        }
+        let report = try backup(to: target, timeout: timeout)
+        return (report, try Self.prune(directory, prefix: name + ".", keep: keep))
+    }
+
+    /// UTC, sortable: 20261201T224500Z.
+    static func backupTimestamp() -> String {
+        var now = time(nil)
+        var parts = tm()
+        gmtime_r(&now, &parts)
+        var buffer = [CChar](repeating: 0, count: 32)
+        let n = strftime(&buffer, buffer.count, "%Y%m%dT%H%M%SZ", &parts)
+        return String(decoding: buffer.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// Removes the oldest PREFIX*.backup files of `directory` beyond the `keep` newest.
+    static func prune(_ directory: String, prefix: String, keep: Int) throws(PMLLError) -> [String] {
+        guard let dir = opendir(directory) else { throw SystemCall.fileError(Errno(rawValue: errno), path: directory, operation: "read") }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name.hasPrefix(prefix) && name.hasSuffix(".backup") { names.append(name) }
+        }
+        closedir(dir)
+        let old = names.sorted().dropLast(keep)
+        for name in old where unlink(directory + "/" + name) != 0 {
+            throw SystemCall.fileError(Errno(rawValue: errno), path: directory + "/" + name, operation: "remove")
+        }
+        return old.map { directory + "/" + $0 }
+    }
+
     /// Replaces the pool at `path` (nil: `$PMLL_POOL`, else the default) with a copy of the
     /// pool file `source`, after checking the copy in full; atomic (rename into place).
     /// Refuses with ``PMLLError/poolInUse(path:processes:)`` while any process has the pool

@@ -34,6 +34,8 @@ public struct PoolStatus: Codable, Sendable {
     public let sections: [String: Int]
     /// The last scheduled check (nil if none ever ran).
     public let lastCheck: CheckRecord?
+    /// The last scheduled backup (nil if none ever ran).
+    public let lastBackup: BackupRecord?
 }
 
 extension Pool {
@@ -61,7 +63,8 @@ extension Pool {
             sections: ["header": Int(PMLL_HEADER_SIZE), "processTable": memory.layout.processTable.count,
                        "lockTable": memory.layout.lockTable.count, "queueTable": memory.layout.queueTable.count,
                        "stateStore": memory.layout.heap.count],
-            lastCheck: store.blockCount > 0 ? (try? lastScheduledCheck()) ?? nil : nil)
+            lastCheck: store.blockCount > 0 ? (try? lastScheduledCheck()) ?? nil : nil,
+            lastBackup: store.blockCount > 0 ? (try? lastScheduledBackup()) ?? nil : nil)
     }
 
 }

@@ -39,16 +39,8 @@ struct BackupCommand: ParsableCommand {
         }
         let keep = self.keep ?? configuration.backupKeep
         let pool = try poolArguments.open(create: false)
-        let name = String(pool.path.split(separator: "/").last ?? "pool")
-        let target = rotate ? destination + "/" + name + "." + Self.timestamp() + ".backup" : destination
-        if rotate {
-            var st = stat()
-            guard stat(destination, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
-                throw CommandFailure(message: "backup directory '\(destination)' does not exist", status: ExitStatus.noPool)
-            }
-        }
-        let report = try pool.backup(to: target, timeout: .milliseconds(Int64(timeout * 1000)))
-        let removed = rotate ? try Self.prune(destination, prefix: name + ".", keep: keep) : []
+        let wait = Duration.milliseconds(Int64(timeout * 1000))
+        let (report, removed) = rotate ? try pool.backup(rotatingIn: destination, keep: keep, timeout: wait) : (try pool.backup(to: destination, timeout: wait), [])
         if json {
             try printJSON(BackupSummary(report: report, removed: removed))
         } else {
@@ -61,34 +53,6 @@ struct BackupCommand: ParsableCommand {
     struct BackupSummary: Encodable {
         let report: BackupReport
         let removed: [String]
-    }
-
-    /// UTC, sortable: 20261201T224500Z.
-    static func timestamp() -> String {
-        var now = time(nil)
-        var parts = tm()
-        gmtime_r(&now, &parts)
-        var buffer = [CChar](repeating: 0, count: 32)
-        let n = strftime(&buffer, buffer.count, "%Y%m%dT%H%M%SZ", &parts)
-        return String(decoding: buffer.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    /// Removes the oldest PREFIX*.backup files of `directory` beyond the `keep` newest.
-    static func prune(_ directory: String, prefix: String, keep: Int) throws -> [String] {
-        guard let dir = opendir(directory) else {
-            throw CommandFailure(message: "cannot read backup directory '\(directory)': \(String(cString: strerror(errno)))", status: ExitStatus.system)
-        }
-        var names: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name.hasPrefix(prefix) && name.hasSuffix(".backup") { names.append(name) }
-        }
-        closedir(dir)
-        let old = names.sorted().dropLast(keep)
-        for name in old where unlink(directory + "/" + name) != 0 {
-            throw CommandFailure(message: "cannot remove old backup '\(directory)/\(name)': \(String(cString: strerror(errno)))", status: ExitStatus.system)
-        }
-        return old.map { directory + "/" + $0 }
     }
 }
 

@@ -110,17 +110,22 @@ struct PoolArguments: ParsableArguments {
 }
 
 enum BackgroundChecks {
-    private static let running = Mutex<[ScheduledChecks]>([])
+    private static let running = Mutex<[ScheduledTask]>([])
 
     static func start(_ pool: Pool, _ configuration: Configuration) throws(PMLLError) {
-        guard let interval = configuration.checkInterval else { return }
-        let checks = try pool.startScheduledChecks(every: interval)
-        running.withLock { $0.append(checks) }
+        if let interval = configuration.checkInterval {
+            let checks = try pool.startScheduledChecks(every: interval)
+            running.withLock { $0.append(checks) }
+        }
+        if let interval = configuration.backupInterval, let directory = configuration.backupDirectory {
+            let backups = try pool.startScheduledBackups(every: interval, into: directory, keep: configuration.backupKeep)
+            running.withLock { $0.append(backups) }
+        }
     }
 
-    /// Before the process exits: lets a check in progress finish and record itself.
+    /// Before the process exits: lets a check or backup in progress finish and record itself.
     static func finish() {
-        for checks in running.withLock({ r -> [ScheduledChecks] in defer { r = [] }; return r }) { checks.stop() }
+        for task in running.withLock({ r -> [ScheduledTask] in defer { r = [] }; return r }) { task.stop() }
     }
 }
 

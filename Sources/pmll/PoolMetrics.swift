@@ -89,6 +89,13 @@ enum PoolMetrics {
             gauge("pmll_check_last_timestamp_seconds", "When the last scheduled check finished (seconds since 1970).", Double(c.finishedAtNanoseconds) / 1e9)
             gauge("pmll_check_last_duration_seconds", "How long the last scheduled check took.", Double(c.durationNanoseconds) / 1e9)
         }
+        if let b = s.lastBackup {
+            counter("pmll_backup_runs_total", "Scheduled backups attempted.", b.runs)
+            counter("pmll_backup_failures_total", "Scheduled backups that failed.", b.failures)
+            gauge("pmll_backup_last_success", "1 if the last scheduled backup was written.", b.ok ? 1 : 0)
+            gauge("pmll_backup_last_timestamp_seconds", "When the last scheduled backup finished (seconds since 1970).", Double(b.finishedAtNanoseconds) / 1e9)
+            gauge("pmll_backup_last_writers_blocked_seconds", "How long the last scheduled backup held writers off.", Double(b.writersBlockedNanoseconds) / 1e9)
+        }
         return registry.emitToString() + histograms
     }
 

@@ -41,6 +41,10 @@ enum StatusTable {
             out += "scheduled checks: \(c.runs) run, \(c.failures) found problems; last by pid \(c.pid) " +
                 (c.ok ? "ok" : "FOUND PROBLEMS: \(c.problems.first ?? "")") + " (\((Double(c.durationNanoseconds) / 1e6).fixed(1)) ms)\n"
         }
+        if let b = s.lastBackup {
+            out += "scheduled backups: \(b.runs) taken, \(b.failures) failed; last by pid \(b.pid) " +
+                (b.ok ? "to \(b.destination ?? "?")" : "FAILED: \(b.error ?? "")") + "\n"
+        }
         if let t = s.transactions {
             out += "transactions: \(t.commits) committed, \(t.conflicts) conflicts, \(t.retries) retried, \(t.failures) gave up\n"
         }

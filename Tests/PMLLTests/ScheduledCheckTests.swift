@@ -3,7 +3,7 @@ import Testing
 
 /// Scheduled consistency checks (`check.interval_s`): long-running `pmll` commands share one
 /// schedule per pool, record each run in it, and a damaged pool is logged, counted and recorded.
-@Suite("Scheduled checks", .serialized)
+@Suite("Scheduled checks and backups", .serialized)
 struct ScheduledCheckTests {
     static func lastCheck(_ env: [String: String]) throws -> [String: Any]? {
         let status = try run(Binaries.pmll, ["status", "--json"], environment: env)
@@ -52,5 +52,36 @@ struct ScheduledCheckTests {
         #expect((a.stderr + b.stderr).contains("scheduled check found problems"), "logged: \(a.stderr) \(b.stderr)")
         let metrics = try run(Binaries.pmll, ["metrics"], environment: env)
         #expect(metrics.stdout.contains("pmll_check_last_success{pool=\"\(pool)\"} 0.0"), "\(metrics.stdout.split(separator: "\n").filter { $0.contains("check") })")
+    }
+
+    /// `backup.interval_s`: the same shared schedule takes rotated backups, each a sound pool.
+    @Test func scheduledBackupsRotateAndAreSound() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("b.pool"), dir = scratch.file("backups"), config = scratch.file("c.json")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try #"{"pool": {"path": "\#(pool)"}, "backup": {"directory": "\#(dir)", "keep": 2, "interval_s": 1}}"#.write(toFile: config, atomically: true, encoding: .utf8)
+        let env = ["PMLL_CONFIG": config, "PMLL_POOL": ""]
+        #expect(try run(Binaries.pmll, ["state", "set", "k=v"], environment: env).status == 0)
+        let start = Date()
+        let a = try Child(Binaries.pmll, ["lock", "a", "--", "sleep", "4"], environment: env)
+        let b = try Child(Binaries.pmll, ["lock", "b", "--", "sleep", "4"], environment: env)
+        #expect(a.wait(timeout: 30) == 0 && b.wait(timeout: 30) == 0)
+        let elapsed = Date().timeIntervalSince(start)
+        let backups = try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
+        #expect(backups.count == 2, "keep 2: \(backups)")
+        for backup in backups {
+            #expect(try run(Binaries.pmll, ["state", "get", "--pool", dir + "/" + backup, "k"]).stdout == "v")
+            #expect(try run(Binaries.pmll, ["check", "--pool", dir + "/" + backup]).status == 0)
+        }
+        let status = try run(Binaries.pmll, ["status", "--json"], environment: env)
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])
+        let last = try #require(json["lastBackup"] as? [String: Any])
+        let runs = last["runs"] as? Int ?? 0
+        #expect(last["ok"] as? Bool == true && runs >= 2 && runs <= Int(elapsed) + 2, "\(runs) backups in \(elapsed) s: \(last)")
+        // Without a directory, a backup interval is a configuration error.
+        let bad = scratch.file("bad.json")
+        try #"{"backup": {"interval_s": 60}}"#.write(toFile: bad, atomically: true, encoding: .utf8)
+        let refused = try run(Binaries.pmll, ["config", "show", "--config", bad])
+        #expect(refused.status == 78 && refused.stderr.contains("scheduled backups need backup.directory"), "\(refused.stderr)")
     }
 }

@@ -44,6 +44,9 @@ public struct Configuration: Sendable {
     /// Where `pmll backup` writes rotated backups when no destination is given, and how many it keeps.
     public var backupDirectory: String?
     public var backupKeep = 7
+    /// How often long-running `pmll` commands take a rotated backup into `backupDirectory`
+    /// (shared between processes: one per interval); nil: never.
+    public var backupInterval: Duration?
     /// How often long-running `pmll` commands (and programs that call
     /// ``Pool/startScheduledChecks(every:)`` with it) check the pool; nil: never.
     public var checkInterval: Duration?
@@ -145,6 +148,9 @@ public struct Configuration: Sendable {
                 sources[key] = .file(path)
             }
         }
+        if backupInterval != nil && backupDirectory == nil {
+            throw .invalidConfiguration(file: where_, line: nil, key: "backup.interval_s", reason: "scheduled backups need backup.directory")
+        }
         // Settings that are fine alone but not together (e.g. a size too small for the capacities).
         do { try poolOptions.validate() } catch {
             throw .invalidConfiguration(file: where_, line: nil, key: "pool", reason: "\(error)")
@@ -234,6 +240,8 @@ public struct Configuration: Sendable {
         integer("queue.max_delay_ms", 0...3_600_000, unit: "ms", { $0.queue.retry.maxDelay = .milliseconds($1) }, { milliseconds($0.queue.retry.maxDelay) }),
         Entry(key: "backup.directory", kind: .string, setString: { $0.backupDirectory = $1 }, show: { $0.backupDirectory ?? "(none)" }),
         integer("backup.keep", 1...10_000, { $0.backupKeep = Int($1) }, { "\($0.backupKeep)" }),
+        integer("backup.interval_s", 0...31_536_000, unit: "seconds (0: never)", { $0.backupInterval = $1 == 0 ? nil : .seconds($1) },
+                { $0.backupInterval.map { "\($0.components.seconds)" } ?? "0 (never)" }),
         Entry(key: "recovery.default", kind: .action, setAction: { $0.recovery.defaultAction = $1 }, show: { $0.recovery.defaultAction.rawValue }),
         Entry(key: "recovery.queues", kind: .actions, setActions: { $0.recovery.byQueue = $1 },
               show: { $0.recovery.byQueue.isEmpty ? "(none)" : $0.recovery.byQueue.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value.rawValue)" }.joined(separator: ",") }),
