@@ -106,7 +106,11 @@ public struct Configuration: Sendable {
     private static func read(_ path: String) throws(PMLLError) -> [UInt8]? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         if fd < 0 {
-            if errno == ENOENT { return nil }
+            if errno == ENOENT || errno == ENOTDIR { return nil }
+            // A directory on the way we may not search (another user's $HOME): we cannot see a
+            // file there at all, so there is none for us. A file we can see but not read is an error.
+            var st = stat()
+            if errno == EACCES && stat(path, &st) != 0 && errno == EACCES { return nil }
             throw .invalidConfiguration(file: "file '\(path)'", line: nil, key: nil, reason: "cannot be read: \(String(cString: strerror(errno)))")
         }
         defer { close(fd) }
