@@ -37,7 +37,7 @@ let package = Package(
         .target(
             name: "CPMLL",
             path: "CSupport/CPMLL",
-            linkerSettings: [.linkedLibrary("pmem"), .linkedLibrary("uring")]
+            linkerSettings: [.linkedLibrary("pmem"), .linkedLibrary("uring"), .linkedLibrary("sodium")]
         ),
         // Peers measured by the benchmarks (glibc robust mutex, flock, OFD locks). Not part of the library.
         .target(

@@ -32,7 +32,7 @@ enum CResult {
              .transactionRecoveryFailed, .batchNeedsAttention:
             pmll_abi_pool_corrupt
         case .poolNotFound: pmll_abi_not_found
-        case .permissionDenied, .foreignOwner: pmll_abi_permission
+        case .permissionDenied, .foreignOwner, .signatureRejected: pmll_abi_permission
         case .poolFull, .noStateStore, .noSpace: pmll_abi_pool_full
         case .invalidBatchRoot, .batchFailed: CPM_RESULT_ERROR_FILE_OPERATION
         case .systemCall: pmll_abi_system

@@ -47,6 +47,9 @@ public enum PMLLError: Error, Equatable, Sendable {
     /// A configuration file (or a variable overriding it) is malformed or has a bad setting.
     /// `line` is the line of the value in the file (nil for a variable, or an unreadable file).
     case invalidConfiguration(file: String, line: Int?, key: String?, reason: String)
+    /// A signature required before writing was missing, malformed, made with an untrusted
+    /// key, or does not match: nothing was written.
+    case signatureRejected(subject: String, reason: String)
     /// Processes have the pool open, and the operation needs it closed (restore).
     case poolInUse(path: String)
     /// Bad value in the pool options (sizes, capacities).
@@ -121,6 +124,7 @@ extension PMLLError: CustomStringConvertible {
         case let .poolFull(table, capacity): "pool full: the \(table) table has all \(capacity) entries in use"
         case let .invalidConfiguration(file, line, key, reason):
             "configuration \(file)" + (line.map { ", line \($0)" } ?? "") + (key.map { ", key '\($0)'" } ?? "") + ": \(reason)"
+        case let .signatureRejected(subject, reason): "signature of \(subject) rejected: \(reason)"
         case let .poolInUse(path): "pool '\(path)' is open in other processes: stop them first (pmll status shows them)"
         case let .invalidOptions(reason): "invalid pool options: \(reason)"
         case let .invalidQueueName(name, reason): "invalid queue name '\(name)': \(reason)"

@@ -22,7 +22,10 @@ struct BatchApply: ParsableCommand {
             this process dies (recovered on the next open or by `pmll recover`); without, each entry \
             is applied on its own and reported. The backend (uring or syscalls) and how files were \
             created (by name or unnamed) are printed; PMLL_IO_BACKEND=uring|syscalls and \
-            PMLL_STAGING=named|unnamed force them. Exit 1 if an entry failed in best-effort mode.
+            PMLL_STAGING=named|unnamed force them. Exit 1 if an entry failed in best-effort mode. \
+            With --trusted-key, the batch file must carry a valid minisign signature (--signature, \
+            default FILE.minisig) by one of those keys, checked before anything is read as a batch \
+            or written (exit 77 otherwise): a publisher signs with `minisign -Sm batch.json`.
 
             \(ExitStatus.summary)
             """
@@ -32,12 +35,22 @@ struct BatchApply: ParsableCommand {
     @Option(help: "Directory the paths are relative to.") var root = "."
     @Flag(help: "All or nothing.") var atomic = false
     @Flag(help: "Print the report as JSON.") var json = false
+    @Option(help: ArgumentHelp("Public key (minisign .pub file) the batch must be signed with (repeatable).", valueName: "FILE"))
+    var trustedKey: [String] = []
+    @Option(help: ArgumentHelp("The batch's minisign signature (default: FILE.minisig when --trusted-key is given).", valueName: "FILE"))
+    var signature: String?
     @Argument(help: "JSON file with the operations ('-' for standard input).") var file: String
+
+    func validate() throws {
+        if signature != nil && trustedKey.isEmpty { throw ValidationError("--signature needs at least one --trusted-key") }
+        if trustedKey.isEmpty == false && signature == nil && file == "-" { throw ValidationError("a batch read from standard input needs --signature FILE") }
+    }
 
     func run() throws {
         guard let bytes = file == "-" ? FileIO.readAll(0) : FileIO.contents(of: file) else {
             throw CommandFailure(message: "cannot read batch file '\(file)'", status: ExitStatus.noPool)
         }
+        if !trustedKey.isEmpty { try verifySignature(of: bytes) }
         let batch = try FileBatch.decode(json: bytes)
         let pool = try poolArguments.open()
         let report = try pool.apply(batch, root: root, atomic: atomic)
@@ -48,5 +61,21 @@ struct BatchApply: ParsableCommand {
             for (i, result) in report.results.enumerated() where !result.isApplied { print("entry \(i): \(result)") }
         }
         if report.results.contains(where: { !$0.isApplied }) { throw ExitCode(1) }
+    }
+
+    /// Before the batch is parsed or anything written: its signature, by a trusted key.
+    func verifySignature(of bytes: [UInt8]) throws {
+        let keys = try trustedKey.map { path throws -> MinisignPublicKey in
+            guard let text = FileIO.contents(of: path) else {
+                throw CommandFailure(message: "cannot read trusted key '\(path)'", status: ExitStatus.noPool)
+            }
+            return try MinisignPublicKey(text: String(decoding: text, as: UTF8.self), source: "trusted key '\(path)'")
+        }
+        let signatureFile = signature ?? file + ".minisig"
+        guard let text = FileIO.contents(of: signatureFile) else {
+            throw PMLLError.signatureRejected(subject: "batch '\(file)'", reason: "no signature: cannot read '\(signatureFile)'")
+        }
+        let parsed = try MinisignSignature(text: String(decoding: text, as: UTF8.self), source: "batch '\(file)' ('\(signatureFile)')")
+        try Minisign.verify(bytes, signature: parsed, trusted: keys, subject: "batch '\(file)'")
     }
 }

@@ -29,7 +29,7 @@ enum ExitStatus {
              .invalidKey, .valueTooLarge, .nestedTransaction, .invalidBatch, .noLocksGiven: usage
         case .notAPool, .unsupportedFormatVersion, .incompatibleLayout, .corruptPool, .corruptRecord, .transactionRecoveryFailed, .batchNeedsAttention: badPool
         case .poolNotFound, .invalidPoolPath: noPool
-        case .permissionDenied, .foreignOwner: permission
+        case .permissionDenied, .foreignOwner, .signatureRejected: permission
         case .timeout, .queueTimeout, .transactionConflict, .poolInUse: timeout
         case .cancelled, .queueCancelled: interrupted
         case .poolFull, .noStateStore, .transactionTooLarge, .noSpace: poolFull

@@ -708,6 +708,11 @@ static inline uint64_t pmll_prefault(const void *p, uint64_t n) {
     return sum;
 }
 
+// libsodium (sign.c): 0 / -1 for init and hashing; 1 if the Ed25519 signature is valid.
+int pmll_sign_init(void);
+int pmll_ed25519_verify(const uint8_t *signature, const uint8_t *message, uint64_t length, const uint8_t *public_key);  // 64- and 32-byte arrays
+int pmll_blake2b512(uint8_t *out, const uint8_t *message, uint64_t length);  // out: 64 bytes
+
 #pragma GCC visibility pop
 #pragma clang assume_nonnull end
 
