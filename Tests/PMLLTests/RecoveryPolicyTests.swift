@@ -11,7 +11,8 @@ struct RecoveryPolicyTests {
         let exec = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, queue, "--", "/bin/sh", "-c", command])
         let deadline = Date().addingTimeInterval(20)
         while !FileManager.default.fileExists(atPath: marker) && Date() < deadline { usleep(10_000) }
-        exec.killTree()
+        // The pmll process first: it must die holding its operation, not see its command end.
+        exec.killParentFirst()
         exec.wait()
     }
 

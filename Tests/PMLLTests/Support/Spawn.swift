@@ -99,16 +99,25 @@ final class Child: @unchecked Sendable {
 
     /// Kills the child's descendants first (e.g. the COMMAND of `pmll lock`), then the child.
     func killTree() {
-        func descendants(_ pid: Int32) -> [Int32] {
-            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
-            let children = tasks.flatMap { task in
-                ((try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/children", encoding: .utf8)) ?? "")
-                    .split(separator: " ").compactMap { Int32($0) }
-            }
-            return children.flatMap { descendants($0) + [$0] }
-        }
-        for pid in descendants(pid) { _ = Foundation.kill(pid, SIGKILL) }
+        for pid in Self.descendants(pid) { _ = Foundation.kill(pid, SIGKILL) }
         kill()
+    }
+
+    /// Kills the child first, then its descendants: the child dies without seeing its COMMAND
+    /// end (with killTree it may notice the COMMAND's death and finish cleanly first).
+    func killParentFirst() {
+        let below = Self.descendants(pid)
+        kill()
+        for pid in below { _ = Foundation.kill(pid, SIGKILL) }
+    }
+
+    static func descendants(_ pid: Int32) -> [Int32] {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        let children = tasks.flatMap { task in
+            ((try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/children", encoding: .utf8)) ?? "")
+                .split(separator: " ").compactMap { Int32($0) }
+        }
+        return children.flatMap { descendants($0) + [$0] }
     }
 
     /// Waits for exit (bounded); returns the exit status, or 128+signal.
