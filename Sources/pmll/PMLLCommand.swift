@@ -82,10 +82,14 @@ struct PoolArguments: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Configuration file, instead of /etc/pmll/config.json and ~/.config/pmll/config.json (also $PMLL_CONFIG).", valueName: "FILE"))
     var config: String?
 
-    /// The effective configuration, this command's --pool included.
+    @Flag(name: .long, help: "Create the pool 0660, for its owning group to share (pool.group_shared); no effect on an existing pool.")
+    var groupShared = false
+
+    /// The effective configuration, this command's --pool and --group-shared included.
     func configuration() throws(PMLLError) -> Configuration {
         var configuration = try Configuration.load(file: config)
         if let pool { try configuration.override("pool.path", pool, source: .flag("--pool")) }
+        if groupShared { try configuration.override("pool.group_shared", "true", source: .flag("--group-shared")) }
         return configuration
     }
 

@@ -74,6 +74,19 @@ struct ConfigTests {
         #expect(flock.status == 78, "\(flock.stderr)")
     }
 
+    /// `--group-shared` creates the pool 0660 (for a group of users to share); without it, 0600.
+    @Test func groupSharedCreatesAGroupWritablePool() throws {
+        let scratch = Scratch()
+        let shared = scratch.file("shared.pool"), own = scratch.file("own.pool")
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", shared, "--group-shared", "k=v"]).status == 0)
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", own, "k=v"]).status == 0)
+        func mode(_ path: String) throws -> Int { (try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int) ?? -1 }
+        #expect(try mode(shared) == 0o660)
+        #expect(try mode(own) == 0o600)
+        let show = try Self.show(["--group-shared"], environment: ["PMLL_CONFIG": ""])
+        #expect(show["pool.group_shared"]! == ("true", "--group-shared"))
+    }
+
     /// Pool settings shape new pools; the queue timeout applies to `pmll queue exec`; the
     /// backup directory is where a bare `pmll backup` goes.
     @Test func settingsTakeEffect() throws {
