@@ -316,15 +316,15 @@ private struct CRecoveryHandler: @unchecked Sendable {
     let callback: pmll_recovery_callback
     let userData: UnsafeMutableRawPointer?
 
-    func callAsFunction(_ record: OperationRecord) throws {
-        let recovered = record.queue.withCString { queueName in
+    /// Runs the callback (on the thread that called `pmll_queue_recover_operations`).
+    func callAsFunction(_ record: OperationRecord) -> Bool {
+        record.queue.withCString { queueName in
             record.lastError.withCString { lastError in
                 var operation = PMLL_AbandonedOperation(queue: queueName, ticket: record.ticket, owner_pid: record.ownerPid,
                                                         attempts: record.attempts, last_error: lastError)
                 return callback(&operation, userData)
             }
         }
-        guard recovered else { throw RecoveryDeclined() }
     }
 }
 
@@ -337,14 +337,19 @@ public func cQueueRecoverOperations(_ handle: OpaquePointer?, _ contextHandle: O
     CResult.run { () throws(CFailure) -> CPM_Result in
         let queue = try CQueue.from(handle)
         let pool = contextHandle == nil ? queue.context.pool : try CContext.resolve(contextHandle).pool
+        // The callback runs on this (the C caller's) thread, which serves it while recovery
+        // waits: a C callback may block as long as it likes without holding an executor thread.
+        let caller = CallerThread()
         var handlers: [String: RecoveryHandler] = [:]
         if let (callback, userData) = queue.recoveryHandler {
             let handler = CRecoveryHandler(callback: callback, userData: userData)
-            handlers[CQueue.kind] = { record in try handler(record) }
+            handlers[CQueue.kind] = { record in
+                guard await caller.perform({ handler(record) }) else { throw RecoveryDeclined() }
+            }
         }
         let report: RecoveryReport
         do {
-            report = try blocking { [handlers] in try await pool.recover(handlers: handlers) }
+            report = try blocking(serving: caller) { [handlers] in try await pool.recover(handlers: handlers) }
         } catch let error as PMLLError {
             return CResult.fail(error)
         } catch {

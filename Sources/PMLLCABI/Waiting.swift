@@ -61,6 +61,55 @@ func blocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) thr
     return try box.result!.get()
 }
 
+/// The C thread waiting in ``blocking(serving:_:)``, lent to the async work for the C callbacks
+/// it must run: they run on the caller's own thread, in order, while the work waits for them.
+final class CallerThread: @unchecked Sendable {
+    private let condition = Condition()
+    // Guarded by `condition`.
+    private var requests: [@Sendable () -> Void] = []
+    private var finished = false
+
+    /// Runs `work` on the caller's thread and returns its result.
+    func perform<R: Sendable>(_ work: @escaping @Sendable () -> R) async -> R {
+        await withCheckedContinuation { (continuation: CheckedContinuation<R, Never>) in
+            condition.withLock {
+                requests.append { continuation.resume(returning: work()) }
+                condition.broadcast()
+            }
+        }
+    }
+
+    func finish() {
+        condition.withLock {
+            finished = true
+            condition.broadcast()
+        }
+    }
+
+    /// Runs requests until the work has finished and none is left.
+    func serve() {
+        while true {
+            let next = condition.withLock { () -> (@Sendable () -> Void)? in
+                _ = condition.wait(until: .max) { !requests.isEmpty || finished }
+                return requests.isEmpty ? nil : requests.removeFirst()
+            }
+            guard let next else { return }
+            next()
+        }
+    }
+}
+
+/// ``blocking(_:)`` whose work may ask `caller` to run things on the calling thread meanwhile.
+func blocking<T: Sendable>(serving caller: CallerThread, _ body: @escaping @Sendable () async throws -> T) throws -> T {
+    let box = ResultBox<T>()
+    Task {
+        do { box.result = .success(try await body()) } catch { box.result = .failure(error) }
+        caller.finish()
+    }
+    caller.serve()
+    return try box.result!.get()
+}
+
 /// Written by one task before the semaphore is signalled, read after the wait.
 private final class ResultBox<T>: @unchecked Sendable {
     var result: Result<T, any Error>?

@@ -595,8 +595,11 @@ static int queue_hang(char **argv) {
 
 /* ---- queue-recover POOL: recovery hands the dead process's operation to the callback ---- */
 static int recovered_calls;
+static pthread_t recover_caller;
 static bool recover_download(const PMLL_AbandonedOperation *op, void *user_data) {
     (void)user_data;
+    CHECK(pthread_equal(pthread_self(), recover_caller), "the recovery callback runs on the thread that asked for recovery");
+    usleep(100000);   /* a callback may block */
     printf("recovering queue=%s ticket=%llu pid=%d attempts=%u\n", op->queue, (unsigned long long)op->ticket, op->owner_pid, op->attempts);
     recovered_calls++;
     return true;
@@ -606,6 +609,7 @@ static int queue_recover(char **argv) {
     PMEMContextHandle *ctx = open_pool(argv[0]);
     PMLL_HardenedResourceQueue *queue = pmll_queue_create("downloads", true, ctx);
     CHECK(queue != NULL, "queue");
+    recover_caller = pthread_self();
     CHECK(pmll_queue_recover_operations(queue, ctx) == CPM_RESULT_SUCCESS, "recover without a handler");
     CHECK(recovered_calls == 0, "no handler, no call");
     CHECK(pmll_queue_set_recovery_handler(queue, recover_download, NULL) == CPM_RESULT_SUCCESS, "handler");
