@@ -90,7 +90,13 @@ public final class ScheduledTask: @unchecked Sendable {
             let now = Clock.realtimeNanoseconds
             let due = Self.nextDue(pool, work, interval: intervalNs)
             if due <= now {
-                if Self.claim(pool, work, interval: intervalNs, now: now) { work.run(pool) }
+                if Self.claim(pool, work, interval: intervalNs, now: now) {
+                    work.run(pool)
+                } else if Self.nextDue(pool, work, interval: intervalNs) <= now {
+                    // The claim itself failed (logged), and nobody else claimed: try again a
+                    // little later rather than at once.
+                    _ = pmll_futex_wait_private(wake, 0, Clock.monotonicNanoseconds + min(intervalNs, 1_000_000_000))
+                }
                 continue
             }
             // Sleep until due (re-read then: another process may have checked meanwhile).

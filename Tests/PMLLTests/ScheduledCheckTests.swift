@@ -84,4 +84,20 @@ struct ScheduledCheckTests {
         let refused = try run(Binaries.pmll, ["config", "show", "--config", bad])
         #expect(refused.status == 78 && refused.stderr.contains("scheduled backups need backup.directory"), "\(refused.stderr)")
     }
+
+    /// A run that cannot even be claimed (the store is full) is retried about once a second,
+    /// not in a loop: the command still finishes and says so a few times, not thousands.
+    @Test func anUnclaimableRunIsRetriedCalmly() throws {
+        let scratch = Scratch()
+        let config = scratch.file("c.json")
+        try #"{"pool": {"path": "\#(scratch.file("full.pool"))", "key_capacity": 16}, "check": {"interval_s": 1}}"#.write(toFile: config, atomically: true, encoding: .utf8)
+        let env = ["PMLL_CONFIG": config, "PMLL_POOL": ""]
+        var filled = 0
+        while filled < 64, try run(Binaries.pmll, ["state", "set", "k\(filled)=v"], environment: env).status == 0 { filled += 1 }
+        #expect(filled < 64, "the store never filled")
+        let r = try run(Binaries.pmll, ["lock", "x", "--", "sleep", "3"], environment: env)
+        #expect(r.status == 0, "\(r.stderr.suffix(300))")
+        let warnings = r.stderr.components(separatedBy: "could not claim scheduled work").count - 1
+        #expect(warnings >= 1 && warnings <= 8, "\(warnings) warnings in 3 s")
+    }
 }
