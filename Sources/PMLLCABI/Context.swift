@@ -132,11 +132,9 @@ public func cShutdown() {
     }) {
         queue.close()
     }
-    let context = DefaultContext.current.withLock { current -> CContext? in
-        defer { current = nil }
-        return current
-    }
-    _ = context
+    // Dropping the reference closes the pool (queue handles and transactions still open keep it
+    // open until they end; the pointer of pmll_default_context is invalid from here).
+    DefaultContext.current.withLock { $0 = nil }
 }
 
 @_cdecl("pmll_init_global_system")

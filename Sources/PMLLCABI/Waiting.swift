@@ -1,4 +1,3 @@
-import Dispatch
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -51,14 +50,7 @@ final class Condition: @unchecked Sendable {
 /// Runs async library code from a plain thread of the C interface and waits for it there.
 /// The async code waits on the library's waiter thread, so no cooperative thread blocks.
 func blocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
-    let box = ResultBox<T>()
-    let done = DispatchSemaphore(value: 0)
-    Task {
-        do { box.result = .success(try await body()) } catch { box.result = .failure(error) }
-        done.signal()
-    }
-    done.wait()
-    return try box.result!.get()
+    try blocking(serving: CallerThread(), body)
 }
 
 /// The C thread waiting in ``blocking(serving:_:)``, lent to the async work for the C callbacks
@@ -110,7 +102,7 @@ func blocking<T: Sendable>(serving caller: CallerThread, _ body: @escaping @Send
     return try box.result!.get()
 }
 
-/// Written by one task before the semaphore is signalled, read after the wait.
+/// Written by the task before it finishes the caller's wait, read after the wait (under its lock).
 private final class ResultBox<T>: @unchecked Sendable {
     var result: Result<T, any Error>?
 }
