@@ -20,14 +20,17 @@ enum Binaries {
 }
 
 /// A child process whose stdout is read line by line (JSON objects from pmll-worker).
+///
+/// Each output is a pipe drained by its own thread until end of file, and `wait()` waits for
+/// both to reach it: output is never cut short by a slow reader (a fixed grace period after
+/// exit lost the tail of a long `pmll metrics` on a loaded machine).
 final class Child: @unchecked Sendable {
     let process = Process()
-    private let output = Pipe()
-    private let errorOutput = Pipe()
     private let lock = NSLock()
     private var buffer = Data()
     private var lines: [String] = []
     private var stderrText = Data()
+    private let drained = DispatchGroup()
 
     init(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws {
         process.executableURL = URL(fileURLWithPath: executable)
@@ -35,27 +38,51 @@ final class Child: @unchecked Sendable {
         var env = ProcessInfo.processInfo.environment
         env.merge(environment) { $1 }
         process.environment = env
-        process.standardOutput = output
-        process.standardError = errorOutput
-        output.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            let data = handle.availableData
-            guard let self else { return }
-            self.lock.lock()
-            self.buffer.append(data)
-            while let newline = self.buffer.firstIndex(of: 0x0A) {
-                self.lines.append(String(decoding: self.buffer[..<newline], as: UTF8.self))
-                self.buffer.removeSubrange(...newline)
+        var out: [Int32] = [0, 0], err: [Int32] = [0, 0]
+        // Close-on-exec: a child spawned meanwhile by another test must not hold our write
+        // ends (its life would delay our end of file). pipe2 is GNU-only; the window between
+        // pipe and fcntl is a few instructions.
+        guard pipe(&out) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        guard pipe(&err) == 0 else {
+            close(out[0]); close(out[1])
+            throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
+        }
+        for fd in out + err { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        process.standardOutput = FileHandle(fileDescriptor: out[1], closeOnDealloc: false)
+        process.standardError = FileHandle(fileDescriptor: err[1], closeOnDealloc: false)
+        do { try process.run() } catch {
+            for fd in out + err { close(fd) }
+            throw error
+        }
+        // The child has its copies: ours would keep the pipes from ever reaching end of file.
+        close(out[1]); close(err[1])
+        drain(out[0]) { child, data in
+            child.buffer.append(data)
+            while let newline = child.buffer.firstIndex(of: 0x0A) {
+                child.lines.append(String(decoding: child.buffer[..<newline], as: UTF8.self))
+                child.buffer.removeSubrange(...newline)
             }
-            self.lock.unlock()
         }
-        errorOutput.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            let data = handle.availableData
-            guard let self else { return }
-            self.lock.lock()
-            self.stderrText.append(data)
-            self.lock.unlock()
+        drain(err[0]) { child, data in child.stderrText.append(data) }
+    }
+
+    /// Reads `fd` on a thread of its own until end of file (every writer gone), then closes it.
+    private func drain(_ fd: Int32, _ append: @escaping @Sendable (Child, Data) -> Void) {
+        drained.enter()
+        let thread = Thread { [self] in
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = read(fd, &chunk, chunk.count)
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { break }
+                lock.lock()
+                append(self, Data(chunk[..<n]))
+                lock.unlock()
+            }
+            close(fd)
+            drained.leave()
         }
-        try process.run()
+        thread.start()
     }
 
     static func worker(_ arguments: String..., environment: [String: String] = [:]) throws -> Child {
@@ -130,13 +157,9 @@ final class Child: @unchecked Sendable {
             process.waitUntilExit()
             Issue.record("child \(pid) (\(process.arguments ?? [])) did not exit within \(timeout) s")
         }
-        usleep(20_000)   // let the pipe handlers drain
-        // Stop reading and close our ends: a handler left installed keeps both descriptors
-        // open for the life of the test process (thousands of children exhausted them).
-        for handle in [output.fileHandleForReading, errorOutput.fileHandleForReading] {
-            handle.readabilityHandler = nil
-            try? handle.close()
-        }
+        // Both outputs to their end; a descendant that outlives the child (and keeps the pipe
+        // open) only delays this, by at most a few seconds.
+        _ = drained.wait(timeout: .now() + 5)
         lock.lock()
         if !buffer.isEmpty {   // a last line without a newline
             lines.append(String(decoding: buffer, as: UTF8.self))
