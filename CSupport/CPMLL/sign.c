@@ -1,5 +1,5 @@
-// Signature primitives from libsodium (Ed25519 and BLAKE2b), for minisign signatures
-// (Sources/PMLLCore/Security/Minisign.swift). No cryptography is written here.
+// Signature and hash primitives from libsodium (Ed25519 and BLAKE2b), for minisign signatures
+// (Sources/PMLL/Security/Minisign.swift) and the audit log's chain and checkpoints. No cryptography is written here.
 #include <sodium.h>
 #include "cpmll.h"
 
@@ -13,4 +13,20 @@ int pmll_ed25519_verify(const uint8_t *signature, const uint8_t *message, uint64
 
 int pmll_blake2b512(uint8_t *out, const uint8_t *message, uint64_t length) {
     return crypto_generichash(out, 64, message, length, NULL, 0) == 0 ? 0 : -1;
+}
+
+int pmll_audit_chain(uint8_t *out, const uint8_t *previous, const uint8_t *message, uint64_t length) {
+    crypto_generichash_state state;
+    if (crypto_generichash_init(&state, NULL, 0, 32) != 0) return -1;
+    crypto_generichash_update(&state, previous, 32);
+    crypto_generichash_update(&state, message, length);
+    return crypto_generichash_final(&state, out, 32) == 0 ? 0 : -1;
+}
+
+int pmll_ed25519_keypair(uint8_t *public_key, uint8_t *secret_key) {
+    return crypto_sign_keypair(public_key, secret_key) == 0 ? 0 : -1;
+}
+
+int pmll_ed25519_sign(uint8_t *signature, const uint8_t *message, uint64_t length, const uint8_t *secret_key) {
+    return crypto_sign_detached(signature, NULL, message, length, secret_key) == 0 ? 0 : -1;
 }

@@ -58,17 +58,30 @@ extension Pool {
             image.copyMemory(from: memory.base, byteCount: length)
             return (frozen, Clock.monotonicNanoseconds)
         }
+        if !memory.layout.auditRing.isEmpty {
+            // Audit records not yet in the files stay with the live pool, which drains them:
+            // the copy's ring starts empty (and opening it writes no audit files).
+            let ring = (image + memory.layout.auditRing.lowerBound).assumingMemoryBound(to: pmll_audit_ring_t.self)
+            ring.pointee.next_seq = ring.pointee.drained
+            ring.pointee.stall_seq = 0
+        }
         var st = stat()
         _ = try SystemCall.libc("fstat") { fstat(fd.rawValue, &st) }
-        let temporary = try PoolImage.write(image, length: length, beside: destination, mode: st.st_mode & 0o7777)
+        let temporary: String
+        do { temporary = try PoolImage.write(image, length: length, beside: destination, mode: st.st_mode & 0o7777) } catch {
+            audit(.backup, .failed, "to '\(destination)': \(error)")
+            throw error
+        }
         do {
             let dropped = try PoolImage.settle(temporary, describedAs: destination)
             try PoolImage.rename(temporary, to: destination)
+            audit(.backup, .ok, "to '\(destination)' (\(length) bytes, writers held off \((thawedAt - frozenAt) / 1000) µs)")
             return BackupReport(source: path, destination: destination, bytes: length,
                                 writersBlockedNanoseconds: thawedAt - frozenAt,
                                 freezeWaitNanoseconds: frozenAt - asked, fileBatchesDropped: dropped)
         } catch {
             unlink(temporary)
+            audit(.backup, .failed, "to '\(destination)': \(error)")
             throw error
         }
     }

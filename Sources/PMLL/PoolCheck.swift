@@ -15,6 +15,15 @@ extension Pool {
         checkQueueRecords(into: &report)
         try checkStore(into: &report)
         for batch in try batchesNeedingAttention() { report.problems.append(batch.description) }
+        checkAuditRing(into: &report)
+        audit(.check, report.problems.isEmpty ? .ok : .failed,
+              report.problems.isEmpty ? "no problems" : "\(report.problems.count) problem(s); first: \(report.problems[0])")
         return report
+    }
+
+    /// The audit ring's header (a damaged one disables auditing when the pool is opened).
+    private func checkAuditRing(into report: inout CheckReport) {
+        guard !memory.layout.auditRing.isEmpty else { return }
+        do { _ = try AuditRing(memory: memory, path: path) } catch { report.problems.append("\(error)") }
     }
 }

@@ -71,6 +71,10 @@ extension Pool {
         handlers[HardenedQueue.fileBatchKind] = handlers[HardenedQueue.fileBatchKind] ?? { _ in }
         policies.byKind[HardenedQueue.fileBatchKind] = .handler
         report.items = try await recoverQueues(handlers: handlers, policies: policies, dryRun: dryRun, timeout: timeout)
+        if !dryRun {
+            audit(.recover, report.needsAttention ? .failed : .ok,
+                  "\(report.items.count) abandoned operation(s) dealt with, \(report.fileBatchesRolledBack) file batch(es) rolled back, \(report.fileBatchesNeedingAttention.count) needing attention")
+        }
         return report
     }
 }

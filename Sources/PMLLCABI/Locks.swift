@@ -130,7 +130,7 @@ enum CLock {
         guard let top = pmll_abi_held_top() else { return }
         if top.pointee.level < abi.pointee.level { return }
         let held = HeldLocks.id(of: entry(top)), requested = HeldLocks.id(of: entry(abi))
-        throw CFailure(result: CResult.fail(.hierarchyViolation(held: held, requested: requested)))
+        throw CFailure(result: CResult.fail(HeldLocks.violation(held: held, requested: requested, pool: handle(abi).pool)))
     }
 
     static func push(_ abi: ABI) {

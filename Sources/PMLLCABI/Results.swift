@@ -29,9 +29,9 @@ enum CResult {
         case .transactionConflict: pmll_abi_conflict
         case .cancelled, .queueCancelled: pmll_abi_cancelled
         case .notAPool, .unsupportedFormatVersion, .incompatibleLayout, .corruptPool, .corruptRecord,
-             .transactionRecoveryFailed, .batchNeedsAttention:
+             .transactionRecoveryFailed, .batchNeedsAttention, .auditLogDamaged:
             pmll_abi_pool_corrupt
-        case .poolNotFound: pmll_abi_not_found
+        case .poolNotFound, .noAuditLog: pmll_abi_not_found
         case .permissionDenied, .foreignOwner, .signatureRejected: pmll_abi_permission
         case .poolFull, .noStateStore, .noSpace: pmll_abi_pool_full
         case .invalidBatchRoot, .batchFailed: CPM_RESULT_ERROR_FILE_OPERATION

@@ -50,6 +50,11 @@ public enum PMLLError: Error, Equatable, Sendable {
     /// A signature required before writing was missing, malformed, made with an untrusted
     /// key, or does not match: nothing was written.
     case signatureRejected(subject: String, reason: String)
+    /// The pool's audit log fails verification: `problem` names the first bad record, file
+    /// or missing range.
+    case auditLogDamaged(path: String, problem: String)
+    /// The pool has no audit ring (created with `auditRingSlots` 0, or by a pmll before audit logging).
+    case noAuditLog(path: String)
     /// Processes have the pool open, and the operation needs it closed (restore).
     case poolInUse(path: String)
     /// Bad value in the pool options (sizes, capacities).
@@ -125,6 +130,8 @@ extension PMLLError: CustomStringConvertible {
         case let .invalidConfiguration(file, line, key, reason):
             "configuration \(file)" + (line.map { ", line \($0)" } ?? "") + (key.map { ", key '\($0)'" } ?? "") + ": \(reason)"
         case let .signatureRejected(subject, reason): "signature of \(subject) rejected: \(reason)"
+        case let .auditLogDamaged(path, problem): "audit log of pool '\(path)' fails verification: \(problem)"
+        case let .noAuditLog(path): "pool '\(path)' has no audit log (created without an audit ring, or by a pmll before audit logging)"
         case let .poolInUse(path): "pool '\(path)' is open in other processes: stop them first (pmll status shows them)"
         case let .invalidOptions(reason): "invalid pool options: \(reason)"
         case let .invalidQueueName(name, reason): "invalid queue name '\(name)': \(reason)"

@@ -20,6 +20,19 @@ extension Pool {
 
     /// ``apply(_:root:atomic:durable:)-(_,FilePath,_,_)`` with the root as a string.
     public func apply(_ batch: FileBatch, root: String, atomic: Bool = true, durable: Bool = true) throws(PMLLError) -> BatchReport {
+        let what = "root '\(root)', \(batch.operations.count) entries, \(atomic ? "atomic" : "best effort")"
+        do {
+            let report = try applyBatch(batch, root: root, atomic: atomic, durable: durable)
+            let failed = report.results.filter { !$0.isApplied }.count
+            audit(.batchApply, failed == 0 ? .ok : .failed, what + (failed == 0 ? "" : ": \(failed) entries failed"))
+            return report
+        } catch {
+            audit(.batchApply, .failed, what + ": \(error)")
+            throw error
+        }
+    }
+
+    private func applyBatch(_ batch: FileBatch, root: String, atomic: Bool, durable: Bool) throws(PMLLError) -> BatchReport {
         try batch.validate()
         let start = Clock.monotonicNanoseconds
         let rootFD: FileDescriptor

@@ -59,6 +59,7 @@ extension Pool {
                 let attention = BatchAttention(id: id, root: journal.root, reason: "\(what): \(failures.map(\.description).joined(separator: "; "))")
                 try recordAttention(attention)
                 report.needsAttention.append(attention)
+                audit(.batchRecover, .failed, "batch \(id) on '\(journal.root)': \(attention.reason)")
                 continue
             }
             try internalTransaction { tx throws(PMLLError) in
@@ -66,6 +67,7 @@ extension Pool {
                 try tx.deleteInternal(Self.attentionPrefix + id)
             }
             report.handled += 1
+            audit(.batchRecover, .ok, "batch \(id) on '\(journal.root)': \(journal.phase == .committed ? "its backups removed" : "rolled back")")
         }
         return report
     }

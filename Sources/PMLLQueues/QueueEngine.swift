@@ -134,6 +134,8 @@ package struct QueueEngine: @unchecked Sendable {
             r.pointee.checksum = RecordState.checksum(r)
             pmll_store32(pmll_record_state(r), startsNow ? PMLL_RECORD_RUNNING : PMLL_RECORD_QUEUED)
             try persist(r, payload: true)
+            pool.audit(.queueSubmit, .ok, auditObject(ticket, kind: op.kind))
+            if startsNow { pool.audit(.queueStart, .ok, auditObject(ticket, kind: op.kind) + " attempt 1") }
         }
         pmll_store64_release(&head.pointee.next_ticket, first + n)
         CrashPoint.hit("queue.submitted")
@@ -240,6 +242,7 @@ package struct QueueEngine: @unchecked Sendable {
             writeFixedCString("owner pid \(r.pointee.owner_pid) died while \(state == PMLL_RECORD_RUNNING ? "running" : "queued")", into: &r.pointee.error)
             try? persist(r)
             pmll_add64(&head.pointee.abandoned, 1)
+            pool.audit(.queueAbandon, .failed, auditObject(s, kind: String(fixedCString: r.pointee.kind)) + ": owner pid \(r.pointee.owner_pid) died while \(state == PMLL_RECORD_RUNNING ? "running" : "queued")")
         }
         return advance(from: s)
     }
@@ -272,13 +275,18 @@ package struct QueueEngine: @unchecked Sendable {
         if attempt == 1 { r.pointee.started_ns = UInt64(Clock.realtimeNanoseconds) }
         pmll_store32(pmll_record_state(r), PMLL_RECORD_RUNNING)
         try persist(r)
+        pool.audit(.queueStart, .ok, auditObject(ticket, kind: String(fixedCString: r.pointee.kind)) + " attempt \(attempt)")
     }
 
     package func noteRetry(_ ticket: UInt64, error: String) {
         writeFixedCString(error, into: &record(ticket).pointee.error)
         pmll_add64(&head.pointee.retried, 1)
         telemetry.retries.increment()
+        pool.audit(.queueRetry, .failed, auditObject(ticket, kind: String(fixedCString: record(ticket).pointee.kind)) + ": " + error)
     }
+
+    /// How audit records name an operation.
+    func auditObject(_ ticket: UInt64, kind: String) -> String { "queue '\(name)' ticket \(ticket) kind '\(kind)'" }
 
     /// Makes the final state durable, then hands the turn on.
     package func finish(_ ticket: UInt64, succeeded: Bool, error: String) throws(PMLLError) {
@@ -296,6 +304,8 @@ package struct QueueEngine: @unchecked Sendable {
         telemetry.waitDuration.recordNanoseconds(Int64(clamping: wait))
         telemetry.runDuration.recordNanoseconds(Int64(clamping: run))
         try persist(r)
+        pool.audit(succeeded ? .queueComplete : .queueFail, succeeded ? .ok : .failed,
+                   auditObject(ticket, kind: String(fixedCString: r.pointee.kind)) + (succeeded ? "" : ": " + error))
         CrashPoint.hit("queue.finished")
     }
 

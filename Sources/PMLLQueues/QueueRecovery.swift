@@ -132,6 +132,19 @@ extension Pool {
                 items[i] = QueueRecoveryItem(record: retry.record, outcome: .retried(error: "\(error)"))
             }
         }
+        for item in items where !dryRun {
+            let r = item.record
+            let (outcome, text): (AuditOutcome, String) = switch item.outcome {
+            case .recovered: (.ok, "recovered by its handler")
+            case .noHandler: (.failed, "no handler for its kind here")
+            case .handlerFailed(let e): (.failed, "handler failed: \(e)")
+            case .retried(let e): (e == nil ? .ok : .failed, e.map { "retried, failed: \($0)" } ?? "retried")
+            case .abandonedByPolicy: (.ok, "abandoned by policy")
+            case .quarantined(let why): (.ok, "quarantined: \(why)")
+            case .planned(let plan): (.ok, "planned: \(plan)")
+            }
+            audit(.queueRecover, outcome, "queue '\(r.queue)' ticket \(r.ticket) kind '\(r.kind)': \(text)")
+        }
         return items
     }
 

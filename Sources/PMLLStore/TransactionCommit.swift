@@ -241,6 +241,22 @@ extension Pool {
             telemetry.commits.increment()
             telemetry.commitDuration.recordNanoseconds(Clock.monotonicNanoseconds - started)
         }
+        if auditRing != nil { audit(.commit, .ok, Self.auditObject(writes, inPlace: inPlace.count)) }
+    }
+
+    /// How an audit record names a commit: its keys, as many as the record holds.
+    static func auditObject(_ writes: [(key: String, value: [UInt8]?)], inPlace: Int) -> String {
+        var text = "keys:"
+        var listed = 0
+        for w in writes {
+            let item = " " + w.key + (w.value == nil ? " (deleted)" : "")
+            if text.utf8.count + item.utf8.count > 400 { break }
+            text += item
+            listed += 1
+        }
+        if listed < writes.count { text += " (+\(writes.count - listed) more)" }
+        if inPlace > 0 { text += "; \(inPlace) in-place object write(s)" }
+        return text
     }
 
     /// The objects written in place, once each, checked to still be what they were opened as.
@@ -366,6 +382,7 @@ extension Pool {
                 CrashPoint.hit("tx.rolled-back")
                 Self.logger.notice("rolled back an interrupted transaction", metadata: ["log": "\(i)", "entries": "\(restored.count)"])
                 telemetry.rollbacks.increment()
+                audit(.rollback, .ok, "interrupted transaction of undo log \(i) rolled back (\(restored.count) ranges)")
             }
             pmll_store64_release(&header.pointee.done_seq, header.pointee.seq)
             try memory.persistence.persist(UnsafeRawPointer(header), 8, site: "tx.rollback-done")

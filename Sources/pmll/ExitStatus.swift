@@ -27,7 +27,8 @@ enum ExitStatus {
         case .invalidLockName, .levelMismatch, .hierarchyViolation, .invalidOptions,
              .invalidQueueName, .queueMismatch, .invalidOperationKind, .payloadTooLarge,
              .invalidKey, .valueTooLarge, .nestedTransaction, .invalidBatch, .noLocksGiven: usage
-        case .notAPool, .unsupportedFormatVersion, .incompatibleLayout, .corruptPool, .corruptRecord, .transactionRecoveryFailed, .batchNeedsAttention: badPool
+        case .notAPool, .unsupportedFormatVersion, .incompatibleLayout, .corruptPool, .corruptRecord, .transactionRecoveryFailed, .batchNeedsAttention,
+             .auditLogDamaged, .noAuditLog: badPool
         case .poolNotFound, .invalidPoolPath: noPool
         case .permissionDenied, .foreignOwner, .signatureRejected: permission
         case .timeout, .queueTimeout, .transactionConflict, .poolInUse: timeout

@@ -47,7 +47,7 @@ struct LockCommand: ParsableCommand {
         let label = command.first.map { $0.split(separator: "/").last.map(String.init) ?? $0 }
         let pool = try poolArguments.openLongRunning(label: label)
         let lock = try pool.lock(named: name, level: try resolvedLevel(pool))
-        try NestedLocks.check(lock.id)
+        try NestedLocks.check(lock.id, pool: pool)
 
         let cancellation = Cancellation()
         let interrupt = SignalWatch(SIGINT) {
@@ -134,9 +134,9 @@ enum NestedLocks {
         }
     }
 
-    static func check(_ requested: LockID) throws(PMLLError) {
+    static func check(_ requested: LockID, pool: Pool) throws(PMLLError) {
         if let top = held().max(by: { $0.level < $1.level }), top.level >= requested.level {
-            throw .hierarchyViolation(held: top, requested: requested)
+            throw HeldLocks.violation(held: top, requested: requested, pool: pool)
         }
     }
 

@@ -17,7 +17,7 @@ struct PMLLCommand: AsyncParsableCommand {
 
             \(ExitStatus.summary)
             """,
-        subcommands: [LockCommand.self, FlockCommand.self, QueueCommand.self, RecoverCommand.self, StateCommand.self, BatchCommand.self, CheckCommand.self, StatusCommand.self, MetricsCommand.self, TopCommand.self, BackupCommand.self, RestoreCommand.self, ConfigCommand.self, DemoCommand.self, DemoWorkerCommand.self]
+        subcommands: [LockCommand.self, FlockCommand.self, QueueCommand.self, RecoverCommand.self, StateCommand.self, BatchCommand.self, CheckCommand.self, StatusCommand.self, MetricsCommand.self, TopCommand.self, BackupCommand.self, RestoreCommand.self, ConfigCommand.self, AuditCommand.self, DemoCommand.self, DemoWorkerCommand.self]
     )
 
     /// Every failure ends as one line on stderr starting `pmll:` and a documented status.

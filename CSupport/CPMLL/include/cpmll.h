@@ -40,6 +40,7 @@ extern "C" {
 static const int64_t PMLL_LOCKBYTE_INIT     = 0x10000000000;        // exclusive while a process attaches
 static const int64_t PMLL_LOCKBYTE_SESSION  = 0x10000000000 + 1;    // shared by every attached process
 static const int64_t PMLL_LOCKBYTE_TABLE    = 0x10000000000 + 2;    // exclusive while a lock entry is created
+static const int64_t PMLL_LOCKBYTE_AUDIT    = 0x10000000000 + 3;    // exclusive while the audit ring is drained to files
 static const int64_t PMLL_LOCKBYTE_LIVENESS = 0x10000000000 + 4096; // + slot index: held by the slot's process
 
 typedef struct pmll_section {
@@ -68,7 +69,8 @@ typedef struct pmll_header {
     uint64_t layout_signature;     // pmll_layout_signature() of the build that created the pool (0: before signatures)
     uint32_t byte_order;           // PMLL_BYTE_ORDER_MARK as the creator stored it
     uint32_t reserved_checked;
-    uint8_t reserved[368];
+    pmll_section_t audit_ring;     // the audit ring (size 0: created before audit logging, or without it)
+    uint8_t reserved[352];
     uint64_t header_checksum;      // CRC32C of bytes [0, 504)
 
     // --- volatile part (not checksummed) ---
@@ -91,6 +93,7 @@ _Static_assert(offsetof(pmll_header_t, queue_table) == 96, "queue section offset
 _Static_assert(offsetof(pmll_header_t, boot_id) == 512, "volatile part starts at 512");
 _Static_assert(offsetof(pmll_header_t, layout_signature) == 120, "layout signature offset");
 _Static_assert(offsetof(pmll_header_t, byte_order) == 128, "byte order offset");
+_Static_assert(offsetof(pmll_header_t, audit_ring) == 136, "audit ring section in the former reserved bytes");
 
 // Written natively at creation: read back as 0x04030201, the pool comes from a machine of the
 // other byte order.
@@ -313,6 +316,71 @@ static inline void pmll_max64(uint64_t *p, uint64_t v) {
     uint64_t cur = __atomic_load_n(p, __ATOMIC_ACQUIRE);
     while (cur < v && !__atomic_compare_exchange_n(p, &cur, v, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {}
 }
+
+// MARK: - Audit ring (its own section, between the queue table and the heap)
+//
+// Appenders take a sequence number (fetch-add on next_seq), claim the slot it maps to, fill
+// it and mark it complete; whoever holds PMLL_LOCKBYTE_AUDIT drains complete slots, in order,
+// into hash-chained files beside the pool (Docs/Audit.md). A slot whose writer died is
+// drained as a gap record. Pools created before audit logging have no ring (section size 0);
+// the ring describes itself (magic, version, slot size), so it is not part of the layout
+// signature and older pools stay openable.
+
+#define PMLL_AUDIT_MAGIC "PMLLAUDT"
+#define PMLL_AUDIT_VERSION 1u
+#define PMLL_AUDIT_SLOT_SIZE 512u
+#define PMLL_AUDIT_TEXT_MAX 456u
+#define PMLL_AUDIT_HASH_SIZE 32u
+#define PMLL_AUDIT_FREE 0u        // phase of state (seq << 2 | phase)
+#define PMLL_AUDIT_CLAIMED 1u
+#define PMLL_AUDIT_COMPLETE 2u
+#define PMLL_AUDIT_GAP 3u
+
+typedef struct pmll_audit_ring {
+    char magic[8];                 // "PMLLAUDT"
+    uint32_t version;              // PMLL_AUDIT_VERSION
+    uint32_t slot_count;           // slots after this header
+    uint32_t slot_size;            // PMLL_AUDIT_SLOT_SIZE
+    uint32_t checksum;             // CRC32C of magic .. slot_size
+    uint64_t next_seq;             // the next sequence number to hand out (first: 1)
+    // Persistent, written only under PMLL_LOCKBYTE_AUDIT: everything below `drained` is in the
+    // files, and head_hash is the chain hash of record drained - 1 (zeros before the first).
+    uint64_t drained;
+    uint8_t head_hash[PMLL_AUDIT_HASH_SIZE];
+    uint64_t file_index;           // the file being appended to (1, 2, ...)
+    uint64_t file_first_seq;       // the first sequence number that file holds
+    // Volatile, for the drainer: a slot not yet claimed since stall_since_ns is a writer that
+    // died between taking its number and claiming it.
+    uint64_t stall_seq;
+    int64_t stall_since_ns;
+    uint64_t gaps;                 // gap records written (statistics)
+    uint8_t reserved[144];
+} pmll_audit_ring_t;
+
+_Static_assert(sizeof(pmll_audit_ring_t) == 256, "audit ring header is 256 bytes");
+_Static_assert(offsetof(pmll_audit_ring_t, next_seq) == 24, "audit next_seq offset");
+_Static_assert(offsetof(pmll_audit_ring_t, drained) == 32, "audit drained offset");
+
+typedef struct pmll_audit_slot {
+    uint64_t state;                // seq << 2 | PMLL_AUDIT_* phase; one aligned CAS per transition
+    uint32_t owner_token;          // the writer's participant token (set before the claim)
+    int32_t pid;
+    uint32_t uid;
+    uint16_t event;                // AuditEvent raw value
+    uint16_t outcome;              // AuditOutcome raw value
+    int64_t time_ns;               // CLOCK_REALTIME
+    uint32_t text_length;          // bytes of text
+    uint32_t checksum;             // CRC32C over seq and the fields from pid to the end of text
+    char comm[16];
+    char text[PMLL_AUDIT_TEXT_MAX];  // the object, UTF-8
+} pmll_audit_slot_t;
+
+_Static_assert(sizeof(pmll_audit_slot_t) == PMLL_AUDIT_SLOT_SIZE, "audit slot is 512 bytes");
+_Static_assert(offsetof(pmll_audit_slot_t, pid) == 12, "audit slot fields follow the state and token");
+_Static_assert(offsetof(pmll_audit_slot_t, text) == 56, "audit text offset");
+
+static inline uint64_t *pmll_audit_slot_state(pmll_audit_slot_t *s) { return &s->state; }
+static inline uint64_t *pmll_audit_next_seq(pmll_audit_ring_t *r) { return &r->next_seq; }
 
 // MARK: - State store (in the heap section)
 
@@ -712,6 +780,11 @@ static inline uint64_t pmll_prefault(const void *p, uint64_t n) {
 int pmll_sign_init(void);
 int pmll_ed25519_verify(const uint8_t *signature, const uint8_t *message, uint64_t length, const uint8_t *public_key);  // 64- and 32-byte arrays
 int pmll_blake2b512(uint8_t *out, const uint8_t *message, uint64_t length);  // out: 64 bytes
+// The audit chain: BLAKE2b-256 of previous (32 bytes) followed by message.
+int pmll_audit_chain(uint8_t *out, const uint8_t *previous, const uint8_t *message, uint64_t length);
+// Ed25519 (audit checkpoints): a new key pair (public 32, secret 64 bytes); a detached signature (64).
+int pmll_ed25519_keypair(uint8_t *public_key, uint8_t *secret_key);
+int pmll_ed25519_sign(uint8_t *signature, const uint8_t *message, uint64_t length, const uint8_t *secret_key);
 
 #pragma GCC visibility pop
 #pragma clang assume_nonnull end

@@ -38,6 +38,11 @@ public final class Pool: Sendable {
     package let tableCreation = Mutex<Void>(())
     /// Per-pool state of the layers above the core.
     @usableFromInline package let services = PoolServices()
+    /// The pool's audit ring (nil: the pool has none, or its header is damaged).
+    package let auditRing: AuditRing?
+    /// This participant's command name, as audit records carry it.
+    package let auditCommand: [UInt8]
+    package let auditFileBytes: Int
     /// Hooks the layers above register (repair after an owner death).
     package let hooks = PoolHooks()
     /// This process's events, reported through swift-metrics.
@@ -148,10 +153,23 @@ public final class Pool: Sendable {
         let memory = PoolMemory(base: base, length: Int(length), layout: layout, persistence: Persistence(isPmem: isPmem != 0, base: base))
         _ = try PoolHeader.validate(memory.header, fileSize: fileSize, path: path)
 
+        var ring: AuditRing?
+        do { ring = try AuditRing(memory: memory, path: path) } catch {
+            Self.logger.error("audit log disabled for this process", metadata: ["path": "\(path)", "error": "\(error)"])
+        }
         var reset: VolatileReset? = created ? .created : nil
         let alone = pmll_ofd_lock(fd.rawValue, PMLL_LOCKBYTE_SESSION, PMLL_RANGE_EXCLUSIVE, 0)
         if alone == 0 {
             let reason: VolatileReset = VolatileState.bootChanged(memory.header) ? .reboot : .noOtherProcess
+            if let ring, ring.backlog > 0 || ring.header.pointee.stall_seq != 0 {
+                // Every writer is gone: what they left becomes records or gaps now.
+                let drain = AuditDrain(ring: ring, poolPath: path, fd: fd.rawValue, persistence: memory.persistence, isAlive: nil,
+                                       fileBytes: options.auditFileBytes, groupShared: memory.header.pointee.flags & PMLL_POOL_FLAG_GROUP_SHARED != 0)
+                do { try drain.drain(wait: true) } catch {
+                    Self.logger.error("could not drain the audit ring", metadata: ["path": "\(path)", "error": "\(error)"])
+                }
+                ring.header.pointee.stall_seq = 0
+            }
             VolatileState.reset(memory, reason: reason, layers: steps.resetVolatile)
             if !created { reset = reason }
         } else if alone != -EAGAIN {
@@ -174,6 +192,9 @@ public final class Pool: Sendable {
         self.ownerCheckNanoseconds = options.ownerCheckInterval.nanoseconds
         self.starvationNanoseconds = options.starvationThreshold.nanoseconds
         self.openReport = OpenReport(created: created, volatileReset: reset, isPersistentMemory: isPmem != 0)
+        self.auditRing = ring
+        self.auditCommand = withUnsafeBytes(of: memory.slot(slot).pointee.comm) { Array($0.prefix { $0 != 0 }) }
+        self.auditFileBytes = options.auditFileBytes
         mapped = false
         if let reset, reset != .created {
             Self.logger.debug("pool volatile state reset", metadata: ["path": "\(path)", "reason": "\(reset.rawValue)"])
@@ -204,6 +225,11 @@ public final class Pool: Sendable {
     }
 
     deinit {
+        if let ring = auditRing, ring.backlog > 0 {
+            do { try auditDrain(wait: true) } catch {
+                Self.logger.error("could not drain the audit ring", metadata: ["path": "\(path)", "error": "\(error)"])
+            }
+        }
         processes.unregister(slot: slot)
         pmll_fault_guard_unregister(memory.base)
         _ = pmll_pmem_unmap(memory.base, UInt64(memory.length))

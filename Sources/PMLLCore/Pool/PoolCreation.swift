@@ -41,11 +41,13 @@ package enum PoolCreation {
         let header = address.assumingMemoryBound(to: pmll_header_t.self)
         PoolHeader.initialize(header, layout: layout, size: options.size, flags: options.groupShared ? PMLL_POOL_FLAG_GROUP_SHARED : 0)
         VolatileState.stampBoot(header, reason: PMLL_RESET_CREATED)
+        if !layout.auditRing.isEmpty { AuditRing.format(address + layout.auditRing.lowerBound, slots: options.auditRingSlots) }
         StoreLayout(heap: layout.heap, keyCapacity: options.keyCapacity, logSlots: options.logSlots)
             .format(address, heapStart: layout.heap.lowerBound)
         let persistence = Persistence(isPmem: isPmem != 0)
         try persistence.persist(address, Int(PMLL_HEADER_SIZE), site: "pool.create")
         try persistence.persist(address + layout.heap.lowerBound, StoreLayout.superSize, site: "pool.create")
+        if !layout.auditRing.isEmpty { try persistence.persist(address + layout.auditRing.lowerBound, MemoryLayout<pmll_audit_ring_t>.size, site: "pool.create") }
         try syncFile(temporary)
         CrashPoint.hit("pool.created")
 

@@ -24,6 +24,7 @@ package enum PoolHeader {
         h.pointee.queue_table = pmll_section_t(offset: UInt64(layout.queueTable.lowerBound), size: UInt64(layout.queueTable.count))
         h.pointee.queue_capacity = UInt32(layout.queueCapacity)
         h.pointee.queue_ring = UInt32(layout.queueRing)
+        h.pointee.audit_ring = pmll_section_t(offset: UInt64(layout.auditRing.lowerBound), size: UInt64(layout.auditRing.count))
         h.pointee.layout_signature = pmll_layout_signature()
         h.pointee.byte_order = PMLL_BYTE_ORDER_MARK
         h.pointee.header_checksum = checksum(h)
@@ -61,7 +62,12 @@ package enum PoolHeader {
               (2...65536).contains(queueRing) else {
             throw .corruptPool(path: path, reason: "table capacities out of range")
         }
-        let layout = PoolLayout(processCapacity: processCapacity, lockCapacity: lockCapacity, queueCapacity: queueCapacity, queueRing: queueRing, size: size)
+        let auditBytes = Int(clamping: h.pointee.audit_ring.size)
+        guard auditBytes % PoolLayout.page == 0, auditBytes <= size else {
+            throw .corruptPool(path: path, reason: "audit ring section of \(auditBytes) bytes")
+        }
+        let layout = PoolLayout(processCapacity: processCapacity, lockCapacity: lockCapacity, queueCapacity: queueCapacity, queueRing: queueRing,
+                                auditBytes: auditBytes, size: size)
         guard layout.minimumSize <= size,
               h.pointee.process_table.offset == UInt64(layout.processTable.lowerBound),
               h.pointee.process_table.size == UInt64(layout.processTable.count),
@@ -70,7 +76,8 @@ package enum PoolHeader {
               h.pointee.heap.offset == UInt64(layout.heap.lowerBound),
               h.pointee.heap.size == UInt64(layout.heap.count),
               h.pointee.queue_table.offset == UInt64(layout.queueTable.lowerBound),
-              h.pointee.queue_table.size == UInt64(layout.queueTable.count) else {
+              h.pointee.queue_table.size == UInt64(layout.queueTable.count),
+              auditBytes == 0 || h.pointee.audit_ring.offset == UInt64(layout.auditRing.lowerBound) else {
             throw .corruptPool(path: path, reason: "section table does not match the capacities")
         }
         return layout

@@ -1,7 +1,8 @@
 import CPMLL
 
 /// Where each table lives in the file: header page, process table, lock table, queue table
-/// (heads, then one record ring per queue), heap. Every section starts on a page boundary.
+/// (heads, then one record ring per queue), audit ring (absent in older pools), heap. Every
+/// section starts on a page boundary.
 @usableFromInline
 package struct PoolLayout: Equatable {
     package static let page = 4096
@@ -12,9 +13,12 @@ package struct PoolLayout: Equatable {
     @usableFromInline package let processTable: Range<Int>
     @usableFromInline package let lockTable: Range<Int>
     package let queueTable: Range<Int>
+    /// The audit ring: empty in pools created without one.
+    package let auditRing: Range<Int>
     package let heap: Range<Int>
 
-    package init(processCapacity: Int, lockCapacity: Int, queueCapacity: Int, queueRing: Int, size: Int) {
+    /// `auditBytes`: the audit ring section's size (``auditBytes(slots:)``; 0: none).
+    package init(processCapacity: Int, lockCapacity: Int, queueCapacity: Int, queueRing: Int, auditBytes: Int, size: Int) {
         self.processCapacity = processCapacity
         self.lockCapacity = lockCapacity
         self.queueCapacity = queueCapacity
@@ -27,10 +31,16 @@ package struct PoolLayout: Equatable {
         processTable = processStart..<processEnd
         lockTable = processEnd..<lockEnd
         queueTable = lockEnd..<queueEnd
-        heap = queueEnd..<max(queueEnd, size)
+        auditRing = queueEnd..<queueEnd + auditBytes
+        heap = auditRing.upperBound..<max(auditRing.upperBound, size)
     }
 
-    package var minimumSize: Int { queueTable.upperBound }
+    package var minimumSize: Int { auditRing.upperBound }
+
+    /// The section size of an audit ring of `slots` slots (0: none).
+    package static func auditBytes(slots: Int) -> Int {
+        slots == 0 ? 0 : roundUp(MemoryLayout<pmll_audit_ring_t>.size + slots * MemoryLayout<pmll_audit_slot_t>.size)
+    }
 
     /// Offset of queue `q`'s record ring inside the queue table.
     package func ringOffset(queue q: Int) -> Int {

@@ -17,6 +17,11 @@ public struct PoolOptions: Sendable, Equatable {
     public var keyCapacity: Int = 4096
     /// Undo-log slots of the state store (transactions committing at once).
     public var logSlots: Int = 8
+    /// Slots of the audit ring (records appended and not yet drained to the audit files);
+    /// 0 creates a pool without an audit log. A power of two, 64...65536.
+    public var auditRingSlots: Int = 1024
+    /// An audit file is closed and the next one started once it reaches this size.
+    public var auditFileBytes: Int = 8 << 20
     /// Create the file 0660 so that the owning group may share it; otherwise 0600.
     public var groupShared: Bool = false
     /// How often a waiter checks whether the holder is still alive.
@@ -43,6 +48,10 @@ public struct PoolOptions: Sendable, Equatable {
         guard (16...1 << 22).contains(keyCapacity), (1...256).contains(logSlots) else {
             throw .invalidOptions(reason: "keyCapacity must be 16...4194304 and logSlots 1...256")
         }
+        guard auditRingSlots == 0 || ((64...65536).contains(auditRingSlots) && auditRingSlots & (auditRingSlots - 1) == 0) else {
+            throw .invalidOptions(reason: "auditRingSlots must be 0 (no audit log) or a power of two in 64...65536, got \(auditRingSlots)")
+        }
+        guard auditFileBytes >= 4096 else { throw .invalidOptions(reason: "auditFileBytes must be at least 4096, got \(auditFileBytes)") }
         let needed = layout(size: 0).minimumSize + StoreLayout.minimumHeap(keyCapacity: keyCapacity, logSlots: logSlots)
         guard size >= needed, size <= 1 << 40 else {
             throw .invalidOptions(reason: "size must be \(needed)...\(1 << 40) bytes for these capacities, got \(size)")
@@ -55,7 +64,8 @@ public struct PoolOptions: Sendable, Equatable {
 
 extension PoolOptions {
     package func layout(size: Int) -> PoolLayout {
-        PoolLayout(processCapacity: processCapacity, lockCapacity: lockCapacity, queueCapacity: queueCapacity, queueRing: queueRing, size: size)
+        PoolLayout(processCapacity: processCapacity, lockCapacity: lockCapacity, queueCapacity: queueCapacity, queueRing: queueRing,
+                   auditBytes: PoolLayout.auditBytes(slots: auditRingSlots), size: size)
     }
 }
 

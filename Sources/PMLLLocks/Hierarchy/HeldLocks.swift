@@ -31,10 +31,17 @@ package enum HeldLocks {
     /// Throws ``PMLLError/hierarchyViolation(held:requested:)`` unless `requested` may be
     /// taken after what is held now.
     @inline(__always)
-    package static func check(_ requested: UnsafePointer<pmll_lock_entry_t>, after top: UnsafePointer<pmll_lock_entry_t>?) throws(PMLLError) {
+    package static func check(_ requested: UnsafePointer<pmll_lock_entry_t>, after top: UnsafePointer<pmll_lock_entry_t>?, pool: Pool) throws(PMLLError) {
         guard let top else { return }
         if top.pointee.level < requested.pointee.level { return }
-        throw .hierarchyViolation(held: id(of: top), requested: id(of: requested))
+        throw violation(held: id(of: top), requested: id(of: requested), pool: pool)
+    }
+
+    /// The error of a hierarchy violation, audited.
+    @inline(never)
+    package static func violation(held: LockID, requested: LockID, pool: Pool) -> PMLLError {
+        pool.audit(.hierarchyViolation, .denied, "lock '\(requested.name)' (\(requested.level)) requested while holding '\(held.name)' (\(held.level))")
+        return .hierarchyViolation(held: held, requested: requested)
     }
 
     package static func id(of entry: UnsafePointer<pmll_lock_entry_t>) -> LockID {

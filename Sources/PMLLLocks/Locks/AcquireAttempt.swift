@@ -195,7 +195,9 @@ package struct AcquireAttempt: WaitMachine {
         if cancelled { return .cancelled(lock: name) }
         pmll_add64(pmll_entry_timeouts(entry), 1)
         Telemetry.timeout(lock: String(fixedCString: entry.pointee.name))
-        return .timeout(lock: name, holder: owner == 0 ? nil : pool.processes.info(of: OwnerToken(rawValue: owner), heldSince: HoldStamp.heldSince(entry)))
+        let holder = owner == 0 ? nil : pool.processes.info(of: OwnerToken(rawValue: owner), heldSince: HoldStamp.heldSince(entry))
+        pool.audit(.lockTimeout, .failed, "lock '\(name)': timed out waiting\(holder.map { " for " + $0.description } ?? "")")
+        return .timeout(lock: name, holder: holder)
     }
 
     /// Takes this attempt off the process table's waiter ledger (what `status` shows).

@@ -81,7 +81,7 @@ public struct LockHandle: Sendable, Hashable {
     func enterScope(timeout: Duration?, cancellation: Cancellation?) throws(PMLLError) -> Scope {
         let entry = self.entry
         let saved = pmll_held_top_get()
-        try HeldLocks.check(entry, after: saved ?? HeldLocks.asyncTop())
+        try HeldLocks.check(entry, after: saved ?? HeldLocks.asyncTop(), pool: pool)
         let taken = try pool.acquire(index: index, deadline: Pool.deadline(after: timeout), cancellation: cancellation)
         try LockScope.settle(pool, CollectionOfOne(self), ownerDied: taken.ownerDied)
         pmll_held_top_set(entry)
@@ -117,7 +117,7 @@ extension Pool {
     public func withLocks<R>(_ locks: [LockHandle], timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockGrant) throws -> R) throws -> R {
         let scope = try LockScope(locks, in: self, timeout: timeout)
         let saved = pmll_held_top_get()
-        try HeldLocks.check(scope.ordered[0].entry, after: saved ?? HeldLocks.asyncTop())
+        try HeldLocks.check(scope.ordered[0].entry, after: saved ?? HeldLocks.asyncTop(), pool: self)
         var taken: [Taken] = []
         taken.reserveCapacity(scope.ordered.count)
         do {
@@ -158,7 +158,7 @@ extension Pool {
     /// ``WaiterThread`` and the held-lock record in a task-local instead of a thread-local.
     package func withLocksAsync<R>(_ locks: [LockHandle], timeout: Duration?, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockGrant) async throws -> R) async throws -> R {
         let scope = try LockScope(locks, in: self, timeout: timeout)
-        try HeldLocks.check(scope.ordered[0].entry, after: HeldLocks.currentTop)
+        try HeldLocks.check(scope.ordered[0].entry, after: HeldLocks.currentTop, pool: self)
         var taken: [Taken] = []
         do {
             for lock in scope.ordered {

@@ -16,7 +16,7 @@ package struct LockScope {
         let ordered = locks.count == 1 ? locks : locks.sorted { Array($0.id.name.utf8).lexicographicallyPrecedes(Array($1.id.name.utf8)) }
         for (a, b) in zip(ordered, ordered.dropFirst()) {
             guard a.pool === b.pool, a.id.level == b.id.level, a.id.name != b.id.name else {
-                throw .hierarchyViolation(held: a.id, requested: b.id)
+                throw HeldLocks.violation(held: a.id, requested: b.id, pool: pool)
             }
         }
         self.pool = pool

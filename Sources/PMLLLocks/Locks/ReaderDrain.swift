@@ -92,6 +92,7 @@ package struct ReaderDrain: WaitMachine {
         var expected = seen
         guard pmll_cas64(pmll_entry_readers(entry), &expected, seen - UInt64(counted - live)) != 0 else { return false }
         pmll_add64(&pmll_entry_shared(entry).pointee.reader_deaths, UInt64(counted - live))
+        pool.audit(.readerDeath, .ok, "lock '\(String(fixedCString: entry.pointee.name))': \(counted - live) shared hold(s) of dead readers discounted")
         return true
     }
 
@@ -101,6 +102,7 @@ package struct ReaderDrain: WaitMachine {
         pmll_add64(pmll_entry_timeouts(entry), 1)
         Telemetry.timeout(lock: String(fixedCString: entry.pointee.name))
         let reader = pool.processes.readers(of: index).readers.first
+        pool.audit(.lockTimeout, .failed, "lock '\(name)': timed out waiting for readers to leave\(reader.map { " (pid \($0.pid), \($0.commandName))" } ?? "")")
         return .timeout(lock: name, holder: reader.map { HolderInfo(pid: $0.pid, commandName: $0.commandName, heldSinceNanoseconds: 0, shared: true) })
     }
 

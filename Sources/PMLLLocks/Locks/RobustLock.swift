@@ -75,7 +75,15 @@ extension Pool {
             if UInt64(waited) > entry.pointee.max_wait_ns { entry.pointee.max_wait_ns = UInt64(waited) }
         }
         HoldStamp.stamp(entry)
+        if died { auditTakeover(entry) }
         return Taken(entry: entry, ownerDied: died, waitedNanoseconds: waited)
+    }
+
+    /// The audit record of a lock taken over from a holder that died (or left it inconsistent).
+    @inline(never)
+    package func auditTakeover(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>, shared: Bool = false) {
+        let death = LockDeath.read(entry)
+        audit(.ownerDeath, .ok, "lock '\(String(fixedCString: entry.pointee.name))' (\(HeldLocks.id(of: entry).level)) taken over\(shared ? " shared" : ""): \(death)")
     }
 
     /// Takes back this participant's handoff request. False when a releaser has already

@@ -85,6 +85,7 @@ package struct SharedAttempt: WaitMachine {
         pmll_add64(&stats.pointee.contended, 1)
         pmll_add64(&stats.pointee.total_wait_ns, UInt64(max(0, waited)))
         pmll_max64(&stats.pointee.max_wait_ns, UInt64(max(0, waited)))
+        if died { pool.auditTakeover(entry, shared: true) }
         return Pool.SharedTaken(taken: Taken(entry: entry, ownerDied: died, waitedNanoseconds: waited), ledger: ledger)
     }
 

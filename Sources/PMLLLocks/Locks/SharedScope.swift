@@ -32,7 +32,7 @@ extension LockHandle {
 
     /// Async form: waits without blocking a cooperative thread and honours Task cancellation.
     public func withSharedLock<R>(timeout: Duration? = nil, isolation: isolated (any Actor)? = #isolation, _ body: (inout LockGrant) async throws -> R) async throws -> R {
-        try HeldLocks.check(entry, after: HeldLocks.currentTop)
+        try HeldLocks.check(entry, after: HeldLocks.currentTop, pool: pool)
         if Task.isCancelled { throw PMLLError.cancelled(lock: id.name) }
         let held = try await pool.acquireSharedAsync(index: index, deadline: Pool.deadline(after: timeout))
         do {
@@ -85,7 +85,7 @@ extension LockHandle {
     func enterSharedScope(timeout: Duration?, cancellation: Cancellation?) throws(PMLLError) -> SharedScope {
         let entry = self.entry
         let saved = pmll_held_top_get()
-        try HeldLocks.check(entry, after: saved ?? HeldLocks.asyncTop())
+        try HeldLocks.check(entry, after: saved ?? HeldLocks.asyncTop(), pool: pool)
         let held = try pool.acquireShared(index: index, deadline: Pool.deadline(after: timeout), cancellation: cancellation)
         do {
             // The repair of a dead holder's transaction does not need this lock exclusive: it

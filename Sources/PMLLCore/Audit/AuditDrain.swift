@@ -1,0 +1,235 @@
+import CPMLL
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Moves complete records from the pool's audit ring, in order, into the hash-chained files
+/// beside the pool (`POOL.audit/000001.log`, ...), under the pool's AUDIT byte lock so that
+/// one process drains at a time. A slot whose writer died becomes a gap record, so the chain
+/// never breaks and the loss is visible. Files are written, then made durable, then the ring's
+/// `drained` and `head_hash` move: a drainer killed in between leaves records in the file that
+/// the next drainer finds (it reads the file's last line) and does not write again.
+package struct AuditDrain {
+    package let ring: AuditRing
+    package let poolPath: String
+    package let fd: Int32
+    package let persistence: Persistence
+    /// Whether a participant is still alive (nil: nobody is, as during a volatile reset).
+    package let isAlive: ((OwnerToken) -> Bool)?
+    package let fileBytes: Int
+    package let groupShared: Bool
+
+    package init(ring: AuditRing, poolPath: String, fd: Int32, persistence: Persistence, isAlive: ((OwnerToken) -> Bool)?, fileBytes: Int, groupShared: Bool) {
+        self.ring = ring
+        self.poolPath = poolPath
+        self.fd = fd
+        self.persistence = persistence
+        self.isAlive = isAlive
+        self.fileBytes = fileBytes
+        self.groupShared = groupShared
+    }
+
+    private var directory: String { AuditLine.directory(ofPool: poolPath) }
+    private var fileMode: mode_t { groupShared ? 0o660 : 0o600 }
+
+    /// Drains what can be drained now; returns how many records went to the files. With
+    /// `wait` false, returns 0 at once when another process is draining.
+    @discardableResult
+    package func drain(wait: Bool) throws(PMLLError) -> Int {
+        let rc = pmll_ofd_lock(fd, PMLL_LOCKBYTE_AUDIT, PMLL_RANGE_EXCLUSIVE, wait ? 1 : 0)
+        if rc == -EAGAIN || rc == -EACCES { return 0 }
+        try SystemCall.check("fcntl(F_OFD_SETLKW) audit", rc)
+        defer { _ = pmll_ofd_lock(fd, PMLL_LOCKBYTE_AUDIT, PMLL_RANGE_UNLOCK, 0) }
+        return try drainLocked()
+    }
+
+    private func drainLocked() throws(PMLLError) -> Int {
+        let h = ring.header
+        if mkdir(directory, groupShared ? 0o770 : 0o700) != 0 && errno != EEXIST {
+            throw SystemCall.fileError(.current, path: directory, operation: "create the audit directory")
+        }
+        if h.pointee.file_index == 0 { try setAsideStaleFiles() }
+        var seq = h.pointee.drained
+        var head = withUnsafeBytes(of: h.pointee.head_hash) { Array($0) }
+        var fileIndex = max(1, h.pointee.file_index)
+        var file = try openFile(fileIndex, previousSeq: seq - 1, previousHash: head, create: h.pointee.file_index == 0)
+        defer { close(file.fd) }
+        if let (lastSeq, lastHash) = try reconcile(file) , lastSeq >= seq {
+            seq = lastSeq + 1
+            head = lastHash
+        }
+        // The files are ahead of the ring (a restored pool): numbers continue after theirs.
+        if seq > ring.nextSeq { pmll_max64(pmll_audit_next_seq(h), seq) }
+        if h.pointee.file_index == 0 { try publish(seq: seq, head: head, file: fileIndex) }
+
+        let end = ring.nextSeq
+        var out = [UInt8]()
+        var drainedCount = 0
+        let now = Clock.realtimeNanoseconds
+        while true {
+            guard let body = nextBody(seq, end: end, now: now) else { break }
+            let hash = AuditLine.chain(previous: head, body: body)
+            out += AuditLine.line(body: body, hash: hash)
+            head = hash
+            seq += 1
+            drainedCount += 1
+            if file.size + out.count >= fileBytes || out.count >= 1 << 18 {
+                try append(out, to: &file)
+                out.removeAll(keepingCapacity: true)
+                try publish(seq: seq, head: head, file: fileIndex)
+                if file.size >= fileBytes {
+                    close(file.fd)
+                    fileIndex += 1
+                    file = try openFile(fileIndex, previousSeq: seq - 1, previousHash: head, create: true)
+                    try publish(seq: seq, head: head, file: fileIndex)
+                }
+            }
+        }
+        if !out.isEmpty {
+            try append(out, to: &file)
+            try publish(seq: seq, head: head, file: fileIndex)
+        }
+        if isAlive == nil {
+            // Nobody else is attached: nothing is outstanding any more.
+            pmll_store64_release(pmll_audit_next_seq(h), seq)
+        }
+        return drainedCount
+    }
+
+    /// The hashed body of record `seq`, a gap record in its place, or nil to stop here (its
+    /// writer is still at work, or nothing more was appended).
+    private func nextBody(_ seq: UInt64, end: UInt64, now: Int64) -> [UInt8]? {
+        let s = ring.slot(seq)
+        if ring.isComplete(seq) { return AuditLine.body(fields(s, seq: seq)) }
+        guard seq < end else { return nil }
+        let state = pmll_load64_acquire(pmll_audit_slot_state(s))
+        let phase = UInt32(state & 3), stateSeq = state >> 2
+        let h = ring.header
+        func gap(_ why: String, writer: Bool) -> [UInt8] {
+            h.pointee.gaps &+= 1
+            var f = writer ? fields(s, seq: seq) : AuditLine.Fields(seq: seq, timeNanoseconds: now, pid: 0, uid: 0, command: "", event: "", object: "", outcome: "")
+            f.timeNanoseconds = now
+            f.event = AuditEvent.gap.description
+            f.outcome = AuditOutcome.lost.description
+            f.object = "record \(seq) lost: " + why
+            return AuditLine.body(f)
+        }
+        func markGap(_ expected: UInt64) -> Bool {
+            var e = expected
+            return pmll_cas64(pmll_audit_slot_state(s), &e, AuditRing.state(seq, PMLL_AUDIT_GAP)) != 0
+        }
+        if stateSeq == seq && phase == PMLL_AUDIT_GAP { return gap("its writer gave it up", writer: false) }
+        if stateSeq == seq && phase == PMLL_AUDIT_COMPLETE { return gap("its slot in the ring is damaged", writer: false) }
+        if stateSeq == seq && phase == PMLL_AUDIT_CLAIMED {
+            let token = OwnerToken(rawValue: s.pointee.owner_token)
+            if let isAlive, isAlive(token) { return nil }
+            guard markGap(state) else { return nextBody(seq, end: end, now: now) }
+            return gap("its writer (pid \(s.pointee.pid)) died while appending it", writer: true)
+        }
+        // Reserved, never claimed.
+        if isAlive != nil {
+            if h.pointee.stall_seq != seq {
+                h.pointee.stall_seq = seq
+                h.pointee.stall_since_ns = now
+                return nil
+            }
+            guard now - h.pointee.stall_since_ns >= AuditRing.stallNanoseconds else { return nil }
+        }
+        guard markGap(state) else { return nextBody(seq, end: end, now: now) }
+        return gap("its writer took the number and never wrote it (it died, or stalled for \(AuditRing.stallNanoseconds / 1_000_000_000) s)", writer: false)
+    }
+
+    private func fields(_ s: UnsafeMutablePointer<pmll_audit_slot_t>, seq: UInt64) -> AuditLine.Fields {
+        let length = Int(min(s.pointee.text_length, PMLL_AUDIT_TEXT_MAX))
+        let text = withUnsafeBytes(of: s.pointee.text) { String(decoding: $0.prefix(length), as: UTF8.self) }
+        let comm = withUnsafeBytes(of: s.pointee.comm) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        return AuditLine.Fields(seq: seq, timeNanoseconds: s.pointee.time_ns, pid: s.pointee.pid, uid: s.pointee.uid, command: comm,
+                                event: AuditEvent(rawValue: s.pointee.event)?.description ?? "event-\(s.pointee.event)",
+                                object: text, outcome: AuditOutcome(rawValue: s.pointee.outcome)?.description ?? "outcome-\(s.pointee.outcome)")
+    }
+
+    /// A new pool's first drain: audit files already in its directory belong to an earlier
+    /// pool of the same name (deleted and created again). They are kept, renamed aside.
+    private func setAsideStaleFiles() throws(PMLLError) {
+        guard let dir = opendir(directory) else { return }
+        var stale = false
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name.hasSuffix(".log") { stale = true; break }
+        }
+        closedir(dir)
+        guard stale else { return }
+        let aside = directory + ".before-" + String(Clock.realtimeNanoseconds / 1_000_000_000)
+        guard rename(directory, aside) == 0 else { throw SystemCall.fileError(.current, path: directory, operation: "set aside the audit files of an earlier pool") }
+        Pool.logger.notice("audit files of an earlier pool of this name set aside", metadata: ["moved to": "\(aside)"])
+        if mkdir(directory, groupShared ? 0o770 : 0o700) != 0 && errno != EEXIST {
+            throw SystemCall.fileError(.current, path: directory, operation: "create the audit directory")
+        }
+    }
+
+    private struct OpenFile { var fd: Int32; var size: Int; let path: String }
+
+    /// Opens file `index` for appending; a new one (or one left with only part of its header
+    /// by a killed drainer) starts with its header line, made durable with its directory entry.
+    private func openFile(_ index: UInt64, previousSeq: UInt64, previousHash: [UInt8], create: Bool) throws(PMLLError) -> OpenFile {
+        let path = directory + "/" + AuditLine.fileName(index)
+        let fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | (create ? O_TRUNC : 0), fileMode)
+        guard fd >= 0 else { throw SystemCall.fileError(.current, path: path, operation: "open the audit file") }
+        var st = stat()
+        fstat(fd, &st)
+        var file = OpenFile(fd: fd, size: Int(st.st_size), path: path)
+        if file.size == 0 {
+            do throws(PMLLError) {
+                try append(AuditLine.fileHeader(index: index, previousSeq: previousSeq, previousHash: previousHash, pool: poolPath), to: &file)
+                let dfd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                if dfd >= 0 { _ = fsync(dfd); close(dfd) }
+            } catch {
+                close(fd)
+                throw error
+            }
+        }
+        return file
+    }
+
+    /// The last record the file holds (number and hash); a torn last line (a drainer killed
+    /// mid-write) is cut off first.
+    private func reconcile(_ file: OpenFile) throws(PMLLError) -> (UInt64, [UInt8])? {
+        let tail = min(file.size, 64 << 10)
+        var bytes = [UInt8](repeating: 0, count: tail)
+        let got = bytes.withUnsafeMutableBytes { pread(file.fd, $0.baseAddress, tail, off_t(file.size - tail)) }
+        guard got == tail else { throw SystemCall.fileError(.current, path: file.path, operation: "read the audit file") }
+        guard let lastNewline = bytes.lastIndex(of: 10) else { return nil }
+        if lastNewline != bytes.count - 1 {
+            guard ftruncate(file.fd, off_t(file.size - tail + lastNewline + 1)) == 0 else {
+                throw SystemCall.fileError(.current, path: file.path, operation: "cut the torn last line of the audit file")
+            }
+        }
+        let lineStart = (bytes[..<lastNewline].lastIndex(of: 10) ?? -1) + 1
+        let line = bytes[lineStart..<lastNewline]
+        guard let seq = AuditLine.integer("seq", in: line), let hashText = AuditLine.plainString("hash", in: line),
+              let hash = AuditLine.unhex(hashText), hash.count == 32 else { return nil }
+        return (UInt64(seq), hash)
+    }
+
+    private func append(_ bytes: [UInt8], to file: inout OpenFile) throws(PMLLError) {
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { write(file.fd, $0.baseAddress! + done, bytes.count - done) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw SystemCall.fileError(.current, path: file.path, operation: "write the audit file") }
+            done += n
+        }
+        CrashPoint.hit("audit.written")
+        guard fdatasync(file.fd) == 0 else { throw SystemCall.fileError(.current, path: file.path, operation: "fdatasync the audit file") }
+        file.size += bytes.count
+    }
+
+    /// Records below `seq` are durable in the files: say so in the ring.
+    private func publish(seq: UInt64, head: [UInt8], file: UInt64) throws(PMLLError) {
+        let h = ring.header
+        withUnsafeMutableBytes(of: &h.pointee.head_hash) { $0.copyBytes(from: head) }
+        h.pointee.file_index = file
+        pmll_store64_release(&h.pointee.drained, seq)
+        try persistence.persist(UnsafeRawPointer(h), MemoryLayout<pmll_audit_ring_t>.size, site: "audit.drained")
+    }
+}

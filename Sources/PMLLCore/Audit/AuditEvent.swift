@@ -1,0 +1,67 @@
+/// What an audit record reports. The raw values are stored in the pool's audit ring, so they
+/// never change meaning; the names are what the audit files and `pmll audit show` print.
+public enum AuditEvent: UInt16, Sendable, CaseIterable, CustomStringConvertible {
+    case queueSubmit = 1, queueStart, queueComplete, queueFail, queueRetry, queueAbandon, queueRecover
+    case commit = 20, rollback
+    case batchApply = 30, batchRecover
+    case ownerDeath = 40, lockTimeout, hierarchyViolation, readerDeath
+    case accessDenied = 50, signatureRejected
+    case check = 60, recover, reset, backup, restore, policy, seal
+    /// A record lost: its writer died between taking its number and finishing it, or the slot
+    /// was damaged. Written by the drainer, so the chain never breaks.
+    case gap = 100
+
+    public var description: String {
+        switch self {
+        case .queueSubmit: "queue.submit"
+        case .queueStart: "queue.start"
+        case .queueComplete: "queue.complete"
+        case .queueFail: "queue.fail"
+        case .queueRetry: "queue.retry"
+        case .queueAbandon: "queue.abandon"
+        case .queueRecover: "queue.recover"
+        case .commit: "store.commit"
+        case .rollback: "store.rollback"
+        case .batchApply: "batch.apply"
+        case .batchRecover: "batch.recover"
+        case .ownerDeath: "lock.owner-death"
+        case .lockTimeout: "lock.timeout"
+        case .hierarchyViolation: "lock.hierarchy-violation"
+        case .readerDeath: "lock.reader-death"
+        case .accessDenied: "access.denied"
+        case .signatureRejected: "signature.rejected"
+        case .check: "admin.check"
+        case .recover: "admin.recover"
+        case .reset: "admin.reset"
+        case .backup: "admin.backup"
+        case .restore: "admin.restore"
+        case .policy: "admin.policy"
+        case .seal: "admin.seal"
+        case .gap: "gap"
+        }
+    }
+
+    public init?(name: String) {
+        guard let found = Self.allCases.first(where: { $0.description == name }) else { return nil }
+        self = found
+    }
+}
+
+/// How the reported action ended.
+public enum AuditOutcome: UInt16, Sendable, CaseIterable, CustomStringConvertible {
+    case ok = 0, failed, denied, lost
+
+    public var description: String {
+        switch self {
+        case .ok: "ok"
+        case .failed: "failed"
+        case .denied: "denied"
+        case .lost: "lost"
+        }
+    }
+
+    public init?(name: String) {
+        guard let found = Self.allCases.first(where: { $0.description == name }) else { return nil }
+        self = found
+    }
+}

@@ -1,0 +1,118 @@
+package import CPMLL
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The audit ring in the pool's audit section (layout in cpmll.h): appenders reserve a number,
+/// claim its slot, fill it and complete it; ``AuditDrain`` moves complete records, in order,
+/// into the hash-chained files. Nothing here makes a system call: an append costs a fetch-add,
+/// two compare-and-swaps and a CRC32C of the record.
+package struct AuditRing: @unchecked Sendable {
+    package let header: UnsafeMutablePointer<pmll_audit_ring_t>
+    package let slots: UnsafeMutablePointer<pmll_audit_slot_t>
+    package let count: UInt64
+    /// How long a reserved number may stay unclaimed before the drainer declares a gap (its
+    /// writer died between the fetch-add and the claim: a few instructions).
+    package static let stallNanoseconds: Int64 = 5_000_000_000
+
+    static func headerChecksum(_ h: UnsafePointer<pmll_audit_ring_t>) -> UInt32 {
+        pmll_crc32c(0, h, 20)
+    }
+
+    /// Writes an empty ring of `slots` slots at `base` (a fresh pool's zeroed section).
+    package static func format(_ base: UnsafeMutableRawPointer, slots: Int) {
+        let h = base.assumingMemoryBound(to: pmll_audit_ring_t.self)
+        withUnsafeMutableBytes(of: &h.pointee.magic) { raw in
+            for (i, byte) in PMLL_AUDIT_MAGIC.utf8.enumerated() { raw[i] = byte }
+        }
+        h.pointee.version = PMLL_AUDIT_VERSION
+        h.pointee.slot_count = UInt32(slots)
+        h.pointee.slot_size = PMLL_AUDIT_SLOT_SIZE
+        h.pointee.checksum = headerChecksum(h)
+        h.pointee.next_seq = 1
+        h.pointee.drained = 1
+        h.pointee.file_index = 0
+    }
+
+    /// The ring of `memory`'s pool; nil when the pool has none, or throws when it is damaged.
+    package init?(memory: PoolMemory, path: String) throws(PMLLError) {
+        let section = memory.layout.auditRing
+        guard !section.isEmpty else { return nil }
+        let h = (memory.base + section.lowerBound).assumingMemoryBound(to: pmll_audit_ring_t.self)
+        let magic = withUnsafeBytes(of: h.pointee.magic) { Array($0) == Array(PMLL_AUDIT_MAGIC.utf8) }
+        let n = Int(h.pointee.slot_count)
+        guard magic, h.pointee.version == PMLL_AUDIT_VERSION, h.pointee.slot_size == PMLL_AUDIT_SLOT_SIZE,
+              Self.headerChecksum(h) == h.pointee.checksum, n > 0, n & (n - 1) == 0,
+              MemoryLayout<pmll_audit_ring_t>.size + n * MemoryLayout<pmll_audit_slot_t>.size <= section.count else {
+            throw .corruptPool(path: path, reason: "the audit ring's header is damaged")
+        }
+        header = h
+        slots = (UnsafeMutableRawPointer(h) + MemoryLayout<pmll_audit_ring_t>.size).assumingMemoryBound(to: pmll_audit_slot_t.self)
+        count = UInt64(n)
+    }
+
+    package func slot(_ seq: UInt64) -> UnsafeMutablePointer<pmll_audit_slot_t> { slots + Int(seq & (count - 1)) }
+
+    package var nextSeq: UInt64 { pmll_load64_acquire(pmll_audit_next_seq(header)) }
+    package var drained: UInt64 { pmll_load64_acquire(&header.pointee.drained) }
+    /// Records appended and not yet in the files.
+    package var backlog: UInt64 { nextSeq &- drained }
+
+    static func state(_ seq: UInt64, _ phase: UInt32) -> UInt64 { seq << 2 | UInt64(phase) }
+
+    /// The record's checksum: its number and every field from `pid` to the end of its text,
+    /// the checksum itself left out.
+    static func checksum(_ s: UnsafePointer<pmll_audit_slot_t>, seq: UInt64) -> UInt32 {
+        var n = seq
+        let raw = UnsafeRawPointer(s)
+        var crc = withUnsafeBytes(of: &n) { pmll_crc32c(0, $0.baseAddress, 8) }
+        crc = pmll_crc32c(crc, raw + 12, 24)                    // pid ... text_length
+        return pmll_crc32c(crc, raw + 40, 16 + Int(min(s.pointee.text_length, PMLL_AUDIT_TEXT_MAX)))  // comm, text
+    }
+
+    /// True when `seq`'s slot holds that record, complete and intact.
+    package func isComplete(_ seq: UInt64) -> Bool {
+        let s = slot(seq)
+        return pmll_load64_acquire(pmll_audit_slot_state(s)) == Self.state(seq, PMLL_AUDIT_COMPLETE)
+            && s.pointee.text_length <= PMLL_AUDIT_TEXT_MAX && s.pointee.checksum == Self.checksum(s, seq: seq)
+    }
+
+    /// Takes the next number. The caller must wait for room (``hasRoom(for:)``) before
+    /// ``write(_:...)``: the slot may still hold a record that is not in the files yet.
+    package func reserve() -> UInt64 { pmll_fetch_add64(pmll_audit_next_seq(header), 1) }
+
+    package func hasRoom(for seq: UInt64) -> Bool { seq < drained &+ count }
+
+    /// Claims, fills and completes `seq`'s slot. False when the drainer already gave the number
+    /// up as a gap (this writer stalled too long): the caller appends again with a new number.
+    package func write(_ seq: UInt64, token: OwnerToken, pid: Int32, uid: UInt32, comm: [UInt8],
+                       event: AuditEvent, outcome: AuditOutcome, text: String) -> Bool {
+        let s = slot(seq)
+        var current = pmll_load64_acquire(pmll_audit_slot_state(s))
+        guard current >> 2 < seq else { return false }
+        s.pointee.owner_token = token.rawValue
+        s.pointee.pid = pid
+        guard pmll_cas64(pmll_audit_slot_state(s), &current, Self.state(seq, PMLL_AUDIT_CLAIMED)) != 0 else { return false }
+        CrashPoint.hit("audit.claimed")
+        s.pointee.uid = uid
+        s.pointee.event = event.rawValue
+        s.pointee.outcome = outcome.rawValue
+        s.pointee.time_ns = Clock.realtimeNanoseconds
+        withUnsafeMutableBytes(of: &s.pointee.comm) { raw in
+            raw.initializeMemory(as: UInt8.self, repeating: 0)
+            raw.copyBytes(from: comm.prefix(15))
+        }
+        var length = 0
+        withUnsafeMutableBytes(of: &s.pointee.text) { raw in
+            var utf8 = Array(text.utf8.prefix(Int(PMLL_AUDIT_TEXT_MAX)))
+            // Never cut a character in half.
+            while let last = utf8.last, last & 0xC0 == 0x80 || (utf8.count == Int(PMLL_AUDIT_TEXT_MAX) && last >= 0xC0) { utf8.removeLast() }
+            raw.copyBytes(from: utf8)
+            length = utf8.count
+        }
+        s.pointee.text_length = UInt32(length)
+        s.pointee.checksum = Self.checksum(s, seq: seq)
+        var claimed = Self.state(seq, PMLL_AUDIT_CLAIMED)
+        return pmll_cas64(pmll_audit_slot_state(s), &claimed, Self.state(seq, PMLL_AUDIT_COMPLETE)) != 0
+    }
+}
