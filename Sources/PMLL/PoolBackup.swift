@@ -64,6 +64,9 @@ extension Pool {
             let ring = (image + memory.layout.auditRing.lowerBound).assumingMemoryBound(to: pmll_audit_ring_t.self)
             ring.pointee.next_seq = ring.pointee.drained
             ring.pointee.stall_seq = 0
+            let slots = UnsafeMutableRawPointer(ring + 1).assumingMemoryBound(to: pmll_audit_slot_t.self)
+            let fits = (memory.layout.auditRing.count - MemoryLayout<pmll_audit_ring_t>.size) / MemoryLayout<pmll_audit_slot_t>.size
+            for i in 0..<min(Int(ring.pointee.slot_count), fits) { slots[i].state = 0 }
         }
         var st = stat()
         _ = try SystemCall.libc("fstat") { fstat(fd.rawValue, &st) }
@@ -238,6 +241,7 @@ enum PoolImage {
     private static func settleCopy(_ temporary: String, describedAs name: String) throws(PMLLError) -> Int {
         var options = PoolOptions()
         options.create = false
+        options.recordsAudit = false
         let pool = try Pool.attach(path: temporary, options: options, steps: Pool.attachSteps)
         try pool.attachStore()
         try pool.storeReady()

@@ -62,7 +62,7 @@ extension Pool {
             transactions: store.blockCount > 0 ? store.statistics() : nil,
             sections: ["header": Int(PMLL_HEADER_SIZE), "processTable": memory.layout.processTable.count,
                        "lockTable": memory.layout.lockTable.count, "queueTable": memory.layout.queueTable.count,
-                       "stateStore": memory.layout.heap.count],
+                       "auditRing": memory.layout.auditRing.count, "stateStore": memory.layout.heap.count],
             lastCheck: store.blockCount > 0 ? (try? lastScheduledCheck()) ?? nil : nil,
             lastBackup: store.blockCount > 0 ? (try? lastScheduledBackup()) ?? nil : nil)
     }

@@ -78,6 +78,7 @@ final class PoolImage: @unchecked Sendable {
         options.queueRing = 8
         options.keyCapacity = 64
         options.logSlots = 2
+        options.auditRingSlots = 64
         do {
             let pool = try Pool.open(path: seedPath, options: options)
             let a = try pool.lock(named: "pkg/a", level: .package)

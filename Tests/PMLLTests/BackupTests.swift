@@ -109,7 +109,7 @@ struct BackupTests {
         let status = try Binaries.runPMLL(["status", "--pool", pool, "--json"])
         let json = try #require(try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])
         let sections = try #require(json["sections"] as? [String: Int])
-        return (sections["header"] ?? 0) + (sections["processTable"] ?? 0) + (sections["lockTable"] ?? 0) + (sections["queueTable"] ?? 0) + 4096
+        return (sections["header"] ?? 0) + (sections["processTable"] ?? 0) + (sections["lockTable"] ?? 0) + (sections["queueTable"] ?? 0) + (sections["auditRing"] ?? 0) + 4096
     }
 }
 

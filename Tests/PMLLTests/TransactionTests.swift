@@ -59,7 +59,7 @@ struct TransactionTests {
         var options = PoolOptions()
         options.keyCapacity = 16
         options.queueCapacity = 1
-        options.size = 1536 << 10
+        options.size = (1536 << 10) + 528_384   // + the audit ring of 1,024 slots
         let pool = try Pool.open(path: scratch.file("f.pool"), options: options)
         let start = try pool.storeUsage()
         #expect(throws: PMLLError.poolFull(table: "state store keys", capacity: 16)) {

@@ -100,7 +100,9 @@ package struct AuditDrain {
     /// writer is still at work, or nothing more was appended).
     private func nextBody(_ seq: UInt64, end: UInt64, now: Int64) -> [UInt8]? {
         let s = ring.slot(seq)
-        if ring.isComplete(seq) { return AuditLine.body(fields(s, seq: seq)) }
+        // Past `end`, only a volatile reset looks (at slots a power loss may have kept while
+        // losing the counter); otherwise a slot there is a record whose writer is still at work.
+        if (seq < end || isAlive == nil) && ring.isComplete(seq) { return AuditLine.body(fields(s, seq: seq)) }
         guard seq < end else { return nil }
         let state = pmll_load64_acquire(pmll_audit_slot_state(s))
         let phase = UInt32(state & 3), stateSeq = state >> 2

@@ -14,6 +14,8 @@ package struct AuditRing: @unchecked Sendable {
     /// How long a reserved number may stay unclaimed before the drainer declares a gap (its
     /// writer died between the fetch-add and the claim: a few instructions).
     package static let stallNanoseconds: Int64 = 5_000_000_000
+    /// Numbers handed out beyond the ring's room that opening still accepts as sane.
+    static let maximumWaiting: UInt64 = 1 << 16
 
     static func headerChecksum(_ h: UnsafePointer<pmll_audit_ring_t>) -> UInt32 {
         pmll_crc32c(0, h, 20)
@@ -45,6 +47,11 @@ package struct AuditRing: @unchecked Sendable {
               Self.headerChecksum(h) == h.pointee.checksum, n > 0, n & (n - 1) == 0,
               MemoryLayout<pmll_audit_ring_t>.size + n * MemoryLayout<pmll_audit_slot_t>.size <= section.count else {
             throw .corruptPool(path: path, reason: "the audit ring's header is damaged")
+        }
+        // Writers waiting for room hold numbers past the ring; never more than a few per process.
+        let drained = h.pointee.drained, next = h.pointee.next_seq
+        guard drained >= 1, next >= drained, next - drained <= UInt64(n) + Self.maximumWaiting, h.pointee.file_index < 1 << 40 else {
+            throw .corruptPool(path: path, reason: "the audit ring's counters are damaged (drained \(drained), next \(next))")
         }
         header = h
         slots = (UnsafeMutableRawPointer(h) + MemoryLayout<pmll_audit_ring_t>.size).assumingMemoryBound(to: pmll_audit_slot_t.self)

@@ -192,7 +192,7 @@ public final class Pool: Sendable {
         self.ownerCheckNanoseconds = options.ownerCheckInterval.nanoseconds
         self.starvationNanoseconds = options.starvationThreshold.nanoseconds
         self.openReport = OpenReport(created: created, volatileReset: reset, isPersistentMemory: isPmem != 0)
-        self.auditRing = ring
+        self.auditRing = options.recordsAudit ? ring : nil
         self.auditCommand = withUnsafeBytes(of: memory.slot(slot).pointee.comm) { Array($0.prefix { $0 != 0 }) }
         self.auditFileBytes = options.auditFileBytes
         mapped = false

@@ -20,6 +20,9 @@ public struct PoolOptions: Sendable, Equatable {
     /// Slots of the audit ring (records appended and not yet drained to the audit files);
     /// 0 creates a pool without an audit log. A power of two, 64...65536.
     public var auditRingSlots: Int = 1024
+    /// Record this participant's actions in the pool's audit log (when the pool has one).
+    /// Off only for tools that work on a copy of a pool (backup checks its copy this way).
+    public var recordsAudit: Bool = true
     /// An audit file is closed and the next one started once it reaches this size.
     public var auditFileBytes: Int = 8 << 20
     /// Create the file 0660 so that the owning group may share it; otherwise 0600.
