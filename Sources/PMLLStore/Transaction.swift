@@ -11,7 +11,7 @@ import PMLLLocks
 ///
 /// Noncopyable and lent `inout` to the body: it cannot escape the transaction.
 public struct Transaction: ~Copyable {
-    let pool: Pool
+    package let pool: Pool
     /// nil: isolation `.none`.
     let reads: ReadSet?
     private(set) var writes: [String: [UInt8]?] = [:]

@@ -50,9 +50,14 @@ struct BatchApply: ParsableCommand {
         guard let bytes = file == "-" ? FileIO.readAll(0) : FileIO.contents(of: file) else {
             throw CommandFailure(message: "cannot read batch file '\(file)'", status: ExitStatus.noPool)
         }
-        if !trustedKey.isEmpty { try verifySignature(of: bytes) }
-        let batch = try FileBatch.decode(json: bytes)
         let pool = try poolArguments.open()
+        if !trustedKey.isEmpty {
+            do { try verifySignature(of: bytes) } catch let error as PMLLError {
+                if case .signatureRejected(_, let reason) = error { pool.audit(.signatureRejected, .denied, "batch '\(file)' for root '\(root)': \(reason)") }
+                throw error
+            }
+        }
+        let batch = try FileBatch.decode(json: bytes)
         let report = try pool.apply(batch, root: root, atomic: atomic)
         if json {
             try printJSON(report)

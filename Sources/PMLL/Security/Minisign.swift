@@ -103,7 +103,10 @@ extension Transaction {
     /// bytes by one of `trusted` (checked before anything is buffered); otherwise throws
     /// ``PMLLError/signatureRejected(subject:reason:)`` and the transaction is unchanged.
     public mutating func set(_ key: String, _ value: [UInt8], signature: MinisignSignature, trusted: [MinisignPublicKey]) throws(PMLLError) {
-        try Minisign.verify(value, signature: signature, trusted: trusted, subject: "the value of key '\(key)'")
+        do { try Minisign.verify(value, signature: signature, trusted: trusted, subject: "the value of key '\(key)'") } catch {
+            if case .signatureRejected(_, let reason) = error { pool.audit(.signatureRejected, .denied, "value of key '\(key)': \(reason)") }
+            throw error
+        }
         try set(key, value)
     }
 }

@@ -54,13 +54,18 @@ package struct AuditDrain {
         var fileIndex = max(1, h.pointee.file_index)
         var file = try openFile(fileIndex, previousSeq: seq - 1, previousHash: head, create: h.pointee.file_index == 0)
         defer { close(file.fd) }
-        if let (lastSeq, lastHash) = try reconcile(file) , lastSeq >= seq {
+        var adopted = false
+        if let (lastSeq, lastHash) = try reconcile(file), lastSeq >= seq {
+            // The files are ahead of the ring: a drainer killed before it could say what it
+            // wrote, or a pool restored (or copied) beside newer files. Numbers continue after
+            // theirs; records the ring holds below that are already in the files, or belong
+            // to another copy of the pool.
             seq = lastSeq + 1
             head = lastHash
+            adopted = true
+            pmll_max64(pmll_audit_next_seq(h), seq)
         }
-        // The files are ahead of the ring (a restored pool): numbers continue after theirs.
-        if seq > ring.nextSeq { pmll_max64(pmll_audit_next_seq(h), seq) }
-        if h.pointee.file_index == 0 { try publish(seq: seq, head: head, file: fileIndex) }
+        if h.pointee.file_index == 0 || adopted { try publish(seq: seq, head: head, file: fileIndex) }
 
         let end = ring.nextSeq
         var out = [UInt8]()

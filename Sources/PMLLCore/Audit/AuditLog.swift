@@ -6,19 +6,17 @@ import Glibc
 extension Pool {
     /// Appends one audit record: who (this participant), what, on which object, how it ended.
     /// Nothing when the pool has no audit ring. Never fails the caller's operation: if the
-    /// ring stays full (its files cannot be written), the record is given up after a bounded
-    /// wait, and the number it took is drained as a visible gap.
+    /// ring stays full (its files cannot be written) for about five seconds, the record is
+    /// dropped, logged, and counted in a record appended as soon as there is room again.
     package func audit(_ event: AuditEvent, _ outcome: AuditOutcome = .ok, _ object: @autoclosure () -> String) {
         guard let ring = auditRing else { return }
-        let text = object()
-        for _ in 0..<4 {
-            let seq = ring.reserve()
-            if !ring.hasRoom(for: seq) && !waitForRoom(ring, seq) {
-                Self.logger.error("audit ring full and not draining: record given up", metadata: ["path": "\(path)", "event": "\(event)"])
-                return
-            }
-            if ring.write(seq, token: token, pid: ProcessIdentity.pid, uid: ProcessIdentity.effectiveUID, comm: auditCommand,
-                          event: event, outcome: outcome, text: text) { break }
+        let dropped = auditDropped.load(ordering: .relaxed)
+        if dropped > 0, append(ring, .gap, .lost, "\(dropped) audit record(s) of this process dropped: the ring was full and could not be drained") {
+            auditDropped.subtract(dropped, ordering: .relaxed)
+        }
+        if !append(ring, event, outcome, object()) {
+            auditDropped.add(1, ordering: .relaxed)
+            Self.logger.error("audit ring full and not draining: record dropped", metadata: ["path": "\(path)", "event": "\(event)"])
         }
         if ring.backlog >= ring.count / 2 {
             do { try auditDrain(wait: false) } catch {
@@ -27,27 +25,35 @@ extension Pool {
         }
     }
 
-    /// Drains until `seq` has a slot, for at most about five seconds.
-    private func waitForRoom(_ ring: AuditRing, _ seq: UInt64) -> Bool {
-        let deadline = Clock.monotonicNanoseconds + 5_000_000_000
-        while !ring.hasRoom(for: seq) {
+    private func append(_ ring: AuditRing, _ event: AuditEvent, _ outcome: AuditOutcome, _ text: String) -> Bool {
+        var deadline: Int64?
+        while true {
+            if let seq = ring.reserve() {
+                if ring.write(seq, token: token, pid: ProcessIdentity.pid, uid: ProcessIdentity.effectiveUID, comm: auditCommand,
+                              event: event, outcome: outcome, text: text) { return true }
+                continue   // the drainer gave the number up (this thread stalled): take another
+            }
+            // Full: drain (or wait for the process draining), for about five seconds at most.
+            let now = Clock.monotonicNanoseconds
+            if deadline == nil { deadline = now + 5_000_000_000 }
+            if now > deadline! { return false }
             do { try auditDrain(wait: true) } catch {
                 Self.logger.warning("could not drain the audit ring", metadata: ["path": "\(path)", "error": "\(error)"])
             }
-            if ring.hasRoom(for: seq) { return true }
-            if Clock.monotonicNanoseconds > deadline { return false }
-            usleep(1000)
+            if ring.backlog >= ring.count { usleep(1000) }
         }
-        return true
     }
 
     /// Moves the audit ring's complete records into the audit files; returns how many.
+    /// One drainer per pool: the AUDIT byte lock between processes, a mutex between threads
+    /// (they share the descriptor, so the byte lock does not exclude them).
     @discardableResult
     package func auditDrain(wait: Bool) throws(PMLLError) -> Int {
         guard let ring = auditRing else { return 0 }
         let drain = AuditDrain(ring: ring, poolPath: path, fd: fd.rawValue, persistence: memory.persistence,
                                isAlive: { [processes] in processes.isAlive($0) }, fileBytes: auditFileBytes,
                                groupShared: memory.header.pointee.flags & PMLL_POOL_FLAG_GROUP_SHARED != 0)
-        return try drain.drain(wait: wait)
+        if wait { return try auditDrainGate.withLock { _ throws(PMLLError) in try drain.drain(wait: true) } }
+        return try auditDrainGate.withLockIfAvailable { _ throws(PMLLError) in try drain.drain(wait: false) } ?? 0
     }
 }

@@ -84,11 +84,16 @@ package struct AuditRing: @unchecked Sendable {
             && s.pointee.text_length <= PMLL_AUDIT_TEXT_MAX && s.pointee.checksum == Self.checksum(s, seq: seq)
     }
 
-    /// Takes the next number. The caller must wait for room (``hasRoom(for:)``) before
-    /// ``write(_:...)``: the slot may still hold a record that is not in the files yet.
-    package func reserve() -> UInt64 { pmll_fetch_add64(pmll_audit_next_seq(header), 1) }
-
-    package func hasRoom(for seq: UInt64) -> Bool { seq < drained &+ count }
+    /// Takes the next number, if its slot is free (its previous record is in the files); nil
+    /// when the ring is full. A number is taken only with room for it, so that no number is
+    /// ever left waiting: between taking it and claiming its slot there are a few instructions.
+    package func reserve() -> UInt64? {
+        var n = nextSeq
+        while true {
+            guard n < drained &+ count else { return nil }
+            if pmll_cas64(pmll_audit_next_seq(header), &n, n + 1) != 0 { return n }
+        }
+    }
 
     /// Claims, fills and completes `seq`'s slot. False when the drainer already gave the number
     /// up as a gap (this writer stalled too long): the caller appends again with a new number.

@@ -43,6 +43,10 @@ public final class Pool: Sendable {
     /// This participant's command name, as audit records carry it.
     package let auditCommand: [UInt8]
     package let auditFileBytes: Int
+    /// One drainer among this process's threads.
+    package let auditDrainGate = Mutex<Void>(())
+    /// Audit records this participant could not append (the ring stayed full).
+    package let auditDropped = Atomic<Int>(0)
     /// Hooks the layers above register (repair after an owner death).
     package let hooks = PoolHooks()
     /// This process's events, reported through swift-metrics.
@@ -161,8 +165,10 @@ public final class Pool: Sendable {
         let alone = pmll_ofd_lock(fd.rawValue, PMLL_LOCKBYTE_SESSION, PMLL_RANGE_EXCLUSIVE, 0)
         if alone == 0 {
             let reason: VolatileReset = VolatileState.bootChanged(memory.header) ? .reboot : .noOtherProcess
-            if let ring, ring.backlog > 0 || ring.header.pointee.stall_seq != 0 {
-                // Every writer is gone: what they left becomes records or gaps now.
+            if let ring, ring.backlog > 0 || ring.header.pointee.stall_seq != 0 || ring.header.pointee.file_index != 0 {
+                // Every writer is gone: what they left becomes records or gaps now, and the
+                // ring catches up with files that are ahead of it (a restored or copied pool)
+                // before anyone appends.
                 let drain = AuditDrain(ring: ring, poolPath: path, fd: fd.rawValue, persistence: memory.persistence, isAlive: nil,
                                        fileBytes: options.auditFileBytes, groupShared: memory.header.pointee.flags & PMLL_POOL_FLAG_GROUP_SHARED != 0)
                 do { try drain.drain(wait: true) } catch {
