@@ -57,3 +57,13 @@ extension Pool {
         return try auditDrainGate.withLockIfAvailable { _ throws(PMLLError) in try drain.drain(wait: false) } ?? 0
     }
 }
+
+extension AuditRing {
+    /// An append by a process that is not a participant yet: what a volatile reset finds (the
+    /// operations of processes that are all gone). The record names this process.
+    package static func appendDuringReset(_ memory: PoolMemory, _ event: AuditEvent, _ outcome: AuditOutcome, _ text: String) {
+        guard let ring = try? AuditRing(memory: memory, path: ""), let seq = ring.reserve() else { return }
+        _ = ring.write(seq, token: OwnerToken(rawValue: 0), pid: ProcessIdentity.pid, uid: ProcessIdentity.effectiveUID,
+                       comm: Array(ProcessIdentity.commandName().utf8), event: event, outcome: outcome, text: text)
+    }
+}

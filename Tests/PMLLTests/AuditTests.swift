@@ -1,0 +1,147 @@
+import Foundation
+import Testing
+
+/// The audit log (Docs/Audit.md) with real processes: records of every kind written by `pmll`
+/// commands, a writer and a drainer SIGKILLed mid-append, and `pmll audit verify` catching each
+/// kind of tampering.
+@Suite("Audit log", .serialized)
+struct AuditTests {
+    static func events(_ pool: String) throws -> [[String: Any]] {
+        let shown = try run(Binaries.pmll, ["audit", "show", "--json", "--pool", pool])
+        #expect(shown.status == 0, "\(shown.stderr)")
+        return shown.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+    }
+
+    static func verify(_ pool: String, _ extra: [String] = []) throws -> (status: Int32, stdout: String, stderr: String) {
+        try run(Binaries.pmll, ["audit", "verify", "--pool", pool] + extra)
+    }
+
+    @Test func everyKindOfEventIsRecordedByRealProcesses() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("a.pool"), tree = scratch.file("tree"), batch = scratch.file("batch.json")
+        func pmll(_ arguments: [String], _ env: [String: String] = [:]) throws -> (status: Int32, stdout: String, stderr: String) {
+            try run(Binaries.pmll, arguments, environment: env)
+        }
+        try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
+        #expect(try pmll(["state", "set", "--pool", pool, "pkg/a=1", "pkg/b=2"]).status == 0)                  // store.commit
+        #expect(try pmll(["queue", "exec", "--pool", pool, "q", "--", "true"]).status == 0)                      // submit, start, complete
+        #expect(try pmll(["queue", "exec", "--pool", pool, "q", "--", "false"]).status == 1)                     // queue.fail
+        // Killed in its turn: abandoned when the next operation finds it, then recovered.
+        let running = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "q", "--", "sleep", "30"])
+        #expect(running.waitForEvent("never", timeout: 0.5) == nil)
+        running.killParentFirst()
+        running.wait()
+        #expect(try pmll(["queue", "exec", "--pool", pool, "q", "--", "true"]).status == 0)                      // queue.abandon
+        #expect(try pmll(["recover", "--pool", pool, "--acknowledge"]).status == 0)                              // queue.recover, admin.recover
+        // A holder killed: the next holder takes over and is told.
+        let holder = try Child(Binaries.pmll, ["lock", "--pool", pool, "cache", "--", "sleep", "30"])
+        #expect(holder.waitForEvent("never", timeout: 0.5) == nil)
+        holder.killParentFirst()
+        holder.wait()
+        #expect(try pmll(["lock", "--pool", pool, "cache", "--", "true"]).status == 0)                           // lock.owner-death
+        let busy = try Child(Binaries.pmll, ["lock", "--pool", pool, "busy", "--", "sleep", "5"])
+        defer { busy.killTree(); busy.wait() }
+        #expect(busy.waitForEvent("never", timeout: 0.5) == nil)
+        #expect(try pmll(["lock", "--pool", pool, "--timeout", "0.2", "busy", "--", "true"]).status == 75)       // lock.timeout
+        let nested = try pmll(["lock", "--pool", pool, "--level", "network", "n", "--", Binaries.pmll, "lock", "--pool", pool, "--level", "package", "p", "--", "true"])
+        #expect(nested.status == 64, "\(nested.stderr)")                                                        // lock.hierarchy-violation
+        try #"[{"op": "write", "path": "one.txt", "data": "1"}]"#.write(toFile: batch, atomically: true, encoding: .utf8)
+        #expect(try pmll(["batch", "apply", "--pool", pool, "--root", tree, "--atomic", batch]).status == 0)     // batch.apply
+        try "untrusted RWQ\n".write(toFile: scratch.file("k.pub"), atomically: true, encoding: .utf8)
+        let unsigned = try pmll(["batch", "apply", "--pool", pool, "--root", tree, "--atomic", "--trusted-key", scratch.file("k.pub"), batch])
+        #expect(unsigned.status == 77 || unsigned.status == 65, "\(unsigned.stderr)")
+        // A commit killed while applying: the next opener rolls it back.
+        #expect(try pmll(["state", "set", "--pool", pool, "pkg/a=3"], ["PMLL_CRASH_AT": "tx.applying"]).status == 137)
+        #expect(try pmll(["state", "get", "--pool", pool, "pkg/a"]).stdout == "1")                              // store.rollback
+        #expect(try pmll(["check", "--pool", pool]).status == 0)                                                 // admin.check
+        #expect(try pmll(["backup", "--pool", pool, scratch.file("a.backup")]).status == 0)                      // admin.backup
+        #expect(try pmll(["audit", "seal", "--pool", pool]).status == 0)                                         // admin.seal
+        // A writer killed after claiming its slot: a gap record, and the chain still verifies.
+        #expect(try pmll(["state", "set", "--pool", pool, "pkg/c=1"], ["PMLL_CRASH_AT": "audit.claimed"]).status == 137)
+
+        let records = try Self.events(pool)
+        let kinds = Set(records.compactMap { $0["event"] as? String })
+        for kind in ["store.commit", "queue.submit", "queue.start", "queue.complete", "queue.fail", "queue.abandon", "queue.recover",
+                     "admin.recover", "lock.owner-death", "lock.timeout", "lock.hierarchy-violation", "batch.apply", "store.rollback",
+                     "admin.check", "admin.backup", "admin.seal", "gap"] + (unsigned.status == 77 ? ["signature.rejected"] : []) {
+            #expect(kinds.contains(kind), "no \(kind) record in \(kinds.sorted())")
+        }
+        // Numbers run 1, 2, 3, ... and every record names its process.
+        #expect(records.compactMap { $0["seq"] as? Int } == Array(1...records.count))
+        for r in records where r["event"] as? String != "gap" {
+            #expect((r["pid"] as? Int ?? 0) > 0 && !(r["command"] as? String ?? "").isEmpty, "\(r)")
+        }
+        let gap = try #require(records.first { $0["event"] as? String == "gap" })
+        #expect((gap["object"] as? String ?? "").contains("died while appending"), "\(gap)")
+        #expect(records.contains { ($0["object"] as? String ?? "").contains("keys: pkg/a pkg/b") })
+        let verified = try Self.verify(pool)
+        #expect(verified.status == 0, "\(verified.stderr)")
+        #expect(verified.stdout.contains("1 signed checkpoint(s) verified"), "\(verified.stdout)")
+    }
+
+    /// A drainer killed after writing records and before saying so in the ring: the next one
+    /// finds them in the file and does not write them again.
+    @Test func aDrainerKilledAfterWritingLeavesNoDuplicates() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("d.pool")
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", pool, "a=1"]).status == 0)
+        let killed = try run(Binaries.pmll, ["state", "set", "--pool", pool, "b=2"], environment: ["PMLL_CRASH_AT": "audit.written"])
+        #expect(killed.status == 137)
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", pool, "c=3"]).status == 0)
+        let records = try Self.events(pool)
+        #expect(records.compactMap { $0["seq"] as? Int } == Array(1...records.count))
+        #expect(records.filter { ($0["object"] as? String ?? "").contains("keys: b") }.count == 1, "\(records)")
+        #expect(try Self.verify(pool).status == 0)
+    }
+
+    @Test func verifyCatchesAFlippedByteARemovedRecordAReorderedPairAndATruncation() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("t.pool")
+        for i in 0..<6 { #expect(try run(Binaries.pmll, ["state", "set", "--pool", pool, "k\(i)=v\(i)"]).status == 0) }
+        #expect(try run(Binaries.pmll, ["audit", "seal", "--pool", pool]).status == 0)
+        let file = pool + ".audit/000001.log"
+        let good = try String(contentsOfFile: file, encoding: .utf8)
+        var lines = good.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        #expect(lines.count >= 8)
+        func refused(_ text: String, _ expected: String) throws {
+            try text.write(toFile: file, atomically: false, encoding: .utf8)
+            let r = try Self.verify(pool)
+            #expect(r.status == 65 && r.stderr.hasPrefix("pmll: audit log of pool") && r.stderr.contains(expected), "\(r.status) \(r.stderr)")
+            try good.write(toFile: file, atomically: false, encoding: .utf8)
+        }
+        var flipped = lines
+        flipped[3] = flipped[3].replacingOccurrences(of: "keys: k2", with: "keys: k9")
+        try refused(flipped.joined(separator: "\n"), "record 3 (000001.log line 4) does not match its hash")
+        var removed = lines
+        removed.remove(at: 3)
+        try refused(removed.joined(separator: "\n"), "record 3 is missing")
+        var swapped = lines
+        swapped.swapAt(3, 4)
+        try refused(swapped.joined(separator: "\n"), "out of order")
+        try refused(lines.prefix(4).joined(separator: "\n") + "\n", "missing: the log was truncated")
+        // A checkpoint with an altered head is caught by its signature.
+        let checkpoints = pool + ".audit/checkpoints.log"
+        let sealed = try String(contentsOfFile: checkpoints, encoding: .utf8)
+        try sealed.replacingOccurrences(of: "\"size\":", with: "\"size\":1").write(toFile: checkpoints, atomically: false, encoding: .utf8)
+        let r = try Self.verify(pool)
+        #expect(r.status == 65 && r.stderr.contains("bad signature"), "\(r.stderr)")
+        try sealed.write(toFile: checkpoints, atomically: false, encoding: .utf8)
+        lines.removeAll()
+        #expect(try Self.verify(pool).status == 0)
+    }
+
+    /// A pool restored from a backup continues the chain its files already hold.
+    @Test func aRestoredPoolContinuesTheChain() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("r.pool"), backup = scratch.file("r.backup")
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", pool, "a=1"]).status == 0)
+        #expect(try run(Binaries.pmll, ["backup", "--pool", pool, backup]).status == 0)
+        for i in 0..<3 { #expect(try run(Binaries.pmll, ["state", "set", "--pool", pool, "b\(i)=2"]).status == 0) }
+        #expect(try run(Binaries.pmll, ["restore", "--pool", pool, backup]).status == 0)
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", pool, "c=3"]).status == 0)
+        let records = try Self.events(pool)
+        #expect(records.compactMap { $0["seq"] as? Int } == Array(1...records.count))
+        #expect(records.last?["object"] as? String == "keys: c")
+        #expect(try Self.verify(pool).status == 0)
+    }
+}
