@@ -33,8 +33,9 @@ struct CObjects: AsyncParsableCommand {
         _ = try Pool.open(path: base, options: options)
 
         func reset() throws {
-            for path in [pool, ack] { try? FileManager.default.removeItem(atPath: path) }
+            for path in [pool, ack, pool + ".audit"] { try? FileManager.default.removeItem(atPath: path) }
             try FileManager.default.copyItem(atPath: base, toPath: pool)
+            if FileManager.default.fileExists(atPath: base + ".audit") { try FileManager.default.copyItem(atPath: base + ".audit", toPath: pool + ".audit") }
         }
         try reset()
         guard try Crashing.spawn(program, ["objects", pool, ack, "\(steps)"], env: ["PMLL_CRASH_TRACE": trace]) == 0 else {

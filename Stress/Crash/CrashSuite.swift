@@ -140,6 +140,9 @@ struct Run: AsyncParsableCommand {
         try? FileManager.default.removeItem(atPath: pool)
         try? FileManager.default.removeItem(atPath: ack)
         try? FileManager.default.removeItem(atPath: Workload.tree(for: pool))
+        try? FileManager.default.removeItem(atPath: pool + ".audit")
         try FileManager.default.copyItem(atPath: base, toPath: pool)
+        // The pool's audit files go with it (a copy without them misses the base's records).
+        if FileManager.default.fileExists(atPath: base + ".audit") { try FileManager.default.copyItem(atPath: base + ".audit", toPath: pool + ".audit") }
     }
 }

@@ -154,6 +154,9 @@ struct Verify: AsyncParsableCommand {
                 guard let lock = try pool.existingLock(named: name) else { continue }
                 do { try await lock.withLock(timeout: .seconds(5)) { _ in } } catch { violations.append("lock \(name): \(error)") }
             }
+            // The audit chain survives every kill: a killed writer leaves a gap record, a killed
+            // drainer records the next drainer does not write again.
+            if let problem = try pool.verifyAuditLog().problem { violations.append("audit log: \(problem)") }
         } catch {
             violations.append("verify failed: \(error)")
         }

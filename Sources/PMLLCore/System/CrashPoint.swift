@@ -24,6 +24,7 @@ package enum CrashPoint {
         "queue.submitted", "queue.running", "queue.finished",
         "tx.conflict", "tx.undo-logged", "tx.applying", "tx.applied", "tx.committed", "tx.rolled-back",
         "queue.recovered", "batch.staged", "batch.linked", "batch.renamed", "batch.committed",
+        "audit.claimed", "audit.written",
     ]
 
     @inlinable @inline(__always)
