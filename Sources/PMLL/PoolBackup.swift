@@ -130,8 +130,12 @@ extension Pool {
         }
         closedir(dir)
         let old = names.sorted().dropLast(keep)
-        for name in old where unlink(directory + "/" + name) != 0 {
-            throw SystemCall.fileError(Errno(rawValue: errno), path: directory + "/" + name, operation: "remove")
+        for name in old {
+            guard unlink(directory + "/" + name) == 0 else {
+                throw SystemCall.fileError(Errno(rawValue: errno), path: directory + "/" + name, operation: "remove")
+            }
+            // The audit files of a backup that was opened (checked, read) go with it.
+            PoolImage.removeAuditDirectory(of: directory + "/" + name)
         }
         return old.map { directory + "/" + $0 }
     }
@@ -258,6 +262,18 @@ enum PoolImage {
             throw .corruptPool(path: name, reason: "its copy fails the check: \(first)" + (report.problems.count > 1 ? " (and \(report.problems.count - 1) more)" : ""))
         }
         return dropped
+    }
+
+    /// Removes `POOL.audit/` and the files in it (a backup's own log, when it was opened).
+    static func removeAuditDirectory(of pool: String) {
+        let dir = AuditLog.directory(ofPool: pool)
+        guard let d = opendir(dir) else { return }
+        while let entry = readdir(d) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { unlink(dir + "/" + name) }
+        }
+        closedir(d)
+        rmdir(dir)
     }
 
     static func rename(_ temporary: String, to destination: String) throws(PMLLError) {

@@ -38,3 +38,15 @@ func printJSONRows<T: Encodable>(_ rows: T) throws {
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     print(String(decoding: try encoder.encode(rows), as: UTF8.self))
 }
+
+extension BenchDirectories {
+    /// ``forEach(tag:_:)`` with an async body.
+    func forEachAsync(tag: String, _ body: (_ directory: String, _ filesystem: String) async throws -> Void) async throws {
+        for dir in directory.isEmpty ? ["/dev/shm/\(tag)", "/var/tmp/\(tag)"] : directory {
+            try? FileManager.default.removeItem(atPath: dir)
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            try await body(dir, filesystemType(dir))
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+    }
+}

@@ -165,7 +165,8 @@ public final class Pool: Sendable {
         let alone = pmll_ofd_lock(fd.rawValue, PMLL_LOCKBYTE_SESSION, PMLL_RANGE_EXCLUSIVE, 0)
         if alone == 0 {
             let reason: VolatileReset = VolatileState.bootChanged(memory.header) ? .reboot : .noOtherProcess
-            if let ring, ring.backlog > 0 || ring.header.pointee.stall_seq != 0 || ring.header.pointee.file_index != 0 {
+            if let ring, options.recordsAudit,
+               ring.backlog > 0 || ring.header.pointee.stall_seq != 0 || ring.header.pointee.file_index != 0 {
                 // Every writer is gone: what they left becomes records or gaps now, and the
                 // ring catches up with files that are ahead of it (a restored or copied pool)
                 // before anyone appends.

@@ -1,0 +1,117 @@
+import ArgumentParser
+import CPMLL
+import Foundation
+import PMLL
+import PMLLStressSupport
+
+/// What the audit log costs: the same commits and queue round trips on a pool with an audit
+/// ring and on one created without (`auditRingSlots` 0), in one process, in alternating rounds.
+/// Each timed loop includes the drains its records cause (every 512 records, written and
+/// fdatasync'ed by the appending process), so throughput carries the whole cost.
+struct AuditBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "audit", abstract: "Commits and queue operations with the audit log on and off.")
+
+    @OptionGroup var directories: BenchDirectories
+    @Option(help: "Operations per round on tmpfs.") var tmpfsOperations = 20000
+    @Option(help: "Operations per round on other filesystems.") var diskOperations = 1000
+    @Option(help: "Alternating rounds (on, off, on, off, ...); medians are reported.") var rounds = 5
+    @Flag var json = false
+
+    struct Row: Codable {
+        let directory: String
+        let filesystem: String
+        let operation: String
+        let audit: Bool
+        let operations: Int
+        /// Medians over the rounds.
+        let operationsPerSecond: Double
+        let p50Microseconds: Double
+        let p99Microseconds: Double
+        /// Throughput of each round, in order.
+        let roundsPerSecond: [Double]
+    }
+
+    func run() async throws {
+        var rows: [Row] = []
+        try await directories.forEachAsync(tag: "pmll-auditbench") { dir, fs in
+            let n = fs == "tmpfs" ? tmpfsOperations : diskOperations
+            var pools: [Bool: Pool] = [:]
+            for audit in [true, false] {
+                var options = PoolOptions()
+                options.auditRingSlots = audit ? 1024 : 0
+                pools[audit] = try Pool.open(path: dir + (audit ? "/on.pool" : "/off.pool"), options: options)
+            }
+            for operation in ["commit", "queue", "lock"] {
+                var samples: [Bool: [(rate: Double, p50: Double, p99: Double)]] = [true: [], false: []]
+                for _ in 0..<rounds {
+                    for audit in [true, false] {
+                        samples[audit]!.append(try await Self.round(operation, pool: pools[audit]!, n: operation == "lock" ? n * 20 : n))
+                    }
+                }
+                for audit in [true, false] {
+                    let s = samples[audit]!
+                    rows.append(Row(directory: dir, filesystem: fs, operation: operation, audit: audit, operations: operation == "lock" ? n * 20 : n,
+                                    operationsPerSecond: median(s.map(\.rate)), p50Microseconds: median(s.map(\.p50)),
+                                    p99Microseconds: median(s.map(\.p99)), roundsPerSecond: s.map(\.rate)))
+                }
+            }
+        }
+        if json { try printJSONRows(rows); return }
+        print("Audit log on and off: medians of \(rounds) alternating rounds (one process; drains included)")
+        var table = [["directory", "fs", "operation", "audit", "ops", "ops/s", "p50 us", "p99 us", "slower by (ops/s)", "rounds ops/s"]]
+        for row in rows {
+            let off = rows.first { $0.directory == row.directory && $0.operation == row.operation && !$0.audit }!
+            table.append([row.directory, row.filesystem, row.operation, row.audit ? "on" : "off", "\(row.operations)",
+                          String(format: "%.0f", row.operationsPerSecond), String(format: "%.2f", row.p50Microseconds),
+                          String(format: "%.2f", row.p99Microseconds),
+                          row.audit ? String(format: "%+.1f %%", (off.operationsPerSecond / row.operationsPerSecond - 1) * 100) : "",
+                          row.roundsPerSecond.map { String(format: "%.0f", $0) }.joined(separator: " ")])
+        }
+        print(TextTable.render(table))
+    }
+
+    static func round(_ operation: String, pool: Pool, n: Int) async throws -> (rate: Double, p50: Double, p99: Double) {
+        var latencies = [Int64]()
+        latencies.reserveCapacity(n)
+        let start = monotonicNanoseconds()
+        switch operation {
+        case "commit":
+            let value = [UInt8](repeating: 7, count: 64)
+            for i in 0..<n {
+                let t0 = monotonicNanoseconds()
+                try pool.transaction(isolation: .none) { tx in
+                    try tx.set("bench/a\(i & 63)", value)
+                    try tx.set("bench/b\(i & 63)", value)
+                }
+                latencies.append(monotonicNanoseconds() - t0)
+            }
+        case "queue":
+            let queue = try pool.queue(named: "bench")
+            for _ in 0..<n {
+                let t0 = monotonicNanoseconds()
+                try await queue.execute(kind: "bench", timeout: .some(nil)) { _ in }
+                latencies.append(monotonicNanoseconds() - t0)
+            }
+        default:
+            try lockLoop(pool, n, &latencies)
+        }
+        let elapsed = Double(monotonicNanoseconds() - start) / 1e9
+        latencies.sort()
+        return (Double(n) / elapsed, Double(latencies[n / 2]) / 1000, Double(latencies[n * 99 / 100]) / 1000)
+    }
+}
+
+/// Uncontended acquire and release, from synchronous code (the blocking form of `withLock`).
+private func lockLoop(_ pool: Pool, _ n: Int, _ latencies: inout [Int64]) throws {
+    let lock = try pool.lock(named: "bench", level: .package)
+    for _ in 0..<n {
+        let t0 = monotonicNanoseconds()
+        try lock.withLock { _ in }
+        latencies.append(monotonicNanoseconds() - t0)
+    }
+}
+
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    return sorted.isEmpty ? 0 : sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+}
