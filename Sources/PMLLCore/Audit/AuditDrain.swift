@@ -69,13 +69,22 @@ package struct AuditDrain {
 
         let end = ring.nextSeq
         var out = [UInt8]()
+        out.reserveCapacity(64 << 10)
+        var hash = [UInt8](repeating: 0, count: 32)
         var drainedCount = 0
         let now = Clock.realtimeNanoseconds
         while true {
-            guard let body = nextBody(seq, end: end, now: now) else { break }
-            let hash = AuditLine.chain(previous: head, body: body)
-            out += AuditLine.line(body: body, hash: hash)
-            head = hash
+            let bodyStart = out.count
+            guard appendBody(seq, end: end, now: now, to: &out) else { break }
+            out.withUnsafeBufferPointer { o in
+                _ = hash.withUnsafeMutableBufferPointer { h in
+                    head.withUnsafeBufferPointer { p in
+                        pmll_audit_chain(h.baseAddress!, p.baseAddress!, o.baseAddress! + bodyStart, UInt64(o.count - bodyStart))
+                    }
+                }
+            }
+            hash.withUnsafeBytes { AuditLine.appendHashTail(to: &out, $0) }
+            swap(&head, &hash)
             seq += 1
             drainedCount += 1
             if file.size + out.count >= fileBytes || out.count >= 1 << 18 {
@@ -101,13 +110,33 @@ package struct AuditDrain {
         return drainedCount
     }
 
-    /// The hashed body of record `seq`, a gap record in its place, or nil to stop here (its
-    /// writer is still at work, or nothing more was appended).
-    private func nextBody(_ seq: UInt64, end: UInt64, now: Int64) -> [UInt8]? {
+    /// Appends the hashed body of record `seq` (or of a gap record in its place) to `out`;
+    /// false to stop here (its writer is still at work, or nothing more was appended).
+    private func appendBody(_ seq: UInt64, end: UInt64, now: Int64, to out: inout [UInt8]) -> Bool {
         let s = ring.slot(seq)
         // Past `end`, only a volatile reset looks (at slots a power loss may have kept while
         // losing the counter); otherwise a slot there is a record whose writer is still at work.
-        if (seq < end || isAlive == nil) && ring.isComplete(seq) { return AuditLine.body(fields(s, seq: seq)) }
+        if (seq < end || isAlive == nil) && ring.isComplete(seq) {
+            let length = Int(min(s.pointee.text_length, PMLL_AUDIT_TEXT_MAX))
+            withUnsafeBytes(of: s.pointee.comm) { comm in
+                withUnsafeBytes(of: s.pointee.text) { text in
+                    AuditLine.appendBody(to: &out, seq: seq, time: s.pointee.time_ns, pid: s.pointee.pid, uid: s.pointee.uid,
+                                         command: UnsafeRawBufferPointer(rebasing: comm.prefix { $0 != 0 }),
+                                         event: AuditEvent(rawValue: s.pointee.event)?.staticName ?? "unknown",
+                                         object: UnsafeRawBufferPointer(rebasing: text.prefix(length)),
+                                         outcome: AuditOutcome(rawValue: s.pointee.outcome)?.staticName ?? "unknown")
+                }
+            }
+            return true
+        }
+        guard let body = gapBody(seq, end: end, now: now) else { return false }
+        out += body
+        return true
+    }
+
+    /// A gap record for `seq` if its writer is gone, or nil to stop here.
+    private func gapBody(_ seq: UInt64, end: UInt64, now: Int64) -> [UInt8]? {
+        let s = ring.slot(seq)
         guard seq < end else { return nil }
         let state = pmll_load64_acquire(pmll_audit_slot_state(s))
         let phase = UInt32(state & 3), stateSeq = state >> 2
@@ -130,7 +159,7 @@ package struct AuditDrain {
         if stateSeq == seq && phase == PMLL_AUDIT_CLAIMED {
             let token = OwnerToken(rawValue: s.pointee.owner_token)
             if let isAlive, isAlive(token) { return nil }
-            guard markGap(state) else { return nextBody(seq, end: end, now: now) }
+            guard markGap(state) else { return nil }
             return gap("its writer (pid \(s.pointee.pid)) died while appending it", writer: true)
         }
         // Reserved, never claimed.
@@ -142,7 +171,7 @@ package struct AuditDrain {
             }
             guard now - h.pointee.stall_since_ns >= AuditRing.stallNanoseconds else { return nil }
         }
-        guard markGap(state) else { return nextBody(seq, end: end, now: now) }
+        guard markGap(state) else { return nil }
         return gap("its writer took the number and never wrote it (it died, or stalled for \(AuditRing.stallNanoseconds / 1_000_000_000) s)", writer: false)
     }
 

@@ -11,7 +11,9 @@ public enum AuditEvent: UInt16, Sendable, CaseIterable, CustomStringConvertible 
     /// was damaged. Written by the drainer, so the chain never breaks.
     case gap = 100
 
-    public var description: String {
+    public var description: String { "\(staticName)" }
+
+    package var staticName: StaticString {
         switch self {
         case .queueSubmit: "queue.submit"
         case .queueStart: "queue.start"
@@ -51,7 +53,9 @@ public enum AuditEvent: UInt16, Sendable, CaseIterable, CustomStringConvertible 
 public enum AuditOutcome: UInt16, Sendable, CaseIterable, CustomStringConvertible {
     case ok = 0, failed, denied, lost
 
-    public var description: String {
+    public var description: String { "\(staticName)" }
+
+    package var staticName: StaticString {
         switch self {
         case .ok: "ok"
         case .failed: "failed"

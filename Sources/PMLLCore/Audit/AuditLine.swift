@@ -37,6 +37,63 @@ package enum AuditLine {
         return Array(s.utf8)
     }
 
+    /// Appends the hashed part of a record line to `out`, straight from the slot's bytes (no
+    /// String is made: the drain runs once per record).
+    package static func appendBody(to out: inout [UInt8], seq: UInt64, time: Int64, pid: Int32, uid: UInt32,
+                                   command: UnsafeRawBufferPointer, event: StaticString, object: UnsafeRawBufferPointer, outcome: StaticString) {
+        func literal(_ s: StaticString) { s.withUTF8Buffer { out.append(contentsOf: $0) } }
+        literal(#"{"seq":"#); appendDecimal(&out, seq)
+        literal(#","time_ns":"#); appendDecimal(&out, time)
+        literal(#","pid":"#); appendDecimal(&out, Int64(pid))
+        literal(#","uid":"#); appendDecimal(&out, UInt64(uid))
+        literal(#","command":""#); appendEscaped(&out, command)
+        literal(#"","event":""#); literal(event)
+        literal(#"","object":""#); appendEscaped(&out, object)
+        literal(#"","outcome":""#); literal(outcome)
+        out.append(34)
+    }
+
+    static func appendDecimal(_ out: inout [UInt8], _ value: Int64) {
+        if value < 0 { out.append(45); appendDecimal(&out, value.magnitude) } else { appendDecimal(&out, UInt64(value)) }
+    }
+
+    static func appendDecimal(_ out: inout [UInt8], _ value: UInt64) {
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)   // 24 bytes: room for 20 digits
+        var n = value, count = 0
+        withUnsafeMutableBytes(of: &digits) { buffer in
+            repeat {
+                buffer[23 - count] = UInt8(48 + n % 10)
+                n /= 10
+                count += 1
+            } while n > 0
+            out.append(contentsOf: buffer[(24 - count)...])
+        }
+    }
+
+    /// JSON string contents: the bytes as they are (UTF-8), with `"`, `\` and control bytes escaped.
+    static func appendEscaped(_ out: inout [UInt8], _ bytes: UnsafeRawBufferPointer) {
+        let hex = Array("0123456789abcdef".utf8)
+        for b in bytes {
+            switch b {
+            case 34: out.append(92); out.append(34)
+            case 92: out.append(92); out.append(92)
+            case 10: out.append(92); out.append(110)
+            case 13: out.append(92); out.append(114)
+            case 9: out.append(92); out.append(116)
+            case 0..<32: out += [92, 117, 48, 48, hex[Int(b >> 4)], hex[Int(b & 15)]]
+            default: out.append(b)
+            }
+        }
+    }
+
+    /// Appends `,"hash":"HEX"}` and a newline.
+    package static func appendHashTail(to out: inout [UInt8], _ hash: UnsafeRawBufferPointer) {
+        let hex = Array("0123456789abcdef".utf8)
+        out += hashMarker
+        for b in hash { out.append(hex[Int(b >> 4)]); out.append(hex[Int(b & 15)]) }
+        out += [34, 125, 10]
+    }
+
     /// A whole record line (with its newline), given the hashed body and its chain hash.
     package static func line(body: [UInt8], hash: [UInt8]) -> [UInt8] {
         body + hashMarker + Array(hex(hash).utf8) + Array("\"}\n".utf8)

@@ -18,11 +18,25 @@ extension Pool {
             auditDropped.add(1, ordering: .relaxed)
             Self.logger.error("audit ring full and not draining: record dropped", metadata: ["path": "\(path)", "event": "\(event)"])
         }
-        if ring.backlog >= ring.count / 2 {
-            do { try auditDrain(wait: false) } catch {
-                Self.logger.warning("could not drain the audit ring", metadata: ["path": "\(path)", "error": "\(error)"])
+        let backlog = ring.backlog
+        if backlog >= ring.count / 4 {
+            // The drainer thread takes it; past three quarters (it lags, or could not start),
+            // the appender drains too.
+            kickAuditDrainer()
+            if backlog >= ring.count / 4 * 3 {
+                do { try auditDrain(wait: false) } catch {
+                    Self.logger.warning("could not drain the audit ring", metadata: ["path": "\(path)", "error": "\(error)"])
+                }
             }
         }
+    }
+
+    private func kickAuditDrainer() {
+        let drainer = auditDrainer.withLock { slot -> AuditDrainer? in
+            if slot == nil, let drain = makeAuditDrain() { slot = AuditDrainer.start(drain, gate: auditGate) }
+            return slot
+        }
+        drainer?.kick()
     }
 
     private func append(_ ring: AuditRing, _ event: AuditEvent, _ outcome: AuditOutcome, _ text: String) -> Bool {
@@ -49,12 +63,15 @@ extension Pool {
     /// (they share the descriptor, so the byte lock does not exclude them).
     @discardableResult
     package func auditDrain(wait: Bool) throws(PMLLError) -> Int {
-        guard let ring = auditRing else { return 0 }
-        let drain = AuditDrain(ring: ring, poolPath: path, fd: fd.rawValue, persistence: memory.persistence,
-                               isAlive: { [processes] in processes.isAlive($0) }, fileBytes: auditFileBytes,
-                               groupShared: memory.header.pointee.flags & PMLL_POOL_FLAG_GROUP_SHARED != 0)
-        if wait { return try auditDrainGate.withLock { _ throws(PMLLError) in try drain.drain(wait: true) } }
-        return try auditDrainGate.withLockIfAvailable { _ throws(PMLLError) in try drain.drain(wait: false) } ?? 0
+        guard let drain = makeAuditDrain() else { return 0 }
+        return try auditGate.run(wait: wait) { () throws(PMLLError) in try drain.drain(wait: wait) }
+    }
+
+    private func makeAuditDrain() -> AuditDrain? {
+        guard let ring = auditRing else { return nil }
+        return AuditDrain(ring: ring, poolPath: path, fd: fd.rawValue, persistence: memory.persistence,
+                          isAlive: { [processes] in processes.isAlive($0) }, fileBytes: auditFileBytes,
+                          groupShared: memory.header.pointee.flags & PMLL_POOL_FLAG_GROUP_SHARED != 0)
     }
 }
 

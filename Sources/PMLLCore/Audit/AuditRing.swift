@@ -117,8 +117,14 @@ package struct AuditRing: @unchecked Sendable {
         var length = 0
         withUnsafeMutableBytes(of: &s.pointee.text) { raw in
             var utf8 = Array(text.utf8.prefix(Int(PMLL_AUDIT_TEXT_MAX)))
-            // Never cut a character in half.
-            while let last = utf8.last, last & 0xC0 == 0x80 || (utf8.count == Int(PMLL_AUDIT_TEXT_MAX) && last >= 0xC0) { utf8.removeLast() }
+            if text.utf8.count > utf8.count {
+                // Cut before the character the limit falls in, never inside it.
+                var end = utf8.count
+                while end > 0 && utf8[end - 1] & 0xC0 == 0x80 { end -= 1 }
+                let lead = end > 0 ? utf8[end - 1] : 0
+                let width = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1
+                if end > 0 && utf8.count - (end - 1) < width { utf8.removeSubrange((end - 1)...) }
+            }
             raw.copyBytes(from: utf8)
             length = utf8.count
         }

@@ -44,7 +44,9 @@ public final class Pool: Sendable {
     package let auditCommand: [UInt8]
     package let auditFileBytes: Int
     /// One drainer among this process's threads.
-    package let auditDrainGate = Mutex<Void>(())
+    package let auditGate = AuditGate()
+    /// The thread draining the audit ring in the background, once started.
+    package let auditDrainer = Mutex<AuditDrainer?>(nil)
     /// Audit records this participant could not append (the ring stayed full).
     package let auditDropped = Atomic<Int>(0)
     /// Hooks the layers above register (repair after an owner death).
@@ -232,6 +234,7 @@ public final class Pool: Sendable {
     }
 
     deinit {
+        auditDrainer.withLock { $0 }?.stop()
         if let ring = auditRing, ring.backlog > 0 {
             do { try auditDrain(wait: true) } catch {
                 Self.logger.error("could not drain the audit ring", metadata: ["path": "\(path)", "error": "\(error)"])

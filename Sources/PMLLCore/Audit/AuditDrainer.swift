@@ -1,0 +1,88 @@
+import CPMLL
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A thread of this process that drains the audit ring while the process works, so that the
+/// operations that append records do not also format, hash and write them. Started by the
+/// first append that finds the ring a quarter full (a short-lived command never gets there:
+/// it drains when it closes the pool); stopped, and joined, when the pool closes.
+// The thread holds no reference to the Pool (its last release must never happen there): only
+// the drain's values (the mapping outlives the thread: Pool.deinit joins it before unmapping)
+// and the gate it shares with the pool's own drains.
+// @unchecked: `wake` is a futex word, accessed only through atomics and futex calls.
+package final class AuditDrainer: @unchecked Sendable {
+    private let wake = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+    private let stopRequested = Atomic<Bool>(false)
+    private var thread = pthread_t()
+
+    /// Starts the thread; nil if it could not be created (appenders then drain).
+    static func start(_ drain: AuditDrain, gate: AuditGate) -> AuditDrainer? {
+        let drainer = AuditDrainer()
+        drainer.wake.initialize(to: 0)
+        let context = Unmanaged.passRetained(Context(drainer: drainer, drain: drain, gate: gate)).toOpaque()
+        let rc = pthread_create(&drainer.thread, nil, { raw in
+            let context = Unmanaged<Context>.fromOpaque(raw!).takeRetainedValue()
+            context.drainer.loop(context.drain, context.gate)
+            return nil
+        }, context)
+        guard rc == 0 else {
+            Unmanaged<Context>.fromOpaque(context).release()
+            return nil
+        }
+        return drainer
+    }
+
+    private final class Context {
+        let drainer: AuditDrainer
+        let drain: AuditDrain
+        let gate: AuditGate
+        init(drainer: AuditDrainer, drain: AuditDrain, gate: AuditGate) {
+            self.drainer = drainer
+            self.drain = drain
+            self.gate = gate
+        }
+    }
+
+    deinit { wake.deallocate() }
+
+    func kick() {
+        guard pmll_load32(wake) == 0 else { return }
+        pmll_store32(wake, 1)
+        _ = pmll_futex_wake_private(wake, 1)
+    }
+
+    /// Ends the thread and waits for it (a drain in progress finishes first).
+    func stop() {
+        stopRequested.store(true, ordering: .sequentiallyConsistent)
+        pmll_store32(wake, 1)
+        _ = pmll_futex_wake_private(wake, 1)
+        pthread_join(thread, nil)
+    }
+
+    private func loop(_ drain: AuditDrain, _ gate: AuditGate) {
+        while !stopRequested.load(ordering: .sequentiallyConsistent) {
+            if drain.ring.backlog > 0 {
+                do { try gate.run(wait: false) { () throws(PMLLError) in try drain.drain(wait: false) } } catch {
+                    Pool.logger.warning("could not drain the audit ring", metadata: ["path": "\(drain.poolPath)", "error": "\(error)"])
+                }
+            }
+            // Woken by an appender, or every 100 ms (another process may hold the drain).
+            _ = pmll_futex_wait_private(wake, 0, Clock.monotonicNanoseconds + 100_000_000)
+            pmll_store32(wake, 0)
+        }
+    }
+}
+
+/// One drainer among a process's threads for one pool (they share its descriptor, so the
+/// AUDIT byte lock does not exclude them from each other).
+package final class AuditGate: Sendable {
+    private let mutex = Mutex<Void>(())
+    package init() {}
+
+    package func run(wait: Bool, _ body: () throws(PMLLError) -> Int) throws(PMLLError) -> Int {
+        if wait { return try mutex.withLock { _ throws(PMLLError) in try body() } }
+        return try mutex.withLockIfAvailable { _ throws(PMLLError) in try body() } ?? 0
+    }
+}
