@@ -202,6 +202,8 @@ struct StressRun: AsyncParsableCommand {
         if versions.count > 1 { violations.append("install tree is half updated: versions \(versions.sorted())") }
         let check = try pool.check()
         violations += check.problems.map { "check: \($0)" }
+        // Every worker's audit records, killed writers and drainers included, form one chain.
+        if let problem = try pool.verifyAuditLog().problem { violations.append("audit log: \(problem)") }
         let totals = stats.totals(workers: processes, retired: retired)
         if totals.errors > 0 { violations.append("\(totals.errors) operations failed (see stderr)") }
         // Takeover latency: from a SIGKILL to the next acquirer told of that death.

@@ -230,7 +230,7 @@ package struct AuditDrain {
     /// The last record the file holds (number and hash); a torn last line (a drainer killed
     /// mid-write) is cut off first.
     private func reconcile(_ file: OpenFile) throws(PMLLError) -> (UInt64, [UInt8])? {
-        let tail = min(file.size, 64 << 10)
+        let tail = min(file.size, 16 << 10)   // a line is at most about 3 KiB
         var bytes = [UInt8](repeating: 0, count: tail)
         let got = bytes.withUnsafeMutableBytes { pread(file.fd, $0.baseAddress, tail, off_t(file.size - tail)) }
         guard got == tail else { throw SystemCall.fileError(.current, path: file.path, operation: "read the audit file") }

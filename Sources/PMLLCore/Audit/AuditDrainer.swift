@@ -48,8 +48,8 @@ package final class AuditDrainer: @unchecked Sendable {
     deinit { wake.deallocate() }
 
     func kick() {
-        guard pmll_load32(wake) == 0 else { return }
-        pmll_store32(wake, 1)
+        var idle: UInt32 = 0
+        guard pmll_cas32(wake, &idle, 1) != 0 else { return }
         _ = pmll_futex_wake_private(wake, 1)
     }
 
@@ -63,14 +63,19 @@ package final class AuditDrainer: @unchecked Sendable {
 
     private func loop(_ drain: AuditDrain, _ gate: AuditGate) {
         while !stopRequested.load(ordering: .sequentiallyConsistent) {
+            // Awake (wake = 1): appenders do not need to kick, so they make no system call.
+            pmll_store32(wake, 1)
+            var moved = 0
             if drain.ring.backlog > 0 {
-                do { try gate.run(wait: false) { () throws(PMLLError) in try drain.drain(wait: false) } } catch {
+                do { moved = try gate.run(wait: false) { () throws(PMLLError) in try drain.drain(wait: false) } } catch {
                     Pool.logger.warning("could not drain the audit ring", metadata: ["path": "\(drain.poolPath)", "error": "\(error)"])
                 }
             }
+            pmll_store32(wake, 0)
+            // What arrived while draining is taken now, not after the next kick.
+            if moved > 0 && drain.ring.backlog >= drain.ring.count / 4 { continue }
             // Woken by an appender, or every 100 ms (another process may hold the drain).
             _ = pmll_futex_wait_private(wake, 0, Clock.monotonicNanoseconds + 100_000_000)
-            pmll_store32(wake, 0)
         }
     }
 }

@@ -70,9 +70,16 @@ package enum AuditLine {
         }
     }
 
+    static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+
     /// JSON string contents: the bytes as they are (UTF-8), with `"`, `\` and control bytes escaped.
     static func appendEscaped(_ out: inout [UInt8], _ bytes: UnsafeRawBufferPointer) {
-        let hex = Array("0123456789abcdef".utf8)
+        // Almost every object needs no escape: one copy.
+        if !bytes.contains(where: { $0 < 32 || $0 == 34 || $0 == 92 }) {
+            out.append(contentsOf: bytes)
+            return
+        }
+        let hex = hexDigits
         for b in bytes {
             switch b {
             case 34: out.append(92); out.append(34)
@@ -88,10 +95,20 @@ package enum AuditLine {
 
     /// Appends `,"hash":"HEX"}` and a newline.
     package static func appendHashTail(to out: inout [UInt8], _ hash: UnsafeRawBufferPointer) {
-        let hex = Array("0123456789abcdef".utf8)
         out += hashMarker
-        for b in hash { out.append(hex[Int(b >> 4)]); out.append(hex[Int(b & 15)]) }
-        out += [34, 125, 10]
+        let start = out.count
+        out.append(contentsOf: repeatElement(0, count: hash.count * 2 + 3))
+        hexDigits.withUnsafeBufferPointer { hex in
+            out.withUnsafeMutableBufferPointer { o in
+                for (i, b) in hash.enumerated() {
+                    o[start + 2 * i] = hex[Int(b >> 4)]
+                    o[start + 2 * i + 1] = hex[Int(b & 15)]
+                }
+                o[start + hash.count * 2] = 34
+                o[start + hash.count * 2 + 1] = 125
+                o[start + hash.count * 2 + 2] = 10
+            }
+        }
     }
 
     /// A whole record line (with its newline), given the hashed body and its chain hash.

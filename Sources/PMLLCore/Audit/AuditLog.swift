@@ -43,7 +43,7 @@ extension Pool {
         var deadline: Int64?
         while true {
             if let seq = ring.reserve() {
-                if ring.write(seq, token: token, pid: ProcessIdentity.pid, uid: ProcessIdentity.effectiveUID, comm: auditCommand,
+                if ring.write(seq, token: token, pid: auditPID, uid: auditUID, comm: auditCommand,
                               event: event, outcome: outcome, text: text) { return true }
                 continue   // the drainer gave the number up (this thread stalled): take another
             }

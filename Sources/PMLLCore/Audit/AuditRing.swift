@@ -116,6 +116,13 @@ package struct AuditRing: @unchecked Sendable {
         }
         var length = 0
         withUnsafeMutableBytes(of: &s.pointee.text) { raw in
+            if text.utf8.count <= raw.count, let copied = text.utf8.withContiguousStorageIfAvailable({ bytes -> Int in
+                raw.copyMemory(from: UnsafeRawBufferPointer(bytes))
+                return bytes.count
+            }) {
+                length = copied
+                return
+            }
             var utf8 = Array(text.utf8.prefix(Int(PMLL_AUDIT_TEXT_MAX)))
             if text.utf8.count > utf8.count {
                 // Cut before the character the limit falls in, never inside it.

@@ -43,6 +43,9 @@ public final class Pool: Sendable {
     /// This participant's command name, as audit records carry it.
     package let auditCommand: [UInt8]
     package let auditFileBytes: Int
+    /// getpid and geteuid are system calls: read once (a forked child opens its own pool).
+    package let auditPID = ProcessIdentity.pid
+    package let auditUID = ProcessIdentity.effectiveUID
     /// One drainer among this process's threads.
     package let auditGate = AuditGate()
     /// The thread draining the audit ring in the background, once started.
