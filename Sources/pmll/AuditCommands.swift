@@ -98,7 +98,16 @@ struct AuditVerify: ParsableCommand {
     @Flag(help: "Print the result as JSON.") var json = false
 
     func run() throws {
-        let publicKey = try key.map { path throws(PMLLError) in try AuditKeyFile.read(path) }
+        if let key, access(key, R_OK) != 0 {
+            throw CommandFailure(message: "cannot read public key '\(key)': \(String(cString: strerror(errno)))", status: ExitStatus.noPool)
+        }
+        var publicKey: [UInt8]?
+        if let key {
+            guard let found = try AuditLog.publicKey(file: key) else {
+                throw CommandFailure(message: "'\(key)' is not a public key (64 hex digits, as seal.pub holds)", status: ExitStatus.usage)
+            }
+            publicKey = found
+        }
         let pool = try poolArguments.open(create: false)
         let v = try pool.verifyAuditLog(publicKey: publicKey)
         if json {
@@ -138,31 +147,5 @@ struct AuditSeal: ParsableCommand {
         let pool = try poolArguments.open(create: false)
         let c = try pool.sealAuditLog()
         if json { try printJSON(c) } else { print("audit log of \(pool.path) sealed at record #\(c.size), head \(c.head), key \(c.key)") }
-    }
-}
-
-enum AuditKeyFile {
-    static func read(_ path: String) throws(PMLLError) -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw PMLLError.permissionDenied(path: path, operation: "read the public key") }
-        defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 256)
-        let n = Glibc.read(fd, &buffer, buffer.count)
-        let text = String(decoding: buffer.prefix(max(0, n)), as: UTF8.self).filter { !$0.isWhitespace }
-        guard text.count == 64, let bytes = hexBytes(text) else {
-            throw PMLLError.auditLogDamaged(path: path, problem: "'\(path)' is not a public key (64 hex digits, as seal.pub holds)")
-        }
-        return bytes
-    }
-
-    static func hexBytes(_ text: String) -> [UInt8]? {
-        var out: [UInt8] = []
-        var chars = Array(text.utf8)[...]
-        while chars.count >= 2 {
-            guard let b = UInt8(String(decoding: chars.prefix(2), as: UTF8.self), radix: 16) else { return nil }
-            out.append(b)
-            chars = chars.dropFirst(2)
-        }
-        return chars.isEmpty ? out : nil
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import PMLL
 import Testing
 
 /// The audit log (Docs/Audit.md) with real processes: records of every kind written by `pmll`
@@ -143,5 +144,25 @@ struct AuditTests {
         #expect(records.compactMap { $0["seq"] as? Int } == Array(1...records.count))
         #expect(records.last?["object"] as? String == "keys: c")
         #expect(try Self.verify(pool).status == 0)
+    }
+
+    /// Small files: the log rotates, every file continues the one before, and a missing
+    /// middle file is named.
+    @Test func rotatedFilesChainAndAMissingOneIsNamed() throws {
+        let scratch = Scratch()
+        let path = scratch.file("rot.pool")
+        var options = PoolOptions()
+        options.auditFileBytes = 4096
+        do {
+            let pool = try Pool.open(path: path, options: options)
+            for i in 0..<200 { try pool.transaction(isolation: .none) { tx in try tx.set("k\(i)", "v") } }
+            let v = try pool.verifyAuditLog()
+            #expect(v.problem == nil && v.records >= 200 && v.files >= 5, "\(v)")
+        }
+        let files = try FileManager.default.contentsOfDirectory(atPath: path + ".audit").filter { $0.hasSuffix(".log") }.sorted()
+        #expect(files.count >= 5)
+        try FileManager.default.removeItem(atPath: path + ".audit/" + files[2])
+        let r = try Self.verify(path)
+        #expect(r.status == 65 && r.stderr.contains("audit file \(files[2]) is missing"), "\(r.stderr)")
     }
 }

@@ -20,7 +20,7 @@ public enum AuditLog {
     static func files(_ directory: String) throws(PMLLError) -> [(index: UInt64, path: String)] {
         guard let dir = opendir(directory) else {
             if errno == ENOENT { return [] }
-            throw SystemCallError.file(errno: errno, path: directory, operation: "read the audit directory")
+            throw SystemCall.fileError(.current, path: directory, operation: "read the audit directory")
         }
         defer { closedir(dir) }
         var found: [(UInt64, String)] = []
@@ -34,13 +34,13 @@ public enum AuditLog {
 
     static func readFile(_ path: String) throws(PMLLError) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw SystemCallError.file(errno: errno, path: path, operation: "open") }
+        guard fd >= 0 else { throw SystemCall.fileError(.current, path: path, operation: "open") }
         defer { close(fd) }
         var out = [UInt8](), chunk = [UInt8](repeating: 0, count: 1 << 16)
         while true {
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else { throw SystemCallError.file(errno: errno, path: path, operation: "read") }
+            guard n >= 0 else { throw SystemCall.fileError(.current, path: path, operation: "read") }
             if n == 0 { return out }
             out += chunk[..<n]
         }
@@ -153,7 +153,7 @@ public enum AuditLog {
         }
         v.head = v.lastSeq == nil ? nil : AuditLine.hex(previous)
         if v.problem != nil { return v }
-        let key = publicKey ?? (try? readKey(directory + "/" + publicKeyFile, bytes: 32))
+        let key = publicKey ?? (try? readKey(directory + "/" + publicKeyFile, bytes: 32)) ?? nil
         for c in checkpoints {
             guard let key else {
                 v.problem = "checkpoints exist but there is no public key to check them (\(publicKeyFile) is missing)"
@@ -193,11 +193,14 @@ public enum AuditLog {
         return pmll_ed25519_verify(signature, body, UInt64(body.count), publicKey) == 1
     }
 
-    static func readKey(_ path: String, bytes: Int) throws(PMLLError) -> [UInt8] {
+    /// A public key file as `pmll audit seal` writes it (`seal.pub`: 64 hex digits).
+    /// nil when the file does not hold one.
+    public static func publicKey(file path: String) throws(PMLLError) -> [UInt8]? { try readKey(path, bytes: 32) }
+
+    /// The key in a key file (hex), or nil when the file holds something else.
+    static func readKey(_ path: String, bytes: Int) throws(PMLLError) -> [UInt8]? {
         let text = String(decoding: try readFile(path), as: UTF8.self).filter { !$0.isWhitespace }
-        guard let key = AuditLine.unhex(text), key.count == bytes else {
-            throw .auditLogDamaged(path: path, problem: "\(path) is not a \(bytes)-byte key in hex")
-        }
+        guard let key = AuditLine.unhex(text), key.count == bytes else { return nil }
         return key
     }
 
@@ -210,7 +213,10 @@ public enum AuditLog {
         let secretPath = directory + "/" + secretKeyFile, publicPath = directory + "/" + publicKeyFile
         var secret: [UInt8], publicKey: [UInt8]
         if access(secretPath, F_OK) == 0 {
-            secret = try readKey(secretPath, bytes: 64)
+            guard let key = try readKey(secretPath, bytes: 64) else {
+                throw .auditLogDamaged(path: poolPath, problem: "\(secretPath) is not a 64-byte secret key in hex")
+            }
+            secret = key
             publicKey = Array(secret[32...])
         } else {
             secret = [UInt8](repeating: 0, count: 64)
@@ -234,24 +240,17 @@ public enum AuditLog {
 
     static func writeNew(_ path: String, _ bytes: [UInt8], mode: mode_t) throws(PMLLError) {
         let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
-        guard fd >= 0 else { throw SystemCallError.file(errno: errno, path: path, operation: "create") }
+        guard fd >= 0 else { throw SystemCall.fileError(.current, path: path, operation: "create") }
         defer { close(fd) }
         fchmod(fd, mode)
-        guard write(fd, bytes, bytes.count) == bytes.count, fsync(fd) == 0 else { throw SystemCallError.file(errno: errno, path: path, operation: "write") }
+        guard write(fd, bytes, bytes.count) == bytes.count, fsync(fd) == 0 else { throw SystemCall.fileError(.current, path: path, operation: "write") }
     }
 
     static func appendLine(_ path: String, _ bytes: [UInt8]) throws(PMLLError) {
         let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw SystemCallError.file(errno: errno, path: path, operation: "open") }
+        guard fd >= 0 else { throw SystemCall.fileError(.current, path: path, operation: "open") }
         defer { close(fd) }
-        guard write(fd, bytes, bytes.count) == bytes.count, fsync(fd) == 0 else { throw SystemCallError.file(errno: errno, path: path, operation: "write") }
-    }
-}
-
-/// errno of a file operation as the typed error the core gives it.
-enum SystemCallError {
-    static func file(errno e: Int32, path: String, operation: String) -> PMLLError {
-        SystemCall.fileError(Errno(rawValue: e), path: path, operation: operation)
+        guard write(fd, bytes, bytes.count) == bytes.count, fsync(fd) == 0 else { throw SystemCall.fileError(.current, path: path, operation: "write") }
     }
 }
 
@@ -279,7 +278,7 @@ extension Pool {
     public func sealAuditLog() throws(PMLLError) -> AuditCheckpoint {
         try drainAuditLog()
         var st = stat()
-        guard fstat(fd.rawValue, &st) == 0 else { throw SystemCallError.file(errno: errno, path: path, operation: "stat") }
+        guard fstat(fd.rawValue, &st) == 0 else { throw SystemCall.fileError(.current, path: path, operation: "stat") }
         let checkpoint = try AuditLog.seal(directory: AuditLog.directory(ofPool: path), poolPath: path, owner: UInt32(st.st_uid))
         audit(.seal, .ok, "checkpoint of \(checkpoint.size) records, head \(checkpoint.head.prefix(16))…")
         return checkpoint

@@ -53,7 +53,7 @@ package struct AuditDrain {
         var head = withUnsafeBytes(of: h.pointee.head_hash) { Array($0) }
         var fileIndex = max(1, h.pointee.file_index)
         var file = try openFile(fileIndex, previousSeq: seq - 1, previousHash: head, create: h.pointee.file_index == 0)
-        defer { close(file.fd) }
+        defer { if file.fd >= 0 { close(file.fd) } }
         var adopted = false
         if let (lastSeq, lastHash) = try reconcile(file), lastSeq >= seq {
             // The files are ahead of the ring: a drainer killed before it could say what it
@@ -93,6 +93,7 @@ package struct AuditDrain {
                 try publish(seq: seq, head: head, file: fileIndex)
                 if file.size >= fileBytes {
                     close(file.fd)
+                    file.fd = -1   // the deferred close must not close it again if the next open fails
                     fileIndex += 1
                     file = try openFile(fileIndex, previousSeq: seq - 1, previousHash: head, create: true)
                     try publish(seq: seq, head: head, file: fileIndex)

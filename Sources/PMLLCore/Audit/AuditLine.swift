@@ -111,11 +111,6 @@ package enum AuditLine {
         }
     }
 
-    /// A whole record line (with its newline), given the hashed body and its chain hash.
-    package static func line(body: [UInt8], hash: [UInt8]) -> [UInt8] {
-        body + hashMarker + Array(hex(hash).utf8) + Array("\"}\n".utf8)
-    }
-
     /// The header line of file `index`, whose first record follows `previousSeq`.
     package static func fileHeader(index: UInt64, previousSeq: UInt64, previousHash: [UInt8], pool: String) -> [UInt8] {
         Array((#"{"file":"# + String(index) + #","previous_seq":"# + String(previousSeq) + #","previous_hash":""# + hex(previousHash)
