@@ -42,7 +42,7 @@ struct AuditShow: ParsableCommand {
     }
 
     func run() throws {
-        let pool = try poolArguments.open(create: false)
+        let (pool, path) = try AuditSource.open(poolArguments)
         var next: UInt64 = 0
         var oldest: Int64 = .min
         switch since.flatMap(Self.parseSince) {
@@ -53,7 +53,8 @@ struct AuditShow: ParsableCommand {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         while true {
-            for record in try pool.auditRecords(since: next) where record.timeNanoseconds >= oldest {
+            let records = try pool?.auditRecords(since: next) ?? AuditLog.records(directory: AuditLog.directory(ofPool: path), since: next)
+            for record in records where record.timeNanoseconds >= oldest {
                 if json {
                     print(String(decoding: try encoder.encode(record), as: UTF8.self))
                 } else {
@@ -108,15 +109,15 @@ struct AuditVerify: ParsableCommand {
             }
             publicKey = found
         }
-        let pool = try poolArguments.open(create: false)
-        let v = try pool.verifyAuditLog(publicKey: publicKey)
+        let (pool, path) = try AuditSource.open(poolArguments)
+        let v = try pool?.verifyAuditLog(publicKey: publicKey) ?? AuditLog.verify(directory: AuditLog.directory(ofPool: path), publicKey: publicKey)
         if json {
             try printJSON(Summary(v))
         } else if v.problem == nil {
-            print("audit log of \(pool.path): \(v.records) record(s) in \(v.files) file(s)" + (v.lastSeq.map { ", #\(v.firstSeq ?? 0)–#\($0)" } ?? "")
+            print("audit log of \(path): \(v.records) record(s) in \(v.files) file(s)" + (v.lastSeq.map { ", #\(v.firstSeq ?? 0)–#\($0)" } ?? "")
                   + ", \(v.gaps) gap(s), \(v.checkpoints) signed checkpoint(s) verified")
         }
-        if let problem = v.problem { throw PMLLError.auditLogDamaged(path: pool.path, problem: problem) }
+        if let problem = v.problem { throw PMLLError.auditLogDamaged(path: path, problem: problem) }
     }
 
     struct Summary: Encodable {
@@ -147,5 +148,25 @@ struct AuditSeal: ParsableCommand {
         let pool = try poolArguments.open(create: false)
         let c = try pool.sealAuditLog()
         if json { try printJSON(c) } else { print("audit log of \(pool.path) sealed at record #\(c.size), head \(c.head), key \(c.key)") }
+    }
+}
+
+/// Where `audit show` and `audit verify` read: the pool, opened (its ring drained into the files
+/// first), or the files alone for a user who may read them but not open the pool (another
+/// user's pool, or no write permission); records still in the ring are then not seen yet.
+enum AuditSource {
+    static func open(_ arguments: PoolArguments) throws -> (pool: Pool?, path: String) {
+        do {
+            let pool = try arguments.open(create: false)
+            return (pool, pool.path)
+        } catch let error as PMLLError {
+            switch error {
+            case .permissionDenied, .foreignOwner:
+                let path = PoolPath.resolve(try arguments.path())
+                guard access(AuditLog.directory(ofPool: path), R_OK | X_OK) == 0 else { throw error }
+                return (nil, path)
+            default: throw error
+            }
+        }
     }
 }

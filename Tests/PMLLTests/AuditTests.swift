@@ -165,4 +165,21 @@ struct AuditTests {
         let r = try Self.verify(path)
         #expect(r.status == 65 && r.stderr.contains("audit file \(files[2]) is missing"), "\(r.stderr)")
     }
+
+    /// Someone who may read the audit files but not open the pool (here: a pool that belongs to
+    /// another user) still shows and verifies the log, from the files alone.
+    @Test func theLogIsReadFromItsFilesWhenThePoolCannotBeOpened() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("o.pool")
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", pool, "a=1"]).status == 0)
+        #expect(chown(pool, 65534, 65534) == 0)
+        #expect(try run(Binaries.pmll, ["status", "--pool", pool]).status == 77)
+        let shown = try run(Binaries.pmll, ["audit", "show", "--pool", pool])
+        #expect(shown.status == 0 && shown.stdout.contains("store.commit ok: keys: a"), "\(shown.stdout) \(shown.stderr)")
+        #expect(try Self.verify(pool).status == 0)
+        let file = pool + ".audit/000001.log"
+        try (try String(contentsOfFile: file, encoding: .utf8)).replacingOccurrences(of: "keys: a", with: "keys: b").write(toFile: file, atomically: false, encoding: .utf8)
+        let r = try Self.verify(pool)
+        #expect(r.status == 65 && r.stderr.contains("record 1"), "\(r.stderr)")
+    }
 }
