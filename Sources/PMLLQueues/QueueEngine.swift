@@ -134,8 +134,8 @@ package struct QueueEngine: @unchecked Sendable {
             r.pointee.checksum = RecordState.checksum(r)
             pmll_store32(pmll_record_state(r), startsNow ? PMLL_RECORD_RUNNING : PMLL_RECORD_QUEUED)
             try persist(r, payload: true)
-            pool.audit(.queueSubmit, .ok, auditObject(ticket, kind: op.kind))
-            if startsNow { pool.audit(.queueStart, .ok, auditObject(ticket, kind: op.kind) + " attempt 1") }
+            pool.audit(.queueSubmit) { describe(ticket, r, &$0) }
+            if startsNow { pool.audit(.queueStart) { describe(ticket, r, &$0); $0.add(" attempt 1") } }
         }
         pmll_store64_release(&head.pointee.next_ticket, first + n)
         CrashPoint.hit("queue.submitted")
@@ -275,7 +275,7 @@ package struct QueueEngine: @unchecked Sendable {
         if attempt == 1 { r.pointee.started_ns = UInt64(Clock.realtimeNanoseconds) }
         pmll_store32(pmll_record_state(r), PMLL_RECORD_RUNNING)
         try persist(r)
-        pool.audit(.queueStart, .ok, auditObject(ticket, kind: String(fixedCString: r.pointee.kind)) + " attempt \(attempt)")
+        pool.audit(.queueStart) { describe(ticket, r, &$0); $0.add(" attempt "); $0.add(UInt64(attempt)) }
     }
 
     package func noteRetry(_ ticket: UInt64, error: String) {
@@ -287,6 +287,17 @@ package struct QueueEngine: @unchecked Sendable {
 
     /// How audit records name an operation.
     func auditObject(_ ticket: UInt64, kind: String) -> String { "queue '\(name)' ticket \(ticket) kind '\(kind)'" }
+
+    /// ``auditObject(_:kind:)`` written into a record, the kind read from the operation's record.
+    func describe(_ ticket: UInt64, _ r: UnsafeMutablePointer<pmll_record_t>, _ text: inout AuditText) {
+        text.add("queue '")
+        text.add(name)
+        text.add("' ticket ")
+        text.add(ticket)
+        text.add(" kind '")
+        text.add(fixedCString: r.pointee.kind)
+        text.add("'")
+    }
 
     /// Makes the final state durable, then hands the turn on.
     package func finish(_ ticket: UInt64, succeeded: Bool, error: String) throws(PMLLError) {
@@ -304,8 +315,10 @@ package struct QueueEngine: @unchecked Sendable {
         telemetry.waitDuration.recordNanoseconds(Int64(clamping: wait))
         telemetry.runDuration.recordNanoseconds(Int64(clamping: run))
         try persist(r)
-        pool.audit(succeeded ? .queueComplete : .queueFail, succeeded ? .ok : .failed,
-                   auditObject(ticket, kind: String(fixedCString: r.pointee.kind)) + (succeeded ? "" : ": " + error))
+        pool.audit(succeeded ? .queueComplete : .queueFail, succeeded ? .ok : .failed) { text in
+            describe(ticket, r, &text)
+            if !succeeded { text.add(": "); text.add(error) }
+        }
         CrashPoint.hit("queue.finished")
     }
 

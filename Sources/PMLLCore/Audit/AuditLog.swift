@@ -9,12 +9,20 @@ extension Pool {
     /// ring stays full (its files cannot be written) for about five seconds, the record is
     /// dropped, logged, and counted in a record appended as soon as there is room again.
     package func audit(_ event: AuditEvent, _ outcome: AuditOutcome = .ok, _ object: @autoclosure () -> String) {
+        guard auditRing != nil else { return }
+        let text = object()
+        audit(event, outcome) { $0.add(text) }
+    }
+
+    /// ``audit(_:_:_:)`` with the object written into the record by `fill`, for the hot paths
+    /// (queue operations): no String is built.
+    package func audit(_ event: AuditEvent, _ outcome: AuditOutcome = .ok, fill: (inout AuditText) -> Void) {
         guard let ring = auditRing else { return }
         let dropped = auditDropped.load(ordering: .relaxed)
-        if dropped > 0, append(ring, .gap, .lost, "\(dropped) audit record(s) of this process dropped: the ring was full and could not be drained") {
+        if dropped > 0, append(ring, .gap, .lost, { $0.add(UInt64(dropped)); $0.add(" audit record(s) of this process dropped: the ring was full and could not be drained") }) {
             auditDropped.subtract(dropped, ordering: .relaxed)
         }
-        if !append(ring, event, outcome, object()) {
+        if !append(ring, event, outcome, fill) {
             auditDropped.add(1, ordering: .relaxed)
             Self.logger.error("audit ring full and not draining: record dropped", metadata: ["path": "\(path)", "event": "\(event)"])
         }
@@ -39,12 +47,12 @@ extension Pool {
         drainer?.kick()
     }
 
-    private func append(_ ring: AuditRing, _ event: AuditEvent, _ outcome: AuditOutcome, _ text: String) -> Bool {
+    private func append(_ ring: AuditRing, _ event: AuditEvent, _ outcome: AuditOutcome, _ fill: (inout AuditText) -> Void) -> Bool {
         var deadline: Int64?
         while true {
             if let seq = ring.reserve() {
                 if ring.write(seq, token: token, pid: auditPID, uid: auditUID, comm: auditCommand,
-                              event: event, outcome: outcome, text: text) { return true }
+                              event: event, outcome: outcome, fill: fill) { return true }
                 continue   // the drainer gave the number up (this thread stalled): take another
             }
             // Full: drain (or wait for the process draining), for about five seconds at most.
@@ -81,6 +89,6 @@ extension AuditRing {
     package static func appendDuringReset(_ memory: PoolMemory, _ event: AuditEvent, _ outcome: AuditOutcome, _ text: String) {
         guard let ring = try? AuditRing(memory: memory, path: ""), let seq = ring.reserve() else { return }
         _ = ring.write(seq, token: OwnerToken(rawValue: 0), pid: ProcessIdentity.pid, uid: ProcessIdentity.effectiveUID,
-                       comm: Array(ProcessIdentity.commandName().utf8), event: event, outcome: outcome, text: text)
+                       comm: Array(ProcessIdentity.commandName().utf8), event: event, outcome: outcome) { $0.add(text) }
     }
 }

@@ -98,7 +98,7 @@ package struct AuditRing: @unchecked Sendable {
     /// Claims, fills and completes `seq`'s slot. False when the drainer already gave the number
     /// up as a gap (this writer stalled too long): the caller appends again with a new number.
     package func write(_ seq: UInt64, token: OwnerToken, pid: Int32, uid: UInt32, comm: [UInt8],
-                       event: AuditEvent, outcome: AuditOutcome, text: String) -> Bool {
+                       event: AuditEvent, outcome: AuditOutcome, fill: (inout AuditText) -> Void) -> Bool {
         let s = slot(seq)
         var current = pmll_load64_acquire(pmll_audit_slot_state(s))
         guard current >> 2 < seq else { return false }
@@ -116,28 +116,66 @@ package struct AuditRing: @unchecked Sendable {
         }
         var length = 0
         withUnsafeMutableBytes(of: &s.pointee.text) { raw in
-            if text.utf8.count <= raw.count, let copied = text.utf8.withContiguousStorageIfAvailable({ bytes -> Int in
-                raw.copyMemory(from: UnsafeRawBufferPointer(bytes))
-                return bytes.count
-            }) {
-                length = copied
-                return
-            }
-            var utf8 = Array(text.utf8.prefix(Int(PMLL_AUDIT_TEXT_MAX)))
-            if text.utf8.count > utf8.count {
-                // Cut before the character the limit falls in, never inside it.
-                var end = utf8.count
-                while end > 0 && utf8[end - 1] & 0xC0 == 0x80 { end -= 1 }
-                let lead = end > 0 ? utf8[end - 1] : 0
-                let width = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1
-                if end > 0 && utf8.count - (end - 1) < width { utf8.removeSubrange((end - 1)...) }
-            }
-            raw.copyBytes(from: utf8)
-            length = utf8.count
+            var text = AuditText(raw)
+            fill(&text)
+            length = text.finish()
         }
         s.pointee.text_length = UInt32(length)
         s.pointee.checksum = Self.checksum(s, seq: seq)
         var claimed = Self.state(seq, PMLL_AUDIT_CLAIMED)
         return pmll_cas64(pmll_audit_slot_state(s), &claimed, Self.state(seq, PMLL_AUDIT_COMPLETE)) != 0
+    }
+}
+
+/// The object of an audit record, written straight into its slot (no String is built on the
+/// appending path). Cut at the slot's size, before the character the limit falls in.
+package struct AuditText {
+    private let buffer: UnsafeMutableRawBufferPointer
+    private var count = 0
+    private var truncated = false
+
+    init(_ buffer: UnsafeMutableRawBufferPointer) { self.buffer = buffer }
+
+    package mutating func add(_ bytes: UnsafeRawBufferPointer) {
+        let n = min(bytes.count, buffer.count - count)
+        if n > 0 { (buffer.baseAddress! + count).copyMemory(from: bytes.baseAddress!, byteCount: n) }
+        count += n
+        if n < bytes.count { truncated = true }
+    }
+
+    package mutating func add(_ text: StaticString) { text.withUTF8Buffer { add(UnsafeRawBufferPointer($0)) } }
+
+    package mutating func add(_ text: String) {
+        var text = text
+        text.withUTF8 { add(UnsafeRawBufferPointer($0)) }
+    }
+
+    package mutating func add(_ value: UInt64) {
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)
+        var n = value, used = 0
+        withUnsafeMutableBytes(of: &digits) { raw in
+            repeat {
+                raw[23 - used] = UInt8(48 + n % 10)
+                n /= 10
+                used += 1
+            } while n > 0
+            add(UnsafeRawBufferPointer(rebasing: raw[(24 - used)...]))
+        }
+    }
+
+    /// A NUL-terminated name in a fixed-size field of the pool (a record's kind).
+    package mutating func add<T>(fixedCString field: T) {
+        withUnsafeBytes(of: field) { raw in add(UnsafeRawBufferPointer(rebasing: raw.prefix { $0 != 0 })) }
+    }
+
+    /// The length written, cut back to a character boundary if the limit was reached.
+    mutating func finish() -> Int {
+        guard truncated else { return count }
+        var end = count
+        while end > 0 && buffer[end - 1] & 0xC0 == 0x80 { end -= 1 }
+        let lead = end > 0 ? buffer[end - 1] : 0
+        let width = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1
+        if end > 0 && count - (end - 1) < width { count = end - 1 }
+        return count
     }
 }
