@@ -58,6 +58,11 @@ package enum AuditLine {
     }
 
     static func appendDecimal(_ out: inout [UInt8], _ value: UInt64) {
+        withDecimal(value) { out.append(contentsOf: $0) }
+    }
+
+    /// The ASCII digits of `value`, formatted on the stack (no allocation).
+    static func withDecimal(_ value: UInt64, _ body: (UnsafeRawBufferPointer) -> Void) {
         var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)   // 24 bytes: room for 20 digits
         var n = value, count = 0
         withUnsafeMutableBytes(of: &digits) { buffer in
@@ -66,7 +71,7 @@ package enum AuditLine {
                 n /= 10
                 count += 1
             } while n > 0
-            out.append(contentsOf: buffer[(24 - count)...])
+            body(UnsafeRawBufferPointer(rebasing: buffer[(24 - count)...]))
         }
     }
 

@@ -151,16 +151,7 @@ package struct AuditText {
     }
 
     package mutating func add(_ value: UInt64) {
-        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)
-        var n = value, used = 0
-        withUnsafeMutableBytes(of: &digits) { raw in
-            repeat {
-                raw[23 - used] = UInt8(48 + n % 10)
-                n /= 10
-                used += 1
-            } while n > 0
-            add(UnsafeRawBufferPointer(rebasing: raw[(24 - used)...]))
-        }
+        AuditLine.withDecimal(value) { add($0) }
     }
 
     /// A NUL-terminated name in a fixed-size field of the pool (a record's kind).
