@@ -2,6 +2,7 @@
 #include "cpmll.h"
 #include <errno.h>
 #include <libpmem.h>
+#include <sys/mman.h>
 
 void *pmll_pmem_create(const char *path, uint64_t length, uint32_t mode, uint64_t *mapped_length, int *is_pmem, int *err_out) {
     size_t len = 0;
@@ -22,6 +23,12 @@ void *pmll_pmem_open(const char *path, uint64_t *mapped_length, int *is_pmem, in
     *mapped_length = len;
     *is_pmem = pm;
     return addr;
+}
+
+void *pmll_map_readonly(int fd, uint64_t length, int *err_out) {
+    void *addr = mmap(NULL, (size_t)length, PROT_READ, MAP_SHARED, fd, 0);
+    *err_out = addr == MAP_FAILED ? errno : 0;
+    return addr == MAP_FAILED ? NULL : addr;
 }
 
 int pmll_pmem_unmap(void *addr, uint64_t length) { return pmem_unmap(addr, (size_t)length) == 0 ? 0 : -errno; }

@@ -102,7 +102,7 @@ extension Pool {
         var target = directory + "/" + name + "." + Self.backupTimestamp() + ".backup"
         // Two backups in one second (a manual one beside a scheduled one) keep both.
         var n = 1
-        while access(target, F_OK) == 0 {
+        while Glibc.access(target, F_OK) == 0 {
             n += 1
             target = directory + "/" + name + "." + Self.backupTimestamp() + "-\(n).backup"
         }

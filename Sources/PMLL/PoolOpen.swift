@@ -21,6 +21,7 @@ extension Pool {
     public static func open(path: String? = nil, options: PoolOptions = PoolOptions()) throws(PMLLError) -> Pool {
         let pool = try attach(path: path, options: options, steps: attachSteps)
         try pool.attachStore()
+        pool.installPolicyLoader()
         try pool.storeReady()
         if pool.openReport.volatileReset != nil {
             _ = try? pool.fileBatchRecovery(ownersAreGone: true)
@@ -60,6 +61,7 @@ extension Pool {
     public func recover(handlers: [String: RecoveryHandler], policies: RecoveryPolicies = RecoveryPolicies(), dryRun: Bool = false,
                         timeout: Duration = .seconds(30)) async throws -> RecoveryReport {
         var report = RecoveryReport()
+        if !dryRun { try access.check(self, .recover) }
         if !dryRun {
             let batches = try fileBatchRecovery()
             report.fileBatchesRolledBack = batches.handled

@@ -36,6 +36,8 @@ public struct PoolStatus: Codable, Sendable {
     public let lastCheck: CheckRecord?
     /// The last scheduled backup (nil if none ever ran).
     public let lastBackup: BackupRecord?
+    /// Read through a read-only attach (``PoolOptions/readOnly``).
+    public let readOnlyView: Bool
 }
 
 extension Pool {
@@ -64,7 +66,8 @@ extension Pool {
                        "lockTable": memory.layout.lockTable.count, "queueTable": memory.layout.queueTable.count,
                        "auditRing": memory.layout.auditRing.count, "stateStore": memory.layout.heap.count],
             lastCheck: store.blockCount > 0 ? (try? lastScheduledCheck()) ?? nil : nil,
-            lastBackup: store.blockCount > 0 ? (try? lastScheduledBackup()) ?? nil : nil)
+            lastBackup: store.blockCount > 0 ? (try? lastScheduledBackup()) ?? nil : nil,
+            readOnlyView: isReadOnly)
     }
 
 }

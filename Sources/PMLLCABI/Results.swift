@@ -32,7 +32,7 @@ enum CResult {
              .transactionRecoveryFailed, .batchNeedsAttention, .auditLogDamaged:
             pmll_abi_pool_corrupt
         case .poolNotFound, .noAuditLog: pmll_abi_not_found
-        case .permissionDenied, .foreignOwner, .signatureRejected: pmll_abi_permission
+        case .permissionDenied, .foreignOwner, .signatureRejected, .readOnlyPool, .accessDenied: pmll_abi_permission
         case .poolFull, .noStateStore, .noSpace: pmll_abi_pool_full
         case .invalidBatchRoot, .batchFailed: CPM_RESULT_ERROR_FILE_OPERATION
         case .systemCall: pmll_abi_system

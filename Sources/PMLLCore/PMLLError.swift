@@ -11,6 +11,11 @@ public enum PMLLError: Error, Equatable, Sendable {
     case permissionDenied(path: String, operation: String)
     /// The pool belongs to another user and was not created for a shared group.
     case foreignOwner(path: String, ownerUID: UInt32)
+    /// The pool was attached read-only (``PoolOptions/readOnly``) and the operation writes.
+    case readOnlyPool(path: String, operation: String)
+    /// The pool's access policy does not let this user do this (`rule` names the policy rule
+    /// that governs it; Docs/Security.md).
+    case accessDenied(operation: String, rule: String)
     /// The file exists but is not a PMLL pool (wrong magic).
     case notAPool(path: String)
     /// The pool was written by a format this library does not know.
@@ -108,6 +113,8 @@ extension PMLLError: CustomStringConvertible {
         case let .poolNotFound(path): "pool '\(path)' does not exist"
         case let .permissionDenied(path, operation): "permission denied: cannot \(operation) '\(path)'"
         case let .foreignOwner(path, uid): "pool '\(path)' belongs to uid \(uid) and is not group-shared"
+        case let .readOnlyPool(path, operation): "pool '\(path)' is attached read-only: cannot \(operation)"
+        case let .accessDenied(operation, rule): "permission denied by policy rule '\(rule)': \(operation)"
         case let .notAPool(path): "'\(path)' is not a PMLL pool"
         case let .unsupportedFormatVersion(path, found, supported):
             "pool '\(path)' has format version \(found); this pmll supports version \(supported)"

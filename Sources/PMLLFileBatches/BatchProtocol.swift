@@ -21,6 +21,9 @@ extension Pool {
     /// ``apply(_:root:atomic:durable:)-(_,FilePath,_,_)`` with the root as a string.
     public func apply(_ batch: FileBatch, root: String, atomic: Bool = true, durable: Bool = true) throws(PMLLError) -> BatchReport {
         let what = "root '\(root)', \(batch.operations.count) entries, \(atomic ? "atomic" : "best effort")"
+        let request = AccessRequest.batch(root: Self.absolute(root))
+        try access.check(self, request)
+        try access.requireSignature(self, request, signer: batch.signer, subject: "file batch for root '\(root)'")
         do {
             let report = try applyBatch(batch, root: root, atomic: atomic, durable: durable)
             let failed = report.results.filter { !$0.isApplied }.count

@@ -33,6 +33,10 @@ public struct FileBatch: Sendable, Equatable {
     }
 
     public var operations: [Operation]
+    /// The minisign public key (base64 line of its `.pub` file) whose signature over the
+    /// batch's bytes was verified (`Pool.verify(_:bytes:signature:trusted:root:)`); what a
+    /// policy that requires signed batches checks.
+    public package(set) var signer: String?
     public init(_ operations: [Operation]) { self.operations = operations }
 
     /// Checks every entry before anything is touched: paths relative, confined (no "..", no

@@ -131,6 +131,7 @@ extension Pool {
     /// ``PMLLError/queueMismatch(name:reason:)`` if it exists with the other persistence.
     public func queue(named name: String, persistent: Bool = true, configuration: QueueConfiguration = QueueConfiguration()) throws(PMLLError) -> HardenedQueue {
         try QueueTable.validate(name: name)
+        if isReadOnly { throw .readOnlyPool(path: path, operation: "use queue '\(name)'") }
         let queues = QueueTable(memory: memory, path: path)
         let index: UInt32
         if let found = try queues.find(name) {

@@ -29,6 +29,10 @@ package final class DetachedTransaction {
     /// if something read has changed since (a read-only transaction saw one consistent state
     /// and always commits).
     package func commit() throws(PMLLError) {
+        try tx.authorize()
+        for write in inPlace {
+            try tx.pool.access.check(tx.pool, .stateWrite(key: Pool.objectPrefix + write.object.name))
+        }
         try tx.pool.commit(tx.plannedWrites, reads: tx.reads, inPlace: inPlace)
     }
 }

@@ -66,7 +66,7 @@ package final class ReadSet {
         if isEmpty || now == validAt { validAt = now; return now }
         if let changed = try firstChanged(store) {
             conflict = changed
-            pmll_add64(&pool.ownLogHeader(store).pointee.conflicts, 1)
+            if !pool.isReadOnly { pmll_add64(&pool.ownLogHeader(store).pointee.conflicts, 1) }
             pool.telemetry.conflicts.increment()
             CrashPoint.hit("tx.conflict")
             throw .transactionConflict(key: changed, attempts: attempt)

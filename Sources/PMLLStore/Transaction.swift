@@ -16,6 +16,8 @@ public struct Transaction: ~Copyable {
     let reads: ReadSet?
     private(set) var writes: [String: [UInt8]?] = [:]
     private(set) var order: [String] = []
+    /// Keys whose value was verified against a signature, and the public key that signed it.
+    private(set) var signers: [String: String] = [:]
 
     init(pool: Pool, reads: ReadSet?) {
         self.pool = pool
@@ -73,6 +75,27 @@ public struct Transaction: ~Copyable {
 
     private mutating func record(_ key: String, _ value: [UInt8]?) {
         if writes.updateValue(value, forKey: key) == nil { order.append(key) }
+        signers[key] = nil
+    }
+
+    /// Sets `key` to a value whose signature by `signer` (a minisign public key's base64 line)
+    /// the caller verified.
+    package mutating func set(_ key: String, _ value: [UInt8], signedBy signer: String) throws(PMLLError) {
+        try set(key, value)
+        signers[key] = signer
+    }
+
+    /// The access policy's say on these writes (who may write the keys, which need a signature).
+    func authorize() throws(PMLLError) {
+        guard !order.isEmpty else { return }
+        if pool.isReadOnly { throw .readOnlyPool(path: pool.path, operation: "commit a transaction") }
+        guard try pool.access.policy(pool) != nil else { return }
+        for key in order {
+            try pool.access.check(pool, .stateWrite(key: key))
+            if writes[key]! != nil {
+                try pool.access.requireSignature(pool, .stateWrite(key: key), signer: signers[key], subject: "the value of key '\(key)'")
+            }
+        }
     }
 
     var plannedWrites: [(key: String, value: [UInt8]?)] { order.map { ($0, writes[$0]!) } }
@@ -100,6 +123,7 @@ extension Pool {
             let conflict: String
             do {
                 let result = try body(&tx)
+                try tx.authorize()
                 try commit(tx.plannedWrites, reads: reads)
                 return result
             } catch {
@@ -113,7 +137,7 @@ extension Pool {
                 }
             }
             guard attempt <= options.retry.maxRetries else { throw PMLLError.transactionConflict(key: conflict, attempts: attempt) }
-            pmll_add64(&ownLogHeader(store).pointee.retries, 1)
+            if !isReadOnly { pmll_add64(&ownLogHeader(store).pointee.retries, 1) }
             options.retry.delay(beforeRetry: attempt).sleepThread()
             attempt += 1
         }

@@ -33,6 +33,7 @@ extension Pool {
     /// Runs `body` holding the store lock, after rolling back the transaction of a holder
     /// that died inside its commit.
     package func withStoreLock<R>(_ body: () throws(PMLLError) -> R) throws(PMLLError) -> R {
+        if isReadOnly { return try readWithoutLock(body) }
         let index = try storeLock()
         let taken = try acquire(index: index, deadline: .max, cancellation: nil)
         var inconsistent = false
@@ -47,7 +48,7 @@ extension Pool {
     /// holder: rolls back what a dead committer left (cheap check first).
     package func storeReady() throws(PMLLError) {
         let store = self.store
-        guard store.blockCount > 0 else { return }
+        guard store.blockCount > 0, !isReadOnly else { return }
         if (0..<store.layout.logSlots).contains(where: { isPending(store.logHeader($0)) }) {
             try withStoreLock { () throws(PMLLError) in try rollBackPending() }
         }
@@ -116,6 +117,7 @@ extension Pool {
         // from that view, even if it writes nothing.
         if let reads, let conflict = reads.conflict { throw .transactionConflict(key: conflict, attempts: reads.attempt) }
         guard !writes.isEmpty || !inPlace.isEmpty else { return }
+        if isReadOnly { throw .readOnlyPool(path: path, operation: "commit a transaction") }
         let started = Clock.monotonicNanoseconds
         let store = try stateStore()
         try withStoreLock { () throws(PMLLError) in

@@ -42,7 +42,6 @@ struct BatchApply: ParsableCommand {
     @Argument(help: "JSON file with the operations ('-' for standard input).") var file: String
 
     func validate() throws {
-        if signature != nil && trustedKey.isEmpty { throw ValidationError("--signature needs at least one --trusted-key") }
         if trustedKey.isEmpty == false && signature == nil && file == "-" { throw ValidationError("a batch read from standard input needs --signature FILE") }
     }
 
@@ -51,13 +50,18 @@ struct BatchApply: ParsableCommand {
             throw CommandFailure(message: "cannot read batch file '\(file)'", status: ExitStatus.noPool)
         }
         let pool = try poolArguments.open()
-        if !trustedKey.isEmpty {
-            do { try verifySignature(of: bytes) } catch let error as PMLLError {
+        // Keys from the command line, else those of the policy's signature rule for the root.
+        var keys = try trustedKeys()
+        if keys.isEmpty { keys = try pool.policyKeys(for: .batch(root: Pool.absolute(root))) }
+        var signer: MinisignPublicKey?
+        if !keys.isEmpty {
+            do { signer = try verifySignature(of: bytes, keys: keys) } catch let error as PMLLError {
                 if case .signatureRejected(_, let reason) = error { pool.audit(.signatureRejected, .denied, "batch '\(file)' for root '\(root)': \(reason)") }
                 throw error
             }
         }
-        let batch = try FileBatch.decode(json: bytes)
+        var batch = try FileBatch.decode(json: bytes)
+        batch.signer = signer?.base64
         let report = try pool.apply(batch, root: root, atomic: atomic)
         if json {
             try printJSON(report)
@@ -68,19 +72,25 @@ struct BatchApply: ParsableCommand {
         if report.results.contains(where: { !$0.isApplied }) { throw ExitCode(1) }
     }
 
-    /// Before the batch is parsed or anything written: its signature, by a trusted key.
-    func verifySignature(of bytes: [UInt8]) throws {
-        let keys = try trustedKey.map { path throws -> MinisignPublicKey in
+    func trustedKeys() throws -> [MinisignPublicKey] {
+        try trustedKey.map { path throws -> MinisignPublicKey in
             guard let text = FileIO.contents(of: path) else {
                 throw CommandFailure(message: "cannot read trusted key '\(path)'", status: ExitStatus.noPool)
             }
             return try MinisignPublicKey(text: String(decoding: text, as: UTF8.self), source: "trusted key '\(path)'")
+        }
+    }
+
+    /// Before the batch is parsed or anything written: its signature, by a trusted key.
+    func verifySignature(of bytes: [UInt8], keys: [MinisignPublicKey]) throws -> MinisignPublicKey {
+        if file == "-" && signature == nil {
+            throw PMLLError.signatureRejected(subject: "batch from standard input", reason: "a signature is required: give --signature FILE")
         }
         let signatureFile = signature ?? file + ".minisig"
         guard let text = FileIO.contents(of: signatureFile) else {
             throw PMLLError.signatureRejected(subject: "batch '\(file)'", reason: "no signature: cannot read '\(signatureFile)'")
         }
         let parsed = try MinisignSignature(text: String(decoding: text, as: UTF8.self), source: "batch '\(file)' ('\(signatureFile)')")
-        try Minisign.verify(bytes, signature: parsed, trusted: keys, subject: "batch '\(file)'")
+        return try Minisign.verify(bytes, signature: parsed, trusted: keys, subject: "batch '\(file)'")
     }
 }

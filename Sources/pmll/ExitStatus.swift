@@ -30,7 +30,7 @@ enum ExitStatus {
         case .notAPool, .unsupportedFormatVersion, .incompatibleLayout, .corruptPool, .corruptRecord, .transactionRecoveryFailed, .batchNeedsAttention,
              .auditLogDamaged, .noAuditLog: badPool
         case .poolNotFound, .invalidPoolPath: noPool
-        case .permissionDenied, .foreignOwner, .signatureRejected: permission
+        case .permissionDenied, .foreignOwner, .signatureRejected, .readOnlyPool, .accessDenied: permission
         case .timeout, .queueTimeout, .transactionConflict, .poolInUse: timeout
         case .cancelled, .queueCancelled: interrupted
         case .poolFull, .noStateStore, .transactionTooLarge, .noSpace: poolFull

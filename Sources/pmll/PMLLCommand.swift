@@ -17,7 +17,7 @@ struct PMLLCommand: AsyncParsableCommand {
 
             \(ExitStatus.summary)
             """,
-        subcommands: [LockCommand.self, FlockCommand.self, QueueCommand.self, RecoverCommand.self, StateCommand.self, BatchCommand.self, CheckCommand.self, StatusCommand.self, MetricsCommand.self, TopCommand.self, BackupCommand.self, RestoreCommand.self, ConfigCommand.self, AuditCommand.self, DemoCommand.self, DemoWorkerCommand.self]
+        subcommands: [LockCommand.self, FlockCommand.self, QueueCommand.self, RecoverCommand.self, StateCommand.self, BatchCommand.self, CheckCommand.self, StatusCommand.self, MetricsCommand.self, TopCommand.self, BackupCommand.self, RestoreCommand.self, ConfigCommand.self, AuditCommand.self, PolicyCommand.self, DemoCommand.self, DemoWorkerCommand.self]
     )
 
     /// Every failure ends as one line on stderr starting `pmll:` and a documented status.
@@ -102,6 +102,26 @@ struct PoolArguments: ParsableArguments {
         options.create = create
         options.processLabel = label
         return try Pool.open(path: configuration.poolPath, options: options)
+    }
+
+    /// For commands that only read (status, check, state get|list): read-write when this user
+    /// may write the file, else a read-only attach (no slot registered, no byte written), so
+    /// that a user who can only read a pool still sees it.
+    func openForReading() throws(PMLLError) -> Pool {
+        do {
+            return try open(create: false)
+        } catch {
+            switch error {
+            case .permissionDenied, .foreignOwner:
+                let configuration = try configuration()
+                var options = configuration.poolOptions
+                options.create = false
+                options.readOnly = true
+                return try Pool.open(path: configuration.poolPath, options: options)
+            default:
+                throw error
+            }
+        }
     }
 
     /// For commands that run as long as a COMMAND does: the pool, checked in the background

@@ -46,7 +46,7 @@ struct StateGet: ParsableCommand {
     @Argument var key: String
 
     func run() throws {
-        let pool = try poolArguments.open(create: false)
+        let pool = try poolArguments.openForReading()
         guard let value = try pool.value(for: key) else {
             throw CommandFailure(message: "no value for key '\(key)'", status: 1)
         }
@@ -141,7 +141,7 @@ struct StateList: ParsableCommand {
     @Argument var prefix: String = ""
 
     func run() throws {
-        let pool = try poolArguments.open(create: false)
+        let pool = try poolArguments.openForReading()
         let entries = try pool.transaction { tx in
             try tx.keys(prefix: prefix).map { StateEntry(key: $0, value: try tx.get($0) ?? []) }
         }
@@ -160,7 +160,7 @@ struct CheckCommand: ParsableCommand {
     @Flag var json = false
 
     func run() throws {
-        let pool = try poolArguments.open(create: false)
+        let pool = try poolArguments.openForReading()
         let report = try pool.check()
         if json {
             try printJSON(report)

@@ -17,7 +17,7 @@ struct StatusCommand: ParsableCommand {
     var json = false
 
     func run() throws {
-        let pool = try poolArguments.open(create: false)
+        let pool = try poolArguments.openForReading()
         // Our own attachment is not interesting to the reader.
         let status = pool.status(includingSelf: false)
         if json {
@@ -31,8 +31,10 @@ struct StatusCommand: ParsableCommand {
 enum StatusTable {
     static func render(_ s: PoolStatus) -> String {
         var out = "pool \(s.path): format \(s.formatVersion), \(s.sizeBytes / 1024) KiB, " +
-            "\(s.processes.count)/\(s.processCapacity) processes attached, \(s.locks.count)/\(s.lockCapacity) locks, \(s.queues.count) queues" +
-            (s.persistentMemory ? ", persistent memory" : "") + "\n"
+            "\(s.processes.filter(\.alive).count)/\(s.processCapacity) processes attached" +
+            (s.processes.contains { !$0.alive } ? " (+\(s.processes.filter { !$0.alive }.count) dead)" : "") +
+            ", \(s.locks.count)/\(s.lockCapacity) locks, \(s.queues.count) queues" +
+            (s.persistentMemory ? ", persistent memory" : "") + (s.readOnlyView ? " (read-only view)" : "") + "\n"
         if let u = s.store {
             out += "state store: \(u.keysUsed)/\(u.keyCapacity) keys, \(u.blocksUsed * u.blockSize / 1024) KiB used, " +
                 "\((u.blockCount - u.blocksUsed) * u.blockSize / 1024) KiB free of \(u.blockCount * u.blockSize / 1024) KiB\n"

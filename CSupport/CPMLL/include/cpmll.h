@@ -77,7 +77,7 @@ typedef struct pmll_header {
     char boot_id[40];              // /proc/sys/kernel/random/boot_id of the last reset
     uint64_t volatile_resets;      // how many times volatile state was reset
     uint32_t last_reset_reason;    // PMLL_RESET_*
-    uint32_t reserved_volatile;
+    uint32_t policy_epoch;         // bumped after each change of the access policy (readers re-load it)
     uint8_t padding[PMLL_HEADER_SIZE - 512 - 40 - 16];
 } pmll_header_t;
 
@@ -94,6 +94,7 @@ _Static_assert(offsetof(pmll_header_t, boot_id) == 512, "volatile part starts at
 _Static_assert(offsetof(pmll_header_t, layout_signature) == 120, "layout signature offset");
 _Static_assert(offsetof(pmll_header_t, byte_order) == 128, "byte order offset");
 _Static_assert(offsetof(pmll_header_t, audit_ring) == 136, "audit ring section in the former reserved bytes");
+_Static_assert(offsetof(pmll_header_t, policy_epoch) == 564, "policy epoch in the former reserved volatile word");
 
 // Written natively at creation: read back as 0x04030201, the pool comes from a machine of the
 // other byte order.
@@ -557,6 +558,7 @@ static inline uint32_t * pmll_entry_handoff(pmll_lock_entry_t *e) { return &e->h
 static inline uint32_t * pmll_entry_state(pmll_lock_entry_t *e) { return &e->state; }
 static inline uint64_t * pmll_entry_timeouts(pmll_lock_entry_t *e) { return &e->timeouts; }
 static inline uint32_t * pmll_slot_state(pmll_process_slot_t *s) { return &s->state; }
+static inline uint32_t * pmll_header_policy_epoch(pmll_header_t *h) { return &h->policy_epoch; }
 static inline uint32_t * pmll_slot_generation(pmll_process_slot_t *s) { return &s->generation; }
 static inline uint32_t * pmll_slot_wait(pmll_process_slot_t *s, uint32_t i) { return &s->waiting_on[i]; }
 // Word i of the reader ledger: the dedicated words first, then the wait ledger's.
@@ -691,6 +693,8 @@ void *_Nullable pmll_pmem_create(const char *path, uint64_t length, uint32_t mod
 // Maps an existing file with its current length (never resizes it).
 void *_Nullable pmll_pmem_open(const char *path, uint64_t *mapped_length, int *is_pmem, int *err_out);
 int pmll_pmem_unmap(void *addr, uint64_t length);
+// A read-only shared mapping of `fd` (read-only attach: no byte of the file can be written).
+void *_Nullable pmll_map_readonly(int fd, uint64_t length, int *err_out);
 void pmll_pmem_persist(const void *addr, size_t length);   // cache flush only (real pmem)
 int pmll_pmem_msync(const void *addr, size_t length);      // page-rounded msync (other files)
 // Durable barriers (persist or msync calls) made by this process so far.

@@ -7,6 +7,8 @@ public import PMLLStore
 public struct MinisignPublicKey: Sendable, Equatable {
     public let keyID: [UInt8]        // 8 bytes
     let key: [UInt8]                 // 32 bytes of Ed25519 public key
+    /// The key's base64 line (what a policy's signature rule lists).
+    public let base64: String
 
     /// Parses a public key file's text (an optional `untrusted comment:` line, then the base64
     /// line) or the base64 line alone.
@@ -18,6 +20,7 @@ public struct MinisignPublicKey: Sendable, Equatable {
         }
         keyID = Array(bytes[2..<10])
         key = Array(bytes[10..<42])
+        base64 = line
     }
 
     /// The key ID as minisign prints it (hexadecimal, most significant byte first).
@@ -102,11 +105,16 @@ extension Transaction {
     /// Sets `key` to `value` only if `signature` is a valid minisign signature of exactly these
     /// bytes by one of `trusted` (checked before anything is buffered); otherwise throws
     /// ``PMLLError/signatureRejected(subject:reason:)`` and the transaction is unchanged.
-    public mutating func set(_ key: String, _ value: [UInt8], signature: MinisignSignature, trusted: [MinisignPublicKey]) throws(PMLLError) {
-        do { try Minisign.verify(value, signature: signature, trusted: trusted, subject: "the value of key '\(key)'") } catch {
+    /// With `trusted` empty, the keys of the access policy's signature rule for `key` are used.
+    public mutating func set(_ key: String, _ value: [UInt8], signature: MinisignSignature, trusted: [MinisignPublicKey] = []) throws(PMLLError) {
+        let signer: MinisignPublicKey
+        do {
+            let keys = trusted.isEmpty ? try pool.policyKeys(for: .stateWrite(key: key)) : trusted
+            signer = try Minisign.verify(value, signature: signature, trusted: keys, subject: "the value of key '\(key)'")
+        } catch {
             if case .signatureRejected(_, let reason) = error { pool.audit(.signatureRejected, .denied, "value of key '\(key)': \(reason)") }
             throw error
         }
-        try set(key, value)
+        try set(key, value, signedBy: signer.base64)
     }
 }

@@ -45,9 +45,7 @@ package struct AuditDrain {
 
     private func drainLocked() throws(PMLLError) -> Int {
         let h = ring.header
-        if mkdir(directory, groupShared ? 0o770 : 0o700) != 0 && errno != EEXIST {
-            throw SystemCall.fileError(.current, path: directory, operation: "create the audit directory")
-        }
+        try makeDirectory()
         if h.pointee.file_index == 0 { try setAsideStaleFiles() }
         var seq = h.pointee.drained
         var head = withUnsafeBytes(of: h.pointee.head_hash) { Array($0) }
@@ -199,8 +197,29 @@ package struct AuditDrain {
         let aside = directory + ".before-" + String(Clock.realtimeNanoseconds / 1_000_000_000)
         guard rename(directory, aside) == 0 else { throw SystemCall.fileError(.current, path: directory, operation: "set aside the audit files of an earlier pool") }
         Pool.logger.notice("audit files of an earlier pool of this name set aside", metadata: ["moved to": "\(aside)"])
-        if mkdir(directory, groupShared ? 0o770 : 0o700) != 0 && errno != EEXIST {
-            throw SystemCall.fileError(.current, path: directory, operation: "create the audit directory")
+        try makeDirectory()
+    }
+
+    /// The audit directory. For a group-shared pool: the pool file's group and mode 2770
+    /// whatever the umask, so that every member of the group can drain (new files inherit
+    /// the group through the set-group-ID bit).
+    private func makeDirectory() throws(PMLLError) {
+        if mkdir(directory, groupShared ? 0o770 : 0o700) != 0 {
+            guard errno == EEXIST else { throw SystemCall.fileError(.current, path: directory, operation: "create the audit directory") }
+            return
+        }
+        if groupShared { shareWithPoolGroup(path: directory, fd: -1, mode: 0o2770) }
+    }
+
+    private func shareWithPoolGroup(path: String, fd: Int32, mode: mode_t) {
+        var pool = stat()
+        guard fstat(self.fd, &pool) == 0 else { return }
+        if fd >= 0 {
+            _ = fchown(fd, uid_t.max, pool.st_gid)
+            _ = fchmod(fd, mode)
+        } else {
+            _ = chown(path, uid_t.max, pool.st_gid)
+            _ = chmod(path, mode)
         }
     }
 
@@ -216,6 +235,7 @@ package struct AuditDrain {
         fstat(fd, &st)
         var file = OpenFile(fd: fd, size: Int(st.st_size), path: path)
         if file.size == 0 {
+            if groupShared { shareWithPoolGroup(path: path, fd: fd, mode: 0o660) }
             do throws(PMLLError) {
                 try append(AuditLine.fileHeader(index: index, previousSeq: previousSeq, previousHash: previousHash, pool: poolPath), to: &file)
                 let dfd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)

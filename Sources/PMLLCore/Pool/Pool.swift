@@ -54,6 +54,12 @@ public final class Pool: Sendable {
     package let auditDropped = Atomic<Int>(0)
     /// Hooks the layers above register (repair after an owner death).
     package let hooks = PoolHooks()
+    /// Read-only attach and the access policy: asked before anything is written.
+    @usableFromInline package let access: AccessGate
+    /// The pool file's owner (it may always change the access policy).
+    package let ownerUID: UInt32
+    /// Attached read-only (``PoolOptions/readOnly``): no slot, nothing written.
+    public var isReadOnly: Bool { access.readOnly }
     /// This process's events, reported through swift-metrics.
     package let telemetry = Telemetry()
     package static let logger = Logger(label: "pmll.pool")
@@ -89,20 +95,21 @@ public final class Pool: Sendable {
         for _ in 0..<8 {
             let fd: FileDescriptor
             do {
-                fd = try FileDescriptor.open(FilePath(path), .readWrite, options: [.closeOnExec])
+                fd = try FileDescriptor.open(FilePath(path), options.readOnly ? .readOnly : .readWrite, options: [.closeOnExec])
             } catch {
                 let e = Errno(error)
                 if e == .noSuchFileOrDirectory, let target = PoolPath.danglingSymlinkTarget(path) {
                     // Creation would fail on the link forever; name the real cause.
                     throw .invalidPoolPath(path: path, reason: "a symbolic link to '\(target)', which does not exist")
                 }
-                if e == .noSuchFileOrDirectory && options.create {
+                if e == .noSuchFileOrDirectory && options.create && !options.readOnly {
                     created = try PoolCreation.createIfAbsent(path: path, options: options) || created
                     continue
                 }
                 throw SystemCall.fileError(e, path: path, operation: "open")
             }
             do throws(PMLLError) {
+                if options.readOnly { return try Pool(readingOnly: fd, path: path, options: options) }
                 if let pool = try Pool(attaching: fd, path: path, created: created, options: options, steps: steps) {
                     return pool
                 }
@@ -120,23 +127,17 @@ public final class Pool: Sendable {
     /// holds the SESSION byte), join the session, register a process slot.
     /// Returns nil when the path no longer names the file behind `fd`.
     private init?(attaching fd: FileDescriptor, path: String, created: Bool, options: PoolOptions, steps: AttachSteps) throws(PMLLError) {
-        var st = stat()
-        _ = try SystemCall.libc("fstat") { fstat(fd.rawValue, &st) }
-        guard st.st_mode & S_IFMT == S_IFREG else { throw .notAPool(path: path) }
+        let (st, layout, flags) = try Self.inspect(fd, path: path)
         let fileSize = Int(st.st_size)
-        let header = UnsafeMutablePointer<pmll_header_t>.allocate(capacity: 1)
-        defer { header.deallocate() }
-        try Self.readHeader(into: header, fd: fd, fileSize: fileSize, path: path)
-        let layout = try PoolHeader.validate(header, fileSize: fileSize, path: path)
         // A pool copied as a sparse file would meet a full file system as SIGBUS at the first
         // write into a hole: allocate the holes now, or refuse with the reason.
-        let filled = pmll_fill_holes(fd.rawValue, UInt64(fileSize))
+        let filled = options.readOnly ? 0 : pmll_fill_holes(fd.rawValue, UInt64(fileSize))
         if filled == -ENOSPC {
             throw .noSpace(path: path, reason: "its file is sparse and the file system has no room to allocate its missing blocks (free space, or copy it without --sparse=always)")
         } else if filled == 1 {
             Self.logger.notice("allocated the blocks of a sparse pool file", metadata: ["path": "\(path)"])
         }
-        if st.st_uid != geteuid() && header.pointee.flags & PMLL_POOL_FLAG_GROUP_SHARED == 0 {
+        if st.st_uid != geteuid() && flags & PMLL_POOL_FLAG_GROUP_SHARED == 0 {
             throw .foreignOwner(path: path, ownerUID: UInt32(st.st_uid))
         }
 
@@ -207,10 +208,60 @@ public final class Pool: Sendable {
         self.auditRing = options.recordsAudit ? ring : nil
         self.auditCommand = withUnsafeBytes(of: memory.slot(slot).pointee.comm) { Array($0.prefix { $0 != 0 }) }
         self.auditFileBytes = options.auditFileBytes
+        self.access = AccessGate(readOnly: false, lockCapacity: layout.lockCapacity)
+        self.ownerUID = UInt32(st.st_uid)
         mapped = false
         if let reset, reset != .created {
             Self.logger.debug("pool volatile state reset", metadata: ["path": "\(path)", "reason": "\(reset.rawValue)"])
         }
+    }
+
+    /// Read-only attach: a read lock on INIT while mapping (never inside a volatile reset),
+    /// a PROT_READ mapping, no SESSION byte (a reader must not stop the last writer's reset)
+    /// and no process slot. Nothing is written to the file.
+    private init(readingOnly fd: FileDescriptor, path: String, options: PoolOptions) throws(PMLLError) {
+        let (st, layout, _) = try Self.inspect(fd, path: path)
+        let fileSize = Int(st.st_size), owner = UInt32(st.st_uid)
+        _ = try SystemCall.retrying("fcntl(F_OFD_SETLKW)") { pmll_ofd_lock(fd.rawValue, PMLL_LOCKBYTE_INIT, PMLL_RANGE_SHARED, 1) }
+        defer { _ = pmll_ofd_lock(fd.rawValue, PMLL_LOCKBYTE_INIT, PMLL_RANGE_UNLOCK, 0) }
+        var err: Int32 = 0
+        guard let base = pmll_map_readonly(fd.rawValue, UInt64(fileSize), &err) else {
+            throw SystemCall.fileError(Errno(rawValue: err), path: path, operation: "map")
+        }
+        pmll_fault_guard_register(base, UInt64(fileSize), path)
+        let memory = PoolMemory(base: base, length: fileSize, layout: layout, persistence: Persistence(isPmem: false, base: base))
+        do throws(PMLLError) {
+            _ = try PoolHeader.validate(memory.header, fileSize: fileSize, path: path)
+        } catch {
+            pmll_fault_guard_unregister(base)
+            munmap(base, fileSize)
+            throw error
+        }
+        self.path = path
+        self.fd = fd
+        self.memory = memory
+        self.processes = ProcessTable(memory: memory, fd: fd)
+        self.slot = SlotIndex(.max)
+        self.token = OwnerToken(rawValue: 0)
+        self.ownerCheckNanoseconds = options.ownerCheckInterval.nanoseconds
+        self.starvationNanoseconds = options.starvationThreshold.nanoseconds
+        self.openReport = OpenReport(created: false, volatileReset: nil, isPersistentMemory: false)
+        self.auditRing = nil
+        self.auditCommand = []
+        self.auditFileBytes = options.auditFileBytes
+        self.access = AccessGate(readOnly: true, lockCapacity: layout.lockCapacity)
+        self.ownerUID = owner
+    }
+
+    /// The file's status and the layout its header describes, validated without mapping.
+    private static func inspect(_ fd: FileDescriptor, path: String) throws(PMLLError) -> (stat, PoolLayout, flags: UInt32) {
+        var st = stat()
+        _ = try SystemCall.libc("fstat") { fstat(fd.rawValue, &st) }
+        guard st.st_mode & S_IFMT == S_IFREG else { throw .notAPool(path: path) }
+        let header = UnsafeMutablePointer<pmll_header_t>.allocate(capacity: 1)
+        defer { header.deallocate() }
+        try readHeader(into: header, fd: fd, fileSize: Int(st.st_size), path: path)
+        return (st, try PoolHeader.validate(header, fileSize: Int(st.st_size), path: path), header.pointee.flags)
     }
 
     /// Reads the header with pread, so that a file that is not a pool is never mapped or written.
@@ -243,9 +294,14 @@ public final class Pool: Sendable {
                 Self.logger.error("could not drain the audit ring", metadata: ["path": "\(path)", "error": "\(error)"])
             }
         }
-        processes.unregister(slot: slot)
-        pmll_fault_guard_unregister(memory.base)
-        _ = pmll_pmem_unmap(memory.base, UInt64(memory.length))
+        if isReadOnly {
+            pmll_fault_guard_unregister(memory.base)
+            munmap(memory.base, memory.length)
+        } else {
+            processes.unregister(slot: slot)
+            pmll_fault_guard_unregister(memory.base)
+            _ = pmll_pmem_unmap(memory.base, UInt64(memory.length))
+        }
         try? fd.close()   // drops the SESSION and liveness byte locks
     }
 }

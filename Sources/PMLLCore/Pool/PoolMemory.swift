@@ -10,6 +10,7 @@ package struct PoolMemory: @unchecked Sendable {
     @usableFromInline package let layout: PoolLayout
     package let persistence: Persistence
 
+    @inlinable
     package var header: UnsafeMutablePointer<pmll_header_t> { base.assumingMemoryBound(to: pmll_header_t.self) }
 
     @inlinable @inline(__always)

@@ -25,6 +25,11 @@ public struct PoolOptions: Sendable, Equatable {
     public var recordsAudit: Bool = true
     /// An audit file is closed and the next one started once it reaches this size.
     public var auditFileBytes: Int = 8 << 20
+    /// Attach without writing a byte: the file is opened and mapped read-only, no process
+    /// slot is registered, and only reading works (status, check, state reads); anything that
+    /// would write throws ``PMLLError/readOnlyPool(path:operation:)``. Enough for a user who
+    /// may only read the file. Never creates.
+    public var readOnly: Bool = false
     /// Create the file 0660 so that the owning group may share it; otherwise 0600.
     public var groupShared: Bool = false
     /// How often a waiter checks whether the holder is still alive.

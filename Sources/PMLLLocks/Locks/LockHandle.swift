@@ -106,7 +106,9 @@ extension Pool {
             guard existing == level else { throw .levelMismatch(name: name, existing: existing, requested: level) }
             return LockHandle(pool: self, id: LockID(name: name, level: level), index: index)
         }
-        let index = try table.index(of: name, level: level, create: true, creation: tableCreation)!
+        guard let index = try table.index(of: name, level: level, create: !isReadOnly, creation: tableCreation) else {
+            throw .readOnlyPool(path: path, operation: "create lock '\(name)'")
+        }
         service.cache.withLock { $0[name] = index }
         return LockHandle(pool: self, id: LockID(name: name, level: level), index: index)
     }

@@ -16,6 +16,7 @@ public import PMLLCore
 extension Pool {
     @inlinable @inline(__always)
     package func acquire(index: LockIndex, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Taken {
+        try checkLockAccess(index, shared: false)
         let entry = memory.lock(index)
         let taken: Taken
         if let fast = acquireFast(entry) {
@@ -52,6 +53,7 @@ extension Pool {
 
     /// Waits for the lock on the ``WaiterThread``, so that no thread of the caller blocks.
     package func acquireAsync(index: LockIndex, deadline: Int64) async throws -> Taken {
+        try checkLockAccess(index, shared: false)
         let entry = memory.lock(index)
         let taken: Taken
         if let fast = acquireFast(entry) {

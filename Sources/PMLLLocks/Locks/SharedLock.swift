@@ -40,6 +40,7 @@ extension Pool {
     /// line and a load of the word; no syscall, no clock read.
     @usableFromInline @inline(__always)
     package func acquireSharedFast(_ index: LockIndex) throws(PMLLError) -> SharedTaken? {
+        try checkLockAccess(index, shared: true)
         let entry = memory.lock(index)
         let slot = memory.slot(self.slot)
         guard let ledger = ReaderLedger.enter(slot, lock: index) else { throw Self.ledgerFull }

@@ -1,0 +1,141 @@
+public import CPMLL
+package import Synchronization
+
+/// Where every layer asks "may this process do this?" before touching anything: the pool's
+/// access policy and read-only attach, in one place (Docs/Security.md).
+///
+/// The policy lives in the state store (a layer above); the facade installs a ``loader``
+/// that reads it. Each process keeps the policy it last read with the header's policy epoch
+/// at that moment; a change of policy bumps the epoch, so every process re-reads it at its
+/// next check. The lock path must stay at a few nanoseconds, so its check is one comparison
+/// of two words (``Pool/checkLockAccess(_:shared:)``); everything else takes the slow path.
+@usableFromInline
+package final class AccessGate: @unchecked Sendable {
+    /// `epoch << 8 | flags`, as of the policy this process read last. Equal to `epoch << 8`
+    /// exactly when the epoch is current, no lock rule exists and the pool is writable: the
+    /// lock fast path's whole test.
+    @usableFromInline let state: UnsafeMutablePointer<UInt64>
+    /// Per lock-table entry: `epoch << 1 | 1` once the entry was allowed at that epoch.
+    private let lockDecisions = Mutex<UnsafeMutablePointer<UInt64>?>(nil)
+    private let compiled = Mutex<(epoch: UInt32, policy: AccessPolicy?)?>(nil)
+    package let loader = Mutex<(@Sendable (Pool) throws(PMLLError) -> AccessPolicy?)?>(nil)
+    package let readOnly: Bool
+    private let lockCapacity: Int
+    private let identity = Mutex<AccessIdentity?>(nil)
+
+    static let notLoaded: UInt64 = 1 << 1
+    static let lockRules: UInt64 = 1 << 0
+    static let readOnlyFlag: UInt64 = 1 << 2
+
+    package init(readOnly: Bool, lockCapacity: Int) {
+        self.readOnly = readOnly
+        self.lockCapacity = lockCapacity
+        state = .allocate(capacity: 1)
+        state.initialize(to: Self.notLoaded | (readOnly ? Self.readOnlyFlag : 0))
+    }
+
+    deinit {
+        state.deallocate()
+        lockDecisions.withLock { $0?.deallocate() }
+    }
+
+    package var caller: AccessIdentity {
+        identity.withLock { known in
+            if let known { return known }
+            let current = AccessIdentity.current()
+            known = current
+            return current
+        }
+    }
+
+    /// The policy in force now (nil: none), read again if its epoch moved.
+    package func policy(_ pool: Pool) throws(PMLLError) -> AccessPolicy? {
+        let epoch = pmll_load32(pmll_header_policy_epoch(pool.memory.header))
+        if let known = compiled.withLock({ $0 }), known.epoch == epoch { return known.policy }
+        let loaded = try loader.withLock { $0 }?(pool)
+        compiled.withLock { $0 = (epoch, loaded) }
+        let flags = (loaded?.hasLockRules == true ? Self.lockRules : 0) | (readOnly ? Self.readOnlyFlag : 0)
+        pmll_store64_release(state, UInt64(epoch) << 8 | flags)
+        return loaded
+    }
+
+    /// Throws unless the caller may make `request`: ``PMLLError/readOnlyPool(path:operation:)``
+    /// on a read-only attach, ``PMLLError/accessDenied(operation:rule:)`` (audited) when the
+    /// policy says no.
+    package func check(_ pool: Pool, _ request: AccessRequest) throws(PMLLError) {
+        if readOnly { throw .readOnlyPool(path: pool.path, operation: request.description) }
+        let policy = try policy(pool)
+        if case .changePolicy = request {
+            // The owner always may; others only if a policy rule names them.
+            if caller.uid == pool.ownerUID { return }
+            let named = policy?.rules.contains { $0.action == .policy && $0.admits(caller) } ?? false
+            if !named { throw denied(pool, request, rule: "owner-only") }
+            return
+        }
+        guard let policy else { return }
+        if let rule = policy.denyingRule(request, caller: caller) { throw denied(pool, request, rule: rule.name) }
+    }
+
+    /// Throws ``PMLLError/signatureRejected(subject:reason:)`` (audited) when a signature rule
+    /// covers `request` and `signer` (the public key that verified the content, as the base64
+    /// line of its `.pub` file) is not one of its keys.
+    package func requireSignature(_ pool: Pool, _ request: AccessRequest, signer: String?, subject: String) throws(PMLLError) {
+        guard let rule = try policy(pool)?.signatureRule(for: request) else { return }
+        if let signer, rule.keys.contains(signer) { return }
+        let reason = signer == nil
+            ? "the policy (rule '\(rule.name)') requires a minisign signature by one of its keys"
+            : "signed by a key that the policy's rule '\(rule.name)' does not list"
+        pool.audit(.signatureRejected, .denied, "\(subject): \(reason)")
+        throw .signatureRejected(subject: subject, reason: reason)
+    }
+
+    /// Bumps the header's policy epoch after the stored policy changed: every process (this
+    /// one included) reads it again at its next check.
+    package func policyChanged(_ pool: Pool) {
+        _ = pmll_add32(pmll_header_policy_epoch(pool.memory.header), 1)
+    }
+
+    private func denied(_ pool: Pool, _ request: AccessRequest, rule: String) -> PMLLError {
+        pool.audit(.accessDenied, .denied, "\(request.description): rule '\(rule)' (uid \(caller.uid))")
+        return .accessDenied(operation: "uid \(caller.uid) may not \(request.description)", rule: rule)
+    }
+
+    /// The slow half of ``Pool/checkLockAccess(_:shared:)``.
+    @usableFromInline @inline(never)
+    package func checkLock(_ pool: Pool, _ index: LockIndex, shared: Bool) throws(PMLLError) {
+        let entry = pool.memory.lock(index)
+        let name = String(fixedCString: entry.pointee.name)
+        let level = LockLevel(rawValue: entry.pointee.level) ?? .network
+        if readOnly { throw .readOnlyPool(path: pool.path, operation: AccessRequest.lock(name: name, level: level, shared: shared).description) }
+        // The library's own locks (store, queues, batches) are governed by the rules of what
+        // they protect; checked before the policy is read, since reading it takes none.
+        if name.hasPrefix("pmll:") { return }
+        guard let policy = try policy(pool), policy.hasLockRules else { return }
+        // A decision depends on the entry and the epoch only, unless a rule names a mode:
+        // then each acquisition is decided afresh.
+        let epoch = UInt64(pmll_load32(pmll_header_policy_epoch(pool.memory.header)))
+        let modeSensitive = policy.rules.contains { $0.action == .lock && $0.mode != nil }
+        let decisions = lockDecisions.withLock { table -> UnsafeMutablePointer<UInt64> in
+            if let table { return table }
+            let made = UnsafeMutablePointer<UInt64>.allocate(capacity: lockCapacity)
+            made.initialize(repeating: 0, count: lockCapacity)
+            table = made
+            return made
+        }
+        let cell = decisions + Int(index.rawValue)
+        if !modeSensitive && pmll_load64_acquire(cell) == epoch << 1 | 1 { return }
+        try check(pool, .lock(name: name, level: level, shared: shared))
+        if !modeSensitive { pmll_store64_release(cell, epoch << 1 | 1) }
+    }
+}
+
+extension Pool {
+    /// Before a lock word is touched: the read-only and policy checks, free (one comparison)
+    /// when the pool has no lock rules.
+    @inlinable @inline(__always)
+    package func checkLockAccess(_ index: LockIndex, shared: Bool) throws(PMLLError) {
+        let epoch = UInt64(pmll_load32(pmll_header_policy_epoch(memory.header)))
+        if _fastPath(pmll_load64(access.state) == epoch << 8) { return }
+        try access.checkLock(self, index, shared: shared)
+    }
+}

@@ -1,0 +1,46 @@
+import CPMLL
+#if canImport(Glibc)
+import Glibc
+#endif
+package import PMLLCore
+
+extension Pool {
+    /// A read of the store by a read-only participant, which may not take the store lock: a
+    /// sequence-lock read over the commit points. Every commit makes its undo log pending
+    /// (`seq > done_seq`) before it changes a byte and moves `done_seq` after the last, so a
+    /// body that ran while no log was pending and no log's counters moved saw one committed
+    /// state. A torn view only makes the body throw or return garbage that is then discarded.
+    package func readWithoutLock<R>(_ body: () throws(PMLLError) -> R) throws(PMLLError) -> R {
+        let store = self.store
+        let deadline = Clock.monotonicNanoseconds + 2_000_000_000
+        while true {
+            if let before = commitPoints(store) {
+                let outcome: Result<R, PMLLError>
+                do throws(PMLLError) { outcome = .success(try body()) } catch { outcome = .failure(error) }
+                pmll_fence()
+                if commitPoints(store) == before { return try outcome.get() }
+            } else if Clock.monotonicNanoseconds > deadline {
+                // A committer died mid-commit: only a writer can roll its transaction back.
+                throw .readOnlyPool(path: path, operation: "read the state store while a dead process's transaction is unfinished (the next process that opens the pool read-write rolls it back)")
+            }
+            if Clock.monotonicNanoseconds > deadline + 8_000_000_000 {
+                throw .readOnlyPool(path: path, operation: "read the state store: it kept changing for 10 s")
+            }
+            usleep(200)
+        }
+    }
+
+    /// Every log's (seq, done_seq), or nil while one is pending.
+    private func commitPoints(_ store: StateStore) -> [UInt64]? {
+        var points: [UInt64] = []
+        points.reserveCapacity(store.layout.logSlots * 2)
+        for i in 0..<store.layout.logSlots {
+            let header = store.logHeader(i)
+            let done = pmll_load64_acquire(&header.pointee.done_seq), seq = pmll_load64_acquire(&header.pointee.seq)
+            if seq > done && isPending(header) { return nil }
+            points.append(seq)
+            points.append(done)
+        }
+        return points
+    }
+}
