@@ -51,14 +51,14 @@ struct BatchApply: ParsableCommand {
         }
         let pool = try poolArguments.open()
         // Keys from the command line, else those of the policy's signature rule for the root.
-        var keys = try trustedKeys()
-        if keys.isEmpty { keys = try pool.policyKeys(for: .batch(root: Pool.absolute(root))) }
         var signer: MinisignPublicKey?
-        if !keys.isEmpty {
-            do { signer = try verifySignature(of: bytes, keys: keys) } catch let error as PMLLError {
-                if case .signatureRejected(_, let reason) = error { pool.audit(.signatureRejected, .denied, "batch '\(file)' for root '\(root)': \(reason)") }
-                throw error
-            }
+        do {
+            var keys = try trustedKeys()
+            if keys.isEmpty { keys = try pool.policyKeys(for: .batch(root: Pool.absolute(root))) }
+            if !keys.isEmpty { signer = try verifySignature(of: bytes, keys: keys) }
+        } catch let error as PMLLError {
+            if case .signatureRejected(_, let reason) = error { pool.audit(.signatureRejected, .denied, "batch '\(file)' for root '\(root)': \(reason)") }
+            throw error
         }
         var batch = try FileBatch.decode(json: bytes)
         batch.signer = signer?.base64
