@@ -16,6 +16,8 @@ extension Pool {
         try checkStore(into: &report)
         for batch in try batchesNeedingAttention() { report.problems.append(batch.description) }
         checkAuditRing(into: &report)
+        // A policy that cannot be read refuses every governed operation (it fails closed).
+        do { _ = try storedAccessPolicy() } catch { report.problems.append("access policy: \(error)") }
         audit(.check, report.problems.isEmpty ? .ok : .failed,
               report.problems.isEmpty ? "no problems" : "\(report.problems.count) problem(s); first: \(report.problems[0])")
         return report

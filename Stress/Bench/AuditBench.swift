@@ -15,6 +15,7 @@ struct AuditBench: AsyncParsableCommand {
     @Option(help: "Operations per round on tmpfs.") var tmpfsOperations = 20000
     @Option(help: "Operations per round on other filesystems.") var diskOperations = 1000
     @Option(help: "Alternating rounds (on, off, on, off, ...); medians are reported.") var rounds = 5
+    @Option(help: "Slots of the audit ring of the pool with auditing on (a power of two, 64...65536).") var ringSlots = 1024
     @Flag var json = false
 
     struct Row: Codable {
@@ -38,10 +39,11 @@ struct AuditBench: AsyncParsableCommand {
             var pools: [Bool: Pool] = [:]
             for audit in [true, false] {
                 var options = PoolOptions()
-                options.auditRingSlots = audit ? 1024 : 0
+                options.auditRingSlots = audit ? ringSlots : 0
+                options.size = 64 << 20
                 pools[audit] = try Pool.open(path: dir + (audit ? "/on.pool" : "/off.pool"), options: options)
             }
-            for operation in ["commit", "queue", "lock"] {
+            for operation in ["commit", "queue", "lock", "append"] {
                 var samples: [Bool: [(rate: Double, p50: Double, p99: Double)]] = [true: [], false: []]
                 for _ in 0..<rounds {
                     for audit in [true, false] {
@@ -90,6 +92,17 @@ struct AuditBench: AsyncParsableCommand {
             for _ in 0..<n {
                 let t0 = monotonicNanoseconds()
                 try await queue.execute(kind: "bench", timeout: .some(nil)) { _ in }
+                latencies.append(monotonicNanoseconds() - t0)
+            }
+        case "append":
+            // One bare record, as a queue operation appends it (drains included).
+            for i in 0..<n {
+                let t0 = monotonicNanoseconds()
+                pool.audit(.queueSubmit) { text in
+                    text.add("queue 'bench' ticket ")
+                    text.add(UInt64(i))
+                    text.add(" kind 'bench'")
+                }
                 latencies.append(monotonicNanoseconds() - t0)
             }
         default:
