@@ -37,7 +37,7 @@ let package = Package(
         .target(
             name: "CPMLL",
             path: "CSupport/CPMLL",
-            linkerSettings: [.linkedLibrary("pmem"), .linkedLibrary("uring"), .linkedLibrary("sodium")]
+            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("sodium"), .linkedLibrary("dl")]
         ),
         // Peers measured by the benchmarks (glibc robust mutex, flock, OFD locks). Not part of the library.
         .target(

@@ -159,7 +159,7 @@ enum AuditSource {
         do {
             let pool = try arguments.open(create: false)
             return (pool, pool.path)
-        } catch let error as PMLLError {
+        } catch {
             switch error {
             case .permissionDenied, .foreignOwner:
                 let path = PoolPath.resolve(try arguments.path())

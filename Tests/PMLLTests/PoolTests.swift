@@ -202,6 +202,24 @@ struct PoolTests {
         #expect(result.stderr.hasPrefix("pmll: permission denied"))
     }
 
+    /// libpmem is loaded only to map a pool on DAX (or when $PMLL_MAP asks for it): a pool on
+    /// an ordinary file system is mapped with mmap and made durable with msync, and the
+    /// libpmem path still works when forced.
+    @Test func libpmemIsLoadedOnlyWhereItMatters() throws {
+        let scratch = Scratch()
+        let path = scratch.file("map.pool")
+        let probe = ["lock", "--pool", path, "x", "--", "/bin/sh", "-c", "grep -c libpmem /proc/$PPID/maps || true"]
+        var r = try run(Binaries.pmll, probe)
+        #expect(r.status == 0 && r.stdout == "0", "libpmem loaded for a pool on an ordinary file system: \(r)")
+        r = try run(Binaries.pmll, probe, environment: ["PMLL_MAP": "libpmem"])
+        #expect(r.status == 0 && (Int(r.stdout) ?? 0) > 0, "PMLL_MAP=libpmem did not map through libpmem: \(r)")
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", path, "k=v"], environment: ["PMLL_MAP": "libpmem"]).status == 0)
+        #expect(try run(Binaries.pmll, ["state", "get", "--pool", path, "k"]).stdout == "v")
+        #expect(try run(Binaries.pmll, ["check", "--pool", path], environment: ["PMLL_MAP": "libpmem"]).status == 0)
+        r = try run(Binaries.pmll, ["status", "--pool", path], environment: ["PMLL_MAP": "dax-please"])
+        #expect(r.status == 64 && r.stderr.hasPrefix("pmll: invalid pool options: PMLL_MAP must be auto, libpmem or mmap"), "\(r)")
+    }
+
     @Test func rejectsBadPathsAndOptions() throws {
         #expect(throws: PMLLError.self) { try Pool.open(path: "") }
         #expect(throws: PMLLError.invalidPoolPath(path: "/nonexistent-dir/x.pool", reason: "directory '/nonexistent-dir' does not exist")) {

@@ -685,7 +685,7 @@ int pmll_fault_guard_install(void);
 void pmll_fault_guard_register(const void *base, uint64_t length, const char *path);
 void pmll_fault_guard_unregister(const void *base);
 
-// MARK: - libpmem
+// MARK: - Mapping (libpmem on DAX, loaded with dlopen only there; mmap and msync elsewhere)
 
 // Creates a new file of exactly `length` bytes (O_EXCL) and maps it. Returns the address
 // or NULL with *err_out = errno.
@@ -699,6 +699,13 @@ void pmll_pmem_persist(const void *addr, size_t length);   // cache flush only (
 int pmll_pmem_msync(const void *addr, size_t length);      // page-rounded msync (other files)
 // Durable barriers (persist or msync calls) made by this process so far.
 uint64_t pmll_barrier_count(void);
+// Whether libpmem was loaded (a pool on DAX was mapped), for tests and diagnostics.
+int pmll_pmem_loaded(void);
+// How pools are mapped from now on ($PMLL_MAP): libpmem on DAX only (auto), always, or never.
+#define PMLL_MAP_AUTO 0
+#define PMLL_MAP_LIBPMEM 1
+#define PMLL_MAP_MMAP 2
+void pmll_pmem_set_mapping(int mode);
 
 // MARK: - Unnamed files (O_TMPFILE) for staging
 

@@ -82,6 +82,7 @@ public final class Pool: Sendable {
     /// `steps` are the layers' parts of the protocol (volatile reset, slot reuse).
     package static func attach(path: String?, options: PoolOptions, steps: AttachSteps) throws(PMLLError) -> Pool {
         try options.validate()
+        try Mapping.configure()
         let path = PoolPath.resolve(path)
         guard !path.isEmpty else { throw .invalidPoolPath(path: path, reason: "empty path") }
         guard path.utf8.count < Int(PATH_MAX), !path.utf8.contains(0) else {

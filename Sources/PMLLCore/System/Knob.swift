@@ -24,6 +24,8 @@ package enum Knob: String, CaseIterable, Sendable {
     case testDropPersist = "PMLL_TEST_DROP_PERSIST"
     /// A file read instead of /proc/sys/kernel/random/boot_id (tests that simulate a reboot).
     case bootIDFile = "PMLL_BOOT_ID_FILE"
+    /// `auto` (default), `libpmem` or `mmap`: map pools through libpmem on DAX only, always, or never.
+    case mapping = "PMLL_MAP"
 
     /// The variable's value, or nil when unset.
     package var value: String? { getenv(rawValue).map { String(cString: $0) } }
