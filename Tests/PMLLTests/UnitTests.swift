@@ -144,4 +144,59 @@ import Glibc
         #expect(OwnerToken.owner(ofWord: PMLL_WORD_WAITERS) == nil)
         #expect(a & ~PMLL_OWNER_MASK == 0)
     }
+
+    // MARK: Access policy
+
+    @Test func accessRulesGovernTheirObjectsAndAdmitTheirUsers() {
+        let policy = AccessPolicy(rules: [
+            AccessRule(name: "registry", action: .lock, match: "registry*", level: .registry, users: [1000]),
+            AccessRule(name: "registry-group", action: .lock, match: "registry*", groups: [50]),
+            AccessRule(name: "writers", action: .lock, match: "pkg/*", mode: .exclusive, users: [1000]),
+            AccessRule(name: "installed", action: .state, match: "installed/*", users: [0]),
+            AccessRule(name: "opt", action: .batch, match: "/opt/cpm/", users: [0]),
+            AccessRule(name: "recovery", action: .recover, users: [0]),
+        ])
+        let alice = AccessIdentity(uid: 1000, groups: [1000]), bob = AccessIdentity(uid: 1001, groups: [1001, 50]),
+            carol = AccessIdentity(uid: 1002, groups: [1002])
+        func denied(_ request: AccessRequest, _ who: AccessIdentity) -> String? { policy.denyingRule(request, caller: who)?.name }
+        // Any matching rule admits; the first matching rule is named.
+        #expect(denied(.lock(name: "registry/index", level: .registry, shared: false), alice) == nil)
+        #expect(denied(.lock(name: "registry/index", level: .registry, shared: false), bob) == nil)       // by group
+        #expect(denied(.lock(name: "registry/index", level: .registry, shared: false), carol) == "registry")
+        #expect(denied(.lock(name: "registry/index", level: .package, shared: false), carol) == "registry-group")  // level narrows
+        #expect(denied(.lock(name: "mirror", level: .registry, shared: false), carol) == nil)              // no rule: allowed
+        #expect(denied(.lock(name: "pkg/zlib", level: .package, shared: false), carol) == "writers")
+        #expect(denied(.lock(name: "pkg/zlib", level: .package, shared: true), carol) == nil)               // mode narrows
+        #expect(denied(.stateWrite(key: "installed/zlib"), alice) == "installed")
+        #expect(denied(.stateWrite(key: "cache/zlib"), alice) == nil)
+        #expect(denied(.batch(root: "/opt/cpm"), alice) == "opt")
+        #expect(denied(.batch(root: "/opt/cpm/lib"), alice) == "opt")
+        #expect(denied(.batch(root: "/opt/cpmx"), alice) == nil)                                           // a directory, not a prefix
+        #expect(denied(.recover, alice) == "recovery")
+        #expect(AccessPolicy().denyingRule(.recover, caller: carol) == nil)
+    }
+
+    @Test func signatureRulesAndPolicyProblems() {
+        let policy = AccessPolicy(signatures: [
+            SignatureRule(name: "signed-opt", action: .batch, match: "/opt/cpm", keys: ["K"]),
+            SignatureRule(name: "signed-index", action: .state, match: "index/*", keys: ["K"]),
+        ])
+        #expect(policy.signatureRule(for: .batch(root: "/opt/cpm/x"))?.name == "signed-opt")
+        #expect(policy.signatureRule(for: .batch(root: "/srv"))?.name == nil)
+        #expect(policy.signatureRule(for: .stateWrite(key: "index/zlib"))?.name == "signed-index")
+        #expect(policy.signatureRule(for: .stateWrite(key: "cache/zlib"))?.name == nil)
+        #expect(policy.problems().isEmpty)
+        let bad = AccessPolicy(rules: [
+            AccessRule(name: "", action: .lock, users: [1]),
+            AccessRule(name: "a", action: .state, level: .package, users: [1]),
+            AccessRule(name: "a", action: .batch, match: "relative", users: [1]),
+            AccessRule(name: "nobody", action: .recover, match: "x"),
+        ], signatures: [SignatureRule(name: "s", action: .lock, keys: [])])
+        let problems = bad.problems()
+        for expected in ["rule 1 has no name", "level applies to lock rules only", "rule name 'a' used twice",
+                         "a batch root must be an absolute path", "names no user or group", "match nothing",
+                         "lists no public key", "only batch and state writes carry signatures"] {
+            #expect(problems.contains { $0.contains(expected) }, "missing: \(expected) in \(problems)")
+        }
+    }
 }

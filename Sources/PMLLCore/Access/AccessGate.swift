@@ -105,13 +105,22 @@ package final class AccessGate: @unchecked Sendable {
     @usableFromInline @inline(never)
     package func checkLock(_ pool: Pool, _ index: LockIndex, shared: Bool) throws(PMLLError) {
         let entry = pool.memory.lock(index)
-        let name = String(fixedCString: entry.pointee.name)
         let level = LockLevel(rawValue: entry.pointee.level) ?? .network
-        if readOnly { throw .readOnlyPool(path: pool.path, operation: AccessRequest.lock(name: name, level: level, shared: shared).description) }
+        if readOnly {
+            let name = String(fixedCString: entry.pointee.name)
+            throw .readOnlyPool(path: pool.path, operation: AccessRequest.lock(name: name, level: level, shared: shared).description)
+        }
         // The library's own locks (store, queues, batches) are governed by the rules of what
-        // they protect; checked before the policy is read, since reading it takes none.
-        if name.hasPrefix("pmll:") { return }
-        guard let policy = try policy(pool), policy.hasLockRules else { return }
+        // they protect, and must work even when the stored policy cannot be read; reading it
+        // here still brings the fast path's state up to date for them.
+        let libraryLock = withUnsafeBytes(of: entry.pointee.name) { $0.starts(with: "pmll:".utf8) }
+        let policy: AccessPolicy?
+        do throws(PMLLError) { policy = try self.policy(pool) } catch {
+            if libraryLock { return }
+            throw error
+        }
+        guard !libraryLock, let policy, policy.hasLockRules else { return }
+        let name = String(fixedCString: entry.pointee.name)
         // A decision depends on the entry and the epoch only, unless a rule names a mode:
         // then each acquisition is decided afresh.
         let epoch = UInt64(pmll_load32(pmll_header_policy_epoch(pool.memory.header)))

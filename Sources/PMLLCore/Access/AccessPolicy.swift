@@ -101,7 +101,7 @@ public struct AccessRule: Codable, Sendable, Equatable {
         guard request.action == action else { return false }
         switch request {
         case let .lock(name, level, shared):
-            if let self_level = self.level, self_level != level { return false }
+            if let wanted = self.level, wanted != level { return false }
             if let mode, (mode == .shared) != shared { return false }
             return match.map { AccessMatch.glob($0, name) } ?? true
         case let .stateWrite(key):
