@@ -57,6 +57,11 @@ struct AuditTests {
         #expect(try pmll(["check", "--pool", pool]).status == 0)                                                 // admin.check
         #expect(try pmll(["backup", "--pool", pool, scratch.file("a.backup")]).status == 0)                      // admin.backup
         #expect(try pmll(["audit", "seal", "--pool", pool]).status == 0)                                         // admin.seal
+        let policy = scratch.file("policy.json")
+        try #"{"rules": [{"name": "not-root", "action": "lock", "match": "denied/*", "users": [12345]}]}"#.write(toFile: policy, atomically: true, encoding: .utf8)
+        #expect(try pmll(["policy", "set", "--pool", pool, policy]).status == 0)                                 // admin.policy
+        #expect(try pmll(["lock", "--pool", pool, "denied/x", "--", "true"]).status == 77)                       // access.denied
+        #expect(try pmll(["policy", "clear", "--pool", pool]).status == 0)
         // A writer killed after claiming its slot: a gap record, and the chain still verifies.
         #expect(try pmll(["state", "set", "--pool", pool, "pkg/c=1"], ["PMLL_CRASH_AT": "audit.claimed"]).status == 137)
 
@@ -64,7 +69,7 @@ struct AuditTests {
         let kinds = Set(records.compactMap { $0["event"] as? String })
         for kind in ["store.commit", "queue.submit", "queue.start", "queue.complete", "queue.fail", "queue.abandon", "queue.recover",
                      "admin.recover", "lock.owner-death", "lock.timeout", "lock.hierarchy-violation", "batch.apply", "store.rollback",
-                     "admin.check", "admin.backup", "admin.seal", "gap"] + (unsigned.status == 77 ? ["signature.rejected"] : []) {
+                     "admin.check", "admin.backup", "admin.seal", "admin.policy", "admin.reset", "access.denied", "gap"] + (unsigned.status == 77 ? ["signature.rejected"] : []) {
             #expect(kinds.contains(kind), "no \(kind) record in \(kinds.sorted())")
         }
         // Numbers run 1, 2, 3, ... and every record names its process.

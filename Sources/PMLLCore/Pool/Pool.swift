@@ -169,6 +169,7 @@ public final class Pool: Sendable {
             Self.logger.error("audit log disabled for this process", metadata: ["path": "\(path)", "error": "\(error)"])
         }
         var reset: VolatileReset? = created ? .created : nil
+        var deadSlots = 0
         let alone = pmll_ofd_lock(fd.rawValue, PMLL_LOCKBYTE_SESSION, PMLL_RANGE_EXCLUSIVE, 0)
         if alone == 0 {
             let reason: VolatileReset = VolatileState.bootChanged(memory.header) ? .reboot : .noOtherProcess
@@ -184,7 +185,7 @@ public final class Pool: Sendable {
                 }
                 ring.header.pointee.stall_seq = 0
             }
-            VolatileState.reset(memory, reason: reason, layers: steps.resetVolatile)
+            deadSlots = VolatileState.reset(memory, reason: reason, layers: steps.resetVolatile)
             if !created { reset = reason }
         } else if alone != -EAGAIN {
             try SystemCall.check("fcntl(F_OFD_SETLK)", alone)
@@ -214,6 +215,11 @@ public final class Pool: Sendable {
         mapped = false
         if let reset, reset != .created {
             Self.logger.debug("pool volatile state reset", metadata: ["path": "\(path)", "reason": "\(reset.rawValue)"])
+            // Audited when it cleared something: a reboot, or processes that died attached
+            // (a clean pool reopened by the next lone process is not an event).
+            if reset == .reboot || deadSlots > 0 {
+                audit(.reset, .ok, "volatile state reset (\(reset.rawValue)): \(deadSlots) process slot(s) of dead processes freed, lock words and queue waits cleared")
+            }
         }
     }
 

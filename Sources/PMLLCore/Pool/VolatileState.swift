@@ -25,15 +25,20 @@ package enum VolatileState {
 
     /// Resets the layers' volatile state (lock words, queue waits; `layers`, which must
     /// still read the process table to name dead holders), then frees every process slot.
-    package static func reset(_ memory: PoolMemory, reason: VolatileReset, layers: (PoolMemory) -> Void) {
+    /// Returns how many slots dead processes had left registered.
+    @discardableResult
+    package static func reset(_ memory: PoolMemory, reason: VolatileReset, layers: (PoolMemory) -> Void) -> Int {
         layers(memory)
+        var leftOver = 0
         for index in memory.slots {
             let slot = memory.slot(index)
+            if slot.pointee.state != PMLL_SLOT_FREE { leftOver += 1 }
             slot.pointee.state = PMLL_SLOT_FREE
             ReaderLedger.clear(slot)
         }
         let header = memory.header
         stampBoot(header, reason: reason == .reboot ? PMLL_RESET_REBOOT : PMLL_RESET_LAST_PROCESS_GONE)
         header.pointee.volatile_resets &+= 1
+        return leftOver
     }
 }
