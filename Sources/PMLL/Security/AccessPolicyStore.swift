@@ -9,8 +9,10 @@ import PMLLStore
 extension Pool {
     static let policyKey = "pmll:policy"
 
-    /// Installed by ``Pool/open(path:options:)``: how the gate reads the policy (without the
-    /// store lock, so a check inside the lock path never waits on it).
+    /// Installed by ``Pool/open(path:options:)``: how the gate reads the policy. Under the
+    /// store lock (which first rolls back a dead committer's transaction), or, through a
+    /// read-only attach, by a sequence-lock read; the gate never asks while taking one of the
+    /// library's own locks, so this cannot recurse.
     func installPolicyLoader() {
         access.loader.withLock {
             $0 = { pool throws(PMLLError) -> AccessPolicy? in try pool.storedAccessPolicy() }
@@ -19,7 +21,7 @@ extension Pool {
 
     func storedAccessPolicy() throws(PMLLError) -> AccessPolicy? {
         guard store.blockCount > 0 else { return nil }
-        let bytes = try readWithoutLock { () throws(PMLLError) -> [UInt8]? in
+        let bytes = try withStoreLock { () throws(PMLLError) -> [UInt8]? in
             let key = Array(Self.policyKey.utf8)
             guard let i = try store.find(key).found else { return nil }
             return Array(try store.record(i).dropFirst(key.count))

@@ -111,15 +111,9 @@ package final class AccessGate: @unchecked Sendable {
             throw .readOnlyPool(path: pool.path, operation: AccessRequest.lock(name: name, level: level, shared: shared).description)
         }
         // The library's own locks (store, queues, batches) are governed by the rules of what
-        // they protect, and must work even when the stored policy cannot be read; reading it
-        // here still brings the fast path's state up to date for them.
-        let libraryLock = withUnsafeBytes(of: entry.pointee.name) { $0.starts(with: "pmll:".utf8) }
-        let policy: AccessPolicy?
-        do throws(PMLLError) { policy = try self.policy(pool) } catch {
-            if libraryLock { return }
-            throw error
-        }
-        guard !libraryLock, let policy, policy.hasLockRules else { return }
+        // they protect. The policy is not read for them: reading it takes the store lock.
+        if withUnsafeBytes(of: entry.pointee.name, { $0.starts(with: "pmll:".utf8) }) { return }
+        guard let policy = try policy(pool), policy.hasLockRules else { return }
         let name = String(fixedCString: entry.pointee.name)
         // A decision depends on the entry and the epoch only, unless a rule names a mode:
         // then each acquisition is decided afresh.
