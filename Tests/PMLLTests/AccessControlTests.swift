@@ -210,6 +210,27 @@ struct AccessControlTests {
         #expect(try other.accessPolicy() == nil)
     }
 
+    /// A writer killed between committing a policy and publishing it must not leave a process
+    /// that opened the pool before with the old policy.
+    @Test func aPolicyWriterKilledAfterItsCommitLeavesNoProcessWithTheOldPolicy() throws {
+        let scratch = Scratch()
+        let path = scratch.file("killed.pool"), policy = scratch.file("policy.json")
+        let pool = try Pool.open(path: path)
+        let lock = try pool.lock(named: "secret/x", level: .package)
+        try lock.withLock { _ in }   // no policy yet, and the decision cached
+        try #"{"rules": [{"name": "not-me", "action": "lock", "match": "secret/*", "users": [12345]}]}"#
+            .write(toFile: policy, atomically: true, encoding: .utf8)
+        let r = try run(Binaries.pmll, ["policy", "set", "--pool", path, policy], environment: ["PMLL_CRASH_AT": "policy.committed"])
+        #expect(r.status == 137, "\(r)")
+        #expect(throws: PMLLError.accessDenied(operation: "uid \(geteuid()) may not take lock 'secret/x' (package)", rule: "not-me")) {
+            try lock.withLock { _ in }
+        }
+        // The next change publishes normally, and the decision is cached again.
+        try pool.setAccessPolicy(nil)
+        try lock.withLock { _ in }
+        try lock.withLock { _ in }
+    }
+
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/minisign")))
     func thePolicyRequiresSignaturesForARootAndAKeyPrefix() throws {
         let keys = try SignatureTests.Keys()

@@ -65,10 +65,12 @@ extension Pool {
         } catch {
             throw .invalidConfiguration(file: "access policy", line: nil, key: nil, reason: "cannot encode: \(error)")
         }
+        access.policyChanging(self)
+        defer { access.policyChanged(self) }
         try internalTransaction { (tx) throws(PMLLError) in
             if let encoded { try tx.setInternal(Self.policyKey, encoded) } else { try tx.deleteInternal(Self.policyKey) }
         }
-        access.policyChanged(self)
+        CrashPoint.hit("policy.committed")
         audit(.policy, .ok, policy.map { "\($0.rules.count) access rule(s), \($0.signatures.count) signature rule(s)" } ?? "policy removed")
     }
 

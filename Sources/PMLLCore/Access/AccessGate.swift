@@ -48,11 +48,15 @@ package final class AccessGate: @unchecked Sendable {
         }
     }
 
-    /// The policy in force now (nil: none), read again if its epoch moved.
+    /// The policy in force now (nil: none), read again if its epoch moved. An odd epoch means
+    /// a change is under way (or its writer died between commit and publication): then the
+    /// policy is read on every check and kept by nobody, so no process can keep a stale one.
     package func policy(_ pool: Pool) throws(PMLLError) -> AccessPolicy? {
         let epoch = pmll_load32(pmll_header_policy_epoch(pool.memory.header))
-        if let known = compiled.withLock({ $0 }), known.epoch == epoch { return known.policy }
+        let stable = epoch & 1 == 0
+        if stable, let known = compiled.withLock({ $0 }), known.epoch == epoch { return known.policy }
         let loaded = try loader.withLock { $0 }?(pool)
+        guard stable else { return loaded }
         compiled.withLock { $0 = (epoch, loaded) }
         let flags = (loaded?.hasLockRules == true ? Self.lockRules : 0) | (readOnly ? Self.readOnlyFlag : 0)
         pmll_store64_release(state, UInt64(epoch) << 8 | flags)
@@ -90,8 +94,13 @@ package final class AccessGate: @unchecked Sendable {
         throw .signatureRejected(subject: subject, reason: reason)
     }
 
-    /// Bumps the header's policy epoch after the stored policy changed: every process (this
-    /// one included) reads it again at its next check.
+    /// Around a change of the stored policy: the epoch is made odd before the commit and moved
+    /// to the next even value after it, so every process (this one included) reads the policy
+    /// again, and while it is odd nobody keeps what it read.
+    package func policyChanging(_ pool: Pool) {
+        _ = pmll_or32(pmll_header_policy_epoch(pool.memory.header), 1)
+    }
+
     package func policyChanged(_ pool: Pool) {
         _ = pmll_add32(pmll_header_policy_epoch(pool.memory.header), 1)
     }
@@ -127,9 +136,10 @@ package final class AccessGate: @unchecked Sendable {
             return made
         }
         let cell = decisions + Int(index.rawValue)
-        if !modeSensitive && pmll_load64_acquire(cell) == epoch << 1 | 1 { return }
+        let cacheable = !modeSensitive && epoch & 1 == 0
+        if cacheable && pmll_load64_acquire(cell) == epoch << 1 | 1 { return }
         try check(pool, .lock(name: name, level: level, shared: shared))
-        if !modeSensitive { pmll_store64_release(cell, epoch << 1 | 1) }
+        if cacheable { pmll_store64_release(cell, epoch << 1 | 1) }
     }
 }
 

@@ -39,6 +39,10 @@ package enum VolatileState {
         let header = memory.header
         stampBoot(header, reason: reason == .reboot ? PMLL_RESET_REBOOT : PMLL_RESET_LAST_PROCESS_GONE)
         header.pointee.volatile_resets &+= 1
+        // A policy change whose writer died between its commit and publication left the epoch
+        // odd; with nobody attached, nobody is changing it now.
+        let epoch = pmll_header_policy_epoch(header)
+        if epoch.pointee & 1 == 1 { epoch.pointee &+= 1 }
         return leftOver
     }
 }
