@@ -1,5 +1,5 @@
 public import CPMLL
-package import Synchronization
+public import Synchronization
 
 /// Where every layer asks "may this process do this?" before touching anything: the pool's
 /// access policy and read-only attach, in one place (Docs/Security.md).
@@ -11,10 +11,6 @@ package import Synchronization
 /// of two words (``Pool/checkLockAccess(_:shared:)``); everything else takes the slow path.
 @usableFromInline
 package final class AccessGate: @unchecked Sendable {
-    /// `epoch << 8 | flags`, as of the policy this process read last. Equal to `epoch << 8`
-    /// exactly when the epoch is current, no lock rule exists and the pool is writable: the
-    /// lock fast path's whole test.
-    @usableFromInline let state: UnsafeMutablePointer<UInt64>
     /// Per lock-table entry: `epoch << 1 | 1` once the entry was allowed at that epoch.
     private let lockDecisions = Mutex<UnsafeMutablePointer<UInt64>?>(nil)
     private let compiled = Mutex<(epoch: UInt32, policy: AccessPolicy?)?>(nil)
@@ -27,15 +23,15 @@ package final class AccessGate: @unchecked Sendable {
     static let lockRules: UInt64 = 1 << 0
     static let readOnlyFlag: UInt64 = 1 << 2
 
+    /// The first value of ``Pool/accessState``: nothing read yet.
+    package static func initialState(readOnly: Bool) -> UInt64 { notLoaded | (readOnly ? readOnlyFlag : 0) }
+
     package init(readOnly: Bool, lockCapacity: Int) {
         self.readOnly = readOnly
         self.lockCapacity = lockCapacity
-        state = .allocate(capacity: 1)
-        state.initialize(to: Self.notLoaded | (readOnly ? Self.readOnlyFlag : 0))
     }
 
     deinit {
-        state.deallocate()
         lockDecisions.withLock { $0?.deallocate() }
     }
 
@@ -59,7 +55,7 @@ package final class AccessGate: @unchecked Sendable {
         guard stable else { return loaded }
         compiled.withLock { $0 = (epoch, loaded) }
         let flags = (loaded?.hasLockRules == true ? Self.lockRules : 0) | (readOnly ? Self.readOnlyFlag : 0)
-        pmll_store64_release(state, UInt64(epoch) << 8 | flags)
+        pool.accessState.store(UInt64(epoch) << 8 | flags, ordering: .releasing)
         return loaded
     }
 
@@ -149,7 +145,7 @@ extension Pool {
     @inlinable @inline(__always)
     package func checkLockAccess(_ index: LockIndex, shared: Bool) throws(PMLLError) {
         let epoch = UInt64(pmll_load32(pmll_header_policy_epoch(memory.header)))
-        if _fastPath(pmll_load64(access.state) == epoch << 8) { return }
+        if _fastPath(accessState.load(ordering: .relaxed) == epoch << 8) { return }
         try access.checkLock(self, index, shared: shared)
     }
 }

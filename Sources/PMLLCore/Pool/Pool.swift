@@ -1,6 +1,6 @@
 import CPMLL
 package import Logging
-package import Synchronization
+public import Synchronization
 package import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -56,6 +56,12 @@ public final class Pool: Sendable {
     package let hooks = PoolHooks()
     /// Read-only attach and the access policy: asked before anything is written.
     @usableFromInline package let access: AccessGate
+    /// `epoch << 8 | flags` of the policy this process read last (``AccessGate``). Equal to
+    /// `epoch << 8` exactly when the epoch is current, no lock rule exists and the pool is
+    /// writable: the lock path's whole test. A field of the pool itself, not of the gate, so
+    /// that the test is one load beside the pool's other hot fields (under contention every
+    /// nanosecond between a release and the next acquisition costs throughput).
+    @usableFromInline package let accessState: Atomic<UInt64>
     /// The pool file's owner (it may always change the access policy).
     package let ownerUID: UInt32
     /// Attached read-only (``PoolOptions/readOnly``): no slot, nothing written.
@@ -211,6 +217,7 @@ public final class Pool: Sendable {
         self.auditCommand = withUnsafeBytes(of: memory.slot(slot).pointee.comm) { Array($0.prefix { $0 != 0 }) }
         self.auditFileBytes = options.auditFileBytes
         self.access = AccessGate(readOnly: false, lockCapacity: layout.lockCapacity)
+        self.accessState = Atomic(AccessGate.initialState(readOnly: false))
         self.ownerUID = UInt32(st.st_uid)
         mapped = false
         if let reset, reset != .created {
@@ -257,6 +264,7 @@ public final class Pool: Sendable {
         self.auditCommand = []
         self.auditFileBytes = options.auditFileBytes
         self.access = AccessGate(readOnly: true, lockCapacity: layout.lockCapacity)
+        self.accessState = Atomic(AccessGate.initialState(readOnly: true))
         self.ownerUID = owner
     }
 
