@@ -40,8 +40,6 @@ static void load_libpmem(void) {
     libpmem.loaded = handle && libpmem.map_file && libpmem.unmap && libpmem.persist ? 1 : -1;
 }
 
-int pmll_pmem_loaded(void) { return libpmem.loaded == 1; }
-
 static int mapping_mode = PMLL_MAP_AUTO;
 void pmll_pmem_set_mapping(int mode) { __atomic_store_n(&mapping_mode, mode, __ATOMIC_RELAXED); }
 
@@ -104,8 +102,9 @@ void *pmll_pmem_open(const char *path, uint64_t *mapped_length, int *is_pmem, in
     int fd = open(path, O_RDWR | O_CLOEXEC);
     if (fd < 0) { *err_out = errno; return NULL; }
     struct stat st;
-    if (fstat(fd, &st) != 0 || st.st_size <= 0) {
-        *err_out = st.st_size <= 0 ? EINVAL : errno;
+    int rc = fstat(fd, &st) == 0 ? (st.st_size > 0 ? 0 : EINVAL) : errno;
+    if (rc != 0) {
+        *err_out = rc;
         close(fd);
         return NULL;
     }

@@ -123,22 +123,19 @@ enum Principal: Codable, Equatable {
     }
 
     func uid(source: String, rule: String) throws(PMLLError) -> UInt32 {
-        switch self {
-        case let .id(id): return id
-        case let .name(name):
-            if let id = UInt32(name) { return id }
-            guard let entry = getpwnam(name) else { throw .invalidConfiguration(file: source, line: nil, key: rule, reason: "no user named '\(name)'") }
-            return UInt32(entry.pointee.pw_uid)
-        }
+        try resolve("user", source: source, rule: rule) { getpwnam($0).map { UInt32($0.pointee.pw_uid) } }
     }
 
     func gid(source: String, rule: String) throws(PMLLError) -> UInt32 {
+        try resolve("group", source: source, rule: rule) { getgrnam($0).map { UInt32($0.pointee.gr_gid) } }
+    }
+
+    private func resolve(_ kind: String, source: String, rule: String, lookup: (String) -> UInt32?) throws(PMLLError) -> UInt32 {
         switch self {
         case let .id(id): return id
         case let .name(name):
-            if let id = UInt32(name) { return id }
-            guard let entry = getgrnam(name) else { throw .invalidConfiguration(file: source, line: nil, key: rule, reason: "no group named '\(name)'") }
-            return UInt32(entry.pointee.gr_gid)
+            if let id = UInt32(name) ?? lookup(name) { return id }
+            throw .invalidConfiguration(file: source, line: nil, key: rule, reason: "no \(kind) named '\(name)'")
         }
     }
 }

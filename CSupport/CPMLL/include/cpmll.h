@@ -77,7 +77,7 @@ typedef struct pmll_header {
     char boot_id[40];              // /proc/sys/kernel/random/boot_id of the last reset
     uint64_t volatile_resets;      // how many times volatile state was reset
     uint32_t last_reset_reason;    // PMLL_RESET_*
-    uint32_t policy_epoch;         // bumped after each change of the access policy (readers re-load it)
+    uint32_t policy_epoch;         // odd while the access policy changes, next even value after (readers re-load it)
     uint8_t padding[PMLL_HEADER_SIZE - 512 - 40 - 16];
 } pmll_header_t;
 
@@ -699,8 +699,6 @@ void pmll_pmem_persist(const void *addr, size_t length);   // cache flush only (
 int pmll_pmem_msync(const void *addr, size_t length);      // page-rounded msync (other files)
 // Durable barriers (persist or msync calls) made by this process so far.
 uint64_t pmll_barrier_count(void);
-// Whether libpmem was loaded (a pool on DAX was mapped), for tests and diagnostics.
-int pmll_pmem_loaded(void);
 // How pools are mapped from now on ($PMLL_MAP): libpmem on DAX only (auto), always, or never.
 #define PMLL_MAP_AUTO 0
 #define PMLL_MAP_LIBPMEM 1

@@ -6,11 +6,11 @@ public import Synchronization
 ///
 /// The policy lives in the state store (a layer above); the facade installs a ``loader``
 /// that reads it. Each process keeps the policy it last read with the header's policy epoch
-/// at that moment; a change of policy bumps the epoch, so every process re-reads it at its
+/// at that moment; a change of policy moves the epoch, so every process re-reads it at its
 /// next check. The lock path must stay at a few nanoseconds, so its check is one comparison
 /// of two words (``Pool/checkLockAccess(_:shared:)``); everything else takes the slow path.
 @usableFromInline
-package final class AccessGate: @unchecked Sendable {
+package final class AccessGate: Sendable {
     /// Per lock-table entry: `epoch << 1 | 1` once the entry was allowed at that epoch.
     private let lockDecisions = Mutex<UnsafeMutablePointer<UInt64>?>(nil)
     private let compiled = Mutex<(epoch: UInt32, policy: AccessPolicy?)?>(nil)
