@@ -203,7 +203,7 @@ let package = Package(
         ),
         .testTarget(
             name: "PMLLTests",
-            dependencies: ["PMLL", "PMLLCore", "PMLLLocks", "PMLLStore", "PMLLQueues", "PMLLFileBatches", "CPMLL"],
+            dependencies: ["PMLL", "PMLLCore", "PMLLLocks", "PMLLStore", "PMLLQueues", "PMLLFileBatches", "CPMLL", "PMLLStressSupport"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -1,8 +1,9 @@
-// Mapping the pool file. On a DAX file system (real persistent memory: an mmap with MAP_SYNC
-// succeeds) libpmem maps it and makes stores durable with cache flushes; libpmem is loaded
-// with dlopen only then. Everywhere else libpmem itself would only mmap the file and msync it,
-// so that is done here directly, and a process never pays libpmem's load (its dependency chain
-// and constructor cost about 2.4 ms per process start: Docs/Benchmarks.md).
+// Mapping the pool file into a reserved address range that the mapping grows into. On a DAX
+// file system (real persistent memory: an mmap with MAP_SYNC succeeds) libpmem makes stores
+// durable with cache flushes; libpmem is loaded with dlopen only then. Everywhere else libpmem
+// itself would only msync, so that is done here directly, and a process never pays libpmem's
+// load (its dependency chain and constructor cost about 2.4 ms per process start:
+// Docs/Benchmarks.md).
 #define _GNU_SOURCE
 #include "cpmll.h"
 #include <dlfcn.h>
@@ -21,10 +22,10 @@
 #define MAP_SYNC 0x80000
 #endif
 
-// The part of libpmem's API used on DAX (libpmem.h's signatures).
+// libpmem's cache-flush persist, used on DAX. libpmem does not map the pool: pmem_map_file
+// picks its own address and cannot map into a reservation, so a pool that grows in place is
+// mapped here (with MAP_SYNC on DAX) and libpmem only makes stores durable.
 static struct {
-    void *(*map_file)(const char *path, size_t len, int flags, mode_t mode, size_t *mapped_lenp, int *is_pmemp);
-    int (*unmap)(void *addr, size_t len);
     void (*persist)(const void *addr, size_t len);
     int loaded;   // 1 loaded, -1 could not be loaded
 } libpmem;
@@ -32,48 +33,34 @@ static pthread_once_t libpmem_once = PTHREAD_ONCE_INIT;
 
 static void load_libpmem(void) {
     void *handle = dlopen("libpmem.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (handle) {
-        libpmem.map_file = (void *(*)(const char *, size_t, int, mode_t, size_t *, int *))dlsym(handle, "pmem_map_file");
-        libpmem.unmap = (int (*)(void *, size_t))dlsym(handle, "pmem_unmap");
-        libpmem.persist = (void (*)(const void *, size_t))dlsym(handle, "pmem_persist");
-    }
-    libpmem.loaded = handle && libpmem.map_file && libpmem.unmap && libpmem.persist ? 1 : -1;
+    if (handle) libpmem.persist = (void (*)(const void *, size_t))dlsym(handle, "pmem_persist");
+    libpmem.loaded = handle && libpmem.persist ? 1 : -1;
 }
 
 static int mapping_mode = PMLL_MAP_AUTO;
 void pmll_pmem_set_mapping(int mode) { __atomic_store_n(&mapping_mode, mode, __ATOMIC_RELAXED); }
 
-// Whether `fd` can be mapped with MAP_SYNC: the file is on DAX (fs-dax), where stores reach
-// persistence with cache flushes alone.
-static int is_dax(int fd, size_t length) {
-    void *probe = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC, fd, 0);
-    if (probe == MAP_FAILED) return 0;
-    munmap(probe, length);
-    return 1;
-}
-
-// Maps `fd` (of `path`) whole: through libpmem on DAX when it loads, else a shared mapping.
-static void *map_whole(const char *path, int fd, size_t length, int *is_pmem, int *err_out) {
-    *is_pmem = 0;
+// Maps [offset, offset + length) of `fd` at `addr` (MAP_FIXED inside a reservation, or
+// anywhere when addr is NULL). Writable mappings try MAP_SYNC first unless mapping is `mmap`:
+// it succeeds only on DAX, where stores reach persistence with cache flushes alone.
+static void *map_range(void *addr, int fd, uint64_t offset, uint64_t length, int writable, int *is_pmem, int *err_out) {
+    int fixed = addr ? MAP_FIXED : 0;
     int mode = __atomic_load_n(&mapping_mode, __ATOMIC_RELAXED);
-    if (mode == PMLL_MAP_LIBPMEM || (mode == PMLL_MAP_AUTO && is_dax(fd, length))) {
-        pthread_once(&libpmem_once, load_libpmem);
-        if (libpmem.loaded == 1) {
-            size_t mapped = 0;
-            int pm = 0;
-            void *addr = libpmem.map_file(path, 0, 0, 0, &mapped, &pm);   // length 0, flags 0: never resizes
-            if (addr && mapped == length) {
-                *is_pmem = pm;
-                *err_out = 0;
-                return addr;
-            }
-            if (addr) libpmem.unmap(addr, mapped);
+    *is_pmem = 0;
+    if (mode == PMLL_MAP_LIBPMEM) pthread_once(&libpmem_once, load_libpmem);
+    if (writable && mode != PMLL_MAP_MMAP) {
+        void *p = mmap(addr, (size_t)length, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC | fixed, fd, (off_t)offset);
+        if (p != MAP_FAILED) {
+            pthread_once(&libpmem_once, load_libpmem);
+            // No libpmem: msync is durable on DAX too, only slower than cache flushes.
+            *is_pmem = libpmem.loaded == 1;
+            *err_out = 0;
+            return p;
         }
-        // No libpmem: msync is durable on DAX too, only slower than cache flushes.
     }
-    void *addr = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    *err_out = addr == MAP_FAILED ? errno : 0;
-    return addr == MAP_FAILED ? NULL : addr;
+    void *p = mmap(addr, (size_t)length, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED | fixed, fd, (off_t)offset);
+    *err_out = p == MAP_FAILED ? errno : 0;
+    return p == MAP_FAILED ? NULL : p;
 }
 
 void *pmll_pmem_create(const char *path, uint64_t length, uint32_t mode, uint64_t *mapped_length, int *is_pmem, int *err_out) {
@@ -89,42 +76,59 @@ void *pmll_pmem_create(const char *path, uint64_t length, uint32_t mode, uint64_
         *err_out = rc;
         return NULL;
     }
-    void *addr = map_whole(path, fd, (size_t)length, is_pmem, err_out);
+    void *addr = map_range(NULL, fd, 0, length, 1, is_pmem, err_out);
     close(fd);
     if (!addr) { unlink(path); return NULL; }
     *mapped_length = length;
     return addr;
 }
 
-void *pmll_pmem_open(const char *path, uint64_t *mapped_length, int *is_pmem, int *err_out) {
-    *mapped_length = 0;
+void *pmll_map_reserved(int fd, uint64_t length, uint64_t reserve, int writable, int *is_pmem, int *err_out) {
     *is_pmem = 0;
-    int fd = open(path, O_RDWR | O_CLOEXEC);
-    if (fd < 0) { *err_out = errno; return NULL; }
-    struct stat st;
-    int rc = fstat(fd, &st) == 0 ? (st.st_size > 0 ? 0 : EINVAL) : errno;
-    if (rc != 0) {
-        *err_out = rc;
-        close(fd);
+    if (length == 0 || length > reserve) { *err_out = EINVAL; return NULL; }
+    void *base = mmap(NULL, (size_t)reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) { *err_out = errno; return NULL; }
+    if (!map_range(base, fd, 0, length, writable, is_pmem, err_out)) {
+        munmap(base, (size_t)reserve);
         return NULL;
     }
-    void *addr = map_whole(path, fd, (size_t)st.st_size, is_pmem, err_out);
-    close(fd);
-    if (addr) *mapped_length = (uint64_t)st.st_size;
-    return addr;
+    return base;
 }
 
-void *pmll_map_readonly(int fd, uint64_t length, int *err_out) {
-    void *addr = mmap(NULL, (size_t)length, PROT_READ, MAP_SHARED, fd, 0);
-    *err_out = addr == MAP_FAILED ? errno : 0;
-    return addr == MAP_FAILED ? NULL : addr;
+int pmll_map_extend(void *base, int fd, uint64_t from, uint64_t to, int writable) {
+    if (to <= from) return 0;
+    int is_pmem = 0, err = 0;
+    return map_range((char *)base + from, fd, from, to - from, writable, &is_pmem, &err) ? 0 : -err;
 }
 
-// munmap also unmaps what libpmem mapped (pmem_unmap is munmap plus bookkeeping of its own
-// that only pmem_map_file's ranges use), but libpmem's own call keeps that bookkeeping right.
 int pmll_pmem_unmap(void *addr, uint64_t length) {
-    int rc = libpmem.loaded == 1 ? libpmem.unmap(addr, (size_t)length) : munmap(addr, (size_t)length);
-    return rc == 0 ? 0 : -errno;
+    return munmap(addr, (size_t)length) == 0 ? 0 : -errno;
+}
+
+int pmll_file_reserve(int fd, uint64_t offset, uint64_t length) {
+    int rc;
+    while ((rc = posix_fallocate(fd, (off_t)offset, (off_t)length)) == EINTR) {}
+    if (rc == EOPNOTSUPP || rc == EINVAL) {
+        // No fallocate here: the blocks are written instead (a hole would fault as SIGBUS
+        // when the file system fills up).
+        static const char zeros[65536];
+        struct stat st;
+        if (fstat(fd, &st) != 0) return -errno;
+        uint64_t from = (uint64_t)st.st_size > offset ? (uint64_t)st.st_size : offset;
+        for (uint64_t at = from; at < offset + length;) {
+            size_t n = offset + length - at < sizeof zeros ? (size_t)(offset + length - at) : sizeof zeros;
+            ssize_t w = pwrite(fd, zeros, n, (off_t)at);
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) return w < 0 ? -errno : -EIO;
+            at += (uint64_t)w;
+        }
+        rc = 0;
+    }
+    if (rc != 0) return -rc;
+    while (fdatasync(fd) != 0) {
+        if (errno != EINTR) return -errno;
+    }
+    return 0;
 }
 
 // msync of the pages spanning [addr, addr + length), as pmem_msync does.
@@ -140,7 +144,7 @@ uint64_t pmll_barrier_count(void) { return __atomic_load_n(&barriers, __ATOMIC_R
 
 void pmll_pmem_persist(const void *addr, size_t length) {
     __atomic_fetch_add(&barriers, 1, __ATOMIC_RELAXED);
-    if (libpmem.loaded == 1) {
+    if (__atomic_load_n(&libpmem.loaded, __ATOMIC_ACQUIRE) == 1) {
         libpmem.persist(addr, length);
     } else {
         // Only a mapping libpmem made is persistent memory; kept correct regardless.

@@ -45,19 +45,30 @@ extension Pool {
     /// process table), stripped of the journals of file batches in progress, and checked.
     /// Writers wait only for the copy into memory (``BackupReport/writersBlockedNanoseconds``).
     public func backup(to destination: String, timeout: Duration = .seconds(30)) throws(PMLLError) -> BackupReport {
-        let length = memory.length
-        let image = UnsafeMutableRawPointer.allocate(byteCount: length, alignment: 4096)
+        let deadline = Pool.deadline(after: timeout)
+        var length = 0, image = UnsafeMutableRawPointer.allocate(byteCount: 1, alignment: 4096)
         defer { image.deallocate() }
-        // Fault the buffer and the mapping in first, so that writers wait for a plain memory
-        // copy only.
-        image.initializeMemory(as: UInt8.self, repeating: 0, count: length)
-        _ = pmll_prefault(memory.base, UInt64(length))
-        let asked = Clock.monotonicNanoseconds
-        let (frozenAt, thawedAt) = try withWritersHeldOff(deadline: Pool.deadline(after: timeout)) { () -> (Int64, Int64) in
-            let frozen = Clock.monotonicNanoseconds
-            image.copyMemory(from: memory.base, byteCount: length)
-            return (frozen, Clock.monotonicNanoseconds)
+        var asked: Int64 = 0, frozenAt: Int64 = 0, thawedAt: Int64 = 0
+        // The file may grow between sizing the buffer and holding writers off: then again.
+        for _ in 0..<8 where frozenAt == 0 {
+            try memory.mapping.ensureMapped(upTo: try memory.mapping.fileSize() / PoolLayout.page * PoolLayout.page)
+            length = memory.length
+            image.deallocate()
+            image = UnsafeMutableRawPointer.allocate(byteCount: length, alignment: 4096)
+            // Fault the buffer and the mapping in first, so that writers wait for a plain
+            // memory copy only.
+            image.initializeMemory(as: UInt8.self, repeating: 0, count: length)
+            _ = pmll_prefault(memory.base, UInt64(length))
+            asked = Clock.monotonicNanoseconds
+            (frozenAt, thawedAt) = try withWritersHeldOff(deadline: deadline) { () throws(PMLLError) -> (Int64, Int64) in
+                if store.exists, try store.refresh().end > length { return (0, 0) }
+                let frozen = Clock.monotonicNanoseconds
+                image.copyMemory(from: memory.base, byteCount: length)
+                return (frozen, Clock.monotonicNanoseconds)
+            }
         }
+        // Eight growths while sizing a copy: as if the store lock could not be had.
+        guard frozenAt != 0 else { throw .timeout(lock: "pmll:store", holder: nil) }
         if !memory.layout.auditRing.isEmpty {
             // Audit records not yet in the files stay with the live pool, which drains them:
             // the copy's ring starts empty (and opening it writes no audit files).
@@ -184,7 +195,7 @@ extension Pool {
             _ = try acquire(index: index, deadline: deadline, cancellation: nil)
             taken.append(index)
         }
-        if store.blockCount > 0 {
+        if store.exists {
             let index = try storeLock()
             let grant = try acquire(index: index, deadline: deadline, cancellation: nil)
             taken.append(index)
@@ -250,7 +261,7 @@ enum PoolImage {
         try pool.attachStore()
         try pool.storeReady()
         var dropped = 0
-        if pool.store.blockCount > 0 {
+        if pool.store.exists {
             let journals = try pool.committedKeys(prefix: Pool.batchPrefix, skippingDamaged: true)
             dropped = journals.count
             if !journals.isEmpty {

@@ -60,13 +60,13 @@ extension Pool {
             persistentMemory: memory.persistence.isPmem, processCapacity: h.process_capacity, lockCapacity: h.lock_capacity,
             volatileResets: h.volatile_resets, processes: attached, locks: locks,
             queues: queues.sorted { $0.name < $1.name }, damagedQueueHeads: damagedHeads,
-            store: store.blockCount > 0 ? try? storeUsage() : nil,
-            transactions: store.blockCount > 0 ? store.statistics() : nil,
+            store: store.exists ? try? storeUsage() : nil,
+            transactions: store.exists ? store.statistics() : nil,
             sections: ["header": Int(PMLL_HEADER_SIZE), "processTable": memory.layout.processTable.count,
                        "lockTable": memory.layout.lockTable.count, "queueTable": memory.layout.queueTable.count,
                        "auditRing": memory.layout.auditRing.count, "stateStore": memory.layout.heap.count],
-            lastCheck: store.blockCount > 0 ? (try? lastScheduledCheck()) ?? nil : nil,
-            lastBackup: store.blockCount > 0 ? (try? lastScheduledBackup()) ?? nil : nil,
+            lastCheck: store.exists ? (try? lastScheduledCheck()) ?? nil : nil,
+            lastBackup: store.exists ? (try? lastScheduledBackup()) ?? nil : nil,
             readOnlyView: isReadOnly)
     }
 

@@ -153,7 +153,7 @@ public final class ScheduledTask: @unchecked Sendable {
 
     /// The pool's last check record, if any scheduled check ever ran.
     static func record(_ pool: Pool) throws(PMLLError) -> CheckRecord? {
-        guard pool.store.blockCount > 0, let bytes = try pool.value(for: key) else { return nil }
+        guard pool.store.exists, let bytes = try pool.value(for: key) else { return nil }
         return try? JSONCoding.decode(CheckRecord.self, bytes)
     }
 }
@@ -183,7 +183,7 @@ extension Pool {
 
     /// The last scheduled backup's record (nil if none ever ran).
     public func lastScheduledBackup() throws(PMLLError) -> BackupRecord? {
-        guard store.blockCount > 0, let bytes = try value(for: BackupRecord.key) else { return nil }
+        guard store.exists, let bytes = try value(for: BackupRecord.key) else { return nil }
         return try? JSONCoding.decode(BackupRecord.self, bytes)
     }
 }

@@ -33,7 +33,7 @@ enum CResult {
             pmll_abi_pool_corrupt
         case .poolNotFound, .noAuditLog: pmll_abi_not_found
         case .permissionDenied, .foreignOwner, .signatureRejected, .readOnlyPool, .accessDenied: pmll_abi_permission
-        case .poolFull, .noStateStore, .noSpace: pmll_abi_pool_full
+        case .poolFull, .sizeLimitReached, .noStateStore, .noSpace: pmll_abi_pool_full
         case .invalidBatchRoot, .batchFailed: CPM_RESULT_ERROR_FILE_OPERATION
         case .systemCall: pmll_abi_system
         }

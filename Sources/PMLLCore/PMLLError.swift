@@ -49,6 +49,9 @@ public enum PMLLError: Error, Equatable, Sendable {
     case noSpace(path: String, reason: String)
     /// A fixed-size table of the pool is full.
     case poolFull(table: String, capacity: Int)
+    /// The pool's file would have to grow past its size limit (``PoolOptions/sizeLimit``) to
+    /// hold what was asked; nothing was written.
+    case sizeLimitReached(path: String, limit: Int, needed: Int)
     /// A configuration file (or a variable overriding it) is malformed or has a bad setting.
     /// `line` is the line of the value in the file (nil for a variable, or an unreadable file).
     case invalidConfiguration(file: String, line: Int?, key: String?, reason: String)
@@ -134,6 +137,7 @@ extension PMLLError: CustomStringConvertible {
         case let .noStateStore(path): "pool '\(path)' has no state store (it was created with no room for one)"
         case let .invalidBatchRoot(path, reason): "batch root '\(path)': \(reason)"
         case let .poolFull(table, capacity): "pool full: the \(table) table has all \(capacity) entries in use"
+        case let .sizeLimitReached(path, limit, needed): "pool full: '\(path)' would have to grow to \(needed) bytes, past its size limit of \(limit) bytes (sizeLimit)"
         case let .invalidConfiguration(file, line, key, reason):
             "configuration \(file)" + (line.map { ", line \($0)" } ?? "") + (key.map { ", key '\($0)'" } ?? "") + ": \(reason)"
         case let .signatureRejected(subject, reason): "signature of \(subject) rejected: \(reason)"

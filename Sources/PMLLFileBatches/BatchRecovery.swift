@@ -24,7 +24,7 @@ extension Pool {
     /// very token a dead batch recorded (found by the crash suite's power-failure model).
     public func fileBatchRecovery(ownersAreGone: Bool = false, root: String? = nil) throws(PMLLError) -> FileBatchRecovery {
         var report = FileBatchRecovery()
-        guard store.blockCount > 0 else { return report }
+        guard store.exists else { return report }
         let keys = try committedKeys(prefix: Self.batchPrefix, skippingDamaged: true)
         guard !keys.isEmpty else { return report }
         let lock = try batchRecoveryLock()
@@ -80,7 +80,7 @@ extension Pool {
 
     /// Batches whose last rollback or clean-up failed and that no recovery has finished since.
     public func batchesNeedingAttention() throws(PMLLError) -> [BatchAttention] {
-        guard store.blockCount > 0 else { return [] }
+        guard store.exists else { return [] }
         var found: [BatchAttention] = []
         for key in try committedKeys(prefix: Self.attentionPrefix, skippingDamaged: true) {
             guard let bytes = try readCommitted(key) else { continue }

@@ -55,7 +55,7 @@ extension Pool {
     }
 
     package func parkedAbandoned() throws(PMLLError) -> [(key: String, record: OperationRecord)] {
-        guard store.blockCount > 0 else { return [] }
+        guard store.exists else { return [] }
         var parked: [(key: String, record: OperationRecord)] = []
         for key in try committedKeys(prefix: Self.parkedPrefix, skippingDamaged: true) {
             guard let bytes = try readCommitted(key) else { continue }
@@ -217,7 +217,7 @@ extension Pool {
 
     /// Operations quarantined by recovery, oldest key first.
     public func quarantinedOperations() throws(PMLLError) -> [QuarantinedOperation] {
-        guard store.blockCount > 0 else { return [] }
+        guard store.exists else { return [] }
         var operations: [QuarantinedOperation] = []
         for key in try committedKeys(prefix: Self.quarantinePrefix, skippingDamaged: true) {
             guard let bytes = try readCommitted(key), let operation = try? JSONEncoderShim.decode(QuarantinedOperation.self, bytes) else { continue }

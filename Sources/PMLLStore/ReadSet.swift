@@ -98,7 +98,8 @@ extension StateStore {
     package func keys(prefix: String, skippingDamaged: Bool) throws(PMLLError) -> [String] {
         var keys: [String] = []
         let wanted = Array(prefix.utf8)
-        for i in 0..<capacity where slot(i).pointee.state == PMLL_KEY_USED {
+        let view = self.view
+        for i in 0..<view.capacity where view.slot(i).pointee.state == PMLL_KEY_USED {
             let bytes: [UInt8]
             do throws(PMLLError) { bytes = try key(of: i) } catch {
                 if skippingDamaged { continue }

@@ -16,7 +16,12 @@ extension Pool {
         while true {
             if let before = commitPoints(store) {
                 let outcome: Result<R, PMLLError>
-                do throws(PMLLError) { outcome = .success(try body()) } catch { outcome = .failure(error) }
+                // A growth moves the directory's generation inside a logged commit like any
+                // other: a view read here is checked by the same commit points.
+                do throws(PMLLError) {
+                    try store.refresh()
+                    outcome = .success(try body())
+                } catch { outcome = .failure(error) }
                 pmll_fence()
                 if commitPoints(store) == before { return try outcome.get() }
             } else if Clock.monotonicNanoseconds > deadline {

@@ -1,24 +1,57 @@
 package import CPMLL
 package import PMLLCore
 import PMLLLocks
+package import Synchronization
 
 /// The persistent key-value store in the pool's heap: an open-addressing index of 128-byte
-/// key slots and an extent allocator over a block bitmap. Records up to 88 bytes of key and
+/// key slots and an extent allocator over block bitmaps. Records up to 88 bytes of key and
 /// value live inline in their slot; larger ones in an extent of blocks (key, then value).
 /// Values are never overwritten in place: a new value gets new blocks, so only slots and
 /// bitmap bytes change in place, and only they need undo entries (Docs/Transactions.md).
+/// The index and the block space grow into areas appended to the file (``StoreView``,
+/// Docs/PoolFormat.md "Growth").
 package final class StateStore: @unchecked Sendable {
     package let memory: PoolMemory
+    /// The tables made at creation (superblock, census, logs, first index, first blocks).
     package let layout: StoreLayout
     package let path: String
+    private let current: Mutex<StoreView>
+    /// Where this process looks for free blocks next (next fit: most allocations take the
+    /// blocks after the last ones, instead of rescanning a large bitmap from its start).
+    package let allocationHint = Atomic<Int>(0)
 
     // A class, not a struct: every transaction reaches the store several times through the
     // pool's services, and a reference costs one retain where a copy of the struct cost one
     // for each of its reference-counted fields.
-    package init(memory: PoolMemory, layout: StoreLayout, path: String) {
+    package init(memory: PoolMemory, layout: StoreLayout, path: String) throws(PMLLError) {
         self.memory = memory
         self.layout = layout
         self.path = path
+        let view = try GrowthDirectory.view(memory.base, layout: layout, poolLayout: memory.layout, path: path)
+        try memory.mapping.ensureMapped(upTo: view.end)
+        current = Mutex(view)
+    }
+
+    /// The tables as this process last read them from the directory.
+    package var view: StoreView { current.withLock { $0 } }
+
+    package var directory: UnsafeMutablePointer<pmll_growth_t> { GrowthDirectory.pointer(memory.base, heapStart: memory.layout.heap.lowerBound) }
+
+    package var directoryRange: Range<Int> {
+        let start = offset(of: directory)
+        return start..<(start + MemoryLayout<pmll_growth_t>.size)
+    }
+
+    /// Re-reads the directory if another process changed it (a growth), mapping what it adds.
+    /// Under the store lock, or in a read that validates itself afterwards.
+    @discardableResult
+    package func refresh() throws(PMLLError) -> StoreView {
+        let known = view
+        guard pmll_load64_acquire(&directory.pointee.generation) != known.generation else { return known }
+        let fresh = try GrowthDirectory.view(memory.base, layout: layout, poolLayout: memory.layout, path: path)
+        try memory.mapping.ensureMapped(upTo: fresh.end)
+        current.withLock { $0 = fresh }
+        return fresh
     }
 
     package static func validate(key: String, user: Bool = false) throws(PMLLError) {
@@ -29,14 +62,14 @@ package final class StateStore: @unchecked Sendable {
         guard !key.utf8.contains(0) else { throw .invalidKey(key: key, reason: "contains NUL") }
     }
 
-    package var capacity: UInt32 { UInt32(layout.keyCapacity) }
-    package var blockCount: Int { layout.blockCount }
+    package var capacity: UInt32 { view.capacity }
+    /// Blocks in all spans (0: a pool created without a state store).
+    package var blockCount: Int { view.blockCount }
+    /// Whether the pool has a state store at all.
+    package var exists: Bool { layout.blockCount > 0 }
 
-    package func slot(_ i: UInt32) -> UnsafeMutablePointer<pmll_key_slot_t> {
-        (memory.base + layout.index.lowerBound).assumingMemoryBound(to: pmll_key_slot_t.self) + Int(i)
-    }
-    package var bitmap: UnsafeMutablePointer<UInt8> { (memory.base + layout.bitmap.lowerBound).assumingMemoryBound(to: UInt8.self) }
-    package func block(_ b: UInt32) -> UnsafeMutableRawPointer { memory.base + layout.blocks.lowerBound + Int(b) * Int(PMLL_BLOCK_SIZE) }
+    package func slot(_ i: UInt32) -> UnsafeMutablePointer<pmll_key_slot_t> { view.slot(i) }
+    package func block(_ b: UInt32) -> UnsafeMutableRawPointer { view.block(b) }
     package func logHeader(_ i: Int) -> UnsafeMutablePointer<pmll_log_header_t> {
         (memory.base + layout.logs.lowerBound + i * Int(PMLL_LOG_SLOT_SIZE)).assumingMemoryBound(to: pmll_log_header_t.self)
     }
@@ -47,15 +80,16 @@ package final class StateStore: @unchecked Sendable {
     /// The slot holding `key`, and the first reusable slot on its probe chain.
     package func find(_ key: [UInt8]) throws(PMLLError) -> (found: UInt32?, free: UInt32?) {
         let hash = key.withUnsafeBytes { pmll_crc32c(0, $0.baseAddress, $0.count) }
+        let view = self.view, capacity = view.capacity
         var free: UInt32?
         for probe in 0..<capacity {
             let i = (hash &+ probe) % capacity
-            let s = slot(i)
+            let s = view.slot(i)
             switch s.pointee.state {
             case PMLL_KEY_EMPTY: return (nil, free ?? i)
             case PMLL_KEY_TOMBSTONE: if free == nil { free = i }
             case PMLL_KEY_USED:
-                if s.pointee.key_hash == hash && s.pointee.key_length == UInt32(key.count) && storedKeyEquals(i, key) { return (i, free) }
+                if s.pointee.key_hash == hash && s.pointee.key_length == UInt32(key.count) && storedKeyEquals(view, i, key) { return (i, free) }
             default:
                 throw .corruptPool(path: path, reason: "key slot \(i) has unknown state \(s.pointee.state)")
             }
@@ -75,11 +109,12 @@ package final class StateStore: @unchecked Sendable {
             guard length <= Int(PMLL_INLINE_MAX) else { throw .corruptRecord(key: "#\(i)", reason: "inline record too long") }
             bytes = withUnsafeBytes(of: s.pointee.inline_data) { Array($0.prefix(length)) }
         } else {
-            let end = Int(s.pointee.first_block) + Int(s.pointee.block_count)
-            guard end <= blockCount, Int(s.pointee.block_count) * Int(PMLL_BLOCK_SIZE) >= length else {
+            let view = self.view
+            guard view.extentExists(first: Int(s.pointee.first_block), count: Int(s.pointee.block_count)),
+                  Int(s.pointee.block_count) * Int(PMLL_BLOCK_SIZE) >= length else {
                 throw .corruptRecord(key: "#\(i)", reason: "extent out of range")
             }
-            bytes = Array(UnsafeRawBufferPointer(start: block(s.pointee.first_block), count: length))
+            bytes = Array(UnsafeRawBufferPointer(start: view.block(s.pointee.first_block), count: length))
         }
         guard Self.checksum(s, record: bytes) == s.pointee.checksum else {
             let name = String(decoding: bytes.prefix(Int(s.pointee.key_length)), as: UTF8.self)
@@ -89,14 +124,15 @@ package final class StateStore: @unchecked Sendable {
     }
 
     /// Compares in place; a damaged key simply does not match (reading its value reports it).
-    private func storedKeyEquals(_ i: UInt32, _ key: [UInt8]) -> Bool {
-        let s = slot(i)
+    private func storedKeyEquals(_ view: StoreView, _ i: UInt32, _ key: [UInt8]) -> Bool {
+        let s = view.slot(i)
         if s.pointee.block_count == 0 {
             guard key.count <= Int(PMLL_INLINE_MAX) else { return false }
             return withUnsafeBytes(of: s.pointee.inline_data) { $0.prefix(key.count).elementsEqual(key) }
         }
-        guard Int(s.pointee.first_block) + Int(s.pointee.block_count) <= blockCount else { return false }
-        return UnsafeRawBufferPointer(start: block(s.pointee.first_block), count: key.count).elementsEqual(key)
+        guard view.extentExists(first: Int(s.pointee.first_block), count: Int(s.pointee.block_count)),
+              Int(s.pointee.block_count) * Int(PMLL_BLOCK_SIZE) >= key.count else { return false }
+        return UnsafeRawBufferPointer(start: view.block(s.pointee.first_block), count: key.count).elementsEqual(key)
     }
 
     package func key(of i: UInt32) throws(PMLLError) -> [UInt8] {
@@ -112,14 +148,15 @@ package final class StateStore: @unchecked Sendable {
 
     // MARK: space
 
-    package func isAllocated(_ b: Int) -> Bool { bitmap[b / 8] & (1 << (b % 8)) != 0 }
+    package func isAllocated(_ b: Int) -> Bool { view.isAllocated(b) }
 
-    package func usage() -> StoreUsage {
-        let keys = Int(countUsedSlots())
-        var blocks = 0
-        for byte in 0..<((blockCount + 7) / 8) { blocks += bitmap[byte].nonzeroBitCount }
-        return StoreUsage(keysUsed: keys, keyCapacity: Int(capacity), blocksUsed: blocks, blockCount: blockCount,
-                     blockSize: Int(PMLL_BLOCK_SIZE), logSlots: layout.logSlots)
+    package func usage() throws(PMLLError) -> StoreUsage {
+        let view = self.view
+        return StoreUsage(keysUsed: Int(countUsedSlots()), keyCapacity: Int(view.capacity), blocksUsed: view.blocksUsed(), blockCount: view.blockCount,
+                          blockSize: Int(PMLL_BLOCK_SIZE), logSlots: layout.logSlots,
+                          fileBytes: try memory.mapping.fileSize(), sizeLimit: memory.layout.sizeLimit, createdBytes: memory.layout.heap.upperBound,
+                          areas: view.areas.count, freeAreaBytes: view.areas.filter { $0.kind == PMLL_AREA_FREE }.reduce(0) { $0 + Int($1.size) },
+                          growths: Int(view.growths))
     }
 }
 
@@ -131,4 +168,13 @@ public struct StoreUsage: Codable, Sendable, Equatable {
     public let blockCount: Int
     public let blockSize: Int
     public let logSlots: Int
+    /// The pool file's size now, what it was created with, and how far it may grow.
+    public let fileBytes: Int
+    public let sizeLimit: Int
+    public let createdBytes: Int
+    /// Areas appended by growths, the bytes of those no longer used (an index that moved),
+    /// and the growths committed.
+    public let areas: Int
+    public let freeAreaBytes: Int
+    public let growths: Int
 }

@@ -40,7 +40,8 @@ extension StateStore {
 
     package func countUsedSlots() -> UInt64 {
         var n: UInt64 = 0
-        for i in 0..<capacity where slot(i).pointee.state == PMLL_KEY_USED { n += 1 }
+        let view = self.view
+        for i in 0..<view.capacity where view.slot(i).pointee.state == PMLL_KEY_USED { n += 1 }
         return n
     }
 }

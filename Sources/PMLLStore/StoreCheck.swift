@@ -8,11 +8,14 @@ extension Pool {
     /// leaked, overlapping or dangling blocks), and no transaction log left pending.
     package func checkStore(into report: inout CheckReport) throws(PMLLError) {
         let store = self.store
-        guard store.blockCount > 0 else { return }
+        guard store.exists else { return }
         try withStoreLock { () throws(PMLLError) in
-            var owner = [Int32](repeating: -1, count: store.blockCount)
-            for i in 0..<store.capacity {
-                let s = store.slot(i)
+            let view = store.view
+            let fileSize = try memory.mapping.fileSize()
+            if view.end > fileSize { report.problems.append("the state store's areas end at \(view.end) bytes but the file has \(fileSize)") }
+            var owner = [Int32](repeating: -1, count: view.blockLimit)
+            for i in 0..<view.capacity {
+                let s = view.slot(i)
                 switch s.pointee.state {
                 case PMLL_KEY_EMPTY, PMLL_KEY_TOMBSTONE: continue
                 case PMLL_KEY_USED: break
@@ -26,12 +29,12 @@ extension Pool {
                 } catch {
                     report.problems.append("\(error)")
                 }
-                guard Int(s.pointee.first_block) + Int(s.pointee.block_count) <= store.blockCount else { continue }
+                guard s.pointee.block_count > 0, view.extentExists(first: Int(s.pointee.first_block), count: Int(s.pointee.block_count)) else { continue }
                 for b in Int(s.pointee.first_block)..<Int(s.pointee.first_block + s.pointee.block_count) {
                     if owner[b] >= 0 { report.problems.append("block \(b) belongs to key slots \(owner[b]) and \(i)") }
                     owner[b] = Int32(i)
                     report.blocksReferenced += 1
-                    if !store.isAllocated(b) { report.problems.append("block \(b) of key slot \(i) is marked free") }
+                    if !view.isAllocated(b) { report.problems.append("block \(b) of key slot \(i) is marked free") }
                 }
             }
             if let census = store.censusCount, census != UInt64(report.keysChecked) {
@@ -39,9 +42,11 @@ extension Pool {
             } else if store.censusIsDamaged {
                 report.problems.append("the store's key census fails its checksum")
             }
-            for b in 0..<store.blockCount where store.isAllocated(b) {
-                report.blocksUsed += 1
-                if owner[b] < 0 { report.problems.append("block \(b) is allocated but belongs to no key (leak)") }
+            for span in view.spans {
+                for b in span.first..<span.end where view.isAllocated(b) {
+                    report.blocksUsed += 1
+                    if owner[b] < 0 { report.problems.append("block \(b) is allocated but belongs to no key (leak)") }
+                }
             }
             for i in 0..<store.layout.logSlots where isPending(store.logHeader(i)) {
                 report.problems.append("transaction log \(i) is pending")

@@ -31,10 +31,10 @@ extension StateStore {
             conflicts &+= pmll_load64(&h.pointee.conflicts)
             retries &+= pmll_load64(&h.pointee.retries)
         }
-        // Every commit and every rollback completes one log sequence number.
-        let sequence = commitSequence
+        // Every commit, growth and rollback completes one log sequence number.
+        let sequence = commitSequence, done = commits &+ UInt64(view.growths)
         return TransactionStatistics(commits: commits, conflicts: conflicts, retries: retries,
-                                     rollbacks: sequence >= commits ? sequence - commits : 0)
+                                     rollbacks: sequence >= done ? sequence - done : 0)
     }
 }
 

@@ -20,7 +20,8 @@ extension Pool {
     /// facade while opening.
     package func attachStore() throws(PMLLError) {
         let layout = try StoreLayout.read(memory.base, heap: memory.layout.heap, path: path)
-        _ = services.get(.store) { StoreService(StateStore(memory: memory, layout: layout, path: path)) }
+        let store = try StateStore(memory: memory, layout: layout, path: path)
+        _ = services.get(.store) { StoreService(store) }
         hooks.repairAfterOwnerDeath.withLock { $0 = { pool throws(PMLLError) in try pool.storeReady() } }
     }
 

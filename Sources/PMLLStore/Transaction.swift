@@ -168,7 +168,7 @@ extension Pool {
     /// Space used and free in the state store.
     public func storeUsage() throws(PMLLError) -> StoreUsage {
         let store = try stateStore()
-        return try withStoreLock { () throws(PMLLError) -> StoreUsage in store.usage() }
+        return try withStoreLock { () throws(PMLLError) -> StoreUsage in try store.usage() }
     }
 }
 

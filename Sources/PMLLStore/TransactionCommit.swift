@@ -16,7 +16,7 @@ import PMLLLocks
 extension Pool {
     package func stateStore() throws(PMLLError) -> StateStore {
         let store = self.store
-        guard store.blockCount > 0 else { throw .noStateStore(path: path) }
+        guard store.exists else { throw .noStateStore(path: path) }
         return store
     }
 
@@ -41,6 +41,7 @@ extension Pool {
         if taken.ownerDied {
             do { try rollBackPending() } catch { inconsistent = true; throw error }
         }
+        try store.refresh()
         return try body()
     }
 
@@ -48,7 +49,7 @@ extension Pool {
     /// holder: rolls back what a dead committer left (cheap check first).
     package func storeReady() throws(PMLLError) {
         let store = self.store
-        guard store.blockCount > 0, !isReadOnly else { return }
+        guard store.exists, !isReadOnly else { return }
         if (0..<store.layout.logSlots).contains(where: { isPending(store.logHeader($0)) }) {
             try withStoreLock { () throws(PMLLError) in try rollBackPending() }
         }
@@ -126,14 +127,18 @@ extension Pool {
             // The census: kept if intact, counted now if never kept (an older pool), left
             // alone if damaged (check reports it).
             let census: UInt64? = store.censusCount ?? (store.census.pointee.magic == 0 ? store.countUsedSlots() : nil)
+            // Room first: a growth is a transaction of its own, before this one plans.
+            let inserts = writes.count { $0.value != nil }
+            if inserts > 0 { try ensureIndexRoom(store, live: Int(census ?? store.countUsedSlots()), inserts: inserts) }
+            var view = store.view
             var censusDelta: Int64 = 0
             var bitmap: [Int: UInt8] = [:]            // planned bitmap bytes
             var frozen = Set<Int>()                   // blocks freed here: old values must survive a rollback
             var reserved = Set<UInt32>()
             var plans: [SlotPlan] = []
-            func allocated(_ b: Int) -> Bool { (bitmap[b / 8] ?? store.bitmap[b / 8]) & UInt8(1 << (b % 8)) != 0 }
+            func allocated(_ b: Int) -> Bool { (bitmap[b / 8] ?? view.bitmapByte(b / 8).pointee) & UInt8(1 << (b % 8)) != 0 }
             func mark(_ b: Int, _ on: Bool) {
-                let old = bitmap[b / 8] ?? store.bitmap[b / 8]
+                let old = bitmap[b / 8] ?? view.bitmapByte(b / 8).pointee
                 bitmap[b / 8] = on ? old | UInt8(1 << (b % 8)) : old & ~UInt8(1 << (b % 8))
             }
 
@@ -148,23 +153,30 @@ extension Pool {
                 let index: UInt32
                 if let found {
                     index = found
-                    let old = store.slot(found)
-                    if old.pointee.block_count > 0 {
+                    let old = view.slot(found)
+                    if old.pointee.block_count > 0 && view.extentExists(first: Int(old.pointee.first_block), count: Int(old.pointee.block_count)) {
                         for b in Int(old.pointee.first_block)..<Int(old.pointee.first_block + old.pointee.block_count) {
                             mark(b, false)
                             frozen.insert(b)
                         }
                     }
                 } else {
-                    index = try freeSlot(store, hash: bytes.withUnsafeBytes { pmll_crc32c(0, $0.baseAddress, $0.count) }, avoiding: reserved)
+                    index = try freeSlot(view, hash: bytes.withUnsafeBytes { pmll_crc32c(0, $0.baseAddress, $0.count) }, avoiding: reserved)
                 }
                 reserved.insert(index)
                 var extent: (UInt32, UInt32)?
-                if let value, bytes.count + value.count > Int(PMLL_INLINE_MAX) {
+                // Objects always get blocks: their bytes must never move (an index that grows
+                // moves its slots, and inline records with them).
+                if let value, bytes.count + value.count > Int(PMLL_INLINE_MAX) || bytes.starts(with: Self.objectPrefixBytes) {
                     let need = (bytes.count + value.count + Int(PMLL_BLOCK_SIZE) - 1) / Int(PMLL_BLOCK_SIZE)
-                    guard let first = findRun(need, blocks: store.blockCount, isFree: { !allocated($0) && !frozen.contains($0) }) else {
-                        throw .poolFull(table: "state store blocks", capacity: store.blockCount)
+                    var first = findRun(need, in: view, from: store.allocationHint.load(ordering: .relaxed)) { !allocated($0) && !frozen.contains($0) }
+                    if first == nil {
+                        try growBlocks(store, atLeast: need)
+                        view = store.view
+                        first = findRun(need, in: view, from: store.allocationHint.load(ordering: .relaxed)) { !allocated($0) && !frozen.contains($0) }
                     }
+                    guard let first else { throw .poolFull(table: "state store blocks", capacity: view.blockCount) }
+                    store.allocationHint.store(first + need, ordering: .relaxed)
                     for b in first..<(first + need) { mark(b, true) }
                     extent = (UInt32(first), UInt32(need))
                 }
@@ -172,12 +184,13 @@ extension Pool {
             }
             guard !plans.isEmpty || !inPlace.isEmpty else { return }
             let objects = try objectSlots(of: inPlace, in: store)
+            let bitmapRanges = Self.bitmapRanges(view, bytes: bitmap.keys.sorted())
 
             // Undo log: old slots and old bitmap bytes; objects' slots and the bytes written.
-            var ranges: [(offset: Int, length: Int)] = plans.map { (store.offset(of: store.slot($0.index)), MemoryLayout<pmll_key_slot_t>.size) }
-            ranges += objects.map { (store.offset(of: store.slot($0.slot)), MemoryLayout<pmll_key_slot_t>.size) }
+            var ranges: [(offset: Int, length: Int)] = plans.map { (store.offset(of: view.slot($0.index)), MemoryLayout<pmll_key_slot_t>.size) }
+            ranges += objects.map { (store.offset(of: view.slot($0.slot)), MemoryLayout<pmll_key_slot_t>.size) }
             ranges += inPlace.map { ($0.object.valueOffset + $0.offset, $0.bytes.count) }
-            ranges += Self.runs(bitmap.keys.sorted()).map { (store.layout.bitmap.lowerBound + $0.lowerBound, $0.count) }
+            ranges += bitmapRanges
             if census != nil { ranges.append((store.censusRange.lowerBound, store.censusRange.count)) }
             let header = ownLogHeader(store)
             try writeUndoLog(header, ranges: ranges, keys: plans.count)
@@ -189,7 +202,7 @@ extension Pool {
             // Apply.
             var touched: [(offset: Int, length: Int)] = []
             for plan in plans {
-                let s = store.slot(plan.index)
+                let s = view.slot(plan.index)
                 guard let value = plan.value else {
                     UnsafeMutableRawPointer(s).initializeMemory(as: UInt8.self, repeating: 0, count: MemoryLayout<pmll_key_slot_t>.size)
                     s.pointee.state = PMLL_KEY_TOMBSTONE
@@ -205,8 +218,8 @@ extension Pool {
                 if let extent = plan.extent {
                     s.pointee.first_block = extent.first
                     s.pointee.block_count = extent.count
-                    record.withUnsafeBytes { store.block(extent.first).copyMemory(from: $0.baseAddress!, byteCount: record.count) }
-                    touched.append((store.offset(of: store.block(extent.first)), record.count))
+                    record.withUnsafeBytes { view.block(extent.first).copyMemory(from: $0.baseAddress!, byteCount: record.count) }
+                    touched.append((store.offset(of: view.block(extent.first)), record.count))
                 } else {
                     withUnsafeMutableBytes(of: &s.pointee.inline_data) { $0.copyBytes(from: record) }
                 }
@@ -219,19 +232,19 @@ extension Pool {
                 touched.append((write.object.valueOffset + write.offset, write.bytes.count))
             }
             for object in objects {
-                let s = store.slot(object.slot)
+                let s = view.slot(object.slot)
                 s.pointee.version = version
                 let record = Array(UnsafeRawBufferPointer(start: memory.base + object.recordOffset, count: object.key.count + object.size))
                 s.pointee.checksum = StateStore.checksum(s, record: record)
                 touched.append((store.offset(of: s), MemoryLayout<pmll_key_slot_t>.size))
             }
-            for (byte, value) in bitmap { store.bitmap[byte] = value }
+            for (byte, value) in bitmap { view.bitmapByte(byte).pointee = value }
             if let census {
                 store.census.pointee = StateStore.censusBytes(UInt64(clamping: Int64(clamping: census) + censusDelta))
                 touched.append((store.censusRange.lowerBound, store.censusRange.count))
             }
             CrashPoint.hit("tx.applying")
-            touched += Self.runs(bitmap.keys.sorted()).map { (store.layout.bitmap.lowerBound + $0.lowerBound, $0.count) }
+            touched += bitmapRanges
             try persist(touched, site: "tx.data")
             CrashPoint.hit("tx.applied")
 
@@ -261,44 +274,74 @@ extension Pool {
         return text
     }
 
-    /// The objects written in place, once each, checked to still be what they were opened as.
-    private func objectSlots(of writes: [InPlaceWrite], in store: StateStore) throws(PMLLError) -> [StoreObject] {
-        var seen = Set<UInt32>(), objects: [StoreObject] = []
-        for write in writes where seen.insert(write.object.slot).inserted {
-            let object = write.object, s = store.slot(object.slot)
-            guard s.pointee.state == PMLL_KEY_USED, Int(s.pointee.value_length) == object.size,
-                  Int(s.pointee.key_length) == object.key.count, try store.key(of: object.slot) == object.key else {
+    static let objectPrefixBytes = Array(objectPrefix.utf8)
+
+    /// The objects written in place, once each, found by key (an index that grew moved their
+    /// slots; their bytes, in blocks, stayed) and checked to still be what they were opened as.
+    private func objectSlots(of writes: [InPlaceWrite], in store: StateStore) throws(PMLLError) -> [(slot: UInt32, key: [UInt8], recordOffset: Int, size: Int)] {
+        var seen = Set<[UInt8]>(), objects: [(slot: UInt32, key: [UInt8], recordOffset: Int, size: Int)] = []
+        let view = store.view
+        for write in writes where seen.insert(write.object.key).inserted {
+            let object = write.object
+            guard let slot = try store.find(object.key).found, case let s = view.slot(slot), s.pointee.state == PMLL_KEY_USED,
+                  Int(s.pointee.value_length) == object.size, s.pointee.block_count > 0,
+                  view.extentExists(first: Int(s.pointee.first_block), count: Int(s.pointee.block_count)),
+                  store.offset(of: view.block(s.pointee.first_block)) == object.recordOffset else {
                 throw .corruptRecord(key: Self.objectPrefix + object.name, reason: "the object's index slot changed under it")
             }
-            guard write.offset >= 0, write.offset + write.bytes.count <= object.size else {
-                throw .valueTooLarge(key: Self.objectPrefix + object.name, bytes: write.offset + write.bytes.count, limit: object.size)
-            }
-            objects.append(object)
+            objects.append((slot, object.key, object.recordOffset, object.size))
+        }
+        for write in writes where write.offset < 0 || write.offset + write.bytes.count > write.object.size {
+            throw .valueTooLarge(key: Self.objectPrefix + write.object.name, bytes: write.offset + write.bytes.count, limit: write.object.size)
         }
         return objects
     }
 
-    private func freeSlot(_ store: StateStore, hash: UInt32, avoiding reserved: Set<UInt32>) throws(PMLLError) -> UInt32 {
-        for probe in 0..<store.capacity {
-            let i = (hash &+ probe) % store.capacity
-            let state = store.slot(i).pointee.state
+    private func freeSlot(_ view: StoreView, hash: UInt32, avoiding reserved: Set<UInt32>) throws(PMLLError) -> UInt32 {
+        for probe in 0..<view.capacity {
+            let i = (hash &+ probe) % view.capacity
+            let state = view.slot(i).pointee.state
             if state != PMLL_KEY_USED && !reserved.contains(i) { return i }
         }
-        throw .poolFull(table: "state store keys", capacity: Int(store.capacity))
+        throw .poolFull(table: "state store keys", capacity: Int(view.capacity))
     }
 
-    private func findRun(_ need: Int, blocks: Int, isFree: (Int) -> Bool) -> Int? {
-        var start = 0, length = 0
-        for b in 0..<blocks {
-            if isFree(b) {
-                if length == 0 { start = b }
-                length += 1
-                if length == need { return start }
-            } else {
-                length = 0
+    /// The first run of `need` free blocks inside one span, looking from `hint` on and then
+    /// from the start (next fit).
+    private func findRun(_ need: Int, in view: StoreView, from hint: Int, isFree: (Int) -> Bool) -> Int? {
+        let start = view.span(of: hint) != nil ? hint : 0
+        for (low, high) in [(start, view.blockLimit), (0, min(start + need, view.blockLimit))] {
+            for span in view.spans where span.end > low && span.first < high {
+                var b = max(low, span.first), run = 0, first = b
+                let end = min(high, span.end)
+                while b < end {
+                    // Skip whole allocated bytes quickly (most of a full bitmap).
+                    if run == 0 && b % 8 == 0 && b + 8 <= end && view.bitmapByte(b / 8).pointee == 0xFF && !isFree(b) {
+                        b += 8
+                        continue
+                    }
+                    if isFree(b) {
+                        if run == 0 { first = b }
+                        run += 1
+                        if run == need { return first }
+                    } else {
+                        run = 0
+                    }
+                    b += 1
+                }
             }
         }
         return nil
+    }
+
+    /// File ranges of the bitmap bytes `sorted` (global byte numbers), merged where adjacent.
+    static func bitmapRanges(_ view: StoreView, bytes sorted: [Int]) -> [(offset: Int, length: Int)] {
+        var result: [(offset: Int, length: Int)] = []
+        for byte in sorted {
+            let offset = view.bitmapOffset(byte: byte)
+            if let last = result.last, last.offset + last.length == offset { result[result.count - 1].length += 1 } else { result.append((offset, 1)) }
+        }
+        return result
     }
 
     package static func runs(_ sorted: [Int]) -> [Range<Int>] {
@@ -321,7 +364,7 @@ extension Pool {
 
     // MARK: undo log
 
-    private func writeUndoLog(_ header: UnsafeMutablePointer<pmll_log_header_t>, ranges: [(offset: Int, length: Int)], keys: Int) throws(PMLLError) {
+    func writeUndoLog(_ header: UnsafeMutablePointer<pmll_log_header_t>, ranges: [(offset: Int, length: Int)], keys: Int) throws(PMLLError) {
         let entriesStart = UnsafeMutableRawPointer(header) + MemoryLayout<pmll_log_header_t>.size
         let needed = MemoryLayout<pmll_log_header_t>.size + ranges.reduce(0) { $0 + MemoryLayout<pmll_log_entry_t>.size + ($1.length + 7) / 8 * 8 }
         guard needed <= Int(PMLL_LOG_SLOT_SIZE) else {
@@ -359,6 +402,8 @@ extension Pool {
     /// touched, and is discarded.
     package func rollBackPending() throws(PMLLError) {
         let store = try stateStore()
+        // Ranges a dead process logged may lie in areas this process has not mapped yet.
+        try memory.mapping.ensureMapped(upTo: min(memory.mapping.reserved, try memory.mapping.fileSize() / PoolLayout.page * PoolLayout.page))
         for i in 0..<store.layout.logSlots {
             let header = store.logHeader(i)
             guard isPending(header) else { continue }
@@ -373,7 +418,9 @@ extension Pool {
                     let inBitmap = store.layout.bitmap.contains(offset) && offset + length <= store.layout.bitmap.upperBound
                     let inCensus = offset == store.censusRange.lowerBound && length == store.censusRange.count
                     let inBlocks = store.layout.blocks.contains(offset) && offset + length <= store.layout.blocks.upperBound   // objects
-                    guard inIndex || inBitmap || inCensus || inBlocks, cursor + MemoryLayout<pmll_log_entry_t>.size + length <= Int(header.pointee.bytes) else {
+                    let inDirectory = offset == store.directoryRange.lowerBound && length == store.directoryRange.count
+                    let inAreas = offset >= memory.layout.growthStart && offset + length <= memory.mapping.length
+                    guard inIndex || inBitmap || inCensus || inBlocks || inDirectory || inAreas, cursor + MemoryLayout<pmll_log_entry_t>.size + length <= Int(header.pointee.bytes) else {
                         throw .transactionRecoveryFailed(reason: "undo log \(i) has an entry outside the store tables")
                     }
                     (memory.base + offset).copyMemory(from: entries + cursor + MemoryLayout<pmll_log_entry_t>.size, byteCount: length)

@@ -33,7 +33,7 @@ enum ExitStatus {
         case .permissionDenied, .foreignOwner, .signatureRejected, .readOnlyPool, .accessDenied: permission
         case .timeout, .queueTimeout, .transactionConflict, .poolInUse: timeout
         case .cancelled, .queueCancelled: interrupted
-        case .poolFull, .noStateStore, .transactionTooLarge, .noSpace: poolFull
+        case .poolFull, .sizeLimitReached, .noStateStore, .transactionTooLarge, .noSpace: poolFull
         case .invalidBatchRoot(_, let reason): reason.hasPrefix("permission") ? permission : noPool
         case .systemCall: system
         case .invalidConfiguration: config

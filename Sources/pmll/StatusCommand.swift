@@ -29,6 +29,10 @@ struct StatusCommand: ParsableCommand {
 }
 
 enum StatusTable {
+    static func bytes(_ n: Int) -> String {
+        n >= 1 << 30 ? "\((Double(n) / Double(1 << 30)).fixed(1)) GiB" : n >= 1 << 20 ? "\((Double(n) / Double(1 << 20)).fixed(1)) MiB" : "\(n / 1024) KiB"
+    }
+
     static func render(_ s: PoolStatus) -> String {
         var out = "pool \(s.path): format \(s.formatVersion), \(s.sizeBytes / 1024) KiB, " +
             "\(s.processes.filter(\.alive).count)/\(s.processCapacity) processes attached" +
@@ -36,8 +40,10 @@ enum StatusTable {
             ", \(s.locks.count)/\(s.lockCapacity) locks, \(s.queues.count) queues" +
             (s.persistentMemory ? ", persistent memory" : "") + (s.readOnlyView ? " (read-only view)" : "") + "\n"
         if let u = s.store {
-            out += "state store: \(u.keysUsed)/\(u.keyCapacity) keys, \(u.blocksUsed * u.blockSize / 1024) KiB used, " +
-                "\((u.blockCount - u.blocksUsed) * u.blockSize / 1024) KiB free of \(u.blockCount * u.blockSize / 1024) KiB\n"
+            out += "state store: \(u.keysUsed)/\(u.keyCapacity) key slots, \(u.blocksUsed * u.blockSize / 1024) KiB used, " +
+                "\((u.blockCount - u.blocksUsed) * u.blockSize / 1024) KiB free of \(u.blockCount * u.blockSize / 1024) KiB; " +
+                "file \(Self.bytes(u.fileBytes)) of its \(Self.bytes(u.sizeLimit)) limit (created \(Self.bytes(u.createdBytes)), " +
+                "\(u.growths) growth\(u.growths == 1 ? "" : "s")" + (u.freeAreaBytes > 0 ? ", \(Self.bytes(u.freeAreaBytes)) in unused areas" : "") + ")\n"
         }
         if let c = s.lastCheck {
             out += "scheduled checks: \(c.runs) run, \(c.failures) found problems; last by pid \(c.pid) " +

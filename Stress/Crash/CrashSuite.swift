@@ -51,8 +51,10 @@ struct Run: AsyncParsableCommand {
 
         // A pool with the accounts funded, everything durable.
         var options = PoolOptions()
-        options.size = 4 << 20
-        options.keyCapacity = 256
+        // Small tables, so that the workload's fill steps make the key index and the block
+        // space grow (crash points growth.*).
+        options.size = 2 << 20
+        options.keyCapacity = 16
         options.queueCapacity = 2
         do {
             let p = try Pool.open(path: base, options: options)

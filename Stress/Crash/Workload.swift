@@ -15,6 +15,11 @@ struct Workload: AsyncParsableCommand {
     @Option var seed: UInt64 = 1
 
     static let accounts = 4
+    static let fillKeys = 6
+
+    static func fillValue(step: Int, key: Int) -> [UInt8] {
+        (0..<(40_000 + key * 1000)).map { UInt8(truncatingIfNeeded: step &* 7 &+ key &* 13 &+ $0) }
+    }
 
     static func tree(for pool: String) -> String { pool + ".tree" }
     static let initialBalance = 100
@@ -58,6 +63,13 @@ struct Workload: AsyncParsableCommand {
             case 1:
                 let ticket = try await queue.execute(kind: "step", payload: Array("\(step)".utf8), timeout: .seconds(10)) { $0.ticket }
                 acknowledge("q \(ticket)")
+            case 3 where step % 8 == 7:
+                // Keys and large values past what the pool was created with: the key index
+                // and the block space grow (crash points growth.*).
+                try pool.transaction { tx in
+                    for i in 0..<Self.fillKeys { try tx.set("fill/\(step)/\(i)", Self.fillValue(step: step, key: i)) }
+                }
+                acknowledge("fill \(step)")
             case 2:
                 // Both files always carry the same version: the batch is all or nothing.
                 let version = Array("\(step)".utf8)
@@ -140,6 +152,15 @@ struct Verify: AsyncParsableCommand {
                 if records.first(where: { $0.ticket == ticket })?.state != .succeeded {
                     violations.append("acknowledged queue operation \(ticket) is not recorded as succeeded")
                 }
+            }
+            for step in 0..<256 {
+                let found = try (0..<Workload.fillKeys).map { try pool.value(for: "fill/\(step)/\($0)") }
+                let present = found.filter { $0 != nil }.count
+                if present != 0 && present != Workload.fillKeys { violations.append("fill \(step) half committed: \(present) of \(Workload.fillKeys) keys") }
+                for (i, value) in found.enumerated() where value != nil && value != Workload.fillValue(step: step, key: i) {
+                    violations.append("fill \(step) key \(i) has the wrong value")
+                }
+                if present == 0 && acks.contains("fill \(step)") { violations.append("acknowledged fill \(step) lost") }
             }
             let tree = Workload.tree(for: pool.path)
             let a = try? String(contentsOfFile: tree + "/a", encoding: .utf8), b = try? String(contentsOfFile: tree + "/b", encoding: .utf8)

@@ -12,12 +12,12 @@ struct CrashSuiteTests {
         let result = try run(crash, ["--model", "both", "--power-samples", "1"], timeout: 600)
         #expect(result.status == 0, "\(result.stdout)\n\(result.stderr)")
         #expect(result.stdout.contains("0 with violations"))
-        for point in ["lock.acquired", "queue.running", "tx.applying", "tx.committed"] {
+        for point in ["lock.acquired", "queue.running", "tx.applying", "tx.committed", "growth.filled", "growth.committed"] {
             #expect(result.stdout.contains(point), "crash point \(point) never reached")
         }
     }
 
-    @Test(arguments: ["tx.log", "queue.record"])
+    @Test(arguments: ["tx.log", "queue.record", "growth.fill"])
     func aMissingPersistIsCaughtByThePowerFailureModel(site: String) throws {
         let result = try run(crash, ["--model", "power", "--power-samples", "1", "--drop-persist", site], timeout: 600)
         #expect(result.status == 0, "\(result.stdout)\n\(result.stderr)")

@@ -90,7 +90,7 @@ struct ScheduledCheckTests {
     @Test func anUnclaimableRunIsRetriedCalmly() throws {
         let scratch = Scratch()
         let config = scratch.file("c.json")
-        try #"{"pool": {"path": "\#(scratch.file("full.pool"))", "key_capacity": 16}, "check": {"interval_s": 1}}"#.write(toFile: config, atomically: true, encoding: .utf8)
+        try #"{"pool": {"path": "\#(scratch.file("full.pool"))", "key_capacity": 16, "size_limit": 16777216}, "check": {"interval_s": 1}}"#.write(toFile: config, atomically: true, encoding: .utf8)
         let env = ["PMLL_CONFIG": config, "PMLL_POOL": ""]
         var filled = 0
         while filled < 64, try run(Binaries.pmll, ["state", "set", "k\(filled)=v"], environment: env).status == 0 { filled += 1 }

@@ -60,16 +60,20 @@ struct TransactionTests {
         options.keyCapacity = 16
         options.queueCapacity = 1
         options.size = (1536 << 10) + 528_384   // + the audit ring of 1,024 slots
-        let pool = try Pool.open(path: scratch.file("f.pool"), options: options)
+        options.sizeLimit = options.size         // no growth
+        let path = scratch.file("f.pool")
+        let pool = try Pool.open(path: path, options: options)
         let start = try pool.storeUsage()
-        #expect(throws: PMLLError.poolFull(table: "state store keys", capacity: 16)) {
+        let grownIndex = options.size + 64 * 128   // 17 keys need 64 slots at a load of one half
+        #expect(throws: PMLLError.sizeLimitReached(path: path, limit: options.size, needed: grownIndex)) {
             try pool.transaction { tx in for i in 0..<17 { try tx.set("k\(i)", "v") } }
         }
         #expect(try pool.storeUsage() == start)   // the failed commit changed nothing
         let value = [UInt8](repeating: 1, count: 60_000)
         let enough = start.blockCount * start.blockSize / value.count + 1
         try #require(enough <= 15, "pool too big for this test: \(start)")
-        #expect(throws: PMLLError.poolFull(table: "state store blocks", capacity: start.blockCount)) {
+        // An extent of 235 blocks: a page of bitmap and 60,160 bytes of blocks, in pages.
+        #expect(throws: PMLLError.sizeLimitReached(path: path, limit: options.size, needed: options.size + 4096 + 61_440)) {
             try pool.transaction { tx in for i in 0..<enough { try tx.set("big\(i)", value) } }
         }
         #expect(try pool.storeUsage() == start)

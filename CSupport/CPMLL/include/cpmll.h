@@ -34,6 +34,8 @@ extern "C" {
 #define PMLL_NAME_MAX 255u
 
 #define PMLL_POOL_FLAG_GROUP_SHARED 0x1u
+// Growth limit of pools whose header records none (created before pools grew).
+static const uint64_t PMLL_SIZE_LIMIT_DEFAULT = 64ull << 30;
 
 // Byte offsets, far beyond any pool's end, on which OFD locks are taken. A byte-range
 // lock may lie past EOF; these never touch data and never conflict with mmap.
@@ -70,7 +72,8 @@ typedef struct pmll_header {
     uint32_t byte_order;           // PMLL_BYTE_ORDER_MARK as the creator stored it
     uint32_t reserved_checked;
     pmll_section_t audit_ring;     // the audit ring (size 0: created before audit logging, or without it)
-    uint8_t reserved[352];
+    uint64_t size_limit;           // the file may grow to this many bytes (0: created before growth; PMLL_SIZE_LIMIT_DEFAULT)
+    uint8_t reserved[344];
     uint64_t header_checksum;      // CRC32C of bytes [0, 504)
 
     // --- volatile part (not checksummed) ---
@@ -94,6 +97,7 @@ _Static_assert(offsetof(pmll_header_t, boot_id) == 512, "volatile part starts at
 _Static_assert(offsetof(pmll_header_t, layout_signature) == 120, "layout signature offset");
 _Static_assert(offsetof(pmll_header_t, byte_order) == 128, "byte order offset");
 _Static_assert(offsetof(pmll_header_t, audit_ring) == 136, "audit ring section in the former reserved bytes");
+_Static_assert(offsetof(pmll_header_t, size_limit) == 152, "size limit in the former reserved bytes");
 _Static_assert(offsetof(pmll_header_t, policy_epoch) == 564, "policy epoch in the former reserved volatile word");
 
 // Written natively at creation: read back as 0x04030201, the pool comes from a machine of the
@@ -447,6 +451,46 @@ typedef struct pmll_key_slot {
 _Static_assert(sizeof(pmll_key_slot_t) == 128, "key slot is two cache lines");
 _Static_assert(offsetof(pmll_key_slot_t, inline_data) == 40, "inline data offset");
 
+// MARK: - Growth (the store's directory of areas appended to the file after its creation)
+
+// The file grows by areas appended after the created size (the header's pool_size), each
+// reserved with fallocate before the directory names it. The directory lives in the heap's
+// first page, after the census; pools that never grew hold zeros here. It changes only
+// through the undo log (a growth is a transaction of its own), so a crash leaves the old
+// directory or the new one; an area the file holds but the directory does not name is unused.
+static const uint64_t PMLL_GROWTH_MAGIC = 0x48545752474C4C50ull;   // "PLLGRWTH"
+#define PMLL_GROWTH_OFFSET 128u                   // from the start of the heap section
+#define PMLL_AREA_MAX 96u
+#define PMLL_AREA_FREE 0u                         // named but unused (a key index that moved out)
+#define PMLL_AREA_BLOCKS 1u                       // bitmap, then value blocks
+#define PMLL_AREA_INDEX 2u                        // key slots
+#define PMLL_INDEX_CREATED 0xFFFFFFFFu            // index_area: the index made at creation
+
+typedef struct pmll_area {
+    uint64_t offset;               // from the start of the pool file; page aligned
+    uint64_t size;                 // bytes; page aligned
+    uint32_t kind;                 // PMLL_AREA_*
+    uint32_t first_block;          // BLOCKS: number of its first block (a multiple of 8)
+    uint32_t count;                // BLOCKS: its blocks; INDEX: its key slots
+    uint32_t bitmap_bytes;         // BLOCKS: bytes of bitmap before the blocks (page multiple)
+} pmll_area_t;
+
+_Static_assert(sizeof(pmll_area_t) == 32, "growth area");
+
+typedef struct pmll_growth {
+    uint64_t magic;                // PMLL_GROWTH_MAGIC once the pool first grew
+    uint64_t generation;           // bumped by every change: processes re-read the directory
+    uint32_t area_count;
+    uint32_t index_area;           // the area holding the key index, or PMLL_INDEX_CREATED
+    uint32_t growths;              // growths committed (each completes one log sequence number)
+    uint32_t checksum;             // CRC32C of the bytes before it and of the named areas
+    pmll_area_t areas[PMLL_AREA_MAX];
+} pmll_growth_t;
+
+_Static_assert(sizeof(pmll_growth_t) == 32 + 32 * PMLL_AREA_MAX, "growth directory");
+_Static_assert(PMLL_GROWTH_OFFSET + sizeof(pmll_growth_t) <= 4096, "growth directory fits the store's first page");
+_Static_assert(offsetof(pmll_growth_t, checksum) == 28 && offsetof(pmll_growth_t, areas) == 32, "growth directory fields");
+
 // Undo log slot. Pending iff seq > done_seq and the checksum over header and entries holds;
 // the aligned 8-byte store of done_seq is a transaction's commit point.
 typedef struct pmll_log_header {
@@ -687,14 +731,21 @@ void pmll_fault_guard_unregister(const void *base);
 
 // MARK: - Mapping (libpmem on DAX, loaded with dlopen only there; mmap and msync elsewhere)
 
-// Creates a new file of exactly `length` bytes (O_EXCL) and maps it. Returns the address
-// or NULL with *err_out = errno.
+// Creates a new file of exactly `length` bytes (O_EXCL), reserved with fallocate, and maps it.
+// Returns the address or NULL with *err_out = errno.
 void *_Nullable pmll_pmem_create(const char *path, uint64_t length, uint32_t mode, uint64_t *mapped_length, int *is_pmem, int *err_out);
-// Maps an existing file with its current length (never resizes it).
-void *_Nullable pmll_pmem_open(const char *path, uint64_t *mapped_length, int *is_pmem, int *err_out);
+// Reserves `reserve` bytes of address space (no memory, no access) and maps the first
+// `length` bytes of `fd` at its start, writable or read-only. The pool's mapping then grows in
+// place (pmll_map_extend): its base never moves, so pointers into it stay valid.
+void *_Nullable pmll_map_reserved(int fd, uint64_t length, uint64_t reserve, int writable, int *is_pmem, int *err_out);
+// Maps [from, to) of `fd` at base + from, inside a reservation made by pmll_map_reserved.
+// 0 or -errno.
+int pmll_map_extend(void *base, int fd, uint64_t from, uint64_t to, int writable);
+// Releases a whole reservation (and the mappings in it).
 int pmll_pmem_unmap(void *addr, uint64_t length);
-// A read-only shared mapping of `fd` (read-only attach: no byte of the file can be written).
-void *_Nullable pmll_map_readonly(int fd, uint64_t length, int *err_out);
+// Reserves the blocks of [offset, offset + length) of `fd` (fallocate; the file grows if it
+// is shorter) and makes the new size durable (fdatasync). 0 or -errno (-ENOSPC: no room).
+int pmll_file_reserve(int fd, uint64_t offset, uint64_t length);
 void pmll_pmem_persist(const void *addr, size_t length);   // cache flush only (real pmem)
 int pmll_pmem_msync(const void *addr, size_t length);      // page-rounded msync (other files)
 // Durable barriers (persist or msync calls) made by this process so far.

@@ -229,6 +229,7 @@ public struct Configuration: Sendable {
     static let schema: [Entry] = [
         Entry(key: "pool.path", kind: .string, setString: { $0.poolPath = $1 }, show: { $0.poolPath ?? PoolPath.defaultPath }),
         integer("pool.size", 1 << 20...1 << 40, unit: "bytes", { $0.poolOptions.size = Int($1) }, { "\($0.poolOptions.size)" }),
+        integer("pool.size_limit", 1 << 20...1 << 40, unit: "bytes", { $0.poolOptions.sizeLimit = Int($1) }, { "\($0.poolOptions.sizeLimit)" }),
         integer("pool.process_capacity", 1...1024, { $0.poolOptions.processCapacity = Int($1) }, { "\($0.poolOptions.processCapacity)" }),
         integer("pool.lock_capacity", 1...1 << 20, { $0.poolOptions.lockCapacity = Int($1) }, { "\($0.poolOptions.lockCapacity)" }),
         integer("pool.queue_capacity", 0...4096, { $0.poolOptions.queueCapacity = Int($1) }, { "\($0.poolOptions.queueCapacity)" }),

@@ -20,7 +20,7 @@ extension Pool {
     }
 
     func storedAccessPolicy() throws(PMLLError) -> AccessPolicy? {
-        guard store.blockCount > 0 else { return nil }
+        guard store.exists else { return nil }
         let bytes = try withStoreLock { () throws(PMLLError) -> [UInt8]? in
             let key = Array(Self.policyKey.utf8)
             guard let i = try store.find(key).found else { return nil }

@@ -2,7 +2,7 @@
 /// never change meaning; the names are what the audit files and `pmll audit show` print.
 public enum AuditEvent: UInt16, Sendable, CaseIterable, CustomStringConvertible {
     case queueSubmit = 1, queueStart, queueComplete, queueFail, queueRetry, queueAbandon, queueRecover
-    case commit = 20, rollback
+    case commit = 20, rollback, grow
     case batchApply = 30, batchRecover
     case ownerDeath = 40, lockTimeout, hierarchyViolation, readerDeath
     case accessDenied = 50, signatureRejected
@@ -24,6 +24,7 @@ public enum AuditEvent: UInt16, Sendable, CaseIterable, CustomStringConvertible 
         case .queueRecover: "queue.recover"
         case .commit: "store.commit"
         case .rollback: "store.rollback"
+        case .grow: "store.grow"
         case .batchApply: "batch.apply"
         case .batchRecover: "batch.recover"
         case .ownerDeath: "lock.owner-death"

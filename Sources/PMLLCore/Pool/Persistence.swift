@@ -45,6 +45,14 @@ package struct Persistence: @unchecked Sendable {
         if let shadow = Self.shadow, let base { Self.copyToShadow(shadow, base: base, address: address, length: length) }
     }
 
+    /// The durable image grows with the file (a growth's new size is durable before the
+    /// directory names it: ``PoolMapping/grow(offset:length:persistence:)``).
+    package func extendShadow(to size: Int) {
+        guard let shadow = Self.shadow else { return }
+        var st = stat()
+        if fstat(shadow, &st) == 0 && Int(st.st_size) < size { _ = ftruncate(shadow, off_t(size)) }
+    }
+
     private static func copyToShadow(_ fd: Int32, base: UnsafeMutableRawPointer, address: UnsafeRawPointer, length: Int) {
         let start = (address - UnsafeRawPointer(base)) / unit * unit
         let end = ((address - UnsafeRawPointer(base)) + length + unit - 1) / unit * unit

@@ -151,23 +151,25 @@ public final class Pool: Sendable {
         _ = try SystemCall.retrying("fcntl(F_OFD_SETLKW)") { pmll_ofd_lock(fd.rawValue, PMLL_LOCKBYTE_INIT, PMLL_RANGE_EXCLUSIVE, 1) }
         defer { _ = pmll_ofd_lock(fd.rawValue, PMLL_LOCKBYTE_INIT, PMLL_RANGE_UNLOCK, 0) }
 
-        var length: UInt64 = 0, isPmem: Int32 = 0, err: Int32 = 0
-        guard let base = pmll_pmem_open(path, &length, &isPmem, &err) else {
+        let reserve = Self.reservation(fileSize: fileSize, limit: layout.sizeLimit)
+        var isPmem: Int32 = 0, err: Int32 = 0
+        guard let base = pmll_map_reserved(fd.rawValue, UInt64(fileSize), UInt64(reserve), 1, &isPmem, &err) else {
             throw SystemCall.fileError(Errno(rawValue: err), path: path, operation: "map")
         }
         var mapped = true
-        pmll_fault_guard_register(base, length, path)
+        pmll_fault_guard_register(base, UInt64(reserve), path)
         defer {
             if mapped {
                 pmll_fault_guard_unregister(base)
-                _ = pmll_pmem_unmap(base, length)
+                _ = pmll_pmem_unmap(base, UInt64(reserve))
             }
         }
         var now = stat()
-        guard stat(path, &now) == 0, now.st_ino == st.st_ino, now.st_dev == st.st_dev, Int(length) == fileSize else {
+        guard stat(path, &now) == 0, now.st_ino == st.st_ino, now.st_dev == st.st_dev else {
             return nil
         }
-        let memory = PoolMemory(base: base, length: Int(length), layout: layout, persistence: Persistence(isPmem: isPmem != 0, base: base))
+        let mapping = PoolMapping(base: base, length: fileSize, reserved: reserve, writable: true, fd: fd.rawValue, path: path)
+        let memory = PoolMemory(base: base, mapping: mapping, layout: layout, persistence: Persistence(isPmem: isPmem != 0, base: base))
         _ = try PoolHeader.validate(memory.header, fileSize: fileSize, path: path)
 
         var ring: AuditRing?
@@ -238,17 +240,19 @@ public final class Pool: Sendable {
         let fileSize = Int(st.st_size), owner = UInt32(st.st_uid)
         _ = try SystemCall.retrying("fcntl(F_OFD_SETLKW)") { pmll_ofd_lock(fd.rawValue, PMLL_LOCKBYTE_INIT, PMLL_RANGE_SHARED, 1) }
         defer { _ = pmll_ofd_lock(fd.rawValue, PMLL_LOCKBYTE_INIT, PMLL_RANGE_UNLOCK, 0) }
-        var err: Int32 = 0
-        guard let base = pmll_map_readonly(fd.rawValue, UInt64(fileSize), &err) else {
+        let reserve = Self.reservation(fileSize: fileSize, limit: layout.sizeLimit)
+        var isPmem: Int32 = 0, err: Int32 = 0
+        guard let base = pmll_map_reserved(fd.rawValue, UInt64(fileSize), UInt64(reserve), 0, &isPmem, &err) else {
             throw SystemCall.fileError(Errno(rawValue: err), path: path, operation: "map")
         }
-        pmll_fault_guard_register(base, UInt64(fileSize), path)
-        let memory = PoolMemory(base: base, length: fileSize, layout: layout, persistence: Persistence(isPmem: false, base: base))
+        pmll_fault_guard_register(base, UInt64(reserve), path)
+        let mapping = PoolMapping(base: base, length: fileSize, reserved: reserve, writable: false, fd: fd.rawValue, path: path)
+        let memory = PoolMemory(base: base, mapping: mapping, layout: layout, persistence: Persistence(isPmem: false, base: base))
         do throws(PMLLError) {
             _ = try PoolHeader.validate(memory.header, fileSize: fileSize, path: path)
         } catch {
             pmll_fault_guard_unregister(base)
-            munmap(base, fileSize)
+            mapping.unmap()
             throw error
         }
         self.path = path
@@ -266,6 +270,12 @@ public final class Pool: Sendable {
         self.access = AccessGate(readOnly: true, lockCapacity: layout.lockCapacity)
         self.accessState = Atomic(AccessGate.initialState(readOnly: true))
         self.ownerUID = owner
+    }
+
+    /// Address space to reserve for a pool: its size limit, and never less than the file
+    /// (a file longer than its limit, copied from elsewhere, still opens).
+    private static func reservation(fileSize: Int, limit: Int) -> Int {
+        PoolLayout.roundUp(max(fileSize, limit))
     }
 
     /// The file's status and the layout its header describes, validated without mapping.
@@ -309,14 +319,9 @@ public final class Pool: Sendable {
                 Self.logger.error("could not drain the audit ring", metadata: ["path": "\(path)", "error": "\(error)"])
             }
         }
-        if isReadOnly {
-            pmll_fault_guard_unregister(memory.base)
-            munmap(memory.base, memory.length)
-        } else {
-            processes.unregister(slot: slot)
-            pmll_fault_guard_unregister(memory.base)
-            _ = pmll_pmem_unmap(memory.base, UInt64(memory.length))
-        }
+        if !isReadOnly { processes.unregister(slot: slot) }
+        pmll_fault_guard_unregister(memory.base)
+        memory.mapping.unmap()
         try? fd.close()   // drops the SESSION and liveness byte locks
     }
 }

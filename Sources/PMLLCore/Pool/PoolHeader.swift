@@ -25,6 +25,7 @@ package enum PoolHeader {
         h.pointee.queue_capacity = UInt32(layout.queueCapacity)
         h.pointee.queue_ring = UInt32(layout.queueRing)
         h.pointee.audit_ring = pmll_section_t(offset: UInt64(layout.auditRing.lowerBound), size: UInt64(layout.auditRing.count))
+        h.pointee.size_limit = UInt64(layout.sizeLimit)
         h.pointee.layout_signature = pmll_layout_signature()
         h.pointee.byte_order = PMLL_BYTE_ORDER_MARK
         h.pointee.header_checksum = checksum(h)
@@ -53,8 +54,13 @@ package enum PoolHeader {
             throw .corruptPool(path: path, reason: "header size \(h.pointee.header_size)")
         }
         let size = Int(clamping: h.pointee.pool_size)
-        guard size == fileSize else {
-            throw .corruptPool(path: path, reason: "file is \(fileSize) bytes, header says \(size) (truncated or extended)")
+        // Longer is a pool that grew (the state store's directory names what lies beyond).
+        guard size <= fileSize else {
+            throw .corruptPool(path: path, reason: "file is \(fileSize) bytes, header says \(size) (truncated)")
+        }
+        let limit = Int(clamping: h.pointee.size_limit)
+        guard limit == 0 || (limit >= size && limit <= PoolOptions.maximumSizeLimit) else {
+            throw .corruptPool(path: path, reason: "size limit of \(limit) bytes")
         }
         let processCapacity = Int(h.pointee.process_capacity), lockCapacity = Int(h.pointee.lock_capacity)
         let queueCapacity = Int(h.pointee.queue_capacity), queueRing = Int(h.pointee.queue_ring)
@@ -67,7 +73,7 @@ package enum PoolHeader {
             throw .corruptPool(path: path, reason: "audit ring section of \(auditBytes) bytes")
         }
         let layout = PoolLayout(processCapacity: processCapacity, lockCapacity: lockCapacity, queueCapacity: queueCapacity, queueRing: queueRing,
-                                auditBytes: auditBytes, size: size)
+                                auditBytes: auditBytes, size: size, sizeLimit: limit)
         guard layout.minimumSize <= size,
               h.pointee.process_table.offset == UInt64(layout.processTable.lowerBound),
               h.pointee.process_table.size == UInt64(layout.processTable.count),

@@ -16,9 +16,14 @@ package struct PoolLayout: Equatable {
     /// The audit ring: empty in pools created without one.
     package let auditRing: Range<Int>
     package let heap: Range<Int>
+    /// The file may grow to this many bytes (the state store appends areas after `size`).
+    package let sizeLimit: Int
+    /// Where the first growth area may start: the created file's end, page aligned.
+    package var growthStart: Int { Self.roundUp(heap.upperBound) }
 
     /// `auditBytes`: the audit ring section's size (``auditBytes(slots:)``; 0: none).
-    package init(processCapacity: Int, lockCapacity: Int, queueCapacity: Int, queueRing: Int, auditBytes: Int, size: Int) {
+    package init(processCapacity: Int, lockCapacity: Int, queueCapacity: Int, queueRing: Int, auditBytes: Int, size: Int, sizeLimit: Int = 0) {
+        self.sizeLimit = sizeLimit > 0 ? sizeLimit : Int(PMLL_SIZE_LIMIT_DEFAULT)
         self.processCapacity = processCapacity
         self.lockCapacity = lockCapacity
         self.queueCapacity = queueCapacity

@@ -6,7 +6,10 @@ public import CPMLL
 @usableFromInline
 package struct PoolMemory: @unchecked Sendable {
     @usableFromInline package let base: UnsafeMutableRawPointer
-    package let length: Int
+    /// The mapping, which grows in place with the file.
+    package let mapping: PoolMapping
+    /// Bytes mapped now.
+    package var length: Int { mapping.length }
     @usableFromInline package let layout: PoolLayout
     package let persistence: Persistence
 

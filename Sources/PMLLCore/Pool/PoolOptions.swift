@@ -1,9 +1,15 @@
+import CPMLL
 /// How a pool is created (when it does not exist yet) and opened.
 public struct PoolOptions: Sendable, Equatable {
     /// Create the pool if it does not exist (race-free: exactly one creator wins).
     public var create: Bool = true
-    /// Size of a newly created pool file in bytes. Never changes an existing pool.
+    /// Size of a newly created pool file in bytes. The state store grows the file beyond it
+    /// when its keys or values need room, up to ``sizeLimit``.
     public var size: Int = 16 << 20
+    /// The most bytes a newly created pool's file may grow to (recorded in the pool; every
+    /// process that opens it reserves this much address space, not memory). Growing past it
+    /// throws ``PMLLError/sizeLimitReached(path:limit:needed:)``. At least ``size``, at most 1 TiB.
+    public var sizeLimit: Int = Int(PMLL_SIZE_LIMIT_DEFAULT)
     /// Process-table slots (how many processes may have the pool open at once), at most 1024.
     public var processCapacity: Int = 256
     /// Lock-table entries (distinct lock names over the pool's life).
@@ -64,6 +70,9 @@ public struct PoolOptions: Sendable, Equatable {
         guard size >= needed, size <= 1 << 40 else {
             throw .invalidOptions(reason: "size must be \(needed)...\(1 << 40) bytes for these capacities, got \(size)")
         }
+        guard sizeLimit >= size, sizeLimit <= Self.maximumSizeLimit else {
+            throw .invalidOptions(reason: "sizeLimit must be \(size)...\(Self.maximumSizeLimit) bytes (at least size), got \(sizeLimit)")
+        }
         guard ownerCheckInterval > .zero, starvationThreshold >= .zero else {
             throw .invalidOptions(reason: "ownerCheckInterval must be positive and starvationThreshold not negative")
         }
@@ -71,9 +80,12 @@ public struct PoolOptions: Sendable, Equatable {
 }
 
 extension PoolOptions {
+    /// Block numbers are 32 bits of 256-byte blocks: a store addresses 1 TiB of values.
+    package static let maximumSizeLimit = 1 << 40
+
     package func layout(size: Int) -> PoolLayout {
         PoolLayout(processCapacity: processCapacity, lockCapacity: lockCapacity, queueCapacity: queueCapacity, queueRing: queueRing,
-                   auditBytes: PoolLayout.auditBytes(slots: auditRingSlots), size: size)
+                   auditBytes: PoolLayout.auditBytes(slots: auditRingSlots), size: size, sizeLimit: sizeLimit)
     }
 }
 

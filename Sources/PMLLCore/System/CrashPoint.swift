@@ -25,6 +25,7 @@ package enum CrashPoint {
         "tx.conflict", "tx.undo-logged", "tx.applying", "tx.applied", "tx.committed", "tx.rolled-back",
         "queue.recovered", "batch.staged", "batch.linked", "batch.renamed", "batch.committed",
         "audit.claimed", "audit.written",
+        "growth.reserved", "growth.filled", "growth.logged", "growth.applied", "growth.committed",
     ]
 
     @inlinable @inline(__always)
@@ -45,5 +46,6 @@ public enum CrashInjection {
     public static var points: [String] { CrashPoint.all }
     /// Named persist sites that `PMLL_TEST_DROP_PERSIST` can remove (crash-suite self-test).
     public static let persistSites = ["tx.log", "tx.data", "tx.commit", "tx.rollback", "tx.rollback-done",
-                                      "queue.record", "queue.head", "lock.entry", "pool.create"]
+                                      "queue.record", "queue.head", "lock.entry", "pool.create",
+                                      "growth.fill", "growth.directory", "growth.commit"]
 }

@@ -1,0 +1,82 @@
+import CPMLL
+import Synchronization
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The pool file's mapping: a reserved address range as large as the pool may grow (its size
+/// limit), the file mapped at its start. When the file grows (the state store appends an
+/// area), every process maps the new part in place when it first needs it, so the base never
+/// moves and no reader ever sees a torn or moved mapping (the idea of libmdbx's dynamic
+/// geometry). The mapping never shrinks while the pool is open.
+package final class PoolMapping: @unchecked Sendable {
+    package let base: UnsafeMutableRawPointer
+    /// Bytes of address space reserved: the mapping can grow up to this.
+    package let reserved: Int
+    package let writable: Bool
+    /// The pool file, borrowed from the pool (open for the pool's whole life).
+    private let fd: Int32
+    private let path: String
+    private let mapped: Atomic<Int>
+    private let extending = Mutex<Void>(())
+
+    package init(base: UnsafeMutableRawPointer, length: Int, reserved: Int, writable: Bool, fd: Int32, path: String) {
+        self.base = base
+        self.reserved = reserved
+        self.writable = writable
+        self.fd = fd
+        self.path = path
+        // mmap maps whole pages: the last partial page is mapped already.
+        mapped = Atomic(PoolLayout.roundUp(length))
+    }
+
+    /// Bytes of the file mapped now.
+    package var length: Int { mapped.load(ordering: .acquiring) }
+
+    /// Maps the file up to `end` (page aligned) if it is not yet. Throws if the file is
+    /// shorter than that (a damaged directory, or a file cut short under the pool).
+    package func ensureMapped(upTo end: Int) throws(PMLLError) {
+        if end <= mapped.load(ordering: .acquiring) { return }
+        try extending.withLock { _ throws(PMLLError) in
+            let current = mapped.load(ordering: .acquiring)
+            guard end > current else { return }
+            guard end <= reserved, end % PoolLayout.page == 0 else {
+                throw .corruptPool(path: path, reason: "the state store names \(end) bytes of file, beyond its size limit of \(reserved)")
+            }
+            var st = stat()
+            _ = try SystemCall.libc("fstat") { fstat(fd, &st) }
+            guard Int(st.st_size) >= end else {
+                throw .corruptPool(path: path, reason: "the state store names \(end) bytes of file but the file has \(st.st_size) (truncated)")
+            }
+            let rc = pmll_map_extend(base, fd, UInt64(current), UInt64(end), writable ? 1 : 0)
+            guard rc == 0 else { throw SystemCall.fileError(Errno(rawValue: -rc), path: path, operation: "map the grown part of") }
+            mapped.store(end, ordering: .releasing)
+        }
+    }
+
+    /// Grows the file to hold [offset, offset + length), with its blocks reserved (a write
+    /// through the mapping must never meet a full file system as SIGBUS) and the new size
+    /// durable, then maps it.
+    package func grow(offset: Int, length: Int, persistence: Persistence) throws(PMLLError) {
+        let rc = pmll_file_reserve(fd, UInt64(offset), UInt64(length))
+        if rc == -ENOSPC || rc == -EDQUOT {
+            throw .noSpace(path: path, reason: "the file system has no room to grow the pool by \(length) bytes")
+        }
+        guard rc == 0 else { throw SystemCall.fileError(Errno(rawValue: -rc), path: path, operation: "grow") }
+        persistence.extendShadow(to: offset + length)
+        try ensureMapped(upTo: offset + length)
+    }
+
+    /// The file's size now.
+    package func fileSize() throws(PMLLError) -> Int {
+        var st = stat()
+        _ = try SystemCall.libc("fstat") { fstat(fd, &st) }
+        return Int(st.st_size)
+    }
+
+    /// Releases the reservation (the pool is closing).
+    package func unmap() {
+        _ = pmll_pmem_unmap(base, UInt64(reserved))
+    }
+}

@@ -1,0 +1,164 @@
+package import CPMLL
+package import PMLLCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Growth of the state store (Docs/PoolFormat.md "Growth"): the key index and the block space
+/// grow into areas appended to the pool file while every process keeps it open.
+///
+/// A growth is a transaction of its own, under the store lock, made before the commit that
+/// needs the room plans anything:
+/// 1. place: reuse a free area that is large enough, else append one at the directory's end:
+///    fallocate its blocks and make the new size durable (a write through the mapping must
+///    never meet a full file system as SIGBUS), then map it;
+/// 2. fill: zero a blocks area's bitmap, or copy every key slot into a new index twice the
+///    size; persist;
+/// 3. publish: undo-log the directory, write the new one (generation + 1), persist, and move
+///    the log's commit point. Other processes see the generation move when they next take the
+///    store lock and map what the directory adds.
+/// A crash before 3 leaves bytes the directory does not name (reused by the next growth); a
+/// crash inside 3 is rolled back like any transaction.
+extension Pool {
+    /// Index slots grow when live keys would pass this fraction of them.
+    static let indexLoadLimit = 0.5
+    /// Blocks areas: the block space doubles, in steps of 1 MiB to 1 GiB.
+    static let blocksStepMinimum = 1 << 20
+    static let blocksStepMaximum = 1 << 30
+
+    /// Makes room in the index for `inserts` more keys beside `live` ones.
+    func ensureIndexRoom(_ store: StateStore, live: Int, inserts: Int) throws(PMLLError) {
+        let capacity = Int(store.view.capacity)
+        guard Double(live + inserts) > Double(capacity) * Self.indexLoadLimit else { return }
+        var wanted = capacity * 2
+        while Double(live + inserts) > Double(wanted) * Self.indexLoadLimit { wanted *= 2 }
+        do throws(PMLLError) {
+            guard wanted <= Int(UInt32.max) else { throw .poolFull(table: "state store keys", capacity: capacity) }
+            try growIndex(store, capacity: wanted)
+        } catch {
+            // No room to grow: the index still takes keys until its last slot (only lookups
+            // get slower), so only then is the growth's error the commit's.
+            switch error {
+            case .sizeLimitReached, .noSpace, .poolFull: if live + inserts <= capacity { return }
+            default: break
+            }
+            throw error
+        }
+    }
+
+    /// Moves the key index into a new area of `capacity` slots.
+    func growIndex(_ store: StateStore, capacity: Int) throws(PMLLError) {
+        let old = try store.refresh()
+        let size = PoolLayout.roundUp(capacity * MemoryLayout<pmll_key_slot_t>.size)
+        let place = try placeArea(store, old, size: size)
+        let area = memory.base + place.offset
+        // A reused area, or one a crashed growth began to fill, holds old bytes.
+        area.initializeMemory(as: UInt8.self, repeating: 0, count: place.size)
+        let slots = area.assumingMemoryBound(to: pmll_key_slot_t.self), count = UInt32(capacity)
+        for i in 0..<old.capacity {
+            let s = old.slot(i)
+            guard s.pointee.state == PMLL_KEY_USED else { continue }
+            var probe: UInt32 = 0
+            while slots[Int((s.pointee.key_hash &+ probe) % count)].state != PMLL_KEY_EMPTY { probe += 1 }
+            slots[Int((s.pointee.key_hash &+ probe) % count)] = s.pointee
+        }
+        try memory.persistence.persist(UnsafeRawPointer(area), place.size, site: "growth.fill")
+        CrashPoint.hit("growth.filled")
+        try publish(store, site: "index") { d in
+            let entry = pmll_area_t(offset: UInt64(place.offset), size: UInt64(place.size), kind: PMLL_AREA_INDEX, first_block: 0,
+                                    count: count, bitmap_bytes: 0)
+            let at = Self.put(entry, reusing: place.reused, into: &d)
+            if d.index_area != PMLL_INDEX_CREATED { Self.setKind(PMLL_AREA_FREE, area: Int(d.index_area), in: &d) }
+            d.index_area = UInt32(at)
+        }
+        Self.logger.notice("state store key index grew", metadata: ["path": "\(path)", "slots": "\(capacity)", "bytes": "\(place.size)"])
+    }
+
+    /// Appends a blocks area with room for an extent of at least `blocks` blocks.
+    func growBlocks(_ store: StateStore, atLeast blocks: Int) throws(PMLLError) {
+        let old = try store.refresh()
+        let needed = PoolLayout.page + PoolLayout.roundUp(blocks * Int(PMLL_BLOCK_SIZE))
+        let step = min(Self.blocksStepMaximum, max(Self.blocksStepMinimum, old.blockCount * Int(PMLL_BLOCK_SIZE)))
+        let room = memory.layout.sizeLimit - old.end
+        let size = PoolLayout.roundUp(max(needed, min(step, room)))
+        let place = try placeArea(store, old, size: size)
+        let (count, bitmapBytes) = Self.blocksFitting(place.size)
+        let first = (old.blockLimit + 7) / 8 * 8
+        guard count >= blocks, first + count <= Int(UInt32.max) else {
+            throw .poolFull(table: "state store blocks", capacity: old.blockCount)
+        }
+        (memory.base + place.offset).initializeMemory(as: UInt8.self, repeating: 0, count: bitmapBytes)
+        try memory.persistence.persist(UnsafeRawPointer(memory.base + place.offset), bitmapBytes, site: "growth.fill")
+        CrashPoint.hit("growth.filled")
+        try publish(store, site: "blocks") { d in
+            let entry = pmll_area_t(offset: UInt64(place.offset), size: UInt64(place.size), kind: PMLL_AREA_BLOCKS,
+                                    first_block: UInt32(first), count: UInt32(count), bitmap_bytes: UInt32(bitmapBytes))
+            _ = Self.put(entry, reusing: place.reused, into: &d)
+        }
+        store.allocationHint.store(first, ordering: .relaxed)
+        Self.logger.notice("state store block space grew", metadata: ["path": "\(path)", "blocks": "\(count)", "bytes": "\(place.size)"])
+    }
+
+    /// Blocks and bitmap bytes (a page multiple) that fit an area of `size` bytes.
+    static func blocksFitting(_ size: Int) -> (count: Int, bitmapBytes: Int) {
+        var count = (size - PoolLayout.page) * 8 / (8 * Int(PMLL_BLOCK_SIZE) + 1)
+        count = max(0, count / 8 * 8)
+        var bitmap = PoolLayout.roundUp(max(1, count / 8))
+        while count > 0 && bitmap + count * Int(PMLL_BLOCK_SIZE) > size {
+            count -= 8
+            bitmap = PoolLayout.roundUp(max(1, count / 8))
+        }
+        return (count, bitmap)
+    }
+
+    /// Where an area of `size` bytes goes: the smallest free area that holds it (whole), else
+    /// the end of the directory's areas, reserved in the file and mapped.
+    private func placeArea(_ store: StateStore, _ view: StoreView, size: Int) throws(PMLLError) -> (offset: Int, size: Int, reused: Int?) {
+        if let (i, area) = view.areas.enumerated().filter({ $0.element.kind == PMLL_AREA_FREE && Int($0.element.size) >= size })
+            .min(by: { $0.element.size < $1.element.size }) {
+            return (Int(area.offset), Int(area.size), i)
+        }
+        guard view.areas.count < Int(PMLL_AREA_MAX) else { throw .poolFull(table: "growth areas", capacity: Int(PMLL_AREA_MAX)) }
+        let offset = view.end
+        guard offset + size <= memory.layout.sizeLimit else {
+            throw .sizeLimitReached(path: path, limit: memory.layout.sizeLimit, needed: offset + size)
+        }
+        try memory.mapping.grow(offset: offset, length: size, persistence: memory.persistence)
+        CrashPoint.hit("growth.reserved")
+        return (offset, size, nil)
+    }
+
+    private static func put(_ entry: pmll_area_t, reusing: Int?, into d: inout pmll_growth_t) -> Int {
+        let at = reusing ?? Int(d.area_count)
+        withUnsafeMutableBytes(of: &d.areas) { $0.bindMemory(to: pmll_area_t.self)[at] = entry }
+        if reusing == nil { d.area_count += 1 }
+        return at
+    }
+
+    private static func setKind(_ kind: UInt32, area i: Int, in d: inout pmll_growth_t) {
+        withUnsafeMutableBytes(of: &d.areas) { $0.bindMemory(to: pmll_area_t.self)[i].kind = kind }
+    }
+
+    /// Step 3: the directory changes as one transaction through this process's undo log.
+    private func publish(_ store: StateStore, site: String, _ change: (inout pmll_growth_t) -> Void) throws(PMLLError) {
+        let directory = store.directory
+        var next = directory.pointee
+        if next.magic == 0 { next.index_area = PMLL_INDEX_CREATED }
+        change(&next)
+        next.magic = PMLL_GROWTH_MAGIC
+        next.generation &+= 1
+        next.growths &+= 1
+        next.checksum = withUnsafePointer(to: &next) { GrowthDirectory.checksum($0) }
+        let header = ownLogHeader(store)
+        try writeUndoLog(header, ranges: [(store.directoryRange.lowerBound, store.directoryRange.count)], keys: 0)
+        CrashPoint.hit("growth.logged")
+        directory.pointee = next
+        try memory.persistence.persist(UnsafeRawPointer(directory), MemoryLayout<pmll_growth_t>.size, site: "growth.directory")
+        CrashPoint.hit("growth.applied")
+        pmll_store64_release(&header.pointee.done_seq, header.pointee.seq)
+        try memory.persistence.persist(UnsafeRawPointer(header), 8, site: "growth.commit")
+        CrashPoint.hit("growth.committed")
+        try store.refresh()
+        audit(.grow, .ok, "state store \(site) grew: file \(store.view.end) bytes, \(store.view.capacity) key slots, \(store.view.blockCount) blocks")
+    }
+}

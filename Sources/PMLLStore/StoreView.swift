@@ -1,0 +1,174 @@
+package import CPMLL
+package import PMLLCore
+
+/// A run of value blocks with its own bitmap: the blocks made at creation, or a blocks area
+/// appended by a growth. Block numbers are global: a span holds [first, first + count).
+package struct BlockSpan: Sendable, Equatable {
+    package let first: Int
+    package let count: Int
+    package let bitmapOffset: Int
+    package let blocksOffset: Int
+    package var end: Int { first + count }
+}
+
+/// The store's tables as its growth directory describes them at one generation: where the
+/// key index is and how large, and the block spans. Immutable; a process makes a new one when
+/// the directory's generation moves (``StateStore/refresh()``), under the store lock.
+package final class StoreView: @unchecked Sendable {
+    package let generation: UInt64
+    package let indexOffset: Int
+    package let capacity: UInt32
+    package let spans: [BlockSpan]
+    /// The areas the directory names (none in a pool that never grew).
+    package let areas: [pmll_area_t]
+    /// Growths committed over the pool's life.
+    package let growths: UInt32
+    /// One past the highest block number.
+    package let blockLimit: Int
+    /// Blocks in all spans.
+    package let blockCount: Int
+    /// File bytes the directory names (its areas' end, or the created size).
+    package let end: Int
+    private let base: UnsafeMutableRawPointer
+
+    package init(base: UnsafeMutableRawPointer, generation: UInt64, indexOffset: Int, capacity: UInt32, spans: [BlockSpan],
+                 areas: [pmll_area_t], growths: UInt32, end: Int) {
+        self.base = base
+        self.generation = generation
+        self.indexOffset = indexOffset
+        self.capacity = capacity
+        self.spans = spans
+        self.areas = areas
+        self.growths = growths
+        self.blockLimit = spans.last?.end ?? 0
+        self.blockCount = spans.reduce(0) { $0 + $1.count }
+        self.end = end
+    }
+
+    @inline(__always)
+    package func slot(_ i: UInt32) -> UnsafeMutablePointer<pmll_key_slot_t> {
+        (base + indexOffset).assumingMemoryBound(to: pmll_key_slot_t.self) + Int(i)
+    }
+
+    package var index: Range<Int> { indexOffset..<(indexOffset + Int(capacity) * MemoryLayout<pmll_key_slot_t>.size) }
+
+    /// The span holding block `b`, if any (numbers between spans name no block).
+    @inline(__always)
+    package func span(of b: Int) -> BlockSpan? {
+        if let s = spans.first, b >= s.first && b < s.end { return s }   // most blocks of most pools
+        var low = 0, high = spans.count
+        while low < high {
+            let mid = (low + high) / 2
+            if spans[mid].end <= b { low = mid + 1 } else { high = mid }
+        }
+        guard low < spans.count, spans[low].first <= b else { return nil }
+        return spans[low]
+    }
+
+    /// Whether blocks [first, first + count) all exist, in one span.
+    package func extentExists(first: Int, count: Int) -> Bool {
+        guard count > 0, let s = span(of: first) else { return false }
+        return first + count <= s.end
+    }
+
+    package func block(_ b: UInt32) -> UnsafeMutableRawPointer {
+        let s = span(of: Int(b))!
+        return base + s.blocksOffset + (Int(b) - s.first) * Int(PMLL_BLOCK_SIZE)
+    }
+
+    /// File offset of the bitmap byte holding blocks [8 * byte, 8 * byte + 8) (spans start on
+    /// multiples of 8, so a byte never straddles two).
+    package func bitmapOffset(byte: Int) -> Int {
+        let s = span(of: byte * 8)!
+        return s.bitmapOffset + (byte * 8 - s.first) / 8
+    }
+
+    package func bitmapByte(_ byte: Int) -> UnsafeMutablePointer<UInt8> {
+        (base + bitmapOffset(byte: byte)).assumingMemoryBound(to: UInt8.self)
+    }
+
+    package func isAllocated(_ b: Int) -> Bool {
+        guard span(of: b) != nil else { return true }   // not a block: never free
+        return bitmapByte(b / 8).pointee & UInt8(1 << (b % 8)) != 0
+    }
+
+    /// Blocks marked allocated.
+    package func blocksUsed() -> Int {
+        var used = 0
+        for s in spans {
+            let bitmap = (base + s.bitmapOffset).assumingMemoryBound(to: UInt8.self)
+            for byte in 0..<(s.count / 8) { used += bitmap[byte].nonzeroBitCount }
+            if s.count % 8 != 0 { used += (bitmap[s.count / 8] & UInt8((1 << (s.count % 8)) - 1)).nonzeroBitCount }
+        }
+        return used
+    }
+}
+
+/// The growth directory in the store's first page.
+package enum GrowthDirectory {
+    package static func pointer(_ base: UnsafeMutableRawPointer, heapStart: Int) -> UnsafeMutablePointer<pmll_growth_t> {
+        (base + heapStart + Int(PMLL_GROWTH_OFFSET)).assumingMemoryBound(to: pmll_growth_t.self)
+    }
+
+    package static func checksum(_ g: UnsafePointer<pmll_growth_t>) -> UInt32 {
+        let count = min(Int(g.pointee.area_count), Int(PMLL_AREA_MAX))
+        let head = MemoryLayout<pmll_growth_t>.offset(of: \pmll_growth_t.checksum)!
+        let crc = pmll_crc32c(0, g, head)
+        return pmll_crc32c(crc, UnsafeRawPointer(g) + MemoryLayout<pmll_growth_t>.offset(of: \pmll_growth_t.areas)!,
+                           count * MemoryLayout<pmll_area_t>.size)
+    }
+
+    package static func areas(_ g: UnsafePointer<pmll_growth_t>) -> [pmll_area_t] {
+        withUnsafeBytes(of: g.pointee.areas) { raw in
+            Array(raw.bindMemory(to: pmll_area_t.self).prefix(min(Int(g.pointee.area_count), Int(PMLL_AREA_MAX))))
+        }
+    }
+
+    /// The view the directory describes, checked against the created layout and the limit.
+    package static func view(_ base: UnsafeMutableRawPointer, layout: StoreLayout, poolLayout: PoolLayout, path: String) throws(PMLLError) -> StoreView {
+        let g = pointer(base, heapStart: poolLayout.heap.lowerBound)
+        let created = BlockSpan(first: 0, count: layout.blockCount, bitmapOffset: layout.bitmap.lowerBound, blocksOffset: layout.blocks.lowerBound)
+        guard g.pointee.magic != 0 else {
+            return StoreView(base: base, generation: 0, indexOffset: layout.index.lowerBound, capacity: UInt32(layout.keyCapacity),
+                             spans: layout.blockCount > 0 ? [created] : [], areas: [], growths: 0, end: poolLayout.heap.upperBound)
+        }
+        func damaged(_ reason: String) -> PMLLError { .corruptPool(path: path, reason: "state store growth directory: \(reason)") }
+        guard g.pointee.magic == PMLL_GROWTH_MAGIC, g.pointee.area_count <= PMLL_AREA_MAX else { throw damaged("bad magic or area count") }
+        guard checksum(g) == g.pointee.checksum else { throw damaged("checksum mismatch") }
+        let areas = Self.areas(g)
+        var spans = layout.blockCount > 0 ? [created] : []
+        var end = poolLayout.growthStart
+        var indexOffset = layout.index.lowerBound, capacity = UInt32(layout.keyCapacity)
+        for (i, a) in areas.enumerated() {
+            let offset = Int(clamping: a.offset), size = Int(clamping: a.size)
+            guard offset == end, size > 0, size % PoolLayout.page == 0, offset + size <= poolLayout.sizeLimit else {
+                throw damaged("area \(i) at \(offset) of \(size) bytes does not follow the one before")
+            }
+            end = offset + size
+            switch a.kind {
+            case PMLL_AREA_FREE: break
+            case PMLL_AREA_BLOCKS:
+                let first = Int(a.first_block), count = Int(a.count), bitmap = Int(a.bitmap_bytes)
+                guard first % 8 == 0, count > 0, bitmap % PoolLayout.page == 0, bitmap * 8 >= count,
+                      bitmap + count * Int(PMLL_BLOCK_SIZE) <= size, first + count <= Int(UInt32.max) else {
+                    throw damaged("blocks area \(i) is inconsistent")
+                }
+                spans.append(BlockSpan(first: first, count: count, bitmapOffset: offset, blocksOffset: offset + bitmap))
+            case PMLL_AREA_INDEX:
+                guard Int(a.count) * MemoryLayout<pmll_key_slot_t>.size <= size, a.count >= 16 else { throw damaged("index area \(i) is inconsistent") }
+            default:
+                throw damaged("area \(i) has unknown kind \(a.kind)")
+            }
+        }
+        spans.sort { $0.first < $1.first }
+        for (a, b) in zip(spans, spans.dropFirst()) where b.first < a.end { throw damaged("blocks areas overlap in block numbers") }
+        if g.pointee.index_area != PMLL_INDEX_CREATED {
+            let i = Int(g.pointee.index_area)
+            guard i < areas.count, areas[i].kind == PMLL_AREA_INDEX else { throw damaged("the key index names area \(i), not an index") }
+            indexOffset = Int(areas[i].offset)
+            capacity = areas[i].count
+        }
+        return StoreView(base: base, generation: g.pointee.generation, indexOffset: indexOffset, capacity: capacity, spans: spans,
+                         areas: areas, growths: g.pointee.growths, end: end)
+    }
+}

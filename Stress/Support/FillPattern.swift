@@ -1,0 +1,10 @@
+/// The values `pmll-worker fill` writes and the tests expect: 10...maximum bytes, a pattern
+/// of the key, so that any value read back can be checked without a copy of the data.
+public enum FillPattern {
+    public static func value(prefix: String, index: Int, maximum: Int) -> [UInt8] {
+        var seed = UInt64(truncatingIfNeeded: index) &* 0x9E37_79B9_7F4A_7C15
+        for byte in prefix.utf8 { seed = (seed ^ UInt64(byte)) &* 0x100_0000_01B3 }
+        let length = 10 + Int(seed % UInt64(max(1, maximum - 9)))
+        return (0..<length).map { UInt8(truncatingIfNeeded: seed >> 8 &+ UInt64($0)) }
+    }
+}
