@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include <stdio.h>
 #include "cpmll_peers.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -222,6 +223,49 @@ int peers_sqlite_kv_tx(void *handle, const char *key_a, const char *key_b, uint8
         sqlite3_bind_blob(kv->put, 2, value, sizeof value, SQLITE_STATIC);
         if (step_reset(kv->put)) { step_reset(kv->rollback); return -1; }
     }
+    return step_reset(kv->commit);
+}
+
+// The scale benchmark's peer: keys "pkg/I" with 100-byte values in the same kv table.
+int peers_sqlite_kv_load(void *handle, int from, int to) {
+    struct peers_kv *kv = handle;
+    uint8_t value[100];
+    char key[32];
+    if (step_reset(kv->begin)) return -1;
+    for (int i = from; i < to; i++) {
+        memset(value, i & 0xff, sizeof value);
+        snprintf(key, sizeof key, "pkg/%d", i);
+        sqlite3_bind_text(kv->put, 1, key, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_blob(kv->put, 2, value, sizeof value, SQLITE_STATIC);
+        if (step_reset(kv->put)) { step_reset(kv->rollback); return -1; }
+    }
+    return step_reset(kv->commit);
+}
+
+int peers_sqlite_kv_get(void *handle, int i) {
+    struct peers_kv *kv = handle;
+    char key[32];
+    snprintf(key, sizeof key, "pkg/%d", i);
+    sqlite3_bind_text(kv->get, 1, key, -1, SQLITE_STATIC);
+    int length = -1;
+    if (sqlite3_step(kv->get) == SQLITE_ROW) {
+        (void)sqlite3_column_blob(kv->get, 0);
+        length = sqlite3_column_bytes(kv->get, 0);
+    }
+    sqlite3_reset(kv->get);
+    return length;
+}
+
+int peers_sqlite_kv_set(void *handle, int i) {
+    struct peers_kv *kv = handle;
+    uint8_t value[100];
+    char key[32];
+    memset(value, 9, sizeof value);
+    snprintf(key, sizeof key, "pkg/%d", i);
+    if (step_reset(kv->begin)) return -1;
+    sqlite3_bind_text(kv->put, 1, key, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(kv->put, 2, value, sizeof value, SQLITE_STATIC);
+    if (step_reset(kv->put)) { step_reset(kv->rollback); return -1; }
     return step_reset(kv->commit);
 }
 

@@ -18,7 +18,10 @@ struct Workload: AsyncParsableCommand {
     static let fillKeys = 6
 
     static func fillValue(step: Int, key: Int) -> [UInt8] {
-        (0..<(40_000 + key * 1000)).map { UInt8(truncatingIfNeeded: step &* 7 &+ key &* 13 &+ $0) }
+        [UInt8](unsafeUninitializedCapacity: 40_000 + key * 1000) { buffer, count in
+            for i in 0..<buffer.count { buffer[i] = UInt8(truncatingIfNeeded: step &* 7 &+ key &* 13 &+ i) }
+            count = buffer.count
+        }
     }
 
     static func tree(for pool: String) -> String { pool + ".tree" }
@@ -153,7 +156,9 @@ struct Verify: AsyncParsableCommand {
                     violations.append("acknowledged queue operation \(ticket) is not recorded as succeeded")
                 }
             }
-            for step in 0..<256 {
+            let fillSteps = Set(try pool.transaction(isolation: .none) { tx in try tx.keys(prefix: "fill/") }.compactMap { $0.split(separator: "/").dropFirst().first.flatMap { Int($0) } })
+            let ackedFills = Set(acks.filter { $0.hasPrefix("fill ") }.compactMap { Int($0.dropFirst(5)) })
+            for step in fillSteps.union(ackedFills).sorted() {
                 let found = try (0..<Workload.fillKeys).map { try pool.value(for: "fill/\(step)/\($0)") }
                 let present = found.filter { $0 != nil }.count
                 if present != 0 && present != Workload.fillKeys { violations.append("fill \(step) half committed: \(present) of \(Workload.fillKeys) keys") }

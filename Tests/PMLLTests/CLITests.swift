@@ -251,7 +251,7 @@ struct StateCLITests {
         #expect(try run(Binaries.pmll, ["state", "delete", "--pool", pool, "pkg/a", "pkg/b"]).status == 0)
         #expect(try run(Binaries.pmll, ["state", "list", "--pool", pool]).stdout == "other=1")
         let status = try run(Binaries.pmll, ["status", "--pool", pool])
-        #expect(status.stdout.contains("state store: 1/4096 keys"))
+        #expect(status.stdout.contains("state store: 1/4096 key slots"))
     }
 
     /// `set --if` is a compare-and-swap: 3 shell loops each make 15 increments of one

@@ -53,6 +53,11 @@ int peers_sqlite_operation(void *db, int owner);
 void *_Nullable peers_sqlite_kv_open(const char *path);
 void peers_sqlite_kv_close(void *kv);
 int peers_sqlite_kv_tx(void *kv, const char *key_a, const char *key_b, uint8_t fill);
+// Scale benchmark: load keys "pkg/from".."pkg/to-1" (100-byte values) in one transaction;
+// get one (its length, or -1); set one in its own transaction. 0 or -1.
+int peers_sqlite_kv_load(void *kv, int from, int to);
+int peers_sqlite_kv_get(void *kv, int i);
+int peers_sqlite_kv_set(void *kv, int i);
 
 // libpmemobj (PMDK's transactional layer): a pool with a root object of 4 KiB, and one
 // transaction that snapshots two 64-byte ranges (pmemobj_tx_add_range) and rewrites them.
