@@ -14,6 +14,7 @@ public struct PoolStatus: Codable, Sendable {
     }
     public let path: String
     public let formatVersion: UInt32
+    /// The pool file's size now (the created size plus what the state store grew).
     public let sizeBytes: UInt64
     public let createdAtNanoseconds: UInt64
     public let persistentMemory: Bool
@@ -56,7 +57,7 @@ extension Pool {
         let h = memory.header.pointee
         let (queues, damagedHeads) = readableQueues()
         return PoolStatus(
-            path: path, formatVersion: h.format_version, sizeBytes: h.pool_size, createdAtNanoseconds: h.created_at_ns,
+            path: path, formatVersion: h.format_version, sizeBytes: UInt64((try? memory.mapping.fileSize()) ?? Int(h.pool_size)), createdAtNanoseconds: h.created_at_ns,
             persistentMemory: memory.persistence.isPmem, processCapacity: h.process_capacity, lockCapacity: h.lock_capacity,
             volatileResets: h.volatile_resets, processes: attached, locks: locks,
             queues: queues.sorted { $0.name < $1.name }, damagedQueueHeads: damagedHeads,

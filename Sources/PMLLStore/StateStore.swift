@@ -99,22 +99,28 @@ package final class StateStore: @unchecked Sendable {
 
     /// The record bytes (key then value) of a used slot, checked against its checksum.
     package func record(_ i: UInt32) throws(PMLLError) -> [UInt8] {
+        Array(try recordInPlace(i))
+    }
+
+    /// The record bytes in the mapping (no copy), checked against its checksum. Valid while
+    /// the store lock is held.
+    package func recordInPlace(_ i: UInt32) throws(PMLLError) -> UnsafeRawBufferPointer {
         let s = slot(i)
         let length = Int(s.pointee.key_length) + Int(s.pointee.value_length)
         guard s.pointee.key_length <= PMLL_KEY_MAX, s.pointee.value_length <= PMLL_VALUE_MAX else {
             throw .corruptRecord(key: "#\(i)", reason: "impossible lengths")
         }
-        var bytes: [UInt8]
+        let bytes: UnsafeRawBufferPointer
         if s.pointee.block_count == 0 {
             guard length <= Int(PMLL_INLINE_MAX) else { throw .corruptRecord(key: "#\(i)", reason: "inline record too long") }
-            bytes = withUnsafeBytes(of: s.pointee.inline_data) { Array($0.prefix(length)) }
+            bytes = UnsafeRawBufferPointer(start: UnsafeRawPointer(s) + MemoryLayout<pmll_key_slot_t>.offset(of: \.inline_data)!, count: length)
         } else {
             let view = self.view
             guard view.extentExists(first: Int(s.pointee.first_block), count: Int(s.pointee.block_count)),
                   Int(s.pointee.block_count) * Int(PMLL_BLOCK_SIZE) >= length else {
                 throw .corruptRecord(key: "#\(i)", reason: "extent out of range")
             }
-            bytes = Array(UnsafeRawBufferPointer(start: view.block(s.pointee.first_block), count: length))
+            bytes = UnsafeRawBufferPointer(start: view.block(s.pointee.first_block), count: length)
         }
         guard Self.checksum(s, record: bytes) == s.pointee.checksum else {
             let name = String(decoding: bytes.prefix(Int(s.pointee.key_length)), as: UTF8.self)
@@ -140,10 +146,14 @@ package final class StateStore: @unchecked Sendable {
     }
 
     package static func checksum(_ s: UnsafeMutablePointer<pmll_key_slot_t>, record: [UInt8]) -> UInt32 {
-        var fields = [s.pointee.key_hash, s.pointee.key_length, s.pointee.value_length, s.pointee.first_block, s.pointee.block_count]
-        var crc = fields.withUnsafeMutableBytes { pmll_crc32c(0, $0.baseAddress, $0.count) }
+        record.withUnsafeBytes { checksum(s, record: $0) }
+    }
+
+    package static func checksum(_ s: UnsafeMutablePointer<pmll_key_slot_t>, record: UnsafeRawBufferPointer) -> UInt32 {
+        var fields = (s.pointee.key_hash, s.pointee.key_length, s.pointee.value_length, s.pointee.first_block, s.pointee.block_count)
+        var crc = withUnsafeBytes(of: &fields) { pmll_crc32c(0, $0.baseAddress, $0.count) }
         crc = withUnsafeBytes(of: s.pointee.version) { pmll_crc32c(crc, $0.baseAddress, $0.count) }
-        return record.withUnsafeBytes { pmll_crc32c(crc, $0.baseAddress, $0.count) }
+        return pmll_crc32c(crc, record.baseAddress, record.count)
     }
 
     // MARK: space

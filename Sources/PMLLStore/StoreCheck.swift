@@ -25,7 +25,7 @@ extension Pool {
                 }
                 report.keysChecked += 1
                 do {
-                    _ = try store.record(i)
+                    _ = try store.recordInPlace(i)
                 } catch {
                     report.problems.append("\(error)")
                 }

@@ -77,7 +77,7 @@ extension Pool {
     /// Appends a blocks area with room for an extent of at least `blocks` blocks.
     func growBlocks(_ store: StateStore, atLeast blocks: Int) throws(PMLLError) {
         let old = try store.refresh()
-        let needed = PoolLayout.page + PoolLayout.roundUp(blocks * Int(PMLL_BLOCK_SIZE))
+        let needed = PoolLayout.roundUp((blocks + 7) / 8) + PoolLayout.roundUp(blocks * Int(PMLL_BLOCK_SIZE)) + PoolLayout.page
         let step = min(Self.blocksStepMaximum, max(Self.blocksStepMinimum, old.blockCount * Int(PMLL_BLOCK_SIZE)))
         let room = memory.layout.sizeLimit - old.end
         let size = PoolLayout.roundUp(max(needed, min(step, room)))
@@ -97,6 +97,22 @@ extension Pool {
         }
         store.allocationHint.store(first, ordering: .relaxed)
         Self.logger.notice("state store block space grew", metadata: ["path": "\(path)", "blocks": "\(count)", "bytes": "\(place.size)"])
+    }
+
+    /// Gives undo-log slot `log` an overflow area of at least `bytes` (its former one, if
+    /// any, becomes free).
+    func growLog(_ store: StateStore, log: Int, bytes: Int) throws(PMLLError) {
+        let old = try store.refresh()
+        let place = try placeArea(store, old, size: PoolLayout.roundUp(bytes))
+        guard place.size <= Int(UInt32.max) else { throw .transactionTooLarge(keys: 0, bytes: bytes, limit: Int(UInt32.max)) }
+        CrashPoint.hit("growth.filled")
+        let previous = old.areas.firstIndex { $0.kind == PMLL_AREA_LOG && Int($0.first_block) == log }
+        try publish(store, site: "undo log \(log)") { d in
+            if let previous { Self.setKind(PMLL_AREA_FREE, area: previous, in: &d) }
+            let entry = pmll_area_t(offset: UInt64(place.offset), size: UInt64(place.size), kind: PMLL_AREA_LOG, first_block: UInt32(log),
+                                    count: UInt32(place.size), bitmap_bytes: 0)
+            _ = Self.put(entry, reusing: place.reused, into: &d)
+        }
     }
 
     /// Blocks and bitmap bytes (a page multiple) that fit an area of `size` bytes.
@@ -149,8 +165,7 @@ extension Pool {
         next.generation &+= 1
         next.growths &+= 1
         next.checksum = withUnsafePointer(to: &next) { GrowthDirectory.checksum($0) }
-        let header = ownLogHeader(store)
-        try writeUndoLog(header, ranges: [(store.directoryRange.lowerBound, store.directoryRange.count)], keys: 0)
+        let header = try writeUndoLog(store, ranges: [(store.directoryRange.lowerBound, store.directoryRange.count)], keys: 0)
         CrashPoint.hit("growth.logged")
         directory.pointee = next
         try memory.persistence.persist(UnsafeRawPointer(directory), MemoryLayout<pmll_growth_t>.size, site: "growth.directory")

@@ -68,11 +68,19 @@ extension Pool {
             guard Int(s.pointee.value_length) == size else {
                 throw .invalidKey(key: key, reason: "the object exists with \(s.pointee.value_length) bytes, not \(size)")
             }
-            let record: UnsafeMutableRawPointer = s.pointee.block_count > 0
-                ? store.block(s.pointee.first_block)
-                : UnsafeMutableRawPointer(s) + MemoryLayout<pmll_key_slot_t>.offset(of: \.inline_data)!
+            let recordOffset = store.recordOffset(of: index)
             return StoreObject(name: String(key.dropFirst(Self.objectPrefix.count)), slot: index, key: bytes,
-                               recordOffset: store.offset(of: record), size: size, bytes: record + bytes.count)
+                               recordOffset: recordOffset, size: size, bytes: memory.base + recordOffset + bytes.count)
         }
+    }
+}
+
+extension StateStore {
+    /// File offset of a used slot's record (key, then value): its extent, or its inline bytes.
+    package func recordOffset(of i: UInt32) -> Int {
+        let s = slot(i)
+        return s.pointee.block_count > 0
+            ? offset(of: block(s.pointee.first_block))
+            : offset(of: UnsafeRawPointer(s) + MemoryLayout<pmll_key_slot_t>.offset(of: \.inline_data)!)
     }
 }

@@ -65,6 +65,11 @@ package final class StoreView: @unchecked Sendable {
         return spans[low]
     }
 
+    /// The overflow area of undo-log slot `log`, if it has one.
+    package func logOverflow(_ log: Int) -> pmll_area_t? {
+        areas.first { $0.kind == PMLL_AREA_LOG && Int($0.first_block) == log }
+    }
+
     /// Whether blocks [first, first + count) all exist, in one span.
     package func extentExists(first: Int, count: Int) -> Bool {
         guard count > 0, let s = span(of: first) else { return false }
@@ -156,6 +161,11 @@ package enum GrowthDirectory {
                 spans.append(BlockSpan(first: first, count: count, bitmapOffset: offset, blocksOffset: offset + bitmap))
             case PMLL_AREA_INDEX:
                 guard Int(a.count) * MemoryLayout<pmll_key_slot_t>.size <= size, a.count >= 16 else { throw damaged("index area \(i) is inconsistent") }
+            case PMLL_AREA_LOG:
+                guard Int(a.first_block) < layout.logSlots, Int(a.count) <= size,
+                      !areas[..<i].contains(where: { $0.kind == PMLL_AREA_LOG && $0.first_block == a.first_block }) else {
+                    throw damaged("undo-log area \(i) is inconsistent")
+                }
             default:
                 throw damaged("area \(i) has unknown kind \(a.kind)")
             }

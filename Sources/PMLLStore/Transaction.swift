@@ -39,7 +39,7 @@ public struct Transaction: ~Copyable {
     }
 
     /// Sets `key` (1–255 bytes of UTF-8, no NUL, not starting with `pmll:`) to `value`
-    /// (at most 65536 bytes).
+    /// (at most 64 MiB; the store grows to hold it).
     public mutating func set(_ key: String, _ value: [UInt8]) throws(PMLLError) {
         try StateStore.validate(key: key, user: true)
         guard value.count <= Int(PMLL_VALUE_MAX) else { throw .valueTooLarge(key: key, bytes: value.count, limit: Int(PMLL_VALUE_MAX)) }
@@ -163,6 +163,32 @@ extension Pool {
         try StateStore.validate(key: key)
         try storeReady()
         return try readCommitted(key)
+    }
+
+    /// Calls `body` with the committed value of `key` where it lies in the pool (no copy; nil:
+    /// no value), checked against its checksum first: a large value can be written out
+    /// without a copy of it in memory. Commits wait while `body` runs (the store lock is held),
+    /// so write the bytes out and return; the pointer is not valid afterwards. A read-only
+    /// participant gets a copy.
+    public func withValue<R>(for key: String, _ body: (UnsafeRawBufferPointer?) throws -> R) throws -> R {
+        try StateStore.validate(key: key)
+        try storeReady()
+        if isReadOnly {
+            guard let copy = try value(for: key) else { return try body(nil) }
+            return try copy.withUnsafeBytes { try body($0) }
+        }
+        let store = try stateStore()
+        let bytes = Array(key.utf8)
+        var outcome: Result<R, any Error>?
+        try withStoreLock { () throws(PMLLError) in
+            guard let i = try store.find(bytes).found else {
+                outcome = Result { try body(nil) }
+                return
+            }
+            let record = try store.recordInPlace(i)
+            outcome = Result { try body(UnsafeRawBufferPointer(rebasing: record[bytes.count...])) }
+        }
+        return try outcome!.get()
     }
 
     /// Space used and free in the state store.

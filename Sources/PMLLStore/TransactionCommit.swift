@@ -66,7 +66,7 @@ extension Pool {
                 reads?.record(key, version: 0)
                 return nil
             }
-            let value = Array(try store.record(i).dropFirst(bytes.count))
+            let value = Array(UnsafeRawBufferPointer(rebasing: try store.recordInPlace(i)[bytes.count...]))
             reads?.record(key, version: store.slot(i).pointee.version)
             return value
         }
@@ -134,6 +134,7 @@ extension Pool {
             var censusDelta: Int64 = 0
             var bitmap: [Int: UInt8] = [:]            // planned bitmap bytes
             var frozen = Set<Int>()                   // blocks freed here: old values must survive a rollback
+            var extents: [UndoExtent] = []            // blocks allocated and freed, for the undo log
             var reserved = Set<UInt32>()
             var plans: [SlotPlan] = []
             func allocated(_ b: Int) -> Bool { (bitmap[b / 8] ?? view.bitmapByte(b / 8).pointee) & UInt8(1 << (b % 8)) != 0 }
@@ -159,6 +160,7 @@ extension Pool {
                             mark(b, false)
                             frozen.insert(b)
                         }
+                        extents.append(UndoExtent(first: Int(old.pointee.first_block), count: Int(old.pointee.block_count), kind: PMLL_LOG_FREED))
                     }
                 } else {
                     index = try freeSlot(view, hash: bytes.withUnsafeBytes { pmll_crc32c(0, $0.baseAddress, $0.count) }, avoiding: reserved)
@@ -178,6 +180,7 @@ extension Pool {
                     guard let first else { throw .poolFull(table: "state store blocks", capacity: view.blockCount) }
                     store.allocationHint.store(first + need, ordering: .relaxed)
                     for b in first..<(first + need) { mark(b, true) }
+                    extents.append(UndoExtent(first: first, count: need, kind: PMLL_LOG_ALLOCATED))
                     extent = (UInt32(first), UInt32(need))
                 }
                 plans.append(SlotPlan(index: index, key: bytes, value: value, extent: extent))
@@ -186,14 +189,12 @@ extension Pool {
             let objects = try objectSlots(of: inPlace, in: store)
             let bitmapRanges = Self.bitmapRanges(view, bytes: bitmap.keys.sorted())
 
-            // Undo log: old slots and old bitmap bytes; objects' slots and the bytes written.
+            // Undo log: old slots, the blocks allocated and freed; objects' slots and the bytes written.
             var ranges: [(offset: Int, length: Int)] = plans.map { (store.offset(of: view.slot($0.index)), MemoryLayout<pmll_key_slot_t>.size) }
             ranges += objects.map { (store.offset(of: view.slot($0.slot)), MemoryLayout<pmll_key_slot_t>.size) }
             ranges += inPlace.map { ($0.object.valueOffset + $0.offset, $0.bytes.count) }
-            ranges += bitmapRanges
             if census != nil { ranges.append((store.censusRange.lowerBound, store.censusRange.count)) }
-            let header = ownLogHeader(store)
-            try writeUndoLog(header, ranges: ranges, keys: plans.count)
+            let header = try writeUndoLog(store, ranges: ranges, extents: extents, keys: plans.count)
             // Before any key appears or vanishes; not undone by a rollback, which only costs
             // a scan's re-check.
             if keysetChanged { pmll_add64(&header.pointee.keyset_changes, 1) }
@@ -283,10 +284,12 @@ extension Pool {
         let view = store.view
         for write in writes where seen.insert(write.object.key).inserted {
             let object = write.object
+            // Objects created by earlier builds may be inline: then their bytes are in the slot,
+            // and an index that grew since moved them (the object must be opened again).
             guard let slot = try store.find(object.key).found, case let s = view.slot(slot), s.pointee.state == PMLL_KEY_USED,
-                  Int(s.pointee.value_length) == object.size, s.pointee.block_count > 0,
-                  view.extentExists(first: Int(s.pointee.first_block), count: Int(s.pointee.block_count)),
-                  store.offset(of: view.block(s.pointee.first_block)) == object.recordOffset else {
+                  Int(s.pointee.value_length) == object.size,
+                  s.pointee.block_count == 0 || view.extentExists(first: Int(s.pointee.first_block), count: Int(s.pointee.block_count)),
+                  store.recordOffset(of: slot) == object.recordOffset else {
                 throw .corruptRecord(key: Self.objectPrefix + object.name, reason: "the object's index slot changed under it")
             }
             objects.append((slot, object.key, object.recordOffset, object.size))
@@ -359,82 +362,6 @@ extension Pool {
             for r in ranges { try memory.persistence.persist(UnsafeRawPointer(memory.base + r.offset), r.length, site: site) }
         } else {
             try memory.persistence.persist(UnsafeRawPointer(memory.base + low), high - low, site: site)
-        }
-    }
-
-    // MARK: undo log
-
-    func writeUndoLog(_ header: UnsafeMutablePointer<pmll_log_header_t>, ranges: [(offset: Int, length: Int)], keys: Int) throws(PMLLError) {
-        let entriesStart = UnsafeMutableRawPointer(header) + MemoryLayout<pmll_log_header_t>.size
-        let needed = MemoryLayout<pmll_log_header_t>.size + ranges.reduce(0) { $0 + MemoryLayout<pmll_log_entry_t>.size + ($1.length + 7) / 8 * 8 }
-        guard needed <= Int(PMLL_LOG_SLOT_SIZE) else {
-            throw .transactionTooLarge(keys: keys, bytes: needed, limit: Int(PMLL_LOG_SLOT_SIZE))
-        }
-        var cursor = 0
-        for r in ranges {
-            let size = MemoryLayout<pmll_log_entry_t>.size + (r.length + 7) / 8 * 8
-            let entry = (entriesStart + cursor).assumingMemoryBound(to: pmll_log_entry_t.self)
-            entry.pointee = pmll_log_entry_t(offset: UInt64(r.offset), length: UInt32(r.length), reserved: 0)
-            (entriesStart + cursor + MemoryLayout<pmll_log_entry_t>.size).copyMemory(from: memory.base + r.offset, byteCount: r.length)
-            cursor += size
-        }
-        header.pointee.seq = header.pointee.done_seq &+ 1
-        header.pointee.owner_token = token.rawValue
-        header.pointee.entry_count = UInt32(ranges.count)
-        header.pointee.bytes = UInt32(cursor)
-        header.pointee.checksum = Self.logChecksum(header)
-        try memory.persistence.persist(UnsafeRawPointer(header), MemoryLayout<pmll_log_header_t>.size + cursor, site: "tx.log")
-    }
-
-    package static func logChecksum(_ header: UnsafeMutablePointer<pmll_log_header_t>) -> UInt32 {
-        var fields = (header.pointee.seq, header.pointee.owner_token, header.pointee.entry_count, header.pointee.bytes)
-        let crc = withUnsafeBytes(of: &fields) { pmll_crc32c(0, $0.baseAddress, $0.count) }
-        let bytes = min(Int(header.pointee.bytes), Int(PMLL_LOG_SLOT_SIZE) - MemoryLayout<pmll_log_header_t>.size)
-        return pmll_crc32c(crc, UnsafeRawPointer(header) + MemoryLayout<pmll_log_header_t>.size, bytes)
-    }
-
-    package func isPending(_ header: UnsafeMutablePointer<pmll_log_header_t>) -> Bool {
-        pmll_load64_acquire(&header.pointee.done_seq) < header.pointee.seq
-    }
-
-    /// Rolls back every pending log (the caller holds the store lock, so no live committer
-    /// is using one). A log whose checksum fails was torn before anything it covers was
-    /// touched, and is discarded.
-    package func rollBackPending() throws(PMLLError) {
-        let store = try stateStore()
-        // Ranges a dead process logged may lie in areas this process has not mapped yet.
-        try memory.mapping.ensureMapped(upTo: min(memory.mapping.reserved, try memory.mapping.fileSize() / PoolLayout.page * PoolLayout.page))
-        for i in 0..<store.layout.logSlots {
-            let header = store.logHeader(i)
-            guard isPending(header) else { continue }
-            if Self.logChecksum(header) == header.pointee.checksum {
-                var restored: [(offset: Int, length: Int)] = []
-                var cursor = 0
-                let entries = UnsafeMutableRawPointer(header) + MemoryLayout<pmll_log_header_t>.size
-                for _ in 0..<header.pointee.entry_count {
-                    let entry = (entries + cursor).assumingMemoryBound(to: pmll_log_entry_t.self)
-                    let offset = Int(entry.pointee.offset), length = Int(entry.pointee.length)
-                    let inIndex = store.layout.index.contains(offset) && offset + length <= store.layout.index.upperBound
-                    let inBitmap = store.layout.bitmap.contains(offset) && offset + length <= store.layout.bitmap.upperBound
-                    let inCensus = offset == store.censusRange.lowerBound && length == store.censusRange.count
-                    let inBlocks = store.layout.blocks.contains(offset) && offset + length <= store.layout.blocks.upperBound   // objects
-                    let inDirectory = offset == store.directoryRange.lowerBound && length == store.directoryRange.count
-                    let inAreas = offset >= memory.layout.growthStart && offset + length <= memory.mapping.length
-                    guard inIndex || inBitmap || inCensus || inBlocks || inDirectory || inAreas, cursor + MemoryLayout<pmll_log_entry_t>.size + length <= Int(header.pointee.bytes) else {
-                        throw .transactionRecoveryFailed(reason: "undo log \(i) has an entry outside the store tables")
-                    }
-                    (memory.base + offset).copyMemory(from: entries + cursor + MemoryLayout<pmll_log_entry_t>.size, byteCount: length)
-                    restored.append((offset, length))
-                    cursor += MemoryLayout<pmll_log_entry_t>.size + (length + 7) / 8 * 8
-                }
-                try persist(restored, site: "tx.rollback")
-                CrashPoint.hit("tx.rolled-back")
-                Self.logger.notice("rolled back an interrupted transaction", metadata: ["log": "\(i)", "entries": "\(restored.count)"])
-                telemetry.rollbacks.increment()
-                audit(.rollback, .ok, "interrupted transaction of undo log \(i) rolled back (\(restored.count) ranges)")
-            }
-            pmll_store64_release(&header.pointee.done_seq, header.pointee.seq)
-            try memory.persistence.persist(UnsafeRawPointer(header), 8, site: "tx.rollback-done")
         }
     }
 }

@@ -10,7 +10,7 @@ struct StateCommand: ParsableCommand {
         commandName: "state",
         abstract: "Read and change the pool's persistent state store (one transaction per command).",
         discussion: """
-            Keys are 1-255 bytes of UTF-8 without NUL; values at most 65536 bytes. `set` takes \
+            Keys are 1-255 bytes of UTF-8 without NUL; values at most 64 MiB. `set` takes \
             KEY=VALUE pairs (split at the first '=') that commit together or not at all. \
             `get` exits 1 when the key has no value. Each command is one serializable \
             transaction: `set` and `delete` with --if KEY=VALUE or --if-absent KEY write only if \
@@ -47,10 +47,13 @@ struct StateGet: ParsableCommand {
 
     func run() throws {
         let pool = try poolArguments.openForReading()
-        guard let value = try pool.value(for: key) else {
-            throw CommandFailure(message: "no value for key '\(key)'", status: 1)
+        // Written from where it lies in the pool: a value of many MiB is never copied.
+        let found = try pool.withValue(for: key) { bytes -> Bool in
+            guard let bytes else { return false }
+            if json { try printJSON(StateEntry(key: key, value: Array(bytes))) } else { FileIO.writeAll(1, bytes) }
+            return true
         }
-        if json { try printJSON(StateEntry(key: key, value: value)) } else { FileIO.writeAll(1, value) }
+        guard found else { throw CommandFailure(message: "no value for key '\(key)'", status: 1) }
     }
 }
 

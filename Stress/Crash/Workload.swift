@@ -16,6 +16,7 @@ struct Workload: AsyncParsableCommand {
 
     static let accounts = 4
     static let fillKeys = 6
+    static let manyKeys = 600
 
     static func fillValue(step: Int, key: Int) -> [UInt8] {
         [UInt8](unsafeUninitializedCapacity: 40_000 + key * 1000) { buffer, count in
@@ -69,8 +70,10 @@ struct Workload: AsyncParsableCommand {
             case 3 where step % 8 == 7:
                 // Keys and large values past what the pool was created with: the key index
                 // and the block space grow (crash points growth.*).
+                // And enough small keys that its undo log overflows its slot into an area.
                 try pool.transaction { tx in
                     for i in 0..<Self.fillKeys { try tx.set("fill/\(step)/\(i)", Self.fillValue(step: step, key: i)) }
+                    for i in 0..<Self.manyKeys { try tx.set("many/\(step)/\(i)", "\(step).\(i)") }
                 }
                 acknowledge("fill \(step)")
             case 2:
@@ -166,6 +169,8 @@ struct Verify: AsyncParsableCommand {
                     violations.append("fill \(step) key \(i) has the wrong value")
                 }
                 if present == 0 && acks.contains("fill \(step)") { violations.append("acknowledged fill \(step) lost") }
+                let many = try (0..<Workload.manyKeys).filter { try pool.value(for: "many/\(step)/\($0)") == Array("\(step).\($0)".utf8) }.count
+                if many != (present == 0 ? 0 : Workload.manyKeys) { violations.append("fill \(step): \(many) of its \(Workload.manyKeys) small keys, with \(present) large ones") }
             }
             let tree = Workload.tree(for: pool.path)
             let a = try? String(contentsOfFile: tree + "/a", encoding: .utf8), b = try? String(contentsOfFile: tree + "/b", encoding: .utf8)

@@ -1,5 +1,7 @@
 import Foundation
+import CPMLL
 import PMLL
+import PMLLCore
 import PMLLStressSupport
 import Testing
 
@@ -107,5 +109,158 @@ struct GrowthTests {
         try pool.transaction { tx in for i in 0..<40 { try tx.set("more\(i)", String(repeating: "m", count: 300)) } }
         #expect(try pool.storeUsage().keyCapacity >= 96)
         #expect(try pool.check().ok)
+    }
+
+    /// A read-only participant attached before the growth follows it, a backup of a grown pool
+    /// restores to a sound pool, and a full file system is a typed error, never SIGBUS.
+    @Test func readersBackupsAndAFullFileSystemFollowGrowth() throws {
+        let scratch = Scratch()
+        let path = scratch.file("r.pool")
+        let pool = try Pool.open(path: path, options: Self.smallOptions())
+        var readOnly = PoolOptions()
+        readOnly.readOnly = true
+        let reader = try Pool.open(path: path, options: readOnly)
+        let w = try Child.worker("fill", "--pool", path, "--prefix", "r", "--keys", "3000", "--max-value", "3000")
+        #expect(w.waitForEvent("done", timeout: 240)?["bad"] as? Int == 0)
+        #expect(w.wait() == 0)
+        var wrong = 0
+        for i in stride(from: 0, to: 3000, by: 7) where try reader.value(for: "r/\(i)") != FillPattern.value(prefix: "r", index: i, maximum: 3000) { wrong += 1 }
+        #expect(wrong == 0)
+        let copy = scratch.file("copy.pool")
+        let report = try pool.backup(to: copy)
+        #expect(report.bytes > 4 << 20, "\(report)")
+        let restored = try Pool.open(path: copy)
+        #expect(try restored.check().ok)
+        #expect(try restored.value(for: "r/2999") == FillPattern.value(prefix: "r", index: 2999, maximum: 3000))
+
+        // A file system with room for the created pool and a little more (needs root to mount).
+        let small = scratch.file("small")
+        try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: true)
+        guard try run("/bin/mount", ["-t", "tmpfs", "-o", "size=6m", "tmpfs", small]).status == 0 else { return }
+        defer { _ = try? run("/bin/umount", [small]) }
+        let cramped = try Pool.open(path: small + "/p.pool", options: Self.smallOptions())
+        let value = [UInt8](repeating: 3, count: 60_000)
+        var stored = 0
+        var failure: PMLLError?
+        while failure == nil && stored < 500 {
+            do {
+                try cramped.transaction { tx in try tx.set("v\(stored)", value) }
+                stored += 1
+            } catch let error as PMLLError {
+                failure = error
+            }
+        }
+        guard case let .noSpace(p, reason)? = failure else {
+            Issue.record("expected noSpace, got \(String(describing: failure)) after \(stored) values")
+            return
+        }
+        #expect(p == small + "/p.pool" && reason.contains("no room to grow"), "\(reason)")
+        for i in 0..<stored { #expect(try cramped.value(for: "v\(i)") == value) }
+        #expect(try cramped.check().ok)
+        let r = try run(Binaries.pmll, ["state", "set", "--pool", small + "/p.pool", "big=" + String(repeating: "x", count: 60_000)])
+        #expect(r.status == 73 && r.stderr.hasPrefix("pmll: no space for pool"), "\(r)")
+    }
+
+    /// A damaged growth directory, or a grown file cut short, is refused when opened (exit 65),
+    /// never read through.
+    @Test func aDamagedDirectoryOrATruncatedGrownFileIsRefused() throws {
+        let scratch = Scratch()
+        let path = scratch.file("d.pool")
+        let directory: Int
+        do {
+            let pool = try Pool.open(path: path, options: Self.smallOptions())
+            try pool.transaction { tx in for i in 0..<40 { try tx.set("k\(i)", String(repeating: "v", count: 200)) } }
+            #expect(try pool.storeUsage().growths >= 1)
+            directory = pool.memory.layout.heap.lowerBound + Int(PMLL_GROWTH_OFFSET)
+        }
+        let good = try #require(FileManager.default.contents(atPath: path))
+        var bad = good
+        bad[directory + 32 + 8] ^= 0x10   // the first area's size
+        try bad.write(to: URL(fileURLWithPath: path))
+        #expect(throws: PMLLError.corruptPool(path: path, reason: "state store growth directory: checksum mismatch")) { try Pool.open(path: path) }
+        let r = try run(Binaries.pmll, ["status", "--pool", path])
+        #expect(r.status == 65 && r.stderr.hasPrefix("pmll: ") && r.stderr.contains("growth directory"), "\(r)")
+
+        try good.write(to: URL(fileURLWithPath: path))
+        #expect(truncate(path, off_t(4 << 20) + 4096) == 0)
+        #expect(throws: PMLLError.self) { try Pool.open(path: path) }
+        let cut = try run(Binaries.pmll, ["check", "--pool", path])
+        #expect(cut.status == 65 && cut.stderr.contains("truncated"), "\(cut)")
+    }
+}
+
+/// Values of up to 64 MiB and transactions of 100,000 keys (issue 19), with the same crash
+/// guarantees as small ones.
+@Suite("Big values and big transactions")
+struct BigValueTests {
+    @Test func aValueOf64MiBIsStoredReadInPlaceAndReplaced() throws {
+        let scratch = Scratch()
+        let path = scratch.file("b.pool")
+        let pool = try Pool.open(path: path)
+        let limit = 64 << 20
+        let big = FillPattern.value(prefix: "big", index: 0, maximum: limit + 9)   // exactly... at most the limit
+        let exact = big.count == limit ? big : big + [UInt8](repeating: 1, count: limit - big.count)
+        try pool.transaction { tx in try tx.set("big", exact) }
+        #expect(try pool.value(for: "big") == exact)
+        let same = try pool.withValue(for: "big") { bytes in bytes.map { $0.elementsEqual(exact) } }
+        #expect(same == true)
+        #expect(try pool.withValue(for: "absent") { $0 == nil })
+        #expect(throws: PMLLError.valueTooLarge(key: "bigger", bytes: limit + 1, limit: limit)) {
+            try pool.transaction { tx in try tx.set("bigger", exact + [0]) }
+        }
+        let out = scratch.file("big.out")
+        let got = try run("/bin/sh", ["-c", "\"$0\" state get --pool \"$1\" big > \"$2\"", Binaries.pmll, path, out], timeout: 120)
+        #expect(got.status == 0, "\(got.stderr)")
+        #expect(FileManager.default.contents(atPath: out) == Data(exact))
+        // Replaced: the old value's blocks come back, the new one is read whole.
+        let used = try pool.storeUsage().blocksUsed
+        let other = Array(exact.reversed())
+        try pool.transaction { tx in try tx.set("big", other) }
+        #expect(try pool.value(for: "big") == other)
+        #expect(try pool.storeUsage().blocksUsed == used)
+        #expect(try pool.check().ok)
+        try pool.transaction { tx in try tx.delete("big") }
+        #expect(try pool.storeUsage().blocksUsed < used / 100)
+        #expect(try pool.check().ok)
+    }
+
+    @Test func aTransactionOf100000KeysCommitsAndDeletesAtomically() throws {
+        let scratch = Scratch()
+        let pool = try Pool.open(path: scratch.file("t.pool"))
+        let n = 100_000
+        try pool.transaction(isolation: .none) { tx in
+            for i in 0..<n { try tx.set("pkg/\(i)", "installed \(i)") }
+        }
+        #expect(try pool.value(for: "pkg/0") == Array("installed 0".utf8))
+        #expect(try pool.value(for: "pkg/99999") == Array("installed 99999".utf8))
+        #expect(try pool.transaction { tx in try tx.keys(prefix: "pkg/").count } == n)
+        #expect(try pool.check().ok)
+        try pool.transaction(isolation: .none) { tx in
+            for i in 0..<n { try tx.delete("pkg/\(i)") }
+        }
+        #expect(try pool.transaction { tx in try tx.keys(prefix: "pkg/").count } == 0)
+        #expect(try pool.check().ok)
+    }
+
+    /// A process killed inside the commit of 100,000 keys (its undo log runs into an overflow
+    /// area) or of values of many MiB: before the commit point nothing is left, after it all.
+    @Test(arguments: [("tx.undo-logged", false), ("tx.applied", false), ("tx.committed", true)])
+    func aKillInsideABigCommitIsAllOrNothing(point: String, committed: Bool) throws {
+        let scratch = Scratch()
+        let path = scratch.file("k.pool")
+        for (prefix, keys, maximum) in [("many", 100_000, 40), ("huge", 3, 30 << 20)] {
+            let victim = try Child.worker("fill", "--pool", path, "--prefix", prefix, "--keys", "\(keys)", "--batch", "\(keys)",
+                                          "--max-value", "\(maximum)", environment: ["PMLL_CRASH_AT": point])
+            #expect(victim.wait(timeout: 240) == 128 + SIGKILL)
+            let pool = try Pool.open(path: path)
+            #expect(try pool.check().ok)
+            var present = 0, wrong = 0
+            for i in 0..<keys {
+                guard let value = try pool.value(for: "\(prefix)/\(i)") else { continue }
+                present += 1
+                if value != FillPattern.value(prefix: prefix, index: i, maximum: maximum) { wrong += 1 }
+            }
+            #expect(present == (committed ? keys : 0) && wrong == 0, "\(prefix) at \(point): \(present) of \(keys) present, \(wrong) wrong")
+        }
     }
 }

@@ -40,10 +40,10 @@ struct TransactionTests {
         #expect(throws: PMLLError.self) { try pool.transaction { tx in try tx.set("", "x") } }
         #expect(throws: PMLLError.self) { try pool.transaction { tx in try tx.set(String(repeating: "k", count: 256), "x") } }
         #expect(throws: PMLLError.self) { try pool.transaction { tx in try tx.set("a\u{0}b", "x") } }
-        #expect(throws: PMLLError.valueTooLarge(key: "big", bytes: 65537, limit: 65536)) {
-            try pool.transaction { tx in try tx.set("big", [UInt8](repeating: 7, count: 65537)) }
+        #expect(throws: PMLLError.valueTooLarge(key: "big", bytes: (64 << 20) + 1, limit: 64 << 20)) {
+            try pool.transaction { tx in try tx.set("big", [UInt8](repeating: 7, count: (64 << 20) + 1)) }
         }
-        // Odd but valid keys, and the largest value.
+        // Odd but valid keys, and a value of 64 KiB (the limit before the store grew).
         let odd = ["ünïcödé/🚀", "with space", "a=b=c", "\t\ttabs", String(repeating: "é", count: 127)]
         let big = (0..<65536).map { UInt8($0 % 253) }
         try pool.transaction { tx in
@@ -72,8 +72,8 @@ struct TransactionTests {
         let value = [UInt8](repeating: 1, count: 60_000)
         let enough = start.blockCount * start.blockSize / value.count + 1
         try #require(enough <= 15, "pool too big for this test: \(start)")
-        // An extent of 235 blocks: a page of bitmap and 60,160 bytes of blocks, in pages.
-        #expect(throws: PMLLError.sizeLimitReached(path: path, limit: options.size, needed: options.size + 4096 + 61_440)) {
+        // An extent of 235 blocks: a page of bitmap, 60,160 bytes of blocks in pages, a page spare.
+        #expect(throws: PMLLError.sizeLimitReached(path: path, limit: options.size, needed: options.size + 4096 + 61_440 + 4096)) {
             try pool.transaction { tx in for i in 0..<enough { try tx.set("big\(i)", value) } }
         }
         #expect(try pool.storeUsage() == start)

@@ -393,7 +393,7 @@ static inline uint64_t *pmll_audit_next_seq(pmll_audit_ring_t *r) { return &r->n
 #define PMLL_STORE_VERSION 1u
 #define PMLL_BLOCK_SIZE 256u
 #define PMLL_KEY_MAX 255u
-#define PMLL_VALUE_MAX 65536u
+#define PMLL_VALUE_MAX 67108864u       // 64 MiB: one extent of blocks
 #define PMLL_INLINE_MAX 88u           // key + value bytes kept in the index slot itself
 #define PMLL_LOG_SLOT_SIZE 65536u
 
@@ -464,6 +464,7 @@ static const uint64_t PMLL_GROWTH_MAGIC = 0x48545752474C4C50ull;   // "PLLGRWTH"
 #define PMLL_AREA_FREE 0u                         // named but unused (a key index that moved out)
 #define PMLL_AREA_BLOCKS 1u                       // bitmap, then value blocks
 #define PMLL_AREA_INDEX 2u                        // key slots
+#define PMLL_AREA_LOG 3u                          // overflow of one undo-log slot (first_block: the slot)
 #define PMLL_INDEX_CREATED 0xFFFFFFFFu            // index_area: the index made at creation
 
 typedef struct pmll_area {
@@ -471,7 +472,7 @@ typedef struct pmll_area {
     uint64_t size;                 // bytes; page aligned
     uint32_t kind;                 // PMLL_AREA_*
     uint32_t first_block;          // BLOCKS: number of its first block (a multiple of 8)
-    uint32_t count;                // BLOCKS: its blocks; INDEX: its key slots
+    uint32_t count;                // BLOCKS: its blocks; INDEX: its key slots; LOG: its bytes
     uint32_t bitmap_bytes;         // BLOCKS: bytes of bitmap before the blocks (page multiple)
 } pmll_area_t;
 
@@ -512,12 +513,18 @@ typedef struct pmll_log_header {
 
 _Static_assert(sizeof(pmll_log_header_t) == 64, "log header");
 
-// Each entry: the old contents of one range, restored on rollback.
+// Each entry: what a rollback undoes. PMLL_LOG_BYTES: the old contents of [offset, offset +
+// length) of the file, which follow the entry, padded to 8. The allocation entries carry no
+// bytes: blocks [offset, offset + length) (block numbers) that the transaction allocated (a
+// rollback clears their bits) or freed (a rollback sets them), so that a value of many blocks
+// costs one entry, not its bitmap bytes.
+#define PMLL_LOG_BYTES 0u
+#define PMLL_LOG_ALLOCATED 1u
+#define PMLL_LOG_FREED 2u
 typedef struct pmll_log_entry {
-    uint64_t offset;               // from the start of the pool file
-    uint32_t length;
-    uint32_t reserved;
-    // followed by `length` bytes, padded to 8
+    uint64_t offset;               // from the start of the pool file, or a block number
+    uint32_t length;               // bytes, or blocks
+    uint32_t kind;                 // PMLL_LOG_*; was reserved (0: bytes) in earlier logs
 } pmll_log_entry_t;
 
 _Static_assert(sizeof(pmll_log_entry_t) == 16, "log entry header");
