@@ -11,6 +11,11 @@ struct Fill: ParsableCommand {
     @Option var keys = 1000
     @Option var batch = 50
     @Option var maxValue = 2000
+    @Option(help: "Every value exactly this long (instead of 10...max-value bytes).") var exactValue: Int?
+
+    func value(_ i: Int) -> [UInt8] {
+        exactValue.map { FillPattern.value(prefix: prefix, index: i, length: $0) } ?? FillPattern.value(prefix: prefix, index: i, maximum: maxValue)
+    }
 
     func run() throws {
         let pool = try Pool.open(path: pool)
@@ -18,12 +23,12 @@ struct Fill: ParsableCommand {
         while start < keys {
             let range = start..<min(keys, start + batch)
             try pool.transaction(isolation: .none) { tx in
-                for i in range { try tx.set("\(prefix)/\(i)", FillPattern.value(prefix: prefix, index: i, maximum: maxValue)) }
+                for i in range { try tx.set("\(prefix)/\(i)", value(i)) }
             }
             start = range.upperBound
         }
         var bad = 0
-        for i in 0..<keys where try pool.value(for: "\(prefix)/\(i)") != FillPattern.value(prefix: prefix, index: i, maximum: maxValue) { bad += 1 }
+        for i in 0..<keys where try pool.value(for: "\(prefix)/\(i)") != value(i) { bad += 1 }
         emit(["event": "done", "written": keys, "bad": bad, "growths": try pool.storeUsage().growths])
     }
 }
