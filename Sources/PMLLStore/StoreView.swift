@@ -146,7 +146,8 @@ package enum GrowthDirectory {
         var indexOffset = layout.index.lowerBound, capacity = UInt32(layout.keyCapacity)
         for (i, a) in areas.enumerated() {
             let offset = Int(clamping: a.offset), size = Int(clamping: a.size)
-            guard offset == end, size > 0, size % PoolLayout.page == 0, offset + size <= poolLayout.sizeLimit else {
+            // Compared without adding: a damaged size must not overflow.
+            guard offset == end, size > 0, size % PoolLayout.page == 0, size <= poolLayout.sizeLimit - offset else {
                 throw damaged("area \(i) at \(offset) of \(size) bytes does not follow the one before")
             }
             end = offset + size

@@ -161,9 +161,11 @@ struct StressRun: AsyncParsableCommand {
     }
 
     func progressLine(_ t: SharedStats.Totals, elapsed: Double, kills: Int) -> String {
-        String(format: "%6.1fs  %d procs  %llu ops (%.0f/s)  lock %llu  tx %llu  queue %llu  batch %llu  txfree %llu  kills %d  owner deaths %llu  repairs %llu  errors %llu",
+        String(format: "%6.1fs  %d procs  %llu ops (%.0f/s)  lock %llu  tx %llu  queue %llu  batch %llu  txfree %llu",
                elapsed, processes, t.total, Double(t.total) / max(elapsed, 0.001), t.operations[0], t.operations[1], t.operations[2],
-               t.operations[3], t.operations[4], kills, t.ownerDeaths, t.repairs, t.errors)
+               t.operations[3], t.operations[4])
+            + (t.operations[5] > 0 ? String(format: "  blob %llu", t.operations[5]) : "")
+            + String(format: "  kills %d  owner deaths %llu  repairs %llu  errors %llu", kills, t.ownerDeaths, t.repairs, t.errors)
     }
 
     /// Who holds what when nothing moves: locks with holders and queues with waiting work.
@@ -195,6 +197,7 @@ struct StressRun: AsyncParsableCommand {
         if counted != logged { violations.append("counter is \(counted) but \(logged) increments were logged") }
         violations += try StressVerifyPool.accountViolations(pool)
         violations += try queueOrderViolations(pool, files)
+        violations += try StressFiles.blobViolations(pool, workers: processes)
         // The install tree: every file at one version, no staging files left.
         let treeFiles = (try? FileManager.default.contentsOfDirectory(atPath: files.tree + "/pkg")) ?? []
         if let staging = treeFiles.first(where: { $0.hasPrefix(".pmll-") }) { violations.append("install tree has a staging file left: \(staging)") }
@@ -282,7 +285,8 @@ struct Summary: Codable {
     func print() {
         say(String(format: "summary: %.1fs, %d processes, %d kills, %llu operations (%.0f/s): lock %llu, tx %llu, queue %llu, batch %llu, txfree %llu",
                    seconds, processes, kills, operations.values.reduce(0, +), operationsPerSecond,
-                   operations["lock"] ?? 0, operations["tx"] ?? 0, operations["queue"] ?? 0, operations["batch"] ?? 0, operations["txfree"] ?? 0))
+                   operations["lock"] ?? 0, operations["tx"] ?? 0, operations["queue"] ?? 0, operations["batch"] ?? 0, operations["txfree"] ?? 0)
+            + ((operations["blob"] ?? 0) > 0 ? ", blob \(operations["blob"] ?? 0)" : ""))
         say("transactions: \(transactions.commits) committed, \(transactions.conflicts) conflicts, \(transactions.retries) retried, \(transactions.failures) gave up")
         say("latency p50/p99 (µs, log2 buckets): " + SharedStats.kinds.map { "\($0) \(Int(p50Microseconds[$0] ?? 0))/\(Int(p99Microseconds[$0] ?? 0))" }.joined(separator: ", "))
         say("owner deaths detected \(ownerDeathsDetected), takeover p50 \(takeoverP50Milliseconds.map { String(format: "%.2f", $0) } ?? "-") ms, p99 \(takeoverP99Milliseconds.map { String(format: "%.2f", $0) } ?? "-") ms, recoveries \(recoveries), abandoned queue operations \(abandonedQueueOperations)")

@@ -11,7 +11,10 @@ import PMLLStressSupport
 ///    keep the total (a transfer whose retries all conflict writes nothing, and is not an error);
 ///  - queue: an operation of the queue `stress-q` that logs its begin and end;
 ///  - batch: under lock `stress/tree`, an atomic file batch rewriting an install tree whose
-///    files must always all carry the same version.
+///    files must always all carry the same version;
+///  - blob: (off unless named in --mix) checks one of this worker's large values against its
+///    record, then replaces one with a value of up to 1 MiB and adds a small key, in one
+///    transaction: the store's index and block space grow and churn under kills.
 struct StressWorker: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "worker", shouldDisplay: false)
     @Option var pool: String
@@ -75,6 +78,8 @@ struct StressWorker: AsyncParsableCommand {
                             .write(path: "pkg/file\($0)", data: data + [UInt8](repeating: 0x2E, count: 200), mode: 0o644)
                         }), root: files.tree, atomic: true)
                     }
+                case 5:
+                    try StressFiles.blob(pool, worker: id, rng: &rng)
                 case 4:
                     let (a, b, amount) = StressFiles.transfer(&rng)
                     do {
@@ -153,12 +158,52 @@ struct StressFiles {
     }
 }
 
+extension StressFiles {
+    static let blobSlots = 4
+    static let blobMaximum = 1 << 20
+    static let smallKeys = 2000
+
+    /// The `blob` operation: verify a random slot of this worker's values (a value and its
+    /// record `n:length` commit together), then write the slot anew.
+    static func blob(_ pool: Pool, worker: Int, rng: inout SplitMix) throws {
+        let check = Int(rng.next() % UInt64(blobSlots)), slot = Int(rng.next() % UInt64(blobSlots))
+        let n = Int(rng.next() % 1_000_000), length = 1 + Int(rng.next() % UInt64(blobMaximum))
+        try pool.transaction { tx in
+            if let meta = try tx.getString("stress/blobmeta/\(worker)/\(check)") {
+                let parts = meta.split(separator: ":").compactMap { Int($0) }
+                guard parts.count == 2, try tx.get("stress/blob/\(worker)/\(check)") == FillPattern.value(prefix: "stress\(worker)", index: parts[0], length: parts[1]) else {
+                    throw ToolError("blob \(worker)/\(check) does not match its record \(meta)")
+                }
+            }
+            try tx.set("stress/blob/\(worker)/\(slot)", FillPattern.value(prefix: "stress\(worker)", index: n, length: length))
+            try tx.set("stress/blobmeta/\(worker)/\(slot)", "\(n):\(length)")
+            try tx.set("stress/small/\(worker)/\(n % smallKeys)", "\(n)")
+        }
+    }
+
+    /// Every worker's large values against their records (at the end of a run).
+    static func blobViolations(_ pool: Pool, workers: Int) throws -> [String] {
+        var violations: [String] = []
+        for worker in 0..<workers {
+            for slot in 0..<blobSlots {
+                guard let meta = try pool.value(for: "stress/blobmeta/\(worker)/\(slot)").map({ String(decoding: $0, as: UTF8.self) }) else { continue }
+                let parts = meta.split(separator: ":").compactMap { Int($0) }
+                let value = try pool.value(for: "stress/blob/\(worker)/\(slot)")
+                if parts.count != 2 || value != FillPattern.value(prefix: "stress\(worker)", index: parts[0], length: parts[1]) {
+                    violations.append("large value \(worker)/\(slot) does not match its record \(meta)")
+                }
+            }
+        }
+        return violations
+    }
+}
+
 /// Operation mix, e.g. "lock=40,tx=30,queue=30".
 struct Mix {
     let weights: [Int]
 
     static func parse(_ text: String) -> Mix {
-        var weights = [30, 20, 20, 15, 15]
+        var weights = [30, 20, 20, 15, 15, 0]
         for part in text.split(separator: ",") {
             let kv = part.split(separator: "=")
             guard kv.count == 2, let i = SharedStats.kinds.firstIndex(of: String(kv[0])), let w = Int(kv[1]), w >= 0 else { continue }

@@ -242,8 +242,8 @@ static int tx(char **argv) {
     CHECK(pmll_tx_get(t, "pkg/zlib/deps", buf, sizeof buf, &n) == PMLL_RESULT_NOT_FOUND, "a conflicting commit wrote nothing");
     CHECK(pmll_tx_get(t, "pkg/zlib/status", buf, sizeof buf, &n) == CPM_RESULT_SUCCESS && n == 7, "b's write stands");
     CHECK(pmll_tx_set(t, "pmll:internal", "x", 1) == CPM_RESULT_ERROR_INVALID_ARGS, "reserved keys are refused");
-    static char big[70000];
-    CHECK(pmll_tx_set(t, "big", big, sizeof big) == PMLL_RESULT_TOO_LARGE, "a value over 64 KiB is refused");
+    static char big[(64 << 20) + 1];
+    CHECK(pmll_tx_set(t, "big", big, sizeof big) == PMLL_RESULT_TOO_LARGE, "a value over 64 MiB is refused");
     CHECK(pmll_transaction_abort(t) == CPM_RESULT_SUCCESS, "abort 2");
     pmem_context_close(ctx);
     printf("ok tx\n");

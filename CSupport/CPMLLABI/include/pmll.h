@@ -193,7 +193,7 @@ CPM_Result pmll_lock_get_stats(const PMLL_Lock* lock, PMLL_LockStats* stats);
 
 /* ---- Transactions ---------------------------------------------------------------------
  * Serializable transactions over the pool's key-value state store (keys 1–255 bytes, no NUL,
- * not starting with "pmll:"; values up to 64 KiB). Writes are buffered and seen by the
+ * not starting with "pmll:"; values up to 64 MiB). Writes are buffered and seen by the
  * transaction's own reads; commit writes them all atomically (crash- and power-safe) or
  * returns PMLL_RESULT_CONFLICT, after which the caller runs its transaction again. */
 typedef struct PMLL_Transaction PMLL_Transaction;
@@ -213,7 +213,8 @@ CPM_Result pmll_transaction_abort(PMLL_Transaction* tx);
  * `pmem_write(tx, &package_state, new_state)`; libpmemobj's root object). The pointer stays
  * valid while the context is open; every process that opens the object sees the same bytes.
  * Created zero-filled if missing; NULL if it exists with another size (or on any failure).
- * Objects hold up to 64 KiB minus the name; a transaction logs at most about 64 KiB. */
+ * Objects hold up to 64 MiB minus the name; a transaction may change any number of keys (its
+ * undo log grows with it). */
 void* pmll_object(PMEMContextHandle* ctx, const char* name, size_t size);
 /* Writes `size` bytes of `src` to `dst` (inside an object of the transaction's pool) when the
  * transaction commits: atomically with its other writes, rolled back by a crash or power loss
