@@ -35,17 +35,48 @@ extension Pool {
         }
     }
 
-    /// Every log's (seq, done_seq), or nil while one is pending.
-    private func commitPoints(_ store: StateStore) -> [UInt64]? {
-        var points: [UInt64] = []
-        points.reserveCapacity(store.layout.logSlots * 2)
+    /// A point read by a read-write participant: optimistic first (the sequence-lock read
+    /// above: readers of different processes neither wait for each other nor hold up a
+    /// committer), under the store lock if a commit kept changing the store meanwhile or a
+    /// log stays pending (a committer that died: only the lock's next holder rolls it back).
+    package func readConsistently<R>(_ body: () throws(PMLLError) -> R) throws(PMLLError) -> R {
+        if isReadOnly { return try readWithoutLock(body) }
+        let store = self.store
+        for attempt in 0..<Self.optimisticAttempts {
+            guard let before = commitPoints(store) else {
+                if attempt > 2 { sched_yield() }
+                continue
+            }
+            let outcome: Result<R, PMLLError>
+            do throws(PMLLError) {
+                try store.refresh()
+                outcome = .success(try body())
+            } catch { outcome = .failure(error) }
+            pmll_fence()
+            if commitPoints(store) == before { return try outcome.get() }
+        }
+        return try withStoreLock(body)
+    }
+
+    /// Attempts of an optimistic read before it takes the store lock.
+    static let optimisticAttempts = 32
+
+    /// Sums of every log's seq and done_seq (both only ever grow, so equal sums mean no log
+    /// moved), or nil while one is pending.
+    private func commitPoints(_ store: StateStore) -> CommitPoints? {
+        var seqs: UInt64 = 0, dones: UInt64 = 0
         for i in 0..<store.layout.logSlots {
             let header = store.logHeader(i)
             let done = pmll_load64_acquire(&header.pointee.done_seq), seq = pmll_load64_acquire(&header.pointee.seq)
-            if seq > done && isPending(header) { return nil }
-            points.append(seq)
-            points.append(done)
+            if seq > done { return nil }
+            seqs &+= seq
+            dones &+= done
         }
-        return points
+        return CommitPoints(seqs: seqs, dones: dones)
     }
+}
+
+struct CommitPoints: Equatable {
+    let seqs: UInt64
+    let dones: UInt64
 }

@@ -2,6 +2,9 @@ package import CPMLL
 package import PMLLCore
 import PMLLLocks
 package import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The persistent key-value store in the pool's heap: an open-addressing index of 128-byte
 /// key slots and an extent allocator over block bitmaps. Records up to 88 bytes of key and
@@ -27,9 +30,32 @@ package final class StateStore: @unchecked Sendable {
         self.memory = memory
         self.layout = layout
         self.path = path
-        let view = try GrowthDirectory.view(memory.base, layout: layout, poolLayout: memory.layout, path: path)
+        let view = try Self.readDirectory(memory: memory, layout: layout, path: path)
         try memory.mapping.ensureMapped(upTo: view.end)
         current = Mutex(view)
+    }
+
+    /// The directory as an attaching process finds it, without the store lock: a growth under
+    /// way in another process (its undo log pending) may show a half-written directory for a
+    /// moment, so that is read again; a directory that fails its checks with no log pending is
+    /// damaged.
+    private static func readDirectory(memory: PoolMemory, layout: StoreLayout, path: String) throws(PMLLError) -> StoreView {
+        let logs = (memory.base + layout.logs.lowerBound).assumingMemoryBound(to: pmll_log_header_t.self)
+        for attempt in 0..<1000 {
+            do throws(PMLLError) {
+                return try GrowthDirectory.view(memory.base, layout: layout, poolLayout: memory.layout, path: path)
+            } catch {
+                let pending = (0..<layout.logSlots).contains { i in
+                    let h = (UnsafeMutableRawPointer(logs) + i * Int(PMLL_LOG_SLOT_SIZE)).assumingMemoryBound(to: pmll_log_header_t.self)
+                    return pmll_load64_acquire(&h.pointee.done_seq) < h.pointee.seq
+                }
+                // A log left pending by a dead process stays so: rolled back by the first
+                // holder of the store lock, which a damaged directory would then fail.
+                guard pending, attempt < 999 else { throw error }
+                usleep(1000)
+            }
+        }
+        return try GrowthDirectory.view(memory.base, layout: layout, poolLayout: memory.layout, path: path)
     }
 
     /// The tables as this process last read them from the directory.

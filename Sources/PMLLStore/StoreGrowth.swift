@@ -22,9 +22,11 @@ import Glibc
 extension Pool {
     /// Index slots grow when live keys would pass this fraction of them.
     static let indexLoadLimit = 0.5
-    /// Blocks areas: the block space doubles, in steps of 1 MiB to 1 GiB.
-    static let blocksStepMinimum = 1 << 20
-    static let blocksStepMaximum = 1 << 30
+    /// Blocks areas: the block space doubles (at least 1 MiB) up to 8 GiB, then grows by a
+    /// quarter, so that even a 1 TiB pool needs about 30 blocks areas of the directory's 96.
+    static func blocksStep(_ space: Int) -> Int {
+        max(1 << 20, space <= 8 << 30 ? space : max(8 << 30, space / 4))
+    }
 
     /// Makes room in the index for `inserts` more keys beside `live` ones.
     func ensureIndexRoom(_ store: StateStore, live: Int, inserts: Int) throws(PMLLError) {
@@ -78,7 +80,7 @@ extension Pool {
     func growBlocks(_ store: StateStore, atLeast blocks: Int) throws(PMLLError) {
         let old = try store.refresh()
         let needed = PoolLayout.roundUp((blocks + 7) / 8) + PoolLayout.roundUp(blocks * Int(PMLL_BLOCK_SIZE)) + PoolLayout.page
-        let step = min(Self.blocksStepMaximum, max(Self.blocksStepMinimum, old.blockCount * Int(PMLL_BLOCK_SIZE)))
+        let step = Self.blocksStep(old.blockCount * Int(PMLL_BLOCK_SIZE))
         let room = memory.layout.sizeLimit - old.end
         let size = PoolLayout.roundUp(max(needed, min(step, room)))
         let place = try placeArea(store, old, size: size)

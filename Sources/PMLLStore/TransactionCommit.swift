@@ -60,16 +60,17 @@ extension Pool {
     package func readCommitted(_ key: String, tracking reads: ReadSet? = nil) throws(PMLLError) -> [UInt8]? {
         let store = try stateStore()
         let bytes = Array(key.utf8)
-        return try withStoreLock { () throws(PMLLError) -> [UInt8]? in
+        // Recorded only once the read is known to be one committed state (an optimistic
+        // attempt may be discarded; its revalidation only ever errs towards a conflict, and
+        // any commit it overlapped moves the sequence it compares against).
+        let (value, version) = try readConsistently { () throws(PMLLError) -> ([UInt8]?, UInt64) in
             try reads?.revalidate(store, pool: self)
-            guard let i = try store.find(bytes).found else {
-                reads?.record(key, version: 0)
-                return nil
-            }
+            guard let i = try store.find(bytes).found else { return (nil, 0) }
             let value = Array(UnsafeRawBufferPointer(rebasing: try store.recordInPlace(i)[bytes.count...]))
-            reads?.record(key, version: store.slot(i).pointee.version)
-            return value
+            return (value, store.slot(i).pointee.version)
         }
+        reads?.record(key, version: version)
+        return value
     }
 
     /// The keys starting with `prefix`, sorted. A record that fails its checksum throws,
