@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #ifndef MAP_SHARED_VALIDATE
@@ -99,6 +100,12 @@ int pmll_map_extend(void *base, int fd, uint64_t from, uint64_t to, int writable
     if (to <= from) return 0;
     int is_pmem = 0, err = 0;
     return map_range((char *)base + from, fd, from, to - from, writable, &is_pmem, &err) ? 0 : -err;
+}
+
+int pmll_fs_is_volatile(int fd) {
+    struct statfs fs;
+    if (fstatfs(fd, &fs) != 0) return 0;
+    return fs.f_type == 0x01021994 /* TMPFS_MAGIC */ || fs.f_type == (typeof(fs.f_type))0x858458f6 /* RAMFS_MAGIC */;
 }
 
 int pmll_pmem_unmap(void *addr, uint64_t length) {

@@ -748,6 +748,9 @@ void *_Nullable pmll_map_reserved(int fd, uint64_t length, uint64_t reserve, int
 // Maps [from, to) of `fd` at base + from, inside a reservation made by pmll_map_reserved.
 // 0 or -errno.
 int pmll_map_extend(void *base, int fd, uint64_t from, uint64_t to, int writable);
+// 1 if `fd` is on a file system that lives only in memory (tmpfs, ramfs): there msync has
+// nothing to write and a barrier orders nothing another process could not already see.
+int pmll_fs_is_volatile(int fd);
 // Releases a whole reservation (and the mappings in it).
 int pmll_pmem_unmap(void *addr, uint64_t length);
 // Reserves the blocks of [offset, offset + length) of `fd` (fallocate; the file grows if it

@@ -16,6 +16,10 @@ import Glibc
 package struct Persistence: @unchecked Sendable {
     package let isPmem: Bool
     package let base: UnsafeMutableRawPointer?
+    /// The file lives in memory only (tmpfs): a barrier has nothing to write (the kernel's
+    /// msync of a tmpfs mapping does nothing but cost a system call), so none is made, except
+    /// for the crash suite's models, which observe every barrier.
+    package let volatileStorage: Bool
 
     /// Durable barriers this process has made (for benchmarks and diagnostics).
     package static var barrierCount: UInt64 { pmll_barrier_count() }
@@ -28,14 +32,17 @@ package struct Persistence: @unchecked Sendable {
     }()
     private static let dropped: String? = Knob.testDropPersist.value
 
-    package init(isPmem: Bool, base: UnsafeMutableRawPointer? = nil) {
+    package init(isPmem: Bool, base: UnsafeMutableRawPointer? = nil, volatileStorage: Bool = false) {
         self.isPmem = isPmem
         self.base = base
+        self.volatileStorage = volatileStorage
     }
 
     package func persist(_ address: UnsafeRawPointer, _ length: Int, site: StaticString = "other") throws(PMLLError) {
         if pmll_crash_is_armed() != 0 || Self.dropped != nil || Self.shadow != nil {
             if let dropped = Self.dropped, dropped == "\(site)" { return }
+        } else if volatileStorage {
+            return
         }
         if isPmem {
             pmll_pmem_persist(address, length)

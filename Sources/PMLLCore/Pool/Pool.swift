@@ -169,7 +169,8 @@ public final class Pool: Sendable {
             return nil
         }
         let mapping = PoolMapping(base: base, length: fileSize, reserved: reserve, writable: true, fd: fd.rawValue, path: path)
-        let memory = PoolMemory(base: base, mapping: mapping, layout: layout, persistence: Persistence(isPmem: isPmem != 0, base: base))
+        let memory = PoolMemory(base: base, mapping: mapping, layout: layout,
+                                persistence: Persistence(isPmem: isPmem != 0, base: base, volatileStorage: pmll_fs_is_volatile(fd.rawValue) == 1))
         _ = try PoolHeader.validate(memory.header, fileSize: fileSize, path: path)
 
         var ring: AuditRing?
