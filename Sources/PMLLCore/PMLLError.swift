@@ -91,8 +91,8 @@ public enum PMLLError: Error, Equatable, Sendable {
     /// one was written. `transaction` re-runs the body with backoff; this is thrown when
     /// `attempts` runs all conflicted.
     case transactionConflict(key: String, attempts: Int)
-    /// A transaction changes more than one undo log can hold (`keys` changed, `bytes` of old
-    /// contents to log against a `limit`): nothing was written; split it.
+    /// A transaction's undo log would pass 4 GiB (`keys` changed, `bytes` of log against a
+    /// `limit`): nothing was written; split it. (Smaller logs continue in an overflow area.)
     case transactionTooLarge(keys: Int, bytes: Int, limit: Int)
     /// A dead process's transaction could not be rolled back (its log is damaged).
     case transactionRecoveryFailed(reason: String)
@@ -158,7 +158,7 @@ extension PMLLError: CustomStringConvertible {
         case let .corruptRecord(key, reason): "record '\(key)' is corrupt: \(reason)"
         case .nestedTransaction: "a transaction cannot be started inside another transaction"
         case let .transactionTooLarge(keys, bytes, limit):
-            "transaction too large: changing \(keys) keys needs \(bytes) bytes of undo log, one log holds \(limit) (about 400 keys); nothing written, split it"
+            "transaction too large: changing \(keys) keys needs \(bytes) bytes of undo log, one log holds \(limit); nothing written, split it"
         case let .transactionConflict(key, attempts):
             "transaction conflict on '\(key)': another transaction changed it after this one read it (\(attempts) attempt\(attempts == 1 ? "" : "s"), nothing written; try again)"
         case let .transactionRecoveryFailed(reason): "rolling back a dead process's transaction failed: \(reason)"

@@ -46,11 +46,17 @@ extension Pool {
     }
 
     /// Called before a transaction, on open, and after a user lock is taken over from a dead
-    /// holder: rolls back what a dead committer left (cheap check first).
+    /// holder: rolls back what a dead committer left (cheap check first). A log is pending
+    /// while a live process commits (it holds the store lock): only a dead owner's needs the
+    /// lock now, or every reader would queue behind every commit.
     package func storeReady() throws(PMLLError) {
         let store = self.store
         guard store.exists, !isReadOnly else { return }
-        if (0..<store.layout.logSlots).contains(where: { isPending(store.logHeader($0)) }) {
+        let abandoned = (0..<store.layout.logSlots).contains { i in
+            let header = store.logHeader(i)
+            return isPending(header) && !processes.isAlive(OwnerToken(rawValue: pmll_load32(&header.pointee.owner_token)))
+        }
+        if abandoned {
             try withStoreLock { () throws(PMLLError) in try rollBackPending() }
         }
     }

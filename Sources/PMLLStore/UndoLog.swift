@@ -49,10 +49,12 @@ extension Pool {
             withUnsafeBytes(of: &e) { stream.put(cursor, $0.baseAddress!, entry) }
             cursor += entry
         }
-        header.pointee.seq = header.pointee.done_seq &+ 1
-        header.pointee.owner_token = token.rawValue
+        // The owner before the sequence that makes the log pending: a process that finds it
+        // pending asks whether that owner is alive.
+        pmll_store32(&header.pointee.owner_token, token.rawValue)
         header.pointee.entry_count = UInt32(ranges.count + extents.count)
         header.pointee.bytes = UInt32(cursor)
+        pmll_store64_release(&header.pointee.seq, header.pointee.done_seq &+ 1)
         header.pointee.checksum = Self.logChecksum(header, overflow: overflow)
         try memory.persistence.persist(UnsafeRawPointer(header), MemoryLayout<pmll_log_header_t>.size + min(cursor, Self.slotEntryBytes), site: "tx.log")
         if let overflow, cursor > Self.slotEntryBytes {
