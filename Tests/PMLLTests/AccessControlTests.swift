@@ -89,9 +89,11 @@ struct AccessControlTests {
         #expect(throws: PMLLError.poolNotFound(path: scratch.file("missing.pool"))) { try Pool.open(path: scratch.file("missing.pool"), options: options) }
     }
 
-    /// The read-only reader takes no lock: it must still never see half of a commit, nor
-    /// reads from two different states in one transaction.
-    @Test func aReadOnlyReaderNeverSeesHalfACommit() throws {
+    /// A reader takes no lock (a read-only attach never does; a read-write participant's point
+    /// reads are optimistic): it must still never see half of a commit, nor reads from two
+    /// different states in one transaction.
+    @Test(arguments: [true, false])
+    func aReaderWithoutTheLockNeverSeesHalfACommit(readOnly: Bool) throws {
         let scratch = Scratch()
         let path = scratch.file("seq.pool")
         let writer = try Pool.open(path: path)
@@ -100,7 +102,7 @@ struct AccessControlTests {
         _ = child.waitForEvent("started")
         defer { child.kill(); _ = child.wait() }
         var options = PoolOptions()
-        options.readOnly = true
+        options.readOnly = readOnly
         let reader = try Pool.open(path: path, options: options)
         var reads = 0, states = Set<[String]>()
         let end = Date().addingTimeInterval(2)
