@@ -83,7 +83,8 @@ extension Pool {
         let step = Self.blocksStep(old.blockCount * Int(PMLL_BLOCK_SIZE))
         let room = memory.layout.sizeLimit - old.end
         let size = PoolLayout.roundUp(max(needed, min(step, room)))
-        let place = try placeArea(store, old, size: size)
+        // An index area the index moved out of takes blocks as well as new file space would.
+        let place = try placeArea(store, old, size: size, reusing: needed)
         let (count, bitmapBytes) = Self.blocksFitting(place.size)
         let first = (old.blockLimit + 7) / 8 * 8
         guard count >= blocks, first + count <= Int(UInt32.max) else {
@@ -131,8 +132,9 @@ extension Pool {
 
     /// Where an area of `size` bytes goes: the smallest free area that holds it (whole), else
     /// the end of the directory's areas, reserved in the file and mapped.
-    private func placeArea(_ store: StateStore, _ view: StoreView, size: Int) throws(PMLLError) -> (offset: Int, size: Int, reused: Int?) {
-        if let (i, area) = view.areas.enumerated().filter({ $0.element.kind == PMLL_AREA_FREE && Int($0.element.size) >= size })
+    /// `reusing`: the least a free area must hold to be taken instead (default `size`).
+    private func placeArea(_ store: StateStore, _ view: StoreView, size: Int, reusing least: Int? = nil) throws(PMLLError) -> (offset: Int, size: Int, reused: Int?) {
+        if let (i, area) = view.areas.enumerated().filter({ $0.element.kind == PMLL_AREA_FREE && Int($0.element.size) >= (least ?? size) })
             .min(by: { $0.element.size < $1.element.size }) {
             return (Int(area.offset), Int(area.size), i)
         }
