@@ -57,7 +57,7 @@ enum FuzzTarget: String, CaseIterable {
 }
 
 /// A small pool with everything in it (locks, a held-and-released lock with a death record,
-/// queue records, inline and extent values, a deleted key), built once per process; each
+/// queue records, inline and extent values, a deleted key, growth areas), built once per process; each
 /// input patches a copy of its bytes and the copy is opened and read every way a command can.
 final class PoolImage: @unchecked Sendable {
     static let shared = PoolImage()
@@ -90,6 +90,12 @@ final class PoolImage: @unchecked Sendable {
                 try tx.set("gone", "x")
             }
             try pool.transaction { tx in try tx.delete("gone") }
+            // Past the created tables: the image has a growth directory, a moved index and a
+            // blocks area for the patches to damage.
+            try pool.transaction { tx in
+                for i in 0..<40 { try tx.set("k\(i)", "v\(i)") }
+                try tx.set("grown", [UInt8](repeating: 0xA5, count: 120_000))
+            }
             let queue = try pool.queue(named: "q")
             let done = DispatchSemaphore(value: 0)
             Task {
