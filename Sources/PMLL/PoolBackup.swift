@@ -199,7 +199,7 @@ extension Pool {
             let index = try storeLock()
             let grant = try acquire(index: index, deadline: deadline, cancellation: nil)
             taken.append(index)
-            if grant.ownerDied { try rollBackPending() }
+            if grant.ownerDied || (0..<store.layout.logSlots).contains(where: { isPending(store.logHeader($0)) }) { try rollBackPending() }
         }
         var result: R?
         try tableCreation.withLock { _ throws(PMLLError) in

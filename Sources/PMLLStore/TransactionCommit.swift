@@ -38,7 +38,10 @@ extension Pool {
         let taken = try acquire(index: index, deadline: .max, cancellation: nil)
         var inconsistent = false
         defer { release(index: index, inconsistent: inconsistent) }
-        if taken.ownerDied {
+        // Every commit and growth runs under this lock: a log still pending now was left by a
+        // process that died inside one (whether or not this acquisition was told of a death:
+        // the lock may have been taken over since, or the pool's volatile state reset).
+        if taken.ownerDied || (0..<store.layout.logSlots).contains(where: { isPending(store.logHeader($0)) }) {
             do { try rollBackPending() } catch { inconsistent = true; throw error }
         }
         try store.refresh()
@@ -52,9 +55,13 @@ extension Pool {
     package func storeReady() throws(PMLLError) {
         let store = self.store
         guard store.exists, !isReadOnly else { return }
+        // Tokens repeat after a volatile reset (a power failure, a reboot): one that names this
+        // participant is not a commit of its own under way here, so it is checked under the lock.
         let abandoned = (0..<store.layout.logSlots).contains { i in
             let header = store.logHeader(i)
-            return isPending(header) && !processes.isAlive(OwnerToken(rawValue: pmll_load32(&header.pointee.owner_token)))
+            guard isPending(header) else { return false }
+            let owner = OwnerToken(rawValue: pmll_load32(&header.pointee.owner_token))
+            return owner == token || !processes.isAlive(owner)
         }
         if abandoned {
             try withStoreLock { () throws(PMLLError) in try rollBackPending() }
