@@ -14,17 +14,8 @@ extension Pool {
         let store = self.store
         let deadline = Clock.monotonicNanoseconds + 2_000_000_000
         while true {
-            if let before = commitPoints(store) {
-                let outcome: Result<R, PMLLError>
-                // A growth moves the directory's generation inside a logged commit like any
-                // other: a view read here is checked by the same commit points.
-                do throws(PMLLError) {
-                    try store.refresh()
-                    outcome = .success(try body())
-                } catch { outcome = .failure(error) }
-                pmll_fence()
-                if commitPoints(store) == before { return try outcome.get() }
-            } else if Clock.monotonicNanoseconds > deadline {
+            if let value = try readAttempt(store, body) { return value }
+            if commitPoints(store) == nil && Clock.monotonicNanoseconds > deadline {
                 // A committer died mid-commit: only a writer can roll its transaction back.
                 throw .readOnlyPool(path: path, operation: "read the state store while a dead process's transaction is unfinished (the next process that opens the pool read-write rolls it back)")
             }
@@ -43,19 +34,25 @@ extension Pool {
         if isReadOnly { return try readWithoutLock(body) }
         let store = self.store
         for attempt in 0..<Self.optimisticAttempts {
-            guard let before = commitPoints(store) else {
-                if attempt > 2 { sched_yield() }
-                continue
-            }
-            let outcome: Result<R, PMLLError>
-            do throws(PMLLError) {
-                try store.refresh()
-                outcome = .success(try body())
-            } catch { outcome = .failure(error) }
-            pmll_fence()
-            if commitPoints(store) == before { return try outcome.get() }
+            if let value = try readAttempt(store, body) { return value }
+            if attempt > 2 { sched_yield() }
         }
         return try withStoreLock(body)
+    }
+
+    /// One sequence-lock attempt: `body`'s result (or error) if no log was pending before it
+    /// and none moved while it ran, else nil. A growth moves the directory's generation inside
+    /// a logged commit like any other, so the view refreshed here is checked the same way.
+    private func readAttempt<R>(_ store: StateStore, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R? {
+        guard let before = commitPoints(store) else { return nil }
+        let outcome: Result<R, PMLLError>
+        do throws(PMLLError) {
+            try store.refresh()
+            outcome = .success(try body())
+        } catch { outcome = .failure(error) }
+        pmll_fence()
+        guard commitPoints(store) == before else { return nil }
+        return try outcome.get()
     }
 
     /// Attempts of an optimistic read before it takes the store lock.
