@@ -26,13 +26,16 @@ extension Pool {
         }
     }
 
-    /// A point read by a read-write participant: optimistic first (the sequence-lock read
-    /// above: readers of different processes neither wait for each other nor hold up a
-    /// committer), under the store lock if a commit kept changing the store meanwhile or a
-    /// log stays pending (a committer that died: only the lock's next holder rolls it back).
+    /// A point read by a read-write participant: under the store lock if it is free (one CAS,
+    /// cheaper than an attempt's loads of every log's commit points), else optimistic (the
+    /// sequence-lock read above: readers of different processes neither wait for each other
+    /// nor for a committer), under the lock after all if a commit kept changing the store
+    /// meanwhile or a log stays pending (a committer that died: only the lock's next holder
+    /// rolls it back).
     package func readConsistently<R>(_ body: () throws(PMLLError) -> R) throws(PMLLError) -> R {
         if isReadOnly { return try readWithoutLock(body) }
         let store = self.store
+        if !store.optimisticReadsOnly.load(ordering: .relaxed), let value = try withStoreLock(waiting: false, body) { return value }
         for attempt in 0..<Self.optimisticAttempts {
             if let value = try readAttempt(store, body) { return value }
             if attempt > 2 { sched_yield() }

@@ -22,6 +22,9 @@ package final class StateStore: @unchecked Sendable {
     /// Where this process looks for free blocks next (next fit: most allocations take the
     /// blocks after the last ones, instead of rescanning a large bitmap from its start).
     package let allocationHint = Atomic<Int>(0)
+    /// Tests only: point reads skip the free-lock shortcut, so that the optimistic path is
+    /// what a test of it exercises.
+    package let optimisticReadsOnly = Atomic<Bool>(false)
 
     // A class, not a struct: every transaction reaches the store several times through the
     // pool's services, and a reference costs one retain where a copy of the struct cost one

@@ -34,8 +34,19 @@ extension Pool {
     /// that died inside its commit.
     package func withStoreLock<R>(_ body: () throws(PMLLError) -> R) throws(PMLLError) -> R {
         if isReadOnly { return try readWithoutLock(body) }
+        return try withStoreLock(waiting: true, body)!
+    }
+
+    /// ``withStoreLock(_:)``; without `waiting`, nil at once if another holds the lock.
+    package func withStoreLock<R>(waiting: Bool, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R? {
         let index = try storeLock()
-        let taken = try acquire(index: index, deadline: .max, cancellation: nil)
+        let taken: Taken
+        if waiting {
+            taken = try acquire(index: index, deadline: .max, cancellation: nil)
+        } else {
+            guard let fast = acquireFast(memory.lock(index)) else { return nil }
+            taken = fast
+        }
         var inconsistent = false
         defer { release(index: index, inconsistent: inconsistent) }
         // Every commit and growth runs under this lock: a log still pending now was left by a
