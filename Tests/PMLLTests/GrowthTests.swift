@@ -18,6 +18,23 @@ struct GrowthTests {
         return options
     }
 
+    /// Commits `value` under keys v0, v1, … one per transaction until a commit fails or
+    /// `atMost` are stored: how many were, and the failure.
+    static func fill(_ pool: Pool, with value: [UInt8], atMost: Int) -> (stored: Int, failure: PMLLError?) {
+        var stored = 0
+        while stored < atMost {
+            do {
+                try pool.transaction { tx in try tx.set("v\(stored)", value) }
+                stored += 1
+            } catch let error as PMLLError {
+                return (stored, error)
+            } catch {
+                return (stored, nil)
+            }
+        }
+        return (stored, nil)
+    }
+
     @Test func fourProcessesGrowASmallPoolAndEveryOneFollows() throws {
         let scratch = Scratch()
         let path = scratch.file("g.pool")
@@ -58,16 +75,7 @@ struct GrowthTests {
         options.sizeLimit = 6 << 20
         let pool = try Pool.open(path: path, options: options)
         let value = [UInt8](repeating: 7, count: 60_000)
-        var stored = 0
-        var failure: PMLLError?
-        while failure == nil && stored < 200 {
-            do {
-                try pool.transaction { tx in try tx.set("v\(stored)", value) }
-                stored += 1
-            } catch let error as PMLLError {
-                failure = error
-            }
-        }
+        let (stored, failure) = Self.fill(pool, with: value, atMost: 200)
         guard case let .sizeLimitReached(p, limit, needed)? = failure else {
             Issue.record("expected sizeLimitReached, got \(String(describing: failure)) after \(stored) values")
             return
@@ -140,16 +148,7 @@ struct GrowthTests {
         defer { _ = try? run("/bin/umount", [small]) }
         let cramped = try Pool.open(path: small + "/p.pool", options: Self.smallOptions())
         let value = [UInt8](repeating: 3, count: 60_000)
-        var stored = 0
-        var failure: PMLLError?
-        while failure == nil && stored < 500 {
-            do {
-                try cramped.transaction { tx in try tx.set("v\(stored)", value) }
-                stored += 1
-            } catch let error as PMLLError {
-                failure = error
-            }
-        }
+        let (stored, failure) = Self.fill(cramped, with: value, atMost: 500)
         guard case let .noSpace(p, reason)? = failure else {
             Issue.record("expected noSpace, got \(String(describing: failure)) after \(stored) values")
             return
