@@ -187,8 +187,6 @@ package final class StateStore: @unchecked Sendable {
 
     // MARK: space
 
-    package func isAllocated(_ b: Int) -> Bool { view.isAllocated(b) }
-
     package func usage() throws(PMLLError) -> StoreUsage {
         let view = self.view
         return StoreUsage(keysUsed: Int(countUsedSlots()), keyCapacity: Int(view.capacity), blocksUsed: view.blocksUsed(), blockCount: view.blockCount,

@@ -1,5 +1,5 @@
-package import CPMLL
-package import PMLLCore
+import CPMLL
+import PMLLCore
 #if canImport(Glibc)
 import Glibc
 #endif

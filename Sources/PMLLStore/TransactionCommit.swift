@@ -1,4 +1,4 @@
-package import CPMLL
+import CPMLL
 package import PMLLCore
 import PMLLLocks
 
@@ -368,14 +368,6 @@ extension Pool {
         for byte in sorted {
             let offset = view.bitmapOffset(byte: byte)
             if let last = result.last, last.offset + last.length == offset { result[result.count - 1].length += 1 } else { result.append((offset, 1)) }
-        }
-        return result
-    }
-
-    package static func runs(_ sorted: [Int]) -> [Range<Int>] {
-        var result: [Range<Int>] = []
-        for i in sorted {
-            if let last = result.last, last.upperBound == i { result[result.count - 1] = last.lowerBound..<(i + 1) } else { result.append(i..<(i + 1)) }
         }
         return result
     }
