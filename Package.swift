@@ -22,6 +22,10 @@ let package = Package(
         // The C interface (Docs/C-API.md): Stress/install-c-library installs it as libpmll.so
         // with pmll.h and pmll.pc.
         .library(name: "pmll-c", type: .dynamic, targets: ["PMLLCABI"]),
+        // The etcd backend (Docs/Etcd.md): optional, so that users of the local pool do not
+        // build the networking stack. `pmll` hands etcd:// pools to `pmll-etcd`.
+        .library(name: "PMLLEtcd", targets: ["PMLLEtcd"]),
+        .executable(name: "pmll-etcd", targets: ["pmll-etcd"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -31,6 +35,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.20.0"),
     ],
     targets: [
         // Thin wrappers over futex, OFD locks, libpmem and liburing, plus the shared-file layout.
@@ -99,6 +104,24 @@ let package = Package(
             dependencies: [
                 "CPMLL", "PMLLCore", "PMLLLocks", "PMLLStore", "PMLLQueues", "PMLLFileBatches",
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The etcd backend: locks, fencing tokens and state in an etcd cluster, over etcd's
+        // JSON gateway. Beside the facade, not under it: nothing local depends on it.
+        .target(
+            name: "PMLLEtcd",
+            dependencies: [
+                "PMLLCore", "PMLLLocks",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "pmll-etcd",
+            dependencies: [
+                "PMLLEtcd", "PMLLCore", "PMLLLocks",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
         ),

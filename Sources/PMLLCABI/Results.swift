@@ -35,7 +35,8 @@ enum CResult {
         case .permissionDenied, .foreignOwner, .signatureRejected, .readOnlyPool, .accessDenied: pmll_abi_permission
         case .poolFull, .sizeLimitReached, .noStateStore, .noSpace: pmll_abi_pool_full
         case .invalidBatchRoot, .batchFailed: CPM_RESULT_ERROR_FILE_OPERATION
-        case .systemCall: pmll_abi_system
+        case .systemCall, .backendUnavailable: pmll_abi_system
+        case .lockLost: pmll_abi_not_held
         }
     }
 

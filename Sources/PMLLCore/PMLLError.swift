@@ -107,6 +107,13 @@ public enum PMLLError: Error, Equatable, Sendable {
     case batchNeedsAttention(batch: String, root: String, reason: String)
     /// A system call failed in a way the caller did not cause directly.
     case systemCall(name: String, errno: Errno)
+    /// A networked pool's service (an etcd cluster) could not be reached or refused the
+    /// request; `reason` says which member and whether the request's outcome is unknown.
+    case backendUnavailable(address: String, reason: String)
+    /// A lock acquisition (fencing `token`) no longer holds its lock: its lease expired while
+    /// the process waited, held or was paused, so another process may hold the lock now. A
+    /// commit fenced by it wrote nothing.
+    case lockLost(lock: String, token: Int64, reason: String)
 }
 
 extension PMLLError: CustomStringConvertible {
@@ -166,6 +173,8 @@ extension PMLLError: CustomStringConvertible {
         case let .batchFailed(index, path, errno): "batch entry \(index) ('\(path)') failed: \(errno.description) (errno \(errno.rawValue))"
         case let .batchNeedsAttention(batch, root, reason): "file batch \(batch) on '\(root)' needs attention: \(reason); `pmll recover` retries it"
         case let .systemCall(name, errno): "\(name) failed: \(errno.description) (errno \(errno.rawValue))"
+        case let .backendUnavailable(address, reason): "pool '\(address)' is unavailable: \(reason)"
+        case let .lockLost(lock, token, reason): "lock '\(lock)' lost (fencing token \(token)): \(reason)"
         }
     }
 }

@@ -6,6 +6,7 @@ enum ExitStatus {
     static let usage: Int32 = 64          // bad arguments, lock name, level, hierarchy violation
     static let badPool: Int32 = 65        // not a pool, unknown format version, corrupt
     static let noPool: Int32 = 66         // pool missing (when not creating) or path unusable
+    static let unavailable: Int32 = 69    // a networked pool's service (etcd) cannot be reached
     static let system: Int32 = 71         // unexpected system-call failure
     static let poolFull: Int32 = 73       // a table of the pool is full
     static let timeout: Int32 = 75        // lock wait timed out, or a transaction conflicted (try again)
@@ -17,8 +18,8 @@ enum ExitStatus {
 
     static let summary = """
         Exit status: 0 ok; 64 usage error (arguments, lock name, level, hierarchy violation); \
-        65 bad or corrupt pool; 66 pool missing or path unusable; 71 system error; 73 pool full; \
-        75 timeout, transaction conflict or pool in use (try again); 77 permission denied; 78 bad configuration; 126/127 COMMAND not executable/not found; \
+        65 bad or corrupt pool; 66 pool missing or path unusable; 69 etcd pool unreachable; 71 system error; 73 pool full; \
+        75 timeout, transaction conflict, pool in use or lock lost (try again); 77 permission denied; 78 bad configuration; 126/127 COMMAND not executable/not found; \
         130 interrupted; otherwise COMMAND's own status (128+N if it died of signal N).
         """
 
@@ -31,7 +32,8 @@ enum ExitStatus {
              .auditLogDamaged, .noAuditLog: badPool
         case .poolNotFound, .invalidPoolPath: noPool
         case .permissionDenied, .foreignOwner, .signatureRejected, .readOnlyPool, .accessDenied: permission
-        case .timeout, .queueTimeout, .transactionConflict, .poolInUse: timeout
+        case .timeout, .queueTimeout, .transactionConflict, .poolInUse, .lockLost: timeout
+        case .backendUnavailable: unavailable
         case .cancelled, .queueCancelled: interrupted
         case .poolFull, .sizeLimitReached, .noStateStore, .transactionTooLarge, .noSpace: poolFull
         case .invalidBatchRoot(_, let reason): reason.hasPrefix("permission") ? permission : noPool

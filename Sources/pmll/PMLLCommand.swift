@@ -30,6 +30,7 @@ struct PMLLCommand: AsyncParsableCommand {
         // A pool truncated under us (or storage that fails) faults in the mapping: one
         // `pmll:` line and exit 65 instead of death by SIGBUS.
         StorageFaults.exitOnFault()
+        EtcdHandoff.runIfEtcdPool()
         if let index = RawArguments.firstInvalidUTF8() {
             // Two names that differ only in invalid bytes would otherwise become one lock.
             fail("argument \(index) is not valid UTF-8: lock and queue names, keys and values must be UTF-8 (give a binary value with --value-file)", status: ExitStatus.usage)

@@ -19,6 +19,14 @@ public struct OwnerDeath: Equatable, Sendable, Codable, CustomStringConvertible 
     /// When its death was detected (ns since 1970).
     public let detectedAtNanoseconds: Int64
 
+    package init(cause: Cause, pid: Int32, commandName: String, heldSinceNanoseconds: Int64, detectedAtNanoseconds: Int64) {
+        self.cause = cause
+        self.pid = pid
+        self.commandName = commandName
+        self.heldSinceNanoseconds = heldSinceNanoseconds
+        self.detectedAtNanoseconds = detectedAtNanoseconds
+    }
+
     public var description: String {
         switch cause {
         case .processDied: "previous holder pid \(pid) (\(commandName)) died while holding the lock"

@@ -1,0 +1,160 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOPosix
+import PMLLCore
+import Synchronization
+
+/// One etcd cluster reached through its JSON gateway (`POST /v3/...` over HTTP/1.1).
+///
+/// Requests go to the endpoint that answered last; a request that could not be delivered
+/// (connection refused, connect timeout) moves to the next endpoint. A request that was
+/// delivered and then failed is never sent again, because its outcome is unknown: the
+/// caller gets ``PMLLError/backendUnavailable(address:reason:)`` saying so, and the recipes
+/// above are written so that the next step finds out what happened (a waiter key is
+/// created under a `CreateRevision == 0` guard, commits are compared on revisions).
+final class EtcdGateway: Sendable {
+    let address: String
+    let endpoints: [String]
+    let requestTimeout: Duration
+    private let client: HTTPClient
+    private let current = Mutex(0)
+
+    init(address: String, endpoints: [String], requestTimeout: Duration) {
+        self.address = address
+        self.endpoints = endpoints
+        self.requestTimeout = requestTimeout
+        var configuration = HTTPClient.Configuration()
+        // Every waiter holds one watch stream open: the default of 8 connections per host
+        // would make the ninth waiter of a process wait for a connection, not for the lock.
+        configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 1024)
+        configuration.timeout = .init(connect: .seconds(2), read: nil)
+        client = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: configuration)
+    }
+
+    func shutdown() async {
+        try? await client.shutdown()
+    }
+
+    /// One unary call: `path` with `body` as JSON, the answer decoded as `Response`.
+    func call<Request: Encodable, Response: Decodable>(_ path: String, _ body: Request, as: Response.Type, timeout: Duration? = nil) async throws(PMLLError) -> Response {
+        let payload: ByteBuffer
+        do { payload = ByteBuffer(bytes: try JSONEncoder().encode(body)) } catch {
+            throw .invalidOptions(reason: "cannot encode an etcd request: \(error)")
+        }
+        let bytes = try await send(path, payload, timeout: timeout ?? requestTimeout)
+        do {
+            return try JSONDecoder().decode(Response.self, from: Data(bytes))
+        } catch {
+            if let refusal = try? JSONDecoder().decode(GatewayError.self, from: Data(bytes)), refusal.code != nil || refusal.message != nil {
+                throw .backendUnavailable(address: address, reason: "etcd refused \(path): \(refusal.text)")
+            }
+            throw .backendUnavailable(address: address, reason: "unexpected answer to \(path): \(String(decoding: bytes.prefix(200), as: UTF8.self))")
+        }
+    }
+
+    private func send(_ path: String, _ payload: ByteBuffer, timeout: Duration) async throws(PMLLError) -> [UInt8] {
+        var lastFailure = "no endpoint"
+        let start = current.withLock { $0 }
+        for step in 0..<endpoints.count {
+            let index = (start + step) % endpoints.count
+            var request = HTTPClientRequest(url: endpoints[index] + path)
+            request.method = .POST
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(payload)
+            do {
+                let response = try await client.execute(request, timeout: .nanoseconds(Int64(timeout.nanosecondsClamped)))
+                let body = try await response.body.collect(upTo: 64 << 20)
+                current.withLock { $0 = index }
+                if response.status.code >= 300, response.status.code != 404 || body.readableBytes == 0 {
+                    let text = String(buffer: body)
+                    let refusal = try? JSONDecoder().decode(GatewayError.self, from: Data(text.utf8))
+                    throw PMLLError.backendUnavailable(address: address, reason: "etcd answered \(path) with HTTP \(response.status.code): \(refusal?.text ?? text)")
+                }
+                return Array(body.readableBytesView)
+            } catch let error as PMLLError {
+                throw error
+            } catch is CancellationError {
+                throw .cancelled(lock: path)
+            } catch {
+                lastFailure = "\(endpoints[index]): \(Self.describe(error))"
+                if Self.neverDelivered(error) { continue }
+                throw .backendUnavailable(address: address, reason: "\(path) failed after it was sent, outcome unknown: \(lastFailure)")
+            }
+        }
+        throw .backendUnavailable(address: address, reason: "no member answered: \(lastFailure)")
+    }
+
+    /// Waits until `key` is deleted at a revision after `revision` (or the watch ends, which
+    /// the caller treats as "look again"). Returns at once if the deletion already happened:
+    /// a watch from `revision + 1` replays it.
+    func waitForDeletion(of key: [UInt8], after revision: Int64, deadline: ContinuousClock.Instant?) async throws(PMLLError) {
+        let create = WatchCreate(create_request: .init(key: EtcdBytes(key), start_revision: EtcdInt(revision + 1), filters: ["NOPUT"]))
+        let payload: ByteBuffer
+        do { payload = ByteBuffer(bytes: try JSONEncoder().encode(create)) } catch {
+            throw .invalidOptions(reason: "cannot encode an etcd watch: \(error)")
+        }
+        let index = current.withLock { $0 }
+        var request = HTTPClientRequest(url: endpoints[index] + "/v3/watch")
+        request.method = .POST
+        request.body = .bytes(payload)
+        let prepared = request
+        do {
+            // The response head comes at once and the stream then stays open: the deadline
+            // must bound the reading, not only the request, so the two race in a group.
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { [client] in
+                    let response = try await client.execute(prepared, timeout: .hours(24 * 365))
+                    var line: [UInt8] = []
+                    for try await chunk in response.body {
+                        for byte in chunk.readableBytesView {
+                            guard byte == UInt8(ascii: "\n") else { line.append(byte); continue }
+                            defer { line.removeAll(keepingCapacity: true) }
+                            guard let message = try? JSONDecoder().decode(WatchMessage.self, from: Data(line)) else { continue }
+                            if message.error != nil { return }
+                            guard let result = message.result else { continue }
+                            if result.canceled == true { return }
+                            if result.events?.contains(where: { $0.type == "DELETE" }) == true { return }
+                        }
+                    }
+                }
+                if let deadline {
+                    group.addTask { try await Task.sleep(until: deadline, clock: .continuous) }
+                }
+                try await group.next()
+                group.cancelAll()
+            }
+        } catch {
+            if Task.isCancelled { throw .cancelled(lock: String(decoding: key, as: UTF8.self)) }
+            if let deadline, ContinuousClock.now >= deadline { return }   // the caller sees its deadline passed
+            // A member that went away ends the watch; the caller looks again (through the
+            // next member) after a short pause, so a dead member does not make it spin.
+            current.withLock { $0 = ($0 + 1) % endpoints.count }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
+    private static func neverDelivered(_ error: any Error) -> Bool {
+        if error is NIOConnectionError { return true }
+        if let error = error as? HTTPClientError, error == .connectTimeout { return true }
+        if let error = error as? IOError, error.errnoCode == ECONNREFUSED || error.errnoCode == EHOSTUNREACH || error.errnoCode == ENETUNREACH { return true }
+        if let error = error as? ChannelError, case .connectTimeout = error { return true }
+        return false
+    }
+
+    private static func describe(_ error: any Error) -> String {
+        if let error = error as? NIOConnectionError {
+            return error.connectionErrors.first.map { "\($0.error)" } ?? "cannot connect"
+        }
+        return "\(error)"
+    }
+}
+
+extension Duration {
+    /// Nanoseconds, saturating at Int64.max (a "no limit" duration stays representable).
+    var nanosecondsClamped: Int64 {
+        let (seconds, attoseconds) = components
+        guard seconds < Int64.max / 1_000_000_000 - 1 else { return Int64.max }
+        return max(0, seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}

@@ -1,0 +1,137 @@
+import Foundation
+import PMLLCore
+import PMLLLocks
+
+/// What a waiter key and a held record say about their process.
+struct HolderRecord: Codable, Sendable {
+    var token: Int64?
+    var pid: Int32
+    var host: String
+    var command: String
+    var since: Int64               // ns since 1970
+    var inconsistent: Bool?
+
+    var info: HolderInfo {
+        HolderInfo(pid: pid, commandName: "\(command) on \(host)", heldSinceNanoseconds: since)
+    }
+}
+
+extension EtcdPool {
+    private static func wallNanoseconds() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+    }
+
+    private func record(token: Int64? = nil, inconsistent: Bool? = nil) -> [UInt8] {
+        let record = HolderRecord(token: token, pid: identity.pid, host: identity.host, command: identity.command,
+                                  since: Self.wallNanoseconds(), inconsistent: inconsistent)
+        return (try? Array(JSONEncoder().encode(record))) ?? []
+    }
+
+    /// The recipe's steps: enqueue, wait for the predecessor's deletion, claim.
+    func acquire(_ id: LockID, timeout: Duration?) async throws(PMLLError) -> EtcdLockGrant {
+        if let lost = session.lostReason { throw .lockLost(lock: id.name, token: 0, reason: lost) }
+        let start = ContinuousClock.now
+        let deadline = timeout.map { start + $0 }
+        let prefix = keys.waiters(id.name)
+        let myKey = nextWaiterKey(id.name)
+
+        // 1. Enqueue. The key is new, so the guard only matters if this request is ever
+        // retried: then the failure branch reads the key the first attempt made.
+        let put = try await gateway.call("/v3/kv/txn", TxnRequest(
+            compare: [.createRevision(myKey, equals: 0)],
+            success: [.put(PutRequest(key: EtcdBytes(myKey), value: EtcdBytes(record()), lease: EtcdInt(session.leaseID)))],
+            failure: [.range(RangeRequest(key: EtcdBytes(myKey)))]), as: TxnResponse.self)
+        let token = put.didSucceed ? put.header?.rev ?? 0 : put.range(0)?.all.first?.createRevision ?? 0
+        guard token > 0 else { throw .backendUnavailable(address: gateway.address, reason: "etcd gave no revision for the waiter key") }
+
+        // 2. Wait until no key of this lock was created before ours.
+        do throws(PMLLError) {
+            while true {
+                let before = try await gateway.call("/v3/kv/range", RangeRequest(
+                    key: EtcdBytes(prefix), range_end: EtcdBytes(prefixEnd(prefix)), limit: EtcdInt(1),
+                    sort_order: "DESCEND", sort_target: "CREATE", max_create_revision: EtcdInt(token - 1)), as: RangeResponse.self)
+                guard let predecessor = before.all.first else { break }
+                if let lost = session.lostReason { throw .lockLost(lock: id.name, token: token, reason: lost) }
+                if Task.isCancelled { throw .cancelled(lock: id.name) }
+                if let deadline, ContinuousClock.now >= deadline {
+                    throw .timeout(lock: id.name, holder: try? await holder(of: id.name)?.info)
+                }
+                try await gateway.waitForDeletion(of: predecessor.key.bytes, after: before.header?.rev ?? 0, deadline: deadline)
+            }
+        } catch {
+            await withdraw(myKey, token: token)
+            throw error
+        }
+
+        // 3. Claim: only if our key still exists (a lease that expired while we waited
+        // deleted it: then we are not the owner, whatever the wait said), reading the held
+        // record a dead predecessor left and writing ours, in one transaction.
+        let held = keys.held(id.name)
+        let claim = try await gateway.call("/v3/kv/txn", TxnRequest(
+            compare: [.createRevision(myKey, equals: token)],
+            success: [.range(RangeRequest(key: EtcdBytes(held))),
+                      .put(PutRequest(key: EtcdBytes(held), value: EtcdBytes(record(token: token))))],
+            failure: []), as: TxnResponse.self)
+        guard claim.didSucceed else {
+            throw .lockLost(lock: id.name, token: token, reason: "the participant's lease expired while it waited (\(session.lostReason ?? "its waiter key is gone"))")
+        }
+        var death: OwnerDeath?
+        if let previous = claim.range(0)?.all.first,
+           let record = try? JSONDecoder().decode(HolderRecord.self, from: Data(previous.valueBytes)), record.token != token {
+            death = OwnerDeath(cause: record.inconsistent == true ? .releasedInconsistent : .processDied,
+                               pid: record.pid, commandName: "\(record.command) on \(record.host)",
+                               heldSinceNanoseconds: record.since, detectedAtNanoseconds: Self.wallNanoseconds())
+        }
+        return EtcdLockGrant(lock: id, fencingToken: token, previousOwnerDeath: death,
+                             waited: start.duration(to: .now), waiterKey: myKey)
+    }
+
+    /// Deletes our waiter key after a timeout or cancellation — only our acquisition's key
+    /// (compared on its create revision), in a task of its own so that the cancellation
+    /// that got us here does not cancel the clean-up too.
+    private func withdraw(_ key: [UInt8], token: Int64) async {
+        let gateway = self.gateway
+        await Task.detached {
+            _ = try? await gateway.call("/v3/kv/txn", TxnRequest(
+                compare: [.createRevision(key, equals: token)], success: [.delete(key)], failure: []), as: TxnResponse.self)
+        }.value
+    }
+
+    /// Releases an acquisition: deletes its waiter key and its held record (or marks the
+    /// record inconsistent), only if the key is still this acquisition's. If it is not, the
+    /// lease expired while the lock was held: ``PMLLError/lockLost(lock:token:reason:)``.
+    func release(_ grant: EtcdLockGrant) async throws(PMLLError) {
+        let held = keys.held(grant.lock.name)
+        let key = grant.waiterKey
+        let token = grant.fencingToken
+        let last: RequestOp = grant.releaseInconsistent
+            ? .put(PutRequest(key: EtcdBytes(held), value: EtcdBytes(record(token: token, inconsistent: true))))
+            : .delete(held)
+        let gateway = self.gateway
+        // In a task of its own: a cancelled caller must still release.
+        let outcome = await Task.detached { () async -> Result<TxnResponse, PMLLError> in
+            do throws(PMLLError) {
+                return .success(try await gateway.call("/v3/kv/txn", TxnRequest(
+                    compare: [.createRevision(key, equals: token)], success: [.delete(key), last], failure: []), as: TxnResponse.self))
+            } catch { return .failure(error) }
+        }.value
+        let answer = try outcome.get()
+        guard answer.didSucceed else {
+            throw .lockLost(lock: grant.lock.name, token: token, reason: "the participant's lease expired while the lock was held (\(session.lostReason ?? "its waiter key is gone")); another process may have held it since")
+        }
+    }
+
+    /// The current holder's waiter record (the lock's oldest key), nil if free.
+    func holder(of name: String) async throws(PMLLError) -> HolderRecord? {
+        let prefix = keys.waiters(name)
+        let first = try await gateway.call("/v3/kv/range", RangeRequest(
+            key: EtcdBytes(prefix), range_end: EtcdBytes(prefixEnd(prefix)), limit: EtcdInt(1),
+            sort_order: "ASCEND", sort_target: "CREATE"), as: RangeResponse.self)
+        guard let kv = first.all.first else { return nil }
+        var record = try? JSONDecoder().decode(HolderRecord.self, from: Data(kv.valueBytes))
+        record?.token = kv.createRevision
+        return record
+    }
+}

@@ -1,0 +1,69 @@
+import Foundation
+public import PMLLCore
+
+/// One lock of an etcd pool as `pmll status` shows it.
+public struct EtcdLockStatus: Sendable, Codable {
+    public struct Holder: Sendable, Codable {
+        public var pid: Int32
+        public var host: String
+        public var command: String
+        public var fencingToken: Int64
+        public var heldSinceNanoseconds: Int64
+        /// Seconds left before the holder's lease expires if it is not renewed (-1: unknown).
+        public var leaseSecondsLeft: Int64
+    }
+    public var name: String
+    public var level: UInt32?
+    public var holder: Holder?
+    public var waiters: Int
+    /// The last holder died (or released marked inconsistent) and nobody has held the lock
+    /// since: the next holder will be told.
+    public var unrepairedDeath: Holder?
+}
+
+struct LeaseTimeToLive: Decodable, Sendable { var TTL: EtcdInt? }
+
+extension EtcdPool {
+    /// Every lock with a holder, waiters or an unrepaired death, sorted by name.
+    public func lockStatus() async throws(PMLLError) -> [EtcdLockStatus] {
+        let root = keys.lockRoot
+        let all = try await gateway.call("/v3/kv/range", RangeRequest(key: EtcdBytes(root), range_end: EtcdBytes(prefixEnd(root)),
+                                                                       sort_order: "ASCEND", sort_target: "CREATE"), as: RangeResponse.self)
+        var byName: [String: [KeyValue]] = [:]
+        for kv in all.all {
+            let rest = kv.key.bytes.dropFirst(root.count)
+            guard let slash = rest.lastIndex(of: UInt8(ascii: "/")) else { continue }
+            byName[EtcdKeys.unescape(Substring(decoding: rest[..<slash], as: UTF8.self)), default: []].append(kv)
+        }
+        let heldRoot = keys.heldRoot
+        let heldRecords = try await gateway.call("/v3/kv/range", RangeRequest(key: EtcdBytes(heldRoot), range_end: EtcdBytes(prefixEnd(heldRoot))), as: RangeResponse.self)
+        var held: [String: HolderRecord] = [:]
+        for kv in heldRecords.all {
+            let name = EtcdKeys.unescape(Substring(decoding: kv.key.bytes.dropFirst(heldRoot.count), as: UTF8.self))
+            held[name] = try? JSONDecoder().decode(HolderRecord.self, from: Data(kv.valueBytes))
+        }
+        var result: [EtcdLockStatus] = []
+        for name in Set(byName.keys).union(held.keys).sorted() {
+            let waiting = byName[name] ?? []
+            var status = EtcdLockStatus(name: name, level: nil, holder: nil, waiters: max(0, waiting.count - 1), unrepairedDeath: nil)
+            if let first = waiting.first, let record = try? JSONDecoder().decode(HolderRecord.self, from: Data(first.valueBytes)) {
+                var left: Int64 = -1
+                if let lease = first.lease?.value {
+                    left = (try? await gateway.call("/v3/lease/timetolive", LeaseIDRequest(ID: EtcdInt(lease)), as: LeaseTimeToLive.self))?.TTL?.value ?? -1
+                }
+                status.holder = .init(pid: record.pid, host: record.host, command: record.command, fencingToken: first.createRevision,
+                                      heldSinceNanoseconds: record.since, leaseSecondsLeft: left)
+            }
+            if let record = held[name], record.token != status.holder?.fencingToken || record.inconsistent == true {
+                status.unrepairedDeath = .init(pid: record.pid, host: record.host, command: record.command, fencingToken: record.token ?? 0,
+                                               heldSinceNanoseconds: record.since, leaseSecondsLeft: -1)
+            }
+            let levelKey = keys.level(name)
+            if let stored = try? await gateway.call("/v3/kv/range", RangeRequest(key: EtcdBytes(levelKey)), as: RangeResponse.self).all.first {
+                status.level = UInt32(String(decoding: stored.valueBytes, as: UTF8.self))
+            }
+            result.append(status)
+        }
+        return result
+    }
+}

@@ -1,0 +1,94 @@
+import Foundation
+import PMLLCore
+import Synchronization
+
+/// A participant's lease: every key this process creates (waiter keys, held records'
+/// guards) is bound to it, so that when the process dies — or is paused or cut off past
+/// the lease's TTL — etcd deletes them and the next waiter takes over. Kept alive by unary
+/// keep-alive calls every TTL/3 (the gateway's streaming keep-alive needs
+/// `Expect: 100-continue`; three calls per TTL are cheap at a 2 s minimum TTL).
+final class EtcdSession: Sendable {
+    let gateway: EtcdGateway
+    let leaseID: Int64
+    let ttl: Duration
+    private struct State {
+        var lost: String?
+        var lastRenewal: ContinuousClock.Instant
+        var keeper: Task<Void, Never>?
+    }
+    private let state: Mutex<State>
+
+    private init(gateway: EtcdGateway, leaseID: Int64, ttl: Duration) {
+        self.gateway = gateway
+        self.leaseID = leaseID
+        self.ttl = ttl
+        state = Mutex(State(lost: nil, lastRenewal: .now, keeper: nil))
+    }
+
+    static func start(gateway: EtcdGateway, ttlSeconds: Int64) async throws(PMLLError) -> EtcdSession {
+        let granted = try await gateway.call("/v3/lease/grant", LeaseGrantRequest(TTL: EtcdInt(ttlSeconds)), as: LeaseGrantResponse.self)
+        guard let id = granted.ID?.value, id != 0 else {
+            throw .backendUnavailable(address: gateway.address, reason: "etcd granted no lease: \(granted.error ?? "no ID in the answer")")
+        }
+        let session = EtcdSession(gateway: gateway, leaseID: id, ttl: .seconds(granted.TTL?.value ?? ttlSeconds))
+        let keeper = Task.detached { [weak session] in
+            while let current = session, !Task.isCancelled {
+                let pause = current.ttl / 3
+                await current.renewOnce()
+                if current.lostReason != nil { return }
+                try? await Task.sleep(for: pause)
+            }
+        }
+        session.state.withLock { $0.keeper = keeper }
+        return session
+    }
+
+    /// Why the lease is gone, or nil while it lives (as far as this process knows).
+    var lostReason: String? { state.withLock { $0.lost } }
+
+    /// The waiter key's name part: the lease in hex, as etcd's own recipe names it.
+    var leaseHex: String { String(UInt64(bitPattern: leaseID), radix: 16) }
+
+    private func renewOnce() async {
+        do {
+            let answer = try await gateway.call("/v3/lease/keepalive", LeaseIDRequest(ID: EtcdInt(leaseID)), as: LeaseKeepAliveResponse.self, timeout: ttl / 3)
+            if let left = answer.result?.TTL?.value, left > 0 {
+                state.withLock { $0.lastRenewal = .now }
+            } else {
+                state.withLock { $0.lost = "lease \(leaseHex) expired (etcd no longer knows it)" }
+            }
+        } catch {
+            state.withLock {
+                if $0.lastRenewal.duration(to: .now) >= ttl { $0.lost = "lease \(leaseHex) could not be renewed for its TTL: \(error)" }
+            }
+        }
+    }
+
+    /// Stops renewing and revokes the lease: etcd deletes every key bound to it at once
+    /// (waiters behind this process's keys move on without waiting for the TTL).
+    func close() async {
+        let keeper = state.withLock { $0.keeper }
+        keeper?.cancel()
+        _ = try? await gateway.call("/v3/lease/revoke", LeaseIDRequest(ID: EtcdInt(leaseID)), as: RangeResponse.self, timeout: .seconds(2))
+    }
+
+    /// Stops renewing without revoking, as a process that hangs would (tests, `pmll-etcd`'s
+    /// pause simulation is SIGSTOP; this is for the library's own tests of expiry).
+    func abandon() {
+        state.withLock { $0.keeper?.cancel() }
+    }
+}
+
+/// Who this process is, as other participants see it in holder records and status.
+struct ParticipantIdentity: Codable, Sendable {
+    var pid: Int32
+    var host: String
+    var command: String
+
+    static let current: ParticipantIdentity = {
+        var name = [UInt8](repeating: 0, count: 256)
+        _ = name.withUnsafeMutableBufferPointer { gethostname(UnsafeMutableRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), 255) }
+        let comm = (try? String(contentsOfFile: "/proc/self/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+        return ParticipantIdentity(pid: getpid(), host: String(decoding: name.prefix(while: { $0 != 0 }), as: UTF8.self), command: comm)
+    }()
+}

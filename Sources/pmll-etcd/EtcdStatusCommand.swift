@@ -1,0 +1,45 @@
+import ArgumentParser
+import Foundation
+import PMLLCore
+import PMLLEtcd
+
+struct EtcdStatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Show the etcd pool's locks: holders, fencing tokens, lease time left, waiters, unrepaired deaths.")
+    @OptionGroup var poolArguments: EtcdPoolArguments
+    @Flag(help: "JSON output.") var json = false
+
+    func run() async throws {
+        let pool = try await poolArguments.open()
+        let locks: [EtcdLockStatus]
+        do { locks = try await pool.lockStatus() } catch {
+            await pool.close()
+            throw error
+        }
+        await pool.close()
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            struct Report: Encodable { var pool: String; var locks: [EtcdLockStatus] }
+            FileHandle.standardOutput.write(try encoder.encode(Report(pool: pool.address.description, locks: locks)) + Data("\n".utf8))
+            return
+        }
+        print("pool: \(pool.address) (etcd)")
+        print("locks: \(locks.count)")
+        if locks.isEmpty { return }
+        print("NAME".padding(toLength: 24, withPad: " ", startingAt: 0) + " STATE     TOKEN      HOLDER                          LEASE  WAITERS")
+        for lock in locks {
+            let state = lock.holder == nil ? "free" : "held"
+            let holder = lock.holder.map { "pid \($0.pid) (\($0.command) on \($0.host))" } ?? "-"
+            let token = lock.holder.map { String($0.fencingToken) } ?? "-"
+            let lease = lock.holder.map { $0.leaseSecondsLeft >= 0 ? "\($0.leaseSecondsLeft)s" : "?" } ?? "-"
+            print(lock.name.padding(toLength: 24, withPad: " ", startingAt: 0) + " " + state.padding(toLength: 9, withPad: " ", startingAt: 0)
+                  + " " + token.padding(toLength: 10, withPad: " ", startingAt: 0) + " " + holder.padding(toLength: 31, withPad: " ", startingAt: 0)
+                  + " " + lease.padding(toLength: 6, withPad: " ", startingAt: 0) + " " + String(lock.waiters))
+            if let death = lock.unrepairedDeath {
+                print("  last holder pid \(death.pid) (\(death.command) on \(death.host), token \(death.fencingToken)) died holding it or released it inconsistent; the next holder is told")
+            }
+        }
+    }
+}
