@@ -226,7 +226,7 @@ let package = Package(
         ),
         .testTarget(
             name: "PMLLTests",
-            dependencies: ["PMLL", "PMLLCore", "PMLLLocks", "PMLLStore", "PMLLQueues", "PMLLFileBatches", "CPMLL", "PMLLStressSupport"],
+            dependencies: ["PMLL", "PMLLCore", "PMLLLocks", "PMLLStore", "PMLLQueues", "PMLLFileBatches", "CPMLL", "PMLLStressSupport", "PMLLEtcd"],
             swiftSettings: swiftSettings
         ),
     ]

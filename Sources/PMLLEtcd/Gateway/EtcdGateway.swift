@@ -24,17 +24,22 @@ final class EtcdGateway: Sendable {
         self.address = address
         self.endpoints = endpoints
         self.requestTimeout = requestTimeout
-        var configuration = HTTPClient.Configuration()
-        // Every waiter holds one watch stream open: the default of 8 connections per host
-        // would make the ninth waiter of a process wait for a connection, not for the lock.
-        configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 1024)
-        configuration.timeout = .init(connect: .seconds(2), read: nil)
-        client = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: configuration)
+        client = Self.sharedClient
     }
 
-    func shutdown() async {
-        try? await client.shutdown()
-    }
+    /// One HTTP client per process, never shut down (as `HTTPClient.shared`): a pool that is
+    /// dropped without `close()` must not crash the process, and pools share connections.
+    /// Not `HTTPClient.shared` itself, whose 8 connections per host are too few: every waiter
+    /// holds a watch stream open, and a holder whose release waited behind its own process's
+    /// waiters for a connection would never release.
+    private static let sharedClient: HTTPClient = {
+        var configuration = HTTPClient.Configuration()
+        configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 4096)
+        configuration.timeout = .init(connect: .seconds(2), read: nil)
+        return HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: configuration)
+    }()
+
+    func shutdown() async {}
 
     /// One unary call: `path` with `body` as JSON, the answer decoded as `Response`.
     func call<Request: Encodable, Response: Decodable>(_ path: String, _ body: Request, as: Response.Type, timeout: Duration? = nil) async throws(PMLLError) -> Response {
@@ -66,7 +71,7 @@ final class EtcdGateway: Sendable {
                 let response = try await client.execute(request, timeout: .nanoseconds(Int64(timeout.nanosecondsClamped)))
                 let body = try await response.body.collect(upTo: 64 << 20)
                 current.withLock { $0 = index }
-                if response.status.code >= 300, response.status.code != 404 || body.readableBytes == 0 {
+                if response.status.code >= 300 {
                     let text = String(buffer: body)
                     let refusal = try? JSONDecoder().decode(GatewayError.self, from: Data(text.utf8))
                     throw PMLLError.backendUnavailable(address: address, reason: "etcd answered \(path) with HTTP \(response.status.code): \(refusal?.text ?? text)")
@@ -83,6 +88,29 @@ final class EtcdGateway: Sendable {
             }
         }
         throw .backendUnavailable(address: address, reason: "no member answered: \(lastFailure)")
+    }
+
+    /// One unary call completed on a NIO event loop, not on Swift's cooperative pool: the
+    /// lease's keep-alive must go on when the application blocks every cooperative thread
+    /// (a synchronous wait, a blocking read), or the process would lose its locks for it.
+    func callOnEventLoop<Request: Encodable, Response: Decodable & Sendable>(_ path: String, _ body: Request, as: Response.Type, timeout: Duration) -> EventLoopFuture<Response> {
+        let loop = MultiThreadedEventLoopGroup.singleton.any()
+        let index = current.withLock { $0 }
+        let request: HTTPClient.Request
+        do {
+            request = try HTTPClient.Request(url: endpoints[index] + path, method: .POST, body: .bytes(try JSONEncoder().encode(body)))
+        } catch {
+            return loop.makeFailedFuture(error)
+        }
+        let count = endpoints.count
+        return client.execute(request: request, deadline: .now() + .nanoseconds(timeout.nanosecondsClamped)).flatMapThrowing { response in
+            guard response.status.code < 300, let body = response.body else { throw PMLLError.backendUnavailable(address: self.address, reason: "empty answer to \(path)") }
+            return try JSONDecoder().decode(Response.self, from: Data(body.readableBytesView))
+        }.flatMapErrorThrowing { error in
+            // Try the next member next time.
+            self.current.withLock { $0 = (index + 1) % count }
+            throw error
+        }
     }
 
     /// Waits until `key` is deleted at a revision after `revision` (or the watch ends, which

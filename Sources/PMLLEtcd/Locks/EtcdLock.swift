@@ -25,6 +25,7 @@ public struct EtcdLock: Sendable, Hashable {
     /// (its lease expired while it was paused or cut off) cannot overwrite its successor's
     /// work. If the lock was lost while `body` ran, the release throws
     /// ``PMLLError/lockLost(lock:token:reason:)`` after `body` returned.
+    @discardableResult
     public func withLock<R>(timeout: Duration? = nil, _ body: (inout EtcdLockGrant) async throws -> R) async throws -> R {
         try EtcdHeld.check(id)
         var grant = try await pool.acquire(id, timeout: timeout)

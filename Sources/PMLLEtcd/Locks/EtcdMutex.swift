@@ -62,6 +62,7 @@ extension EtcdPool {
             }
         } catch {
             await withdraw(myKey, token: token)
+            if case .cancelled = error { throw .cancelled(lock: id.name) }   // the gateway names the watched key
             throw error
         }
 

@@ -1,4 +1,6 @@
 import Foundation
+import NIOCore
+import NIOPosix
 import PMLLCore
 import Synchronization
 
@@ -6,7 +8,8 @@ import Synchronization
 /// guards) is bound to it, so that when the process dies — or is paused or cut off past
 /// the lease's TTL — etcd deletes them and the next waiter takes over. Kept alive by unary
 /// keep-alive calls every TTL/3 (the gateway's streaming keep-alive needs
-/// `Expect: 100-continue`; three calls per TTL are cheap at a 2 s minimum TTL).
+/// `Expect: 100-continue`; three calls per TTL are cheap at a 2 s minimum TTL), scheduled
+/// on a NIO event loop so that they go on whatever the application's tasks are doing.
 final class EtcdSession: Sendable {
     let gateway: EtcdGateway
     let leaseID: Int64
@@ -14,7 +17,7 @@ final class EtcdSession: Sendable {
     private struct State {
         var lost: String?
         var lastRenewal: ContinuousClock.Instant
-        var keeper: Task<Void, Never>?
+        var keeper: RepeatedTask?
     }
     private let state: Mutex<State>
 
@@ -31,13 +34,14 @@ final class EtcdSession: Sendable {
             throw .backendUnavailable(address: gateway.address, reason: "etcd granted no lease: \(granted.error ?? "no ID in the answer")")
         }
         let session = EtcdSession(gateway: gateway, leaseID: id, ttl: .seconds(granted.TTL?.value ?? ttlSeconds))
-        let keeper = Task.detached { [weak session] in
-            while let current = session, !Task.isCancelled {
-                let pause = current.ttl / 3
-                await current.renewOnce()
-                if current.lostReason != nil { return }
-                try? await Task.sleep(for: pause)
+        let period = TimeAmount.nanoseconds((session.ttl / 3).nanosecondsClamped)
+        let loop = MultiThreadedEventLoopGroup.singleton.any()
+        let keeper = loop.scheduleRepeatedAsyncTask(initialDelay: period, delay: period) { [weak session] task in
+            guard let session, session.lostReason == nil else {
+                task.cancel()
+                return loop.makeSucceededVoidFuture()
             }
+            return session.renewOnce()
         }
         session.state.withLock { $0.keeper = keeper }
         return session
@@ -49,19 +53,20 @@ final class EtcdSession: Sendable {
     /// The waiter key's name part: the lease in hex, as etcd's own recipe names it.
     var leaseHex: String { String(UInt64(bitPattern: leaseID), radix: 16) }
 
-    private func renewOnce() async {
-        do {
-            let answer = try await gateway.call("/v3/lease/keepalive", LeaseIDRequest(ID: EtcdInt(leaseID)), as: LeaseKeepAliveResponse.self, timeout: ttl / 3)
-            if let left = answer.result?.TTL?.value, left > 0 {
-                state.withLock { $0.lastRenewal = .now }
-            } else {
-                state.withLock { $0.lost = "lease \(leaseHex) expired (etcd no longer knows it)" }
+    private func renewOnce() -> EventLoopFuture<Void> {
+        gateway.callOnEventLoop("/v3/lease/keepalive", LeaseIDRequest(ID: EtcdInt(leaseID)), as: LeaseKeepAliveResponse.self, timeout: ttl / 3)
+            .map { answer in
+                if let left = answer.result?.TTL?.value, left > 0 {
+                    self.state.withLock { $0.lastRenewal = .now }
+                } else {
+                    self.state.withLock { $0.lost = "lease \(self.leaseHex) expired (etcd no longer knows it)" }
+                }
             }
-        } catch {
-            state.withLock {
-                if $0.lastRenewal.duration(to: .now) >= ttl { $0.lost = "lease \(leaseHex) could not be renewed for its TTL: \(error)" }
+            .recover { error in
+                self.state.withLock {
+                    if $0.lastRenewal.duration(to: .now) >= self.ttl { $0.lost = "lease \(self.leaseHex) could not be renewed for its TTL: \(error)" }
+                }
             }
-        }
     }
 
     /// Stops renewing and revokes the lease: etcd deletes every key bound to it at once

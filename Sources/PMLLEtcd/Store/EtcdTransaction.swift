@@ -51,6 +51,7 @@ extension EtcdPool {
     /// nothing and throws ``PMLLError/lockLost(lock:token:reason:)``. A commit whose reads
     /// changed under it re-runs `body` (up to `attempts` times, with backoff), then throws
     /// ``PMLLError/transactionConflict(key:attempts:)``.
+    @discardableResult
     public func transaction<R>(fencedBy fences: [EtcdFence] = [], attempts: Int = 16,
                                _ body: (inout EtcdTransaction) async throws -> R) async throws -> R {
         var resolved: [(fence: EtcdFence, key: [UInt8])] = []

@@ -1,0 +1,274 @@
+import Foundation
+import PMLLCore
+import PMLLEtcd
+import PMLLLocks
+import Testing
+
+/// The etcd backend against real etcd members started by each test (Docs/Etcd.md).
+@Suite("etcd backend")
+struct EtcdTests {
+    /// `pmll` with an etcd pool (handed to pmll-etcd, as users call it).
+    func pmll(_ arguments: [String], environment: [String: String] = [:], timeout: Double = 60) throws -> (status: Int32, stdout: String, stderr: String) {
+        try run(Binaries.pmll, arguments, environment: environment, timeout: timeout)
+    }
+
+    @Test("processes taking a lock exclude each other, and fenced read-modify-writes lose no update")
+    func mutualExclusionAcrossProcesses() throws {
+        let cluster = try EtcdCluster()
+        defer { cluster.stop() }
+        let scratch = Scratch()
+        let pool = cluster.address("mutex")
+        let log = scratch.file("history")
+        // Each critical section: read n, note start, pause, write n+1 fenced by the token,
+        // note end. Overlapping sections or a lost update would show in the history.
+        let section = """
+            v=$("$PMLL" state get n 2>/dev/null || echo 0); echo "start $PMLL_FENCING_TOKEN" >> \(log); sleep 0.02; \
+            "$PMLL" state set --fence counter=$PMLL_FENCING_TOKEN n $((v+1)) || exit 9; echo "end $PMLL_FENCING_TOKEN" >> \(log)
+            """
+        let loop = "for i in 1 2 3 4 5 6; do \"$PMLL\" lock counter -- sh -c '\(section)' || exit $?; done"
+        let environment = ["PMLL_POOL": pool, "PMLL": Binaries.pmll]
+        let workers = try (0..<4).map { _ in try Child("/bin/sh", ["-c", loop], environment: environment) }
+        for worker in workers { #expect(worker.wait(timeout: 120) == 0, "\(worker.stderr)") }
+        let n = try pmll(["state", "get", "n"], environment: environment)
+        #expect(n.stdout == "24", "lost updates: \(n)")
+        let lines = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == 48)
+        var last: Int64 = 0
+        for pair in stride(from: 0, to: lines.count - 1, by: 2) {
+            let start = lines[pair].split(separator: " "), end = lines[pair + 1].split(separator: " ")
+            #expect(start.first == "start" && end.first == "end" && start.last == end.last, "overlapping sections at line \(pair): \(lines[pair]) / \(lines[pair + 1])")
+            let token = Int64(start.last ?? "") ?? 0
+            #expect(token > last, "tokens must increase in commit order: \(token) after \(last)")
+            last = token
+        }
+    }
+
+    @Test("waiters get the lock in the order they arrived")
+    func fifoOrder() async throws {
+        let cluster = try EtcdCluster()
+        defer { cluster.stop() }
+        let address = cluster.address("fifo")
+        let holder = try await EtcdPool.open(url: address)
+        let lock = try await holder.lock(named: "line", level: .package)
+        let order = OrderRecorder()
+        var pools: [EtcdPool] = []
+        try await lock.withLock { _ in
+            var tasks: [Task<Void, any Error>] = []
+            for i in 0..<5 {
+                let participant = try await EtcdPool.open(url: address)
+                pools.append(participant)
+                let theirs = try await participant.lock(named: "line", level: .package)
+                tasks.append(Task.detached { try await theirs.withLock { _ in order.append(i) } })
+                // The next one arrives only once this one waits (its key is in the queue).
+                try await waitUntil { try await holder.lockStatus().first?.waiters == i + 1 }
+            }
+            _ = tasks
+        }
+        try await waitUntil { order.values.count == 5 }
+        #expect(order.values == [0, 1, 2, 3, 4])
+        for p in pools { await p.close() }
+        await holder.close()
+    }
+
+    @Test("a deadline or a cancellation ends the wait and withdraws the waiter; the holder is named")
+    func deadlineAndCancellation() async throws {
+        let cluster = try EtcdCluster()
+        defer { cluster.stop() }
+        let address = cluster.address("deadline")
+        let a = try await EtcdPool.open(url: address)
+        let b = try await EtcdPool.open(url: address)
+        let lockA = try await a.lock(named: "x", level: .package)
+        let lockB = try await b.lock(named: "x", level: .package)
+        try await lockA.withLock { _ in
+            // B is another participant: its attempts run in tasks of their own (the hierarchy
+            // check would otherwise see this task holding 'x').
+            let start = ContinuousClock.now
+            let timedOut = await Task.detached { try await lockB.withLock(timeout: .milliseconds(300)) { _ in 1 } }.result
+            guard case .failure(PMLLError.timeout(let lock, let holder)) = timedOut else {
+                Issue.record("expected a timeout, got \(timedOut)")
+                return
+            }
+            #expect(lock == "x")
+            #expect(holder?.pid == getpid())
+            #expect(start.duration(to: .now) < .seconds(5))
+            #expect(try await Task.detached { try await lockB.withLockIfAvailable { _ in 1 } }.value == nil)
+            let waiting = Task.detached { try await lockB.withLock { _ in 1 } }
+            try await waitUntil { try await a.lockStatus().first?.waiters == 1 }
+            waiting.cancel()
+            await #expect(throws: PMLLError.cancelled(lock: "x")) { try await waiting.value }
+            try await waitUntil { try await a.lockStatus().first?.waiters == 0 }
+        }
+        #expect(try await lockB.withLock { $0.fencingToken } > 0)
+        await a.close()
+        await b.close()
+    }
+
+    @Test("levels are recorded and the hierarchy is enforced on etcd locks too")
+    func levelsAndHierarchy() async throws {
+        let cluster = try EtcdCluster()
+        defer { cluster.stop() }
+        let pool = try await EtcdPool.open(url: cluster.address("levels"))
+        let fs = try await pool.lock(named: "tree", level: .filesystem)
+        await #expect(throws: PMLLError.levelMismatch(name: "tree", existing: .filesystem, requested: .package)) {
+            _ = try await pool.lock(named: "tree", level: .package)
+        }
+        let other = try await EtcdPool.open(url: cluster.address("levels"))
+        await #expect(throws: PMLLError.levelMismatch(name: "tree", existing: .filesystem, requested: .network)) {
+            _ = try await other.lock(named: "tree", level: .network)
+        }
+        let package = try await pool.lock(named: "pkg", level: .package)
+        let network = try await pool.lock(named: "net", level: .network)
+        try await package.withLock { _ in
+            try await fs.withLock { _ in try await network.withLock { _ in } }
+        }
+        try await fs.withLock { _ in
+            await #expect(throws: PMLLError.hierarchyViolation(held: fs.id, requested: package.id)) {
+                try await package.withLock { _ in }
+            }
+        }
+        await #expect(throws: PMLLError.self) { _ = try await pool.lock(named: "", level: .package) }
+        await pool.close()
+        await other.close()
+    }
+
+    @Test("a holder killed with SIGKILL is reported to the next holder within its TTL + 1 s")
+    func killedHolder() throws {
+        let cluster = try EtcdCluster()
+        defer { cluster.stop() }
+        let environment = ["PMLL_POOL": cluster.address("death", ttl: 2)]
+        let holder = try Child(Binaries.pmll, ["lock", "x", "--", "sleep", "60"], environment: environment)
+        try waitForHolder(environment, lock: "x")
+        let killed = Date()
+        holder.killParentFirst()
+        holder.wait()
+        let next = try pmll(["lock", "x", "--", "sh", "-c", "echo $PMLL_PREVIOUS_OWNER_DIED"], environment: environment)
+        let took = Date().timeIntervalSince(killed)
+        #expect(next.status == 0)
+        #expect(next.stdout == "1")
+        #expect(next.stderr.contains("died while holding the lock"), "\(next.stderr)")
+        #expect(took < 3.0, "next holder after \(took) s; TTL 2 s")
+        // The death is reported once: the holder after it released cleanly.
+        let after = try pmll(["lock", "x", "--", "sh", "-c", "echo ${PMLL_PREVIOUS_OWNER_DIED:-0}"], environment: environment)
+        #expect(after.stdout == "0")
+    }
+
+    @Test("a holder paused past its TTL loses the lock: its fenced commit is rejected and the new holder's write stays")
+    func pausedHolderIsFenced() throws {
+        let cluster = try EtcdCluster()
+        defer { cluster.stop() }
+        let scratch = Scratch()
+        let environment = ["PMLL_POOL": cluster.address("pause", ttl: 2), "PMLL": Binaries.pmll]
+        let go = scratch.file("go"), rc = scratch.file("rc"), token = scratch.file("token")
+        let script = """
+            echo $PMLL_FENCING_TOKEN > \(token); while [ ! -f \(go) ]; do sleep 0.05; done; \
+            "$PMLL" state set --fence L=$PMLL_FENCING_TOKEN k stale; echo $? > \(rc)
+            """
+        let first = try Child(Binaries.pmll, ["lock", "L", "--", "sh", "-c", script], environment: environment)
+        try waitUntilSync { FileManager.default.fileExists(atPath: token) }
+        // Pause the holder (the process whose lease keeps the lock); its COMMAND goes on.
+        let holderPid = first.pid
+        kill(holderPid, SIGSTOP)
+        let second = try pmll(["lock", "L", "--", "sh", "-c", "\"$PMLL\" state set --fence L=$PMLL_FENCING_TOKEN k fresh && echo $PMLL_FENCING_TOKEN"],
+                              environment: environment, timeout: 30)
+        #expect(second.status == 0, "\(second.stderr)")
+        #expect(second.stderr.contains("died while holding"), "\(second.stderr)")
+        _ = FileManager.default.createFile(atPath: go, contents: nil)
+        try waitUntilSync { FileManager.default.fileExists(atPath: rc) }
+        kill(holderPid, SIGCONT)
+        let firstStatus = first.wait()
+        let staleStatus = (try? String(contentsOfFile: rc, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(staleStatus == "75", "the stale holder's fenced commit must be rejected (exit 75)")
+        #expect(firstStatus == 75, "the paused holder learns it lost the lock: \(first.stderr)")
+        #expect(first.stderr.contains("lost"), "\(first.stderr)")
+        let value = try pmll(["state", "get", "k"], environment: environment)
+        #expect(value.stdout == "fresh")
+        let firstToken = Int64((try String(contentsOfFile: token, encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        #expect((Int64(second.stdout) ?? 0) > firstToken)
+    }
+
+    @Test("a lease that expires while the body runs: commits under it are refused and the release says the lock was lost")
+    func expiredLeaseInProcess() async throws {
+        let cluster = try EtcdCluster()
+        defer { cluster.stop() }
+        let address = cluster.address("expiry", ttl: 2)
+        let stale = try await EtcdPool.open(url: address)
+        let fresh = try await EtcdPool.open(url: address)
+        let lock = try await stale.lock(named: "L", level: .package)
+        var heldToken: Int64 = 0
+        do {
+            try await lock.withLock { grant in
+                heldToken = grant.fencingToken
+                stale.stopRenewingLease()
+                // Another participant gets the lock once the lease is gone, and writes.
+                let theirs = try await fresh.lock(named: "L", level: .package)
+                let token = grant.fencingToken
+                try await Task.detached {
+                    try await theirs.withLock { newer in
+                        #expect(newer.fencingToken > token)
+                        #expect(newer.previousOwnerDeath?.cause == .processDied)
+                        try await fresh.transaction(fencedBy: [newer.fence]) { try $0.set("k", "fresh") }
+                    }
+                }.value
+                do {
+                    try await stale.transaction(fencedBy: [grant.fence]) { try $0.set("k", "stale") }
+                    Issue.record("a stale holder committed")
+                } catch let PMLLError.lockLost(name, token, _) {
+                    #expect(name == "L" && token == grant.fencingToken)
+                }
+            }
+            Issue.record("the release did not say the lock was lost")
+        } catch let PMLLError.lockLost(name, token, reason) {
+            #expect(name == "L" && token == heldToken, "\(reason)")
+        }
+        #expect(try await fresh.value(for: "k") == Array("fresh".utf8))
+        await stale.close()
+        await fresh.close()
+    }
+
+    @Test("bad addresses, unreachable clusters and local-only commands: one pmll: line and a documented status")
+    func errors() throws {
+        let bad = try pmll(["status", "--pool", "etcd://nohost/x"])
+        #expect(bad.status == 66 && bad.stderr.hasPrefix("pmll: ") && bad.stderr.contains("HOST:PORT"), "\(bad)")
+        let ttl = try pmll(["status", "--pool", "etcd://127.0.0.1:2379/x?ttl=1"])
+        #expect(ttl.status == 66 && ttl.stderr.contains("ttl"), "\(ttl)")
+        let down = try pmll(["lock", "--pool", "etcd://127.0.0.1:\(EtcdCluster.freePort())/x", "x", "--", "true"])
+        #expect(down.status == 69 && down.stderr.hasPrefix("pmll: ") && down.stderr.contains("unavailable"), "\(down)")
+        let flock = try pmll(["flock", "/tmp/x", "true"], environment: ["PMLL_POOL": "etcd://127.0.0.1:1/x"])
+        #expect(flock.status == 64 && flock.stderr.contains("not available on etcd pools"), "\(flock)")
+        let parsed = try EtcdAddress(parsing: "etcd://a:1,b:2/p/q?ttl=7")
+        #expect(parsed.endpoints == ["http://a:1", "http://b:2"] && parsed.prefix == "p/q" && parsed.ttlSeconds == 7)
+        #expect(parsed.description == "etcd://a:1,b:2/p/q?ttl=7")
+    }
+
+    // MARK: helpers
+
+    func waitForHolder(_ environment: [String: String], lock: String) throws {
+        try waitUntilSync {
+            let status = try? pmll(["status", "--json"], environment: environment)
+            return status?.stdout.contains("\"name\":\"\(lock)\"") == true && status?.stdout.contains("\"holder\"") == true
+        }
+    }
+}
+
+final class OrderRecorder: @unchecked Sendable {
+    private let lock = NSLock()
+    private var items: [Int] = []
+    func append(_ i: Int) { lock.lock(); items.append(i); lock.unlock() }
+    var values: [Int] { lock.lock(); defer { lock.unlock() }; return items }
+}
+
+func waitUntil(timeout: Double = 20, _ condition: () async throws -> Bool) async throws {
+    let end = Date().addingTimeInterval(timeout)
+    while try await !condition() {
+        guard Date() < end else { throw EtcdUnavailable(message: "condition not met in \(timeout) s") }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+}
+
+func waitUntilSync(timeout: Double = 20, _ condition: () throws -> Bool) throws {
+    let end = Date().addingTimeInterval(timeout)
+    while try !condition() {
+        guard Date() < end else { throw EtcdUnavailable(message: "condition not met in \(timeout) s") }
+        usleep(20_000)
+    }
+}

