@@ -272,3 +272,21 @@ func waitUntilSync(timeout: Double = 20, _ condition: () throws -> Bool) throws 
         usleep(20_000)
     }
 }
+
+@Suite("etcd lease keep-alive")
+struct EtcdKeepAliveTests {
+    @Test("the lease is renewed while every cooperative thread of the process is blocked")
+    func keepAliveWithBlockedThreads() async throws {
+        let cluster = try EtcdCluster()
+        defer { cluster.stop() }
+        let pool = try await EtcdPool.open(url: cluster.address("blocked", ttl: 2))
+        // Block this thread and (with a second task) the other cooperative thread for
+        // longer than the TTL: only the event loop's keep-alive can save the lease.
+        let other = Task.detached { usleep(5_000_000) }
+        usleep(5_000_000)
+        await other.value
+        let lock = try await pool.lock(named: "x", level: .package)
+        #expect(try await lock.withLock { $0.fencingToken } > 0)
+        await pool.close()
+    }
+}

@@ -91,25 +91,42 @@ final class EtcdGateway: Sendable {
     }
 
     /// One unary call completed on a NIO event loop, not on Swift's cooperative pool: the
-    /// lease's keep-alive must go on when the application blocks every cooperative thread
-    /// (a synchronous wait, a blocking read), or the process would lose its locks for it.
+    /// lease's grant and keep-alive must be handled when the application blocks every
+    /// cooperative thread (a synchronous wait, a blocking read), or the process would lose
+    /// its locks for it. Moves to the next member when one cannot be reached.
     func callOnEventLoop<Request: Encodable, Response: Decodable & Sendable>(_ path: String, _ body: Request, as: Response.Type, timeout: Duration) -> EventLoopFuture<Response> {
         let loop = MultiThreadedEventLoopGroup.singleton.any()
-        let index = current.withLock { $0 }
+        let payload: Data
+        do { payload = try JSONEncoder().encode(body) } catch { return loop.makeFailedFuture(error) }
+        return attempt(path, payload, timeout: timeout, from: current.withLock { $0 }, left: endpoints.count, lastFailure: "no endpoint", on: loop)
+    }
+
+    private func attempt<Response: Decodable & Sendable>(_ path: String, _ payload: Data, timeout: Duration, from index: Int, left: Int, lastFailure: String, on loop: any EventLoop) -> EventLoopFuture<Response> {
+        guard left > 0 else {
+            return loop.makeFailedFuture(PMLLError.backendUnavailable(address: address, reason: "no member answered: \(lastFailure)"))
+        }
         let request: HTTPClient.Request
         do {
-            request = try HTTPClient.Request(url: endpoints[index] + path, method: .POST, body: .bytes(try JSONEncoder().encode(body)))
-        } catch {
-            return loop.makeFailedFuture(error)
-        }
-        let count = endpoints.count
-        return client.execute(request: request, deadline: .now() + .nanoseconds(timeout.nanosecondsClamped)).flatMapThrowing { response in
-            guard response.status.code < 300, let body = response.body else { throw PMLLError.backendUnavailable(address: self.address, reason: "empty answer to \(path)") }
-            return try JSONDecoder().decode(Response.self, from: Data(body.readableBytesView))
-        }.flatMapErrorThrowing { error in
-            // Try the next member next time.
-            self.current.withLock { $0 = (index + 1) % count }
-            throw error
+            request = try HTTPClient.Request(url: endpoints[index] + path, method: .POST, headers: ["Content-Type": "application/json"], body: .data(payload))
+        } catch { return loop.makeFailedFuture(error) }
+        let address = self.address
+        return client.execute(request: request, eventLoop: .delegate(on: loop), deadline: .now() + .nanoseconds(timeout.nanosecondsClamped)).flatMapThrowing { response -> Response in
+            self.current.withLock { $0 = index }
+            let bytes = response.body.map { Data($0.readableBytesView) } ?? Data()
+            guard response.status.code < 300 else {
+                let refusal = try? JSONDecoder().decode(GatewayError.self, from: bytes)
+                throw PMLLError.backendUnavailable(address: address, reason: "etcd answered \(path) with HTTP \(response.status.code): \(refusal?.text ?? String(decoding: bytes, as: UTF8.self))")
+            }
+            do { return try JSONDecoder().decode(Response.self, from: bytes) } catch {
+                throw PMLLError.backendUnavailable(address: address, reason: "unexpected answer to \(path): \(String(decoding: bytes.prefix(200), as: UTF8.self))")
+            }
+        }.flatMapError { error -> EventLoopFuture<Response> in
+            if error is PMLLError { return loop.makeFailedFuture(error) }
+            let failure = "\(self.endpoints[index]): \(Self.describe(error))"
+            guard Self.neverDelivered(error) else {
+                return loop.makeFailedFuture(PMLLError.backendUnavailable(address: address, reason: "\(path) failed after it was sent, outcome unknown: \(failure)"))
+            }
+            return self.attempt(path, payload, timeout: timeout, from: (index + 1) % self.endpoints.count, left: left - 1, lastFailure: failure, on: loop)
         }
     }
 

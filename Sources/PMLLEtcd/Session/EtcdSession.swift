@@ -28,23 +28,39 @@ final class EtcdSession: Sendable {
         state = Mutex(State(lost: nil, lastRenewal: .now, keeper: nil))
     }
 
+    /// Grants the lease and starts keeping it alive. Both happen on a NIO event loop: the
+    /// keep-alive is scheduled the moment the grant's answer arrives, however long the
+    /// calling task then waits for a cooperative thread to resume on.
     static func start(gateway: EtcdGateway, ttlSeconds: Int64) async throws(PMLLError) -> EtcdSession {
-        let granted = try await gateway.call("/v3/lease/grant", LeaseGrantRequest(TTL: EtcdInt(ttlSeconds)), as: LeaseGrantResponse.self)
-        guard let id = granted.ID?.value, id != 0 else {
-            throw .backendUnavailable(address: gateway.address, reason: "etcd granted no lease: \(granted.error ?? "no ID in the answer")")
-        }
-        let session = EtcdSession(gateway: gateway, leaseID: id, ttl: .seconds(granted.TTL?.value ?? ttlSeconds))
-        let period = TimeAmount.nanoseconds((session.ttl / 3).nanosecondsClamped)
         let loop = MultiThreadedEventLoopGroup.singleton.any()
-        let keeper = loop.scheduleRepeatedAsyncTask(initialDelay: period, delay: period) { [weak session] task in
-            guard let session, session.lostReason == nil else {
+        let started = gateway.callOnEventLoop("/v3/lease/grant", LeaseGrantRequest(TTL: EtcdInt(ttlSeconds)), as: LeaseGrantResponse.self, timeout: gateway.requestTimeout)
+            .flatMapThrowing { granted -> EtcdSession in
+                guard let id = granted.ID?.value, id != 0 else {
+                    throw PMLLError.backendUnavailable(address: gateway.address, reason: "etcd granted no lease: \(granted.error ?? "no ID in the answer")")
+                }
+                let session = EtcdSession(gateway: gateway, leaseID: id, ttl: .seconds(granted.TTL?.value ?? ttlSeconds))
+                session.keepAlive(on: loop)
+                return session
+            }
+        do {
+            return try await started.get()
+        } catch let error as PMLLError {
+            throw error
+        } catch {
+            throw .backendUnavailable(address: gateway.address, reason: "lease grant failed: \(error)")
+        }
+    }
+
+    private func keepAlive(on loop: any EventLoop) {
+        let period = TimeAmount.nanoseconds((ttl / 3).nanosecondsClamped)
+        let keeper = loop.scheduleRepeatedAsyncTask(initialDelay: period, delay: period) { [weak self] task in
+            guard let self, self.lostReason == nil else {
                 task.cancel()
                 return loop.makeSucceededVoidFuture()
             }
-            return session.renewOnce()
+            return self.renewOnce()
         }
-        session.state.withLock { $0.keeper = keeper }
-        return session
+        state.withLock { $0.keeper = keeper }
     }
 
     /// Why the lease is gone, or nil while it lives (as far as this process knows).

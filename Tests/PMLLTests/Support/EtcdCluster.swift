@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 /// Real etcd members (≥ 3.5) started by a test on loopback ports with their own temporary
@@ -51,7 +52,7 @@ final class EtcdCluster: @unchecked Sendable {
             "--listen-client-urls", "http://127.0.0.1:\(m.clientPort)", "--advertise-client-urls", "http://127.0.0.1:\(m.clientPort)",
             "--listen-peer-urls", "http://127.0.0.1:\(m.peerPort)", "--initial-advertise-peer-urls", "http://127.0.0.1:\(m.peerPort)",
             "--initial-cluster", initialCluster, "--initial-cluster-state", "new", "--initial-cluster-token", "pmll-test",
-            "--log-level", "error",
+            "--log-level", ProcessInfo.processInfo.environment["PMLL_KEEP_ETCD"] == nil ? "error" : "info",
         ]
         let log = FileHandle(forWritingAtPath: directory + "/\(m.name).log") ?? {
             _ = FileManager.default.createFile(atPath: directory + "/\(m.name).log", contents: nil)
@@ -106,23 +107,37 @@ final class EtcdCluster: @unchecked Sendable {
             Foundation.kill(p.processIdentifier, SIGKILL)
             p.waitUntilExit()
         }
-        try? FileManager.default.removeItem(atPath: directory)
+        if ProcessInfo.processInfo.environment["PMLL_KEEP_ETCD"] == nil { try? FileManager.default.removeItem(atPath: directory) }
     }
 
     deinit { stop() }
 
-    /// A port nothing listens on now (bound once with port 0, then released).
+    /// A port nothing listens on now, never handed out twice in this process: ports bound
+    /// with port 0 and released can come back for the next caller, and two members on one
+    /// port would make one test talk to another test's cluster.
     static func freePort() -> Int {
+        while true {
+            let port = nextPort.withLock { value -> Int in
+                value = value >= 32000 ? 20000 + Int.random(in: 0..<1000) : value + 1
+                return value
+            }
+            if canBind(port) { return port }
+        }
+    }
+
+    /// Below Linux's ephemeral range (32768 and up): a member's outgoing connections take
+    /// ports from that range, and one that took a port just handed to the next member (or a
+    /// listener that shares it) mixes clusters up.
+    private static let nextPort = Mutex(20000 + Int(getpid() % 110) * 100 + Int.random(in: 0..<100))
+
+    private static func canBind(_ port: Int) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
-        return Int(UInt16(bigEndian: address.sin_port))
+        address.sin_port = UInt16(port).bigEndian
+        return withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
     }
 }
 
