@@ -6,7 +6,7 @@ import Testing
 /// such an import compile when the other module happens to be built first).
 @Suite(.serialized) struct LayerTests {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
-    static let layers = ["CPMLL", "PMLLCore", "PMLLLocks", "PMLLStore", "PMLLQueues", "PMLLFileBatches", "PMLL", "CPMLLABI", "PMLLCABI"]
+    static let layers = ["CPMLL", "PMLLCore", "PMLLLocks", "PMLLStore", "PMLLQueues", "PMLLFileBatches", "PMLL", "CPMLLABI", "PMLLCABI", "PMLLEtcd"]
 
     /// Each library target's dependencies among the project's own targets, from
     /// `swift package dump-package` (run once, with a scratch path of its own: the running
