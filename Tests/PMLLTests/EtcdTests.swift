@@ -290,3 +290,61 @@ struct EtcdKeepAliveTests {
         await pool.close()
     }
 }
+
+@Suite("etcd backend: three members")
+struct EtcdClusterTests {
+    /// The member that leads now (each member's status names the leader).
+    static func leader(of cluster: EtcdCluster) throws -> Int? {
+        for (i, m) in cluster.members.enumerated() {
+            let status = try run("/usr/bin/env", ["python3", "-c", """
+                import urllib.request, json
+                r = json.load(urllib.request.urlopen(urllib.request.Request('http://\(m.url)/v3/maintenance/status', data=b'{}'), timeout=2))
+                print('yes' if r.get('leader') == r['header']['member_id'] else 'no')
+                """], timeout: 10)
+            if status.stdout == "yes" { return i }
+        }
+        return nil
+    }
+
+    @Test("the leader killed while a lock is held and a waiter waits: the lock passes on, no death is invented, no write is lost")
+    func leaderKilledWhileHeld() async throws {
+        let cluster = try EtcdCluster(members: 3)
+        defer { cluster.stop() }
+        let address = cluster.address("leader")
+        let a = try await EtcdPool.open(url: address)
+        let b = try await EtcdPool.open(url: address)
+        let lockA = try await a.lock(named: "L", level: .package)
+        let lockB = try await b.lock(named: "L", level: .package)
+        var holderToken: Int64 = 0
+        let waiting = try await lockA.withLock { grant in
+            holderToken = grant.fencingToken
+            try await a.transaction(fencedBy: [grant.fence]) { try $0.set("k", "1") }
+            let waiting = Task.detached {
+                try await lockB.withLock { newer -> (Int64, Bool) in
+                    try await b.transaction(fencedBy: [newer.fence]) { tx in
+                        let v = Int(String(decoding: try await tx.value(for: "k") ?? [], as: UTF8.self)) ?? 0
+                        try tx.set("k", String(v + 1))
+                    }
+                    return (newer.fencingToken, newer.previousOwnerDeath != nil)
+                }
+            }
+            try await waitUntil { try await a.lockStatus().first?.waiters == 1 }
+            let leader = try #require(try Self.leader(of: cluster))
+            cluster.kill(member: leader)
+            // The holder goes on through the other members (after the election).
+            try await a.transaction(fencedBy: [grant.fence]) { tx in
+                let v = Int(String(decoding: try await tx.value(for: "k") ?? [], as: UTF8.self)) ?? 0
+                try tx.set("k", String(v + 1))
+            }
+            return waiting
+        }
+        let (token, toldOfDeath) = try await waiting.value
+        #expect(token > holderToken)
+        #expect(!toldOfDeath, "a clean hand-over reported as a death")
+        #expect(try await a.value(for: "k") == Array("3".utf8), "every acknowledged increment survives")
+        let statuses = try await a.lockStatus()
+        #expect(statuses.first?.unrepairedDeath == nil, "a clean hand-over reported as a death")
+        await a.close()
+        await b.close()
+    }
+}

@@ -41,53 +41,100 @@ final class EtcdGateway: Sendable {
 
     func shutdown() async {}
 
+    /// Whether a call may be sent again after a failure whose outcome is unknown.
+    enum Retry {
+        /// Reads, lease calls, and transactions written so that a second application
+        /// changes nothing (a guard that the first application makes false, with a failure
+        /// branch that reads what it needs): sent again, through the next member, until the
+        /// request timeout — this is what carries a process over a leader election.
+        case safe
+        /// Commits: a second application could apply a change twice. Sent again only when
+        /// the first attempt surely never reached a member.
+        case ifNeverDelivered
+    }
+
     /// One unary call: `path` with `body` as JSON, the answer decoded as `Response`.
-    func call<Request: Encodable, Response: Decodable>(_ path: String, _ body: Request, as: Response.Type, timeout: Duration? = nil) async throws(PMLLError) -> Response {
+    func call<Request: Encodable, Response: Decodable>(_ path: String, _ body: Request, as: Response.Type, timeout: Duration? = nil, retry: Retry = .safe) async throws(PMLLError) -> Response {
         let payload: ByteBuffer
         do { payload = ByteBuffer(bytes: try JSONEncoder().encode(body)) } catch {
             throw .invalidOptions(reason: "cannot encode an etcd request: \(error)")
         }
-        let bytes = try await send(path, payload, timeout: timeout ?? requestTimeout)
+        let bytes = try await send(path, payload, timeout: timeout ?? requestTimeout, retry: retry)
         do {
             return try JSONDecoder().decode(Response.self, from: Data(bytes))
         } catch {
-            if let refusal = try? JSONDecoder().decode(GatewayError.self, from: Data(bytes)), refusal.code != nil || refusal.message != nil {
-                throw .backendUnavailable(address: address, reason: "etcd refused \(path): \(refusal.text)")
-            }
             throw .backendUnavailable(address: address, reason: "unexpected answer to \(path): \(String(decoding: bytes.prefix(200), as: UTF8.self))")
         }
     }
 
-    private func send(_ path: String, _ payload: ByteBuffer, timeout: Duration) async throws(PMLLError) -> [UInt8] {
+    /// A failure worth another attempt, and whether the request surely never arrived.
+    private struct Transient: Error {
+        var description: String
+        var neverDelivered: Bool
+    }
+
+    private func send(_ path: String, _ payload: ByteBuffer, timeout: Duration, retry: Retry) async throws(PMLLError) -> [UInt8] {
+        let deadline = ContinuousClock.now + timeout
+        var index = current.withLock { $0 }
+        var tried = 0
         var lastFailure = "no endpoint"
-        let start = current.withLock { $0 }
-        for step in 0..<endpoints.count {
-            let index = (start + step) % endpoints.count
-            var request = HTTPClientRequest(url: endpoints[index] + path)
-            request.method = .POST
-            request.headers.add(name: "Content-Type", value: "application/json")
-            request.body = .bytes(payload)
+        while true {
             do {
-                let response = try await client.execute(request, timeout: .nanoseconds(Int64(timeout.nanosecondsClamped)))
-                let body = try await response.body.collect(upTo: 64 << 20)
-                current.withLock { $0 = index }
-                if response.status.code >= 300 {
-                    let text = String(buffer: body)
-                    let refusal = try? JSONDecoder().decode(GatewayError.self, from: Data(text.utf8))
-                    throw PMLLError.backendUnavailable(address: address, reason: "etcd answered \(path) with HTTP \(response.status.code): \(refusal?.text ?? text)")
+                return try await sendOnce(path, payload, to: index, deadline: deadline)
+            } catch let failure as Transient {
+                lastFailure = "\(endpoints[index]): \(failure.description)"
+                tried += 1
+                index = (index + 1) % endpoints.count
+                let mayRetry = failure.neverDelivered || retry == .safe
+                guard mayRetry else {
+                    throw .backendUnavailable(address: address, reason: "\(path) failed after it was sent, outcome unknown: \(lastFailure)")
                 }
-                return Array(body.readableBytesView)
+                // Every member once at once (the first may just be down), then with a pause
+                // (an election takes about a second), until the request's own deadline.
+                if tried >= endpoints.count {
+                    guard ContinuousClock.now + .milliseconds(100) < deadline else {
+                        throw .backendUnavailable(address: address, reason: "no member answered within \(timeout): \(lastFailure)")
+                    }
+                    try? await Task.sleep(for: .milliseconds(100))
+                }
+                if Task.isCancelled { throw .cancelled(lock: path) }
             } catch let error as PMLLError {
                 throw error
-            } catch is CancellationError {
-                throw .cancelled(lock: path)
             } catch {
-                lastFailure = "\(endpoints[index]): \(Self.describe(error))"
-                if Self.neverDelivered(error) { continue }
-                throw .backendUnavailable(address: address, reason: "\(path) failed after it was sent, outcome unknown: \(lastFailure)")
+                throw .cancelled(lock: path)
             }
         }
-        throw .backendUnavailable(address: address, reason: "no member answered: \(lastFailure)")
+    }
+
+    private func sendOnce(_ path: String, _ payload: ByteBuffer, to index: Int, deadline: ContinuousClock.Instant) async throws -> [UInt8] {
+        var request = HTTPClientRequest(url: endpoints[index] + path)
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.body = .bytes(payload)
+        let left = max(ContinuousClock.now.duration(to: deadline), .milliseconds(1))
+        let response: HTTPClientResponse
+        let body: ByteBuffer
+        do {
+            response = try await client.execute(request, timeout: .nanoseconds(left.nanosecondsClamped))
+            body = try await response.body.collect(upTo: 64 << 20)
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            if Task.isCancelled { throw CancellationError() }
+            throw Transient(description: Self.describe(error), neverDelivered: Self.neverDelivered(error))
+        }
+        current.withLock { $0 = index }
+        guard response.status.code >= 300 else { return Array(body.readableBytesView) }
+        let text = String(buffer: body)
+        let refusal = try? JSONDecoder().decode(GatewayError.self, from: Data(text.utf8))
+        let message = refusal?.text ?? text
+        // gRPC Unavailable (14) and DeadlineExceeded (4), as the gateway passes them on:
+        // no leader, leader changed, request timed out — the member may or may not have
+        // applied the request.
+        if response.status.code == 503 || response.status.code == 504 || refusal?.code == 14 || refusal?.code == 4 {
+            throw Transient(description: "HTTP \(response.status.code): \(message)", neverDelivered: false)
+        }
+        throw PMLLError.backendUnavailable(address: address, reason: "etcd answered \(path) with HTTP \(response.status.code): \(message)")
     }
 
     /// One unary call completed on a NIO event loop, not on Swift's cooperative pool: the

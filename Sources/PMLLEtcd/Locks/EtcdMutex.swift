@@ -119,6 +119,9 @@ extension EtcdPool {
             } catch { return .failure(error) }
         }.value
         let answer = try outcome.get()
+        // Sent again after an attempt whose answer was lost (a leader change), a release that
+        // did apply finds its key gone and is reported lost: rare, and on the safe side
+        // (fencing, not this report, protects commits). Docs/Etcd.md "Failures".
         guard answer.didSucceed else {
             throw .lockLost(lock: grant.lock.name, token: token, reason: "the participant's lease expired while the lock was held (\(session.lostReason ?? "its waiter key is gone")); another process may have held it since")
         }

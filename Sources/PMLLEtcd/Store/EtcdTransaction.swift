@@ -71,7 +71,7 @@ extension EtcdPool {
                 value.map { .put(PutRequest(key: EtcdBytes(keys.state(key)), value: EtcdBytes($0))) } ?? .delete(keys.state(key))
             }
             let answer = try await gateway.call("/v3/kv/txn", TxnRequest(compare: compare, success: ops,
-                failure: resolved.map { .range(RangeRequest(key: EtcdBytes($0.key))) }), as: TxnResponse.self)
+                failure: resolved.map { .range(RangeRequest(key: EtcdBytes($0.key))) }), as: TxnResponse.self, retry: .ifNeverDelivered)
             if answer.didSucceed { return result }
             for (index, item) in resolved.enumerated() where answer.range(index)?.all.first?.createRevision != item.fence.token {
                 throw PMLLError.lockLost(lock: item.fence.lock, token: item.fence.token,
