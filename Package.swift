@@ -175,9 +175,10 @@ let package = Package(
         .executableTarget(
             name: "PMLLBench",
             dependencies: [
-                "PMLL", "CPMLL", "CPMLLPeers", "PMLLStressSupport",
+                "PMLL", "CPMLL", "CPMLLPeers", "PMLLStressSupport", "PMLLEtcd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             path: "Stress/Bench",
             swiftSettings: swiftSettings

@@ -7,7 +7,7 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmll-bench",
         abstract: "PMLL benchmarks with peers measured in the same run (locks: glibc robust mutex, flock, OFD; queue: SQLite WAL; tx: libpmemobj).",
-        subcommands: [Locks.self, AsyncBench.self, QueueBench.self, AuditBench.self, TransactionBench.self, ScaleBench.self, StartupBench.self, BatchBench.self, BatchChild.self, ContendChild.self, TakeoverChild.self, ReadWriteChild.self, StarveChild.self, QueueChild.self, TransactionChild.self],
+        subcommands: [Locks.self, AsyncBench.self, QueueBench.self, AuditBench.self, TransactionBench.self, ScaleBench.self, StartupBench.self, EtcdBench.self, BatchBench.self, BatchChild.self, ContendChild.self, TakeoverChild.self, ReadWriteChild.self, StarveChild.self, QueueChild.self, TransactionChild.self],
         defaultSubcommand: Locks.self
     )
 }

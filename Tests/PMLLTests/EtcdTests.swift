@@ -2,6 +2,7 @@ import Foundation
 import PMLLCore
 import PMLLEtcd
 import PMLLLocks
+import PMLLStressSupport
 import Testing
 
 /// The etcd backend against real etcd members started by each test (Docs/Etcd.md).
@@ -282,8 +283,8 @@ struct EtcdKeepAliveTests {
         let pool = try await EtcdPool.open(url: cluster.address("blocked", ttl: 2))
         // Block this thread and (with a second task) the other cooperative thread for
         // longer than the TTL: only the event loop's keep-alive can save the lease.
-        let other = Task.detached { usleep(5_000_000) }
-        usleep(5_000_000)
+        let other = Task.detached { _ = usleep(5_000_000) }
+        _ = usleep(5_000_000)
         await other.value
         let lock = try await pool.lock(named: "x", level: .package)
         #expect(try await lock.withLock { $0.fencingToken } > 0)

@@ -92,12 +92,18 @@ struct Compare: Encodable, Sendable {
     var result: String            // "EQUAL", "GREATER", "LESS", "NOT_EQUAL"
     var target: String            // "VERSION", "CREATE", "MOD", "VALUE", "LEASE"
     var key: EtcdBytes
+    var range_end: EtcdBytes? = nil   // every key of [key, range_end) must compare true (none: as an absent key)
     var create_revision: EtcdInt?
     var mod_revision: EtcdInt?
     var value: EtcdBytes?
 
     static func createRevision(_ key: [UInt8], equals revision: Int64) -> Compare {
         Compare(result: "EQUAL", target: "CREATE", key: EtcdBytes(key), create_revision: EtcdInt(revision))
+    }
+    /// No key starts with `prefix` (a range compare is true for every key in it, and an
+    /// empty range compares as one absent key, whose create revision is 0).
+    static func noKey(startingWith prefix: [UInt8]) -> Compare {
+        Compare(result: "EQUAL", target: "CREATE", key: EtcdBytes(prefix), range_end: EtcdBytes(prefixEnd(prefix)), create_revision: EtcdInt(0))
     }
     static func modRevision(_ key: [UInt8], equals revision: Int64) -> Compare {
         Compare(result: "EQUAL", target: "MOD", key: EtcdBytes(key), mod_revision: EtcdInt(revision))
@@ -121,7 +127,9 @@ struct TxnRequest: Encodable, Sendable {
 
 struct ResponseOp: Decodable, Sendable {
     var response_range: RangeResponse?
+    var response_put: PutResponse?
 }
+struct PutResponse: Decodable, Sendable { var header: ResponseHeader? }
 
 struct TxnResponse: Decodable, Sendable {
     var header: ResponseHeader?

@@ -11,6 +11,14 @@ struct HolderRecord: Codable, Sendable {
     var since: Int64               // ns since 1970
     var inconsistent: Bool?
 
+    /// A held record: its token is in the value, or (written in the same transaction as
+    /// the waiter key, on the uncontended path) the record's own mod revision.
+    static func decode(_ kv: KeyValue) -> HolderRecord? {
+        guard var record = try? JSONDecoder().decode(HolderRecord.self, from: Data(kv.valueBytes)) else { return nil }
+        if record.token == nil { record.token = kv.modRevision }
+        return record
+    }
+
     var info: HolderInfo {
         HolderInfo(pid: pid, commandName: "\(command) on \(host)", heldSinceNanoseconds: since)
     }
@@ -37,28 +45,47 @@ extension EtcdPool {
         let prefix = keys.waiters(id.name)
         let myKey = nextWaiterKey(id.name)
 
-        // 1. Enqueue. The key is new, so the guard only matters if this request is ever
-        // retried: then the failure branch reads the key the first attempt made.
-        let put = try await gateway.call("/v3/kv/txn", TxnRequest(
-            compare: [.createRevision(myKey, equals: 0)],
-            success: [.put(PutRequest(key: EtcdBytes(myKey), value: EtcdBytes(record()), lease: EtcdInt(session.leaseID)))],
-            failure: [.range(RangeRequest(key: EtcdBytes(myKey)))]), as: TxnResponse.self)
-        let token = put.didSucceed ? put.header?.rev ?? 0 : put.range(0)?.all.first?.createRevision ?? 0
-        guard token > 0 else { throw .backendUnavailable(address: gateway.address, reason: "etcd gave no revision for the waiter key") }
+        // 1. Enqueue, and take the lock at once if nobody else is queued: one transaction.
+        // Free lock: put our key, read the held record a dead holder may have left and write
+        // ours (its mod revision is our key's create revision: the token). Otherwise: put our
+        // key and read the two newest keys (ours and our predecessor). Sent again after a lost
+        // answer, it finds our own key queued and takes the second branch, which keeps the
+        // key's create revision: the claim below then finds the held record ours.
+        let held = keys.held(id.name)
+        let enqueue = PutRequest(key: EtcdBytes(myKey), value: EtcdBytes(record()), lease: EtcdInt(session.leaseID))
+        let first = try await gateway.call("/v3/kv/txn", TxnRequest(
+            compare: [.noKey(startingWith: prefix)],
+            success: [.put(enqueue), .range(RangeRequest(key: EtcdBytes(held))), .put(PutRequest(key: EtcdBytes(held), value: EtcdBytes(record())))],
+            failure: [.put(enqueue), .range(RangeRequest(key: EtcdBytes(prefix), range_end: EtcdBytes(prefixEnd(prefix)), limit: EtcdInt(2),
+                                                          sort_order: "DESCEND", sort_target: "CREATE"))]), as: TxnResponse.self)
+        if first.didSucceed {
+            let token = first.header?.rev ?? 0
+            guard token > 0 else { throw .backendUnavailable(address: gateway.address, reason: "etcd gave no revision for the waiter key") }
+            return EtcdLockGrant(lock: id, fencingToken: token, previousOwnerDeath: death(in: first.range(1)?.all.first, token: token),
+                                 waited: start.duration(to: .now), waiterKey: myKey)
+        }
+        let newest = first.range(1)?.all ?? []
+        guard let mine = newest.first(where: { $0.key.bytes == myKey }) else {
+            throw .backendUnavailable(address: gateway.address, reason: "the waiter key was not found after it was put")
+        }
+        let token = mine.createRevision
+        var predecessor = newest.first(where: { $0.key.bytes != myKey && $0.createRevision < token })
+        var seenAt = first.header?.rev ?? 0
 
         // 2. Wait until no key of this lock was created before ours.
         do throws(PMLLError) {
-            while true {
-                let before = try await gateway.call("/v3/kv/range", RangeRequest(
-                    key: EtcdBytes(prefix), range_end: EtcdBytes(prefixEnd(prefix)), limit: EtcdInt(1),
-                    sort_order: "DESCEND", sort_target: "CREATE", max_create_revision: EtcdInt(token - 1)), as: RangeResponse.self)
-                guard let predecessor = before.all.first else { break }
+            while let waitingFor = predecessor {
                 if let lost = session.lostReason { throw .lockLost(lock: id.name, token: token, reason: lost) }
                 if Task.isCancelled { throw .cancelled(lock: id.name) }
                 if let deadline, ContinuousClock.now >= deadline {
                     throw .timeout(lock: id.name, holder: try? await holder(of: id.name)?.info)
                 }
-                try await gateway.waitForDeletion(of: predecessor.key.bytes, after: before.header?.rev ?? 0, deadline: deadline)
+                try await gateway.waitForDeletion(of: waitingFor.key.bytes, after: seenAt, deadline: deadline)
+                let before = try await gateway.call("/v3/kv/range", RangeRequest(
+                    key: EtcdBytes(prefix), range_end: EtcdBytes(prefixEnd(prefix)), limit: EtcdInt(1),
+                    sort_order: "DESCEND", sort_target: "CREATE", max_create_revision: EtcdInt(token - 1)), as: RangeResponse.self)
+                predecessor = before.all.first
+                seenAt = before.header?.rev ?? seenAt
             }
         } catch {
             await withdraw(myKey, token: token)
@@ -69,7 +96,6 @@ extension EtcdPool {
         // 3. Claim: only if our key still exists (a lease that expired while we waited
         // deleted it: then we are not the owner, whatever the wait said), reading the held
         // record a dead predecessor left and writing ours, in one transaction.
-        let held = keys.held(id.name)
         let claim = try await gateway.call("/v3/kv/txn", TxnRequest(
             compare: [.createRevision(myKey, equals: token)],
             success: [.range(RangeRequest(key: EtcdBytes(held))),
@@ -78,15 +104,16 @@ extension EtcdPool {
         guard claim.didSucceed else {
             throw .lockLost(lock: id.name, token: token, reason: "the participant's lease expired while it waited (\(session.lostReason ?? "its waiter key is gone"))")
         }
-        var death: OwnerDeath?
-        if let previous = claim.range(0)?.all.first,
-           let record = try? JSONDecoder().decode(HolderRecord.self, from: Data(previous.valueBytes)), record.token != token {
-            death = OwnerDeath(cause: record.inconsistent == true ? .releasedInconsistent : .processDied,
-                               pid: record.pid, commandName: "\(record.command) on \(record.host)",
-                               heldSinceNanoseconds: record.since, detectedAtNanoseconds: Self.wallNanoseconds())
-        }
-        return EtcdLockGrant(lock: id, fencingToken: token, previousOwnerDeath: death,
+        return EtcdLockGrant(lock: id, fencingToken: token, previousOwnerDeath: death(in: claim.range(0)?.all.first, token: token),
                              waited: start.duration(to: .now), waiterKey: myKey)
+    }
+
+    /// The death a held record left by an earlier holder reports (nil: none, or ours).
+    private func death(in previous: KeyValue?, token: Int64) -> OwnerDeath? {
+        guard let previous, let record = HolderRecord.decode(previous), record.token != token else { return nil }
+        return OwnerDeath(cause: record.inconsistent == true ? .releasedInconsistent : .processDied,
+                          pid: record.pid, commandName: "\(record.command) on \(record.host)",
+                          heldSinceNanoseconds: record.since, detectedAtNanoseconds: Self.wallNanoseconds())
     }
 
     /// Deletes our waiter key after a timeout or cancellation — only our acquisition's key

@@ -40,7 +40,7 @@ extension EtcdPool {
         var held: [String: HolderRecord] = [:]
         for kv in heldRecords.all {
             let name = EtcdKeys.unescape(Substring(decoding: kv.key.bytes.dropFirst(heldRoot.count), as: UTF8.self))
-            held[name] = try? JSONDecoder().decode(HolderRecord.self, from: Data(kv.valueBytes))
+            held[name] = HolderRecord.decode(kv)
         }
         var result: [EtcdLockStatus] = []
         for name in Set(byName.keys).union(held.keys).sorted() {

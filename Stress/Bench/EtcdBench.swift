@@ -1,0 +1,126 @@
+import ArgumentParser
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import PMLLCore
+import PMLLEtcd
+import PMLLStressSupport
+
+/// The etcd backend on a loopback cluster this command starts, against etcd's own lock
+/// service (`/v3/lock/lock` + `/v3/lock/unlock` through the same JSON gateway and the same
+/// HTTP client) and a bare `/v3/kv/put` (the gateway's floor), in interleaved rounds; then
+/// takeover after a holder's SIGKILL against the lease TTL.
+struct EtcdBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "etcd", abstract: "etcd backend: lock+unlock and fenced commits vs etcd's v3lock service; takeover vs TTL.")
+
+    @Option(help: "Cluster members (started on loopback by this command).") var members = 3
+    @Option var rounds = 300
+    @Option(help: "Holder deaths to time.") var takeovers = 5
+    @Option(help: "Lease TTL (s) for the takeover part.") var ttl = 2
+    @Flag var json = false
+
+    struct Row: Codable {
+        var operation: String
+        var p50Milliseconds: Double
+        var p90Milliseconds: Double
+        var p99Milliseconds: Double
+    }
+
+    func run() async throws {
+        let cluster = try EtcdCluster(members: members)
+        defer { cluster.stop() }
+        let pool = try await EtcdPool.open(url: cluster.address("bench"))
+        let lock = try await pool.lock(named: "u", level: .package)
+        let endpoint = "http://" + cluster.members[0].url
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        let lease = try await Self.post(client, endpoint + "/v3/lease/grant", #"{"TTL":"60"}"#)["ID"] as? String ?? "0"
+        let name = Data("v3/u".utf8).base64EncodedString()
+
+        var samples: [String: [Double]] = [:]
+        func time(_ label: String, _ body: () async throws -> Void) async rethrows {
+            let start = ContinuousClock.now
+            try await body()
+            let d = start.duration(to: .now)
+            samples[label, default: []].append(Double(d.components.seconds) * 1e3 + Double(d.components.attoseconds) / 1e15)
+        }
+        for round in -20..<rounds {
+            let keep = round >= 0
+            try await time("pmll lock+unlock") { try await lock.withLock { _ in } }
+            try await time("etcd v3lock lock+unlock") {
+                let key = try await Self.post(client, endpoint + "/v3/lock/lock", #"{"name":"\#(name)","lease":"\#(lease)"}"#)["key"] as? String ?? ""
+                _ = try await Self.post(client, endpoint + "/v3/lock/unlock", #"{"key":"\#(key)"}"#)
+            }
+            try await time("pmll lock+fenced commit+unlock") {
+                try await lock.withLock { grant in
+                    try await pool.transaction(fencedBy: [grant.fence]) { try $0.set("k", String(round)) }
+                }
+            }
+            try await time("etcd put (gateway floor)") {
+                _ = try await Self.post(client, endpoint + "/v3/kv/put", #"{"key":"\#(Data("p".utf8).base64EncodedString())","value":"eA=="}"#)
+            }
+            if !keep { samples.removeAll() }
+        }
+        var rows = samples.keys.sorted().map { label -> Row in
+            let s = samples[label]!.sorted()
+            return Row(operation: label, p50Milliseconds: s[s.count / 2], p90Milliseconds: s[s.count * 9 / 10], p99Milliseconds: s[min(s.count - 1, s.count * 99 / 100)])
+        }
+
+        // Takeover: a `pmll lock` holder (another process) SIGKILLed; this process waits.
+        let pmll = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/pmll"
+        let address = cluster.address("takeover", ttl: ttl)
+        let waiterPool = try await EtcdPool.open(url: address)
+        let taken = try await waiterPool.lock(named: "t", level: .package)
+        var takeoverTimes: [Double] = []
+        for _ in 0..<takeovers {
+            let holder = Process()
+            holder.executableURL = URL(fileURLWithPath: pmll)
+            holder.arguments = ["lock", "--pool", address, "t", "--", "sleep", "600"]
+            holder.standardError = FileHandle.nullDevice
+            try holder.run()
+            while try await taken.currentHolder()?.pid != holder.processIdentifier { try await Task.sleep(for: .milliseconds(20)) }
+            // Just after a keep-alive, as a process dies at any moment: sample the phase.
+            try await Task.sleep(for: .milliseconds(Int64.random(in: 0..<Int64(ttl * 1000 / 3))))
+            let killed = ContinuousClock.now
+            kill(holder.processIdentifier, SIGKILL)
+            try await taken.withLock { _ in }
+            let d = killed.duration(to: .now)
+            takeoverTimes.append(Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
+            holder.waitUntilExit()
+        }
+        _ = try? Process.run(URL(fileURLWithPath: "/usr/bin/pkill"), arguments: ["-f", "sleep 600"])
+        takeoverTimes.sort()
+        await waiterPool.close()
+        await pool.close()
+        try await client.shutdown()
+
+        if json {
+            struct Report: Encodable { var members: Int; var rounds: Int; var rows: [Row]; var ttlSeconds: Int; var takeoverSeconds: [Double] }
+            let data = try JSONEncoder().encode(Report(members: members, rounds: rounds, rows: rows, ttlSeconds: ttl, takeoverSeconds: takeoverTimes))
+            print(String(decoding: data, as: UTF8.self))
+            return
+        }
+        rows.sort { $0.operation < $1.operation }
+        print("etcd \(members) member(s) on loopback, \(rounds) interleaved rounds (ms)")
+        print("operation".padding(toLength: 34, withPad: " ", startingAt: 0) + "     p50      p90      p99")
+        for row in rows {
+            print(row.operation.padding(toLength: 34, withPad: " ", startingAt: 0)
+                  + String(format: " %8.3f %8.3f %8.3f", row.p50Milliseconds, row.p90Milliseconds, row.p99Milliseconds))
+        }
+        if let pmllRow = rows.first(where: { $0.operation == "pmll lock+unlock" }), let v3 = rows.first(where: { $0.operation == "etcd v3lock lock+unlock" }) {
+            print(String(format: "ratio pmll / v3lock (p50): %.2f", pmllRow.p50Milliseconds / v3.p50Milliseconds))
+        }
+        if !takeoverTimes.isEmpty {
+            print(String(format: "takeover after SIGKILL, TTL %d s: median %.2f s, range %.2f–%.2f s (%d deaths)", ttl,
+                         takeoverTimes[takeoverTimes.count / 2], takeoverTimes.first!, takeoverTimes.last!, takeoverTimes.count))
+        }
+    }
+
+    static func post(_ client: HTTPClient, _ url: String, _ body: String) async throws -> [String: Any] {
+        var request = HTTPClientRequest(url: url)
+        request.method = .POST
+        request.body = .bytes(ByteBuffer(string: body))
+        let response = try await client.execute(request, timeout: .seconds(10))
+        let bytes = try await response.body.collect(upTo: 1 << 20)
+        return (try JSONSerialization.jsonObject(with: Data(bytes.readableBytesView))) as? [String: Any] ?? [:]
+    }
+}
