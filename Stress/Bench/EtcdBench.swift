@@ -85,7 +85,10 @@ struct EtcdBench: AsyncParsableCommand {
             try await taken.withLock { _ in }
             let d = killed.duration(to: .now)
             takeoverTimes.append(Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
-            holder.waitUntilExit()
+            // Reaped here: Process.waitUntilExit spins a run loop that an async context
+            // does not run, and never returns.
+            var status: Int32 = 0
+            _ = waitpid(holder.processIdentifier, &status, 0)
         }
         _ = try? Process.run(URL(fileURLWithPath: "/usr/bin/pkill"), arguments: ["-f", "sleep 600"])
         takeoverTimes.sort()
