@@ -116,6 +116,9 @@ struct EtcdKeys: Sendable {
     func level(_ name: String) -> [UInt8] { Array((root + "/level/" + Self.escape(name)).utf8) }
     func state(_ key: String) -> [UInt8] { Array((root + "/state/").utf8) + Array(key.utf8) }
     var stateRoot: [UInt8] { Array((root + "/state/").utf8) }
+    func queueRecords(_ queue: String) -> [UInt8] { Array((root + "/queue/" + Self.escape(queue) + "/").utf8) }
+    func queueRecord(_ queue: String, ticket: Int64) -> [UInt8] { queueRecords(queue) + Array(String(ticket).leftPadded(to: 19).utf8) }
+    var queueRoot: [UInt8] { Array((root + "/queue/").utf8) }
 }
 
 extension String {

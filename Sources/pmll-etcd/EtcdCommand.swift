@@ -12,21 +12,21 @@ struct EtcdCommand: AsyncParsableCommand {
         commandName: "pmll",
         abstract: "PMLL locks and state on an etcd cluster (pool etcd://HOST:PORT[,HOST:PORT...][/PREFIX][?ttl=SECONDS]).",
         discussion: """
-            The pool is --pool URL, else $PMLL_POOL. Commands: lock, state, status (Docs/Etcd.md).
+            The pool is --pool URL, else $PMLL_POOL. Commands: lock, queue, recover, state, status (Docs/Etcd.md).
 
             \(EtcdExit.summary)
             """,
-        subcommands: [EtcdLockCommand.self, EtcdStateCommand.self, EtcdStatusCommand.self]
+        subcommands: [EtcdLockCommand.self, EtcdQueueCommand.self, EtcdRecoverCommand.self, EtcdStateCommand.self, EtcdStatusCommand.self]
     )
 
     /// Local-pool commands that have no etcd form (yet): one clear line instead of
     /// ArgumentParser's "unexpected argument".
-    static let localOnly: Set<String> = ["flock", "queue", "recover", "batch", "check", "metrics", "top", "backup", "restore", "config", "audit", "policy", "demo"]
+    static let localOnly: Set<String> = ["flock", "batch", "check", "metrics", "top", "backup", "restore", "config", "audit", "policy", "demo"]
 
     static func main() async {
         let arguments = CommandLine.arguments
         if arguments.count > 1, localOnly.contains(arguments[1]) {
-            fail("'\(arguments[1])' is not available on etcd pools (available: lock, state, status; Docs/Etcd.md)", status: 64)
+            fail("'\(arguments[1])' is not available on etcd pools (available: lock, queue, recover, state, status; Docs/Etcd.md)", status: 64)
         }
         do {
             var command = try parseAsRoot()
@@ -65,9 +65,10 @@ enum EtcdExit {
     static func code(for error: PMLLError) -> Int32 {
         switch error {
         case .invalidPoolPath, .poolNotFound: 66
+        case .queueTimeout: 75
         case .backendUnavailable: 69
         case .timeout, .transactionConflict, .lockLost: 75
-        case .cancelled: 130
+        case .cancelled, .queueCancelled: 130
         case .permissionDenied, .accessDenied: 77
         case .corruptRecord: 65
         default: 64
@@ -91,4 +92,13 @@ struct EtcdPoolArguments: ParsableArguments {
 extension LockLevel: ExpressibleByArgument {
     public static var allValueStrings: [String] { allCases.map(\.description) }
     public var defaultValueDescription: String { description }
+}
+
+/// The JSON output of every command: sorted keys, slashes as they are (lock and queue names).
+enum EtcdJSON {
+    static var encoder: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return encoder
+    }
 }

@@ -19,8 +19,7 @@ struct EtcdStatusCommand: AsyncParsableCommand {
         }
         await pool.close()
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
+            let encoder = EtcdJSON.encoder
             struct Report: Encodable { var pool: String; var locks: [EtcdLockStatus] }
             FileHandle.standardOutput.write(try encoder.encode(Report(pool: pool.address.description, locks: locks)) + Data("\n".utf8))
             return

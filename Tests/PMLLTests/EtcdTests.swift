@@ -241,6 +241,50 @@ struct EtcdTests {
         #expect(parsed.description == "etcd://a:1,b:2/p/q?ttl=7")
     }
 
+    @Test("queue operations run in submission order across processes; a killed one is abandoned, then recovered once")
+    func queueOrderAbandonAndRecover() throws {
+        let cluster = try EtcdCluster()
+        defer { cluster.stop() }
+        let scratch = Scratch()
+        let environment = ["PMLL_POOL": cluster.address("queues", ttl: 2)]
+        let log = scratch.file("log"), go = scratch.file("go")
+        let first = try Child(Binaries.pmll, ["queue", "exec", "q", "--", "sh", "-c", "while [ ! -f \(go) ]; do sleep 0.02; done; echo first >> \(log)"], environment: environment)
+        try waitForHolder(environment, lock: "pmll:queue/q")
+        var others: [Child] = []
+        for i in 1...3 {
+            others.append(try Child(Binaries.pmll, ["queue", "exec", "q", "--", "sh", "-c", "echo op\(i) $PMLL_TICKET >> \(log)"], environment: environment))
+            try waitUntilSync {
+                let status = try? pmll(["status", "--json"], environment: environment)
+                return status?.stdout.contains("\"waiters\":\(i)") == true
+            }
+        }
+        _ = FileManager.default.createFile(atPath: go, contents: nil)
+        #expect(first.wait() == 0)
+        for other in others { #expect(other.wait() == 0, "\(other.stderr)") }
+        let lines = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").map(String.init)
+        #expect(lines.map { $0.split(separator: " ").first.map(String.init) ?? "" } == ["first", "op1", "op2", "op3"], "\(lines)")
+        let tickets = lines.dropFirst().compactMap { Int64($0.split(separator: " ").last ?? "") }
+        #expect(tickets == tickets.sorted() && tickets.count == 3)
+
+        // A holder killed while its operation runs: the next operation marks it abandoned.
+        let victim = try Child(Binaries.pmll, ["queue", "exec", "q", "--", "sleep", "60"], environment: environment)
+        try waitForHolder(environment, lock: "pmll:queue/q")
+        victim.killParentFirst()
+        victim.wait()
+        #expect(try pmll(["queue", "exec", "q", "--", "true"], environment: environment).status == 0)
+        let shown = try pmll(["queue", "show", "q", "--json"], environment: environment)
+        #expect(shown.stdout.contains("\"abandoned\""), "\(shown.stdout)")
+        let recovered = try pmll(["recover", "--exec-handler", "echo $PMLL_ABANDONED_ARGV >> \(scratch.file("handled"))"], environment: environment)
+        #expect(recovered.status == 0 && recovered.stdout.contains("recovered:"), "\(recovered)")
+        #expect(try String(contentsOfFile: scratch.file("handled"), encoding: .utf8).contains("sleep"))
+        let again = try pmll(["recover", "--exec-handler", "false"], environment: environment)
+        #expect(again.status == 0 && !again.stdout.contains("recovered:"), "recovered twice: \(again)")
+        // A failing COMMAND is recorded failed, with its status kept.
+        let failed = try pmll(["queue", "exec", "q", "--", "sh", "-c", "exit 3"], environment: environment)
+        #expect(failed.status == 3)
+        #expect(try pmll(["queue", "show", "q"], environment: environment).stdout.contains("failed"))
+    }
+
     // MARK: helpers
 
     func waitForHolder(_ environment: [String: String], lock: String) throws {
