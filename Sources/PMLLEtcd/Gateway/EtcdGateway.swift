@@ -59,7 +59,7 @@ final class EtcdGateway: Sendable {
         do { payload = ByteBuffer(bytes: try JSONEncoder().encode(body)) } catch {
             throw .invalidOptions(reason: "cannot encode an etcd request: \(error)")
         }
-        let bytes = try await send(path, payload, timeout: timeout ?? requestTimeout, retry: retry)
+        let bytes = try await onEtcdExecutor { () async throws(PMLLError) in try await send(path, payload, timeout: timeout ?? requestTimeout, retry: retry) }
         do {
             return try JSONDecoder().decode(Response.self, from: Data(bytes))
         } catch {
@@ -181,6 +181,10 @@ final class EtcdGateway: Sendable {
     /// the caller treats as "look again"). Returns at once if the deletion already happened:
     /// a watch from `revision + 1` replays it.
     func waitForDeletion(of key: [UInt8], after revision: Int64, deadline: ContinuousClock.Instant?) async throws(PMLLError) {
+        try await onEtcdExecutor { () async throws(PMLLError) in try await watchForDeletion(of: key, after: revision, deadline: deadline) }
+    }
+
+    private func watchForDeletion(of key: [UInt8], after revision: Int64, deadline: ContinuousClock.Instant?) async throws(PMLLError) {
         let create = WatchCreate(create_request: .init(key: EtcdBytes(key), start_revision: EtcdInt(revision + 1), filters: ["NOPUT"]))
         let payload: ByteBuffer
         do { payload = ByteBuffer(bytes: try JSONEncoder().encode(create)) } catch {

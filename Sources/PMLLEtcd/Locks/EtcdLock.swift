@@ -28,15 +28,18 @@ public struct EtcdLock: Sendable, Hashable {
     @discardableResult
     public func withLock<R>(timeout: Duration? = nil, _ body: (inout EtcdLockGrant) async throws -> R) async throws -> R {
         try EtcdHeld.check(id)
-        var grant = try await pool.acquire(id, timeout: timeout)
+        let pool = self.pool, id = self.id
+        var grant = try await onEtcdExecutor { () async throws(PMLLError) in try await pool.acquire(id, timeout: timeout) }
         let result: R
         do {
             result = try await EtcdHeld.$stack.withValue(EtcdHeld.stack + [id]) { try await body(&grant) }
         } catch {
-            _ = try? await pool.release(grant)
+            let held = grant
+            _ = try? await onEtcdExecutor { () async throws(PMLLError) in try await pool.release(held) }
             throw error
         }
-        try await pool.release(grant)
+        let held = grant
+        try await onEtcdExecutor { () async throws(PMLLError) in try await pool.release(held) }
         return result
     }
 

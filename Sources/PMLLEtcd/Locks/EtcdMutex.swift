@@ -121,7 +121,7 @@ extension EtcdPool {
     /// that got us here does not cancel the clean-up too.
     private func withdraw(_ key: [UInt8], token: Int64) async {
         let gateway = self.gateway
-        await Task.detached {
+        await Task.detached(executorPreference: EtcdExecutor.shared) {
             _ = try? await gateway.call("/v3/kv/txn", TxnRequest(
                 compare: [.createRevision(key, equals: token)], success: [.delete(key)], failure: []), as: TxnResponse.self)
         }.value
@@ -139,7 +139,7 @@ extension EtcdPool {
             : .delete(held)
         let gateway = self.gateway
         // In a task of its own: a cancelled caller must still release.
-        let outcome = await Task.detached { () async -> Result<TxnResponse, PMLLError> in
+        let outcome = await Task.detached(executorPreference: EtcdExecutor.shared) { () async -> Result<TxnResponse, PMLLError> in
             do throws(PMLLError) {
                 return .success(try await gateway.call("/v3/kv/txn", TxnRequest(
                     compare: [.createRevision(key, equals: token)], success: [.delete(key), last], failure: []), as: TxnResponse.self))

@@ -23,7 +23,8 @@ public struct EtcdQueue: Sendable {
     public func execute<R>(kind: String, payload: [UInt8] = [], timeout: Duration? = nil,
                            _ body: (EtcdOperationRecord) async throws -> R) async throws -> R {
         try EtcdOperationRecord.validate(kind: kind, payload: payload)
-        var grant = try await pool.acquire(turn, timeout: timeout)
+        let pool = self.pool, turn = self.turn
+        var grant = try await onEtcdExecutor { () async throws(PMLLError) in try await pool.acquire(turn, timeout: timeout) }
         let record = EtcdOperationRecord(queue: name, ticket: grant.fencingToken, kind: kind, payload: payload, state: .running,
                                          participant: pool.identity, lease: pool.session.leaseID)
         let result: R
@@ -36,14 +37,16 @@ public struct EtcdQueue: Sendable {
             failed.error = "\(error)"
             failed.finished = EtcdOperationRecord.now()
             if (try? await pool.writeRecord(failed, fence: grant.fence, alsoAbandoning: false)) == nil { grant.markInconsistent() }
-            try? await pool.release(grant)
+            let held = grant
+            try? await onEtcdExecutor { () async throws(PMLLError) in try await pool.release(held) }
             throw error
         }
         var completed = record
         completed.state = .completed
         completed.finished = EtcdOperationRecord.now()
         try await pool.writeRecord(completed, fence: grant.fence, alsoAbandoning: false)
-        try await pool.release(grant)
+        let held = grant
+        try await onEtcdExecutor { () async throws(PMLLError) in try await pool.release(held) }
         return result
     }
 
