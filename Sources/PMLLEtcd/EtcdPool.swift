@@ -83,9 +83,10 @@ public final class EtcdPool: Sendable {
         return EtcdLock(pool: self, id: LockID(name: name, level: level))
     }
 
-    func nextWaiterKey(_ name: String) -> [UInt8] {
+    /// A new waiter key: `w` (exclusive) or `r` (shared), the lease in hex, a sequence number.
+    func nextWaiterKey(_ name: String, shared: Bool) -> [UInt8] {
         let n = sequence.add(1, ordering: .relaxed).newValue
-        return keys.waiters(name) + Array("\(session.leaseHex)-\(n)".utf8)
+        return keys.waiters(name) + Array("\(shared ? "r" : "w")\(session.leaseHex)-\(n)".utf8)
     }
 }
 

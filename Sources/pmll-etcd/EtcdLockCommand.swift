@@ -28,6 +28,12 @@ struct EtcdLockCommand: AsyncParsableCommand {
     @Option(help: "Hierarchy level: registry, package, filesystem or network (default: package).")
     var level: LockLevel = .package
 
+    @Flag(name: .long, help: "Hold the lock shared, with other --shared holders (default: exclusive). A queued exclusive holder keeps later shared holders out.")
+    var shared = false
+
+    @Flag(name: .long, help: "Hold the lock exclusive (the default).")
+    var exclusive = false
+
     @Argument(help: "Lock name: 1-255 bytes of UTF-8, no NUL.")
     var name: String
 
@@ -36,6 +42,7 @@ struct EtcdLockCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard !command.isEmpty else { throw ValidationError("missing COMMAND after --") }
+        if shared && exclusive { throw ValidationError("--shared and --exclusive exclude each other") }
         if let timeout, !(timeout >= 0 && timeout.isFinite) { throw ValidationError("--timeout must be a number of seconds, 0 or more") }
     }
 
@@ -43,7 +50,7 @@ struct EtcdLockCommand: AsyncParsableCommand {
         let pool = try await poolArguments.open()
         let lock = try await pool.lock(named: name, level: level)
         let waiter = Task {
-            try await lock.withLock(timeout: timeout.map { .nanoseconds(Int64($0 * 1e9)) }) { grant -> Int32 in
+            let body = { (grant: inout EtcdLockGrant) async throws -> Int32 in
                 var environment = ProcessInfo.processInfo.environment
                 environment["PMLL_FENCING_TOKEN"] = String(grant.fencingToken)
                 environment["PMLL_LOCK"] = name
@@ -56,6 +63,8 @@ struct EtcdLockCommand: AsyncParsableCommand {
                 if result.signaled { grant.markInconsistent() }
                 return result.status
             }
+            let wait: Duration? = timeout.map { .nanoseconds(Int64($0 * 1e9)) }
+            return shared ? try await lock.withSharedLock(timeout: wait, body) : try await lock.withLock(timeout: wait, body)
         }
         let interrupt = SignalForwarder(SIGINT) { waiter.cancel() }
         let outcome = await waiter.result

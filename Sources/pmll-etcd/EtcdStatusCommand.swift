@@ -29,8 +29,9 @@ struct EtcdStatusCommand: AsyncParsableCommand {
         if locks.isEmpty { return }
         print("NAME".padding(toLength: 24, withPad: " ", startingAt: 0) + " STATE     TOKEN      HOLDER                          LEASE  WAITERS")
         for lock in locks {
-            let state = lock.holder == nil ? "free" : "held"
-            let holder = lock.holder.map { "pid \($0.pid) (\($0.command) on \($0.host))" } ?? "-"
+            let state = lock.holder != nil ? "held" : lock.readers.isEmpty ? "free" : "shared"
+            let holder = lock.holder.map { "pid \($0.pid) (\($0.command) on \($0.host))" }
+                ?? (lock.readers.isEmpty ? "-" : "\(lock.readers.count) reader(s): pids " + lock.readers.map { String($0.pid) }.joined(separator: ","))
             let token = lock.holder.map { String($0.fencingToken) } ?? "-"
             let lease = lock.holder.map { $0.leaseSecondsLeft >= 0 ? "\($0.leaseSecondsLeft)s" : "?" } ?? "-"
             print(lock.name.padding(toLength: 24, withPad: " ", startingAt: 0) + " " + state.padding(toLength: 9, withPad: " ", startingAt: 0)

@@ -293,12 +293,56 @@ struct EtcdTests {
         #expect(try pmll(["queue", "show", "q"], environment: environment).stdout.contains("failed"))
     }
 
+    @Test("shared holders share; an exclusive holder excludes them; a queued writer keeps later readers out; a dead reader is no death")
+    func sharedHolds() throws {
+        let cluster = try EtcdCluster()
+        defer { cluster.stop() }
+        let scratch = Scratch()
+        let environment = ["PMLL_POOL": cluster.address("shared", ttl: 2)]
+        let log = scratch.file("log")
+        let stamp = { (tag: String) in "echo \(tag) start $(date +%s%N) >> \(log); sleep 0.6; echo \(tag) end $(date +%s%N) >> \(log)" }
+        var readers: [Child] = []
+        for i in 1...3 {
+            readers.append(try Child(Binaries.pmll, ["lock", "--shared", "R", "--", "sh", "-c", stamp("r\(i)")], environment: environment))
+        }
+        try waitUntilSync {
+            let status = try? pmll(["status", "--json"], environment: environment)
+            return (status?.stdout.components(separatedBy: "\"fencingToken\"").count ?? 0) - 1 == 3
+        }
+        let writer = try Child(Binaries.pmll, ["lock", "R", "--", "sh", "-c", stamp("w")], environment: environment)
+        try waitUntilSync { (try? pmll(["status", "--json"], environment: environment))?.stdout.contains("\"waiters\":1") == true }
+        let late = try Child(Binaries.pmll, ["lock", "--shared", "R", "--", "sh", "-c", stamp("r4")], environment: environment)
+        for child in readers + [writer, late] { #expect(child.wait() == 0, "\(child.stderr)") }
+        var start: [String: Int64] = [:], end: [String: Int64] = [:]
+        for line in try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n") {
+            let f = line.split(separator: " ")
+            guard f.count == 3, let t = Int64(f[2]) else { continue }
+            if f[1] == "start" { start[String(f[0])] = t } else { end[String(f[0])] = t }
+        }
+        let readersEnd = ["r1", "r2", "r3"].compactMap { end[$0] }.max() ?? 0
+        let readersStart = ["r1", "r2", "r3"].compactMap { start[$0] }.max() ?? .max
+        #expect(readersStart < (["r1", "r2", "r3"].compactMap { end[$0] }.min() ?? 0), "the three readers held the lock together")
+        #expect((start["w"] ?? 0) > readersEnd, "the writer ran after every reader")
+        #expect((start["r4"] ?? 0) > (end["w"] ?? .max), "a reader that came after the queued writer ran after it")
+
+        // A reader killed while a writer waits: the writer goes on after the reader's lease,
+        // and is not told of a death (readers do not change what the lock protects).
+        let dying = try Child(Binaries.pmll, ["lock", "--shared", "R", "--", "sleep", "60"], environment: environment)
+        try waitForHolder(environment, lock: "R")
+        let waiting = try Child(Binaries.pmll, ["lock", "R", "--", "sh", "-c", "echo ${PMLL_PREVIOUS_OWNER_DIED:-0}"], environment: environment)
+        try waitUntilSync { (try? pmll(["status", "--json"], environment: environment))?.stdout.contains("\"waiters\":1") == true }
+        dying.killParentFirst()
+        dying.wait()
+        #expect(waiting.wait(timeout: 30) == 0)
+        #expect(waiting.stdout == "0", "a reader's death reported to a writer")
+    }
+
     // MARK: helpers
 
     func waitForHolder(_ environment: [String: String], lock: String) throws {
         try waitUntilSync {
             let status = try? pmll(["status", "--json"], environment: environment)
-            return status?.stdout.contains("\"name\":\"\(lock)\"") == true && status?.stdout.contains("\"holder\"") == true
+            return status?.stdout.contains("\"name\":\"\(lock)\"") == true && status?.stdout.contains("\"fencingToken\"") == true
         }
     }
 }

@@ -27,9 +27,21 @@ public struct EtcdLock: Sendable, Hashable {
     /// ``PMLLError/lockLost(lock:token:reason:)`` after `body` returned.
     @discardableResult
     public func withLock<R>(timeout: Duration? = nil, _ body: (inout EtcdLockGrant) async throws -> R) async throws -> R {
+        try await hold(shared: false, timeout: timeout, body)
+    }
+
+    /// Holds the lock shared: with other shared holders, never with an exclusive one. A
+    /// queued exclusive holder keeps later shared holders out, so writers are not starved. A
+    /// shared holder is told of a writer's death it has not seen repaired.
+    @discardableResult
+    public func withSharedLock<R>(timeout: Duration? = nil, _ body: (inout EtcdLockGrant) async throws -> R) async throws -> R {
+        try await hold(shared: true, timeout: timeout, body)
+    }
+
+    private func hold<R>(shared: Bool, timeout: Duration?, _ body: (inout EtcdLockGrant) async throws -> R) async throws -> R {
         try EtcdHeld.check(id)
         let pool = self.pool, id = self.id
-        var grant = try await onEtcdExecutor { () async throws(PMLLError) in try await pool.acquire(id, timeout: timeout) }
+        var grant = try await onEtcdExecutor { () async throws(PMLLError) in try await pool.acquire(id, shared: shared, timeout: timeout) }
         let result: R
         do {
             result = try await EtcdHeld.$stack.withValue(EtcdHeld.stack + [id]) { try await body(&grant) }
@@ -71,7 +83,18 @@ public struct EtcdLockGrant: Sendable {
     public let waited: Duration
     /// Release the lock marked inconsistent: the next holder is told, as after a death.
     public var releaseInconsistent = false
+    /// Held shared (with other readers), not exclusive.
+    public let shared: Bool
     let waiterKey: [UInt8]
+
+    init(lock: LockID, fencingToken: Int64, previousOwnerDeath: OwnerDeath?, waited: Duration, shared: Bool, waiterKey: [UInt8]) {
+        self.lock = lock
+        self.fencingToken = fencingToken
+        self.previousOwnerDeath = previousOwnerDeath
+        self.waited = waited
+        self.shared = shared
+        self.waiterKey = waiterKey
+    }
 
     public mutating func markInconsistent() { releaseInconsistent = true }
 

@@ -38,41 +38,51 @@ extension EtcdPool {
     }
 
     /// The recipe's steps: enqueue, wait for the predecessor's deletion, claim.
-    func acquire(_ id: LockID, timeout: Duration?) async throws(PMLLError) -> EtcdLockGrant {
+    ///
+    /// Shared holds (Docs/Etcd.md "Shared holds"): a reader's key starts with `r`, a writer's
+    /// with `w`. A writer waits for every key created before its own; a reader only for the
+    /// writers created before it. So readers that arrive with no writer queued share at once,
+    /// and a queued writer keeps every later reader out (writers are not starved).
+    func acquire(_ id: LockID, shared: Bool = false, timeout: Duration?) async throws(PMLLError) -> EtcdLockGrant {
         if let lost = session.lostReason { throw .lockLost(lock: id.name, token: 0, reason: lost) }
         let start = ContinuousClock.now
         let deadline = timeout.map { start + $0 }
         let prefix = keys.waiters(id.name)
-        let myKey = nextWaiterKey(id.name)
-
-        // 1. Enqueue, and take the lock at once if nobody else is queued: one transaction.
-        // Free lock: put our key, read the held record a dead holder may have left and write
-        // ours (its mod revision is our key's create revision: the token). Otherwise: put our
-        // key and read the two newest keys (ours and our predecessor). Sent again after a lost
-        // answer, it finds our own key queued and takes the second branch, which keeps the
-        // key's create revision: the claim below then finds the held record ours.
+        let blockers = shared ? prefix + Array("w".utf8) : prefix   // the keys this acquisition waits for
+        let myKey = nextWaiterKey(id.name, shared: shared)
         let held = keys.held(id.name)
+
+        // 1. Enqueue, and take the lock at once if nothing it waits for is queued: one
+        // transaction. Free: put our key and read the held record a dead writer may have left;
+        // a writer also writes its own (its mod revision is our key's create revision: the
+        // token). Otherwise: put our key and read the two newest keys we wait for (ours is
+        // among them for a writer). Sent again after a lost answer, it finds our own key and
+        // takes the second branch, which keeps the key's create revision.
         let enqueue = PutRequest(key: EtcdBytes(myKey), value: EtcdBytes(record()), lease: EtcdInt(session.leaseID))
+        var free: [RequestOp] = [.put(enqueue), .range(RangeRequest(key: EtcdBytes(held))), .range(RangeRequest(key: EtcdBytes(myKey)))]
+        if !shared { free.append(.put(PutRequest(key: EtcdBytes(held), value: EtcdBytes(record())))) }
         let first = try await gateway.call("/v3/kv/txn", TxnRequest(
-            compare: [.noKey(startingWith: prefix)],
-            success: [.put(enqueue), .range(RangeRequest(key: EtcdBytes(held))), .put(PutRequest(key: EtcdBytes(held), value: EtcdBytes(record())))],
-            failure: [.put(enqueue), .range(RangeRequest(key: EtcdBytes(prefix), range_end: EtcdBytes(prefixEnd(prefix)), limit: EtcdInt(2),
-                                                          sort_order: "DESCEND", sort_target: "CREATE"))]), as: TxnResponse.self)
+            compare: [.noKey(startingWith: blockers)],
+            success: free,
+            failure: [.put(enqueue), .range(RangeRequest(key: EtcdBytes(blockers), range_end: EtcdBytes(prefixEnd(blockers)), limit: EtcdInt(2),
+                                                          sort_order: "DESCEND", sort_target: "CREATE")),
+                      .range(RangeRequest(key: EtcdBytes(myKey)))]), as: TxnResponse.self)
         if first.didSucceed {
-            let token = first.header?.rev ?? 0
+            // The key's create revision, not this transaction's revision: a reader's request
+            // sent again can take this branch twice (its own key is not one it waits for).
+            let token = first.range(2)?.all.first?.createRevision ?? 0
             guard token > 0 else { throw .backendUnavailable(address: gateway.address, reason: "etcd gave no revision for the waiter key") }
             return EtcdLockGrant(lock: id, fencingToken: token, previousOwnerDeath: death(in: first.range(1)?.all.first, token: token),
-                                 waited: start.duration(to: .now), waiterKey: myKey)
+                                 waited: start.duration(to: .now), shared: shared, waiterKey: myKey)
         }
-        let newest = first.range(1)?.all ?? []
-        guard let mine = newest.first(where: { $0.key.bytes == myKey }) else {
+        guard let mine = first.range(2)?.all.first else {
             throw .backendUnavailable(address: gateway.address, reason: "the waiter key was not found after it was put")
         }
         let token = mine.createRevision
-        var predecessor = newest.first(where: { $0.key.bytes != myKey && $0.createRevision < token })
+        var predecessor = first.range(1)?.all.first(where: { $0.key.bytes != myKey && $0.createRevision < token })
         var seenAt = first.header?.rev ?? 0
 
-        // 2. Wait until no key of this lock was created before ours.
+        // 2. Wait until no key we wait for was created before ours.
         do throws(PMLLError) {
             while let waitingFor = predecessor {
                 if let lost = session.lostReason { throw .lockLost(lock: id.name, token: token, reason: lost) }
@@ -82,7 +92,7 @@ extension EtcdPool {
                 }
                 try await gateway.waitForDeletion(of: waitingFor.key.bytes, after: seenAt, deadline: deadline)
                 let before = try await gateway.call("/v3/kv/range", RangeRequest(
-                    key: EtcdBytes(prefix), range_end: EtcdBytes(prefixEnd(prefix)), limit: EtcdInt(1),
+                    key: EtcdBytes(blockers), range_end: EtcdBytes(prefixEnd(blockers)), limit: EtcdInt(1),
                     sort_order: "DESCEND", sort_target: "CREATE", max_create_revision: EtcdInt(token - 1)), as: RangeResponse.self)
                 predecessor = before.all.first
                 seenAt = before.header?.rev ?? seenAt
@@ -95,17 +105,16 @@ extension EtcdPool {
 
         // 3. Claim: only if our key still exists (a lease that expired while we waited
         // deleted it: then we are not the owner, whatever the wait said), reading the held
-        // record a dead predecessor left and writing ours, in one transaction.
+        // record a dead writer left and (a writer) writing ours, in one transaction.
+        var claimOps: [RequestOp] = [.range(RangeRequest(key: EtcdBytes(held)))]
+        if !shared { claimOps.append(.put(PutRequest(key: EtcdBytes(held), value: EtcdBytes(record(token: token))))) }
         let claim = try await gateway.call("/v3/kv/txn", TxnRequest(
-            compare: [.createRevision(myKey, equals: token)],
-            success: [.range(RangeRequest(key: EtcdBytes(held))),
-                      .put(PutRequest(key: EtcdBytes(held), value: EtcdBytes(record(token: token))))],
-            failure: []), as: TxnResponse.self)
+            compare: [.createRevision(myKey, equals: token)], success: claimOps, failure: []), as: TxnResponse.self)
         guard claim.didSucceed else {
             throw .lockLost(lock: id.name, token: token, reason: "the participant's lease expired while it waited (\(session.lostReason ?? "its waiter key is gone"))")
         }
         return EtcdLockGrant(lock: id, fencingToken: token, previousOwnerDeath: death(in: claim.range(0)?.all.first, token: token),
-                             waited: start.duration(to: .now), waiterKey: myKey)
+                             waited: start.duration(to: .now), shared: shared, waiterKey: myKey)
     }
 
     /// The death a held record left by an earlier holder reports (nil: none, or ours).
@@ -134,7 +143,9 @@ extension EtcdPool {
         let held = keys.held(grant.lock.name)
         let key = grant.waiterKey
         let token = grant.fencingToken
-        let last: RequestOp = grant.releaseInconsistent
+        // A reader only withdraws its key: it never wrote the held record (readers do not
+        // repair, so a dead writer's record waits for the next writer).
+        let last: RequestOp? = grant.shared ? nil : grant.releaseInconsistent
             ? .put(PutRequest(key: EtcdBytes(held), value: EtcdBytes(record(token: token, inconsistent: true))))
             : .delete(held)
         let gateway = self.gateway
@@ -142,7 +153,7 @@ extension EtcdPool {
         let outcome = await Task.detached(executorPreference: EtcdExecutor.shared) { () async -> Result<TxnResponse, PMLLError> in
             do throws(PMLLError) {
                 return .success(try await gateway.call("/v3/kv/txn", TxnRequest(
-                    compare: [.createRevision(key, equals: token)], success: [.delete(key), last], failure: []), as: TxnResponse.self))
+                    compare: [.createRevision(key, equals: token)], success: [.delete(key)] + (last.map { [$0] } ?? []), failure: []), as: TxnResponse.self))
             } catch { return .failure(error) }
         }.value
         let answer = try outcome.get()

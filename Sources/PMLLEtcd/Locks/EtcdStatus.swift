@@ -14,7 +14,10 @@ public struct EtcdLockStatus: Sendable, Codable {
     }
     public var name: String
     public var level: UInt32?
+    /// The exclusive holder.
     public var holder: Holder?
+    /// The shared holders (readers before the first queued writer).
+    public var readers: [Holder] = []
     public var waiters: Int
     /// The last holder died (or released marked inconsistent) and nobody has held the lock
     /// since: the next holder will be told.
@@ -45,14 +48,20 @@ extension EtcdPool {
         var result: [EtcdLockStatus] = []
         for name in Set(byName.keys).union(held.keys).sorted() {
             let waiting = byName[name] ?? []
-            var status = EtcdLockStatus(name: name, level: nil, holder: nil, waiters: max(0, waiting.count - 1), unrepairedDeath: nil)
-            if let first = waiting.first, let record = try? JSONDecoder().decode(HolderRecord.self, from: Data(first.valueBytes)) {
+            // Keys sorted by create revision: an exclusive key first holds the lock; else the
+            // shared keys up to the first exclusive one hold it together.
+            let isShared = { (kv: KeyValue) -> Bool in kv.key.bytes.split(separator: UInt8(ascii: "/")).last?.first == UInt8(ascii: "r") }
+            let holding = waiting.first.map { isShared($0) ? Array(waiting.prefix(while: isShared)) : [$0] } ?? []
+            var status = EtcdLockStatus(name: name, level: nil, holder: nil, waiters: waiting.count - holding.count, unrepairedDeath: nil)
+            for kv in holding {
+                guard let record = try? JSONDecoder().decode(HolderRecord.self, from: Data(kv.valueBytes)) else { continue }
                 var left: Int64 = -1
-                if let lease = first.lease?.value {
+                if let lease = kv.lease?.value {
                     left = (try? await gateway.call("/v3/lease/timetolive", LeaseIDRequest(ID: EtcdInt(lease)), as: LeaseTimeToLive.self))?.TTL?.value ?? -1
                 }
-                status.holder = .init(pid: record.pid, host: record.host, command: record.command, fencingToken: first.createRevision,
-                                      heldSinceNanoseconds: record.since, leaseSecondsLeft: left)
+                let holder = EtcdLockStatus.Holder(pid: record.pid, host: record.host, command: record.command, fencingToken: kv.createRevision,
+                                                   heldSinceNanoseconds: record.since, leaseSecondsLeft: left)
+                if isShared(kv) { status.readers.append(holder) } else { status.holder = holder }
             }
             if let record = held[name], record.token != status.holder?.fencingToken || record.inconsistent == true {
                 status.unrepairedDeath = .init(pid: record.pid, host: record.host, command: record.command, fencingToken: record.token ?? 0,
