@@ -112,7 +112,7 @@ let package = Package(
         .target(
             name: "PMLLEtcd",
             dependencies: [
-                "PMLLCore", "PMLLLocks",
+                "PMLLCore", "PMLLLocks", "PMLL",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             swiftSettings: swiftSettings

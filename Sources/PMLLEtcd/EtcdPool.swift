@@ -13,7 +13,8 @@ import Synchronization
 /// lease per open pool: its TTL is how long a dead, paused or cut-off process keeps its
 /// locks.
 public final class EtcdPool: Sendable {
-    public let address: EtcdAddress
+    public let etcdAddress: EtcdAddress
+    var addressDescription: String { etcdAddress.description }
     let gateway: EtcdGateway
     let session: EtcdSession
     let keys: EtcdKeys
@@ -22,7 +23,7 @@ public final class EtcdPool: Sendable {
     private let sequence = Atomic<UInt64>(0)
 
     private init(address: EtcdAddress, gateway: EtcdGateway, session: EtcdSession) {
-        self.address = address
+        etcdAddress = address
         self.gateway = gateway
         self.session = session
         keys = EtcdKeys(root: address.prefix)

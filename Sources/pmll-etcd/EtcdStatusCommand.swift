@@ -21,7 +21,7 @@ struct EtcdStatusCommand: AsyncParsableCommand {
         if json {
             let encoder = EtcdJSON.encoder
             struct Report: Encodable { var pool: String; var locks: [EtcdLockStatus] }
-            FileHandle.standardOutput.write(try encoder.encode(Report(pool: pool.address.description, locks: locks)) + Data("\n".utf8))
+            FileHandle.standardOutput.write(try encoder.encode(Report(pool: pool.address, locks: locks)) + Data("\n".utf8))
             return
         }
         print("pool: \(pool.address) (etcd)")

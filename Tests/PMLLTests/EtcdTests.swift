@@ -492,3 +492,61 @@ struct EtcdClusterTests {
         }
     }
 }
+
+@Suite("one interface over both backends")
+struct CoordinationPoolTests {
+    /// The same code against any backend: tasks of several participants increment a counter
+    /// under a lock (no update lost), shared holds overlap, the typed errors are the same.
+    static func exercise(_ open: @Sendable () async throws -> any CoordinationPool) async throws {
+        let pools = try await [open(), open(), open()]
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for pool in pools {
+                group.addTask {
+                    for _ in 0..<5 {
+                        try await pool.withLock(named: "counter", level: .package, shared: false, timeout: .seconds(60)) { hold in
+                            #expect(!hold.shared)
+                            try await pool.update("n", fencedBy: hold) { old in
+                                Array(String((Int(String(decoding: old ?? Array("0".utf8), as: UTF8.self)) ?? 0) + 1).utf8)
+                            }
+                        }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(try await pools[0].stateValue(for: "n") == Array("15".utf8))
+        // Shared holds overlap: the second is taken while the first is held.
+        try await pools[0].withLock(named: "index", level: .package, shared: true, timeout: nil) { _ in
+            let other = pools[1]
+            let inner = try await Task.detached(executorPreference: EtcdExecutor.shared) {
+                try await other.withLock(named: "index", level: .package, shared: true, timeout: .seconds(5)) { $0.shared }
+            }.value
+            #expect(inner)
+            let writer = pools[2]
+            await #expect(throws: PMLLError.self) {
+                try await Task.detached(executorPreference: EtcdExecutor.shared) {
+                    try await writer.withLock(named: "index", level: .package, shared: false, timeout: .milliseconds(200)) { _ in }
+                }.value
+            }
+        }
+        await #expect(throws: PMLLError.levelMismatch(name: "counter", existing: .package, requested: .network)) {
+            try await pools[0].withLock(named: "counter", level: .network, shared: false, timeout: nil) { _ in }
+        }
+        for pool in pools { if let etcd = pool as? EtcdPool { await etcd.close() } }
+    }
+
+    @Test("on a local pool file")
+    func local() async throws {
+        let scratch = Scratch()
+        let path = scratch.file("c.pool")
+        try await onEtcdThread { try await Self.exercise { try await Pool.open(url: path) } }
+    }
+
+    @Test("on an etcd cluster")
+    func etcd() async throws {
+        let cluster = try EtcdCluster()
+        defer { cluster.stop() }
+        let address = cluster.address("neutral")
+        try await onEtcdThread { try await Self.exercise { try await Pool.open(url: address) } }
+    }
+}

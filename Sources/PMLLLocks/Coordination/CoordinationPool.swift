@@ -1,0 +1,43 @@
+public import PMLLCore
+
+/// The services every PMLL backend offers, under one interface: the local pool file
+/// (``Pool``, one machine) and an etcd cluster (`EtcdPool`, many machines). Code written
+/// against it runs on either; `Pool.open(url:)` (product `PMLLEtcd`) picks the backend from
+/// the address. Each backend's own API offers more (typed hierarchy scopes, queues, batches,
+/// fencing of commits to several keys).
+public protocol CoordinationPool: AnyObject, Sendable {
+    /// The pool's address: a file path, or `etcd://...`.
+    var address: String { get }
+
+    /// Holds lock `name` (created at `level` if new) while `body` runs: exclusive, or shared
+    /// with other shared holders; at most `timeout` of waiting (nil: no limit); Task
+    /// cancellation ends the wait. Same errors on both backends (``PMLLError``).
+    func withLock<R>(named name: String, level: LockLevel, shared: Bool, timeout: Duration?,
+                     _ body: (LockHold) async throws -> R) async throws -> R
+
+    /// Replaces the value of `key` by `change(old)` (nil removes it) atomically; with a
+    /// hold, only while that acquisition still holds its lock (on etcd: fenced by its token;
+    /// locally the hold cannot be lost while its process lives).
+    func update(_ key: String, fencedBy hold: LockHold?, _ change: @Sendable ([UInt8]?) throws -> [UInt8]?) async throws
+
+    /// The committed value of `key`, nil if absent.
+    func stateValue(for key: String) async throws -> [UInt8]?
+}
+
+/// What holding a lock tells the body, on either backend.
+public struct LockHold: Sendable {
+    public let lock: LockID
+    public let shared: Bool
+    /// The previous holder died holding the lock (or released it marked inconsistent).
+    public let previousOwnerDeath: OwnerDeath?
+    /// On etcd, the acquisition's fencing token (strictly increasing); nil on a local pool,
+    /// whose holds end only with their process.
+    public let fencingToken: Int64?
+
+    public init(lock: LockID, shared: Bool, previousOwnerDeath: OwnerDeath?, fencingToken: Int64?) {
+        self.lock = lock
+        self.shared = shared
+        self.previousOwnerDeath = previousOwnerDeath
+        self.fencingToken = fencingToken
+    }
+}
