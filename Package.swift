@@ -117,10 +117,12 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // flock(1)'s command line, for `pmll flock` on both backends.
+        .target(name: "PMLLFlockOptions", swiftSettings: swiftSettings),
         .executableTarget(
             name: "pmll-etcd",
             dependencies: [
-                "PMLLEtcd", "PMLLCore", "PMLLLocks",
+                "PMLLEtcd", "PMLLCore", "PMLLLocks", "PMLLFlockOptions",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
@@ -153,7 +155,7 @@ let package = Package(
         .executableTarget(
             name: "pmll",
             dependencies: [
-                "PMLL", "CPMLL", "PMLLBatchJSON",
+                "PMLL", "CPMLL", "PMLLBatchJSON", "PMLLFlockOptions",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -8,6 +8,8 @@ enum ChildProcess {
     struct Result: Sendable {
         var status: Int32
         var signaled: Bool
+        /// COMMAND could not be started at all (status 126 or 127 then).
+        var spawnFailed = false
     }
 
     static func run(_ argv: [String], environment: [String: String]) async throws -> Result {
@@ -22,7 +24,7 @@ enum ChildProcess {
         guard rc == 0 else {
             let status: Int32 = rc == ENOENT ? 127 : 126
             FileHandle.standardError.write(Data("pmll: cannot run '\(argv[0])': \(String(cString: strerror(rc)))\n".utf8))
-            return Result(status: status, signaled: false)
+            return Result(status: status, signaled: false, spawnFailed: true)
         }
         let child = pid
         return await withCheckedContinuation { continuation in

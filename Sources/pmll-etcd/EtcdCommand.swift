@@ -12,21 +12,21 @@ struct EtcdCommand: AsyncParsableCommand {
         commandName: "pmll",
         abstract: "PMLL locks and state on an etcd cluster (pool etcd://HOST:PORT[,HOST:PORT...][/PREFIX][?ttl=SECONDS]).",
         discussion: """
-            The pool is --pool URL, else $PMLL_POOL. Commands: lock, queue, recover, state, status (Docs/Etcd.md).
+            The pool is --pool URL, else $PMLL_POOL. Commands: lock, flock, queue, recover, state, status (Docs/Etcd.md).
 
             \(EtcdExit.summary)
             """,
-        subcommands: [EtcdLockCommand.self, EtcdQueueCommand.self, EtcdRecoverCommand.self, EtcdStateCommand.self, EtcdStatusCommand.self]
+        subcommands: [EtcdLockCommand.self, EtcdFlockCommand.self, EtcdQueueCommand.self, EtcdRecoverCommand.self, EtcdStateCommand.self, EtcdStatusCommand.self]
     )
 
     /// Local-pool commands that have no etcd form (yet): one clear line instead of
     /// ArgumentParser's "unexpected argument".
-    static let localOnly: Set<String> = ["flock", "batch", "check", "metrics", "top", "backup", "restore", "config", "audit", "policy", "demo"]
+    static let localOnly: Set<String> = ["batch", "check", "metrics", "top", "backup", "restore", "config", "audit", "policy", "demo"]
 
     static func main() async {
         let arguments = CommandLine.arguments
         if arguments.count > 1, localOnly.contains(arguments[1]) {
-            fail("'\(arguments[1])' is not available on etcd pools (available: lock, queue, recover, state, status; Docs/Etcd.md)", status: 64)
+            fail("'\(arguments[1])' is not available on etcd pools (available: lock, flock, queue, recover, state, status; Docs/Etcd.md)", status: 64)
         }
         do {
             var command = try parseAsRoot()
@@ -81,8 +81,11 @@ struct EtcdPoolArguments: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Pool address (default: $PMLL_POOL).", valueName: "etcd://..."))
     var pool: String?
 
-    func open() async throws -> EtcdPool {
-        guard let url = pool ?? ProcessInfo.processInfo.environment["PMLL_POOL"] else {
+    func open() async throws -> EtcdPool { try await Self.open(pool) }
+
+    /// `url`, else $PMLL_POOL (`pmll flock` has no --pool, as flock(1)).
+    static func open(_ url: String?) async throws -> EtcdPool {
+        guard let url = url ?? ProcessInfo.processInfo.environment["PMLL_POOL"] else {
             throw PMLLError.invalidPoolPath(path: "", reason: "no etcd pool given (--pool or $PMLL_POOL)")
         }
         return try await EtcdPool.open(url: url)

@@ -1,4 +1,5 @@
 import PMLL
+import PMLLFlockOptions
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -65,33 +66,13 @@ struct FlockRun {
         }
     }
 
-    /// flock's open: create the file if missing (a directory is opened read-only).
     private func openFile() throws -> String {
-        var fd = open(options.file, O_RDONLY | O_NOCTTY | O_CREAT | O_CLOEXEC, 0o666)
-        if fd < 0 && errno == EISDIR { fd = open(options.file, O_RDONLY | O_NOCTTY | O_CLOEXEC) }
-        guard fd >= 0 else {
-            let e = errno
-            let status: Int32 = e == ENOMEM || e == EMFILE || e == ENFILE ? 71 : e == EROFS || e == ENOSPC ? 73 : 66
-            throw CommandFailure(message: "cannot open lock file \(visible(options.file)): \(String(cString: strerror(e)))", status: status)
+        do { return try FlockFile.canonicalPath(options.file, show: visible) } catch {
+            throw CommandFailure(message: error.message, status: error.status)
         }
-        defer { Glibc.close(fd) }
-        guard let real = realpath(options.file, nil) else {
-            throw CommandFailure(message: "cannot resolve \(visible(options.file)): \(String(cString: strerror(errno)))", status: 66)
-        }
-        defer { free(real) }
-        return String(cString: real)
     }
 
-    /// The lock of a canonical path: the path itself when it is a valid name, else (longer
-    /// than 255 bytes, or not UTF-8) its tail with a digest of the whole path.
-    static func lockName(_ path: String) -> String {
-        let bytes = Array(path.utf8)
-        if bytes.count <= 255, String(validating: bytes, as: UTF8.self) != nil, !bytes.contains(0) { return path }
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in bytes { hash = (hash ^ UInt64(b)) &* 0x100_0000_01b3 }
-        let tail = String(decoding: bytes.suffix(200), as: UTF8.self)
-        return "…" + tail + "#" + String(hash, radix: 16)
-    }
+    static func lockName(_ path: String) -> String { FlockFile.lockName(path) }
 
     /// Runs COMMAND as our child (or in our place with -F) and returns flock's status for it.
     private func execute(environment: [String], lock: LockHandle?) throws -> (status: Int32, signaled: Bool) {

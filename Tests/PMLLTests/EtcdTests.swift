@@ -337,6 +337,32 @@ struct EtcdTests {
         #expect(waiting.stdout == "0", "a reader's death reported to a writer")
     }
 
+    @Test("pmll flock on an etcd pool: util-linux's scenario, -F refused, COMMAND not found is 69")
+    func flockOnEtcd() throws {
+        let cluster = try EtcdCluster()
+        defer { cluster.stop() }
+        let scratch = Scratch()
+        let environment = ["PMLL_POOL": cluster.address("flock", ttl: 2)]
+        let file = scratch.file("lockfile")
+        let holder = try Child(Binaries.pmll, ["flock", "--shared", file, "sleep", "2"], environment: environment)
+        try waitForHolder(environment, lock: file)
+        let start = Date()
+        #expect(try pmll(["flock", "--nonblock", "--conflict-exit-code", "123", file, "true"], environment: environment).status == 123)
+        #expect(try pmll(["flock", "--shared", "-n", file, "true"], environment: environment).status == 0)
+        // Through a relative path: the same lock (the canonical path names it).
+        let relative = try run("/bin/sh", ["-c", "cd \(scratch.path) && \(Binaries.pmll) flock -xn -E 7 lockfile true"], environment: environment)
+        #expect(relative.status == 7, "\(relative)")
+        #expect(try pmll(["flock", "--timeout", "5", file, "true"], environment: environment).status == 0)
+        let waited = Date().timeIntervalSince(start)
+        #expect(waited > 1 && waited < 10, "\(waited)")
+        #expect(holder.wait() == 0)
+        let noFork = try pmll(["flock", "-F", file, "true"], environment: environment)
+        #expect(noFork.status == 64 && noFork.stderr.contains("not available on etcd pools"), "\(noFork)")
+        #expect(try pmll(["flock", file, "/nonexistent/command"], environment: environment).status == 69)
+        let shell = try pmll(["flock", file, "-c", "exit 5"], environment: environment)
+        #expect(shell.status == 5)
+    }
+
     // MARK: helpers
 
     func waitForHolder(_ environment: [String: String], lock: String) throws {
