@@ -29,6 +29,7 @@ struct EtcdTests {
         let loop = "for i in 1 2 3 4 5 6; do \"$PMLL\" lock counter -- sh -c '\(section)' || exit $?; done"
         let environment = ["PMLL_POOL": pool, "PMLL": Binaries.pmll]
         let workers = try (0..<4).map { _ in try Child("/bin/sh", ["-c", loop], environment: environment) }
+        defer { workers.forEach { $0.stopIfRunning() } }
         for worker in workers { #expect(worker.wait(timeout: 120) == 0, "\(worker.stderr)") }
         let n = try pmll(["state", "get", "n"], environment: environment)
         #expect(n.stdout == "24", "lost updates: \(n)")
@@ -144,6 +145,7 @@ struct EtcdTests {
         defer { cluster.stop() }
         let environment = ["PMLL_POOL": cluster.address("death", ttl: 2)]
         let holder = try Child(Binaries.pmll, ["lock", "x", "--", "sleep", "60"], environment: environment)
+        defer { holder.stopIfRunning() }
         try waitForHolder(environment, lock: "x")
         let killed = Date()
         holder.killParentFirst()
@@ -171,6 +173,7 @@ struct EtcdTests {
             "$PMLL" state set --fence L=$PMLL_FENCING_TOKEN k stale; echo $? > \(rc)
             """
         let first = try Child(Binaries.pmll, ["lock", "L", "--", "sh", "-c", script], environment: environment)
+        defer { first.stopIfRunning() }
         try waitUntilSync { FileManager.default.fileExists(atPath: token) }
         // Pause the holder (the process whose lease keeps the lock); its COMMAND goes on.
         let holderPid = first.pid
@@ -257,8 +260,10 @@ struct EtcdTests {
         let environment = ["PMLL_POOL": cluster.address("queues", ttl: 2)]
         let log = scratch.file("log"), go = scratch.file("go")
         let first = try Child(Binaries.pmll, ["queue", "exec", "q", "--", "sh", "-c", "while [ ! -f \(go) ]; do sleep 0.02; done; echo first >> \(log)"], environment: environment)
+        defer { first.stopIfRunning() }
         try waitForHolder(environment, lock: "pmll:queue/q")
         var others: [Child] = []
+        defer { others.forEach { $0.stopIfRunning() } }
         for i in 1...3 {
             others.append(try Child(Binaries.pmll, ["queue", "exec", "q", "--", "sh", "-c", "echo op\(i) $PMLL_TICKET >> \(log)"], environment: environment))
             try waitUntilSync {
@@ -276,6 +281,7 @@ struct EtcdTests {
 
         // A holder killed while its operation runs: the next operation marks it abandoned.
         let victim = try Child(Binaries.pmll, ["queue", "exec", "q", "--", "sleep", "60"], environment: environment)
+        defer { victim.stopIfRunning() }
         try waitForHolder(environment, lock: "pmll:queue/q")
         victim.killParentFirst()
         victim.wait()
@@ -302,6 +308,7 @@ struct EtcdTests {
         let log = scratch.file("log")
         let stamp = { (tag: String) in "echo \(tag) start $(date +%s%N) >> \(log); sleep 0.6; echo \(tag) end $(date +%s%N) >> \(log)" }
         var readers: [Child] = []
+        defer { readers.forEach { $0.stopIfRunning() } }
         for i in 1...3 {
             readers.append(try Child(Binaries.pmll, ["lock", "--shared", "R", "--", "sh", "-c", stamp("r\(i)")], environment: environment))
         }
@@ -310,8 +317,10 @@ struct EtcdTests {
             return (status?.stdout.components(separatedBy: "\"fencingToken\"").count ?? 0) - 1 == 3
         }
         let writer = try Child(Binaries.pmll, ["lock", "R", "--", "sh", "-c", stamp("w")], environment: environment)
+        defer { writer.stopIfRunning() }
         try waitUntilSync { (try? pmll(["status", "--json"], environment: environment))?.stdout.contains("\"waiters\":1") == true }
         let late = try Child(Binaries.pmll, ["lock", "--shared", "R", "--", "sh", "-c", stamp("r4")], environment: environment)
+        defer { late.stopIfRunning() }
         for child in readers + [writer, late] { #expect(child.wait() == 0, "\(child.stderr)") }
         var start: [String: Int64] = [:], end: [String: Int64] = [:]
         for line in try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n") {
@@ -328,8 +337,10 @@ struct EtcdTests {
         // A reader killed while a writer waits: the writer goes on after the reader's lease,
         // and is not told of a death (readers do not change what the lock protects).
         let dying = try Child(Binaries.pmll, ["lock", "--shared", "R", "--", "sleep", "60"], environment: environment)
+        defer { dying.stopIfRunning() }
         try waitForHolder(environment, lock: "R")
         let waiting = try Child(Binaries.pmll, ["lock", "R", "--", "sh", "-c", "echo ${PMLL_PREVIOUS_OWNER_DIED:-0}"], environment: environment)
+        defer { waiting.stopIfRunning() }
         try waitUntilSync { (try? pmll(["status", "--json"], environment: environment))?.stdout.contains("\"waiters\":1") == true }
         dying.killParentFirst()
         dying.wait()
@@ -345,6 +356,7 @@ struct EtcdTests {
         let environment = ["PMLL_POOL": cluster.address("flock", ttl: 2)]
         let file = scratch.file("lockfile")
         let holder = try Child(Binaries.pmll, ["flock", "--shared", file, "sleep", "2"], environment: environment)
+        defer { holder.stopIfRunning() }
         try waitForHolder(environment, lock: file)
         let start = Date()
         #expect(try pmll(["flock", "--nonblock", "--conflict-exit-code", "123", file, "true"], environment: environment).status == 123)
@@ -453,6 +465,7 @@ struct EtcdClusterTests {
             """
         let argv = lab.command(in: 0, [pmllPath, "lock", "--pool", everyMember, "L", "--", "sh", "-c", script])
         let holder = try Child(argv[0], Array(argv.dropFirst()), environment: ["PMLL_POOL": everyMember])
+        defer { holder.stopIfRunning() }
         try waitUntilSync(timeout: 30) { FileManager.default.fileExists(atPath: token) }
         try lab.isolate(0)
         // From this host, through the majority (members 1 and 2).
@@ -472,6 +485,48 @@ struct EtcdClusterTests {
         #expect(value.stdout == "fresh")
         let first = Int64((try String(contentsOfFile: token, encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
         #expect((Int64(second.stdout) ?? 0) > first, "tokens increase in commit order")
+    }
+
+    @Test("a history under faults: processes increment under the lock while the leader is killed and a holder is paused past its TTL; acknowledged writes increase with their tokens and none is lost")
+    func historyUnderFaults() throws {
+        let cluster = try EtcdCluster(members: 3)
+        defer { cluster.stop() }
+        let scratch = Scratch()
+        let log = scratch.file("acks")
+        let environment = ["PMLL_POOL": cluster.address("history", ttl: 2), "PMLL": Binaries.pmll]
+        // An acknowledged write is logged with its token and the value it wrote; failures
+        // (a lost lock, an unknown outcome during the election) are allowed, lies are not.
+        let section = """
+            v=$("$PMLL" state get n 2>/dev/null); rc=$?; if [ $rc = 66 ]; then v=0; elif [ $rc != 0 ]; then exit 0; fi; sleep 0.05; \
+            "$PMLL" state set --fence counter=$PMLL_FENCING_TOKEN n $((v+1)) && echo "$PMLL_FENCING_TOKEN $((v+1))" >> \(log)
+            """
+        let loop = "i=0; while [ $i -lt 10 ]; do i=$((i+1)); \"$PMLL\" lock --timeout 30 counter -- sh -c '\(section)'; done; exit 0"
+        let workers = try (0..<3).map { _ in try Child("/bin/sh", ["-c", loop], environment: environment) }
+        defer { workers.forEach { $0.stopIfRunning() } }
+        usleep(1_500_000)
+        if let leader = try EtcdClusterTests.leader(of: cluster) { cluster.kill(member: leader) }
+        // Pause whoever holds the lock now past its TTL, then let it go on.
+        let live = cluster.members.indices.first { cluster.members[$0].process?.isRunning == true } ?? 0
+        let status = try run(Binaries.pmll, ["status", "--json", "--pool", cluster.address("history", ttl: 2, members: [live])], environment: environment, timeout: 30)
+        if let range = status.stdout.range(of: #""pid":(\d+)"#, options: .regularExpression),
+           let pid = Int32(status.stdout[range].dropFirst(6)) {
+            kill(pid, SIGSTOP)
+            usleep(3_500_000)
+            kill(pid, SIGCONT)
+        }
+        for worker in workers { #expect(worker.wait(timeout: 180) == 0, "\(worker.stderr)") }
+        let acks = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").compactMap { line -> (Int64, Int)? in
+            let f = line.split(separator: " ")
+            guard f.count == 2, let t = Int64(f[0]), let v = Int(f[1]) else { return nil }
+            return (t, v)
+        }
+        #expect(acks.count >= 10, "too few acknowledged writes to judge: \(acks.count)")
+        for (a, b) in zip(acks, acks.dropFirst()) {
+            #expect(b.0 > a.0, "tokens must increase in commit order: \(b.0) after \(a.0)")
+            #expect(b.1 > a.1, "a lost update: value \(b.1) acknowledged after \(a.1)")
+        }
+        let final = try run(Binaries.pmll, ["state", "get", "n", "--pool", cluster.address("history", ttl: 2, members: [live])], environment: environment)
+        #expect((Int(final.stdout) ?? 0) >= (acks.last?.1 ?? 0), "an acknowledged write is gone: final \(final.stdout), last acknowledged \(acks.last?.1 ?? 0)")
     }
 
     @Test("the leader killed while a lock is held and a waiter waits: the lock passes on, no death is invented, no write is lost")

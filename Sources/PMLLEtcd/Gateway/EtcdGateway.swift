@@ -140,40 +140,48 @@ final class EtcdGateway: Sendable {
     /// One unary call completed on a NIO event loop, not on Swift's cooperative pool: the
     /// lease's grant and keep-alive must be handled when the application blocks every
     /// cooperative thread (a synchronous wait, a blocking read), or the process would lose
-    /// its locks for it. Moves to the next member when one cannot be reached.
+    /// its locks for it. Only for calls that are safe to repeat (lease grant: a lease granted
+    /// twice leaves one unused, which expires; keep-alive): a failure moves to the next member
+    /// and, once every member was tried, tries again every 100 ms until `timeout` (an election).
     func callOnEventLoop<Request: Encodable, Response: Decodable & Sendable>(_ path: String, _ body: Request, as: Response.Type, timeout: Duration) -> EventLoopFuture<Response> {
         let loop = MultiThreadedEventLoopGroup.singleton.any()
         let payload: Data
         do { payload = try JSONEncoder().encode(body) } catch { return loop.makeFailedFuture(error) }
-        return attempt(path, payload, timeout: timeout, from: current.withLock { $0 }, left: endpoints.count, lastFailure: "no endpoint", on: loop)
+        let deadline = NIODeadline.now() + .nanoseconds(timeout.nanosecondsClamped)
+        return attempt(path, payload, deadline: deadline, index: current.withLock { $0 }, tried: 0, on: loop)
     }
 
-    private func attempt<Response: Decodable & Sendable>(_ path: String, _ payload: Data, timeout: Duration, from index: Int, left: Int, lastFailure: String, on loop: any EventLoop) -> EventLoopFuture<Response> {
-        guard left > 0 else {
-            return loop.makeFailedFuture(PMLLError.backendUnavailable(address: address, reason: "no member answered: \(lastFailure)"))
-        }
+    private func attempt<Response: Decodable & Sendable>(_ path: String, _ payload: Data, deadline: NIODeadline, index: Int, tried: Int, on loop: any EventLoop) -> EventLoopFuture<Response> {
         let request: HTTPClient.Request
         do {
             request = try HTTPClient.Request(url: endpoints[index] + path, method: .POST, headers: ["Content-Type": "application/json"], body: .data(payload))
         } catch { return loop.makeFailedFuture(error) }
         let address = self.address
-        return client.execute(request: request, eventLoop: .delegate(on: loop), deadline: .now() + .nanoseconds(timeout.nanosecondsClamped)).flatMapThrowing { response -> Response in
+        return client.execute(request: request, eventLoop: .delegate(on: loop), deadline: deadline).flatMapThrowing { response -> Response in
             self.current.withLock { $0 = index }
             let bytes = response.body.map { Data($0.readableBytesView) } ?? Data()
             guard response.status.code < 300 else {
                 let refusal = try? JSONDecoder().decode(GatewayError.self, from: bytes)
-                throw PMLLError.backendUnavailable(address: address, reason: "etcd answered \(path) with HTTP \(response.status.code): \(refusal?.text ?? String(decoding: bytes, as: UTF8.self))")
+                let message = "HTTP \(response.status.code): \(refusal?.text ?? String(decoding: bytes, as: UTF8.self))"
+                if response.status.code == 503 || response.status.code == 504 || refusal?.code == 14 || refusal?.code == 4 {
+                    throw Transient(description: message, neverDelivered: false)
+                }
+                throw PMLLError.backendUnavailable(address: address, reason: "etcd answered \(path) with \(message)")
             }
             do { return try JSONDecoder().decode(Response.self, from: bytes) } catch {
                 throw PMLLError.backendUnavailable(address: address, reason: "unexpected answer to \(path): \(String(decoding: bytes.prefix(200), as: UTF8.self))")
             }
         }.flatMapError { error -> EventLoopFuture<Response> in
             if error is PMLLError { return loop.makeFailedFuture(error) }
-            let failure = "\(self.endpoints[index]): \(Self.describe(error))"
-            guard Self.neverDelivered(error) else {
-                return loop.makeFailedFuture(PMLLError.backendUnavailable(address: address, reason: "\(path) failed after it was sent, outcome unknown: \(failure)"))
+            let failure = "\(self.endpoints[index]): \((error as? Transient)?.description ?? Self.describe(error))"
+            let next = (index + 1) % self.endpoints.count
+            let pause: TimeAmount = tried + 1 >= self.endpoints.count ? .milliseconds(100) : .zero
+            guard NIODeadline.now() + pause < deadline else {
+                return loop.makeFailedFuture(PMLLError.backendUnavailable(address: address, reason: "no member answered \(path) in time: \(failure)"))
             }
-            return self.attempt(path, payload, timeout: timeout, from: (index + 1) % self.endpoints.count, left: left - 1, lastFailure: failure, on: loop)
+            return loop.scheduleTask(in: pause) {}.futureResult.flatMap {
+                self.attempt(path, payload, deadline: deadline, index: next, tried: tried + 1, on: loop)
+            }
         }
     }
 

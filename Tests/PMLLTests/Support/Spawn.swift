@@ -138,6 +138,14 @@ final class Child: @unchecked Sendable {
         for pid in below { _ = Foundation.kill(pid, SIGKILL) }
     }
 
+    /// Kills the child and its descendants if it still runs, for `defer` in tests: a failed
+    /// expectation must leave no process behind (one once waited forever for its go-file).
+    func stopIfRunning() {
+        guard process.isRunning else { return }
+        killTree()
+        process.waitUntilExit()
+    }
+
     static func descendants(_ pid: Int32) -> [Int32] {
         let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
         let children = tasks.flatMap { task in
