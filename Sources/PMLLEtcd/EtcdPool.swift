@@ -34,7 +34,10 @@ public final class EtcdPool: Sendable {
     /// grants this participant's lease. Throws ``PMLLError/invalidPoolPath(path:reason:)``
     /// for a bad address and ``PMLLError/backendUnavailable(address:reason:)`` when no
     /// member answers.
-    public static func open(url: String, requestTimeout: Duration = .seconds(5)) async throws(PMLLError) -> EtcdPool {
+    ///
+    /// `requestTimeout` bounds each call, retries through other members included (an
+    /// election after a leader's loss takes one to a few seconds).
+    public static func open(url: String, requestTimeout: Duration = .seconds(10)) async throws(PMLLError) -> EtcdPool {
         let address = try EtcdAddress(parsing: url)
         let gateway = EtcdGateway(address: address.description, endpoints: address.endpoints, requestTimeout: requestTimeout)
         do {

@@ -11,14 +11,14 @@ struct EtcdStateCommand: AsyncParsableCommand {
     )
 
     struct Get: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Print KEY's value (exit 66 if absent).")
+        static let configuration = CommandConfiguration(abstract: "Print KEY's value (exit 1 if it has none, as on a local pool).")
         @OptionGroup var poolArguments: EtcdPoolArguments
         @Argument var key: String
         func run() async throws {
             let pool = try await poolArguments.open()
             let value = try await pool.value(for: key)
             await pool.close()
-            guard let value else { EtcdCommand.fail("no key '\(key)'", status: 66) }
+            guard let value else { EtcdCommand.fail("no value for key '\(key)'", status: 1) }
             FileHandle.standardOutput.write(Data(value) + Data("\n".utf8))
         }
     }

@@ -41,6 +41,9 @@ final class EtcdGateway: Sendable {
 
     func shutdown() async {}
 
+    /// The longest one attempt at one member may take (see `sendOnce`).
+    static let attemptLimit: Duration = .seconds(2)
+
     /// Whether a call may be sent again after a failure whose outcome is unknown.
     enum Retry {
         /// Reads, lease calls, and transactions written so that a second application
@@ -111,7 +114,9 @@ final class EtcdGateway: Sendable {
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "application/json")
         request.body = .bytes(payload)
-        let left = max(ContinuousClock.now.duration(to: deadline), .milliseconds(1))
+        // One member gets at most 2 s of the call's time: a member that hangs (cut off, or
+        // without a leader) must not use it all while another could answer.
+        let left = min(max(ContinuousClock.now.duration(to: deadline), .milliseconds(1)), Self.attemptLimit)
         let response: HTTPClientResponse
         let body: ByteBuffer
         do {
@@ -157,7 +162,8 @@ final class EtcdGateway: Sendable {
             request = try HTTPClient.Request(url: endpoints[index] + path, method: .POST, headers: ["Content-Type": "application/json"], body: .data(payload))
         } catch { return loop.makeFailedFuture(error) }
         let address = self.address
-        return client.execute(request: request, eventLoop: .delegate(on: loop), deadline: deadline).flatMapThrowing { response -> Response in
+        let attemptDeadline = min(deadline, .now() + .nanoseconds(Self.attemptLimit.nanosecondsClamped))
+        return client.execute(request: request, eventLoop: .delegate(on: loop), deadline: attemptDeadline).flatMapThrowing { response -> Response in
             self.current.withLock { $0 = index }
             let bytes = response.body.map { Data($0.readableBytesView) } ?? Data()
             guard response.status.code < 300 else {
