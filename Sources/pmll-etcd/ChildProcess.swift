@@ -1,6 +1,7 @@
 @preconcurrency import Dispatch
 import Foundation
 import PMLLCore
+import PMLLEtcd
 
 /// COMMAND as a child of this process, waited for on a thread of its own (a blocking
 /// `waitpid` must not hold one of Swift's few cooperative threads).
@@ -52,4 +53,16 @@ final class SignalForwarder: @unchecked Sendable {   // the source is only resum
         source.resume()
     }
     func stop() { source.cancel() }
+}
+
+/// Runs `work` (a wait for a lock or a turn, then COMMAND) so that SIGINT cancels it — the
+/// waiter key is withdrawn — and closes the pool afterwards (its lease revoked), whatever the
+/// outcome.
+func runInterruptibly<T: Sendable>(closing pool: EtcdPool, _ work: @escaping @Sendable () async throws -> T) async -> Result<T, any Error> {
+    let task = Task { try await work() }
+    let interrupt = SignalForwarder(SIGINT) { task.cancel() }
+    let outcome = await task.result
+    interrupt.stop()
+    await pool.close()
+    return outcome
 }

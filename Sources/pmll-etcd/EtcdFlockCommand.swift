@@ -45,7 +45,7 @@ struct EtcdFlockCommand: AsyncParsableCommand {
         let lock = try await pool.lock(named: FlockFile.lockName(path), level: .filesystem)
         let started = ContinuousClock.now
         let timeout: Duration? = options.nonblock || options.timeout == 0 ? .zero : options.timeout.map { .nanoseconds(Int64($0 * 1e9)) }
-        let work = Task { () async throws -> Int32 in
+        let outcome = await runInterruptibly(closing: pool) { () async throws -> Int32 in
             let body = { (grant: inout EtcdLockGrant) async throws -> Int32 in
                 if options.verbose {
                     let took = started.duration(to: .now)
@@ -66,10 +66,6 @@ struct EtcdFlockCommand: AsyncParsableCommand {
             }
             return options.shared ? try await lock.withSharedLock(timeout: timeout, body) : try await lock.withLock(timeout: timeout, body)
         }
-        let interrupt = SignalForwarder(SIGINT) { work.cancel() }
-        let outcome = await work.result
-        interrupt.stop()
-        await pool.close()
         switch outcome {
         case .success(let status): Foundation.exit(status)
         case .failure(PMLLError.timeout(_, let holder)):

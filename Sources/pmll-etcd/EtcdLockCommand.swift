@@ -49,7 +49,7 @@ struct EtcdLockCommand: AsyncParsableCommand {
     func run() async throws {
         let pool = try await poolArguments.open()
         let lock = try await pool.lock(named: name, level: level)
-        let waiter = Task {
+        let outcome = await runInterruptibly(closing: pool) {
             let body = { (grant: inout EtcdLockGrant) async throws -> Int32 in
                 var environment = ProcessInfo.processInfo.environment
                 environment["PMLL_FENCING_TOKEN"] = String(grant.fencingToken)
@@ -66,10 +66,6 @@ struct EtcdLockCommand: AsyncParsableCommand {
             let wait: Duration? = timeout.map { .nanoseconds(Int64($0 * 1e9)) }
             return shared ? try await lock.withSharedLock(timeout: wait, body) : try await lock.withLock(timeout: wait, body)
         }
-        let interrupt = SignalForwarder(SIGINT) { waiter.cancel() }
-        let outcome = await waiter.result
-        interrupt.stop()
-        await pool.close()
         switch outcome {
         case .success(let status): Foundation.exit(status)
         case .failure(let error): throw error

@@ -31,7 +31,7 @@ struct EtcdQueueCommand: AsyncParsableCommand {
             let pool = try await poolArguments.open()
             let queue = try pool.queue(named: name)
             let payload = Array(try EtcdJSON.encoder.encode(command))
-            let work = Task {
+            let outcome = await runInterruptibly(closing: pool) {
                 try await queue.execute(kind: "exec", payload: payload, timeout: timeout.map { .nanoseconds(Int64($0 * 1e9)) }) { op -> Int32 in
                     var environment = ProcessInfo.processInfo.environment
                     environment["PMLL_QUEUE"] = name
@@ -42,10 +42,6 @@ struct EtcdQueueCommand: AsyncParsableCommand {
                     return 0
                 }
             }
-            let interrupt = SignalForwarder(SIGINT) { work.cancel() }
-            let outcome = await work.result
-            interrupt.stop()
-            await pool.close()
             switch outcome {
             case .success(let status): Foundation.exit(status)
             case .failure(let failed as CommandFailed): Foundation.exit(failed.status)
