@@ -40,21 +40,34 @@ package final class StateStore: @unchecked Sendable {
 
     /// The directory as an attaching process finds it, without the store lock: a growth under
     /// way in another process (its undo log pending) may show a half-written directory for a
-    /// moment, so that is read again; a directory that fails its checks with no log pending is
-    /// damaged.
+    /// moment, so that is read again. A failed read counts as damage only if no log was
+    /// pending and none moved while it read: checking "pending" only after the read missed a
+    /// growth that finished in between (a worker attaching during another's growth was told
+    /// the pool was corrupt, in `fourProcessesGrowASmallPoolAndEveryOneFollows` under load).
     private static func readDirectory(memory: PoolMemory, layout: StoreLayout, path: String) throws(PMLLError) -> StoreView {
-        let logs = (memory.base + layout.logs.lowerBound).assumingMemoryBound(to: pmll_log_header_t.self)
+        let logs = memory.base + layout.logs.lowerBound
+        func logState() -> (seqs: UInt64, dones: UInt64, pending: Bool) {
+            var seqs: UInt64 = 0, dones: UInt64 = 0, pending = false
+            for i in 0..<layout.logSlots {
+                let h = (logs + i * Int(PMLL_LOG_SLOT_SIZE)).assumingMemoryBound(to: pmll_log_header_t.self)
+                let done = pmll_load64_acquire(&h.pointee.done_seq), seq = pmll_load64_acquire(&h.pointee.seq)
+                seqs &+= seq
+                dones &+= done
+                pending = pending || done < seq
+            }
+            return (seqs, dones, pending)
+        }
         for attempt in 0..<1000 {
+            let before = logState()
             do throws(PMLLError) {
                 return try GrowthDirectory.view(memory.base, layout: layout, poolLayout: memory.layout, path: path)
             } catch {
-                let pending = (0..<layout.logSlots).contains { i in
-                    let h = (UnsafeMutableRawPointer(logs) + i * Int(PMLL_LOG_SLOT_SIZE)).assumingMemoryBound(to: pmll_log_header_t.self)
-                    return pmll_load64_acquire(&h.pointee.done_seq) < h.pointee.seq
-                }
+                pmll_fence()
+                let after = logState()
+                let moving = before.pending || after.pending || before.seqs != after.seqs || before.dones != after.dones
                 // A log left pending by a dead process stays so: rolled back by the first
                 // holder of the store lock, which a damaged directory would then fail.
-                guard pending, attempt < 999 else { throw error }
+                guard moving, attempt < 999 else { throw error }
                 usleep(1000)
             }
         }

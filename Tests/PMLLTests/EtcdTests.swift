@@ -237,6 +237,31 @@ struct EtcdTests {
         }
     }
 
+    @Test("a read-only transaction over several keys sees one snapshot: a commit between its reads re-runs it")
+    func readOnlySnapshot() async throws {
+        try await onEtcdThread {
+            let cluster = try EtcdCluster()
+            defer { cluster.stop() }
+            let reader = try await EtcdPool.open(url: cluster.address("snapshot"))
+            let writer = try await EtcdPool.open(url: cluster.address("snapshot"))
+            try await writer.transaction { tx in try tx.set("a", "1"); try tx.set("b", "1") }
+            let runs = OrderRecorder()
+            let seen = try await reader.transaction { tx -> [String] in
+                runs.append(0)
+                let a = String(decoding: try await tx.value(for: "a") ?? [], as: UTF8.self)
+                if runs.values.count == 1 {   // another process commits between the two reads
+                    try await writer.transaction { w in try w.set("a", "2"); try w.set("b", "2") }
+                }
+                let b = String(decoding: try await tx.value(for: "b") ?? [], as: UTF8.self)
+                return [a, b]
+            }
+            #expect(seen == ["2", "2"], "a mixed snapshot was returned: \(seen)")
+            #expect(runs.values.count == 2)
+            await reader.close()
+            await writer.close()
+        }
+    }
+
     @Test("bad addresses, unreachable clusters and local-only commands: one pmll: line and a documented status")
     func errors() throws {
         let bad = try pmll(["status", "--pool", "etcd://nohost/x"])

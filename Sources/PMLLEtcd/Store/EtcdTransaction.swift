@@ -62,7 +62,9 @@ extension EtcdPool {
         for attempt in 1...max(1, attempts) {
             var tx = EtcdTransaction(pool: self)
             let result = try await body(&tx)
-            if tx.writes.isEmpty { return result }
+            // One read, or none, is consistent by itself; several are validated together
+            // (a compare-only transaction), so a read-only body also sees one snapshot.
+            if tx.writes.isEmpty && tx.reads.count <= 1 && resolved.isEmpty { return result }
             var compare = resolved.map { Compare.createRevision($0.key, equals: $0.fence.token) }
             for (key, revision) in tx.reads.sorted(by: { $0.key < $1.key }) {
                 compare.append(.modRevision(keys.state(key), equals: revision))
