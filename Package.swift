@@ -112,7 +112,7 @@ let package = Package(
         .target(
             name: "PMLLEtcd",
             dependencies: [
-                "PMLLCore", "PMLLLocks", "PMLL",
+                "PMLLCore", "PMLLLocks", "PMLLStore", "PMLLQueues", "PMLL",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             swiftSettings: swiftSettings
@@ -155,7 +155,7 @@ let package = Package(
         .executableTarget(
             name: "pmll",
             dependencies: [
-                "PMLL", "CPMLL", "PMLLBatchJSON", "PMLLFlockOptions",
+                "PMLL", "PMLLCore", "CPMLL", "PMLLBatchJSON", "PMLLFlockOptions",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -1,5 +1,6 @@
 import Foundation
 public import PMLLCore
+import PMLLLocks
 import Synchronization
 
 /// A pool whose locks, state and queues live in an etcd cluster (etcd ≥ 3.5), for
@@ -40,20 +41,14 @@ public final class EtcdPool: Sendable {
     public static func open(url: String, requestTimeout: Duration = .seconds(10)) async throws(PMLLError) -> EtcdPool {
         let address = try EtcdAddress(parsing: url)
         let gateway = EtcdGateway(address: address.description, endpoints: address.endpoints, requestTimeout: requestTimeout)
-        do {
-            let session = try await EtcdSession.start(gateway: gateway, ttlSeconds: address.ttlSeconds)
-            return EtcdPool(address: address, gateway: gateway, session: session)
-        } catch {
-            await gateway.shutdown()
-            throw error
-        }
+        let session = try await EtcdSession.start(gateway: gateway, ttlSeconds: address.ttlSeconds)
+        return EtcdPool(address: address, gateway: gateway, session: session)
     }
 
-    /// Revokes the lease (every lock this participant still holds or waits for is freed at
-    /// once) and closes the connections.
+    /// Revokes the lease: every lock this participant still holds or waits for is freed at
+    /// once. (Connections belong to the process's one HTTP client and are reused.)
     public func close() async {
         await session.close()
-        await gateway.shutdown()
     }
 
     /// Stops keeping the lease alive without revoking it, as a process that hangs would:
@@ -66,7 +61,7 @@ public final class EtcdPool: Sendable {
     /// The lock `name` at `level`; its level is recorded in etcd on first use, and a later
     /// use at another level is ``PMLLError/levelMismatch(name:existing:requested:)``.
     public func lock(named name: String, level: LockLevel) async throws(PMLLError) -> EtcdLock {
-        try LockName.validate(name)
+        try LockTable.validate(name: name)
         if let known = levels.withLock({ $0[name] }) {
             guard known == level else { throw .levelMismatch(name: name, existing: known, requested: level) }
             return EtcdLock(pool: self, id: LockID(name: name, level: level))
@@ -91,14 +86,5 @@ public final class EtcdPool: Sendable {
     func nextWaiterKey(_ name: String, shared: Bool) -> [UInt8] {
         let n = sequence.add(1, ordering: .relaxed).newValue
         return keys.waiters(name) + Array("\(shared ? "r" : "w")\(session.leaseHex)-\(n)".utf8)
-    }
-}
-
-/// Lock-name rules shared with the local pool: 1 to 255 bytes, no NUL.
-enum LockName {
-    static func validate(_ name: String) throws(PMLLError) {
-        if name.isEmpty { throw .invalidLockName(name: name, reason: "empty") }
-        if name.utf8.count > 255 { throw .invalidLockName(name: name, reason: "longer than 255 bytes") }
-        if name.utf8.contains(0) { throw .invalidLockName(name: name, reason: "contains NUL") }
     }
 }

@@ -36,7 +36,7 @@ struct EtcdCommand: AsyncParsableCommand {
                 try command.run()
             }
         } catch let error as PMLLError {
-            fail(error.description, status: EtcdExit.code(for: error))
+            fail(error.description, status: ExitStatus.code(for: error))
         } catch let code as ExitCode where code != .validationFailure {
             Foundation.exit(code.rawValue)
         } catch {
@@ -54,26 +54,14 @@ struct EtcdCommand: AsyncParsableCommand {
     }
 }
 
-/// The exit statuses `pmll` documents, for the errors an etcd pool can give.
+/// The exit statuses an etcd pool's commands can end with (the mapping is `ExitStatus`'s).
 enum EtcdExit {
     static let summary = """
-        Exit status: 0 ok; 64 usage error; 66 bad pool address; 69 etcd unreachable; \
+        Exit status: 0 ok; 1 state get: no value; 64 usage error; 65 a recovery handler failed; \
+        66 bad pool address; 69 etcd unreachable; \
         75 timeout, conflict or lock lost (try again); 130 interrupted; \
         otherwise COMMAND's own status (128+N if it died of signal N).
         """
-
-    static func code(for error: PMLLError) -> Int32 {
-        switch error {
-        case .invalidPoolPath, .poolNotFound: 66
-        case .queueTimeout: 75
-        case .backendUnavailable: 69
-        case .timeout, .transactionConflict, .lockLost: 75
-        case .cancelled, .queueCancelled: 130
-        case .permissionDenied, .accessDenied: 77
-        case .corruptRecord: 65
-        default: 64
-        }
-    }
 }
 
 /// `--pool URL`, shared by every command.

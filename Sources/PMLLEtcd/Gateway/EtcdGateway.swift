@@ -39,8 +39,6 @@ final class EtcdGateway: Sendable {
         return HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: configuration)
     }()
 
-    func shutdown() async {}
-
     /// The longest one attempt at one member may take (see `sendOnce`).
     static let attemptLimit: Duration = .seconds(2)
 

@@ -25,15 +25,9 @@ struct HolderRecord: Codable, Sendable {
 }
 
 extension EtcdPool {
-    private static func wallNanoseconds() -> Int64 {
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
-        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
-    }
-
     private func record(token: Int64? = nil, inconsistent: Bool? = nil) -> [UInt8] {
         let record = HolderRecord(token: token, pid: identity.pid, host: identity.host, command: identity.command,
-                                  since: Self.wallNanoseconds(), inconsistent: inconsistent)
+                                  since: Clock.realtimeNanoseconds, inconsistent: inconsistent)
         return (try? Array(JSONEncoder().encode(record))) ?? []
     }
 
@@ -122,7 +116,7 @@ extension EtcdPool {
         guard let previous, let record = HolderRecord.decode(previous), record.token != token else { return nil }
         return OwnerDeath(cause: record.inconsistent == true ? .releasedInconsistent : .processDied,
                           pid: record.pid, commandName: "\(record.command) on \(record.host)",
-                          heldSinceNanoseconds: record.since, detectedAtNanoseconds: Self.wallNanoseconds())
+                          heldSinceNanoseconds: record.since, detectedAtNanoseconds: Clock.realtimeNanoseconds)
     }
 
     /// Deletes our waiter key after a timeout or cancellation — only our acquisition's key

@@ -1,5 +1,6 @@
 import Foundation
 public import PMLLCore
+import PMLLQueues
 
 /// A hardened queue of an etcd pool (Docs/Etcd.md "Queues"): operations run one at a time in
 /// submission order across every process of every machine, each recorded under
@@ -22,7 +23,7 @@ public struct EtcdQueue: Sendable {
     /// marked `abandoned` by the next operation of the queue (or by ``EtcdPool/recover(handlers:)``).
     public func execute<R>(kind: String, payload: [UInt8] = [], timeout: Duration? = nil,
                            _ body: (EtcdOperationRecord) async throws -> R) async throws -> R {
-        try EtcdOperationRecord.validate(kind: kind, payload: payload)
+        try QueueEngine.validate(kind: kind, payload: payload)
         let pool = self.pool, turn = self.turn
         var grant = try await onEtcdExecutor { () async throws(PMLLError) in try await pool.acquire(turn, timeout: timeout) }
         let record = EtcdOperationRecord(queue: name, ticket: grant.fencingToken, kind: kind, payload: payload, state: .running,
@@ -95,27 +96,13 @@ public struct EtcdOperationRecord: Codable, Sendable, Equatable {
         started = Self.now()
     }
 
-    static func now() -> Int64 {
-        var t = timespec()
-        clock_gettime(CLOCK_REALTIME, &t)
-        return Int64(t.tv_sec) * 1_000_000_000 + Int64(t.tv_nsec)
-    }
-
-    /// The local queues' limits, so that an operation moves between backends unchanged.
-    static func validate(kind: String, payload: [UInt8]) throws(PMLLError) {
-        if kind.isEmpty || kind.utf8.count > 63 || kind.utf8.contains(0) {
-            throw .invalidOperationKind(kind: kind, reason: kind.isEmpty ? "empty" : kind.utf8.count > 63 ? "longer than 63 bytes" : "contains NUL")
-        }
-        if payload.count > 1024 { throw .payloadTooLarge(bytes: payload.count, limit: 1024) }
-    }
+    static func now() -> Int64 { Clock.realtimeNanoseconds }
 }
 
 extension EtcdPool {
     /// The queue `name` (1–244 bytes, no NUL). Queues need no creation.
     public func queue(named name: String) throws(PMLLError) -> EtcdQueue {
-        if name.isEmpty || name.utf8.count > 244 || name.utf8.contains(0) {
-            throw .invalidQueueName(name: name, reason: name.isEmpty ? "empty" : name.utf8.count > 244 ? "longer than 244 bytes" : "contains NUL")
-        }
+        try QueueTable.validate(name: name)
         return EtcdQueue(pool: self, name: name)
     }
 

@@ -109,7 +109,7 @@ struct ParticipantIdentity: Codable, Sendable {
     static let current: ParticipantIdentity = {
         var name = [UInt8](repeating: 0, count: 256)
         _ = name.withUnsafeMutableBufferPointer { gethostname(UnsafeMutableRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), 255) }
-        let comm = (try? String(contentsOfFile: "/proc/self/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
-        return ParticipantIdentity(pid: getpid(), host: String(decoding: name.prefix(while: { $0 != 0 }), as: UTF8.self), command: comm)
+        return ParticipantIdentity(pid: ProcessIdentity.pid, host: String(decoding: name.prefix(while: { $0 != 0 }), as: UTF8.self),
+                                   command: ProcessIdentity.commandName())
     }()
 }

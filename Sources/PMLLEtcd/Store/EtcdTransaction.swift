@@ -1,5 +1,6 @@
 import Foundation
 public import PMLLCore
+import PMLLStore
 
 /// A transaction over an etcd pool's state keys (`PREFIX/state/KEY`): reads see the
 /// cluster's latest committed values; writes are staged and commit in one etcd Txn that
@@ -37,11 +38,8 @@ public struct EtcdTransaction: Sendable {
 enum StateKey {
     /// etcd's default request limit is 1.5 MiB; a value must fit with its key and the Txn.
     static let valueLimit = 1 << 20
-    static func validate(_ key: String) throws(PMLLError) {
-        if key.isEmpty { throw .invalidKey(key: key, reason: "empty") }
-        if key.utf8.count > 255 { throw .invalidKey(key: key, reason: "longer than 255 bytes") }
-        if key.utf8.contains(0) { throw .invalidKey(key: key, reason: "contains NUL") }
-    }
+    /// The local store's key rules (user keys: `pmll:` is reserved for the library).
+    static func validate(_ key: String) throws(PMLLError) { try StateStore.validate(key: key, user: true) }
 }
 
 extension EtcdPool {
