@@ -117,7 +117,13 @@ struct EtcdKeys: Sendable {
     func state(_ key: String) -> [UInt8] { Array((root + "/state/").utf8) + Array(key.utf8) }
     var stateRoot: [UInt8] { Array((root + "/state/").utf8) }
     func queueRecords(_ queue: String) -> [UInt8] { Array((root + "/queue/" + Self.escape(queue) + "/").utf8) }
-    func queueRecord(_ queue: String, ticket: Int64) -> [UInt8] { queueRecords(queue) + Array(String(ticket).leftPadded(to: 19).utf8) }
+    /// A batch's operations share their turn's ticket and are told apart by their index
+    /// (".NNNNNN" after the ticket, so that keys sort in running order).
+    func queueRecord(_ queue: String, ticket: Int64, index: Int = 0) -> [UInt8] {
+        queueRecords(queue) + Array((String(ticket).leftPadded(to: 19) + (index > 0 ? "." + String(index).leftPadded(to: 6) : "")).utf8)
+    }
+    /// The totals of a queue's trimmed records.
+    func queueTally(_ queue: String) -> [UInt8] { Array((root + "/queuetally/" + Self.escape(queue)).utf8) }
     var queueRoot: [UInt8] { Array((root + "/queue/").utf8) }
 }
 

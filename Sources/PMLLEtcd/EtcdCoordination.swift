@@ -21,6 +21,17 @@ extension EtcdPool: CoordinationPool {
     }
 
     public func stateValue(for key: String) async throws -> [UInt8]? { try await value(for: key) }
+
+    public func execute<R: Sendable>(queue: String, kind: String, payload: [UInt8], timeout: Duration?, retry: RetryPolicy?,
+                                     _ operation: (OperationInfo) async throws -> R) async throws -> R {
+        try await self.queue(named: queue).execute(kind: kind, payload: payload, timeout: .some(timeout), retry: retry, operation)
+    }
+
+    public func executeBatch<R: Sendable>(queue: String, _ operations: [BatchOperation<R>], timeout: Duration?, retry: RetryPolicy?) async throws -> [Result<R, any Error>] {
+        try await self.queue(named: queue).executeBatch(operations, timeout: .some(timeout), retry: retry)
+    }
+
+    public func queueStatistics(_ queue: String) async throws -> QueueStats { try await self.queue(named: queue).stats }
 }
 
 extension Pool {

@@ -11,6 +11,14 @@ public struct OperationInfo: Sendable {
     /// 1 for the first attempt, 2 for the first retry, …
     public let attempt: Int
     public let payload: [UInt8]
+
+    package init(queue: String, ticket: UInt64, kind: String, attempt: Int, payload: [UInt8]) {
+        self.queue = queue
+        self.ticket = ticket
+        self.kind = kind
+        self.attempt = attempt
+        self.payload = payload
+    }
 }
 
 /// One operation of a batch.

@@ -25,9 +25,34 @@ public struct QueueStats: Codable, Sendable, Equatable {
     public let waitHistogram: [UInt64]
     /// Same for run time (start → finish).
     public let runHistogram: [UInt64]
+
+    /// For another backend's queues (etcd), which count the same things their own way.
+    package init(name: String, persistent: Bool, completed: UInt64, failed: UInt64, retried: UInt64, abandoned: UInt64,
+                 recovered: UInt64, pending: UInt64, nextTicket: UInt64, serving: UInt64,
+                 meanWaitNanoseconds: UInt64, maxWaitNanoseconds: UInt64, meanRunNanoseconds: UInt64, maxRunNanoseconds: UInt64,
+                 waitHistogram: [UInt64], runHistogram: [UInt64]) {
+        self.name = name
+        self.persistent = persistent
+        self.completed = completed
+        self.failed = failed
+        self.retried = retried
+        self.abandoned = abandoned
+        self.recovered = recovered
+        self.pending = pending
+        self.nextTicket = nextTicket
+        self.serving = serving
+        self.meanWaitNanoseconds = meanWaitNanoseconds
+        self.maxWaitNanoseconds = maxWaitNanoseconds
+        self.meanRunNanoseconds = meanRunNanoseconds
+        self.maxRunNanoseconds = maxRunNanoseconds
+        self.waitHistogram = waitHistogram
+        self.runHistogram = runHistogram
+    }
 }
 
 package enum QueueStatistics {
+    package static let bucketCount = Int(PMLL_HISTOGRAM_BUCKETS)
+
     package static func bucket(_ ns: UInt64) -> Int {
         let us = ns / 1000
         return us == 0 ? 0 : min(Int(PMLL_HISTOGRAM_BUCKETS) - 1, 63 - us.leadingZeroBitCount)

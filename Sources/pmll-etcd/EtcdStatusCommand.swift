@@ -2,29 +2,38 @@ import ArgumentParser
 import Foundation
 import PMLLCore
 import PMLLEtcd
+import PMLLQueues
 
 struct EtcdStatusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "status",
-        abstract: "Show the etcd pool's locks: holders, fencing tokens, lease time left, waiters, unrepaired deaths.")
+        abstract: "Show the etcd pool's locks (holders, fencing tokens, lease time left, waiters, unrepaired deaths) and queues.")
     @OptionGroup var poolArguments: EtcdPoolArguments
     @Flag(help: "JSON output.") var json = false
 
     func run() async throws {
         let pool = try await poolArguments.open()
-        let locks: [EtcdLockStatus]
-        do { locks = try await pool.lockStatus() } catch {
+        let locks: [EtcdLockStatus], queues: [QueueStats]
+        do { (locks, queues) = (try await pool.lockStatus(), try await pool.queues()) } catch {
             await pool.close()
             throw error
         }
         await pool.close()
         if json {
             let encoder = EtcdJSON.encoder
-            struct Report: Encodable { var pool: String; var locks: [EtcdLockStatus] }
-            FileHandle.standardOutput.write(try encoder.encode(Report(pool: pool.address, locks: locks)) + Data("\n".utf8))
+            struct Report: Encodable { var pool: String; var locks: [EtcdLockStatus]; var queues: [QueueStats] }
+            FileHandle.standardOutput.write(try encoder.encode(Report(pool: pool.address, locks: locks, queues: queues)) + Data("\n".utf8))
             return
         }
         print("pool: \(pool.address) (etcd)")
+        printLocks(locks)
+        print("queues: \(queues.count)")
+        for q in queues {
+            print("  \(q.name): \(q.pending) pending, \(q.completed) completed, \(q.failed) failed, \(q.retried) retried, \(q.abandoned) abandoned, \(q.recovered) recovered")
+        }
+    }
+
+    private func printLocks(_ locks: [EtcdLockStatus]) {
         print("locks: \(locks.count)")
         if locks.isEmpty { return }
         print("NAME".padding(toLength: 24, withPad: " ", startingAt: 0) + " STATE     TOKEN      HOLDER                          LEASE  WAITERS")

@@ -19,7 +19,7 @@ struct Stress: AsyncParsableCommand {
             130/143 stopped early by SIGINT/SIGTERM with every invariant held (the summary covers the partial run). \
             Workers never outlive the supervisor: each SIGKILLs itself when it exits.
             """,
-        subcommands: [StressRun.self, StressWorker.self, StressVerifyPool.self],
+        subcommands: [StressRun.self, StressWorker.self, StressVerifyPool.self, EtcdHistory.self],
         defaultSubcommand: StressRun.self
     )
 

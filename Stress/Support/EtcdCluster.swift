@@ -17,6 +17,7 @@ public final class EtcdCluster: @unchecked Sendable {
     }
     public private(set) var members: [Member]
     public let directory: String
+    private var initialCluster = ""
 
     public static let binary: String? = {
         if let explicit = ProcessInfo.processInfo.environment["PMLL_ETCD"] { return explicit }
@@ -47,8 +48,8 @@ public final class EtcdCluster: @unchecked Sendable {
         } else {
             members = (0..<count).map { i in Member(name: "m\(i)", host: "127.0.0.1", clientPort: Self.freePort(), peerPort: Self.freePort()) }
         }
-        let initial = members.map { "\($0.name)=http://\($0.host):\($0.peerPort)" }.joined(separator: ",")
-        for i in members.indices { try start(i, binary: binary, initialCluster: initial) }
+        initialCluster = members.map { "\($0.name)=http://\($0.host):\($0.peerPort)" }.joined(separator: ",")
+        for i in members.indices { try start(i, binary: binary, initialCluster: initialCluster) }
         try waitUntilReady()
     }
 
@@ -116,6 +117,35 @@ public final class EtcdCluster: @unchecked Sendable {
         guard let process = members[i].process else { return }
         Foundation.kill(process.processIdentifier, signal)
         if signal == SIGKILL { process.waitUntilExit() }
+    }
+
+    /// Starts member `i` again after a kill, on its data directory (it rejoins the cluster
+    /// with what it had persisted; etcd ignores the initial-cluster flags then).
+    public func restart(member i: Int) throws {
+        guard members[i].process?.isRunning != true, let binary = Self.binary else { return }
+        try start(i, binary: binary, initialCluster: initialCluster)
+    }
+
+    /// The member that leads now, among `chosen` (default: all), by each member's own status.
+    public func leader(among chosen: [Int]? = nil) -> Int? {
+        for (i, m) in members.enumerated() where chosen?.contains(i) ?? true {
+            guard m.process?.isRunning == true else { continue }
+            let probe = Process()
+            probe.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            probe.arguments = ["python3", "-c", """
+                import urllib.request, json
+                r = json.load(urllib.request.urlopen(urllib.request.Request('http://\(m.url)/v3/maintenance/status', data=b'{}'), timeout=2))
+                print('yes' if r.get('leader') == r['header']['member_id'] else 'no')
+                """]
+            let pipe = Pipe()
+            probe.standardOutput = pipe
+            probe.standardError = FileHandle.nullDevice
+            guard (try? probe.run()) != nil else { continue }
+            let answer = pipe.fileHandleForReading.readDataToEndOfFile()
+            probe.waitUntilExit()
+            if String(decoding: answer, as: UTF8.self).hasPrefix("yes") { return i }
+        }
+        return nil
     }
 
     public func stop() {

@@ -1,7 +1,9 @@
 import Foundation
 import PMLLCore
 import PMLLEtcd
+import PMLL
 import PMLLLocks
+import PMLLQueues
 import PMLLStressSupport
 import Testing
 
@@ -322,6 +324,78 @@ struct EtcdTests {
         let failed = try pmll(["queue", "exec", "q", "--", "sh", "-c", "exit 3"], environment: environment)
         #expect(failed.status == 3)
         #expect(try pmll(["queue", "show", "q"], environment: environment).stdout.contains("failed"))
+        struct Shown: Decodable { struct Stats: Decodable { var completed, failed, abandoned, recovered, pending: UInt64 }; var stats: Stats }
+        let stats = try JSONDecoder().decode(Shown.self, from: Data(try pmll(["queue", "show", "q", "--json"], environment: environment).stdout.utf8)).stats
+        #expect((stats.completed, stats.failed, stats.abandoned, stats.recovered, stats.pending) == (5, 1, 1, 1, 0), "\(stats)")
+        let status = try pmll(["status"], environment: environment)
+        #expect(status.stdout.contains("q: 0 pending, 5 completed, 1 failed, 0 retried, 1 abandoned, 1 recovered"), "\(status.stdout)")
+    }
+
+    @Test("recovery policies on etcd: a dry run changes nothing; quarantine, release; a failing handler is quarantined after max attempts; retry runs the command again")
+    func recoveryPolicies() throws {
+        let cluster = try EtcdCluster()
+        defer { cluster.stop() }
+        let scratch = Scratch()
+        let environment = ["PMLL_POOL": cluster.address("policies", ttl: 2)]
+        /// Leaves an abandoned operation running `script` in queue q; its ticket.
+        func abandon(_ script: String) throws -> String {
+            let victim = try Child(Binaries.pmll, ["queue", "exec", "q", "--", "sh", "-c", script], environment: environment)
+            defer { victim.stopIfRunning() }
+            try waitForHolder(environment, lock: "pmll:queue/q")
+            victim.killParentFirst()
+            victim.wait()
+            #expect(try pmll(["queue", "exec", "q", "--", "true"], environment: environment).status == 0)
+            struct Shown: Decodable { struct R: Decodable { var ticket: Int64; var state: String }; var records: [R] }
+            let shown = try JSONDecoder().decode(Shown.self, from: Data(try pmll(["queue", "show", "q", "--json"], environment: environment).stdout.utf8))
+            return String(shown.records.last { $0.state == "abandoned" }?.ticket ?? -1)
+        }
+        let first = try abandon("sleep 60")
+        let dry = try pmll(["recover", "--dry-run", "--policy", "kind:exec=quarantine"], environment: environment)
+        #expect(dry.status == 0 && dry.stdout.contains("would quarantine it"), "\(dry)")
+        #expect(try pmll(["queue", "show", "q"], environment: environment).stdout.contains("\(first)\tabandoned"))
+        let quarantined = try pmll(["recover", "--policy", "kind:exec=quarantine"], environment: environment)
+        #expect(quarantined.stdout.contains("quarantined (policy quarantine)"), "\(quarantined)")
+        #expect(try pmll(["recover", "--quarantined"], environment: environment).stdout.contains("ticket \(first)"))
+        #expect(try pmll(["recover", "--release", "q/\(first)"], environment: environment).status == 0)
+        let again = try pmll(["recover", "--release", "q/\(first)"], environment: environment)
+        #expect(again.status == 1 && again.stderr.hasPrefix("pmll: "), "\(again)")
+
+        // A handler that keeps failing: counted, then quarantined at --max-attempts.
+        _ = try abandon("sleep 60")
+        let failing = try pmll(["recover", "--exec-handler", "false", "--max-attempts", "2"], environment: environment)
+        #expect(failing.status == 65 && failing.stdout.contains("handler failed"), "\(failing)")
+        let second = try pmll(["recover", "--exec-handler", "false", "--max-attempts", "2"], environment: environment)
+        #expect(second.stdout.contains("quarantined (its handler failed 2 time(s)"), "\(second)")
+
+        // Retry: the recorded command runs again, as a new operation of the queue.
+        let marker = scratch.file("marker"), log = scratch.file("log")
+        _ = try abandon("if [ -f \(marker) ]; then echo again >> \(log); else touch \(marker); sleep 60; fi")
+        let retried = try pmll(["recover", "--policy", "default=retry"], environment: environment)
+        #expect(retried.status == 0 && retried.stdout.contains("retried: "), "\(retried)")
+        #expect((try? String(contentsOfFile: log, encoding: .utf8)) == "again\n")
+        let done = try pmll(["recover", "--acknowledge"], environment: environment)
+        #expect(done.stdout.contains("no abandoned operations"), "\(done)")
+        #expect(try pmll(["recover", "--policy", "sometimes=retry"], environment: environment).status == 64)
+    }
+
+    @Test("old queue records are trimmed to the newest ones, and the statistics still count them all")
+    func queueRecordsAreTrimmed() async throws {
+        let cluster = try EtcdCluster()
+        defer { cluster.stop() }
+        let address = cluster.address("trim")
+        try await onEtcdThread {
+            let pool = try await EtcdPool.open(url: address)
+            let queue = try pool.queue(named: "t", keepRecords: 5)
+            for i in 0..<(5 + EtcdQueue.trimSlack + 6) { _ = try await queue.execute(kind: "k") { _ in i } }
+            _ = try? await queue.execute(kind: "k", retry: RetryPolicy(maxRetries: 0)) { _ -> Int in throw CancellationError() }
+            let kept = try await queue.records()
+            #expect(kept.count <= 5 + EtcdQueue.trimSlack && kept.count >= 5, "\(kept.count) records kept")
+            #expect(kept.last?.state == .failed)
+            let stats = try await queue.stats
+            #expect(stats.completed == UInt64(5 + EtcdQueue.trimSlack + 6) && stats.failed == 1, "\(stats)")
+            #expect(stats.waitHistogram.reduce(0, +) == stats.completed + stats.failed)
+            await pool.close()
+        }
     }
 
     @Test("shared holders share; an exclusive holder excludes them; a queued writer keeps later readers out; a dead reader is no death")
@@ -417,6 +491,17 @@ func onEtcdThread<T>(_ body: () async throws -> T) async throws -> T {
     try await withTaskExecutorPreference(EtcdExecutor.shared, operation: body)
 }
 
+final class TicketLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var items: [UInt64] = []
+    private var inside = 0
+    func append(_ i: UInt64) { lock.lock(); items.append(i); lock.unlock() }
+    /// False if another operation is inside.
+    func enter() -> Bool { lock.lock(); defer { lock.unlock() }; inside += 1; return inside == 1 }
+    func leave() { lock.lock(); inside -= 1; lock.unlock() }
+    var values: [UInt64] { lock.lock(); defer { lock.unlock() }; return items }
+}
+
 final class OrderRecorder: @unchecked Sendable {
     private let lock = NSLock()
     private var items: [Int] = []
@@ -460,18 +545,7 @@ struct EtcdKeepAliveTests {
 
 @Suite("etcd backend: three members")
 struct EtcdClusterTests {
-    /// The member that leads now (each member's status names the leader).
-    static func leader(of cluster: EtcdCluster, among chosen: [Int]? = nil) throws -> Int? {
-        for (i, m) in cluster.members.enumerated() where chosen?.contains(i) ?? true {
-            let status = try run("/usr/bin/env", ["python3", "-c", """
-                import urllib.request, json
-                r = json.load(urllib.request.urlopen(urllib.request.Request('http://\(m.url)/v3/maintenance/status', data=b'{}'), timeout=2))
-                print('yes' if r.get('leader') == r['header']['member_id'] else 'no')
-                """], timeout: 10)
-            if status.stdout == "yes" { return i }
-        }
-        return nil
-    }
+    static func leader(of cluster: EtcdCluster, among chosen: [Int]? = nil) throws -> Int? { cluster.leader(among: chosen) }
 
     @Test("a holder cut off with a minority (ip netns) loses the lock: the majority's next holder commits, the cut-off holder's fenced commit is refused, nothing acknowledged is lost")
     func partitionedHolderIsFenced() throws {
@@ -559,6 +633,29 @@ struct EtcdClusterTests {
         #expect((Int(final.stdout) ?? 0) >= (acks.last?.1 ?? 0), "an acknowledged write is gone: final \(final.stdout), last acknowledged \(acks.last?.1 ?? 0)")
     }
 
+    @Test("a randomised history (pmll-stress etcd-history): a seeded nemesis kills, restarts and pauses members and holders while 3 processes increment; the history is sound")
+    func randomisedHistory() throws {
+        // Short here; `pmll-stress etcd-history --duration 600` is the long run (Docs/Etcd.md).
+        let result = try run(Binaries.directory + "/pmll-stress", ["etcd-history", "--duration", "20", "--workers", "3",
+                                                                   "--fault-interval", "1.5", "--seed", "20261202", "--json"], timeout: 240)
+        #expect(result.status == 0, "\(result.stdout)\n\(result.stderr)")
+        struct Summary: Decodable { var acknowledged: Int; var faults: [String: Int]; var violations: [String] }
+        let summary = try JSONDecoder().decode(Summary.self, from: Data(result.stdout.utf8))
+        #expect(summary.violations.isEmpty)
+        #expect(summary.faults.filter { $0.key != "none" }.values.reduce(0, +) >= 3, "the nemesis must have struck: \(summary.faults)")
+        #expect(summary.acknowledged >= 10, "\(summary.acknowledged) acknowledged writes")
+    }
+
+    @Test("the history checker catches lost updates: without the fence, holders paused past their lease overwrite their successors")
+    func unfencedControlLosesUpdates() throws {
+        // The control that shows the checker above can fail, and what fencing prevents: the
+        // same workers writing without `--fence` (as bare etcd locks do, Jepsen's finding).
+        let result = try run(Binaries.directory + "/pmll-stress", ["etcd-history", "--unfenced", "--faults", "pause-holder", "--think", "0.3",
+                                                                   "--duration", "16", "--fault-interval", "1.5", "--seed", "7", "--json"], timeout: 240)
+        #expect(result.status == 1, "\(result.stdout)\n\(result.stderr)")
+        #expect(result.stdout.contains("lost update"), "\(result.stdout)")
+    }
+
     @Test("the leader killed while a lock is held and a waiter waits: the lock passes on, no death is invented, no write is lost")
     func leaderKilledWhileHeld() async throws {
         try await onEtcdThread {
@@ -643,7 +740,47 @@ struct CoordinationPoolTests {
         await #expect(throws: PMLLError.levelMismatch(name: "counter", existing: .package, requested: .network)) {
             try await pools[0].withLock(named: "counter", level: .network, shared: false, timeout: nil) { _ in }
         }
+        try await exerciseQueues(pools)
         for pool in pools { if let etcd = pool as? EtcdPool { await etcd.close() } }
+    }
+
+    /// Queues through the same interface: operations of three participants never overlap and
+    /// run in ticket order; a retried operation is told its attempt; a batch reports each
+    /// outcome; the statistics count all of it.
+    static func exerciseQueues(_ pools: [any CoordinationPool]) async throws {
+        let order = TicketLog()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for pool in pools {
+                group.addTask {
+                    for _ in 0..<4 {
+                        try await pool.execute(queue: "jobs", kind: "step", payload: [1], timeout: .seconds(60), retry: nil) { op in
+                            #expect(order.enter(), "two operations of one queue ran at once")
+                            order.append(op.ticket)
+                            try await Task.sleep(for: .milliseconds(5))
+                            order.leave()
+                        }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(order.values.count == 12 && order.values == order.values.sorted(), "\(order.values)")
+        struct Flaky: Error {}
+        let attempts = try await pools[1].execute(queue: "jobs", kind: "flaky", payload: [], timeout: nil,
+                                                  retry: RetryPolicy(maxRetries: 3, baseDelay: .milliseconds(1))) { op -> Int in
+            if op.attempt < 3 { throw RetryableError(Flaky()) }
+            return op.attempt
+        }
+        #expect(attempts == 3)
+        let results = try await pools[2].executeBatch(queue: "jobs", [
+            BatchOperation(kind: "a") { _ in 1 },
+            BatchOperation(kind: "b") { _ -> Int in throw Flaky() },
+            BatchOperation(kind: "c") { _ in 3 },
+        ], timeout: nil, retry: RetryPolicy(maxRetries: 0))
+        #expect(results.count == 3)
+        #expect((try? results[0].get()) == 1 && (try? results[1].get()) == nil && (try? results[2].get()) == 3)
+        let stats = try await pools[0].queueStatistics("jobs")
+        #expect(stats.completed == 15 && stats.failed == 1 && stats.retried == 2 && stats.pending == 0, "\(stats)")
     }
 
     @Test("on a local pool file")

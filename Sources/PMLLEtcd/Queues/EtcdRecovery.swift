@@ -1,51 +1,142 @@
 import Foundation
 public import PMLLCore
+public import PMLLQueues
 
-/// What ``EtcdPool/recover(handlers:)`` found and did.
+/// A handler of abandoned operations of one kind on an etcd pool; it must be idempotent (a
+/// recovery killed half-way runs it again).
+public typealias EtcdRecoveryHandler = @Sendable (EtcdOperationRecord) async throws -> Void
+
+/// What ``EtcdPool/recover(handlers:policies:dryRun:)`` found and did: one item per abandoned
+/// operation it looked at, with the local recovery's outcomes (``QueueRecoveryItem/Outcome``).
 public struct EtcdRecoveryReport: Codable, Sendable {
-    public var recovered: [EtcdOperationRecord] = []
-    /// Abandoned operations of kinds without a handler: listed, left abandoned.
-    public var unhandled: [EtcdOperationRecord] = []
-    /// Handlers that threw: the operation and the error; left abandoned for the next recovery.
-    public var failed: [Failure] = []
-    public struct Failure: Codable, Sendable {
+    public struct Item: Codable, Sendable {
         public var record: EtcdOperationRecord
-        public var error: String
+        public var outcome: QueueRecoveryItem.Outcome
+    }
+    public var items: [Item] = []
+
+    /// Operations a handler dealt with.
+    public var recovered: [EtcdOperationRecord] { items.filter { $0.outcome == .recovered }.map(\.record) }
+    /// Operations of kinds without a handler: listed, left abandoned.
+    public var unhandled: [EtcdOperationRecord] { items.filter { $0.outcome == .noHandler }.map(\.record) }
+    /// Handlers that threw (the operation stays abandoned, its attempt counted) or retries that
+    /// failed again.
+    public var failures: [(record: EtcdOperationRecord, error: String)] {
+        items.compactMap { item in
+            switch item.outcome {
+            case .handlerFailed(let error), .retried(error: .some(let error)): (item.record, error)
+            default: nil
+            }
+        }
     }
 }
 
 extension EtcdPool {
     /// Marks `running` operations whose process is gone (their lease no longer exists)
-    /// `abandoned`, then hands every abandoned operation to the handler of its kind; a
-    /// handler that returns marks it `recovered`. Handlers must be idempotent: a recovery
-    /// killed half-way runs them again.
-    public func recover(handlers: [String: @Sendable (EtcdOperationRecord) async throws -> Void]) async throws(PMLLError) -> EtcdRecoveryReport {
+    /// `abandoned`, then deals with every abandoned operation as `policies` say, as the local
+    /// ``Pool/recover(handlers:policies:dryRun:timeout:)`` does: `handler` runs the handler of
+    /// its kind (one that returns marks it `recovered`; one that throws counts an attempt, and
+    /// `maxAttempts` failed attempts quarantine it); `retry` marks it recovered and runs the
+    /// kind's handler as a new operation of its queue, in FIFO order; `abandon` marks it
+    /// recovered; `quarantine` sets it aside (`quarantined`) for ``releaseQuarantined(queue:ticket:index:)``.
+    /// Every change is compared on the record's mod revision, so two recoveries at once deal
+    /// with an operation once. With `dryRun` nothing changes and each item says what would be done.
+    public func recover(handlers: [String: EtcdRecoveryHandler], policies: RecoveryPolicies = RecoveryPolicies(),
+                        dryRun: Bool = false) async throws(PMLLError) -> EtcdRecoveryReport {
         var report = EtcdRecoveryReport()
-        for stored in try await runningRecords(of: nil) {
+        var retries: [(EtcdOperationRecord, EtcdRecoveryHandler)] = []
+        for stored in try await unsettledRecords(of: nil) where stored.record.state != .quarantined {
             var current = stored
             if stored.record.state == .running {
                 let alive = try await gateway.call("/v3/lease/timetolive", LeaseIDRequest(ID: EtcdInt(stored.record.lease)), as: LeaseTimeToLive.self)
                 if let ttl = alive.TTL?.value, ttl > 0 { continue }   // still running somewhere
                 current.record.state = .abandoned
-                guard let revision = try await replace(stored, with: current.record) else { continue }
-                current.modRevision = revision
+                if !dryRun {
+                    guard let revision = try await replace(stored, with: current.record) else { continue }
+                    current.modRevision = revision
+                }
             }
-            guard let handler = handlers[current.record.kind] else {
-                report.unhandled.append(current.record)
+            let record = current.record
+            let action = policies.action(queue: record.queue, kind: record.kind)
+            let handler = handlers[record.kind]
+            if dryRun {
+                let plan = switch action {
+                case .handler, .retry: handler == nil ? "leave it (no handler for kind '\(record.kind)')" : action == .retry ? "retry it" : "run its handler"
+                case .abandon: "mark it recovered (policy abandon)"
+                case .quarantine: "quarantine it"
+                }
+                report.items.append(.init(record: record, outcome: .planned(plan)))
                 continue
             }
+            switch action {
+            case .handler, .retry:
+                guard let handler else {
+                    report.items.append(.init(record: record, outcome: .noHandler))
+                    continue
+                }
+                if action == .retry {
+                    guard try await settle(current, as: .recovered) else { continue }
+                    retries.append((record, handler))
+                    continue
+                }
+                do {
+                    try await handler(record)
+                } catch {
+                    let attempts = (record.recoveryAttempts ?? 0) + 1
+                    var failed = record
+                    failed.recoveryAttempts = attempts
+                    failed.error = "recovery handler failed: \(error)"
+                    if attempts >= policies.maxAttempts {
+                        failed.state = .quarantined
+                        if try await replace(current, with: failed) != nil {
+                            report.items.append(.init(record: failed, outcome: .quarantined("its handler failed \(attempts) time(s): \(error)")))
+                        }
+                    } else {
+                        _ = try await replace(current, with: failed)
+                        report.items.append(.init(record: failed, outcome: .handlerFailed("\(error)")))
+                    }
+                    continue
+                }
+                if try await settle(current, as: .recovered) { report.items.append(.init(record: record, outcome: .recovered)) }
+            case .abandon:
+                if try await settle(current, as: .recovered) { report.items.append(.init(record: record, outcome: .abandonedByPolicy)) }
+            case .quarantine:
+                if try await settle(current, as: .quarantined) { report.items.append(.init(record: record, outcome: .quarantined("policy quarantine"))) }
+            }
+        }
+        // Retries run after the scan, each as a new operation of its queue.
+        for (record, handler) in retries {
             do {
-                try await handler(current.record)
+                try await queue(named: record.queue).execute(kind: record.kind, payload: record.payload, timeout: .some(nil),
+                                                             retry: RetryPolicy(maxRetries: 0)) { _ in try await handler(record) }
+                report.items.append(.init(record: record, outcome: .retried(error: nil)))
             } catch {
-                report.failed.append(.init(record: current.record, error: "\(error)"))
-                continue
+                report.items.append(.init(record: record, outcome: .retried(error: "\(error)")))
             }
-            var done = current.record
-            done.state = .recovered
-            done.finished = EtcdOperationRecord.now()
-            if try await replace(current, with: done) != nil { report.recovered.append(done) }
         }
         return report
+    }
+
+    /// The operations recovery set aside, oldest first.
+    public func quarantinedOperations() async throws(PMLLError) -> [EtcdOperationRecord] {
+        try await unsettledRecords(of: nil).map(\.record).filter { $0.state == .quarantined }
+    }
+
+    /// Marks a quarantined operation recovered once a person has dealt with it; false if
+    /// there is no such quarantined operation.
+    public func releaseQuarantined(queue: String, ticket: Int64, index: Int = 0) async throws(PMLLError) -> Bool {
+        guard let stored = try await unsettledRecords(of: queue).first(where: {
+            $0.record.ticket == ticket && ($0.record.index ?? 0) == index && $0.record.state == .quarantined
+        }) else { return false }
+        return try await settle(stored, as: .recovered)
+    }
+
+    /// Moves a record to `state` (with its finish time) if nobody changed it since it was read.
+    private func settle(_ stored: StoredRecord, as state: EtcdOperationRecord.State) async throws(PMLLError) -> Bool {
+        var done = stored.record
+        done.state = state
+        done.finished = EtcdOperationRecord.now()
+        return try await replace(stored, with: done) != nil
     }
 
     /// Replaces a record if nobody changed it since it was read; the new mod revision, or

@@ -1,10 +1,12 @@
 public import PMLLCore
+public import PMLLLocks
+public import PMLLQueues
 
 /// The services every PMLL backend offers, under one interface: the local pool file
 /// (``Pool``, one machine) and an etcd cluster (`EtcdPool`, many machines). Code written
 /// against it runs on either; `Pool.open(url:)` (product `PMLLEtcd`) picks the backend from
-/// the address. Each backend's own API offers more (typed hierarchy scopes, queues, batches,
-/// fencing of commits to several keys).
+/// the address. Each backend's own API offers more (typed hierarchy scopes, file batches,
+/// recovery with policies, fencing of commits to several keys).
 public protocol CoordinationPool: AnyObject, Sendable {
     /// The pool's address: a file path, or `etcd://...`.
     var address: String { get }
@@ -22,6 +24,22 @@ public protocol CoordinationPool: AnyObject, Sendable {
 
     /// The committed value of `key`, nil if absent.
     func stateValue(for key: String) async throws -> [UInt8]?
+
+    /// Runs `operation` as the next operation of hardened queue `queue`, after every
+    /// operation submitted before it by any process (of any machine, on etcd); recorded
+    /// persistently, retried with backoff when it throws ``RetryableError`` (`retry`, nil:
+    /// the queue's default), found abandoned if its process dies. At most `timeout` of
+    /// waiting for the turn (nil: no limit).
+    func execute<R: Sendable>(queue: String, kind: String, payload: [UInt8], timeout: Duration?, retry: RetryPolicy?,
+                              _ operation: (OperationInfo) async throws -> R) async throws -> R
+
+    /// Runs `operations` in one turn of `queue`, one after another with nothing of another
+    /// process in between; each one's outcome is reported and a failed one does not stop the
+    /// rest.
+    func executeBatch<R: Sendable>(queue: String, _ operations: [BatchOperation<R>], timeout: Duration?, retry: RetryPolicy?) async throws -> [Result<R, any Error>]
+
+    /// The statistics of `queue` (counts, depth, wait and run times).
+    func queueStatistics(_ queue: String) async throws -> QueueStats
 }
 
 /// What holding a lock tells the body, on either backend.

@@ -1,5 +1,6 @@
 public import PMLLCore
-public import PMLLLocks
+import PMLLLocks
+public import PMLLQueues
 import PMLLStore
 
 /// The local pool under the backend-neutral interface (Docs/Etcd.md "One interface").
@@ -22,4 +23,15 @@ extension Pool: CoordinationPool {
     }
 
     public func stateValue(for key: String) async throws -> [UInt8]? { try value(for: key) }
+
+    public func execute<R: Sendable>(queue: String, kind: String, payload: [UInt8], timeout: Duration?, retry: RetryPolicy?,
+                                     _ operation: (OperationInfo) async throws -> R) async throws -> R {
+        try await self.queue(named: queue).execute(kind: kind, payload: payload, timeout: .some(timeout), retry: retry, operation)
+    }
+
+    public func executeBatch<R: Sendable>(queue: String, _ operations: [BatchOperation<R>], timeout: Duration?, retry: RetryPolicy?) async throws -> [Result<R, any Error>] {
+        try await self.queue(named: queue).executeBatch(operations, timeout: .some(timeout), retry: retry)
+    }
+
+    public func queueStatistics(_ queue: String) async throws -> QueueStats { try self.queue(named: queue).stats }
 }
