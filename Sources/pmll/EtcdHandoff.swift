@@ -22,9 +22,12 @@ enum EtcdHandoff {
         PMLLCommand.fail("etcd pools need pmll-etcd next to pmll (\(helper)): \(String(cString: strerror(errno)))", status: 69)
     }
 
-    /// The value of `--pool` before `--` (the subcommand's option), if any.
+    /// The value of `--pool` before `--` (the subcommand's option), if any. `flock` has no
+    /// `--pool` (its pool is `$PMLL_POOL`, as flock(1) has no such option) and its COMMAND
+    /// needs no `--`, so its arguments are never read for one.
     private static func poolArgument() -> String? {
         let args = CommandLine.arguments
+        if args.count > 1 && args[1] == "flock" { return nil }
         var index = 1
         while index < args.count {
             let arg = args[index]

@@ -127,6 +127,7 @@ struct EtcdBench: AsyncParsableCommand {
             while try await taken.currentHolder()?.pid != holder.processIdentifier { try await Task.sleep(for: .milliseconds(20)) }
             // Just after a keep-alive, as a process dies at any moment: sample the phase.
             try await Task.sleep(for: .milliseconds(Int64.random(in: 0..<Int64(ttl * 1000 / 3))))
+            let command = ProcessTree.descendants(of: holder.processIdentifier)   // its `sleep 600`
             let killed = ContinuousClock.now
             kill(holder.processIdentifier, SIGKILL)
             try await taken.withLock { _ in }
@@ -136,8 +137,8 @@ struct EtcdBench: AsyncParsableCommand {
             // does not run, and never returns.
             var status: Int32 = 0
             _ = waitpid(holder.processIdentifier, &status, 0)
+            for pid in command { kill(pid, SIGKILL) }
         }
-        _ = try? Process.run(URL(fileURLWithPath: "/usr/bin/pkill"), arguments: ["-f", "sleep 600"])
         takeoverTimes.sort()
         await waiterPool.close()
         await pool.close()

@@ -212,7 +212,7 @@ struct Nemesis {
             // that stalls (swapping, a VM paused): it resumes believing it holds the lock.
             guard let pid = holder() else { return ("none", "no holder to pause") }
             let seconds = Double(ttl) + Double.random(in: 1.5...3, using: &rng)
-            let stopped = [pid] + Self.descendants(of: pid)
+            let stopped = [pid] + ProcessTree.descendants(of: pid)
             for p in stopped { kill(p, SIGSTOP) }
             usleep(UInt32(seconds * 1e6))
             for p in stopped { kill(p, SIGCONT) }
@@ -237,26 +237,6 @@ struct Nemesis {
         // Let it rejoin before the next fault may take another member.
         let end = Date().addingTimeInterval(10)
         while !EtcdCluster.answers(cluster.members[member].url) && Date() < end { usleep(100_000) }
-    }
-
-    /// Every process below `pid`, parents first (from the parent pid in /proc/PID/stat).
-    static func descendants(of pid: Int32) -> [Int32] {
-        var children: [Int32: [Int32]] = [:]
-        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
-            guard let child = Int32(entry), let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
-                  let close = stat.lastIndex(of: ")") else { continue }
-            // "PID (COMM) STATE PPID ...": COMM may hold spaces, so split after its ')'.
-            let fields = stat[stat.index(after: close)...].split(separator: " ")
-            if fields.count > 1, let parent = Int32(fields[1]) { children[parent, default: []].append(child) }
-        }
-        var result: [Int32] = [], frontier = [pid]
-        while let next = frontier.popLast() {
-            for child in children[next] ?? [] {
-                result.append(child)
-                frontier.append(child)
-            }
-        }
-        return result
     }
 
     /// The pid of the lock's exclusive holder, from `pmll status --json` through the members up.

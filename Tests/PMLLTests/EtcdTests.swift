@@ -472,6 +472,9 @@ struct EtcdTests {
         #expect(try pmll(["flock", file, "/nonexistent/command"], environment: environment).status == 69)
         let shell = try pmll(["flock", file, "-c", "exit 5"], environment: environment)
         #expect(shell.status == 5)
+        // COMMAND's own `--pool` is COMMAND's: flock's pool is $PMLL_POOL only (here a local one).
+        let local = try pmll(["flock", file, "echo", "--pool", cluster.address("not-this")], environment: ["PMLL_POOL": scratch.file("local.pool")])
+        #expect(local.status == 0 && local.stdout.hasPrefix("--pool etcd://"), "\(local)")
     }
 
     // MARK: helpers

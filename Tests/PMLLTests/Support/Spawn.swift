@@ -1,4 +1,5 @@
 import Foundation
+import PMLLStressSupport
 import Testing
 
 /// Spawning the package's own executables (pmll, pmll-worker) as real processes.
@@ -146,14 +147,7 @@ final class Child: @unchecked Sendable {
         process.waitUntilExit()
     }
 
-    static func descendants(_ pid: Int32) -> [Int32] {
-        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
-        let children = tasks.flatMap { task in
-            ((try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/children", encoding: .utf8)) ?? "")
-                .split(separator: " ").compactMap { Int32($0) }
-        }
-        return children.flatMap { descendants($0) + [$0] }
-    }
+    static func descendants(_ pid: Int32) -> [Int32] { ProcessTree.descendants(of: pid) }
 
     /// Waits for exit (bounded); returns the exit status, or 128+signal.
     @discardableResult
