@@ -22,6 +22,16 @@ extension EtcdPool: CoordinationPool {
 
     public func stateValue(for key: String) async throws -> [UInt8]? { try await value(for: key) }
 
+    public func transaction<R: Sendable>(fencedBy holds: [LockHold], _ body: (any StateTransaction) async throws -> R) async throws -> R {
+        let fences = holds.compactMap { h in h.fencingToken.map { EtcdFence(lock: h.lock.name, token: $0) } }
+        return try await transaction(fencedBy: fences) { tx in
+            let box = EtcdStateTransaction(tx)
+            let result = try await body(box)
+            tx = box.tx
+            return result
+        }
+    }
+
     public func execute<R: Sendable>(queue: String, kind: String, payload: [UInt8], timeout: Duration?, retry: RetryPolicy?,
                                      _ operation: (OperationInfo) async throws -> R) async throws -> R {
         try await self.queue(named: queue).execute(kind: kind, payload: payload, timeout: .some(timeout), retry: retry, operation)
@@ -42,4 +52,13 @@ extension Pool {
         if EtcdAddress.isEtcd(url) { return try await EtcdPool.open(url: url) }
         return try Pool.open(path: url)
     }
+}
+
+/// An etcd transaction under the backend-neutral protocol.
+final class EtcdStateTransaction: StateTransaction {
+    var tx: EtcdTransaction
+    init(_ tx: EtcdTransaction) { self.tx = tx }
+    func value(for key: String) async throws -> [UInt8]? { try await tx.value(for: key) }
+    func set(_ key: String, _ value: [UInt8]) throws { try tx.set(key, value) }
+    func remove(_ key: String) throws { try tx.remove(key) }
 }

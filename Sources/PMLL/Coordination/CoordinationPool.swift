@@ -25,6 +25,14 @@ public protocol CoordinationPool: AnyObject, Sendable {
     /// The committed value of `key`, nil if absent.
     func stateValue(for key: String) async throws -> [UInt8]?
 
+    /// Runs `body` as one serializable transaction over state keys and commits what it
+    /// staged atomically: if a key it read changed before the commit, `body` runs again (a
+    /// bounded number of times, then ``PMLLError/transactionConflict(key:attempts:)``); with
+    /// holds, only while those acquisitions still hold their locks (on etcd: fenced by their
+    /// tokens, else ``PMLLError/lockLost(lock:token:reason:)`` and nothing written). `body`
+    /// may run more than once: keep side effects out of it.
+    func transaction<R: Sendable>(fencedBy holds: [LockHold], _ body: (any StateTransaction) async throws -> R) async throws -> R
+
     /// Runs `operation` as the next operation of hardened queue `queue`, after every
     /// operation submitted before it by any process (of any machine, on etcd); recorded
     /// persistently, retried with backoff when it throws ``RetryableError`` (`retry`, nil:
@@ -40,6 +48,14 @@ public protocol CoordinationPool: AnyObject, Sendable {
 
     /// The statistics of `queue` (counts, depth, wait and run times).
     func queueStatistics(_ queue: String) async throws -> QueueStats
+}
+
+/// One transaction of ``CoordinationPool/transaction(fencedBy:_:)``: reads see committed
+/// values and this transaction's own writes; writes are staged until the commit.
+public protocol StateTransaction: AnyObject {
+    func value(for key: String) async throws -> [UInt8]?
+    func set(_ key: String, _ value: [UInt8]) throws
+    func remove(_ key: String) throws
 }
 
 /// What holding a lock tells the body, on either backend.
