@@ -111,7 +111,7 @@ struct EtcdTests {
         }
     }
 
-    @Test("levels are recorded and the hierarchy is enforced on etcd locks too")
+    @Test("levels are recorded and the hierarchy is enforced on etcd locks too, by the typed API as well")
     func levelsAndHierarchy() async throws {
         try await onEtcdThread {
             let cluster = try EtcdCluster()
@@ -136,6 +136,31 @@ struct EtcdTests {
                 }
             }
             await #expect(throws: PMLLError.self) { _ = try await pool.lock(named: "", level: .package) }
+
+            // The typed API (Tests/CompileFail/etcd_*.swift for what must not compile): nested
+            // in order, the innermost grant fences commits, an inconsistency mark reaches the
+            // next holder; the runtime check still stands behind it.
+            let typedPackage = try await pool.lock("pkg", Package.self), typedNetwork = try await pool.lock("net", Network.self)
+            try await pool.withLockContext { root in
+                try await root.withLock(package: typedPackage) { p in
+                    guard let fence = p.fence else { Issue.record("no fence in a held context"); return }
+                    try await pool.transaction(fencedBy: [fence]) { try $0.set("typed", "1") }
+                    let shared = try await p.withSharedLock(network: typedNetwork) { n in n.grant?.shared }
+                    #expect(shared == true)
+                    p.markInconsistent()
+                }
+            }
+            #expect(try await pool.value(for: "typed") == Array("1".utf8))
+            let told = try await package.withLock { $0.previousOwnerDeath?.cause }
+            #expect(told == .releasedInconsistent)
+            await #expect(throws: PMLLError.levelMismatch(name: "tree", existing: .filesystem, requested: .package)) {
+                _ = try await pool.lock("tree", Package.self)
+            }
+            try await fs.withLock { _ in
+                await #expect(throws: PMLLError.hierarchyViolation(held: fs.id, requested: package.id)) {
+                    try await pool.withLockContext { root in try await root.withLock(package: typedPackage) { _ in } }
+                }
+            }
             await pool.close()
             await other.close()
         }
