@@ -7,6 +7,20 @@ extension EtcdPool {
     /// Returns how many records the queue has after the write (counted in the same
     /// transaction, for trimming).
     func writeRecord(_ record: EtcdOperationRecord, fence: EtcdFence, abandoningPredecessor: Bool) async throws(PMLLError) -> Int64 {
+        // A refusal with the turn still ours means a record compared on changed under us (a
+        // recovery marked it, or a first attempt whose answer was lost already applied this
+        // one): read again and write again.
+        for _ in 0..<3 {
+            if let count = try await writeRecordOnce(record, fence: fence, abandoningPredecessor: abandoningPredecessor) { return count }
+            let own = try await gateway.call("/v3/kv/range", RangeRequest(key: EtcdBytes(fence.waiterKey ?? []), keys_only: true), as: RangeResponse.self)
+            if own.all.first?.createRevision != fence.token { break }
+        }
+        throw .lockLost(lock: "pmll:queue/" + record.queue, token: fence.token,
+                        reason: "the operation's turn ended (its lease expired); its record was not written")
+    }
+
+    /// One attempt; nil if a compare failed.
+    private func writeRecordOnce(_ record: EtcdOperationRecord, fence: EtcdFence, abandoningPredecessor: Bool) async throws(PMLLError) -> Int64? {
         var ops: [RequestOp] = []
         var compare = [Compare.createRevision(fence.waiterKey ?? [], equals: fence.token)]
         if abandoningPredecessor {
@@ -24,10 +38,7 @@ extension EtcdPool {
                                    value: EtcdBytes(Self.encode(record)))))
         ops.append(.range(RangeRequest(key: EtcdBytes(prefix), range_end: EtcdBytes(prefixEnd(prefix)), count_only: true)))
         let answer = try await gateway.call("/v3/kv/txn", TxnRequest(compare: compare, success: ops, failure: []), as: TxnResponse.self)
-        guard answer.didSucceed else {
-            throw .lockLost(lock: "pmll:queue/" + record.queue, token: fence.token,
-                            reason: "the operation's turn ended (its lease expired, or a record changed under it); its record was not written")
-        }
+        guard answer.didSucceed else { return nil }
         return answer.range(ops.count - 1)?.count?.value ?? 0
     }
 
