@@ -28,7 +28,7 @@ public struct EtcdQueue: Sendable {
     /// operation that throws ``RetryableError`` is tried again after a backoff, in the same
     /// turn, up to the retry policy's limit; `onError` sees the final error. An operation
     /// whose process died is marked `abandoned` by the next operation of the queue (or by
-    /// ``EtcdPool/recover(handlers:)``).
+    /// ``EtcdPool/recover(handlers:policies:dryRun:)``).
     public func execute<R: Sendable>(kind: String, payload: [UInt8] = [], timeout: Duration?? = nil, retry: RetryPolicy? = nil,
                                      onError: (@Sendable (any Error) -> Void)? = nil,
                                      _ operation: (OperationInfo) async throws -> R) async throws -> R {
@@ -110,7 +110,12 @@ public struct EtcdQueue: Sendable {
                         onError: (@Sendable (any Error) -> Void)?, _ operation: (OperationInfo) async throws -> R) async throws -> R {
         var record = EtcdOperationRecord(queue: name, ticket: turn.grant.fencingToken, index: index, kind: kind, payload: payload,
                                          participant: pool.identity, lease: pool.session.leaseID, submitted: turn.submitted)
-        try await write(record, in: &turn)
+        do { try await write(record, in: &turn) } catch {
+            // It did not run; whether its `running` record exists is unknown (the answer may
+            // have been lost): the next holder is told, and marks it abandoned if it does.
+            turn.grant.markInconsistent()
+            throw error
+        }
         while true {
             let attempt = record.attempts ?? 1
             let result: R

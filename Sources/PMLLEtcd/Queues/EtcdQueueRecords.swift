@@ -74,7 +74,9 @@ extension EtcdPool {
         let excess = records.count - keep
         guard excess > 0 else { return }
         // etcd allows 128 operations per transaction by default: 1 tally put + 100 deletes.
-        let victims = records.prefix(excess).filter { $0.record.isSettled }.prefix(100)
+        // The oldest settled ones, wherever they are: abandoned records waiting for recovery
+        // at the front must not stop the trimming behind them.
+        let victims = records.lazy.filter { $0.record.isSettled }.prefix(min(excess, 100))
         guard !victims.isEmpty else { return }
         var compare = [tallyKV.map { Compare.modRevision(tallyKey, equals: $0.modRevision) } ?? .createRevision(tallyKey, equals: 0)]
         var ops: [RequestOp] = []
