@@ -114,6 +114,7 @@ struct EtcdKeys: Sendable {
     func held(_ name: String) -> [UInt8] { Array((root + "/held/" + Self.escape(name)).utf8) }
     var heldRoot: [UInt8] { Array((root + "/held/").utf8) }
     func level(_ name: String) -> [UInt8] { Array((root + "/level/" + Self.escape(name)).utf8) }
+    var levelRoot: [UInt8] { Array((root + "/level/").utf8) }
     func state(_ key: String) -> [UInt8] { Array((root + "/state/").utf8) + Array(key.utf8) }
     var stateRoot: [UInt8] { Array((root + "/state/").utf8) }
     func queueRecords(_ queue: String) -> [UInt8] { Array((root + "/queue/" + Self.escape(queue) + "/").utf8) }

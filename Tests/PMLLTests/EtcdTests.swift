@@ -160,6 +160,8 @@ struct EtcdTests {
                 await #expect(throws: PMLLError.hierarchyViolation(held: fs.id, requested: package.id)) {
                     try await pool.withLockContext { root in try await root.withLock(package: typedPackage) { _ in } }
                 }
+                let shown = try await other.lockStatus().first { $0.name == "tree" }
+                #expect(shown?.level == LockLevel.filesystem.rawValue && shown?.holder != nil, "\(String(describing: shown))")
             }
             await pool.close()
             await other.close()

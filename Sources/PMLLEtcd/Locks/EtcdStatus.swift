@@ -45,6 +45,14 @@ extension EtcdPool {
             let name = EtcdKeys.unescape(Substring(decoding: kv.key.bytes.dropFirst(heldRoot.count), as: UTF8.self))
             held[name] = HolderRecord.decode(kv)
         }
+        // Every recorded level in one read (a status of 1,000 locks is not 1,000 round trips).
+        let levelRoot = keys.levelRoot
+        let levelRecords = try await gateway.call("/v3/kv/range", RangeRequest(key: EtcdBytes(levelRoot), range_end: EtcdBytes(prefixEnd(levelRoot))),
+                                                  as: RangeResponse.self)
+        var levels: [String: UInt32] = [:]
+        for kv in levelRecords.all {
+            levels[EtcdKeys.unescape(Substring(decoding: kv.key.bytes.dropFirst(levelRoot.count), as: UTF8.self))] = UInt32(String(decoding: kv.valueBytes, as: UTF8.self))
+        }
         var result: [EtcdLockStatus] = []
         for name in Set(byName.keys).union(held.keys).sorted() {
             let waiting = byName[name] ?? []
@@ -67,10 +75,7 @@ extension EtcdPool {
                 status.unrepairedDeath = .init(pid: record.pid, host: record.host, command: record.command, fencingToken: record.token ?? 0,
                                                heldSinceNanoseconds: record.since, leaseSecondsLeft: -1)
             }
-            let levelKey = keys.level(name)
-            if let stored = try? await gateway.call("/v3/kv/range", RangeRequest(key: EtcdBytes(levelKey)), as: RangeResponse.self).all.first {
-                status.level = UInt32(String(decoding: stored.valueBytes, as: UTF8.self))
-            }
+            status.level = levels[name]
             result.append(status)
         }
         return result
