@@ -1,14 +1,19 @@
 public import PMLLCore
 
-/// A pool address on etcd: `etcd://HOST:PORT[,HOST:PORT...][/PREFIX][?ttl=SECONDS]`.
+/// A pool address on etcd: `etcd://HOST:PORT[,HOST:PORT...][/PREFIX][?OPTION=VALUE&...]`.
 ///
 /// The members are tried in the order given; PREFIX (default `pmll`) separates pools that
-/// share one cluster; `ttl` is the participant lease's TTL in seconds (default 5, minimum 2,
-/// etcd's own minimum with default election timing).
+/// share one cluster. Options: `ttl` is the participant lease's TTL in seconds (default 5,
+/// minimum 2, etcd's own minimum with default election timing); `tls=1` speaks HTTPS to the
+/// members (trusting the system's CAs), `ca=PATH` trusts the CA in that PEM file instead, and
+/// `cert=PATH&key=PATH` present a client certificate (etcd's `--client-cert-auth`); `ca`,
+/// `cert` and `key` imply `tls=1`.
 public struct EtcdAddress: Sendable, Equatable, CustomStringConvertible {
     public var endpoints: [String]
     public var prefix: String
     public var ttlSeconds: Int64
+    /// nil: plain HTTP.
+    public var tls: EtcdTLS?
 
     public static let scheme = "etcd://"
     public static let defaultTTL: Int64 = 5
@@ -43,10 +48,11 @@ public struct EtcdAddress: Sendable, Equatable, CustomStringConvertible {
             guard host.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" || $0 == "[" || $0 == "]" || $0 == ":" }) else {
                 throw bad("member '\(member)' has an invalid host name")
             }
-            endpoints.append("http://\(host):\(port)")
+            endpoints.append("\(host):\(port)")
         }
         guard !endpoints.isEmpty else { throw bad("no etcd member given") }
         var ttl = Self.defaultTTL
+        var tls: EtcdTLS?
         for item in query.split(separator: "&") {
             let pair = item.split(separator: "=", maxSplits: 1)
             guard pair.count == 2 else { throw bad("bad option '\(item)'") }
@@ -56,17 +62,56 @@ public struct EtcdAddress: Sendable, Equatable, CustomStringConvertible {
                     throw bad("ttl must be a whole number of seconds from \(Self.minimumTTL) to 3600")
                 }
                 ttl = value
-            default: throw bad("unknown option '\(pair[0])' (known: ttl)")
+            case "tls":
+                guard pair[1] == "1" || pair[1] == "0" else { throw bad("tls must be 1 or 0") }
+                if pair[1] == "1" { tls = tls ?? EtcdTLS() } else { tls = nil }
+            case "ca", "cert", "key":
+                guard !pair[1].isEmpty, !pair[1].utf8.contains(0) else { throw bad("\(pair[0]) must name a PEM file") }
+                var options = tls ?? EtcdTLS()
+                switch pair[0] {
+                case "ca": options.caFile = String(pair[1])
+                case "cert": options.certificateFile = String(pair[1])
+                default: options.keyFile = String(pair[1])
+                }
+                tls = options
+            default: throw bad("unknown option '\(pair[0])' (known: ttl, tls, ca, cert, key)")
             }
         }
-        self.endpoints = endpoints
+        if let tls, (tls.certificateFile == nil) != (tls.keyFile == nil) {
+            throw bad("cert and key go together (a client certificate and its private key)")
+        }
+        self.endpoints = endpoints.map { (tls == nil ? "http://" : "https://") + $0 }
         self.prefix = prefix
         self.ttlSeconds = ttl
+        self.tls = tls
     }
 
     public var description: String {
-        Self.scheme + endpoints.map { $0.replacingPrefix("http://") }.joined(separator: ",") + "/" + prefix
-            + (ttlSeconds == Self.defaultTTL ? "" : "?ttl=\(ttlSeconds)")
+        var options: [String] = []
+        if ttlSeconds != Self.defaultTTL { options.append("ttl=\(ttlSeconds)") }
+        if let tls {
+            if tls == EtcdTLS() { options.append("tls=1") }
+            if let ca = tls.caFile { options.append("ca=\(ca)") }
+            if let cert = tls.certificateFile { options.append("cert=\(cert)") }
+            if let key = tls.keyFile { options.append("key=\(key)") }
+        }
+        return Self.scheme + endpoints.map { $0.replacingPrefix("http://").replacingPrefix("https://") }.joined(separator: ",") + "/" + prefix
+            + (options.isEmpty ? "" : "?" + options.joined(separator: "&"))
+    }
+}
+
+/// How a pool speaks TLS to its members (``EtcdAddress``'s `tls`, `ca`, `cert`, `key`).
+public struct EtcdTLS: Sendable, Hashable {
+    /// PEM file of the CA that signed the members' certificates (nil: the system's CAs).
+    public var caFile: String?
+    /// PEM files of the client certificate and its key (nil: none presented).
+    public var certificateFile: String?
+    public var keyFile: String?
+
+    public init(caFile: String? = nil, certificateFile: String? = nil, keyFile: String? = nil) {
+        self.caFile = caFile
+        self.certificateFile = certificateFile
+        self.keyFile = keyFile
     }
 }
 

@@ -40,7 +40,7 @@ public final class EtcdPool: Sendable {
     /// election after a leader's loss takes one to a few seconds).
     public static func open(url: String, requestTimeout: Duration = .seconds(10)) async throws(PMLLError) -> EtcdPool {
         let address = try EtcdAddress(parsing: url)
-        let gateway = EtcdGateway(address: address.description, endpoints: address.endpoints, requestTimeout: requestTimeout)
+        let gateway = try EtcdGateway(address: address.description, endpoints: address.endpoints, requestTimeout: requestTimeout, tls: address.tls)
         let session = try await EtcdSession.start(gateway: gateway, ttlSeconds: address.ttlSeconds)
         return EtcdPool(address: address, gateway: gateway, session: session)
     }

@@ -236,7 +236,7 @@ struct Nemesis {
         down = nil
         // Let it rejoin before the next fault may take another member.
         let end = Date().addingTimeInterval(10)
-        while !EtcdCluster.answers(cluster.members[member].url) && Date() < end { usleep(100_000) }
+        while !EtcdCluster.answers(cluster.members[member].url, tls: cluster.tls) && Date() < end { usleep(100_000) }
     }
 
     /// The pid of the lock's exclusive holder, from `pmll status --json` through the members up.

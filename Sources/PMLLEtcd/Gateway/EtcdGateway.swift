@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import NIOCore
 import NIOPosix
+import NIOSSL
 import PMLLCore
 import Synchronization
 
@@ -20,11 +21,40 @@ final class EtcdGateway: Sendable {
     private let client: HTTPClient
     private let current = Mutex(0)
 
-    init(address: String, endpoints: [String], requestTimeout: Duration) {
+    init(address: String, endpoints: [String], requestTimeout: Duration, tls: EtcdTLS? = nil) throws(PMLLError) {
         self.address = address
         self.endpoints = endpoints
         self.requestTimeout = requestTimeout
-        client = Self.sharedClient
+        client = try tls.map { tls throws(PMLLError) in try Self.client(for: tls, address: address) } ?? Self.sharedClient
+    }
+
+    /// One client per TLS set-up, kept for the process's life like the plain one.
+    private static let tlsClients = Mutex<[EtcdTLS: HTTPClient]>([:])
+
+    private static func client(for tls: EtcdTLS, address: String) throws(PMLLError) -> HTTPClient {
+        if let known = tlsClients.withLock({ $0[tls] }) { return known }
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        do {
+            if let ca = tls.caFile { configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(ca)) }
+            if let cert = tls.certificateFile, let key = tls.keyFile {
+                configuration.certificateChain = try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) }
+                configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
+            }
+        } catch {
+            throw .invalidPoolPath(path: address, reason: "cannot read its TLS files (ca, cert, key as PEM): \(error)")
+        }
+        var settings = HTTPClient.Configuration(tlsConfiguration: configuration)
+        settings.connectionPool = sharedSettings.connectionPool
+        settings.timeout = sharedSettings.timeout
+        let client = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: settings)
+        return tlsClients.withLock { clients in
+            if let raced = clients[tls] {
+                try? client.syncShutdown()
+                return raced
+            }
+            clients[tls] = client
+            return client
+        }
     }
 
     /// One HTTP client per process, never shut down (as `HTTPClient.shared`): a pool that is
@@ -32,12 +62,14 @@ final class EtcdGateway: Sendable {
     /// Not `HTTPClient.shared` itself, whose 8 connections per host are too few: every waiter
     /// holds a watch stream open, and a holder whose release waited behind its own process's
     /// waiters for a connection would never release.
-    private static let sharedClient: HTTPClient = {
+    private static let sharedClient = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: sharedSettings)
+
+    private static var sharedSettings: HTTPClient.Configuration {
         var configuration = HTTPClient.Configuration()
         configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 4096)
         configuration.timeout = .init(connect: .seconds(2), read: nil)
-        return HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: configuration)
-    }()
+        return configuration
+    }
 
     /// The longest one attempt at one member may take (see `sendOnce`).
     static let attemptLimit: Duration = .seconds(2)
@@ -124,6 +156,7 @@ final class EtcdGateway: Sendable {
             throw CancellationError()
         } catch {
             if Task.isCancelled { throw CancellationError() }
+            if let tls = tlsFailure(error, at: index) { throw tls }
             throw Transient(description: Self.describe(error), neverDelivered: Self.neverDelivered(error))
         }
         current.withLock { $0 = index }
@@ -177,6 +210,7 @@ final class EtcdGateway: Sendable {
             }
         }.flatMapError { error -> EventLoopFuture<Response> in
             if error is PMLLError { return loop.makeFailedFuture(error) }
+            if let tls = self.tlsFailure(error, at: index) { return loop.makeFailedFuture(tls) }
             let failure = "\(self.endpoints[index]): \((error as? Transient)?.description ?? Self.describe(error))"
             let next = (index + 1) % self.endpoints.count
             let pause: TimeAmount = tried + 1 >= self.endpoints.count ? .milliseconds(100) : .zero
@@ -248,6 +282,14 @@ final class EtcdGateway: Sendable {
         if let error = error as? IOError, error.errnoCode == ECONNREFUSED || error.errnoCode == EHOSTUNREACH || error.errnoCode == ENETUNREACH { return true }
         if let error = error as? ChannelError, case .connectTimeout = error { return true }
         return false
+    }
+
+    /// A TLS failure (an untrusted certificate, no client certificate where the member asks
+    /// for one) comes from the pool's set-up, not the member's state: another attempt would
+    /// fail the same way, so it is reported at once instead of at the request timeout.
+    private func tlsFailure(_ error: any Error, at index: Int) -> PMLLError? {
+        guard error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError else { return nil }
+        return .backendUnavailable(address: address, reason: "TLS with \(endpoints[index]) failed (check the address's ca, cert and key): \(error)")
     }
 
     private static func describe(_ error: any Error) -> String {
