@@ -219,7 +219,9 @@ struct QueueCLITests {
         _ = try #require(keeper.waitForEvent("acquired"))
         let victim = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "sleep", "30"])
         try waitForRecord(pool: pool, queue: "jobs")
-        victim.killTree()
+        // The parent first: killed after its `sleep`, it could see the COMMAND die and record
+        // the operation failed (not abandoned) before its own SIGKILL (seen once in CI).
+        victim.killParentFirst()
         victim.wait()
         let listed = try run(Binaries.pmll, ["recover", "--pool", pool])
         #expect(listed.status == 0)
