@@ -175,6 +175,7 @@ int pmll_wait_word_or_exit(uint32_t *word, uint32_t expected, int64_t deadline_n
 
 static struct robust_list_head exit_head = { .list = { .next = &exit_head.list } };
 static pthread_mutex_t exit_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t exit_ready = PTHREAD_COND_INITIALIZER;
 static pid_t exit_tid;
 static int exit_started;   // 1 running, -1 failed to start
 
@@ -186,6 +187,7 @@ static void *exit_watch_main(void *arg) {
     pthread_mutex_lock(&exit_lock);
     exit_tid = rc == 0 ? (pid_t)syscall(SYS_gettid) : 0;
     exit_started = rc == 0 ? 1 : -1;
+    pthread_cond_broadcast(&exit_ready);
     pthread_mutex_unlock(&exit_lock);
     uint32_t never = 0;
     for (;;) syscall(SYS_futex, &never, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
@@ -213,14 +215,18 @@ static int exit_watch_start(void) {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, exit_watch_create);
     if (exit_create_rc != 0) return -exit_create_rc;
-    for (int i = 0; i < 100000; i++) {
-        pthread_mutex_lock(&exit_lock);
-        int started = exit_started;
-        pthread_mutex_unlock(&exit_lock);
-        if (started) return started > 0 ? 0 : -ENOSYS;
-        usleep(10);
-    }
-    return -ETIMEDOUT;
+    // Waits for the thread to report (a sleep-and-poll loop cost a timer slack, ~60 us, of
+    // every process start). The thread always reports, so the wait is bounded only as a guard.
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 1;
+    pthread_mutex_lock(&exit_lock);
+    int rc = 0;
+    while (exit_started == 0 && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&exit_ready, &exit_lock, &until);
+    int started = exit_started;
+    pthread_mutex_unlock(&exit_lock);
+    if (started == 0) return -ETIMEDOUT;
+    return started > 0 ? 0 : -ENOSYS;
 }
 
 int pmll_exit_watch_attach(pmll_process_slot_t *slot) {

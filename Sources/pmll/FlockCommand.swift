@@ -19,7 +19,10 @@ struct FlockCommand: ParsableCommand {
     @Argument(parsing: .captureForPassthrough, help: "flock(1) options, FILE, then COMMAND [ARG...] or -c COMMAND.")
     var arguments: [String] = []
 
-    func run() throws {
+    func run() throws { try Self.run(arguments) }
+
+    /// Also the fast path's entry (``FastPath``): flock's own parser, no ArgumentParser.
+    static func run(_ arguments: [String]) throws -> Never {
         let options: FlockOptions
         do {
             options = try FlockOptions.parse(arguments)
@@ -43,4 +46,3 @@ struct FlockCommand: ParsableCommand {
         Glibc.exit(status)
     }
 }
-

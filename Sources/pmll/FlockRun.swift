@@ -24,38 +24,27 @@ struct FlockRun {
         try BackgroundChecks.start(pool, configuration)
         let lock = try pool.lock(named: Self.lockName(path), level: .filesystem)
 
-        let cancellation = Cancellation()
-        let interrupt = SignalWatch(SIGINT) {
-            cancellation.cancel()
-            lock.wakeWaiters()
-        }
-        let notice = WaitNotice(lock: lock)
         let started = Clock.monotonicNanoseconds
         let timeout: Duration? = options.nonblock || options.timeout == 0 ? .zero : options.timeout.map { .nanoseconds(Int64($0 * 1e9)) }
-        let body = { (grant: inout LockGrant) throws -> Int32 in
-            notice.stop()
-            interrupt.stop()
-            grant.recordHoldStart()
-            if options.verbose {
-                let took = Clock.monotonicNanoseconds - started
-                let micros = String(took % 1_000_000_000 / 1000)
-                print("pmll: getting lock took \(took / 1_000_000_000).\(String(repeating: "0", count: 6 - micros.count) + micros) seconds")
-            }
-            var environment = NestedLocks.environment(adding: nil)
-            if let death = grant.previousOwnerDeath {
-                printError("pmll: warning: lock '\(lock.id.name)': \(death); running COMMAND with PMLL_PREVIOUS_OWNER_DIED=1")
-                environment.append("PMLL_PREVIOUS_OWNER_DIED=1")
-            }
-            let (status, signaled) = try execute(environment: environment, lock: lock)
-            // As `pmll lock`: COMMAND killed by a signal leaves the lock marked for the next holder.
-            if signaled { grant.markInconsistent() }
-            return status
-        }
         do {
-            return options.shared ? try lock.withSharedLock(timeout: timeout, cancellation: cancellation, body)
-                                  : try lock.withLock(timeout: timeout, cancellation: cancellation, body)
+            return try CommandHold.run(lock, shared: options.shared, timeout: timeout) { grant in
+                grant.recordHoldStart()
+                if options.verbose {
+                    let took = Clock.monotonicNanoseconds - started
+                    let micros = String(took % 1_000_000_000 / 1000)
+                    print("pmll: getting lock took \(took / 1_000_000_000).\(String(repeating: "0", count: 6 - micros.count) + micros) seconds")
+                }
+                var environment = NestedLocks.environment(adding: nil)
+                if let death = grant.previousOwnerDeath {
+                    printError("pmll: warning: lock '\(lock.id.name)': \(death); running COMMAND with PMLL_PREVIOUS_OWNER_DIED=1")
+                    environment.append("PMLL_PREVIOUS_OWNER_DIED=1")
+                }
+                let (status, signaled) = try execute(environment: environment, lock: lock)
+                // As `pmll lock`: COMMAND killed by a signal leaves the lock marked for the next holder.
+                if signaled { grant.markInconsistent() }
+                return status
+            }
         } catch PMLLError.timeout(_, let holder) {
-            notice.stop()
             let who = holder.map { " (held by \($0))" } ?? ""
             if options.nonblock || options.timeout == 0 {
                 if options.verbose { printError("pmll: failed to get lock\(who)") }

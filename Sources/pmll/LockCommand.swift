@@ -44,81 +44,15 @@ struct LockCommand: ParsableCommand {
     }
 
     func run() throws {
-        let label = command.first.map { $0.split(separator: "/").last.map(String.init) ?? $0 }
-        let pool = try poolArguments.openLongRunning(label: label)
-        let lock = try pool.lock(named: name, level: try resolvedLevel(pool))
-        try NestedLocks.check(lock.id, pool: pool)
-
-        let cancellation = Cancellation()
-        let interrupt = SignalWatch(SIGINT) {
-            cancellation.cancel()
-            lock.wakeWaiters()
-        }
-        let notice = WaitNotice(lock: lock)
-        let body = { (grant: inout LockGrant) throws -> Int32 in
-            notice.stop()
-            interrupt.stop()
-            grant.recordHoldStart()
-            var environment = NestedLocks.environment(adding: lock.id)
-            if let death = grant.previousOwnerDeath {
-                printError("pmll: warning: lock '\(name)': \(death); running COMMAND with PMLL_PREVIOUS_OWNER_DIED=1")
-                environment.append("PMLL_PREVIOUS_OWNER_DIED=1")
-            }
-            let result = try ChildProcess.run(command, environment: environment)
-            if case .signaled = result { grant.markInconsistent() }
-            return result.exitStatus
-        }
-        let wait = Timeout.duration(timeout)
-        let status = mode == .shared ? try lock.withSharedLock(timeout: wait, cancellation: cancellation, body)
-                                     : try lock.withLock(timeout: wait, cancellation: cancellation, body)
+        let run = LockRun(pool: poolArguments.choice, name: name, level: level, shared: mode == .shared, timeout: timeout, command: command)
+        let status = try run.run()
         BackgroundChecks.finish()
         Glibc.exit(status)
-    }
-
-    private func resolvedLevel(_ pool: Pool) throws(PMLLError) -> LockLevel {
-        if let level { return level }
-        return try pool.existingLock(named: name)?.id.level ?? .package
     }
 }
 
 enum LockMode: String, EnumerableFlag {
     case exclusive, shared
-}
-
-/// Prints, after a moment of waiting and then every 10 s, who holds the lock.
-final class WaitNotice {
-    private let timer: any DispatchSourceTimer
-    init(lock: LockHandle) {
-        timer = DispatchSource.makeTimerSource(queue: .global())
-        timer.schedule(deadline: .now() + .milliseconds(500), repeating: .seconds(10))
-        timer.setEventHandler {
-            // While we drain shared holders we own the word ourselves: name the readers then.
-            if let holder = lock.currentHolder, holder.pid != getpid() {
-                printError("pmll: waiting for lock '\(lock.id.name)' held by \(holder)")
-            } else if let readers = Optional(lock.currentReaders), !readers.isEmpty {
-                let names = readers.prefix(3).map(\.description).joined(separator: ", ") + (readers.count > 3 ? ", ..." : "")
-                printError("pmll: waiting for lock '\(lock.id.name)' held shared by \(names)")
-            }
-        }
-        timer.resume()
-    }
-    func stop() { timer.cancel() }
-}
-
-/// Runs a handler on a Dispatch queue when a signal arrives (the signal is ignored otherwise).
-/// Dispatch sources are thread-safe, hence @unchecked.
-final class SignalWatch: @unchecked Sendable {
-    private let source: any DispatchSourceSignal
-    private let number: Int32
-    init(_ number: Int32, handler: @escaping @Sendable () -> Void) {
-        self.number = number
-        signal(number, SIG_IGN)
-        source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-        source.setEventHandler(handler: handler)
-        source.resume()
-    }
-    /// Leaves the signal ignored: while COMMAND runs it gets the terminal's SIGINT itself.
-    func stop() { source.cancel() }
 }
 
 /// Nested `pmll lock` invocations: the outer one tells the inner ones what it holds.

@@ -36,6 +36,7 @@ struct PMLLCommand: AsyncParsableCommand {
             fail("argument \(index) is not valid UTF-8: lock and queue names, keys and values must be UTF-8 (give a binary value with --value-file)", status: ExitStatus.usage)
         }
         do {
+            if let fast = FastPath.command(CommandLine.arguments) { try fast() }
             var command = try parseAsRoot()
             if var asyncCommand = command as? any AsyncParsableCommand {
                 try await asyncCommand.run()
@@ -86,52 +87,14 @@ struct PoolArguments: ParsableArguments {
     @Flag(name: .long, help: "Create the pool 0660, for its owning group to share (pool.group_shared); no effect on an existing pool.")
     var groupShared = false
 
-    /// The effective configuration, this command's --pool and --group-shared included.
-    func configuration() throws(PMLLError) -> Configuration {
-        var configuration = try Configuration.load(file: config)
-        if let pool { try configuration.override("pool.path", pool, source: .flag("--pool")) }
-        if groupShared { try configuration.override("pool.group_shared", "true", source: .flag("--group-shared")) }
-        return configuration
-    }
+    /// The same choice as a plain value (no ArgumentParser), which does the work.
+    var choice: PoolChoice { PoolChoice(pool: pool, config: config, groupShared: groupShared) }
 
-    /// The pool path the command works on (without opening it).
-    func path() throws(PMLLError) -> String? { try configuration().poolPath }
-
-    func open(create: Bool = true, label: String? = nil) throws(PMLLError) -> Pool {
-        let configuration = try configuration()
-        var options = configuration.poolOptions
-        options.create = create
-        options.processLabel = label
-        return try Pool.open(path: configuration.poolPath, options: options)
-    }
-
-    /// For commands that only read (status, check, state get|list): read-write when this user
-    /// may write the file, else a read-only attach (no slot registered, no byte written), so
-    /// that a user who can only read a pool still sees it.
-    func openForReading() throws(PMLLError) -> Pool {
-        do {
-            return try open(create: false)
-        } catch {
-            switch error {
-            case .permissionDenied, .foreignOwner:
-                let configuration = try configuration()
-                var options = configuration.poolOptions
-                options.create = false
-                options.readOnly = true
-                return try Pool.open(path: configuration.poolPath, options: options)
-            default:
-                throw error
-            }
-        }
-    }
-
-    /// For commands that run as long as a COMMAND does: the pool, checked in the background
-    /// at the configured `check.interval_s` (the checker thread ends with the process).
-    func openLongRunning(label: String? = nil) throws(PMLLError) -> Pool {
-        let pool = try open(label: label)
-        try BackgroundChecks.start(pool, try configuration())
-        return pool
-    }
+    func configuration() throws(PMLLError) -> Configuration { try choice.configuration() }
+    func path() throws(PMLLError) -> String? { try choice.path() }
+    func open(create: Bool = true, label: String? = nil) throws(PMLLError) -> Pool { try choice.open(create: create, label: label) }
+    func openForReading() throws(PMLLError) -> Pool { try choice.openForReading() }
+    func openLongRunning(label: String? = nil) throws(PMLLError) -> Pool { try choice.openLongRunning(label: label) }
 }
 
 enum BackgroundChecks {

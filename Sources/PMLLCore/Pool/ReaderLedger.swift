@@ -78,10 +78,15 @@ package enum ReaderLedger {
     @inline(__always) package static func isRead(_ word: UInt32) -> Bool { word & PMLL_LEDGER_READ != 0 }
 
     package static func clear(_ slot: UnsafeMutablePointer<pmll_process_slot_t>) {
-        _ = withUnsafeMutableBytes(of: &slot.pointee.waiting_on) { $0.initializeMemory(as: UInt8.self, repeating: 0) }
-        _ = withUnsafeMutableBytes(of: &slot.pointee.reading) { $0.initializeMemory(as: UInt8.self, repeating: 0) }
-        slot.pointee.exit_word = 0   // the previous occupant's: its process is gone
-        slot.pointee.robust_next = 0
+        // Only what is set: this runs over every slot at each lone attach (see storeIfChanged).
+        withUnsafeMutableBytes(of: &slot.pointee.waiting_on) { zeroIfSet($0) }
+        withUnsafeMutableBytes(of: &slot.pointee.reading) { zeroIfSet($0) }
+        storeIfChanged(&slot.pointee.exit_word, 0)   // the previous occupant's: its process is gone
+        storeIfChanged(&slot.pointee.robust_next, 0)
+    }
+
+    private static func zeroIfSet(_ bytes: UnsafeMutableRawBufferPointer) {
+        if bytes.contains(where: { $0 != 0 }) { bytes.initializeMemory(as: UInt8.self, repeating: 0) }
     }
 }
 

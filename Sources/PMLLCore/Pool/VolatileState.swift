@@ -33,7 +33,7 @@ package enum VolatileState {
         for index in memory.slots {
             let slot = memory.slot(index)
             if slot.pointee.state != PMLL_SLOT_FREE { leftOver += 1 }
-            slot.pointee.state = PMLL_SLOT_FREE
+            storeIfChanged(&slot.pointee.state, PMLL_SLOT_FREE)
             ReaderLedger.clear(slot)
         }
         let header = memory.header

@@ -33,14 +33,14 @@ package enum LockWords {
                 entry.pointee.owner_deaths &+= 1
                 next = PMLL_WORD_DIED
             }
-            entry.pointee.word = entry.pointee.state == PMLL_ENTRY_READY ? next : 0
-            entry.pointee.handoff_target = 0
+            storeIfChanged(&entry.pointee.word, entry.pointee.state == PMLL_ENTRY_READY ? next : 0)
+            storeIfChanged(&entry.pointee.handoff_target, 0)
             // Shared holds of processes that are all gone; the acquisition total is kept.
             let readers = entry.pointee.readers
             if readers & PMLL_READERS_COUNT != 0 {
                 entry.pointee.shared.reader_deaths &+= readers & PMLL_READERS_COUNT
             }
-            entry.pointee.readers = readers & ~(PMLL_READERS_COUNT | PMLL_READERS_DRAIN)
+            storeIfChanged(&entry.pointee.readers, readers & ~(PMLL_READERS_COUNT | PMLL_READERS_DRAIN))
         }
     }
 }

@@ -134,6 +134,7 @@ extension Pool {
     /// After taking the word: waits for shared holders to leave, or releases the word and throws.
     @usableFromInline @inline(never)
     package func drainReaders(index: LockIndex, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) {
+        cancellation?.waitBegins()
         var drain = ReaderDrain(pool: self, entry: memory.lock(index), index: index, deadline: deadline, cancellation: cancellation)
         do {
             try drain.runHere()

@@ -47,6 +47,7 @@ extension Pool {
 
     @usableFromInline @inline(never)
     func acquireSlow(entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: LockIndex, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Taken {
+        cancellation?.waitBegins()
         var attempt = AcquireAttempt(pool: self, entry: entry, index: index, deadline: deadline, cancellation: cancellation)
         return try attempt.runHere()
     }

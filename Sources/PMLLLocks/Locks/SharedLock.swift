@@ -27,6 +27,7 @@ extension Pool {
     @inline(__always)
     package func acquireShared(index: LockIndex, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> SharedTaken {
         if let fast = try acquireSharedFast(index) { return fast }
+        cancellation?.waitBegins()
         return try acquireSharedSlow(index: index, deadline: deadline, cancellation: cancellation)
     }
 
