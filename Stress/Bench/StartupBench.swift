@@ -41,10 +41,13 @@ struct StartupBench: ParsableCommand {
             let pool = try Pool.open(path: statusPool)
             for i in 0..<1000 { _ = try pool.lock(named: "pkg/\(i)", level: .package) }
         }
+        // `pmll flock` has no --pool (as flock(1)): its pool comes from the environment.
+        setenv("PMLL_POOL", lockPool, 1)
         let commands: [(String, [String])] = [
             ("/bin/true", ["/bin/true"]),
             ("flock FILE /bin/true", ["/usr/bin/flock", flockFile, "/bin/true"]),
             ("pmll lock NAME -- /bin/true", [pmll, "lock", "--pool", lockPool, "x", "--", "/bin/true"]),
+            ("pmll flock FILE /bin/true", [pmll, "flock", flockFile, "/bin/true"]),
             ("pmll --help", [pmll, "--help"]),
             ("pmll status (1,000 locks)", [pmll, "status", "--pool", statusPool]),
         ]
@@ -72,9 +75,10 @@ struct StartupBench: ParsableCommand {
                           String(format: "%.2f", r.cpuMedianMilliseconds), r.peakRSSMedianKiB.map { String(format: "%.1f", Double($0) / 1024) } ?? "-"])
         }
         print(TextTable.render(table))
-        let flock = rows[1], lock = rows[2], status = rows[4]
-        print(String(format: "pmll lock / flock: wall %.2fx (target at most 2), CPU %.2fx; pmll status on 1,000 locks: %.1f ms (target under 50)",
+        let flock = rows[1], lock = rows[2], pmllFlock = rows[3], status = rows[5]
+        print(String(format: "pmll lock / flock: wall %.2fx (target at most 2), CPU %.2fx; pmll flock / flock: wall %.2fx, CPU %.2fx; pmll status on 1,000 locks: %.1f ms (target under 50)",
                      lock.wallMedianMilliseconds / flock.wallMedianMilliseconds, lock.cpuMedianMilliseconds / flock.cpuMedianMilliseconds,
+                     pmllFlock.wallMedianMilliseconds / flock.wallMedianMilliseconds, pmllFlock.cpuMedianMilliseconds / flock.cpuMedianMilliseconds,
                      status.wallMedianMilliseconds))
     }
 

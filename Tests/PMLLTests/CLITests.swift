@@ -67,6 +67,36 @@ struct CLITests {
         #expect(waiter.stderr.contains("pmll: wait for lock 'i' cancelled"))
     }
 
+    /// Scripts run `pmll lock` in loops (issue 23): on a free lock the process starts no thread
+    /// for the wait (only the exit-watch thread runs beside main while COMMAND runs), takes its
+    /// options in any order and form without swift-argument-parser, and frees its pool slot
+    /// before it exits, so the next process has nothing to clean up or audit.
+    @Test func freeLockRunsLeanAndLeavesNothingBehind() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("lean.pool")
+        let threads = try run(Binaries.pmll, ["lock", "--pool", pool, "x", "--", "sh", "-c", "grep ^Threads: /proc/$PPID/status"])
+        #expect(threads.status == 0)
+        #expect(threads.stdout == "Threads:\t2", "\(threads.stdout)")
+        for args in [
+            ["lock", "x", "--pool", pool, "--", "sh", "-c", "echo $PMLL_HELD_LOCKS"],
+            ["lock", "--pool=\(pool)", "--level=network", "--timeout=5", "--shared", "y", "--", "sh", "-c", "echo $PMLL_HELD_LOCKS"],
+            ["lock", "--exclusive", "--level", "1", "--pool", pool, "z", "--", "sh", "-c", "echo $PMLL_HELD_LOCKS"],
+        ] {
+            let result = try run(Binaries.pmll, args)
+            #expect(result.status == 0, "\(args): \(result.stderr)")
+            #expect(result.stdout == ["x": "2:x", "y": "4:y", "z": "1:z"][args.first { ["x", "y", "z"].contains($0) }!], "\(args): \(result.stdout)")
+        }
+        // Forms the fast path leaves to swift-argument-parser, with its messages.
+        let repeated = try run(Binaries.pmll, ["lock", "--pool", pool, "--pool", pool, "x", "--", "true"])
+        #expect(repeated.status == 0, "\(repeated.stderr)")
+        let both = try run(Binaries.pmll, ["lock", "--pool", pool, "--shared", "--exclusive", "x", "--", "true"])
+        #expect(both.status == 64 && both.stderr.hasPrefix("pmll: ") && both.stderr.contains("--shared"), "\(both.stderr)")
+        // Each run above detached cleanly: no later open found a dead process's slot.
+        let audit = try run(Binaries.pmll, ["audit", "show", "--pool", pool])
+        #expect(audit.status == 0)
+        #expect(!audit.stdout.contains("admin.reset"), "\(audit.stdout)")
+    }
+
     @Test func usageErrorsAndExitCodes() throws {
         let scratch = Scratch()
         let pool = scratch.file("u.pool")
