@@ -8,7 +8,7 @@ import PMLLLocks
 import PMLLStore
 
 extension Pool {
-    package static let batchPrefix = "pmll:batch/"
+    package static let batchPrefix = StateStore.journalPrefix
 
     /// Applies `batch` below `root`. Atomic: after success every operation is durable; after
     /// a failure, or a crash followed by recovery (on open or `pmll recover`), the tree is

@@ -25,6 +25,9 @@ extension Pool {
     public func fileBatchRecovery(ownersAreGone: Bool = false, root: String? = nil) throws(PMLLError) -> FileBatchRecovery {
         var report = FileBatchRecovery()
         guard store.exists else { return report }
+        // The census counts journals: with none, there is nothing to read every key for (this
+        // runs at every lone open). A commit adding one meanwhile is by a live owner.
+        if store.journalCount == 0 { return report }
         let keys = try committedKeys(prefix: Self.batchPrefix, skippingDamaged: true)
         guard !keys.isEmpty else { return report }
         let lock = try batchRecoveryLock()

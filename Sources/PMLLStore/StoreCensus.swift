@@ -15,27 +15,59 @@ extension StateStore {
         return start..<(start + MemoryLayout<pmll_store_census_t>.size)
     }
 
-    package static func censusChecksum(magic: UInt64, liveKeys: UInt64) -> UInt32 {
+    /// Keys under this prefix are file-batch journals (``Pool/journalCount``).
+    package static let journalPrefix = "pmll:batch/"
+    static let journalPrefixBytes = Array(journalPrefix.utf8)
+
+    package static func censusChecksum(magic: UInt64, liveKeys: UInt64, flags: UInt32 = 0, journals: UInt64 = 0) -> UInt32 {
         var fields = (magic, liveKeys)
-        return withUnsafeBytes(of: &fields) { pmll_crc32c(0, $0.baseAddress, $0.count) }
+        let crc = withUnsafeBytes(of: &fields) { pmll_crc32c(0, $0.baseAddress, $0.count) }
+        // A census from before the journal count keeps its checksum (flags 0).
+        guard flags != 0 else { return crc }
+        var more = (flags, UInt32(0), journals)
+        return withUnsafeBytes(of: &more) { pmll_crc32c(crc, $0.baseAddress, $0.count) }
+    }
+
+    private static func intact(_ c: pmll_store_census_t) -> Bool {
+        c.magic == PMLL_CENSUS_MAGIC && c.checksum == censusChecksum(magic: c.magic, liveKeys: c.live_keys, flags: c.flags, journals: c.journal_keys)
     }
 
     /// The census's count if it is maintained and intact; nil if it was never kept (an older
     /// pool); throws nothing: a damaged census is `check`'s to report (``censusIsDamaged``).
     package var censusCount: UInt64? {
         let c = census.pointee
-        guard c.magic == PMLL_CENSUS_MAGIC, c.checksum == Self.censusChecksum(magic: c.magic, liveKeys: c.live_keys) else { return nil }
-        return c.live_keys
+        return Self.intact(c) ? c.live_keys : nil
+    }
+
+    /// File-batch journals in the store, if the census counts them and is intact; nil: unknown
+    /// (a pool whose census predates the count, or a damaged one), so look.
+    package var journalCount: UInt64? {
+        let c = census.pointee
+        return Self.intact(c) && c.flags & PMLL_CENSUS_JOURNALS != 0 ? c.journal_keys : nil
     }
 
     package var censusIsDamaged: Bool {
         let c = census.pointee
-        return c.magic != 0 && (c.magic != PMLL_CENSUS_MAGIC || c.checksum != Self.censusChecksum(magic: c.magic, liveKeys: c.live_keys))
+        return c.magic != 0 && !Self.intact(c)
     }
 
-    /// The census bytes for `liveKeys`.
-    package static func censusBytes(_ liveKeys: UInt64) -> pmll_store_census_t {
-        pmll_store_census_t(magic: PMLL_CENSUS_MAGIC, live_keys: liveKeys, checksum: censusChecksum(magic: PMLL_CENSUS_MAGIC, liveKeys: liveKeys), reserved: 0, reserved2: 0)
+    /// The census bytes for `liveKeys` and, when known, the journal count.
+    package static func censusBytes(_ liveKeys: UInt64, journals: UInt64?) -> pmll_store_census_t {
+        let flags = journals == nil ? 0 : PMLL_CENSUS_JOURNALS
+        return pmll_store_census_t(magic: PMLL_CENSUS_MAGIC, live_keys: liveKeys,
+                                   checksum: censusChecksum(magic: PMLL_CENSUS_MAGIC, liveKeys: liveKeys, flags: flags, journals: journals ?? 0),
+                                   flags: flags, journal_keys: journals ?? 0)
+    }
+
+    /// Journal keys found by reading every key (once per pool, by the first commit that keeps
+    /// the count; damaged records are `check`'s to report and are not counted).
+    package func countJournalKeys() -> UInt64 {
+        var n: UInt64 = 0
+        let view = self.view
+        for i in 0..<view.capacity where view.slot(i).pointee.state == PMLL_KEY_USED {
+            if let key = try? key(of: i), key.starts(with: Self.journalPrefixBytes) { n += 1 }
+        }
+        return n
     }
 
     package func countUsedSlots() -> UInt64 {

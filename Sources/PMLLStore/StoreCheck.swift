@@ -14,6 +14,7 @@ extension Pool {
             let fileSize = try memory.mapping.fileSize()
             if view.end > fileSize { report.problems.append("the state store's areas end at \(view.end) bytes but the file has \(fileSize)") }
             var owner = [Int32](repeating: -1, count: view.blockLimit)
+            var journals: UInt64 = 0
             for i in 0..<view.capacity {
                 let s = view.slot(i)
                 switch s.pointee.state {
@@ -25,7 +26,8 @@ extension Pool {
                 }
                 report.keysChecked += 1
                 do {
-                    _ = try store.recordInPlace(i)
+                    let record = try store.recordInPlace(i)
+                    if s.pointee.key_length >= StateStore.journalPrefixBytes.count, record.starts(with: StateStore.journalPrefixBytes) { journals += 1 }
                 } catch {
                     report.problems.append("\(error)")
                 }
@@ -41,6 +43,10 @@ extension Pool {
                 report.problems.append("the store's census counts \(census) keys but \(report.keysChecked) key slots are in use: a key slot was damaged (a key vanished or appeared)")
             } else if store.censusIsDamaged {
                 report.problems.append("the store's key census fails its checksum")
+            }
+            if let counted = store.journalCount, counted != journals {
+                // Recovery trusts a count of 0 and would not look for a dead batch's journal.
+                report.problems.append("the store's census counts \(counted) file-batch journals but \(journals) keys under '\(StateStore.journalPrefix)' exist")
             }
             for span in view.spans {
                 for b in span.first..<span.end where view.isAllocated(b) {

@@ -152,11 +152,13 @@ extension Pool {
             // The census: kept if intact, counted now if never kept (an older pool), left
             // alone if damaged (check reports it).
             let census: UInt64? = store.censusCount ?? (store.census.pointee.magic == 0 ? store.countUsedSlots() : nil)
+            // The journal count rides with the census: counted once if it was never kept.
+            let journals: UInt64? = census == nil ? nil : store.journalCount ?? store.countJournalKeys()
             // Room first: a growth is a transaction of its own, before this one plans.
             let inserts = writes.count { $0.value != nil }
             if inserts > 0 { try ensureIndexRoom(store, live: Int(census ?? store.countUsedSlots()), inserts: inserts) }
             var view = store.view
-            var censusDelta: Int64 = 0
+            var censusDelta: Int64 = 0, journalDelta: Int64 = 0
             var bitmap: [Int: UInt8] = [:]            // planned bitmap bytes
             var frozen = Set<Int>()                   // blocks freed here: old values must survive a rollback
             var extents: [UndoExtent] = []            // blocks allocated and freed, for the undo log
@@ -175,6 +177,7 @@ extension Pool {
                 if (value == nil) != (found == nil) {
                     keysetChanged = true
                     censusDelta += value == nil ? -1 : 1
+                    if bytes.starts(with: StateStore.journalPrefixBytes) { journalDelta += value == nil ? -1 : 1 }
                 }
                 let index: UInt32
                 if let found {
@@ -266,7 +269,8 @@ extension Pool {
             }
             for (byte, value) in bitmap { view.bitmapByte(byte).pointee = value }
             if let census {
-                store.census.pointee = StateStore.censusBytes(UInt64(clamping: Int64(clamping: census) + censusDelta))
+                store.census.pointee = StateStore.censusBytes(UInt64(clamping: Int64(clamping: census) + censusDelta),
+                                                              journals: journals.map { UInt64(clamping: Int64(clamping: $0) + journalDelta) })
                 touched.append((store.censusRange.lowerBound, store.censusRange.count))
             }
             CrashPoint.hit("tx.applying")

@@ -1,6 +1,7 @@
 import CPMLL
 import Foundation
 import PMLL
+@testable import PMLLStore
 import Testing
 
 /// File batches through the `pmll batch apply` command, on both backends.
@@ -201,6 +202,46 @@ struct FileBatchTests {
         let after = tree(root).filter { !$0.key.contains(".pmll-") }
         #expect(after == (committed ? Self.sampleResult : before))
         #expect(!tree(root).keys.contains { $0.contains(".pmll-") }, "staging files left: \(tree(root).keys.sorted())")
+    }
+
+    /// Every lone open looks for journals of dead batches; the store's census counts them, so
+    /// that a pool of a million keys is not read key by key at every `pmll lock` (0.5 s each
+    /// before). The count follows journals written and removed, the open recovers a counted
+    /// journal, and `check` catches a count that disagrees with the keys (recovery would trust
+    /// a 0 and not look).
+    @Test func journalsAreCountedByTheCensusAndCheckedAgainstTheKeys() throws {
+        let scratch = Scratch()
+        let root = scratch.file("root"), pool = scratch.file("p.pool")
+        try makeSampleTree(root)
+        let before = tree(root)
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", pool, "pkg/a=1", "pkg/b=2"]).status == 0)
+        let census = try {
+            let opened = try Pool.open(path: pool)
+            return opened.memory.layout.heap.lowerBound + Int(PMLL_CENSUS_OFFSET)
+        }()
+        func counted() -> (flags: UInt64, journals: UInt64) { (readU64(pool, field: census / 8 + 2) >> 32, readU64(pool, field: census / 8 + 3)) }
+        #expect(counted() == (UInt64(PMLL_CENSUS_JOURNALS), 0))
+
+        let victim = try run(Binaries.pmll, ["batch", "apply", "--pool", pool, "--root", root, "--atomic", try batchFile(scratch, Self.sample)],
+                             environment: ["PMLL_CRASH_AT": "batch.staged:1"])
+        #expect(victim.status == 128 + SIGKILL)
+        #expect(counted().journals == 1)
+
+        // A census that says 0 while a journal exists: check names it.
+        var bytes = try #require(FileManager.default.contents(atPath: pool))
+        var lying = StateStore.censusBytes(3, journals: 0)
+        withUnsafeBytes(of: &lying) { bytes.replaceSubrange(census..<(census + 32), with: $0) }
+        let original = try #require(FileManager.default.contents(atPath: pool))
+        try bytes.write(to: URL(fileURLWithPath: pool))
+        let check = try run(Binaries.pmll, ["check", "--pool", pool])
+        #expect(check.status == 65 && check.stdout.contains("counts 0 file-batch journals but 1 keys under 'pmll:batch/' exist"), "\(check.stdout)")
+        try original.write(to: URL(fileURLWithPath: pool))
+
+        // The next lone open recovers the batch, and the count goes back to 0.
+        #expect(try run(Binaries.pmll, ["lock", "--pool", pool, "x", "--", "true"]).status == 0)
+        #expect(tree(root).filter { !$0.key.contains(".pmll-") } == before)
+        #expect(counted() == (UInt64(PMLL_CENSUS_JOURNALS), 0))
+        #expect(try run(Binaries.pmll, ["check", "--pool", pool]).status == 0)
     }
 
     /// Regression (found by the 30-minute pmll-stress run): an open recovered a dead process's

@@ -422,17 +422,22 @@ _Static_assert(sizeof(pmll_store_super_t) == 64, "store superblock");
 // slots, kept by every commit and undo-logged with the slots, so that `check` sees a key that
 // vanished (a slot's state flipped, an index page zeroed) even when it had no blocks. Pools
 // written before it hold zeros here; the magic tells a maintained census apart.
+// It also counts the file-batch journals (keys under "pmll:batch/"), once a commit has counted
+// them (flag PMLL_CENSUS_JOURNALS; pools from before it have 0 in both fields), so that opening a
+// pool does not scan every key to find journals left by dead processes.
 #define PMLL_CENSUS_MAGIC 0x5355534E45434C4Cull   // "LLCENSUS"
 #define PMLL_CENSUS_OFFSET 64u                    // from the start of the heap section
+#define PMLL_CENSUS_JOURNALS 1u                   // journal_keys is kept
 typedef struct pmll_store_census {
     uint64_t magic;
     uint64_t live_keys;
-    uint32_t checksum;             // CRC32C of magic and live_keys
-    uint32_t reserved;
-    uint64_t reserved2;
+    uint32_t checksum;             // CRC32C of magic and live_keys, then flags and journal_keys if flags != 0
+    uint32_t flags;                // PMLL_CENSUS_*
+    uint64_t journal_keys;         // keys under "pmll:batch/" (with PMLL_CENSUS_JOURNALS)
 } pmll_store_census_t;
 
 _Static_assert(sizeof(pmll_store_census_t) == 32, "store census");
+_Static_assert(offsetof(pmll_store_census_t, flags) == 20 && offsetof(pmll_store_census_t, journal_keys) == 24, "census fields that were reserved");
 
 // One key. Small records live inline; larger ones in an extent of blocks holding key then value.
 typedef struct pmll_key_slot {
