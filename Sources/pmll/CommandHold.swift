@@ -32,29 +32,35 @@ enum CommandHold {
 /// that outlives its cancellation for a moment does not keep the pool open: the pool is
 /// closed (its process slot freed) before the process exits.
 private final class WaitAids: Sendable {
+    private enum State {
+        case idle
+        case running(notice: WaitNotice, interrupt: SignalWatch)
+        case stopped
+    }
+
     private let lock: LockHandle
-    private let running = Mutex<(notice: WaitNotice, interrupt: SignalWatch)?>(nil)
-    private let stopped = Atomic<Bool>(false)
+    private let state = Mutex(State.idle)
 
     init(lock: LockHandle) { self.lock = lock }
 
     func start(cancelling cancellation: Cancellation) {
-        running.withLock { running in
-            guard running == nil, !stopped.load(ordering: .relaxed) else { return }
+        state.withLock { state in
+            guard case .idle = state else { return }
             let interrupt = SignalWatch(SIGINT) { [weak self] in
                 cancellation.cancel()
                 self?.lock.wakeWaiters()
             }
-            running = (WaitNotice { [weak self] in self?.reportHolder() }, interrupt)
+            state = .running(notice: WaitNotice { [weak self] in self?.reportHolder() }, interrupt: interrupt)
         }
     }
 
     func stop() {
-        running.withLock { running in
-            stopped.store(true, ordering: .relaxed)
-            running?.notice.stop()
-            running?.interrupt.stop()
-            running = nil
+        state.withLock { state in
+            if case .running(let notice, let interrupt) = state {
+                notice.stop()
+                interrupt.stop()
+            }
+            state = .stopped
         }
     }
 
