@@ -111,7 +111,9 @@ struct ArgumentTests {
             }
             if argv.first == "lock" || argv.first == "queue" { argv += ["--timeout", "2"] }
             if !argv.contains("--pool") { argv += ["--pool", pool] }
-            if argv.contains("--"), let at = argv.lastIndex(of: "--") { argv = Array(argv[...at]) + ["true"] }
+            // Everything after the first `--` is COMMAND: make it one that exists (a second
+            // `--` left COMMAND as a random value, and 127 "cannot run" is its documented status).
+            if let at = argv.firstIndex(of: "--") { argv = Array(argv[...at]) + ["true"] }
             let result = try run(Binaries.pmll, argv, environment: ["PMLL_POOL": pool], timeout: 30)
             let line = "#\(n): pmll \(argv.map { $0.debugDescription }.joined(separator: " "))"
             #expect(result.status < 126, "\(line) ended with \(result.status): \(result.stderr)")
