@@ -163,7 +163,11 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: swiftSettings,
-            linkerSettings: [.unsafeFlags(["-static-stdlib", "-l_FoundationCShims", "-l_FoundationCollections", "-use-ld=lld"])]
+            // Start-up (issue 23): the Swift runtime, libstdc++, liburing and libsodium linked
+            // in (CSupport/StaticLibs/README.md), so that a `pmll` process loads no Swift or C++
+            // shared objects.
+            linkerSettings: [.unsafeFlags(["-static-stdlib", "-L\(Context.packageDirectory)/CSupport/StaticLibs",
+                                           "-l_FoundationCShims", "-l_FoundationCollections", "-use-ld=lld"])]
         ),
         .executableTarget(
             name: "PMLLWorker",
