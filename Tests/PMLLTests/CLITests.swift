@@ -74,7 +74,10 @@ struct CLITests {
     @Test func freeLockRunsLeanAndLeavesNothingBehind() throws {
         let scratch = Scratch()
         let pool = scratch.file("lean.pool")
-        let threads = try run(Binaries.pmll, ["lock", "--pool", pool, "x", "--", "sh", "-c", "grep ^Threads: /proc/$PPID/status"])
+        // An empty configuration: a machine's own (scheduled checks) would add a thread.
+        let config = scratch.file("config.json")
+        try "{}".write(toFile: config, atomically: true, encoding: .utf8)
+        let threads = try run(Binaries.pmll, ["lock", "--pool", pool, "--config", config, "x", "--", "sh", "-c", "grep ^Threads: /proc/$PPID/status"])
         #expect(threads.status == 0)
         #expect(threads.stdout == "Threads:\t2", "\(threads.stdout)")
         for args in [
