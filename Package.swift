@@ -8,6 +8,13 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("InternalImportsByDefault"),
 ]
 
+// `PMLL_NO_PIE=1 swift build ...` links the `pmll` executable position-dependent: about 0.4 ms
+// less start-up (no relocations to apply), at the price of ASLR for the executable's own code
+// and data. Off by default (Docs/Benchmarks.md, issue 23).
+let pmllLinkFlags = ["-static-stdlib", "-L\(Context.packageDirectory)/CSupport/StaticLibs",
+                     "-l_FoundationCShims", "-l_FoundationCollections", "-use-ld=lld"]
+    + (Context.environment["PMLL_NO_PIE"] == "1" ? ["-Xclang-linker", "-no-pie"] : [])
+
 let package = Package(
     name: "PMLL",
     platforms: [.macOS(.v15)],
@@ -166,8 +173,7 @@ let package = Package(
             // Start-up (issue 23): the Swift runtime, libstdc++, liburing and libsodium linked
             // in (CSupport/StaticLibs/README.md), so that a `pmll` process loads no Swift or C++
             // shared objects.
-            linkerSettings: [.unsafeFlags(["-static-stdlib", "-L\(Context.packageDirectory)/CSupport/StaticLibs",
-                                           "-l_FoundationCShims", "-l_FoundationCollections", "-use-ld=lld"])]
+            linkerSettings: [.unsafeFlags(pmllLinkFlags)]
         ),
         .executableTarget(
             name: "PMLLWorker",
