@@ -104,6 +104,30 @@ struct LockTests {
         }
     }
 
+    /// `Cancellation(willWait:)` runs its closure once, just before a wait, and never when the
+    /// lock is free: `pmll lock` relies on it to start no thread when it does not wait.
+    @Test func willWaitRunsOnceBeforeAWaitAndNeverOnAFreeLock() throws {
+        let scratch = Scratch()
+        let path = scratch.file("w.pool")
+        let pool = try Pool.open(path: path)
+        let exclusive = try pool.lock(named: "w", level: .package)
+        let calls = Atomic<Int>(0)
+        let counting = { Cancellation { _ in calls.add(1, ordering: .relaxed) } }
+        try exclusive.withLock(timeout: .seconds(1), cancellation: counting()) { _ in }
+        try exclusive.withSharedLock(timeout: .seconds(1), cancellation: counting()) { _ in }
+        #expect(calls.load(ordering: .relaxed) == 0)
+
+        let holder = try Child.worker("hold", "--pool", path, "--lock", "w")
+        defer { holder.kill(); holder.wait() }
+        _ = try #require(holder.waitForEvent("acquired"))
+        let cancellation = counting()
+        #expect(throws: PMLLError.self) { try exclusive.withLock(timeout: .milliseconds(30), cancellation: cancellation) { _ in } }
+        #expect(throws: PMLLError.self) { try exclusive.withLock(timeout: .milliseconds(30), cancellation: cancellation) { _ in } }
+        #expect(calls.load(ordering: .relaxed) == 1)
+        #expect(throws: PMLLError.self) { try exclusive.withSharedLock(timeout: .milliseconds(30), cancellation: counting()) { _ in } }
+        #expect(calls.load(ordering: .relaxed) == 2)
+    }
+
     @Test func timeoutIsHonouredAndNamesTheHolder() throws {
         let scratch = Scratch()
         let pool = scratch.file("t.pool")
