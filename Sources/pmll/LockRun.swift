@@ -13,8 +13,9 @@ struct LockRun {
     var timeout: Double?
     var command: [String]
 
-    /// The pool is released before this returns (its process slot freed), so that the next
-    /// process to open it finds nothing of ours to clean up.
+    /// The pool is released before this returns (its process slot freed; with scheduled checks
+    /// configured, when they stop), so that the next process to open it finds nothing of ours
+    /// to clean up.
     func run() throws -> Int32 {
         let label = command.first.map { $0.split(separator: "/").last.map(String.init) ?? $0 }
         let pool = try self.pool.openLongRunning(label: label)
