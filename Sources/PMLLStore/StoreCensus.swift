@@ -41,9 +41,14 @@ extension StateStore {
 
     /// File-batch journals in the store, if the census counts them and is intact; nil: unknown
     /// (a pool whose census predates the count, or a damaged one), so look.
-    package var journalCount: UInt64? {
+    package var journalCount: UInt64? { censusCounts?.journals }
+
+    /// Both counts from one read of the census (one checksum), for the commit path; nil if
+    /// the census is not intact.
+    package var censusCounts: (keys: UInt64, journals: UInt64?)? {
         let c = census.pointee
-        return Self.intact(c) && c.flags & PMLL_CENSUS_JOURNALS != 0 ? c.journal_keys : nil
+        guard Self.intact(c) else { return nil }
+        return (c.live_keys, c.flags & PMLL_CENSUS_JOURNALS != 0 ? c.journal_keys : nil)
     }
 
     package var censusIsDamaged: Bool {

@@ -151,9 +151,10 @@ extension Pool {
             var keysetChanged = false
             // The census: kept if intact, counted now if never kept (an older pool), left
             // alone if damaged (check reports it).
-            let census: UInt64? = store.censusCount ?? (store.census.pointee.magic == 0 ? store.countUsedSlots() : nil)
+            let counts = store.censusCounts
+            let census: UInt64? = counts?.keys ?? (store.census.pointee.magic == 0 ? store.countUsedSlots() : nil)
             // The journal count rides with the census: counted once if it was never kept.
-            let journals: UInt64? = census == nil ? nil : store.journalCount ?? store.countJournalKeys()
+            let journals: UInt64? = census == nil ? nil : counts?.journals ?? store.countJournalKeys()
             // Room first: a growth is a transaction of its own, before this one plans.
             let inserts = writes.count { $0.value != nil }
             if inserts > 0 { try ensureIndexRoom(store, live: Int(census ?? store.countUsedSlots()), inserts: inserts) }
