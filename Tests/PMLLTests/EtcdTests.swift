@@ -702,10 +702,16 @@ struct EtcdClusterTests {
     func unfencedControlLosesUpdates() throws {
         // The control that shows the checker above can fail, and what fencing prevents: the
         // same workers writing without `--fence` (as bare etcd locks do, Jepsen's finding).
-        let result = try run(Binaries.directory + "/pmll-stress", ["etcd-history", "--unfenced", "--faults", "pause-holder", "--think", "0.3",
-                                                                   "--duration", "16", "--fault-interval", "1.5", "--seed", "7", "--json"], timeout: 240)
-        #expect(result.status == 1, "\(result.stdout)\n\(result.stderr)")
-        #expect(result.stdout.contains("lost update"), "\(result.stdout)")
+        // Whether a pause lands mid-write is timing: three pauses in a run once caused no lost
+        // update (seen in CI). The control must catch one within three runs (other seeds).
+        var outputs: [String] = []
+        for seed in [7, 8, 9] {
+            let result = try run(Binaries.directory + "/pmll-stress", ["etcd-history", "--unfenced", "--faults", "pause-holder", "--think", "0.3",
+                                                                       "--duration", "16", "--fault-interval", "1.5", "--seed", "\(seed)", "--json"], timeout: 240)
+            outputs.append("\(result.status): \(result.stdout)\n\(result.stderr)")
+            if result.status == 1 && result.stdout.contains("lost update") { return }
+        }
+        Issue.record("no lost update in three unfenced runs:\n\(outputs.joined(separator: "\n"))")
     }
 
     @Test("the leader killed while a lock is held and a waiter waits: the lock passes on, no death is invented, no write is lost")
