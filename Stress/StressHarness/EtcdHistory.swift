@@ -212,8 +212,7 @@ struct Nemesis {
             // that stalls (swapping, a VM paused): it resumes believing it holds the lock.
             guard let pid = holder() else { return ("none", "no holder to pause") }
             let seconds = Double(ttl) + Double.random(in: 1.5...3, using: &rng)
-            let stopped = [pid] + ProcessTree.descendants(of: pid)
-            for p in stopped { kill(p, SIGSTOP) }
+            let stopped = ProcessTree.freeze(pid)
             usleep(UInt32(seconds * 1e6))
             for p in stopped { kill(p, SIGCONT) }
             return ("pause-holder", "pause holder pid \(pid) and \(stopped.count - 1) child process(es) for \(String(format: "%.1f", seconds)) s (past its \(ttl) s lease)")

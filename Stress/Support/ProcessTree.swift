@@ -12,4 +12,33 @@ public enum ProcessTree {
         }
         return children.flatMap { descendants(of: $0) + [$0] }
     }
+
+    /// Stops `pid` and every process below it (SIGSTOP) and returns them, `pid` first, then
+    /// the deepest first. One snapshot of the tree is not enough: a shell that forks its next
+    /// command just after the snapshot leaves that command running, and a killed tree then
+    /// keeps a survivor (which also holds Foundation's exit-watch socket, so `Process` says
+    /// the killed child still runs). Stopped processes cannot fork, so the walk repeats until
+    /// it finds no new process and every one found is stopped (or already dead).
+    @discardableResult
+    public static func freeze(_ pid: Int32) -> [Int32] {
+        var stopped = Set<Int32>()
+        var tree = [pid]
+        let deadline = Date().addingTimeInterval(5)
+        repeat {
+            tree = [pid] + descendants(of: pid)
+            let new = tree.filter { !stopped.contains($0) }
+            for p in new { _ = kill(p, SIGSTOP); stopped.insert(p) }
+            if new.isEmpty && tree.allSatisfy(isStoppedOrGone) { break }
+            usleep(1_000)
+        } while Date() < deadline
+        return tree
+    }
+
+    /// Whether the process is stopped ('T', 't'), a zombie or gone: it can no longer fork.
+    public static func isStoppedOrGone(_ pid: Int32) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return true }
+        let state = stat[stat.index(after: close)...].drop(while: { $0 == " " }).first
+        return state.map { "TtZX".contains($0) } ?? true
+    }
 }

@@ -126,17 +126,20 @@ final class Child: @unchecked Sendable {
     func kill(_ signal: Int32 = SIGKILL) { _ = Foundation.kill(pid, signal) }
 
     /// Kills the child's descendants first (e.g. the COMMAND of `pmll lock`), then the child.
+    /// The tree is frozen first (`ProcessTree.freeze`), so a command forked meanwhile is not
+    /// left running.
     func killTree() {
-        for pid in Self.descendants(pid) { _ = Foundation.kill(pid, SIGKILL) }
+        let tree = ProcessTree.freeze(pid)
+        for pid in tree.dropFirst() { _ = Foundation.kill(pid, SIGKILL) }
         kill()
     }
 
-    /// Kills the child first, then its descendants: the child dies without seeing its COMMAND
-    /// end (with killTree it may notice the COMMAND's death and finish cleanly first).
+    /// Kills the child first, then its descendants: the child dies frozen, holding whatever it
+    /// held, without seeing its COMMAND end.
     func killParentFirst() {
-        let below = Self.descendants(pid)
+        let tree = ProcessTree.freeze(pid)
         kill()
-        for pid in below { _ = Foundation.kill(pid, SIGKILL) }
+        for pid in tree.dropFirst() { _ = Foundation.kill(pid, SIGKILL) }
     }
 
     /// Kills the child and its descendants if it still runs, for `defer` in tests: a failed
