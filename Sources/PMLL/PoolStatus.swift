@@ -19,7 +19,11 @@ public struct PoolStatus: Codable, Sendable {
     public let createdAtNanoseconds: UInt64
     public let persistentMemory: Bool
     public let processCapacity: UInt32
+    /// Entries of the lock table now: those made at creation and those of its extensions
+    /// (the table grows when it fills, up to ``lockCapacityLimit``).
     public let lockCapacity: UInt32
+    /// Entries the lock table may grow to.
+    public let lockCapacityLimit: UInt32
     public let volatileResets: UInt64
     public let processes: [Process]
     public let locks: [LockStatus]
@@ -58,7 +62,8 @@ extension Pool {
         let (queues, damagedHeads) = readableQueues()
         return PoolStatus(
             path: path, formatVersion: h.format_version, sizeBytes: UInt64((try? memory.mapping.fileSize()) ?? Int(h.pool_size)), createdAtNanoseconds: h.created_at_ns,
-            persistentMemory: memory.persistence.isPmem, processCapacity: h.process_capacity, lockCapacity: h.lock_capacity,
+            persistentMemory: memory.persistence.isPmem, processCapacity: h.process_capacity, lockCapacity: memory.lockExtents.known,
+            lockCapacityLimit: memory.lockExtents.maximum,
             volatileResets: h.volatile_resets, processes: attached, locks: locks,
             queues: queues.sorted { $0.name < $1.name }, damagedQueueHeads: damagedHeads,
             store: store.exists ? try? storeUsage() : nil,

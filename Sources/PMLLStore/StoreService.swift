@@ -23,6 +23,9 @@ extension Pool {
         let store = try StateStore(memory: memory, layout: layout, path: path)
         _ = services.get(.store) { StoreService(store) }
         hooks.repairAfterOwnerDeath.withLock { $0 = { pool throws(PMLLError) in try pool.storeReady() } }
+        if store.exists && !isReadOnly {
+            hooks.growLockTable.withLock { $0 = { pool, k throws(PMLLError) in try pool.growLockTable(k) } }
+        }
     }
 
     package var store: StateStore { services.required(.store, as: StoreService.self).store }

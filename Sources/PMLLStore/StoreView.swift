@@ -109,26 +109,7 @@ package final class StoreView: @unchecked Sendable {
     }
 }
 
-/// The growth directory in the store's first page.
-package enum GrowthDirectory {
-    package static func pointer(_ base: UnsafeMutableRawPointer, heapStart: Int) -> UnsafeMutablePointer<pmll_growth_t> {
-        (base + heapStart + Int(PMLL_GROWTH_OFFSET)).assumingMemoryBound(to: pmll_growth_t.self)
-    }
-
-    package static func checksum(_ g: UnsafePointer<pmll_growth_t>) -> UInt32 {
-        let count = min(Int(g.pointee.area_count), Int(PMLL_AREA_MAX))
-        let head = MemoryLayout<pmll_growth_t>.offset(of: \pmll_growth_t.checksum)!
-        let crc = pmll_crc32c(0, g, head)
-        return pmll_crc32c(crc, UnsafeRawPointer(g) + MemoryLayout<pmll_growth_t>.offset(of: \pmll_growth_t.areas)!,
-                           count * MemoryLayout<pmll_area_t>.size)
-    }
-
-    package static func areas(_ g: UnsafePointer<pmll_growth_t>) -> [pmll_area_t] {
-        withUnsafeBytes(of: g.pointee.areas) { raw in
-            Array(raw.bindMemory(to: pmll_area_t.self).prefix(min(Int(g.pointee.area_count), Int(PMLL_AREA_MAX))))
-        }
-    }
-
+extension GrowthDirectory {
     /// The view the directory describes, checked against the created layout and the limit.
     package static func view(_ base: UnsafeMutableRawPointer, layout: StoreLayout, poolLayout: PoolLayout, path: String) throws(PMLLError) -> StoreView {
         let g = pointer(base, heapStart: poolLayout.heap.lowerBound)
@@ -166,6 +147,14 @@ package enum GrowthDirectory {
                 guard Int(a.first_block) < layout.logSlots, Int(a.count) <= size,
                       !areas[..<i].contains(where: { $0.kind == PMLL_AREA_LOG && $0.first_block == a.first_block }) else {
                     throw damaged("undo-log area \(i) is inconsistent")
+                }
+            case PMLL_AREA_LOCKS:
+                let k = Int(a.first_block)
+                guard k < Int(PMLL_LOCK_EXTENSIONS_MAX), a.count > 0, a.count <= PMLL_LOCK_ENTRIES_MAX,
+                      a.count == UInt32(poolLayout.lockCapacity) << UInt32(k),
+                      size >= PoolLayout.page + Int(a.count) * MemoryLayout<pmll_lock_entry_t>.size,
+                      !areas[..<i].contains(where: { $0.kind == PMLL_AREA_LOCKS && $0.first_block == a.first_block }) else {
+                    throw damaged("lock-table area \(i) is inconsistent")
                 }
             default:
                 throw damaged("area \(i) has unknown kind \(a.kind)")

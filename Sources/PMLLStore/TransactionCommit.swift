@@ -20,12 +20,14 @@ extension Pool {
         return store
     }
 
-    /// The store lock, created on first use.
-    package func storeLock() throws(PMLLError) -> LockIndex {
+    /// The store lock, created on first use. `mayGrow` false while the lock table grows (the
+    /// growth itself needs this lock: its entry then takes any free one).
+    package func storeLock(mayGrow: Bool = true) throws(PMLLError) -> LockIndex {
         let service = services.required(.store, as: StoreService.self)
         let known = service.lockIndex.load(ordering: .acquiring)
         if known != 0 { return LockIndex(known - 1) }
-        let index = try table.index(of: "pmll:store", level: .network, create: true, creation: tableCreation, allowReserved: true)!
+        let index = try table.index(of: "pmll:store", level: .network, create: true, creation: tableCreation, allowReserved: true,
+                                    mayGrow: mayGrow)!
         service.lockIndex.store(index.rawValue + 1, ordering: .releasing)
         return index
     }

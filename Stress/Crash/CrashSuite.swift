@@ -56,6 +56,8 @@ struct Run: AsyncParsableCommand {
         options.size = 2 << 20
         options.keyCapacity = 16
         options.queueCapacity = 2
+        // And the lock table: the workload's new lock names make it grow.
+        options.lockCapacity = 16
         do {
             let p = try Pool.open(path: base, options: options)
             try p.transaction { tx in for i in 0..<Workload.accounts { try tx.set("acct/\(i)", String(Workload.initialBalance)) } }

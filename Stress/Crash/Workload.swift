@@ -17,6 +17,7 @@ struct Workload: AsyncParsableCommand {
     static let accounts = 4
     static let fillKeys = 6
     static let manyKeys = 600
+    static let newLocks = 12
 
     static func fillValue(step: Int, key: Int) -> [UInt8] {
         [UInt8](unsafeUninitializedCapacity: 40_000 + key * 1000) { buffer, count in
@@ -26,6 +27,10 @@ struct Workload: AsyncParsableCommand {
     }
 
     static func tree(for pool: String) -> String { pool + ".tree" }
+    /// Steps a run may have reached: one past the last acknowledged.
+    static func steps(_ acks: [Substring]) -> Int {
+        (acks.compactMap { $0.split(separator: " ").last.flatMap { Int($0) } }.max() ?? 0) + 2
+    }
     static let initialBalance = 100
 
     func run() async throws {
@@ -84,6 +89,10 @@ struct Workload: AsyncParsableCommand {
                 acknowledge("batch \(step)")
             default:
                 try await misc.withLock(timeout: .seconds(10)) { _ in }
+                // New lock names past the table the pool was created with: the lock table
+                // grows (an extension through the growth directory, then its header).
+                for i in 0..<Self.newLocks { try await pool.lock(named: "grow/\(step)/\(i)", level: .network).withLock(timeout: .seconds(10)) { _ in } }
+                acknowledge("locks \(step)")
             }
         }
     }
@@ -181,7 +190,14 @@ struct Verify: AsyncParsableCommand {
             if let leftovers = try? FileManager.default.contentsOfDirectory(atPath: tree).filter({ $0.hasPrefix(".pmll-") }), !leftovers.isEmpty {
                 violations.append("staging files left: \(leftovers)")
             }
-            for name in (0..<Workload.accounts).map({ "acct/\($0)" }) + ["misc"] {
+            for line in acks where line.hasPrefix("locks ") {
+                let step = line.dropFirst(6)
+                for i in 0..<Workload.newLocks where try pool.existingLock(named: "grow/\(step)/\(i)") == nil {
+                    violations.append("lock grow/\(step)/\(i) of an acknowledged step is missing")
+                }
+            }
+            let grown = (0..<Workload.steps(acks)).flatMap { step in (0..<Workload.newLocks).map { "grow/\(step)/\($0)" } }
+            for name in (0..<Workload.accounts).map({ "acct/\($0)" }) + ["misc"] + grown {
                 guard let lock = try pool.existingLock(named: name) else { continue }
                 do { try await lock.withLock(timeout: .seconds(5)) { _ in } } catch { violations.append("lock \(name): \(error)") }
             }

@@ -10,7 +10,7 @@ struct Worker: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmll-worker",
         abstract: "Test and benchmark worker processes for PMLL.",
-        subcommands: [Counter.self, Hold.self, Churn.self, Robust8.self, Nested.self, Hammer.self, QueueOps.self, QueueHold.self, Recover.self, Bank.self, TxSet.self, TxCounter.self, TxConflict.self, AsyncWaiters.self, ReadWriteMix.self, MetricsProbe.self, Fill.self]
+        subcommands: [Counter.self, Hold.self, Churn.self, Robust8.self, Nested.self, Hammer.self, QueueOps.self, QueueHold.self, Recover.self, Bank.self, TxSet.self, TxCounter.self, TxConflict.self, AsyncWaiters.self, ReadWriteMix.self, MetricsProbe.self, Fill.self, ManyLocks.self]
     )
 }
 

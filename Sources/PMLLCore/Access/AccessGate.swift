@@ -1,5 +1,8 @@
 public import CPMLL
 public import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Where every layer asks "may this process do this?" before touching anything: the pool's
 /// access policy and read-only attach, in one place (Docs/Security.md).
@@ -32,7 +35,7 @@ package final class AccessGate: Sendable {
     }
 
     deinit {
-        lockDecisions.withLock { $0?.deallocate() }
+        lockDecisions.withLock { if let table = $0 { free(table) } }
     }
 
     package var caller: AccessIdentity {
@@ -126,8 +129,9 @@ package final class AccessGate: Sendable {
         let modeSensitive = policy.rules.contains { $0.action == .lock && $0.mode != nil }
         let decisions = lockDecisions.withLock { table -> UnsafeMutablePointer<UInt64> in
             if let table { return table }
-            let made = UnsafeMutablePointer<UInt64>.allocate(capacity: lockCapacity)
-            made.initialize(repeating: 0, count: lockCapacity)
+            // Room for every entry the table may grow to; calloc leaves the pages untouched
+            // (and unbacked) until an entry is decided.
+            let made = calloc(max(lockCapacity, Int(PMLL_LOCK_ENTRIES_MAX)), MemoryLayout<UInt64>.size)!.assumingMemoryBound(to: UInt64.self)
             table = made
             return made
         }

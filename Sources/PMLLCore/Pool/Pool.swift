@@ -170,7 +170,8 @@ public final class Pool: Sendable {
         }
         let mapping = PoolMapping(base: base, length: fileSize, reserved: reserve, writable: true, fd: fd.rawValue, path: path)
         let memory = PoolMemory(base: base, mapping: mapping, layout: layout,
-                                persistence: Persistence(isPmem: isPmem != 0, base: base, volatileStorage: pmll_fs_is_volatile(fd.rawValue) == 1))
+                                persistence: Persistence(isPmem: isPmem != 0, base: base, volatileStorage: pmll_fs_is_volatile(fd.rawValue) == 1),
+                                lockExtents: LockExtents(created: layout.lockCapacity, base: base, heap: layout.heap, mapping: mapping))
         _ = try PoolHeader.validate(memory.header, fileSize: fileSize, path: path)
 
         var ring: AuditRing?
@@ -248,7 +249,8 @@ public final class Pool: Sendable {
         }
         pmll_fault_guard_register(base, UInt64(reserve), path)
         let mapping = PoolMapping(base: base, length: fileSize, reserved: reserve, writable: false, fd: fd.rawValue, path: path)
-        let memory = PoolMemory(base: base, mapping: mapping, layout: layout, persistence: Persistence(isPmem: false, base: base))
+        let memory = PoolMemory(base: base, mapping: mapping, layout: layout, persistence: Persistence(isPmem: false, base: base),
+                                lockExtents: LockExtents(created: layout.lockCapacity, base: base, heap: layout.heap, mapping: mapping))
         do throws(PMLLError) {
             _ = try PoolHeader.validate(memory.header, fileSize: fileSize, path: path)
         } catch {

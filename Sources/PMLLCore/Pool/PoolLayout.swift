@@ -7,7 +7,7 @@ import CPMLL
 package struct PoolLayout: Equatable {
     package static let page = 4096
     package let processCapacity: Int
-    package let lockCapacity: Int
+    @usableFromInline package let lockCapacity: Int
     package let queueCapacity: Int
     package let queueRing: Int
     @usableFromInline package let processTable: Range<Int>

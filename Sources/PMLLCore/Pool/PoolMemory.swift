@@ -12,6 +12,8 @@ package struct PoolMemory: @unchecked Sendable {
     package var length: Int { mapping.length }
     @usableFromInline package let layout: PoolLayout
     package let persistence: Persistence
+    /// The lock table's extensions (past the `layout.lockCapacity` entries made at creation).
+    @usableFromInline package let lockExtents: LockExtents
 
     @inlinable
     package var header: UnsafeMutablePointer<pmll_header_t> { base.assumingMemoryBound(to: pmll_header_t.self) }
@@ -23,7 +25,8 @@ package struct PoolMemory: @unchecked Sendable {
 
     @inlinable @inline(__always)
     package func lock(_ index: LockIndex) -> UnsafeMutablePointer<pmll_lock_entry_t> {
-        (base + layout.lockTable.lowerBound).assumingMemoryBound(to: pmll_lock_entry_t.self) + Int(index.rawValue)
+        guard _fastPath(Int(index.rawValue) < layout.lockCapacity) else { return lockExtents.entry(index.rawValue) }
+        return (base + layout.lockTable.lowerBound).assumingMemoryBound(to: pmll_lock_entry_t.self) + Int(index.rawValue)
     }
 
     @inline(__always)
@@ -39,11 +42,16 @@ package struct PoolMemory: @unchecked Sendable {
 
     package var processCapacity: UInt32 { UInt32(layout.processCapacity) }
     package var queueCapacity: UInt32 { UInt32(layout.queueCapacity) }
+    /// Entries of the lock table made at creation (extensions come after them).
     package var lockCapacity: UInt32 { UInt32(layout.lockCapacity) }
     /// Every slot of the process table, in order.
     package var slots: [SlotIndex] { (0..<processCapacity).map(SlotIndex.init) }
-    /// Every entry of the lock table, in order.
-    package var locks: [LockIndex] { (0..<lockCapacity).map(LockIndex.init) }
+    /// Every entry of the lock table and of its extensions, in order (the directory is read
+    /// again first, so entries other processes made in a new extension are included).
+    package var locks: [LockIndex] {
+        if lockExtents.extensionLimit > 0 { lockExtents.learn() }
+        return (0..<lockExtents.known).map(LockIndex.init)
+    }
 }
 
 /// A participant's identity in lock words, records and journals: generation << 10 | slot.

@@ -8,7 +8,13 @@ package final class LockService: Sendable {
     let cache = Mutex<[String: LockIndex]>([:])
 
     init(_ pool: Pool) {
-        table = LockTable(memory: pool.memory, fd: pool.fd, path: pool.path)
+        let memory = pool.memory
+        table = LockTable(memory: memory, fd: pool.fd, path: pool.path) { [weak pool] k throws(PMLLError) in
+            guard let pool, let grow = pool.hooks.growLockTable.withLock({ $0 }) else {
+                throw .poolFull(table: "lock", capacity: Int(memory.lockExtents.known))
+            }
+            try grow(pool, k)
+        }
     }
 }
 

@@ -12,6 +12,8 @@ package struct LockTable {
     package let memory: PoolMemory
     package let fd: FileDescriptor
     package let path: String
+    /// Makes extension k of the table (nil: this pool's table cannot grow).
+    package let grow: (@Sendable (Int) throws(PMLLError) -> Void)?
 
     /// Lock names starting with this are the library's own (queue submit locks).
     package static let reservedPrefix = "pmll:"
@@ -34,18 +36,69 @@ package struct LockTable {
         return name.withUnsafeBytes { pmll_crc32c(head, $0.baseAddress, $0.count) }
     }
 
-    /// Finds the entry for `name`, creating it if `create` is set.
-    package func index(of name: String, level: LockLevel, create: Bool, creation: borrowing Mutex<Void>, allowReserved: Bool = false) throws(PMLLError) -> LockIndex? {
+    /// One table: the one made at creation, or an extension (``LockExtents``).
+    private struct Table {
+        let entries: UnsafeMutablePointer<pmll_lock_entry_t>
+        let first: UInt32
+        let count: UInt32
+        /// Whether a later table can still be made: then an insertion that finds no free entry
+        /// within ``LockTable/insertProbes`` moves on, so that probes stay short everywhere.
+        let canGrow: Bool
+    }
+
+    /// Probes an insertion makes in a table before it tries the next one (or grows).
+    static let insertProbes: UInt32 = 32
+
+    /// The tables this process knows, in lookup order.
+    private func tables() -> [Table] {
+        let extents = memory.lockExtents
+        let limit = extents.extensionLimit
+        var all = [Table(entries: memory.lock(LockIndex(0)), first: 0, count: memory.lockCapacity, canGrow: limit > 0)]
+        for k in 0..<limit {
+            guard let t = extents.table(k) else { break }
+            all.append(Table(entries: t.entries, first: t.first, count: t.count, canGrow: k + 1 < limit))
+        }
+        return all
+    }
+
+    /// Finds the entry for `name`, creating it if `create` is set. A full table grows (an
+    /// extension made through the state store, ``PoolHooks/growLockTable``), outside the
+    /// creation locks, and the creation is tried again.
+    /// `mayGrow` false: take any free entry of the known tables instead (the store lock's own
+    /// entry, which a growth needs).
+    package func index(of name: String, level: LockLevel, create: Bool, creation: borrowing Mutex<Void>, allowReserved: Bool = false,
+                       mayGrow: Bool = true) throws(PMLLError) -> LockIndex? {
         try Self.validate(name: name, allowReserved: allowReserved)
-        if let found = try find(Array(name.utf8), name: name) { return try checked(found, name: name, level: level) }
         let bytes = Array(name.utf8)
+        if let found = try find(bytes, name: name) { return try checked(found, name: name, level: level) }
         guard create else { return nil }
-        return try creation.withLock { _ throws(PMLLError) -> LockIndex in
-            try TableCreationLock.withHeld(fd: fd) { () throws(PMLLError) -> LockIndex in
-            if let found = try find(bytes, name: name) { return try checked(found, name: name, level: level) }
-            return try insert(bytes, level: level)
+        while true {
+            let outcome = try creation.withLock { _ throws(PMLLError) -> Creation in
+                try TableCreationLock.withHeld(fd: fd) { () throws(PMLLError) -> Creation in
+                    if let found = try find(bytes, name: name) { return .found(found) }
+                    if let made = try insert(bytes, level: level, anywhere: !mayGrow) { return .made(made) }
+                    return .full(extensions: tables().count - 1)
+                }
+            }
+            switch outcome {
+            case .found(let found): return try checked(found, name: name, level: level)
+            case .made(let index): return index
+            case .full(let k):
+                guard mayGrow, k < memory.lockExtents.extensionLimit, let grow else {
+                    throw .poolFull(table: "lock", capacity: Int(memory.lockExtents.known))
+                }
+                try grow(k)
+                guard memory.lockExtents.learn() > k else {
+                    throw .corruptPool(path: path, reason: "lock table extension \(k) was made but cannot be read back")
+                }
             }
         }
+    }
+
+    private enum Creation {
+        case found((index: LockIndex, level: LockLevel))
+        case made(LockIndex)
+        case full(extensions: Int)
     }
 
     /// The entry for `name` and its level, or nil if the pool has no lock of that name.
@@ -59,12 +112,30 @@ package struct LockTable {
         return found.index
     }
 
+    /// Looks in every table this process knows; on a miss, learns extensions other processes
+    /// made since and looks in those.
     private func find(_ bytes: [UInt8], name: String) throws(PMLLError) -> (index: LockIndex, level: LockLevel)? {
-        let capacity = memory.lockCapacity
-        let start = bytes.withUnsafeBytes { pmll_crc32c(0, $0.baseAddress, $0.count) } % capacity
-        for probe in 0..<capacity {
-            let index = LockIndex((start + probe) % capacity)
-            let entry = memory.lock(index)
+        let hash = bytes.withUnsafeBytes { pmll_crc32c(0, $0.baseAddress, $0.count) }
+        var known = tables()
+        for table in known {
+            if let found = try find(bytes, hash: hash, name: name, in: table) { return found }
+        }
+        guard known.last!.canGrow else { return nil }
+        memory.lockExtents.learn()
+        let more = tables().dropFirst(known.count)
+        known = Array(more)
+        for table in known {
+            if let found = try find(bytes, hash: hash, name: name, in: table) { return found }
+        }
+        return nil
+    }
+
+    private func find(_ bytes: [UInt8], hash: UInt32, name: String, in table: Table) throws(PMLLError) -> (index: LockIndex, level: LockLevel)? {
+        let start = hash % table.count
+        for probe in 0..<table.count {
+            let slot = (start + probe) % table.count
+            let index = LockIndex(table.first + slot)
+            let entry = table.entries + Int(slot)
             let state = pmll_load32(pmll_entry_state(entry))
             if state == PMLL_ENTRY_EMPTY { return nil }
             guard state == PMLL_ENTRY_READY else {
@@ -83,28 +154,33 @@ package struct LockTable {
     }
 
     /// Writes name, level and checksum, makes them durable, then publishes the entry with
-    /// one aligned store of READY (made durable too): a torn creation stays EMPTY.
-    private func insert(_ bytes: [UInt8], level: LockLevel) throws(PMLLError) -> LockIndex {
-        let capacity = memory.lockCapacity
-        let start = bytes.withUnsafeBytes { pmll_crc32c(0, $0.baseAddress, $0.count) } % capacity
-        for probe in 0..<capacity {
-            let index = LockIndex((start + probe) % capacity)
-            let entry = memory.lock(index)
-            guard pmll_load32(pmll_entry_state(entry)) == PMLL_ENTRY_EMPTY else { continue }
-            let state = pmll_entry_state(entry)
-            // Keep the volatile word untouched: nobody can be using an EMPTY entry.
-            entry.pointee.level = level.rawValue
-            entry.pointee.name_length = UInt32(bytes.count)
-            withUnsafeMutableBytes(of: &entry.pointee.name) { raw in
-                raw.initializeMemory(as: UInt8.self, repeating: 0)
-                raw.copyBytes(from: bytes)
+    /// one aligned store of READY (made durable too): a torn creation stays EMPTY. Nil when
+    /// no table this process knows has room (after learning what others made).
+    private func insert(_ bytes: [UInt8], level: LockLevel, anywhere: Bool) throws(PMLLError) -> LockIndex? {
+        let hash = bytes.withUnsafeBytes { pmll_crc32c(0, $0.baseAddress, $0.count) }
+        if memory.lockExtents.extensionLimit > 0 { memory.lockExtents.learn() }
+        for table in tables() {
+            let start = hash % table.count
+            let probes = table.canGrow && !anywhere ? min(Self.insertProbes, table.count) : table.count
+            for probe in 0..<probes {
+                let slot = (start + probe) % table.count
+                let entry = table.entries + Int(slot)
+                guard pmll_load32(pmll_entry_state(entry)) == PMLL_ENTRY_EMPTY else { continue }
+                let state = pmll_entry_state(entry)
+                // Keep the volatile word untouched: nobody can be using an EMPTY entry.
+                entry.pointee.level = level.rawValue
+                entry.pointee.name_length = UInt32(bytes.count)
+                withUnsafeMutableBytes(of: &entry.pointee.name) { raw in
+                    raw.initializeMemory(as: UInt8.self, repeating: 0)
+                    raw.copyBytes(from: bytes)
+                }
+                entry.pointee.entry_checksum = Self.checksum(level: level.rawValue, name: bytes)
+                try memory.persistence.persist(UnsafeRawPointer(entry), MemoryLayout<pmll_lock_entry_t>.size, site: "lock.entry")
+                pmll_store32(state, PMLL_ENTRY_READY)
+                try memory.persistence.persist(UnsafeRawPointer(state), 4, site: "lock.entry")
+                return LockIndex(table.first + slot)
             }
-            entry.pointee.entry_checksum = Self.checksum(level: level.rawValue, name: bytes)
-            try memory.persistence.persist(UnsafeRawPointer(entry), MemoryLayout<pmll_lock_entry_t>.size, site: "lock.entry")
-            pmll_store32(state, PMLL_ENTRY_READY)
-            try memory.persistence.persist(UnsafeRawPointer(state), 4, site: "lock.entry")
-            return index
         }
-        throw .poolFull(table: "lock", capacity: Int(capacity))
+        return nil
     }
 }

@@ -1,0 +1,92 @@
+import Foundation
+import CPMLL
+import PMLL
+import PMLLCore
+import PMLLStressSupport
+import Testing
+
+/// The lock table grows (Docs/PoolFormat.md "Lock table growth"): a full table gains an
+/// extension named by the state store's growth directory, every process finds every lock
+/// wherever it lies, and a kill at any step of a growth loses nothing.
+@Suite("Lock table growth")
+struct LockTableGrowthTests {
+    static func smallOptions() -> PoolOptions {
+        var options = PoolOptions()
+        options.size = 4 << 20
+        options.lockCapacity = 16
+        options.queueCapacity = 2
+        return options
+    }
+
+    @Test func aFullTableGrowsWhileProcessesUseItAndEveryOneFindsEveryLock() throws {
+        let scratch = Scratch()
+        let path = scratch.file("l.pool"), go = scratch.file("go")
+        // Attached before any growth: must find what others made in extensions it never saw.
+        let pool = try Pool.open(path: path, options: Self.smallOptions())
+        let count = 150, prefixes = ["a", "b", "c"]
+        let workers = try prefixes.map { prefix in
+            try Child.worker("many-locks", "--pool", path, "--prefix", prefix, "--count", "\(count)", "--wait-for", go,
+                             "--check", prefixes.filter { $0 != prefix }[0], "--check", prefixes.filter { $0 != prefix }[1])
+        }
+        defer { for w in workers { w.stopIfRunning() } }
+        for w in workers { #expect(w.waitForEvent("made", timeout: 120) != nil, "\(w.stderr)") }
+        try "".write(toFile: go, atomically: true, encoding: .utf8)
+        for (i, w) in workers.enumerated() {
+            let done = w.waitForEvent("done", timeout: 120)
+            #expect(w.wait() == 0, "worker \(i): \(w.stderr) \(w.stdout)")
+            #expect(done?["seen"] as? Int == 2 * count, "worker \(i): \(String(describing: done))")
+        }
+        for prefix in prefixes {
+            for i in 0..<count { #expect(try pool.existingLock(named: "\(prefix)-\(i)") != nil, "\(prefix)-\(i)") }
+        }
+        let status = pool.status()
+        #expect(status.locks.count >= 3 * count && status.lockCapacity >= 512 && status.lockCapacityLimit == 1 << 20, "\(status.lockCapacity)")
+        #expect(try pool.check().ok)
+        let cli = try run(Binaries.pmll, ["check", "--pool", path])
+        #expect(cli.status == 0, "\(cli.stdout)\(cli.stderr)")
+        // A lock in an extension works like any: held by one process, waited for by another.
+        let holder = try Child.worker("hold", "--pool", path, "--lock", "c-149", "--level", "filesystem", "--seconds", "0.5")
+        #expect(holder.waitForEvent("acquired") != nil)
+        var waited = false
+        try pool.lock(named: "c-149", level: .filesystem).withLock { grant in waited = grant.previousOwnerDeath == nil }
+        #expect(waited && holder.wait() == 0)
+    }
+
+    @Test func theTableKeepsItsEntriesAcrossAResetAndAnotherGrowth() throws {
+        let scratch = Scratch()
+        let path = scratch.file("r.pool")
+        do { _ = try Pool.open(path: path, options: Self.smallOptions()) }
+        let first = try Child.worker("many-locks", "--pool", path, "--prefix", "x", "--count", "40")
+        #expect(first.wait() == 0, "\(first.stderr)")
+        // Nobody has the pool open now: the next open resets the volatile words of every table.
+        let second = try Child.worker("many-locks", "--pool", path, "--prefix", "y", "--count", "200", "--check", "x", "--check-count", "40")
+        let done = second.waitForEvent("done")
+        #expect(second.wait() == 0, "\(second.stderr)")
+        #expect(done?["seen"] as? Int == 40 && (done?["capacity"] as? Int ?? 0) >= 256, "\(String(describing: done))")
+        let status = try run(Binaries.pmll, ["status", "--pool", path, "--json"])
+        #expect(status.status == 0 && status.stdout.contains("\"lockCapacityLimit\""), "\(status.stdout)")
+        #expect(try run(Binaries.pmll, ["check", "--pool", path]).status == 0)
+    }
+
+    /// A process killed at each step of the first growth of the table: the entries made before
+    /// are all there, and the next process grows the table (or finishes the growth) and goes on.
+    @Test(arguments: ["growth.reserved", "growth.filled", "growth.logged", "growth.applied", "growth.committed"])
+    func aKillAtEveryStepOfAGrowthLosesNothing(point: String) throws {
+        let scratch = Scratch()
+        let path = scratch.file("k.pool")
+        do { _ = try Pool.open(path: path, options: Self.smallOptions()) }
+        let victim = try Child.worker("many-locks", "--pool", path, "--prefix", "v", "--count", "60", environment: ["PMLL_CRASH_AT": point])
+        #expect(victim.wait() == 128 + SIGKILL)
+        let pool = try Pool.open(path: path)
+        #expect(try pool.check().ok)
+        let made = (0..<60).filter { (try? pool.existingLock(named: "v-\($0)")) ?? nil != nil }.count
+        #expect(made >= 5 && made < 60, "\(made) of the victim's locks exist")
+        let next = try Child.worker("many-locks", "--pool", path, "--prefix", "v", "--count", "60")
+        let done = next.waitForEvent("done")
+        #expect(next.wait() == 0, "\(next.stderr)")
+        #expect((done?["capacity"] as? Int ?? 0) >= 64, "\(String(describing: done))")
+        for i in 0..<60 { #expect(try pool.existingLock(named: "v-\(i)") != nil, "v-\(i)") }
+        #expect(try pool.check().ok)
+        #expect(try run(Binaries.pmll, ["check", "--pool", path]).status == 0)
+    }
+}
