@@ -24,6 +24,10 @@ public struct PoolStatus: Codable, Sendable {
     public let lockCapacity: UInt32
     /// Entries the lock table may grow to.
     public let lockCapacityLimit: UInt32
+    /// Queues the queue table holds now (made at creation and in its extensions), and may
+    /// grow to.
+    public let queueCapacity: UInt32
+    public let queueCapacityLimit: UInt32
     public let volatileResets: UInt64
     public let processes: [Process]
     public let locks: [LockStatus]
@@ -63,7 +67,8 @@ extension Pool {
         return PoolStatus(
             path: path, formatVersion: h.format_version, sizeBytes: UInt64((try? memory.mapping.fileSize()) ?? Int(h.pool_size)), createdAtNanoseconds: h.created_at_ns,
             persistentMemory: memory.persistence.isPmem, processCapacity: h.process_capacity, lockCapacity: memory.lockExtents.known,
-            lockCapacityLimit: memory.lockExtents.maximum,
+            lockCapacityLimit: memory.lockExtents.maximum, queueCapacity: memory.queueExtents.known,
+            queueCapacityLimit: memory.queueExtents.maximum,
             volatileResets: h.volatile_resets, processes: attached, locks: locks,
             queues: queues.sorted { $0.name < $1.name }, damagedQueueHeads: damagedHeads,
             store: store.exists ? try? storeUsage() : nil,

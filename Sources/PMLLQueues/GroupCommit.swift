@@ -31,8 +31,8 @@ package enum GroupCommit {
             }
             let upTo = pmll_load64_acquire(&head.pointee.flush_requested)
             pmll_max64(&head.pointee.flush_started, upTo)
-            let ring = pool.memory.layout.ringOffset(queue: Int(engine.index))
-            try pool.memory.persistence.persist(UnsafeRawPointer(pool.memory.base + ring), pool.memory.layout.queueRing * MemoryLayout<pmll_record_t>.size, site: "queue.record")
+            let ring = pool.memory.record(queue: engine.index, ticket: 0)
+            try pool.memory.persistence.persist(UnsafeRawPointer(ring), pool.memory.layout.queueRing * MemoryLayout<pmll_record_t>.size, site: "queue.record")
             pmll_max64(&head.pointee.flush_completed, upTo)
             _ = pmll_add32(word, 1)
             _ = pmll_futex_wake(word, Int32.max)

@@ -146,12 +146,7 @@ extension Pool {
             index = found
         } else {
             let submitLock = try table.index(of: "pmll:queue/" + name, level: .network, create: true, creation: tableCreation, allowReserved: true)!
-            index = try tableCreation.withLock { _ throws(PMLLError) -> UInt32 in
-                try TableCreationLock.withHeld(fd: fd) { () throws(PMLLError) -> UInt32 in
-                    if let found = try queues.find(name) { return found }
-                    return try queues.insert(name, persistent: persistent, submitLock: submitLock)
-                }
-            }
+            index = try createQueue(name, persistent: persistent, submitLock: submitLock, in: queues)
         }
         let head = memory.queue(index)
         let existing = head.pointee.flags & PMLL_QUEUE_FLAG_PERSISTENT != 0
@@ -160,6 +155,28 @@ extension Pool {
         }
         let engine = QueueEngine(pool: self, index: index, submitLock: LockIndex(head.pointee.submit_lock), name: name, persistent: persistent)
         return HardenedQueue(pool: self, name: name, persistent: persistent, configuration: configuration, engine: engine)
+    }
+
+    /// Creates the head under the creation locks; a full table grows outside them (the growth
+    /// takes the store lock) and the creation is tried again.
+    private func createQueue(_ name: String, persistent: Bool, submitLock: LockIndex, in queues: QueueTable) throws(PMLLError) -> UInt32 {
+        while true {
+            let made = try tableCreation.withLock { _ throws(PMLLError) -> UInt32? in
+                try TableCreationLock.withHeld(fd: fd) { () throws(PMLLError) -> UInt32? in
+                    if let found = try queues.find(name) { return found }
+                    return try queues.insert(name, persistent: persistent, submitLock: submitLock)
+                }
+            }
+            if let made { return made }
+            let extents = memory.queueExtents, k = extents.learn()
+            guard k < extents.extensionLimit, let grow = hooks.growTable.withLock({ $0 }) else {
+                throw .poolFull(table: "queue", capacity: Int(extents.known))
+            }
+            try grow(self, PMLL_AREA_QUEUES, k)
+            guard extents.learn() > k else {
+                throw .corruptPool(path: path, reason: "queue table extension \(k) was made but cannot be read back")
+            }
+        }
     }
 
     /// Every queue of the pool.

@@ -256,7 +256,7 @@ package enum QueueRepair {
     /// than the head, and abandons what was queued or running, since its owner is gone.
     package static func reset(_ memory: PoolMemory) {
         let ring = UInt64(memory.layout.queueRing)
-        for index in 0..<memory.queueCapacity {
+        for index in memory.queueIndexes {
             let head = memory.queue(index)
             guard head.pointee.state == PMLL_ENTRY_READY else { continue }
             var maxTicket: UInt64?, firstOpen: UInt64?

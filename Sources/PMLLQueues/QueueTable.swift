@@ -4,7 +4,7 @@ import PMLLLocks
 import PMLLStore
 
 /// The pool's queue heads: found by a linear scan (a pool holds few queues), created under
-/// the TABLE byte lock like lock entries. Each queue owns a lock entry named
+/// the TABLE byte lock like lock entries. A full table grows (``TableExtents``). Each queue owns a lock entry named
 /// `pmll:queue/NAME` that serialises submissions.
 package struct QueueTable {
     package let memory: PoolMemory
@@ -35,7 +35,7 @@ package struct QueueTable {
     /// which shows what it can and names the rest instead of hiding every queue).
     package func readable() -> (intact: [(index: UInt32, head: UnsafeMutablePointer<pmll_queue_head_t>)], damaged: [UInt32]) {
         var intact: [(UInt32, UnsafeMutablePointer<pmll_queue_head_t>)] = [], damaged: [UInt32] = []
-        for index in 0..<memory.queueCapacity {
+        for index in memory.queueIndexes {
             let q = memory.queue(index)
             let state = pmll_load32(&q.pointee.state)
             if state == PMLL_ENTRY_EMPTY { continue }
@@ -63,9 +63,10 @@ package struct QueueTable {
         return nil
     }
 
-    /// Creates the head (the caller holds the TABLE lock and has created the submit lock).
-    package func insert(_ name: String, persistent: Bool, submitLock: LockIndex) throws(PMLLError) -> UInt32 {
-        for index in 0..<memory.queueCapacity {
+    /// Creates the head (the caller holds the TABLE lock and has created the submit lock);
+    /// nil when every table this process knows is full (the caller grows the table).
+    package func insert(_ name: String, persistent: Bool, submitLock: LockIndex) throws(PMLLError) -> UInt32? {
+        for index in memory.queueIndexes {
             let q = memory.queue(index)
             guard pmll_load32(&q.pointee.state) == PMLL_ENTRY_EMPTY else { continue }
             // An EMPTY head may hold a torn creation: clear it whole, counters included.
@@ -80,6 +81,6 @@ package struct QueueTable {
             try memory.persistence.persist(UnsafeRawPointer(q), 4, site: "queue.head")
             return index
         }
-        throw .poolFull(table: "queue", capacity: Int(memory.queueCapacity))
+        return nil
     }
 }

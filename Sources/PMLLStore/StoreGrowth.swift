@@ -118,48 +118,53 @@ extension Pool {
         }
     }
 
-    /// Makes extension `k` of the lock table (``LockExtents``): an area of one header page
-    /// and C·2^k zeroed entries, named by the directory as a growth of its own; then, after
-    /// that commit, its header (only an intact header makes processes use the area). If the
-    /// directory names extension k already (another process made it, or its maker died before
-    /// the header), only a missing header is written.
-    func growLockTable(_ k: Int) throws(PMLLError) {
+    /// Makes extension `k` of the lock table or of the queue table (``TableExtents``): an area
+    /// of one header page and the extension's zeroed elements, named by the directory as a
+    /// growth of its own; then, after that commit, its header (only an intact header makes
+    /// processes use the area). If the directory names extension k already (another process
+    /// made it, or its maker died before the header), only a missing header is written.
+    func growTable(_ kind: UInt32, _ k: Int) throws(PMLLError) {
         _ = try storeLock(mayGrow: false)
+        let extents = kind == PMLL_AREA_LOCKS ? memory.lockExtents : memory.queueExtents
+        guard k < extents.extensionLimit else {
+            throw .poolFull(table: kind == PMLL_AREA_LOCKS ? "lock" : "queue", capacity: Int(extents.maximum))
+        }
         try withStoreLock { () throws(PMLLError) in
             let store = self.store
             let old = try store.refresh()
-            let created = memory.lockCapacity
-            let entries = created << UInt32(k)
+            let count = extents.count(k)
             let offset: Int
-            if let area = old.areas.first(where: { $0.kind == PMLL_AREA_LOCKS && Int($0.first_block) == k }) {
+            if let area = old.areas.first(where: { $0.kind == kind && Int($0.first_block) == k }) {
                 offset = Int(area.offset)
             } else {
-                let place = try placeArea(store, old, size: PoolLayout.page + PoolLayout.roundUp(Int(entries) * MemoryLayout<pmll_lock_entry_t>.size))
-                // A reused area holds old bytes; every entry must start EMPTY.
+                let bytes = TableExtents.tableBytes(kind: kind, count: count, queueRing: memory.layout.queueRing)
+                let place = try placeArea(store, old, size: PoolLayout.page + PoolLayout.roundUp(bytes))
+                // A reused area holds old bytes; every element must start EMPTY.
                 (memory.base + place.offset).initializeMemory(as: UInt8.self, repeating: 0, count: place.size)
                 try memory.persistence.persist(UnsafeRawPointer(memory.base + place.offset), place.size, site: "growth.fill")
                 CrashPoint.hit("growth.filled")
-                try publish(store, site: "lock table") { d in
-                    let entry = pmll_area_t(offset: UInt64(place.offset), size: UInt64(place.size), kind: PMLL_AREA_LOCKS,
-                                            first_block: UInt32(k), count: entries, bitmap_bytes: 0)
+                try publish(store, site: kind == PMLL_AREA_LOCKS ? "lock table" : "queue table") { d in
+                    let entry = pmll_area_t(offset: UInt64(place.offset), size: UInt64(place.size), kind: kind,
+                                            first_block: UInt32(k), count: count, bitmap_bytes: 0)
                     _ = Self.put(entry, reusing: place.reused, into: &d)
                 }
                 offset = place.offset
             }
-            let header = (memory.base + offset).assumingMemoryBound(to: pmll_lock_area_t.self)
-            guard !LockExtents.intact(memory.base + offset, k: k, created: created) else { return }
+            guard !TableExtents.intact(memory.base + offset, magic: extents.magic, k: k, created: extents.created) else { return }
             // The checksum covers the magic; the magic is stored last, so a reader that sees it
             // sees the rest.
-            var fields = pmll_lock_area_t(magic: PMLL_LOCK_AREA_MAGIC, ordinal: UInt32(k), first: entries, entries: entries, checksum: 0)
-            fields.checksum = withUnsafeMutablePointer(to: &fields) { LockExtents.checksum($0) }
+            let header = (memory.base + offset).assumingMemoryBound(to: pmll_table_area_t.self)
+            var fields = pmll_table_area_t(magic: extents.magic, ordinal: UInt32(k), first: count, count: count, checksum: 0)
+            fields.checksum = withUnsafeMutablePointer(to: &fields) { TableExtents.checksum($0) }
             header.pointee.ordinal = fields.ordinal
             header.pointee.first = fields.first
-            header.pointee.entries = fields.entries
+            header.pointee.count = fields.count
             header.pointee.checksum = fields.checksum
-            try memory.persistence.persist(UnsafeRawPointer(header), MemoryLayout<pmll_lock_area_t>.size, site: "lock.area")
-            pmll_store64_release(&header.pointee.magic, PMLL_LOCK_AREA_MAGIC)
-            try memory.persistence.persist(UnsafeRawPointer(header), MemoryLayout<pmll_lock_area_t>.size, site: "lock.area")
-            Self.logger.notice("lock table grew", metadata: ["path": "\(path)", "extension": "\(k)", "entries": "\(entries)"])
+            try memory.persistence.persist(UnsafeRawPointer(header), MemoryLayout<pmll_table_area_t>.size, site: "table.area")
+            pmll_store64_release(&header.pointee.magic, extents.magic)
+            try memory.persistence.persist(UnsafeRawPointer(header), MemoryLayout<pmll_table_area_t>.size, site: "table.area")
+            Self.logger.notice("table grew", metadata: ["path": "\(path)", "table": "\(kind == PMLL_AREA_LOCKS ? "lock" : "queue")",
+                                                        "extension": "\(k)", "elements": "\(count)"])
         }
     }
 

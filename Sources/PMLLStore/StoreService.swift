@@ -24,7 +24,7 @@ extension Pool {
         _ = services.get(.store) { StoreService(store) }
         hooks.repairAfterOwnerDeath.withLock { $0 = { pool throws(PMLLError) in try pool.storeReady() } }
         if store.exists && !isReadOnly {
-            hooks.growLockTable.withLock { $0 = { pool, k throws(PMLLError) in try pool.growLockTable(k) } }
+            hooks.growTable.withLock { $0 = { pool, kind, k throws(PMLLError) in try pool.growTable(kind, k) } }
         }
     }
 

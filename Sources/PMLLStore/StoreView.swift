@@ -148,13 +148,14 @@ extension GrowthDirectory {
                       !areas[..<i].contains(where: { $0.kind == PMLL_AREA_LOG && $0.first_block == a.first_block }) else {
                     throw damaged("undo-log area \(i) is inconsistent")
                 }
-            case PMLL_AREA_LOCKS:
-                let k = Int(a.first_block)
-                guard k < Int(PMLL_LOCK_EXTENSIONS_MAX), a.count > 0, a.count <= PMLL_LOCK_ENTRIES_MAX,
-                      a.count == UInt32(poolLayout.lockCapacity) << UInt32(k),
-                      size >= PoolLayout.page + Int(a.count) * MemoryLayout<pmll_lock_entry_t>.size,
-                      !areas[..<i].contains(where: { $0.kind == PMLL_AREA_LOCKS && $0.first_block == a.first_block }) else {
-                    throw damaged("lock-table area \(i) is inconsistent")
+            case PMLL_AREA_LOCKS, PMLL_AREA_QUEUES:
+                let k = Int(a.first_block), locks = a.kind == PMLL_AREA_LOCKS
+                let created = UInt64(locks ? poolLayout.lockCapacity : poolLayout.queueCapacity)
+                guard k < Int(PMLL_EXTENSIONS_MAX), a.count > 0, a.count <= (locks ? PMLL_LOCK_ENTRIES_MAX : PMLL_QUEUES_MAX),
+                      UInt64(a.count) == created << UInt64(k),
+                      size >= PoolLayout.page + TableExtents.tableBytes(kind: a.kind, count: a.count, queueRing: poolLayout.queueRing),
+                      !areas[..<i].contains(where: { $0.kind == a.kind && $0.first_block == a.first_block }) else {
+                    throw damaged("\(locks ? "lock" : "queue")-table area \(i) is inconsistent")
                 }
             default:
                 throw damaged("area \(i) has unknown kind \(a.kind)")

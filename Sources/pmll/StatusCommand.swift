@@ -37,7 +37,7 @@ enum StatusTable {
         var out = "pool \(s.path): format \(s.formatVersion), \(s.sizeBytes / 1024) KiB, " +
             "\(s.processes.filter(\.alive).count)/\(s.processCapacity) processes attached" +
             (s.processes.contains { !$0.alive } ? " (+\(s.processes.filter { !$0.alive }.count) dead)" : "") +
-            ", \(s.locks.count)/\(s.lockCapacity) locks, \(s.queues.count) queues" +
+            ", \(s.locks.count)/\(s.lockCapacity) locks, \(s.queues.count)/\(s.queueCapacity) queues" +
             (s.persistentMemory ? ", persistent memory" : "") + (s.readOnlyView ? " (read-only view)" : "") + "\n"
         if let u = s.store {
             out += "state store: \(u.keysUsed)/\(u.keyCapacity) key slots, \(u.blocksUsed * u.blockSize / 1024) KiB used, " +

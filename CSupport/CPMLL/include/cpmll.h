@@ -471,6 +471,7 @@ static const uint64_t PMLL_GROWTH_MAGIC = 0x48545752474C4C50ull;   // "PLLGRWTH"
 #define PMLL_AREA_INDEX 2u                        // key slots
 #define PMLL_AREA_LOG 3u                          // overflow of one undo-log slot (first_block: the slot)
 #define PMLL_AREA_LOCKS 4u                        // a lock-table extension (first_block: its ordinal k)
+#define PMLL_AREA_QUEUES 5u                       // a queue-table extension (first_block: its ordinal k)
 #define PMLL_INDEX_CREATED 0xFFFFFFFFu            // index_area: the index made at creation
 
 typedef struct pmll_area {
@@ -498,25 +499,29 @@ _Static_assert(sizeof(pmll_growth_t) == 32 + 32 * PMLL_AREA_MAX, "growth directo
 _Static_assert(PMLL_GROWTH_OFFSET + sizeof(pmll_growth_t) <= 4096, "growth directory fits the store's first page");
 _Static_assert(offsetof(pmll_growth_t, checksum) == 28 && offsetof(pmll_growth_t, areas) == 32, "growth directory fields");
 
-// A lock-table extension: one page of this header, then 512-byte lock entries. Extension k
-// of a pool created with C entries holds entries [C * 2^k, C * 2^(k+1)), so a lock index
-// names its extension without a lookup. The header is written after the growth that made
-// the area committed; processes use an extension only once its header is intact, so an
-// area a rolled-back growth left behind is never read as a lock table.
-static const uint64_t PMLL_LOCK_AREA_MAGIC = 0x4B434F4C4C4C4D50ull;  // "PMLLLOCK"
-#define PMLL_LOCK_EXTENSIONS_MAX 21u             // C * 2^21 > 2^20 entries for any C >= 1
+// A table extension: one page of this header, then the table. Extension k of a table created
+// with C elements holds elements [C * 2^k, C * 2^(k+1)), so an index names its extension
+// without a lookup. Lock-table extensions (PMLL_AREA_LOCKS) hold 512-byte lock entries; queue
+// extensions (PMLL_AREA_QUEUES) hold C * 2^k queue heads, then each one's record ring. The
+// header is written after the growth that made the area committed; processes use an extension
+// only once its header is intact, so an area a rolled-back growth left behind is never read
+// as a table.
+static const uint64_t PMLL_LOCK_AREA_MAGIC = 0x4B434F4C4C4C4D50ull;   // "PMLLLOCK"
+static const uint64_t PMLL_QUEUE_AREA_MAGIC = 0x5545555141514D50ull;  // "PMQAQUEU"
+#define PMLL_EXTENSIONS_MAX 21u                  // C * 2^21 > 2^20 elements for any C >= 1
 #define PMLL_LOCK_ENTRIES_MAX (1u << 20)         // entries of all tables together (ledger words hold index + 1 in 21 bits)
+#define PMLL_QUEUES_MAX 4096u                    // queues of all tables together
 
-typedef struct pmll_lock_area {
-    uint64_t magic;                // PMLL_LOCK_AREA_MAGIC once the growth committed
+typedef struct pmll_table_area {
+    uint64_t magic;                // PMLL_LOCK_AREA_MAGIC or PMLL_QUEUE_AREA_MAGIC once the growth committed
     uint32_t ordinal;              // k
-    uint32_t first;                // first lock index: created capacity << k
-    uint32_t entries;              // created capacity << k
+    uint32_t first;                // first index: created capacity << k
+    uint32_t count;                // elements: created capacity << k
     uint32_t checksum;             // CRC32C of the bytes before it
-} pmll_lock_area_t;
+} pmll_table_area_t;
 
-_Static_assert(sizeof(pmll_lock_area_t) == 24, "lock area header");
-_Static_assert(offsetof(pmll_lock_area_t, checksum) == 20, "lock area checksum");
+_Static_assert(sizeof(pmll_table_area_t) == 24, "table area header");
+_Static_assert(offsetof(pmll_table_area_t, checksum) == 20, "table area checksum");
 _Static_assert(PMLL_LOCK_ENTRIES_MAX < (PMLL_LEDGER_READ >> PMLL_LEDGER_COUNT_BITS), "a lock index + 1 fits a ledger word");
 
 // Undo log slot. Pending iff seq > done_seq and the checksum over header and entries holds;

@@ -171,7 +171,8 @@ public final class Pool: Sendable {
         let mapping = PoolMapping(base: base, length: fileSize, reserved: reserve, writable: true, fd: fd.rawValue, path: path)
         let memory = PoolMemory(base: base, mapping: mapping, layout: layout,
                                 persistence: Persistence(isPmem: isPmem != 0, base: base, volatileStorage: pmll_fs_is_volatile(fd.rawValue) == 1),
-                                lockExtents: LockExtents(created: layout.lockCapacity, base: base, heap: layout.heap, mapping: mapping))
+                                lockExtents: TableExtents(kind: PMLL_AREA_LOCKS, created: layout.lockCapacity, limit: PMLL_LOCK_ENTRIES_MAX, base: base, heap: layout.heap, mapping: mapping),
+                                queueExtents: TableExtents(kind: PMLL_AREA_QUEUES, created: layout.queueCapacity, limit: PMLL_QUEUES_MAX, base: base, heap: layout.heap, mapping: mapping))
         _ = try PoolHeader.validate(memory.header, fileSize: fileSize, path: path)
 
         var ring: AuditRing?
@@ -250,7 +251,8 @@ public final class Pool: Sendable {
         pmll_fault_guard_register(base, UInt64(reserve), path)
         let mapping = PoolMapping(base: base, length: fileSize, reserved: reserve, writable: false, fd: fd.rawValue, path: path)
         let memory = PoolMemory(base: base, mapping: mapping, layout: layout, persistence: Persistence(isPmem: false, base: base),
-                                lockExtents: LockExtents(created: layout.lockCapacity, base: base, heap: layout.heap, mapping: mapping))
+                                lockExtents: TableExtents(kind: PMLL_AREA_LOCKS, created: layout.lockCapacity, limit: PMLL_LOCK_ENTRIES_MAX, base: base, heap: layout.heap, mapping: mapping),
+                                queueExtents: TableExtents(kind: PMLL_AREA_QUEUES, created: layout.queueCapacity, limit: PMLL_QUEUES_MAX, base: base, heap: layout.heap, mapping: mapping))
         do throws(PMLLError) {
             _ = try PoolHeader.validate(memory.header, fileSize: fileSize, path: path)
         } catch {

@@ -13,7 +13,9 @@ package struct PoolMemory: @unchecked Sendable {
     @usableFromInline package let layout: PoolLayout
     package let persistence: Persistence
     /// The lock table's extensions (past the `layout.lockCapacity` entries made at creation).
-    @usableFromInline package let lockExtents: LockExtents
+    @usableFromInline package let lockExtents: TableExtents
+    /// The queue table's extensions (past the `layout.queueCapacity` queues made at creation).
+    package let queueExtents: TableExtents
 
     @inlinable
     package var header: UnsafeMutablePointer<pmll_header_t> { base.assumingMemoryBound(to: pmll_header_t.self) }
@@ -25,23 +27,31 @@ package struct PoolMemory: @unchecked Sendable {
 
     @inlinable @inline(__always)
     package func lock(_ index: LockIndex) -> UnsafeMutablePointer<pmll_lock_entry_t> {
-        guard _fastPath(Int(index.rawValue) < layout.lockCapacity) else { return lockExtents.entry(index.rawValue) }
+        guard _fastPath(Int(index.rawValue) < layout.lockCapacity) else { return lockExtents.lockEntry(index.rawValue) }
         return (base + layout.lockTable.lowerBound).assumingMemoryBound(to: pmll_lock_entry_t.self) + Int(index.rawValue)
     }
 
     @inline(__always)
     package func queue(_ index: UInt32) -> UnsafeMutablePointer<pmll_queue_head_t> {
-        (base + layout.queueTable.lowerBound).assumingMemoryBound(to: pmll_queue_head_t.self) + Int(index)
+        guard Int(index) < layout.queueCapacity else { return queueExtents.queueHead(index) }
+        return (base + layout.queueTable.lowerBound).assumingMemoryBound(to: pmll_queue_head_t.self) + Int(index)
     }
 
     /// The record slot of `ticket` in queue `index`'s ring.
     @inline(__always)
     package func record(queue index: UInt32, ticket: UInt64) -> UnsafeMutablePointer<pmll_record_t> {
-        (base + layout.ringOffset(queue: Int(index))).assumingMemoryBound(to: pmll_record_t.self) + Int(ticket % UInt64(layout.queueRing))
+        guard Int(index) < layout.queueCapacity else { return queueExtents.queueRecord(index, ticket: ticket, ring: layout.queueRing) }
+        return (base + layout.ringOffset(queue: Int(index))).assumingMemoryBound(to: pmll_record_t.self) + Int(ticket % UInt64(layout.queueRing))
     }
 
     package var processCapacity: UInt32 { UInt32(layout.processCapacity) }
+    /// Queues of the table made at creation (extensions come after them).
     package var queueCapacity: UInt32 { UInt32(layout.queueCapacity) }
+    /// Every queue index of the table and of its extensions (the directory read again first).
+    package var queueIndexes: Range<UInt32> {
+        queueExtents.learn()
+        return 0..<queueExtents.known
+    }
     /// Entries of the lock table made at creation (extensions come after them).
     package var lockCapacity: UInt32 { UInt32(layout.lockCapacity) }
     /// Every slot of the process table, in order.
@@ -49,7 +59,7 @@ package struct PoolMemory: @unchecked Sendable {
     /// Every entry of the lock table and of its extensions, in order (the directory is read
     /// again first, so entries other processes made in a new extension are included).
     package var locks: [LockIndex] {
-        if lockExtents.extensionLimit > 0 { lockExtents.learn() }
+        lockExtents.learn()
         return (0..<lockExtents.known).map(LockIndex.init)
     }
 }

@@ -66,10 +66,11 @@ package final class PoolHooks: Sendable {
     /// Run after a lock is taken over from a dead holder, before the new holder's body: rolls
     /// back the dead process's half-committed transaction (installed by the store layer).
     package let repairAfterOwnerDeath = Mutex<(@Sendable (Pool) throws(PMLLError) -> Void)?>(nil)
-    /// Makes lock-table extension k (an area named by the state store's growth directory, its
-    /// header written once the growth committed); installed by the store layer. Without it
-    /// (a pool without a state store) the lock table does not grow.
-    package let growLockTable = Mutex<(@Sendable (Pool, Int) throws(PMLLError) -> Void)?>(nil)
+    /// Makes extension k of the lock table (`PMLL_AREA_LOCKS`) or of the queue table
+    /// (`PMLL_AREA_QUEUES`): an area named by the state store's growth directory, its header
+    /// written once the growth committed (``TableExtents``); installed by the store layer.
+    /// Without it (a pool without a state store, a read-only attach) no table grows.
+    package let growTable = Mutex<(@Sendable (Pool, UInt32, Int) throws(PMLLError) -> Void)?>(nil)
 
     package init() {}
 }

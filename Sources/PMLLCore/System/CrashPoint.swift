@@ -47,5 +47,5 @@ public enum CrashInjection {
     /// Named persist sites that `PMLL_TEST_DROP_PERSIST` can remove (crash-suite self-test).
     public static let persistSites = ["tx.log", "tx.data", "tx.commit", "tx.rollback", "tx.rollback-done",
                                       "queue.record", "queue.head", "lock.entry", "pool.create",
-                                      "growth.fill", "growth.directory", "growth.commit", "lock.area"]
+                                      "growth.fill", "growth.directory", "growth.commit", "table.area"]
 }

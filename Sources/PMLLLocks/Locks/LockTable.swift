@@ -36,7 +36,7 @@ package struct LockTable {
         return name.withUnsafeBytes { pmll_crc32c(head, $0.baseAddress, $0.count) }
     }
 
-    /// One table: the one made at creation, or an extension (``LockExtents``).
+    /// One table: the one made at creation, or an extension (``TableExtents``).
     private struct Table {
         let entries: UnsafeMutablePointer<pmll_lock_entry_t>
         let first: UInt32
@@ -56,13 +56,13 @@ package struct LockTable {
         var all = [Table(entries: memory.lock(LockIndex(0)), first: 0, count: memory.lockCapacity, canGrow: limit > 0)]
         for k in 0..<limit {
             guard let t = extents.table(k) else { break }
-            all.append(Table(entries: t.entries, first: t.first, count: t.count, canGrow: k + 1 < limit))
+            all.append(Table(entries: t.area.assumingMemoryBound(to: pmll_lock_entry_t.self), first: t.first, count: t.count, canGrow: k + 1 < limit))
         }
         return all
     }
 
     /// Finds the entry for `name`, creating it if `create` is set. A full table grows (an
-    /// extension made through the state store, ``PoolHooks/growLockTable``), outside the
+    /// extension made through the state store, ``PoolHooks/growTable``), outside the
     /// creation locks, and the creation is tried again.
     /// `mayGrow` false: take any free entry of the known tables instead (the store lock's own
     /// entry, which a growth needs).

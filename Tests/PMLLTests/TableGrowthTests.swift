@@ -5,11 +5,11 @@ import PMLLCore
 import PMLLStressSupport
 import Testing
 
-/// The lock table grows (Docs/PoolFormat.md "Lock table growth"): a full table gains an
-/// extension named by the state store's growth directory, every process finds every lock
-/// wherever it lies, and a kill at any step of a growth loses nothing.
-@Suite("Lock table growth")
-struct LockTableGrowthTests {
+/// The lock and queue tables grow (Docs/PoolFormat.md "Table growth"): a full table gains an
+/// extension named by the state store's growth directory, every process finds every lock and
+/// queue wherever it lies, and a kill at any step of a growth loses nothing.
+@Suite("Table growth")
+struct TableGrowthTests {
     static func smallOptions() -> PoolOptions {
         var options = PoolOptions()
         options.size = 4 << 20
@@ -88,5 +88,54 @@ struct LockTableGrowthTests {
         for i in 0..<60 { #expect(try pool.existingLock(named: "v-\(i)") != nil, "v-\(i)") }
         #expect(try pool.check().ok)
         #expect(try run(Binaries.pmll, ["check", "--pool", path]).status == 0)
+    }
+
+    /// Three processes create queues past the two the pool was made with; a process attached
+    /// before finds and uses each, records survive a reset, and `check` is clean.
+    @Test func aFullQueueTableGrowsAndEveryQueueKeepsItsRecords() async throws {
+        let scratch = Scratch()
+        let path = scratch.file("q.pool")
+        let names = (0..<3).flatMap { w in (0..<6).map { "w\(w)-q\($0)" } }
+        do {
+            let pool = try Pool.open(path: path, options: Self.smallOptions())
+            let shells = try (0..<3).map { w in
+                let script = (0..<6).map { "'\(Binaries.pmll)' queue exec --pool '\(path)' w\(w)-q\($0) -- /bin/true || exit 1" }.joined(separator: "; ")
+                return try Child("/bin/sh", ["-c", script])
+            }
+            for (w, shell) in shells.enumerated() { #expect(shell.wait(timeout: 120) == 0, "shell \(w): \(shell.stderr)") }
+            let listed = try pool.queues()
+            #expect(Set(listed.map(\.name)).isSuperset(of: names), "\(listed.map(\.name))")
+            for stats in listed where names.contains(stats.name) { #expect(stats.completed == 1, "\(stats)") }
+            for name in names {
+                let ticket = try await pool.queue(named: name).execute(kind: "again", timeout: .seconds(10)) { $0.ticket }
+                #expect(ticket == 1, "\(name)")
+            }
+            #expect(try pool.check().ok)
+        }
+        // Nobody has it open: the next open resets every table's volatile state, records stay.
+        let show = try run(Binaries.pmll, ["queue", "show", "--pool", path, "w2-q5", "--json"])
+        #expect(show.status == 0 && show.stdout.components(separatedBy: "\"succeeded\"").count == 3, "\(show.stdout)\(show.stderr)")
+        #expect(try run(Binaries.pmll, ["check", "--pool", path]).status == 0)
+    }
+
+    /// A `pmll queue exec` killed at each step of a growth of the queue table: the next one
+    /// creates its queue, and the pool checks clean.
+    @Test(arguments: ["growth.filled", "growth.applied", "growth.committed"])
+    func aKillWhileTheQueueTableGrowsLosesNothing(point: String) throws {
+        let scratch = Scratch()
+        let path = scratch.file("kq.pool")
+        do {
+            var options = Self.smallOptions()
+            options.lockCapacity = 64   // only the queue table grows
+            let pool = try Pool.open(path: path, options: options)
+            for i in 0..<2 { _ = try pool.queue(named: "old\(i)") }
+        }
+        let victim = try run(Binaries.pmll, ["queue", "exec", "--pool", path, "new", "--", "/bin/true"], environment: ["PMLL_CRASH_AT": point])
+        #expect(victim.status == 128 + SIGKILL, "\(victim)")
+        let again = try run(Binaries.pmll, ["queue", "exec", "--pool", path, "new", "--", "/bin/true"])
+        #expect(again.status == 0, "\(again.stderr)")
+        let pool = try Pool.open(path: path)
+        #expect(Set(try pool.queues().map(\.name)) == ["old0", "old1", "new"])
+        #expect(try pool.check().ok)
     }
 }
