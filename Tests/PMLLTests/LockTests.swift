@@ -261,15 +261,31 @@ struct LockTests {
         #expect(names.contains("pkg/ünïcödé 🚀 \t spaces:colons"))
     }
 
+    /// A full lock table grows (Docs/PoolFormat.md "Table growth"); at the pool's size limit
+    /// it cannot, and a new name is a typed error with the pool unchanged.
     @Test func lockTableFull() throws {
         let scratch = Scratch()
         var options = PoolOptions()
         options.lockCapacity = 4
         options.queueCapacity = 0
-        let pool = try Pool.open(path: scratch.file("full.pool"), options: options)
+        options.size = 2 << 20
+        let pool = try Pool.open(path: scratch.file("grows.pool"), options: options)
         // One entry is the state store's internal lock; the other three are the caller's.
         for i in 0..<3 { _ = try pool.lock(named: "l\(i)", level: .package) }
-        #expect(throws: PMLLError.poolFull(table: "lock", capacity: 4)) { try pool.lock(named: "l3", level: .package) }
-        _ = try pool.lock(named: "l2", level: .package)   // existing names still resolve
+        _ = try pool.lock(named: "l3", level: .package)
+        #expect(pool.status().lockCapacity == 8)
+
+        options.sizeLimit = options.size
+        let path = scratch.file("full.pool")
+        let full = try Pool.open(path: path, options: options)
+        for i in 0..<3 { _ = try full.lock(named: "l\(i)", level: .package) }
+        #expect(throws: PMLLError.sizeLimitReached(path: path, limit: 2 << 20, needed: (2 << 20) + 8192)) {
+            try full.lock(named: "l3", level: .package)
+        }
+        _ = try full.lock(named: "l2", level: .package)   // existing names still resolve
+        #expect(full.status().lockCapacity == 4)
+        #expect(try full.check().ok)
+        let cli = try run(Binaries.pmll, ["lock", "--pool", path, "l3", "--", "/bin/true"])
+        #expect(cli.status == 73 && cli.stderr.hasPrefix("pmll: pool full:"), "\(cli.stderr)")
     }
 }
