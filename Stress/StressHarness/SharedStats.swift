@@ -7,7 +7,7 @@ import PMLLStressSupport
 /// Slot words: 0 pid, 1 errors, 2 owner deaths seen, 3 repairs, from 4 operations by kind,
 /// then 32 log2-microsecond latency buckets per kind (from word 16).
 final class SharedStats: @unchecked Sendable {
-    static let kinds = ["lock", "tx", "queue", "batch", "txfree", "blob"]
+    static let kinds = ["lock", "tx", "queue", "batch", "txfree", "blob", "names"]
     static let errorsWord = 1, deathsWord = 2, repairsWord = 3
     static func operationWord(_ kind: Int) -> Int { 4 + kind }
     static let histogramWord = 16

@@ -203,6 +203,13 @@ struct StressRun: AsyncParsableCommand {
         if let staging = treeFiles.first(where: { $0.hasPrefix(".pmll-") }) { violations.append("install tree has a staging file left: \(staging)") }
         let versions = Set((0..<StressFiles.treeFiles).map { (try? String(contentsOfFile: files.tree + "/pkg/file\($0)", encoding: .utf8))?.prefix { $0.isNumber } ?? "-" })
         if versions.count > 1 { violations.append("install tree is half updated: versions \(versions.sorted())") }
+        // Every lock the `names` kind made (in the lock table's extensions too) can be taken.
+        for lock in pool.status().locks where lock.name.hasPrefix("stress/names/") {
+            do { try await pool.lock(named: lock.name, level: .network).withLock(timeout: .seconds(10)) { _ in } } catch {
+                violations.append("lock \(lock.name): \(error)")
+                break
+            }
+        }
         let check = try pool.check()
         violations += check.problems.map { "check: \($0)" }
         // Every worker's audit records, killed writers and drainers included, form one chain.

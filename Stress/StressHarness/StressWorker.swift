@@ -80,6 +80,16 @@ struct StressWorker: AsyncParsableCommand {
                     }
                 case 5:
                     try StressFiles.blob(pool, worker: id, rng: &rng)
+                case 6:
+                    // One of 200,000 names, new until the pool holds them all: the lock table
+                    // grows under kills (and owner deaths happen in its extensions).
+                    let name = "stress/names/\(rng.next() % StressFiles.names)"
+                    try await pool.lock(named: name, level: .network).withLock(timeout: .seconds(30)) { grant in
+                        if let death = grant.previousOwnerDeath {
+                            stats.add(id, SharedStats.deathsWord)
+                            appendLine(files.takeovers, "\(death.pid) \(monotonicNanoseconds())")
+                        }
+                    }
                 case 4:
                     let (a, b, amount) = StressFiles.transfer(&rng)
                     do {
@@ -106,6 +116,8 @@ struct StressWorker: AsyncParsableCommand {
 /// Where the shared invariants live, next to the pool.
 struct StressFiles {
     static let accounts = 8
+    /// Lock names the `names` kind draws from.
+    static let names: UInt64 = 200_000
 
     /// Two different accounts and an amount.
     static func transfer(_ rng: inout SplitMix) -> (Int, Int, Int) {
@@ -203,7 +215,7 @@ struct Mix {
     let weights: [Int]
 
     static func parse(_ text: String) -> Mix {
-        var weights = [30, 20, 20, 15, 15, 0]
+        var weights = [30, 20, 20, 15, 15, 0, 0]
         for part in text.split(separator: ",") {
             let kv = part.split(separator: "=")
             guard kv.count == 2, let i = SharedStats.kinds.firstIndex(of: String(kv[0])), let w = Int(kv[1]), w >= 0 else { continue }
