@@ -169,10 +169,12 @@ public final class Pool: Sendable {
             return nil
         }
         let mapping = PoolMapping(base: base, length: fileSize, reserved: reserve, writable: true, fd: fd.rawValue, path: path)
-        let memory = PoolMemory(base: base, mapping: mapping, layout: layout,
-                                persistence: Persistence(isPmem: isPmem != 0, base: base, volatileStorage: pmll_fs_is_volatile(fd.rawValue) == 1),
-                                lockExtents: TableExtents(kind: PMLL_AREA_LOCKS, created: layout.lockCapacity, limit: PMLL_LOCK_ENTRIES_MAX, base: base, heap: layout.heap, mapping: mapping),
-                                queueExtents: TableExtents(kind: PMLL_AREA_QUEUES, created: layout.queueCapacity, limit: PMLL_QUEUES_MAX, base: base, heap: layout.heap, mapping: mapping))
+        let persistence = Persistence(isPmem: isPmem != 0, base: base, volatileStorage: pmll_fs_is_volatile(fd.rawValue) == 1)
+        let memory = PoolMemory(base: base, mapping: mapping, layout: layout, persistence: persistence,
+                                lockExtents: TableExtents(kind: PMLL_AREA_LOCKS, created: layout.lockCapacity, limit: PMLL_LOCK_ENTRIES_MAX, base: base,
+                                                          heap: layout.heap, mapping: mapping, persistence: persistence),
+                                queueExtents: TableExtents(kind: PMLL_AREA_QUEUES, created: layout.queueCapacity, limit: PMLL_QUEUES_MAX, base: base,
+                                                           heap: layout.heap, mapping: mapping, persistence: persistence))
         _ = try PoolHeader.validate(memory.header, fileSize: fileSize, path: path)
 
         var ring: AuditRing?
@@ -251,8 +253,10 @@ public final class Pool: Sendable {
         pmll_fault_guard_register(base, UInt64(reserve), path)
         let mapping = PoolMapping(base: base, length: fileSize, reserved: reserve, writable: false, fd: fd.rawValue, path: path)
         let memory = PoolMemory(base: base, mapping: mapping, layout: layout, persistence: Persistence(isPmem: false, base: base),
-                                lockExtents: TableExtents(kind: PMLL_AREA_LOCKS, created: layout.lockCapacity, limit: PMLL_LOCK_ENTRIES_MAX, base: base, heap: layout.heap, mapping: mapping),
-                                queueExtents: TableExtents(kind: PMLL_AREA_QUEUES, created: layout.queueCapacity, limit: PMLL_QUEUES_MAX, base: base, heap: layout.heap, mapping: mapping))
+                                lockExtents: TableExtents(kind: PMLL_AREA_LOCKS, created: layout.lockCapacity, limit: PMLL_LOCK_ENTRIES_MAX, base: base,
+                                                          heap: layout.heap, mapping: mapping, persistence: nil),
+                                queueExtents: TableExtents(kind: PMLL_AREA_QUEUES, created: layout.queueCapacity, limit: PMLL_QUEUES_MAX, base: base,
+                                                           heap: layout.heap, mapping: mapping, persistence: nil))
         do throws(PMLLError) {
             _ = try PoolHeader.validate(memory.header, fileSize: fileSize, path: path)
         } catch {

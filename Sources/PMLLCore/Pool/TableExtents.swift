@@ -26,14 +26,18 @@ package final class TableExtents: @unchecked Sendable {
     private let base: UnsafeMutableRawPointer
     private let heapStart: Int
     private let mapping: PoolMapping
+    /// A writable participant's barriers (nil: a read-only attach, which never writes).
+    private let persistence: Persistence?
     private let learning = Mutex<Void>(())
     /// Where an index that names no known extension lands: zeros of this process's own (an
     /// EMPTY lock entry or queue head; a damaged ledger word must not crash the reader).
     private let nowhere: UnsafeMutableRawPointer
     static let nowhereBytes = 2048
 
-    package init(kind: UInt32, created: Int, limit: UInt32, base: UnsafeMutableRawPointer, heap: Range<Int>, mapping: PoolMapping) {
+    package init(kind: UInt32, created: Int, limit: UInt32, base: UnsafeMutableRawPointer, heap: Range<Int>, mapping: PoolMapping,
+                 persistence: Persistence?) {
         self.kind = kind
+        self.persistence = persistence
         magic = kind == PMLL_AREA_LOCKS ? PMLL_LOCK_AREA_MAGIC : PMLL_QUEUE_AREA_MAGIC
         self.created = UInt32(created)
         self.base = base
@@ -121,6 +125,13 @@ package final class TableExtents: @unchecked Sendable {
                     guard k < limit, !knows(k), area.size > UInt64(PoolLayout.page),
                           (try? mapping.ensureMapped(upTo: Int(area.offset + area.size))) != nil,
                           Self.intact(base + Int(area.offset), magic: magic, k: k, created: created) else { continue }
+                    // The grower stores the magic before its barrier: a process that uses the
+                    // area makes the header durable first, so that nothing it writes there can
+                    // outlive the header in a power failure (and be unreachable after it).
+                    if let persistence {
+                        guard (try? persistence.persist(UnsafeRawPointer(base + Int(area.offset)), MemoryLayout<pmll_table_area_t>.size,
+                                                        site: "table.area")) != nil else { continue }
+                    }
                     pmll_store64_release(offsets + k, area.offset)
                 }
             }
