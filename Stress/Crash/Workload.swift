@@ -4,9 +4,9 @@ import PMLL
 import PMLLStressSupport
 
 /// The scripted workload the crash suite kills: bank transfers in transactions under the
-/// accounts' locks, persistent queue operations, and plain lock scopes. Every completed
-/// transfer and queue operation is acknowledged in an fsynced file: the oracle of what must
-/// survive.
+/// accounts' locks, persistent queue operations, plain lock scopes, and new lock names (the
+/// lock table grows). Every completed transfer, queue operation and set of new names is
+/// acknowledged in an fsynced file: the oracle of what must survive.
 struct Workload: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "workload", shouldDisplay: false)
     @Option var pool: String

@@ -10,11 +10,10 @@ import Testing
 /// queue wherever it lies, and a kill at any step of a growth loses nothing.
 @Suite("Table growth")
 struct TableGrowthTests {
+    /// The growth suite's small pool (2 queues), with 16 lock entries.
     static func smallOptions() -> PoolOptions {
-        var options = PoolOptions()
-        options.size = 4 << 20
+        var options = GrowthTests.smallOptions()
         options.lockCapacity = 16
-        options.queueCapacity = 2
         return options
     }
 
