@@ -18,27 +18,36 @@ public enum ProcessTree {
     /// command just after the snapshot leaves that command running, and a killed tree then
     /// keeps a survivor (which also holds Foundation's exit-watch socket, so `Process` says
     /// the killed child still runs). Stopped processes cannot fork, so the walk repeats until
-    /// it finds no new process and every one found is stopped (or already dead).
+    /// two walks in a row find the same processes, every one stopped (or already dead): the
+    /// kernel's children lists are only reliable once nothing in them forks or exits. On a
+    /// loaded machine a walk of a few hundred processes takes a while, hence a generous bound.
     @discardableResult
     public static func freeze(_ pid: Int32) -> [Int32] {
         var stopped = Set<Int32>()
-        var tree = [pid]
-        let deadline = Date().addingTimeInterval(5)
+        var tree = [pid], previous: [Int32] = []
+        let deadline = Date().addingTimeInterval(20)
         repeat {
             tree = [pid] + descendants(of: pid)
             let new = tree.filter { !stopped.contains($0) }
             for p in new { _ = kill(p, SIGSTOP); stopped.insert(p) }
-            if new.isEmpty && tree.allSatisfy(isStoppedOrGone) { break }
+            if new.isEmpty && tree == previous && tree.allSatisfy(isStoppedOrGone) { break }
+            previous = tree
             usleep(1_000)
         } while Date() < deadline
         return tree
     }
 
     /// Whether the process is stopped ('T', 't'), a zombie or gone: it can no longer fork.
+    /// Also a parent blocked in `vfork` (posix_spawn) for a child that was stopped before its
+    /// exec: it shows 'D' in `kernel_clone` until the child goes on, which a frozen child never
+    /// does, and it creates no other process meanwhile. A `/proc` file that cannot be read (a
+    /// descriptor limit on a busy test process) is not taken for "gone" unless the process is.
     public static func isStoppedOrGone(_ pid: Int32) -> Bool {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return true }
-        let state = stat[stat.index(after: close)...].drop(while: { $0 == " " }).first
-        return state.map { "TtZX".contains($0) } ?? true
+              let close = stat.lastIndex(of: ")") else { return kill(pid, 0) != 0 && errno == ESRCH }
+        guard let state = stat[stat.index(after: close)...].drop(while: { $0 == " " }).first else { return false }
+        if "TtZX".contains(state) { return true }
+        guard state == "D", let wchan = try? String(contentsOfFile: "/proc/\(pid)/wchan", encoding: .utf8) else { return false }
+        return wchan == "kernel_clone" || wchan == "wait_for_vfork_done"
     }
 }
