@@ -215,6 +215,7 @@ struct Nemesis {
             let stopped = ProcessTree.freeze(pid)
             usleep(UInt32(seconds * 1e6))
             for p in stopped { kill(p, SIGCONT) }
+            if getpgid(pid) == pid { kill(-pid, SIGCONT) }   // freeze stopped its process group too
             return ("pause-holder", "pause holder pid \(pid) and \(stopped.count - 1) child process(es) for \(String(format: "%.1f", seconds)) s (past its \(ttl) s lease)")
         case "kill-holder":
             guard let pid = holder() else { return ("none", "no holder to kill") }

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The processes below one process, for tests and tools that must stop or pause a whole
 /// tree (a `pmll lock` holder and the COMMAND it runs).
@@ -17,12 +20,16 @@ public enum ProcessTree {
     /// the deepest first. One snapshot of the tree is not enough: a shell that forks its next
     /// command just after the snapshot leaves that command running, and a killed tree then
     /// keeps a survivor (which also holds Foundation's exit-watch socket, so `Process` says
-    /// the killed child still runs). Stopped processes cannot fork, so the walk repeats until
-    /// two walks in a row find the same processes, every one stopped (or already dead): the
-    /// kernel's children lists are only reliable once nothing in them forks or exits. On a
-    /// loaded machine a walk of a few hundred processes takes a while, hence a generous bound.
+    /// the killed child still runs). Foundation makes each child it spawns a process-group
+    /// leader, and a signal to a group reaches every member at once, forks in progress
+    /// included (the kernel restarts a fork that a group signal interrupts): so the group is
+    /// stopped first. Then the tree is walked until two walks in a row find the same processes
+    /// and every one outside the group is stopped (or dead): the kernel's children lists are
+    /// only reliable once nothing in them forks or exits.
     @discardableResult
     public static func freeze(_ pid: Int32) -> [Int32] {
+        let leader = getpgid(pid) == pid
+        if leader { _ = kill(-pid, SIGSTOP) }
         var stopped = Set<Int32>()
         var tree = [pid], previous: [Int32] = []
         let deadline = Date().addingTimeInterval(20)
@@ -30,7 +37,10 @@ public enum ProcessTree {
             tree = [pid] + descendants(of: pid)
             let new = tree.filter { !stopped.contains($0) }
             for p in new { _ = kill(p, SIGSTOP); stopped.insert(p) }
-            if new.isEmpty && tree == previous && tree.allSatisfy(isStoppedOrGone) { break }
+            // A group member has the group's SIGSTOP pending: it runs no instruction of its own
+            // again, even if a busy machine has not scheduled it to stop yet.
+            let frozen = tree.allSatisfy { (leader && getpgid($0) == pid) || isStoppedOrGone($0) }
+            if new.isEmpty && tree == previous && frozen { break }
             previous = tree
             usleep(1_000)
         } while Date() < deadline

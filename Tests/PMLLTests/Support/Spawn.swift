@@ -131,6 +131,7 @@ final class Child: @unchecked Sendable {
     func killTree() {
         let tree = ProcessTree.freeze(pid)
         for pid in tree.dropFirst() { _ = Foundation.kill(pid, SIGKILL) }
+        _ = Foundation.kill(-pid, SIGKILL)   // the child's process group (Foundation makes one)
         kill()
     }
 
@@ -139,6 +140,7 @@ final class Child: @unchecked Sendable {
     func killParentFirst() {
         let tree = ProcessTree.freeze(pid)
         kill()
+        _ = Foundation.kill(-pid, SIGKILL)   // the child's process group (Foundation makes one)
         for pid in tree.dropFirst() { _ = Foundation.kill(pid, SIGKILL) }
     }
 
