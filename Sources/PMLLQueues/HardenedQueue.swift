@@ -168,14 +168,7 @@ extension Pool {
                 }
             }
             if let made { return made }
-            let extents = memory.queueExtents, k = extents.learn()
-            guard k < extents.extensionLimit, let grow = hooks.growTable.withLock({ $0 }) else {
-                throw .poolFull(table: "queue", capacity: Int(extents.known))
-            }
-            try grow(self, PMLL_AREA_QUEUES, k)
-            guard extents.learn() > k else {
-                throw .corruptPool(path: path, reason: "queue table extension \(k) was made but cannot be read back")
-            }
+            try extendTable(memory.queueExtents, memory.queueExtents.learn(), name: "queue")
         }
     }
 

@@ -75,6 +75,20 @@ package final class PoolHooks: Sendable {
     package init() {}
 }
 
+extension Pool {
+    /// Makes extension k of a table (`extents`: the lock or the queue table) through
+    /// ``PoolHooks/growTable`` and learns it; `poolFull` if the table cannot grow.
+    package func extendTable(_ extents: TableExtents, _ k: Int, name: String) throws(PMLLError) {
+        guard k < extents.extensionLimit, let grow = hooks.growTable.withLock({ $0 }) else {
+            throw .poolFull(table: name, capacity: Int(extents.known))
+        }
+        try grow(self, extents.kind, k)
+        guard extents.learn() > k else {
+            throw .corruptPool(path: path, reason: "\(name) table extension \(k) was made but cannot be read back")
+        }
+    }
+}
+
 /// What the layers above the core do at two moments of the attach protocol, both under
 /// the INIT byte lock (the facade supplies them, in a fixed order).
 package struct AttachSteps {

@@ -10,10 +10,8 @@ package final class LockService: Sendable {
     init(_ pool: Pool) {
         let memory = pool.memory
         table = LockTable(memory: memory, fd: pool.fd, path: pool.path) { [weak pool] k throws(PMLLError) in
-            guard let pool, let grow = pool.hooks.growTable.withLock({ $0 }) else {
-                throw .poolFull(table: "lock", capacity: Int(memory.lockExtents.known))
-            }
-            try grow(pool, PMLL_AREA_LOCKS, k)
+            guard let pool else { throw .poolFull(table: "lock", capacity: Int(memory.lockExtents.known)) }
+            try pool.extendTable(memory.lockExtents, k, name: "lock")
         }
     }
 }

@@ -97,13 +97,8 @@ package struct LockTable {
             case .found(let found): return try checked(found, name: name, level: level)
             case .made(let index): return index
             case .full(let k):
-                guard mayGrow, k < memory.lockExtents.extensionLimit, let grow else {
-                    throw .poolFull(table: "lock", capacity: Int(memory.lockExtents.known))
-                }
+                guard mayGrow, let grow else { throw .poolFull(table: "lock", capacity: Int(memory.lockExtents.known)) }
                 try grow(k)
-                guard memory.lockExtents.learn() > k else {
-                    throw .corruptPool(path: path, reason: "lock table extension \(k) was made but cannot be read back")
-                }
             }
         }
     }
