@@ -12,6 +12,6 @@ void pmll_async_scopes_add(int32_t delta) { __atomic_add_fetch(&async_scopes, (u
 int pmll_crash_armed;
 
 __attribute__((constructor)) static void pmll_read_crash_env(void) {
-    const char *at = getenv("PMLL_CRASH_AT"), *trace = getenv("PMLL_CRASH_TRACE");
-    pmll_crash_armed = (at != NULL && at[0] != 0) || (trace != NULL && trace[0] != 0);
+    const char *at = getenv("PMLL_CRASH_AT"), *trace = getenv("PMLL_CRASH_TRACE"), *pause = getenv("PMLL_PAUSE_AT");
+    pmll_crash_armed = (at != NULL && at[0] != 0) || (trace != NULL && trace[0] != 0) || (pause != NULL && pause[0] != 0);
 }

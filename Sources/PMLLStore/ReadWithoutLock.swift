@@ -43,6 +43,30 @@ extension Pool {
         return try withStoreLock(body)
     }
 
+    /// ``readConsistently(_:)`` for a point read of `key`: when the lock is not free and an
+    /// optimistic attempt or two fail (commits running in parallel keep some log pending
+    /// most of the time), under the store lock held shared and the stripe of the key's slot,
+    /// which waits only for a commit of that stripe. `sharedSafe`: `body` reads nothing but
+    /// that key's record and the versions of other keys (no key lists).
+    package func readConsistently<R>(key: [UInt8], sharedSafe: Bool, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R {
+        if isReadOnly { return try readWithoutLock(body) }
+        let store = self.store
+        // Commits in parallel hold the lock shared: then trying it would only move its
+        // cache line for nothing.
+        if !store.optimisticReadsOnly.load(ordering: .relaxed), try storeLockLooksFree(), let value = try withStoreLock(waiting: false, body) { return value }
+        let before = sharedSafe ? Self.optimisticAttemptsBeforeStripe : Self.optimisticAttempts
+        for attempt in 0..<before {
+            if let value = try readAttempt(store, body) { return value }
+            if attempt > 2 { sched_yield() }
+        }
+        if sharedSafe, let value = try readUnderStripe(key, body) { return value }
+        for _ in before..<Self.optimisticAttempts {
+            if let value = try readAttempt(store, body) { return value }
+            sched_yield()
+        }
+        return try withStoreLock(body)
+    }
+
     /// One sequence-lock attempt: `body`'s result (or error) if no log was pending before it
     /// and none moved while it ran, else nil. A growth moves the directory's generation inside
     /// a logged commit like any other, so the view refreshed here is checked the same way.
@@ -60,6 +84,8 @@ extension Pool {
 
     /// Attempts of an optimistic read before it takes the store lock.
     static let optimisticAttempts = 32
+    /// Attempts of an optimistic point read before it takes the key's stripe.
+    static let optimisticAttemptsBeforeStripe = 2
 
     /// Sums of every log's seq and done_seq (both only ever grow, so equal sums mean no log
     /// moved), or nil while one is pending.

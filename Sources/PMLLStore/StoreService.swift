@@ -10,8 +10,26 @@ package final class StoreService: Sendable {
     /// The store lock's index + 1 (0: not looked up yet; any thread may look it up, all
     /// find the same entry).
     let lockIndex = Atomic<UInt32>(0)
+    /// The stripe locks of parallel commits, created on first use (``Pool/storeStripes()``).
+    let stripes = AtomicLazyReference<StoreStripes>()
+    /// Set while a thread of this process commits in parallel: the process has one undo log,
+    /// so a second thread's commit takes the store lock exclusively instead.
+    let parallelLogBusy = Atomic<Bool>(false)
+    /// The sequence each log was last seen pending with (``Pool/storeReady(probeAtOnce:)``).
+    private let pendingSeen: Mutex<[UInt64]>
 
-    init(_ store: StateStore) { self.store = store }
+    init(_ store: StateStore) {
+        self.store = store
+        pendingSeen = Mutex([UInt64](repeating: 0, count: store.layout.logSlots))
+    }
+
+    /// Whether log `log` was pending with `seq` at the previous look too; remembers `seq`.
+    func seenPending(log: Int, seq: UInt64) -> Bool {
+        pendingSeen.withLock { seen in
+            defer { seen[log] = seq }
+            return seen[log] == seq
+        }
+    }
 }
 
 extension Pool {

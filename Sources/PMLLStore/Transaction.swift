@@ -115,7 +115,7 @@ extension Pool {
         guard pmll_tx_depth_get() == 0 else { throw PMLLError.nestedTransaction }
         pmll_tx_depth_set(1)
         defer { pmll_tx_depth_set(0) }
-        try storeReady()
+        try storeReady(probeAtOnce: false)
         var attempt = 1
         while true {
             let reads = options.isolation == .serializable ? ReadSet(attempt: attempt) : nil

@@ -39,6 +39,12 @@ extension Pool {
         return try withStoreLock(waiting: true, body)!
     }
 
+    /// Whether the store lock has neither an owner nor readers now (two loads, no write).
+    package func storeLockLooksFree() throws(PMLLError) -> Bool {
+        let entry = memory.lock(try storeLock())
+        return pmll_load32(pmll_entry_word(entry)) == 0 && pmll_lock_readers_present(entry) == 0
+    }
+
     /// ``withStoreLock(_:)``; without `waiting`, nil at once if another holds the lock.
     package func withStoreLock<R>(waiting: Bool, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R? {
         let index = try storeLock()
@@ -47,6 +53,12 @@ extension Pool {
             taken = try acquire(index: index, deadline: .max, cancellation: nil)
         } else {
             guard let fast = acquireFast(memory.lock(index)) else { return nil }
+            // Owning the word keeps new readers out, but those already in (parallel commits
+            // and reads) are not waited for here.
+            if pmll_lock_readers_present(memory.lock(index)) != 0 {
+                release(index: index)
+                return nil
+            }
             taken = fast
         }
         var inconsistent = false
@@ -65,16 +77,27 @@ extension Pool {
     /// holder: rolls back what a dead committer left (cheap check first). A log is pending
     /// while a live process commits (it holds the store lock): only a dead owner's needs the
     /// lock now, or every reader would queue behind every commit.
-    package func storeReady() throws(PMLLError) {
+    ///
+    /// `probeAtOnce` false (before each transaction): a log seen pending for the first time is
+    /// taken for a live commit under way, and its owner is asked after only if the same
+    /// transaction is still pending at this process's next look. With commits running in
+    /// parallel some log is pending most of the time, and asking is a system call. Nothing
+    /// depends on this for correctness: every exclusive holder rolls back a dead one's log
+    /// first, and a reader or committer that meets its stripes is told the holder died.
+    package func storeReady(probeAtOnce: Bool = true) throws(PMLLError) {
         let store = self.store
         guard store.exists, !isReadOnly else { return }
+        let service = services.required(.store, as: StoreService.self)
         // Tokens repeat after a volatile reset (a power failure, a reboot): one that names this
-        // participant is not a commit of its own under way here, so it is checked under the lock.
+        // participant is not a commit of its own under way here (unless a thread of this
+        // process commits in parallel now), so it is checked under the lock.
         let abandoned = (0..<store.layout.logSlots).contains { i in
             let header = store.logHeader(i)
             guard isPending(header) else { return false }
             let owner = OwnerToken(rawValue: pmll_load32(&header.pointee.owner_token))
-            return owner == token || !processes.isAlive(owner)
+            if owner == token { return !service.parallelLogBusy.load(ordering: .acquiring) }
+            if !probeAtOnce && !service.seenPending(log: i, seq: pmll_load64(&header.pointee.seq)) { return false }
+            return !processes.isAlive(owner)
         }
         if abandoned {
             try withStoreLock { () throws(PMLLError) in try rollBackPending() }
@@ -89,7 +112,7 @@ extension Pool {
         // Recorded only once the read is known to be one committed state (an optimistic
         // attempt may be discarded; its revalidation only ever errs towards a conflict, and
         // any commit it overlapped moves the sequence it compares against).
-        let (value, version) = try readConsistently { () throws(PMLLError) -> ([UInt8]?, UInt64) in
+        let (value, version) = try readConsistently(key: bytes, sharedSafe: reads?.scans.isEmpty ?? true) { () throws(PMLLError) -> ([UInt8]?, UInt64) in
             try reads?.revalidate(store, pool: self)
             guard let i = try store.find(bytes).found else { return (nil, 0) }
             let value = Array(UnsafeRawBufferPointer(rebasing: try store.recordInPlace(i)[bytes.count...]))
@@ -148,6 +171,15 @@ extension Pool {
         if isReadOnly { throw .readOnlyPool(path: path, operation: "commit a transaction") }
         let started = Clock.monotonicNanoseconds
         let store = try stateStore()
+        if inPlace.isEmpty {
+            switch try commitInParallel(writes, reads: reads, store: store, started: started) {
+            case .committed:
+                if auditRing != nil { audit(.commit, .ok, Self.auditObject(writes, inPlace: 0)) }
+                return
+            case .repair(let died): try repairStripes(died)
+            case .exclusive: break
+            }
+        }
         try withStoreLock { () throws(PMLLError) in
             let version = (try reads?.revalidate(store, pool: self) ?? store.commitSequence) &+ 1
             var keysetChanged = false

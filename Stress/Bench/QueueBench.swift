@@ -80,7 +80,7 @@ struct QueueChild: AsyncParsableCommand {
         let flags = try SharedFile(shared, create: false)
         var latencies: [Int64] = []
         latencies.reserveCapacity(count)
-        var barriers: UInt64 = 0
+        var barriers: UInt64 = 0, ended: Int64 = 0
         if kind == "pmll" {
             let queue = try Pool.open(path: directory + "/queue.pool").queue(named: "bench")
             sayLine("ready")
@@ -91,6 +91,7 @@ struct QueueChild: AsyncParsableCommand {
                 try await queue.execute(kind: "bench", timeout: .some(nil)) { _ in }
                 latencies.append(monotonicNanoseconds() - t0)
             }
+            ended = monotonicNanoseconds()
             barriers = Pool.durableBarrierCount - before
         } else {
             guard let db = peers_sqlite_open(directory + "/queue.sqlite") else { throw ToolError("sqlite open") }
@@ -102,7 +103,8 @@ struct QueueChild: AsyncParsableCommand {
                 guard peers_sqlite_operation(db, Int32(index)) == 0 else { throw ToolError("sqlite operation") }
                 latencies.append(monotonicNanoseconds() - t0)
             }
+            ended = monotonicNanoseconds()
         }
-        sayLine(([String(barriers)] + latencies.map { String($0) }).joined(separator: " "))
+        sayResults(ended: ended, count: barriers, latencies: latencies)
     }
 }

@@ -44,22 +44,37 @@ func sayLine(_ text: String) {
     _ = line.withCString { write(1, $0, strlen($0)) }
 }
 
+/// What a benchmark child prints at the end: the monotonic time its measured work ended, a
+/// count (e.g. barriers), then its latencies in ns.
+func sayResults(ended: Int64, count: UInt64, latencies: [Int64]) {
+    sayLine((["@\(ended)", String(count)] + latencies.map { String($0) }).joined(separator: " "))
+}
+
 /// Starts benchmark children that print "ready", releases them together through the shared
-/// start flag, and gathers what each prints at the end: a count (e.g. barriers) then
-/// latencies in ns. Returns the elapsed time, all latencies in one histogram, and the sum.
+/// start flag, and gathers what each prints at the end (``sayResults``). Returns the elapsed
+/// time from the start flag to the last child's end of work (not to its exit: formatting and
+/// sending thousands of latencies, and the exit, took tens of milliseconds, which weighed on
+/// a run of one process far more than on four running side by side), all latencies in one
+/// histogram, and the sum of the counts.
 func runChildren(_ arguments: [[String]], shared: SharedFile) throws -> (seconds: Double, histogram: Histogram<UInt64>, count: UInt64) {
     let children = try arguments.map { try BenchChild($0) }
     for child in children { _ = child.readLine() }
     let start = monotonicNanoseconds()
     pmll_store32(shared.startFlag, 1)
     var histogram = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
-    var count: UInt64 = 0
+    var count: UInt64 = 0, end = start
     for child in children {
         guard let line = child.readLine() else { throw ToolError("a benchmark child failed") }
-        let fields = line.split(separator: " ").compactMap { UInt64($0) }
-        count += fields.first ?? 0
-        for latency in fields.dropFirst() { _ = histogram.record(latency) }
+        var fields = line.split(separator: " ")
+        guard let first = fields.first, first.hasPrefix("@"), let ended = Int64(first.dropFirst()) else {
+            throw ToolError("a benchmark child printed no end time: \(line.prefix(80))")
+        }
+        end = max(end, ended)
+        fields.removeFirst()
+        let numbers = fields.compactMap { UInt64($0) }
+        count += numbers.first ?? 0
+        for latency in numbers.dropFirst() { _ = histogram.record(latency) }
         child.process.waitUntilExit()
     }
-    return (Double(monotonicNanoseconds() - start) / 1e9, histogram, count)
+    return (Double(end - start) / 1e9, histogram, count)
 }

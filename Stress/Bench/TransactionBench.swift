@@ -21,6 +21,8 @@ struct TransactionBench: ParsableCommand {
     @Option var tmpfsTransactions = 20000
     @Option var diskTransactions = 500
     @Option(help: "Processes of the parallel rows.") var processes = 4
+    @Flag(help: "Only the disjoint-key rows: 4 processes and 1 (how commits scale).") var scalingOnly = false
+    @Flag(help: "Create the pool without an audit log (by default every commit appends an audit record, drained by a thread of each process).") var noAudit = false
     @Flag var json = false
 
     struct Row: Codable {
@@ -43,6 +45,16 @@ struct TransactionBench: ParsableCommand {
         var rows: [Row] = []
         try directories.forEach(tag: "pmll-txbench") { dir, fs in
             let n = fs == "tmpfs" ? tmpfsTransactions : diskTransactions
+            var options = PoolOptions()
+            if noAudit { options.auditRingSlots = 0 }
+            _ = try Pool.open(path: dir + "/tx.pool", options: options)
+            if scalingOnly {
+                rows.append(try parallel(peer: "pmll", keys: "disjoint", n: n, directory: dir, filesystem: fs))
+                rows.append(try parallel(peer: "pmll", keys: "disjoint", n: n / processes, directory: dir, filesystem: fs, processes: 1))
+                rows.append(try parallel(peer: "sqlite", keys: "disjoint", n: n, directory: dir, filesystem: fs))
+                rows.append(try parallel(peer: "sqlite", keys: "disjoint", n: n / processes, directory: dir, filesystem: fs, processes: 1))
+                return
+            }
             rows += try trackingCost(n: n, directory: dir, filesystem: fs)
             rows.append(try single(kind: "pmll write-only", n: n, directory: dir, filesystem: fs))
             rows.append(try single(kind: "pmemobj write-only", n: n, directory: dir, filesystem: fs))
@@ -67,6 +79,11 @@ struct TransactionBench: ParsableCommand {
         print(TextTable.render(table))
         for dir in Set(rows.map(\.directory)).sorted() {
             func row(_ kind: String, _ p: Int = 1) -> Row? { rows.first { $0.directory == dir && $0.kind == kind && $0.processes == p } }
+            if let d = row("pmll serializable disjoint", processes), let d1 = row("pmll serializable disjoint", 1),
+               let qd = row("sqlite disjoint", processes), let q1 = row("sqlite disjoint", 1) {
+                print("\(dir): disjoint keys, \(processes) processes vs 1: PMLL \(String(format: "%.2f", d.transactionsPerSecond / d1.transactionsPerSecond))x " +
+                      "(target: at least 1.7 on tmpfs, 3 on disk), SQLite \(String(format: "%.2f", qd.transactionsPerSecond / q1.transactionsPerSecond))x")
+            }
             guard let s = row("pmll serializable"), let n = row("pmll none"), let w = row("pmll write-only"), let o = row("pmemobj write-only"),
                   let q = row("sqlite read-write") else { continue }
             print("\(dir): read tracking costs \(String(format: "%.3f", s.p50Microseconds / n.p50Microseconds))x of isolation none (p50; target at most 1.10); " +
@@ -76,10 +93,6 @@ struct TransactionBench: ParsableCommand {
                let qd = row("sqlite disjoint", processes), let qs = row("sqlite shared", processes) {
                 print("\(dir): \(processes) processes: disjoint \(String(format: "%.0f", d.transactionsPerSecond)) tx/s (\(String(format: "%.2f", d.transactionsPerSecond / qd.transactionsPerSecond))x SQLite), " +
                       "shared pair \(String(format: "%.0f", sh.transactionsPerSecond)) tx/s (\(String(format: "%.2f", sh.transactionsPerSecond / qs.transactionsPerSecond))x SQLite, \(String(format: "%.2f", sh.retriesPerTransaction)) retries/tx)")
-                if let d1 = row("pmll serializable disjoint", 1), let q1 = row("sqlite disjoint", 1) {
-                    print("\(dir): disjoint keys, \(processes) processes vs 1: PMLL \(String(format: "%.2f", d.transactionsPerSecond / d1.transactionsPerSecond))x " +
-                          "(target: at least 1.7 on tmpfs, 3 on disk), SQLite \(String(format: "%.2f", qd.transactionsPerSecond / q1.transactionsPerSecond))x")
-                }
             }
         }
     }
@@ -207,6 +220,7 @@ struct TransactionChild: ParsableCommand {
             let t0 = monotonicNanoseconds()
             if try transact(i) { latencies.append(monotonicNanoseconds() - t0) }
         }
-        sayLine(([String(peers_msync_count() - before)] + latencies.map { String($0) }).joined(separator: " "))
+        let ended = monotonicNanoseconds()
+        sayResults(ended: ended, count: peers_msync_count() - before, latencies: latencies)
     }
 }

@@ -9,10 +9,10 @@ import PMLLStore
 extension Pool {
     static let policyKey = "pmll:policy"
 
-    /// Installed by ``Pool/open(path:options:)``: how the gate reads the policy. Under the
-    /// store lock (which first rolls back a dead committer's transaction), or, through a
-    /// read-only attach, by a sequence-lock read; the gate never asks while taking one of the
-    /// library's own locks, so this cannot recurse.
+    /// Installed by ``Pool/open(path:options:)``: how the gate reads the policy. A point read
+    /// of the store (which rolls back a dead committer's transaction it meets first), or,
+    /// through a read-only attach, a sequence-lock read; the gate never asks while taking one
+    /// of the library's own locks, so this cannot recurse.
     func installPolicyLoader() {
         access.loader.withLock {
             $0 = { pool throws(PMLLError) -> AccessPolicy? in try pool.storedAccessPolicy() }
@@ -21,11 +21,8 @@ extension Pool {
 
     func storedAccessPolicy() throws(PMLLError) -> AccessPolicy? {
         guard store.exists else { return nil }
-        let bytes = try withStoreLock { () throws(PMLLError) -> [UInt8]? in
-            let key = Array(Self.policyKey.utf8)
-            guard let i = try store.find(key).found else { return nil }
-            return Array(try store.record(i).dropFirst(key.count))
-        }
+        // A point read: it waits for no commit of another key (commits run in parallel).
+        let bytes = try readCommitted(Self.policyKey)
         guard let bytes else { return nil }
         do {
             return try JSONDecoder().decode(AccessPolicy.self, from: Data(bytes))

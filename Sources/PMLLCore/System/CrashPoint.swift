@@ -5,17 +5,22 @@ import Glibc
 #endif
 
 /// Crash injection for the crash suite: `PMLL_CRASH_AT=NAME[:N]` makes the process SIGKILL
-/// itself at the N-th hit (default 1st) of the named point; `PMLL_CRASH_TRACE=FILE` appends
+/// itself at the N-th hit (default 1st) of the named point (`PMLL_PAUSE_AT` the same with
+/// SIGSTOP, for tests); `PMLL_CRASH_TRACE=FILE` appends
 /// the name of every point hit to FILE (to count them). Off, a hit is one load and one
 /// predictable branch.
 @usableFromInline
 package enum CrashPoint {
-    private static let armed: (name: String, hit: Int)? = {
-        guard let raw = Knob.crashAt.value, !raw.isEmpty else { return nil }
+    private static let armed = point(Knob.crashAt)
+    private static let paused = point(Knob.pauseAt)
+    private static let hits = Atomic<Int>(0)
+    private static let pauseHits = Atomic<Int>(0)
+
+    private static func point(_ knob: Knob) -> (name: String, hit: Int)? {
+        guard let raw = knob.value, !raw.isEmpty else { return nil }
         let parts = raw.split(separator: ":", maxSplits: 1)
         return (String(parts[0]), parts.count == 2 ? Int(parts[1]) ?? 1 : 1)
-    }()
-    private static let hits = Atomic<Int>(0)
+    }
     private static let trace: Int32? = Knob.crashTrace.value.map { open($0, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600) }
 
     /// Every point compiled in, for enumeration by the crash suite.
@@ -36,6 +41,7 @@ package enum CrashPoint {
     @usableFromInline @inline(never)
     static func trigger(_ name: StaticString) {
         if let trace, trace >= 0 { _ = "\(name)\n".withCString { write(trace, $0, strlen($0)) } }
+        if let paused, "\(name)" == paused.name, pauseHits.add(1, ordering: .relaxed).newValue == paused.hit { kill(getpid(), SIGSTOP) }
         guard let armed, "\(name)" == armed.name else { return }
         if hits.add(1, ordering: .relaxed).newValue == armed.hit { kill(getpid(), SIGKILL) }
     }

@@ -16,6 +16,9 @@ package enum Knob: String, CaseIterable, Sendable {
     case batchSync = "PMLL_BATCH_SYNC"
     /// `NAME[:N]`: SIGKILL this process at the N-th hit of crash point NAME (crash suite).
     case crashAt = "PMLL_CRASH_AT"
+    /// `NAME[:N]`: stop this process (SIGSTOP) at the N-th hit of crash point NAME, for a test
+    /// to look at what it holds there and then let it go on (SIGCONT).
+    case pauseAt = "PMLL_PAUSE_AT"
     /// A file to append the name of every crash point hit to (crash suite, to count them).
     case crashTrace = "PMLL_CRASH_TRACE"
     /// A file that receives every persisted range: the crash suite's power-failure model.

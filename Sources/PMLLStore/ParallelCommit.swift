@@ -1,0 +1,211 @@
+import CPMLL
+import PMLLCore
+import PMLLLocks
+import Synchronization
+
+/// The stripe locks of a store: stripe `i mod count` guards key slot `i`'s record.
+final class StoreStripes: Sendable {
+    let locks: [LockIndex]
+
+    init(_ locks: [LockIndex]) { self.locks = locks }
+
+    func lock(forSlot i: UInt32) -> LockIndex { locks[Int(i) & (locks.count - 1)] }
+}
+
+/// Commits that run side by side (Docs/Transactions.md "Parallel commits").
+///
+/// The store lock has two modes. Held exclusively (every commit before this one, and still
+/// every commit that inserts or removes a key, uses blocks, writes objects or validates a key
+/// list; growths; rollbacks) it excludes everything. Held shared, it keeps those out while
+/// many commits run at once, each holding the stripe locks of the key slots it reads and
+/// writes. Such a commit only rewrites records in place inside slots that stay where they
+/// are (a slot moves only in a growth, which is exclusive), so the key slots, their probe
+/// chains, the block bitmap and the census do not change under it, and a slot's record
+/// changes only under its stripe.
+///
+/// Each such commit uses its process's own undo log. A log is shared by the processes whose
+/// process-table slots have the same remainder, so only the process whose slot number is
+/// below the log count commits this way (the others commit exclusively, which excludes it).
+///
+/// A commit that dies holding stripes leaves them owned by a dead process. The next taker
+/// of such a stripe is told (`ownerDied`), touches nothing, releases every stripe it took
+/// (the died ones marked inconsistent, so their next takers are told too), and takes the
+/// store lock exclusively: that rolls back every pending log (none can be a live one's
+/// then), after which it takes and releases each died stripe to clear the mark.
+extension Pool {
+    /// Keys of one parallel commit: its undo log (one 128-byte entry each) must fit the log
+    /// slot, whose overflow area only an exclusive growth makes.
+    static let parallelWritesMax = 256
+
+    /// How many stripes a pool's store has: a power of two, at most 64, a quarter of the lock
+    /// table it was created with at most (a small table must keep room for the caller's
+    /// locks). Derived from the created capacity, which never changes, so every process finds
+    /// the same mapping from slot to stripe. Below 2, commits do not run in parallel.
+    static func stripeCount(createdLockCapacity: Int) -> Int {
+        var count = 64
+        while count > 1 && count * 4 > createdLockCapacity { count /= 2 }
+        return count >= 2 ? count : 0
+    }
+
+    /// The stripe locks, created on first use, outside any store lock (creating an entry may
+    /// grow the lock table, which takes the store lock exclusively). Empty: none (a table too
+    /// small, or full at its size limit).
+    func storeStripes() throws(PMLLError) -> StoreStripes {
+        let service = services.required(.store, as: StoreService.self)
+        if let known = service.stripes.load() { return known }
+        let count = Self.stripeCount(createdLockCapacity: memory.layout.lockCapacity)
+        var locks: [LockIndex] = []
+        do throws(PMLLError) {
+            for s in 0..<count {
+                guard let index = try table.index(of: "pmll:store/\(s)", level: .network, create: true, creation: tableCreation, allowReserved: true) else {
+                    locks = []
+                    break
+                }
+                locks.append(index)
+            }
+        } catch {
+            switch error {
+            case .poolFull, .sizeLimitReached: locks = []
+            default: throw error
+            }
+        }
+        return service.stripes.storeIfNil(StoreStripes(locks))
+    }
+
+    enum ParallelCommit {
+        case committed
+        /// Not a commit this path can make; the exclusive one makes it.
+        case exclusive
+        /// Stripes whose previous holder died: repair (``repairStripes(_:)``), then commit exclusively.
+        case repair([LockIndex])
+    }
+
+    /// Commits `writes` holding the store lock shared and the stripes of the slots read and
+    /// written, if every write replaces the value of a key that exists with a record that
+    /// fits its slot, and the transaction listed no keys.
+    func commitInParallel(_ writes: [(key: String, value: [UInt8]?)], reads: ReadSet?, store: StateStore, started: Int64) throws(PMLLError) -> ParallelCommit {
+        guard writes.count <= Self.parallelWritesMax, Int(slot.rawValue) < store.layout.logSlots, reads?.scans.isEmpty ?? true else { return .exclusive }
+        var keys: [[UInt8]] = [], values: [[UInt8]] = []
+        keys.reserveCapacity(writes.count)
+        values.reserveCapacity(writes.count)
+        for (key, value) in writes {
+            guard let value else { return .exclusive }
+            let bytes = Array(key.utf8)
+            guard bytes.count + value.count <= Int(PMLL_INLINE_MAX), !bytes.starts(with: Self.objectPrefixBytes) else { return .exclusive }
+            keys.append(bytes)
+            values.append(value)
+        }
+        let stripes = try storeStripes()
+        guard !stripes.locks.isEmpty else { return .exclusive }
+        let service = services.required(.store, as: StoreService.self)
+        guard service.parallelLogBusy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else { return .exclusive }
+        defer { service.parallelLogBusy.store(false, ordering: .releasing) }
+
+        let shared = try acquireShared(index: storeLock(), deadline: .max, cancellation: nil)
+        defer { releaseShared(shared) }
+        // An exclusive holder died (or left the store inconsistent): what it wrote is guarded
+        // by no stripe, and the next exclusive holder rolls it back.
+        if shared.taken.ownerDied { return .repair([]) }
+        try store.refresh()
+        let view = store.view
+        var slots: [UInt32] = []
+        slots.reserveCapacity(keys.count)
+        for key in keys {
+            guard let i = try store.find(key).found else { return .exclusive }
+            slots.append(i)
+        }
+        var needed = slots.map { stripes.lock(forSlot: $0) }
+        // Read keys that exist: their versions must not move until the commit point. An
+        // absent key stays absent (an insertion is exclusive).
+        if let reads {
+            for (key, _) in reads.versions {
+                if let i = try store.find(Array(key.utf8)).found { needed.append(stripes.lock(forSlot: i)) }
+            }
+        }
+        needed.sort()
+        var held: [LockIndex] = [], died: [LockIndex] = []
+        var logged = false, committed = false
+        defer {
+            // A log written but not committed (an error in between) is rolled back by the
+            // next exclusive holder; the stripes tell their next takers to get one.
+            for index in held.reversed() { release(index: index, inconsistent: died.contains(index) || (logged && !committed)) }
+        }
+        for (n, index) in needed.enumerated() where n == 0 || needed[n - 1] != index {
+            let taken = try acquire(index: index, deadline: .max, cancellation: nil)
+            held.append(index)
+            if taken.ownerDied { died.append(index) }
+        }
+        if !died.isEmpty { return .repair(died) }
+        // A record changes only under its stripe: one stored in blocks frees them when
+        // replaced, which changes the bitmap.
+        guard slots.allSatisfy({ view.slot($0).pointee.block_count == 0 }) else { return .exclusive }
+
+        let version = (try reads?.revalidate(store, pool: self) ?? store.commitSequence) &+ 1
+        let slotSize = MemoryLayout<pmll_key_slot_t>.size
+        let ranges = slots.map { (offset: store.offset(of: view.slot($0)), length: slotSize) }
+        let header = try writeUndoLog(store, ranges: ranges, keys: slots.count)
+        logged = true
+        CrashPoint.hit("tx.undo-logged")
+
+        // In place: the state, the key and its hash stay as they are, so that a commit probing
+        // past this slot for another key (under another stripe) reads the same chain.
+        let inline = MemoryLayout<pmll_key_slot_t>.offset(of: \.inline_data)!
+        for (n, i) in slots.enumerated() {
+            let s = view.slot(i)
+            let data = UnsafeMutableRawPointer(s) + inline
+            let key = keys[n], value = values[n]
+            value.withUnsafeBytes { data.advanced(by: key.count).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            let end = key.count + value.count
+            (data + end).initializeMemory(as: UInt8.self, repeating: 0, count: Int(PMLL_INLINE_MAX) - end)
+            s.pointee.value_length = UInt32(value.count)
+            s.pointee.version = version
+            s.pointee.checksum = StateStore.checksum(s, record: UnsafeRawBufferPointer(start: data, count: end))
+        }
+        CrashPoint.hit("tx.applying")
+        try persist(ranges, site: "tx.data")
+        CrashPoint.hit("tx.applied")
+
+        pmll_store64_release(&header.pointee.done_seq, header.pointee.seq)
+        pmll_add64(&header.pointee.commits, 1)
+        try memory.persistence.persist(UnsafeRawPointer(header), 8, site: "tx.commit")
+        committed = true
+        CrashPoint.hit("tx.committed")
+        telemetry.commits.increment()
+        telemetry.commitDuration.recordNanoseconds(Clock.monotonicNanoseconds - started)
+        return .committed
+    }
+
+    /// After a stripe's holder died: the exclusive store lock rolls back what it left (every
+    /// pending log is a dead one's while no one else holds the store lock), then each died
+    /// stripe is taken and released consistent.
+    func repairStripes(_ died: [LockIndex]) throws(PMLLError) {
+        try withStoreLock { () throws(PMLLError) in
+            for index in died {
+                _ = try acquire(index: index, deadline: .max, cancellation: nil)
+                release(index: index)
+            }
+        }
+    }
+
+    /// A point read of `key` under the store lock held shared and the stripe of its slot, so
+    /// that it neither waits for nor stops commits of other stripes. nil: the caller reads
+    /// another way (no stripes, or a stripe whose holder died: an exclusive holder repairs).
+    func readUnderStripe<R>(_ key: [UInt8], _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R? {
+        let stripes = try storeStripes()
+        guard !stripes.locks.isEmpty else { return nil }
+        let shared = try acquireShared(index: storeLock(), deadline: .max, cancellation: nil)
+        defer { releaseShared(shared) }
+        if shared.taken.ownerDied { return nil }
+        try store.refresh()
+        // Absent stays absent while the store lock is held shared.
+        guard let i = try store.find(key).found else { return try body() }
+        let index = stripes.lock(forSlot: i)
+        let taken = try acquire(index: index, deadline: .max, cancellation: nil)
+        if taken.ownerDied {
+            release(index: index, inconsistent: true)
+            return nil
+        }
+        defer { release(index: index) }
+        return try body()
+    }
+}
