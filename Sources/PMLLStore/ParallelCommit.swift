@@ -106,6 +106,9 @@ extension Pool {
         // An exclusive holder died (or left the store inconsistent): what it wrote is guarded
         // by no stripe, and the next exclusive holder rolls it back.
         if shared.taken.ownerDied { return .repair([]) }
+        // This process's own log still pending (a commit of its own failed after logging):
+        // writing it again would lose that transaction's undo bytes.
+        if isPending(ownLogHeader(store)) { return .repair([]) }
         try store.refresh()
         let view = store.view
         var slots: [UInt32] = []
@@ -118,7 +121,9 @@ extension Pool {
         // Read keys that exist: their versions must not move until the commit point. An
         // absent key stays absent (an insertion is exclusive).
         if let reads {
-            for (key, _) in reads.versions {
+            // Keys also written already have their stripe (the common read-modify-write).
+            let written = writes.count > 8 ? Set(writes.map(\.key)) : nil
+            for (key, _) in reads.versions where !(written?.contains(key) ?? writes.contains { $0.key == key }) {
                 if let i = try store.find(Array(key.utf8)).found { needed.append(stripes.lock(forSlot: i)) }
             }
         }

@@ -43,17 +43,25 @@ extension Pool {
         return try withStoreLock(body)
     }
 
-    /// ``readConsistently(_:)`` for a point read of `key`: when the lock is not free and an
-    /// optimistic attempt or two fail (commits running in parallel keep some log pending
-    /// most of the time), under the store lock held shared and the stripe of the key's slot,
-    /// which waits only for a commit of that stripe. `sharedSafe`: `body` reads nothing but
-    /// that key's record and the versions of other keys (no key lists).
+    /// ``readConsistently(_:)`` for a point read of `key`. `sharedSafe`: `body` reads nothing
+    /// but that key's record and the versions of other keys (no key lists); then, while
+    /// commits run in parallel (the lock held shared), under the store lock held shared and
+    /// the stripe of the key's slot, which waits only for a commit of that stripe: an
+    /// optimistic attempt would load every log's commit points (cache lines the committers
+    /// are writing) and mostly fail, since some log is pending most of the time. While an
+    /// exclusive holder commits, optimistic attempts first, then the stripe.
     package func readConsistently<R>(key: [UInt8], sharedSafe: Bool, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R {
         if isReadOnly { return try readWithoutLock(body) }
         let store = self.store
-        // Commits in parallel hold the lock shared: then trying it would only move its
-        // cache line for nothing.
-        if !store.optimisticReadsOnly.load(ordering: .relaxed), try storeLockLooksFree(), let value = try withStoreLock(waiting: false, body) { return value }
+        if !store.optimisticReadsOnly.load(ordering: .relaxed) {
+            let entry = memory.lock(try storeLock())
+            if pmll_load32(pmll_entry_word(entry)) == 0 {
+                // Not the exclusive lock even when it is free: a commit that wants the lock
+                // shared a moment later would have to wait for this read, on a futex.
+                if sharedSafe, let value = try readUnderStripe(key, body) { return value }
+                if pmll_lock_readers_present(entry) == 0, let value = try withStoreLock(waiting: false, body) { return value }
+            }
+        }
         let before = sharedSafe ? Self.optimisticAttemptsBeforeStripe : Self.optimisticAttempts
         for attempt in 0..<before {
             if let value = try readAttempt(store, body) { return value }

@@ -39,12 +39,6 @@ extension Pool {
         return try withStoreLock(waiting: true, body)!
     }
 
-    /// Whether the store lock has neither an owner nor readers now (two loads, no write).
-    package func storeLockLooksFree() throws(PMLLError) -> Bool {
-        let entry = memory.lock(try storeLock())
-        return pmll_load32(pmll_entry_word(entry)) == 0 && pmll_lock_readers_present(entry) == 0
-    }
-
     /// ``withStoreLock(_:)``; without `waiting`, nil at once if another holds the lock.
     package func withStoreLock<R>(waiting: Bool, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R? {
         let index = try storeLock()
@@ -80,7 +74,8 @@ extension Pool {
     ///
     /// `probeAtOnce` false (before each transaction): a log seen pending for the first time is
     /// taken for a live commit under way, and its owner is asked after only if the same
-    /// transaction is still pending at this process's next look. With commits running in
+    /// transaction is still pending at this process's next look, and then at most every 50 ms
+    /// (``StoreService/askInterval``). With commits running in
     /// parallel some log is pending most of the time, and asking is a system call. Nothing
     /// depends on this for correctness: every exclusive holder rolls back a dead one's log
     /// first, and a reader or committer that meets its stripes is told the holder died.
@@ -96,7 +91,7 @@ extension Pool {
             guard isPending(header) else { return false }
             let owner = OwnerToken(rawValue: pmll_load32(&header.pointee.owner_token))
             if owner == token { return !service.parallelLogBusy.load(ordering: .acquiring) }
-            if !probeAtOnce && !service.seenPending(log: i, seq: pmll_load64(&header.pointee.seq)) { return false }
+            if !probeAtOnce && !service.shouldAskOwner(log: i, seq: pmll_load64(&header.pointee.seq)) { return false }
             return !processes.isAlive(owner)
         }
         if abandoned {

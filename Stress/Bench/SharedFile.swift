@@ -56,11 +56,22 @@ func sayResults(ended: Int64, count: UInt64, latencies: [Int64]) {
 /// sending thousands of latencies, and the exit, took tens of milliseconds, which weighed on
 /// a run of one process far more than on four running side by side), all latencies in one
 /// histogram, and the sum of the counts.
-func runChildren(_ arguments: [[String]], shared: SharedFile) throws -> (seconds: Double, histogram: Histogram<UInt64>, count: UInt64) {
+///
+/// With `duration`, the children run until the stop flag that is set after that many seconds
+/// (each stops at its next operation), so that all of them work for the whole measured time:
+/// with a fixed count each, the ones the scheduler favoured finished early and the last one
+/// ran the tail alone (13 % of a 1-second run of 4 processes on 2 cores), which measured the
+/// scheduler's fairness as much as the work.
+func runChildren(_ arguments: [[String]], shared: SharedFile, duration: Double? = nil) throws -> (seconds: Double, histogram: Histogram<UInt64>, count: UInt64) {
     let children = try arguments.map { try BenchChild($0) }
     for child in children { _ = child.readLine() }
+    pmll_store32(shared.stopFlag, 0)
     let start = monotonicNanoseconds()
     pmll_store32(shared.startFlag, 1)
+    if let duration {
+        usleep(UInt32(duration * 1e6))
+        pmll_store32(shared.stopFlag, 1)
+    }
     var histogram = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
     var count: UInt64 = 0, end = start
     for child in children {

@@ -22,6 +22,8 @@ struct TransactionBench: ParsableCommand {
     @Option var diskTransactions = 500
     @Option(help: "Processes of the parallel rows.") var processes = 4
     @Flag(help: "Only the disjoint-key rows: 4 processes and 1 (how commits scale).") var scalingOnly = false
+    @Option(help: "With --scaling-only: run every process of a row for this many seconds (0: a fixed count each).") var seconds = 0.0
+    @Option(help: "With --scaling-only: rounds of the rows (medians and the range of the rounds' ratios are printed).") var rounds = 1
     @Flag(help: "Create the pool without an audit log (by default every commit appends an audit record, drained by a thread of each process).") var noAudit = false
     @Flag var json = false
 
@@ -49,10 +51,18 @@ struct TransactionBench: ParsableCommand {
             if noAudit { options.auditRingSlots = 0 }
             _ = try Pool.open(path: dir + "/tx.pool", options: options)
             if scalingOnly {
-                rows.append(try parallel(peer: "pmll", keys: "disjoint", n: n, directory: dir, filesystem: fs))
-                rows.append(try parallel(peer: "pmll", keys: "disjoint", n: n / processes, directory: dir, filesystem: fs, processes: 1))
-                rows.append(try parallel(peer: "sqlite", keys: "disjoint", n: n, directory: dir, filesystem: fs))
-                rows.append(try parallel(peer: "sqlite", keys: "disjoint", n: n / processes, directory: dir, filesystem: fs, processes: 1))
+                // The database exists before its first row (its children would race to make it).
+                guard let kv = peers_sqlite_kv_open(dir + "/tx.sqlite") else { throw ToolError("sqlite open failed") }
+                peers_sqlite_kv_close(kv)
+                // Rounds alternate which row goes first, so that a slow minute of a shared
+                // machine weighs on both.
+                for round in 0..<rounds {
+                    for peer in ["pmll", "sqlite"] {
+                        for p in round % 2 == 0 ? [processes, 1] : [1, processes] {
+                            rows.append(try parallel(peer: peer, keys: "disjoint", n: p == 1 ? n / processes : n, directory: dir, filesystem: fs, processes: p))
+                        }
+                    }
+                }
                 return
             }
             rows += try trackingCost(n: n, directory: dir, filesystem: fs)
@@ -79,10 +89,17 @@ struct TransactionBench: ParsableCommand {
         print(TextTable.render(table))
         for dir in Set(rows.map(\.directory)).sorted() {
             func row(_ kind: String, _ p: Int = 1) -> Row? { rows.first { $0.directory == dir && $0.kind == kind && $0.processes == p } }
-            if let d = row("pmll serializable disjoint", processes), let d1 = row("pmll serializable disjoint", 1),
-               let qd = row("sqlite disjoint", processes), let q1 = row("sqlite disjoint", 1) {
-                print("\(dir): disjoint keys, \(processes) processes vs 1: PMLL \(String(format: "%.2f", d.transactionsPerSecond / d1.transactionsPerSecond))x " +
-                      "(target: at least 1.7 on tmpfs, 3 on disk), SQLite \(String(format: "%.2f", qd.transactionsPerSecond / q1.transactionsPerSecond))x")
+            func scaling(_ kind: String) -> String? {
+                let many = rows.filter { $0.directory == dir && $0.kind == kind && $0.processes == processes }.map(\.transactionsPerSecond)
+                let one = rows.filter { $0.directory == dir && $0.kind == kind && $0.processes == 1 }.map(\.transactionsPerSecond)
+                guard !many.isEmpty, many.count == one.count else { return nil }
+                func median(_ v: [Double]) -> Double { let s = v.sorted(); return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2 }
+                let ratios = zip(many, one).map { $0 / $1 }
+                let range = many.count > 1 ? String(format: " (rounds %.2f–%.2f)", ratios.min()!, ratios.max()!) : ""
+                return String(format: "%.2fx", median(many) / median(one)) + range
+            }
+            if let d = scaling("pmll serializable disjoint"), let q = scaling("sqlite disjoint") {
+                print("\(dir): disjoint keys, \(processes) processes vs 1 (medians): PMLL \(d) (target: at least 1.7 on tmpfs, 3 on disk), SQLite \(q)")
             }
             guard let s = row("pmll serializable"), let n = row("pmll none"), let w = row("pmll write-only"), let o = row("pmemobj write-only"),
                   let q = row("sqlite read-write") else { continue }
@@ -166,9 +183,10 @@ struct TransactionBench: ParsableCommand {
         let pool = try Pool.open(path: directory + "/tx.pool")
         let before = try pool.transactionStatistics()
         let each = n / processes
+        let timed = scalingOnly && seconds > 0
         let (elapsed, histogram, barriers) = try runChildren((0..<processes).map { i in
-            ["tx-child", "--directory", directory, "--count", "\(each)", "--shared", shared.path, "--index", "\(i)", "--peer", peer, "--keys", keys]
-        }, shared: shared)
+            ["tx-child", "--directory", directory, "--count", "\(timed ? Int(Int32.max) : each)", "--shared", shared.path, "--index", "\(i)", "--peer", peer, "--keys", keys]
+        }, shared: shared, duration: timed ? seconds : nil)
         let after = try pool.transactionStatistics()
         let committed = Int(histogram.totalCount)
         return Row(directory: directory, filesystem: filesystem, kind: peer == "pmll" ? "pmll serializable \(keys)" : "sqlite \(keys)",
@@ -217,6 +235,7 @@ struct TransactionChild: ParsableCommand {
         var latencies: [Int64] = []
         let before = peers_msync_count()
         for i in 0..<count {
+            if pmll_load32(flags.stopFlag) != 0 { break }
             let t0 = monotonicNanoseconds()
             if try transact(i) { latencies.append(monotonicNanoseconds() - t0) }
         }

@@ -359,12 +359,16 @@ typedef struct pmll_audit_ring {
     uint64_t stall_seq;
     int64_t stall_since_ns;
     uint64_t gaps;                 // gap records written (statistics)
-    uint8_t reserved[144];
+    // Volatile hint: CLOCK_MONOTONIC ns at which the current drainer took PMLL_LOCKBYTE_AUDIT,
+    // 0 when it let go; others then make no lock attempt (a stale value only delays them).
+    int64_t draining_since_ns;
+    uint8_t reserved[136];
 } pmll_audit_ring_t;
 
 _Static_assert(sizeof(pmll_audit_ring_t) == 256, "audit ring header is 256 bytes");
 _Static_assert(offsetof(pmll_audit_ring_t, next_seq) == 24, "audit next_seq offset");
 _Static_assert(offsetof(pmll_audit_ring_t, drained) == 32, "audit drained offset");
+_Static_assert(offsetof(pmll_audit_ring_t, draining_since_ns) == 112, "audit drain hint in the former reserved bytes");
 
 typedef struct pmll_audit_slot {
     uint64_t state;                // seq << 2 | PMLL_AUDIT_* phase; one aligned CAS per transition
@@ -386,6 +390,7 @@ _Static_assert(offsetof(pmll_audit_slot_t, text) == 56, "audit text offset");
 
 static inline uint64_t *pmll_audit_slot_state(pmll_audit_slot_t *s) { return &s->state; }
 static inline uint64_t *pmll_audit_next_seq(pmll_audit_ring_t *r) { return &r->next_seq; }
+static inline uint64_t *pmll_audit_draining(pmll_audit_ring_t *r) { return (uint64_t *)&r->draining_since_ns; }
 
 // MARK: - State store (in the heap section)
 

@@ -39,7 +39,11 @@ package struct AuditDrain {
         let rc = pmll_ofd_lock(fd, PMLL_LOCKBYTE_AUDIT, PMLL_RANGE_EXCLUSIVE, wait ? 1 : 0)
         if rc == -EAGAIN || rc == -EACCES { return 0 }
         try SystemCall.check("fcntl(F_OFD_SETLKW) audit", rc)
-        defer { _ = pmll_ofd_lock(fd, PMLL_LOCKBYTE_AUDIT, PMLL_RANGE_UNLOCK, 0) }
+        ring.markDraining(true)
+        defer {
+            ring.markDraining(false)
+            _ = pmll_ofd_lock(fd, PMLL_LOCKBYTE_AUDIT, PMLL_RANGE_UNLOCK, 0)
+        }
         return try drainLocked()
     }
 

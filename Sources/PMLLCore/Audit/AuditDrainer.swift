@@ -65,11 +65,22 @@ package final class AuditDrainer: @unchecked Sendable {
         while !stopRequested.load(ordering: .sequentiallyConsistent) {
             // Awake (wake = 1): appenders do not need to kick, so they make no system call.
             pmll_store32(wake, 1)
-            var moved = 0
-            if drain.ring.backlog > 0 {
-                do { moved = try gate.run(wait: false) { () throws(PMLLError) in try drain.drain(wait: false) } } catch {
+            var moved = 0, busy = drain.ring.drainingElsewhere
+            if drain.ring.backlog > 0 && !busy {
+                do {
+                    moved = try gate.run(wait: false) { () throws(PMLLError) in try drain.drain(wait: false) }
+                    busy = moved == 0
+                } catch {
                     Pool.logger.warning("could not drain the audit ring", metadata: ["path": "\(drain.poolPath)", "error": "\(error)"])
                 }
+            }
+            if busy {
+                // Another process (or thread) drains now, our records too. Staying awake for
+                // a moment keeps this process's appenders from kicking: each kick woke this
+                // thread only to find the drain taken again (with 4 processes committing,
+                // 15,000 wake-ups and 18,000 lock attempts a second, measured).
+                usleep(2000)
+                continue
             }
             pmll_store32(wake, 0)
             // What arrived while draining is taken now, not after the next kick.

@@ -31,7 +31,7 @@ extension Pool {
             // The drainer thread takes it; past three quarters (it lags, or could not start),
             // the appender drains too.
             kickAuditDrainer()
-            if backlog >= ring.count / 4 * 3 {
+            if backlog >= ring.count / 4 * 3 && !ring.drainingElsewhere {
                 do { try auditDrain(wait: false) } catch {
                     Self.logger.warning("could not drain the audit ring", metadata: ["path": "\(path)", "error": "\(error)"])
                 }

@@ -65,6 +65,18 @@ package struct AuditRing: @unchecked Sendable {
     /// Records appended and not yet in the files.
     package var backlog: UInt64 { nextSeq &- drained }
 
+    /// Whether a drainer holds the drain now, by its hint: then an attempt of ours would
+    /// only fail. A hint older than a second is taken for one a dead drainer left.
+    package var drainingElsewhere: Bool {
+        let since = Int64(bitPattern: pmll_load64_acquire(pmll_audit_draining(header)))
+        return since != 0 && Clock.monotonicNanoseconds - since < 1_000_000_000
+    }
+
+    /// Sets or clears the hint (the caller holds the drain).
+    package func markDraining(_ on: Bool) {
+        pmll_store64_release(pmll_audit_draining(header), on ? UInt64(bitPattern: Clock.monotonicNanoseconds) : 0)
+    }
+
     static func state(_ seq: UInt64, _ phase: UInt32) -> UInt64 { seq << 2 | UInt64(phase) }
 
     /// The record's checksum: its number and every field from `pid` to the end of its text,
