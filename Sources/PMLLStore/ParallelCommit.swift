@@ -85,6 +85,11 @@ extension Pool {
     /// fits its slot, and the transaction listed no keys.
     func commitInParallel(_ writes: [(key: String, value: [UInt8]?)], reads: ReadSet?, store: StateStore, started: Int64) throws(PMLLError) -> ParallelCommit {
         guard writes.count <= Self.parallelWritesMax, Int(slot.rawValue) < store.layout.logSlots, reads?.scans.isEmpty ?? true else { return .exclusive }
+        // Sizes first, without building anything: most commits that cannot take this path
+        // (a value in blocks, a removal) are told so here.
+        for (key, value) in writes {
+            guard let value, key.utf8.count + value.count <= Int(PMLL_INLINE_MAX) else { return .exclusive }
+        }
         var keys: [[UInt8]] = [], values: [[UInt8]] = []
         keys.reserveCapacity(writes.count)
         values.reserveCapacity(writes.count)

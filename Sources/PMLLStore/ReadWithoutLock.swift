@@ -43,36 +43,47 @@ extension Pool {
         return try withStoreLock(body)
     }
 
-    /// ``readConsistently(_:)`` for a point read of `key`. `sharedSafe`: `body` reads nothing
-    /// but that key's record and the versions of other keys (no key lists); then, while
-    /// commits run in parallel (the lock held shared), under the store lock held shared and
-    /// the stripe of the key's slot, which waits only for a commit of that stripe: an
-    /// optimistic attempt would load every log's commit points (cache lines the committers
-    /// are writing) and mostly fail, since some log is pending most of the time. While an
-    /// exclusive holder commits, optimistic attempts first, then the stripe.
+    /// ``readConsistently(_:)`` for a point read of `key`: first the free lock (one CAS, the
+    /// cheapest read for a process alone: every extra step before it cost a lone reader
+    /// measurably; but while this process has lately seen commits run in parallel, the stripe
+    /// first), then, while commits run in parallel (the lock held shared), under the
+    /// store lock held shared and the stripe of the key's slot, which waits only for a commit
+    /// of that stripe (an optimistic attempt would load every log's commit points, cache lines
+    /// the committers are writing, and mostly fail: some log is pending most of the time).
+    /// `sharedSafe`: `body` reads nothing but that key's record and the versions of other
+    /// keys (no key lists).
     package func readConsistently<R>(key: [UInt8], sharedSafe: Bool, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R {
         if isReadOnly { return try readWithoutLock(body) }
         let store = self.store
         if !store.optimisticReadsOnly.load(ordering: .relaxed) {
-            let entry = memory.lock(try storeLock())
-            if pmll_load32(pmll_entry_word(entry)) == 0 {
-                // Not the exclusive lock even when it is free: a commit that wants the lock
-                // shared a moment later would have to wait for this read, on a futex.
-                if sharedSafe, let value = try readUnderStripe(key, body) { return value }
-                if pmll_lock_readers_present(entry) == 0, let value = try withStoreLock(waiting: false, body) { return value }
+            let service = services.required(.store, as: StoreService.self)
+            // Commits in parallel were seen lately: the stripe first, since taking the free
+            // lock exclusively, even for a moment, makes a commit arriving then wait for it.
+            let lately = sharedSafe ? service.stripeReads.load(ordering: .relaxed) : 0
+            if lately > 0 {
+                service.stripeReads.store(lately - 1, ordering: .relaxed)
+                if let value = try readSharedIfCommitsRun(key, body) { return value }
+            }
+            if let value = try withStoreLock(waiting: false, body) { return value }
+            if sharedSafe {
+                if let value = try readSharedIfCommitsRun(key, body) {
+                    service.stripeReads.store(StoreService.stripeReadsAfterContention, ordering: .relaxed)
+                    return value
+                }
             }
         }
-        let before = sharedSafe ? Self.optimisticAttemptsBeforeStripe : Self.optimisticAttempts
-        for attempt in 0..<before {
+        for attempt in 0..<Self.optimisticAttempts {
             if let value = try readAttempt(store, body) { return value }
             if attempt > 2 { sched_yield() }
         }
-        if sharedSafe, let value = try readUnderStripe(key, body) { return value }
-        for _ in before..<Self.optimisticAttempts {
-            if let value = try readAttempt(store, body) { return value }
-            sched_yield()
-        }
         return try withStoreLock(body)
+    }
+
+    /// A read under the key's stripe if the store lock is held shared and not exclusively now.
+    private func readSharedIfCommitsRun<R>(_ key: [UInt8], _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R? {
+        let entry = try storeLockEntry()
+        guard pmll_load32(pmll_entry_word(entry)) == 0 && pmll_lock_readers_present(entry) != 0 else { return nil }
+        return try readUnderStripe(key, body)
     }
 
     /// One sequence-lock attempt: `body`'s result (or error) if no log was pending before it
@@ -92,8 +103,6 @@ extension Pool {
 
     /// Attempts of an optimistic read before it takes the store lock.
     static let optimisticAttempts = 32
-    /// Attempts of an optimistic point read before it takes the key's stripe.
-    static let optimisticAttemptsBeforeStripe = 2
 
     /// Sums of every log's seq and done_seq (both only ever grow, so equal sums mean no log
     /// moved), or nil while one is pending.

@@ -10,6 +10,12 @@ package final class StoreService: Sendable {
     /// The store lock's index + 1 (0: not looked up yet; any thread may look it up, all
     /// find the same entry).
     let lockIndex = Atomic<UInt32>(0)
+    /// Point reads left that go to their stripe first (``Pool/readConsistently(key:sharedSafe:_:)``):
+    /// set when a read finds commits running in parallel, counted down by each read.
+    let stripeReads = Atomic<Int>(0)
+    static let stripeReadsAfterContention = 256
+    /// The store lock's entry address (0: not looked up yet).
+    let lockEntry = Atomic<UInt>(0)
     /// The stripe locks of parallel commits, created on first use (``Pool/storeStripes()``).
     let stripes = AtomicLazyReference<StoreStripes>()
     /// Set while a thread of this process commits in parallel: the process has one undo log,

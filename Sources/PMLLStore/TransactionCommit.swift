@@ -32,6 +32,16 @@ extension Pool {
         return index
     }
 
+    /// The store lock's entry (entries never move: the mapping's base is fixed), kept so that
+    /// a point read does not copy `memory` (a struct of several references) to find it.
+    func storeLockEntry() throws(PMLLError) -> UnsafeMutablePointer<pmll_lock_entry_t> {
+        let service = services.required(.store, as: StoreService.self)
+        if let known = UnsafeMutablePointer<pmll_lock_entry_t>(bitPattern: service.lockEntry.load(ordering: .acquiring)) { return known }
+        let entry = memory.lock(try storeLock())
+        service.lockEntry.store(UInt(bitPattern: entry), ordering: .releasing)
+        return entry
+    }
+
     /// Runs `body` holding the store lock, after rolling back the transaction of a holder
     /// that died inside its commit.
     package func withStoreLock<R>(_ body: () throws(PMLLError) -> R) throws(PMLLError) -> R {
@@ -49,7 +59,7 @@ extension Pool {
             guard let fast = acquireFast(memory.lock(index)) else { return nil }
             // Owning the word keeps new readers out, but those already in (parallel commits
             // and reads) are not waited for here.
-            if pmll_lock_readers_present(memory.lock(index)) != 0 {
+            if pmll_lock_readers_present(fast.entry) != 0 {
                 release(index: index)
                 return nil
             }
@@ -82,7 +92,6 @@ extension Pool {
     package func storeReady(probeAtOnce: Bool = true) throws(PMLLError) {
         let store = self.store
         guard store.exists, !isReadOnly else { return }
-        let service = services.required(.store, as: StoreService.self)
         // Tokens repeat after a volatile reset (a power failure, a reboot): one that names this
         // participant is not a commit of its own under way here (unless a thread of this
         // process commits in parallel now), so it is checked under the lock.
@@ -90,6 +99,7 @@ extension Pool {
             let header = store.logHeader(i)
             guard isPending(header) else { return false }
             let owner = OwnerToken(rawValue: pmll_load32(&header.pointee.owner_token))
+            let service = services.required(.store, as: StoreService.self)
             if owner == token { return !service.parallelLogBusy.load(ordering: .acquiring) }
             if !probeAtOnce && !service.shouldAskOwner(log: i, seq: pmll_load64(&header.pointee.seq)) { return false }
             return !processes.isAlive(owner)
