@@ -88,18 +88,9 @@ extension Pool {
         // Sizes first, without building anything: most commits that cannot take this path
         // (a value in blocks, a removal) are told so here.
         for (key, value) in writes {
-            guard let value, key.utf8.count + value.count <= Int(PMLL_INLINE_MAX) else { return .exclusive }
+            guard let value, key.utf8.count + value.count <= Int(PMLL_INLINE_MAX), !key.utf8.starts(with: Self.objectPrefixBytes) else { return .exclusive }
         }
-        var keys: [[UInt8]] = [], values: [[UInt8]] = []
-        keys.reserveCapacity(writes.count)
-        values.reserveCapacity(writes.count)
-        for (key, value) in writes {
-            guard let value else { return .exclusive }
-            let bytes = Array(key.utf8)
-            guard bytes.count + value.count <= Int(PMLL_INLINE_MAX), !bytes.starts(with: Self.objectPrefixBytes) else { return .exclusive }
-            keys.append(bytes)
-            values.append(value)
-        }
+        let keys = writes.map { Array($0.key.utf8) }, values = writes.map { $0.value! }
         let stripes = try storeStripes()
         guard !stripes.locks.isEmpty else { return .exclusive }
         let service = services.required(.store, as: StoreService.self)
