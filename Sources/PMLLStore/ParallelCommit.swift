@@ -166,13 +166,8 @@ extension Pool {
         try persist(ranges, site: "tx.data")
         CrashPoint.hit("tx.applied")
 
-        pmll_store64_release(&header.pointee.done_seq, header.pointee.seq)
-        pmll_add64(&header.pointee.commits, 1)
-        try memory.persistence.persist(UnsafeRawPointer(header), 8, site: "tx.commit")
+        try commitPoint(header, started: started)
         committed = true
-        CrashPoint.hit("tx.committed")
-        telemetry.commits.increment()
-        telemetry.commitDuration.recordNanoseconds(Clock.monotonicNanoseconds - started)
         return .committed
     }
 

@@ -318,15 +318,20 @@ extension Pool {
             try persist(touched, site: "tx.data")
             CrashPoint.hit("tx.applied")
 
-            // Commit point.
-            pmll_store64_release(&header.pointee.done_seq, header.pointee.seq)
-            pmll_add64(&header.pointee.commits, 1)
-            try memory.persistence.persist(UnsafeRawPointer(header), 8, site: "tx.commit")
-            CrashPoint.hit("tx.committed")
-            telemetry.commits.increment()
-            telemetry.commitDuration.recordNanoseconds(Clock.monotonicNanoseconds - started)
+            try commitPoint(header, started: started)
         }
         if auditRing != nil { audit(.commit, .ok, Self.auditObject(writes, inPlace: inPlace.count)) }
+    }
+
+    /// Step 4, for the exclusive and the parallel path alike: `done_seq = seq` (one aligned
+    /// 8-byte store), then its barrier.
+    func commitPoint(_ header: UnsafeMutablePointer<pmll_log_header_t>, started: Int64) throws(PMLLError) {
+        pmll_store64_release(&header.pointee.done_seq, header.pointee.seq)
+        pmll_add64(&header.pointee.commits, 1)
+        try memory.persistence.persist(UnsafeRawPointer(header), 8, site: "tx.commit")
+        CrashPoint.hit("tx.committed")
+        telemetry.commits.increment()
+        telemetry.commitDuration.recordNanoseconds(Clock.monotonicNanoseconds - started)
     }
 
     /// How an audit record names a commit: its keys, as many as the record holds.

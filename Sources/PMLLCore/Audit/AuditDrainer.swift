@@ -69,7 +69,9 @@ package final class AuditDrainer: @unchecked Sendable {
             if drain.ring.backlog > 0 && !busy {
                 do {
                     moved = try gate.run(wait: false) { () throws(PMLLError) in try drain.drain(wait: false) }
-                    busy = moved == 0
+                    // Nothing moved: taken elsewhere only if another drainer's hint says so
+                    // (else the backlog is records still being written: wait as usual).
+                    busy = moved == 0 && drain.ring.drainingElsewhere
                 } catch {
                     Pool.logger.warning("could not drain the audit ring", metadata: ["path": "\(drain.poolPath)", "error": "\(error)"])
                 }
