@@ -100,6 +100,34 @@ struct AuditTests {
         #expect(try Self.verify(pool).status == 0)
     }
 
+    /// A drainer stopped (SIGSTOP) while it holds the drain: another process still closes the
+    /// pool at once, leaving its records in the ring; an explicit drain gives up with a
+    /// timeout instead of waiting for as long as the drainer stays stopped; once it runs
+    /// again, every record reaches the files once, in order.
+    @Test func aDrainerStoppedHoldingTheDrainHoldsNoOneUp() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("s.pool")
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", pool, "a=1"]).status == 0)
+        let stopped = try Child(Binaries.pmll, ["state", "set", "--pool", pool, "b=2"], environment: ["PMLL_PAUSE_AT": "audit.written"])
+        defer { stopped.stopIfRunning() }
+        try stopped.waitUntilStopped()
+
+        let other = try run(Binaries.pmll, ["state", "set", "--pool", pool, "c=3"], timeout: 30)
+        #expect(other.status == 0, "\(other.stderr)")
+        let shown = try run(Binaries.pmll, ["audit", "show", "--pool", pool], timeout: 30)
+        #expect(shown.status == 75, "\(shown)")
+        #expect(shown.stderr.hasPrefix("pmll: timed out"), "\(shown.stderr)")
+
+        stopped.kill(SIGCONT)
+        #expect(stopped.wait() == 0)
+        let records = try Self.events(pool)
+        #expect(records.compactMap { $0["seq"] as? Int } == Array(1...records.count))
+        for key in ["a", "b", "c"] {
+            #expect(records.filter { ($0["object"] as? String ?? "").contains("keys: \(key)") }.count == 1, "\(key): \(records)")
+        }
+        #expect(try Self.verify(pool).status == 0)
+    }
+
     @Test func verifyCatchesAFlippedByteARemovedRecordAReorderedPairAndATruncation() throws {
         let scratch = Scratch()
         let pool = scratch.file("t.pool")

@@ -22,20 +22,6 @@ struct ParallelCommitTests {
         return (a, other, same)
     }
 
-    static func isStopped(_ pid: Int32) -> Bool {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return false }
-        return stat[stat.index(close, offsetBy: 2)] == "T"
-    }
-
-    static func waitUntilStopped(_ child: Child) throws {
-        let end = Date().addingTimeInterval(30)
-        while !isStopped(child.pid) {
-            try #require(Date() < end, "the worker never reached its pause point: \(child.stderr)")
-            usleep(10_000)
-        }
-    }
-
     static func string(_ pool: Pool, _ key: String) throws -> String? {
         try pool.value(for: key).map { String(decoding: $0, as: UTF8.self) }
     }
@@ -50,7 +36,7 @@ struct ParallelCommitTests {
         #expect(try Child.worker("tx-set", "--pool", pool, "\(a)=old", "\(other)=old", "\(same)=old").wait() == 0)
         let stopped = try Child.worker("tx-set", "--pool", pool, "\(a)=new", environment: ["PMLL_PAUSE_AT": "tx.applying"])
         defer { stopped.killTree() }
-        try Self.waitUntilStopped(stopped)
+        try stopped.waitUntilStopped()
 
         let disjoint = try Child.worker("tx-set", "--pool", pool, "\(other)=mine")
         let finished = disjoint.waitForEvent("committed", timeout: 30)

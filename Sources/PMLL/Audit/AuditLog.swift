@@ -255,11 +255,19 @@ public enum AuditLog {
 }
 
 extension Pool {
+    /// How long an explicit drain (show, verify, seal) waits for another process's drain:
+    /// one stopped while holding it would otherwise hold the command up for as long.
+    static let explicitDrainWait: Int64 = 10_000_000_000
+
     /// Moves what the audit ring holds into the audit files; returns how many records.
+    /// ``PMLLError/timeout(lock:holder:)`` if another process held the drain for 10 s.
     @discardableResult
     public func drainAuditLog() throws(PMLLError) -> Int {
         guard auditRing != nil else { throw .noAuditLog(path: path) }
-        return try auditDrain(wait: true)
+        guard let moved = try auditDrain(until: Clock.monotonicNanoseconds + Self.explicitDrainWait) else {
+            throw .timeout(lock: "audit drain", holder: nil)
+        }
+        return moved
     }
 
     /// The audit log's records from `since` (a sequence number) on, after a drain.

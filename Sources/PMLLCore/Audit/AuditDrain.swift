@@ -32,13 +32,28 @@ package struct AuditDrain {
     private var directory: String { AuditLine.directory(ofPool: poolPath) }
     private var fileMode: mode_t { groupShared ? 0o660 : 0o600 }
 
-    /// Drains what can be drained now; returns how many records went to the files. With
-    /// `wait` false, returns 0 at once when another process is draining.
+    /// Drains what can be drained now; returns how many records went to the files, or nil if
+    /// another process drained (or held the drain) until `deadline` (CLOCK_MONOTONIC ns; 0:
+    /// no wait; `.max`: as long as it takes).
+    ///
+    /// A bounded wait polls: the kernel's waiting lock has no timeout, and a holder that was
+    /// stopped (SIGSTOP, Ctrl-Z) keeps the lock for as long as it stays stopped. What is not
+    /// drained stays in the ring, in the pool, for the next drain.
     @discardableResult
-    package func drain(wait: Bool) throws(PMLLError) -> Int {
-        let rc = pmll_ofd_lock(fd, PMLL_LOCKBYTE_AUDIT, PMLL_RANGE_EXCLUSIVE, wait ? 1 : 0)
-        if rc == -EAGAIN || rc == -EACCES { return 0 }
-        try SystemCall.check("fcntl(F_OFD_SETLKW) audit", rc)
+    package func drain(until deadline: Int64) throws(PMLLError) -> Int? {
+        var pause: UInt32 = 100
+        while true {
+            let rc = pmll_ofd_lock(fd, PMLL_LOCKBYTE_AUDIT, PMLL_RANGE_EXCLUSIVE, deadline == .max ? 1 : 0)
+            if rc == -EINTR { continue }
+            if rc == -EAGAIN || rc == -EACCES {
+                if Clock.monotonicNanoseconds >= deadline { return nil }
+                usleep(pause)
+                pause = min(pause * 2, 5000)
+                continue
+            }
+            try SystemCall.check("fcntl(F_OFD_SETLK) audit", rc)
+            break
+        }
         ring.markDraining(true)
         defer {
             ring.markDraining(false)

@@ -68,7 +68,7 @@ package final class AuditDrainer: @unchecked Sendable {
             var moved = 0, busy = drain.ring.drainingElsewhere
             if drain.ring.backlog > 0 && !busy {
                 do {
-                    moved = try gate.run(wait: false) { () throws(PMLLError) in try drain.drain(wait: false) }
+                    moved = try gate.run(wait: false) { () throws(PMLLError) in try drain.drain(until: 0) } ?? 0
                     // Nothing moved: taken elsewhere only if another drainer's hint says so
                     // (else the backlog is records still being written: wait as usual).
                     busy = moved == 0 && drain.ring.drainingElsewhere
@@ -99,8 +99,9 @@ package final class AuditGate: Sendable {
     private let mutex = Mutex<Void>(())
     package init() {}
 
-    package func run(wait: Bool, _ body: () throws(PMLLError) -> Int) throws(PMLLError) -> Int {
+    /// nil: another thread drains (and `wait` is false).
+    package func run(wait: Bool, _ body: () throws(PMLLError) -> Int?) throws(PMLLError) -> Int? {
         if wait { return try mutex.withLock { _ throws(PMLLError) in try body() } }
-        return try mutex.withLockIfAvailable { _ throws(PMLLError) in try body() } ?? 0
+        return try mutex.withLockIfAvailable { _ throws(PMLLError) in try body() } ?? nil
     }
 }

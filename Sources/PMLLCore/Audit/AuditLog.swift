@@ -32,7 +32,7 @@ extension Pool {
             // the appender drains too.
             kickAuditDrainer()
             if backlog >= ring.count / 4 * 3 && !ring.drainingElsewhere {
-                do { try auditDrain(wait: false) } catch {
+                do { try auditDrain(until: 0) } catch {
                     Self.logger.warning("could not drain the audit ring", metadata: ["path": "\(path)", "error": "\(error)"])
                 }
             }
@@ -59,20 +59,21 @@ extension Pool {
             let now = Clock.monotonicNanoseconds
             if deadline == nil { deadline = now + 5_000_000_000 }
             if now > deadline! { return false }
-            do { try auditDrain(wait: true) } catch {
+            do { try auditDrain(until: deadline!) } catch {
                 Self.logger.warning("could not drain the audit ring", metadata: ["path": "\(path)", "error": "\(error)"])
             }
             if ring.backlog >= ring.count { usleep(1000) }
         }
     }
 
-    /// Moves the audit ring's complete records into the audit files; returns how many.
+    /// Moves the audit ring's complete records into the audit files; returns how many, or
+    /// nil if another process held the drain until `deadline` (see ``AuditDrain/drain(until:)``).
     /// One drainer per pool: the AUDIT byte lock between processes, a mutex between threads
     /// (they share the descriptor, so the byte lock does not exclude them).
     @discardableResult
-    package func auditDrain(wait: Bool) throws(PMLLError) -> Int {
+    package func auditDrain(until deadline: Int64) throws(PMLLError) -> Int? {
         guard let drain = makeAuditDrain() else { return 0 }
-        return try auditGate.run(wait: wait) { () throws(PMLLError) in try drain.drain(wait: wait) }
+        return try auditGate.run(wait: deadline > 0) { () throws(PMLLError) in try drain.drain(until: deadline) }
     }
 
     private func makeAuditDrain() -> AuditDrain? {

@@ -193,7 +193,7 @@ public final class Pool: Sendable {
                 // before anyone appends.
                 let drain = AuditDrain(ring: ring, poolPath: path, fd: fd.rawValue, persistence: memory.persistence, isAlive: nil,
                                        fileBytes: options.auditFileBytes, groupShared: memory.header.pointee.flags & PMLL_POOL_FLAG_GROUP_SHARED != 0)
-                do { try drain.drain(wait: true) } catch {
+                do { try drain.drain(until: .max) } catch {
                     Self.logger.error("could not drain the audit ring", metadata: ["path": "\(path)", "error": "\(error)"])
                 }
                 ring.header.pointee.stall_seq = 0
@@ -321,10 +321,20 @@ public final class Pool: Sendable {
         }
     }
 
+    /// How long closing waits for another process's drain to end (then records stay in the ring).
+    static let closeDrainWait: Int64 = 2_000_000_000
+
     deinit {
         auditDrainer.withLock { $0 }?.stop()
         if let ring = auditRing, ring.backlog > 0 {
-            do { try auditDrain(wait: true) } catch {
+            // Another process drains our records too, unless it is stopped holding the drain:
+            // then they stay in the ring (in the pool) for the next drain, and closing does
+            // not wait for that process to be continued.
+            do {
+                if try auditDrain(until: Clock.monotonicNanoseconds + Self.closeDrainWait) == nil {
+                    Self.logger.notice("audit records left in the ring: another process holds the drain", metadata: ["path": "\(path)"])
+                }
+            } catch {
                 Self.logger.error("could not drain the audit ring", metadata: ["path": "\(path)", "error": "\(error)"])
             }
         }

@@ -41,7 +41,13 @@ package enum CrashPoint {
     @usableFromInline @inline(never)
     static func trigger(_ name: StaticString) {
         if let trace, trace >= 0 { _ = "\(name)\n".withCString { write(trace, $0, strlen($0)) } }
-        if let paused, "\(name)" == paused.name, pauseHits.add(1, ordering: .relaxed).newValue == paused.hit { kill(getpid(), SIGSTOP) }
+        if let paused, "\(name)" == paused.name, pauseHits.add(1, ordering: .relaxed).newValue == paused.hit {
+            // To this thread (raise is tgkill): it stops before it returns. Sent to the
+            // process, the stop is begun by whichever thread the kernel picks (in an async
+            // main, the idle main thread) and this one ran on until its next system call:
+            // with the other core busy, through the commit to exit (seen in a test).
+            raise(SIGSTOP)
+        }
         guard let armed, "\(name)" == armed.name else { return }
         if hits.add(1, ordering: .relaxed).newValue == armed.hit { kill(getpid(), SIGKILL) }
     }

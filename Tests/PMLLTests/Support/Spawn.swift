@@ -154,6 +154,23 @@ final class Child: @unchecked Sendable {
 
     static func descendants(_ pid: Int32) -> [Int32] { ProcessTree.descendants(of: pid) }
 
+    /// Stopped by a signal (state T), as `PMLL_PAUSE_AT` leaves it.
+    var isStopped: Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        return stat[stat.index(close, offsetBy: 2)] == "T"
+    }
+
+    /// Waits until the child stopped itself at its `PMLL_PAUSE_AT` point.
+    func waitUntilStopped(timeout: Double = 30) throws {
+        let end = Date().addingTimeInterval(timeout)
+        while !isStopped {
+            try #require(process.isRunning, "the child exited before its pause point: \(stderr)")
+            try #require(Date() < end, "the child never reached its pause point: \(stderr)")
+            usleep(10_000)
+        }
+    }
+
     /// Waits for exit (bounded); returns the exit status, or 128+signal.
     @discardableResult
     func wait(timeout: Double = 60) -> Int32 {
