@@ -20,6 +20,7 @@ struct ScaleBench: ParsableCommand {
     @Option(help: "Random gets measured at each size.") var gets = 50_000
     @Option(help: "Random single-key sets measured at each size.") var sets = 10_000
     @Option var seed: UInt64 = 19
+    @Option(help: "Value size in bytes (PMLL keeps key + value up to 88 bytes in the key slot, longer ones in blocks; SQLite always stores 100).") var valueBytes = 100
     @Flag var json = false
 
     struct Row: Codable {
@@ -94,11 +95,11 @@ struct ScaleBench: ParsableCommand {
                     let pool = try Pool.open(path: dir + "/scale.pool")
                     load = { range in
                         try pool.transaction(isolation: .none) { tx in
-                            for i in range { try tx.set(Self.key(i), [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: 100)) }
+                            for i in range { try tx.set(Self.key(i), [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: valueBytes)) }
                         }
                     }
-                    get = { i in guard try pool.value(for: Self.key(i))?.count == 100 else { throw ToolError("key \(i) lost") } }
-                    let value = [UInt8](repeating: 9, count: 100)
+                    get = { i in guard try pool.value(for: Self.key(i))?.count == valueBytes else { throw ToolError("key \(i) lost") } }
+                    let value = [UInt8](repeating: 9, count: valueBytes)
                     set = { i in try pool.transaction(isolation: .none) { tx in try tx.set(Self.key(i), value) } }
                     usage = { let u = try pool.storeUsage(); return (u.fileBytes, u.keyCapacity, u.growths) }
                     finish = { guard try pool.check().ok else { throw ToolError("pmll check found problems") } }
@@ -120,7 +121,7 @@ struct ScaleBench: ParsableCommand {
             }
         }
         if json { try printJSONRows(rows); return }
-        print("A default pool loaded with keys of 100-byte values (transactions of \(batch)); random gets and single-key sets at each size")
+        print("A default pool loaded with keys of \(valueBytes)-byte values (transactions of \(batch)); random gets and single-key sets at each size")
         var table = [["fs", "peer", "keys", "get p50 us", "get p99 us", "set p50 us", "set p99 us", "file MiB", "key slots", "growths", "load keys/s", "longest commit ms"]]
         for r in rows {
             table.append([r.filesystem, r.peer, "\(r.keys)", String(format: "%.2f", r.getP50Microseconds), String(format: "%.2f", r.getP99Microseconds),
