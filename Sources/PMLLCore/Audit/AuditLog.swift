@@ -18,13 +18,12 @@ extension Pool {
     /// (queue operations): no String is built.
     package func audit(_ event: AuditEvent, _ outcome: AuditOutcome = .ok, fill: (inout AuditText) -> Void) {
         guard let ring = auditRing else { return }
-        let dropped = auditDropped.load(ordering: .relaxed)
-        if dropped > 0, append(ring, .gap, .lost, { $0.add(UInt64(dropped)); $0.add(" audit record(s) of this process dropped: the ring was full and could not be drained") }) {
-            auditDropped.subtract(dropped, ordering: .relaxed)
-        }
+        reportDroppedAuditRecords(ring)
         if !append(ring, event, outcome, fill) {
-            auditDropped.add(1, ordering: .relaxed)
-            Self.logger.error("audit ring full and not draining: record dropped", metadata: ["path": "\(path)", "event": "\(event)"])
+            // Logged once per stall (the count reaches the log in the gap record).
+            if auditDropped.add(1, ordering: .relaxed).oldValue == 0 {
+                Self.logger.error("audit ring full and not draining: records dropped until it drains", metadata: ["path": "\(path)", "event": "\(event)"])
+            }
         }
         let backlog = ring.backlog
         if backlog >= ring.count / 4 {
@@ -37,6 +36,17 @@ extension Pool {
                 }
             }
         }
+    }
+
+    /// A gap record for the records this process dropped, once there is room. False if
+    /// some are still unreported.
+    @discardableResult
+    package func reportDroppedAuditRecords(_ ring: AuditRing) -> Bool {
+        let dropped = auditDropped.load(ordering: .relaxed)
+        guard dropped > 0 else { return true }
+        guard append(ring, .gap, .lost, { $0.add(UInt64(dropped)); $0.add(" audit record(s) of this process dropped: the ring was full and could not be drained") }) else { return false }
+        auditDropped.subtract(dropped, ordering: .relaxed)
+        return true
     }
 
     private func kickAuditDrainer() {
@@ -55,10 +65,23 @@ extension Pool {
                               event: event, outcome: outcome, fill: fill) { return true }
                 continue   // the drainer gave the number up (this thread stalled): take another
             }
-            // Full: drain (or wait for the process draining), for about five seconds at most.
+            // Full: drain (or wait for the process draining), for about five seconds at most,
+            // and not again while the drain stays where it was when we last gave up (a
+            // drainer stopped while it holds the drain would otherwise cost every operation
+            // of every process five seconds).
+            let stalledAt = auditStalledAt.load(ordering: .relaxed)
+            if ring.drained == stalledAt {
+                // One try without waiting: the holder may have died (its lock went with it).
+                _ = try? auditDrain(until: 0)
+                if ring.drained == stalledAt { return false }
+                continue
+            }
             let now = Clock.monotonicNanoseconds
             if deadline == nil { deadline = now + 5_000_000_000 }
-            if now > deadline! { return false }
+            if now > deadline! {
+                auditStalledAt.store(ring.drained, ordering: .relaxed)
+                return false
+            }
             do { try auditDrain(until: deadline!) } catch {
                 Self.logger.warning("could not drain the audit ring", metadata: ["path": "\(path)", "error": "\(error)"])
             }

@@ -52,6 +52,9 @@ public final class Pool: Sendable {
     package let auditDrainer = Mutex<AuditDrainer?>(nil)
     /// Audit records this participant could not append (the ring stayed full).
     package let auditDropped = Atomic<Int>(0)
+    /// The ring's `drained` when this participant last gave up waiting for room (UInt64.max:
+    /// never): while the drain has not moved since, records are dropped without waiting again.
+    package let auditStalledAt = Atomic<UInt64>(.max)
     /// Hooks the layers above register (repair after an owner death).
     package let hooks = PoolHooks()
     /// Read-only attach and the access policy: asked before anything is written.
@@ -326,6 +329,10 @@ public final class Pool: Sendable {
 
     deinit {
         auditDrainer.withLock { $0 }?.stop()
+        if let ring = auditRing, !reportDroppedAuditRecords(ring) {
+            // The ring stayed full to the end: the count goes to the process's log instead.
+            Self.logger.error("audit records dropped and not reported in the audit log: the ring stayed full", metadata: ["path": "\(path)", "count": "\(auditDropped.load(ordering: .relaxed))"])
+        }
         if let ring = auditRing, ring.backlog > 0 {
             // Another process drains our records too, unless it is stopped holding the drain:
             // then they stay in the ring (in the pool) for the next drain, and closing does
