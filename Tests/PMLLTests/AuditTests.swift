@@ -130,8 +130,8 @@ struct AuditTests {
 
     /// Behind a drainer stopped while it holds the drain, the ring fills; a process that keeps
     /// committing waits once (5 s), then drops its records at once while the drain stays where
-    /// it was, and says at exit how many it could not report (one wait per record made 136
-    /// commits take 11 minutes).
+    /// it was, and says at exit how many it could not report (one wait per record would make
+    /// the 136 commits past the ring's 64 slots take 11 minutes).
     @Test func aFullRingBehindAStoppedDrainerCostsOneWaitNotOnePerRecord() throws {
         let scratch = Scratch()
         let pool = scratch.file("f.pool")
