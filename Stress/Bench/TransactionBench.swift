@@ -25,6 +25,7 @@ struct TransactionBench: ParsableCommand {
     @Option(help: "With --scaling-only: run every process of a row for this many seconds (0: a fixed count each).") var seconds = 0.0
     @Option(help: "With --scaling-only: rounds of the rows (medians and the range of the rounds' ratios are printed).") var rounds = 1
     @Flag(help: "Create the pool without an audit log (by default every commit appends an audit record, drained by a thread of each process).") var noAudit = false
+    @Flag(help: "With --scaling-only: also run the rows with a pool per process (nothing shared: what the machine gives 4 processes of this work).") var ownPools = false
     @Flag var json = false
 
     struct Row: Codable {
@@ -50,6 +51,7 @@ struct TransactionBench: ParsableCommand {
             var options = PoolOptions()
             if noAudit { options.auditRingSlots = 0 }
             _ = try Pool.open(path: dir + "/tx.pool", options: options)
+            if ownPools { for i in 0..<processes { _ = try Pool.open(path: dir + "/tx-\(i).pool", options: options) } }
             if scalingOnly {
                 // The database exists before its first row (its children would race to make it).
                 guard let kv = peers_sqlite_kv_open(dir + "/tx.sqlite") else { throw ToolError("sqlite open failed") }
@@ -57,7 +59,7 @@ struct TransactionBench: ParsableCommand {
                 // Rounds alternate which row goes first, so that a slow minute of a shared
                 // machine weighs on both.
                 for round in 0..<rounds {
-                    for peer in ["pmll", "sqlite"] {
+                    for peer in ["pmll"] + (ownPools ? ["pmll-own"] : []) + ["sqlite"] {
                         for p in round % 2 == 0 ? [processes, 1] : [1, processes] {
                             rows.append(try parallel(peer: peer, keys: "disjoint", n: p == 1 ? n / processes : n, directory: dir, filesystem: fs, processes: p))
                         }
@@ -100,6 +102,9 @@ struct TransactionBench: ParsableCommand {
             }
             if let d = scaling("pmll serializable disjoint"), let q = scaling("sqlite disjoint") {
                 print("\(dir): disjoint keys, \(processes) processes vs 1 (medians): PMLL \(d) (target: at least 1.7 on tmpfs, 3 on disk), SQLite \(q)")
+            }
+            if let own = scaling("pmll serializable own pools") {
+                print("\(dir): the same with a pool per process (nothing shared): \(own)")
             }
             guard let s = row("pmll serializable"), let n = row("pmll none"), let w = row("pmll write-only"), let o = row("pmemobj write-only"),
                   let q = row("sqlite read-write") else { continue }
@@ -189,12 +194,14 @@ struct TransactionBench: ParsableCommand {
         }, shared: shared, duration: timed ? seconds : nil)
         let after = try pool.transactionStatistics()
         let committed = Int(histogram.totalCount)
-        return Row(directory: directory, filesystem: filesystem, kind: peer == "pmll" ? "pmll serializable \(keys)" : "sqlite \(keys)",
+        let kind = peer == "pmll" ? "pmll serializable \(keys)" : peer == "pmll-own" ? "pmll serializable own pools" : "sqlite \(keys)"
+        return Row(directory: directory, filesystem: filesystem, kind: kind,
                    processes: processes, transactions: committed,
                    p50Microseconds: Double(histogram.valueAtPercentile(50)) / 1000, p99Microseconds: Double(histogram.valueAtPercentile(99)) / 1000,
                    transactionsPerSecond: Double(committed) / elapsed, barriersPerCommit: Double(barriers) / Double(max(committed, 1)),
                    retriesPerTransaction: peer == "pmll" ? Double(after.retries - before.retries) / Double(max(committed, 1)) : 0,
                    gaveUp: peer == "pmll" ? Int(after.failures - before.failures) : 0)
+
     }
 }
 
@@ -224,7 +231,7 @@ struct TransactionChild: ParsableCommand {
             guard let kv = peers_sqlite_kv_open(directory + "/tx.sqlite") else { throw ToolError("sqlite open failed") }
             transact = { i in peers_sqlite_kv_tx(kv, a, b, UInt8(i & 0xff)) == 0 }
         } else {
-            let pool = try Pool.open(path: directory + "/tx.pool")
+            let pool = try Pool.open(path: directory + (peer == "pmll-own" ? "/tx-\(index).pool" : "/tx.pool"))
             transact = { i in
                 do { try readWrite(pool, .serializable, a, b, UInt8(i & 0xff)) } catch PMLLError.transactionConflict { return false }
                 return true
