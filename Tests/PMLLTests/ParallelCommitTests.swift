@@ -85,6 +85,50 @@ struct ParallelCommitTests {
         #expect(try p.check().problems.isEmpty)
     }
 
+    /// The store lock's reader bias (Docs/Transactions.md "Reader bias"): once a parallel
+    /// commit turned it on, commits hold the lock shared through their process's ledger only
+    /// (the reader count stays 0). An insert, which takes the lock exclusively, waits for one
+    /// stopped inside its commit; one killed there is found dead in the ledgers, and the next
+    /// insert rolls it back instead of waiting forever.
+    @Test func anInsertWaitsForABiasedCommitAndNotForADeadOne() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("b.pool")
+        let (a, other, same) = Self.keys()
+        #expect(try Child.worker("tx-set", "--pool", pool, "\(a)=old", "\(other)=old", "\(same)=old").wait() == 0)
+        let p = try Pool.open(path: pool)
+        let entry = p.memory.lock(try p.storeLock())
+        func readers() -> (count: UInt64, biased: Bool) {
+            let v = pmll_load64(pmll_entry_readers(entry))
+            return (v & PMLL_READERS_COUNT, v & PMLL_READERS_BIASED != 0)
+        }
+        #expect(try Child.worker("tx-set", "--pool", pool, "\(a)=warm").wait() == 0)
+        #expect(readers().biased, "a parallel commit turns the bias on")
+
+        let stopped = try Child.worker("tx-set", "--pool", pool, "\(a)=new", environment: ["PMLL_PAUSE_AT": "tx.applying"])
+        defer { stopped.stopIfRunning() }
+        try stopped.waitUntilStopped()
+        #expect(readers().count == 0 && readers().biased, "the stopped commit holds the lock biased")
+        let inserter = try Child.worker("tx-set", "--pool", pool, "new=1")
+        usleep(500_000)
+        #expect(inserter.events.isEmpty, "an insert went in beside a commit that holds the store lock biased")
+        stopped.kill(SIGCONT)
+        #expect(stopped.wait() == 0)
+        #expect(inserter.wait() == 0)
+        #expect(try Self.string(p, a) == "new")
+        #expect(try Self.string(p, "new") == "1")
+
+        usleep(2_000)   // past the revocation's inhibition (at least 100 µs)
+        #expect(try Child.worker("tx-set", "--pool", pool, "\(a)=warm2").wait() == 0)
+        let victim = try Child.worker("tx-set", "--pool", pool, "\(a)=dead", environment: ["PMLL_CRASH_AT": "tx.applying"])
+        #expect(victim.wait() == 128 + SIGKILL)
+        #expect(readers().count == 0 && readers().biased, "the dead commit held the lock biased")
+        let next = try Child.worker("tx-set", "--pool", pool, "newer=1")
+        #expect(next.wait(timeout: 30) == 0)
+        #expect(try Self.string(p, a) == "warm2")
+        #expect(try Self.string(p, "newer") == "1")
+        #expect(try p.check().problems.isEmpty)
+    }
+
     /// Counters from several processes of several threads each, on keys of their own and on
     /// one they share: serializable read-modify-write loses no update, whichever way each
     /// commit went (in parallel, or exclusively when a second thread of the same process was

@@ -163,6 +163,9 @@ static const uint32_t PMLL_WORD_NO_DEATH = PMLL_WORD_HANDED | PMLL_WORD_DRAINING
 
 #define PMLL_READERS_COUNT 0x00FFFFFFull
 #define PMLL_READERS_DRAIN 0x80000000ull
+// Reader bias (ReaderBias.swift): shared holders stay out of the count and are found in the
+// process ledgers instead, so that they write no shared cache line. Only the store lock.
+#define PMLL_READERS_BIASED 0x40000000ull
 #define PMLL_READERS_ONE_ACQUISITION 0x100000000ull
 
 // Statistics of shared holds and of writers waiting for them (all written atomically).
@@ -205,7 +208,8 @@ typedef struct pmll_lock_entry {
     uint64_t owner_deaths;
     uint64_t handoffs;             // times a release handed the lock to a starving waiter
     uint64_t handoffs_unclaimed;   // handoffs taken by another waiter because their target did not claim them
-    uint64_t reserved1[2];
+    uint64_t bias_inhibit_until;   // CLOCK_MONOTONIC ns before which reader bias stays off (volatile; former reserved bytes)
+    uint64_t reserved1;
 
     // Cache line 3: the most recent owner death.
     int32_t dead_pid;
@@ -226,6 +230,7 @@ _Static_assert(offsetof(pmll_lock_entry_t, held_since_ns) == 64, "cold fields on
 _Static_assert(offsetof(pmll_lock_entry_t, dead_pid) == 128, "death record offset");
 _Static_assert(offsetof(pmll_lock_entry_t, name) == 192, "name offset");
 _Static_assert(offsetof(pmll_lock_entry_t, readers) == 56, "reader count shares the word's cache line");
+_Static_assert(offsetof(pmll_lock_entry_t, bias_inhibit_until) == 112, "reader bias inhibition in the former reserved bytes");
 _Static_assert(offsetof(pmll_lock_entry_t, shared) == 448, "shared statistics at the former reserved3");
 _Static_assert(PMLL_MAX_PROCESSES == 1u << PMLL_SLOT_BITS, "slot bits");
 _Static_assert(PMLL_MAX_GENERATION == PMLL_OWNER_MASK >> PMLL_SLOT_BITS, "generation bits");
@@ -605,9 +610,23 @@ static inline int pmll_lock_try_fast(pmll_lock_entry_t *e, uint32_t token) {
     uint32_t expected = 0;
     return __atomic_compare_exchange_n(&e->word, &expected, token, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
 }
-// Shared holds or a stale DRAIN flag after a writer took the word: the writer must drain.
+// Shared holds, reader bias or a stale DRAIN flag after a writer took the word: the writer
+// must drain (and revoke the bias).
 static inline int pmll_lock_readers_present(pmll_lock_entry_t *e) {
-    return (__atomic_load_n(&e->readers, __ATOMIC_SEQ_CST) & (PMLL_READERS_COUNT | PMLL_READERS_DRAIN)) != 0;
+    return (__atomic_load_n(&e->readers, __ATOMIC_SEQ_CST) & (PMLL_READERS_COUNT | PMLL_READERS_DRAIN | PMLL_READERS_BIASED)) != 0;
+}
+// A biased reader, after entering its ledger: the word if the bias still holds, else
+// UINT32_MAX. The fence orders the ledger entry before these loads, as a writer's word CAS
+// comes before its load of `readers` and its revocation before its scan of the ledgers: one
+// of the two sees the other.
+static inline uint32_t pmll_bias_admits(pmll_lock_entry_t *e) {
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    uint32_t w = __atomic_load_n(&e->word, __ATOMIC_SEQ_CST);
+    uint64_t r = __atomic_load_n(&e->readers, __ATOMIC_SEQ_CST);
+    return (r & PMLL_READERS_BIASED) ? w : UINT32_MAX;
+}
+static inline int pmll_lock_biased(pmll_lock_entry_t *e) {
+    return (__atomic_load_n(&e->readers, __ATOMIC_SEQ_CST) & PMLL_READERS_BIASED) != 0;
 }
 // A reader counts itself in (`add` is 1, plus PMLL_READERS_ONE_ACQUISITION on its first try)
 // and returns the word as it is after that: free (owner 0) means the shared hold is granted.

@@ -44,7 +44,7 @@ package enum LockWords {
             if readers & PMLL_READERS_COUNT != 0 {
                 entry.pointee.shared.reader_deaths &+= readers & PMLL_READERS_COUNT
             }
-            storeIfChanged(&entry.pointee.readers, readers & ~(PMLL_READERS_COUNT | PMLL_READERS_DRAIN))
+            storeIfChanged(&entry.pointee.readers, readers & ~(PMLL_READERS_COUNT | PMLL_READERS_DRAIN | PMLL_READERS_BIASED))
         }
     }
 }
