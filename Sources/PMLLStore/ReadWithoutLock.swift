@@ -79,7 +79,8 @@ extension Pool {
         return try withStoreLock(body)
     }
 
-    /// A read under the key's stripe if the store lock is held shared and not exclusively now.
+    /// A read under the key's stripe if the store lock is held shared (or biased towards its
+    /// shared holders) and not exclusively now.
     private func readSharedIfCommitsRun<R>(_ key: [UInt8], _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R? {
         let entry = try storeLockEntry()
         guard pmll_load32(pmll_entry_word(entry)) == 0 && pmll_lock_readers_present(entry) != 0 else { return nil }

@@ -47,15 +47,21 @@ public enum ProcessTree {
         return tree
     }
 
+    /// The process's state letter from /proc/PID/stat ('R', 'S', 'T', 'Z', ...), nil if
+    /// the file cannot be read.
+    public static func state(of pid: Int32) -> Character? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return nil }
+        return stat[stat.index(after: close)...].drop(while: { $0 == " " }).first
+    }
+
     /// Whether the process is stopped ('T', 't'), a zombie or gone: it can no longer fork.
     /// Also a parent blocked in `vfork` (posix_spawn) for a child that was stopped before its
     /// exec: it shows 'D' in `kernel_clone` until the child goes on, which a frozen child never
     /// does, and it creates no other process meanwhile. A `/proc` file that cannot be read (a
     /// descriptor limit on a busy test process) is not taken for "gone" unless the process is.
     public static func isStoppedOrGone(_ pid: Int32) -> Bool {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return kill(pid, 0) != 0 && errno == ESRCH }
-        guard let state = stat[stat.index(after: close)...].drop(while: { $0 == " " }).first else { return false }
+        guard let state = state(of: pid) else { return kill(pid, 0) != 0 && errno == ESRCH }
         if "TtZX".contains(state) { return true }
         guard state == "D", let wchan = try? String(contentsOfFile: "/proc/\(pid)/wchan", encoding: .utf8) else { return false }
         return wchan == "kernel_clone" || wchan == "wait_for_vfork_done"

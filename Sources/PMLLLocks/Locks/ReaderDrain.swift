@@ -135,8 +135,9 @@ extension Pool {
     @usableFromInline @inline(never)
     package func drainReaders(index: LockIndex, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) {
         cancellation?.waitBegins()
-        if pmll_lock_biased(memory.lock(index)) != 0 { try revokeReaderBias(index: index, deadline: deadline, cancellation: cancellation) }
-        var drain = ReaderDrain(pool: self, entry: memory.lock(index), index: index, deadline: deadline, cancellation: cancellation)
+        let entry = memory.lock(index)
+        if pmll_lock_biased(entry) != 0 { try revokeReaderBias(index: index, deadline: deadline, cancellation: cancellation) }
+        var drain = ReaderDrain(pool: self, entry: entry, index: index, deadline: deadline, cancellation: cancellation)
         do {
             try drain.runHere()
             drain.end()
@@ -149,8 +150,9 @@ extension Pool {
 
     package func drainReadersAsync(index: LockIndex, deadline: Int64) async throws {
         // Only the store lock is ever biased, and it is taken synchronously: this is for form.
-        if pmll_lock_biased(memory.lock(index)) != 0 { try revokeReaderBias(index: index, deadline: deadline, cancellation: nil) }
-        let drain = ReaderDrain(pool: self, entry: memory.lock(index), index: index, deadline: deadline, cancellation: Cancellation(), spinLimit: 0)
+        let entry = memory.lock(index)
+        if pmll_lock_biased(entry) != 0 { try revokeReaderBias(index: index, deadline: deadline, cancellation: nil) }
+        let drain = ReaderDrain(pool: self, entry: entry, index: index, deadline: deadline, cancellation: Cancellation(), spinLimit: 0)
         do {
             try await WaiterThread.shared.wait(drain)
         } catch {

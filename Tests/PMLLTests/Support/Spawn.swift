@@ -155,11 +155,7 @@ final class Child: @unchecked Sendable {
     static func descendants(_ pid: Int32) -> [Int32] { ProcessTree.descendants(of: pid) }
 
     /// Stopped by a signal (state T), as `PMLL_PAUSE_AT` leaves it.
-    var isStopped: Bool {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return false }
-        return stat[stat.index(close, offsetBy: 2)] == "T"
-    }
+    var isStopped: Bool { ProcessTree.state(of: pid) == "T" }
 
     /// Waits until the child stopped itself at its `PMLL_PAUSE_AT` point.
     func waitUntilStopped(timeout: Double = 30) throws {
