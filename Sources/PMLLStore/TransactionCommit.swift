@@ -179,7 +179,7 @@ extension Pool {
         if inPlace.isEmpty {
             switch try commitInParallel(writes, reads: reads, store: store, started: started) {
             case .committed:
-                if auditRing != nil { audit(.commit, .ok, Self.auditObject(writes, inPlace: 0)) }
+                if auditRing != nil { audit(.commit) { Self.describe(writes, inPlace: 0, into: &$0) } }
                 return
             case .repair(let died): try repairStripes(died)
             case .exclusive: break
@@ -320,7 +320,7 @@ extension Pool {
 
             try commitPoint(header, started: started)
         }
-        if auditRing != nil { audit(.commit, .ok, Self.auditObject(writes, inPlace: inPlace.count)) }
+        if auditRing != nil { audit(.commit) { Self.describe(writes, inPlace: inPlace.count, into: &$0) } }
     }
 
     /// Step 4, for the exclusive and the parallel path alike: `done_seq = seq` (one aligned
@@ -335,18 +335,29 @@ extension Pool {
     }
 
     /// How an audit record names a commit: its keys, as many as the record holds.
-    static func auditObject(_ writes: [(key: String, value: [UInt8]?)], inPlace: Int) -> String {
-        var text = "keys:"
+    /// The object of a commit's audit record, written into its slot: the keys, as many as fit
+    /// in 400 bytes, then how many more.
+    static func describe(_ writes: [(key: String, value: [UInt8]?)], inPlace: Int, into text: inout AuditText) {
+        text.add("keys:")
         var listed = 0
         for w in writes {
-            let item = " " + w.key + (w.value == nil ? " (deleted)" : "")
-            if text.utf8.count + item.utf8.count > 400 { break }
-            text += item
+            let length = 1 + w.key.utf8.count + (w.value == nil ? 10 : 0)
+            if text.written + length > 400 { break }
+            text.add(" ")
+            text.add(w.key)
+            if w.value == nil { text.add(" (deleted)") }
             listed += 1
         }
-        if listed < writes.count { text += " (+\(writes.count - listed) more)" }
-        if inPlace > 0 { text += "; \(inPlace) in-place object write(s)" }
-        return text
+        if listed < writes.count {
+            text.add(" (+")
+            text.add(UInt64(writes.count - listed))
+            text.add(" more)")
+        }
+        if inPlace > 0 {
+            text.add("; ")
+            text.add(UInt64(inPlace))
+            text.add(" in-place object write(s)")
+        }
     }
 
     static let objectPrefixBytes = Array(objectPrefix.utf8)

@@ -16,6 +16,7 @@ struct AuditBench: AsyncParsableCommand {
     @Option(help: "Operations per round on other filesystems.") var diskOperations = 1000
     @Option(help: "Alternating rounds (on, off, on, off, ...); medians are reported.") var rounds = 5
     @Option(help: "Slots of the audit ring of the pool with auditing on (a power of two, 64...65536).") var ringSlots = 1024
+    @Option(help: "Only these operations (commit, queue, lock, append); all when not given.") var only: [String] = []
     @Flag var json = false
 
     struct Row: Codable {
@@ -43,7 +44,7 @@ struct AuditBench: AsyncParsableCommand {
                 options.size = 64 << 20
                 pools[audit] = try Pool.open(path: dir + (audit ? "/on.pool" : "/off.pool"), options: options)
             }
-            for operation in ["commit", "queue", "lock", "append"] {
+            for operation in ["commit", "queue", "lock", "append"] where only.isEmpty || only.contains(operation) {
                 var samples: [Bool: [(rate: Double, p50: Double, p99: Double)]] = [true: [], false: []]
                 for _ in 0..<rounds {
                     for audit in [true, false] {

@@ -199,4 +199,49 @@ import Glibc
             #expect(problems.contains { $0.contains(expected) }, "missing: \(expected) in \(problems)")
         }
     }
+
+    // MARK: Audit line
+
+    /// The drain formats record lines in C (auditline.c); AuditLine.body (Swift) writes the
+    /// gap records and defines the format. Both must write the same bytes, escapes included.
+    @Test func theDrainsLineFormatMatchesAuditLineByteForByte() throws {
+        let objects = ["queue 'q' ticket 7 kind 'install'", "quote \" backslash \\ newline \n cr \r tab \t",
+                       "control \u{01}\u{1f} end", "utf-8 é ✓ 𝄞", ""]
+        let slot = UnsafeMutablePointer<pmll_audit_slot_t>.allocate(capacity: 1)
+        defer { slot.deallocate() }
+        var previous = (0..<32).map { UInt8($0 * 7 & 0xff) }
+        for (i, object) in objects.enumerated() {
+            UnsafeMutableRawPointer(slot).initializeMemory(as: UInt8.self, repeating: 0, count: MemoryLayout<pmll_audit_slot_t>.size)
+            let command = i == 1 ? "cp\"m\\d" : "pmll"
+            slot.pointee.time_ns = i == 2 ? -1_234_567 : 1_764_000_000_123_456_789
+            slot.pointee.pid = i == 3 ? -5 : 4242
+            slot.pointee.uid = UInt32.max - UInt32(i)
+            withUnsafeMutableBytes(of: &slot.pointee.comm) { $0.copyBytes(from: Array(command.utf8)) }
+            withUnsafeMutableBytes(of: &slot.pointee.text) { $0.copyBytes(from: Array(object.utf8)) }
+            slot.pointee.text_length = UInt32(object.utf8.count)
+            let event: StaticString = "queue.submit", outcome: StaticString = "failed"
+            var hash = [UInt8](repeating: 0, count: 32)
+            var line = [UInt8](repeating: 0, count: Int(PMLL_AUDIT_LINE_MAX))
+            let length = line.withUnsafeMutableBytes { l in
+                hash.withUnsafeMutableBufferPointer { h in
+                    previous.withUnsafeBufferPointer { p in
+                        event.withUTF8Buffer { e in
+                            outcome.withUTF8Buffer { o in
+                                pmll_audit_format_line(l.baseAddress!.assumingMemoryBound(to: CChar.self), slot, UInt64(1000 + i),
+                                                       UnsafeRawPointer(e.baseAddress!).assumingMemoryBound(to: CChar.self), e.count,
+                                                       UnsafeRawPointer(o.baseAddress!).assumingMemoryBound(to: CChar.self), o.count,
+                                                       p.baseAddress!, h.baseAddress!)
+                            }
+                        }
+                    }
+                }
+            }
+            let body = AuditLine.body(AuditLine.Fields(seq: UInt64(1000 + i), timeNanoseconds: slot.pointee.time_ns, pid: slot.pointee.pid,
+                                                      uid: slot.pointee.uid, command: command, event: "queue.submit", object: object, outcome: "failed"))
+            let expectedHash = AuditLine.chain(previous: previous, body: body)
+            #expect(hash == expectedHash, "record \(i): hash")
+            #expect(Array(line[..<length]) == body + AuditLine.hashTail(expectedHash), "record \(i): \(String(decoding: line[..<length], as: UTF8.self))")
+            previous = hash
+        }
+    }
 }

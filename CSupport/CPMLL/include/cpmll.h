@@ -395,6 +395,12 @@ _Static_assert(offsetof(pmll_audit_slot_t, text) == 56, "audit text offset");
 
 static inline uint64_t *pmll_audit_slot_state(pmll_audit_slot_t *s) { return &s->state; }
 static inline uint64_t *pmll_audit_next_seq(pmll_audit_ring_t *r) { return &r->next_seq; }
+// Asks for the first two cache lines at p for writing (PREFETCHW), as an appender does for the
+// ring slot of the next record so that writing it later does not wait for another core.
+static inline void pmll_prefetch_for_write(const void *p) {
+    __builtin_prefetch(p, 1, 3);
+    __builtin_prefetch((const char *)p + 64, 1, 3);
+}
 static inline uint64_t *pmll_audit_draining(pmll_audit_ring_t *r) { return (uint64_t *)&r->draining_since_ns; }
 
 // MARK: - State store (in the heap section)
@@ -908,6 +914,16 @@ int pmll_ed25519_verify(const uint8_t *signature, const uint8_t *message, uint64
 int pmll_blake2b512(uint8_t *out, const uint8_t *message, uint64_t length);  // out: 64 bytes
 // The audit chain: BLAKE2b-256 of previous (32 bytes) followed by message.
 int pmll_audit_chain(uint8_t *out, const uint8_t *previous, const uint8_t *message, uint64_t length);
+// One record line of the audit files (auditline.c; AuditLine.swift has the format): the body
+// from slot `s` as record `seq`, chained to `previous` (32 bytes; the new hash goes to `hash`),
+// then `,"hash":"HEX"}` and a newline. `out` has room for PMLL_AUDIT_LINE_MAX bytes; the event
+// and outcome names are cut at PMLL_AUDIT_NAME_MAX bytes. Returns the length.
+#define PMLL_AUDIT_NAME_MAX 64u
+#define PMLL_AUDIT_LINE_MAX 4096u
+size_t pmll_audit_format_line(char *out, const pmll_audit_slot_t *s, uint64_t seq, const char *event, size_t event_length,
+                              const char *outcome, size_t outcome_length, const uint8_t *previous, uint8_t *hash);
+// Writes `,"hash":"HEX"}` and a newline at p (76 bytes); returns the end.
+char *pmll_audit_hash_tail(char *p, const uint8_t *hash);
 // Ed25519 (audit checkpoints): a new key pair (public 32, secret 64 bytes); a detached signature (64).
 int pmll_ed25519_keypair(uint8_t *public_key, uint8_t *secret_key);
 int pmll_ed25519_sign(uint8_t *signature, const uint8_t *message, uint64_t length, const uint8_t *secret_key);

@@ -88,19 +88,11 @@ package struct AuditDrain {
         var out = [UInt8]()
         out.reserveCapacity(64 << 10)
         var hash = [UInt8](repeating: 0, count: 32)
+        var line = [UInt8](repeating: 0, count: Int(PMLL_AUDIT_LINE_MAX))
         var drainedCount = 0
         let now = Clock.realtimeNanoseconds
         while true {
-            let bodyStart = out.count
-            guard appendBody(seq, end: end, now: now, to: &out) else { break }
-            out.withUnsafeBufferPointer { o in
-                _ = hash.withUnsafeMutableBufferPointer { h in
-                    head.withUnsafeBufferPointer { p in
-                        pmll_audit_chain(h.baseAddress!, p.baseAddress!, o.baseAddress! + bodyStart, UInt64(o.count - bodyStart))
-                    }
-                }
-            }
-            hash.withUnsafeBytes { AuditLine.appendHashTail(to: &out, $0) }
+            guard appendLine(seq, end: end, now: now, previous: head, hash: &hash, scratch: &line, to: &out) else { break }
             swap(&head, &hash)
             seq += 1
             drainedCount += 1
@@ -128,27 +120,38 @@ package struct AuditDrain {
         return drainedCount
     }
 
-    /// Appends the hashed body of record `seq` (or of a gap record in its place) to `out`;
-    /// false to stop here (its writer is still at work, or nothing more was appended).
-    private func appendBody(_ seq: UInt64, end: UInt64, now: Int64, to out: inout [UInt8]) -> Bool {
+    /// Appends the line of record `seq` (or of a gap record in its place), chained to
+    /// `previous`, to `out`, and its hash to `hash`; false to stop here (its writer is still
+    /// at work, or nothing more was appended).
+    private func appendLine(_ seq: UInt64, end: UInt64, now: Int64, previous: [UInt8], hash: inout [UInt8],
+                            scratch: inout [UInt8], to out: inout [UInt8]) -> Bool {
         let s = ring.slot(seq)
         // Past `end`, only a volatile reset looks (at slots a power loss may have kept while
         // losing the counter); otherwise a slot there is a record whose writer is still at work.
         if (seq < end || isAlive == nil) && ring.isComplete(seq) {
-            let length = Int(min(s.pointee.text_length, PMLL_AUDIT_TEXT_MAX))
-            withUnsafeBytes(of: s.pointee.comm) { comm in
-                withUnsafeBytes(of: s.pointee.text) { text in
-                    AuditLine.appendBody(to: &out, seq: seq, time: s.pointee.time_ns, pid: s.pointee.pid, uid: s.pointee.uid,
-                                         command: UnsafeRawBufferPointer(rebasing: comm.prefix { $0 != 0 }),
-                                         event: AuditEvent(rawValue: s.pointee.event)?.staticName ?? "unknown",
-                                         object: UnsafeRawBufferPointer(rebasing: text.prefix(length)),
-                                         outcome: AuditOutcome(rawValue: s.pointee.outcome)?.staticName ?? "unknown")
+            let event = AuditEvent(rawValue: s.pointee.event)?.staticName ?? "unknown"
+            let outcome = AuditOutcome(rawValue: s.pointee.outcome)?.staticName ?? "unknown"
+            let length = scratch.withUnsafeMutableBytes { line in
+                hash.withUnsafeMutableBufferPointer { h in
+                    previous.withUnsafeBufferPointer { p in
+                        event.withUTF8Buffer { e in
+                            outcome.withUTF8Buffer { o in
+                                pmll_audit_format_line(line.baseAddress!.assumingMemoryBound(to: CChar.self), s, seq,
+                                                       UnsafeRawPointer(e.baseAddress!).assumingMemoryBound(to: CChar.self), e.count,
+                                                       UnsafeRawPointer(o.baseAddress!).assumingMemoryBound(to: CChar.self), o.count,
+                                                       p.baseAddress!, h.baseAddress!)
+                            }
+                        }
+                    }
                 }
             }
+            out.append(contentsOf: scratch[..<length])
             return true
         }
         guard let body = gapBody(seq, end: end, now: now) else { return false }
+        hash = AuditLine.chain(previous: previous, body: body)
         out += body
+        out += AuditLine.hashTail(hash)
         return true
     }
 

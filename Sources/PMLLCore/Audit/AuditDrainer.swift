@@ -11,27 +11,57 @@ import Glibc
 // The thread holds no reference to the Pool (its last release must never happen there): only
 // the drain's values (the mapping outlives the thread: Pool.deinit joins it before unmapping)
 // and the gate it shares with the pool's own drains.
-// @unchecked: `wake` is a futex word, accessed only through atomics and futex calls.
+// @unchecked: `wake` is a futex word, accessed only through atomics and futex calls; `thread`
+// is written once, under `starting`, before `state` says running, and read after.
 package final class AuditDrainer: @unchecked Sendable {
     private let wake = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
     private let stopRequested = Atomic<Bool>(false)
+    /// notStarted, running, or failed (pthread_create refused: appenders drain themselves).
+    private let state = Atomic<UInt8>(0)   // notStarted
+    private let starting = Mutex<Void>(())
     private var thread = pthread_t()
+    private static let notStarted: UInt8 = 0, running: UInt8 = 1, failed: UInt8 = 2
 
-    /// Starts the thread; nil if it could not be created (appenders then drain).
-    static func start(_ drain: AuditDrain, gate: AuditGate) -> AuditDrainer? {
-        let drainer = AuditDrainer()
-        drainer.wake.initialize(to: 0)
-        let context = Unmanaged.passRetained(Context(drainer: drainer, drain: drain, gate: gate)).toOpaque()
-        let rc = pthread_create(&drainer.thread, nil, { raw in
-            let context = Unmanaged<Context>.fromOpaque(raw!).takeRetainedValue()
-            context.drainer.loop(context.drain, context.gate)
-            return nil
-        }, context)
-        guard rc == 0 else {
-            Unmanaged<Context>.fromOpaque(context).release()
-            return nil
+    package init() { wake.initialize(to: 0) }
+
+    /// Wakes the thread, starting it the first time with the drain `makeDrain` gives; false if
+    /// it does not run (it could not be started).
+    func kick(_ makeDrain: () -> AuditDrain?, gate: AuditGate) -> Bool {
+        switch state.load(ordering: .acquiring) {
+        case Self.running: break
+        case Self.failed: return false
+        default:
+            guard start(makeDrain, gate: gate) else { return false }
         }
-        return drainer
+        // Awake already (the usual case while it drains): no locked instruction on its line.
+        if pmll_load32(wake) != 0 { return true }
+        var idle: UInt32 = 0
+        guard pmll_cas32(wake, &idle, 1) != 0 else { return true }
+        _ = pmll_futex_wake_private(wake, 1)
+        return true
+    }
+
+    private func start(_ makeDrain: () -> AuditDrain?, gate: AuditGate) -> Bool {
+        starting.withLock { _ in
+            guard state.load(ordering: .acquiring) == Self.notStarted else { return state.load(ordering: .acquiring) == Self.running }
+            guard let drain = makeDrain() else {
+                state.store(Self.failed, ordering: .releasing)
+                return false
+            }
+            let context = Unmanaged.passRetained(Context(drainer: self, drain: drain, gate: gate)).toOpaque()
+            let rc = pthread_create(&thread, nil, { raw in
+                let context = Unmanaged<Context>.fromOpaque(raw!).takeRetainedValue()
+                context.drainer.loop(context.drain, context.gate)
+                return nil
+            }, context)
+            guard rc == 0 else {
+                Unmanaged<Context>.fromOpaque(context).release()
+                state.store(Self.failed, ordering: .releasing)
+                return false
+            }
+            state.store(Self.running, ordering: .releasing)
+            return true
+        }
     }
 
     private final class Context {
@@ -47,14 +77,14 @@ package final class AuditDrainer: @unchecked Sendable {
 
     deinit { wake.deallocate() }
 
-    func kick() {
-        var idle: UInt32 = 0
-        guard pmll_cas32(wake, &idle, 1) != 0 else { return }
-        _ = pmll_futex_wake_private(wake, 1)
-    }
-
-    /// Ends the thread and waits for it (a drain in progress finishes first).
+    /// Ends the thread, if it runs, and waits for it (a drain in progress finishes first).
     func stop() {
+        let wasRunning = starting.withLock { _ -> Bool in
+            let running = state.load(ordering: .acquiring) == Self.running
+            state.store(Self.failed, ordering: .releasing)   // no start after this
+            return running
+        }
+        guard wasRunning else { return }
         stopRequested.store(true, ordering: .sequentiallyConsistent)
         pmll_store32(wake, 1)
         _ = pmll_futex_wake_private(wake, 1)

@@ -37,30 +37,6 @@ package enum AuditLine {
         return Array(s.utf8)
     }
 
-    /// Appends the hashed part of a record line to `out`, straight from the slot's bytes (no
-    /// String is made: the drain runs once per record).
-    package static func appendBody(to out: inout [UInt8], seq: UInt64, time: Int64, pid: Int32, uid: UInt32,
-                                   command: UnsafeRawBufferPointer, event: StaticString, object: UnsafeRawBufferPointer, outcome: StaticString) {
-        func literal(_ s: StaticString) { s.withUTF8Buffer { out.append(contentsOf: $0) } }
-        literal(#"{"seq":"#); appendDecimal(&out, seq)
-        literal(#","time_ns":"#); appendDecimal(&out, time)
-        literal(#","pid":"#); appendDecimal(&out, Int64(pid))
-        literal(#","uid":"#); appendDecimal(&out, UInt64(uid))
-        literal(#","command":""#); appendEscaped(&out, command)
-        literal(#"","event":""#); literal(event)
-        literal(#"","object":""#); appendEscaped(&out, object)
-        literal(#"","outcome":""#); literal(outcome)
-        out.append(34)
-    }
-
-    static func appendDecimal(_ out: inout [UInt8], _ value: Int64) {
-        if value < 0 { out.append(45); appendDecimal(&out, value.magnitude) } else { appendDecimal(&out, UInt64(value)) }
-    }
-
-    static func appendDecimal(_ out: inout [UInt8], _ value: UInt64) {
-        withDecimal(value) { out.append(contentsOf: $0) }
-    }
-
     /// The ASCII digits of `value`, formatted on the stack (no allocation).
     static func withDecimal(_ value: UInt64, _ body: (UnsafeRawBufferPointer) -> Void) {
         var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)   // 24 bytes: room for 20 digits
@@ -75,45 +51,13 @@ package enum AuditLine {
         }
     }
 
-    static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
-
-    /// JSON string contents: the bytes as they are (UTF-8), with `"`, `\` and control bytes escaped.
-    static func appendEscaped(_ out: inout [UInt8], _ bytes: UnsafeRawBufferPointer) {
-        // Almost every object needs no escape: one copy.
-        if !bytes.contains(where: { $0 < 32 || $0 == 34 || $0 == 92 }) {
-            out.append(contentsOf: bytes)
-            return
+    /// `,"hash":"HEX"}` and a newline (the end of a record line).
+    package static func hashTail(_ hash: [UInt8]) -> [UInt8] {
+        var tail = [UInt8](repeating: 0, count: 76)
+        tail.withUnsafeMutableBytes { t in
+            hash.withUnsafeBufferPointer { _ = pmll_audit_hash_tail(t.baseAddress!.assumingMemoryBound(to: CChar.self), $0.baseAddress!) }
         }
-        let hex = hexDigits
-        for b in bytes {
-            switch b {
-            case 34: out.append(92); out.append(34)
-            case 92: out.append(92); out.append(92)
-            case 10: out.append(92); out.append(110)
-            case 13: out.append(92); out.append(114)
-            case 9: out.append(92); out.append(116)
-            case 0..<32: out += [92, 117, 48, 48, hex[Int(b >> 4)], hex[Int(b & 15)]]
-            default: out.append(b)
-            }
-        }
-    }
-
-    /// Appends `,"hash":"HEX"}` and a newline.
-    package static func appendHashTail(to out: inout [UInt8], _ hash: UnsafeRawBufferPointer) {
-        out += hashMarker
-        let start = out.count
-        out.append(contentsOf: repeatElement(0, count: hash.count * 2 + 3))
-        hexDigits.withUnsafeBufferPointer { hex in
-            out.withUnsafeMutableBufferPointer { o in
-                for (i, b) in hash.enumerated() {
-                    o[start + 2 * i] = hex[Int(b >> 4)]
-                    o[start + 2 * i + 1] = hex[Int(b & 15)]
-                }
-                o[start + hash.count * 2] = 34
-                o[start + hash.count * 2 + 1] = 125
-                o[start + hash.count * 2 + 2] = 10
-            }
-        }
+        return tail
     }
 
     /// The header line of file `index`, whose first record follows `previousSeq`.

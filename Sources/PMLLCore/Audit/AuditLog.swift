@@ -27,9 +27,11 @@ extension Pool {
         }
         let backlog = ring.backlog
         if backlog >= ring.count / 4 {
-            // The drainer thread takes it; past three quarters (it lags, or could not start),
-            // the appender drains too.
-            kickAuditDrainer()
+            // The drainer thread takes it. The appender drains only when this process has
+            // no drainer thread (it could not start) and the ring is three quarters full:
+            // draining here would put the formatting, hashing and writing of hundreds of
+            // records into one operation, and a ring with room needs no help.
+            if kickAuditDrainer() { return }
             if backlog >= ring.count / 4 * 3 && !ring.drainingElsewhere {
                 do { try auditDrain(until: 0) } catch {
                     Self.logger.warning("could not drain the audit ring", metadata: ["path": "\(path)", "error": "\(error)"])
@@ -49,18 +51,16 @@ extension Pool {
         return true
     }
 
-    private func kickAuditDrainer() {
-        let drainer = auditDrainer.withLock { slot -> AuditDrainer? in
-            if slot == nil, let drain = makeAuditDrain() { slot = AuditDrainer.start(drain, gate: auditGate) }
-            return slot
-        }
-        drainer?.kick()
+    /// Wakes this process's drainer thread, starting it the first time; false if it could not start.
+    private func kickAuditDrainer() -> Bool {
+        auditDrainer.kick({ makeAuditDrain() }, gate: auditGate)
     }
 
     private func append(_ ring: AuditRing, _ event: AuditEvent, _ outcome: AuditOutcome, _ fill: (inout AuditText) -> Void) -> Bool {
         var deadline: Int64?
         while true {
-            if let seq = ring.reserve() {
+            if let seq = ring.reserve(guess: auditNextGuess.load(ordering: .relaxed)) {
+                auditNextGuess.store(seq + 1, ordering: .relaxed)
                 if ring.write(seq, token: token, pid: auditPID, uid: auditUID, comm: auditCommand,
                               event: event, outcome: outcome, fill: fill) { return true }
                 continue   // the drainer gave the number up (this thread stalled): take another

@@ -99,8 +99,11 @@ package struct AuditRing: @unchecked Sendable {
     /// Takes the next number, if its slot is free (its previous record is in the files); nil
     /// when the ring is full. A number is taken only with room for it, so that no number is
     /// ever left waiting: between taking it and claiming its slot there are a few instructions.
-    package func reserve() -> UInt64? {
-        var n = nextSeq
+    /// `guess`: the number this process expects to be next (one past its last), so that the
+    /// compare-and-swap can go first: when nobody else appended since, the counter's line
+    /// (which the drainer reads) is fetched once, for owning, instead of twice.
+    package func reserve(guess: UInt64 = 0) -> UInt64? {
+        var n = guess == 0 ? nextSeq : guess
         while true {
             guard n < drained &+ count else { return nil }
             if pmll_cas64(pmll_audit_next_seq(header), &n, n + 1) != 0 { return n }
@@ -112,11 +115,16 @@ package struct AuditRing: @unchecked Sendable {
     package func write(_ seq: UInt64, token: OwnerToken, pid: Int32, uid: UInt32, comm: [UInt8],
                        event: AuditEvent, outcome: AuditOutcome, fill: (inout AuditText) -> Void) -> Bool {
         let s = slot(seq)
-        var current = pmll_load64_acquire(pmll_audit_slot_state(s))
-        guard current >> 2 < seq else { return false }
+        // The claim is one compare-and-swap, expecting what the slot nearly always holds (its
+        // previous record, drained): loading the state first would wait twice for the line the
+        // drainer, on another core, read last (once to share it, once to own it).
+        var current = seq >= count ? Self.state(seq - count, PMLL_AUDIT_COMPLETE) : 0
         s.pointee.owner_token = token.rawValue
         s.pointee.pid = pid
-        guard pmll_cas64(pmll_audit_slot_state(s), &current, Self.state(seq, PMLL_AUDIT_CLAIMED)) != 0 else { return false }
+        while pmll_cas64(pmll_audit_slot_state(s), &current, Self.state(seq, PMLL_AUDIT_CLAIMED)) == 0 {
+            // Something else (a gap, a slot never used): claimable only if from before `seq`.
+            guard current >> 2 < seq else { return false }
+        }
         CrashPoint.hit("audit.claimed")
         s.pointee.uid = uid
         s.pointee.event = event.rawValue
@@ -135,7 +143,11 @@ package struct AuditRing: @unchecked Sendable {
         s.pointee.text_length = UInt32(length)
         s.pointee.checksum = Self.checksum(s, seq: seq)
         var claimed = Self.state(seq, PMLL_AUDIT_CLAIMED)
-        return pmll_cas64(pmll_audit_slot_state(s), &claimed, Self.state(seq, PMLL_AUDIT_COMPLETE)) != 0
+        let completed = pmll_cas64(pmll_audit_slot_state(s), &claimed, Self.state(seq, PMLL_AUDIT_COMPLETE)) != 0
+        // The next record's slot, while this one's lines are still being written back: the
+        // drainer (another core) read it last, and claiming it would otherwise wait for it.
+        pmll_prefetch_for_write(slot(seq + 1))
+        return completed
     }
 }
 
@@ -144,6 +156,8 @@ package struct AuditRing: @unchecked Sendable {
 package struct AuditText {
     private let buffer: UnsafeMutableRawBufferPointer
     private var count = 0
+    /// Bytes written so far.
+    package var written: Int { count }
     private var truncated = false
 
     init(_ buffer: UnsafeMutableRawBufferPointer) { self.buffer = buffer }

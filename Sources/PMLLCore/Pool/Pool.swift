@@ -48,8 +48,11 @@ public final class Pool: Sendable {
     package let auditUID = ProcessIdentity.effectiveUID
     /// One drainer among this process's threads.
     package let auditGate = AuditGate()
-    /// The thread draining the audit ring in the background, once started.
-    package let auditDrainer = Mutex<AuditDrainer?>(nil)
+    /// The thread draining the audit ring in the background (started by the first kick).
+    package let auditDrainer = AuditDrainer()
+    /// One past the audit sequence number this participant took last (0: none yet): its
+    /// guess at the next free number.
+    package let auditNextGuess = Atomic<UInt64>(0)
     /// Audit records this participant could not append (the ring stayed full).
     package let auditDropped = Atomic<Int>(0)
     /// The ring's `drained` when this participant last gave up waiting for room (UInt64.max:
@@ -328,7 +331,7 @@ public final class Pool: Sendable {
     static let closeDrainWait: Int64 = 2_000_000_000
 
     deinit {
-        auditDrainer.withLock { $0 }?.stop()
+        auditDrainer.stop()
         if let ring = auditRing, !reportDroppedAuditRecords(ring) {
             // The ring stayed full to the end: the count goes to the process's log instead.
             Self.logger.error("audit records dropped and not reported in the audit log: the ring stayed full", metadata: ["path": "\(path)", "count": "\(auditDropped.load(ordering: .relaxed))"])

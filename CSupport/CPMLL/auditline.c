@@ -1,0 +1,91 @@
+// The audit drain's hot path: one record line formatted and chained in C, once per record.
+// The format is AuditLine's (Sources/PMLLCore/Audit/AuditLine.swift): one JSON object, fields
+// in a fixed order, `,"hash":"HEX"}` and a newline after the hashed body. Both must write the
+// same bytes; the tests compare them.
+#include <string.h>
+#include "cpmll.h"
+
+static const char hex_digits[] = "0123456789abcdef";
+
+static char *put(char *p, const char *s, size_t n) {
+    memcpy(p, s, n);
+    return p + n;
+}
+
+#define PUT_LITERAL(p, literal) put((p), (literal), sizeof(literal) - 1)
+
+static char *put_u64(char *p, uint64_t v) {
+    char digits[20];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    while (n > 0) *p++ = digits[--n];
+    return p;
+}
+
+static char *put_i64(char *p, int64_t v) {
+    if (v >= 0) return put_u64(p, (uint64_t)v);
+    *p++ = '-';
+    return put_u64(p, (uint64_t)0 - (uint64_t)v);
+}
+
+// JSON string contents: UTF-8 as it is; quote, backslash and control bytes escaped.
+static char *put_escaped(char *p, const unsigned char *s, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        unsigned char b = s[i];
+        if (b >= 32 && b != '"' && b != '\\') {
+            *p++ = (char)b;
+            continue;
+        }
+        *p++ = '\\';
+        switch (b) {
+        case '"': *p++ = '"'; break;
+        case '\\': *p++ = '\\'; break;
+        case '\n': *p++ = 'n'; break;
+        case '\r': *p++ = 'r'; break;
+        case '\t': *p++ = 't'; break;
+        default:
+            p = PUT_LITERAL(p, "u00");
+            *p++ = hex_digits[b >> 4];
+            *p++ = hex_digits[b & 15];
+        }
+    }
+    return p;
+}
+
+size_t pmll_audit_format_line(char *out, const pmll_audit_slot_t *s, uint64_t seq, const char *event, size_t event_length,
+                              const char *outcome, size_t outcome_length, const uint8_t *previous, uint8_t *hash) {
+    size_t text_length = s->text_length < PMLL_AUDIT_TEXT_MAX ? s->text_length : PMLL_AUDIT_TEXT_MAX;
+    char *p = out;
+    p = PUT_LITERAL(p, "{\"seq\":");
+    p = put_u64(p, seq);
+    p = PUT_LITERAL(p, ",\"time_ns\":");
+    p = put_i64(p, s->time_ns);
+    p = PUT_LITERAL(p, ",\"pid\":");
+    p = put_i64(p, s->pid);
+    p = PUT_LITERAL(p, ",\"uid\":");
+    p = put_u64(p, s->uid);
+    p = PUT_LITERAL(p, ",\"command\":\"");
+    p = put_escaped(p, (const unsigned char *)s->comm, strnlen(s->comm, sizeof s->comm));
+    p = PUT_LITERAL(p, "\",\"event\":\"");
+    p = put(p, event, event_length < PMLL_AUDIT_NAME_MAX ? event_length : PMLL_AUDIT_NAME_MAX);
+    p = PUT_LITERAL(p, "\",\"object\":\"");
+    p = put_escaped(p, (const unsigned char *)s->text, text_length);
+    p = PUT_LITERAL(p, "\",\"outcome\":\"");
+    p = put(p, outcome, outcome_length < PMLL_AUDIT_NAME_MAX ? outcome_length : PMLL_AUDIT_NAME_MAX);
+    *p++ = '"';
+    // BLAKE2b-256 with these fixed parameters cannot fail (libsodium checks only their ranges).
+    (void)pmll_audit_chain(hash, previous, (const uint8_t *)out, (uint64_t)(p - out));
+    return (size_t)(pmll_audit_hash_tail(p, hash) - out);
+}
+
+char *pmll_audit_hash_tail(char *p, const uint8_t *hash) {
+    p = PUT_LITERAL(p, ",\"hash\":\"");
+    for (int i = 0; i < PMLL_AUDIT_HASH_SIZE; i++) {
+        *p++ = hex_digits[hash[i] >> 4];
+        *p++ = hex_digits[hash[i] & 15];
+    }
+    return PUT_LITERAL(p, "\"}\n");
+}
