@@ -244,4 +244,24 @@ import Glibc
             previous = hash
         }
     }
+
+    /// An append predicts the next number and the slot's state and swaps first: a wrong
+    /// prediction must still take exactly the next number, and never a slot given up as a gap.
+    @Test func anAppendWithAWrongPredictionTakesTheRightNumberAndSlot() throws {
+        let scratch = Scratch()
+        let pool = try Pool.open(path: scratch.file("guess.pool"))
+        let ring = try #require(pool.auditRing)
+        let first = ring.nextSeq
+        for (i, guess) in [first, 0, 1, first + 5, first + 100_000].enumerated() {
+            let seq = try #require(ring.reserve(guess: guess), "guess \(guess)")
+            #expect(seq == first + UInt64(i), "guess \(guess)")
+            #expect(ring.write(seq, token: pool.token, pid: 1, uid: 0, comm: [], event: .commit, outcome: .ok) { $0.add("x") })
+            #expect(ring.isComplete(seq))
+        }
+        // A number the drainer already gave up as a gap is not written: the caller takes another.
+        let seq = try #require(ring.reserve())
+        pmll_store64(pmll_audit_slot_state(ring.slot(seq)), seq << 2 | UInt64(PMLL_AUDIT_GAP))
+        #expect(!ring.write(seq, token: pool.token, pid: 1, uid: 0, comm: [], event: .commit, outcome: .ok) { $0.add("x") })
+        #expect(!ring.isComplete(seq))
+    }
 }

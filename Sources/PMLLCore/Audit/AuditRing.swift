@@ -105,7 +105,13 @@ package struct AuditRing: @unchecked Sendable {
     package func reserve(guess: UInt64 = 0) -> UInt64? {
         var n = guess == 0 ? nextSeq : guess
         while true {
-            guard n < drained &+ count else { return nil }
+            guard n < drained &+ count else {
+                // Full, unless the guess was wrong (a pool replaced under us): look again.
+                let actual = nextSeq
+                if actual == n { return nil }
+                n = actual
+                continue
+            }
             if pmll_cas64(pmll_audit_next_seq(header), &n, n + 1) != 0 { return n }
         }
     }
