@@ -183,16 +183,7 @@ package struct AuditDrain {
             guard markGap(state) else { return nil }
             return gap("its writer (pid \(s.pointee.pid)) died while appending it", writer: true)
         }
-        // Reserved, never claimed. Its writer named itself in the slot before taking the
-        // number: if that process is gone, the number is a gap now, not after the stall time
-        // (every appender waits once the ring is full behind it). A live one that was only
-        // slow finds the gap when it claims, and appends again with a new number.
-        if let isAlive {
-            let intent = OwnerToken(rawValue: pmll_load32(&s.pointee.owner_token))
-            if intent.rawValue != 0 && !isAlive(intent) && markGap(state) {
-                return gap("its writer took the number and died before writing it", writer: false)
-            }
-        }
+        // Reserved, never claimed.
         if isAlive != nil {
             if h.pointee.stall_seq != seq {
                 h.pointee.stall_seq = seq

@@ -61,8 +61,7 @@ extension Pool {
     private func append(_ ring: AuditRing, _ event: AuditEvent, _ outcome: AuditOutcome, _ fill: (inout AuditText) -> Void) -> Bool {
         var deadline: Int64?
         while true {
-            if let seq = ring.reserve(guess: auditNextGuess.load(ordering: .relaxed), writer: token) {
-                CrashPoint.hit("audit.reserved")
+            if let seq = ring.reserve(guess: auditNextGuess.load(ordering: .relaxed)) {
                 auditNextGuess.store(seq + 1, ordering: .relaxed)
                 if ring.write(seq, token: token, pid: auditPID, uid: auditUID, comm: auditCommand,
                               event: event, outcome: outcome, fill: fill) { return true }

@@ -102,12 +102,7 @@ package struct AuditRing: @unchecked Sendable {
     /// `guess`: the number this process expects to be next (one past its last), so that the
     /// compare-and-swap can go first: when nobody else appended since, the counter's line
     /// (which the drainer reads) is fetched once, for owning, instead of twice.
-    ///
-    /// `writer`: the appender's token, stored in the slot before the number is taken, so that
-    /// a drainer that finds the number taken and the slot never claimed can tell whether its
-    /// writer died in between (a racer that lost the number may have stored its token there
-    /// instead: then the gap comes after the stall time, or the live winner appends again).
-    package func reserve(guess: UInt64 = 0, writer: OwnerToken? = nil) -> UInt64? {
+    package func reserve(guess: UInt64 = 0) -> UInt64? {
         var n = guess == 0 ? nextSeq : guess
         while true {
             guard n < drained &+ count else {
@@ -117,7 +112,6 @@ package struct AuditRing: @unchecked Sendable {
                 n = actual
                 continue
             }
-            if let writer { pmll_store32(&slot(n).pointee.owner_token, writer.rawValue) }
             if pmll_cas64(pmll_audit_next_seq(header), &n, n + 1) != 0 { return n }
         }
     }
