@@ -334,7 +334,6 @@ extension Pool {
         telemetry.commitDuration.recordNanoseconds(Clock.monotonicNanoseconds - started)
     }
 
-    /// How an audit record names a commit: its keys, as many as the record holds.
     /// The object of a commit's audit record, written into its slot: the keys, as many as fit
     /// in 400 bytes, then how many more.
     static func describe(_ writes: [(key: String, value: [UInt8]?)], inPlace: Int, into text: inout AuditText) {

@@ -53,7 +53,7 @@ package enum AuditLine {
 
     /// `,"hash":"HEX"}` and a newline (the end of a record line).
     package static func hashTail(_ hash: [UInt8]) -> [UInt8] {
-        var tail = [UInt8](repeating: 0, count: 76)
+        var tail = [UInt8](repeating: 0, count: hashMarker.count + 2 * Int(PMLL_AUDIT_HASH_SIZE) + 3)   // + `"}` and a newline
         tail.withUnsafeMutableBytes { t in
             hash.withUnsafeBufferPointer { _ = pmll_audit_hash_tail(t.baseAddress!.assumingMemoryBound(to: CChar.self), $0.baseAddress!) }
         }
