@@ -85,6 +85,30 @@ struct AuditTests {
         #expect(verified.stdout.contains("1 signed checkpoint(s) verified"), "\(verified.stdout)")
     }
 
+    /// A writer killed after taking its number and before claiming its slot: nothing names it,
+    /// so the drain waits for the stall time (1 s) and then writes a gap; the records behind it
+    /// wait only that long.
+    @Test func aWriterKilledBetweenItsNumberAndItsSlotIsAGapAfterOneSecond() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("r.pool")
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", pool, "a=1"]).status == 0)
+        // Someone keeps the pool open, so that no volatile reset (where every writer is gone
+        // and gaps are written at once) hides the wait.
+        let holder = try Child(Binaries.pmll, ["lock", "--pool", pool, "open", "--", "sleep", "30"])
+        defer { holder.killTree(); holder.wait() }
+        #expect(holder.waitForEvent("never", timeout: 0.5) == nil)
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", pool, "b=2"], environment: ["PMLL_CRASH_AT": "audit.reserved"]).status == 137)
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", pool, "c=3"]).status == 0)   // its drain sees the slot first
+        usleep(1_300_000)
+        let records = try Self.events(pool)
+        let gap = try #require(records.first { $0["event"] as? String == "gap" }, "\(records)")
+        #expect((gap["object"] as? String ?? "").contains("never wrote it"), "\(gap)")
+        #expect(records.contains { ($0["object"] as? String ?? "").contains("keys: c") })
+        #expect(records.compactMap { $0["seq"] as? Int } == Array(1...records.count))
+        let verified = try Self.verify(pool)
+        #expect(verified.status == 0, "\(verified.stderr)")
+    }
+
     /// A drainer killed after writing records and before saying so in the ring: the next one
     /// finds them in the file and does not write them again.
     @Test func aDrainerKilledAfterWritingLeavesNoDuplicates() throws {

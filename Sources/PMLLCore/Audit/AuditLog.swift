@@ -62,6 +62,7 @@ extension Pool {
         var deadline: Int64?
         while true {
             if let seq = ring.reserve(guess: auditNextGuess.load(ordering: .relaxed)) {
+                CrashPoint.hit("audit.reserved")
                 auditNextGuess.store(seq + 1, ordering: .relaxed)
                 if ring.write(seq, token: token, pid: auditPID, uid: auditUID, comm: auditCommand,
                               event: event, outcome: outcome, fill: fill) { return true }

@@ -12,8 +12,11 @@ package struct AuditRing: @unchecked Sendable {
     package let slots: UnsafeMutablePointer<pmll_audit_slot_t>
     package let count: UInt64
     /// How long a reserved number may stay unclaimed before the drainer declares a gap (its
-    /// writer died between the fetch-add and the claim: a few instructions).
-    package static let stallNanoseconds: Int64 = 5_000_000_000
+    /// writer died between taking it and claiming its slot: a few instructions). Records
+    /// behind it wait in the ring meanwhile, and once the ring is full every appender of the
+    /// pool waits too, so it is short: a writer that was only slow (stopped, or off its core
+    /// for a second) finds the gap when it claims and appends again with a new number.
+    package static let stallNanoseconds: Int64 = 1_000_000_000
     /// Numbers handed out beyond the ring's room that opening still accepts as sane.
     static let maximumWaiting: UInt64 = 1 << 16
 

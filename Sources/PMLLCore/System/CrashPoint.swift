@@ -29,7 +29,7 @@ package enum CrashPoint {
         "queue.submitted", "queue.running", "queue.finished",
         "tx.conflict", "tx.undo-logged", "tx.applying", "tx.applied", "tx.committed", "tx.rolled-back",
         "queue.recovered", "batch.staged", "batch.linked", "batch.renamed", "batch.committed",
-        "audit.claimed", "audit.written",
+        "audit.reserved", "audit.claimed", "audit.written",
         "growth.reserved", "growth.filled", "growth.logged", "growth.applied", "growth.committed",
     ]
 
