@@ -4,10 +4,9 @@
 __thread const pmll_lock_entry_t *pmll_held_top;
 __thread uint32_t pmll_tx_depth;
 
-static uint32_t async_scopes;
+uint32_t pmll_async_scope_count;
 
-uint32_t pmll_async_scopes(void) { return __atomic_load_n(&async_scopes, __ATOMIC_ACQUIRE); }
-void pmll_async_scopes_add(int32_t delta) { __atomic_add_fetch(&async_scopes, (uint32_t)delta, __ATOMIC_ACQ_REL); }
+void pmll_async_scopes_add(int32_t delta) { __atomic_add_fetch(&pmll_async_scope_count, (uint32_t)delta, __ATOMIC_ACQ_REL); }
 
 int pmll_crash_armed;
 

@@ -97,11 +97,11 @@ extension Pool {
         guard service.parallelLogBusy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else { return .exclusive }
         defer { service.parallelLogBusy.store(false, ordering: .releasing) }
 
-        let shared = try acquireSharedBiased(index: storeLock(), deadline: .max)
-        defer { releaseSharedBiased(shared) }
+        let shared = try acquireShared(index: storeLock(), deadline: .max, cancellation: nil)
+        defer { releaseShared(shared) }
         // An exclusive holder died (or left the store inconsistent): what it wrote is guarded
         // by no stripe, and the next exclusive holder rolls it back.
-        if shared.held.taken.ownerDied { return .repair([]) }
+        if shared.taken.ownerDied { return .repair([]) }
         // This process's own log still pending (a commit of its own failed after logging):
         // writing it again would lose that transaction's undo bytes.
         if isPending(ownLogHeader(store)) { return .repair([]) }
@@ -189,9 +189,9 @@ extension Pool {
     func readUnderStripe<R>(_ key: [UInt8], _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R? {
         let stripes = try storeStripes()
         guard !stripes.locks.isEmpty else { return nil }
-        let shared = try acquireSharedBiased(index: storeLock(), deadline: .max)
-        defer { releaseSharedBiased(shared) }
-        if shared.held.taken.ownerDied { return nil }
+        let shared = try acquireShared(index: storeLock(), deadline: .max, cancellation: nil)
+        defer { releaseShared(shared) }
+        if shared.taken.ownerDied { return nil }
         try store.refresh()
         // Absent stays absent while the store lock is held shared.
         guard let i = try store.find(key).found else { return try body() }

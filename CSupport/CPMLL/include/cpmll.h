@@ -115,6 +115,11 @@ uint64_t pmll_layout_signature(void);
 #define PMLL_LEDGER_READ 0x80000000u
 #define PMLL_LEDGER_COUNT_BITS 10u
 #define PMLL_LEDGER_COUNT_MASK 0x3FFu
+// A word that one biased hold owns alone (count field all ones: one hold); its thread gives
+// it back with a plain store. Shared words count up to PMLL_LEDGER_OWNED - 1 holds. Only the
+// last PMLL_LEDGER_OWNABLE words are owned, so the others stay for shared words.
+#define PMLL_LEDGER_OWNED PMLL_LEDGER_COUNT_MASK
+#define PMLL_LEDGER_OWNABLE 8u
 #define PMLL_SLOT_FREE 0u
 #define PMLL_SLOT_ACTIVE 1u
 
@@ -141,6 +146,8 @@ typedef struct pmll_process_slot {
 
 _Static_assert(sizeof(pmll_process_slot_t) == 128, "process slot is two cache lines");
 _Static_assert(offsetof(pmll_process_slot_t, waiting_on) == 48, "wait ledger offset");
+_Static_assert(PMLL_READ_LEDGER + PMLL_WAIT_LEDGER <= 32, "a ledger word index fits the 5 bits SharedScope keeps it in");
+_Static_assert(PMLL_LEDGER_OWNABLE < PMLL_WAIT_LEDGER, "owned words are wait-ledger words, and not all of them");
 _Static_assert(offsetof(pmll_process_slot_t, reading) == 112, "read ledger in the former reserved bytes");
 _Static_assert(offsetof(pmll_process_slot_t, exit_word) == 116 && offsetof(pmll_process_slot_t, robust_next) == 120, "exit watch");
 
@@ -164,8 +171,12 @@ static const uint32_t PMLL_WORD_NO_DEATH = PMLL_WORD_HANDED | PMLL_WORD_DRAINING
 #define PMLL_READERS_COUNT 0x00FFFFFFull
 #define PMLL_READERS_DRAIN 0x80000000ull
 // Reader bias (ReaderBias.swift): shared holders stay out of the count and are found in the
-// process ledgers instead, so that they write no shared cache line. Only the store lock.
+// process ledgers instead, so that they write no shared cache line. Turned on by a counted
+// shared holder, off by a writer (ReaderBias.swift, Docs/LockProtocol.md "Reader bias").
 #define PMLL_READERS_BIASED 0x40000000ull
+// Set with bias_inhibit_until by a writer that revoked the bias: counted holders look at the
+// clock (every 16th) before turning it back on; without it they turn it on at once.
+#define PMLL_READERS_INHIBITED 0x20000000ull
 #define PMLL_READERS_ONE_ACQUISITION 0x100000000ull
 
 // Statistics of shared holds and of writers waiting for them (all written atomically).
@@ -590,6 +601,11 @@ static inline void pmll_store32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v
 static inline int pmll_cas32(uint32_t *p, uint32_t *expected, uint32_t desired) {
     return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
 }
+// Sequentially consistent: a reader's ledger entry, ordered before its loads of the lock
+// (reader bias needs store-load order here; on x86 it is the same instruction).
+static inline int pmll_cas32_seq_cst(uint32_t *p, uint32_t *expected, uint32_t desired) {
+    return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
 static inline uint64_t pmll_load64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void pmll_store64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 static inline uint64_t pmll_add64(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
@@ -621,15 +637,46 @@ static inline int pmll_lock_try_fast(pmll_lock_entry_t *e, uint32_t token) {
 static inline int pmll_lock_readers_present(pmll_lock_entry_t *e) {
     return (__atomic_load_n(&e->readers, __ATOMIC_SEQ_CST) & (PMLL_READERS_COUNT | PMLL_READERS_DRAIN | PMLL_READERS_BIASED)) != 0;
 }
-// A biased reader, after entering its ledger: the word if the bias still holds, else
-// UINT32_MAX. The fence orders the ledger entry before these loads, as a writer's word CAS
-// comes before its load of `readers` and its revocation before its scan of the ledgers: one
-// of the two sees the other.
-static inline uint32_t pmll_bias_admits(pmll_lock_entry_t *e) {
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    uint32_t w = __atomic_load_n(&e->word, __ATOMIC_SEQ_CST);
+// Shared acquisitions through the reader bias are tallied per thread and added to the lock's
+// count in batches (biastally.c): counting each in `readers` would write the very cache line
+// that the bias keeps biased readers off. A thread's tally is added when it reaches the batch,
+// when the thread takes a biased hold of another lock, when it exits, when the pool is unmapped
+// (pmll_bias_flush_range) and at process exit; a killed process loses at most a batch per thread.
+#define PMLL_BIAS_TALLY_BATCH 1024u
+typedef struct pmll_bias_tally {
+    pmll_lock_entry_t *_Nullable entry;
+    uint32_t count;                // written by its thread only (relaxed), read under the lock
+    uint32_t free;                 // its thread exited: the next new thread takes it
+    struct pmll_bias_tally *_Nullable next;
+} pmll_bias_tally_t;
+_Static_assert(sizeof(pmll_bias_tally_t) <= 64, "a tally fits the cache line it is allocated on");
+extern __thread pmll_bias_tally_t *_Nullable pmll_bias_tally;
+void pmll_bias_count_slow(pmll_lock_entry_t *e);
+static inline void pmll_bias_count(pmll_lock_entry_t *e) {
+    pmll_bias_tally_t *t = pmll_bias_tally;
+    if (t != NULL && t->entry == e) {
+        uint32_t n = __atomic_load_n(&t->count, __ATOMIC_RELAXED);
+        if (n < PMLL_BIAS_TALLY_BATCH) { __atomic_store_n(&t->count, n + 1, __ATOMIC_RELAXED); return; }
+    }
+    pmll_bias_count_slow(e);
+}
+// This process's biased acquisitions of the lock not yet added to its count.
+uint64_t pmll_bias_pending(const pmll_lock_entry_t *e);
+// Adds and forgets every tally of a lock in [base, base + length): the mapping is going away.
+void pmll_bias_flush_range(const void *base, uint64_t length);
+// A biased reader, after entering its ledger (a sequentially consistent CAS, so no fence is
+// needed before these loads): the word, or UINT32_MAX if the bias is off.
+static inline uint32_t pmll_bias_check(pmll_lock_entry_t *e) {
     uint64_t r = __atomic_load_n(&e->readers, __ATOMIC_SEQ_CST);
-    return (r & PMLL_READERS_BIASED) ? w : UINT32_MAX;
+    return (r & PMLL_READERS_BIASED) ? __atomic_load_n(&e->word, __ATOMIC_SEQ_CST) : UINT32_MAX;
+}
+// After a biased holder left its ledger: 1 if a writer that revoked the bias sleeps until the
+// ledgers are empty (DRAIN set, bias off). DRAIN is cleared first, so that a writer about to
+// sleep on the word sees it change and looks again.
+static inline int pmll_bias_leave_wakes(pmll_lock_entry_t *e) {
+    uint64_t r = __atomic_load_n(&e->readers, __ATOMIC_SEQ_CST);
+    if ((r & (PMLL_READERS_BIASED | PMLL_READERS_DRAIN)) != PMLL_READERS_DRAIN) return 0;
+    return (__atomic_fetch_and(&e->readers, ~PMLL_READERS_DRAIN, __ATOMIC_SEQ_CST) & PMLL_READERS_DRAIN) != 0;
 }
 static inline int pmll_lock_biased(pmll_lock_entry_t *e) {
     return (__atomic_load_n(&e->readers, __ATOMIC_SEQ_CST) & PMLL_READERS_BIASED) != 0;
@@ -657,6 +704,7 @@ static inline pmll_shared_stats_t *pmll_entry_shared(pmll_lock_entry_t *e) { ret
 static inline uint32_t pmll_or32(uint32_t *p, uint32_t v) { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }
 static inline uint32_t pmll_and32(uint32_t *p, uint32_t v) { return __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST); }
 static inline uint64_t pmll_and64(uint64_t *p, uint64_t v) { return __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST); }
+static inline uint64_t pmll_or64(uint64_t *p, uint64_t v) { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }
 static inline uint64_t pmll_sub64(uint64_t *p, uint64_t v) { return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST); }
 static inline uint32_t pmll_sub32(uint32_t *p, uint32_t v) { return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST); }
 static inline void pmll_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
@@ -692,7 +740,9 @@ static inline uint32_t pmll_tx_depth_get(void) { return pmll_tx_depth; }
 static inline void pmll_tx_depth_set(uint32_t depth) { pmll_tx_depth = depth; }
 // How many asynchronous lock scopes are open in this process: while none is, a synchronous
 // acquisition need not look at the task-local record at all.
-uint32_t pmll_async_scopes(void);
+extern uint32_t pmll_async_scope_count;
+// Async lock scopes open in this process: 0 means no task-local hierarchy record to look up.
+static inline uint32_t pmll_async_scopes(void) { return __atomic_load_n(&pmll_async_scope_count, __ATOMIC_ACQUIRE); }
 void pmll_async_scopes_add(int32_t delta);
 
 // MARK: - Crash injection

@@ -148,8 +148,13 @@ extension Pool {
     /// when the pool has no lock rules.
     @inlinable @inline(__always)
     package func checkLockAccess(_ index: LockIndex, shared: Bool) throws(PMLLError) {
-        let epoch = UInt64(pmll_load32(pmll_header_policy_epoch(memory.header)))
-        if _fastPath(accessState.load(ordering: .relaxed) == epoch << 8) { return }
+        if _fastPath(lockAccessIsOpen) { return }
         try access.checkLock(self, index, shared: shared)
+    }
+
+    /// True when every lock may be taken without looking at rules (writable, no lock rules).
+    @inlinable @inline(__always)
+    package var lockAccessIsOpen: Bool {
+        accessState.load(ordering: .relaxed) == UInt64(pmll_load32(pmll_header_policy_epoch(memory.header))) << 8
     }
 }

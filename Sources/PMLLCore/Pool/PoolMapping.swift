@@ -77,6 +77,8 @@ package final class PoolMapping: @unchecked Sendable {
 
     /// Releases the reservation (the pool is closing).
     package func unmap() {
+        // This process's biased shared acquisitions of the pool's locks, before they cannot be added.
+        pmll_bias_flush_range(base, UInt64(reserved))
         _ = pmll_pmem_unmap(base, UInt64(reserved))
     }
 }

@@ -68,6 +68,7 @@ package enum LockDeath {
     /// the slot is being reused), marking it DIED and waking its waiters. Also drops a
     /// handoff request the dead process left behind.
     package static func sweep(_ memory: PoolMemory, deadSlot: SlotIndex) {
+        countReaderDeaths(memory, ReaderLedger.retire(memory.slot(deadSlot)))
         let now = UInt64(Clock.realtimeNanoseconds)
         for index in memory.locks {
             let entry = memory.lock(index)
@@ -89,6 +90,19 @@ package enum LockDeath {
                     break
                 }
             }
+        }
+    }
+
+    /// Counts the shared holds a dead process left in its ledger (``ReaderLedger/retire(_:)``)
+    /// as reader deaths of their locks. Every hold is counted once, by whoever retires the
+    /// ledger: a writer that finds the process dead, the registrant that reuses its slot, or
+    /// the reset when the last process left.
+    package static func countReaderDeaths(_ memory: PoolMemory, _ held: [(lock: LockIndex, holds: Int)]) {
+        guard !held.isEmpty else { return }
+        _ = memory.lockExtents.learn()
+        let known = memory.lockExtents.known
+        for (lock, n) in held where lock.rawValue < known {
+            pmll_add64(&pmll_entry_shared(memory.lock(lock)).pointee.reader_deaths, UInt64(n))
         }
     }
 }

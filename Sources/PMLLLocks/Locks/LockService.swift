@@ -26,6 +26,8 @@ package enum LockWords {
     /// Frees every lock. A lock that was held is left marked DIED, with its holder recorded,
     /// so that the next acquirer still learns that a critical section did not complete.
     package static func resetVolatile(_ memory: PoolMemory) {
+        // Shared holds of processes that are all gone (their ledgers, before the slots are cleared).
+        for slot in memory.slots { LockDeath.countReaderDeaths(memory, ReaderLedger.retire(memory.slot(slot))) }
         let now = UInt64(Clock.realtimeNanoseconds)
         for index in memory.locks {
             let entry = memory.lock(index)
@@ -39,12 +41,9 @@ package enum LockWords {
             }
             storeIfChanged(&entry.pointee.word, entry.pointee.state == PMLL_ENTRY_READY ? next : 0)
             storeIfChanged(&entry.pointee.handoff_target, 0)
-            // Shared holds of processes that are all gone; the acquisition total is kept.
+            // The count of those holds (counted above from the ledgers); the acquisition total is kept.
             let readers = entry.pointee.readers
-            if readers & PMLL_READERS_COUNT != 0 {
-                entry.pointee.shared.reader_deaths &+= readers & PMLL_READERS_COUNT
-            }
-            storeIfChanged(&entry.pointee.readers, readers & ~(PMLL_READERS_COUNT | PMLL_READERS_DRAIN | PMLL_READERS_BIASED))
+            storeIfChanged(&entry.pointee.readers, readers & ~(PMLL_READERS_COUNT | PMLL_READERS_DRAIN | PMLL_READERS_BIASED | PMLL_READERS_INHIBITED))
         }
     }
 }

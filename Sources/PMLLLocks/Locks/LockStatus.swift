@@ -40,8 +40,9 @@ public struct LockStatus: Codable, Sendable, Equatable {
     /// Live processes holding the lock shared (a writer may be holding the word while
     /// they leave: `state` is then `held`).
     public let readers: [ReaderInfo]
-    /// Shared holds counted in the lock, including those of readers that died and that no
-    /// writer has discounted yet.
+    /// Shared holds: those counted in the lock (including those of readers that died and that
+    /// no writer has discounted yet), or, if more, those in the ledgers of live processes
+    /// (holds through the reader bias are not counted in the lock).
     public let sharedHolds: Int
     public let shared: SharedLockStatistics
 }
@@ -52,8 +53,9 @@ public struct SharedLockStatistics: Codable, Sendable, Equatable {
     public let contended: UInt64
     public let totalWaitNanoseconds: UInt64
     public let maxWaitNanoseconds: UInt64
-    /// Shared holds of processes that died holding them (discounted by a writer, or by the
-    /// reset when the last process left).
+    /// Shared holds of processes that died holding them, counted once when their ledger is
+    /// retired: by a writer that finds them dead, by the process that reuses their slot, or by
+    /// the reset when the last process left.
     public let readerDeaths: UInt64
     /// Exclusive acquisitions that had to wait for shared holders to leave, and how long.
     public let drains: UInt64
@@ -66,6 +68,7 @@ extension Pool {
     /// field is read atomically, the row as a whole is not.
     package func lockStatuses() -> [LockStatus] {
         let waiters = processes.waiterCounts()
+        let ledgers = processes.allReaders()
         let now = Clock.realtimeNanoseconds
         var locks: [LockStatus] = []
         for index in memory.locks {
@@ -83,8 +86,9 @@ extension Pool {
                 holder = processes.info(of: owner, heldSince: since)
             }
             let counted = Int(pmll_load64(pmll_entry_readers(entry)) & PMLL_READERS_COUNT)
-            let readers = counted > 0 ? processes.readers(of: index).readers : []
-            if owner == nil && counted > 0 { state = .shared }
+            let live = ledgers[index]
+            let holds = max(counted, live?.holds ?? 0)
+            if owner == nil && holds > 0 { state = .shared }
             let stats = pmll_entry_shared(entry)
             let shared = SharedLockStatistics(
                 acquisitions: SharedHolds.acquisitions(entry), contended: pmll_load64(&stats.pointee.contended),
@@ -104,7 +108,7 @@ extension Pool {
                 handoffs: entry.pointee.handoffs, handoffsUnclaimed: pmll_load64(&entry.pointee.handoffs_unclaimed),
                 ownerDiedPending: word & PMLL_WORD_DIED != 0, damaged: damaged,
                 lastOwnerDeath: entry.pointee.dead_detected_ns != 0 ? LockDeath.read(entry) : nil,
-                readers: readers, sharedHolds: counted, shared: shared))
+                readers: live?.readers ?? [], sharedHolds: holds, shared: shared))
         }
         locks.sort { $0.name < $1.name }
         return locks

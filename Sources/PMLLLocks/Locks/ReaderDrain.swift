@@ -9,9 +9,16 @@ public import PMLLCore
 /// began) and `readers` DRAIN (so that the last reader out wakes it), and sleeps on the low
 /// half of `readers`.
 ///
+/// **Revoking** (the writer turned the reader bias off, ``ReaderBias``): biased holders are in
+/// the ledgers only, so the writer waits until no live process's ledger holds the lock; each
+/// biased holder that leaves clears DRAIN and wakes it, and it scans again (and at least every
+/// 50 µs to 2 ms, doubling: a holder of a word of its own can miss the flag). Whatever the
+/// count still holds then belongs to dead readers.
+///
 /// Dead readers: at the owner-check interval (doubling while nothing is found, up to 32
 /// intervals) the writer sums the ledgers of live processes; what the count holds beyond
-/// that belongs to processes that died holding it shared, and is discounted by CAS.
+/// that belongs to processes that died holding it shared, and is discounted by CAS. Their
+/// ledgers are retired and the holds counted as reader deaths.
 package struct ReaderDrain: WaitMachine {
     package let pool: Pool
     package let entry: UnsafeMutablePointer<pmll_lock_entry_t>
@@ -20,18 +27,26 @@ package struct ReaderDrain: WaitMachine {
     package let cancellation: Cancellation?
     package let start: Int64
     package let spinLimit: Int
+    package let revoking: Bool
     private var spins = 0, flagged = false, lastChance = false
     private var checkedAt: Int64, checkEvery: Int64
+    /// How long the first scan of the ledgers took (revoking only).
+    private var scanCost: Int64 = -1
+    /// Revoking: the longest sleep before the next scan. A holder that gives back a ledger
+    /// word of its own may miss the DRAIN flag and not wake us (``SharedHolds/leaveBiased``).
+    private var poll: Int64 = 50_000
 
     package init(pool: Pool, entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: LockIndex, deadline: Int64,
-                 cancellation: Cancellation?, spinLimit: Int = 64) {
+                 cancellation: Cancellation?, revoking: Bool, spinLimit: Int = 64) {
         self.pool = pool
         self.entry = entry
         self.index = index
         self.deadline = deadline
         self.cancellation = cancellation
+        self.revoking = revoking
         self.start = Clock.monotonicNanoseconds
-        self.spinLimit = spinLimit
+        // A revoking writer scans the process table on every look: it spins little.
+        self.spinLimit = revoking ? min(spinLimit, 4) : spinLimit
         self.checkedAt = start
         self.checkEvery = pool.ownerCheckNanoseconds
     }
@@ -42,10 +57,26 @@ package struct ReaderDrain: WaitMachine {
         let readers = pmll_entry_readers(entry)
         while true {
             var v = pmll_load64_acquire(readers)
-            if v & PMLL_READERS_COUNT == 0 {
-                if v & PMLL_READERS_DRAIN != 0 {
+            let done: Bool
+            if revoking {
+                // `v` before the scan: a reader counted in since makes the CAS below fail.
+                pmll_fence()
+                let scanStart = Clock.monotonicNanoseconds
+                let found = pool.processes.ledgers(of: index)
+                if scanCost < 0 { scanCost = Clock.monotonicNanoseconds - scanStart }
+                if !found.dead.isEmpty { pool.retireDeadReaders(found.dead, lock: entry) }
+                done = found.holds == 0
+                if done && v & (PMLL_READERS_COUNT | PMLL_READERS_DRAIN) != 0 {
+                    // No live process holds it: what is counted is dead readers' holds.
+                    if pmll_cas64(readers, &v, v & ~(PMLL_READERS_COUNT | PMLL_READERS_DRAIN)) == 0 { continue }
+                }
+            } else {
+                done = v & PMLL_READERS_COUNT == 0
+                if done && v & PMLL_READERS_DRAIN != 0 {
                     if pmll_cas64(readers, &v, v & ~PMLL_READERS_DRAIN) == 0 { continue }
                 }
+            }
+            if done {
                 if flagged {
                     _ = pmll_and32(pmll_entry_word(entry), ~PMLL_WORD_DRAINING)
                     let waited = UInt64(max(0, Clock.monotonicNanoseconds - start))
@@ -54,6 +85,7 @@ package struct ReaderDrain: WaitMachine {
                     pmll_add64(&stats.pointee.drain_total_ns, waited)
                     pmll_max64(&stats.pointee.drain_max_ns, waited)
                 }
+                inhibitBias()
                 return .done(())
             }
             if !flagged {
@@ -63,7 +95,7 @@ package struct ReaderDrain: WaitMachine {
             let now = Clock.monotonicNanoseconds
             if now - checkedAt >= checkEvery || deadline - now <= pool.ownerCheckNanoseconds {
                 checkedAt = now
-                if discountDeadReaders(v) {
+                if !revoking && discountDeadReaders(v) {
                     checkEvery = pool.ownerCheckNanoseconds
                     continue
                 }
@@ -79,21 +111,34 @@ package struct ReaderDrain: WaitMachine {
             if v & PMLL_READERS_DRAIN == 0 {
                 if pmll_cas64(readers, &v, v | PMLL_READERS_DRAIN) == 0 { continue }
                 v |= PMLL_READERS_DRAIN
+                // Revoking: a biased holder that left before DRAIN was set did not wake us.
+                if revoking { continue }
             }
-            return .sleep(expected: UInt32(truncatingIfNeeded: v), until: min(deadline, now + checkEvery))
+            var until = now + checkEvery
+            if revoking {
+                until = min(until, now + poll)
+                poll = min(poll * 2, 2_000_000)
+            }
+            return .sleep(expected: UInt32(truncatingIfNeeded: v), until: min(deadline, until))
         }
+    }
+
+    /// After a revocation: the bias stays off for nine scans' time (at least 100 µs).
+    private func inhibitBias() {
+        guard revoking else { return }
+        let hold = max(9 * max(scanCost, 0), ReaderBias.minimumInhibition)
+        pmll_store64(&entry.pointee.bias_inhibit_until, UInt64(Clock.monotonicNanoseconds + hold))
+        _ = pmll_or64(pmll_entry_readers(entry), PMLL_READERS_INHIBITED)
     }
 
     /// True if holds of dead readers were found and taken out of the count.
     private func discountDeadReaders(_ seen: UInt64) -> Bool {
-        let live = pool.processes.readers(of: index).holds
+        let found = pool.processes.ledgers(of: index)
+        if !found.dead.isEmpty { pool.retireDeadReaders(found.dead, lock: entry) }
         let counted = Int(seen & PMLL_READERS_COUNT)
-        guard counted > live else { return false }
+        guard counted > found.holds else { return false }
         var expected = seen
-        guard pmll_cas64(pmll_entry_readers(entry), &expected, seen - UInt64(counted - live)) != 0 else { return false }
-        pmll_add64(&pmll_entry_shared(entry).pointee.reader_deaths, UInt64(counted - live))
-        pool.audit(.readerDeath, .ok, "lock '\(String(fixedCString: entry.pointee.name))': \(counted - live) shared hold(s) of dead readers discounted")
-        return true
+        return pmll_cas64(pmll_entry_readers(entry), &expected, seen - UInt64(counted - found.holds)) != 0
     }
 
     private func failure(cancelled: Bool) -> PMLLError {
@@ -124,9 +169,16 @@ package struct ReaderDrain: WaitMachine {
 
     package func failureWhileQueued(cancelled: Bool) -> PMLLError { failure(cancelled: cancelled) }
 
-    /// Gives up the drain: the word stays owned (the caller releases it) without DRAINING.
+    /// The drain is over: the word stays owned (the caller releases it on failure) without DRAINING.
     package func end() {
         if flagged { _ = pmll_and32(pmll_entry_word(entry), ~PMLL_WORD_DRAINING) }
+    }
+
+    /// Giving up: a revocation turns the bias back on, since biased holders may still be in
+    /// and the next writer must look for them (``ReaderBias``).
+    package func abandon() {
+        end()
+        if revoking { _ = pmll_or64(pmll_entry_readers(entry), PMLL_READERS_BIASED) }
     }
 }
 
@@ -136,26 +188,26 @@ extension Pool {
     package func drainReaders(index: LockIndex, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) {
         cancellation?.waitBegins()
         let entry = memory.lock(index)
-        if pmll_lock_biased(entry) != 0 { try revokeReaderBias(index: index, deadline: deadline, cancellation: cancellation) }
-        var drain = ReaderDrain(pool: self, entry: entry, index: index, deadline: deadline, cancellation: cancellation)
+        var drain = ReaderDrain(pool: self, entry: entry, index: index, deadline: deadline, cancellation: cancellation,
+                                revoking: revokeReaderBias(entry))
         do {
             try drain.runHere()
             drain.end()
         } catch {
-            drain.end()
+            drain.abandon()
             release(index: index)
             throw error
         }
     }
 
     package func drainReadersAsync(index: LockIndex, deadline: Int64) async throws {
-        // Only the store lock is ever biased, and it is taken synchronously: this is for form.
         let entry = memory.lock(index)
-        if pmll_lock_biased(entry) != 0 { try revokeReaderBias(index: index, deadline: deadline, cancellation: nil) }
-        let drain = ReaderDrain(pool: self, entry: entry, index: index, deadline: deadline, cancellation: Cancellation(), spinLimit: 0)
+        let drain = ReaderDrain(pool: self, entry: entry, index: index, deadline: deadline, cancellation: Cancellation(),
+                                revoking: revokeReaderBias(entry), spinLimit: 0)
         do {
             try await WaiterThread.shared.wait(drain)
         } catch {
+            drain.abandon()
             release(index: index)
             throw error
         }

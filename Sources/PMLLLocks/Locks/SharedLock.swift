@@ -19,6 +19,17 @@ extension Pool {
     package struct SharedTaken: @unchecked Sendable {
         @usableFromInline package let taken: Taken
         @usableFromInline package let ledger: UInt32
+        /// Through the reader bias: in the ledger only, not counted in `readers`.
+        @usableFromInline package let biased: Bool
+        /// In a ledger word of its own (``ReaderLedger/own(_:lock:)``).
+        @usableFromInline package let owned: Bool
+
+        @usableFromInline package init(taken: Taken, ledger: UInt32, biased: Bool = false, owned: Bool = false) {
+            self.taken = taken
+            self.ledger = ledger
+            self.biased = biased
+            self.owned = owned
+        }
     }
 
     /// Readers of one process are limited by the ledger words in its process slot.
@@ -37,22 +48,62 @@ extension Pool {
         return try attempt.runHere()
     }
 
-    /// The uncontended path: a ledger CAS in our own slot, one add on the lock's first cache
-    /// line and a load of the word; no syscall, no clock read.
+    /// The uncontended path, no syscall and no clock read. With the reader bias on
+    /// (``ReaderBias``): a CAS on a ledger word of our own (or, if none is free, one our
+    /// threads share) and two loads of the lock's first cache line. Otherwise: the ledger
+    /// CAS, one add on that cache line and a load of the word.
     @usableFromInline @inline(__always)
     package func acquireSharedFast(_ index: LockIndex) throws(PMLLError) -> SharedTaken? {
         try checkLockAccess(index, shared: true)
         let entry = memory.lock(index)
         let slot = memory.slot(self.slot)
+        if pmll_lock_biased(entry) != 0 {
+            let owned = ReaderLedger.own(slot, lock: index)
+            guard let ledger = owned ?? ReaderLedger.enter(slot, lock: index) else { throw Self.ledgerFull }
+            let w = pmll_bias_check(entry)
+            if w & PMLL_OWNER_MASK == 0 {
+                pmll_bias_count(entry)
+                return SharedTaken(taken: Taken(entry: entry, ownerDied: w & PMLL_WORD_DIED != 0, waitedNanoseconds: 0), ledger: ledger, biased: true, owned: owned != nil)
+            }
+            SharedHolds.leaveBiased(entry, slot: slot, ledger: ledger, owned: owned != nil)
+            if w != UInt32.max {
+                // A writer holds the word. The slow path counts only holds; the acquisition is
+                // counted here, as a counted first try does (and taken back if the wait fails).
+                SharedHolds.countAcquisition(entry)
+                return nil
+            }
+            // The bias went off meanwhile: a counted hold.
+        }
         guard let ledger = ReaderLedger.enter(slot, lock: index) else { throw Self.ledgerFull }
         var before: UInt64 = 0
         let w = pmll_readers_enter(entry, 1 | PMLL_READERS_ONE_ACQUISITION, &before)
         if before >> 32 == 0xFFFF_FFFF { pmll_add64(&pmll_entry_shared(entry).pointee.acquisition_wraps, 1) }
         if w & PMLL_OWNER_MASK == 0 {
+            if before & PMLL_READERS_BIASED == 0 && (before & PMLL_READERS_INHIBITED == 0 || before >> 32 & ReaderBias.enableEvery == 0) {
+                enableReaderBias(entry)
+            }
             return SharedTaken(taken: Taken(entry: entry, ownerDied: w & PMLL_WORD_DIED != 0, waitedNanoseconds: 0), ledger: ledger)
         }
         SharedHolds.leave(entry, slot: slot, ledger: ledger)
         return nil
+    }
+
+    /// The biased hold alone, without a throw: a ledger word of our own, the word free and no
+    /// owner death to report; nil for anything else (the caller takes the full path, which
+    /// starts again from the beginning). Kept small so that it stays cheap to call.
+    @inline(__always)
+    package func acquireBiasedQuick(_ index: LockIndex) -> (entry: UnsafeMutablePointer<pmll_lock_entry_t>, ledger: UInt32)? {
+        let entry = memory.lock(index)
+        guard lockAccessIsOpen, pmll_lock_biased(entry) != 0 else { return nil }
+        let slot = memory.slot(self.slot)
+        guard let ledger = ReaderLedger.own(slot, lock: index) else { return nil }
+        let w = pmll_bias_check(entry)
+        guard w & (PMLL_OWNER_MASK | PMLL_WORD_DIED) == 0 else {
+            SharedHolds.leaveBiased(entry, slot: slot, ledger: ledger, owned: true)
+            return nil
+        }
+        pmll_bias_count(entry)
+        return (entry, ledger)
     }
 
     /// Async form: waits on the ``WaiterThread``.
@@ -64,7 +115,11 @@ extension Pool {
 
     @inline(__always)
     package func releaseShared(_ held: SharedTaken) {
-        SharedHolds.leave(held.taken.entry, slot: memory.slot(slot), ledger: held.ledger)
+        if held.biased {
+            SharedHolds.leaveBiased(held.taken.entry, slot: memory.slot(slot), ledger: held.ledger, owned: held.owned)
+        } else {
+            SharedHolds.leave(held.taken.entry, slot: memory.slot(slot), ledger: held.ledger)
+        }
     }
 }
 
@@ -81,15 +136,41 @@ package enum SharedHolds {
         ReaderLedger.leave(slot, word: ledger)
     }
 
+    /// A biased holder leaves its ledger only. If a writer revoked the bias and sleeps until
+    /// the ledgers are empty (DRAIN with the bias off), it is woken: clearing DRAIN first, so
+    /// that a writer about to sleep sees the word change (see ``ReaderDrain``). An owned word
+    /// is given back with a plain store, which the load after it may pass (no fence): then
+    /// this holder may miss the DRAIN of a writer that scanned before the store showed, and
+    /// that writer finds the word empty at its next look (it polls; ``ReaderDrain``).
+    @inline(__always)
+    package static func leaveBiased(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>, slot: UnsafeMutablePointer<pmll_process_slot_t>, ledger: UInt32, owned: Bool) {
+        if owned {
+            // ReaderLedger.disown, written out: the call across modules was not inlined.
+            pmll_store32(pmll_slot_ledger(slot, ledger), 0)
+        } else {
+            ReaderLedger.leave(slot, word: ledger)
+        }
+        if pmll_bias_leave_wakes(entry) != 0 {
+            _ = pmll_futex_wake(pmll_entry_readers_word(entry), Int32.max)
+        }
+    }
+
+    package static func countAcquisition(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) {
+        let before = pmll_add64(pmll_entry_readers(entry), PMLL_READERS_ONE_ACQUISITION)
+        if before >> 32 == 0xFFFF_FFFF { pmll_add64(&pmll_entry_shared(entry).pointee.acquisition_wraps, 1) }
+    }
+
     /// Takes back the acquisition counted by a first try that then failed for good.
     package static func uncountAcquisition(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) {
         let before = pmll_sub64(pmll_entry_readers(entry), PMLL_READERS_ONE_ACQUISITION)
         if before >> 32 == 0 { pmll_add64(&pmll_entry_shared(entry).pointee.acquisition_wraps, UInt64.max) }
     }
 
-    /// Shared acquisitions since the pool was created (the high half of `readers` and its wraps).
+    /// Shared acquisitions since the pool was created: the high half of `readers` and its
+    /// wraps, and this process's biased acquisitions not yet added there (other processes'
+    /// are added in batches; see `pmll_bias_count`).
     package static func acquisitions(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> UInt64 {
         let v = pmll_load64(pmll_entry_readers(entry))
-        return pmll_load64(&pmll_entry_shared(entry).pointee.acquisition_wraps) << 32 | v >> 32
+        return (pmll_load64(&pmll_entry_shared(entry).pointee.acquisition_wraps) << 32 | v >> 32) &+ pmll_bias_pending(entry)
     }
 }

@@ -15,7 +15,7 @@ extension LockHandle {
     @_disfavoredOverload
     @inlinable
     public func withSharedLock<R>(timeout: Duration? = nil, cancellation: Cancellation? = nil, _ body: (inout LockGrant) throws -> R) throws -> R {
-        let scope = try enterSharedScope(timeout: timeout, cancellation: cancellation)
+        let scope = try enterBiasedScope() ?? enterSharedScope(timeout: timeout, cancellation: cancellation)
         var grant = LockGrant(held: HeldSet(first: scope.taken))
         defer { exitSharedScope(scope) }
         return try body(&grant)
@@ -56,8 +56,7 @@ extension LockHandle {
 
     /// The live processes holding the lock shared right now.
     public var currentReaders: [ReaderInfo] {
-        guard pmll_load64(pmll_entry_readers(entry)) & PMLL_READERS_COUNT != 0 else { return [] }
-        return pool.processes.readers(of: index).readers
+        pool.processes.readers(of: index).readers
     }
 
     /// Three words, so that it comes back in registers: a larger result is returned through
@@ -66,19 +65,41 @@ extension LockHandle {
     struct SharedScope {
         let saved: UnsafeRawPointer?
         @usableFromInline let entry: UnsafeMutableRawPointer
-        /// waited nanoseconds << 8 | ledger word << 1 | owner died
+        /// waited nanoseconds << 8 | biased << 7 | owned << 6 | ledger word << 1 | owner died
         @usableFromInline let bits: UInt64
 
         init(saved: UnsafeRawPointer?, held: Pool.SharedTaken) {
             self.saved = saved
             entry = held.taken.rawEntry
-            bits = UInt64(max(0, held.taken.waitedNanoseconds)) << 8 | UInt64(held.ledger) << 1 | (held.taken.ownerDied ? 1 : 0)
+            bits = UInt64(max(0, held.taken.waitedNanoseconds)) << 8 | (held.biased ? 0x80 : 0) | (held.owned ? 0x40 : 0) | UInt64(held.ledger) << 1 | (held.taken.ownerDied ? 1 : 0)
+        }
+
+        /// A biased hold in an owned word, no wait, no owner death.
+        init(saved: UnsafeRawPointer?, entry: UnsafeMutablePointer<pmll_lock_entry_t>, ledger: UInt32) {
+            self.saved = saved
+            self.entry = UnsafeMutableRawPointer(entry)
+            bits = 0xC0 | UInt64(ledger) << 1
         }
 
         @usableFromInline var taken: Taken {
             Taken(entry: entry.assumingMemoryBound(to: pmll_lock_entry_t.self), ownerDied: bits & 1 != 0, waitedNanoseconds: Int64(bits >> 8))
         }
-        var held: Pool.SharedTaken { Pool.SharedTaken(taken: taken, ledger: UInt32(bits >> 1 & 0x7F)) }
+        var held: Pool.SharedTaken { Pool.SharedTaken(taken: taken, ledger: UInt32(bits >> 1 & 0x1F), biased: bits & 0x80 != 0, owned: bits & 0x40 != 0) }
+    }
+
+    /// The uncontended biased hold (``Pool/acquireBiasedQuick(_:)``) with the hierarchy check,
+    /// in a small function that cannot throw; nil sends the caller the full way.
+    @usableFromInline @inline(never)
+    func enterBiasedScope() -> SharedScope? {
+        let saved = pmll_held_top_get()
+        if let saved {
+            guard saved.pointee.level < entry.pointee.level else { return nil }
+        } else if pmll_async_scopes() != 0 {
+            return nil
+        }
+        guard let held = pool.acquireBiasedQuick(index) else { return nil }
+        pmll_held_top_set(held.entry)
+        return SharedScope(saved: saved.map(UnsafeRawPointer.init), entry: held.entry, ledger: held.ledger)
     }
 
     @usableFromInline
