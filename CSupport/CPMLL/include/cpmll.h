@@ -727,6 +727,22 @@ static inline uint32_t * pmll_slot_ledger(pmll_process_slot_t *s, uint32_t i) {
     return i < PMLL_READ_LEDGER ? &s->reading[i] : &s->waiting_on[i - PMLL_READ_LEDGER];
 }
 
+// A ledger word of its own for one biased hold (ReaderLedger.own): the first free one of the
+// last PMLL_LEDGER_OWNABLE words, claimed by a sequentially consistent CAS; UINT32_MAX if none.
+static inline uint32_t pmll_ledger_own(pmll_process_slot_t *s, uint32_t tag) {
+    for (uint32_t i = PMLL_READ_LEDGER + PMLL_WAIT_LEDGER - PMLL_LEDGER_OWNABLE; i < PMLL_READ_LEDGER + PMLL_WAIT_LEDGER; i++) {
+        uint32_t *p = pmll_slot_ledger(s, i);
+        uint32_t v = __atomic_load_n(p, __ATOMIC_RELAXED);
+        int free = v == 0 || ((v & PMLL_LEDGER_READ) != 0 && (v & PMLL_LEDGER_COUNT_MASK) == 0);
+        if (free && __atomic_compare_exchange_n(p, &v, tag | PMLL_LEDGER_OWNED, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) return i;
+    }
+    return UINT32_MAX;
+}
+// Gives an owned word back: nobody else writes it, so a release store is enough.
+static inline void pmll_ledger_disown(pmll_process_slot_t *s, uint32_t i) {
+    __atomic_store_n(pmll_slot_ledger(s, i), 0, __ATOMIC_RELEASE);
+}
+
 // MARK: - Lock hierarchy tracking
 
 // The innermost lock held by the calling thread in a synchronous scope (NULL: none).

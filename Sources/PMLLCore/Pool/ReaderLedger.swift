@@ -1,4 +1,4 @@
-package import CPMLL
+public import CPMLL
 
 /// Which locks each process holds shared, in its process slot. A lock's reader count alone
 /// cannot tell a writer whether its readers are alive; the ledger can, because the kernel
@@ -8,12 +8,9 @@ package import CPMLL
 /// Order that makes the discount safe (never larger than the dead holds): a reader enters the
 /// ledger before it counts itself in, and counts itself out before it leaves the ledger, so
 /// a live reader is never counted without a ledger entry to show for it.
-package enum ReaderLedger {
+@usableFromInline package enum ReaderLedger {
     /// Words of the ledger: the dedicated ones, then the wait ledger's (shared with waits).
     @usableFromInline package static let words = PMLL_READ_LEDGER + PMLL_WAIT_LEDGER
-    /// Words a biased hold may own alone (the last ones of the wait ledger): at most these
-    /// many, so that at least `words - ownable.count` stay for shared words, one per lock.
-    @usableFromInline package static let ownable = (words - PMLL_LEDGER_OWNABLE)..<words
 
     @inlinable @inline(__always) static func tag(_ lock: LockIndex) -> UInt32 {
         PMLL_LEDGER_READ | (lock.rawValue + 1) << PMLL_LEDGER_COUNT_BITS
@@ -61,23 +58,21 @@ package enum ReaderLedger {
         if i >= PMLL_READ_LEDGER && left & PMLL_LEDGER_COUNT_MASK == 0 { _ = pmll_cas32(p, &left, 0) }
     }
 
-    /// One hold of `lock` in a word of its own (a biased hold; ``ownable``), or nil if none
-    /// is free. Sequentially consistent, as ``enter(_:lock:)``.
+    /// One hold of `lock` in a word of its own (a biased hold), or nil if none is free. Only
+    /// the last PMLL_LEDGER_OWNABLE words (of the wait ledger) are owned, so that at least
+    /// `words - PMLL_LEDGER_OWNABLE` stay for shared words, one per lock. Sequentially consistent, as ``enter(_:lock:)``. In C, so that it inlines
+    /// wherever it is called.
     @inlinable @inline(__always)
     package static func own(_ slot: UnsafeMutablePointer<pmll_process_slot_t>, lock: LockIndex) -> UInt32? {
-        for i in ownable {
-            let p = pmll_slot_ledger(slot, UInt32(i))
-            var v = pmll_load32(p)
-            if isFree(v) && pmll_cas32_seq_cst(p, &v, tag(lock) | PMLL_LEDGER_OWNED) != 0 { return UInt32(i) }
-        }
-        return nil
+        let i = pmll_ledger_own(slot, tag(lock))
+        return i == UInt32.max ? nil : i
     }
 
     /// Gives an owned word back. Nobody else writes it while it is owned, so a plain store
     /// (release: the hold's reads come before it) is enough; no locked instruction.
     @inlinable @inline(__always)
     package static func disown(_ slot: UnsafeMutablePointer<pmll_process_slot_t>, word i: UInt32) {
-        pmll_store32(pmll_slot_ledger(slot, i), 0)
+        pmll_ledger_disown(slot, i)
     }
 
     /// Holds a ledger word records (an owned word is one).

@@ -145,8 +145,7 @@ package enum SharedHolds {
     @inline(__always)
     package static func leaveBiased(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>, slot: UnsafeMutablePointer<pmll_process_slot_t>, ledger: UInt32, owned: Bool) {
         if owned {
-            // ReaderLedger.disown, written out: the call across modules was not inlined.
-            pmll_store32(pmll_slot_ledger(slot, ledger), 0)
+            ReaderLedger.disown(slot, word: ledger)
         } else {
             ReaderLedger.leave(slot, word: ledger)
         }
