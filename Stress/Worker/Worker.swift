@@ -67,11 +67,13 @@ struct Hold: ParsableCommand {
     @Option var timeout: Double?
     @Flag var inconsistent = false
     @Flag(help: "Hold the lock shared.") var shared = false
+    @Option(help: "Shared holds taken and released first (a thread tries the reader bias on a lock it has held biased).") var warm = 0
 
     func run() throws {
         let (pool, lock) = try common.open()
         do {
             let wait: Duration? = timeout.map { .milliseconds(Int64($0 * 1000)) }
+            for _ in 0..<warm { try lock.withSharedLock(timeout: wait) { _ in } }
             let hold = shared ? { (body: (inout LockGrant) throws -> Void) in try lock.withSharedLock(timeout: wait, body) }
                               : { (body: (inout LockGrant) throws -> Void) in try lock.withLock(timeout: wait, body) }
             try hold { grant in

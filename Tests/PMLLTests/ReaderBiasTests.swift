@@ -34,7 +34,7 @@ struct ReaderBiasTests {
         let scratch = Scratch()
         let path = scratch.file("k.pool")
         let (pool, lock) = try Self.biased(path, "k")
-        let reader = try Child.worker("hold", "--pool", path, "--lock", "k", "--shared")
+        let reader = try Child.worker("hold", "--pool", path, "--lock", "k", "--shared", "--warm", "2")
         defer { reader.stopIfRunning() }
         _ = try #require(reader.waitForEvent("acquired"))
         #expect(Self.readers(lock) == (0, true), "the reader went in through the bias")
@@ -62,7 +62,7 @@ struct ReaderBiasTests {
         let scratch = Scratch()
         let path = scratch.file("t.pool")
         let (_, lock) = try Self.biased(path, "t")
-        let reader = try Child.worker("hold", "--pool", path, "--lock", "t", "--shared", "--seconds", "3")
+        let reader = try Child.worker("hold", "--pool", path, "--lock", "t", "--shared", "--seconds", "3", "--warm", "2")
         defer { reader.stopIfRunning() }
         _ = try #require(reader.waitForEvent("acquired"))
         #expect(throws: PMLLError.self) { try lock.withLock(timeout: .milliseconds(100)) { _ in } }
@@ -79,7 +79,7 @@ struct ReaderBiasTests {
         let scratch = Scratch()
         let path = scratch.file("a.pool")
         let (_, lock) = try Self.biased(path, "a")
-        let reader = try Child.worker("hold", "--pool", path, "--lock", "a", "--shared", "--seconds", "0.5")
+        let reader = try Child.worker("hold", "--pool", path, "--lock", "a", "--shared", "--seconds", "0.5", "--warm", "2")
         defer { reader.stopIfRunning() }
         _ = try #require(reader.waitForEvent("acquired"))
         let start = Date()
@@ -97,20 +97,21 @@ struct ReaderBiasTests {
         let (pool, lock) = try Self.biased(path, "c")
         for _ in 0..<2_000 { try lock.withSharedLock { _ in } }
         #expect(try Self.status(pool, "c").shared.acquisitions == 2_001)
+        // Each takes it once counted, then 9 times biased (in its tally until it exits).
         for _ in 0..<3 {
-            #expect(try Child.worker("hold", "--pool", path, "--lock", "c", "--shared", "--seconds", "0").wait() == 0)
+            #expect(try Child.worker("hold", "--pool", path, "--lock", "c", "--shared", "--seconds", "0", "--warm", "9").wait() == 0)
         }
-        #expect(try Self.status(pool, "c").shared.acquisitions == 2_004)
-        // A reader killed holding: its death is counted once, by the next writer (its
-        // acquisition, still in its tally, is lost with it).
-        let victim = try Child.worker("hold", "--pool", path, "--lock", "c", "--shared")
+        #expect(try Self.status(pool, "c").shared.acquisitions == 2_031)
+        // A reader killed holding: its death is counted once, by the next writer (its biased
+        // acquisitions, still in its tally, are lost with it: 1 of 4 is counted).
+        let victim = try Child.worker("hold", "--pool", path, "--lock", "c", "--shared", "--warm", "3")
         _ = try #require(victim.waitForEvent("acquired"))
         victim.kill()
         victim.wait()
         #expect(try lock.withLock(timeout: .seconds(10)) { _ in true })
         #expect(try lock.withLock(timeout: .seconds(10)) { _ in true })
         var row = try Self.status(pool, "c")
-        #expect(row.shared.readerDeaths == 1 && row.shared.acquisitions == 2_004)
+        #expect(row.shared.readerDeaths == 1 && row.shared.acquisitions == 2_032)
         // A shared try that finds a writer in (with the bias on) counts nothing.
         usleep(2_000)   // past the revocation's inhibition; then every 16th counted hold looks
         for _ in 0..<32 where !Self.readers(lock).biased { try lock.withSharedLock { _ in } }

@@ -639,27 +639,55 @@ static inline int pmll_lock_readers_present(pmll_lock_entry_t *e) {
 }
 // Shared acquisitions through the reader bias are tallied per thread and added to the lock's
 // count in batches (biastally.c): counting each in `readers` would write the very cache line
-// that the bias keeps biased readers off. A thread's tally is added when it reaches the batch,
-// when the thread takes a biased hold of another lock, when it exits, when the pool is unmapped
-// (pmll_bias_flush_range) and at process exit; a killed process loses at most a batch per thread.
+// that the bias keeps biased readers off. A thread tallies up to PMLL_BIAS_TALLY_LOCKS locks; a
+// lock's tally is added when it reaches the batch, when another lock takes its place, when the
+// thread exits, when the pool is unmapped (pmll_bias_flush_range) and at process exit; a
+// killed process loses at most a batch per lock and thread.
+//
+// The tally also tells the thread which locks it holds biased: a shared acquisition of one of
+// them tries the bias first; any other lock is counted first and sees in the count whether the
+// bias is on. So a lock whose bias is mostly off costs no load of `readers` before the add,
+// which would fetch the cache line twice (to share, then to own) when other processes write it.
 #define PMLL_BIAS_TALLY_BATCH 1024u
+#define PMLL_BIAS_TALLY_LOCKS 8u
 typedef struct pmll_bias_tally {
-    pmll_lock_entry_t *_Nullable entry;
-    uint32_t count;                // written by its thread only (relaxed), read under the lock
-    uint32_t free;                 // its thread exited: the next new thread takes it
+    pmll_lock_entry_t *_Nullable entry[PMLL_BIAS_TALLY_LOCKS];
+    uint32_t count[PMLL_BIAS_TALLY_LOCKS];  // written by its thread only (relaxed), read under the lock
     struct pmll_bias_tally *_Nullable next;
+    uint32_t free;                 // its thread exited: the next new thread takes it
+    uint32_t victim;               // the slot the next new lock takes when all are in use
+    uint64_t mask;                 // pmll_bias_bit of every entry: most locks are not there, and one test says so
 } pmll_bias_tally_t;
-_Static_assert(sizeof(pmll_bias_tally_t) <= 64, "a tally fits the cache line it is allocated on");
+_Static_assert(sizeof(pmll_bias_tally_t) <= 128, "a tally fits the two cache lines it is allocated on");
 extern __thread pmll_bias_tally_t *_Nullable pmll_bias_tally;
-void pmll_bias_count_slow(pmll_lock_entry_t *e);
-static inline void pmll_bias_count(pmll_lock_entry_t *e) {
+// Lock entries are 512 bytes apart: bits 9-14 of the address tell most of them apart.
+static inline uint64_t pmll_bias_bit(const pmll_lock_entry_t *_Nullable e) {
+    return 1ull << (((uintptr_t)e >> 9) & 63);
+}
+// The calling thread's tally slot for `e`, or -1.
+static inline int pmll_bias_slot(const pmll_lock_entry_t *e) {
     pmll_bias_tally_t *t = pmll_bias_tally;
-    if (t != NULL && t->entry == e) {
-        uint32_t n = __atomic_load_n(&t->count, __ATOMIC_RELAXED);
-        if (n < PMLL_BIAS_TALLY_BATCH) { __atomic_store_n(&t->count, n + 1, __ATOMIC_RELAXED); return; }
+    // Relaxed loads: another thread unmapping a pool rewrites the slots of its locks.
+    if (t == NULL || (__atomic_load_n(&t->mask, __ATOMIC_RELAXED) & pmll_bias_bit(e)) == 0) return -1;
+    for (int i = 0; i < (int)PMLL_BIAS_TALLY_LOCKS; i++) {
+        if (__atomic_load_n(&t->entry[i], __ATOMIC_RELAXED) == e) return i;
+    }
+    return -1;
+}
+static inline int pmll_bias_hinted(const pmll_lock_entry_t *e) { return pmll_bias_slot(e) >= 0; }
+void pmll_bias_count_slow(pmll_lock_entry_t *e);
+// Counts one biased acquisition of `e`, whose slot pmll_bias_slot found as `i` (or -1).
+static inline void pmll_bias_count_at(pmll_lock_entry_t *e, int i) {
+    if (i >= 0) {
+        pmll_bias_tally_t *t = pmll_bias_tally;
+        uint32_t n = __atomic_load_n(&t->count[i], __ATOMIC_RELAXED);
+        if (n < PMLL_BIAS_TALLY_BATCH) { __atomic_store_n(&t->count[i], n + 1, __ATOMIC_RELAXED); return; }
     }
     pmll_bias_count_slow(e);
 }
+static inline void pmll_bias_count(pmll_lock_entry_t *e) { pmll_bias_count_at(e, pmll_bias_slot(e)); }
+// Gives `e` a slot in the thread's tally (on), or takes it out, its count added (off).
+void pmll_bias_hint(pmll_lock_entry_t *e, int on);
 // This process's biased acquisitions of the lock not yet added to its count.
 uint64_t pmll_bias_pending(const pmll_lock_entry_t *e);
 // Adds and forgets every tally of a lock in [base, base + length): the mapping is going away.

@@ -46,7 +46,7 @@ extension Pool {
         if v & PMLL_READERS_INHIBITED != 0 {
             guard Clock.monotonicNanoseconds >= Int64(bitPattern: pmll_load64(&entry.pointee.bias_inhibit_until)) else { return }
         }
-        _ = pmll_cas64(readers, &v, (v | PMLL_READERS_BIASED) & ~PMLL_READERS_INHIBITED)
+        if pmll_cas64(readers, &v, (v | PMLL_READERS_BIASED) & ~PMLL_READERS_INHIBITED) != 0 { pmll_bias_hint(entry, 1) }
     }
 
     /// By the holder of the word: the bias off; true if it was on (then the drain waits for

@@ -57,7 +57,7 @@ extension Pool {
         try checkLockAccess(index, shared: true)
         let entry = memory.lock(index)
         let slot = memory.slot(self.slot)
-        if pmll_lock_biased(entry) != 0 {
+        if pmll_bias_hinted(entry) != 0 {
             let owned = ReaderLedger.own(slot, lock: index)
             guard let ledger = owned ?? ReaderLedger.enter(slot, lock: index) else { throw Self.ledgerFull }
             let w = pmll_bias_check(entry)
@@ -72,14 +72,17 @@ extension Pool {
                 SharedHolds.countAcquisition(entry)
                 return nil
             }
-            // The bias went off meanwhile: a counted hold.
+            // The bias is off: counted holds until a count shows it on again.
+            pmll_bias_hint(entry, 0)
         }
         guard let ledger = ReaderLedger.enter(slot, lock: index) else { throw Self.ledgerFull }
         var before: UInt64 = 0
         let w = pmll_readers_enter(entry, 1 | PMLL_READERS_ONE_ACQUISITION, &before)
         if before >> 32 == 0xFFFF_FFFF { pmll_add64(&pmll_entry_shared(entry).pointee.acquisition_wraps, 1) }
         if w & PMLL_OWNER_MASK == 0 {
-            if before & PMLL_READERS_BIASED == 0 && (before & PMLL_READERS_INHIBITED == 0 || before >> 32 & ReaderBias.enableEvery == 0) {
+            if before & PMLL_READERS_BIASED != 0 {
+                pmll_bias_hint(entry, 1)   // the next hold of this lock by this thread tries the bias
+            } else if before & PMLL_READERS_INHIBITED == 0 || before >> 32 & ReaderBias.enableEvery == 0 {
                 enableReaderBias(entry)
             }
             return SharedTaken(taken: Taken(entry: entry, ownerDied: w & PMLL_WORD_DIED != 0, waitedNanoseconds: 0), ledger: ledger)
@@ -88,21 +91,23 @@ extension Pool {
         return nil
     }
 
-    /// The biased hold alone, without a throw: a ledger word of our own, the word free and no
-    /// owner death to report; nil for anything else (the caller takes the full path, which
+    /// The biased hold alone, without a throw, of a lock this thread holds biased (`tally`, its
+    /// slot in the thread's tally): a ledger word of our own, the word free and no owner death
+    /// to report; nil for anything else (the caller takes the full path, which
     /// starts again from the beginning). Kept small so that it stays cheap to call.
     @inline(__always)
-    package func acquireBiasedQuick(_ index: LockIndex) -> (entry: UnsafeMutablePointer<pmll_lock_entry_t>, ledger: UInt32)? {
+    package func acquireBiasedQuick(_ index: LockIndex, tally: Int32) -> (entry: UnsafeMutablePointer<pmll_lock_entry_t>, ledger: UInt32)? {
         let entry = memory.lock(index)
-        guard lockAccessIsOpen, pmll_lock_biased(entry) != 0 else { return nil }
+        guard lockAccessIsOpen else { return nil }
         let slot = memory.slot(self.slot)
         guard let ledger = ReaderLedger.own(slot, lock: index) else { return nil }
         let w = pmll_bias_check(entry)
+        // Anything else (bias off, a writer in, an owner death) is for the full path.
         guard w & (PMLL_OWNER_MASK | PMLL_WORD_DIED) == 0 else {
             SharedHolds.leaveBiased(entry, slot: slot, ledger: ledger, owned: true)
             return nil
         }
-        pmll_bias_count(entry)
+        pmll_bias_count_at(entry, tally)
         return (entry, ledger)
     }
 

@@ -91,13 +91,17 @@ extension LockHandle {
     /// in a small function that cannot throw; nil sends the caller the full way.
     @usableFromInline @inline(never)
     func enterBiasedScope() -> SharedScope? {
+        // Most shared holds of a lock this thread has not held biased are counted: one test says so.
+        let entry = self.entry
+        let tally = pmll_bias_slot(entry)
+        guard tally >= 0 else { return nil }
         let saved = pmll_held_top_get()
         if let saved {
             guard saved.pointee.level < entry.pointee.level else { return nil }
         } else if pmll_async_scopes() != 0 {
             return nil
         }
-        guard let held = pool.acquireBiasedQuick(index) else { return nil }
+        guard let held = pool.acquireBiasedQuick(index, tally: tally) else { return nil }
         pmll_held_top_set(held.entry)
         return SharedScope(saved: saved.map(UnsafeRawPointer.init), entry: held.entry, ledger: held.ledger)
     }
