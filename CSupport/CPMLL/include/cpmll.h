@@ -674,7 +674,6 @@ static inline int pmll_bias_slot(const pmll_lock_entry_t *e) {
     }
     return -1;
 }
-static inline int pmll_bias_hinted(const pmll_lock_entry_t *e) { return pmll_bias_slot(e) >= 0; }
 void pmll_bias_count_slow(pmll_lock_entry_t *e);
 // Counts one biased acquisition of `e`, whose slot pmll_bias_slot found as `i` (or -1).
 static inline void pmll_bias_count_at(pmll_lock_entry_t *e, int i) {
@@ -685,7 +684,6 @@ static inline void pmll_bias_count_at(pmll_lock_entry_t *e, int i) {
     }
     pmll_bias_count_slow(e);
 }
-static inline void pmll_bias_count(pmll_lock_entry_t *e) { pmll_bias_count_at(e, pmll_bias_slot(e)); }
 // Gives `e` a slot in the thread's tally (on), or takes it out, its count added (off).
 void pmll_bias_hint(pmll_lock_entry_t *e, int on);
 // This process's biased acquisitions of the lock not yet added to its count.

@@ -57,12 +57,13 @@ extension Pool {
         try checkLockAccess(index, shared: true)
         let entry = memory.lock(index)
         let slot = memory.slot(self.slot)
-        if pmll_bias_hinted(entry) != 0 {
+        let tally = pmll_bias_slot(entry)
+        if tally >= 0 {
             let owned = ReaderLedger.own(slot, lock: index)
             guard let ledger = owned ?? ReaderLedger.enter(slot, lock: index) else { throw Self.ledgerFull }
             let w = pmll_bias_check(entry)
             if w & PMLL_OWNER_MASK == 0 {
-                pmll_bias_count(entry)
+                pmll_bias_count_at(entry, tally)
                 return SharedTaken(taken: Taken(entry: entry, ownerDied: w & PMLL_WORD_DIED != 0, waitedNanoseconds: 0), ledger: ledger, biased: true, owned: owned != nil)
             }
             SharedHolds.leaveBiased(entry, slot: slot, ledger: ledger, owned: owned != nil)
@@ -172,7 +173,7 @@ package enum SharedHolds {
 
     /// Shared acquisitions since the pool was created: the high half of `readers` and its
     /// wraps, and this process's biased acquisitions not yet added there (other processes'
-    /// are added in batches; see `pmll_bias_count`).
+    /// are added in batches; see `pmll_bias_count_at`).
     package static func acquisitions(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> UInt64 {
         let v = pmll_load64(pmll_entry_readers(entry))
         return (pmll_load64(&pmll_entry_shared(entry).pointee.acquisition_wraps) << 32 | v >> 32) &+ pmll_bias_pending(entry)
