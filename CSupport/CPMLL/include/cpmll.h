@@ -696,12 +696,11 @@ static inline uint32_t pmll_bias_check(pmll_lock_entry_t *e) {
     uint64_t r = __atomic_load_n(&e->readers, __ATOMIC_SEQ_CST);
     return (r & PMLL_READERS_BIASED) ? __atomic_load_n(&e->word, __ATOMIC_SEQ_CST) : UINT32_MAX;
 }
-// After a biased holder left its ledger: 1 if a writer that revoked the bias sleeps until the
-// ledgers are empty (DRAIN set, bias off). DRAIN is cleared first, so that a writer about to
-// sleep on the word sees it change and looks again.
+// After a biased holder left its ledger: 1 if a writer sleeps until the ledgers are empty
+// (DRAIN set; a writer that found the bias on waits for them). DRAIN is cleared first, so that
+// a writer about to sleep on the word sees it change and looks again.
 static inline int pmll_bias_leave_wakes(pmll_lock_entry_t *e) {
-    uint64_t r = __atomic_load_n(&e->readers, __ATOMIC_SEQ_CST);
-    if ((r & (PMLL_READERS_BIASED | PMLL_READERS_DRAIN)) != PMLL_READERS_DRAIN) return 0;
+    if ((__atomic_load_n(&e->readers, __ATOMIC_SEQ_CST) & PMLL_READERS_DRAIN) == 0) return 0;
     return (__atomic_fetch_and(&e->readers, ~PMLL_READERS_DRAIN, __ATOMIC_SEQ_CST) & PMLL_READERS_DRAIN) != 0;
 }
 static inline int pmll_lock_biased(pmll_lock_entry_t *e) {
@@ -755,12 +754,15 @@ static inline uint32_t * pmll_slot_ledger(pmll_process_slot_t *s, uint32_t i) {
 
 // A ledger word of its own for one biased hold (ReaderLedger.own): the first free one of the
 // last PMLL_LEDGER_OWNABLE words, claimed by a sequentially consistent CAS; UINT32_MAX if none.
+// A ledger word no hold uses: empty, or a read word at 0 holds (its tag may be taken over).
+static inline int pmll_ledger_is_free(uint32_t v) {
+    return v == 0 || ((v & PMLL_LEDGER_READ) != 0 && (v & PMLL_LEDGER_COUNT_MASK) == 0);
+}
 static inline uint32_t pmll_ledger_own(pmll_process_slot_t *s, uint32_t tag) {
     for (uint32_t i = PMLL_READ_LEDGER + PMLL_WAIT_LEDGER - PMLL_LEDGER_OWNABLE; i < PMLL_READ_LEDGER + PMLL_WAIT_LEDGER; i++) {
         uint32_t *p = pmll_slot_ledger(s, i);
         uint32_t v = __atomic_load_n(p, __ATOMIC_RELAXED);
-        int free = v == 0 || ((v & PMLL_LEDGER_READ) != 0 && (v & PMLL_LEDGER_COUNT_MASK) == 0);
-        if (free && __atomic_compare_exchange_n(p, &v, tag | PMLL_LEDGER_OWNED, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) return i;
+        if (pmll_ledger_is_free(v) && __atomic_compare_exchange_n(p, &v, tag | PMLL_LEDGER_OWNED, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) return i;
     }
     return UINT32_MAX;
 }

@@ -16,9 +16,7 @@ public import CPMLL
         PMLL_LEDGER_READ | (lock.rawValue + 1) << PMLL_LEDGER_COUNT_BITS
     }
 
-    @inlinable @inline(__always) static func isFree(_ v: UInt32) -> Bool {
-        v == 0 || (v & PMLL_LEDGER_READ != 0 && v & PMLL_LEDGER_COUNT_MASK == 0)
-    }
+    @inlinable @inline(__always) static func isFree(_ v: UInt32) -> Bool { pmll_ledger_is_free(v) != 0 }
 
     /// Adds one hold of `lock` to this process's ledger, in a word its threads share; nil
     /// when every word is taken by other locks (or this lock's hold count is at its maximum).
@@ -60,8 +58,8 @@ public import CPMLL
 
     /// One hold of `lock` in a word of its own (a biased hold), or nil if none is free. Only
     /// the last PMLL_LEDGER_OWNABLE words (of the wait ledger) are owned, so that at least
-    /// `words - PMLL_LEDGER_OWNABLE` stay for shared words, one per lock. Sequentially consistent, as ``enter(_:lock:)``. In C, so that it inlines
-    /// wherever it is called.
+    /// `words - PMLL_LEDGER_OWNABLE` stay for shared words, one per lock. Sequentially
+    /// consistent, as ``enter(_:lock:)``. In C, so that it inlines wherever it is called.
     @inlinable @inline(__always)
     package static func own(_ slot: UnsafeMutablePointer<pmll_process_slot_t>, lock: LockIndex) -> UInt32? {
         let i = pmll_ledger_own(slot, tag(lock))

@@ -13,22 +13,22 @@ public import PMLLCore
 /// between the cores on every hold (commits on a pool shared by four processes scaled 1.5×
 /// where four pools scaled 1.9–2.1×).
 ///
-/// A writer that takes the word and finds the bias on turns it off and waits until no live
-/// process has the lock in its ledger (the counted holders are there too; ``ReaderDrain``),
-/// then keeps the bias off for nine times as long as one scan of the process table took (at
+/// A writer that takes the word and finds the bias on waits until no live process has the
+/// lock in its ledger (the counted holders are there too; ``ReaderDrain``), turns it off,
+/// and keeps it off for nine times as long as one scan of the process table took (at
 /// least 100 µs; `PMLL_READERS_INHIBITED` says so), so that exclusive holds among shared ones
 /// pay for scans rarely. A counted holder turns the bias on: at once if no revocation
 /// inhibits it, else once that time has passed (every 16th counted acquisition reads the clock).
 ///
 /// Why a reader and a writer cannot both go in: the reader's ledger CAS comes before its loads
 /// of `readers` and the word (all sequentially consistent); the writer's word CAS comes before
-/// its load of `readers`, its revocation before its scan of the ledgers. If the reader loaded
+/// its load of `readers` and its scan of the ledgers. If the reader loaded
 /// before the writer's CAS, the writer sees the bias on and its scan finds the reader's entry;
 /// otherwise the reader sees the word owned (or the bias off) and leaves. A writer that found
 /// the bias off needs no scan: a biased reader that got in before its CAS saw the bias on, so
 /// a writer that turned it off since held the word after that reader's entry and waited for it.
-/// A revocation that gives up (timeout, cancellation) turns the bias back on before it releases
-/// the word, since biased holders may still be in.
+/// The bias goes off only once the ledgers are empty: a writer that gives up (timeout,
+/// cancellation) or dies before that leaves it on, since biased holders may still be in.
 package enum ReaderBias {
     /// A counted acquisition whose number has these bits clear looks whether to turn the bias on.
     package static let enableEvery: UInt64 = 15
@@ -49,10 +49,12 @@ extension Pool {
         if pmll_cas64(readers, &v, (v | PMLL_READERS_BIASED) & ~PMLL_READERS_INHIBITED) != 0 { pmll_bias_hint(entry, 1) }
     }
 
-    /// By the holder of the word: the bias off; true if it was on (then the drain waits for
-    /// the ledgers, not just the count).
+    /// By the holder of the word: true if the bias is on, so that the drain waits for the
+    /// ledgers, not just the count. The bias stays on until the drain is done (``ReaderDrain``):
+    /// with the word owned no biased holder can come in, and a writer that dies or gives up
+    /// while biased holders remain leaves it on, so the next writer looks for them too.
     package func revokeReaderBias(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> Bool {
-        guard pmll_and64(pmll_entry_readers(entry), ~PMLL_READERS_BIASED) & PMLL_READERS_BIASED != 0 else { return false }
+        guard pmll_lock_biased(entry) != 0 else { return false }
         pmll_fence()
         return true
     }

@@ -9,9 +9,9 @@ public import PMLLCore
 /// began) and `readers` DRAIN (so that the last reader out wakes it), and sleeps on the low
 /// half of `readers`.
 ///
-/// **Revoking** (the writer turned the reader bias off, ``ReaderBias``): biased holders are in
-/// the ledgers only, so the writer waits until no live process's ledger holds the lock; each
-/// biased holder that leaves clears DRAIN and wakes it, and it scans again (and at least every
+/// **Revoking** (the writer found the reader bias on, ``ReaderBias``): biased holders are in
+/// the ledgers only, so the writer waits until no live process's ledger holds the lock, then
+/// turns the bias off; each biased holder that leaves clears DRAIN and wakes it, and it scans again (and at least every
 /// 50 µs to 2 ms, doubling: a holder of a word of its own can miss the flag). Whatever the
 /// count still holds then belongs to dead readers.
 ///
@@ -123,9 +123,11 @@ package struct ReaderDrain: WaitMachine {
         }
     }
 
-    /// After a revocation: the bias stays off for nine scans' time (at least 100 µs).
+    /// After a revocation, with no biased holder left and the word still ours: the bias off,
+    /// and kept off for nine scans' time (at least 100 µs).
     private func inhibitBias() {
         guard revoking else { return }
+        _ = pmll_and64(pmll_entry_readers(entry), ~PMLL_READERS_BIASED)
         let hold = max(9 * max(scanCost, 0), ReaderBias.minimumInhibition)
         pmll_store64(&entry.pointee.bias_inhibit_until, UInt64(Clock.monotonicNanoseconds + hold))
         _ = pmll_or64(pmll_entry_readers(entry), PMLL_READERS_INHIBITED)
@@ -174,12 +176,6 @@ package struct ReaderDrain: WaitMachine {
         if flagged { _ = pmll_and32(pmll_entry_word(entry), ~PMLL_WORD_DRAINING) }
     }
 
-    /// Giving up: a revocation turns the bias back on, since biased holders may still be in
-    /// and the next writer must look for them (``ReaderBias``).
-    package func abandon() {
-        end()
-        if revoking { _ = pmll_or64(pmll_entry_readers(entry), PMLL_READERS_BIASED) }
-    }
 }
 
 extension Pool {
@@ -194,7 +190,7 @@ extension Pool {
             try drain.runHere()
             drain.end()
         } catch {
-            drain.abandon()
+            drain.end()
             release(index: index)
             throw error
         }
@@ -207,7 +203,7 @@ extension Pool {
         do {
             try await WaiterThread.shared.wait(drain)
         } catch {
-            drain.abandon()
+            drain.end()
             release(index: index)
             throw error
         }
