@@ -6,14 +6,19 @@ import Testing
 /// killed with SIGKILL; `--dry-run` changes nothing.
 @Suite("Recovery policies", .serialized)
 struct RecoveryPolicyTests {
-    /// A `pmll queue exec` killed while its command runs: its operation is abandoned.
+    /// A `pmll queue exec` killed while its command runs: its operation is abandoned. The
+    /// command writes `marker`; the kill waits for its bytes, not for the file: `>>` creates
+    /// the file before `echo` writes, and a kill in between (seen once under CI load) left it
+    /// empty.
     static func abandon(queue: String, pool: String, command: String, marker: String) throws {
         let exec = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, queue, "--", "/bin/sh", "-c", command])
-        let deadline = Date().addingTimeInterval(20)
-        while !FileManager.default.fileExists(atPath: marker) && Date() < deadline { usleep(10_000) }
+        let deadline = Date().addingTimeInterval(60)
+        func written() -> Bool { ((try? FileManager.default.attributesOfItem(atPath: marker)[.size] as? Int) ?? 0) > 0 }
+        while !written() && Date() < deadline { usleep(10_000) }
         // The pmll process first: it must die holding its operation, not see its command end.
         exec.killParentFirst()
         exec.wait()
+        try #require(written(), "the command never wrote \(marker)")
     }
 
     static func recover(_ pool: String, config: String, _ extra: [String] = []) throws -> (status: Int32, stdout: String, stderr: String) {
@@ -34,14 +39,16 @@ struct RecoveryPolicyTests {
         let dry = try Self.recover(pool, config: retry, ["--dry-run"])
         #expect(dry.status == 0, "\(dry.stderr)")
         #expect(dry.stdout.contains("would retry it as a new operation") && dry.stdout.contains("would quarantine it"), "\(dry.stdout)")
-        #expect(try String(contentsOfFile: out, encoding: .utf8) == "run\n", "a dry run runs nothing")
+        let afterDry = try String(contentsOfFile: out, encoding: .utf8)
+        #expect(afterDry == "run\n", "a dry run runs nothing: \(afterDry.debugDescription)")
 
         try "".write(toFile: go, atomically: true, encoding: .utf8)
         let done = try Self.recover(pool, config: retry)
         #expect(done.status == 0, "\(done.stderr)")
         #expect(done.stdout.contains("retried: queue 'installs'"), "\(done.stdout)")
         #expect(done.stdout.contains("quarantined (the recovery policy quarantines kind 'exec' of queue 'downloads')"), "\(done.stdout)")
-        #expect(try String(contentsOfFile: out, encoding: .utf8) == "run\nrun\n", "the retry ran the recorded command once more")
+        let afterRetry = try String(contentsOfFile: out, encoding: .utf8)
+        #expect(afterRetry == "run\nrun\n", "the retry ran the recorded command once more: \(afterRetry.debugDescription)")
         let show = try run(Binaries.pmll, ["queue", "show", "--pool", pool, "installs", "--json"])
         #expect(show.stdout.contains("\"succeeded\""), "the retry is an operation of the queue: \(show.stdout)")
 
@@ -60,7 +67,7 @@ struct RecoveryPolicyTests {
         let pool = scratch.file("m.pool"), marker = scratch.file("m")
         let config = scratch.file("c.json")
         try #"{"recovery": {"default": "handler", "max_attempts": 2}}"#.write(toFile: config, atomically: true, encoding: .utf8)
-        try Self.abandon(queue: "q", pool: pool, command: "touch '\(marker)'; sleep 100", marker: marker)
+        try Self.abandon(queue: "q", pool: pool, command: "echo started > '\(marker)'; sleep 100", marker: marker)
         for attempt in 1...2 {
             let r = try Self.recover(pool, config: config, ["--exec-handler", "exit 3"])
             #expect(r.stdout.contains("handler failed"), "attempt \(attempt): \(r.stdout)")
