@@ -6,9 +6,12 @@ import PMLL
 /// Loops on one lock, shared `readPercent` % of the time and exclusive otherwise, and checks
 /// the exclusion in a file mapped by every worker. Words (u64): 2 violations, 3 shared holds
 /// done, 4 exclusive holds done, 5 longest exclusive wait (ns); from word 16, one (pid, state)
-/// pair per worker, state 1 reading, 2 writing. A reader that finds a live writer inside, or
-/// a writer that finds any other live worker inside, counts a violation. Liveness is checked
-/// because workers are SIGKILLed inside their sections (their state stays behind).
+/// pair per worker, state `pid << 8 | mode`, mode 1 reading, 2 writing. A reader that finds a
+/// live writer inside, or a writer that finds any other live worker inside, counts a violation.
+/// Liveness is checked because workers are SIGKILLed inside their sections (their state stays
+/// behind). The state names its writer: a worker that takes over a dead one's pair cannot
+/// lend its own liveness to the state the dead one left (the pid word and the state word were
+/// two stores, and a check between them saw a false violation).
 struct ReadWriteMix: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "rw-mix")
     @OptionGroup var common: Common
@@ -34,16 +37,19 @@ struct ReadWriteMix: ParsableCommand {
         pmll_store64_release(state, 0)   // the slot's previous worker may have died inside
         // On a violation: words 8... record the first one (my pid, my mode, its pid, its state,
         // its /proc state letter) for the test's message.
+        func mark(_ mode: UInt64) { pmll_store64_release(state, mode == 0 ? 0 : me << 8 | mode) }
         func others(_ bad: (UInt64) -> Bool) -> Bool {
-            guard let i = (0..<Self.slots).first(where: { i in
-                i != slot && bad(pmll_load64_acquire(words + 17 + 2 * i)) && Self.alive(pmll_load64_acquire(words + 16 + 2 * i))
+            var found: UInt64 = 0
+            guard (0..<Self.slots).contains(where: { i in
+                found = pmll_load64_acquire(words + 17 + 2 * i)
+                return i != slot && bad(found & 0xFF) && Self.alive(found >> 8)
             }) else { return false }
             var none: UInt64 = 0
             if pmll_cas64(words + 8, &none, me) != 0 {
-                let other = pmll_load64_acquire(words + 16 + 2 * i)
-                words[9] = pmll_load64_acquire(state)
+                let other = found >> 8
+                words[9] = pmll_load64_acquire(state) & 0xFF
                 words[10] = other
-                words[11] = pmll_load64_acquire(words + 17 + 2 * i)
+                words[11] = found & 0xFF
                 let stat = (try? String(contentsOfFile: "/proc/\(other)/stat", encoding: .utf8)) ?? ""
                 words[12] = UInt64(stat.lastIndex(of: ")").map { stat.utf8[stat.utf8.index(after: stat.utf8.index(after: $0))] } ?? 0)
             }
@@ -55,10 +61,10 @@ struct ReadWriteMix: ParsableCommand {
         while Date() < end {
             if Int.random(in: 0..<100) < readPercent {
                 try lock.withSharedLock(timeout: .seconds(60)) { _ in
-                    pmll_store64_release(state, 1)
+                    mark(1)
                     if others({ $0 == 2 }) { _ = pmll_fetch_add64(words + 2, 1) }
                     if holdMicroseconds > 0 { usleep(UInt32(holdMicroseconds)) }
-                    pmll_store64_release(state, 0)
+                    mark(0)
                 }
                 _ = pmll_fetch_add64(words + 3, 1)
                 reads += 1
@@ -66,11 +72,11 @@ struct ReadWriteMix: ParsableCommand {
                 let start = DispatchTime.now().uptimeNanoseconds
                 try lock.withLock(timeout: .seconds(60)) { _ in
                     let waited = DispatchTime.now().uptimeNanoseconds - start
-                    pmll_store64_release(state, 2)
+                    mark(2)
                     if others({ $0 != 0 }) { _ = pmll_fetch_add64(words + 2, 1) }
                     if holdMicroseconds > 0 { usleep(UInt32(holdMicroseconds)) }
                     if others({ $0 != 0 }) { _ = pmll_fetch_add64(words + 2, 1) }
-                    pmll_store64_release(state, 0)
+                    mark(0)
                     var seen = words[5]
                     while seen < waited && pmll_cas64(words + 5, &seen, waited) == 0 {}
                 }
