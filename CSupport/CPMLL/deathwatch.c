@@ -60,17 +60,7 @@ static int stat_fields(const char *path, char *state, unsigned long long *flags,
     close(fd);
     if (n <= 0) return -1;
     buf[n] = 0;
-    char *p = strrchr(buf, ')');
-    if (!p || p[1] != ' ') return -1;
-    *state = p[2];
-    int field = 3;
-    for (char *q = p + 2; q && field <= 22; field++) {
-        if (field == 9) *flags = strtoull(q, NULL, 10);
-        if (field == 22) *start = strtoull(q, NULL, 10);
-        q = strchr(q, ' ');
-        if (q) q++;
-    }
-    return field > 22 ? 0 : -1;
+    return pmll_proc_stat_parse(buf, state, flags, start);
 }
 
 int pmll_pidfd_open_checked(int32_t pid, uint64_t start_time) {
@@ -167,9 +157,9 @@ int pmll_wait_word_or_exit(uint32_t *word, uint32_t expected, int64_t deadline_n
 // sleeps. When the process dies the kernel walks that list as the thread begins to exit, before
 // tearing the address space down, marks each word FUTEX_OWNER_DIED and wakes a waiter. The
 // word is only an event: a waiter then checks that *every* thread of the owner has begun to
-// exit (pmll_process_exiting) before it takes over, so no code of the owner can run after.
+// exit (pmll_exit_check_run, exitcheck.c) before it takes over, so no code of the owner can
+// run after.
 
-#include <dirent.h>
 #include <signal.h>
 #include <stddef.h>
 
@@ -255,88 +245,6 @@ void pmll_exit_watch_detach(pmll_process_slot_t *slot) {
     }
     __atomic_store_n(&slot->exit_word, 0, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&exit_lock);
-}
-
-// flags (field 9 of /proc/PID/task/TID/stat) has PF_EXITING once a thread entered do_exit;
-// it never returns to user space after that. A thread that is gone counts as exiting.
-#define PF_EXITING_FLAG 0x00000004u
-
-
-// Asleep or stopped in the kernel (not R): such a thread gets back to user space only through
-// the kernel's signal check, which turns a pending SIGKILL into its exit.
-static int blocked_state(char state) { return state == 'S' || state == 'D' || state == 'T' || state == 't' || state == 'I'; }
-
-// SIGKILL queued for the thread or its process (SigPnd / ShdPnd of /proc/PID/task/TID/status).
-// Read *before* the state, so a thread seen blocked after it can no longer escape the signal.
-static int sigkill_pending(int32_t pid, pid_t tid) {
-    char path[128], buf[4096];
-    snprintf(path, sizeof path, "/proc/%d/task/%d/status", pid, tid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) return 0;
-    buf[n] = 0;
-    const char *keys[2] = {"\nSigPnd:", "\nShdPnd:"};
-    for (int i = 0; i < 2; i++) {
-        const char *p = strstr(buf, keys[i]);
-        if (p && (strtoull(p + 8, NULL, 16) & (1ull << (SIGKILL - 1)))) return 1;
-    }
-    return 0;
-}
-
-static int exiting_or_gone(const char *stat_path, int blocked_counts) {
-    unsigned long long flags = 0, start = 0;
-    char state;
-    if (stat_fields(stat_path, &state, &flags, &start) != 0) return 1;   // gone
-    if ((flags & PF_EXITING_FLAG) || state == 'Z' || state == 'X') return 1;
-    return blocked_counts && blocked_state(state);
-}
-
-// The thread can run no more user code: it has begun to exit or is gone; or SIGKILL was
-// pending and *afterwards* it was seen blocked in the kernel (it leaves only through exit).
-static int thread_cannot_run(int32_t pid, pid_t tid, const char *stat_path) {
-    if (exiting_or_gone(stat_path, 0)) return 1;
-    return sigkill_pending(pid, tid) && exiting_or_gone(stat_path, 1);
-}
-
-int pmll_process_exiting(int32_t pid, uint64_t start_time) {
-    char path[96];
-    char state;
-    unsigned long long flags = 0, start = 0;
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    if (stat_fields(path, &state, &flags, &start) != 0) return -1;
-    if (start != start_time) return -1;
-    // Every thread listed must be exiting; list again until no new thread appears (a thread
-    // that was running when listed may have created one before it began to exit).
-    pid_t seen[512];
-    int count = 0;
-    for (int round = 0; round < 8; round++) {
-        snprintf(path, sizeof path, "/proc/%d/task", pid);
-        DIR *d = opendir(path);
-        if (!d) return -1;
-        int added = 0;
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL) {
-            if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-            pid_t tid = (pid_t)atoi(e->d_name);
-            int known = 0;
-            for (int i = 0; i < count; i++) if (seen[i] == tid) { known = 1; break; }
-            if (known) continue;
-            if (count == (int)(sizeof seen / sizeof seen[0])) { closedir(d); return -1; }
-            char tpath[128];
-            snprintf(tpath, sizeof tpath, "/proc/%d/task/%d/stat", pid, tid);
-            if (!thread_cannot_run(pid, tid, tpath)) {
-                closedir(d);
-                return 0;
-            }
-            seen[count++] = tid;
-            added++;
-        }
-        closedir(d);
-        if (!added) return 1;
-    }
-    return -1;
 }
 
 int pmll_wait_word_or_exit_word(uint32_t *word, uint32_t expected, uint32_t *exit_word, uint32_t exit_expected, int64_t deadline_ns) {

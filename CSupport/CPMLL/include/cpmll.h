@@ -810,10 +810,16 @@ int pmll_owner_watch_supported(void);
 // thread once per process). 0, or -errno (then the slot's exit word stays 0: no early watch).
 int pmll_exit_watch_attach(pmll_process_slot_t *slot);
 void pmll_exit_watch_detach(pmll_process_slot_t *slot);
-// 1 if the process `pid` that started at `start_time` can run no more user code (every thread
-// has begun to exit, or it is gone), 0 if some thread still runs, -1 if it cannot be told
-// (not that process, /proc unreadable).
-int pmll_process_exiting(int32_t pid, uint64_t start_time);
+// Fields 3 (state), 9 (flags) and 22 (start time) of the text of a /proc/.../stat file: 0, or -1.
+int pmll_proc_stat_parse(const char *buf, char *state, unsigned long long *flags, unsigned long long *start);
+// A check of one process's threads through /proc, opened while it lives (exitcheck.c): NULL if
+// `pid` is no longer the process that started at `start_time`, or /proc cannot be read.
+typedef struct pmll_exit_check pmll_exit_check_t;
+pmll_exit_check_t *_Nullable pmll_exit_check_open(int32_t pid, uint64_t start_time);
+// 1 if the process can run no more user code (every thread has begun to exit, or it is gone),
+// 0 if some thread still can, -1 if it cannot be told.
+int pmll_exit_check_run(pmll_exit_check_t *c);
+void pmll_exit_check_close(pmll_exit_check_t *_Nullable c);
 // Sleeps until *word != expected, a wake on either word, or the deadline: futex_waitv on the
 // lock word and an exit word. 0 woken (or a value differed), -ETIMEDOUT, or -errno.
 int pmll_wait_word_or_exit_word(uint32_t *word, uint32_t expected, uint32_t *exit_word, uint32_t exit_expected, int64_t deadline_ns);

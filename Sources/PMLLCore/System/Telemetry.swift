@@ -36,6 +36,12 @@ package final class Telemetry: Sendable {
         Counter(label: "pmll_lock_owner_deaths_total", dimensions: [("lock", lock)]).increment()
     }
 
+    /// Makes the counter of ``ownerDeath(lock:)`` without counting: its first making in a
+    /// process took 60-190 µs (the metrics system's first use), a third of a takeover.
+    package static func prepareOwnerDeath(lock: String) {
+        _ = Counter(label: "pmll_lock_owner_deaths_total", dimensions: [("lock", lock)])
+    }
+
     package static func timeout(lock: String) {
         Counter(label: "pmll_lock_timeouts_total", dimensions: [("lock", lock)]).increment()
     }

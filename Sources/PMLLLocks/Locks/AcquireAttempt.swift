@@ -99,7 +99,7 @@ package struct AcquireAttempt: WaitMachine {
                 }
             }
             if check.saw(owner, now: now) { _ = HoldStamp.heldSince(entry) }
-            if owner != token && check.due(owner, now: now, deadline: deadline, pool: pool) && check.ownerIsGone(owner, pool: pool) {
+            if owner != token && check.due(owner, now: now, deadline: deadline, pool: pool) && check.ownerIsGone(owner, pool: pool, entry: entry) {
                 if let taken = takeOver(from: owner, word: &w) { return .done(taken) }
                 continue
             }

@@ -1,4 +1,4 @@
-import CPMLL
+package import CPMLL
 package import PMLLCore
 
 /// When a waiter probes the owner of the word it waits on, and what wakes it: one owner-check
@@ -44,10 +44,13 @@ package struct OwnerCheck {
 
     /// The probe: true if the owner's process is gone (OFD byte free), or if its exit watch
     /// fired and none of its threads can run user code again. An owner found alive is watched
-    /// from now on.
-    package mutating func ownerIsGone(_ owner: UInt32, pool: Pool) -> Bool {
+    /// from now on, and what a takeover of `entry` would do for the first time in this
+    /// process is done now, while waiting, rather than after the owner's death.
+    package mutating func ownerIsGone(_ owner: UInt32, pool: Pool, entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> Bool {
         if !pool.processes.isAlive(OwnerToken(rawValue: owner)) || watch.ownerCannotRun(owner, processes: pool.processes) { return true }
-        if watches { watch.watch(owner, processes: pool.processes) }
+        if watches && watch.watch(owner, processes: pool.processes) {
+            Telemetry.prepareOwnerDeath(lock: String(fixedCString: entry.pointee.name))
+        }
         return false
     }
 

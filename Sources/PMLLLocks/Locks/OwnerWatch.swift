@@ -25,6 +25,9 @@ package struct OwnerWatch {
     private var pid: Int32 = 0
     private var startTime: UInt64 = 0
     private var exitChecks = 0
+    /// The owner's threads in `/proc`, opened when the watch starts (the owner alive, this
+    /// waiter idle) so that the check at its death only reads.
+    private var threads: OpaquePointer?
 
     static let tidMask: UInt32 = 0x3FFF_FFFF
     static let ownerDied: UInt32 = 0x4000_0000
@@ -33,22 +36,25 @@ package struct OwnerWatch {
 
     package init() {}
 
-    /// Watches `owner` from now on (closing the watch of a previous one).
-    package mutating func watch(_ owner: UInt32, processes: ProcessTable) {
-        guard owner != self.owner else { return }
+    /// Watches `owner` from now on (closing the watch of a previous one). True if a new
+    /// watch began: the caller may prepare the rest of a takeover now, while it is idle.
+    package mutating func watch(_ owner: UInt32, processes: ProcessTable) -> Bool {
+        guard owner != self.owner else { return false }
         close()
         self.owner = owner
         let token = OwnerToken(rawValue: owner)
-        guard let id = processes.identity(of: token) else { return }
+        guard let id = processes.identity(of: token) else { return false }
         pid = id.pid
         startTime = id.startTime
         if let word = processes.exitWord(of: token), pmll_load32(word) & Self.tidMask != 0 {
             exitWord = word
-            return
+            threads = pmll_exit_check_open(id.pid, id.startTime)
+            return true
         }
-        guard pmll_owner_watch_supported() != 0 else { return }
+        guard pmll_owner_watch_supported() != 0 else { return true }
         let fd = pmll_pidfd_open_checked(id.pid, id.startTime)
         if fd >= 0 { pidfd = fd }
+        return true
     }
 
     /// True while `owner`'s exit wakes the sleeper: the periodic probe is then only a fallback
@@ -106,18 +112,22 @@ package struct OwnerWatch {
     /// more, so its lock may be taken over before the kernel has released its files.
     package func ownerCannotRun(_ owner: UInt32, processes: ProcessTable) -> Bool {
         guard owner == self.owner, let exitWord, pmll_load32(exitWord) & Self.ownerDied != 0,
-              let id = processes.identity(of: OwnerToken(rawValue: owner)), id.pid == pid, id.startTime == startTime else { return false }
-        return pmll_process_exiting(pid, startTime) == 1
+              let id = processes.identity(of: OwnerToken(rawValue: owner)), id.pid == pid, id.startTime == startTime,
+              let threads else { return false }
+        return pmll_exit_check_run(threads) == 1
     }
 
-    /// Closes the descriptor without forgetting it (for a wait's final, non-mutating `end`).
+    /// Closes the descriptors without forgetting them (for a wait's final, non-mutating `end`).
     package func closeDescriptor() {
         if pidfd >= 0 { pmll_fd_close(pidfd) }
+        pmll_exit_check_close(threads)
     }
 
     package mutating func close() {
         if pidfd >= 0 { pmll_fd_close(pidfd) }
         pidfd = -1
+        pmll_exit_check_close(threads)
+        threads = nil
         exitWord = nil
         exitChecks = 0
         owner = 0

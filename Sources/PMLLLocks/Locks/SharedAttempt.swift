@@ -57,7 +57,7 @@ package struct SharedAttempt: WaitMachine {
             }
             let now = Clock.monotonicNanoseconds
             _ = check.saw(owner, now: now)
-            if owner != pool.token.rawValue && check.due(owner, now: now, deadline: deadline, pool: pool) && check.ownerIsGone(owner, pool: pool) {
+            if owner != pool.token.rawValue && check.due(owner, now: now, deadline: deadline, pool: pool) && check.ownerIsGone(owner, pool: pool, entry: entry) {
                 freeDeadWriter(owner, word: &w)
                 continue
             }

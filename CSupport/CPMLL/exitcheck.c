@@ -1,0 +1,224 @@
+#define _GNU_SOURCE
+#include "cpmll.h"
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+// Whether every thread of a dying owner is past the point of no return (Docs/LockProtocol.md,
+// "Takeover at the kernel's pace"), read from /proc through descriptors opened while the owner
+// still lived. At the owner's death the check is then a few reads and no path lookup: opening
+// the files at that moment cost 150-220 us of a 0.6 ms takeover (cold /proc dentries, on a CPU
+// the dying process competes for), reading them costs a few microseconds each.
+
+int pmll_proc_stat_parse(const char *buf, char *state, unsigned long long *flags, unsigned long long *start) {
+    const char *p = strrchr(buf, ')');
+    if (!p || p[1] != ' ') return -1;
+    *state = p[2];
+    int field = 3;
+    for (const char *q = p + 2; q && field <= 22; field++) {
+        if (field == 9) *flags = strtoull(q, NULL, 10);
+        if (field == 22) *start = strtoull(q, NULL, 10);
+        q = strchr(q, ' ');
+        if (q) q++;
+    }
+    return field > 22 ? 0 : -1;
+}
+
+// flags (field 9) has PF_EXITING once a thread entered do_exit; it never returns to user
+// space after that.
+#define PF_EXITING_FLAG 0x00000004u
+// Descriptors are kept for this many threads of the owner; others are opened at each check.
+#define KEPT_DESCRIPTORS 64
+#define MAX_THREADS 4096
+
+struct thread_entry { pid_t tid; int stat; int status; unsigned seen; };
+
+struct pmll_exit_check {
+    int dir;    // /proc/PID: bound to that process (a reused PID is another struct pid)
+    int task;   // /proc/PID/task
+    int count, capacity;
+    unsigned run;
+    struct thread_entry *threads;
+};
+
+// Reads a whole small /proc file from offset 0 (seq_file regenerates it at each read).
+static ssize_t read_at_start(int fd, char *buf, size_t size) {
+    ssize_t n;
+    do { n = pread(fd, buf, size - 1, 0); } while (n < 0 && errno == EINTR);
+    if (n >= 0) buf[n] = 0;
+    return n;
+}
+
+// 1 gone, 0 read (state and flags set).
+static int thread_stat(int fd, char *state, unsigned long long *flags) {
+    char buf[1024];
+    unsigned long long start = 0;
+    if (read_at_start(fd, buf, sizeof buf) <= 0) return 1;   // ESRCH: the thread was reaped
+    return pmll_proc_stat_parse(buf, state, flags, &start) == 0 ? 0 : 1;
+}
+
+static int sigkill_pending(int fd) {
+    char buf[4096];
+    if (read_at_start(fd, buf, sizeof buf) <= 0) return 1;   // gone
+    const char *keys[2] = {"\nSigPnd:", "\nShdPnd:"};
+    for (int i = 0; i < 2; i++) {
+        const char *p = strstr(buf, keys[i]);
+        if (p && (strtoull(p + 8, NULL, 16) & (1ull << (SIGKILL - 1)))) return 1;
+    }
+    return 0;
+}
+
+// Asleep or stopped in the kernel (not R): such a thread gets back to user space only through
+// the kernel's signal check, which turns a pending SIGKILL into its exit.
+static int blocked_state(char state) { return state == 'S' || state == 'D' || state == 'T' || state == 't' || state == 'I'; }
+
+static int open_in(int dir, pid_t tid, const char *file) {
+    char path[48];
+    snprintf(path, sizeof path, "%d/%s", tid, file);
+    return openat(dir, path, O_RDONLY | O_CLOEXEC);
+}
+
+// 1 if no thread has this TID now, else 0 with its state and flags. A kept descriptor whose
+// thread is gone is opened again by TID: the TID may name a newer thread of the owner.
+static int read_thread(struct pmll_exit_check *c, pid_t tid, int *stat, int *status, char *state, unsigned long long *flags) {
+    if (*stat >= 0 && !thread_stat(*stat, state, flags)) return 0;
+    if (*stat >= 0) close(*stat);
+    if (*status >= 0) close(*status);
+    *status = -1;
+    *stat = open_in(c->task, tid, "stat");
+    return *stat < 0 || thread_stat(*stat, state, flags);
+}
+
+// The thread can run no more user code: it has begun to exit or is gone; or SIGKILL was
+// pending and *afterwards* (the second read) it was seen blocked in the kernel.
+static int thread_cannot_run(struct pmll_exit_check *c, pid_t tid, int *stat, int *status) {
+    char state;
+    unsigned long long flags = 0;
+    if (read_thread(c, tid, stat, status, &state, &flags)) return 1;
+    if ((flags & PF_EXITING_FLAG) || state == 'Z' || state == 'X') return 1;
+    if (*status < 0) *status = open_in(c->task, tid, "status");
+    if (*status < 0 || !sigkill_pending(*status)) return 0;
+    int before = *stat;
+    if (read_thread(c, tid, stat, status, &state, &flags)) return 1;
+    if (*stat != before) return 0;   // another thread by now: look again at the next check
+    return (flags & PF_EXITING_FLAG) || state == 'Z' || state == 'X' || blocked_state(state);
+}
+
+// Calls `each(tid)` for every thread listed now; -1 if the list cannot be read, -2 if `each`
+// stopped it, else how many threads `each` reported new.
+static int list_threads(struct pmll_exit_check *c, int (*each)(struct pmll_exit_check *, pid_t)) {
+    char buf[4096];
+    if (lseek(c->task, 0, SEEK_SET) < 0) return -1;
+    int added = 0;
+    for (;;) {
+        long n = syscall(SYS_getdents64, c->task, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return errno == ENOENT || errno == ESRCH ? 0 : -1;   // reaped: no thread left
+        if (n == 0) return added;
+        for (long off = 0; off < n;) {
+            struct dirent64 *e = (struct dirent64 *)(void *)(buf + off);
+            off += e->d_reclen;
+            if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+            int rc = each(c, (pid_t)atoi(e->d_name));
+            if (rc < 0) return -2;
+            added += rc;
+        }
+    }
+}
+
+static struct thread_entry *find_or_add(struct pmll_exit_check *c, pid_t tid) {
+    for (int i = 0; i < c->count; i++) if (c->threads[i].tid == tid) return &c->threads[i];
+    if (c->count == c->capacity) {
+        int capacity = c->capacity ? c->capacity * 2 : 8;
+        if (capacity > MAX_THREADS) return NULL;
+        struct thread_entry *grown = realloc(c->threads, (size_t)capacity * sizeof *grown);
+        if (!grown) return NULL;
+        c->threads = grown;
+        c->capacity = capacity;
+    }
+    struct thread_entry *t = &c->threads[c->count];
+    t->tid = tid;
+    t->stat = c->count < KEPT_DESCRIPTORS ? open_in(c->task, tid, "stat") : -1;
+    t->status = -1;
+    t->seen = 0;
+    c->count++;
+    return t;
+}
+
+static int cache_thread(struct pmll_exit_check *c, pid_t tid) { return find_or_add(c, tid) ? 0 : -1; }
+
+// 1 if the thread is new to this run and cannot run, 0 if seen already, -1 if it can run (or
+// cannot be told).
+static int check_thread(struct pmll_exit_check *c, pid_t tid) {
+    struct thread_entry *t = find_or_add(c, tid);
+    if (!t) return -1;
+    if (t->seen == c->run) return 0;
+    int kept = (int)(t - c->threads) < KEPT_DESCRIPTORS;
+    int stat = t->stat, status = t->status;
+    int ok = thread_cannot_run(c, tid, &stat, &status);
+    if (kept) {
+        t->stat = stat;
+        t->status = status;
+    } else {
+        if (stat >= 0) close(stat);
+        if (status >= 0) close(status);
+    }
+    if (!ok) return -1;
+    t->seen = c->run;
+    return 1;
+}
+
+pmll_exit_check_t *pmll_exit_check_open(int32_t pid, uint64_t start_time) {
+    char path[32], buf[1024], state;
+    unsigned long long flags = 0, start = 0;
+    snprintf(path, sizeof path, "/proc/%d", pid);
+    int dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0) return NULL;
+    // The PID must still name the registered process; from here `dir` keeps naming it.
+    int stat = openat(dir, "stat", O_RDONLY | O_CLOEXEC);
+    int ok = stat >= 0 && read_at_start(stat, buf, sizeof buf) > 0 && pmll_proc_stat_parse(buf, &state, &flags, &start) == 0 && start == start_time;
+    if (stat >= 0) close(stat);
+    int task = ok ? openat(dir, "task", O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+    struct pmll_exit_check *c = task >= 0 ? calloc(1, sizeof *c) : NULL;
+    if (!c) {
+        if (task >= 0) close(task);
+        close(dir);
+        return NULL;
+    }
+    c->dir = dir;
+    c->task = task;
+    (void)list_threads(c, cache_thread);
+    return c;
+}
+
+int pmll_exit_check_run(pmll_exit_check_t *c) {
+    c->run++;
+    // Every thread listed must be past the point of no return; list again until no new thread
+    // appears (a thread that was running when listed may have created one before it began to
+    // exit).
+    for (int round = 0; round < 8; round++) {
+        int added = list_threads(c, check_thread);
+        if (added == -2) return 0;
+        if (added < 0) return -1;
+        if (added == 0) return 1;
+    }
+    return -1;
+}
+
+void pmll_exit_check_close(pmll_exit_check_t *c) {
+    if (!c) return;
+    for (int i = 0; i < c->count; i++) {
+        if (c->threads[i].stat >= 0) close(c->threads[i].stat);
+        if (c->threads[i].status >= 0) close(c->threads[i].status);
+    }
+    free(c->threads);
+    close(c->task);
+    close(c->dir);
+    free(c);
+}
