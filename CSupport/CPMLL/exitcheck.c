@@ -33,8 +33,10 @@ int pmll_proc_stat_parse(const char *buf, char *state, unsigned long long *flags
 // flags (field 9) has PF_EXITING once a thread entered do_exit; it never returns to user
 // space after that.
 #define PF_EXITING_FLAG 0x00000004u
-// Descriptors are kept for this many threads of the owner; others are opened at each check.
-#define KEPT_DESCRIPTORS 64
+// Descriptors are kept for this many threads of the owner (others are opened at each check):
+// every sleeping waiter thread holds its watch's descriptors, and they count against the
+// waiting process's descriptor limit, not ours.
+#define KEPT_DESCRIPTORS 8
 #define MAX_THREADS 4096
 
 struct thread_entry { pid_t tid; int stat; int status; unsigned seen; };
