@@ -13,7 +13,7 @@
 // Whether every thread of a dying owner is past the point of no return (Docs/LockProtocol.md,
 // "Takeover at the kernel's pace"), read from /proc through descriptors opened while the owner
 // still lived. At the owner's death the check is then a few reads and no path lookup: opening
-// the files at that moment cost 150-220 us of a 0.6 ms takeover (cold /proc dentries, on a CPU
+// the files at that moment cost 160-220 us of a 0.6 ms takeover (cold /proc dentries, on a CPU
 // the dying process competes for), reading them costs a few microseconds each.
 
 int pmll_proc_stat_parse(const char *buf, char *state, unsigned long long *flags, unsigned long long *start) {
@@ -35,7 +35,7 @@ int pmll_proc_stat_parse(const char *buf, char *state, unsigned long long *flags
 #define PF_EXITING_FLAG 0x00000004u
 // Descriptors are kept for this many threads of the owner (others are opened at each check):
 // every sleeping waiter thread holds its watch's descriptors, and they count against the
-// waiting process's descriptor limit, not ours.
+// descriptor limit of the application that links us.
 #define KEPT_DESCRIPTORS 8
 #define MAX_THREADS 4096
 

@@ -143,7 +143,8 @@ extension Pool {
                 (memory.base + place.offset).initializeMemory(as: UInt8.self, repeating: 0, count: place.size)
                 try memory.persistence.persist(UnsafeRawPointer(memory.base + place.offset), place.size, site: "growth.fill")
                 CrashPoint.hit("growth.filled")
-                try publish(store, site: kind == PMLL_AREA_LOCKS ? "lock table" : "queue table") { d in
+                let table = kind == PMLL_AREA_LOCKS ? "lock table" : "queue table"
+                try publish(store, site: table, describe: { end in "\(table) grew by \(count) entries (extension \(k)): file \(end) bytes" }) { d in
                     let entry = pmll_area_t(offset: UInt64(place.offset), size: UInt64(place.size), kind: kind,
                                             first_block: UInt32(k), count: count, bitmap_bytes: 0)
                     _ = Self.put(entry, reusing: place.reused, into: &d)
@@ -210,7 +211,8 @@ extension Pool {
     }
 
     /// Step 3: the directory changes as one transaction through this process's undo log.
-    private func publish(_ store: StateStore, site: String, _ change: (inout pmll_growth_t) -> Void) throws(PMLLError) {
+    /// `describe`: the audit record's text from the file's new end (default: the store's tables).
+    private func publish(_ store: StateStore, site: String, describe: ((Int) -> String)? = nil, _ change: (inout pmll_growth_t) -> Void) throws(PMLLError) {
         let directory = store.directory
         var next = directory.pointee
         if next.magic == 0 { next.index_area = PMLL_INDEX_CREATED }
@@ -228,6 +230,6 @@ extension Pool {
         try memory.persistence.persist(UnsafeRawPointer(header), 8, site: "growth.commit")
         CrashPoint.hit("growth.committed")
         try store.refresh()
-        audit(.grow, .ok, "state store \(site) grew: file \(store.view.end) bytes, \(store.view.capacity) key slots, \(store.view.blockCount) blocks")
+        audit(.grow, .ok, describe?(store.view.end) ?? "state store \(site) grew: file \(store.view.end) bytes, \(store.view.capacity) key slots, \(store.view.blockCount) blocks")
     }
 }

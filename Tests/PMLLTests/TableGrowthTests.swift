@@ -65,6 +65,9 @@ struct TableGrowthTests {
         let status = try run(Binaries.pmll, ["status", "--pool", path, "--json"])
         #expect(status.status == 0 && status.stdout.contains("\"lockCapacityLimit\""), "\(status.stdout)")
         #expect(try run(Binaries.pmll, ["check", "--pool", path]).status == 0)
+        // The audit log names the table that grew (it once said "state store lock table grew").
+        let audit = try run(Binaries.pmll, ["audit", "show", "--pool", path])
+        #expect(audit.stdout.contains("lock table grew by ") && !audit.stdout.contains("state store lock table"), "\(audit.stdout)")
     }
 
     /// A process killed at each step of the first growth of the table: the entries made before
