@@ -34,7 +34,9 @@ struct ReadWriteMix: ParsableCommand {
             return (seen == 0 || !Self.alive(seen)) && pmll_cas64(words + 16 + 2 * i, &seen, me) != 0
         }) else { throw ExitCode(3) }
         let state = words + 17 + 2 * slot
-        pmll_store64_release(state, 0)   // the slot's previous worker may have died inside
+        // The previous worker may have died inside: its state names it, and goes (its PID could
+        // be reused by a live process).
+        pmll_store64_release(state, 0)
         // On a violation: words 8... record the first one (my pid, my mode, its pid, its state,
         // its /proc state letter) for the test's message.
         func mark(_ mode: UInt64) { pmll_store64_release(state, mode == 0 ? 0 : me << 8 | mode) }

@@ -1,5 +1,6 @@
 import CPMLL
 import Foundation
+import PMLLCore
 import Testing
 
 /// The `/proc` check a waiter makes before it takes a lock over from an owner whose exit word
@@ -8,10 +9,8 @@ import Testing
 @Suite("Exit check")
 struct ExitCheckTests {
     static func startTime(_ pid: Int32) -> UInt64? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return nil }
-        let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
-        return fields.count > 19 ? UInt64(fields[19]) : nil   // field 22 of the whole line
+        let start = ProcessIdentity.startTime(pid: "\(pid)")
+        return start == 0 ? nil : start
     }
 
     static func eventually(_ check: OpaquePointer, is expected: Int32) -> Bool {
