@@ -42,8 +42,7 @@ int pmll_proc_stat_parse(const char *buf, char *state, unsigned long long *flags
 struct thread_entry { pid_t tid; int stat; int status; unsigned seen; };
 
 struct pmll_exit_check {
-    int dir;    // /proc/PID: bound to that process (a reused PID is another struct pid)
-    int task;   // /proc/PID/task
+    int task;   // /proc/PID/task: bound to that process (a reused PID is another struct pid)
     int count, capacity;
     unsigned run;
     struct thread_entry *threads;
@@ -187,13 +186,12 @@ pmll_exit_check_t *pmll_exit_check_open(int32_t pid, uint64_t start_time) {
     int ok = stat >= 0 && read_at_start(stat, buf, sizeof buf) > 0 && pmll_proc_stat_parse(buf, &state, &flags, &start) == 0 && start == start_time;
     if (stat >= 0) close(stat);
     int task = ok ? openat(dir, "task", O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+    close(dir);
     struct pmll_exit_check *c = task >= 0 ? calloc(1, sizeof *c) : NULL;
     if (!c) {
         if (task >= 0) close(task);
-        close(dir);
         return NULL;
     }
-    c->dir = dir;
     c->task = task;
     (void)list_threads(c, cache_thread);
     return c;
@@ -221,6 +219,5 @@ void pmll_exit_check_close(pmll_exit_check_t *c) {
     }
     free(c->threads);
     close(c->task);
-    close(c->dir);
     free(c);
 }
