@@ -53,7 +53,7 @@ extension Pool {
     /// ledgers, not just the count. The bias stays on until the drain is done (``ReaderDrain``):
     /// with the word owned no biased holder can come in, and a writer that dies or gives up
     /// while biased holders remain leaves it on, so the next writer looks for them too.
-    package func revokeReaderBias(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> Bool {
+    package func readerBiasIsOn(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> Bool {
         guard pmll_lock_biased(entry) != 0 else { return false }
         pmll_fence()
         return true

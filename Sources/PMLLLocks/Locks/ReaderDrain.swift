@@ -11,9 +11,9 @@ public import PMLLCore
 ///
 /// **Revoking** (the writer found the reader bias on, ``ReaderBias``): biased holders are in
 /// the ledgers only, so the writer waits until no live process's ledger holds the lock, then
-/// turns the bias off; each biased holder that leaves clears DRAIN and wakes it, and it scans again (and at least every
-/// 50 µs to 2 ms, doubling: a holder of a word of its own can miss the flag). Whatever the
-/// count still holds then belongs to dead readers.
+/// turns the bias off. Each biased holder that leaves clears DRAIN and wakes it, and it scans
+/// again (and at least every 50 µs to 2 ms, doubling: a holder of a word of its own can miss
+/// the flag). Whatever the count still holds then belongs to dead readers.
 ///
 /// Dead readers: at the owner-check interval (doubling while nothing is found, up to 32
 /// intervals) the writer sums the ledgers of live processes; what the count holds beyond
@@ -185,7 +185,7 @@ extension Pool {
         cancellation?.waitBegins()
         let entry = memory.lock(index)
         var drain = ReaderDrain(pool: self, entry: entry, index: index, deadline: deadline, cancellation: cancellation,
-                                revoking: revokeReaderBias(entry))
+                                revoking: readerBiasIsOn(entry))
         do {
             try drain.runHere()
             drain.end()
@@ -199,7 +199,7 @@ extension Pool {
     package func drainReadersAsync(index: LockIndex, deadline: Int64) async throws {
         let entry = memory.lock(index)
         let drain = ReaderDrain(pool: self, entry: entry, index: index, deadline: deadline, cancellation: Cancellation(),
-                                revoking: revokeReaderBias(entry), spinLimit: 0)
+                                revoking: readerBiasIsOn(entry), spinLimit: 0)
         do {
             try await WaiterThread.shared.wait(drain)
         } catch {
