@@ -100,6 +100,34 @@ import Glibc
         #expect(RetryPolicy(baseDelay: .seconds(1 << 40), maxDelay: .seconds(2)).delay(beforeRetry: 40) <= .seconds(2))
     }
 
+    // MARK: SpinBackoff
+
+    /// Rounds double to 64 pauses; spinning stops at the budget and never passes the deadline;
+    /// no budget (the waiter thread) or a deadline already past (a try) means no spinning at all.
+    @Test func spinningBacksOffAndStopsAtItsBudget() {
+        #expect((0..<9).map(SpinBackoff.pauses(inRound:)) == [1, 2, 4, 8, 16, 32, 64, 64, 64])
+        let now = Clock.monotonicNanoseconds
+        var none = SpinBackoff(start: now, budget: 0, deadline: .max)
+        let noneSpun = none.pause()
+        #expect(!noneSpun && none.rounds == 0)
+        var tryOnly = SpinBackoff(start: now, budget: 1_000_000, deadline: now)
+        let trySpun = tryOnly.pause()
+        #expect(!trySpun && tryOnly.rounds == 0)
+        let budget: Int64 = 300_000
+        let start = Clock.monotonicNanoseconds
+        var spin = SpinBackoff(start: start, budget: budget, deadline: .max)
+        while spin.pause() {}
+        #expect(Clock.monotonicNanoseconds - start >= budget)
+        #expect(spin.rounds > 0)
+        let again = spin.pause()
+        #expect(!again)   // spent stays spent
+        let shortDeadline = Clock.monotonicNanoseconds + 50_000
+        var capped = SpinBackoff(start: Clock.monotonicNanoseconds, budget: 10_000_000_000, deadline: shortDeadline)
+        while capped.pause() {}
+        #expect(Clock.monotonicNanoseconds >= shortDeadline)
+        #expect(Clock.monotonicNanoseconds - shortDeadline < 1_000_000_000)   // the deadline, not the 10 s budget
+    }
+
     // MARK: IOThreadPool
 
     final class Tally: @unchecked Sendable {

@@ -29,10 +29,9 @@ package struct AcquireAttempt: WaitMachine {
     package let deadline: Int64
     package let cancellation: Cancellation?
     package let start: Int64
-    /// CPU-relax rounds before the first sleep (none on the waiter thread, which serves others).
-    package let spinLimit: Int
+    /// Spinning before the first sleep (none on the waiter thread, which serves others).
+    private var spin: SpinBackoff
     private var slept = false, contended = false, requestedHandoff = false, handoffIncoming = false, lastChance = false
-    private var spins = 0
     /// The handed word first seen at `handedSeenAt` (its target's claim clock).
     private var handedWord: UInt32 = 0, handedSeenAt: Int64 = 0
     /// Since when this attempt waits for a handoff a releaser may be storing.
@@ -43,7 +42,8 @@ package struct AcquireAttempt: WaitMachine {
     private var check: OwnerCheck
 
     package init(pool: Pool, entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: LockIndex, deadline: Int64,
-         cancellation: Cancellation?, start: Int64 = Clock.monotonicNanoseconds, spinLimit: Int = 64, watchesOwner: Bool = true) {
+         cancellation: Cancellation?, start: Int64 = Clock.monotonicNanoseconds, spinNanoseconds: Int64 = SpinBackoff.defaultBudgetNanoseconds,
+         watchesOwner: Bool = true) {
         self.check = OwnerCheck(start: start, watchesOwner: watchesOwner)
         self.pool = pool
         self.entry = entry
@@ -51,7 +51,7 @@ package struct AcquireAttempt: WaitMachine {
         self.deadline = deadline
         self.cancellation = cancellation
         self.start = start
-        self.spinLimit = spinLimit
+        self.spin = SpinBackoff(start: start, budget: spinNanoseconds, deadline: deadline)
     }
 
     /// The word to sleep on after `.sleep`.
@@ -81,6 +81,8 @@ package struct AcquireAttempt: WaitMachine {
                 continue
             }
             contended = true
+            // Spinning comes before any clock-driven step: they matter only to longer waits.
+            if w & PMLL_WORD_HANDED == 0 && spin.pause() { continue }
 
             let now = Clock.monotonicNanoseconds
             if w & PMLL_WORD_HANDED != 0 && owner != token {
@@ -129,11 +131,6 @@ package struct AcquireAttempt: WaitMachine {
             if !requestedHandoff && now - start >= pool.starvationNanoseconds {
                 var none: UInt32 = 0
                 requestedHandoff = pmll_cas32(pmll_entry_handoff(entry), &none, token) != 0
-            }
-            if spins < spinLimit {
-                spins += 1
-                pmll_cpu_relax()
-                continue
             }
             if w & PMLL_WORD_WAITERS == 0 {
                 if pmll_cas32(word, &w, w | PMLL_WORD_WAITERS) == 0 { continue }

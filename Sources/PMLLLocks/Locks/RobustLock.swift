@@ -60,7 +60,7 @@ extension Pool {
         if let fast = acquireFast(entry) {
             taken = fast
         } else {
-            let attempt = AcquireAttempt(pool: self, entry: entry, index: index, deadline: deadline, cancellation: Cancellation(), spinLimit: 0, watchesOwner: false)
+            let attempt = AcquireAttempt(pool: self, entry: entry, index: index, deadline: deadline, cancellation: Cancellation(), spinNanoseconds: 0, watchesOwner: false)
             taken = try await WaiterThread.shared.wait(attempt)
         }
         if pmll_lock_readers_present(entry) != 0 { try await drainReadersAsync(index: index, deadline: deadline) }

@@ -20,12 +20,13 @@ package struct SharedAttempt: WaitMachine {
     package let deadline: Int64
     package let cancellation: Cancellation?
     package let start: Int64
-    package let spinLimit: Int
-    private var spins = 0, lastChance = false
+    /// Spinning before the first sleep (none on the waiter thread).
+    private var spin: SpinBackoff
+    private var lastChance = false
     private var check: OwnerCheck
 
     package init(pool: Pool, entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: LockIndex, deadline: Int64,
-                 cancellation: Cancellation?, start: Int64 = Clock.monotonicNanoseconds, spinLimit: Int = 64, watchesOwner: Bool = true) {
+                 cancellation: Cancellation?, start: Int64 = Clock.monotonicNanoseconds, spinNanoseconds: Int64 = SpinBackoff.defaultBudgetNanoseconds, watchesOwner: Bool = true) {
         self.check = OwnerCheck(start: start, watchesOwner: watchesOwner)
         self.pool = pool
         self.entry = entry
@@ -33,7 +34,7 @@ package struct SharedAttempt: WaitMachine {
         self.deadline = deadline
         self.cancellation = cancellation
         self.start = start
-        self.spinLimit = spinLimit
+        self.spin = SpinBackoff(start: start, budget: spinNanoseconds, deadline: deadline)
     }
 
     package var word: UnsafeMutablePointer<UInt32> { pmll_entry_word(entry) }
@@ -55,6 +56,7 @@ package struct SharedAttempt: WaitMachine {
                 SharedHolds.leave(entry, slot: slot, ledger: ledger)
                 continue
             }
+            if spin.pause() { continue }
             let now = Clock.monotonicNanoseconds
             _ = check.saw(owner, now: now)
             if owner != pool.token.rawValue && check.due(owner, now: now, deadline: deadline, pool: pool) && check.ownerIsGone(owner, pool: pool, entry: entry) {
@@ -65,11 +67,6 @@ package struct SharedAttempt: WaitMachine {
             if lastChance || now >= deadline || cancelled {
                 SharedHolds.uncountAcquisition(entry)
                 return .failed(AcquireAttempt.waitFailure(pool: pool, entry: entry, owner: owner, cancelled: cancelled))
-            }
-            if spins < spinLimit {
-                spins += 1
-                pmll_cpu_relax()
-                continue
             }
             if w & PMLL_WORD_READERS_WAITING == 0 {
                 if pmll_cas32(word, &w, w | PMLL_WORD_READERS_WAITING) == 0 { continue }

@@ -115,7 +115,7 @@ extension Pool {
     /// Async form: waits on the ``WaiterThread``.
     package func acquireSharedAsync(index: LockIndex, deadline: Int64) async throws -> SharedTaken {
         if let fast = try acquireSharedFast(index) { return fast }
-        let attempt = SharedAttempt(pool: self, entry: memory.lock(index), index: index, deadline: deadline, cancellation: Cancellation(), spinLimit: 0, watchesOwner: false)
+        let attempt = SharedAttempt(pool: self, entry: memory.lock(index), index: index, deadline: deadline, cancellation: Cancellation(), spinNanoseconds: 0, watchesOwner: false)
         return try await WaiterThread.shared.wait(attempt)
     }
 
