@@ -118,9 +118,12 @@ import Glibc
         var spin = SpinBackoff(start: start, budget: budget, deadline: .max)
         while spin.pause() {}
         #expect(Clock.monotonicNanoseconds - start >= budget)
-        #expect(spin.rounds > 0)
         let again = spin.pause()
         #expect(!again)   // spent stays spent
+        var long = SpinBackoff(start: Clock.monotonicNanoseconds, budget: 10_000_000_000, deadline: .max)
+        var spun = 0
+        while spun < 10 && long.pause() { spun += 1 }
+        #expect(spun == 10 && long.rounds == 10)   // (no preemption lasts 10 s)
         let shortDeadline = Clock.monotonicNanoseconds + 50_000
         var capped = SpinBackoff(start: Clock.monotonicNanoseconds, budget: 10_000_000_000, deadline: shortDeadline)
         while capped.pause() {}

@@ -49,7 +49,7 @@ package struct OwnerCheck {
     package mutating func ownerIsGone(_ owner: UInt32, pool: Pool, entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> Bool {
         if !pool.processes.isAlive(OwnerToken(rawValue: owner)) || watch.ownerCannotRun(owner, processes: pool.processes) { return true }
         if watches && watch.watch(owner, processes: pool.processes) {
-            Telemetry.prepareOwnerDeath(lock: String(fixedCString: entry.pointee.name))
+            pool.prepareTakeover(entry)
         }
         return false
     }

@@ -41,6 +41,7 @@ package struct OwnerWatch {
     package mutating func watch(_ owner: UInt32, processes: ProcessTable) -> Bool {
         guard owner != self.owner else { return false }
         close()
+        EndedWatches.closeAll()
         self.owner = owner
         let token = OwnerToken(rawValue: owner)
         guard let id = processes.identity(of: token) else { return false }
@@ -117,10 +118,11 @@ package struct OwnerWatch {
         return pmll_exit_check_run(threads) == 1
     }
 
-    /// Closes the descriptors without forgetting them (for a wait's final, non-mutating `end`).
+    /// Ends the watch for a wait that is over (non-mutating: the wait's final `end`). The
+    /// descriptors are closed later, by the next watch of this process (``EndedWatches``).
     package func closeDescriptor() {
-        if pidfd >= 0 { pmll_fd_close(pidfd) }
-        pmll_exit_check_close(threads)
+        guard pidfd >= 0 || threads != nil else { return }
+        EndedWatches.add(pidfd: pidfd, threads: threads)
     }
 
     package mutating func close() {
