@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "cpmll.h"
 #include <dirent.h>
+#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -220,4 +221,49 @@ void pmll_exit_check_close(pmll_exit_check_t *c) {
     free(c->threads);
     close(c->task);
     free(c);
+}
+
+// Ended watches: closing the /proc descriptors of an owner that just died took 40-50 us
+// between a takeover and the critical section (measured); the next waiter to start a watch
+// closes them instead, while it waits anyway. Kept in C: the same list in Swift cost as much
+// again on its first use in a process (generic metadata made at that moment).
+#define ENDED_LIMIT 2
+static struct { pmll_exit_check_t *check; int pidfd; } ended[ENDED_LIMIT];
+static int ended_count;
+static pthread_mutex_t ended_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void pmll_exit_check_end(pmll_exit_check_t *c, int pidfd) {
+    if (!c && pidfd < 0) return;
+    pmll_exit_check_t *old_check = NULL;
+    int old_pidfd = -1;
+    pthread_mutex_lock(&ended_lock);
+    if (ended_count == ENDED_LIMIT) {
+        old_check = ended[0].check;
+        old_pidfd = ended[0].pidfd;
+        memmove(&ended[0], &ended[1], (ENDED_LIMIT - 1) * sizeof ended[0]);
+        ended_count--;
+    }
+    ended[ended_count].check = c;
+    ended[ended_count].pidfd = pidfd;
+    ended_count++;
+    pthread_mutex_unlock(&ended_lock);
+    pmll_exit_check_close(old_check);
+    if (old_pidfd >= 0) close(old_pidfd);
+}
+
+void pmll_exit_check_close_ended(void) {
+    pmll_exit_check_t *checks[ENDED_LIMIT];
+    int pidfds[ENDED_LIMIT], n;
+    pthread_mutex_lock(&ended_lock);
+    n = ended_count;
+    for (int i = 0; i < n; i++) {
+        checks[i] = ended[i].check;
+        pidfds[i] = ended[i].pidfd;
+    }
+    ended_count = 0;
+    pthread_mutex_unlock(&ended_lock);
+    for (int i = 0; i < n; i++) {
+        pmll_exit_check_close(checks[i]);
+        if (pidfds[i] >= 0) close(pidfds[i]);
+    }
 }

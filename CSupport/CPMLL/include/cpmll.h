@@ -820,6 +820,11 @@ pmll_exit_check_t *_Nullable pmll_exit_check_open(int32_t pid, uint64_t start_ti
 // 0 if some thread still can, -1 if it cannot be told.
 int pmll_exit_check_run(pmll_exit_check_t *c);
 void pmll_exit_check_close(pmll_exit_check_t *_Nullable c);
+// Closes later what a watch whose wait is over holds (its check and a pidfd, or -1): at the
+// next pmll_exit_check_close_ended(), or at once when two ended watches already wait.
+void pmll_exit_check_end(pmll_exit_check_t *_Nullable c, int pidfd);
+// Closes every ended watch's descriptors.
+void pmll_exit_check_close_ended(void);
 // Sleeps until *word != expected, a wake on either word, or the deadline: futex_waitv on the
 // lock word and an exit word. 0 woken (or a value differed), -ETIMEDOUT, or -errno.
 int pmll_wait_word_or_exit_word(uint32_t *word, uint32_t expected, uint32_t *exit_word, uint32_t exit_expected, int64_t deadline_ns);
