@@ -1,5 +1,6 @@
 import CPMLL
 import Foundation
+import PMLL
 import PMLLCore
 import Testing
 
@@ -39,6 +40,37 @@ struct ExitCheckTests {
         child.wait()
         // Reaped: still "cannot run" (gone), from the descriptors opened before.
         #expect(pmll_exit_check_run(check) == 1)
+    }
+
+    /// Descriptors of this process open on `/proc/PID/...`.
+    static func descriptors(on pid: Int32) -> Int {
+        let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+        return fds.filter { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/" + $0))?.hasPrefix("/proc/\(pid)/") ?? false }.count
+    }
+
+    /// A waiter that took a lock over leaves its watch's descriptors to be closed by the next
+    /// watch this process starts (not between the takeover and its critical section): the
+    /// descriptors of one dead holder are gone once the waiter has watched the next one.
+    @Test func aTakeoverLeavesItsDescriptorsToTheNextWatch() throws {
+        let scratch = Scratch()
+        let path = scratch.file("w.pool")
+        let lock = try Pool.open(path: path).lock(named: "w", level: .package)
+        var holders: [Int32] = []
+        for round in 0..<3 {
+            let holder = try Child.worker("hold", "--pool", path, "--lock", "w")
+            _ = try #require(holder.waitForEvent("acquired"))
+            holders.append(holder.pid)
+            // Killed while this thread waits (the watch begins after one owner-check interval).
+            let killer = Thread { usleep(100_000); holder.kill() }
+            killer.start()
+            let died = try lock.withLock { grant in grant.previousOwnerDeath != nil }
+            #expect(died, "round \(round): the holder's death was not reported")
+            holder.wait()
+            if round > 0 {
+                #expect(Self.descriptors(on: holders[round - 1]) == 0, "round \(round): the previous dead holder's descriptors are still open")
+            }
+            #expect(Self.descriptors(on: holder.pid) <= 17)
+        }
     }
 
     @Test func anotherProcessUnderThePIDIsRefused() throws {
