@@ -118,8 +118,14 @@ struct ReaderBiasTests {
         var row = try Self.status(pool, "c")
         #expect(row.shared.readerDeaths == 1 && row.shared.acquisitions == 2_032)
         // A shared try that finds a writer in (with the bias on) counts nothing.
-        usleep(2_000)   // past the revocation's inhibition; then every 16th counted hold looks
-        for _ in 0..<32 where !Self.readers(lock).biased { try lock.withSharedLock { _ in } }
+        // Past the revocation's inhibition (9 × the writer's ledger scan, at least 0.1 ms: under
+        // load the scan itself can take a quarter of a millisecond), every 16th counted hold
+        // looks whether the bias may come back.
+        let until = Date().addingTimeInterval(5)
+        while !Self.readers(lock).biased && Date() < until {
+            for _ in 0..<32 where !Self.readers(lock).biased { try lock.withSharedLock { _ in } }
+            usleep(1_000)
+        }
         #expect(Self.readers(lock).biased)
         let before = try Self.status(pool, "c").shared.acquisitions
         let writer = try Child.worker("hold", "--pool", path, "--lock", "c", "--seconds", "30")
