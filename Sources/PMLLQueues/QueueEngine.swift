@@ -8,10 +8,11 @@ import PMLLStore
 /// - submit: under the queue's robust submit lock, hand out consecutive tickets, write their
 ///   records, make them durable, then publish by advancing `next_ticket`. A submitter killed
 ///   before publishing leaves nothing visible.
-/// - turn: the ticket equal to `serving` may run. Waiters sleep on the futex word
-///   `serving_word` (bounded by the owner-check interval) and move `serving` past records
-///   that are finished, void, or owned by a dead process (marking those abandoned).
-/// - finish: make the final state durable, then advance `serving` and wake the waiters.
+/// - turn: the ticket equal to `serving` may run. The waiter of ticket t sleeps on the turn
+///   word of record t − 1 (bounded by the owner-check interval) and moves `serving` past
+///   records that are finished, void, or owned by a dead process (marking those abandoned).
+/// - finish: make the final state durable, then advance `serving` (and past records right
+///   behind it that are already over) and wake the waiter of the next ticket only.
 package struct QueueEngine: @unchecked Sendable {
     package let pool: Pool
     package let index: UInt32
@@ -193,7 +194,11 @@ package struct QueueEngine: @unchecked Sendable {
             self.cancellation = cancellation
         }
 
-        package var word: UnsafeMutablePointer<UInt32> { pmll_queue_serving_word(engine.head) }
+        /// The turn word of the record before `target`: bumped when `serving` reaches
+        /// `target`, so a finished operation wakes only the process whose turn it is.
+        package var word: UnsafeMutablePointer<UInt32> { pmll_record_turn_word(engine.record(target &- 1)) }
+        /// This process's waits on one queue are driven one at a time, lowest ticket first.
+        package var queueKey: UnsafeMutablePointer<UInt32> { pmll_queue_serving_word(engine.head) }
 
         package mutating func advance() -> WaitStep<Void> {
             let head = engine.head
@@ -247,12 +252,37 @@ package struct QueueEngine: @unchecked Sendable {
         return advance(from: s)
     }
 
+    /// Moves `serving` past `s`, then past the records right behind it that are already over
+    /// (voided by a waiter that gave up, finished out of turn): their waiters sleep on turn
+    /// words that only this move would bump. True (the caller looks again).
     @discardableResult
     private func advance(from s: UInt64) -> Bool {
+        guard pass(s) else { return true }   // someone else moved it
+        var t = s + 1
+        // Only published records: a publisher may be writing ticket `next_ticket` now.
+        while t < pmll_load64_acquire(&head.pointee.next_ticket) {
+            // `void` sets VOID, then looks at `serving`; we moved `serving`, then look at the
+            // state: one of the two sees the other (a full fence between each pair).
+            pmll_fence()
+            let r = record(t)
+            guard r.pointee.ticket == t, RecordState.isFinal(pmll_load32(pmll_record_state(r))), pass(t) else { break }
+            t += 1
+        }
+        return true
+    }
+
+    /// Moves `serving` from `s` to `s + 1` and wakes the waiter of ticket `s + 1`. False if
+    /// `serving` was not `s`.
+    private func pass(_ s: UInt64) -> Bool {
         var expected = s
-        guard pmll_cas64(&head.pointee.serving, &expected, s + 1) != 0 else { return true }   // someone else moved it
+        guard pmll_cas64(&head.pointee.serving, &expected, s + 1) != 0 else { return false }
+        // Processes of builds before the turn words sleep on `serving_word`: bumping it makes
+        // their next sleep return at once; they are not woken (they look again at their
+        // owner-check interval). Upgrade every process that shares a pool.
         _ = pmll_add32(pmll_queue_serving_word(head), 1)
-        _ = pmll_futex_wake(pmll_queue_serving_word(head), Int32.max)
+        let turn = pmll_record_turn_word(record(s))
+        _ = pmll_add32(turn, 1)
+        _ = pmll_futex_wake(turn, Int32.max)
         return true
     }
 

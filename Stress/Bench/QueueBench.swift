@@ -15,6 +15,7 @@ struct QueueBench: ParsableCommand {
     @OptionGroup var directories: BenchDirectories
     @Option(help: "Operations per run on tmpfs.") var tmpfsOperations = 4000
     @Option(help: "Operations per run on other filesystems.") var diskOperations = 400
+    @Flag(help: "Create the pool without an audit log (by default each operation appends three audit records: submit, start, completion).") var noAudit = false
     @Flag var json = false
 
     struct Row: Codable {
@@ -54,7 +55,11 @@ struct QueueBench: ParsableCommand {
 
     func measure(kind: String, processes: Int, operations: Int, directory: String, filesystem: String) throws -> Row {
         let shared = try SharedFile(directory + "/qbench-\(kind)-\(processes).shm", create: true)
-        if kind == "pmll" { _ = try Pool.open(path: directory + "/queue.pool").queue(named: "bench") }
+        if kind == "pmll" {
+            var options = PoolOptions()
+            if noAudit { options.auditRingSlots = 0 }
+            _ = try Pool.open(path: directory + "/queue.pool", options: options).queue(named: "bench")
+        }
         if kind == "sqlite" { guard let db = peers_sqlite_open(directory + "/queue.sqlite") else { throw ToolError("sqlite open") }; peers_sqlite_close(db) }
         let each = operations / processes
         let (elapsed, histogram, barriers) = try runChildren((0..<processes).map { i in

@@ -1,5 +1,6 @@
 import Foundation
 import PMLL
+import Synchronization
 import Testing
 
 @Suite("Hardened queues", .serialized)
@@ -256,6 +257,54 @@ struct QueueTests {
         runner.kill(); runner.wait()
         // The voided tickets do not block: the next operation runs once the runner is gone.
         #expect(try await q.execute(kind: "next", timeout: .seconds(10)) { _ in 7 } == 7)
+    }
+
+    /// With the owner check at a minute, nothing moves by polling: every turn must be handed
+    /// on by the finisher's wake of the next ticket's turn word, and a ticket voided behind
+    /// a running operation must be passed by that operation's finish (its waiter is gone, so
+    /// nobody else would move `serving`). Fails with the wake on the wrong word (every
+    /// operation then waits out its 30 s deadline), or without the pass over finished
+    /// records (C runs only at its deadline).
+    @Test func turnsAreHandedOnByTheFinisherNotByPolling() async throws {
+        let scratch = Scratch()
+        var options = PoolOptions()
+        options.ownerCheckInterval = .seconds(60)
+        let pool = try Pool.open(path: scratch.file("turns.pool"), options: options)
+        let q = try pool.queue(named: "turns")
+        let done = CallCounter()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<20 {
+                group.addTask {
+                    for _ in 0..<5 {
+                        try await q.execute(kind: "turn", timeout: .seconds(30)) { _ in done.add("op") }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(done.counts["op"] == 100)
+
+        // A runs until released; B gives up behind it (voided); C waits behind B.
+        let release = Mutex(false)
+        let running = Task {
+            try await q.execute(kind: "a", timeout: .seconds(30)) { _ in
+                done.add("a")
+                while !release.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(5)) }
+            }
+        }
+        while done.counts["a"] == nil { try await Task.sleep(for: .milliseconds(5)) }
+        await #expect(throws: PMLLError.self) {
+            try await q.execute(kind: "b", timeout: .milliseconds(100)) { _ in Issue.record("b ran out of turn") }
+        }
+        #expect(q.records.last?.state == .void)
+        let waiting = Task { try await q.execute(kind: "c", timeout: .seconds(30)) { _ in 3 } }
+        try await Task.sleep(for: .milliseconds(100))
+        let released = ContinuousClock.now
+        release.withLock { $0 = true }
+        try await running.value
+        #expect(try await waiting.value == 3)
+        // Without the pass, C would run at its deadline (its own last look moves `serving`).
+        #expect(ContinuousClock.now - released < .seconds(10), "C waited \(ContinuousClock.now - released) after A finished")
     }
 
     @Test func batchesRunContiguously() async throws {

@@ -322,16 +322,23 @@ typedef struct pmll_record {
     char kind[64];
     char error[64];                // last error, truncated
     char owner_comm[16];
-    uint8_t reserved[48];
+    // Futex word, bumped and woken when `serving` moves past this record: the waiter of the
+    // next ticket sleeps here, so one finished operation wakes one process, not every waiter
+    // of the queue. Volatile (its value means nothing after a restart); was reserved bytes, so
+    // it is not part of the layout signature and older pools stay openable.
+    uint32_t turn_word;
+    uint8_t reserved[44];
     uint8_t payload[PMLL_PAYLOAD_MAX];
 } pmll_record_t;
 
 _Static_assert(sizeof(pmll_record_t) == 1280, "record is 1280 bytes");
 _Static_assert(offsetof(pmll_record_t, kind) == 64, "record kind offset");
 _Static_assert(offsetof(pmll_record_t, payload) == 256, "record payload offset");
+_Static_assert(offsetof(pmll_record_t, turn_word) == 208, "record turn word offset");
 
 static inline uint32_t *pmll_queue_serving_word(pmll_queue_head_t *q) { return &q->serving_word; }
 static inline uint32_t *pmll_record_state(pmll_record_t *r) { return &r->state; }
+static inline uint32_t *pmll_record_turn_word(pmll_record_t *r) { return &r->turn_word; }
 static inline uint64_t pmll_fetch_add64(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 static inline void pmll_max64(uint64_t *p, uint64_t v) {
     uint64_t cur = __atomic_load_n(p, __ATOMIC_ACQUIRE);

@@ -18,6 +18,9 @@ package protocol WaitMachine: SendableMetatype {
     associatedtype Value: Sendable
     /// The word `.sleep` refers to.
     var word: UnsafeMutablePointer<UInt32> { get }
+    /// Waits of one process with the same key are driven one at a time on the
+    /// ``WaiterThread``, lowest order first (by default the word: a lock's waits).
+    var queueKey: UnsafeMutablePointer<UInt32> { get }
     var deadline: Int64 { get }
     var cancellation: Cancellation? { get }
     /// Runs until done, failed, or it must sleep.
@@ -47,4 +50,6 @@ extension WaitMachine {
     }
 
     package func end() {}
+
+    package var queueKey: UnsafeMutablePointer<UInt32> { word }
 }

@@ -95,15 +95,26 @@ package final class WaiterThread: @unchecked Sendable {
     // MARK: the thread
 
     private func loop() -> Never {
+        // Reused from round to round: a queue's turns wake this thread once per operation,
+        // and a round that allocates costs more than the step it drives.
         var sleeping: [(wait: ParkedWait, until: Int64)] = []
         var words: [pmll_futex_waiter_t] = []
+        var keys: [UnsafeMutablePointer<UInt32>] = []
+        var messages: [Message] = []
+        var lastBell = pmll_load32(doorbell) &- 1
         while true {
+            // A message is appended before the bell rings: an unchanged bell means an empty inbox.
             let bell = pmll_load32(doorbell)
-            for message in inbox.withLock({ box in defer { box.removeAll(keepingCapacity: true) }; return box }) {
-                switch message {
-                case .add(let wait): add(wait)
-                case .cancel(let wait): if wait.state == .queued { finish(wait) { $0.abandon(cancelled: true) } }
+            if bell != lastBell {
+                lastBell = bell
+                inbox.withLock { swap(&$0, &messages) }
+                for message in messages {
+                    switch message {
+                    case .add(let wait): add(wait)
+                    case .cancel(let wait): if wait.state == .queued { finish(wait) { $0.abandon(cancelled: true) } }
+                    }
                 }
+                messages.removeAll(keepingCapacity: true)
             }
             expireQueued(now: Clock.monotonicNanoseconds)
 
@@ -111,12 +122,14 @@ package final class WaiterThread: @unchecked Sendable {
             words.removeAll(keepingCapacity: true)
             words.append(pmll_futex_waiter_t(word: doorbell, expected: bell, process_private: 1))
             var until = deadlines.min?.deadline ?? .max
-            for key in Array(queues.keys) {
+            keys.removeAll(keepingCapacity: true)
+            keys.append(contentsOf: queues.keys)
+            for key in keys {
                 guard let (wait, expected, wakeAt) = driveHead(of: key) else { continue }
                 sleeping.append((wait, wakeAt))
                 until = min(until, wakeAt)
                 if vectoredWait && words.count < Int(PMLL_FUTEX_WAITV_MAX) {
-                    words.append(pmll_futex_waiter_t(word: key, expected: expected, process_private: 0))
+                    words.append(pmll_futex_waiter_t(word: wait.word, expected: expected, process_private: 0))
                 } else {
                     until = min(until, Clock.monotonicNanoseconds + 1_000_000)   // polled
                 }
@@ -207,14 +220,18 @@ package final class WaiterThread: @unchecked Sendable {
 /// A wait handed to the waiter thread, type-erased. Its state is the thread's alone.
 package class ParkedWait: @unchecked Sendable {
     package enum State { case new, queued, head, done }
+    /// Orders this process's waits (``WaitMachine/queueKey``).
     package let key: UnsafeMutablePointer<UInt32>
+    /// What the wait sleeps on (``WaitMachine/word``).
+    package let word: UnsafeMutablePointer<UInt32>
     package let order: UInt64
     package let deadline: Int64
     package let cancellation: Cancellation?
     package var state = State.new
 
-    package init(key: UnsafeMutablePointer<UInt32>, order: UInt64, deadline: Int64, cancellation: Cancellation?) {
+    package init(key: UnsafeMutablePointer<UInt32>, word: UnsafeMutablePointer<UInt32>, order: UInt64, deadline: Int64, cancellation: Cancellation?) {
         self.key = key
+        self.word = word
         self.order = order
         self.deadline = deadline
         self.cancellation = cancellation
@@ -235,7 +252,7 @@ private final class Parked<M: WaitMachine>: ParkedWait, @unchecked Sendable {
 
     init(_ machine: M, order: UInt64) {
         self.machine = machine
-        super.init(key: machine.word, order: order, deadline: machine.deadline, cancellation: machine.cancellation)
+        super.init(key: machine.queueKey, word: machine.word, order: order, deadline: machine.deadline, cancellation: machine.cancellation)
     }
 
     override func step() -> (expected: UInt32, until: Int64)? {
