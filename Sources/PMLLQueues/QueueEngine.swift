@@ -253,7 +253,7 @@ package struct QueueEngine: @unchecked Sendable {
     }
 
     /// Moves `serving` past `s`, then past the records right behind it that are already over
-    /// (voided by a waiter that gave up, finished out of turn): their waiters sleep on turn
+    /// (voided by a waiter that timed out or was cancelled): the next waiters sleep on turn
     /// words that only this move would bump. True (the caller looks again).
     @discardableResult
     private func advance(from s: UInt64) -> Bool {

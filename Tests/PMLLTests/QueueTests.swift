@@ -262,9 +262,9 @@ struct QueueTests {
     /// With the owner check at a minute, nothing moves by polling: every turn must be handed
     /// on by the finisher's wake of the next ticket's turn word, and a ticket voided behind
     /// a running operation must be passed by that operation's finish (its waiter is gone, so
-    /// nobody else would move `serving`). Fails with the wake on the wrong word (every
-    /// operation then waits out its 30 s deadline), or without the pass over finished
-    /// records (C runs only at its deadline).
+    /// nobody else would move `serving`). Fails with the wake on `serving_word` instead of
+    /// the turn word, and without the pass over finished records: either way C runs only at
+    /// its deadline (checked: 29.9 and 29.7 s).
     @Test func turnsAreHandedOnByTheFinisherNotByPolling() async throws {
         let scratch = Scratch()
         var options = PoolOptions()
