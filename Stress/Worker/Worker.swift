@@ -224,9 +224,12 @@ struct QueueOps: AsyncParsableCommand {
     @Option var sleepMilliseconds = 1
     @Option var kind = "append"
     @Flag var volatile = false
+    @Flag(help: "Create the pool without an audit log (for benchmarks against builds that had none).") var noAudit = false
 
     func run() async throws {
-        let pool = try Pool.open(path: pool)
+        var options = PoolOptions()
+        if noAudit { options.auditRingSlots = 0 }
+        let pool = try Pool.open(path: pool, options: options)
         let q = try pool.queue(named: queue, persistent: !volatile)
         let fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
         emit(["event": "started", "pid": Int(getpid())])

@@ -114,7 +114,9 @@ struct ArgumentTests {
             // Everything after the first `--` is COMMAND: make it one that exists (a second
             // `--` left COMMAND as a random value, and 127 "cannot run" is its documented status).
             if let at = argv.firstIndex(of: "--") { argv = Array(argv[...at]) + ["true"] }
-            let result = try run(Binaries.pmll, argv, environment: ["PMLL_POOL": pool], timeout: 30)
+            // In the scratch folder: `batch apply` without --root writes below ".", and from the
+            // package's folder that left a stray file in the checkout.
+            let result = try run(Binaries.pmll, argv, environment: ["PMLL_POOL": pool], directory: scratch.path, timeout: 30)
             let line = "#\(n): pmll \(argv.map { $0.debugDescription }.joined(separator: " "))"
             #expect(result.status < 126, "\(line) ended with \(result.status): \(result.stderr)")
             if result.status != 0 && result.status != 1 {

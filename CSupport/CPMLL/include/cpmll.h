@@ -262,6 +262,7 @@ _Static_assert(PMLL_MAX_GENERATION == PMLL_OWNER_MASK >> PMLL_SLOT_BITS, "genera
 #define PMLL_RECORD_VOID 6u       // a ticket whose submitter died before writing its record
 
 #define PMLL_HISTOGRAM_BUCKETS 24u   // bucket i counts latencies in [2^i, 2^(i+1)) microseconds
+#define PMLL_QUEUE_TURN_WORDS 16u
 
 // One queue. Tickets are handed out under the queue's submit lock (a robust lock entry in
 // the lock table, so a submitter that dies mid-submit is detected and repaired); the ticket
@@ -293,17 +294,27 @@ typedef struct pmll_queue_head {
     uint64_t flush_completed;      // highest count a finished flush covers
     uint32_t flush_word;           // futex word: bumped when a flush completes
     uint32_t reserved_flush;
-    uint64_t reserved1[3];
+    // Moving average (1/8 weight per operation) of recent run times, start to finish:
+    // whether the waiter next in line spins for its turn (volatile; was reserved bytes).
+    uint64_t recent_run_ns;
+    uint64_t reserved1[2];
 
     uint64_t wait_histogram[PMLL_HISTOGRAM_BUCKETS];
     uint64_t run_histogram[PMLL_HISTOGRAM_BUCKETS];
     char name[256];
-    uint8_t reserved2[192];
+    // Futex words for turns (volatile; were reserved bytes, so not in the layout signature):
+    // the waiter of ticket t sleeps on word t % PMLL_QUEUE_TURN_WORDS, bumped and woken when
+    // `serving` reaches t, so one finished operation wakes one process, not every waiter.
+    // They live in the head, not in the records: a store into a record after its last msync
+    // would dirty its page again and cost a page write at the next flush of the ring.
+    uint32_t turn_words[PMLL_QUEUE_TURN_WORDS];
+    uint8_t reserved2[128];
 } pmll_queue_head_t;
 
 _Static_assert(sizeof(pmll_queue_head_t) == 1024, "queue head is 1 KiB");
 _Static_assert(offsetof(pmll_queue_head_t, completed) == 64, "queue stats on line 2");
 _Static_assert(offsetof(pmll_queue_head_t, name) == 576, "queue name offset");
+_Static_assert(offsetof(pmll_queue_head_t, turn_words) == 832, "queue turn words on a line of their own");
 
 // One operation. Persistent queues make each state transition durable before going on.
 typedef struct pmll_record {
@@ -322,11 +333,7 @@ typedef struct pmll_record {
     char kind[64];
     char error[64];                // last error, truncated
     char owner_comm[16];
-    // Futex word, bumped and woken when `serving` moves past this record: the waiter of the
-    // next ticket sleeps here, so one finished operation wakes one process, not every waiter
-    // of the queue. Volatile (its value means nothing after a restart); was reserved bytes, so
-    // it is not part of the layout signature and older pools stay openable.
-    uint32_t turn_word;
+    uint32_t unused_turn_word;     // the turn word of builds 2ba42f7 to e585b83 (only they write it)
     uint8_t reserved[44];
     uint8_t payload[PMLL_PAYLOAD_MAX];
 } pmll_record_t;
@@ -334,11 +341,10 @@ typedef struct pmll_record {
 _Static_assert(sizeof(pmll_record_t) == 1280, "record is 1280 bytes");
 _Static_assert(offsetof(pmll_record_t, kind) == 64, "record kind offset");
 _Static_assert(offsetof(pmll_record_t, payload) == 256, "record payload offset");
-_Static_assert(offsetof(pmll_record_t, turn_word) == 208, "record turn word offset");
 
 static inline uint32_t *pmll_queue_serving_word(pmll_queue_head_t *q) { return &q->serving_word; }
 static inline uint32_t *pmll_record_state(pmll_record_t *r) { return &r->state; }
-static inline uint32_t *pmll_record_turn_word(pmll_record_t *r) { return &r->turn_word; }
+static inline uint32_t *pmll_queue_turn_word(pmll_queue_head_t *q, uint64_t ticket) { return &q->turn_words[ticket % PMLL_QUEUE_TURN_WORDS]; }
 static inline uint64_t pmll_fetch_add64(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 static inline void pmll_max64(uint64_t *p, uint64_t v) {
     uint64_t cur = __atomic_load_n(p, __ATOMIC_ACQUIRE);

@@ -33,9 +33,10 @@ final class Child: @unchecked Sendable {
     private var stderrText = Data()
     private let drained = DispatchGroup()
 
-    init(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws {
+    init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], directory: String? = nil) throws {
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
+        if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
         var env = ProcessInfo.processInfo.environment
         env.merge(environment) { $1 }
         process.environment = env
@@ -192,8 +193,9 @@ final class Child: @unchecked Sendable {
 
 /// Runs a command to completion and returns (status, stdout, stderr).
 @discardableResult
-func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:], timeout: Double = 60) throws -> (status: Int32, stdout: String, stderr: String) {
-    let child = try Child(executable, arguments, environment: environment)
+func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:], directory: String? = nil,
+         timeout: Double = 60) throws -> (status: Int32, stdout: String, stderr: String) {
+    let child = try Child(executable, arguments, environment: environment, directory: directory)
     let status = child.wait(timeout: timeout)
     return (status, child.stdout, child.stderr)
 }
