@@ -12,7 +12,8 @@ import PMLLStore
 ///   word in the head (bounded by the owner-check interval) and moves `serving` past
 ///   records that are finished, void, or owned by a dead process (marking those abandoned).
 /// - finish: make the final state durable, then advance `serving` (and past records right
-///   behind it that are already over) and wake the waiter of the next ticket only.
+///   behind it that are already over) and wake the waiter of the next ticket only (and,
+///   while operations are short, the one next in line after it, which spins for its turn).
 package struct QueueEngine: @unchecked Sendable {
     package let pool: Pool
     package let index: UInt32
@@ -208,9 +209,9 @@ package struct QueueEngine: @unchecked Sendable {
         return false
     }
 
-    /// Waiting until `serving` reaches a ticket: waiters sleep on `serving_word` (bounded by
-    /// the owner-check interval) and move `serving` past records that are finished, void, or
-    /// owned by a dead process.
+    /// Waiting until `serving` reaches a ticket: waiters sleep on the ticket's turn word
+    /// (bounded by the owner-check interval) and move `serving` past records that are
+    /// finished, void, or owned by a dead process.
     package struct ServingWait: WaitMachine, @unchecked Sendable {
         package let engine: QueueEngine
         package let target: UInt64
