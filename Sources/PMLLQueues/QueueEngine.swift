@@ -281,8 +281,18 @@ package struct QueueEngine: @unchecked Sendable {
             pmll_store32(pmll_record_state(r), PMLL_RECORD_VOID)
             return advance(from: s)
         }
-        if RecordState.isFinal(state) { return advance(from: s) }
+        // A finished or voided record is passed on by its owner once its state is durable
+        // (`finish`, `void`, or a finisher's pass over voided tickets behind it). Passing it
+        // before that would let the next operation start while this one's end is not yet
+        // durable: on pmem, where each record is flushed alone, a power loss would then show
+        // it running after its successor ran. So a waiter passes it only for an owner that
+        // died first, and makes it durable itself.
+        let over = RecordState.isFinal(state)
         guard checkOwner, !pool.processes.isAlive(OwnerToken(rawValue: r.pointee.owner_token)) else { return false }
+        if over {
+            try? persist(r)
+            return advance(from: s)
+        }
         var expected = state
         if pmll_cas32(pmll_record_state(r), &expected, PMLL_RECORD_ABANDONED) != 0 {
             r.pointee.finished_ns = UInt64(Clock.realtimeNanoseconds)
@@ -307,7 +317,11 @@ package struct QueueEngine: @unchecked Sendable {
             // state: one of the two sees the other (a full fence between each pair).
             pmll_fence()
             let r = record(t)
-            guard r.pointee.ticket == t, RecordState.isFinal(pmll_load32(pmll_record_state(r))), pass(t) else { break }
+            guard r.pointee.ticket == t, RecordState.isFinal(pmll_load32(pmll_record_state(r))) else { break }
+            // Voided by a waiter that may not have made it durable yet (it persists, then
+            // looks at `serving`): durable before the operation after it can start.
+            try? persist(r)
+            guard pass(t) else { break }
             t += 1
         }
         return true

@@ -307,6 +307,30 @@ struct QueueTests {
         #expect(ContinuousClock.now - released < .seconds(10), "C waited \(ContinuousClock.now - released) after A finished")
     }
 
+    /// A finished operation is passed on by its owner once its end is durable, not by a
+    /// waiter that sees it finished: with the owner stopped after `finish` and before its
+    /// pass (pause point `queue.finished`), the next operation waits through hundreds of
+    /// owner checks and runs once the owner continues. (Waiters used to pass a finished
+    /// record at sight, which could start the next operation before the finisher's barrier.)
+    @Test func aFinishedOperationIsPassedOnByItsOwner() async throws {
+        let scratch = Scratch()
+        let path = scratch.file("owner.pool")
+        let stopped = try Child.worker("queue-ops", "--pool", path, "--queue", "q", "--count", "1", "--log", scratch.file("log"),
+                                       "--sleep-milliseconds", "0", environment: ["PMLL_PAUSE_AT": "queue.finished"])
+        defer { stopped.killTree() }
+        try stopped.waitUntilStopped()
+        let pool = try Pool.open(path: path)
+        let q = try pool.queue(named: "q")
+        #expect(q.records.last?.state == .succeeded)
+        await #expect(throws: PMLLError.self) {
+            try await q.execute(kind: "next", timeout: .milliseconds(300)) { _ in Issue.record("ran before the finisher passed the turn on") }
+        }
+        kill(stopped.pid, SIGCONT)
+        #expect(stopped.wait() == 0)
+        #expect(try await q.execute(kind: "after", timeout: .seconds(10)) { _ in 1 } == 1)
+        #expect(q.records.map(\.state) == [.succeeded, .void, .succeeded])
+    }
+
     @Test func batchesRunContiguously() async throws {
         let scratch = Scratch()
         let path = scratch.file("batch.pool"), log = scratch.file("log")
