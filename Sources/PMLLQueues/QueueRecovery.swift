@@ -262,6 +262,12 @@ package enum QueueRepair {
             var maxTicket: UInt64?, firstOpen: UInt64?
             for slot in 0..<ring {
                 let r = memory.record(queue: index, ticket: slot)
+                // No process from before the reset owns anything now. Their tokens could come
+                // back: the process table's generations are not made durable, so after a power
+                // failure a new process can be given a dead one's token, and a waiter would
+                // take the record's dead owner for alive and wait for it forever. Token 0 is
+                // nobody (generations start at 1). Not covered by the record's checksum.
+                r.pointee.owner_token = 0
                 let state = r.pointee.state
                 guard state != PMLL_RECORD_FREE, r.pointee.ticket % ring == slot, RecordState.checksum(r) == r.pointee.checksum else { continue }
                 maxTicket = max(maxTicket ?? 0, r.pointee.ticket)
