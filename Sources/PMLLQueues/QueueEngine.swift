@@ -9,8 +9,8 @@ import PMLLStore
 ///   records, make them durable, then publish by advancing `next_ticket`. A submitter killed
 ///   before publishing leaves nothing visible.
 /// - turn: the ticket equal to `serving` may run. The waiter of ticket t sleeps on t's turn
-///   word in the head (bounded by the owner-check interval) and moves `serving` past
-///   records that are finished, void, or owned by a dead process (marking those abandoned).
+///   word in the head (bounded by the owner-check interval) and moves `serving` past torn
+///   records and past records whose owner died (marking queued or running ones abandoned).
 /// - finish: make the final state durable, then advance `serving` (and past records right
 ///   behind it that are already over) and wake the waiter of the next ticket only (and,
 ///   while operations are short, the one next in line after it, which spins for its turn).
@@ -210,8 +210,8 @@ package struct QueueEngine: @unchecked Sendable {
     }
 
     /// Waiting until `serving` reaches a ticket: waiters sleep on the ticket's turn word
-    /// (bounded by the owner-check interval) and move `serving` past records that are
-    /// finished, void, or owned by a dead process.
+    /// (bounded by the owner-check interval) and move `serving` past torn records and past
+    /// records whose owner died.
     package struct ServingWait: WaitMachine, @unchecked Sendable {
         package let engine: QueueEngine
         package let target: UInt64
@@ -269,8 +269,9 @@ package struct QueueEngine: @unchecked Sendable {
         }
     }
 
-    /// Moves `serving` past ticket `s` if its operation is over: finished, void, torn, or
-    /// owned by a process that is gone (checked only when `checkOwner`). True if it moved.
+    /// Moves `serving` past ticket `s` if its record is torn, or if its owner is gone
+    /// (checked only when `checkOwner`): a finished or void record as it is, a queued or
+    /// running one marked abandoned. True if it moved.
     fileprivate func skipIfDone(_ s: UInt64, checkOwner: Bool) -> Bool {
         let r = record(s)
         let state = pmll_load32(pmll_record_state(r))
@@ -286,11 +287,11 @@ package struct QueueEngine: @unchecked Sendable {
         // before that would let the next operation start while this one's end is not yet
         // durable: on pmem, where each record is flushed alone, a power loss would then show
         // it running after its successor ran. So a waiter passes it only for an owner that
-        // died first, and makes it durable itself.
+        // died first, and makes it durable first.
         let over = RecordState.isFinal(state)
         guard checkOwner, !pool.processes.isAlive(OwnerToken(rawValue: r.pointee.owner_token)) else { return false }
         if over {
-            try? persist(r)
+            makeDurableBeforePassing(r)
             return advance(from: s)
         }
         var expected = state
@@ -319,12 +320,20 @@ package struct QueueEngine: @unchecked Sendable {
             let r = record(t)
             guard r.pointee.ticket == t, RecordState.isFinal(pmll_load32(pmll_record_state(r))) else { break }
             // Voided by a waiter that may not have made it durable yet (it persists, then
-            // looks at `serving`): durable before the operation after it can start.
-            try? persist(r)
+            // looks at `serving`).
+            makeDurableBeforePassing(r)
             guard pass(t) else { break }
             t += 1
         }
         return true
+    }
+
+    /// Makes a record that another process ended durable before `serving` moves past it. Only
+    /// pmem needs a flush here: there each record is flushed alone, while on an msync pool the
+    /// operation after it makes its own record durable (submit or `begin`) before its body runs,
+    /// with an msync of the whole ring that covers this record too.
+    private func makeDurableBeforePassing(_ r: UnsafeMutablePointer<pmll_record_t>) {
+        if pool.memory.persistence.isPmem { try? persist(r) }
     }
 
     /// Moves `serving` from `s` to `s + 1` and wakes the waiter of ticket `s + 1`, and when
