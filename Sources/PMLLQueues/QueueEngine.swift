@@ -11,9 +11,10 @@ import PMLLStore
 /// - turn: the ticket equal to `serving` may run. The waiter of ticket t sleeps on t's turn
 ///   word in the head (bounded by the owner-check interval) and moves `serving` past torn
 ///   records and past records whose owner died (marking queued or running ones abandoned).
-/// - finish: make the final state durable, then advance `serving` (and past records right
-///   behind it that are already over) and wake the waiter of the next ticket only (and,
-///   while operations are short, the one next in line after it, which spins for its turn).
+/// - finish: write the final state, advance `serving` (and past records right behind it
+///   that are already over) and wake the waiter of the next ticket only (and, while
+///   operations are short, the one next in line after it, which spins for its turn); the
+///   state is made durable before the pass on pmem, beside the next `begin` on msync pools.
 package struct QueueEngine: @unchecked Sendable {
     package let pool: Pool
     package let index: UInt32
@@ -391,37 +392,59 @@ package struct QueueEngine: @unchecked Sendable {
 
     /// ``auditObject(_:kind:)`` written into a record, the kind read from the operation's record.
     func describe(_ ticket: UInt64, _ r: UnsafeMutablePointer<pmll_record_t>, _ text: inout AuditText) {
+        describe(ticket, kind: r.pointee.kind, &text)
+    }
+
+    func describe<Kind>(_ ticket: UInt64, kind: Kind, _ text: inout AuditText) {
         text.add("queue '")
         text.add(name)
         text.add("' ticket ")
         text.add(ticket)
         text.add(" kind '")
-        text.add(fixedCString: r.pointee.kind)
+        text.add(fixedCString: kind)
         text.add("'")
     }
 
-    /// Makes the final state durable, then hands the turn on.
+    /// Records the final state and hands the turn on; returns once the final state is durable.
+    ///
+    /// On pmem the record is flushed before the pass, so the next operation never starts
+    /// before this one's end is durable. On an msync pool the turn is passed first and the
+    /// barrier runs beside the next operation's `begin`: that operation's own barrier, an
+    /// msync of the whole ring started after the pass, makes this record durable too (msync
+    /// writes back every dirty page of the range and waits for pages already being written),
+    /// so its body still runs only after this end is durable. What a power loss can now leave
+    /// is both records running, the next one's body not begun: recovery handles each as an
+    /// operation interrupted before its end. The handoff no longer waits for a disk barrier.
     package func finish(_ ticket: UInt64, succeeded: Bool, error: String) throws(PMLLError) {
         let r = record(ticket)
         let now = UInt64(Clock.realtimeNanoseconds)
         r.pointee.finished_ns = now
         if !succeeded { writeFixedCString(error, into: &r.pointee.error) }
         pmll_store32(pmll_record_state(r), succeeded ? PMLL_RECORD_SUCCEEDED : PMLL_RECORD_FAILED)
-        defer { advance(from: ticket) }
         if succeeded { pmll_add64(&head.pointee.completed, 1) } else { pmll_add64(&head.pointee.failed, 1) }
         let wait = r.pointee.started_ns > r.pointee.submitted_ns ? r.pointee.started_ns - r.pointee.submitted_ns : 0
         let run = now > r.pointee.started_ns ? now - r.pointee.started_ns : 0
         QueueStatistics.record(head, wait: wait, run: run)
-        // Only the finisher writes it (turns serialise them); a torn or stale value only
-        // changes whether the next waiter spins.
+        // Only the finisher writes it (turns serialise them, and it is written before the
+        // pass); a torn or stale value only changes whether the next waiter spins.
         let recent = pmll_load64(&head.pointee.recent_run_ns)
         pmll_store64(&head.pointee.recent_run_ns, recent - recent / 8 + min(run, 1 << 40) / 8)
+        // Once the turn is passed the slot may be reused by a later ticket: the audit record
+        // names the operation from a copy.
+        let kind = r.pointee.kind
+        CrashPoint.hit("queue.ended")
+        if persistent && !pool.memory.persistence.isPmem {
+            advance(from: ticket)
+            try persist(r)
+        } else {
+            defer { advance(from: ticket) }
+            try persist(r)
+        }
         (succeeded ? telemetry.completed : telemetry.failed).increment()
         telemetry.waitDuration.recordNanoseconds(Int64(clamping: wait))
         telemetry.runDuration.recordNanoseconds(Int64(clamping: run))
-        try persist(r)
         pool.audit(succeeded ? .queueComplete : .queueFail, succeeded ? .ok : .failed) { text in
-            describe(ticket, r, &text)
+            describe(ticket, kind: kind, &text)
             if !succeeded { text.add(": "); text.add(error) }
         }
         CrashPoint.hit("queue.finished")

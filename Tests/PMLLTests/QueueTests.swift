@@ -307,16 +307,16 @@ struct QueueTests {
         #expect(ContinuousClock.now - released < .seconds(10), "C waited \(ContinuousClock.now - released) after A finished")
     }
 
-    /// A finished operation is passed on by its owner once its end is durable, not by a
-    /// waiter that sees it finished: with the owner stopped after `finish` and before its
-    /// pass (pause point `queue.finished`), the next operation waits through hundreds of
+    /// A finished operation is passed on by its owner (after its barrier on pmem, beside it
+    /// on an msync pool), not by a waiter that sees it finished: with the owner stopped after
+    /// writing its end and before its pass (pause point `queue.ended`), the next operation waits through hundreds of
     /// owner checks and runs once the owner continues. (Waiters used to pass a finished
     /// record at sight, which could start the next operation before the finisher's barrier.)
     @Test func aFinishedOperationIsPassedOnByItsOwner() async throws {
         let scratch = Scratch()
         let path = scratch.file("owner.pool")
         let stopped = try Child.worker("queue-ops", "--pool", path, "--queue", "q", "--count", "1", "--log", scratch.file("log"),
-                                       "--sleep-milliseconds", "0", environment: ["PMLL_PAUSE_AT": "queue.finished"])
+                                       "--sleep-milliseconds", "0", environment: ["PMLL_PAUSE_AT": "queue.ended"])
         defer { stopped.killTree() }
         try stopped.waitUntilStopped()
         let pool = try Pool.open(path: path)
