@@ -433,13 +433,14 @@ package struct QueueEngine: @unchecked Sendable {
         // names the operation from a copy.
         let kind = r.pointee.kind
         CrashPoint.hit("queue.ended")
-        if persistent && !pool.memory.persistence.isPmem {
-            advance(from: ticket)
-            try persist(r)
-        } else {
-            defer { advance(from: ticket) }
-            try persist(r)
+        let passFirst = persistent && !pool.memory.persistence.isPmem
+        if passFirst { advance(from: ticket) }
+        CrashPoint.hit("queue.end-barrier")
+        do { try persist(r) } catch {
+            if !passFirst { advance(from: ticket) }
+            throw error
         }
+        if !passFirst { advance(from: ticket) }
         (succeeded ? telemetry.completed : telemetry.failed).increment()
         telemetry.waitDuration.recordNanoseconds(Int64(clamping: wait))
         telemetry.runDuration.recordNanoseconds(Int64(clamping: run))

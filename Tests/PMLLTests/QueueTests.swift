@@ -331,6 +331,29 @@ struct QueueTests {
         #expect(q.records.map(\.state) == [.succeeded, .void, .succeeded])
     }
 
+    /// On an msync pool the finisher passes the turn before its own barrier, which then runs
+    /// beside the next operation's: with the finisher stopped just before that barrier (pause
+    /// point `queue.end-barrier`), the next operation runs at once. (Passed after the barrier,
+    /// it would wait for the stopped finisher, as it does on real pmem.)
+    @Test func theTurnIsPassedBeforeTheFinishersBarrier() async throws {
+        let scratch = Scratch()
+        let path = scratch.file("early.pool")
+        let stopped = try Child.worker("queue-ops", "--pool", path, "--queue", "q", "--count", "1", "--log", scratch.file("log"),
+                                       "--sleep-milliseconds", "0", environment: ["PMLL_PAUSE_AT": "queue.end-barrier"])
+        defer { stopped.killTree() }
+        try stopped.waitUntilStopped()
+        let pool = try Pool.open(path: path)
+        let q = try pool.queue(named: "q")
+        if pool.status().persistentMemory {
+            await #expect(throws: PMLLError.self) { try await q.execute(kind: "next", timeout: .milliseconds(300)) { _ in 2 } }
+        } else {
+            #expect(try await q.execute(kind: "next", timeout: .seconds(10)) { _ in 2 } == 2)
+            #expect(q.records.map(\.state) == [.succeeded, .succeeded])
+        }
+        kill(stopped.pid, SIGCONT)
+        #expect(stopped.wait() == 0)
+    }
+
     @Test func batchesRunContiguously() async throws {
         let scratch = Scratch()
         let path = scratch.file("batch.pool"), log = scratch.file("log")
