@@ -307,20 +307,31 @@ struct QueueTests {
         #expect(ContinuousClock.now - released < .seconds(10), "C waited \(ContinuousClock.now - released) after A finished")
     }
 
+    /// A worker that ran one operation on queue "q" of a new pool, stopped at pause point
+    /// `point` of its `finish`; the pool and the queue as this process sees them.
+    private func finisherStopped(at point: String, in scratch: Scratch) throws -> (Child, Pool, HardenedQueue) {
+        let path = scratch.file("finisher.pool")
+        let stopped = try Child.worker("queue-ops", "--pool", path, "--queue", "q", "--count", "1", "--log", scratch.file("log"),
+                                       "--sleep-milliseconds", "0", environment: ["PMLL_PAUSE_AT": point])
+        do {
+            try stopped.waitUntilStopped()
+            let pool = try Pool.open(path: path)
+            return (stopped, pool, try pool.queue(named: "q"))
+        } catch {
+            stopped.killTree()
+            throw error
+        }
+    }
+
     /// A finished operation is passed on by its owner (after its barrier on pmem, beside it
     /// on an msync pool), not by a waiter that sees it finished: with the owner stopped after
-    /// writing its end and before its pass (pause point `queue.ended`), the next operation waits through hundreds of
-    /// owner checks and runs once the owner continues. (Waiters used to pass a finished
+    /// writing its end and before its pass (pause point `queue.ended`), the next operation
+    /// waits through hundreds of owner checks and runs once the owner continues. (Waiters used to pass a finished
     /// record at sight, which could start the next operation before the finisher's barrier.)
     @Test func aFinishedOperationIsPassedOnByItsOwner() async throws {
         let scratch = Scratch()
-        let path = scratch.file("owner.pool")
-        let stopped = try Child.worker("queue-ops", "--pool", path, "--queue", "q", "--count", "1", "--log", scratch.file("log"),
-                                       "--sleep-milliseconds", "0", environment: ["PMLL_PAUSE_AT": "queue.ended"])
+        let (stopped, _, q) = try finisherStopped(at: "queue.ended", in: scratch)
         defer { stopped.killTree() }
-        try stopped.waitUntilStopped()
-        let pool = try Pool.open(path: path)
-        let q = try pool.queue(named: "q")
         #expect(q.records.last?.state == .succeeded)
         await #expect(throws: PMLLError.self) {
             try await q.execute(kind: "next", timeout: .milliseconds(300)) { _ in Issue.record("ran before the finisher passed the turn on") }
@@ -337,13 +348,8 @@ struct QueueTests {
     /// it would wait for the stopped finisher, as it does on real pmem.)
     @Test func theTurnIsPassedBeforeTheFinishersBarrier() async throws {
         let scratch = Scratch()
-        let path = scratch.file("early.pool")
-        let stopped = try Child.worker("queue-ops", "--pool", path, "--queue", "q", "--count", "1", "--log", scratch.file("log"),
-                                       "--sleep-milliseconds", "0", environment: ["PMLL_PAUSE_AT": "queue.end-barrier"])
+        let (stopped, pool, q) = try finisherStopped(at: "queue.end-barrier", in: scratch)
         defer { stopped.killTree() }
-        try stopped.waitUntilStopped()
-        let pool = try Pool.open(path: path)
-        let q = try pool.queue(named: "q")
         if pool.status().persistentMemory {
             await #expect(throws: PMLLError.self) { try await q.execute(kind: "next", timeout: .milliseconds(300)) { _ in 2 } }
         } else {
