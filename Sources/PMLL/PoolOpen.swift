@@ -25,7 +25,7 @@ extension Pool {
         try pool.storeReady()
         if pool.openReport.volatileReset != nil {
             _ = try? pool.fileBatchRecovery(ownersAreGone: true)
-            PoolCreation.removeAbandonedTemporaries(of: pool.path)
+            PoolCreation.removeAbandonedTemporaries(of: pool.path, quietMemo: &pool.memory.header.pointee.quiet_directory_mtime_ns)
         }
         return pool
     }

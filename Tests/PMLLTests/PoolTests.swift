@@ -310,5 +310,24 @@ struct PoolTests {
         #expect(utimes(scratch.file(left[0]), old) == 0)
         #expect(try run(Binaries.pmll, ["state", "get", "--pool", pool, "k"]).status == 0)     // resets the volatile state
         #expect(leftovers() == [live])
+
+        // A directory that has not changed since a listing found nothing is not listed again:
+        // a temporary slipped in with the directory's mtime put back stays; once the
+        // directory changes, the next reset finds it.
+        #expect(unlink(scratch.file(live)) == 0)
+        sleep(3)                                                      // quiet for 2 s: the memo is kept
+        #expect(try run(Binaries.pmll, ["state", "get", "--pool", pool, "k"]).status == 0)
+        var quiet = stat()
+        #expect(stat(scratch.path, &quiet) == 0)
+        let hidden = ".p.pool.2147483646.9.creating"                  // beyond any pid_max: no such process
+        #expect(FileManager.default.createFile(atPath: scratch.file(hidden), contents: Data()))
+        #expect(utimes(scratch.file(hidden), old) == 0)
+        var times = [quiet.st_atim, quiet.st_mtim]
+        #expect(utimensat(AT_FDCWD, scratch.path, &times, 0) == 0)
+        #expect(try run(Binaries.pmll, ["state", "get", "--pool", pool, "k"]).status == 0)
+        #expect(leftovers() == [hidden], "the quiet directory was listed again")
+        #expect(FileManager.default.createFile(atPath: scratch.file("other"), contents: Data()))
+        #expect(try run(Binaries.pmll, ["state", "get", "--pool", pool, "k"]).status == 0)
+        #expect(leftovers() == [])
     }
 }

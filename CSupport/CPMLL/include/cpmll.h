@@ -81,7 +81,8 @@ typedef struct pmll_header {
     uint64_t volatile_resets;      // how many times volatile state was reset
     uint32_t last_reset_reason;    // PMLL_RESET_*
     uint32_t policy_epoch;         // odd while the access policy changes, next even value after (readers re-load it)
-    uint8_t padding[PMLL_HEADER_SIZE - 512 - 40 - 16];
+    uint64_t quiet_directory_mtime_ns; // the pool directory's mtime when a scan for creation temporaries left none to look at again (0: scan)
+    uint8_t padding[PMLL_HEADER_SIZE - 512 - 40 - 24];
 } pmll_header_t;
 
 #define PMLL_RESET_NONE 0u
@@ -99,6 +100,7 @@ _Static_assert(offsetof(pmll_header_t, byte_order) == 128, "byte order offset");
 _Static_assert(offsetof(pmll_header_t, audit_ring) == 136, "audit ring section in the former reserved bytes");
 _Static_assert(offsetof(pmll_header_t, size_limit) == 152, "size limit in the former reserved bytes");
 _Static_assert(offsetof(pmll_header_t, policy_epoch) == 564, "policy epoch in the former reserved volatile word");
+_Static_assert(offsetof(pmll_header_t, quiet_directory_mtime_ns) == 568, "directory mtime memo in the volatile padding");
 
 // Written natively at creation: read back as 0x04030201, the pool comes from a machine of the
 // other byte order.

@@ -70,23 +70,40 @@ package enum PoolCreation {
     /// live creator is done within milliseconds; the age also covers a creator in another PID
     /// namespace, whose PID we cannot see). Best effort: runs when this process created the
     /// pool or reset its volatile state, and returns how many it removed.
+    ///
+    /// `quietMemo` (the pool header's word): the listing is skipped while the directory's
+    /// mtime is the one a listing left there with nothing to look at again (no temporary too
+    /// young or with a live creator). A new temporary changes the mtime. A lone process resets
+    /// the volatile state at every open, and listing a busy /tmp took a tenth of a millisecond
+    /// or more of a `pmll lock` (560 entries here). Only a mtime two seconds old is kept, since
+    /// file systems stamp times at a coarse clock tick: an entry made in the tick of our stat
+    /// could carry the same time.
     @discardableResult
-    package static func removeAbandonedTemporaries(of path: String, now: time_t = time(nil)) -> Int {
+    package static func removeAbandonedTemporaries(of path: String, quietMemo: UnsafeMutablePointer<UInt64>? = nil, now: time_t = time(nil)) -> Int {
         let (directory, base) = split(path)
+        var dirStat = stat()
+        guard stat(directory, &dirStat) == 0 else { return 0 }
+        let mtime = UInt64(max(0, dirStat.st_mtim.tv_sec)) &* 1_000_000_000 &+ UInt64(max(0, dirStat.st_mtim.tv_nsec))
+        if let quietMemo, mtime != 0, pmll_load64(quietMemo) == mtime { return 0 }
         guard let dir = opendir(directory) else { return 0 }
         defer { closedir(dir) }
         let prefix = "." + base + ".", suffix = ".creating"
-        var removed = 0
+        var removed = 0, seen = 0
         while let entry = readdir(dir) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
             guard name.hasPrefix(prefix), name.hasSuffix(suffix), name.count > prefix.count + suffix.count else { continue }
             let middle = name.dropFirst(prefix.count).dropLast(suffix.count).split(separator: ".")
             guard middle.count == 2, let pid = pid_t(middle[0]), UInt32(middle[1]) != nil else { continue }
+            seen += 1
             if pid == getpid() || kill(pid, 0) == 0 || errno != ESRCH { continue }
             var st = stat()
             guard fstatat(dirfd(dir), name, &st, AT_SYMLINK_NOFOLLOW) == 0, st.st_mode & S_IFMT == S_IFREG,
                   now - st.st_mtim.tv_sec > 60 else { continue }
             if unlinkat(dirfd(dir), name, 0) == 0 { removed += 1 }
+        }
+        if let quietMemo {
+            // Any temporary seen is looked at again (or, removed, moved the mtime anyway).
+            pmll_store64(quietMemo, seen == 0 && now - dirStat.st_mtim.tv_sec >= 2 ? mtime : 0)
         }
         return removed
     }
