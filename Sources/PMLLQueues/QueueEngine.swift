@@ -436,11 +436,10 @@ package struct QueueEngine: @unchecked Sendable {
         let passFirst = persistent && !pool.memory.persistence.isPmem
         if passFirst { advance(from: ticket) }
         CrashPoint.hit("queue.end-barrier")
-        do { try persist(r) } catch {
-            if !passFirst { advance(from: ticket) }
-            throw error
+        do {
+            defer { if !passFirst { advance(from: ticket) } }
+            try persist(r)
         }
-        if !passFirst { advance(from: ticket) }
         (succeeded ? telemetry.completed : telemetry.failed).increment()
         telemetry.waitDuration.recordNanoseconds(Int64(clamping: wait))
         telemetry.runDuration.recordNanoseconds(Int64(clamping: run))

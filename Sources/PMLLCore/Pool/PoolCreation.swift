@@ -72,10 +72,10 @@ package enum PoolCreation {
     /// pool or reset its volatile state, and returns how many it removed.
     ///
     /// `quietMemo` (the pool header's word): the listing is skipped while the directory's
-    /// mtime is the one a listing left there with nothing to look at again (no temporary too
-    /// young or with a live creator). A new temporary changes the mtime. A lone process resets
-    /// the volatile state at every open, and listing a busy /tmp took a tenth of a millisecond
-    /// or more of a `pmll lock` (560 entries here). Only a mtime two seconds old is kept, since
+    /// mtime is the one recorded by a listing that found no temporary at all (one too young,
+    /// or with a live creator, must be looked at again). A new temporary changes the mtime. A
+    /// lone process resets the volatile state at every open, and listing a busy /tmp was a
+    /// visible part of a `pmll lock` (Docs/Benchmarks.md). Only a mtime two seconds old is kept, since
     /// file systems stamp times at a coarse clock tick: an entry made in the tick of our stat
     /// could carry the same time.
     @discardableResult
