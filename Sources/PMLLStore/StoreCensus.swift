@@ -19,17 +19,8 @@ extension StateStore {
     package static let journalPrefix = "pmll:batch/"
     static let journalPrefixBytes = Array(journalPrefix.utf8)
 
-    package static func censusChecksum(magic: UInt64, liveKeys: UInt64, flags: UInt32 = 0, journals: UInt64 = 0) -> UInt32 {
-        var fields = (magic, liveKeys)
-        let crc = withUnsafeBytes(of: &fields) { pmll_crc32c(0, $0.baseAddress, $0.count) }
-        // A census from before the journal count keeps its checksum (flags 0).
-        guard flags != 0 else { return crc }
-        var more = (flags, UInt32(0), journals)
-        return withUnsafeBytes(of: &more) { pmll_crc32c(crc, $0.baseAddress, $0.count) }
-    }
-
     private static func intact(_ c: pmll_store_census_t) -> Bool {
-        c.magic == PMLL_CENSUS_MAGIC && c.checksum == censusChecksum(magic: c.magic, liveKeys: c.live_keys, flags: c.flags, journals: c.journal_keys)
+        c.magic == PMLL_CENSUS_MAGIC && c.checksum == StoreLayout.censusChecksum(magic: c.magic, liveKeys: c.live_keys, flags: c.flags, journals: c.journal_keys)
     }
 
     /// The census's count if it is maintained and intact; nil if it was never kept (an older
@@ -58,10 +49,7 @@ extension StateStore {
 
     /// The census bytes for `liveKeys` and, when known, the journal count.
     package static func censusBytes(_ liveKeys: UInt64, journals: UInt64?) -> pmll_store_census_t {
-        let flags = journals == nil ? 0 : PMLL_CENSUS_JOURNALS
-        return pmll_store_census_t(magic: PMLL_CENSUS_MAGIC, live_keys: liveKeys,
-                                   checksum: censusChecksum(magic: PMLL_CENSUS_MAGIC, liveKeys: liveKeys, flags: flags, journals: journals ?? 0),
-                                   flags: flags, journal_keys: journals ?? 0)
+        StoreLayout.census(liveKeys: liveKeys, journals: journals)
     }
 
     /// Journal keys found by reading every key (once per pool, by the first commit that keeps

@@ -20,6 +20,7 @@ struct FlockRun {
         let configuration = try Configuration.load()
         var poolOptions = configuration.poolOptions
         poolOptions.processLabel = label
+        poolOptions.unmapsAtClose = false   // the process exits after this run
         let pool = try Pool.open(path: configuration.poolPath, options: poolOptions)
         try BackgroundChecks.start(pool, configuration)
         let lock = try pool.lock(named: Self.lockName(path), level: .filesystem)

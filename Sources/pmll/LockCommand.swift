@@ -85,7 +85,14 @@ enum NestedLocks {
         }
         let all = held() + (lock.map { [$0] } ?? [])
         if !all.isEmpty {
-            env.append("\(variable)=" + all.map { "\($0.level.rawValue):\($0.name)" }.joined(separator: "\n"))
+            // A loop, not `joined(separator:)`: that generic's first use in a process (its
+            // metadata made from a mangled name) cost 1.5 % of a whole `pmll lock`.
+            var value = variable + "="
+            for i in all.indices {
+                if i > 0 { value += "\n" }
+                value += String(all[i].level.rawValue) + ":" + all[i].name
+            }
+            env.append(value)
         }
         return env
     }

@@ -18,7 +18,7 @@ struct LockRun {
     /// to clean up.
     func run() throws -> Int32 {
         let label = command.first.map { $0.split(separator: "/").last.map(String.init) ?? $0 }
-        let pool = try self.pool.openLongRunning(label: label)
+        let pool = try self.pool.openLongRunning(label: label, exitsAfter: true)
         let lock = try pool.lock(named: name, level: try resolvedLevel(pool))
         try NestedLocks.check(lock.id, pool: pool)
         return try CommandHold.run(lock, shared: shared, timeout: Timeout.duration(timeout)) { grant in

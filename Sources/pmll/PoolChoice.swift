@@ -22,10 +22,11 @@ struct PoolChoice {
         try open(configuration(), create: create, label: label)
     }
 
-    private func open(_ configuration: Configuration, create: Bool = true, label: String? = nil) throws(PMLLError) -> Pool {
+    private func open(_ configuration: Configuration, create: Bool = true, label: String? = nil, unmapsAtClose: Bool = true) throws(PMLLError) -> Pool {
         var options = configuration.poolOptions
         options.create = create
         options.processLabel = label
+        options.unmapsAtClose = unmapsAtClose
         return try Pool.open(path: configuration.poolPath, options: options)
     }
 
@@ -51,9 +52,9 @@ struct PoolChoice {
 
     /// For commands that run as long as a COMMAND does: the pool, checked in the background
     /// at the configured `check.interval_s` (the checker thread ends with the process).
-    func openLongRunning(label: String? = nil) throws(PMLLError) -> Pool {
+    func openLongRunning(label: String? = nil, exitsAfter: Bool = false) throws(PMLLError) -> Pool {
         let configuration = try configuration()
-        let pool = try open(configuration, label: label)
+        let pool = try open(configuration, label: label, unmapsAtClose: !exitsAfter)
         try BackgroundChecks.start(pool, configuration)
         return pool
     }

@@ -244,6 +244,19 @@ struct FileBatchTests {
         #expect(try run(Binaries.pmll, ["check", "--pool", pool]).status == 0)
     }
 
+    /// A new pool's census already counts its journals (none), so that the lone opens of a
+    /// pool nobody has committed to yet (a lock-only pool of `pmll lock` loops) do not read
+    /// every key slot looking for journals.
+    @Test func aNewPoolsCensusCountsNoJournals() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("p.pool")
+        #expect(try run(Binaries.pmll, ["lock", "--pool", pool, "x", "--", "true"]).status == 0)
+        let opened = try Pool.open(path: pool)
+        #expect(opened.store.journalCount == 0)
+        #expect(opened.store.censusCount == 0)
+        #expect(try run(Binaries.pmll, ["check", "--pool", pool]).status == 0)
+    }
+
     /// Regression (found by the 30-minute pmll-stress run): an open recovered a dead process's
     /// half-applied batch behind the back of a live process that had taken over the tree's
     /// lock and was applying its own batch. Now an open with other processes attached leaves

@@ -28,6 +28,32 @@ struct PoolTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.path) == ["a.pool"])
     }
 
+    /// A close frees the process slot and closes the descriptor either way; with
+    /// `unmapsAtClose` off (the CLI's `lock` and `flock`, which exit next) the mapping is left
+    /// to the process's exit.
+    @Test func aCloseLeavesTheMappingToExitOnlyWhenAsked() throws {
+        let scratch = Scratch()
+        func mapped(_ path: String) throws -> Bool {
+            try String(contentsOfFile: "/proc/self/maps", encoding: .utf8).contains(path)
+        }
+        for unmaps in [true, false] {
+            let path = scratch.file("m-\(unmaps).pool")
+            var options = PoolOptions()
+            options.unmapsAtClose = unmaps
+            do {
+                let pool = try Pool.open(path: path, options: options)
+                #expect(try mapped(path))
+                #expect(pool.status().processes.count == 1)
+            }
+            #expect(try mapped(path) == !unmaps)
+            // The slot was freed at the close (a read-only attach resets nothing and sees
+            // the table as the close left it).
+            var reading = PoolOptions()
+            reading.readOnly = true
+            #expect(try Pool.open(path: path, options: reading).status().processes.isEmpty)
+        }
+    }
+
     @Test func groupSharedPoolIs0660() throws {
         let scratch = Scratch()
         var options = PoolOptions()

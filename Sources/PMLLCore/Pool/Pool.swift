@@ -70,6 +70,8 @@ public final class Pool: Sendable {
     @usableFromInline package let accessState: Atomic<UInt64>
     /// The pool file's owner (it may always change the access policy).
     package let ownerUID: UInt32
+    /// ``PoolOptions/unmapsAtClose``.
+    let unmapsAtClose: Bool
     /// Attached read-only (``PoolOptions/readOnly``): no slot, nothing written.
     public var isReadOnly: Bool { access.readOnly }
     /// This process's events, reported through swift-metrics.
@@ -232,6 +234,7 @@ public final class Pool: Sendable {
         self.access = AccessGate(readOnly: false, lockCapacity: layout.lockCapacity)
         self.accessState = Atomic(AccessGate.initialState(readOnly: false))
         self.ownerUID = UInt32(st.st_uid)
+        self.unmapsAtClose = options.unmapsAtClose
         mapped = false
         if let reset, reset != .created {
             Self.logger.debug("pool volatile state reset", metadata: ["path": "\(path)", "reason": "\(reset.rawValue)"])
@@ -285,6 +288,7 @@ public final class Pool: Sendable {
         self.access = AccessGate(readOnly: true, lockCapacity: layout.lockCapacity)
         self.accessState = Atomic(AccessGate.initialState(readOnly: true))
         self.ownerUID = owner
+        self.unmapsAtClose = options.unmapsAtClose
     }
 
     /// Address space to reserve for a pool: its size limit, and never less than the file
@@ -349,8 +353,10 @@ public final class Pool: Sendable {
             }
         }
         if !isReadOnly { processes.unregister(slot: slot) }
-        pmll_fault_guard_unregister(memory.base)
-        memory.mapping.unmap()
+        if unmapsAtClose {
+            pmll_fault_guard_unregister(memory.base)
+            memory.mapping.unmap()
+        }
         try? fd.close()   // drops the SESSION and liveness byte locks
     }
 }

@@ -47,6 +47,14 @@ public struct PoolOptions: Sendable, Equatable {
     /// of its locks); at most 15 bytes are kept. Default: /proc/self/comm.
     public var processLabel: String?
 
+    /// false: closing the pool leaves its mapping to the process's exit. For a process that
+    /// exits right after (the CLI's `lock` and `flock`): the `munmap` of the pool's address
+    /// reservation walked its page tables and, with a helper thread alive, interrupted the
+    /// other CPU to flush its TLB (5 % of a `pmll lock`); exit tears the address space down
+    /// once, after the threads are gone. Everything else a close does (the process slot freed,
+    /// the descriptor and its locks closed) still happens at the close.
+    package var unmapsAtClose = true
+
     public init() {}
 
     package func validate() throws(PMLLError) {

@@ -53,7 +53,31 @@ package struct StoreLayout: Equatable {
         s.pointee.bitmap_offset = UInt64(bitmap.lowerBound)
         s.pointee.blocks_offset = UInt64(blocks.lowerBound)
         s.pointee.checksum = Self.checksum(s)
+        // A census of an empty store, journals counted: a lone open of a pool nobody has
+        // committed to yet trusts the count instead of reading every key slot for journals.
+        (base + heapStart + Int(PMLL_CENSUS_OFFSET)).assumingMemoryBound(to: pmll_store_census_t.self).pointee =
+            Self.census(liveKeys: 0, journals: 0)
     }
+
+    /// The store census (right after the superblock, counted by PMLLStore's commits) for
+    /// `liveKeys` and, when known, the journal count.
+    package static func census(liveKeys: UInt64, journals: UInt64?) -> pmll_store_census_t {
+        let flags = journals == nil ? 0 : PMLL_CENSUS_JOURNALS
+        return pmll_store_census_t(magic: PMLL_CENSUS_MAGIC, live_keys: liveKeys,
+                                   checksum: censusChecksum(magic: PMLL_CENSUS_MAGIC, liveKeys: liveKeys, flags: flags, journals: journals ?? 0),
+                                   flags: flags, journal_keys: journals ?? 0)
+    }
+
+    package static func censusChecksum(magic: UInt64, liveKeys: UInt64, flags: UInt32 = 0, journals: UInt64 = 0) -> UInt32 {
+        var fields = (magic, liveKeys)
+        let crc = withUnsafeBytes(of: &fields) { pmll_crc32c(0, $0.baseAddress, $0.count) }
+        // A census from before the journal count keeps its checksum (flags 0).
+        guard flags != 0 else { return crc }
+        var more = (flags, UInt32(0), journals)
+        return withUnsafeBytes(of: &more) { pmll_crc32c(crc, $0.baseAddress, $0.count) }
+    }
+
+
 
     package static func checksum(_ s: UnsafeMutablePointer<pmll_store_super_t>) -> UInt32 {
         pmll_crc32c(0, s, MemoryLayout<pmll_store_super_t>.offset(of: \pmll_store_super_t.checksum)!)
