@@ -122,7 +122,7 @@ package struct QueueEngine: @unchecked Sendable {
             pmll_store32(pmll_record_state(r), PMLL_RECORD_FREE)
             r.pointee.ticket = ticket
             r.pointee.owner_token = pool.token.rawValue
-            r.pointee.owner_pid = ProcessIdentity.pid
+            r.pointee.owner_pid = pool.processID
             r.pointee.owner_comm = comm
             r.pointee.attempts = startsNow ? 1 : 0
             r.pointee.batch_size = UInt32(operations.count - i)

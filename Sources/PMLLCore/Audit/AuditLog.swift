@@ -64,7 +64,7 @@ extension Pool {
             if let seq = ring.reserve(guess: auditNextGuess.load(ordering: .relaxed)) {
                 CrashPoint.hit("audit.reserved")
                 auditNextGuess.store(seq + 1, ordering: .relaxed)
-                if ring.write(seq, token: token, pid: auditPID, uid: auditUID, comm: auditCommand,
+                if ring.write(seq, token: token, pid: processID, uid: auditUID, comm: auditCommand,
                               event: event, outcome: outcome, fill: fill) { return true }
                 continue   // the drainer gave the number up (this thread stalled): take another
             }

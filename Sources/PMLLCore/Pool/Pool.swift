@@ -44,7 +44,7 @@ public final class Pool: Sendable {
     package let auditCommand: [UInt8]
     package let auditFileBytes: Int
     /// getpid and geteuid are system calls: read once (a forked child opens its own pool).
-    package let auditPID = ProcessIdentity.pid
+    package let processID = ProcessIdentity.pid
     package let auditUID = ProcessIdentity.effectiveUID
     /// One drainer among this process's threads.
     package let auditGate = AuditGate()
