@@ -77,8 +77,6 @@ package struct StoreLayout: Equatable {
         return withUnsafeBytes(of: &more) { pmll_crc32c(crc, $0.baseAddress, $0.count) }
     }
 
-
-
     package static func checksum(_ s: UnsafeMutablePointer<pmll_store_super_t>) -> UInt32 {
         pmll_crc32c(0, s, MemoryLayout<pmll_store_super_t>.offset(of: \pmll_store_super_t.checksum)!)
     }
