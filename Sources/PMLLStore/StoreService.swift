@@ -61,6 +61,11 @@ extension Pool {
         hooks.repairAfterOwnerDeath.withLock { $0 = { pool throws(PMLLError) in try pool.storeReady() } }
         if store.exists && !isReadOnly {
             hooks.growTable.withLock { $0 = { pool, kind, k throws(PMLLError) in try pool.growTable(kind, k) } }
+            // The store's own lock takes its entry at the pool's first open, before callers'
+            // names can fill the table: with the table full at the size limit, `check` and
+            // every transaction would find no entry for it. (The look for journals of dead
+            // batches made it here until a new pool's census counted none.) A lookup after that.
+            _ = try? storeLock(mayGrow: false)
         }
     }
 
