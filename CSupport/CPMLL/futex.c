@@ -32,6 +32,16 @@ int pmll_futex_wake(uint32_t *word, int32_t count) {
     return rc >= 0 ? (int)rc : -errno;
 }
 
+int pmll_wakeword_bump(uint32_t *word) {
+    uint32_t old = __atomic_load_n(word, __ATOMIC_RELAXED), next;
+    do {
+        next = (old + 1) & ~PMLL_WAKEWORD_SLEEPERS;
+    } while (!__atomic_compare_exchange_n(word, &old, next, 1, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
+    if (!(old & PMLL_WAKEWORD_SLEEPERS)) return 0;
+    int rc = pmll_futex_wake(word, INT32_MAX);
+    return rc < 0 ? rc : 1;
+}
+
 
 // FUTEX2_SIZE_U32 and FUTEX2_PRIVATE are in linux/futex.h only from 6.7; their values are ABI.
 #ifndef FUTEX2_SIZE_U32

@@ -25,8 +25,10 @@ package enum GroupCommit {
             if pmll_load64_acquire(&head.pointee.flush_completed) >= mine { return }
             let started = pmll_load64_acquire(&head.pointee.flush_started)
             if started >= mine && started != waitedFor {
+                var expected: UInt32 = 0
+                guard pmll_wakeword_announce_sleeper(word, w, &expected) != 0 else { continue }   // a flush completed: look again
                 waitedFor = started
-                _ = pmll_futex_wait(word, w, Clock.monotonicNanoseconds + pool.ownerCheckNanoseconds)
+                _ = pmll_futex_wait(word, expected, Clock.monotonicNanoseconds + pool.ownerCheckNanoseconds)
                 continue
             }
             let upTo = pmll_load64_acquire(&head.pointee.flush_requested)
@@ -34,8 +36,7 @@ package enum GroupCommit {
             let ring = pool.memory.record(queue: engine.index, ticket: 0)
             try pool.memory.persistence.persist(UnsafeRawPointer(ring), pool.memory.layout.queueRing * MemoryLayout<pmll_record_t>.size, site: "queue.record")
             pmll_max64(&head.pointee.flush_completed, upTo)
-            _ = pmll_add32(word, 1)
-            _ = pmll_futex_wake(word, Int32.max)
+            _ = pmll_wakeword_bump(word)
             return
         }
     }

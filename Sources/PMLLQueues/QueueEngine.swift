@@ -257,7 +257,9 @@ package struct QueueEngine: @unchecked Sendable {
                 if due { checkedAt = now }
                 if now >= deadline { return .failed(failureWhileQueued(cancelled: false)) }
                 if cancellation?.isCancelled == true { return .failed(failureWhileQueued(cancelled: true)) }
-                return .sleep(expected: w, until: min(deadline, now + check))
+                var expected: UInt32 = 0
+                guard pmll_wakeword_announce_sleeper(word, w, &expected) != 0 else { continue }   // bumped: look again
+                return .sleep(expected: expected, until: min(deadline, now + check))
             }
         }
 
@@ -353,9 +355,7 @@ package struct QueueEngine: @unchecked Sendable {
     }
 
     private func bumpTurn(_ ticket: UInt64) {
-        let turn = pmll_queue_turn_word(head, ticket)
-        _ = pmll_add32(turn, 1)
-        _ = pmll_futex_wake(turn, Int32.max)
+        _ = pmll_wakeword_bump(pmll_queue_turn_word(head, ticket))
     }
 
     /// Gives up a ticket that has not run.

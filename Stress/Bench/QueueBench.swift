@@ -15,6 +15,7 @@ struct QueueBench: ParsableCommand {
     @OptionGroup var directories: BenchDirectories
     @Option(help: "Operations per run on tmpfs.") var tmpfsOperations = 4000
     @Option(help: "Operations per run on other filesystems.") var diskOperations = 400
+    @Option(help: "Operations per SQLite run, when PMLL runs many more (SQLite with 4 processes manages a few hundred a second). Default: as many as PMLL.") var peerOperations: Int?
     @Flag(help: "Create the pool without an audit log (by default each operation appends three audit records: submit, start, completion).") var noAudit = false
     @Flag var json = false
 
@@ -36,7 +37,8 @@ struct QueueBench: ParsableCommand {
             let operations = fs == "tmpfs" ? tmpfsOperations : diskOperations
             for processes in [1, 4] {
                 for kind in ["pmll", "sqlite"] {
-                    rows.append(try measure(kind: kind, processes: processes, operations: operations, directory: dir, filesystem: fs))
+                    rows.append(try measure(kind: kind, processes: processes, operations: kind == "sqlite" ? peerOperations ?? operations : operations,
+                                            directory: dir, filesystem: fs))
                 }
             }
         }

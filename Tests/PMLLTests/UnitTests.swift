@@ -1,4 +1,5 @@
 import CPMLL
+import Dispatch
 import PMLL
 @testable import PMLLCore
 @testable import PMLLFileBatches
@@ -174,6 +175,45 @@ import Glibc
         #expect(OwnerToken.owner(ofWord: a | PMLL_WORD_WAITERS | PMLL_WORD_DIED) == OwnerToken(rawValue: a))
         #expect(OwnerToken.owner(ofWord: PMLL_WORD_WAITERS) == nil)
         #expect(a & ~PMLL_OWNER_MASK == 0)
+    }
+
+    // MARK: wake-on-demand words (queue turns, group commit)
+
+    final class WaitResult: Sendable {
+        let code = Atomic<Int>(1)
+        let done = DispatchSemaphore(value: 0)
+    }
+
+    /// A bump with nobody announced makes no wake call; an announced sleeper is woken (a real
+    /// thread asleep in FUTEX_WAIT on a shared word in a MAP_SHARED mapping); a bump between a
+    /// sleeper's read and its announcement makes the announcement fail, so it looks again.
+    @Test func wakeWordsWakeOnlyAnnouncedSleepers() throws {
+        let page = mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
+        try #require(page != MAP_FAILED)
+        defer { munmap(page, 4096) }
+        let word = page!.assumingMemoryBound(to: UInt32.self)
+        #expect(pmll_wakeword_bump(word) == 0 && word.pointee == 1)
+
+        var expected: UInt32 = 0
+        let stale = word.pointee
+        #expect(pmll_wakeword_bump(word) == 0)
+        #expect(pmll_wakeword_announce_sleeper(word, stale, &expected) == 0)   // it moved: look again
+
+        let seen = word.pointee
+        #expect(pmll_wakeword_announce_sleeper(word, seen, &expected) != 0 && expected == seen | PMLL_WAKEWORD_SLEEPERS)
+        let address = UInt(bitPattern: word), value = expected
+        let result = WaitResult()
+        DispatchQueue.global().async {
+            let rc = pmll_futex_wait(UnsafeMutablePointer(bitPattern: address)!, value, pmll_clock_monotonic_ns() + 10_000_000_000)
+            result.code.store(Int(rc), ordering: .sequentiallyConsistent)
+            result.done.signal()
+        }
+        usleep(50_000)   // asleep in the kernel by now (else its wait sees the bump: -EAGAIN)
+        #expect(pmll_wakeword_bump(word) == 1)
+        #expect(word.pointee & PMLL_WAKEWORD_SLEEPERS == 0 && word.pointee & ~PMLL_WAKEWORD_SLEEPERS == seen &+ 1)
+        #expect(result.done.wait(timeout: .now() + 15) == .success)
+        #expect(result.code.load(ordering: .sequentiallyConsistent) == 0)   // woken, not timed out
+        #expect(pmll_wakeword_bump(word) == 0)   // the bit went with the wake
     }
 
     // MARK: Access policy

@@ -880,6 +880,26 @@ int pmll_futex_waitv(const pmll_futex_waiter_t *waiters, uint32_t count, int64_t
 int pmll_futex_wait_private(uint32_t *word, uint32_t expected, int64_t deadline_ns);
 int pmll_futex_wake_private(uint32_t *word, int32_t count);
 
+// Words woken on demand (the queue turn words, the group-commit word): bit 31 says that a
+// process sleeps on the word, set by the sleeper just before it sleeps, so that a bump with
+// nobody asleep makes no system call (a FUTEX_WAKE on a shared word pins the word's page and
+// hashes it: a system call per bump was the largest single cost of an uncontended queue
+// operation). The other 31 bits count bumps.
+#define PMLL_WAKEWORD_SLEEPERS 0x80000000u
+// The value to sleep on, given `seen` (read before the sleeper checked its condition): `seen`
+// with the bit set, returning 1; 0 if the word moved since (check the condition again).
+static inline int pmll_wakeword_announce_sleeper(uint32_t *word, uint32_t seen, uint32_t *expected) {
+    if (!(seen & PMLL_WAKEWORD_SLEEPERS)) {
+        uint32_t e = seen;
+        if (!__atomic_compare_exchange_n(word, &e, seen | PMLL_WAKEWORD_SLEEPERS, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) return 0;
+    }
+    *expected = seen | PMLL_WAKEWORD_SLEEPERS;
+    return 1;
+}
+// Counts a bump and clears the bit; wakes every sleeper if the bit was set. Returns 1 if it
+// made the wake call, 0 if nobody had announced a sleep, or -errno.
+int pmll_wakeword_bump(uint32_t *word);
+
 // Names the calling thread (15 bytes at most), as `top -H` and /proc show it.
 void pmll_thread_set_name(const char *name);
 
