@@ -631,7 +631,8 @@ struct EtcdClusterTests {
         #expect(second.stderr.contains("died while holding"), "the majority's next holder is told: \(second.stderr)")
         try lab.heal(0)
         _ = FileManager.default.createFile(atPath: go, contents: nil)
-        try waitUntilSync(timeout: 60) { FileManager.default.fileExists(atPath: rc) }
+        // `echo $? > rc` creates the file before it writes: wait for the status, not the file.
+        try waitUntilSync(timeout: 60) { ((try? String(contentsOfFile: rc, encoding: .utf8)) ?? "").hasSuffix("\n") }
         let stale = (try? String(contentsOfFile: rc, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(stale == "75", "the cut-off holder's fenced commit must be refused (exit 75), got \(stale ?? "nothing")")
         #expect(holder.wait(timeout: 60) == 75, "the cut-off holder learns it lost the lock: \(holder.stderr)")
