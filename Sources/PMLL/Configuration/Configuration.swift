@@ -53,7 +53,12 @@ public struct Configuration: Sendable {
     /// What `pmll recover` and programs that pass it to ``Pool/recover(handlers:policies:dryRun:timeout:)``
     /// do with operations abandoned by dead processes.
     public var recovery = RecoveryPolicies()
-    private var sources: [String: Source] = [:]
+    /// Where each setting that is not a default came from. A handful of entries: an array,
+    /// not a dictionary, because a `[String: Source]` was the first generic type `pmll lock`
+    /// instantiated that needs a conformance (`String: Hashable`), and the runtime's first
+    /// conformance lookup walks every conformance record of the executable (about 3 % of a
+    /// `pmll lock` process; Docs/Benchmarks.md, issue 23).
+    private var sources: [(key: String, source: Source)] = []
 
     public init() {}
 
@@ -86,10 +91,17 @@ public struct Configuration: Sendable {
 
     /// Every setting with its effective value and source, in the documented order.
     public var settings: [Setting] {
-        Self.schema.map { Setting(key: $0.key, value: $0.show(self), source: sources[$0.key] ?? .defaultValue) }
+        Self.schema.map { Setting(key: $0.key, value: $0.show(self), source: source(of: $0.key)) }
     }
 
-    public func source(of key: String) -> Source { sources[key] ?? .defaultValue }
+    public func source(of key: String) -> Source {
+        sources.last(where: { $0.key == key })?.source ?? .defaultValue
+    }
+
+    private mutating func record(_ key: String, _ source: Source) {
+        sources.removeAll { $0.key == key }
+        sources.append((key, source))
+    }
 
     /// Sets `key` from text (a flag's or a variable's value), as the file would.
     public mutating func override(_ key: String, _ text: String, source: Source) throws(PMLLError) {
@@ -98,7 +110,7 @@ public struct Configuration: Sendable {
         }
         let value: ConfigJSON = entry.kind == .string || entry.kind == .action ? .string(text) : entry.kind == .bool ? (text == "true" ? .bool(true) : text == "false" ? .bool(false) : .string(text)) : (Int64(text).map(ConfigJSON.integer) ?? .string(text))
         try set(entry, value, where: source.description, line: nil)
-        sources[key] = source
+        record(key, source)
     }
 
     // MARK: reading files
@@ -149,7 +161,7 @@ public struct Configuration: Sendable {
                     throw .invalidConfiguration(file: where_, line: line, key: key, reason: "unknown setting (\(section) has: \(known.joined(separator: ", ")))")
                 }
                 try set(entry, value, where: where_, line: line)
-                sources[key] = .file(path)
+                record(key, .file(path))
             }
         }
         if backupInterval != nil && backupDirectory == nil {

@@ -5,7 +5,7 @@ package import Synchronization
 /// not the layers' types.
 @usableFromInline
 package enum ServiceSlot: Int, CaseIterable {
-    case locks, store
+    case locks, store, telemetry
 }
 
 /// Per-pool state of a layer above the core (the lock table and name cache, the state

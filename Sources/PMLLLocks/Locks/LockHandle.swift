@@ -101,7 +101,7 @@ extension Pool {
     /// Throws ``PMLLError/levelMismatch(name:existing:requested:)`` if it exists at another level.
     public func lock(named name: String, level: LockLevel) throws(PMLLError) -> LockHandle {
         let service = lockService
-        if let index = service.cache.withLock({ $0[name] }) {
+        if let index = service.cache.withLock({ $0.index(of: name) }) {
             let existing = LockLevel(rawValue: memory.lock(index).pointee.level) ?? level
             guard existing == level else { throw .levelMismatch(name: name, existing: existing, requested: level) }
             return LockHandle(pool: self, id: LockID(name: name, level: level), index: index)
@@ -109,7 +109,7 @@ extension Pool {
         guard let index = try table.index(of: name, level: level, create: !isReadOnly, creation: tableCreation) else {
             throw .readOnlyPool(path: path, operation: "create lock '\(name)'")
         }
-        service.cache.withLock { $0[name] = index }
+        service.cache.withLock { $0.insert(name, index) }
         return LockHandle(pool: self, id: LockID(name: name, level: level), index: index)
     }
 

@@ -5,7 +5,7 @@ package import PMLLCore
 /// The lock layer's per-pool state: the lock table and this process's name → index cache.
 package final class LockService: Sendable {
     package let table: LockTable
-    let cache = Mutex<[String: LockIndex]>([:])
+    let cache = Mutex(LockNameCache())
 
     init(_ pool: Pool) {
         let memory = pool.memory
@@ -14,6 +14,34 @@ package final class LockService: Sendable {
             try pool.extendTable(memory.lockExtents, k, name: "lock")
         }
     }
+}
+
+/// This process's name → index cache over the lock table (``Pool/lock(named:level:)``):
+/// direct-mapped by the name's hash, 256 entries, made at the first insert; a miss looks in
+/// the table itself. Not a `Dictionary`: bounded in a process that names millions of locks,
+/// and a `[String: LockIndex]` made `pmll lock` pay the runtime's first conformance lookup
+/// (`String: Hashable`, a walk over every conformance record of the executable: about 3 % of
+/// the process; Docs/Benchmarks.md, issue 23).
+struct LockNameCache: Sendable {
+    private static let size = 256
+    private var entries: [Entry?] = []
+
+    private struct Entry: Sendable {
+        let name: String
+        let index: LockIndex
+    }
+
+    func index(of name: String) -> LockIndex? {
+        guard !entries.isEmpty, let entry = entries[Self.slot(of: name)], entry.name == name else { return nil }
+        return entry.index
+    }
+
+    mutating func insert(_ name: String, _ index: LockIndex) {
+        if entries.isEmpty { entries = Array(repeating: nil, count: Self.size) }
+        entries[Self.slot(of: name)] = Entry(name: name, index: index)
+    }
+
+    private static func slot(of name: String) -> Int { name.hashValue & (size - 1) }
 }
 
 extension Pool {
