@@ -261,6 +261,30 @@ struct LockTests {
         #expect(names.contains("pkg/ünïcödé 🚀 \t spaces:colons"))
     }
 
+    /// The process's name → index cache (256 entries, direct-mapped by hash) never hands one
+    /// name another's lock: 1,000 names, each looked up and taken 1-3 times in shuffled
+    /// orders, and each counts exactly its own acquisitions.
+    @Test func lookupsThroughTheNameCacheFindTheirOwnLock() throws {
+        let scratch = Scratch()
+        var options = PoolOptions()
+        options.lockCapacity = 2048
+        let pool = try Pool.open(path: scratch.file("c.pool"), options: options)
+        let names = (0..<1000).map { "cache/\($0)" }
+        for round in 0..<3 {
+            for (i, name) in names.enumerated().shuffled() where i % 3 >= round {
+                try pool.lock(named: name, level: .package).withLock { _ in }
+            }
+        }
+        let counts = Dictionary(uniqueKeysWithValues: try pool.status().locks.map { ($0.name, $0.acquisitions) })
+        for (i, name) in names.enumerated() { #expect(counts[name] == UInt64(i % 3 + 1), "\(name)") }
+        // Cached or not, a name asked for at another level answers with the level it has.
+        for name in names.prefix(300) {
+            #expect(throws: PMLLError.levelMismatch(name: name, existing: .package, requested: .network)) {
+                try pool.lock(named: name, level: .network)
+            }
+        }
+    }
+
     /// A full lock table grows (Docs/PoolFormat.md "Table growth"); at the pool's size limit
     /// it cannot, and a new name is a typed error with the pool unchanged.
     @Test func lockTableFull() throws {
