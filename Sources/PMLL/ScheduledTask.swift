@@ -35,7 +35,7 @@ public final class ScheduledTask: @unchecked Sendable {
     private let stopRequested = Atomic<Bool>(false)
     private let wake = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
     private let thread = Mutex<pthread_t?>(nil)
-    static let logger = Logger(label: "pmll.check")
+    static let logger = LibraryLogging.logger(label: "pmll.check")
     static let key = "pmll:check/last"
     static let claimKey = "pmll:check/claim"
     /// What one run does (a check, a backup), and the keys of its record and claim.
@@ -202,7 +202,7 @@ public struct BackupRecord: Codable, Sendable, Equatable {
 
     static let key = "pmll:backup/last"
     static let claimKey = "pmll:backup/claim"
-    static let logger = Logger(label: "pmll.backup")
+    static let logger = LibraryLogging.logger(label: "pmll.backup")
 
     static func run(_ pool: Pool, directory: String, keep: Int) {
         var destination: String?, error: String?, blocked: Int64 = 0

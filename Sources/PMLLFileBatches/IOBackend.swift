@@ -30,7 +30,7 @@ public enum FileCreation: String, Sendable, Codable {
 /// EINVAL, ENOMEM or EOPNOTSUPP switches the process to syscalls for good.
 package final class IOBackend: @unchecked Sendable {
     package static let shared = IOBackend()
-    private static let logger = Logger(label: "pmll.io")
+    private static let logger = LibraryLogging.logger(label: "pmll.io")
     private let ring = Mutex<RingHandle>(RingHandle())   // the ring is used by one batch at a time
 
     /// liburing's ring is not thread-safe; the mutex serialises its use.

@@ -2,6 +2,7 @@ public import ArgumentParser
 import Synchronization
 import Logging
 public import PMLL
+import PMLLCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -22,10 +23,14 @@ struct PMLLCommand: AsyncParsableCommand {
 
     /// Every failure ends as one line on stderr starting `pmll:` and a documented status.
     static func main() async {
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = Logger.Level(rawValue: getenv("PMLL_LOG_LEVEL").map { String(cString: $0) } ?? "") ?? .warning
-            return handler
+        // Put off until the library makes a logger: `lock` and `flock` usually never do, and
+        // swift-log's first use was 2 % of such a process (issue 23).
+        LibraryLogging.deferBootstrap {
+            LoggingSystem.bootstrap { label in
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = Logger.Level(rawValue: getenv("PMLL_LOG_LEVEL").map { String(cString: $0) } ?? "") ?? .warning
+                return handler
+            }
         }
         // A pool truncated under us (or storage that fails) faults in the mapping: one
         // `pmll:` line and exit 65 instead of death by SIGBUS.
@@ -37,6 +42,7 @@ struct PMLLCommand: AsyncParsableCommand {
         }
         do {
             if let fast = FastPath.command(CommandLine.arguments) { try fast() }
+            LibraryLogging.bootstrapNow()   // the other commands and their dependencies may log
             var command = try parseAsRoot()
             if var asyncCommand = command as? any AsyncParsableCommand {
                 try await asyncCommand.run()

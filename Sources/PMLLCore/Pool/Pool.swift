@@ -77,7 +77,7 @@ public final class Pool: Sendable {
     /// This process's events, reported through swift-metrics. Made at first use: its handles
     /// cost about 1 % of a `pmll lock` process, which reports nothing on an uncontended path.
     package var telemetry: Telemetry { services.get(.telemetry) { Telemetry() } }
-    package static let logger = Logger(label: "pmll.pool")
+    package static let logger = LibraryLogging.logger(label: "pmll.pool")
 
     public struct OpenReport: Sendable, Equatable {
         /// This call created the pool file.
@@ -239,10 +239,10 @@ public final class Pool: Sendable {
         self.unmapsAtClose = options.unmapsAtClose
         mapped = false
         if let reset, reset != .created {
-            Self.logger.debug("pool volatile state reset", metadata: ["path": "\(path)", "reason": "\(reset.rawValue)"])
-            // Audited when it cleared something: a reboot, or processes that died attached
-            // (a clean pool reopened by the next lone process is not an event).
+            // Audited and logged when it cleared something: a reboot, or processes that died
+            // attached (a clean pool reopened by the next lone process is not an event).
             if reset == .reboot || deadSlots > 0 {
+                Self.logger.debug("pool volatile state reset", metadata: ["path": "\(path)", "reason": "\(reset.rawValue)", "dead slots": "\(deadSlots)"])
                 audit(.reset, .ok, "volatile state reset (\(reset.rawValue)): \(deadSlots) process slot(s) of dead processes freed, lock words and queue waits cleared")
             }
         }
