@@ -1,4 +1,5 @@
 import ArgumentParser
+import CPMLL
 import Foundation
 
 /// `pmll-bench`: lock benchmarks with peers measured in the same run (Docs/Benchmarks.md).
@@ -10,6 +11,26 @@ struct Bench: AsyncParsableCommand {
         subcommands: [Locks.self, AsyncBench.self, QueueBench.self, AuditBench.self, TransactionBench.self, ScaleBench.self, StartupBench.self, EtcdBench.self, BatchBench.self, BatchChild.self, ContendChild.self, TakeoverChild.self, ReadWriteChild.self, StarveChild.self, QueueChild.self, TransactionChild.self],
         defaultSubcommand: Locks.self
     )
+
+    /// Set by ``BenchChild`` to the parent's pid.
+    static let parentVariable = "PMLL_BENCH_PARENT"
+
+    static func main() async {
+        if let parent = ProcessInfo.processInfo.environment[parentVariable].flatMap({ Int32($0) }),
+           CommandLine.arguments.count > 1, CommandLine.arguments[1].hasSuffix("-child") {
+            _ = pmll_die_with_parent(parent)
+        }
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
 
 struct Locks: ParsableCommand {

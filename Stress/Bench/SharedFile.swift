@@ -22,6 +22,9 @@ final class BenchChild {
         process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         process.arguments = arguments
         process.standardOutput = pipe
+        // The child kills itself when this process exits (``Bench/main()``): a bench stopped
+        // midway had left its children running, disturbing every later measurement.
+        process.environment = ProcessInfo.processInfo.environment.merging([Bench.parentVariable: "\(getpid())"]) { $1 }
         try process.run()
     }
 
