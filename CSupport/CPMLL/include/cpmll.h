@@ -640,6 +640,12 @@ static inline void pmll_cpu_relax(void) {
 #endif
 }
 
+// The library's own locks (state store, queues, batches) are named "pmll:..."; read in
+// place (copying the 256-byte name out to compare it was 5 % of a queue operation).
+static inline int pmll_lock_is_internal(const pmll_lock_entry_t *e) {
+    return e->name[0] == 'p' && e->name[1] == 'm' && e->name[2] == 'l' && e->name[3] == 'l' && e->name[4] == ':';
+}
+
 // Lock fast paths: one CAS each, no syscall.
 // Sequentially consistent, with the load of `readers` after it: a writer that takes the word
 // and a reader that counts itself in and then loads the word cannot both miss each other.

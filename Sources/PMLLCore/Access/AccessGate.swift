@@ -113,14 +113,17 @@ package final class AccessGate: Sendable {
     @usableFromInline @inline(never)
     package func checkLock(_ pool: Pool, _ index: LockIndex, shared: Bool) throws(PMLLError) {
         let entry = pool.memory.lock(index)
-        let level = LockLevel(rawValue: entry.pointee.level) ?? .network
         if readOnly {
+            let level = LockLevel(rawValue: entry.pointee.level) ?? .network
             let name = String(fixedCString: entry.pointee.name)
             throw .readOnlyPool(path: pool.path, operation: AccessRequest.lock(name: name, level: level, shared: shared).description)
         }
         // The library's own locks (store, queues, batches) are governed by the rules of what
-        // they protect. The policy is not read for them: reading it takes the store lock.
-        if withUnsafeBytes(of: entry.pointee.name, { $0.starts(with: "pmll:".utf8) }) { return }
+        // they protect. The policy is not read for them: reading it takes the store lock. So a
+        // process that takes only those (a queue worker) always comes here, and this must
+        // stay a few loads.
+        if pmll_lock_is_internal(entry) != 0 { return }
+        let level = LockLevel(rawValue: entry.pointee.level) ?? .network
         guard let policy = try policy(pool), policy.hasLockRules else { return }
         let name = String(fixedCString: entry.pointee.name)
         // A decision depends on the entry and the epoch only, unless a rule names a mode:
