@@ -48,6 +48,7 @@ extension Pool {
     @usableFromInline @inline(never)
     func acquireSlow(entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: LockIndex, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Taken {
         cancellation?.waitBegins()
+        _ = telemetry   // made now, while the lock is taken, not after the wait (``granted``)
         var attempt = AcquireAttempt(pool: self, entry: entry, index: index, deadline: deadline, cancellation: cancellation)
         return try attempt.runHere()
     }
@@ -60,6 +61,7 @@ extension Pool {
         if let fast = acquireFast(entry) {
             taken = fast
         } else {
+            _ = telemetry   // made now, while the lock is taken, not after the wait (``granted``)
             let attempt = AcquireAttempt(pool: self, entry: entry, index: index, deadline: deadline, cancellation: Cancellation(), spinNanoseconds: 0, watchesOwner: false)
             taken = try await WaiterThread.shared.wait(attempt)
         }
