@@ -14,6 +14,21 @@ struct CLITests {
         #expect(env.stdout == "3:y")
     }
 
+    /// Start-up (issue 23, Docs/Benchmarks.md): a `pmll lock` process maps no shared object but
+    /// libc, libm and the loader. The Swift runtime, Foundation, libstdc++, GCC's unwinder,
+    /// liburing and libsodium are linked in (CSupport/StaticLibs); each shared one cost 2-5 % of
+    /// a `pmll lock`, and a build that silently falls back to one fails here. COMMAND reads
+    /// the maps of its parent, the `pmll` process.
+    @Test func aLockProcessMapsOnlyLibcLibmAndTheLoader() throws {
+        let scratch = Scratch()
+        let r = try run(Binaries.pmll, ["lock", "--pool", scratch.file("maps.pool"), "x", "--", "/bin/sh", "-c",
+                                        "grep -o '/[^ ]*[.]so[^ ]*' /proc/$PPID/maps | sort -u"])
+        #expect(r.status == 0, "\(r)")
+        let objects = Set(r.stdout.split(separator: "\n").map { String($0.split(separator: "/").last ?? "") })
+        #expect(!objects.isEmpty, "no shared object seen at all: the probe is broken (\(r))")
+        #expect(objects.isSubset(of: ["libc.so.6", "libm.so.6", "ld-linux-x86-64.so.2"]), "\(objects.sorted())")
+    }
+
     @Test func timeoutExits75AndNamesTheHolder() throws {
         let scratch = Scratch()
         let pool = scratch.file("t.pool")
