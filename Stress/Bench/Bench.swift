@@ -3,7 +3,6 @@ import CPMLL
 import Foundation
 
 /// `pmll-bench`: lock benchmarks with peers measured in the same run (Docs/Benchmarks.md).
-@main
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pmll-bench",
@@ -14,22 +13,17 @@ struct Bench: AsyncParsableCommand {
 
     /// Set by ``BenchChild`` to the parent's pid.
     static let parentVariable = "PMLL_BENCH_PARENT"
+}
 
+/// The entry: a benchmark child first ties its life to its parent's, then ArgumentParser runs.
+@main
+enum BenchEntry {
     static func main() async {
-        if let parent = ProcessInfo.processInfo.environment[parentVariable].flatMap({ Int32($0) }),
+        if let parent = ProcessInfo.processInfo.environment[Bench.parentVariable].flatMap({ Int32($0) }),
            CommandLine.arguments.count > 1, CommandLine.arguments[1].hasSuffix("-child") {
             _ = pmll_die_with_parent(parent)
         }
-        do {
-            var command = try parseAsRoot()
-            if var asyncCommand = command as? any AsyncParsableCommand {
-                try await asyncCommand.run()
-            } else {
-                try command.run()
-            }
-        } catch {
-            exit(withError: error)
-        }
+        await Bench.main()
     }
 }
 
