@@ -59,6 +59,29 @@ struct CLITests {
         #expect(after.stdout == "died=")
     }
 
+    /// `lock` puts off swift-log's bootstrap until the library makes a logger (start-up,
+    /// issue 23): a line it logs must still come through the command's handler, at the level
+    /// `PMLL_LOG_LEVEL` sets (default warning), in the command's format. A lone open after a
+    /// holder was killed resets the pool's volatile state and logs that at debug level.
+    @Test func aLockThatLogsStillUsesTheCommandsLogHandler() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("log.pool")
+        for level in ["debug", ""] {
+            let holder = try Child(Binaries.pmll, ["lock", "--pool", pool, "h", "--", "sleep", "30"])
+            try waitUntilHeld(pool: pool, lock: "h")
+            holder.killTree()
+            holder.wait()
+            let r = try run(Binaries.pmll, ["lock", "--pool", pool, "x", "--", "true"],
+                            environment: level.isEmpty ? [:] : ["PMLL_LOG_LEVEL": level])
+            #expect(r.status == 0, "\(r)")
+            if level == "debug" {
+                #expect(r.stderr.contains(" debug pmll.pool: dead slots=1 ") && r.stderr.contains("pool volatile state reset"), "\(r)")
+            } else {
+                #expect(r.stderr.isEmpty, "a debug line passed the default level: \(r)")
+            }
+        }
+    }
+
     @Test func commandKilledBySignalMarksTheLock() throws {
         let scratch = Scratch()
         let pool = scratch.file("s.pool")
