@@ -24,7 +24,7 @@ struct PMLLCommand: AsyncParsableCommand {
     /// Every failure ends as one line on stderr starting `pmll:` and a documented status.
     static func main() async {
         // Put off until the library makes a logger: `lock` and `flock` usually never do, and
-        // swift-log's first use was 2 % of such a process (issue 23).
+        // swift-log's first use was about 5 % of such a process (issue 23, Docs/Benchmarks.md).
         LibraryLogging.deferBootstrap {
             LoggingSystem.bootstrap { label in
                 var handler = StreamLogHandler.standardError(label: label)

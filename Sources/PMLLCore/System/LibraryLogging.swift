@@ -3,7 +3,7 @@ import Synchronization
 
 /// The library's loggers are made here, so that a program may put off its
 /// `LoggingSystem.bootstrap` until the library first needs a logger: swift-log's first use
-/// (its factory and the handler's metadata) was about 2 % of a `pmll lock` process, which on
+/// (its factory and the handler's metadata) was about 5 % of a `pmll lock` process, which on
 /// its usual path logs nothing. A program that bootstraps at start, as most do, is unaffected.
 package enum LibraryLogging {
     private static let pendingBootstrap = Mutex<(@Sendable () -> Void)?>(nil)
