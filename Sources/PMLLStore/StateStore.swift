@@ -85,15 +85,28 @@ package final class StateStore: @unchecked Sendable {
     }
 
     /// Re-reads the directory if another process changed it (a growth), mapping what it adds.
-    /// Under the store lock, or in a read that validates itself afterwards.
+    /// Under the store lock, or in a read that validates itself afterwards: such a read may
+    /// cache the directory of a growth not yet committed, which is whole (one copy, checksum
+    /// checked) and is replaced if that growth is rolled back, since then the generation or,
+    /// once another growth takes the same generation, the checksum differs.
+    /// A view replaces only the one it was compared with: a thread whose copy is older than what
+    /// another thread of the process cached meanwhile (perhaps under the store lock, right
+    /// after its own growth) must not put it back.
     @discardableResult
     package func refresh() throws(PMLLError) -> StoreView {
-        let known = view
-        guard pmll_load64_acquire(&directory.pointee.generation) != known.generation else { return known }
-        let fresh = try GrowthDirectory.view(memory.base, layout: layout, poolLayout: memory.layout, path: path)
-        try memory.mapping.ensureMapped(upTo: fresh.end)
-        current.withLock { $0 = fresh }
-        return fresh
+        while true {
+            let known = view
+            guard pmll_load64_acquire(&directory.pointee.generation) != known.generation
+                    || pmll_load32(&directory.pointee.checksum) != known.checksum else { return known }
+            let fresh = try GrowthDirectory.view(memory.base, layout: layout, poolLayout: memory.layout, path: path)
+            try memory.mapping.ensureMapped(upTo: fresh.end)
+            let replaced = current.withLock { (cached: inout StoreView) -> Bool in
+                guard cached === known else { return false }
+                cached = fresh
+                return true
+            }
+            if replaced { return fresh }
+        }
     }
 
     package static func validate(key: String, user: Bool = false) throws(PMLLError) {

@@ -13,9 +13,13 @@ package struct BlockSpan: Sendable, Equatable {
 
 /// The store's tables as its growth directory describes them at one generation: where the
 /// key index is and how large, and the block spans. Immutable; a process makes a new one when
-/// the directory's generation moves (``StateStore/refresh()``), under the store lock.
+/// the directory's generation or checksum moves (``StateStore/refresh()``).
 package final class StoreView: @unchecked Sendable {
     package let generation: UInt64
+    /// The directory's checksum at that generation: a growth rolled back after a crash leaves
+    /// the generation where it was, so the next growth publishes that generation again with
+    /// other areas; a view is current only while both match.
+    package let checksum: UInt32
     package let indexOffset: Int
     package let capacity: UInt32
     package let spans: [BlockSpan]
@@ -31,10 +35,11 @@ package final class StoreView: @unchecked Sendable {
     package let end: Int
     private let base: UnsafeMutableRawPointer
 
-    package init(base: UnsafeMutableRawPointer, generation: UInt64, indexOffset: Int, capacity: UInt32, spans: [BlockSpan],
+    package init(base: UnsafeMutableRawPointer, generation: UInt64, checksum: UInt32, indexOffset: Int, capacity: UInt32, spans: [BlockSpan],
                  areas: [pmll_area_t], growths: UInt32, end: Int) {
         self.base = base
         self.generation = generation
+        self.checksum = checksum
         self.indexOffset = indexOffset
         self.capacity = capacity
         self.spans = spans
@@ -112,16 +117,18 @@ package final class StoreView: @unchecked Sendable {
 extension GrowthDirectory {
     /// The view the directory describes, checked against the created layout and the limit.
     package static func view(_ base: UnsafeMutableRawPointer, layout: StoreLayout, poolLayout: PoolLayout, path: String) throws(PMLLError) -> StoreView {
-        let g = pointer(base, heapStart: poolLayout.heap.lowerBound)
-        let created = BlockSpan(first: 0, count: layout.blockCount, bitmapOffset: layout.bitmap.lowerBound, blocksOffset: layout.blocks.lowerBound)
-        guard g.pointee.magic != 0 else {
-            return StoreView(base: base, generation: 0, indexOffset: layout.index.lowerBound, capacity: UInt32(layout.keyCapacity),
-                             spans: layout.blockCount > 0 ? [created] : [], areas: [], growths: 0, end: poolLayout.heap.upperBound)
-        }
         func damaged(_ reason: String) -> PMLLError { .corruptPool(path: path, reason: "state store growth directory: \(reason)") }
-        guard g.pointee.magic == PMLL_GROWTH_MAGIC, g.pointee.area_count <= PMLL_AREA_MAX else { throw damaged("bad magic or area count") }
-        guard checksum(g) == g.pointee.checksum else { throw damaged("checksum mismatch") }
-        let areas = Self.areas(g)
+        // One copy, so that the generation, the checksum and the areas are of one directory.
+        guard var copy = copy(base, heapStart: poolLayout.heap.lowerBound) else { throw damaged("it kept changing while it was read") }
+        let created = BlockSpan(first: 0, count: layout.blockCount, bitmapOffset: layout.bitmap.lowerBound, blocksOffset: layout.blocks.lowerBound)
+        guard copy.magic != 0 else {
+            return StoreView(base: base, generation: 0, checksum: copy.checksum, indexOffset: layout.index.lowerBound,
+                             capacity: UInt32(layout.keyCapacity), spans: layout.blockCount > 0 ? [created] : [], areas: [], growths: 0,
+                             end: poolLayout.heap.upperBound)
+        }
+        guard copy.magic == PMLL_GROWTH_MAGIC, copy.area_count <= PMLL_AREA_MAX else { throw damaged("bad magic or area count") }
+        guard intact(copy) else { throw damaged("checksum mismatch") }
+        let areas = withUnsafePointer(to: &copy) { Self.areas($0) }
         var spans = layout.blockCount > 0 ? [created] : []
         var end = poolLayout.growthStart
         var indexOffset = layout.index.lowerBound, capacity = UInt32(layout.keyCapacity)
@@ -163,13 +170,16 @@ extension GrowthDirectory {
         }
         spans.sort { $0.first < $1.first }
         for (a, b) in zip(spans, spans.dropFirst()) where b.first < a.end { throw damaged("blocks areas overlap in block numbers") }
-        if g.pointee.index_area != PMLL_INDEX_CREATED {
-            let i = Int(g.pointee.index_area)
+        if copy.index_area != PMLL_INDEX_CREATED {
+            let i = Int(copy.index_area)
             guard i < areas.count, areas[i].kind == PMLL_AREA_INDEX else { throw damaged("the key index names area \(i), not an index") }
             indexOffset = Int(areas[i].offset)
             capacity = areas[i].count
         }
-        return StoreView(base: base, generation: g.pointee.generation, indexOffset: indexOffset, capacity: capacity, spans: spans,
-                         areas: areas, growths: g.pointee.growths, end: end)
+        // A pause point for tests: a growth by another process while this one stops here
+        // must leave this view as it was read (one directory), not part of each.
+        CrashPoint.hit("growth.read")
+        return StoreView(base: base, generation: copy.generation, checksum: copy.checksum, indexOffset: indexOffset, capacity: capacity,
+                         spans: spans, areas: areas, growths: copy.growths, end: end)
     }
 }

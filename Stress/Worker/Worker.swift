@@ -342,26 +342,21 @@ struct TxCounter: ParsableCommand {
         let pool = try Pool.open(path: pool)
         let options = TransactionOptions(isolation: isolation == "none" ? .none : .serializable)
         let committed = Atomic<Int>(0), conflicts = Atomic<Int>(0), failures = Atomic<Int>(0)
-        let done = DispatchSemaphore(value: 0)
-        for _ in 0..<threads {
-            Thread { [key, count] in
-                for _ in 0..<count {
-                    do {
-                        try pool.transaction(options: options) { tx in
-                            let n = Int(try tx.getString(key) ?? "0") ?? 0
-                            try tx.set(key, String(n + 1))
-                        }
-                        committed.add(1, ordering: .relaxed)
-                    } catch PMLLError.transactionConflict {
-                        conflicts.add(1, ordering: .relaxed)
-                    } catch {
-                        failures.add(1, ordering: .relaxed)
+        runOnJoinedThreads(threads) { [key, count] _ in
+            for _ in 0..<count {
+                do {
+                    try pool.transaction(options: options) { tx in
+                        let n = Int(try tx.getString(key) ?? "0") ?? 0
+                        try tx.set(key, String(n + 1))
                     }
+                    committed.add(1, ordering: .relaxed)
+                } catch PMLLError.transactionConflict {
+                    conflicts.add(1, ordering: .relaxed)
+                } catch {
+                    failures.add(1, ordering: .relaxed)
                 }
-                done.signal()
-            }.start()
+            }
         }
-        for _ in 0..<threads { done.wait() }
         emit(["event": "done", "committed": committed.load(ordering: .relaxed), "conflicts": conflicts.load(ordering: .relaxed),
               "errors": failures.load(ordering: .relaxed)])
     }

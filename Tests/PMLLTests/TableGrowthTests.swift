@@ -140,4 +140,40 @@ struct TableGrowthTests {
         #expect(Set(try pool.queues().map(\.name)) == ["old0", "old1", "new"])
         #expect(try pool.check().ok)
     }
+
+    /// A process stopped just after it read the growth directory, while others grow the queue
+    /// table twice, then grows it once more: its view must be the directory it read, whole.
+    /// (A view whose areas were read before the growths and whose generation after them looked
+    /// current, so its growth put the new area over another's: seen in CI as "area 3 ... does
+    /// not follow the one before" and queues of other processes gone.)
+    @Test func aGrowthAfterAStaleReadOfTheDirectoryPlacesItsAreaAfterTheOthers() throws {
+        let scratch = Scratch()
+        let path = scratch.file("sr.pool")
+        do {
+            var options = Self.smallOptions()
+            options.lockCapacity = 64   // only the queue table grows
+            _ = try Pool.open(path: path, options: options)
+        }
+        func exec(_ name: String, environment: [String: String] = [:]) throws -> Child {
+            try Child(Binaries.pmll, ["queue", "exec", "--pool", path, name, "--", "/bin/true"], environment: environment)
+        }
+        // Three queues: the directory names extension 0 of the queue table.
+        for i in 0..<3 { #expect(try exec("q\(i)").wait() == 0) }
+        let reader = try exec("late", environment: ["PMLL_PAUSE_AT": "growth.read"])
+        defer { reader.stopIfRunning() }
+        try reader.waitUntilStopped()
+        // Eight in all fill the created table and extensions 0 and 1: "late" makes extension 2.
+        for i in 3..<8 {
+            let other = try exec("q\(i)")
+            #expect(other.wait(timeout: 60) == 0, "\(other.stderr)")
+        }
+        reader.kill(SIGCONT)
+        #expect(reader.wait(timeout: 60) == 0, "\(reader.stderr)")
+        let pool = try Pool.open(path: path)
+        let queues = try pool.queues()
+        #expect(Set(queues.map(\.name)) == Set((0..<8).map { "q\($0)" } + ["late"]))
+        for stats in queues { #expect(stats.completed == 1, "\(stats)") }
+        #expect(try pool.check().ok)
+        #expect(try run(Binaries.pmll, ["check", "--pool", path]).status == 0)
+    }
 }

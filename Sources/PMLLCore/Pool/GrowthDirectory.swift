@@ -22,10 +22,12 @@ package enum GrowthDirectory {
         }
     }
 
-    /// The areas of an intact directory, copied while other processes may change it (nil if
-    /// it stayed torn or is damaged; empty if the pool never grew). What it names may not be committed yet: a
-    /// caller checks what it finds in an area before it relies on it.
-    package static func snapshot(_ base: UnsafeMutableRawPointer, heapStart: Int) -> [pmll_area_t]? {
+    /// The directory copied while other processes may change it: a copy whose generation did
+    /// not move while it was taken (nil if it kept moving). Every field a caller uses comes from
+    /// this one copy: read field by field from the shared page, a checksum that matched the old
+    /// areas could be paired with the new generation, and a view cached that way named areas
+    /// the directory no longer had (a growth then placed an area over another's).
+    package static func copy(_ base: UnsafeMutableRawPointer, heapStart: Int) -> pmll_growth_t? {
         let g = pointer(base, heapStart: heapStart)
         var copy = pmll_growth_t()
         for _ in 0..<8 {
@@ -33,11 +35,26 @@ package enum GrowthDirectory {
             pmll_fence()
             copy = g.pointee
             pmll_fence()
-            guard pmll_load64_acquire(&g.pointee.generation) == before else { continue }
+            if pmll_load64_acquire(&g.pointee.generation) == before { return copy }
+        }
+        return nil
+    }
+
+    /// Whether a copy is a whole directory: its magic, count and checksum agree.
+    package static func intact(_ copy: pmll_growth_t) -> Bool {
+        var copy = copy
+        return copy.magic == PMLL_GROWTH_MAGIC && copy.area_count <= PMLL_AREA_MAX
+            && withUnsafePointer(to: &copy) { checksum($0) } == copy.checksum
+    }
+
+    /// The areas of an intact directory, copied while other processes may change it (nil if
+    /// it stayed torn or is damaged; empty if the pool never grew). What it names may not be committed yet: a
+    /// caller checks what it finds in an area before it relies on it.
+    package static func snapshot(_ base: UnsafeMutableRawPointer, heapStart: Int) -> [pmll_area_t]? {
+        for _ in 0..<8 {
+            guard var copy = copy(base, heapStart: heapStart) else { return nil }
             if copy.magic == 0 { return [] }
-            guard copy.magic == PMLL_GROWTH_MAGIC, copy.area_count <= PMLL_AREA_MAX else { return nil }
-            let intact = withUnsafePointer(to: &copy) { checksum($0) } == copy.checksum
-            if intact { return withUnsafePointer(to: &copy) { areas($0) } }
+            if intact(copy) { return withUnsafePointer(to: &copy) { areas($0) } }
         }
         return nil
     }
