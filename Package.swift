@@ -46,6 +46,7 @@ let package = Package(
         .executable(name: "pmll", targets: ["pmll"]),
         .executable(name: "pmll-worker", targets: ["PMLLWorker"]),
         .executable(name: "pmll-bench", targets: ["PMLLBench"]),
+        .executable(name: "pmll-bench-holder", targets: ["PMLLBenchHolder"]),
         .executable(name: "pmll-crash", targets: ["PMLLCrash"]),
         .executable(name: "pmll-stress", targets: ["PMLLStress"]),
         .executable(name: "pmll-fuzz", targets: ["PMLLFuzz"]),
@@ -219,6 +220,11 @@ let package = Package(
             ],
             path: "Stress/Bench",
             swiftSettings: swiftSettings
+        ),
+        // The glibc side's small holder in `pmll-bench locks` takeover rows (C, one thread).
+        .executableTarget(
+            name: "PMLLBenchHolder",
+            path: "Stress/BenchHolder"
         ),
         // Small pieces the stress tools share (seeded RNG).
         .target(

@@ -35,7 +35,12 @@ struct Locks: ParsableCommand {
     @Option var seconds = 2.0
     @Option var rounds = 200
     @Option(help: "Run only these parts (uncontended, contended, takeover, mix, starvation); default all.") var only: [String] = []
+    @Option(help: "The pmll executable, holder of the takeover's -cli rows (default: next to this one).") var pmll: String?
     @Flag var json = false
+
+    private var pmllExecutable: String {
+        pmll ?? (URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/pmll")
+    }
 
     func run() throws {
         var report = Report(command: CommandLine.arguments.joined(separator: " "))
@@ -48,8 +53,8 @@ struct Locks: ParsableCommand {
                     section.contended.append(try Contended.run(kind: kind, processes: processes, seconds: seconds, directory: dir))
                 }
             }
-            for kind in ["pmll", "pthread", "exit"] where runs("takeover") {
-                section.takeover.append(try Takeover.run(kind: kind, rounds: rounds, directory: dir))
+            for kind in Takeover.kinds where runs("takeover") {
+                section.takeover.append(try Takeover.run(kind: kind, rounds: rounds, directory: dir, pmll: pmllExecutable))
             }
             for processes in [2, 4] where runs("mix") {
                 for kind in ReadWriteBench.kinds {
@@ -140,7 +145,7 @@ struct Report: Codable {
                     + pad(String(format: "%.3f", row.minShare), 11) + pad(String(format: "%.3f", row.maxShare), 11)
                     + pad(String(format: "%.3f", row.jainFairness), 7) + (row.exclusionViolated ? "VIOLATED" : "ok") + "\n"
             }
-            out += "\nSIGKILL of the holder until a waiter owns the lock (exit: until the holder's pidfd fires, no waiter)\n"
+            out += "\nSIGKILL of the holder until a waiter owns the lock (-cli: the holder is `pmll lock` running sleep; exit: until the holder's pidfd fires, no waiter)\n"
             for row in s.takeover {
                 out += pad(row.kind, 10) + String(format: "p50 %8.1f us   p99 %8.1f us   max %8.1f us   owner death reported %d/%d\n",
                                                   row.p50Microseconds, row.p99Microseconds, row.maxMicroseconds, row.ownerDeathReported, row.rounds)

@@ -18,8 +18,9 @@ final class BenchChild {
     /// searching it from the start at every read took seconds).
     private var searched = 0
 
-    init(_ arguments: [String]) throws {
-        process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+    /// `executable`: default this benchmark's own executable.
+    init(_ arguments: [String], executable: String? = nil) throws {
+        process.executableURL = executable.map { URL(fileURLWithPath: $0) } ?? URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         process.arguments = arguments
         process.standardOutput = pipe
         // The child kills itself when this process exits (``Bench/main()``): a bench stopped

@@ -16,18 +16,53 @@ enum Takeover {
         let ownerDeathReported: Int
     }
 
-    static func run(kind: String, rounds: Int, directory: String) throws -> Row {
-        let shared = try SharedFile(directory + "/takeover-\(kind).shm", create: true)
-        if kind == "pthread" { precondition(peers_robust_init(shared.base) == 0) }
+    /// The kinds: "pmll" and "pthread" (holder and waiter both this benchmark's executable, a
+    /// Swift process of five threads); "pmll-cli" and "pthread-small" (the holder a small
+    /// process: `pmll lock` running `sleep`, or `pmll-bench-holder`, one C thread; the waiters
+    /// as before); "exit" and "exit-cli" (no waiter: how long either PMLL holder takes to exit
+    /// after SIGKILL, until its pidfd fires).
+    static let kinds = ["pmll", "pthread", "pmll-cli", "pthread-small", "exit", "exit-cli"]
+
+    /// A holder of the lock: "held" once it holds it, and the pid of a process to kill after
+    /// the round besides the holder (the `sleep` a `pmll lock` runs).
+    private static func holder(cli: Bool, kind: String, directory: String, pmll: String) throws -> (BenchChild, pid_t?) {
+        if kind == "pthread-small" {
+            let holder = try BenchChild([directory + "/takeover-pthread.shm"], executable: pmll + "-bench-holder")
+            guard holder.readLine() == "held" else { throw ToolError("pmll-bench-holder failed") }
+            return (holder, nil)
+        }
+        guard cli else {
+            let holder = try BenchChild(["takeover-child", "--kind", kind, "--directory", directory, "--role", "holder"])
+            guard holder.readLine() == "held" else { throw ToolError("holder failed") }
+            return (holder, nil)
+        }
+        let holder = try BenchChild(["lock", "--pool", directory + "/bench.pool", "--level", "package", "bench/takeover", "--",
+                                     "/bin/sh", "-c", "echo held $$; exec sleep 60"], executable: pmll)
+        guard let line = holder.readLine(), line.hasPrefix("held "), let command = pid_t(line.dropFirst(5)) else {
+            throw ToolError("pmll lock holder failed")
+        }
+        return (holder, command)
+    }
+
+    static func run(kind: String, rounds: Int, directory: String, pmll: String) throws -> Row {
+        // The waiter's kind (the small holders take the same locks as the big ones).
+        let waiterKind = kind == "pmll-cli" ? "pmll" : kind == "pthread-small" ? "pthread" : kind
+        let shared = try SharedFile(directory + "/takeover-\(waiterKind).shm", create: true)
+        if kind.hasPrefix("pthread") { precondition(peers_robust_init(shared.base) == 0) }
         _ = try Pool.open(path: directory + "/bench.pool")
+        let cli = kind.hasSuffix("-cli")
+        for (needed, product) in [(cli, pmll), (kind == "pthread-small", pmll + "-bench-holder")] where needed {
+            guard access(product, X_OK) == 0 else {
+                throw ToolError("no executable at \(product) (build it: swift build -c release --product \(URL(fileURLWithPath: product).lastPathComponent))")
+            }
+        }
         var histogram = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
         var reported = 0
         for _ in 0..<rounds {
-            if kind == "exit" {
+            if kind.hasPrefix("exit") {
                 // The floor of any takeover that waits for the kernel to release the holder's
                 // files (OFD byte, pidfd): the pmll holder's own exit, watched by a pidfd.
-                let holder = try BenchChild(["takeover-child", "--kind", "pmll", "--directory", directory, "--role", "holder"])
-                guard holder.readLine() == "held" else { throw ToolError("holder failed") }
+                let (holder, command) = try Self.holder(cli: cli, kind: "pmll", directory: directory, pmll: pmll)
                 let pidfd = pmll_pidfd_open(holder.pid)   // our unreaped child: its PID cannot be reused
                 let killedAt = monotonicNanoseconds()
                 kill(holder.pid, SIGKILL)
@@ -35,13 +70,15 @@ enum Takeover {
                 _ = poll(&poller, 1, 5000)
                 _ = histogram.record(UInt64(max(0, monotonicNanoseconds() - killedAt)))
                 close(pidfd)
+                // Foundation reaps a child only once its output pipe closes, and the holder's
+                // `sleep` keeps it open.
+                if let command { kill(command, SIGKILL) }
                 holder.process.waitUntilExit()
                 reported += 1
                 continue
             }
-            let holder = try BenchChild(["takeover-child", "--kind", kind, "--directory", directory, "--role", "holder"])
-            guard holder.readLine() == "held" else { throw ToolError("holder failed") }
-            let waiter = try BenchChild(["takeover-child", "--kind", kind, "--directory", directory, "--role", "waiter"])
+            let (holder, command) = try Self.holder(cli: cli, kind: kind, directory: directory, pmll: pmll)
+            let waiter = try BenchChild(["takeover-child", "--kind", waiterKind, "--directory", directory, "--role", "waiter"])
             guard waiter.readLine() == "waiting" else { throw ToolError("waiter failed") }
             usleep(20_000)   // let the waiter go to sleep in the kernel
             let killedAt = monotonicNanoseconds()
@@ -50,6 +87,7 @@ enum Takeover {
                   let acquiredAt = Int64(parts[0]) else { throw ToolError("waiter gave no time") }
             if parts[1] == "died" { reported += 1 }
             _ = histogram.record(UInt64(max(0, acquiredAt - killedAt)))
+            if let command { kill(command, SIGKILL) }
             holder.process.waitUntilExit()
             waiter.process.waitUntilExit()
         }
