@@ -40,6 +40,15 @@ struct QueueExecCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        let status = try await execute()
+        BackgroundChecks.finish()
+        Glibc.exit(status)
+    }
+
+    /// The operation, from opening the pool to COMMAND's status. The pool is released when
+    /// this returns (its process slot freed), before `run` exits: otherwise the next process
+    /// to open the pool finds a dead process's slot to free and audit.
+    private func execute() async throws -> Int32 {
         let label = command[0].split(separator: "/").last.map(String.init) ?? command[0]
         let pool = try poolArguments.openLongRunning(label: label)
         let queue = try pool.queue(named: name)
@@ -61,12 +70,9 @@ struct QueueExecCommand: AsyncParsableCommand {
         }
         Task { await interrupt.value; work.cancel() }
         do {
-            let status = try await work.value
-            BackgroundChecks.finish()
-            Glibc.exit(status)
+            return try await work.value
         } catch let ended as CommandEnded {
-            BackgroundChecks.finish()
-            Glibc.exit(ended.status)
+            return ended.status
         }
     }
 }

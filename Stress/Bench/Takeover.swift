@@ -23,11 +23,16 @@ enum Takeover {
     /// after SIGKILL, until its pidfd fires).
     static let kinds = ["pmll", "pthread", "pmll-cli", "pthread-small", "exit", "exit-cli"]
 
+    /// The C holder, built beside this benchmark (`--pmll` names only the `pmll` to measure).
+    private static var benchHolder: String {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/pmll-bench-holder"
+    }
+
     /// A holder of the lock: "held" once it holds it, and the pid of a process to kill after
     /// the round besides the holder (the `sleep` a `pmll lock` runs).
     private static func holder(cli: Bool, kind: String, directory: String, pmll: String) throws -> (BenchChild, pid_t?) {
         if kind == "pthread-small" {
-            let holder = try BenchChild([directory + "/takeover-pthread.shm"], executable: pmll + "-bench-holder")
+            let holder = try BenchChild([directory + "/takeover-pthread.shm"], executable: benchHolder)
             guard holder.readLine() == "held" else { throw ToolError("pmll-bench-holder failed") }
             return (holder, nil)
         }
@@ -51,7 +56,7 @@ enum Takeover {
         if kind.hasPrefix("pthread") { precondition(peers_robust_init(shared.base) == 0) }
         _ = try Pool.open(path: directory + "/bench.pool")
         let cli = kind.hasSuffix("-cli")
-        for (needed, product) in [(cli, pmll), (kind == "pthread-small", pmll + "-bench-holder")] where needed {
+        for (needed, product) in [(cli, pmll), (kind == "pthread-small", benchHolder)] where needed {
             guard access(product, X_OK) == 0 else {
                 throw ToolError("no executable at \(product) (build it: swift build -c release --product \(URL(fileURLWithPath: product).lastPathComponent))")
             }

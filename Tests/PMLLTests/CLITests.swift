@@ -264,6 +264,11 @@ struct QueueCLITests {
         let status = try run(Binaries.pmll, ["status", "--pool", pool])
         #expect(status.stdout.contains("jobs"))
         #expect(try run(Binaries.pmll, ["queue", "show", "--pool", pool, "nope"]).status == 66)
+        // Both `queue exec` processes detached before exiting: no later open found a dead
+        // process's slot to free (an `admin.reset` record says one did).
+        let audit = try run(Binaries.pmll, ["audit", "show", "--pool", pool])
+        #expect(audit.status == 0)
+        #expect(audit.stdout.contains("queue.fail") && !audit.stdout.contains("admin.reset"), "\(audit.stdout)")
     }
 
     @Test func queueExecTimesOutWith75AndIsCancelledBySIGINT() throws {
