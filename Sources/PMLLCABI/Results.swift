@@ -25,7 +25,7 @@ enum CResult {
             CPM_RESULT_ERROR_INVALID_ARGS
         case .valueTooLarge, .payloadTooLarge, .transactionTooLarge: pmll_abi_too_large
         case .hierarchyViolation: pmll_abi_hierarchy_violation
-        case .timeout, .queueTimeout, .poolInUse: pmll_abi_lock_timeout
+        case .timeout, .queueTimeout, .poolInUse, .poolDeletedWhileOpen: pmll_abi_lock_timeout
         case .transactionConflict: pmll_abi_conflict
         case .cancelled, .queueCancelled: pmll_abi_cancelled
         case .notAPool, .unsupportedFormatVersion, .incompatibleLayout, .corruptPool, .corruptRecord,

@@ -19,7 +19,7 @@ package enum ExitStatus {
     package static let summary = """
         Exit status: 0 ok; 64 usage error (arguments, lock name, level, hierarchy violation); \
         65 bad or corrupt pool; 66 pool missing or path unusable; 69 etcd pool unreachable; 71 system error; 73 pool full; \
-        75 timeout, transaction conflict, pool in use or lock lost (try again); 77 permission denied; 78 bad configuration; 126/127 COMMAND not executable/not found; \
+        75 timeout, transaction conflict, pool in use (or deleted while in use) or lock lost (try again); 77 permission denied; 78 bad configuration; 126/127 COMMAND not executable/not found; \
         130 interrupted; otherwise COMMAND's own status (128+N if it died of signal N).
         """
 
@@ -32,7 +32,7 @@ package enum ExitStatus {
              .auditLogDamaged, .noAuditLog: badPool
         case .poolNotFound, .invalidPoolPath: noPool
         case .permissionDenied, .foreignOwner, .signatureRejected, .readOnlyPool, .accessDenied: permission
-        case .timeout, .queueTimeout, .transactionConflict, .poolInUse, .lockLost: timeout
+        case .timeout, .queueTimeout, .transactionConflict, .poolInUse, .poolDeletedWhileOpen, .lockLost: timeout
         case .backendUnavailable: unavailable
         case .cancelled, .queueCancelled: interrupted
         case .poolFull, .sizeLimitReached, .noStateStore, .transactionTooLarge, .noSpace: poolFull

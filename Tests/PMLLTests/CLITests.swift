@@ -59,6 +59,27 @@ struct CLITests {
         #expect(after.stdout == "died=")
     }
 
+    /// `rm` of a pool under a holder: a second `lock` must not create a fresh pool there (whose
+    /// lock 'd' would be free while the holder still holds the old one's); it is refused with
+    /// 75 naming the holder, and creates the pool once the holder has exited.
+    @Test func aPoolDeletedUnderAHolderIsNotCreatedAgainUntilTheHolderExits() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("gone.pool")
+        let marker = scratch.file("second-ran")
+        let holder = try Child(Binaries.pmll, ["lock", "--pool", pool, "d", "--", "sleep", "30"])
+        try waitUntilHeld(pool: pool, lock: "d")
+        #expect(unlink(pool) == 0)
+        let refused = try run(Binaries.pmll, ["lock", "--pool", pool, "--timeout", "1", "d", "--", "touch", marker])
+        #expect(refused.status == 75, "\(refused.stderr)")
+        #expect(refused.stderr.hasPrefix("pmll: pool '\(pool)' was deleted while pid \(holder.pid) (pmll) still has it open"), "\(refused.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: marker) && !FileManager.default.fileExists(atPath: pool))
+        holder.killTree()
+        holder.wait()
+        let later = try run(Binaries.pmll, ["lock", "--pool", pool, "d", "--", "touch", marker])
+        #expect(later.status == 0, "\(later.stderr)")
+        #expect(FileManager.default.fileExists(atPath: marker))
+    }
+
     /// `lock` puts off swift-log's bootstrap until the library makes a logger (start-up,
     /// issue 23): a line it logs must still come through the command's handler, at the level
     /// `PMLL_LOG_LEVEL` sets (default warning), in the command's format. A lone open after a

@@ -854,6 +854,11 @@ static inline uint32_t *pmll_slot_exit_word(pmll_process_slot_t *s) { return &s-
 // execvpe(3) (GNU): replaces the process with `file` found on PATH, environment `envp`.
 int pmll_execvpe(const char *file, char *const _Nullable argv[_Nonnull], char *const _Nullable envp[_Nonnull]);
 
+// A process that still maps the file `absolute_path` named before it was deleted (its
+// /proc/PID/maps lists "PATH (deleted)"), or 0 if none this process may look at (other
+// users' processes are invisible without privilege). `command` receives its comm.
+pid_t pmll_find_deleted_mapping(const char *absolute_path, char *_Nullable command, size_t command_size);
+
 // MARK: - Clocks
 
 int64_t pmll_clock_monotonic_ns(void);

@@ -1,0 +1,77 @@
+#define _GNU_SOURCE
+#include "cpmll.h"
+#include <ctype.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+// Reads a whole /proc file (its size is not known in advance). NULL if unreadable.
+static char *read_proc_file(const char *path, size_t *length) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return NULL;
+    size_t capacity = 16384, used = 0;
+    char *buffer = malloc(capacity + 1);
+    while (buffer) {
+        if (used == capacity) {
+            char *bigger = realloc(buffer, capacity * 2 + 1);
+            if (!bigger) { free(buffer); buffer = NULL; break; }
+            buffer = bigger;
+            capacity *= 2;
+        }
+        ssize_t n = read(fd, buffer + used, capacity - used);
+        if (n < 0) { free(buffer); buffer = NULL; break; }
+        if (n == 0) break;
+        used += (size_t)n;
+    }
+    close(fd);
+    if (buffer) { buffer[used] = 0; *length = used; }
+    return buffer;
+}
+
+// Whether a maps listing has a line whose path is exactly `needle` (which ends in " (deleted)").
+static int maps_name(const char *maps, size_t length, const char *needle, size_t needle_length) {
+    const char *end = maps + length;
+    for (const char *p = maps; (p = memmem(p, (size_t)(end - p), needle, needle_length)); p++) {
+        int starts_path = p > maps && p[-1] == ' ';
+        int ends_line = p + needle_length == end || p[needle_length] == '\n';
+        if (starts_path && ends_line) return 1;
+    }
+    return 0;
+}
+
+pid_t pmll_find_deleted_mapping(const char *absolute_path, char *command, size_t command_size) {
+    char needle[PATH_MAX + 16];
+    int needle_length = snprintf(needle, sizeof needle, "%s (deleted)", absolute_path);
+    if (needle_length <= 0 || (size_t)needle_length >= sizeof needle) return 0;
+    DIR *proc = opendir("/proc");
+    if (!proc) return 0;
+    pid_t found = 0;
+    struct dirent *entry;
+    while (!found && (entry = readdir(proc))) {
+        if (!isdigit((unsigned char)entry->d_name[0])) continue;
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%s/maps", entry->d_name);
+        size_t length = 0;
+        char *maps = read_proc_file(path, &length);   // another user's process: EACCES, skipped
+        if (!maps) continue;
+        if (maps_name(maps, length, needle, (size_t)needle_length)) found = (pid_t)atoi(entry->d_name);
+        free(maps);
+    }
+    closedir(proc);
+    if (found && command && command_size > 0) {
+        command[0] = 0;
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/comm", (int)found);
+        size_t length = 0;
+        char *comm = read_proc_file(path, &length);
+        if (comm) {
+            if (length > 0 && comm[length - 1] == '\n') comm[length - 1] = 0;
+            snprintf(command, command_size, "%s", comm);
+            free(comm);
+        }
+    }
+    return found;
+}
