@@ -1,4 +1,5 @@
 public import ArgumentParser
+import Dispatch
 import Synchronization
 import Logging
 public import PMLL
@@ -22,7 +23,35 @@ struct PMLLCommand: AsyncParsableCommand {
     )
 
     /// Every failure ends as one line on stderr starting `pmll:` and a documented status.
-    static func main() async {
+    ///
+    /// Synchronous, so that `pmll lock` and `pmll flock` in their usual forms (``FastPath``)
+    /// run before Swift concurrency starts: an async `main` drains its queue through
+    /// libdispatch, which starts a worker thread (its `clone3` and, when the holder is
+    /// killed, a second thread to tear down). Every other command runs in a task, with the
+    /// main thread parked in `dispatchMain()` as an async `main` would park it.
+    static func main() {
+        prepare()
+        if let fast = FastPath.command(CommandLine.arguments) {
+            do { try fast() } catch { failing(error) }
+        }
+        Task {
+            do {
+                LibraryLogging.bootstrapNow()   // the other commands and their dependencies may log
+                var command = try parseAsRoot()
+                if var asyncCommand = command as? any AsyncParsableCommand {
+                    try await asyncCommand.run()
+                } else {
+                    try command.run()
+                }
+            } catch {
+                failing(error)
+            }
+            Glibc.exit(0)
+        }
+        dispatchMain()
+    }
+
+    private static func prepare() {
         // Put off until the library makes a logger: `lock` and `flock` usually never do, and
         // swift-log's first use was about 5 % of such a process (issue 23, Docs/Benchmarks.md).
         LibraryLogging.deferBootstrap {
@@ -40,22 +69,18 @@ struct PMLLCommand: AsyncParsableCommand {
             // Two names that differ only in invalid bytes would otherwise become one lock.
             fail("argument \(index) is not valid UTF-8: lock and queue names, keys and values must be UTF-8 (give a binary value with --value-file)", status: ExitStatus.usage)
         }
-        do {
-            if let fast = FastPath.command(CommandLine.arguments) { try fast() }
-            LibraryLogging.bootstrapNow()   // the other commands and their dependencies may log
-            var command = try parseAsRoot()
-            if var asyncCommand = command as? any AsyncParsableCommand {
-                try await asyncCommand.run()
-            } else {
-                try command.run()
-            }
-        } catch let error as PMLLError {
+    }
+
+    /// The one place an error becomes the `pmll:` line and the exit status.
+    private static func failing(_ error: any Error) -> Never {
+        switch error {
+        case let error as PMLLError:
             fail(error.description, status: ExitStatus.code(for: error))
-        } catch let error as CommandFailure {
+        case let error as CommandFailure:
             fail(error.message, status: error.status)
-        } catch let code as ExitCode where code != .validationFailure {
+        case let code as ExitCode where code != .validationFailure:
             Glibc.exit(code.rawValue)   // the command already said what it had to
-        } catch {
+        default:
             let status = exitCode(for: error)
             if status == .success || error is CleanExit { exit(withError: error) }
             let message = fullMessage(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
