@@ -2,6 +2,7 @@
 #include "cpmll.h"
 #include <ctype.h>
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,7 @@ static char *read_proc_file(const char *path, size_t *length) {
             capacity *= 2;
         }
         ssize_t n = read(fd, buffer + used, capacity - used);
+        if (n < 0 && errno == EINTR) continue;
         if (n < 0) { free(buffer); buffer = NULL; break; }
         if (n == 0) break;
         used += (size_t)n;

@@ -25,10 +25,10 @@ struct PMLLCommand: AsyncParsableCommand {
     /// Every failure ends as one line on stderr starting `pmll:` and a documented status.
     ///
     /// Synchronous, so that `pmll lock` and `pmll flock` in their usual forms (``FastPath``)
-    /// run before Swift concurrency starts: an async `main` drains its queue through
-    /// libdispatch, which starts a worker thread (its `clone3` and, when the holder is
-    /// killed, a second thread to tear down). Every other command runs in a task, with the
-    /// main thread parked in `dispatchMain()` as an async `main` would park it.
+    /// run before Swift concurrency starts: an async `main` first creates the main task and
+    /// runs it from libdispatch's main queue, about 8 % of such a process (Docs/Benchmarks.md,
+    /// "A synchronous main"). Every other command runs in a task, with the main thread parked
+    /// in `dispatchMain()` as an async `main` would park it.
     static func main() {
         prepare()
         if let fast = FastPath.command(CommandLine.arguments) {

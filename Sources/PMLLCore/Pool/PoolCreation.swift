@@ -66,7 +66,7 @@ package enum PoolCreation {
     /// deleted file (its maps list "PATH (deleted)") and refuses while there is one. The set of
     /// such processes can only shrink (nobody can open the deleted file again), so the check
     /// has no race. Processes of other users are invisible without privilege: see
-    /// Docs/Recovery.md.
+    /// Docs/Reliability.md.
     private static func refuseIfStillMapped(directory: String, base: String, path: String) throws(PMLLError) {
         guard let real = realpath(directory, nil) else { return }   // creation will name the problem
         let canonical = String(cString: real)
