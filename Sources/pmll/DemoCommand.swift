@@ -44,8 +44,9 @@ struct DemoCommand: ParsableCommand {
         for _ in 0..<2000 where victim == 0 {
             if let holder = lock.currentHolder, pids.contains(holder.pid) {
                 victim = holder.pid
-                kill(victim, SIGKILL)
+                // Stamped before the signal: the survivor may see the death before kill() returns.
                 killedAt = pmll_clock_realtime_ns()
+                kill(victim, SIGKILL)
                 say("SIGKILL worker pid \(victim) while it holds '\(lock.id.name)'")
             } else {
                 usleep(500)

@@ -14,6 +14,21 @@ struct CLITests {
         #expect(env.stdout == "3:y")
     }
 
+    /// The README's main job: worker processes contend, the holder is SIGKILLed, a survivor
+    /// takes over and repairs. Its report must say so, with a takeover time that is not
+    /// negative (the kill was stamped after `kill()` returned, and the survivor could see the
+    /// death first: "-0.10 ms after the kill").
+    @Test func theDemoKillsAHolderAndASurvivorTakesOver() throws {
+        let scratch = Scratch()
+        let demo = try run(Binaries.pmll, ["demo", "--pool", scratch.file("demo.pool"), "--workers", "3", "--iterations", "8", "--hold-milliseconds", "10"], timeout: 120)
+        #expect(demo.status == 0, "\(demo.stderr)")
+        #expect(demo.stdout.contains("verdict: OK"), "\(demo.stdout)")
+        #expect(demo.stdout.contains("1 owner deaths"), "\(demo.stdout)")
+        let takeover = try #require(demo.stdout.split(separator: "\n").first { $0.hasPrefix("takeover: ") }, "\(demo.stdout)")
+        let milliseconds = try #require(takeover.split(separator: " ").dropLast(4).last.flatMap { Double($0) }, "\(takeover)")
+        #expect(milliseconds >= 0, "\(takeover)")
+    }
+
     /// Start-up (issue 23, Docs/Benchmarks.md): a `pmll lock` process maps no shared object but
     /// libc, libm and the loader. The Swift runtime, Foundation, libstdc++, GCC's unwinder,
     /// liburing and libsodium are linked in (CSupport/StaticLibs); each shared one cost 2-5 % of
