@@ -39,7 +39,7 @@ struct Locks: ParsableCommand {
     @Flag var json = false
 
     private var pmllExecutable: String {
-        pmll ?? (URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/pmll")
+        pmll ?? besideThisExecutable("pmll")
     }
 
     func run() throws {

@@ -9,6 +9,11 @@ func monotonicNanoseconds() -> Int64 {
     return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
 }
 
+/// An executable built beside this benchmark (`pmll`, `pmll-bench-holder`).
+func besideThisExecutable(_ name: String) -> String {
+    URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/" + name
+}
+
 /// Spawns this executable with a subcommand; stdout is a pipe read line by line.
 final class BenchChild {
     let process = Process()
@@ -18,11 +23,13 @@ final class BenchChild {
     /// searching it from the start at every read took seconds).
     private var searched = 0
 
-    /// `executable`: default this benchmark's own executable.
-    init(_ arguments: [String], executable: String? = nil) throws {
+    /// `executable`: default this benchmark's own executable. `quiet`: its standard error
+    /// discarded (a `pmll lock` holder warns at every round that the previous holder died).
+    init(_ arguments: [String], executable: String? = nil, quiet: Bool = false) throws {
         process.executableURL = executable.map { URL(fileURLWithPath: $0) } ?? URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         process.arguments = arguments
         process.standardOutput = pipe
+        if quiet { process.standardError = FileHandle.nullDevice }
         // The child kills itself when this process exits (``Bench/main()``): a bench stopped
         // midway had left its children running, disturbing every later measurement.
         process.environment = ProcessInfo.processInfo.environment.merging([Bench.parentVariable: "\(getpid())"]) { $1 }

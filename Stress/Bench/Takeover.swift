@@ -24,9 +24,7 @@ enum Takeover {
     static let kinds = ["pmll", "pthread", "pmll-cli", "pthread-small", "exit", "exit-cli"]
 
     /// The C holder, built beside this benchmark (`--pmll` names only the `pmll` to measure).
-    private static var benchHolder: String {
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/pmll-bench-holder"
-    }
+    private static var benchHolder: String { besideThisExecutable("pmll-bench-holder") }
 
     /// A holder of the lock: "held" once it holds it, and the pid of a process to kill after
     /// the round besides the holder (the `sleep` a `pmll lock` runs).
@@ -42,7 +40,7 @@ enum Takeover {
             return (holder, nil)
         }
         let holder = try BenchChild(["lock", "--pool", directory + "/bench.pool", "--level", "package", "bench/takeover", "--",
-                                     "/bin/sh", "-c", "echo held $$; exec sleep 60"], executable: pmll)
+                                     "/bin/sh", "-c", "echo held $$; exec sleep 60"], executable: pmll, quiet: true)
         guard let line = holder.readLine(), line.hasPrefix("held "), let command = pid_t(line.dropFirst(5)) else {
             throw ToolError("pmll lock holder failed")
         }
