@@ -2,6 +2,7 @@
 #include "cpmll.h"
 #include <dirent.h>
 #include <pthread.h>
+#include <sched.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -31,6 +32,20 @@ int pmll_proc_stat_parse(const char *buf, char *state, unsigned long long *flags
     return field > 22 ? 0 : -1;
 }
 
+// Field 39 (processor) of a /proc/.../stat text: the CPU the thread runs on, or whose run queue
+// it waits on. -1 if absent.
+static int stat_processor(const char *buf) {
+    const char *p = strrchr(buf, ')');
+    if (!p || p[1] != ' ') return -1;
+    p += 2;   // field 3
+    for (int field = 3; field < 39; field++) {
+        p = strchr(p, ' ');
+        if (!p) return -1;
+        p++;
+    }
+    return (int)strtol(p, NULL, 10);
+}
+
 // flags (field 9) has PF_EXITING once a thread entered do_exit; it never returns to user
 // space after that.
 #define PF_EXITING_FLAG 0x00000004u
@@ -47,6 +62,7 @@ struct pmll_exit_check {
     int count, capacity;
     unsigned run;
     struct thread_entry *threads;
+    int pinned;   // during a run: the CPU this thread is pinned to (-1 not yet, -2 could not)
 };
 
 // Reads a whole small /proc file from offset 0 (seq_file regenerates it at each read).
@@ -86,6 +102,38 @@ static int open_in(int dir, pid_t tid, const char *file) {
     return openat(dir, path, O_RDONLY | O_CLOEXEC);
 }
 
+// The calling thread's mask before pmll_thread_pin_here, while pinned.
+static __thread cpu_set_t pin_saved;
+static __thread int pin_cpu = -1;
+
+int pmll_thread_pin_here(void) {
+    if (pin_cpu >= 0) return pin_cpu;
+    int cpu = sched_getcpu();
+    if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof pin_saved, &pin_saved) != 0) return -1;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    // Returns once this thread runs there (the kernel migrates it first if needed).
+    if (sched_setaffinity(0, sizeof one, &one) != 0) return -1;
+    pin_cpu = cpu;
+    return cpu;
+}
+
+void pmll_thread_unpin(void) {
+    if (pin_cpu < 0) return;
+    (void)sched_setaffinity(0, sizeof pin_saved, &pin_saved);
+    pin_cpu = -1;
+}
+
+// Pins the calling thread once per run: the CPU, or -1.
+static int pin_here(struct pmll_exit_check *c) {
+    if (c->pinned == -1) {
+        int cpu = pmll_thread_pin_here();
+        c->pinned = cpu >= 0 ? cpu : -2;
+    }
+    return c->pinned >= 0 ? c->pinned : -1;
+}
+
 // 1 if no thread has this TID now, else 0 with its state and flags. A kept descriptor whose
 // thread is gone is opened again by TID: the TID may name a newer thread of the owner.
 static int read_thread(struct pmll_exit_check *c, pid_t tid, int *stat, int *status, char *state, unsigned long long *flags) {
@@ -109,7 +157,21 @@ static int thread_cannot_run(struct pmll_exit_check *c, pid_t tid, int *stat, in
     int before = *stat;
     if (read_thread(c, tid, stat, status, &state, &flags)) return 1;
     if (*stat != before) return 0;   // another thread by now: look again at the next check
-    return (flags & PF_EXITING_FLAG) || state == 'Z' || state == 'X' || blocked_state(state);
+    if ((flags & PF_EXITING_FLAG) || state == 'Z' || state == 'X' || blocked_state(state)) return 1;
+    // Runnable (R) is either running (maybe in user space on another CPU, its SIGKILL not yet
+    // taken) or waiting for a CPU; only the first can run user code before its signal check.
+    // Pinned to our CPU, a stat saying the thread is on this CPU was read while we, not it,
+    // ran here: it was not running, and from a run queue it reaches user space only through
+    // the signal check. This is the common case on a busy machine: the woken waiter and the
+    // killed owner's last threads queue on the same CPU, and without it the waiter would give
+    // the CPU up and wait for the owner's whole teardown (Docs/LockProtocol.md).
+    int cpu = pin_here(c);
+    if (cpu < 0 || state != 'R') return 0;
+    char buf[1024];
+    if (*stat < 0 || read_at_start(*stat, buf, sizeof buf) <= 0) return 1;   // reaped meanwhile
+    unsigned long long start = 0;
+    if (pmll_proc_stat_parse(buf, &state, &flags, &start) != 0) return 0;
+    return (flags & PF_EXITING_FLAG) || state == 'Z' || state == 'X' || blocked_state(state) || stat_processor(buf) == cpu;
 }
 
 // Calls `each(tid)` for every thread listed now; -1 if the list cannot be read, -2 if `each`
@@ -198,8 +260,7 @@ pmll_exit_check_t *pmll_exit_check_open(int32_t pid, uint64_t start_time) {
     return c;
 }
 
-int pmll_exit_check_run(pmll_exit_check_t *c) {
-    c->run++;
+static int run_rounds(struct pmll_exit_check *c) {
     // Every thread listed must be past the point of no return; list again until no new thread
     // appears (a thread that was running when listed may have created one before it began to
     // exit).
@@ -210,6 +271,14 @@ int pmll_exit_check_run(pmll_exit_check_t *c) {
         if (added == 0) return 1;
     }
     return -1;
+}
+
+int pmll_exit_check_run(pmll_exit_check_t *c) {
+    c->run++;
+    c->pinned = -1;
+    int rc = run_rounds(c);
+    if (c->pinned >= 0) pmll_thread_unpin();
+    return rc;
 }
 
 void pmll_exit_check_close(pmll_exit_check_t *c) {

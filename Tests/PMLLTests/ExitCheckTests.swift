@@ -42,6 +42,36 @@ struct ExitCheckTests {
         #expect(pmll_exit_check_run(check) == 1)
     }
 
+    /// A killed thread that waits for the CPU the check runs on (state R, not running) can
+    /// reach user space only through the kernel's signal check: the check says so at once
+    /// instead of waiting until that thread has had a CPU and begun to exit. Without the rule
+    /// the first check after the kill says "can run" (the killed loop has not run since).
+    @Test func aKilledThreadWaitingForTheCheckersCPUCannotRunAgain() throws {
+        let cpu = pmll_thread_pin_here()
+        try #require(cpu >= 0)
+        defer { pmll_thread_unpin() }
+        var atOnce = 0
+        for _ in 0..<5 {
+            // A loop that shares this thread's CPU at idle priority: while this thread runs, the
+            // loop waits, and its SIGKILL does not preempt this thread (a normal-priority loop's
+            // would, and it would exit before the check).
+            let child = try Child("/usr/bin/taskset", ["-c", "\(cpu)", "/usr/bin/chrt", "--idle", "0", "/bin/sh", "-c", "while :; do :; done"])
+            defer { child.stopIfRunning() }
+            usleep(50_000)
+            let start = try #require(Self.startTime(child.pid))
+            let check = try #require(pmll_exit_check_open(child.pid, start))
+            defer { pmll_exit_check_close(check) }
+            // Alive, no SIGKILL: it can run, waiting for the CPU or not.
+            #expect(pmll_exit_check_run(check) == 0)
+            child.kill(SIGKILL)
+            if pmll_exit_check_run(check) == 1 { atOnce += 1 }
+            #expect(Self.eventually(check, is: 1))
+            child.wait()
+        }
+        // The loop runs only if this thread is preempted (by another task) between the kill and the check.
+        #expect(atOnce >= 4, "only \(atOnce) of 5 checks right after the kill saw the waiting thread as unable to run")
+    }
+
     /// Descriptors of this process open on `/proc/PID/...`.
     static func descriptors(on pid: Int32) -> Int {
         let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []

@@ -836,6 +836,11 @@ int pmll_proc_stat_parse(const char *buf, char *state, unsigned long long *flags
 // A check of one process's threads through /proc, opened while it lives (exitcheck.c): NULL if
 // `pid` is no longer the process that started at `start_time`, or /proc cannot be read.
 typedef struct pmll_exit_check pmll_exit_check_t;
+// Pins the calling thread to the CPU it runs on now: that CPU (the same again while pinned), or
+// -1. While pinned, what the thread reads from /proc was read while it, not another thread,
+// ran on that CPU. pmll_thread_unpin restores the mask it had.
+int pmll_thread_pin_here(void);
+void pmll_thread_unpin(void);
 pmll_exit_check_t *_Nullable pmll_exit_check_open(int32_t pid, uint64_t start_time);
 // 1 if the process can run no more user code (every thread has begun to exit, or it is gone),
 // 0 if some thread still can, -1 if it cannot be told.
