@@ -63,6 +63,7 @@ struct pmll_exit_check {
     unsigned run;
     struct thread_entry *threads;
     int pinned;   // during a run: the CPU this thread is pinned to (-1 not yet, -2 could not)
+    int unpin;    // the run pinned it (a caller that pinned it already keeps its pin)
 };
 
 // Reads a whole small /proc file from offset 0 (seq_file regenerates it at each read).
@@ -128,8 +129,10 @@ void pmll_thread_unpin(void) {
 // Pins the calling thread once per run: the CPU, or -1.
 static int pin_here(struct pmll_exit_check *c) {
     if (c->pinned == -1) {
+        int already = pin_cpu >= 0;
         int cpu = pmll_thread_pin_here();
         c->pinned = cpu >= 0 ? cpu : -2;
+        c->unpin = cpu >= 0 && !already;
     }
     return c->pinned >= 0 ? c->pinned : -1;
 }
@@ -276,8 +279,9 @@ static int run_rounds(struct pmll_exit_check *c) {
 int pmll_exit_check_run(pmll_exit_check_t *c) {
     c->run++;
     c->pinned = -1;
+    c->unpin = 0;
     int rc = run_rounds(c);
-    if (c->pinned >= 0) pmll_thread_unpin();
+    if (c->unpin) pmll_thread_unpin();
     return rc;
 }
 

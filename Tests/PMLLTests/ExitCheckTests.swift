@@ -65,11 +65,20 @@ struct ExitCheckTests {
             #expect(pmll_exit_check_run(check) == 0)
             child.kill(SIGKILL)
             if pmll_exit_check_run(check) == 1 { atOnce += 1 }
+            // The check left this test's own pin in place (a nested pin keeps the outer one).
+            #expect(Self.allowedCPUs() == "\(cpu)")
             #expect(Self.eventually(check, is: 1))
             child.wait()
         }
         // The loop runs only if this thread is preempted (by another task) between the kill and the check.
         #expect(atOnce >= 4, "only \(atOnce) of 5 checks right after the kill saw the waiting thread as unable to run")
+    }
+
+    /// The calling thread's CPUs, as `/proc/thread-self/status` lists them.
+    static func allowedCPUs() -> String? {
+        let status = (try? String(contentsOfFile: "/proc/thread-self/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }
+        return line.map { $0.dropFirst("Cpus_allowed_list:".count).trimmingCharacters(in: .whitespaces) }
     }
 
     /// Descriptors of this process open on `/proc/PID/...`.
