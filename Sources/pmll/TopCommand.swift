@@ -32,6 +32,14 @@ struct TopCommand: ParsableCommand {
     }
 
     func run() throws {
+        // Status 128 + N for signal N, as a process ended by it in a handler would report;
+        // here only once `show` has released the pool.
+        if let signal = try show() { Glibc.exit(128 + signal) }
+    }
+
+    /// The screens until q, the last iteration, or a signal (returned).
+    private func show() throws -> Int32? {
+        let stop = TopStop()
         let pool = try poolArguments.open(create: false)
         let terminal = !batch && isatty(0) != 0 && isatty(1) != 0 ? RawTerminal.enter() : nil
         defer { terminal?.leave() }
@@ -48,12 +56,12 @@ struct TopCommand: ParsableCommand {
                 TopScreen.write(lines.joined(separator: "\n") + "\n\n")
             }
             shown += 1
-            if let iterations, shown >= iterations { return }
+            if let iterations, shown >= iterations { return nil }
             previous = sample
             if let terminal {
-                if terminal.waitForQuit(seconds: interval) { return }
-            } else {
-                usleep(UInt32(interval * 1e6))
+                if terminal.waitForQuit(seconds: interval, stop: stop) { return stop.signal }
+            } else if stop.sleep(seconds: interval) {
+                return stop.signal
             }
         }
     }
@@ -128,10 +136,9 @@ enum TopScreen {
 
 /// The terminal in the mode `top` needs: the alternate screen, no cursor, keys read one by one
 /// without echo (Ctrl-C arrives as a key, so quitting always restores the terminal). SIGTERM
-/// and SIGHUP restore it too.
+/// and SIGHUP restore it too: they end the loop (``TopStop``), which leaves the terminal.
 final class RawTerminal: @unchecked Sendable {
     private var saved = termios()
-    nonisolated(unsafe) private static var active: RawTerminal?
 
     static func enter() -> RawTerminal? {
         let terminal = RawTerminal()
@@ -143,13 +150,6 @@ final class RawTerminal: @unchecked Sendable {
             cc[Int(VTIME)] = 0
         }
         guard tcsetattr(0, TCSANOW, &raw) == 0 else { return nil }
-        active = terminal
-        for sig in [SIGTERM, SIGHUP] {
-            signal(sig) { number in
-                RawTerminal.active?.leave()
-                _exit(128 + number)
-            }
-        }
         TopScreen.write("\u{1B}[?1049h\u{1B}[?25l\u{1B}[H\u{1B}[2J")
         return terminal
     }
@@ -159,16 +159,18 @@ final class RawTerminal: @unchecked Sendable {
         return ioctl(1, UInt(TIOCGWINSZ), &size) == 0 && size.ws_col > 0 ? Int(size.ws_col) : 1000
     }
 
-    /// Waits up to `seconds` for a key; true for q, Q or Ctrl-C.
-    func waitForQuit(seconds: Double) -> Bool {
+    /// Waits up to `seconds` for a key; true for q, Q or Ctrl-C, or a signal to stop.
+    func waitForQuit(seconds: Double, stop: TopStop) -> Bool {
         let end = TopScreen.now() + seconds
         while true {
+            if stop.signal != nil { return true }
             let left = end - TopScreen.now()
             if left <= 0 { return false }
-            var fds = pollfd(fd: 0, events: Int16(POLLIN), revents: 0)
-            let n = poll(&fds, 1, Int32(left * 1000) + 1)
+            var fds = [pollfd(fd: 0, events: Int16(POLLIN), revents: 0), pollfd(fd: stop.descriptor, events: Int16(POLLIN), revents: 0)]
+            let n = poll(&fds, 2, Int32(left * 1000) + 1)
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { return false }
+            if fds[0].revents == 0 { continue }   // the signal: seen at the top
             var buffer = [UInt8](repeating: 0, count: 64)
             let got = read(0, &buffer, buffer.count)
             if got == 0 { return true }   // end of input: nobody can press q any more

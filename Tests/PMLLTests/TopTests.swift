@@ -2,8 +2,8 @@ import Foundation
 import Testing
 
 /// `pmll top`: batch screens with rates from real activity, and the interactive view on a
-/// pseudo-terminal (Tests/Scripts/pty_top.py) quitting on q and on Ctrl-C with the terminal
-/// restored.
+/// pseudo-terminal (Tests/Scripts/pty_top.py) quitting on q, on Ctrl-C and on SIGTERM with the
+/// terminal restored; signals end it only after it has released the pool.
 @Suite("pmll top", .serialized)
 struct TopTests {
     static let ptyScript = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Scripts/pty_top.py").path
@@ -48,7 +48,31 @@ struct TopTests {
         #expect(!top.stdout.contains("\u{1B}["), "no terminal control in batch mode")
     }
 
-    @Test(arguments: ["q", "ctrl-c"])
+    /// SIGTERM, SIGHUP and SIGINT end top through its loop: the pool is released before it
+    /// exits (status 128 + N, as before), so the next process to open the pool finds no dead
+    /// process's slot to free. Ended in a handler (the code before), top left its slot taken,
+    /// and that next open freed it and audited an `admin.reset`.
+    @Test(arguments: [SIGTERM, SIGHUP, SIGINT])
+    func aSignalEndsTopAfterItReleasedThePool(signal: Int32) throws {
+        let scratch = Scratch()
+        let pool = scratch.file("s.pool")
+        #expect(try run(Binaries.pmll, ["lock", "--pool", pool, "some-lock", "--", "true"]).status == 0)
+        let top = try Child(Binaries.pmll, ["top", "--pool", pool, "--batch", "--interval", "0.2"])
+        defer { top.stopIfRunning() }
+        let shown = Date().addingTimeInterval(20)
+        while !top.stdout.contains("some-lock") && Date() < shown { usleep(10_000) }
+        #expect(top.stdout.contains("some-lock"), "no screen: \(top.stderr)")
+        top.kill(signal)
+        #expect(top.wait() == 128 + signal)
+        #expect(top.stderr.isEmpty, "\(top.stderr)")
+        // The next process to attach, then the audit log: no slot was left to free.
+        #expect(try run(Binaries.pmll, ["lock", "--pool", pool, "some-lock", "--", "true"]).status == 0)
+        let audit = try run(Binaries.pmll, ["audit", "show", "--pool", pool])
+        #expect(audit.status == 0)
+        #expect(!audit.stdout.contains("admin.reset"), "\(audit.stdout)")
+    }
+
+    @Test(arguments: ["q", "ctrl-c", "sigterm"])
     func theInteractiveViewQuitsCleanly(key: String) throws {
         let scratch = Scratch()
         let pool = scratch.file("i.pool")
@@ -56,7 +80,7 @@ struct TopTests {
         let r = try run("/usr/bin/env", ["python3", Self.ptyScript, key, Binaries.pmll, "top", "--pool", pool, "--interval", "0.3"], timeout: 30)
         #expect(r.status == 0, "\(r.stdout) \(r.stderr)")
         let json = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
-        #expect(json["exit"] as? Int == 0)
+        #expect(json["exit"] as? Int == (key == "sigterm" ? 128 + Int(SIGTERM) : 0))
         #expect(json["screens"] as? Int ?? 0 >= 2)
         #expect(json["enteredAlternateScreen"] as? Bool == true)
         #expect(json["rawWhileRunning"] as? Bool == true)

@@ -1,19 +1,21 @@
 #!/usr/bin/env python3
 """Runs `pmll top` on a pseudo-terminal as a person over ssh would: waits for two screens,
-presses KEY (q, or ^C), and checks that top exits 0 within 3 s with the terminal restored
-(alternate screen left, cursor shown, the tty back in canonical mode with echo). Prints
-what it saw as JSON; exits 1 naming the first problem. Usage: pty_top.py KEY PMLL ARGS..."""
+presses KEY (q, or ^C), or sends it SIGTERM (KEY sigterm), and reports whether top exited
+within 3 s with the terminal restored (alternate screen left, cursor shown, the tty back in
+canonical mode with echo). Prints what it saw as JSON; exits 1 naming the first problem.
+Usage: pty_top.py KEY PMLL ARGS..."""
 import json
 import os
 import pty
 import select
+import signal
 import sys
 import termios
 import time
 
 
 def main() -> int:
-    key = {"q": b"q", "ctrl-c": b"\x03"}[sys.argv[1]]
+    key = {"q": b"q", "ctrl-c": b"\x03", "sigterm": None}[sys.argv[1]]
     argv = sys.argv[2:]
     pid, fd = pty.fork()
     if pid == 0:
@@ -41,7 +43,10 @@ def main() -> int:
             break
     screens = output.count(b"pmll top")
     mode_while_running = termios.tcgetattr(fd)[3]
-    os.write(fd, key)
+    if key is None:
+        os.kill(pid, signal.SIGTERM)
+    else:
+        os.write(fd, key)
     start = time.time()
     status = None
     while time.time() - start < 3:
