@@ -1,3 +1,4 @@
+import Dispatch
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -6,7 +7,8 @@ import Synchronization
 /// SIGTERM, SIGHUP and SIGINT end `pmll top` through its loop instead of in a signal handler,
 /// so that the pool is released (its process slot freed) before the process exits. Ended in a
 /// handler, the next process to open the pool found a dead process's slot to free, and audited
-/// an `admin.reset`. (In the interactive view Ctrl-C is a key, not SIGINT.)
+/// an `admin.reset`. (In the interactive view Ctrl-C is a key, not SIGINT.) A loop that does
+/// not end within two seconds (stuck in a write) is ended as the handler did.
 struct TopStop {
     private let state: State
     private let watches: [SignalWatch]
@@ -26,10 +28,15 @@ struct TopStop {
         }
 
         func note(_ signal: Int32) {
-            received.store(signal, ordering: .releasing)
+            guard received.compareExchange(expected: 0, desired: signal, ordering: .acquiringAndReleasing).exchanged else { return }
             var byte: UInt8 = 1
             _ = write(writeEnd, &byte, 1)
+            // A loop stuck in a write (a stalled pipe, a terminal stopped with Ctrl-S) never
+            // sees the signal: end then as the handler did before, slot left to the next attach.
+            DispatchQueue.global().asyncAfter(deadline: .now() + .seconds(Self.graceSeconds)) { _exit(128 + signal) }
         }
+
+        static let graceSeconds = 2
 
         deinit {
             if readEnd >= 0 { close(readEnd) }
