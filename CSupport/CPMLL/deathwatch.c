@@ -6,6 +6,7 @@
 #include <linux/futex.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,6 +183,16 @@ static void *exit_watch_main(void *arg) {
         for (struct robust_list *p = exit_head.list.next; p != &exit_head.list; p = p->next)
             __atomic_store_n(exit_word_of(p), (uint32_t)exit_tid, __ATOMIC_RELEASE);
         pthread_mutex_unlock(&exit_lock);
+        // Pinned where it starts: a waiter reads that CPU from /proc and sleeps on another, so
+        // that when this thread's exit wakes it (and this thread, the last of its process to
+        // exit, then tears the process down here) it is not queued behind that teardown.
+        int cpu = sched_getcpu();
+        if (cpu >= 0 && cpu < CPU_SETSIZE) {
+            cpu_set_t one;
+            CPU_ZERO(&one);
+            CPU_SET(cpu, &one);
+            (void)sched_setaffinity(0, sizeof one, &one);
+        }
     }
     uint32_t never = 0;
     for (;;) syscall(SYS_futex, &never, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
@@ -246,4 +257,27 @@ int pmll_wait_word_or_exit_word(uint32_t *word, uint32_t expected, uint32_t *exi
     int rc = pmll_futex_waitv(w, 2, deadline_ns);
     if (rc >= 0 || rc == -EAGAIN || rc == -EINTR) return 0;
     return rc;
+}
+
+int pmll_thread_cpu(int32_t pid, int32_t tid) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/stat", pid, tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = 0;
+    return pmll_proc_stat_processor(buf);
+}
+
+void pmll_thread_step_off(int cpu) {
+    if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getcpu() != cpu) return;
+    cpu_set_t mask, others;
+    if (sched_getaffinity(0, sizeof mask, &mask) != 0) return;
+    others = mask;
+    CPU_CLR(cpu, &others);
+    if (CPU_COUNT(&others) == 0) return;
+    // Moved now (the call returns once the thread runs elsewhere); the mask is as before after.
+    if (sched_setaffinity(0, sizeof others, &others) == 0) (void)sched_setaffinity(0, sizeof mask, &mask);
 }

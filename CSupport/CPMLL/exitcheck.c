@@ -32,9 +32,7 @@ int pmll_proc_stat_parse(const char *buf, char *state, unsigned long long *flags
     return field > 22 ? 0 : -1;
 }
 
-// Field 39 (processor) of a /proc/.../stat text: the CPU the thread runs on, or whose run queue
-// it waits on. -1 if absent.
-static int stat_processor(const char *buf) {
+int pmll_proc_stat_processor(const char *buf) {
     const char *p = strrchr(buf, ')');
     if (!p || p[1] != ' ') return -1;
     p += 2;   // field 3
@@ -174,7 +172,7 @@ static int thread_cannot_run(struct pmll_exit_check *c, pid_t tid, int *stat, in
     if (*stat < 0 || read_at_start(*stat, buf, sizeof buf) <= 0) return 1;   // reaped meanwhile
     unsigned long long start = 0;
     if (pmll_proc_stat_parse(buf, &state, &flags, &start) != 0) return 0;
-    return (flags & PF_EXITING_FLAG) || state == 'Z' || state == 'X' || blocked_state(state) || stat_processor(buf) == cpu;
+    return (flags & PF_EXITING_FLAG) || state == 'Z' || state == 'X' || blocked_state(state) || pmll_proc_stat_processor(buf) == cpu;
 }
 
 // Calls `each(tid)` for every thread listed now; -1 if the list cannot be read, -2 if `each`

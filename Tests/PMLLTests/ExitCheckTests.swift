@@ -74,6 +74,41 @@ struct ExitCheckTests {
         #expect(atOnce >= 4, "only \(atOnce) of 5 checks right after the kill saw the waiting thread as unable to run")
     }
 
+    /// Where a waiter sleeps: the owner's exit-watch thread is pinned to the CPU it started on
+    /// (its exit, and often the owner's teardown, runs there), and a waiter about to sleep on
+    /// that owner steps off that CPU, its own CPU mask unchanged, so that the kernel wakes it
+    /// elsewhere first (Benchmarks.md, "pattern 2").
+    @Test func theExitWatchThreadIsPinnedAndAWaiterStepsOffItsCPU() throws {
+        let scratch = Scratch()
+        let holder = try Child(Binaries.pmll, ["lock", "--pool", scratch.file("p.pool"), "l", "--", "sh", "-c", "echo held; exec sleep 30"])
+        defer { holder.stopIfRunning() }
+        let end = Date().addingTimeInterval(20)
+        while !holder.stdout.contains("held") && Date() < end { usleep(10_000) }
+        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(holder.pid)/task").filter { $0 != "\(holder.pid)" }
+        #expect(tasks.count == 1, "one thread besides the main one: \(tasks)")
+        for tid in tasks {
+            let status = try String(contentsOfFile: "/proc/\(holder.pid)/task/\(tid)/status", encoding: .utf8)
+            let allowed = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }
+            let cpu = pmll_thread_cpu(holder.pid, Int32(tid)!)
+            #expect(cpu >= 0 && allowed?.hasSuffix("\t\(cpu)") == true, "the exit-watch thread runs on \(cpu), allowed \(allowed ?? "?")")
+        }
+
+        let mask = Self.allowedCPUs()
+        try #require(mask != nil && mask!.contains(where: { $0 == "-" || $0 == "," }), "needs two CPUs: \(mask ?? "?")")
+        for _ in 0..<5 {
+            let here = Self.currentCPU()
+            pmll_thread_step_off(here)
+            #expect(Self.currentCPU() != here, "still on CPU \(here)")
+            #expect(Self.allowedCPUs() == mask)
+        }
+    }
+
+    /// The CPU this thread runs on (field 39 of its own stat).
+    static func currentCPU() -> Int32 {
+        let stat = (try? String(contentsOfFile: "/proc/thread-self/stat", encoding: .utf8)) ?? ""
+        return stat.withCString { pmll_proc_stat_processor($0) }
+    }
+
     /// The calling thread's CPUs, as `/proc/thread-self/status` lists them.
     static func allowedCPUs() -> String? {
         let status = (try? String(contentsOfFile: "/proc/thread-self/status", encoding: .utf8)) ?? ""

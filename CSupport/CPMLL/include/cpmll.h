@@ -831,8 +831,17 @@ int pmll_owner_watch_supported(void);
 // thread once per process). 0, or -errno (then the slot's exit word stays 0: no early watch).
 int pmll_exit_watch_attach(pmll_process_slot_t *slot);
 void pmll_exit_watch_detach(pmll_process_slot_t *slot);
+// The CPU thread `tid` of `pid` runs on or last ran on (/proc stat field 39), or -1. An exit-watch
+// thread is pinned to the CPU it started on, so this is where its exit will run.
+int pmll_thread_cpu(int32_t pid, int32_t tid);
+// Moves the calling thread off `cpu` if it runs there and may run elsewhere (its mask unchanged
+// afterwards): a sleeper's last CPU is where the kernel first tries to wake it.
+void pmll_thread_step_off(int cpu);
 // Fields 3 (state), 9 (flags) and 22 (start time) of the text of a /proc/.../stat file: 0, or -1.
 int pmll_proc_stat_parse(const char *buf, char *state, unsigned long long *flags, unsigned long long *start);
+// Field 39 (processor) of the same text: the CPU the thread runs on or whose run queue it waits
+// on; -1 if absent.
+int pmll_proc_stat_processor(const char *buf);
 // A check of one process's threads through /proc, opened while it lives (exitcheck.c): NULL if
 // `pid` is no longer the process that started at `start_time`, or /proc cannot be read.
 typedef struct pmll_exit_check pmll_exit_check_t;

@@ -25,6 +25,8 @@ package struct OwnerWatch {
     private var pid: Int32 = 0
     private var startTime: UInt64 = 0
     private var exitChecks = 0
+    /// The CPU the owner's exit-watch thread is pinned to (where its exit will run), or -1.
+    private var exitCPU: Int32 = -1
     /// The owner's threads in `/proc`, opened when the watch starts (the owner alive, this
     /// waiter idle) so that the check at its death only reads.
     private var threads: OpaquePointer?
@@ -50,6 +52,7 @@ package struct OwnerWatch {
         if let word = processes.exitWord(of: token), pmll_load32(word) & Self.tidMask != 0 {
             exitWord = word
             threads = pmll_exit_check_open(id.pid, id.startTime)
+            exitCPU = pmll_thread_cpu(id.pid, Int32(bitPattern: pmll_load32(word) & Self.tidMask))
             return true
         }
         guard pmll_owner_watch_supported() != 0 else { return true }
@@ -94,6 +97,10 @@ package struct OwnerWatch {
                 if seen & Self.waiters == 0 && pmll_cas32(exitWord, &seen, seen | Self.waiters) == 0 {
                     return (false, seen & Self.ownerDied != 0)
                 }
+                // Asleep off the CPU where the owner's exit will run: woken by that exit, this
+                // thread is then placed on another CPU, if one is idle, and not queued behind
+                // the owner's teardown (Benchmarks.md, "pattern 2").
+                pmll_thread_step_off(exitCPU)
                 let rc = pmll_wait_word_or_exit_word(word, expected, exitWord, seen | Self.waiters, until)
                 let died = pmll_load32(exitWord) & Self.ownerDied != 0
                 // The kernel woke one of us: wake the others sleeping on this owner's exit.
@@ -132,6 +139,7 @@ package struct OwnerWatch {
         threads = nil
         exitWord = nil
         exitChecks = 0
+        exitCPU = -1
         owner = 0
     }
 }
