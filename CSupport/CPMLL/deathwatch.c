@@ -52,16 +52,21 @@ static struct io_uring *ring_get(void) {
 
 int pmll_owner_watch_supported(void) { return !__atomic_load_n(&unsupported, __ATOMIC_RELAXED); }
 
-// Fields 3 (state), 9 (flags) and 22 (start time) of a /proc/.../stat file. 0, or -1.
-static int stat_fields(const char *path, char *state, unsigned long long *flags, unsigned long long *start) {
-    char buf[1024];
+// The text of a /proc/.../stat file into buf (NUL-terminated): 0, or -1.
+static int read_stat(const char *path, char buf[static 1024]) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
+    ssize_t n = read(fd, buf, 1023);
     close(fd);
     if (n <= 0) return -1;
     buf[n] = 0;
-    return pmll_proc_stat_parse(buf, state, flags, start);
+    return 0;
+}
+
+// Fields 3 (state), 9 (flags) and 22 (start time) of a /proc/.../stat file. 0, or -1.
+static int stat_fields(const char *path, char *state, unsigned long long *flags, unsigned long long *start) {
+    char buf[1024];
+    return read_stat(path, buf) == 0 ? pmll_proc_stat_parse(buf, state, flags, start) : -1;
 }
 
 int pmll_pidfd_open_checked(int32_t pid, uint64_t start_time) {
@@ -262,13 +267,7 @@ int pmll_wait_word_or_exit_word(uint32_t *word, uint32_t expected, uint32_t *exi
 int pmll_thread_cpu(int32_t pid, int32_t tid) {
     char path[64], buf[1024];
     snprintf(path, sizeof path, "/proc/%d/task/%d/stat", pid, tid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) return -1;
-    buf[n] = 0;
-    return pmll_proc_stat_processor(buf);
+    return read_stat(path, buf) == 0 ? pmll_proc_stat_processor(buf) : -1;
 }
 
 void pmll_thread_step_off(int cpu) {
