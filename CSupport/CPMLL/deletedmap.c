@@ -77,3 +77,37 @@ pid_t pmll_find_deleted_mapping(const char *absolute_path, char *command, size_t
     }
     return found;
 }
+
+// A /proc/locks line: "N: OFDLCK ADVISORY  READ -1 MAJ:MIN:INODE START END" (a waiter's line
+// has "-> " after the number). The device and inode are the one field with two colons.
+int pmll_locks_line_is_other_pool(const char *line, uint64_t own_inode) {
+    if (!strstr(line, "OFDLCK")) return 0;
+    const char *p = line;
+    while (*p) {
+        while (*p == ' ') p++;
+        const char *token = p;
+        while (*p && *p != ' ') p++;
+        const char *first = memchr(token, ':', (size_t)(p - token));
+        const char *second = first ? memchr(first + 1, ':', (size_t)(p - first - 1)) : NULL;
+        if (!second) continue;
+        uint64_t inode = strtoull(second + 1, NULL, 10);
+        long long start = strtoll(p, NULL, 10);
+        return inode != own_inode && (start == PMLL_LOCKBYTE_INIT || start == PMLL_LOCKBYTE_SESSION);
+    }
+    return 0;
+}
+
+int pmll_other_pool_open(uint64_t own_inode) {
+    size_t length = 0;
+    char *locks = read_proc_file("/proc/locks", &length);
+    if (!locks) return -1;
+    int found = 0;
+    for (char *line = locks; !found && line < locks + length;) {
+        char *end = memchr(line, '\n', (size_t)(locks + length - line));
+        if (end) *end = 0;
+        found = pmll_locks_line_is_other_pool(line, own_inode);
+        line = end ? end + 1 : locks + length;
+    }
+    free(locks);
+    return found;
+}

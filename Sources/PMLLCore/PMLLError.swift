@@ -65,9 +65,9 @@ public enum PMLLError: Error, Equatable, Sendable {
     case noAuditLog(path: String)
     /// Processes have the pool open, and the operation needs it closed (restore).
     case poolInUse(path: String)
-    /// The pool file at `path` was deleted while a process (`pid`, `command`) still has it
-    /// open: a new pool there would not exclude that process, so none is created until it
-    /// has exited.
+    /// The pool file at `path` was deleted, or replaced by another file renamed over it, while
+    /// a process (`pid`, `command`) still has the former file open: a pool at that path now
+    /// would not exclude that process, so none is created or attached until it has exited.
     case poolDeletedWhileOpen(path: String, pid: Int32, command: String)
     /// Bad value in the pool options (sizes, capacities).
     case invalidOptions(reason: String)
@@ -156,7 +156,7 @@ extension PMLLError: CustomStringConvertible {
         case let .noAuditLog(path): "pool '\(path)' has no audit log (created without an audit ring, or by a pmll before audit logging)"
         case let .poolInUse(path): "pool '\(path)' is open in other processes: stop them first (pmll status shows them)"
         case let .poolDeletedWhileOpen(path, pid, command):
-            "pool '\(path)' was deleted while pid \(pid) (\(command)) still has it open; a new pool there would not exclude that process: stop it first"
+            "pool '\(path)' was deleted or replaced while pid \(pid) (\(command)) still has its former file open; a pool at that path now would not exclude that process: stop it first"
         case let .invalidOptions(reason): "invalid pool options: \(reason)"
         case let .invalidQueueName(name, reason): "invalid queue name '\(name)': \(reason)"
         case let .queueMismatch(name, reason): "queue '\(name)' exists with other parameters: \(reason)"

@@ -86,8 +86,35 @@ struct CLITests {
         #expect(unlink(pool) == 0)
         let refused = try run(Binaries.pmll, ["lock", "--pool", pool, "--timeout", "1", "d", "--", "touch", marker])
         #expect(refused.status == 75, "\(refused.stderr)")
-        #expect(refused.stderr.hasPrefix("pmll: pool '\(pool)' was deleted while pid \(holder.pid) (pmll) still has it open"), "\(refused.stderr)")
+        #expect(refused.stderr.hasPrefix("pmll: pool '\(pool)' was deleted or replaced while pid \(holder.pid) (pmll) still has its former file open"), "\(refused.stderr)")
         #expect(!FileManager.default.fileExists(atPath: marker) && !FileManager.default.fileExists(atPath: pool))
+        holder.killTree()
+        holder.wait()
+        let later = try run(Binaries.pmll, ["lock", "--pool", pool, "d", "--", "touch", marker])
+        #expect(later.status == 0, "\(later.stderr)")
+        #expect(FileManager.default.fileExists(atPath: marker))
+    }
+
+    /// `mv` of another pool over one in use: a second `lock` must not attach to the file moved
+    /// in (its lock 'd' is free while the holder still holds the former file's); it is refused
+    /// with 75 naming the holder, and attaches once the holder has exited. The pool had been
+    /// attached while its directory was unchanged for seconds, so its memo said "nothing to look
+    /// for": the move must still be seen.
+    @Test func aPoolReplacedUnderAHolderIsNotAttachedUntilTheHolderExits() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("live.pool"), other = scratch.file("other.pool")
+        let marker = scratch.file("second-ran")
+        #expect(try run(Binaries.pmll, ["lock", "--pool", other, "x", "--", "true"]).status == 0)
+        #expect(try run(Binaries.pmll, ["lock", "--pool", pool, "x", "--", "true"]).status == 0)
+        Thread.sleep(forTimeInterval: 2.2)
+        #expect(try run(Binaries.pmll, ["lock", "--pool", pool, "x", "--", "true"]).status == 0)   // stores the memo
+        let holder = try Child(Binaries.pmll, ["lock", "--pool", pool, "d", "--", "sleep", "30"])
+        try waitUntilHeld(pool: pool, lock: "d")
+        #expect(rename(other, pool) == 0)
+        let refused = try run(Binaries.pmll, ["lock", "--pool", pool, "--timeout", "1", "d", "--", "touch", marker])
+        #expect(refused.status == 75, "\(refused.stderr)")
+        #expect(refused.stderr.hasPrefix("pmll: pool '\(pool)' was deleted or replaced while pid \(holder.pid) (pmll) still has its former file open"), "\(refused.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: marker))
         holder.killTree()
         holder.wait()
         let later = try run(Binaries.pmll, ["lock", "--pool", pool, "d", "--", "touch", marker])

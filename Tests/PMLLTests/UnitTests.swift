@@ -1,3 +1,4 @@
+import Foundation
 import CPMLL
 import PMLL
 @testable import PMLLCore
@@ -321,5 +322,66 @@ import Glibc
         pmll_store64(pmll_audit_slot_state(ring.slot(seq)), seq << 2 | UInt64(PMLL_AUDIT_GAP))
         #expect(!ring.write(seq, token: pool.token, pid: 1, uid: 0, comm: [], event: .commit, outcome: .ok) { $0.add("x") })
         #expect(!ring.isComplete(seq))
+    }
+
+    /// The look for processes on a former file of a pool's path: it finds one (this process maps
+    /// a file that was then deleted and replaced at the path, and holds its SESSION byte as an
+    /// attached process does), is skipped while the directory's fingerprint is the memo's, and
+    /// stores the memo only once the directory's mtime is two seconds old; a file renamed into
+    /// the directory changes the fingerprint.
+    @Test func aFormerPoolFileIsLookedForUntilADirectoryIsKnownUnchanged() throws {
+        let scratch = Scratch()
+        let path = scratch.file("p.pool")
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(repeating: 1, count: 4096)))
+        let fd = open(path, O_RDWR)
+        #expect(fd >= 0)
+        #expect(pmll_ofd_lock(fd, PMLL_LOCKBYTE_SESSION, PMLL_RANGE_SHARED, 0) == 0)
+        var former = stat()
+        #expect(fstat(fd, &former) == 0)
+        #expect(pmll_other_pool_open(0) == 1)
+        let mapped = mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)!
+        defer { munmap(mapped, 4096); close(fd) }
+        #expect(unlink(path) == 0)
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(repeating: 2, count: 4096)))
+        var st = stat()
+        #expect(stat(scratch.path, &st) == 0)
+        var memo: UInt64 = 0
+        #expect(throws: PMLLError.self) { try FormerPoolFile.refuseIfReplaced(path: path, inode: 0, memo: &memo, now: st.st_mtim.tv_sec + 3) }
+        #expect(memo == 0)
+        do throws(PMLLError) {
+            try FormerPoolFile.refuseIfStillMapped(path: path)
+            Issue.record("not found")
+        } catch {
+            guard case let .poolDeletedWhileOpen(_, pid, _) = error else { Issue.record("\(error)"); return }
+            #expect(pid == getpid())
+        }
+        // Known unchanged: not looked for (the memo is what a look that found nothing leaves).
+        memo = FormerPoolFile.fingerprint(st)
+        try FormerPoolFile.refuseIfReplaced(path: path, inode: 0, memo: &memo, now: st.st_mtim.tv_sec + 3)
+        munmap(mapped, 4096)
+        // Nothing maps it now: a look finds nothing; the memo is kept only for an old mtime.
+        memo = 0
+        try FormerPoolFile.refuseIfReplaced(path: path, inode: 0, memo: &memo, now: st.st_mtim.tv_sec + 1)
+        #expect(memo == 0)
+        try FormerPoolFile.refuseIfReplaced(path: path, inode: 0, memo: &memo, now: st.st_mtim.tv_sec + 3)
+        #expect(memo == FormerPoolFile.fingerprint(st))
+        let other = scratch.file("other")
+        #expect(FileManager.default.createFile(atPath: other, contents: Data()))
+        #expect(rename(other, path) == 0)
+        var moved = stat()
+        #expect(stat(scratch.path, &moved) == 0)
+        #expect(FormerPoolFile.fingerprint(moved) != memo)
+    }
+
+    /// /proc/locks lines: only an OFD lock on the INIT or SESSION byte of another inode counts
+    /// (the inode is the third part of MAJ:MIN:INODE; a waiter's line has "->").
+    @Test func procLocksLinesNameOtherPoolsOnly() {
+        let session = String(PMLL_LOCKBYTE_SESSION), initByte = String(PMLL_LOCKBYTE_INIT)
+        #expect(pmll_locks_line_is_other_pool("1: OFDLCK ADVISORY  READ -1 fe:00:16319022 \(session) \(session)", 7) == 1)
+        #expect(pmll_locks_line_is_other_pool("1: OFDLCK ADVISORY  READ -1 fe:00:16319022 \(session) \(session)", 16319022) == 0)
+        #expect(pmll_locks_line_is_other_pool("2: -> OFDLCK ADVISORY  WRITE -1 00:1a:99 \(initByte) \(initByte)", 7) == 1)
+        #expect(pmll_locks_line_is_other_pool("3: OFDLCK ADVISORY  WRITE -1 fe:00:16319022 1099511631872 1099511631872", 7) == 0)   // a liveness byte
+        #expect(pmll_locks_line_is_other_pool("4: POSIX  ADVISORY  READ 1234 fe:00:55 \(session) \(session)", 7) == 0)
+        #expect(pmll_locks_line_is_other_pool("5: FLOCK  ADVISORY  WRITE 1234 fe:00:55 0 EOF", 7) == 0)
     }
 }

@@ -82,7 +82,8 @@ typedef struct pmll_header {
     uint32_t last_reset_reason;    // PMLL_RESET_*
     uint32_t policy_epoch;         // odd while the access policy changes, next even value after (readers re-load it)
     uint64_t quiet_directory_mtime_ns; // the pool directory's mtime when a scan for creation temporaries left none to look at again (0: scan)
-    uint8_t padding[PMLL_HEADER_SIZE - 512 - 40 - 24];
+    uint64_t unreplaced_memo;      // fingerprint of the pool directory (device, inode, mtime) when no process was found mapping a former file at this path (0: look)
+    uint8_t padding[PMLL_HEADER_SIZE - 512 - 40 - 32];
 } pmll_header_t;
 
 #define PMLL_RESET_NONE 0u
@@ -101,6 +102,7 @@ _Static_assert(offsetof(pmll_header_t, audit_ring) == 136, "audit ring section i
 _Static_assert(offsetof(pmll_header_t, size_limit) == 152, "size limit in the former reserved bytes");
 _Static_assert(offsetof(pmll_header_t, policy_epoch) == 564, "policy epoch in the former reserved volatile word");
 _Static_assert(offsetof(pmll_header_t, quiet_directory_mtime_ns) == 568, "directory mtime memo in the volatile padding");
+_Static_assert(offsetof(pmll_header_t, unreplaced_memo) == 576, "former-file memo in the volatile padding");
 
 // Written natively at creation: read back as 0x04030201, the pool comes from a machine of the
 // other byte order.
@@ -872,6 +874,15 @@ int pmll_execvpe(const char *file, char *const _Nullable argv[_Nonnull], char *c
 // /proc/PID/maps lists "PATH (deleted)"), or 0 if none this process may look at (other
 // users' processes are invisible without privilege). `command` receives its comm.
 pid_t pmll_find_deleted_mapping(const char *absolute_path, char *_Nullable command, size_t command_size);
+
+// Whether an open file description holds an OFD lock on the INIT or SESSION byte of a file
+// whose inode number is not `own_inode` (0: none is ours): every process attached to a pool,
+// or attaching, holds one, so 0 means no other pool is open anywhere. From /proc/locks, which
+// lists every OFD lock of the system, whoever's (reading it costs one small file, not one per
+// process). -1 when it cannot be read.
+int pmll_other_pool_open(uint64_t own_inode);
+// One line of /proc/locks: 1 if it is such a lock.
+int pmll_locks_line_is_other_pool(const char *line, uint64_t own_inode);
 
 // MARK: - Clocks
 

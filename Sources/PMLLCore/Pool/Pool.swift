@@ -177,6 +177,11 @@ public final class Pool: Sendable {
         guard stat(path, &now) == 0, now.st_ino == st.st_ino, now.st_dev == st.st_dev else {
             return nil
         }
+        if !created {
+            // A file moved over a pool in use: its users are on the former file (a creation
+            // looked already).
+            try FormerPoolFile.refuseIfReplaced(path: path, inode: UInt64(st.st_ino), memo: &base.assumingMemoryBound(to: pmll_header_t.self).pointee.unreplaced_memo)
+        }
         let mapping = PoolMapping(base: base, length: fileSize, reserved: reserve, writable: true, fd: fd.rawValue, path: path)
         let persistence = Persistence(isPmem: isPmem != 0, base: base, volatileStorage: pmll_fs_is_volatile(fd.rawValue) == 1)
         let memory = PoolMemory(base: base, mapping: mapping, layout: layout, persistence: persistence,

@@ -14,7 +14,7 @@ package enum PoolCreation {
         try options.validate()
         let layout = options.layout(size: options.size)
         let (directory, base) = split(path)
-        try refuseIfStillMapped(directory: directory, base: base, path: path)
+        try FormerPoolFile.refuseIfStillMapped(path: path)
         let temporary = "\(directory)/.\(base).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).creating"
         let mode: UInt32 = options.groupShared ? 0o660 : 0o600
 
@@ -60,26 +60,8 @@ package enum PoolCreation {
         return true
     }
 
-    /// Processes attached to a pool keep its file mapped after somebody deletes it (`rm`), and
-    /// keep excluding each other there; a pool created at the same path would be a second set
-    /// of locks, not excluding them. So a creation looks for a process that still maps the
-    /// deleted file (its maps list "PATH (deleted)") and refuses while there is one. The set of
-    /// such processes can only shrink (nobody can open the deleted file again), so the check
-    /// has no race. Processes of other users are invisible without privilege: see
-    /// Docs/Reliability.md.
-    private static func refuseIfStillMapped(directory: String, base: String, path: String) throws(PMLLError) {
-        guard let real = realpath(directory, nil) else { return }   // creation will name the problem
-        let canonical = String(cString: real)
-        free(real)
-        let absolute = canonical == "/" ? "/" + base : canonical + "/" + base
-        var command = [CChar](repeating: 0, count: 64)
-        let pid = pmll_find_deleted_mapping(absolute, &command, command.count)
-        guard pid != 0 else { return }
-        throw .poolDeletedWhileOpen(path: path, pid: pid, command: String(decoding: command.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
-    }
-
     /// The pool's directory ("/" for a file at the root, "." for a bare name) and file name.
-    private static func split(_ path: String) -> (directory: String, base: String) {
+    static func split(_ path: String) -> (directory: String, base: String) {
         let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
         return (directory.isEmpty ? "/" : directory, path.split(separator: "/").last.map(String.init) ?? path)
     }
