@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 // Reads a whole /proc file (its size is not known in advance). NULL if unreadable.
@@ -110,4 +111,20 @@ int pmll_other_pool_open(uint64_t own_inode) {
     }
     free(locks);
     return found;
+}
+
+int64_t pmll_fs_timestamp_settle_ns(const char *path) {
+    struct statfs fs;
+    if (statfs(path, &fs) != 0) return 2000000000;
+    switch ((unsigned long)fs.f_type) {
+    case 0xEF53:       // ext2, ext3, ext4
+    case 0x58465342:   // XFS
+    case 0x9123683E:   // Btrfs
+    case 0xF2F52010:   // F2FS
+    case 0x01021994:   // tmpfs
+    case 0x858458F6:   // ramfs
+        return 50000000;
+    default:
+        return 2000000000;
+    }
 }

@@ -327,8 +327,9 @@ import Glibc
     /// The look for processes on a former file of a pool's path: it finds one (this process maps
     /// a file that was then deleted and replaced at the path, and holds its SESSION byte as an
     /// attached process does), is skipped while the directory's fingerprint is the memo's, and
-    /// stores the memo only once the directory's mtime is two seconds old; a file renamed into
-    /// the directory changes the fingerprint.
+    /// stores the memo only once the directory's mtime has settled (50 ms on the local file
+    /// system of the scratch directory); a file renamed into the directory changes the
+    /// fingerprint.
     @Test func aFormerPoolFileIsLookedForUntilADirectoryIsKnownUnchanged() throws {
         let scratch = Scratch()
         let path = scratch.file("p.pool")
@@ -345,8 +346,9 @@ import Glibc
         #expect(FileManager.default.createFile(atPath: path, contents: Data(repeating: 2, count: 4096)))
         var st = stat()
         #expect(stat(scratch.path, &st) == 0)
+        let mtime = Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
         var memo: UInt64 = 0
-        #expect(throws: PMLLError.self) { try FormerPoolFile.refuseIfReplaced(path: path, inode: 0, memo: &memo, now: st.st_mtim.tv_sec + 3) }
+        #expect(throws: PMLLError.self) { try FormerPoolFile.refuseIfReplaced(path: path, inode: 0, memo: &memo, now: mtime + 3_000_000_000) }
         #expect(memo == 0)
         do throws(PMLLError) {
             try FormerPoolFile.refuseIfStillMapped(path: path)
@@ -357,13 +359,13 @@ import Glibc
         }
         // Known unchanged: not looked for (the memo is what a look that found nothing leaves).
         memo = FormerPoolFile.fingerprint(st)
-        try FormerPoolFile.refuseIfReplaced(path: path, inode: 0, memo: &memo, now: st.st_mtim.tv_sec + 3)
+        try FormerPoolFile.refuseIfReplaced(path: path, inode: 0, memo: &memo, now: mtime + 3_000_000_000)
         munmap(mapped, 4096)
-        // Nothing maps it now: a look finds nothing; the memo is kept only for an old mtime.
+        // Nothing maps it now: a look finds nothing; the memo is kept only for a settled mtime.
         memo = 0
-        try FormerPoolFile.refuseIfReplaced(path: path, inode: 0, memo: &memo, now: st.st_mtim.tv_sec + 1)
+        try FormerPoolFile.refuseIfReplaced(path: path, inode: 0, memo: &memo, now: mtime + 10_000_000)
         #expect(memo == 0)
-        try FormerPoolFile.refuseIfReplaced(path: path, inode: 0, memo: &memo, now: st.st_mtim.tv_sec + 3)
+        try FormerPoolFile.refuseIfReplaced(path: path, inode: 0, memo: &memo, now: mtime + 3_000_000_000)
         #expect(memo == FormerPoolFile.fingerprint(st))
         let other = scratch.file("other")
         #expect(FileManager.default.createFile(atPath: other, contents: Data()))

@@ -883,6 +883,11 @@ pid_t pmll_find_deleted_mapping(const char *absolute_path, char *_Nullable comma
 int pmll_other_pool_open(uint64_t own_inode);
 // One line of /proc/locks: 1 if it is such a lock.
 int pmll_locks_line_is_other_pool(const char *line, uint64_t own_inode);
+// How old a directory's mtime must be before a change in the same clock tick is ruled out:
+// 50 ms on file systems that stamp times from the kernel's coarse clock at nanosecond
+// resolution (ext2/3/4, XFS, Btrfs, F2FS, tmpfs, ramfs), 2 s elsewhere (FAT's 2 s stamps,
+// network file systems stamped by a server).
+int64_t pmll_fs_timestamp_settle_ns(const char *path);
 
 // MARK: - Clocks
 

@@ -33,17 +33,21 @@ package enum FormerPoolFile {
     /// ``refuseIfStillMapped(path:)`` for an attach to an existing pool, skipped while the pool's
     /// directory is unchanged since a look found nothing: a file moved to the path, or a path
     /// freed by deleting, changes the directory's mtime. `memo` (the pool header's word) holds
-    /// the directory's fingerprint after such a look, stored only once its mtime is two seconds
-    /// old (file systems stamp times at a coarse clock tick, so a rename in the tick of our stat
-    /// could leave the same mtime). Costs a `stat` when nothing changed, and a read of
-    /// /proc/locks when the directory changed but no other pool is open.
-    package static func refuseIfReplaced(path: String, inode: UInt64, memo: UnsafeMutablePointer<UInt64>, now: time_t = time(nil)) throws(PMLLError) {
+    /// the directory's fingerprint after such a look, stored only once its mtime has settled
+    /// (file systems stamp times at a coarse clock tick, so a rename in the tick that set the
+    /// mtime we saw could leave it unchanged: 50 ms on local file systems, 2 s elsewhere).
+    /// Costs a `stat` when nothing changed, and a read of /proc/locks when the directory changed
+    /// but no other pool is open. `now`: CLOCK_REALTIME ns.
+    package static func refuseIfReplaced(path: String, inode: UInt64, memo: UnsafeMutablePointer<UInt64>,
+                                         now: Int64 = Clock.realtimeNanoseconds) throws(PMLLError) {
+        let directory = PoolCreation.split(path).directory
         var st = stat()
-        guard stat(PoolCreation.split(path).directory, &st) == 0 else { return }
+        guard stat(directory, &st) == 0 else { return }
         let print = fingerprint(st)
         if pmll_load64(memo) == print { return }
         try refuseIfStillMapped(path: path, ownInode: inode)
-        pmll_store64(memo, now - st.st_mtim.tv_sec >= 2 ? print : 0)
+        let mtime = Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
+        pmll_store64(memo, now - mtime >= pmll_fs_timestamp_settle_ns(directory) ? print : 0)
     }
 
     /// The directory's device, inode and mtime in one nonzero word (FNV-1a).
