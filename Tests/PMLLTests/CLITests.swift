@@ -97,9 +97,9 @@ struct CLITests {
 
     /// `mv` of another pool over one in use: a second `lock` must not attach to the file moved
     /// in (its lock 'd' is free while the holder still holds the former file's); it is refused
-    /// with 75 naming the holder, and attaches once the holder has exited. The pool had been
-    /// attached while its directory was unchanged for a while, so its memo said "nothing to
-    /// look for": the move must still be seen.
+    /// with 75 naming the holder, and attaches once the holder has exited. Both pools had been
+    /// attached after their times settled, so their memos said "nothing to look for" (the
+    /// directory's in one, the file's own in the other): the move must still be seen.
     @Test func aPoolReplacedUnderAHolderIsNotAttachedUntilTheHolderExits() throws {
         let scratch = Scratch()
         let pool = scratch.file("live.pool"), other = scratch.file("other.pool")
@@ -108,7 +108,9 @@ struct CLITests {
         #expect(try run(Binaries.pmll, ["lock", "--pool", pool, "x", "--", "true"]).status == 0)
         Thread.sleep(forTimeInterval: 0.3)
         #expect(try run(Binaries.pmll, ["lock", "--pool", pool, "x", "--", "true"]).status == 0)
+        #expect(try run(Binaries.pmll, ["lock", "--pool", other, "x", "--", "true"]).status == 0)
         #expect(readU64(pool, field: 576 / 8) != 0, "the header's unreplaced_memo was not stored")
+        #expect(readU64(other, field: 584 / 8) != 0, "the moved file's unreplaced_file_memo was not stored")
         let holder = try Child(Binaries.pmll, ["lock", "--pool", pool, "d", "--", "sleep", "30"])
         try waitUntilHeld(pool: pool, lock: "d")
         #expect(rename(other, pool) == 0)

@@ -326,30 +326,33 @@ import Glibc
 
     /// The look for processes on a former file of a pool's path: it finds one (this process maps
     /// a file that was then deleted and replaced at the path, and holds its SESSION byte as an
-    /// attached process does), is skipped while the directory's fingerprint is the memo's, and
-    /// stores the memo only once the directory's mtime has settled (50 ms on the local file
-    /// system of the scratch directory); a file renamed into the directory changes the
-    /// fingerprint.
-    @Test func aFormerPoolFileIsLookedForUntilADirectoryIsKnownUnchanged() throws {
+    /// attached process does); it is skipped while the directory's fingerprint, or the pool
+    /// file's, is its memo's; a memo is stored only once its time has settled (50 ms on the local
+    /// file system of the scratch directory); a file renamed into the directory changes the
+    /// directory's fingerprint, and a file renamed away and back changes its own.
+    @Test func aFormerPoolFileIsLookedForUntilAPathIsKnownUnchanged() throws {
         let scratch = Scratch()
         let path = scratch.file("p.pool")
         #expect(FileManager.default.createFile(atPath: path, contents: Data(repeating: 1, count: 4096)))
         let fd = open(path, O_RDWR)
         #expect(fd >= 0)
+        defer { close(fd) }
         #expect(pmll_ofd_lock(fd, PMLL_LOCKBYTE_SESSION, PMLL_RANGE_SHARED, 0) == 0)
-        var former = stat()
-        #expect(fstat(fd, &former) == 0)
         #expect(pmll_other_pool_open(0) == 1)
         let mapped = mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)!
-        defer { munmap(mapped, 4096); close(fd) }
         #expect(unlink(path) == 0)
         #expect(FileManager.default.createFile(atPath: path, contents: Data(repeating: 2, count: 4096)))
-        var st = stat()
-        #expect(stat(scratch.path, &st) == 0)
-        let mtime = Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
-        var memo: UInt64 = 0
-        #expect(throws: PMLLError.self) { try FormerPoolFile.refuseIfReplaced(path: path, inode: 0, memo: &memo, now: mtime + 3_000_000_000) }
-        #expect(memo == 0)
+        var directory = stat(), file = stat()
+        #expect(stat(scratch.path, &directory) == 0 && stat(path, &file) == 0)
+        let late = max(FormerPoolFile.nanoseconds(directory.st_mtim), FormerPoolFile.nanoseconds(file.st_ctim)) + 3_000_000_000
+        let early = late - 2_990_000_000
+        let directoryPrint = FormerPoolFile.fingerprint(directory.st_dev, directory.st_ino, directory.st_mtim)
+        let filePrint = FormerPoolFile.fingerprint(file.st_dev, file.st_ino, file.st_ctim)
+        var directoryMemo: UInt64 = 0, fileMemo: UInt64 = 0
+        #expect(throws: PMLLError.self) {
+            try FormerPoolFile.refuseIfReplaced(path: path, file: file, directoryMemo: &directoryMemo, fileMemo: &fileMemo, now: late)
+        }
+        #expect(directoryMemo == 0 && fileMemo == 0)
         do throws(PMLLError) {
             try FormerPoolFile.refuseIfStillMapped(path: path)
             Issue.record("not found")
@@ -357,22 +360,32 @@ import Glibc
             guard case let .poolDeletedWhileOpen(_, pid, _) = error else { Issue.record("\(error)"); return }
             #expect(pid == getpid())
         }
-        // Known unchanged: not looked for (the memo is what a look that found nothing leaves).
-        memo = FormerPoolFile.fingerprint(st)
-        try FormerPoolFile.refuseIfReplaced(path: path, inode: 0, memo: &memo, now: mtime + 3_000_000_000)
+        // Known unchanged, by either memo: not looked for (a memo is what a look that found nothing leaves).
+        directoryMemo = directoryPrint
+        try FormerPoolFile.refuseIfReplaced(path: path, file: file, directoryMemo: &directoryMemo, fileMemo: &fileMemo, now: late)
+        directoryMemo = 0
+        fileMemo = filePrint
+        try FormerPoolFile.refuseIfReplaced(path: path, file: file, directoryMemo: &directoryMemo, fileMemo: &fileMemo, now: late)
         munmap(mapped, 4096)
-        // Nothing maps it now: a look finds nothing; the memo is kept only for a settled mtime.
-        memo = 0
-        try FormerPoolFile.refuseIfReplaced(path: path, inode: 0, memo: &memo, now: mtime + 10_000_000)
-        #expect(memo == 0)
-        try FormerPoolFile.refuseIfReplaced(path: path, inode: 0, memo: &memo, now: mtime + 3_000_000_000)
-        #expect(memo == FormerPoolFile.fingerprint(st))
+        // Nothing maps it now: a look finds nothing; the memos are kept only for settled times.
+        fileMemo = 0
+        try FormerPoolFile.refuseIfReplaced(path: path, file: file, directoryMemo: &directoryMemo, fileMemo: &fileMemo, now: early)
+        #expect(directoryMemo == 0 && fileMemo == 0)
+        try FormerPoolFile.refuseIfReplaced(path: path, file: file, directoryMemo: &directoryMemo, fileMemo: &fileMemo, now: late)
+        #expect(directoryMemo == directoryPrint && fileMemo == filePrint)
+        // Past the settling time, as a stored memo would be: the file moved away and back.
+        Thread.sleep(forTimeInterval: 0.06)
+        let aside = scratch.file("aside")
+        #expect(rename(path, aside) == 0 && rename(aside, path) == 0)
+        var back = stat()
+        #expect(stat(path, &back) == 0 && back.st_ino == file.st_ino)
+        #expect(FormerPoolFile.fingerprint(back.st_dev, back.st_ino, back.st_ctim) != fileMemo)
         let other = scratch.file("other")
         #expect(FileManager.default.createFile(atPath: other, contents: Data()))
         #expect(rename(other, path) == 0)
         var moved = stat()
         #expect(stat(scratch.path, &moved) == 0)
-        #expect(FormerPoolFile.fingerprint(moved) != memo)
+        #expect(FormerPoolFile.fingerprint(moved.st_dev, moved.st_ino, moved.st_mtim) != directoryMemo)
     }
 
     /// /proc/locks lines: only an OFD lock on the INIT or SESSION byte of another inode counts

@@ -83,7 +83,8 @@ typedef struct pmll_header {
     uint32_t policy_epoch;         // odd while the access policy changes, next even value after (readers re-load it)
     uint64_t quiet_directory_mtime_ns; // the pool directory's mtime when a scan for creation temporaries left none to look at again (0: scan)
     uint64_t unreplaced_memo;      // fingerprint of the pool directory (device, inode, mtime) when no process was found mapping a former file at this path (0: look)
-    uint8_t padding[PMLL_HEADER_SIZE - 512 - 40 - 32];
+    uint64_t unreplaced_file_memo; // fingerprint of the pool file itself (device, inode, ctime) then (0: look)
+    uint8_t padding[PMLL_HEADER_SIZE - 512 - 40 - 40];
 } pmll_header_t;
 
 #define PMLL_RESET_NONE 0u
@@ -103,6 +104,7 @@ _Static_assert(offsetof(pmll_header_t, size_limit) == 152, "size limit in the fo
 _Static_assert(offsetof(pmll_header_t, policy_epoch) == 564, "policy epoch in the former reserved volatile word");
 _Static_assert(offsetof(pmll_header_t, quiet_directory_mtime_ns) == 568, "directory mtime memo in the volatile padding");
 _Static_assert(offsetof(pmll_header_t, unreplaced_memo) == 576, "former-file memo in the volatile padding");
+_Static_assert(offsetof(pmll_header_t, unreplaced_file_memo) == 584, "former-file memo of the file in the volatile padding");
 
 // Written natively at creation: read back as 0x04030201, the pool comes from a machine of the
 // other byte order.

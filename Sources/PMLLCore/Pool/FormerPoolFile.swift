@@ -30,30 +30,41 @@ package enum FormerPoolFile {
         throw .poolDeletedWhileOpen(path: path, pid: pid, command: String(decoding: command.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
     }
 
-    /// ``refuseIfStillMapped(path:)`` for an attach to an existing pool, skipped while the pool's
-    /// directory is unchanged since a look found nothing: a file moved to the path, or a path
-    /// freed by deleting, changes the directory's mtime. `memo` (the pool header's word) holds
-    /// the directory's fingerprint after such a look, stored only once its mtime has settled
-    /// (file systems stamp times at a coarse clock tick, so a rename in the tick that set the
-    /// mtime we saw could leave it unchanged: 50 ms on local file systems, 2 s elsewhere).
-    /// Costs a `stat` when nothing changed, and a read of /proc/locks when the directory changed
-    /// but no other pool is open. `now`: CLOCK_REALTIME ns.
-    package static func refuseIfReplaced(path: String, inode: UInt64, memo: UnsafeMutablePointer<UInt64>,
-                                         now: Int64 = Clock.realtimeNanoseconds) throws(PMLLError) {
+    /// ``refuseIfStillMapped(path:)`` for an attach to an existing pool (`file`: its `fstat`),
+    /// skipped when a look since found nothing and either of two facts since holds, each kept
+    /// as a fingerprint in the pool header's volatile part:
+    /// - `directoryMemo`: the directory is unchanged (device, inode, mtime): moving a file to
+    ///   the path, or freeing the path by deleting, changes the directory's mtime;
+    /// - `fileMemo`: the pool file is the one that was at the path then, not moved since
+    ///   (device, inode, ctime): renaming or linking a file changes its ctime, so a file whose
+    ///   ctime did not move stayed at the path, and no other file can have been there since.
+    ///   (Writes through a shared mapping move the ctime on most disk file systems, not on
+    ///   tmpfs: there the directory's memo is the one that holds.)
+    /// A fingerprint is stored only once its time has settled: file systems stamp times from a
+    /// coarse clock, so a change in the same tick as the one we saw could leave the time as it
+    /// was (50 ms on local file systems, 2 s elsewhere). Costs a `stat` when nothing changed, and
+    /// a read of /proc/locks when something did but no other pool is open. `now`: CLOCK_REALTIME ns.
+    static func refuseIfReplaced(path: String, file: stat, directoryMemo: UnsafeMutablePointer<UInt64>,
+                                         fileMemo: UnsafeMutablePointer<UInt64>, now: Int64 = Clock.realtimeNanoseconds) throws(PMLLError) {
+        let filePrint = fingerprint(file.st_dev, file.st_ino, file.st_ctim)
+        if pmll_load64(fileMemo) == filePrint { return }
         let directory = PoolCreation.split(path).directory
         var st = stat()
         guard stat(directory, &st) == 0 else { return }
-        let print = fingerprint(st)
-        if pmll_load64(memo) == print { return }
-        try refuseIfStillMapped(path: path, ownInode: inode)
-        let mtime = Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
-        pmll_store64(memo, now - mtime >= pmll_fs_timestamp_settle_ns(directory) ? print : 0)
+        let directoryPrint = fingerprint(st.st_dev, st.st_ino, st.st_mtim)
+        if pmll_load64(directoryMemo) == directoryPrint { return }
+        try refuseIfStillMapped(path: path, ownInode: UInt64(file.st_ino))
+        let settle = pmll_fs_timestamp_settle_ns(directory)
+        pmll_store64(directoryMemo, now - nanoseconds(st.st_mtim) >= settle ? directoryPrint : 0)
+        pmll_store64(fileMemo, now - nanoseconds(file.st_ctim) >= settle ? filePrint : 0)
     }
 
-    /// The directory's device, inode and mtime in one nonzero word (FNV-1a).
-    static func fingerprint(_ st: stat) -> UInt64 {
+    static func nanoseconds(_ t: timespec) -> Int64 { Int64(t.tv_sec) * 1_000_000_000 + Int64(t.tv_nsec) }
+
+    /// A device, an inode and a time in one nonzero word (FNV-1a).
+    static func fingerprint(_ device: dev_t, _ inode: ino_t, _ time: timespec) -> UInt64 {
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for value in [UInt64(st.st_dev), UInt64(st.st_ino), UInt64(bitPattern: Int64(st.st_mtim.tv_sec)), UInt64(bitPattern: Int64(st.st_mtim.tv_nsec))] {
+        for value in [UInt64(device), UInt64(inode), UInt64(bitPattern: Int64(time.tv_sec)), UInt64(bitPattern: Int64(time.tv_nsec))] {
             for i in 0..<8 {
                 h ^= (value >> (8 * UInt64(i))) & 0xff
                 h = h &* 0x100_0000_01b3

@@ -180,7 +180,9 @@ public final class Pool: Sendable {
         if !created {
             // A file moved over a pool in use: its users are on the former file (a creation
             // looked already).
-            try FormerPoolFile.refuseIfReplaced(path: path, inode: UInt64(st.st_ino), memo: &base.assumingMemoryBound(to: pmll_header_t.self).pointee.unreplaced_memo)
+            let header = base.assumingMemoryBound(to: pmll_header_t.self)
+            try FormerPoolFile.refuseIfReplaced(path: path, file: st, directoryMemo: &header.pointee.unreplaced_memo,
+                                                fileMemo: &header.pointee.unreplaced_file_memo)
         }
         let mapping = PoolMapping(base: base, length: fileSize, reserved: reserve, writable: true, fd: fd.rawValue, path: path)
         let persistence = Persistence(isPmem: isPmem != 0, base: base, volatileStorage: pmll_fs_is_volatile(fd.rawValue) == 1)
