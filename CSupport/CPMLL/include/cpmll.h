@@ -887,8 +887,9 @@ int pmll_other_pool_open(uint64_t own_inode);
 int pmll_locks_line_is_other_pool(const char *line, uint64_t own_inode);
 // How old a directory's mtime must be before a change in the same clock tick is ruled out:
 // 50 ms on file systems that stamp times from the kernel's coarse clock at nanosecond
-// resolution (ext2/3/4, XFS, Btrfs, F2FS, tmpfs, ramfs), 2 s elsewhere (FAT's 2 s stamps,
-// network file systems stamped by a server).
+// resolution and move a file's ctime when it is renamed or linked (ext2/3/4, XFS, Btrfs,
+// F2FS, tmpfs, ramfs), 2 s elsewhere (FAT's 2 s stamps, network file systems stamped by a
+// server).
 int64_t pmll_fs_timestamp_settle_ns(const char *path);
 
 // MARK: - Clocks

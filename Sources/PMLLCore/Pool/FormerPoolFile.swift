@@ -56,7 +56,10 @@ package enum FormerPoolFile {
         try refuseIfStillMapped(path: path, ownInode: UInt64(file.st_ino))
         let settle = pmll_fs_timestamp_settle_ns(directory)
         pmll_store64(directoryMemo, now - nanoseconds(st.st_mtim) >= settle ? directoryPrint : 0)
-        pmll_store64(fileMemo, now - nanoseconds(file.st_ctim) >= settle ? filePrint : 0)
+        // Only where renames are known to move the ctime (the file systems with a short settling
+        // time): FAT, for one, keeps no change time.
+        let knownFileSystem = settle < 1_000_000_000
+        pmll_store64(fileMemo, knownFileSystem && now - nanoseconds(file.st_ctim) >= settle ? filePrint : 0)
     }
 
     static func nanoseconds(_ t: timespec) -> Int64 { Int64(t.tv_sec) * 1_000_000_000 + Int64(t.tv_nsec) }
