@@ -16,7 +16,7 @@ package enum FormerPoolFile {
     /// file of `path`. A former file in use is a pool some process is attached to, so it holds
     /// an OFD lock on the pool's SESSION (or, attaching, INIT) byte: when /proc/locks shows no
     /// such lock on a file other than `ownInode` (the file now at the path; 0 for none), there
-    /// is nothing to look for. Otherwise it reads the maps of every process (about 5 µs each).
+    /// is nothing to look for. Otherwise it reads the maps of every process (about 20 µs each here).
     package static func refuseIfStillMapped(path: String, ownInode: UInt64 = 0) throws(PMLLError) {
         if pmll_other_pool_open(ownInode) == 0 { return }
         let (directory, base) = PoolCreation.split(path)
@@ -38,14 +38,14 @@ package enum FormerPoolFile {
     /// - `fileMemo`: the pool file is the one that was at the path then, not moved since
     ///   (device, inode, ctime): renaming or linking a file changes its ctime, so a file whose
     ///   ctime did not move stayed at the path, and no other file can have been there since.
-    ///   (Writes through a shared mapping move the ctime on most disk file systems, not on
-    ///   tmpfs: there the directory's memo is the one that holds.)
+    ///   (Writes through a shared mapping move the ctime on most disk file systems, where the
+    ///   directory's memo is then the one that holds; on tmpfs they do not.)
     /// A fingerprint is stored only once its time has settled: file systems stamp times from a
     /// coarse clock, so a change in the same tick as the one we saw could leave the time as it
     /// was (50 ms on local file systems, 2 s elsewhere). Costs a `stat` when nothing changed, and
     /// a read of /proc/locks when something did but no other pool is open. `now`: CLOCK_REALTIME ns.
     static func refuseIfReplaced(path: String, file: stat, directoryMemo: UnsafeMutablePointer<UInt64>,
-                                         fileMemo: UnsafeMutablePointer<UInt64>, now: Int64 = Clock.realtimeNanoseconds) throws(PMLLError) {
+                                 fileMemo: UnsafeMutablePointer<UInt64>, now: Int64 = Clock.realtimeNanoseconds) throws(PMLLError) {
         let filePrint = fingerprint(file.st_dev, file.st_ino, file.st_ctim)
         if pmll_load64(fileMemo) == filePrint { return }
         let directory = PoolCreation.split(path).directory
