@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -117,12 +118,12 @@ int64_t pmll_fs_timestamp_settle_ns(const char *path) {
     struct statfs fs;
     if (statfs(path, &fs) != 0) return 2000000000;
     switch ((unsigned long)fs.f_type) {
-    case 0xEF53:       // ext2, ext3, ext4
-    case 0x58465342:   // XFS
-    case 0x9123683E:   // Btrfs
-    case 0xF2F52010:   // F2FS
-    case 0x01021994:   // tmpfs
-    case 0x858458F6:   // ramfs
+    case EXT4_SUPER_MAGIC:   // also ext2 and ext3
+    case XFS_SUPER_MAGIC:
+    case BTRFS_SUPER_MAGIC:
+    case F2FS_SUPER_MAGIC:
+    case TMPFS_MAGIC:
+    case RAMFS_MAGIC:
         return 50000000;
     default:
         return 2000000000;

@@ -9,6 +9,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <sys/mman.h>
@@ -105,7 +106,7 @@ int pmll_map_extend(void *base, int fd, uint64_t from, uint64_t to, int writable
 int pmll_fs_is_volatile(int fd) {
     struct statfs fs;
     if (fstatfs(fd, &fs) != 0) return 0;
-    return fs.f_type == 0x01021994 /* TMPFS_MAGIC */ || fs.f_type == (typeof(fs.f_type))0x858458f6 /* RAMFS_MAGIC */;
+    return fs.f_type == TMPFS_MAGIC || fs.f_type == (typeof(fs.f_type))RAMFS_MAGIC;
 }
 
 int pmll_pmem_unmap(void *addr, uint64_t length) {
