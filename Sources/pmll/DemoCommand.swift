@@ -42,12 +42,19 @@ struct DemoCommand: ParsableCommand {
         var victim: Int32 = 0
         var killedAt: Int64 = 0
         for _ in 0..<2000 where victim == 0 {
-            if let holder = lock.currentHolder, pids.contains(holder.pid) {
-                victim = holder.pid
-                // Stamped before the signal: the survivor may see the death before kill() returns.
-                killedAt = pmll_clock_realtime_ns()
-                kill(victim, SIGKILL)
-                say("SIGKILL worker pid \(victim) while it holds '\(lock.id.name)'")
+            // Stopped, the holder cannot release: if it still holds after SIGSTOP, it dies
+            // holding (on a busy machine this process can be preempted between reading the
+            // holder and signalling it, for longer than a critical section).
+            if let holder = lock.currentHolder, pids.contains(holder.pid), kill(holder.pid, SIGSTOP) == 0 {
+                if lock.currentHolder?.pid == holder.pid {
+                    victim = holder.pid
+                    // Stamped before the signal: the survivor may see the death before kill() returns.
+                    killedAt = pmll_clock_realtime_ns()
+                    kill(victim, SIGKILL)
+                    say("SIGKILL worker pid \(victim) while it holds '\(lock.id.name)'")
+                } else {
+                    kill(holder.pid, SIGCONT)
+                }
             } else {
                 usleep(500)
             }
