@@ -720,7 +720,10 @@ struct EtcdClusterTests {
         try await onEtcdThread {
             let cluster = try EtcdCluster(members: 3)
             defer { cluster.stop() }
-            let address = cluster.address("leader")
+            // A 10 s lease: the holder must outlive the election. With 5 s, a CI machine busy
+            // with the crash suite once took long enough over the election (and the new
+            // leader's first renewals) that the lease ran out and the commit was refused.
+            let address = cluster.address("leader", ttl: 10)
             let a = try await EtcdPool.open(url: address)
             let b = try await EtcdPool.open(url: address)
             let lockA = try await a.lock(named: "L", level: .package)

@@ -73,11 +73,23 @@ extension EtcdPool {
             throw .backendUnavailable(address: gateway.address, reason: "the waiter key was not found after it was put")
         }
         let token = mine.createRevision
-        var predecessor = first.range(1)?.all.first(where: { $0.key.bytes != myKey && $0.createRevision < token })
         var seenAt = first.header?.rev ?? 0
+        // The two newest keys we wait for name our predecessor when ours was just created
+        // (it is then the newest key). A request sent again after its first answer was lost
+        // (a leader killed, a member paused) finds our key from the first delivery, and
+        // keys queued since then can be the two newest: the predecessor is then older than
+        // both, and only a query bounded by our token finds it. Without that query this
+        // acquisition took the lock while its holder still held it.
+        let newest = first.range(1)?.all ?? []
+        var predecessor = newest.first(where: { $0.key.bytes != myKey && $0.createRevision < token })
 
         // 2. Wait until no key we wait for was created before ours.
         do throws(PMLLError) {
+            if predecessor == nil && newest.count >= 2 {
+                let before = try await newestBlocker(blockers, before: token)
+                predecessor = before.blocker
+                seenAt = before.revision ?? seenAt
+            }
             while let waitingFor = predecessor {
                 if let lost = session.lostReason { throw .lockLost(lock: id.name, token: token, reason: lost) }
                 if Task.isCancelled { throw .cancelled(lock: id.name) }
@@ -85,11 +97,9 @@ extension EtcdPool {
                     throw .timeout(lock: id.name, holder: try? await holder(of: id.name)?.info)
                 }
                 try await gateway.waitForDeletion(of: waitingFor.key.bytes, after: seenAt, deadline: deadline)
-                let before = try await gateway.call("/v3/kv/range", RangeRequest(
-                    key: EtcdBytes(blockers), range_end: EtcdBytes(prefixEnd(blockers)), limit: EtcdInt(1),
-                    sort_order: "DESCEND", sort_target: "CREATE", max_create_revision: EtcdInt(token - 1)), as: RangeResponse.self)
-                predecessor = before.all.first
-                seenAt = before.header?.rev ?? seenAt
+                let before = try await newestBlocker(blockers, before: token)
+                predecessor = before.blocker
+                seenAt = before.revision ?? seenAt
             }
         } catch {
             await withdraw(myKey, token: token)
@@ -109,6 +119,15 @@ extension EtcdPool {
         }
         return EtcdLockGrant(lock: id, fencingToken: token, previousOwnerDeath: death(in: claim.range(0)?.all.first, token: token),
                              waited: start.duration(to: .now), shared: shared, waiterKey: myKey)
+    }
+
+    /// The newest key under `blockers` created before `token` (nil: none is left), and the
+    /// revision the answer was read at (a watch for its deletion starts after it).
+    private func newestBlocker(_ blockers: [UInt8], before token: Int64) async throws(PMLLError) -> (blocker: KeyValue?, revision: Int64?) {
+        let answer = try await gateway.call("/v3/kv/range", RangeRequest(
+            key: EtcdBytes(blockers), range_end: EtcdBytes(prefixEnd(blockers)), limit: EtcdInt(1),
+            sort_order: "DESCEND", sort_target: "CREATE", max_create_revision: EtcdInt(token - 1)), as: RangeResponse.self)
+        return (answer.all.first, answer.header?.rev)
     }
 
     /// The death a held record left by an earlier holder reports (nil: none, or ours).

@@ -69,8 +69,14 @@ final class EtcdSession: Sendable {
     /// The waiter key's name part: the lease in hex, as etcd's own recipe names it.
     var leaseHex: String { String(UInt64(bitPattern: leaseID), radix: 16) }
 
+    /// One renewal, tried through every member until it succeeds or the lease has had no
+    /// renewal for its TTL. Not only for a third of the TTL: during an election a renewal
+    /// that gave up then waited another third before the next try, so a few seconds of
+    /// election on a loaded machine could use up a 5 s lease whose holder was alive.
     private func renewOnce() -> EventLoopFuture<Void> {
-        gateway.callOnEventLoop("/v3/lease/keepalive", LeaseIDRequest(ID: EtcdInt(leaseID)), as: LeaseKeepAliveResponse.self, timeout: ttl / 3)
+        let sinceRenewal = state.withLock { $0.lastRenewal }.duration(to: .now)
+        let timeout = max(ttl / 3, ttl - sinceRenewal)
+        return gateway.callOnEventLoop("/v3/lease/keepalive", LeaseIDRequest(ID: EtcdInt(leaseID)), as: LeaseKeepAliveResponse.self, timeout: timeout)
             .map { answer in
                 if let left = answer.result?.TTL?.value, left > 0 {
                     self.state.withLock { $0.lastRenewal = .now }
