@@ -158,6 +158,9 @@ struct EtcdKeys: Sendable {
     func waiters(_ name: String) -> [UInt8] { Array((root + "/lock/" + Self.escape(name) + "/").utf8) }
     func held(_ name: String) -> [UInt8] { Array((root + "/held/" + Self.escape(name)).utf8) }
     var heldRoot: [UInt8] { Array((root + "/held/").utf8) }
+    /// A participant's last release (its token), bound to its lease: a release sent again
+    /// after a lost answer tells "already released" from "lost" by it.
+    func released(_ leaseHex: String) -> [UInt8] { Array((root + "/released/" + leaseHex).utf8) }
     func level(_ name: String) -> [UInt8] { Array((root + "/level/" + Self.escape(name)).utf8) }
     var levelRoot: [UInt8] { Array((root + "/level/").utf8) }
     func state(_ key: String) -> [UInt8] { Array((root + "/state/").utf8) + Array(key.utf8) }

@@ -1,14 +1,16 @@
 import Foundation
 import PMLLCore
 @testable import PMLLEtcd
+import PMLLLocks
 import PMLLStressSupport
 import Testing
 
-/// The lock recipe's first step sent again after its answer was lost (a leader killed or a
-/// member paused between applying it and answering). Reproduced without a fault: the
-/// waiter key of the first delivery is put beforehand, the way etcd applied it.
-@Suite("etcd backend: an enqueue sent again")
+/// The lock recipe's steps sent again after their answer was lost (a leader killed or a
+/// member paused between applying a request and answering).
+@Suite("etcd backend: requests sent again after a lost answer")
 struct EtcdResentEnqueueTests {
+    /// Reproduced without a fault: the waiter key of the first delivery is put beforehand,
+    /// the way etcd applied it, and two waiters queue behind it before it is sent again.
     @Test("an enqueue applied once, then sent again after newer waiters queued, still waits for the holder")
     func resentEnqueueWaitsForTheHolder() async throws {
         try await onEtcdThread {
@@ -55,6 +57,62 @@ struct EtcdResentEnqueueTests {
             try await holder.release(held)
             for waiter in waiters { #expect(try await waiter.value > held.fencingToken) }
             for pool in [holder, late] + others { await pool.close() }
+        }
+    }
+
+    @Test("every first answer lost: the lock stays exclusive, a death is still reported to the next holder, clean releases are not reported lost")
+    func everyFirstAnswerLost() async throws {
+        try await onEtcdThread {
+            let cluster = try EtcdCluster()
+            defer { cluster.stop() }
+            let address = cluster.address("lossy", ttl: 2)
+            let id = LockID(name: "L", level: .package)
+            let lossy = try await EtcdPool.open(url: address)
+            lossy.gateway.losesFirstAnswers.store(true, ordering: .relaxed)
+
+            // Free lock, clean releases: each enqueue, claim and release is applied, its
+            // answer lost, and sent again.
+            let other = try await EtcdPool.open(url: address)
+            var last: Int64 = 0
+            for _ in 0..<3 {
+                let grant = try await lossy.acquire(id, timeout: .seconds(10))
+                #expect(grant.fencingToken > last)
+                #expect(grant.previousOwnerDeath == nil, "a clean release reported as a death")
+                last = grant.fencingToken
+                await #expect(throws: PMLLError.self, "another participant got the lock while it was held") {
+                    let intruder = try await other.acquire(id, timeout: .milliseconds(300))
+                    try await other.release(intruder)
+                }
+                try await lossy.release(grant)
+            }
+            await other.close()
+
+            // A holder dies (its lease is no longer renewed) while the lossy participant waits:
+            // its claim, answered only when sent again, still reports the death.
+            let dying = try await EtcdPool.open(url: address)
+            let dead = try await dying.acquire(id, timeout: nil)
+            dying.stopRenewingLease()
+            let next = try await lossy.acquire(id, timeout: .seconds(30))
+            #expect(next.fencingToken > dead.fencingToken)
+            #expect(next.previousOwnerDeath?.cause == .processDied, "the death behind a claim sent again: \(String(describing: next.previousOwnerDeath))")
+            try await lossy.release(next)
+
+            // A holder dies and its key is gone before anyone asks: the next acquisition finds
+            // no key queued (the free path) and must still report the death.
+            let dying2 = try await EtcdPool.open(url: address)
+            let dead2 = try await dying2.acquire(id, timeout: nil)
+            dying2.stopRenewingLease()
+            try await waitUntil { try await lossy.lockStatus().first { $0.name == "L" }?.holder == nil }
+            let after = try await lossy.acquire(id, timeout: .seconds(10))
+            #expect(after.fencingToken > dead2.fencingToken)
+            #expect(after.previousOwnerDeath?.cause == .processDied, "the death behind a free lock: \(String(describing: after.previousOwnerDeath))")
+            try await lossy.release(after)
+
+            // Reported once: the holder after a clean release is told of nothing.
+            let clean = try await lossy.acquire(id, timeout: .seconds(10))
+            #expect(clean.previousOwnerDeath == nil)
+            try await lossy.release(clean)
+            await lossy.close()
         }
     }
 }

@@ -1,4 +1,4 @@
-package import CPMLL
+import CPMLL
 #if canImport(Glibc)
 import Glibc
 #endif

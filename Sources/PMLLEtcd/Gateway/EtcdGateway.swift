@@ -20,6 +20,10 @@ final class EtcdGateway: Sendable {
     let requestTimeout: Duration
     private let client: HTTPClient
     private let current = Mutex(0)
+    /// Tests only: the answer to the first delivery of every unary call is thrown away after
+    /// the member applied the request, as when a leader dies between applying and answering.
+    /// Whatever is safe to send again must then give the same outcome on its second delivery.
+    let losesFirstAnswers = Atomic<Bool>(false)
 
     init(address: String, endpoints: [String], requestTimeout: Duration, tls: EtcdTLS? = nil) throws(PMLLError) {
         self.address = address
@@ -113,7 +117,11 @@ final class EtcdGateway: Sendable {
         var lastFailure = "no endpoint"
         while true {
             do {
-                return try await sendOnce(path, payload, to: index, deadline: deadline)
+                let answer = try await sendOnce(path, payload, to: index, deadline: deadline)
+                if tried == 0 && losesFirstAnswers.load(ordering: .relaxed) {
+                    throw Transient(description: "the answer was lost (test fault)", neverDelivered: false)
+                }
+                return answer
             } catch let failure as Transient {
                 lastFailure = "\(endpoints[index]): \(failure.description)"
                 tried += 1

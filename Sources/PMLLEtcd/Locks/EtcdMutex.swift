@@ -47,20 +47,27 @@ extension EtcdPool {
         let held = keys.held(id.name)
 
         // 1. Enqueue, and take the lock at once if nothing it waits for is queued: one
-        // transaction. Free: put our key and read the held record a dead writer may have left;
-        // a writer also writes its own (its mod revision is our key's create revision: the
-        // token). Otherwise: put our key and read the two newest keys we wait for (ours is
-        // among them for a writer). Sent again after a lost answer, it finds our own key and
-        // takes the second branch, which keeps the key's create revision.
+        // transaction. Free: put our key and read the held record a dead writer may have left
+        // (a reader), or, for a writer, only if there is none, write ours (its mod revision is
+        // our key's create revision: the token). Otherwise: put our key, read the two newest
+        // keys we wait for (ours is among them for a writer) and the held record. Sent again
+        // after a lost answer, it finds our own key and takes the second branch, which keeps
+        // the key's create revision. A writer never replaces a dead writer's record here: the
+        // claim (3) does, compared on the record it read, so that a claim sent again still
+        // knows what it replaced and reports the death.
         let enqueue = PutRequest(key: EtcdBytes(myKey), value: EtcdBytes(record()), lease: EtcdInt(session.leaseID))
         var free: [RequestOp] = [.put(enqueue), .range(RangeRequest(key: EtcdBytes(held))), .range(RangeRequest(key: EtcdBytes(myKey)))]
-        if !shared { free.append(.put(PutRequest(key: EtcdBytes(held), value: EtcdBytes(record())))) }
+        var compare: [Compare] = [.noKey(startingWith: blockers)]
+        if !shared {
+            free.append(.put(PutRequest(key: EtcdBytes(held), value: EtcdBytes(record()))))
+            compare.append(.createRevision(held, equals: 0))
+        }
         let first = try await gateway.call("/v3/kv/txn", TxnRequest(
-            compare: [.noKey(startingWith: blockers)],
+            compare: compare,
             success: free,
             failure: [.put(enqueue), .range(RangeRequest(key: EtcdBytes(blockers), range_end: EtcdBytes(prefixEnd(blockers)), limit: EtcdInt(2),
                                                           sort_order: "DESCEND", sort_target: "CREATE")),
-                      .range(RangeRequest(key: EtcdBytes(myKey)))]), as: TxnResponse.self)
+                      .range(RangeRequest(key: EtcdBytes(myKey))), .range(RangeRequest(key: EtcdBytes(held)))]), as: TxnResponse.self)
         if first.didSucceed {
             // The key's create revision, not this transaction's revision: a reader's request
             // sent again can take this branch twice (its own key is not one it waits for).
@@ -74,6 +81,7 @@ extension EtcdPool {
         }
         let token = mine.createRevision
         var seenAt = first.header?.rev ?? 0
+        var heldSeen = first.range(3)?.all.first
         // The two newest keys we wait for name our predecessor when ours was just created
         // (it is then the newest key). A request sent again after its first answer was lost
         // (a leader killed, a member paused) finds our key from the first delivery, and
@@ -86,8 +94,9 @@ extension EtcdPool {
         // 2. Wait until no key we wait for was created before ours.
         do throws(PMLLError) {
             if predecessor == nil && newest.count >= 2 {
-                let before = try await newestBlocker(blockers, before: token)
+                let before = try await newestBlocker(blockers, before: token, held: held)
                 predecessor = before.blocker
+                heldSeen = before.held
                 seenAt = before.revision ?? seenAt
             }
             while let waitingFor = predecessor {
@@ -97,8 +106,9 @@ extension EtcdPool {
                     throw .timeout(lock: id.name, holder: try? await holder(of: id.name)?.info)
                 }
                 try await gateway.waitForDeletion(of: waitingFor.key.bytes, after: seenAt, deadline: deadline)
-                let before = try await newestBlocker(blockers, before: token)
+                let before = try await newestBlocker(blockers, before: token, held: held)
                 predecessor = before.blocker
+                heldSeen = before.held
                 seenAt = before.revision ?? seenAt
             }
         } catch {
@@ -108,26 +118,43 @@ extension EtcdPool {
         }
 
         // 3. Claim: only if our key still exists (a lease that expired while we waited
-        // deleted it: then we are not the owner, whatever the wait said), reading the held
-        // record a dead writer left and (a writer) writing ours, in one transaction.
-        var claimOps: [RequestOp] = [.range(RangeRequest(key: EtcdBytes(held)))]
-        if !shared { claimOps.append(.put(PutRequest(key: EtcdBytes(held), value: EtcdBytes(record(token: token))))) }
-        let claim = try await gateway.call("/v3/kv/txn", TxnRequest(
-            compare: [.createRevision(myKey, equals: token)], success: claimOps, failure: []), as: TxnResponse.self)
-        guard claim.didSucceed else {
-            throw .lockLost(lock: id.name, token: token, reason: "the participant's lease expired while it waited (\(session.lostReason ?? "its waiter key is gone"))")
+        // deleted it: then we are not the owner, whatever the wait said); a writer writes its
+        // held record, only over the one read with the last look (`heldSeen`: a dead writer's,
+        // or none). That read is what reports a death, so a claim sent again after a lost
+        // answer, which finds our own record there, still reports it.
+        let lost = PMLLError.lockLost(lock: id.name, token: token, reason: "the participant's lease expired while it waited (\(session.lostReason ?? "its waiter key is gone"))")
+        for _ in 0..<3 {
+            var compare: [Compare] = [.createRevision(myKey, equals: token)]
+            var success: [RequestOp] = []
+            if !shared {
+                compare.append(heldSeen.map { .modRevision(held, equals: $0.modRevision) } ?? .createRevision(held, equals: 0))
+                success.append(.put(PutRequest(key: EtcdBytes(held), value: EtcdBytes(record(token: token)))))
+            }
+            let claim = try await gateway.call("/v3/kv/txn", TxnRequest(
+                compare: compare, success: success,
+                failure: [.range(RangeRequest(key: EtcdBytes(myKey))), .range(RangeRequest(key: EtcdBytes(held)))]), as: TxnResponse.self)
+            let granted = EtcdLockGrant(lock: id, fencingToken: token, previousOwnerDeath: death(in: heldSeen, token: token),
+                                        waited: start.duration(to: .now), shared: shared, waiterKey: myKey)
+            if claim.didSucceed { return granted }
+            guard claim.range(0)?.all.first?.createRevision == token else { throw lost }
+            let now = claim.range(1)?.all.first
+            // Our record: this claim was applied before, and its answer lost.
+            if let now, HolderRecord.decode(now)?.token == token { return granted }
+            heldSeen = now
         }
-        return EtcdLockGrant(lock: id, fencingToken: token, previousOwnerDeath: death(in: claim.range(0)?.all.first, token: token),
-                             waited: start.duration(to: .now), shared: shared, waiterKey: myKey)
+        throw .backendUnavailable(address: gateway.address, reason: "the held record of lock '\(id.name)' kept changing under its claim")
     }
 
-    /// The newest key under `blockers` created before `token` (nil: none is left), and the
-    /// revision the answer was read at (a watch for its deletion starts after it).
-    private func newestBlocker(_ blockers: [UInt8], before token: Int64) async throws(PMLLError) -> (blocker: KeyValue?, revision: Int64?) {
-        let answer = try await gateway.call("/v3/kv/range", RangeRequest(
-            key: EtcdBytes(blockers), range_end: EtcdBytes(prefixEnd(blockers)), limit: EtcdInt(1),
-            sort_order: "DESCEND", sort_target: "CREATE", max_create_revision: EtcdInt(token - 1)), as: RangeResponse.self)
-        return (answer.all.first, answer.header?.rev)
+    /// The newest key under `blockers` created before `token` (nil: none is left), the held
+    /// record as it was then, and the revision both were read at (a watch for the blocker's
+    /// deletion starts after it).
+    private func newestBlocker(_ blockers: [UInt8], before token: Int64, held: [UInt8]) async throws(PMLLError) -> (blocker: KeyValue?, held: KeyValue?, revision: Int64?) {
+        let answer = try await gateway.call("/v3/kv/txn", TxnRequest(compare: [], success: [
+            .range(RangeRequest(key: EtcdBytes(blockers), range_end: EtcdBytes(prefixEnd(blockers)), limit: EtcdInt(1),
+                                sort_order: "DESCEND", sort_target: "CREATE", max_create_revision: EtcdInt(token - 1))),
+            .range(RangeRequest(key: EtcdBytes(held))),
+        ], failure: []), as: TxnResponse.self)
+        return (answer.range(0)?.all.first, answer.range(1)?.all.first, answer.header?.rev)
     }
 
     /// The death a held record left by an earlier holder reports (nil: none, or ours).
@@ -162,17 +189,21 @@ extension EtcdPool {
             ? .put(PutRequest(key: EtcdBytes(held), value: EtcdBytes(record(token: token, inconsistent: true))))
             : .delete(held)
         let gateway = self.gateway
+        // The release also notes its token in this participant's `released` key: sent again
+        // after an attempt whose answer was lost (a leader change), a release that did apply
+        // finds its key gone and, there, that it was its own doing.
+        let marker = keys.released(session.leaseHex)
+        let note = RequestOp.put(PutRequest(key: EtcdBytes(marker), value: EtcdBytes(Array(String(token).utf8)), lease: EtcdInt(session.leaseID)))
         // In a task of its own: a cancelled caller must still release.
         let outcome = await Task.detached(executorPreference: EtcdExecutor.shared) { () async -> Result<TxnResponse, PMLLError> in
             do throws(PMLLError) {
                 return .success(try await gateway.call("/v3/kv/txn", TxnRequest(
-                    compare: [.createRevision(key, equals: token)], success: [.delete(key)] + (last.map { [$0] } ?? []), failure: []), as: TxnResponse.self))
+                    compare: [.createRevision(key, equals: token)], success: [.delete(key), note] + (last.map { [$0] } ?? []),
+                    failure: [.range(RangeRequest(key: EtcdBytes(marker)))]), as: TxnResponse.self))
             } catch { return .failure(error) }
         }.value
         let answer = try outcome.get()
-        // Sent again after an attempt whose answer was lost (a leader change), a release that
-        // did apply finds its key gone and is reported lost: rare, and on the safe side
-        // (fencing, not this report, protects commits). Docs/Etcd.md "Failures".
+        if !answer.didSucceed, answer.range(0)?.all.first?.valueBytes == Array(String(token).utf8) { return }
         guard answer.didSucceed else {
             throw .lockLost(lock: grant.lock.name, token: token, reason: "the participant's lease expired while the lock was held (\(session.lostReason ?? "its waiter key is gone")); another process may have held it since")
         }
