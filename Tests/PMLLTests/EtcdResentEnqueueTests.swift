@@ -115,4 +115,38 @@ struct EtcdResentEnqueueTests {
             await lossy.close()
         }
     }
+
+    @Test("every first answer lost: queue operations still run one at a time in ticket order, retries and batches are recorded once, a dead participant's operation is marked abandoned")
+    func queuesWithEveryFirstAnswerLost() async throws {
+        try await onEtcdThread {
+            let cluster = try EtcdCluster()
+            defer { cluster.stop() }
+            let address = cluster.address("lossyq")
+            var pools: [EtcdPool] = []
+            for _ in 0..<3 {
+                let pool = try await EtcdPool.open(url: address)
+                pool.gateway.losesFirstAnswers.store(true, ordering: .relaxed)
+                pools.append(pool)
+            }
+            try await CoordinationPoolTests.exerciseQueues(pools)
+
+            // A participant dies while its operation runs (its lease is no longer renewed): the
+            // next operation's turn is claimed through a lost answer, and must still learn of
+            // the death and mark the dead one's record abandoned.
+            let dying = try await EtcdPool.open(url: cluster.address("lossyq", ttl: 2))
+            let stuck = Task.detached(executorPreference: EtcdExecutor.shared) {
+                try await dying.queue(named: "jobs2").execute(kind: "stuck") { _ in
+                    dying.stopRenewingLease()
+                    try await Task.sleep(for: .seconds(3600))
+                }
+            }
+            defer { stuck.cancel() }
+            let queue = try pools[0].queue(named: "jobs2")
+            try await waitUntil { try await queue.records().first?.state == .running }
+            #expect(try await queue.execute(kind: "next", timeout: .seconds(60)) { _ in 7 } == 7)
+            let states = try await queue.records().map(\.state)
+            #expect(states == [.abandoned, .completed], "the dead participant's operation is marked abandoned: \(states)")
+            for pool in pools { await pool.close() }
+        }
+    }
 }
