@@ -2,6 +2,7 @@ import Foundation
 import PMLLCore
 @testable import PMLLEtcd
 import PMLLLocks
+import PMLLQueues
 import PMLLStressSupport
 import Testing
 
@@ -147,6 +148,40 @@ struct EtcdResentEnqueueTests {
             let states = try await queue.records().map(\.state)
             #expect(states == [.abandoned, .completed], "the dead participant's operation is marked abandoned: \(states)")
             for pool in pools { await pool.close() }
+        }
+    }
+
+    @Test("every first answer lost: recovery with a retry policy runs a dead participant's operation again, once")
+    func recoveryWithEveryFirstAnswerLost() async throws {
+        try await onEtcdThread {
+            let cluster = try EtcdCluster()
+            defer { cluster.stop() }
+            let address = cluster.address("lossyr", ttl: 2)
+            let dying = try await EtcdPool.open(url: address)
+            let stuck = Task.detached(executorPreference: EtcdExecutor.shared) {
+                try await dying.queue(named: "jobs").execute(kind: "install") { _ in
+                    dying.stopRenewingLease()
+                    try await Task.sleep(for: .seconds(3600))
+                }
+            }
+            defer { stuck.cancel() }
+            let lossy = try await EtcdPool.open(url: address)
+            lossy.gateway.losesFirstAnswers.store(true, ordering: .relaxed)
+            var policies = RecoveryPolicies()
+            policies.byKind["install"] = .retry
+            // Once the dead participant's lease is gone, a dry run plans the retry.
+            try await waitUntil { try await !lossy.recover(handlers: [:], policies: policies, dryRun: true).items.isEmpty }
+            let ran = TicketLog()
+            let handler: EtcdRecoveryHandler = { record in ran.append(UInt64(record.ticket)) }
+            // A mark whose answer was lost leaves the record for the next recovery: at most
+            // two runs, then nothing is left.
+            for _ in 0..<2 where ran.values.isEmpty {
+                _ = try await lossy.recover(handlers: ["install": handler], policies: policies)
+            }
+            #expect(ran.values.count == 1, "the operation was run again \(ran.values.count) time(s)")
+            #expect(try await lossy.recover(handlers: ["install": handler], policies: policies).items.isEmpty)
+            #expect(ran.values.count == 1)
+            await lossy.close()
         }
     }
 }

@@ -52,7 +52,10 @@ extension EtcdPool {
                 if let ttl = alive.TTL?.value, ttl > 0 { continue }   // still running somewhere
                 current.record.state = .abandoned
                 if !dryRun {
-                    guard let revision = try await replace(stored, with: current.record) else { continue }
+                    // Not `sentAgainCounts`: two recoveries marking it write the same bytes, and
+                    // only one may go on to handle it. A mark whose answer was lost leaves the
+                    // record abandoned for the next recovery.
+                    guard let revision = try await replace(stored, with: current.record, sentAgainCounts: false) else { continue }
                     current.modRevision = revision
                 }
             }
@@ -141,11 +144,20 @@ extension EtcdPool {
 
     /// Replaces a record if nobody changed it since it was read; the new mod revision, or
     /// nil if it changed (another recovery got there first).
-    private func replace(_ stored: StoredRecord, with record: EtcdOperationRecord) async throws(PMLLError) -> Int64? {
+    ///
+    /// Sent again after its first answer was lost, the compare fails on the change the first
+    /// delivery made: with `sentAgainCounts`, finding exactly the bytes this call wrote (they
+    /// carry the finish time in nanoseconds, or this run's handler error) counts as done.
+    /// Without it, a settle whose answer was lost returned "changed": the report left the
+    /// operation out, and a `retry` policy marked it recovered and never ran it again.
+    private func replace(_ stored: StoredRecord, with record: EtcdOperationRecord, sentAgainCounts: Bool = true) async throws(PMLLError) -> Int64? {
+        let value = Self.encode(record)
         let answer = try await gateway.call("/v3/kv/txn", TxnRequest(
             compare: [.modRevision(stored.key, equals: stored.modRevision)],
-            success: [.put(PutRequest(key: EtcdBytes(stored.key), value: EtcdBytes(Self.encode(record))))],
-            failure: []), as: TxnResponse.self)
-        return answer.didSucceed ? answer.header?.rev : nil
+            success: [.put(PutRequest(key: EtcdBytes(stored.key), value: EtcdBytes(value)))],
+            failure: [.range(RangeRequest(key: EtcdBytes(stored.key)))]), as: TxnResponse.self)
+        if answer.didSucceed { return answer.header?.rev }
+        if sentAgainCounts, let now = answer.range(0)?.all.first, now.valueBytes == value { return now.modRevision }
+        return nil
     }
 }
