@@ -436,10 +436,16 @@ struct EtcdTests {
         let environment = ["PMLL_POOL": cluster.address("shared", ttl: 2)]
         let log = scratch.file("log")
         let stamp = { (tag: String) in "echo \(tag) start $(date +%s%N) >> \(log); sleep 0.6; echo \(tag) end $(date +%s%N) >> \(log)" }
+        // The first readers hold until `go`: on a loaded machine three `pmll` start-ups can
+        // be further apart than any fixed hold, and the test must see them hold together.
+        let go = scratch.file("go")
+        let held = { (tag: String) in
+            "echo \(tag) start $(date +%s%N) >> \(log); while [ ! -f \(go) ]; do sleep 0.05; done; sleep 0.1; echo \(tag) end $(date +%s%N) >> \(log)"
+        }
         var readers: [Child] = []
         defer { readers.forEach { $0.stopIfRunning() } }
         for i in 1...3 {
-            readers.append(try Child(Binaries.pmll, ["lock", "--shared", "R", "--", "sh", "-c", stamp("r\(i)")], environment: environment))
+            readers.append(try Child(Binaries.pmll, ["lock", "--shared", "R", "--", "sh", "-c", held("r\(i)")], environment: environment))
         }
         try waitUntilSync {
             let status = try? pmll(["status", "--json"], environment: environment)
@@ -450,6 +456,8 @@ struct EtcdTests {
         try waitUntilSync { (try? pmll(["status", "--json"], environment: environment))?.stdout.contains("\"waiters\":1") == true }
         let late = try Child(Binaries.pmll, ["lock", "--shared", "R", "--", "sh", "-c", stamp("r4")], environment: environment)
         defer { late.stopIfRunning() }
+        try waitUntilSync { (try? pmll(["status", "--json"], environment: environment))?.stdout.contains("\"waiters\":2") == true }
+        _ = FileManager.default.createFile(atPath: go, contents: nil)
         for child in readers + [writer, late] { #expect(child.wait() == 0, "\(child.stderr)") }
         var start: [String: Int64] = [:], end: [String: Int64] = [:]
         for line in try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n") {
