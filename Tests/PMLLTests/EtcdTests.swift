@@ -492,7 +492,9 @@ struct EtcdTests {
         let scratch = Scratch()
         let environment = ["PMLL_POOL": cluster.address("flock", ttl: 2)]
         let file = scratch.file("lockfile")
-        let holder = try Child(Binaries.pmll, ["flock", "--shared", file, "sleep", "2"], environment: environment)
+        // 4 s: the three non-blocking calls below must all land while it holds, each a `pmll` start-up
+        // (slower on a loaded machine).
+        let holder = try Child(Binaries.pmll, ["flock", "--shared", file, "sleep", "4"], environment: environment)
         defer { holder.stopIfRunning() }
         try waitForHolder(environment, lock: file)
         let start = Date()
