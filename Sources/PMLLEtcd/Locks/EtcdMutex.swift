@@ -122,7 +122,21 @@ extension EtcdPool {
         // held record, only over the one read with the last look (`heldSeen`: a dead writer's,
         // or none). That read is what reports a death, so a claim sent again after a lost
         // answer, which finds our own record there, still reports it.
-        let lost = PMLLError.lockLost(lock: id.name, token: token, reason: "the participant's lease expired while it waited (\(session.lostReason ?? "its waiter key is gone"))")
+        let death: OwnerDeath?
+        do throws(PMLLError) {
+            death = try await claim(id.name, key: myKey, token: token, held: held, seen: heldSeen, shared: shared)
+        } catch {
+            // Not granted: the key would otherwise keep everyone out until the lease ends.
+            await withdraw(myKey, token: token)
+            throw error
+        }
+        return EtcdLockGrant(lock: id, fencingToken: token, previousOwnerDeath: death, waited: start.duration(to: .now), shared: shared, waiterKey: myKey)
+    }
+
+    /// Step 3 of `acquire`: the death to report, once the lock is ours. Tried up to three
+    /// times when the held record changed under it.
+    private func claim(_ name: String, key myKey: [UInt8], token: Int64, held: [UInt8], seen: KeyValue?, shared: Bool) async throws(PMLLError) -> OwnerDeath? {
+        var heldSeen = seen
         for _ in 0..<3 {
             var compare: [Compare] = [.createRevision(myKey, equals: token)]
             var success: [RequestOp] = []
@@ -133,16 +147,16 @@ extension EtcdPool {
             let claim = try await gateway.call("/v3/kv/txn", TxnRequest(
                 compare: compare, success: success,
                 failure: [.range(RangeRequest(key: EtcdBytes(myKey))), .range(RangeRequest(key: EtcdBytes(held)))]), as: TxnResponse.self)
-            let granted = EtcdLockGrant(lock: id, fencingToken: token, previousOwnerDeath: death(in: heldSeen, token: token),
-                                        waited: start.duration(to: .now), shared: shared, waiterKey: myKey)
-            if claim.didSucceed { return granted }
-            guard claim.range(0)?.all.first?.createRevision == token else { throw lost }
+            if claim.didSucceed { return death(in: heldSeen, token: token) }
+            guard claim.range(0)?.all.first?.createRevision == token else {
+                throw .lockLost(lock: name, token: token, reason: "the participant's lease expired while it waited (\(session.lostReason ?? "its waiter key is gone"))")
+            }
             let now = claim.range(1)?.all.first
             // Our record: this claim was applied before, and its answer lost.
-            if let now, HolderRecord.decode(now)?.token == token { return granted }
+            if let now, HolderRecord.decode(now)?.token == token { return death(in: heldSeen, token: token) }
             heldSeen = now
         }
-        throw .backendUnavailable(address: gateway.address, reason: "the held record of lock '\(id.name)' kept changing under its claim")
+        throw .backendUnavailable(address: gateway.address, reason: "the held record of lock '\(name)' kept changing under its claim")
     }
 
     /// The newest key under `blockers` created before `token` (nil: none is left), the held
