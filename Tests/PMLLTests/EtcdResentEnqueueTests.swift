@@ -184,4 +184,25 @@ struct EtcdResentEnqueueTests {
             await lossy.close()
         }
     }
+
+    @Test("an enqueue applied but never answered (until its deadline): its key is deleted once the cluster answers, and does not keep the lock from others")
+    func anUnansweredEnqueueLeavesNoKeyBehind() async throws {
+        try await onEtcdThread {
+            let cluster = try EtcdCluster()
+            defer { cluster.stop() }
+            let address = cluster.address("orphan", ttl: 2)
+            let stranded = try await EtcdPool.open(url: address, requestTimeout: .seconds(1))
+            let other = try await EtcdPool.open(url: address)
+            let id = LockID(name: "L", level: .package)
+            stranded.gateway.losesEveryAnswer.store(true, ordering: .relaxed)
+            await #expect(throws: PMLLError.self) { _ = try await stranded.acquire(id, timeout: .seconds(5)) }
+            stranded.gateway.losesEveryAnswer.store(false, ordering: .relaxed)
+            // Its key was put (the answers were lost, not the requests) and its lease is still
+            // renewed: left there, the key would keep the lock from everyone while `stranded` lives.
+            let grant = try await other.acquire(id, timeout: .seconds(10))
+            try await other.release(grant)
+            await stranded.close()
+            await other.close()
+        }
+    }
 }

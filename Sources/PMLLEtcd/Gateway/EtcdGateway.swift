@@ -24,6 +24,9 @@ final class EtcdGateway: Sendable {
     /// the member applied the request, as when a leader dies between applying and answering.
     /// Whatever is safe to send again must then give the same outcome on its second delivery.
     let losesFirstAnswers = Atomic<Bool>(false)
+    /// Tests only: every answer to `call` is thrown away after the member applied the request
+    /// (a cluster that applies and never answers), until the call's deadline.
+    let losesEveryAnswer = Atomic<Bool>(false)
 
     init(address: String, endpoints: [String], requestTimeout: Duration, tls: EtcdTLS? = nil) throws(PMLLError) {
         self.address = address
@@ -118,7 +121,7 @@ final class EtcdGateway: Sendable {
         while true {
             do {
                 let answer = try await sendOnce(path, payload, to: index, deadline: deadline)
-                if tried == 0 && losesFirstAnswers.load(ordering: .relaxed) {
+                if (tried == 0 && losesFirstAnswers.load(ordering: .relaxed)) || losesEveryAnswer.load(ordering: .relaxed) {
                     throw Transient(description: "the answer was lost (test fault)", neverDelivered: false)
                 }
                 return answer

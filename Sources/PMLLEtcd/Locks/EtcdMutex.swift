@@ -62,12 +62,19 @@ extension EtcdPool {
             free.append(.put(PutRequest(key: EtcdBytes(held), value: EtcdBytes(record()))))
             compare.append(.createRevision(held, equals: 0))
         }
-        let first = try await gateway.call("/v3/kv/txn", TxnRequest(
-            compare: compare,
-            success: free,
-            failure: [.put(enqueue), .range(RangeRequest(key: EtcdBytes(blockers), range_end: EtcdBytes(prefixEnd(blockers)), limit: EtcdInt(2),
-                                                          sort_order: "DESCEND", sort_target: "CREATE")),
-                      .range(RangeRequest(key: EtcdBytes(myKey))), .range(RangeRequest(key: EtcdBytes(held)))]), as: TxnResponse.self)
+        let first: TxnResponse
+        do {
+            first = try await gateway.call("/v3/kv/txn", TxnRequest(
+                compare: compare,
+                success: free,
+                failure: [.put(enqueue), .range(RangeRequest(key: EtcdBytes(blockers), range_end: EtcdBytes(prefixEnd(blockers)), limit: EtcdInt(2),
+                                                              sort_order: "DESCEND", sort_target: "CREATE")),
+                          .range(RangeRequest(key: EtcdBytes(myKey))), .range(RangeRequest(key: EtcdBytes(held)))]), as: TxnResponse.self)
+        } catch {
+            // It may have been applied: our key would then stand in the queue for nobody.
+            session.orphan(myKey)
+            throw error
+        }
         if first.didSucceed {
             // The key's create revision, not this transaction's revision: a reader's request
             // sent again can take this branch twice (its own key is not one it waits for).
@@ -181,13 +188,15 @@ extension EtcdPool {
 
     /// Deletes our waiter key after a timeout or cancellation — only our acquisition's key
     /// (compared on its create revision), in a task of its own so that the cancellation
-    /// that got us here does not cancel the clean-up too.
+    /// that got us here does not cancel the clean-up too. If that fails too, the key is left
+    /// to the session, which deletes it once the cluster answers again.
     private func withdraw(_ key: [UInt8], token: Int64) async {
         let gateway = self.gateway
-        await Task.detached(executorPreference: EtcdExecutor.shared) {
-            _ = try? await gateway.call("/v3/kv/txn", TxnRequest(
-                compare: [.createRevision(key, equals: token)], success: [.delete(key)], failure: []), as: TxnResponse.self)
+        let done = await Task.detached(executorPreference: EtcdExecutor.shared) {
+            (try? await gateway.call("/v3/kv/txn", TxnRequest(
+                compare: [.createRevision(key, equals: token)], success: [.delete(key)], failure: []), as: TxnResponse.self)) != nil
         }.value
+        if !done { session.orphan(key) }
     }
 
     /// Releases an acquisition: deletes its waiter key and its held record (or marks the

@@ -18,6 +18,10 @@ final class EtcdSession: Sendable {
         var lost: String?
         var lastRenewal: ContinuousClock.Instant
         var keeper: RepeatedTask?
+        /// Waiter keys an acquisition may have left behind: its enqueue or its withdrawal
+        /// failed with the outcome unknown. Bound to this lease, such a key would keep the
+        /// lock from everyone for as long as this process renews it.
+        var orphans: Set<[UInt8]> = []
     }
     private let state: Mutex<State>
 
@@ -77,11 +81,13 @@ final class EtcdSession: Sendable {
         let sinceRenewal = state.withLock { $0.lastRenewal }.duration(to: .now)
         let timeout = max(ttl / 3, ttl - sinceRenewal)
         return gateway.callOnEventLoop("/v3/lease/keepalive", LeaseIDRequest(ID: EtcdInt(leaseID)), as: LeaseKeepAliveResponse.self, timeout: timeout)
-            .map { answer in
+            .flatMap { answer -> EventLoopFuture<Void> in
                 if let left = answer.result?.TTL?.value, left > 0 {
                     self.state.withLock { $0.lastRenewal = .now }
+                    return self.deleteOrphans(timeout: self.ttl / 3)
                 } else {
                     self.state.withLock { $0.lost = "lease \(self.leaseHex) expired (etcd no longer knows it)" }
+                    return MultiThreadedEventLoopGroup.singleton.any().makeSucceededVoidFuture()
                 }
             }
             .recover { error in
@@ -89,6 +95,27 @@ final class EtcdSession: Sendable {
                     if $0.lastRenewal.duration(to: .now) >= self.ttl { $0.lost = "lease \(self.leaseHex) could not be renewed for its TTL: \(error)" }
                 }
             }
+    }
+
+    /// Notes a waiter key that may exist with no acquisition behind it; the next renewal
+    /// that reaches the cluster deletes it.
+    func orphan(_ key: [UInt8]) {
+        state.withLock { _ = $0.orphans.insert(key) }
+    }
+
+    /// Deletes the orphaned waiter keys, by name: a waiter key's name (lease, sequence number)
+    /// belongs to one acquisition only, which has ended, so no other acquisition's key can
+    /// bear it (the deletion by name that etcd issue 22082 warns of needs a name used twice).
+    private func deleteOrphans(timeout: Duration) -> EventLoopFuture<Void> {
+        let loop = MultiThreadedEventLoopGroup.singleton.any()
+        let keys = state.withLock { $0.orphans }
+        guard !keys.isEmpty else { return loop.makeSucceededVoidFuture() }
+        let deletions = keys.map { key in
+            gateway.callOnEventLoop("/v3/kv/deleterange", DeleteRangeRequest(key: EtcdBytes(key)), as: RangeResponse.self, timeout: timeout)
+                .map { _ in self.state.withLock { _ = $0.orphans.remove(key) } }
+                .recover { _ in }   // kept for the next renewal
+        }
+        return EventLoopFuture.andAllComplete(deletions, on: loop)
     }
 
     /// Stops renewing and revokes the lease: etcd deletes every key bound to it at once
