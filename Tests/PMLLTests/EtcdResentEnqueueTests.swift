@@ -185,7 +185,7 @@ struct EtcdResentEnqueueTests {
         }
     }
 
-    @Test("an enqueue applied but never answered (until its deadline): its key is deleted once the cluster answers, and does not keep the lock from others")
+    @Test("an enqueue applied but never answered, a release never delivered (until their deadline): the key is deleted once the cluster answers, and does not keep the lock from others")
     func anUnansweredEnqueueLeavesNoKeyBehind() async throws {
         try await onEtcdThread {
             let cluster = try EtcdCluster()
@@ -201,6 +201,15 @@ struct EtcdResentEnqueueTests {
             // renewed: left there, the key would keep the lock from everyone while `stranded` lives.
             let grant = try await other.acquire(id, timeout: .seconds(10))
             try await other.release(grant)
+
+            // A release that never reaches the cluster: its outcome is unknown to the process,
+            // and the key stays until the session deletes it.
+            let held = try await stranded.acquire(id, timeout: .seconds(10))
+            stranded.gateway.dropsEveryRequest.store(true, ordering: .relaxed)
+            await #expect(throws: PMLLError.self) { try await stranded.release(held) }
+            stranded.gateway.dropsEveryRequest.store(false, ordering: .relaxed)
+            let next = try await other.acquire(id, timeout: .seconds(10))
+            try await other.release(next)
             await stranded.close()
             await other.close()
         }

@@ -27,6 +27,9 @@ final class EtcdGateway: Sendable {
     /// Tests only: every answer to `call` is thrown away after the member applied the request
     /// (a cluster that applies and never answers), until the call's deadline.
     let losesEveryAnswer = Atomic<Bool>(false)
+    /// Tests only: no request of `call` reaches a member (a cluster cut off), until the
+    /// call's deadline.
+    let dropsEveryRequest = Atomic<Bool>(false)
 
     init(address: String, endpoints: [String], requestTimeout: Duration, tls: EtcdTLS? = nil) throws(PMLLError) {
         self.address = address
@@ -120,6 +123,9 @@ final class EtcdGateway: Sendable {
         var lastFailure = "no endpoint"
         while true {
             do {
+                if dropsEveryRequest.load(ordering: .relaxed) {
+                    throw Transient(description: "the request was dropped (test fault)", neverDelivered: true)
+                }
                 let answer = try await sendOnce(path, payload, to: index, deadline: deadline)
                 if (tried == 0 && losesFirstAnswers.load(ordering: .relaxed)) || losesEveryAnswer.load(ordering: .relaxed) {
                     throw Transient(description: "the answer was lost (test fault)", neverDelivered: false)

@@ -225,7 +225,13 @@ extension EtcdPool {
                     failure: [.range(RangeRequest(key: EtcdBytes(marker)))]), as: TxnResponse.self))
             } catch { return .failure(error) }
         }.value
-        let answer = try outcome.get()
+        guard case .success(let answer) = outcome else {
+            // Unknown whether it was applied: if not, the key would hold the lock for nobody
+            // while this process renews its lease. The session deletes it once it can.
+            session.orphan(key)
+            _ = try outcome.get()
+            return
+        }
         if !answer.didSucceed, answer.range(0)?.all.first?.valueBytes == Array(String(token).utf8) { return }
         guard answer.didSucceed else {
             throw .lockLost(lock: grant.lock.name, token: token, reason: "the participant's lease expired while the lock was held (\(session.lostReason ?? "its waiter key is gone")); another process may have held it since")
