@@ -9,7 +9,7 @@ import Testing
 /// The lock recipe's steps sent again after their answer was lost (a leader killed or a
 /// member paused between applying a request and answering).
 @Suite("etcd backend: requests sent again after a lost answer")
-struct EtcdResentEnqueueTests {
+struct EtcdLostAnswerTests {
     /// Reproduced without a fault: the waiter key of the first delivery is put beforehand,
     /// the way etcd applied it, and two waiters queue behind it before it is sent again.
     @Test("an enqueue applied once, then sent again after newer waiters queued, still waits for the holder")
