@@ -6,10 +6,30 @@ import PMLLQueues
 import PMLLStressSupport
 import Testing
 
-/// The lock recipe's steps sent again after their answer was lost (a leader killed or a
-/// member paused between applying a request and answering).
+/// Requests whose answer was lost (a leader killed or a member paused between applying a
+/// request and answering) or never came: the lock recipe's steps, queues and recovery must
+/// give the same outcome when sent again, and leave no key behind.
 @Suite("etcd backend: requests sent again after a lost answer")
 struct EtcdLostAnswerTests {
+    /// A participant whose every call gets its answer only when sent again.
+    static func lossyPool(_ address: String) async throws -> EtcdPool {
+        let pool = try await EtcdPool.open(url: address)
+        pool.gateway.losesFirstAnswers.store(true, ordering: .relaxed)
+        return pool
+    }
+
+    /// A participant that dies while its operation of `kind` runs on `queue`: its lease is
+    /// no longer renewed, and the operation never ends (cancel the task to let it go).
+    static func dyingOperation(_ address: String, queue: String, kind: String) async throws -> Task<Void, any Error> {
+        let dying = try await EtcdPool.open(url: address)
+        return Task.detached(executorPreference: EtcdExecutor.shared) {
+            try await dying.queue(named: queue).execute(kind: kind) { _ in
+                dying.stopRenewingLease()
+                try await Task.sleep(for: .seconds(3600))
+            }
+        }
+    }
+
     /// Reproduced without a fault: the waiter key of the first delivery is put beforehand,
     /// the way etcd applied it, and two waiters queue behind it before it is sent again.
     @Test("an enqueue applied once, then sent again after newer waiters queued, still waits for the holder")
@@ -68,8 +88,7 @@ struct EtcdLostAnswerTests {
             defer { cluster.stop() }
             let address = cluster.address("lossy", ttl: 2)
             let id = LockID(name: "L", level: .package)
-            let lossy = try await EtcdPool.open(url: address)
-            lossy.gateway.losesFirstAnswers.store(true, ordering: .relaxed)
+            let lossy = try await Self.lossyPool(address)
 
             // Free lock, clean releases: each enqueue, claim and release is applied, its
             // answer lost, and sent again.
@@ -124,23 +143,13 @@ struct EtcdLostAnswerTests {
             defer { cluster.stop() }
             let address = cluster.address("lossyq")
             var pools: [EtcdPool] = []
-            for _ in 0..<3 {
-                let pool = try await EtcdPool.open(url: address)
-                pool.gateway.losesFirstAnswers.store(true, ordering: .relaxed)
-                pools.append(pool)
-            }
+            for _ in 0..<3 { pools.append(try await Self.lossyPool(address)) }
             try await CoordinationPoolTests.exerciseQueues(pools)
 
             // A participant dies while its operation runs (its lease is no longer renewed): the
             // next operation's turn is claimed through a lost answer, and must still learn of
             // the death and mark the dead one's record abandoned.
-            let dying = try await EtcdPool.open(url: cluster.address("lossyq", ttl: 2))
-            let stuck = Task.detached(executorPreference: EtcdExecutor.shared) {
-                try await dying.queue(named: "jobs2").execute(kind: "stuck") { _ in
-                    dying.stopRenewingLease()
-                    try await Task.sleep(for: .seconds(3600))
-                }
-            }
+            let stuck = try await Self.dyingOperation(cluster.address("lossyq", ttl: 2), queue: "jobs2", kind: "stuck")
             defer { stuck.cancel() }
             let queue = try pools[0].queue(named: "jobs2")
             try await waitUntil { try await queue.records().first?.state == .running }
@@ -157,16 +166,9 @@ struct EtcdLostAnswerTests {
             let cluster = try EtcdCluster()
             defer { cluster.stop() }
             let address = cluster.address("lossyr", ttl: 2)
-            let dying = try await EtcdPool.open(url: address)
-            let stuck = Task.detached(executorPreference: EtcdExecutor.shared) {
-                try await dying.queue(named: "jobs").execute(kind: "install") { _ in
-                    dying.stopRenewingLease()
-                    try await Task.sleep(for: .seconds(3600))
-                }
-            }
+            let stuck = try await Self.dyingOperation(address, queue: "jobs", kind: "install")
             defer { stuck.cancel() }
-            let lossy = try await EtcdPool.open(url: address)
-            lossy.gateway.losesFirstAnswers.store(true, ordering: .relaxed)
+            let lossy = try await Self.lossyPool(address)
             var policies = RecoveryPolicies()
             policies.byKind["install"] = .retry
             // Once the dead participant's lease is gone, a dry run plans the retry.
