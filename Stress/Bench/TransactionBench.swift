@@ -59,7 +59,8 @@ struct TransactionBench: ParsableCommand {
                 // Rounds alternate which row goes first, so that a slow minute of a shared
                 // machine weighs on both.
                 for round in 0..<rounds {
-                    for peer in ["pmll"] + (ownPools ? ["pmll-own"] : []) + ["sqlite"] {
+                    // The ideal log measures what sharing flushes can give; on tmpfs there is no flush.
+                    for peer in ["pmll"] + (ownPools ? ["pmll-own"] : []) + ["sqlite"] + (fs == "tmpfs" ? [] : ["ideal-log"]) {
                         for p in round % 2 == 0 ? [processes, 1] : [1, processes] {
                             rows.append(try parallel(peer: peer, keys: "disjoint", n: p == 1 ? n / processes : n, directory: dir, filesystem: fs, processes: p))
                         }
@@ -102,6 +103,9 @@ struct TransactionBench: ParsableCommand {
             }
             if let d = scaling("pmll serializable disjoint"), let q = scaling("sqlite disjoint") {
                 print("\(dir): disjoint keys, \(processes) processes vs 1 (medians): PMLL \(d) (target: at least 1.7 on tmpfs, 3 on disk), SQLite \(q)")
+            }
+            if let ceiling = scaling("ideal log disjoint") {
+                print("\(dir): an ideal write-ahead log (a record and a shared fdatasync per commit, no store): \(ceiling)")
             }
             if let own = scaling("pmll serializable own pools") {
                 print("\(dir): the same with a pool per process (nothing shared): \(own)")
@@ -189,12 +193,19 @@ struct TransactionBench: ParsableCommand {
         let before = try pool.transactionStatistics()
         let each = n / processes
         let timed = scalingOnly && seconds > 0
+        // A fresh control block per row: its count of attached processes drives the gathering.
+        if peer == "ideal-log", peers_log_reset(directory + "/tx.log") != 0 { throw ToolError("cannot prepare \(directory)/tx.log") }
         let (elapsed, histogram, barriers) = try runChildren((0..<processes).map { i in
             ["tx-child", "--directory", directory, "--count", "\(timed ? Int(Int32.max) : each)", "--shared", shared.path, "--index", "\(i)", "--peer", peer, "--keys", keys]
         }, shared: shared, duration: timed ? seconds : nil)
         let after = try pool.transactionStatistics()
         let committed = Int(histogram.totalCount)
-        let kind = peer == "pmll" ? "pmll serializable \(keys)" : peer == "pmll-own" ? "pmll serializable own pools" : "sqlite \(keys)"
+        let kind = switch peer {
+        case "pmll": "pmll serializable \(keys)"
+        case "pmll-own": "pmll serializable own pools"
+        case "ideal-log": "ideal log \(keys)"
+        default: "sqlite \(keys)"
+        }
         return Row(directory: directory, filesystem: filesystem, kind: kind,
                    processes: processes, transactions: committed,
                    p50Microseconds: Double(histogram.valueAtPercentile(50)) / 1000, p99Microseconds: Double(histogram.valueAtPercentile(99)) / 1000,
@@ -230,6 +241,18 @@ struct TransactionChild: ParsableCommand {
         if peer == "sqlite" {
             guard let kv = peers_sqlite_kv_open(directory + "/tx.sqlite") else { throw ToolError("sqlite open failed") }
             transact = { i in peers_sqlite_kv_tx(kv, a, b, UInt8(i & 0xff)) == 0 }
+        } else if peer == "ideal-log" {
+            // Peer: the record a redo log would hold for this transaction (both keys and values).
+            guard let log = peers_log_open(directory + "/tx.log") else { throw ToolError("cannot open \(directory)/tx.log") }
+            var record = [UInt8](repeating: 0, count: 256)
+            record.replaceSubrange(0..<a.utf8.count, with: a.utf8)
+            record.replaceSubrange(64..<(64 + b.utf8.count), with: b.utf8)
+            transact = { i in
+                for k in 128..<256 { record[k] = UInt8(i & 0xff) }
+                let rc = record.withUnsafeBytes { peers_log_commit(log, $0.baseAddress!, 256) }
+                guard rc == 0 else { throw ToolError("log commit failed: errno \(-rc)") }
+                return true
+            }
         } else {
             let pool = try Pool.open(path: directory + (peer == "pmll-own" ? "/tx-\(index).pool" : "/tx.pool"))
             transact = { i in
@@ -240,13 +263,13 @@ struct TransactionChild: ParsableCommand {
         sayLine("ready")
         while pmll_load32(flags.startFlag) == 0 { usleep(100) }
         var latencies: [Int64] = []
-        let before = peers_msync_count()
+        let before = peers_msync_count() + peers_log_flush_count()
         for i in 0..<count {
             if pmll_load32(flags.stopFlag) != 0 { break }
             let t0 = monotonicNanoseconds()
             if try transact(i) { latencies.append(monotonicNanoseconds() - t0) }
         }
         let ended = monotonicNanoseconds()
-        sayResults(ended: ended, count: peers_msync_count() - before, latencies: latencies)
+        sayResults(ended: ended, count: peers_msync_count() + peers_log_flush_count() - before, latencies: latencies)
     }
 }

@@ -65,6 +65,17 @@ void *_Nullable peers_pmemobj_create(const char *path);
 void peers_pmemobj_close(void *pop);
 int peers_pmemobj_tx(void *pop, uint8_t fill);
 
+// The ideal write-ahead log (grouplog.c): one 256-byte record per commit, pwrite to a
+// pre-written 64 MiB file, one fdatasync shared by every process with a record pending. reset
+// prepares PATH and PATH.ctl before a row (0 or -errno); open attaches a process (NULL on
+// error); commit returns once the record is durable (0 or -errno).
+int peers_log_reset(const char *path);
+void *_Nullable peers_log_open(const char *path);
+void peers_log_close(void *log);
+int peers_log_commit(void *log, const void *record, size_t length);
+// fdatasync calls made by this process's log commits.
+uint64_t peers_log_flush_count(void);
+
 // msync calls made by this process (the benchmark binary interposes msync to count them).
 uint64_t peers_msync_count(void);
 
