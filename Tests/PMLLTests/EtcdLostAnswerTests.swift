@@ -202,6 +202,8 @@ struct EtcdLostAnswerTests {
             // Its key was put (the answers were lost, not the requests) and its lease is still
             // renewed: left there, the key would keep the lock from everyone while `stranded` lives.
             let grant = try await other.acquire(id, timeout: .seconds(10))
+            // Nobody died: `stranded` never got the lock it may have been given.
+            #expect(grant.previousOwnerDeath == nil, "a death reported for an acquisition whose answer was lost")
             try await other.release(grant)
 
             // A release that never reaches the cluster: its outcome is unknown to the process,
@@ -211,6 +213,7 @@ struct EtcdLostAnswerTests {
             await #expect(throws: PMLLError.self) { try await stranded.release(held) }
             stranded.gateway.dropsEveryRequest.store(false, ordering: .relaxed)
             let next = try await other.acquire(id, timeout: .seconds(10))
+            #expect(next.previousOwnerDeath == nil, "a death reported for a holder that released")
             try await other.release(next)
             await stranded.close()
             await other.close()

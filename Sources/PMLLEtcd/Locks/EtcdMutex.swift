@@ -71,8 +71,9 @@ extension EtcdPool {
                                                               sort_order: "DESCEND", sort_target: "CREATE")),
                           .range(RangeRequest(key: EtcdBytes(myKey))), .range(RangeRequest(key: EtcdBytes(held)))]), as: TxnResponse.self)
         } catch {
-            // It may have been applied: our key would then stand in the queue for nobody.
-            session.orphan(myKey)
+            // It may have been applied: our key would then stand in the queue for nobody, and
+            // on a free lock a writer's held record would tell the next holder we died.
+            session.orphan(myKey, .init(held: shared ? nil : held))
             throw error
         }
         if first.didSucceed {
@@ -119,7 +120,7 @@ extension EtcdPool {
                 seenAt = before.revision ?? seenAt
             }
         } catch {
-            await withdraw(myKey, token: token)
+            await withdraw(myKey, held: nil)
             if case .cancelled = error { throw .cancelled(lock: id.name) }   // the gateway names the watched key
             throw error
         }
@@ -133,8 +134,9 @@ extension EtcdPool {
         do throws(PMLLError) {
             death = try await claim(id.name, key: myKey, token: token, held: held, seen: heldSeen, shared: shared)
         } catch {
-            // Not granted: the key would otherwise keep everyone out until the lease ends.
-            await withdraw(myKey, token: token)
+            // Not granted: the key would otherwise keep everyone out until the lease ends,
+            // and a claim applied without an answer would leave a record saying we held it.
+            await withdraw(myKey, held: shared ? nil : held)
             throw error
         }
         return EtcdLockGrant(lock: id, fencingToken: token, previousOwnerDeath: death, waited: start.duration(to: .now), shared: shared, waiterKey: myKey)
@@ -186,17 +188,16 @@ extension EtcdPool {
                           heldSinceNanoseconds: record.since, detectedAtNanoseconds: Clock.realtimeNanoseconds)
     }
 
-    /// Deletes our waiter key after a timeout or cancellation — only our acquisition's key
-    /// (compared on its create revision), in a task of its own so that the cancellation
-    /// that got us here does not cancel the clean-up too. If that fails too, the key is left
-    /// to the session, which deletes it once the cluster answers again.
-    private func withdraw(_ key: [UInt8], token: Int64) async {
-        let gateway = self.gateway
+    /// Deletes our waiter key after a timeout or cancellation (and `held`, the lock's held
+    /// record, if our claim wrote it), in a task of its own so that the cancellation that got
+    /// us here does not cancel the clean-up too. If that fails too, the key is left to the
+    /// session, which deletes it once the cluster answers again.
+    private func withdraw(_ key: [UInt8], held: [UInt8]?) async {
+        let session = self.session, timeout = gateway.requestTimeout
         let done = await Task.detached(executorPreference: EtcdExecutor.shared) {
-            (try? await gateway.call("/v3/kv/txn", TxnRequest(
-                compare: [.createRevision(key, equals: token)], success: [.delete(key)], failure: []), as: TxnResponse.self)) != nil
+            (try? await session.retire(key, .init(held: held), timeout: timeout).get()) == true
         }.value
-        if !done { session.orphan(key) }
+        if !done { session.orphan(key, .init(held: held)) }
     }
 
     /// Releases an acquisition: deletes its waiter key and its held record (or marks the
@@ -227,8 +228,10 @@ extension EtcdPool {
         }.value
         guard case .success(let answer) = outcome else {
             // Unknown whether it was applied: if not, the key would hold the lock for nobody
-            // while this process renews its lease. The session deletes it once it can.
-            session.orphan(key)
+            // while this process renews its lease, and our held record would tell the next
+            // holder we died. The session finishes the release once it can.
+            session.orphan(key, .init(held: grant.shared ? nil : held,
+                                      lastHeld: grant.releaseInconsistent ? record(token: token, inconsistent: true) : nil))
             _ = try outcome.get()
             return
         }

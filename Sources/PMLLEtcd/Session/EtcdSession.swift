@@ -21,7 +21,7 @@ final class EtcdSession: Sendable {
         /// Waiter keys an acquisition may have left behind: its enqueue or its withdrawal
         /// failed with the outcome unknown. Bound to this lease, such a key would keep the
         /// lock from everyone for as long as this process renews it.
-        var orphans: Set<[UInt8]> = []
+        var orphans: [[UInt8]: Orphan] = [:]
     }
     private let state: Mutex<State>
 
@@ -97,25 +97,62 @@ final class EtcdSession: Sendable {
             }
     }
 
-    /// Notes a waiter key that may exist with no acquisition behind it; the next renewal
-    /// that reaches the cluster deletes it.
-    func orphan(_ key: [UInt8]) {
-        state.withLock { _ = $0.orphans.insert(key) }
+    /// What an acquisition whose last call went unanswered may have left besides its waiter
+    /// key: a writer's held record naming it (a free lock's enqueue, a claim, a release that
+    /// was not applied), which the next holder would otherwise read as a holder's death.
+    struct Orphan: Sendable {
+        /// The lock's held record, for a writer; nil for a reader (it never writes one).
+        var held: [UInt8]?
+        /// The held record's last value if it is still ours (a release marking the lock
+        /// inconsistent); nil deletes it, as a clean release does.
+        var lastHeld: [UInt8]?
     }
 
-    /// Deletes the orphaned waiter keys, by name: a waiter key's name (lease, sequence number)
-    /// belongs to one acquisition only, which has ended, so no other acquisition's key can
-    /// bear it (the deletion by name that etcd issue 22082 warns of needs a name used twice).
+    /// Notes a waiter key that may exist with no acquisition behind it; the next renewal
+    /// that reaches the cluster deletes it, with the held record if that is its.
+    func orphan(_ key: [UInt8], _ orphan: Orphan = Orphan()) {
+        state.withLock { $0.orphans[key] = orphan }
+    }
+
     private func deleteOrphans(timeout: Duration) -> EventLoopFuture<Void> {
         let loop = MultiThreadedEventLoopGroup.singleton.any()
-        let keys = state.withLock { $0.orphans }
-        guard !keys.isEmpty else { return loop.makeSucceededVoidFuture() }
-        let deletions = keys.map { key in
-            gateway.callOnEventLoop("/v3/kv/deleterange", DeleteRangeRequest(key: EtcdBytes(key)), as: RangeResponse.self, timeout: timeout)
-                .map { _ in self.state.withLock { _ = $0.orphans.remove(key) } }
+        let orphans = state.withLock { $0.orphans }
+        guard !orphans.isEmpty else { return loop.makeSucceededVoidFuture() }
+        let deletions = orphans.map { key, orphan in
+            retire(key, orphan, timeout: timeout)
+                .map { done in if done { self.state.withLock { _ = $0.orphans.removeValue(forKey: key) } } }
                 .recover { _ in }   // kept for the next renewal
         }
         return EventLoopFuture.andAllComplete(deletions, on: loop)
+    }
+
+    /// Deletes a waiter key whose acquisition has ended, by name: its name (lease, sequence
+    /// number) belongs to that acquisition only, so no other acquisition's key can bear it
+    /// (the deletion by name that etcd issue 22082 warns of needs a name used twice). A
+    /// writer's held record goes in the same transaction if its token is the key's create
+    /// revision, compared on the record's mod revision, so a record another holder wrote
+    /// meanwhile is left alone. True once nothing of the acquisition is left.
+    func retire(_ key: [UInt8], _ orphan: Orphan, timeout: Duration) -> EventLoopFuture<Bool> {
+        guard let held = orphan.held else {
+            return gateway.callOnEventLoop("/v3/kv/deleterange", DeleteRangeRequest(key: EtcdBytes(key)), as: RangeResponse.self, timeout: timeout)
+                .map { _ in true }
+        }
+        let gateway = self.gateway
+        let look = TxnRequest(compare: [], success: [.range(RangeRequest(key: EtcdBytes(key))), .range(RangeRequest(key: EtcdBytes(held)))], failure: [])
+        return gateway.callOnEventLoop("/v3/kv/txn", look, as: TxnResponse.self, timeout: timeout)
+            .flatMap { seen -> EventLoopFuture<Bool> in
+                // Without the key (never put, or already deleted with its record) nothing is left.
+                guard let mine = seen.range(0)?.all.first else { return MultiThreadedEventLoopGroup.singleton.any().makeSucceededFuture(true) }
+                var compare: [Compare] = [.createRevision(key, equals: mine.createRevision)]
+                var success: [RequestOp] = [.delete(key)]
+                if let record = seen.range(1)?.all.first, HolderRecord.decode(record)?.token == mine.createRevision {
+                    compare.append(.modRevision(held, equals: record.modRevision))
+                    success.append(orphan.lastHeld.map { .put(PutRequest(key: EtcdBytes(held), value: EtcdBytes($0))) } ?? .delete(held))
+                }
+                // A failed compare means something changed between the two calls: looked at again next time.
+                return gateway.callOnEventLoop("/v3/kv/txn", TxnRequest(compare: compare, success: success, failure: []), as: TxnResponse.self, timeout: timeout)
+                    .map { $0.didSucceed }
+            }
     }
 
     /// Stops renewing and revokes the lease: etcd deletes every key bound to it at once
