@@ -39,10 +39,33 @@ extension EtcdPool {
     /// `maxAttempts` failed attempts quarantine it); `retry` marks it recovered and runs the
     /// kind's handler as a new operation of its queue, in FIFO order; `abandon` marks it
     /// recovered; `quarantine` sets it aside (`quarantined`) for ``releaseQuarantined(queue:ticket:index:)``.
-    /// Every change is compared on the record's mod revision, so two recoveries at once deal
-    /// with an operation once. With `dryRun` nothing changes and each item says what would be done.
+    /// Recoveries run one at a time (they hold the lock `pmll:recovery`), as on a local pool,
+    /// where each queue's recovery holds its submit lock: two at once would both run the
+    /// handler of an operation neither had marked yet. A handler must not start a recovery of
+    /// the same pool (it would wait for itself). Every change is also compared on the record's
+    /// mod revision, so a recovery whose lease ran out while a handler ran marks nothing that
+    /// a later one changed. With `dryRun` nothing changes, no lock is taken, and each item says
+    /// what would be done.
     public func recover(handlers: [String: EtcdRecoveryHandler], policies: RecoveryPolicies = RecoveryPolicies(),
                         dryRun: Bool = false) async throws(PMLLError) -> EtcdRecoveryReport {
+        if dryRun { return try await recoverAlone(handlers: handlers, policies: policies, dryRun: true) }
+        let pool = self, id = Self.recoveryLock
+        let grant = try await onEtcdExecutor { () async throws(PMLLError) in try await pool.acquire(id, timeout: nil) }
+        let outcome: Result<EtcdRecoveryReport, PMLLError>
+        do throws(PMLLError) {
+            outcome = .success(try await recoverAlone(handlers: handlers, policies: policies, dryRun: false))
+        } catch {
+            outcome = .failure(error)
+        }
+        _ = try? await onEtcdExecutor { () async throws(PMLLError) in try await pool.release(grant) }
+        return try outcome.get()
+    }
+
+    /// The lock every recovery holds: the library's own, outside the hierarchy, like the queue turns.
+    static let recoveryLock = LockID(name: "pmll:recovery", level: .registry)
+
+    private func recoverAlone(handlers: [String: EtcdRecoveryHandler], policies: RecoveryPolicies,
+                              dryRun: Bool) async throws(PMLLError) -> EtcdRecoveryReport {
         var report = EtcdRecoveryReport()
         var retries: [(EtcdOperationRecord, EtcdRecoveryHandler)] = []
         for stored in try await unsettledRecords(of: nil) where stored.record.state != .quarantined {
