@@ -59,8 +59,12 @@ struct QueueExecCommand: AsyncParsableCommand {
         let interrupt = Task {
             for await _ in SignalStream(SIGINT) { return }
         }
+        // As `pmll lock` names the holder: after half a second of waiting, then every 10 s.
+        let queueName = name
+        let notice = WaitNotice { QueueWaitReport.print(queue: queue, name: queueName) }
         let work = Task {
             try await queue.execute(kind: "exec", payload: Array(payload), timeout: .some(wait), retry: RetryPolicy(maxRetries: 0)) { _ in
+                notice.stop()
                 interrupt.cancel()
                 let result = try ChildProcess.run(command, environment: NestedLocks.environment(adding: nil))
                 if case .signaled(let signal) = result { throw CommandEnded(status: result.exitStatus, reason: "killed by signal \(signal)") }
@@ -69,6 +73,7 @@ struct QueueExecCommand: AsyncParsableCommand {
             }
         }
         Task { await interrupt.value; work.cancel() }
+        defer { notice.stop() }
         do {
             return try await work.value
         } catch let ended as CommandEnded {

@@ -353,6 +353,29 @@ struct QueueCLITests {
         #expect(waiting.wait(timeout: 5) == 130)
     }
 
+    /// A `pmll queue exec` suspended (Ctrl-Z) while queued keeps its place, and everyone behind
+    /// it waits: the waiters name it, and say that it is stopped.
+    @Test func queueExecNamesTheOperationItWaitsForAndWhetherItIsStopped() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("w.pool")
+        let busy = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "sleep", "30"])
+        defer { busy.killTree(); busy.wait() }
+        try waitForRecord(pool: pool, queue: "jobs")
+        let running = try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "--timeout", "1", "jobs", "--", "true"])
+        #expect(running.status == 75)
+        #expect(running.stderr.hasPrefix("pmll: waiting in queue 'jobs' behind ticket 0 'exec' of pid \(busy.pid) (sleep, running)\n"), "\(running.stderr)")
+
+        let suspended = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "true"])
+        try waitForRecord(pool: pool, queue: "jobs", state: "queued")
+        _ = Foundation.kill(suspended.pid, SIGSTOP)
+        busy.killTree()
+        let behind = try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "--timeout", "1", "jobs", "--", "true"])
+        #expect(behind.status == 75)
+        #expect(behind.stderr.contains("pmll: waiting in queue 'jobs' behind ticket 2 'exec' of pid \(suspended.pid) (true, queued, stopped)\n"), "\(behind.stderr)")
+        _ = Foundation.kill(suspended.pid, SIGCONT)
+        #expect(suspended.wait(timeout: 10) == 0)
+    }
+
     @Test func recoverReportsAndHandsAbandonedCommandsToTheHandler() throws {
         let scratch = Scratch()
         let pool = scratch.file("r.pool"), marker = scratch.file("handled")
