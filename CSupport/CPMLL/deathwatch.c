@@ -85,6 +85,15 @@ int pmll_pidfd_open_checked(int32_t pid, uint64_t start_time) {
     return fd;
 }
 
+int pmll_process_stopped(int32_t pid, uint64_t start_time) {
+    if (pid <= 0) return 0;
+    char path[64], state = 0;
+    unsigned long long flags = 0, start = 0;
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    if (stat_fields(path, &state, &flags, &start) != 0 || start != start_time) return 0;
+    return state == 'T' || state == 't';
+}
+
 void pmll_fd_close(int fd) { if (fd >= 0) close(fd); }
 
 int pmll_wait_word_or_exit(uint32_t *word, uint32_t expected, int64_t deadline_ns, int pidfd) {

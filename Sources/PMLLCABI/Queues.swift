@@ -116,7 +116,7 @@ final class CQueue: @unchecked Sendable {
         }
     }
 
-    private func enterTurn(kind: String, payload: [UInt8], _ settings: Settings) throws -> (ticket: UInt64, started: Bool) {
+    private func enterTurn(kind: String, payload: [UInt8], _ settings: Settings) throws -> UInt64 {
         let queue = self.queue
         let deadline = Pool.deadline(after: settings.timeout)
         return try blocking { try await queue.enterTurn(kind: kind, payload: payload, deadline: deadline) }
@@ -129,10 +129,10 @@ final class CQueue: @unchecked Sendable {
             promise.settle(PROMISE_REJECTED, errorFunction.map { $0(text, userData) } ?? text)
         }
         do {
-            let (ticket, started) = try enterTurn(kind: Self.kind, payload: [], settings)
+            let ticket = try enterTurn(kind: Self.kind, payload: [], settings)
             var attempt = 1
             while true {
-                if !(started && attempt == 1) { try queue.beginAttempt(ticket, attempt: attempt) }
+                if attempt > 1 { try queue.beginAttempt(ticket, attempt: attempt) }
                 CrashPoint.hit("queue.running")
                 let value = op(previous, userData)
                 guard let failure = pmll_abi_take_failure() else {
@@ -160,8 +160,7 @@ final class CQueue: @unchecked Sendable {
 
     private func runBatch(_ batch: FileBatch, _ promise: CPromise, _ settings: Settings) {
         do {
-            let (ticket, started) = try enterTurn(kind: HardenedQueue.fileBatchKind, payload: Array(settings.root.utf8.prefix(1024)), settings)
-            if !started { try queue.beginAttempt(ticket, attempt: 1) }
+            let ticket = try enterTurn(kind: HardenedQueue.fileBatchKind, payload: Array(settings.root.utf8.prefix(1024)), settings)
             do {
                 _ = try context.pool.apply(batch, root: settings.root)
             } catch {

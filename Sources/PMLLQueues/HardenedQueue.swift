@@ -56,8 +56,23 @@ public struct HardenedQueue: Sendable {
         _ operation: (OperationInfo) async throws -> R
     ) async throws -> R {
         let deadline = Pool.deadline(after: timeout ?? configuration.timeout)
-        let (ticket, started) = try await turn(for: [(kind, payload)], deadline: deadline)
-        return try await run(ticket: ticket, kind: kind, payload: payload, started: started, retry: retry ?? configuration.retry, onError: onError, operation)
+        let ticket = try await startTurn(kind: kind, payload: payload, deadline: deadline)
+        return try await run(ticket: ticket, kind: kind, payload: payload, started: true, retry: retry ?? configuration.retry, onError: onError, operation)
+    }
+
+    /// Submits one operation, waits for its turn and starts its first attempt: its ticket. A
+    /// ticket passed while this process was stopped is submitted again, at the end of the queue.
+    private func startTurn(kind: String, payload: [UInt8], deadline: Int64) async throws -> UInt64 {
+        while true {
+            let (ticket, started) = try await turn(for: [(kind, payload)], deadline: deadline)
+            if started { return ticket }
+            do {
+                try engine.begin(ticket, attempt: 1)
+                return ticket
+            } catch is PassedWhileStopped {
+                continue
+            }
+        }
     }
 
     /// Submits the operations as one unit: they get consecutive tickets and run one after
@@ -190,13 +205,14 @@ extension HardenedQueue {
     // runs C callbacks there, never on a cooperative thread): the same records, retries and
     // statistics as ``execute(kind:payload:timeout:retry:onError:isolation:_:)``.
 
-    /// Submits one operation and waits for its turn: its ticket, and whether its first
-    /// attempt is already recorded as started.
-    package func enterTurn(kind: String, payload: [UInt8], deadline: Int64) async throws -> (ticket: UInt64, started: Bool) {
-        try await turn(for: [(kind, payload)], deadline: deadline)
+    /// Submits one operation, waits for its turn and records its first attempt as started:
+    /// its ticket.
+    package func enterTurn(kind: String, payload: [UInt8], deadline: Int64) async throws -> UInt64 {
+        try await startTurn(kind: kind, payload: payload, deadline: deadline)
     }
 
-    package func beginAttempt(_ ticket: UInt64, attempt: Int) throws(PMLLError) {
+    /// Records a later attempt (a retry) as started.
+    package func beginAttempt(_ ticket: UInt64, attempt: Int) throws {
         try engine.begin(ticket, attempt: UInt32(attempt))
     }
 

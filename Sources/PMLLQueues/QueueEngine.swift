@@ -221,7 +221,7 @@ package struct QueueEngine: @unchecked Sendable {
         package let cancellation: Cancellation?
         /// End the wait (with false) as soon as `target` is next in line.
         package let returnWhenNext: Bool
-        private var checked: UInt64 = .max, checkedAt: Int64 = 0
+        private var checked: UInt64 = .max, checkedAt: Int64 = 0, servedSince: Int64 = 0
 
         package init(engine: QueueEngine, target: UInt64, deadline: Int64, ticket: UInt64, cancellation: Cancellation?, returnWhenNext: Bool = false) {
             self.engine = engine
@@ -251,9 +251,9 @@ package struct QueueEngine: @unchecked Sendable {
                 if s >= target { return .done(true) }
                 if returnWhenNext && s &+ 1 == target { return .done(false) }
                 let now = Clock.monotonicNanoseconds
-                if s != checked { checked = s; checkedAt = now }
+                if s != checked { checked = s; checkedAt = now; servedSince = now }
                 let due = now - checkedAt >= check || deadline - now <= check
-                if engine.skipIfDone(s, checkOwner: due) { continue }
+                if engine.skipIfDone(s, checkOwner: due, servedFor: now - servedSince) { continue }
                 if due { checkedAt = now }
                 if now >= deadline { return .failed(failureWhileQueued(cancelled: false)) }
                 if cancellation?.isCancelled == true { return .failed(failureWhileQueued(cancelled: true)) }
@@ -274,8 +274,9 @@ package struct QueueEngine: @unchecked Sendable {
 
     /// Moves `serving` past ticket `s` if its record is torn, or if its owner is gone
     /// (checked only when `checkOwner`): a finished or void record as it is, a queued or
-    /// running one marked abandoned. True if it moved.
-    fileprivate func skipIfDone(_ s: UInt64, checkOwner: Bool) -> Bool {
+    /// running one marked abandoned; or if it is a queued operation whose process has been
+    /// stopped since its turn came, `servedFor` ns ago (``passStopped(_:_:owner:)``). True if it moved.
+    fileprivate func skipIfDone(_ s: UInt64, checkOwner: Bool, servedFor: Int64 = 0) -> Bool {
         let r = record(s)
         let state = pmll_load32(pmll_record_state(r))
         if r.pointee.ticket != s || state == PMLL_RECORD_FREE {
@@ -292,7 +293,11 @@ package struct QueueEngine: @unchecked Sendable {
         // it running after its successor ran. So a waiter passes it only for an owner that
         // died first, and makes it durable first.
         let over = RecordState.isFinal(state)
-        guard checkOwner, !pool.processes.isAlive(OwnerToken(rawValue: r.pointee.owner_token)) else { return false }
+        guard checkOwner else { return false }
+        let owner = OwnerToken(rawValue: r.pointee.owner_token)
+        if pool.processes.isAlive(owner) {
+            return state == PMLL_RECORD_QUEUED && servedFor >= Self.stoppedOwnerGrace && passStopped(s, r, owner: owner)
+        }
         if over {
             makeDurableBeforePassing(r)
             return advance(from: s)
@@ -306,6 +311,38 @@ package struct QueueEngine: @unchecked Sendable {
             pool.audit(.queueAbandon, .failed, auditObject(s, kind: String(fixedCString: r.pointee.kind)) + ": owner pid \(r.pointee.owner_pid) died while \(state == PMLL_RECORD_RUNNING ? "running" : "queued")")
         }
         return advance(from: s)
+    }
+
+    /// How long a queued operation's turn may wait for its stopped process before it is passed:
+    /// the lock handoff's claim limit (Docs/LockProtocol.md "Fairness handoff").
+    package static let stoppedOwnerGrace: Int64 = 50_000_000
+
+    /// A queued operation whose turn came while its process is stopped (Ctrl-Z, SIGSTOP) would
+    /// keep everyone behind it waiting until the process is resumed; it is passed instead, as
+    /// a lock handed to a stopped waiter is. Its ticket becomes void (nothing ran), compared
+    /// on the state, so of the owner starting it (``begin(_:attempt:)``) and a waiter passing
+    /// it exactly one wins; the owner, once resumed, finds its ticket void and submits the
+    /// operation again, at the end of the queue. Execution still follows ticket order. Not a
+    /// running operation (its process holds the turn, as a stopped holder holds its lock), nor
+    /// one of a batch (its operations run with nothing in between).
+    private func passStopped(_ s: UInt64, _ r: UnsafeMutablePointer<pmll_record_t>, owner: OwnerToken) -> Bool {
+        guard !isInBatch(s, r), let id = pool.processes.identity(of: owner), pmll_process_stopped(id.pid, id.startTime) == 1 else { return false }
+        var expected = PMLL_RECORD_QUEUED
+        guard pmll_cas32(pmll_record_state(r), &expected, PMLL_RECORD_VOID) != 0 else { return false }
+        r.pointee.finished_ns = UInt64(Clock.realtimeNanoseconds)
+        writeFixedCString("passed: owner pid \(id.pid) was stopped when its turn came (it submits again once resumed)", into: &r.pointee.error)
+        try? persist(r)
+        return advance(from: s)
+    }
+
+    /// Whether ticket `s` belongs to a batch of several operations: one with more behind it,
+    /// or the last of one (its predecessor, of the same submission, had one behind it).
+    private func isInBatch(_ s: UInt64, _ r: UnsafeMutablePointer<pmll_record_t>) -> Bool {
+        if r.pointee.batch_size > 1 { return true }
+        guard s > 0 else { return false }
+        let p = record(s - 1)
+        return p.pointee.ticket == s - 1 && p.pointee.batch_size == 2 && p.pointee.owner_token == r.pointee.owner_token
+            && p.pointee.submitted_ns == r.pointee.submitted_ns
     }
 
     /// Moves `serving` past `s`, then past the records right behind it that are already over
@@ -371,8 +408,16 @@ package struct QueueEngine: @unchecked Sendable {
 
     // MARK: running
 
-    package func begin(_ ticket: UInt64, attempt: UInt32) throws(PMLLError) {
+    /// Starts an attempt. The first attempt of a queued operation starts only if its ticket was
+    /// not passed meanwhile (its process stopped when its turn came): then ``PassedWhileStopped``.
+    package func begin(_ ticket: UInt64, attempt: UInt32) throws {
         let r = record(ticket)
+        if attempt == 1 {
+            var expected = PMLL_RECORD_QUEUED
+            if pmll_cas32(pmll_record_state(r), &expected, PMLL_RECORD_RUNNING) == 0 && expected == PMLL_RECORD_VOID {
+                throw PassedWhileStopped(ticket: ticket)
+            }
+        }
         r.pointee.attempts = attempt
         if attempt == 1 { r.pointee.started_ns = UInt64(Clock.realtimeNanoseconds) }
         pmll_store32(pmll_record_state(r), PMLL_RECORD_RUNNING)
@@ -463,3 +508,8 @@ package struct QueueEngine: @unchecked Sendable {
     }
 }
 
+/// A queued operation's ticket was passed while its process was stopped; the operation is
+/// submitted again (``HardenedQueue/execute(kind:payload:timeout:retry:onError:isolation:_:)``).
+package struct PassedWhileStopped: Error {
+    package let ticket: UInt64
+}

@@ -353,8 +353,7 @@ struct QueueCLITests {
         #expect(waiting.wait(timeout: 5) == 130)
     }
 
-    /// A `pmll queue exec` suspended (Ctrl-Z) while queued keeps its place, and everyone behind
-    /// it waits: the waiters name it, and say that it is stopped.
+    /// Waiters name the operation they wait for, and say when its process is stopped.
     @Test func queueExecNamesTheOperationItWaitsForAndWhetherItIsStopped() throws {
         let scratch = Scratch()
         let pool = scratch.file("w.pool")
@@ -364,16 +363,37 @@ struct QueueCLITests {
         let running = try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "--timeout", "1", "jobs", "--", "true"])
         #expect(running.status == 75)
         #expect(running.stderr.hasPrefix("pmll: waiting in queue 'jobs' behind ticket 0 'exec' of pid \(busy.pid) (sleep, running)\n"), "\(running.stderr)")
+        // A running operation keeps its turn while stopped, as a stopped holder keeps its lock.
+        _ = Foundation.kill(busy.pid, SIGSTOP)
+        let stopped = try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "--timeout", "1", "jobs", "--", "true"])
+        #expect(stopped.status == 75)
+        #expect(stopped.stderr.hasPrefix("pmll: waiting in queue 'jobs' behind ticket 0 'exec' of pid \(busy.pid) (sleep, running, stopped)\n"), "\(stopped.stderr)")
+        _ = Foundation.kill(busy.pid, SIGCONT)
+    }
 
-        let suspended = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "true"])
+    /// A `pmll queue exec` suspended (Ctrl-Z) while queued does not hold the queue: when its turn
+    /// comes it is passed (its ticket void), and once resumed it runs at the end of the queue.
+    @Test func aStoppedQueuedOperationIsPassedAndRunsOnceResumed() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("p.pool"), log = scratch.file("order")
+        let busy = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "sleep", "30"])
+        defer { busy.killTree(); busy.wait() }
+        try waitForRecord(pool: pool, queue: "jobs")
+        let suspended = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "sh", "-c", "echo suspended >> \(log)"])
         try waitForRecord(pool: pool, queue: "jobs", state: "queued")
         _ = Foundation.kill(suspended.pid, SIGSTOP)
         busy.killTree()
-        let behind = try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "--timeout", "1", "jobs", "--", "true"])
-        #expect(behind.status == 75)
-        #expect(behind.stderr.contains("pmll: waiting in queue 'jobs' behind ticket 2 'exec' of pid \(suspended.pid) (true, queued, stopped)\n"), "\(behind.stderr)")
+        let late = try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "--timeout", "5", "jobs", "--", "sh", "-c", "echo late >> \(log)"])
+        #expect(late.status == 0, "\(late)")
         _ = Foundation.kill(suspended.pid, SIGCONT)
         #expect(suspended.wait(timeout: 10) == 0)
+        #expect(try String(contentsOfFile: log, encoding: .utf8) == "late\nsuspended\n")
+        let show = try run(Binaries.pmll, ["queue", "show", "--pool", pool, "--json", "jobs"])
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(show.stdout.utf8)) as? [String: Any])
+        let records = try #require(json["records"] as? [[String: Any]])
+        // busy (abandoned), the suspended one's first ticket (void, passed), late, its second ticket.
+        #expect(records.map { $0["state"] as? String } == ["abandoned", "void", "succeeded", "succeeded"], "\(records)")
+        #expect((records[1]["lastError"] as? String ?? "").hasPrefix("passed: owner pid \(suspended.pid) was stopped"))
     }
 
     @Test func recoverReportsAndHandsAbandonedCommandsToTheHandler() throws {
