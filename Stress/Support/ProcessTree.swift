@@ -21,11 +21,11 @@ public enum ProcessTree {
     /// command just after the snapshot leaves that command running, and a killed tree then
     /// keeps a survivor (which also holds Foundation's exit-watch socket, so `Process` says
     /// the killed child still runs). Foundation makes each child it spawns a process-group
-    /// leader, and a signal to a group reaches every member at once, forks in progress
-    /// included (the kernel restarts a fork that a group signal interrupts): so the group is
-    /// stopped first. Then the tree is walked until two walks in a row find the same processes
-    /// and every one outside the group is stopped (or dead): the kernel's children lists are
-    /// only reliable once nothing in them forks or exits.
+    /// leader, and a signal to a group reaches every member at once, the child of a fork in
+    /// progress included (since Linux 4.20 the fork completes and the child gets the signal
+    /// too): so the group is stopped first. Then the tree is walked until two walks in a row
+    /// find the same processes and every one is stopped (or dead): the kernel's children lists
+    /// are only reliable once nothing in them forks or exits.
     @discardableResult
     public static func freeze(_ pid: Int32) -> [Int32] {
         let leader = getpgid(pid) == pid
@@ -37,9 +37,12 @@ public enum ProcessTree {
             tree = [pid] + descendants(of: pid)
             let new = tree.filter { !stopped.contains($0) }
             for p in new { _ = kill(p, SIGSTOP); stopped.insert(p) }
-            // A group member has the group's SIGSTOP pending: it runs no instruction of its own
-            // again, even if a busy machine has not scheduled it to stop yet.
-            let frozen = tree.allSatisfy { (leader && getpgid($0) == pid) || isStoppedOrGone($0) }
+            // Stopped, not merely with the group's SIGSTOP pending: a member inside fork()
+            // when the signal came finishes it (the kernel no longer restarts a fork for a
+            // signal; the child gets the group's signal too), so its child can appear after a
+            // walk that saw the whole group with the stop pending (CI, a busy machine: 42
+            // processes 50 ms after a freeze that returned 41).
+            let frozen = tree.allSatisfy(isStoppedOrGone)
             if new.isEmpty && tree == previous && frozen { break }
             previous = tree
             usleep(1_000)
