@@ -79,7 +79,19 @@ package struct QueueEngine: @unchecked Sendable {
                 switch try publish(operations) {
                 case .published(let first, let started): return (first, started)
                 case .waitForRoom(let serving): room = serving
+                case .waitForOwner(let passed):
+                    guard Clock.monotonicNanoseconds < deadline else {
+                        throw PMLLError.queueTimeout(queue: name, ticket: pmll_load64_acquire(&head.pointee.next_ticket), blockedBy: passed)
+                    }
+                    room = 0
                 }
+            }
+            if room == 0 {
+                // A passed operation's owner has not seen that yet: its slot is still its own.
+                do { try await Task.sleep(nanoseconds: 1_000_000) } catch {
+                    throw PMLLError.queueCancelled(queue: name, ticket: pmll_load64_acquire(&head.pointee.next_ticket))
+                }
+                continue
             }
             // The ring is full: wait for room without holding the submit lock, then try again.
             try await waitForServing(atLeast: room, deadline: deadline, ticket: pmll_load64_acquire(&head.pointee.next_ticket))
@@ -90,6 +102,9 @@ package struct QueueEngine: @unchecked Sendable {
         case published(first: UInt64, started: Bool)
         /// Not enough room in the ring until `serving` reaches this.
         case waitForRoom(UInt64)
+        /// A slot to reuse holds an operation passed while its owner was stopped, and that
+        /// owner, alive, has not yet seen it (``passStopped(_:_:owner:)``).
+        case waitForOwner(OperationRecord)
     }
 
     /// Writes and publishes the records; the caller holds the submit lock.
@@ -106,6 +121,13 @@ package struct QueueEngine: @unchecked Sendable {
         }
         if first + n > serving + ring {
             return .waitForRoom(first + n - ring)
+        }
+        for i in 0..<n where first + i >= ring {
+            let old = record(first + i)
+            if pmll_load32(pmll_record_passed(old)) == PMLL_PASSED_UNSEEN && pmll_load32(pmll_record_state(old)) == PMLL_RECORD_VOID
+                && pool.processes.isAlive(OwnerToken(rawValue: old.pointee.owner_token)) {
+                return .waitForOwner(RecordState.snapshot(old, queue: name))
+            }
         }
         for i in 0..<n where first + i >= ring {
             let old = record(first + i)
@@ -127,6 +149,7 @@ package struct QueueEngine: @unchecked Sendable {
             r.pointee.attempts = startsNow ? 1 : 0
             r.pointee.batch_size = UInt32(operations.count - i)
             r.pointee.recovered = 0
+            pmll_store32(pmll_record_passed(r), n == 1 && !startsNow ? PMLL_PASSED_ELIGIBLE : PMLL_PASSED_NONE)
             r.pointee.submitted_ns = now
             r.pointee.started_ns = startsNow ? now : 0
             r.pointee.finished_ns = 0
@@ -304,6 +327,7 @@ package struct QueueEngine: @unchecked Sendable {
         }
         var expected = state
         if pmll_cas32(pmll_record_state(r), &expected, PMLL_RECORD_ABANDONED) != 0 {
+            pmll_store32(pmll_record_passed(r), PMLL_PASSED_NONE)
             r.pointee.finished_ns = UInt64(Clock.realtimeNanoseconds)
             writeFixedCString("owner pid \(r.pointee.owner_pid) died while \(state == PMLL_RECORD_RUNNING ? "running" : "queued")", into: &r.pointee.error)
             try? persist(r)
@@ -324,25 +348,20 @@ package struct QueueEngine: @unchecked Sendable {
     /// it exactly one wins; the owner, once resumed, finds its ticket void and submits the
     /// operation again, at the end of the queue. Execution still follows ticket order. Not a
     /// running operation (its process holds the turn, as a stopped holder holds its lock), nor
-    /// one of a batch (its operations run with nothing in between).
+    /// one of a batch (its operations run with nothing in between), nor one submitted by a
+    /// build that does not know passing (``PMLL_PASSED_ELIGIBLE``).
     private func passStopped(_ s: UInt64, _ r: UnsafeMutablePointer<pmll_record_t>, owner: OwnerToken) -> Bool {
-        guard !isInBatch(s, r), let id = pool.processes.identity(of: owner), pmll_process_stopped(id.pid, id.startTime) == 1 else { return false }
+        guard pmll_load32(pmll_record_passed(r)) == PMLL_PASSED_ELIGIBLE, let id = pool.processes.identity(of: owner),
+              pmll_process_stopped(id.pid, id.startTime) == 1 else { return false }
         var expected = PMLL_RECORD_QUEUED
         guard pmll_cas32(pmll_record_state(r), &expected, PMLL_RECORD_VOID) != 0 else { return false }
+        // Until its owner has seen this, no submitter reuses the slot: the owner's `begin`
+        // compares the state of this slot, which must still be its own record's.
+        pmll_store32(pmll_record_passed(r), PMLL_PASSED_UNSEEN)
         r.pointee.finished_ns = UInt64(Clock.realtimeNanoseconds)
         writeFixedCString("passed: owner pid \(id.pid) was stopped when its turn came (it submits again once resumed)", into: &r.pointee.error)
         try? persist(r)
         return advance(from: s)
-    }
-
-    /// Whether ticket `s` belongs to a batch of several operations: one with more behind it,
-    /// or the last of one (its predecessor, of the same submission, had one behind it).
-    private func isInBatch(_ s: UInt64, _ r: UnsafeMutablePointer<pmll_record_t>) -> Bool {
-        if r.pointee.batch_size > 1 { return true }
-        guard s > 0 else { return false }
-        let p = record(s - 1)
-        return p.pointee.ticket == s - 1 && p.pointee.batch_size == 2 && p.pointee.owner_token == r.pointee.owner_token
-            && p.pointee.submitted_ns == r.pointee.submitted_ns
     }
 
     /// Moves `serving` past `s`, then past the records right behind it that are already over
@@ -400,6 +419,7 @@ package struct QueueEngine: @unchecked Sendable {
         let r = record(ticket)
         var expected = PMLL_RECORD_QUEUED
         if pmll_cas32(pmll_record_state(r), &expected, PMLL_RECORD_VOID) != 0 {
+            pmll_store32(pmll_record_passed(r), PMLL_PASSED_NONE)
             r.pointee.finished_ns = UInt64(Clock.realtimeNanoseconds)
             try? persist(r)
         }
@@ -415,8 +435,13 @@ package struct QueueEngine: @unchecked Sendable {
         if attempt == 1 {
             var expected = PMLL_RECORD_QUEUED
             if pmll_cas32(pmll_record_state(r), &expected, PMLL_RECORD_RUNNING) == 0 && expected == PMLL_RECORD_VOID {
+                // Seen: from now on a submitter may reuse the slot.
+                var unseen = PMLL_PASSED_UNSEEN
+                _ = pmll_cas32(pmll_record_passed(r), &unseen, PMLL_PASSED_SEEN)
                 throw PassedWhileStopped(ticket: ticket)
             }
+            // Running: no longer anyone's to pass, whichever build looks at the slot next.
+            pmll_store32(pmll_record_passed(r), PMLL_PASSED_NONE)
         }
         r.pointee.attempts = attempt
         if attempt == 1 { r.pointee.started_ns = UInt64(Clock.realtimeNanoseconds) }
@@ -464,6 +489,8 @@ package struct QueueEngine: @unchecked Sendable {
         let r = record(ticket)
         let now = UInt64(Clock.realtimeNanoseconds)
         r.pointee.finished_ns = now
+        // Not left eligible for a build that reuses the slot without setting the word.
+        pmll_store32(pmll_record_passed(r), PMLL_PASSED_NONE)
         if !succeeded { writeFixedCString(error, into: &r.pointee.error) }
         pmll_store32(pmll_record_state(r), succeeded ? PMLL_RECORD_SUCCEEDED : PMLL_RECORD_FAILED)
         if succeeded { pmll_add64(&head.pointee.completed, 1) } else { pmll_add64(&head.pointee.failed, 1) }

@@ -32,6 +32,7 @@ struct StressRun: AsyncParsableCommand {
     @Option(help: "Worker processes.") var processes = 4
     @Option(help: "Seconds to run.") var duration = 20.0
     @Option(help: "SIGKILLs of random workers per second (0 = off).") var killRate = 0.5
+    @Option(help: "SIGSTOPs of random workers per second, each resumed (SIGCONT) 0.1-0.5 s later (0 = off): a stopped waiter's queue turn is passed, a stopped holder keeps its lock.") var pauseRate = 0.0
     @Option(help: "Seed for the workers' choices and the kill schedule.") var seed: UInt64 = UInt64(Date().timeIntervalSince1970)
     @Option(help: "Pool file (default: $PMLL_POOL, else the per-user default pool).") var pool: String?
     @Option(help: "Operation mix (kinds not named keep their default weight).") var mix = "lock=30,tx=20,queue=20,batch=15,txfree=15"
@@ -42,6 +43,7 @@ struct StressRun: AsyncParsableCommand {
         guard (1...64).contains(processes) else { throw ValidationError("--processes must be from 1 to 64") }
         guard duration > 0, duration <= 86_400 else { throw ValidationError("--duration must be more than 0 and at most 86400 seconds") }
         guard killRate >= 0, killRate <= 100 else { throw ValidationError("--kill-rate must be 0 (no kills) to 100 per second") }
+        guard pauseRate >= 0, pauseRate <= 100 else { throw ValidationError("--pause-rate must be 0 (no pauses) to 100 per second") }
         guard Mix.validate(mix) else { throw ValidationError("--mix must look like lock=30,tx=20,queue=20,batch=15,txfree=15") }
         guard hangTimeout > 0, hangTimeout <= 3600 else { throw ValidationError("--hang-timeout must be more than 0 and at most 3600 seconds") }
     }
@@ -61,7 +63,8 @@ struct StressRun: AsyncParsableCommand {
         var incarnations = [UInt64](repeating: 0, count: processes)
         var retired = SharedStats.Totals()
         var killTimes: [Int32: Int64] = [:]
-        var kills = 0
+        var kills = 0, pauses = 0
+        var resumeAt: [Int32: Int64] = [:]   // stopped workers and when they go on
         func spawn(slot: Int) throws {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: me)
@@ -80,11 +83,12 @@ struct StressRun: AsyncParsableCommand {
             workers[p.processIdentifier] = (p, slot)
             incarnations[slot] += 1
         }
-        if !json { say("pmll-stress: \(processes) processes, \(duration)s, kill rate \(killRate)/s, seed \(seed), mix \(mix), pool \(path)") }
+        if !json { say("pmll-stress: \(processes) processes, \(duration)s, kill rate \(killRate)/s, pause rate \(pauseRate)/s, seed \(seed), mix \(mix), pool \(path)") }
         for slot in 0..<processes { try spawn(slot: slot) }
 
         let start = monotonicNanoseconds()
         var nextKill = nextKillTime(after: start, &rng)
+        var nextPause = nextEventTime(after: start, rate: pauseRate, &rng)
         var lastTotal: UInt64 = 0, lastProgress = start, lastPrint = start
         var hang: String?
         let stopSignal = StopSignals.install()
@@ -97,7 +101,19 @@ struct StressRun: AsyncParsableCommand {
                 break
             }
             let now = monotonicNanoseconds()
+            for (pid, due) in resumeAt where now >= due {
+                kill(pid, SIGCONT)
+                resumeAt[pid] = nil
+            }
+            if pauseRate > 0 && now >= nextPause,
+               let paused = workers.keys.filter({ resumeAt[$0] == nil }).sorted().randomElement(using: &rng) {
+                kill(paused, SIGSTOP)
+                resumeAt[paused] = now + 100_000_000 + Int64(rng.next() % 400_000_000)
+                pauses += 1
+                nextPause = nextEventTime(after: now, rate: pauseRate, &rng)
+            }
             if killRate > 0 && now >= nextKill, let victim = workers.keys.sorted().randomElement(using: &rng), let entry = workers[victim] {
+                resumeAt[victim] = nil
                 kill(victim, SIGKILL)
                 killTimes[victim] = monotonicNanoseconds()
                 kills += 1
@@ -123,7 +139,7 @@ struct StressRun: AsyncParsableCommand {
         for (pid, entry) in workers { kill(pid, SIGKILL); entry.process.waitUntilExit() }
         if tty { FileHandle.standardOutput.write(Data("\n".utf8)) }
 
-        let summary = try await finish(pool, files, stats: stats, retired: retired, elapsed: elapsed, kills: kills, killTimes: killTimes,
+        let summary = try await finish(pool, files, stats: stats, retired: retired, elapsed: elapsed, kills: kills, pauses: pauses, killTimes: killTimes,
                                        hang: hang, interruptedBy: interruptedBy)
         if json {
             let encoder = JSONEncoder()
@@ -153,9 +169,14 @@ struct StressRun: AsyncParsableCommand {
     /// When the next SIGKILL is due: exponentially distributed gaps (a Poisson process at
     /// `killRate`); never when the rate is 0.
     func nextKillTime(after now: Int64, _ rng: inout SplitMix) -> Int64 {
-        guard killRate > 0 else { return .max }
+        nextEventTime(after: now, rate: killRate, &rng)
+    }
+
+    /// Exponentially distributed gaps (a Poisson process at `rate` per second); never at 0.
+    func nextEventTime(after now: Int64, rate: Double, _ rng: inout SplitMix) -> Int64 {
+        guard rate > 0 else { return .max }
         let u = max(Double(rng.next() % 1_000_000) / 1_000_000, 1e-6)
-        let gap = min(-log(u) / killRate * 1e9, Double(Int64.max / 2))
+        let gap = min(-log(u) / rate * 1e9, Double(Int64.max / 2))
         let (due, overflow) = now.addingReportingOverflow(Int64(gap))
         return overflow ? .max : due
     }
@@ -176,7 +197,7 @@ struct StressRun: AsyncParsableCommand {
         return "no progress for \(hangTimeout)s: " + (held + queues).joined(separator: "; ")
     }
 
-    func finish(_ pool: Pool, _ files: StressFiles, stats: SharedStats, retired: SharedStats.Totals, elapsed: Double, kills: Int,
+    func finish(_ pool: Pool, _ files: StressFiles, stats: SharedStats, retired: SharedStats.Totals, elapsed: Double, kills: Int, pauses: Int,
                 killTimes: [Int32: Int64], hang: String?, interruptedBy: Int32?) async throws -> Summary {
         var violations: [String] = []
         // Recovery: abandoned queue operations, then the counter under its lock.
@@ -226,7 +247,8 @@ struct StressRun: AsyncParsableCommand {
         }
         let lockStats = pool.status().locks.filter { $0.name.hasPrefix("stress/") }
         return Summary(
-            seconds: elapsed, processes: processes, killRate: killRate, seed: seed, kills: kills,
+            seconds: elapsed, processes: processes, killRate: killRate, seed: seed, kills: kills, pauses: pauses,
+            passedQueueTurns: try pool.queue(named: "stress-q").records.filter { $0.state == .void && $0.lastError.hasPrefix("passed:") }.count,
             operations: Dictionary(uniqueKeysWithValues: zip(SharedStats.kinds, totals.operations)),
             operationsPerSecond: Double(totals.total) / elapsed,
             p50Microseconds: Dictionary(uniqueKeysWithValues: SharedStats.kinds.indices.map { (SharedStats.kinds[$0], totals.quantile(0.5, kind: $0)) }),
@@ -252,6 +274,7 @@ struct StressRun: AsyncParsableCommand {
             let f = line.split(separator: " ")
             guard f.count == 2, let ticket = UInt64(f[1]) else { violations.append("queue log line '\(line)'"); continue }
             if f[0] == "B" {
+                if records[ticket] == .void { violations.append("queue operation \(ticket) ran though its ticket is void (passed or given up)") }
                 if let o = open, let state = records[o], state != .abandoned {
                     violations.append("queue operation \(o) was interrupted but is recorded \(state.rawValue)")
                 }
@@ -273,6 +296,11 @@ struct Summary: Codable {
     let killRate: Double
     let seed: UInt64
     let kills: Int
+    /// Workers stopped (SIGSTOP) and resumed.
+    let pauses: Int
+    /// Tickets of `stress-q` passed because their worker was stopped when its turn came
+    /// (those still in the queue's ring).
+    let passedQueueTurns: Int
     let operations: [String: UInt64]
     let operationsPerSecond: Double
     let p50Microseconds: [String: Double]
@@ -290,8 +318,8 @@ struct Summary: Codable {
     let interrupted: String?
 
     func print() {
-        say(String(format: "summary: %.1fs, %d processes, %d kills, %llu operations (%.0f/s): lock %llu, tx %llu, queue %llu, batch %llu, txfree %llu",
-                   seconds, processes, kills, operations.values.reduce(0, +), operationsPerSecond,
+        say(String(format: "summary: %.1fs, %d processes, %d kills, %d pauses (%d queue turns passed), %llu operations (%.0f/s): lock %llu, tx %llu, queue %llu, batch %llu, txfree %llu",
+                   seconds, processes, kills, pauses, passedQueueTurns, operations.values.reduce(0, +), operationsPerSecond,
                    operations["lock"] ?? 0, operations["tx"] ?? 0, operations["queue"] ?? 0, operations["batch"] ?? 0, operations["txfree"] ?? 0)
             + ((operations["blob"] ?? 0) > 0 ? ", blob \(operations["blob"] ?? 0)" : ""))
         say("transactions: \(transactions.commits) committed, \(transactions.conflicts) conflicts, \(transactions.retries) retried, \(transactions.failures) gave up")

@@ -340,13 +340,24 @@ typedef struct pmll_record {
     char error[64];                // last error, truncated
     char owner_comm[16];
     uint32_t unused_turn_word;     // the turn word of builds 2ba42f7 to e585b83 (only they write it)
-    uint8_t reserved[44];
+    uint32_t passed;               // PMLL_PASSED_*: a queued record voided because its owner was stopped
+    uint8_t reserved[40];
     uint8_t payload[PMLL_PAYLOAD_MAX];
 } pmll_record_t;
 
 _Static_assert(sizeof(pmll_record_t) == 1280, "record is 1280 bytes");
 _Static_assert(offsetof(pmll_record_t, kind) == 64, "record kind offset");
 _Static_assert(offsetof(pmll_record_t, payload) == 256, "record payload offset");
+_Static_assert(offsetof(pmll_record_t, passed) == 212, "record passed offset");
+// A queued single operation of a build that knows passing is ELIGIBLE: a waiter may void it
+// while its owner is stopped (older builds leave the word 0 and start with a plain store, so
+// theirs are never passed). A record passed so keeps its slot until the owner has seen that
+// (its `begin` compares the slot's state, which must still be its own record's).
+#define PMLL_PASSED_NONE 0u
+#define PMLL_PASSED_UNSEEN 1u
+#define PMLL_PASSED_SEEN 2u
+#define PMLL_PASSED_ELIGIBLE 3u
+static inline uint32_t *pmll_record_passed(pmll_record_t *r) { return &r->passed; }
 
 static inline uint32_t *pmll_queue_serving_word(pmll_queue_head_t *q) { return &q->serving_word; }
 static inline uint32_t *pmll_record_state(pmll_record_t *r) { return &r->state; }
