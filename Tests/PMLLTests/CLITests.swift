@@ -396,6 +396,34 @@ struct QueueCLITests {
         #expect((records[1]["lastError"] as? String ?? "").hasPrefix("passed: owner pid \(suspended.pid) was stopped"))
     }
 
+    /// A passed operation's slot is not reused until its owner has seen that it was passed: the
+    /// owner's start compares the slot's state, which must still be its own record's. With a
+    /// ring of 2 the next submission needs that slot, and waits for the owner.
+    @Test func aPassedOperationsSlotWaitsForItsOwner() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("r.pool"), log = scratch.file("order"), config = scratch.file("ring.json")
+        try #"{"pool": {"queue_ring": 2}}"#.write(toFile: config, atomically: true, encoding: .utf8)
+        func exec(_ script: String, timeout: String = "5") throws -> (status: Int32, stdout: String, stderr: String) {
+            try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "--config", config, "--timeout", timeout, "jobs", "--", "sh", "-c", script])
+        }
+        let busy = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "--config", config, "jobs", "--", "sleep", "30"])
+        defer { busy.killTree(); busy.wait() }
+        try waitForRecord(pool: pool, queue: "jobs")
+        let suspended = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "--config", config, "jobs", "--", "sh", "-c", "echo suspended >> \(log)"])
+        try waitForRecord(pool: pool, queue: "jobs", state: "queued")
+        _ = Foundation.kill(suspended.pid, SIGSTOP)
+        busy.killTree()
+        #expect(try exec("echo first >> \(log)").status == 0)   // ticket 2: passes ticket 1
+        // Ticket 3 would take ticket 1's slot, whose owner is still stopped.
+        let blocked = try exec("echo blocked >> \(log)", timeout: "1")
+        #expect(blocked.status == 75, "\(blocked)")
+        #expect(blocked.stderr.contains("behind ticket 1 'exec' of pid \(suspended.pid)"), "\(blocked.stderr)")
+        _ = Foundation.kill(suspended.pid, SIGCONT)
+        #expect(suspended.wait(timeout: 10) == 0)
+        #expect(try exec("echo last >> \(log)").status == 0)
+        #expect(try String(contentsOfFile: log, encoding: .utf8) == "first\nsuspended\nlast\n")
+    }
+
     @Test func recoverReportsAndHandsAbandonedCommandsToTheHandler() throws {
         let scratch = Scratch()
         let pool = scratch.file("r.pool"), marker = scratch.file("handled")
