@@ -353,11 +353,21 @@ package struct QueueEngine: @unchecked Sendable {
     private func passStopped(_ s: UInt64, _ r: UnsafeMutablePointer<pmll_record_t>, owner: OwnerToken) -> Bool {
         guard pmll_load32(pmll_record_passed(r)) == PMLL_PASSED_ELIGIBLE, let id = pool.processes.identity(of: owner),
               pmll_process_stopped(id.pid, id.startTime) == 1 else { return false }
+        // Unseen first, then void: until its owner has seen the pass, no submitter reuses the
+        // slot (the owner's `begin` compares the state of this slot, which must still be its own
+        // record's), and an owner whose `begin` finds the record void finds it unseen too, and
+        // marks it seen. Marked the other way round, an owner resumed between the two would
+        // leave the slot unseen for good.
+        var eligible = PMLL_PASSED_ELIGIBLE
+        guard pmll_cas32(pmll_record_passed(r), &eligible, PMLL_PASSED_UNSEEN) != 0 else { return false }
         var expected = PMLL_RECORD_QUEUED
-        guard pmll_cas32(pmll_record_state(r), &expected, PMLL_RECORD_VOID) != 0 else { return false }
-        // Until its owner has seen this, no submitter reuses the slot: the owner's `begin`
-        // compares the state of this slot, which must still be its own record's.
-        pmll_store32(pmll_record_passed(r), PMLL_PASSED_UNSEEN)
+        guard pmll_cas32(pmll_record_state(r), &expected, PMLL_RECORD_VOID) != 0 else {
+            // It started, timed out or died meanwhile (each of which clears the word after its
+            // own change of state): as it was, unless that clearing came first.
+            var unseen = PMLL_PASSED_UNSEEN
+            _ = pmll_cas32(pmll_record_passed(r), &unseen, PMLL_PASSED_ELIGIBLE)
+            return false
+        }
         r.pointee.finished_ns = UInt64(Clock.realtimeNanoseconds)
         writeFixedCString("passed: owner pid \(id.pid) was stopped when its turn came (it submits again once resumed)", into: &r.pointee.error)
         try? persist(r)
