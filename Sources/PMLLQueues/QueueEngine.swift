@@ -371,7 +371,10 @@ package struct QueueEngine: @unchecked Sendable {
         r.pointee.finished_ns = UInt64(Clock.realtimeNanoseconds)
         writeFixedCString("passed: owner pid \(id.pid) was stopped when its turn came (it submits again once resumed)", into: &r.pointee.error)
         try? persist(r)
-        return advance(from: s)
+        let kind = String(fixedCString: r.pointee.kind)
+        advance(from: s)
+        pool.audit(.queuePass, .ok, auditObject(s, kind: kind) + ": owner pid \(id.pid) was stopped when its turn came")
+        return true
     }
 
     /// Moves `serving` past `s`, then past the records right behind it that are already over

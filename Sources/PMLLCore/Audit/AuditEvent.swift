@@ -2,6 +2,8 @@
 /// never change meaning; the names are what the audit files and `pmll audit show` print.
 public enum AuditEvent: UInt16, Sendable, CaseIterable, CustomStringConvertible {
     case queueSubmit = 1, queueStart, queueComplete, queueFail, queueRetry, queueAbandon, queueRecover
+    /// A queued operation's turn passed over while its process was stopped (it submits again).
+    case queuePass = 8
     case commit = 20, rollback, grow
     case batchApply = 30, batchRecover
     case ownerDeath = 40, lockTimeout, hierarchyViolation, readerDeath
@@ -22,6 +24,7 @@ public enum AuditEvent: UInt16, Sendable, CaseIterable, CustomStringConvertible 
         case .queueRetry: "queue.retry"
         case .queueAbandon: "queue.abandon"
         case .queueRecover: "queue.recover"
+        case .queuePass: "queue.pass"
         case .commit: "store.commit"
         case .rollback: "store.rollback"
         case .grow: "store.grow"
