@@ -309,6 +309,13 @@ func waitForRecord(pool: String, queue: String, state: String = "running", timeo
     Issue.record("no operation of queue \(queue) became \(state)")
 }
 
+/// `pmll queue exec` of `sleep 30` in queue `jobs`, once its operation runs (the caller kills it).
+func runningOperation(pool: String, _ options: [String] = []) throws -> Child {
+    let busy = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool] + options + ["jobs", "--", "sleep", "30"])
+    try waitForRecord(pool: pool, queue: "jobs")
+    return busy
+}
+
 @Suite("pmll queue and recover", .serialized)
 struct QueueCLITests {
     @Test func queueExecRecordsArgvAndPassesStatusThrough() throws {
@@ -340,9 +347,8 @@ struct QueueCLITests {
     @Test func queueExecTimesOutWith75AndIsCancelledBySIGINT() throws {
         let scratch = Scratch()
         let pool = scratch.file("t.pool")
-        let busy = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "sleep", "30"])
+        let busy = try runningOperation(pool: pool)
         defer { busy.killTree(); busy.wait() }
-        try waitForRecord(pool: pool, queue: "jobs")
         let late = try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "--timeout", "0.3", "jobs", "--", "true"])
         #expect(late.status == 75)
         #expect(late.stderr.hasPrefix("pmll: timed out waiting in queue 'jobs'"))
@@ -357,9 +363,8 @@ struct QueueCLITests {
     @Test func queueExecNamesTheOperationItWaitsForAndWhetherItIsStopped() throws {
         let scratch = Scratch()
         let pool = scratch.file("w.pool")
-        let busy = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "sleep", "30"])
+        let busy = try runningOperation(pool: pool)
         defer { busy.killTree(); busy.wait() }
-        try waitForRecord(pool: pool, queue: "jobs")
         let running = try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "--timeout", "1", "jobs", "--", "true"])
         #expect(running.status == 75)
         #expect(running.stderr.hasPrefix("pmll: waiting in queue 'jobs' behind ticket 0 'exec' of pid \(busy.pid) (sleep, running)\n"), "\(running.stderr)")
@@ -376,9 +381,8 @@ struct QueueCLITests {
     @Test func aStoppedQueuedOperationIsPassedAndRunsOnceResumed() throws {
         let scratch = Scratch()
         let pool = scratch.file("p.pool"), log = scratch.file("order")
-        let busy = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "sleep", "30"])
+        let busy = try runningOperation(pool: pool)
         defer { busy.killTree(); busy.wait() }
-        try waitForRecord(pool: pool, queue: "jobs")
         let suspended = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "sh", "-c", "echo suspended >> \(log)"])
         try waitForRecord(pool: pool, queue: "jobs", state: "queued")
         _ = Foundation.kill(suspended.pid, SIGSTOP)
@@ -408,9 +412,8 @@ struct QueueCLITests {
         func exec(_ script: String, timeout: String = "5") throws -> (status: Int32, stdout: String, stderr: String) {
             try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "--config", config, "--timeout", timeout, "jobs", "--", "sh", "-c", script])
         }
-        let busy = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "--config", config, "jobs", "--", "sleep", "30"])
+        let busy = try runningOperation(pool: pool, ["--config", config])
         defer { busy.killTree(); busy.wait() }
-        try waitForRecord(pool: pool, queue: "jobs")
         let suspended = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "--config", config, "jobs", "--", "sh", "-c", "echo suspended >> \(log)"])
         try waitForRecord(pool: pool, queue: "jobs", state: "queued")
         _ = Foundation.kill(suspended.pid, SIGSTOP)
