@@ -90,7 +90,7 @@ int pmll_process_stopped(int32_t pid, uint64_t start_time) {
     char path[64], state = 0;
     unsigned long long flags = 0, start = 0;
     snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    if (stat_fields(path, &state, &flags, &start) != 0 || start != start_time) return 0;
+    if (stat_fields(path, &state, &flags, &start) != 0 || (start_time != 0 && start != start_time)) return 0;
     return state == 'T' || state == 't';
 }
 

@@ -854,8 +854,8 @@ int pmll_thread_cpu(int32_t pid, int32_t tid);
 void pmll_thread_step_off(int cpu);
 // Fields 3 (state), 9 (flags) and 22 (start time) of the text of a /proc/.../stat file: 0, or -1.
 int pmll_proc_stat_parse(const char *buf, char *state, unsigned long long *flags, unsigned long long *start);
-// 1 if process `pid`, started at `start_time` (field 22 of its stat), is stopped (state T by
-// a signal, t by a tracer); 0 if it is not, is gone, or is another process now.
+// 1 if process `pid`, started at `start_time` (field 22 of its stat; 0: not compared), is
+// stopped (state T by a signal, t by a tracer); 0 if it is not, is gone, or is another process now.
 int pmll_process_stopped(int32_t pid, uint64_t start_time);
 // Field 39 (processor) of the same text: the CPU the thread runs on or whose run queue it waits
 // on; -1 if absent.
