@@ -20,6 +20,8 @@ package struct QueueEngine: @unchecked Sendable {
     package let index: UInt32
     package let submitLock: LockIndex
     package let name: String
+    /// `name` as audit records write it: copied once, not per record.
+    let nameBytes: [UInt8]
     package let persistent: Bool
     /// This queue's swift-metrics handles, looked up once per engine.
     let telemetry: QueueTelemetry
@@ -29,6 +31,7 @@ package struct QueueEngine: @unchecked Sendable {
         self.index = index
         self.submitLock = submitLock
         self.name = name
+        nameBytes = Array(name.utf8)
         self.persistent = persistent
         telemetry = pool.telemetry.queue(name)
     }
@@ -160,8 +163,10 @@ package struct QueueEngine: @unchecked Sendable {
             r.pointee.checksum = RecordState.checksum(r)
             pmll_store32(pmll_record_state(r), startsNow ? PMLL_RECORD_RUNNING : PMLL_RECORD_QUEUED)
             try persist(r, payload: true)
-            pool.audit(.queueSubmit) { describe(ticket, r, &$0) }
-            if startsNow { pool.audit(.queueStart) { describe(ticket, r, &$0); $0.add(" attempt 1") } }
+            if pool.auditQueueSteps {
+                pool.audit(.queueSubmit, at: Int64(now)) { describe(ticket, r, &$0) }
+                if startsNow { pool.audit(.queueStart, at: Int64(now)) { describe(ticket, r, &$0); $0.add(" attempt 1") } }
+            }
         }
         pmll_store64_release(&head.pointee.next_ticket, first + n)
         CrashPoint.hit("queue.submitted")
@@ -332,7 +337,14 @@ package struct QueueEngine: @unchecked Sendable {
             writeFixedCString("owner pid \(r.pointee.owner_pid) died while \(state == PMLL_RECORD_RUNNING ? "running" : "queued")", into: &r.pointee.error)
             try? persist(r)
             pmll_add64(&head.pointee.abandoned, 1)
-            pool.audit(.queueAbandon, .failed, auditObject(s, kind: String(fixedCString: r.pointee.kind)) + ": owner pid \(r.pointee.owner_pid) died while \(state == PMLL_RECORD_RUNNING ? "running" : "queued")")
+            pool.audit(.queueAbandon, .failed) { text in
+                describe(s, r, &text)
+                text.add(": owner pid ")
+                text.add(UInt64(UInt32(bitPattern: r.pointee.owner_pid)))
+                text.add(state == PMLL_RECORD_RUNNING ? " died while running, attempt " : " died while queued")
+                if state == PMLL_RECORD_RUNNING { text.add(UInt64(r.pointee.attempts)) }
+                submittedAt(r, &text)
+            }
         }
         return advance(from: s)
     }
@@ -433,8 +445,15 @@ package struct QueueEngine: @unchecked Sendable {
         var expected = PMLL_RECORD_QUEUED
         if pmll_cas32(pmll_record_state(r), &expected, PMLL_RECORD_VOID) != 0 {
             pmll_store32(pmll_record_passed(r), PMLL_PASSED_NONE)
-            r.pointee.finished_ns = UInt64(Clock.realtimeNanoseconds)
+            let now = UInt64(Clock.realtimeNanoseconds)
+            r.pointee.finished_ns = now
             try? persist(r)
+            // Without the steps, nothing else says it was ever submitted.
+            pool.audit(.queueFail, .failed, at: Int64(now)) { text in
+                describe(ticket, r, &text)
+                text.add(": never ran (gave up waiting for its turn)")
+                submittedAt(r, &text)
+            }
         }
         if pmll_load64_acquire(&head.pointee.serving) == ticket { advance(from: ticket) }
     }
@@ -460,14 +479,21 @@ package struct QueueEngine: @unchecked Sendable {
         if attempt == 1 { r.pointee.started_ns = UInt64(Clock.realtimeNanoseconds) }
         pmll_store32(pmll_record_state(r), PMLL_RECORD_RUNNING)
         try persist(r)
-        pool.audit(.queueStart) { describe(ticket, r, &$0); $0.add(" attempt "); $0.add(UInt64(attempt)) }
+        if pool.auditQueueSteps { pool.audit(.queueStart) { describe(ticket, r, &$0); $0.add(" attempt "); $0.add(UInt64(attempt)) } }
     }
 
     package func noteRetry(_ ticket: UInt64, error: String) {
         writeFixedCString(error, into: &record(ticket).pointee.error)
         pmll_add64(&head.pointee.retried, 1)
         telemetry.retries.increment()
-        pool.audit(.queueRetry, .failed, auditObject(ticket, kind: String(fixedCString: record(ticket).pointee.kind)) + ": " + error)
+        let r = record(ticket)
+        pool.audit(.queueRetry, .failed) { text in
+            describe(ticket, r, &text)
+            text.add(" attempt ")
+            text.add(UInt64(r.pointee.attempts))
+            text.add(": ")
+            text.add(error)
+        }
     }
 
     /// How audit records name an operation.
@@ -480,12 +506,23 @@ package struct QueueEngine: @unchecked Sendable {
 
     func describe<Kind>(_ ticket: UInt64, kind: Kind, _ text: inout AuditText) {
         text.add("queue '")
-        text.add(name)
+        nameBytes.withUnsafeBytes { text.add($0) }
         text.add("' ticket ")
         text.add(ticket)
         text.add(" kind '")
         text.add(fixedCString: kind)
         text.add("'")
+    }
+
+    /// When an operation that ended without its steps recorded was submitted and started
+    /// (CLOCK_REALTIME ns, as the records' `time_ns`), so that its one record says it all.
+    func submittedAt(_ r: UnsafeMutablePointer<pmll_record_t>, _ text: inout AuditText) {
+        text.add(", submitted at ")
+        text.add(r.pointee.submitted_ns)
+        if r.pointee.started_ns != 0 {
+            text.add(", started at ")
+            text.add(r.pointee.started_ns)
+        }
     }
 
     /// Records the final state and hands the turn on; returns once the final state is durable.
@@ -516,7 +553,7 @@ package struct QueueEngine: @unchecked Sendable {
         pmll_store64(&head.pointee.recent_run_ns, recent - recent / 8 + min(run, 1 << 40) / 8)
         // Once the turn is passed the slot may be reused by a later ticket: the audit record
         // names the operation from a copy.
-        let kind = r.pointee.kind
+        let kind = r.pointee.kind, attempts = r.pointee.attempts
         CrashPoint.hit("queue.ended")
         let passFirst = persistent && !pool.memory.persistence.isPmem
         if passFirst { advance(from: ticket) }
@@ -528,8 +565,15 @@ package struct QueueEngine: @unchecked Sendable {
         (succeeded ? telemetry.completed : telemetry.failed).increment()
         telemetry.waitDuration.recordNanoseconds(Int64(clamping: wait))
         telemetry.runDuration.recordNanoseconds(Int64(clamping: run))
-        pool.audit(succeeded ? .queueComplete : .queueFail, succeeded ? .ok : .failed) { text in
+        pool.audit(succeeded ? .queueComplete : .queueFail, succeeded ? .ok : .failed, at: Int64(now)) { text in
             describe(ticket, kind: kind, &text)
+            text.add(" attempt ")
+            text.add(UInt64(attempts))
+            text.add(", waited ")
+            text.add(wait)
+            text.add(" ns, ran ")
+            text.add(run)
+            text.add(" ns")
             if !succeeded { text.add(": "); text.add(error) }
         }
         CrashPoint.hit("queue.finished")

@@ -276,8 +276,9 @@ package enum QueueRepair {
                     writeFixedCString("owner gone (pool reset)", into: &r.pointee.error)
                     head.pointee.abandoned &+= 1
                     firstOpen = min(firstOpen ?? .max, r.pointee.ticket)
+                    let running = state == PMLL_RECORD_RUNNING
                     AuditRing.appendDuringReset(memory, .queueAbandon, .failed,
-                        "queue '\(String(fixedCString: head.pointee.name))' ticket \(r.pointee.ticket) kind '\(String(fixedCString: r.pointee.kind))': owner pid \(r.pointee.owner_pid) gone (pool reset, \(state == PMLL_RECORD_RUNNING ? "running" : "queued"))")
+                        "queue '\(String(fixedCString: head.pointee.name))' ticket \(r.pointee.ticket) kind '\(String(fixedCString: r.pointee.kind))': owner pid \(r.pointee.owner_pid) gone (pool reset, \(running ? "running, attempt \(r.pointee.attempts)" : "queued")), submitted at \(r.pointee.submitted_ns)" + (r.pointee.started_ns != 0 ? ", started at \(r.pointee.started_ns)" : ""))
                 }
             }
             let next = max(head.pointee.next_ticket, maxTicket.map { $0.saturatingAdd(1) } ?? 0)

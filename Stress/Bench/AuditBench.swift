@@ -19,7 +19,7 @@ struct AuditBench: AsyncParsableCommand {
     @Option(help: "Operations per round on other filesystems.") var diskOperations = 1000
     @Option(help: "Pairs of rounds (on-off, off-on, on-off, ...); medians are reported.") var rounds = 5
     @Option(help: "Slots of the audit ring of the pool with auditing on (a power of two, 64...65536).") var ringSlots = 1024
-    @Option(help: "Only these operations (commit, queue, lock, append); all when not given.") var only: [String] = []
+    @Option(help: "Only these operations (commit, queue, queue-steps, lock, append); all when not given.") var only: [String] = []
     @Flag var json = false
 
     struct Row: Codable {
@@ -51,11 +51,18 @@ struct AuditBench: AsyncParsableCommand {
                 options.size = 64 << 20
                 pools[audit] = try Pool.open(path: dir + (audit ? "/on.pool" : "/off.pool"), options: options)
             }
-            for operation in ["commit", "queue", "lock", "append"] where only.isEmpty || only.contains(operation) {
+            // Every step of a queue operation recorded (three records instead of one).
+            var stepsOptions = PoolOptions()
+            stepsOptions.auditRingSlots = ringSlots
+            stepsOptions.size = 64 << 20
+            stepsOptions.auditQueueSteps = true
+            let steps = try Pool.open(path: dir + "/steps.pool", options: stepsOptions)
+            for operation in ["commit", "queue", "queue-steps", "lock", "append"] where only.isEmpty || only.contains(operation) {
                 var samples: [Bool: [(rate: Double, p50: Double, p99: Double)]] = [true: [], false: []]
                 for r in 0..<rounds {
                     for audit in r % 2 == 0 ? [true, false] : [false, true] {
-                        samples[audit]!.append(try await Self.round(operation, pool: pools[audit]!, n: operation == "lock" ? n * 20 : n))
+                        let pool = audit && operation == "queue-steps" ? steps : pools[audit]!
+                        samples[audit]!.append(try await Self.round(operation, pool: pool, n: operation == "lock" ? n * 20 : n))
                     }
                 }
                 let paired = zip(samples[true]!, samples[false]!).map { on, off in off.rate / on.rate - 1 }
@@ -98,7 +105,7 @@ struct AuditBench: AsyncParsableCommand {
                 }
                 latencies.append(monotonicNanoseconds() - t0)
             }
-        case "queue":
+        case "queue", "queue-steps":
             let queue = try pool.queue(named: "bench")
             for _ in 0..<n {
                 let t0 = monotonicNanoseconds()

@@ -25,7 +25,9 @@ struct AuditTests {
         }
         try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
         #expect(try pmll(["state", "set", "--pool", pool, "pkg/a=1", "pkg/b=2"]).status == 0)                  // store.commit
-        #expect(try pmll(["queue", "exec", "--pool", pool, "q", "--", "true"]).status == 0)                      // submit, start, complete
+        let steps = scratch.file("steps.json")
+        try #"{"audit": {"queue_steps": true}}"#.write(toFile: steps, atomically: true, encoding: .utf8)
+        #expect(try pmll(["queue", "exec", "--pool", pool, "--config", steps, "q", "--", "true"]).status == 0)   // submit, start, complete
         #expect(try pmll(["queue", "exec", "--pool", pool, "q", "--", "false"]).status == 1)                     // queue.fail
         // Killed in its turn: abandoned when the next operation finds it, then recovered.
         let running = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "q", "--", "sleep", "30"])
@@ -83,6 +85,56 @@ struct AuditTests {
         let verified = try Self.verify(pool)
         #expect(verified.status == 0, "\(verified.stderr)")
         #expect(verified.stdout.contains("1 signed checkpoint(s) verified"), "\(verified.stdout)")
+    }
+
+    /// A queue operation is one record when it ends, saying when it was submitted and started
+    /// (its attempt, how long it waited and ran); every step is recorded only when asked for
+    /// (`audit.queue_steps`). An operation that never ran, or whose process died, still has
+    /// its one record.
+    @Test func aQueueOperationIsOneRecordUnlessItsStepsAreAskedFor() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("q.pool")
+        // Keeps the pool open: the dead operations below are found by the next operation,
+        // not by the volatile reset of a process that opens the pool alone.
+        let holder = try Child(Binaries.pmll, ["lock", "--pool", pool, "open", "--", "sleep", "30"])
+        defer { holder.stopIfRunning() }
+        #expect(holder.waitForEvent("never", timeout: 0.5) == nil)
+        #expect(try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "q", "--", "true"]).status == 0)
+        var records = try Self.events(pool).filter { ($0["event"] as? String ?? "").hasPrefix("queue.") }
+        #expect(records.map { $0["event"] as? String ?? "" } == ["queue.complete"], "\(records)")
+        let complete = records.first?["object"] as? String ?? ""
+        #expect(complete.hasPrefix("queue 'q' ticket 0 kind 'exec' attempt 1, waited ") && complete.hasSuffix(" ns"), "\(complete)")
+
+        let steps = scratch.file("steps.json")
+        try #"{"audit": {"queue_steps": true}}"#.write(toFile: steps, atomically: true, encoding: .utf8)
+        #expect(try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "--config", steps, "q", "--", "true"]).status == 0)
+        records = try Self.events(pool).filter { ($0["object"] as? String ?? "").hasPrefix("queue 'q' ticket 1 ") }
+        #expect(records.map { $0["event"] as? String ?? "" } == ["queue.submit", "queue.start", "queue.complete"], "\(records)")
+
+        // Behind a running operation: one that gives up waiting, and one whose process is killed.
+        let running = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "q", "--", "sleep", "30"])
+        defer { running.stopIfRunning() }
+        #expect(running.waitForEvent("never", timeout: 0.5) == nil)
+        #expect(try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "--timeout", "0.2", "q", "--", "true"]).status == 75)
+        let queued = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "q", "--", "true"])
+        defer { queued.stopIfRunning() }
+        #expect(queued.waitForEvent("never", timeout: 0.5) == nil)
+        queued.killParentFirst()
+        queued.wait()
+        running.killParentFirst()
+        running.wait()
+        #expect(try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "q", "--", "true"]).status == 0)
+        records = try Self.events(pool)
+        func object(_ ticket: Int) -> String? {
+            records.first { ($0["object"] as? String ?? "").hasPrefix("queue 'q' ticket \(ticket) ") }?["object"] as? String
+        }
+        let gaveUp = try #require(object(3), "\(records)")
+        #expect(gaveUp.contains(": never ran (gave up waiting for its turn), submitted at ") && !gaveUp.contains("started at"), "\(gaveUp)")
+        let killedRunning = try #require(object(2), "\(records)")
+        #expect(killedRunning.contains(" died while running, attempt 1, submitted at ") && killedRunning.contains(", started at "), "\(killedRunning)")
+        let killedQueued = try #require(object(4), "\(records)")
+        #expect(killedQueued.contains(" died while queued, submitted at "), "\(killedQueued)")
+        #expect(try Self.verify(pool).status == 0)
     }
 
     /// A writer killed after taking its number and before claiming its slot: nothing names it,

@@ -249,6 +249,7 @@ public struct Configuration: Sendable {
         integer("pool.key_capacity", 16...1 << 22, { $0.poolOptions.keyCapacity = Int($1) }, { "\($0.poolOptions.keyCapacity)" }),
         integer("pool.log_slots", 1...256, { $0.poolOptions.logSlots = Int($1) }, { "\($0.poolOptions.logSlots)" }),
         Entry(key: "pool.group_shared", kind: .bool, setBool: { $0.poolOptions.groupShared = $1 }, show: { "\($0.poolOptions.groupShared)" }),
+        Entry(key: "audit.queue_steps", kind: .bool, setBool: { $0.poolOptions.auditQueueSteps = $1 }, show: { "\($0.poolOptions.auditQueueSteps)" }),
         integer("pool.owner_check_interval_ms", 1...60_000, unit: "ms", { $0.poolOptions.ownerCheckInterval = .milliseconds($1) }, { milliseconds($0.poolOptions.ownerCheckInterval) }),
         integer("pool.starvation_threshold_ms", 0...60_000, unit: "ms", { $0.poolOptions.starvationThreshold = .milliseconds($1) }, { milliseconds($0.poolOptions.starvationThreshold) }),
         integer("queue.timeout_ms", 0...86_400_000, unit: "ms (0: no limit)", { $0.queue.timeout = $1 == 0 ? nil : .milliseconds($1) }, { milliseconds($0.queue.timeout) }),

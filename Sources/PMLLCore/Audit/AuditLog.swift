@@ -15,11 +15,12 @@ extension Pool {
     }
 
     /// ``audit(_:_:_:)`` with the object written into the record by `fill`, for the hot paths
-    /// (queue operations): no String is built.
-    package func audit(_ event: AuditEvent, _ outcome: AuditOutcome = .ok, fill: (inout AuditText) -> Void) {
+    /// (queue operations): no String is built. `time`: when it happened (CLOCK_REALTIME ns),
+    /// when the caller has just read the clock for its own record; 0: now.
+    package func audit(_ event: AuditEvent, _ outcome: AuditOutcome = .ok, at time: Int64 = 0, fill: (inout AuditText) -> Void) {
         guard let ring = auditRing else { return }
         reportDroppedAuditRecords(ring)
-        if !append(ring, event, outcome, fill) {
+        if !append(ring, event, outcome, time, fill) {
             // Logged once per stall (the count reaches the log in the gap record).
             if auditDropped.add(1, ordering: .relaxed).oldValue == 0 {
                 Self.logger.error("audit ring full and not draining: records dropped until it drains", metadata: ["path": "\(path)", "event": "\(event)"])
@@ -48,7 +49,7 @@ extension Pool {
     package func reportDroppedAuditRecords(_ ring: AuditRing) -> Bool {
         let dropped = auditDropped.load(ordering: .relaxed)
         guard dropped > 0 else { return true }
-        guard append(ring, .gap, .lost, { $0.add(UInt64(dropped)); $0.add(" audit record(s) of this process dropped: the ring was full and could not be drained") }) else { return false }
+        guard append(ring, .gap, .lost, 0, { $0.add(UInt64(dropped)); $0.add(" audit record(s) of this process dropped: the ring was full and could not be drained") }) else { return false }
         auditDropped.subtract(dropped, ordering: .relaxed)
         return true
     }
@@ -58,14 +59,14 @@ extension Pool {
         auditDrainer.kick({ makeAuditDrain() }, gate: auditGate)
     }
 
-    private func append(_ ring: AuditRing, _ event: AuditEvent, _ outcome: AuditOutcome, _ fill: (inout AuditText) -> Void) -> Bool {
+    private func append(_ ring: AuditRing, _ event: AuditEvent, _ outcome: AuditOutcome, _ time: Int64, _ fill: (inout AuditText) -> Void) -> Bool {
         var deadline: Int64?
         while true {
             if let seq = ring.reserve(guess: auditNextGuess.load(ordering: .relaxed)) {
                 CrashPoint.hit("audit.reserved")
                 auditNextGuess.store(seq + 1, ordering: .relaxed)
                 if ring.write(seq, token: token, pid: processID, uid: auditUID, comm: auditCommand,
-                              event: event, outcome: outcome, fill: fill) { return true }
+                              event: event, outcome: outcome, time: time, fill: fill) { return true }
                 continue   // the drainer gave the number up (this thread stalled): take another
             }
             // Full: drain (or wait for the process draining), for about five seconds at most,

@@ -122,7 +122,7 @@ package struct AuditRing: @unchecked Sendable {
     /// Claims, fills and completes `seq`'s slot. False when the drainer already gave the number
     /// up as a gap (this writer stalled too long): the caller appends again with a new number.
     package func write(_ seq: UInt64, token: OwnerToken, pid: Int32, uid: UInt32, comm: [UInt8],
-                       event: AuditEvent, outcome: AuditOutcome, fill: (inout AuditText) -> Void) -> Bool {
+                       event: AuditEvent, outcome: AuditOutcome, time: Int64 = 0, fill: (inout AuditText) -> Void) -> Bool {
         let s = slot(seq)
         // The claim is one compare-and-swap, expecting what the slot nearly always holds (its
         // previous record, drained): loading the state first would wait twice for the line the
@@ -138,7 +138,7 @@ package struct AuditRing: @unchecked Sendable {
         s.pointee.uid = uid
         s.pointee.event = event.rawValue
         s.pointee.outcome = outcome.rawValue
-        s.pointee.time_ns = Clock.realtimeNanoseconds
+        s.pointee.time_ns = time != 0 ? time : Clock.realtimeNanoseconds
         withUnsafeMutableBytes(of: &s.pointee.comm) { raw in
             raw.initializeMemory(as: UInt8.self, repeating: 0)
             raw.copyBytes(from: comm.prefix(15))
@@ -151,12 +151,14 @@ package struct AuditRing: @unchecked Sendable {
         }
         s.pointee.text_length = UInt32(length)
         s.pointee.checksum = Self.checksum(s, seq: seq)
-        var claimed = Self.state(seq, PMLL_AUDIT_CLAIMED)
-        let completed = pmll_cas64(pmll_audit_slot_state(s), &claimed, Self.state(seq, PMLL_AUDIT_COMPLETE)) != 0
+        // A store, not a compare-and-swap: once claimed, the slot changes hands only when its
+        // writer is dead (the drainer's gap), and a writer completing it is alive. A locked
+        // instruction here would also wait for every store before it to leave the store buffer.
+        pmll_store64_release(pmll_audit_slot_state(s), Self.state(seq, PMLL_AUDIT_COMPLETE))
         // The next record's slot, while this one's lines are still being written back: the
         // drainer (another core) read it last, and claiming it would otherwise wait for it.
         pmll_prefetch_for_write(slot(seq + 1))
-        return completed
+        return true
     }
 }
 
@@ -180,13 +182,28 @@ package struct AuditText {
 
     package mutating func add(_ text: StaticString) { text.withUTF8Buffer { add(UnsafeRawBufferPointer($0)) } }
 
+    // Disfavoured: a literal then goes through the StaticString overload, which a hot path's
+    // records (one per queue operation) are made of, without a String.
+    @_disfavoredOverload
     package mutating func add(_ text: String) {
         var text = text
         text.withUTF8 { add(UnsafeRawBufferPointer($0)) }
     }
 
     package mutating func add(_ value: UInt64) {
-        AuditLine.withDecimal(value) { add($0) }
+        var digits = 1, rest = value
+        while rest >= 10 {
+            rest /= 10
+            digits += 1
+        }
+        guard count + digits <= buffer.count else { return AuditLine.withDecimal(value) { add($0) } }
+        var n = value, at = count + digits
+        repeat {
+            at -= 1
+            buffer[at] = UInt8(truncatingIfNeeded: 48 + n % 10)
+            n /= 10
+        } while n > 0
+        count += digits
     }
 
     /// A NUL-terminated name in a fixed-size field of the pool (a record's kind).

@@ -43,6 +43,8 @@ public final class Pool: Sendable {
     /// This participant's command name, as audit records carry it.
     package let auditCommand: [UInt8]
     package let auditFileBytes: Int
+    /// ``PoolOptions/auditQueueSteps``.
+    package let auditQueueSteps: Bool
     /// getpid and geteuid are system calls: read once (a forked child opens its own pool).
     package let processID = ProcessIdentity.pid
     package let auditUID = ProcessIdentity.effectiveUID
@@ -240,6 +242,7 @@ public final class Pool: Sendable {
         self.auditRing = options.recordsAudit ? ring : nil
         self.auditCommand = withUnsafeBytes(of: memory.slot(slot).pointee.comm) { Array($0.prefix { $0 != 0 }) }
         self.auditFileBytes = options.auditFileBytes
+        self.auditQueueSteps = options.auditQueueSteps
         self.access = AccessGate(readOnly: false, lockCapacity: layout.lockCapacity)
         self.accessState = Atomic(AccessGate.initialState(readOnly: false))
         self.ownerUID = UInt32(st.st_uid)
@@ -294,6 +297,7 @@ public final class Pool: Sendable {
         self.auditRing = nil
         self.auditCommand = []
         self.auditFileBytes = options.auditFileBytes
+        self.auditQueueSteps = options.auditQueueSteps
         self.access = AccessGate(readOnly: true, lockCapacity: layout.lockCapacity)
         self.accessState = Atomic(AccessGate.initialState(readOnly: true))
         self.ownerUID = owner

@@ -29,6 +29,12 @@ public struct PoolOptions: Sendable, Equatable {
     /// Record this participant's actions in the pool's audit log (when the pool has one).
     /// Off only for tools that work on a copy of a pool (backup checks its copy this way).
     public var recordsAudit: Bool = true
+    /// Record every step of a hardened queue operation (`queue.submit`, `queue.start` for each
+    /// attempt, then its end) instead of one record when it ends. The end record always says
+    /// when the operation was submitted and started, and how many attempts it took; the steps
+    /// triple the records of a queue operation and the audit log's cost with them
+    /// (Docs/Audit.md "Queue operations").
+    public var auditQueueSteps: Bool = false
     /// An audit file is closed and the next one started once it reaches this size.
     public var auditFileBytes: Int = 8 << 20
     /// Attach without writing a byte: the file is opened and mapped read-only, no process
