@@ -442,18 +442,22 @@ package struct QueueEngine: @unchecked Sendable {
     /// Gives up a ticket that has not run.
     package func void(_ ticket: UInt64) {
         let r = record(ticket)
-        var expected = PMLL_RECORD_QUEUED
-        if pmll_cas32(pmll_record_state(r), &expected, PMLL_RECORD_VOID) != 0 {
-            pmll_store32(pmll_record_passed(r), PMLL_PASSED_NONE)
-            let now = UInt64(Clock.realtimeNanoseconds)
-            r.pointee.finished_ns = now
-            try? persist(r)
-            // Without the steps, nothing else says it was ever submitted.
+        // Without the steps, nothing else says it was ever submitted. Appended first, as an
+        // operation's end is (``finish(_:succeeded:error:)``); only a waiter passing it can
+        // change a queued record of ours meanwhile, and says so in its own record.
+        let now = UInt64(Clock.realtimeNanoseconds)
+        if pmll_load32(pmll_record_state(r)) == PMLL_RECORD_QUEUED {
             pool.audit(.queueFail, .failed, at: Int64(now)) { text in
                 describe(ticket, r, &text)
                 text.add(": never ran (gave up waiting for its turn)")
                 submittedAt(r, &text)
             }
+        }
+        var expected = PMLL_RECORD_QUEUED
+        if pmll_cas32(pmll_record_state(r), &expected, PMLL_RECORD_VOID) != 0 {
+            pmll_store32(pmll_record_passed(r), PMLL_PASSED_NONE)
+            r.pointee.finished_ns = now
+            try? persist(r)
         }
         if pmll_load64_acquire(&head.pointee.serving) == ticket { advance(from: ticket) }
     }
@@ -538,22 +542,34 @@ package struct QueueEngine: @unchecked Sendable {
     package func finish(_ ticket: UInt64, succeeded: Bool, error: String) throws(PMLLError) {
         let r = record(ticket)
         let now = UInt64(Clock.realtimeNanoseconds)
+        let wait = r.pointee.started_ns > r.pointee.submitted_ns ? r.pointee.started_ns - r.pointee.submitted_ns : 0
+        let run = now > r.pointee.started_ns ? now - r.pointee.started_ns : 0
+        // The operation's one audit record (unless its steps are recorded), before its final
+        // state: killed after that state and before an append, it would leave no record at
+        // all. Killed between the two, the log says it ended and the queue, finding it
+        // running with its owner dead, abandons it: both true, nothing unsaid.
+        pool.audit(succeeded ? .queueComplete : .queueFail, succeeded ? .ok : .failed, at: Int64(now)) { text in
+            describe(ticket, r, &text)
+            text.add(" attempt ")
+            text.add(UInt64(r.pointee.attempts))
+            text.add(", waited ")
+            text.add(wait)
+            text.add(" ns, ran ")
+            text.add(run)
+            text.add(" ns")
+            if !succeeded { text.add(": "); text.add(error) }
+        }
         r.pointee.finished_ns = now
         // Not left eligible for a build that reuses the slot without setting the word.
         pmll_store32(pmll_record_passed(r), PMLL_PASSED_NONE)
         if !succeeded { writeFixedCString(error, into: &r.pointee.error) }
         pmll_store32(pmll_record_state(r), succeeded ? PMLL_RECORD_SUCCEEDED : PMLL_RECORD_FAILED)
         if succeeded { pmll_add64(&head.pointee.completed, 1) } else { pmll_add64(&head.pointee.failed, 1) }
-        let wait = r.pointee.started_ns > r.pointee.submitted_ns ? r.pointee.started_ns - r.pointee.submitted_ns : 0
-        let run = now > r.pointee.started_ns ? now - r.pointee.started_ns : 0
         QueueStatistics.record(head, wait: wait, run: run)
         // Only the finisher writes it (turns serialise them, and it is written before the
         // pass); a torn or stale value only changes whether the next waiter spins.
         let recent = pmll_load64(&head.pointee.recent_run_ns)
         pmll_store64(&head.pointee.recent_run_ns, recent - recent / 8 + min(run, 1 << 40) / 8)
-        // Once the turn is passed the slot may be reused by a later ticket: the audit record
-        // names the operation from a copy.
-        let kind = r.pointee.kind, attempts = r.pointee.attempts
         CrashPoint.hit("queue.ended")
         let passFirst = persistent && !pool.memory.persistence.isPmem
         if passFirst { advance(from: ticket) }
@@ -565,17 +581,6 @@ package struct QueueEngine: @unchecked Sendable {
         (succeeded ? telemetry.completed : telemetry.failed).increment()
         telemetry.waitDuration.recordNanoseconds(Int64(clamping: wait))
         telemetry.runDuration.recordNanoseconds(Int64(clamping: run))
-        pool.audit(succeeded ? .queueComplete : .queueFail, succeeded ? .ok : .failed, at: Int64(now)) { text in
-            describe(ticket, kind: kind, &text)
-            text.add(" attempt ")
-            text.add(UInt64(attempts))
-            text.add(", waited ")
-            text.add(wait)
-            text.add(" ns, ran ")
-            text.add(run)
-            text.add(" ns")
-            if !succeeded { text.add(": "); text.add(error) }
-        }
         CrashPoint.hit("queue.finished")
     }
 

@@ -134,6 +134,13 @@ struct AuditTests {
         #expect(killedRunning.contains(" died while running, attempt 1, submitted at ") && killedRunning.contains(", started at "), "\(killedRunning)")
         let killedQueued = try #require(object(4), "\(records)")
         #expect(killedQueued.contains(" died while queued, submitted at "), "\(killedQueued)")
+
+        // Killed once its final state is written: its record was appended before that state.
+        #expect(try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "q", "--", "true"], environment: ["PMLL_CRASH_AT": "queue.ended"]).status == 137)
+        #expect(try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "q", "--", "true"]).status == 0)
+        records = try Self.events(pool)
+        let ended = records.filter { ($0["object"] as? String ?? "").hasPrefix("queue 'q' ticket 6 ") }
+        #expect(ended.map { $0["event"] as? String ?? "" } == ["queue.complete"], "\(records)")
         #expect(try Self.verify(pool).status == 0)
     }
 
