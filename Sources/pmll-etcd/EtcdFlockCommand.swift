@@ -45,8 +45,12 @@ struct EtcdFlockCommand: AsyncParsableCommand {
         let lock = try await pool.lock(named: FlockFile.lockName(path), level: .filesystem)
         let started = ContinuousClock.now
         let timeout: Duration? = options.nonblock || options.timeout == 0 ? .zero : options.timeout.map { .nanoseconds(Int64($0 * 1e9)) }
+        // Not for a lock that is not waited for (-n, -w 0): flock(1) says nothing then.
+        let notice: EtcdWaitNotice? = timeout == .zero ? nil : EtcdWaitNotice.lock(pool, FlockFile.lockName(path))
         let outcome = await runInterruptibly(closing: pool) { () async throws -> Int32 in
+            defer { notice?.stop() }
             let body = { (grant: inout EtcdLockGrant) async throws -> Int32 in
+                notice?.stop()
                 if options.verbose {
                     let took = started.duration(to: .now)
                     print(String(format: "pmll: getting lock took %.6f seconds", Double(took.components.seconds) + Double(took.components.attoseconds) / 1e18))

@@ -49,8 +49,11 @@ struct EtcdLockCommand: AsyncParsableCommand {
     func run() async throws {
         let pool = try await poolArguments.open()
         let lock = try await pool.lock(named: name, level: level)
+        let notice = EtcdWaitNotice.lock(pool, name)
         let outcome = await runInterruptibly(closing: pool) {
+            defer { notice.stop() }
             let body = { (grant: inout EtcdLockGrant) async throws -> Int32 in
+                notice.stop()
                 var environment = ProcessInfo.processInfo.environment
                 environment["PMLL_FENCING_TOKEN"] = String(grant.fencingToken)
                 environment["PMLL_LOCK"] = name

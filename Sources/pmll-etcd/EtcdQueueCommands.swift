@@ -32,9 +32,12 @@ struct EtcdQueueCommand: AsyncParsableCommand {
             let pool = try await poolArguments.open()
             let queue = try pool.queue(named: name)
             let payload = Array(try EtcdJSON.encoder.encode(command))
+            let notice = EtcdWaitNotice.queue(queue, name)
             let outcome = await runInterruptibly(closing: pool) {
-                try await queue.execute(kind: "exec", payload: payload, timeout: timeout.map { .nanoseconds(Int64($0 * 1e9)) },
-                                        retry: RetryPolicy(maxRetries: 0)) { op -> Int32 in
+                defer { notice.stop() }
+                return try await queue.execute(kind: "exec", payload: payload, timeout: timeout.map { .nanoseconds(Int64($0 * 1e9)) },
+                                               retry: RetryPolicy(maxRetries: 0)) { op -> Int32 in
+                    notice.stop()
                     var environment = ProcessInfo.processInfo.environment
                     environment["PMLL_QUEUE"] = name
                     environment["PMLL_TICKET"] = String(op.ticket)

@@ -190,6 +190,39 @@ struct EtcdTests {
         #expect(after.stdout == "0")
     }
 
+    @Test("pmll lock, flock and queue exec on an etcd pool say whom they wait for, as on a local pool; flock -n says nothing")
+    func waitLinesNameTheHolder() throws {
+        let cluster = try EtcdCluster()
+        defer { cluster.stop() }
+        let scratch = Scratch()
+        let environment = ["PMLL_POOL": cluster.address("waiting")]
+        let held = scratch.file("held"), turn = scratch.file("turn"), flocked = scratch.file("flocked"), file = scratch.file("f")
+
+        let holder = try Child(Binaries.pmll, ["lock", "L", "--", "sh", "-c", "touch \(held); sleep 2"], environment: environment)
+        defer { holder.stopIfRunning() }
+        try waitUntilSync { FileManager.default.fileExists(atPath: held) }
+        let waiter = try pmll(["lock", "L", "--", "true"], environment: environment)
+        #expect(waiter.status == 0, "\(waiter.stderr)")
+        #expect(waiter.stderr.contains("pmll: waiting for lock 'L' held by pid \(holder.pid) ("), "\(waiter.stderr)")
+        holder.wait()
+
+        let running = try Child(Binaries.pmll, ["queue", "exec", "q", "--", "sh", "-c", "touch \(turn); sleep 2"], environment: environment)
+        defer { running.stopIfRunning() }
+        try waitUntilSync { FileManager.default.fileExists(atPath: turn) }
+        let behind = try pmll(["queue", "exec", "q", "--", "true"], environment: environment)
+        #expect(behind.status == 0, "\(behind.stderr)")
+        #expect(behind.stderr.contains("pmll: waiting in queue 'q' behind ticket ") && behind.stderr.contains(" of pid \(running.pid) ("), "\(behind.stderr)")
+        running.wait()
+
+        let flockHolder = try Child(Binaries.pmll, ["flock", file, "sh", "-c", "touch \(flocked); sleep 2"], environment: environment)
+        defer { flockHolder.stopIfRunning() }
+        try waitUntilSync { FileManager.default.fileExists(atPath: flocked) }
+        let refused = try pmll(["flock", "-n", file, "true"], environment: environment)
+        #expect(refused.status == 1 && !refused.stderr.contains("waiting"), "\(refused.stderr)")
+        let queued = try pmll(["flock", file, "true"], environment: environment)
+        #expect(queued.status == 0 && queued.stderr.contains("pmll: waiting for lock '") && queued.stderr.contains("held by pid \(flockHolder.pid) ("), "\(queued.stderr)")
+    }
+
     @Test("a holder paused past its TTL loses the lock: its fenced commit is rejected and the new holder's write stays")
     func pausedHolderIsFenced() throws {
         let cluster = try EtcdCluster()

@@ -27,10 +27,13 @@ public struct EtcdLockStatus: Sendable, Codable {
 struct LeaseTimeToLive: Decodable, Sendable { var TTL: EtcdInt? }
 
 extension EtcdPool {
-    /// Every lock with a holder, waiters or an unrepaired death, sorted by name.
-    public func lockStatus() async throws(PMLLError) -> [EtcdLockStatus] {
+    /// Every lock with a holder, waiters or an unrepaired death, sorted by name; or only lock
+    /// `name` (nothing if it has none of those): three reads of its own keys, not of every
+    /// lock's, for a waiter saying who it waits for.
+    public func lockStatus(named name: String? = nil) async throws(PMLLError) -> [EtcdLockStatus] {
         let root = keys.lockRoot
-        let all = try await gateway.call("/v3/kv/range", RangeRequest(key: EtcdBytes(root), range_end: EtcdBytes(prefixEnd(root)),
+        let first = name.map(keys.waiters) ?? root
+        let all = try await gateway.call("/v3/kv/range", RangeRequest(key: EtcdBytes(first), range_end: EtcdBytes(prefixEnd(first)),
                                                                        sort_order: "ASCEND", sort_target: "CREATE"), as: RangeResponse.self)
         var byName: [String: [KeyValue]] = [:]
         for kv in all.all {
@@ -39,7 +42,9 @@ extension EtcdPool {
             byName[EtcdKeys.unescape(Substring(decoding: rest[..<slash], as: UTF8.self)), default: []].append(kv)
         }
         let heldRoot = keys.heldRoot
-        let heldRecords = try await gateway.call("/v3/kv/range", RangeRequest(key: EtcdBytes(heldRoot), range_end: EtcdBytes(prefixEnd(heldRoot))), as: RangeResponse.self)
+        // One lock: its own key exactly (a range over its name would take "ab" for "a").
+        let heldRecords = try await gateway.call("/v3/kv/range", name.map { RangeRequest(key: EtcdBytes(keys.held($0))) }
+                                                 ?? RangeRequest(key: EtcdBytes(heldRoot), range_end: EtcdBytes(prefixEnd(heldRoot))), as: RangeResponse.self)
         var held: [String: HolderRecord] = [:]
         for kv in heldRecords.all {
             let name = EtcdKeys.unescape(Substring(decoding: kv.key.bytes.dropFirst(heldRoot.count), as: UTF8.self))
@@ -47,8 +52,8 @@ extension EtcdPool {
         }
         // Every recorded level in one read (a status of 1,000 locks is not 1,000 round trips).
         let levelRoot = keys.levelRoot
-        let levelRecords = try await gateway.call("/v3/kv/range", RangeRequest(key: EtcdBytes(levelRoot), range_end: EtcdBytes(prefixEnd(levelRoot))),
-                                                  as: RangeResponse.self)
+        let levelRecords = try await gateway.call("/v3/kv/range", name.map { RangeRequest(key: EtcdBytes(keys.level($0))) }
+                                                  ?? RangeRequest(key: EtcdBytes(levelRoot), range_end: EtcdBytes(prefixEnd(levelRoot))), as: RangeResponse.self)
         var levels: [String: UInt32] = [:]
         for kv in levelRecords.all {
             levels[EtcdKeys.unescape(Substring(decoding: kv.key.bytes.dropFirst(levelRoot.count), as: UTF8.self))] = UInt32(String(decoding: kv.valueBytes, as: UTF8.self))
