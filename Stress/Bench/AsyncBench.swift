@@ -14,7 +14,7 @@ struct AsyncBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "async", abstract: "Async lock acquisition under contention vs the sync path.")
 
     @Option var seconds = 2.0
-    @Option(help: "Pool directory.") var directory = "/dev/shm/pmll-asyncbench"
+    @Option(help: "Directory to work in: the pool goes into pmll-asyncbench inside it, removed afterwards.") var directory = "/dev/shm"
     @Flag var json = false
 
     struct Row: Codable {
@@ -27,8 +27,7 @@ struct AsyncBench: AsyncParsableCommand {
     }
 
     func run() async throws {
-        try? FileManager.default.removeItem(atPath: directory)
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let directory = try benchWorkDirectory(in: self.directory, tag: "pmll-asyncbench")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let pool = try Pool.open(path: directory + "/async.pool")
         let lock = try pool.lock(named: "bench/async", level: .package)

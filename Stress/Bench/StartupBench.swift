@@ -12,7 +12,7 @@ struct StartupBench: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "startup", abstract: "Process start-up: pmll lock and status against flock(1).")
 
     @Option var runs = 60
-    @Option(help: "Scratch directory (pools and the flock file).") var directory = "/tmp/pmll-startup-bench"
+    @Option(help: "Directory to work in: the pools and the flock file go into pmll-startup-bench inside it, removed afterwards.") var directory = "/tmp"
     @Option(help: "The pmll executable (default: next to this one).") var pmll: String?
     @Flag var json = false
 
@@ -32,8 +32,7 @@ struct StartupBench: ParsableCommand {
     func run() throws {
         let pmll = self.pmll ?? (URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/pmll")
         guard access(pmll, X_OK) == 0 else { throw ToolError("no pmll executable at \(pmll) (build it: swift build -c release --product pmll)") }
-        try? FileManager.default.removeItem(atPath: directory)
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let directory = try benchWorkDirectory(in: self.directory, tag: "pmll-startup-bench")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let lockPool = directory + "/lock.pool", statusPool = directory + "/status.pool", flockFile = directory + "/flock"
         _ = try Pool.open(path: lockPool)

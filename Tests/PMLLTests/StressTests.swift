@@ -21,6 +21,22 @@ struct StressTests {
         #expect(operations.values.allSatisfy { $0 > 100 }, "\(operations)")
     }
 
+    /// `pmll-bench --directory D` works in a subdirectory of D and removes only that: it once
+    /// emptied and removed D itself (a run with `--directory /var/tmp` removed /var/tmp).
+    @Test func aBenchmarkLeavesTheDirectoryItIsGivenAsItWas() throws {
+        let scratch = Scratch()
+        let given = scratch.file("given"), sentinel = given + "/keep.txt"
+        try FileManager.default.createDirectory(atPath: given, withIntermediateDirectories: true)
+        try "mine".write(toFile: sentinel, atomically: true, encoding: .utf8)
+        let result = try run(Binaries.directory + "/pmll-bench",
+                             ["audit", "--directory", given, "--only", "commit", "--rounds", "1", "--tmpfs-operations", "20", "--disk-operations", "20"],
+                             timeout: 120)
+        #expect(result.status == 0, "\(result.stdout)\n\(result.stderr)")
+        #expect(result.stdout.contains(given + "/pmll-auditbench"), "\(result.stdout)")
+        #expect(try String(contentsOfFile: sentinel, encoding: .utf8) == "mine")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: given) == ["keep.txt"])
+    }
+
     @Test(arguments: [["--processes", "0"], ["--mix", "lock=x"], ["--kill-rate=-1"], ["--duration", "0"],
                       ["--duration", "100000"], ["--hang-timeout", "0"], ["--processes", "many"]])
     func badArgumentsAreOneLineUsageErrors(arguments: [String]) throws {
