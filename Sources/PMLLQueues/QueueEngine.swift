@@ -383,9 +383,9 @@ package struct QueueEngine: @unchecked Sendable {
         r.pointee.finished_ns = UInt64(Clock.realtimeNanoseconds)
         writeFixedCString("passed: owner pid \(id.pid) was stopped when its turn came (it submits again once resumed)", into: &r.pointee.error)
         try? persist(r)
-        let kind = String(fixedCString: r.pointee.kind)
+        let kind = String(fixedCString: r.pointee.kind), submitted = r.pointee.submitted_ns
         advance(from: s)
-        pool.audit(.queuePass, .ok, auditObject(s, kind: kind) + ": owner pid \(id.pid) was stopped when its turn came")
+        pool.audit(.queuePass, .ok, auditObject(s, kind: kind) + ": owner pid \(id.pid) was stopped when its turn came, submitted at \(submitted)")
         return true
     }
 
