@@ -27,10 +27,10 @@ final class EtcdWaitNotice: Sendable {
     static func lock(_ pool: EtcdPool, _ name: String) -> EtcdWaitNotice {
         EtcdWaitNotice {
             guard let status = try? await pool.lockStatus(named: name).first else { return nil }
-            if let holder = status.holder, !isUs(holder.pid, holder.host) {
+            if let holder = status.holder, !holder.isThisProcess {
                 return "pmll: waiting for lock '\(name)' held by \(describe(holder.pid, holder.command, holder.host))"
             }
-            let readers = status.readers.filter { !isUs($0.pid, $0.host) }
+            let readers = status.readers.filter { !$0.isThisProcess }
             guard !readers.isEmpty else { return nil }
             let names = readers.prefix(3).map { describe($0.pid, $0.command, $0.host) }.joined(separator: ", ") + (readers.count > 3 ? ", ..." : "")
             return "pmll: waiting for lock '\(name)' held shared by \(names)"
@@ -41,7 +41,7 @@ final class EtcdWaitNotice: Sendable {
     static func queue(_ queue: EtcdQueue, _ name: String) -> EtcdWaitNotice {
         EtcdWaitNotice {
             guard let records = try? await queue.records(limit: 16),
-                  let ahead = records.last(where: { $0.state == .running && !isUs($0.pid, $0.host) }) else { return nil }
+                  let ahead = records.last(where: { $0.state == .running && !$0.isThisProcess }) else { return nil }
             return "pmll: waiting in queue '\(name)' behind ticket \(ahead.ticket) '\(ahead.kind)' of \(describe(ahead.pid, ahead.command, ahead.host)), running"
         }
     }
@@ -49,12 +49,4 @@ final class EtcdWaitNotice: Sendable {
     private static func describe(_ pid: Int32, _ command: String, _ host: String) -> String {
         "pid \(pid) (\(command) on \(host))"
     }
-
-    private static func isUs(_ pid: Int32, _ host: String) -> Bool { pid == getpid() && host == hostName }
-
-    private static let hostName: String = {
-        var name = [CChar](repeating: 0, count: 256)
-        guard gethostname(&name, 255) == 0 else { return "" }
-        return String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }()
 }

@@ -11,6 +11,8 @@ public struct EtcdLockStatus: Sendable, Codable {
         public var heldSinceNanoseconds: Int64
         /// Seconds left before the holder's lease expires if it is not renewed (-1: unknown).
         public var leaseSecondsLeft: Int64
+        /// Whether this process is the holder (its pid, on this host).
+        public var isThisProcess: Bool { ParticipantIdentity.isCurrent(pid: pid, host: host) }
     }
     public var name: String
     public var level: UInt32?

@@ -37,6 +37,8 @@ public struct EtcdOperationRecord: Codable, Sendable, Equatable {
     public var error: String?
     /// Failed recovery attempts (nil: none).
     public var recoveryAttempts: Int?
+    /// Whether this process submitted the operation (its pid, on this host).
+    public var isThisProcess: Bool { ParticipantIdentity.isCurrent(pid: pid, host: host) }
 
     init(queue: String, ticket: Int64, index: Int, kind: String, payload: [UInt8], participant: ParticipantIdentity, lease: Int64, submitted: Int64) {
         self.queue = queue

@@ -182,4 +182,6 @@ struct ParticipantIdentity: Codable, Sendable {
         return ParticipantIdentity(pid: ProcessIdentity.pid, host: String(decoding: name.prefix(while: { $0 != 0 }), as: UTF8.self),
                                    command: ProcessIdentity.commandName())
     }()
+
+    static func isCurrent(pid: Int32, host: String) -> Bool { pid == current.pid && host == current.host }
 }
