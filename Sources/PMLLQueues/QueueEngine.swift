@@ -505,16 +505,14 @@ package struct QueueEngine: @unchecked Sendable {
 
     /// ``auditObject(_:kind:)`` written into a record, the kind read from the operation's record.
     func describe(_ ticket: UInt64, _ r: UnsafeMutablePointer<pmll_record_t>, _ text: inout AuditText) {
-        describe(ticket, kind: r.pointee.kind, &text)
-    }
-
-    func describe<Kind>(_ ticket: UInt64, kind: Kind, _ text: inout AuditText) {
         text.add("queue '")
         nameBytes.withUnsafeBytes { text.add($0) }
         text.add("' ticket ")
         text.add(ticket)
         text.add(" kind '")
-        text.add(fixedCString: kind)
+        // In place: a copy of the 64-byte field and a scan through a closure cost more than
+        // the rest of the record.
+        text.add(cString: UnsafeRawPointer(r) + MemoryLayout<pmll_record_t>.offset(of: \.kind)!, capacity: MemoryLayout.size(ofValue: r.pointee.kind))
         text.add("'")
     }
 

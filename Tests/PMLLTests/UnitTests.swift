@@ -304,6 +304,45 @@ import Glibc
         }
     }
 
+    /// A record's object is written piece by piece with moves sized to each piece (one to
+    /// three bytes, four to seven, eight to sixteen, more): every size, a number of every
+    /// length, and a piece cut at the slot's end, before the character the limit falls in.
+    @Test func anObjectIsWrittenExactlyWhateverThePiecesSizes() {
+        let capacity = 64
+        let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity + 16, alignment: 8)
+        defer { raw.deallocate() }
+        let area = UnsafeMutableRawBufferPointer(rebasing: raw[..<capacity])
+        func written(_ fill: (inout AuditText) -> Void) -> [UInt8] {
+            raw.initializeMemory(as: UInt8.self, repeating: 0xEE)
+            var text = AuditText(area)
+            fill(&text)
+            let length = text.finish()
+            #expect(raw[capacity...].allSatisfy { $0 == 0xEE }, "nothing written past the slot")
+            return Array(raw[..<length])
+        }
+        let source = Array("abcdefghijklmnopqrstuvwxyz0123456789".utf8)
+        for size in 0...source.count {
+            for offset in [0, 1, 7] {   // where the piece starts in the slot
+                let piece = Array(source.prefix(size))
+                let out = written { text in
+                    text.add(String("ABCDEFG".prefix(offset)))
+                    piece.withUnsafeBytes { text.add($0) }
+                    text.add("|")
+                }
+                #expect(out == Array("ABCDEFG".prefix(offset).utf8) + piece + [UInt8(ascii: "|")], "size \(size) at \(offset)")
+            }
+        }
+        for value: UInt64 in [0, 9, 10, 99, 1234, 1 << 32, UInt64.max] {
+            #expect(written { $0.add("n="); $0.add(value) } == Array("n=\(value)".utf8))
+        }
+        let name = String(repeating: "é", count: 40)   // 80 bytes of two-byte characters
+        let cut = written { $0.add("x"); $0.add(name) }
+        #expect(cut == Array(("x" + String(repeating: "é", count: 31)).utf8), "cut before the character the limit falls in")
+        #expect(written { $0.add(String(repeating: "y", count: 60)); $0.add(UInt64.max) } == Array((String(repeating: "y", count: 60) + "1844").utf8))
+        let kind: (CChar, CChar, CChar, CChar) = (107, 105, 110, 0)   // "kin", NUL-terminated in a fixed field
+        #expect(withUnsafeBytes(of: kind) { field in written { $0.add(cString: field.baseAddress!, capacity: 4) } } == Array("kin".utf8))
+    }
+
     /// An append predicts the next number and the slot's state and swaps first: a wrong
     /// prediction must still take exactly the next number, and never a slot given up as a gap.
     @Test func anAppendWithAWrongPredictionTakesTheRightNumberAndSlot() throws {

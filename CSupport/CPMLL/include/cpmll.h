@@ -442,6 +442,16 @@ static inline void pmll_prefetch_for_write(const void *p) {
     __builtin_prefetch(p, 1, 3);
     __builtin_prefetch((const char *)p + 64, 1, 3);
 }
+// Moves the lines of [p, p + length) towards the shared cache (CLDEMOTE, a hint: a no-op where
+// unsupported), after a reader on one core is done with lines a writer on another core will
+// write next.
+static inline void pmll_cache_demote(const void *p, size_t length) {
+#if defined(__x86_64__)
+    for (size_t at = 0; at < length; at += 64) __asm__ volatile("cldemote %0" : : "m"(*((const char *)p + at)));
+#else
+    (void)p; (void)length;
+#endif
+}
 static inline uint64_t *pmll_audit_draining(pmll_audit_ring_t *r) { return (uint64_t *)&r->draining_since_ns; }
 
 // MARK: - State store (in the heap section)
