@@ -21,13 +21,16 @@ package final class AuditDrainer: @unchecked Sendable {
     private let starting = Mutex<Void>(())
     private var thread = pthread_t()
     private static let notStarted: UInt8 = 0, running: UInt8 = 1, failed: UInt8 = 2
-    static let napMicroseconds: UInt32 = 200
+    /// `wake`: asleep until kicked, awake (appenders do not kick), or napping (they kick only
+    /// when the ring is half full).
+    private static let asleep: UInt32 = 0, awake: UInt32 = 1, napping: UInt32 = 2
+    static let napNanoseconds: Int64 = 200_000
 
     package init() { wake.initialize(to: 0) }
 
     /// Wakes the thread, starting it the first time with the drain `makeDrain` gives; false if
-    /// it does not run (it could not be started).
-    func kick(_ makeDrain: () -> AuditDrain?, gate: AuditGate) -> Bool {
+    /// it does not run (it could not be started). A napping thread is woken only when `urgent`.
+    func kick(_ makeDrain: () -> AuditDrain?, gate: AuditGate, urgent: Bool) -> Bool {
         switch state.load(ordering: .acquiring) {
         case Self.running: break
         case Self.failed: return false
@@ -35,9 +38,9 @@ package final class AuditDrainer: @unchecked Sendable {
             guard start(makeDrain, gate: gate) else { return false }
         }
         // Awake already (the usual case while it drains): no locked instruction on its line.
-        if pmll_load32(wake) != 0 { return true }
-        var idle: UInt32 = 0
-        guard pmll_cas32(wake, &idle, 1) != 0 else { return true }
+        var seen = pmll_load32(wake)
+        if seen == Self.awake || (seen == Self.napping && !urgent) { return true }
+        guard pmll_cas32(wake, &seen, Self.awake) != 0 else { return true }
         _ = pmll_futex_wake_private(wake, 1)
         return true
     }
@@ -87,15 +90,15 @@ package final class AuditDrainer: @unchecked Sendable {
         }
         guard wasRunning else { return }
         stopRequested.store(true, ordering: .sequentiallyConsistent)
-        pmll_store32(wake, 1)
+        pmll_store32(wake, Self.awake)
         _ = pmll_futex_wake_private(wake, 1)
         pthread_join(thread, nil)
     }
 
     private func loop(_ drain: AuditDrain, _ gate: AuditGate) {
         while !stopRequested.load(ordering: .sequentiallyConsistent) {
-            // Awake (wake = 1): appenders do not need to kick, so they make no system call.
-            pmll_store32(wake, 1)
+            // Awake: appenders do not need to kick, so they make no system call.
+            pmll_store32(wake, Self.awake)
             var moved = 0, busy = drain.ring.drainingElsewhere
             if drain.ring.backlog > 0 && !busy {
                 do {
@@ -118,17 +121,20 @@ package final class AuditDrainer: @unchecked Sendable {
             // What arrived while draining is taken now, not after the next kick.
             if moved > 0 && drain.ring.backlog >= drain.ring.count / 4 { continue }
             if moved > 0 {
-                // Records are coming: nap with `wake` still set, so that the appenders do not
-                // kick. A kick is a futex wake the appender makes (and a cross-CPU interrupt
-                // under a hypervisor): 1.5 % of a process appending a record a microsecond,
-                // measured, where a timer on this thread's own CPU costs it nothing. Once a
-                // nap finds nothing, the thread sleeps until kicked, as an idle process should.
-                usleep(Self.napMicroseconds)
+                // Records are coming: nap, so that the appenders do not kick at a quarter. A
+                // kick is a futex wake the appender makes (and a cross-CPU interrupt under a
+                // hypervisor): 1.5 % of a process appending a record a microsecond, measured,
+                // where a timer on this thread's own CPU costs it nothing. A nap can last far
+                // longer than asked (a halted virtual CPU), so at half full they kick anyway,
+                // well before three quarters, where an appender drains itself. Once a nap
+                // finds nothing, the thread sleeps until kicked, as an idle process should.
+                pmll_store32(wake, Self.napping)
+                _ = pmll_futex_wait_private(wake, Self.napping, Clock.monotonicNanoseconds + Self.napNanoseconds)
                 continue
             }
-            pmll_store32(wake, 0)
+            pmll_store32(wake, Self.asleep)
             // Woken by an appender, or every 100 ms (another process may hold the drain).
-            _ = pmll_futex_wait_private(wake, 0, Clock.monotonicNanoseconds + 100_000_000)
+            _ = pmll_futex_wait_private(wake, Self.asleep, Clock.monotonicNanoseconds + 100_000_000)
         }
     }
 }

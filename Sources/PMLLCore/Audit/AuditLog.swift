@@ -34,7 +34,7 @@ extension Pool {
             // for a core, and taking one from a process that holds a lock stalls every other
             // process (4 processes on 2 cores: 20 % fewer commits a second, measured); the
             // appender drains between operations, holding nothing.
-            _ = kickAuditDrainer()
+            _ = kickAuditDrainer(urgent: backlog >= ring.count / 2)
             if backlog >= ring.count / 4 * 3 && !ring.drainingElsewhere {
                 do { try auditDrain(until: 0) } catch {
                     Self.logger.warning("could not drain the audit ring", metadata: ["path": "\(path)", "error": "\(error)"])
@@ -55,8 +55,8 @@ extension Pool {
     }
 
     /// Wakes this process's drainer thread, starting it the first time; false if it could not start.
-    private func kickAuditDrainer() -> Bool {
-        auditDrainer.kick({ makeAuditDrain() }, gate: auditGate)
+    private func kickAuditDrainer(urgent: Bool) -> Bool {
+        auditDrainer.kick({ makeAuditDrain() }, gate: auditGate, urgent: urgent)
     }
 
     private func append(_ ring: AuditRing, _ event: AuditEvent, _ outcome: AuditOutcome, _ time: Int64, _ fill: (inout AuditText) -> Void) -> Bool {
