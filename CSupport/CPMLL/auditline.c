@@ -14,16 +14,7 @@ static char *put(char *p, const char *s, size_t n) {
 
 #define PUT_LITERAL(p, literal) put((p), (literal), sizeof(literal) - 1)
 
-static char *put_u64(char *p, uint64_t v) {
-    char digits[20];
-    int n = 0;
-    do {
-        digits[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    while (n > 0) *p++ = digits[--n];
-    return p;
-}
+static char *put_u64(char *p, uint64_t v) { return pmll_put_decimal(p, v); }
 
 static char *put_i64(char *p, int64_t v) {
     if (v >= 0) return put_u64(p, (uint64_t)v);

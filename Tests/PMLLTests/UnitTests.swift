@@ -332,7 +332,9 @@ import Glibc
                 #expect(out == Array("ABCDEFG".prefix(offset).utf8) + piece + [UInt8(ascii: "|")], "size \(size) at \(offset)")
             }
         }
-        for value: UInt64 in [0, 9, 10, 99, 1234, 1 << 32, UInt64.max] {
+        var powers: [UInt64] = [1]
+        while powers.last! <= UInt64.max / 10 { powers.append(powers.last! * 10) }
+        for value in [0, 1234, 1 << 32, UInt64.max] + powers + powers.map { $0 - 1 } + powers.map { $0 + 1 } {
             #expect(written { $0.add("n="); $0.add(value) } == Array("n=\(value)".utf8))
         }
         let name = String(repeating: "é", count: 40)   // 80 bytes of two-byte characters

@@ -442,6 +442,41 @@ static inline void pmll_prefetch_for_write(const void *p) {
     __builtin_prefetch(p, 1, 3);
     __builtin_prefetch((const char *)p + 64, 1, 3);
 }
+// Decimal digits of v, written two at a time (the audit ring's appenders and its drain write
+// several numbers per record; one digit per division was a chain of twenty multiplications).
+static inline size_t pmll_decimal_length(uint64_t v) {
+    static const uint64_t powers[20] = {1ull, 10ull, 100ull, 1000ull, 10000ull, 100000ull, 1000000ull, 10000000ull,
+        100000000ull, 1000000000ull, 10000000000ull, 100000000000ull, 1000000000000ull, 10000000000000ull,
+        100000000000000ull, 1000000000000000ull, 10000000000000000ull, 100000000000000000ull,
+        1000000000000000000ull, 10000000000000000000ull};
+    // v | 1: zero has one digit, and no power of ten above 1 is odd, so no other count moves.
+    uint64_t w = v | 1;
+    unsigned bits = 64u - (unsigned)__builtin_clzll(w);       // 1...64
+    unsigned guess = (bits * 1233u) >> 12;                     // floor(bits * log10(2)), 0...19
+    return (size_t)guess + (w >= powers[guess] ? 1u : 0u);
+}
+// Writes v's pmll_decimal_length(v) digits at out; returns the end.
+static inline char *pmll_put_decimal(char *out, uint64_t v) {
+    static const char pairs[201] =
+        "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+        "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+        "8081828384858687888990919293949596979899";
+    char *end = out + pmll_decimal_length(v), *p = end;
+    while (v >= 100) {
+        uint64_t pair = v % 100;
+        v /= 100;
+        p -= 2;
+        __builtin_memcpy(p, pairs + 2 * pair, 2);
+    }
+    if (v >= 10) {
+        p -= 2;
+        __builtin_memcpy(p, pairs + 2 * v, 2);
+    } else {
+        *--p = (char)('0' + v);
+    }
+    return end;
+}
+
 // Moves the lines of [p, p + length) towards the shared cache (CLDEMOTE, a hint: a no-op where
 // unsupported), after a reader on one core is done with lines a writer on another core will
 // write next.

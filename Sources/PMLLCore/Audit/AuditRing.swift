@@ -221,25 +221,15 @@ public struct AuditText {
         text.withUTF8 { add(UnsafeRawBufferPointer($0)) }
     }
 
-    @inlinable @inline(__always)
+    // A call (CPMLL is not a public import, so an inlinable body cannot reach it): the digits
+    // are written by pmll_put_decimal, inlined here.
     public mutating func add(_ value: UInt64) {
-        var digits = 1, rest = value
-        while rest >= 10 {
-            rest /= 10
-            digits += 1
-        }
-        guard count + digits <= buffer.count else { return addCut(value) }
-        var n = value, at = count + digits
-        repeat {
-            at -= 1
-            buffer[at] = UInt8(truncatingIfNeeded: 48 + n % 10)
-            n /= 10
-        } while n > 0
-        count += digits
+        guard count + pmll_decimal_length(value) <= buffer.count else { return addCut(value) }
+        let start = (buffer.baseAddress! + count).assumingMemoryBound(to: CChar.self)
+        count += pmll_put_decimal(start, value) - start
     }
 
-    @usableFromInline
-    mutating func addCut(_ value: UInt64) { AuditLine.withDecimal(value) { add($0) } }
+    private mutating func addCut(_ value: UInt64) { AuditLine.withDecimal(value) { add($0) } }
 
     /// A NUL-terminated name in a fixed-size field of the pool (a record's kind), read in place.
     @inlinable
