@@ -55,11 +55,20 @@ final class CContext: @unchecked Sendable {
         throw CFailure(result: CResult.fail(CPM_RESULT_ERROR_NOT_INITIALIZED, "no pool given and no default pool: call pmll_init first"))
     }
 
+    /// Opens with the operator's configuration, read as every `pmll` command reads it
+    /// ($PMLL_CONFIG, else /etc/pmll/config.json and the user's file): a C process on a pool
+    /// the command line also uses must wait, time out and audit as it does (`audit.queue_steps`
+    /// set for a pool applied to `pmll` commands only, before). A bad file is an error naming
+    /// it, never a silent default. NULL `path`: $PMLL_POOL, else the configuration's
+    /// `pool.path`, else the default pool.
     static func open(path: String?, size: Int, create: Bool) throws(CFailure) -> CContext {
-        var options = PoolOptions()
-        options.create = create
-        if size != 0 { options.size = size }
-        let pool = try CResult.library { () throws(PMLLError) -> Pool in try Pool.open(path: path, options: options) }
+        let pool = try CResult.library { () throws(PMLLError) -> Pool in
+            let configuration = try Configuration.load()
+            var options = configuration.poolOptions
+            options.create = create
+            if size != 0 { options.size = size }
+            return try Pool.open(path: path ?? configuration.poolPath, options: options)
+        }
         return CContext(pool: pool)
     }
 }

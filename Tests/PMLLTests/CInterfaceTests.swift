@@ -179,6 +179,34 @@ struct CInterfaceTests {
         #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
     }
 
+    /// A C process reads the operator's configuration as `pmll` does: with `audit.queue_steps`
+    /// in $PMLL_CONFIG its queue operation leaves its submit and start records (without it, one
+    /// record); a bad file fails pmll_init with the file named.
+    @Test func theConfigurationAppliesToCProcesses() throws {
+        let scratch = Scratch()
+        func config(_ name: String, _ text: String) throws -> String {
+            let path = scratch.file(name)
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            return path
+        }
+        func global(_ pool: String, _ configuration: String) throws -> (status: Int32, stdout: String, stderr: String) {
+            try run(try Self.program.get(), ["global"], environment: try Self.environment.merging(["PMLL_POOL": pool, "PMLL_CONFIG": configuration]) { $1 })
+        }
+        func events(_ pool: String) throws -> [String] { try AuditTests.events(pool).compactMap { $0["event"] as? String } }
+        let plain = scratch.file("plain.pool"), stepped = scratch.file("steps.pool")
+        let a = try global(plain, try config("empty.json", "{}"))
+        #expect(a.status == 0, "\(a.stdout)\n\(a.stderr)")
+        let b = try global(stepped, try config("steps.json", #"{"audit": {"queue_steps": true}}"#))
+        #expect(b.status == 0, "\(b.stdout)\n\(b.stderr)")
+        let one = try events(plain), all = try events(stepped)
+        #expect(one.contains("queue.complete") && !one.contains("queue.submit") && !one.contains("queue.start"), "\(one)")
+        #expect(all.contains("queue.complete") && all.contains("queue.submit") && all.contains("queue.start"), "\(all)")
+        let bad = try config("bad.json", #"{"audit": {"queue_steps": 7}}"#)
+        let c = try global(scratch.file("bad.pool"), bad)
+        #expect(c.status != 0 && c.stderr.contains(bad) && c.stderr.contains("queue_steps"), "\(c.stdout)\n\(c.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: scratch.file("bad.pool")), "nothing created with a bad configuration")
+    }
+
     /// The design's snippets, run by two processes at once: a lock with 5000 ms, queue
     /// operations that never interleave across processes (each logs a start and an end with a
     /// pause between), promise_then, a failing operation (retries, error_fn, rejection), a
