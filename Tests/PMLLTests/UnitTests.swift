@@ -345,6 +345,30 @@ import Glibc
         #expect(withUnsafeBytes(of: kind) { field in written { $0.add(cString: field.baseAddress!, capacity: 4) } } == Array("kin".utf8))
     }
 
+    /// The drainer thread naps between drains only while records come fast: once they stop it
+    /// sleeps until kicked (woken by its 100 ms timeout, about 5 times in half a second; a nap
+    /// that never ended would wake it about 2,500 times).
+    @Test func theDrainerThreadSleepsOnceRecordsStop() throws {
+        let scratch = Scratch()
+        let pool = try Pool.open(path: scratch.file("idle.pool"))
+        for i in 0..<50_000 { pool.audit(.commit) { $0.add("burst "); $0.add(UInt64(i)) } }
+        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")
+        let drainer = try #require(tasks.first { tid in
+            (try? String(contentsOfFile: "/proc/self/task/\(tid)/comm", encoding: .utf8))?.hasPrefix(AuditDrainer.threadName) == true
+        }, "a drainer thread named \(AuditDrainer.threadName)")
+        func switches() throws -> Int {
+            let status = try String(contentsOfFile: "/proc/self/task/\(drainer)/status", encoding: .utf8)
+            let line = try #require(status.split(separator: "\n").first { $0.hasPrefix("voluntary_ctxt_switches:") })
+            return try #require(Int(line.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)))
+        }
+        usleep(300_000)   // the last records drained, the last nap over
+        let before = try switches()
+        usleep(500_000)
+        let woken = try switches() - before
+        #expect(woken <= 25, "the drainer thread woke \(woken) times in 0.5 s with nothing to drain")
+        #expect(pool.auditRing!.backlog == 0)
+    }
+
     /// An append predicts the next number and the slot's state and swaps first: a wrong
     /// prediction must still take exactly the next number, and never a slot given up as a gap.
     @Test func anAppendWithAWrongPredictionTakesTheRightNumberAndSlot() throws {

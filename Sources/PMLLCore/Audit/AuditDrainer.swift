@@ -25,6 +25,8 @@ package final class AuditDrainer: @unchecked Sendable {
     /// when the ring is half full).
     private static let asleep: UInt32 = 0, awake: UInt32 = 1, napping: UInt32 = 2
     static let napNanoseconds: Int64 = 200_000
+    /// What `top -H` and /proc/PID/task/TID/comm show for the thread.
+    package static let threadName = "pmll-audit"
 
     package init() { wake.initialize(to: 0) }
 
@@ -96,6 +98,7 @@ package final class AuditDrainer: @unchecked Sendable {
     }
 
     private func loop(_ drain: AuditDrain, _ gate: AuditGate) {
+        pmll_thread_set_name(Self.threadName)
         while !stopRequested.load(ordering: .sequentiallyConsistent) {
             // Awake: appenders do not need to kick, so they make no system call.
             pmll_store32(wake, Self.awake)
