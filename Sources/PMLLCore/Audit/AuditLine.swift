@@ -37,20 +37,6 @@ package enum AuditLine {
         return Array(s.utf8)
     }
 
-    /// The ASCII digits of `value`, formatted on the stack (no allocation).
-    static func withDecimal(_ value: UInt64, _ body: (UnsafeRawBufferPointer) -> Void) {
-        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)   // 24 bytes: room for 20 digits
-        var n = value, count = 0
-        withUnsafeMutableBytes(of: &digits) { buffer in
-            repeat {
-                buffer[23 - count] = UInt8(48 + n % 10)
-                n /= 10
-                count += 1
-            } while n > 0
-            body(UnsafeRawBufferPointer(rebasing: buffer[(24 - count)...]))
-        }
-    }
-
     /// `,"hash":"HEX"}` and a newline (the end of a record line).
     package static func hashTail(_ hash: [UInt8]) -> [UInt8] {
         var tail = [UInt8](repeating: 0, count: hashMarker.count + 2 * Int(PMLL_AUDIT_HASH_SIZE) + 3)   // + `"}` and a newline

@@ -224,12 +224,18 @@ public struct AuditText {
     // A call (CPMLL is not a public import, so an inlinable body cannot reach it): the digits
     // are written by pmll_put_decimal, inlined here.
     public mutating func add(_ value: UInt64) {
-        guard count + pmll_decimal_length(value) <= buffer.count else { return addCut(value) }
-        let start = (buffer.baseAddress! + count).assumingMemoryBound(to: CChar.self)
-        count += pmll_put_decimal(start, value) - start
+        if count + pmll_decimal_length(value) <= buffer.count {
+            let start = (buffer.baseAddress! + count).assumingMemoryBound(to: CChar.self)
+            count += pmll_put_decimal(start, value) - start
+            return
+        }
+        // Cut at the slot's end: the digits that fit.
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)   // room for 20
+        withUnsafeMutableBytes(of: &digits) { raw in
+            let start = raw.baseAddress!.assumingMemoryBound(to: CChar.self)
+            add(UnsafeRawBufferPointer(start: raw.baseAddress!, count: pmll_put_decimal(start, value) - start))
+        }
     }
-
-    private mutating func addCut(_ value: UInt64) { AuditLine.withDecimal(value) { add($0) } }
 
     /// A NUL-terminated name in a fixed-size field of the pool (a record's kind), read in place.
     @inlinable
@@ -238,7 +244,6 @@ public struct AuditText {
         while length < capacity && field.load(fromByteOffset: length, as: UInt8.self) != 0 { length += 1 }
         add(UnsafeRawBufferPointer(start: field, count: length))
     }
-
 
     /// The length written, cut back to a character boundary if the limit was reached.
     mutating func finish() -> Int {
