@@ -16,7 +16,7 @@ struct QueueBench: ParsableCommand {
     @Option(help: "Operations per run on tmpfs.") var tmpfsOperations = 4000
     @Option(help: "Operations per run on other filesystems.") var diskOperations = 400
     @Option(help: "Operations per SQLite run, when PMLL runs many more (SQLite with 4 processes manages a few hundred a second). Default: as many as PMLL.") var peerOperations: Int?
-    @Flag(help: "Create the pool without an audit log (by default each operation appends three audit records: submit, start, completion).") var noAudit = false
+    @Flag(help: "Create the pool without an audit log (by default each operation appends one audit record when it ends, drained by a thread of each process).") var noAudit = false
     @Flag var json = false
 
     struct Row: Codable {
