@@ -383,9 +383,17 @@ package struct QueueEngine: @unchecked Sendable {
         r.pointee.finished_ns = UInt64(Clock.realtimeNanoseconds)
         writeFixedCString("passed: owner pid \(id.pid) was stopped when its turn came (it submits again once resumed)", into: &r.pointee.error)
         try? persist(r)
-        let kind = String(fixedCString: r.pointee.kind), submitted = r.pointee.submitted_ns
+        // Before the turn moves on, as an operation's end is (``finish(_:succeeded:error:)``):
+        // a passer killed between the two has recorded its pass; the other way round it could
+        // leave none. And before the move the record's slot is still this ticket's to read.
+        pool.audit(.queuePass, .ok) { text in
+            describe(s, r, &text)
+            text.add(": owner pid ")
+            text.add(UInt64(clamping: id.pid))
+            text.add(" was stopped when its turn came")
+            submittedAt(r, &text)
+        }
         advance(from: s)
-        pool.audit(.queuePass, .ok, auditObject(s, kind: kind) + ": owner pid \(id.pid) was stopped when its turn came, submitted at \(submitted)")
         return true
     }
 
@@ -500,10 +508,8 @@ package struct QueueEngine: @unchecked Sendable {
         }
     }
 
-    /// How audit records name an operation.
-    func auditObject(_ ticket: UInt64, kind: String) -> String { "queue '\(name)' ticket \(ticket) kind '\(kind)'" }
-
-    /// ``auditObject(_:kind:)`` written into a record, the kind read from the operation's record.
+    /// How audit records name an operation (`queue 'NAME' ticket N kind 'KIND'`), written into
+    /// a record, the kind read from the operation's record.
     func describe(_ ticket: UInt64, _ r: UnsafeMutablePointer<pmll_record_t>, _ text: inout AuditText) {
         text.add("queue '")
         nameBytes.withUnsafeBytes { text.add($0) }
