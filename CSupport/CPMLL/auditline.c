@@ -22,11 +22,35 @@ static char *put_i64(char *p, int64_t v) {
     return put_u64(p, (uint64_t)0 - (uint64_t)v);
 }
 
-// JSON string contents: UTF-8 as it is; quote, backslash and control bytes escaped.
-static char *put_escaped(char *p, const unsigned char *s, size_t n) {
+// A number of the slot's text (the mark and 8 bytes, little-endian) at s[i], if one is there;
+// a mark with fewer bytes after it (a text cut short by a writer's death) is a plain byte.
+static int number_at(const unsigned char *s, size_t i, size_t n, uint64_t *value) {
+    if (s[i] != PMLL_AUDIT_NUMBER_MARK || n - i < 9) return 0;
+    uint64_t v;
+    memcpy(&v, s + i + 1, 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    *value = v;
+    return 1;
+}
+
+// Text as a JSON string's contents (`escape`: quote, backslash and control bytes escaped,
+// other bytes as they are) or as it is; with `numbers`, each number in decimal.
+static char *put_text(char *p, const unsigned char *s, size_t n, int numbers, int escape) {
     for (size_t i = 0; i < n; i++) {
         unsigned char b = s[i];
-        if (b >= 32 && b != '"' && b != '\\') {
+        if (b >= 32 && b != '"' && b != '\\' && b != PMLL_AUDIT_NUMBER_MARK) {
+            *p++ = (char)b;
+            continue;
+        }
+        uint64_t v;
+        if (numbers && number_at(s, i, n, &v)) {
+            p = put_u64(p, v);
+            i += 8;
+            continue;
+        }
+        if (!escape || (b >= 32 && b != '"' && b != '\\')) {
             *p++ = (char)b;
             continue;
         }
@@ -46,8 +70,13 @@ static char *put_escaped(char *p, const unsigned char *s, size_t n) {
     return p;
 }
 
+size_t pmll_audit_object_text(char *out, const pmll_audit_slot_t *s, int numbers) {
+    size_t text_length = s->text_length < PMLL_AUDIT_TEXT_MAX ? s->text_length : PMLL_AUDIT_TEXT_MAX;
+    return (size_t)(put_text(out, (const unsigned char *)s->text, text_length, numbers, 0) - out);
+}
+
 size_t pmll_audit_format_line(char *out, const pmll_audit_slot_t *s, uint64_t seq, const char *event, size_t event_length,
-                              const char *outcome, size_t outcome_length, const uint8_t *previous, uint8_t *hash) {
+                              const char *outcome, size_t outcome_length, const uint8_t *previous, uint8_t *hash, int numbers) {
     size_t text_length = s->text_length < PMLL_AUDIT_TEXT_MAX ? s->text_length : PMLL_AUDIT_TEXT_MAX;
     char *p = out;
     p = PUT_LITERAL(p, "{\"seq\":");
@@ -59,11 +88,11 @@ size_t pmll_audit_format_line(char *out, const pmll_audit_slot_t *s, uint64_t se
     p = PUT_LITERAL(p, ",\"uid\":");
     p = put_u64(p, s->uid);
     p = PUT_LITERAL(p, ",\"command\":\"");
-    p = put_escaped(p, (const unsigned char *)s->comm, strnlen(s->comm, sizeof s->comm));
+    p = put_text(p, (const unsigned char *)s->comm, strnlen(s->comm, sizeof s->comm), 0, 1);
     p = PUT_LITERAL(p, "\",\"event\":\"");
     p = put(p, event, event_length < PMLL_AUDIT_NAME_MAX ? event_length : PMLL_AUDIT_NAME_MAX);
     p = PUT_LITERAL(p, "\",\"object\":\"");
-    p = put_escaped(p, (const unsigned char *)s->text, text_length);
+    p = put_text(p, (const unsigned char *)s->text, text_length, numbers, 1);
     p = PUT_LITERAL(p, "\",\"outcome\":\"");
     p = put(p, outcome, outcome_length < PMLL_AUDIT_NAME_MAX ? outcome_length : PMLL_AUDIT_NAME_MAX);
     *p++ = '"';

@@ -36,16 +36,61 @@ __attribute__((target("sse4.2"))) static uint32_t crc32c_sse42(uint32_t crc, con
         length -= 8;
     }
     uint32_t c32 = (uint32_t)c;
-    while (length--) c32 = _mm_crc32_u8(c32, *p++);
+    // The tail in at most three steps, not up to seven (each waits for the one before).
+    if (length & 4) {
+        uint32_t v;
+        memcpy(&v, p, 4);
+        c32 = _mm_crc32_u32(c32, v);
+        p += 4;
+    }
+    if (length & 2) {
+        uint16_t v;
+        memcpy(&v, p, 2);
+        c32 = _mm_crc32_u16(c32, v);
+        p += 2;
+    }
+    if (length & 1) c32 = _mm_crc32_u8(c32, *p);
     return ~c32;
+}
+
+// The audit slot's checksum (see pmll_audit_slot_t) in one call: an append computes it for
+// every record, and three calls through pmll_crc32c were a fifth of an append's cost.
+__attribute__((target("sse4.2"))) static uint32_t audit_checksum_sse42(const pmll_audit_slot_t *s, uint64_t seq, size_t text_length) {
+    const uint8_t *raw = (const uint8_t *)s;
+    uint64_t c = _mm_crc32_u64(0xFFFFFFFFu, seq);
+    uint64_t v;
+    for (size_t i = 12; i < 36; i += 8) {
+        memcpy(&v, raw + i, 8);
+        c = _mm_crc32_u64(c, v);
+    }
+    return crc32c_sse42(~(uint32_t)c, raw + 40, 16 + text_length);
 }
 #endif
 
-uint32_t pmll_crc32c(uint32_t crc, const void *data, size_t length) {
+static int crc32c_hardware(void) {
 #if defined(__x86_64__)
     static int hardware = -1;
     if (__builtin_expect(hardware < 0, 0)) hardware = __builtin_cpu_supports("sse4.2") ? 1 : 0;
-    if (hardware) return crc32c_sse42(crc, data, length);
+    return hardware;
+#else
+    return 0;
+#endif
+}
+
+uint32_t pmll_audit_slot_checksum(const pmll_audit_slot_t *s, uint64_t seq) {
+    size_t text_length = s->text_length < PMLL_AUDIT_TEXT_MAX ? s->text_length : PMLL_AUDIT_TEXT_MAX;
+    const uint8_t *raw = (const uint8_t *)s;
+#if defined(__x86_64__)
+    if (crc32c_hardware()) return audit_checksum_sse42(s, seq, text_length);
+#endif
+    uint32_t crc = pmll_crc32c_software(0, &seq, 8);
+    crc = pmll_crc32c_software(crc, raw + 12, 24);
+    return pmll_crc32c_software(crc, raw + 40, 16 + text_length);
+}
+
+uint32_t pmll_crc32c(uint32_t crc, const void *data, size_t length) {
+#if defined(__x86_64__)
+    if (crc32c_hardware()) return crc32c_sse42(crc, data, length);
 #endif
     return pmll_crc32c_software(crc, data, length);
 }

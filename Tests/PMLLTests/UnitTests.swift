@@ -262,22 +262,33 @@ import Glibc
     // MARK: Audit line
 
     /// The drain formats record lines in C (auditline.c); AuditLine.body (Swift) writes the
-    /// gap records and defines the format. Both must write the same bytes, escapes included.
+    /// gap records and defines the format. Both must write the same bytes, escapes included,
+    /// and a version 2 ring's binary numbers (the mark and 8 bytes) in decimal.
     @Test func theDrainsLineFormatMatchesAuditLineByteForByte() throws {
-        let objects = ["queue 'q' ticket 7 kind 'install'", "quote \" backslash \\ newline \n cr \r tab \t",
-                       "control \u{01}\u{1f} end", "utf-8 é ✓ 𝄞", ""]
+        func number(_ v: UInt64) -> [UInt8] { [0xFF] + withUnsafeBytes(of: v.littleEndian) { Array($0) } }
+        // (slot text, the object it stands for, binary numbers)
+        let cases: [([UInt8], String, Int32)] = [
+            (Array("queue 'q' ticket 7 kind 'install'".utf8), "queue 'q' ticket 7 kind 'install'", 0),
+            (Array("quote \" backslash \\ newline \n cr \r tab \t".utf8), "quote \" backslash \\ newline \n cr \r tab \t", 0),
+            (Array("control \u{01}\u{1f} end".utf8), "control \u{01}\u{1f} end", 0),
+            (Array("utf-8 é ✓ 𝄞".utf8), "utf-8 é ✓ 𝄞", 0),
+            ([], "", 0),
+            (Array("ticket ".utf8) + number(7) + Array(" at ".utf8) + number(UInt64.max) + Array(", \"é\" ".utf8) + number(0), "ticket 7 at \(UInt64.max), \"é\" 0", 1),
+            (number(1_764_000_000_123_456_789) + number(10), "176400000012345678910", 1),
+            (Array("quote \" tab \t".utf8), "quote \" tab \t", 1),
+        ]
         let slot = UnsafeMutablePointer<pmll_audit_slot_t>.allocate(capacity: 1)
         defer { slot.deallocate() }
         var previous = (0..<32).map { UInt8($0 * 7 & 0xff) }
-        for (i, object) in objects.enumerated() {
+        for (i, (text, object, numbers)) in cases.enumerated() {
             UnsafeMutableRawPointer(slot).initializeMemory(as: UInt8.self, repeating: 0, count: MemoryLayout<pmll_audit_slot_t>.size)
             let command = i == 1 ? "cp\"m\\d" : "pmll"
             slot.pointee.time_ns = i == 2 ? -1_234_567 : 1_764_000_000_123_456_789
             slot.pointee.pid = i == 3 ? -5 : 4242
             slot.pointee.uid = UInt32.max - UInt32(i)
             withUnsafeMutableBytes(of: &slot.pointee.comm) { $0.copyBytes(from: Array(command.utf8)) }
-            withUnsafeMutableBytes(of: &slot.pointee.text) { $0.copyBytes(from: Array(object.utf8)) }
-            slot.pointee.text_length = UInt32(object.utf8.count)
+            withUnsafeMutableBytes(of: &slot.pointee.text) { $0.copyBytes(from: text) }
+            slot.pointee.text_length = UInt32(text.count)
             let event: StaticString = "queue.submit", outcome: StaticString = "failed"
             var hash = [UInt8](repeating: 0, count: 32)
             var line = [UInt8](repeating: 0, count: Int(PMLL_AUDIT_LINE_MAX))
@@ -289,7 +300,7 @@ import Glibc
                                 pmll_audit_format_line(l.baseAddress!.assumingMemoryBound(to: CChar.self), slot, UInt64(1000 + i),
                                                        UnsafeRawPointer(e.baseAddress!).assumingMemoryBound(to: CChar.self), e.count,
                                                        UnsafeRawPointer(o.baseAddress!).assumingMemoryBound(to: CChar.self), o.count,
-                                                       p.baseAddress!, h.baseAddress!)
+                                                       p.baseAddress!, h.baseAddress!, numbers)
                             }
                         }
                     }
@@ -300,7 +311,18 @@ import Glibc
             let expectedHash = AuditLine.chain(previous: previous, body: body)
             #expect(hash == expectedHash, "record \(i): hash")
             #expect(Array(line[..<length]) == body + AuditLine.hashTail(expectedHash), "record \(i): \(String(decoding: line[..<length], as: UTF8.self))")
+            let plain = line.withUnsafeMutableBytes { pmll_audit_object_text($0.baseAddress!.assumingMemoryBound(to: CChar.self), slot, numbers) }
+            #expect(Array(line[..<plain]) == Array(object.utf8), "record \(i): the object, unescaped")
             previous = hash
+        }
+        // A mark without its 8 bytes (a writer killed while writing them) is a byte like others;
+        // in a version 1 ring (text only), a mark is never a number.
+        for (text, numbers) in [(Array("cut ".utf8) + [0xFF, 1, 2], Int32(1)), (number(5), 0)] {
+            withUnsafeMutableBytes(of: &slot.pointee.text) { $0.copyBytes(from: text) }
+            slot.pointee.text_length = UInt32(text.count)
+            var out = [UInt8](repeating: 0, count: Int(PMLL_AUDIT_LINE_MAX))
+            let n = out.withUnsafeMutableBytes { pmll_audit_object_text($0.baseAddress!.assumingMemoryBound(to: CChar.self), slot, numbers) }
+            #expect(Array(out[..<n]) == text)
         }
     }
 
@@ -334,7 +356,8 @@ import Glibc
         }
         var powers: [UInt64] = [1]
         while powers.last! <= UInt64.max / 10 { powers.append(powers.last! * 10) }
-        for value in [0, 1234, 1 << 32, UInt64.max] + powers + powers.map { $0 - 1 } + powers.map { $0 + 1 } {
+        let values: [UInt64] = [0, 1234, 1 << 32, UInt64.max] + powers + powers.map { $0 - 1 } + powers.map { $0 + 1 }
+        for value in values {
             #expect(written { $0.add("n="); $0.add(value) } == Array("n=\(value)".utf8))
         }
         let name = String(repeating: "é", count: 40)   // 80 bytes of two-byte characters
@@ -343,6 +366,29 @@ import Glibc
         #expect(written { $0.add(String(repeating: "y", count: 60)); $0.add(UInt64.max) } == Array((String(repeating: "y", count: 60) + "1844").utf8))
         let kind: (CChar, CChar, CChar, CChar) = (107, 105, 110, 0)   // "kin", NUL-terminated in a fixed field
         #expect(withUnsafeBytes(of: kind) { field in written { $0.add(cString: field.baseAddress!, capacity: 4) } } == Array("kin".utf8))
+    }
+
+    /// In a version 2 ring a number is the mark and its 8 bytes (the drain writes the digits);
+    /// where 9 bytes no longer fit, the digits that do; a cut at the slot's end never goes back
+    /// into a number's bytes (which can look like UTF-8 continuation bytes); a mark in a field
+    /// read from the pool is not taken for a number.
+    @Test func aVersionTwoRingsRecordHoldsNumbersAsBinary() {
+        let capacity = 40
+        let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 8)
+        defer { raw.deallocate() }
+        func written(_ fill: (inout AuditText) -> Void) -> [UInt8] {
+            var text = AuditText(raw, binaryNumbers: true)
+            fill(&text)
+            return Array(raw[..<text.finish()])
+        }
+        func number(_ v: UInt64) -> [UInt8] { [0xFF] + withUnsafeBytes(of: v.littleEndian) { Array($0) } }
+        let ends = UInt64(0xBFBF_BFBF_BFBF_BF80)   // every byte a continuation byte
+        #expect(written { $0.add("t="); $0.add(UInt64(42)); $0.add(" at "); $0.add(ends) } == Array("t=".utf8) + number(42) + Array(" at ".utf8) + number(ends))
+        #expect(written { $0.add(String(repeating: "y", count: 31)); $0.add(ends); $0.add("é") } == Array(String(repeating: "y", count: 31).utf8) + number(ends),
+                "nothing of the number cut, nothing after it that did not fit")
+        #expect(written { $0.add(String(repeating: "y", count: 33)); $0.add(UInt64.max) } == Array((String(repeating: "y", count: 33) + "1844674").utf8))
+        let kind: (UInt8, UInt8, UInt8, UInt8) = (107, 0xFF, 110, 0)
+        #expect(withUnsafeBytes(of: kind) { field in written { $0.add(cString: field.baseAddress!, capacity: 4) } } == Array("k\u{FFFD}n".utf8))
     }
 
     /// The drainer thread naps between drains only while records come fast: once they stop it
@@ -387,6 +433,41 @@ import Glibc
         pmll_store64(pmll_audit_slot_state(ring.slot(seq)), seq << 2 | UInt64(PMLL_AUDIT_GAP))
         #expect(!ring.write(seq, token: pool.token, pid: 1, uid: 0, comm: [], event: .commit, outcome: .ok) { $0.add("x") })
         #expect(!ring.isComplete(seq))
+    }
+
+    /// A pool whose ring an earlier build made (version 1) keeps getting text only, numbers in
+    /// digits, so that such a build draining it writes the same lines; a ring of a later format
+    /// is left alone, with a message that says so.
+    @Test func aRingFromAnEarlierBuildKeepsItsRecordsTextOnly() throws {
+        let scratch = Scratch()
+        let path = scratch.file("v1.pool")
+        func setVersion(_ version: UInt32) throws {
+            let pool = try Pool.open(path: path)
+            let h = try #require(pool.auditRing).header
+            h.pointee.version = version
+            h.pointee.checksum = pmll_crc32c(0, h, 20)
+        }
+        try setVersion(PMLL_AUDIT_VERSION_TEXT_ONLY)
+        do {
+            let pool = try Pool.open(path: path)
+            let ring = try #require(pool.auditRing)
+            #expect(!ring.binaryNumbers)
+            let seq = try #require(ring.reserve())
+            #expect(ring.write(seq, token: pool.token, pid: 1, uid: 0, comm: [], event: .commit, outcome: .ok) { $0.add("n="); $0.add(UInt64(1234)) })
+            let s = ring.slot(seq)
+            #expect(withUnsafeBytes(of: s.pointee.text) { Array($0.prefix(Int(s.pointee.text_length))) } == Array("n=1234".utf8))
+            try pool.auditDrain(until: 0)
+            let directory = AuditLine.directory(ofPool: path)
+            let files = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".log") }.sorted()
+            let log = try String(contentsOfFile: directory + "/" + files.last!, encoding: .utf8)
+            #expect(log.contains(#""object":"n=1234""#), "\(log)")
+        }
+        // A later build's ring: this process appends nothing to it (its records would not be
+        // the later format's), says why, and the pool stays usable.
+        try setVersion(3)
+        let pool = try Pool.open(path: path)
+        #expect(pool.auditRing == nil)
+        #expect { try AuditRing(memory: pool.memory, path: path) } throws: { "\($0)".contains("audit ring has format version 3, newer than this build reads") }
     }
 
     /// The look for processes on a former file of a pool's path: it finds one (this process maps

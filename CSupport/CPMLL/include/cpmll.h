@@ -378,7 +378,13 @@ static inline void pmll_max64(uint64_t *p, uint64_t v) {
 // signature and older pools stay openable.
 
 #define PMLL_AUDIT_MAGIC "PMLLAUDT"
-#define PMLL_AUDIT_VERSION 1u
+// Version 2 (this build's rings): a number in a slot's text may be PMLL_AUDIT_NUMBER_MARK and
+// its 8 bytes, little-endian, which the drain writes in decimal (an appender then formats no
+// digits). Version 1 rings (pools from earlier builds) hold text only, and appenders keep to
+// that there, so that an earlier build draining such a pool writes the same lines.
+#define PMLL_AUDIT_VERSION 2u
+#define PMLL_AUDIT_VERSION_TEXT_ONLY 1u
+#define PMLL_AUDIT_NUMBER_MARK 0xFFu   // never a byte of UTF-8
 #define PMLL_AUDIT_SLOT_SIZE 512u
 #define PMLL_AUDIT_TEXT_MAX 456u
 #define PMLL_AUDIT_HASH_SIZE 32u
@@ -433,6 +439,7 @@ typedef struct pmll_audit_slot {
 _Static_assert(sizeof(pmll_audit_slot_t) == PMLL_AUDIT_SLOT_SIZE, "audit slot is 512 bytes");
 _Static_assert(offsetof(pmll_audit_slot_t, pid) == 12, "audit slot fields follow the state and token");
 _Static_assert(offsetof(pmll_audit_slot_t, text) == 56, "audit text offset");
+_Static_assert(offsetof(pmll_audit_slot_t, checksum) == 36 && offsetof(pmll_audit_slot_t, comm) == 40, "the audit checksum covers 12..36 and 40..");
 
 static inline uint64_t *pmll_audit_slot_state(pmll_audit_slot_t *s) { return &s->state; }
 static inline uint64_t *pmll_audit_next_seq(pmll_audit_ring_t *r) { return &r->next_seq; }
@@ -1140,6 +1147,9 @@ int pmll_uring_unlink(pmll_uring_t *ring, int n, const int *dirfds, const char *
 
 uint32_t pmll_crc32c(uint32_t crc, const void *_Nullable data, size_t length);
 uint32_t pmll_crc32c_software(uint32_t crc, const void *_Nullable data, size_t length);
+// An audit slot's checksum: CRC32C over `seq` (8 bytes, little-endian), the 24 bytes from `pid`
+// to `text_length`, and the 16 + text_length bytes from `comm` (the checksum field left out).
+uint32_t pmll_audit_slot_checksum(const pmll_audit_slot_t *_Nonnull slot, uint64_t seq);
 // renameat2(RENAME_NOREPLACE) of old to new in the same directory; -EEXIST when new exists.
 int pmll_rename_noreplace(const char *oldpath, const char *newpath);
 
@@ -1160,11 +1170,15 @@ int pmll_audit_chain(uint8_t *out, const uint8_t *previous, const uint8_t *messa
 // One record line of the audit files (auditline.c; AuditLine.swift has the format): the body
 // from slot `s` as record `seq`, chained to `previous` (32 bytes; the new hash goes to `hash`),
 // then `,"hash":"HEX"}` and a newline. `out` has room for PMLL_AUDIT_LINE_MAX bytes; the event
-// and outcome names are cut at PMLL_AUDIT_NAME_MAX bytes. Returns the length.
+// and outcome names are cut at PMLL_AUDIT_NAME_MAX bytes. `numbers`: the slot's text may hold
+// numbers (PMLL_AUDIT_NUMBER_MARK and 8 bytes), written in decimal. Returns the length.
 #define PMLL_AUDIT_NAME_MAX 64u
 #define PMLL_AUDIT_LINE_MAX 4096u
 size_t pmll_audit_format_line(char *out, const pmll_audit_slot_t *s, uint64_t seq, const char *event, size_t event_length,
-                              const char *outcome, size_t outcome_length, const uint8_t *previous, uint8_t *hash);
+                              const char *outcome, size_t outcome_length, const uint8_t *previous, uint8_t *hash, int numbers);
+// A slot's text as the record's object (its numbers in decimal), unescaped, at out (room for
+// PMLL_AUDIT_LINE_MAX bytes); returns the length. For the records the drain writes in Swift.
+size_t pmll_audit_object_text(char *out, const pmll_audit_slot_t *s, int numbers);
 // Writes `,"hash":"HEX"}` and a newline at p (76 bytes); returns the end.
 char *pmll_audit_hash_tail(char *p, const uint8_t *hash);
 // Ed25519 (audit checkpoints): a new key pair (public 32, secret 64 bytes); a detached signature (64).

@@ -139,7 +139,7 @@ package struct AuditDrain {
                                 pmll_audit_format_line(line.baseAddress!.assumingMemoryBound(to: CChar.self), s, seq,
                                                        UnsafeRawPointer(e.baseAddress!).assumingMemoryBound(to: CChar.self), e.count,
                                                        UnsafeRawPointer(o.baseAddress!).assumingMemoryBound(to: CChar.self), o.count,
-                                                       p.baseAddress!, h.baseAddress!)
+                                                       p.baseAddress!, h.baseAddress!, ring.binaryNumbers ? 1 : 0)
                             }
                         }
                     }
@@ -197,8 +197,9 @@ package struct AuditDrain {
     }
 
     private func fields(_ s: UnsafeMutablePointer<pmll_audit_slot_t>, seq: UInt64) -> AuditLine.Fields {
-        let length = Int(min(s.pointee.text_length, PMLL_AUDIT_TEXT_MAX))
-        let text = withUnsafeBytes(of: s.pointee.text) { String(decoding: $0.prefix(length), as: UTF8.self) }
+        var object = [UInt8](repeating: 0, count: Int(PMLL_AUDIT_LINE_MAX))
+        let length = object.withUnsafeMutableBytes { pmll_audit_object_text($0.baseAddress!.assumingMemoryBound(to: CChar.self), s, ring.binaryNumbers ? 1 : 0) }
+        let text = String(decoding: object.prefix(length), as: UTF8.self)
         let comm = withUnsafeBytes(of: s.pointee.comm) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         return AuditLine.Fields(seq: seq, timeNanoseconds: s.pointee.time_ns, pid: s.pointee.pid, uid: s.pointee.uid, command: comm,
                                 event: AuditEvent(rawValue: s.pointee.event)?.description ?? "event-\(s.pointee.event)",

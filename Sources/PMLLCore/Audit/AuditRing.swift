@@ -11,6 +11,9 @@ package struct AuditRing: @unchecked Sendable {
     package let header: UnsafeMutablePointer<pmll_audit_ring_t>
     package let slots: UnsafeMutablePointer<pmll_audit_slot_t>
     package let count: UInt64
+    /// Whether records may hold numbers as binary (a version 2 ring), which the drain writes
+    /// in decimal; a version 1 ring (a pool from an earlier build) holds text only.
+    package let binaryNumbers: Bool
     /// How long a reserved number may stay unclaimed before the drainer declares a gap (its
     /// writer died between taking it and claiming its slot: a few instructions). Records
     /// behind it wait in the ring meanwhile, and once the ring is full every appender of the
@@ -46,7 +49,11 @@ package struct AuditRing: @unchecked Sendable {
         let h = (memory.base + section.lowerBound).assumingMemoryBound(to: pmll_audit_ring_t.self)
         let magic = withUnsafeBytes(of: h.pointee.magic) { Array($0) == Array(PMLL_AUDIT_MAGIC.utf8) }
         let n = Int(h.pointee.slot_count)
-        guard magic, h.pointee.version == PMLL_AUDIT_VERSION, h.pointee.slot_size == PMLL_AUDIT_SLOT_SIZE,
+        let version = h.pointee.version
+        if magic && version > PMLL_AUDIT_VERSION && version < 1 << 16 && Self.headerChecksum(h) == h.pointee.checksum {
+            throw .corruptPool(path: path, reason: "its audit ring has format version \(version), newer than this build reads (\(PMLL_AUDIT_VERSION_TEXT_ONLY)...\(PMLL_AUDIT_VERSION)): use the build that created the pool")
+        }
+        guard magic, version == PMLL_AUDIT_VERSION || version == PMLL_AUDIT_VERSION_TEXT_ONLY, h.pointee.slot_size == PMLL_AUDIT_SLOT_SIZE,
               Self.headerChecksum(h) == h.pointee.checksum, n > 0, n & (n - 1) == 0,
               MemoryLayout<pmll_audit_ring_t>.size + n * MemoryLayout<pmll_audit_slot_t>.size <= section.count else {
             throw .corruptPool(path: path, reason: "the audit ring's header is damaged")
@@ -59,6 +66,7 @@ package struct AuditRing: @unchecked Sendable {
         header = h
         slots = (UnsafeMutableRawPointer(h) + MemoryLayout<pmll_audit_ring_t>.size).assumingMemoryBound(to: pmll_audit_slot_t.self)
         count = UInt64(n)
+        binaryNumbers = version >= PMLL_AUDIT_VERSION
     }
 
     package func slot(_ seq: UInt64) -> UnsafeMutablePointer<pmll_audit_slot_t> { slots + Int(seq & (count - 1)) }
@@ -85,11 +93,7 @@ package struct AuditRing: @unchecked Sendable {
     /// The record's checksum: its number and every field from `pid` to the end of its text,
     /// the checksum itself left out.
     static func checksum(_ s: UnsafePointer<pmll_audit_slot_t>, seq: UInt64) -> UInt32 {
-        var n = seq
-        let raw = UnsafeRawPointer(s)
-        var crc = withUnsafeBytes(of: &n) { pmll_crc32c(0, $0.baseAddress, 8) }
-        crc = pmll_crc32c(crc, raw + 12, 24)                    // pid ... text_length
-        return pmll_crc32c(crc, raw + 40, 16 + Int(min(s.pointee.text_length, PMLL_AUDIT_TEXT_MAX)))  // comm, text
+        pmll_audit_slot_checksum(s, seq)
     }
 
     /// True when `seq`'s slot holds that record, complete and intact.
@@ -145,7 +149,7 @@ package struct AuditRing: @unchecked Sendable {
         }
         var length = 0
         withUnsafeMutableBytes(of: &s.pointee.text) { raw in
-            var text = AuditText(raw)
+            var text = AuditText(raw, binaryNumbers: binaryNumbers)
             fill(&text)
             length = text.finish()
         }
@@ -174,9 +178,19 @@ public struct AuditText {
     /// Bytes written so far.
     package var written: Int { count }
     @usableFromInline var truncated = false
+    /// Numbers are written as PMLL_AUDIT_NUMBER_MARK and their 8 bytes (the ring's version 2).
+    @usableFromInline let binaryNumbers: Bool
+    /// The end of the last number written as binary: a cut never goes back past it.
+    @usableFromInline var numbersEnd = 0
+    // The mark: a byte UTF-8 never has (0xFF, PMLL_AUDIT_NUMBER_MARK), so text cannot be taken for one.
+    @usableFromInline static var numberMark: UInt8 { 0xFF }
 
-    init(_ buffer: UnsafeMutableRawBufferPointer) { self.buffer = buffer }
+    init(_ buffer: UnsafeMutableRawBufferPointer, binaryNumbers: Bool = false) {
+        self.buffer = buffer
+        self.binaryNumbers = binaryNumbers
+    }
 
+    /// Bytes of UTF-8 text (where the number mark, 0xFF, never appears).
     @inlinable @inline(__always)
     public mutating func add(_ bytes: UnsafeRawBufferPointer) {
         let n = bytes.count
@@ -221,9 +235,26 @@ public struct AuditText {
         text.withUTF8 { add(UnsafeRawBufferPointer($0)) }
     }
 
-    // A call (CPMLL is not a public import, so an inlinable body cannot reach it): the digits
-    // are written by pmll_put_decimal, inlined here.
+    /// A number. In a version 2 ring, as the mark and its 8 bytes: the drain writes the digits,
+    /// on its own thread (three numbers were a fifth of a queue record's cost to its appender).
+    @inlinable @inline(__always)
     public mutating func add(_ value: UInt64) {
+        if binaryNumbers && buffer.count - count >= 9 {
+            let to = buffer.baseAddress! + count
+            to.storeBytes(of: Self.numberMark, as: UInt8.self)
+            (to + 1).storeBytes(of: value.littleEndian, as: UInt64.self)
+            count += 9
+            numbersEnd = count
+            return
+        }
+        addDigits(value)
+    }
+
+    // A call (CPMLL is not a public import, so an inlinable body cannot reach it): the digits
+    // are written by pmll_put_decimal, inlined here. Also where 9 bytes no longer fit: the
+    // digits that do.
+    @usableFromInline
+    mutating func addDigits(_ value: UInt64) {
         if count + pmll_decimal_length(value) <= buffer.count {
             let start = (buffer.baseAddress! + count).assumingMemoryBound(to: CChar.self)
             count += pmll_put_decimal(start, value) - start
@@ -240,19 +271,40 @@ public struct AuditText {
     /// A NUL-terminated name in a fixed-size field of the pool (a record's kind), read in place.
     @inlinable
     public mutating func add(cString field: UnsafeRawPointer, capacity: Int) {
-        var length = 0
-        while length < capacity && field.load(fromByteOffset: length, as: UInt8.self) != 0 { length += 1 }
+        var length = 0, mark = false
+        while length < capacity {
+            let byte = field.load(fromByteOffset: length, as: UInt8.self)
+            if byte == 0 { break }
+            mark = mark || byte == Self.numberMark
+            length += 1
+        }
+        if mark && binaryNumbers { return addReplacingMarks(UnsafeRawBufferPointer(start: field, count: length)) }
         add(UnsafeRawBufferPointer(start: field, count: length))
+    }
+
+    /// Bytes that are not UTF-8 (a field of a damaged pool, a C caller's bytes) with the number
+    /// mark among them: each mark becomes U+FFFD, so that the drain does not read a number there.
+    @usableFromInline
+    mutating func addReplacingMarks(_ bytes: UnsafeRawBufferPointer) {
+        var start = 0
+        for i in bytes.indices where bytes[i] == Self.numberMark {
+            add(UnsafeRawBufferPointer(rebasing: bytes[start..<i]))
+            add("\u{FFFD}")
+            start = i + 1
+        }
+        add(UnsafeRawBufferPointer(rebasing: bytes[start...]))
     }
 
     /// The length written, cut back to a character boundary if the limit was reached.
     mutating func finish() -> Int {
         guard truncated else { return count }
+        // Back over the last character's continuation bytes, not into a number's 8 bytes.
         var end = count
-        while end > 0 && buffer[end - 1] & 0xC0 == 0x80 { end -= 1 }
-        let lead = end > 0 ? buffer[end - 1] : 0
+        while end > numbersEnd && buffer[end - 1] & 0xC0 == 0x80 { end -= 1 }
+        guard end > numbersEnd else { return count }
+        let lead = buffer[end - 1]
         let width = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1
-        if end > 0 && count - (end - 1) < width { count = end - 1 }
+        if count - (end - 1) < width { count = end - 1 }
         return count
     }
 }
