@@ -77,6 +77,46 @@ static int crc32c_hardware(void) {
 #endif
 }
 
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) static uint32_t record_checksum_sse42(uint64_t seq, int32_t pid, uint32_t uid, uint16_t event, uint16_t outcome,
+                                                                       int64_t time_ns, uint64_t comm_low, uint64_t comm_high, const void *text, size_t text_length) {
+    uint64_t c = _mm_crc32_u64(0xFFFFFFFFu, seq);
+    uint32_t c32 = _mm_crc32_u32((uint32_t)c, (uint32_t)pid);
+    c32 = _mm_crc32_u32(c32, uid);
+    c32 = _mm_crc32_u16(c32, event);
+    c32 = _mm_crc32_u16(c32, outcome);
+    c = _mm_crc32_u64(c32, (uint64_t)time_ns);
+    c = _mm_crc32_u32((uint32_t)c, (uint32_t)text_length);
+    c = _mm_crc32_u64(c, comm_low);
+    c = _mm_crc32_u64(c, comm_high);
+    return crc32c_sse42(~(uint32_t)c, text, text_length);
+}
+#endif
+
+uint32_t pmll_audit_record_checksum(uint64_t seq, int32_t pid, uint32_t uid, uint16_t event, uint16_t outcome, int64_t time_ns,
+                                    uint64_t comm_low, uint64_t comm_high, const void *text, size_t text_length) {
+#if defined(__x86_64__)
+    if (crc32c_hardware()) return record_checksum_sse42(seq, pid, uid, event, outcome, time_ns, comm_low, comm_high, text, text_length);
+#endif
+    // The slot's bytes, laid out as the slot lays them out (this host's byte order).
+    pmll_audit_slot_t s;
+    s.pid = pid;
+    s.uid = uid;
+    s.event = event;
+    s.outcome = outcome;
+    s.time_ns = time_ns;
+    s.text_length = (uint32_t)text_length;
+    uint8_t comm[16];
+    for (int i = 0; i < 8; i++) {
+        comm[i] = (uint8_t)(comm_low >> (8 * i));
+        comm[8 + i] = (uint8_t)(comm_high >> (8 * i));
+    }
+    uint32_t crc = pmll_crc32c_software(0, &seq, 8);
+    crc = pmll_crc32c_software(crc, (const uint8_t *)&s + 12, 24);
+    crc = pmll_crc32c_software(crc, comm, 16);
+    return pmll_crc32c_software(crc, text, text_length);
+}
+
 uint32_t pmll_audit_slot_checksum(const pmll_audit_slot_t *s, uint64_t seq) {
     size_t text_length = s->text_length < PMLL_AUDIT_TEXT_MAX ? s->text_length : PMLL_AUDIT_TEXT_MAX;
     const uint8_t *raw = (const uint8_t *)s;

@@ -15,8 +15,9 @@ struct ChecksumTests {
         }
     }
 
-    /// The audit slot's one-call checksum is the CRC32C of its three pieces (what the docs and
-    /// pools written before it say), at every text length and through both tails.
+    /// The audit slot's one-call checksum (the drain's, from the slot) and an appender's (from
+    /// the fields' values) are the CRC32C of its three pieces (what the docs and pools written
+    /// before them say), at every text length and through both tails.
     @Test func theAuditSlotChecksumIsTheCRCOfItsPieces() {
         let slot = UnsafeMutablePointer<pmll_audit_slot_t>.allocate(capacity: 1)
         defer { slot.deallocate() }
@@ -30,6 +31,14 @@ struct ChecksumTests {
             crc = pmll_crc32c_software(crc, raw + 12, 24)
             crc = pmll_crc32c_software(crc, raw + 40, 16 + min(length, Int(PMLL_AUDIT_TEXT_MAX)))
             #expect(pmll_audit_slot_checksum(slot, seq) == crc, "text length \(length)")
+            // An appender's: the same, from the fields' values and the text.
+            let s = slot.pointee
+            let comm = withUnsafeBytes(of: s.comm) { ($0.loadUnaligned(as: UInt64.self), $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self)) }
+            let record = withUnsafeBytes(of: s.text) {
+                pmll_audit_record_checksum(seq, s.pid, s.uid, s.event, s.outcome, s.time_ns, UInt64(littleEndian: comm.0), UInt64(littleEndian: comm.1),
+                                           $0.baseAddress, min(length, Int(PMLL_AUDIT_TEXT_MAX)))
+            }
+            if length <= Int(PMLL_AUDIT_TEXT_MAX) { #expect(record == crc, "text length \(length), from values") }
         }
     }
 }

@@ -443,11 +443,19 @@ _Static_assert(offsetof(pmll_audit_slot_t, checksum) == 36 && offsetof(pmll_audi
 
 static inline uint64_t *pmll_audit_slot_state(pmll_audit_slot_t *s) { return &s->state; }
 static inline uint64_t *pmll_audit_next_seq(pmll_audit_ring_t *r) { return &r->next_seq; }
-// Asks for the first two cache lines at p for writing (PREFETCHW), as an appender does for the
-// ring slot of the next record so that writing it later does not wait for another core.
-static inline void pmll_prefetch_for_write(const void *p) {
-    __builtin_prefetch(p, 1, 3);
-    __builtin_prefetch((const char *)p + 64, 1, 3);
+// Asks for the first `lines` cache lines at p for writing (PREFETCHW), as an appender does for
+// the ring slot of the next record so that writing it later does not wait for another core.
+// Spelled out: for the baseline x86-64 target __builtin_prefetch(p, 1, 3) is PREFETCHT0, a read,
+// after which the first store still waits for the other core to give the line up. PREFETCHW's
+// encoding is a no-op on x86-64 processors without it.
+static inline void pmll_prefetch_for_write(const void *p, int lines) {
+    for (int i = 0; i < lines; i++) {
+#if defined(__x86_64__)
+        __asm__ volatile("prefetchw %0" : : "m"(*((const char *)p + 64 * i)));
+#else
+        __builtin_prefetch((const char *)p + 64 * i, 1, 3);
+#endif
+    }
 }
 // Decimal digits of v, written two at a time (the audit ring's appenders and its drain write
 // several numbers per record; one digit per division was a chain of twenty multiplications).
@@ -1150,6 +1158,10 @@ uint32_t pmll_crc32c_software(uint32_t crc, const void *_Nullable data, size_t l
 // An audit slot's checksum: CRC32C over `seq` (8 bytes, little-endian), the 24 bytes from `pid`
 // to `text_length`, and the 16 + text_length bytes from `comm` (the checksum field left out).
 uint32_t pmll_audit_slot_checksum(const pmll_audit_slot_t *_Nonnull slot, uint64_t seq);
+// The same checksum for the record an appender is writing, from the fields' values (little-endian
+// `comm` words) and its text: loading back fields just stored would wait for the stores.
+uint32_t pmll_audit_record_checksum(uint64_t seq, int32_t pid, uint32_t uid, uint16_t event, uint16_t outcome, int64_t time_ns,
+                                    uint64_t comm_low, uint64_t comm_high, const void *_Nullable text, size_t text_length);
 // renameat2(RENAME_NOREPLACE) of old to new in the same directory; -EEXIST when new exists.
 int pmll_rename_noreplace(const char *oldpath, const char *newpath);
 

@@ -29,6 +29,11 @@ package struct AuditDrain {
         self.groupShared = groupShared
     }
 
+    /// Lines written (and made durable, and `drained` moved) at a time within one drain: an
+    /// appender that finds the ring full waits for one such step, not for the whole drain (a
+    /// full 1,024-slot ring was about 0.6 ms of drain on tmpfs; a step is about 240 records).
+    static let chunkBytes = 64 << 10
+
     private var directory: String { AuditLine.directory(ofPool: poolPath) }
     private var fileMode: mode_t { groupShared ? 0o660 : 0o600 }
 
@@ -96,7 +101,7 @@ package struct AuditDrain {
             swap(&head, &hash)
             seq += 1
             drainedCount += 1
-            if file.size + out.count >= fileBytes || out.count >= 1 << 18 {
+            if file.size + out.count >= fileBytes || out.count >= Self.chunkBytes {
                 try append(out, to: &file)
                 out.removeAll(keepingCapacity: true)
                 try publish(seq: seq, head: head, file: fileIndex)

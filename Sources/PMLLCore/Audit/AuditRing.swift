@@ -123,9 +123,21 @@ package struct AuditRing: @unchecked Sendable {
         }
     }
 
+    /// A command name as a slot holds it: 16 bytes, at most 15 of the name, NUL-padded.
+    package struct CommandName: Sendable, ExpressibleByArrayLiteral {
+        let low: UInt64, high: UInt64
+        package init(_ name: [UInt8]) {
+            var field: (UInt64, UInt64) = (0, 0)
+            withUnsafeMutableBytes(of: &field) { $0.copyBytes(from: name.prefix(15)) }
+            low = UInt64(littleEndian: field.0)
+            high = UInt64(littleEndian: field.1)
+        }
+        package init(arrayLiteral bytes: UInt8...) { self.init(bytes) }
+    }
+
     /// Claims, fills and completes `seq`'s slot. False when the drainer already gave the number
     /// up as a gap (this writer stalled too long): the caller appends again with a new number.
-    package func write(_ seq: UInt64, token: OwnerToken, pid: Int32, uid: UInt32, comm: [UInt8],
+    package func write(_ seq: UInt64, token: OwnerToken, pid: Int32, uid: UInt32, comm: CommandName,
                        event: AuditEvent, outcome: AuditOutcome, time: Int64 = 0, fill: (inout AuditText) -> Void) -> Bool {
         let s = slot(seq)
         // The claim is one compare-and-swap, expecting what the slot nearly always holds (its
@@ -139,29 +151,35 @@ package struct AuditRing: @unchecked Sendable {
             guard current >> 2 < seq else { return false }
         }
         CrashPoint.hit("audit.claimed")
-        s.pointee.uid = uid
-        s.pointee.event = event.rawValue
-        s.pointee.outcome = outcome.rawValue
-        s.pointee.time_ns = time != 0 ? time : Clock.realtimeNanoseconds
-        withUnsafeMutableBytes(of: &s.pointee.comm) { raw in
-            raw.initializeMemory(as: UInt8.self, repeating: 0)
-            raw.copyBytes(from: comm.prefix(15))
-        }
+        // The text first: the checksum reads it back, and by then its stores have had the
+        // other fields' time to leave the store buffer (a load that spans stores still there
+        // waits for them). The other fields go into the checksum from registers.
         var length = 0
         withUnsafeMutableBytes(of: &s.pointee.text) { raw in
             var text = AuditText(raw, binaryNumbers: binaryNumbers)
             fill(&text)
             length = text.finish()
         }
+        let time = time != 0 ? time : Clock.realtimeNanoseconds
+        s.pointee.uid = uid
+        s.pointee.event = event.rawValue
+        s.pointee.outcome = outcome.rawValue
+        s.pointee.time_ns = time
+        withUnsafeMutableBytes(of: &s.pointee.comm) { raw in
+            raw.storeBytes(of: comm.low.littleEndian, as: UInt64.self)
+            raw.storeBytes(of: comm.high.littleEndian, toByteOffset: 8, as: UInt64.self)
+        }
         s.pointee.text_length = UInt32(length)
-        s.pointee.checksum = Self.checksum(s, seq: seq)
+        s.pointee.checksum = withUnsafeBytes(of: &s.pointee.text) { text in
+            pmll_audit_record_checksum(seq, pid, uid, event.rawValue, outcome.rawValue, time, comm.low, comm.high, text.baseAddress, length)
+        }
         // A store, not a compare-and-swap: once claimed, the slot changes hands only when its
         // writer is dead (the drainer's gap), and a writer completing it is alive. A locked
         // instruction here would also wait for every store before it to leave the store buffer.
         pmll_store64_release(pmll_audit_slot_state(s), Self.state(seq, PMLL_AUDIT_COMPLETE))
         // The next record's slot, while this one's lines are still being written back: the
         // drainer (another core) read it last, and claiming it would otherwise wait for it.
-        pmll_prefetch_for_write(slot(seq + 1))
+        pmll_prefetch_for_write(slot(seq + 1), 4)
         return true
     }
 }

@@ -41,7 +41,7 @@ public final class Pool: Sendable {
     /// The pool's audit ring (nil: the pool has none, or its header is damaged).
     package let auditRing: AuditRing?
     /// This participant's command name, as audit records carry it.
-    package let auditCommand: [UInt8]
+    package let auditCommand: AuditRing.CommandName
     package let auditFileBytes: Int
     /// ``PoolOptions/auditQueueSteps``.
     package let auditQueueSteps: Bool
@@ -240,7 +240,7 @@ public final class Pool: Sendable {
         self.starvationNanoseconds = options.starvationThreshold.nanoseconds
         self.openReport = OpenReport(created: created, volatileReset: reset, isPersistentMemory: isPmem != 0)
         self.auditRing = options.recordsAudit ? ring : nil
-        self.auditCommand = withUnsafeBytes(of: memory.slot(slot).pointee.comm) { Array($0.prefix { $0 != 0 }) }
+        self.auditCommand = AuditRing.CommandName(withUnsafeBytes(of: memory.slot(slot).pointee.comm) { Array($0.prefix { $0 != 0 }) })
         self.auditFileBytes = options.auditFileBytes
         self.auditQueueSteps = options.auditQueueSteps
         self.access = AccessGate(readOnly: false, lockCapacity: layout.lockCapacity)
