@@ -324,6 +324,14 @@ package struct QueueEngine: @unchecked Sendable {
         guard checkOwner else { return false }
         let owner = OwnerToken(rawValue: r.pointee.owner_token)
         if pool.processes.isAlive(owner) {
+            if state == PMLL_RECORD_VOID && Self.wasPassed(r) {
+                // Passed while its owner was stopped, and the turn is still here: the passer
+                // died between the two (``passStopped(_:_:owner:)``), or is about to move it
+                // (moving the turn is a compare-and-swap: one of us does). The owner, alive,
+                // never moves it: it submits again, behind this ticket.
+                makeDurableBeforePassing(r)
+                return advance(from: s)
+            }
             return state == PMLL_RECORD_QUEUED && servedFor >= Self.stoppedOwnerGrace && passStopped(s, r, owner: owner)
         }
         if over {
@@ -393,8 +401,16 @@ package struct QueueEngine: @unchecked Sendable {
             text.add(" was stopped when its turn came")
             submittedAt(r, &text)
         }
+        CrashPoint.hit("queue.passed")
         advance(from: s)
         return true
+    }
+
+    /// Whether `r` was voided by ``passStopped(_:_:owner:)`` (its owner has not seen it, or has):
+    /// a void of the owner's own clears the word.
+    private static func wasPassed(_ r: UnsafeMutablePointer<pmll_record_t>) -> Bool {
+        let passed = pmll_load32(pmll_record_passed(r))
+        return passed == PMLL_PASSED_UNSEEN || passed == PMLL_PASSED_SEEN
     }
 
     /// Moves `serving` past `s`, then past the records right behind it that are already over

@@ -402,6 +402,41 @@ struct QueueCLITests {
         #expect(audit.stdout.contains("queue.pass") && audit.stdout.contains("queue 'jobs' ticket 1 kind 'exec': owner pid \(suspended.pid) was stopped when its turn came, submitted at "), "\(audit.stdout)")
     }
 
+    /// A passer killed after voiding a stopped process's ticket and before moving the turn on
+    /// (crash point `queue.passed`) does not stop the queue: the next waiter moves the turn past
+    /// the passed ticket (its owner, alive, never does), then past the passer's own, abandoned.
+    @Test func aPasserKilledBeforeMovingTheTurnOnDoesNotStopTheQueue() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("p.pool"), log = scratch.file("order")
+        let busy = try runningOperation(pool: pool)
+        defer { busy.killTree(); busy.wait() }
+        let suspended = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "sh", "-c", "echo suspended >> \(log)"])
+        try waitForRecord(pool: pool, queue: "jobs", state: "queued")
+        _ = Foundation.kill(suspended.pid, SIGSTOP)
+        let passer = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "sh", "-c", "echo passer >> \(log)"],
+                               environment: ["PMLL_CRASH_AT": "queue.passed"])
+        func queued() throws -> Int {
+            let shown = try run(Binaries.pmll, ["queue", "show", "--pool", pool, "--json", "jobs"])
+            let json = try JSONSerialization.jsonObject(with: Data(shown.stdout.utf8)) as? [String: Any]
+            return (json?["records"] as? [[String: Any]] ?? []).filter { $0["state"] as? String == "queued" }.count
+        }
+        let end = Date().addingTimeInterval(20)
+        while try queued() < 2 && Date() < end { usleep(20_000) }
+        busy.killTree()
+        #expect(passer.wait(timeout: 20) == 128 + SIGKILL, "the passer dies at queue.passed")
+        let late = try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "--timeout", "5", "jobs", "--", "sh", "-c", "echo late >> \(log)"])
+        #expect(late.status == 0, "\(late)")
+        _ = Foundation.kill(suspended.pid, SIGCONT)
+        #expect(suspended.wait(timeout: 10) == 0)
+        #expect(try String(contentsOfFile: log, encoding: .utf8) == "late\nsuspended\n")
+        let show = try run(Binaries.pmll, ["queue", "show", "--pool", pool, "--json", "jobs"])
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(show.stdout.utf8)) as? [String: Any])
+        let records = try #require(json["records"] as? [[String: Any]])
+        // busy (abandoned), the suspended one's first ticket (void, passed), the passer's
+        // (abandoned: it died queued), late, the suspended one's second ticket.
+        #expect(records.map { $0["state"] as? String } == ["abandoned", "void", "abandoned", "succeeded", "succeeded"], "\(records)")
+    }
+
     /// A passed operation's slot is not reused until its owner has seen that it was passed: the
     /// owner's start compares the slot's state, which must still be its own record's. With a
     /// ring of 2 the next submission needs that slot, and waits for the owner.

@@ -26,7 +26,7 @@ package enum CrashPoint {
     /// Every point compiled in, for enumeration by the crash suite.
     package static let all = [
         "pool.created", "lock.acquired", "lock.releasing",
-        "queue.submitted", "queue.running", "queue.ended", "queue.end-barrier", "queue.finished",
+        "queue.submitted", "queue.running", "queue.ended", "queue.end-barrier", "queue.finished", "queue.passed",
         "tx.conflict", "tx.undo-logged", "tx.applying", "tx.applied", "tx.committed", "tx.rolled-back",
         "queue.recovered", "batch.staged", "batch.linked", "batch.renamed", "batch.committed",
         "audit.reserved", "audit.claimed", "audit.written",
