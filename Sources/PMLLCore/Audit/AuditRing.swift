@@ -151,15 +151,10 @@ package struct AuditRing: @unchecked Sendable {
             guard current >> 2 < seq else { return false }
         }
         CrashPoint.hit("audit.claimed")
-        // The text first: the checksum reads it back, and by then its stores have had the
-        // other fields' time to leave the store buffer (a load that spans stores still there
-        // waits for them). The other fields go into the checksum from registers.
-        var length = 0
-        withUnsafeMutableBytes(of: &s.pointee.text) { raw in
-            var text = AuditText(raw, binaryNumbers: binaryNumbers)
-            fill(&text)
-            length = text.finish()
-        }
+        // Who and what before the text: a writer killed while writing the text leaves a gap
+        // record that names its uid and command from here. The checksum takes these fields
+        // from registers and reads back only the text (a load spanning stores still in the
+        // store buffer waits for them).
         let time = time != 0 ? time : Clock.realtimeNanoseconds
         s.pointee.uid = uid
         s.pointee.event = event.rawValue
@@ -168,6 +163,12 @@ package struct AuditRing: @unchecked Sendable {
         withUnsafeMutableBytes(of: &s.pointee.comm) { raw in
             raw.storeBytes(of: comm.low.littleEndian, as: UInt64.self)
             raw.storeBytes(of: comm.high.littleEndian, toByteOffset: 8, as: UInt64.self)
+        }
+        var length = 0
+        withUnsafeMutableBytes(of: &s.pointee.text) { raw in
+            var text = AuditText(raw, binaryNumbers: binaryNumbers)
+            fill(&text)
+            length = text.finish()
         }
         s.pointee.text_length = UInt32(length)
         s.pointee.checksum = withUnsafeBytes(of: &s.pointee.text) { text in
