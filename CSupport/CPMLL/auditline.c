@@ -35,10 +35,32 @@ static int number_at(const unsigned char *s, size_t i, size_t n, uint64_t *value
     return 1;
 }
 
+#define ONES 0x0101010101010101ull
+#define HIGHS 0x8080808080808080ull
+// Whether any of the 8 bytes of w is a control byte, a quote, a backslash or the number mark:
+// exact as to whether there is one (the bit tricks may misplace which).
+static int special8(uint64_t w) {
+    uint64_t below32 = (w - 32 * ONES) & ~w & HIGHS;
+    uint64_t q = w ^ ('"' * ONES), b = w ^ ('\\' * ONES), m = ~w;
+    uint64_t zero = ((q - ONES) & ~q) | ((b - ONES) & ~b) | ((m - ONES) & ~m);
+    return (below32 | (zero & HIGHS)) != 0;
+}
+
 // Text as a JSON string's contents (`escape`: quote, backslash and control bytes escaped,
-// other bytes as they are) or as it is; with `numbers`, each number in decimal.
+// other bytes as they are) or as it is; with `numbers`, each number in decimal. Eight plain
+// bytes at a time (the line format was a sixth of a drain, mostly this loop).
 static char *put_text(char *p, const unsigned char *s, size_t n, int numbers, int escape) {
     for (size_t i = 0; i < n; i++) {
+        if (n - i >= 8) {
+            uint64_t w;
+            memcpy(&w, s + i, 8);
+            if (!special8(w)) {
+                memcpy(p, &w, 8);
+                p += 8;
+                i += 7;
+                continue;
+            }
+        }
         unsigned char b = s[i];
         if (b >= 32 && b != '"' && b != '\\' && b != PMLL_AUDIT_NUMBER_MARK) {
             *p++ = (char)b;

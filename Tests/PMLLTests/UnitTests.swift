@@ -277,10 +277,19 @@ import Glibc
             (number(1_764_000_000_123_456_789) + number(10), "176400000012345678910", 1),
             (Array("quote \" tab \t".utf8), "quote \" tab \t", 1),
         ]
+        // Long runs, with what needs care at every offset of an 8-byte word (the format copies
+        // plain bytes eight at a time).
+        var long: [([UInt8], String, Int32)] = []
+        for offset in 0..<9 {
+            let plain = String(repeating: "p", count: offset) + "é✓\u{7f}"
+            let object = plain + "\"" + plain + "\\" + plain + "\u{1f}" + plain + "\n" + String(repeating: "x", count: 17)
+            long.append((Array(object.utf8), object, 0))
+            long.append((Array(plain.utf8) + number(UInt64(offset) * 1_000_003) + Array(plain.utf8), plain + String(UInt64(offset) * 1_000_003) + plain, 1))
+        }
         let slot = UnsafeMutablePointer<pmll_audit_slot_t>.allocate(capacity: 1)
         defer { slot.deallocate() }
         var previous = (0..<32).map { UInt8($0 * 7 & 0xff) }
-        for (i, (text, object, numbers)) in cases.enumerated() {
+        for (i, (text, object, numbers)) in (cases + long).enumerated() {
             UnsafeMutableRawPointer(slot).initializeMemory(as: UInt8.self, repeating: 0, count: MemoryLayout<pmll_audit_slot_t>.size)
             let command = i == 1 ? "cp\"m\\d" : "pmll"
             slot.pointee.time_ns = i == 2 ? -1_234_567 : 1_764_000_000_123_456_789
