@@ -294,19 +294,32 @@ func waitForWaiters(pool: String, lock: String, count: Int = 1, timeout: Double 
 
 /// Waits until `queue` has a record in `state`: a fixed sleep before killing its process lost the race on a
 /// loaded CI machine (the process had not yet started the operation, so nothing was abandoned).
-func waitForRecord(pool: String, queue: String, state: String = "running", timeout: Double = 20) throws {
+func waitForRecord(pool: String, queue: String, state: String = "running", count: Int = 1, timeout: Double = 20) throws {
     let end = Date().addingTimeInterval(timeout)
     while Date() < end {
         if FileManager.default.fileExists(atPath: pool),
-           let shown = try? run(Binaries.pmll, ["queue", "show", "--pool", pool, "--json", queue]), shown.status == 0,
-           let json = try? JSONSerialization.jsonObject(with: Data(shown.stdout.utf8)) as? [String: Any],
-           let records = json["records"] as? [[String: Any]],
-           records.contains(where: { $0["state"] as? String == state }) {
+           let records = queueRecords(pool: pool, queue: queue), records.filter({ $0["state"] as? String == state }).count >= count {
             return
         }
         usleep(20_000)
     }
-    Issue.record("no operation of queue \(queue) became \(state)")
+    Issue.record("fewer than \(count) operation(s) of queue \(queue) became \(state)")
+}
+
+/// The records of `queue` as `pmll queue show --json` gives them; nil if it could not.
+func queueRecords(pool: String, queue: String) -> [[String: Any]]? {
+    guard let shown = try? run(Binaries.pmll, ["queue", "show", "--pool", pool, "--json", queue]), shown.status == 0,
+          let json = try? JSONSerialization.jsonObject(with: Data(shown.stdout.utf8)) as? [String: Any] else { return nil }
+    return json["records"] as? [[String: Any]]
+}
+
+/// `pmll queue exec` of `echo NAME >> log` in queue `jobs`, queued behind `busy`'s operation,
+/// then stopped (SIGSTOP) while it waits.
+func stoppedWhileQueued(pool: String, log: String, _ options: [String] = []) throws -> Child {
+    let suspended = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool] + options + ["jobs", "--", "sh", "-c", "echo suspended >> \(log)"])
+    try waitForRecord(pool: pool, queue: "jobs", state: "queued")
+    _ = Foundation.kill(suspended.pid, SIGSTOP)
+    return suspended
 }
 
 /// `pmll queue exec` of `sleep 30` in queue `jobs`, once its operation runs (the caller kills it).
@@ -383,18 +396,14 @@ struct QueueCLITests {
         let pool = scratch.file("p.pool"), log = scratch.file("order")
         let busy = try runningOperation(pool: pool)
         defer { busy.killTree(); busy.wait() }
-        let suspended = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "sh", "-c", "echo suspended >> \(log)"])
-        try waitForRecord(pool: pool, queue: "jobs", state: "queued")
-        _ = Foundation.kill(suspended.pid, SIGSTOP)
+        let suspended = try stoppedWhileQueued(pool: pool, log: log)
         busy.killTree()
         let late = try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "--timeout", "5", "jobs", "--", "sh", "-c", "echo late >> \(log)"])
         #expect(late.status == 0, "\(late)")
         _ = Foundation.kill(suspended.pid, SIGCONT)
         #expect(suspended.wait(timeout: 10) == 0)
         #expect(try String(contentsOfFile: log, encoding: .utf8) == "late\nsuspended\n")
-        let show = try run(Binaries.pmll, ["queue", "show", "--pool", pool, "--json", "jobs"])
-        let json = try #require(try JSONSerialization.jsonObject(with: Data(show.stdout.utf8)) as? [String: Any])
-        let records = try #require(json["records"] as? [[String: Any]])
+        let records = try #require(queueRecords(pool: pool, queue: "jobs"))
         // busy (abandoned), the suspended one's first ticket (void, passed), late, its second ticket.
         #expect(records.map { $0["state"] as? String } == ["abandoned", "void", "succeeded", "succeeded"], "\(records)")
         #expect((records[1]["lastError"] as? String ?? "").hasPrefix("passed: owner pid \(suspended.pid) was stopped"))
@@ -410,18 +419,10 @@ struct QueueCLITests {
         let pool = scratch.file("p.pool"), log = scratch.file("order")
         let busy = try runningOperation(pool: pool)
         defer { busy.killTree(); busy.wait() }
-        let suspended = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "sh", "-c", "echo suspended >> \(log)"])
-        try waitForRecord(pool: pool, queue: "jobs", state: "queued")
-        _ = Foundation.kill(suspended.pid, SIGSTOP)
+        let suspended = try stoppedWhileQueued(pool: pool, log: log)
         let passer = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "jobs", "--", "sh", "-c", "echo passer >> \(log)"],
                                environment: ["PMLL_CRASH_AT": "queue.passed"])
-        func queued() throws -> Int {
-            let shown = try run(Binaries.pmll, ["queue", "show", "--pool", pool, "--json", "jobs"])
-            let json = try JSONSerialization.jsonObject(with: Data(shown.stdout.utf8)) as? [String: Any]
-            return (json?["records"] as? [[String: Any]] ?? []).filter { $0["state"] as? String == "queued" }.count
-        }
-        let end = Date().addingTimeInterval(20)
-        while try queued() < 2 && Date() < end { usleep(20_000) }
+        try waitForRecord(pool: pool, queue: "jobs", state: "queued", count: 2)
         busy.killTree()
         #expect(passer.wait(timeout: 20) == 128 + SIGKILL, "the passer dies at queue.passed")
         let late = try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "--timeout", "5", "jobs", "--", "sh", "-c", "echo late >> \(log)"])
@@ -429,9 +430,7 @@ struct QueueCLITests {
         _ = Foundation.kill(suspended.pid, SIGCONT)
         #expect(suspended.wait(timeout: 10) == 0)
         #expect(try String(contentsOfFile: log, encoding: .utf8) == "late\nsuspended\n")
-        let show = try run(Binaries.pmll, ["queue", "show", "--pool", pool, "--json", "jobs"])
-        let json = try #require(try JSONSerialization.jsonObject(with: Data(show.stdout.utf8)) as? [String: Any])
-        let records = try #require(json["records"] as? [[String: Any]])
+        let records = try #require(queueRecords(pool: pool, queue: "jobs"))
         // busy (abandoned), the suspended one's first ticket (void, passed), the passer's
         // (abandoned: it died queued), late, the suspended one's second ticket.
         #expect(records.map { $0["state"] as? String } == ["abandoned", "void", "abandoned", "succeeded", "succeeded"], "\(records)")
@@ -449,9 +448,7 @@ struct QueueCLITests {
         }
         let busy = try runningOperation(pool: pool, ["--config", config])
         defer { busy.killTree(); busy.wait() }
-        let suspended = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool, "--config", config, "jobs", "--", "sh", "-c", "echo suspended >> \(log)"])
-        try waitForRecord(pool: pool, queue: "jobs", state: "queued")
-        _ = Foundation.kill(suspended.pid, SIGSTOP)
+        let suspended = try stoppedWhileQueued(pool: pool, log: log, ["--config", config])
         busy.killTree()
         #expect(try exec("echo first >> \(log)").status == 0)   // ticket 2: passes ticket 1
         // Ticket 3 would take ticket 1's slot, whose owner is still stopped.
