@@ -313,8 +313,19 @@ func queueRecords(pool: String, queue: String) -> [[String: Any]]? {
     return json["records"] as? [[String: Any]]
 }
 
-/// `pmll queue exec` of `echo NAME >> log` in queue `jobs`, queued behind `busy`'s operation,
-/// then stopped (SIGSTOP) while it waits.
+/// An operation submitted after `suspended` (stopped while queued) runs within 5 s, then
+/// `suspended`, resumed, runs; returns the queue's records.
+func lateRunsThenTheResumedOne(pool: String, log: String, suspended: Child) throws -> [[String: Any]] {
+    let late = try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "--timeout", "5", "jobs", "--", "sh", "-c", "echo late >> \(log)"])
+    #expect(late.status == 0, "\(late)")
+    _ = Foundation.kill(suspended.pid, SIGCONT)
+    #expect(suspended.wait(timeout: 10) == 0)
+    #expect(try String(contentsOfFile: log, encoding: .utf8) == "late\nsuspended\n")
+    return try #require(queueRecords(pool: pool, queue: "jobs"))
+}
+
+/// `pmll queue exec` of `echo suspended >> log` in queue `jobs`, queued behind a running
+/// operation, then stopped (SIGSTOP) while it waits.
 func stoppedWhileQueued(pool: String, log: String, _ options: [String] = []) throws -> Child {
     let suspended = try Child(Binaries.pmll, ["queue", "exec", "--pool", pool] + options + ["jobs", "--", "sh", "-c", "echo suspended >> \(log)"])
     try waitForRecord(pool: pool, queue: "jobs", state: "queued")
@@ -398,12 +409,7 @@ struct QueueCLITests {
         defer { busy.killTree(); busy.wait() }
         let suspended = try stoppedWhileQueued(pool: pool, log: log)
         busy.killTree()
-        let late = try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "--timeout", "5", "jobs", "--", "sh", "-c", "echo late >> \(log)"])
-        #expect(late.status == 0, "\(late)")
-        _ = Foundation.kill(suspended.pid, SIGCONT)
-        #expect(suspended.wait(timeout: 10) == 0)
-        #expect(try String(contentsOfFile: log, encoding: .utf8) == "late\nsuspended\n")
-        let records = try #require(queueRecords(pool: pool, queue: "jobs"))
+        let records = try lateRunsThenTheResumedOne(pool: pool, log: log, suspended: suspended)
         // busy (abandoned), the suspended one's first ticket (void, passed), late, its second ticket.
         #expect(records.map { $0["state"] as? String } == ["abandoned", "void", "succeeded", "succeeded"], "\(records)")
         #expect((records[1]["lastError"] as? String ?? "").hasPrefix("passed: owner pid \(suspended.pid) was stopped"))
@@ -425,12 +431,7 @@ struct QueueCLITests {
         try waitForRecord(pool: pool, queue: "jobs", state: "queued", count: 2)
         busy.killTree()
         #expect(passer.wait(timeout: 20) == 128 + SIGKILL, "the passer dies at queue.passed")
-        let late = try run(Binaries.pmll, ["queue", "exec", "--pool", pool, "--timeout", "5", "jobs", "--", "sh", "-c", "echo late >> \(log)"])
-        #expect(late.status == 0, "\(late)")
-        _ = Foundation.kill(suspended.pid, SIGCONT)
-        #expect(suspended.wait(timeout: 10) == 0)
-        #expect(try String(contentsOfFile: log, encoding: .utf8) == "late\nsuspended\n")
-        let records = try #require(queueRecords(pool: pool, queue: "jobs"))
+        let records = try lateRunsThenTheResumedOne(pool: pool, log: log, suspended: suspended)
         // busy (abandoned), the suspended one's first ticket (void, passed), the passer's
         // (abandoned: it died queued), late, the suspended one's second ticket.
         #expect(records.map { $0["state"] as? String } == ["abandoned", "void", "abandoned", "succeeded", "succeeded"], "\(records)")
