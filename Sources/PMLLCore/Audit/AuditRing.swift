@@ -90,17 +90,12 @@ package struct AuditRing: @unchecked Sendable {
 
     static func state(_ seq: UInt64, _ phase: UInt32) -> UInt64 { seq << 2 | UInt64(phase) }
 
-    /// The record's checksum: its number and every field from `pid` to the end of its text,
-    /// the checksum itself left out.
-    static func checksum(_ s: UnsafePointer<pmll_audit_slot_t>, seq: UInt64) -> UInt32 {
-        pmll_audit_slot_checksum(s, seq)
-    }
-
-    /// True when `seq`'s slot holds that record, complete and intact.
+    /// True when `seq`'s slot holds that record, complete and intact (its checksum: its number
+    /// and every field from `pid` to the end of its text, the checksum itself left out).
     package func isComplete(_ seq: UInt64) -> Bool {
         let s = slot(seq)
         return pmll_load64_acquire(pmll_audit_slot_state(s)) == Self.state(seq, PMLL_AUDIT_COMPLETE)
-            && s.pointee.text_length <= PMLL_AUDIT_TEXT_MAX && s.pointee.checksum == Self.checksum(s, seq: seq)
+            && s.pointee.text_length <= PMLL_AUDIT_TEXT_MAX && s.pointee.checksum == pmll_audit_slot_checksum(s, seq)
     }
 
     /// Takes the next number, if its slot is free (its previous record is in the files); nil
