@@ -183,6 +183,28 @@ struct AuditTests {
         #expect(try Self.verify(pool).status == 0)
     }
 
+    /// A process's drains keep the audit file open from one to the next (AuditDrainSession);
+    /// a drainer of another process killed between its write and its publish leaves the file
+    /// longer than that process's last drain left it, with the ring unchanged. The next drain
+    /// must find those lines as a fresh drain would (not write the record again).
+    @Test func aDrainKeptOpenSeesLinesAnotherDrainerLeftBeforeItDied() throws {
+        let scratch = Scratch()
+        let path = scratch.file("k.pool")
+        let pool = try Pool.open(path: path)
+        try pool.transaction { tx in try tx.set("a", "1") }
+        #expect(try pool.drainAuditLog() >= 1)   // this process's drain now holds the file open
+        let killed = try run(Binaries.pmll, ["state", "set", "--pool", path, "b=2"], environment: ["PMLL_CRASH_AT": "audit.written"])
+        #expect(killed.status == 137)
+        try pool.transaction { tx in try tx.set("c", "3") }
+        #expect(try pool.drainAuditLog() >= 1)
+        let records = try Self.events(path)
+        #expect(records.compactMap { $0["seq"] as? Int } == Array(1...records.count), "\(records)")
+        for key in ["a", "b", "c"] {
+            #expect(records.filter { ($0["object"] as? String ?? "").contains("keys: \(key)") }.count == 1, "\(key): \(records)")
+        }
+        #expect(try Self.verify(path).status == 0)
+    }
+
     /// A drainer stopped (SIGSTOP) while it holds the drain: another process still closes the
     /// pool at once, leaving its records in the ring; an explicit drain gives up with a
     /// timeout instead of waiting for as long as the drainer stays stopped; once it runs

@@ -45,7 +45,7 @@ package struct AuditDrain {
     /// stopped (SIGSTOP, Ctrl-Z) keeps the lock for as long as it stays stopped. What is not
     /// drained stays in the ring, in the pool, for the next drain.
     @discardableResult
-    package func drain(until deadline: Int64) throws(PMLLError) -> Int? {
+    package func drain(until deadline: Int64, session: inout AuditDrainSession) throws(PMLLError) -> Int? {
         var pause: UInt32 = 100
         while true {
             let rc = pmll_ofd_lock(fd, PMLL_LOCKBYTE_AUDIT, PMLL_RANGE_EXCLUSIVE, deadline == .max ? 1 : 0)
@@ -64,46 +64,64 @@ package struct AuditDrain {
             ring.markDraining(false)
             _ = pmll_ofd_lock(fd, PMLL_LOCKBYTE_AUDIT, PMLL_RANGE_UNLOCK, 0)
         }
-        return try drainLocked()
+        return try drainLocked(&session)
     }
 
-    private func drainLocked() throws(PMLLError) -> Int {
+    /// Where the chain stands when a drain begins: the file to append to and the last record
+    /// the files hold. From the session when nothing changed since its last drain, else from
+    /// the ring and the file itself.
+    private func start(_ session: inout AuditDrainSession) throws(PMLLError) -> (file: AuditOpenFile, fileIndex: UInt64, seq: UInt64, head: [UInt8]) {
         let h = ring.header
+        if let resumed = session.resume(h) { return resumed }
         try makeDirectory()
         if h.pointee.file_index == 0 { try setAsideStaleFiles() }
         var seq = h.pointee.drained
         var head = withUnsafeBytes(of: h.pointee.head_hash) { Array($0) }
-        var fileIndex = max(1, h.pointee.file_index)
-        var file = try openFile(fileIndex, previousSeq: seq - 1, previousHash: head, create: h.pointee.file_index == 0)
-        defer { if file.fd >= 0 { close(file.fd) } }
-        var adopted = false
-        if let (lastSeq, lastHash) = try reconcile(file), lastSeq >= seq {
-            // The files are ahead of the ring: a drainer killed before it could say what it
-            // wrote, or a pool restored (or copied) beside newer files. Numbers continue after
-            // theirs; records the ring holds below that are already in the files, or belong
-            // to another copy of the pool.
-            seq = lastSeq + 1
-            head = lastHash
-            adopted = true
-            pmll_max64(pmll_audit_next_seq(h), seq)
+        let fileIndex = max(1, h.pointee.file_index)
+        let file = try openFile(fileIndex, previousSeq: seq - 1, previousHash: head, create: h.pointee.file_index == 0)
+        do throws(PMLLError) {
+            var adopted = false
+            if let (lastSeq, lastHash) = try reconcile(file), lastSeq >= seq {
+                // The files are ahead of the ring: a drainer killed before it could say what it
+                // wrote, or a pool restored (or copied) beside newer files. Numbers continue after
+                // theirs; records the ring holds below that are already in the files, or belong
+                // to another copy of the pool.
+                seq = lastSeq + 1
+                head = lastHash
+                adopted = true
+                pmll_max64(pmll_audit_next_seq(h), seq)
+            }
+            if h.pointee.file_index == 0 || adopted { try publish(seq: seq, head: head, file: fileIndex) }
+        } catch {
+            close(file.fd)
+            throw error
         }
-        if h.pointee.file_index == 0 || adopted { try publish(seq: seq, head: head, file: fileIndex) }
+        return (file, fileIndex, seq, head)
+    }
 
+    private func drainLocked(_ session: inout AuditDrainSession) throws(PMLLError) -> Int {
+        var (file, fileIndex, seq, head) = try start(&session)
+        // Kept for the next drain only if this one ends as it should: after a failure the next
+        // drain starts from the ring and the file again.
+        var finished = false
+        defer {
+            if finished { session.keep(file, fileIndex: fileIndex, seq: seq, head: head) } else if file.fd >= 0 { close(file.fd) }
+        }
         let end = ring.nextSeq
-        var out = [UInt8]()
-        out.reserveCapacity(64 << 10)
+        session.out.removeAll(keepingCapacity: true)
+        session.out.reserveCapacity(Self.chunkBytes + Int(PMLL_AUDIT_LINE_MAX))
+        if session.line.count != Int(PMLL_AUDIT_LINE_MAX) { session.line = [UInt8](repeating: 0, count: Int(PMLL_AUDIT_LINE_MAX)) }
         var hash = [UInt8](repeating: 0, count: 32)
-        var line = [UInt8](repeating: 0, count: Int(PMLL_AUDIT_LINE_MAX))
         var drainedCount = 0
         let now = Clock.realtimeNanoseconds
         while true {
-            guard appendLine(seq, end: end, now: now, previous: head, hash: &hash, scratch: &line, to: &out) else { break }
+            guard appendLine(seq, end: end, now: now, previous: head, hash: &hash, scratch: &session.line, to: &session.out) else { break }
             swap(&head, &hash)
             seq += 1
             drainedCount += 1
-            if file.size + out.count >= fileBytes || out.count >= Self.chunkBytes {
-                try append(out, to: &file)
-                out.removeAll(keepingCapacity: true)
+            if file.size + session.out.count >= fileBytes || session.out.count >= Self.chunkBytes {
+                try append(session.out, to: &file)
+                session.out.removeAll(keepingCapacity: true)
                 try publish(seq: seq, head: head, file: fileIndex)
                 if file.size >= fileBytes {
                     close(file.fd)
@@ -114,14 +132,16 @@ package struct AuditDrain {
                 }
             }
         }
-        if !out.isEmpty {
-            try append(out, to: &file)
+        if !session.out.isEmpty {
+            try append(session.out, to: &file)
+            session.out.removeAll(keepingCapacity: true)
             try publish(seq: seq, head: head, file: fileIndex)
         }
         if isAlive == nil {
             // Nobody else is attached: nothing is outstanding any more.
-            pmll_store64_release(pmll_audit_next_seq(h), seq)
+            pmll_store64_release(pmll_audit_next_seq(ring.header), seq)
         }
+        finished = true
         return drainedCount
     }
 
@@ -251,17 +271,15 @@ package struct AuditDrain {
         }
     }
 
-    private struct OpenFile { var fd: Int32; var size: Int; let path: String }
-
     /// Opens file `index` for appending; a new one (or one left with only part of its header
     /// by a killed drainer) starts with its header line, made durable with its directory entry.
-    private func openFile(_ index: UInt64, previousSeq: UInt64, previousHash: [UInt8], create: Bool) throws(PMLLError) -> OpenFile {
+    private func openFile(_ index: UInt64, previousSeq: UInt64, previousHash: [UInt8], create: Bool) throws(PMLLError) -> AuditOpenFile {
         let path = directory + "/" + AuditLine.fileName(index)
         let fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | (create ? O_TRUNC : 0), fileMode)
         guard fd >= 0 else { throw SystemCall.fileError(.current, path: path, operation: "open the audit file") }
         var st = stat()
         fstat(fd, &st)
-        var file = OpenFile(fd: fd, size: Int(st.st_size), path: path)
+        var file = AuditOpenFile(fd: fd, size: Int(st.st_size), path: path)
         if file.size == 0 {
             if groupShared { shareWithPoolGroup(path: path, fd: fd, mode: 0o660) }
             do throws(PMLLError) {
@@ -278,7 +296,7 @@ package struct AuditDrain {
 
     /// The last record the file holds (number and hash); a torn last line (a drainer killed
     /// mid-write) is cut off first.
-    private func reconcile(_ file: OpenFile) throws(PMLLError) -> (UInt64, [UInt8])? {
+    private func reconcile(_ file: AuditOpenFile) throws(PMLLError) -> (UInt64, [UInt8])? {
         let tail = min(file.size, 16 << 10)   // a line is at most about 3 KiB
         var bytes = [UInt8](repeating: 0, count: tail)
         let got = bytes.withUnsafeMutableBytes { pread(file.fd, $0.baseAddress, tail, off_t(file.size - tail)) }
@@ -296,7 +314,7 @@ package struct AuditDrain {
         return (UInt64(seq), hash)
     }
 
-    private func append(_ bytes: [UInt8], to file: inout OpenFile) throws(PMLLError) {
+    private func append(_ bytes: [UInt8], to file: inout AuditOpenFile) throws(PMLLError) {
         var done = 0
         while done < bytes.count {
             let n = bytes.withUnsafeBytes { write(file.fd, $0.baseAddress! + done, bytes.count - done) }

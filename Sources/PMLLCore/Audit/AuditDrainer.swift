@@ -105,7 +105,7 @@ package final class AuditDrainer: @unchecked Sendable {
             var moved = 0, busy = drain.ring.drainingElsewhere
             if drain.ring.backlog > 0 && !busy {
                 do {
-                    moved = try gate.run(wait: false) { () throws(PMLLError) in try drain.drain(until: 0) } ?? 0
+                    moved = try gate.run(wait: false) { (session) throws(PMLLError) in try drain.drain(until: 0, session: &session) } ?? 0
                     // Nothing moved: taken elsewhere only if another drainer's hint says so
                     // (else the backlog is records still being written: wait as usual).
                     busy = moved == 0 && drain.ring.drainingElsewhere
@@ -146,14 +146,15 @@ package final class AuditDrainer: @unchecked Sendable {
 }
 
 /// One drainer among a process's threads for one pool (they share its descriptor, so the
-/// AUDIT byte lock does not exclude them from each other).
+/// AUDIT byte lock does not exclude them from each other), and what its drains keep between
+/// them (``AuditDrainSession``).
 package final class AuditGate: Sendable {
-    private let mutex = Mutex<Void>(())
+    private let mutex = Mutex<AuditDrainSession>(AuditDrainSession())
     package init() {}
 
     /// nil: another thread drains (and `wait` is false).
-    package func run(wait: Bool, _ body: () throws(PMLLError) -> Int?) throws(PMLLError) -> Int? {
-        if wait { return try mutex.withLock { _ throws(PMLLError) in try body() } }
-        return try mutex.withLockIfAvailable { _ throws(PMLLError) in try body() } ?? nil
+    package func run(wait: Bool, _ body: (inout AuditDrainSession) throws(PMLLError) -> Int?) throws(PMLLError) -> Int? {
+        if wait { return try mutex.withLock { (session) throws(PMLLError) in try body(&session) } }
+        return try mutex.withLockIfAvailable { (session) throws(PMLLError) in try body(&session) } ?? nil
     }
 }

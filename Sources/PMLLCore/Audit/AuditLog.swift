@@ -112,7 +112,7 @@ extension Pool {
     @discardableResult
     package func auditDrain(until deadline: Int64) throws(PMLLError) -> Int? {
         guard let drain = makeAuditDrain() else { return 0 }
-        return try auditGate.run(wait: deadline > 0) { () throws(PMLLError) in try drain.drain(until: deadline) }
+        return try auditGate.run(wait: deadline > 0) { (session) throws(PMLLError) in try drain.drain(until: deadline, session: &session) }
     }
 
     private func makeAuditDrain() -> AuditDrain? {

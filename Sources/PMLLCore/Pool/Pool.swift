@@ -212,7 +212,8 @@ public final class Pool: Sendable {
                 // before anyone appends.
                 let drain = AuditDrain(ring: ring, poolPath: path, fd: fd.rawValue, persistence: memory.persistence, isAlive: nil,
                                        fileBytes: options.auditFileBytes, groupShared: memory.header.pointee.flags & PMLL_POOL_FLAG_GROUP_SHARED != 0)
-                do { try drain.drain(until: .max) } catch {
+                var session = AuditDrainSession()
+                do { try drain.drain(until: .max, session: &session) } catch {
                     Self.logger.error("could not drain the audit ring", metadata: ["path": "\(path)", "error": "\(error)"])
                 }
                 ring.header.pointee.stall_seq = 0

@@ -1,0 +1,60 @@
+import CPMLL
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An audit file open for appending: its descriptor, its length as the drain knows it, and
+/// its path (for error messages).
+struct AuditOpenFile {
+    var fd: Int32
+    var size: Int
+    let path: String
+}
+
+/// What one process's drains keep from one drain to the next (under its ``AuditGate``): the
+/// audit file the last drain appended to, where it left the chain, and its buffers. While the
+/// process drains alone, a drain then opens, reads and parses nothing before its first line:
+/// with four processes committing on tmpfs, a drain moved about 100 records, and the directory,
+/// open, read of the file's last line and close of each drain cost more per record than the
+/// line's format.
+package struct AuditDrainSession: ~Copyable {
+    private var file: AuditOpenFile?
+    private var fileIndex: UInt64 = 0
+    private var seq: UInt64 = 0
+    private var head: [UInt8] = []
+    /// Reused by every drain of the session: the lines of a step, and one line.
+    var out: [UInt8] = []
+    var line: [UInt8] = []
+
+    package init() {}
+
+    deinit { if let file { close(file.fd) } }
+
+    /// The file the last drain of this session left, if nothing happened to the chain since:
+    /// the ring still says what that drain published (another process's drain moves `drained`
+    /// or the file index), and the file is as long as that drain left it (a drainer of another
+    /// process killed between its write and its publish leaves lines the ring does not count:
+    /// the full path finds them). Nil otherwise, the file closed.
+    mutating func resume(_ h: UnsafeMutablePointer<pmll_audit_ring_t>) -> (file: AuditOpenFile, fileIndex: UInt64, seq: UInt64, head: [UInt8])? {
+        guard let kept = file else { return nil }
+        file = nil
+        var st = stat()
+        let same = h.pointee.file_index == fileIndex && h.pointee.drained == seq
+            && withUnsafeBytes(of: h.pointee.head_hash, { $0.elementsEqual(head) })
+            && fstat(kept.fd, &st) == 0 && Int(st.st_size) == kept.size && st.st_nlink > 0
+        guard same else {
+            close(kept.fd)
+            return nil
+        }
+        return (kept, fileIndex, seq, head)
+    }
+
+    /// Keeps `file` open for the next drain, which continues at `seq` after `head`.
+    mutating func keep(_ file: AuditOpenFile, fileIndex: UInt64, seq: UInt64, head: [UInt8]) {
+        if let old = self.file, old.fd != file.fd { close(old.fd) }
+        self.file = file
+        self.fileIndex = fileIndex
+        self.seq = seq
+        self.head = head
+    }
+}
