@@ -29,9 +29,11 @@ let pmllLinkFlags = ["-static-stdlib", "-L\(Context.packageDirectory)/CSupport/S
 /// A binary with packed relocations needs a loader that knows them (glibc 2.36, Debian 12).
 var glibcHasRELR: Bool {
     #if canImport(Glibc)
-    var text = [CChar](repeating: 0, count: 64)   // "glibc 2.36"
-    guard confstr(Int32(_CS_GNU_LIBC_VERSION), &text, text.count) > 0 else { return false }
-    let parts = String(cString: text).split(separator: " ").last?.split(separator: ".").compactMap { Int($0) } ?? []
+    var text = [UInt8](repeating: 0, count: 64)   // "glibc 2.36"
+    let length = text.withUnsafeMutableBufferPointer { confstr(Int32(_CS_GNU_LIBC_VERSION), $0.baseAddress, $0.count) }
+    guard length > 0 else { return false }
+    let version = String(decoding: text.prefix { $0 != 0 }, as: UTF8.self)
+    let parts = version.split(separator: " ").last?.split(separator: ".").compactMap { Int($0) } ?? []
     return parts.count >= 2 && (parts[0], parts[1]) >= (2, 36)
     #else
     return false
