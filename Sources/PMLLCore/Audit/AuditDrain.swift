@@ -108,20 +108,18 @@ package struct AuditDrain {
             if finished { session.keep(file, fileIndex: fileIndex, seq: seq, head: head) } else if file.fd >= 0 { close(file.fd) }
         }
         let end = ring.nextSeq
-        session.out.removeAll(keepingCapacity: true)
-        session.out.reserveCapacity(Self.chunkBytes + Int(PMLL_AUDIT_LINE_MAX))
-        if session.line.count != Int(PMLL_AUDIT_LINE_MAX) { session.line = [UInt8](repeating: 0, count: Int(PMLL_AUDIT_LINE_MAX)) }
+        session.lines.removeAll()
         var hash = [UInt8](repeating: 0, count: 32)
         var drainedCount = 0
         let now = Clock.realtimeNanoseconds
         while true {
-            guard appendLine(seq, end: end, now: now, previous: head, hash: &hash, scratch: &session.line, to: &session.out) else { break }
+            guard appendLine(seq, end: end, now: now, previous: head, hash: &hash, to: &session.lines) else { break }
             swap(&head, &hash)
             seq += 1
             drainedCount += 1
-            if file.size + session.out.count >= fileBytes || session.out.count >= Self.chunkBytes {
-                try append(session.out, to: &file)
-                session.out.removeAll(keepingCapacity: true)
+            if file.size + session.lines.count >= fileBytes || session.lines.count >= Self.chunkBytes {
+                try append(session.lines.bytes, to: &file)
+                session.lines.removeAll()
                 try publish(seq: seq, head: head, file: fileIndex)
                 if file.size >= fileBytes {
                     close(file.fd)
@@ -132,9 +130,9 @@ package struct AuditDrain {
                 }
             }
         }
-        if !session.out.isEmpty {
-            try append(session.out, to: &file)
-            session.out.removeAll(keepingCapacity: true)
+        if !session.lines.isEmpty {
+            try append(session.lines.bytes, to: &file)
+            session.lines.removeAll()
             try publish(seq: seq, head: head, file: fileIndex)
         }
         if isAlive == nil {
@@ -149,34 +147,33 @@ package struct AuditDrain {
     /// `previous`, to `out`, and its hash to `hash`; false to stop here (its writer is still
     /// at work, or nothing more was appended).
     private func appendLine(_ seq: UInt64, end: UInt64, now: Int64, previous: [UInt8], hash: inout [UInt8],
-                            scratch: inout [UInt8], to out: inout [UInt8]) -> Bool {
+                            to out: inout AuditLineBuffer) -> Bool {
         let s = ring.slot(seq)
         // Past `end`, only a volatile reset looks (at slots a power loss may have kept while
         // losing the counter); otherwise a slot there is a record whose writer is still at work.
         if (seq < end || isAlive == nil) && ring.isComplete(seq) {
             let event = AuditEvent(rawValue: s.pointee.event)?.staticName ?? "unknown"
             let outcome = AuditOutcome(rawValue: s.pointee.outcome)?.staticName ?? "unknown"
-            let length = scratch.withUnsafeMutableBytes { line in
-                hash.withUnsafeMutableBufferPointer { h in
-                    previous.withUnsafeBufferPointer { p in
-                        event.withUTF8Buffer { e in
-                            outcome.withUTF8Buffer { o in
-                                pmll_audit_format_line(line.baseAddress!.assumingMemoryBound(to: CChar.self), s, seq,
-                                                       UnsafeRawPointer(e.baseAddress!).assumingMemoryBound(to: CChar.self), e.count,
-                                                       UnsafeRawPointer(o.baseAddress!).assumingMemoryBound(to: CChar.self), o.count,
-                                                       p.baseAddress!, h.baseAddress!, ring.binaryNumbers ? 1 : 0)
-                            }
+            let line = out.next
+            let length = hash.withUnsafeMutableBufferPointer { h in
+                previous.withUnsafeBufferPointer { p in
+                    event.withUTF8Buffer { e in
+                        outcome.withUTF8Buffer { o in
+                            pmll_audit_format_line(line, s, seq,
+                                                   UnsafeRawPointer(e.baseAddress!).assumingMemoryBound(to: CChar.self), e.count,
+                                                   UnsafeRawPointer(o.baseAddress!).assumingMemoryBound(to: CChar.self), o.count,
+                                                   p.baseAddress!, h.baseAddress!, ring.binaryNumbers ? 1 : 0)
                         }
                     }
                 }
             }
-            out.append(contentsOf: scratch[..<length])
+            out.added(length)
             return true
         }
         guard let body = gapBody(seq, end: end, now: now) else { return false }
         hash = AuditLine.chain(previous: previous, body: body)
-        out += body
-        out += AuditLine.hashTail(hash)
+        out.append(body)
+        out.append(AuditLine.hashTail(hash))
         return true
     }
 
@@ -315,9 +312,17 @@ package struct AuditDrain {
     }
 
     private func append(_ bytes: [UInt8], to file: inout AuditOpenFile) throws(PMLLError) {
+        let failure = bytes.withUnsafeBytes { raw -> PMLLError? in
+            do throws(PMLLError) { try append(raw, to: &file) } catch { return error }
+            return nil
+        }
+        if let failure { throw failure }
+    }
+
+    private func append(_ bytes: UnsafeRawBufferPointer, to file: inout AuditOpenFile) throws(PMLLError) {
         var done = 0
         while done < bytes.count {
-            let n = bytes.withUnsafeBytes { write(file.fd, $0.baseAddress! + done, bytes.count - done) }
+            let n = write(file.fd, bytes.baseAddress! + done, bytes.count - done)
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else { throw SystemCall.fileError(.current, path: file.path, operation: "write the audit file") }
             done += n

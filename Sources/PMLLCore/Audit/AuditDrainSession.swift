@@ -22,9 +22,8 @@ package struct AuditDrainSession: ~Copyable {
     private var fileIndex: UInt64 = 0
     private var seq: UInt64 = 0
     private var head: [UInt8] = []
-    /// Reused by every drain of the session: the lines of a step, and one line.
-    var out: [UInt8] = []
-    var line: [UInt8] = []
+    /// The lines of a drain's step, formatted in place; reused by every drain of the session.
+    var lines = AuditLineBuffer()
 
     package init() {}
 
@@ -57,4 +56,41 @@ package struct AuditDrainSession: ~Copyable {
         self.seq = seq
         self.head = head
     }
+}
+
+/// Lines waiting to be written: a drain formats each record straight into it (no copy of each
+/// line from a scratch buffer, no array bookkeeping per record) and writes it out a step at a
+/// time. Room for a step and one more line of any length.
+struct AuditLineBuffer: ~Copyable {
+    private let base: UnsafeMutableRawPointer
+    private let capacity: Int
+    private(set) var count = 0
+
+    init() {
+        capacity = AuditDrain.chunkBytes + 2 * Int(PMLL_AUDIT_LINE_MAX)
+        base = .allocate(byteCount: capacity, alignment: 64)
+    }
+
+    deinit { base.deallocate() }
+
+    var isEmpty: Bool { count == 0 }
+    var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
+
+    /// Where the next line goes: room for PMLL_AUDIT_LINE_MAX bytes, counted once `added` says
+    /// how many were written. A step is written out before it reaches `AuditDrain.chunkBytes`,
+    /// so the room is always there.
+    var next: UnsafeMutablePointer<CChar> {
+        precondition(count + Int(PMLL_AUDIT_LINE_MAX) <= capacity, "an audit step outgrew its buffer")
+        return (base + count).assumingMemoryBound(to: CChar.self)
+    }
+
+    mutating func added(_ length: Int) { count += length }
+
+    mutating func append(_ line: [UInt8]) {
+        precondition(count + line.count <= capacity, "an audit step outgrew its buffer")
+        line.withUnsafeBytes { (base + count).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        count += line.count
+    }
+
+    mutating func removeAll() { count = 0 }
 }
