@@ -400,6 +400,25 @@ import Glibc
         #expect(withUnsafeBytes(of: kind) { field in written { $0.add(cString: field.baseAddress!, capacity: 4) } } == Array("k\u{FFFD}n".utf8))
     }
 
+    /// Drains of many long records: a drain writes its lines 64 KiB at a time from one buffer
+    /// (AuditLineBuffer) and rotates files mid-drain; every record arrives once, in order,
+    /// byte for byte, and the chain verifies.
+    @Test func longDrainsWriteEveryRecordOnceAcrossStepsAndFiles() throws {
+        let scratch = Scratch()
+        var options = PoolOptions()
+        options.auditFileBytes = 300_000   // about 400 lines a file: a dozen files, rotated mid-drain
+        let pool = try Pool.open(path: scratch.file("long.pool"), options: options)
+        let count = 5_000
+        for i in 0..<count {
+            pool.audit(.commit) { $0.add("long "); $0.add(UInt64(i)); $0.add(" " + String(repeating: "\u{e9}x\\\"", count: 80)) }
+        }
+        let verified = try pool.verifyAuditLog()
+        #expect(verified.problem == nil, "\(verified)")
+        #expect(verified.files >= 5, "\(verified)")
+        let records = try pool.auditRecords().filter { $0.object.hasPrefix("long ") }
+        #expect(records.map(\.object) == (0..<count).map { "long \($0) " + String(repeating: "\u{e9}x\\\"", count: 80) })
+    }
+
     /// The drainer thread naps between drains only while records come fast: once they stop it
     /// sleeps until kicked (woken by its 100 ms timeout, about 5 times in half a second; a nap
     /// that never ended would wake it about 2,500 times).
