@@ -205,6 +205,23 @@ struct AuditTests {
         #expect(try Self.verify(path).status == 0)
     }
 
+    /// A file moved away while a process keeps it open for its drains: the next drain writes
+    /// where the pool's files belong, as a drain that opens the path would, not into the moved file.
+    @Test func aDrainKeptOpenFollowsTheFilesPathNotAMovedFile() throws {
+        let scratch = Scratch()
+        let path = scratch.file("m.pool")
+        let pool = try Pool.open(path: path)
+        try pool.transaction { tx in try tx.set("a", "1") }
+        #expect(try pool.drainAuditLog() >= 1)
+        let file = path + ".audit/000001.log", moved = scratch.file("moved.log")
+        #expect(rename(file, moved) == 0)
+        try pool.transaction { tx in try tx.set("b", "2") }
+        #expect(try pool.drainAuditLog() >= 1)
+        let kept = try String(contentsOfFile: file, encoding: .utf8)
+        #expect(kept.contains("keys: b") && !kept.contains("keys: a"), "\(kept)")
+        #expect(!(try String(contentsOfFile: moved, encoding: .utf8)).contains("keys: b"))
+    }
+
     /// A drainer stopped (SIGSTOP) while it holds the drain: another process still closes the
     /// pool at once, leaving its records in the ring; an explicit drain gives up with a
     /// timeout instead of waiting for as long as the drainer stays stopped; once it runs

@@ -31,16 +31,19 @@ package struct AuditDrainSession: ~Copyable {
 
     /// The file the last drain of this session left, if nothing happened to the chain since:
     /// the ring still says what that drain published (another process's drain moves `drained`
-    /// or the file index), and the file is as long as that drain left it (a drainer of another
+    /// or the file index), the file is as long as that drain left it (a drainer of another
     /// process killed between its write and its publish leaves lines the ring does not count:
-    /// the full path finds them). Nil otherwise, the file closed.
+    /// the full path finds them), and its path still names it (a file someone moved or removed
+    /// is replaced where the pool's files belong, as a drain that opens the path does).
+    /// Nil otherwise, the file closed.
     mutating func resume(_ h: UnsafeMutablePointer<pmll_audit_ring_t>) -> (file: AuditOpenFile, fileIndex: UInt64, seq: UInt64, head: [UInt8])? {
         guard let kept = file else { return nil }
         file = nil
-        var st = stat()
+        var open = stat(), named = stat()
         let same = h.pointee.file_index == fileIndex && h.pointee.drained == seq
             && withUnsafeBytes(of: h.pointee.head_hash, { $0.elementsEqual(head) })
-            && fstat(kept.fd, &st) == 0 && Int(st.st_size) == kept.size && st.st_nlink > 0
+            && fstat(kept.fd, &open) == 0 && Int(open.st_size) == kept.size
+            && stat(kept.path, &named) == 0 && named.st_ino == open.st_ino && named.st_dev == open.st_dev
         guard same else {
             close(kept.fd)
             return nil
