@@ -17,6 +17,17 @@ struct AuditTests {
         try run(Binaries.pmll, ["audit", "verify", "--pool", pool] + extra)
     }
 
+    /// The log numbers its records 1, 2, ... without a hole, holds one commit record for each
+    /// of `keys`, and verifies.
+    static func expectEachCommitOnce(_ pool: String, keys: [String]) throws {
+        let records = try events(pool)
+        #expect(records.compactMap { $0["seq"] as? Int } == Array(1...records.count), "\(records)")
+        for key in keys {
+            #expect(records.filter { ($0["object"] as? String ?? "").contains("keys: \(key)") }.count == 1, "\(key): \(records)")
+        }
+        #expect(try verify(pool).status == 0)
+    }
+
     @Test func everyKindOfEventIsRecordedByRealProcesses() throws {
         let scratch = Scratch()
         let pool = scratch.file("a.pool"), tree = scratch.file("tree"), batch = scratch.file("batch.json")
@@ -177,10 +188,7 @@ struct AuditTests {
         let killed = try run(Binaries.pmll, ["state", "set", "--pool", pool, "b=2"], environment: ["PMLL_CRASH_AT": "audit.written"])
         #expect(killed.status == 137)
         #expect(try run(Binaries.pmll, ["state", "set", "--pool", pool, "c=3"]).status == 0)
-        let records = try Self.events(pool)
-        #expect(records.compactMap { $0["seq"] as? Int } == Array(1...records.count))
-        #expect(records.filter { ($0["object"] as? String ?? "").contains("keys: b") }.count == 1, "\(records)")
-        #expect(try Self.verify(pool).status == 0)
+        try Self.expectEachCommitOnce(pool, keys: ["a", "b", "c"])
     }
 
     /// A process's drains keep the audit file open from one to the next (AuditDrainSession);
@@ -197,12 +205,7 @@ struct AuditTests {
         #expect(killed.status == 137)
         try pool.transaction { tx in try tx.set("c", "3") }
         #expect(try pool.drainAuditLog() >= 1)
-        let records = try Self.events(path)
-        #expect(records.compactMap { $0["seq"] as? Int } == Array(1...records.count), "\(records)")
-        for key in ["a", "b", "c"] {
-            #expect(records.filter { ($0["object"] as? String ?? "").contains("keys: \(key)") }.count == 1, "\(key): \(records)")
-        }
-        #expect(try Self.verify(path).status == 0)
+        try Self.expectEachCommitOnce(path, keys: ["a", "b", "c"])
     }
 
     /// A file moved away while a process keeps it open for its drains: the next drain writes
@@ -242,12 +245,7 @@ struct AuditTests {
 
         stopped.kill(SIGCONT)
         #expect(stopped.wait() == 0)
-        let records = try Self.events(pool)
-        #expect(records.compactMap { $0["seq"] as? Int } == Array(1...records.count))
-        for key in ["a", "b", "c"] {
-            #expect(records.filter { ($0["object"] as? String ?? "").contains("keys: \(key)") }.count == 1, "\(key): \(records)")
-        }
-        #expect(try Self.verify(pool).status == 0)
+        try Self.expectEachCommitOnce(pool, keys: ["a", "b", "c"])
     }
 
     /// Behind a drainer stopped while it holds the drain, the ring fills; a process that keeps
