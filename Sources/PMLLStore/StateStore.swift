@@ -134,8 +134,14 @@ package final class StateStore: @unchecked Sendable {
 
     /// The slot holding `key`, and the first reusable slot on its probe chain.
     package func find(_ key: [UInt8]) throws(PMLLError) -> (found: UInt32?, free: UInt32?) {
+        try find(key, in: view)
+    }
+
+    /// ``find(_:)`` in `view` (a point read takes the view once: each `view` is a mutex and a
+    /// retain).
+    package func find(_ key: [UInt8], in view: StoreView) throws(PMLLError) -> (found: UInt32?, free: UInt32?) {
         let hash = key.withUnsafeBytes { pmll_crc32c(0, $0.baseAddress, $0.count) }
-        let view = self.view, capacity = view.capacity
+        let capacity = view.capacity
         var free: UInt32?
         for probe in 0..<capacity {
             let i = (hash &+ probe) % capacity
@@ -160,7 +166,12 @@ package final class StateStore: @unchecked Sendable {
     /// The record bytes in the mapping (no copy), checked against its checksum. Valid while
     /// the store lock is held.
     package func recordInPlace(_ i: UInt32) throws(PMLLError) -> UnsafeRawBufferPointer {
-        let s = slot(i)
+        try recordInPlace(i, in: view)
+    }
+
+    /// ``recordInPlace(_:)`` in `view`.
+    package func recordInPlace(_ i: UInt32, in view: StoreView) throws(PMLLError) -> UnsafeRawBufferPointer {
+        let s = view.slot(i)
         let length = Int(s.pointee.key_length) + Int(s.pointee.value_length)
         guard s.pointee.key_length <= PMLL_KEY_MAX, s.pointee.value_length <= PMLL_VALUE_MAX else {
             throw .corruptRecord(key: "#\(i)", reason: "impossible lengths")
@@ -170,7 +181,6 @@ package final class StateStore: @unchecked Sendable {
             guard length <= Int(PMLL_INLINE_MAX) else { throw .corruptRecord(key: "#\(i)", reason: "inline record too long") }
             bytes = UnsafeRawBufferPointer(start: UnsafeRawPointer(s) + MemoryLayout<pmll_key_slot_t>.offset(of: \.inline_data)!, count: length)
         } else {
-            let view = self.view
             guard view.extentExists(first: Int(s.pointee.first_block), count: Int(s.pointee.block_count)),
                   Int(s.pointee.block_count) * Int(PMLL_BLOCK_SIZE) >= length else {
                 throw .corruptRecord(key: "#\(i)", reason: "extent out of range")

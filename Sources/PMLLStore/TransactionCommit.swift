@@ -119,9 +119,10 @@ extension Pool {
         // any commit it overlapped moves the sequence it compares against).
         let (value, version) = try readConsistently(key: bytes, sharedSafe: reads?.scans.isEmpty ?? true) { () throws(PMLLError) -> ([UInt8]?, UInt64) in
             try reads?.revalidate(store, pool: self)
-            guard let i = try store.find(bytes).found else { return (nil, 0) }
-            let value = Array(UnsafeRawBufferPointer(rebasing: try store.recordInPlace(i)[bytes.count...]))
-            return (value, store.slot(i).pointee.version)
+            let view = store.view
+            guard let i = try store.find(bytes, in: view).found else { return (nil, 0) }
+            let value = Array(UnsafeRawBufferPointer(rebasing: try store.recordInPlace(i, in: view)[bytes.count...]))
+            return (value, view.slot(i).pointee.version)
         }
         reads?.record(key, version: version)
         return value

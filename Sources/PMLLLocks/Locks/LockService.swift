@@ -9,8 +9,11 @@ package final class LockService: Sendable {
 
     init(_ pool: Pool) {
         let memory = pool.memory
-        table = LockTable(memory: memory, fd: pool.fd, path: pool.path) { [weak pool] k throws(PMLLError) in
-            guard let pool else { throw .poolFull(table: "lock", capacity: Int(memory.lockExtents.known)) }
+        // Unowned, not weak: the table lives in the pool's services and grows only through the
+        // pool's own methods. A weak reference would give the pool a side table, and from then
+        // on every retain and release of it takes the runtime's slow path (a point read paid
+        // 0.2 us of its 0.9 for that: Docs/Benchmarks.md, "Point reads without a side table").
+        table = LockTable(memory: memory, fd: pool.fd, path: pool.path) { [unowned pool] k throws(PMLLError) in
             try pool.extendTable(memory.lockExtents, k, name: "lock")
         }
     }
