@@ -52,21 +52,23 @@ extension Pool {
     /// ``withStoreLock(_:)``; without `waiting`, nil at once if another holds the lock.
     package func withStoreLock<R>(waiting: Bool, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R? {
         let index = try storeLock()
+        // Once: `store` is a service lookup and a retain, and the check below runs per log.
+        let store = self.store
         let taken: Taken
         if waiting {
             taken = try acquire(index: index, deadline: .max, cancellation: nil)
         } else {
-            guard let fast = acquireFast(memory.lock(index)) else { return nil }
+            guard let fast = acquireFast(try storeLockEntry()) else { return nil }
             // Owning the word keeps new readers out, but those already in (parallel commits
             // and reads) are not waited for here.
             if pmll_lock_readers_present(fast.entry) != 0 {
-                release(index: index)
+                release(entry: fast.entry)
                 return nil
             }
             taken = fast
         }
         var inconsistent = false
-        defer { release(index: index, inconsistent: inconsistent) }
+        defer { release(entry: taken.entry, inconsistent: inconsistent) }
         // Every commit and growth runs under this lock: a log still pending now was left by a
         // process that died inside one (whether or not this acquisition was told of a death:
         // the lock may have been taken over since, or the pool's volatile state reset).

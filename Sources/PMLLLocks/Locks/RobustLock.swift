@@ -45,6 +45,14 @@ extension Pool {
         releaseSlow(entry: entry, inconsistent: inconsistent)
     }
 
+    /// ``release(index:inconsistent:)`` when the caller has the entry (a point read of the store
+    /// keeps it: finding it again reads `memory`, a struct of several references).
+    @inlinable @inline(__always)
+    package func release(entry: UnsafeMutablePointer<pmll_lock_entry_t>, inconsistent: Bool = false) {
+        if !inconsistent && pmll_lock_release_fast(entry, token.rawValue) != 0 { return }
+        releaseSlow(entry: entry, inconsistent: inconsistent)
+    }
+
     @usableFromInline @inline(never)
     func acquireSlow(entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: LockIndex, deadline: Int64, cancellation: Cancellation?) throws(PMLLError) -> Taken {
         cancellation?.waitBegins()
