@@ -40,9 +40,7 @@ extension Pool {
 
     @inlinable @inline(__always)
     package func release(index: LockIndex, inconsistent: Bool = false) {
-        let entry = memory.lock(index)
-        if !inconsistent && pmll_lock_release_fast(entry, token.rawValue) != 0 { return }
-        releaseSlow(entry: entry, inconsistent: inconsistent)
+        release(entry: memory.lock(index), inconsistent: inconsistent)
     }
 
     /// ``release(index:inconsistent:)`` when the caller has the entry (a point read of the store
