@@ -14,10 +14,17 @@ static uint64_t mix(uint64_t h, uint64_t v) {
 
 #define FIELD(T, f) offsetof(T, f), sizeof(((T *)0)->f)
 
-uint64_t pmll_layout_signature(void) {
+uint64_t pmll_layout_signature(void) { return pmll_layout_signature_of_store(PMLL_STORE_VERSION); }
+
+// The key slot enters as its width and its fields, the inline record last: for a version 1
+// store these are the facts builds before version 2 folded in (a 128-byte struct whose last
+// field, 88 bytes at offset 40, was the inline record), so their pools keep their signature.
+uint64_t pmll_layout_signature_of_store(uint32_t store_version) {
+    const uint64_t width = pmll_key_slot_width(store_version);
+    if (width == 0) return 0;
     const uint64_t facts[] = {
-        PMLL_FORMAT_VERSION, PMLL_HEADER_SIZE, PMLL_STORE_VERSION, PMLL_BLOCK_SIZE, PMLL_LOG_SLOT_SIZE,
-        PMLL_INLINE_MAX, PMLL_PAYLOAD_MAX, PMLL_HISTOGRAM_BUCKETS, PMLL_WAIT_LEDGER,
+        PMLL_FORMAT_VERSION, PMLL_HEADER_SIZE, store_version, PMLL_BLOCK_SIZE, PMLL_LOG_SLOT_SIZE,
+        width - PMLL_KEY_SLOT_HEAD, PMLL_PAYLOAD_MAX, PMLL_HISTOGRAM_BUCKETS, PMLL_WAIT_LEDGER,
         sizeof(pmll_header_t), FIELD(pmll_header_t, format_version), FIELD(pmll_header_t, pool_size),
         FIELD(pmll_header_t, flags), FIELD(pmll_header_t, process_capacity), FIELD(pmll_header_t, lock_capacity),
         FIELD(pmll_header_t, process_table), FIELD(pmll_header_t, lock_table), FIELD(pmll_header_t, heap),
@@ -40,8 +47,8 @@ uint64_t pmll_layout_signature(void) {
         FIELD(pmll_record_t, checksum), FIELD(pmll_record_t, kind), FIELD(pmll_record_t, error), FIELD(pmll_record_t, payload),
         sizeof(pmll_store_super_t), FIELD(pmll_store_super_t, key_capacity), FIELD(pmll_store_super_t, block_count),
         FIELD(pmll_store_super_t, index_offset), FIELD(pmll_store_super_t, blocks_offset), FIELD(pmll_store_super_t, checksum),
-        sizeof(pmll_key_slot_t), FIELD(pmll_key_slot_t, key_hash), FIELD(pmll_key_slot_t, first_block),
-        FIELD(pmll_key_slot_t, checksum), FIELD(pmll_key_slot_t, version), FIELD(pmll_key_slot_t, inline_data),
+        width, FIELD(pmll_key_slot_t, key_hash), FIELD(pmll_key_slot_t, first_block),
+        FIELD(pmll_key_slot_t, checksum), FIELD(pmll_key_slot_t, version), PMLL_KEY_SLOT_HEAD, width - PMLL_KEY_SLOT_HEAD,
         sizeof(pmll_log_header_t), FIELD(pmll_log_header_t, done_seq), FIELD(pmll_log_header_t, seq),
         FIELD(pmll_log_header_t, entry_count), FIELD(pmll_log_header_t, checksum),
         sizeof(pmll_log_entry_t), FIELD(pmll_log_entry_t, offset), FIELD(pmll_log_entry_t, length),

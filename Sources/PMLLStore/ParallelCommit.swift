@@ -87,8 +87,9 @@ extension Pool {
         guard writes.count <= Self.parallelWritesMax, Int(slot.rawValue) < store.layout.logSlots, reads?.scans.isEmpty ?? true else { return .exclusive }
         // Sizes first, without building anything: most commits that cannot take this path
         // (a value in blocks, a removal) are told so here.
+        let inlineMax = store.layout.inlineMax
         for (key, value) in writes {
-            guard let value, key.utf8.count + value.count <= Int(PMLL_INLINE_MAX), !key.utf8.starts(with: Self.objectPrefixBytes) else { return .exclusive }
+            guard let value, key.utf8.count + value.count <= inlineMax, !key.utf8.starts(with: Self.objectPrefixBytes) else { return .exclusive }
         }
         let keys = writes.map { Array($0.key.utf8) }, values = writes.map { $0.value! }
         let stripes = try storeStripes()
@@ -142,7 +143,7 @@ extension Pool {
         guard slots.allSatisfy({ view.slot($0).pointee.block_count == 0 }) else { return .exclusive }
 
         let version = (try reads?.revalidate(store, pool: self) ?? store.commitSequence) &+ 1
-        let slotSize = MemoryLayout<pmll_key_slot_t>.size
+        let slotSize = view.slotWidth
         let ranges = slots.map { (offset: store.offset(of: view.slot($0)), length: slotSize) }
         let header = try writeUndoLog(store, ranges: ranges, keys: slots.count)
         logged = true
@@ -150,14 +151,13 @@ extension Pool {
 
         // In place: the state, the key and its hash stay as they are, so that a commit probing
         // past this slot for another key (under another stripe) reads the same chain.
-        let inline = MemoryLayout<pmll_key_slot_t>.offset(of: \.inline_data)!
         for (n, i) in slots.enumerated() {
             let s = view.slot(i)
-            let data = UnsafeMutableRawPointer(s) + inline
+            let data = StateStore.inlineRecord(s)
             let key = keys[n], value = values[n]
             value.withUnsafeBytes { data.advanced(by: key.count).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
             let end = key.count + value.count
-            (data + end).initializeMemory(as: UInt8.self, repeating: 0, count: Int(PMLL_INLINE_MAX) - end)
+            (data + end).initializeMemory(as: UInt8.self, repeating: 0, count: view.inlineMax - end)
             s.pointee.value_length = UInt32(value.count)
             s.pointee.version = version
             s.pointee.checksum = StateStore.checksum(s, record: UnsafeRawBufferPointer(start: data, count: end))

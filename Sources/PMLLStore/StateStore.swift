@@ -178,8 +178,8 @@ package final class StateStore: @unchecked Sendable {
         }
         let bytes: UnsafeRawBufferPointer
         if s.pointee.block_count == 0 {
-            guard length <= Int(PMLL_INLINE_MAX) else { throw .corruptRecord(key: "#\(i)", reason: "inline record too long") }
-            bytes = UnsafeRawBufferPointer(start: UnsafeRawPointer(s) + MemoryLayout<pmll_key_slot_t>.offset(of: \.inline_data)!, count: length)
+            guard length <= view.inlineMax else { throw .corruptRecord(key: "#\(i)", reason: "inline record too long") }
+            bytes = UnsafeRawBufferPointer(start: Self.inlineRecord(s), count: length)
         } else {
             guard view.extentExists(first: Int(s.pointee.first_block), count: Int(s.pointee.block_count)),
                   Int(s.pointee.block_count) * Int(PMLL_BLOCK_SIZE) >= length else {
@@ -198,8 +198,8 @@ package final class StateStore: @unchecked Sendable {
     private func storedKeyEquals(_ view: StoreView, _ i: UInt32, _ key: [UInt8]) -> Bool {
         let s = view.slot(i)
         if s.pointee.block_count == 0 {
-            guard key.count <= Int(PMLL_INLINE_MAX) else { return false }
-            return withUnsafeBytes(of: s.pointee.inline_data) { $0.prefix(key.count).elementsEqual(key) }
+            guard key.count <= view.inlineMax else { return false }
+            return UnsafeRawBufferPointer(start: Self.inlineRecord(s), count: key.count).elementsEqual(key)
         }
         guard view.extentExists(first: Int(s.pointee.first_block), count: Int(s.pointee.block_count)),
               Int(s.pointee.block_count) * Int(PMLL_BLOCK_SIZE) >= key.count else { return false }
@@ -208,6 +208,12 @@ package final class StateStore: @unchecked Sendable {
 
     package func key(of i: UInt32) throws(PMLLError) -> [UInt8] {
         Array(try record(i).prefix(Int(slot(i).pointee.key_length)))
+    }
+
+    /// Where a slot's inline record (key, then value) starts: right after the slot's head.
+    @inline(__always)
+    package static func inlineRecord(_ s: UnsafeMutablePointer<pmll_key_slot_t>) -> UnsafeMutableRawPointer {
+        UnsafeMutableRawPointer(s) + Int(PMLL_KEY_SLOT_HEAD)
     }
 
     package static func checksum(_ s: UnsafeMutablePointer<pmll_key_slot_t>, record: [UInt8]) -> UInt32 {
@@ -227,7 +233,7 @@ package final class StateStore: @unchecked Sendable {
         let view = self.view
         // The census when it is intact: counting the slots reads the whole index (256 MiB at
         // a million keys) for every `pmll status`.
-        return StoreUsage(keysUsed: Int(censusCount ?? countUsedSlots()), keyCapacity: Int(view.capacity), blocksUsed: view.blocksUsed(), blockCount: view.blockCount,
+        return StoreUsage(keysUsed: Int(censusCount ?? countUsedSlots()), keyCapacity: Int(view.capacity), keySlotBytes: view.slotWidth, blocksUsed: view.blocksUsed(), blockCount: view.blockCount,
                           blockSize: Int(PMLL_BLOCK_SIZE), logSlots: layout.logSlots,
                           fileBytes: try memory.mapping.fileSize(), sizeLimit: memory.layout.sizeLimit, createdBytes: memory.layout.heap.upperBound,
                           areas: view.areas.count, freeAreaBytes: view.areas.filter { $0.kind == PMLL_AREA_FREE }.reduce(0) { $0 + Int($1.size) },
@@ -239,6 +245,9 @@ package final class StateStore: @unchecked Sendable {
 public struct StoreUsage: Codable, Sendable, Equatable {
     public let keysUsed: Int
     public let keyCapacity: Int
+    /// Bytes per key slot: 256 (records of up to 216 bytes kept in the slot), or 128 (88) in a
+    /// pool created before 2026-12-05.
+    public let keySlotBytes: Int
     public let blocksUsed: Int
     public let blockCount: Int
     public let blockSize: Int

@@ -51,18 +51,20 @@ extension Pool {
     /// Moves the key index into a new area of `capacity` slots.
     func growIndex(_ store: StateStore, capacity: Int) throws(PMLLError) {
         let old = try store.refresh()
-        let size = PoolLayout.roundUp(capacity * MemoryLayout<pmll_key_slot_t>.size)
+        let width = old.slotWidth
+        let size = PoolLayout.roundUp(capacity * width)
         let place = try placeArea(store, old, size: size)
         let area = memory.base + place.offset
         // A reused area, or one a crashed growth began to fill, holds old bytes.
         area.initializeMemory(as: UInt8.self, repeating: 0, count: place.size)
-        let slots = area.assumingMemoryBound(to: pmll_key_slot_t.self), count = UInt32(capacity)
+        let count = UInt32(capacity)
+        func slot(_ i: UInt32) -> UnsafeMutablePointer<pmll_key_slot_t> { (area + Int(i) * width).assumingMemoryBound(to: pmll_key_slot_t.self) }
         for i in 0..<old.capacity {
             let s = old.slot(i)
             guard s.pointee.state == PMLL_KEY_USED else { continue }
             var probe: UInt32 = 0
-            while slots[Int((s.pointee.key_hash &+ probe) % count)].state != PMLL_KEY_EMPTY { probe += 1 }
-            slots[Int((s.pointee.key_hash &+ probe) % count)] = s.pointee
+            while slot((s.pointee.key_hash &+ probe) % count).pointee.state != PMLL_KEY_EMPTY { probe += 1 }
+            UnsafeMutableRawPointer(slot((s.pointee.key_hash &+ probe) % count)).copyMemory(from: s, byteCount: width)
         }
         try memory.persistence.persist(UnsafeRawPointer(area), place.size, site: "growth.fill")
         CrashPoint.hit("growth.filled")

@@ -81,6 +81,6 @@ extension StateStore {
         let s = slot(i)
         return s.pointee.block_count > 0
             ? offset(of: block(s.pointee.first_block))
-            : offset(of: UnsafeRawPointer(s) + MemoryLayout<pmll_key_slot_t>.offset(of: \.inline_data)!)
+            : offset(of: StateStore.inlineRecord(s))
     }
 }

@@ -22,6 +22,10 @@ package final class StoreView: @unchecked Sendable {
     package let checksum: UInt32
     package let indexOffset: Int
     package let capacity: UInt32
+    /// Bytes per key slot (the store's version decides: StoreLayout), and the record bytes a
+    /// slot holds inline after its head.
+    package let slotWidth: Int
+    package var inlineMax: Int { slotWidth - Int(PMLL_KEY_SLOT_HEAD) }
     package let spans: [BlockSpan]
     /// The areas the directory names (none in a pool that never grew).
     package let areas: [pmll_area_t]
@@ -35,9 +39,10 @@ package final class StoreView: @unchecked Sendable {
     package let end: Int
     private let base: UnsafeMutableRawPointer
 
-    package init(base: UnsafeMutableRawPointer, generation: UInt64, checksum: UInt32, indexOffset: Int, capacity: UInt32, spans: [BlockSpan],
-                 areas: [pmll_area_t], growths: UInt32, end: Int) {
+    package init(base: UnsafeMutableRawPointer, generation: UInt64, checksum: UInt32, indexOffset: Int, capacity: UInt32, slotWidth: Int,
+                 spans: [BlockSpan], areas: [pmll_area_t], growths: UInt32, end: Int) {
         self.base = base
+        self.slotWidth = slotWidth
         self.generation = generation
         self.checksum = checksum
         self.indexOffset = indexOffset
@@ -52,10 +57,10 @@ package final class StoreView: @unchecked Sendable {
 
     @inline(__always)
     package func slot(_ i: UInt32) -> UnsafeMutablePointer<pmll_key_slot_t> {
-        (base + indexOffset).assumingMemoryBound(to: pmll_key_slot_t.self) + Int(i)
+        (base + indexOffset + Int(i) * slotWidth).assumingMemoryBound(to: pmll_key_slot_t.self)
     }
 
-    package var index: Range<Int> { indexOffset..<(indexOffset + Int(capacity) * MemoryLayout<pmll_key_slot_t>.size) }
+    package var index: Range<Int> { indexOffset..<(indexOffset + Int(capacity) * slotWidth) }
 
     /// The span holding block `b`, if any (numbers between spans name no block).
     @inline(__always)
@@ -123,7 +128,7 @@ extension GrowthDirectory {
         let created = BlockSpan(first: 0, count: layout.blockCount, bitmapOffset: layout.bitmap.lowerBound, blocksOffset: layout.blocks.lowerBound)
         guard copy.magic != 0 else {
             return StoreView(base: base, generation: 0, checksum: copy.checksum, indexOffset: layout.index.lowerBound,
-                             capacity: UInt32(layout.keyCapacity), spans: layout.blockCount > 0 ? [created] : [], areas: [], growths: 0,
+                             capacity: UInt32(layout.keyCapacity), slotWidth: layout.slotWidth, spans: layout.blockCount > 0 ? [created] : [], areas: [], growths: 0,
                              end: poolLayout.heap.upperBound)
         }
         guard copy.magic == PMLL_GROWTH_MAGIC, copy.area_count <= PMLL_AREA_MAX else { throw damaged("bad magic or area count") }
@@ -149,7 +154,7 @@ extension GrowthDirectory {
                 }
                 spans.append(BlockSpan(first: first, count: count, bitmapOffset: offset, blocksOffset: offset + bitmap))
             case PMLL_AREA_INDEX:
-                guard Int(a.count) * MemoryLayout<pmll_key_slot_t>.size <= size, a.count >= 16 else { throw damaged("index area \(i) is inconsistent") }
+                guard Int(a.count) * layout.slotWidth <= size, a.count >= 16 else { throw damaged("index area \(i) is inconsistent") }
             case PMLL_AREA_LOG:
                 guard Int(a.first_block) < layout.logSlots, Int(a.count) <= size,
                       !areas[..<i].contains(where: { $0.kind == PMLL_AREA_LOG && $0.first_block == a.first_block }) else {
@@ -180,6 +185,7 @@ extension GrowthDirectory {
         // must leave this view as it was read (one directory), not part of each.
         CrashPoint.hit("growth.read")
         return StoreView(base: base, generation: copy.generation, checksum: copy.checksum, indexOffset: indexOffset, capacity: capacity,
+                         slotWidth: layout.slotWidth,
                          spans: spans, areas: areas, growths: copy.growths, end: end)
     }
 }

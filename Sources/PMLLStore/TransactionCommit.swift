@@ -240,7 +240,7 @@ extension Pool {
                 var extent: (UInt32, UInt32)?
                 // Objects always get blocks: their bytes must never move (an index that grows
                 // moves its slots, and inline records with them).
-                if let value, bytes.count + value.count > Int(PMLL_INLINE_MAX) || bytes.starts(with: Self.objectPrefixBytes) {
+                if let value, bytes.count + value.count > view.inlineMax || bytes.starts(with: Self.objectPrefixBytes) {
                     let need = (bytes.count + value.count + Int(PMLL_BLOCK_SIZE) - 1) / Int(PMLL_BLOCK_SIZE)
                     var first = findRun(need, in: view, from: store.allocationHint.load(ordering: .relaxed)) { !allocated($0) && !frozen.contains($0) }
                     if first == nil {
@@ -261,8 +261,9 @@ extension Pool {
             let bitmapRanges = Self.bitmapRanges(view, bytes: bitmap.keys.sorted())
 
             // Undo log: old slots, the blocks allocated and freed; objects' slots and the bytes written.
-            var ranges: [(offset: Int, length: Int)] = plans.map { (store.offset(of: view.slot($0.index)), MemoryLayout<pmll_key_slot_t>.size) }
-            ranges += objects.map { (store.offset(of: view.slot($0.slot)), MemoryLayout<pmll_key_slot_t>.size) }
+            let width = view.slotWidth
+            var ranges: [(offset: Int, length: Int)] = plans.map { (store.offset(of: view.slot($0.index)), width) }
+            ranges += objects.map { (store.offset(of: view.slot($0.slot)), width) }
             ranges += inPlace.map { ($0.object.valueOffset + $0.offset, $0.bytes.count) }
             if census != nil { ranges.append((store.censusRange.lowerBound, store.censusRange.count)) }
             let header = try writeUndoLog(store, ranges: ranges, extents: extents, keys: plans.count)
@@ -276,13 +277,13 @@ extension Pool {
             for plan in plans {
                 let s = view.slot(plan.index)
                 guard let value = plan.value else {
-                    UnsafeMutableRawPointer(s).initializeMemory(as: UInt8.self, repeating: 0, count: MemoryLayout<pmll_key_slot_t>.size)
+                    UnsafeMutableRawPointer(s).initializeMemory(as: UInt8.self, repeating: 0, count: width)
                     s.pointee.state = PMLL_KEY_TOMBSTONE
-                    touched.append((store.offset(of: s), MemoryLayout<pmll_key_slot_t>.size))
+                    touched.append((store.offset(of: s), width))
                     continue
                 }
                 let record = plan.key + value
-                UnsafeMutableRawPointer(s).initializeMemory(as: UInt8.self, repeating: 0, count: MemoryLayout<pmll_key_slot_t>.size)
+                UnsafeMutableRawPointer(s).initializeMemory(as: UInt8.self, repeating: 0, count: width)
                 s.pointee.key_hash = plan.key.withUnsafeBytes { pmll_crc32c(0, $0.baseAddress, $0.count) }
                 s.pointee.key_length = UInt32(plan.key.count)
                 s.pointee.value_length = UInt32(value.count)
@@ -293,11 +294,11 @@ extension Pool {
                     record.withUnsafeBytes { view.block(extent.first).copyMemory(from: $0.baseAddress!, byteCount: record.count) }
                     touched.append((store.offset(of: view.block(extent.first)), record.count))
                 } else {
-                    withUnsafeMutableBytes(of: &s.pointee.inline_data) { $0.copyBytes(from: record) }
+                    record.withUnsafeBytes { StateStore.inlineRecord(s).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
                 }
                 s.pointee.checksum = StateStore.checksum(s, record: record)
                 s.pointee.state = PMLL_KEY_USED
-                touched.append((store.offset(of: s), MemoryLayout<pmll_key_slot_t>.size))
+                touched.append((store.offset(of: s), width))
             }
             for write in inPlace {
                 write.bytes.withUnsafeBytes { (write.object.bytes + write.offset).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
@@ -308,7 +309,7 @@ extension Pool {
                 s.pointee.version = version
                 let record = Array(UnsafeRawBufferPointer(start: memory.base + object.recordOffset, count: object.key.count + object.size))
                 s.pointee.checksum = StateStore.checksum(s, record: record)
-                touched.append((store.offset(of: s), MemoryLayout<pmll_key_slot_t>.size))
+                touched.append((store.offset(of: s), width))
             }
             for (byte, value) in bitmap { view.bitmapByte(byte).pointee = value }
             if let census {

@@ -40,7 +40,7 @@ enum StatusTable {
             ", \(s.locks.count)/\(s.lockCapacity) locks, \(s.queues.count)/\(s.queueCapacity) queues" +
             (s.persistentMemory ? ", persistent memory" : "") + (s.readOnlyView ? " (read-only view)" : "") + "\n"
         if let u = s.store {
-            out += "state store: \(u.keysUsed)/\(u.keyCapacity) key slots, \(u.blocksUsed * u.blockSize / 1024) KiB used, " +
+            out += "state store: \(u.keysUsed)/\(u.keyCapacity) key slots (\(u.keySlotBytes) bytes), \(u.blocksUsed * u.blockSize / 1024) KiB used, " +
                 "\((u.blockCount - u.blocksUsed) * u.blockSize / 1024) KiB free of \(u.blockCount * u.blockSize / 1024) KiB; " +
                 "file \(Self.bytes(u.fileBytes)) of its \(Self.bytes(u.sizeLimit)) limit (created \(Self.bytes(u.createdBytes)), " +
                 "\(u.growths) growth\(u.growths == 1 ? "" : "s")" + (u.freeAreaBytes > 0 ? ", \(Self.bytes(u.freeAreaBytes)) in unused areas" : "") + ")\n"

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CPMLL
 import CPMLLPeers
 import Foundation
 import Histogram
@@ -20,7 +21,9 @@ struct ScaleBench: ParsableCommand {
     @Option(help: "Random gets measured at each size.") var gets = 50_000
     @Option(help: "Random single-key sets measured at each size.") var sets = 10_000
     @Option var seed: UInt64 = 19
-    @Option(help: "Value size in bytes (PMLL keeps key + value up to 88 bytes in the key slot, longer ones in blocks; SQLite always stores 100).") var valueBytes = 100
+    @Option(help: "Value size in bytes (PMLL keeps key + value up to 216 bytes in the key slot, 88 in a pool of 128-byte slots, longer ones in blocks; SQLite always stores 100).") var valueBytes = 100
+    @Flag(help: "Also measure a pool of 128-byte key slots (peer pmll-128, the layout of pools created before 2026-12-05) in the same run.")
+    var narrowSlots = false
     @Flag var json = false
 
     struct Row: Codable {
@@ -87,12 +90,14 @@ struct ScaleBench: ParsableCommand {
     func run() throws {
         var rows: [Row] = []
         try directories.forEach(tag: "pmll-scale") { dir, fs in
-            for peer in ["pmll", "sqlite"] {
+            for peer in ["pmll"] + (narrowSlots ? ["pmll-128"] : []) + ["sqlite"] {
                 let load: (Range<Int>) throws -> Void, get: (Int) throws -> Void, set: (Int) throws -> Void
                 var usage: () throws -> (file: Int, slots: Int, growths: Int)
                 var finish: () throws -> Void
-                if peer == "pmll" {
-                    let pool = try Pool.open(path: dir + "/scale.pool")
+                if peer.hasPrefix("pmll") {
+                    var options = PoolOptions()
+                    if peer == "pmll-128" { options.storeVersion = PMLL_STORE_VERSION_NARROW }
+                    let pool = try Pool.open(path: dir + "/\(peer).pool", options: options)
                     load = { range in
                         try pool.transaction(isolation: .none) { tx in
                             for i in range { try tx.set(Self.key(i), [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: valueBytes)) }
@@ -131,7 +136,7 @@ struct ScaleBench: ParsableCommand {
         }
         print(TextTable.render(table))
         for fs in Set(rows.map(\.filesystem)).sorted() {
-            for peer in ["pmll", "sqlite"] {
+            for peer in ["pmll"] + (narrowSlots ? ["pmll-128"] : []) + ["sqlite"] {
                 let mine = rows.filter { $0.filesystem == fs && $0.peer == peer }
                 guard let small = mine.first, let large = mine.last, large.keys > small.keys else { continue }
                 print(String(format: "%@ %@: at %d keys vs %d: get p50 %.2fx, set p50 %.2fx%@", fs, peer, large.keys, small.keys,

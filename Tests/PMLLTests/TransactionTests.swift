@@ -1,3 +1,4 @@
+import CPMLL
 import Foundation
 import PMLL
 import Testing
@@ -64,7 +65,7 @@ struct TransactionTests {
         let path = scratch.file("f.pool")
         let pool = try Pool.open(path: path, options: options)
         let start = try pool.storeUsage()
-        let grownIndex = options.size + 64 * 128   // 17 keys need 64 slots at a load of one half
+        let grownIndex = options.size + 64 * Int(PMLL_KEY_SLOT_WIDE)   // 17 keys need 64 slots at a load of one half
         #expect(throws: PMLLError.sizeLimitReached(path: path, limit: options.size, needed: grownIndex)) {
             try pool.transaction { tx in for i in 0..<17 { try tx.set("k\(i)", "v") } }
         }

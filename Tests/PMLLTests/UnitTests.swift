@@ -84,7 +84,7 @@ import Glibc
         #expect(l.index.lowerBound == heap.lowerBound + StoreLayout.superSize)
         #expect(l.index.upperBound == l.logs.lowerBound && l.logs.upperBound == l.bitmap.lowerBound && l.bitmap.upperBound == l.blocks.lowerBound)
         #expect(l.blocks.upperBound <= heap.upperBound)
-        #expect(l.index.count >= keys * MemoryLayout<pmll_key_slot_t>.size)
+        #expect(l.index.count >= keys * Int(PMLL_KEY_SLOT_WIDE))
         #expect(l.bitmap.count * 8 >= l.blockCount)
         #expect([l.index.lowerBound, l.logs.lowerBound, l.bitmap.lowerBound, l.blocks.lowerBound].allSatisfy { $0 % 4096 == 0 })
     }

@@ -114,6 +114,9 @@ _Static_assert(offsetof(pmll_header_t, unreplaced_file_memo) == 584, "former-fil
 // A pool whose header records another signature was written by an incompatible build and is
 // refused, never reinterpreted.
 uint64_t pmll_layout_signature(void);
+// The signature of a pool whose state store is of `store_version`: what a build creating that
+// version wrote (version 1: every build before 2026-12-05). 0 for a version this build does not know.
+uint64_t pmll_layout_signature_of_store(uint32_t store_version);
 
 // One slot per attached process. Entirely volatile: reset when no process has the pool open.
 #define PMLL_WAIT_LEDGER 16u
@@ -507,11 +510,16 @@ static inline uint64_t *pmll_audit_draining(pmll_audit_ring_t *r) { return (uint
 // MARK: - State store (in the heap section)
 
 #define PMLL_STORE_MAGIC "PMLLSTOR"
-#define PMLL_STORE_VERSION 1u
+// Store version 2 (pools created from 2026-12-05): key slots of 256 bytes, records of up to
+// 216 bytes inline. Version 1: slots of 128 bytes, 88 inline; such pools keep that width for
+// life (their index grows in 128-byte slots), and this build reads and writes both.
+#define PMLL_STORE_VERSION 2u
+#define PMLL_STORE_VERSION_NARROW 1u
 #define PMLL_BLOCK_SIZE 256u
 #define PMLL_KEY_MAX 255u
 #define PMLL_VALUE_MAX 67108864u       // 64 MiB: one extent of blocks
-#define PMLL_INLINE_MAX 88u           // key + value bytes kept in the index slot itself
+#define PMLL_KEY_SLOT_NARROW 128u     // bytes per key slot in a version 1 store
+#define PMLL_KEY_SLOT_WIDE 256u       // bytes per key slot in a version 2 store
 #define PMLL_LOG_SLOT_SIZE 65536u
 
 #define PMLL_KEY_EMPTY 0u
@@ -556,7 +564,9 @@ typedef struct pmll_store_census {
 _Static_assert(sizeof(pmll_store_census_t) == 32, "store census");
 _Static_assert(offsetof(pmll_store_census_t, flags) == 20 && offsetof(pmll_store_census_t, journal_keys) == 24, "census fields that were reserved");
 
-// One key. Small records live inline; larger ones in an extent of blocks holding key then value.
+// The fixed head of a key slot. The slot's record (key, then value) follows the head inline
+// when it fits the rest of the slot (the store's slot width less this head); a larger one
+// lives in an extent of blocks holding key then value.
 typedef struct pmll_key_slot {
     uint32_t state;                // PMLL_KEY_*
     uint32_t key_hash;             // CRC32C of the key
@@ -567,11 +577,17 @@ typedef struct pmll_key_slot {
     uint32_t checksum;             // CRC32C over the fields above and the key and value bytes
     uint32_t reserved;
     uint64_t version;              // bumped by every commit that changes the key
-    uint8_t inline_data[PMLL_INLINE_MAX];
 } pmll_key_slot_t;
 
-_Static_assert(sizeof(pmll_key_slot_t) == 128, "key slot is two cache lines");
-_Static_assert(offsetof(pmll_key_slot_t, inline_data) == 40, "inline data offset");
+#define PMLL_KEY_SLOT_HEAD 40u        // the inline record starts here
+_Static_assert(sizeof(pmll_key_slot_t) == PMLL_KEY_SLOT_HEAD, "key slot head; the inline record follows it");
+_Static_assert(PMLL_KEY_SLOT_NARROW % 64 == 0 && PMLL_KEY_SLOT_WIDE % 64 == 0, "key slots are whole cache lines");
+_Static_assert(4096 % PMLL_KEY_SLOT_WIDE == 0, "a key slot never straddles a page");
+
+// Bytes per key slot of a store of `version` (0: not a version this build knows).
+static inline uint32_t pmll_key_slot_width(uint32_t version) {
+    return version == PMLL_STORE_VERSION ? PMLL_KEY_SLOT_WIDE : version == PMLL_STORE_VERSION_NARROW ? PMLL_KEY_SLOT_NARROW : 0;
+}
 
 // MARK: - Growth (the store's directory of areas appended to the file after its creation)
 

@@ -319,7 +319,15 @@ public final class Pool: Sendable {
         let header = UnsafeMutablePointer<pmll_header_t>.allocate(capacity: 1)
         defer { header.deallocate() }
         try readHeader(into: header, fd: fd, fileSize: Int(st.st_size), path: path)
-        return (st, try PoolHeader.validate(header, fileSize: Int(st.st_size), path: path), header.pointee.flags)
+        let layout = try PoolHeader.validate(header, fileSize: Int(st.st_size), path: path)
+        // The store's slot width follows its version; a header that names the other one must
+        // be refused before the file is mapped writable, as any other layout mismatch is.
+        var version: UInt32 = 0
+        let at = off_t(layout.heap.lowerBound + MemoryLayout<pmll_store_super_t>.offset(of: \pmll_store_super_t.version)!)
+        if pread(fd.rawValue, &version, 4, at) == 4, pmll_key_slot_width(version) != 0 {
+            try StoreLayout.checkVersion(version, signature: header.pointee.layout_signature, path: path)
+        }
+        return (st, layout, header.pointee.flags)
     }
 
     /// Reads the header with pread, so that a file that is not a pool is never mapped or written.

@@ -40,10 +40,11 @@ package enum PoolCreation {
             throw SystemCall.fileError(.current, path: temporary, operation: "chmod")
         }
         let header = address.assumingMemoryBound(to: pmll_header_t.self)
-        PoolHeader.initialize(header, layout: layout, size: options.size, flags: options.groupShared ? PMLL_POOL_FLAG_GROUP_SHARED : 0)
+        PoolHeader.initialize(header, layout: layout, size: options.size, flags: options.groupShared ? PMLL_POOL_FLAG_GROUP_SHARED : 0,
+                              storeVersion: options.storeVersion)
         VolatileState.stampBoot(header, reason: PMLL_RESET_CREATED)
         if !layout.auditRing.isEmpty { AuditRing.format(address + layout.auditRing.lowerBound, slots: options.auditRingSlots) }
-        StoreLayout(heap: layout.heap, keyCapacity: options.keyCapacity, logSlots: options.logSlots)
+        StoreLayout(heap: layout.heap, keyCapacity: options.keyCapacity, logSlots: options.logSlots, version: options.storeVersion)
             .format(address, heapStart: layout.heap.lowerBound)
         let persistence = Persistence(isPmem: isPmem != 0)
         try persistence.persist(address, Int(PMLL_HEADER_SIZE), site: "pool.create")

@@ -6,7 +6,8 @@ package enum PoolHeader {
         UInt64(pmll_crc32c(0, header, Int(PMLL_HEADER_CHECKED_BYTES)))
     }
 
-    package static func initialize(_ h: UnsafeMutablePointer<pmll_header_t>, layout: PoolLayout, size: Int, flags: UInt32) {
+    package static func initialize(_ h: UnsafeMutablePointer<pmll_header_t>, layout: PoolLayout, size: Int, flags: UInt32,
+                                   storeVersion: UInt32 = PMLL_STORE_VERSION) {
         withUnsafeMutableBytes(of: &h.pointee.magic) { raw in
             for (i, byte) in PMLL_MAGIC.utf8.enumerated() { raw[i] = byte }
         }
@@ -26,7 +27,7 @@ package enum PoolHeader {
         h.pointee.queue_ring = UInt32(layout.queueRing)
         h.pointee.audit_ring = pmll_section_t(offset: UInt64(layout.auditRing.lowerBound), size: UInt64(layout.auditRing.count))
         h.pointee.size_limit = UInt64(layout.sizeLimit)
-        h.pointee.layout_signature = pmll_layout_signature()
+        h.pointee.layout_signature = pmll_layout_signature_of_store(storeVersion)
         h.pointee.byte_order = PMLL_BYTE_ORDER_MARK
         h.pointee.header_checksum = checksum(h)
     }
@@ -46,8 +47,10 @@ package enum PoolHeader {
             throw .corruptPool(path: path, reason: "header checksum mismatch")
         }
         // 0: created before signatures were recorded, by a build of this same format version.
+        // A pool whose store has 128-byte key slots (created before 2026-12-05) carries the
+        // signature of that store version; its store keeps that width (StoreLayout.read).
         let signature = h.pointee.layout_signature
-        guard signature == 0 || signature == pmll_layout_signature() else {
+        guard signature == 0 || signature == pmll_layout_signature() || signature == pmll_layout_signature_of_store(PMLL_STORE_VERSION_NARROW) else {
             throw .incompatibleLayout(path: path, reason: "written by a build whose pool layout differs from this one's (layout signature \(String(signature, radix: 16)), this build \(String(pmll_layout_signature(), radix: 16))); open it with the pmll that created it")
         }
         guard h.pointee.header_size == PMLL_HEADER_SIZE else {

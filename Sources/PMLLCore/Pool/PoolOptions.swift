@@ -61,6 +61,10 @@ public struct PoolOptions: Sendable, Equatable {
     /// the descriptor and its locks closed) still happens at the close.
     package var unmapsAtClose = true
 
+    /// The state store version a new pool gets: tests create `PMLL_STORE_VERSION_NARROW`
+    /// (128-byte key slots) to exercise the layout of pools created before version 2.
+    package var storeVersion: UInt32 = PMLL_STORE_VERSION
+
     public init() {}
 
     package func validate() throws(PMLLError) {
@@ -80,7 +84,8 @@ public struct PoolOptions: Sendable, Equatable {
             throw .invalidOptions(reason: "auditRingSlots must be 0 (no audit log) or a power of two in 64...65536, got \(auditRingSlots)")
         }
         guard auditFileBytes >= 4096 else { throw .invalidOptions(reason: "auditFileBytes must be at least 4096, got \(auditFileBytes)") }
-        let needed = layout(size: 0).minimumSize + StoreLayout.minimumHeap(keyCapacity: keyCapacity, logSlots: logSlots)
+        guard pmll_key_slot_width(storeVersion) != 0 else { throw .invalidOptions(reason: "storeVersion \(storeVersion) is not one this build writes") }
+        let needed = layout(size: 0).minimumSize + StoreLayout.minimumHeap(keyCapacity: keyCapacity, logSlots: logSlots, version: storeVersion)
         guard size >= needed, size <= 1 << 40 else {
             throw .invalidOptions(reason: "size must be \(needed)...\(1 << 40) bytes for these capacities, got \(size)")
         }

@@ -8,17 +8,26 @@ package struct StoreLayout: Equatable {
 
     package let keyCapacity: Int
     package let logSlots: Int
+    /// `PMLL_STORE_VERSION` (256-byte key slots) or, in pools created before it,
+    /// `PMLL_STORE_VERSION_NARROW` (128-byte slots): a store keeps its slot width for life.
+    package let version: UInt32
+    /// Bytes per key slot, and the most record bytes (key + value) a slot holds inline.
+    package let slotWidth: Int
+    package var inlineMax: Int { slotWidth - Int(PMLL_KEY_SLOT_HEAD) }
     package let index: Range<Int>
     package let logs: Range<Int>
     package let bitmap: Range<Int>
     package let blocks: Range<Int>
     package var blockCount: Int { blocks.count / Int(PMLL_BLOCK_SIZE) }
 
-    package init(heap: Range<Int>, keyCapacity: Int, logSlots: Int) {
+    /// `version` must be one this build knows (`pmll_key_slot_width` not 0).
+    package init(heap: Range<Int>, keyCapacity: Int, logSlots: Int, version: UInt32 = PMLL_STORE_VERSION) {
         self.keyCapacity = keyCapacity
         self.logSlots = logSlots
+        self.version = version
+        self.slotWidth = Int(pmll_key_slot_width(version))
         let indexStart = heap.lowerBound + Self.superSize
-        let indexEnd = indexStart + PoolLayout.roundUp(keyCapacity * MemoryLayout<pmll_key_slot_t>.size)
+        let indexEnd = indexStart + PoolLayout.roundUp(keyCapacity * slotWidth)
         let logsEnd = indexEnd + logSlots * Int(PMLL_LOG_SLOT_SIZE)
         index = indexStart..<indexEnd
         logs = indexEnd..<logsEnd
@@ -35,8 +44,8 @@ package struct StoreLayout: Equatable {
     }
 
     /// Bytes a heap needs for these capacities and a minimal block area.
-    package static func minimumHeap(keyCapacity: Int, logSlots: Int) -> Int {
-        superSize + PoolLayout.roundUp(keyCapacity * MemoryLayout<pmll_key_slot_t>.size) + logSlots * Int(PMLL_LOG_SLOT_SIZE)
+    package static func minimumHeap(keyCapacity: Int, logSlots: Int, version: UInt32 = PMLL_STORE_VERSION) -> Int {
+        superSize + PoolLayout.roundUp(keyCapacity * Int(pmll_key_slot_width(version))) + logSlots * Int(PMLL_LOG_SLOT_SIZE)
             + PoolLayout.page + minimumBlocks * Int(PMLL_BLOCK_SIZE)
     }
 
@@ -44,7 +53,7 @@ package struct StoreLayout: Equatable {
     package func format(_ base: UnsafeMutableRawPointer, heapStart: Int) {
         let s = (base + heapStart).assumingMemoryBound(to: pmll_store_super_t.self)
         withUnsafeMutableBytes(of: &s.pointee.magic) { $0.copyBytes(from: Array(PMLL_STORE_MAGIC.utf8)) }
-        s.pointee.version = PMLL_STORE_VERSION
+        s.pointee.version = version
         s.pointee.key_capacity = UInt32(keyCapacity)
         s.pointee.block_count = UInt32(blockCount)
         s.pointee.log_slots = UInt32(logSlots)
@@ -81,14 +90,25 @@ package struct StoreLayout: Equatable {
         pmll_crc32c(0, s, MemoryLayout<pmll_store_super_t>.offset(of: \pmll_store_super_t.checksum)!)
     }
 
+    /// The header's signature names the store version its creator wrote (0: a build from
+    /// before signatures, whose stores were all version 1); both are written at creation, so a
+    /// disagreement is damage, and reading slots at the other width would misread every key.
+    package static func checkVersion(_ version: UInt32, signature: UInt64, path: String) throws(PMLLError) {
+        guard signature == 0 ? version == PMLL_STORE_VERSION_NARROW : signature == pmll_layout_signature_of_store(version) else {
+            throw .corruptPool(path: path, reason: "state store version \(version) disagrees with the header's layout signature")
+        }
+    }
+
     /// Reads and checks the superblock of an existing pool.
     package static func read(_ base: UnsafeMutableRawPointer, heap: Range<Int>, path: String) throws(PMLLError) -> StoreLayout {
         let s = (base + heap.lowerBound).assumingMemoryBound(to: pmll_store_super_t.self)
         let magic = withUnsafeBytes(of: s.pointee.magic) { Array($0) == Array(PMLL_STORE_MAGIC.utf8) }
-        guard magic, s.pointee.version == PMLL_STORE_VERSION, checksum(s) == s.pointee.checksum else {
+        let version = s.pointee.version
+        guard magic, pmll_key_slot_width(version) != 0, checksum(s) == s.pointee.checksum else {
             throw .corruptPool(path: path, reason: "state store superblock is damaged")
         }
-        let layout = StoreLayout(heap: heap, keyCapacity: Int(s.pointee.key_capacity), logSlots: Int(s.pointee.log_slots))
+        try checkVersion(version, signature: base.assumingMemoryBound(to: pmll_header_t.self).pointee.layout_signature, path: path)
+        let layout = StoreLayout(heap: heap, keyCapacity: Int(s.pointee.key_capacity), logSlots: Int(s.pointee.log_slots), version: version)
         guard layout.blockCount == Int(s.pointee.block_count), layout.index.lowerBound == Int(s.pointee.index_offset),
               layout.blocks.lowerBound == Int(s.pointee.blocks_offset), layout.bitmap.lowerBound == Int(s.pointee.bitmap_offset) else {
             throw .corruptPool(path: path, reason: "state store superblock does not match the heap")
