@@ -8,7 +8,7 @@ import PMLL
 struct AuditCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "audit",
-        abstract: "Show, verify and seal the pool's audit log.",
+        abstract: "Show, verify, seal and prune the pool's audit log.",
         discussion: """
             Every hardened operation, commit, file batch, owner death, timeout, hierarchy \
             violation and administrative action leaves a record: appended to a ring in the pool, \
@@ -16,7 +16,7 @@ struct AuditCommand: ParsableCommand {
 
             \(ExitStatus.summary)
             """,
-        subcommands: [AuditShow.self, AuditVerify.self, AuditSeal.self]
+        subcommands: [AuditShow.self, AuditVerify.self, AuditSeal.self, AuditPrune.self]
     )
 }
 
@@ -115,16 +115,18 @@ struct AuditVerify: ParsableCommand {
             try printJSON(Summary(v))
         } else if v.problem == nil {
             print("audit log of \(path): \(v.records) record(s) in \(v.files) file(s)" + (v.lastSeq.map { ", #\(v.firstSeq ?? 0)–#\($0)" } ?? "")
-                  + ", \(v.gaps) gap(s), \(v.checkpoints) signed checkpoint(s) verified")
+                  + ", \(v.gaps) gap(s), \(v.checkpoints) signed checkpoint(s) verified"
+                  + (v.prunedThrough.map { "; records #1–#\($0) were pruned (a signed checkpoint of #\($0) stands in for them)" } ?? ""))
         }
         if let problem = v.problem { throw PMLLError.auditLogDamaged(path: path, problem: problem) }
     }
 
     struct Summary: Encodable {
-        let ok: Bool, files: Int, records: UInt64, gaps: Int, firstSeq: UInt64?, lastSeq: UInt64?, head: String?, checkpoints: Int, problem: String?
+        let ok: Bool, files: Int, records: UInt64, gaps: Int, firstSeq: UInt64?, lastSeq: UInt64?, head: String?, checkpoints: Int
+        let prunedThrough: UInt64?, problem: String?
         init(_ v: AuditVerification) {
             ok = v.problem == nil; files = v.files; records = v.records; gaps = v.gaps; firstSeq = v.firstSeq; lastSeq = v.lastSeq
-            head = v.head; checkpoints = v.checkpoints; problem = v.problem
+            head = v.head; checkpoints = v.checkpoints; prunedThrough = v.prunedThrough; problem = v.problem
         }
     }
 }
@@ -148,6 +150,39 @@ struct AuditSeal: ParsableCommand {
         let pool = try poolArguments.open(create: false)
         let c = try pool.sealAuditLog()
         if json { try printJSON(c) } else { print("audit log of \(pool.path) sealed at record #\(c.size), head \(c.head), key \(c.key)") }
+    }
+}
+
+struct AuditPrune: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "prune",
+        abstract: "Remove the oldest audit files, keeping the newest N (the pool's owner only).",
+        discussion: """
+            Drains the ring and verifies the chain, then signs a checkpoint at every file \
+            boundary it cuts and removes the files before the newest N. `verify` then starts at \
+            the oldest file left, which continues a signed checkpoint: it proves that the records \
+            kept follow the ones removed, not what the removed ones said. Keep removed files \
+            (and seal.pub) elsewhere if they may be needed as evidence. Recorded as admin.prune.
+            """
+    )
+
+    @OptionGroup var poolArguments: PoolArguments
+    @Option(help: ArgumentHelp("Audit files to keep, newest first (at least 1).", valueName: "N")) var keep: Int
+    @Flag(help: "Print what was removed as JSON.") var json = false
+
+    func validate() throws {
+        if keep < 1 { throw ValidationError("--keep must be at least 1 (the file being written)") }
+    }
+
+    func run() throws {
+        let pool = try poolArguments.open(create: false)
+        let pruned = try pool.pruneAuditLog(keepingFiles: keep)
+        if json { try printJSON(pruned); return }
+        if let first = pruned.files.first, let last = pruned.files.last, let through = pruned.prunedThrough {
+            print("audit log of \(pool.path): removed \(pruned.files.count) file(s), \(first)–\(last) (records through #\(through)); verify now starts at #\(through + 1)")
+        } else {
+            print("audit log of \(pool.path): nothing to prune (\(keep) file(s) or fewer)")
+        }
     }
 }
 

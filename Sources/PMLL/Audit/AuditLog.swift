@@ -111,8 +111,13 @@ public enum AuditLog {
                 }
             } else {
                 if previousSeq != 0 {
-                    v.problem = "records 1–\(previousSeq) are missing (the files before \(name) are gone)"
-                    break
+                    // Pruned: a checkpoint of that size and head stands in for the records
+                    // before (its signature is checked below with every other checkpoint).
+                    guard let anchor = wanted[UInt64(previousSeq)], anchor.head == AuditLine.hex(previousHash) else {
+                        v.problem = "records 1–\(previousSeq) are missing (the files before \(name) are gone, and no signed checkpoint of record \(previousSeq) stands in for them)"
+                        break
+                    }
+                    v.prunedThrough = UInt64(previousSeq)
                 }
                 previous = previousHash
                 expected = UInt64(previousSeq) + 1
@@ -209,6 +214,18 @@ public enum AuditLog {
     /// beside it. Only the pool's owner may seal.
     static func seal(directory: String, poolPath: String, owner: UInt32) throws(PMLLError) -> AuditCheckpoint {
         guard geteuid() == owner else { throw .permissionDenied(path: directory, operation: "seal the audit log of (only the pool's owner, uid \(owner), may)") }
+        let (secret, publicKey) = try keyPair(directory: directory, poolPath: poolPath)
+        let chain = try verify(directory: directory, publicKey: publicKey)
+        if let problem = chain.problem { throw .auditLogDamaged(path: poolPath, problem: problem) }
+        guard let size = chain.lastSeq, let head = chain.head else {
+            throw .auditLogDamaged(path: poolPath, problem: "there is nothing to seal yet (no records)")
+        }
+        return try sign(size: size, head: head, directory: directory, poolPath: poolPath, secret: secret, publicKey: publicKey)
+    }
+
+    /// The pool's signing key pair, made on first use: `seal.key` readable by its owner only,
+    /// `seal.pub` beside it.
+    static func keyPair(directory: String, poolPath: String) throws(PMLLError) -> (secret: [UInt8], publicKey: [UInt8]) {
         guard pmll_sign_init() == 0 else { throw .systemCall(name: "sodium_init", errno: .ioError) }
         let secretPath = directory + "/" + secretKeyFile, publicPath = directory + "/" + publicKeyFile
         var secret: [UInt8], publicKey: [UInt8]
@@ -225,17 +242,56 @@ public enum AuditLog {
             try writeNew(secretPath, Array((AuditLine.hex(secret) + "\n").utf8), mode: 0o600)
             try writeNew(publicPath, Array((AuditLine.hex(publicKey) + "\n").utf8), mode: 0o644)
         }
-        let chain = try verify(directory: directory, publicKey: publicKey)
-        if let problem = chain.problem { throw .auditLogDamaged(path: poolPath, problem: problem) }
-        guard let size = chain.lastSeq, let head = chain.head else {
-            throw .auditLogDamaged(path: poolPath, problem: "there is nothing to seal yet (no records)")
-        }
+        return (secret, publicKey)
+    }
+
+    /// Appends a checkpoint of `size` records whose last hash is `head`, signed, to
+    /// `checkpoints.log` (synced before it returns).
+    static func sign(size: UInt64, head: String, directory: String, poolPath: String, secret: [UInt8], publicKey: [UInt8]) throws(PMLLError) -> AuditCheckpoint {
         let key = keyID(publicKey), time = Clock.realtimeNanoseconds
         let body = checkpointBody(size: size, head: head, time: time, pool: poolPath, key: key)
         var signature = [UInt8](repeating: 0, count: 64)
         guard pmll_ed25519_sign(&signature, body, UInt64(body.count), secret) == 0 else { throw .systemCall(name: "crypto_sign_detached", errno: .ioError) }
         try appendLine(directory + "/" + checkpointsFile, body + signatureMarker + Array((AuditLine.hex(signature) + "\"}\n").utf8))
         return AuditCheckpoint(size: size, head: head, timeNanoseconds: time, pool: poolPath, key: key, signature: AuditLine.hex(signature))
+    }
+
+    /// Removes the oldest audit files, keeping the newest `keepFiles` (at least 1: the file
+    /// being written). The chain must verify first. Before any file goes, every file boundary
+    /// to be cut gets a signed checkpoint of its size and head (unless one exists), so that
+    /// the oldest file left, whichever it is after a crash in the middle, continues a signed
+    /// checkpoint: `verify` accepts that in place of the records before it. Only the pool's
+    /// owner may prune (it signs).
+    static func prune(directory: String, poolPath: String, owner: UInt32, keepFiles: Int) throws(PMLLError) -> AuditPruning {
+        guard geteuid() == owner else { throw .permissionDenied(path: directory, operation: "prune the audit log of (only the pool's owner, uid \(owner), may)") }
+        guard keepFiles >= 1 else { throw .invalidOptions(reason: "an audit prune must keep at least 1 file (the one being written), not \(keepFiles)") }
+        let all = try files(directory)
+        guard all.count > keepFiles else { return AuditPruning(files: [], prunedThrough: nil) }
+        let (secret, publicKey) = try keyPair(directory: directory, poolPath: poolPath)
+        let chain = try verify(directory: directory, publicKey: publicKey)
+        if let problem = chain.problem { throw .auditLogDamaged(path: poolPath, problem: problem) }
+        let doomed = all.prefix(all.count - keepFiles)
+        // Each cut: the header of the file after a doomed one names the doomed one's last record.
+        var anchors: [(seq: UInt64, head: String)] = []
+        for file in all[1...doomed.count] {
+            guard let header = lines(try readFile(file.path)).first, let seq = AuditLine.integer("previous_seq", in: header),
+                  let head = AuditLine.plainString("previous_hash", in: header) else {
+                throw .auditLogDamaged(path: poolPath, problem: "\(AuditLine.fileName(file.index)): its header line is missing or damaged")
+            }
+            anchors.append((UInt64(seq), head))
+        }
+        let signed = Set(try checkpoints(directory: directory).map { "\($0.size) \($0.head)" })
+        for anchor in anchors where anchor.seq > 0 && !signed.contains("\(anchor.seq) \(anchor.head)") {
+            _ = try sign(size: anchor.seq, head: anchor.head, directory: directory, poolPath: poolPath, secret: secret, publicKey: publicKey)
+        }
+        // Oldest first: a crash between two leaves the files after a signed cut.
+        for file in doomed {
+            guard unlink(file.path) == 0 || errno == ENOENT else { throw SystemCall.fileError(.current, path: file.path, operation: "remove") }
+            CrashPoint.hit("audit.pruned-file")
+        }
+        let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd >= 0 { fsync(fd); close(fd) }
+        return AuditPruning(files: doomed.map { AuditLine.fileName($0.index) }, prunedThrough: anchors.last?.seq)
     }
 
     static func writeNew(_ path: String, _ bytes: [UInt8], mode: mode_t) throws(PMLLError) {
@@ -280,6 +336,19 @@ extension Pool {
     public func verifyAuditLog(publicKey: [UInt8]? = nil) throws(PMLLError) -> AuditVerification {
         try drainAuditLog()
         return try AuditLog.verify(directory: AuditLog.directory(ofPool: path), publicKey: publicKey)
+    }
+
+    /// Drains, verifies, then removes the oldest audit files, keeping the newest `keepingFiles`,
+    /// each cut anchored by a signed checkpoint (``AuditLog``'s `prune`; the pool's owner only).
+    public func pruneAuditLog(keepingFiles: Int) throws(PMLLError) -> AuditPruning {
+        try drainAuditLog()
+        var st = stat()
+        guard fstat(fd.rawValue, &st) == 0 else { throw SystemCall.fileError(.current, path: path, operation: "stat") }
+        let pruning = try AuditLog.prune(directory: AuditLog.directory(ofPool: path), poolPath: path, owner: UInt32(st.st_uid), keepFiles: keepingFiles)
+        if let first = pruning.files.first, let last = pruning.files.last, let through = pruning.prunedThrough {
+            audit(.prune, .ok, "files \(first)–\(last) removed; records through #\(through) are signed checkpoints now")
+        }
+        return pruning
     }
 
     /// Drains, verifies and signs a checkpoint of the audit log (the pool's owner only).

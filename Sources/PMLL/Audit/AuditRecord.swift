@@ -42,6 +42,14 @@ public struct AuditCheckpoint: Codable, Sendable, Equatable {
 }
 
 /// What ``AuditLog/verify(directory:publicKey:)`` found.
+/// What ``Pool/pruneAuditLog(keepingFiles:)`` removed.
+public struct AuditPruning: Sendable, Equatable, Codable {
+    /// The files removed, oldest first (none when no more than the kept number existed).
+    public var files: [String]
+    /// The records before the oldest file left end here (nil: none were ever pruned).
+    public var prunedThrough: UInt64?
+}
+
 public struct AuditVerification: Sendable, Equatable {
     public var files = 0
     public var records: UInt64 = 0
@@ -50,6 +58,9 @@ public struct AuditVerification: Sendable, Equatable {
     public var lastSeq: UInt64?
     public var head: String?
     public var checkpoints = 0
+    /// Records 1 through this one were pruned (`pmll audit prune`): the oldest file left
+    /// continues a signed checkpoint of exactly that size and head, which stands in for them.
+    public var prunedThrough: UInt64?
     /// The first problem found; nil when the log verifies.
     public var problem: String?
 }

@@ -9,6 +9,8 @@ public enum AuditEvent: UInt16, Sendable, CaseIterable, CustomStringConvertible 
     case ownerDeath = 40, lockTimeout, hierarchyViolation, readerDeath
     case accessDenied = 50, signatureRejected
     case check = 60, recover, reset, backup, restore, policy, seal
+    /// Old audit files removed (`pmll audit prune`); a build from before it drains it as "unknown".
+    case prune = 67
     /// A record lost: its writer died between taking its number and finishing it, or the slot
     /// was damaged. Written by the drainer, so the chain never breaks.
     case gap = 100
@@ -43,6 +45,7 @@ public enum AuditEvent: UInt16, Sendable, CaseIterable, CustomStringConvertible 
         case .restore: "admin.restore"
         case .policy: "admin.policy"
         case .seal: "admin.seal"
+        case .prune: "admin.prune"
         case .gap: "gap"
         }
     }
