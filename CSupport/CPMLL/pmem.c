@@ -113,6 +113,14 @@ int pmll_pmem_unmap(void *addr, uint64_t length) {
     return munmap(addr, (size_t)length) == 0 ? 0 : -errno;
 }
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+void pmll_populate_for_write(void *addr, size_t length) {
+    (void)madvise(addr, length, MADV_POPULATE_WRITE);
+}
+
 int pmll_file_reserve(int fd, uint64_t offset, uint64_t length) {
     int rc;
     while ((rc = posix_fallocate(fd, (off_t)offset, (off_t)length)) == EINTR) {}

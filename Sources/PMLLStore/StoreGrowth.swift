@@ -55,8 +55,12 @@ extension Pool {
         let size = PoolLayout.roundUp(capacity * width)
         let place = try placeArea(store, old, size: size)
         let area = memory.base + place.offset
-        // A reused area, or one a crashed growth began to fill, holds old bytes.
-        area.initializeMemory(as: UInt8.self, repeating: 0, count: place.size)
+        // Every page of the new index is written below (a million keys: 512 MiB, 131,072
+        // pages): mapped in one call, not one fault each.
+        pmll_populate_for_write(area, place.size)
+        // A reused area, or one a crashed growth began to fill, holds old bytes; an area the
+        // file grew by just now reads as zeros already.
+        if !place.fresh { area.initializeMemory(as: UInt8.self, repeating: 0, count: place.size) }
         let count = UInt32(capacity)
         func slot(_ i: UInt32) -> UnsafeMutablePointer<pmll_key_slot_t> { (area + Int(i) * width).assumingMemoryBound(to: pmll_key_slot_t.self) }
         for i in 0..<old.capacity {
@@ -186,19 +190,23 @@ extension Pool {
     /// Where an area of `size` bytes goes: the smallest free area that holds it (whole), else
     /// the end of the directory's areas, reserved in the file and mapped.
     /// `reusing`: the least a free area must hold to be taken instead (default `size`).
-    private func placeArea(_ store: StateStore, _ view: StoreView, size: Int, reusing least: Int? = nil) throws(PMLLError) -> (offset: Int, size: Int, reused: Int?) {
+    /// `fresh`: the file ended at `offset` until this call, so the area reads as zeros.
+    private func placeArea(_ store: StateStore, _ view: StoreView, size: Int, reusing least: Int? = nil) throws(PMLLError)
+        -> (offset: Int, size: Int, reused: Int?, fresh: Bool) {
         if let (i, area) = view.areas.enumerated().filter({ $0.element.kind == PMLL_AREA_FREE && Int($0.element.size) >= (least ?? size) })
             .min(by: { $0.element.size < $1.element.size }) {
-            return (Int(area.offset), Int(area.size), i)
+            return (Int(area.offset), Int(area.size), i, false)
         }
         guard view.areas.count < Int(PMLL_AREA_MAX) else { throw .poolFull(table: "growth areas", capacity: Int(PMLL_AREA_MAX)) }
         let offset = view.end
         guard offset + size <= memory.layout.sizeLimit else {
             throw .sizeLimitReached(path: path, limit: memory.layout.sizeLimit, needed: offset + size)
         }
+        // Longer than the directory says: a growth that crashed before its commit left bytes.
+        let fresh = try memory.mapping.fileSize() <= offset
         try memory.mapping.grow(offset: offset, length: size, persistence: memory.persistence)
         CrashPoint.hit("growth.reserved")
-        return (offset, size, nil)
+        return (offset, size, nil, fresh)
     }
 
     private static func put(_ entry: pmll_area_t, reusing: Int?, into d: inout pmll_growth_t) -> Int {

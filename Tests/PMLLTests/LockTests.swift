@@ -292,6 +292,7 @@ struct LockTests {
         var options = PoolOptions()
         options.lockCapacity = 4
         options.queueCapacity = 0
+        options.keyCapacity = 1024
         options.size = 2 << 20
         let pool = try Pool.open(path: scratch.file("grows.pool"), options: options)
         // One entry is the state store's internal lock; the other three are the caller's.

@@ -1092,6 +1092,10 @@ int pmll_pmem_unmap(void *addr, uint64_t length);
 // Reserves the blocks of [offset, offset + length) of `fd` (fallocate; the file grows if it
 // is shorter) and makes the new size durable (fdatasync). 0 or -errno (-ENOSPC: no room).
 int pmll_file_reserve(int fd, uint64_t offset, uint64_t length);
+// Maps every page of [addr, addr + length) (page aligned) for writing in one system call,
+// instead of one fault per page as they are first written. Best effort: without
+// MADV_POPULATE_WRITE (kernels before 5.14) the pages fault in as before.
+void pmll_populate_for_write(void *addr, size_t length);
 void pmll_pmem_persist(const void *addr, size_t length);   // cache flush only (real pmem)
 int pmll_pmem_msync(const void *addr, size_t length);      // page-rounded msync (other files)
 // Durable barriers (persist or msync calls) made by this process so far.
