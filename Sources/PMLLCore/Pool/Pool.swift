@@ -322,9 +322,11 @@ public final class Pool: Sendable {
         let layout = try PoolHeader.validate(header, fileSize: Int(st.st_size), path: path)
         // The store's slot width follows its version; a header that names the other one must
         // be refused before the file is mapped writable, as any other layout mismatch is.
+        // A version this build does not know is left to the superblock's full check.
         var version: UInt32 = 0
-        let at = off_t(layout.heap.lowerBound + MemoryLayout<pmll_store_super_t>.offset(of: \pmll_store_super_t.version)!)
-        if pread(fd.rawValue, &version, 4, at) == 4, pmll_key_slot_width(version) != 0 {
+        let at = Int64(layout.heap.lowerBound + MemoryLayout<pmll_store_super_t>.offset(of: \pmll_store_super_t.version)!)
+        let n = try? withUnsafeMutableBytes(of: &version) { try fd.read(fromAbsoluteOffset: at, into: $0) }
+        if n == 4, pmll_key_slot_width(version) != 0 {
             try StoreLayout.checkVersion(version, signature: header.pointee.layout_signature, path: path)
         }
         return (st, layout, header.pointee.flags)
