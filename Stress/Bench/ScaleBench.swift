@@ -26,6 +26,8 @@ struct ScaleBench: ParsableCommand {
     var narrowSlots = false
     @Flag var json = false
 
+    var peers: [String] { ["pmll"] + (narrowSlots ? ["pmll-128"] : []) + ["sqlite"] }
+
     struct Row: Codable {
         let filesystem: String
         let peer: String
@@ -60,8 +62,8 @@ struct ScaleBench: ParsableCommand {
                 loaded = range.upperBound
             }
             let loadSeconds = Double(monotonicNanoseconds() - start) / 1e9
-            // The load leaves up to a GiB of dirty pages on a disk; their writeback would
-            // queue in front of every set's barriers and time the load, not a set.
+            // The load leaves up to a GiB of dirty pages on a disk: the sets should not share
+            // the disk with their writeback.
             sync()
             var getHistogram = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
             for _ in 0..<gets {
@@ -93,14 +95,15 @@ struct ScaleBench: ParsableCommand {
     func run() throws {
         var rows: [Row] = []
         try directories.forEach(tag: "pmll-scale") { dir, fs in
-            for peer in ["pmll"] + (narrowSlots ? ["pmll-128"] : []) + ["sqlite"] {
+            for peer in peers {
                 let load: (Range<Int>) throws -> Void, get: (Int) throws -> Void, set: (Int) throws -> Void
                 var usage: () throws -> (file: Int, slots: Int, growths: Int)
                 var finish: () throws -> Void
                 if peer.hasPrefix("pmll") {
                     var options = PoolOptions()
                     if peer == "pmll-128" { options.storeVersion = PMLL_STORE_VERSION_NARROW }
-                    let pool = try Pool.open(path: dir + "/\(peer).pool", options: options)
+                    let file = dir + "/\(peer).pool"
+                    let pool = try Pool.open(path: file, options: options)
                     load = { range in
                         try pool.transaction(isolation: .none) { tx in
                             for i in range { try tx.set(Self.key(i), [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: valueBytes)) }
@@ -110,7 +113,6 @@ struct ScaleBench: ParsableCommand {
                     let value = [UInt8](repeating: 9, count: valueBytes)
                     set = { i in try pool.transaction(isolation: .none) { tx in try tx.set(Self.key(i), value) } }
                     usage = { let u = try pool.storeUsage(); return (u.fileBytes, u.keyCapacity, u.growths) }
-                    let file = dir + "/\(peer).pool"
                     finish = {
                         guard try pool.check().ok else { throw ToolError("pmll check found problems") }
                         // The next peer should not share the memory with this one's file.
@@ -144,7 +146,7 @@ struct ScaleBench: ParsableCommand {
         }
         print(TextTable.render(table))
         for fs in Set(rows.map(\.filesystem)).sorted() {
-            for peer in ["pmll"] + (narrowSlots ? ["pmll-128"] : []) + ["sqlite"] {
+            for peer in peers {
                 let mine = rows.filter { $0.filesystem == fs && $0.peer == peer }
                 guard let small = mine.first, let large = mine.last, large.keys > small.keys else { continue }
                 print(String(format: "%@ %@: at %d keys vs %d: get p50 %.2fx, set p50 %.2fx%@", fs, peer, large.keys, small.keys,
