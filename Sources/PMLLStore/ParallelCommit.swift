@@ -145,7 +145,7 @@ extension Pool {
         let version = (try reads?.revalidate(store, pool: self) ?? store.commitSequence) &+ 1
         let slotSize = view.slotWidth
         let ranges = slots.map { (offset: store.offset(of: view.slot($0)), length: slotSize) }
-        let header = try writeUndoLog(store, ranges: ranges, keys: slots.count)
+        let header = try writeUndoLog(store, ranges: ranges, keys: slots.count, slotVersion: version)
         logged = true
         CrashPoint.hit("tx.undo-logged")
 
@@ -166,7 +166,10 @@ extension Pool {
         try persist(ranges, site: "tx.data")
         CrashPoint.hit("tx.applied")
 
-        try commitPoint(header, started: started)
+        // Durable from here: every slot holds its intact record of this version, which is
+        // what recovery keeps a pending log of this kind for. So the commit point is written
+        // without a barrier of its own; the next barrier over the log headers carries it.
+        try commitPoint(header, started: started, durable: false)
         committed = true
         return .committed
     }

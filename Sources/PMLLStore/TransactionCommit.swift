@@ -328,11 +328,12 @@ extension Pool {
     }
 
     /// Step 4, for the exclusive and the parallel path alike: `done_seq = seq` (one aligned
-    /// 8-byte store), then its barrier.
-    func commitPoint(_ header: UnsafeMutablePointer<pmll_log_header_t>, started: Int64) throws(PMLLError) {
+    /// 8-byte store), then its barrier, unless `durable` is false (a parallel commit, whose
+    /// slots already say it committed: recovery keeps it whether or not this store is on disk).
+    func commitPoint(_ header: UnsafeMutablePointer<pmll_log_header_t>, started: Int64, durable: Bool = true) throws(PMLLError) {
         pmll_store64_release(&header.pointee.done_seq, header.pointee.seq)
         pmll_add64(&header.pointee.commits, 1)
-        try memory.persistence.persist(UnsafeRawPointer(header), 8, site: "tx.commit")
+        if durable { try memory.persistence.persist(UnsafeRawPointer(header), 8, site: "tx.commit") }
         CrashPoint.hit("tx.committed")
         telemetry.commits.increment()
         telemetry.commitDuration.recordNanoseconds(Clock.monotonicNanoseconds - started)

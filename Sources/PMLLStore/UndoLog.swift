@@ -26,18 +26,29 @@ extension Pool {
 
     /// Writes and persists a pending undo log of `ranges` (old bytes) and `extents`, growing
     /// the slot's overflow area first if it needs one. Returns the log's header.
+    ///
+    /// `slotVersion`: the log of a commit that rewrites whole key slots (`ranges`), giving each
+    /// this version, and whose commit point will be made durable lazily (Docs/Transactions.md
+    /// "The lazy commit point"). Any other log's barrier also covers every log's header, so
+    /// that no lazy commit point is still volatile once something else changes the store.
     @discardableResult
-    func writeUndoLog(_ store: StateStore, ranges: [(offset: Int, length: Int)], extents: [UndoExtent] = [], keys: Int) throws(PMLLError) -> UnsafeMutablePointer<pmll_log_header_t> {
+    func writeUndoLog(_ store: StateStore, ranges: [(offset: Int, length: Int)], extents: [UndoExtent] = [], keys: Int,
+                      slotVersion: UInt64? = nil) throws(PMLLError) -> UnsafeMutablePointer<pmll_log_header_t> {
         let index = ownLogIndex(store)
         let header = store.logHeader(index)
         let entry = MemoryLayout<pmll_log_entry_t>.size
-        let needed = ranges.reduce(0) { $0 + entry + ($1.length + 7) / 8 * 8 } + extents.count * entry
+        let needed = ranges.reduce(0) { $0 + entry + ($1.length + 7) / 8 * 8 } + (extents.count + (slotVersion == nil ? 0 : 1)) * entry
         guard needed <= Int(UInt32.max), ranges.allSatisfy({ $0.length <= Int(UInt32.max) }), extents.allSatisfy({ $0.count <= Int(UInt32.max) }) else {
             throw .transactionTooLarge(keys: keys, bytes: needed, limit: Int(UInt32.max))
         }
         let overflow = needed > Self.slotEntryBytes ? try logOverflow(store, log: index, bytes: needed - Self.slotEntryBytes) : nil
         let stream = LogStream(header: header, overflow: overflow)
         var cursor = 0
+        if let slotVersion {
+            var e = pmll_log_entry_t(offset: slotVersion, length: 0, kind: PMLL_LOG_VERSION)
+            withUnsafeBytes(of: &e) { stream.put(cursor, $0.baseAddress!, entry) }
+            cursor += entry
+        }
         for r in ranges {
             var e = pmll_log_entry_t(offset: UInt64(r.offset), length: UInt32(r.length), kind: PMLL_LOG_BYTES)
             withUnsafeBytes(of: &e) { stream.put(cursor, $0.baseAddress!, entry) }
@@ -52,15 +63,38 @@ extension Pool {
         // The owner before the sequence that makes the log pending: a process that finds it
         // pending asks whether that owner is alive.
         pmll_store32(&header.pointee.owner_token, token.rawValue)
-        header.pointee.entry_count = UInt32(ranges.count + extents.count)
+        header.pointee.entry_count = UInt32(ranges.count + extents.count + (slotVersion == nil ? 0 : 1))
         header.pointee.bytes = UInt32(cursor)
         pmll_store64_release(&header.pointee.seq, header.pointee.done_seq &+ 1)
         header.pointee.checksum = Self.logChecksum(header, overflow: overflow)
-        try memory.persistence.persist(UnsafeRawPointer(header), MemoryLayout<pmll_log_header_t>.size + min(cursor, Self.slotEntryBytes), site: "tx.log")
+        let inSlot = MemoryLayout<pmll_log_header_t>.size + min(cursor, Self.slotEntryBytes)
+        if slotVersion != nil || store.layout.logSlots == 1 {
+            try memory.persistence.persist(UnsafeRawPointer(header), inSlot, site: "tx.log")
+        } else {
+            try persistLogHeaders(store, through: UnsafeRawPointer(header) + inSlot)
+        }
         if let overflow, cursor > Self.slotEntryBytes {
             try memory.persistence.persist(UnsafeRawPointer(overflow), cursor - Self.slotEntryBytes, site: "tx.log")
         }
         return header
+    }
+
+    /// Makes every log's header durable, with this process's log up to `end`: the lazy commit
+    /// points of parallel commits (which change only their own slots' records) are durable
+    /// before an exclusive commit, a growth or a rollback changes anything. One barrier: on a
+    /// file, one `msync` over the log slots (it writes only their dirty pages: the headers
+    /// whose commit points are not yet on disk, and this log).
+    private func persistLogHeaders(_ store: StateStore, through end: UnsafeRawPointer) throws(PMLLError) {
+        let first = UnsafeRawPointer(store.logHeader(0))
+        let last = UnsafeRawPointer(store.logHeader(store.layout.logSlots - 1)) + MemoryLayout<pmll_log_header_t>.size
+        if memory.persistence.isPmem {
+            // Cache-line flushes: only the lines that matter, not the 64 KiB slots between them.
+            for i in 0..<store.layout.logSlots { try memory.persistence.persist(UnsafeRawPointer(store.logHeader(i)), 8, site: "tx.log") }
+            let own = store.logHeader(ownLogIndex(store))
+            try memory.persistence.persist(UnsafeRawPointer(own), end - UnsafeRawPointer(own), site: "tx.log")
+        } else {
+            try memory.persistence.persist(first, max(last, end) - first, site: "tx.log")
+        }
     }
 
     /// The overflow area of log slot `log`, at least `bytes` long (a growth makes or doubles it).
@@ -91,36 +125,66 @@ extension Pool {
         pmll_load64_acquire(&header.pointee.done_seq) < header.pointee.seq
     }
 
-    /// Rolls back every pending log (the caller holds the store lock, so no live committer
-    /// is using one). A log whose checksum fails was torn before anything it covers was
-    /// touched, and is discarded.
+    /// Resolves every pending log (the caller holds the store lock, so no live committer is
+    /// using one): rolls it back, or, for the log of a parallel commit whose records all reached
+    /// their slots, completes it (Docs/Transactions.md "The lazy commit point"). A log whose
+    /// checksum fails was torn before anything it covers was touched, and is discarded.
     package func rollBackPending() throws(PMLLError) {
         let store = try stateStore()
         // Ranges a dead process logged may lie in areas this process has not mapped yet; its
         // growths committed before its log was written, so the directory names them.
         try memory.mapping.ensureMapped(upTo: min(memory.mapping.reserved, try memory.mapping.fileSize() / PoolLayout.page * PoolLayout.page))
         let view = try GrowthDirectory.view(memory.base, layout: store.layout, poolLayout: memory.layout, path: path)
+        // Parallel commits' logs after the others, the newest version first: a commit that
+        // rewrote a slot after another (under its stripe) did so only once that one had
+        // returned, so judging the later one first (rolled back, it puts the earlier one's
+        // record back) leaves each earlier one's slots as it left them.
+        var parallel: [(log: Int, version: UInt64, entries: [UInt8])] = []
         for i in 0..<store.layout.logSlots {
             let header = store.logHeader(i)
             guard isPending(header) else { continue }
             let overflow = view.logOverflow(i).map { UnsafeRawPointer(memory.base + Int($0.offset)) }
             if Self.logChecksum(header, overflow: overflow) == header.pointee.checksum {
-                let restored = try undo(header, log: i, overflow: overflow, store: store, view: view)
-                try persist(restored, site: "tx.rollback")
-                CrashPoint.hit("tx.rolled-back")
-                Self.logger.notice("rolled back an interrupted transaction", metadata: ["log": "\(i)", "entries": "\(header.pointee.entry_count)"])
-                telemetry.rollbacks.increment()
-                audit(.rollback, .ok, "interrupted transaction of undo log \(i) rolled back (\(header.pointee.entry_count) entries)")
+                let entries = Self.entryBytes(header, overflow: overflow)
+                if let version = Self.slotVersion(entries, count: Int(header.pointee.entry_count)) {
+                    parallel.append((i, version, entries))
+                    continue
+                }
+                try rollBack(header, log: i, entries: entries, store: store, view: view)
             }
-            pmll_store64_release(&header.pointee.done_seq, header.pointee.seq)
-            try memory.persistence.persist(UnsafeRawPointer(header), 8, site: "tx.rollback-done")
+            try resolved(header)
+        }
+        for (i, version, entries) in parallel.sorted(by: { $0.version > $1.version }) {
+            let header = store.logHeader(i)
+            if let kept = landedSlots(entries, count: Int(header.pointee.entry_count), version: version, view: view) {
+                pmll_add64(&header.pointee.commits, 1)
+                Self.logger.notice("kept an interrupted transaction: every record it wrote had reached its slot", metadata: ["log": "\(i)", "records": "\(kept)"])
+                audit(.commit, .ok, "interrupted transaction of undo log \(i) kept: all \(kept) record(s) it wrote were in their slots")
+            } else {
+                try rollBack(header, log: i, entries: entries, store: store, view: view)
+            }
+            try resolved(header)
         }
         try store.refresh()
     }
 
-    /// Undoes a log's entries; returns the ranges it wrote.
-    private func undo(_ header: UnsafeMutablePointer<pmll_log_header_t>, log i: Int, overflow: UnsafeRawPointer?, store: StateStore,
-                      view: StoreView) throws(PMLLError) -> [(offset: Int, length: Int)] {
+    private func rollBack(_ header: UnsafeMutablePointer<pmll_log_header_t>, log i: Int, entries: [UInt8], store: StateStore, view: StoreView) throws(PMLLError) {
+        let restored = try undo(header, log: i, entries: entries, store: store, view: view)
+        try persist(restored, site: "tx.rollback")
+        CrashPoint.hit("tx.rolled-back")
+        Self.logger.notice("rolled back an interrupted transaction", metadata: ["log": "\(i)", "entries": "\(header.pointee.entry_count)"])
+        telemetry.rollbacks.increment()
+        audit(.rollback, .ok, "interrupted transaction of undo log \(i) rolled back (\(header.pointee.entry_count) entries)")
+    }
+
+    /// The log's commit point, durable: it is no longer pending.
+    private func resolved(_ header: UnsafeMutablePointer<pmll_log_header_t>) throws(PMLLError) {
+        pmll_store64_release(&header.pointee.done_seq, header.pointee.seq)
+        try memory.persistence.persist(UnsafeRawPointer(header), 8, site: "tx.rollback-done")
+    }
+
+    /// A log's entry bytes, the slot's part and then the overflow's, as one array.
+    private static func entryBytes(_ header: UnsafeMutablePointer<pmll_log_header_t>, overflow: UnsafeRawPointer?) -> [UInt8] {
         let total = Int(header.pointee.bytes)
         var entries = [UInt8](repeating: 0, count: total)
         entries.withUnsafeMutableBytes { raw in
@@ -128,6 +192,45 @@ extension Pool {
             raw.baseAddress!.copyMemory(from: UnsafeRawPointer(header) + MemoryLayout<pmll_log_header_t>.size, byteCount: inSlot)
             if total > inSlot, let overflow { (raw.baseAddress! + inSlot).copyMemory(from: overflow, byteCount: total - inSlot) }
         }
+        return entries
+    }
+
+    /// The version a parallel commit's log gave its slots (its first entry), or nil for any other log.
+    private static func slotVersion(_ entries: [UInt8], count: Int) -> UInt64? {
+        guard count > 0, entries.count >= MemoryLayout<pmll_log_entry_t>.size else { return nil }
+        let e = entries.withUnsafeBytes { $0.loadUnaligned(as: pmll_log_entry_t.self) }
+        return e.kind == PMLL_LOG_VERSION ? e.offset : nil
+    }
+
+    /// How many slots a parallel commit's log names, if each of them holds an intact record
+    /// (its checksum) of at least `version`: then every write of the commit reached its slot
+    /// (a record of a later version was written there only after this commit had returned).
+    /// nil if any did not: the commit was cut short, and is rolled back.
+    private func landedSlots(_ entries: [UInt8], count: Int, version: UInt64, view: StoreView) -> Int? {
+        let entry = MemoryLayout<pmll_log_entry_t>.size
+        var cursor = entry, kept = 0
+        for _ in 1..<count {
+            guard cursor + entry <= entries.count else { return nil }
+            let e = entries.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: cursor, as: pmll_log_entry_t.self) }
+            let offset = Int(clamping: e.offset), length = Int(e.length)
+            guard e.kind == PMLL_LOG_BYTES, length == view.slotWidth, view.index.contains(offset),
+                  (offset - view.index.lowerBound) % view.slotWidth == 0 else { return nil }
+            let s = (memory.base + offset).assumingMemoryBound(to: pmll_key_slot_t.self)
+            let recordLength = Int(s.pointee.key_length) + Int(s.pointee.value_length)
+            guard s.pointee.state == PMLL_KEY_USED, s.pointee.block_count == 0, s.pointee.version >= version,
+                  recordLength <= view.inlineMax,
+                  StateStore.checksum(s, record: UnsafeRawBufferPointer(start: StateStore.inlineRecord(s), count: recordLength)) == s.pointee.checksum
+            else { return nil }
+            kept += 1
+            cursor += entry + (length + 7) / 8 * 8
+        }
+        return kept > 0 ? kept : nil
+    }
+
+    /// Undoes a log's entries; returns the ranges it wrote.
+    private func undo(_ header: UnsafeMutablePointer<pmll_log_header_t>, log i: Int, entries: [UInt8], store: StateStore,
+                      view: StoreView) throws(PMLLError) -> [(offset: Int, length: Int)] {
+        let total = entries.count
         var restored: [(offset: Int, length: Int)] = []
         var cursor = 0
         let entry = MemoryLayout<pmll_log_entry_t>.size
@@ -157,6 +260,8 @@ extension Pool {
                 }
                 restored += Self.bitmapRanges(view, bytes: Array(Set((offset..<(offset + length)).map { $0 / 8 })).sorted())
                 cursor += entry
+            case PMLL_LOG_VERSION:
+                cursor += entry   // what a parallel commit wrote, not an old value
             default:
                 throw .transactionRecoveryFailed(reason: "undo log \(i) has an entry of unknown kind \(e.kind)")
             }

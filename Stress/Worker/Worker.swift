@@ -398,6 +398,7 @@ struct TxSet: ParsableCommand {
 
     func run() throws {
         let pool = try Pool.open(path: pool)
+        let before = Persistence.barrierCount
         let commit = {
             try pool.transaction { tx in
                 for pair in pairs {
@@ -411,7 +412,8 @@ struct TxSet: ParsableCommand {
         } else {
             try commit()
         }
-        emit(["event": "committed"])
+        // Durable barriers of the transaction (0 on tmpfs), recovery of a dead one's included.
+        emit(["event": "committed", "barriers": Int(Persistence.barrierCount - before)])
     }
 }
 

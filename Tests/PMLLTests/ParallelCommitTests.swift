@@ -59,29 +59,98 @@ struct ParallelCommitTests {
 
     /// A commit killed inside: the first commit to meet the dead one's stripe (in a process
     /// that had the pool open before, so no open-time check ran) is told the stripe's holder
-    /// died, rolls the dead transaction back under the exclusive store lock, and commits; the
-    /// stripe is clean afterwards.
-    @Test(arguments: ["tx.undo-logged", "tx.applying", "tx.applied"])
-    func aCommitKilledInsideIsRolledBackBeforeItsStripeIsUsed(point: String) throws {
+    /// died, resolves the dead transaction under the exclusive store lock, and commits; the
+    /// stripe is clean afterwards. Killed before its records were written, the transaction is
+    /// rolled back; killed once they all were (before its commit point), it is kept
+    /// (Docs/Transactions.md "The lazy commit point").
+    @Test(arguments: [("tx.undo-logged", false), ("tx.applying", true), ("tx.applied", true)])
+    func aCommitKilledInsideIsResolvedBeforeItsStripeIsUsed(point: String, kept: Bool) throws {
         let scratch = Scratch()
         let pool = scratch.file("k.pool")
         let (a, other, same) = Self.keys()
         #expect(try Child.worker("tx-set", "--pool", pool, "\(a)=old", "\(other)=old", "\(same)=old").wait() == 0)
         let p = try Pool.open(path: pool)
+        let commitsBefore = try p.transactionStatistics().commits
         let victim = try Child.worker("tx-set", "--pool", pool, "\(a)=new", "\(same)=new", environment: ["PMLL_CRASH_AT": point])
         #expect(victim.wait() == 128 + SIGKILL)
 
         try p.transaction { tx in try tx.set(same, "after") }
-        #expect(try p.transactionStatistics().rollbacks == 1)
-        #expect(try Self.string(p, a) == "old")
+        let rollbacks: UInt64 = kept ? 0 : 1
+        #expect(try p.transactionStatistics().rollbacks == rollbacks)
+        #expect(try p.transactionStatistics().commits == commitsBefore + (kept ? 2 : 1))
+        #expect(try Self.string(p, a) == (kept ? "new" : "old"))
         #expect(try Self.string(p, same) == "after")
         try p.transaction { tx in
             try tx.set(same, "again")
             try tx.set(other, "later")
         }
-        #expect(try p.transactionStatistics().rollbacks == 1)
+        #expect(try p.transactionStatistics().rollbacks == rollbacks)
         #expect(try Self.string(p, same) == "again")
         #expect(try Self.string(p, other) == "later")
+        #expect(try p.check().problems.isEmpty)
+    }
+
+    /// A parallel commit whose records did not all reach their slots is rolled back, however
+    /// far it got: one slot still holding its old record (a write the disk never got), one
+    /// torn (its checksum fails), or one rewritten with an older version.
+    @Test(arguments: ["lost", "torn", "older"])
+    func aParallelCommitCutShortIsRolledBack(damage: String) throws {
+        let scratch = Scratch()
+        let pool = scratch.file("c.pool")
+        let (a, other, same) = Self.keys()
+        #expect(try Child.worker("tx-set", "--pool", pool, "\(a)=old", "\(other)=old", "\(same)=old").wait() == 0)
+        let p = try Pool.open(path: pool)
+        let victim = try Child.worker("tx-set", "--pool", pool, "\(a)=new", "\(same)=new", environment: ["PMLL_CRASH_AT": "tx.applied"])
+        #expect(victim.wait() == 128 + SIGKILL)
+
+        // The dead commit's log: its version, then each slot's old bytes.
+        let store = try p.stateStore()
+        let log = try #require((0..<store.layout.logSlots).first { p.isPending(store.logHeader($0)) })
+        let entries = UnsafeMutableRawPointer(store.logHeader(log)) + MemoryLayout<pmll_log_header_t>.size
+        let version = entries.load(as: pmll_log_entry_t.self)
+        #expect(version.kind == PMLL_LOG_VERSION)
+        let first = entries.load(fromByteOffset: 16, as: pmll_log_entry_t.self)
+        #expect(first.kind == PMLL_LOG_BYTES && first.length == store.view.slotWidth)
+        let slot = (p.memory.base + Int(first.offset)).assumingMemoryBound(to: pmll_key_slot_t.self)
+        #expect(slot.pointee.version == version.offset)
+        switch damage {
+        case "lost":
+            UnsafeMutableRawPointer(slot).copyMemory(from: entries + 32, byteCount: Int(first.length))
+        case "torn":
+            let record = UnsafeMutableRawPointer(slot) + Int(PMLL_KEY_SLOT_HEAD)
+            record.storeBytes(of: ~record.load(fromByteOffset: 5, as: UInt8.self), toByteOffset: 5, as: UInt8.self)
+        default:
+            slot.pointee.version = version.offset - 1
+            let length = Int(slot.pointee.key_length + slot.pointee.value_length)
+            slot.pointee.checksum = StateStore.checksum(slot, record: UnsafeRawBufferPointer(start: UnsafeRawPointer(slot) + Int(PMLL_KEY_SLOT_HEAD), count: length))
+        }
+
+        try p.transaction { tx in try tx.set(same, "after") }
+        #expect(try p.transactionStatistics().rollbacks == 1)
+        #expect(try Self.string(p, a) == "old")
+        #expect(try Self.string(p, same) == "after")
+        #expect(try p.check().problems.isEmpty)
+    }
+
+    /// On a disk, a parallel commit makes two barriers (its log, its records) and an exclusive
+    /// one three (log, data, commit point); the parallel commit's point rides on the next
+    /// barrier over the log headers.
+    @Test func aParallelCommitMakesTwoBarriersOnADisk() throws {
+        let directory = "/var/tmp/pmll-test-\(getpid())-barriers"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let pool = directory + "/b.pool"
+        func barriers(_ pairs: String...) throws -> Int? {
+            let child = try Child(Binaries.worker, ["tx-set", "--pool", pool] + pairs)
+            #expect(child.wait() == 0)
+            return child.events.first { $0["event"] as? String == "committed" }?["barriers"] as? Int
+        }
+        _ = try barriers("pkg/a=1", "pkg/b=1")              // creates the pool and its store
+        #expect(try barriers("pkg/a=2", "pkg/b=2") == 2)   // replaced in their slots: parallel
+        #expect(try barriers("pkg/c=1") == 3)              // an insert: exclusive
+        #expect(try barriers("pkg/a=3") == 2)
+        let p = try Pool.open(path: pool)
+        #expect(try Self.string(p, "pkg/a") == "3" && Self.string(p, "pkg/b") == "2" && Self.string(p, "pkg/c") == "1")
         #expect(try p.check().problems.isEmpty)
     }
 
@@ -128,7 +197,8 @@ struct ParallelCommitTests {
         #expect(readers().count == 0 && readers().biased, "the dead commit held the lock biased")
         let next = try Child.worker("tx-set", "--pool", pool, "newer=1")
         #expect(next.wait(timeout: 30) == 0)
-        #expect(try Self.string(p, a) == "warm2")
+        // Killed once its record was in its slot: kept, by the insert that resolved it.
+        #expect(try Self.string(p, a) == "dead")
         #expect(try Self.string(p, "newer") == "1")
         #expect(try p.check().problems.isEmpty)
     }

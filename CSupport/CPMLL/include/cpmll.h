@@ -686,6 +686,13 @@ _Static_assert(sizeof(pmll_log_header_t) == 64, "log header");
 #define PMLL_LOG_BYTES 0u
 #define PMLL_LOG_ALLOCATED 1u
 #define PMLL_LOG_FREED 2u
+// The log of a commit that rewrote records in their key slots (a parallel commit), whose
+// commit point is made durable lazily: `offset` is the version it gave every slot it wrote
+// (`length` 0, no bytes). Recovery keeps such a transaction if every slot it logged holds an
+// intact record of at least that version, and rolls it back otherwise (Docs/Transactions.md
+// "The lazy commit point"). Builds before it refuse a pending log with it: they would roll
+// back a commit that had returned.
+#define PMLL_LOG_VERSION 3u
 typedef struct pmll_log_entry {
     uint64_t offset;               // from the start of the pool file, or a block number
     uint32_t length;               // bytes, or blocks
