@@ -33,9 +33,14 @@ final class StoreStripes: Sendable {
 /// store lock exclusively: that rolls back every pending log (none can be a live one's
 /// then), after which it takes and releases each died stripe to clear the mark.
 extension Pool {
-    /// Keys of one parallel commit: its undo log (one 128-byte entry each) must fit the log
-    /// slot, whose overflow area only an exclusive growth makes.
-    static let parallelWritesMax = 256
+    /// Keys of one parallel commit: its undo log (the version entry, then an entry and a whole
+    /// slot per key) must fit the log slot, whose overflow area only an exclusive growth makes
+    /// (a growth under the shared lock would race another committer's for the same file
+    /// space). 240 keys with 256-byte slots, 256 with 128-byte ones.
+    static func parallelWritesMax(slotWidth: Int) -> Int {
+        let entry = MemoryLayout<pmll_log_entry_t>.size
+        return min(256, (slotEntryBytes - entry) / (entry + slotWidth))
+    }
 
     /// How many stripes a pool's store has: a power of two, at most 64, a quarter of the lock
     /// table it was created with at most (a small table must keep room for the caller's
@@ -84,7 +89,8 @@ extension Pool {
     /// written, if every write replaces the value of a key that exists with a record that
     /// fits its slot, and the transaction listed no keys.
     func commitInParallel(_ writes: [(key: String, value: [UInt8]?)], reads: ReadSet?, store: StateStore, started: Int64) throws(PMLLError) -> ParallelCommit {
-        guard writes.count <= Self.parallelWritesMax, Int(slot.rawValue) < store.layout.logSlots, reads?.scans.isEmpty ?? true else { return .exclusive }
+        guard writes.count <= Self.parallelWritesMax(slotWidth: store.layout.slotWidth), Int(slot.rawValue) < store.layout.logSlots,
+              reads?.scans.isEmpty ?? true else { return .exclusive }
         // Sizes first, without building anything: most commits that cannot take this path
         // (a value in blocks, a removal) are told so here.
         let inlineMax = store.layout.inlineMax
@@ -145,6 +151,8 @@ extension Pool {
         let version = (try reads?.revalidate(store, pool: self) ?? store.commitSequence) &+ 1
         let slotSize = view.slotWidth
         let ranges = slots.map { (offset: store.offset(of: view.slot($0)), length: slotSize) }
+        // Fits its slot (``parallelWritesMax(slotWidth:)``): growing an overflow area needs the
+        // store lock exclusively.
         let header = try writeUndoLog(store, ranges: ranges, keys: slots.count, slotVersion: version)
         logged = true
         CrashPoint.hit("tx.undo-logged")

@@ -260,13 +260,19 @@ extension Pool {
             let objects = try objectSlots(of: inPlace, in: store)
             let bitmapRanges = Self.bitmapRanges(view, bytes: bitmap.keys.sorted())
 
+            // Only records rewritten in their slots (replaced, inline before and after; the
+            // census as it was): the slots alone say whether it committed, as a parallel
+            // commit's do, so its commit point is lazy too ("The lazy commit point").
+            let slotsOnly = extents.isEmpty && inPlace.isEmpty && objects.isEmpty && !keysetChanged && counts != nil
+                && plans.allSatisfy { $0.value != nil && $0.extent == nil }
+
             // Undo log: old slots, the blocks allocated and freed; objects' slots and the bytes written.
             let width = view.slotWidth
             var ranges: [(offset: Int, length: Int)] = plans.map { (store.offset(of: view.slot($0.index)), width) }
             ranges += objects.map { (store.offset(of: view.slot($0.slot)), width) }
             ranges += inPlace.map { ($0.object.valueOffset + $0.offset, $0.bytes.count) }
-            if census != nil { ranges.append((store.censusRange.lowerBound, store.censusRange.count)) }
-            let header = try writeUndoLog(store, ranges: ranges, extents: extents, keys: plans.count)
+            if census != nil && !slotsOnly { ranges.append((store.censusRange.lowerBound, store.censusRange.count)) }
+            let header = try writeUndoLog(store, ranges: ranges, extents: extents, keys: plans.count, slotVersion: slotsOnly ? version : nil)
             // Before any key appears or vanishes; not undone by a rollback, which only costs
             // a scan's re-check.
             if keysetChanged { pmll_add64(&header.pointee.keyset_changes, 1) }
@@ -312,7 +318,7 @@ extension Pool {
                 touched.append((store.offset(of: s), width))
             }
             for (byte, value) in bitmap { view.bitmapByte(byte).pointee = value }
-            if let census {
+            if let census, !slotsOnly {
                 store.census.pointee = StateStore.censusBytes(UInt64(clamping: Int64(clamping: census) + censusDelta),
                                                               journals: journals.map { UInt64(clamping: Int64(clamping: $0) + journalDelta) })
                 touched.append((store.censusRange.lowerBound, store.censusRange.count))
@@ -322,7 +328,7 @@ extension Pool {
             try persist(touched, site: "tx.data")
             CrashPoint.hit("tx.applied")
 
-            try commitPoint(header, started: started)
+            try commitPoint(header, started: started, durable: !slotsOnly)
         }
         if auditRing != nil { audit(.commit) { Self.describe(writes, inPlace: inPlace.count, into: &$0) } }
     }

@@ -394,6 +394,7 @@ struct TxConflict: ParsableCommand {
 struct TxSet: ParsableCommand {
     @Option var pool: String
     @Option(help: "Hold this package-level lock around the transaction.") var lock: String?
+    @Option(help: "List the keys with this prefix first (a serializable key list: the commit is exclusive).") var list: String?
     @Argument var pairs: [String]
 
     func run() throws {
@@ -401,6 +402,7 @@ struct TxSet: ParsableCommand {
         let before = Persistence.barrierCount
         let commit = {
             try pool.transaction { tx in
+                if let list { _ = try tx.keys(prefix: list) }
                 for pair in pairs {
                     let parts = pair.split(separator: "=", maxSplits: 1).map(String.init)
                     if parts.count == 2 { try tx.set(parts[0], parts[1]) } else { _ = try tx.get(parts[0]) }

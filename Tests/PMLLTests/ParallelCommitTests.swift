@@ -2,6 +2,7 @@ import CPMLL
 import Foundation
 @testable import PMLL
 import PMLLCore
+@testable import PMLLStore
 import Testing
 
 /// Commits on different keys run at once (Docs/Transactions.md "Parallel commits"): a
@@ -132,6 +133,45 @@ struct ParallelCommitTests {
         #expect(try p.check().problems.isEmpty)
     }
 
+    /// A parallel commit's log must fit its 64 KiB slot: an overflow area is a growth, which
+    /// needs the store lock exclusively (two committers growing under the shared lock would
+    /// place their areas at the same offset). 240 keys of 256-byte slots are one parallel
+    /// commit with no growth; 241 commit exclusively, growing the log.
+    @Test func aParallelCommitsLogFitsItsSlot() throws {
+        let scratch = Scratch()
+        let pool = scratch.file("w.pool")
+        let keys = (0..<241).map { "pkg/k\($0)" }
+        for first in stride(from: 0, to: keys.count, by: 60) {
+            #expect(try Child(Binaries.worker, ["tx-set", "--pool", pool] + keys[first..<min(first + 60, keys.count)].map { "\($0)=old" }).wait() == 0)
+        }
+        let p = try Pool.open(path: pool)
+        let store = try p.stateStore()
+        #expect(Pool.parallelWritesMax(slotWidth: store.view.slotWidth) == 240)
+        #expect(Pool.parallelWritesMax(slotWidth: Int(PMLL_KEY_SLOT_NARROW)) == 256)
+        /// The first entry's kind of the log a commit of `count` keys left when killed, whether
+        /// it held the store lock exclusively, and the growths the store had made by then.
+        func killed(_ count: Int) throws -> (kind: UInt32, exclusive: Bool, growths: UInt32) {
+            let victim = try Child(Binaries.worker, ["tx-set", "--pool", pool] + keys.prefix(count).map { "\($0)=new" },
+                                   environment: ["PMLL_CRASH_AT": "tx.undo-logged"])
+            #expect(victim.wait() == 128 + SIGKILL)
+            let log = try #require((0..<store.layout.logSlots).first { p.isPending(store.logHeader($0)) })
+            let entries = UnsafeRawPointer(store.logHeader(log)) + MemoryLayout<pmll_log_header_t>.size
+            let word = pmll_load32(pmll_entry_word(p.memory.lock(try p.storeLock())))
+            let result = (entries.load(as: pmll_log_entry_t.self).kind, word != 0, try store.refresh().growths)
+            try p.transaction { tx in try tx.set("pkg/k0", "after") }   // rolls it back first
+            return result
+        }
+        // 241 first: a parallel commit killed leaves stripes that a later committer must
+        // repair, and a repair makes that commit exclusive whatever its size.
+        let before = try store.refresh().growths
+        // Exclusive, and growing its log; still judged by its slots (it only replaces records).
+        #expect(try killed(241) == (PMLL_LOG_VERSION, true, before + 1))
+        #expect(try killed(240) == (PMLL_LOG_VERSION, false, before + 1))
+        #expect(try p.transactionStatistics().rollbacks == 2)
+        #expect(try Self.string(p, "pkg/k240") == "old")
+        #expect(try p.check().problems.isEmpty)
+    }
+
     /// On a disk, a parallel commit makes two barriers (its log, its records) and an exclusive
     /// one three (log, data, commit point); the parallel commit's point rides on the next
     /// barrier over the log headers.
@@ -149,8 +189,33 @@ struct ParallelCommitTests {
         #expect(try barriers("pkg/a=2", "pkg/b=2") == 2)   // replaced in their slots: parallel
         #expect(try barriers("pkg/c=1") == 3)              // an insert: exclusive
         #expect(try barriers("pkg/a=3") == 2)
+        // After a key list the commit is exclusive; replacing records in their slots, it is
+        // judged by its slots too: two barriers. An insert still makes three.
+        #expect(try barriers("--list", "pkg/", "pkg/b=3") == 2)
+        #expect(try barriers("--list", "pkg/", "pkg/d=1") == 3)
         let p = try Pool.open(path: pool)
-        #expect(try Self.string(p, "pkg/a") == "3" && Self.string(p, "pkg/b") == "2" && Self.string(p, "pkg/c") == "1")
+        #expect(try Self.string(p, "pkg/a") == "3" && Self.string(p, "pkg/b") == "3" && Self.string(p, "pkg/c") == "1")
+        #expect(try p.check().problems.isEmpty)
+    }
+
+    /// An exclusive commit (here after a key list) that only replaces records in their slots
+    /// logs its version and is judged by its slots like a parallel one: killed once its
+    /// records were written it is kept, killed before it is rolled back.
+    @Test(arguments: [("tx.applied", true), ("tx.undo-logged", false)])
+    func anExclusiveUpdateIsJudgedByItsSlots(point: String, kept: Bool) throws {
+        let scratch = Scratch()
+        let pool = scratch.file("x.pool")
+        #expect(try Child.worker("tx-set", "--pool", pool, "pkg/a=old", "pkg/b=old").wait() == 0)
+        let p = try Pool.open(path: pool)
+        let victim = try Child.worker("tx-set", "--pool", pool, "--list", "pkg/", "pkg/a=new", "pkg/b=new", environment: ["PMLL_CRASH_AT": point])
+        #expect(victim.wait() == 128 + SIGKILL)
+        let store = try p.stateStore()
+        let log = try #require((0..<store.layout.logSlots).first { p.isPending(store.logHeader($0)) })
+        let first = (UnsafeRawPointer(store.logHeader(log)) + MemoryLayout<pmll_log_header_t>.size).load(as: pmll_log_entry_t.self)
+        #expect(first.kind == PMLL_LOG_VERSION)
+        #expect(try Self.string(p, "pkg/a") == (kept ? "new" : "old"))   // resolved first (the store lock's holder died)
+        #expect(try Self.string(p, "pkg/b") == (kept ? "new" : "old"))
+        #expect(try p.transactionStatistics().rollbacks == (kept ? 0 : 1))
         #expect(try p.check().problems.isEmpty)
     }
 
