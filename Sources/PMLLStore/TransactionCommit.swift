@@ -334,8 +334,9 @@ extension Pool {
     }
 
     /// Step 4, for the exclusive and the parallel path alike: `done_seq = seq` (one aligned
-    /// 8-byte store), then its barrier, unless `durable` is false (a parallel commit, whose
-    /// slots already say it committed: recovery keeps it whether or not this store is on disk).
+    /// 8-byte store), then its barrier, unless `durable` is false (a commit that only replaced
+    /// records in their slots, which already say it committed: recovery keeps it whether or
+    /// not this store is on disk).
     func commitPoint(_ header: UnsafeMutablePointer<pmll_log_header_t>, started: Int64, durable: Bool = true) throws(PMLLError) {
         pmll_store64_release(&header.pointee.done_seq, header.pointee.seq)
         pmll_add64(&header.pointee.commits, 1)

@@ -126,19 +126,20 @@ extension Pool {
     }
 
     /// Resolves every pending log (the caller holds the store lock, so no live committer is
-    /// using one): rolls it back, or, for the log of a parallel commit whose records all reached
-    /// their slots, completes it (Docs/Transactions.md "The lazy commit point"). A log whose
-    /// checksum fails was torn before anything it covers was touched, and is discarded.
+    /// using one): rolls it back, or, for the log of a commit that only replaced records in
+    /// their slots (parallel, or exclusive) and whose records all reached them, completes it
+    /// (Docs/Transactions.md "The lazy commit point"). A log whose checksum fails was torn
+    /// before anything it covers was touched, and is discarded.
     package func rollBackPending() throws(PMLLError) {
         let store = try stateStore()
         // Ranges a dead process logged may lie in areas this process has not mapped yet; its
         // growths committed before its log was written, so the directory names them.
         try memory.mapping.ensureMapped(upTo: min(memory.mapping.reserved, try memory.mapping.fileSize() / PoolLayout.page * PoolLayout.page))
         let view = try GrowthDirectory.view(memory.base, layout: store.layout, poolLayout: memory.layout, path: path)
-        // Parallel commits' logs after the others, the newest version first: a commit that
-        // rewrote a slot after another (under its stripe) did so only once that one had
-        // returned, so judging the later one first (rolled back, it puts the earlier one's
-        // record back) leaves each earlier one's slots as it left them.
+        // Logs judged by their slots after the others, the newest version first: a commit that
+        // rewrote a slot after another (under its stripe, or the exclusive lock) did so only
+        // once that one had returned, so judging the later one first (rolled back, it puts the
+        // earlier one's record back) leaves each earlier one's slots as it left them.
         var parallel: [(log: Int, version: UInt64, entries: [UInt8])] = []
         for i in 0..<store.layout.logSlots {
             let header = store.logHeader(i)
@@ -195,14 +196,14 @@ extension Pool {
         return entries
     }
 
-    /// The version a parallel commit's log gave its slots (its first entry), or nil for any other log.
+    /// The version a slot-only commit's log gave its slots (its first entry), or nil for any other log.
     private static func slotVersion(_ entries: [UInt8], count: Int) -> UInt64? {
         guard count > 0, entries.count >= MemoryLayout<pmll_log_entry_t>.size else { return nil }
         let e = entries.withUnsafeBytes { $0.loadUnaligned(as: pmll_log_entry_t.self) }
         return e.kind == PMLL_LOG_VERSION ? e.offset : nil
     }
 
-    /// How many slots a parallel commit's log names, if each of them holds an intact record
+    /// How many slots a slot-only commit's log names, if each of them holds an intact record
     /// (its checksum) of at least `version`: then every write of the commit reached its slot
     /// (a record of a later version was written there only after this commit had returned).
     /// nil if any did not: the commit was cut short, and is rolled back.

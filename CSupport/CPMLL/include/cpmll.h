@@ -686,7 +686,8 @@ _Static_assert(sizeof(pmll_log_header_t) == 64, "log header");
 #define PMLL_LOG_BYTES 0u
 #define PMLL_LOG_ALLOCATED 1u
 #define PMLL_LOG_FREED 2u
-// The log of a commit that rewrote records in their key slots (a parallel commit), whose
+// The log of a commit that only rewrote records in their key slots (every parallel commit, and
+// exclusive ones that replaced inline records and nothing else), whose
 // commit point is made durable lazily: `offset` is the version it gave every slot it wrote
 // (`length` 0, no bytes). Recovery keeps such a transaction if every slot it logged holds an
 // intact record of at least that version, and rolls it back otherwise (Docs/Transactions.md
