@@ -80,7 +80,7 @@ extension Pool {
     }
 
     /// Makes every log's header durable, with this process's log up to `end`: the lazy commit
-    /// points of parallel commits (which change only their own slots' records) are durable
+    /// points of commits judged by their slots (which change only those records) are durable
     /// before an exclusive commit, a growth or a rollback changes anything. One barrier: on a
     /// file, one `msync` over the log slots (it writes only their dirty pages: the headers
     /// whose commit points are not yet on disk, and this log).
@@ -140,7 +140,7 @@ extension Pool {
         // rewrote a slot after another (under its stripe, or the exclusive lock) did so only
         // once that one had returned, so judging the later one first (rolled back, it puts the
         // earlier one's record back) leaves each earlier one's slots as it left them.
-        var parallel: [(log: Int, version: UInt64, entries: [UInt8])] = []
+        var judgedBySlots: [(log: Int, version: UInt64, entries: [UInt8])] = []
         for i in 0..<store.layout.logSlots {
             let header = store.logHeader(i)
             guard isPending(header) else { continue }
@@ -148,14 +148,14 @@ extension Pool {
             if Self.logChecksum(header, overflow: overflow) == header.pointee.checksum {
                 let entries = Self.entryBytes(header, overflow: overflow)
                 if let version = Self.slotVersion(entries, count: Int(header.pointee.entry_count)) {
-                    parallel.append((i, version, entries))
+                    judgedBySlots.append((i, version, entries))
                     continue
                 }
                 try rollBack(header, log: i, entries: entries, store: store, view: view)
             }
             try resolved(header)
         }
-        for (i, version, entries) in parallel.sorted(by: { $0.version > $1.version }) {
+        for (i, version, entries) in judgedBySlots.sorted(by: { $0.version > $1.version }) {
             let header = store.logHeader(i)
             if let kept = landedSlots(entries, count: Int(header.pointee.entry_count), version: version, view: view) {
                 pmll_add64(&header.pointee.commits, 1)
@@ -262,7 +262,7 @@ extension Pool {
                 restored += Self.bitmapRanges(view, bytes: Array(Set((offset..<(offset + length)).map { $0 / 8 })).sorted())
                 cursor += entry
             case PMLL_LOG_VERSION:
-                cursor += entry   // what a parallel commit wrote, not an old value
+                cursor += entry   // the version the commit wrote, not an old value
             default:
                 throw .transactionRecoveryFailed(reason: "undo log \(i) has an entry of unknown kind \(e.kind)")
             }

@@ -27,6 +27,13 @@ struct ParallelCommitTests {
         try pool.value(for: key).map { String(decoding: $0, as: UTF8.self) }
     }
 
+    /// The entries of the one pending undo log (a dead committer's), in place.
+    static func pendingLogEntries(_ pool: Pool) throws -> UnsafeMutableRawPointer {
+        let store = try pool.stateStore()
+        let log = try #require((0..<store.layout.logSlots).first { pool.isPending(store.logHeader($0)) })
+        return UnsafeMutableRawPointer(store.logHeader(log)) + MemoryLayout<pmll_log_header_t>.size
+    }
+
     /// A commit stopped between its undo log and its commit point holds its stripe and the
     /// store lock shared: a commit of a key in another stripe goes through meanwhile, one in
     /// the same stripe waits for it. Under one exclusive store lock both would wait.
@@ -106,8 +113,7 @@ struct ParallelCommitTests {
 
         // The dead commit's log: its version, then each slot's old bytes.
         let store = try p.stateStore()
-        let log = try #require((0..<store.layout.logSlots).first { p.isPending(store.logHeader($0)) })
-        let entries = UnsafeMutableRawPointer(store.logHeader(log)) + MemoryLayout<pmll_log_header_t>.size
+        let entries = try Self.pendingLogEntries(p)
         let version = entries.load(as: pmll_log_entry_t.self)
         #expect(version.kind == PMLL_LOG_VERSION)
         let first = entries.load(fromByteOffset: 16, as: pmll_log_entry_t.self)
@@ -154,8 +160,7 @@ struct ParallelCommitTests {
             let victim = try Child(Binaries.worker, ["tx-set", "--pool", pool] + keys.prefix(count).map { "\($0)=new" },
                                    environment: ["PMLL_CRASH_AT": "tx.undo-logged"])
             #expect(victim.wait() == 128 + SIGKILL)
-            let log = try #require((0..<store.layout.logSlots).first { p.isPending(store.logHeader($0)) })
-            let entries = UnsafeRawPointer(store.logHeader(log)) + MemoryLayout<pmll_log_header_t>.size
+            let entries = try Self.pendingLogEntries(p)
             let word = pmll_load32(pmll_entry_word(p.memory.lock(try p.storeLock())))
             let result = (entries.load(as: pmll_log_entry_t.self).kind, word != 0, try store.refresh().growths)
             try p.transaction { tx in try tx.set("pkg/k0", "after") }   // rolls it back first
@@ -209,10 +214,7 @@ struct ParallelCommitTests {
         let p = try Pool.open(path: pool)
         let victim = try Child.worker("tx-set", "--pool", pool, "--list", "pkg/", "pkg/a=new", "pkg/b=new", environment: ["PMLL_CRASH_AT": point])
         #expect(victim.wait() == 128 + SIGKILL)
-        let store = try p.stateStore()
-        let log = try #require((0..<store.layout.logSlots).first { p.isPending(store.logHeader($0)) })
-        let first = (UnsafeRawPointer(store.logHeader(log)) + MemoryLayout<pmll_log_header_t>.size).load(as: pmll_log_entry_t.self)
-        #expect(first.kind == PMLL_LOG_VERSION)
+        #expect(try Self.pendingLogEntries(p).load(as: pmll_log_entry_t.self).kind == PMLL_LOG_VERSION)
         #expect(try Self.string(p, "pkg/a") == (kept ? "new" : "old"))   // resolved first (the store lock's holder died)
         #expect(try Self.string(p, "pkg/b") == (kept ? "new" : "old"))
         #expect(try p.transactionStatistics().rollbacks == (kept ? 0 : 1))
