@@ -42,27 +42,43 @@ static void load_libpmem(void) {
 static int mapping_mode = PMLL_MAP_AUTO;
 void pmll_pmem_set_mapping(int mode) { __atomic_store_n(&mapping_mode, mode, __ATOMIC_RELAXED); }
 
-// Maps [offset, offset + length) of `fd` at `addr` (MAP_FIXED inside a reservation, or
-// anywhere when addr is NULL). Writable mappings try MAP_SYNC first unless mapping is `mmap`:
-// it succeeds only on DAX, where stores reach persistence with cache flushes alone.
-static void *map_range(void *addr, int fd, uint64_t offset, uint64_t length, int writable, int *is_pmem, int *err_out) {
-    int fixed = addr ? MAP_FIXED : 0;
+// Whether writable mappings of `fd` take MAP_SYNC (only on DAX, where stores reach
+// persistence with cache flushes alone), asked with a mapping the kernel places itself. Never
+// asked with MAP_FIXED inside a reservation: on ext4 a MAP_SYNC mapping is refused only after
+// the kernel has unmapped the target range, and another thread's mmap can take that hole before
+// the plain mapping covers it again (the plain MAP_FIXED then maps the pool over that thread's
+// memory, and that thread's munmap later cuts a page out of the pool).
+static int takes_map_sync(int fd, int writable) {
     int mode = __atomic_load_n(&mapping_mode, __ATOMIC_RELAXED);
-    *is_pmem = 0;
     if (mode == PMLL_MAP_LIBPMEM) pthread_once(&libpmem_once, load_libpmem);
-    if (writable && mode != PMLL_MAP_MMAP) {
-        void *p = mmap(addr, (size_t)length, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC | fixed, fd, (off_t)offset);
-        if (p != MAP_FAILED) {
-            pthread_once(&libpmem_once, load_libpmem);
-            // No libpmem: msync is durable on DAX too, only slower than cache flushes.
-            *is_pmem = libpmem.loaded == 1;
-            *err_out = 0;
-            return p;
-        }
-    }
-    void *p = mmap(addr, (size_t)length, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED | fixed, fd, (off_t)offset);
+    if (!writable || mode == PMLL_MAP_MMAP) return 0;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    void *probe = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC, fd, 0);
+    if (probe == MAP_FAILED) return 0;
+    munmap(probe, page);
+    pthread_once(&libpmem_once, load_libpmem);
+    return 1;
+}
+
+// Maps [offset, offset + length) of `fd` at `addr` (MAP_FIXED inside a reservation, or
+// anywhere when addr is NULL), with MAP_SYNC when `sync` (asked by takes_map_sync first).
+static void *map_range(void *addr, int fd, uint64_t offset, uint64_t length, int writable, int sync, int *err_out) {
+    int flags = (sync ? MAP_SHARED_VALIDATE | MAP_SYNC : MAP_SHARED) | (addr ? MAP_FIXED : 0);
+    void *p = mmap(addr, (size_t)length, writable ? PROT_READ | PROT_WRITE : PROT_READ, flags, fd, (off_t)offset);
     *err_out = p == MAP_FAILED ? errno : 0;
     return p == MAP_FAILED ? NULL : p;
+}
+
+// After a MAP_FIXED into a reservation failed: Linux may have unmapped the range first, so it
+// is reserved again where it is a hole. 1 if the range is the reservation's again; 0 if that
+// cannot be known (it was not a hole: still ours, or another thread's mapping took it), and
+// then the reservation must never be unmapped as a whole.
+static int reserve_again(void *addr, uint64_t length) {
+    void *p = mmap(addr, (size_t)length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+    if (p == addr) return 1;
+    // Kernels before 4.17 take MAP_FIXED_NOREPLACE as a hint and map elsewhere.
+    if (p != MAP_FAILED) munmap(p, (size_t)length);
+    return 0;
 }
 
 void *pmll_pmem_create(const char *path, uint64_t length, uint32_t mode, uint64_t *mapped_length, int *is_pmem, int *err_out) {
@@ -78,29 +94,41 @@ void *pmll_pmem_create(const char *path, uint64_t length, uint32_t mode, uint64_
         *err_out = rc;
         return NULL;
     }
-    void *addr = map_range(NULL, fd, 0, length, 1, is_pmem, err_out);
+    int sync = takes_map_sync(fd, 1);
+    void *addr = map_range(NULL, fd, 0, length, 1, sync, err_out);
     close(fd);
     if (!addr) { unlink(path); return NULL; }
+    *is_pmem = sync && libpmem.loaded == 1;
     *mapped_length = length;
     return addr;
 }
 
-void *pmll_map_reserved(int fd, uint64_t length, uint64_t reserve, int writable, int *is_pmem, int *err_out) {
+void *pmll_map_reserved(int fd, uint64_t length, uint64_t reserve, int writable, int *sync, int *is_pmem, int *err_out) {
     *is_pmem = 0;
+    *sync = 0;
     if (length == 0 || length > reserve) { *err_out = EINVAL; return NULL; }
+    int takes_sync = takes_map_sync(fd, writable);
     void *base = mmap(NULL, (size_t)reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (base == MAP_FAILED) { *err_out = errno; return NULL; }
-    if (!map_range(base, fd, 0, length, writable, is_pmem, err_out)) {
-        munmap(base, (size_t)reserve);
+    if (!map_range(base, fd, 0, length, writable, takes_sync, err_out)) {
+        // A hole another thread took must not be unmapped with the rest: leave the rest.
+        if (reserve_again(base, length)) munmap(base, (size_t)reserve);
+        else munmap((char *)base + length, (size_t)(reserve - length));
         return NULL;
     }
+    *sync = takes_sync;
+    // No libpmem: msync is durable on DAX too, only slower than cache flushes.
+    *is_pmem = takes_sync && libpmem.loaded == 1;
     return base;
 }
 
-int pmll_map_extend(void *base, int fd, uint64_t from, uint64_t to, int writable) {
+int pmll_map_extend(void *base, int fd, uint64_t from, uint64_t to, int writable, int sync, int *reservation_intact) {
+    *reservation_intact = 1;
     if (to <= from) return 0;
-    int is_pmem = 0, err = 0;
-    return map_range((char *)base + from, fd, from, to - from, writable, &is_pmem, &err) ? 0 : -err;
+    int err = 0;
+    if (map_range((char *)base + from, fd, from, to - from, writable, sync, &err)) return 0;
+    *reservation_intact = reserve_again((char *)base + from, to - from);
+    return -err;
 }
 
 int pmll_fs_is_volatile(int fd) {

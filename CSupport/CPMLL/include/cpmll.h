@@ -1087,11 +1087,14 @@ void pmll_fault_guard_unregister(const void *base);
 void *_Nullable pmll_pmem_create(const char *path, uint64_t length, uint32_t mode, uint64_t *mapped_length, int *is_pmem, int *err_out);
 // Reserves `reserve` bytes of address space (no memory, no access) and maps the first
 // `length` bytes of `fd` at its start, writable or read-only. The pool's mapping then grows in
-// place (pmll_map_extend): its base never moves, so pointers into it stay valid.
-void *_Nullable pmll_map_reserved(int fd, uint64_t length, uint64_t reserve, int writable, int *is_pmem, int *err_out);
+// place (pmll_map_extend): its base never moves, so pointers into it stay valid. *sync says
+// whether the mapping uses MAP_SYNC (DAX), to be passed to every pmll_map_extend.
+void *_Nullable pmll_map_reserved(int fd, uint64_t length, uint64_t reserve, int writable, int *sync, int *is_pmem, int *err_out);
 // Maps [from, to) of `fd` at base + from, inside a reservation made by pmll_map_reserved.
-// 0 or -errno.
-int pmll_map_extend(void *base, int fd, uint64_t from, uint64_t to, int writable);
+// 0 or -errno. After a failure *reservation_intact is 0 if the range may now hold another
+// thread's mapping (Linux can unmap a MAP_FIXED target before failing): the reservation must
+// then never be unmapped as a whole.
+int pmll_map_extend(void *base, int fd, uint64_t from, uint64_t to, int writable, int sync, int *reservation_intact);
 // 1 if `fd` is on a file system that lives only in memory (tmpfs, ramfs): there msync has
 // nothing to write and a barrier orders nothing another process could not already see.
 int pmll_fs_is_volatile(int fd);

@@ -163,8 +163,8 @@ public final class Pool: Sendable {
         defer { _ = pmll_ofd_lock(fd.rawValue, PMLL_LOCKBYTE_INIT, PMLL_RANGE_UNLOCK, 0) }
 
         let reserve = Self.reservation(fileSize: fileSize, limit: layout.sizeLimit)
-        var isPmem: Int32 = 0, err: Int32 = 0
-        guard let base = pmll_map_reserved(fd.rawValue, UInt64(fileSize), UInt64(reserve), 1, &isPmem, &err) else {
+        var sync: Int32 = 0, isPmem: Int32 = 0, err: Int32 = 0
+        guard let base = pmll_map_reserved(fd.rawValue, UInt64(fileSize), UInt64(reserve), 1, &sync, &isPmem, &err) else {
             throw SystemCall.fileError(Errno(rawValue: err), path: path, operation: "map")
         }
         var mapped = true
@@ -186,7 +186,7 @@ public final class Pool: Sendable {
             try FormerPoolFile.refuseIfReplaced(path: path, file: st, directoryMemo: &header.pointee.unreplaced_memo,
                                                 fileMemo: &header.pointee.unreplaced_file_memo)
         }
-        let mapping = PoolMapping(base: base, length: fileSize, reserved: reserve, writable: true, fd: fd.rawValue, path: path)
+        let mapping = PoolMapping(base: base, length: fileSize, reserved: reserve, writable: true, synchronous: sync != 0, fd: fd.rawValue, path: path)
         let persistence = Persistence(isPmem: isPmem != 0, base: base, volatileStorage: pmll_fs_is_volatile(fd.rawValue) == 1)
         let memory = PoolMemory(base: base, mapping: mapping, layout: layout, persistence: persistence,
                                 lockExtents: TableExtents(kind: PMLL_AREA_LOCKS, created: layout.lockCapacity, limit: PMLL_LOCK_ENTRIES_MAX, base: base,
@@ -268,12 +268,12 @@ public final class Pool: Sendable {
         _ = try SystemCall.retrying("fcntl(F_OFD_SETLKW)") { pmll_ofd_lock(fd.rawValue, PMLL_LOCKBYTE_INIT, PMLL_RANGE_SHARED, 1) }
         defer { _ = pmll_ofd_lock(fd.rawValue, PMLL_LOCKBYTE_INIT, PMLL_RANGE_UNLOCK, 0) }
         let reserve = Self.reservation(fileSize: fileSize, limit: layout.sizeLimit)
-        var isPmem: Int32 = 0, err: Int32 = 0
-        guard let base = pmll_map_reserved(fd.rawValue, UInt64(fileSize), UInt64(reserve), 0, &isPmem, &err) else {
+        var sync: Int32 = 0, isPmem: Int32 = 0, err: Int32 = 0
+        guard let base = pmll_map_reserved(fd.rawValue, UInt64(fileSize), UInt64(reserve), 0, &sync, &isPmem, &err) else {
             throw SystemCall.fileError(Errno(rawValue: err), path: path, operation: "map")
         }
         pmll_fault_guard_register(base, UInt64(reserve), path)
-        let mapping = PoolMapping(base: base, length: fileSize, reserved: reserve, writable: false, fd: fd.rawValue, path: path)
+        let mapping = PoolMapping(base: base, length: fileSize, reserved: reserve, writable: false, synchronous: false, fd: fd.rawValue, path: path)
         let memory = PoolMemory(base: base, mapping: mapping, layout: layout, persistence: Persistence(isPmem: false, base: base),
                                 lockExtents: TableExtents(kind: PMLL_AREA_LOCKS, created: layout.lockCapacity, limit: PMLL_LOCK_ENTRIES_MAX, base: base,
                                                           heap: layout.heap, mapping: mapping, persistence: nil),

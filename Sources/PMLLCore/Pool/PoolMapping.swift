@@ -15,16 +15,23 @@ package final class PoolMapping: @unchecked Sendable {
     /// Bytes of address space reserved: the mapping can grow up to this.
     package let reserved: Int
     package let writable: Bool
+    /// MAP_SYNC (DAX), decided once when the file was first mapped.
+    private let synchronous: Bool
     /// The pool file, borrowed from the pool (open for the pool's whole life).
     private let fd: Int32
     private let path: String
     private let mapped: Atomic<Int>
     private let extending = Mutex<Void>(())
+    /// False once a failed extension may have let another thread's mapping into the
+    /// reservation: closing then leaves the reservation (address space only) to the process's
+    /// exit rather than unmap memory that is not the pool's.
+    private let reservationIntact = Atomic<Bool>(true)
 
-    package init(base: UnsafeMutableRawPointer, length: Int, reserved: Int, writable: Bool, fd: Int32, path: String) {
+    package init(base: UnsafeMutableRawPointer, length: Int, reserved: Int, writable: Bool, synchronous: Bool, fd: Int32, path: String) {
         self.base = base
         self.reserved = reserved
         self.writable = writable
+        self.synchronous = synchronous
         self.fd = fd
         self.path = path
         // mmap maps whole pages: the last partial page is mapped already.
@@ -49,7 +56,9 @@ package final class PoolMapping: @unchecked Sendable {
             guard Int(st.st_size) >= end else {
                 throw .corruptPool(path: path, reason: "the state store names \(end) bytes of file but the file has \(st.st_size) (truncated)")
             }
-            let rc = pmll_map_extend(base, fd, UInt64(current), UInt64(end), writable ? 1 : 0)
+            var intact: Int32 = 1
+            let rc = pmll_map_extend(base, fd, UInt64(current), UInt64(end), writable ? 1 : 0, synchronous ? 1 : 0, &intact)
+            if intact == 0 { reservationIntact.store(false, ordering: .relaxed) }
             guard rc == 0 else { throw SystemCall.fileError(Errno(rawValue: -rc), path: path, operation: "map the grown part of") }
             mapped.store(end, ordering: .releasing)
         }
@@ -79,6 +88,10 @@ package final class PoolMapping: @unchecked Sendable {
     package func unmap() {
         // This process's biased shared acquisitions of the pool's locks, before they cannot be added.
         pmll_bias_flush_range(base, UInt64(reserved))
-        _ = pmll_pmem_unmap(base, UInt64(reserved))
+        if reservationIntact.load(ordering: .relaxed) {
+            _ = pmll_pmem_unmap(base, UInt64(reserved))
+        } else {
+            Pool.logger.warning("pool mapping left to the process's exit: a failed extension may have let another mapping into its reserved range", metadata: ["path": "\(path)"])
+        }
     }
 }
