@@ -58,6 +58,7 @@ extension Pool {
             // Fault the buffer and the mapping in first, so that writers wait for a plain
             // memory copy only.
             image.initializeMemory(as: UInt8.self, repeating: 0, count: length)
+            memory.prefetch(0..<length)
             _ = pmll_prefault(memory.base, UInt64(length))
             asked = Clock.monotonicNanoseconds
             (frozenAt, thawedAt) = try withWritersHeldOff(deadline: deadline) { () throws(PMLLError) -> (Int64, Int64) in
@@ -225,6 +226,10 @@ enum PoolImage {
             done += n
         }
         if failure == 0 && fsync(fd) != 0 { failure = errno }
+        // Its pages are clean now: out of the page cache with them, as the large folios that
+        // big writes make (which would be written back whole at every msync once the copy is a
+        // pool in use, PoolMapping), so that the pool's own mapping reads them in 4 KiB pages.
+        if failure == 0 { _ = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) }
         close(fd)
         guard failure == 0 else {
             unlink(temporary)

@@ -99,6 +99,7 @@ extension StateStore {
         var keys: [String] = []
         let wanted = Array(prefix.utf8)
         let view = self.view
+        memory.prefetch(view.index)
         for i in 0..<view.capacity where view.slot(i).pointee.state == PMLL_KEY_USED {
             let bytes: [UInt8]
             do throws(PMLLError) { bytes = try key(of: i) } catch {

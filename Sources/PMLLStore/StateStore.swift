@@ -163,6 +163,9 @@ package final class StateStore: @unchecked Sendable {
         Array(try recordInPlace(i))
     }
 
+    /// Records from this size on are read ahead before their checksum is computed.
+    static let prefetchBytes = 64 << 10
+
     /// The record bytes in the mapping (no copy), checked against its checksum. Valid while
     /// the store lock is held.
     package func recordInPlace(_ i: UInt32) throws(PMLLError) -> UnsafeRawBufferPointer {
@@ -186,6 +189,8 @@ package final class StateStore: @unchecked Sendable {
                 throw .corruptRecord(key: "#\(i)", reason: "extent out of range")
             }
             bytes = UnsafeRawBufferPointer(start: view.block(s.pointee.first_block), count: length)
+            // The checksum reads it all: a large one is asked for at once, not a page a fault.
+            if length >= Self.prefetchBytes { pmll_prefetch(bytes.baseAddress!, UInt64(length)) }
         }
         guard Self.checksum(s, record: bytes) == s.pointee.checksum else {
             let name = String(decoding: bytes.prefix(Int(s.pointee.key_length)), as: UTF8.self)

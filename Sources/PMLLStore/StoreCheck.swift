@@ -11,6 +11,9 @@ extension Pool {
         guard store.exists else { return }
         try withStoreLock { () throws(PMLLError) in
             let view = store.view
+            // Every slot and every block is read below.
+            memory.prefetch(view.index)
+            for span in view.blockSpanBytes { memory.prefetch(span) }
             let fileSize = try memory.mapping.fileSize()
             if view.end > fileSize { report.problems.append("the state store's areas end at \(view.end) bytes but the file has \(fileSize)") }
             var owner = [Int32](repeating: -1, count: view.blockLimit)

@@ -62,6 +62,7 @@ extension Pool {
         // file grew by just now reads as zeros already.
         if !place.fresh { area.initializeMemory(as: UInt8.self, repeating: 0, count: place.size) }
         let count = UInt32(capacity)
+        memory.prefetch(old.index)
         func slot(_ i: UInt32) -> UnsafeMutablePointer<pmll_key_slot_t> { (area + Int(i) * width).assumingMemoryBound(to: pmll_key_slot_t.self) }
         for i in 0..<old.capacity {
             let s = old.slot(i)

@@ -62,6 +62,9 @@ package final class StoreView: @unchecked Sendable {
 
     package var index: Range<Int> { indexOffset..<(indexOffset + Int(capacity) * slotWidth) }
 
+    /// The file bytes of every block span, its bitmap included.
+    package var blockSpanBytes: [Range<Int>] { spans.map { $0.bitmapOffset..<($0.blocksOffset + $0.count * Int(PMLL_BLOCK_SIZE)) } }
+
     /// The span holding block `b`, if any (numbers between spans name no block).
     @inline(__always)
     package func span(of b: Int) -> BlockSpan? {

@@ -1095,6 +1095,9 @@ void *_Nullable pmll_map_reserved(int fd, uint64_t length, uint64_t reserve, int
 // thread's mapping (Linux can unmap a MAP_FIXED target before failing): the reservation must
 // then never be unmapped as a whole.
 int pmll_map_extend(void *base, int fd, uint64_t from, uint64_t to, int writable, int sync, int *reservation_intact);
+// Starts reading [addr, addr + length) of a pool mapping into the page cache (4 KiB folios),
+// before a scan: pool mappings are MADV_RANDOM, so a fault reads only its own page.
+void pmll_prefetch(const void *addr, uint64_t length);
 // 1 if `fd` is on a file system that lives only in memory (tmpfs, ramfs): there msync has
 // nothing to write and a barrier orders nothing another process could not already see.
 int pmll_fs_is_volatile(int fd);

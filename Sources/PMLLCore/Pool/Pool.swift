@@ -203,6 +203,8 @@ public final class Pool: Sendable {
         var deadSlots = 0
         let alone = pmll_ofd_lock(fd.rawValue, PMLL_LOCKBYTE_SESSION, PMLL_RANGE_EXCLUSIVE, 0)
         if alone == 0 {
+            // The reset below walks the process, lock and queue tables.
+            memory.prefetch(0..<layout.heap.lowerBound)
             let bootID = ProcessIdentity.bootID()   // read once: a file read each time
             let reason: VolatileReset = VolatileState.bootChanged(memory.header, bootID: bootID) ? .reboot : .noOtherProcess
             if let ring, options.recordsAudit,

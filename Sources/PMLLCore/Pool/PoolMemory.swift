@@ -20,6 +20,14 @@ package struct PoolMemory: @unchecked Sendable {
     @inlinable
     package var header: UnsafeMutablePointer<pmll_header_t> { base.assumingMemoryBound(to: pmll_header_t.self) }
 
+    /// Starts reading `range` of the file (clamped to what is mapped) before a scan of it:
+    /// faults of the pool's MADV_RANDOM mapping read one page each (pmll_prefetch).
+    package func prefetch(_ range: Range<Int>) {
+        let end = min(range.upperBound, length)
+        guard range.lowerBound < end else { return }
+        pmll_prefetch(base + range.lowerBound, UInt64(end - range.lowerBound))
+    }
+
     @inlinable @inline(__always)
     package func slot(_ index: SlotIndex) -> UnsafeMutablePointer<pmll_process_slot_t> {
         (base + layout.processTable.lowerBound).assumingMemoryBound(to: pmll_process_slot_t.self) + Int(index.rawValue)
