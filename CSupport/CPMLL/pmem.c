@@ -9,6 +9,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <linux/magic.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -197,6 +198,21 @@ int pmll_file_reserve(int fd, uint64_t offset, uint64_t length) {
     // Zeros written above sit in folios as large as the writes: clean now, dropped, so that
     // the mapping reads the area in 4 KiB pages (map_range).
     if (wrote) (void)posix_fadvise(fd, (off_t)offset, (off_t)length, POSIX_FADV_DONTNEED);
+    return 0;
+}
+
+int pmll_file_release(int fd, uint64_t offset, uint64_t length) {
+    while (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length) != 0) {
+        if (errno != EINTR) return -errno;
+    }
+    return 0;
+}
+
+int pmll_fill_range(int fd, uint64_t offset, uint64_t length) {
+    // Mode 0 inside the file: allocates the range's holes, leaves size and data as they are.
+    while (fallocate(fd, 0, (off_t)offset, (off_t)length) != 0) {
+        if (errno != EINTR) return -errno;
+    }
     return 0;
 }
 

@@ -196,6 +196,8 @@ extension Pool {
         -> (offset: Int, size: Int, reused: Int?, fresh: Bool) {
         if let (i, area) = view.areas.enumerated().filter({ $0.element.kind == PMLL_AREA_FREE && Int($0.element.size) >= (least ?? size) })
             .min(by: { $0.element.size < $1.element.size }) {
+            // Its blocks were given back when it became free (releaseFreeAreas).
+            try memory.mapping.reserve(offset: Int(area.offset), length: Int(area.size))
             return (Int(area.offset), Int(area.size), i, false)
         }
         guard view.areas.count < Int(PMLL_AREA_MAX) else { throw .poolFull(table: "growth areas", capacity: Int(PMLL_AREA_MAX)) }
@@ -241,6 +243,21 @@ extension Pool {
         try memory.persistence.persist(UnsafeRawPointer(header), 8, site: "growth.commit")
         CrashPoint.hit("growth.committed")
         try store.refresh()
+        releaseFreeAreas(store.view)
         audit(.grow, .ok, describe?(store.view.end) ?? "state store \(site) grew: file \(store.view.end) bytes, \(store.view.capacity) key slots, \(store.view.blockCount) blocks")
+    }
+
+    /// Gives the blocks of every free area back to the file system once the growth that freed
+    /// it is committed (an index that doubled leaves the old one: half the file at a million
+    /// keys). Every growth does it for all of them, so areas freed by a build that kept them,
+    /// or by a process killed before this, are given back too. A free area is reserved again
+    /// before it is reused (placeArea), and attaching allocates holes everywhere except in free
+    /// areas (PoolFileBlocks). Not on tmpfs: a read of a hole there allocates a page, and a
+    /// reader of a stale view (or a backup's prefault) could meet a full tmpfs as SIGBUS.
+    private func releaseFreeAreas(_ view: StoreView) {
+        guard !memory.persistence.volatileStorage else { return }
+        for area in view.areas where area.kind == PMLL_AREA_FREE {
+            memory.mapping.release(offset: Int(area.offset), length: Int(area.size))
+        }
     }
 }

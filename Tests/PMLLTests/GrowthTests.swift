@@ -160,6 +160,47 @@ struct GrowthTests {
         #expect(r.status == 73 && r.stderr.hasPrefix("pmll: no space for pool"), "\(r)")
     }
 
+    /// On a disk, the areas an index leaves when it doubles give their blocks back (the file
+    /// keeps its size: the areas read as zeros); opening the pool in another process does not
+    /// allocate them again (only holes elsewhere, as in a sparse copy); and a growth that
+    /// reuses a free area allocates it whole first, so that no write meets a hole.
+    @Test func freeAreasGiveTheirBlocksBackOnADisk() throws {
+        let directory = "/var/tmp/pmll-test-\(getpid())-free-areas"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/g.pool"
+        func allocated() -> Int {
+            var st = stat()
+            return stat(path, &st) == 0 ? Int(st.st_blocks) * 512 : -1
+        }
+        let slack = 64 << 10   // the file system's own blocks (an extent tree)
+        let pool = try Pool.open(path: path, options: Self.smallOptions())
+        let value = [UInt8](repeating: 1, count: 100)
+        for first in stride(from: 0, to: 3_000, by: 250) {
+            try pool.transaction { tx in for k in first..<(first + 250) { try tx.set("k\(k)", value) } }
+        }
+        let grown = try pool.storeUsage()
+        #expect(grown.keyCapacity >= 8_192 && grown.freeAreaBytes >= 1 << 20, "\(grown)")
+        #expect(allocated() <= grown.fileBytes - grown.freeAreaBytes + slack, "\(allocated()) bytes allocated of \(grown)")
+        #expect(allocated() >= grown.fileBytes - grown.freeAreaBytes)
+
+        // Another process attaches: the free areas stay holes.
+        #expect(try run(Binaries.pmll, ["status", "--pool", path]).status == 0)
+        #expect(allocated() <= grown.fileBytes - grown.freeAreaBytes + slack, "an attach allocated the free areas again")
+
+        // Values in blocks until the block space grows into a free area.
+        var stored = 0
+        while try pool.storeUsage().freeAreaBytes == grown.freeAreaBytes && stored < 2_000 {
+            try pool.transaction { tx in try tx.set("big\(stored)", [UInt8](repeating: UInt8(truncatingIfNeeded: stored), count: 4_000)) }
+            stored += 1
+        }
+        let reused = try pool.storeUsage()
+        #expect(reused.freeAreaBytes < grown.freeAreaBytes && reused.fileBytes == grown.fileBytes, "a free area was reused: \(reused)")
+        #expect(allocated() >= reused.fileBytes - reused.freeAreaBytes, "the reused area is allocated whole: \(allocated()) of \(reused)")
+        #expect(try pool.check().problems.isEmpty)
+        #expect(try pool.value(for: "big\(stored - 1)") == [UInt8](repeating: UInt8(truncatingIfNeeded: stored - 1), count: 4_000))
+    }
+
     /// A damaged growth directory, or a grown file cut short, is refused when opened (exit 65),
     /// never read through.
     @Test func aDamagedDirectoryOrATruncatedGrownFileIsRefused() throws {

@@ -1106,6 +1106,12 @@ int pmll_pmem_unmap(void *addr, uint64_t length);
 // Reserves the blocks of [offset, offset + length) of `fd` (fallocate; the file grows if it
 // is shorter) and makes the new size durable (fdatasync). 0 or -errno (-ENOSPC: no room).
 int pmll_file_reserve(int fd, uint64_t offset, uint64_t length);
+// Gives the blocks of [offset, offset + length) back to the file system (punches a hole; the
+// size stays): the range then reads as zeros. 0 or -errno (-EOPNOTSUPP: no holes here).
+int pmll_file_release(int fd, uint64_t offset, uint64_t length);
+// Allocates the holes of [offset, offset + length), inside the file (size and data stay).
+// 0 or -errno (-ENOSPC: no room).
+int pmll_fill_range(int fd, uint64_t offset, uint64_t length);
 // Maps every page of [addr, addr + length) (page aligned) for writing in one system call,
 // instead of one fault per page as they are first written. Best effort: without
 // MADV_POPULATE_WRITE (kernels before 5.14) the pages fault in as before.

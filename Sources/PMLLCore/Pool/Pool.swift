@@ -149,7 +149,7 @@ public final class Pool: Sendable {
         let fileSize = Int(st.st_size)
         // A pool copied as a sparse file would meet a full file system as SIGBUS at the first
         // write into a hole: allocate the holes now, or refuse with the reason.
-        let filled = pmll_fill_holes(fd.rawValue, UInt64(fileSize))
+        let filled = PoolFileBlocks.fillHoles(fd, fileSize: fileSize, heapStart: layout.heap.lowerBound)
         if filled == -ENOSPC {
             throw .noSpace(path: path, reason: "its file is sparse and the file system has no room to allocate its missing blocks (free space, or copy it without --sparse=always)")
         } else if filled == 1 {

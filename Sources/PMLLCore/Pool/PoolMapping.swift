@@ -77,6 +77,25 @@ package final class PoolMapping: @unchecked Sendable {
         try ensureMapped(upTo: offset + length)
     }
 
+    /// Reserves the blocks of [offset, offset + length) inside the file again (an area whose
+    /// blocks were given back, about to be reused), durably, before anything writes there.
+    package func reserve(offset: Int, length: Int) throws(PMLLError) {
+        let rc = pmll_file_reserve(fd, UInt64(offset), UInt64(length))
+        if rc == -ENOSPC || rc == -EDQUOT {
+            throw .noSpace(path: path, reason: "the file system has no room to reuse \(length) bytes of the pool's free space")
+        }
+        guard rc == 0 else { throw SystemCall.fileError(Errno(rawValue: -rc), path: path, operation: "reserve") }
+    }
+
+    /// Gives the blocks of [offset, offset + length) back to the file system: an area nothing
+    /// names any more. Best effort (a file system without holes keeps them).
+    package func release(offset: Int, length: Int) {
+        let rc = pmll_file_release(fd, UInt64(offset), UInt64(length))
+        if rc != 0 && rc != -EOPNOTSUPP {
+            Pool.logger.notice("could not give a free area's blocks back", metadata: ["path": "\(path)", "offset": "\(offset)", "errno": "\(-rc)"])
+        }
+    }
+
     /// The file's size now.
     package func fileSize() throws(PMLLError) -> Int {
         var st = stat()
