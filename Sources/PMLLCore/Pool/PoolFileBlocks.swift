@@ -16,6 +16,8 @@ enum PoolFileBlocks {
     static func fillHoles(_ fd: FileDescriptor, fileSize: Int, heapStart: Int) -> Int32 {
         var st = stat()
         guard fstat(fd.rawValue, &st) == 0 else { return -errno }
+        // Allocated blocks, not SEEK_HOLE: ext4 reports preallocated (unwritten) extents as holes.
+        if Int(st.st_blocks) * 512 >= fileSize { return 0 }   // no hole at all: the directory is not read
         let free = freeAreas(fd, heapStart: heapStart, fileSize: fileSize)
         let needed = fileSize - free.reduce(0) { $0 + $1.count }
         guard Int(st.st_blocks) * 512 < needed else { return 0 }
