@@ -1,23 +1,9 @@
 #define _GNU_SOURCE
 #include "cpmll.h"
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
-
-int pmll_fill_holes(int fd, uint64_t size) {
-    // Allocated blocks, not SEEK_HOLE: ext4 reports preallocated (unwritten) extents as holes.
-    struct stat st;
-    if (fstat(fd, &st) != 0) return -errno;
-    if ((uint64_t)st.st_blocks * 512 >= size) return 0;
-    // Mode 0 allocates blocks for the holes and leaves the size and the data as they are.
-    while (fallocate(fd, 0, 0, (off_t)size) != 0) {
-        if (errno != EINTR) return -errno;
-    }
-    return 1;
-}
 
 // A fixed table read by the signal handler: slots are claimed with a CAS on `base`, and the
 // handler reads only through atomics and async-signal-safe calls.

@@ -1067,11 +1067,6 @@ int pmll_ofd_probe(int fd, int64_t offset, int kind);
 
 // MARK: - Storage faults
 
-// Allocates the blocks of every hole in the first `size` bytes of `fd` (a pool copied as a
-// sparse file), so that a write through the mapping cannot meet a full file system as SIGBUS.
-// 0: no hole; 1: holes allocated; -errno (-ENOSPC: no room for them).
-int pmll_fill_holes(int fd, uint64_t size);
-
 // A SIGBUS inside a registered pool mapping (its file was truncated, or its storage failed)
 // becomes one line on stderr, "pmll: pool 'PATH' lost its storage ...", and _exit(65); any
 // other SIGBUS keeps its default action. Opt-in per process (the pmll command installs it);

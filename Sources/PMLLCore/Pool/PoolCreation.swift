@@ -32,7 +32,7 @@ package enum PoolCreation {
         // Allocate every block now: a write through the mapping into a hole of a file system
         // that has filled up meanwhile would be SIGBUS, not an error.
         let fd = open(temporary, O_RDWR | O_CLOEXEC)
-        let filled = fd >= 0 ? pmll_fill_holes(fd, UInt64(options.size)) : -errno
+        let filled = fd >= 0 ? PoolFileBlocks.fillHoles(FileDescriptor(rawValue: fd), fileSize: options.size, heapStart: layout.heap.lowerBound) : -errno
         if fd >= 0 { close(fd) }
         if filled == -ENOSPC { throw .noSpace(path: path, reason: "the file system has no room for a \(options.size)-byte pool") }
         // The umask must not decide who may share the pool.

@@ -68,11 +68,7 @@ package final class PoolMapping: @unchecked Sendable {
     /// through the mapping must never meet a full file system as SIGBUS) and the new size
     /// durable, then maps it.
     package func grow(offset: Int, length: Int, persistence: Persistence) throws(PMLLError) {
-        let rc = pmll_file_reserve(fd, UInt64(offset), UInt64(length))
-        if rc == -ENOSPC || rc == -EDQUOT {
-            throw .noSpace(path: path, reason: "the file system has no room to grow the pool by \(length) bytes")
-        }
-        guard rc == 0 else { throw SystemCall.fileError(Errno(rawValue: -rc), path: path, operation: "grow") }
+        try reserveBlocks(offset: offset, length: length, operation: "grow", noRoom: "to grow the pool by \(length) bytes")
         persistence.extendShadow(to: offset + length)
         try ensureMapped(upTo: offset + length)
     }
@@ -80,11 +76,13 @@ package final class PoolMapping: @unchecked Sendable {
     /// Reserves the blocks of [offset, offset + length) inside the file again (an area whose
     /// blocks were given back, about to be reused), durably, before anything writes there.
     package func reserve(offset: Int, length: Int) throws(PMLLError) {
+        try reserveBlocks(offset: offset, length: length, operation: "reserve", noRoom: "to reuse \(length) bytes of the pool's free space")
+    }
+
+    private func reserveBlocks(offset: Int, length: Int, operation: String, noRoom: String) throws(PMLLError) {
         let rc = pmll_file_reserve(fd, UInt64(offset), UInt64(length))
-        if rc == -ENOSPC || rc == -EDQUOT {
-            throw .noSpace(path: path, reason: "the file system has no room to reuse \(length) bytes of the pool's free space")
-        }
-        guard rc == 0 else { throw SystemCall.fileError(Errno(rawValue: -rc), path: path, operation: "reserve") }
+        if rc == -ENOSPC || rc == -EDQUOT { throw .noSpace(path: path, reason: "the file system has no room \(noRoom)") }
+        guard rc == 0 else { throw SystemCall.fileError(Errno(rawValue: -rc), path: path, operation: operation) }
     }
 
     /// Gives the blocks of [offset, offset + length) back to the file system: an area nothing
