@@ -1045,6 +1045,9 @@ int pmll_wakeword_bump(uint32_t *word);
 // Names the calling thread (15 bytes at most), as `top -H` and /proc show it.
 void pmll_thread_set_name(const char *name);
 
+// The calling thread's kernel id (gettid(2)): the TID in /proc/PID/task/TID.
+int32_t pmll_thread_id(void);
+
 // MARK: - Process lifetime
 
 // pidfd_open(2) (Linux 5.3): a descriptor that becomes readable when `pid` exits. -errno on failure.

@@ -18,6 +18,7 @@ package final class AuditDrainer: @unchecked Sendable {
     private let stopRequested = Atomic<Bool>(false)
     /// notStarted, running, or failed (pthread_create refused: appenders drain themselves).
     private let state = Atomic<UInt8>(0)   // notStarted
+    private let kernelThreadID = Atomic<Int32>(0)
     private let starting = Mutex<Void>(())
     private var thread = pthread_t()
     private static let notStarted: UInt8 = 0, running: UInt8 = 1, failed: UInt8 = 2
@@ -27,6 +28,12 @@ package final class AuditDrainer: @unchecked Sendable {
     static let napNanoseconds: Int64 = 200_000
     /// What `top -H` and /proc/PID/task/TID/comm show for the thread.
     package static let threadName = "pmll-audit"
+    /// The thread's kernel id once it runs (a process with several pools has several threads
+    /// of that name), else nil.
+    package var threadID: Int32? {
+        let id = kernelThreadID.load(ordering: .acquiring)
+        return id == 0 ? nil : id
+    }
 
     package init() { wake.initialize(to: 0) }
 
@@ -99,6 +106,7 @@ package final class AuditDrainer: @unchecked Sendable {
 
     private func loop(_ drain: AuditDrain, _ gate: AuditGate) {
         pmll_thread_set_name(Self.threadName)
+        kernelThreadID.store(pmll_thread_id(), ordering: .releasing)
         while !stopRequested.load(ordering: .sequentiallyConsistent) {
             // Awake: appenders do not need to kick, so they make no system call.
             pmll_store32(wake, Self.awake)
