@@ -93,13 +93,13 @@ static char *put_text(char *p, const unsigned char *s, size_t n, int numbers, in
 }
 
 size_t pmll_audit_object_text(char *out, const pmll_audit_slot_t *s, int numbers) {
-    size_t text_length = s->text_length < PMLL_AUDIT_TEXT_MAX ? s->text_length : PMLL_AUDIT_TEXT_MAX;
+    size_t text_length = pmll_audit_text_length(s);
     return (size_t)(put_text(out, (const unsigned char *)s->text, text_length, numbers, 0) - out);
 }
 
 size_t pmll_audit_format_line(char *out, const pmll_audit_slot_t *s, uint64_t seq, const char *event, size_t event_length,
                               const char *outcome, size_t outcome_length, const uint8_t *previous, uint8_t *hash, int numbers) {
-    size_t text_length = s->text_length < PMLL_AUDIT_TEXT_MAX ? s->text_length : PMLL_AUDIT_TEXT_MAX;
+    size_t text_length = pmll_audit_text_length(s);
     char *p = out;
     p = PUT_LITERAL(p, "{\"seq\":");
     p = put_u64(p, seq);

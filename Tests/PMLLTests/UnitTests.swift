@@ -464,6 +464,54 @@ import Glibc
         #expect(!ring.isComplete(seq))
     }
 
+    /// A record leaves its checksum out only where no power failure can tear it (a version 3
+    /// ring in a pool on tmpfs); on a disk, or in a version 2 ring (which a build reading only
+    /// version 2 may drain), it carries one, and a record torn after completion is refused.
+    @Test func aRecordLeavesItsChecksumOutOnlyOnTmpfs() throws {
+        func append(_ pool: Pool, _ text: String) throws -> (AuditRing, UInt64) {
+            let ring = try #require(pool.auditRing)
+            let seq = try #require(ring.reserve())
+            #expect(ring.write(seq, token: pool.token, pid: 1, uid: 0, comm: [], event: .commit, outcome: .ok) { $0.add(text) })
+            return (ring, seq)
+        }
+        func tear(_ ring: AuditRing, _ seq: UInt64) {
+            withUnsafeMutableBytes(of: &ring.slot(seq).pointee.text) { $0[1] ^= 0x20 }
+        }
+        let memory = Scratch(in: "/dev/shm"), disk = Scratch(in: "/var/tmp")
+        do {
+            let pool = try Pool.open(path: memory.file("m.pool"))
+            let (ring, seq) = try append(pool, "in memory")
+            #expect(ring.writesUnchecked && ring.slot(seq).pointee.text_length == 9 | PMLL_AUDIT_UNCHECKED)
+            #expect(ring.isComplete(seq))
+            try pool.auditDrain(until: 0)
+            #expect(try pool.auditRecords().contains { $0.object == "in memory" })
+            #expect(try pool.verifyAuditLog().problem == nil)
+        }
+        do {
+            let pool = try Pool.open(path: disk.file("d.pool"))
+            let (ring, seq) = try append(pool, "on a disk")
+            #expect(!ring.writesUnchecked && ring.slot(seq).pointee.text_length == 9)
+            #expect(ring.isComplete(seq))
+            tear(ring, seq)
+            #expect(!ring.isComplete(seq), "a torn record on a disk is found by its checksum")
+            tear(ring, seq)
+        }
+        // A version 2 ring in memory: checksums, and a record without one is not taken.
+        let path = memory.file("v2.pool")
+        do {
+            let pool = try Pool.open(path: path)
+            let h = try #require(pool.auditRing).header
+            h.pointee.version = PMLL_AUDIT_VERSION_BINARY_NUMBERS
+            h.pointee.checksum = pmll_crc32c(0, h, 20)
+        }
+        let pool = try Pool.open(path: path)
+        let (ring, seq) = try append(pool, "version 2")
+        #expect(!ring.readsUnchecked && !ring.writesUnchecked && ring.binaryNumbers)
+        #expect(ring.slot(seq).pointee.text_length == 9 && ring.isComplete(seq))
+        ring.slot(seq).pointee.text_length |= PMLL_AUDIT_UNCHECKED
+        #expect(!ring.isComplete(seq))
+    }
+
     /// A pool whose ring an earlier build made (version 1) keeps getting text only, numbers in
     /// digits, so that such a build draining it writes the same lines; a ring of a later format
     /// is left alone, with a message that says so.
@@ -493,10 +541,10 @@ import Glibc
         }
         // A later build's ring: this process appends nothing to it (its records would not be
         // the later format's), says why, and the pool stays usable.
-        try setVersion(3)
+        try setVersion(PMLL_AUDIT_VERSION + 1)
         let pool = try Pool.open(path: path)
         #expect(pool.auditRing == nil)
-        #expect { try AuditRing(memory: pool.memory, path: path) } throws: { "\($0)".contains("audit ring has format version 3, newer than this build reads") }
+        #expect { try AuditRing(memory: pool.memory, path: path) } throws: { "\($0)".contains("audit ring has format version \(PMLL_AUDIT_VERSION + 1), newer than this build reads") }
     }
 
     /// The look for processes on a former file of a pool's path: it finds one (this process maps

@@ -373,7 +373,7 @@ static inline void pmll_max64(uint64_t *p, uint64_t v) {
 
 // MARK: - Audit ring (its own section, between the queue table and the heap)
 //
-// Appenders take a sequence number (fetch-add on next_seq), claim the slot it maps to, fill
+// Appenders take a sequence number (compare-and-swap on next_seq), claim the slot it maps to, fill
 // it and mark it complete; whoever holds PMLL_LOCKBYTE_AUDIT drains complete slots, in order,
 // into hash-chained files beside the pool (Docs/Audit.md). A slot whose writer died is
 // drained as a gap record. Pools created before audit logging have no ring (section size 0);
@@ -385,8 +385,16 @@ static inline void pmll_max64(uint64_t *p, uint64_t v) {
 // its 8 bytes, little-endian, which the drain writes in decimal (an appender then formats no
 // digits). Version 1 rings (pools from earlier builds) hold text only, and appenders keep to
 // that there, so that an earlier build draining such a pool writes the same lines.
-#define PMLL_AUDIT_VERSION 2u
+// Version 3 (this build's rings): as 2, and a record written to a pool whose file lives in
+// memory only (tmpfs) may leave its checksum out, saying so with PMLL_AUDIT_UNCHECKED in
+// text_length. The checksum finds a record torn by a power failure, which such a file does
+// not survive; a writer killed mid-record leaves it claimed, not complete, either way. In a
+// version 2 ring every record has its checksum (a build that reads only version 2 may drain
+// it); a build that reads only version 2 appends nothing to a version 3 ring.
+#define PMLL_AUDIT_VERSION 3u
+#define PMLL_AUDIT_VERSION_BINARY_NUMBERS 2u
 #define PMLL_AUDIT_VERSION_TEXT_ONLY 1u
+#define PMLL_AUDIT_UNCHECKED 0x80000000u   // in text_length: the record has no checksum (version 3)
 #define PMLL_AUDIT_NUMBER_MARK 0xFFu   // never a byte of UTF-8
 #define PMLL_AUDIT_SLOT_SIZE 512u
 #define PMLL_AUDIT_TEXT_MAX 456u
@@ -433,7 +441,7 @@ typedef struct pmll_audit_slot {
     uint16_t event;                // AuditEvent raw value
     uint16_t outcome;              // AuditOutcome raw value
     int64_t time_ns;               // CLOCK_REALTIME
-    uint32_t text_length;          // bytes of text
+    uint32_t text_length;          // bytes of text, and PMLL_AUDIT_UNCHECKED (version 3)
     uint32_t checksum;             // CRC32C over seq and the fields from pid to the end of text
     char comm[16];
     char text[PMLL_AUDIT_TEXT_MAX];  // the object, UTF-8
@@ -445,6 +453,11 @@ _Static_assert(offsetof(pmll_audit_slot_t, text) == 56, "audit text offset");
 _Static_assert(offsetof(pmll_audit_slot_t, checksum) == 36 && offsetof(pmll_audit_slot_t, comm) == 40, "the audit checksum covers 12..36 and 40..");
 
 static inline uint64_t *pmll_audit_slot_state(pmll_audit_slot_t *s) { return &s->state; }
+// A slot's text length without the UNCHECKED flag, at most PMLL_AUDIT_TEXT_MAX.
+static inline size_t pmll_audit_text_length(const pmll_audit_slot_t *s) {
+    uint32_t n = s->text_length & ~PMLL_AUDIT_UNCHECKED;
+    return n < PMLL_AUDIT_TEXT_MAX ? n : PMLL_AUDIT_TEXT_MAX;
+}
 static inline uint64_t *pmll_audit_next_seq(pmll_audit_ring_t *r) { return &r->next_seq; }
 // Asks for the first `lines` cache lines at p for writing (PREFETCHW), as an appender does for
 // the ring slot of the next record so that writing it later does not wait for another core.

@@ -5,8 +5,8 @@ import Glibc
 
 /// The audit ring in the pool's audit section (layout in cpmll.h): appenders reserve a number,
 /// claim its slot, fill it and complete it; ``AuditDrain`` moves complete records, in order,
-/// into the hash-chained files. Nothing here makes a system call: an append costs a fetch-add,
-/// two compare-and-swaps and a CRC32C of the record.
+/// into the hash-chained files. Nothing here makes a system call: an append costs two
+/// compare-and-swaps and, unless the pool's file lives in memory only, a CRC32C of the record.
 package struct AuditRing: @unchecked Sendable {
     package let header: UnsafeMutablePointer<pmll_audit_ring_t>
     package let slots: UnsafeMutablePointer<pmll_audit_slot_t>
@@ -14,6 +14,13 @@ package struct AuditRing: @unchecked Sendable {
     /// Whether records may hold numbers as binary (a version 2 ring), which the drain writes
     /// in decimal; a version 1 ring (a pool from an earlier build) holds text only.
     package let binaryNumbers: Bool
+    /// Whether records may leave their checksum out (a version 3 ring), and whether this
+    /// process's do: its pool file lives in memory only (tmpfs), which no power failure leaves
+    /// half-written, and no crash model observes the barriers (those build images of a disk).
+    // The checksum was a fifth of an append's cost (a queue round trip's record: about 1.5 of
+    // its 9 points, Docs/Benchmarks.md).
+    package let readsUnchecked: Bool
+    package let writesUnchecked: Bool
     /// How long a reserved number may stay unclaimed before the drainer declares a gap (its
     /// writer died between taking it and claiming its slot: a few instructions). Records
     /// behind it wait in the ring meanwhile, and once the ring is full every appender of the
@@ -53,7 +60,7 @@ package struct AuditRing: @unchecked Sendable {
         if magic && version > PMLL_AUDIT_VERSION && version < 1 << 16 && Self.headerChecksum(h) == h.pointee.checksum {
             throw .corruptPool(path: path, reason: "its audit ring has format version \(version), newer than this build reads (\(PMLL_AUDIT_VERSION_TEXT_ONLY)...\(PMLL_AUDIT_VERSION)): use the build that created the pool")
         }
-        guard magic, version == PMLL_AUDIT_VERSION || version == PMLL_AUDIT_VERSION_TEXT_ONLY, h.pointee.slot_size == PMLL_AUDIT_SLOT_SIZE,
+        guard magic, version >= PMLL_AUDIT_VERSION_TEXT_ONLY, version <= PMLL_AUDIT_VERSION, h.pointee.slot_size == PMLL_AUDIT_SLOT_SIZE,
               Self.headerChecksum(h) == h.pointee.checksum, n > 0, n & (n - 1) == 0,
               MemoryLayout<pmll_audit_ring_t>.size + n * MemoryLayout<pmll_audit_slot_t>.size <= section.count else {
             throw .corruptPool(path: path, reason: "the audit ring's header is damaged")
@@ -66,7 +73,9 @@ package struct AuditRing: @unchecked Sendable {
         header = h
         slots = (UnsafeMutableRawPointer(h) + MemoryLayout<pmll_audit_ring_t>.size).assumingMemoryBound(to: pmll_audit_slot_t.self)
         count = UInt64(n)
-        binaryNumbers = version >= PMLL_AUDIT_VERSION
+        binaryNumbers = version >= PMLL_AUDIT_VERSION_BINARY_NUMBERS
+        readsUnchecked = version >= PMLL_AUDIT_VERSION
+        writesUnchecked = readsUnchecked && memory.persistence.barriersAreSkipped
     }
 
     package func slot(_ seq: UInt64) -> UnsafeMutablePointer<pmll_audit_slot_t> { slots + Int(seq & (count - 1)) }
@@ -94,8 +103,12 @@ package struct AuditRing: @unchecked Sendable {
     /// and every field from `pid` to the end of its text, the checksum itself left out).
     package func isComplete(_ seq: UInt64) -> Bool {
         let s = slot(seq)
-        return pmll_load64_acquire(pmll_audit_slot_state(s)) == Self.state(seq, PMLL_AUDIT_COMPLETE)
-            && s.pointee.text_length <= PMLL_AUDIT_TEXT_MAX && s.pointee.checksum == pmll_audit_slot_checksum(s, seq)
+        guard pmll_load64_acquire(pmll_audit_slot_state(s)) == Self.state(seq, PMLL_AUDIT_COMPLETE) else { return false }
+        let length = s.pointee.text_length
+        if length & PMLL_AUDIT_UNCHECKED != 0 {
+            return readsUnchecked && length & ~PMLL_AUDIT_UNCHECKED <= PMLL_AUDIT_TEXT_MAX
+        }
+        return length <= PMLL_AUDIT_TEXT_MAX && s.pointee.checksum == pmll_audit_slot_checksum(s, seq)
     }
 
     /// Takes the next number, if its slot is free (its previous record is in the files); nil
@@ -165,9 +178,13 @@ package struct AuditRing: @unchecked Sendable {
             fill(&text)
             length = text.finish()
         }
-        s.pointee.text_length = UInt32(length)
-        s.pointee.checksum = withUnsafeBytes(of: &s.pointee.text) { text in
-            pmll_audit_record_checksum(seq, pid, uid, event.rawValue, outcome.rawValue, time, comm.low, comm.high, text.baseAddress, length)
+        if writesUnchecked {
+            s.pointee.text_length = UInt32(length) | PMLL_AUDIT_UNCHECKED
+        } else {
+            s.pointee.text_length = UInt32(length)
+            s.pointee.checksum = withUnsafeBytes(of: &s.pointee.text) { text in
+                pmll_audit_record_checksum(seq, pid, uid, event.rawValue, outcome.rawValue, time, comm.low, comm.high, text.baseAddress, length)
+            }
         }
         // A store, not a compare-and-swap: once claimed, the slot changes hands only when its
         // writer is dead (the drainer's gap), and a writer completing it is alive. A locked

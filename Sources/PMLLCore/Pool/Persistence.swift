@@ -38,6 +38,13 @@ package struct Persistence: @unchecked Sendable {
         self.volatileStorage = volatileStorage
     }
 
+    /// True when ``persist(_:_:site:)`` does nothing: the file lives in memory only and no
+    /// crash model observes the barriers. Nothing written to such a file can be torn by a
+    /// power failure (none of it survives one).
+    package var barriersAreSkipped: Bool {
+        volatileStorage && pmll_crash_is_armed() == 0 && Self.dropped == nil && Self.shadow == nil
+    }
+
     package func persist(_ address: UnsafeRawPointer, _ length: Int, site: StaticString = "other") throws(PMLLError) {
         if pmll_crash_is_armed() != 0 || Self.dropped != nil || Self.shadow != nil {
             if let dropped = Self.dropped, dropped == "\(site)" { return }

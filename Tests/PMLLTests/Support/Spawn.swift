@@ -203,8 +203,9 @@ func run(_ executable: String, _ arguments: [String], environment: [String: Stri
 /// A fresh directory for one test's pools, removed at the end.
 final class Scratch {
     let path: String
-    init() {
-        path = NSTemporaryDirectory() + "pmll-test-\(getpid())-\(UUID().uuidString.prefix(8))"
+    /// `parent`: where (a file system's directory: /dev/shm for tmpfs, /var/tmp for a disk).
+    init(in parent: String = NSTemporaryDirectory()) {
+        path = (parent.hasSuffix("/") ? parent : parent + "/") + "pmll-test-\(getpid())-\(UUID().uuidString.prefix(8))"
         try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
     }
     func file(_ name: String) -> String { path + "/" + name }
