@@ -494,7 +494,7 @@ import Glibc
             #expect(ring.isComplete(seq))
             tear(ring, seq)
             #expect(!ring.isComplete(seq), "a torn record on a disk is found by its checksum")
-            tear(ring, seq)
+            tear(ring, seq)   // put back: the pool drains it as it closes
         }
         // A version 2 ring in memory: checksums, and a record without one is not taken.
         let path = memory.file("v2.pool")

@@ -46,11 +46,8 @@ package struct Persistence: @unchecked Sendable {
     }
 
     package func persist(_ address: UnsafeRawPointer, _ length: Int, site: StaticString = "other") throws(PMLLError) {
-        if pmll_crash_is_armed() != 0 || Self.dropped != nil || Self.shadow != nil {
-            if let dropped = Self.dropped, dropped == "\(site)" { return }
-        } else if volatileStorage {
-            return
-        }
+        if barriersAreSkipped { return }
+        if let dropped = Self.dropped, dropped == "\(site)" { return }
         if isPmem {
             pmll_pmem_persist(address, length)
         } else {
