@@ -103,6 +103,21 @@ struct ExitCheckTests {
         }
     }
 
+    /// SIGKILL among a thread's own pending signals, read from its stat's field 31 (what lets
+    /// the check skip the status file), counted after the last ')' of a command that has some.
+    @Test func theStatLineSaysWhetherSIGKILLIsPending() throws {
+        func line(signal: UInt64) -> String {
+            let fields = (4...52).map { $0 == 31 ? String(signal) : String($0) }
+            return "4242 (a) b (c) R " + fields.joined(separator: " ") + "\n"
+        }
+        #expect(line(signal: 256).withCString { pmll_proc_stat_sigkill($0) } == 1)              // SIGKILL alone
+        #expect(line(signal: 256 | 1 << 14).withCString { pmll_proc_stat_sigkill($0) } == 1)    // with SIGTERM
+        #expect(line(signal: 1 << 14).withCString { pmll_proc_stat_sigkill($0) } == 0)
+        #expect("4242 (x) R 1 2 3".withCString { pmll_proc_stat_sigkill($0) } == -1)
+        let own = try String(contentsOfFile: "/proc/thread-self/stat", encoding: .utf8)
+        #expect(own.withCString { pmll_proc_stat_sigkill($0) } == 0)
+    }
+
     /// The CPU this thread runs on (field 39 of its own stat).
     static func currentCPU() -> Int32 {
         let stat = (try? String(contentsOfFile: "/proc/thread-self/stat", encoding: .utf8)) ?? ""

@@ -45,6 +45,11 @@ struct LockTests {
         let stats = try #require(try Pool.open(path: pool).status().locks.first { $0.name == "d" })
         #expect(stats.ownerDeaths == 1)
         #expect(stats.lastOwnerDeath?.pid == holder.pid)
+        // The waiter that took over had made its audit record while it watched the holder: one
+        // record, naming the holder that died.
+        let deaths = try AuditTests.events(pool).filter { $0["event"] as? String == "lock.owner-death" }
+        #expect(deaths.map { $0["object"] as? String } == ["lock 'd' (package) taken over: previous holder pid \(holder.pid) (pmll-worker) died while holding the lock"],
+                "\(deaths)")
     }
 
     /// Kills churning holders at random instructions (acquire, critical section, release).

@@ -71,6 +71,11 @@ struct SharedLockTests {
         #expect(clean.wait() == 0)
         let status = try #require(try Pool.open(path: pool).status().locks.first { $0.name == "w" })
         #expect(status.ownerDeaths == 1)
+        // The reader watched the writer while it waited, and made its record then: the record
+        // must name the writer that died, as one made after the death would.
+        let deaths = try AuditTests.events(pool).filter { $0["event"] as? String == "lock.owner-death" }
+        #expect(deaths.first?["object"] as? String == "lock 'w' (package) taken over shared: previous holder pid \(writer.pid) (pmll-worker) died while holding the lock",
+                "\(deaths)")
     }
 
     /// Readers and writers in several processes, with readers and writers SIGKILLed at random

@@ -622,4 +622,29 @@ import Glibc
         #expect(pmll_locks_line_is_other_pool("4: POSIX  ADVISORY  READ 1234 fe:00:55 \(session) \(session)", 7) == 0)
         #expect(pmll_locks_line_is_other_pool("5: FLOCK  ADVISORY  WRITE 1234 fe:00:55 0 EOF", 7) == 0)
     }
+
+    /// A takeover prepared while waiting for one owner describes only that owner's death: a
+    /// death record with another pid or command (its slot moved on: "?"), another owner or
+    /// another cause gets the text made from the record instead.
+    @Test func aPreparedTakeoverDescribesOnlyItsOwnersDeath() throws {
+        let scratch = Scratch()
+        let pool = try Pool.open(path: scratch.file("p.pool"))
+        let entry = pool.memory.lock(try pool.lock(named: "x", level: .package).index)
+        let prepared = try #require(pool.prepareTakeover(entry, owner: pool.token.rawValue, shared: false))
+        LockDeath.record(entry, owner: pool.token, memory: pool.memory, detectedAt: 1)
+        let made = Pool.takeoverText(entry, death: LockDeath.read(entry), shared: false)
+        #expect(made.hasPrefix("lock 'x' (package) taken over: previous holder pid \(getpid()) ("))
+        #expect(prepared.text(for: entry) == made)
+        entry.pointee.dead_pid += 1
+        #expect(prepared.text(for: entry) == nil)
+        entry.pointee.dead_pid -= 1
+        writeFixedCString("?", into: &entry.pointee.dead_comm)
+        #expect(prepared.text(for: entry) == nil)
+        LockDeath.record(entry, owner: pool.token, memory: pool.memory, detectedAt: 1, cause: LockDeath.causeInconsistent)
+        #expect(prepared.text(for: entry) == nil)
+        LockDeath.record(entry, owner: OwnerToken(rawValue: pool.token.rawValue ^ 1), memory: pool.memory, detectedAt: 1)
+        #expect(prepared.text(for: entry) == nil)
+        LockDeath.record(entry, owner: pool.token, memory: pool.memory, detectedAt: 2)
+        #expect(prepared.text(for: entry) == made)
+    }
 }

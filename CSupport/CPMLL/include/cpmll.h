@@ -957,6 +957,9 @@ int pmll_process_stopped(int32_t pid, uint64_t start_time);
 // Field 39 (processor) of the same text: the CPU the thread runs on or whose run queue it waits
 // on; -1 if absent.
 int pmll_proc_stat_processor(const char *buf);
+// 1 if field 31 (signal: the thread's own pending signals) of the same text has SIGKILL, 0 if
+// not, -1 if absent. A SIGKILL sent to a process is added to every thread's own set.
+int pmll_proc_stat_sigkill(const char *buf);
 // A check of one process's threads through /proc, opened while it lives (exitcheck.c): NULL if
 // `pid` is no longer the process that started at `start_time`, or /proc cannot be read.
 typedef struct pmll_exit_check pmll_exit_check_t;

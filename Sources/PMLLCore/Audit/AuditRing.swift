@@ -99,6 +99,15 @@ package struct AuditRing: @unchecked Sendable {
 
     static func state(_ seq: UInt64, _ phase: UInt32) -> UInt64 { seq << 2 | UInt64(phase) }
 
+    /// Maps every page of the slots for writing, in one system call (best effort).
+    package func mapForWriting() {
+        let page = UInt(PoolLayout.page)
+        let start = UInt(bitPattern: slots) & ~(page - 1)
+        let end = (UInt(bitPattern: slots + Int(count)) + page - 1) & ~(page - 1)
+        guard let from = UnsafeMutableRawPointer(bitPattern: start) else { return }
+        pmll_populate_for_write(from, Int(end - start))
+    }
+
     /// True when `seq`'s slot holds that record, complete and intact (its checksum: its number
     /// and every field from `pid` to the end of its text, the checksum itself left out).
     package func isComplete(_ seq: UInt64) -> Bool {

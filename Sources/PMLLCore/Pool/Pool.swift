@@ -55,6 +55,8 @@ public final class Pool: Sendable {
     /// One past the audit sequence number this participant took last (0: none yet): its
     /// guess at the next free number.
     package let auditNextGuess = Atomic<UInt64>(0)
+    /// Whether this process mapped the ring's pages for writing (``prepareAuditAppend()``).
+    package let auditRingMapped = Atomic<Bool>(false)
     /// Audit records this participant could not append (the ring stayed full).
     package let auditDropped = Atomic<Int>(0)
     /// The ring's `drained` when this participant last gave up waiting for room (UInt64.max:

@@ -44,7 +44,7 @@ package struct AcquireAttempt: WaitMachine {
     package init(pool: Pool, entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: LockIndex, deadline: Int64,
          cancellation: Cancellation?, start: Int64 = Clock.monotonicNanoseconds, spinNanoseconds: Int64 = SpinBackoff.defaultBudgetNanoseconds,
          watchesOwner: Bool = true) {
-        self.check = OwnerCheck(start: start, watchesOwner: watchesOwner)
+        self.check = OwnerCheck(start: start, watchesOwner: watchesOwner, shared: false)
         self.pool = pool
         self.entry = entry
         self.index = index
@@ -149,16 +149,15 @@ package struct AcquireAttempt: WaitMachine {
     private mutating func takeOver(from owner: UInt32, word w: inout UInt32) -> Taken? {
         // Handed but unclaimed, or still draining readers: its critical section never began.
         let handed = w & PMLL_WORD_NO_DEATH != 0
-        let dead = pool.processes.info(of: OwnerToken(rawValue: owner), heldSince: HoldStamp.heldSince(entry))
         let died = handed ? w & PMLL_WORD_DIED : PMLL_WORD_DIED
         guard pmll_cas32(word, &w, pool.token.rawValue | (w & (PMLL_WORD_WAITERS | PMLL_WORD_READERS_WAITING)) | died) != 0 else { return nil }
         if requestedHandoff { pool.withdrawHandoff(entry) }
         if !handed {
-            LockDeath.record(entry, owner: OwnerToken(rawValue: owner), memory: pool.memory, detectedAt: UInt64(Clock.realtimeNanoseconds))
-            if dead == nil { entry.pointee.dead_pid = 0 }
+            LockDeath.record(entry, owner: OwnerToken(rawValue: owner), memory: pool.memory, detectedAt: UInt64(Clock.realtimeNanoseconds),
+                             count: check.preparedCount(owner))
             entry.pointee.owner_deaths &+= 1
         }
-        return pool.granted(entry, start: start, contended: true, died: died != 0)
+        return pool.granted(entry, start: start, contended: true, died: died != 0, prepared: check.prepared)
     }
 
     /// ``WaitMachine/run()`` for this machine, written out: the generic one stayed

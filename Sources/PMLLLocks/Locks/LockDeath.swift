@@ -41,8 +41,10 @@ package enum LockDeath {
     package static let causeInconsistent: UInt32 = 1
 
     /// Writes the death record of `owner` into the entry. Callers either hold the lock, or
-    /// are about to free a word whose owner is certainly dead.
-    package static func record(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>, owner: OwnerToken, memory: PoolMemory, detectedAt: UInt64, cause: UInt32 = causeDied) {
+    /// are about to free a word whose owner is certainly dead. `count`: the entry's death
+    /// counter, if the caller made it while it waited (``PreparedTakeover``).
+    package static func record(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>, owner: OwnerToken, memory: PoolMemory, detectedAt: UInt64,
+                               cause: UInt32 = causeDied, count: Telemetry.OwnerDeathCount? = nil) {
         let slot = memory.slot(SlotIndex(owner.slot.rawValue % memory.processCapacity))
         let known = slot.pointee.generation == owner.generation
         entry.pointee.dead_pid = known ? slot.pointee.pid : 0
@@ -52,7 +54,8 @@ package enum LockDeath {
         entry.pointee.dead_since_ns = UInt64(bitPattern: HoldStamp.heldSince(entry))
         entry.pointee.dead_detected_ns = detectedAt
         entry.pointee.dead_cause = cause
-        if cause == causeDied { Telemetry.ownerDeath(lock: String(fixedCString: entry.pointee.name)) }
+        guard cause == causeDied else { return }
+        if let count { count.increment() } else { Telemetry.ownerDeath(lock: String(fixedCString: entry.pointee.name)) }
     }
 
     package static func read(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> OwnerDeath {

@@ -11,14 +11,18 @@ package struct OwnerCheck {
     private var since: Int64
     private var exited = false
     private let watches: Bool
+    private let shared: Bool
     private var watch = OwnerWatch()
+    /// The takeover from the watched owner, made when its watch began.
+    package private(set) var prepared: PreparedTakeover?
 
     /// With the owner's exit watched, the probe is a fallback: every 32 intervals.
     static let watchedProbeFactor: Int64 = 32
 
-    package init(start: Int64, watchesOwner: Bool) {
+    package init(start: Int64, watchesOwner: Bool, shared: Bool) {
         since = start
         watches = watchesOwner
+        self.shared = shared
     }
 
     /// Notes the owner seen now. True if it is another one than before (a new hold).
@@ -42,16 +46,22 @@ package struct OwnerCheck {
         return true
     }
 
-    /// The probe: true if the owner's process is gone (OFD byte free), or if its exit watch
-    /// fired and none of its threads can run user code again. An owner found alive is watched
-    /// from now on, and what a takeover of `entry` would do for the first time in this
-    /// process is done now, while waiting, rather than after the owner's death.
+    /// The probe: true if the owner's exit watch fired and none of its threads can run user
+    /// code again, or if its process is gone (OFD byte free; asked second: after the watch
+    /// fired it is free only once the kernel has torn the owner down, which is later). An owner
+    /// found alive is watched from now on, and its takeover is prepared now, while waiting
+    /// (``PreparedTakeover``), rather than after its death.
     package mutating func ownerIsGone(_ owner: UInt32, pool: Pool, entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> Bool {
-        if !pool.processes.isAlive(OwnerToken(rawValue: owner)) || watch.ownerCannotRun(owner, processes: pool.processes) { return true }
+        if watch.ownerCannotRun(owner, processes: pool.processes) || !pool.processes.isAlive(OwnerToken(rawValue: owner)) { return true }
         if watches && watch.watch(owner, processes: pool.processes) {
-            pool.prepareTakeover(entry)
+            prepared = pool.prepareTakeover(entry, owner: owner, shared: shared)
         }
         return false
+    }
+
+    /// The prepared death counter of `owner`, if its takeover was prepared.
+    package func preparedCount(_ owner: UInt32) -> Telemetry.OwnerDeathCount? {
+        prepared?.owner == owner ? prepared?.count : nil
     }
 
     /// Sleeps on `word` (and the watched owner's exit). True if it slept until `until`.

@@ -76,7 +76,8 @@ extension Pool {
     }
 
     /// Stamps statistics as the new holder (plain stores: only the holder writes them).
-    package func granted(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>, start: Int64, contended: Bool, died: Bool) -> Taken {
+    /// `prepared`: the takeover's record, made while waiting.
+    package func granted(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>, start: Int64, contended: Bool, died: Bool, prepared: PreparedTakeover? = nil) -> Taken {
         let waited = contended ? Clock.monotonicNanoseconds - start : 0
         entry.pointee.acquisitions &+= 1
         if contended {
@@ -86,32 +87,20 @@ extension Pool {
             if UInt64(waited) > entry.pointee.max_wait_ns { entry.pointee.max_wait_ns = UInt64(waited) }
         }
         HoldStamp.stamp(entry)
-        if died { auditTakeover(entry) }
+        if died { auditTakeover(entry, prepared: prepared) }
         return Taken(entry: entry, ownerDied: died, waitedNanoseconds: waited)
     }
 
-    /// The audit record of a lock taken over from a holder that died (or left it inconsistent).
+    /// The audit record of a lock taken over from a holder that died (or left it inconsistent):
+    /// the prepared text when it describes the entry's death record, else made now.
     @inline(never)
-    package func auditTakeover(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>, shared: Bool = false) {
-        audit(.ownerDeath, .ok, Self.takeoverText(entry, shared: shared))
+    package func auditTakeover(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>, shared: Bool = false, prepared: PreparedTakeover? = nil) {
+        audit(.ownerDeath, .ok, prepared?.text(for: entry) ?? Self.takeoverText(entry, death: LockDeath.read(entry), shared: shared))
     }
 
-    static func takeoverText(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>, shared: Bool) -> String {
-        "lock '\(String(fixedCString: entry.pointee.name))' (\(HeldLocks.id(of: entry).level)) taken over\(shared ? " shared" : ""): \(LockDeath.read(entry))"
+    package static func takeoverText(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>, death: OwnerDeath, shared: Bool) -> String {
+        "lock '\(String(fixedCString: entry.pointee.name))' (\(HeldLocks.id(of: entry).level)) taken over\(shared ? " shared" : ""): \(death)"
     }
-
-    /// Does once, while a waiter watches a live owner of `entry`, what a takeover would do for
-    /// the first time in this process: make the owner-death counter, and build the audit text
-    /// (from the entry's last death record, thrown away). The first build of that text in a
-    /// process took about 50 µs (the runtime's first look-ups for the types it formats), a
-    /// tenth of a takeover, measured between the takeover and the body.
-    package func prepareTakeover(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) {
-        Telemetry.prepareOwnerDeath(lock: String(fixedCString: entry.pointee.name))
-        Self.keep(Self.takeoverText(entry, shared: false))
-    }
-
-    @_optimize(none) @inline(never)
-    private static func keep(_ text: String) {}
 
     /// Takes back this participant's handoff request. False when a releaser has already
     /// taken it, which means the lock is being handed to us.

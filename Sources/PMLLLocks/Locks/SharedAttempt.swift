@@ -27,7 +27,7 @@ package struct SharedAttempt: WaitMachine {
 
     package init(pool: Pool, entry: UnsafeMutablePointer<pmll_lock_entry_t>, index: LockIndex, deadline: Int64,
                  cancellation: Cancellation?, start: Int64 = Clock.monotonicNanoseconds, spinNanoseconds: Int64 = SpinBackoff.defaultBudgetNanoseconds, watchesOwner: Bool = true) {
-        self.check = OwnerCheck(start: start, watchesOwner: watchesOwner)
+        self.check = OwnerCheck(start: start, watchesOwner: watchesOwner, shared: true)
         self.pool = pool
         self.entry = entry
         self.index = index
@@ -82,7 +82,7 @@ package struct SharedAttempt: WaitMachine {
         pmll_add64(&stats.pointee.contended, 1)
         pmll_add64(&stats.pointee.total_wait_ns, UInt64(max(0, waited)))
         pmll_max64(&stats.pointee.max_wait_ns, UInt64(max(0, waited)))
-        if died { pool.auditTakeover(entry, shared: true) }
+        if died { pool.auditTakeover(entry, shared: true, prepared: check.prepared) }
         return Pool.SharedTaken(taken: Taken(entry: entry, ownerDied: died, waitedNanoseconds: waited), ledger: ledger)
     }
 
@@ -93,8 +93,8 @@ package struct SharedAttempt: WaitMachine {
         let died = begun ? PMLL_WORD_DIED : w & PMLL_WORD_DIED
         guard pmll_cas32(word, &w, pool.token.rawValue | died) != 0 else { return }
         if begun {
-            LockDeath.record(entry, owner: OwnerToken(rawValue: owner), memory: pool.memory, detectedAt: UInt64(Clock.realtimeNanoseconds))
-            if pool.processes.info(of: OwnerToken(rawValue: owner), heldSince: 0) == nil { entry.pointee.dead_pid = 0 }
+            LockDeath.record(entry, owner: OwnerToken(rawValue: owner), memory: pool.memory, detectedAt: UInt64(Clock.realtimeNanoseconds),
+                             count: check.preparedCount(owner))
             entry.pointee.owner_deaths &+= 1
         }
         // Free, keeping DIED; everyone asleep re-checks (the word's sleepers bits are gone).
