@@ -3,9 +3,9 @@ package import PMLLCore
 
 /// What a takeover from one watched owner will record, made while the waiter waits for that
 /// owner: the death counter and the audit record's text. A takeover runs right after the
-/// waiter wakes, on a CPU whose caches the dying process just used: there, building the text
-/// took about 14 µs and finding the counter about 10 µs of a takeover whose p50 is about
-/// 215 µs (timestamps in the waiter, Docs/Benchmarks.md), against nothing for glibc's waiter.
+/// waiter wakes, with that code and its data cold: there, building the text took about 14 µs
+/// and finding the counter about 10 µs of a takeover of about 250 µs (timestamps in the
+/// waiter, Docs/Benchmarks.md), where glibc's waiter has nothing left to do.
 package struct PreparedTakeover {
     let owner: UInt32
     let pid: Int32
