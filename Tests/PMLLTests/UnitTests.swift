@@ -647,4 +647,34 @@ import Glibc
         LockDeath.record(entry, owner: pool.token, memory: pool.memory, detectedAt: 2)
         #expect(prepared.text(for: entry) == made)
     }
+
+    /// Mapping the ring for writing (a waiter's preparation) maps the pages of the slots the
+    /// next records will use, from the next number on and around the end, and not the rest of
+    /// a large ring: asked of /proc/self/pagemap, page by page.
+    @Test func aWaiterMapsTheRingPagesItsNextRecordsWillUse() throws {
+        let pagemap = open("/proc/self/pagemap", O_RDONLY)
+        try #require(pagemap >= 0)
+        defer { close(pagemap) }
+        func mapped(_ slot: UnsafeMutablePointer<pmll_audit_slot_t>) -> Bool {
+            var entry: UInt64 = 0
+            let offset = off_t(UInt(bitPattern: slot) / UInt(PoolLayout.page) * 8)
+            return pread(pagemap, &entry, 8, offset) == 8 && entry & (1 << 63) != 0
+        }
+        let scratch = Scratch(in: "/dev/shm")
+        var options = PoolOptions()
+        options.auditRingSlots = 8192   // 4 MiB of slots
+        let pool = try Pool.open(path: scratch.file("r.pool"), options: options)
+        let ring = try #require(pool.auditRing)
+        // An empty ring whose next record takes the tenth slot before the end. (Slot 0 shares
+        // its page with the ring's header, mapped already.)
+        let start = UInt64(4 * 8192 - 10)
+        pmll_store64_release(pmll_audit_next_seq(ring.header), start)
+        pmll_store64_release(&ring.header.pointee.drained, start)
+        let probes = [8182, 8191, 16, 53, 60, 2037, 2100, 4096].map { ($0, ring.slots + $0) }
+        #expect(probes.filter { mapped($0.1) }.map(\.0) == [], "mapped before")
+        ring.mapForWriting(records: 64)   // slots 8182...8191 and 0...53 (page-rounded: to 55)
+        #expect(probes.filter { mapped($0.1) }.map(\.0) == [8182, 8191, 16, 53], "after 64 records")
+        ring.mapForWriting()              // 2,048 records: 8182...8191 and 0...2037
+        #expect(probes.filter { mapped($0.1) }.map(\.0) == [8182, 8191, 16, 53, 60, 2037], "after 2,048 records")
+    }
 }

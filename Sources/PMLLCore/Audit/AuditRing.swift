@@ -99,13 +99,24 @@ package struct AuditRing: @unchecked Sendable {
 
     static func state(_ seq: UInt64, _ phase: UInt32) -> UInt64 { seq << 2 | UInt64(phase) }
 
-    /// Maps every page of the slots for writing, in one system call (best effort).
-    package func mapForWriting() {
+    /// Maps for writing the pages of the slots the next `records` records will take (the whole
+    /// ring when it is smaller: the default's 1,024 slots are 512 KiB, 60 µs on tmpfs), in one
+    /// or two system calls (best effort). Bounded because a large ring on a disk would have
+    /// every page made writable, and so dirty, at once (65,536 slots are 32 MiB).
+    package func mapForWriting(records: Int = 2048) {
+        let n = min(Int(count), records)
+        let first = Int(nextSeq & (count - 1))
+        let run = min(n, Int(count) - first)
+        Self.mapForWriting(slots + first, run)
+        if n > run { Self.mapForWriting(slots, n - run) }
+    }
+
+    private static func mapForWriting(_ from: UnsafeMutablePointer<pmll_audit_slot_t>, _ n: Int) {
         let page = UInt(PoolLayout.page)
-        let start = UInt(bitPattern: slots) & ~(page - 1)
-        let end = (UInt(bitPattern: slots + Int(count)) + page - 1) & ~(page - 1)
-        guard let from = UnsafeMutableRawPointer(bitPattern: start) else { return }
-        pmll_populate_for_write(from, Int(end - start))
+        let start = UInt(bitPattern: from) & ~(page - 1)
+        let end = (UInt(bitPattern: from + n) + page - 1) & ~(page - 1)
+        guard let address = UnsafeMutableRawPointer(bitPattern: start) else { return }
+        pmll_populate_for_write(address, Int(end - start))
     }
 
     /// True when `seq`'s slot holds that record, complete and intact (its checksum: its number
