@@ -43,8 +43,8 @@ extension Pool {
         }
     }
 
-    /// Maps the audit ring's pages for writing in this process, once, for a thread that is
-    /// about to wait anyway (a waiter watching a lock's owner): the first record a process
+    /// Maps the ring pages of this process's next records for writing, once, for a thread that
+    /// is about to wait anyway (a waiter watching a lock's owner): the first record a process
     /// appends otherwise faults on its slot's page, about 12 µs of a takeover (Docs/Benchmarks.md).
     package func prepareAuditAppend() {
         guard let ring = auditRing, !auditRingMapped.exchange(true, ordering: .relaxed) else { return }

@@ -112,11 +112,9 @@ package struct AuditRing: @unchecked Sendable {
     }
 
     private static func mapForWriting(_ from: UnsafeMutablePointer<pmll_audit_slot_t>, _ n: Int) {
-        let page = UInt(PoolLayout.page)
-        let start = UInt(bitPattern: from) & ~(page - 1)
-        let end = (UInt(bitPattern: from + n) + page - 1) & ~(page - 1)
+        let start = Int(bitPattern: from) / PoolLayout.page * PoolLayout.page
         guard let address = UnsafeMutableRawPointer(bitPattern: start) else { return }
-        pmll_populate_for_write(address, Int(end - start))
+        pmll_populate_for_write(address, PoolLayout.roundUp(Int(bitPattern: from + n)) - start)
     }
 
     /// True when `seq`'s slot holds that record, complete and intact (its checksum: its number
