@@ -69,6 +69,8 @@ struct thread_entry { pid_t tid; int stat; int status; unsigned seen; };
 
 struct pmll_exit_check {
     int task;   // /proc/PID/task: bound to that process (a reused PID is another struct pid)
+    pid_t exit_tid;   // the owner's exit-watch thread, if it was one of its threads at open; else 0
+    int exit_fired;   // during a run: the caller saw that thread's exit word fire
     int count, capacity;
     unsigned run;
     struct thread_entry *threads;
@@ -244,6 +246,12 @@ static int check_thread(struct pmll_exit_check *c, pid_t tid) {
     struct thread_entry *t = find_or_add(c, tid);
     if (!t) return -1;
     if (t->seen == c->run) return 0;
+    // The kernel marks the exit word from this thread's robust list in its do_exit, after
+    // PF_EXITING: nothing to read.
+    if (c->exit_fired && tid == c->exit_tid) {
+        t->seen = c->run;
+        return 1;
+    }
     int kept = (int)(t - c->threads) < KEPT_DESCRIPTORS;
     int stat = t->stat, status = t->status;
     int ok = thread_cannot_run(c, tid, &stat, &status);
@@ -259,7 +267,7 @@ static int check_thread(struct pmll_exit_check *c, pid_t tid) {
     return 1;
 }
 
-pmll_exit_check_t *pmll_exit_check_open(int32_t pid, uint64_t start_time) {
+pmll_exit_check_t *pmll_exit_check_open(int32_t pid, uint64_t start_time, int32_t exit_tid) {
     char path[32], buf[1024], state;
     unsigned long long flags = 0, start = 0;
     snprintf(path, sizeof path, "/proc/%d", pid);
@@ -278,24 +286,34 @@ pmll_exit_check_t *pmll_exit_check_open(int32_t pid, uint64_t start_time) {
     }
     c->task = task;
     (void)list_threads(c, cache_thread);
+    // Kept only if it is one of this process's threads now: then its exit word fires only
+    // from this process's exit (a TID names one thread at a time).
+    for (int i = 0; exit_tid > 0 && i < c->count; i++)
+        if (c->threads[i].tid == exit_tid) c->exit_tid = exit_tid;
     return c;
 }
 
 static int run_rounds(struct pmll_exit_check *c) {
     // Every thread listed must be past the point of no return; list again until no new thread
     // appears (a thread that was running when listed may have created one before it began to
-    // exit).
+    // exit). Not when the exit-watch thread's word fired before the first listing: that
+    // thread, which blocks every signal and never returns, exits only in its process's group
+    // exit (SIGKILL, exit_group, a fatal signal), which under the signal lock puts SIGKILL in
+    // every thread's pending set and makes every later clone of the process fail; so the
+    // first listing already holds every thread there will be. (Or in an exec, whose thread
+    // is listed and can run: the check then says so.)
     for (int round = 0; round < 8; round++) {
         int added = list_threads(c, check_thread);
         if (added == -2) return 0;
         if (added < 0) return -1;
-        if (added == 0) return 1;
+        if (added == 0 || (c->exit_fired && c->exit_tid)) return 1;
     }
     return -1;
 }
 
-int pmll_exit_check_run(pmll_exit_check_t *c) {
+int pmll_exit_check_run(pmll_exit_check_t *c, int exit_fired) {
     c->run++;
+    c->exit_fired = exit_fired;
     c->pinned = -1;
     c->unpin = 0;
     int rc = run_rounds(c);

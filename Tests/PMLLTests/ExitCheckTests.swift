@@ -17,7 +17,7 @@ struct ExitCheckTests {
     static func eventually(_ check: OpaquePointer, is expected: Int32) -> Bool {
         let end = Date().addingTimeInterval(10)
         while Date() < end {
-            if pmll_exit_check_run(check) == expected { return true }
+            if pmll_exit_check_run(check, 0) == expected { return true }
             usleep(1_000)
         }
         return false
@@ -28,18 +28,18 @@ struct ExitCheckTests {
         let child = try Child("/bin/sh", ["-c", script])
         defer { child.stopIfRunning() }
         let start = try #require(Self.startTime(child.pid))
-        let check = try #require(pmll_exit_check_open(child.pid, start))
+        let check = try #require(pmll_exit_check_open(child.pid, start, 0))
         defer { pmll_exit_check_close(check) }
-        for _ in 0..<20 { #expect(pmll_exit_check_run(check) == 0) }
+        for _ in 0..<20 { #expect(pmll_exit_check_run(check, 0) == 0) }
         // Stopped is not dying: SIGCONT would let it run again.
         child.kill(SIGSTOP)
         usleep(20_000)
-        #expect(pmll_exit_check_run(check) == 0)
+        #expect(pmll_exit_check_run(check, 0) == 0)
         child.kill(SIGKILL)
         #expect(Self.eventually(check, is: 1), "the killed process never looked past its exit")
         child.wait()
         // Reaped: still "cannot run" (gone), from the descriptors opened before.
-        #expect(pmll_exit_check_run(check) == 1)
+        #expect(pmll_exit_check_run(check, 0) == 1)
     }
 
     /// A killed thread that waits for the CPU the check runs on (state R, not running) can
@@ -59,12 +59,12 @@ struct ExitCheckTests {
             defer { child.stopIfRunning() }
             usleep(50_000)
             let start = try #require(Self.startTime(child.pid))
-            let check = try #require(pmll_exit_check_open(child.pid, start))
+            let check = try #require(pmll_exit_check_open(child.pid, start, 0))
             defer { pmll_exit_check_close(check) }
             // Alive, no SIGKILL: it can run, waiting for the CPU or not.
-            #expect(pmll_exit_check_run(check) == 0)
+            #expect(pmll_exit_check_run(check, 0) == 0)
             child.kill(SIGKILL)
-            if pmll_exit_check_run(check) == 1 { atOnce += 1 }
+            if pmll_exit_check_run(check, 0) == 1 { atOnce += 1 }
             // The check left this test's own pin in place (a nested pin keeps the outer one).
             #expect(Self.allowedCPUs() == "\(cpu)")
             #expect(Self.eventually(check, is: 1))
@@ -101,6 +101,49 @@ struct ExitCheckTests {
             #expect(Self.currentCPU() != here, "still on CPU \(here)")
             #expect(Self.allowedCPUs() == mask)
         }
+    }
+
+    /// A check told that the exit word fired does not read the exit-watch thread (the word
+    /// fires from that thread's exit) and lists the threads once, but still reads every other
+    /// thread: a live holder with a fired word can still run. The skipped thread must be one
+    /// of the process's threads when the check was opened.
+    @Test func aFiredExitWordSkipsOnlyItsOwnThread() throws {
+        let scratch = Scratch()
+        let holder = try Child(Binaries.pmll, ["lock", "--pool", scratch.file("p.pool"), "l", "--", "sh", "-c", "echo held; exec sleep 30"])
+        defer { holder.stopIfRunning() }
+        let end = Date().addingTimeInterval(20)
+        while !holder.stdout.contains("held") && Date() < end { usleep(10_000) }
+        let watchThread = try #require(try FileManager.default.contentsOfDirectory(atPath: "/proc/\(holder.pid)/task").compactMap { Int32($0) }.first { $0 != holder.pid })
+        let start = try #require(Self.startTime(holder.pid))
+        let live = try #require(pmll_exit_check_open(holder.pid, start, watchThread))
+        defer { pmll_exit_check_close(live) }
+        #expect(pmll_exit_check_run(live, 1) == 0, "the holder's main thread can run")
+
+        // A process whose main thread has ended (a zombie leader) and whose one other thread
+        // sleeps: it can run, unless that thread is the one whose exit word fired.
+        let script = """
+            import ctypes, threading, time, sys
+            def sleeper():
+                sys.stdout.write("tid %d\\n" % threading.get_native_id()); sys.stdout.flush()
+                time.sleep(30)
+            threading.Thread(target=sleeper).start()
+            time.sleep(0.1)
+            ctypes.CDLL(None).pthread_exit(None)
+            """
+        let child = try Child("/usr/bin/python3", ["-c", script])
+        defer { child.stopIfRunning() }
+        while !child.stdout.hasPrefix("tid ") && Date() < end { usleep(10_000) }
+        let sleeper = try #require(child.stdout.split(separator: " ").last.flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) })
+        while Date() < end, let stat = try? String(contentsOfFile: "/proc/\(child.pid)/stat", encoding: .utf8), !stat.contains(") Z ") { usleep(10_000) }
+        let childStart = try #require(Self.startTime(child.pid))
+        let watched = try #require(pmll_exit_check_open(child.pid, childStart, sleeper))
+        defer { pmll_exit_check_close(watched) }
+        #expect(pmll_exit_check_run(watched, 0) == 0, "the sleeping thread can run")
+        #expect(pmll_exit_check_run(watched, 1) == 1, "the thread whose exit word fired was read")
+        #expect(pmll_exit_check_run(watched, 0) == 0)
+        let stranger = try #require(pmll_exit_check_open(child.pid, childStart, pmll_thread_id()))
+        defer { pmll_exit_check_close(stranger) }
+        #expect(pmll_exit_check_run(stranger, 1) == 0, "a TID that is not the process's was trusted")
     }
 
     /// SIGKILL among a thread's own pending signals, read from its stat's field 31 (what lets
@@ -166,7 +209,7 @@ struct ExitCheckTests {
         let child = try Child("/bin/sh", ["-c", "sleep 30"])
         defer { child.stopIfRunning() }
         let start = try #require(Self.startTime(child.pid))
-        #expect(pmll_exit_check_open(child.pid, start + 1) == nil)
-        #expect(pmll_exit_check_open(Int32.max, start) == nil)
+        #expect(pmll_exit_check_open(child.pid, start + 1, 0) == nil)
+        #expect(pmll_exit_check_open(Int32.max, start, 0) == nil)
     }
 }

@@ -968,10 +968,13 @@ typedef struct pmll_exit_check pmll_exit_check_t;
 // ran on that CPU. pmll_thread_unpin restores the mask it had.
 int pmll_thread_pin_here(void);
 void pmll_thread_unpin(void);
-pmll_exit_check_t *_Nullable pmll_exit_check_open(int32_t pid, uint64_t start_time);
+// `exit_tid`: the TID in the process's exit word (its exit-watch thread), or 0.
+pmll_exit_check_t *_Nullable pmll_exit_check_open(int32_t pid, uint64_t start_time, int32_t exit_tid);
 // 1 if the process can run no more user code (every thread has begun to exit, or it is gone),
-// 0 if some thread still can, -1 if it cannot be told.
-int pmll_exit_check_run(pmll_exit_check_t *c);
+// 0 if some thread still can, -1 if it cannot be told. `exit_fired`: the caller saw the exit
+// word marked FUTEX_OWNER_DIED (the exit-watch thread is in its exit: not read; and one
+// listing of the threads suffices, exitcheck.c).
+int pmll_exit_check_run(pmll_exit_check_t *c, int exit_fired);
 void pmll_exit_check_close(pmll_exit_check_t *_Nullable c);
 // Closes later what a watch whose wait is over holds (its check and a pidfd, or -1): at the
 // next pmll_exit_check_close_ended(), or at once when two ended watches already wait.

@@ -49,10 +49,10 @@ package struct OwnerWatch {
         guard let id = processes.identity(of: token) else { return false }
         pid = id.pid
         startTime = id.startTime
-        if let word = processes.exitWord(of: token), pmll_load32(word) & Self.tidMask != 0 {
+        if let word = processes.exitWord(of: token), case let tid = Int32(bitPattern: pmll_load32(word) & Self.tidMask), tid != 0 {
             exitWord = word
-            threads = pmll_exit_check_open(id.pid, id.startTime)
-            exitCPU = pmll_thread_cpu(id.pid, Int32(bitPattern: pmll_load32(word) & Self.tidMask))
+            threads = pmll_exit_check_open(id.pid, id.startTime, tid)
+            exitCPU = pmll_thread_cpu(id.pid, tid)
             return true
         }
         guard pmll_owner_watch_supported() != 0 else { return true }
@@ -122,7 +122,7 @@ package struct OwnerWatch {
         guard owner == self.owner, let exitWord, pmll_load32(exitWord) & Self.ownerDied != 0,
               let id = processes.identity(of: OwnerToken(rawValue: owner)), id.pid == pid, id.startTime == startTime,
               let threads else { return false }
-        return pmll_exit_check_run(threads) == 1
+        return pmll_exit_check_run(threads, 1) == 1
     }
 
     /// Ends the watch for a wait that is over (non-mutating: the wait's final `end`). The
