@@ -80,10 +80,8 @@ struct ExitCheckTests {
     /// elsewhere first (Benchmarks.md, "pattern 2").
     @Test func theExitWatchThreadIsPinnedAndAWaiterStepsOffItsCPU() throws {
         let scratch = Scratch()
-        let holder = try Child(Binaries.pmll, ["lock", "--pool", scratch.file("p.pool"), "l", "--", "sh", "-c", "echo held; exec sleep 30"])
+        let holder = try Self.lockHolder(scratch)
         defer { holder.stopIfRunning() }
-        let end = Date().addingTimeInterval(20)
-        while !holder.stdout.contains("held") && Date() < end { usleep(10_000) }
         let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(holder.pid)/task").filter { $0 != "\(holder.pid)" }
         #expect(tasks.count == 1, "one thread besides the main one: \(tasks)")
         for tid in tasks {
@@ -109,10 +107,9 @@ struct ExitCheckTests {
     /// of the process's threads when the check was opened.
     @Test func aFiredExitWordSkipsOnlyItsOwnThread() throws {
         let scratch = Scratch()
-        let holder = try Child(Binaries.pmll, ["lock", "--pool", scratch.file("p.pool"), "l", "--", "sh", "-c", "echo held; exec sleep 30"])
+        let holder = try Self.lockHolder(scratch)
         defer { holder.stopIfRunning() }
         let end = Date().addingTimeInterval(20)
-        while !holder.stdout.contains("held") && Date() < end { usleep(10_000) }
         let watchThread = try #require(try FileManager.default.contentsOfDirectory(atPath: "/proc/\(holder.pid)/task").compactMap { Int32($0) }.first { $0 != holder.pid })
         let start = try #require(Self.startTime(holder.pid))
         let live = try #require(pmll_exit_check_open(holder.pid, start, watchThread))
@@ -159,6 +156,15 @@ struct ExitCheckTests {
         #expect("4242 (x) R 1 2 3".withCString { pmll_proc_stat_sigkill($0) } == -1)
         let own = try String(contentsOfFile: "/proc/thread-self/stat", encoding: .utf8)
         #expect(own.withCString { pmll_proc_stat_sigkill($0) } == 0)
+    }
+
+    /// A `pmll lock` process (its main thread and its exit-watch thread) holding a lock while
+    /// its command sleeps, once it holds it.
+    static func lockHolder(_ scratch: Scratch) throws -> Child {
+        let holder = try Child(Binaries.pmll, ["lock", "--pool", scratch.file("p.pool"), "l", "--", "sh", "-c", "echo held; exec sleep 30"])
+        let end = Date().addingTimeInterval(20)
+        while !holder.stdout.contains("held") && Date() < end { usleep(10_000) }
+        return holder
     }
 
     /// The CPU this thread runs on (field 39 of its own stat).
