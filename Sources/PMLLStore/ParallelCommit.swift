@@ -98,6 +98,7 @@ extension Pool {
             guard let value, key.utf8.count + value.count <= inlineMax, !key.utf8.starts(with: Self.objectPrefixBytes) else { return .exclusive }
         }
         let keys = writes.map { Array($0.key.utf8) }, values = writes.map { $0.value! }
+        try prepareRedoLog(store)
         let stripes = try storeStripes()
         guard !stripes.locks.isEmpty else { return .exclusive }
         let service = services.required(.store, as: StoreService.self)
@@ -149,6 +150,19 @@ extension Pool {
         guard slots.allSatisfy({ view.slot($0).pointee.block_count == 0 }) else { return .exclusive }
 
         let version = (try reads?.revalidate(store, pool: self) ?? store.commitSequence) &+ 1
+        // On a disk, through the redo log when the pool has one (every process then does:
+        // its records are what a settle redoes).
+        if let redo = try redoHeader(view) {
+            logged = true
+            switch try commitThroughRedoLog(redo, store: store, view: view, slots: slots, keys: keys, values: values, version: version, started: started) {
+            case .committed:
+                committed = true
+                return .committed
+            case .full, .unsettled:
+                logged = false
+                return .exclusive
+            }
+        }
         let slotSize = view.slotWidth
         let ranges = slots.map { (offset: store.offset(of: view.slot($0)), length: slotSize) }
         // Fits its slot (``parallelWritesMax(slotWidth:)``): growing an overflow area needs the

@@ -192,7 +192,7 @@ extension Pool {
     /// the end of the directory's areas, reserved in the file and mapped.
     /// `reusing`: the least a free area must hold to be taken instead (default `size`).
     /// `fresh`: the file ended at `offset` until this call, so the area reads as zeros.
-    private func placeArea(_ store: StateStore, _ view: StoreView, size: Int, reusing least: Int? = nil) throws(PMLLError)
+    func placeArea(_ store: StateStore, _ view: StoreView, size: Int, reusing least: Int? = nil) throws(PMLLError)
         -> (offset: Int, size: Int, reused: Int?, fresh: Bool) {
         if let (i, area) = view.areas.enumerated().filter({ $0.element.kind == PMLL_AREA_FREE && Int($0.element.size) >= (least ?? size) })
             .min(by: { $0.element.size < $1.element.size }) {
@@ -212,7 +212,7 @@ extension Pool {
         return (offset, size, nil, fresh)
     }
 
-    private static func put(_ entry: pmll_area_t, reusing: Int?, into d: inout pmll_growth_t) -> Int {
+    static func put(_ entry: pmll_area_t, reusing: Int?, into d: inout pmll_growth_t) -> Int {
         let at = reusing ?? Int(d.area_count)
         withUnsafeMutableBytes(of: &d.areas) { $0.bindMemory(to: pmll_area_t.self)[at] = entry }
         if reusing == nil { d.area_count += 1 }
@@ -225,7 +225,7 @@ extension Pool {
 
     /// Step 3: the directory changes as one transaction through this process's undo log.
     /// `describe`: the audit record's text from the file's new end (default: the store's tables).
-    private func publish(_ store: StateStore, site: String, describe: ((Int) -> String)? = nil, _ change: (inout pmll_growth_t) -> Void) throws(PMLLError) {
+    func publish(_ store: StateStore, site: String, describe: ((Int) -> String)? = nil, _ change: (inout pmll_growth_t) -> Void) throws(PMLLError) {
         let directory = store.directory
         var next = directory.pointee
         if next.magic == 0 { next.index_area = PMLL_INDEX_CREATED }

@@ -21,6 +21,8 @@ package final class StoreService: Sendable {
     /// Set while a thread of this process commits in parallel: the process has one undo log,
     /// so a second thread's commit takes the store lock exclusively instead.
     let parallelLogBusy = Atomic<Bool>(false)
+    /// Set once making a redo log failed for want of room (``Pool/prepareRedoLog(_:)``).
+    let redoUnavailable = Atomic<Bool>(false)
     /// The sequence each log was last seen pending with, and when its owner was last asked
     /// about (``Pool/storeReady(probeAtOnce:)``).
     private let pendingSeen: Mutex<[(seq: UInt64, askedAt: Int64)]>

@@ -163,6 +163,11 @@ extension GrowthDirectory {
                       !areas[..<i].contains(where: { $0.kind == PMLL_AREA_LOG && $0.first_block == a.first_block }) else {
                     throw damaged("undo-log area \(i) is inconsistent")
                 }
+            case PMLL_AREA_REDO:
+                guard a.first_block == 0, a.count > 0, Int(a.count) + PoolLayout.page <= size,
+                      !areas[..<i].contains(where: { $0.kind == PMLL_AREA_REDO }) else {
+                    throw damaged("redo-log area \(i) is inconsistent")
+                }
             case PMLL_AREA_LOCKS, PMLL_AREA_QUEUES:
                 let k = Int(a.first_block), locks = a.kind == PMLL_AREA_LOCKS
                 let created = UInt64(locks ? poolLayout.lockCapacity : poolLayout.queueCapacity)

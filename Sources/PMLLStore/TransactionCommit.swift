@@ -72,10 +72,14 @@ extension Pool {
         // Every commit and growth runs under this lock: a log still pending now was left by a
         // process that died inside one (whether or not this acquisition was told of a death:
         // the lock may have been taken over since, or the pool's volatile state reset).
-        if taken.ownerDied || (0..<store.layout.logSlots).contains(where: { isPending(store.logHeader($0)) }) {
+        if taken.ownerDied || (0..<store.layout.logSlots).contains(where: { isPending(store.logHeader($0)) && !Self.isRedoMarker(store.logHeader($0)) }) {
             do { try rollBackPending() } catch { inconsistent = true; throw error }
         }
-        try store.refresh()
+        // Then the redo log: no exclusive change may lie under a record a later settle would
+        // redo over it, and a commit killed after its record is finished here.
+        do {
+            if try redoNeedsSettling(store, try store.refresh()) { try settleRedoLog(store) }
+        } catch { inconsistent = true; throw error }
         return try body()
     }
 
@@ -94,6 +98,11 @@ extension Pool {
     package func storeReady(probeAtOnce: Bool = true) throws(PMLLError) {
         let store = self.store
         guard store.exists, !isReadOnly else { return }
+        // After a volatile reset (a power failure among its causes) the redo log is settled
+        // whole before anything is read: a commit that returned may be only in its record.
+        if let redo = try redoHeader(store.view), redo.pointee.epoch != pmll_load64(&memory.header.pointee.volatile_resets) {
+            try withStoreLock { () throws(PMLLError) in }
+        }
         // Tokens repeat after a volatile reset (a power failure, a reboot): one that names this
         // participant is not a commit of its own under way here (unless a thread of this
         // process commits in parallel now), so it is checked under the lock.
@@ -183,6 +192,9 @@ extension Pool {
             switch try commitInParallel(writes, reads: reads, store: store, started: started) {
             case .committed:
                 if auditRing != nil { audit(.commit) { Self.describe(writes, inPlace: 0, into: &$0) } }
+                // The redo log more than half used: one of the processes that find so settles it
+                // (failing that, a commit that finds it full commits exclusively, which settles).
+                if claimRedoCheckpoint(store.view) { _ = try? withStoreLock { () throws(PMLLError) in } }
                 return
             case .repair(let died): try repairStripes(died)
             case .exclusive: break
@@ -263,7 +275,10 @@ extension Pool {
             // Only records rewritten in their slots (replaced, inline before and after; the
             // census as it was): the slots alone say whether it committed, as a parallel
             // commit's do, so its commit point is lazy too ("The lazy commit point").
-            let slotsOnly = extents.isEmpty && inPlace.isEmpty && objects.isEmpty && !keysetChanged && counts != nil
+            // Not with a redo log: after a power failure the undo logs are judged before the
+            // redo log is settled, and a slot that a later record's copy left torn would roll
+            // this commit back although it had returned.
+            let slotsOnly = view.redoArea == nil && extents.isEmpty && inPlace.isEmpty && objects.isEmpty && !keysetChanged && counts != nil
                 && plans.allSatisfy { $0.value != nil && $0.extent == nil }
 
             // Undo log: old slots, the blocks allocated and freed; objects' slots and the bytes written.

@@ -84,7 +84,7 @@ extension Pool {
     /// before an exclusive commit, a growth or a rollback changes anything. One barrier: on a
     /// file, one `msync` over the log slots (it writes only their dirty pages: the headers
     /// whose commit points are not yet on disk, and this log).
-    private func persistLogHeaders(_ store: StateStore, through end: UnsafeRawPointer) throws(PMLLError) {
+    func persistLogHeaders(_ store: StateStore, through end: UnsafeRawPointer) throws(PMLLError) {
         let first = UnsafeRawPointer(store.logHeader(0))
         let last = UnsafeRawPointer(store.logHeader(store.layout.logSlots - 1)) + MemoryLayout<pmll_log_header_t>.size
         if memory.persistence.isPmem {
@@ -144,6 +144,10 @@ extension Pool {
         for i in 0..<store.layout.logSlots {
             let header = store.logHeader(i)
             guard isPending(header) else { continue }
+            // A commit through the redo log killed once its record was complete: the settle
+            // that follows finishes it and resolves its log (pending until then, so that
+            // optimistic readers keep off its slots).
+            if Self.isRedoMarker(header) && view.redoArea != nil { continue }
             let overflow = view.logOverflow(i).map { UnsafeRawPointer(memory.base + Int($0.offset)) }
             if Self.logChecksum(header, overflow: overflow) == header.pointee.checksum {
                 let entries = Self.entryBytes(header, overflow: overflow)

@@ -47,7 +47,7 @@ struct Run: AsyncParsableCommand {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { if directory == nil { try? FileManager.default.removeItem(atPath: dir) } }
         let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
-        let base = dir + "/base.pool", pool = dir + "/case.pool", shadow = dir + "/case.shadow", ack = dir + "/ack", trace = dir + "/trace"
+        let base = dir + "/base.pool", pool = dir + "/case.pool", shadow = dir + "/case.shadow", ack = dir + "/ack", trace = dir + "/trace", bootID = dir + "/boot_id"
 
         // A pool with the accounts funded, everything durable.
         var options = PoolOptions()
@@ -94,14 +94,21 @@ struct Run: AsyncParsableCommand {
                             env["PMLL_POWER_SHADOW"] = shadow
                         }
                         _ = try Crashing.spawn(me, ["workload", "--pool", pool, "--ack", ack, "--steps", "\(steps)", "--seed", "\(seed)"], env: env)
-                        if m == "power" { try Crashing.powerImage(pool: pool, shadow: shadow, rng: &rng) }
+                        var recoveryEnv = dropEnv
+                        if m == "power" {
+                            try Crashing.powerImage(pool: pool, shadow: shadow, rng: &rng)
+                            // A power failure is followed by a reboot: a new boot id, which tells
+                            // the pool that the page cache, and every write not flushed, is gone.
+                            try UUID().uuidString.lowercased().write(toFile: bootID, atomically: true, encoding: .utf8)
+                            recoveryEnv["PMLL_BOOT_ID_FILE"] = bootID
+                        }
                         // Every other hit (in both models) also kills recovery once, at its first step.
                         let crashRecovery = (hit + sample) % 2 == 0
                         if crashRecovery {
-                            _ = try Crashing.spawn(me, ["verify", "--pool", pool, "--ack", ack], env: dropEnv.merging(["PMLL_CRASH_AT": "tx.rolled-back:1"]) { $1 })
-                            _ = try Crashing.spawn(me, ["verify", "--pool", pool, "--ack", ack], env: dropEnv.merging(["PMLL_CRASH_AT": "queue.recovered:1"]) { $1 })
+                            _ = try Crashing.spawn(me, ["verify", "--pool", pool, "--ack", ack], env: recoveryEnv.merging(["PMLL_CRASH_AT": "tx.rolled-back:1"]) { $1 })
+                            _ = try Crashing.spawn(me, ["verify", "--pool", pool, "--ack", ack], env: recoveryEnv.merging(["PMLL_CRASH_AT": "queue.recovered:1"]) { $1 })
                         }
-                        let (_, out) = try Crashing.spawnCapturing(me, ["verify", "--pool", pool, "--ack", ack], env: dropEnv)
+                        let (_, out) = try Crashing.spawnCapturing(me, ["verify", "--pool", pool, "--ack", ack], env: recoveryEnv)
                         let violations = (try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: [String]])?["violations"] ?? ["verify printed no report: \(out)"]
                         cases.append(Case(point: point, hit: hit, model: m, crashedRecovery: crashRecovery, violations: violations))
                     }

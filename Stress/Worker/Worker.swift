@@ -354,6 +354,7 @@ struct TxCounter: ParsableCommand {
                     conflicts.add(1, ordering: .relaxed)
                 } catch {
                     failures.add(1, ordering: .relaxed)
+                    FileHandle.standardError.write(Data("tx-counter: \(error)\n".utf8))
                 }
             }
         }

@@ -23,6 +23,12 @@ struct ParallelCommitTests {
         return (a, other, same)
     }
 
+    /// The undo-log path of parallel commits: a pool on tmpfs (this process makes no barrier
+    /// there) and children that make no redo log though their crash points arm barriers.
+    /// On a disk, commits go through the redo log (RedoLogTests).
+    static let undoLogPath = ["PMLL_REDO_LOG": "off"]
+    static func tmpfsScratch() -> Scratch { Scratch(in: "/dev/shm") }
+
     static func string(_ pool: Pool, _ key: String) throws -> String? {
         try pool.value(for: key).map { String(decoding: $0, as: UTF8.self) }
     }
@@ -73,13 +79,13 @@ struct ParallelCommitTests {
     /// (Docs/Transactions.md "The lazy commit point").
     @Test(arguments: [("tx.undo-logged", false), ("tx.applying", true), ("tx.applied", true)])
     func aCommitKilledInsideIsResolvedBeforeItsStripeIsUsed(point: String, kept: Bool) throws {
-        let scratch = Scratch()
+        let scratch = Self.tmpfsScratch()
         let pool = scratch.file("k.pool")
         let (a, other, same) = Self.keys()
         #expect(try Child.worker("tx-set", "--pool", pool, "\(a)=old", "\(other)=old", "\(same)=old").wait() == 0)
         let p = try Pool.open(path: pool)
         let commitsBefore = try p.transactionStatistics().commits
-        let victim = try Child.worker("tx-set", "--pool", pool, "\(a)=new", "\(same)=new", environment: ["PMLL_CRASH_AT": point])
+        let victim = try Child.worker("tx-set", "--pool", pool, "\(a)=new", "\(same)=new", environment: Self.undoLogPath.merging(["PMLL_CRASH_AT": point]) { $1 })
         #expect(victim.wait() == 128 + SIGKILL)
 
         try p.transaction { tx in try tx.set(same, "after") }
@@ -103,12 +109,12 @@ struct ParallelCommitTests {
     /// torn (its checksum fails), or one rewritten with an older version.
     @Test(arguments: ["lost", "torn", "older"])
     func aParallelCommitCutShortIsRolledBack(damage: String) throws {
-        let scratch = Scratch()
+        let scratch = Self.tmpfsScratch()
         let pool = scratch.file("c.pool")
         let (a, other, same) = Self.keys()
         #expect(try Child.worker("tx-set", "--pool", pool, "\(a)=old", "\(other)=old", "\(same)=old").wait() == 0)
         let p = try Pool.open(path: pool)
-        let victim = try Child.worker("tx-set", "--pool", pool, "\(a)=new", "\(same)=new", environment: ["PMLL_CRASH_AT": "tx.applied"])
+        let victim = try Child.worker("tx-set", "--pool", pool, "\(a)=new", "\(same)=new", environment: Self.undoLogPath.merging(["PMLL_CRASH_AT": "tx.applied"]) { $1 })
         #expect(victim.wait() == 128 + SIGKILL)
 
         // The dead commit's log: its version, then each slot's old bytes.
@@ -144,7 +150,7 @@ struct ParallelCommitTests {
     /// place their areas at the same offset). 240 keys of 256-byte slots are one parallel
     /// commit with no growth; 241 commit exclusively, growing the log.
     @Test func aParallelCommitsLogFitsItsSlot() throws {
-        let scratch = Scratch()
+        let scratch = Self.tmpfsScratch()
         let pool = scratch.file("w.pool")
         let keys = (0..<241).map { "pkg/k\($0)" }
         for first in stride(from: 0, to: keys.count, by: 60) {
@@ -158,7 +164,7 @@ struct ParallelCommitTests {
         /// it held the store lock exclusively, and the growths the store had made by then.
         func killed(_ count: Int) throws -> (kind: UInt32, exclusive: Bool, growths: UInt32) {
             let victim = try Child(Binaries.worker, ["tx-set", "--pool", pool] + keys.prefix(count).map { "\($0)=new" },
-                                   environment: ["PMLL_CRASH_AT": "tx.undo-logged"])
+                                   environment: Self.undoLogPath.merging(["PMLL_CRASH_AT": "tx.undo-logged"]) { $1 })
             #expect(victim.wait() == 128 + SIGKILL)
             let entries = try Self.pendingLogEntries(p)
             let word = pmll_load32(pmll_entry_word(p.memory.lock(try p.storeLock())))
@@ -177,16 +183,16 @@ struct ParallelCommitTests {
         #expect(try p.check().problems.isEmpty)
     }
 
-    /// On a disk, a parallel commit makes two barriers (its log, its records) and an exclusive
-    /// one three (log, data, commit point); the parallel commit's point rides on the next
-    /// barrier over the log headers.
+    /// On a disk without a redo log, a parallel commit makes two barriers (its log, its
+    /// records) and an exclusive one three (log, data, commit point); the parallel commit's
+    /// point rides on the next barrier over the log headers.
     @Test func aParallelCommitMakesTwoBarriersOnADisk() throws {
         let directory = "/var/tmp/pmll-test-\(getpid())-barriers"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let pool = directory + "/b.pool"
         func barriers(_ pairs: String...) throws -> Int? {
-            let child = try Child(Binaries.worker, ["tx-set", "--pool", pool] + pairs)
+            let child = try Child(Binaries.worker, ["tx-set", "--pool", pool] + pairs, environment: Self.undoLogPath)
             #expect(child.wait() == 0)
             return child.events.first { $0["event"] as? String == "committed" }?["barriers"] as? Int
         }
@@ -208,11 +214,11 @@ struct ParallelCommitTests {
     /// records were written it is kept, killed before it is rolled back.
     @Test(arguments: [("tx.applied", true), ("tx.undo-logged", false)])
     func anExclusiveUpdateIsJudgedByItsSlots(point: String, kept: Bool) throws {
-        let scratch = Scratch()
+        let scratch = Self.tmpfsScratch()
         let pool = scratch.file("x.pool")
         #expect(try Child.worker("tx-set", "--pool", pool, "pkg/a=old", "pkg/b=old").wait() == 0)
         let p = try Pool.open(path: pool)
-        let victim = try Child.worker("tx-set", "--pool", pool, "--list", "pkg/", "pkg/a=new", "pkg/b=new", environment: ["PMLL_CRASH_AT": point])
+        let victim = try Child.worker("tx-set", "--pool", pool, "--list", "pkg/", "pkg/a=new", "pkg/b=new", environment: Self.undoLogPath.merging(["PMLL_CRASH_AT": point]) { $1 })
         #expect(victim.wait() == 128 + SIGKILL)
         #expect(try Self.pendingLogEntries(p).load(as: pmll_log_entry_t.self).kind == PMLL_LOG_VERSION)
         #expect(try Self.string(p, "pkg/a") == (kept ? "new" : "old"))   // resolved first (the store lock's holder died)

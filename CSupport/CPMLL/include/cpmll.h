@@ -668,6 +668,65 @@ typedef struct pmll_table_area {
 
 _Static_assert(sizeof(pmll_table_area_t) == 24, "table area header");
 _Static_assert(offsetof(pmll_table_area_t, checksum) == 20, "table area checksum");
+
+// MARK: - Redo log (commits on a disk: one shared barrier per commit)
+
+// A growth area of kind PMLL_AREA_REDO, made by the first commit in parallel on a pool whose
+// barriers reach a disk: one page of this header, then a ring of `capacity` bytes of records.
+// A commit that only rewrites records in their key slots writes one record of the slots' new
+// bytes, makes it durable by a flush shared with every commit waiting, and then copies the
+// bytes into the slots with no barrier of its own (Docs/Transactions.md "The redo log").
+// Every record at or above `checkpoint` is redone by the next exclusive holder of the store
+// lock, which then makes the key index durable and moves `checkpoint` to `tail`: so an
+// exclusive change never lies under a record that could be redone over it.
+// An older build refuses the area's kind rather than ignore records it cannot redo.
+static const uint64_t PMLL_REDO_MAGIC = 0x4F4445524C4C4D50ull;   // "PMLLREDO"
+#define PMLL_AREA_REDO 6u                         // the redo log (first_block 0; count: ring bytes)
+#define PMLL_REDO_ALIGN 64u                       // records start at multiples of this
+#define PMLL_REDO_RECORD_MAGIC 0x4F444552u        // "REDO"
+
+typedef struct pmll_redo_header {
+    uint64_t magic;                // PMLL_REDO_MAGIC, stored last when the area is made
+    uint64_t capacity;             // ring bytes after the header page (a multiple of PMLL_REDO_ALIGN)
+    uint64_t checkpoint;           // log position below which every record is applied and durable
+    uint32_t checksum;             // CRC32C of magic and capacity
+    uint32_t checkpoint_claimed;   // 1 once a commit found the ring half used and went to checkpoint (volatile)
+    uint64_t epoch;                // the pool's volatile_resets when the log was last settled
+                                   // whole: any other value, and the volatile words below are stale
+    uint8_t pad0[24];
+    // Volatile (rebuilt by the first exclusive holder after a volatile reset), each word group
+    // on its own line: reservers and flushers of several processes write them.
+    uint64_t tail;                 // log bytes reserved: the position of the next record
+    uint8_t pad1[56];
+    uint64_t flush_requested;      // numbers taken by writers whose record is complete
+    uint64_t flush_started;        // the highest number a flush under way or done covers
+    uint64_t flush_completed;      // the highest number a completed flush covers
+    uint32_t flush_word;           // futex word: bumped after each flush (sleeper bit as queues)
+    uint32_t flushing;             // 1 while one process flushes for all
+    uint32_t writing;              // records reserved and not yet complete
+    uint32_t reserved1;
+    uint8_t pad2[24];
+} pmll_redo_header_t;
+
+_Static_assert(sizeof(pmll_redo_header_t) == 192, "redo log header");
+_Static_assert(offsetof(pmll_redo_header_t, checksum) == 24 && offsetof(pmll_redo_header_t, epoch) == 32 && offsetof(pmll_redo_header_t, tail) == 64, "redo header fields");
+_Static_assert(offsetof(pmll_redo_header_t, flush_requested) == 128 && offsetof(pmll_redo_header_t, flush_word) == 152, "redo flush fields");
+
+// One record: this head, then `count` entries (pmll_log_entry_t, kind PMLL_LOG_BYTES: a whole
+// key slot's new bytes at `offset`, padded to 8), padded to PMLL_REDO_ALIGN. A record is valid
+// where it lies only if its magic, its own position and its checksum match: what a previous
+// lap of the ring left, or a record whose writer died half-way, is not.
+typedef struct pmll_redo_record {
+    uint64_t position;             // log position of this record (its ring offset is position % capacity)
+    uint64_t version;              // the version the commit gave every slot it wrote
+    uint32_t magic;                // PMLL_REDO_RECORD_MAGIC
+    uint32_t count;                // entries
+    uint32_t bytes;                // the whole record, head included (a multiple of PMLL_REDO_ALIGN)
+    uint32_t checksum;             // CRC32C of the record with this field 0
+} pmll_redo_record_t;
+
+_Static_assert(sizeof(pmll_redo_record_t) == 32, "redo record head");
+_Static_assert(offsetof(pmll_redo_record_t, checksum) == 28, "redo record checksum");
 _Static_assert(PMLL_LOCK_ENTRIES_MAX < (PMLL_LEDGER_READ >> PMLL_LEDGER_COUNT_BITS), "a lock index + 1 fits a ledger word");
 
 // Undo log slot. Pending iff seq > done_seq and the checksum over header and entries holds;

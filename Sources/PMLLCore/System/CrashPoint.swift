@@ -28,6 +28,7 @@ package enum CrashPoint {
         "pool.created", "lock.acquired", "lock.releasing",
         "queue.submitted", "queue.running", "queue.ended", "queue.end-barrier", "queue.finished", "queue.passed",
         "tx.conflict", "tx.undo-logged", "tx.applying", "tx.applied", "tx.committed", "tx.rolled-back",
+        "tx.redo-logged", "tx.redo-durable", "redo.redone", "redo.index-durable", "redo.settled",
         "queue.recovered", "batch.staged", "batch.linked", "batch.renamed", "batch.committed",
         "audit.reserved", "audit.claimed", "audit.written",
         "growth.reserved", "growth.filled", "growth.logged", "growth.applied", "growth.committed",
@@ -59,5 +60,6 @@ public enum CrashInjection {
     /// Named persist sites that `PMLL_TEST_DROP_PERSIST` can remove (crash-suite self-test).
     public static let persistSites = ["tx.log", "tx.data", "tx.commit", "tx.rollback", "tx.rollback-done",
                                       "queue.record", "queue.head", "lock.entry", "pool.create",
-                                      "growth.fill", "growth.directory", "growth.commit", "table.area"]
+                                      "growth.fill", "growth.directory", "growth.commit", "table.area",
+                                      "tx.redo", "redo.checkpoint"]
 }

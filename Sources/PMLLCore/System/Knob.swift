@@ -27,6 +27,11 @@ package enum Knob: String, CaseIterable, Sendable {
     case testDropPersist = "PMLL_TEST_DROP_PERSIST"
     /// A file read instead of /proc/sys/kernel/random/boot_id (tests that simulate a reboot).
     case bootIDFile = "PMLL_BOOT_ID_FILE"
+    /// `off`: this process makes no redo log for a pool that has none (its commits in
+    /// parallel keep their undo logs and two barriers; a pool that has one is always used
+    /// through it), for tests of the undo-log path and pools older builds must still open.
+    /// A number: the ring's bytes when this process makes one (tests that make it wrap).
+    case redoLog = "PMLL_REDO_LOG"
     /// `auto` (default), `libpmem` or `mmap`: map pools through libpmem on DAX only, always, or never.
     case mapping = "PMLL_MAP"
 

@@ -1,0 +1,179 @@
+import CPMLL
+import Foundation
+@testable import PMLL
+import PMLLCore
+@testable import PMLLStore
+import Testing
+
+/// Commits through the redo log on a disk (Docs/Transactions.md "The redo log"): one shared
+/// barrier per commit, a commit killed once its record is complete is finished by the next
+/// exclusive holder, one whose record is not is not, and a commit that returned survives the
+/// loss of every write it made in place.
+@Suite(.serialized)
+struct RedoLogTests {
+    static func diskScratch() -> Scratch { Scratch(in: "/var/tmp") }
+
+    static func string(_ pool: Pool, _ key: String) throws -> String? {
+        try pool.value(for: key).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// Durable barriers of one `tx-set` child's transaction.
+    static func barriers(_ pool: String, _ pairs: [String], environment: [String: String] = [:]) throws -> Int? {
+        let child = try Child(Binaries.worker, ["tx-set", "--pool", pool] + pairs, environment: environment)
+        #expect(child.wait() == 0, "\(child.stderr)")
+        return child.events.first { $0["event"] as? String == "committed" }?["barriers"] as? Int
+    }
+
+    /// The redo record at the log's checkpoint (the first one written since the last settle).
+    static func firstRecord(_ pool: Pool) throws -> UnsafeMutablePointer<pmll_redo_record_t> {
+        let store = try pool.stateStore()
+        let h = try #require(try pool.redoHeader(try store.refresh()))
+        let ring = UnsafeMutableRawPointer(h) + PoolLayout.page
+        return (ring + Int(h.pointee.checkpoint % h.pointee.capacity)).assumingMemoryBound(to: pmll_redo_record_t.self)
+    }
+
+    /// A commit that replaces records in their slots makes one barrier (its record's flush);
+    /// an insert three, as before (each child opens the pool alone, and the open settles what
+    /// the last one left). Inside one process, the first exclusive holder after commits
+    /// through the log settles it: the checkpoint moves to the tail.
+    @Test func aCommitThroughTheRedoLogMakesOneBarrier() throws {
+        let scratch = Self.diskScratch()
+        let pool = scratch.file("b.pool")
+        _ = try Self.barriers(pool, ["pkg/a=1", "pkg/b=1"])        // creates the pool and makes the redo log
+        #expect(try Self.barriers(pool, ["pkg/a=2", "pkg/b=2"]) == 1)
+        #expect(try Self.barriers(pool, ["pkg/c=1"]) == 3)
+        #expect(try Self.barriers(pool, ["pkg/a=3"]) == 1)
+        // After a key list the commit is exclusive, and with a redo log its commit point is
+        // durable before it returns: three barriers, not the two of a lazy commit point.
+        #expect(try Self.barriers(pool, ["--list", "pkg/", "pkg/b=3"]) == 3)
+
+        let p = try Pool.open(path: pool)
+        let store = try p.stateStore()
+        let h = try #require(try p.redoHeader(try store.refresh()))
+        #expect(pmll_load64(&h.pointee.tail) == h.pointee.checkpoint, "opened alone: settled")
+        try p.transaction { tx in try tx.set("pkg/a", "4") }
+        #expect(pmll_load64(&h.pointee.tail) > h.pointee.checkpoint, "the record is above the checkpoint")
+        try p.transaction { tx in try tx.set("pkg/d", "1") }
+        #expect(pmll_load64(&h.pointee.tail) == h.pointee.checkpoint, "an insert settles first")
+        #expect(try Self.string(p, "pkg/a") == "4" && Self.string(p, "pkg/b") == "3" && Self.string(p, "pkg/c") == "1")
+        #expect(try p.check().problems.isEmpty)
+    }
+
+    /// A commit killed at any point after its record was complete is finished, exactly once,
+    /// by the first commit to meet its stripe in a process that had the pool open before (so
+    /// no open-time check ran): kept, counted as a commit, not as a rollback.
+    @Test(arguments: ["tx.redo-logged", "tx.redo-durable", "tx.applying", "tx.applied"])
+    func aCommitKilledOnceItsRecordIsCompleteIsFinished(point: String) throws {
+        let scratch = Self.diskScratch()
+        let pool = scratch.file("k.pool")
+        let (a, other, same) = ParallelCommitTests.keys()
+        #expect(try Child.worker("tx-set", "--pool", pool, "\(a)=old", "\(other)=old", "\(same)=old").wait() == 0)
+        #expect(try Child.worker("tx-set", "--pool", pool, "\(other)=warm").wait() == 0)   // makes the redo log
+        let p = try Pool.open(path: pool)
+        let commitsBefore = try p.transactionStatistics().commits
+        let victim = try Child.worker("tx-set", "--pool", pool, "\(a)=new", "\(same)=new", environment: ["PMLL_CRASH_AT": point])
+        #expect(victim.wait() == 128 + SIGKILL)
+        if point == "tx.applying" {
+            // Killed between its slots: one holds the new record, the other the old one.
+            let store = try p.stateStore()
+            #expect(try store.currentVersion(Array(a.utf8)) != store.currentVersion(Array(same.utf8)))
+        }
+
+        try p.transaction { tx in try tx.set(same, "after") }
+        #expect(try p.transactionStatistics().rollbacks == 0)
+        #expect(try p.transactionStatistics().commits == commitsBefore + 2)
+        #expect(try Self.string(p, a) == "new")
+        #expect(try Self.string(p, same) == "after")
+        try p.transaction { tx in
+            try tx.set(same, "again")
+            try tx.set(other, "later")
+        }
+        #expect(try Self.string(p, same) == "again")
+        #expect(try Self.string(p, a) == "new")
+        #expect(try p.check().problems.isEmpty)
+    }
+
+    /// A record that is not intact (its writer died while writing it, or a power failure kept
+    /// only part of it) is never redone: the transaction did not happen, and nothing it would
+    /// have written appears.
+    @Test func aRecordThatIsNotIntactIsNotRedone() throws {
+        let scratch = Self.diskScratch()
+        let pool = scratch.file("t.pool")
+        let (a, other, same) = ParallelCommitTests.keys()
+        #expect(try Child.worker("tx-set", "--pool", pool, "\(a)=old", "\(other)=old", "\(same)=old").wait() == 0)
+        #expect(try Child.worker("tx-set", "--pool", pool, "\(other)=warm").wait() == 0)
+        let p = try Pool.open(path: pool)
+        try p.transaction { tx in try tx.set(other, "settled") }
+        _ = try p.committedKeys(prefix: "")   // an exclusive holder: settles, so the next record is at the checkpoint
+        let victim = try Child.worker("tx-set", "--pool", pool, "\(a)=new", "\(same)=new", environment: ["PMLL_CRASH_AT": "tx.redo-logged"])
+        #expect(victim.wait() == 128 + SIGKILL)
+        let record = try Self.firstRecord(p)
+        #expect(record.pointee.magic == PMLL_REDO_RECORD_MAGIC && record.pointee.count == 2)
+        let byte = UnsafeMutableRawPointer(record) + Int(record.pointee.bytes) - 300
+        byte.storeBytes(of: ~byte.load(as: UInt8.self), as: UInt8.self)
+
+        try p.transaction { tx in try tx.set(same, "after") }
+        #expect(try Self.string(p, a) == "old")
+        #expect(try Self.string(p, same) == "after")
+        #expect(try p.check().problems.isEmpty)
+    }
+
+    /// A commit that returned survives the loss of every write it made in place (a power
+    /// failure before the kernel wrote those pages back): the first process to open the pool
+    /// after the reboot settles the log whole from its checkpoint and redoes the record. The
+    /// reboot is simulated by a new boot id; the lost writes by putting the slots' old bytes
+    /// back in the file while no process has it open.
+    @Test func aCommitThatReturnedSurvivesTheLossOfItsWritesInPlace() throws {
+        let scratch = Self.diskScratch()
+        let pool = scratch.file("l.pool")
+        let (a, other, _) = ParallelCommitTests.keys()
+        #expect(try Child.worker("tx-set", "--pool", pool, "\(a)=old", "\(other)=old").wait() == 0)
+        #expect(try Child.worker("tx-set", "--pool", pool, "\(other)=warm").wait() == 0)
+        let (offset, oldBytes) = try {
+            let p = try Pool.open(path: pool)
+            let store = try p.stateStore()
+            let slot = try #require(try store.find(Array(a.utf8)).found)
+            let s = store.view.slot(slot)
+            return (store.offset(of: s), Array(UnsafeRawBufferPointer(start: s, count: store.view.slotWidth)))
+        }()
+        #expect(try Child.worker("tx-set", "--pool", pool, "\(a)=new").wait() == 0)
+        let fd = open(pool, O_RDWR)
+        #expect(oldBytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(offset)) } == oldBytes.count)
+        close(fd)
+        let bootFile = scratch.file("boot_id")
+        try UUID().uuidString.lowercased().write(toFile: bootFile, atomically: true, encoding: .utf8)
+        let reader = try Child.worker("tx-set", "--pool", pool, a, environment: ["PMLL_BOOT_ID_FILE": bootFile])
+        #expect(reader.wait() == 0, "\(reader.stderr)")
+        let p = try Pool.open(path: pool)
+        #expect(try Self.string(p, a) == "new")
+        #expect(try p.check().problems.isEmpty)
+    }
+
+    /// Counters from several processes of two threads each, on a ring of 64 KiB that fills
+    /// every few hundred commits: the log wraps, commits that find it half used settle it and
+    /// those that find it full commit exclusively, and no update is lost.
+    @Test func countersLoseNoUpdateWhileTheLogWraps() throws {
+        let scratch = Self.diskScratch()
+        let pool = scratch.file("w.pool")
+        let environment = ["PMLL_REDO_LOG": "65536"]
+        #expect(try Child.worker("tx-set", "--pool", pool, "shared=0", "own0=0", "own1=0", environment: environment).wait() == 0)
+        let keys = ["shared", "shared", "own0", "own1"]
+        let workers = try keys.map { key in
+            try Child.worker("tx-counter", "--pool", pool, "--threads", "2", "--count", "400", "--key", key, environment: environment)
+        }
+        var committed: [String: Int] = [:]
+        for (w, key) in zip(workers, keys) {
+            let done = try #require(w.waitForEvent("done", timeout: 300), "\(w.stderr)")
+            #expect(done["errors"] as? Int == 0)
+            committed[key, default: 0] += done["committed"] as? Int ?? 0
+            #expect(w.wait() == 0)
+        }
+        let p = try Pool.open(path: pool)
+        let store = try p.stateStore()
+        let h = try #require(try p.redoHeader(try store.refresh()))
+        #expect(h.pointee.capacity == 65536)
+        #expect(h.pointee.checkpoint > 2 * h.pointee.capacity, "the log wrapped at least twice")
+        for (key, n) in committed { #expect(try Self.string(p, key) == String(n), "\(key)") }
+        #expect(try p.check().problems.isEmpty)
+    }
+}
