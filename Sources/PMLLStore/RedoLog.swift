@@ -231,7 +231,9 @@ extension Pool {
     /// (`flushing` holds its token), first waiting up to ``redoGatherNanoseconds`` for records
     /// reserved and not yet complete, then covering every number taken so far; the others sleep
     /// until it is done, at most one owner-check interval at a time (a flusher that died is
-    /// found by its token).
+    /// found by its token). Measured against flushes that overlap, a flusher that flushes again
+    /// at once for those who came meanwhile, and one that waits for every process that
+    /// committed lately: none committed more (Docs/Benchmarks.md "The redo log").
     private func flushRedo(_ h: UnsafeMutablePointer<pmll_redo_header_t>, ring: UnsafeMutableRawPointer) throws(PMLLError) {
         let mine = pmll_fetch_add64(&h.pointee.flush_requested, 1) + 1
         let word = (UnsafeMutableRawPointer(h) + MemoryLayout<pmll_redo_header_t>.offset(of: \pmll_redo_header_t.flush_word)!)
@@ -261,16 +263,10 @@ extension Pool {
         while pmll_load32(&h.pointee.writing) > 0 && Clock.monotonicNanoseconds < deadline { sched_yield() }
         let upTo = pmll_load64_acquire(&h.pointee.flush_requested)
         pmll_max64(&h.pointee.flush_started, upTo)
-        // Every record numbered so far lies between the checkpoint and the tail.
-        let capacity = h.pointee.capacity
-        let checkpoint = pmll_load64_acquire(&h.pointee.checkpoint), tail = pmll_load64_acquire(&h.pointee.tail)
-        let from = checkpoint % capacity, length = min(tail - checkpoint, capacity)
-        if from + length <= capacity {
-            try memory.persistence.persist(UnsafeRawPointer(ring + Int(from)), Int(length), site: "tx.redo")
-        } else {
-            try memory.persistence.persist(UnsafeRawPointer(ring + Int(from)), Int(capacity - from), site: "tx.redo")
-            try memory.persistence.persist(UnsafeRawPointer(ring), Int(from + length - capacity), site: "tx.redo")
-        }
+        // The whole ring, in one call: msync writes only the dirty pages (found by the file's
+        // dirty tags, not by a walk of the range), and a range from the checkpoint to the tail
+        // would take two calls whenever it wraps.
+        try memory.persistence.persist(UnsafeRawPointer(ring), Int(h.pointee.capacity), site: "tx.redo")
         pmll_max64(&h.pointee.flush_completed, upTo)
     }
 
