@@ -236,13 +236,18 @@ package final class StateStore: @unchecked Sendable {
 
     package func usage() throws(PMLLError) -> StoreUsage {
         let view = self.view
+        let redo = view.redoArea.flatMap { area -> UnsafeMutablePointer<pmll_redo_header_t>? in
+            let h = (memory.base + Int(area.offset)).assumingMemoryBound(to: pmll_redo_header_t.self)
+            return pmll_load64_acquire(&h.pointee.magic) == PMLL_REDO_MAGIC ? h : nil
+        }
         // The census when it is intact: counting the slots reads the whole index (256 MiB at
         // a million keys) for every `pmll status`.
         return StoreUsage(keysUsed: Int(censusCount ?? countUsedSlots()), keyCapacity: Int(view.capacity), keySlotBytes: view.slotWidth, blocksUsed: view.blocksUsed(), blockCount: view.blockCount,
                           blockSize: Int(PMLL_BLOCK_SIZE), logSlots: layout.logSlots,
                           fileBytes: try memory.mapping.fileSize(), sizeLimit: memory.layout.sizeLimit, createdBytes: memory.layout.heap.upperBound,
                           areas: view.areas.count, freeAreaBytes: view.areas.filter { $0.kind == PMLL_AREA_FREE }.reduce(0) { $0 + Int($1.size) },
-                          growths: Int(view.growths))
+                          growths: Int(view.growths), redoLogBytes: Int(redo?.pointee.capacity ?? 0),
+                          redoUnsettledBytes: redo.map { Int(clamping: pmll_load64(&$0.pointee.tail) &- $0.pointee.checkpoint) } ?? 0)
     }
 }
 
@@ -266,4 +271,8 @@ public struct StoreUsage: Codable, Sendable, Equatable {
     public let areas: Int
     public let freeAreaBytes: Int
     public let growths: Int
+    /// The redo log's ring (0: the pool has none) and the bytes of records a settle has not
+    /// yet put in place for good (Docs/Transactions.md "The redo log").
+    public let redoLogBytes: Int
+    public let redoUnsettledBytes: Int
 }

@@ -43,7 +43,8 @@ enum StatusTable {
             out += "state store: \(u.keysUsed)/\(u.keyCapacity) key slots (\(u.keySlotBytes) bytes), \(u.blocksUsed * u.blockSize / 1024) KiB used, " +
                 "\((u.blockCount - u.blocksUsed) * u.blockSize / 1024) KiB free of \(u.blockCount * u.blockSize / 1024) KiB; " +
                 "file \(Self.bytes(u.fileBytes)) of its \(Self.bytes(u.sizeLimit)) limit (created \(Self.bytes(u.createdBytes)), " +
-                "\(u.growths) growth\(u.growths == 1 ? "" : "s")" + (u.freeAreaBytes > 0 ? ", \(Self.bytes(u.freeAreaBytes)) in unused areas" : "") + ")\n"
+                "\(u.growths) growth\(u.growths == 1 ? "" : "s")" + (u.freeAreaBytes > 0 ? ", \(Self.bytes(u.freeAreaBytes)) in unused areas" : "") + ")" +
+                (u.redoLogBytes > 0 ? "; redo log \(Self.bytes(u.redoLogBytes)), \(Self.bytes(u.redoUnsettledBytes)) not yet settled" : "") + "\n"
         }
         if let c = s.lastCheck {
             out += "scheduled checks: \(c.runs) run, \(c.failures) found problems; last by pid \(c.pid) " +
