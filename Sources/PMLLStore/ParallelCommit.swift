@@ -83,6 +83,8 @@ extension Pool {
         case exclusive
         /// Stripes whose previous holder died: repair (``repairStripes(_:)``), then commit exclusively.
         case repair([LockIndex])
+        /// The pool should have a redo log first (``Pool/prepareRedoLog(_:)``), then the commit tries again.
+        case makeRedoLog
     }
 
     /// Commits `writes` holding the store lock shared and the stripes of the slots read and
@@ -98,7 +100,6 @@ extension Pool {
             guard let value, key.utf8.count + value.count <= inlineMax, !key.utf8.starts(with: Self.objectPrefixBytes) else { return .exclusive }
         }
         let keys = writes.map { Array($0.key.utf8) }, values = writes.map { $0.value! }
-        try prepareRedoLog(store)
         let stripes = try storeStripes()
         guard !stripes.locks.isEmpty else { return .exclusive }
         let service = services.required(.store, as: StoreService.self)
@@ -121,6 +122,9 @@ extension Pool {
             guard let i = try store.find(key).found else { return .exclusive }
             slots.append(i)
         }
+        // A commit that could go through a redo log, on a pool that has none yet: made first
+        // (the exclusive lock; not for inserts, which never go this way).
+        if try redoHeader(view) == nil && shouldMakeRedoLog(view) { return .makeRedoLog }
         var needed = slots.map { stripes.lock(forSlot: $0) }
         // Read keys that exist: their versions must not move until the commit point. An
         // absent key stays absent (an insertion is exclusive).

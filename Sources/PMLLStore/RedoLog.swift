@@ -101,12 +101,18 @@ extension Pool {
         Self.logger.notice("redo log made", metadata: ["path": "\(path)", "bytes": "\(capacity)"])
     }
 
-    /// Makes the redo log if commits here gain from one and the pool has none (once per
-    /// process: another process may have made it since this one's view was read). A pool at
-    /// its size limit, or a full file system, keeps committing without one.
+    /// Whether this process should make a redo log for a pool that has none: commits here gain
+    /// from one, and making one has not failed for want of room.
+    /// ``prepareRedoLog(_:)`` makes it (by the first commit that would go through it: another
+    /// process may have made it since this one's view was read). A pool at its size limit, or
+    /// a full file system, keeps committing without one.
+    func shouldMakeRedoLog(_ view: StoreView) -> Bool {
+        wantsRedoLog && view.redoArea == nil && !services.required(.store, as: StoreService.self).redoUnavailable.load(ordering: .relaxed)
+    }
+
     func prepareRedoLog(_ store: StateStore) throws(PMLLError) {
         let service = services.required(.store, as: StoreService.self)
-        guard wantsRedoLog, store.view.redoArea == nil, !service.redoUnavailable.load(ordering: .relaxed) else { return }
+        guard shouldMakeRedoLog(store.view) else { return }
         do throws(PMLLError) {
             try withStoreLock { () throws(PMLLError) in try makeRedoLog(store) }
         } catch {

@@ -189,7 +189,14 @@ extension Pool {
         let started = Clock.monotonicNanoseconds
         let store = try stateStore()
         if inPlace.isEmpty {
-            switch try commitInParallel(writes, reads: reads, store: store, started: started) {
+            var outcome = try commitInParallel(writes, reads: reads, store: store, started: started)
+            if case .makeRedoLog = outcome {
+                try prepareRedoLog(store)
+                outcome = try commitInParallel(writes, reads: reads, store: store, started: started)
+                if case .makeRedoLog = outcome { outcome = .exclusive }
+            }
+            switch outcome {
+            case .makeRedoLog: break
             case .committed:
                 if auditRing != nil { audit(.commit) { Self.describe(writes, inPlace: 0, into: &$0) } }
                 // The redo log more than half used: one of the processes that find so settles it

@@ -64,9 +64,9 @@ struct AuditTests {
         try "untrusted RWQ\n".write(toFile: scratch.file("k.pub"), atomically: true, encoding: .utf8)
         let unsigned = try pmll(["batch", "apply", "--pool", pool, "--root", tree, "--atomic", "--trusted-key", scratch.file("k.pub"), batch])
         #expect(unsigned.status == 77 || unsigned.status == 65, "\(unsigned.stderr)")
-        // A commit killed once logged, before its record was written: the next opener rolls it back.
-        #expect(try pmll(["state", "set", "--pool", pool, "pkg/a=3"], ["PMLL_CRASH_AT": "tx.undo-logged"]).status == 137)
-        #expect(try pmll(["state", "get", "--pool", pool, "pkg/a"]).stdout == "1")                              // store.rollback
+        // An insert killed once logged, before its record was written: the next opener rolls it back.
+        #expect(try pmll(["state", "set", "--pool", pool, "pkg/new=3"], ["PMLL_CRASH_AT": "tx.undo-logged"]).status == 137)
+        #expect(try pmll(["state", "get", "--pool", pool, "pkg/new"]).status == 1)                              // store.rollback
         #expect(try pmll(["check", "--pool", pool]).status == 0)                                                 // admin.check
         #expect(try pmll(["backup", "--pool", pool, scratch.file("a.backup")]).status == 0)                      // admin.backup
         #expect(try pmll(["audit", "seal", "--pool", pool]).status == 0)                                         // admin.seal

@@ -32,14 +32,15 @@ struct RedoLogTests {
         return (ring + Int(h.pointee.checkpoint % h.pointee.capacity)).assumingMemoryBound(to: pmll_redo_record_t.self)
     }
 
-    /// A commit that replaces records in their slots makes one barrier (its record's flush);
-    /// an insert three, as before (each child opens the pool alone, and the open settles what
+    /// A commit that replaces records in their slots makes one barrier (its record's flush),
+    /// the first one in a pool making the redo log (inserts never do); an insert three, as before (each child opens the pool alone, and the open settles what
     /// the last one left). Inside one process, the first exclusive holder after commits
     /// through the log settles it: the checkpoint moves to the tail.
     @Test func aCommitThroughTheRedoLogMakesOneBarrier() throws {
         let scratch = Self.diskScratch()
         let pool = scratch.file("b.pool")
-        _ = try Self.barriers(pool, ["pkg/a=1", "pkg/b=1"])        // creates the pool and makes the redo log
+        _ = try Self.barriers(pool, ["pkg/a=1", "pkg/b=1"])        // creates the pool: inserts, no redo log yet
+        #expect(try Self.barriers(pool, ["pkg/a=2", "pkg/b=2"]) ?? 0 > 3)   // the first update makes the redo log
         #expect(try Self.barriers(pool, ["pkg/a=2", "pkg/b=2"]) == 1)
         #expect(try Self.barriers(pool, ["pkg/c=1"]) == 3)
         #expect(try Self.barriers(pool, ["pkg/a=3"]) == 1)
