@@ -138,8 +138,8 @@ extension Pool {
 
     /// Commits new records of `slots` (their stripes held, the store lock held shared, the
     /// transaction validated) through the redo log: record, shared flush, then the slots.
-    /// `log`: this process's undo log, whose header marks the commit under way and whose
-    /// commit point counts it, as a parallel commit's does.
+    /// This process's undo-log header marks the commit under way and its commit point counts
+    /// it, as a parallel commit's does.
     func commitThroughRedoLog(_ h: UnsafeMutablePointer<pmll_redo_header_t>, store: StateStore, view: StoreView, slots: [UInt32],
                               keys: [[UInt8]], values: [[UInt8]], version: UInt64, started: Int64) throws(PMLLError) -> RedoCommit {
         guard h.pointee.epoch == pmll_load64(&memory.header.pointee.volatile_resets) else { return .unsettled }
@@ -188,7 +188,7 @@ extension Pool {
         r.pointee = pmll_redo_record_t(position: position, version: version, magic: PMLL_REDO_RECORD_MAGIC, count: UInt32(slots.count),
                                        bytes: UInt32(bytes), checksum: 0)
         r.pointee.checksum = Self.redoRecordChecksum(record, bytes: bytes)
-        log.pointee.entry_count = 1   // the record is complete (counted as a commit if this process dies now)
+        pmll_store32(&log.pointee.entry_count, 1)   // after the record: complete (finished by a settle if this process dies now)
         _ = pmll_sub32(&h.pointee.writing, 1)
         CrashPoint.hit("tx.redo-logged")
 

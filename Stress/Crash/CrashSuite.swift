@@ -67,7 +67,7 @@ struct Run: AsyncParsableCommand {
         // How often each point is hit in a full run.
         try reset(from: base, to: pool, ack: ack)
         try? FileManager.default.removeItem(atPath: trace)
-        guard try Crashing.spawn(me, ["workload", "--pool", pool, "--ack", ack, "--steps", "\(steps)", "--seed", "\(seed)"], env: ["PMLL_CRASH_TRACE": trace]) == 0 else {
+        guard try Crashing.spawn(me, ["workload", "--pool", pool, "--ack", ack, "--steps", "\(steps)", "--seed", "\(seed)"], env: ["PMLL_CRASH_TRACE": trace, "PMLL_REDO_LOG": "65536"]) == 0 else {
             throw ValidationError("the workload fails without crashes")
         }
         var counts: [String: Int] = [:]
@@ -76,7 +76,10 @@ struct Run: AsyncParsableCommand {
         var rng = SplitMix(seed: seed)
         var cases: [Case] = []
         let models = model == "both" ? ["process", "power"] : [model]
-        var dropEnv: [String: String] = [:]
+        // A 64 KiB redo log (made by the workload's first update): a 16 MiB one would be
+        // written, and copied into the power model's durable image, in every run; a small one
+        // also wraps and is settled within a run.
+        var dropEnv = ["PMLL_REDO_LOG": "65536"]
         if let dropPersist { dropEnv["PMLL_TEST_DROP_PERSIST"] = dropPersist }
         for point in CrashInjection.points {
             let hits = counts[point] ?? 0
