@@ -150,6 +150,28 @@ struct RedoLogTests {
         #expect(try p.check().problems.isEmpty)
     }
 
+    /// A redo log whose header is damaged is a corrupt pool, never a log read as it happens to
+    /// be: one line and exit 65 at the command line, for reads as for checks.
+    @Test func aDamagedHeaderIsACorruptPool() throws {
+        let scratch = Self.diskScratch()
+        let pool = scratch.file("h.pool")
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", pool, "a=1"]).status == 0)
+        #expect(try run(Binaries.pmll, ["state", "set", "--pool", pool, "a=2"]).status == 0)   // makes the redo log
+        let offset: Int = try {
+            let p = try Pool.open(path: pool)
+            let area = try #require(try p.stateStore().refresh().redoArea)
+            return Int(area.offset) + MemoryLayout<pmll_redo_header_t>.offset(of: \pmll_redo_header_t.capacity)!
+        }()
+        var capacity: UInt64 = 12_345
+        let fd = open(pool, O_RDWR)
+        #expect(pwrite(fd, &capacity, 8, off_t(offset)) == 8)
+        close(fd)
+        for arguments in [["state", "get", "--pool", pool, "a"], ["check", "--pool", pool]] {
+            let r = try run(Binaries.pmll, arguments)
+            #expect(r.status == 65 && r.stderr == "pmll: pool '\(pool)' is corrupt: the redo log's header is damaged\n", "\(r)")
+        }
+    }
+
     /// Counters from several processes of two threads each, on a ring of 64 KiB that fills
     /// every few hundred commits: the log wraps, commits that find it half used settle it and
     /// those that find it full commit exclusively, and no update is lost.
