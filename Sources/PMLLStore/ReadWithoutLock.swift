@@ -35,12 +35,12 @@ extension Pool {
     package func readConsistently<R>(_ body: () throws(PMLLError) -> R) throws(PMLLError) -> R {
         if isReadOnly { return try readWithoutLock(body) }
         let store = self.store
-        if !store.optimisticReadsOnly.load(ordering: .relaxed), let value = try withStoreLock(waiting: false, body) { return value }
+        if !store.optimisticReadsOnly.load(ordering: .relaxed), let value = try withStoreLock(waiting: false, forReading: true, body) { return value }
         for attempt in 0..<Self.optimisticAttempts {
             if let value = try readAttempt(store, body) { return value }
             if attempt > 2 { sched_yield() }
         }
-        return try withStoreLock(body)
+        return try withStoreLock(waiting: true, forReading: true, body)!
     }
 
     /// ``readConsistently(_:)`` for a point read of `key`: first the free lock (one CAS, the
@@ -64,7 +64,7 @@ extension Pool {
                 service.stripeReads.store(lately - 1, ordering: .relaxed)
                 if let value = try readSharedIfCommitsRun(key, body) { return value }
             }
-            if let value = try withStoreLock(waiting: false, body) { return value }
+            if let value = try withStoreLock(waiting: false, forReading: true, body) { return value }
             if sharedSafe {
                 if let value = try readSharedIfCommitsRun(key, body) {
                     service.stripeReads.store(StoreService.stripeReadsAfterContention, ordering: .relaxed)
@@ -76,7 +76,7 @@ extension Pool {
             if let value = try readAttempt(store, body) { return value }
             if attempt > 2 { sched_yield() }
         }
-        return try withStoreLock(body)
+        return try withStoreLock(waiting: true, forReading: true, body)!
     }
 
     /// A read under the key's stripe if the store lock is held shared (or biased towards its

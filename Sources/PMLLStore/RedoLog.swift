@@ -152,15 +152,9 @@ extension Pool {
             _ = pmll_sub32(&h.pointee.writing, 1)
             return .full
         }
-        // Under way: the log header says so (its owner is asked about if it stays pending),
-        // with a checksum that never matches, so that recovery only resolves it; the record
-        // decides whether the commit happens.
-        let log = ownLogHeader(store)
-        pmll_store32(&log.pointee.owner_token, token.rawValue)
-        log.pointee.entry_count = 0
-        log.pointee.bytes = 0
-        pmll_store64_release(&log.pointee.seq, log.pointee.done_seq &+ 1)
-        log.pointee.checksum = ~Self.logChecksum(log)
+        // Under way: the log header says so (its owner is asked about if it stays pending);
+        // the record decides whether the commit happens.
+        let log = markRedoUnderWay(store, recordComplete: false)
 
         let ring = UnsafeMutableRawPointer(h) + PoolLayout.page
         let record = ring + Int(position % capacity)
@@ -209,6 +203,20 @@ extension Pool {
         CrashPoint.hit("tx.applied")
         try commitPoint(log, started: started, durable: false)
         return .committed
+    }
+
+    /// Makes this process's undo-log header a redo marker: pending, no entry bytes, and a
+    /// checksum that never matches, so that recovery only ever resolves it. `recordComplete`:
+    /// the slots' bytes are all in a complete record (a settle finishes the commit if this
+    /// process dies now).
+    private func markRedoUnderWay(_ store: StateStore, recordComplete: Bool) -> UnsafeMutablePointer<pmll_log_header_t> {
+        let log = ownLogHeader(store)
+        pmll_store32(&log.pointee.owner_token, token.rawValue)
+        log.pointee.entry_count = recordComplete ? 1 : 0
+        log.pointee.bytes = 0
+        pmll_store64_release(&log.pointee.seq, log.pointee.done_seq &+ 1)
+        log.pointee.checksum = ~Self.logChecksum(log)
+        return log
     }
 
     /// Log bytes [start, start + bytes) for a record, never across the ring's end (the rest of
@@ -278,13 +286,14 @@ extension Pool {
 
     // MARK: settling
 
-    /// Whether the log holds records above its checkpoint, must be settled whole, or a commit
-    /// through it died once its record was complete (its log is still pending: the settle
-    /// finishes it and resolves the log).
-    func redoNeedsSettling(_ store: StateStore, _ view: StoreView) throws(PMLLError) -> Bool {
+    /// Whether the log must be settled before an exclusive holder changes anything: it holds
+    /// records above its checkpoint, must be settled whole after a reset, or a commit through
+    /// it died once its record was complete (its log still pending: the settle finishes it).
+    /// `forReading`: only the last two (records of commits that finished are in place already).
+    func redoNeedsSettling(_ store: StateStore, _ view: StoreView, forReading: Bool = false) throws(PMLLError) -> Bool {
         guard let h = try redoHeader(view) else { return false }
         return h.pointee.epoch != pmll_load64(&memory.header.pointee.volatile_resets)
-            || pmll_load64_acquire(&h.pointee.tail) != h.pointee.checkpoint
+            || (!forReading && pmll_load64_acquire(&h.pointee.tail) != h.pointee.checkpoint)
             || (0..<store.layout.logSlots).contains { Self.isRedoMarker(store.logHeader($0)) && isPending(store.logHeader($0)) }
     }
 
@@ -354,15 +363,7 @@ extension Pool {
         let width = view.slotWidth
         let changes = last.filter { memcmp(memory.base + $0.key, $0.value, width) != 0 }
         var own: UnsafeMutablePointer<pmll_log_header_t>?
-        if !changes.isEmpty && markers.isEmpty {
-            let log = ownLogHeader(store)
-            pmll_store32(&log.pointee.owner_token, token.rawValue)
-            log.pointee.entry_count = 1
-            log.pointee.bytes = 0
-            pmll_store64_release(&log.pointee.seq, log.pointee.done_seq &+ 1)
-            log.pointee.checksum = ~Self.logChecksum(log)
-            own = log
-        }
+        if !changes.isEmpty && markers.isEmpty { own = markRedoUnderWay(store, recordComplete: true) }
         for (offset, bytes) in changes { (memory.base + offset).copyMemory(from: bytes, byteCount: width) }
         CrashPoint.hit("redo.redone")
         // Each finished commit counts as committed; a settle of its own (after a power

@@ -50,7 +50,10 @@ extension Pool {
     }
 
     /// ``withStoreLock(_:)``; without `waiting`, nil at once if another holds the lock.
-    package func withStoreLock<R>(waiting: Bool, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R? {
+    /// `forReading`: `body` only reads; the redo log is then settled only if a commit through
+    /// it died half-way or the pool was reset (a read must not pay for the checkpoint that a
+    /// writer owes the log).
+    package func withStoreLock<R>(waiting: Bool, forReading: Bool = false, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R? {
         let index = try storeLock()
         // Once: `store` is a service lookup and a retain, and the check below runs per log.
         let store = self.store
@@ -78,7 +81,7 @@ extension Pool {
         // Then the redo log: no exclusive change may lie under a record a later settle would
         // redo over it, and a commit killed after its record is finished here.
         do {
-            if try redoNeedsSettling(store, try store.refresh()) { try settleRedoLog(store) }
+            if try redoNeedsSettling(store, try store.refresh(), forReading: forReading) { try settleRedoLog(store) }
         } catch { inconsistent = true; throw error }
         return try body()
     }
@@ -196,7 +199,6 @@ extension Pool {
                 if case .makeRedoLog = outcome { outcome = .exclusive }
             }
             switch outcome {
-            case .makeRedoLog: break
             case .committed:
                 if auditRing != nil { audit(.commit) { Self.describe(writes, inPlace: 0, into: &$0) } }
                 // The redo log more than half used: one of the processes that find so settles it
@@ -204,7 +206,7 @@ extension Pool {
                 if claimRedoCheckpoint(store.view) { _ = try? withStoreLock { () throws(PMLLError) in } }
                 return
             case .repair(let died): try repairStripes(died)
-            case .exclusive: break
+            case .exclusive, .makeRedoLog: break
             }
         }
         try withStoreLock { () throws(PMLLError) in

@@ -24,6 +24,16 @@ struct RedoLogTests {
         return child.events.first { $0["event"] as? String == "committed" }?["barriers"] as? Int
     }
 
+    /// A pool on a disk with keys `a`, `other` and `same` (the first and last in one stripe)
+    /// and a redo log (made by an update of `other`).
+    static func poolWithRedoLog(_ scratch: Scratch, _ name: String) throws -> (path: String, a: String, other: String, same: String) {
+        let path = scratch.file(name)
+        let (a, other, same) = ParallelCommitTests.keys()
+        #expect(try Child.worker("tx-set", "--pool", path, "\(a)=old", "\(other)=old", "\(same)=old").wait() == 0)
+        #expect(try Child.worker("tx-set", "--pool", path, "\(other)=warm").wait() == 0)
+        return (path, a, other, same)
+    }
+
     /// The redo record at the log's checkpoint (the first one written since the last settle).
     static func firstRecord(_ pool: Pool) throws -> UnsafeMutablePointer<pmll_redo_record_t> {
         let store = try pool.stateStore()
@@ -66,10 +76,7 @@ struct RedoLogTests {
     @Test(arguments: ["tx.redo-logged", "tx.redo-durable", "tx.applying", "tx.applied"])
     func aCommitKilledOnceItsRecordIsCompleteIsFinished(point: String) throws {
         let scratch = Self.diskScratch()
-        let pool = scratch.file("k.pool")
-        let (a, other, same) = ParallelCommitTests.keys()
-        #expect(try Child.worker("tx-set", "--pool", pool, "\(a)=old", "\(other)=old", "\(same)=old").wait() == 0)
-        #expect(try Child.worker("tx-set", "--pool", pool, "\(other)=warm").wait() == 0)   // makes the redo log
+        let (pool, a, other, same) = try Self.poolWithRedoLog(scratch, "k.pool")
         let p = try Pool.open(path: pool)
         let commitsBefore = try p.transactionStatistics().commits
         let victim = try Child.worker("tx-set", "--pool", pool, "\(a)=new", "\(same)=new", environment: ["PMLL_CRASH_AT": point])
@@ -99,10 +106,7 @@ struct RedoLogTests {
     /// have written appears.
     @Test func aRecordThatIsNotIntactIsNotRedone() throws {
         let scratch = Self.diskScratch()
-        let pool = scratch.file("t.pool")
-        let (a, other, same) = ParallelCommitTests.keys()
-        #expect(try Child.worker("tx-set", "--pool", pool, "\(a)=old", "\(other)=old", "\(same)=old").wait() == 0)
-        #expect(try Child.worker("tx-set", "--pool", pool, "\(other)=warm").wait() == 0)
+        let (pool, a, other, same) = try Self.poolWithRedoLog(scratch, "t.pool")
         let p = try Pool.open(path: pool)
         try p.transaction { tx in try tx.set(other, "settled") }
         _ = try p.committedKeys(prefix: "")   // an exclusive holder: settles, so the next record is at the checkpoint
@@ -126,10 +130,7 @@ struct RedoLogTests {
     /// back in the file while no process has it open.
     @Test func aCommitThatReturnedSurvivesTheLossOfItsWritesInPlace() throws {
         let scratch = Self.diskScratch()
-        let pool = scratch.file("l.pool")
-        let (a, other, _) = ParallelCommitTests.keys()
-        #expect(try Child.worker("tx-set", "--pool", pool, "\(a)=old", "\(other)=old").wait() == 0)
-        #expect(try Child.worker("tx-set", "--pool", pool, "\(other)=warm").wait() == 0)
+        let (pool, a, _, _) = try Self.poolWithRedoLog(scratch, "l.pool")
         let (offset, oldBytes) = try {
             let p = try Pool.open(path: pool)
             let store = try p.stateStore()
