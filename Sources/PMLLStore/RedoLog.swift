@@ -11,9 +11,9 @@ import Glibc
 /// every commit waiting at the time (group commit), and only then copies those bytes into its
 /// slots, with no barrier of its own: one shared barrier per commit instead of two.
 ///
-/// Every record at or above the checkpoint is redone, in log order, by the next holder of the
-/// store lock held exclusively ("settling"), which then makes the key index durable and moves
-/// the checkpoint to the log's end. So a commit killed once its record was complete is
+/// The records at or above the checkpoint are settled by the next holder of the store lock
+/// held exclusively: each slot gets its last record's bytes where they differ, the key index
+/// is made durable and the checkpoint moves to the log's end. So a commit killed once its record was complete is
 /// finished by that holder; after a power failure every commit that returned is redone from
 /// its durable record; and no exclusive change (insert, removal, growth, rollback) ever lies
 /// under a record that could be redone over it. Log order is each slot's order of writes: a
