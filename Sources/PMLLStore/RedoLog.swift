@@ -372,14 +372,16 @@ extension Pool {
             pmll_add64(&log.pointee.commits, 1)
             pmll_store64_release(&log.pointee.done_seq, log.pointee.seq)
         }
-        try memory.persistence.persist(UnsafeRawPointer(memory.base + view.index.lowerBound), view.index.count, site: "redo.checkpoint")
         // No version below the sequence: the counts behind it are volatile between checkpoints,
         // and a version given twice could hide a change from a serializable read.
         let sequence = store.commitSequence
         if newest > sequence, let log = (0..<store.layout.logSlots).map({ store.logHeader($0) }).first(where: { !isPending($0) }) {
             pmll_add64(&log.pointee.done_seq, newest - sequence)
         }
-        try persistLogHeaders(store, through: UnsafeRawPointer(store.logHeader(0)))
+        // The key index and every log header, in one barrier (one msync of their span, which
+        // writes only its dirty pages).
+        let headers = (0..<store.layout.logSlots).map { (offset: store.offset(of: store.logHeader($0)), length: MemoryLayout<pmll_log_header_t>.size) }
+        try persist([(view.index.lowerBound, view.index.count)] + headers, site: "redo.checkpoint")
         CrashPoint.hit("redo.index-durable")
         let settled = scanWhole ? end : tail
         clearRedoWords(h)

@@ -84,7 +84,7 @@ extension Pool {
     /// before an exclusive commit, a growth or a rollback changes anything. One barrier: on a
     /// file, one `msync` over the log slots (it writes only their dirty pages: the headers
     /// whose commit points are not yet on disk, and this log).
-    func persistLogHeaders(_ store: StateStore, through end: UnsafeRawPointer) throws(PMLLError) {
+    private func persistLogHeaders(_ store: StateStore, through end: UnsafeRawPointer) throws(PMLLError) {
         let first = UnsafeRawPointer(store.logHeader(0))
         let last = UnsafeRawPointer(store.logHeader(store.layout.logSlots - 1)) + MemoryLayout<pmll_log_header_t>.size
         if memory.persistence.isPmem {
