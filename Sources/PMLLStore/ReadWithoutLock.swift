@@ -12,6 +12,9 @@ extension Pool {
     /// state. A torn view only makes the body throw or return garbage that is then discarded.
     package func readWithoutLock<R>(_ body: () throws(PMLLError) -> R) throws(PMLLError) -> R {
         let store = self.store
+        if try redoOwedSinceRestart(try store.refresh()) {
+            throw .readOnlyPool(path: path, operation: "read the state store: commits made before the machine restarted are still only in its redo log (the next process that opens the pool read-write puts them in place)")
+        }
         let deadline = Clock.monotonicNanoseconds + 2_000_000_000
         while true {
             if let value = try readAttempt(store, body) { return value }

@@ -339,26 +339,13 @@ extension Pool {
             return
         }
         let scanWhole = whole || tail < checkpoint || tail - checkpoint > capacity
-        let limit = scanWhole ? checkpoint + capacity : tail
-        let ring = UnsafeMutableRawPointer(h) + PoolLayout.page
-        let head = MemoryLayout<pmll_redo_record_t>.size
-        var position = checkpoint, end = checkpoint, records = 0, newest: UInt64 = 0
+        var records = 0, newest: UInt64 = 0
         var last: [Int: UnsafeRawPointer] = [:]   // each slot's bytes in its last record
-        while position < limit {
-            let at = position % capacity
-            if at + UInt64(head) > capacity {
-                position += capacity - at
-                continue
-            }
-            if let r = validRedoRecord(ring + Int(at), position: position, room: Int(capacity - at)) {
-                try collectSlots(r, at: position, view: view, into: &last)
-                records += 1
-                newest = max(newest, r.pointee.version)
-                position += UInt64(r.pointee.bytes)
-                end = position
-            } else {
-                position += UInt64(PMLL_REDO_ALIGN)
-            }
+        let end = try scanRedo(h, upTo: scanWhole ? checkpoint + capacity : tail) { (r, position) throws(PMLLError) in
+            try collectSlots(r, at: position, view: view, into: &last)
+            records += 1
+            newest = max(newest, r.pointee.version)
+            return true
         }
         let width = view.slotWidth
         let changes = last.filter { memcmp(memory.base + $0.key, $0.value, width) != 0 }
@@ -396,6 +383,54 @@ extension Pool {
             audit(.commit, .ok, "redo log settled: \(changes.count) slot(s) of \(records) record(s) put in place, \(markers.count) interrupted commit(s) finished")
         }
     }
+
+    /// Visits each valid record from the checkpoint to `limit` in log order, until `visit`
+    /// returns false; returns the end of the last one visited (the checkpoint if none). Where
+    /// no valid record lies (a reservation whose writer died, a write a power failure lost,
+    /// the skipped end of a lap) the scan steps on by the records' alignment.
+    private func scanRedo(_ h: UnsafeMutablePointer<pmll_redo_header_t>, upTo limit: UInt64,
+                          _ visit: (UnsafeMutablePointer<pmll_redo_record_t>, UInt64) throws(PMLLError) -> Bool) throws(PMLLError) -> UInt64 {
+        let capacity = h.pointee.capacity, checkpoint = h.pointee.checkpoint
+        let ring = UnsafeMutableRawPointer(h) + PoolLayout.page
+        let head = UInt64(MemoryLayout<pmll_redo_record_t>.size)
+        var position = checkpoint, end = checkpoint
+        while position < limit {
+            let at = position % capacity
+            if at + head > capacity {
+                position += capacity - at
+                continue
+            }
+            if let r = validRedoRecord(ring + Int(at), position: position, room: Int(capacity - at)) {
+                position += UInt64(r.pointee.bytes)
+                end = position
+                if try !visit(r, position - UInt64(r.pointee.bytes)) { break }
+            } else {
+                position += UInt64(PMLL_REDO_ALIGN)
+            }
+        }
+        return end
+    }
+
+    /// For a read-only participant, which may not settle the log: whether a commit that
+    /// returned may be only in its record and not in its slots. That is so when the machine
+    /// restarted since the log was last settled whole (the slots' pages may never have reached
+    /// the disk; a restart no read-write process has seen yet leaves the pool's boot id as it
+    /// was) and a valid record lies above the checkpoint.
+    func redoOwedSinceRestart(_ view: StoreView) throws(PMLLError) -> Bool {
+        guard let h = try redoHeader(view) else { return false }
+        let resets = pmll_load64(&memory.header.pointee.volatile_resets), epoch = h.pointee.epoch
+        let settledSinceBoot = epoch == resets || (memory.header.pointee.last_reset_reason != PMLL_RESET_REBOOT && epoch &+ 1 == resets)
+        guard !settledSinceBoot || VolatileState.bootChanged(memory.header, bootID: Self.bootID) else { return false }
+        var found = false
+        _ = try scanRedo(h, upTo: h.pointee.checkpoint + h.pointee.capacity) { (_, _) throws(PMLLError) in
+            found = true
+            return false
+        }
+        return found
+    }
+
+    /// This boot's id, read once (a file read each time).
+    private static let bootID = ProcessIdentity.bootID()
 
     /// The flush and reservation words, as no process uses them (the store lock is held
     /// exclusively: no commit is under way; a process that died in one left them set).

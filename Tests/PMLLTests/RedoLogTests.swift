@@ -151,6 +151,46 @@ struct RedoLogTests {
         #expect(try p.check().problems.isEmpty)
     }
 
+    /// A read-only participant cannot settle the log: after a restart that left a commit that
+    /// returned only in its record (its write in place lost), it refuses to read rather than
+    /// show the older value, and reads again once a read-write process has settled the log.
+    /// The restart is simulated by another boot id in the pool's header (so that this process's
+    /// own, unchanged, differs from it); the lost write as above.
+    @Test func aReadOnlyReaderAfterARestartRefusesRatherThanReadAnOlderValue() throws {
+        let scratch = Self.diskScratch()
+        let (pool, a, _, _) = try Self.poolWithRedoLog(scratch, "r.pool")
+        let (offset, oldBytes) = try {
+            let p = try Pool.open(path: pool)
+            let store = try p.stateStore()
+            let slot = try #require(try store.find(Array(a.utf8)).found)
+            let s = store.view.slot(slot)
+            return (store.offset(of: s), Array(UnsafeRawBufferPointer(start: s, count: store.view.slotWidth)))
+        }()
+        #expect(try Child.worker("tx-set", "--pool", pool, "\(a)=new").wait() == 0)
+        func restart(losing bytes: [UInt8]?) {
+            let fd = open(pool, O_RDWR)
+            defer { close(fd) }
+            if let bytes { #expect(bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(offset)) } == bytes.count) }
+            var id = Array("00000000-0000-4000-8000-\(String(UInt64.random(in: 0..<(1 << 48)), radix: 16))".utf8) + [0]
+            let field = MemoryLayout<pmll_header_t>.offset(of: \pmll_header_t.boot_id)!
+            #expect(pwrite(fd, &id, id.count, off_t(field)) == id.count)
+        }
+        var options = PoolOptions()
+        options.readOnly = true
+        restart(losing: oldBytes)
+        #expect {
+            _ = try Pool.open(path: pool, options: options).value(for: a)
+        } throws: { error in
+            guard case .readOnlyPool(_, let operation) = error as? PMLLError else { return false }
+            return operation.contains("redo log")
+        }
+        #expect(try Self.string(try Pool.open(path: pool), a) == "new")
+        #expect(try Self.string(try Pool.open(path: pool, options: options), a) == "new")
+        // Settled: a restart now leaves nothing above the checkpoint, and reads go on.
+        restart(losing: nil)
+        #expect(try Self.string(try Pool.open(path: pool, options: options), a) == "new")
+    }
+
     /// A redo log whose header is damaged is a corrupt pool, never a log read as it happens to
     /// be: one line and exit 65 at the command line, for reads as for checks.
     @Test func aDamagedHeaderIsACorruptPool() throws {
