@@ -57,7 +57,7 @@ extension Pool {
     /// small, or full at its size limit).
     func storeStripes() throws(PMLLError) -> StoreStripes {
         let service = services.required(.store, as: StoreService.self)
-        if let known = service.stripes.load() { return known }
+        if let known = service.stripes { return known }
         let count = Self.stripeCount(createdLockCapacity: memory.layout.lockCapacity)
         var locks: [LockIndex] = []
         do throws(PMLLError) {
@@ -74,7 +74,7 @@ extension Pool {
             default: throw error
             }
         }
-        return service.stripes.storeIfNil(StoreStripes(locks))
+        return service.setStripes(StoreStripes(locks))
     }
 
     enum ParallelCommit {
