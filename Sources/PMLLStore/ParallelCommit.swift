@@ -56,8 +56,8 @@ extension Pool {
     /// grow the lock table, which takes the store lock exclusively). Empty: none (a table too
     /// small, or full at its size limit).
     func storeStripes() throws(PMLLError) -> StoreStripes {
+        if let known = services.withRequired(.store, as: StoreService.self, { $0.stripes }) { return known }
         let service = services.required(.store, as: StoreService.self)
-        if let known = service.stripes { return known }
         let count = Self.stripeCount(createdLockCapacity: memory.layout.lockCapacity)
         var locks: [LockIndex] = []
         do throws(PMLLError) {

@@ -94,5 +94,5 @@ extension Pool {
         }
     }
 
-    package var store: StateStore { services.required(.store, as: StoreService.self).store }
+    package var store: StateStore { services.withRequired(.store, as: StoreService.self) { $0.store } }
 }

@@ -23,22 +23,21 @@ extension Pool {
     /// The store lock, created on first use. `mayGrow` false while the lock table grows (the
     /// growth itself needs this lock: its entry then takes any free one).
     package func storeLock(mayGrow: Bool = true) throws(PMLLError) -> LockIndex {
-        let service = services.required(.store, as: StoreService.self)
-        let known = service.lockIndex.load(ordering: .acquiring)
+        let known = services.withRequired(.store, as: StoreService.self) { $0.lockIndex.load(ordering: .acquiring) }
         if known != 0 { return LockIndex(known - 1) }
         let index = try table.index(of: "pmll:store", level: .network, create: true, creation: tableCreation, allowReserved: true,
                                     mayGrow: mayGrow)!
-        service.lockIndex.store(index.rawValue + 1, ordering: .releasing)
+        services.required(.store, as: StoreService.self).lockIndex.store(index.rawValue + 1, ordering: .releasing)
         return index
     }
 
     /// The store lock's entry (entries never move: the mapping's base is fixed), kept so that
     /// a point read does not copy `memory` (a struct of several references) to find it.
     func storeLockEntry() throws(PMLLError) -> UnsafeMutablePointer<pmll_lock_entry_t> {
-        let service = services.required(.store, as: StoreService.self)
-        if let known = UnsafeMutablePointer<pmll_lock_entry_t>(bitPattern: service.lockEntry.load(ordering: .acquiring)) { return known }
+        let known = services.withRequired(.store, as: StoreService.self) { $0.lockEntry.load(ordering: .acquiring) }
+        if let known = UnsafeMutablePointer<pmll_lock_entry_t>(bitPattern: known) { return known }
         let entry = memory.lock(try storeLock())
-        service.lockEntry.store(UInt(bitPattern: entry), ordering: .releasing)
+        services.required(.store, as: StoreService.self).lockEntry.store(UInt(bitPattern: entry), ordering: .releasing)
         return entry
     }
 

@@ -53,6 +53,16 @@ package final class PoolServices: @unchecked Sendable {
         return service
     }
 
+    /// `body` applied to the object in `slot`, which the facade installs while opening the
+    /// pool, borrowed: no retain and release of it (a slot holds its object until the pool
+    /// goes away), which on the paths every commit and point read takes cost measurably.
+    @inlinable @inline(__always)
+    package func withRequired<S: AnyObject & Sendable, R>(_ slot: ServiceSlot, as type: S.Type = S.self, _ body: (S) -> R) -> R {
+        let raw = pmll_load64_acquire(slots + slot.rawValue)
+        guard raw != 0 else { preconditionFailure("pmll: \(type) used on a pool that was not opened through Pool.open") }
+        return Unmanaged<S>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(raw))!)._withUnsafeGuaranteedRef(body)
+    }
+
     @inlinable @inline(__always)
     func existing<S: AnyObject>(_ slot: ServiceSlot, as type: S.Type) -> S? {
         let raw = pmll_load64_acquire(slots + slot.rawValue)
