@@ -114,12 +114,13 @@ extension Pool {
         // This process's own log still pending (a commit of its own failed after logging):
         // writing it again would lose that transaction's undo bytes.
         if isPending(ownLogHeader(store)) { return .repair([]) }
-        try store.refresh()
-        let view = store.view
+        // One view for the whole commit (each read of `store.view` is a lock and a retain):
+        // the store lock held shared keeps growths out.
+        let view = try store.refresh()
         var slots: [UInt32] = []
         slots.reserveCapacity(keys.count)
         for key in keys {
-            guard let i = try store.find(key).found else { return .exclusive }
+            guard let i = try store.find(key, in: view).found else { return .exclusive }
             slots.append(i)
         }
         // A commit that could go through a redo log, on a pool that has none yet: made first
@@ -132,7 +133,7 @@ extension Pool {
             // Keys also written already have their stripe (the common read-modify-write).
             let written = writes.count > 8 ? Set(writes.map(\.key)) : nil
             for (key, _) in reads.versions where !(written?.contains(key) ?? writes.contains { $0.key == key }) {
-                if let i = try store.find(Array(key.utf8)).found { needed.append(stripes.lock(forSlot: i)) }
+                if let i = try store.find(Array(key.utf8), in: view).found { needed.append(stripes.lock(forSlot: i)) }
             }
         }
         needed.sort()
@@ -221,9 +222,10 @@ extension Pool {
         let shared = try acquireShared(index: storeLock(), deadline: .max, cancellation: nil)
         defer { releaseShared(shared) }
         if shared.taken.ownerDied { return nil }
-        try store.refresh()
+        let store = self.store
+        let view = try store.refresh()
         // Absent stays absent while the store lock is held shared.
-        guard let i = try store.find(key).found else { return try body() }
+        guard let i = try store.find(key, in: view).found else { return try body() }
         let index = stripes.lock(forSlot: i)
         let taken = try acquire(index: index, deadline: .max, cancellation: nil)
         if taken.ownerDied {

@@ -59,18 +59,19 @@ extension Pool {
         if isReadOnly { return try readWithoutLock(body) }
         let store = self.store
         if !store.optimisticReadsOnly.load(ordering: .relaxed) {
-            let service = services.required(.store, as: StoreService.self)
             // Commits in parallel were seen lately: the stripe first, since taking the free
             // lock exclusively, even for a moment, makes a commit arriving then wait for it.
-            let lately = sharedSafe ? service.stripeReads.load(ordering: .relaxed) : 0
+            let lately = sharedSafe ? services.withRequired(.store, as: StoreService.self) { $0.stripeReads.load(ordering: .relaxed) } : 0
             if lately > 0 {
-                service.stripeReads.store(lately - 1, ordering: .relaxed)
+                services.withRequired(.store, as: StoreService.self) { $0.stripeReads.store(lately - 1, ordering: .relaxed) }
                 if let value = try readSharedIfCommitsRun(key, body) { return value }
             }
             if let value = try withStoreLock(waiting: false, forReading: true, body) { return value }
             if sharedSafe {
                 if let value = try readSharedIfCommitsRun(key, body) {
-                    service.stripeReads.store(StoreService.stripeReadsAfterContention, ordering: .relaxed)
+                    services.withRequired(.store, as: StoreService.self) {
+                        $0.stripeReads.store(StoreService.stripeReadsAfterContention, ordering: .relaxed)
+                    }
                     return value
                 }
             }
