@@ -216,13 +216,12 @@ extension Pool {
     /// A point read of `key` under the store lock held shared and the stripe of its slot, so
     /// that it neither waits for nor stops commits of other stripes. nil: the caller reads
     /// another way (no stripes, or a stripe whose holder died: an exclusive holder repairs).
-    func readUnderStripe<R>(_ key: [UInt8], _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R? {
+    func readUnderStripe<R>(_ key: [UInt8], store: StateStore, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R? {
         let stripes = try storeStripes()
         guard !stripes.locks.isEmpty else { return nil }
         let shared = try acquireShared(index: storeLock(), deadline: .max, cancellation: nil)
         defer { releaseShared(shared) }
         if shared.taken.ownerDied { return nil }
-        let store = self.store
         let view = try store.refresh()
         // Absent stays absent while the store lock is held shared.
         guard let i = try store.find(key, in: view).found else { return try body() }

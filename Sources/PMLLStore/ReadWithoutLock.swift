@@ -55,20 +55,20 @@ extension Pool {
     /// the committers are writing, and mostly fail: some log is pending most of the time).
     /// `sharedSafe`: `body` reads nothing but that key's record and the versions of other
     /// keys (no key lists).
-    package func readConsistently<R>(key: [UInt8], sharedSafe: Bool, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R {
+    /// `store`: this pool's (passed in, as the caller holds it: a fetch is a retain).
+    package func readConsistently<R>(key: [UInt8], store: StateStore, sharedSafe: Bool, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R {
         if isReadOnly { return try readWithoutLock(body) }
-        let store = self.store
         if !store.optimisticReadsOnly.load(ordering: .relaxed) {
             // Commits in parallel were seen lately: the stripe first, since taking the free
             // lock exclusively, even for a moment, makes a commit arriving then wait for it.
             let lately = sharedSafe ? services.withRequired(.store, as: StoreService.self) { $0.stripeReads.load(ordering: .relaxed) } : 0
             if lately > 0 {
                 services.withRequired(.store, as: StoreService.self) { $0.stripeReads.store(lately - 1, ordering: .relaxed) }
-                if let value = try readSharedIfCommitsRun(key, body) { return value }
+                if let value = try readSharedIfCommitsRun(key, store: store, body) { return value }
             }
             if let value = try withStoreLock(waiting: false, forReading: true, body) { return value }
             if sharedSafe {
-                if let value = try readSharedIfCommitsRun(key, body) {
+                if let value = try readSharedIfCommitsRun(key, store: store, body) {
                     services.withRequired(.store, as: StoreService.self) {
                         $0.stripeReads.store(StoreService.stripeReadsAfterContention, ordering: .relaxed)
                     }
@@ -85,10 +85,10 @@ extension Pool {
 
     /// A read under the key's stripe if the store lock is held shared (or biased towards its
     /// shared holders) and not exclusively now.
-    private func readSharedIfCommitsRun<R>(_ key: [UInt8], _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R? {
+    private func readSharedIfCommitsRun<R>(_ key: [UInt8], store: StateStore, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R? {
         let entry = try storeLockEntry()
         guard pmll_load32(pmll_entry_word(entry)) == 0 && pmll_lock_readers_present(entry) != 0 else { return nil }
-        return try readUnderStripe(key, body)
+        return try readUnderStripe(key, store: store, body)
     }
 
     /// One sequence-lock attempt: `body`'s result (or error) if no log was pending before it

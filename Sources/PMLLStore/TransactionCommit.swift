@@ -130,7 +130,7 @@ extension Pool {
         // Recorded only once the read is known to be one committed state (an optimistic
         // attempt may be discarded; its revalidation only ever errs towards a conflict, and
         // any commit it overlapped moves the sequence it compares against).
-        let (value, version) = try readConsistently(key: bytes, sharedSafe: reads?.scans.isEmpty ?? true) { () throws(PMLLError) -> ([UInt8]?, UInt64) in
+        let (value, version) = try readConsistently(key: bytes, store: store, sharedSafe: reads?.scans.isEmpty ?? true) { () throws(PMLLError) -> ([UInt8]?, UInt64) in
             try reads?.revalidate(store, pool: self)
             let view = store.view
             guard let i = try store.find(bytes, in: view).found else { return (nil, 0) }
