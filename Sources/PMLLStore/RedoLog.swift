@@ -421,11 +421,15 @@ extension Pool {
         let resets = pmll_load64(&memory.header.pointee.volatile_resets), epoch = h.pointee.epoch
         let settledSinceBoot = epoch == resets || (memory.header.pointee.last_reset_reason != PMLL_RESET_REBOOT && epoch &+ 1 == resets)
         guard !settledSinceBoot || VolatileState.bootChanged(memory.header, bootID: Self.bootID) else { return false }
+        // Scanned once per reset count: the scan reads the whole ring.
+        let service = services.required(.store, as: StoreService.self)
+        if service.redoScannedClean.load(ordering: .relaxed) == resets &+ 1 { return false }
         var found = false
         _ = try scanRedo(h, upTo: h.pointee.checkpoint + h.pointee.capacity) { (_, _) throws(PMLLError) in
             found = true
             return false
         }
+        if !found { service.redoScannedClean.store(resets &+ 1, ordering: .relaxed) }
         return found
     }
 

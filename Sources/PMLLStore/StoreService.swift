@@ -26,6 +26,10 @@ package final class StoreService: Sendable {
     let parallelLogBusy = Atomic<Bool>(false)
     /// Set once making a redo log failed for want of room (``Pool/prepareRedoLog(_:)``).
     let redoUnavailable = Atomic<Bool>(false)
+    /// The pool's reset count + 1 when a read-only participant found no record owed since a
+    /// restart (``Pool/redoOwedSinceRestart(_:)``): only a read-write opener can add records,
+    /// and the first one after a restart resets the pool, which moves the count.
+    let redoScannedClean = Atomic<UInt64>(0)
     /// The sequence each log was last seen pending with, and when its owner was last asked
     /// about (``Pool/storeReady(probeAtOnce:)``).
     private let pendingSeen: Mutex<[(seq: UInt64, askedAt: Int64)]>
