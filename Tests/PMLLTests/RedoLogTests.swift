@@ -34,6 +34,21 @@ struct RedoLogTests {
         return (path, a, other, same)
     }
 
+    /// Where `key`'s slot lies in the file and its bytes, then a commit (by a child) of
+    /// "new" to it through the redo log: what a test needs to put the old bytes back (a write
+    /// in place that a power failure lost).
+    static func commitNew(_ key: String, in pool: String) throws -> (offset: Int, oldBytes: [UInt8]) {
+        let (offset, bytes) = try {
+            let p = try Pool.open(path: pool)
+            let store = try p.stateStore()
+            let slot = try #require(try store.find(Array(key.utf8)).found)
+            let s = store.view.slot(slot)
+            return (store.offset(of: s), Array(UnsafeRawBufferPointer(start: s, count: store.view.slotWidth)))
+        }()
+        #expect(try Child.worker("tx-set", "--pool", pool, "\(key)=new").wait() == 0)
+        return (offset, bytes)
+    }
+
     /// The redo record at the log's checkpoint (the first one written since the last settle).
     static func firstRecord(_ pool: Pool) throws -> UnsafeMutablePointer<pmll_redo_record_t> {
         let store = try pool.stateStore()
@@ -131,14 +146,7 @@ struct RedoLogTests {
     @Test func aCommitThatReturnedSurvivesTheLossOfItsWritesInPlace() throws {
         let scratch = Self.diskScratch()
         let (pool, a, _, _) = try Self.poolWithRedoLog(scratch, "l.pool")
-        let (offset, oldBytes) = try {
-            let p = try Pool.open(path: pool)
-            let store = try p.stateStore()
-            let slot = try #require(try store.find(Array(a.utf8)).found)
-            let s = store.view.slot(slot)
-            return (store.offset(of: s), Array(UnsafeRawBufferPointer(start: s, count: store.view.slotWidth)))
-        }()
-        #expect(try Child.worker("tx-set", "--pool", pool, "\(a)=new").wait() == 0)
+        let (offset, oldBytes) = try Self.commitNew(a, in: pool)
         let fd = open(pool, O_RDWR)
         #expect(oldBytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(offset)) } == oldBytes.count)
         close(fd)
@@ -159,14 +167,7 @@ struct RedoLogTests {
     @Test func aReadOnlyReaderAfterARestartRefusesRatherThanReadAnOlderValue() throws {
         let scratch = Self.diskScratch()
         let (pool, a, _, _) = try Self.poolWithRedoLog(scratch, "r.pool")
-        let (offset, oldBytes) = try {
-            let p = try Pool.open(path: pool)
-            let store = try p.stateStore()
-            let slot = try #require(try store.find(Array(a.utf8)).found)
-            let s = store.view.slot(slot)
-            return (store.offset(of: s), Array(UnsafeRawBufferPointer(start: s, count: store.view.slotWidth)))
-        }()
-        #expect(try Child.worker("tx-set", "--pool", pool, "\(a)=new").wait() == 0)
+        let (offset, oldBytes) = try Self.commitNew(a, in: pool)
         func restart(losing bytes: [UInt8]?) {
             let fd = open(pool, O_RDWR)
             defer { close(fd) }
