@@ -883,10 +883,16 @@ uint64_t pmll_bias_pending(const pmll_lock_entry_t *e);
 // Adds and forgets every tally of a lock in [base, base + length): the mapping is going away.
 void pmll_bias_flush_range(const void *base, uint64_t length);
 // A biased reader, after entering its ledger (a sequentially consistent CAS, so no fence is
-// needed before these loads): the word, or UINT32_MAX if the bias is off.
+// needed before these loads): the word, or UINT32_MAX if the bias is off. The word first: a
+// reader that read BIASED first and was preempted before the word could find the word free
+// after a revoking writer had scanned the ledgers without it, turned the bias off and left,
+// and go in with the bias off, unseen by the next writer (Docs/LockProtocol.md). Read in this
+// order, a free word means any writer takes it later (and its scan sees this ledger entry) or
+// had turned the bias off before (and the load of `readers` sees it off).
 static inline uint32_t pmll_bias_check(pmll_lock_entry_t *e) {
+    uint32_t w = __atomic_load_n(&e->word, __ATOMIC_SEQ_CST);
     uint64_t r = __atomic_load_n(&e->readers, __ATOMIC_SEQ_CST);
-    return (r & PMLL_READERS_BIASED) ? __atomic_load_n(&e->word, __ATOMIC_SEQ_CST) : UINT32_MAX;
+    return (r & PMLL_READERS_BIASED) ? w : UINT32_MAX;
 }
 // After a biased holder left its ledger: 1 if a writer sleeps until the ledgers are empty
 // (DRAIN set; a writer that found the bias on waits for them). DRAIN is cleared first, so that
