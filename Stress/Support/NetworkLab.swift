@@ -53,16 +53,9 @@ public final class NetworkLab: @unchecked Sendable {
     deinit { tearDown() }
 
     static func run(_ arguments: [String]) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: ip)
-        process.arguments = arguments
-        let errors = Pipe()
-        process.standardError = errors
-        try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            throw EtcdUnavailable(message: "ip \(arguments.joined(separator: " ")): \(text)")
+        let result = try SpawnedProcess.run(ip, arguments, capturing: 2)
+        guard result.termination == .exited(0) else {
+            throw EtcdUnavailable(message: "ip \(arguments.joined(separator: " ")): \(result.output)")
         }
     }
 }

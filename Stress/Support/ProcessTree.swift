@@ -19,11 +19,11 @@ public enum ProcessTree {
     /// Stops `pid` and every process below it (SIGSTOP) and returns them, `pid` first, then
     /// the deepest first. One snapshot of the tree is not enough: a shell that forks its next
     /// command just after the snapshot leaves that command running, and a killed tree then
-    /// keeps a survivor (which also holds Foundation's exit-watch socket, so `Process` says
-    /// the killed child still runs). Foundation makes each child it spawns a process-group
-    /// leader, and a signal to a group reaches every member at once, the child of a fork in
-    /// progress included (since Linux 4.20 the fork completes and the child gets the signal
-    /// too): so the group is stopped first. Then the tree is walked until two walks in a row
+    /// keeps a survivor (which also holds the child's output pipes, so waiting for their end
+    /// waits for it). ``SpawnedProcess`` (like Foundation's `Process`) makes each child it
+    /// spawns a process-group leader, and a signal to a group reaches every member at once,
+    /// the child of a fork in progress included (since Linux 4.20 the fork completes and the
+    /// child gets the signal too): so the group is stopped first. Then the tree is walked until two walks in a row
     /// find the same processes and every one is stopped (or dead): the kernel's children lists
     /// are only reliable once nothing in them forks or exits.
     @discardableResult

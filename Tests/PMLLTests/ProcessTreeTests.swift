@@ -2,11 +2,31 @@ import Foundation
 import PMLLStressSupport
 import Testing
 
-/// The helpers that kill a child and everything below it. A survivor keeps Foundation's
-/// exit-watch socket open, so the killed child still looks alive to `Process` until the
-/// survivor exits: what made recovery-policy tests wait 60 s for a SIGKILLed `pmll queue exec`.
+/// The helpers that start children and kill a child and everything below it. A survivor
+/// keeps the child's output pipes open, so reading the child's output to its end waits for the
+/// survivor: what made recovery-policy tests wait 60 s for a SIGKILLed `pmll queue exec`.
 @Suite("Process trees")
 struct ProcessTreeTests {
+    /// Suites start children from several threads at once: a descriptor the test process has
+    /// open, close-on-exec or not, must not reach a child, or the child keeps another child's
+    /// pipe (or, with Foundation's `Process`, its exit-watch socket) open for as long as it
+    /// lives (a reader that had exited "did not exit within 60 s" in CI).
+    @Test func aChildInheritsOnlyItsStandardDescriptors() throws {
+        var leak: [Int32] = [0, 0]
+        try #require(pipe(&leak) == 0)   // not close-on-exec, as Foundation's socket pair
+        defer { close(leak[0]); close(leak[1]) }
+        let child = try Child("/bin/sh", ["-c", "ls /proc/$$/fd; echo done"])
+        #expect(child.wait(timeout: 10) == 0)
+        let fds = child.stdout.split(separator: "\n").map(String.init)
+        // ls's own directory descriptor is in its listing, not the shell's.
+        #expect(fds == ["0", "1", "2", "done"], "\(fds)")
+        let ended = try Child("/bin/sh", ["-c", "exit 3"])
+        #expect(ended.wait(timeout: 10) == 3)
+        let killed = try Child("/bin/sleep", ["30"])
+        killed.kill()
+        #expect(killed.wait(timeout: 10) == 128 + SIGKILL)
+    }
+
     /// A shell that keeps forking: a single snapshot of its children misses the next fork.
     static let forker = "i=0; while [ $i -lt 400 ]; do sleep 30 & i=$((i+1)); done; sleep 30"
 

@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <sys/types.h>
+#include <spawn.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -1053,6 +1054,16 @@ static inline uint32_t *pmll_slot_exit_word(pmll_process_slot_t *s) { return &s-
 
 // execvpe(3) (GNU): replaces the process with `file` found on PATH, environment `envp`.
 int pmll_execvpe(const char *file, char *const _Nullable argv[_Nonnull], char *const _Nullable envp[_Nonnull]);
+
+// For spawning from a process whose other threads spawn too (the test process): a child must
+// inherit only its three standard descriptors. posix_spawn_file_actions_addclosefrom_np (GNU,
+// glibc 2.34): the child closes every descriptor from `from` up before exec; 0 or an errno.
+int pmll_spawn_actions_close_from(posix_spawn_file_actions_t *actions, int from);
+// posix_spawn_file_actions_addchdir_np (GNU, glibc 2.29): the child starts in `directory`.
+int pmll_spawn_actions_chdir(posix_spawn_file_actions_t *actions, const char *directory);
+// pipe2(O_CLOEXEC) (GNU): close-on-exec from birth, with no window in which a fork of another
+// thread inherits the ends. 0 or -errno.
+int pmll_pipe_cloexec(int fds[_Nonnull 2]);
 
 // A process that still maps the file `absolute_path` named before it was deleted (its
 // /proc/PID/maps lists "PATH (deleted)"), or 0 if none this process may look at (other

@@ -24,9 +24,12 @@ enum Binaries {
 ///
 /// Each output is a pipe drained by its own thread until end of file, and `wait()` waits for
 /// both to reach it: output is never cut short by a slow reader (a fixed grace period after
-/// exit lost the tail of a long `pmll metrics` on a loaded machine).
+/// exit lost the tail of a long `pmll metrics` on a loaded machine). Started as a
+/// ``SpawnedProcess``, not a Foundation `Process`: suites run at once and start children from
+/// several threads, and `Process` could report a child that had exited as running for as
+/// long as a child started meanwhile lived (``SpawnedProcess`` says why).
 final class Child: @unchecked Sendable {
-    let process = Process()
+    let process: SpawnedProcess
     private let lock = NSLock()
     private var buffer = Data()
     private var lines: [String] = []
@@ -34,38 +37,28 @@ final class Child: @unchecked Sendable {
     private let drained = DispatchGroup()
 
     init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], directory: String? = nil) throws {
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
-        var env = ProcessInfo.processInfo.environment
-        env.merge(environment) { $1 }
-        process.environment = env
-        var out: [Int32] = [0, 0], err: [Int32] = [0, 0]
-        // Close-on-exec: a child spawned meanwhile by another test must not hold our write
-        // ends (its life would delay our end of file). pipe2 is GNU-only; the window between
-        // pipe and fcntl is a few instructions.
-        guard pipe(&out) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
-        guard pipe(&err) == 0 else {
-            close(out[0]); close(out[1])
-            throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
-        }
-        for fd in out + err { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        process.standardOutput = FileHandle(fileDescriptor: out[1], closeOnDealloc: false)
-        process.standardError = FileHandle(fileDescriptor: err[1], closeOnDealloc: false)
-        do { try process.run() } catch {
-            for fd in out + err { close(fd) }
+        let out = try closeOnExecPipe()
+        let err: (read: Int32, write: Int32)
+        do { err = try closeOnExecPipe() } catch {
+            close(out.read); close(out.write)
             throw error
         }
-        // The child has its copies: ours would keep the pipes from ever reaching end of file.
-        close(out[1]); close(err[1])
-        drain(out[0]) { child, data in
+        defer { close(out.write); close(err.write) }   // the child has its copies
+        do {
+            process = try SpawnedProcess(executable, arguments, environment: SpawnedProcess.environment(merging: environment),
+                                         directory: directory, stdout: out.write, stderr: err.write)
+        } catch {
+            close(out.read); close(err.read)
+            throw error
+        }
+        drain(out.read) { child, data in
             child.buffer.append(data)
             while let newline = child.buffer.firstIndex(of: 0x0A) {
                 child.lines.append(String(decoding: child.buffer[..<newline], as: UTF8.self))
                 child.buffer.removeSubrange(...newline)
             }
         }
-        drain(err[0]) { child, data in child.stderrText.append(data) }
+        drain(err.read) { child, data in child.stderrText.append(data) }
     }
 
     /// Reads `fd` on a thread of its own until end of file (every writer gone), then closes it.
@@ -91,7 +84,7 @@ final class Child: @unchecked Sendable {
         try Child(Binaries.worker, arguments, environment: environment)
     }
 
-    var pid: Int32 { process.processIdentifier }
+    var pid: Int32 { process.pid }
 
     /// Everything printed on stdout so far, complete lines only.
     var stdout: String {
@@ -124,7 +117,7 @@ final class Child: @unchecked Sendable {
         return nil
     }
 
-    func kill(_ signal: Int32 = SIGKILL) { _ = Foundation.kill(pid, signal) }
+    func kill(_ signal: Int32 = SIGKILL) { process.signal(signal) }
 
     /// Kills the child's descendants first (e.g. the COMMAND of `pmll lock`), then the child.
     /// The tree is frozen first (`ProcessTree.freeze`), so a command forked meanwhile is not
@@ -132,7 +125,7 @@ final class Child: @unchecked Sendable {
     func killTree() {
         let tree = ProcessTree.freeze(pid)
         for pid in tree.dropFirst() { _ = Foundation.kill(pid, SIGKILL) }
-        _ = Foundation.kill(-pid, SIGKILL)   // the child's process group (Foundation makes one)
+        _ = Foundation.kill(-pid, SIGKILL)   // the child's process group (SpawnedProcess makes one)
         kill()
     }
 
@@ -141,7 +134,7 @@ final class Child: @unchecked Sendable {
     func killParentFirst() {
         let tree = ProcessTree.freeze(pid)
         kill()
-        _ = Foundation.kill(-pid, SIGKILL)   // the child's process group (Foundation makes one)
+        _ = Foundation.kill(-pid, SIGKILL)   // the child's process group (SpawnedProcess makes one)
         for pid in tree.dropFirst() { _ = Foundation.kill(pid, SIGKILL) }
     }
 
@@ -176,7 +169,7 @@ final class Child: @unchecked Sendable {
         if process.isRunning {
             kill()
             process.waitUntilExit()
-            Issue.record("child \(pid) (\(process.arguments ?? [])) did not exit within \(timeout) s")
+            Issue.record("child \(pid) (\(process.arguments)) did not exit within \(timeout) s")
         }
         // Both outputs to their end; a descendant that outlives the child (and keeps the pipe
         // open) only delays this, by at most a few seconds.
@@ -187,7 +180,7 @@ final class Child: @unchecked Sendable {
             buffer.removeAll()
         }
         lock.unlock()
-        return process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
+        return process.waitUntilExit().status
     }
 }
 
