@@ -1,6 +1,9 @@
+import CPMLL
 import Foundation
 import Testing
 import PMLL
+import PMLLCore
+import PMLLLocks
 
 /// Shared holds across real processes (issue 15): many readers at once, writers exclude
 /// everyone, dead readers do not block writers, a reader stream does not starve a writer.
@@ -27,6 +30,45 @@ struct SharedLockTests {
         let after = try #require(try Pool.open(path: pool).status().locks.first { $0.name == "r" })
         #expect(after.shared.acquisitions == 4 && after.shared.readerDeaths == 0 && after.shared.drains == 1)
         #expect(after.sharedHolds == 0 && after.state == .free)
+    }
+
+    /// A writer that took the word and found the reader bias off waits for the count only;
+    /// a counted holder that got in before it may turn the bias on afterwards, and a biased
+    /// reader that had loaded the word before the writer's CAS then goes in uncounted. The
+    /// writer must see the bias when the count drains and wait for that reader's ledger entry.
+    /// This test is that reader, taking the steps of the biased fast path
+    /// (`Pool.acquireSharedFast`) by hand between the other processes' steps. Without the
+    /// check in `ReaderDrain` the writer went in beside it.
+    @Test func aBiasTurnedOnWhileAWriterDrainsIsSeenByIt() throws {
+        let scratch = Scratch()
+        let path = scratch.file("e.pool")
+        // A first counted holder stops where it turns the bias on (a fresh lock: not inhibited).
+        let counted = try Child.worker("hold", "--pool", path, "--lock", "e", "--shared", "--seconds", "1",
+                                       environment: ["PMLL_PAUSE_AT": "lock.bias-enabling"])
+        defer { counted.stopIfRunning() }
+        try counted.waitUntilStopped()
+        let pool = try Pool.open(path: path)
+        let index = try #require(try pool.table.lookup("e")).index
+        let entry = pool.memory.lock(index)
+        let slot = pool.memory.slot(pool.slot)
+        // The biased reader: its ledger entry, then the word, free.
+        let ledger = try #require(ReaderLedger.enter(slot, lock: index))
+        #expect(pmll_load32(pmll_entry_word(entry)) & PMLL_OWNER_MASK == 0)
+        // A writer takes the word, finds one counted holder and the bias off, and drains.
+        let writer = try Child.worker("hold", "--pool", path, "--lock", "e", "--seconds", "0", "--timeout", "60")
+        defer { writer.stopIfRunning() }
+        let end = Date().addingTimeInterval(20)
+        while pmll_load32(pmll_entry_word(entry)) & PMLL_WORD_DRAINING == 0 && Date() < end { usleep(2_000) }
+        try #require(pmll_load32(pmll_entry_word(entry)) & PMLL_WORD_DRAINING != 0, "the writer never drained")
+        // The counted holder goes on: the bias on, a second's hold, out.
+        counted.kill(SIGCONT)
+        #expect(counted.wait(timeout: 20) == 0)
+        // The biased reader's second load: the bias on, so it is in, in its ledger only.
+        try #require(pmll_load64(pmll_entry_readers(entry)) & PMLL_READERS_BIASED != 0)
+        #expect(writer.waitForEvent("acquired", timeout: 2) == nil, "the writer went in beside a biased reader")
+        SharedHolds.leaveBiased(entry, slot: slot, ledger: ledger, owned: false)
+        #expect(writer.waitForEvent("acquired", timeout: 20) != nil)
+        #expect(writer.wait() == 0)
     }
 
     /// SIGKILL a reader while a writer waits for it: the writer gets the lock, is not told of

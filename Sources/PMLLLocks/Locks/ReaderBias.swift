@@ -20,13 +20,12 @@ public import PMLLCore
 /// pay for scans rarely. A counted holder turns the bias on: at once if no revocation
 /// inhibits it, else once that time has passed (every 16th counted acquisition reads the clock).
 ///
-/// Why a reader and a writer cannot both go in: the reader's ledger CAS comes before its loads
-/// of `readers` and the word (all sequentially consistent); the writer's word CAS comes before
-/// its load of `readers` and its scan of the ledgers. If the reader loaded
-/// before the writer's CAS, the writer sees the bias on and its scan finds the reader's entry;
-/// otherwise the reader sees the word owned (or the bias off) and leaves. A writer that found
-/// the bias off needs no scan: a biased reader that got in before its CAS saw the bias on, so
-/// a writer that turned it off since held the word after that reader's entry and waited for it.
+/// Why a reader and a writer cannot both go in (Docs/LockProtocol.md has the whole argument):
+/// the reader's ledger CAS comes before its loads of the word and then `readers` (all
+/// sequentially consistent); the writer's word CAS comes before its loads of `readers` and
+/// its scan of the ledgers. A reader that found the word free got in before any later
+/// writer's CAS, and such a writer sees the bias on, at its first look or, if a counted holder
+/// turned it on afterwards, when the count drains (``ReaderDrain``), and scans the ledgers.
 /// The bias goes off only once the ledgers are empty: a writer that gives up (timeout,
 /// cancellation) or dies before that leaves it on, since biased holders may still be in.
 package enum ReaderBias {
@@ -40,6 +39,9 @@ extension Pool {
     /// By a counted holder: the bias back on once the last revocation's inhibition passed.
     @usableFromInline @inline(never)
     package func enableReaderBias(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) {
+        // A pause point only (not in CrashPoint.all: a kill here is a reader killed holding,
+        // which the shared-lock kill tests cover). A writer may take the word meanwhile.
+        CrashPoint.hit("lock.bias-enabling")
         let readers = pmll_entry_readers(entry)
         var v = pmll_load64(readers)
         guard v & PMLL_READERS_BIASED == 0 else { return }

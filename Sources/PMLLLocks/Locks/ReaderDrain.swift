@@ -27,7 +27,9 @@ package struct ReaderDrain: WaitMachine {
     package let cancellation: Cancellation?
     package let start: Int64
     package let spinLimit: Int
-    package let revoking: Bool
+    /// Waiting for the ledgers, not just the count. Set at the start if the bias is on, and
+    /// later if a counted holder that got in before the word was ours turns it on meanwhile.
+    package private(set) var revoking: Bool
     private var spins = 0, flagged = false, lastChance = false
     private var checkedAt: Int64, checkEvery: Int64
     /// How long the first scan of the ledgers took (revoking only).
@@ -72,6 +74,14 @@ package struct ReaderDrain: WaitMachine {
                 }
             } else {
                 done = v & PMLL_READERS_COUNT == 0
+                // A counted holder that got in before our word CAS may have turned the bias on
+                // after we looked (``Pool/enableReaderBias(_:)``); a biased reader that had
+                // loaded the word before our CAS then goes in uncounted. Holders turn it on
+                // before they leave, so the load that shows the count empty shows it.
+                if done && v & PMLL_READERS_BIASED != 0 {
+                    revoking = true
+                    continue
+                }
                 if done && v & PMLL_READERS_DRAIN != 0 {
                     if pmll_cas64(readers, &v, v & ~PMLL_READERS_DRAIN) == 0 { continue }
                 }
