@@ -157,52 +157,81 @@ extension Pool {
         let log = markRedoUnderWay(store, recordComplete: false)
 
         let ring = UnsafeMutableRawPointer(h) + PoolLayout.page
-        let record = ring + Int(position % capacity)
-        var cursor = head
-        for (n, i) in slots.enumerated() {
-            let s = view.slot(i)
-            var e = pmll_log_entry_t(offset: UInt64(store.offset(of: s)), length: UInt32(width), kind: PMLL_LOG_BYTES)
-            withUnsafeBytes(of: &e) { (record + cursor).copyMemory(from: $0.baseAddress!, byteCount: entry) }
-            // The slot as it is, with the new value: the state, the key and its hash stay, so
-            // that a commit probing past the slot for another key reads the same chain.
-            let copy = (record + cursor + entry).assumingMemoryBound(to: pmll_key_slot_t.self)
-            UnsafeMutableRawPointer(copy).copyMemory(from: UnsafeRawPointer(s), byteCount: width)
-            let data = StateStore.inlineRecord(copy)
-            let key = keys[n], value = values[n]
-            value.withUnsafeBytes { (data + key.count).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-            let end = key.count + value.count
-            (data + end).initializeMemory(as: UInt8.self, repeating: 0, count: view.inlineMax - end)
-            copy.pointee.value_length = UInt32(value.count)
-            copy.pointee.version = version
-            copy.pointee.checksum = StateStore.checksum(copy, record: UnsafeRawBufferPointer(start: data, count: end))
-            cursor += entry + width
-        }
-        (record + cursor).initializeMemory(as: UInt8.self, repeating: 0, count: bytes - cursor)
-        let r = record.assumingMemoryBound(to: pmll_redo_record_t.self)
-        r.pointee = pmll_redo_record_t(position: position, version: version, magic: PMLL_REDO_RECORD_MAGIC, count: UInt32(slots.count),
-                                       bytes: UInt32(bytes), checksum: 0)
-        r.pointee.checksum = Self.redoRecordChecksum(record, bytes: bytes)
-        pmll_store32(&log.pointee.entry_count, 1)   // after the record: complete (finished by a settle if this process dies now)
-        _ = pmll_sub32(&h.pointee.writing, 1)
-        CrashPoint.hit("tx.redo-logged")
+        let at = Int(position % capacity)
+        // Made here and written into the file with pwrite, not stored through the mapping: a
+        // ring page written through the mapping after each flush takes a write fault (ext4's
+        // page_mkwrite) and is write-protected again at the next flush in every process that
+        // mapped it; a pwrite dirties the page cache alone (msync of the ring still writes
+        // it: msync works on the file's dirty pages). Readers (a settle) read it mapped.
+        return try withUnsafeTemporaryAllocation(byteCount: bytes, alignment: align) { buffer throws(PMLLError) -> RedoCommit in
+            let record = buffer.baseAddress!
+            var cursor = head
+            for (n, i) in slots.enumerated() {
+                let s = view.slot(i)
+                var e = pmll_log_entry_t(offset: UInt64(store.offset(of: s)), length: UInt32(width), kind: PMLL_LOG_BYTES)
+                withUnsafeBytes(of: &e) { (record + cursor).copyMemory(from: $0.baseAddress!, byteCount: entry) }
+                // The slot as it is, with the new value: the state, the key and its hash stay, so
+                // that a commit probing past the slot for another key reads the same chain.
+                let copy = (record + cursor + entry).assumingMemoryBound(to: pmll_key_slot_t.self)
+                UnsafeMutableRawPointer(copy).copyMemory(from: UnsafeRawPointer(s), byteCount: width)
+                let data = StateStore.inlineRecord(copy)
+                let key = keys[n], value = values[n]
+                value.withUnsafeBytes { (data + key.count).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                let end = key.count + value.count
+                (data + end).initializeMemory(as: UInt8.self, repeating: 0, count: view.inlineMax - end)
+                copy.pointee.value_length = UInt32(value.count)
+                copy.pointee.version = version
+                copy.pointee.checksum = StateStore.checksum(copy, record: UnsafeRawBufferPointer(start: data, count: end))
+                cursor += entry + width
+            }
+            (record + cursor).initializeMemory(as: UInt8.self, repeating: 0, count: bytes - cursor)
+            let r = record.assumingMemoryBound(to: pmll_redo_record_t.self)
+            r.pointee = pmll_redo_record_t(position: position, version: version, magic: PMLL_REDO_RECORD_MAGIC, count: UInt32(slots.count),
+                                           bytes: UInt32(bytes), checksum: 0)
+            r.pointee.checksum = Self.redoRecordChecksum(record, bytes: bytes)
+            let mapped = (ring + at).assumingMemoryBound(to: pmll_redo_record_t.self)
+            do throws(PMLLError) {
+                try writeRecord(UnsafeRawBufferPointer(buffer), at: store.offset(of: ring + at))
+            } catch {
+                mapped.pointee.magic = 0   // a part of it may be there
+                log.pointee.entry_count = 0
+                _ = pmll_sub32(&h.pointee.writing, 1)
+                throw error
+            }
+            pmll_store32(&log.pointee.entry_count, 1)   // after the record: complete (finished by a settle if this process dies now)
+            _ = pmll_sub32(&h.pointee.writing, 1)
+            CrashPoint.hit("tx.redo-logged")
 
-        do throws(PMLLError) { try flushRedo(h, ring: ring) } catch {
-            // Not known to be durable: the commit must not happen, now or at a later settle.
-            r.pointee.magic = 0
-            log.pointee.entry_count = 0
-            throw error
-        }
-        CrashPoint.hit("tx.redo-durable")
+            do throws(PMLLError) { try flushRedo(h, ring: ring) } catch {
+                // Not known to be durable: the commit must not happen, now or at a later settle.
+                mapped.pointee.magic = 0
+                log.pointee.entry_count = 0
+                throw error
+            }
+            CrashPoint.hit("tx.redo-durable")
 
-        cursor = head
-        for n in 0..<slots.count {
-            (UnsafeMutableRawPointer(view.slot(slots[n]))).copyMemory(from: record + cursor + entry, byteCount: width)
-            cursor += entry + width
-            if n == 0 { CrashPoint.hit("tx.applying") }
+            cursor = head
+            for n in 0..<slots.count {
+                (UnsafeMutableRawPointer(view.slot(slots[n]))).copyMemory(from: record + cursor + entry, byteCount: width)
+                cursor += entry + width
+                if n == 0 { CrashPoint.hit("tx.applying") }
+            }
+            CrashPoint.hit("tx.applied")
+            try commitPoint(log, started: started, durable: false)
+            return .committed
         }
-        CrashPoint.hit("tx.applied")
-        try commitPoint(log, started: started, durable: false)
-        return .committed
+    }
+
+    /// A record's bytes into the pool file at `offset` (in the ring), whole or an error.
+    private func writeRecord(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws(PMLLError) {
+        var done = 0
+        while done < bytes.count {
+            let n = try SystemCall.libc("pwrite") {
+                Int32(truncatingIfNeeded: pwrite(fd.rawValue, bytes.baseAddress! + done, bytes.count - done, off_t(offset + done)))
+            }
+            guard n > 0 else { throw .systemCall(name: "pwrite", errno: .ioError) }
+            done += Int(n)
+        }
     }
 
     /// Makes this process's undo-log header a redo marker: pending, no entry bytes, and a
