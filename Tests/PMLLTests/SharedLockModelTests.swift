@@ -1,0 +1,158 @@
+import Testing
+
+/// Every interleaving of a model of the shared-lock protocol (Docs/LockProtocol.md, "Why a
+/// reader and a writer cannot both go in"), explored exhaustively: biased readers, counted
+/// readers that turn the bias on, and writers that drain, revoke and turn it off. Each step
+/// is one sequentially consistent load, store or read-modify-write of the code
+/// (`pmll_bias_check`, `pmll_readers_enter`, `enableReaderBias`, `Pool.acquire`,
+/// `ReaderDrain`). The real processes of `SharedLockTests` meet only the interleavings the
+/// scheduler happens to make; the two races found on 2026-12-06 each needed a preemption
+/// between two adjacent loads. The model finds both in their versions of the protocol and
+/// none in the protocol as built.
+@Suite("Shared-lock protocol, every interleaving of a model")
+struct SharedLockModelTests {
+    /// The protocol's two choices that the races turned on.
+    struct Variant {
+        /// A biased reader loads the word before `readers` (since `a536f70`).
+        var readerLoadsWordFirst: Bool
+        /// A writer draining counted holders looks at the bias again once the count is empty
+        /// (since `ecfd997`).
+        var writerLooksAgain: Bool
+        static let built = Variant(readerLoadsWordFirst: true, writerLooksAgain: true)
+    }
+
+    enum Role { case biasedReader, countedReader, writer }
+
+    /// The lock's words, the ledgers, and each thread's program counter and locals.
+    struct State: Hashable {
+        var word = 0            // 0 free, else the owning writer's number (1...)
+        var count = 0           // counted holders (`readers` & COUNT)
+        var biased: Bool        // `readers` & BIASED
+        var ledger: [Bool]      // one entry per reader thread, in its process's ledger
+        var pc: [Int]
+        var first: [Int]        // a reader's first load (word or bias, by protocol)
+        var before: [Bool]      // a counted reader: the bias as its add found it
+        var revoking: [Bool]    // a writer
+        var scan: [Int]         // a writer: the next ledger its scan reads
+        var found: [Bool]       // a writer: a ledger entry seen in this scan
+    }
+
+    /// Program counters where a thread is inside (holds the lock).
+    static func holds(_ role: Role, _ pc: Int) -> Bool {
+        switch role {
+        case .biasedReader: pc == 3
+        case .countedReader: pc == 3 || pc == 4
+        case .writer: pc == 7
+        }
+    }
+
+    static let done = 100
+
+    /// The state after thread `t` takes its next step, or nil if it cannot (it waits, or is done).
+    static func step(_ s: State, thread t: Int, roles: [Role], readers: Int, _ p: Variant) -> State? {
+        var s = s
+        let pc = s.pc[t]
+        guard pc != done else { return nil }
+        switch roles[t] {
+        case .biasedReader:
+            switch pc {
+            case 0: s.ledger[t] = true; s.pc[t] = 1                       // ReaderLedger.enter/own
+            case 1: s.first[t] = p.readerLoadsWordFirst ? s.word : (s.biased ? 1 : 0); s.pc[t] = 2
+            case 2:                                                       // pmll_bias_check's second load
+                let (word, biased) = p.readerLoadsWordFirst ? (s.first[t], s.biased) : (s.word, s.first[t] == 1)
+                s.pc[t] = word == 0 && biased ? 3 : 4
+            case 3, 4: s.ledger[t] = false; s.pc[t] = done                // leaveBiased (release or back off)
+            default: return nil
+            }
+        case .countedReader:
+            switch pc {
+            case 0: s.ledger[t] = true; s.pc[t] = 1
+            case 1: s.before[t] = s.biased; s.count += 1; s.pc[t] = 2     // pmll_readers_enter's add
+            case 2: s.pc[t] = s.word == 0 ? 3 : 6                         // ... and its load of the word
+            case 3: if !s.before[t] { s.biased = true }; s.pc[t] = 4      // enableReaderBias, holding
+            case 4, 6: s.count -= 1; s.pc[t] = 5                          // SharedHolds.leave: count out,
+            case 5: s.ledger[t] = false; s.pc[t] = done                   // then the ledger
+            default: return nil
+            }
+        case .writer:
+            let me = t - readers + 1
+            switch pc {
+            case 0:                                                       // the word's CAS (waits while owned)
+                guard s.word == 0 else { return nil }
+                s.word = me; s.pc[t] = 1
+            case 1: s.pc[t] = s.count == 0 && !s.biased ? 7 : 2           // pmll_lock_readers_present
+            case 2: s.revoking[t] = s.biased; s.pc[t] = s.revoking[t] ? 3 : 6   // readerBiasIsOn
+            case 3:                                                       // a scan of the ledgers, one load each
+                if s.scan[t] < readers {
+                    s.found[t] = s.found[t] || s.ledger[s.scan[t]]
+                    s.scan[t] += 1
+                } else {
+                    s.pc[t] = 4
+                }
+            case 4:
+                if s.found[t] {                                           // wait, then scan again
+                    s.scan[t] = 0; s.found[t] = false; s.pc[t] = 3
+                } else {                                                  // inhibitBias: the bias off
+                    s.biased = false; s.pc[t] = 7
+                }
+            case 6:                                                       // the drain's load of `readers`
+                guard s.count == 0 else { return nil }
+                if p.writerLooksAgain && s.biased {
+                    s.revoking[t] = true; s.scan[t] = 0; s.found[t] = false; s.pc[t] = 3
+                } else {
+                    s.pc[t] = 7
+                }
+            case 7: s.word = 0; s.pc[t] = done                            // release
+            default: return nil
+            }
+        }
+        return s
+    }
+
+    /// Explores every interleaving from both initial bias states; returns a state in which a
+    /// reader and a writer hold together, if one is reachable, and how many states there are.
+    static func explore(_ roles: [Role], _ p: Variant) -> (violation: State?, states: Int) {
+        let readers = roles.prefix { $0 != .writer }.count
+        let n = roles.count
+        var seen = Set<State>()
+        var stack: [State] = [true, false].map {
+            State(biased: $0, ledger: Array(repeating: false, count: readers), pc: Array(repeating: 0, count: n),
+                  first: Array(repeating: 0, count: n), before: Array(repeating: false, count: n),
+                  revoking: Array(repeating: false, count: n), scan: Array(repeating: 0, count: n), found: Array(repeating: false, count: n))
+        }
+        while let s = stack.popLast() {
+            guard seen.insert(s).inserted else { continue }
+            let readerIn = (0..<readers).contains { holds(roles[$0], s.pc[$0]) }
+            let writersIn = (readers..<n).filter { holds(roles[$0], s.pc[$0]) }.count
+            if (readerIn && writersIn > 0) || writersIn > 1 { return (s, seen.count) }
+            for t in 0..<n {
+                if let next = step(s, thread: t, roles: roles, readers: readers, p) { stack.append(next) }
+            }
+        }
+        return (nil, seen.count)
+    }
+
+    static let cast: [Role] = [.biasedReader, .countedReader, .writer, .writer]
+
+    @Test func theProtocolAsBuiltKeepsReadersAndWritersApart() {
+        for roles in [Self.cast, [.biasedReader, .biasedReader, .countedReader, .writer, .writer],
+                      [.biasedReader, .countedReader, .countedReader, .writer, .writer]] as [[Role]] {
+            let result = Self.explore(roles, .built)
+            #expect(result.violation == nil, "\(roles): \(String(describing: result.violation))")
+            #expect(result.states > 1_000, "the model explored only \(result.states) states")
+        }
+    }
+
+    /// Before `a536f70`: a biased reader that loaded the bias, then (preempted) the word after
+    /// a revoking writer had scanned without it, turned the bias off and left, went in.
+    @Test func readingTheBiasBeforeTheWordLetsAReaderInBesideAWriter() {
+        let p = Variant(readerLoadsWordFirst: false, writerLooksAgain: true)
+        #expect(Self.explore(Self.cast, p).violation != nil)
+    }
+
+    /// `a536f70` alone: a counted holder turning the bias on after a draining writer looked.
+    @Test func aWriterThatDoesNotLookAgainMissesABiasTurnedOnAfterItLooked() {
+        let p = Variant(readerLoadsWordFirst: true, writerLooksAgain: false)
+        #expect(Self.explore(Self.cast, p).violation != nil)
+    }
+}
