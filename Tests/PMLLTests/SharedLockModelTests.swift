@@ -111,7 +111,9 @@ struct SharedLockModelTests {
 
     /// Explores every interleaving from both initial bias states; returns a state in which a
     /// reader and a writer hold together, if one is reachable, and how many states there are.
-    static func explore(_ roles: [Role], _ p: Variant) -> (violation: State?, states: Int) {
+    /// `writersDie`: a writer owning the word may also die at any step, its word then free to
+    /// whoever takes it next (a waiting writer's takeover, or a reader's `freeDeadWriter`).
+    static func explore(_ roles: [Role], _ p: Variant, writersDie: Bool = false) -> (violation: State?, states: Int) {
         let readers = roles.prefix { $0 != .writer }.count
         let n = roles.count
         var seen = Set<State>()
@@ -127,6 +129,12 @@ struct SharedLockModelTests {
             if (readerIn && writersIn > 0) || writersIn > 1 { return (s, seen.count) }
             for t in 0..<n {
                 if let next = step(s, thread: t, roles: roles, readers: readers, p) { stack.append(next) }
+                if writersDie && roles[t] == .writer && s.pc[t] != done && s.word == t - readers + 1 {
+                    var dead = s
+                    dead.word = 0
+                    dead.pc[t] = done
+                    stack.append(dead)
+                }
             }
         }
         return (nil, seen.count)
@@ -137,9 +145,11 @@ struct SharedLockModelTests {
     @Test func theProtocolAsBuiltKeepsReadersAndWritersApart() {
         for roles in [Self.cast, [.biasedReader, .biasedReader, .countedReader, .writer, .writer],
                       [.biasedReader, .countedReader, .countedReader, .writer, .writer]] as [[Role]] {
-            let result = Self.explore(roles, .built)
-            #expect(result.violation == nil, "\(roles): \(String(describing: result.violation))")
-            #expect(result.states > 1_000, "the model explored only \(result.states) states")
+            for writersDie in [false, true] {
+                let result = Self.explore(roles, .built, writersDie: writersDie)
+                #expect(result.violation == nil, "\(roles), deaths \(writersDie): \(String(describing: result.violation))")
+                #expect(result.states > 1_000, "the model explored only \(result.states) states")
+            }
         }
     }
 
