@@ -230,7 +230,12 @@ typedef struct pmll_lock_entry {
     uint64_t handoffs;             // times a release handed the lock to a starving waiter
     uint64_t handoffs_unclaimed;   // handoffs taken by another waiter because their target did not claim them
     uint64_t bias_inhibit_until;   // CLOCK_MONOTONIC ns before which reader bias stays off (volatile; former reserved bytes)
-    uint64_t reserved1;
+    // Additions to the high half of `readers` that were not shared acquisitions (a waiting
+    // reader's entries, a wait that failed). Counted here because that half must never go
+    // down while a writer owns the word: every entry changes `readers` for good, so that a
+    // writer's CAS of a value it loaded before its scan fails if anyone entered since (the
+    // value cannot come back). Former reserved bytes (zero in older pools).
+    uint64_t shared_retries;
 
     // Cache line 3: the most recent owner death.
     int32_t dead_pid;
@@ -252,6 +257,7 @@ _Static_assert(offsetof(pmll_lock_entry_t, dead_pid) == 128, "death record offse
 _Static_assert(offsetof(pmll_lock_entry_t, name) == 192, "name offset");
 _Static_assert(offsetof(pmll_lock_entry_t, readers) == 56, "reader count shares the word's cache line");
 _Static_assert(offsetof(pmll_lock_entry_t, bias_inhibit_until) == 112, "reader bias inhibition in the former reserved bytes");
+_Static_assert(offsetof(pmll_lock_entry_t, shared_retries) == 120, "shared retries in the former reserved bytes");
 _Static_assert(offsetof(pmll_lock_entry_t, shared) == 448, "shared statistics at the former reserved3");
 _Static_assert(PMLL_MAX_PROCESSES == 1u << PMLL_SLOT_BITS, "slot bits");
 _Static_assert(PMLL_MAX_GENERATION == PMLL_OWNER_MASK >> PMLL_SLOT_BITS, "generation bits");

@@ -50,8 +50,7 @@ package struct SharedAttempt: WaitMachine {
                     SharedHolds.uncountAcquisition(entry)
                     return .failed(Pool.ledgerFull)
                 }
-                var before: UInt64 = 0
-                let now = pmll_readers_enter(entry, 1, &before)
+                let now = SharedHolds.enterAgain(entry)
                 if now & PMLL_OWNER_MASK == 0 { return .done(granted(ledger: ledger, died: now & PMLL_WORD_DIED != 0)) }
                 SharedHolds.leave(entry, slot: slot, ledger: ledger)
                 continue

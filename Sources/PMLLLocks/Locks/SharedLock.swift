@@ -165,17 +165,35 @@ package enum SharedHolds {
         if before >> 32 == 0xFFFF_FFFF { pmll_add64(&pmll_entry_shared(entry).pointee.acquisition_wraps, 1) }
     }
 
-    /// Takes back the acquisition counted by a first try that then failed for good.
+    /// Takes back the acquisition counted by a first try that then failed for good: in
+    /// `shared_retries`, never by a subtraction from `readers` (see ``enterAgain(_:)``).
     package static func uncountAcquisition(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) {
-        let before = pmll_sub64(pmll_entry_readers(entry), PMLL_READERS_ONE_ACQUISITION)
-        if before >> 32 == 0 { pmll_add64(&pmll_entry_shared(entry).pointee.acquisition_wraps, UInt64.max) }
+        pmll_add64(&entry.pointee.shared_retries, 1)
+    }
+
+    /// A waiting reader's entry (after its first try was counted): one hold in the count and
+    /// one in the high half, which this acquisition does not add to the statistics (it is
+    /// counted again in `shared_retries`). Every entry adds to the high half, and nothing takes
+    /// from it, so `readers` never comes back to a value a writer loaded before someone
+    /// entered: a writer that clears or discounts the count by a CAS of that value
+    /// (``ReaderDrain``) fails then, rather than taking the new reader's hold (an entry of +1
+    /// after a leave of −1 restored the value once: `SharedLockModelTests`). Returns the word
+    /// after the entry, as `pmll_readers_enter` does.
+    package static func enterAgain(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> UInt32 {
+        var before: UInt64 = 0
+        let now = pmll_readers_enter(entry, 1 | PMLL_READERS_ONE_ACQUISITION, &before)
+        if before >> 32 == 0xFFFF_FFFF { pmll_add64(&pmll_entry_shared(entry).pointee.acquisition_wraps, 1) }
+        pmll_add64(&entry.pointee.shared_retries, 1)
+        return now
     }
 
     /// Shared acquisitions since the pool was created: the high half of `readers` and its
-    /// wraps, and this process's biased acquisitions not yet added there (other processes'
-    /// are added in batches; see `pmll_bias_count_at`).
+    /// wraps, less the additions there that were not acquisitions (`shared_retries`), and this
+    /// process's biased acquisitions not yet added (other processes' are added in batches;
+    /// see `pmll_bias_count_at`).
     package static func acquisitions(_ entry: UnsafeMutablePointer<pmll_lock_entry_t>) -> UInt64 {
         let v = pmll_load64(pmll_entry_readers(entry))
-        return (pmll_load64(&pmll_entry_shared(entry).pointee.acquisition_wraps) << 32 | v >> 32) &+ pmll_bias_pending(entry)
+        let added = pmll_load64(&pmll_entry_shared(entry).pointee.acquisition_wraps) << 32 | v >> 32
+        return added &- pmll_load64(&entry.pointee.shared_retries) &+ pmll_bias_pending(entry)
     }
 }
