@@ -5,15 +5,16 @@ import PMLLStressSupport
 /// the supervisor can show progress and sum up, including what killed workers had done.
 /// One 2 KiB slot per worker id.
 /// Slot words: 0 pid, 1 errors, 2 owner deaths seen, 3 repairs, from 4 operations by kind,
-/// then 32 log2-microsecond latency buckets per kind (from word 16).
+/// 15 shared readers that saw a half-written pair, then 32 log2-microsecond latency buckets
+/// per kind (from word 16).
 final class SharedStats: @unchecked Sendable {
-    static let kinds = ["lock", "tx", "queue", "batch", "txfree", "blob", "names"]
-    static let errorsWord = 1, deathsWord = 2, repairsWord = 3
+    static let kinds = ["lock", "tx", "queue", "batch", "txfree", "blob", "names", "shared"]
+    static let errorsWord = 1, deathsWord = 2, repairsWord = 3, tornReadsWord = 15
     static func operationWord(_ kind: Int) -> Int { 4 + kind }
     static let histogramWord = 16
     static let maxWorkers = 64   // one slot per worker position (--processes is at most 64)
     static let buckets = 32
-    static let slotBytes = 2048
+    static let slotBytes = 4096
     let file: SharedFile
     let base: UnsafeMutablePointer<UInt64>
 
@@ -44,6 +45,7 @@ final class SharedStats: @unchecked Sendable {
         t.errors += s[Self.errorsWord]
         t.ownerDeaths += s[Self.deathsWord]
         t.repairs += s[Self.repairsWord]
+        t.tornReads += s[Self.tornReadsWord]
         for k in Self.kinds.indices { for b in 0..<Self.buckets { t.histograms[k][b] += s[Self.histogramWord + k * Self.buckets + b] } }
     }
 
@@ -52,6 +54,8 @@ final class SharedStats: @unchecked Sendable {
         var errors: UInt64 = 0
         var ownerDeaths: UInt64 = 0
         var repairs: UInt64 = 0
+        /// Shared holders of `stress/rw` that saw its pair half written with no owner death reported.
+        var tornReads: UInt64 = 0
         var histograms = [[UInt64]](repeating: [UInt64](repeating: 0, count: SharedStats.buckets), count: SharedStats.kinds.count)
         var total: UInt64 { operations.reduce(0, +) }
 

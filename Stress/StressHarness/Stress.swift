@@ -186,6 +186,7 @@ struct StressRun: AsyncParsableCommand {
                elapsed, processes, t.total, Double(t.total) / max(elapsed, 0.001), t.operations[0], t.operations[1], t.operations[2],
                t.operations[3], t.operations[4])
             + (t.operations[5] > 0 ? String(format: "  blob %llu", t.operations[5]) : "")
+            + (t.operations[7] > 0 ? String(format: "  shared %llu", t.operations[7]) : "")
             + String(format: "  kills %d  owner deaths %llu  repairs %llu  errors %llu", kills, t.ownerDeaths, t.repairs, t.errors)
     }
 
@@ -237,6 +238,7 @@ struct StressRun: AsyncParsableCommand {
         if let problem = try pool.verifyAuditLog().problem { violations.append("audit log: \(problem)") }
         let totals = stats.totals(workers: processes, retired: retired)
         if totals.errors > 0 { violations.append("\(totals.errors) operations failed (see stderr)") }
+        if totals.tornReads > 0 { violations.append("\(totals.tornReads) shared holds of stress/rw saw its pair half written (a writer inside with them)") }
         // Takeover latency: from a SIGKILL to the next acquirer told of that death.
         var takeover = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
         for line in ((try? String(contentsOfFile: files.takeovers, encoding: .utf8)) ?? "").split(separator: "\n") {
@@ -321,7 +323,8 @@ struct Summary: Codable {
         say(String(format: "summary: %.1fs, %d processes, %d kills, %d pauses (%d queue turns passed), %llu operations (%.0f/s): lock %llu, tx %llu, queue %llu, batch %llu, txfree %llu",
                    seconds, processes, kills, pauses, passedQueueTurns, operations.values.reduce(0, +), operationsPerSecond,
                    operations["lock"] ?? 0, operations["tx"] ?? 0, operations["queue"] ?? 0, operations["batch"] ?? 0, operations["txfree"] ?? 0)
-            + ((operations["blob"] ?? 0) > 0 ? ", blob \(operations["blob"] ?? 0)" : ""))
+            + ((operations["blob"] ?? 0) > 0 ? ", blob \(operations["blob"] ?? 0)" : "")
+            + ((operations["shared"] ?? 0) > 0 ? ", shared \(operations["shared"] ?? 0)" : ""))
         say("transactions: \(transactions.commits) committed, \(transactions.conflicts) conflicts, \(transactions.retries) retried, \(transactions.failures) gave up")
         say("latency p50/p99 (µs, log2 buckets): " + SharedStats.kinds.map { "\($0) \(Int(p50Microseconds[$0] ?? 0))/\(Int(p99Microseconds[$0] ?? 0))" }.joined(separator: ", "))
         say("owner deaths detected \(ownerDeathsDetected), takeover p50 \(takeoverP50Milliseconds.map { String(format: "%.2f", $0) } ?? "-") ms, p99 \(takeoverP99Milliseconds.map { String(format: "%.2f", $0) } ?? "-") ms, recoveries \(recoveries), abandoned queue operations \(abandonedQueueOperations)")

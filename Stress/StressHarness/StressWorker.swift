@@ -14,7 +14,12 @@ import PMLLStressSupport
 ///    files must always all carry the same version;
 ///  - blob: (off unless named in --mix) checks one of this worker's large values against its
 ///    record, then replaces one with a value of up to 1 MiB and adds a small key, in one
-///    transaction: the store's index and block space grow and churn under kills.
+///    transaction: the store's index and block space grow and churn under kills;
+///  - shared: (off unless named in --mix) lock `stress/rw`, one time in four exclusively to
+///    write a pair of numbers in a file one after the other (a killed writer leaves them
+///    apart; the next exclusive holder, told of the death, repairs), else shared to read
+///    both: a shared holder that finds them apart with no owner death reported was let in
+///    beside a writer.
 struct StressWorker: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "worker", shouldDisplay: false)
     @Option var pool: String
@@ -35,6 +40,8 @@ struct StressWorker: AsyncParsableCommand {
         let accounts = try (0..<StressFiles.accounts).map { try pool.lock(named: "stress/acct/\($0)", level: .package) }
         let queue = try pool.queue(named: "stress-q")
         let treeLock = try pool.lock(named: "stress/tree", level: .filesystem)
+        let rwLock = try pool.lock(named: "stress/rw", level: .filesystem)
+        let pair = open(files.pair, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         let weights = Mix.parse(mix)
         var rng = SplitMix(seed: seed ^ (UInt64(id) &* 0x9E37_79B9) ^ (incarnation &* 0xBF58_476D_1CE4_E5B9))
         let counter = open(files.counter, O_RDWR | O_CLOEXEC), log = open(files.counterLog, O_WRONLY | O_APPEND | O_CLOEXEC)
@@ -88,6 +95,30 @@ struct StressWorker: AsyncParsableCommand {
                         if let death = grant.previousOwnerDeath {
                             stats.add(id, SharedStats.deathsWord)
                             appendLine(files.takeovers, "\(death.pid) \(monotonicNanoseconds())")
+                        }
+                    }
+                case 7 where rng.next() % 4 == 0:
+                    try await rwLock.withLock(timeout: .seconds(30)) { grant in
+                        var (a, b) = StressFiles.readPair(pair)
+                        if let death = grant.previousOwnerDeath {
+                            stats.add(id, SharedStats.deathsWord)
+                            appendLine(files.takeovers, "\(death.pid) \(monotonicNanoseconds())")
+                            if a != b { b = a; StressFiles.writePair(pair, second: b) }
+                            stats.add(id, SharedStats.repairsWord)
+                        }
+                        StressFiles.writePair(pair, first: a + 1)
+                        sched_yield()   // a reader let in now sees the pair apart
+                        StressFiles.writePair(pair, second: a + 1)
+                    }
+                case 7:
+                    try await rwLock.withSharedLock(timeout: .seconds(30)) { grant in
+                        let first = StressFiles.readPair(pair)
+                        sched_yield()
+                        let second = StressFiles.readPair(pair)
+                        let apart = first.0 != first.1 || second.0 != second.1 || first != second
+                        if apart && grant.previousOwnerDeath == nil {
+                            stats.add(id, SharedStats.tornReadsWord)
+                            FileHandle.standardError.write(Data("worker \(id): shared holder of stress/rw saw \(first) then \(second)\n".utf8))
                         }
                     }
                 case 4:
@@ -145,6 +176,24 @@ struct StressFiles {
     var queueLog: String { directory + "/queue.log" }
     var takeovers: String { directory + "/takeovers" }
     var tree: String { directory + "/tree" }
+    /// The pair the `shared` kind writes under `stress/rw`: two numbers, 8 bytes each.
+    var pair: String { directory + "/rw" }
+
+    static func readPair(_ fd: Int32) -> (UInt64, UInt64) {
+        var words: (UInt64, UInt64) = (0, 0)
+        _ = withUnsafeMutableBytes(of: &words) { pread(fd, $0.baseAddress, 16, 0) }
+        return words
+    }
+
+    static func writePair(_ fd: Int32, first: UInt64) {
+        var v = first
+        _ = withUnsafeBytes(of: &v) { pwrite(fd, $0.baseAddress, 8, 0) }
+    }
+
+    static func writePair(_ fd: Int32, second: UInt64) {
+        var v = second
+        _ = withUnsafeBytes(of: &v) { pwrite(fd, $0.baseAddress, 8, 8) }
+    }
     static let treeFiles = 20
 
     /// The version the install tree's first file carries (its leading digits).
@@ -215,7 +264,7 @@ struct Mix {
     let weights: [Int]
 
     static func parse(_ text: String) -> Mix {
-        var weights = [30, 20, 20, 15, 15, 0, 0]
+        var weights = [30, 20, 20, 15, 15, 0, 0, 0]
         for part in text.split(separator: ",") {
             let kv = part.split(separator: "=")
             guard kv.count == 2, let i = SharedStats.kinds.firstIndex(of: String(kv[0])), let w = Int(kv[1]), w >= 0 else { continue }
