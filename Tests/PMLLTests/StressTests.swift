@@ -9,7 +9,7 @@ struct StressTests {
         let scratch = Scratch()
         let result = try run(Binaries.directory + "/pmll-stress",
                              ["--processes", "4", "--duration", "20", "--kill-rate", "1", "--seed", "2026", "--pool", scratch.file("stress.pool"),
-                              "--mix", "blob=5,names=5", "--json"],
+                              "--mix", "blob=5,names=5,shared=5", "--json"],
                              timeout: 300)
         #expect(result.status == 0, "\(result.stdout)\n\(result.stderr)")
         let summary = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
