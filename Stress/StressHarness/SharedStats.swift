@@ -3,7 +3,7 @@ import PMLLStressSupport
 
 /// Counters every worker publishes in a small shared file, so
 /// the supervisor can show progress and sum up, including what killed workers had done.
-/// One 2 KiB slot per worker id.
+/// One 4 KiB slot per worker id.
 /// Slot words: 0 pid, 1 errors, 2 owner deaths seen, 3 repairs, from 4 operations by kind,
 /// 15 shared readers that saw a half-written pair, then 32 log2-microsecond latency buckets
 /// per kind (from word 16).
