@@ -272,11 +272,13 @@ extension Pool {
     /// Makes this process's complete record durable, sharing the flush: a writer takes a
     /// number; it is durable once `flush_completed` reaches it. One process flushes at a time
     /// (`flushing` holds its token), first waiting up to ``redoGatherNanoseconds`` for records
-    /// reserved and not yet complete, then covering every number taken so far; the others sleep
+    /// reserved and not yet complete, and for the *group* (the writers the last flush covered
+    /// or saw arrive) to have taken numbers, but no longer than the last flush took: a writer
+    /// left out waits for a whole next flush, so waiting less than one for it pays, and on a
+    /// disk whose flushes are short the wait stays short (Docs/Benchmarks.md "Group commit
+    /// bounded by the last flush"). Then it covers every number taken so far; the others sleep
     /// until it is done, at most one owner-check interval at a time (a flusher that died is
-    /// found by its token). Measured against flushes that overlap, a flusher that flushes again
-    /// at once for those who came meanwhile, and one that waits for every process that
-    /// committed lately: none committed more (Docs/Benchmarks.md "The redo log").
+    /// found by its token). A writer alone is a group of one and never waits.
     private func flushRedo(_ h: UnsafeMutablePointer<pmll_redo_header_t>, ring: UnsafeMutableRawPointer) throws(PMLLError) {
         let mine = pmll_fetch_add64(&h.pointee.flush_requested, 1) + 1
         let word = (UnsafeMutableRawPointer(h) + MemoryLayout<pmll_redo_header_t>.offset(of: \pmll_redo_header_t.flush_word)!)
@@ -302,15 +304,29 @@ extension Pool {
             _ = pmll_wakeword_bump(word)
         }
         if pmll_load64_acquire(&h.pointee.flush_completed) >= mine { return }
-        let deadline = Clock.monotonicNanoseconds + Self.redoGatherNanoseconds
-        while pmll_load32(&h.pointee.writing) > 0 && Clock.monotonicNanoseconds < deadline { sched_yield() }
+        let covered = pmll_load64_acquire(&h.pointee.flush_started)
+        let group = UInt64(min(pmll_load32(&h.pointee.group), 64))
+        let start = Clock.monotonicNanoseconds
+        let gatherUntil = start + Self.redoGatherNanoseconds
+        let groupUntil = start + min(Self.redoGatherNanoseconds, Int64(min(pmll_load64(&h.pointee.flush_nanoseconds), 1 << 40)))
+        while true {
+            let now = Clock.monotonicNanoseconds
+            let completing = now < gatherUntil && pmll_load32(&h.pointee.writing) > 0
+            let groupShort = now < groupUntil && pmll_load64_acquire(&h.pointee.flush_requested) &- covered < group
+            if !completing && !groupShort { break }
+            sched_yield()
+        }
         let upTo = pmll_load64_acquire(&h.pointee.flush_requested)
         pmll_max64(&h.pointee.flush_started, upTo)
         // The whole ring, in one call: msync writes only the dirty pages (found by the file's
         // dirty tags, not by a walk of the range), and a range from the checkpoint to the tail
         // would take two calls whenever it wraps.
+        let flushStart = Clock.monotonicNanoseconds
         try memory.persistence.persist(UnsafeRawPointer(ring), Int(h.pointee.capacity), site: "tx.redo")
+        let flushEnd = Clock.monotonicNanoseconds
         pmll_max64(&h.pointee.flush_completed, upTo)
+        pmll_store64(&h.pointee.flush_nanoseconds, UInt64(max(0, flushEnd - flushStart)))
+        pmll_store32(&h.pointee.group, UInt32(truncatingIfNeeded: min(pmll_load64_acquire(&h.pointee.flush_requested) &- covered, 64)))
     }
 
     // MARK: settling
@@ -473,6 +489,8 @@ extension Pool {
         pmll_store64(&h.pointee.flush_completed, 0)
         pmll_store32(&h.pointee.flushing, 0)
         pmll_store32(&h.pointee.writing, 0)
+        pmll_store32(&h.pointee.group, 0)
+        pmll_store64(&h.pointee.flush_nanoseconds, 0)
         pmll_store32(&h.pointee.checkpoint_claimed, 0)
     }
 

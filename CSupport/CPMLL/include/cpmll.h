@@ -711,13 +711,15 @@ typedef struct pmll_redo_header {
     uint32_t flush_word;           // futex word: bumped after each flush (sleeper bit as queues)
     uint32_t flushing;             // 1 while one process flushes for all
     uint32_t writing;              // records reserved and not yet complete
-    uint32_t reserved1;
-    uint8_t pad2[24];
+    uint32_t group;                // writers the last flush covered or saw arrive (a hint)
+    uint64_t flush_nanoseconds;    // how long the last flush took (a hint)
+    uint8_t pad2[16];
 } pmll_redo_header_t;
 
 _Static_assert(sizeof(pmll_redo_header_t) == 192, "redo log header");
 _Static_assert(offsetof(pmll_redo_header_t, checksum) == 24 && offsetof(pmll_redo_header_t, epoch) == 32 && offsetof(pmll_redo_header_t, tail) == 64, "redo header fields");
 _Static_assert(offsetof(pmll_redo_header_t, flush_requested) == 128 && offsetof(pmll_redo_header_t, flush_word) == 152, "redo flush fields");
+_Static_assert(offsetof(pmll_redo_header_t, group) == 164 && offsetof(pmll_redo_header_t, flush_nanoseconds) == 168, "redo group hints");
 
 // One record: this head, then `count` entries (pmll_log_entry_t, kind PMLL_LOG_BYTES: a whole
 // key slot's new bytes at `offset`, padded to 8), padded to PMLL_REDO_ALIGN. A record is valid
