@@ -241,4 +241,28 @@ struct RedoLogTests {
         for (key, n) in committed { #expect(try Self.string(p, key) == String(n), "\(key)") }
         #expect(try p.check().problems.isEmpty)
     }
+
+    /// The flusher's hints (the last flush's group and duration) are only hints: a writer alone
+    /// under hints saying that 64 writers come and that a flush takes two minutes waits at most
+    /// ``Pool/redoGatherNanoseconds`` (without that cap its commit would take the two minutes;
+    /// the bound checked, 60 s, only tells that from a hang), and its flush leaves the true
+    /// hints: a group of one, a duration it measured.
+    @Test func staleFlushHintsNeverStallALoneWriter() throws {
+        let scratch = Self.diskScratch()
+        let (pool, a, _, _) = try Self.poolWithRedoLog(scratch, "g.pool")
+        let p = try Pool.open(path: pool)
+        let store = try p.stateStore()
+        let h = try #require(try p.redoHeader(try store.refresh()))
+        pmll_store32(&h.pointee.group, 64)
+        pmll_store64(&h.pointee.flush_nanoseconds, 120_000_000_000)
+        let requested = pmll_load64(&h.pointee.flush_requested)
+        let start = Clock.monotonicNanoseconds
+        try p.transaction { tx in try tx.set(a, "hinted") }
+        #expect(Clock.monotonicNanoseconds - start < 60_000_000_000)
+        #expect(pmll_load64(&h.pointee.flush_requested) == requested + 1, "the commit went through the redo log")
+        #expect(pmll_load32(&h.pointee.group) == 1)
+        let took = pmll_load64(&h.pointee.flush_nanoseconds)
+        #expect(took > 0 && took < 60_000_000_000, "\(took) ns")
+        #expect(try Self.string(p, a) == "hinted")
+    }
 }
