@@ -9,8 +9,10 @@ import Testing
 /// processes of `SharedLockTests` meet only the interleavings the scheduler happens to make;
 /// the races found on 2026-12-06 each needed a preemption between two adjacent steps. The
 /// model finds each in its version of the protocol (the third it found first) and none in the
-/// protocol as built. Not modelled: handoffs, exec handovers, a reader's takeover of a dead
-/// writer's word beyond freeing it, and a process's several threads sharing a ledger word.
+/// protocol as built. Handoffs between writers (a release that stores a starving waiter's
+/// number with HANDED instead of freeing, claimed by it or, unclaimed, taken by another waiter)
+/// are modelled too. Not modelled: exec handovers, a reader's takeover of a dead writer's word
+/// beyond freeing it, and a process's several threads sharing a ledger word.
 @Suite("Shared-lock protocol, every interleaving of a model")
 struct SharedLockModelTests {
     /// The protocol's choices that the races turned on.
@@ -24,6 +26,10 @@ struct SharedLockModelTests {
         /// a writer's CAS of a value loaded before its scan fails once anyone entered (before
         /// `SharedHolds.enterAgain`, a waiting reader's entry added to the count only).
         var everyEntryChangesReaders = true
+        /// A handed writer goes through the drain like any new owner (`Pool.acquire`), and
+        /// the word is never free between the releaser and the target (one exchange).
+        var handedWriterDrains = true
+        var handoffInOneStore = true
         static let built = Variant(readerLoadsWordFirst: true, writerLooksAgain: true)
     }
 
@@ -32,6 +38,8 @@ struct SharedLockModelTests {
     /// The lock's words, the ledgers, and each thread's program counter and locals.
     struct State: Hashable {
         var word = 0            // 0 free, else the owning writer's number (1...)
+        var handed = false      // the word was handed to its writer, not yet claimed (HANDED)
+        var handingTo = 0       // a releaser between its two stores (a broken handoff's variant)
         var count = 0           // counted holders (`readers` & COUNT)
         var added = 0           // the high half of `readers` (entries)
         var biased: Bool        // `readers` & BIASED
@@ -91,8 +99,12 @@ struct SharedLockModelTests {
             let me = t - readers + 1
             switch pc {
             case 0:                                                       // the word's CAS (waits while owned)
-                guard s.word == 0 else { return nil }
-                s.word = me; s.pc[t] = 1
+                // A handed word is claimed by its target or, unclaimed past the limit, taken by
+                // another waiter's CAS: either way this writer owns it from here.
+                guard s.word == 0 || s.handed else { return nil }
+                let claimsOwn = s.handed && s.word == me
+                s.word = me; s.handed = false
+                s.pc[t] = claimsOwn && !p.handedWriterDrains ? 7 : 1
             case 1: s.pc[t] = s.count == 0 && !s.biased ? 7 : 2           // pmll_lock_readers_present
             case 2: s.revoking[t] = s.biased; s.pc[t] = s.revoking[t] ? 3 : 6   // readerBiasIsOn
             case 3:                                                       // a scan of the ledgers, one load each
@@ -129,6 +141,8 @@ struct SharedLockModelTests {
                     s.pc[t] = 6
                 }
             case 7: s.word = 0; s.pc[t] = done                            // release
+            case 9:                                                       // a two-store handoff's second store
+                s.word = s.handingTo; s.handed = true; s.handingTo = 0; s.pc[t] = done
             default: return nil
             }
         }
@@ -159,7 +173,9 @@ struct SharedLockModelTests {
     /// whoever takes it next (a waiting writer's takeover, or a reader's `freeDeadWriter`).
     /// `readersDie`: a reader may die at any step, leaving its ledger entry and its count for
     /// writers to find dead (a scan retires the entry, a drain takes the count back).
-    static func explore(_ roles: [Role], _ p: Variant, writersDie: Bool = false, readersDie: Bool = false) -> (violation: State?, states: Int) {
+    /// `handoffs`: a releasing writer may also hand the word to any writer waiting for it.
+    static func explore(_ roles: [Role], _ p: Variant, writersDie: Bool = false, readersDie: Bool = false,
+                        handoffs: Bool = false) -> (violation: State?, states: Int) {
         let readers = roles.prefix { $0 != .writer }.count
         let n = roles.count
         var seen = Set<State>()
@@ -179,8 +195,20 @@ struct SharedLockModelTests {
                 if writersDie && roles[t] == .writer && s.pc[t] != done && s.word == t - readers + 1 {
                     var dead = s
                     dead.word = 0
+                    dead.handed = false
                     dead.pc[t] = done
                     stack.append(dead)
+                }
+                if handoffs && roles[t] == .writer && s.pc[t] == 7 {
+                    for u in readers..<n where u != t && s.pc[u] == 0 {   // releaseSlow: a waiter registered as target
+                        var handing = s
+                        if p.handoffInOneStore {
+                            handing.word = u - readers + 1; handing.handed = true; handing.pc[t] = done
+                        } else {
+                            handing.word = 0; handing.handingTo = u - readers + 1; handing.pc[t] = 9
+                        }
+                        stack.append(handing)
+                    }
                 }
                 if readersDie && t < readers && s.alive[t] && s.pc[t] != done {
                     var dead = s
@@ -203,6 +231,32 @@ struct SharedLockModelTests {
                 #expect(result.violation == nil, "\(roles), deaths \(deaths): \(String(describing: result.violation))")
                 #expect(result.states > 1_000, "the model explored only \(result.states) states")
             }
+        }
+    }
+
+    /// Handoffs between writers, with deaths, and with three writers (so that a handed word can
+    /// also be taken by a waiter that is not its target).
+    @Test func handoffsBetweenWritersKeepReadersOut() {
+        for (roles, deaths) in [(Self.cast, true), ([.biasedReader, .countedReader, .writer, .writer, .writer], false)] as [([Role], Bool)] {
+            let plain = Self.explore(roles, .built, writersDie: deaths, readersDie: deaths)
+            let result = Self.explore(roles, .built, writersDie: deaths, readersDie: deaths, handoffs: true)
+            #expect(result.violation == nil, "\(roles), deaths \(deaths): \(String(describing: result.violation))")
+            #expect(result.states > plain.states, "handoffs added no state (\(result.states))")
+        }
+    }
+
+    /// A handoff that frees the word before it stores the target's number, to a target that
+    /// then skips the drain: a biased reader goes in through the free word and the target goes
+    /// in beside it. (Each choice alone is safe: the drain, or a word that is never free.)
+    @Test func aHandoffThroughAFreeWordToAWriterThatSkipsTheDrainLetsAReaderIn() {
+        var broken = Variant.built
+        broken.handoffInOneStore = false
+        broken.handedWriterDrains = false
+        #expect(Self.explore(Self.cast, broken, handoffs: true).violation != nil)
+        for one in [\Variant.handoffInOneStore, \Variant.handedWriterDrains] {
+            var p = broken
+            p[keyPath: one] = true
+            #expect(Self.explore(Self.cast, p, handoffs: true).violation == nil)
         }
     }
 
