@@ -247,7 +247,9 @@ struct SharedLockModelTests {
 
     /// A handoff that frees the word before it stores the target's number, to a target that
     /// then skips the drain: a biased reader goes in through the free word and the target goes
-    /// in beside it. (Each choice alone is safe: the drain, or a word that is never free.)
+    /// in beside it. (In this cast of two writers each choice alone is safe: the drain, or a
+    /// word that is never free; with a third writer a word free between two stores would also
+    /// let two writers in.)
     @Test func aHandoffThroughAFreeWordToAWriterThatSkipsTheDrainLetsAReaderIn() {
         var broken = Variant.built
         broken.handoffInOneStore = false
