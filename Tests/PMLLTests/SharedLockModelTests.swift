@@ -11,8 +11,11 @@ import Testing
 /// model finds each in its version of the protocol (the third it found first) and none in the
 /// protocol as built. Handoffs between writers (a release that stores a starving waiter's
 /// number with HANDED instead of freeing, claimed by it or, unclaimed, taken by another waiter)
-/// are modelled too. Not modelled: exec handovers, a reader's takeover of a dead writer's word
-/// beyond freeing it, and a process's several threads sharing a ledger word.
+/// are modelled too. Exec handovers (`keepAcrossExec`) need no steps of their own: a shared
+/// hold kept across exec is a reader whose process lives on and dies later (its ledger is then
+/// found dead like any), and an exclusive one's exit frees the word as a writer's death does
+/// here. Not modelled: a reader's takeover of a dead writer's word beyond freeing it, and a
+/// process's several threads sharing a ledger word.
 @Suite("Shared-lock protocol, every interleaving of a model")
 struct SharedLockModelTests {
     /// The protocol's choices that the races turned on.
