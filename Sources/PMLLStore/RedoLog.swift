@@ -31,10 +31,11 @@ extension Pool {
         guard let value = Knob.redoLog.value, let bytes = Int(value) else { return 16 << 20 }
         return max(64 << 10, PoolLayout.roundUp(bytes))
     }()
-    /// How long a flusher waits for records reserved before its flush and not yet complete:
-    /// with more processes than cores their writers often wait for this one's core, and one
-    /// flush then covers them too (without it a flush covered 2.3 records of 4 processes'
-    /// in the ideal log's probe, Docs/Benchmarks.md "The ceiling of group commit").
+    /// How long a flusher waits, at most, for records reserved before its flush and not yet
+    /// complete (with more processes than cores their writers often wait for this one's core,
+    /// and one flush then covers them too), and for the rest of its group (``flushRedo``).
+    /// Without either wait a flush covered 2.3 records of 4 processes' (Docs/Benchmarks.md
+    /// "The ceiling of group commit" and "Group commit bounded by the last flush").
     static let redoGatherNanoseconds: Int64 = 100_000
 
     /// Whether commits here gain from a redo log: their barriers reach a disk (not pmem, whose
