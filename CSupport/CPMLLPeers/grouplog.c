@@ -34,6 +34,8 @@ typedef struct {
     _Atomic uint32_t flushing;   // 1 while one process flushes for all
     _Atomic uint32_t generation; // futex word: bumped after every flush
     _Atomic uint32_t attached;   // processes of this row
+    // What the row's flushes did (peers_log_statistics), added to by each flusher.
+    _Atomic uint64_t flush_count, flushed_commits, flush_ns, gather_ns;
 } log_control;
 
 typedef struct {
@@ -139,12 +141,17 @@ int peers_log_commit(void *handle, const void *record, size_t length) {
             syscall(SYS_futex, &c->generation, FUTEX_WAIT, generation, NULL, NULL, 0);
             continue;
         }
-        uint64_t deadline = now_ns() + PEERS_LOG_GATHER_NS;
+        uint64_t gather_start = now_ns(), deadline = gather_start + PEERS_LOG_GATHER_NS;
         while (atomic_load(&c->pending) < atomic_load(&c->attached) && now_ns() < deadline) sched_yield();
-        atomic_store(&c->pending, 0);
+        uint32_t covered = atomic_exchange(&c->pending, 0);
         uint64_t number = atomic_fetch_add(&c->started, 1) + 1;
+        uint64_t flush_start = now_ns();
         int rc = fdatasync(h->fd) == 0 ? 0 : -errno;
         atomic_fetch_add(&flushes, 1);
+        atomic_fetch_add(&c->flush_count, 1);
+        atomic_fetch_add(&c->flushed_commits, covered);
+        atomic_fetch_add(&c->flush_ns, now_ns() - flush_start);
+        atomic_fetch_add(&c->gather_ns, flush_start - gather_start);
         if (rc == 0) atomic_store(&c->completed, number);
         atomic_store(&c->flushing, 0);
         atomic_fetch_add(&c->generation, 1);
@@ -154,3 +161,20 @@ int peers_log_commit(void *handle, const void *record, size_t length) {
 }
 
 uint64_t peers_log_flush_count(void) { return atomic_load(&flushes); }
+
+int peers_log_statistics(const char *path, peers_log_stats *out) {
+    char *cpath = control_path(path);
+    if (!cpath) return -ENOMEM;
+    int cfd = open(cpath, O_RDONLY | O_CLOEXEC);
+    free(cpath);
+    if (cfd < 0) return -errno;
+    log_control c;
+    ssize_t got = pread(cfd, &c, sizeof c, 0);
+    close(cfd);
+    if (got != (ssize_t)sizeof c) return -EIO;
+    out->flushes = atomic_load(&c.flush_count);
+    out->commits = atomic_load(&c.flushed_commits);
+    out->flush_ns = atomic_load(&c.flush_ns);
+    out->gather_ns = atomic_load(&c.gather_ns);
+    return 0;
+}

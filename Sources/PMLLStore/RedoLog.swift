@@ -319,6 +319,7 @@ extension Pool {
         }
         let upTo = pmll_load64_acquire(&h.pointee.flush_requested)
         pmll_max64(&h.pointee.flush_started, upTo)
+        let gathered = Clock.monotonicNanoseconds
         // The whole ring, in one call: msync writes only the dirty pages (found by the file's
         // dirty tags, not by a walk of the range), and a range from the checkpoint to the tail
         // would take two calls whenever it wraps.
@@ -327,6 +328,10 @@ extension Pool {
         let flushEnd = Clock.monotonicNanoseconds
         pmll_max64(&h.pointee.flush_completed, upTo)
         pmll_store64(&h.pointee.flush_nanoseconds, UInt64(max(0, flushEnd - flushStart)))
+        _ = pmll_add64(&h.pointee.flushes, 1)
+        _ = pmll_add64(&h.pointee.flushed_commits, upTo > covered ? upTo - covered : 0)
+        _ = pmll_add64(&h.pointee.flush_total_ns, UInt64(max(0, flushEnd - flushStart)))
+        _ = pmll_add64(&h.pointee.gather_total_ns, UInt64(max(0, gathered - start)))
         pmll_store32(&h.pointee.group, UInt32(truncatingIfNeeded: min(pmll_load64_acquire(&h.pointee.flush_requested) &- covered, 64)))
     }
 
@@ -494,6 +499,7 @@ extension Pool {
         pmll_store64(&h.pointee.flush_nanoseconds, 0)
         pmll_store32(&h.pointee.checkpoint_claimed, 0)
     }
+
 
     /// Claims the checkpoint a commit found due (the log more than half full), so that one
     /// process of those that find it due takes the store lock for it.

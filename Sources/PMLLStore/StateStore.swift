@@ -247,7 +247,11 @@ package final class StateStore: @unchecked Sendable {
                           fileBytes: try memory.mapping.fileSize(), sizeLimit: memory.layout.sizeLimit, createdBytes: memory.layout.heap.upperBound,
                           areas: view.areas.count, freeAreaBytes: view.areas.filter { $0.kind == PMLL_AREA_FREE }.reduce(0) { $0 + Int($1.size) },
                           growths: Int(view.growths), redoLogBytes: Int(redo?.pointee.capacity ?? 0),
-                          redoUnsettledBytes: redo.map { Int(clamping: pmll_load64(&$0.pointee.tail) &- $0.pointee.checkpoint) } ?? 0)
+                          redoUnsettledBytes: redo.map { Int(clamping: pmll_load64(&$0.pointee.tail) &- $0.pointee.checkpoint) } ?? 0,
+                          redoFlushes: redo.map { pmll_load64(&$0.pointee.flushes) } ?? 0,
+                          redoFlushedCommits: redo.map { pmll_load64(&$0.pointee.flushed_commits) } ?? 0,
+                          redoFlushNanoseconds: redo.map { pmll_load64(&$0.pointee.flush_total_ns) } ?? 0,
+                          redoGroupWaitNanoseconds: redo.map { pmll_load64(&$0.pointee.gather_total_ns) } ?? 0)
     }
 }
 
@@ -275,4 +279,11 @@ public struct StoreUsage: Codable, Sendable, Equatable {
     /// yet put in place for good (Docs/Transactions.md "The redo log").
     public let redoLogBytes: Int
     public let redoUnsettledBytes: Int
+    /// Since the redo log was made: its flushes, the commits they covered, and the time spent
+    /// in the flushes and, before them, waiting for the group (Docs/Transactions.md "The
+    /// shared flush"). Commits per flush is the group commit's gain.
+    public let redoFlushes: UInt64
+    public let redoFlushedCommits: UInt64
+    public let redoFlushNanoseconds: UInt64
+    public let redoGroupWaitNanoseconds: UInt64
 }

@@ -75,6 +75,13 @@ enum PoolMetrics {
             gauge("pmll_store_blocks", "Value blocks in use.", Double(store.blocksUsed))
             gauge("pmll_store_block_capacity", "Value blocks in all.", Double(store.blockCount))
             gauge("pmll_store_used_bytes", "Bytes of value blocks in use.", Double(store.blocksUsed * store.blockSize))
+            if store.redoLogBytes > 0 {
+                // Since the log was made; commits per flush is their ratio (the group commit's gain).
+                counter("pmll_store_redo_flushes_total", "Flushes of the redo log (each a durable barrier shared by the commits it covers).", store.redoFlushes)
+                counter("pmll_store_redo_flushed_commits_total", "Commits made durable by those flushes.", store.redoFlushedCommits)
+                counter("pmll_store_redo_flush_seconds_total", "Time spent in the redo log's flushes.", seconds: Double(store.redoFlushNanoseconds) / 1e9)
+                counter("pmll_store_redo_group_wait_seconds_total", "Time flushers waited for their group before flushing.", seconds: Double(store.redoGroupWaitNanoseconds) / 1e9)
+            }
         }
         if let t = s.transactions {
             counter("pmll_store_commits_total", "Transactions that committed changes.", t.commits)

@@ -33,6 +33,14 @@ enum StatusTable {
         n >= 1 << 30 ? "\((Double(n) / Double(1 << 30)).fixed(1)) GiB" : n >= 1 << 20 ? "\((Double(n) / Double(1 << 20)).fixed(1)) MiB" : "\(n / 1024) KiB"
     }
 
+    /// The redo log's flushes since it was made, if any: the group commit at work.
+    static func flushes(_ u: StoreUsage) -> String {
+        guard u.redoFlushes > 0 else { return "" }
+        let n = Double(u.redoFlushes)
+        return ", \(u.redoFlushes) flush\(u.redoFlushes == 1 ? "" : "es") covering \((Double(u.redoFlushedCommits) / n).fixed(2)) commits each " +
+            "(\((Double(u.redoFlushNanoseconds) / n / 1e3).fixed(1)) µs each, after \((Double(u.redoGroupWaitNanoseconds) / n / 1e3).fixed(1)) µs waiting for the group)"
+    }
+
     static func render(_ s: PoolStatus) -> String {
         var out = "pool \(s.path): format \(s.formatVersion), \(s.sizeBytes / 1024) KiB, " +
             "\(s.processes.filter(\.alive).count)/\(s.processCapacity) processes attached" +
@@ -44,7 +52,7 @@ enum StatusTable {
                 "\((u.blockCount - u.blocksUsed) * u.blockSize / 1024) KiB free of \(u.blockCount * u.blockSize / 1024) KiB; " +
                 "file \(Self.bytes(u.fileBytes)) of its \(Self.bytes(u.sizeLimit)) limit (created \(Self.bytes(u.createdBytes)), " +
                 "\(u.growths) growth\(u.growths == 1 ? "" : "s")" + (u.freeAreaBytes > 0 ? ", \(Self.bytes(u.freeAreaBytes)) in unused areas" : "") + ")" +
-                (u.redoLogBytes > 0 ? "; redo log \(Self.bytes(u.redoLogBytes)), \(Self.bytes(u.redoUnsettledBytes)) not yet settled" : "") + "\n"
+                (u.redoLogBytes > 0 ? "; redo log \(Self.bytes(u.redoLogBytes)), \(Self.bytes(u.redoUnsettledBytes)) not yet settled" + Self.flushes(u) : "") + "\n"
         }
         if let c = s.lastCheck {
             out += "scheduled checks: \(c.runs) run, \(c.failures) found problems; last by pid \(c.pid) " +

@@ -42,6 +42,29 @@ struct TransactionBench: ParsableCommand {
         let retriesPerTransaction: Double
         /// PMLL: transactions whose retries all conflicted (nothing written).
         let gaveUp: Int
+        /// PMLL's redo log and the ideal log on a disk: what the row's shared flushes did.
+        var flushes: FlushCycle? = nil
+    }
+
+    /// A row's flushes: a cycle is the row's time divided by its flushes (one flush at a
+    /// time), so `cycle − flush` is the time the disk waited for the next group: the commits'
+    /// work between flushes, the wake-ups, and the group wait.
+    struct FlushCycle: Codable {
+        let flushes: UInt64
+        let commitsPerFlush: Double
+        let flushMicroseconds: Double
+        let groupWaitMicroseconds: Double
+        let cycleMicroseconds: Double
+
+        init?(flushes: UInt64, commits: UInt64, flushNanoseconds: UInt64, groupWaitNanoseconds: UInt64, elapsedSeconds: Double) {
+            guard flushes > 0 else { return nil }
+            let n = Double(flushes)
+            self.flushes = flushes
+            commitsPerFlush = Double(commits) / n
+            flushMicroseconds = Double(flushNanoseconds) / n / 1e3
+            groupWaitMicroseconds = Double(groupWaitNanoseconds) / n / 1e3
+            cycleMicroseconds = elapsedSeconds * 1e6 / n
+        }
     }
 
     func run() throws {
@@ -90,6 +113,19 @@ struct TransactionBench: ParsableCommand {
                           "\(row.gaveUp)", String(format: "%.2f", row.barriersPerCommit)])
         }
         print(TextTable.render(table))
+        let cycles = rows.filter { $0.flushes != nil }
+        if !cycles.isEmpty {
+            print("Shared flushes on disk (µs per flush; a cycle is the row's time per flush, and cycle − flush the disk's wait for the next group)")
+            var flushTable = [["directory", "kind", "P", "flushes/s", "commits/flush", "flush us", "group wait us", "cycle us", "cycle - flush us"]]
+            for row in cycles {
+                let f = row.flushes!
+                flushTable.append([row.directory, row.kind, "\(row.processes)", String(format: "%.0f", 1e6 / f.cycleMicroseconds),
+                                   String(format: "%.2f", f.commitsPerFlush), String(format: "%.1f", f.flushMicroseconds),
+                                   String(format: "%.1f", f.groupWaitMicroseconds), String(format: "%.1f", f.cycleMicroseconds),
+                                   String(format: "%.1f", f.cycleMicroseconds - f.flushMicroseconds)])
+            }
+            print(TextTable.render(flushTable))
+        }
         for dir in Set(rows.map(\.directory)).sorted() {
             func row(_ kind: String, _ p: Int = 1) -> Row? { rows.first { $0.directory == dir && $0.kind == kind && $0.processes == p } }
             func scaling(_ kind: String) -> String? {
@@ -191,6 +227,7 @@ struct TransactionBench: ParsableCommand {
         let shared = try SharedFile(directory + "/txbench.shm", create: true)
         let pool = try Pool.open(path: directory + "/tx.pool")
         let before = try pool.transactionStatistics()
+        let usageBefore = peer == "pmll" && filesystem != "tmpfs" ? try pool.storeUsage() : nil
         let each = n / processes
         let timed = scalingOnly && seconds > 0
         // A fresh control block per row: its count of attached processes drives the gathering.
@@ -199,6 +236,19 @@ struct TransactionBench: ParsableCommand {
             ["tx-child", "--directory", directory, "--count", "\(timed ? Int(Int32.max) : each)", "--shared", shared.path, "--index", "\(i)", "--peer", peer, "--keys", keys]
         }, shared: shared, duration: timed ? seconds : nil)
         let after = try pool.transactionStatistics()
+        var flushes: FlushCycle?
+        if let u0 = usageBefore {
+            let u1 = try pool.storeUsage()
+            flushes = FlushCycle(flushes: u1.redoFlushes &- u0.redoFlushes, commits: u1.redoFlushedCommits &- u0.redoFlushedCommits,
+                                 flushNanoseconds: u1.redoFlushNanoseconds &- u0.redoFlushNanoseconds,
+                                 groupWaitNanoseconds: u1.redoGroupWaitNanoseconds &- u0.redoGroupWaitNanoseconds, elapsedSeconds: elapsed)
+        } else if peer == "ideal-log" {
+            var stats = peers_log_stats()
+            if peers_log_statistics(directory + "/tx.log", &stats) == 0 {
+                flushes = FlushCycle(flushes: stats.flushes, commits: stats.commits, flushNanoseconds: stats.flush_ns,
+                                     groupWaitNanoseconds: stats.gather_ns, elapsedSeconds: elapsed)
+            }
+        }
         let committed = Int(histogram.totalCount)
         let kind = switch peer {
         case "pmll": "pmll serializable \(keys)"
@@ -211,7 +261,7 @@ struct TransactionBench: ParsableCommand {
                    p50Microseconds: Double(histogram.valueAtPercentile(50)) / 1000, p99Microseconds: Double(histogram.valueAtPercentile(99)) / 1000,
                    transactionsPerSecond: Double(committed) / elapsed, barriersPerCommit: Double(barriers) / Double(max(committed, 1)),
                    retriesPerTransaction: peer == "pmll" ? Double(after.retries - before.retries) / Double(max(committed, 1)) : 0,
-                   gaveUp: peer == "pmll" ? Int(after.failures - before.failures) : 0)
+                   gaveUp: peer == "pmll" ? Int(after.failures - before.failures) : 0, flushes: flushes)
 
     }
 }

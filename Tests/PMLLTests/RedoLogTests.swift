@@ -265,4 +265,36 @@ struct RedoLogTests {
         #expect(took > 0 && took < 60_000_000_000, "\(took) ns")
         #expect(try Self.string(p, a) == "hinted")
     }
+
+    /// The flush statistics count each flush and the commits it covered: a writer alone makes
+    /// one flush per commit, covering it alone, with no wait for a group beyond the bound
+    /// (``Pool/redoGatherNanoseconds``). `pmll status` and `pmll metrics` in another process
+    /// show the same counts (they outlive the processes that made them).
+    @Test func flushStatisticsCountEachFlushAndTheCommitsItCovered() throws {
+        let scratch = Self.diskScratch()
+        let (pool, a, _, _) = try Self.poolWithRedoLog(scratch, "s.pool")
+        let (flushes, commits): (UInt64, UInt64) = try {
+            let p = try Pool.open(path: pool)
+            let before = try p.storeUsage()
+            #expect(before.redoLogBytes > 0 && before.redoFlushes >= 1, "the update that made the log flushed it: \(before)")
+            #expect(before.redoFlushedCommits == before.redoFlushes, "every commit so far came alone")
+            for n in 0..<3 { try p.transaction { tx in try tx.set(a, "v\(n)") } }
+            let after = try p.storeUsage()
+            #expect(after.redoFlushes == before.redoFlushes + 3)
+            #expect(after.redoFlushedCommits == before.redoFlushedCommits + 3)
+            #expect(after.redoFlushNanoseconds > before.redoFlushNanoseconds)
+            #expect(after.redoGroupWaitNanoseconds - before.redoGroupWaitNanoseconds <= 3 * UInt64(Pool.redoGatherNanoseconds) + 3_000_000,
+                    "a writer alone never waits for a group longer than the bound")
+            return (after.redoFlushes, after.redoFlushedCommits)
+        }()
+        let status = try run(Binaries.pmll, ["status", "--pool", pool])
+        #expect(status.status == 0, "\(status.stderr)")
+        #expect(status.stdout.contains(", \(flushes) flushes covering 1.00 commits each ("), "\(status.stdout)")
+        let metrics = try run(Binaries.pmll, ["metrics", "--pool", pool])
+        #expect(metrics.status == 0, "\(metrics.stderr)")
+        let e = try MetricsTests.parse(metrics.stdout)
+        #expect(e.value("pmll_store_redo_flushes_total", ["pool": pool]) == Double(flushes))
+        #expect(e.value("pmll_store_redo_flushed_commits_total", ["pool": pool]) == Double(commits))
+        #expect(e.value("pmll_store_redo_flush_seconds_total", ["pool": pool]) ?? 0 > 0)
+    }
 }

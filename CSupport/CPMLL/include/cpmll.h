@@ -714,12 +714,22 @@ typedef struct pmll_redo_header {
     uint32_t group;                // writers the last flush covered or saw arrive (a hint)
     uint64_t flush_nanoseconds;    // how long the last flush took (a hint)
     uint8_t pad2[16];
+    // What the flushes did since the log was made (counters for `pmll status`, the metrics and
+    // the benchmarks' account of a flush cycle; zero in logs made before 2026-12-06). Only the
+    // flusher of the moment adds to them; never cleared, made durable only with the header
+    // (a power failure may take the last ones back).
+    uint64_t flushes;              // flushes made
+    uint64_t flushed_commits;      // records they covered
+    uint64_t flush_total_ns;       // time in the flush itself (msync of the ring)
+    uint64_t gather_total_ns;      // time flushers waited for their group before flushing
+    uint8_t pad3[32];
 } pmll_redo_header_t;
 
-_Static_assert(sizeof(pmll_redo_header_t) == 192, "redo log header");
+_Static_assert(sizeof(pmll_redo_header_t) == 256, "redo log header");
 _Static_assert(offsetof(pmll_redo_header_t, checksum) == 24 && offsetof(pmll_redo_header_t, epoch) == 32 && offsetof(pmll_redo_header_t, tail) == 64, "redo header fields");
 _Static_assert(offsetof(pmll_redo_header_t, flush_requested) == 128 && offsetof(pmll_redo_header_t, flush_word) == 152, "redo flush fields");
 _Static_assert(offsetof(pmll_redo_header_t, group) == 164 && offsetof(pmll_redo_header_t, flush_nanoseconds) == 168, "redo group hints");
+_Static_assert(offsetof(pmll_redo_header_t, flushes) == 192 && offsetof(pmll_redo_header_t, gather_total_ns) == 216, "redo statistics");
 
 // One record: this head, then `count` entries (pmll_log_entry_t, kind PMLL_LOG_BYTES: a whole
 // key slot's new bytes at `offset`, padded to 8), padded to PMLL_REDO_ALIGN. A record is valid

@@ -75,6 +75,10 @@ void peers_log_close(void *log);
 int peers_log_commit(void *log, const void *record, size_t length);
 // fdatasync calls made by this process's log commits.
 uint64_t peers_log_flush_count(void);
+// What the flushes of every process since the last reset did: how many, the records they
+// covered, and the time in the fdatasync and, before it, gathering the group (0 or -errno).
+typedef struct { uint64_t flushes, commits, flush_ns, gather_ns; } peers_log_stats;
+int peers_log_statistics(const char *path, peers_log_stats *out);
 
 // msync calls made by this process (the benchmark binary interposes msync to count them).
 uint64_t peers_msync_count(void);
