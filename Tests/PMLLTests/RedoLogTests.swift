@@ -217,10 +217,11 @@ struct RedoLogTests {
     /// Counters from several processes of two threads each, on a ring of 64 KiB that fills
     /// every few hundred commits: the log wraps, commits that find it half used settle it and
     /// those that find it full commit exclusively, and no update is lost.
-    @Test func countersLoseNoUpdateWhileTheLogWraps() throws {
+    @Test(arguments: ["yield", "sleep"])
+    func countersLoseNoUpdateWhileTheLogWraps(gather: String) throws {
         let scratch = Self.diskScratch()
         let pool = scratch.file("w.pool")
-        let environment = ["PMLL_REDO_LOG": "65536"]
+        let environment = ["PMLL_REDO_LOG": "65536", "PMLL_REDO_GATHER": gather]
         #expect(try Child.worker("tx-set", "--pool", pool, "shared=0", "own0=0", "own1=0", environment: environment).wait() == 0)
         let keys = ["shared", "shared", "own0", "own1"]
         let workers = try keys.map { key in
@@ -296,5 +297,25 @@ struct RedoLogTests {
         #expect(e.value("pmll_store_redo_flushes_total", ["pool": pool]) == Double(flushes))
         #expect(e.value("pmll_store_redo_flushed_commits_total", ["pool": pool]) == Double(commits))
         #expect(e.value("pmll_store_redo_flush_seconds_total", ["pool": pool]) ?? 0 > 0)
+    }
+
+    /// A flusher asleep while it waits for its group (``Pool/sleepGatheringNanoseconds``) is
+    /// woken by the writer whose number completes the group, and only then: a writer that
+    /// finds nobody gathering makes no wake-up (no system call on every commit).
+    @Test func theWriterThatCompletesTheGroupWakesASleepingFlusher() throws {
+        let scratch = Self.diskScratch()
+        let (pool, a, _, _) = try Self.poolWithRedoLog(scratch, "k.pool")
+        let p = try Pool.open(path: pool)
+        let h = try #require(try p.redoHeader(try p.stateStore().refresh()))
+        let word = pmll_load32(&h.pointee.gather_word)
+        try p.transaction { tx in try tx.set(a, "nobody gathers") }
+        #expect(pmll_load32(&h.pointee.gather_word) == word, "no flusher was asleep: no wake-up")
+        // A flusher of another process asleep for a group of one more writer.
+        pmll_store32(&h.pointee.group, 1)
+        pmll_store32(&h.pointee.gathering, 1)
+        defer { pmll_store32(&h.pointee.gathering, 0) }
+        try p.transaction { tx in try tx.set(a, "completes the group") }
+        #expect(pmll_load32(&h.pointee.gather_word) == word &+ 1, "the writer completing the group woke it")
+        #expect(try Self.string(p, a) == "completes the group")
     }
 }

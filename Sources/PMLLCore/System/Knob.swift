@@ -32,6 +32,10 @@ package enum Knob: String, CaseIterable, Sendable {
     /// through it), for tests of the undo-log path and pools older builds must still open.
     /// A number: the ring's bytes when this process makes one (tests that make it wrap).
     case redoLog = "PMLL_REDO_LOG"
+    /// `yield` or `sleep`: how this process's redo-log flushers wait for their group, instead of
+    /// yielding until a yield is found slow (other work runnable) and sleeping for a second
+    /// after that (tests of either path; a machine always busy with other work).
+    case redoGather = "PMLL_REDO_GATHER"
     /// `auto` (default), `libpmem` or `mmap`: map pools through libpmem on DAX only, always, or never.
     case mapping = "PMLL_MAP"
 
