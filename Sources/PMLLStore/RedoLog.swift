@@ -278,13 +278,16 @@ extension Pool {
     /// or saw arrive) to have taken numbers, but no longer than the last flush took: a writer
     /// left out waits for a whole next flush, so waiting less than one for it pays, and on a
     /// disk whose flushes are short the wait stays short (Docs/Benchmarks.md "Group commit
-    /// bounded by the last flush"). Then it covers every number taken so far; the others sleep
+    /// bounded by the last flush"); it yields meanwhile, or sleeps (``sleepGatheringUntil``).
+    /// Then it covers every number taken so far; the others sleep
     /// until it is done, at most one owner-check interval at a time (a flusher that died is
     /// found by its token). A writer alone is a group of one and never waits.
     private func flushRedo(_ h: UnsafeMutablePointer<pmll_redo_header_t>, ring: UnsafeMutableRawPointer) throws(PMLLError) {
         let mine = pmll_fetch_add64(&h.pointee.flush_requested, 1) + 1
-        // The flusher may be asleep waiting for the group (the add above is a full barrier
-        // before this load; it sets `gathering` before its last look at the numbers).
+        // The flusher may be asleep waiting for the group. Each side makes its store (this
+        // number; its `gathering`) and then, past a full fence, looks at the other's: one of
+        // them sees the other, so it never sleeps through the number that completes its group.
+        pmll_fence()
         if pmll_load32(&h.pointee.gathering) != 0 && Self.groupComplete(h, requested: mine) {
             _ = pmll_add32(&h.pointee.gather_word, 1)
             _ = pmll_futex_wake(&h.pointee.gather_word, 1)
@@ -342,7 +345,6 @@ extension Pool {
         }
         let upTo = pmll_load64_acquire(&h.pointee.flush_requested)
         pmll_max64(&h.pointee.flush_started, upTo)
-        let gathered = Clock.monotonicNanoseconds
         // The whole ring, in one call: msync writes only the dirty pages (found by the file's
         // dirty tags, not by a walk of the range), and a range from the checkpoint to the tail
         // would take two calls whenever it wraps.
@@ -354,7 +356,7 @@ extension Pool {
         _ = pmll_add64(&h.pointee.flushes, 1)
         _ = pmll_add64(&h.pointee.flushed_commits, upTo > covered ? upTo - covered : 0)
         _ = pmll_add64(&h.pointee.flush_total_ns, UInt64(max(0, flushEnd - flushStart)))
-        _ = pmll_add64(&h.pointee.gather_total_ns, UInt64(max(0, gathered - start)))
+        _ = pmll_add64(&h.pointee.gather_total_ns, UInt64(max(0, flushStart - start)))
         pmll_store32(&h.pointee.group, UInt32(truncatingIfNeeded: min(pmll_load64_acquire(&h.pointee.flush_requested) &- covered, 64)))
     }
 
