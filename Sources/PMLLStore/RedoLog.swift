@@ -548,7 +548,6 @@ extension Pool {
         pmll_store32(&h.pointee.checkpoint_claimed, 0)
     }
 
-
     /// Claims the checkpoint a commit found due (the log more than half full), so that one
     /// process of those that find it due takes the store lock for it.
     func claimRedoCheckpoint(_ view: StoreView) -> Bool {
