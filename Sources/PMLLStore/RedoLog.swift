@@ -285,12 +285,11 @@ extension Pool {
     private func flushRedo(_ h: UnsafeMutablePointer<pmll_redo_header_t>, ring: UnsafeMutableRawPointer) throws(PMLLError) {
         let mine = pmll_fetch_add64(&h.pointee.flush_requested, 1) + 1
         // The flusher may be asleep waiting for the group. Each side makes its store (this
-        // number; its `gathering`) and then, past a full fence, looks at the other's: one of
+        // number; its sleeper bit) and then, past a full fence, looks at the other's: one of
         // them sees the other, so it never sleeps through the number that completes its group.
         pmll_fence()
-        if pmll_load32(&h.pointee.gathering) != 0 && Self.groupComplete(h, requested: mine) {
-            _ = pmll_add32(&h.pointee.gather_word, 1)
-            _ = pmll_futex_wake(&h.pointee.gather_word, 1)
+        if pmll_load32(&h.pointee.gather_word) & PMLL_WAKEWORD_SLEEPERS != 0 && Self.groupComplete(h, requested: mine) {
+            _ = pmll_wakeword_bump(&h.pointee.gather_word)
         }
         let word = (UnsafeMutableRawPointer(h) + MemoryLayout<pmll_redo_header_t>.offset(of: \pmll_redo_header_t.flush_word)!)
             .assumingMemoryBound(to: UInt32.self)
@@ -333,15 +332,10 @@ extension Pool {
                 }
                 continue
             }
-            let seen = pmll_load32(&h.pointee.gather_word)
-            _ = pmll_xchg32(&h.pointee.gathering, 1)
-            pmll_fence()
-            if pmll_load32(&h.pointee.writing) == 0 && pmll_load64_acquire(&h.pointee.flush_requested) &- covered >= group {
-                pmll_store32(&h.pointee.gathering, 0)
-                break
-            }
-            _ = pmll_futex_wait(&h.pointee.gather_word, seen, completing && groupShort ? max(gatherUntil, groupUntil) : completing ? gatherUntil : groupUntil)
-            pmll_store32(&h.pointee.gathering, 0)
+            var expected: UInt32 = 0
+            guard pmll_wakeword_announce_sleeper(&h.pointee.gather_word, pmll_load32(&h.pointee.gather_word), &expected) != 0 else { continue }
+            if pmll_load32(&h.pointee.writing) == 0 && pmll_load64_acquire(&h.pointee.flush_requested) &- covered >= group { break }
+            _ = pmll_futex_wait(&h.pointee.gather_word, expected, completing && groupShort ? max(gatherUntil, groupUntil) : completing ? gatherUntil : groupUntil)
         }
         let upTo = pmll_load64_acquire(&h.pointee.flush_requested)
         pmll_max64(&h.pointee.flush_started, upTo)
@@ -367,7 +361,7 @@ extension Pool {
     /// for a whole time slice, far past the wait's bound (a third fewer flushes, measured).
     /// A yield that took longer than ``slowYieldNanoseconds`` says so, and for
     /// ``sleepGatheringNanoseconds`` after it this process's flushers sleep on `gather_word`
-    /// instead, woken by the writer that completes the group (Docs/Benchmarks.md "Group
+    /// instead (a wake word), woken by the writer that completes the group (Docs/Benchmarks.md "Group
     /// commit beside other work").
     private static let sleepGatheringUntil = Atomic<Int64>(0)
     /// `PMLL_REDO_GATHER`: always yield (true) or always sleep (false), else nil.
@@ -543,7 +537,7 @@ extension Pool {
         pmll_store32(&h.pointee.flushing, 0)
         pmll_store32(&h.pointee.writing, 0)
         pmll_store32(&h.pointee.group, 0)
-        pmll_store32(&h.pointee.gathering, 0)
+        pmll_store32(&h.pointee.gather_word, 0)
         pmll_store64(&h.pointee.flush_nanoseconds, 0)
         pmll_store32(&h.pointee.checkpoint_claimed, 0)
     }

@@ -312,10 +312,10 @@ struct RedoLogTests {
         #expect(pmll_load32(&h.pointee.gather_word) == word, "no flusher was asleep: no wake-up")
         // A flusher of another process asleep for a group of one more writer.
         pmll_store32(&h.pointee.group, 1)
-        pmll_store32(&h.pointee.gathering, 1)
-        defer { pmll_store32(&h.pointee.gathering, 0) }
+        var expected: UInt32 = 0
+        #expect(pmll_wakeword_announce_sleeper(&h.pointee.gather_word, word, &expected) != 0)
         try p.transaction { tx in try tx.set(a, "completes the group") }
-        #expect(pmll_load32(&h.pointee.gather_word) == word &+ 1, "the writer completing the group woke it")
+        #expect(pmll_load32(&h.pointee.gather_word) == word &+ 1, "the writer completing the group woke it (and cleared the sleeper bit)")
         #expect(try Self.string(p, a) == "completes the group")
     }
 }

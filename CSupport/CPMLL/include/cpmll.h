@@ -713,9 +713,9 @@ typedef struct pmll_redo_header {
     uint32_t writing;              // records reserved and not yet complete
     uint32_t group;                // writers the last flush covered or saw arrive (a hint)
     uint64_t flush_nanoseconds;    // how long the last flush took (a hint)
-    uint32_t gather_word;          // futex word the flusher sleeps on while it waits for its group
-    uint32_t gathering;            // 1 while it sleeps there: a writer that completes the group wakes it
-    uint8_t pad2[8];
+    uint32_t gather_word;          // wake word (sleeper bit as queues) a flusher sleeps on while it
+                                   // waits for its group: the writer completing the group bumps it
+    uint8_t pad2[12];
     // What the flushes did since the log was made (counters for `pmll status`, the metrics and
     // the benchmarks' account of a flush cycle; zero in logs made before 2026-12-06). Only the
     // flusher of the moment adds to them; never cleared, made durable only with the header
@@ -731,7 +731,7 @@ _Static_assert(sizeof(pmll_redo_header_t) == 256, "redo log header");
 _Static_assert(offsetof(pmll_redo_header_t, checksum) == 24 && offsetof(pmll_redo_header_t, epoch) == 32 && offsetof(pmll_redo_header_t, tail) == 64, "redo header fields");
 _Static_assert(offsetof(pmll_redo_header_t, flush_requested) == 128 && offsetof(pmll_redo_header_t, flush_word) == 152, "redo flush fields");
 _Static_assert(offsetof(pmll_redo_header_t, group) == 164 && offsetof(pmll_redo_header_t, flush_nanoseconds) == 168, "redo group hints");
-_Static_assert(offsetof(pmll_redo_header_t, gather_word) == 176 && offsetof(pmll_redo_header_t, gathering) == 180, "redo gather words");
+_Static_assert(offsetof(pmll_redo_header_t, gather_word) == 176, "redo gather word");
 _Static_assert(offsetof(pmll_redo_header_t, flushes) == 192 && offsetof(pmll_redo_header_t, gather_total_ns) == 216, "redo statistics");
 
 // One record: this head, then `count` entries (pmll_log_entry_t, kind PMLL_LOG_BYTES: a whole
