@@ -334,7 +334,7 @@ extension Pool {
             }
             var expected: UInt32 = 0
             guard pmll_wakeword_announce_sleeper(&h.pointee.gather_word, pmll_load32(&h.pointee.gather_word), &expected) != 0 else { continue }
-            if pmll_load32(&h.pointee.writing) == 0 && pmll_load64_acquire(&h.pointee.flush_requested) &- covered >= group { break }
+            if Self.groupComplete(h, requested: pmll_load64_acquire(&h.pointee.flush_requested)) { break }
             _ = pmll_futex_wait(&h.pointee.gather_word, expected, completing && groupShort ? max(gatherUntil, groupUntil) : completing ? gatherUntil : groupUntil)
         }
         let upTo = pmll_load64_acquire(&h.pointee.flush_requested)
@@ -373,7 +373,9 @@ extension Pool {
     static let sleepGatheringNanoseconds: Int64 = 1_000_000_000
 
     /// Whether the flusher gathering now has its group: `requested` numbers taken, none
-    /// still being written (the values it reads are fixed while it gathers).
+    /// still being written. The flusher asks it after announcing its sleep, a writer after
+    /// taking its number; `flush_started` and `group` are the flusher's `covered` and `group`
+    /// (only a flusher moves them, and it does not while it gathers).
     private static func groupComplete(_ h: UnsafeMutablePointer<pmll_redo_header_t>, requested: UInt64) -> Bool {
         pmll_load32(&h.pointee.writing) == 0
             && requested &- pmll_load64_acquire(&h.pointee.flush_started) >= UInt64(min(pmll_load32(&h.pointee.group), 64))
