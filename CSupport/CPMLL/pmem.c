@@ -153,6 +153,20 @@ int pmll_map_extend(void *base, int fd, uint64_t from, uint64_t to, int writable
     return -err;
 }
 
+int pmll_map_private(void *base, int fd, uint64_t from, uint64_t to, int *reservation_intact) {
+    *reservation_intact = 1;
+    if (to <= from) return 0;
+    void *addr = (char *)base + from;
+    void *p = mmap(addr, (size_t)(to - from), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, (off_t)from);
+    if (p != MAP_FAILED) {
+        (void)madvise(p, (size_t)(to - from), MADV_RANDOM);
+        return 0;
+    }
+    int err = errno;
+    *reservation_intact = reserve_again(addr, to - from);
+    return -err;
+}
+
 int pmll_fs_is_volatile(int fd) {
     struct statfs fs;
     if (fstatfs(fd, &fs) != 0) return 0;

@@ -10,14 +10,26 @@ extension Pool {
     /// (`seq > done_seq`) before it changes a byte and moves `done_seq` after the last, so a
     /// body that ran while no log was pending and no log's counters moved saw one committed
     /// state. A torn view only makes the body throw or return garbage that is then discarded.
+    ///
+    /// After a restart that left commits only in the redo log, the read stands on this
+    /// process's own copy of the pages a settle would change (``RedoOverlay``), for as long as
+    /// no read-write process has opened the pool.
     package func readWithoutLock<R>(_ body: () throws(PMLLError) -> R) throws(PMLLError) -> R {
         let store = self.store
-        if try redoOwedSinceRestart(try store.refresh()) {
-            throw .readOnlyPool(path: path, operation: "read the state store: commits made before the machine restarted are still only in its redo log (the next process that opens the pool read-write puts them in place)")
-        }
         let deadline = Clock.monotonicNanoseconds + 2_000_000_000
         while true {
-            if let value = try readAttempt(store, body) { return value }
+            let view = try readOnlyView(store)
+            if view == .settling {
+                if Clock.monotonicNanoseconds > deadline {
+                    throw .readOnlyPool(path: path, operation: "read the state store: a process that opened the pool read-write after the machine restarted has not yet put in place the commits still only in its redo log")
+                }
+                usleep(200)
+                continue
+            }
+            if let value = try readAttempt(store, body) {
+                if case .overlay(let resets) = view, !overlayHolds(resets: resets) { continue }
+                return value
+            }
             if commitPoints(store) == nil && Clock.monotonicNanoseconds > deadline {
                 // A committer died mid-commit: only a writer can roll its transaction back.
                 throw .readOnlyPool(path: path, operation: "read the state store while a dead process's transaction is unfinished (the next process that opens the pool read-write rolls it back)")

@@ -436,19 +436,10 @@ extension Pool {
             return
         }
         let scanWhole = whole || tail < checkpoint || tail - checkpoint > capacity
-        var records = 0, newest: UInt64 = 0
-        var last: [Int: UnsafeRawPointer] = [:]   // each slot's bytes in its last record
-        let end = try scanRedo(h, upTo: scanWhole ? checkpoint + capacity : tail) { (r, position) throws(PMLLError) in
-            try collectSlots(r, at: position, view: view, into: &last)
-            records += 1
-            newest = max(newest, r.pointee.version)
-            return true
-        }
-        let width = view.slotWidth
-        let changes = last.filter { memcmp(memory.base + $0.key, $0.value, width) != 0 }
+        let (changes, records, newest, end) = try redoChanges(h, view: view, upTo: scanWhole ? checkpoint + capacity : tail)
         var own: UnsafeMutablePointer<pmll_log_header_t>?
         if !changes.isEmpty && markers.isEmpty { own = markRedoUnderWay(store, recordComplete: true) }
-        for (offset, bytes) in changes { (memory.base + offset).copyMemory(from: bytes, byteCount: width) }
+        for (offset, bytes) in changes { (memory.base + offset).copyMemory(from: bytes, byteCount: view.slotWidth) }
         CrashPoint.hit("redo.redone")
         // Each finished commit counts as committed; a settle of its own (after a power
         // failure) too, so that the store's rollback count stays what it was.
@@ -456,12 +447,7 @@ extension Pool {
             pmll_add64(&log.pointee.commits, 1)
             pmll_store64_release(&log.pointee.done_seq, log.pointee.seq)
         }
-        // No version below the sequence: the counts behind it are volatile between checkpoints,
-        // and a version given twice could hide a change from a serializable read.
-        let sequence = store.commitSequence
-        if newest > sequence, let log = (0..<store.layout.logSlots).map({ store.logHeader($0) }).first(where: { !isPending($0) }) {
-            pmll_add64(&log.pointee.done_seq, newest - sequence)
-        }
+        advanceCommitSequence(store, to: newest)
         // The key index and every log header, in one barrier (one msync of their span, which
         // writes only its dirty pages).
         let headers = (0..<store.layout.logSlots).map { (offset: store.offset(of: store.logHeader($0)), length: MemoryLayout<pmll_log_header_t>.size) }
@@ -478,6 +464,33 @@ extension Pool {
         if !changes.isEmpty {
             Self.logger.notice("finished commits from the redo log", metadata: ["path": "\(path)", "records": "\(records)", "slots put in place": "\(changes.count)"])
             audit(.commit, .ok, "redo log settled: \(changes.count) slot(s) of \(records) record(s) put in place, \(markers.count) interrupted commit(s) finished")
+        }
+    }
+
+    /// What settling the log up to `limit` puts in place: each slot's bytes in its last record
+    /// (log order is each slot's order of writes), where they differ from the slot's now; how
+    /// many records there were, the newest version among them, and where the last one ended.
+    func redoChanges(_ h: UnsafeMutablePointer<pmll_redo_header_t>, view: StoreView, upTo limit: UInt64) throws(PMLLError)
+        -> (changes: [Int: UnsafeRawPointer], records: Int, newest: UInt64, end: UInt64) {
+        var records = 0, newest: UInt64 = 0
+        var last: [Int: UnsafeRawPointer] = [:]
+        let end = try scanRedo(h, upTo: limit) { (r, position) throws(PMLLError) in
+            try collectSlots(r, at: position, view: view, into: &last)
+            records += 1
+            newest = max(newest, r.pointee.version)
+            return true
+        }
+        let width = view.slotWidth
+        return (last.filter { memcmp(memory.base + $0.key, $0.value, width) != 0 }, records, newest, end)
+    }
+
+    /// Makes the store's commit sequence at least `newest`, the newest version a settle put in
+    /// place. No version below the sequence: the counts behind it are volatile between
+    /// checkpoints, and a version given twice could hide a change from a serializable read.
+    func advanceCommitSequence(_ store: StateStore, to newest: UInt64) {
+        let sequence = store.commitSequence
+        if newest > sequence, let log = (0..<store.layout.logSlots).map({ store.logHeader($0) }).first(where: { !isPending($0) }) {
+            pmll_add64(&log.pointee.done_seq, newest - sequence)
         }
     }
 
@@ -531,7 +544,7 @@ extension Pool {
     }
 
     /// This boot's id, read once (a file read each time).
-    private static let bootID = ProcessIdentity.bootID()
+    static let bootID = ProcessIdentity.bootID()
 
     /// The flush and reservation words, as no process uses them (the store lock is held
     /// exclusively: no commit is under way; a process that died in one left them set).

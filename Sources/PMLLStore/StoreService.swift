@@ -30,6 +30,9 @@ package final class StoreService: Sendable {
     /// restart (``Pool/redoOwedSinceRestart(_:)``): only a read-write opener can add records,
     /// and the first one after a restart resets the pool, which moves the count.
     let redoScannedClean = Atomic<UInt64>(0)
+    /// A read-only participant's copy-on-write view of a redo log a restart left unsettled
+    /// (``Pool/readOnlyView(_:)``).
+    let redoOverlay = Mutex<RedoOverlay?>(nil)
     /// The sequence each log was last seen pending with, and when its owner was last asked
     /// about (``Pool/storeReady(probeAtOnce:)``).
     private let pendingSeen: Mutex<[(seq: UInt64, askedAt: Int64)]>

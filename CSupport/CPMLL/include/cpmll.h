@@ -1209,6 +1209,11 @@ void *_Nullable pmll_map_reserved(int fd, uint64_t length, uint64_t reserve, int
 // thread's mapping (Linux can unmap a MAP_FIXED target before failing): the reservation must
 // then never be unmapped as a whole.
 int pmll_map_extend(void *base, int fd, uint64_t from, uint64_t to, int writable, int sync, int *reservation_intact);
+// Maps [from, to) of `fd` at base + from privately (copy-on-write) and writable: what this
+// process then writes there stays in its own memory and never reaches the file, which may be
+// open read-only. pmll_map_extend(..., writable 0, ...) maps the range shared again. 0 or -errno,
+// *reservation_intact as for pmll_map_extend.
+int pmll_map_private(void *base, int fd, uint64_t from, uint64_t to, int *reservation_intact);
 // Starts reading [addr, addr + length) of a pool mapping into the page cache (4 KiB folios),
 // before a scan: pool mappings are MADV_RANDOM, so a fault reads only its own page.
 void pmll_prefetch(const void *addr, uint64_t length);

@@ -64,6 +64,23 @@ package final class PoolMapping: @unchecked Sendable {
         }
     }
 
+    /// Maps the pages of `range` (page aligned, mapped already) copy-on-write, or shared again
+    /// as they were (`privately` false). Its one user is a read-only participant's view of a
+    /// redo log a restart left unsettled: what it writes there never reaches the file.
+    package func remap(_ range: Range<Int>, privately: Bool) throws(PMLLError) {
+        precondition(range.lowerBound % PoolLayout.page == 0 && range.upperBound % PoolLayout.page == 0)
+        guard range.upperBound <= length else { throw .corruptPool(path: path, reason: "a page at \(range.lowerBound) lies beyond the mapped file") }
+        let from = UInt64(range.lowerBound), to = UInt64(range.upperBound)
+        var intact: Int32 = 1
+        let rc = privately ? pmll_map_private(base, fd, from, to, &intact) : pmll_map_extend(base, fd, from, to, writable ? 1 : 0, synchronous ? 1 : 0, &intact)
+        guard rc != 0 else { return }
+        // Linux may have unmapped the range before failing: a hole there would fault on the
+        // next read, so the file's pages go back first, if they can.
+        if privately, pmll_map_extend(base, fd, from, to, writable ? 1 : 0, synchronous ? 1 : 0, &intact) == 0 { intact = 1 }
+        if intact == 0 { reservationIntact.store(false, ordering: .relaxed) }
+        throw SystemCall.fileError(Errno(rawValue: -rc), path: path, operation: privately ? "map a private copy of part of" : "map again part of")
+    }
+
     /// Grows the file to hold [offset, offset + length), with its blocks reserved (a write
     /// through the mapping must never meet a full file system as SIGBUS) and the new size
     /// durable, then maps it.
