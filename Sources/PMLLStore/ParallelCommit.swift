@@ -99,7 +99,6 @@ extension Pool {
         for (key, value) in writes {
             guard let value, key.utf8.count + value.count <= inlineMax, !key.utf8.starts(with: Self.objectPrefixBytes) else { return .exclusive }
         }
-        let keys = writes.map { Array($0.key.utf8) }, values = writes.map { $0.value! }
         let stripes = try storeStripes()
         guard !stripes.locks.isEmpty else { return .exclusive }
         let service = services.required(.store, as: StoreService.self)
@@ -118,8 +117,8 @@ extension Pool {
         // the store lock held shared keeps growths out.
         let view = try store.refresh()
         var slots: [UInt32] = []
-        slots.reserveCapacity(keys.count)
-        for key in keys {
+        slots.reserveCapacity(writes.count)
+        for (key, _) in writes {
             guard let i = try store.find(key, in: view).found else { return .exclusive }
             slots.append(i)
         }
@@ -133,21 +132,27 @@ extension Pool {
             // Keys also written already have their stripe (the common read-modify-write).
             let written = writes.count > 8 ? Set(writes.map(\.key)) : nil
             for (key, _) in reads.versions where !(written?.contains(key) ?? writes.contains { $0.key == key }) {
-                if let i = try store.find(Array(key.utf8), in: view).found { needed.append(stripes.lock(forSlot: i)) }
+                if let i = try store.find(key, in: view).found { needed.append(stripes.lock(forSlot: i)) }
             }
         }
+        // Each stripe once, in order; the first `held` of them are held (no second array).
         needed.sort()
-        var held: [LockIndex] = [], died: [LockIndex] = []
+        var distinct = 0
+        for n in needed.indices where n == 0 || needed[n] != needed[distinct - 1] {
+            needed[distinct] = needed[n]
+            distinct += 1
+        }
+        var held = 0, died: [LockIndex] = []
         var logged = false, committed = false
         defer {
             // A log written but not committed (an error in between) is rolled back by the
             // next exclusive holder; the stripes tell their next takers to get one.
-            for index in held.reversed() { release(index: index, inconsistent: died.contains(index) || (logged && !committed)) }
+            for index in needed[..<held].reversed() { release(index: index, inconsistent: died.contains(index) || (logged && !committed)) }
         }
-        for (n, index) in needed.enumerated() where n == 0 || needed[n - 1] != index {
-            let taken = try acquire(index: index, deadline: .max, cancellation: nil)
-            held.append(index)
-            if taken.ownerDied { died.append(index) }
+        for n in 0..<distinct {
+            let taken = try acquire(index: needed[n], deadline: .max, cancellation: nil)
+            held += 1
+            if taken.ownerDied { died.append(needed[n]) }
         }
         if !died.isEmpty { return .repair(died) }
         // A record changes only under its stripe: one stored in blocks frees them when
@@ -159,7 +164,7 @@ extension Pool {
         // its records are what a settle redoes).
         if let redo = try redoHeader(view) {
             logged = true
-            switch try commitThroughRedoLog(redo, store: store, view: view, slots: slots, keys: keys, values: values, version: version, started: started) {
+            switch try commitThroughRedoLog(redo, store: store, view: view, slots: slots, writes: writes, version: version, started: started) {
             case .committed:
                 committed = true
                 return .committed
@@ -181,9 +186,9 @@ extension Pool {
         for (n, i) in slots.enumerated() {
             let s = view.slot(i)
             let data = StateStore.inlineRecord(s)
-            let key = keys[n], value = values[n]
-            value.withUnsafeBytes { data.advanced(by: key.count).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-            let end = key.count + value.count
+            let keyLength = writes[n].key.utf8.count, value = writes[n].value!
+            value.withUnsafeBytes { data.advanced(by: keyLength).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            let end = keyLength + value.count
             (data + end).initializeMemory(as: UInt8.self, repeating: 0, count: view.inlineMax - end)
             s.pointee.value_length = UInt32(value.count)
             s.pointee.version = version
@@ -216,7 +221,7 @@ extension Pool {
     /// A point read of `key` under the store lock held shared and the stripe of its slot, so
     /// that it neither waits for nor stops commits of other stripes. nil: the caller reads
     /// another way (no stripes, or a stripe whose holder died: an exclusive holder repairs).
-    func readUnderStripe<R>(_ key: [UInt8], store: StateStore, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R? {
+    func readUnderStripe<R>(_ key: String, store: StateStore, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R? {
         let stripes = try storeStripes()
         guard !stripes.locks.isEmpty else { return nil }
         let shared = try acquireShared(index: storeLock(), deadline: .max, cancellation: nil)

@@ -77,7 +77,7 @@ package final class ReadSet {
 
     /// The first read (a key, or `prefix*` for a key list) that the store no longer agrees with.
     private func firstChanged(_ store: StateStore) throws(PMLLError) -> String? {
-        for (key, version) in versions where try store.currentVersion(Array(key.utf8)) != version { return key }
+        for (key, version) in versions where try store.currentVersion(key) != version { return key }
         guard !scans.isEmpty else { return nil }
         let keyset = store.keysetChanges
         for scan in scans where scan.keysetAt != keyset {
@@ -89,9 +89,10 @@ package final class ReadSet {
 
 extension StateStore {
     /// The version of `key`'s committed record, 0 if it has none.
-    package func currentVersion(_ key: [UInt8]) throws(PMLLError) -> UInt64 {
-        guard let i = try find(key).found else { return 0 }
-        return slot(i).pointee.version
+    package func currentVersion(_ key: String) throws(PMLLError) -> UInt64 {
+        let view = self.view
+        guard let i = try find(key, in: view).found else { return 0 }
+        return view.slot(i).pointee.version
     }
 
     /// The committed keys starting with `prefix`, sorted (the caller holds the store lock).

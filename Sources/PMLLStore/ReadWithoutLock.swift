@@ -68,7 +68,7 @@ extension Pool {
     /// `sharedSafe`: `body` reads nothing but that key's record and the versions of other
     /// keys (no key lists).
     /// `store`: this pool's (passed in, as the caller holds it: a fetch is a retain).
-    package func readConsistently<R>(key: [UInt8], store: StateStore, sharedSafe: Bool, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R {
+    package func readConsistently<R>(key: String, store: StateStore, sharedSafe: Bool, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R {
         if isReadOnly { return try readWithoutLock(body) }
         if !store.optimisticReadsOnly.load(ordering: .relaxed) {
             // Commits in parallel were seen lately: the stripe first, since taking the free
@@ -97,7 +97,7 @@ extension Pool {
 
     /// A read under the key's stripe if the store lock is held shared (or biased towards its
     /// shared holders) and not exclusively now.
-    private func readSharedIfCommitsRun<R>(_ key: [UInt8], store: StateStore, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R? {
+    private func readSharedIfCommitsRun<R>(_ key: String, store: StateStore, _ body: () throws(PMLLError) -> R) throws(PMLLError) -> R? {
         let entry = try storeLockEntry()
         guard pmll_load32(pmll_entry_word(entry)) == 0 && pmll_lock_readers_present(entry) != 0 else { return nil }
         return try readUnderStripe(key, store: store, body)

@@ -138,12 +138,12 @@ extension Pool {
         case unsettled
     }
 
-    /// Commits new records of `slots` (their stripes held, the store lock held shared, the
+    /// Commits new records of `slots` (slot n gets `writes[n]`; their stripes held, the store lock held shared, the
     /// transaction validated) through the redo log: record, shared flush, then the slots.
     /// This process's undo-log header marks the commit under way and its commit point counts
     /// it, as a parallel commit's does.
     func commitThroughRedoLog(_ h: UnsafeMutablePointer<pmll_redo_header_t>, store: StateStore, view: StoreView, slots: [UInt32],
-                              keys: [[UInt8]], values: [[UInt8]], version: UInt64, started: Int64) throws(PMLLError) -> RedoCommit {
+                              writes: [(key: String, value: [UInt8]?)], version: UInt64, started: Int64) throws(PMLLError) -> RedoCommit {
         guard h.pointee.epoch == pmll_load64(&memory.header.pointee.volatile_resets) else { return .unsettled }
         let width = view.slotWidth
         let entry = MemoryLayout<pmll_log_entry_t>.size, head = MemoryLayout<pmll_redo_record_t>.size, align = Int(PMLL_REDO_ALIGN)
@@ -177,9 +177,9 @@ extension Pool {
                 let copy = (record + cursor + entry).assumingMemoryBound(to: pmll_key_slot_t.self)
                 UnsafeMutableRawPointer(copy).copyMemory(from: UnsafeRawPointer(s), byteCount: width)
                 let data = StateStore.inlineRecord(copy)
-                let key = keys[n], value = values[n]
-                value.withUnsafeBytes { (data + key.count).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-                let end = key.count + value.count
+                let keyLength = writes[n].key.utf8.count, value = writes[n].value!
+                value.withUnsafeBytes { (data + keyLength).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                let end = keyLength + value.count
                 (data + end).initializeMemory(as: UInt8.self, repeating: 0, count: view.inlineMax - end)
                 copy.pointee.value_length = UInt32(value.count)
                 copy.pointee.version = version

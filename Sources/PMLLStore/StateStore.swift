@@ -140,7 +140,29 @@ package final class StateStore: @unchecked Sendable {
     /// ``find(_:)`` in `view` (a point read takes the view once: each `view` is a mutex and a
     /// retain).
     package func find(_ key: [UInt8], in view: StoreView) throws(PMLLError) -> (found: UInt32?, free: UInt32?) {
-        let hash = key.withUnsafeBytes { pmll_crc32c(0, $0.baseAddress, $0.count) }
+        var found: (found: UInt32?, free: UInt32?) = (nil, nil), failure: PMLLError?
+        key.withUnsafeBytes { bytes in
+            do throws(PMLLError) { found = try find(bytes: bytes, in: view) } catch { failure = error }
+        }
+        if let failure { throw failure }
+        return found
+    }
+
+    /// ``find(_:in:)`` for a key given as a string, whose bytes are not copied into an array
+    /// (a point read and a commit looked up every key through one, an allocation each).
+    package func find(_ key: String, in view: StoreView) throws(PMLLError) -> (found: UInt32?, free: UInt32?) {
+        // Not through a Result: its tuple type's metadata was looked up at run time on every
+        // call (`_swift_getGenericMetadata`, 2 % of four processes' commits).
+        var key = key, found: (found: UInt32?, free: UInt32?) = (nil, nil), failure: PMLLError?
+        key.withUTF8 { bytes in
+            do throws(PMLLError) { found = try find(bytes: UnsafeRawBufferPointer(bytes), in: view) } catch { failure = error }
+        }
+        if let failure { throw failure }
+        return found
+    }
+
+    private func find(bytes key: UnsafeRawBufferPointer, in view: StoreView) throws(PMLLError) -> (found: UInt32?, free: UInt32?) {
+        let hash = pmll_crc32c(0, key.baseAddress, key.count)
         let capacity = view.capacity
         var free: UInt32?
         for probe in 0..<capacity {
@@ -200,7 +222,7 @@ package final class StateStore: @unchecked Sendable {
     }
 
     /// Compares in place; a damaged key simply does not match (reading its value reports it).
-    private func storedKeyEquals(_ view: StoreView, _ i: UInt32, _ key: [UInt8]) -> Bool {
+    private func storedKeyEquals(_ view: StoreView, _ i: UInt32, _ key: UnsafeRawBufferPointer) -> Bool {
         let s = view.slot(i)
         if s.pointee.block_count == 0 {
             guard key.count <= view.inlineMax else { return false }

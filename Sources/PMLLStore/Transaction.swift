@@ -14,8 +14,13 @@ public struct Transaction: ~Copyable {
     package let pool: Pool
     /// nil: isolation `.none`.
     let reads: ReadSet?
-    private(set) var writes: [String: [UInt8]?] = [:]
-    private(set) var order: [String] = []
+    /// Each key written, in the order of its first write, with its last value (nil: removed).
+    /// Searched in order while short: comparing a few short keys costs less than hashing one,
+    /// and a table beside the list was two more allocations per transaction.
+    private(set) var plannedWrites: [(key: String, value: [UInt8]?)] = []
+    /// Where each key lies in `plannedWrites`, once there are more than `indexedAbove`.
+    private var index: [String: Int]?
+    private static let indexedAbove = 8
     /// Keys whose value was verified against a signature, and the public key that signed it.
     private(set) var signers: [String: String] = [:]
 
@@ -30,7 +35,7 @@ public struct Transaction: ~Copyable {
     /// has changed since (`transaction` then runs the body again).
     public func get(_ key: String) throws(PMLLError) -> [UInt8]? {
         try StateStore.validate(key: key)
-        if let pending = writes[key] { return pending }
+        if let n = position(of: key) { return plannedWrites[n].value }
         return try pool.readCommitted(key, tracking: reads)
     }
 
@@ -67,15 +72,34 @@ public struct Transaction: ~Copyable {
     /// Keys with `prefix`, as this transaction sees them, sorted.
     public func keys(prefix: String = "") throws(PMLLError) -> [String] {
         var keys = Set(try pool.committedKeys(prefix: prefix, tracking: reads))
-        for (key, value) in writes where key.hasPrefix(prefix) {
+        for (key, value) in plannedWrites where key.hasPrefix(prefix) {
             if value == nil { keys.remove(key) } else { keys.insert(key) }
         }
         return keys.sorted()
     }
 
+    private static let firstCapacity = 4
+
     private mutating func record(_ key: String, _ value: [UInt8]?) {
-        if writes.updateValue(value, forKey: key) == nil { order.append(key) }
-        signers[key] = nil
+        if let n = position(of: key) {
+            plannedWrites[n].value = value
+        } else {
+            // Room for a few at the first: grown one by one, the list was allocated twice by a
+            // transaction of two writes.
+            if plannedWrites.isEmpty { plannedWrites.reserveCapacity(Self.firstCapacity) }
+            plannedWrites.append((key, value))
+            if index != nil {
+                index![key] = plannedWrites.count - 1
+            } else if plannedWrites.count > Self.indexedAbove {
+                index = Dictionary(uniqueKeysWithValues: plannedWrites.indices.map { (plannedWrites[$0].key, $0) })
+            }
+        }
+        if !signers.isEmpty { signers[key] = nil }
+    }
+
+    private func position(of key: String) -> Int? {
+        if let index { return index[key] }
+        return plannedWrites.firstIndex { $0.key == key }
     }
 
     /// Sets `key` to a value whose signature by `signer` (a minisign public key's base64 line)
@@ -87,18 +111,16 @@ public struct Transaction: ~Copyable {
 
     /// The access policy's say on these writes (who may write the keys, which need a signature).
     func authorize() throws(PMLLError) {
-        guard !order.isEmpty else { return }
+        guard !plannedWrites.isEmpty else { return }
         if pool.isReadOnly { throw .readOnlyPool(path: pool.path, operation: "commit a transaction") }
         guard try pool.access.policy(pool) != nil else { return }
-        for key in order {
+        for (key, value) in plannedWrites {
             try pool.access.check(pool, .stateWrite(key: key))
-            if writes[key]! != nil {
+            if value != nil {
                 try pool.access.requireSignature(pool, .stateWrite(key: key), signer: signers[key], subject: "the value of key '\(key)'")
             }
         }
     }
-
-    var plannedWrites: [(key: String, value: [UInt8]?)] { order.map { ($0, writes[$0]!) } }
 }
 
 extension Pool {

@@ -126,15 +126,19 @@ extension Pool {
     /// earlier reads still hold, then records this one's version.
     package func readCommitted(_ key: String, tracking reads: ReadSet? = nil) throws(PMLLError) -> [UInt8]? {
         let store = try stateStore()
-        let bytes = Array(key.utf8)
+        let keyLength = key.utf8.count
         // Recorded only once the read is known to be one committed state (an optimistic
         // attempt may be discarded; its revalidation only ever errs towards a conflict, and
         // any commit it overlapped moves the sequence it compares against).
-        let (value, version) = try readConsistently(key: bytes, store: store, sharedSafe: reads?.scans.isEmpty ?? true) { () throws(PMLLError) -> ([UInt8]?, UInt64) in
+        // Captured unowned(unsafe) (this call holds all three): the body is specialised into
+        // each way of reading, and each retained every strong capture again (12 retains and
+        // as many releases per read, counted with uprobes).
+        let (value, version) = try readConsistently(key: key, store: store, sharedSafe: reads?.scans.isEmpty ?? true) {
+            [unowned(unsafe) self, unowned(unsafe) store, unowned(unsafe) reads] () throws(PMLLError) -> ([UInt8]?, UInt64) in
             try reads?.revalidate(store, pool: self)
             let view = store.view
-            guard let i = try store.find(bytes, in: view).found else { return (nil, 0) }
-            let value = Array(UnsafeRawBufferPointer(rebasing: try store.recordInPlace(i, in: view)[bytes.count...]))
+            guard let i = try store.find(key, in: view).found else { return (nil, 0) }
+            let value = Array(UnsafeRawBufferPointer(rebasing: try store.recordInPlace(i, in: view)[keyLength...]))
             return (value, view.slot(i).pointee.version)
         }
         reads?.record(key, version: version)
@@ -468,7 +472,13 @@ extension Pool {
 
     /// One barrier for all ranges: a cache flush of each on pmem, else one msync of their span.
     package func persist(_ ranges: [(offset: Int, length: Int)], site: StaticString) throws(PMLLError) {
-        guard let low = ranges.map(\.offset).min(), let high = ranges.map({ $0.offset + $0.length }).max() else { return }
+        guard var low = ranges.first?.offset else { return }
+        var high = low
+        // Not map/min: two arrays made and freed on every commit.
+        for r in ranges {
+            low = min(low, r.offset)
+            high = max(high, r.offset + r.length)
+        }
         if memory.persistence.isPmem {
             for r in ranges { try memory.persistence.persist(UnsafeRawPointer(memory.base + r.offset), r.length, site: site) }
         } else {

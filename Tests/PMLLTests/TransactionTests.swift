@@ -32,6 +32,36 @@ struct TransactionTests {
         #expect(try reader.value(for: "pkg/zlib/status") == Array("installed".utf8))
     }
 
+    /// A transaction's own writes, few (searched in order) and many (indexed past eight): the
+    /// last write of a key wins, keeps the key's first place, and a removal reads as absent;
+    /// the commit writes each key once, with its last value.
+    @Test(arguments: [4, 40])
+    func aTransactionReadsItsLastWriteOfEachKey(keys: Int) throws {
+        let scratch = Scratch()
+        let pool = try Pool.open(path: scratch.file("w.pool"))
+        try pool.transaction { tx in try tx.set("gone", "here") }
+        try pool.transaction { tx in
+            for round in 0..<3 {
+                for k in 0..<keys { try tx.set("k\(k)", "\(round)-\(k)") }
+            }
+            try tx.delete("k1")
+            try tx.delete("gone")
+            try tx.set("k2", "last")
+            #expect(try tx.getString("k0") == "2-0")
+            #expect(try tx.get("k1") == nil)
+            #expect(try tx.get("gone") == nil)
+            #expect(try tx.getString("k2") == "last")
+            #expect(try tx.getString("k\(keys - 1)") == "2-\(keys - 1)")
+            #expect(try tx.keys(prefix: "k").count == keys - 1)
+        }
+        #expect(try pool.value(for: "k0") == Array("2-0".utf8))
+        #expect(try pool.value(for: "k1") == nil)
+        #expect(try pool.value(for: "gone") == nil)
+        #expect(try pool.value(for: "k2") == Array("last".utf8))
+        #expect(try pool.value(for: "k\(keys - 1)") == Array("2-\(keys - 1)".utf8))
+        #expect(try pool.check().problems.isEmpty)
+    }
+
     @Test func badInputAndNesting() throws {
         let scratch = Scratch()
         let pool = try Pool.open(path: scratch.file("b.pool"))
