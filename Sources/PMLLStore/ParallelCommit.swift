@@ -131,7 +131,7 @@ extension Pool {
         if let reads {
             // Keys also written already have their stripe (the common read-modify-write).
             let written = writes.count > 8 ? Set(writes.map(\.key)) : nil
-            for (key, _) in reads.versions where !(written?.contains(key) ?? writes.contains { $0.key == key }) {
+            for (key, _, _) in reads.versions where !(written?.contains(key) ?? writes.contains { $0.key == key }) {
                 if let i = try store.find(key, in: view).found { needed.append(stripes.lock(forSlot: i)) }
             }
         }
@@ -159,7 +159,7 @@ extension Pool {
         // replaced, which changes the bitmap.
         guard slots.allSatisfy({ view.slot($0).pointee.block_count == 0 }) else { return .exclusive }
 
-        let version = (try reads?.revalidate(store, pool: self) ?? store.commitSequence) &+ 1
+        let version = (try reads?.revalidate(store, pool: self, view: view) ?? store.commitSequence) &+ 1
         // On a disk, through the redo log when the pool has one (every process then does:
         // its records are what a settle redoes).
         if let redo = try redoHeader(view) {

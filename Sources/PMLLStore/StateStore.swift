@@ -222,7 +222,7 @@ package final class StateStore: @unchecked Sendable {
     }
 
     /// Compares in place; a damaged key simply does not match (reading its value reports it).
-    private func storedKeyEquals(_ view: StoreView, _ i: UInt32, _ key: UnsafeRawBufferPointer) -> Bool {
+    func storedKeyEquals(_ view: StoreView, _ i: UInt32, _ key: UnsafeRawBufferPointer) -> Bool {
         let s = view.slot(i)
         if s.pointee.block_count == 0 {
             guard key.count <= view.inlineMax else { return false }

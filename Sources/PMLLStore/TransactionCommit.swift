@@ -133,15 +133,15 @@ extension Pool {
         // Captured unowned(unsafe) (this call holds all three): the body is specialised into
         // each way of reading, and each retained every strong capture again (12 retains and
         // as many releases per read, counted with uprobes).
-        let (value, version) = try readConsistently(key: key, store: store, sharedSafe: reads?.scans.isEmpty ?? true) {
-            [unowned(unsafe) self, unowned(unsafe) store, unowned(unsafe) reads] () throws(PMLLError) -> ([UInt8]?, UInt64) in
-            try reads?.revalidate(store, pool: self)
+        let (value, version, slot) = try readConsistently(key: key, store: store, sharedSafe: reads?.scans.isEmpty ?? true) {
+            [unowned(unsafe) self, unowned(unsafe) store, unowned(unsafe) reads] () throws(PMLLError) -> ([UInt8]?, UInt64, UInt32) in
             let view = store.view
-            guard let i = try store.find(key, in: view).found else { return (nil, 0) }
+            try reads?.revalidateBeforeRead(store, pool: self, view: view)
+            guard let i = try store.find(key, in: view).found else { return (nil, 0, .max) }
             let value = Array(UnsafeRawBufferPointer(rebasing: try store.recordInPlace(i, in: view)[keyLength...]))
-            return (value, view.slot(i).pointee.version)
+            return (value, view.slot(i).pointee.version, i)
         }
-        reads?.record(key, version: version)
+        reads?.record(key, version: version, slot: slot)
         return value
     }
 

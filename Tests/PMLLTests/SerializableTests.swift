@@ -107,6 +107,37 @@ struct SerializableTests {
 
     /// A key list is protected against phantoms: a key inserted under the listed prefix
     /// conflicts; one inserted elsewhere, or a value changed under the prefix, does not.
+    /// Reads are checked at the key slot they were read in, and looked up again by name
+    /// where that slot says nothing: a read made before another process grew the key index
+    /// (every key in a new slot) stays valid while its key is unchanged, and a change made
+    /// with the growth runs the body again.
+    @Test(arguments: [false, true])
+    func readsStayValidAcrossAGrowthOfTheKeyIndex(changed: Bool) throws {
+        let scratch = Scratch()
+        let path = scratch.file("g.pool")
+        let pool = try Pool.open(path: path, options: GrowthTests.smallOptions())
+        try pool.transaction { tx in for i in 0..<8 { try tx.set("k\(i)", "\(i)") } }
+        let before = try pool.storeUsage().growths
+        var runs = 0
+        try pool.transaction { tx in
+            runs += 1
+            // Eight reads: some of these keys land in other slots (a key's slot follows the
+            // index's capacity), and eight, more than are checked before each read, are also
+            // checked the way larger read sets are.
+            let read = try (1..<8).map { try tx.getString("k\($0)") ?? "-" }
+            if runs == 1 {
+                let more = (0..<20).map { "g\($0)=x" } + (changed ? ["k7=changed"] : [])
+                #expect(try Child(Binaries.worker, ["tx-set", "--pool", path] + more).wait() == 0)
+            }
+            let last = try tx.getString("k0") ?? "-"
+            try tx.set("sum", (read + [last]).joined(separator: "+"))
+        }
+        #expect(try pool.storeUsage().growths > before)
+        #expect(runs == (changed ? 2 : 1))
+        #expect(try pool.value(for: "sum") == Array(((1..<7).map(String.init) + [changed ? "changed" : "7", "0"]).joined(separator: "+").utf8))
+        #expect(try pool.check().problems.isEmpty)
+    }
+
     @Test func prefixScansSeePhantoms() throws {
         let scratch = Scratch()
         let pool = try Pool.open(path: scratch.file("s.pool"))
