@@ -45,7 +45,10 @@ struct ProcessTreeTests {
     @Test func freezeStopsEveryProcessOfTheTree() throws {
         let child = try Child("/bin/sh", ["-c", Self.forker])
         defer { child.stopIfRunning() }
-        usleep(20_000)
+        // Forking: on a busy machine (CI, 2026-12-06) the shell had not forked once 20 ms after
+        // it was started, and the tree was the shell alone.
+        let forking = Date().addingTimeInterval(10)
+        while ProcessTree.descendants(of: child.pid).isEmpty && Date() < forking { usleep(1_000) }
         let tree = ProcessTree.freeze(child.pid)
         #expect(tree.first == child.pid && tree.count > 1)
         usleep(50_000)
