@@ -182,10 +182,9 @@ struct RedoLogTests {
         if AccessControlTests.asRoot {
             // A user who may only read the file, at the command line.
             #expect(chown(pool, 0, 65534) == 0 && chmod(pool, 0o640) == 0)
-            let nobody = ["/usr/bin/setpriv"] + AccessControlTests.nobody + [Binaries.pmll]
-            var r = try run(nobody[0], Array(nobody.dropFirst()) + ["state", "get", "--pool", pool, a])
+            var r = try AccessControlTests().asNobody(["state", "get", "--pool", pool, a])
             #expect(r.status == 0 && r.stdout == "new", "\(r)")
-            r = try run(nobody[0], Array(nobody.dropFirst()) + ["check", "--pool", pool])
+            r = try AccessControlTests().asNobody(["check", "--pool", pool])
             #expect(r.status == 0 && r.stdout.hasSuffix("ok"), "\(r)")
         }
         #expect(try Data(contentsOf: URL(fileURLWithPath: pool)) == before, "the pool file changed")
