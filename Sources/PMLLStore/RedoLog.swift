@@ -394,6 +394,12 @@ extension Pool {
             || (0..<store.layout.logSlots).contains { Self.isRedoMarker(store.logHeader($0)) && isPending(store.logHeader($0)) }
     }
 
+    /// The undo-log headers of commits through the redo log that died once their record was
+    /// complete (``isRedoMarker(_:)``, still pending): a settle finishes them.
+    func pendingRedoMarkers(_ store: StateStore) -> [UnsafeMutablePointer<pmll_log_header_t>] {
+        (0..<store.layout.logSlots).map { store.logHeader($0) }.filter { Self.isRedoMarker($0) && isPending($0) }
+    }
+
     /// The undo-log header of a commit through the redo log whose record was complete: no
     /// entry bytes, one entry (``commitThroughRedoLog``). While it is pending, optimistic
     /// readers keep off the slots (its writer may have died half-way through them), and only a
@@ -425,7 +431,7 @@ extension Pool {
         let epoch = h.pointee.epoch
         let whole = epoch != resets && (memory.header.pointee.last_reset_reason == PMLL_RESET_REBOOT || epoch &+ 1 != resets)
         let checkpoint = h.pointee.checkpoint, tail = pmll_load64_acquire(&h.pointee.tail), capacity = h.pointee.capacity
-        let markers = (0..<store.layout.logSlots).map { store.logHeader($0) }.filter { Self.isRedoMarker($0) && isPending($0) }
+        let markers = pendingRedoMarkers(store)
         guard whole || tail != checkpoint || !markers.isEmpty else {
             if epoch != resets {
                 clearRedoWords(h)

@@ -83,9 +83,7 @@ extension Pool {
             throw error
         }
         for (offset, bytes) in changes { (memory.base + offset).copyMemory(from: bytes, byteCount: view.slotWidth) }
-        for log in headers where Self.isRedoMarker(log) && isPending(log) {
-            pmll_store64_release(&log.pointee.done_seq, log.pointee.seq)
-        }
+        for log in pendingRedoMarkers(store) { pmll_store64_release(&log.pointee.done_seq, log.pointee.seq) }
         advanceCommitSequence(store, to: newest)
         Self.logger.info("read-only view of commits still only in the redo log", metadata: ["path": "\(path)", "records": "\(records)", "slots": "\(changes.count)"])
         return RedoOverlay(resets: resets, pages: pages)
