@@ -78,7 +78,8 @@ extension Pool {
     }
 
     enum ParallelCommit {
-        case committed
+        /// Done at this CLOCK_MONOTONIC time.
+        case committed(Int64)
         /// Not a commit this path can make; the exclusive one makes it.
         case exclusive
         /// Stripes whose previous holder died: repair (``repairStripes(_:)``), then commit exclusively.
@@ -165,9 +166,9 @@ extension Pool {
         if let redo = try redoHeader(view) {
             logged = true
             switch try commitThroughRedoLog(redo, store: store, view: view, slots: slots, writes: writes, version: version, started: started) {
-            case .committed:
+            case .committed(let finished):
                 committed = true
-                return .committed
+                return .committed(finished)
             case .full, .unsettled:
                 logged = false
                 return .exclusive
@@ -201,9 +202,9 @@ extension Pool {
         // Durable from here: every slot holds its intact record of this version, which is
         // what recovery keeps a pending log of this kind for. So the commit point is written
         // without a barrier of its own; the next barrier over the log headers carries it.
-        try commitPoint(header, started: started, durable: false)
+        let finished = try commitPoint(header, started: started, durable: false)
         committed = true
-        return .committed
+        return .committed(finished)
     }
 
     /// After a stripe's holder died: the exclusive store lock rolls back what it left (every

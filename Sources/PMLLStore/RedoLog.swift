@@ -131,7 +131,8 @@ extension Pool {
     // MARK: commit
 
     enum RedoCommit {
-        case committed
+        /// Done at this CLOCK_MONOTONIC time.
+        case committed(Int64)
         /// The ring has no room until a checkpoint; the commit goes the exclusive way, which settles first.
         case full
         /// The log must be settled whole before it takes records (a volatile reset since it last was).
@@ -219,8 +220,7 @@ extension Pool {
                 if n == 0 { CrashPoint.hit("tx.applying") }
             }
             CrashPoint.hit("tx.applied")
-            try commitPoint(log, started: started, durable: false)
-            return .committed
+            return .committed(try commitPoint(log, started: started, durable: false))
         }
     }
 

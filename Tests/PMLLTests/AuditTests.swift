@@ -225,6 +225,41 @@ struct AuditTests {
         try Self.expectEachCommitOnce(path, keys: ["a", "b", "c"])
     }
 
+    /// A commit's record carries the wall-clock time of its commit point, which the commit
+    /// derives from its own monotonic reading (no second read of the clock): each record's
+    /// time lies between the wall clock read before the transaction and after it, on the
+    /// parallel path (a value replaced in its slot) and the exclusive one (a new key), with
+    /// the clocks' difference read again after pauses longer than it is kept.
+    @Test func aCommitRecordCarriesTheWallClockTimeOfItsCommit() throws {
+        let scratch = Scratch()
+        let path = scratch.file("t.pool")
+        let pool = try Pool.open(path: path)
+        try pool.transaction { tx in try tx.set("a", "0") }   // from now on, sets of a replace it in place
+        func wallClock() -> Int64 {
+            var now = timespec()
+            clock_gettime(CLOCK_REALTIME, &now)
+            return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+        }
+        var spans: [(key: String, before: Int64, after: Int64)] = []
+        for i in 0..<40 {
+            let key = i % 2 == 0 ? "a" : "new\(i)"
+            let before = wallClock()
+            try pool.transaction { tx in try tx.set(key, "\(i)") }
+            spans.append((key, before, wallClock()))
+            if i % 8 == 0 { usleep(30_000) }
+        }
+        _ = try pool.drainAuditLog()
+        let commits = try AuditLog.records(directory: path + ".audit").filter { $0.event == "store.commit" }.suffix(spans.count)
+        #expect(commits.count == spans.count)
+        // The wall clock may be slewed meanwhile (at most 500 ppm): a millisecond is far more than that moves it.
+        let slack: Int64 = 1_000_000
+        for (record, span) in zip(commits, spans) {
+            #expect(record.object == "keys: \(span.key)", "\(record.object)")
+            #expect(record.timeNanoseconds >= span.before - slack && record.timeNanoseconds <= span.after + slack,
+                    "\(span.key): \(record.timeNanoseconds) not in \(span.before)...\(span.after)")
+        }
+    }
+
     /// A file moved away while a process keeps it open for its drains: the next drain writes
     /// where the pool's files belong, as a drain that opens the path would, not into the moved file.
     @Test func aDrainKeptOpenFollowsTheFilesPathNotAMovedFile() throws {

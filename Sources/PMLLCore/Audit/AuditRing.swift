@@ -225,7 +225,7 @@ public struct AuditText {
     @usableFromInline let buffer: UnsafeMutableRawBufferPointer
     @usableFromInline var count = 0
     /// Bytes written so far.
-    package var written: Int { count }
+    @inlinable public var written: Int { count }
     @usableFromInline var truncated = false
     /// Numbers are written as PMLL_AUDIT_NUMBER_MARK and their 8 bytes (the ring's version 2).
     @usableFromInline let binaryNumbers: Bool
@@ -278,8 +278,11 @@ public struct AuditText {
 
     // Disfavoured: a literal then goes through the StaticString overload, which a hot path's
     // records (one per queue operation) are made of, without a String.
+    // The string's own bytes when it has them in memory (native strings do), with no copy of
+    // the string (a `var` copy is a retain and a release).
     @_disfavoredOverload @inlinable
     public mutating func add(_ text: String) {
+        if text.utf8.withContiguousStorageIfAvailable({ add(UnsafeRawBufferPointer($0)) }) != nil { return }
         var text = text
         text.withUTF8 { add(UnsafeRawBufferPointer($0)) }
     }
