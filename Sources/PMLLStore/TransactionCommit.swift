@@ -390,9 +390,9 @@ extension Pool {
     static func describe(_ writes: [(key: String, value: [UInt8]?)], inPlace: Int, into text: inout AuditText) {
         text.add("keys:")
         var listed = 0
-        // Through the buffer, not `for w in writes`, and a key's bytes in place: copying an
-        // element out, and a key into `add`, retained and released its key and value, four
-        // atomic operations per key, half of what a commit's record cost its committer (measured).
+        // Through the buffer, not `for w in writes`: copying an element out, and then the key
+        // into a call of `add`, retained and released its key and value, four atomic operations
+        // per key, half of what a commit's record cost its committer (measured).
         writes.withUnsafeBufferPointer { writes in
             for i in writes.indices {
                 let deleted: Bool
@@ -400,7 +400,7 @@ extension Pool {
                 let length = 1 + writes[i].key.utf8.count + (deleted ? 10 : 0)
                 if text.written + length > 400 { break }
                 text.add(" ")
-                if writes[i].key.utf8.withContiguousStorageIfAvailable({ text.add(UnsafeRawBufferPointer($0)) }) == nil { text.add(writes[i].key) }
+                text.add(writes[i].key)
                 if deleted { text.add(" (deleted)") }
                 listed += 1
             }

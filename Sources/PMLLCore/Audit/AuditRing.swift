@@ -278,9 +278,9 @@ public struct AuditText {
 
     // Disfavoured: a literal then goes through the StaticString overload, which a hot path's
     // records (one per queue operation) are made of, without a String.
-    // The string's own bytes when it has them in memory (native strings do), with no copy of
-    // the string (a `var` copy is a retain and a release).
-    @_disfavoredOverload @inlinable
+    // Inlined, and the string's own bytes when it has them in memory (native strings do): the
+    // string passed to a call, or copied into a `var`, was retained and released.
+    @_disfavoredOverload @inlinable @inline(__always)
     public mutating func add(_ text: String) {
         if text.utf8.withContiguousStorageIfAvailable({ add(UnsafeRawBufferPointer($0)) }) != nil { return }
         var text = text
