@@ -12,8 +12,8 @@
 // Why: when a process that holds a lock is killed, the kernel tears its address space down
 // before its pidfd fires, and a waiter woken onto the CPU of that teardown waits for all of it
 // (Docs/Benchmarks.md, "Takeover, traced from the waiter's side"). Each mapped page of a file
-// adds about 0.1 µs to that teardown, and `pmll lock` keeps some 1,700 pages of program text
-// and constants mapped while its COMMAND runs. Their page-table entries can go while it waits:
+// adds about 0.1 µs to that teardown, and `pmll lock` keeps some 1,650 pages of program text
+// and constants (its own and libc's) mapped while its COMMAND runs. Their page-table entries can go while it waits:
 // the pages stay in the page cache, and what runs after COMMAND faults back the few it needs.
 
 // pagemap(5): bit 63 page present, bit 61 file page or shared anonymous. Present without bit 61

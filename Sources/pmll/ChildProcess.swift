@@ -75,9 +75,9 @@ enum ChildProcess {
     /// holder killed 10 ms into its command already gains from it.
     static let idleAfterMilliseconds: Int32 = 10
 
-    /// Waits for a child started by ``spawn(_:environment:)``. If it runs on, the pages this
-    /// process will not touch until then are unmapped: killed while it waits, holding a lock,
-    /// it is torn down sooner, and so is the takeover of a waiter that shares its CPU.
+    /// Waits for a child started by ``spawn(_:environment:)``. If it runs on, the page-table
+    /// entries of this process's program text are dropped: killed while it waits, holding a
+    /// lock, it is torn down sooner, and a waiter that shares its CPU takes over sooner.
     static func wait(_ pid: pid_t) throws(CommandFailure) -> Result {
         if runsOn(pid, milliseconds: idleAfterMilliseconds) { _ = pmll_drop_clean_file_mappings() }
         var status: Int32 = 0
