@@ -13,8 +13,9 @@
 // before its pidfd fires, and a waiter woken onto the CPU of that teardown waits for all of it
 // (Docs/Benchmarks.md, "Takeover, traced from the waiter's side"). Each mapped page of a file
 // adds about 0.1 µs to that teardown, and `pmll lock` keeps some 1,650 pages of program text
-// and constants (its own and libc's) mapped while its COMMAND runs. Their page-table entries can go while it waits:
-// the pages stay in the page cache, and what runs after COMMAND faults back the few it needs.
+// and constants (its own and libc's) mapped while its COMMAND runs. Their page-table entries
+// can go while it waits: the pages stay in the page cache, and what runs after COMMAND faults
+// back the few it needs.
 
 // pagemap(5): bit 63 page present, bit 61 file page or shared anonymous. Present without bit 61
 // is a private copy (a debugger's breakpoint, a uprobe): dropping it would lose it.
