@@ -13,7 +13,10 @@ import PMLLStressSupport
 ///    (two add_range snapshots of 64 bytes); the read-write form against SQLite (WAL,
 ///    synchronous=FULL, BEGIN IMMEDIATE);
 ///  - 4 processes: the read-write transaction on disjoint keys (one pair per process) and on
-///    one shared pair (every transaction conflicts with the others' commits), PMLL against SQLite.
+///    one shared pair (every transaction conflicts with the others' commits), PMLL against SQLite;
+///    with --scaling-only also libpmemobj's transaction from a pool per process (it opens a pool
+///    in one process at a time: pmemobj_open takes an exclusive flock) and, on a disk, an
+///    ideal log.
 struct TransactionBench: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "tx", abstract: "State-store transactions vs libpmemobj and SQLite.")
 
@@ -83,7 +86,7 @@ struct TransactionBench: ParsableCommand {
                 // machine weighs on both.
                 for round in 0..<rounds {
                     // The ideal log measures what sharing flushes can give; on tmpfs there is no flush.
-                    for peer in ["pmll"] + (ownPools ? ["pmll-own"] : []) + ["sqlite"] + (fs == "tmpfs" ? [] : ["ideal-log"]) {
+                    for peer in ["pmll"] + (ownPools ? ["pmll-own"] : []) + ["sqlite", "pmemobj-own"] + (fs == "tmpfs" ? [] : ["ideal-log"]) {
                         for p in round % 2 == 0 ? [processes, 1] : [1, processes] {
                             rows.append(try parallel(peer: peer, keys: "disjoint", n: p == 1 ? n / processes : n, directory: dir, filesystem: fs, processes: p))
                         }
@@ -142,6 +145,9 @@ struct TransactionBench: ParsableCommand {
             }
             if let ceiling = scaling("ideal log disjoint") {
                 print("\(dir): an ideal write-ahead log (a record and a shared fdatasync per commit, no store): \(ceiling)")
+            }
+            if let obj = scaling("pmemobj own pools") {
+                print("\(dir): libpmemobj, a pool per process (a PMDK pool is open in one process at a time): \(obj)")
             }
             if let own = scaling("pmll serializable own pools") {
                 print("\(dir): the same with a pool per process (nothing shared): \(own)")
@@ -254,6 +260,7 @@ struct TransactionBench: ParsableCommand {
         case "pmll": "pmll serializable \(keys)"
         case "pmll-own": "pmll serializable own pools"
         case "ideal-log": "ideal log \(keys)"
+        case "pmemobj-own": "pmemobj own pools"
         default: "sqlite \(keys)"
         }
         return Row(directory: directory, filesystem: filesystem, kind: kind,
@@ -291,6 +298,13 @@ struct TransactionChild: ParsableCommand {
         if peer == "sqlite" {
             guard let kv = peers_sqlite_kv_open(directory + "/tx.sqlite") else { throw ToolError("sqlite open failed") }
             transact = { i in peers_sqlite_kv_tx(kv, a, b, UInt8(i & 0xff)) == 0 }
+        } else if peer == "pmemobj-own" {
+            // Peer: libpmemobj's transaction (two 64-byte ranges snapshotted and rewritten) on
+            // this process's own pool, created afresh for the row.
+            let path = directory + "/tx-\(index).obj"
+            unlink(path)
+            guard let pop = peers_pmemobj_create(path) else { throw ToolError("pmemobj_create \(path) failed: errno \(errno)") }
+            transact = { i in peers_pmemobj_tx(pop, UInt8(i & 0xff)) == 0 }
         } else if peer == "ideal-log" {
             // Peer: the record a redo log would hold for this transaction (both keys and values).
             guard let log = peers_log_open(directory + "/tx.log") else { throw ToolError("cannot open \(directory)/tx.log") }
