@@ -304,7 +304,11 @@ struct TransactionChild: ParsableCommand {
             let path = directory + "/tx-\(index).obj"
             unlink(path)
             guard let pop = peers_pmemobj_create(path) else { throw ToolError("pmemobj_create \(path) failed: errno \(errno)") }
-            transact = { i in peers_pmemobj_tx(pop, UInt8(i & 0xff)) == 0 }
+            transact = { i in
+                // An abort is a failure here, not a conflict to count out: nothing else uses the pool.
+                guard peers_pmemobj_tx(pop, UInt8(i & 0xff)) == 0 else { throw ToolError("pmemobj transaction aborted: errno \(errno)") }
+                return true
+            }
         } else if peer == "ideal-log" {
             // Peer: the record a redo log would hold for this transaction (both keys and values).
             guard let log = peers_log_open(directory + "/tx.log") else { throw ToolError("cannot open \(directory)/tx.log") }
