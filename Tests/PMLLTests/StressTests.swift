@@ -37,6 +37,28 @@ struct StressTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: given) == ["keep.txt"])
     }
 
+    /// `pmll-bench tx --scaling-only`, which `Stress/targets` reads for issue 19's 4 : 1, runs
+    /// every peer from four processes and from one: PMLL, SQLite, libpmemobj (a pool per
+    /// process), and on a disk the ideal log; each row commits something.
+    @Test(arguments: ["/dev/shm", "/var/tmp"])
+    func theScalingBenchmarkRunsEveryPeer(parent: String) throws {
+        let scratch = Scratch(in: parent)
+        let result = try run(Binaries.directory + "/pmll-bench",
+                             ["tx", "--scaling-only", "--seconds", "0.2", "--rounds", "1", "--directory", scratch.path, "--json"],
+                             timeout: 120)
+        #expect(result.status == 0, "\(result.stdout)\n\(result.stderr)")
+        let rows = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [[String: Any]])
+        var kinds = ["pmll serializable disjoint", "sqlite disjoint", "pmemobj own pools"]
+        if parent == "/var/tmp" { kinds.append("ideal log disjoint") }
+        for kind in kinds {
+            for processes in [4, 1] {
+                let row = rows.first { $0["kind"] as? String == kind && $0["processes"] as? Int == processes }
+                #expect((row?["transactions"] as? Int ?? 0) > 0, "\(kind), \(processes) processes: \(String(describing: row))")
+            }
+        }
+        #expect(rows.count == kinds.count * 2, "\(rows.map { $0["kind"] ?? "?" })")
+    }
+
     @Test(arguments: [["--processes", "0"], ["--mix", "lock=x"], ["--kill-rate=-1"], ["--duration", "0"],
                       ["--duration", "100000"], ["--hang-timeout", "0"], ["--processes", "many"]])
     func badArgumentsAreOneLineUsageErrors(arguments: [String]) throws {
